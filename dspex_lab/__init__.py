@@ -1,0 +1,57 @@
+"""dspex_lab: an interactive research environment for DSPy programs.
+
+Define a :class:`Program` (a DSPy module plus typed variables), evaluate it on a
+:class:`Dataset` in parallel with statistics, compare programs, and browse every
+experiment and trial in a DuckDB journal. ``import dspex_lab as dx``.
+"""
+
+from dspex_lab import datasets, errors, metrics
+from dspex_lab.data import Dataset, load_dataset
+from dspex_lab.evaluate import Comparison, Context, EvaluationResult, compare, current_context, evaluate
+from dspex_lab.journal import open_journal
+from dspex_lab.lm import lab_lm, resolve_lm
+from dspex_lab.program import (
+    Bool,
+    Choice,
+    Constraint,
+    Demos,
+    Float,
+    Int,
+    ModuleType,
+    Program,
+    Text,
+    register,
+    set_lm_resolver,
+)
+
+# Model variables name LMs; the lab models resolve without a network.
+set_lm_resolver(resolve_lm)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bool",
+    "Choice",
+    "Comparison",
+    "Constraint",
+    "Context",
+    "Dataset",
+    "Demos",
+    "EvaluationResult",
+    "Float",
+    "Int",
+    "ModuleType",
+    "Program",
+    "Text",
+    "__version__",
+    "compare",
+    "current_context",
+    "datasets",
+    "errors",
+    "evaluate",
+    "lab_lm",
+    "load_dataset",
+    "metrics",
+    "open_journal",
+    "register",
+]

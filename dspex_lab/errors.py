@@ -1,0 +1,125 @@
+"""Errors raised by dspex_lab, as one tree.
+
+Every error the package raises on purpose derives from :class:`DspexLabError`,
+so ``except dx.errors.DspexLabError`` catches all of them and nothing else::
+
+    DspexLabError
+    ├── ProgramSpecError        a program spec that cannot be built or parsed
+    │   └── ModuleNotAllowedError   a module path outside the registry / allow-list
+    ├── VariableError           a variable value outside its type or constraints
+    ├── DatasetError            a dataset that cannot be read (file and line)
+    ├── ExecutionError          an executor or trial runner failure (not a trial's own)
+    │   └── TrialTimeoutError       a trial that ran past its timeout
+    ├── JournalError            a journal that cannot be opened, read or written
+    ├── OptimizerError          an optimizer that cannot run
+    └── MissingDependencyError  an optional extra is not installed (also ImportError)
+
+A failing *trial* is not an exception: it is recorded as data with its error
+type and message (see :class:`dspex_lab.engine.TrialResult`).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DatasetError",
+    "DspexLabWarning",
+    "DspexLabError",
+    "ExecutionError",
+    "JournalError",
+    "MissingDependencyError",
+    "ModuleNotAllowedError",
+    "OptimizerError",
+    "ProgramSpecError",
+    "TrialTimeoutError",
+    "VariableError",
+]
+
+
+class DspexLabError(Exception):
+    """Base of every error dspex_lab raises on purpose."""
+
+
+class ProgramSpecError(DspexLabError):
+    """A program spec that cannot be parsed, validated or hydrated."""
+
+
+class ModuleNotAllowedError(ProgramSpecError):
+    """A module path that is neither registered nor under an allowed prefix.
+
+    Attributes:
+        module: the refused module path.
+        allowed_prefixes: the prefixes that would have been accepted.
+    """
+
+    def __init__(self, module: str, allowed_prefixes: tuple[str, ...]) -> None:
+        self.module = module
+        self.allowed_prefixes = allowed_prefixes
+        super().__init__(
+            f"module {module!r} is not allowed: register it with @dx.register({module.rsplit('.', 1)[-1]!r}) "
+            f"or use a module under one of the allowed prefixes {list(allowed_prefixes)}"
+        )
+
+
+class VariableError(DspexLabError, ValueError):
+    """A variable value that violates its type, range or a cross-variable constraint.
+
+    Attributes:
+        variable: the variable's name (or names, joined by ", ", for a constraint).
+        value: the offending value.
+        allowed: a human description of what is allowed.
+    """
+
+    def __init__(self, variable: str, value: object, allowed: str, *, detail: str | None = None) -> None:
+        self.variable = variable
+        self.value = value
+        self.allowed = allowed
+        message = f"variable {variable!r}: {value!r} is not allowed; allowed: {allowed}"
+        if detail:
+            message += f" ({detail})"
+        super().__init__(message)
+
+
+class DatasetError(DspexLabError, ValueError):
+    """A dataset that cannot be read.
+
+    Attributes:
+        path: the file, when the data came from one.
+        line: the 1-based line (JSONL/CSV) or row number, when known.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
+        self.path = path
+        self.line = line
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        super().__init__(where + message)
+
+
+class ExecutionError(DspexLabError):
+    """An executor or trial-runner failure that is not a trial's own error."""
+
+
+class TrialTimeoutError(ExecutionError, TimeoutError):
+    """A trial that did not finish within its timeout."""
+
+
+class JournalError(DspexLabError):
+    """A journal that cannot be opened, migrated, read or written."""
+
+
+class OptimizerError(DspexLabError):
+    """An optimizer that cannot run with the given arguments."""
+
+
+class MissingDependencyError(DspexLabError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(f"{package} is required for this feature: pip install 'dspex_lab[{extra}]'")
+
+
+class DspexLabWarning(UserWarning):
+    """Base of the warnings dspex_lab emits (budget thresholds, degraded features)."""

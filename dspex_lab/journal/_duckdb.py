@@ -1,0 +1,359 @@
+"""The DuckDB journal: one file shared by several processes through short transactions.
+
+DuckDB lets one process at a time open a database file for writing (and
+readers need the writer to be gone), so this journal never holds the file:
+every read or write opens it, does its work in one transaction and closes it,
+retrying with backoff while another process holds the lock. Writers flush
+finished trials at least twice a second, so a crash loses well under a second
+of work, and each flush also refreshes the experiment's heartbeat, from which
+an experiment whose process died is seen as interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from dspex_lab.errors import JournalError
+from dspex_lab.journal._schema import TRIAL_COLUMNS, ensure_schema
+
+__all__ = ["DuckDBJournal", "ExperimentRecord", "TrialWriter", "open_journal"]
+
+# A running experiment whose heartbeat is older than this is shown as interrupted.
+STALE_HEARTBEAT_SECONDS = 15.0
+_process_lock = threading.RLock()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _is_lock_conflict(error: duckdb.Error) -> bool:
+    text = str(error)
+    return "lock" in text.lower() or "different configuration" in text or "Conflicting lock" in text
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    """What is known about an experiment when it starts."""
+
+    kind: str
+    name: str
+    program_name: str | None = None
+    program_fingerprint: str | None = None
+    program_spec: dict[str, Any] | None = None
+    dataset_name: str | None = None
+    dataset_fingerprint: str | None = None
+    dataset_manifest: dict[str, Any] | None = None
+    metric: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    n_planned: int | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+
+class DuckDBJournal:
+    """The default journal: a DuckDB file shared by kernels, the CLI and the dashboard.
+
+    Thread safety: every method may be called from any thread; calls within one
+    process are serialised, calls from other processes wait for the file lock
+    (up to ``lock_timeout`` seconds) and then raise :class:`JournalError`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = 60.0) -> None:
+        self.path = Path(path)
+        self.lock_timeout = lock_timeout
+        if self.path.is_dir():
+            raise JournalError(f"journal path {self.path} is a directory; give a file such as dspex.duckdb")
+        if self.path.exists() and not self._is_current():
+            # Migrate a journal written by an older dspex_lab (ensure_schema runs on write).
+            with self._connect(write=True):
+                pass
+
+    def __repr__(self) -> str:
+        return f"DuckDBJournal({str(self.path)!r})"
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _is_current(self) -> bool:
+        with self._connect(write=False) as connection:
+            return self._readonly_ok(connection)
+
+    @staticmethod
+    def _readonly_ok(connection: duckdb.DuckDBPyConnection) -> bool:
+        from dspex_lab.journal._schema import SCHEMA_VERSION, _current_version
+
+        return _current_version(connection) == SCHEMA_VERSION
+
+    @contextlib.contextmanager
+    def _connect(self, *, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.01
+        with _process_lock:
+            while True:
+                try:
+                    if write or not self.path.exists():
+                        self.path.parent.mkdir(parents=True, exist_ok=True)
+                        connection = duckdb.connect(str(self.path))
+                        ensure_schema(connection)
+                    else:
+                        connection = duckdb.connect(str(self.path), read_only=True)
+                    break
+                except duckdb.Error as error:
+                    if not _is_lock_conflict(error):
+                        raise JournalError(f"cannot open journal {self.path}: {error}") from error
+                    if time.monotonic() > deadline:
+                        raise JournalError(
+                            f"journal {self.path} stayed locked by another process for {self.lock_timeout:g} s"
+                        ) from error
+                    time.sleep(delay)
+                    delay = min(delay * 1.5, 0.2)
+                except RuntimeError as error:
+                    raise JournalError(f"cannot open journal {self.path}: {error}") from error
+            try:
+                yield connection
+            finally:
+                connection.close()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def create_experiment(self, record: ExperimentRecord) -> str:
+        """Insert a new running experiment and return its id."""
+        now = _now()
+        with self._connect(write=True) as connection:
+            self._mark_dead_experiments(connection)
+            connection.execute(
+                """INSERT INTO experiments (id, kind, name, status, program_name, program_fingerprint, program_spec,
+                   dataset_name, dataset_fingerprint, dataset_manifest, metric, config, environment, n_planned,
+                   host, pid, created_at, updated_at, heartbeat_at)
+                   VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [
+                    record.id, record.kind, record.name, record.program_name, record.program_fingerprint,
+                    _json(record.program_spec), record.dataset_name, record.dataset_fingerprint,
+                    _json(record.dataset_manifest), record.metric, _json(record.config), _json(record.environment),
+                    record.n_planned, socket.gethostname(), os.getpid(), now, now, now,
+                ],
+            )
+        return record.id
+
+    def claim_experiment(self, experiment_id: str) -> None:
+        """Mark an existing experiment as running again in this process (resume)."""
+        now = _now()
+        with self._connect(write=True) as connection:
+            connection.execute(
+                """UPDATE experiments SET status = 'running', status_detail = NULL, host = ?, pid = ?,
+                   updated_at = ?, heartbeat_at = ?, finished_at = NULL WHERE id = ?""",
+                [socket.gethostname(), os.getpid(), now, now, experiment_id],
+            )
+
+    def finish_experiment(
+        self, experiment_id: str, *, status: str, detail: str | None = None, summary: dict[str, Any] | None = None
+    ) -> None:
+        """Record how an experiment ended, with its summary."""
+        now = _now()
+        with self._connect(write=True) as connection:
+            connection.execute(
+                """UPDATE experiments SET status = ?, status_detail = ?, summary = ?, updated_at = ?,
+                   heartbeat_at = ?, finished_at = ? WHERE id = ?""",
+                [status, detail, _json(summary), now, now, now, experiment_id],
+            )
+
+    def append_trials(self, experiment_id: str, rows: Sequence[dict[str, Any]]) -> int:
+        """Append finished trials in one transaction (duplicates of recorded trials are ignored)."""
+        if not rows:
+            with self._connect(write=True) as connection:
+                connection.execute("UPDATE experiments SET heartbeat_at = ? WHERE id = ?", [_now(), experiment_id])
+            return 0
+        frame = pd.DataFrame(rows)
+        frame["experiment_id"] = experiment_id
+        frame["trial_id"] = frame["example_id"].astype(str) + "/r" + frame["repeat"].astype(str)
+        frame = frame.rename(columns={"index": "example_index"})
+        for column in ("started_at", "finished_at"):
+            frame[column] = pd.to_datetime(frame[column], unit="s")
+        frame = frame[list(TRIAL_COLUMNS)]
+        with self._connect(write=True) as connection:
+            connection.register("incoming_trials", frame)
+            connection.execute("BEGIN TRANSACTION")
+            connection.execute(
+                f"INSERT OR IGNORE INTO trials ({', '.join(TRIAL_COLUMNS)}) "
+                f"SELECT {', '.join(TRIAL_COLUMNS)} FROM incoming_trials"
+            )
+            connection.execute(
+                "UPDATE experiments SET heartbeat_at = ?, updated_at = ? WHERE id = ?", [_now(), _now(), experiment_id]
+            )
+            connection.execute("COMMIT")
+            connection.unregister("incoming_trials")
+        return len(frame)
+
+    def _mark_dead_experiments(self, connection: duckdb.DuckDBPyConnection) -> None:
+        rows = connection.execute(
+            "SELECT id, host, pid, heartbeat_at FROM experiments WHERE status = 'running'"
+        ).fetchall()
+        dead = [row[0] for row in rows if _is_dead(row[1], row[2], row[3])]
+        for experiment_id in dead:
+            connection.execute(
+                "UPDATE experiments SET status = 'interrupted', status_detail = 'process ended without finishing', "
+                "updated_at = ? WHERE id = ?",
+                [_now(), experiment_id],
+            )
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def sql(self, query: str, parameters: Sequence[Any] | None = None) -> pd.DataFrame:
+        """Run a read-only SQL query over the journal's tables and return a DataFrame."""
+        if not self.path.exists():
+            raise JournalError(f"journal {self.path} does not exist yet")
+        with self._connect(write=False) as connection:
+            try:
+                return connection.execute(query, parameters or []).df()
+            except duckdb.Error as error:
+                raise JournalError(f"query failed on {self.path}: {error}") from error
+
+    def experiments(self) -> pd.DataFrame:
+        """Return every experiment, newest first, with trial counts and its current status."""
+        if not self.path.exists():
+            return pd.DataFrame(columns=["id", "name", "kind", "status", "n_trials", "n_errors", "created_at"])
+        frame = self.sql(
+            """SELECT e.id, e.name, e.kind, e.status, e.status_detail, e.program_name, e.program_fingerprint,
+                      e.dataset_name, e.dataset_fingerprint, e.metric, e.n_planned,
+                      coalesce(t.n_trials, 0) AS n_trials, coalesce(t.n_errors, 0) AS n_errors, t.mean_score,
+                      e.created_at, e.finished_at, e.heartbeat_at, e.host, e.pid
+               FROM experiments e LEFT JOIN (
+                   SELECT experiment_id, count(*) AS n_trials, count(*) FILTER (status = 'error') AS n_errors,
+                          avg(score) AS mean_score
+                   FROM trials GROUP BY experiment_id) t ON t.experiment_id = e.id
+               ORDER BY e.created_at DESC"""
+        )
+        if len(frame):
+            running = frame["status"] == "running"
+            dead = [
+                bool(is_running) and _is_dead(host, pid, heartbeat)
+                for is_running, host, pid, heartbeat in zip(
+                    running, frame["host"], frame["pid"], frame["heartbeat_at"], strict=True
+                )
+            ]
+            frame.loc[dead, "status"] = "interrupted"
+        return frame
+
+    def experiment(self, experiment_id: str) -> dict[str, Any]:
+        """Return one experiment as a dict (JSON columns decoded)."""
+        frame = self.sql("SELECT * FROM experiments WHERE id = ?", [experiment_id])
+        if frame.empty:
+            raise JournalError(f"no experiment {experiment_id!r} in {self.path}")
+        row = frame.iloc[0].to_dict()
+        for column in ("program_spec", "dataset_manifest", "config", "environment", "summary"):
+            if isinstance(row.get(column), str):
+                row[column] = json.loads(row[column])
+        if row["status"] == "running" and _is_dead(row["host"], row["pid"], row["heartbeat_at"]):
+            row["status"] = "interrupted"
+        return row
+
+    def trials(self, experiment_id: str, *, columns: Iterable[str] | None = None) -> pd.DataFrame:
+        """Return an experiment's trials in example order."""
+        selected = ", ".join(columns) if columns else "*"
+        return self.sql(
+            f"SELECT {selected} FROM trials WHERE experiment_id = ? ORDER BY example_index, repeat",
+            [experiment_id],
+        )
+
+    def finished_keys(self, experiment_id: str) -> set[tuple[str, int]]:
+        """Return (example_id, repeat) of every recorded trial of an experiment."""
+        frame = self.sql("SELECT example_id, repeat FROM trials WHERE experiment_id = ?", [experiment_id])
+        return set(zip(frame["example_id"], frame["repeat"].astype(int), strict=True))
+
+    def writer(self, experiment_id: str, *, flush_interval: float = 0.4) -> TrialWriter:
+        """Return a background writer that streams trials of ``experiment_id`` into this journal."""
+        return TrialWriter(self, experiment_id, flush_interval=flush_interval)
+
+
+def _is_dead(host: Any, pid: Any, heartbeat: Any) -> bool:
+    if host == socket.gethostname() and pid is not None and not pd.isna(pid):
+        return not _pid_alive(int(pid))
+    if heartbeat is None or pd.isna(heartbeat):
+        return True
+    return (_now() - pd.Timestamp(heartbeat).to_pydatetime()).total_seconds() > STALE_HEARTBEAT_SECONDS
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False, default=repr)
+
+
+class TrialWriter:
+    """Stream finished trials into the journal from a background thread.
+
+    ``add`` is cheap and never blocks on the database; a flusher thread writes
+    what accumulated every ``flush_interval`` seconds in one transaction. A
+    flush that fails (journal locked too long) keeps its rows for the next one;
+    ``close`` makes a final flush and raises JournalError if rows remain unsaved.
+    """
+
+    def __init__(self, journal: DuckDBJournal, experiment_id: str, *, flush_interval: float = 0.4) -> None:
+        self.journal = journal
+        self.experiment_id = experiment_id
+        self.flush_interval = flush_interval
+        self.written = 0
+        self.last_error: BaseException | None = None
+        self._buffer: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="dspex-journal", daemon=True)
+        self._thread.start()
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Queue one trial row for the next flush."""
+        with self._lock:
+            self._buffer.append(row)
+
+    def flush(self) -> None:
+        """Write everything queued so far."""
+        with self._lock:
+            rows, self._buffer = self._buffer, []
+        try:
+            self.written += self.journal.append_trials(self.experiment_id, rows)
+            self.last_error = None
+        except Exception as error:
+            self.last_error = error
+            with self._lock:
+                self._buffer[:0] = rows
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.flush_interval):
+            self.flush()
+
+    def close(self) -> None:
+        """Stop the flusher and write what remains."""
+        self._stop.set()
+        self._thread.join()
+        self.flush()
+        if self._buffer:
+            raise JournalError(
+                f"{len(self._buffer)} trials could not be written to {self.journal.path}: {self.last_error}"
+            )
+
+
+def open_journal(path: str | os.PathLike[str] = "dspex.duckdb", *, lock_timeout: float = 60.0) -> DuckDBJournal:
+    """Open (or prepare to create) the DuckDB journal at ``path``."""
+    return DuckDBJournal(path, lock_timeout=lock_timeout)

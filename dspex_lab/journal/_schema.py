@@ -1,0 +1,113 @@
+"""The journal's tables, its schema version, and the migrations between versions.
+
+Records are append-only and flat: experiments (one row per run, updated in
+place only for status and summary), trials (one row per finished trial).
+Aggregates and trees are computed when read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import duckdb
+
+__all__ = ["SCHEMA_VERSION", "TRIAL_COLUMNS", "ensure_schema"]
+
+SCHEMA_VERSION = 1
+
+TRIAL_COLUMNS = (
+    "experiment_id", "trial_id", "example_id", "example_index", "repeat", "status", "score", "prediction",
+    "error_type", "error_message", "error_stage", "traceback", "latency", "input_tokens", "output_tokens",
+    "cost", "lm_calls", "attempts", "started_at", "finished_at",
+)
+
+_VERSION_1 = """
+CREATE TABLE IF NOT EXISTS dspex_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS experiments (
+    id VARCHAR PRIMARY KEY,
+    kind VARCHAR NOT NULL,
+    name VARCHAR,
+    status VARCHAR NOT NULL,
+    status_detail VARCHAR,
+    program_name VARCHAR,
+    program_fingerprint VARCHAR,
+    program_spec JSON,
+    dataset_name VARCHAR,
+    dataset_fingerprint VARCHAR,
+    dataset_manifest JSON,
+    metric VARCHAR,
+    config JSON,
+    environment JSON,
+    summary JSON,
+    n_planned BIGINT,
+    host VARCHAR,
+    pid BIGINT,
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
+    heartbeat_at TIMESTAMP,
+    finished_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS trials (
+    experiment_id VARCHAR NOT NULL,
+    trial_id VARCHAR NOT NULL,
+    example_id VARCHAR NOT NULL,
+    example_index BIGINT,
+    repeat INTEGER NOT NULL,
+    status VARCHAR NOT NULL,
+    score DOUBLE,
+    prediction JSON,
+    error_type VARCHAR,
+    error_message VARCHAR,
+    error_stage VARCHAR,
+    traceback VARCHAR,
+    latency DOUBLE,
+    input_tokens BIGINT,
+    output_tokens BIGINT,
+    cost DOUBLE,
+    lm_calls INTEGER,
+    attempts INTEGER,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP,
+    PRIMARY KEY (experiment_id, trial_id)
+);
+"""
+
+# version -> statements that bring a journal from (version - 1) to version.
+MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
+    1: lambda connection: connection.execute(_VERSION_1),
+}
+
+
+def _current_version(connection: duckdb.DuckDBPyConnection) -> int:
+    tables = {row[0] for row in connection.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    if "dspex_meta" not in tables:
+        return 0
+    rows = connection.execute("SELECT value FROM dspex_meta WHERE key = 'schema_version'").fetchall()
+    return int(rows[0][0]) if rows else 0
+
+
+def ensure_schema(connection: duckdb.DuckDBPyConnection) -> int:
+    """Create or migrate the schema to :data:`SCHEMA_VERSION`; return the version found before.
+
+    Raises:
+        RuntimeError: the journal was written by a newer dspex_lab.
+    """
+    found = _current_version(connection)
+    if found > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"journal schema version {found} is newer than this dspex_lab supports ({SCHEMA_VERSION}); upgrade dspex_lab"
+        )
+    if found == SCHEMA_VERSION:
+        return found
+    connection.execute("BEGIN TRANSACTION")
+    try:
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[version](connection)
+        connection.execute(
+            "INSERT OR REPLACE INTO dspex_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+        )
+        connection.execute("COMMIT")
+    except Exception:
+        connection.execute("ROLLBACK")
+        raise
+    return found

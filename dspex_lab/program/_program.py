@@ -1,0 +1,402 @@
+"""The frozen program spec and its hydration into a live ``dspy.Module``."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import dspy
+import numpy as np
+
+from dspex_lab.errors import ProgramSpecError, VariableError
+from dspex_lab.program._constraints import Constraint
+from dspex_lab.program._registry import module_name, resolve_module
+from dspex_lab.program._variables import (
+    LM_TARGETS,
+    Choice,
+    Demos,
+    Float,
+    Int,
+    ModuleType,
+    Text,
+    Variable,
+    variable_from_dict,
+)
+
+__all__ = ["Program", "set_lm_resolver"]
+
+SPEC_VERSION = 1
+
+_lm_resolver: Callable[[str], dspy.BaseLM] = dspy.LM
+
+
+def set_lm_resolver(resolver: Callable[[str], dspy.BaseLM]) -> None:
+    """Set how a ``model`` variable's value becomes an LM (the package wires in the lab LM)."""
+    global _lm_resolver
+    _lm_resolver = resolver
+
+
+def _canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _infer_target(name: str, variable: Variable) -> str:
+    if variable.target is not None:
+        return variable.target
+    if isinstance(variable, ModuleType):
+        return "module"
+    if isinstance(variable, Demos):
+        return "demos"
+    return name
+
+
+def _check_target(name: str, variable: Variable, target: str) -> None:
+    expected: dict[str, tuple[type[Variable], ...]] = {
+        "temperature": (Float,), "max_tokens": (Int,), "model": (Choice, Text), "module": (ModuleType, Choice),
+    }
+    base = target.split(":", 1)[0]
+    if base in expected and not isinstance(variable, expected[base]):
+        kinds = " or ".join(cls.__name__ for cls in expected[base])
+        raise ProgramSpecError(f"variable {name!r} binds to {target!r} and must be a {kinds}, not {type(variable).__name__}")
+    if base == "instructions" and not isinstance(variable, Text):
+        raise ProgramSpecError(f"variable {name!r} binds to {target!r} and must be a Text")
+    if base == "demos" and not isinstance(variable, Demos):
+        raise ProgramSpecError(f"variable {name!r} binds to {target!r} and must be a Demos")
+    if isinstance(variable, ModuleType):
+        for choice in variable.choices:
+            resolve_module(choice)
+
+
+class Program:
+    """A DSPy module plus the typed variables that configure it; frozen and JSON-serialisable.
+
+    Args:
+        module: a module path (``"dspy.ChainOfThought"``), a registered name, or the class.
+        signature: the signature string passed as the module's first argument, if any.
+        variables: name → variable; each binds to a target (see :class:`Variable`).
+        name: a human name, not part of the fingerprint.
+        init: extra JSON keyword arguments for the module's constructor.
+        constraints: cross-variable constraints (expressions or :class:`Constraint`).
+
+    Examples:
+        >>> import dspex_lab as dx
+        >>> qa = dx.Program("dspy.Predict", signature="question -> answer",
+        ...                 variables={"temperature": dx.Float(0.7, low=0.0, high=1.5)})
+        >>> qa.with_values(temperature=0.2).values
+        {'temperature': 0.2}
+        >>> dx.Program.from_json(qa.to_json()) == qa
+        True
+    """
+
+    __slots__ = ("_constraints", "_fingerprint", "_init", "_module", "_name", "_signature", "_targets", "_variables")
+
+    def __init__(
+        self,
+        module: str | type,
+        *,
+        signature: str | type | None = None,
+        variables: Mapping[str, Variable] | None = None,
+        name: str | None = None,
+        init: Mapping[str, Any] | None = None,
+        constraints: Iterable[str | Constraint] | None = None,
+    ) -> None:
+        module_path = module if isinstance(module, str) else module_name(module)
+        resolve_module(module_path)
+        if isinstance(signature, type) and issubclass(signature, dspy.Signature):
+            signature = signature.signature
+        if signature is not None and not isinstance(signature, str):
+            raise ProgramSpecError(f"signature must be a string such as 'question -> answer', got {signature!r}")
+        if signature is not None:
+            try:
+                dspy.Signature(signature)
+            except Exception as error:
+                raise ProgramSpecError(f"signature {signature!r} is not valid: {error}") from None
+        init_values = dict(init or {})
+        try:
+            _canonical_json(init_values)
+        except (TypeError, ValueError) as error:
+            raise ProgramSpecError(f"init arguments must be JSON values: {error}") from None
+        checked: dict[str, Variable] = {}
+        targets: dict[str, str] = {}
+        for variable_name, variable in (variables or {}).items():
+            if not isinstance(variable, Variable):
+                raise ProgramSpecError(
+                    f"variable {variable_name!r} must be a dx variable (dx.Float, dx.Choice, ...), got {variable!r}"
+                )
+            target = _infer_target(variable_name, variable)
+            _check_target(variable_name, variable, target)
+            checked[variable_name] = variable
+            targets[variable_name] = target
+        rules = tuple(rule if isinstance(rule, Constraint) else Constraint(rule) for rule in (constraints or ()))
+        for rule in rules:
+            unknown = sorted(rule.names - checked.keys())
+            if unknown:
+                raise ProgramSpecError(f"constraint {rule.expression!r} names unknown variables {unknown}")
+        object.__setattr__(self, "_module", module_path)
+        object.__setattr__(self, "_signature", signature)
+        object.__setattr__(self, "_variables", MappingProxyType(checked))
+        object.__setattr__(self, "_targets", MappingProxyType(targets))
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_init", MappingProxyType(init_values))
+        object.__setattr__(self, "_constraints", rules)
+        object.__setattr__(self, "_fingerprint", None)
+        self._check_constraints(self.values)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("Program is frozen: use with_values(...) to get a configured copy")
+
+    # -- read access ---------------------------------------------------------------------------
+
+    @property
+    def module(self) -> str:
+        """The spec name of the module class."""
+        return self._module
+
+    @property
+    def signature(self) -> str | None:
+        """The signature string, if the module takes one."""
+        return self._signature
+
+    @property
+    def name(self) -> str:
+        """The human name (defaults to the module's short name)."""
+        return self._name or self._module.rsplit(".", 1)[-1]
+
+    @property
+    def variables(self) -> Mapping[str, Variable]:
+        """Name → variable (read-only)."""
+        return self._variables
+
+    @property
+    def targets(self) -> Mapping[str, str]:
+        """Name → resolved binding target."""
+        return self._targets
+
+    @property
+    def init(self) -> Mapping[str, Any]:
+        """Extra constructor keyword arguments."""
+        return self._init
+
+    @property
+    def constraints(self) -> tuple[Constraint, ...]:
+        """Cross-variable constraints."""
+        return self._constraints
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """Name → current value."""
+        return {name: variable.value for name, variable in self._variables.items()}
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical spec without its name; stable across processes."""
+        if self._fingerprint is None:
+            spec = self.to_dict()
+            spec.pop("name", None)
+            digest = hashlib.sha256(_canonical_json(spec).encode("utf-8")).hexdigest()
+            object.__setattr__(self, "_fingerprint", digest)
+        return self._fingerprint  # type: ignore[return-value]
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _check_constraints(self, values: Mapping[str, Any]) -> None:
+        for rule in self._constraints:
+            rule.check(values)
+
+    def with_values(self, **values: Any) -> Program:
+        """Return a copy with some variables set, after validating each value and every constraint."""
+        unknown = sorted(set(values) - self._variables.keys())
+        if unknown:
+            raise VariableError(
+                ", ".join(unknown), values[unknown[0]], f"one of the program's variables {sorted(self._variables)}",
+                detail="unknown variable",
+            )
+        updated = {
+            name: variable.with_value(values[name], name=name) if name in values else variable
+            for name, variable in self._variables.items()
+        }
+        return self._replace(variables=updated)
+
+    def with_name(self, name: str) -> Program:
+        """Return a copy with another human name."""
+        return self._replace(name=name)
+
+    def sample(self, *, seed: int | np.random.Generator, max_tries: int = 1000) -> Program:
+        """Return a copy with every samplable variable drawn at random, respecting constraints."""
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        for _ in range(max_tries):
+            drawn = {name: variable.sample(rng) for name, variable in self._variables.items()}
+            if all(rule.holds(drawn) for rule in self._constraints):
+                return self.with_values(**drawn)
+        raise VariableError(
+            ", ".join(sorted({name for rule in self._constraints for name in rule.names})), None,
+            "a configuration satisfying every constraint", detail=f"none found in {max_tries} draws",
+        )
+
+    def _replace(self, **changes: Any) -> Program:
+        arguments: dict[str, Any] = {
+            "signature": self._signature, "variables": dict(self._variables), "name": self._name,
+            "init": dict(self._init), "constraints": self._constraints,
+        }
+        arguments.update(changes)
+        return Program(self._module, **arguments)
+
+    # -- serialisation -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the spec as JSON-ready data."""
+        data: dict[str, Any] = {"dspex_program": SPEC_VERSION, "module": self._module}
+        if self._signature is not None:
+            data["signature"] = self._signature
+        if self._name is not None:
+            data["name"] = self._name
+        if self._init:
+            data["init"] = dict(self._init)
+        data["variables"] = {name: variable.to_dict() for name, variable in self._variables.items()}
+        if self._constraints:
+            data["constraints"] = [rule.to_dict() for rule in self._constraints]
+        return data
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """Return the spec as JSON text."""
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Program:
+        """Rebuild a program from :meth:`to_dict` data."""
+        if not isinstance(data, Mapping) or "module" not in data:
+            raise ProgramSpecError("a program spec is a JSON object with at least a 'module' key")
+        version = data.get("dspex_program", SPEC_VERSION)
+        if version != SPEC_VERSION:
+            raise ProgramSpecError(f"program spec version {version} is not supported (this dspex_lab reads {SPEC_VERSION})")
+        known = {"dspex_program", "module", "signature", "name", "init", "variables", "constraints"}
+        extra = sorted(set(data) - known)
+        if extra:
+            raise ProgramSpecError(f"unknown keys in program spec: {extra}; expected some of {sorted(known)}")
+        variables = {
+            name: variable_from_dict(description, name=name)
+            for name, description in (data.get("variables") or {}).items()
+        }
+        constraints = [
+            Constraint(rule["expression"], rule.get("message", "")) if isinstance(rule, Mapping) else Constraint(rule)
+            for rule in data.get("constraints") or ()
+        ]
+        return cls(
+            data["module"], signature=data.get("signature"), variables=variables, name=data.get("name"),
+            init=data.get("init"), constraints=constraints,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Program:
+        """Rebuild a program from :meth:`to_json` text."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ProgramSpecError(f"program spec is not valid JSON: line {error.lineno}: {error.msg}") from None
+        return cls.from_dict(data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Program) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.values.items() if not isinstance(value, tuple))
+        return f"Program({self.name!r}, module={self._module!r}{', ' if shown else ''}{shown})"
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(name)}</td><td>{html.escape(type(variable).__name__)}</td>"
+            f"<td>{html.escape(repr(variable.value)[:80])}</td><td>{html.escape(variable.allowed())}</td>"
+            f"<td>{html.escape(self._targets[name])}</td></tr>"
+            for name, variable in self._variables.items()
+        )
+        return (
+            f"<div class='dspex-program'><b>{html.escape(self.name)}</b> "
+            f"<code>{html.escape(self._module)}</code> <code>{html.escape(self._signature or '')}</code> "
+            f"<small>{self.fingerprint[:12]}</small>"
+            "<table><tr><th>variable</th><th>type</th><th>value</th><th>allowed</th><th>target</th></tr>"
+            f"{rows}</table></div>"
+        )
+
+    # -- hydration -----------------------------------------------------------------------------
+
+    def build(self, *, lm: dspy.BaseLM | None = None) -> dspy.Module:
+        """Hydrate a live ``dspy.Module`` configured with the current variable values.
+
+        Args:
+            lm: the base LM that temperature/max_tokens variables configure when the
+                program has no ``model`` variable; defaults to ``dspy.settings.lm``.
+                Programs without LM-level variables leave predictors on the context LM.
+
+        Raises:
+            ProgramSpecError: the module cannot be constructed or a target does not exist.
+        """
+        module_class = self._module
+        for name, target in self._targets.items():
+            if target == "module":
+                module_class = self._variables[name].value
+        cls = resolve_module(module_class)
+        arguments = (self._signature,) if self._signature is not None else ()
+        try:
+            module = cls(*arguments, **self._init)
+        except Exception as error:
+            raise ProgramSpecError(f"cannot construct {module_class}: {type(error).__name__}: {error}") from error
+        predictors = dict(module.named_predictors())
+        lm_settings: dict[str, Any] = {}
+        for name, target in self._targets.items():
+            value = self._variables[name].value
+            base, _, predictor_name = target.partition(":")
+            if base in LM_TARGETS:
+                lm_settings[base] = value
+            elif base in ("instructions", "demos"):
+                chosen = self._select_predictors(predictors, predictor_name, variable=name)
+                for predictor in chosen:
+                    if base == "instructions":
+                        predictor.signature = predictor.signature.with_instructions(value)
+                    else:
+                        predictor.demos = [dspy.Example(**demo) for demo in value]
+            elif base != "module":
+                self._set_attribute(module, target, value, variable=name)
+        if lm_settings:
+            model = lm_settings.pop("model", None)
+            base_lm = _lm_resolver(model) if model is not None else (lm or dspy.settings.lm)
+            if base_lm is None:
+                raise ProgramSpecError(
+                    f"program {self.name!r} sets {sorted(lm_settings)} but no LM is configured: "
+                    "pass lm=..., use dx.Context(lm=...), or add a 'model' variable"
+                )
+            module.set_lm(base_lm.copy(**lm_settings) if lm_settings else base_lm)
+        return module
+
+    @staticmethod
+    def _select_predictors(predictors: dict[str, Any], predictor_name: str, *, variable: str) -> list[Any]:
+        if not predictor_name:
+            return list(predictors.values())
+        if predictor_name not in predictors:
+            raise ProgramSpecError(
+                f"variable {variable!r} targets predictor {predictor_name!r}, which does not exist; "
+                f"predictors: {sorted(predictors)}"
+            )
+        return [predictors[predictor_name]]
+
+    @staticmethod
+    def _set_attribute(module: dspy.Module, path: str, value: Any, *, variable: str) -> None:
+        owner: Any = module
+        *parents, attribute = path.split(".")
+        for part in parents:
+            if not hasattr(owner, part):
+                raise ProgramSpecError(
+                    f"variable {variable!r} targets {path!r}, but {type(owner).__name__} has no attribute {part!r}"
+                )
+            owner = getattr(owner, part)
+        if not hasattr(owner, attribute):
+            raise ProgramSpecError(
+                f"variable {variable!r} targets {path!r}, but {type(owner).__name__} has no attribute {attribute!r}"
+            )
+        setattr(owner, attribute, value)
