@@ -1,0 +1,189 @@
+"""The ``dspex`` command: demo, evaluate, and journal queries from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+_METRICS = ("exact_match", "numeric_match", "contains", "f1")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # Tables stay readable when output goes to a file or a CI log (no terminal width to read).
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def _format_ci(summary: dict[str, Any]) -> str:
+    low, high = summary["ci"]
+    if low is None or high is None:
+        return "—"
+    return f"[{low:.3f}, {high:.3f}]"
+
+
+def _results_table(results: Sequence[Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="Evaluations", show_lines=False)
+    for column in ("program", "mean", "95% CI", "n", "errors", "tokens in/out", "cost $", "p50 latency", "experiment"):
+        table.add_column(column, justify="right" if column not in ("program", "experiment") else "left")
+    for result in results:
+        summary = result.to_summary()
+        mean = summary["mean"]
+        table.add_row(
+            result.name, "—" if mean is None else f"{mean:.3f}", _format_ci(summary), str(summary["n"]),
+            str(summary["n_errors"]), f"{summary['tokens']['input']:,}/{summary['tokens']['output']:,}",
+            "—" if summary["cost"] is None else f"{summary['cost']:.4f}",
+            "—" if summary["latency"]["p50"] is None else f"{summary['latency']['p50'] * 1000:.1f} ms",
+            str(result.experiment_id),
+        )
+    return table
+
+
+def _demo(arguments: argparse.Namespace) -> int:
+    import dspex_lab as dx
+
+    console = _console()
+    dataset = dx.Dataset(dx.datasets.arithmetic(arguments.n, seed=arguments.seed), name=f"arithmetic-{arguments.n}")
+    predict = dx.Program("dspy.Predict", signature="question -> answer", name="predict")
+    chain = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="chain-of-thought")
+    console.print(
+        f"dspex demo: {len(dataset)} arithmetic word problems, lab LM {arguments.lm!r} (an offline simulator), "
+        f"{arguments.threads} threads"
+    )
+    with dx.Context(lm=arguments.lm, journal=arguments.journal, threads=arguments.threads) as context:
+        results = [
+            dx.evaluate(program, dataset, metric=dx.metrics.exact_match, progress=not arguments.quiet)
+            for program in (predict, chain)
+        ]
+        comparison = dx.compare(results[0], results[1])
+    console.print(_results_table(results))
+    low, high = comparison.ci
+    console.print(
+        f"Paired comparison ({comparison.test}, n={comparison.n}): chain-of-thought − predict = "
+        f"{comparison.difference:+.3f} (95% CI {low:+.3f} to {high:+.3f}), p = {comparison.p_value:.2g}, "
+        f"d_z = {comparison.effect_size:.2f}"
+    )
+    journal_path = Path(context.journal.path).resolve() if context.journal is not None else None
+    console.print(f"Journal: {journal_path}  (browse with: dspex journal list --journal {journal_path})")
+    return 0
+
+
+def _evaluate(arguments: argparse.Namespace) -> int:
+    import dspex_lab as dx
+
+    spec_path = Path(arguments.spec)
+    if not spec_path.is_file():
+        raise dx.errors.ProgramSpecError(f"{spec_path}: no such program spec file")
+    program = dx.Program.from_json(spec_path.read_text(encoding="utf-8"))
+    inputs = arguments.inputs.split(",") if arguments.inputs else None
+    if inputs is None:
+        raise dx.errors.DatasetError("say which fields are inputs with --inputs question[,context]", path=arguments.data)
+    dataset = dx.load_dataset(arguments.data, inputs=inputs)
+    metric = getattr(dx.metrics, arguments.metric)
+    with dx.Context(lm=arguments.lm, journal=arguments.journal, threads=arguments.threads):
+        result = dx.evaluate(program, dataset, metric=metric, name=arguments.name, repeats=arguments.repeats,
+                             timeout=arguments.timeout, resume=arguments.resume, progress=not arguments.quiet)
+    _console().print(_results_table([result]))
+    if arguments.json:
+        print(json.dumps({"experiment_id": result.experiment_id, **result.to_summary()}))
+    return 0
+
+
+def _journal(arguments: argparse.Namespace) -> int:
+    import dspex_lab as dx
+    from rich.table import Table
+
+    journal = dx.open_journal(arguments.journal)
+    console = _console()
+    if arguments.journal_command == "list":
+        frame = journal.experiments()
+        table = Table(title=f"Experiments in {journal.path}")
+        for column in ("id", "name", "kind", "status", "trials", "errors", "mean", "created"):
+            table.add_column(column)
+        for row in frame.itertuples():
+            mean = row.mean_score
+            table.add_row(
+                row.id, str(row.name), row.kind, row.status, str(row.n_trials), str(row.n_errors),
+                "—" if mean is None or (isinstance(mean, float) and math.isnan(mean)) else f"{mean:.3f}",
+                str(row.created_at)[:19],
+            )
+        console.print(table)
+    elif arguments.journal_command == "trials":
+        frame = journal.trials(arguments.experiment, columns=[
+            "trial_id", "status", "score", "error_type", "latency", "input_tokens", "output_tokens",
+        ])
+        console.print(frame.to_string(index=False, max_rows=arguments.limit))
+    elif arguments.journal_command == "sql":
+        console.print(journal.sql(arguments.query).to_string(index=False, max_rows=arguments.limit))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dspex", description="Research environment for DSPy programs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="evaluate Predict vs ChainOfThought on the lab LM and compare them")
+    demo.add_argument("--journal", default="dspex.duckdb", help="journal file (default: dspex.duckdb)")
+    demo.add_argument("--lm", default="lab/small", help="LM to use (default: the offline lab/small)")
+    demo.add_argument("-n", type=int, default=200, help="number of problems (default: 200)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--threads", type=int, default=8)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(handler=_demo)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a program spec (JSON) on a dataset file")
+    evaluate.add_argument("spec", help="program spec JSON (from Program.to_json())")
+    evaluate.add_argument("data", help="dataset: .jsonl, .csv or .parquet")
+    evaluate.add_argument("--metric", choices=_METRICS, required=True)
+    evaluate.add_argument("--inputs", help="comma-separated input fields, e.g. question")
+    evaluate.add_argument("--journal", default="dspex.duckdb")
+    evaluate.add_argument("--lm", default=None, help="LM (default: DSPEX_LM or lab/small)")
+    evaluate.add_argument("--threads", type=int, default=None)
+    evaluate.add_argument("--repeats", type=int, default=1)
+    evaluate.add_argument("--timeout", type=float, default=None)
+    evaluate.add_argument("--resume", default=None, help="experiment id to resume")
+    evaluate.add_argument("--name", default=None)
+    evaluate.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.set_defaults(handler=_evaluate)
+
+    journal = commands.add_parser("journal", help="browse a journal")
+    journal.add_argument("--journal", default="dspex.duckdb")
+    journal_commands = journal.add_subparsers(dest="journal_command", required=True)
+    journal_commands.add_parser("list", help="list experiments")
+    trials = journal_commands.add_parser("trials", help="list an experiment's trials")
+    trials.add_argument("experiment")
+    trials.add_argument("--limit", type=int, default=50)
+    sql = journal_commands.add_parser("sql", help="run a SQL query over the journal")
+    sql.add_argument("query")
+    sql.add_argument("--limit", type=int, default=50)
+    journal.set_defaults(handler=_journal)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``dspex`` command; return its exit code."""
+    from dspex_lab.errors import DspexLabError
+
+    arguments = _parser().parse_args(argv)
+    try:
+        return int(arguments.handler(arguments))
+    except DspexLabError as error:
+        print(f"dspex: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as interrupt:
+        print(f"dspex: interrupted: {interrupt}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
