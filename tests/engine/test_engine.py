@@ -1,0 +1,133 @@
+import contextvars
+import threading
+import time
+
+import dspy
+import pytest
+
+import dspex_lab as dx
+from dspex_lab.engine import RetryPolicy, RunStatus, ThreadExecutor, TrialRunner, TrialTask, is_transient
+from dspex_lab.errors import ExecutionError, TrialTimeoutError
+
+
+def tasks(n: int) -> list[TrialTask]:
+    return [TrialTask(index=i, example_id=f"e{i}", example=dspy.Example(x=i).with_inputs("x")) for i in range(n)]
+
+
+class EchoModule(dspy.Module):
+    def __init__(self, sleep: float = 0.0, fail_on: frozenset[int] = frozenset(), hang_on: frozenset[int] = frozenset()):
+        super().__init__()
+        self.sleep = sleep
+        self.fail_on = fail_on
+        self.hang_on = hang_on
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def forward(self, x):
+        with self.lock:
+            self.calls += 1
+        if x in self.hang_on:
+            time.sleep(5)
+        if x in self.fail_on:
+            raise ValueError(f"bad input {x}")
+        time.sleep(self.sleep)
+        return dspy.Prediction(y=x)
+
+
+def identity_metric(example, prediction):
+    return prediction.y == example.x
+
+
+def run(executor, module, n, *, timeout=None, retries=0, metric=identity_metric, stop_after=None):
+    results = []
+
+    def on_result(result):
+        results.append(result)
+        return stop_after is not None and len(results) >= stop_after
+
+    runner = TrialRunner(module, metric, lm=None, retry=RetryPolicy(retries=retries, backoff=0.001))
+    status = executor.run(tasks(n), runner, on_result=on_result, timeout=timeout, retry=runner.retry)
+    return status, results
+
+
+def test_every_task_finishes_once_and_in_parallel():
+    module = EchoModule(sleep=0.05)
+    started = time.perf_counter()
+    status, results = run(ThreadExecutor(16), module, 64)
+    elapsed = time.perf_counter() - started
+    assert status == RunStatus.FINISHED
+    assert sorted(result.index for result in results) == list(range(64))
+    assert all(result.ok and result.score == 1.0 for result in results)
+    assert elapsed < 64 * 0.05 / 2  # far from serial
+
+
+def test_program_and_metric_failures_are_data():
+    def picky_metric(example, prediction):
+        if example.x == 3:
+            raise KeyError("metric broke")
+        return 1.0
+
+    status, results = run(ThreadExecutor(4), EchoModule(fail_on=frozenset({1, 2})), 6, metric=picky_metric)
+    by_index = {result.index: result for result in results}
+    assert status == RunStatus.FINISHED
+    assert by_index[1].status == "error" and by_index[1].error_type == "ValueError"
+    assert by_index[1].error_stage == "program" and "bad input 1" in by_index[1].error_message
+    assert "Traceback" in by_index[1].traceback
+    assert by_index[3].error_stage == "metric" and by_index[3].error_type == "KeyError"
+    assert by_index[1].score is None and by_index[0].score == 1.0
+
+
+def test_metric_returning_garbage_is_an_error():
+    status, results = run(ThreadExecutor(2), EchoModule(), 2, metric=lambda example, prediction: "yes")
+    assert {result.error_type for result in results} == {"TypeError"}
+    assert "must return a number or bool" in results[0].error_message
+
+
+def test_timeout_abandons_hung_trials_and_keeps_capacity():
+    module = EchoModule(hang_on=frozenset({0, 1}))
+    started = time.perf_counter()
+    status, results = run(ThreadExecutor(2), module, 10, timeout=0.3, retries=0)
+    assert time.perf_counter() - started < 3
+    by_index = {result.index: result for result in results}
+    assert len(results) == 10
+    assert by_index[0].error_type == TrialTimeoutError.__name__ and by_index[0].error_stage == "timeout"
+    assert all(by_index[i].ok for i in range(2, 10))
+
+
+def test_timeout_retries_then_records():
+    module = EchoModule(hang_on=frozenset({0}))
+    status, results = run(ThreadExecutor(2), module, 3, timeout=0.2, retries=2)
+    failed = [result for result in results if not result.ok]
+    assert len(results) == 3 and len(failed) == 1
+    assert failed[0].attempts == 3
+
+
+def test_stop_request_ends_the_run():
+    status, results = run(ThreadExecutor(2), EchoModule(sleep=0.01), 50, stop_after=5)
+    assert status == RunStatus.STOPPED
+    assert 5 <= len(results) < 50
+
+
+def test_context_variables_reach_workers():
+    marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="unset")
+
+    class Reader(dspy.Module):
+        def forward(self, x):
+            return dspy.Prediction(y=marker.get())
+
+    marker.set("from-caller")
+    status, results = run(ThreadExecutor(4), Reader(), 8, metric=lambda example, prediction: prediction.y == "from-caller")
+    assert all(result.score == 1.0 for result in results)
+
+
+def test_transient_classification():
+    assert is_transient(TrialTimeoutError("late"))
+    assert is_transient(dx.lm.LabRateLimitError("slow down")) if hasattr(dx, "lm") else True
+    assert not is_transient(ValueError("bad"))
+
+
+def test_executor_validation():
+    with pytest.raises(ExecutionError):
+        ThreadExecutor(0)
+    with pytest.raises(ExecutionError, match="Dask"):
+        dx.Context(executor="dask://127.0.0.1:8786", journal=False)
