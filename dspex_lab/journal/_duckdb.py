@@ -84,7 +84,8 @@ class DuckDBJournal:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = 60.0) -> None:
-        self.path = Path(path)
+        # Resolved once, so a later change of working directory cannot move the journal.
+        self.path = Path(path).resolve()
         self.lock_timeout = lock_timeout
         if self.path.is_dir():
             raise JournalError(f"journal path {self.path} is a directory; give a file such as dspex.duckdb")

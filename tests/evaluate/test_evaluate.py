@@ -161,10 +161,25 @@ def test_progress_events_reach_subscribers(problems):
     assert [event.done for event in events[1:-1]] == list(range(1, 13))
 
 
-def test_default_context_uses_lab_lm_and_working_directory_journal(problems, tmp_path):
+def test_default_context_uses_lab_lm_and_working_directory_journal(problems, tmp_path, monkeypatch):
+    from dspex_lab.evaluate import _context
+
+    monkeypatch.setattr(_context, "_default", None)
     result = dx.evaluate(PREDICT, problems[:4], metric=dx.metrics.exact_match, progress=False)
     assert result.n == 4
-    assert (tmp_path / "dspex.duckdb").exists() or dx.current_context().journal is not None
+    assert dx.current_context().lm.model == "lab/small"
+    assert list(dx.open_journal(tmp_path / "dspex.duckdb").experiments()["id"]) == [result.experiment_id]
+
+
+def test_environment_variables_configure_the_default_context(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSPEX_LM", "lab/large")
+    monkeypatch.setenv("DSPEX_THREADS", "3")
+    monkeypatch.setenv("DSPEX_JOURNAL", str(tmp_path / "env.duckdb"))
+    context = dx.Context()
+    assert (context.lm.model, context.threads, context.journal.path) == ("lab/large", 3, tmp_path / "env.duckdb")
+    monkeypatch.setenv("DSPEX_THREADS", "many")
+    with pytest.raises(dx.errors.DspexLabError, match="DSPEX_THREADS"):
+        dx.Context()
 
 
 def test_metrics_match_closed_forms():

@@ -1,0 +1,76 @@
+import json
+import subprocess
+import sys
+
+import dspex_lab as dx
+from dspex_lab.cli import main
+
+
+def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, capsys):
+    journal = tmp_path / "demo.duckdb"
+    assert main(["demo", "--journal", str(journal), "-n", "60", "--quiet"]) == 0
+    output = capsys.readouterr().out
+    assert "predict" in output and "chain-of-thought" in output
+    assert "95% CI" in output and "errors" in output and "tokens in/out" in output
+    assert "Paired comparison" in output
+    assert str(journal.resolve()) in output.replace("\n", "")
+    experiments = dx.open_journal(journal).experiments()
+    assert sorted(experiments["kind"]) == ["comparison", "evaluation", "evaluation"]
+    evaluations = experiments[experiments["kind"] == "evaluation"]
+    assert list(evaluations["n_trials"]) == [60, 60]
+
+
+def test_demo_console_script_is_installed(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "dspex_lab.cli", "demo", "--journal", str(tmp_path / "d.duckdb"), "-n", "20", "--quiet"],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "Journal:" in completed.stdout
+
+
+def test_journal_list_trials_and_sql(tmp_path, capsys):
+    journal = tmp_path / "j.duckdb"
+    main(["demo", "--journal", str(journal), "-n", "10", "--quiet"])
+    capsys.readouterr()
+    assert main(["journal", "--journal", str(journal), "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "predict" in listing and "finished" in listing
+    experiment = dx.open_journal(journal).experiments().query("name == 'predict'")["id"].iloc[0]
+    assert main(["journal", "--journal", str(journal), "trials", experiment]) == 0
+    assert "/r0" in capsys.readouterr().out
+    assert main(["journal", "--journal", str(journal), "sql", "select count(*) as n from trials"]) == 0
+    assert "20" in capsys.readouterr().out
+
+
+def test_evaluate_command_with_spec_and_jsonl(tmp_path, capsys):
+    spec = tmp_path / "qa.json"
+    spec.write_text(dx.Program("dspy.ChainOfThought", signature="question -> answer", name="qa").to_json())
+    data = tmp_path / "problems.jsonl"
+    data.write_text("\n".join(json.dumps(example.toDict()) for example in dx.datasets.arithmetic(15, seed=2)))
+    code = main(["evaluate", str(spec), str(data), "--metric", "exact_match", "--inputs", "question",
+                 "--journal", str(tmp_path / "e.duckdb"), "--quiet", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["n"] == 15 and summary["n_errors"] == 0
+
+
+def test_evaluate_command_reports_bad_data_with_file_and_line(tmp_path, capsys):
+    spec = tmp_path / "qa.json"
+    spec.write_text(dx.Program("dspy.Predict", signature="question -> answer").to_json())
+    data = tmp_path / "broken.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "2"}\n{"question": oops}\n')
+    code = main(["evaluate", str(spec), str(data), "--metric", "exact_match", "--inputs", "question",
+                 "--journal", str(tmp_path / "e.duckdb"), "--quiet"])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "broken.jsonl:2" in error
+
+
+def test_evaluate_command_refuses_unsafe_spec(tmp_path, capsys):
+    spec = tmp_path / "evil.json"
+    spec.write_text(json.dumps({"module": "os.system", "signature": "question -> answer"}))
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "q", "answer": "a"}\n')
+    assert main(["evaluate", str(spec), str(data), "--metric", "exact_match", "--inputs", "question"]) == 2
+    assert "'os.system' is not allowed" in capsys.readouterr().err
