@@ -39,8 +39,12 @@ def _results_table(results: Sequence[Any]) -> Any:
         summary = result.to_summary()
         mean = summary["mean"]
         table.add_row(
-            result.name, "—" if mean is None else f"{mean:.3f}", _format_ci(summary), str(summary["n"]),
-            str(summary["n_errors"]), f"{summary['tokens']['input']:,}/{summary['tokens']['output']:,}",
+            result.name,
+            "—" if mean is None else f"{mean:.3f}",
+            _format_ci(summary),
+            str(summary["n"]),
+            str(summary["n_errors"]),
+            f"{summary['tokens']['input']:,}/{summary['tokens']['output']:,}",
             "—" if summary["cost"] is None else f"{summary['cost']:.4f}",
             "—" if summary["latency"]["p50"] is None else f"{summary['latency']['p50'] * 1000:.1f} ms",
             str(result.experiment_id),
@@ -68,7 +72,7 @@ def _demo(arguments: argparse.Namespace) -> int:
     console.print(_results_table(results))
     low, high = comparison.ci
     console.print(
-        f"Paired comparison ({comparison.test}, n={comparison.n}): chain-of-thought − predict = "
+        f"Paired comparison ({comparison.test}, n={comparison.n}): chain-of-thought - predict = "
         f"{comparison.difference:+.3f} (95% CI {low:+.3f} to {high:+.3f}), p = {comparison.p_value:.2g}, "
         f"d_z = {comparison.effect_size:.2f}"
     )
@@ -86,12 +90,22 @@ def _evaluate(arguments: argparse.Namespace) -> int:
     program = dx.Program.from_json(spec_path.read_text(encoding="utf-8"))
     inputs = arguments.inputs.split(",") if arguments.inputs else None
     if inputs is None:
-        raise dx.errors.DatasetError("say which fields are inputs with --inputs question[,context]", path=arguments.data)
+        raise dx.errors.DatasetError(
+            "say which fields are inputs with --inputs question[,context]", path=arguments.data
+        )
     dataset = dx.load_dataset(arguments.data, inputs=inputs)
     metric = getattr(dx.metrics, arguments.metric)
     with dx.Context(lm=arguments.lm, journal=arguments.journal, threads=arguments.threads):
-        result = dx.evaluate(program, dataset, metric=metric, name=arguments.name, repeats=arguments.repeats,
-                             timeout=arguments.timeout, resume=arguments.resume, progress=not arguments.quiet)
+        result = dx.evaluate(
+            program,
+            dataset,
+            metric=metric,
+            name=arguments.name,
+            repeats=arguments.repeats,
+            timeout=arguments.timeout,
+            resume=arguments.resume,
+            progress=not arguments.quiet,
+        )
     _console().print(_results_table([result]))
     if arguments.json:
         print(json.dumps({"experiment_id": result.experiment_id, **result.to_summary()}))
@@ -99,8 +113,9 @@ def _evaluate(arguments: argparse.Namespace) -> int:
 
 
 def _journal(arguments: argparse.Namespace) -> int:
-    import dspex_lab as dx
     from rich.table import Table
+
+    import dspex_lab as dx
 
     journal = dx.open_journal(arguments.journal)
     console = _console()
@@ -112,15 +127,29 @@ def _journal(arguments: argparse.Namespace) -> int:
         for row in frame.itertuples():
             mean = row.mean_score
             table.add_row(
-                row.id, str(row.name), row.kind, row.status, str(row.n_trials), str(row.n_errors),
+                row.id,
+                str(row.name),
+                row.kind,
+                row.status,
+                str(row.n_trials),
+                str(row.n_errors),
                 "—" if mean is None or (isinstance(mean, float) and math.isnan(mean)) else f"{mean:.3f}",
                 str(row.created_at)[:19],
             )
         console.print(table)
     elif arguments.journal_command == "trials":
-        frame = journal.trials(arguments.experiment, columns=[
-            "trial_id", "status", "score", "error_type", "latency", "input_tokens", "output_tokens",
-        ])
+        frame = journal.trials(
+            arguments.experiment,
+            columns=[
+                "trial_id",
+                "status",
+                "score",
+                "error_type",
+                "latency",
+                "input_tokens",
+                "output_tokens",
+            ],
+        )
         console.print(frame.to_string(index=False, max_rows=arguments.limit))
     elif arguments.journal_command == "sql":
         console.print(journal.sql(arguments.query).to_string(index=False, max_rows=arguments.limit))
@@ -159,11 +188,15 @@ def _parser() -> argparse.ArgumentParser:
     journal = commands.add_parser("journal", help="browse a journal")
     journal.add_argument("--journal", default="dspex.duckdb")
     journal_commands = journal.add_subparsers(dest="journal_command", required=True)
-    journal_commands.add_parser("list", help="list experiments")
-    trials = journal_commands.add_parser("trials", help="list an experiment's trials")
+    # --journal is accepted before or after the subcommand; SUPPRESS keeps an absent one from
+    # overwriting a value given before it.
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--journal", default=argparse.SUPPRESS, help="journal file (default: dspex.duckdb)")
+    journal_commands.add_parser("list", help="list experiments", parents=[where])
+    trials = journal_commands.add_parser("trials", help="list an experiment's trials", parents=[where])
     trials.add_argument("experiment")
     trials.add_argument("--limit", type=int, default=50)
-    sql = journal_commands.add_parser("sql", help="run a SQL query over the journal")
+    sql = journal_commands.add_parser("sql", help="run a SQL query over the journal", parents=[where])
     sql.add_argument("query")
     sql.add_argument("--limit", type=int, default=50)
     journal.set_defaults(handler=_journal)

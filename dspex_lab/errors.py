@@ -22,8 +22,8 @@ from __future__ import annotations
 
 __all__ = [
     "DatasetError",
-    "DspexLabWarning",
     "DspexLabError",
+    "DspexLabWarning",
     "ExecutionError",
     "JournalError",
     "MissingDependencyError",

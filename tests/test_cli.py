@@ -23,7 +23,9 @@ def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, capsys):
 def test_demo_console_script_is_installed(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "dspex_lab.cli", "demo", "--journal", str(tmp_path / "d.duckdb"), "-n", "20", "--quiet"],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert completed.returncode == 0, completed.stderr
     assert "Journal:" in completed.stdout
@@ -36,6 +38,8 @@ def test_journal_list_trials_and_sql(tmp_path, capsys):
     assert main(["journal", "--journal", str(journal), "list"]) == 0
     listing = capsys.readouterr().out
     assert "predict" in listing and "finished" in listing
+    assert main(["journal", "list", "--journal", str(journal)]) == 0  # the form the demo prints
+    assert capsys.readouterr().out == listing
     experiment = dx.open_journal(journal).experiments().query("name == 'predict'")["id"].iloc[0]
     assert main(["journal", "--journal", str(journal), "trials", experiment]) == 0
     assert "/r0" in capsys.readouterr().out
@@ -48,8 +52,21 @@ def test_evaluate_command_with_spec_and_jsonl(tmp_path, capsys):
     spec.write_text(dx.Program("dspy.ChainOfThought", signature="question -> answer", name="qa").to_json())
     data = tmp_path / "problems.jsonl"
     data.write_text("\n".join(json.dumps(example.toDict()) for example in dx.datasets.arithmetic(15, seed=2)))
-    code = main(["evaluate", str(spec), str(data), "--metric", "exact_match", "--inputs", "question",
-                 "--journal", str(tmp_path / "e.duckdb"), "--quiet", "--json"])
+    code = main(
+        [
+            "evaluate",
+            str(spec),
+            str(data),
+            "--metric",
+            "exact_match",
+            "--inputs",
+            "question",
+            "--journal",
+            str(tmp_path / "e.duckdb"),
+            "--quiet",
+            "--json",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["n"] == 15 and summary["n_errors"] == 0
@@ -60,8 +77,20 @@ def test_evaluate_command_reports_bad_data_with_file_and_line(tmp_path, capsys):
     spec.write_text(dx.Program("dspy.Predict", signature="question -> answer").to_json())
     data = tmp_path / "broken.jsonl"
     data.write_text('{"question": "1+1?", "answer": "2"}\n{"question": oops}\n')
-    code = main(["evaluate", str(spec), str(data), "--metric", "exact_match", "--inputs", "question",
-                 "--journal", str(tmp_path / "e.duckdb"), "--quiet"])
+    code = main(
+        [
+            "evaluate",
+            str(spec),
+            str(data),
+            "--metric",
+            "exact_match",
+            "--inputs",
+            "question",
+            "--journal",
+            str(tmp_path / "e.duckdb"),
+            "--quiet",
+        ]
+    )
     assert code == 2
     error = capsys.readouterr().err
     assert "broken.jsonl:2" in error

@@ -52,9 +52,21 @@ TOPICS: dict[str, _Topic] = {
 }
 
 _PEOPLE: tuple[tuple[str, str], ...] = (
-    ("Maya", "she"), ("Liam", "he"), ("Sofia", "she"), ("Noah", "he"), ("Aisha", "she"),
-    ("Mateo", "he"), ("Yuki", "she"), ("Omar", "he"), ("Elena", "she"), ("Kofi", "he"),
-    ("Priya", "she"), ("Jonas", "he"), ("Lena", "she"), ("Ravi", "he"), ("Chloe", "she"),
+    ("Maya", "she"),
+    ("Liam", "he"),
+    ("Sofia", "she"),
+    ("Noah", "he"),
+    ("Aisha", "she"),
+    ("Mateo", "he"),
+    ("Yuki", "she"),
+    ("Omar", "he"),
+    ("Elena", "she"),
+    ("Kofi", "he"),
+    ("Priya", "she"),
+    ("Jonas", "he"),
+    ("Lena", "she"),
+    ("Ravi", "he"),
+    ("Chloe", "she"),
     ("Diego", "he"),
 )
 _FRIENDS: tuple[str, ...] = ("Sam", "Alex", "Jordan", "Robin", "Kim", "Taylor", "Ari", "Jess")
@@ -124,22 +136,32 @@ def apply_step(value: int, step: ArithmeticStep) -> int:
 _FACTOR_WORDS = {2: "doubles", 3: "triples"}
 
 
-def _clause(step: ArithmeticStep, *, item: str, container: str, possessive: str, friend: str,
-            variant: int) -> str:
+def _clause(step: ArithmeticStep, *, item: str, container: str, possessive: str, friend: str, variant: int) -> str:
     """Return the clause stating ``step`` without its subject (the subject is added by the caller)."""
     amount, size = step.amount, step.group_size
     if step.operation == "add":
-        return (f"buys {amount} more {item}", f"finds {amount} more {item}",
-                f"gets {amount} more {item} from {friend}")[variant % 3]
+        return (
+            f"buys {amount} more {item}",
+            f"finds {amount} more {item}",
+            f"gets {amount} more {item} from {friend}",
+        )[variant % 3]
     if step.operation == "subtract":
-        return (f"gives away {amount} {item}", f"loses {amount} {item}",
-                f"gives {amount} {item} to {friend}", f"uses {amount} {item}")[variant % 4]
+        return (
+            f"gives away {amount} {item}",
+            f"loses {amount} {item}",
+            f"gives {amount} {item} to {friend}",
+            f"uses {amount} {item}",
+        )[variant % 4]
     if step.operation == "add_groups":
-        return (f"buys {amount} {container} with {size} {item} each",
-                f"receives {amount} {container} of {size} {item} each")[variant % 2]
+        return (
+            f"buys {amount} {container} with {size} {item} each",
+            f"receives {amount} {container} of {size} {item} each",
+        )[variant % 2]
     if step.operation == "subtract_groups":
-        return (f"sells {amount} {container} with {size} {item} each",
-                f"packs {amount} {container} of {size} {item} each and gives them to {friend}")[variant % 2]
+        return (
+            f"sells {amount} {container} with {size} {item} each",
+            f"packs {amount} {container} of {size} {item} each and gives them to {friend}",
+        )[variant % 2]
     if step.operation == "multiply":
         return f"{_FACTOR_WORDS[amount]} {possessive} {item}"
     if step.operation == "divide":
@@ -179,16 +201,28 @@ def _write_problem(generator: random.Random, difficulty: int, topic_name: str) -
     for _ in range(difficulty):
         step = generator.choice(_feasible_steps(value, generator))
         value = apply_step(value, step)
-        clauses.append(_clause(step, item=item, container=topic.container, possessive=possessive,
-                               friend=friend, variant=generator.randrange(12)))
+        clauses.append(
+            _clause(
+                step,
+                item=item,
+                container=topic.container,
+                possessive=possessive,
+                friend=friend,
+                variant=generator.randrange(12),
+            )
+        )
     # Join some consecutive clauses with "and" (one subject) and open others
     # with "Then", so the parser meets the sentence shapes a reader would.
     index = 0
     subject = pronoun.capitalize()
     while index < len(clauses):
         opener = subject if index == 0 or generator.random() < 0.5 else f"Then {pronoun}"
-        if index + 1 < len(clauses) and generator.random() < 0.35 and " and " not in clauses[index] \
-                and " and " not in clauses[index + 1]:
+        if (
+            index + 1 < len(clauses)
+            and generator.random() < 0.35
+            and " and " not in clauses[index]
+            and " and " not in clauses[index + 1]
+        ):
             sentences.append(f"{opener} {clauses[index]} and {clauses[index + 1]}.")
             index += 2
         else:
@@ -249,10 +283,16 @@ _QUESTION = re.compile(rf"How many (?P<item>{_WORD}) does (?:she|he) have now\?\
 _CLAUSE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (operation, re.compile(pattern + r"$"))
     for operation, pattern in (
-        ("add_groups", rf"(?:buys|receives) (?P<amount>\d+) (?P<container>{_WORD}) (?:with|of) "
-                       rf"(?P<size>\d+) {_WORD} each"),
-        ("subtract_groups", rf"(?:sells|packs) (?P<amount>\d+) (?P<container>{_WORD}) (?:with|of) "
-                            rf"(?P<size>\d+) {_WORD} each(?: and gives them to {_WORD})?"),
+        (
+            "add_groups",
+            rf"(?:buys|receives) (?P<amount>\d+) (?P<container>{_WORD}) (?:with|of) "
+            rf"(?P<size>\d+) {_WORD} each",
+        ),
+        (
+            "subtract_groups",
+            rf"(?:sells|packs) (?P<amount>\d+) (?P<container>{_WORD}) (?:with|of) "
+            rf"(?P<size>\d+) {_WORD} each(?: and gives them to {_WORD})?",
+        ),
         ("add", rf"(?:buys|finds) (?P<amount>\d+) more {_WORD}"),
         ("add", rf"gets (?P<amount>\d+) more {_WORD} from {_WORD}"),
         ("subtract", rf"(?:gives away|loses|uses) (?P<amount>\d+) {_WORD}"),
@@ -298,14 +338,14 @@ def parse_problem(text: str) -> ArithmeticProblem | None:
     question = _QUESTION.search(text)
     if opening is None or question is None or question.start() < opening.end():
         return None
-    body = text[opening.end():question.start()].strip()
+    body = text[opening.end() : question.start()].strip()
     container = ""
     steps: list[ArithmeticStep] = []
     for sentence in filter(None, (part.strip() for part in body.split("."))):
         subject = _SUBJECT.match(sentence)
         if subject is None:
             return None
-        for clause in _CLAUSE_SPLIT.split(sentence[subject.end():]):
+        for clause in _CLAUSE_SPLIT.split(sentence[subject.end() :]):
             step = _read_clause(clause.strip())
             if step is None:
                 return None
@@ -314,8 +354,7 @@ def parse_problem(text: str) -> ArithmeticProblem | None:
             steps.append(step)
     if not steps:
         return None
-    return ArithmeticProblem(start=int(opening["start"]), item=opening["item"], container=container,
-                             steps=tuple(steps))
+    return ArithmeticProblem(start=int(opening["start"]), item=opening["item"], container=container, steps=tuple(steps))
 
 
 _OPENING_CONTAINER = re.compile(rf"\d+ ({_WORD}) (?:with|of) \d+")

@@ -102,7 +102,9 @@ class ThreadExecutor:
                 try:
                     result = base_context.copy().run(runner, task, attempt=attempt)
                 except BaseException as error:  # the runner records errors; this is a last resort
-                    result = TrialRunner._failure(task, error, "runner", time.time(), time.perf_counter(), _EMPTY, attempt)
+                    result = TrialRunner._failure(
+                        task, error, "runner", time.time(), time.perf_counter(), _EMPTY, attempt
+                    )
                 outbox.put((submission, result))
 
         def start_worker() -> None:
@@ -146,8 +148,9 @@ class ThreadExecutor:
                         if attempt <= retry.retries:
                             pending.appendleft((task, attempt + 1))
                         elif on_result(
-                            TrialRunner.timed_out(task, timeout=timeout, started=time.time() - (now - began),
-                                                  attempts=attempt)
+                            TrialRunner.timed_out(
+                                task, timeout=timeout, started=time.time() - (now - began), attempts=attempt
+                            )
                         ):
                             status = RunStatus.STOPPED
                             break
@@ -175,9 +178,7 @@ def make_executor(spec: object = None, *, threads: int | None = None) -> Executo
     if spec is None or spec == "thread":
         return ThreadExecutor(threads or 8)
     if isinstance(spec, str) and spec.startswith("dask://"):
-        raise ExecutionError(
-            "the Dask executor is not available in this version of dspex_lab; use executor='thread'"
-        )
+        raise ExecutionError("the Dask executor is not available in this version of dspex_lab; use executor='thread'")
     if hasattr(spec, "run") and hasattr(spec, "threads"):
         return spec  # type: ignore[return-value]
     raise ExecutionError(f"unknown executor {spec!r}: use 'thread' or an Executor instance")

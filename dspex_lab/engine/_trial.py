@@ -188,32 +188,69 @@ class TrialRunner:
             break
         input_tokens, output_tokens, cost, calls = _usage(tracker)
         return TrialResult(
-            index=task.index, example_id=task.example_id, repeat=task.repeat, status="ok", score=score,
+            index=task.index,
+            example_id=task.example_id,
+            repeat=task.repeat,
+            status="ok",
+            score=score,
             prediction=json.dumps(to_json_value(prediction), ensure_ascii=False),
-            latency=time.perf_counter() - clock, input_tokens=input_tokens, output_tokens=output_tokens,
-            cost=cost, lm_calls=calls, attempts=attempt, started_at=started, finished_at=time.time(),
+            latency=time.perf_counter() - clock,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost=cost,
+            lm_calls=calls,
+            attempts=attempt,
+            started_at=started,
+            finished_at=time.time(),
         )
 
     @staticmethod
     def _failure(
-        task: TrialTask, error: BaseException, stage: str, started: float, clock: float,
-        tracker: UsageTracker, attempt: int,
+        task: TrialTask,
+        error: BaseException,
+        stage: str,
+        started: float,
+        clock: float,
+        tracker: UsageTracker,
+        attempt: int,
     ) -> TrialResult:
         input_tokens, output_tokens, cost, calls = _usage(tracker)
         return TrialResult(
-            index=task.index, example_id=task.example_id, repeat=task.repeat, status="error", score=None,
-            prediction=None, error_type=type(error).__name__, error_message=str(error)[:2000], error_stage=stage,
-            traceback="".join(traceback.format_exception(error))[-8000:], latency=time.perf_counter() - clock,
-            input_tokens=input_tokens, output_tokens=output_tokens, cost=cost, lm_calls=calls, attempts=attempt,
-            started_at=started, finished_at=time.time(),
+            index=task.index,
+            example_id=task.example_id,
+            repeat=task.repeat,
+            status="error",
+            score=None,
+            prediction=None,
+            error_type=type(error).__name__,
+            error_message=str(error)[:2000],
+            error_stage=stage,
+            traceback="".join(traceback.format_exception(error))[-8000:],
+            latency=time.perf_counter() - clock,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost=cost,
+            lm_calls=calls,
+            attempts=attempt,
+            started_at=started,
+            finished_at=time.time(),
         )
 
     @staticmethod
     def timed_out(task: TrialTask, *, timeout: float, started: float, attempts: int) -> TrialResult:
         """Return the record of a trial abandoned after ``timeout`` seconds."""
         return TrialResult(
-            index=task.index, example_id=task.example_id, repeat=task.repeat, status="error", score=None,
-            prediction=None, error_type=TrialTimeoutError.__name__,
-            error_message=f"trial did not finish within {timeout:g} s (attempt {attempts})", error_stage="timeout",
-            latency=timeout, attempts=attempts, started_at=started, finished_at=time.time(),
+            index=task.index,
+            example_id=task.example_id,
+            repeat=task.repeat,
+            status="error",
+            score=None,
+            prediction=None,
+            error_type=TrialTimeoutError.__name__,
+            error_message=f"trial did not finish within {timeout:g} s (attempt {attempts})",
+            error_stage="timeout",
+            latency=timeout,
+            attempts=attempts,
+            started_at=started,
+            finished_at=time.time(),
         )

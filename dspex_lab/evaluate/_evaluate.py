@@ -63,7 +63,9 @@ def _metric_name(metric: Metric) -> str:
     return f"{module}.{name}" if module and not module.startswith("__") else name
 
 
-def _program_parts(program: Program | dspy.Module, lm: dspy.BaseLM) -> tuple[dspy.Module, dict[str, Any] | None, str, str | None]:
+def _program_parts(
+    program: Program | dspy.Module, lm: dspy.BaseLM
+) -> tuple[dspy.Module, dict[str, Any] | None, str, str | None]:
     if isinstance(program, Program):
         return program.build(lm=lm), program.to_dict(), program.name, program.fingerprint
     if isinstance(program, dspy.Module):
@@ -128,12 +130,18 @@ def evaluate(
         for index, (example_id, example) in enumerate(zip(data.example_ids, data, strict=True))
         for repeat in range(repeats)
     ]
-    budget = None if max_errors is None else (
-        int(max_errors * len(planned)) if isinstance(max_errors, float) and max_errors < 1 else int(max_errors)
+    budget = (
+        None
+        if max_errors is None
+        else (int(max_errors * len(planned)) if isinstance(max_errors, float) and max_errors < 1 else int(max_errors))
     )
     config = {
-        "repeats": repeats, "timeout": timeout, "retries": retries, "max_errors": max_errors,
-        "threads": context.threads, "lm": getattr(context.lm, "model", repr(context.lm)),
+        "repeats": repeats,
+        "timeout": timeout,
+        "retries": retries,
+        "max_errors": max_errors,
+        "threads": context.threads,
+        "lm": getattr(context.lm, "model", repr(context.lm)),
     }
 
     experiment_id: str | None = None
@@ -150,12 +158,22 @@ def evaluate(
         journal.claim_experiment(resume)
         run_name = previous["name"]
     elif journal is not None:
-        experiment_id = journal.create_experiment(ExperimentRecord(
-            kind="evaluation", name=run_name, program_name=program_name, program_fingerprint=fingerprint,
-            program_spec=spec, dataset_name=data.name, dataset_fingerprint=data.fingerprint,
-            dataset_manifest=data.manifest(), metric=_metric_name(metric), config=config,
-            environment=environment(), n_planned=len(planned),
-        ))
+        experiment_id = journal.create_experiment(
+            ExperimentRecord(
+                kind="evaluation",
+                name=run_name,
+                program_name=program_name,
+                program_fingerprint=fingerprint,
+                program_spec=spec,
+                dataset_name=data.name,
+                dataset_fingerprint=data.fingerprint,
+                dataset_manifest=data.manifest(),
+                metric=_metric_name(metric),
+                config=config,
+                environment=environment(),
+                n_planned=len(planned),
+            )
+        )
     tasks = [task for task in planned if (task.example_id, task.repeat) not in done_before]
 
     bus = EventBus(list(subscribers))
@@ -181,8 +199,9 @@ def evaluate(
     bus.emit(RunStarted(run_id, run_name, len(planned), len(done_before)))
     started = time.perf_counter()
     try:
-        status = context.executor.run(tasks, runner, on_result=on_result, timeout=timeout,
-                                      retry=RetryPolicy(retries=retries))
+        status = context.executor.run(
+            tasks, runner, on_result=on_result, timeout=timeout, retry=RetryPolicy(retries=retries)
+        )
     finally:
         wall = time.perf_counter() - started
         if writer is not None:
@@ -198,8 +217,14 @@ def evaluate(
     else:
         trials = _frame(results)
     result = EvaluationResult(
-        experiment_id=experiment_id, name=run_name, status=final_status, trials=trials, program=spec,
-        dataset=data.manifest(), metric=_metric_name(metric), wall_seconds=wall,
+        experiment_id=experiment_id,
+        name=run_name,
+        status=final_status,
+        trials=trials,
+        program=spec,
+        dataset=data.manifest(),
+        metric=_metric_name(metric),
+        wall_seconds=wall,
     )
     if journal is not None and experiment_id is not None:
         journal.finish_experiment(experiment_id, status=final_status, detail=detail, summary=result.to_summary())

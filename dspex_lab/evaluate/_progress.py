@@ -25,8 +25,14 @@ class TqdmProgress:
         if isinstance(event, RunStarted):
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=event.total, initial=event.already_done, desc=event.name, unit="trial",
-                             dynamic_ncols=True, leave=True)
+            self._bar = tqdm(
+                total=event.total,
+                initial=event.already_done,
+                desc=event.name,
+                unit="trial",
+                dynamic_ncols=True,
+                leave=True,
+            )
         elif isinstance(event, TrialFinished) and self._bar is not None:
             if event.result.score is not None:
                 self._scores += event.result.score

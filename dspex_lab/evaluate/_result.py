@@ -127,11 +127,20 @@ class EvaluationResult:
             return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
         return {
-            "mean": number(self.mean), "stderr": number(self.stderr), "sd": number(self.summary.sd),
-            "ci": [number(self.ci[0]), number(self.ci[1])], "confidence": self.confidence, "n": self.n,
-            "n_trials": self.n_trials, "n_errors": self.n_errors, "errors": self.errors,
-            "latency": {key: number(value) for key, value in self.latency.items()}, "tokens": self.tokens,
-            "cost": number(self.cost), "lm_calls": self.lm_calls, "wall_seconds": number(self.wall_seconds),
+            "mean": number(self.mean),
+            "stderr": number(self.stderr),
+            "sd": number(self.summary.sd),
+            "ci": [number(self.ci[0]), number(self.ci[1])],
+            "confidence": self.confidence,
+            "n": self.n,
+            "n_trials": self.n_trials,
+            "n_errors": self.n_errors,
+            "errors": self.errors,
+            "latency": {key: number(value) for key, value in self.latency.items()},
+            "tokens": self.tokens,
+            "cost": number(self.cost),
+            "lm_calls": self.lm_calls,
+            "wall_seconds": number(self.wall_seconds),
         }
 
     def __repr__(self) -> str:
@@ -148,7 +157,7 @@ class EvaluationResult:
         cost = "unknown" if self.cost is None else f"${self.cost:.4f}"
         experiment = html.escape(str(self.experiment_id))
         rows = [
-            ("mean score", f"<b>{self.mean:.3f}</b> (95% CI {low:.3f} – {high:.3f}, SE {self.stderr:.3f})"),
+            ("mean score", f"<b>{self.mean:.3f}</b> (95% CI {low:.3f} - {high:.3f}, SE {self.stderr:.3f})"),
             ("examples scored", f"{self.n} of {self.trials['example_id'].nunique() if len(self.trials) else 0}"),
             ("errors", f"{self.n_errors} ({errors}) — counted apart, not averaged in"),
             ("latency p50 / p95 / p99", " / ".join(f"{latency[k]:.3f} s" for k in ("p50", "p95", "p99"))),

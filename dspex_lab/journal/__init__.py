@@ -8,4 +8,4 @@ experiments and trials back as pandas DataFrames.
 from dspex_lab.journal._duckdb import DuckDBJournal, ExperimentRecord, TrialWriter, open_journal
 from dspex_lab.journal._schema import SCHEMA_VERSION
 
-__all__ = ["DuckDBJournal", "ExperimentRecord", "SCHEMA_VERSION", "TrialWriter", "open_journal"]
+__all__ = ["SCHEMA_VERSION", "DuckDBJournal", "ExperimentRecord", "TrialWriter", "open_journal"]

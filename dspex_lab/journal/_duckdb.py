@@ -152,10 +152,24 @@ class DuckDBJournal:
                    host, pid, created_at, updated_at, heartbeat_at)
                    VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 [
-                    record.id, record.kind, record.name, record.program_name, record.program_fingerprint,
-                    _json(record.program_spec), record.dataset_name, record.dataset_fingerprint,
-                    _json(record.dataset_manifest), record.metric, _json(record.config), _json(record.environment),
-                    record.n_planned, socket.gethostname(), os.getpid(), now, now, now,
+                    record.id,
+                    record.kind,
+                    record.name,
+                    record.program_name,
+                    record.program_fingerprint,
+                    _json(record.program_spec),
+                    record.dataset_name,
+                    record.dataset_fingerprint,
+                    _json(record.dataset_manifest),
+                    record.metric,
+                    _json(record.config),
+                    _json(record.environment),
+                    record.n_planned,
+                    socket.gethostname(),
+                    os.getpid(),
+                    now,
+                    now,
+                    now,
                 ],
             )
         return record.id

@@ -16,9 +16,26 @@ __all__ = ["SCHEMA_VERSION", "TRIAL_COLUMNS", "ensure_schema"]
 SCHEMA_VERSION = 1
 
 TRIAL_COLUMNS = (
-    "experiment_id", "trial_id", "example_id", "example_index", "repeat", "status", "score", "prediction",
-    "error_type", "error_message", "error_stage", "traceback", "latency", "input_tokens", "output_tokens",
-    "cost", "lm_calls", "attempts", "started_at", "finished_at",
+    "experiment_id",
+    "trial_id",
+    "example_id",
+    "example_index",
+    "repeat",
+    "status",
+    "score",
+    "prediction",
+    "error_type",
+    "error_message",
+    "error_stage",
+    "traceback",
+    "latency",
+    "input_tokens",
+    "output_tokens",
+    "cost",
+    "lm_calls",
+    "attempts",
+    "started_at",
+    "finished_at",
 )
 
 _VERSION_1 = """
@@ -95,7 +112,8 @@ def ensure_schema(connection: duckdb.DuckDBPyConnection) -> int:
     found = _current_version(connection)
     if found > SCHEMA_VERSION:
         raise RuntimeError(
-            f"journal schema version {found} is newer than this dspex_lab supports ({SCHEMA_VERSION}); upgrade dspex_lab"
+            f"journal schema version {found} is newer than this dspex_lab supports ({SCHEMA_VERSION}); "
+            "upgrade dspex_lab"
         )
     if found == SCHEMA_VERSION:
         return found
@@ -103,9 +121,7 @@ def ensure_schema(connection: duckdb.DuckDBPyConnection) -> int:
     try:
         for version in range(found + 1, SCHEMA_VERSION + 1):
             MIGRATIONS[version](connection)
-        connection.execute(
-            "INSERT OR REPLACE INTO dspex_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
-        )
+        connection.execute("INSERT OR REPLACE INTO dspex_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         connection.execute("COMMIT")
     except Exception:
         connection.execute("ROLLBACK")

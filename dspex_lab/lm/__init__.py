@@ -14,8 +14,8 @@ from dspex_lab.lm.engine import AsyncLabEngine, LabEngine, LabLMError, LabRateLi
 from dspex_lab.lm.profiles import LAB_MODELS, LabModelProfile, lm_cost
 
 __all__ = [
-    "AsyncLabEngine",
     "LAB_MODELS",
+    "AsyncLabEngine",
     "LabEngine",
     "LabLM",
     "LabLMError",

@@ -98,14 +98,22 @@ def lab_lm(
     """
     if model not in LAB_MODELS:
         raise ProgramSpecError(f"unknown lab model {model!r}; choose one of {sorted(LAB_MODELS)}")
-    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
-                                    or not 0.0 <= temperature <= 2.0):
+    if temperature is not None and (
+        isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0.0 <= temperature <= 2.0
+    ):
         raise ProgramSpecError(f"temperature must be a number in [0, 2] or None, got {temperature!r}")
     try:
-        engine = LabEngine(latency=latency, error_rate=error_rate, rate_limit_rate=rate_limit_rate,
-                           hang_rate=hang_rate, hang_seconds=hang_seconds, seed=seed)
-        return LabLM(model, engine=engine, temperature=temperature, max_tokens=max_tokens, cache=cache,
-                     num_retries=num_retries)
+        engine = LabEngine(
+            latency=latency,
+            error_rate=error_rate,
+            rate_limit_rate=rate_limit_rate,
+            hang_rate=hang_rate,
+            hang_seconds=hang_seconds,
+            seed=seed,
+        )
+        return LabLM(
+            model, engine=engine, temperature=temperature, max_tokens=max_tokens, cache=cache, num_retries=num_retries
+        )
     except ValueError as error:
         raise ProgramSpecError(f"lab_lm({model!r}): {error}") from error
 

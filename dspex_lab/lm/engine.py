@@ -185,15 +185,22 @@ class LabEngine:
         self._ledger = _ledger if _ledger is not None else _AttemptLedger()
 
     def __repr__(self) -> str:
-        return (f"LabEngine(latency={self.latency}, error_rate={self.error_rate}, "
-                f"rate_limit_rate={self.rate_limit_rate}, hang_rate={self.hang_rate}, seed={self.seed}, "
-                f"rollout_id={self.rollout_id!r})")
+        return (
+            f"LabEngine(latency={self.latency}, error_rate={self.error_rate}, "
+            f"rate_limit_rate={self.rate_limit_rate}, hang_rate={self.hang_rate}, seed={self.seed}, "
+            f"rollout_id={self.rollout_id!r})"
+        )
 
     def with_rollout(self, rollout_id: Any) -> LabEngine:
         """Return an engine like this one bound to ``rollout_id`` (sharing the attempt ledger)."""
         return LabEngine(
-            latency=self.latency, error_rate=self.error_rate, rate_limit_rate=self.rate_limit_rate,
-            hang_rate=self.hang_rate, hang_seconds=self.hang_seconds, seed=self.seed, rollout_id=rollout_id,
+            latency=self.latency,
+            error_rate=self.error_rate,
+            rate_limit_rate=self.rate_limit_rate,
+            hang_rate=self.hang_rate,
+            hang_seconds=self.hang_seconds,
+            seed=self.seed,
+            rollout_id=rollout_id,
             _ledger=self._ledger,
         )
 
@@ -219,11 +226,18 @@ class LabEngine:
 
     def dump_state(self) -> dict[str, Any]:
         """Return the JSON-serializable configuration (for ``dspy.LM.dump_state``)."""
-        rollout = self.rollout_id if isinstance(self.rollout_id, (int, str, float)) or self.rollout_id is None \
+        rollout = (
+            self.rollout_id
+            if isinstance(self.rollout_id, (int, str, float)) or self.rollout_id is None
             else repr(self.rollout_id)
+        )
         return {
-            "latency": self.latency, "error_rate": self.error_rate, "rate_limit_rate": self.rate_limit_rate,
-            "hang_rate": self.hang_rate, "hang_seconds": self.hang_seconds, "seed": self.seed,
+            "latency": self.latency,
+            "error_rate": self.error_rate,
+            "rate_limit_rate": self.rate_limit_rate,
+            "hang_rate": self.hang_rate,
+            "hang_seconds": self.hang_seconds,
+            "seed": self.seed,
             "rollout_id": rollout,
         }
 
@@ -254,7 +268,8 @@ class LabEngine:
         profile = LAB_MODELS.get(request.model)
         if profile is None:
             raise lm15.UnsupportedModelError(
-                f"{request.model!r} is not a lab model; choose one of {sorted(LAB_MODELS)}", provider="lab")
+                f"{request.model!r} is not a lab model; choose one of {sorted(LAB_MODELS)}", provider="lab"
+            )
 
         failure, delay = None, self.latency
         if self.error_rate or self.rate_limit_rate or self.hang_rate:
@@ -263,8 +278,12 @@ class LabEngine:
             rate_limit_draw, hang_draw, error_draw = faults.uniform(), faults.uniform(), faults.uniform()
             if rate_limit_draw < self.rate_limit_rate:
                 # A real 429 comes back at once, without the generation latency.
-                return _Outcome(None, 0.0, LabRateLimitError(
-                    f"{request.model}: simulated rate limit", provider="lab", status=429), fail_before_delay=True)
+                return _Outcome(
+                    None,
+                    0.0,
+                    LabRateLimitError(f"{request.model}: simulated rate limit", provider="lab", status=429),
+                    fail_before_delay=True,
+                )
             if hang_draw < self.hang_rate:
                 delay += self.hang_seconds
             if error_draw < self.error_rate:
@@ -281,7 +300,7 @@ class LabEngine:
         finish_reason = "stop"
         maximum_tokens = request.config.max_tokens
         if maximum_tokens is not None and _tokens(text) > maximum_tokens:
-            text = text[:maximum_tokens * _CHARACTERS_PER_TOKEN]
+            text = text[: maximum_tokens * _CHARACTERS_PER_TOKEN]
             finish_reason = "length"
         response = Response(
             id=f"lab-{prompt_digest[:16]}",
@@ -383,28 +402,42 @@ def _compose(view: PromptView, profile: LabModelProfile, *, temperature: float, 
 
     if not fields:
         if problem is not None:
-            solution = solve(problem, step_error=step_error_probability(
-                profile, temperature=temperature, reasoning=True, demo_count=0, instructions=""), draws=draws)
+            solution = solve(
+                problem,
+                step_error=step_error_probability(
+                    profile, temperature=temperature, reasoning=True, demo_count=0, instructions=""
+                ),
+                draws=draws,
+            )
             return f"{solution.reasoning}"
         return f"({profile.name} simulated reply) {generic.excerpt(view.inputs, words=24)}"
 
     if problem is not None:
         names = [field.name for field in fields]
-        answer_field = next((field for field in fields if field.name == "answer"), None) \
-            or next((field for field in fields if field.type_name in _NUMERIC_TYPES), None) \
+        answer_field = (
+            next((field for field in fields if field.name == "answer"), None)
+            or next((field for field in fields if field.type_name in _NUMERIC_TYPES), None)
             or next((field for field in reversed(fields) if field.name not in _REASONING_NAMES), None)
+        )
         if answer_field is not None:
             answer_index = names.index(answer_field.name)
             reasoning_field = next((field for field in fields[:answer_index] if field.name in _REASONING_NAMES), None)
             step_error = step_error_probability(
-                profile, temperature=temperature, reasoning=reasoning_field is not None,
-                demo_count=view.demo_count, instructions=view.system.instructions)
+                profile,
+                temperature=temperature,
+                reasoning=reasoning_field is not None,
+                demo_count=view.demo_count,
+                instructions=view.system.instructions,
+            )
             solution = solve(problem, step_error=step_error, draws=draws)
             values: dict[str, Any] = {}
             for field in fields:
                 if field is answer_field:
-                    values[field.name] = float(solution.answer) if field.type_name == "float" else (
-                        solution.answer if field.type_name == "int" else str(solution.answer))
+                    values[field.name] = (
+                        float(solution.answer)
+                        if field.type_name == "float"
+                        else (solution.answer if field.type_name == "int" else str(solution.answer))
+                    )
                 elif field is reasoning_field:
                     values[field.name] = solution.reasoning
                 else:

@@ -74,8 +74,11 @@ def _from_schema(schema: Any, definitions: dict[str, Any], *, text: str, draw: i
         if properties:
             return {name: _from_schema(sub, definitions, text=text, draw=draw) for name, sub in properties.items()}
         extra = schema.get("additionalProperties")
-        return {"key": _from_schema(extra if isinstance(extra, dict) else {"type": "string"}, definitions,
-                                    text=text, draw=draw)}
+        return {
+            "key": _from_schema(
+                extra if isinstance(extra, dict) else {"type": "string"}, definitions, text=text, draw=draw
+            )
+        }
     if kind == "array":
         return [_from_schema(schema.get("items", {"type": "string"}), definitions, text=text, draw=draw)]
     if kind == "integer":

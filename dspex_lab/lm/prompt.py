@@ -76,7 +76,7 @@ def _fields_section(system: str, start: str, end: str) -> str:
         return ""
     begin += len(start)
     finish = system.find(end, begin)
-    return system[begin:finish if finish >= 0 else len(system)]
+    return system[begin : finish if finish >= 0 else len(system)]
 
 
 def _chat_notes(system: str, names: list[str]) -> dict[str, str]:
@@ -111,12 +111,14 @@ def _read_system(system: str) -> SystemView:
     input_section = _fields_section(system, "Your input fields are:", "Your output fields are:")
     output_section = _fields_section(system, "Your output fields are:", "All interactions will be structured")
     input_names = tuple(match["name"] for match in _FIELD_LINE.finditer(input_section))
-    raw_outputs = [(match["name"], match["type"], match["description"].strip())
-                   for match in _FIELD_LINE.finditer(output_section)]
+    raw_outputs = [
+        (match["name"], match["type"], match["description"].strip()) for match in _FIELD_LINE.finditer(output_section)
+    ]
     names = [name for name, _, _ in raw_outputs]
     notes = _json_notes(system) if response_format == JSON_FORMAT else _chat_notes(system, names)
-    outputs = tuple(OutputField(name, type_name, notes.get(name, ""), description)
-                    for name, type_name, description in raw_outputs)
+    outputs = tuple(
+        OutputField(name, type_name, notes.get(name, ""), description) for name, type_name, description in raw_outputs
+    )
     objective = system.split(_OBJECTIVE_MARKER, 1)[1] if _OBJECTIVE_MARKER in system else ""
     instructions = "\n".join(line.strip() for line in objective.strip().splitlines())
     return SystemView(response_format, input_names, outputs, instructions)

@@ -54,7 +54,7 @@ class Draws:
             self._pool = hashlib.blake2b(self._key + self._block.to_bytes(4, "little"), digest_size=64).digest()
             self._block += 1
             self._position = 0
-        value = int.from_bytes(self._pool[self._position:self._position + 4], "little")
+        value = int.from_bytes(self._pool[self._position : self._position + 4], "little")
         self._position += 4
         return value / 4294967296.0
 
@@ -63,8 +63,9 @@ class Draws:
         return int(self.uniform() * upper)
 
 
-def step_error_probability(profile: LabModelProfile, *, temperature: float, reasoning: bool, demo_count: int,
-                           instructions: str) -> float:
+def step_error_probability(
+    profile: LabModelProfile, *, temperature: float, reasoning: bool, demo_count: int, instructions: str
+) -> float:
     """Return the chance of a slip per solution step under a configuration.
 
     Args:

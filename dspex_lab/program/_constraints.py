@@ -19,12 +19,22 @@ from dspex_lab.errors import ProgramSpecError, VariableError
 __all__ = ["Constraint"]
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-    ast.Div: operator.truediv, ast.Mod: operator.mod, ast.FloorDiv: operator.floordiv,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Mod: operator.mod,
+    ast.FloorDiv: operator.floordiv,
 }
 _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
-    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
-    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
 }
 _FUNCTIONS: dict[str, Callable[..., Any]] = {"len": len, "abs": abs, "min": min, "max": max}
 
@@ -66,19 +76,35 @@ def _check(node: ast.AST, expression: str) -> set[str]:
             names.add(child.id)
         elif isinstance(child, ast.Call):
             if not (isinstance(child.func, ast.Name) and child.func.id in _FUNCTIONS) or child.keywords:
-                raise ProgramSpecError(
-                    f"constraint {expression!r}: only {sorted(_FUNCTIONS)} may be called"
-                )
+                raise ProgramSpecError(f"constraint {expression!r}: only {sorted(_FUNCTIONS)} may be called")
         elif isinstance(child, ast.BinOp) and type(child.op) not in _BINARY:
             raise ProgramSpecError(f"constraint {expression!r}: operator {type(child.op).__name__} is not allowed")
         elif isinstance(child, ast.Compare) and any(type(op) not in _COMPARE for op in child.ops):
             raise ProgramSpecError(f"constraint {expression!r}: 'is' comparisons are not allowed")
         elif isinstance(child, ast.UnaryOp) and not isinstance(child.op, (ast.Not, ast.USub)):
             raise ProgramSpecError(f"constraint {expression!r}: operator {type(child.op).__name__} is not allowed")
-        elif not isinstance(child, (
-            ast.Expression, ast.Constant, ast.Name, ast.Load, ast.List, ast.Tuple, ast.BoolOp, ast.And, ast.Or,
-            ast.UnaryOp, ast.Not, ast.USub, ast.BinOp, ast.operator, ast.Compare, ast.cmpop, ast.Call,
-        )):
+        elif not isinstance(
+            child,
+            (
+                ast.Expression,
+                ast.Constant,
+                ast.Name,
+                ast.Load,
+                ast.List,
+                ast.Tuple,
+                ast.BoolOp,
+                ast.And,
+                ast.Or,
+                ast.UnaryOp,
+                ast.Not,
+                ast.USub,
+                ast.BinOp,
+                ast.operator,
+                ast.Compare,
+                ast.cmpop,
+                ast.Call,
+            ),
+        ):
             raise ProgramSpecError(f"constraint {expression!r}: {type(child).__name__} is not allowed")
     return names - set(_FUNCTIONS)
 
@@ -117,7 +143,9 @@ class Constraint:
         if not self.holds(values):
             involved = {name: values[name] for name in sorted(self.names)}
             raise VariableError(
-                ", ".join(sorted(self.names)), involved, f"values satisfying {self.expression!r}",
+                ", ".join(sorted(self.names)),
+                involved,
+                f"values satisfying {self.expression!r}",
                 detail=self.message or None,
             )
 

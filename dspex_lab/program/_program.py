@@ -56,12 +56,17 @@ def _infer_target(name: str, variable: Variable) -> str:
 
 def _check_target(name: str, variable: Variable, target: str) -> None:
     expected: dict[str, tuple[type[Variable], ...]] = {
-        "temperature": (Float,), "max_tokens": (Int,), "model": (Choice, Text), "module": (ModuleType, Choice),
+        "temperature": (Float,),
+        "max_tokens": (Int,),
+        "model": (Choice, Text),
+        "module": (ModuleType, Choice),
     }
     base = target.split(":", 1)[0]
     if base in expected and not isinstance(variable, expected[base]):
         kinds = " or ".join(cls.__name__ for cls in expected[base])
-        raise ProgramSpecError(f"variable {name!r} binds to {target!r} and must be a {kinds}, not {type(variable).__name__}")
+        raise ProgramSpecError(
+            f"variable {name!r} binds to {target!r} and must be a {kinds}, not {type(variable).__name__}"
+        )
     if base == "instructions" and not isinstance(variable, Text):
         raise ProgramSpecError(f"variable {name!r} binds to {target!r} and must be a Text")
     if base == "demos" and not isinstance(variable, Demos):
@@ -212,7 +217,9 @@ class Program:
         unknown = sorted(set(values) - self._variables.keys())
         if unknown:
             raise VariableError(
-                ", ".join(unknown), values[unknown[0]], f"one of the program's variables {sorted(self._variables)}",
+                ", ".join(unknown),
+                values[unknown[0]],
+                f"one of the program's variables {sorted(self._variables)}",
                 detail="unknown variable",
             )
         updated = {
@@ -233,14 +240,19 @@ class Program:
             if all(rule.holds(drawn) for rule in self._constraints):
                 return self.with_values(**drawn)
         raise VariableError(
-            ", ".join(sorted({name for rule in self._constraints for name in rule.names})), None,
-            "a configuration satisfying every constraint", detail=f"none found in {max_tries} draws",
+            ", ".join(sorted({name for rule in self._constraints for name in rule.names})),
+            None,
+            "a configuration satisfying every constraint",
+            detail=f"none found in {max_tries} draws",
         )
 
     def _replace(self, **changes: Any) -> Program:
         arguments: dict[str, Any] = {
-            "signature": self._signature, "variables": dict(self._variables), "name": self._name,
-            "init": dict(self._init), "constraints": self._constraints,
+            "signature": self._signature,
+            "variables": dict(self._variables),
+            "name": self._name,
+            "init": dict(self._init),
+            "constraints": self._constraints,
         }
         arguments.update(changes)
         return Program(self._module, **arguments)
@@ -272,7 +284,9 @@ class Program:
             raise ProgramSpecError("a program spec is a JSON object with at least a 'module' key")
         version = data.get("dspex_program", SPEC_VERSION)
         if version != SPEC_VERSION:
-            raise ProgramSpecError(f"program spec version {version} is not supported (this dspex_lab reads {SPEC_VERSION})")
+            raise ProgramSpecError(
+                f"program spec version {version} is not supported (this dspex_lab reads {SPEC_VERSION})"
+            )
         known = {"dspex_program", "module", "signature", "name", "init", "variables", "constraints"}
         extra = sorted(set(data) - known)
         if extra:
@@ -286,8 +300,12 @@ class Program:
             for rule in data.get("constraints") or ()
         ]
         return cls(
-            data["module"], signature=data.get("signature"), variables=variables, name=data.get("name"),
-            init=data.get("init"), constraints=constraints,
+            data["module"],
+            signature=data.get("signature"),
+            variables=variables,
+            name=data.get("name"),
+            init=data.get("init"),
+            constraints=constraints,
         )
 
     @classmethod

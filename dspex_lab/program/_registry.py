@@ -17,7 +17,14 @@ import dspy
 
 from dspex_lab.errors import ModuleNotAllowedError, ProgramSpecError
 
-__all__ = ["allowed_prefixes", "module_name", "register", "registered_modules", "resolve_module", "set_allowed_prefixes"]
+__all__ = [
+    "allowed_prefixes",
+    "module_name",
+    "register",
+    "registered_modules",
+    "resolve_module",
+    "set_allowed_prefixes",
+]
 
 ModuleClass = TypeVar("ModuleClass", bound=type)
 
@@ -108,6 +115,4 @@ def module_name(cls: type) -> str:
                 return name
     if isinstance(cls, type) and issubclass(cls, dspy.Module) and getattr(dspy, cls.__name__, None) is cls:
         return f"dspy.{cls.__name__}"
-    raise ProgramSpecError(
-        f"{cls!r} cannot be named in a spec: register it first with @dx.register({cls.__name__!r})"
-    )
+    raise ProgramSpecError(f"{cls!r} cannot be named in a spec: register it first with @dx.register({cls.__name__!r})")

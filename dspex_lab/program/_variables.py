@@ -292,9 +292,7 @@ class ModuleType(Choice):
     kind: ClassVar[str] = "module_type"
 
 
-_TYPES: dict[str, type[Variable]] = {
-    cls.kind: cls for cls in (Float, Int, Choice, Bool, Text, Demos, ModuleType)
-}
+_TYPES: dict[str, type[Variable]] = {cls.kind: cls for cls in (Float, Int, Choice, Bool, Text, Demos, ModuleType)}
 
 
 def variable_from_dict(data: dict[str, Any], *, name: str = "?") -> Variable:

@@ -54,6 +54,12 @@ def paired_t_test(a: Sequence[float], b: Sequence[float], *, confidence: float =
     stderr = sd / math.sqrt(n)
     result = scipy_stats.ttest_rel(second, first)
     return PairedTest(
-        "paired t-test", n, mean, t_interval(mean, stderr, n, confidence=confidence),
-        float(result.statistic), float(result.pvalue), mean / sd, confidence,
+        "paired t-test",
+        n,
+        mean,
+        t_interval(mean, stderr, n, confidence=confidence),
+        float(result.statistic),
+        float(result.pvalue),
+        mean / sd,
+        confidence,
     )

@@ -15,7 +15,9 @@ def tasks(n: int) -> list[TrialTask]:
 
 
 class EchoModule(dspy.Module):
-    def __init__(self, sleep: float = 0.0, fail_on: frozenset[int] = frozenset(), hang_on: frozenset[int] = frozenset()):
+    def __init__(
+        self, sleep: float = 0.0, fail_on: frozenset[int] = frozenset(), hang_on: frozenset[int] = frozenset()
+    ):
         super().__init__()
         self.sleep = sleep
         self.fail_on = fail_on
@@ -78,7 +80,7 @@ def test_program_and_metric_failures_are_data():
 
 
 def test_metric_returning_garbage_is_an_error():
-    status, results = run(ThreadExecutor(2), EchoModule(), 2, metric=lambda example, prediction: "yes")
+    _status, results = run(ThreadExecutor(2), EchoModule(), 2, metric=lambda example, prediction: "yes")
     assert {result.error_type for result in results} == {"TypeError"}
     assert "must return a number or bool" in results[0].error_message
 
@@ -86,7 +88,7 @@ def test_metric_returning_garbage_is_an_error():
 def test_timeout_abandons_hung_trials_and_keeps_capacity():
     module = EchoModule(hang_on=frozenset({0, 1}))
     started = time.perf_counter()
-    status, results = run(ThreadExecutor(2), module, 10, timeout=0.3, retries=0)
+    _status, results = run(ThreadExecutor(2), module, 10, timeout=0.3, retries=0)
     assert time.perf_counter() - started < 3
     by_index = {result.index: result for result in results}
     assert len(results) == 10
@@ -96,7 +98,7 @@ def test_timeout_abandons_hung_trials_and_keeps_capacity():
 
 def test_timeout_retries_then_records():
     module = EchoModule(hang_on=frozenset({0}))
-    status, results = run(ThreadExecutor(2), module, 3, timeout=0.2, retries=2)
+    _status, results = run(ThreadExecutor(2), module, 3, timeout=0.2, retries=2)
     failed = [result for result in results if not result.ok]
     assert len(results) == 3 and len(failed) == 1
     assert failed[0].attempts == 3
@@ -116,7 +118,9 @@ def test_context_variables_reach_workers():
             return dspy.Prediction(y=marker.get())
 
     marker.set("from-caller")
-    status, results = run(ThreadExecutor(4), Reader(), 8, metric=lambda example, prediction: prediction.y == "from-caller")
+    _status, results = run(
+        ThreadExecutor(4), Reader(), 8, metric=lambda example, prediction: prediction.y == "from-caller"
+    )
     assert all(result.score == 1.0 for result in results)
 
 

@@ -124,14 +124,17 @@ def test_repeats_use_distinct_rollouts_and_average_per_example():
     assert len(table) == 160 and result.n == 40
     per_example = table.groupby("example_id")["score"].agg(["mean", "std"])
     assert (per_example["std"] > 0).any()  # rollouts differ at temperature 1.0
-    assert result.example_scores.to_numpy() == pytest.approx(per_example.loc[list(problems.example_ids), "mean"].to_numpy())
+    assert result.example_scores.to_numpy() == pytest.approx(
+        per_example.loc[list(problems.example_ids), "mean"].to_numpy()
+    )
 
 
 def test_plain_list_of_examples_and_live_module(problems):
     examples = list(problems)[:8]
     with dx.Context(journal=False):
-        result = dx.evaluate(dspy.Predict("question -> answer"), examples, metric=dx.metrics.numeric_match,
-                             progress=False)
+        result = dx.evaluate(
+            dspy.Predict("question -> answer"), examples, metric=dx.metrics.numeric_match, progress=False
+        )
     assert result.n == 8 and result.program is None
 
 

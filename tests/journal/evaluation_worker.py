@@ -14,11 +14,17 @@ from dspex_lab.engine import RunStarted, TrialFinished
 
 
 def main() -> None:
-    journal, n, latency, threads, log_path = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    journal, n, latency, threads, log_path = (
+        sys.argv[1],
+        int(sys.argv[2]),
+        float(sys.argv[3]),
+        int(sys.argv[4]),
+        sys.argv[5],
+    )
     resume = sys.argv[6] if len(sys.argv) > 6 else None
     problems = dx.Dataset(dx.datasets.arithmetic(n, seed=9), name=f"crash-{n}")
     program = dx.Program("dspy.Predict", signature="question -> answer", name="crash-test")
-    log = open(log_path, "a", buffering=1)
+    log = open(log_path, "a", buffering=1)  # noqa: SIM115 - open for the whole process, line-buffered
 
     def record(event: object) -> None:
         if isinstance(event, RunStarted):

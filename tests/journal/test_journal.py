@@ -17,10 +17,27 @@ WORKER = Path(__file__).with_name("evaluation_worker.py")
 
 def row(example_id: str, *, score: float | None = 1.0, status: str = "ok") -> dict:
     now = time.time()
-    return dict(index=int(example_id[1:]), example_id=example_id, repeat=0, status=status, score=score,
-                prediction="{}", error_type=None if status == "ok" else "ValueError", error_message=None,
-                error_stage=None, traceback=None, latency=0.01, input_tokens=3, output_tokens=1, cost=0.0,
-                lm_calls=1, attempts=1, started_at=now, finished_at=now, trial_id="")
+    return dict(
+        index=int(example_id[1:]),
+        example_id=example_id,
+        repeat=0,
+        status=status,
+        score=score,
+        prediction="{}",
+        error_type=None if status == "ok" else "ValueError",
+        error_message=None,
+        error_stage=None,
+        traceback=None,
+        latency=0.01,
+        input_tokens=3,
+        output_tokens=1,
+        cost=0.0,
+        lm_calls=1,
+        attempts=1,
+        started_at=now,
+        finished_at=now,
+        trial_id="",
+    )
 
 
 def test_new_journal_has_schema_version_and_empty_listing(journal_path):
@@ -134,7 +151,7 @@ def test_kill_9_loses_under_a_second_and_resume_finishes_without_duplicates(tmp_
 
     resume_log = tmp_path / "resume.log"
     resumed = start_worker(journal_path, resume_log, n=n, latency=0.0, threads=8, resume=experiment["id"])
-    output, errors = resumed.communicate(timeout=120)
+    _output, errors = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, errors
     rerun = {example for _, example in read_log(resume_log)}
     assert rerun.isdisjoint(set(recorded["example_id"])), "resume re-ran finished trials"
@@ -169,13 +186,16 @@ def test_concurrent_reader_and_second_writer(tmp_path):
     wait_for_trials(tmp_path / "a.log", 20)
     second = start_worker(journal_path, tmp_path / "b.log", n=300, latency=0.02, threads=4)
     reader = subprocess.run(
-        [sys.executable, "-c", READER, str(journal_path)], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", READER, str(journal_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert reader.returncode == 0, reader.stderr
     counts = [int(line) for line in reader.stdout.split()]
     assert len(counts) >= 5 and counts == sorted(counts) and counts[-1] > counts[0]
     for worker in (first, second):
-        output, errors = worker.communicate(timeout=120)
+        _output, errors = worker.communicate(timeout=120)
         assert worker.returncode == 0, errors
     experiments = dx.open_journal(journal_path).experiments()
     assert sorted(experiments["n_trials"]) == [300, 600]

@@ -34,8 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _request(text, *, model="lab/small", temperature=None, seed=None):
-    return lm15.Request(model=model, messages=(lm15.Message.user(text),),
-                        config=lm15.Config(temperature=temperature, seed=seed))
+    return lm15.Request(
+        model=model, messages=(lm15.Message.user(text),), config=lm15.Config(temperature=temperature, seed=seed)
+    )
 
 
 def test_predict_and_chain_of_thought_return_parsed_predictions():
@@ -134,8 +135,9 @@ class _CarefulSolve(dspy.Signature):
 
 def test_demos_and_careful_instructions_help():
     examples = arithmetic(300, seed=5)
-    demos = [dspy.Example(question=e.question, reasoning="Work it out.", answer=e.answer)
-             for e in arithmetic(4, seed=99)]
+    demos = [
+        dspy.Example(question=e.question, reasoning="Work it out.", answer=e.answer) for e in arithmetic(4, seed=99)
+    ]
 
     def accuracy(program):
         with dspy.context(lm=lab_lm(temperature=0.7)):
@@ -188,8 +190,9 @@ def test_completions_are_identical_in_another_process():
         "    print(json.dumps([[p.reasoning, p.answer] for p in (program(question=q) for q in qs)]))\n"
     )
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "12345"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment,
-                            check=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=environment, check=True, timeout=60
+    )
     other = [tuple(pair) for pair in json.loads(result.stdout.strip().splitlines()[-1])]
     assert other == _cot_outputs(lab_lm(temperature=1.0), questions)
 
@@ -303,11 +306,19 @@ def test_simba_feedback_signature_parses_with_advice_per_module():
     names = ["predict", "solver.predict"]
     with dspy.context(lm=lab_lm()):
         feedback = dspy.Predict(OfferFeedback)(
-            program_code="class P(dspy.Module): ...", modules_defn="predict: question -> answer",
-            program_inputs="{'question': '...'}", oracle_metadata="", worse_program_trajectory="...",
-            worse_program_outputs="answer: 3", worse_reward_value=0.0, worse_reward_info="",
-            better_program_trajectory="...", better_program_outputs="answer: 4", better_reward_value=1.0,
-            better_reward_info="", module_names=names,
+            program_code="class P(dspy.Module): ...",
+            modules_defn="predict: question -> answer",
+            program_inputs="{'question': '...'}",
+            oracle_metadata="",
+            worse_program_trajectory="...",
+            worse_program_outputs="answer: 3",
+            worse_reward_value=0.0,
+            worse_reward_info="",
+            better_program_trajectory="...",
+            better_program_outputs="answer: 4",
+            better_reward_value=1.0,
+            better_reward_info="",
+            module_names=names,
         )
     assert isinstance(feedback.discussion, str) and feedback.discussion
     assert set(feedback.module_advice) == set(names)
@@ -424,9 +435,13 @@ def test_latency_and_hangs_sleep():
 
 
 def test_max_tokens_truncates():
-    response = LabEngine().complete(lm15.Request(
-        model="lab/small", messages=(lm15.Message.user("Tell me about the lab. " * 50),),
-        config=lm15.Config(max_tokens=5)))
+    response = LabEngine().complete(
+        lm15.Request(
+            model="lab/small",
+            messages=(lm15.Message.user("Tell me about the lab. " * 50),),
+            config=lm15.Config(max_tokens=5),
+        )
+    )
     assert response.finish_reason == "length"
     assert len(response.message.text) <= 20
 

@@ -38,13 +38,14 @@ def test_json_round_trip_keeps_everything():
 
 def test_fingerprint_is_stable_across_processes():
     program = full_program()
-    code = (
-        "import dspex_lab as dx, sys; "
-        "print(dx.Program.from_json(sys.stdin.read()).fingerprint)"
-    )
+    code = "import dspex_lab as dx, sys; print(dx.Program.from_json(sys.stdin.read()).fingerprint)"
     fingerprints = {
         subprocess.run(
-            [sys.executable, "-c", code], input=program.to_json(), capture_output=True, text=True, check=True,
+            [sys.executable, "-c", code],
+            input=program.to_json(),
+            capture_output=True,
+            text=True,
+            check=True,
             env={"PYTHONHASHSEED": str(seed), "PATH": ""},
         ).stdout.strip()
         for seed in (1, 2)
@@ -116,13 +117,17 @@ def test_seeded_sample_is_deterministic_and_valid():
 
 def test_build_applies_every_binding():
     program = full_program().with_values(
-        temperature=0.3, max_tokens=64, module="dspy.Predict", instructions="Be exact.",
+        temperature=0.3,
+        max_tokens=64,
+        module="dspy.Predict",
+        instructions="Be exact.",
         demos=[{"question": "1+1?", "answer": "2"}],
     )
     with pytest.raises(ProgramSpecError, match="verbose_flag"):
         program.build()
     simple = dx.Program(
-        "dspy.ChainOfThought", signature="question -> answer",
+        "dspy.ChainOfThought",
+        signature="question -> answer",
         variables={
             "temperature": dx.Float(0.3, low=0, high=1),
             "model": dx.Choice("lab/large", choices=["lab/small", "lab/large"]),
@@ -180,16 +185,19 @@ def test_spec_from_untrusted_json_cannot_import_arbitrary_code():
     spec = json.dumps({"module": "os.system", "signature": "question -> answer"})
     with pytest.raises(ModuleNotAllowedError):
         dx.Program.from_json(spec)
-    spec = json.dumps({
-        "module": "dspy.Predict", "signature": "question -> answer",
-        "variables": {"m": {"type": "module_type", "value": "os.system", "choices": ["os.system"]}},
-    })
+    spec = json.dumps(
+        {
+            "module": "dspy.Predict",
+            "signature": "question -> answer",
+            "variables": {"m": {"type": "module_type", "value": "os.system", "choices": ["os.system"]}},
+        }
+    )
     with pytest.raises(ModuleNotAllowedError):
         dx.Program.from_json(spec)
 
 
 def test_dspy_names_that_are_not_modules_are_refused():
-    with pytest.raises(ProgramSpecError, match="not a dspy.Module"):
+    with pytest.raises(ProgramSpecError, match=r"not a dspy\.Module"):
         dx.Program("dspy.Example")
     with pytest.raises(ProgramSpecError, match="does not exist"):
         dx.Program("dspy.NoSuchModule")
