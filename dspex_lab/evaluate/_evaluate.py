@@ -28,7 +28,7 @@ from dspex_lab.errors import ExecutionError, ProgramSpecError
 from dspex_lab.evaluate._context import current_context
 from dspex_lab.evaluate._result import EvaluationResult
 from dspex_lab.journal import ExperimentRecord
-from dspex_lab.journal._schema import TRIAL_COLUMNS
+from dspex_lab.journal._schema import trials_frame
 from dspex_lab.program import Program
 
 __all__ = ["environment", "evaluate"]
@@ -255,11 +255,5 @@ def _check_resumable(previous: dict[str, Any], fingerprint: str | None, data: Da
 
 
 def _frame(results: list[TrialResult]) -> pd.DataFrame:
-    columns = [column for column in TRIAL_COLUMNS if column != "experiment_id"]
-    if not results:
-        return pd.DataFrame(columns=columns)
-    frame = pd.DataFrame([result.to_row() for result in results]).rename(columns={"index": "example_index"})
-    frame["trial_id"] = frame["example_id"].astype(str) + "/r" + frame["repeat"].astype(str)
-    for column in ("started_at", "finished_at"):
-        frame[column] = pd.to_datetime(frame[column], unit="s")
-    return frame[columns].sort_values(["example_index", "repeat"], kind="stable").reset_index(drop=True)
+    frame = trials_frame([result.to_row() for result in results], experiment_id=None)
+    return frame.sort_values(["example_index", "repeat"], kind="stable").reset_index(drop=True)

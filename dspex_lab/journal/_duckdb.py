@@ -28,7 +28,7 @@ import duckdb
 import pandas as pd
 
 from dspex_lab.errors import JournalError
-from dspex_lab.journal._schema import TRIAL_COLUMNS, ensure_schema
+from dspex_lab.journal._schema import TRIAL_COLUMNS, ensure_schema, trials_frame
 
 __all__ = ["DuckDBJournal", "ExperimentRecord", "TrialWriter", "open_journal"]
 
@@ -202,13 +202,7 @@ class DuckDBJournal:
             with self._connect(write=True) as connection:
                 connection.execute("UPDATE experiments SET heartbeat_at = ? WHERE id = ?", [_now(), experiment_id])
             return 0
-        frame = pd.DataFrame(rows)
-        frame["experiment_id"] = experiment_id
-        frame["trial_id"] = frame["example_id"].astype(str) + "/r" + frame["repeat"].astype(str)
-        frame = frame.rename(columns={"index": "example_index"})
-        for column in ("started_at", "finished_at"):
-            frame[column] = pd.to_datetime(frame[column], unit="s")
-        frame = frame[list(TRIAL_COLUMNS)]
+        frame = trials_frame(rows, experiment_id=experiment_id)
         with self._connect(write=True) as connection:
             connection.register("incoming_trials", frame)
             connection.execute("BEGIN TRANSACTION")

@@ -7,11 +7,13 @@ Aggregates and trees are computed when read.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import duckdb
+import pandas as pd
 
-__all__ = ["SCHEMA_VERSION", "TRIAL_COLUMNS", "ensure_schema"]
+__all__ = ["SCHEMA_VERSION", "TRIAL_COLUMNS", "ensure_schema", "trials_frame"]
 
 SCHEMA_VERSION = 1
 
@@ -37,6 +39,25 @@ TRIAL_COLUMNS = (
     "started_at",
     "finished_at",
 )
+
+
+def trials_frame(rows: Sequence[Mapping[str, Any]], *, experiment_id: str | None) -> pd.DataFrame:
+    """Return trial rows (``TrialResult.to_row()`` dicts) as a frame in the trials table's column order.
+
+    The trial id is ``"<example_id>/r<repeat>"``: stable across resumes, unique within an experiment.
+    Without an ``experiment_id`` (an in-memory run) that column is left out.
+    """
+    columns = [column for column in TRIAL_COLUMNS if experiment_id is not None or column != "experiment_id"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    frame = pd.DataFrame(list(rows)).rename(columns={"index": "example_index"})
+    if experiment_id is not None:
+        frame["experiment_id"] = experiment_id
+    frame["trial_id"] = frame["example_id"].astype(str) + "/r" + frame["repeat"].astype(str)
+    for column in ("started_at", "finished_at"):
+        frame[column] = pd.to_datetime(frame[column], unit="s")
+    return frame[columns]
+
 
 _VERSION_1 = """
 CREATE TABLE IF NOT EXISTS dspex_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
