@@ -7,7 +7,6 @@ import itertools
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -79,7 +78,6 @@ class ThreadExecutor:
     ) -> str:
         """Run ``tasks`` with ``runner``; see :class:`Executor` for the contract."""
         retry = retry or RetryPolicy()
-        pending: deque[tuple[TrialTask, int]] = deque((task, 1) for task in tasks)
         inbox: queue.SimpleQueue[tuple[int, TrialTask, int] | None] = queue.SimpleQueue()
         outbox: queue.SimpleQueue[tuple[int, TrialResult | None]] = queue.SimpleQueue()
         started: dict[int, float] = {}
@@ -87,7 +85,6 @@ class ThreadExecutor:
         base_context = contextvars.copy_context()
         submission_ids = itertools.count()
         in_flight: dict[int, tuple[TrialTask, int]] = {}
-        window = self.threads * 2
 
         def work() -> None:
             while True:
@@ -96,7 +93,6 @@ class ThreadExecutor:
                     return
                 submission, task, attempt = item
                 if cancel.is_set():
-                    outbox.put((submission, None))
                     continue
                 started[submission] = time.monotonic()
                 try:
@@ -107,46 +103,51 @@ class ThreadExecutor:
                     )
                 outbox.put((submission, result))
 
+        def submit(task: TrialTask, attempt: int) -> None:
+            submission = next(submission_ids)
+            in_flight[submission] = (task, attempt)
+            inbox.put((submission, task, attempt))
+
         def start_worker() -> None:
             threading.Thread(target=work, name="dspex-trial", daemon=True).start()
 
-        def submit() -> None:
-            while pending and len(in_flight) < window:
-                task, attempt = pending.popleft()
-                submission = next(submission_ids)
-                in_flight[submission] = (task, attempt)
-                inbox.put((submission, task, attempt))
-
+        # Every task is queued up front: workers never wait for the coordinating thread to hand
+        # out work, which matters when many threads compete for the GIL.
+        for task in tasks:
+            submit(task, 1)
         workers = self.threads
         for _ in range(workers):
             start_worker()
+        wait = 0.5 if timeout is None else max(0.01, min(0.5, timeout / 4))
         status = RunStatus.FINISHED
         try:
-            submit()
-            while in_flight:
-                wait = 0.5 if timeout is None else max(0.01, min(0.5, timeout / 4))
+            while in_flight and status == RunStatus.FINISHED:
+                finished: list[tuple[int, TrialResult | None]] = []
                 try:
-                    submission, result = outbox.get(timeout=wait)
+                    finished.append(outbox.get(timeout=wait))
+                    while True:  # drain what else is ready, without waking up once per result
+                        finished.append(outbox.get_nowait())
                 except queue.Empty:
-                    submission, result = -1, None
-                if submission in in_flight:
+                    pass
+                for submission, result in finished:
+                    if submission not in in_flight:
+                        continue  # a late result of an abandoned (timed-out) attempt
                     del in_flight[submission]
                     started.pop(submission, None)
                     if result is not None and on_result(result):
                         status = RunStatus.STOPPED
                         break
-                if timeout is not None:
+                if timeout is not None and status == RunStatus.FINISHED:
                     now = time.monotonic()
                     for late in [sid for sid, began in list(started.items()) if now - began > timeout]:
+                        began = started.pop(late)
                         if late not in in_flight:
-                            started.pop(late, None)
                             continue
                         task, attempt = in_flight.pop(late)
-                        began = started.pop(late)
                         start_worker()  # the stuck worker is lost to this run; keep capacity
                         workers += 1
                         if attempt <= retry.retries:
-                            pending.appendleft((task, attempt + 1))
+                            submit(task, attempt + 1)
                         elif on_result(
                             TrialRunner.timed_out(
                                 task, timeout=timeout, started=time.time() - (now - began), attempts=attempt
@@ -154,9 +155,6 @@ class ThreadExecutor:
                         ):
                             status = RunStatus.STOPPED
                             break
-                    if status == RunStatus.STOPPED:
-                        break
-                submit()
         except KeyboardInterrupt:
             status = RunStatus.INTERRUPTED
         finally:

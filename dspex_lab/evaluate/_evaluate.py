@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import platform
 import time
@@ -38,15 +40,20 @@ logger = logging.getLogger("dspex_lab.evaluate")
 Metric = Callable[[dspy.Example, Any], Any]
 
 
-def environment() -> dict[str, str]:
-    """Return the versions that make a result reproducible."""
+@functools.cache
+def _environment() -> tuple[tuple[str, str], ...]:
     versions = {"python": platform.python_version(), "platform": platform.platform()}
     for package in ("dspy", "dspex_lab", "duckdb", "numpy", "scipy"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = "not installed"
-    return versions
+    return tuple(versions.items())
+
+
+def environment() -> dict[str, str]:
+    """Return the versions that make a result reproducible (read once per process)."""
+    return dict(_environment())
 
 
 def _as_dataset(dataset: Dataset | Sequence[dspy.Example]) -> Dataset:
@@ -144,22 +151,25 @@ def evaluate(
         "lm": getattr(context.lm, "model", repr(context.lm)),
     }
 
-    experiment_id: str | None = None
-    done_before: set[tuple[str, int]] = set()
-    if resume is not None:
-        if journal is None:
-            raise ExecutionError("resume needs a journal: use dx.Context(journal=...) with the run's journal")
-        previous = journal.experiment(resume)
-        if previous["status"] in ("running",):
-            raise ExecutionError(f"experiment {resume} is still running in process {previous['pid']}")
-        _check_resumable(previous, fingerprint, data, repeats)
-        experiment_id = resume
-        done_before = journal.finished_keys(resume)
-        journal.claim_experiment(resume)
-        run_name = previous["name"]
-    elif journal is not None:
-        experiment_id = journal.create_experiment(
-            ExperimentRecord(
+    with journal.hold() if journal is not None else contextlib.nullcontext():
+        experiment_id: str | None = None
+        new_record: ExperimentRecord | None = None
+        manifest = data.manifest()
+        done_before: set[tuple[str, int]] = set()
+        if resume is not None:
+            if journal is None:
+                raise ExecutionError("resume needs a journal: use dx.Context(journal=...) with the run's journal")
+            previous = journal.experiment(resume)
+            if previous["status"] in ("running",):
+                raise ExecutionError(f"experiment {resume} is still running in process {previous['pid']}")
+            _check_resumable(previous, fingerprint, data, repeats)
+            experiment_id = resume
+            done_before = journal.finished_keys(resume)
+            journal.claim_experiment(resume)
+            run_name = previous["name"]
+        elif journal is not None:
+            # Inserted by the writer's thread, so the first trials start without waiting for the file.
+            new_record = ExperimentRecord(
                 kind="evaluation",
                 name=run_name,
                 program_name=program_name,
@@ -167,75 +177,82 @@ def evaluate(
                 program_spec=spec,
                 dataset_name=data.name,
                 dataset_fingerprint=data.fingerprint,
-                dataset_manifest=data.manifest(),
+                dataset_manifest=manifest,
                 metric=_metric_name(metric),
                 config=config,
                 environment=environment(),
                 n_planned=len(planned),
             )
+            experiment_id = new_record.id
+        tasks = [task for task in planned if (task.example_id, task.repeat) not in done_before]
+
+        bus = EventBus(list(subscribers))
+        if progress is True:
+            bus.subscribe(_tqdm_subscriber())
+        elif callable(progress):
+            bus.subscribe(progress)
+        writer = (
+            journal.writer(experiment_id, create=new_record)
+            if journal is not None and experiment_id is not None
+            else None
         )
-    tasks = [task for task in planned if (task.example_id, task.repeat) not in done_before]
+        results: list[TrialResult] = []
+        rows: list[dict[str, Any]] = []
+        counters = {"errors": 0}
+        run_id = experiment_id or "memory"
 
-    bus = EventBus(list(subscribers))
-    if progress is True:
-        bus.subscribe(_tqdm_subscriber())
-    elif callable(progress):
-        bus.subscribe(progress)
-    writer = journal.writer(experiment_id) if journal is not None and experiment_id is not None else None
-    results: list[TrialResult] = []
-    counters = {"errors": 0}
-    run_id = experiment_id or "memory"
+        def on_result(result: TrialResult) -> bool:
+            results.append(result)
+            row = result.to_row()
+            rows.append(row)
+            if result.status == "error":
+                counters["errors"] += 1
+            if writer is not None:
+                writer.add(row)
+            bus.emit(TrialFinished(run_id, result, len(results), len(tasks), counters["errors"]))
+            return budget is not None and counters["errors"] > budget
 
-    def on_result(result: TrialResult) -> bool:
-        results.append(result)
-        if result.status == "error":
-            counters["errors"] += 1
-        if writer is not None:
-            writer.add(result.to_row())
-        bus.emit(TrialFinished(run_id, result, len(results), len(tasks), counters["errors"]))
-        return budget is not None and counters["errors"] > budget
+        runner = TrialRunner(module, metric, lm=context.lm, retry=RetryPolicy(retries=retries))
+        bus.emit(RunStarted(run_id, run_name, len(planned), len(done_before)))
+        started = time.perf_counter()
+        try:
+            status = context.executor.run(
+                tasks, runner, on_result=on_result, timeout=timeout, retry=RetryPolicy(retries=retries)
+            )
+        finally:
+            wall = time.perf_counter() - started
+            if writer is not None:
+                writer.close()
+        detail = None
+        if status == RunStatus.STOPPED:
+            detail = f"error budget: {counters['errors']} errors > {budget}"
+        final_status = {RunStatus.FINISHED: "finished", RunStatus.INTERRUPTED: "interrupted"}.get(status, "stopped")
+        bus.emit(RunFinished(run_id, final_status, len(results), len(tasks), counters["errors"], wall))
 
-    runner = TrialRunner(module, metric, lm=context.lm, retry=RetryPolicy(retries=retries))
-    bus.emit(RunStarted(run_id, run_name, len(planned), len(done_before)))
-    started = time.perf_counter()
-    try:
-        status = context.executor.run(
-            tasks, runner, on_result=on_result, timeout=timeout, retry=RetryPolicy(retries=retries)
+        if journal is not None and experiment_id is not None and done_before:
+            trials = journal.trials(experiment_id)
+        else:
+            trials = _frame(rows)
+        result = EvaluationResult(
+            experiment_id=experiment_id,
+            name=run_name,
+            status=final_status,
+            trials=trials,
+            program=spec,
+            dataset=manifest,
+            metric=_metric_name(metric),
+            wall_seconds=wall,
         )
-    finally:
-        wall = time.perf_counter() - started
-        if writer is not None:
-            writer.close()
-    detail = None
-    if status == RunStatus.STOPPED:
-        detail = f"error budget: {counters['errors']} errors > {budget}"
-    final_status = {RunStatus.FINISHED: "finished", RunStatus.INTERRUPTED: "interrupted"}.get(status, "stopped")
-    bus.emit(RunFinished(run_id, final_status, len(results), len(tasks), counters["errors"], wall))
-
-    if journal is not None and experiment_id is not None and done_before:
-        trials = journal.trials(experiment_id)
-    else:
-        trials = _frame(results)
-    result = EvaluationResult(
-        experiment_id=experiment_id,
-        name=run_name,
-        status=final_status,
-        trials=trials,
-        program=spec,
-        dataset=data.manifest(),
-        metric=_metric_name(metric),
-        wall_seconds=wall,
-    )
-    if journal is not None and experiment_id is not None:
-        journal.finish_experiment(experiment_id, status=final_status, detail=detail, summary=result.to_summary())
-    if status == RunStatus.INTERRUPTED:
-        raise KeyboardInterrupt(
-            f"evaluation {experiment_id} interrupted after {len(results)} new trials (all journaled); "
-            f"resume with dx.evaluate(..., resume={experiment_id!r})"
-        )
-    if detail:
-        logger.warning("evaluation %s stopped early: %s", experiment_id, detail)
-    return result
+        if journal is not None and experiment_id is not None:
+            journal.finish_experiment(experiment_id, status=final_status, detail=detail, summary=result.to_summary())
+        if status == RunStatus.INTERRUPTED:
+            raise KeyboardInterrupt(
+                f"evaluation {experiment_id} interrupted after {len(results)} new trials (all journaled); "
+                f"resume with dx.evaluate(..., resume={experiment_id!r})"
+            )
+        if detail:
+            logger.warning("evaluation %s stopped early: %s", experiment_id, detail)
+        return result
 
 
 def _check_resumable(previous: dict[str, Any], fingerprint: str | None, data: Dataset, repeats: int) -> None:
@@ -254,6 +271,6 @@ def _check_resumable(previous: dict[str, Any], fingerprint: str | None, data: Da
         raise ExecutionError(f"cannot resume {previous['id']}: it ran with repeats={previous_repeats}, not {repeats}")
 
 
-def _frame(results: list[TrialResult]) -> pd.DataFrame:
-    frame = trials_frame([result.to_row() for result in results], experiment_id=None)
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = trials_frame(rows, experiment_id=None)
     return frame.sort_values(["example_index", "repeat"], kind="stable").reset_index(drop=True)

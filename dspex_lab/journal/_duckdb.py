@@ -26,15 +26,40 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from dspex_lab.errors import JournalError
-from dspex_lab.journal._schema import TRIAL_COLUMNS, ensure_schema, trials_frame
+from dspex_lab.journal._schema import ROW_SCHEMA, TRIAL_COLUMNS, ensure_schema
 
 __all__ = ["DuckDBJournal", "ExperimentRecord", "TrialWriter", "open_journal"]
 
 # A running experiment whose heartbeat is older than this is shown as interrupted.
 STALE_HEARTBEAT_SECONDS = 15.0
 _process_lock = threading.RLock()
+
+
+@dataclass
+class _Held:
+    """A journal file this process keeps open across transactions (see ``DuckDBJournal.hold``)."""
+
+    connection: duckdb.DuckDBPyConnection | None = None
+    holders: int = 0
+
+
+_held: dict[Path, _Held] = {}
+
+
+_SELECTED = {
+    "experiment_id": "?",
+    "trial_id": "example_id || '/r' || CAST(repeat AS VARCHAR)",
+    "example_index": '"index"',
+    "started_at": "make_timestamp(CAST(started_at * 1e6 AS BIGINT))",
+    "finished_at": "make_timestamp(CAST(finished_at * 1e6 AS BIGINT))",
+}
+_INSERT_TRIALS = (
+    f"INSERT OR IGNORE INTO trials ({', '.join(TRIAL_COLUMNS)}) "
+    f"SELECT {', '.join(_SELECTED.get(column, column) for column in TRIAL_COLUMNS)} FROM incoming_trials"
+)
 
 
 def _now() -> datetime:
@@ -109,11 +134,16 @@ class DuckDBJournal:
 
         return _current_version(connection) == SCHEMA_VERSION
 
-    @contextlib.contextmanager
-    def _connect(self, *, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+    @property
+    def _waiting_dir(self) -> Path:
+        return self.path.with_name(self.path.name + ".waiting")
+
+    def _open(self, *, write: bool) -> duckdb.DuckDBPyConnection:
+        """Open the file, retrying while another process holds it; announce the wait meanwhile."""
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.01
-        with _process_lock:
+        marker: Path | None = None
+        try:
             while True:
                 try:
                     if write or not self.path.exists():
@@ -122,7 +152,7 @@ class DuckDBJournal:
                         ensure_schema(connection)
                     else:
                         connection = duckdb.connect(str(self.path), read_only=True)
-                    break
+                    return connection
                 except duckdb.Error as error:
                     if not _is_lock_conflict(error):
                         raise JournalError(f"cannot open journal {self.path}: {error}") from error
@@ -130,14 +160,75 @@ class DuckDBJournal:
                         raise JournalError(
                             f"journal {self.path} stayed locked by another process for {self.lock_timeout:g} s"
                         ) from error
+                    if marker is None:
+                        # Tells a process that holds the file across a run to let go after its next flush.
+                        self._waiting_dir.mkdir(exist_ok=True)
+                        marker = self._waiting_dir / f"{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}"
+                        marker.touch()
                     time.sleep(delay)
                     delay = min(delay * 1.5, 0.2)
                 except RuntimeError as error:
                     raise JournalError(f"cannot open journal {self.path}: {error}") from error
+        finally:
+            if marker is not None:
+                marker.unlink(missing_ok=True)
+
+    def _others_waiting(self) -> bool:
+        try:
+            names = os.listdir(self._waiting_dir)
+        except FileNotFoundError:
+            return False
+        own = os.getpid()
+        for name in names:
+            pid_text = name.split("-", 1)[0]
+            if pid_text.isdigit() and int(pid_text) != own and _pid_alive(int(pid_text)):
+                return True
+        return False
+
+    @contextlib.contextmanager
+    def _connect(self, *, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+        with _process_lock:
+            held = _held.get(self.path)
+            if held is None:
+                connection = self._open(write=write)
+                try:
+                    yield connection
+                finally:
+                    connection.close()
+                return
+            if held.connection is None:
+                held.connection = self._open(write=True)
+            cursor = held.connection.cursor()
             try:
-                yield connection
+                yield cursor
             finally:
-                connection.close()
+                cursor.close()
+                if self._others_waiting():
+                    held.connection.close()
+                    held.connection = None
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Keep the file open across many writes (a run), letting go whenever another process waits.
+
+        Opening a DuckDB file costs tens of milliseconds, so a run holds it; a process that
+        finds it locked leaves a marker in ``<journal>.waiting/`` and the holder closes the
+        file after its next transaction, reopening it for the one after.
+        """
+        with _process_lock:
+            held = _held.setdefault(self.path, _Held())
+            held.holders += 1
+        try:
+            yield
+        finally:
+            with _process_lock:
+                held.holders -= 1
+                if held.holders == 0:
+                    del _held[self.path]
+                    if held.connection is not None:
+                        # Closing checkpoints the file (tens of ms): done off the caller's path. The
+                        # process lock makes the next open in this process wait for it.
+                        threading.Thread(target=_close_connection, args=(held.connection,), daemon=True).start()
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -202,20 +293,17 @@ class DuckDBJournal:
             with self._connect(write=True) as connection:
                 connection.execute("UPDATE experiments SET heartbeat_at = ? WHERE id = ?", [_now(), experiment_id])
             return 0
-        frame = trials_frame(rows, experiment_id=experiment_id)
+        incoming = pa.Table.from_pylist(list(rows), schema=ROW_SCHEMA)
         with self._connect(write=True) as connection:
-            connection.register("incoming_trials", frame)
+            connection.register("incoming_trials", incoming)
             connection.execute("BEGIN TRANSACTION")
-            connection.execute(
-                f"INSERT OR IGNORE INTO trials ({', '.join(TRIAL_COLUMNS)}) "
-                f"SELECT {', '.join(TRIAL_COLUMNS)} FROM incoming_trials"
-            )
+            connection.execute(_INSERT_TRIALS, [experiment_id])
             connection.execute(
                 "UPDATE experiments SET heartbeat_at = ?, updated_at = ? WHERE id = ?", [_now(), _now(), experiment_id]
             )
             connection.execute("COMMIT")
             connection.unregister("incoming_trials")
-        return len(frame)
+        return incoming.num_rows
 
     def _mark_dead_experiments(self, connection: duckdb.DuckDBPyConnection) -> None:
         rows = connection.execute(
@@ -293,9 +381,20 @@ class DuckDBJournal:
         frame = self.sql("SELECT example_id, repeat FROM trials WHERE experiment_id = ?", [experiment_id])
         return set(zip(frame["example_id"], frame["repeat"].astype(int), strict=True))
 
-    def writer(self, experiment_id: str, *, flush_interval: float = 0.4) -> TrialWriter:
-        """Return a background writer that streams trials of ``experiment_id`` into this journal."""
-        return TrialWriter(self, experiment_id, flush_interval=flush_interval)
+    def writer(
+        self, experiment_id: str, *, flush_interval: float = 0.4, create: ExperimentRecord | None = None
+    ) -> TrialWriter:
+        """Return a background writer that streams trials of ``experiment_id`` into this journal.
+
+        With ``create``, the writer inserts that experiment first, on its own thread, so a run
+        does not wait for the journal before its first trial.
+        """
+        return TrialWriter(self, experiment_id, flush_interval=flush_interval, create=create)
+
+
+def _close_connection(connection: duckdb.DuckDBPyConnection) -> None:
+    with _process_lock:
+        connection.close()
 
 
 def _is_dead(host: Any, pid: Any, heartbeat: Any) -> bool:
@@ -319,9 +418,19 @@ class TrialWriter:
     ``close`` makes a final flush and raises JournalError if rows remain unsaved.
     """
 
-    def __init__(self, journal: DuckDBJournal, experiment_id: str, *, flush_interval: float = 0.4) -> None:
+    def __init__(
+        self,
+        journal: DuckDBJournal,
+        experiment_id: str,
+        *,
+        flush_interval: float = 0.4,
+        create: ExperimentRecord | None = None,
+    ) -> None:
+        if create is not None and create.id != experiment_id:
+            raise JournalError(f"writer for {experiment_id} was given the record of {create.id}")
         self.journal = journal
         self.experiment_id = experiment_id
+        self._pending_record = create
         self.flush_interval = flush_interval
         self.written = 0
         self.last_error: BaseException | None = None
@@ -341,6 +450,9 @@ class TrialWriter:
         with self._lock:
             rows, self._buffer = self._buffer, []
         try:
+            if self._pending_record is not None:
+                self.journal.create_experiment(self._pending_record)
+                self._pending_record = None
             self.written += self.journal.append_trials(self.experiment_id, rows)
             self.last_error = None
         except Exception as error:
@@ -349,6 +461,8 @@ class TrialWriter:
                 self._buffer[:0] = rows
 
     def _loop(self) -> None:
+        if self._pending_record is not None:
+            self.flush()
         while not self._stop.wait(self.flush_interval):
             self.flush()
 
@@ -357,7 +471,7 @@ class TrialWriter:
         self._stop.set()
         self._thread.join()
         self.flush()
-        if self._buffer:
+        if self._buffer or self._pending_record is not None:
             raise JournalError(
                 f"{len(self._buffer)} trials could not be written to {self.journal.path}: {self.last_error}"
             )

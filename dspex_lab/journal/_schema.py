@@ -12,8 +12,9 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
-__all__ = ["SCHEMA_VERSION", "TRIAL_COLUMNS", "ensure_schema", "trials_frame"]
+__all__ = ["ROW_SCHEMA", "SCHEMA_VERSION", "TRIAL_COLUMNS", "ensure_schema", "trials_frame"]
 
 SCHEMA_VERSION = 1
 
@@ -41,6 +42,31 @@ TRIAL_COLUMNS = (
 )
 
 
+# The columns of TrialResult.to_row(), typed, so an all-None column still has a type.
+ROW_SCHEMA = pa.schema(
+    [
+        ("index", pa.int64()),
+        ("example_id", pa.string()),
+        ("repeat", pa.int32()),
+        ("status", pa.string()),
+        ("score", pa.float64()),
+        ("prediction", pa.string()),
+        ("error_type", pa.string()),
+        ("error_message", pa.string()),
+        ("error_stage", pa.string()),
+        ("traceback", pa.string()),
+        ("latency", pa.float64()),
+        ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("cost", pa.float64()),
+        ("lm_calls", pa.int32()),
+        ("attempts", pa.int32()),
+        ("started_at", pa.float64()),
+        ("finished_at", pa.float64()),
+    ]
+)
+
+
 def trials_frame(rows: Sequence[Mapping[str, Any]], *, experiment_id: str | None) -> pd.DataFrame:
     """Return trial rows (``TrialResult.to_row()`` dicts) as a frame in the trials table's column order.
 
@@ -50,7 +76,8 @@ def trials_frame(rows: Sequence[Mapping[str, Any]], *, experiment_id: str | None
     columns = [column for column in TRIAL_COLUMNS if experiment_id is not None or column != "experiment_id"]
     if not rows:
         return pd.DataFrame(columns=columns)
-    frame = pd.DataFrame(list(rows)).rename(columns={"index": "example_index"})
+    # Through Arrow with a fixed schema: several times faster than pandas on dicts, and typed.
+    frame = pa.Table.from_pylist(list(rows), schema=ROW_SCHEMA).to_pandas().rename(columns={"index": "example_index"})
     if experiment_id is not None:
         frame["experiment_id"] = experiment_id
     frame["trial_id"] = frame["example_id"].astype(str) + "/r" + frame["repeat"].astype(str)
