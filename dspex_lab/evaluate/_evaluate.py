@@ -56,6 +56,14 @@ def environment() -> dict[str, str]:
     return dict(_environment())
 
 
+def _lm_state(lm: dspy.BaseLM) -> dict[str, Any] | None:
+    # dump_state leaves out API keys; an LM that cannot describe itself is recorded by model only.
+    try:
+        return lm.dump_state()
+    except Exception:
+        return None
+
+
 def _as_dataset(dataset: Dataset | Sequence[dspy.Example]) -> Dataset:
     if isinstance(dataset, Dataset):
         return dataset
@@ -149,6 +157,7 @@ def evaluate(
         "max_errors": max_errors,
         "threads": context.threads,
         "lm": getattr(context.lm, "model", repr(context.lm)),
+        "lm_state": _lm_state(context.lm),
     }
 
     with journal.hold() if journal is not None else contextlib.nullcontext():
@@ -182,6 +191,7 @@ def evaluate(
                 config=config,
                 environment=environment(),
                 n_planned=len(planned),
+                examples=_stored_examples(data),
             )
             experiment_id = new_record.id
         tasks = [task for task in planned if (task.example_id, task.repeat) not in done_before]
@@ -253,6 +263,21 @@ def evaluate(
         if detail:
             logger.warning("evaluation %s stopped early: %s", experiment_id, detail)
         return result
+
+
+# Datasets up to this size are stored in the journal, so an experiment can be exported and re-run
+# from the journal alone; larger ones are identified by fingerprint and source hash only.
+MAX_STORED_EXAMPLES = 20_000
+
+
+def _stored_examples(data: Dataset) -> tuple[tuple[str, dict[str, Any]], ...]:
+    if len(data) > MAX_STORED_EXAMPLES:
+        return ()
+    stored = []
+    for example_id, example in zip(data.example_ids, data, strict=True):
+        fields = {key: value for key, value in example.toDict().items() if not key.startswith("dspy_")}
+        stored.append((example_id, {"fields": fields, "inputs": list(data.inputs)}))
+    return tuple(stored)
 
 
 def _check_resumable(previous: dict[str, Any], fingerprint: str | None, data: Dataset, repeats: int) -> None:

@@ -11,6 +11,7 @@ an experiment whose process died is seen as interrupted.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -47,6 +48,7 @@ class _Held:
 
 
 _held: dict[Path, _Held] = {}
+_closing: dict[Path, threading.Thread] = {}
 
 
 _SELECTED = {
@@ -97,6 +99,7 @@ class ExperimentRecord:
     config: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     n_planned: int | None = None
+    examples: tuple[tuple[str, dict[str, Any]], ...] = ()
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
@@ -172,6 +175,8 @@ class DuckDBJournal:
         finally:
             if marker is not None:
                 marker.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # another waiter may still be using the folder
+                    self._waiting_dir.rmdir()
 
     def _others_waiting(self) -> bool:
         try:
@@ -189,6 +194,9 @@ class DuckDBJournal:
     def _connect(self, *, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
         with _process_lock:
             held = _held.get(self.path)
+            closer = _closing.pop(self.path, None)
+            if closer is not None:
+                closer.join()
             if held is None:
                 connection = self._open(write=write)
                 try:
@@ -226,17 +234,33 @@ class DuckDBJournal:
                 if held.holders == 0:
                     del _held[self.path]
                     if held.connection is not None:
-                        # Closing checkpoints the file (tens of ms): done off the caller's path. The
-                        # process lock makes the next open in this process wait for it.
-                        threading.Thread(target=_close_connection, args=(held.connection,), daemon=True).start()
+                        # Closing checkpoints the file (tens of ms): done off the caller's path; the
+                        # next open of this file in this process waits for it (see _connect).
+                        closer = threading.Thread(target=_close_connection, args=(held.connection,), daemon=True)
+                        _closing[self.path] = closer
+                        closer.start()
 
     # -- writing -------------------------------------------------------------------------------
 
     def create_experiment(self, record: ExperimentRecord) -> str:
-        """Insert a new running experiment and return its id."""
+        """Insert a new running experiment (and its small dataset's examples) and return its id."""
         now = _now()
         with self._connect(write=True) as connection:
             self._mark_dead_experiments(connection)
+            if record.examples:
+                connection.register(
+                    "incoming_examples",
+                    pa.table(
+                        {
+                            "dataset_fingerprint": [record.dataset_fingerprint] * len(record.examples),
+                            "position": list(range(len(record.examples))),
+                            "example_id": [example_id for example_id, _ in record.examples],
+                            "record": [_json(fields) for _, fields in record.examples],
+                        }
+                    ),
+                )
+                connection.execute("INSERT OR IGNORE INTO dataset_examples SELECT * FROM incoming_examples")
+                connection.unregister("incoming_examples")
             connection.execute(
                 """INSERT INTO experiments (id, kind, name, status, program_name, program_fingerprint, program_spec,
                    dataset_name, dataset_fingerprint, dataset_manifest, metric, config, environment, n_planned,
@@ -376,6 +400,51 @@ class DuckDBJournal:
             [experiment_id],
         )
 
+    def dataset_examples(self, fingerprint: str) -> list[tuple[str, dict[str, Any]]]:
+        """Return the stored (example id, fields) of a dataset, in order (empty if it was not stored)."""
+        frame = self.sql(
+            "SELECT example_id, record FROM dataset_examples WHERE dataset_fingerprint = ? ORDER BY position",
+            [fingerprint],
+        )
+        return [
+            (example_id, json.loads(record))
+            for example_id, record in zip(frame["example_id"], frame["record"], strict=True)
+        ]
+
+    def register_hypothesis(self, record: dict[str, Any]) -> str:
+        """Insert a pre-registered hypothesis (status ``registered``) and return its id."""
+        with self._connect(write=True) as connection:
+            connection.execute(
+                """INSERT INTO hypotheses (id, statement, metric, baseline, treatment, direction, min_effect, alpha,
+                   status, registered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'registered', ?)""",
+                [
+                    record["id"],
+                    record["statement"],
+                    record.get("metric"),
+                    record["baseline"],
+                    record["treatment"],
+                    record["direction"],
+                    record["min_effect"],
+                    record["alpha"],
+                    _now(),
+                ],
+            )
+        return str(record["id"])
+
+    def decide_hypothesis(self, hypothesis_id: str, *, status: str, verdict: dict[str, Any]) -> None:
+        """Record a hypothesis' verdict."""
+        with self._connect(write=True) as connection:
+            connection.execute(
+                "UPDATE hypotheses SET status = ?, verdict = ?, decided_at = ? WHERE id = ?",
+                [status, _json(verdict), _now(), hypothesis_id],
+            )
+
+    def hypotheses(self) -> pd.DataFrame:
+        """Return every hypothesis, oldest first."""
+        if not self.path.exists():
+            return pd.DataFrame(columns=["id", "statement", "status", "registered_at"])
+        return self.sql("SELECT * FROM hypotheses ORDER BY registered_at")
+
     def finished_keys(self, experiment_id: str) -> set[tuple[str, int]]:
         """Return (example_id, repeat) of every recorded trial of an experiment."""
         frame = self.sql("SELECT example_id, repeat FROM trials WHERE experiment_id = ?", [experiment_id])
@@ -393,8 +462,14 @@ class DuckDBJournal:
 
 
 def _close_connection(connection: duckdb.DuckDBPyConnection) -> None:
-    with _process_lock:
-        connection.close()
+    connection.close()
+
+
+@atexit.register
+def _finish_closing() -> None:
+    # A daemon thread killed at interpreter exit in the middle of DuckDB's close aborts the process.
+    for closer in list(_closing.values()):
+        closer.join()
 
 
 def _is_dead(host: Any, pid: Any, heartbeat: Any) -> bool:

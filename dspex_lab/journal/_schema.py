@@ -16,7 +16,7 @@ import pyarrow as pa
 
 __all__ = ["ROW_SCHEMA", "SCHEMA_VERSION", "TRIAL_COLUMNS", "ensure_schema", "trials_frame"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TRIAL_COLUMNS = (
     "experiment_id",
@@ -137,9 +137,36 @@ CREATE TABLE IF NOT EXISTS trials (
 );
 """
 
+# Version 2: the examples of small datasets (so an experiment can be exported and re-run from
+# the journal alone) and pre-registered hypotheses.
+_VERSION_2 = """
+CREATE TABLE IF NOT EXISTS dataset_examples (
+    dataset_fingerprint VARCHAR NOT NULL,
+    position BIGINT NOT NULL,
+    example_id VARCHAR NOT NULL,
+    record JSON NOT NULL,
+    PRIMARY KEY (dataset_fingerprint, position)
+);
+CREATE TABLE IF NOT EXISTS hypotheses (
+    id VARCHAR PRIMARY KEY,
+    statement VARCHAR NOT NULL,
+    metric VARCHAR,
+    baseline VARCHAR NOT NULL,
+    treatment VARCHAR NOT NULL,
+    direction VARCHAR NOT NULL,
+    min_effect DOUBLE NOT NULL,
+    alpha DOUBLE NOT NULL,
+    status VARCHAR NOT NULL,
+    verdict JSON,
+    registered_at TIMESTAMP NOT NULL,
+    decided_at TIMESTAMP
+);
+"""
+
 # version -> statements that bring a journal from (version - 1) to version.
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
     1: lambda connection: connection.execute(_VERSION_1),
+    2: lambda connection: connection.execute(_VERSION_2),
 }
 
 

@@ -5,7 +5,66 @@ and scipy, keeps no state, and every number it returns is checked in tests
 against scipy or a closed form.
 """
 
-from dspex_lab.stats._paired import PairedTest, paired_t_test
+from dspex_lab.stats._clustered import clustered_stderr, variance_components
+from dspex_lab.stats._corrections import benjamini_hochberg, holm
+from dspex_lab.stats._describe import Description, describe, histogram
+from dspex_lab.stats._intervals import Interval, bootstrap_interval, is_binary, mean_interval, wilson_interval
+from dspex_lab.stats._paired import (
+    PairedTest,
+    choose_paired_test,
+    cohens_dz,
+    mcnemar_test,
+    paired_bootstrap_test,
+    paired_t_test,
+    paired_test,
+    score_correlation,
+    wilcoxon_test,
+)
+from dspex_lab.stats._power import (
+    power_mcnemar,
+    power_paired,
+    power_two_proportions,
+    power_unpaired,
+    sample_size_paired,
+    sample_size_two_proportions,
+    sample_size_unpaired,
+)
 from dspex_lab.stats._summary import Summary, percentiles, summarize, t_interval
+from dspex_lab.stats._unpaired import UnpairedTest, welch_test
 
-__all__ = ["PairedTest", "Summary", "paired_t_test", "percentiles", "summarize", "t_interval"]
+__all__ = [
+    "Description",
+    "Interval",
+    "PairedTest",
+    "Summary",
+    "UnpairedTest",
+    "benjamini_hochberg",
+    "bootstrap_interval",
+    "choose_paired_test",
+    "clustered_stderr",
+    "cohens_dz",
+    "describe",
+    "histogram",
+    "holm",
+    "is_binary",
+    "mcnemar_test",
+    "mean_interval",
+    "paired_bootstrap_test",
+    "paired_t_test",
+    "paired_test",
+    "percentiles",
+    "power_mcnemar",
+    "power_paired",
+    "power_two_proportions",
+    "power_unpaired",
+    "sample_size_paired",
+    "sample_size_two_proportions",
+    "sample_size_unpaired",
+    "score_correlation",
+    "summarize",
+    "t_interval",
+    "variance_components",
+    "welch_test",
+    "wilcoxon_test",
+    "wilson_interval",
+]

@@ -221,3 +221,32 @@ def test_experiments_frame_types(journal_path):
     frame = journal.experiments()
     assert {"id", "name", "kind", "status", "n_trials", "n_errors", "created_at"} <= set(frame.columns)
     assert pd.api.types.is_datetime64_any_dtype(frame["created_at"])
+
+
+def test_a_version_1_journal_is_migrated_and_keeps_its_records(tmp_path):
+    import shutil
+
+    old = tmp_path / "old.duckdb"
+    shutil.copy(Path(__file__).with_name("fixtures") / "journal_v1.duckdb", old)
+    journal = dx.open_journal(old)
+    assert journal.sql("select value from dspex_meta where key = 'schema_version'")["value"][0] == str(SCHEMA_VERSION)
+    experiments = journal.experiments()
+    assert list(experiments["name"]) == ["v1-predict"] and list(experiments["n_trials"]) == [12]
+    assert journal.hypotheses().empty
+    assert journal.dataset_examples("no-such-fingerprint") == []
+
+
+def test_small_datasets_are_stored_with_the_experiment(journal_path):
+    problems = dx.Dataset(dx.datasets.arithmetic(6, seed=1), name="stored")
+    with dx.Context(journal=journal_path, threads=2):
+        result = dx.evaluate(
+            dx.Program("dspy.Predict", signature="question -> answer"),
+            problems,
+            metric=dx.metrics.exact_match,
+            progress=False,
+        )
+    journal = dx.open_journal(journal_path)
+    stored = journal.dataset_examples(problems.fingerprint)
+    assert [example_id for example_id, _ in stored] == list(problems.example_ids)
+    assert stored[0][1]["fields"]["question"] == problems[0].question
+    assert journal.experiment(result.experiment_id)["config"]["lm_state"]["model"] == "lab/small"
