@@ -5,9 +5,27 @@ Define a :class:`Program` (a DSPy module plus typed variables), evaluate it on a
 experiment and trial in a DuckDB journal. ``import dspex_lab as dx``.
 """
 
-from dspex_lab import datasets, errors, metrics
+from dspex_lab import datasets, errors, metrics, stats
 from dspex_lab.data import Dataset, load_dataset
-from dspex_lab.evaluate import Comparison, Context, EvaluationResult, compare, current_context, evaluate
+from dspex_lab.evaluate import (
+    Budget,
+    Comparison,
+    ComparisonSet,
+    Context,
+    EvaluationResult,
+    Hypothesis,
+    RerunReport,
+    Verdict,
+    VerificationReport,
+    compare,
+    compare_many,
+    current_context,
+    evaluate,
+    export,
+    hypothesis,
+    rerun_package,
+    verify_package,
+)
 from dspex_lab.journal import open_journal
 from dspex_lab.lm import lab_lm, resolve_lm
 from dspex_lab.program import (
@@ -31,27 +49,39 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Bool",
+    "Budget",
     "Choice",
     "Comparison",
+    "ComparisonSet",
     "Constraint",
     "Context",
     "Dataset",
     "Demos",
     "EvaluationResult",
     "Float",
+    "Hypothesis",
     "Int",
     "ModuleType",
     "Program",
+    "RerunReport",
     "Text",
+    "Verdict",
+    "VerificationReport",
     "__version__",
     "compare",
+    "compare_many",
     "current_context",
     "datasets",
     "errors",
     "evaluate",
+    "export",
+    "hypothesis",
     "lab_lm",
     "load_dataset",
     "metrics",
     "open_journal",
     "register",
+    "rerun_package",
+    "stats",
+    "verify_package",
 ]

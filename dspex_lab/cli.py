@@ -156,6 +156,31 @@ def _journal(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _export(arguments: argparse.Namespace) -> int:
+    import dspex_lab as dx
+
+    include_data = {"auto": "auto", "yes": True, "no": False}[arguments.include_data]
+    path = dx.export(arguments.experiment, arguments.path, journal=arguments.journal, include_data=include_data)
+    print(f"Wrote {path}  (check it with: dspex verify {path}; re-run it with: dspex rerun {path})")
+    return 0
+
+
+def _verify(arguments: argparse.Namespace) -> int:
+    import dspex_lab as dx
+
+    report = dx.verify_package(arguments.package)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _rerun(arguments: argparse.Namespace) -> int:
+    import dspex_lab as dx
+
+    report = dx.rerun_package(arguments.package, journal=arguments.journal, threads=arguments.threads)
+    print(report)
+    return 0 if report.identical else 1
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dspex", description="Research environment for DSPy programs.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -200,6 +225,28 @@ def _parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("--limit", type=int, default=50)
     journal.set_defaults(handler=_journal)
+
+    export = commands.add_parser("export", help="write an evaluation's reproducibility package (a zip)")
+    export.add_argument("experiment", help="the evaluation's experiment id")
+    export.add_argument("path", help="the zip to write, or a folder to write dspex-<experiment>.zip into")
+    export.add_argument("--journal", default="dspex.duckdb")
+    export.add_argument(
+        "--include-data",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="include the examples: auto (when stored and at most 20,000 examples / 50 MB), yes, or no",
+    )
+    export.set_defaults(handler=_export)
+
+    verify = commands.add_parser("verify", help="check a package's checksums, program spec and data fingerprint")
+    verify.add_argument("package", help="the package zip")
+    verify.set_defaults(handler=_verify)
+
+    rerun = commands.add_parser("rerun", help="re-run a package's evaluation and compare every trial's score")
+    rerun.add_argument("package", help="the package zip")
+    rerun.add_argument("--journal", default=None, help="journal for the re-run (default: a temporary one)")
+    rerun.add_argument("--threads", type=int, default=None, help="worker threads (default: as recorded)")
+    rerun.set_defaults(handler=_rerun)
     return parser
 
 

@@ -1,13 +1,44 @@
 """Evaluation: run programs over datasets, summarise with statistics, compare.
 
-This layer owns :func:`evaluate` and :func:`compare`, the :class:`Context`
-they run in, their result objects, and the progress display subscribed to
-engine events.
+This layer owns :func:`evaluate`, :func:`compare` and :func:`compare_many`,
+pre-registered hypotheses, cost budgets, reproducibility packages, the
+:class:`Context` they run in, their result objects, and the progress display
+subscribed to engine events.
 """
 
-from dspex_lab.evaluate._compare import Comparison, compare
+from dspex_lab.evaluate._budget import Budget
+from dspex_lab.evaluate._compare import Comparison, ComparisonSet, compare, compare_many
 from dspex_lab.evaluate._context import Context, current_context
 from dspex_lab.evaluate._evaluate import environment, evaluate
+from dspex_lab.evaluate._hypothesis import Hypothesis, Verdict, hypothesis
+from dspex_lab.evaluate._package import (
+    RerunReport,
+    TrialDifference,
+    VerificationReport,
+    export,
+    rerun_package,
+    verify_package,
+)
 from dspex_lab.evaluate._result import EvaluationResult
 
-__all__ = ["Comparison", "Context", "EvaluationResult", "compare", "current_context", "environment", "evaluate"]
+__all__ = [
+    "Budget",
+    "Comparison",
+    "ComparisonSet",
+    "Context",
+    "EvaluationResult",
+    "Hypothesis",
+    "RerunReport",
+    "TrialDifference",
+    "Verdict",
+    "VerificationReport",
+    "compare",
+    "compare_many",
+    "current_context",
+    "environment",
+    "evaluate",
+    "export",
+    "hypothesis",
+    "rerun_package",
+    "verify_package",
+]

@@ -27,6 +27,7 @@ from dspex_lab.engine import (
     TrialTask,
 )
 from dspex_lab.errors import ExecutionError, ProgramSpecError
+from dspex_lab.evaluate._budget import Budget, BudgetTracker
 from dspex_lab.evaluate._context import current_context
 from dspex_lab.evaluate._result import EvaluationResult
 from dspex_lab.journal import ExperimentRecord
@@ -108,6 +109,8 @@ def evaluate(
     max_errors: int | float | None = None,
     progress: bool | Callable[[Any], None] = True,
     subscribers: Sequence[Callable[[Any], None]] = (),
+    cluster: str | None = None,
+    budget: Budget | None = None,
 ) -> EvaluationResult:
     """Evaluate ``program`` on ``dataset`` with ``metric``, journaling every trial as it finishes.
 
@@ -124,6 +127,10 @@ def evaluate(
         max_errors: an error budget (a count, or a fraction of planned trials); past it the run stops.
         progress: show a progress bar (True), or a callable receiving the run's events.
         subscribers: further event subscribers (widgets, loggers).
+        cluster: an example field whose values group examples (e.g. a source document); the standard
+            error and interval are then clustered.
+        budget: spending limits; a pilot of ``budget.pilot`` trials projects the run's cost first,
+            a warning comes at 80% of a limit and the run stops cleanly at 100%.
 
     Returns:
         The result; if the run is interrupted (KeyboardInterrupt) the finished trials are journaled,
@@ -145,7 +152,8 @@ def evaluate(
         for index, (example_id, example) in enumerate(zip(data.example_ids, data, strict=True))
         for repeat in range(repeats)
     ]
-    budget = (
+    clusters = _cluster_keys(data, cluster)
+    error_budget = (
         None
         if max_errors is None
         else (int(max_errors * len(planned)) if isinstance(max_errors, float) and max_errors < 1 else int(max_errors))
@@ -155,6 +163,8 @@ def evaluate(
         "timeout": timeout,
         "retries": retries,
         "max_errors": max_errors,
+        "cluster": cluster,
+        "budget": budget.limits() if budget is not None else None,
         "threads": context.threads,
         "lm": getattr(context.lm, "model", repr(context.lm)),
         "lm_state": _lm_state(context.lm),
@@ -220,22 +230,38 @@ def evaluate(
             if writer is not None:
                 writer.add(row)
             bus.emit(TrialFinished(run_id, result, len(results), len(tasks), counters["errors"]))
-            return budget is not None and counters["errors"] > budget
+            if spending is not None and spending.add(result):
+                return True
+            return error_budget is not None and counters["errors"] > error_budget
 
+        spending = BudgetTracker(budget) if budget is not None else None
         runner = TrialRunner(module, metric, lm=context.lm, retry=RetryPolicy(retries=retries))
         bus.emit(RunStarted(run_id, run_name, len(planned), len(done_before)))
         started = time.perf_counter()
         try:
-            status = context.executor.run(
-                tasks, runner, on_result=on_result, timeout=timeout, retry=RetryPolicy(retries=retries)
-            )
+            phases = [tasks]
+            if spending is not None and len(tasks) > budget.pilot:  # type: ignore[union-attr]
+                phases = [tasks[: budget.pilot], tasks[budget.pilot :]]  # type: ignore[union-attr]
+            status = RunStatus.FINISHED
+            for position, phase in enumerate(phases):
+                status = context.executor.run(
+                    phase, runner, on_result=on_result, timeout=timeout, retry=RetryPolicy(retries=retries)
+                )
+                if status != RunStatus.FINISHED:
+                    break
+                if position == 0 and spending is not None and len(phases) > 1:
+                    spending.project(len(tasks))
         finally:
             wall = time.perf_counter() - started
             if writer is not None:
                 writer.close()
         detail = None
         if status == RunStatus.STOPPED:
-            detail = f"error budget: {counters['errors']} errors > {budget}"
+            detail = (
+                spending.exceeded
+                if spending is not None and spending.exceeded
+                else f"error budget: {counters['errors']} errors > {error_budget}"
+            )
         final_status = {RunStatus.FINISHED: "finished", RunStatus.INTERRUPTED: "interrupted"}.get(status, "stopped")
         bus.emit(RunFinished(run_id, final_status, len(results), len(tasks), counters["errors"], wall))
 
@@ -252,6 +278,9 @@ def evaluate(
             dataset=manifest,
             metric=_metric_name(metric),
             wall_seconds=wall,
+            clusters=clusters,
+            status_detail=detail,
+            spending=spending.to_summary() if spending is not None else None,
         )
         if journal is not None and experiment_id is not None:
             journal.finish_experiment(experiment_id, status=final_status, detail=detail, summary=result.to_summary())
@@ -278,6 +307,18 @@ def _stored_examples(data: Dataset) -> tuple[tuple[str, dict[str, Any]], ...]:
         fields = {key: value for key, value in example.toDict().items() if not key.startswith("dspy_")}
         stored.append((example_id, {"fields": fields, "inputs": list(data.inputs)}))
     return tuple(stored)
+
+
+def _cluster_keys(data: Dataset, cluster: str | None) -> pd.Series | None:
+    if cluster is None:
+        return None
+    missing = [example_id for example_id, example in zip(data.example_ids, data, strict=True) if cluster not in example]
+    if missing:
+        raise ExecutionError(
+            f"cluster={cluster!r}: {len(missing)} examples have no such field (first: {missing[0]}); "
+            f"fields present: {sorted(data[0].keys())}"
+        )
+    return pd.Series([str(example[cluster]) for example in data], index=list(data.example_ids), name=cluster)
 
 
 def _check_resumable(previous: dict[str, Any], fingerprint: str | None, data: Dataset, repeats: int) -> None:

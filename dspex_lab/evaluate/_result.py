@@ -12,7 +12,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dspex_lab.stats import Summary, percentiles, summarize
+from dspex_lab.stats import (
+    Interval,
+    Summary,
+    clustered_stderr,
+    mean_interval,
+    percentiles,
+    summarize,
+    t_interval,
+    variance_components,
+)
 
 __all__ = ["EvaluationResult"]
 
@@ -35,6 +44,9 @@ class EvaluationResult:
     metric: str | None = None
     wall_seconds: float | None = None
     confidence: float = 0.95
+    clusters: pd.Series | None = None
+    status_detail: str | None = None
+    spending: dict[str, Any] | None = None
 
     # -- per-example scores --------------------------------------------------------------------
 
@@ -59,13 +71,49 @@ class EvaluationResult:
 
     @property
     def stderr(self) -> float:
-        """Standard error of the mean."""
+        """Standard error of the mean (clustered when the evaluation had a cluster field)."""
+        if self.clusters is not None:
+            scores = self.example_scores
+            return clustered_stderr(scores.to_numpy(), self.clusters.reindex(scores.index).to_numpy())
         return self.summary.stderr
+
+    @cached_property
+    def interval(self) -> Interval:
+        """The confidence interval with the method used.
+
+        Wilson for 0/1 per-example scores, a t interval otherwise; with clusters, a t interval
+        on the clustered SE with (clusters - 1) degrees of freedom.
+        """
+        scores = self.scores()
+        if self.clusters is not None:
+            groups = self.clusters.reindex(self.example_scores.index).nunique()
+            low, high = t_interval(self.mean, self.stderr, int(groups), confidence=self.confidence)
+            return Interval(low, high, "t (clustered)", self.confidence)
+        return mean_interval(scores, method="auto", confidence=self.confidence)
 
     @property
     def ci(self) -> tuple[float, float]:
-        """Two-sided t confidence interval of the mean (95% by default)."""
-        return self.summary.ci
+        """Two-sided confidence interval of the mean (95% by default); see :attr:`interval`."""
+        return (self.interval.low, self.interval.high)
+
+    @property
+    def ci_method(self) -> str:
+        """How :attr:`ci` was computed."""
+        return self.interval.method
+
+    @property
+    def repeats(self) -> int:
+        """Trials per example (the largest repeat index + 1)."""
+        return int(self.trials["repeat"].max()) + 1 if len(self.trials) else 0
+
+    @cached_property
+    def variance(self) -> dict[str, float]:
+        """Within-example (across repeats) and between-example variance of scored trials."""
+        scored = self.trials[self.trials["status"] == "ok"]
+        if scored.empty:
+            return {"within": math.nan, "between": math.nan}
+        within, between = variance_components(scored["score"].to_numpy(dtype=float), scored["example_id"].to_numpy())
+        return {"within": within, "between": between}
 
     @property
     def n(self) -> int:
@@ -131,8 +179,11 @@ class EvaluationResult:
             "stderr": number(self.stderr),
             "sd": number(self.summary.sd),
             "ci": [number(self.ci[0]), number(self.ci[1])],
+            "ci_method": self.ci_method,
             "confidence": self.confidence,
             "n": self.n,
+            "repeats": self.repeats,
+            "variance": {key: number(value) for key, value in self.variance.items()},
             "n_trials": self.n_trials,
             "n_errors": self.n_errors,
             "errors": self.errors,
@@ -141,6 +192,7 @@ class EvaluationResult:
             "cost": number(self.cost),
             "lm_calls": self.lm_calls,
             "wall_seconds": number(self.wall_seconds),
+            "spending": self.spending,
         }
 
     def __repr__(self) -> str:
@@ -157,7 +209,11 @@ class EvaluationResult:
         cost = "unknown" if self.cost is None else f"${self.cost:.4f}"
         experiment = html.escape(str(self.experiment_id))
         rows = [
-            ("mean score", f"<b>{self.mean:.3f}</b> (95% CI {low:.3f} - {high:.3f}, SE {self.stderr:.3f})"),
+            (
+                "mean score",
+                f"<b>{self.mean:.3f}</b> ({self.confidence:.0%} CI {low:.3f} - {high:.3f}, "
+                f"{html.escape(self.ci_method)}; SE {self.stderr:.3f})",
+            ),
             ("examples scored", f"{self.n} of {self.trials['example_id'].nunique() if len(self.trials) else 0}"),
             ("errors", f"{self.n_errors} ({errors}) — counted apart, not averaged in"),
             ("latency p50 / p95 / p99", " / ".join(f"{latency[k]:.3f} s" for k in ("p50", "p95", "p99"))),

@@ -88,7 +88,8 @@ def bootstrap_interval(
     as ``scipy.stats.bootstrap(method="BCa")``. When every jackknife value is equal
     the acceleration is taken as 0 (scipy would return NaN).
 
-    A sample with zero variance gives the degenerate interval ``[x, x]``; fewer than
+    A sample with zero variance gives the degenerate interval ``[x, x]`` with
+    ``x = statistic(values)``; fewer than
     two values give NaN bounds, as one value says nothing about spread.
 
     Args:
@@ -116,11 +117,11 @@ def bootstrap_interval(
     if np.all(array == array[0]):
         observed = float(statistic(array))
         return Interval(observed, observed, method_key, confidence)
-    resampled = resampled_statistics(array, statistic, resamples, generator)
+    resampled = resampled_statistics(array, statistic, resamples=resamples, generator=generator)
     tail = (1 - confidence) / 2
     levels = np.array([tail, 1 - tail])
     if method_key == "bca":
-        levels = _bca_levels(array, statistic, resampled, tail)
+        levels = _bca_levels(array, statistic, resampled=resampled, tail=tail)
         if np.any(np.isnan(levels)):
             # The observed statistic lies outside every resample, so the bias correction is infinite.
             return Interval(math.nan, math.nan, method_key, confidence)
@@ -173,7 +174,7 @@ def mean_interval(
 
 
 def resampled_statistics(
-    values: np.ndarray, statistic: Callable[..., float], resamples: int, generator: np.random.Generator
+    values: np.ndarray, statistic: Callable[..., float], *, resamples: int, generator: np.random.Generator
 ) -> np.ndarray:
     """Return ``statistic`` of ``resamples`` samples drawn with replacement from ``values``."""
     size = values.size
@@ -183,11 +184,13 @@ def resampled_statistics(
     for start in range(0, resamples, rows_per_batch):
         stop = min(resamples, start + rows_per_batch)
         samples = values[generator.integers(0, size, size=(stop - start, size))]
-        results[start:stop] = _apply(statistic, samples, vectorized)
+        results[start:stop] = _apply(statistic, samples, vectorized=vectorized)
     return results
 
 
-def _bca_levels(values: np.ndarray, statistic: Callable[..., float], resampled: np.ndarray, tail: float) -> np.ndarray:
+def _bca_levels(
+    values: np.ndarray, statistic: Callable[..., float], *, resampled: np.ndarray, tail: float
+) -> np.ndarray:
     """Return the BCa-adjusted quantile levels for the lower and upper bounds."""
     observed = float(statistic(values))
     # Ties count half, so a symmetric discrete bootstrap distribution gives no bias correction.
@@ -215,7 +218,7 @@ def _jackknife(values: np.ndarray, statistic: Callable[..., float]) -> np.ndarra
         left_out = np.arange(start, min(size, start + rows_per_batch))
         # Row i keeps positions 0..i-1 and i+1..n-1: shift every column at or past i by one.
         indices = columns[None, :] + (columns[None, :] >= left_out[:, None])
-        results[left_out] = _apply(statistic, values[indices], vectorized)
+        results[left_out] = _apply(statistic, values[indices], vectorized=vectorized)
     return results
 
 
@@ -228,7 +231,7 @@ def _accepts_axis(statistic: Callable[..., float]) -> bool:
     return "axis" in parameters
 
 
-def _apply(statistic: Callable[..., float], samples: np.ndarray, vectorized: bool) -> np.ndarray:
+def _apply(statistic: Callable[..., float], samples: np.ndarray, *, vectorized: bool) -> np.ndarray:
     """Return ``statistic`` of each row of ``samples``."""
     if vectorized:
         result = np.asarray(statistic(samples, axis=-1), dtype=float)

@@ -229,7 +229,7 @@ def paired_bootstrap_test(
         p_value = 1.0 if mean == 0 else 1 / (resamples + 1)
         statistic = 0.0 if mean == 0 else math.copysign(math.inf, mean)
         return PairedTest(name, n, mean, (mean, mean), statistic, p_value, effect, confidence)
-    resampled = resampled_statistics(differences, np.mean, resamples, generator)
+    resampled = resampled_statistics(differences, np.mean, resamples=resamples, generator=generator)
     tail = (1 - confidence) / 2
     low, high = np.quantile(resampled, [tail, 1 - tail])
     as_extreme = int(np.count_nonzero(np.abs(resampled - mean) >= abs(mean)))

@@ -42,7 +42,7 @@ def power_paired(effect_size: float, n: int, *, alpha: float = 0.05, alternative
     _check_design(alpha, alternative)
     if n < 2:
         raise ValueError(f"the paired t-test needs at least 2 pairs, got n={n}")
-    return _t_power(effect_size * math.sqrt(n), n - 1, alpha, alternative)
+    return _t_power(effect_size * math.sqrt(n), n - 1, alpha=alpha, alternative=alternative)
 
 
 def power_unpaired(
@@ -66,7 +66,7 @@ def power_unpaired(
     _check_design(alpha, alternative)
     if n_per_group < 2:
         raise ValueError(f"the two-sample t-test needs at least 2 per group, got n_per_group={n_per_group}")
-    return _t_power(effect_size * math.sqrt(n_per_group / 2), 2 * n_per_group - 2, alpha, alternative)
+    return _t_power(effect_size * math.sqrt(n_per_group / 2), 2 * n_per_group - 2, alpha=alpha, alternative=alternative)
 
 
 def power_two_proportions(p_a: float, p_b: float, n_per_group: int, *, alpha: float = 0.05) -> float:
@@ -138,8 +138,8 @@ def sample_size_paired(effect_size: float, *, power: float = 0.8, alpha: float =
         ValueError: If ``effect_size`` is 0 (no sample size detects no difference) or
             ``power``/``alpha`` are outside (0, 1).
     """
-    _check_target(effect_size, power, alpha)
-    return _smallest_n(lambda n: power_paired(effect_size, n, alpha=alpha), power, 2)
+    _check_target(effect_size, power=power, alpha=alpha)
+    return _smallest_n(lambda n: power_paired(effect_size, n, alpha=alpha), power, smallest=2)
 
 
 def sample_size_unpaired(effect_size: float, *, power: float = 0.8, alpha: float = 0.05) -> int:
@@ -149,8 +149,8 @@ def sample_size_unpaired(effect_size: float, *, power: float = 0.8, alpha: float
         ValueError: If ``effect_size`` is 0 (no sample size detects no difference) or
             ``power``/``alpha`` are outside (0, 1).
     """
-    _check_target(effect_size, power, alpha)
-    return _smallest_n(lambda n: power_unpaired(effect_size, n, alpha=alpha), power, 2)
+    _check_target(effect_size, power=power, alpha=alpha)
+    return _smallest_n(lambda n: power_unpaired(effect_size, n, alpha=alpha), power, smallest=2)
 
 
 def sample_size_two_proportions(p_a: float, p_b: float, *, power: float = 0.8, alpha: float = 0.05) -> int:
@@ -160,18 +160,21 @@ def sample_size_two_proportions(p_a: float, p_b: float, *, power: float = 0.8, a
         ValueError: If ``p_a == p_b`` (no sample size detects no difference), a proportion
             is outside [0, 1] or ``power``/``alpha`` are outside (0, 1).
     """
-    _check_target(_cohens_h(p_a, p_b), power, alpha)
-    return _smallest_n(lambda n: power_two_proportions(p_a, p_b, n, alpha=alpha), power, 1)
+    _check_target(_cohens_h(p_a, p_b), power=power, alpha=alpha)
+    return _smallest_n(lambda n: power_two_proportions(p_a, p_b, n, alpha=alpha), power, smallest=1)
 
 
-def _t_power(noncentrality: float, degrees: int, alpha: float, alternative: str) -> float:
+def _t_power(noncentrality: float, degrees: int, *, alpha: float, alternative: str) -> float:
     """Return the rejection probability of a t-test under a noncentral t alternative."""
     tail = alpha / 2 if alternative == "two-sided" else alpha
+    critical = float(scipy_stats.t.isf(tail, degrees))
     power = 0.0
     if alternative in ("two-sided", "larger"):
-        power += float(scipy_stats.nct.sf(scipy_stats.t.isf(tail, degrees), degrees, noncentrality))
+        power += float(scipy_stats.nct.sf(critical, degrees, noncentrality))
     if alternative in ("two-sided", "smaller"):
-        power += float(scipy_stats.nct.cdf(scipy_stats.t.ppf(tail, degrees), degrees, noncentrality))
+        # P(T < -c | nc) = P(T > c | -nc). scipy's nct.cdf returns NaN deep in the tail (e.g. df=1, nc=28),
+        # where statsmodels then reports NaN power; the survival function stays finite there.
+        power += float(scipy_stats.nct.sf(critical, degrees, -noncentrality))
     return power
 
 
@@ -190,7 +193,7 @@ def _check_design(alpha: float, alternative: str) -> None:
         raise ValueError(f"alternative must be one of {', '.join(_ALTERNATIVES)}; got {alternative!r}")
 
 
-def _check_target(effect_size: float, power: float, alpha: float) -> None:
+def _check_target(effect_size: float, *, power: float, alpha: float) -> None:
     """Raise ValueError when no sample size can be computed for this design."""
     _check_design(alpha, "two-sided")
     if not 0 < power < 1:
@@ -201,7 +204,7 @@ def _check_target(effect_size: float, power: float, alpha: float) -> None:
         raise ValueError(f"effect size must be finite, got {effect_size}")
 
 
-def _smallest_n(power_at: Callable[[int], float], target: float, smallest: int) -> int:
+def _smallest_n(power_at: Callable[[int], float], target: float, *, smallest: int) -> int:
     """Return the smallest ``n >= smallest`` with ``power_at(n) >= target``, assuming power grows with n."""
     if power_at(smallest) >= target:
         return smallest

@@ -31,7 +31,8 @@ class UnpairedTest:
 def welch_test(a: Values, b: Values, *, confidence: float = 0.95) -> UnpairedTest:
     """Compare independent samples with Welch's t-test (unequal variances) on ``mean(b) - mean(a)``.
 
-    The statistic and p-value are those of ``scipy.stats.ttest_ind(b, a, equal_var=False)``.
+    The statistic ``difference / sqrt(va/na + vb/nb)`` and its two-sided p-value equal
+    those of ``scipy.stats.ttest_ind(b, a, equal_var=False)``.
     The interval uses the Welch-Satterthwaite degrees of freedom
     ``(va/na + vb/nb)**2 / ((va/na)**2 / (na-1) + (vb/nb)**2 / (nb-1))``.
     ``effect_size`` is Hedges' g: the difference over the pooled SD times the exact
@@ -68,15 +69,17 @@ def welch_test(a: Values, b: Values, *, confidence: float = 0.95) -> UnpairedTes
         )
     degrees = (share_a + share_b) ** 2 / (share_a**2 / (size_a - 1) + share_b**2 / (size_b - 1))
     critical = float(scipy_stats.t.ppf(0.5 + confidence / 2, degrees))
-    result = scipy_stats.ttest_ind(second, first, equal_var=False)
+    # Computed directly rather than via scipy.stats.ttest_ind, which warns spuriously when one sample is constant.
+    statistic = difference / stderr
+    p_value = min(1.0, 2 * float(scipy_stats.t.sf(abs(statistic), degrees)))
     return UnpairedTest(
         name,
         size_a,
         size_b,
         difference,
         (difference - critical * stderr, difference + critical * stderr),
-        float(result.statistic),
-        float(result.pvalue),
+        statistic,
+        p_value,
         difference / pooled_sd * _hedges_correction(size_a + size_b - 2),
         confidence,
     )

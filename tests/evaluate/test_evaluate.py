@@ -25,8 +25,12 @@ def test_evaluate_summarises_and_journals(problems, journal_path):
     assert result.n == 120 and result.n_errors == 0 and result.status == "finished"
     assert result.mean == pytest.approx(scores.mean())
     assert result.stderr == pytest.approx(scipy_stats.sem(scores))
-    expected = scipy_stats.t.interval(0.95, len(scores) - 1, loc=scores.mean(), scale=scipy_stats.sem(scores))
+    from statsmodels.stats.proportion import proportion_confint
+
+    # 0/1 scores get a Wilson interval.
+    expected = proportion_confint(int(scores.sum()), len(scores), alpha=0.05, method="wilson")
     assert result.ci == pytest.approx(expected)
+    assert result.ci_method.lower().startswith("wilson")
     assert 0 < result.mean < 1
     assert result.tokens["input"] > 0 and result.tokens["output"] > 0
     assert result.cost is not None and result.cost > 0
@@ -52,8 +56,17 @@ def test_compare_is_paired_and_matches_scipy(problems):
     with dx.Context(lm="lab/small", journal=False, threads=8):
         predict = dx.evaluate(PREDICT, problems, metric=dx.metrics.exact_match, progress=False)
         cot = dx.evaluate(COT, problems, metric=dx.metrics.exact_match, progress=False)
-        comparison = dx.compare(predict, cot)
+        comparison = dx.compare(predict, cot, method="t")
+        automatic = dx.compare(predict, cot)
     a, b = predict.scores(), cot.scores()
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    table = [
+        [np.sum((a == 1) & (b == 1)), np.sum((a == 1) & (b == 0))],
+        [np.sum((a == 0) & (b == 1)), np.sum((a == 0) & (b == 0))],
+    ]
+    assert automatic.test == "exact McNemar"  # 0/1 scores pick the exact McNemar test
+    assert automatic.p_value == pytest.approx(mcnemar(table, exact=True).pvalue)
     reference = scipy_stats.ttest_rel(b, a)
     assert comparison.n == 120
     assert comparison.difference == pytest.approx((b - a).mean())

@@ -69,6 +69,16 @@ def test_bootstrap_equals_scipy_on_the_same_resamples(method, statistic, data_se
     assert (ours.low, ours.high) == pytest.approx(tuple(reference.confidence_interval), rel=1e-9)
 
 
+def test_bootstrap_in_several_batches_agrees_with_scipy():
+    # 1500 values: resamples and jackknife rows are both built in batches of at most 1e6 elements.
+    values = np.random.default_rng(9).gamma(0.5, 1.0, size=1500)
+    ours = bootstrap_interval(values, method="bca", seed=2, resamples=3000)
+    reference = scipy_stats.bootstrap((values,), np.mean, method="BCa", n_resamples=3000, rng=3)
+    width = reference.confidence_interval.high - reference.confidence_interval.low
+    assert ours.low == pytest.approx(reference.confidence_interval.low, abs=0.06 * width)
+    assert ours.high == pytest.approx(reference.confidence_interval.high, abs=0.06 * width)
+
+
 def test_bca_shifts_right_for_right_skewed_mean():
     values = np.random.default_rng(4).exponential(size=40)
     percentile = bootstrap_interval(values, method="percentile", seed=0)
@@ -103,7 +113,7 @@ def test_bootstrap_degenerate_and_tiny_samples():
         constant = bootstrap_interval([0.7] * 12, method=method, seed=0)
         assert constant.low == constant.high == pytest.approx(0.7, rel=1e-15)
         spread_of_constant = bootstrap_interval([0.7] * 12, method=method, seed=0, statistic=np.std)
-        assert (spread_of_constant.low, spread_of_constant.high) == (0.0, 0.0)
+        assert spread_of_constant.low == spread_of_constant.high == pytest.approx(0.0, abs=1e-15)
         single = bootstrap_interval([0.7], method=method, seed=0)
         assert math.isnan(single.low) and math.isnan(single.high)
         assert math.isnan(bootstrap_interval([], method=method, seed=0).low)
@@ -149,3 +159,13 @@ def test_mean_interval_errors_and_edges():
     single = mean_interval([0.3])
     assert single.method == "t" and math.isnan(single.low)
     assert math.isnan(mean_interval([]).low)
+
+
+def test_jackknife_rows_leave_out_one_value_each():
+    from dspex_lab.stats._intervals import _jackknife
+
+    # 1500 values span three batches of leave-one-out rows; the mean has the closed form (total - x_i) / (n - 1).
+    values = np.random.default_rng(10).normal(size=1500)
+    expected = (values.sum() - values) / 1499
+    np.testing.assert_allclose(_jackknife(values, np.mean), expected, rtol=1e-12)
+    np.testing.assert_allclose(_jackknife(values[:7], lambda row: row.mean()), (values[:7].sum() - values[:7]) / 6)
