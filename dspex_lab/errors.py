@@ -9,7 +9,8 @@ so ``except dx.errors.DspexLabError`` catches all of them and nothing else::
     ├── VariableError           a variable value outside its type or constraints
     ├── DatasetError            a dataset that cannot be read (file and line)
     ├── ExecutionError          an executor or trial runner failure (not a trial's own)
-    │   └── TrialTimeoutError       a trial that ran past its timeout
+    │   ├── TrialTimeoutError       a trial that ran past its timeout
+    │   └── PackageError            a reproducibility package that fails verification
     ├── JournalError            a journal that cannot be opened, read or written
     ├── OptimizerError          an optimizer that cannot run
     └── MissingDependencyError  an optional extra is not installed (also ImportError)
@@ -29,6 +30,7 @@ __all__ = [
     "MissingDependencyError",
     "ModuleNotAllowedError",
     "OptimizerError",
+    "PackageError",
     "ProgramSpecError",
     "TrialTimeoutError",
     "VariableError",
@@ -102,6 +104,10 @@ class ExecutionError(DspexLabError):
 
 class TrialTimeoutError(ExecutionError, TimeoutError):
     """A trial that did not finish within its timeout."""
+
+
+class PackageError(ExecutionError):
+    """A reproducibility package that fails verification or cannot be re-run."""
 
 
 class JournalError(DspexLabError):

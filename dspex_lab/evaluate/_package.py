@@ -47,7 +47,7 @@ import dspy
 import pandas as pd
 
 from dspex_lab.data import Dataset
-from dspex_lab.errors import DatasetError, DspexLabError, ExecutionError, JournalError, ProgramSpecError
+from dspex_lab.errors import DatasetError, DspexLabError, ExecutionError, JournalError, PackageError, ProgramSpecError
 from dspex_lab.evaluate._context import Context, current_context
 from dspex_lab.evaluate._evaluate import MAX_STORED_EXAMPLES, evaluate
 from dspex_lab.journal import DuckDBJournal, open_journal
@@ -912,7 +912,7 @@ def rerun_package(
     """
     report = verify_package(path)
     if not report.ok:
-        raise ExecutionError(
+        raise PackageError(
             f"refusing to re-run {report.path}: it fails verification "
             f"({len(report.problems)} problem(s): {'; '.join(report.problems[:5])})"
         )
