@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import platform
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any
@@ -26,7 +26,7 @@ from dspex_lab.engine import (
     TrialRunner,
     TrialTask,
 )
-from dspex_lab.errors import ExecutionError, ProgramSpecError
+from dspex_lab.errors import DspexLabWarning, ExecutionError, ProgramSpecError
 from dspex_lab.evaluate._budget import Budget, BudgetTracker
 from dspex_lab.evaluate._context import current_context
 from dspex_lab.evaluate._result import EvaluationResult
@@ -35,8 +35,6 @@ from dspex_lab.journal._schema import trials_frame
 from dspex_lab.program import Program
 
 __all__ = ["environment", "evaluate"]
-
-logger = logging.getLogger("dspex_lab.evaluate")
 
 Metric = Callable[[dspy.Example, Any], Any]
 
@@ -290,7 +288,7 @@ def evaluate(
                 f"resume with dx.evaluate(..., resume={experiment_id!r})"
             )
         if detail:
-            logger.warning("evaluation %s stopped early: %s", experiment_id, detail)
+            warnings.warn(f"evaluation {experiment_id} stopped early: {detail}", DspexLabWarning, stacklevel=2)
         return result
 
 

@@ -99,6 +99,14 @@ class Hypothesis:
                     f"hypothesis {self.id} registered {label} {expected!r}, "
                     f"but was given the evaluation {result.name!r}"
                 )
+            first_started = result.trials["started_at"].min() if len(result.trials) else None
+            registered = self.registered_at.replace(tzinfo=None) if self.registered_at else None
+            if registered is not None and first_started is not None and first_started < registered:
+                raise ExecutionError(
+                    f"hypothesis {self.id} was registered at {registered:%Y-%m-%d %H:%M:%S} UTC, after the "
+                    f"{label} evaluation {result.name!r} started; a pre-registered hypothesis is tested on runs "
+                    "made after it"
+                )
             if self.metric and result.metric and not result.metric.endswith(self.metric):
                 raise ExecutionError(
                     f"hypothesis {self.id} is about metric {self.metric!r}, but {result.name!r} used {result.metric!r}"

@@ -107,7 +107,10 @@ def test_hangs_without_retries_are_recorded_as_timeouts(journal_path):
 def test_error_budget_stops_the_run_and_keeps_trials(journal_path):
     problems = dx.Dataset(dx.datasets.arithmetic(300, seed=2), name="budget")
     lm = dx.lab_lm("lab/small", error_rate=0.5, seed=1)
-    with dx.Context(lm=lm, journal=journal_path, threads=4):
+    with (
+        dx.Context(lm=lm, journal=journal_path, threads=4),
+        pytest.warns(dx.errors.DspexLabWarning, match="error budget"),
+    ):
         result = dx.evaluate(PREDICT, problems, metric=dx.metrics.exact_match, max_errors=10, retries=0, progress=False)
     assert result.status == "stopped"
     assert result.n_errors == 11

@@ -175,3 +175,11 @@ def test_budget_limits_are_validated():
         dx.Budget()
     with pytest.raises(ExecutionError, match="positive"):
         dx.Budget(usd=-1)
+
+
+def test_a_hypothesis_cannot_be_registered_after_its_runs(problems):
+    with dx.Context(journal=False, threads=8):
+        predict, cot = run(PREDICT, problems[:30]), run(COT, problems[:30])
+        late = dx.hypothesis("after the fact", metric="exact_match", baseline=PREDICT, treatment=COT, min_effect=0.05)
+        with pytest.raises(ExecutionError, match="after the baseline evaluation 'predict' started"):
+            late.decide(predict, cot)

@@ -1,0 +1,698 @@
+"""Capture one span tree per trial from DSPy's callbacks and from dspex orchestration steps.
+
+Attribution: the trace a span belongs to is carried by a context variable that
+holds the current *scope* (the open trial, decision, evaluation or metric span
+and its :class:`TraceCollector`). A trial runner that submits each trial with
+``contextvars.copy_context().run`` therefore gets every span of a trial, and
+none of another's, from one shared :class:`SpanRecorder`.
+
+Parents: DSPy's ``with_callbacks`` calls ``on_*_start`` *before* it sets
+``ACTIVE_CALL_ID`` to the new call, so the value read there is the caller's
+call id, which is the span's parent. A scope remembers the ``ACTIVE_CALL_ID``
+that was current when it opened: while that is still the active id, no DSPy
+call has started inside the scope, so the scope itself is the parent. This
+orders decisions and DSPy calls correctly whichever encloses the other.
+
+Threads that do not copy the context (``dspy.Parallel``, ``dspy.Evaluate``)
+still see ``ACTIVE_CALL_ID`` (DSPy binds it into its workers); a span started
+there with no scope is attributed to the trace of that open parent call.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from dspy.utils.callback import ACTIVE_CALL_ID, BaseCallback
+
+from dspex_lab.trace.redaction import scrub
+from dspex_lab.trace.spans import SPAN_KINDS, Span, now_ns
+
+__all__ = [
+    "SpanHandle",
+    "SpanRecorder",
+    "TraceCollector",
+    "current_collector",
+    "decision",
+    "evaluation",
+    "metric",
+    "span",
+]
+
+# How far back in an LM's shared history to look for this call's entry; other threads may append in between.
+_HISTORY_LOOKBACK = 64
+_UNFINISHED = "unfinished when its trace closed"
+
+
+class _Pending:
+    """A DSPy call whose start was seen and whose end is awaited."""
+
+    __slots__ = ("attributes", "collector", "instance", "kind", "name", "parent_id", "registry", "start_ns")
+
+    def __init__(
+        self,
+        collector: TraceCollector,
+        registry: dict[str, _Pending],
+        *,
+        kind: str,
+        name: str,
+        parent_id: str,
+        start_ns: int,
+        attributes: dict[str, Any],
+        instance: Any,
+    ) -> None:
+        self.collector = collector
+        self.registry = registry
+        self.kind = kind
+        self.name = name
+        self.parent_id = parent_id
+        self.start_ns = start_ns
+        self.attributes = attributes
+        self.instance = instance
+
+
+class _Scope:
+    """The innermost open dspex span of a context and the collector of its trace."""
+
+    __slots__ = ("call_id", "collector", "span_id")
+
+    def __init__(self, collector: TraceCollector, span_id: str, call_id: str | None) -> None:
+        self.collector = collector
+        self.span_id = span_id
+        self.call_id = call_id
+
+
+_SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("dspex_lab_trace_scope", default=None)
+
+
+class TraceCollector:
+    """The spans of one trace (one trial), gathered from every thread that works for it.
+
+    Args:
+        trace_id: the trial id shared by all spans of the trace.
+    """
+
+    def __init__(self, trace_id: str) -> None:
+        self.trace_id = trace_id
+        self.root_id: str | None = None
+        self.closed = False
+        # list.append and dict.pop are atomic under the GIL, so worker threads need no lock here.
+        self._spans: list[Span] = []
+        self._pending: dict[str, _Pending] = {}
+
+    @property
+    def spans(self) -> list[Span]:
+        """Return the finished spans, ordered by start time."""
+        return sorted(self._spans, key=_start_of)
+
+    def add(self, finished: Span) -> None:
+        """Append a finished span (ignored once the trace is closed).
+
+        Args:
+            finished: a span of this trace.
+        """
+        if not self.closed:
+            self._spans.append(finished)
+
+    @contextmanager
+    def span(
+        self, name: str, *, kind: str = "metric", attributes: Mapping[str, Any] | None = None
+    ) -> Iterator[SpanHandle]:
+        """Open a span in this trace, under the current scope when it belongs to this trace.
+
+        Args:
+            name: the span's name.
+            kind: one of :data:`~dspex_lab.trace.spans.SPAN_KINDS` (``"metric"`` by default).
+            attributes: initial attributes.
+
+        Yields:
+            A handle to add attributes while the span is open.
+        """
+        with _open_span(self, name, kind=kind, attributes=attributes) as handle:
+            yield handle
+
+    def close(self) -> None:
+        """Close the trace: end still-open DSPy calls as errors and ignore anything later.
+
+        A call that outlives its trial (a hung LM request abandoned by a timeout)
+        would otherwise attach to a trace that has already been stored.
+        """
+        if self.closed:
+            return
+        end = now_ns()
+        for call_id, pending in list(self._pending.items()):
+            if self._pending.pop(call_id, None) is None:
+                continue
+            pending.registry.pop(call_id, None)
+            self._spans.append(
+                Span(
+                    trace_id=self.trace_id,
+                    span_id=call_id,
+                    parent_id=pending.parent_id,
+                    kind=pending.kind,
+                    name=pending.name,
+                    start_ns=pending.start_ns,
+                    end_ns=end,
+                    status="error",
+                    attributes={**pending.attributes, "unfinished": True},
+                    error=_UNFINISHED,
+                )
+            )
+        self.closed = True
+
+    def __repr__(self) -> str:
+        return f"TraceCollector(trace_id={self.trace_id!r}, spans={len(self._spans)}, closed={self.closed})"
+
+
+def _start_of(item: Span) -> tuple[int, int]:
+    # A parent starts no later than its children; the end breaks ties so that an enclosing span sorts first.
+    return item.start_ns, -item.end_ns
+
+
+class SpanHandle:
+    """An open dspex span: set attributes on it until its ``with`` block ends.
+
+    Args:
+        collector: the trace the span belongs to.
+        span_id: the span's id.
+        attributes: the attributes dict the span will be stored with.
+    """
+
+    def __init__(self, collector: TraceCollector, span_id: str, attributes: dict[str, Any]) -> None:
+        self.collector = collector
+        self.span_id = span_id
+        self.attributes = attributes
+
+    @property
+    def trace_id(self) -> str:
+        """Return the id of the trace the span belongs to."""
+        return self.collector.trace_id
+
+    @property
+    def spans(self) -> list[Span]:
+        """Return the finished spans of the trace, ordered by start time."""
+        return self.collector.spans
+
+    def set(self, **attributes: Any) -> None:
+        """Add or replace attributes (secrets are masked).
+
+        Args:
+            **attributes: the attributes.
+        """
+        self.attributes.update(scrub(attributes))
+
+
+@contextmanager
+def _open_span(
+    collector: TraceCollector | None,
+    name: str,
+    *,
+    kind: str,
+    attributes: Mapping[str, Any] | None,
+    trace_id: str | None = None,
+    root: bool = False,
+) -> Iterator[SpanHandle]:
+    if kind not in SPAN_KINDS:
+        raise ValueError(f"unknown span kind {kind!r}; choose one of {sorted(SPAN_KINDS)}")
+    active = ACTIVE_CALL_ID.get()
+    scope = _SCOPE.get()
+    owns_collector = False
+    parent_id: str | None = None
+    if root:
+        collector = TraceCollector(trace_id or _new_id())
+        owns_collector = True
+    elif collector is None:
+        if scope is not None and (trace_id is None or trace_id == scope.collector.trace_id):
+            collector = scope.collector
+            parent_id = _parent_under(scope, active)
+        else:
+            collector = _collector_of_active_call(active) if trace_id is None else None
+            if collector is not None:
+                parent_id = active
+            else:
+                # Outside any trace: this span starts a trace of its own.
+                collector = TraceCollector(trace_id or _new_id())
+                owns_collector = True
+    elif scope is not None and scope.collector is collector:
+        parent_id = _parent_under(scope, active)
+    elif active is not None and active in collector._pending:
+        parent_id = active
+    else:
+        parent_id = collector.root_id
+
+    span_id = _new_id()
+    if owns_collector:
+        collector.root_id = span_id
+    stored = dict(scrub(dict(attributes))) if attributes else {}
+    handle = SpanHandle(collector, span_id, stored)
+    token = _SCOPE.set(_Scope(collector, span_id, active))
+    start = now_ns()
+    status, error = "ok", None
+    try:
+        yield handle
+    except BaseException as exception:
+        status, error = "error", _describe(exception)
+        raise
+    finally:
+        _SCOPE.reset(token)
+        collector.add(
+            Span(
+                trace_id=collector.trace_id,
+                span_id=span_id,
+                parent_id=parent_id,
+                kind=kind,
+                name=name,
+                start_ns=start,
+                end_ns=now_ns(),
+                status=status,
+                attributes=handle.attributes,
+                error=error,
+            )
+        )
+        if owns_collector:
+            collector.close()
+
+
+def _parent_under(scope: _Scope, active: str | None) -> str:
+    if active is None or active == scope.call_id:
+        return scope.span_id
+    # A DSPy call of this trace started inside the scope and is still running: it is the parent.
+    return active if active in scope.collector._pending else scope.span_id
+
+
+# Open DSPy calls of every recorder, by call id, so a worker thread without the scope can find its trace.
+_OPEN_CALLS: dict[str, _Pending] = {}
+
+
+def _collector_of_active_call(active: str | None) -> TraceCollector | None:
+    if active is None:
+        return None
+    pending = _OPEN_CALLS.get(active)
+    return None if pending is None else pending.collector
+
+
+# Ids are a random per-process prefix plus a counter: unique across the processes writing one journal, and far
+# cheaper than uuid4 (a system call for randomness) on the per-trial path.
+_id_prefix = os.urandom(8).hex()
+_id_counter = itertools.count()
+
+
+def _reset_ids_after_fork() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(8).hex()
+    _id_counter = itertools.count()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_ids_after_fork)
+
+
+def _new_id() -> str:
+    return f"{_id_prefix}{next(_id_counter):016x}"
+
+
+def _describe(exception: BaseException) -> str:
+    return f"{type(exception).__name__}: {exception}"
+
+
+def current_collector() -> TraceCollector | None:
+    """Return the collector of the trace open in this context, if any."""
+    scope = _SCOPE.get()
+    return None if scope is None else scope.collector
+
+
+@contextmanager
+def span(
+    name: str,
+    *,
+    kind: str,
+    attributes: Mapping[str, Any] | None = None,
+    trace_id: str | None = None,
+) -> Iterator[SpanHandle]:
+    """Open a dspex span in the current trace; DSPy calls made inside it become its children.
+
+    Outside any trace (and outside a traced DSPy call) the span starts a trace
+    of its own, with id ``trace_id`` or a fresh one; read it from ``handle.spans``
+    after the block.
+
+    Args:
+        name: the span's name.
+        kind: one of :data:`~dspex_lab.trace.spans.SPAN_KINDS`.
+        attributes: initial attributes (secrets are masked).
+        trace_id: the trace to open when none is current; when it differs from
+            the current trace, a separate trace is started.
+
+    Yields:
+        A handle to add attributes while the span is open.
+    """
+    with _open_span(None, name, kind=kind, attributes=attributes, trace_id=trace_id) as handle:
+        yield handle
+
+
+@contextmanager
+def decision(
+    name: str,
+    *,
+    rationale: str | None = None,
+    values: Mapping[str, Any] | None = None,
+    trace_id: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Iterator[SpanHandle]:
+    """Open an orchestration span (an optimizer step, a proposal) in the current trace.
+
+    Args:
+        name: what was decided (``"propose instructions"``, ``"step 3"``).
+        rationale: why, in words.
+        values: the variable values chosen (copied, as optimizers mutate theirs).
+        trace_id: the trace to open when none is current (see :func:`span`).
+        attributes: further attributes.
+
+    Yields:
+        A handle to add attributes while the span is open.
+    """
+    initial: dict[str, Any] = dict(attributes or {})
+    if rationale is not None:
+        initial["rationale"] = rationale
+    if values is not None:
+        initial["values"] = dict(values)
+    with span(name, kind="decision", attributes=initial, trace_id=trace_id) as handle:
+        yield handle
+
+
+@contextmanager
+def evaluation(
+    name: str, *, attributes: Mapping[str, Any] | None = None, trace_id: str | None = None
+) -> Iterator[SpanHandle]:
+    """Open an evaluation span (a batch of trials, a candidate's score) in the current trace.
+
+    Args:
+        name: the evaluation's name.
+        attributes: initial attributes.
+        trace_id: the trace to open when none is current (see :func:`span`).
+
+    Yields:
+        A handle to add attributes (a score, a count) while the span is open.
+    """
+    with span(name, kind="evaluation", attributes=attributes, trace_id=trace_id) as handle:
+        yield handle
+
+
+@contextmanager
+def metric(name: str = "metric", *, attributes: Mapping[str, Any] | None = None) -> Iterator[SpanHandle]:
+    """Open a metric span in the current trace; set the score with ``handle.set(score=...)``.
+
+    Args:
+        name: the metric's name.
+        attributes: initial attributes.
+
+    Yields:
+        A handle to add attributes while the span is open.
+    """
+    with span(name, kind="metric", attributes=attributes) as handle:
+        yield handle
+
+
+class SpanRecorder(BaseCallback):
+    """A DSPy callback that turns module, adapter, LM and tool calls into spans.
+
+    One instance serves every thread: register it once
+    (``dspy.configure(callbacks=[recorder])`` or ``dspy.context(callbacks=[recorder])``)
+    and wrap each trial in :meth:`trial`. Calls made outside any trace are ignored.
+
+    Args:
+        capture_prompts: keep LM messages and completions (and parser input) on spans.
+        on_trace: called with each trial's collector when the trial's block ends,
+            e.g. to hand the spans to a journal writer.
+    """
+
+    def __init__(
+        self,
+        *,
+        capture_prompts: bool = True,
+        on_trace: Callable[[TraceCollector], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.capture_prompts = capture_prompts
+        self.on_trace = on_trace
+
+    @contextmanager
+    def trial(
+        self, trace_id: str, *, name: str | None = None, attributes: Mapping[str, Any] | None = None
+    ) -> Iterator[TraceCollector]:
+        """Open a trial's root span; every span produced in this context joins its trace.
+
+        Args:
+            trace_id: the trial id.
+            name: the root span's name; the trial id when omitted.
+            attributes: attributes of the root span (example id, repeat...).
+
+        Yields:
+            The trial's collector; read ``collector.spans`` after the block.
+        """
+        collector: TraceCollector | None = None
+        try:
+            label = name or trace_id
+            opened = _open_span(None, label, kind="trial", attributes=attributes, trace_id=trace_id, root=True)
+            with opened as handle:
+                collector = handle.collector
+                yield collector
+        finally:
+            # Failed trials are reported too: their traces are the ones worth reading.
+            if collector is not None and self.on_trace is not None:
+                self.on_trace(collector)
+
+    # --- the DSPy callback interface -------------------------------------------------------------------------
+    # Each start handler first finds the call's trace and returns at once when there is none, so that untraced
+    # calls (other threads, warm-up runs) cost next to nothing.
+
+    def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        """Open a module span (a Predict, a ChainOfThought, a user module)."""
+        pending = self._open(call_id, instance, kind="module", name=type(instance).__name__)
+        if pending is None:
+            return
+        attributes = pending.attributes
+        attributes["inputs"] = scrub(inputs.get("kwargs") or {})
+        positional = inputs.get("args")
+        if positional:
+            attributes["args"] = scrub(positional)
+        signature = getattr(instance, "signature", None)
+        if signature is not None:
+            attributes["signature"] = signature
+
+    def on_module_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
+        """Close a module span with the prediction's fields."""
+        pending = self._take(call_id)
+        if pending is None:
+            return
+        if outputs is not None:
+            to_dict = getattr(outputs, "toDict", None)
+            # A Prediction can be changed by its caller later; its fields as of now are what this span saw.
+            pending.attributes["outputs"] = scrub(to_dict() if callable(to_dict) else outputs)
+        self._finish(call_id, pending, exception)
+
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        """Open an LM span with the model, request parameters and (optionally) the messages."""
+        model = getattr(instance, "model", None)
+        pending = self._open(call_id, instance, kind="lm", name=str(model or type(instance).__name__))
+        if pending is None:
+            return
+        attributes = pending.attributes
+        parameters = scrub({**getattr(instance, "kwargs", {}), **(inputs.get("kwargs") or {})})
+        attributes["model"] = model
+        attributes["parameters"] = parameters
+        for key in ("temperature", "max_tokens", "n", "rollout_id"):
+            if parameters.get(key) is not None:
+                attributes[key] = parameters[key]
+        if self.capture_prompts:
+            messages = inputs.get("messages")
+            if messages is not None:
+                attributes["messages"] = scrub(messages)
+            elif inputs.get("prompt") is not None:
+                attributes["messages"] = scrub([{"role": "user", "content": inputs["prompt"]}])
+
+    def on_lm_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
+        """Close an LM span with the completion, token usage and cost of this very call."""
+        pending = self._take(call_id)
+        if pending is None:
+            return
+        if outputs is not None:
+            if self.capture_prompts:
+                pending.attributes["completion"] = scrub(outputs)
+            _add_usage(pending.attributes, pending.instance, outputs)
+        self._finish(call_id, pending, exception)
+
+    def on_adapter_format_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        """Open an adapter-format span."""
+        pending = self._open(call_id, instance, kind="adapter_format", name=f"{type(instance).__name__}.format")
+        if pending is None:
+            return
+        demos = inputs.get("demos")
+        pending.attributes["signature"] = inputs.get("signature")
+        pending.attributes["demos"] = len(demos) if demos else 0
+
+    def on_adapter_format_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
+        """Close an adapter-format span with the number of messages built."""
+        pending = self._take(call_id)
+        if pending is None:
+            return
+        if isinstance(outputs, list):
+            pending.attributes["messages"] = len(outputs)
+        self._finish(call_id, pending, exception)
+
+    def on_adapter_parse_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        """Open an adapter-parse span."""
+        pending = self._open(call_id, instance, kind="adapter_parse", name=f"{type(instance).__name__}.parse")
+        if pending is None:
+            return
+        pending.attributes["signature"] = inputs.get("signature")
+        if self.capture_prompts and inputs.get("completion") is not None:
+            pending.attributes["completion"] = scrub(inputs["completion"])
+
+    def on_adapter_parse_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
+        """Close an adapter-parse span with the parsed fields."""
+        pending = self._take(call_id)
+        if pending is None:
+            return
+        if outputs is not None:
+            pending.attributes["parsed"] = scrub(outputs)
+        self._finish(call_id, pending, exception)
+
+    def on_tool_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        """Open a tool span with the tool's arguments."""
+        name = str(getattr(instance, "name", None) or type(instance).__name__)
+        pending = self._open(call_id, instance, kind="tool", name=name)
+        if pending is None:
+            return
+        pending.attributes["tool"] = name
+        pending.attributes["arguments"] = scrub(inputs.get("kwargs") or {})
+
+    def on_tool_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
+        """Close a tool span with the tool's result."""
+        pending = self._take(call_id)
+        if pending is None:
+            return
+        if outputs is not None:
+            pending.attributes["result"] = scrub(outputs)
+        self._finish(call_id, pending, exception)
+
+    def on_evaluate_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        """Open an evaluation span for a ``dspy.Evaluate`` run."""
+        pending = self._open(call_id, instance, kind="evaluation", name=type(instance).__name__)
+        if pending is None:
+            return
+        devset = inputs.get("devset") or getattr(instance, "devset", None)
+        metric_function = inputs.get("metric") or getattr(instance, "metric", None)
+        pending.attributes["examples"] = len(devset) if devset is not None else None
+        pending.attributes["metric"] = getattr(metric_function, "__name__", None) or type(metric_function).__name__
+
+    def on_evaluate_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
+        """Close an evaluation span with the score."""
+        pending = self._take(call_id)
+        if pending is None:
+            return
+        score = getattr(outputs, "score", outputs if isinstance(outputs, (int, float)) else None)
+        if score is not None:
+            pending.attributes["score"] = score
+        self._finish(call_id, pending, exception)
+
+    # --- shared plumbing --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _open(call_id: str, instance: Any, *, kind: str, name: str) -> _Pending | None:
+        active = ACTIVE_CALL_ID.get()
+        scope = _SCOPE.get()
+        if scope is not None:
+            collector = scope.collector
+            parent_id = _parent_under(scope, active)
+        else:
+            owner = _OPEN_CALLS.get(active) if active is not None else None
+            if owner is None:
+                return None
+            collector = owner.collector
+            parent_id = active
+        if collector.closed:
+            return None
+        pending = _Pending(
+            collector,
+            _OPEN_CALLS,
+            kind=kind,
+            name=name,
+            parent_id=parent_id,
+            start_ns=now_ns(),
+            attributes={},
+            instance=instance,
+        )
+        collector._pending[call_id] = pending
+        _OPEN_CALLS[call_id] = pending
+        return pending
+
+    @staticmethod
+    def _take(call_id: str) -> _Pending | None:
+        pending = _OPEN_CALLS.pop(call_id, None)
+        if pending is None or pending.collector._pending.pop(call_id, None) is None:
+            # Not traced, or its trace closed first and already stored it as unfinished.
+            return None
+        return pending
+
+    @staticmethod
+    def _finish(call_id: str, pending: _Pending, exception: BaseException | None) -> None:
+        collector = pending.collector
+        collector.add(
+            Span.build(
+                collector.trace_id,
+                call_id,
+                parent_id=pending.parent_id,
+                kind=pending.kind,
+                name=pending.name,
+                start_ns=pending.start_ns,
+                end_ns=now_ns(),
+                status="ok" if exception is None else "error",
+                attributes=pending.attributes,
+                error=None if exception is None else _describe(exception),
+            )
+        )
+
+
+def _add_usage(attributes: dict[str, Any], instance: Any, outputs: Any) -> None:
+    """Copy token usage and cost from the LM history entry that belongs to this very call.
+
+    The history list is shared by every thread using the LM, so its last entry
+    may be another call's. DSPy stores the list it returns as the entry's
+    ``outputs``; matching on that object's identity finds this call's entry.
+    """
+    history = getattr(instance, "history", None)
+    if not history:
+        return
+    entry = None
+    for candidate in reversed(history[-_HISTORY_LOOKBACK:]):
+        if isinstance(candidate, dict) and candidate.get("outputs") is outputs:
+            entry = candidate
+            break
+    if entry is None:
+        return
+    usage = entry.get("usage") or {}
+    cache_hit = False
+    if not usage:
+        # A cache hit records empty usage, yet its stored response still reports the tokens it represents.
+        response_usage = getattr(entry.get("response"), "usage", None)
+        total = getattr(response_usage, "total_tokens", None)
+        if total:
+            cache_hit = True
+            usage = {
+                "prompt_tokens": getattr(response_usage, "input_tokens", None),
+                "completion_tokens": getattr(response_usage, "output_tokens", None),
+                "total_tokens": total,
+            }
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        if usage.get(key) is not None:
+            attributes[key] = usage[key]
+    if entry.get("cost") is not None:
+        attributes["cost"] = entry["cost"]
+    attributes["cache_hit"] = cache_hit
+    response_model = entry.get("response_model")
+    if response_model and response_model != attributes.get("model"):
+        attributes["response_model"] = response_model

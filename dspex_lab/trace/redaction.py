@@ -1,0 +1,248 @@
+"""Keep secrets out of spans: mask secret-named keys and API-key-shaped strings.
+
+Two rules apply to every value that reaches a span:
+
+* a mapping key that names a secret (``api_key``, ``Authorization``, ``x-api-key``,
+  anything in :data:`SECRET_KEYS` or matching a pattern added with
+  :func:`add_secret_pattern`) keeps the key but has its value replaced by
+  :data:`REDACTED`;
+* inside any string, substrings shaped like common API keys or bearer tokens
+  (``sk-...``, ``AKIA...``, ``AIza...``, ``ghp_...``, ``hf_...``, ``Bearer ...``)
+  are replaced by :data:`REDACTED`.
+
+:func:`scrub` is the capture-time form: it returns its argument unchanged (no
+copy) when nothing needs masking, which is the common case on the hot path.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+from typing import Any
+
+__all__ = ["REDACTED", "SECRET_KEYS", "add_secret_pattern", "is_secret_key", "mask_text", "redact", "scrub"]
+
+REDACTED = "[REDACTED]"
+
+# Key names are compared after lowercasing and turning "-" into "_", so "X-Api-Key" matches "x_api_key".
+SECRET_KEYS = frozenset(
+    {
+        "access_token",
+        "api_key",
+        "api_secret",
+        "api_token",
+        "apikey",
+        "auth_token",
+        "authorization",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "bearer_token",
+        "client_secret",
+        "cookie",
+        "id_token",
+        "passwd",
+        "password",
+        "private_key",
+        "proxy_authorization",
+        "refresh_token",
+        "secret",
+        "secret_key",
+        "session_token",
+        "set_cookie",
+        "x_api_key",
+        "x_goog_api_key",
+    }
+)
+
+# Token counts ("max_tokens", "prompt_tokens") must stay visible, so "token" only matches as a whole trailing word.
+_DEFAULT_KEY_PATTERNS = (
+    r"(?:^|_)api_?key(?:$|_)",
+    r"(?:^|_)(?:access|auth|bearer|refresh|session|api)_token$",
+    r"secret",
+    r"passw(?:or)?d",
+    r"credential",
+)
+
+# Each value pattern is paired with literal fragments that any match must contain; a plain substring test on
+# those is far cheaper than running the regular expression over every prompt.
+_DEFAULT_VALUE_PATTERNS = (
+    (("sk-",), r"(?<![A-Za-z0-9])sk-(?=[A-Za-z0-9_\-]*[0-9])[A-Za-z0-9_\-]{6,}"),
+    (("AKIA", "ASIA"), r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+    (("AIza",), r"\bAIza[0-9A-Za-z_\-]{30,}"),
+    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,})"),
+    (("xox",), r"\bxox[abprs]-[A-Za-z0-9\-]{10,}"),
+    (("hf_",), r"\bhf_[A-Za-z0-9]{20,}"),
+    (("earer",), r"(?i:\bbearer)\s+[A-Za-z0-9._~+/=\-]{8,}"),
+)
+
+_lock = threading.Lock()
+_key_patterns: list[str] = list(_DEFAULT_KEY_PATTERNS)
+_extra_value_patterns: list[str] = []
+_key_regex = re.compile("|".join(f"(?:{item})" for item in _key_patterns), re.IGNORECASE)
+_value_regex = re.compile("|".join(pattern for _, pattern in _DEFAULT_VALUE_PATTERNS))
+_value_hints: tuple[str, ...] = tuple(hint for hints, _ in _DEFAULT_VALUE_PATTERNS for hint in hints)
+_extra_value_regex: re.Pattern[str] | None = None
+
+_MAXIMUM_DEPTH = 24
+_SCALARS = frozenset({int, float, bool, type(None)})
+# Hashes of strings already scanned and found clean; cleared when full or when a value pattern is added.
+_clean_texts: set[int] = set()
+_CLEAN_TEXTS_LIMIT = 8192
+# Nesting this deep is not data anyone reads in a span; cutting it off also bounds the walk.
+_TOO_DEEP = "[too deep]"
+
+
+def add_secret_pattern(pattern: str, *, applies_to: str = "keys") -> None:
+    """Register one more regular expression that marks something as secret.
+
+    Args:
+        pattern: a regular expression. For ``"keys"`` it is searched (case-insensitively)
+            in normalised key names (lowercase, ``-`` turned into ``_``); for ``"values"``
+            every match inside a string is masked.
+        applies_to: ``"keys"`` or ``"values"``.
+
+    Raises:
+        ValueError: ``applies_to`` is neither, or the pattern does not compile.
+    """
+    global _key_regex, _extra_value_regex
+    if applies_to not in ("keys", "values"):
+        raise ValueError(f"applies_to must be 'keys' or 'values', got {applies_to!r}")
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        raise ValueError(f"not a regular expression: {pattern!r}: {error}") from error
+    with _lock:
+        if applies_to == "keys":
+            _key_patterns.append(pattern)
+            _key_regex = re.compile("|".join(f"(?:{item})" for item in _key_patterns), re.IGNORECASE)
+            # Cached answers were computed under the old patterns.
+            _secret_key_cached.cache_clear()
+        else:
+            _extra_value_patterns.append(pattern)
+            _extra_value_regex = re.compile("|".join(f"(?:{item})" for item in _extra_value_patterns))
+            # Strings found clean before may match the new pattern.
+            _clean_texts.clear()
+
+
+def is_secret_key(key: object) -> bool:
+    """Tell whether a mapping key names a secret.
+
+    Args:
+        key: the key; only strings can name secrets.
+
+    Returns:
+        True when the value stored under this key must be masked.
+    """
+    return isinstance(key, str) and _secret_key_cached(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _secret_key_cached(key: str) -> bool:
+    normalised = key.lower().replace("-", "_")
+    return normalised in SECRET_KEYS or _key_regex.search(normalised) is not None
+
+
+def mask_text(text: str) -> str:
+    """Replace API-key-shaped substrings of a string with :data:`REDACTED`.
+
+    Args:
+        text: any string.
+
+    Returns:
+        The same string object when nothing matched, else a masked copy.
+    """
+    if any(hint in text for hint in _value_hints):
+        text = _value_regex.sub(REDACTED, text)
+    extra = _extra_value_regex
+    if extra is not None:
+        text = extra.sub(REDACTED, text)
+    return text
+
+
+def _text_needs_masking(text: str) -> bool:
+    # Most strings recur (a predictor's system prompt, a completion seen again by the parser and by two modules):
+    # remembering the hashes of strings found clean saves rescanning them on the hot path.
+    fingerprint = hash(text)
+    if fingerprint in _clean_texts:
+        return False
+    dirty = False
+    for hint in _value_hints:
+        if hint in text:
+            dirty = _value_regex.search(text) is not None
+            break
+    if not dirty:
+        extra = _extra_value_regex
+        dirty = extra is not None and extra.search(text) is not None
+    if not dirty:
+        if len(_clean_texts) >= _CLEAN_TEXTS_LIMIT:
+            _clean_texts.clear()
+        _clean_texts.add(fingerprint)
+    return dirty
+
+
+def redact(value: Any) -> Any:
+    """Return a copy of a JSON-like value with every secret masked.
+
+    Mappings, lists and tuples are rebuilt (tuples become lists, as in JSON);
+    strings are masked with :func:`mask_text`; other values pass through.
+
+    Args:
+        value: a value built of dicts, lists, tuples, strings and scalars.
+
+    Returns:
+        The redacted copy.
+    """
+    return _redact(value, 0)
+
+
+def _redact(value: Any, depth: int) -> Any:
+    if isinstance(value, str):
+        return mask_text(value)
+    if depth >= _MAXIMUM_DEPTH:
+        return _TOO_DEEP if isinstance(value, (dict, list, tuple)) else value
+    if isinstance(value, dict):
+        return {key: REDACTED if is_secret_key(key) else _redact(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact(item, depth + 1) for item in value]
+    return value
+
+
+def scrub(value: Any) -> Any:
+    """Mask secrets at capture time, copying only when something must change.
+
+    Only dicts, lists, tuples and strings are inspected; other objects are kept
+    by reference and masked when the span is serialised (see :func:`redact`).
+
+    Args:
+        value: the value about to be stored in a span.
+
+    Returns:
+        ``value`` itself when it holds no secret, else a redacted copy.
+    """
+    return redact(value) if _needs_masking(value, 0) else value
+
+
+def _needs_masking(value: Any, depth: int) -> bool:
+    kind = type(value)
+    if kind is str:
+        return _text_needs_masking(value)
+    if kind in _SCALARS:
+        return False
+    if isinstance(value, str):
+        return _text_needs_masking(value)
+    if depth >= _MAXIMUM_DEPTH:
+        # Cannot vouch for what lies below, so let redact() cut it off.
+        return isinstance(value, (dict, list, tuple))
+    if isinstance(value, dict):
+        # A plain loop rather than any(generator): this runs for every captured value and generators cost more.
+        for key, item in value.items():  # noqa: SIM110
+            if is_secret_key(key) or _needs_masking(item, depth + 1):
+                return True
+        return False
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            if _needs_masking(item, depth + 1):
+                return True
+    return False

@@ -1,0 +1,223 @@
+"""The stored span: one timed step of a trial, with its place in the trial's tree.
+
+A span's ``attributes`` may hold references to live objects (a Prediction, a
+Signature class, the message list sent to the LM) because serialising them on
+the hot path would cost more than the step itself. They become JSON, and are
+redacted once more, only when read: :attr:`Span.json_attributes`,
+:meth:`Span.to_row` and every exporter go through the same conversion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Mapping
+from functools import cached_property
+from typing import Any
+
+from dspex_lab.trace.redaction import redact
+
+__all__ = ["SPAN_KINDS", "SPAN_STATUSES", "Span", "now_ns", "to_jsonable"]
+
+SPAN_KINDS = frozenset(
+    {"trial", "module", "adapter_format", "adapter_parse", "lm", "tool", "metric", "decision", "evaluation"}
+)
+SPAN_STATUSES = frozenset({"ok", "error"})
+
+# Wall-clock timestamps come from one anchor plus the monotonic counter: one cheap clock read per event, and
+# durations that never go negative when the system clock is adjusted mid-trial.
+_WALL_ANCHOR_NS = time.time_ns()
+_MONOTONIC_ANCHOR_NS = time.perf_counter_ns()
+
+_MAXIMUM_DEPTH = 16
+_MAXIMUM_REPR = 2000
+
+
+def now_ns() -> int:
+    """Return the current time in nanoseconds since the Unix epoch, monotonic within this process."""
+    return _WALL_ANCHOR_NS + time.perf_counter_ns() - _MONOTONIC_ANCHOR_NS
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """One timed step of a trial.
+
+    Attributes:
+        trace_id: the trial id every span of the trial shares.
+        span_id: unique id (DSPy's call id for DSPy spans).
+        parent_id: the enclosing span's id; None for a trace's root.
+        kind: one of :data:`SPAN_KINDS`.
+        name: what ran (``"Predict"``, ``"lab/small"``, ``"ChatAdapter.format"``...).
+        start_ns: start, nanoseconds since the Unix epoch.
+        end_ns: end, nanoseconds since the Unix epoch.
+        status: ``"ok"`` or ``"error"``.
+        attributes: details of the step; may hold live references until serialised.
+        error: the exception's type and message when ``status`` is ``"error"``.
+    """
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    kind: str
+    name: str
+    start_ns: int
+    end_ns: int
+    status: str = "ok"
+    attributes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    error: str | None = None
+
+    @classmethod
+    def build(
+        cls,
+        trace_id: str,
+        span_id: str,
+        *,
+        parent_id: str | None,
+        kind: str,
+        name: str,
+        start_ns: int,
+        end_ns: int,
+        status: str,
+        attributes: Mapping[str, Any],
+        error: str | None,
+    ) -> Span:
+        """Construct a span without the per-field checks of a frozen dataclass's ``__init__``.
+
+        The recorder creates one span per DSPy call on the hot path; filling the
+        instance dict directly costs a fraction of the generated initialiser.
+        The result is an ordinary, still frozen, ``Span``.
+        """
+        instance = object.__new__(cls)
+        instance.__dict__.update(
+            trace_id=trace_id,
+            span_id=span_id,
+            parent_id=parent_id,
+            kind=kind,
+            name=name,
+            start_ns=start_ns,
+            end_ns=end_ns,
+            status=status,
+            attributes=attributes,
+            error=error,
+        )
+        return instance
+
+    @property
+    def duration(self) -> float:
+        """Return the span's length in seconds."""
+        return (self.end_ns - self.start_ns) / 1e9
+
+    @property
+    def duration_ns(self) -> int:
+        """Return the span's length in nanoseconds."""
+        return self.end_ns - self.start_ns
+
+    @cached_property
+    def json_attributes(self) -> dict[str, Any]:
+        """Return the attributes as redacted, JSON-ready values (computed once, on first read)."""
+        return redact(to_jsonable(dict(self.attributes)))
+
+    def to_row(self) -> dict[str, Any]:
+        """Flatten the span into a row of scalars, with the attributes as one JSON string.
+
+        Returns:
+            A dict with the span's fields; ``attributes`` is a JSON object string.
+        """
+        return {
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "parent_id": self.parent_id,
+            "kind": self.kind,
+            "name": self.name,
+            "start_ns": self.start_ns,
+            "end_ns": self.end_ns,
+            "status": self.status,
+            "attributes": json.dumps(self.json_attributes, ensure_ascii=False, sort_keys=True, allow_nan=False),
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Span:
+        """Rebuild a span from :meth:`to_row` output (extra keys are ignored).
+
+        Args:
+            row: a mapping with the span's fields; ``attributes`` may be a JSON string or a dict.
+
+        Returns:
+            The span.
+        """
+        attributes = row.get("attributes") or {}
+        if isinstance(attributes, str):
+            attributes = json.loads(attributes)
+        parent_id = row.get("parent_id")
+        error = row.get("error")
+        return cls(
+            trace_id=str(row["trace_id"]),
+            span_id=str(row["span_id"]),
+            parent_id=None if parent_id is None else str(parent_id),
+            kind=str(row["kind"]),
+            name=str(row["name"]),
+            start_ns=int(row["start_ns"]),
+            end_ns=int(row["end_ns"]),
+            status=str(row.get("status") or "ok"),
+            attributes=dict(attributes),
+            error=None if error is None else str(error),
+        )
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert a value into plain JSON types (dict, list, str, int, float, bool, None).
+
+    DSPy objects are given readable forms: a Signature class becomes its
+    ``"inputs -> outputs"`` string, an Example or Prediction its fields, a
+    pydantic model its ``model_dump``; anything else its (truncated) ``repr``.
+
+    Args:
+        value: any value.
+
+    Returns:
+        The JSON-ready value.
+    """
+    return _jsonable(value, 0)
+
+
+def _jsonable(value: Any, depth: int) -> Any:
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        # JSON has no NaN or infinities; keep them readable instead of failing the whole row.
+        return value if math.isfinite(value) else str(value)
+    if depth >= _MAXIMUM_DEPTH:
+        return _short_repr(value)
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(item, depth + 1) for item in value]
+    if isinstance(value, type):
+        signature = getattr(value, "signature", None)
+        if isinstance(signature, str):
+            return signature
+        return f"{value.__module__}.{value.__qualname__}"
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    for method in ("toDict", "model_dump"):
+        converter = getattr(value, method, None)
+        if callable(converter):
+            try:
+                converted = converter(mode="json") if method == "model_dump" else converter()
+            except Exception:  # a broken converter must not lose the whole span
+                break
+            return _jsonable(converted, depth + 1)
+    if dataclasses.is_dataclass(value):
+        return {field.name: _jsonable(getattr(value, field.name), depth + 1) for field in dataclasses.fields(value)}
+    return _short_repr(value)
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # repr of arbitrary user objects can raise
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= _MAXIMUM_REPR else text[:_MAXIMUM_REPR] + "..."

@@ -1,0 +1,341 @@
+"""Span capture from DSPy callbacks: nesting, attribution under threads, decisions, LM details."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import dspy
+import pytest
+from dspy.utils import DummyLM
+
+from dspex_lab.lm import lab_lm
+from dspex_lab.trace import (
+    SpanRecorder,
+    TraceTree,
+    current_collector,
+    decision,
+    evaluation,
+    metric,
+    span,
+)
+
+
+def shape(tree: TraceTree) -> list[tuple[int, str, str]]:
+    return [(node.depth, node.span.kind, node.span.name) for node in tree.walk()]
+
+
+def assert_well_formed(spans, trace_id: str) -> None:
+    """Every span is in the trace, exactly one root, every parent present, no orphan."""
+    assert spans, "no spans captured"
+    ids = {item.span_id for item in spans}
+    assert len(ids) == len(spans), "duplicate span ids"
+    roots = [item for item in spans if item.parent_id is None]
+    assert len(roots) == 1
+    assert roots[0].kind == "trial"
+    for item in spans:
+        assert item.trace_id == trace_id
+        assert item.parent_id is None or item.parent_id in ids
+        assert item.end_ns >= item.start_ns
+    tree = TraceTree.from_spans(spans)
+    assert not [node for node in tree.walk() if node.orphan]
+    assert len(tree) == len(spans)
+
+
+@pytest.fixture
+def recorder() -> SpanRecorder:
+    return SpanRecorder()
+
+
+def test_predict_nesting(recorder: SpanRecorder) -> None:
+    predict = dspy.Predict("question -> answer")
+    with dspy.context(lm=lab_lm(), callbacks=[recorder]), recorder.trial("t-predict") as collector:
+        predict(question="What is 2 + 3?")
+    assert_well_formed(collector.spans, "t-predict")
+    assert shape(TraceTree.from_spans(collector.spans)) == [
+        (0, "trial", "t-predict"),
+        (1, "module", "Predict"),
+        (2, "adapter_format", "ChatAdapter.format"),
+        (2, "lm", "lab/small"),
+        (2, "adapter_parse", "ChatAdapter.parse"),
+    ]
+
+
+def test_chain_of_thought_nesting_and_lm_details(recorder: SpanRecorder) -> None:
+    program = dspy.ChainOfThought("question -> answer")
+    with dspy.context(lm=lab_lm(temperature=0.7), callbacks=[recorder]), recorder.trial("t-cot") as collector:
+        program(question="What is 4 + 4?")
+    assert_well_formed(collector.spans, "t-cot")
+    tree = TraceTree.from_spans(collector.spans)
+    assert shape(tree) == [
+        (0, "trial", "t-cot"),
+        (1, "module", "ChainOfThought"),
+        (2, "module", "Predict"),
+        (3, "adapter_format", "ChatAdapter.format"),
+        (3, "lm", "lab/small"),
+        (3, "adapter_parse", "ChatAdapter.parse"),
+    ]
+    (lm_node,) = tree.find("lab/small", kind="lm")
+    attributes = lm_node.span.json_attributes
+    assert attributes["model"] == "lab/small"
+    assert attributes["temperature"] == 0.7
+    assert attributes["prompt_tokens"] > 0 and attributes["completion_tokens"] > 0
+    assert attributes["total_tokens"] == attributes["prompt_tokens"] + attributes["completion_tokens"]
+    assert attributes["cache_hit"] is False
+    assert any("What is 4 + 4?" in message["content"] for message in attributes["messages"])
+    assert "[[ ## answer ## ]]" in attributes["completion"][0]
+    predict_node = tree.find("Predict", kind="module")[0]
+    assert predict_node.span.json_attributes["signature"] == "question -> reasoning, answer"
+    assert set(predict_node.span.json_attributes["outputs"]) == {"reasoning", "answer"}
+
+
+class TwoStep(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.draft = dspy.Predict("question -> draft")
+        self.refine = dspy.ChainOfThought("question, draft -> answer")
+
+    def forward(self, question: str) -> dspy.Prediction:
+        draft = self.draft(question=question).draft
+        return self.refine(question=question, draft=draft)
+
+
+def test_custom_multi_module_program(recorder: SpanRecorder) -> None:
+    with dspy.context(lm=lab_lm(), callbacks=[recorder]), recorder.trial("t-two") as collector:
+        TwoStep()(question="What is 1 + 1?")
+    assert_well_formed(collector.spans, "t-two")
+    assert shape(TraceTree.from_spans(collector.spans)) == [
+        (0, "trial", "t-two"),
+        (1, "module", "TwoStep"),
+        (2, "module", "Predict"),
+        (3, "adapter_format", "ChatAdapter.format"),
+        (3, "lm", "lab/small"),
+        (3, "adapter_parse", "ChatAdapter.parse"),
+        (2, "module", "ChainOfThought"),
+        (3, "module", "Predict"),
+        (4, "adapter_format", "ChatAdapter.format"),
+        (4, "lm", "lab/small"),
+        (4, "adapter_parse", "ChatAdapter.parse"),
+    ]
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def test_react_with_a_python_tool_on_a_scripted_lm(recorder: SpanRecorder) -> None:
+    answers = [
+        {"next_thought": "Use the tool.", "next_tool_name": "add", "next_tool_args": {"a": 2, "b": 3}},
+        {"next_thought": "Done.", "next_tool_name": "finish", "next_tool_args": {}},
+        {"reasoning": "The tool said 5.", "answer": "5"},
+    ]
+    react = dspy.ReAct("question -> answer", tools=[add], max_iters=4)
+    with dspy.context(lm=DummyLM(answers), callbacks=[recorder]), recorder.trial("t-react") as collector:
+        result = react(question="What is 2 + 3?")
+    assert result.answer == "5"
+    assert_well_formed(collector.spans, "t-react")
+    tree = TraceTree.from_spans(collector.spans)
+    react_node = tree.roots[0].children[0]
+    assert (react_node.span.kind, react_node.span.name) == ("module", "ReAct")
+    children = [(child.span.kind, child.span.name) for child in react_node.children]
+    assert children == [
+        ("module", "Predict"),
+        ("tool", "add"),
+        ("module", "Predict"),
+        ("tool", "finish"),
+        ("module", "ChainOfThought"),
+    ]
+    tool = react_node.children[1].span
+    assert tool.json_attributes["arguments"] == {"a": 2, "b": 3}
+    assert tool.json_attributes["result"] == 5
+    assert tool.status == "ok"
+
+
+def test_react_on_the_lab_lm_terminates_and_records_tool_errors(recorder: SpanRecorder) -> None:
+    react = dspy.ReAct("question -> answer", tools=[add], max_iters=3)
+    with dspy.context(lm=lab_lm(), callbacks=[recorder]), recorder.trial("t-react-lab") as collector:
+        react(question="What is 2 + 3?")
+    assert_well_formed(collector.spans, "t-react-lab")
+    tools = [item for item in collector.spans if item.kind == "tool"]
+    assert tools, "the lab LM should have attempted tool calls"
+    # The lab LM invents tool arguments, so the tool fails; the span says so.
+    assert all(item.status == "error" and item.error for item in tools)
+
+
+def run_trial(recorder: SpanRecorder, program: dspy.Module, index: int):
+    with recorder.trial(f"trial-{index:03d}") as collector:
+        with decision("configure", values={"index": index}):
+            program(question=f"Question number {index}: what is {index} + 1?")
+        with metric("exact_match") as handle:
+            handle.set(score=float(index % 2))
+    return collector
+
+
+def test_concurrent_trials_never_mix(recorder: SpanRecorder) -> None:
+    program = TwoStep()
+    # A little simulated latency makes the threads' calls overlap rather than run one after another.
+    with dspy.context(lm=lab_lm(latency=0.002), callbacks=[recorder]), ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [
+            pool.submit(contextvars.copy_context().run, run_trial, recorder, program, index) for index in range(64)
+        ]
+        collectors = [future.result() for future in futures]
+    for index, collector in enumerate(collectors):
+        trace_id = f"trial-{index:03d}"
+        spans = collector.spans
+        assert_well_formed(spans, trace_id)
+        # 1 trial + 1 decision + TwoStep (1 + 4 + 1 + 4) + 1 metric.
+        assert len(spans) == 13
+        # The content test: every LM call of this trial saw this trial's question and no other.
+        for item in spans:
+            if item.kind == "lm":
+                prompt = json.dumps(item.json_attributes["messages"])
+                assert f"Question number {index}:" in prompt
+        tree = TraceTree.from_spans(spans)
+        assert [child.span.kind for child in tree.roots[0].children] == ["decision", "metric"]
+        assert tree.roots[0].children[0].children[0].span.name == "TwoStep"
+
+
+def test_dspy_parallel_workers_are_attributed_through_the_active_call(recorder: SpanRecorder) -> None:
+    class FanOut(dspy.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.predict = dspy.Predict("question -> answer")
+
+        def forward(self, questions: list[str]) -> list:
+            # dspy.Parallel's worker threads do not inherit context variables, only DSPy's active call id.
+            parallel = dspy.Parallel(num_threads=4, disable_progress_bar=True)
+            return parallel([(self.predict, {"question": question}) for question in questions])
+
+    with dspy.context(lm=lab_lm(), callbacks=[recorder]), recorder.trial("t-parallel") as collector:
+        FanOut()(questions=[f"q{index}" for index in range(6)])
+    assert_well_formed(collector.spans, "t-parallel")
+    tree = TraceTree.from_spans(collector.spans)
+    fan_out = tree.roots[0].children[0]
+    assert fan_out.span.name == "FanOut"
+    assert [child.span.name for child in fan_out.children] == ["Predict"] * 6
+
+
+def test_decision_contains_dspy_spans_and_nests_inside_modules(recorder: SpanRecorder) -> None:
+    class Deciding(dspy.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.predict = dspy.Predict("question -> answer")
+
+        def forward(self, question: str) -> dspy.Prediction:
+            with decision("pick prompt", rationale="inside a module"):
+                return self.predict(question=question)
+
+    with dspy.context(lm=lab_lm(), callbacks=[recorder]), recorder.trial("t-decision") as collector:
+        with decision("step 1", rationale="baseline first", values={"temperature": 0.0}):
+            Deciding()(question="hi")
+        with evaluation("dev score") as handle:
+            handle.set(score=0.5)
+    assert_well_formed(collector.spans, "t-decision")
+    assert shape(TraceTree.from_spans(collector.spans)) == [
+        (0, "trial", "t-decision"),
+        (1, "decision", "step 1"),
+        (2, "module", "Deciding"),
+        (3, "decision", "pick prompt"),
+        (4, "module", "Predict"),
+        (5, "adapter_format", "ChatAdapter.format"),
+        (5, "lm", "lab/small"),
+        (5, "adapter_parse", "ChatAdapter.parse"),
+        (1, "evaluation", "dev score"),
+    ]
+    step = next(item for item in collector.spans if item.name == "step 1")
+    assert step.json_attributes == {"rationale": "baseline first", "values": {"temperature": 0.0}}
+
+
+def test_decision_outside_a_trial_starts_its_own_trace(recorder: SpanRecorder) -> None:
+    with dspy.context(lm=lab_lm(), callbacks=[recorder]):
+        with decision("optimizer step 3", trace_id="optimizer-run-1", rationale="explore") as handle:
+            assert current_collector() is handle.collector
+            dspy.Predict("question -> answer")(question="x")
+        spans = handle.spans
+        with decision("anonymous") as anonymous:
+            pass
+    assert {item.trace_id for item in spans} == {"optimizer-run-1"}
+    tree = TraceTree.from_spans(spans)
+    assert tree.roots[0].span.kind == "decision"
+    assert tree.roots[0].children[0].span.name == "Predict"
+    assert anonymous.trace_id and len(anonymous.spans) == 1
+    assert current_collector() is None
+
+
+def test_calls_outside_any_trial_are_ignored(recorder: SpanRecorder) -> None:
+    with dspy.context(lm=lab_lm(), callbacks=[recorder]):
+        dspy.Predict("question -> answer")(question="untraced")
+        with recorder.trial("t-after") as collector:
+            pass
+    assert [item.kind for item in collector.spans] == ["trial"]
+
+
+def test_errors_are_recorded_and_the_trial_still_closes(recorder: SpanRecorder) -> None:
+    failing = lab_lm(error_rate=1.0)
+    seen = []
+    recorder.on_trace = seen.append
+    with (
+        dspy.context(lm=failing, callbacks=[recorder]),
+        pytest.raises(Exception),  # noqa: B017 - any provider error will do
+        recorder.trial("t-error") as collector,
+    ):
+        dspy.Predict("question -> answer")(question="boom")
+    assert seen == [collector]
+    by_kind = {item.kind: item for item in collector.spans}
+    assert by_kind["lm"].status == "error" and by_kind["lm"].error
+    assert by_kind["module"].status == "error"
+    assert by_kind["trial"].status == "error"
+    assert collector.closed
+
+
+def test_unfinished_calls_are_closed_with_the_trial(recorder: SpanRecorder) -> None:
+    with dspy.context(callbacks=[recorder]), recorder.trial("t-unfinished") as collector:
+        # A call that started and never ended, as when a timed-out worker is abandoned.
+        recorder.on_module_start("abandoned-call", dspy.Predict("a -> b"), {"args": (), "kwargs": {"a": "1"}})
+    recorder.on_module_end("abandoned-call", None)  # too late: ignored
+    (abandoned,) = [item for item in collector.spans if item.span_id == "abandoned-call"]
+    assert abandoned.status == "error" and abandoned.json_attributes["unfinished"] is True
+    assert len(collector.spans) == 2
+
+
+def test_cache_hits_are_marked(recorder: SpanRecorder) -> None:
+    lm = lab_lm(cache=True)
+    predict = dspy.Predict("question -> answer")
+    # DSPy's cache outlives the test run, so the first call must ask something never asked before.
+    question = f"cache probe {uuid.uuid4().hex}"
+    with dspy.context(lm=lm, callbacks=[recorder]):
+        with recorder.trial("first") as first:
+            predict(question=question)
+        with recorder.trial("second") as second:
+            predict(question=question)
+    (miss,) = [item for item in first.spans if item.kind == "lm"]
+    (hit,) = [item for item in second.spans if item.kind == "lm"]
+    assert miss.json_attributes["cache_hit"] is False
+    assert hit.json_attributes["cache_hit"] is True
+    assert hit.json_attributes["total_tokens"] == miss.json_attributes["total_tokens"]
+
+
+def test_span_helper_rejects_unknown_kinds() -> None:
+    with pytest.raises(ValueError, match="unknown span kind"), span("x", kind="banana"):
+        pass
+
+
+def test_collector_span_helper_for_metrics(recorder: SpanRecorder) -> None:
+    with recorder.trial("t-metric") as collector:
+        pass
+    # A collector can still be handed to code that runs without the context (then it is closed: ignored).
+    with collector.span("late metric") as handle:
+        handle.set(score=1)
+    assert [item.kind for item in collector.spans] == ["trial"]
+    with (
+        recorder.trial("t-metric-2", attributes={"example": 3}) as collector,
+        collector.span("exact_match", kind="metric") as handle,
+    ):
+        handle.set(score=1.0, api_key="sk-live-abcdef123456")
+    by_kind = {item.kind: item for item in collector.spans}
+    assert by_kind["metric"].parent_id == by_kind["trial"].span_id
+    assert by_kind["metric"].json_attributes == {"score": 1.0, "api_key": "[REDACTED]"}
+    assert by_kind["trial"].json_attributes == {"example": 3}
