@@ -63,7 +63,7 @@ def otlp_span_id(span_id: str) -> str:
 
 def _hex_id(text: str, size: int) -> str:
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[: size * 2]
-    # An all-zero id means "invalid" in OTLP; one in 2**64 is not worth a branch elsewhere, but cheap to avoid.
+    # An all-zero id is invalid in OTLP; a hash almost never gives one, but ruling it out costs nothing.
     return digest if digest.strip("0") else "0" * (size * 2 - 1) + "1"
 
 

@@ -80,7 +80,7 @@ class _Scope:
 
     __slots__ = ("call_id", "collector", "span_id")
 
-    def __init__(self, collector: TraceCollector, span_id: str, call_id: str | None) -> None:
+    def __init__(self, collector: TraceCollector, span_id: str, *, call_id: str | None) -> None:
         self.collector = collector
         self.span_id = span_id
         self.call_id = call_id
@@ -99,6 +99,8 @@ class TraceCollector:
     def __init__(self, trace_id: str) -> None:
         self.trace_id = trace_id
         self.root_id: str | None = None
+        # The root span's handle, e.g. to put the trial's score on it: ``collector.root.set(score=1.0)``.
+        self.root: SpanHandle | None = None
         self.closed = False
         # list.append and dict.pop are atomic under the GIL, so worker threads need no lock here.
         self._spans: list[Span] = []
@@ -150,8 +152,8 @@ class TraceCollector:
             pending.registry.pop(call_id, None)
             self._spans.append(
                 Span(
-                    trace_id=self.trace_id,
-                    span_id=call_id,
+                    self.trace_id,
+                    call_id,
                     parent_id=pending.parent_id,
                     kind=pending.kind,
                     name=pending.name,
@@ -182,7 +184,7 @@ class SpanHandle:
         attributes: the attributes dict the span will be stored with.
     """
 
-    def __init__(self, collector: TraceCollector, span_id: str, attributes: dict[str, Any]) -> None:
+    def __init__(self, collector: TraceCollector, span_id: str, *, attributes: dict[str, Any]) -> None:
         self.collector = collector
         self.span_id = span_id
         self.attributes = attributes
@@ -248,8 +250,10 @@ def _open_span(
     if owns_collector:
         collector.root_id = span_id
     stored = dict(scrub(dict(attributes))) if attributes else {}
-    handle = SpanHandle(collector, span_id, stored)
-    token = _SCOPE.set(_Scope(collector, span_id, active))
+    handle = SpanHandle(collector, span_id, attributes=stored)
+    if owns_collector:
+        collector.root = handle
+    token = _SCOPE.set(_Scope(collector, span_id, call_id=active))
     start = now_ns()
     status, error = "ok", None
     try:
@@ -261,8 +265,8 @@ def _open_span(
         _SCOPE.reset(token)
         collector.add(
             Span(
-                trace_id=collector.trace_id,
-                span_id=span_id,
+                collector.trace_id,
+                span_id,
                 parent_id=parent_id,
                 kind=kind,
                 name=name,
@@ -492,7 +496,7 @@ class SpanRecorder(BaseCallback):
             to_dict = getattr(outputs, "toDict", None)
             # A Prediction can be changed by its caller later; its fields as of now are what this span saw.
             pending.attributes["outputs"] = scrub(to_dict() if callable(to_dict) else outputs)
-        self._finish(call_id, pending, exception)
+        self._finish(call_id, pending, exception=exception)
 
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         """Open an LM span with the model, request parameters and (optionally) the messages."""
@@ -522,8 +526,8 @@ class SpanRecorder(BaseCallback):
         if outputs is not None:
             if self.capture_prompts:
                 pending.attributes["completion"] = scrub(outputs)
-            _add_usage(pending.attributes, pending.instance, outputs)
-        self._finish(call_id, pending, exception)
+            _add_usage(pending.attributes, pending.instance, outputs=outputs)
+        self._finish(call_id, pending, exception=exception)
 
     def on_adapter_format_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         """Open an adapter-format span."""
@@ -541,7 +545,7 @@ class SpanRecorder(BaseCallback):
             return
         if isinstance(outputs, list):
             pending.attributes["messages"] = len(outputs)
-        self._finish(call_id, pending, exception)
+        self._finish(call_id, pending, exception=exception)
 
     def on_adapter_parse_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         """Open an adapter-parse span."""
@@ -559,7 +563,7 @@ class SpanRecorder(BaseCallback):
             return
         if outputs is not None:
             pending.attributes["parsed"] = scrub(outputs)
-        self._finish(call_id, pending, exception)
+        self._finish(call_id, pending, exception=exception)
 
     def on_tool_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         """Open a tool span with the tool's arguments."""
@@ -577,7 +581,7 @@ class SpanRecorder(BaseCallback):
             return
         if outputs is not None:
             pending.attributes["result"] = scrub(outputs)
-        self._finish(call_id, pending, exception)
+        self._finish(call_id, pending, exception=exception)
 
     def on_evaluate_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         """Open an evaluation span for a ``dspy.Evaluate`` run."""
@@ -597,7 +601,7 @@ class SpanRecorder(BaseCallback):
         score = getattr(outputs, "score", outputs if isinstance(outputs, (int, float)) else None)
         if score is not None:
             pending.attributes["score"] = score
-        self._finish(call_id, pending, exception)
+        self._finish(call_id, pending, exception=exception)
 
     # --- shared plumbing --------------------------------------------------------------------------------------
 
@@ -639,7 +643,7 @@ class SpanRecorder(BaseCallback):
         return pending
 
     @staticmethod
-    def _finish(call_id: str, pending: _Pending, exception: BaseException | None) -> None:
+    def _finish(call_id: str, pending: _Pending, *, exception: BaseException | None) -> None:
         collector = pending.collector
         collector.add(
             Span.build(
@@ -657,7 +661,7 @@ class SpanRecorder(BaseCallback):
         )
 
 
-def _add_usage(attributes: dict[str, Any], instance: Any, outputs: Any) -> None:
+def _add_usage(attributes: dict[str, Any], instance: Any, *, outputs: Any) -> None:
     """Copy token usage and cost from the LM history entry that belongs to this very call.
 
     The history list is shared by every thread using the LM, so its last entry

@@ -59,6 +59,7 @@ class Span:
 
     trace_id: str
     span_id: str
+    _: dataclasses.KW_ONLY
     parent_id: str | None
     kind: str
     name: str
@@ -154,8 +155,8 @@ class Span:
         parent_id = row.get("parent_id")
         error = row.get("error")
         return cls(
-            trace_id=str(row["trace_id"]),
-            span_id=str(row["span_id"]),
+            str(row["trace_id"]),
+            str(row["span_id"]),
             parent_id=None if parent_id is None else str(parent_id),
             kind=str(row["kind"]),
             name=str(row["name"]),

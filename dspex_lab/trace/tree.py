@@ -33,6 +33,7 @@ class TraceNode:
     """
 
     span: Span
+    _: dataclasses.KW_ONLY
     children: tuple[TraceNode, ...] = ()
     depth: int = 0
     orphan: bool = False
@@ -119,7 +120,7 @@ class TraceTree:
             kids = sorted(children.get(item.span_id, ()), key=lambda child: (child.start_ns, -child.end_ns))
             seen = seen | {item.span_id}
             return TraceNode(
-                span=item,
+                item,
                 children=tuple(build(child, depth + 1, seen) for child in kids if child.span_id not in seen),
                 depth=depth,
                 orphan=item.span_id in orphan_ids,
@@ -239,15 +240,17 @@ def _render(
     lines.append(f"{label:<{room}} {right}")
     child_prefix = prefix if top else prefix + ("   " if last else "│  ")
     if item.error:
-        lines.extend(_wrapped(f"! {item.error}", child_prefix + "   ", width))
+        lines.extend(_wrapped(f"! {item.error}", child_prefix + "   ", width=width))
     if show_prompts and item.kind == "lm":
         attributes = item.json_attributes
         for message in attributes.get("messages") or []:
             role = message.get("role", "?") if isinstance(message, dict) else "?"
             content = message.get("content", "") if isinstance(message, dict) else message
-            lines.extend(_wrapped(f"[{role}] {_as_text(content)}", child_prefix + "   ", width))
+            lines.extend(_wrapped(f"[{role}] {_as_text(content)}", child_prefix + "   ", width=width))
         if "completion" in attributes:
-            lines.extend(_wrapped(f"[completion] {_as_text(attributes['completion'])}", child_prefix + "   ", width))
+            lines.extend(
+                _wrapped(f"[completion] {_as_text(attributes['completion'])}", child_prefix + "   ", width=width)
+            )
     for index, child in enumerate(node.children):
         _render(
             child,
@@ -290,7 +293,7 @@ def _as_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _wrapped(text: str, indent: str, width: int) -> list[str]:
+def _wrapped(text: str, indent: str, *, width: int) -> list[str]:
     lines: list[str] = []
     room = max(width - len(indent), 20)
     for paragraph in text.splitlines() or [""]:

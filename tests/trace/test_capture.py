@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -165,7 +166,7 @@ def test_react_on_the_lab_lm_terminates_and_records_tool_errors(recorder: SpanRe
     assert all(item.status == "error" and item.error for item in tools)
 
 
-def run_trial(recorder: SpanRecorder, program: dspy.Module, index: int):
+def run_trial(recorder: SpanRecorder, program: dspy.Module, *, index: int):
     with recorder.trial(f"trial-{index:03d}") as collector:
         with decision("configure", values={"index": index}):
             program(question=f"Question number {index}: what is {index} + 1?")
@@ -179,7 +180,8 @@ def test_concurrent_trials_never_mix(recorder: SpanRecorder) -> None:
     # A little simulated latency makes the threads' calls overlap rather than run one after another.
     with dspy.context(lm=lab_lm(latency=0.002), callbacks=[recorder]), ThreadPoolExecutor(max_workers=8) as pool:
         futures = [
-            pool.submit(contextvars.copy_context().run, run_trial, recorder, program, index) for index in range(64)
+            pool.submit(contextvars.copy_context().run, functools.partial(run_trial, recorder, program, index=index))
+            for index in range(64)
         ]
         collectors = [future.result() for future in futures]
     for index, collector in enumerate(collectors):

@@ -20,6 +20,7 @@ def spans() -> list[Span]:
             dspy.ChainOfThought("question -> answer")(question="What is 2 + 2?")
         with metric("exact_match") as handle:
             handle.set(score=1.0)
+        c.root.set(repeat=0)
     return c.spans
 
 
@@ -44,7 +45,7 @@ def test_tree_navigation(spans: list[Span]) -> None:
     tree = TraceTree.from_spans(spans)
     assert len(tree) == len(spans) == 8
     (root,) = tree.roots
-    assert root.span.kind == "trial" and root.span.json_attributes == {"example": 7}
+    assert root.span.kind == "trial" and root.span.json_attributes == {"example": 7, "repeat": 0}
     assert [child.span.kind for child in root.children] == ["decision", "metric"]
     assert [node.span.kind for node in tree.find("2 + 2", kind="lm")] == ["lm"]
     assert tree.find("first try")[0].span.name == "propose"
@@ -71,8 +72,8 @@ def test_orphans_attach_to_the_root_and_are_marked(spans: list[Span]) -> None:
 
 
 def test_parent_cycles_do_not_loop() -> None:
-    first = Span("t", "a", "b", "module", "A", 1, 10)
-    second = Span("t", "b", "a", "module", "B", 2, 9)
+    first = Span("t", "a", parent_id="b", kind="module", name="A", start_ns=1, end_ns=10)
+    second = Span("t", "b", parent_id="a", kind="module", name="B", start_ns=2, end_ns=9)
     tree = TraceTree.from_spans([first, second])
     assert len(tree) == 2
     assert [(node.depth, node.span.name, node.orphan) for node in tree.walk()] == [(0, "A", True), (1, "B", False)]
@@ -238,7 +239,17 @@ def test_otlp_export_matches_the_schema(spans: list[Span]) -> None:
 
 
 def test_otlp_error_status_and_deterministic_ids() -> None:
-    failed = Span("trace-x", "s1", None, "metric", "m", 5, 9, status="error", error="ValueError: bad")
+    failed = Span(
+        "trace-x",
+        "s1",
+        parent_id=None,
+        kind="metric",
+        name="m",
+        start_ns=5,
+        end_ns=9,
+        status="error",
+        error="ValueError: bad",
+    )
     item = to_otlp([failed])["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
     assert item["status"] == {"code": 2, "message": "ValueError: bad"}
     assert otlp_trace_id("trace-x") == item["traceId"] == otlp_trace_id("trace-x")
