@@ -33,6 +33,8 @@ class TqdmProgress:
                 dynamic_ncols=True,
                 leave=True,
             )
+            # A mean over the first one or two trials says nothing; wait one refresh period.
+            self._last_postfix = time.monotonic()
         elif isinstance(event, TrialFinished) and self._bar is not None:
             if event.result.score is not None:
                 self._scores += event.result.score
