@@ -1,6 +1,6 @@
 """Measure the recorder's capture overhead on a zero-latency ChainOfThought run.
 
-Run: /work/venv/bin/python tests/trace/overhead.py [calls] [repeats]
+Run: python bench/bench_trace_capture.py [calls] [repeats]
 Prints the median (of 3 by default) wall and CPU time of N single-threaded calls with no callbacks,
 with an empty ``BaseCallback`` (DSPy's own dispatch cost) and with the recorder.
 """
