@@ -181,6 +181,27 @@ def _rerun(arguments: argparse.Namespace) -> int:
     return 0 if report.identical else 1
 
 
+def _trace(arguments: argparse.Namespace) -> int:
+    import dspex_lab as dx
+
+    journal = dx.open_journal(arguments.journal)
+    if arguments.trial is None:
+        frame = journal.sql(
+            """SELECT t.trial_id, t.status, t.score, t.error_type, count(s.span_id) AS spans
+               FROM trials t LEFT JOIN spans s ON s.experiment_id = t.experiment_id AND s.trace_id = t.trial_id
+               WHERE t.experiment_id = ? GROUP BY ALL ORDER BY t.status DESC, t.trial_id""",
+            [arguments.experiment],
+        )
+        if frame.empty:
+            raise dx.errors.JournalError(f"no trials for experiment {arguments.experiment!r} in {journal.path}")
+        print(frame.to_string(index=False, max_rows=arguments.limit))
+        print(f"\nshow one: dspex trace {arguments.experiment} TRIAL_ID --journal {journal.path}")
+        return 0
+    tree = journal.trace(arguments.experiment, arguments.trial)
+    print(tree.to_text(show_prompts=arguments.prompts, width=arguments.width))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dspex", description="Research environment for DSPy programs.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -247,6 +268,15 @@ def _parser() -> argparse.ArgumentParser:
     rerun.add_argument("--journal", default=None, help="journal for the re-run (default: a temporary one)")
     rerun.add_argument("--threads", type=int, default=None, help="worker threads (default: as recorded)")
     rerun.set_defaults(handler=_rerun)
+
+    trace = commands.add_parser("trace", help="print a trial's span tree (evaluations run with trace=True)")
+    trace.add_argument("experiment")
+    trace.add_argument("trial", nargs="?", help="trial id such as 'arith-0-3/r0'; without it, list the trials")
+    trace.add_argument("--journal", default="dspex.duckdb")
+    trace.add_argument("--prompts", action="store_true", help="show LM messages and completions")
+    trace.add_argument("--width", type=int, default=110)
+    trace.add_argument("--limit", type=int, default=50)
+    trace.set_defaults(handler=_trace)
     return parser
 
 

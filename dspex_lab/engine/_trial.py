@@ -8,7 +8,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import dspy
@@ -17,6 +17,8 @@ from dspy.utils.usage_tracker import UsageTracker
 
 from dspex_lab.errors import TrialTimeoutError
 from dspex_lab.lm import current_rollout, lm_cost
+from dspex_lab.trace import SpanRecorder
+from dspex_lab.trace import metric as metric_span
 
 __all__ = ["RetryPolicy", "TrialResult", "TrialRunner", "TrialTask", "is_transient", "to_json_value"]
 
@@ -62,6 +64,7 @@ class TrialResult:
     started_at: float = 0.0
     finished_at: float = 0.0
     trial_id: str = field(default="")
+    spans: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -74,7 +77,8 @@ class TrialResult:
         return {name: getattr(self, name) for name in _RESULT_FIELDS}
 
 
-_RESULT_FIELDS = tuple(item.name for item in fields(TrialResult))
+# Spans travel beside the row (they go to their own table), so they are not one of its columns.
+_RESULT_FIELDS = tuple(item.name for item in fields(TrialResult) if item.name != "spans")
 
 
 @dataclass(frozen=True)
@@ -162,27 +166,52 @@ class TrialRunner:
     predictors keep no per-call state on the instance.
     """
 
-    def __init__(self, module: dspy.Module, metric: Metric, *, lm: dspy.BaseLM | None, retry: RetryPolicy) -> None:
+    def __init__(
+        self,
+        module: dspy.Module,
+        metric: Metric,
+        *,
+        lm: dspy.BaseLM | None,
+        retry: RetryPolicy,
+        recorder: SpanRecorder | None = None,
+    ) -> None:
         self.module = module
         self.metric = metric
         self.lm = lm
         self.retry = retry
+        self.recorder = recorder
 
     def __call__(self, task: TrialTask, *, attempt: int = 1) -> TrialResult:
-        """Run ``task``; retry transient program errors in place; never raise for a trial's own failure."""
+        """Run ``task``; with a recorder, capture its span tree; never raise for a trial's own failure."""
+        if self.recorder is None:
+            return self._run(task, attempt=attempt)
+        attributes = {"example_id": task.example_id, "repeat": task.repeat, "attempt": attempt}
+        with self.recorder.trial(f"{task.example_id}/r{task.repeat}", attributes=attributes) as collector:
+            result = self._run(task, attempt=attempt)
+            collector.root.set(status=result.status, score=result.score, error_type=result.error_type)
+        return replace(result, spans=tuple(collector.spans))
+
+    def _run(self, task: TrialTask, *, attempt: int) -> TrialResult:
         started = time.time()
         clock = time.perf_counter()
         tracker = UsageTracker()
         overrides: dict[str, Any] = {"usage_tracker": tracker}
         if self.lm is not None:
             overrides["lm"] = self.lm
+        if self.recorder is not None:
+            overrides["callbacks"] = [*(dspy.settings.callbacks or []), self.recorder]
         stage = "program"
         while True:
             try:
                 with dspy.context(**overrides), current_rollout(task.repeat):
                     prediction = self.module(**task.example.inputs())
                 stage = "metric"
-                score = _score(self.metric(task.example, prediction))
+                if self.recorder is None:
+                    score = _score(self.metric(task.example, prediction))
+                else:
+                    with metric_span(getattr(self.metric, "__name__", "metric")) as handle:
+                        score = _score(self.metric(task.example, prediction))
+                        handle.set(score=score)
             except Exception as error:
                 if stage == "program" and is_transient(error) and attempt <= self.retry.retries:
                     time.sleep(self.retry.delay(attempt, f"{task.example_id}:{task.repeat}"))

@@ -33,6 +33,7 @@ from dspex_lab.evaluate._result import EvaluationResult
 from dspex_lab.journal import ExperimentRecord
 from dspex_lab.journal._schema import trials_frame
 from dspex_lab.program import Program
+from dspex_lab.trace import SpanRecorder
 
 __all__ = ["environment", "evaluate"]
 
@@ -109,6 +110,7 @@ def evaluate(
     subscribers: Sequence[Callable[[Any], None]] = (),
     cluster: str | None = None,
     budget: Budget | None = None,
+    trace: bool = False,
 ) -> EvaluationResult:
     """Evaluate ``program`` on ``dataset`` with ``metric``, journaling every trial as it finishes.
 
@@ -129,6 +131,8 @@ def evaluate(
             error and interval are then clustered.
         budget: spending limits; a pilot of ``budget.pilot`` trials projects the run's cost first,
             a warning comes at 80% of a limit and the run stops cleanly at 100%.
+        trace: capture every trial's span tree (modules, adapter, LM calls, metric) into the journal;
+            read it back with ``journal.trace(experiment_id, trial_id)`` or ``dspex trace``.
 
     Returns:
         The result; if the run is interrupted (KeyboardInterrupt) the finished trials are journaled,
@@ -162,6 +166,7 @@ def evaluate(
         "retries": retries,
         "max_errors": max_errors,
         "cluster": cluster,
+        "trace": trace,
         "budget": budget.limits() if budget is not None else None,
         "threads": context.threads,
         "lm": getattr(context.lm, "model", repr(context.lm)),
@@ -226,14 +231,20 @@ def evaluate(
             if result.status == "error":
                 counters["errors"] += 1
             if writer is not None:
-                writer.add(row)
+                writer.add(row, spans=result.spans)
             bus.emit(TrialFinished(run_id, result, len(results), len(tasks), counters["errors"]))
             if spending is not None and spending.add(result):
                 return True
             return error_budget is not None and counters["errors"] > error_budget
 
         spending = BudgetTracker(budget) if budget is not None else None
-        runner = TrialRunner(module, metric, lm=context.lm, retry=RetryPolicy(retries=retries))
+        runner = TrialRunner(
+            module,
+            metric,
+            lm=context.lm,
+            retry=RetryPolicy(retries=retries),
+            recorder=SpanRecorder() if trace else None,
+        )
         bus.emit(RunStarted(run_id, run_name, len(planned), len(done_before)))
         started = time.perf_counter()
         try:

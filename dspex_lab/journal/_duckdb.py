@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 
 from dspex_lab.errors import JournalError
-from dspex_lab.journal._schema import ROW_SCHEMA, TRIAL_COLUMNS, ensure_schema
+from dspex_lab.journal._schema import ROW_SCHEMA, SPAN_SCHEMA, TRIAL_COLUMNS, ensure_schema
 
 __all__ = ["DuckDBJournal", "ExperimentRecord", "TrialWriter", "open_journal"]
 
@@ -311,8 +311,10 @@ class DuckDBJournal:
                 [status, detail, _json(summary), now, now, now, experiment_id],
             )
 
-    def append_trials(self, experiment_id: str, rows: Sequence[dict[str, Any]]) -> int:
-        """Append finished trials in one transaction (duplicates of recorded trials are ignored)."""
+    def append_trials(
+        self, experiment_id: str, rows: Sequence[dict[str, Any]], *, spans: Sequence[dict[str, Any]] = ()
+    ) -> int:
+        """Append finished trials (and their spans' rows) in one transaction; recorded ones are ignored."""
         if not rows:
             with self._connect(write=True) as connection:
                 connection.execute("UPDATE experiments SET heartbeat_at = ? WHERE id = ?", [_now(), experiment_id])
@@ -322,6 +324,13 @@ class DuckDBJournal:
             connection.register("incoming_trials", incoming)
             connection.execute("BEGIN TRANSACTION")
             connection.execute(_INSERT_TRIALS, [experiment_id])
+            if spans:
+                connection.register("incoming_spans", pa.Table.from_pylist(list(spans), schema=SPAN_SCHEMA))
+                connection.execute(
+                    f"INSERT OR IGNORE INTO spans SELECT ?, {', '.join(SPAN_SCHEMA.names)} FROM incoming_spans",
+                    [experiment_id],
+                )
+                connection.unregister("incoming_spans")
             connection.execute(
                 "UPDATE experiments SET heartbeat_at = ?, updated_at = ? WHERE id = ?", [_now(), _now(), experiment_id]
             )
@@ -399,6 +408,23 @@ class DuckDBJournal:
             f"SELECT {selected} FROM trials WHERE experiment_id = ? ORDER BY example_index, repeat",
             [experiment_id],
         )
+
+    def trace(self, experiment_id: str, trial_id: str) -> Any:
+        """Return one trial's span tree (a ``dspex_lab.trace.TraceTree``), loading only that trial's spans."""
+        from dspex_lab.trace import Span, TraceTree
+
+        frame = self.sql(
+            "SELECT * EXCLUDE (experiment_id) FROM spans WHERE experiment_id = ? AND trace_id = ? ORDER BY start_ns",
+            [experiment_id, trial_id],
+        )
+        if frame.empty:
+            raise JournalError(
+                f"no spans for trial {trial_id!r} of experiment {experiment_id!r}: "
+                "was it evaluated with dx.evaluate(..., trace=True)?"
+            )
+        # pandas reads SQL NULLs as NaN; a span row wants None (a root has no parent).
+        frame = frame.astype(object).where(frame.notna(), None)
+        return TraceTree.from_spans(Span.from_row(row) for row in frame.to_dict("records"))
 
     def dataset_examples(self, fingerprint: str) -> list[tuple[str, dict[str, Any]]]:
         """Return the stored (example id, fields) of a dataset, in order (empty if it was not stored)."""
@@ -510,30 +536,36 @@ class TrialWriter:
         self.written = 0
         self.last_error: BaseException | None = None
         self._buffer: list[dict[str, Any]] = []
+        self._span_buffer: list[Any] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="dspex-journal", daemon=True)
         self._thread.start()
 
-    def add(self, row: dict[str, Any]) -> None:
-        """Queue one trial row for the next flush."""
+    def add(self, row: dict[str, Any], *, spans: Sequence[Any] = ()) -> None:
+        """Queue one trial row (and its spans, serialised later on the writer's thread) for the next flush."""
         with self._lock:
             self._buffer.append(row)
+            if spans:
+                self._span_buffer.extend(spans)
 
     def flush(self) -> None:
         """Write everything queued so far."""
         with self._lock:
             rows, self._buffer = self._buffer, []
+            spans, self._span_buffer = self._span_buffer, []
         try:
             if self._pending_record is not None:
                 self.journal.create_experiment(self._pending_record)
                 self._pending_record = None
-            self.written += self.journal.append_trials(self.experiment_id, rows)
+            span_rows = [span.to_row() for span in spans]
+            self.written += self.journal.append_trials(self.experiment_id, rows, spans=span_rows)
             self.last_error = None
         except Exception as error:
             self.last_error = error
             with self._lock:
                 self._buffer[:0] = rows
+                self._span_buffer[:0] = spans
 
     def _loop(self) -> None:
         if self._pending_record is not None:

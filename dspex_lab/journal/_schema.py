@@ -14,9 +14,9 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-__all__ = ["ROW_SCHEMA", "SCHEMA_VERSION", "TRIAL_COLUMNS", "ensure_schema", "trials_frame"]
+__all__ = ["ROW_SCHEMA", "SCHEMA_VERSION", "SPAN_SCHEMA", "TRIAL_COLUMNS", "ensure_schema", "trials_frame"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TRIAL_COLUMNS = (
     "experiment_id",
@@ -63,6 +63,23 @@ ROW_SCHEMA = pa.schema(
         ("attempts", pa.int32()),
         ("started_at", pa.float64()),
         ("finished_at", pa.float64()),
+    ]
+)
+
+
+# The columns of Span.to_row() (dspex_lab.trace), in the spans table's order after experiment_id.
+SPAN_SCHEMA = pa.schema(
+    [
+        ("trace_id", pa.string()),
+        ("span_id", pa.string()),
+        ("parent_id", pa.string()),
+        ("kind", pa.string()),
+        ("name", pa.string()),
+        ("start_ns", pa.int64()),
+        ("end_ns", pa.int64()),
+        ("status", pa.string()),
+        ("attributes", pa.string()),
+        ("error", pa.string()),
     ]
 )
 
@@ -163,10 +180,29 @@ CREATE TABLE IF NOT EXISTS hypotheses (
 );
 """
 
+# Version 3: one row per span of a traced trial (the tree is built when read).
+_VERSION_3 = """
+CREATE TABLE IF NOT EXISTS spans (
+    experiment_id VARCHAR NOT NULL,
+    trace_id VARCHAR NOT NULL,
+    span_id VARCHAR NOT NULL,
+    parent_id VARCHAR,
+    kind VARCHAR NOT NULL,
+    name VARCHAR,
+    start_ns BIGINT,
+    end_ns BIGINT,
+    status VARCHAR,
+    attributes JSON,
+    error VARCHAR,
+    PRIMARY KEY (experiment_id, trace_id, span_id)
+);
+"""
+
 # version -> statements that bring a journal from (version - 1) to version.
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
     1: lambda connection: connection.execute(_VERSION_1),
     2: lambda connection: connection.execute(_VERSION_2),
+    3: lambda connection: connection.execute(_VERSION_3),
 }
 
 

@@ -1,0 +1,67 @@
+"""Traced evaluations: spans streamed into the journal per trial, read back as trees and in the CLI."""
+
+import dspex_lab as dx
+from dspex_lab.cli import main
+
+COT = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="cot")
+
+
+def test_every_trial_gets_its_own_tree_under_threads(journal_path):
+    problems = dx.Dataset(dx.datasets.arithmetic(48, seed=4), name="traced")
+    with dx.Context(journal=journal_path, threads=8):
+        result = dx.evaluate(COT, problems, metric=dx.metrics.exact_match, progress=False, trace=True)
+    journal = dx.open_journal(journal_path)
+    spans = journal.sql("select * from spans where experiment_id = ?", [result.experiment_id])
+    assert set(spans["trace_id"]) == set(result.table()["trial_id"])
+    by_id = {(row.trace_id, row.span_id): row for row in spans.itertuples()}
+    for row in spans.itertuples():
+        if row.kind == "trial":
+            assert row.parent_id is None or row.parent_id != row.parent_id  # NULL
+        else:
+            assert (row.trace_id, row.parent_id) in by_id, "a span's parent is in another trial's tree"
+    tree = journal.trace(result.experiment_id, problems.example_ids[0] + "/r0")
+    kinds = [node.span.kind for node in tree.walk()]
+    assert kinds[0] == "trial" and {"module", "adapter_format", "lm", "adapter_parse", "metric"} <= set(kinds)
+    text = tree.to_text(width=100)
+    assert "ChainOfThought" in text and "lab/small" in text and "exact_match" in text
+    assert "(orphan)" not in text
+
+
+def test_untraced_runs_write_no_spans_and_say_so(journal_path):
+    problems = dx.Dataset(dx.datasets.arithmetic(4, seed=4), name="untraced")
+    with dx.Context(journal=journal_path, threads=2):
+        result = dx.evaluate(COT, problems, metric=dx.metrics.exact_match, progress=False)
+    journal = dx.open_journal(journal_path)
+    assert journal.sql("select count(*) as n from spans")["n"][0] == 0
+    try:
+        journal.trace(result.experiment_id, problems.example_ids[0] + "/r0")
+    except dx.errors.JournalError as error:
+        assert "trace=True" in str(error)
+    else:
+        raise AssertionError("expected a JournalError for an untraced trial")
+
+
+def test_failing_trial_trace_shows_the_error(journal_path):
+    problems = dx.Dataset(dx.datasets.arithmetic(30, seed=8), name="faulty-traced")
+    lm = dx.lab_lm("lab/small", error_rate=0.3, seed=3)
+    with dx.Context(lm=lm, journal=journal_path, threads=4):
+        result = dx.evaluate(COT, problems, metric=dx.metrics.exact_match, progress=False, trace=True, retries=0)
+    failed = result.table().query("status == 'error'")["trial_id"]
+    assert len(failed) > 0
+    tree = dx.open_journal(journal_path).trace(result.experiment_id, failed.iloc[0])
+    statuses = {node.span.kind: node.span.status for node in tree.walk()}
+    assert statuses["trial"] == "error" or statuses.get("lm") == "error"
+
+
+def test_dspex_trace_lists_trials_and_prints_a_tree(journal_path, capsys):
+    problems = dx.Dataset(dx.datasets.arithmetic(6, seed=5), name="cli-traced")
+    with dx.Context(journal=journal_path, threads=2):
+        result = dx.evaluate(COT, problems, metric=dx.metrics.exact_match, progress=False, trace=True)
+    assert main(["trace", result.experiment_id, "--journal", str(journal_path)]) == 0
+    listing = capsys.readouterr().out
+    assert problems.example_ids[0] + "/r0" in listing and "spans" in listing
+    trial = problems.example_ids[0] + "/r0"
+    assert main(["trace", result.experiment_id, trial, "--journal", str(journal_path), "--prompts"]) == 0
+    tree = capsys.readouterr().out
+    assert "ChainOfThought" in tree and "lab/small" in tree
+    assert main(["trace", result.experiment_id, "nope/r0", "--journal", str(journal_path)]) == 2
