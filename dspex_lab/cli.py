@@ -185,6 +185,15 @@ def _trace(arguments: argparse.Namespace) -> int:
     import dspex_lab as dx
 
     journal = dx.open_journal(arguments.journal)
+    if arguments.otlp:
+        from dspex_lab.trace import to_otlp_json
+
+        spans = journal.spans(arguments.experiment, arguments.trial)
+        if not spans:
+            raise dx.errors.JournalError(f"no spans to export for {arguments.experiment} {arguments.trial or ''}")
+        Path(arguments.otlp).write_text(to_otlp_json(spans), encoding="utf-8")
+        print(f"wrote {len(spans)} spans as OpenTelemetry JSON to {arguments.otlp}")
+        return 0
     if arguments.trial is None:
         frame = journal.sql(
             """SELECT t.trial_id, t.status, t.score, t.error_type, count(s.span_id) AS spans
@@ -276,6 +285,7 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--prompts", action="store_true", help="show LM messages and completions")
     trace.add_argument("--width", type=int, default=110)
     trace.add_argument("--limit", type=int, default=50)
+    trace.add_argument("--otlp", metavar="PATH", help="write the trial's (or experiment's) spans as OTLP JSON")
     trace.set_defaults(handler=_trace)
     return parser
 

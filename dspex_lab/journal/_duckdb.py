@@ -409,22 +409,31 @@ class DuckDBJournal:
             [experiment_id],
         )
 
+    def spans(self, experiment_id: str, trial_id: str | None = None) -> list[Any]:
+        """Return the spans (``dspex_lab.trace.Span``) of one trial, or of every trial of an experiment."""
+        from dspex_lab.trace import Span
+
+        query = "SELECT * EXCLUDE (experiment_id) FROM spans WHERE experiment_id = ?"
+        parameters: list[Any] = [experiment_id]
+        if trial_id is not None:
+            query += " AND trace_id = ?"
+            parameters.append(trial_id)
+        frame = self.sql(query + " ORDER BY trace_id, start_ns", parameters)
+        # pandas reads SQL NULLs as NaN; a span row wants None (a root has no parent).
+        frame = frame.astype(object).where(frame.notna(), None)
+        return [Span.from_row(row) for row in frame.to_dict("records")]
+
     def trace(self, experiment_id: str, trial_id: str) -> Any:
         """Return one trial's span tree (a ``dspex_lab.trace.TraceTree``), loading only that trial's spans."""
-        from dspex_lab.trace import Span, TraceTree
+        from dspex_lab.trace import TraceTree
 
-        frame = self.sql(
-            "SELECT * EXCLUDE (experiment_id) FROM spans WHERE experiment_id = ? AND trace_id = ? ORDER BY start_ns",
-            [experiment_id, trial_id],
-        )
-        if frame.empty:
+        spans = self.spans(experiment_id, trial_id)
+        if not spans:
             raise JournalError(
                 f"no spans for trial {trial_id!r} of experiment {experiment_id!r}: "
                 "was it evaluated with dx.evaluate(..., trace=True)?"
             )
-        # pandas reads SQL NULLs as NaN; a span row wants None (a root has no parent).
-        frame = frame.astype(object).where(frame.notna(), None)
-        return TraceTree.from_spans(Span.from_row(row) for row in frame.to_dict("records"))
+        return TraceTree.from_spans(spans)
 
     def dataset_examples(self, fingerprint: str) -> list[tuple[str, dict[str, Any]]]:
         """Return the stored (example id, fields) of a dataset, in order (empty if it was not stored)."""

@@ -65,3 +65,32 @@ def test_dspex_trace_lists_trials_and_prints_a_tree(journal_path, capsys):
     tree = capsys.readouterr().out
     assert "ChainOfThought" in tree and "lab/small" in tree
     assert main(["trace", result.experiment_id, "nope/r0", "--journal", str(journal_path)]) == 2
+
+
+def test_dspex_trace_exports_otlp_for_a_trial_and_an_experiment(journal_path, tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("export_tests", Path(__file__).with_name("test_tree_and_export.py"))
+    export_tests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export_tests)
+    jsonschema = __import__("jsonschema")
+
+    problems = dx.Dataset(dx.datasets.arithmetic(5, seed=6), name="otlp")
+    with dx.Context(journal=journal_path, threads=2):
+        result = dx.evaluate(COT, problems, metric=dx.metrics.exact_match, progress=False, trace=True)
+    trial = problems.example_ids[0] + "/r0"
+    one, every = tmp_path / "trial.json", tmp_path / "experiment.json"
+    assert main(["trace", result.experiment_id, trial, "--journal", str(journal_path), "--otlp", str(one)]) == 0
+    assert main(["trace", result.experiment_id, "--journal", str(journal_path), "--otlp", str(every)]) == 0
+    single, whole = json.loads(one.read_text()), json.loads(every.read_text())
+    jsonschema.validate(single, export_tests.OTLP_SCHEMA)
+    jsonschema.validate(whole, export_tests.OTLP_SCHEMA)
+
+    def count(payload):
+        return sum(len(scope["spans"]) for resource in payload["resourceSpans"] for scope in resource["scopeSpans"])
+
+    assert count(whole) == 5 * count(single) and count(single) >= 6
+    trace_ids = {span["traceId"] for r in whole["resourceSpans"] for s in r["scopeSpans"] for span in s["spans"]}
+    assert len(trace_ids) == 5
