@@ -189,6 +189,8 @@ class TrialRunner:
         with self.recorder.trial(f"{task.example_id}/r{task.repeat}", attributes=attributes) as collector:
             result = self._run(task, attempt=attempt)
             collector.root.set(status=result.status, score=result.score, error_type=result.error_type)
+            if result.status == "error":
+                collector.root.fail(f"{result.error_type}: {result.error_message}")
         return replace(result, spans=tuple(collector.spans))
 
     def _run(self, task: TrialTask, *, attempt: int) -> TrialResult:

@@ -29,7 +29,7 @@ from typing import Any
 
 from dspy.utils.callback import ACTIVE_CALL_ID, BaseCallback
 
-from dspex_lab.trace.redaction import scrub
+from dspex_lab.trace.redaction import redact, scrub
 from dspex_lab.trace.spans import SPAN_KINDS, Span, now_ns
 
 __all__ = [
@@ -188,6 +188,7 @@ class SpanHandle:
         self.collector = collector
         self.span_id = span_id
         self.attributes = attributes
+        self.failure: str | None = None
 
     @property
     def trace_id(self) -> str:
@@ -198,6 +199,10 @@ class SpanHandle:
     def spans(self) -> list[Span]:
         """Return the finished spans of the trace, ordered by start time."""
         return self.collector.spans
+
+    def fail(self, error: str) -> None:
+        """Mark the span as failed without raising (e.g. a trial whose failure was recorded as data)."""
+        self.failure = redact(error)
 
     def set(self, **attributes: Any) -> None:
         """Add or replace attributes (secrets are masked).
@@ -263,6 +268,8 @@ def _open_span(
         raise
     finally:
         _SCOPE.reset(token)
+        if handle.failure is not None and status == "ok":
+            status, error = "error", handle.failure
         collector.add(
             Span(
                 collector.trace_id,
