@@ -130,8 +130,10 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def line(values: Sequence[str]) -> str:
         return "  ".join(value.ljust(width) for value, width in zip(values, widths, strict=True)).rstrip()
 
-    return "\n".join([line([str(header) for header in headers]), line(["-" * width for width in widths])]
-                     + [line(row) for row in cells])
+    return "\n".join(
+        [line([str(header) for header in headers]), line(["-" * width for width in widths])]
+        + [line(row) for row in cells]
+    )
 
 
 def write_json(path: str | os.PathLike[str], data: Any, *, default: Callable[[Any], Any] = repr) -> None:

@@ -198,16 +198,29 @@ def run_ours(workload: Workload, scenario: Scenario, journal_folder: Path | None
         result = dx.evaluate(workload.program, dataset, metric=workload.metric, progress=False)
     trials = result.trials.sort_values("example_index")
     scores = [None if value != value else float(value) for value in trials["score"]]  # NaN -> None
-    return SideOutcome(timing.seconds, timing.cpu_seconds, scores, int(result.n_errors), timing.load_before,
-                       timing.load_after, result.wall_seconds)
+    return SideOutcome(
+        timing.seconds,
+        timing.cpu_seconds,
+        scores,
+        int(result.n_errors),
+        timing.load_before,
+        timing.load_after,
+        result.wall_seconds,
+    )
 
 
 def run_dspy(workload: Workload, scenario: Scenario) -> SideOutcome:
     """Run ``dspy.Evaluate`` once on a freshly hydrated module (hydration is timed, as it is inside ours)."""
     devset = list(workload.dataset(scenario.examples))
     lm = fresh_lm(scenario.latency)
-    evaluator = dspy.Evaluate(devset=devset, metric=workload.metric, num_threads=scenario.threads,
-                              display_progress=False, display_table=False, max_errors=len(devset) + 1)
+    evaluator = dspy.Evaluate(
+        devset=devset,
+        metric=workload.metric,
+        num_threads=scenario.threads,
+        display_progress=False,
+        display_table=False,
+        max_errors=len(devset) + 1,
+    )
     prepare_for_measurement()
     with dspy_settings(workload, lm), timed() as timing:
         module = workload.program.build(lm=lm)
@@ -264,10 +277,12 @@ def summarise(scenarios: list[Scenario], records: list[RunRecord]) -> dict[str, 
     summary: dict[str, Any] = {}
     bare_by_repeat = {record.repeat: record.seconds for record in records if record.side == "bare"}
     for scenario in scenarios:
-        ours = {record.repeat: record for record in records
-                if record.scenario == scenario.name and record.side == "ours"}
-        theirs = {record.repeat: record for record in records
-                  if record.scenario == scenario.name and record.side == "dspy"}
+        ours = {
+            record.repeat: record for record in records if record.scenario == scenario.name and record.side == "ours"
+        }
+        theirs = {
+            record.repeat: record for record in records if record.scenario == scenario.name and record.side == "dspy"
+        }
         repeats = sorted(set(ours) & set(theirs))
         entry: dict[str, Any] = {
             "scenario": asdict(scenario),
@@ -276,13 +291,15 @@ def summarise(scenarios: list[Scenario], records: list[RunRecord]) -> dict[str, 
             "ours_executor_seconds": [ours[repeat].executor_seconds for repeat in repeats],
             "ours_cpu_seconds": [ours[repeat].cpu_seconds for repeat in repeats],
             "dspy_cpu_seconds": [theirs[repeat].cpu_seconds for repeat in repeats],
-            "median_cpu_ratio": median_or_none([ours[repeat].cpu_seconds / theirs[repeat].cpu_seconds
-                                                for repeat in repeats]),
+            "median_cpu_ratio": median_or_none(
+                [ours[repeat].cpu_seconds / theirs[repeat].cpu_seconds for repeat in repeats]
+            ),
             "ours_median_seconds": median_or_none([ours[repeat].seconds for repeat in repeats]),
             "dspy_median_seconds": median_or_none([theirs[repeat].seconds for repeat in repeats]),
         }
-        unjournaled = [record.seconds for record in records
-                       if record.scenario == scenario.name and record.side == "ours-nojournal"]
+        unjournaled = [
+            record.seconds for record in records if record.scenario == scenario.name and record.side == "ours-nojournal"
+        ]
         if unjournaled:
             entry["ours_without_journal_seconds"] = unjournaled
             entry["ours_without_journal_median_seconds"] = median_or_none(unjournaled)
@@ -301,7 +318,9 @@ def summarise(scenarios: list[Scenario], records: list[RunRecord]) -> dict[str, 
             ours_efficiency = [bound / ours[repeat].seconds for bound, repeat in zip(bounds, repeats, strict=True)]
             dspy_efficiency = [bound / theirs[repeat].seconds for bound, repeat in zip(bounds, repeats, strict=True)]
             entry.update(
-                bound_seconds=bounds, ours_efficiency=ours_efficiency, dspy_efficiency=dspy_efficiency,
+                bound_seconds=bounds,
+                ours_efficiency=ours_efficiency,
+                dspy_efficiency=dspy_efficiency,
                 median_ours_efficiency=median_or_none(ours_efficiency),
                 median_dspy_efficiency=median_or_none(dspy_efficiency),
             )
@@ -325,22 +344,48 @@ def final_table(scenarios: list[Scenario], summary: dict[str, Any]) -> str:
         ours_seconds, dspy_seconds = entry["ours_median_seconds"], entry["dspy_median_seconds"]
         setting = f"n={scenario.examples} latency={scenario.latency * 1000:g}ms threads={scenario.threads}"
         if scenario.kind == "ratio":
-            rows.append([scenario.name, setting, f"{ours_seconds:.2f} s", f"{dspy_seconds:.2f} s",
-                         f"ratio {entry['median_ratio']:.3f}", f"<= {scenario.target:g}",
-                         "PASS" if entry["passed"] else "FAIL", f"{entry['median_cpu_ratio']:.3f}"])
+            rows.append(
+                [
+                    scenario.name,
+                    setting,
+                    f"{ours_seconds:.2f} s",
+                    f"{dspy_seconds:.2f} s",
+                    f"ratio {entry['median_ratio']:.3f}",
+                    f"<= {scenario.target:g}",
+                    "PASS" if entry["passed"] else "FAIL",
+                    f"{entry['median_cpu_ratio']:.3f}",
+                ]
+            )
         else:
             target = f">= {scenario.target:g}" + (" and > dspy" if scenario.kind == "cpu_efficiency" else "")
             bound = f"bound {median_or_none(entry['bound_seconds']):.2f} s"
             if scenario.kind == "cpu_efficiency":
                 bound += f" (c1 {entry['median_c1_seconds'] * 1000:.3f} ms)"
-            rows.append([
-                scenario.name, setting,
-                f"{ours_seconds:.2f} s (eff {entry['median_ours_efficiency']:.3f})",
-                f"{dspy_seconds:.2f} s (eff {entry['median_dspy_efficiency']:.3f})",
-                bound, target, "PASS" if entry["passed"] else "FAIL", f"{entry['median_cpu_ratio']:.3f}",
-            ])
-    return format_table(["scenario", "setting", "ours (median)", "dspy (median)", "ratio/bound", "target", "result",
-                         "cpu ours/dspy (info)"], rows)
+            rows.append(
+                [
+                    scenario.name,
+                    setting,
+                    f"{ours_seconds:.2f} s (eff {entry['median_ours_efficiency']:.3f})",
+                    f"{dspy_seconds:.2f} s (eff {entry['median_dspy_efficiency']:.3f})",
+                    bound,
+                    target,
+                    "PASS" if entry["passed"] else "FAIL",
+                    f"{entry['median_cpu_ratio']:.3f}",
+                ]
+            )
+    return format_table(
+        [
+            "scenario",
+            "setting",
+            "ours (median)",
+            "dspy (median)",
+            "ratio/bound",
+            "target",
+            "result",
+            "cpu ours/dspy (info)",
+        ],
+        rows,
+    )
 
 
 def raw_table(records: list[RunRecord]) -> str:
@@ -351,16 +396,33 @@ def raw_table(records: list[RunRecord]) -> str:
             wall, cpu = f"{record.seconds * 1000:.3f} ms/trial", f"{record.cpu_seconds * 1000:.3f} ms/trial"
         else:
             wall, cpu = f"{record.seconds:.3f} s", f"{record.cpu_seconds:.3f} s"
-        rows.append([record.scenario, record.side, record.repeat, record.order, wall, cpu,
-                     "" if record.executor_seconds is None else f"{record.executor_seconds:.3f} s",
-                     f"{record.mean_score:.4f}", record.errors, f"{record.load_before}->{record.load_after}"])
-    return format_table(["scenario", "side", "repeat", "order", "wall", "process cpu", "executor", "mean", "errors",
-                         "load"], rows)
+        rows.append(
+            [
+                record.scenario,
+                record.side,
+                record.repeat,
+                record.order,
+                wall,
+                cpu,
+                "" if record.executor_seconds is None else f"{record.executor_seconds:.3f} s",
+                f"{record.mean_score:.4f}",
+                record.errors,
+                f"{record.load_before}->{record.load_after}",
+            ]
+        )
+    return format_table(
+        ["scenario", "side", "repeat", "order", "wall", "process cpu", "executor", "mean", "errors", "load"], rows
+    )
 
 
 def measure(
-    workload: Workload, scenarios: list[Scenario], repeats: int, journal_folder: Path, log: Callable[[str], None],
-    *, without_journal: bool = False,
+    workload: Workload,
+    scenarios: list[Scenario],
+    repeats: int,
+    journal_folder: Path,
+    log: Callable[[str], None],
+    *,
+    without_journal: bool = False,
 ) -> tuple[list[RunRecord], list[str]]:
     """Run every scenario ``repeats`` times, alternating sides, plus the c1 loop per repeat.
 
@@ -378,10 +440,24 @@ def measure(
             if scenario.kind == "cpu_efficiency":
                 size = max(cpu_sizes)
                 bare = run_bare(workload, size)
-                records.append(RunRecord("c1", "bare", repeat, 0, bare.seconds / size, bare.cpu_seconds / size,
-                                         mean_of(bare.scores), 0, bare.load_before, bare.load_after))
-                log(f"repeat {repeat} c1: {bare.seconds / size * 1000:.3f} ms/trial over {size} examples "
-                    f"(mean {mean_of(bare.scores):.4f})")
+                records.append(
+                    RunRecord(
+                        "c1",
+                        "bare",
+                        repeat,
+                        0,
+                        bare.seconds / size,
+                        bare.cpu_seconds / size,
+                        mean_of(bare.scores),
+                        0,
+                        bare.load_before,
+                        bare.load_after,
+                    )
+                )
+                log(
+                    f"repeat {repeat} c1: {bare.seconds / size * 1000:.3f} ms/trial over {size} examples "
+                    f"(mean {mean_of(bare.scores):.4f})"
+                )
             sides = ["ours", "dspy"] if repeat % 2 == 0 else ["dspy", "ours"]
             if without_journal:
                 sides.append("ours-nojournal")
@@ -393,18 +469,35 @@ def measure(
                     folder = None if side == "ours-nojournal" else journal_folder
                     outcome = run_ours(workload, scenario, folder, f"{scenario.name}-{repeat}")
                 scores_by_side[side] = outcome.scores
-                records.append(RunRecord(scenario.name, side, repeat, order, outcome.seconds, outcome.cpu_seconds,
-                                         mean_of(outcome.scores), outcome.errors, outcome.load_before,
-                                         outcome.load_after, outcome.executor_seconds))
-                log(f"repeat {repeat} {scenario.name:8s} {side:14s}: {outcome.seconds:7.3f} s  "
+                records.append(
+                    RunRecord(
+                        scenario.name,
+                        side,
+                        repeat,
+                        order,
+                        outcome.seconds,
+                        outcome.cpu_seconds,
+                        mean_of(outcome.scores),
+                        outcome.errors,
+                        outcome.load_before,
+                        outcome.load_after,
+                        outcome.executor_seconds,
+                    )
+                )
+                log(
+                    f"repeat {repeat} {scenario.name:8s} {side:14s}: {outcome.seconds:7.3f} s  "
                     f"cpu {outcome.cpu_seconds:6.3f} s  mean {mean_of(outcome.scores):.4f}  errors {outcome.errors}  "
-                    f"load {outcome.load_before}->{outcome.load_after}")
+                    f"load {outcome.load_before}->{outcome.load_after}"
+                )
             if scenario.kind == "cpu_efficiency" and bare.scores != scores_by_side["dspy"]:
                 mismatches.append(f"{scenario.name} repeat {repeat}: the bare c1 loop's scores differ from dspy's")
             for side in sides:
                 if side != "dspy" and scores_by_side[side] != scores_by_side["dspy"]:
-                    differing = sum(1 for mine, theirs in zip(scores_by_side[side], scores_by_side["dspy"],
-                                                              strict=True) if mine != theirs)
+                    differing = sum(
+                        1
+                        for mine, theirs in zip(scores_by_side[side], scores_by_side["dspy"], strict=True)
+                        if mine != theirs
+                    )
                     mismatches.append(
                         f"{scenario.name} repeat {repeat}: {side} vs dspy: {differing} examples differ; mean "
                         f"{mean_of(scores_by_side[side]):.6f} vs {mean_of(scores_by_side['dspy']):.6f}"
@@ -534,9 +627,15 @@ class PhaseTimer:
         rows = []
         for label, samples in self.calls.items():
             walls = [wall for wall, _cpu in samples]
-            rows.append([label, len(samples), f"{sum(walls) * 1000:.1f} ms",
-                         f"{sum(cpu for _wall, cpu in samples) * 1000:.1f} ms",
-                         f"{max(walls) * 1000:.1f} ms" if walls else ""])
+            rows.append(
+                [
+                    label,
+                    len(samples),
+                    f"{sum(walls) * 1000:.1f} ms",
+                    f"{sum(cpu for _wall, cpu in samples) * 1000:.1f} ms",
+                    f"{max(walls) * 1000:.1f} ms" if walls else "",
+                ]
+            )
         return format_table(["phase", "calls", "wall (sum)", "thread cpu (sum)", "longest call"], rows)
 
 
@@ -547,8 +646,10 @@ def profile_ours(workload: Workload, scenario: Scenario, journal_folder: Path, l
         phases = PhaseTimer()
         with phases.installed():
             outcome = run_ours(workload, scenario, journal_folder, f"phases-{scenario.name}-{repeat}")
-        sections.append(f"phases of ours on {scenario.name}, run {repeat}: wall {outcome.seconds:.3f} s, process cpu "
-                        f"{outcome.cpu_seconds:.3f} s, executor {outcome.executor_seconds:.3f} s\n{phases.report()}\n")
+        sections.append(
+            f"phases of ours on {scenario.name}, run {repeat}: wall {outcome.seconds:.3f} s, process cpu "
+            f"{outcome.cpu_seconds:.3f} s, executor {outcome.executor_seconds:.3f} s\n{phases.report()}\n"
+        )
     profiles = ThreadProfiles()
     main = cProfile.Profile()
     with profiles.installed():
@@ -561,7 +662,8 @@ def profile_ours(workload: Workload, scenario: Scenario, journal_folder: Path, l
         f"\nprofiled ours on {scenario.name}: wall {outcome.seconds:.3f} s (executor "
         f"{outcome.executor_seconds:.3f} s, errors {outcome.errors}) under cProfile in {len(profiles.profiles)} "
         "threads + the coordinating thread;\ntimes are inflated by the profiler and summed over threads, and they "
-        "include waiting for the GIL (sleep and urandom rows are mostly waiting).\n")
+        "include waiting for the GIL (sleep and urandom rows are mostly waiting).\n"
+    )
     return header + profiles.report(main, limit=limit)
 
 
@@ -570,21 +672,37 @@ def profile_ours(workload: Workload, scenario: Scenario, journal_folder: Path, l
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     """Parse the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5, help="repeats per scenario and side (default 5)")
     parser.add_argument("--quick", action="store_true", help="small smoke run (1 repeat unless --repeats is given)")
-    parser.add_argument("--module", default="Predict", choices=["Predict", "ChainOfThought"],
-                        help="the DSPy module of the program (default Predict)")
-    parser.add_argument("--scenarios", default="overhead,latency,cpu",
-                        help="comma-separated subset of overhead,latency,cpu")
-    parser.add_argument("--disable-history", action="store_true",
-                        help="run both sides with dspy.settings.disable_history=True (default: DSPy's default, on)")
-    parser.add_argument("--with-journal-off", action="store_true",
-                        help="diagnostic: also run ours with the journal off in every repeat (not a target)")
+    parser.add_argument(
+        "--module",
+        default="Predict",
+        choices=["Predict", "ChainOfThought"],
+        help="the DSPy module of the program (default Predict)",
+    )
+    parser.add_argument(
+        "--scenarios", default="overhead,latency,cpu", help="comma-separated subset of overhead,latency,cpu"
+    )
+    parser.add_argument(
+        "--disable-history",
+        action="store_true",
+        help="run both sides with dspy.settings.disable_history=True (default: DSPy's default, on)",
+    )
+    parser.add_argument(
+        "--with-journal-off",
+        action="store_true",
+        help="diagnostic: also run ours with the journal off in every repeat (not a target)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
-    parser.add_argument("--profile", default=None, choices=["overhead", "latency", "cpu"],
-                        help="instead of the comparison, run ours once on this scenario under per-thread cProfile")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        choices=["overhead", "latency", "cpu"],
+        help="instead of the comparison, run ours once on this scenario under per-thread cProfile",
+    )
     parser.add_argument("--profile-limit", type=int, default=35, help="rows per profile listing")
     arguments = parser.parse_args(argv)
     if arguments.quick and "--repeats" not in (argv if argv is not None else sys.argv[1:]):
@@ -602,14 +720,17 @@ def main(argv: list[str] | None = None) -> int:
     chosen = {name.strip() for name in arguments.scenarios.split(",") if name.strip()}
     scenarios = [scenario for scenario in default_scenarios(quick=arguments.quick) if scenario.name in chosen]
     if arguments.profile:
-        scenarios = [scenario for scenario in default_scenarios(quick=arguments.quick)
-                     if scenario.name == arguments.profile]
+        scenarios = [
+            scenario for scenario in default_scenarios(quick=arguments.quick) if scenario.name == arguments.profile
+        ]
     if not scenarios:
         print(f"no scenario selected from {arguments.scenarios!r}", file=sys.stderr)
         return 2
     workload = Workload(
         program=dx.Program(f"dspy.{arguments.module}", signature="question -> answer"),
-        datasets={}, metric=dx.metrics.exact_match, history_disabled=arguments.disable_history,
+        datasets={},
+        metric=dx.metrics.exact_match,
+        history_disabled=arguments.disable_history,
     )
 
     def log(message: str) -> None:
@@ -618,16 +739,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dspex-bench-") as folder:
         journal_folder = Path(folder)
         log(f"machine: {machine_description()}")
-        log(f"program: {workload.program.module} 'question -> answer'; DSPy history "
+        log(
+            f"program: {workload.program.module} 'question -> answer'; DSPy history "
             f"{'disabled' if arguments.disable_history else 'enabled (DSPy default)'} for both sides; "
-            f"journal: fresh DuckDB file per run in {journal_folder}")
+            f"journal: fresh DuckDB file per run in {journal_folder}"
+        )
         warm_up(workload, journal_folder)
         if arguments.profile:
             print(profile_ours(workload, scenarios[0], journal_folder, arguments.profile_limit, arguments.repeats))
             return 0
         with timed() as total:
-            records, mismatches = measure(workload, scenarios, arguments.repeats, journal_folder, log,
-                                          without_journal=arguments.with_journal_off)
+            records, mismatches = measure(
+                workload, scenarios, arguments.repeats, journal_folder, log, without_journal=arguments.with_journal_off
+            )
     summary = summarise(scenarios, records)
 
     print("\nall runs (raw):")
@@ -637,9 +761,11 @@ def main(argv: list[str] | None = None) -> int:
     for scenario in scenarios:
         entry = summary[scenario.name]
         if "ours_without_journal_median_seconds" in entry:
-            print(f"diagnostic: {scenario.name}: ours with the journal off, median "
-                  f"{entry['ours_without_journal_median_seconds']:.2f} s "
-                  f"(with it: {entry['ours_median_seconds']:.2f} s)")
+            print(
+                f"diagnostic: {scenario.name}: ours with the journal off, median "
+                f"{entry['ours_without_journal_median_seconds']:.2f} s "
+                f"(with it: {entry['ours_median_seconds']:.2f} s)"
+            )
     if mismatches:
         print("\nSCORE MISMATCH between ours and dspy.Evaluate:")
         for mismatch in mismatches:
@@ -648,16 +774,20 @@ def main(argv: list[str] | None = None) -> int:
         print("\ncorrectness: ours and dspy.Evaluate produced identical per-example scores in every run.")
 
     if arguments.json is not None:
-        write_json(arguments.json, {
-            "machine": machine_description(),
-            "arguments": {key: str(value) if isinstance(value, Path) else value
-                          for key, value in vars(arguments).items()},
-            "history_disabled": arguments.disable_history,
-            "benchmark_seconds": total.seconds,
-            "summary": summary,
-            "runs": [asdict(record) for record in records],
-            "mismatches": mismatches,
-        })
+        write_json(
+            arguments.json,
+            {
+                "machine": machine_description(),
+                "arguments": {
+                    key: str(value) if isinstance(value, Path) else value for key, value in vars(arguments).items()
+                },
+                "history_disabled": arguments.disable_history,
+                "benchmark_seconds": total.seconds,
+                "summary": summary,
+                "runs": [asdict(record) for record in records],
+                "mismatches": mismatches,
+            },
+        )
         print(f"wrote {arguments.json}")
     return 1 if mismatches else 0
 
