@@ -47,6 +47,16 @@ set_lm_resolver(resolve_lm)
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # Widgets need the notebook extra (anywidget); they load on first use so `import dspex_lab` stays light.
+    if name == "widgets":
+        import dspex_lab.notebook as widgets
+
+        return widgets
+    raise AttributeError(f"module 'dspex_lab' has no attribute {name!r}")
+
+
 __all__ = [
     "Bool",
     "Budget",

@@ -1,0 +1,73 @@
+"""The trace viewer widget through its Python state (the front end only renders this state)."""
+
+import pytest
+
+import dspex_lab as dx
+
+pytest.importorskip("anywidget")
+
+COT = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="cot")
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory):
+    path = tmp_path_factory.mktemp("viewer") / "journal.duckdb"
+    problems = dx.Dataset(dx.datasets.arithmetic(24, seed=3), name="viewer")
+    lm = dx.lab_lm("lab/small", error_rate=0.25, seed=4)
+    with dx.Context(lm=lm, journal=path, threads=4):
+        result = dx.evaluate(COT, problems, metric=dx.metrics.exact_match, progress=False, trace=True, retries=0)
+    return path, result
+
+
+def test_front_end_sources_exist_and_define_render():
+    from dspex_lab.notebook._trace_viewer import _WIDGETS
+
+    assert "export default { render }" in (_WIDGETS / "trace_viewer.js").read_text()
+    assert (_WIDGETS / "trace_viewer.css").read_text().startswith(".dspex-trace-viewer")
+
+
+def test_trials_sorted_by_error_then_score_and_first_is_open(traced):
+    path, result = traced
+    viewer = dx.widgets.TraceViewer(path, result.experiment_id)
+    statuses = [trial["status"] for trial in viewer.trials]
+    assert len(viewer.trials) == 24
+    assert statuses == sorted(statuses, key=lambda status: status == "ok")  # failures first
+    assert viewer.selected_trial == viewer.trials[0]["trial_id"]
+    root = next(node for node in viewer.nodes if node["parent"] is None)
+    assert root["kind"] == "trial" and viewer.expanded == [root["id"]]  # lazily: only the root is open
+
+
+def test_selecting_a_span_fills_the_detail_pane(traced):
+    path, result = traced
+    ok_trial = result.table().query("status == 'ok'")["trial_id"].iloc[0]
+    viewer = dx.widgets.TraceViewer(path, result.experiment_id, trial_id=ok_trial)
+    lm_node = next(node for node in viewer.nodes if node["kind"] == "lm")
+    viewer.selected_span = lm_node["id"]
+    assert viewer.detail["kind"] == "lm" and viewer.detail["name"] == "lab/small"
+    assert "messages" in viewer.detail["attributes"] and "completion" in viewer.detail["attributes"]
+    viewer.selected_trial = result.table()["trial_id"].iloc[-1]
+    assert viewer.detail == {} and viewer.selected_span == ""
+
+
+def test_search_marks_matches_and_opens_their_ancestors(traced):
+    path, result = traced
+    ok_trial = result.table().query("status == 'ok'")["trial_id"].iloc[0]
+    viewer = dx.widgets.TraceViewer(path, result.experiment_id, trial_id=ok_trial, sort_by="trial")
+    viewer.search = "ChatAdapter.parse"
+    parse = [node for node in viewer.nodes if node["name"] == "ChatAdapter.parse"]
+    assert len(parse) == 1 and viewer.matches == [parse[0]["id"]]
+    by_id = {node["id"]: node for node in viewer.nodes}
+    parent = by_id[parse[0]["id"]]["parent"]
+    while parent is not None:
+        assert parent in viewer.expanded
+        parent = by_id[parent]["parent"]
+    viewer.search = ""
+    assert viewer.matches == []
+
+
+def test_untraced_experiment_is_a_clear_error(tmp_path):
+    path = tmp_path / "plain.duckdb"
+    with dx.Context(journal=path, threads=2):
+        result = dx.evaluate(COT, dx.datasets.arithmetic(3, seed=1), metric=dx.metrics.exact_match, progress=False)
+    with pytest.raises(dx.errors.JournalError, match="trace=True"):
+        dx.widgets.TraceViewer(path, result.experiment_id)
