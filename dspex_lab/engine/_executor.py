@@ -98,8 +98,8 @@ class ThreadExecutor:
                 try:
                     result = base_context.copy().run(runner, task, attempt=attempt)
                 except BaseException as error:  # the runner records errors; this is a last resort
-                    result = TrialRunner._failure(
-                        task, error, "runner", time.time(), time.perf_counter(), _EMPTY, attempt
+                    result = TrialRunner.failure(
+                        task, error, stage="runner", started=time.time(), clock=time.perf_counter(), attempt=attempt
                     )
                 outbox.put((submission, result))
 
@@ -162,13 +162,6 @@ class ThreadExecutor:
             for _ in range(workers):
                 inbox.put(None)
         return status
-
-
-class _EmptyTracker:
-    usage_data: dict[str, list[dict[str, int]]] = {}  # noqa: RUF012 - read-only sentinel
-
-
-_EMPTY = _EmptyTracker()  # type: ignore[assignment]
 
 
 def make_executor(spec: object = None, *, threads: int | None = None) -> Executor:

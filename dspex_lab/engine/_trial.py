@@ -219,7 +219,9 @@ class TrialRunner:
                     time.sleep(self.retry.delay(attempt, f"{task.example_id}:{task.repeat}"))
                     attempt += 1
                     continue
-                return self._failure(task, error, stage, started, clock, tracker, attempt)
+                return self.failure(
+                    task, error, stage=stage, started=started, clock=clock, usage=_usage(tracker), attempt=attempt
+                )
             break
         input_tokens, output_tokens, cost, calls = _usage(tracker)
         return TrialResult(
@@ -240,16 +242,18 @@ class TrialRunner:
         )
 
     @staticmethod
-    def _failure(
+    def failure(
         task: TrialTask,
         error: BaseException,
+        *,
         stage: str,
         started: float,
         clock: float,
-        tracker: UsageTracker,
+        usage: tuple[int, int, float | None, int] = (0, 0, 0.0, 0),
         attempt: int,
     ) -> TrialResult:
-        input_tokens, output_tokens, cost, calls = _usage(tracker)
+        """Return the record of a trial that raised ``error`` at ``stage`` (usage: tokens in/out, cost, calls)."""
+        input_tokens, output_tokens, cost, calls = usage
         return TrialResult(
             index=task.index,
             example_id=task.example_id,

@@ -253,9 +253,7 @@ def evaluate(
                 phases = [tasks[: budget.pilot], tasks[budget.pilot :]]  # type: ignore[union-attr]
             status = RunStatus.FINISHED
             for position, phase in enumerate(phases):
-                status = context.executor.run(
-                    phase, runner, on_result=on_result, timeout=timeout, retry=RetryPolicy(retries=retries)
-                )
+                status = context.executor.run(phase, runner, on_result=on_result, timeout=timeout, retry=runner.retry)
                 if status != RunStatus.FINISHED:
                     break
                 if position == 0 and spending is not None and len(phases) > 1:

@@ -88,7 +88,7 @@ REQUIRED_FILES = (
     README_FILE,
 )
 
-TRIAL_COLUMNS = (
+EXPORTED_TRIAL_COLUMNS = (
     "trial_id",
     "example_id",
     "example_index",
@@ -549,7 +549,7 @@ def _csv_cell(value: Any) -> str:
 def _trials_csv(trials: pd.DataFrame) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    columns = [column for column in TRIAL_COLUMNS if column in trials.columns]
+    columns = [column for column in EXPORTED_TRIAL_COLUMNS if column in trials.columns]
     writer.writerow(columns)
     for row in trials[columns].itertuples(index=False, name=None):
         writer.writerow([_csv_cell(value) for value in row])

@@ -30,7 +30,14 @@ import pandas as pd
 import pyarrow as pa
 
 from dspex_lab.errors import JournalError
-from dspex_lab.journal._schema import ROW_SCHEMA, SPAN_SCHEMA, TRIAL_COLUMNS, ensure_schema
+from dspex_lab.journal._schema import (
+    ROW_SCHEMA,
+    SCHEMA_VERSION,
+    SPAN_SCHEMA,
+    TRIAL_COLUMNS,
+    current_version,
+    ensure_schema,
+)
 
 __all__ = ["DuckDBJournal", "ExperimentRecord", "TrialWriter", "open_journal"]
 
@@ -133,9 +140,7 @@ class DuckDBJournal:
 
     @staticmethod
     def _readonly_ok(connection: duckdb.DuckDBPyConnection) -> bool:
-        from dspex_lab.journal._schema import SCHEMA_VERSION, _current_version
-
-        return _current_version(connection) == SCHEMA_VERSION
+        return current_version(connection) == SCHEMA_VERSION
 
     @property
     def _waiting_dir(self) -> Path:

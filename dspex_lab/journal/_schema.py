@@ -14,7 +14,15 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-__all__ = ["ROW_SCHEMA", "SCHEMA_VERSION", "SPAN_SCHEMA", "TRIAL_COLUMNS", "ensure_schema", "trials_frame"]
+__all__ = [
+    "ROW_SCHEMA",
+    "SCHEMA_VERSION",
+    "SPAN_SCHEMA",
+    "TRIAL_COLUMNS",
+    "current_version",
+    "ensure_schema",
+    "trials_frame",
+]
 
 SCHEMA_VERSION = 3
 
@@ -206,7 +214,8 @@ MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
 }
 
 
-def _current_version(connection: duckdb.DuckDBPyConnection) -> int:
+def current_version(connection: duckdb.DuckDBPyConnection) -> int:
+    """Return the schema version a journal was written with (0 for a file with no journal tables)."""
     tables = {row[0] for row in connection.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     if "dspex_meta" not in tables:
         return 0
@@ -220,7 +229,7 @@ def ensure_schema(connection: duckdb.DuckDBPyConnection) -> int:
     Raises:
         RuntimeError: the journal was written by a newer dspex_lab.
     """
-    found = _current_version(connection)
+    found = current_version(connection)
     if found > SCHEMA_VERSION:
         raise RuntimeError(
             f"journal schema version {found} is newer than this dspex_lab supports ({SCHEMA_VERSION}); "
