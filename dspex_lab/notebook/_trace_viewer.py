@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from dspex_lab.errors import JournalError, MissingDependencyError
+from dspex_lab.errors import DspexLabError, JournalError, MissingDependencyError
 from dspex_lab.journal import DuckDBJournal, open_journal
+from dspex_lab.trace import Span
 
 try:
     import anywidget
@@ -18,28 +19,78 @@ except ImportError as error:  # pragma: no cover - exercised only without the no
 
 __all__ = ["TraceViewer"]
 
-# The front-end sources live in the repository's widgets/ folder (see DESIGN §1).
-_WIDGETS = Path(__file__).resolve().parents[2] / "widgets"
+# The front end's sources live in the repository's top-level widgets/ folder (DESIGN §1). A wheel ships them
+# as the data package dspex_lab.notebook.widgets (pyproject maps it onto widgets/); a source checkout or an
+# editable install reads them where they are.
+_FRONT_END_FOLDERS = (
+    Path(__file__).resolve().parent / "widgets",
+    Path(__file__).resolve().parents[2] / "widgets",
+)
 
 _SORTS = ("error", "score", "trial")
 
+# A search opens the ancestors of this many matches at most: a common word can match thousands of spans, and
+# opening all their ancestors would draw most of the trial. The other matches are still marked.
+_OPENED_MATCHES = 50
 
-def _span_node(span: Any) -> dict[str, Any]:
-    return {
-        "id": span.span_id,
-        "parent": span.parent_id,
-        "kind": span.kind,
-        "name": span.name,
-        "status": span.status,
-        "duration_ms": round(span.duration * 1000, 3),
-    }
+_SPAN_COLUMNS = ("span_id", "parent_id", "kind", "name", "start_ns", "end_ns", "status", "error", "attributes")
+
+
+def _front_end_file(name: str) -> Path:
+    """Return the path of one of the widget's front-end files, packaged or in a source checkout.
+
+    Raises:
+        DspexLabError: the file is in neither place (a broken install).
+    """
+    for folder in _FRONT_END_FOLDERS:
+        if (folder / name).is_file():
+            return folder / name
+    searched = ", ".join(str(folder / name) for folder in _FRONT_END_FOLDERS)
+    raise DspexLabError(
+        f"the trace viewer's front end {name} is missing (looked in {searched}); reinstall dspex_lab, "
+        "or in a source checkout restore the top-level widgets/ folder"
+    )
+
+
+class _SpanRow(NamedTuple):
+    """A span as read for the viewer: its attributes stay the stored JSON text until the span is selected."""
+
+    span_id: str
+    parent_id: str | None
+    kind: str
+    name: str
+    start_ns: int
+    end_ns: int
+    status: str
+    error: str | None
+    attributes: str
+
+    def node(self) -> dict[str, Any]:
+        return {
+            "id": self.span_id,
+            "parent": self.parent_id,
+            "kind": self.kind,
+            "name": self.name,
+            "status": self.status,
+            "duration_ms": round((self.end_ns - self.start_ns) / 1e6, 3),
+        }
+
+    def haystack(self) -> str:
+        return f"{self.kind} {self.name} {self.error or ''} {self.attributes}".casefold()
+
+
+def _text_or_none(value: Any) -> str | None:
+    # pandas reads a SQL NULL in a text column as NaN (or None, depending on the column's dtype).
+    return value if isinstance(value, str) else None
 
 
 class TraceViewer(anywidget.AnyWidget):
     """A trial list, a collapsible span tree with search, and a detail pane for one experiment.
 
-    The tree is sent as flat nodes and rendered lazily (a node's children are drawn only when it is
-    expanded); a span's attributes (messages, completion, parameters) travel only when it is selected.
+    The tree is sent as flat nodes, parents before children and siblings in start order, and drawn lazily
+    (a node's children only when it is expanded, a few hundred at a time); a span's attributes (messages,
+    completion, parameters) travel only when it is selected. Search matches kind, name, error and the
+    attributes' text, case-insensitively, and opens the ancestors of the first matches.
 
     Args:
         journal: a journal or its path.
@@ -48,8 +99,8 @@ class TraceViewer(anywidget.AnyWidget):
         sort_by: ``"error"`` (failed first, then lowest score), ``"score"`` (lowest first) or ``"trial"``.
     """
 
-    _esm = _WIDGETS / "trace_viewer.js"
-    _css = _WIDGETS / "trace_viewer.css"
+    _esm = _front_end_file("trace_viewer.js")
+    _css = _front_end_file("trace_viewer.css")
 
     trials = traitlets.List().tag(sync=True)
     selected_trial = traitlets.Unicode("").tag(sync=True)
@@ -73,7 +124,8 @@ class TraceViewer(anywidget.AnyWidget):
         super().__init__()
         self._journal = journal if isinstance(journal, DuckDBJournal) else open_journal(journal)
         self._experiment_id = experiment_id
-        self._spans: dict[str, Any] = {}
+        self._spans: dict[str, _SpanRow] = {}
+        self._haystacks: dict[str, str] | None = None
         order = {
             "error": "t.status = 'ok', coalesce(t.score, -1), t.example_index, t.repeat",
             "score": "coalesce(t.score, -1), t.example_index, t.repeat",
@@ -96,25 +148,57 @@ class TraceViewer(anywidget.AnyWidget):
         self.trials = frame.to_dict("records")
         self.selected_trial = trial_id or str(frame["trial_id"].iloc[0])
 
+    def _read_spans(self, trial_id: str) -> list[_SpanRow]:
+        # Read as columns, not through journal.spans: building a Span (and parsing its attributes) for each of
+        # 10,000 spans costs most of a trial's load, and only the selected span's attributes are ever shown.
+        frame = self._journal.sql(
+            f"""SELECT {", ".join(_SPAN_COLUMNS)} FROM spans WHERE experiment_id = ? AND trace_id = ?
+                ORDER BY start_ns, end_ns DESC, span_id""",
+            [self._experiment_id, trial_id],
+        )
+        columns = [frame[column].tolist() for column in _SPAN_COLUMNS]
+        return [
+            _SpanRow(
+                span_id,
+                _text_or_none(parent_id),
+                kind,
+                name,
+                int(start_ns),
+                int(end_ns),
+                _text_or_none(status) or "ok",
+                _text_or_none(error),
+                _text_or_none(attributes) or "{}",
+            )
+            for span_id, parent_id, kind, name, start_ns, end_ns, status, error, attributes in zip(
+                *columns, strict=True
+            )
+        ]
+
     @traitlets.observe("selected_trial")
     def _load_trial(self, change: dict[str, Any]) -> None:
-        spans = self._journal.spans(self._experiment_id, change["new"])
-        if not spans:
+        rows = self._read_spans(change["new"])
+        if not rows:
             raise JournalError(f"no spans for trial {change['new']!r} of experiment {self._experiment_id!r}")
-        self._spans = {span.span_id: span for span in spans}
-        roots = [span.span_id for span in spans if span.parent_id not in self._spans]
+        self._spans = {row.span_id: row for row in rows}
+        self._haystacks = None
+        roots = [row.span_id for row in rows if row.parent_id not in self._spans]
         self.selected_span = ""
         self.detail = {}
-        self.expanded = roots
-        self.nodes = [_span_node(span) for span in spans]
-        self._update_matches(self.search)
+        # Ordered by start time, a parent comes before its children: the front end never has to sort.
+        nodes = [row.node() for row in rows]
+        with self.hold_sync():
+            self.expanded = roots
+            self.nodes = nodes
+            self._update_matches(self.search)
 
     @traitlets.observe("selected_span")
     def _show_detail(self, change: dict[str, Any]) -> None:
-        span = self._spans.get(change["new"])
-        if span is None:
+        row = self._spans.get(change["new"])
+        if row is None:
             self.detail = {}
             return
+        # Through Span, so what is shown is redacted once more on read, like every other view of a span.
+        span = Span.from_row({"trace_id": self.selected_trial, **row._asdict()})
         self.detail = {
             "id": span.span_id,
             "kind": span.kind,
@@ -127,24 +211,32 @@ class TraceViewer(anywidget.AnyWidget):
 
     @traitlets.observe("search")
     def _search(self, change: dict[str, Any]) -> None:
-        self._update_matches(change["new"])
+        with self.hold_sync():
+            self._update_matches(change["new"])
 
     def _update_matches(self, text: str) -> None:
         needle = text.strip().casefold()
         if not needle:
             self.matches = []
             return
+        if self._haystacks is None:  # once per trial, on its first search
+            self._haystacks = {span_id: row.haystack() for span_id, row in self._spans.items()}
+        # The attributes are stored as JSON text, where a quote or backslash appears escaped.
+        escaped = json.dumps(needle, ensure_ascii=False)[1:-1]
         found = [
-            span.span_id
-            for span in self._spans.values()
-            if needle in f"{span.kind} {span.name} {json.dumps(span.json_attributes, default=str)}".casefold()
+            span_id
+            for span_id, haystack in self._haystacks.items()
+            if needle in haystack or (escaped != needle and escaped in haystack)
         ]
-        # Open every ancestor of a match, so matches deep in the tree are visible.
+        # Open every ancestor of the first matches, so matches deep in the tree are visible.
         opened = set(self.expanded)
-        for span_id in found:
+        for span_id in found[:_OPENED_MATCHES]:
+            chain: set[str] = set()  # guards against a parent cycle in damaged data
             parent = self._spans[span_id].parent_id
-            while parent in self._spans and parent not in opened:
-                opened.add(parent)
+            while parent in self._spans and parent not in chain:
+                chain.add(parent)
                 parent = self._spans[parent].parent_id
-        self.expanded = sorted(opened)
+            opened |= chain
+        if len(opened) != len(self.expanded):
+            self.expanded = sorted(opened)
         self.matches = found
