@@ -288,6 +288,8 @@ def evaluate(
             clusters=clusters,
             status_detail=detail,
             spending=spending.to_summary() if spending is not None else None,
+            journal=journal,
+            traced=trace,
         )
         if journal is not None and experiment_id is not None:
             journal.finish_experiment(experiment_id, status=final_status, detail=detail, summary=result.to_summary())

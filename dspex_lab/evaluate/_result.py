@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import html
 import math
+import shlex
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from dspex_lab.errors import JournalError
 from dspex_lab.stats import (
     Interval,
     Summary,
@@ -23,7 +25,18 @@ from dspex_lab.stats import (
     variance_components,
 )
 
+if TYPE_CHECKING:
+    from dspex_lab.journal import DuckDBJournal
+    from dspex_lab.trace import TraceTree
+
 __all__ = ["EvaluationResult"]
+
+# The rich HTML of a traced evaluation shows up to this many failed trials, and as many of the lowest-scoring
+# ones, each with its span tree cut to _TRACE_LINES lines.
+_SHOWN_TRIALS = 10
+_TRACE_LINES = 200
+_ERROR_CHARACTERS = 300
+_CELL = "style='text-align:left;vertical-align:top'"
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +46,9 @@ class EvaluationResult:
     Errors are counted apart (``n_errors``, ``errors``) and never averaged in:
     ``mean``, ``stderr`` and ``ci`` are over examples with at least one scored
     trial, each example contributing the mean of its scored repeats.
+
+    An evaluation run with ``trace=True`` and a journal keeps that ``journal``; :meth:`trace` reads a
+    trial's span tree from it, and the rich HTML shows the failed and lowest-scoring trials with theirs.
     """
 
     experiment_id: str | None
@@ -47,6 +63,8 @@ class EvaluationResult:
     clusters: pd.Series | None = None
     status_detail: str | None = None
     spending: dict[str, Any] | None = None
+    journal: DuckDBJournal | None = None
+    traced: bool = False
 
     # -- per-example scores --------------------------------------------------------------------
 
@@ -223,7 +241,121 @@ class EvaluationResult:
             ("experiment", f"<code>{experiment}</code> — <code>dspex journal trials {experiment}</code>"),
         ]
         body = "".join(f"<tr><th style='text-align:left'>{key}</th><td>{value}</td></tr>" for key, value in rows)
-        return f"<div class='dspex-evaluation'><h4>{html.escape(self.name)}</h4><table>{body}</table></div>"
+        return (
+            f"<div class='dspex-evaluation'><h4>{html.escape(self.name)}</h4><table>{body}</table>"
+            f"{self._trials_html()}</div>"
+        )
+
+    def trace(self, trial_id: str) -> TraceTree:
+        """Return one trial's span tree, read from the evaluation's journal.
+
+        Args:
+            trial_id: the trial's id (``"<example_id>/r<repeat>"``, the ``trial_id`` column of :meth:`table`).
+
+        Returns:
+            The trial's :class:`~dspex_lab.trace.TraceTree`.
+
+        Raises:
+            JournalError: the evaluation had no journal, or the trial has no spans (it was run without
+                ``trace=True``).
+        """
+        if self.journal is None or self.experiment_id is None:
+            raise JournalError(
+                f"evaluation {self.name!r} has no journal to read traces from: run it inside "
+                "dx.Context(journal=...) with dx.evaluate(..., trace=True)"
+            )
+        return self.journal.trace(self.experiment_id, trial_id)
+
+    def _trials_html(self) -> str:
+        """Return the failed and lowest-scoring trials, each with its span tree in a ``<details>`` element.
+
+        Everything a trace needs is inlined, so the section works in a notebook and in HTML exported from it
+        without a server or a kernel; the commands to open the full trace come with each tree.
+        """
+        if not self.traced or self.journal is None or self.experiment_id is None or not len(self.trials):
+            return ""
+        trials = self.trials.sort_values(["example_index", "repeat"], kind="stable")
+        failed = trials[trials["status"] == "error"]
+        scored = trials[trials["status"] == "ok"].sort_values("score", kind="stable")
+        groups = [
+            ("failed trials", failed.head(_SHOWN_TRIALS), len(failed)),
+            ("lowest-scoring trials", scored.head(_SHOWN_TRIALS), len(scored)),
+        ]
+        shown = [trial_id for _, group, _ in groups for trial_id in group["trial_id"]]
+        try:
+            trees = self._trace_texts(shown)
+            unreadable = None
+        except JournalError as error:  # the journal moved or was deleted since the run: still show the trials
+            trees, unreadable = {}, str(error)
+        experiment = str(self.experiment_id)
+        path = str(self.journal.path)
+        listing = f"dspex trace {shlex.quote(experiment)} --journal {shlex.quote(path)}"
+        parts = [f"<h5>Trials and their traces</h5><p>all trials: <code>{html.escape(listing)}</code></p>"]
+        if unreadable is not None:
+            parts.append(f"<p>traces unavailable: {html.escape(unreadable)}</p>")
+        for title, group, total in groups:
+            if not total:
+                continue
+            parts.append(f"<h5>{title} ({len(group)} of {total} shown)</h5>")
+            rows = "".join(self._trial_row(record, trees, path) for record in group.to_dict("records"))
+            parts.append(
+                "<table class='dspex-trials'><tr><th>trial</th><th>status</th><th>score</th><th>error</th>"
+                f"<th style='text-align:left'>trace</th></tr>{rows}</table>"
+            )
+            if total > len(group):
+                rest = f"dspex journal trials {shlex.quote(experiment)}"
+                parts.append(f"<p>{total - len(group)} more {title}: <code>{html.escape(rest)}</code></p>")
+        return "".join(parts)
+
+    def _trial_row(self, record: dict[str, Any], trees: dict[str, tuple[int, str]], path: str) -> str:
+        trial_id = str(record["trial_id"])
+        experiment = str(self.experiment_id)
+        score = record.get("score")
+        score_text = "—" if score is None or (isinstance(score, float) and math.isnan(score)) else f"{score:.3f}"
+        error = ""
+        if record.get("status") == "error":
+            message = str(record.get("error_message") or "")
+            if len(message) > _ERROR_CHARACTERS:
+                message = message[:_ERROR_CHARACTERS] + "…"
+            error = f"{record.get('error_type') or 'unknown'}: {message}"
+        commands = (
+            f"dspex trace {shlex.quote(experiment)} {shlex.quote(trial_id)} --journal {shlex.quote(path)}\n"
+            f"dx.widgets.TraceViewer({path!r}, {experiment!r}, trial_id={trial_id!r})"
+        )
+        if trial_id in trees:
+            spans, text = trees[trial_id]
+            trace = (
+                f"<details><summary>{spans} spans</summary><pre>{html.escape(text)}</pre>"
+                f"<pre>{html.escape(commands)}</pre></details>"
+            )
+        else:
+            trace = "no spans stored"
+        cells = [f"<code>{html.escape(trial_id)}</code>", html.escape(str(record.get("status"))), score_text]
+        cells += [html.escape(error), trace]
+        return "<tr>" + "".join(f"<td {_CELL}>{cell}</td>" for cell in cells) + "</tr>"
+
+    def _trace_texts(self, trial_ids: list[str]) -> dict[str, tuple[int, str]]:
+        """Return (span count, rendered tree) per trial, reading the spans of all of them in one query."""
+        from dspex_lab.trace import Span, TraceTree
+
+        if not trial_ids or self.journal is None:
+            return {}
+        frame = self.journal.sql(
+            "SELECT * EXCLUDE (experiment_id) FROM spans WHERE experiment_id = ? AND list_contains(?, trace_id)",
+            [self.experiment_id, trial_ids],
+        )
+        frame = frame.astype(object).where(frame.notna(), None)
+        spans: dict[str, list[Span]] = {}
+        for row in frame.to_dict("records"):
+            span = Span.from_row(row)
+            spans.setdefault(span.trace_id, []).append(span)
+        texts = {}
+        for trial_id, trial_spans in spans.items():
+            lines = TraceTree.from_spans(trial_spans).to_text(width=110).splitlines()
+            if len(lines) > _TRACE_LINES:
+                lines = [*lines[:_TRACE_LINES], f"… {len(lines) - _TRACE_LINES} more lines: open the full trace below"]
+            texts[trial_id] = (len(trial_spans), "\n".join(lines))
+        return texts
 
     def scores(self) -> np.ndarray:
         """Return per-example scores as an array (example order)."""
