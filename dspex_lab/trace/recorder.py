@@ -40,6 +40,7 @@ __all__ = [
     "decision",
     "evaluation",
     "metric",
+    "new_span_id",
     "span",
 ]
 
@@ -230,7 +231,7 @@ def _open_span(
     owns_collector = False
     parent_id: str | None = None
     if root:
-        collector = TraceCollector(trace_id or _new_id())
+        collector = TraceCollector(trace_id or new_span_id())
         owns_collector = True
     elif collector is None:
         if scope is not None and (trace_id is None or trace_id == scope.collector.trace_id):
@@ -242,7 +243,7 @@ def _open_span(
                 parent_id = active
             else:
                 # Outside any trace: this span starts a trace of its own.
-                collector = TraceCollector(trace_id or _new_id())
+                collector = TraceCollector(trace_id or new_span_id())
                 owns_collector = True
     elif scope is not None and scope.collector is collector:
         parent_id = _parent_under(scope, active)
@@ -251,7 +252,7 @@ def _open_span(
     else:
         parent_id = collector.root_id
 
-    span_id = _new_id()
+    span_id = new_span_id()
     if owns_collector:
         collector.root_id = span_id
     stored = dict(scrub(dict(attributes))) if attributes else {}
@@ -322,7 +323,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_ids_after_fork)
 
 
-def _new_id() -> str:
+def new_span_id() -> str:
+    """Return a new span (or call) id, unique across processes writing one journal."""
     return f"{_id_prefix}{next(_id_counter):016x}"
 
 

@@ -1,7 +1,8 @@
-"""Span capture from DSPy callbacks: nesting, attribution under threads, decisions, LM details."""
+"""Span capture, registered as a DSPy callback and by direct dispatch: nesting, threads, decisions, LM details."""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import json
@@ -18,6 +19,7 @@ from dspex_lab.trace import (
     TraceTree,
     current_collector,
     decision,
+    dispatch,
     evaluation,
     metric,
     span,
@@ -50,9 +52,26 @@ def recorder() -> SpanRecorder:
     return SpanRecorder()
 
 
-def test_predict_nesting(recorder: SpanRecorder) -> None:
+@pytest.fixture(params=["callbacks", "direct"])
+def capturing(request):
+    """Hand DSPy's calls to the recorder as a registered callback, or by direct dispatch: the trees must agree."""
+
+    @contextlib.contextmanager
+    def enter(recorder: SpanRecorder, **settings):
+        if request.param == "callbacks":
+            with dspy.context(callbacks=[recorder], **settings):
+                yield
+        else:
+            assert dispatch.install()
+            with dspy.context(**settings), dispatch.direct(recorder):
+                yield
+
+    return enter
+
+
+def test_predict_nesting(recorder: SpanRecorder, capturing) -> None:
     predict = dspy.Predict("question -> answer")
-    with dspy.context(lm=lab_lm(), callbacks=[recorder]), recorder.trial("t-predict") as collector:
+    with capturing(recorder, lm=lab_lm()), recorder.trial("t-predict") as collector:
         predict(question="What is 2 + 3?")
     assert_well_formed(collector.spans, "t-predict")
     assert shape(TraceTree.from_spans(collector.spans)) == [
@@ -64,9 +83,9 @@ def test_predict_nesting(recorder: SpanRecorder) -> None:
     ]
 
 
-def test_chain_of_thought_nesting_and_lm_details(recorder: SpanRecorder) -> None:
+def test_chain_of_thought_nesting_and_lm_details(recorder: SpanRecorder, capturing) -> None:
     program = dspy.ChainOfThought("question -> answer")
-    with dspy.context(lm=lab_lm(temperature=0.7), callbacks=[recorder]), recorder.trial("t-cot") as collector:
+    with capturing(recorder, lm=lab_lm(temperature=0.7)), recorder.trial("t-cot") as collector:
         program(question="What is 4 + 4?")
     assert_well_formed(collector.spans, "t-cot")
     tree = TraceTree.from_spans(collector.spans)
@@ -103,8 +122,8 @@ class TwoStep(dspy.Module):
         return self.refine(question=question, draft=draft)
 
 
-def test_custom_multi_module_program(recorder: SpanRecorder) -> None:
-    with dspy.context(lm=lab_lm(), callbacks=[recorder]), recorder.trial("t-two") as collector:
+def test_custom_multi_module_program(recorder: SpanRecorder, capturing) -> None:
+    with capturing(recorder, lm=lab_lm()), recorder.trial("t-two") as collector:
         TwoStep()(question="What is 1 + 1?")
     assert_well_formed(collector.spans, "t-two")
     assert shape(TraceTree.from_spans(collector.spans)) == [
@@ -127,14 +146,14 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-def test_react_with_a_python_tool_on_a_scripted_lm(recorder: SpanRecorder) -> None:
+def test_react_with_a_python_tool_on_a_scripted_lm(recorder: SpanRecorder, capturing) -> None:
     answers = [
         {"next_thought": "Use the tool.", "next_tool_name": "add", "next_tool_args": {"a": 2, "b": 3}},
         {"next_thought": "Done.", "next_tool_name": "finish", "next_tool_args": {}},
         {"reasoning": "The tool said 5.", "answer": "5"},
     ]
     react = dspy.ReAct("question -> answer", tools=[add], max_iters=4)
-    with dspy.context(lm=DummyLM(answers), callbacks=[recorder]), recorder.trial("t-react") as collector:
+    with capturing(recorder, lm=DummyLM(answers)), recorder.trial("t-react") as collector:
         result = react(question="What is 2 + 3?")
     assert result.answer == "5"
     assert_well_formed(collector.spans, "t-react")
@@ -155,9 +174,9 @@ def test_react_with_a_python_tool_on_a_scripted_lm(recorder: SpanRecorder) -> No
     assert tool.status == "ok"
 
 
-def test_react_on_the_lab_lm_terminates_and_records_tool_errors(recorder: SpanRecorder) -> None:
+def test_react_on_the_lab_lm_terminates_and_records_tool_errors(recorder: SpanRecorder, capturing) -> None:
     react = dspy.ReAct("question -> answer", tools=[add], max_iters=3)
-    with dspy.context(lm=lab_lm(), callbacks=[recorder]), recorder.trial("t-react-lab") as collector:
+    with capturing(recorder, lm=lab_lm()), recorder.trial("t-react-lab") as collector:
         react(question="What is 2 + 3?")
     assert_well_formed(collector.spans, "t-react-lab")
     tools = [item for item in collector.spans if item.kind == "tool"]
@@ -175,10 +194,10 @@ def run_trial(recorder: SpanRecorder, program: dspy.Module, *, index: int):
     return collector
 
 
-def test_concurrent_trials_never_mix(recorder: SpanRecorder) -> None:
+def test_concurrent_trials_never_mix(recorder: SpanRecorder, capturing) -> None:
     program = TwoStep()
     # A little simulated latency makes the threads' calls overlap rather than run one after another.
-    with dspy.context(lm=lab_lm(latency=0.002), callbacks=[recorder]), ThreadPoolExecutor(max_workers=8) as pool:
+    with capturing(recorder, lm=lab_lm(latency=0.002)), ThreadPoolExecutor(max_workers=8) as pool:
         futures = [
             pool.submit(contextvars.copy_context().run, functools.partial(run_trial, recorder, program, index=index))
             for index in range(64)
@@ -200,7 +219,7 @@ def test_concurrent_trials_never_mix(recorder: SpanRecorder) -> None:
         assert tree.roots[0].children[0].children[0].span.name == "TwoStep"
 
 
-def test_dspy_parallel_workers_are_attributed_through_the_active_call(recorder: SpanRecorder) -> None:
+def test_dspy_parallel_workers_are_attributed_through_the_active_call(recorder: SpanRecorder, capturing) -> None:
     class FanOut(dspy.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -211,7 +230,7 @@ def test_dspy_parallel_workers_are_attributed_through_the_active_call(recorder: 
             parallel = dspy.Parallel(num_threads=4, disable_progress_bar=True)
             return parallel([(self.predict, {"question": question}) for question in questions])
 
-    with dspy.context(lm=lab_lm(), callbacks=[recorder]), recorder.trial("t-parallel") as collector:
+    with capturing(recorder, lm=lab_lm()), recorder.trial("t-parallel") as collector:
         FanOut()(questions=[f"q{index}" for index in range(6)])
     assert_well_formed(collector.spans, "t-parallel")
     tree = TraceTree.from_spans(collector.spans)
@@ -220,7 +239,7 @@ def test_dspy_parallel_workers_are_attributed_through_the_active_call(recorder: 
     assert [child.span.name for child in fan_out.children] == ["Predict"] * 6
 
 
-def test_decision_contains_dspy_spans_and_nests_inside_modules(recorder: SpanRecorder) -> None:
+def test_decision_contains_dspy_spans_and_nests_inside_modules(recorder: SpanRecorder, capturing) -> None:
     class Deciding(dspy.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -230,7 +249,7 @@ def test_decision_contains_dspy_spans_and_nests_inside_modules(recorder: SpanRec
             with decision("pick prompt", rationale="inside a module"):
                 return self.predict(question=question)
 
-    with dspy.context(lm=lab_lm(), callbacks=[recorder]), recorder.trial("t-decision") as collector:
+    with capturing(recorder, lm=lab_lm()), recorder.trial("t-decision") as collector:
         with decision("step 1", rationale="baseline first", values={"temperature": 0.0}):
             Deciding()(question="hi")
         with evaluation("dev score") as handle:
@@ -251,8 +270,8 @@ def test_decision_contains_dspy_spans_and_nests_inside_modules(recorder: SpanRec
     assert step.json_attributes == {"rationale": "baseline first", "values": {"temperature": 0.0}}
 
 
-def test_decision_outside_a_trial_starts_its_own_trace(recorder: SpanRecorder) -> None:
-    with dspy.context(lm=lab_lm(), callbacks=[recorder]):
+def test_decision_outside_a_trial_starts_its_own_trace(recorder: SpanRecorder, capturing) -> None:
+    with capturing(recorder, lm=lab_lm()):
         with decision("optimizer step 3", trace_id="optimizer-run-1", rationale="explore") as handle:
             assert current_collector() is handle.collector
             dspy.Predict("question -> answer")(question="x")
@@ -267,20 +286,20 @@ def test_decision_outside_a_trial_starts_its_own_trace(recorder: SpanRecorder) -
     assert current_collector() is None
 
 
-def test_calls_outside_any_trial_are_ignored(recorder: SpanRecorder) -> None:
-    with dspy.context(lm=lab_lm(), callbacks=[recorder]):
+def test_calls_outside_any_trial_are_ignored(recorder: SpanRecorder, capturing) -> None:
+    with capturing(recorder, lm=lab_lm()):
         dspy.Predict("question -> answer")(question="untraced")
         with recorder.trial("t-after") as collector:
             pass
     assert [item.kind for item in collector.spans] == ["trial"]
 
 
-def test_errors_are_recorded_and_the_trial_still_closes(recorder: SpanRecorder) -> None:
+def test_errors_are_recorded_and_the_trial_still_closes(recorder: SpanRecorder, capturing) -> None:
     failing = lab_lm(error_rate=1.0)
     seen = []
     recorder.on_trace = seen.append
     with (
-        dspy.context(lm=failing, callbacks=[recorder]),
+        capturing(recorder, lm=failing),
         pytest.raises(Exception),  # noqa: B017 - any provider error will do
         recorder.trial("t-error") as collector,
     ):
@@ -293,8 +312,8 @@ def test_errors_are_recorded_and_the_trial_still_closes(recorder: SpanRecorder) 
     assert collector.closed
 
 
-def test_unfinished_calls_are_closed_with_the_trial(recorder: SpanRecorder) -> None:
-    with dspy.context(callbacks=[recorder]), recorder.trial("t-unfinished") as collector:
+def test_unfinished_calls_are_closed_with_the_trial(recorder: SpanRecorder, capturing) -> None:
+    with capturing(recorder), recorder.trial("t-unfinished") as collector:
         # A call that started and never ended, as when a timed-out worker is abandoned.
         recorder.on_module_start("abandoned-call", dspy.Predict("a -> b"), {"args": (), "kwargs": {"a": "1"}})
     recorder.on_module_end("abandoned-call", None)  # too late: ignored
@@ -303,12 +322,12 @@ def test_unfinished_calls_are_closed_with_the_trial(recorder: SpanRecorder) -> N
     assert len(collector.spans) == 2
 
 
-def test_cache_hits_are_marked(recorder: SpanRecorder) -> None:
+def test_cache_hits_are_marked(recorder: SpanRecorder, capturing) -> None:
     lm = lab_lm(cache=True)
     predict = dspy.Predict("question -> answer")
     # DSPy's cache outlives the test run, so the first call must ask something never asked before.
     question = f"cache probe {uuid.uuid4().hex}"
-    with dspy.context(lm=lm, callbacks=[recorder]):
+    with capturing(recorder, lm=lm):
         with recorder.trial("first") as first:
             predict(question=question)
         with recorder.trial("second") as second:

@@ -1,5 +1,8 @@
 """Traced evaluations: spans streamed into the journal per trial, read back as trees and in the CLI."""
 
+import dspy
+from dspy.utils.callback import BaseCallback
+
 import dspex_lab as dx
 from dspex_lab.cli import main
 
@@ -95,3 +98,22 @@ def test_dspex_trace_exports_otlp_for_a_trial_and_an_experiment(journal_path, tm
     assert count(whole) == 5 * count(single) and count(single) >= 6
     trace_ids = {span["traceId"] for r in whole["resourceSpans"] for s in r["scopeSpans"] for span in s["spans"]}
     assert len(trace_ids) == 5
+
+
+def test_traced_runs_keep_a_users_own_dspy_callback_working(journal_path):
+    class Counting(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm_calls = 0
+
+        def on_lm_start(self, call_id, instance, inputs) -> None:
+            self.lm_calls += 1
+
+    user = Counting()
+    problems = dx.Dataset(dx.datasets.arithmetic(12, seed=5), name="with-callback")
+    with dspy.context(callbacks=[user]), dx.Context(journal=journal_path, threads=4):
+        result = dx.evaluate(COT, problems, metric=dx.metrics.exact_match, progress=False, trace=True)
+    assert user.lm_calls == 12
+    spans = dx.open_journal(journal_path).spans(result.experiment_id)
+    assert sum(item.kind == "lm" for item in spans) == 12
+    assert {item.trace_id for item in spans} == set(result.table()["trial_id"])
