@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -17,7 +18,7 @@ from dspy.utils.usage_tracker import UsageTracker
 
 from dspex_lab.errors import TrialTimeoutError
 from dspex_lab.lm import current_rollout, lm_cost
-from dspex_lab.trace import SpanRecorder
+from dspex_lab.trace import SpanRecorder, dispatch
 from dspex_lab.trace import metric as metric_span
 
 __all__ = ["RetryPolicy", "TrialResult", "TrialRunner", "TrialTask", "is_transient", "to_json_value"]
@@ -180,6 +181,9 @@ class TrialRunner:
         self.lm = lm
         self.retry = retry
         self.recorder = recorder
+        # The recorder is handed DSPy's calls directly when this DSPy allows it (see dspex_lab.trace.dispatch);
+        # registering it as a DSPy callback instead would double a zero-latency trial's cost.
+        self._direct = recorder is not None and dispatch.install()
 
     def __call__(self, task: TrialTask, *, attempt: int = 1) -> TrialResult:
         """Run ``task``; with a recorder, capture its span tree; never raise for a trial's own failure."""
@@ -193,6 +197,11 @@ class TrialRunner:
                 collector.root.fail(f"{result.error_type}: {result.error_message}")
         return replace(result, spans=tuple(collector.spans))
 
+    def _recording(self) -> contextlib.AbstractContextManager[Any]:
+        if self.recorder is None or not self._direct:
+            return contextlib.nullcontext()
+        return dispatch.direct(self.recorder)
+
     def _run(self, task: TrialTask, *, attempt: int) -> TrialResult:
         started = time.time()
         clock = time.perf_counter()
@@ -200,12 +209,12 @@ class TrialRunner:
         overrides: dict[str, Any] = {"usage_tracker": tracker}
         if self.lm is not None:
             overrides["lm"] = self.lm
-        if self.recorder is not None:
+        if self.recorder is not None and not self._direct:
             overrides["callbacks"] = [*(dspy.settings.callbacks or []), self.recorder]
         stage = "program"
         while True:
             try:
-                with dspy.context(**overrides), current_rollout(task.repeat):
+                with dspy.context(**overrides), current_rollout(task.repeat), self._recording():
                     prediction = self.module(**task.example.inputs())
                 stage = "metric"
                 if self.recorder is None:
