@@ -153,6 +153,8 @@ def mask_text(text: str) -> str:
     Returns:
         The same string object when nothing matched, else a masked copy.
     """
+    if not _text_needs_masking(text):
+        return text
     if any(hint in text for hint in _value_hints):
         text = _value_regex.sub(REDACTED, text)
     extra = _extra_value_regex

@@ -10,14 +10,14 @@ redacted once more, only when read: :attr:`Span.json_attributes`,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
 from collections.abc import Mapping
-from functools import cached_property
 from typing import Any
 
-from dspex_lab.trace.redaction import redact
+from dspex_lab.trace.redaction import REDACTED, is_secret_key, mask_text
 
 __all__ = ["SPAN_KINDS", "SPAN_STATUSES", "Span", "now_ns", "to_jsonable"]
 
@@ -30,6 +30,9 @@ SPAN_STATUSES = frozenset({"ok", "error"})
 # durations that never go negative when the system clock is adjusted mid-trial.
 _WALL_ANCHOR_NS = time.time_ns()
 _MONOTONIC_ANCHOR_NS = time.perf_counter_ns()
+
+# One encoder for every row: json.dumps builds a new encoder on each call that passes options.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, allow_nan=False)
 
 _MAXIMUM_DEPTH = 16
 _MAXIMUM_REPR = 2000
@@ -115,10 +118,16 @@ class Span:
         """Return the span's length in nanoseconds."""
         return self.end_ns - self.start_ns
 
-    @cached_property
+    @property
     def json_attributes(self) -> dict[str, Any]:
         """Return the attributes as redacted, JSON-ready values (computed once, on first read)."""
-        return redact(to_jsonable(dict(self.attributes)))
+        # Cached by hand: functools.cached_property takes a lock shared by every Span on each read (Python 3.11),
+        # which the journal writer and the threads building spans would contend for.
+        cached = self.__dict__.get("_json_attributes")
+        if cached is None:
+            cached = _jsonable(self.attributes, 0, redacting=True)
+            self.__dict__["_json_attributes"] = cached
+        return cached
 
     def to_row(self) -> dict[str, Any]:
         """Flatten the span into a row of scalars, with the attributes as one JSON string.
@@ -135,7 +144,7 @@ class Span:
             "start_ns": self.start_ns,
             "end_ns": self.end_ns,
             "status": self.status,
-            "attributes": json.dumps(self.json_attributes, ensure_ascii=False, sort_keys=True, allow_nan=False),
+            "attributes": _ENCODER.encode(self.json_attributes),
             "error": self.error,
         }
 
@@ -181,26 +190,41 @@ def to_jsonable(value: Any) -> Any:
     Returns:
         The JSON-ready value.
     """
-    return _jsonable(value, 0)
+    return _jsonable(value, 0, redacting=False)
 
 
-def _jsonable(value: Any, depth: int) -> Any:
-    if value is None or isinstance(value, (str, bool, int)):
+def _jsonable(value: Any, depth: int, *, redacting: bool) -> Any:
+    # One pass builds the JSON value and, when ``redacting``, masks secrets in it (keys naming secrets,
+    # key-shaped strings, and the reprs of objects that have no JSON form). Exact types are tested first: this
+    # runs for every value of every span, and isinstance against Mapping (an ABC) is slow for a non-mapping.
+    kind = type(value)
+    if kind is str:
+        return mask_text(value) if redacting else value
+    if value is None or kind is int or kind is bool:
         return value
-    if isinstance(value, float):
+    if kind is float:
         # JSON has no NaN or infinities; keep them readable instead of failing the whole row.
         return value if math.isfinite(value) else str(value)
-    if depth >= _MAXIMUM_DEPTH:
-        return _short_repr(value)
-    if isinstance(value, Mapping):
-        return {str(key): _jsonable(item, depth + 1) for key, item in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(item, depth + 1) for item in value]
+    if depth >= _MAXIMUM_DEPTH and kind in _CONTAINERS:
+        return _short_repr(value, redacting=redacting)
+    if kind is dict:
+        return _mapping(value, depth, redacting=redacting)
+    if kind is list or kind is tuple:
+        return [_jsonable(item, depth + 1, redacting=redacting) for item in value]
     if isinstance(value, type):
-        signature = getattr(value, "signature", None)
-        if isinstance(signature, str):
-            return signature
-        return f"{value.__module__}.{value.__qualname__}"
+        return _type_text(value)
+    if isinstance(value, str):
+        return mask_text(str(value)) if redacting else str(value)
+    if isinstance(value, (bool, int)):
+        return int(value) if not isinstance(value, bool) else bool(value)
+    if isinstance(value, float):
+        return _jsonable(float(value), depth, redacting=redacting)
+    if depth >= _MAXIMUM_DEPTH:
+        return _short_repr(value, redacting=redacting)
+    if isinstance(value, Mapping):
+        return _mapping(value, depth, redacting=redacting)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(item, depth + 1, redacting=redacting) for item in value]
     if isinstance(value, (bytes, bytearray)):
         return f"<{len(value)} bytes>"
     for method in ("toDict", "model_dump"):
@@ -210,15 +234,40 @@ def _jsonable(value: Any, depth: int) -> Any:
                 converted = converter(mode="json") if method == "model_dump" else converter()
             except Exception:  # a broken converter must not lose the whole span
                 break
-            return _jsonable(converted, depth + 1)
+            return _jsonable(converted, depth + 1, redacting=redacting)
     if dataclasses.is_dataclass(value):
-        return {field.name: _jsonable(getattr(value, field.name), depth + 1) for field in dataclasses.fields(value)}
-    return _short_repr(value)
+        fields = {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+        return _jsonable(fields, depth + 1, redacting=redacting)
+    return _short_repr(value, redacting=redacting)
 
 
-def _short_repr(value: Any) -> str:
+_CONTAINERS = frozenset({dict, list, tuple})
+
+
+def _mapping(value: Mapping[Any, Any], depth: int, *, redacting: bool) -> dict[str, Any]:
+    converted = {}
+    for key, item in value.items():
+        name = str(key)
+        if redacting and is_secret_key(name):
+            converted[name] = REDACTED
+        else:
+            converted[name] = _jsonable(item, depth + 1, redacting=redacting)
+    return converted
+
+
+@functools.lru_cache(maxsize=1024)
+def _type_text(value: type) -> str:
+    # A DSPy Signature class reads as "inputs -> outputs"; DSPy recomputes that string on every access.
+    signature = getattr(value, "signature", None)
+    if isinstance(signature, str):
+        return signature
+    return f"{value.__module__}.{value.__qualname__}"
+
+
+def _short_repr(value: Any, *, redacting: bool) -> str:
     try:
         text = repr(value)
     except Exception:  # repr of arbitrary user objects can raise
         text = f"<{type(value).__name__}>"
-    return text if len(text) <= _MAXIMUM_REPR else text[:_MAXIMUM_REPR] + "..."
+    text = text if len(text) <= _MAXIMUM_REPR else text[:_MAXIMUM_REPR] + "..."
+    return mask_text(text) if redacting else text
