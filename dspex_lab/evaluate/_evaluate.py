@@ -8,6 +8,7 @@ import platform
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from importlib import metadata
 from typing import Any
 
@@ -173,6 +174,12 @@ def evaluate(
         "lm_state": _lm_state(context.lm),
     }
 
+    if trace and journal is None:
+        raise ExecutionError(
+            "trace=True stores each trial's span tree in the journal, and this evaluation has none: "
+            "give dx.Context a journal (a path, or the default instead of journal=False) to keep the traces"
+        )
+
     with journal.hold() if journal is not None else contextlib.nullcontext():
         experiment_id: str | None = None
         new_record: ExperimentRecord | None = None
@@ -225,7 +232,8 @@ def evaluate(
         run_id = experiment_id or "memory"
 
         def on_result(result: TrialResult) -> bool:
-            results.append(result)
+            # The spans now belong to the writer; keeping them here would hold every trial's prompts to the end.
+            results.append(replace(result, spans=()) if result.spans else result)
             row = result.to_row()
             rows.append(row)
             if result.status == "error":

@@ -1,6 +1,7 @@
 """Traced evaluations: spans streamed into the journal per trial, read back as trees and in the CLI."""
 
 import dspy
+import pytest
 from dspy.utils.callback import BaseCallback
 
 import dspex_lab as dx
@@ -117,3 +118,9 @@ def test_traced_runs_keep_a_users_own_dspy_callback_working(journal_path):
     spans = dx.open_journal(journal_path).spans(result.experiment_id)
     assert sum(item.kind == "lm" for item in spans) == 12
     assert {item.trace_id for item in spans} == set(result.table()["trial_id"])
+
+
+def test_tracing_without_a_journal_is_refused_before_running():
+    problems = dx.Dataset(dx.datasets.arithmetic(3, seed=6), name="no-journal")
+    with dx.Context(journal=False), pytest.raises(dx.errors.ExecutionError, match="trace=True stores"):
+        dx.evaluate(COT, problems, metric=dx.metrics.exact_match, progress=False, trace=True)
