@@ -9,7 +9,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import dspy
@@ -195,7 +195,10 @@ class TrialRunner:
             collector.root.set(status=result.status, score=result.score, error_type=result.error_type)
             if result.status == "error":
                 collector.root.fail(f"{result.error_type}: {result.error_message}")
-        return replace(result, spans=tuple(collector.spans))
+        # The result was built just above and is not shared yet: attaching the spans in place spares a
+        # dataclasses.replace (field introspection and a second validation) on every traced trial.
+        object.__setattr__(result, "spans", tuple(collector.spans))
+        return result
 
     def _recording(self) -> contextlib.AbstractContextManager[Any]:
         if self.recorder is None or not self._direct:

@@ -46,7 +46,6 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import dspy
@@ -169,13 +168,15 @@ def uninstall() -> None:
         _state["installed"] = False
 
 
-@contextmanager
-def direct(recorder: SpanRecorder) -> Iterator[None]:
+def direct(recorder: SpanRecorder) -> contextlib.AbstractContextManager[None]:
     """Dispatch DSPy calls made in this context straight to ``recorder`` (see the module docstring).
 
     Args:
         recorder: the recorder whose handlers receive the calls; it is not added to
             ``dspy.settings.callbacks``.
+
+    Returns:
+        The ``with`` block inside which calls are dispatched to ``recorder``.
 
     Raises:
         RuntimeError: when :func:`install` has not succeeded, since the calls would then go unrecorded.
@@ -185,8 +186,7 @@ def direct(recorder: SpanRecorder) -> Iterator[None]:
     bound = _bindings.get(recorder)
     if bound is None:
         bound = _bindings[recorder] = _Bound(recorder)
-    with dspy.context(**{_SETTING: bound}):
-        yield
+    return dspy.context(**{_SETTING: bound})
 
 
 def _other_callbacks(overrides: dict[str, Any], instance: Any) -> bool:

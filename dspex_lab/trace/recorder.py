@@ -20,6 +20,7 @@ there with no scope is attributed to the trace of that open parent call.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import itertools
 import os
@@ -135,7 +136,7 @@ class TraceCollector:
         Yields:
             A handle to add attributes while the span is open.
         """
-        with _open_span(self, name, kind=kind, attributes=attributes) as handle:
+        with _OpenSpan(self, name, kind=kind, attributes=attributes) as handle:
             yield handle
 
     def close(self) -> None:
@@ -214,78 +215,95 @@ class SpanHandle:
         self.attributes.update(scrub(attributes))
 
 
-@contextmanager
-def _open_span(
-    collector: TraceCollector | None,
-    name: str,
-    *,
-    kind: str,
-    attributes: Mapping[str, Any] | None,
-    trace_id: str | None = None,
-    root: bool = False,
-) -> Iterator[SpanHandle]:
-    if kind not in SPAN_KINDS:
-        raise ValueError(f"unknown span kind {kind!r}; choose one of {sorted(SPAN_KINDS)}")
-    active = ACTIVE_CALL_ID.get()
-    scope = _SCOPE.get()
-    owns_collector = False
-    parent_id: str | None = None
-    if root:
-        collector = TraceCollector(trace_id or new_span_id())
-        owns_collector = True
-    elif collector is None:
-        if scope is not None and (trace_id is None or trace_id == scope.collector.trace_id):
-            collector = scope.collector
-            parent_id = _parent_under(scope, active)
-        else:
-            collector = _collector_of_active_call(active) if trace_id is None else None
-            if collector is not None:
-                parent_id = active
-            else:
-                # Outside any trace: this span starts a trace of its own.
-                collector = TraceCollector(trace_id or new_span_id())
-                owns_collector = True
-    elif scope is not None and scope.collector is collector:
-        parent_id = _parent_under(scope, active)
-    elif active is not None and active in collector._pending:
-        parent_id = active
-    else:
-        parent_id = collector.root_id
+class _OpenSpan:
+    """The ``with`` block of one dspex span; ``__enter__`` returns its :class:`SpanHandle`.
 
-    span_id = new_span_id()
-    if owns_collector:
-        collector.root_id = span_id
-    stored = dict(scrub(dict(attributes))) if attributes else {}
-    handle = SpanHandle(collector, span_id, attributes=stored)
-    if owns_collector:
-        collector.root = handle
-    token = _SCOPE.set(_Scope(collector, span_id, call_id=active))
-    start = now_ns()
-    status, error = "ok", None
-    try:
-        yield handle
-    except BaseException as exception:
-        status, error = "error", _describe(exception)
-        raise
-    finally:
-        _SCOPE.reset(token)
+    A class rather than a generator-based context manager: trials open two of these each
+    (the trial and its metric), and a generator costs several times more to enter and leave.
+    """
+
+    __slots__ = ("attributes", "collector", "handle", "kind", "name", "owns", "parent_id", "root", "start", "token")
+
+    def __init__(
+        self,
+        collector: TraceCollector | None,
+        name: str,
+        *,
+        kind: str,
+        attributes: Mapping[str, Any] | None,
+        trace_id: str | None = None,
+        root: bool = False,
+    ) -> None:
+        if kind not in SPAN_KINDS:
+            raise ValueError(f"unknown span kind {kind!r}; choose one of {sorted(SPAN_KINDS)}")
+        self.name = name
+        self.kind = kind
+        self.attributes = attributes
+        self.collector = collector
+        self.root = root
+        self.owns = trace_id  # the trace id asked for, until __enter__ decides who owns the collector
+
+    def __enter__(self) -> SpanHandle:
+        collector, trace_id = self.collector, self.owns
+        active = ACTIVE_CALL_ID.get()
+        scope = _SCOPE.get()
+        owns_collector = False
+        parent_id: str | None = None
+        if self.root:
+            collector = TraceCollector(trace_id or new_span_id())
+            owns_collector = True
+        elif collector is None:
+            if scope is not None and (trace_id is None or trace_id == scope.collector.trace_id):
+                collector = scope.collector
+                parent_id = _parent_under(scope, active)
+            else:
+                collector = _collector_of_active_call(active) if trace_id is None else None
+                if collector is not None:
+                    parent_id = active
+                else:
+                    # Outside any trace: this span starts a trace of its own.
+                    collector = TraceCollector(trace_id or new_span_id())
+                    owns_collector = True
+        elif scope is not None and scope.collector is collector:
+            parent_id = _parent_under(scope, active)
+        elif active is not None and active in collector._pending:
+            parent_id = active
+        else:
+            parent_id = collector.root_id
+
+        span_id = new_span_id()
+        if owns_collector:
+            collector.root_id = span_id
+        stored = dict(scrub(dict(self.attributes))) if self.attributes else {}
+        handle = SpanHandle(collector, span_id, attributes=stored)
+        if owns_collector:
+            collector.root = handle
+        self.collector, self.owns, self.parent_id, self.handle = collector, owns_collector, parent_id, handle
+        self.token = _SCOPE.set(_Scope(collector, span_id, call_id=active))
+        self.start = now_ns()
+        return handle
+
+    def __exit__(self, kind: type[BaseException] | None, exception: BaseException | None, traceback: Any) -> None:
+        _SCOPE.reset(self.token)
+        handle, collector = self.handle, self.collector
+        status, error = ("ok", None) if exception is None else ("error", _describe(exception))
         if handle.failure is not None and status == "ok":
             status, error = "error", handle.failure
         collector.add(
-            Span(
+            Span.build(
                 collector.trace_id,
-                span_id,
-                parent_id=parent_id,
-                kind=kind,
-                name=name,
-                start_ns=start,
+                handle.span_id,
+                parent_id=self.parent_id,
+                kind=self.kind,
+                name=self.name,
+                start_ns=self.start,
                 end_ns=now_ns(),
                 status=status,
                 attributes=handle.attributes,
                 error=error,
             )
         )
-        if owns_collector:
+        if self.owns:
             collector.close()
 
 
@@ -338,14 +356,13 @@ def current_collector() -> TraceCollector | None:
     return None if scope is None else scope.collector
 
 
-@contextmanager
 def span(
     name: str,
     *,
     kind: str,
     attributes: Mapping[str, Any] | None = None,
     trace_id: str | None = None,
-) -> Iterator[SpanHandle]:
+) -> contextlib.AbstractContextManager[SpanHandle]:
     """Open a dspex span in the current trace; DSPy calls made inside it become its children.
 
     Outside any trace (and outside a traced DSPy call) the span starts a trace
@@ -359,11 +376,10 @@ def span(
         trace_id: the trace to open when none is current; when it differs from
             the current trace, a separate trace is started.
 
-    Yields:
-        A handle to add attributes while the span is open.
+    Returns:
+        A context manager whose ``with`` target is a handle to add attributes while the span is open.
     """
-    with _open_span(None, name, kind=kind, attributes=attributes, trace_id=trace_id) as handle:
-        yield handle
+    return _OpenSpan(None, name, kind=kind, attributes=attributes, trace_id=trace_id)
 
 
 @contextmanager
@@ -414,19 +430,19 @@ def evaluation(
         yield handle
 
 
-@contextmanager
-def metric(name: str = "metric", *, attributes: Mapping[str, Any] | None = None) -> Iterator[SpanHandle]:
+def metric(
+    name: str = "metric", *, attributes: Mapping[str, Any] | None = None
+) -> contextlib.AbstractContextManager[SpanHandle]:
     """Open a metric span in the current trace; set the score with ``handle.set(score=...)``.
 
     Args:
         name: the metric's name.
         attributes: initial attributes.
 
-    Yields:
-        A handle to add attributes while the span is open.
+    Returns:
+        A context manager whose ``with`` target is a handle to add attributes while the span is open.
     """
-    with span(name, kind="metric", attributes=attributes) as handle:
-        yield handle
+    return _OpenSpan(None, name, kind="metric", attributes=attributes)
 
 
 class SpanRecorder(BaseCallback):
@@ -469,7 +485,7 @@ class SpanRecorder(BaseCallback):
         collector: TraceCollector | None = None
         try:
             label = name or trace_id
-            opened = _open_span(None, label, kind="trial", attributes=attributes, trace_id=trace_id, root=True)
+            opened = _OpenSpan(None, label, kind="trial", attributes=attributes, trace_id=trace_id, root=True)
             with opened as handle:
                 collector = handle.collector
                 yield collector

@@ -238,13 +238,28 @@ def _needs_masking(value: Any, depth: int) -> bool:
         # Cannot vouch for what lies below, so let redact() cut it off.
         return isinstance(value, (dict, list, tuple))
     if isinstance(value, dict):
-        # A plain loop rather than any(generator): this runs for every captured value and generators cost more.
-        for key, item in value.items():  # noqa: SIM110
-            if is_secret_key(key) or _needs_masking(item, depth + 1):
+        # Plain loops with the common cases inlined (a string known to be clean, a scalar): this runs for
+        # every captured value, on the trial's own thread.
+        for key, item in value.items():
+            if isinstance(key, str) and _secret_key_cached(key):
+                return True
+            kind = type(item)
+            if kind is str:
+                if hash(item) in _clean_texts:
+                    continue
+                if _text_needs_masking(item):
+                    return True
+            elif kind not in _SCALARS and _needs_masking(item, depth + 1):
                 return True
         return False
     if isinstance(value, (list, tuple)):
         for item in value:
-            if _needs_masking(item, depth + 1):
+            kind = type(item)
+            if kind is str:
+                if hash(item) in _clean_texts:
+                    continue
+                if _text_needs_masking(item):
+                    return True
+            elif kind not in _SCALARS and _needs_masking(item, depth + 1):
                 return True
     return False
