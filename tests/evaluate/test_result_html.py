@@ -134,7 +134,9 @@ def test_untraced_results_have_no_trials_section(journal_path):
     with dx.Context(journal=journal_path, threads=2):
         plain = dx.evaluate(PREDICT, problems, metric=dx.metrics.exact_match, progress=False)
     with dx.Context(journal=False, threads=2):
-        memory = dx.evaluate(PREDICT, problems, metric=dx.metrics.exact_match, progress=False, trace=True)
+        memory = dx.evaluate(PREDICT, problems, metric=dx.metrics.exact_match, progress=False)
+        with pytest.raises(dx.errors.ExecutionError, match="trace=True stores"):
+            dx.evaluate(PREDICT, problems, metric=dx.metrics.exact_match, progress=False, trace=True)
     for result in (plain, memory):
         markup = result._repr_html_()
         assert "mean score" in markup and "<details>" not in markup and "Trials and their traces" not in markup
