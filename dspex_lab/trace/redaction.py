@@ -21,7 +21,16 @@ import re
 import threading
 from typing import Any
 
-__all__ = ["REDACTED", "SECRET_KEYS", "add_secret_pattern", "is_secret_key", "mask_text", "redact", "scrub"]
+__all__ = [
+    "REDACTED",
+    "SECRET_KEYS",
+    "add_secret_pattern",
+    "is_clean_text",
+    "is_secret_key",
+    "mask_text",
+    "redact",
+    "scrub",
+]
 
 REDACTED = "[REDACTED]"
 
@@ -89,7 +98,8 @@ _MAXIMUM_DEPTH = 24
 _SCALARS = frozenset({int, float, bool, type(None)})
 # Hashes of strings already scanned and found clean; cleared when full or when a value pattern is added.
 _clean_texts: set[int] = set()
-_CLEAN_TEXTS_LIMIT = 8192
+# Hashes of strings found clean; big enough to cover the strings of the trials between capture and storage.
+_CLEAN_TEXTS_LIMIT = 65536
 # Nesting this deep is not data anyone reads in a span; cutting it off also bounds the walk.
 _TOO_DEEP = "[too deep]"
 
@@ -161,6 +171,18 @@ def mask_text(text: str) -> str:
     if extra is not None:
         text = extra.sub(REDACTED, text)
     return text
+
+
+def is_clean_text(text: str) -> bool:
+    """Tell whether a string holds nothing to mask (remembered for strings seen before).
+
+    Args:
+        text: any string.
+
+    Returns:
+        True when :func:`mask_text` would return it unchanged.
+    """
+    return hash(text) in _clean_texts or not _text_needs_masking(text)
 
 
 def _text_needs_masking(text: str) -> bool:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from dspex_lab.trace.redaction import REDACTED, is_secret_key, mask_text
+from dspex_lab.trace.redaction import REDACTED, is_clean_text, is_secret_key, mask_text
 
 __all__ = ["SPAN_KINDS", "SPAN_STATUSES", "Span", "now_ns", "to_jsonable"]
 
@@ -208,6 +208,9 @@ def _jsonable(value: Any, depth: int, *, redacting: bool) -> Any:
     if depth >= _MAXIMUM_DEPTH and kind in _CONTAINERS:
         return _short_repr(value, redacting=redacting)
     if kind is dict:
+        if redacting and _plain(value, depth):
+            # Already JSON with nothing to mask (the common case): encoded as it is, not rebuilt.
+            return value
         return _mapping(value, depth, redacting=redacting)
     if kind is list or kind is tuple:
         return [_jsonable(item, depth + 1, redacting=redacting) for item in value]
@@ -242,6 +245,31 @@ def _jsonable(value: Any, depth: int, *, redacting: bool) -> Any:
 
 
 _CONTAINERS = frozenset({dict, list, tuple})
+
+
+def _plain(value: dict[Any, Any] | list[Any], depth: int) -> bool:
+    """Tell whether ``value`` is JSON already (string keys, plain values, no NaN) with no secret in it."""
+    if depth >= _MAXIMUM_DEPTH:
+        return False
+    items = value.items() if type(value) is dict else enumerate(value)
+    for key, item in items:
+        if type(value) is dict and (type(key) is not str or is_secret_key(key)):
+            return False
+        kind = type(item)
+        if kind is str:
+            if not is_clean_text(item):
+                return False
+        elif kind is int or kind is bool or item is None:
+            continue
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif kind is dict or kind is list:
+            if not _plain(item, depth + 1):
+                return False
+        else:
+            return False
+    return True
 
 
 def _mapping(value: Mapping[Any, Any], depth: int, *, redacting: bool) -> dict[str, Any]:
