@@ -81,7 +81,7 @@ class _Bound:
 # worker threads (plain context variables do not reach dspy.Parallel's workers).
 _SETTING = "dspex_lab_direct_recorder"
 
-# The methods DSPy decorates with ``with_callbacks``, by class, and the recorder handlers each one maps to.
+# The method names DSPy decorates with ``with_callbacks`` on modules, LMs, adapters, tools and Evaluate.
 _METHODS = ("__call__", "acall", "format", "parse")
 _MARK = "__dspex_direct__"
 _lock = threading.Lock()
