@@ -236,8 +236,33 @@ function render({ model, el: root }) {
     }
     detailPane.append(el("h4", null, `${detail.kind} · ${detail.name}`));
     detailPane.append(el("div", `dspex-status dspex-${detail.status}`, detail.error || detail.status));
-    const pre = el("pre", "dspex-attributes", JSON.stringify(detail.attributes, null, 2));
-    detailPane.append(pre);
+    // Prompts and completions read as text (newlines kept), one block per message; the rest stays JSON.
+    const attributes = { ...detail.attributes };
+    if (Array.isArray(attributes.messages)) {
+      for (const message of attributes.messages) {
+        const content = typeof message?.content === "string" ? message.content : JSON.stringify(message?.content, null, 2);
+        detailPane.append(textBlock("dspex-message", message?.role ?? "message", content));
+      }
+      delete attributes.messages;
+    }
+    if (attributes.completion !== undefined && attributes.completion !== null) {
+      const completions = Array.isArray(attributes.completion) ? attributes.completion : [attributes.completion];
+      completions.forEach((completion, index) => {
+        const text = typeof completion === "string" ? completion : JSON.stringify(completion, null, 2);
+        const title = completions.length > 1 ? `completion ${index + 1}` : "completion";
+        detailPane.append(textBlock("dspex-completion", title, text));
+      });
+      delete attributes.completion;
+    }
+    detailPane.append(el("div", "dspex-block-title", "attributes"));
+    detailPane.append(el("pre", "dspex-attributes", JSON.stringify(attributes, null, 2)));
+  }
+
+  function textBlock(className, title, text) {
+    const block = el("div", `dspex-block ${className}`);
+    block.dataset.title = title;
+    block.append(el("div", "dspex-block-title", title), el("pre", "dspex-text", text));
+    return block;
   }
 
   model.on("change:trials", drawTrials);

@@ -246,8 +246,13 @@ def test_jupyterlab_shows_the_trace_viewer_and_it_answers_clicks(lab_server: Lab
             attributes = json.loads(viewer.locator(".dspex-detail .dspex-attributes").inner_text())
             question = next(example.question for example in PROBLEMS if example.id == example_id)
             assert attributes["model"] == "lab/small"
-            assert any(question in message["content"] for message in attributes["messages"])
-            assert "[[ ## answer ## ]]" in attributes["completion"][0]
+            # Prompts and completions are shown as text blocks, one per message, newlines kept.
+            messages = viewer.locator(".dspex-detail .dspex-message")
+            assert [messages.nth(i).get_attribute("data-title") for i in range(messages.count())] == ["system", "user"]
+            assert question in messages.nth(1).locator(".dspex-text").inner_text()
+            completion = viewer.locator(".dspex-detail .dspex-completion .dspex-text").inner_text()
+            # Real line breaks around DSPy's field markers, not JSON's escaped ones.
+            assert "\n[[ ## answer ## ]]\n" in completion and "\\n" not in completion
 
             # The tree's expansion is drawn by the front end alone: ask the kernel what it received.
             state_output = cells.nth(2).locator(".jp-OutputArea-output")
