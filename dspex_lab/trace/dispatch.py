@@ -194,10 +194,11 @@ def _other_callbacks(overrides: dict[str, Any], instance: Any) -> bool:
     # and Module.__getattribute__ on every call.
     if overrides.get("callbacks", _main_config.get("callbacks")):
         return True
-    try:
-        return bool(vars(instance).get("callbacks"))
-    except TypeError:  # an instance without __dict__
-        return bool(getattr(instance, "callbacks", None))
+    own = getattr(instance, "__dict__", None)
+    if own is not None and "callbacks" in own:
+        return bool(own["callbacks"])
+    # No instance attribute (a class-level list, or an __init__ that did not set one): ask as DSPy does.
+    return bool(getattr(instance, "callbacks", None))
 
 
 def _through_dspy(recorder: SpanRecorder) -> contextlib.AbstractContextManager[None]:

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import json
 from collections import Counter
-from typing import Any
+from typing import Any, ClassVar
 
 import dspy
 import pytest
@@ -244,3 +244,25 @@ def test_async_trials_under_gather_keep_their_own_trees(mode: str) -> None:
         for item in spans:
             if item.kind == "lm":
                 assert f"Question number {index}:" in json.dumps(item.json_attributes["messages"])
+
+
+def test_instance_and_class_level_callbacks_are_honoured() -> None:
+    user = CountingCallback()
+
+    class Noted(dspy.Predict):
+        callbacks: ClassVar[list] = [user]  # shadowed by Module.__init__'s instance list unless removed
+
+    predict = Noted("question -> answer")
+    del predict.__dict__["callbacks"]  # leave only the class-level list, which DSPy's dispatch also reads
+    recorder = SpanRecorder()
+    with dspy.context(lm=lab_lm()), dispatch.direct(recorder), recorder.trial("t") as collector:
+        predict(question="What is 4 + 1?")
+    assert user.starts["module"] == 1
+    assert [item.kind for item in collector.spans] == ["trial", "module", "adapter_format", "lm", "adapter_parse"]
+
+    instance_level, own = CountingCallback(), dspy.Predict("question -> answer", callbacks=[])
+    own.callbacks = [instance_level]
+    with dspy.context(lm=lab_lm()), dispatch.direct(recorder), recorder.trial("t2") as collector:
+        own(question="What is 4 + 2?")
+    assert instance_level.starts["module"] == 1
+    assert [item.kind for item in collector.spans] == ["trial", "module", "adapter_format", "lm", "adapter_parse"]
