@@ -340,14 +340,8 @@ class EvaluationResult:
 
         if not trial_ids or self.journal is None:
             return {}
-        frame = self.journal.sql(
-            "SELECT * EXCLUDE (experiment_id) FROM spans WHERE experiment_id = ? AND list_contains(?, trace_id)",
-            [self.experiment_id, trial_ids],
-        )
-        frame = frame.astype(object).where(frame.notna(), None)
         spans: dict[str, list[Span]] = {}
-        for row in frame.to_dict("records"):
-            span = Span.from_row(row)
+        for span in self.journal.spans(self.experiment_id, trial_ids):
             spans.setdefault(span.trace_id, []).append(span)
         texts = {}
         for trial_id, trial_spans in spans.items():

@@ -33,8 +33,6 @@ _SORTS = ("error", "score", "trial")
 # opening all their ancestors would draw most of the trial. The other matches are still marked.
 _OPENED_MATCHES = 50
 
-_SPAN_COLUMNS = ("span_id", "parent_id", "kind", "name", "start_ns", "end_ns", "status", "error", "attributes")
-
 
 def _front_end_file(name: str) -> Path:
     """Return the path of one of the widget's front-end files, packaged or in a source checkout.
@@ -77,11 +75,6 @@ class _SpanRow(NamedTuple):
 
     def haystack(self) -> str:
         return f"{self.kind} {self.name} {self.error or ''} {self.attributes}".casefold()
-
-
-def _text_or_none(value: Any) -> str | None:
-    # pandas reads a SQL NULL in a text column as NaN (or None, depending on the column's dtype).
-    return value if isinstance(value, str) else None
 
 
 class TraceViewer(anywidget.AnyWidget):
@@ -149,29 +142,21 @@ class TraceViewer(anywidget.AnyWidget):
         self.selected_trial = trial_id or str(frame["trial_id"].iloc[0])
 
     def _read_spans(self, trial_id: str) -> list[_SpanRow]:
-        # Read as columns, not through journal.spans: building a Span (and parsing its attributes) for each of
+        # Stored rows rather than journal.spans: building a Span (and parsing its attributes) for each of
         # 10,000 spans costs most of a trial's load, and only the selected span's attributes are ever shown.
-        frame = self._journal.sql(
-            f"""SELECT {", ".join(_SPAN_COLUMNS)} FROM spans WHERE experiment_id = ? AND trace_id = ?
-                ORDER BY start_ns, end_ns DESC, span_id""",
-            [self._experiment_id, trial_id],
-        )
-        columns = [frame[column].tolist() for column in _SPAN_COLUMNS]
         return [
             _SpanRow(
-                span_id,
-                _text_or_none(parent_id),
-                kind,
-                name,
-                int(start_ns),
-                int(end_ns),
-                _text_or_none(status) or "ok",
-                _text_or_none(error),
-                _text_or_none(attributes) or "{}",
+                row["span_id"],
+                row["parent_id"],
+                row["kind"],
+                row["name"],
+                int(row["start_ns"]),
+                int(row["end_ns"]),
+                row["status"] or "ok",
+                row["error"],
+                row["attributes"] or "{}",
             )
-            for span_id, parent_id, kind, name, start_ns, end_ns, status, error, attributes in zip(
-                *columns, strict=True
-            )
+            for row in self._journal.span_rows(self._experiment_id, trial_id)
         ]
 
     @traitlets.observe("selected_trial")
