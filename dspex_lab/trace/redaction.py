@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
@@ -260,28 +261,25 @@ def _needs_masking(value: Any, depth: int) -> bool:
         # Cannot vouch for what lies below, so let redact() cut it off.
         return isinstance(value, (dict, list, tuple))
     if isinstance(value, dict):
-        # Plain loops with the common cases inlined (a string known to be clean, a scalar): this runs for
-        # every captured value, on the trial's own thread.
-        for key, item in value.items():
+        for key in value:
             if isinstance(key, str) and _secret_key_cached(key):
                 return True
-            kind = type(item)
-            if kind is str:
-                if hash(item) in _clean_texts:
-                    continue
-                if _text_needs_masking(item):
-                    return True
-            elif kind not in _SCALARS and _needs_masking(item, depth + 1):
-                return True
-        return False
+        return _any_needs_masking(value.values(), depth)
     if isinstance(value, (list, tuple)):
-        for item in value:
-            kind = type(item)
-            if kind is str:
-                if hash(item) in _clean_texts:
-                    continue
-                if _text_needs_masking(item):
-                    return True
-            elif kind not in _SCALARS and _needs_masking(item, depth + 1):
+        return _any_needs_masking(value, depth)
+    return False
+
+
+def _any_needs_masking(items: Iterable[Any], depth: int) -> bool:
+    # A plain loop with the common cases inlined (a string known to be clean, a scalar): this runs for every
+    # captured value, on the trial's own thread.
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            if hash(item) in _clean_texts:
+                continue
+            if _text_needs_masking(item):
                 return True
+        elif kind not in _SCALARS and _needs_masking(item, depth + 1):
+            return True
     return False
