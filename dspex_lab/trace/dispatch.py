@@ -207,14 +207,29 @@ def _through_dspy(recorder: SpanRecorder) -> contextlib.AbstractContextManager[N
     return dspy.context(**{_SETTING: None, "callbacks": callbacks})
 
 
-def _start(bound: _Bound, kind: str, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+def _binding(instance: Any) -> tuple[_Bound | None, bool]:
+    """Return the recorder bound to this context (None: call DSPy as is) and whether DSPy must dispatch."""
+    overrides = _thread_overrides.get()
+    bound = overrides.get(_SETTING)
+    return bound, bound is not None and _other_callbacks(overrides, instance)
+
+
+def _start(bound: _Bound, kind: str, instance: Any, inputs: dict[str, Any]) -> tuple[str, str | None]:
+    """Hand a call's start to the recorder and make it the active call; return its id and the previous one."""
+    call_id = new_span_id()
     try:
         bound.handlers[kind][0](call_id=call_id, instance=instance, inputs=inputs)
     except Exception as error:  # as in DSPy: a failing callback is logged, never fails the call
         logger.warning("span recorder failed on the start of a %s call: %s", kind, error)
+    # Set after the start handler, as DSPy does: the handler reads the caller's id as the parent.
+    parent = ACTIVE_CALL_ID.get()
+    ACTIVE_CALL_ID.set(call_id)
+    return call_id, parent
 
 
-def _end(bound: _Bound, kind: str, call_id: str, outputs: Any, exception: BaseException | None) -> None:
+def _end(bound: _Bound, kind: str, call: tuple[str, str | None], outputs: Any, exception: BaseException | None) -> None:
+    call_id, parent = call
+    ACTIVE_CALL_ID.set(parent)
     try:
         bound.handlers[kind][1](call_id=call_id, outputs=outputs, exception=exception)
     except Exception as error:
@@ -222,6 +237,7 @@ def _end(bound: _Bound, kind: str, call_id: str, outputs: Any, exception: BaseEx
 
 
 def _wrap(decorated: Callable[..., Any], kind: str) -> Callable[..., Any]:
+    # The sync and async wrappers differ only in awaiting the call; everything else is in the helpers above.
     raw = inspect.unwrap(decorated, stop=lambda item: not _is_callback_wrapper(item))
     bind = _binder(raw)
 
@@ -229,17 +245,13 @@ def _wrap(decorated: Callable[..., Any], kind: str) -> Callable[..., Any]:
 
         @functools.wraps(decorated)
         async def dispatch_async(instance: Any, *args: Any, **kwargs: Any) -> Any:
-            overrides = _thread_overrides.get()
-            bound = overrides.get(_SETTING)
+            bound, through_dspy = _binding(instance)
             if bound is None:
                 return await decorated(instance, *args, **kwargs)
-            if _other_callbacks(overrides, instance):
+            if through_dspy:
                 with _through_dspy(bound.recorder):
                     return await decorated(instance, *args, **kwargs)
-            call_id = new_span_id()
-            _start(bound, kind, call_id, instance, bind(raw, instance, args, kwargs))
-            parent = ACTIVE_CALL_ID.get()
-            ACTIVE_CALL_ID.set(call_id)
+            call = _start(bound, kind, instance, bind(raw, instance, args, kwargs))
             outputs = exception = None
             try:
                 outputs = await raw(instance, *args, **kwargs)
@@ -248,25 +260,20 @@ def _wrap(decorated: Callable[..., Any], kind: str) -> Callable[..., Any]:
                 exception = error
                 raise
             finally:
-                ACTIVE_CALL_ID.set(parent)
-                _end(bound, kind, call_id, outputs, exception)
+                _end(bound, kind, call, outputs, exception)
 
         setattr(dispatch_async, _MARK, True)
         return dispatch_async
 
     @functools.wraps(decorated)
     def dispatch(instance: Any, *args: Any, **kwargs: Any) -> Any:
-        overrides = _thread_overrides.get()
-        bound = overrides.get(_SETTING)
+        bound, through_dspy = _binding(instance)
         if bound is None:
             return decorated(instance, *args, **kwargs)
-        if _other_callbacks(overrides, instance):
+        if through_dspy:
             with _through_dspy(bound.recorder):
                 return decorated(instance, *args, **kwargs)
-        call_id = new_span_id()
-        _start(bound, kind, call_id, instance, bind(raw, instance, args, kwargs))
-        parent = ACTIVE_CALL_ID.get()
-        ACTIVE_CALL_ID.set(call_id)
+        call = _start(bound, kind, instance, bind(raw, instance, args, kwargs))
         outputs = exception = None
         try:
             outputs = raw(instance, *args, **kwargs)
@@ -275,8 +282,7 @@ def _wrap(decorated: Callable[..., Any], kind: str) -> Callable[..., Any]:
             exception = error
             raise
         finally:
-            ACTIVE_CALL_ID.set(parent)
-            _end(bound, kind, call_id, outputs, exception)
+            _end(bound, kind, call, outputs, exception)
 
     setattr(dispatch, _MARK, True)
     return dispatch
