@@ -111,34 +111,11 @@ def test_chain_of_thought_nesting_and_lm_details(recorder: SpanRecorder, capturi
     assert set(predict_node.span.json_attributes["outputs"]) == {"reasoning", "answer"}
 
 
-class TwoStep(dspy.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.draft = dspy.Predict("question -> draft")
-        self.refine = dspy.ChainOfThought("question, draft -> answer")
-
-    def forward(self, question: str) -> dspy.Prediction:
-        draft = self.draft(question=question).draft
-        return self.refine(question=question, draft=draft)
-
-
-def test_custom_multi_module_program(recorder: SpanRecorder, capturing) -> None:
+def test_custom_multi_module_program(recorder: SpanRecorder, capturing, two_step, two_step_spans) -> None:
     with capturing(recorder, lm=lab_lm()), recorder.trial("t-two") as collector:
-        TwoStep()(question="What is 1 + 1?")
+        two_step(question="What is 1 + 1?")
     assert_well_formed(collector.spans, "t-two")
-    assert shape(TraceTree.from_spans(collector.spans)) == [
-        (0, "trial", "t-two"),
-        (1, "module", "TwoStep"),
-        (2, "module", "Predict"),
-        (3, "adapter_format", "ChatAdapter.format"),
-        (3, "lm", "lab/small"),
-        (3, "adapter_parse", "ChatAdapter.parse"),
-        (2, "module", "ChainOfThought"),
-        (3, "module", "Predict"),
-        (4, "adapter_format", "ChatAdapter.format"),
-        (4, "lm", "lab/small"),
-        (4, "adapter_parse", "ChatAdapter.parse"),
-    ]
+    assert shape(TraceTree.from_spans(collector.spans)) == [(0, "trial", "t-two"), *two_step_spans(1)]
 
 
 def add(a: int, b: int) -> int:
@@ -194,8 +171,8 @@ def run_trial(recorder: SpanRecorder, program: dspy.Module, *, index: int):
     return collector
 
 
-def test_concurrent_trials_never_mix(recorder: SpanRecorder, capturing) -> None:
-    program = TwoStep()
+def test_concurrent_trials_never_mix(recorder: SpanRecorder, capturing, two_step) -> None:
+    program = two_step
     # A little simulated latency makes the threads' calls overlap rather than run one after another.
     with capturing(recorder, lm=lab_lm(latency=0.002)), ThreadPoolExecutor(max_workers=8) as pool:
         futures = [

@@ -34,20 +34,6 @@ class CountingCallback(BaseCallback):
         self.starts["format"] += 1
 
 
-class TwoStep(dspy.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.draft = dspy.Predict("question -> draft")
-        self.refine = dspy.ChainOfThought("question, draft -> answer")
-
-    def forward(self, question: str) -> dspy.Prediction:
-        return self.refine(question=question, draft=self.draft(question=question).draft)
-
-    async def aforward(self, question: str) -> dspy.Prediction:
-        draft = await self.draft.acall(question=question)
-        return await self.refine.acall(question=question, draft=draft.draft)
-
-
 def shape(spans) -> list[tuple[int, str, str]]:
     return [(node.depth, node.span.kind, node.span.name) for node in TraceTree.from_spans(spans).walk()]
 
@@ -106,8 +92,8 @@ def test_calls_that_do_not_fit_raise_as_dspy_would(name, args, kwargs) -> None:
         _binder(function)(function, "self", args, kwargs)
 
 
-def test_trees_are_the_same_as_under_dspy_callbacks() -> None:
-    program = TwoStep()
+def test_trees_are_the_same_as_under_dspy_callbacks(two_step) -> None:
+    program = two_step
     trees = {}
     for mode in ("callbacks", "direct"):
         recorder = SpanRecorder()
@@ -125,8 +111,8 @@ def test_trees_are_the_same_as_under_dspy_callbacks() -> None:
         assert json.dumps(ours.json_attributes, sort_keys=True) == json.dumps(theirs.json_attributes, sort_keys=True)
 
 
-def test_a_users_callback_still_sees_every_call_next_to_direct_dispatch() -> None:
-    program = TwoStep()
+def test_a_users_callback_still_sees_every_call_next_to_direct_dispatch(two_step) -> None:
+    program = two_step
     alone = CountingCallback()
     with dspy.context(lm=lab_lm(), callbacks=[alone]):
         program(question="What is 1 + 2?")
@@ -203,8 +189,8 @@ def test_uninstall_restores_dspys_methods() -> None:
 
 
 @pytest.mark.parametrize("mode", ["callbacks", "direct"])
-def test_async_trials_under_gather_keep_their_own_trees(mode: str) -> None:
-    program = TwoStep()
+def test_async_trials_under_gather_keep_their_own_trees(mode: str, two_step, two_step_spans) -> None:
+    program = two_step
     recorder = SpanRecorder()
 
     async def trial(index: int):
@@ -227,20 +213,7 @@ def test_async_trials_under_gather_keep_their_own_trees(mode: str) -> None:
     for index, collector in enumerate(collectors):
         spans = collector.spans
         assert {item.trace_id for item in spans} == {f"trial-{index}"}
-        assert shape(spans) == [
-            (0, "trial", f"trial-{index}"),
-            (1, "module", "TwoStep"),
-            (2, "module", "Predict"),
-            (3, "adapter_format", "ChatAdapter.format"),
-            (3, "lm", "lab/small"),
-            (3, "adapter_parse", "ChatAdapter.parse"),
-            (2, "module", "ChainOfThought"),
-            (3, "module", "Predict"),
-            (4, "adapter_format", "ChatAdapter.format"),
-            (4, "lm", "lab/small"),
-            (4, "adapter_parse", "ChatAdapter.parse"),
-            (1, "metric", "exact_match"),
-        ]
+        assert shape(spans) == [(0, "trial", f"trial-{index}"), *two_step_spans(1), (1, "metric", "exact_match")]
         for item in spans:
             if item.kind == "lm":
                 assert f"Question number {index}:" in json.dumps(item.json_attributes["messages"])
