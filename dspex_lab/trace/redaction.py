@@ -84,7 +84,7 @@ _DEFAULT_VALUE_PATTERNS = (
     (("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,})"),
     (("xox",), r"\bxox[abprs]-[A-Za-z0-9\-]{10,}"),
     (("hf_",), r"\bhf_[A-Za-z0-9]{20,}"),
-    (("earer",), r"(?i:\bbearer)\s+[A-Za-z0-9._~+/=\-]{8,}"),
+    (("earer", "EARER"), r"(?i:\bbearer)\s+[A-Za-z0-9._~+/=\-]{8,}"),
 )
 
 _lock = threading.Lock()

@@ -100,6 +100,7 @@ def test_ordinary_text_is_left_alone() -> None:
     for text in ["use scikit-learn", "a task-force-alpha", "sk-learn is a library", "Bearer of bad news"]:
         assert mask_text(text) == text
     assert mask_text("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.abc") == f"Authorization: {REDACTED}"
+    assert mask_text("AUTHORIZATION: BEARER eyJhbGciOiJIUzI1NiJ9.abc") == f"AUTHORIZATION: {REDACTED}"
 
 
 def test_scrub_copies_only_when_needed() -> None:
