@@ -26,12 +26,13 @@ import itertools
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from time import perf_counter_ns
 from typing import Any
 
 from dspy.utils.callback import ACTIVE_CALL_ID, BaseCallback
 
-from dspex_lab.trace.redaction import redact, scrub
-from dspex_lab.trace.spans import SPAN_KINDS, Span, now_ns
+from dspex_lab.trace.redaction import mask_text, redact, scrub
+from dspex_lab.trace.spans import SPAN_KINDS, WALL_OFFSET_NS, Span, encode_attributes, join_objects, now_ns
 
 __all__ = [
     "SpanHandle",
@@ -51,30 +52,44 @@ _UNFINISHED = "unfinished when its trace closed"
 
 
 class _Pending:
-    """A DSPy call whose start was seen and whose end is awaited."""
+    """A DSPy call whose start was seen and whose end is awaited.
 
-    __slots__ = ("attributes", "collector", "instance", "kind", "name", "parent_id", "registry", "start_ns")
+    ``attributes`` holds what the start handler captured, written as JSON into
+    ``start_text`` before the call runs; the end handler puts what the call
+    returned into ``ended``.
+    """
 
+    __slots__ = (
+        "attributes",
+        "collector",
+        "ended",
+        "instance",
+        "kind",
+        "name",
+        "parent_id",
+        "registry",
+        "start_ns",
+        "start_text",
+    )
+
+    # Positional parameters: one of these is made for every DSPy call of a traced trial.
     def __init__(
-        self,
-        collector: TraceCollector,
-        registry: dict[str, _Pending],
-        *,
-        kind: str,
-        name: str,
-        parent_id: str,
-        start_ns: int,
-        attributes: dict[str, Any],
-        instance: Any,
+        self, collector: TraceCollector, kind: str, name: str, parent_id: str, start_ns: int, instance: Any
     ) -> None:
         self.collector = collector
-        self.registry = registry
+        self.registry = _OPEN_CALLS
         self.kind = kind
         self.name = name
         self.parent_id = parent_id
         self.start_ns = start_ns
-        self.attributes = attributes
+        self.attributes: dict[str, Any] = {}
         self.instance = instance
+        self.start_text = "{}"
+        self.ended: dict[str, Any] = {}
+
+    def seal(self) -> None:
+        """Write what the start handler captured as JSON, before the program can change it."""
+        self.start_text = encode_attributes(self.attributes)
 
 
 class _Scope:
@@ -153,7 +168,7 @@ class TraceCollector:
                 continue
             pending.registry.pop(call_id, None)
             self._spans.append(
-                Span(
+                Span.build(
                     self.trace_id,
                     call_id,
                     parent_id=pending.parent_id,
@@ -164,6 +179,7 @@ class TraceCollector:
                     status="error",
                     attributes={**pending.attributes, "unfinished": True},
                     error=_UNFINISHED,
+                    attributes_text=join_objects(pending.start_text, '{"unfinished": true}'),
                 )
             )
         self.closed = True
@@ -307,6 +323,33 @@ class _OpenSpan:
             collector.close()
 
 
+class _Trial(_OpenSpan):
+    """The ``with`` block of :meth:`SpanRecorder.trial`: a root span whose target is its collector."""
+
+    __slots__ = ("on_trace",)
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        trace_id: str,
+        attributes: Mapping[str, Any] | None,
+        on_trace: Callable[[TraceCollector], None] | None,
+    ) -> None:
+        super().__init__(None, name, kind="trial", attributes=attributes, trace_id=trace_id, root=True)
+        self.on_trace = on_trace
+
+    def __enter__(self) -> TraceCollector:  # type: ignore[override]
+        return super().__enter__().collector
+
+    def __exit__(self, kind: type[BaseException] | None, exception: BaseException | None, traceback: Any) -> None:
+        try:
+            super().__exit__(kind, exception, traceback)
+        finally:
+            if self.on_trace is not None:
+                self.on_trace(self.collector)
+
+
 def _parent_under(scope: _Scope, active: str | None) -> str:
     if active is None or active == scope.call_id:
         return scope.span_id
@@ -347,7 +390,8 @@ def new_span_id() -> str:
 
 
 def _describe(exception: BaseException) -> str:
-    return f"{type(exception).__name__}: {exception}"
+    # Providers' errors may quote the credential they rejected.
+    return mask_text(f"{type(exception).__name__}: {exception}")
 
 
 def current_collector() -> TraceCollector | None:
@@ -468,10 +512,9 @@ class SpanRecorder(BaseCallback):
         self.capture_prompts = capture_prompts
         self.on_trace = on_trace
 
-    @contextmanager
     def trial(
         self, trace_id: str, *, name: str | None = None, attributes: Mapping[str, Any] | None = None
-    ) -> Iterator[TraceCollector]:
+    ) -> contextlib.AbstractContextManager[TraceCollector]:
         """Open a trial's root span; every span produced in this context joins its trace.
 
         Args:
@@ -479,20 +522,12 @@ class SpanRecorder(BaseCallback):
             name: the root span's name; the trial id when omitted.
             attributes: attributes of the root span (example id, repeat...).
 
-        Yields:
-            The trial's collector; read ``collector.spans`` after the block.
+        Returns:
+            A context manager whose ``with`` target is the trial's collector; read
+            ``collector.spans`` after the block. Failed trials are handed to
+            ``on_trace`` too: their traces are the ones worth reading.
         """
-        collector: TraceCollector | None = None
-        try:
-            label = name or trace_id
-            opened = _OpenSpan(None, label, kind="trial", attributes=attributes, trace_id=trace_id, root=True)
-            with opened as handle:
-                collector = handle.collector
-                yield collector
-        finally:
-            # Failed trials are reported too: their traces are the ones worth reading.
-            if collector is not None and self.on_trace is not None:
-                self.on_trace(collector)
+        return _Trial(name or trace_id, trace_id=trace_id, attributes=attributes, on_trace=self.on_trace)
 
     # --- the DSPy callback interface -------------------------------------------------------------------------
     # Each start handler first finds the call's trace and returns at once when there is none, so that untraced
@@ -511,6 +546,7 @@ class SpanRecorder(BaseCallback):
         signature = getattr(instance, "signature", None)
         if signature is not None:
             attributes["signature"] = signature
+        pending.seal()
 
     def on_module_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
         """Close a module span with the prediction's fields."""
@@ -520,7 +556,7 @@ class SpanRecorder(BaseCallback):
         if outputs is not None:
             to_dict = getattr(outputs, "toDict", None)
             # A Prediction can be changed by its caller later; its fields as of now are what this span saw.
-            pending.attributes["outputs"] = scrub(to_dict() if callable(to_dict) else outputs)
+            pending.ended["outputs"] = scrub(to_dict() if callable(to_dict) else outputs)
         self._finish(call_id, pending, exception=exception)
 
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
@@ -531,7 +567,7 @@ class SpanRecorder(BaseCallback):
             return
         attributes = pending.attributes
         parameters = scrub({**getattr(instance, "kwargs", {}), **(inputs.get("kwargs") or {})})
-        attributes["model"] = model
+        attributes["model"] = model if model is None else mask_text(str(model))
         attributes["parameters"] = parameters
         for key in ("temperature", "max_tokens", "n", "rollout_id"):
             if parameters.get(key) is not None:
@@ -542,6 +578,7 @@ class SpanRecorder(BaseCallback):
                 attributes["messages"] = scrub(messages)
             elif inputs.get("prompt") is not None:
                 attributes["messages"] = scrub([{"role": "user", "content": inputs["prompt"]}])
+        pending.seal()
 
     def on_lm_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
         """Close an LM span with the completion, token usage and cost of this very call."""
@@ -550,8 +587,8 @@ class SpanRecorder(BaseCallback):
             return
         if outputs is not None:
             if self.capture_prompts:
-                pending.attributes["completion"] = scrub(outputs)
-            _add_usage(pending.attributes, pending.instance, outputs=outputs)
+                pending.ended["completion"] = scrub(outputs)
+            _add_usage(pending.ended, pending.instance, model=pending.attributes.get("model"), outputs=outputs)
         self._finish(call_id, pending, exception=exception)
 
     def on_adapter_format_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
@@ -562,6 +599,7 @@ class SpanRecorder(BaseCallback):
         demos = inputs.get("demos")
         pending.attributes["signature"] = inputs.get("signature")
         pending.attributes["demos"] = len(demos) if demos else 0
+        pending.seal()
 
     def on_adapter_format_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
         """Close an adapter-format span with the number of messages built."""
@@ -569,7 +607,7 @@ class SpanRecorder(BaseCallback):
         if pending is None:
             return
         if isinstance(outputs, list):
-            pending.attributes["messages"] = len(outputs)
+            pending.ended["messages"] = len(outputs)
         self._finish(call_id, pending, exception=exception)
 
     def on_adapter_parse_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
@@ -580,6 +618,7 @@ class SpanRecorder(BaseCallback):
         pending.attributes["signature"] = inputs.get("signature")
         if self.capture_prompts and inputs.get("completion") is not None:
             pending.attributes["completion"] = scrub(inputs["completion"])
+        pending.seal()
 
     def on_adapter_parse_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
         """Close an adapter-parse span with the parsed fields."""
@@ -587,7 +626,7 @@ class SpanRecorder(BaseCallback):
         if pending is None:
             return
         if outputs is not None:
-            pending.attributes["parsed"] = scrub(outputs)
+            pending.ended["parsed"] = scrub(outputs)
         self._finish(call_id, pending, exception=exception)
 
     def on_tool_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
@@ -596,8 +635,9 @@ class SpanRecorder(BaseCallback):
         pending = self._open(call_id, instance, kind="tool", name=name)
         if pending is None:
             return
-        pending.attributes["tool"] = name
+        pending.attributes["tool"] = mask_text(name)
         pending.attributes["arguments"] = scrub(inputs.get("kwargs") or {})
+        pending.seal()
 
     def on_tool_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
         """Close a tool span with the tool's result."""
@@ -605,7 +645,7 @@ class SpanRecorder(BaseCallback):
         if pending is None:
             return
         if outputs is not None:
-            pending.attributes["result"] = scrub(outputs)
+            pending.ended["result"] = scrub(outputs)
         self._finish(call_id, pending, exception=exception)
 
     def on_evaluate_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
@@ -616,7 +656,10 @@ class SpanRecorder(BaseCallback):
         devset = inputs.get("devset") or getattr(instance, "devset", None)
         metric_function = inputs.get("metric") or getattr(instance, "metric", None)
         pending.attributes["examples"] = len(devset) if devset is not None else None
-        pending.attributes["metric"] = getattr(metric_function, "__name__", None) or type(metric_function).__name__
+        pending.attributes["metric"] = mask_text(
+            getattr(metric_function, "__name__", None) or type(metric_function).__name__
+        )
+        pending.seal()
 
     def on_evaluate_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
         """Close an evaluation span with the score."""
@@ -625,7 +668,7 @@ class SpanRecorder(BaseCallback):
             return
         score = getattr(outputs, "score", outputs if isinstance(outputs, (int, float)) else None)
         if score is not None:
-            pending.attributes["score"] = score
+            pending.ended["score"] = score
         self._finish(call_id, pending, exception=exception)
 
     # --- shared plumbing --------------------------------------------------------------------------------------
@@ -636,7 +679,11 @@ class SpanRecorder(BaseCallback):
         scope = _SCOPE.get()
         if scope is not None:
             collector = scope.collector
-            parent_id = _parent_under(scope, active)
+            # _parent_under, inlined: this runs for every DSPy call of a traced trial.
+            if active is None or active == scope.call_id or active not in collector._pending:
+                parent_id = scope.span_id
+            else:
+                parent_id = active
         else:
             owner = _OPEN_CALLS.get(active) if active is not None else None
             if owner is None:
@@ -645,16 +692,7 @@ class SpanRecorder(BaseCallback):
             parent_id = active
         if collector.closed:
             return None
-        pending = _Pending(
-            collector,
-            _OPEN_CALLS,
-            kind=kind,
-            name=name,
-            parent_id=parent_id,
-            start_ns=now_ns(),
-            attributes={},
-            instance=instance,
-        )
+        pending = _Pending(collector, kind, name, parent_id, perf_counter_ns() + WALL_OFFSET_NS, instance)
         collector._pending[call_id] = pending
         _OPEN_CALLS[call_id] = pending
         return pending
@@ -669,8 +707,15 @@ class SpanRecorder(BaseCallback):
 
     @staticmethod
     def _finish(call_id: str, pending: _Pending, *, exception: BaseException | None) -> None:
+        end_ns = perf_counter_ns() + WALL_OFFSET_NS
         collector = pending.collector
-        collector.add(
+        if collector.closed:
+            return
+        ended, attributes, text = pending.ended, pending.attributes, pending.start_text
+        if ended:
+            attributes.update(ended)
+            text = join_objects(text, encode_attributes(ended))
+        collector._spans.append(
             Span.build(
                 collector.trace_id,
                 call_id,
@@ -678,15 +723,16 @@ class SpanRecorder(BaseCallback):
                 kind=pending.kind,
                 name=pending.name,
                 start_ns=pending.start_ns,
-                end_ns=now_ns(),
+                end_ns=end_ns,
                 status="ok" if exception is None else "error",
-                attributes=pending.attributes,
+                attributes=attributes,
                 error=None if exception is None else _describe(exception),
+                attributes_text=text,
             )
         )
 
 
-def _add_usage(attributes: dict[str, Any], instance: Any, *, outputs: Any) -> None:
+def _add_usage(attributes: dict[str, Any], instance: Any, *, model: Any, outputs: Any) -> None:
     """Copy token usage and cost from the LM history entry that belongs to this very call.
 
     The history list is shared by every thread using the LM, so its last entry
@@ -723,5 +769,5 @@ def _add_usage(attributes: dict[str, Any], instance: Any, *, outputs: Any) -> No
         attributes["cost"] = entry["cost"]
     attributes["cache_hit"] = cache_hit
     response_model = entry.get("response_model")
-    if response_model and response_model != attributes.get("model"):
-        attributes["response_model"] = response_model
+    if response_model and response_model != model:
+        attributes["response_model"] = mask_text(str(response_model))

@@ -1,10 +1,14 @@
 """The stored span: one timed step of a trial, with its place in the trial's tree.
 
 A span's ``attributes`` may hold references to live objects (a Prediction, a
-Signature class, the message list sent to the LM) because serialising them on
-the hot path would cost more than the step itself. They become JSON, and are
-redacted once more, only when read: :attr:`Span.json_attributes`,
-:meth:`Span.to_row` and every exporter go through the same conversion.
+Signature class, the message list sent to the LM). Spans the recorder builds
+for DSPy calls also carry their attributes as JSON text, written when they were
+captured: what a call received is written when it starts, what it returned when
+it ends (:func:`encode_attributes`, :func:`join_objects`), so a container the
+program changes later is stored as the call saw it, and the journal writer has
+nothing left to convert. Any other span is converted, and redacted once more,
+when read: :attr:`Span.json_attributes`, :meth:`Span.to_row` and every exporter
+go through the same conversion.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import json
 import math
 import time
 from collections.abc import Mapping
+from json.encoder import c_make_encoder, encode_basestring
 from typing import Any
 
 from dspex_lab.trace.redaction import REDACTED, is_clean_text, is_secret_key, mask_text
 
-__all__ = ["SPAN_KINDS", "SPAN_STATUSES", "Span", "now_ns", "to_jsonable"]
+__all__ = ["SPAN_KINDS", "SPAN_STATUSES", "Span", "encode_attributes", "join_objects", "now_ns", "to_jsonable"]
 
 SPAN_KINDS = frozenset(
     {"trial", "module", "adapter_format", "adapter_parse", "lm", "tool", "metric", "decision", "evaluation"}
@@ -30,6 +35,8 @@ SPAN_STATUSES = frozenset({"ok", "error"})
 # durations that never go negative when the system clock is adjusted mid-trial.
 _WALL_ANCHOR_NS = time.time_ns()
 _MONOTONIC_ANCHOR_NS = time.perf_counter_ns()
+# now_ns() is time.perf_counter_ns() + WALL_OFFSET_NS; hot paths add the offset themselves rather than call it.
+WALL_OFFSET_NS = _WALL_ANCHOR_NS - _MONOTONIC_ANCHOR_NS
 
 # One encoder for every row: json.dumps builds a new encoder on each call that passes options.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, allow_nan=False)
@@ -40,7 +47,7 @@ _MAXIMUM_REPR = 2000
 
 def now_ns() -> int:
     """Return the current time in nanoseconds since the Unix epoch, monotonic within this process."""
-    return _WALL_ANCHOR_NS + time.perf_counter_ns() - _MONOTONIC_ANCHOR_NS
+    return time.perf_counter_ns() + WALL_OFFSET_NS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +93,30 @@ class Span:
         status: str,
         attributes: Mapping[str, Any],
         error: str | None,
+        attributes_text: str | None = None,
     ) -> Span:
         """Construct a span without the per-field checks of a frozen dataclass's ``__init__``.
 
         The recorder creates one span per DSPy call on the hot path; filling the
         instance dict directly costs a fraction of the generated initialiser.
         The result is an ordinary, still frozen, ``Span``.
+
+        Args:
+            trace_id: the trial id every span of the trial shares.
+            span_id: the span's id.
+            parent_id: the enclosing span's id.
+            kind: one of :data:`SPAN_KINDS`.
+            name: what ran.
+            start_ns: start, nanoseconds since the Unix epoch.
+            end_ns: end, nanoseconds since the Unix epoch.
+            status: ``"ok"`` or ``"error"``.
+            attributes: details of the step.
+            error: the exception's type and message, or None.
+            attributes_text: the attributes as redacted JSON, when the caller wrote them at capture
+                (:func:`encode_attributes`); otherwise they are converted when first read.
+
+        Returns:
+            The span.
         """
         instance = object.__new__(cls)
         instance.__dict__.update(
@@ -106,6 +131,8 @@ class Span:
             attributes=attributes,
             error=error,
         )
+        if attributes_text is not None:
+            instance.__dict__["_attributes_text"] = attributes_text
         return instance
 
     @property
@@ -125,9 +152,18 @@ class Span:
         # which the journal writer and the threads building spans would contend for.
         cached = self.__dict__.get("_json_attributes")
         if cached is None:
-            cached = _jsonable(self.attributes, 0, redacting=True)
+            text = self.__dict__.get("_attributes_text")
+            cached = json.loads(text) if text is not None else _jsonable(self.attributes, 0, redacting=True)
             self.__dict__["_json_attributes"] = cached
         return cached
+
+    @property
+    def attributes_text(self) -> str:
+        """Return the attributes as one redacted JSON object string: as captured, or converted on first read."""
+        text = self.__dict__.get("_attributes_text")
+        if text is None:
+            text = self.__dict__["_attributes_text"] = _ENCODER.encode(self.json_attributes)
+        return text
 
     def to_row(self) -> dict[str, Any]:
         """Flatten the span into a row of scalars, with the attributes as one JSON string.
@@ -144,7 +180,7 @@ class Span:
             "start_ns": self.start_ns,
             "end_ns": self.end_ns,
             "status": self.status,
-            "attributes": _ENCODER.encode(self.json_attributes),
+            "attributes": self.attributes_text,
             "error": self.error,
         }
 
@@ -159,11 +195,12 @@ class Span:
             The span.
         """
         attributes = row.get("attributes") or {}
-        if isinstance(attributes, str):
-            attributes = json.loads(attributes)
+        text = attributes if isinstance(attributes, str) else None
+        if text is not None:
+            attributes = json.loads(text)
         parent_id = row.get("parent_id")
         error = row.get("error")
-        return cls(
+        span = cls(
             str(row["trace_id"]),
             str(row["span_id"]),
             parent_id=None if parent_id is None else str(parent_id),
@@ -175,6 +212,10 @@ class Span:
             attributes=dict(attributes),
             error=None if error is None else str(error),
         )
+        if text is not None:
+            # A stored row is already redacted; keeping its text makes to_row give back exactly what was read.
+            span.__dict__["_attributes_text"] = text
+        return span
 
 
 def to_jsonable(value: Any) -> Any:
@@ -191,6 +232,63 @@ def to_jsonable(value: Any) -> Any:
         The JSON-ready value.
     """
     return _jsonable(value, 0, redacting=False)
+
+
+def encode_attributes(attributes: Mapping[str, Any]) -> str:
+    """Write captured attributes as a redacted JSON object string, now.
+
+    The C encoder writes dicts, lists, strings and numbers itself: the recorder
+    has already checked those for secrets when it captured them
+    (:func:`~dspex_lab.trace.redaction.scrub`). It calls back only for objects
+    JSON has no form for (a Prediction, a Signature class), which are converted
+    and redacted here. A value it refuses (NaN, a key that is neither a string
+    nor a number, a reference cycle) takes the exact path of :func:`to_jsonable`
+    with redaction.
+
+    Args:
+        attributes: a span's attributes (or the part captured at one moment).
+
+    Returns:
+        A JSON object string with sorted keys.
+    """
+    try:
+        return "".join(_capture_encoder(attributes, 0))
+    except (TypeError, ValueError, RecursionError):
+        return _ENCODER.encode(_jsonable(attributes, 0, redacting=True))
+
+
+def join_objects(first: str, second: str) -> str:
+    """Join two JSON object strings into one holding the keys of both (keys of ``second`` last).
+
+    Args:
+        first: a JSON object string, e.g. what a call received.
+        second: a JSON object string, e.g. what it returned.
+
+    Returns:
+        One JSON object string.
+    """
+    if second == "{}":
+        return first
+    if first == "{}":
+        return second
+    return f"{first[:-1]}, {second[1:]}"
+
+
+def _converted(value: Any) -> Any:
+    # The C encoder's hook for an object it cannot write; what this returns is encoded in turn.
+    return _jsonable(value, 1, redacting=True)
+
+
+def _c_encoder() -> Any:
+    if c_make_encoder is None:  # a Python without the _json accelerator
+        encoder = json.JSONEncoder(ensure_ascii=False, sort_keys=True, allow_nan=False, default=_converted)
+        return lambda value, _level: encoder.iterencode(value)
+    # Arguments: markers (None: no cycle bookkeeping; a cycle ends in RecursionError), default, string encoder,
+    # indent, key separator, item separator, sort_keys, skipkeys, allow_nan.
+    return c_make_encoder(None, _converted, encode_basestring, None, ": ", ", ", True, False, False)
+
+
+_capture_encoder = _c_encoder()
 
 
 def _jsonable(value: Any, depth: int, *, redacting: bool) -> Any:
@@ -215,7 +313,7 @@ def _jsonable(value: Any, depth: int, *, redacting: bool) -> Any:
     if kind is list or kind is tuple:
         return [_jsonable(item, depth + 1, redacting=redacting) for item in value]
     if isinstance(value, type):
-        return _type_text(value)
+        return mask_text(_type_text(value)) if redacting else _type_text(value)
     if isinstance(value, str):
         return mask_text(str(value)) if redacting else str(value)
     if isinstance(value, (bool, int)):
@@ -275,12 +373,19 @@ def _plain(value: dict[Any, Any] | list[Any], depth: int) -> bool:
 def _mapping(value: Mapping[Any, Any], depth: int, *, redacting: bool) -> dict[str, Any]:
     converted = {}
     for key, item in value.items():
-        name = str(key)
+        name = _key_text(key)
         if redacting and is_secret_key(name):
             converted[name] = REDACTED
         else:
             converted[name] = _jsonable(item, depth + 1, redacting=redacting)
     return converted
+
+
+def _key_text(key: Any) -> str:
+    # As json writes a True, False or None key, so that both conversions name such a key alike.
+    if key is True or key is False or key is None:
+        return json.dumps(key)
+    return str(key)
 
 
 @functools.lru_cache(maxsize=1024)
