@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -200,11 +199,6 @@ class TrialRunner:
         object.__setattr__(result, "spans", tuple(collector.spans))
         return result
 
-    def _recording(self) -> contextlib.AbstractContextManager[Any]:
-        if self.recorder is None or not self._direct:
-            return contextlib.nullcontext()
-        return dispatch.direct(self.recorder)
-
     def _run(self, task: TrialTask, *, attempt: int) -> TrialResult:
         started = time.time()
         clock = time.perf_counter()
@@ -212,12 +206,15 @@ class TrialRunner:
         overrides: dict[str, Any] = {"usage_tracker": tracker}
         if self.lm is not None:
             overrides["lm"] = self.lm
-        if self.recorder is not None and not self._direct:
-            overrides["callbacks"] = [*(dspy.settings.callbacks or []), self.recorder]
+        if self.recorder is not None:
+            if self._direct:
+                overrides.update(dispatch.settings(self.recorder))
+            else:
+                overrides["callbacks"] = [*(dspy.settings.callbacks or []), self.recorder]
         stage = "program"
         while True:
             try:
-                with dspy.context(**overrides), current_rollout(task.repeat), self._recording():
+                with dspy.context(**overrides), current_rollout(task.repeat):
                     prediction = self.module(**task.example.inputs())
                 stage = "metric"
                 if self.recorder is None:
