@@ -37,6 +37,7 @@ from dspex_lab.journal._schema import (
     TRIAL_COLUMNS,
     current_version,
     ensure_schema,
+    span_table,
 )
 
 __all__ = ["DuckDBJournal", "ExperimentRecord", "TrialWriter", "open_journal"]
@@ -317,9 +318,18 @@ class DuckDBJournal:
             )
 
     def append_trials(
-        self, experiment_id: str, rows: Sequence[dict[str, Any]], *, spans: Sequence[dict[str, Any]] = ()
+        self, experiment_id: str, rows: Sequence[dict[str, Any]], *, spans: Sequence[dict[str, Any]] | pa.Table = ()
     ) -> int:
-        """Append finished trials (and their spans' rows) in one transaction; recorded ones are ignored."""
+        """Append finished trials (and their spans) in one transaction; recorded ones are ignored.
+
+        Args:
+            experiment_id: the experiment the trials belong to.
+            rows: ``TrialResult.to_row()`` dicts.
+            spans: ``Span.to_row()`` dicts, or a table with :data:`SPAN_SCHEMA` (see ``span_table``).
+
+        Returns:
+            The number of trial rows given.
+        """
         if not rows:
             with self._connect(write=True) as connection:
                 connection.execute("UPDATE experiments SET heartbeat_at = ? WHERE id = ?", [_now(), experiment_id])
@@ -329,8 +339,10 @@ class DuckDBJournal:
             connection.register("incoming_trials", incoming)
             connection.execute("BEGIN TRANSACTION")
             connection.execute(_INSERT_TRIALS, [experiment_id])
-            if spans:
-                connection.register("incoming_spans", pa.Table.from_pylist(list(spans), schema=SPAN_SCHEMA))
+            if len(spans):
+                if not isinstance(spans, pa.Table):
+                    spans = pa.Table.from_pylist(list(spans), schema=SPAN_SCHEMA)
+                connection.register("incoming_spans", spans)
                 connection.execute(
                     f"INSERT OR IGNORE INTO spans SELECT ?, {', '.join(SPAN_SCHEMA.names)} FROM incoming_spans",
                     [experiment_id],
@@ -594,8 +606,8 @@ class TrialWriter:
             if self._pending_record is not None:
                 self.journal.create_experiment(self._pending_record)
                 self._pending_record = None
-            span_rows = [span.to_row() for span in spans]
-            self.written += self.journal.append_trials(self.experiment_id, rows, spans=span_rows)
+            table = span_table(spans) if spans else ()
+            self.written += self.journal.append_trials(self.experiment_id, rows, spans=table)
             self.last_error = None
         except Exception as error:
             self.last_error = error
