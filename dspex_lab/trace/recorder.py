@@ -296,7 +296,7 @@ class _OpenSpan:
             collector.root = handle
         self.collector, self.owns, self.parent_id, self.handle = collector, owns_collector, parent_id, handle
         self.token = _SCOPE.set(_Scope(collector, span_id, call_id=active))
-        self.start = now_ns()
+        self.start = perf_counter_ns() + WALL_OFFSET_NS
         return handle
 
     def __exit__(self, kind: type[BaseException] | None, exception: BaseException | None, traceback: Any) -> None:
@@ -305,6 +305,10 @@ class _OpenSpan:
         status, error = ("ok", None) if exception is None else ("error", _describe(exception))
         if handle.failure is not None and status == "ok":
             status, error = "error", handle.failure
+        end_ns = perf_counter_ns() + WALL_OFFSET_NS
+        # Checked again as the span ends, since a container given to set() may have changed since, then
+        # written as JSON now, so that the journal writer has nothing left to convert.
+        attributes = scrub(handle.attributes)
         collector.add(
             Span.build(
                 collector.trace_id,
@@ -313,10 +317,11 @@ class _OpenSpan:
                 kind=self.kind,
                 name=self.name,
                 start_ns=self.start,
-                end_ns=now_ns(),
+                end_ns=end_ns,
                 status=status,
-                attributes=handle.attributes,
+                attributes=attributes,
                 error=error,
+                attributes_text=encode_attributes(attributes),
             )
         )
         if self.owns:

@@ -10,7 +10,7 @@ import dspy
 import pytest
 
 from dspex_lab.lm import lab_lm
-from dspex_lab.trace import Span, SpanRecorder, dispatch
+from dspex_lab.trace import Span, SpanRecorder, decision, dispatch
 from dspex_lab.trace.redaction import REDACTED
 from dspex_lab.trace.spans import encode_attributes, join_objects, to_jsonable
 
@@ -124,3 +124,14 @@ def test_a_stored_row_reads_back_to_the_same_row() -> None:
     span = Span.from_row(row)
     assert span.to_row() == row
     assert span.json_attributes == {"messages": 2, "demos": 0}
+
+
+def test_orchestration_spans_are_checked_again_when_they_end() -> None:
+    notes = ["first"]
+    with decision("choose a rule", values={"notes": notes}, trace_id="t-decision") as handle:
+        notes.append(f"key {SECRET}")  # changed after the span captured it
+        handle.set(score=0.5)
+    (stored,) = handle.spans
+    assert SECRET not in stored.to_row()["attributes"]
+    assert stored.json_attributes["values"]["notes"] == ["first", f"key {REDACTED}"]
+    assert stored.json_attributes["score"] == 0.5
