@@ -210,11 +210,17 @@ function render({ model, el: root }) {
     matches = new Set(model.get("matches"));
     const before = pinned;
     pinned = ancestorsOf(matches);
-    // A pinned child beyond its parent's page is drawn by refilling that parent.
+    // A newly pinned child beyond its parent's page is drawn by refilling that parent; a child no longer pinned
+    // is dropped the same way (refilling draws the parent's pages plus what is still pinned).
     const parents = new Set();
     for (const id of pinned) {
       if (before.has(id) || drawn.has(id)) continue;
       const parent = index.byId.get(id).parent;
+      if (parent != null && expanded.has(parent)) parents.add(parent);
+    }
+    for (const id of before) {
+      if (pinned.has(id) || !drawn.has(id)) continue;
+      const parent = index.byId.get(id)?.parent;
       if (parent != null && expanded.has(parent)) parents.add(parent);
     }
     for (const parent of parents) if (drawn.has(parent)) fillChildren(parent);
