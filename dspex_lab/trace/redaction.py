@@ -267,25 +267,21 @@ def _needs_masking(value: Any, depth: int) -> bool:
                 return True
             continue
         if kind is dict or isinstance(item, dict):
-            if level >= _MAXIMUM_DEPTH:
-                return True  # cannot vouch for what lies below, so let redact() cut it off
-            for key, child in item.items():
-                if (type(key) is str or isinstance(key, str)) and secret_key(key):
-                    return True
-                child_kind = type(child)
-                if child_kind is str:
-                    if hash(child) not in clean and _text_needs_masking(child):
-                        return True
-                elif child_kind not in scalars:
-                    pending.append((child, level + 1))
+            keys, children = item, item.values()
         elif kind is list or kind is tuple or isinstance(item, (list, tuple)):
-            if level >= _MAXIMUM_DEPTH:
+            keys, children = (), item
+        else:
+            continue
+        if level >= _MAXIMUM_DEPTH:
+            return True  # cannot vouch for what lies below, so let redact() cut it off
+        for key in keys:
+            if (type(key) is str or isinstance(key, str)) and secret_key(key):
                 return True
-            for child in item:
-                child_kind = type(child)
-                if child_kind is str:
-                    if hash(child) not in clean and _text_needs_masking(child):
-                        return True
-                elif child_kind not in scalars:
-                    pending.append((child, level + 1))
+        for child in children:
+            child_kind = type(child)
+            if child_kind is str:
+                if hash(child) not in clean and _text_needs_masking(child):
+                    return True
+            elif child_kind not in scalars:
+                pending.append((child, level + 1))
     return False

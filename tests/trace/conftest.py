@@ -1,7 +1,29 @@
-"""A two-module program shared by the capture tests, and the span tree it must produce."""
+"""Shared by the capture tests: both ways of handing DSPy's calls to the recorder, a two-module program and the
+span tree it must produce."""
+
+import contextlib
 
 import dspy
 import pytest
+
+from dspex_lab.trace import SpanRecorder, dispatch
+
+
+@pytest.fixture(params=["callbacks", "direct"])
+def capturing(request):
+    """Hand DSPy's calls to the recorder as a registered callback, or by direct dispatch: the trees must agree."""
+
+    @contextlib.contextmanager
+    def enter(recorder: SpanRecorder, **settings):
+        if request.param == "callbacks":
+            with dspy.context(callbacks=[recorder], **settings):
+                yield
+        else:
+            assert dispatch.install()
+            with dspy.context(**settings), dispatch.direct(recorder):
+                yield
+
+    return enter
 
 
 class TwoStep(dspy.Module):

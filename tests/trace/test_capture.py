@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import functools
 import json
@@ -19,7 +18,6 @@ from dspex_lab.trace import (
     TraceTree,
     current_collector,
     decision,
-    dispatch,
     evaluation,
     metric,
     span,
@@ -50,23 +48,6 @@ def assert_well_formed(spans, trace_id: str) -> None:
 @pytest.fixture
 def recorder() -> SpanRecorder:
     return SpanRecorder()
-
-
-@pytest.fixture(params=["callbacks", "direct"])
-def capturing(request):
-    """Hand DSPy's calls to the recorder as a registered callback, or by direct dispatch: the trees must agree."""
-
-    @contextlib.contextmanager
-    def enter(recorder: SpanRecorder, **settings):
-        if request.param == "callbacks":
-            with dspy.context(callbacks=[recorder], **settings):
-                yield
-        else:
-            assert dispatch.install()
-            with dspy.context(**settings), dispatch.direct(recorder):
-                yield
-
-    return enter
 
 
 def test_predict_nesting(recorder: SpanRecorder, capturing) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 
@@ -10,28 +9,11 @@ import dspy
 import pytest
 
 from dspex_lab.lm import lab_lm
-from dspex_lab.trace import Span, SpanRecorder, decision, dispatch
+from dspex_lab.trace import Span, SpanRecorder, decision
 from dspex_lab.trace.redaction import REDACTED
 from dspex_lab.trace.spans import encode_attributes, join_objects, to_jsonable
 
 SECRET = "sk-test" + "9" * 30
-
-
-@pytest.fixture(params=["callbacks", "direct"])
-def capturing(request):
-    """Hand DSPy's calls to the recorder as a registered callback, or by direct dispatch."""
-
-    @contextlib.contextmanager
-    def enter(recorder: SpanRecorder, **settings):
-        if request.param == "callbacks":
-            with dspy.context(callbacks=[recorder], **settings):
-                yield
-        else:
-            assert dispatch.install()
-            with dspy.context(**settings), dispatch.direct(recorder):
-                yield
-
-    return enter
 
 
 class Tamper(dspy.Module):
