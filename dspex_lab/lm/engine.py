@@ -29,7 +29,7 @@ from typing import Any
 from dspy import lm15
 from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 
-from dspex_lab.datasets.arithmetic import parse_problem
+from dspex_lab.tasks.arithmetic import parse_problem
 from dspex_lab.lm import generic
 from dspex_lab.lm.profiles import LAB_MODELS, LabModelProfile
 from dspex_lab.lm.prompt import TEXT_FORMAT, OutputField, PromptView, read_prompt

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from dspex_lab.datasets.arithmetic import ArithmeticProblem, ArithmeticStep, apply_step
+from dspex_lab.tasks.arithmetic import ArithmeticProblem, ArithmeticStep, apply_step
 from dspex_lab.lm.profiles import LabModelProfile
 
 __all__ = ["Draws", "Solution", "solve", "step_error_probability"]
