@@ -10,6 +10,8 @@ so ``except dx.errors.DspexLabError`` catches all of them and nothing else::
     ├── DatasetError            a dataset that cannot be read (file and line)
     ├── ExecutionError          an executor or trial runner failure (not a trial's own)
     │   ├── TrialTimeoutError       a trial that ran past its timeout
+    │   ├── TrialCancelledError     a trial stopped before its next LM call (run stopped or interrupted)
+    │   ├── InvalidScoreError       a metric that returned NaN, ±inf or a non-number
     │   └── PackageError            a reproducibility package that fails verification
     ├── JournalError            a journal that cannot be opened, read or written
     ├── OptimizerError          an optimizer that cannot run
@@ -26,12 +28,14 @@ __all__ = [
     "DspexLabError",
     "DspexLabWarning",
     "ExecutionError",
+    "InvalidScoreError",
     "JournalError",
     "MissingDependencyError",
     "ModuleNotAllowedError",
     "OptimizerError",
     "PackageError",
     "ProgramSpecError",
+    "TrialCancelledError",
     "TrialTimeoutError",
     "VariableError",
 ]
@@ -104,6 +108,14 @@ class ExecutionError(DspexLabError):
 
 class TrialTimeoutError(ExecutionError, TimeoutError):
     """A trial that did not finish within its timeout."""
+
+
+class TrialCancelledError(ExecutionError):
+    """A trial stopped by its cancel token before an LM call (its run stopped, or it timed out)."""
+
+
+class InvalidScoreError(ExecutionError, ValueError):
+    """A metric returned a value that is not a finite number (NaN, ±inf, a string, ...)."""
 
 
 class PackageError(ExecutionError):

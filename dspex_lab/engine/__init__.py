@@ -1,28 +1,54 @@
-"""Execution: trials, executors, retries, timeouts, cancel and run events.
+"""Execution: the run primitive, trials, executors, retries, timeouts, cancel and run events.
 
 This layer owns turning (hydrated program, example, repeat) into a
 :class:`TrialResult` — a failure being data, never an exception — and running
-many trials in parallel. It emits events and never imports a display library.
+many trials in parallel under one :class:`RunPolicy` with :func:`run_trials`,
+which every workload (evaluation, optimization) uses. It emits events to sinks
+and never imports a display library.
 """
 
+from dspex_lab.engine._budget import Budget, BudgetTracker
+from dspex_lab.engine._cancel import CancelToken, current_token, guard_installed, install_lm_guard
 from dspex_lab.engine._events import Event, EventBus, RunFinished, RunStarted, TrialFinished
 from dspex_lab.engine._executor import Executor, RunStatus, ThreadExecutor, make_executor
-from dspex_lab.engine._trial import RetryPolicy, TrialResult, TrialRunner, TrialTask, is_transient, to_json_value
+from dspex_lab.engine._run import LiveStatistics, RunPolicy, RunReport, run_trials
+from dspex_lab.engine._trial import (
+    RetryPolicy,
+    SpanSink,
+    TrialResult,
+    TrialRunner,
+    TrialTask,
+    is_transient,
+    retry_after,
+    to_json_value,
+)
 
 __all__ = [
+    "Budget",
+    "BudgetTracker",
+    "CancelToken",
     "Event",
     "EventBus",
     "Executor",
+    "LiveStatistics",
     "RetryPolicy",
     "RunFinished",
+    "RunPolicy",
+    "RunReport",
     "RunStarted",
     "RunStatus",
+    "SpanSink",
     "ThreadExecutor",
     "TrialFinished",
     "TrialResult",
     "TrialRunner",
     "TrialTask",
+    "current_token",
+    "guard_installed",
+    "install_lm_guard",
     "is_transient",
     "make_executor",
+    "retry_after",
+    "run_trials",
     "to_json_value",
 ]

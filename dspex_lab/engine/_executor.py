@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextvars
-import itertools
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from dspex_lab.engine._trial import RetryPolicy, TrialResult, TrialRunner, TrialTask
+from dspex_lab.engine._cancel import CancelToken
+from dspex_lab.engine._trial import TrialResult, TrialRunner, TrialTask
 from dspex_lab.errors import ExecutionError
 
 __all__ = ["Executor", "RunStatus", "ThreadExecutor", "make_executor"]
@@ -27,11 +27,14 @@ class RunStatus:
 class Executor(Protocol):
     """Runs trials in parallel and hands each finished one to ``on_result``.
 
-    Contract: ``on_result`` is called on the calling thread, once per task, in
-    completion order; if it returns True the run stops (no new trials start, the
-    running ones are abandoned) and ``run`` returns ``"stopped"``. A
-    KeyboardInterrupt while waiting stops the run promptly and ``run`` returns
-    ``"interrupted"``; every result delivered before that is kept by the caller.
+    Contract: every task gets its own :class:`CancelToken` carrying ``timeout`` (the whole
+    trial's time, all attempts included); ``on_result`` is called on the calling thread,
+    once per task, in completion order. A trial past its deadline is handed to
+    ``runner.abandon`` (no further LM request; its partial spans kept) and its record passed
+    to ``on_result``. If ``on_result`` returns True the run stops: queued trials never start,
+    running ones are cancelled, and ``run`` returns ``"stopped"``. A KeyboardInterrupt while
+    waiting does the same and ``run`` returns ``"interrupted"``; every result delivered
+    before that is kept by the caller.
     """
 
     threads: int
@@ -43,7 +46,6 @@ class Executor(Protocol):
         *,
         on_result: Callable[[TrialResult], bool | None],
         timeout: float | None = None,
-        retry: RetryPolicy | None = None,
     ) -> str:
         """Run ``tasks`` with ``runner``; return a :class:`RunStatus` value."""
         ...
@@ -54,15 +56,19 @@ class ThreadExecutor:
 
     Each trial runs in a copy of the caller's ``contextvars`` context, so
     ``dspy.context(...)`` settings, the active dspex context and DSPy's active
-    call id reach the worker. A trial that passes its timeout is abandoned (a
-    Python thread cannot be killed): its worker is replaced so capacity stays
-    constant, and its late result is ignored.
+    call id reach the worker. A trial past its deadline is cancelled (its next LM
+    call raises, and a request in flight carries the remaining time as its timeout).
+    A thread stuck in code that cannot be cancelled (a metric that never returns) is
+    replaced so capacity stays constant, at most ``max_stuck`` times per run; past
+    that the run stops rather than leak threads, and says why (``stuck_detail``).
     """
 
-    def __init__(self, threads: int = 8) -> None:
-        if not isinstance(threads, int) or threads < 1:
+    def __init__(self, threads: int = 8, *, max_stuck: int | None = None) -> None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ExecutionError(f"threads must be a positive integer, got {threads!r}")
         self.threads = threads
+        self.max_stuck = 4 * threads if max_stuck is None else max_stuck
+        self.stuck_detail: str | None = None
 
     def __repr__(self) -> str:
         return f"ThreadExecutor(threads={self.threads})"
@@ -74,50 +80,44 @@ class ThreadExecutor:
         *,
         on_result: Callable[[TrialResult], bool | None],
         timeout: float | None = None,
-        retry: RetryPolicy | None = None,
     ) -> str:
         """Run ``tasks`` with ``runner``; see :class:`Executor` for the contract."""
-        retry = retry or RetryPolicy()
-        inbox: queue.SimpleQueue[tuple[int, TrialTask, int] | None] = queue.SimpleQueue()
+        inbox: queue.SimpleQueue[tuple[int, TrialTask] | None] = queue.SimpleQueue()
         outbox: queue.SimpleQueue[tuple[int, TrialResult | None]] = queue.SimpleQueue()
-        started: dict[int, float] = {}
-        cancel = threading.Event()
+        running: dict[int, tuple[CancelToken, float]] = {}
+        abandoned: set[int] = set()  # trials given up at their deadline (their threads exit when they return)
+        stuck: set[int] = set()  # of those, the ones whose threads have not returned yet
+        stopping = threading.Event()
         base_context = contextvars.copy_context()
-        submission_ids = itertools.count()
-        in_flight: dict[int, tuple[TrialTask, int]] = {}
+        in_flight: dict[int, TrialTask] = {}
+        self.stuck_detail = None
 
         def work() -> None:
             while True:
                 item = inbox.get()
                 if item is None:
                     return
-                submission, task, attempt = item
-                if cancel.is_set():
+                submission, task = item
+                if stopping.is_set():
                     continue
-                started[submission] = time.monotonic()
+                token = CancelToken(timeout)
+                running[submission] = (token, time.time())
                 try:
-                    result = base_context.copy().run(runner, task, attempt=attempt)
+                    result = base_context.copy().run(runner, task, token=token)
                 except BaseException as error:  # the runner records errors; this is a last resort
                     result = TrialRunner.failure(
-                        task, error, stage="runner", started=time.time(), clock=time.perf_counter(), attempt=attempt
+                        task, error, stage="runner", started=time.time(), clock=time.perf_counter(), attempt=1
                     )
                 outbox.put((submission, result))
+                if submission in abandoned:
+                    return  # a replacement took this thread's place while it was stuck
 
-        def submit(task: TrialTask, attempt: int) -> None:
-            submission = next(submission_ids)
-            in_flight[submission] = (task, attempt)
-            inbox.put((submission, task, attempt))
-
-        def start_worker() -> None:
-            threading.Thread(target=work, name="dspex-trial", daemon=True).start()
-
-        # Every task is queued up front: workers never wait for the coordinating thread to hand
-        # out work, which matters when many threads compete for the GIL.
-        for task in tasks:
-            submit(task, 1)
+        for submission, task in enumerate(tasks):
+            in_flight[submission] = task
+            inbox.put((submission, task))
         workers = self.threads
         for _ in range(workers):
-            start_worker()
+            threading.Thread(target=work, name="dspex-trial", daemon=True).start()
         wait = 0.5 if timeout is None else max(0.01, min(0.5, timeout / 4))
         status = RunStatus.FINISHED
         try:
@@ -130,35 +130,43 @@ class ThreadExecutor:
                 except queue.Empty:
                     pass
                 for submission, result in finished:
+                    running.pop(submission, None)
+                    stuck.discard(submission)
                     if submission not in in_flight:
-                        continue  # a late result of an abandoned (timed-out) attempt
+                        continue  # the late result of a trial given up at its deadline
                     del in_flight[submission]
-                    started.pop(submission, None)
                     if result is not None and on_result(result):
                         status = RunStatus.STOPPED
                         break
-                if timeout is not None and status == RunStatus.FINISHED:
-                    now = time.monotonic()
-                    for late in [sid for sid, began in list(started.items()) if now - began > timeout]:
-                        began = started.pop(late)
-                        if late not in in_flight:
-                            continue
-                        task, attempt = in_flight.pop(late)
-                        start_worker()  # the stuck worker is lost to this run; keep capacity
+                if timeout is None or status != RunStatus.FINISHED:
+                    continue
+                for submission, (token, started) in list(running.items()):
+                    if submission not in in_flight or not token.cancelled:
+                        continue
+                    task = in_flight.pop(submission)
+                    abandoned.add(submission)
+                    stuck.add(submission)
+                    if len(stuck) <= self.max_stuck:
+                        threading.Thread(target=work, name="dspex-trial", daemon=True).start()
                         workers += 1
-                        if attempt <= retry.retries:
-                            submit(task, attempt + 1)
-                        elif on_result(
-                            TrialRunner.timed_out(
-                                task, timeout=timeout, started=time.time() - (now - began), attempts=attempt
-                            )
-                        ):
-                            status = RunStatus.STOPPED
-                            break
+                    elif self.stuck_detail is None:
+                        self.stuck_detail = (
+                            f"{len(stuck)} trials did not return after their {timeout:g} s timeout (stuck in code "
+                            "that cannot be cancelled, such as a metric that never returns); stopped instead of "
+                            "leaving more threads behind"
+                        )
+                    if on_result(runner.abandon(task, token, started=started, reason=f"timeout after {timeout:g} s")):
+                        status = RunStatus.STOPPED
+                        break
+                    if self.stuck_detail is not None:
+                        status = RunStatus.STOPPED
+                        break
         except KeyboardInterrupt:
             status = RunStatus.INTERRUPTED
         finally:
-            cancel.set()
+            stopping.set()
+            for token, _ in list(running.values()):
+                token.cancel("run stopped" if status != RunStatus.INTERRUPTED else "run interrupted")
             for _ in range(workers):
                 inbox.put(None)
         return status
@@ -167,7 +175,7 @@ class ThreadExecutor:
 def make_executor(spec: object = None, *, threads: int | None = None) -> Executor:
     """Return an executor from a spec: None/"thread" (thread pool), or an Executor instance."""
     if spec is None or spec == "thread":
-        return ThreadExecutor(threads or 8)
+        return ThreadExecutor(8 if threads is None else threads)
     if isinstance(spec, str) and spec.startswith("dask://"):
         raise ExecutionError("the Dask executor is not available in this version of dspex_lab; use executor='thread'")
     if hasattr(spec, "run") and hasattr(spec, "threads"):

@@ -1,28 +1,56 @@
-"""One trial: run a hydrated program on one example, score it, and capture everything as data."""
+"""One trial: run a hydrated program on one example, score it, and capture everything as data.
+
+Retries live here and only here: the runner retries transient failures (rate limits,
+provider timeouts, transport faults) with backoff, honouring a provider's ``Retry-After``
+up to a cap, checks the trial's cancel token before every attempt and (through the LM
+guard, see :mod:`dspex_lab.engine._cancel`) before every LM call, and records every
+retried attempt's cause. The run's LMs are given ``num_retries=0`` so DSPy's client does
+not retry underneath (see :meth:`TrialRunner.__init__`).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import threading
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import dspy
 from dspy.utils.exceptions import is_retryable_lm_error
 from dspy.utils.usage_tracker import UsageTracker
 
-from dspex_lab.errors import TrialTimeoutError
+from dspex_lab._records import TRIAL_FIELDS
+from dspex_lab._records import trial_id as make_trial_id
+from dspex_lab.engine._cancel import CancelToken, install_lm_guard
+from dspex_lab.errors import InvalidScoreError, TrialCancelledError, TrialTimeoutError
 from dspex_lab.lm import current_rollout, lm_cost
-from dspex_lab.trace import SpanRecorder, dispatch
+from dspex_lab.trace import SpanRecorder, dispatch, span
 from dspex_lab.trace import metric as metric_span
+from dspex_lab.trace.redaction import mask_text
 
-__all__ = ["RetryPolicy", "TrialResult", "TrialRunner", "TrialTask", "is_transient", "to_json_value"]
+__all__ = [
+    "RetryPolicy",
+    "SpanSink",
+    "TrialResult",
+    "TrialRunner",
+    "TrialTask",
+    "is_transient",
+    "retry_after",
+    "to_json_value",
+]
 
 Metric = Callable[[dspy.Example, Any], Any]
+# Receives a trial's spans (from the worker thread that captured them); must be thread-safe.
+SpanSink = Callable[[str, Sequence[Any]], None]
+
+# Error texts and tracebacks are kept to these lengths (the tail of a traceback is where it failed).
+MAX_ERROR_MESSAGE = 2000
+MAX_TRACEBACK = 8000
 
 
 @dataclass(frozen=True)
@@ -34,15 +62,24 @@ class TrialTask:
     example: dspy.Example
     repeat: int = 0
 
+    @property
+    def trial_id(self) -> str:
+        """The trial's id (see :func:`dspex_lab._records.trial_id`)."""
+        return make_trial_id(self.example_id, self.repeat)
+
 
 @dataclass(frozen=True)
 class TrialResult:
     """Everything recorded about one finished trial; a failure is data, not an exception.
 
     ``status`` is ``"ok"`` (scored) or ``"error"``; errors carry ``error_type``,
-    ``error_message`` and ``traceback`` and have ``score=None`` so they are never
-    averaged in as 0. ``error_stage`` says where it failed: ``program``,
-    ``metric`` or ``timeout``.
+    ``error_message`` and ``traceback`` (secrets masked) and have ``score=None`` so they are
+    never averaged in as 0. ``error_stage`` says where it failed: ``program``, ``metric``,
+    ``timeout`` or ``cancelled``. ``retries`` is a JSON list with one entry per retried
+    attempt (its error and the wait before the next). ``cost`` is None when any LM call of
+    the trial had no known price; ``unpriced_models`` then names the models.
+
+    The fields are the trial record of :data:`dspex_lab._records.TRIAL_FIELDS`.
     """
 
     index: int
@@ -63,36 +100,99 @@ class TrialResult:
     attempts: int = 1
     started_at: float = 0.0
     finished_at: float = 0.0
-    trial_id: str = field(default="")
-    spans: tuple[Any, ...] = field(default=(), compare=False, repr=False)
+    retries: str | None = None
+    unpriced_models: str | None = None
 
     @property
     def ok(self) -> bool:
         """Whether the trial produced a score."""
         return self.status == "ok"
 
+    @property
+    def trial_id(self) -> str:
+        """The trial's id, stable across resumes."""
+        return make_trial_id(self.example_id, self.repeat)
+
     def to_row(self) -> dict[str, Any]:
-        """Return the trial as a flat dict (journal row order)."""
+        """Return the trial as a flat dict keyed by the record's field names (journal row order)."""
         # A shallow copy: every field is immutable, and asdict's deep copy costs 7x as much.
-        return {name: getattr(self, name) for name in _RESULT_FIELDS}
+        return {name: getattr(self, name) for name in _ROW_FIELDS}
 
 
-# Spans travel beside the row (they go to their own table), so they are not one of its columns.
-_RESULT_FIELDS = tuple(item.name for item in fields(TrialResult) if item.name != "spans")
+_ROW_FIELDS = tuple(item.name for item in TRIAL_FIELDS if item.name is not None)
+_missing = set(_ROW_FIELDS) - {item.name for item in fields(TrialResult)} - {"trial_id"}
+if _missing:  # pragma: no cover - a broken edit of the record or of TrialResult
+    raise RuntimeError(f"TrialResult lacks the trial record's fields {sorted(_missing)}")
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries for transient errors (rate limits, LM timeouts, trial timeouts), with exponential backoff."""
+    """Retries of transient errors (rate limits, LM timeouts, transport faults), with exponential backoff.
+
+    Args:
+        retries: retries after the first attempt (0 disables retrying).
+        backoff: the first wait in seconds, doubled each retry, with deterministic jitter.
+        max_backoff: the longest computed wait.
+        max_retry_after: the longest wait a provider's ``Retry-After`` may ask for; a longer
+            request is capped to this (the retry still happens, sooner than asked).
+    """
 
     retries: int = 3
     backoff: float = 0.05
     max_backoff: float = 2.0
+    max_retry_after: float = 30.0
 
-    def delay(self, attempt: int, key: str) -> float:
-        """Return the wait before retry number ``attempt`` (1-based), with deterministic jitter."""
+    def __post_init__(self) -> None:
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"retries must be a non-negative integer, got {self.retries!r}")
+        for name in ("backoff", "max_backoff", "max_retry_after"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and value >= 0)
+            ):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+
+    def delay(self, attempt: int, key: str, error: BaseException | None = None) -> float:
+        """Return the wait before retry number ``attempt`` (1-based): the provider's hint if any, else backoff."""
+        hint = retry_after(error) if error is not None else None
+        if hint is not None:
+            return min(hint, self.max_retry_after)
         jitter = int(hashlib.sha256(f"{key}:{attempt}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
         return min(self.max_backoff, self.backoff * (2 ** (attempt - 1))) * (0.5 + jitter)
+
+
+def retry_after(error: BaseException) -> float | None:
+    """Return the seconds a provider asked to wait (``Retry-After``) in ``error`` or its causes, if any."""
+    current: BaseException | None = error
+    seen = 0
+    while current is not None and seen < 8:
+        value = getattr(current, "retry_after", None)
+        if value is None:
+            response = getattr(current, "response", None)
+            headers = getattr(response, "headers", None)
+            if headers is not None:
+                try:
+                    value = headers.get("retry-after")
+                except Exception:
+                    value = None
+        seconds = _seconds(value)
+        if seconds is not None:
+            return seconds
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
+
+
+def _seconds(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def is_transient(error: BaseException) -> bool:
@@ -138,16 +238,20 @@ def _score(value: Any) -> float:
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, (int, float)) or hasattr(value, "__float__"):
-        number = float(value)
-        if math.isnan(number):
-            raise ValueError("the metric returned NaN")
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError) as error:
+            raise InvalidScoreError(f"the metric returned {value!r:.60}, which is not a number") from error
+        if not math.isfinite(number):
+            raise InvalidScoreError(f"the metric returned {number}; a score must be a finite number")
         return number
-    raise TypeError(f"the metric must return a number or bool, got {type(value).__name__}: {value!r:.60}")
+    raise InvalidScoreError(f"the metric must return a number or bool, got {type(value).__name__}: {value!r:.60}")
 
 
-def _usage(tracker: UsageTracker) -> tuple[int, int, float | None, int]:
+def _usage(tracker: UsageTracker) -> tuple[int, int, float | None, int, tuple[str, ...]]:
     input_tokens = output_tokens = calls = 0
     cost: float | None = 0.0
+    unpriced: list[str] = []
     for model, entries in tracker.usage_data.items():
         model_in = sum(int(entry.get("prompt_tokens") or 0) for entry in entries)
         model_out = sum(int(entry.get("completion_tokens") or 0) for entry in entries)
@@ -155,8 +259,26 @@ def _usage(tracker: UsageTracker) -> tuple[int, int, float | None, int]:
         output_tokens += model_out
         calls += len(entries)
         model_cost = lm_cost(model, model_in, model_out)
+        if model_cost is None:
+            unpriced.append(model)
         cost = None if cost is None or model_cost is None else cost + model_cost
-    return input_tokens, output_tokens, cost, calls
+    return input_tokens, output_tokens, cost, calls, tuple(unpriced)
+
+
+def _without_client_retries(lm: Any) -> Any:
+    """Return ``lm`` (or a copy) whose client makes one request per call: retrying is the runner's job."""
+    if lm is None or not getattr(lm, "num_retries", 0):
+        return lm
+    try:
+        return lm.copy(num_retries=0)
+    except Exception:  # an LM that cannot be copied keeps its own retries (documented in docs/engine.md)
+        return lm
+
+
+def _error_text(error: BaseException) -> tuple[str, str]:
+    message = mask_text(str(error)[:MAX_ERROR_MESSAGE])
+    trace = mask_text("".join(traceback.format_exception(error))[-MAX_TRACEBACK:])
+    return message, trace
 
 
 class TrialRunner:
@@ -164,6 +286,15 @@ class TrialRunner:
 
     The module is shared by the worker threads, as ``dspy.Evaluate`` shares it: DSPy
     predictors keep no per-call state on the instance.
+
+    Args:
+        module: the hydrated program.
+        metric: ``metric(example, prediction)``.
+        lm: the run's LM (used through a copy without client retries).
+        retry: the retry policy (the only retry layer).
+        recorder: capture each trial's span tree with it.
+        span_sink: receives each traced trial's spans (thread-safe; called from worker threads,
+            and from the run's thread for a timed-out trial's partial spans).
     """
 
     def __init__(
@@ -174,32 +305,55 @@ class TrialRunner:
         lm: dspy.BaseLM | None,
         retry: RetryPolicy,
         recorder: SpanRecorder | None = None,
+        span_sink: SpanSink | None = None,
     ) -> None:
         self.module = module
         self.metric = metric
-        self.lm = lm
+        self.lm = _without_client_retries(lm)
         self.retry = retry
         self.recorder = recorder
+        self.span_sink = span_sink
+        self.guarded = install_lm_guard()
         # The recorder is handed DSPy's calls directly when this DSPy allows it (see dspex_lab.trace.dispatch);
         # registering it as a DSPy callback instead would double a zero-latency trial's cost.
         self._direct = recorder is not None and dispatch.install()
+        self._metric_name = getattr(metric, "__name__", None) or type(metric).__name__
+        # Traces of trials in flight, by their token: a trial abandoned at its timeout hands over what it has.
+        self._open: dict[int, Any] = {}
+        self._open_lock = threading.Lock()
 
-    def __call__(self, task: TrialTask, *, attempt: int = 1) -> TrialResult:
+    def __call__(self, task: TrialTask, *, token: CancelToken | None = None) -> TrialResult:
         """Run ``task``; with a recorder, capture its span tree; never raise for a trial's own failure."""
+        token = token if token is not None else CancelToken()
         if self.recorder is None:
-            return self._run(task, attempt=attempt)
-        attributes = {"example_id": task.example_id, "repeat": task.repeat, "attempt": attempt}
-        with self.recorder.trial(f"{task.example_id}/r{task.repeat}", attributes=attributes) as collector:
-            result = self._run(task, attempt=attempt)
-            collector.root.set(status=result.status, score=result.score, error_type=result.error_type)
-            if result.status == "error":
-                collector.root.fail(f"{result.error_type}: {result.error_message}")
-        # The result was built just above and is not shared yet: attaching the spans in place spares a
-        # dataclasses.replace (field introspection and a second validation) on every traced trial.
-        object.__setattr__(result, "spans", tuple(collector.spans))
+            return self._run(task, token)
+        attributes = {"example_id": task.example_id, "repeat": task.repeat}
+        with self.recorder.trial(task.trial_id, attributes=attributes) as collector:
+            with self._open_lock:
+                self._open[id(token)] = collector
+            try:
+                result = self._run(task, token)
+                collector.root.set(
+                    status=result.status, score=result.score, error_type=result.error_type, attempts=result.attempts
+                )
+                if result.status == "error":
+                    collector.root.fail(f"{result.error_type}: {result.error_message}")
+            finally:
+                with self._open_lock:
+                    abandoned = self._open.pop(id(token), None) is None
+        if not abandoned and self.span_sink is not None:
+            self.span_sink(task.trial_id, tuple(collector.spans))
         return result
 
-    def _run(self, task: TrialTask, *, attempt: int) -> TrialResult:
+    def _attempt_scope(self, attempt: int, cause: str | None) -> Any:
+        if self.recorder is None:
+            return _NO_SCOPE
+        attributes: dict[str, Any] = {"attempt": attempt}
+        if cause is not None:
+            attributes["retry_cause"] = cause
+        return span(f"attempt {attempt}", kind="attempt", attributes=attributes)
+
+    def _run(self, task: TrialTask, token: CancelToken) -> TrialResult:
         started = time.time()
         clock = time.perf_counter()
         tracker = UsageTracker()
@@ -211,28 +365,84 @@ class TrialRunner:
                 overrides.update(dispatch.settings(self.recorder))
             else:
                 overrides["callbacks"] = [*(dspy.settings.callbacks or []), self.recorder]
-        stage = "program"
-        while True:
-            try:
-                with dspy.context(**overrides), current_rollout(task.repeat):
-                    prediction = self.module(**task.example.inputs())
-                stage = "metric"
-                if self.recorder is None:
-                    score = _score(self.metric(task.example, prediction))
-                else:
-                    with metric_span(getattr(self.metric, "__name__", "metric")) as handle:
+        retried: list[dict[str, Any]] = []
+        attempt = 1
+        cause: str | None = None
+        bound = token.bind()
+        try:
+            while True:
+                stage = "program"
+                try:
+                    token.check()
+                    with self._attempt_scope(attempt, cause) as attempt_span:
+                        try:
+                            with dspy.context(**overrides), current_rollout(task.repeat):
+                                prediction = self.module(**task.example.inputs())
+                        except Exception as error:
+                            if attempt_span is not None:
+                                attempt_span.fail(f"{type(error).__name__}: {error}")
+                            raise
+                    stage = "metric"
+                    if self.recorder is None:
                         score = _score(self.metric(task.example, prediction))
-                        handle.set(score=score)
-            except Exception as error:
-                if stage == "program" and is_transient(error) and attempt <= self.retry.retries:
-                    time.sleep(self.retry.delay(attempt, f"{task.example_id}:{task.repeat}"))
-                    attempt += 1
-                    continue
-                return self.failure(
-                    task, error, stage=stage, started=started, clock=clock, usage=_usage(tracker), attempt=attempt
-                )
-            break
-        input_tokens, output_tokens, cost, calls = _usage(tracker)
+                    else:
+                        with metric_span(self._metric_name) as handle:
+                            handle.set(expected=_expected(task.example), got=_got(prediction))
+                            score = _score(self.metric(task.example, prediction))
+                            handle.set(score=score)
+                except Exception as error:
+                    if isinstance(error, TrialCancelledError) or (token.cancelled and stage == "program"):
+                        return self.failure(
+                            task,
+                            error,
+                            stage=_cancel_stage(token),
+                            started=started,
+                            clock=clock,
+                            usage=_usage(tracker),
+                            attempt=attempt,
+                            retried=retried,
+                        )
+                    if stage == "program" and is_transient(error) and attempt <= self.retry.retries:
+                        wait = self.retry.delay(attempt, task.trial_id, error)
+                        remaining = token.remaining()
+                        if remaining is None or wait < remaining:
+                            message, _ = _error_text(error)
+                            retried.append(
+                                {
+                                    "attempt": attempt,
+                                    "error_type": type(error).__name__,
+                                    "error_message": message[:500],
+                                    "wait": round(wait, 3),
+                                }
+                            )
+                            cause = f"{type(error).__name__} (waited {wait:.3g} s)"
+                            if token.wait(wait):
+                                attempt += 1
+                                continue
+                            return self.failure(
+                                task,
+                                TrialCancelledError(f"cancelled while waiting to retry: {token.reason}"),
+                                stage=_cancel_stage(token),
+                                started=started,
+                                clock=clock,
+                                usage=_usage(tracker),
+                                attempt=attempt,
+                                retried=retried,
+                            )
+                    return self.failure(
+                        task,
+                        error,
+                        stage=stage,
+                        started=started,
+                        clock=clock,
+                        usage=_usage(tracker),
+                        attempt=attempt,
+                        retried=retried,
+                    )
+                break
+        finally:
+            token.unbind(bound)
+        input_tokens, output_tokens, cost, calls, unpriced = _usage(tracker)
         return TrialResult(
             index=task.index,
             example_id=task.example_id,
@@ -248,6 +458,8 @@ class TrialRunner:
             attempts=attempt,
             started_at=started,
             finished_at=time.time(),
+            retries=json.dumps(retried) if retried else None,
+            unpriced_models=",".join(unpriced) or None,
         )
 
     @staticmethod
@@ -258,11 +470,13 @@ class TrialRunner:
         stage: str,
         started: float,
         clock: float,
-        usage: tuple[int, int, float | None, int] = (0, 0, 0.0, 0),
+        usage: tuple[int, int, float | None, int, tuple[str, ...]] = (0, 0, 0.0, 0, ()),
         attempt: int,
+        retried: Sequence[dict[str, Any]] = (),
     ) -> TrialResult:
-        """Return the record of a trial that raised ``error`` at ``stage`` (usage: tokens in/out, cost, calls)."""
-        input_tokens, output_tokens, cost, calls = usage
+        """Return the record of a trial that raised ``error`` at ``stage`` (secrets in its text masked)."""
+        input_tokens, output_tokens, cost, calls, unpriced = usage
+        message, trace = _error_text(error)
         return TrialResult(
             index=task.index,
             example_id=task.example_id,
@@ -271,9 +485,9 @@ class TrialRunner:
             score=None,
             prediction=None,
             error_type=type(error).__name__,
-            error_message=str(error)[:2000],
+            error_message=message,
             error_stage=stage,
-            traceback="".join(traceback.format_exception(error))[-8000:],
+            traceback=trace,
             latency=time.perf_counter() - clock,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
@@ -282,11 +496,23 @@ class TrialRunner:
             attempts=attempt,
             started_at=started,
             finished_at=time.time(),
+            retries=json.dumps(list(retried)) if retried else None,
+            unpriced_models=",".join(unpriced) or None,
         )
 
-    @staticmethod
-    def timed_out(task: TrialTask, *, timeout: float, started: float, attempts: int) -> TrialResult:
-        """Return the record of a trial abandoned after ``timeout`` seconds."""
+    def abandon(self, task: TrialTask, token: CancelToken, *, started: float, reason: str) -> TrialResult:
+        """Record a trial its run gave up on (timeout or stop), handing over the spans captured so far.
+
+        The token is cancelled, so the trial's thread makes no further LM request; whatever it
+        returns later is not recorded, and its spans are not sent again.
+        """
+        token.cancel(reason)
+        with self._open_lock:
+            collector = self._open.pop(id(token), None)
+        if collector is not None and self.span_sink is not None:
+            self.span_sink(task.trial_id, _partial_spans(collector, reason))
+        timed_out = reason.startswith("timeout")
+        error_type = TrialTimeoutError.__name__ if timed_out else TrialCancelledError.__name__
         return TrialResult(
             index=task.index,
             example_id=task.example_id,
@@ -294,11 +520,41 @@ class TrialRunner:
             status="error",
             score=None,
             prediction=None,
-            error_type=TrialTimeoutError.__name__,
-            error_message=f"trial did not finish within {timeout:g} s (attempt {attempts})",
-            error_stage="timeout",
-            latency=timeout,
-            attempts=attempts,
+            error_type=error_type,
+            error_message=f"trial {reason}; it was stopped before its next LM call",
+            error_stage="timeout" if timed_out else "cancelled",
+            latency=time.time() - started,
             started_at=started,
             finished_at=time.time(),
         )
+
+
+def _partial_spans(collector: Any, reason: str) -> tuple[Any, ...]:
+    status = "timeout" if reason.startswith("timeout") else "cancelled"
+    snapshot = getattr(collector, "snapshot", None)
+    if callable(snapshot):
+        return tuple(snapshot(status=status, reason=reason))
+    return tuple(collector.spans)
+
+
+def _cancel_stage(token: CancelToken) -> str:
+    return "timeout" if (token.reason or "").startswith("timeout") else "cancelled"
+
+
+def _expected(example: dspy.Example) -> Any:
+    return to_json_value(dict(example.labels()))
+
+
+def _got(prediction: Any) -> Any:
+    return to_json_value(prediction)
+
+
+class _NoScope:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SCOPE = _NoScope()

@@ -6,7 +6,7 @@ pre-registered hypotheses, cost budgets, reproducibility packages, the
 subscribed to engine events.
 """
 
-from dspex_lab.evaluate._budget import Budget
+from dspex_lab.engine import Budget
 from dspex_lab.evaluate._compare import Comparison, ComparisonSet, compare, compare_many
 from dspex_lab.evaluate._context import Context, current_context
 from dspex_lab.evaluate._evaluate import environment, evaluate
@@ -20,6 +20,12 @@ from dspex_lab.evaluate._package import (
     verify_package,
 )
 from dspex_lab.evaluate._result import EvaluationResult
+from dspex_lab.lm import resolve_lm
+from dspex_lab.program import set_lm_resolver
+
+# Model variables name LMs; the lab models resolve without a network (also wired by `import dspex_lab`
+# for users of dx.Program alone).
+set_lm_resolver(resolve_lm)
 
 __all__ = [
     "Budget",

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import platform
-import time
+import tempfile
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import dspy
@@ -16,26 +19,24 @@ import pandas as pd
 
 from dspex_lab.data import Dataset
 from dspex_lab.engine import (
-    EventBus,
+    Budget,
     RetryPolicy,
-    RunFinished,
-    RunStarted,
-    RunStatus,
+    RunPolicy,
     TrialFinished,
-    TrialResult,
     TrialRunner,
     TrialTask,
+    run_trials,
 )
-from dspex_lab.errors import DspexLabWarning, ExecutionError, ProgramSpecError
-from dspex_lab.evaluate._budget import Budget, BudgetTracker
+from dspex_lab.errors import DspexLabWarning, ExecutionError, JournalError, ProgramSpecError
 from dspex_lab.evaluate._context import current_context
 from dspex_lab.evaluate._result import EvaluationResult
-from dspex_lab.journal import ExperimentRecord
+from dspex_lab.journal import DuckDBJournal, ExperimentRecord, TrialWriter
 from dspex_lab.journal._schema import trials_frame
 from dspex_lab.program import Program
 from dspex_lab.trace import SpanRecorder
+from dspex_lab.trace.redaction import redact
 
-__all__ = ["environment", "evaluate"]
+__all__ = ["environment", "evaluate", "plan_trials"]
 
 Metric = Callable[[dspy.Example, Any], Any]
 
@@ -57,7 +58,7 @@ def environment() -> dict[str, str]:
 
 
 def _lm_state(lm: dspy.BaseLM) -> dict[str, Any] | None:
-    # dump_state leaves out API keys; an LM that cannot describe itself is recorded by model only.
+    # dump_state leaves out API keys (not headers or passwords in URLs: the config is redacted as a whole).
     try:
         return lm.dump_state()
     except Exception:
@@ -95,6 +96,30 @@ def _tqdm_subscriber() -> Callable[[Any], None]:
     return TqdmProgress()
 
 
+def _is_priced(lm: Any) -> bool:
+    try:
+        from dspex_lab.lm import is_priced
+    except ImportError:  # pragma: no cover - an lm layer without pricing: nothing can be checked up front
+        return True
+    return is_priced(lm)
+
+
+def _policy(timeout: float | None, retries: int, max_errors: int | float | None, budget: Budget | None) -> RunPolicy:
+    try:
+        return RunPolicy(timeout=timeout, retry=RetryPolicy(retries=retries), max_errors=max_errors, budget=budget)
+    except ValueError as error:
+        raise ExecutionError(str(error)) from error
+
+
+def plan_trials(data: Dataset, repeats: int) -> list[TrialTask]:
+    """Return the trials of ``repeats`` samples of every example of ``data``, in dataset order."""
+    return [
+        TrialTask(index=index, example_id=example_id, example=example, repeat=repeat)
+        for index, (example_id, example) in enumerate(zip(data.example_ids, data, strict=True))
+        for repeat in range(repeats)
+    ]
+
+
 def evaluate(
     program: Program | dspy.Module,
     dataset: Dataset | Sequence[dspy.Example],
@@ -116,21 +141,25 @@ def evaluate(
 
     Args:
         program: a :class:`~dspex_lab.Program` (hydrated once) or a live ``dspy.Module``.
-        dataset: a :class:`~dspex_lab.Dataset` or any sequence of ``dspy.Example``.
-        metric: ``metric(example, prediction)`` returning a number or bool; if it raises, the
-            trial is recorded as an error at the ``metric`` stage.
+        dataset: a :class:`~dspex_lab.Dataset` or any sequence of ``dspy.Example`` (not empty).
+        metric: ``metric(example, prediction)`` returning a finite number or bool; if it raises or
+            returns NaN/±inf, the trial is recorded as an error at the ``metric`` stage.
         name: the experiment's name (defaults to the program's).
         repeats: samples per example, each with its own rollout id; scores are averaged per example.
-        timeout: seconds after which a trial is abandoned and retried (then recorded as an error).
-        resume: an interrupted experiment's id; only its missing trials run.
-        retries: retries of transient failures (rate limits, timeouts) per trial.
+        timeout: seconds a trial may take, retries included; past it the trial is cancelled (no
+            further LM request) and recorded as timed out with the spans captured so far.
+        resume: an interrupted experiment's id; only its missing trials run (same program, dataset,
+            repeats, LM and metric required).
+        retries: retries of transient failures (rate limits, timeouts) per trial; the only retry
+            layer (the LM's own client retries are turned off for the run).
         max_errors: an error budget (a count, or a fraction of planned trials); past it the run stops.
         progress: show a progress bar (True), or a callable receiving the run's events.
         subscribers: further event subscribers (widgets, loggers).
         cluster: an example field whose values group examples (e.g. a source document); the standard
             error and interval are then clustered.
         budget: spending limits; a pilot of ``budget.pilot`` trials projects the run's cost first,
-            a warning comes at 80% of a limit and the run stops cleanly at 100%.
+            a warning comes at 80% of a limit and the run stops cleanly at 100%. A dollar limit on an
+            LM without a known price is refused before the first call.
         trace: capture every trial's span tree (modules, adapter, LM calls, metric) into the journal;
             read it back with ``journal.trace(experiment_id, trial_id)`` or ``dspex trace``.
 
@@ -138,181 +167,196 @@ def evaluate(
         The result; if the run is interrupted (KeyboardInterrupt) the finished trials are journaled,
         the experiment is marked interrupted and KeyboardInterrupt is raised again naming the id to resume.
     """
-    if not isinstance(repeats, int) or repeats < 1:
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ExecutionError(f"repeats must be a positive integer, got {repeats!r}")
-    if timeout is not None and timeout <= 0:
-        raise ExecutionError(f"timeout must be positive seconds, got {timeout!r}")
     if not callable(metric):
         raise ExecutionError(f"metric must be callable as metric(example, prediction), got {metric!r}")
+    policy = _policy(timeout, retries, max_errors, budget)
     context = current_context()
     journal = context.journal
     data = _as_dataset(dataset)
-    module, spec, program_name, fingerprint = _program_parts(program, context.lm)
-    run_name = name or program_name
-    planned = [
-        TrialTask(index=index, example_id=example_id, example=example, repeat=repeat)
-        for index, (example_id, example) in enumerate(zip(data.example_ids, data, strict=True))
-        for repeat in range(repeats)
-    ]
-    clusters = _cluster_keys(data, cluster)
-    error_budget = (
-        None
-        if max_errors is None
-        else (int(max_errors * len(planned)) if isinstance(max_errors, float) and max_errors < 1 else int(max_errors))
-    )
-    config = {
-        "repeats": repeats,
-        "timeout": timeout,
-        "retries": retries,
-        "max_errors": max_errors,
-        "cluster": cluster,
-        "trace": trace,
-        "budget": budget.limits() if budget is not None else None,
-        "threads": context.threads,
-        "lm": getattr(context.lm, "model", repr(context.lm)),
-        "lm_state": _lm_state(context.lm),
-    }
-
+    if len(data) == 0:
+        raise ExecutionError(f"dataset {data.name or ''!s} is empty: there is nothing to evaluate".replace("  ", " "))
     if trace and journal is None:
         raise ExecutionError(
             "trace=True stores each trial's span tree in the journal, and this evaluation has none: "
             "give dx.Context a journal (a path, or the default instead of journal=False) to keep the traces"
         )
-
+    module, spec, program_name, fingerprint = _program_parts(program, context.lm)
+    planned = plan_trials(data, repeats)
+    config = redact(
+        {
+            "repeats": repeats,
+            "timeout": timeout,
+            "retries": retries,
+            "max_errors": max_errors,
+            "cluster": cluster,
+            "trace": trace,
+            "budget": budget.limits() if budget is not None else None,
+            "threads": context.threads,
+            "lm": getattr(context.lm, "model", repr(context.lm)),
+            "lm_state": _lm_state(context.lm),
+        }
+    )
     with journal.hold() if journal is not None else contextlib.nullcontext():
-        experiment_id: str | None = None
-        new_record: ExperimentRecord | None = None
-        manifest = data.manifest()
-        done_before: set[tuple[str, int]] = set()
-        if resume is not None:
-            if journal is None:
-                raise ExecutionError("resume needs a journal: use dx.Context(journal=...) with the run's journal")
-            previous = journal.experiment(resume)
-            if previous["status"] in ("running",):
-                raise ExecutionError(f"experiment {resume} is still running in process {previous['pid']}")
-            _check_resumable(previous, fingerprint, data, repeats)
-            experiment_id = resume
-            done_before = journal.finished_keys(resume)
-            journal.claim_experiment(resume)
-            run_name = previous["name"]
-        elif journal is not None:
-            # Inserted by the writer's thread, so the first trials start without waiting for the file.
-            new_record = ExperimentRecord(
-                kind="evaluation",
-                name=run_name,
-                program_name=program_name,
-                program_fingerprint=fingerprint,
-                program_spec=spec,
-                dataset_name=data.name,
-                dataset_fingerprint=data.fingerprint,
-                dataset_manifest=manifest,
-                metric=_metric_name(metric),
-                config=config,
-                environment=environment(),
-                n_planned=len(planned),
-                examples=_stored_examples(data),
-            )
-            experiment_id = new_record.id
-        tasks = [task for task in planned if (task.example_id, task.repeat) not in done_before]
-
-        bus = EventBus(list(subscribers))
-        if progress is True:
-            bus.subscribe(_tqdm_subscriber())
-        elif callable(progress):
-            bus.subscribe(progress)
-        writer = (
-            journal.writer(experiment_id, create=new_record)
-            if journal is not None and experiment_id is not None
-            else None
+        start = _start_record(
+            journal, resume, name or program_name, program_name, spec, fingerprint, data, metric, config, planned
         )
-        results: list[TrialResult] = []
+        tasks = [task for task in planned if (task.example_id, task.repeat) not in start.done_before]
+        writer = journal.writer(start.experiment_id, create=start.record) if start.experiment_id else None
         rows: list[dict[str, Any]] = []
-        counters = {"errors": 0}
-        run_id = experiment_id or "memory"
-
-        def on_result(result: TrialResult) -> bool:
-            spans = result.spans
-            if spans:
-                # The spans now belong to the writer; keeping them here would hold every trial's prompts to the
-                # end. The runner built this result for this call alone, so it is emptied in place rather than
-                # copied with dataclasses.replace, which costs more than the rest of this function.
-                object.__setattr__(result, "spans", ())
-            results.append(result)
-            row = result.to_row()
-            rows.append(row)
-            if result.status == "error":
-                counters["errors"] += 1
-            if writer is not None:
-                writer.add(row, spans=spans)
-            bus.emit(TrialFinished(run_id, result, len(results), len(tasks), counters["errors"]))
-            if spending is not None and spending.add(result):
-                return True
-            return error_budget is not None and counters["errors"] > error_budget
-
-        spending = BudgetTracker(budget) if budget is not None else None
+        sinks: list[Callable[[Any], None]] = [_RowSink(rows, writer)]
+        if progress is True:
+            sinks.append(_tqdm_subscriber())
+        elif callable(progress):
+            sinks.append(progress)
+        sinks.extend(subscribers)
         runner = TrialRunner(
             module,
             metric,
             lm=context.lm,
-            retry=RetryPolicy(retries=retries),
+            retry=policy.retry,
             recorder=SpanRecorder() if trace else None,
+            span_sink=writer.add_spans if writer is not None else None,
         )
-        bus.emit(RunStarted(run_id, run_name, len(planned), len(done_before)))
-        started = time.perf_counter()
         try:
-            phases = [tasks]
-            if spending is not None and len(tasks) > budget.pilot:  # type: ignore[union-attr]
-                phases = [tasks[: budget.pilot], tasks[budget.pilot :]]  # type: ignore[union-attr]
-            status = RunStatus.FINISHED
-            for position, phase in enumerate(phases):
-                status = context.executor.run(phase, runner, on_result=on_result, timeout=timeout, retry=runner.retry)
-                if status != RunStatus.FINISHED:
-                    break
-                if position == 0 and spending is not None and len(phases) > 1:
-                    spending.project(len(tasks))
-        finally:
-            wall = time.perf_counter() - started
-            if writer is not None:
-                writer.close()
-        detail = None
-        if status == RunStatus.STOPPED:
-            detail = (
-                spending.exceeded
-                if spending is not None and spending.exceeded
-                else f"error budget: {counters['errors']} errors > {error_budget}"
+            report = run_trials(
+                tasks,
+                runner,
+                executor=context.executor,
+                policy=policy,
+                sinks=sinks,
+                run_id=start.experiment_id or "memory",
+                name=start.name,
+                already_done=len(start.done_before),
+                is_priced=_is_priced,
             )
-        final_status = {RunStatus.FINISHED: "finished", RunStatus.INTERRUPTED: "interrupted"}.get(status, "stopped")
-        bus.emit(RunFinished(run_id, final_status, len(results), len(tasks), counters["errors"], wall))
-
-        if journal is not None and experiment_id is not None and done_before:
-            trials = journal.trials(experiment_id)
-        else:
-            trials = _frame(rows)
+        finally:
+            saved_elsewhere = _close_writer(writer, rows, start.experiment_id)
+        stored = journal is not None and start.experiment_id is not None and saved_elsewhere is None
+        trials = journal.trials(start.experiment_id) if stored and start.done_before else _frame(rows)
         result = EvaluationResult(
-            experiment_id=experiment_id,
-            name=run_name,
-            status=final_status,
+            experiment_id=start.experiment_id,
+            name=start.name,
+            status=report.status,
             trials=trials,
             program=spec,
-            dataset=manifest,
+            dataset=data.manifest(),
             metric=_metric_name(metric),
-            wall_seconds=wall,
-            clusters=clusters,
-            status_detail=detail,
-            spending=spending.to_summary() if spending is not None else None,
-            journal=journal,
-            traced=trace,
+            wall_seconds=report.wall_seconds,
+            clusters=_cluster_keys(data, cluster),
+            status_detail=report.detail,
+            spending=report.spending,
+            journal=journal if stored else None,
+            traced=trace and stored,
         )
-        if journal is not None and experiment_id is not None:
-            journal.finish_experiment(experiment_id, status=final_status, detail=detail, summary=result.to_summary())
-        if status == RunStatus.INTERRUPTED:
-            raise KeyboardInterrupt(
-                f"evaluation {experiment_id} interrupted after {len(results)} new trials (all journaled); "
-                f"resume with dx.evaluate(..., resume={experiment_id!r})"
-            )
-        if detail:
-            warnings.warn(f"evaluation {experiment_id} stopped early: {detail}", DspexLabWarning, stacklevel=2)
-        return result
+        if stored:
+            try:
+                journal.finish_experiment(  # type: ignore[union-attr]
+                    start.experiment_id, status=report.status, detail=report.detail, summary=result.to_summary()
+                )
+            except JournalError as error:
+                warnings.warn(
+                    f"the trials of {start.experiment_id} are journaled, but its final status could not be: {error}",
+                    DspexLabWarning,
+                    stacklevel=2,
+                )
+    if report.status == "interrupted":
+        raise KeyboardInterrupt(
+            f"evaluation {start.experiment_id} interrupted after {len(report.results)} new trials (all journaled); "
+            f"resume with dx.evaluate(..., resume={start.experiment_id!r})"
+        )
+    if report.detail:
+        warnings.warn(f"evaluation {start.experiment_id} stopped early: {report.detail}", DspexLabWarning, stacklevel=2)
+    return result
+
+
+class _RowSink:
+    """Keep every recorded trial's row for the result, and stream it to the journal writer."""
+
+    def __init__(self, rows: list[dict[str, Any]], writer: TrialWriter | None) -> None:
+        self.rows = rows
+        self.writer = writer
+
+    def __call__(self, event: Any) -> None:
+        if isinstance(event, TrialFinished):
+            row = event.result.to_row()
+            self.rows.append(row)
+            if self.writer is not None:
+                self.writer.add(row)
+
+
+@dataclass(frozen=True)
+class _Start:
+    experiment_id: str | None
+    name: str
+    record: ExperimentRecord | None
+    done_before: frozenset[tuple[str, int]]
+
+
+def _start_record(
+    journal: DuckDBJournal | None,
+    resume: str | None,
+    name: str,
+    program_name: str,
+    spec: dict[str, Any] | None,
+    fingerprint: str | None,
+    data: Dataset,
+    metric: Metric,
+    config: dict[str, Any],
+    planned: Sequence[TrialTask],
+) -> _Start:
+    """Resume an experiment (checked to be the same run) or describe a new one for the writer to insert."""
+    if resume is not None:
+        if journal is None:
+            raise ExecutionError("resume needs a journal: use dx.Context(journal=...) with the run's journal")
+        previous = journal.experiment(resume)
+        if previous["status"] in ("running",):
+            raise ExecutionError(f"experiment {resume} is still running in process {previous['pid']}")
+        _check_resumable(previous, fingerprint, data, config, _metric_name(metric))
+        done = frozenset(journal.finished_keys(resume))
+        journal.claim_experiment(resume)
+        return _Start(resume, previous["name"], None, done)
+    if journal is None:
+        return _Start(None, name, None, frozenset())
+    # Inserted by the writer's thread, so the first trials start without waiting for the file.
+    record = ExperimentRecord(
+        kind="evaluation",
+        name=name,
+        program_name=program_name,
+        program_fingerprint=fingerprint,
+        program_spec=spec,
+        dataset_name=data.name,
+        dataset_fingerprint=data.fingerprint,
+        dataset_manifest=data.manifest(),
+        metric=_metric_name(metric),
+        config=config,
+        environment=environment(),
+        n_planned=len(planned),
+        examples=_stored_examples(data),
+    )
+    return _Start(record.id, name, record, frozenset())
+
+
+def _close_writer(writer: TrialWriter | None, rows: list[dict[str, Any]], experiment_id: str | None) -> Path | None:
+    """Flush the journal writer; if the journal cannot take the trials, save them beside it and say where."""
+    if writer is None:
+        return None
+    try:
+        writer.close()
+        return None
+    except JournalError as error:
+        fallback = Path(tempfile.gettempdir()) / f"dspex-unsaved-{experiment_id}.jsonl"
+        with fallback.open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False, default=repr) + "\n")
+        warnings.warn(
+            f"the journal could not be written ({error}); the run's {len(rows)} trials are in the returned "
+            f"result and were saved to {fallback}",
+            DspexLabWarning,
+            stacklevel=3,
+        )
+        return fallback
 
 
 # Datasets up to this size are stored in the journal, so an experiment can be exported and re-run
@@ -342,7 +386,9 @@ def _cluster_keys(data: Dataset, cluster: str | None) -> pd.Series | None:
     return pd.Series([str(example[cluster]) for example in data], index=list(data.example_ids), name=cluster)
 
 
-def _check_resumable(previous: dict[str, Any], fingerprint: str | None, data: Dataset, repeats: int) -> None:
+def _check_resumable(
+    previous: dict[str, Any], fingerprint: str | None, data: Dataset, config: dict[str, Any], metric: str
+) -> None:
     if fingerprint is None or previous["program_fingerprint"] != fingerprint:
         raise ExecutionError(
             f"cannot resume {previous['id']}: it ran program {previous['program_fingerprint']!s:.12}, "
@@ -353,9 +399,23 @@ def _check_resumable(previous: dict[str, Any], fingerprint: str | None, data: Da
             f"cannot resume {previous['id']}: it ran on dataset {previous['dataset_fingerprint']!s:.12}, "
             f"this is {data.fingerprint:.12}; resume with the same dataset"
         )
-    previous_repeats = (previous.get("config") or {}).get("repeats", 1)
-    if previous_repeats != repeats:
-        raise ExecutionError(f"cannot resume {previous['id']}: it ran with repeats={previous_repeats}, not {repeats}")
+    before = previous.get("config") or {}
+    previous_repeats = before.get("repeats", 1)
+    if previous_repeats != config["repeats"]:
+        raise ExecutionError(
+            f"cannot resume {previous['id']}: it ran with repeats={previous_repeats}, not {config['repeats']}"
+        )
+    # Mixing two LMs or two metrics in one experiment would make its statistics meaningless.
+    if "lm" in before and (before.get("lm"), before.get("lm_state")) != (config["lm"], config["lm_state"]):
+        raise ExecutionError(
+            f"cannot resume {previous['id']}: it ran with LM {before.get('lm')!r}"
+            + (" (other settings)" if before.get("lm") == config["lm"] else "")
+            + f", this run has {config['lm']!r}; resume with the same LM"
+        )
+    if previous.get("metric") is not None and previous["metric"] != metric:
+        raise ExecutionError(
+            f"cannot resume {previous['id']}: it was scored with metric {previous['metric']!r}, not {metric!r}"
+        )
 
 
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -14,6 +14,8 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from dspex_lab._records import TRIAL_COLUMNS, TRIAL_FIELDS
+
 __all__ = [
     "ROW_SCHEMA",
     "SCHEMA_VERSION",
@@ -21,58 +23,21 @@ __all__ = [
     "TRIAL_COLUMNS",
     "current_version",
     "ensure_schema",
+    "trials_ddl",
     "trials_frame",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
-TRIAL_COLUMNS = (
-    "experiment_id",
-    "trial_id",
-    "example_id",
-    "example_index",
-    "repeat",
-    "status",
-    "score",
-    "prediction",
-    "error_type",
-    "error_message",
-    "error_stage",
-    "traceback",
-    "latency",
-    "input_tokens",
-    "output_tokens",
-    "cost",
-    "lm_calls",
-    "attempts",
-    "started_at",
-    "finished_at",
-)
+# The in-memory trial row (``TrialResult.to_row()``), typed from the one record definition, so an
+# all-None column still has a type.
+ROW_SCHEMA = pa.schema([(item.name, getattr(pa, item.arrow)()) for item in TRIAL_FIELDS if item.name is not None])
 
 
-# The columns of TrialResult.to_row(), typed, so an all-None column still has a type.
-ROW_SCHEMA = pa.schema(
-    [
-        ("index", pa.int64()),
-        ("example_id", pa.string()),
-        ("repeat", pa.int32()),
-        ("status", pa.string()),
-        ("score", pa.float64()),
-        ("prediction", pa.string()),
-        ("error_type", pa.string()),
-        ("error_message", pa.string()),
-        ("error_stage", pa.string()),
-        ("traceback", pa.string()),
-        ("latency", pa.float64()),
-        ("input_tokens", pa.int64()),
-        ("output_tokens", pa.int64()),
-        ("cost", pa.float64()),
-        ("lm_calls", pa.int32()),
-        ("attempts", pa.int32()),
-        ("started_at", pa.float64()),
-        ("finished_at", pa.float64()),
-    ]
-)
+def trials_ddl() -> str:
+    """Return the CREATE TABLE statement of the trials table, derived from the trial record."""
+    columns = ",\n".join(f"    {item.column} {item.sql}{' NOT NULL' if item.required else ''}" for item in TRIAL_FIELDS)
+    return f"CREATE TABLE IF NOT EXISTS trials (\n{columns},\n    PRIMARY KEY (experiment_id, trial_id)\n);"
 
 
 # The columns of Span.to_row() (dspex_lab.trace), in the spans table's order after experiment_id.
@@ -110,22 +75,24 @@ def span_table(spans: Sequence[Any]) -> pa.Table:
 def trials_frame(rows: Sequence[Mapping[str, Any]], *, experiment_id: str | None) -> pd.DataFrame:
     """Return trial rows (``TrialResult.to_row()`` dicts) as a frame in the trials table's column order.
 
-    The trial id is ``"<example_id>/r<repeat>"``: stable across resumes, unique within an experiment.
     Without an ``experiment_id`` (an in-memory run) that column is left out.
     """
     columns = [column for column in TRIAL_COLUMNS if experiment_id is not None or column != "experiment_id"]
     if not rows:
         return pd.DataFrame(columns=columns)
     # Through Arrow with a fixed schema: several times faster than pandas on dicts, and typed.
-    frame = pa.Table.from_pylist(list(rows), schema=ROW_SCHEMA).to_pandas().rename(columns={"index": "example_index"})
+    renames = {item.name: item.column for item in TRIAL_FIELDS if item.name is not None and item.name != item.column}
+    frame = pa.Table.from_pylist(list(rows), schema=ROW_SCHEMA).to_pandas().rename(columns=renames)
     if experiment_id is not None:
         frame["experiment_id"] = experiment_id
-    frame["trial_id"] = frame["example_id"].astype(str) + "/r" + frame["repeat"].astype(str)
-    for column in ("started_at", "finished_at"):
-        frame[column] = pd.to_datetime(frame[column], unit="s")
+    for item in TRIAL_FIELDS:
+        if item.sql == "TIMESTAMP":
+            frame[item.column] = pd.to_datetime(frame[item.column], unit="s")
     return frame[columns]
 
 
+# Migrations are history: each brings a journal written by an older dspex_lab one version up. A new
+# journal is created at the current version directly (the trials table from the record definition).
 _VERSION_1 = """
 CREATE TABLE IF NOT EXISTS dspex_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS experiments (
@@ -151,29 +118,6 @@ CREATE TABLE IF NOT EXISTS experiments (
     updated_at TIMESTAMP NOT NULL,
     heartbeat_at TIMESTAMP,
     finished_at TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS trials (
-    experiment_id VARCHAR NOT NULL,
-    trial_id VARCHAR NOT NULL,
-    example_id VARCHAR NOT NULL,
-    example_index BIGINT,
-    repeat INTEGER NOT NULL,
-    status VARCHAR NOT NULL,
-    score DOUBLE,
-    prediction JSON,
-    error_type VARCHAR,
-    error_message VARCHAR,
-    error_stage VARCHAR,
-    traceback VARCHAR,
-    latency DOUBLE,
-    input_tokens BIGINT,
-    output_tokens BIGINT,
-    cost DOUBLE,
-    lm_calls INTEGER,
-    attempts INTEGER,
-    started_at TIMESTAMP,
-    finished_at TIMESTAMP,
-    PRIMARY KEY (experiment_id, trial_id)
 );
 """
 
@@ -221,12 +165,26 @@ CREATE TABLE IF NOT EXISTS spans (
 );
 """
 
-# version -> statements that bring a journal from (version - 1) to version.
+# Version 4: every retried attempt's cause, and the models a trial could not price.
+_VERSION_4 = """
+ALTER TABLE trials ADD COLUMN IF NOT EXISTS retries JSON;
+ALTER TABLE trials ADD COLUMN IF NOT EXISTS unpriced_models VARCHAR;
+"""
+
+# version -> statements that bring a journal from (version - 1) to version. Version 1 is never a
+# migration target: a file without journal tables is created at the current version (_create).
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
-    1: lambda connection: connection.execute(_VERSION_1),
     2: lambda connection: connection.execute(_VERSION_2),
     3: lambda connection: connection.execute(_VERSION_3),
+    4: lambda connection: connection.execute(_VERSION_4),
 }
+
+
+def _create(connection: duckdb.DuckDBPyConnection) -> None:
+    connection.execute(_VERSION_1)
+    connection.execute(trials_ddl())
+    connection.execute(_VERSION_2)
+    connection.execute(_VERSION_3)
 
 
 def current_version(connection: duckdb.DuckDBPyConnection) -> int:
@@ -254,8 +212,11 @@ def ensure_schema(connection: duckdb.DuckDBPyConnection) -> int:
         return found
     connection.execute("BEGIN TRANSACTION")
     try:
-        for version in range(found + 1, SCHEMA_VERSION + 1):
-            MIGRATIONS[version](connection)
+        if found == 0:
+            _create(connection)
+        else:
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[version](connection)
         connection.execute("INSERT OR REPLACE INTO dspex_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         connection.execute("COMMIT")
     except Exception:

@@ -48,7 +48,7 @@ def run(executor, module, n, *, timeout=None, retries=0, metric=identity_metric,
         return stop_after is not None and len(results) >= stop_after
 
     runner = TrialRunner(module, metric, lm=None, retry=RetryPolicy(retries=retries, backoff=0.001))
-    status = executor.run(tasks(n), runner, on_result=on_result, timeout=timeout, retry=runner.retry)
+    status = executor.run(tasks(n), runner, on_result=on_result, timeout=timeout)
     return status, results
 
 
@@ -81,7 +81,7 @@ def test_program_and_metric_failures_are_data():
 
 def test_metric_returning_garbage_is_an_error():
     _status, results = run(ThreadExecutor(2), EchoModule(), 2, metric=lambda example, prediction: "yes")
-    assert {result.error_type for result in results} == {"TypeError"}
+    assert {result.error_type for result in results} == {"InvalidScoreError"}
     assert "must return a number or bool" in results[0].error_message
 
 
@@ -96,12 +96,24 @@ def test_timeout_abandons_hung_trials_and_keeps_capacity():
     assert all(by_index[i].ok for i in range(2, 10))
 
 
-def test_timeout_retries_then_records():
+def test_a_timeout_covers_the_whole_trial_and_is_not_retried_in_a_new_thread():
     module = EchoModule(hang_on=frozenset({0}))
+    before = {thread.ident for thread in threading.enumerate()}
     _status, results = run(ThreadExecutor(2), module, 3, timeout=0.2, retries=2)
+    time.sleep(0.3)  # idle workers exit once the run hands them their stop marker
     failed = [result for result in results if not result.ok]
     assert len(results) == 3 and len(failed) == 1
-    assert failed[0].attempts == 3
+    assert failed[0].attempts == 1 and failed[0].error_stage == "timeout"
+    assert module.calls == 3  # the hung example ran once, not once per retry
+    left = [thread for thread in threading.enumerate() if thread.ident not in before and thread.name == "dspex-trial"]
+    assert len(left) <= 1  # at most the one stuck thread is left
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_scores_are_typed_errors(value):
+    _status, results = run(ThreadExecutor(2), EchoModule(), 2, metric=lambda example, prediction: value)
+    assert {result.error_type for result in results} == {"InvalidScoreError"}
+    assert all(result.score is None and result.error_stage == "metric" for result in results)
 
 
 def test_stop_request_ends_the_run():

@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from dspex_lab.engine import TrialResult
+from dspex_lab.engine._trial import TrialResult
 from dspex_lab.errors import DspexLabWarning, ExecutionError
 
 __all__ = ["Budget", "BudgetTracker"]
@@ -53,8 +53,9 @@ class Budget:
 class BudgetTracker:
     """Count spending trial by trial; say when to warn and when to stop.
 
-    Trials of an LM whose price is unknown count as spending nothing in dollars; the tracker
-    notes it (``unpriced``) so a dollar budget is not silently meaningless.
+    A trial whose cost is unknown (an unpriced model) cannot be counted in dollars: with a
+    dollar limit the tracker stops the run at the first such trial (``exceeded`` says why)
+    rather than let spending run unmeasured; without one it only counts them (``unpriced``).
     """
 
     budget: Budget
@@ -70,6 +71,9 @@ class BudgetTracker:
         self.trials += 1
         if result.cost is None:
             self.unpriced += 1
+            if self.budget.usd is not None and self.exceeded is None and result.lm_calls:
+                models = result.unpriced_models or "an unpriced model"
+                self.exceeded = f"budget: usd cannot be enforced, calls to {models} have no known price"
         else:
             self.spent["usd"] += result.cost
         self.spent["lm_calls"] += result.lm_calls

@@ -1,0 +1,245 @@
+"""The run primitive: trial tasks in, one frozen policy, events out to sinks.
+
+Every workload runs its trials through :func:`run_trials`: an evaluation, an optimizer's
+mini-batch screening and full evaluations, a DSPy optimizer's candidate evaluations. It
+owns what used to be spread over ``evaluate()``: the pilot and projection of a cost
+budget, the error budget, timeouts (through the executor), stopping, and emitting the
+run's events. Sinks receive the events in order on the calling thread: the journal
+writer, a progress bar, :class:`LiveStatistics`, widgets. Spans never travel on results:
+the runner hands them to its span sink as each trial ends.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dspex_lab.engine._budget import Budget, BudgetTracker
+from dspex_lab.engine._events import EventBus, RunFinished, RunStarted, TrialFinished
+from dspex_lab.engine._executor import Executor, RunStatus
+from dspex_lab.engine._trial import RetryPolicy, TrialResult, TrialRunner, TrialTask
+from dspex_lab.errors import DspexLabWarning, ExecutionError
+
+__all__ = ["LiveStatistics", "RunPolicy", "RunReport", "run_trials"]
+
+Sink = Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    """How a run treats its trials; validated once, shared by every workload.
+
+    Args:
+        timeout: seconds a trial may take, all its attempts included (None: no limit).
+        retry: the retry policy for transient failures (the only retry layer).
+        max_errors: an error budget: a count, or a fraction (0 < f < 1) of the planned trials;
+            past it the run stops.
+        budget: spending limits, with a pilot that projects the run's cost first.
+    """
+
+    timeout: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_errors: int | float | None = None
+    budget: Budget | None = None
+
+    def __post_init__(self) -> None:
+        timeout = self.timeout
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise ExecutionError(f"timeout must be a finite positive number of seconds or None, got {timeout!r}")
+        if not isinstance(self.retry, RetryPolicy):
+            raise ExecutionError(f"retry must be a RetryPolicy, got {type(self.retry).__name__}")
+        errors = self.max_errors
+        if errors is not None and (
+            isinstance(errors, bool)
+            or not isinstance(errors, (int, float))
+            or not math.isfinite(errors)
+            or errors < 0
+            or (isinstance(errors, float) and not errors.is_integer() and errors >= 1)
+        ):
+            raise ExecutionError(
+                f"max_errors must be a count (an integer >= 0) or a fraction between 0 and 1, got {errors!r}"
+            )
+        if self.budget is not None and not isinstance(self.budget, Budget):
+            raise ExecutionError(f"budget must be a dx.Budget, got {type(self.budget).__name__}")
+
+    def error_budget(self, planned: int) -> int | None:
+        """Return the number of errors the run tolerates before it stops."""
+        if self.max_errors is None:
+            return None
+        if isinstance(self.max_errors, float) and self.max_errors < 1:
+            return int(self.max_errors * planned)
+        return int(self.max_errors)
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """How a run ended and what it produced (the results in completion order)."""
+
+    status: str
+    results: tuple[TrialResult, ...]
+    detail: str | None
+    wall_seconds: float
+    n_errors: int
+    spending: dict[str, Any] | None
+    n_cancelled: int = 0
+
+
+class LiveStatistics:
+    """A sink that keeps the running mean of scored trials and its 95% normal interval.
+
+    Errors are counted apart (by type), never averaged in. Read ``mean``, ``ci``, ``n``,
+    ``errors`` while the run goes (from the thread that emits, or after it).
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean = math.nan
+        self._m2 = 0.0
+        self.errors: dict[str, int] = {}
+        self.cost = 0.0
+
+    def __call__(self, event: Any) -> None:
+        """Update from a :class:`TrialFinished` event; ignore other events."""
+        if not isinstance(event, TrialFinished):
+            return
+        result = event.result
+        if result.cost is not None:
+            self.cost += result.cost
+        if result.status != "ok" or result.score is None:
+            key = result.error_type or "error"
+            self.errors[key] = self.errors.get(key, 0) + 1
+            return
+        self.n += 1
+        previous = 0.0 if self.n == 1 else self.mean
+        self.mean = previous + (result.score - previous) / self.n
+        self._m2 += (result.score - previous) * (result.score - self.mean)
+
+    @property
+    def stderr(self) -> float:
+        """The standard error of the running mean (NaN below two scores)."""
+        return math.sqrt(self._m2 / (self.n - 1) / self.n) if self.n > 1 else math.nan
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        """A 95% normal interval around the running mean (NaN below two scores)."""
+        half = 1.959963984540054 * self.stderr
+        return (self.mean - half, self.mean + half)
+
+
+def run_trials(
+    tasks: Sequence[TrialTask],
+    runner: TrialRunner,
+    *,
+    executor: Executor,
+    policy: RunPolicy,
+    sinks: Sequence[Sink] = (),
+    run_id: str = "memory",
+    name: str = "run",
+    already_done: int = 0,
+    is_priced: Callable[[Any], bool] | None = None,
+) -> RunReport:
+    """Run ``tasks`` with ``runner`` on ``executor`` under ``policy``, emitting events to ``sinks``.
+
+    Events, in order: one :class:`RunStarted`, one :class:`TrialFinished` per recorded trial,
+    one :class:`RunFinished`. A trial cancelled because the run stopped (budget, error budget,
+    interrupt) is not recorded, so a resume runs it again; its spending still counts.
+
+    Args:
+        tasks: the trials to run.
+        runner: runs one trial.
+        executor: where trials run.
+        policy: timeout, retries, error and cost budgets.
+        sinks: event subscribers (called on this thread, in order; one that raises is dropped).
+        run_id: the id events carry (the experiment's).
+        name: the run's name, for displays.
+        already_done: trials recorded before (a resumed run), for progress displays.
+        is_priced: tells whether an LM's cost is known before its first call; with a dollar
+            budget an unpriced run LM is refused before any call.
+
+    Returns:
+        The report; a KeyboardInterrupt is not re-raised here (status ``"interrupted"``).
+    """
+    budget = policy.budget
+    usd_limited = budget is not None and budget.usd is not None
+    if usd_limited and runner.lm is not None and is_priced is not None and not is_priced(runner.lm):
+        model = getattr(runner.lm, "model", type(runner.lm).__name__)
+        raise ExecutionError(
+            f"Budget(usd={budget.usd:g}) cannot be enforced: model {model!r} has no known price, so its "
+            "spending cannot be measured; use Budget(lm_calls=...) or Budget(tokens=...) for it"
+        )
+    bus = EventBus(list(sinks))
+    results: list[TrialResult] = []
+    errors = 0
+    error_budget = policy.error_budget(len(tasks))
+    spending = BudgetTracker(budget) if budget is not None else None
+    cancelled = 0
+
+    def on_result(result: TrialResult) -> bool:
+        nonlocal errors, cancelled
+        if result.error_stage == "cancelled":
+            cancelled += 1  # stopped by the run, not by its own failure: left for a resume
+            if spending is not None:
+                spending.add(result)
+            return False
+        results.append(result)
+        if result.status == "error":
+            errors += 1
+        bus.emit(TrialFinished(run_id, result, len(results), len(tasks), errors))
+        if spending is not None and spending.add(result):
+            return True
+        return error_budget is not None and errors > error_budget
+
+    bus.emit(RunStarted(run_id, name, len(tasks) + already_done, already_done))
+    started = time.perf_counter()
+    phases: list[Sequence[TrialTask]] = [tasks]
+    if spending is not None and budget is not None and len(tasks) > budget.pilot:
+        phases = [tasks[: budget.pilot], tasks[budget.pilot :]]
+    status = RunStatus.FINISHED
+    for position, phase in enumerate(phases):
+        status = executor.run(phase, runner, on_result=on_result, timeout=policy.timeout)
+        if status != RunStatus.FINISHED:
+            break
+        if position == 0 and spending is not None and len(phases) > 1:
+            spending.project(len(tasks))
+    wall = time.perf_counter() - started
+    detail = None
+    if status == RunStatus.STOPPED:
+        stuck = getattr(executor, "stuck_detail", None)
+        if spending is not None and spending.exceeded:
+            detail = spending.exceeded
+        elif stuck:
+            detail = stuck
+        else:
+            detail = f"error budget: {errors} errors > {error_budget}"
+    final = {RunStatus.FINISHED: "finished", RunStatus.INTERRUPTED: "interrupted"}.get(status, "stopped")
+    bus.emit(RunFinished(run_id, final, len(results), len(tasks), errors, wall))
+    if final == "finished" and results and errors == len(results):
+        first = next(result for result in results if result.status == "error")
+        by_type: dict[str, int] = {}
+        for result in results:
+            by_type[result.error_type or "error"] = by_type.get(result.error_type or "error", 0) + 1
+        warnings.warn(
+            f"every trial of {name} failed ("
+            + ", ".join(f"{count} {kind}" for kind, count in sorted(by_type.items(), key=lambda item: -item[1]))
+            + f"); the first: {first.error_type}: {(first.error_message or '')[:300]}",
+            DspexLabWarning,
+            stacklevel=3,
+        )
+    return RunReport(
+        status=final,
+        results=tuple(results),
+        detail=detail,
+        wall_seconds=wall,
+        n_errors=errors,
+        spending=spending.to_summary() if spending is not None else None,
+        n_cancelled=cancelled,
+    )
