@@ -52,7 +52,9 @@ class Context:
             self.journal = journal
         else:
             self.journal = open_journal(journal if journal not in (None, True) else settings.journal)  # type: ignore[arg-type]
-        self.executor: Executor = make_executor(executor or settings.executor, threads=threads or settings.threads)
+        self.executor: Executor = make_executor(
+            executor or settings.executor, threads=settings.threads if threads is None else threads
+        )
         self._tokens: list[contextvars.Token[Context | None]] = []
 
     @property
