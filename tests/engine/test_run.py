@@ -1,0 +1,272 @@
+"""The run primitive: events, policy, live statistics, retries, cancellation and budgets."""
+
+import json
+import math
+import threading
+import time
+
+import dspy
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+import dspex_lab as dx
+from dspex_lab.engine import (
+    Budget,
+    CancelToken,
+    LiveStatistics,
+    RetryPolicy,
+    RunFinished,
+    RunPolicy,
+    RunStarted,
+    ThreadExecutor,
+    TrialFinished,
+    TrialRunner,
+    TrialTask,
+    current_token,
+    guard_installed,
+    install_lm_guard,
+    retry_after,
+    run_trials,
+)
+from dspex_lab.errors import DspexLabWarning, ExecutionError, TrialCancelledError
+
+
+def tasks(n):
+    return [TrialTask(index=i, example_id=f"e{i}", example=dspy.Example(x=i).with_inputs("x")) for i in range(n)]
+
+
+class Scored(dspy.Module):
+    def forward(self, x):
+        return dspy.Prediction(y=x)
+
+
+def test_events_arrive_in_order_on_the_calling_thread():
+    seen = []
+    caller = threading.get_ident()
+    runner = TrialRunner(Scored(), lambda example, prediction: prediction.y % 2, lm=None, retry=RetryPolicy(retries=0))
+    report = run_trials(
+        tasks(20),
+        runner,
+        executor=ThreadExecutor(4),
+        policy=RunPolicy(),
+        sinks=[lambda event: seen.append((type(event), threading.get_ident()))],
+        run_id="r1",
+        name="demo",
+    )
+    kinds = [kind for kind, _ in seen]
+    assert kinds[0] is RunStarted and kinds[-1] is RunFinished
+    assert kinds.count(TrialFinished) == 20 == len(report.results)
+    assert {thread for _, thread in seen} == {caller}
+    assert report.status == "finished" and report.n_errors == 0
+
+
+def test_live_statistics_match_numpy_and_count_errors_apart():
+    scores = np.random.default_rng(3).normal(0.6, 0.2, 200)
+
+    def metric(example, prediction):
+        if example.x % 50 == 7:
+            raise ValueError("broken metric")
+        return float(scores[example.x])
+
+    live = LiveStatistics()
+    runner = TrialRunner(Scored(), metric, lm=None, retry=RetryPolicy(retries=0))
+    run_trials(tasks(200), runner, executor=ThreadExecutor(4), policy=RunPolicy(), sinks=[live])
+    kept = np.array([scores[i] for i in range(200) if i % 50 != 7])
+    assert live.n == len(kept) and live.errors == {"ValueError": 4}
+    assert live.mean == pytest.approx(kept.mean())
+    assert live.stderr == pytest.approx(scipy_stats.sem(kept))
+    low, high = live.ci
+    assert (low + high) / 2 == pytest.approx(kept.mean())
+    assert high - low == pytest.approx(2 * 1.959963984540054 * scipy_stats.sem(kept))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"timeout": float("nan")}, "timeout"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": float("inf")}, "timeout"),
+        ({"max_errors": -1}, "max_errors"),
+        ({"max_errors": 2.5}, "max_errors"),
+        ({"budget": {"usd": 1}}, "budget"),
+    ],
+)
+def test_policy_refuses_bad_values(options, message):
+    with pytest.raises(ExecutionError, match=message):
+        RunPolicy(**options)
+
+
+def test_retry_policy_validation():
+    with pytest.raises(ValueError, match="retries"):
+        RetryPolicy(retries=-1)
+    with pytest.raises(ValueError, match="max_retry_after"):
+        RetryPolicy(max_retry_after=float("nan"))
+
+
+class RateLimited(Exception):
+    """Named like a provider's rate-limit error, with a Retry-After hint."""
+
+    def __init__(self, message, retry_after):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+RateLimitError = type("RateLimitError", (RateLimited,), {})
+
+
+def test_retry_after_is_honoured_with_a_cap_and_every_attempt_is_recorded():
+    calls = []
+
+    class Flaky(dspy.Module):
+        def forward(self, x):
+            calls.append(time.monotonic())
+            if len(calls) < 3:
+                raise RateLimitError("429 slow down", retry_after=0.2 if len(calls) == 1 else 999)
+            return dspy.Prediction(y=x)
+
+    policy = RetryPolicy(retries=3, max_retry_after=0.3)
+    runner = TrialRunner(Flaky(), lambda example, prediction: 1.0, lm=None, retry=policy)
+    result = runner(tasks(1)[0])
+    assert result.ok and result.attempts == 3
+    retries = json.loads(result.retries)
+    assert [entry["error_type"] for entry in retries] == ["RateLimitError", "RateLimitError"]
+    assert [entry["wait"] for entry in retries] == [0.2, 0.3]  # the hint, then the cap instead of 999 s
+    assert calls[1] - calls[0] >= 0.19 and calls[2] - calls[1] >= 0.29
+
+
+def test_retry_after_reads_hints_from_causes_and_headers():
+    class Response:
+        headers = {"retry-after": "1.5"}
+
+    error = RuntimeError("wrapped")
+    error.__cause__ = type("HTTPError", (Exception,), {"response": Response()})("429")
+    assert retry_after(error) == 1.5
+    assert retry_after(ValueError("no hint")) is None
+
+
+def test_no_retry_when_the_wait_would_pass_the_deadline():
+    class AlwaysLimited(dspy.Module):
+        def forward(self, x):
+            raise RateLimitError("429", retry_after=5)
+
+    runner = TrialRunner(AlwaysLimited(), lambda example, prediction: 1.0, lm=None, retry=RetryPolicy(retries=3))
+    started = time.monotonic()
+    result = runner(tasks(1)[0], token=CancelToken(timeout=1.0))
+    assert time.monotonic() - started < 0.5
+    assert result.status == "error" and result.error_type == "RateLimitError" and result.attempts == 1
+
+
+def test_the_guard_is_installed_on_dspy_base_lm():
+    # If this fails, DSPy moved BaseLM.__call__/acall: cancellation then only abandons threads.
+    assert install_lm_guard(), "dspy.BaseLM no longer has __call__ and acall; update dspex_lab.engine._cancel"
+    assert guard_installed()
+    assert hasattr(dspy.BaseLM.__call__, "__dspex_lm_guard__")
+    assert hasattr(dspy.BaseLM.acall, "__dspex_lm_guard__")
+
+
+def test_a_cancelled_token_stops_the_next_lm_call():
+    install_lm_guard()
+    lm = dx.lab_lm("lab/small")
+    token = CancelToken()
+    handle = token.bind()
+    try:
+        assert current_token() is token
+        lm("hello")  # allowed
+        token.cancel("run stopped")
+        with pytest.raises(TrialCancelledError, match="run stopped"):
+            lm("hello again")
+    finally:
+        token.unbind(handle)
+    lm("outside a trial the guard does nothing")
+
+
+class Counter(dspy.utils.callback.BaseCallback):
+    def __init__(self):
+        self.starts = []
+
+    def on_lm_start(self, call_id, instance, inputs):
+        self.starts.append(time.monotonic())
+
+
+def test_a_timed_out_trial_makes_no_further_lm_request():
+    class Chatty(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.predict = dspy.Predict("question -> answer")
+
+        def forward(self, x):
+            for turn in range(10):
+                self.predict(question=f"turn {turn} of {x}: what is 2 + 2?")
+            return dspy.Prediction(y=x)
+
+    counter = Counter()
+    lm = dx.lab_lm("lab/small", latency=0.15)
+    runner = TrialRunner(Chatty(), lambda example, prediction: 1.0, lm=lm, retry=RetryPolicy(retries=0))
+    results = []
+    with dspy.context(callbacks=[counter]), pytest.warns(DspexLabWarning, match="every trial"):
+        run_trials(
+            tasks(2),
+            runner,
+            executor=ThreadExecutor(2),
+            policy=RunPolicy(timeout=0.4),
+            sinks=[lambda event: results.append(event.result) if isinstance(event, TrialFinished) else None],
+        )
+    finished_at = time.monotonic()
+    calls_at_return = len(counter.starts)
+    time.sleep(1.0)
+    assert all(result.error_stage == "timeout" for result in results) and len(results) == 2
+    assert calls_at_return <= 2 * 4  # about 0.4 s / 0.15 s calls per trial, far from 10
+    assert len(counter.starts) == calls_at_return, "an abandoned trial went on calling the LM"
+    assert all(start <= finished_at for start in counter.starts)
+
+
+def test_error_budget_stops_the_run():
+    class Failing(dspy.Module):
+        def forward(self, x):
+            raise ValueError("always")
+
+    runner = TrialRunner(Failing(), lambda example, prediction: 1.0, lm=None, retry=RetryPolicy(retries=0))
+    report = run_trials(tasks(100), runner, executor=ThreadExecutor(2), policy=RunPolicy(max_errors=5))
+    assert report.status == "stopped" and "error budget" in report.detail
+    assert 6 <= report.n_errors < 100
+
+
+def test_every_trial_failing_warns_with_counts_and_the_first_message():
+    class Failing(dspy.Module):
+        def forward(self, x):
+            raise KeyError(f"missing field for {x}")
+
+    runner = TrialRunner(Failing(), lambda example, prediction: 1.0, lm=None, retry=RetryPolicy(retries=0))
+    with pytest.warns(DspexLabWarning, match=r"every trial of demo failed \(5 KeyError\).*missing field"):
+        run_trials(tasks(5), runner, executor=ThreadExecutor(2), policy=RunPolicy(), name="demo")
+
+
+def test_dollar_budget_on_an_unpriced_lm_is_refused_before_any_call():
+    counter = Counter()
+    runner = TrialRunner(Scored(), lambda example, prediction: 1.0, lm=dx.lab_lm("lab/small"), retry=RetryPolicy())
+    with dspy.context(callbacks=[counter]), pytest.raises(ExecutionError, match="cannot be enforced"):
+        run_trials(
+            tasks(3),
+            runner,
+            executor=ThreadExecutor(2),
+            policy=RunPolicy(budget=Budget(usd=0.01)),
+            is_priced=lambda lm: False,
+        )
+    assert counter.starts == []
+
+
+def test_client_retries_are_turned_off_for_the_run():
+    lm = dspy.LM("openai/gpt-4o-mini", api_key="sk-test", num_retries=5)
+    runner = TrialRunner(Scored(), lambda example, prediction: 1.0, lm=lm, retry=RetryPolicy(retries=2))
+    assert runner.lm.num_retries == 0 and lm.num_retries == 5
+
+
+def test_cancel_token_wait_and_deadline():
+    token = CancelToken(timeout=0.2)
+    assert not token.cancelled and 0 < token.remaining() <= 0.2
+    started = time.monotonic()
+    assert token.wait(5) is False  # the deadline comes first
+    assert 0.15 < time.monotonic() - started < 1.0
+    assert token.cancelled and token.reason.startswith("timeout")
+    assert math.isclose(token.remaining(), 0.0)
