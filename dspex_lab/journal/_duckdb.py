@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -23,22 +24,25 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pandas as pd
 import pyarrow as pa
 
+from dspex_lab._records import TRIAL_COLUMNS, TRIAL_FIELDS, TrialField
 from dspex_lab.errors import JournalError
 from dspex_lab.journal._schema import (
     ROW_SCHEMA,
     SCHEMA_VERSION,
     SPAN_SCHEMA,
-    TRIAL_COLUMNS,
     current_version,
     ensure_schema,
     span_table,
 )
+from dspex_lab.journal._store import TRIAL_ORDERS, ExperimentSummary, TrialOrder, read_spans, read_trace
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["DuckDBJournal", "ExperimentRecord", "TrialWriter", "open_journal"]
 
@@ -59,16 +63,19 @@ _held: dict[Path, _Held] = {}
 _closing: dict[Path, threading.Thread] = {}
 
 
-_SELECTED = {
-    "experiment_id": "?",
-    "trial_id": "example_id || '/r' || CAST(repeat AS VARCHAR)",
-    "example_index": '"index"',
-    "started_at": "make_timestamp(CAST(started_at * 1e6 AS BIGINT))",
-    "finished_at": "make_timestamp(CAST(finished_at * 1e6 AS BIGINT))",
-}
+def _selected(item: TrialField) -> str:
+    # How the insert reads each stored column from the incoming Arrow rows (TrialResult.to_row()).
+    if item.name is None:
+        return "?"  # the experiment id, a parameter of the insert
+    source = f'"{item.name}"'
+    if item.sql == "TIMESTAMP":
+        return f"make_timestamp(CAST({source} * 1e6 AS BIGINT))"
+    return source
+
+
 _INSERT_TRIALS = (
     f"INSERT OR IGNORE INTO trials ({', '.join(TRIAL_COLUMNS)}) "
-    f"SELECT {', '.join(_SELECTED.get(column, column) for column in TRIAL_COLUMNS)} FROM incoming_trials"
+    f"SELECT {', '.join(_selected(item) for item in TRIAL_FIELDS)} FROM incoming_trials"
 )
 
 
@@ -77,8 +84,9 @@ def _now() -> datetime:
 
 
 def _is_lock_conflict(error: duckdb.Error) -> bool:
+    # Matched on DuckDB's own phrases: a loose "lock" would also match "block" in a corruption report.
     text = str(error)
-    return "lock" in text.lower() or "different configuration" in text or "Conflicting lock" in text
+    return "Could not set lock" in text or "Conflicting lock" in text or "different configuration" in text
 
 
 def _pid_alive(pid: int) -> bool:
@@ -164,6 +172,11 @@ class DuckDBJournal:
                     return connection
                 except duckdb.Error as error:
                     if not _is_lock_conflict(error):
+                        if "not a valid DuckDB database" in str(error) or "Corrupt" in str(error):
+                            raise JournalError(
+                                f"journal {self.path} is corrupt (not a readable DuckDB file): {error}; "
+                                "move it aside and start a new journal, or restore it from a copy"
+                            ) from error
                         raise JournalError(f"cannot open journal {self.path}: {error}") from error
                     if time.monotonic() > deadline:
                         raise JournalError(
@@ -367,7 +380,19 @@ class DuckDBJournal:
                 [_now(), experiment_id],
             )
 
-    # -- reading -------------------------------------------------------------------------------
+    # -- reading (the JournalStore queries) ---------------------------------------------------
+
+    def _rows(self, query: str, parameters: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run a read query and return its rows as dicts (NULL as None), without pandas."""
+        if not self.path.exists():
+            raise JournalError(f"journal {self.path} does not exist yet")
+        with self._connect(write=False) as connection:
+            try:
+                cursor = connection.execute(query, list(parameters))
+                names = [column[0] for column in cursor.description]
+                return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            except duckdb.Error as error:
+                raise JournalError(f"query failed on {self.path}: {error}") from error
 
     def sql(self, query: str, parameters: Sequence[Any] | None = None) -> pd.DataFrame:
         """Run a read-only SQL query over the journal's tables and return a DataFrame."""
@@ -379,11 +404,15 @@ class DuckDBJournal:
             except duckdb.Error as error:
                 raise JournalError(f"query failed on {self.path}: {error}") from error
 
-    def experiments(self) -> pd.DataFrame:
-        """Return every experiment, newest first, with trial counts and its current status."""
+    def experiment_summaries(self) -> list[ExperimentSummary]:
+        """Return every experiment, newest first (then by id), with trial counts, errors and mean score.
+
+        A running experiment whose process is gone (or whose heartbeat is stale) is reported as
+        ``interrupted``. An absent journal file has no experiments.
+        """
         if not self.path.exists():
-            return pd.DataFrame(columns=["id", "name", "kind", "status", "n_trials", "n_errors", "created_at"])
-        frame = self.sql(
+            return []
+        rows = self._rows(
             """SELECT e.id, e.name, e.kind, e.status, e.status_detail, e.program_name, e.program_fingerprint,
                       e.dataset_name, e.dataset_fingerprint, e.metric, e.n_planned,
                       coalesce(t.n_trials, 0) AS n_trials, coalesce(t.n_errors, 0) AS n_errors, t.mean_score,
@@ -392,25 +421,29 @@ class DuckDBJournal:
                    SELECT experiment_id, count(*) AS n_trials, count(*) FILTER (status = 'error') AS n_errors,
                           avg(score) AS mean_score
                    FROM trials GROUP BY experiment_id) t ON t.experiment_id = e.id
-               ORDER BY e.created_at DESC"""
+               ORDER BY e.created_at DESC, e.id"""
         )
-        if len(frame):
-            running = frame["status"] == "running"
-            dead = [
-                bool(is_running) and _is_dead(host, pid, heartbeat)
-                for is_running, host, pid, heartbeat in zip(
-                    running, frame["host"], frame["pid"], frame["heartbeat_at"], strict=True
-                )
-            ]
-            frame.loc[dead, "status"] = "interrupted"
-        return frame
+        summaries = []
+        for row in rows:
+            host, pid, heartbeat = row.pop("host"), row.pop("pid"), row.pop("heartbeat_at")
+            if row["status"] == "running" and _is_dead(host, pid, heartbeat):
+                row["status"] = "interrupted"
+            summaries.append(ExperimentSummary(**row))
+        return summaries
+
+    def experiments(self) -> pd.DataFrame:
+        """Return every experiment as a DataFrame, newest first (see :meth:`experiment_summaries`)."""
+        import pandas as pd
+
+        columns = [item.name for item in dataclasses.fields(ExperimentSummary)]
+        return pd.DataFrame([dataclasses.astuple(summary) for summary in self.experiment_summaries()], columns=columns)
 
     def experiment(self, experiment_id: str) -> dict[str, Any]:
         """Return one experiment as a dict (JSON columns decoded)."""
-        frame = self.sql("SELECT * FROM experiments WHERE id = ?", [experiment_id])
-        if frame.empty:
+        rows = self._rows("SELECT * FROM experiments WHERE id = ?", [experiment_id])
+        if not rows:
             raise JournalError(f"no experiment {experiment_id!r} in {self.path}")
-        row = frame.iloc[0].to_dict()
+        row = rows[0]
         for column in ("program_spec", "dataset_manifest", "config", "environment", "summary"):
             if isinstance(row.get(column), str):
                 row[column] = json.loads(row[column])
@@ -419,12 +452,74 @@ class DuckDBJournal:
         return row
 
     def trials(self, experiment_id: str, *, columns: Iterable[str] | None = None) -> pd.DataFrame:
-        """Return an experiment's trials in example order."""
-        selected = ", ".join(columns) if columns else "*"
+        """Return an experiment's trials in example order, as a DataFrame."""
+        selected = ", ".join(_trial_column(column) for column in columns) if columns else "*"
         return self.sql(
-            f"SELECT {selected} FROM trials WHERE experiment_id = ? ORDER BY example_index, repeat",
+            f"SELECT {selected} FROM trials WHERE experiment_id = ? ORDER BY example_index, repeat, trial_id",
             [experiment_id],
         )
+
+    def trial_rows(
+        self,
+        experiment_id: str,
+        *,
+        columns: Sequence[str] | None = None,
+        status: str | None = None,
+        order: TrialOrder = "trial",
+        limit: int | None = None,
+        traced_only: bool = False,
+        with_span_counts: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Return an experiment's trials as dicts (NULL as None), filtered, ordered and limited.
+
+        Args:
+            experiment_id: the experiment.
+            columns: the trial columns to return (default: all).
+            status: only trials with this status (``ok`` or ``error``).
+            order: one of :data:`~dspex_lab.journal.TRIAL_ORDERS`: ``trial`` (example order), ``score``
+                (lowest first, unscored first) or ``error`` (failed first, then as ``score``).
+            limit: at most this many trials.
+            traced_only: only trials with at least one stored span.
+            with_span_counts: add ``spans``, the number of stored spans of each trial.
+
+        Raises:
+            JournalError: an unknown column or order, a negative limit, or a journal that cannot be read.
+        """
+        if order not in _TRIAL_ORDER_SQL:
+            raise JournalError(f"order must be one of {TRIAL_ORDERS}, got {order!r}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise JournalError(f"limit must be a non-negative integer or None, got {limit!r}")
+        selected = ", ".join(f"t.{_trial_column(column)}" for column in columns) if columns else "t.*"
+        query = f"SELECT {selected}"
+        parameters: list[Any] = []
+        if traced_only or with_span_counts:
+            query += ", coalesce(s.n_spans, 0) AS spans" if with_span_counts else ""
+            query += (
+                f" FROM trials t {'JOIN' if traced_only else 'LEFT JOIN'} "
+                "(SELECT trace_id, count(*) AS n_spans FROM spans WHERE experiment_id = ? GROUP BY trace_id) s "
+                "ON s.trace_id = t.trial_id"
+            )
+            parameters.append(experiment_id)
+        else:
+            query += " FROM trials t"
+        query += " WHERE t.experiment_id = ?"
+        parameters.append(experiment_id)
+        if status is not None:
+            query += " AND t.status = ?"
+            parameters.append(status)
+        query += f" ORDER BY {_TRIAL_ORDER_SQL[order]}"
+        if limit is not None:
+            query += " LIMIT ?"
+            parameters.append(limit)
+        return self._rows(query, parameters)
+
+    def trial_counts(self, experiment_id: str) -> dict[str, int]:
+        """Return the number of recorded trials of an experiment per status (absent statuses left out)."""
+        rows = self._rows(
+            "SELECT status, count(*) AS n FROM trials WHERE experiment_id = ? GROUP BY status ORDER BY status",
+            [experiment_id],
+        )
+        return {row["status"]: int(row["n"]) for row in rows}
 
     def span_rows(self, experiment_id: str, trials: str | Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Return span rows as stored, attributes still JSON text: for readers that decode few of them.
@@ -444,46 +539,35 @@ class DuckDBJournal:
         elif trials is not None:
             query += " AND list_contains(?, trace_id)"
             parameters.append(list(trials))
-        if not self.path.exists():
-            raise JournalError(f"journal {self.path} does not exist yet")
-        # Fetched as Python rows, not through a DataFrame: NULL stays None, and 10,000 rows load in a third
-        # of the time (the trace viewer reads a whole trial on every selection).
-        with self._connect(write=False) as connection:
-            try:
-                cursor = connection.execute(query + " ORDER BY trace_id, start_ns, end_ns DESC, span_id", parameters)
-                names = [column[0] for column in cursor.description]
-                return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-            except duckdb.Error as error:
-                raise JournalError(f"query failed on {self.path}: {error}") from error
+        # Python rows, not a DataFrame: NULL stays None, and 10,000 rows load in a third of the time
+        # (the trace viewer reads a whole trial on every selection).
+        return self._rows(query + " ORDER BY trace_id, start_ns, end_ns DESC, span_id", parameters)
 
     def spans(self, experiment_id: str, trials: str | Sequence[str] | None = None) -> list[Any]:
-        """Return the spans (``dspex_lab.trace.Span``) of one trial, of several, or of every trial of an experiment."""
-        from dspex_lab.trace import Span
+        """Return the spans (``dspex_lab.trace.Span``) of one trial, of several, or of every trial of an experiment.
 
-        return [Span.from_row(row) for row in self.span_rows(experiment_id, trials)]
+        Built from :meth:`span_rows` by the trace reader ``import dspex_lab`` registers (the journal does
+        not import the trace layer).
+        """
+        return read_spans(self.span_rows(experiment_id, trials))
 
     def trace(self, experiment_id: str, trial_id: str) -> Any:
         """Return one trial's span tree (a ``dspex_lab.trace.TraceTree``), loading only that trial's spans."""
-        from dspex_lab.trace import TraceTree
-
-        spans = self.spans(experiment_id, trial_id)
-        if not spans:
+        rows = self.span_rows(experiment_id, trial_id)
+        if not rows:
             raise JournalError(
                 f"no spans for trial {trial_id!r} of experiment {experiment_id!r}: "
                 "was it evaluated with dx.evaluate(..., trace=True)?"
             )
-        return TraceTree.from_spans(spans)
+        return read_trace(rows)
 
     def dataset_examples(self, fingerprint: str) -> list[tuple[str, dict[str, Any]]]:
         """Return the stored (example id, fields) of a dataset, in order (empty if it was not stored)."""
-        frame = self.sql(
+        rows = self._rows(
             "SELECT example_id, record FROM dataset_examples WHERE dataset_fingerprint = ? ORDER BY position",
             [fingerprint],
         )
-        return [
-            (example_id, json.loads(record))
-            for example_id, record in zip(frame["example_id"], frame["record"], strict=True)
-        ]
+        return [(row["example_id"], json.loads(row["record"])) for row in rows]
 
     def register_hypothesis(self, record: dict[str, Any]) -> str:
         """Insert a pre-registered hypothesis (status ``registered``) and return its id."""
@@ -513,16 +597,28 @@ class DuckDBJournal:
                 [status, _json(verdict), _now(), hypothesis_id],
             )
 
-    def hypotheses(self) -> pd.DataFrame:
-        """Return every hypothesis, oldest first."""
+    def hypothesis_rows(self) -> list[dict[str, Any]]:
+        """Return every hypothesis as a dict (verdict decoded), oldest first (then by id)."""
         if not self.path.exists():
+            return []
+        rows = self._rows("SELECT * FROM hypotheses ORDER BY registered_at, id")
+        for row in rows:
+            if isinstance(row.get("verdict"), str):
+                row["verdict"] = json.loads(row["verdict"])
+        return rows
+
+    def hypotheses(self) -> pd.DataFrame:
+        """Return every hypothesis as a DataFrame, oldest first (the verdict as stored JSON text)."""
+        if not self.path.exists():
+            import pandas as pd
+
             return pd.DataFrame(columns=["id", "statement", "status", "registered_at"])
-        return self.sql("SELECT * FROM hypotheses ORDER BY registered_at")
+        return self.sql("SELECT * FROM hypotheses ORDER BY registered_at, id")
 
     def finished_keys(self, experiment_id: str) -> set[tuple[str, int]]:
         """Return (example_id, repeat) of every recorded trial of an experiment."""
-        frame = self.sql("SELECT example_id, repeat FROM trials WHERE experiment_id = ?", [experiment_id])
-        return set(zip(frame["example_id"], frame["repeat"].astype(int), strict=True))
+        rows = self._rows("SELECT example_id, repeat FROM trials WHERE experiment_id = ?", [experiment_id])
+        return {(row["example_id"], int(row["repeat"])) for row in rows}
 
     def writer(
         self, experiment_id: str, *, flush_interval: float = 0.4, create: ExperimentRecord | None = None
@@ -547,11 +643,28 @@ def _finish_closing() -> None:
 
 
 def _is_dead(host: Any, pid: Any, heartbeat: Any) -> bool:
-    if host == socket.gethostname() and pid is not None and not pd.isna(pid):
+    # A missing value may come as None, NaN or NaT (all unequal to themselves but None).
+    if host == socket.gethostname() and pid is not None and pid == pid:
         return not _pid_alive(int(pid))
-    if heartbeat is None or pd.isna(heartbeat):
+    if heartbeat is None or heartbeat != heartbeat:
         return True
-    return (_now() - pd.Timestamp(heartbeat).to_pydatetime()).total_seconds() > STALE_HEARTBEAT_SECONDS
+    if hasattr(heartbeat, "to_pydatetime"):
+        heartbeat = heartbeat.to_pydatetime()
+    return (_now() - heartbeat).total_seconds() > STALE_HEARTBEAT_SECONDS
+
+
+def _trial_column(column: str) -> str:
+    # Column names go into SQL text, so only the trials table's own columns are accepted.
+    if column not in TRIAL_COLUMNS:
+        raise JournalError(f"unknown trial column {column!r}; the trials table has {', '.join(TRIAL_COLUMNS)}")
+    return f'"{column}"'
+
+
+_TRIAL_ORDER_SQL: dict[str, str] = {
+    "trial": "t.example_index, t.repeat, t.trial_id",
+    "score": "t.score ASC NULLS FIRST, t.example_index, t.repeat, t.trial_id",
+    "error": "t.status = 'ok', t.score ASC NULLS FIRST, t.example_index, t.repeat, t.trial_id",
+}
 
 
 def _json(value: Any) -> str | None:
@@ -595,6 +708,12 @@ class TrialWriter:
         with self._lock:
             self._buffer.append(row)
             if spans:
+                self._span_buffer.extend(spans)
+
+    def add_spans(self, trial_id: str, spans: Sequence[Any]) -> None:
+        """Queue the spans of one trial (a span sink: thread-safe, called from the trial's worker thread)."""
+        if spans:
+            with self._lock:
                 self._span_buffer.extend(spans)
 
     def flush(self) -> None:

@@ -104,7 +104,7 @@ def test_retry_policy_validation():
         RetryPolicy(max_retry_after=float("nan"))
 
 
-class RateLimited(Exception):
+class RateLimitedError(Exception):
     """Named like a provider's rate-limit error, with a Retry-After hint."""
 
     def __init__(self, message, retry_after):
@@ -112,7 +112,7 @@ class RateLimited(Exception):
         self.retry_after = retry_after
 
 
-RateLimitError = type("RateLimitError", (RateLimited,), {})
+RateLimitError = type("RateLimitError", (RateLimitedError,), {})
 
 
 def test_retry_after_is_honoured_with_a_cap_and_every_attempt_is_recorded():
@@ -137,7 +137,8 @@ def test_retry_after_is_honoured_with_a_cap_and_every_attempt_is_recorded():
 
 def test_retry_after_reads_hints_from_causes_and_headers():
     class Response:
-        headers = {"retry-after": "1.5"}
+        def __init__(self):
+            self.headers = {"retry-after": "1.5"}
 
     error = RuntimeError("wrapped")
     error.__cause__ = type("HTTPError", (Exception,), {"response": Response()})("429")
