@@ -1,29 +1,42 @@
 """Hand DSPy calls to a span recorder without DSPy's per-call callback machinery.
 
-DSPy wraps ``Module.__call__``/``acall``, ``BaseLM.__call__``/``acall``, every
-adapter's ``format``/``parse``, ``Tool.__call__``/``acall`` and
-``Evaluate.__call__`` in ``with_callbacks``. Once any callback is registered,
-each of those calls pays for ``inspect.getcallargs``, a ``uuid4`` (a system
-call for randomness) and a handler lookup whose ``isinstance`` checks include a
-runtime-checkable Protocol. On a zero-latency LM that costs about as much as the
-call itself (``bench/bench_trace_capture.py``), so a traced evaluation would run
-at half speed for reasons that have nothing to do with recording.
+DSPy wraps the methods a program goes through in ``with_callbacks``: module,
+LM, tool and retriever calls, adapters' ``format``/``parse``, ``Evaluate``,
+code interpreters' operations, and (through a wrapper of its own) optimizers'
+``compile``. Once any callback is registered, each of those calls pays for
+``inspect.getcallargs``, a ``uuid4`` (a system call for randomness) and a handler
+lookup whose ``isinstance`` checks include a runtime-checkable Protocol. On a
+zero-latency LM that costs about as much as the call itself
+(``bench/bench_trace_capture.py``), so a traced evaluation would run at half
+speed for reasons that have nothing to do with recording.
 
 :func:`direct` binds a :class:`~dspex_lab.trace.recorder.SpanRecorder` to the
 current context instead of registering it with DSPy. While it is bound, the
-methods above call the recorder's ``on_*_start``/``on_*_end`` handlers
+decorated methods call the recorder's ``on_*_start``/``on_*_end`` handlers
 themselves, with what DSPy would pass: the same ``inputs`` mapping, a fresh call
 id, and ``ACTIVE_CALL_ID`` set to that id around the call (so ``dspy.Parallel``,
 which binds the active id into its workers, keeps working). When some other
 callback is active for a call (``dspy.settings.callbacks`` or the instance's
 own), that call and everything below it go through DSPy with the recorder
-appended, so both see every call, in DSPy's order.
+appended, so both see every call, in DSPy's order. An optimizer's ``compile``
+always goes through DSPy that way: it is rare, and DSPy reports only the
+outermost of nested ``compile`` calls.
 
-:func:`install` replaces those methods, once per process, with thin wrappers:
-with no recorder bound they call DSPy's own decorated method after one
-context-variable read. It returns False, and callers keep registering the
-recorder as an ordinary callback, when this DSPy version does not have the
-decorated methods where they are expected.
+:func:`install` finds the decorated methods by enumeration (every class of the
+loaded ``dspy`` modules, and their subclasses, whose own attribute is a
+``with_callbacks`` wrapper or a function closing over one; see
+:func:`decorated_methods`) and replaces them, once per process, with thin
+wrappers: with no recorder bound they call DSPy's own decorated method after one
+context-variable read.
+
+Direct dispatch imitates DSPy's private surface: its per-context settings
+(``dspy.dsp.utils.settings.thread_local_overrides`` and ``main_thread_config``),
+the code of ``with_callbacks``'s wrappers, and the ``ACTIVE_CALL_ID`` context
+variable. Nothing of it is read when this module is imported. :func:`install`
+checks it first (:func:`unsupported_reason`) and, when it is not what this
+module expects, returns False with one warning; callers then register the
+recorder in ``dspy.settings.callbacks`` (DSPy's ordinary dispatch), which records
+the same spans more slowly.
 
 Thread safety: installing is serialised by a lock and idempotent. A binding is
 kept in DSPy's per-context settings (``dspy.context``), so it follows the context
@@ -35,34 +48,75 @@ Usage (what :class:`~dspex_lab.engine.TrialRunner` does for ``dx.evaluate(..., t
     if dispatch.install():
         with dispatch.direct(recorder), recorder.trial("trial-1") as collector:
             program(question="...")
+    else:
+        with dspy.context(callbacks=[recorder]), recorder.trial("trial-1") as collector:
+            program(question="...")
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import importlib
 import inspect
 import logging
+import sys
 import threading
+import types
 import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-import dspy
-from dspy.dsp.utils.settings import main_thread_config as _main_config
-from dspy.dsp.utils.settings import thread_local_overrides as _thread_overrides
-from dspy.utils.callback import ACTIVE_CALL_ID
-
-from dspex_lab.trace.recorder import new_span_id
+from dspex_lab.trace.recorder import ACTIVE_CALL_ID, new_span_id
 
 if TYPE_CHECKING:
+    import contextvars
+
     from dspex_lab.trace.recorder import SpanRecorder
 
-__all__ = ["direct", "install", "installed", "settings", "uninstall"]
+__all__ = [
+    "DecoratedMethod",
+    "decorated_methods",
+    "direct",
+    "install",
+    "installed",
+    "settings",
+    "uninstall",
+    "unsupported_reason",
+]
 
 logger = logging.getLogger(__name__)
 
-_KINDS = ("module", "lm", "adapter_format", "adapter_parse", "tool", "evaluate")
+# The handler kinds of DSPy's callback interface (BaseCallback.on_<kind>_start / on_<kind>_end).
+_KINDS = (
+    "module",
+    "lm",
+    "adapter_format",
+    "adapter_parse",
+    "tool",
+    "evaluate",
+    "interpreter_execute",
+    "interpreter_tool_call",
+    "interpreter_startup",
+    "interpreter_shutdown",
+    "compile",
+)
+# A code interpreter's method name -> its handler kind, as DSPy maps them.
+_INTERPRETER_OPERATIONS = {
+    "execute": "interpreter_execute",
+    "invoke_tool": "interpreter_tool_call",
+    "start": "interpreter_startup",
+    "shutdown": "interpreter_shutdown",
+}
+# Kinds always left to DSPy's own dispatch (with the recorder appended), never dispatched directly.
+_THROUGH_DSPY = frozenset({"compile"})
+
+# Where DSPy 3.x keeps what direct dispatch reads. A (module, attribute) that moved makes install() return False.
+_SETTINGS_MODULE = "dspy.dsp.utils.settings"
+_OVERRIDES_NAME = "thread_local_overrides"
+_MAIN_CONFIG_NAME = "main_thread_config"
+_CALLBACK_MODULE = "dspy.utils.callback"
 
 
 class _Bound:
@@ -77,95 +131,303 @@ class _Bound:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class _Surface:
+    """The private parts of DSPy that direct dispatch reads, resolved and checked once."""
+
+    overrides: contextvars.ContextVar[dict[str, Any]]
+    main_config: Any
+    wrapper_codes: frozenset[types.CodeType]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoratedMethod:
+    """A method DSPy dispatches to callbacks, found by :func:`decorated_methods`.
+
+    Attributes:
+        owner: the class whose own attribute the method is.
+        name: the attribute's name (``"__call__"``, ``"format"``, ``"compile"``...).
+        kind: the callback handler DSPy calls for it (``"module"``, ``"lm"``, ``"interpreter_execute"``...).
+        indirect: True when the attribute is a wrapper of DSPy's own that closes over the
+            ``with_callbacks`` wrapper (an optimizer's ``compile``).
+    """
+
+    owner: type
+    name: str
+    kind: str
+    indirect: bool = False
+
+
 # The binding lives in DSPy's own per-context settings, which dspy.Parallel and asyncify carry into their
 # worker threads (plain context variables do not reach dspy.Parallel's workers).
 _SETTING = "dspex_lab_direct_recorder"
 
-# The method names DSPy decorates with ``with_callbacks`` on modules, LMs, adapters, tools and Evaluate.
-_METHODS = ("__call__", "acall", "format", "parse")
 _MARK = "__dspex_direct__"
 _lock = threading.Lock()
 # (class, attribute) -> the attribute's value before it was wrapped, to restore on uninstall.
 _originals: dict[tuple[type, str], Any] = {}
-_state = {"installed": False}
+_state: dict[str, Any] = {"installed": False, "surface": None, "warned": False}
 # Each recorder's handlers, looked up once.
 _bindings: weakref.WeakKeyDictionary[SpanRecorder, _Bound] = weakref.WeakKeyDictionary()
+# Classes of dspy modules found so far, and the names of the modules already scanned for them.
+_dspy_classes: set[type] = set()
+_scanned_modules: set[str] = set()
 
 
-def _is_callback_wrapper(value: Any) -> bool:
-    # functools.wraps copies the wrapped function's name, so the wrapper is recognised by its code object.
+def _resolve_surface() -> _Surface | str:
+    """Find and check DSPy's private surface; return it, or why direct dispatch cannot use it."""
+    try:
+        import dspy
+
+        settings_module = importlib.import_module(_SETTINGS_MODULE)
+        callback_module = importlib.import_module(_CALLBACK_MODULE)
+    except ImportError as error:
+        return f"cannot import DSPy's settings or callback module: {error}"
+    overrides = getattr(settings_module, _OVERRIDES_NAME, None)
+    main_config = getattr(settings_module, _MAIN_CONFIG_NAME, None)
+    with_callbacks = getattr(callback_module, "with_callbacks", None)
+    if not callable(getattr(overrides, "get", None)) or not callable(getattr(overrides, "set", None)):
+        return f"{_SETTINGS_MODULE}.{_OVERRIDES_NAME} is not a context variable"
+    if not callable(getattr(main_config, "get", None)):
+        return f"{_SETTINGS_MODULE}.{_MAIN_CONFIG_NAME} is not a mapping"
+    if not callable(with_callbacks):
+        return f"{_CALLBACK_MODULE}.with_callbacks is missing"
+
+    def probe_sync(self: Any, value: Any) -> Any:
+        return value, ACTIVE_CALL_ID.get()
+
+    async def probe_async(self: Any, value: Any) -> Any:
+        return value
+
+    wrapped_sync, wrapped_async = with_callbacks(probe_sync), with_callbacks(probe_async)
+    codes = frozenset(getattr(item, "__code__", None) for item in (wrapped_sync, wrapped_async))
+    if None in codes or getattr(wrapped_sync, "__wrapped__", None) is not probe_sync:
+        return "with_callbacks no longer returns a plain function wrapping the decorated one"
+
+    # A binding put in dspy.context must be visible in the overrides that the wrappers read.
+    marker = object()
+    with dspy.context(**{_SETTING + "_probe": marker}):
+        current = overrides.get()
+        if not isinstance(current, dict) or current.get(_SETTING + "_probe") is not marker:
+            return f"dspy.context no longer stores its settings in {_SETTINGS_MODULE}.{_OVERRIDES_NAME}"
+
+    # DSPy's dispatch must hand a start handler (call_id, instance, inputs) and set ACTIVE_CALL_ID to that call id
+    # around the call: the recorder reads parents from it and direct dispatch does the same.
+    seen: dict[str, Any] = {}
+
+    class Probe(callback_module.BaseCallback):  # type: ignore[misc, name-defined]
+        def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+            seen["start"] = (call_id, inputs)
+
+        def on_module_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+            seen["end"] = (call_id, outputs)
+
+    with dspy.context(callbacks=[Probe()]):
+        outputs = wrapped_sync(object(), 7)
+    start, end = seen.get("start"), seen.get("end")
+    if start is None or end is None or start[1] != {"value": 7} or end != (start[0], outputs):
+        return "with_callbacks no longer calls on_module_start(call_id, instance, inputs) and on_module_end"
+    if outputs[1] != start[0]:
+        return "DSPy no longer sets the ACTIVE_CALL_ID that dspex_lab.trace reads around a decorated call"
+    return _Surface(overrides=overrides, main_config=main_config, wrapper_codes=codes)
+
+
+def _surface() -> _Surface | str:
+    # Resolved once per process, on first use: never when this module is imported.
+    if _state["surface"] is None:
+        try:
+            _state["surface"] = _resolve_surface()
+        except Exception as error:  # anything unexpected in DSPy's internals means: use its ordinary dispatch
+            _state["surface"] = f"checking DSPy's private surface failed: {type(error).__name__}: {error}"
+    return _state["surface"]  # type: ignore[no-any-return]
+
+
+def unsupported_reason() -> str | None:
+    """Tell why direct dispatch cannot work with the installed DSPy, or None when it can.
+
+    The check runs once per process. When it fails, :func:`install` returns False
+    and traced runs register the recorder as an ordinary DSPy callback instead.
+
+    Returns:
+        None, or a sentence naming the private part of DSPy that is not as expected.
+    """
+    surface = _surface()
+    return surface if isinstance(surface, str) else None
+
+
+def _wrapper_target(value: Any, codes: frozenset[types.CodeType]) -> bool | None:
+    """Return False for a ``with_callbacks`` wrapper, True for a function closing over one, else None."""
     code = getattr(value, "__code__", None)
-    return code is not None and code.co_qualname.startswith("with_callbacks.") and hasattr(value, "__wrapped__")
+    if code is None:
+        return None
+    if code in codes:
+        return False
+    for cell in getattr(value, "__closure__", None) or ():
+        try:
+            content = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if getattr(content, "__code__", None) in codes:
+            return True
+    return None
 
 
-def _kind(owner: type, method: str) -> str:
-    # DSPy's own handler choice (dspy.utils.callback._get_on_start_handler), decided once per method.
-    if issubclass(owner, dspy.BaseLM):
-        return "lm"
-    if issubclass(owner, dspy.Evaluate):
-        return "evaluate"
-    if issubclass(owner, dspy.Adapter):
-        return "adapter_format" if method == "format" else "adapter_parse"
-    if issubclass(owner, dspy.Tool):
-        return "tool"
-    return "module"
+def _decorated(value: Any, codes: frozenset[types.CodeType]) -> bool:
+    return bool(getattr(value, _MARK, False)) or _wrapper_target(value, codes) is not None
 
 
-def _subclasses(root: type) -> Iterator[type]:
+def _scan_dspy_classes() -> None:
+    # Only modules loaded since the last scan are read; nothing is imported here.
+    for name, module in list(sys.modules.items()):
+        if name in _scanned_modules or not (name == "dspy" or name.startswith("dspy.")):
+            continue
+        _scanned_modules.add(name)
+        for value in list(vars(module).values()) if module is not None else ():
+            if isinstance(value, type) and value.__module__.startswith("dspy"):
+                _dspy_classes.add(value)
+
+
+def _subclasses(roots: set[type]) -> Iterator[type]:
     seen: set[type] = set()
-    pending = [root]
+    pending = list(roots)
     while pending:
         cls = pending.pop()
         if cls in seen:
             continue
         seen.add(cls)
         yield cls
-        pending.extend(cls.__subclasses__())
+        try:
+            pending.extend(cls.__subclasses__())
+        except TypeError:  # type.__subclasses__ needs an argument
+            continue
 
 
-def _targets() -> Iterator[tuple[type, str, str]]:
-    for root in (dspy.Module, dspy.BaseLM, dspy.Adapter, dspy.Tool, dspy.Evaluate):
-        for owner in _subclasses(root):
-            for method in _METHODS:
-                value = owner.__dict__.get(method)
-                if value is None or getattr(value, _MARK, False) or not _is_callback_wrapper(value):
-                    continue
-                if method in ("format", "parse") and not issubclass(owner, dspy.Adapter):
-                    continue
-                yield owner, method, _kind(owner, method)
+def _is_interpreter(owner: type, dspy: Any) -> bool:
+    protocol = getattr(dspy, "CodeInterpreter", None)
+    if protocol is not None:
+        try:
+            return issubclass(owner, protocol)
+        except TypeError:  # a runtime Protocol with data members refuses issubclass
+            pass
+    return all(callable(getattr(owner, name, None)) for name in ("execute", "start", "shutdown"))
+
+
+def _kind(owner: type, method: str, *, indirect: bool) -> str:
+    # DSPy's own handler choice (dspy.utils.callback._get_on_start_handler), decided once per method.
+    import dspy
+
+    teleprompt = sys.modules.get("dspy.teleprompt.teleprompt")
+    teleprompter = getattr(teleprompt, "Teleprompter", None)
+    if indirect or (teleprompter is not None and issubclass(owner, teleprompter) and method == "compile"):
+        return "compile"
+    if issubclass(owner, dspy.BaseLM) or getattr(owner, "supports_decision_requests", False) is True:
+        return "lm"
+    if issubclass(owner, dspy.Evaluate):
+        return "evaluate"
+    if method in _INTERPRETER_OPERATIONS and _is_interpreter(owner, dspy):
+        return _INTERPRETER_OPERATIONS[method]
+    if issubclass(owner, dspy.Adapter) and method in ("format", "parse"):
+        return f"adapter_{method}"
+    if issubclass(owner, dspy.Tool):
+        return "tool"
+    return "module"
+
+
+def _find(codes: frozenset[types.CodeType], *, include_wrapped: bool) -> Iterator[DecoratedMethod]:
+    _scan_dspy_classes()
+    owners = {cls for cls in _dspy_classes if any(_decorated(value, codes) for value in vars(cls).values())}
+    # Their dspy base classes too: adapters and optimizers are wrapped by an __init_subclass__ of a base that owns
+    # no decorated method itself, and a user's subclass of any of them may add its own.
+    roots = {base for cls in owners for base in cls.__mro__ if base in _dspy_classes} | owners
+    for owner in _subclasses(roots):
+        for name, value in list(vars(owner).items()):
+            if getattr(value, _MARK, False):
+                if include_wrapped:
+                    original = _originals.get((owner, name))
+                    indirect = bool(original is not None and _wrapper_target(original, codes))
+                    yield DecoratedMethod(owner, name, _kind(owner, name, indirect=indirect), indirect)
+                continue
+            indirect = _wrapper_target(value, codes)
+            if indirect is None:
+                continue
+            yield DecoratedMethod(owner, name, _kind(owner, name, indirect=indirect), indirect)
+
+
+def decorated_methods() -> list[DecoratedMethod]:
+    """Return every method DSPy dispatches to callbacks, among the classes of the loaded ``dspy`` modules.
+
+    A method counts when the class's own attribute is a function made by
+    ``dspy.utils.callback.with_callbacks`` (recognised by its code object) or a
+    function closing over one (an optimizer's ``compile``), or when it is such a
+    method already wrapped by :func:`install`. Subclasses of those classes, a
+    user's adapter for one, are included. Only modules already imported are read.
+
+    Returns:
+        The methods, sorted by class and name; empty when :func:`unsupported_reason` is not None.
+    """
+    surface = _surface()
+    if isinstance(surface, str):
+        return []
+    found = _find(surface.wrapper_codes, include_wrapped=True)
+    return sorted(found, key=lambda item: (item.owner.__module__, item.owner.__qualname__, item.name))
 
 
 def install() -> bool:
     """Wrap DSPy's callback-decorated methods so that :func:`direct` can dispatch to a recorder.
 
     Safe to call repeatedly: classes defined since the last call (a user's adapter
-    or LM subclass) are wrapped, wrapped ones are left alone.
+    or LM subclass) are wrapped, wrapped ones are left alone. Nothing is wrapped
+    when DSPy's private surface is not as expected (:func:`unsupported_reason`):
+    a warning is logged once, and the caller should register the recorder as an
+    ordinary DSPy callback.
 
     Returns:
         True when direct dispatch is available (the core methods are wrapped).
     """
     with _lock:
-        for owner, method, kind in list(_targets()):
-            decorated = owner.__dict__[method]
-            _originals[(owner, method)] = decorated
-            setattr(owner, method, _wrap(decorated, kind))
-        core = ((dspy.Module, "__call__"), (dspy.BaseLM, "__call__"), (dspy.ChatAdapter, "format"))
-        _state["installed"] = all(getattr(vars(owner).get(method), _MARK, False) for owner, method in core)
-        return _state["installed"]
+        surface = _surface()
+        if isinstance(surface, str):
+            _warn_once(surface)
+            return False
+        try:
+            import dspy
+
+            for target in list(_find(surface.wrapper_codes, include_wrapped=False)):
+                decorated = target.owner.__dict__[target.name]
+                _originals[(target.owner, target.name)] = decorated
+                setattr(target.owner, target.name, _wrap(decorated, target.kind, surface))
+            core = ((dspy.Module, "__call__"), (dspy.BaseLM, "__call__"), (dspy.ChatAdapter, "format"))
+            _state["installed"] = all(getattr(vars(owner).get(method), _MARK, False) for owner, method in core)
+        except Exception as error:  # a DSPy shaped unlike this module expects: put everything back
+            _restore()
+            _state["surface"] = f"wrapping DSPy's decorated methods failed: {type(error).__name__}: {error}"
+            _warn_once(_state["surface"])
+            return False
+        return bool(_state["installed"])
+
+
+def _warn_once(reason: str) -> None:
+    if not _state["warned"]:
+        _state["warned"] = True
+        logger.warning("traces use DSPy's callback dispatch (slower) because %s", reason)
 
 
 def installed() -> bool:
     """Tell whether the methods every traced program goes through are wrapped."""
-    return _state["installed"]
+    return bool(_state["installed"])
 
 
 def uninstall() -> None:
     """Put DSPy's methods back as they were before :func:`install`."""
     with _lock:
-        for (owner, method), original in _originals.items():
-            setattr(owner, method, original)
-        _originals.clear()
-        _state["installed"] = False
+        _restore()
+
+
+def _restore() -> None:
+    for (owner, method), original in _originals.items():
+        setattr(owner, method, original)
+    _originals.clear()
+    _state["installed"] = False
 
 
 def settings(recorder: SpanRecorder) -> dict[str, Any]:
@@ -205,13 +467,15 @@ def direct(recorder: SpanRecorder) -> contextlib.AbstractContextManager[None]:
     Raises:
         RuntimeError: when :func:`install` has not succeeded, since the calls would then go unrecorded.
     """
+    import dspy
+
     return dspy.context(**settings(recorder))
 
 
-def _other_callbacks(overrides: dict[str, Any], instance: Any) -> bool:
+def _other_callbacks(overrides: dict[str, Any], main_config: Any, instance: Any) -> bool:
     # What DSPy's _get_active_callbacks reads, without its three-call path through Settings.__getattr__
     # and Module.__getattribute__ on every call.
-    if overrides.get("callbacks", _main_config.get("callbacks")):
+    if overrides.get("callbacks", main_config.get("callbacks")):
         return True
     own = getattr(instance, "__dict__", None)
     if own is not None and "callbacks" in own:
@@ -222,15 +486,10 @@ def _other_callbacks(overrides: dict[str, Any], instance: Any) -> bool:
 
 def _through_dspy(recorder: SpanRecorder) -> contextlib.AbstractContextManager[None]:
     # Another callback is active: let DSPy dispatch this subtree, to it and to the recorder, in its own order.
+    import dspy
+
     callbacks = [*(dspy.settings.get("callbacks") or []), recorder]
     return dspy.context(**{_SETTING: None, "callbacks": callbacks})
-
-
-def _binding(instance: Any) -> tuple[_Bound | None, bool]:
-    """Return the recorder bound to this context (None: call DSPy as is) and whether DSPy must dispatch."""
-    overrides = _thread_overrides.get()
-    bound = overrides.get(_SETTING)
-    return bound, bound is not None and _other_callbacks(overrides, instance)
 
 
 def _start(bound: _Bound, kind: str, instance: Any, inputs: dict[str, Any]) -> tuple[str, str | None]:
@@ -255,19 +514,51 @@ def _end(bound: _Bound, kind: str, call: tuple[str, str | None], outputs: Any, e
         logger.warning("span recorder failed on the end of a %s call: %s", kind, error)
 
 
-def _wrap(decorated: Callable[..., Any], kind: str) -> Callable[..., Any]:
+def _wrap_through_dspy(decorated: Callable[..., Any], overrides: contextvars.ContextVar[dict[str, Any]]) -> Any:
+    # DSPy dispatches these calls itself (with the recorder appended) and keeps its own bookkeeping around them.
+    if inspect.iscoroutinefunction(decorated):
+
+        @functools.wraps(decorated)
+        async def through_async(instance: Any, *args: Any, **kwargs: Any) -> Any:
+            bound = overrides.get().get(_SETTING)
+            if bound is None:
+                return await decorated(instance, *args, **kwargs)
+            with _through_dspy(bound.recorder):
+                return await decorated(instance, *args, **kwargs)
+
+        setattr(through_async, _MARK, True)
+        return through_async
+
+    @functools.wraps(decorated)
+    def through(instance: Any, *args: Any, **kwargs: Any) -> Any:
+        bound = overrides.get().get(_SETTING)
+        if bound is None:
+            return decorated(instance, *args, **kwargs)
+        with _through_dspy(bound.recorder):
+            return decorated(instance, *args, **kwargs)
+
+    setattr(through, _MARK, True)
+    return through
+
+
+def _wrap(decorated: Callable[..., Any], kind: str, surface: _Surface) -> Callable[..., Any]:
     # The async wrapper goes through the helpers above; the sync one, on every traced call, has them inlined.
-    raw = inspect.unwrap(decorated, stop=lambda item: not _is_callback_wrapper(item))
+    overrides_variable, main_config = surface.overrides, surface.main_config
+    if kind in _THROUGH_DSPY:
+        return _wrap_through_dspy(decorated, overrides_variable)
+    codes = surface.wrapper_codes
+    raw = inspect.unwrap(decorated, stop=lambda item: getattr(item, "__code__", None) not in codes)
     bind = _binder(raw)
 
     if inspect.iscoroutinefunction(raw):
 
         @functools.wraps(decorated)
         async def dispatch_async(instance: Any, *args: Any, **kwargs: Any) -> Any:
-            bound, through_dspy = _binding(instance)
+            overrides = overrides_variable.get()
+            bound = overrides.get(_SETTING)
             if bound is None:
                 return await decorated(instance, *args, **kwargs)
-            if through_dspy:
+            if _other_callbacks(overrides, main_config, instance):
                 with _through_dspy(bound.recorder):
                     return await decorated(instance, *args, **kwargs)
             call = _start(bound, kind, instance, bind(raw, instance, args, kwargs))
@@ -286,13 +577,13 @@ def _wrap(decorated: Callable[..., Any], kind: str) -> Callable[..., Any]:
 
     @functools.wraps(decorated)
     def dispatch(instance: Any, *args: Any, **kwargs: Any) -> Any:
-        # _binding, _start and _end inlined: this wrapper runs for every module, adapter and LM call of a traced
-        # trial, and on a zero-latency LM three extra calls per DSPy call are a measurable share of the trial.
-        overrides = _thread_overrides.get()
+        # _start and _end inlined: this wrapper runs for every module, adapter and LM call of a traced trial, and
+        # on a zero-latency LM three extra calls per DSPy call are a measurable share of the trial.
+        overrides = overrides_variable.get()
         bound = overrides.get(_SETTING)
         if bound is None:
             return decorated(instance, *args, **kwargs)
-        if _other_callbacks(overrides, instance):
+        if _other_callbacks(overrides, main_config, instance):
             with _through_dspy(bound.recorder):
                 return decorated(instance, *args, **kwargs)
         start, end = bound.handlers[kind]

@@ -16,6 +16,10 @@ orders decisions and DSPy calls correctly whichever encloses the other.
 Threads that do not copy the context (``dspy.Parallel``, ``dspy.Evaluate``)
 still see ``ACTIVE_CALL_ID`` (DSPy binds it into its workers); a span started
 there with no scope is attributed to the trace of that open parent call.
+
+``ACTIVE_CALL_ID`` is a private name of DSPy's. It is looked up where DSPy 3.x
+keeps it, and a DSPy that moved it still imports: spans then nest under dspex
+scopes only, and :func:`dspex_lab.trace.dispatch.unsupported_reason` says why.
 """
 
 from __future__ import annotations
@@ -24,17 +28,28 @@ import contextlib
 import contextvars
 import itertools
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from time import perf_counter_ns
 from typing import Any
 
-from dspy.utils.callback import ACTIVE_CALL_ID, BaseCallback
+from dspy.utils.callback import BaseCallback
+
+try:  # where DSPy 3.x keeps the id of the call being run; with_callbacks sets it around every decorated call
+    from dspy.utils.callback_context import ACTIVE_CALL_ID
+except ImportError:  # pragma: no cover - depends on the DSPy version
+    try:
+        from dspy.utils.callback import ACTIVE_CALL_ID  # type: ignore[attr-defined, no-redef]
+    except ImportError:
+        ACTIVE_CALL_ID = contextvars.ContextVar("dspex_lab_active_call_id", default=None)  # type: ignore[misc]
 
 from dspex_lab.trace.redaction import mask_text, redact, scrub
 from dspex_lab.trace.spans import SPAN_KINDS, WALL_OFFSET_NS, Span, encode_attributes, join_objects, now_ns
 
 __all__ = [
+    "ABANDONED_STATUSES",
+    "ACTIVE_CALL_ID",
     "SpanHandle",
     "SpanRecorder",
     "TraceCollector",
@@ -49,6 +64,8 @@ __all__ = [
 # How far back in an LM's shared history to look for this call's entry; other threads may append in between.
 _HISTORY_LOOKBACK = 64
 _UNFINISHED = "unfinished when its trace closed"
+# The statuses TraceCollector.abandon may give the spans still open when a trial is given up.
+ABANDONED_STATUSES = frozenset({"timeout", "cancelled"})
 
 
 class _Pending:
@@ -109,6 +126,10 @@ _SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("dspex_la
 class TraceCollector:
     """The spans of one trace (one trial), gathered from every thread that works for it.
 
+    Thread safety: worker threads add spans without a lock (``list.append`` and
+    ``dict.pop`` are atomic under the GIL); :meth:`close` and :meth:`abandon`
+    may be called from any thread and are serialised by the collector's lock.
+
     Args:
         trace_id: the trial id shared by all spans of the trace.
     """
@@ -119,14 +140,21 @@ class TraceCollector:
         # The root span's handle, e.g. to put the trial's score on it: ``collector.root.set(score=1.0)``.
         self.root: SpanHandle | None = None
         self.closed = False
-        # list.append and dict.pop are atomic under the GIL, so worker threads need no lock here.
+        # Why the trace was given up (:meth:`abandon`), or None.
+        self.abandoned: str | None = None
         self._spans: list[Span] = []
         self._pending: dict[str, _Pending] = {}
+        # dspex spans (trial, metric, decision...) whose ``with`` block is still open, by span id.
+        self._open: dict[str, _OpenSpan] = {}
+        # The spans as of abandon(): what ``spans`` returns from then on, whatever the abandoned worker does.
+        self._final: tuple[Span, ...] | None = None
+        self._lock = threading.Lock()
 
     @property
     def spans(self) -> list[Span]:
         """Return the finished spans, ordered by start time."""
-        return sorted(self._spans, key=_start_of)
+        final = self._final
+        return sorted(self._spans if final is None else final, key=_start_of)
 
     def add(self, finished: Span) -> None:
         """Append a finished span (ignored once the trace is closed).
@@ -160,14 +188,65 @@ class TraceCollector:
         A call that outlives its trial (a hung LM request abandoned by a timeout)
         would otherwise attach to a trace that has already been stored.
         """
-        if self.closed:
-            return
-        end = now_ns()
+        with self._lock:
+            if self.closed:
+                return
+            self._spans.extend(self._end_open_calls(status="error", error=_UNFINISHED, end_ns=now_ns()))
+            self.closed = True
+
+    def abandon(self, *, status: str = "cancelled", reason: str) -> list[Span]:
+        """Give the trace up now, from any thread, and return the spans captured so far.
+
+        For a trial that timed out or was cancelled while its worker thread still
+        runs. Contract:
+
+        - Every span that had finished is returned as it was. Every span still
+          open at this moment (the trial's root, a metric, a DSPy call waiting on
+          the LM) is returned ended now, with ``status`` and ``reason`` as its
+          error, and ``unfinished: true`` among its attributes.
+        - The trace is closed: whatever the abandoned worker finishes or starts
+          later is not added, :attr:`spans` keeps returning exactly the spans
+          returned here, and the trial's ``with`` block no longer hands the trace
+          to the recorder's ``on_trace`` when it ends (the caller of this method
+          owns the spans).
+        - Safe to call from any thread, concurrently with the worker and with
+          :meth:`close`. A trace that had already closed is returned unchanged;
+          calling it again returns the same spans.
+
+        Args:
+            status: the status of the spans cut short, one of :data:`ABANDONED_STATUSES`.
+            reason: why, in words (e.g. ``"trial did not finish within 30 s"``); secrets are masked.
+
+        Returns:
+            The spans, ordered by start time.
+
+        Raises:
+            ValueError: ``status`` is not one of :data:`ABANDONED_STATUSES`.
+        """
+        if status not in ABANDONED_STATUSES:
+            raise ValueError(f"cannot abandon a trace with status {status!r}; use one of {sorted(ABANDONED_STATUSES)}")
+        with self._lock:
+            if self._final is None:
+                if not self.closed:
+                    reason = mask_text(reason)
+                    end = now_ns()
+                    # Marked closed first: a worker checking it from now on adds nothing.
+                    self.closed = True
+                    self.abandoned = reason
+                    cut = [*self._end_open_calls(status=status, error=reason, end_ns=end)]
+                    cut.extend(self._end_open_spans(status=status, error=reason, end_ns=end))
+                    self._final = (*self._spans, *cut)
+                else:
+                    self._final = tuple(self._spans)
+            return sorted(self._final, key=_start_of)
+
+    def _end_open_calls(self, *, status: str, error: str, end_ns: int) -> list[Span]:
+        ended = []
         for call_id, pending in list(self._pending.items()):
             if self._pending.pop(call_id, None) is None:
                 continue
             pending.registry.pop(call_id, None)
-            self._spans.append(
+            ended.append(
                 Span.build(
                     self.trace_id,
                     call_id,
@@ -175,14 +254,36 @@ class TraceCollector:
                     kind=pending.kind,
                     name=pending.name,
                     start_ns=pending.start_ns,
-                    end_ns=end,
-                    status="error",
+                    end_ns=end_ns,
+                    status=status,
                     attributes={**pending.attributes, "unfinished": True},
-                    error=_UNFINISHED,
+                    error=error,
                     attributes_text=join_objects(pending.start_text, '{"unfinished": true}'),
                 )
             )
-        self.closed = True
+        return ended
+
+    def _end_open_spans(self, *, status: str, error: str, end_ns: int) -> list[Span]:
+        ended = []
+        for span_id, block in list(self._open.items()):
+            attributes = {**scrub(block.handle.attributes), "unfinished": True}
+            ended.append(
+                Span.build(
+                    self.trace_id,
+                    span_id,
+                    parent_id=block.parent_id,
+                    kind=block.kind,
+                    name=block.name,
+                    start_ns=block.start,
+                    end_ns=end_ns,
+                    status=status,
+                    attributes=attributes,
+                    error=error,
+                    attributes_text=encode_attributes(attributes),
+                )
+            )
+        self._open.clear()
+        return ended
 
     def __repr__(self) -> str:
         return f"TraceCollector(trace_id={self.trace_id!r}, spans={len(self._spans)}, closed={self.closed})"
@@ -297,6 +398,8 @@ class _OpenSpan:
         self.collector, self.owns, self.parent_id, self.handle = collector, owns_collector, parent_id, handle
         self.token = _SCOPE.set(_Scope(collector, span_id, call_id=active))
         self.start = perf_counter_ns() + WALL_OFFSET_NS
+        # Registered last, complete: TraceCollector.abandon may read it from another thread from now on.
+        collector._open[span_id] = self
         return handle
 
     def __exit__(self, kind: type[BaseException] | None, exception: BaseException | None, traceback: Any) -> None:
@@ -309,21 +412,24 @@ class _OpenSpan:
         # Checked again as the span ends, since a container given to set() may have changed since, then
         # written as JSON now, so that the journal writer has nothing left to convert.
         attributes = scrub(handle.attributes)
-        collector.add(
-            Span.build(
-                collector.trace_id,
-                handle.span_id,
-                parent_id=self.parent_id,
-                kind=self.kind,
-                name=self.name,
-                start_ns=self.start,
-                end_ns=end_ns,
-                status=status,
-                attributes=attributes,
-                error=error,
-                attributes_text=encode_attributes(attributes),
-            )
+        finished = Span.build(
+            collector.trace_id,
+            handle.span_id,
+            parent_id=self.parent_id,
+            kind=self.kind,
+            name=self.name,
+            start_ns=self.start,
+            end_ns=end_ns,
+            status=status,
+            attributes=attributes,
+            error=error,
+            attributes_text=encode_attributes(attributes),
         )
+        # Under the lock: TraceCollector.abandon either sees the span open or finished, never both or neither.
+        with collector._lock:
+            collector._open.pop(handle.span_id, None)
+            if not collector.closed:
+                collector._spans.append(finished)
         if self.owns:
             collector.close()
 
@@ -351,7 +457,8 @@ class _Trial(_OpenSpan):
         try:
             super().__exit__(kind, exception, traceback)
         finally:
-            if self.on_trace is not None:
+            # An abandoned trace belongs to whoever abandoned it (TraceCollector.abandon).
+            if self.on_trace is not None and self.collector.abandoned is None:
                 self.on_trace(self.collector)
 
 
@@ -676,7 +783,99 @@ class SpanRecorder(BaseCallback):
             pending.ended["score"] = score
         self._finish(call_id, pending, exception=exception)
 
+    def on_interpreter_execute_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        """Open a span for code run by a code interpreter (the code itself only with ``capture_prompts``)."""
+        pending = self._open(call_id, instance, kind="interpreter", name=f"{type(instance).__name__}.execute")
+        if pending is None:
+            return
+        variables = inputs.get("variables")
+        pending.attributes["operation"] = "execute"
+        pending.attributes["variables"] = sorted(str(name) for name in variables) if variables else []
+        if self.capture_prompts and inputs.get("code") is not None:
+            pending.attributes["code"] = scrub(inputs["code"])
+        pending.seal()
+
+    def on_interpreter_execute_end(
+        self, call_id: str, outputs: Any | None, exception: BaseException | None = None
+    ) -> None:
+        """Close a code-execution span with what the code returned."""
+        self._end_with(call_id, "result", outputs, exception)
+
+    def on_interpreter_tool_call_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        """Open a span for a tool called from code running in an interpreter."""
+        tool = str(inputs.get("tool_name") or "tool")
+        pending = self._open(call_id, instance, kind="interpreter", name=f"{type(instance).__name__}.{tool}")
+        if pending is None:
+            return
+        pending.attributes["operation"] = "tool_call"
+        pending.attributes["tool"] = mask_text(tool)
+        pending.attributes["arguments"] = scrub({key: inputs[key] for key in ("args", "kwargs") if key in inputs})
+        pending.seal()
+
+    def on_interpreter_tool_call_end(
+        self, call_id: str, outputs: Any | None, exception: BaseException | None = None
+    ) -> None:
+        """Close an interpreter tool-call span with the tool's result."""
+        self._end_with(call_id, "result", outputs, exception)
+
+    def on_interpreter_startup_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        """Open a span for a code interpreter starting up."""
+        self._open_sealed(call_id, instance, operation="startup", method="start")
+
+    def on_interpreter_startup_end(
+        self, call_id: str, outputs: Any | None, exception: BaseException | None = None
+    ) -> None:
+        """Close an interpreter start-up span."""
+        self._end_with(call_id, None, outputs, exception)
+
+    def on_interpreter_shutdown_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        """Open a span for a code interpreter shutting down."""
+        self._open_sealed(call_id, instance, operation="shutdown", method="shutdown")
+
+    def on_interpreter_shutdown_end(
+        self, call_id: str, outputs: Any | None, exception: BaseException | None = None
+    ) -> None:
+        """Close an interpreter shutdown span."""
+        self._end_with(call_id, None, outputs, exception)
+
+    def on_compile_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        """Open a span for a DSPy optimizer's ``compile``, with the sizes of its data."""
+        pending = self._open(call_id, instance, kind="compile", name=f"{type(instance).__name__}.compile")
+        if pending is None:
+            return
+        for key in ("trainset", "valset"):
+            data = inputs.get(key)
+            if data is not None and hasattr(data, "__len__"):
+                pending.attributes[key] = len(data)
+        student = inputs.get("student")
+        if student is not None:
+            pending.attributes["student"] = type(student).__name__
+        pending.seal()
+
+    def on_compile_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
+        """Close an optimizer span with the type of the program it returned."""
+        pending = self._take(call_id)
+        if pending is None:
+            return
+        if outputs is not None:
+            pending.ended["program"] = type(outputs).__name__
+        self._finish(call_id, pending, exception=exception)
+
     # --- shared plumbing --------------------------------------------------------------------------------------
+
+    def _open_sealed(self, call_id: str, instance: Any, *, operation: str, method: str) -> None:
+        pending = self._open(call_id, instance, kind="interpreter", name=f"{type(instance).__name__}.{method}")
+        if pending is not None:
+            pending.attributes["operation"] = operation
+            pending.seal()
+
+    def _end_with(self, call_id: str, key: str | None, outputs: Any, exception: BaseException | None) -> None:
+        pending = self._take(call_id)
+        if pending is None:
+            return
+        if key is not None and outputs is not None:
+            pending.ended[key] = scrub(outputs)
+        self._finish(call_id, pending, exception=exception)
 
     @staticmethod
     def _open(call_id: str, instance: Any, *, kind: str, name: str) -> _Pending | None:

@@ -27,9 +27,23 @@ from dspex_lab.trace.redaction import REDACTED, is_clean_text, is_secret_key, ma
 __all__ = ["SPAN_KINDS", "SPAN_STATUSES", "Span", "encode_attributes", "join_objects", "now_ns", "to_jsonable"]
 
 SPAN_KINDS = frozenset(
-    {"trial", "module", "adapter_format", "adapter_parse", "lm", "tool", "metric", "decision", "evaluation"}
+    {
+        "trial",
+        "attempt",
+        "module",
+        "adapter_format",
+        "adapter_parse",
+        "lm",
+        "tool",
+        "interpreter",
+        "compile",
+        "metric",
+        "decision",
+        "evaluation",
+    }
 )
-SPAN_STATUSES = frozenset({"ok", "error"})
+# "timeout" and "cancelled" mark the spans still open when a trial was given up (TraceCollector.abandon).
+SPAN_STATUSES = frozenset({"ok", "error", "timeout", "cancelled"})
 
 # Wall-clock timestamps come from one anchor plus the monotonic counter: one cheap clock read per event, and
 # durations that never go negative when the system clock is adjusted mid-trial.
@@ -62,9 +76,10 @@ class Span:
         name: what ran (``"Predict"``, ``"lab/small"``, ``"ChatAdapter.format"``...).
         start_ns: start, nanoseconds since the Unix epoch.
         end_ns: end, nanoseconds since the Unix epoch.
-        status: ``"ok"`` or ``"error"``.
+        status: one of :data:`SPAN_STATUSES`: ``"ok"``, ``"error"``, or ``"timeout"``/``"cancelled"`` for a
+            span cut short when its trial was given up.
         attributes: details of the step; may hold live references until serialised.
-        error: the exception's type and message when ``status`` is ``"error"``.
+        error: the exception's type and message when ``status`` is not ``"ok"`` (why, for a span cut short).
     """
 
     trace_id: str
