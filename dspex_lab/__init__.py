@@ -3,59 +3,157 @@
 Define a :class:`Program` (a DSPy module plus typed variables), evaluate it on a
 :class:`Dataset` in parallel with statistics, compare programs, and browse every
 experiment and trial in a DuckDB journal. ``import dspex_lab as dx``.
+
+``import dspex_lab`` is cheap: every public name loads its layer (and DSPy,
+pandas, scipy, DuckDB as that layer needs them) the first time it is read, so
+``dspex --help`` and ``dspex journal list`` never load DSPy or scipy. This
+module is also where the layers are wired together: the trace layer's readers
+into the journal, and the lab LM into the program layer's model variables.
 """
 
-from dspex_lab import datasets, errors, metrics, stats
-from dspex_lab.data import Dataset, load_dataset
-from dspex_lab.evaluate import (
-    Budget,
-    Comparison,
-    ComparisonSet,
-    Context,
-    EvaluationResult,
-    Hypothesis,
-    RerunReport,
-    Verdict,
-    VerificationReport,
-    compare,
-    compare_many,
-    current_context,
-    evaluate,
-    export,
-    hypothesis,
-    rerun_package,
-    verify_package,
-)
-from dspex_lab.journal import open_journal
-from dspex_lab.lm import lab_lm, resolve_lm
-from dspex_lab.program import (
-    Bool,
-    Choice,
-    Constraint,
-    Demos,
-    Float,
-    Int,
-    ModuleType,
-    Program,
-    Text,
-    register,
-    set_lm_resolver,
-)
+from __future__ import annotations
 
-# Model variables name LMs; the lab models resolve without a network.
-set_lm_resolver(resolve_lm)
+import sys
+from typing import TYPE_CHECKING, Any
+
+from dspex_lab._lazy import lazy_exports
+from dspex_lab.journal._store import TraceReader, set_trace_reader
+
+if TYPE_CHECKING:
+    from dspex_lab import datasets, errors, metrics, stats
+    from dspex_lab.data import Dataset, load_dataset
+    from dspex_lab.evaluate import (
+        Budget,
+        Comparison,
+        ComparisonSet,
+        Context,
+        EvaluationResult,
+        Hypothesis,
+        RerunReport,
+        Verdict,
+        VerificationReport,
+        compare,
+        compare_many,
+        current_context,
+        evaluate,
+        export,
+        hypothesis,
+        rerun_package,
+        verify_package,
+    )
+    from dspex_lab.journal import open_journal
+    from dspex_lab.lm import lab_lm
+    from dspex_lab.program import (
+        Bool,
+        Choice,
+        Constraint,
+        Demos,
+        Float,
+        Int,
+        ModuleType,
+        Program,
+        Text,
+        register,
+    )
 
 __version__ = "0.1.0"
 
+_EXPORTS: dict[str, str] = {
+    **{name: f"dspex_lab.{name}" for name in ("datasets", "errors", "metrics", "stats")},
+    **{name: "dspex_lab.data" for name in ("Dataset", "load_dataset")},
+    **{
+        name: "dspex_lab.evaluate"
+        for name in (
+            "Budget",
+            "Comparison",
+            "ComparisonSet",
+            "Context",
+            "EvaluationResult",
+            "Hypothesis",
+            "RerunReport",
+            "Verdict",
+            "VerificationReport",
+            "compare",
+            "compare_many",
+            "current_context",
+            "evaluate",
+            "export",
+            "hypothesis",
+            "rerun_package",
+            "verify_package",
+        )
+    },
+    "open_journal": "dspex_lab.journal",
+    "lab_lm": "dspex_lab.lm",
+    **{
+        name: "dspex_lab.program"
+        for name in (
+            "Bool",
+            "Choice",
+            "Constraint",
+            "Demos",
+            "Float",
+            "Int",
+            "ModuleType",
+            "Program",
+            "Text",
+            "register",
+        )
+    },
+}
 
-def __getattr__(name: str) -> object:
-    # Widgets need the notebook extra (anywidget); they load on first use so `import dspex_lab` stays light.
+_load, _list = lazy_exports(__name__, globals(), _EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    # Widgets need the notebook extra (anywidget); they load on first use like every other layer.
     if name == "widgets":
         import dspex_lab.notebook as widgets
 
         return widgets
-    raise AttributeError(f"module 'dspex_lab' has no attribute {name!r}")
+    value = _load(name)
+    _wire_program_layer()
+    return value
 
+
+def __dir__() -> list[str]:
+    return sorted({*_list(), "widgets"})
+
+
+def _resolve_lm(model: str) -> Any:
+    from dspex_lab.lm import resolve_lm
+
+    return resolve_lm(model)
+
+
+_program_wired = False
+
+
+def _wire_program_layer() -> None:
+    """Let model variables name lab LMs, once the program layer is loaded (it cannot import the lm layer)."""
+    global _program_wired
+    if not _program_wired and "dspex_lab.program" in sys.modules:
+        from dspex_lab.program import set_lm_resolver
+
+        set_lm_resolver(_resolve_lm)
+        _program_wired = True
+
+
+def _spans_from_rows(rows: list[dict[str, Any]]) -> list[Any]:
+    from dspex_lab.trace import Span
+
+    return [Span.from_row(row) for row in rows]
+
+
+def _tree_from_rows(rows: list[dict[str, Any]]) -> Any:
+    from dspex_lab.trace import TraceTree
+
+    return TraceTree.from_spans(_spans_from_rows(rows))
+
+
+# The journal stores span rows and cannot import the trace layer; the package (which may import
+# every layer) tells it how rows become Span and TraceTree objects.
+set_trace_reader(TraceReader(spans=_spans_from_rows, tree=_tree_from_rows))
 
 __all__ = [
     "Bool",

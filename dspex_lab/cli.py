@@ -112,48 +112,63 @@ def _evaluate(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _journal(arguments: argparse.Namespace) -> int:
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _rows_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Any:
     from rich.table import Table
 
-    import dspex_lab as dx
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(_cell(row.get(column)) for column in columns))
+    return table
 
-    journal = dx.open_journal(arguments.journal)
+
+def _journal(arguments: argparse.Namespace) -> int:
+    # Only the journal layer: listing a journal loads neither DSPy nor scipy (see bench/bench_startup.py).
+    from dspex_lab.journal import open_journal
+
+    journal = open_journal(arguments.journal)
     console = _console()
     if arguments.journal_command == "list":
-        frame = journal.experiments()
-        table = Table(title=f"Experiments in {journal.path}")
-        for column in ("id", "name", "kind", "status", "trials", "errors", "mean", "created"):
-            table.add_column(column)
-        for row in frame.itertuples():
-            mean = row.mean_score
-            table.add_row(
-                row.id,
-                str(row.name),
-                row.kind,
-                row.status,
-                str(row.n_trials),
-                str(row.n_errors),
-                "—" if mean is None or (isinstance(mean, float) and math.isnan(mean)) else f"{mean:.3f}",
-                str(row.created_at)[:19],
-            )
-        console.print(table)
+        rows = [
+            {
+                "id": summary.id,
+                "name": summary.name,
+                "kind": summary.kind,
+                "status": summary.status,
+                "trials": summary.n_trials,
+                "errors": summary.n_errors,
+                "mean": summary.mean_score,
+                "created": None if summary.created_at is None else str(summary.created_at)[:19],
+            }
+            for summary in journal.experiment_summaries()
+        ]
+        columns = ("id", "name", "kind", "status", "trials", "errors", "mean", "created")
+        console.print(_rows_table(f"Experiments in {journal.path}", rows, columns))
     elif arguments.journal_command == "trials":
-        frame = journal.trials(
-            arguments.experiment,
-            columns=[
-                "trial_id",
-                "status",
-                "score",
-                "error_type",
-                "latency",
-                "input_tokens",
-                "output_tokens",
-            ],
-        )
-        console.print(frame.to_string(index=False, max_rows=arguments.limit))
+        columns = ("trial_id", "status", "score", "error_type", "latency", "input_tokens", "output_tokens")
+        rows = journal.trial_rows(arguments.experiment, columns=columns, limit=arguments.limit)
+        if not rows:
+            journal.experiment(arguments.experiment)  # an unknown experiment is an error, not an empty table
+        console.print(_rows_table(f"Trials of {arguments.experiment}", rows, columns))
+        _print_more(console, journal, arguments.experiment, len(rows))
     elif arguments.journal_command == "sql":
         console.print(journal.sql(arguments.query).to_string(index=False, max_rows=arguments.limit))
     return 0
+
+
+def _print_more(console: Any, journal: Any, experiment_id: str, shown: int) -> None:
+    total = sum(journal.trial_counts(experiment_id).values())
+    if total > shown:
+        console.print(f"{total - shown} more trials (show more with --limit {total})")
 
 
 def _export(arguments: argparse.Namespace) -> int:
@@ -195,16 +210,16 @@ def _trace(arguments: argparse.Namespace) -> int:
         print(f"wrote {len(spans)} spans as OpenTelemetry JSON to {arguments.otlp}")
         return 0
     if arguments.trial is None:
-        frame = journal.sql(
-            """SELECT t.trial_id, t.status, t.score, t.error_type, count(s.span_id) AS spans
-               FROM trials t LEFT JOIN spans s ON s.experiment_id = t.experiment_id AND s.trace_id = t.trial_id
-               WHERE t.experiment_id = ? GROUP BY ALL ORDER BY t.status DESC, t.trial_id""",
-            [arguments.experiment],
+        columns = ("trial_id", "status", "score", "error_type", "spans")
+        rows = journal.trial_rows(
+            arguments.experiment, columns=columns[:-1], order="error", limit=arguments.limit, with_span_counts=True
         )
-        if frame.empty:
+        if not rows:
             raise dx.errors.JournalError(f"no trials for experiment {arguments.experiment!r} in {journal.path}")
-        print(frame.to_string(index=False, max_rows=arguments.limit))
-        print(f"\nshow one: dspex trace {arguments.experiment} TRIAL_ID --journal {journal.path}")
+        console = _console()
+        console.print(_rows_table(f"Trials of {arguments.experiment}, failed first", rows, columns))
+        _print_more(console, journal, arguments.experiment, len(rows))
+        console.print(f"\nshow one: dspex trace {arguments.experiment} TRIAL_ID --journal {journal.path}")
         return 0
     tree = journal.trace(arguments.experiment, arguments.trial)
     print(tree.to_text(show_prompts=arguments.prompts, width=arguments.width))

@@ -1,11 +1,48 @@
-"""The journal: a durable record of every experiment and trial, in DuckDB.
+"""The journal: a durable record of every experiment, trial and span, in DuckDB.
 
-This layer owns the storage schema and its migrations, concurrent access from
-several processes, streaming trial writes, and the queries that read
-experiments and trials back as pandas DataFrames.
+This layer owns the store contract (:class:`JournalStore`, with the queries the
+CLI, the widgets, the result HTML and the dashboard share), its DuckDB
+implementation, the storage schema and its migrations, concurrent access from
+several processes and streaming trial writes. It stores span rows and never
+imports the trace layer. Names load on first use, so importing the contract
+does not load DuckDB.
 """
 
-from dspex_lab.journal._duckdb import DuckDBJournal, ExperimentRecord, TrialWriter, open_journal
-from dspex_lab.journal._schema import SCHEMA_VERSION
+from __future__ import annotations
 
-__all__ = ["SCHEMA_VERSION", "DuckDBJournal", "ExperimentRecord", "TrialWriter", "open_journal"]
+from typing import TYPE_CHECKING
+
+from dspex_lab._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from dspex_lab.journal._duckdb import DuckDBJournal, ExperimentRecord, TrialWriter, open_journal
+    from dspex_lab.journal._schema import SCHEMA_VERSION
+    from dspex_lab.journal._store import TRIAL_ORDERS, ExperimentSummary, JournalStore, TrialOrder
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "TRIAL_ORDERS",
+    "DuckDBJournal",
+    "ExperimentRecord",
+    "ExperimentSummary",
+    "JournalStore",
+    "TrialOrder",
+    "TrialWriter",
+    "open_journal",
+]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    globals(),
+    {
+        "SCHEMA_VERSION": "dspex_lab.journal._schema",
+        "TRIAL_ORDERS": "dspex_lab.journal._store",
+        "DuckDBJournal": "dspex_lab.journal._duckdb",
+        "ExperimentRecord": "dspex_lab.journal._duckdb",
+        "ExperimentSummary": "dspex_lab.journal._store",
+        "JournalStore": "dspex_lab.journal._store",
+        "TrialOrder": "dspex_lab.journal._store",
+        "TrialWriter": "dspex_lab.journal._duckdb",
+        "open_journal": "dspex_lab.journal._duckdb",
+    },
+)

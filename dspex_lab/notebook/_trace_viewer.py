@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from dspex_lab.errors import DspexLabError, JournalError, MissingDependencyError
-from dspex_lab.journal import DuckDBJournal, open_journal
+from dspex_lab.journal import TRIAL_ORDERS, DuckDBJournal, open_journal
 from dspex_lab.trace import Span
 
 try:
@@ -27,7 +27,8 @@ _FRONT_END_FOLDERS = (
     Path(__file__).resolve().parents[2] / "widgets",
 )
 
-_SORTS = ("error", "score", "trial")
+# The journal orders the trial list (failed first, lowest score first, or example order).
+_SORTS = TRIAL_ORDERS
 
 # A search opens the ancestors of this many matches at most: a common word can match thousands of spans, and
 # opening all their ancestors would draw most of the trial. The other matches are still marked.
@@ -119,27 +120,20 @@ class TraceViewer(anywidget.AnyWidget):
         self._experiment_id = experiment_id
         self._spans: dict[str, _SpanRow] = {}
         self._haystacks: dict[str, str] | None = None
-        order = {
-            "error": "t.status = 'ok', coalesce(t.score, -1), t.example_index, t.repeat",
-            "score": "coalesce(t.score, -1), t.example_index, t.repeat",
-            "trial": "t.example_index, t.repeat",
-        }[sort_by]
-        frame = self._journal.sql(
-            f"""SELECT t.trial_id, t.status, t.score, t.error_type, count(s.span_id) AS spans
-                FROM trials t JOIN spans s ON s.experiment_id = t.experiment_id AND s.trace_id = t.trial_id
-                WHERE t.experiment_id = ?
-                GROUP BY t.trial_id, t.status, t.score, t.error_type, t.example_index, t.repeat
-                ORDER BY {order}""",
-            [experiment_id],
+        trials = self._journal.trial_rows(
+            experiment_id,
+            columns=("trial_id", "status", "score", "error_type"),
+            order=sort_by,
+            traced_only=True,
+            with_span_counts=True,
         )
-        if frame.empty:
+        if not trials:
             raise JournalError(
                 f"experiment {experiment_id!r} has no traced trials in {self._journal.path}; "
                 "evaluate with dx.evaluate(..., trace=True)"
             )
-        frame = frame.astype(object).where(frame.notna(), None)
-        self.trials = frame.to_dict("records")
-        self.selected_trial = trial_id or str(frame["trial_id"].iloc[0])
+        self.trials = trials
+        self.selected_trial = trial_id or str(trials[0]["trial_id"])
 
     def _read_spans(self, trial_id: str) -> list[_SpanRow]:
         # Stored rows rather than journal.spans: building a Span (and parsing its attributes) for each of

@@ -1,0 +1,211 @@
+"""The journal store contract: what every journal backend writes and answers.
+
+:class:`JournalStore` is the one interface the CLI, the notebook widgets, the
+evaluation result's HTML and the dashboard read a journal through; they never
+write SQL against a backend. Its query methods return plain Python values
+(frozen records, dicts, lists), so a reader such as ``dspex journal list`` needs
+neither pandas nor DSPy. :class:`~dspex_lab.journal.DuckDBJournal` implements it.
+
+The journal layer does not import :mod:`dspex_lab.trace`: it stores and returns
+span *rows*. Turning rows into ``Span`` objects and a ``TraceTree`` is the trace
+layer's job; the package wires that in with :func:`set_trace_reader`, which is
+what lets ``journal.spans()`` and ``journal.trace()`` keep returning trace
+objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from dspex_lab.errors import JournalError
+
+__all__ = [
+    "TRIAL_ORDERS",
+    "ExperimentSummary",
+    "JournalStore",
+    "TraceReader",
+    "TrialOrder",
+    "read_spans",
+    "read_trace",
+    "set_trace_reader",
+]
+
+TrialOrder = Literal["trial", "score", "error"]
+TRIAL_ORDERS: tuple[TrialOrder, ...] = ("trial", "score", "error")
+"""How :meth:`JournalStore.trial_rows` can order trials.
+
+``trial`` is example order (then repeat); ``score`` puts the lowest score first
+(a failed trial, without a score, before every scored one); ``error`` puts
+failed trials first, then the rest by score as ``score`` does.
+"""
+
+
+@dataclass(frozen=True)
+class ExperimentSummary:
+    """One line of the experiment list: what an experiment is, how it stands, and its trial counts.
+
+    Attributes:
+        id: the experiment id.
+        name: its name.
+        kind: ``evaluation``, ``comparison``, ``optimization`` or ``hypothesis``.
+        status: ``running``, ``finished``, ``failed``, ``cancelled`` or ``interrupted`` (a running
+            experiment whose process is gone is reported as interrupted).
+        status_detail: why it ended as it did, if recorded.
+        program_name: the program's name, if any.
+        program_fingerprint: the program spec's fingerprint, if any.
+        dataset_name: the dataset's name, if any.
+        dataset_fingerprint: the dataset's fingerprint, if any.
+        metric: the metric's name, if any.
+        n_planned: how many trials the run planned, if known.
+        n_trials: how many trials are recorded.
+        n_errors: how many of them failed.
+        mean_score: the mean score of the scored trials (None without any).
+        created_at: when it started (UTC, naive).
+        finished_at: when it ended (None while running).
+    """
+
+    id: str
+    name: str
+    kind: str
+    status: str
+    status_detail: str | None
+    program_name: str | None
+    program_fingerprint: str | None
+    dataset_name: str | None
+    dataset_fingerprint: str | None
+    metric: str | None
+    n_planned: int | None
+    n_trials: int
+    n_errors: int
+    mean_score: float | None
+    created_at: datetime | None
+    finished_at: datetime | None
+
+
+@runtime_checkable
+class JournalStore(Protocol):
+    """The storage contract of a journal: append-only writes and the queries every view shares.
+
+    Thread safety: every method may be called from any thread of a process at the same time,
+    and several processes (kernels, the CLI, a dashboard) may use one journal at once; a
+    backend serialises what it must and raises :class:`~dspex_lab.errors.JournalError` when
+    it cannot get access in its configured time.
+
+    Ordering: each query states its order, and the order is total (ties broken by ids), so two
+    reads of unchanged data return the same sequence.
+
+    Immutability: an experiment's identity and a recorded trial or span never change once
+    written (writes of an already recorded trial are ignored); only an experiment's status,
+    summary and heartbeat are updated. Returned values are fresh copies: records are frozen,
+    dicts and lists belong to the caller.
+    """
+
+    def create_experiment(self, record: Any) -> str:
+        """Insert a new running experiment and return its id."""
+        ...
+
+    def finish_experiment(
+        self, experiment_id: str, *, status: str, detail: str | None = None, summary: dict[str, Any] | None = None
+    ) -> None:
+        """Record how an experiment ended, with its summary."""
+        ...
+
+    def append_trials(self, experiment_id: str, rows: Sequence[dict[str, Any]], *, spans: Any = ()) -> int:
+        """Append finished trials (and their spans) atomically; already recorded trials are ignored."""
+        ...
+
+    def experiment_summaries(self) -> list[ExperimentSummary]:
+        """Return every experiment, newest first (then by id), with its trial counts and mean score."""
+        ...
+
+    def experiment(self, experiment_id: str) -> dict[str, Any]:
+        """Return one experiment's record with its JSON fields decoded; JournalError if unknown."""
+        ...
+
+    def trial_rows(
+        self,
+        experiment_id: str,
+        *,
+        columns: Sequence[str] | None = None,
+        status: str | None = None,
+        order: TrialOrder = "trial",
+        limit: int | None = None,
+        traced_only: bool = False,
+        with_span_counts: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Return an experiment's trials as dicts (NULL as None), filtered, ordered and limited.
+
+        Args:
+            experiment_id: the experiment.
+            columns: the trial columns to return (default: all).
+            status: only trials with this status (``ok`` or ``error``).
+            order: one of :data:`TRIAL_ORDERS`.
+            limit: at most this many trials.
+            traced_only: only trials with at least one stored span.
+            with_span_counts: add a ``spans`` entry, the number of stored spans of the trial.
+        """
+        ...
+
+    def trial_counts(self, experiment_id: str) -> dict[str, int]:
+        """Return the number of recorded trials of an experiment per status (absent statuses left out)."""
+        ...
+
+    def span_rows(self, experiment_id: str, trials: str | Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Return stored span rows (attributes as JSON text) by trial, then start time, parents first."""
+        ...
+
+    def finished_keys(self, experiment_id: str) -> set[tuple[str, int]]:
+        """Return (example id, repeat) of every recorded trial of an experiment."""
+        ...
+
+    def dataset_examples(self, fingerprint: str) -> list[tuple[str, dict[str, Any]]]:
+        """Return the stored (example id, fields) of a dataset in order; empty if not stored."""
+        ...
+
+    def hypothesis_rows(self) -> list[dict[str, Any]]:
+        """Return every registered hypothesis as a dict, oldest first (then by id)."""
+        ...
+
+
+@dataclass(frozen=True)
+class TraceReader:
+    """How span rows become trace objects: set by the package, since the journal cannot import the trace layer.
+
+    Attributes:
+        spans: builds the ``Span`` objects of stored rows (same order).
+        tree: builds one trial's ``TraceTree`` from its stored rows.
+    """
+
+    spans: Callable[[list[dict[str, Any]]], list[Any]]
+    tree: Callable[[list[dict[str, Any]]], Any]
+
+
+_trace_reader: TraceReader | None = None
+
+
+def set_trace_reader(reader: TraceReader) -> None:
+    """Set how :func:`read_spans` and :func:`read_trace` build trace objects (``import dspex_lab`` does it)."""
+    global _trace_reader
+    _trace_reader = reader
+
+
+def _reader() -> TraceReader:
+    if _trace_reader is None:
+        raise JournalError(
+            "no trace reader is set: import dspex_lab (it wires dspex_lab.trace into the journal), "
+            "or read span rows with journal.span_rows()"
+        )
+    return _trace_reader
+
+
+def read_spans(rows: list[dict[str, Any]]) -> list[Any]:
+    """Return the ``Span`` objects of stored span rows, built by the registered trace reader."""
+    return _reader().spans(rows)
+
+
+def read_trace(rows: list[dict[str, Any]]) -> Any:
+    """Return the ``TraceTree`` of one trial's stored span rows, built by the registered trace reader."""
+    return _reader().tree(rows)
