@@ -203,10 +203,13 @@ def _trace(arguments: argparse.Namespace) -> int:
     if arguments.otlp:
         from dspex_lab.trace import to_otlp_json
 
+        record = journal.experiment(arguments.experiment)
         spans = journal.spans(arguments.experiment, arguments.trial)
         if not spans:
-            raise dx.errors.JournalError(f"no spans to export for {arguments.experiment} {arguments.trial or ''}")
-        Path(arguments.otlp).write_text(to_otlp_json(spans), encoding="utf-8")
+            raise dx.errors.JournalError(_why_no_spans(journal, arguments.experiment, arguments.trial))
+        # Trial ids repeat across experiments on the same data: the experiment id keeps their OTLP traces apart.
+        payload = to_otlp_json(spans, experiment_id=arguments.experiment, experiment_name=record.get("name"))
+        Path(arguments.otlp).write_text(payload, encoding="utf-8")
         print(f"wrote {len(spans)} spans as OpenTelemetry JSON to {arguments.otlp}")
         return 0
     if arguments.trial is None:
@@ -221,9 +224,47 @@ def _trace(arguments: argparse.Namespace) -> int:
         _print_more(console, journal, arguments.experiment, len(rows))
         console.print(f"\nshow one: dspex trace {arguments.experiment} TRIAL_ID --journal {journal.path}")
         return 0
+    if not journal.span_rows(arguments.experiment, arguments.trial):
+        raise dx.errors.JournalError(_why_no_spans(journal, arguments.experiment, arguments.trial))
     tree = journal.trace(arguments.experiment, arguments.trial)
     print(tree.to_text(show_prompts=arguments.prompts, width=arguments.width))
     return 0
+
+
+# How a trial that stopped before its work ended is recorded (the engine's TrialTimeoutError/TrialCancelledError).
+_GIVEN_UP = {"timeout": "timed out", "cancelled": "was cancelled"}
+_GIVEN_UP_ERRORS = {"TrialTimeoutError": "timed out", "TrialCancelledError": "was cancelled"}
+
+
+def _why_no_spans(journal: Any, experiment_id: str, trial_id: str | None) -> str:
+    """Say why an experiment's trial (or, with ``trial_id`` None, the experiment) has no stored spans."""
+    record = journal.experiment(experiment_id)  # an unknown experiment is reported as such
+    config = record.get("config") or {}
+    listing = f"dspex trace {experiment_id} --journal {journal.path}"
+    if trial_id is None:
+        if not config.get("trace"):
+            return f"experiment {experiment_id!r} was not traced (its config has trace=false): it has no spans"
+        return f"experiment {experiment_id!r} was traced but has no stored spans; its trials: {listing}"
+    trials = journal.trials(experiment_id, columns=["trial_id", "status", "error_type", "error_stage", "error_message"])
+    found = trials[trials["trial_id"] == trial_id]
+    if found.empty:
+        return f"no trial {trial_id!r} in experiment {experiment_id!r}; list its trials with: {listing}"
+    trial = found.iloc[0].to_dict()
+    if not config.get("trace"):
+        return (
+            f"trial {trial_id!r} has no spans: experiment {experiment_id!r} was not traced (its config has "
+            "trace=false); run it with trace=True, e.g. dx.evaluate(..., trace=True), to keep each trial's span tree"
+        )
+    failure = f"{trial.get('error_type')}: {str(trial.get('error_message') or '')[:200]}"
+    given_up = _GIVEN_UP.get(str(trial.get("error_stage"))) or _GIVEN_UP_ERRORS.get(str(trial.get("error_type")))
+    if trial.get("status") == "error" and given_up is not None:
+        return f"trial {trial_id!r} has no spans: it {given_up} before any span was recorded ({failure})"
+    if trial.get("status") == "error":
+        return f"trial {trial_id!r} has no spans: it failed before any span was stored ({failure})"
+    return (
+        f"trial {trial_id!r} of traced experiment {experiment_id!r} finished ({trial.get('status')}) "
+        "but no spans were stored for it (were they lost when the run was interrupted?)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -169,9 +169,11 @@ _originals: dict[tuple[type, str], Any] = {}
 _state: dict[str, Any] = {"installed": False, "surface": None, "warned": False}
 # Each recorder's handlers, looked up once.
 _bindings: weakref.WeakKeyDictionary[SpanRecorder, _Bound] = weakref.WeakKeyDictionary()
-# Classes of dspy modules found so far, and the names of the modules already scanned for them.
+# Classes of dspy modules found so far, the names of the modules already scanned for them, and the roots to
+# search below: the classes owning a decorated method and their dspy base classes.
 _dspy_classes: set[type] = set()
 _scanned_modules: set[str] = set()
+_roots: set[type] = set()
 
 
 def _resolve_surface() -> _Surface | str:
@@ -276,15 +278,22 @@ def _decorated(value: Any, codes: frozenset[types.CodeType]) -> bool:
     return bool(getattr(value, _MARK, False)) or _wrapper_target(value, codes) is not None
 
 
-def _scan_dspy_classes() -> None:
-    # Only modules loaded since the last scan are read; nothing is imported here.
+def _scan_dspy_classes(codes: frozenset[types.CodeType]) -> None:
+    # Only modules loaded since the last scan are read (nothing is imported here), so that install() stays cheap
+    # when called for every run.
+    new: set[type] = set()
     for name, module in list(sys.modules.items()):
         if name in _scanned_modules or not (name == "dspy" or name.startswith("dspy.")):
             continue
         _scanned_modules.add(name)
         for value in list(vars(module).values()) if module is not None else ():
-            if isinstance(value, type) and value.__module__.startswith("dspy"):
-                _dspy_classes.add(value)
+            if isinstance(value, type) and value.__module__.startswith("dspy") and value not in _dspy_classes:
+                new.add(value)
+    _dspy_classes.update(new)
+    owners = {cls for cls in new if any(_decorated(value, codes) for value in vars(cls).values())}
+    # Their dspy base classes too: adapters and optimizers are wrapped by an __init_subclass__ of a base that owns
+    # no decorated method itself, and a user's subclass of any of them may add its own.
+    _roots.update(base for cls in owners for base in cls.__mro__ if base in _dspy_classes or base in owners)
 
 
 def _subclasses(roots: set[type]) -> Iterator[type]:
@@ -334,12 +343,8 @@ def _kind(owner: type, method: str, *, indirect: bool) -> str:
 
 
 def _find(codes: frozenset[types.CodeType], *, include_wrapped: bool) -> Iterator[DecoratedMethod]:
-    _scan_dspy_classes()
-    owners = {cls for cls in _dspy_classes if any(_decorated(value, codes) for value in vars(cls).values())}
-    # Their dspy base classes too: adapters and optimizers are wrapped by an __init_subclass__ of a base that owns
-    # no decorated method itself, and a user's subclass of any of them may add its own.
-    roots = {base for cls in owners for base in cls.__mro__ if base in _dspy_classes} | owners
-    for owner in _subclasses(roots):
+    _scan_dspy_classes(codes)
+    for owner in _subclasses(_roots):
         for name, value in list(vars(owner).items()):
             if getattr(value, _MARK, False):
                 if include_wrapped:

@@ -19,6 +19,8 @@ from dspex_lab.trace.spans import Span
 __all__ = ["TraceNode", "TraceTree"]
 
 _PROMPT_LINES = 12
+# How show() colours a line by the status it ends with; "timeout" and "cancelled" mark spans cut short.
+_STATUS_STYLES = {"error": "red", "timeout": "yellow", "cancelled": "yellow"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +182,11 @@ class TraceTree:
     def to_text(self, *, show_prompts: bool = False, width: int = 100) -> str:
         """Render the trees as indented text: one line per span with duration, tokens and status.
 
+        A span cut short when its trial was given up shows its status (``timeout``
+        or ``cancelled``) and ``unfinished``; a retried attempt (attribute
+        ``attempt`` above 1, or a ``retry_cause``) is labelled ``attempt N`` with
+        the cause of the retry.
+
         Args:
             show_prompts: under each LM span, also print its messages and completion.
             width: the line width.
@@ -208,7 +215,7 @@ class TraceTree:
         console = Console()
         text = self.to_text(show_prompts=show_prompts, width=width or console.width)
         for line in text.splitlines():
-            style = "red" if line.rstrip().endswith("error") else None
+            style = _STATUS_STYLES.get(line.rstrip().rpartition(" ")[2])
             console.print(Text(line, style=style), soft_wrap=True)
 
     def __repr__(self) -> str:
@@ -282,6 +289,16 @@ def _detail(item: Span) -> str:
         parts.append(f"score={attributes['score']}")
     if item.kind == "decision" and attributes.get("values"):
         parts.append(json.dumps(attributes["values"], ensure_ascii=False, sort_keys=True))
+    attempt, cause = attributes.get("attempt"), attributes.get("retry_cause")
+    retried = type(attempt) is int and attempt > 1
+    if retried or cause:
+        label = f"attempt {attempt}" if type(attempt) is int else "retried"
+        if item.name != label:  # an attempt span is named so already
+            parts.append(label)
+        if cause:
+            parts.append(f"(retry after {_as_text(cause)})")
+    if attributes.get("unfinished") is True:
+        parts.append("unfinished")
     return " ".join(parts)
 
 
