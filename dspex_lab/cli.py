@@ -245,11 +245,11 @@ def _why_no_spans(journal: Any, experiment_id: str, trial_id: str | None) -> str
         if not config.get("trace"):
             return f"experiment {experiment_id!r} was not traced (its config has trace=false): it has no spans"
         return f"experiment {experiment_id!r} was traced but has no stored spans; its trials: {listing}"
-    trials = journal.trials(experiment_id, columns=["trial_id", "status", "error_type", "error_stage", "error_message"])
-    found = trials[trials["trial_id"] == trial_id]
-    if found.empty:
+    columns = ("trial_id", "status", "error_type", "error_stage", "error_message")
+    rows = journal.trial_rows(experiment_id, columns=columns)
+    trial = next((row for row in rows if row["trial_id"] == trial_id), None)
+    if trial is None:
         return f"no trial {trial_id!r} in experiment {experiment_id!r}; list its trials with: {listing}"
-    trial = found.iloc[0].to_dict()
     if not config.get("trace"):
         return (
             f"trial {trial_id!r} has no spans: experiment {experiment_id!r} was not traced (its config has "
