@@ -8,10 +8,21 @@ Two rules apply to every value that reaches a span:
   :data:`REDACTED`;
 * inside any string, substrings shaped like common API keys or bearer tokens
   (``sk-...``, ``AKIA...``, ``AIza...``, ``ghp_...``, ``hf_...``, ``Bearer ...``)
-  are replaced by :data:`REDACTED`.
+  are replaced by :data:`REDACTED`, and so is a key-like value of any shape that
+  follows a word naming it (``Incorrect API key provided: abc123...``,
+  ``token=...``, ``password: ...``); a password in a URL
+  (``scheme://user:password@host``) is masked and the user and host kept.
 
-:func:`scrub` is the capture-time form: it returns its argument unchanged (no
-copy) when nothing needs masking, which is the common case on the hot path.
+Header containers (``headers``, ``extra_headers``, ``default_headers``, ...) get
+one more rule: every header value is masked except a short list of harmless
+ones (``Content-Type``, ``Accept``, ``User-Agent``, ...), since providers take
+credentials under many names.
+
+This is the one redaction policy of dspex_lab: spans use it at capture
+(:func:`scrub`, which returns its argument unchanged, without copying, when
+nothing needs masking, the common case on the hot path), and everything
+persisted or displayed (experiment config, LM state, error messages,
+tracebacks, exports, HTML) goes through :func:`redact_for_storage`.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import threading
 from typing import Any
 
 __all__ = [
+    "HEADER_CONTAINER_KEYS",
     "REDACTED",
     "SECRET_KEYS",
     "add_secret_pattern",
@@ -29,6 +41,7 @@ __all__ = [
     "is_secret_key",
     "mask_text",
     "redact",
+    "redact_for_storage",
     "scrub",
 ]
 
@@ -84,6 +97,36 @@ _DEFAULT_VALUE_PATTERNS = (
     (("xox",), r"\bxox[abprs]-[A-Za-z0-9\-]{10,}"),
     (("hf_",), r"\bhf_[A-Za-z0-9]{20,}"),
     (("earer", "EARER"), r"(?i:\bbearer)\s+[A-Za-z0-9._~+/=\-]{8,}"),
+)
+
+# A key-like value after a word naming it, as provider errors quote it ("Incorrect API key provided: ...") and as
+# URLs, logs and configs write it ("token=...", "password: ..."). The value needs a digit and a letter and 12+
+# characters, so prose such as "the key insight" or "max_tokens: 1000" stays readable.
+_LABELLED_HINTS = ("key", "Key", "KEY", "oken", "OKEN", "ecret", "ECRET", "assw", "ASSW", "asswd")
+_LABELLED_REGEX = re.compile(
+    r"(?P<label>(?i:\b(?:api[_\- ]?key|key|token|secret|passw(?:or)?d)s?\b(?:\s+provided)?)"
+    r"[\"']?\s*[:=]?\s*[\"']?)"
+    r"(?=[A-Za-z0-9._~+/\-]*[0-9])(?=[A-Za-z0-9._~+/\-]*[A-Za-z])[A-Za-z0-9._~+/=\-]{12,}"
+)
+# A password is masked whatever its shape once it is assigned ("password: ...", "passwd=...").
+_PASSWORD_REGEX = re.compile(r"(?P<label>(?i:\bpassw(?:or)?d)s?[\"']?\s*[:=]\s*[\"']?)[^\s\"',;]{3,}")
+# scheme://user:password@host keeps the scheme, user and host.
+_URL_PASSWORD_REGEX = re.compile(r"(?P<prefix>\b[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*):[^/\s@]+@")
+
+# Mappings under these keys hold HTTP headers; every value there is masked but the harmless ones below.
+HEADER_CONTAINER_KEYS = frozenset({"default_headers", "extra_headers", "headers", "http_headers"})
+_HARMLESS_HEADERS = frozenset(
+    {
+        "accept",
+        "accept_encoding",
+        "accept_language",
+        "cache_control",
+        "connection",
+        "content_length",
+        "content_type",
+        "openai_beta",
+        "user_agent",
+    }
 )
 
 _lock = threading.Lock()
@@ -167,6 +210,11 @@ def mask_text(text: str) -> str:
         return text
     if any(hint in text for hint in _value_hints):
         text = _value_regex.sub(REDACTED, text)
+    if any(hint in text for hint in _LABELLED_HINTS):
+        text = _LABELLED_REGEX.sub(rf"\g<label>{REDACTED}", text)
+        text = _PASSWORD_REGEX.sub(rf"\g<label>{REDACTED}", text)
+    if "://" in text and "@" in text:
+        text = _URL_PASSWORD_REGEX.sub(rf"\g<prefix>:{REDACTED}@", text)
     extra = _extra_value_regex
     if extra is not None:
         text = extra.sub(REDACTED, text)
@@ -197,6 +245,13 @@ def _text_needs_masking(text: str) -> bool:
             dirty = _value_regex.search(text) is not None
             break
     if not dirty:
+        for hint in _LABELLED_HINTS:
+            if hint in text:
+                dirty = _LABELLED_REGEX.search(text) is not None or _PASSWORD_REGEX.search(text) is not None
+                break
+    if not dirty and "://" in text and "@" in text:
+        dirty = _URL_PASSWORD_REGEX.search(text) is not None
+    if not dirty:
         extra = _extra_value_regex
         dirty = extra is not None and extra.search(text) is not None
     if not dirty:
@@ -210,7 +265,9 @@ def redact(value: Any) -> Any:
     """Return a copy of a JSON-like value with every secret masked.
 
     Mappings, lists and tuples are rebuilt (tuples become lists, as in JSON);
-    strings are masked with :func:`mask_text`; other values pass through.
+    strings are masked with :func:`mask_text`; in a header mapping (under a key
+    in :data:`HEADER_CONTAINER_KEYS`) every value but a harmless header's is
+    masked; other values pass through.
 
     Args:
         value: a value built of dicts, lists, tuples, strings and scalars.
@@ -227,10 +284,59 @@ def _redact(value: Any, depth: int) -> Any:
     if depth >= _MAXIMUM_DEPTH:
         return _TOO_DEEP if isinstance(value, (dict, list, tuple)) else value
     if isinstance(value, dict):
-        return {key: REDACTED if is_secret_key(key) else _redact(item, depth + 1) for key, item in value.items()}
+        return {key: _redact_entry(key, item, depth) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_redact(item, depth + 1) for item in value]
     return value
+
+
+def _redact_entry(key: Any, item: Any, depth: int) -> Any:
+    if is_secret_key(key):
+        return REDACTED
+    if isinstance(key, str) and key.lower() in HEADER_CONTAINER_KEYS and isinstance(item, dict):
+        return {name: _redact_header(name, value, depth + 1) for name, value in item.items()}
+    return _redact(item, depth + 1)
+
+
+def _redact_header(name: Any, value: Any, depth: int) -> Any:
+    if value is None or (isinstance(name, str) and name.lower().replace("-", "_") in _HARMLESS_HEADERS):
+        return _redact(value, depth + 1)
+    return REDACTED
+
+
+def redact_for_storage(value: Any) -> Any:
+    """Return a JSON-ready copy of anything about to be persisted or displayed, with every secret masked.
+
+    This is what exports, journals and displays call on config dicts, LM state, error
+    messages and tracebacks. Unlike :func:`redact`, which leaves objects it does not
+    know by reference, it also turns mapping keys into strings and any other object
+    into its masked ``str()``, so nothing unmasked can hide inside an object's text.
+
+    Args:
+        value: a string, a number, or a structure of dicts, lists and tuples.
+
+    Returns:
+        The masked copy (a string for a string).
+
+    Examples:
+        >>> redact_for_storage({"api_base": "https://user:hunter2@llm.example/v1", "temperature": 0.5})
+        {'api_base': 'https://user:[REDACTED]@llm.example/v1', 'temperature': 0.5}
+        >>> redact_for_storage("Incorrect API key provided: abcd1234efgh5678")
+        'Incorrect API key provided: [REDACTED]'
+    """
+    return _redact(_storable(value, 0), 0)
+
+
+def _storable(value: Any, depth: int) -> Any:
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if depth >= _MAXIMUM_DEPTH:
+        return _TOO_DEEP
+    if isinstance(value, dict):
+        return {key if isinstance(key, str) else str(key): _storable(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_storable(item, depth + 1) for item in value]
+    return str(value)
 
 
 def scrub(value: Any) -> Any:
@@ -275,7 +381,7 @@ def _needs_masking(value: Any, depth: int) -> bool:
         if level >= _MAXIMUM_DEPTH:
             return True  # cannot vouch for what lies below, so let redact() cut it off
         for key in keys:
-            if (type(key) is str or isinstance(key, str)) and secret_key(key):
+            if (type(key) is str or isinstance(key, str)) and (secret_key(key) or key in HEADER_CONTAINER_KEYS):
                 return True
         for child in children:
             child_kind = type(child)
