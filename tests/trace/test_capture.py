@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import json
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +15,9 @@ from dspy.utils import DummyLM
 
 from dspex_lab.lm import lab_lm
 from dspex_lab.trace import (
+    SPAN_STATUSES,
     SpanRecorder,
+    TraceCollector,
     TraceTree,
     current_collector,
     decision,
@@ -22,6 +25,7 @@ from dspex_lab.trace import (
     metric,
     span,
 )
+from dspex_lab.trace.recorder import ABANDONED_STATUSES
 
 
 def shape(tree: TraceTree) -> list[tuple[int, str, str]]:
@@ -318,3 +322,104 @@ def test_collector_span_helper_for_metrics(recorder: SpanRecorder) -> None:
     assert by_kind["metric"].parent_id == by_kind["trial"].span_id
     assert by_kind["metric"].json_attributes == {"score": 1.0, "api_key": "[REDACTED]"}
     assert by_kind["trial"].json_attributes == {"example": 3}
+
+
+class Held(dspy.Module):
+    """Answer with Predict, then wait (as a hung provider would) until released."""
+
+    def __init__(self, started: threading.Event, release: threading.Event) -> None:
+        super().__init__()
+        self.predict = dspy.Predict("question -> answer")
+        self.started, self.release = started, release
+
+    def forward(self, question: str) -> dspy.Prediction:
+        prediction = self.predict(question=question)
+        self.started.set()
+        assert self.release.wait(30), "the test never released the held module"
+        return prediction
+
+
+def test_abandon_returns_the_spans_so_far_and_keeps_later_ones_out(recorder: SpanRecorder, capturing) -> None:
+    started, release, handed = threading.Event(), threading.Event(), []
+    recorder.on_trace = handed.append
+    program = Held(started, release)
+    trial: dict[str, TraceCollector] = {}
+
+    def worker() -> None:
+        with capturing(recorder, lm=lab_lm()), recorder.trial("t-held") as collector:
+            trial["collector"] = collector
+            program(question="What is 2 + 5?")
+            with metric("exact_match") as handle:  # runs after the abandon: must not appear
+                handle.set(score=1.0)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert started.wait(30)
+    collector = trial["collector"]
+    spans = collector.abandon(status="timeout", reason="trial did not finish within 0.5 s")
+    release.set()
+    thread.join(30)
+    assert not thread.is_alive()
+
+    assert_well_formed(spans, "t-held")
+    by_kind = {(item.kind, item.name): item for item in spans}
+    cut = [item for item in spans if item.status != "ok"]
+    # Cut short: the trial and the module still waiting; Predict and its calls had finished.
+    assert {(item.kind, item.name) for item in cut} == {("trial", "t-held"), ("module", "Held")}
+    for item in cut:
+        assert item.status == "timeout" and item.error == "trial did not finish within 0.5 s"
+        assert item.json_attributes["unfinished"] is True
+    assert by_kind[("module", "Predict")].status == "ok"
+    assert by_kind[("lm", "lab/small")].status == "ok"
+    assert ("metric", "exact_match") not in by_kind
+    # Later spans stay out, the snapshot is what the collector keeps, and on_trace is left to the abandoner.
+    assert [item.span_id for item in collector.spans] == [item.span_id for item in spans]
+    assert [item.status for item in collector.spans] == [item.status for item in spans]
+    assert collector.abandoned == "trial did not finish within 0.5 s" and collector.closed
+    assert handed == []
+    assert collector.abandon(status="timeout", reason="again") == spans  # idempotent
+
+
+def test_abandon_cuts_an_open_metric_span_and_masks_the_reason(recorder: SpanRecorder) -> None:
+    inside, release = threading.Event(), threading.Event()
+    trial: dict[str, TraceCollector] = {}
+
+    def worker() -> None:
+        with recorder.trial("t-metric-held") as collector:
+            trial["collector"] = collector
+            with metric("slow_judge") as handle:
+                handle.set(rubric="strict")
+                inside.set()
+                assert release.wait(30)
+                handle.set(score=0.5)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert inside.wait(30)
+    spans = trial["collector"].abandon(status="cancelled", reason="run stopped; key sk-live-abcdef1234567890")
+    release.set()
+    thread.join(30)
+    by_kind = {item.kind: item for item in spans}
+    assert set(by_kind) == {"trial", "metric"}
+    assert by_kind["metric"].parent_id == by_kind["trial"].span_id
+    assert by_kind["metric"].status == by_kind["trial"].status == "cancelled"
+    assert by_kind["metric"].json_attributes == {"rubric": "strict", "unfinished": True}
+    assert "sk-live-abcdef1234567890" not in by_kind["metric"].error
+    assert "run stopped" in by_kind["metric"].error
+
+
+def test_abandon_after_the_trial_closed_changes_nothing(recorder: SpanRecorder) -> None:
+    with recorder.trial("t-done") as collector, metric("m") as handle:
+        handle.set(score=1.0)
+    before = collector.spans
+    assert collector.abandon(status="timeout", reason="too late") == before
+    assert collector.abandoned is None
+    assert {item.status for item in collector.spans} == {"ok"}
+
+
+def test_abandon_rejects_a_status_that_is_not_a_give_up(recorder: SpanRecorder) -> None:
+    with recorder.trial("t-status") as collector:
+        with pytest.raises(ValueError, match="cannot abandon a trace with status 'ok'"):
+            collector.abandon(status="ok", reason="x")
+        assert not collector.closed
+    assert ABANDONED_STATUSES <= SPAN_STATUSES

@@ -8,7 +8,7 @@ import dspy
 import pytest
 
 from dspex_lab.lm import lab_lm
-from dspex_lab.trace import Span, SpanRecorder, TraceTree, decision, metric, to_otlp
+from dspex_lab.trace import Span, SpanRecorder, TraceTree, decision, metric, to_otlp, to_otlp_json
 from dspex_lab.trace.otlp import SPAN_KIND_CLIENT, SPAN_KIND_INTERNAL, otlp_span_id, otlp_trace_id
 
 
@@ -261,3 +261,116 @@ def test_otlp_round_trips_through_opentelemetry_proto(spans: list[Span]) -> None
     trace_service = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
     message = json_format.ParseDict(to_otlp(spans), trace_service.ExportTraceServiceRequest())
     assert len(message.resource_spans[0].scope_spans[0].spans) == len(spans)
+
+
+def _span(span_id: str, *, parent_id: str | None, kind: str, name: str, **fields) -> Span:
+    return Span("trial-9/r0", span_id, parent_id=parent_id, kind=kind, name=name, start_ns=10, end_ns=20, **fields)
+
+
+def test_otlp_ids_are_unique_per_experiment_and_trial(spans: list[Span]) -> None:
+    first = to_otlp(spans, experiment_id="exp-a", experiment_name="baseline")
+    second = to_otlp(spans, experiment_id="exp-b", experiment_name="baseline")
+    again = to_otlp(spans, experiment_id="exp-a", experiment_name="baseline")
+
+    def ids(payload) -> tuple[set[str], set[str]]:
+        exported = payload["resourceSpans"][0]["scopeSpans"][0]["spans"]
+        return {item["traceId"] for item in exported}, {item["spanId"] for item in exported}
+
+    assert ids(first) == ids(again)  # deterministic
+    assert not ids(first)[0] & ids(second)[0] and not ids(first)[1] & ids(second)[1]
+    assert ids(first)[0] == {otlp_trace_id("trial-7", "exp-a")} != {otlp_trace_id("trial-7")}
+    # Parents still resolve within one experiment's export.
+    exported = first["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    span_ids = {item["spanId"] for item in exported}
+    assert all(item["parentSpanId"] in span_ids for item in exported if "parentSpanId" in item)
+    # An id cannot be forged by moving text between the experiment and the trial.
+    assert otlp_trace_id("b/r0", "exp-a") != otlp_trace_id("r0", "exp-a/b")
+    assert first["resourceSpans"][0]["resource"]["attributes"] == [
+        {"key": "service.name", "value": {"stringValue": "dspex_lab"}},
+        {"key": "dspex.experiment.id", "value": {"stringValue": "exp-a"}},
+        {"key": "dspex.experiment.name", "value": {"stringValue": "baseline"}},
+    ]
+
+
+def test_otlp_json_carries_the_experiment(spans: list[Span]) -> None:
+    payload = json.loads(to_otlp_json(spans, experiment_id="exp-a", experiment_name="baseline"))
+    resource = {item["key"]: item["value"] for item in payload["resourceSpans"][0]["resource"]["attributes"]}
+    assert resource["dspex.experiment.id"] == {"stringValue": "exp-a"}
+    assert payload == json.loads(json.dumps(to_otlp(spans, experiment_id="exp-a", experiment_name="baseline")))
+
+
+def test_spans_cut_short_show_their_status_in_text_and_otlp() -> None:
+    spans = [
+        _span(
+            "root",
+            parent_id=None,
+            kind="trial",
+            name="trial-9/r0",
+            status="timeout",
+            error="did not finish",
+            attributes={"unfinished": True},
+        ),
+        _span(
+            "lm",
+            parent_id="root",
+            kind="lm",
+            name="lab/small",
+            status="timeout",
+            error="did not finish",
+            attributes={"model": "lab/small", "unfinished": True},
+        ),
+        _span("done", parent_id="root", kind="module", name="Predict", attributes={}),
+    ]
+    lines = TraceTree.from_spans(spans).to_text(width=100).splitlines()
+    root_line = lines[0]
+    assert root_line.rstrip().endswith("timeout") and "unfinished" in root_line
+    assert any(line.strip() == "! did not finish" for line in lines)
+    lm_line = next(line for line in lines if "lm lab/small" in line)
+    assert lm_line.rstrip().endswith("timeout") and "unfinished" in lm_line
+    assert next(line for line in lines if "Predict" in line).rstrip().endswith("ok")
+
+    exported = {item["name"]: item for item in to_otlp(spans)["resourceSpans"][0]["scopeSpans"][0]["spans"]}
+    status = {item["key"]: item["value"] for item in exported["lab/small"]["attributes"]}
+    assert exported["lab/small"]["status"] == {"code": 2, "message": "did not finish"}
+    assert status["dspex.status"] == {"stringValue": "timeout"}
+    assert status["dspex.unfinished"] == {"boolValue": True}
+    assert exported["Predict"]["status"] == {"code": 1}
+
+
+def test_show_colours_spans_cut_short(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("rich")
+    spans = [_span("root", parent_id=None, kind="trial", name="t", status="cancelled", error="run stopped")]
+    TraceTree.from_spans(spans).show(width=80)
+    assert "cancelled" in capsys.readouterr().out
+
+
+def test_retried_attempts_are_labelled() -> None:
+    spans = [
+        _span("root", parent_id=None, kind="trial", name="trial-9/r0", attributes={"attempt": 1}),
+        _span(
+            "a1",
+            parent_id="root",
+            kind="attempt",
+            name="attempt 1",
+            status="error",
+            error="RateLimitError: 429",
+            attributes={"attempt": 1},
+        ),
+        _span(
+            "a2",
+            parent_id="root",
+            kind="attempt",
+            name="attempt 2",
+            attributes={"attempt": 2, "retry_cause": "RateLimitError: 429"},
+        ),
+        _span("m2", parent_id="a2", kind="module", name="Predict", attributes={"attempt": 3}),
+        _span("m3", parent_id="a2", kind="module", name="Other", attributes={"retry_cause": "timeout"}),
+    ]
+    lines = TraceTree.from_spans(spans).to_text(width=120).splitlines()
+    by_name = {name: next(line for line in lines if name in line) for name in ("trial-9", "attempt 1", "attempt 2")}
+    assert "attempt" not in by_name["trial-9"].replace("trial-9/r0", "")  # the first attempt is not labelled
+    assert "retry" not in by_name["attempt 1"]
+    # An attempt span is named "attempt N" already: only the cause is added, not the label a second time.
+    assert by_name["attempt 2"].count("attempt 2") == 1 and "(retry after RateLimitError: 429)" in by_name["attempt 2"]
+    assert "module Predict  attempt 3" in next(line for line in lines if "Predict" in line)
+    assert "module Other  retried (retry after timeout)" in next(line for line in lines if "Other" in line)
