@@ -14,6 +14,7 @@ into the journal, and the lab LM into the program layer's model variables.
 from __future__ import annotations
 
 import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from dspex_lab._lazy import lazy_exports
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
-    **{name: f"dspex_lab.{name}" for name in ("datasets", "errors", "metrics", "stats")},
     **{name: "dspex_lab.data" for name in ("Dataset", "load_dataset")},
     **{
         name: "dspex_lab.evaluate"
@@ -102,7 +102,7 @@ _EXPORTS: dict[str, str] = {
     },
 }
 
-_load, _list = lazy_exports(__name__, globals(), _EXPORTS)
+_load, _list = lazy_exports(__name__, globals(), _EXPORTS, modules=("datasets", "errors", "metrics", "stats"))
 
 
 def __getattr__(name: str) -> Any:
@@ -150,6 +150,23 @@ def _tree_from_rows(rows: list[dict[str, Any]]) -> Any:
 
     return TraceTree.from_spans(_spans_from_rows(rows))
 
+
+class _Package(types.ModuleType):
+    """The package's module type: keeps ``dx.evaluate`` the function when the sub-package loads.
+
+    Importing ``dspex_lab.evaluate`` makes Python bind the sub-package as the attribute
+    ``evaluate`` of this package, hiding the function of the same name; that binding is
+    dropped, so the name resolves (lazily) to the function, as it did when it was imported eagerly.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "evaluate" and isinstance(value, types.ModuleType):
+            self.__dict__.pop(name, None)
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 # The journal stores span rows and cannot import the trace layer; the package (which may import
 # every layer) tells it how rows become Span and TraceTree objects.

@@ -15,12 +15,12 @@ from dspex_lab.journal import SCHEMA_VERSION, ExperimentRecord
 WORKER = Path(__file__).with_name("evaluation_worker.py")
 
 
-def row(example_id: str, *, score: float | None = 1.0, status: str = "ok") -> dict:
+def row(example_id: str, *, score: float | None = 1.0, status: str = "ok", repeat: int = 0) -> dict:
     now = time.time()
     return dict(
         index=int(example_id[1:]),
         example_id=example_id,
-        repeat=0,
+        repeat=repeat,
         status=status,
         score=score,
         prediction="{}",
@@ -36,7 +36,7 @@ def row(example_id: str, *, score: float | None = 1.0, status: str = "ok") -> di
         attempts=1,
         started_at=now,
         finished_at=now,
-        trial_id="",
+        trial_id=f"{example_id}/r{repeat}",
     )
 
 
@@ -84,7 +84,7 @@ def test_sql_errors_and_missing_experiments_are_journal_errors(journal_path):
 def test_a_file_that_is_not_a_database_is_refused(tmp_path):
     bogus = tmp_path / "notes.duckdb"
     bogus.write_text("hello, not a database")
-    with pytest.raises(JournalError, match="cannot open journal"):
+    with pytest.raises(JournalError, match="is corrupt"):
         dx.open_journal(bogus).experiments()
 
 
@@ -250,3 +250,199 @@ def test_small_datasets_are_stored_with_the_experiment(journal_path):
     assert [example_id for example_id, _ in stored] == list(problems.example_ids)
     assert stored[0][1]["fields"]["question"] == problems[0].question
     assert journal.experiment(result.experiment_id)["config"]["lm_state"]["model"] == "lab/small"
+
+
+# -- the JournalStore contract: the queries the CLI, widgets and result HTML share -------------------
+
+
+def span(trial_id: str, span_id: str, *, parent: str | None, start: int, end: int, kind: str = "module") -> dict:
+    return dict(
+        trace_id=trial_id,
+        span_id=span_id,
+        parent_id=parent,
+        kind=kind,
+        name=f"step-{span_id}",
+        start_ns=start,
+        end_ns=end,
+        status="ok",
+        attributes='{"note": "stored as text"}',
+        error=None,
+    )
+
+
+@pytest.fixture
+def filled(journal_path):
+    """A journal with one experiment of five trials (two failed), spans for three of them, and a hypothesis."""
+    journal = dx.open_journal(journal_path)
+    experiment = journal.create_experiment(ExperimentRecord(kind="evaluation", name="store", n_planned=5))
+    rows = [
+        row("e0", score=1.0),
+        row("e1", score=0.25),
+        row("e2", score=None, status="error"),
+        row("e3", score=0.5),
+        row("e4", score=None, status="error"),
+    ]
+    spans = [
+        span("e1/r0", "b", parent="a", start=20, end=30),
+        span("e1/r0", "a", parent=None, start=10, end=40),
+        span("e1/r0", "c", parent="a", start=20, end=25, kind="lm"),
+        span("e2/r0", "x", parent=None, start=5, end=6),
+        span("e0/r0", "y", parent=None, start=1, end=2),
+    ]
+    journal.append_trials(experiment, rows, spans=spans)
+    journal.finish_experiment(experiment, status="finished")
+    return journal, experiment
+
+
+def test_duckdb_journal_implements_the_store_protocol(journal_path):
+    from dspex_lab.journal import JournalStore
+
+    assert isinstance(dx.open_journal(journal_path), JournalStore)
+    assert not isinstance(object(), JournalStore)
+
+
+def test_experiment_summaries_are_newest_first_with_counts_and_mean(filled):
+    from dspex_lab.journal import ExperimentSummary
+
+    journal, experiment = filled
+    newer = journal.create_experiment(ExperimentRecord(kind="evaluation", name="newer"))
+    summaries = journal.experiment_summaries()
+    assert [summary.id for summary in summaries] == [newer, experiment]
+    first = summaries[1]
+    assert isinstance(first, ExperimentSummary)
+    assert (first.n_trials, first.n_errors, first.n_planned, first.status) == (5, 2, 5, "finished")
+    assert first.mean_score == pytest.approx((1.0 + 0.25 + 0.5) / 3)
+    assert summaries[0].n_trials == 0 and summaries[0].mean_score is None and summaries[0].status == "running"
+    with pytest.raises(AttributeError):
+        first.status = "edited"  # frozen
+    frame = journal.experiments()
+    assert list(frame["id"]) == [newer, experiment] and list(frame["n_trials"]) == [0, 5]
+
+
+def test_experiment_summaries_report_a_dead_run_as_interrupted(journal_path):
+    journal = dx.open_journal(journal_path)
+    experiment = journal.create_experiment(ExperimentRecord(kind="evaluation", name="orphan"))
+    import duckdb
+
+    connection = duckdb.connect(str(journal_path))
+    # A pid that cannot be alive on this host: the run's process is gone.
+    connection.execute("update experiments set pid = 2147483646 where id = ?", [experiment])
+    connection.close()
+    assert journal.experiment_summaries()[0].status == "interrupted"
+    assert journal.experiment(experiment)["status"] == "interrupted"
+
+
+def test_an_absent_journal_lists_nothing(tmp_path):
+    journal = dx.open_journal(tmp_path / "absent.duckdb")
+    assert journal.experiment_summaries() == [] and journal.hypothesis_rows() == []
+    assert journal.experiments().empty
+    with pytest.raises(JournalError, match="does not exist yet"):
+        journal.trial_rows("anything")
+    assert not (tmp_path / "absent.duckdb").exists()  # reading never creates the file
+
+
+def test_trial_rows_order_filter_limit_and_columns(filled):
+    journal, experiment = filled
+
+    def ids(**options):
+        return [trial["trial_id"] for trial in journal.trial_rows(experiment, columns=["trial_id"], **options)]
+
+    assert ids() == ["e0/r0", "e1/r0", "e2/r0", "e3/r0", "e4/r0"]
+    assert ids(order="score") == ["e2/r0", "e4/r0", "e1/r0", "e3/r0", "e0/r0"]
+    assert ids(order="error") == ["e2/r0", "e4/r0", "e1/r0", "e3/r0", "e0/r0"]
+    assert ids(status="ok", order="score") == ["e1/r0", "e3/r0", "e0/r0"]
+    assert ids(order="error", limit=3) == ["e2/r0", "e4/r0", "e1/r0"]
+    assert ids(limit=0) == []
+    full = journal.trial_rows(experiment, limit=1)[0]
+    assert full["example_id"] == "e0" and full["score"] == 1.0 and full["error_message"] is None  # NULL as None
+    errored = journal.trial_rows(experiment, columns=["trial_id", "score"], status="error")
+    assert errored == [{"trial_id": "e2/r0", "score": None}, {"trial_id": "e4/r0", "score": None}]
+
+
+def test_trial_rows_with_spans_and_traced_only(filled):
+    journal, experiment = filled
+    counted = journal.trial_rows(experiment, columns=["trial_id"], with_span_counts=True)
+    assert {trial["trial_id"]: trial["spans"] for trial in counted} == {
+        "e0/r0": 1,
+        "e1/r0": 3,
+        "e2/r0": 1,
+        "e3/r0": 0,
+        "e4/r0": 0,
+    }
+    traced = journal.trial_rows(experiment, columns=["trial_id", "status"], traced_only=True, order="error")
+    assert [trial["trial_id"] for trial in traced] == ["e2/r0", "e1/r0", "e0/r0"]
+    assert "spans" not in traced[0]
+
+
+def test_trial_rows_refuses_bad_columns_orders_and_limits(filled):
+    journal, experiment = filled
+    with pytest.raises(JournalError, match="unknown trial column 'score; drop table trials'"):
+        journal.trial_rows(experiment, columns=["score; drop table trials"])
+    with pytest.raises(JournalError, match="order must be one of"):
+        journal.trial_rows(experiment, order="random")
+    with pytest.raises(JournalError, match="limit must be a non-negative integer"):
+        journal.trial_rows(experiment, limit=-1)
+    with pytest.raises(JournalError, match="unknown trial column"):
+        journal.trials(experiment, columns=["nope"])
+    assert len(journal.trials(experiment)) == 5  # nothing was dropped
+
+
+def test_trial_counts_by_status(filled):
+    journal, experiment = filled
+    assert journal.trial_counts(experiment) == {"error": 2, "ok": 3}
+    assert journal.trial_counts("no-such-experiment") == {}
+
+
+def test_span_rows_parents_first_and_trace_objects_built_above_the_journal(filled):
+    journal, experiment = filled
+    rows = journal.span_rows(experiment, "e1/r0")
+    # By start time; of two spans starting together, the longer (enclosing) one first.
+    assert [row["span_id"] for row in rows] == ["a", "b", "c"]
+    assert rows[0]["parent_id"] is None and rows[0]["attributes"] == '{"note": "stored as text"}'
+    assert [row["trace_id"] for row in journal.span_rows(experiment, ["e0/r0", "e2/r0"])] == ["e0/r0", "e2/r0"]
+    assert len(journal.span_rows(experiment)) == 5
+    spans = journal.spans(experiment, "e1/r0")
+    assert [type(item).__name__ for item in spans] == ["Span"] * 3
+    assert spans[0].attributes == {"note": "stored as text"}
+    tree = journal.trace(experiment, "e1/r0")
+    assert type(tree).__name__ == "TraceTree" and "step-c" in tree.to_text()
+    with pytest.raises(JournalError, match="no spans for trial 'e3/r0'"):
+        journal.trace(experiment, "e3/r0")
+
+
+def test_hypothesis_rows_decode_the_verdict(journal_path):
+    journal = dx.open_journal(journal_path)
+    for number in (1, 2):
+        journal.register_hypothesis(
+            dict(
+                id=f"h{number}",
+                statement=f"claim {number}",
+                metric="exact_match",
+                baseline="a",
+                treatment="b",
+                direction="greater",
+                min_effect=0.05,
+                alpha=0.05,
+            )
+        )
+    journal.decide_hypothesis("h1", status="confirmed", verdict={"p_value": 0.01})
+    rows = journal.hypothesis_rows()
+    assert [row["id"] for row in rows] == ["h1", "h2"]
+    assert rows[0]["verdict"] == {"p_value": 0.01} and rows[1]["verdict"] is None
+    assert list(journal.hypotheses()["id"]) == ["h1", "h2"]
+
+
+def test_a_fresh_process_reads_traces_without_importing_the_trace_layer_itself(filled):
+    journal, experiment = filled
+    code = (
+        "import sys\n"
+        "from dspex_lab.journal import open_journal\n"
+        f"journal = open_journal({str(journal.path)!r})\n"
+        "assert 'dspex_lab.trace' not in sys.modules\n"
+        "rows = journal.trial_rows(" + repr(experiment) + ")\n"
+        "assert 'dspex_lab.trace' not in sys.modules and 'dspy' not in sys.modules\n"
+        f"print(type(journal.trace({experiment!r}, 'e1/r0')).__name__)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "TraceTree"
