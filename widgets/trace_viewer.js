@@ -103,6 +103,7 @@ function render({ model, el: root }) {
     row.append(toggle, el("span", "dspex-kind", node.kind), el("span", "dspex-name", node.name),
       el("span", "dspex-duration", `${node.duration_ms.toFixed(1)} ms`));
     if (kids.length > PAGE) row.append(el("span", "dspex-count", `${kids.length.toLocaleString("en")} children`));
+    if (node.status === "timeout" || node.status === "cancelled") row.append(el("span", "dspex-cut", node.status));
     if (matches.has(node.id)) row.classList.add("dspex-match");
     if (node.id === selected) row.classList.add("dspex-selected");
     const box = el("div", "dspex-children");
