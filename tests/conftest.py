@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import dspy
 import pytest
+
+# The loopback provider is a plain module of the test suite (tests have no packages under importlib mode).
+sys.path.insert(0, str(Path(__file__).parent / "providers"))
+from loopback import LoopbackProvider
 
 
 @pytest.fixture(autouse=True)
@@ -25,3 +30,12 @@ def clean_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[
 @pytest.fixture
 def journal_path(tmp_path: Path) -> Path:
     return tmp_path / "journal.duckdb"
+
+
+@pytest.fixture
+def loopback_provider(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackProvider]:
+    """A running OpenAI-compatible server on 127.0.0.1 (see tests/providers/loopback.py), stopped after the test."""
+    # DSPy prices calls from its bundled model map; without this it would first try to fetch one over the network.
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    with LoopbackProvider() as provider:
+        yield provider
