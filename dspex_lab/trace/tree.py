@@ -231,10 +231,13 @@ def _render(
     lines: list[str],
     show_prompts: bool,
     width: int,
+    parent: Span | None = None,
 ) -> None:
     item = node.span
     branch = "" if top else ("└─ " if last else "├─ ")
-    label = f"{prefix}{branch}{item.kind} {item.name}"
+    # "attempt 2" rather than "attempt attempt 2": the kind is left out when the name starts with it.
+    named = item.name if item.name.split(" ", 1)[0] == item.kind else f"{item.kind} {item.name}"
+    label = f"{prefix}{branch}{named}"
     detail = _detail(item)
     if detail:
         label = f"{label}  {detail}"
@@ -246,7 +249,9 @@ def _render(
         label = label[: room - 1] + "…"
     lines.append(f"{label:<{room}} {right}")
     child_prefix = prefix if top else prefix + ("   " if last else "│  ")
-    if item.error:
+    # A trial given up cuts every open span with one reason: it is printed once, on the outermost.
+    repeated = parent is not None and parent.error == item.error and parent.status == item.status != "error"
+    if item.error and not repeated:
         lines.extend(_wrapped(f"! {item.error}", child_prefix + "   ", width=width))
     if show_prompts and item.kind == "lm":
         attributes = item.json_attributes
@@ -267,6 +272,7 @@ def _render(
             lines=lines,
             show_prompts=show_prompts,
             width=width,
+            parent=item,
         )
 
 

@@ -378,6 +378,7 @@ def test_abandon_returns_the_spans_so_far_and_keeps_later_ones_out(recorder: Spa
     assert collector.abandoned == "trial did not finish within 0.5 s" and collector.closed
     assert handed == []
     assert collector.abandon(status="timeout", reason="again") == spans  # idempotent
+    assert collector.snapshot(status="timeout", reason="again") == spans  # the same, under the runner's name
 
 
 def test_abandon_cuts_an_open_metric_span_and_masks_the_reason(recorder: SpanRecorder) -> None:

@@ -60,6 +60,21 @@ def test_a_trial_given_up_before_any_span_says_so(journal_path, capsys) -> None:
     assert "TrialTimeoutError: trial did not finish within 0.5 s" in err
 
 
+def test_a_timed_out_trial_keeps_its_spans_marked(journal_path, capsys) -> None:
+    problems = dx.Dataset(dx.datasets.arithmetic(2, seed=6), name="hanging")
+    lm = dx.lab_lm("lab/small", hang_rate=1.0, hang_seconds=3.0, seed=1)
+    with dx.Context(lm=lm, journal=journal_path, threads=2), pytest.warns(dx.errors.DspexLabWarning):
+        result = evaluate(COT, problems, metric=dx.metrics.exact_match, progress=False, trace=True, timeout=0.5)
+    trial = f"{problems.example_ids[0]}/r0"
+    code, out, _ = _trace(capsys, result.experiment_id, trial, "--journal", str(journal_path))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith(f"trial {trial}") and lines[0].rstrip().endswith("timeout")
+    lm_line = next(line for line in lines if "lm lab/small" in line)
+    assert "unfinished" in lm_line and lm_line.rstrip().endswith("timeout")
+    assert next(line for line in lines if "ChatAdapter.format" in line).rstrip().endswith("ok")
+
+
 def test_an_unknown_trial_or_experiment_is_named(journal_path, capsys) -> None:
     experiment, _ = _run(journal_path, trace=True)
     code, _, err = _trace(capsys, experiment, "no-such-example/r0", "--journal", str(journal_path))
