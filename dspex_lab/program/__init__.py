@@ -3,7 +3,10 @@
 This layer owns the :class:`Program` spec, the variable types and their
 constraints, the registry of custom modules with the allow-list that guards
 hydration, and :meth:`Program.build`, which turns a spec into a live
-``dspy.Module``. It imports only dspy.
+``dspy.Module``. A spec is data that may come from someone else: it cannot carry
+endpoints or credentials, reach private attributes or leave the module tree, or
+switch the run to a hosted LM the user did not allow (:func:`set_allowed_models`).
+It imports dspy and the redaction policy of :mod:`dspex_lab.trace.redaction`.
 """
 
 from dspex_lab.program._constraints import Constraint
@@ -15,6 +18,7 @@ from dspex_lab.program._registry import (
     resolve_module,
     set_allowed_prefixes,
 )
+from dspex_lab.program._safety import allowed_models, set_allowed_models
 from dspex_lab.program._variables import Bool, Choice, Demos, Float, Int, ModuleType, Text, Variable
 
 __all__ = [
@@ -28,10 +32,12 @@ __all__ = [
     "Program",
     "Text",
     "Variable",
+    "allowed_models",
     "allowed_prefixes",
     "register",
     "registered_modules",
     "resolve_module",
+    "set_allowed_models",
     "set_allowed_prefixes",
     "set_lm_resolver",
 ]

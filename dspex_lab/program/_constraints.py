@@ -4,6 +4,14 @@ A constraint is stored as text so a program spec stays JSON: the expression is
 parsed once, checked against a whitelist of syntax (comparisons, boolean and
 arithmetic operators, constants, variable names, ``len``/``abs``/``min``/``max``)
 and evaluated without ``eval``.
+
+A spec may come from someone else, so evaluation is bounded in size and time:
+the expression is at most :data:`MAX_EXPRESSION_LENGTH` characters and
+:data:`MAX_NODES` syntax nodes; a repetition of a literal (``'x' * 1000000000``)
+whose result would exceed :data:`MAX_SEQUENCE_LENGTH` is refused when parsed; at
+evaluation every intermediate string, list or tuple is kept under that length
+(checked before it is built) and integers under :data:`MAX_INTEGER_BITS` bits;
+``%`` on strings (printf formatting, which can pad to any width) is refused.
 """
 
 from __future__ import annotations
@@ -16,7 +24,57 @@ from typing import Any
 
 from dspex_lab.errors import ProgramSpecError, VariableError
 
-__all__ = ["Constraint"]
+__all__ = ["MAX_EXPRESSION_LENGTH", "MAX_INTEGER_BITS", "MAX_NODES", "MAX_SEQUENCE_LENGTH", "Constraint"]
+
+MAX_EXPRESSION_LENGTH = 2_000
+MAX_NODES = 200
+MAX_SEQUENCE_LENGTH = 100_000
+MAX_INTEGER_BITS = 256
+
+
+def _bounded(expression: str, what: str) -> ProgramSpecError:
+    return ProgramSpecError(f"constraint {expression!r}: {what}; constraints are evaluated with bounded size")
+
+
+def _check_result(value: Any, expression: str) -> Any:
+    if isinstance(value, (str, bytes, tuple, list)) and len(value) > MAX_SEQUENCE_LENGTH:
+        raise _bounded(expression, f"a value of {len(value):,} items exceeds {MAX_SEQUENCE_LENGTH:,}")
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INTEGER_BITS:
+        raise _bounded(expression, f"an integer exceeds {MAX_INTEGER_BITS} bits")
+    return value
+
+
+def _repetition_length(left: Any, right: Any) -> int | None:
+    """Return the length ``left * right`` would have when it repeats a sequence, else None."""
+    for sequence, count in ((left, right), (right, left)):
+        if isinstance(sequence, (str, bytes, tuple, list)) and isinstance(count, int) and not isinstance(count, bool):
+            return len(sequence) * max(count, 0)
+    return None
+
+
+def _apply_binary(operation: ast.operator, left: Any, right: Any, expression: str) -> Any:
+    if isinstance(operation, ast.Mult):
+        length = _repetition_length(left, right)
+        if length is not None and length > MAX_SEQUENCE_LENGTH:
+            raise _bounded(expression, f"a repetition of {length:,} items exceeds {MAX_SEQUENCE_LENGTH:,}")
+        if (
+            isinstance(left, int)
+            and isinstance(right, int)
+            and left.bit_length() + right.bit_length() > MAX_INTEGER_BITS + 1
+        ):
+            raise _bounded(expression, f"a product exceeds {MAX_INTEGER_BITS} bits")
+    elif isinstance(operation, ast.Add):
+        sequences = (str, bytes, tuple, list)
+        if (
+            isinstance(left, sequences)
+            and isinstance(right, sequences)
+            and len(left) + len(right) > MAX_SEQUENCE_LENGTH
+        ):
+            raise _bounded(expression, f"a concatenation exceeds {MAX_SEQUENCE_LENGTH:,} items")
+    elif isinstance(operation, ast.Mod) and isinstance(left, (str, bytes)):
+        raise ProgramSpecError(f"constraint {expression!r}: '%' formatting of strings is not allowed")
+    return _check_result(_BINARY[type(operation)](left, right), expression)
+
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -39,39 +97,46 @@ _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
 _FUNCTIONS: dict[str, Callable[..., Any]] = {"len": len, "abs": abs, "min": min, "max": max}
 
 
-def _evaluate(node: ast.AST, values: Mapping[str, Any]) -> Any:
+def _evaluate(node: ast.AST, values: Mapping[str, Any], expression: str = "") -> Any:
     if isinstance(node, ast.Expression):
-        return _evaluate(node.body, values)
+        return _evaluate(node.body, values, expression)
     if isinstance(node, ast.Constant):
         return node.value
     if isinstance(node, ast.Name):
         return values[node.id]
     if isinstance(node, (ast.List, ast.Tuple)):
-        return tuple(_evaluate(item, values) for item in node.elts)
+        return tuple(_evaluate(item, values, expression) for item in node.elts)
     if isinstance(node, ast.BoolOp):
-        results = (_evaluate(item, values) for item in node.values)
+        results = (_evaluate(item, values, expression) for item in node.values)
         return all(results) if isinstance(node.op, ast.And) else any(results)
     if isinstance(node, ast.UnaryOp):
-        operand = _evaluate(node.operand, values)
-        return (not operand) if isinstance(node.op, ast.Not) else -operand
+        operand = _evaluate(node.operand, values, expression)
+        return (not operand) if isinstance(node.op, ast.Not) else _check_result(-operand, expression)
     if isinstance(node, ast.BinOp):
-        return _BINARY[type(node.op)](_evaluate(node.left, values), _evaluate(node.right, values))
+        left = _evaluate(node.left, values, expression)
+        return _apply_binary(node.op, left, _evaluate(node.right, values, expression), expression)
     if isinstance(node, ast.Compare):
-        left = _evaluate(node.left, values)
+        left = _evaluate(node.left, values, expression)
         for comparison, right_node in zip(node.ops, node.comparators, strict=True):
-            right = _evaluate(right_node, values)
+            right = _evaluate(right_node, values, expression)
             if not _COMPARE[type(comparison)](left, right):
                 return False
             left = right
         return True
     if isinstance(node, ast.Call):
-        return _FUNCTIONS[node.func.id](*(_evaluate(argument, values) for argument in node.args))  # type: ignore[attr-defined]
+        return _FUNCTIONS[node.func.id](*(_evaluate(argument, values, expression) for argument in node.args))  # type: ignore[attr-defined]
     raise ProgramSpecError(f"unsupported syntax {type(node).__name__}")  # unreachable after _check
 
 
 def _check(node: ast.AST, expression: str) -> set[str]:
     names: set[str] = set()
-    for child in ast.walk(node):
+    for count, child in enumerate(ast.walk(node), start=1):
+        if count > MAX_NODES:
+            raise _bounded(expression, f"more than {MAX_NODES} syntax nodes")
+        if isinstance(child, ast.Constant):
+            _check_constant(child.value, expression)
+        if isinstance(child, ast.BinOp) and isinstance(child.op, ast.Mult):
+            _check_literal_repetition(child, expression)
         if isinstance(child, ast.Name):
             names.add(child.id)
         elif isinstance(child, ast.Call):
@@ -109,6 +174,39 @@ def _check(node: ast.AST, expression: str) -> set[str]:
     return names - set(_FUNCTIONS)
 
 
+def _check_constant(value: Any, expression: str) -> None:
+    if isinstance(value, (str, bytes)) and len(value) > MAX_SEQUENCE_LENGTH:
+        raise _bounded(expression, f"a literal of {len(value):,} characters exceeds {MAX_SEQUENCE_LENGTH:,}")
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INTEGER_BITS:
+        raise _bounded(expression, f"an integer literal exceeds {MAX_INTEGER_BITS} bits")
+    if not isinstance(value, (str, int, float, bool, type(None))):
+        raise ProgramSpecError(f"constraint {expression!r}: literal {value!r} is not allowed")
+
+
+def _literal_length(node: ast.AST) -> int | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return len(node.value)
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return len(node.elts)
+    return None
+
+
+def _check_literal_repetition(node: ast.BinOp, expression: str) -> None:
+    # Caught when parsed, so "len('x' * 1000000000) > 0" is refused before anything is allocated.
+    for sequence, count in ((node.left, node.right), (node.right, node.left)):
+        length = _literal_length(sequence)
+        if (
+            length is not None
+            and isinstance(count, ast.Constant)
+            and isinstance(count.value, int)
+            and length * max(count.value, 0) > MAX_SEQUENCE_LENGTH
+        ):
+            raise _bounded(
+                expression,
+                f"repeating a literal {count.value:,} times exceeds {MAX_SEQUENCE_LENGTH:,} items",
+            )
+
+
 @dataclass(frozen=True)
 class Constraint:
     """A condition over several variables that every configuration must satisfy.
@@ -127,8 +225,17 @@ class Constraint:
     _tree: ast.Expression = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.expression, str):
+            raise ProgramSpecError(f"a constraint is an expression string, got {type(self.expression).__name__}")
+        if len(self.expression) > MAX_EXPRESSION_LENGTH:
+            raise ProgramSpecError(
+                f"constraint {self.expression[:60]!r}...: {len(self.expression):,} characters exceeds "
+                f"{MAX_EXPRESSION_LENGTH:,}"
+            )
         try:
             tree = ast.parse(self.expression, mode="eval")
+        except (RecursionError, MemoryError):
+            raise ProgramSpecError(f"constraint {self.expression[:60]!r}: nested too deeply") from None
         except SyntaxError as error:
             raise ProgramSpecError(f"constraint {self.expression!r} is not a valid expression: {error.msg}") from None
         object.__setattr__(self, "names", frozenset(_check(tree, self.expression)))
@@ -136,7 +243,7 @@ class Constraint:
 
     def holds(self, values: Mapping[str, Any]) -> bool:
         """Return whether the constraint holds for ``values``."""
-        return bool(_evaluate(self._tree, values))
+        return bool(_evaluate(self._tree, values, self.expression))
 
     def check(self, values: Mapping[str, Any]) -> None:
         """Raise VariableError naming the variables when the constraint does not hold."""

@@ -15,8 +15,15 @@ import numpy as np
 from dspex_lab.errors import ProgramSpecError, VariableError
 from dspex_lab.program._constraints import Constraint
 from dspex_lab.program._registry import module_name, resolve_module
+from dspex_lab.program._safety import (
+    check_attribute_target,
+    check_init,
+    check_model_allowed,
+    set_attribute_in_tree,
+)
 from dspex_lab.program._variables import (
     LM_TARGETS,
+    PROGRAM_TARGETS,
     Choice,
     Demos,
     Float,
@@ -71,6 +78,8 @@ def _check_target(name: str, variable: Variable, target: str) -> None:
         raise ProgramSpecError(f"variable {name!r} binds to {target!r} and must be a Text")
     if base == "demos" and not isinstance(variable, Demos):
         raise ProgramSpecError(f"variable {name!r} binds to {target!r} and must be a Demos")
+    if base not in LM_TARGETS and base not in PROGRAM_TARGETS:
+        check_attribute_target(name, target)
     if isinstance(variable, ModuleType):
         for choice in variable.choices:
             resolve_module(choice)
@@ -84,7 +93,8 @@ class Program:
         signature: the signature string passed as the module's first argument, if any.
         variables: name → variable; each binds to a target (see :class:`Variable`).
         name: a human name, not part of the fingerprint.
-        init: extra JSON keyword arguments for the module's constructor.
+        init: extra JSON keyword arguments for the module's constructor; never endpoints
+            or credentials (``api_base``, ``api_key``, headers, URLs... are refused).
         constraints: cross-variable constraints (expressions or :class:`Constraint`).
 
     Examples:
@@ -125,6 +135,7 @@ class Program:
             _canonical_json(init_values)
         except (TypeError, ValueError) as error:
             raise ProgramSpecError(f"init arguments must be JSON values: {error}") from None
+        check_init(init_values)
         checked: dict[str, Variable] = {}
         targets: dict[str, str] = {}
         for variable_name, variable in (variables or {}).items():
@@ -352,8 +363,13 @@ class Program:
                 program has no ``model`` variable; defaults to ``dspy.settings.lm``.
                 Programs without LM-level variables leave predictors on the context LM.
 
+        A ``model`` variable resolves only a lab model, the model of the LM it replaces
+        (``lm`` or the context's), or a model allowed with
+        :func:`~dspex_lab.program.set_allowed_models` (see :mod:`dspex_lab.program._safety`).
+
         Raises:
-            ProgramSpecError: the module cannot be constructed or a target does not exist.
+            ProgramSpecError: the module cannot be constructed, a target does not exist or
+                leaves the module tree, or the model is not allowed.
         """
         module_class = self._module
         for name, target in self._targets.items():
@@ -380,10 +396,14 @@ class Program:
                     else:
                         predictor.demos = [dspy.Example(**demo) for demo in value]
             elif base != "module":
-                self._set_attribute(module, target, value, variable=name)
+                set_attribute_in_tree(module, target, value, variable=name, shared_types=(dspy.BaseLM,))
         if lm_settings:
             model = lm_settings.pop("model", None)
-            base_lm = _lm_resolver(model) if model is not None else (lm or dspy.settings.lm)
+            run_lm = lm or dspy.settings.lm
+            if model is not None:
+                model_variable = next(name for name, target in self._targets.items() if target == "model")
+                check_model_allowed(model_variable, model, run_model=getattr(run_lm, "model", None))
+            base_lm = _lm_resolver(model) if model is not None else run_lm
             if base_lm is None:
                 raise ProgramSpecError(
                     f"program {self.name!r} sets {sorted(lm_settings)} but no LM is configured: "
@@ -402,19 +422,3 @@ class Program:
                 f"predictors: {sorted(predictors)}"
             )
         return [predictors[predictor_name]]
-
-    @staticmethod
-    def _set_attribute(module: dspy.Module, path: str, value: Any, *, variable: str) -> None:
-        owner: Any = module
-        *parents, attribute = path.split(".")
-        for part in parents:
-            if not hasattr(owner, part):
-                raise ProgramSpecError(
-                    f"variable {variable!r} targets {path!r}, but {type(owner).__name__} has no attribute {part!r}"
-                )
-            owner = getattr(owner, part)
-        if not hasattr(owner, attribute):
-            raise ProgramSpecError(
-                f"variable {variable!r} targets {path!r}, but {type(owner).__name__} has no attribute {attribute!r}"
-            )
-        setattr(owner, attribute, value)
