@@ -395,14 +395,59 @@ class DuckDBJournal:
                 raise JournalError(f"query failed on {self.path}: {error}") from error
 
     def sql(self, query: str, parameters: Sequence[Any] | None = None) -> pd.DataFrame:
-        """Run a read-only SQL query over the journal's tables and return a DataFrame."""
+        """Run a read-only SQL query over the journal's tables and return a DataFrame.
+
+        One query statement (``SELECT``, ``WITH``, ``FROM``, ``VALUES``, ``DESCRIBE``,
+        ``SHOW``, ``SUMMARIZE``, ``EXPLAIN``) runs on a connection of its own, opened
+        read-only with external access disabled and its configuration locked: it can
+        neither change the journal nor read local files, attach databases, install or
+        load extensions, or change settings. A run in this process that holds the file
+        lets go of it for the query and reopens it for its next write.
+
+        Raises:
+            JournalError: the query is not a read-only query, is refused, or fails.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise JournalError("sql() needs a query string, e.g. 'select count(*) from trials'")
+        try:
+            kinds = [statement.type for statement in duckdb.extract_statements(query)]
+        except duckdb.Error as error:
+            raise JournalError(f"query failed on {self.path}: {error}") from error
+        if len(kinds) != 1 or kinds[0] not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
+            shown = ", ".join(kind.name for kind in kinds) or "no statement"
+            raise JournalError(
+                f"sql() is read-only: it runs one query (SELECT, WITH, FROM, DESCRIBE...), not {shown}; "
+                "journals are changed only through dspex_lab"
+            )
         if not self.path.exists():
             raise JournalError(f"journal {self.path} does not exist yet")
-        with self._connect(write=False) as connection:
+        with _process_lock:
+            closer = _closing.pop(self.path, None)
+            if closer is not None:
+                closer.join()
+            held = _held.get(self.path)
+            if held is not None and held.connection is not None:
+                # DuckDB opens a file once per process with one configuration, so the writer's must close first.
+                held.connection.close()
+                held.connection = None
+            connection = self._open(write=False)
             try:
+                connection.execute("SET enable_external_access = false")
+                connection.execute("SET lock_configuration = true")
                 return connection.execute(query, parameters or []).df()
             except duckdb.Error as error:
-                raise JournalError(f"query failed on {self.path}: {error}") from error
+                refused = isinstance(error, duckdb.PermissionException) or (
+                    isinstance(error, duckdb.InvalidInputException)
+                    and ("read-only" in str(error) or "configuration has been locked" in str(error))
+                )
+                if not refused:
+                    raise JournalError(f"query failed on {self.path}: {error}") from error
+                raise JournalError(
+                    f"sql() is read-only and cannot read local files, attach databases, load extensions or "
+                    f"change settings; refused on {self.path}: {error}"
+                ) from error
+            finally:
+                connection.close()
 
     def experiment_summaries(self) -> list[ExperimentSummary]:
         """Return every experiment, newest first (then by id), with trial counts, errors and mean score.
