@@ -27,14 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pyarrow as pa
 
 from dspex_lab._records import TRIAL_COLUMNS, TRIAL_FIELDS, TrialField
 from dspex_lab.errors import JournalError
 from dspex_lab.journal._schema import (
-    ROW_SCHEMA,
     SCHEMA_VERSION,
-    SPAN_SCHEMA,
     current_version,
     ensure_schema,
     span_table,
@@ -43,6 +40,7 @@ from dspex_lab.journal._store import TRIAL_ORDERS, ExperimentSummary, TrialOrder
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 __all__ = ["DuckDBJournal", "ExperimentRecord", "TrialWriter", "open_journal"]
 
@@ -267,6 +265,8 @@ class DuckDBJournal:
         with self._connect(write=True) as connection:
             self._mark_dead_experiments(connection)
             if record.examples:
+                import pyarrow as pa  # loaded on the first write, so reading a journal does not pay for it
+
                 connection.register(
                     "incoming_examples",
                     pa.table(
@@ -347,6 +347,10 @@ class DuckDBJournal:
             with self._connect(write=True) as connection:
                 connection.execute("UPDATE experiments SET heartbeat_at = ? WHERE id = ?", [_now(), experiment_id])
             return 0
+        import pyarrow as pa  # loaded on the first write, so reading a journal does not pay for it
+
+        from dspex_lab.journal._schema import ROW_SCHEMA, SPAN_SCHEMA
+
         incoming = pa.Table.from_pylist(list(rows), schema=ROW_SCHEMA)
         with self._connect(write=True) as connection:
             connection.register("incoming_trials", incoming)

@@ -8,13 +8,19 @@ Aggregates and trees are computed when read.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pandas as pd
-import pyarrow as pa
 
 from dspex_lab._records import TRIAL_COLUMNS, TRIAL_FIELDS
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+    ROW_SCHEMA: pa.Schema
+    SPAN_SCHEMA: pa.Schema
 
 __all__ = [
     "ROW_SCHEMA",
@@ -29,9 +35,41 @@ __all__ = [
 
 SCHEMA_VERSION = 4
 
-# The in-memory trial row (``TrialResult.to_row()``), typed from the one record definition, so an
-# all-None column still has a type.
-ROW_SCHEMA = pa.schema([(item.name, getattr(pa, item.arrow)()) for item in TRIAL_FIELDS if item.name is not None])
+
+@cache
+def _arrow_schemas() -> dict[str, pa.Schema]:
+    # pyarrow (and pandas) load on the first write or frame, not for reading a journal: `dspex journal
+    # list` stays fast (bench/bench_startup.py). ROW_SCHEMA and SPAN_SCHEMA are served by __getattr__.
+    import pyarrow as pa
+
+    return {
+        # The in-memory trial row (``TrialResult.to_row()``), typed from the one record definition, so an
+        # all-None column still has a type.
+        "ROW_SCHEMA": pa.schema(
+            [(item.name, getattr(pa, item.arrow)()) for item in TRIAL_FIELDS if item.name is not None]
+        ),
+        # The columns of Span.to_row() (dspex_lab.trace), in the spans table's order after experiment_id.
+        "SPAN_SCHEMA": pa.schema(
+            [
+                ("trace_id", pa.string()),
+                ("span_id", pa.string()),
+                ("parent_id", pa.string()),
+                ("kind", pa.string()),
+                ("name", pa.string()),
+                ("start_ns", pa.int64()),
+                ("end_ns", pa.int64()),
+                ("status", pa.string()),
+                ("attributes", pa.string()),
+                ("error", pa.string()),
+            ]
+        ),
+    }
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ROW_SCHEMA", "SPAN_SCHEMA"):
+        return _arrow_schemas()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def trials_ddl() -> str:
@@ -40,36 +78,22 @@ def trials_ddl() -> str:
     return f"CREATE TABLE IF NOT EXISTS trials (\n{columns},\n    PRIMARY KEY (experiment_id, trial_id)\n);"
 
 
-# The columns of Span.to_row() (dspex_lab.trace), in the spans table's order after experiment_id.
-SPAN_SCHEMA = pa.schema(
-    [
-        ("trace_id", pa.string()),
-        ("span_id", pa.string()),
-        ("parent_id", pa.string()),
-        ("kind", pa.string()),
-        ("name", pa.string()),
-        ("start_ns", pa.int64()),
-        ("end_ns", pa.int64()),
-        ("status", pa.string()),
-        ("attributes", pa.string()),
-        ("error", pa.string()),
-    ]
-)
-
-
 def span_table(spans: Sequence[Any]) -> pa.Table:
     """Return spans (``dspex_lab.trace.Span`` objects) as an Arrow table with :data:`SPAN_SCHEMA`.
 
     Built a column at a time from the spans' fields: the writer's thread does this for every span of a
     traced run, and going through ``Span.to_row`` dicts and ``Table.from_pylist`` costs three times as much.
     """
+    import pyarrow as pa
+
+    span_schema = _arrow_schemas()["SPAN_SCHEMA"]
     columns = [
         pa.array([getattr(span, name) for span in spans], type=field.type)
-        for name, field in zip(SPAN_SCHEMA.names, SPAN_SCHEMA, strict=True)
+        for name, field in zip(span_schema.names, span_schema, strict=True)
         if name != "attributes"
     ]
-    columns.insert(SPAN_SCHEMA.names.index("attributes"), pa.array([span.attributes_text for span in spans]))
-    return pa.Table.from_arrays(columns, schema=SPAN_SCHEMA)
+    columns.insert(span_schema.names.index("attributes"), pa.array([span.attributes_text for span in spans]))
+    return pa.Table.from_arrays(columns, schema=span_schema)
 
 
 def trials_frame(rows: Sequence[Mapping[str, Any]], *, experiment_id: str | None) -> pd.DataFrame:
@@ -77,12 +101,15 @@ def trials_frame(rows: Sequence[Mapping[str, Any]], *, experiment_id: str | None
 
     Without an ``experiment_id`` (an in-memory run) that column is left out.
     """
+    import pandas as pd
+    import pyarrow as pa
+
     columns = [column for column in TRIAL_COLUMNS if experiment_id is not None or column != "experiment_id"]
     if not rows:
         return pd.DataFrame(columns=columns)
     # Through Arrow with a fixed schema: several times faster than pandas on dicts, and typed.
     renames = {item.name: item.column for item in TRIAL_FIELDS if item.name is not None and item.name != item.column}
-    frame = pa.Table.from_pylist(list(rows), schema=ROW_SCHEMA).to_pandas().rename(columns=renames)
+    frame = pa.Table.from_pylist(list(rows), schema=_arrow_schemas()["ROW_SCHEMA"]).to_pandas().rename(columns=renames)
     if experiment_id is not None:
         frame["experiment_id"] = experiment_id
     for item in TRIAL_FIELDS:
