@@ -393,7 +393,8 @@ def _tracker_class() -> type:
             # DSPy then records the call's history entry, on this thread, with this same usage object.
             self._pending.value = (usage_entry, call)
             self.meter._add(call)
-            super().add_usage(lm, usage_entry)
+            if usage_entry:
+                super().add_usage(lm, usage_entry)
 
         def take_cost(self, entry: Any) -> None:
             pending = getattr(self._pending, "value", None)

@@ -76,6 +76,19 @@ def test_an_unknown_model_is_unpriced_not_free(loopback_provider: LoopbackProvid
     assert meter.calls()[0].cost_source == "unpriced"
 
 
+def test_a_call_without_reported_usage_is_unpriced_even_for_a_priced_model(
+    loopback_provider: LoopbackProvider,
+) -> None:
+    loopback_provider.script("gpt-4o-mini", Answer(report_usage=False))
+
+    with metering() as meter:
+        _ask(loopback_provider.lm("gpt-4o-mini"))
+
+    [call] = meter.calls()
+    assert (call.input_tokens, call.output_tokens, call.cost_source) == (None, None, "unpriced")
+    assert meter.usage() == Usage(0, 0, 1, None, ("openai/gpt-4o-mini",))
+
+
 def test_one_unpriced_call_makes_the_whole_cost_unknown(loopback_provider: LoopbackProvider) -> None:
     with metering() as meter:
         _ask(loopback_provider.lm("gpt-4o-mini"))

@@ -75,6 +75,7 @@ class Answer:
         latency: seconds to wait before answering.
         input_tokens: reported prompt tokens; None estimates 1 token per 4 prompt characters.
         output_tokens: reported completion tokens; None estimates 1 token per 4 completion characters.
+        report_usage: False leaves ``usage`` out of the response, as some compatible servers do.
     """
 
     fields: dict[str, str] = field(default_factory=dict)
@@ -82,6 +83,7 @@ class Answer:
     latency: float = 0.0
     input_tokens: int | None = None
     output_tokens: int | None = None
+    report_usage: bool = True
 
 
 @dataclass(frozen=True)
@@ -280,7 +282,7 @@ class _Handler(BaseHTTPRequestHandler):
         if input_tokens is None:
             input_tokens = _estimate_tokens(_prompt_text(messages))
         output_tokens = answer.output_tokens if answer.output_tokens is not None else _estimate_tokens(content)
-        return {
+        completion: dict[str, Any] = {
             "id": f"chatcmpl-loopback-{len(self.server.provider.requests)}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -292,6 +294,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "total_tokens": input_tokens + output_tokens,
             },
         }
+        if not answer.report_usage:
+            del completion["usage"]
+        return completion
 
     def _send_error(
         self, status: int, message: str, *, kind: str = "invalid_request_error", code: str | None = None
