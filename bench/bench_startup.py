@@ -58,7 +58,9 @@ def write_small_journal(folder: Path) -> Path:
         "        program = dx.Program(module, signature='question -> answer')\n"
         "        dx.evaluate(program, data, metric=dx.metrics.exact_match, progress=False)\n"
     )
-    subprocess.run([sys.executable, "-c", code, str(path)], check=True, capture_output=True, timeout=600)
+    completed = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=600)
+    if completed.returncode != 0:
+        raise RuntimeError(f"could not write the small journal with {sys.executable}:\n{completed.stderr}")
     return path
 
 

@@ -120,15 +120,17 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _rows_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Any:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*(_cell(row.get(column)) for column in columns))
-    return table
+def _text_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Return rows as a plain-text table under a title (plain text: listing a journal does not load rich)."""
+    cells = [[_cell(row.get(column)) for column in columns] for row in rows]
+    widths = [max([len(column), *(len(line[index]) for line in cells)]) for index, column in enumerate(columns)]
+    lines = [
+        title,
+        "  ".join(column.ljust(width) for column, width in zip(columns, widths, strict=True)).rstrip(),
+        "  ".join("-" * width for width in widths),
+    ]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in cells]
+    return "\n".join(lines)
 
 
 def _journal(arguments: argparse.Namespace) -> int:
@@ -136,7 +138,6 @@ def _journal(arguments: argparse.Namespace) -> int:
     from dspex_lab.journal import open_journal
 
     journal = open_journal(arguments.journal)
-    console = _console()
     if arguments.journal_command == "list":
         rows = [
             {
@@ -152,23 +153,23 @@ def _journal(arguments: argparse.Namespace) -> int:
             for summary in journal.experiment_summaries()
         ]
         columns = ("id", "name", "kind", "status", "trials", "errors", "mean", "created")
-        console.print(_rows_table(f"Experiments in {journal.path}", rows, columns))
+        print(_text_table(f"Experiments in {journal.path}", rows, columns))
     elif arguments.journal_command == "trials":
         columns = ("trial_id", "status", "score", "error_type", "latency", "input_tokens", "output_tokens")
         rows = journal.trial_rows(arguments.experiment, columns=columns, limit=arguments.limit)
         if not rows:
             journal.experiment(arguments.experiment)  # an unknown experiment is an error, not an empty table
-        console.print(_rows_table(f"Trials of {arguments.experiment}", rows, columns))
-        _print_more(console, journal, arguments.experiment, len(rows))
+        print(_text_table(f"Trials of {arguments.experiment}", rows, columns))
+        _print_more(journal, arguments.experiment, len(rows))
     elif arguments.journal_command == "sql":
-        console.print(journal.sql(arguments.query).to_string(index=False, max_rows=arguments.limit))
+        _console().print(journal.sql(arguments.query).to_string(index=False, max_rows=arguments.limit))
     return 0
 
 
-def _print_more(console: Any, journal: Any, experiment_id: str, shown: int) -> None:
+def _print_more(journal: Any, experiment_id: str, shown: int) -> None:
     total = sum(journal.trial_counts(experiment_id).values())
     if total > shown:
-        console.print(f"{total - shown} more trials (show more with --limit {total})")
+        print(f"{total - shown} more trials (show more with --limit {total})")
 
 
 def _export(arguments: argparse.Namespace) -> int:
@@ -191,7 +192,13 @@ def _verify(arguments: argparse.Namespace) -> int:
 def _rerun(arguments: argparse.Namespace) -> int:
     import dspex_lab as dx
 
-    report = dx.rerun_package(arguments.package, journal=arguments.journal, threads=arguments.threads)
+    report = dx.rerun_package(
+        arguments.package,
+        journal=arguments.journal,
+        threads=arguments.threads,
+        model=arguments.model,
+        api_base=arguments.api_base,
+    )
     print(report)
     return 0 if report.identical else 1
 
@@ -219,10 +226,9 @@ def _trace(arguments: argparse.Namespace) -> int:
         )
         if not rows:
             raise dx.errors.JournalError(f"no trials for experiment {arguments.experiment!r} in {journal.path}")
-        console = _console()
-        console.print(_rows_table(f"Trials of {arguments.experiment}, failed first", rows, columns))
-        _print_more(console, journal, arguments.experiment, len(rows))
-        console.print(f"\nshow one: dspex trace {arguments.experiment} TRIAL_ID --journal {journal.path}")
+        print(_text_table(f"Trials of {arguments.experiment}, failed first", rows, columns))
+        _print_more(journal, arguments.experiment, len(rows))
+        print(f"\nshow one: dspex trace {arguments.experiment} TRIAL_ID --journal {journal.path}")
         return 0
     if not journal.span_rows(arguments.experiment, arguments.trial):
         raise dx.errors.JournalError(_why_no_spans(journal, arguments.experiment, arguments.trial))
@@ -332,6 +338,12 @@ def _parser() -> argparse.ArgumentParser:
     rerun.add_argument("package", help="the package zip")
     rerun.add_argument("--journal", default=None, help="journal for the re-run (default: a temporary one)")
     rerun.add_argument("--threads", type=int, default=None, help="worker threads (default: as recorded)")
+    rerun.add_argument(
+        "--model", default=None, help="the LM model to run; needed for a hosted model (a package cannot choose one)"
+    )
+    rerun.add_argument(
+        "--api-base", default=None, help="the endpoint for --model; needed when the package records one"
+    )
     rerun.set_defaults(handler=_rerun)
 
     trace = commands.add_parser("trace", help="print a trial's span tree (evaluations run with trace=True)")
