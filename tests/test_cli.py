@@ -103,3 +103,33 @@ def test_evaluate_command_refuses_unsafe_spec(tmp_path, capsys):
     data.write_text('{"question": "q", "answer": "a"}\n')
     assert main(["evaluate", str(spec), str(data), "--metric", "exact_match", "--inputs", "question"]) == 2
     assert "'os.system' is not allowed" in capsys.readouterr().err
+
+
+def test_journal_trials_limit_and_unknown_experiment(tmp_path, capsys):
+    journal = tmp_path / "j.duckdb"
+    main(["demo", "--journal", str(journal), "-n", "6", "--quiet"])
+    capsys.readouterr()
+    experiment = dx.open_journal(journal).experiments().query("name == 'predict'")["id"].iloc[0]
+    assert main(["journal", "trials", experiment, "--journal", str(journal), "--limit", "4"]) == 0
+    output = capsys.readouterr().out
+    lines = output.splitlines()
+    assert lines[0] == f"Trials of {experiment}" and lines[1].split()[:3] == ["trial_id", "status", "score"]
+    assert sum("/r0" in line for line in lines) == 4
+    assert "2 more trials (show more with --limit 6)" in output
+    assert main(["journal", "trials", "no-such-experiment", "--journal", str(journal)]) == 2
+    assert "no experiment 'no-such-experiment'" in capsys.readouterr().err
+
+
+def test_journal_list_reads_through_the_store_without_pandas(tmp_path):
+    journal = tmp_path / "j.duckdb"
+    main(["demo", "--journal", str(journal), "-n", "4", "--quiet"])
+    code = (
+        "import sys\n"
+        "from dspex_lab.cli import main\n"
+        f"assert main(['journal', 'list', '--journal', {str(journal)!r}]) == 0\n"
+        "print('LOADED:' + ','.join(m for m in ('pandas', 'pyarrow', 'rich', 'dspy') if m in sys.modules))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert "chain-of-thought" in completed.stdout and "comparison" in completed.stdout
+    assert completed.stdout.strip().splitlines()[-1] == "LOADED:"
