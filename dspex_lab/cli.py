@@ -341,9 +341,7 @@ def _parser() -> argparse.ArgumentParser:
     rerun.add_argument(
         "--model", default=None, help="the LM model to run; needed for a hosted model (a package cannot choose one)"
     )
-    rerun.add_argument(
-        "--api-base", default=None, help="the endpoint for --model; needed when the package records one"
-    )
+    rerun.add_argument("--api-base", default=None, help="the endpoint for --model; needed when the package records one")
     rerun.set_defaults(handler=_rerun)
 
     trace = commands.add_parser("trace", help="print a trial's span tree (evaluations run with trace=True)")

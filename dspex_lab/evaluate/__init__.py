@@ -10,16 +10,12 @@ from dspex_lab.engine import Budget
 from dspex_lab.evaluate._compare import Comparison, ComparisonSet, compare, compare_many
 from dspex_lab.evaluate._context import Context, current_context
 from dspex_lab.evaluate._evaluate import environment, evaluate
+from dspex_lab.evaluate._export import export
 from dspex_lab.evaluate._hypothesis import Hypothesis, Verdict, hypothesis
-from dspex_lab.evaluate._package import (
-    RerunReport,
-    TrialDifference,
-    VerificationReport,
-    export,
-    rerun_package,
-    verify_package,
-)
+from dspex_lab.evaluate._package_reports import RerunReport, TrialDifference, VerificationReport
+from dspex_lab.evaluate._rerun import rerun_package
 from dspex_lab.evaluate._result import EvaluationResult
+from dspex_lab.evaluate._verify import verify_package
 from dspex_lab.lm import resolve_lm
 from dspex_lab.program import set_lm_resolver
 

@@ -24,6 +24,7 @@ from dspex_lab.stats import (
     t_interval,
     variance_components,
 )
+from dspex_lab.trace.redaction import mask_text
 
 if TYPE_CHECKING:
     from dspex_lab.journal import DuckDBJournal
@@ -292,7 +293,7 @@ class EvaluationResult:
         listing = f"dspex trace {shlex.quote(experiment)} --journal {shlex.quote(path)}"
         parts = [f"<h5>Trials and their traces</h5><p>all trials: <code>{html.escape(listing)}</code></p>"]
         if unreadable is not None:
-            parts.append(f"<p>traces unavailable: {html.escape(unreadable)}</p>")
+            parts.append(f"<p>traces unavailable: {html.escape(mask_text(unreadable))}</p>")
         for title, group, total in groups:
             if not total:
                 continue
@@ -314,7 +315,8 @@ class EvaluationResult:
         score_text = "—" if score is None or (isinstance(score, float) and math.isnan(score)) else f"{score:.3f}"
         error = ""
         if record.get("status") == "error":
-            message = str(record.get("error_message") or "")
+            # Masked before it is cut short, so a cut cannot hide a key from the pattern that finds it.
+            message = mask_text(str(record.get("error_message") or ""))
             if len(message) > _ERROR_CHARACTERS:
                 message = message[:_ERROR_CHARACTERS] + "…"
             error = f"{record.get('error_type') or 'unknown'}: {message}"
