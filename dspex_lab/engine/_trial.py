@@ -22,13 +22,12 @@ from typing import Any
 
 import dspy
 from dspy.utils.exceptions import is_retryable_lm_error
-from dspy.utils.usage_tracker import UsageTracker
 
 from dspex_lab._records import TRIAL_FIELDS
 from dspex_lab._records import trial_id as make_trial_id
 from dspex_lab.engine._cancel import CancelToken, install_lm_guard
 from dspex_lab.errors import InvalidScoreError, TrialCancelledError, TrialTimeoutError
-from dspex_lab.lm import current_rollout, lm_cost
+from dspex_lab.lm import Meter, current_rollout, metering
 from dspex_lab.trace import SpanRecorder, dispatch, span
 from dspex_lab.trace import metric as metric_span
 from dspex_lab.trace.redaction import mask_text
@@ -248,21 +247,11 @@ def _score(value: Any) -> float:
     raise InvalidScoreError(f"the metric must return a number or bool, got {type(value).__name__}: {value!r:.60}")
 
 
-def _usage(tracker: UsageTracker) -> tuple[int, int, float | None, int, tuple[str, ...]]:
-    input_tokens = output_tokens = calls = 0
-    cost: float | None = 0.0
-    unpriced: list[str] = []
-    for model, entries in tracker.usage_data.items():
-        model_in = sum(int(entry.get("prompt_tokens") or 0) for entry in entries)
-        model_out = sum(int(entry.get("completion_tokens") or 0) for entry in entries)
-        input_tokens += model_in
-        output_tokens += model_out
-        calls += len(entries)
-        model_cost = lm_cost(model, model_in, model_out)
-        if model_cost is None:
-            unpriced.append(model)
-        cost = None if cost is None or model_cost is None else cost + model_cost
-    return input_tokens, output_tokens, cost, calls, tuple(unpriced)
+def _usage(meter: Meter) -> tuple[int, int, float | None, int, tuple[str, ...]]:
+    # DSPy's reported cost per call first, then a price table; a call with no known price makes the
+    # trial's cost None and names its model (dspex_lab.lm.metering's contract), never a silent 0.
+    usage = meter.usage()
+    return usage.input_tokens, usage.output_tokens, usage.cost, usage.lm_calls, usage.unpriced_models
 
 
 def _without_client_retries(lm: Any) -> Any:
@@ -356,8 +345,8 @@ class TrialRunner:
     def _run(self, task: TrialTask, token: CancelToken) -> TrialResult:
         started = time.time()
         clock = time.perf_counter()
-        tracker = UsageTracker()
-        overrides: dict[str, Any] = {"usage_tracker": tracker}
+        meter = Meter()
+        overrides: dict[str, Any] = {}
         if self.lm is not None:
             overrides["lm"] = self.lm
         if self.recorder is not None:
@@ -376,7 +365,7 @@ class TrialRunner:
                     token.check()
                     with self._attempt_scope(attempt, cause) as attempt_span:
                         try:
-                            with dspy.context(**overrides), current_rollout(task.repeat):
+                            with metering(meter), dspy.context(**overrides), current_rollout(task.repeat):
                                 prediction = self.module(**task.example.inputs())
                         except Exception as error:
                             if attempt_span is not None:
@@ -398,7 +387,7 @@ class TrialRunner:
                             stage=_cancel_stage(token),
                             started=started,
                             clock=clock,
-                            usage=_usage(tracker),
+                            usage=_usage(meter),
                             attempt=attempt,
                             retried=retried,
                         )
@@ -425,7 +414,7 @@ class TrialRunner:
                                 stage=_cancel_stage(token),
                                 started=started,
                                 clock=clock,
-                                usage=_usage(tracker),
+                                usage=_usage(meter),
                                 attempt=attempt,
                                 retried=retried,
                             )
@@ -435,14 +424,14 @@ class TrialRunner:
                         stage=stage,
                         started=started,
                         clock=clock,
-                        usage=_usage(tracker),
+                        usage=_usage(meter),
                         attempt=attempt,
                         retried=retried,
                     )
                 break
         finally:
             token.unbind(bound)
-        input_tokens, output_tokens, cost, calls, unpriced = _usage(tracker)
+        input_tokens, output_tokens, cost, calls, unpriced = _usage(meter)
         return TrialResult(
             index=task.index,
             example_id=task.example_id,

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 import dspex_lab as dx
-from dspex_lab.errors import ExecutionError
+from dspex_lab.errors import DspexLabWarning, ExecutionError
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_a_metric_that_raises_is_recorded_per_trial(problems):
     def broken(example, prediction):
         raise RuntimeError("metric exploded")
 
-    with dx.Context(journal=False, threads=4):
+    with dx.Context(journal=False, threads=4), pytest.warns(DspexLabWarning, match="every trial .* failed"):
         result = dx.evaluate(PREDICT, problems[:10], metric=broken, progress=False)
     assert result.n_errors == 10 and result.n == 0 and math.isnan(result.mean)
     assert set(result.table()["error_stage"]) == {"metric"}
