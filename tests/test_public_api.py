@@ -83,7 +83,7 @@ def test_names_load_their_layers_on_first_use():
     names = dir(dx)
     assert set(dx.__all__) <= set(names) and "widgets" in names
     assert callable(dx.evaluate) and callable(dx.compare) and callable(dx.open_journal)
-    importlib.import_module("dspex_lab.evaluate._package")  # loading the sub-package does not hide the function
+    importlib.import_module("dspex_lab.evaluate._export")  # loading the sub-package does not hide the function
 
     assert dx.evaluate.__module__ == "dspex_lab.evaluate._evaluate"
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
