@@ -190,6 +190,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Headers and body go out in two writes; without this, Nagle's algorithm meets the
+        # client's delayed ACK and every answer takes ~40 ms longer.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.provider._track(self.connection, opened=True)
 
     def finish(self) -> None:
