@@ -20,7 +20,9 @@ PROGRAM = dx.Program("dspy.Predict", signature="question -> answer", name="qa-ho
 
 
 def _questions(n: int) -> dx.Dataset:
-    return dx.Dataset([{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(n)], inputs=["question"])
+    return dx.Dataset(
+        [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(n)], inputs=["question"]
+    )
 
 
 def _metric(example, prediction):
