@@ -150,7 +150,8 @@ def test_kill_9_loses_under_a_second_and_resume_finishes_without_duplicates(tmp_
     assert set(recorded["example_id"]) <= {example for _, example in finished}
 
     resume_log = tmp_path / "resume.log"
-    resumed = start_worker(journal_path, resume_log, n=n, latency=0.0, threads=8, resume=experiment["id"])
+    # The same LM settings as the first run: resume refuses a different LM.
+    resumed = start_worker(journal_path, resume_log, n=n, latency=0.05, threads=8, resume=experiment["id"])
     _output, errors = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, errors
     rerun = {example for _, example in read_log(resume_log)}
@@ -202,15 +203,19 @@ def test_concurrent_reader_and_second_writer(tmp_path):
     assert set(experiments["status"]) == {"finished"}
 
 
+# Reads while both workers write, until both have finished (the reader starts in a fraction of a second, a
+# worker needs seconds to import DSPy, so a fixed reading window could end before the second one writes).
 READER = """
 import sys, time
 import dspex_lab as dx
 journal = dx.open_journal(sys.argv[1], lock_timeout=30)
-deadline = time.monotonic() + 4
+deadline = time.monotonic() + 100
 while time.monotonic() < deadline:
-    listing = journal.experiments()
+    listing = journal.experiment_summaries()
     total = int(journal.sql("select count(*) as n from trials")["n"][0])
     print(total, flush=True)
+    if len(listing) == 2 and all(summary.status == "finished" for summary in listing):
+        break
     time.sleep(0.2)
 """
 
