@@ -110,6 +110,7 @@ def _qualified(model: str) -> str:
     return model if "/" in model else f"{_DEFAULT_PROVIDER}/{model}"
 
 
+@functools.lru_cache(maxsize=512)
 def _provider_map_price(model: str) -> ModelPrice | None:
     """Price ``model`` from DSPy's bundled provider map, or None when DSPy has no entry.
 
@@ -270,8 +271,10 @@ class Meter:
     """Counts the LM calls made inside :func:`metering` blocks bound to it.
 
     Thread safety: calls may be recorded from any number of threads at once; ``usage()``
-    and ``calls()`` return consistent snapshots and may be read while calls continue.
-    A meter bound inside another meter's block also counts into the outer one.
+    and ``calls()`` return consistent snapshots and may be read while calls continue (a
+    call read from another thread in the instant between its usage and its history entry
+    shows its table price, then DSPy's). A meter bound inside another meter's block also
+    counts into the outer one.
     """
 
     def __init__(self) -> None:
