@@ -451,3 +451,19 @@ def test_a_fresh_process_reads_traces_without_importing_the_trace_layer_itself(f
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "TraceTree"
+
+
+def test_duckdb_journal_methods_match_the_protocol_signatures():
+    import inspect
+
+    from dspex_lab.journal import DuckDBJournal, JournalStore
+
+    members = [name for name in vars(JournalStore) if not name.startswith("_") and callable(vars(JournalStore)[name])]
+    assert {"experiment_summaries", "trial_rows", "trial_counts", "span_rows", "hypothesis_rows"} <= set(members)
+    for name in members:
+        expected = inspect.signature(getattr(JournalStore, name)).parameters
+        actual = inspect.signature(getattr(DuckDBJournal, name)).parameters
+        assert list(actual) == list(expected), name
+        for parameter in expected.values():
+            assert actual[parameter.name].kind == parameter.kind, f"{name}({parameter.name})"
+            assert actual[parameter.name].default == parameter.default, f"{name}({parameter.name})"
