@@ -372,13 +372,15 @@ class TrialRunner:
                                 attempt_span.fail(f"{type(error).__name__}: {error}")
                             raise
                     stage = "metric"
-                    if self.recorder is None:
-                        score = _score(self.metric(task.example, prediction))
-                    else:
-                        with metric_span(self._metric_name) as handle:
-                            handle.set(expected=_expected(task.example), got=_got(prediction))
+                    # Metered too: a metric that calls an LM (a judge) spends the trial's money.
+                    with metering(meter):
+                        if self.recorder is None:
                             score = _score(self.metric(task.example, prediction))
-                            handle.set(score=score)
+                        else:
+                            with metric_span(self._metric_name) as handle:
+                                handle.set(expected=_expected(task.example), got=_got(prediction))
+                                score = _score(self.metric(task.example, prediction))
+                                handle.set(score=score)
                 except Exception as error:
                     if isinstance(error, TrialCancelledError) or (token.cancelled and stage == "program"):
                         return self.failure(
