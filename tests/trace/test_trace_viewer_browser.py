@@ -203,7 +203,7 @@ def write_wide_trial(path: Path) -> str:
     journal = open_journal(path)
     record = ExperimentRecord(kind="evaluation", name="wide", n_planned=1)
     journal.create_experiment(record)
-    row = {"index": 0, "example_id": "example-0", "repeat": 0, "status": "ok", "score": 1.0}
+    row = {"index": 0, "trial_id": trial_id, "example_id": "example-0", "repeat": 0, "status": "ok", "score": 1.0}
     journal.append_trials(record.id, [row], spans=[span.to_row() for span in spans])
     journal.finish_experiment(record.id, status="finished")
     return record.id
