@@ -280,7 +280,8 @@ class TraceCollector:
     def _end_open_spans(self, *, status: str, error: str, end_ns: int) -> list[Span]:
         ended = []
         for span_id, block in list(self._open.items()):
-            attributes = {**scrub(block.handle.attributes), "unfinished": True}
+            # Copied first (one atomic step): the abandoned worker may still be setting attributes on it.
+            attributes = {**scrub(dict(block.handle.attributes)), "unfinished": True}
             ended.append(
                 Span.build(
                     self.trace_id,
