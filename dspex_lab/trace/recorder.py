@@ -211,7 +211,11 @@ class TraceCollector:
           owns the spans).
         - Safe to call from any thread, concurrently with the worker and with
           :meth:`close`. A trace that had already closed is returned unchanged;
-          calling it again returns the same spans.
+          calling it again returns the same spans. dspex spans are exchanged
+          under the collector's lock, so each is returned exactly once; a DSPy
+          call whose end is being recorded at that very instant (no longer
+          open, not yet added) is left out rather than locked for, since the
+          recorder takes no lock per DSPy call.
 
         Args:
             status: the status of the spans cut short, one of :data:`ABANDONED_STATUSES`.
