@@ -106,7 +106,7 @@ _LABELLED_HINTS = ("key", "Key", "KEY", "oken", "OKEN", "ecret", "ECRET", "assw"
 _LABELLED_REGEX = re.compile(
     r"(?P<label>(?i:\b(?:api[_\- ]?key|key|token|secret|passw(?:or)?d)s?\b(?:\s+provided)?)"
     r"[\"']?\s*[:=]?\s*[\"']?)"
-    r"(?=[A-Za-z0-9._~+/\-]*[0-9])(?=[A-Za-z0-9._~+/\-]*[A-Za-z])[A-Za-z0-9._~+/=\-]{12,}"
+    r"(?=[A-Za-z0-9._~+/\-]*[0-9])(?=[A-Za-z0-9._~+/\-]*[A-Za-z])[A-Za-z0-9._~+/=\-]{11,}[A-Za-z0-9_~+/=\-]"
 )
 # A password is masked whatever its shape once it is assigned ("password: ...", "passwd=...").
 _PASSWORD_REGEX = re.compile(r"(?P<label>(?i:\bpassw(?:or)?d)s?[\"']?\s*[:=]\s*[\"']?)[^\s\"',;]{3,}")

@@ -10,7 +10,7 @@ import pytest
 from dspy.lm15 import Message, Response, TextPart, Usage
 
 from dspex_lab.trace import REDACTED, SpanRecorder, add_secret_pattern, decision, dispatch, redact, redaction, to_otlp
-from dspex_lab.trace.redaction import is_secret_key, mask_text, scrub
+from dspex_lab.trace.redaction import is_clean_text, is_secret_key, mask_text, redact_for_storage, scrub
 
 SECRET = "sk-test-123456"
 
@@ -149,3 +149,76 @@ def test_added_patterns_apply_to_keys_and_values() -> None:
         add_secret_pattern("(", applies_to="values")
     with pytest.raises(ValueError):
         add_secret_pattern("x", applies_to="both")
+
+
+# -- one policy for storage and display (issue 9, item 5) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "Error code: 401 - {'error': {'message': 'Incorrect API key provided: lab-9f8e7d6c5b4a3210ffee. "
+            "You can find your API key at https://platform.openai.com/account/api-keys.'}}",
+            "Error code: 401 - {'error': {'message': 'Incorrect API key provided: [REDACTED]. "
+            "You can find your API key at https://platform.openai.com/account/api-keys.'}}",
+        ),
+        ("invalid token=AbC123dEf456GhI789 given", "invalid token=[REDACTED] given"),
+        ('"x-api-key": "zz99aa88bb77cc66dd55"', '"x-api-key": "[REDACTED]"'),
+        ("secret: 0123456789abcdefXYZ", "secret: [REDACTED]"),
+        ("password: Tr0ub4dor&3horse, then", "password: [REDACTED], then"),
+        ("postgres://admin:hunter2@db.local:5432/x", "postgres://admin:[REDACTED]@db.local:5432/x"),
+        ("see https://user:pa55@llm.example/v1 now", "see https://user:[REDACTED]@llm.example/v1 now"),
+    ],
+)
+def test_keys_quoted_in_provider_errors_and_urls_are_masked(text: str, expected: str) -> None:
+    assert mask_text(text) == expected
+    assert not is_clean_text(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the key insight is 42",
+        "max_tokens: 1000, prompt_tokens=1234567890123",
+        "Use the primary key of each row",
+        "the password field is required",
+        "tokens: 512 in, 64 out",
+        "https://platform.openai.com/account/api-keys",
+        "mail me at someone@example.com",
+    ],
+)
+def test_prose_about_keys_and_tokens_stays_readable(text: str) -> None:
+    assert mask_text(text) is text
+
+
+def test_header_containers_mask_every_header_but_harmless_ones() -> None:
+    config = {
+        "lm_state": {
+            "extra_headers": {"Authorization": "Basic abc", "X-Custom-Auth": "v", "Content-Type": "json"},
+            "default_headers": {"OpenAI-Organization": "org-1"},
+            "api_base": "https://u:p4ss@h/v1",
+            "temperature": 0.5,
+        }
+    }
+    state = redact(config)["lm_state"]
+    assert state["extra_headers"] == {"Authorization": REDACTED, "X-Custom-Auth": REDACTED, "Content-Type": "json"}
+    assert state["default_headers"] == {"OpenAI-Organization": REDACTED}
+    assert state["api_base"] == f"https://u:{REDACTED}@h/v1"
+    assert state["temperature"] == 0.5
+    assert scrub({"headers": {"X-Custom-Auth": "v"}}) == {"headers": {"X-Custom-Auth": REDACTED}}
+
+
+def test_redact_for_storage_returns_json_ready_masked_copies() -> None:
+    error = ValueError("Incorrect API key provided: abcd1234efgh5678")
+    stored = redact_for_storage({1: error, "pair": (1, 2), "nested": {"api_key": "x"}, "ok": None})
+    assert stored == {
+        "1": f"Incorrect API key provided: {REDACTED}",
+        "pair": [1, 2],
+        "nested": {"api_key": REDACTED},
+        "ok": None,
+    }
+    assert json.loads(json.dumps(stored)) == stored
+    traceback_text = f'Traceback (most recent call last):\n  ...\nAuthenticationError: key "{SECRET}"'
+    assert SECRET not in redact_for_storage(traceback_text)
+    assert redact_for_storage(3.5) == 3.5
