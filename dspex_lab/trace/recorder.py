@@ -126,9 +126,9 @@ _SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("dspex_la
 class TraceCollector:
     """The spans of one trace (one trial), gathered from every thread that works for it.
 
-    Thread safety: worker threads add spans without a lock (``list.append`` and
-    ``dict.pop`` are atomic under the GIL); :meth:`close` and :meth:`abandon`
-    may be called from any thread and are serialised by the collector's lock.
+    Thread safety: a span is added under the collector's own lock (one per trial,
+    so worker threads rarely wait on it); :meth:`close` and :meth:`abandon` may be
+    called from any thread and take the same lock.
 
     Args:
         trace_id: the trial id shared by all spans of the trace.
@@ -211,11 +211,9 @@ class TraceCollector:
           owns the spans).
         - Safe to call from any thread, concurrently with the worker and with
           :meth:`close`. A trace that had already closed is returned unchanged;
-          calling it again returns the same spans. dspex spans are exchanged
-          under the collector's lock, so each is returned exactly once; a DSPy
-          call whose end is being recorded at that very instant (no longer
-          open, not yet added) is left out rather than locked for, since the
-          recorder takes no lock per DSPy call.
+          calling it again returns the same spans. A span ends, and the trace
+          is abandoned, under the collector's lock, so each span open at that
+          moment is returned exactly once: cut short, or finished.
 
         Args:
             status: the status of the spans cut short, one of :data:`ABANDONED_STATUSES`.
@@ -923,9 +921,10 @@ class SpanRecorder(BaseCallback):
     @staticmethod
     def _take(call_id: str) -> _Pending | None:
         pending = _OPEN_CALLS.pop(call_id, None)
-        if pending is None or pending.collector._pending.pop(call_id, None) is None:
+        if pending is None or call_id not in pending.collector._pending:
             # Not traced, or its trace closed first and already stored it as unfinished.
             return None
+        # Left among the collector's open calls until _finish adds the span: see TraceCollector.abandon.
         return pending
 
     @staticmethod
@@ -933,26 +932,30 @@ class SpanRecorder(BaseCallback):
         end_ns = perf_counter_ns() + WALL_OFFSET_NS
         collector = pending.collector
         if collector.closed:
+            collector._pending.pop(call_id, None)
             return
         ended, attributes, text = pending.ended, pending.attributes, pending.start_text
         if ended:
             attributes.update(ended)
             text = join_objects(text, encode_attributes(ended))
-        collector._spans.append(
-            Span.build(
-                collector.trace_id,
-                call_id,
-                parent_id=pending.parent_id,
-                kind=pending.kind,
-                name=pending.name,
-                start_ns=pending.start_ns,
-                end_ns=end_ns,
-                status="ok" if exception is None else "error",
-                attributes=attributes,
-                error=None if exception is None else _describe(exception),
-                attributes_text=text,
-            )
+        finished = Span.build(
+            collector.trace_id,
+            call_id,
+            parent_id=pending.parent_id,
+            kind=pending.kind,
+            name=pending.name,
+            start_ns=pending.start_ns,
+            end_ns=end_ns,
+            status="ok" if exception is None else "error",
+            attributes=attributes,
+            error=None if exception is None else _describe(exception),
+            attributes_text=text,
         )
+        # One step under the (per-trial, so uncontended) lock: close() and abandon() see the call either open or
+        # finished, never neither.
+        with collector._lock:
+            if collector._pending.pop(call_id, None) is not None and not collector.closed:
+                collector._spans.append(finished)
 
 
 def _add_usage(attributes: dict[str, Any], instance: Any, *, model: Any, outputs: Any) -> None:

@@ -381,6 +381,36 @@ def test_abandon_returns_the_spans_so_far_and_keeps_later_ones_out(recorder: Spa
     assert collector.snapshot(status="timeout", reason="again") == spans  # the same, under the runner's name
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.003, 0.011, 0.023])
+def test_abandon_mid_run_never_loses_or_doubles_a_span(recorder: SpanRecorder, capturing, delay: float) -> None:
+    trial: dict[str, TraceCollector] = {}
+    running = threading.Event()
+    stop = threading.Event()
+
+    def worker() -> None:
+        predict = dspy.Predict("question -> answer")
+        with capturing(recorder, lm=lab_lm()), recorder.trial("t-busy") as collector:
+            trial["collector"] = collector
+            running.set()
+            for index in range(400):
+                if stop.is_set():
+                    break
+                predict(question=f"What is {index} + 1?")
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert running.wait(30)
+    stop.wait(delay)
+    spans = trial["collector"].abandon(status="cancelled", reason="run stopped")
+    stop.set()
+    thread.join(30)
+    # Every call open at the cut is there once, cut short or finished: one root, no orphan, no duplicate id.
+    assert_well_formed(spans, "t-busy")
+    assert all(item.status in ("ok", "cancelled") for item in spans)
+    assert spans[0].kind == "trial" and spans[0].status == "cancelled"  # cut mid-run, not after the loop
+    assert trial["collector"].spans == spans
+
+
 def test_abandon_cuts_an_open_metric_span_and_masks_the_reason(recorder: SpanRecorder) -> None:
     inside, release = threading.Event(), threading.Event()
     trial: dict[str, TraceCollector] = {}
