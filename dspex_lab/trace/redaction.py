@@ -101,15 +101,16 @@ _DEFAULT_VALUE_PATTERNS = (
 
 # A key-like value after a word naming it, as provider errors quote it ("Incorrect API key provided: ...") and as
 # URLs, logs and configs write it ("token=...", "password: ..."). The value needs a digit and a letter and 12+
-# characters, so prose such as "the key insight" or "max_tokens: 1000" stays readable.
-_LABELLED_HINTS = ("key", "Key", "KEY", "oken", "OKEN", "ecret", "ECRET", "assw", "ASSW", "asswd")
-_LABELLED_REGEX = re.compile(
-    r"(?P<label>(?i:\b(?:api[_\- ]?key|key|token|secret|passw(?:or)?d)s?\b(?:\s+provided)?)"
-    r"[\"']?\s*[:=]?\s*[\"']?)"
-    r"(?=[A-Za-z0-9._~+/\-]*[0-9])(?=[A-Za-z0-9._~+/\-]*[A-Za-z])[A-Za-z0-9._~+/=\-]{11,}[A-Za-z0-9_~+/=\-]"
+# characters, so prose such as "the key insight" or "max_tokens: 1000" stays readable. The words are found with
+# str.find on the lowercased text and the patterns matched only there: a regular expression searched over a whole
+# prompt costs ten times more, and this runs on every string a span captures.
+_LABEL_WORDS = ("key", "token", "secret", "passw")
+_LABELLED_AT = re.compile(
+    r"(?i:key|token|secret|passw(?:or)?d)s?\b(?:\s+provided)?[\"']?\s*[:=]?\s*[\"']?"
+    r"(?P<value>(?=[A-Za-z0-9._~+/\-]*[0-9])(?=[A-Za-z0-9._~+/\-]*[A-Za-z])[A-Za-z0-9._~+/=\-]{11,}[A-Za-z0-9_~+/=\-])"
 )
 # A password is masked whatever its shape once it is assigned ("password: ...", "passwd=...").
-_PASSWORD_REGEX = re.compile(r"(?P<label>(?i:\bpassw(?:or)?d)s?[\"']?\s*[:=]\s*[\"']?)[^\s\"',;]{3,}")
+_PASSWORD_AT = re.compile(r"(?i:passw(?:or)?d)s?[\"']?\s*[:=]\s*[\"']?(?P<value>[^\s\"',;]{3,})")
 # scheme://user:password@host keeps the scheme, user and host.
 _URL_PASSWORD_REGEX = re.compile(r"(?P<prefix>\b[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*):[^/\s@]+@")
 
@@ -210,15 +211,48 @@ def mask_text(text: str) -> str:
         return text
     if any(hint in text for hint in _value_hints):
         text = _value_regex.sub(REDACTED, text)
-    if any(hint in text for hint in _LABELLED_HINTS):
-        text = _LABELLED_REGEX.sub(rf"\g<label>{REDACTED}", text)
-        text = _PASSWORD_REGEX.sub(rf"\g<label>{REDACTED}", text)
+    spans = _labelled_values(text)
+    if spans:
+        pieces, done = [], 0
+        for start, end in spans:
+            pieces += [text[done:start], REDACTED]
+            done = end
+        text = "".join(pieces) + text[done:]
     if "://" in text and "@" in text:
         text = _URL_PASSWORD_REGEX.sub(rf"\g<prefix>:{REDACTED}@", text)
     extra = _extra_value_regex
     if extra is not None:
         text = extra.sub(REDACTED, text)
     return text
+
+
+def _labelled_values(text: str) -> list[tuple[int, int]]:
+    """Return the sorted, disjoint spans of values that follow a word naming a secret."""
+    lowered = text.lower()
+    if len(lowered) != len(text):  # a few non-ASCII letters lowercase to two characters; positions would drift
+        lowered = "".join(character.lower() if character.isascii() else "_" for character in text)
+    spans: list[tuple[int, int]] = []
+    for word in _LABEL_WORDS:
+        start = lowered.find(word)
+        while start != -1:
+            # The word starts a word ("api_key" and "x-api-key" count: only a letter or digit before it does not).
+            if start == 0 or not lowered[start - 1].isalnum() or lowered[start - 3 : start] == "api":
+                found = _LABELLED_AT.match(text, start)
+                if found is None and word == "passw":
+                    found = _PASSWORD_AT.match(text, start)
+                if found is not None:
+                    spans.append(found.span("value"))
+            start = lowered.find(word, start + 1)
+    if len(spans) < 2:
+        return spans
+    spans.sort()
+    merged = [spans[0]]
+    for start, end in spans[1:]:
+        if start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def is_clean_text(text: str) -> bool:
@@ -245,10 +279,7 @@ def _text_needs_masking(text: str) -> bool:
             dirty = _value_regex.search(text) is not None
             break
     if not dirty:
-        for hint in _LABELLED_HINTS:
-            if hint in text:
-                dirty = _LABELLED_REGEX.search(text) is not None or _PASSWORD_REGEX.search(text) is not None
-                break
+        dirty = bool(_labelled_values(text))
     if not dirty and "://" in text and "@" in text:
         dirty = _URL_PASSWORD_REGEX.search(text) is not None
     if not dirty:
