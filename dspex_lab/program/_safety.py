@@ -249,5 +249,6 @@ def check_model_allowed(variable: str, model: Any, *, run_model: str | None) -> 
     raise ProgramSpecError(
         f"variable {variable!r} selects model {model!r}, which is neither a lab model, the run's own LM "
         f"({run_model!r}) nor an allowed model; a program spec cannot switch the run to another hosted LM. "
-        f"Allow it with dx.program.set_allowed_models([{model!r}]) or {ALLOWED_MODELS_ENVIRONMENT_VARIABLE}={model}"
+        f"Allow it with dspex_lab.program.set_allowed_models([{model!r}]) "
+        f"or {ALLOWED_MODELS_ENVIRONMENT_VARIABLE}={model}"
     )
