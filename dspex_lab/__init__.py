@@ -111,9 +111,7 @@ def __getattr__(name: str) -> Any:
         import dspex_lab.notebook as widgets
 
         return widgets
-    value = _load(name)
-    _wire_program_layer()
-    return value
+    return _load(name)
 
 
 def __dir__() -> list[str]:
@@ -126,17 +124,12 @@ def _resolve_lm(model: str) -> Any:
     return resolve_lm(model)
 
 
-_program_wired = False
-
-
-def _wire_program_layer() -> None:
-    """Let model variables name lab LMs, once the program layer is loaded (it cannot import the lm layer)."""
-    global _program_wired
-    if not _program_wired and "dspex_lab.program" in sys.modules:
-        from dspex_lab.program import set_lm_resolver
-
-        set_lm_resolver(_resolve_lm)
-        _program_wired = True
+def _layer_loaded(name: str, module: types.ModuleType) -> None:
+    """Wire a layer into the others as it finishes loading (the package root may import every layer)."""
+    if name == "program":
+        # Model variables name LMs; the lab models resolve without a network. The program layer
+        # cannot import the lm layer, so the root hands it the resolver.
+        module.set_lm_resolver(_resolve_lm)
 
 
 def _spans_from_rows(rows: list[dict[str, Any]]) -> list[Any]:
@@ -152,17 +145,21 @@ def _tree_from_rows(rows: list[dict[str, Any]]) -> Any:
 
 
 class _Package(types.ModuleType):
-    """The package's module type: keeps ``dx.evaluate`` the function when the sub-package loads.
+    """The package's module type: sees each sub-package as Python binds it here, once it has loaded.
 
-    Importing ``dspex_lab.evaluate`` makes Python bind the sub-package as the attribute
-    ``evaluate`` of this package, hiding the function of the same name; that binding is
-    dropped, so the name resolves (lazily) to the function, as it did when it was imported eagerly.
+    That moment wires the layer (:func:`_layer_loaded`) however it was imported (``dx.Program``,
+    ``from dspex_lab.program import Program``, or through another layer). And importing
+    ``dspex_lab.evaluate`` would bind the sub-package as the attribute ``evaluate``, hiding the
+    function of the same name: that binding is dropped, so the name resolves (lazily) to the
+    function, as it did when it was imported eagerly.
     """
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "evaluate" and isinstance(value, types.ModuleType):
-            self.__dict__.pop(name, None)
-            return
+        if isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
+            _layer_loaded(name, value)
+            if name == "evaluate":
+                self.__dict__.pop(name, None)
+                return
         super().__setattr__(name, value)
 
 

@@ -90,13 +90,12 @@ def test_names_load_their_layers_on_first_use():
         dx.not_a_name  # noqa: B018
 
 
-def test_model_variables_resolve_lab_models_through_dx():
-    code = (
-        "import dspex_lab as dx\n"
-        "program = dx.Program\n"
-        "from dspex_lab.program import _program\n"
-        "print(type(_program._lm_resolver('lab/large')).__name__)"
-    )
+@pytest.mark.parametrize(
+    "load", ["import dspex_lab as dx\ndx.Program", "from dspex_lab.program import Program", "import dspex_lab.engine"]
+)
+def test_model_variables_resolve_lab_models_however_the_program_layer_loads(load):
+    # The package root hands the program layer the lab LM resolver when that layer loads, by any route.
+    code = f"{load}\nfrom dspex_lab.program import _program\nprint(type(_program._lm_resolver('lab/large')).__name__)"
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "LabLM"

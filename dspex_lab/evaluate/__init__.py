@@ -16,12 +16,6 @@ from dspex_lab.evaluate._package_reports import RerunReport, TrialDifference, Ve
 from dspex_lab.evaluate._rerun import rerun_package
 from dspex_lab.evaluate._result import EvaluationResult
 from dspex_lab.evaluate._verify import verify_package
-from dspex_lab.lm import resolve_lm
-from dspex_lab.program import set_lm_resolver
-
-# Model variables name LMs; the lab models resolve without a network (also wired by `import dspex_lab`
-# for users of dx.Program alone).
-set_lm_resolver(resolve_lm)
 
 __all__ = [
     "Budget",
