@@ -76,6 +76,8 @@ def rehash(source: Path, target: Path, changes: Mapping[str, Callable[[bytes], b
 
 
 def edit_run(edit: Callable[[dict[str, Any]], None]) -> Callable[[bytes], bytes]:
+    """Return a member change that edits a JSON object (run.json, program.json) in place."""
+
     def change(content: bytes) -> bytes:
         description = json.loads(content)
         edit(description)
@@ -150,6 +152,37 @@ def test_a_member_yielding_more_than_it_declares_is_refused(source, tmp_path):
             archive.read("README.md")
         with pytest.raises(PackageError, match=r"README\.md"):
             archive.sha256("README.md")
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (
+            lambda spec: spec.update(constraints=["len('x'*1000000000) > 0"]),
+            "repeating a literal 1,000,000,000 times exceeds 100,000 items",
+        ),
+        (
+            lambda spec: spec["variables"]["temperature"].update(target="__class__.forward"),
+            "variable 'temperature': target '__class__.forward' reaches '__class__'",
+        ),
+        (lambda spec: spec.update(init={"api_base": "http://127.0.0.1:9/v1"}), "init.api_base"),
+    ],
+)
+def test_a_hostile_program_spec_fails_dspex_verify_quickly(source, tmp_path, capsys, edit, problem):
+    edited = rehash(source.package, tmp_path / "spec.zip", {"program.json": edit_run(edit)})
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        assert main(["verify", str(edited)]) == 1
+        elapsed = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    output = capsys.readouterr().out
+    assert "program.json: does not parse as a dx.Program" in output and problem in output
+    assert elapsed < 2.0 and peak < 50 * 1024 * 1024
+    assert main(["rerun", str(edited)]) == 2
+    assert "fails verification" in capsys.readouterr().err
 
 
 # -- run settings from a package are bounded ------------------------------------------------------------
