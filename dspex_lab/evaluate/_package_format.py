@@ -30,7 +30,7 @@ import io
 import json
 import math
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -180,7 +180,7 @@ class PackageArchive:
     def __contains__(self, name: object) -> bool:
         return name in self._infos
 
-    def _chunks(self, name: str) -> Any:
+    def _chunks(self, name: str) -> Iterator[bytes]:
         info = self._infos[name]
         remaining = info.file_size
         with self._zip.open(info) as member:
