@@ -102,7 +102,12 @@ _EXPORTS: dict[str, str] = {
     },
 }
 
-_load, _list = lazy_exports(__name__, globals(), _EXPORTS, modules=("datasets", "errors", "metrics", "stats"))
+# The public sub-modules, and (not in __all__) the layers, reachable as attributes as when they loaded eagerly.
+_MODULES = (
+    *("datasets", "errors", "metrics", "stats"),
+    *("config", "data", "engine", "journal", "lm", "program", "tasks", "trace"),
+)
+_load, _list = lazy_exports(__name__, globals(), _EXPORTS, modules=_MODULES)
 
 
 def __getattr__(name: str) -> Any:

@@ -86,6 +86,9 @@ def test_names_load_their_layers_on_first_use():
     importlib.import_module("dspex_lab.evaluate._export")  # loading the sub-package does not hide the function
 
     assert dx.evaluate.__module__ == "dspex_lab.evaluate._evaluate"
+    # The layers stay reachable as attributes, as when the package imported them eagerly.
+    assert dx.program.Program is dx.Program and dx.journal.open_journal is dx.open_journal
+    assert {"program", "trace", "journal", "tasks"} <= set(names)
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         dx.not_a_name  # noqa: B018
 

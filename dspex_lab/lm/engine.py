@@ -29,11 +29,11 @@ from typing import Any
 from dspy import lm15
 from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 
-from dspex_lab.tasks.arithmetic import parse_problem
 from dspex_lab.lm import generic
 from dspex_lab.lm.profiles import LAB_MODELS, LabModelProfile
 from dspex_lab.lm.prompt import TEXT_FORMAT, OutputField, PromptView, read_prompt
 from dspex_lab.lm.solver import Draws, solve, step_error_probability
+from dspex_lab.tasks.arithmetic import parse_problem
 
 __all__ = [
     "AsyncLabEngine",

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from dspex_lab.tasks.arithmetic import ArithmeticProblem, ArithmeticStep, apply_step
 from dspex_lab.lm.profiles import LabModelProfile
+from dspex_lab.tasks.arithmetic import ArithmeticProblem, ArithmeticStep, apply_step
 
 __all__ = ["Draws", "Solution", "solve", "step_error_probability"]
 
