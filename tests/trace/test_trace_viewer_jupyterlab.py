@@ -224,9 +224,13 @@ def test_jupyterlab_shows_the_trace_viewer_and_it_answers_clicks(lab_server: Lab
                     has=page.locator(".dspex-name", has_text=re.compile(f"^{re.escape(name)}$"))
                 )
 
-            # Only the trial's root span is open at first; the LM call sits two closed levels below it.
+            # Only the trial's root span is open at first; under it each try is an attempt span, and the
+            # LM call sits two closed levels below the first attempt.
             lm_row = row("lm", "lab/small")
             expect(lm_row).to_have_count(0)
+            attempt = rows.filter(has=page.locator(".dspex-kind", has_text=re.compile("^attempt$"))).first
+            attempt.locator(".dspex-toggle").click()
+            expect(row("module", "ChainOfThought")).to_be_visible()
             closed = rows.count()
             module_id = row("module", "ChainOfThought").get_attribute("data-span-id")
             row("module", "ChainOfThought").locator(".dspex-toggle").click()
