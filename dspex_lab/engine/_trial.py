@@ -355,6 +355,20 @@ class TrialRunner:
             else:
                 overrides["callbacks"] = [*(dspy.settings.callbacks or []), self.recorder]
         retried: list[dict[str, Any]] = []
+
+        def fail(error: BaseException, stage: str) -> TrialResult:
+            # The record of this trial failing now: its usage so far and every attempt it made.
+            return self.failure(
+                task,
+                error,
+                stage=stage,
+                started=started,
+                clock=clock,
+                usage=_usage(meter),
+                attempt=attempt,
+                retried=retried,
+            )
+
         attempt = 1
         cause: str | None = None
         bound = token.bind()
@@ -383,16 +397,7 @@ class TrialRunner:
                                 handle.set(score=score)
                 except Exception as error:
                     if isinstance(error, TrialCancelledError) or (token.cancelled and stage == "program"):
-                        return self.failure(
-                            task,
-                            error,
-                            stage=_cancel_stage(token),
-                            started=started,
-                            clock=clock,
-                            usage=_usage(meter),
-                            attempt=attempt,
-                            retried=retried,
-                        )
+                        return fail(error, _cancel_stage(token))
                     if stage == "program" and is_transient(error) and attempt <= self.retry.retries:
                         wait = self.retry.delay(attempt, task.trial_id, error)
                         remaining = token.remaining()
@@ -410,26 +415,11 @@ class TrialRunner:
                             if token.wait(wait):
                                 attempt += 1
                                 continue
-                            return self.failure(
-                                task,
+                            return fail(
                                 TrialCancelledError(f"cancelled while waiting to retry: {token.reason}"),
-                                stage=_cancel_stage(token),
-                                started=started,
-                                clock=clock,
-                                usage=_usage(meter),
-                                attempt=attempt,
-                                retried=retried,
+                                _cancel_stage(token),
                             )
-                    return self.failure(
-                        task,
-                        error,
-                        stage=stage,
-                        started=started,
-                        clock=clock,
-                        usage=_usage(meter),
-                        attempt=attempt,
-                        retried=retried,
-                    )
+                    return fail(error, stage)
                 break
         finally:
             token.unbind(bound)
