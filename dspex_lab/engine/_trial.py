@@ -379,7 +379,7 @@ class TrialRunner:
                     token.check()
                     with self._attempt_scope(attempt, cause) as attempt_span:
                         try:
-                            with metering(meter), dspy.context(**overrides), current_rollout(task.repeat):
+                            with metering(meter, overrides=overrides), current_rollout(task.repeat):
                                 prediction = self.module(**task.example.inputs())
                         except Exception as error:
                             if attempt_span is not None:

@@ -281,6 +281,7 @@ class Meter:
         self._lock = threading.Lock()
         self._calls: list[_Call] = []
         self._parent: Meter | None = None
+        self._hooks: tuple[Any, Any] | None = None  # DSPy usage tracker and history tap, made on first use
 
     def calls(self) -> tuple[MeteredCall, ...]:
         """Return every call counted so far, in the order they finished, with its cost."""
@@ -291,13 +292,22 @@ class Meter:
     def usage(self) -> Usage:
         """Return the totals so far (see :class:`Usage` and the module docstring's contract)."""
         calls = self.calls()
-        unpriced = sorted({call.model for call in calls if call.cost is None})
+        input_tokens = output_tokens = 0
+        costs: list[float] = []
+        unpriced: set[str] = set()
+        for call in calls:  # one pass: this runs once per trial
+            input_tokens += call.input_tokens or 0
+            output_tokens += call.output_tokens or 0
+            if call.cost is None:
+                unpriced.add(call.model)
+            else:
+                costs.append(call.cost)
         return Usage(
-            input_tokens=sum(call.input_tokens or 0 for call in calls),
-            output_tokens=sum(call.output_tokens or 0 for call in calls),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
             lm_calls=len(calls),
-            cost=None if unpriced else math.fsum(call.cost or 0.0 for call in calls),
-            unpriced_models=tuple(unpriced),
+            cost=None if unpriced else math.fsum(costs),
+            unpriced_models=tuple(sorted(unpriced)),
         )
 
     def _add(self, call: _Call) -> None:
@@ -421,7 +431,7 @@ def _is_ancestor(meter: Meter, of: Meter) -> bool:
 
 
 @contextmanager
-def metering(meter: Meter | None = None) -> Iterator[Meter]:
+def metering(meter: Meter | None = None, *, overrides: Mapping[str, Any] | None = None) -> Iterator[Meter]:
     """Count every LM call made in this block (and in threads that copy its context) into a meter.
 
     Example::
@@ -438,6 +448,10 @@ def metering(meter: Meter | None = None) -> Iterator[Meter]:
     Args:
         meter: the meter to count into; a new one when omitted (reuse one to accumulate
             several blocks, e.g. the attempts of one trial).
+        overrides: more DSPy settings for the same block (``lm=``, ``callbacks=``, ...), applied
+            in the one ``dspy.context`` the meter opens anyway: a trial runner pays for one
+            context per attempt, not two. ``usage_tracker`` and ``caller_modules`` are the
+            meter's and cannot be overridden here.
 
     Yields:
         The meter.
@@ -454,12 +468,21 @@ def metering(meter: Meter | None = None) -> Iterator[Meter]:
     parent = _CURRENT_METER.get()
     if parent is not None and meter._parent is None and not _is_ancestor(meter, parent):
         meter._parent = parent
-    tracker = _tracker_class()(meter)
-    callers = list(dspy.settings.caller_modules or [])
-    callers.append(_HistoryTap(tracker.take_cost))
+    if overrides and ("usage_tracker" in overrides or "caller_modules" in overrides):
+        raise ProgramSpecError("metering(overrides=...) cannot replace usage_tracker or caller_modules")
+    hooks = meter._hooks
+    if hooks is None:
+        # Built once per meter: the attempts of a trial (and its metric) reuse them.
+        tracker = _tracker_class()(meter)
+        hooks = meter._hooks = (tracker, _HistoryTap(tracker.take_cost))
+    callers = dspy.settings.caller_modules
     token = _CURRENT_METER.set(meter)
     try:
-        with dspy.context(usage_tracker=tracker, caller_modules=callers):
+        with dspy.context(
+            usage_tracker=hooks[0],
+            caller_modules=[*callers, hooks[1]] if callers else [hooks[1]],
+            **(overrides or {}),
+        ):
             yield meter
     finally:
         _CURRENT_METER.reset(token)

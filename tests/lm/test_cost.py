@@ -199,6 +199,18 @@ def test_a_meter_can_be_reused_across_blocks(loopback_provider: LoopbackProvider
     assert meter.usage().lm_calls == 2
 
 
+def test_overrides_apply_in_the_metered_block_and_its_calls_are_counted(loopback_provider: LoopbackProvider) -> None:
+    lm = loopback_provider.lm("gpt-4o-mini")
+    with metering(overrides={"lm": lm}) as meter:
+        assert dspy.settings.lm is lm
+        dspy.Predict("question -> answer")(question="what is 2 + 2?")
+
+    assert dspy.settings.lm is not lm
+    assert meter.usage().lm_calls == 1
+    with pytest.raises(ProgramSpecError, match="usage_tracker"), metering(overrides={"usage_tracker": None}):
+        pass
+
+
 def test_without_history_calls_are_priced_from_the_table(loopback_provider: LoopbackProvider) -> None:
     loopback_provider.script("gpt-4o-mini", Answer(input_tokens=1_000, output_tokens=100))
     loopback_provider.script("my-own-model", Answer(input_tokens=1_000, output_tokens=100))
