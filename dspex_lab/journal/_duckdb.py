@@ -664,6 +664,86 @@ class DuckDBJournal:
             return pd.DataFrame(columns=["id", "statement", "status", "registered_at"])
         return self.sql("SELECT * FROM hypotheses ORDER BY registered_at, id")
 
+    # -- optimization runs ----------------------------------------------------------------------
+
+    def record_candidates(self, run_id: str, candidates: Sequence[dict[str, Any]]) -> None:
+        """Insert an optimization run's new candidates (one already recorded is left as it was).
+
+        Each dict has ``candidate_id``, ``step``, ``parent_id``, ``strategy``, ``rationale``,
+        ``values`` and ``program_spec`` (JSON values) and ``fingerprint``.
+        """
+        if not candidates:
+            return
+        now = _now()
+        with self._connect(write=True) as connection:
+            connection.executemany(
+                """INSERT OR IGNORE INTO optimization_candidates (run_id, candidate_id, step, parent_id, strategy,
+                   rationale, "values", program_spec, fingerprint, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [
+                    [
+                        run_id,
+                        item["candidate_id"],
+                        item["step"],
+                        item.get("parent_id"),
+                        item["strategy"],
+                        item.get("rationale"),
+                        _json(item["values"]),
+                        _json(item["program_spec"]),
+                        item["fingerprint"],
+                        now,
+                    ]
+                    for item in candidates
+                ],
+            )
+            connection.execute(_TOUCH_EXPERIMENT, [now, now, run_id])
+
+    def record_step(self, run_id: str, step: dict[str, Any]) -> None:
+        """Insert or replace one step of an optimization run (a step is written when it starts and when it ends).
+
+        ``step`` has the columns of ``optimization_steps`` but ``run_id``; ``minibatch``,
+        ``screening`` and ``evaluations`` are JSON values.
+        """
+        now = _now()
+        columns = (
+            "step", "status", "incumbent_id", "accepted_id", "minibatch", "screening", "evaluations", "best_mean",
+            "best_ci_low", "best_ci_high", "lm_calls", "tokens", "cost", "detail",
+        )  # fmt: skip
+        values = [
+            _json(step.get(name)) if name in ("minibatch", "screening", "evaluations") else step.get(name)
+            for name in columns
+        ]
+        finished = now if step["status"] != "running" else None
+        with self._connect(write=True) as connection:
+            started = connection.execute(
+                "SELECT started_at FROM optimization_steps WHERE run_id = ? AND step = ?", [run_id, step["step"]]
+            ).fetchall()
+            connection.execute(
+                f"""INSERT OR REPLACE INTO optimization_steps (run_id, {", ".join(columns)}, started_at, finished_at)
+                    VALUES (?, {", ".join("?" for _ in columns)}, ?, ?)""",
+                [run_id, *values, started[0][0] if started else now, finished],
+            )
+            connection.execute(_TOUCH_EXPERIMENT, [now, now, run_id])
+
+    def candidate_rows(self, run_id: str) -> list[dict[str, Any]]:
+        """Return an optimization run's candidates in the order they were made (JSON columns decoded)."""
+        rows = self._rows(
+            "SELECT * FROM optimization_candidates WHERE run_id = ? ORDER BY step, created_at, candidate_id", [run_id]
+        )
+        for row in rows:
+            for column in ("values", "program_spec"):
+                if isinstance(row.get(column), str):
+                    row[column] = json.loads(row[column])
+        return rows
+
+    def step_rows(self, run_id: str) -> list[dict[str, Any]]:
+        """Return an optimization run's steps in order (JSON columns decoded)."""
+        rows = self._rows("SELECT * FROM optimization_steps WHERE run_id = ? ORDER BY step", [run_id])
+        for row in rows:
+            for column in ("minibatch", "screening", "evaluations"):
+                if isinstance(row.get(column), str):
+                    row[column] = json.loads(row[column])
+        return rows
+
     def finished_keys(self, experiment_id: str) -> set[tuple[str, int]]:
         """Return (example_id, repeat) of every recorded trial of an experiment."""
         rows = self._rows("SELECT example_id, repeat FROM trials WHERE experiment_id = ?", [experiment_id])
@@ -716,6 +796,9 @@ _TRIAL_ORDER_SQL: dict[str, str] = {
 }
 
 
+_TOUCH_EXPERIMENT = "UPDATE experiments SET heartbeat_at = ?, updated_at = ? WHERE id = ?"
+
+
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False, default=repr)
 
@@ -724,9 +807,15 @@ class TrialWriter:
     """Stream finished trials into the journal from a background thread.
 
     ``add`` is cheap and never blocks on the database; a flusher thread writes
-    what accumulated every ``flush_interval`` seconds in one transaction. A
-    flush that fails (journal locked too long) keeps its rows for the next one;
-    ``close`` makes a final flush and raises JournalError if rows remain unsaved.
+    what accumulated every ``flush_interval`` seconds in one transaction per
+    experiment. A flush that fails (journal locked too long) keeps its rows for
+    the next one; ``close`` makes a final flush and raises JournalError if rows
+    remain unsaved.
+
+    One writer may serve several experiments (an optimization run's candidate
+    evaluations): :meth:`create` queues another experiment's record, and ``add``
+    takes the experiment a row belongs to. Records are inserted before any of
+    their trials, in the order they were queued.
     """
 
     def __init__(
@@ -741,50 +830,70 @@ class TrialWriter:
             raise JournalError(f"writer for {experiment_id} was given the record of {create.id}")
         self.journal = journal
         self.experiment_id = experiment_id
-        self._pending_record = create
         self.flush_interval = flush_interval
         self.written = 0
         self.last_error: BaseException | None = None
-        self._buffer: list[dict[str, Any]] = []
-        self._span_buffer: list[Any] = []
+        self._pending_records: list[ExperimentRecord] = [create] if create is not None else []
+        self._buffer: list[tuple[str, dict[str, Any]]] = []
+        self._span_buffer: list[tuple[str, Any]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="dspex-journal", daemon=True)
         self._thread.start()
 
-    def add(self, row: dict[str, Any], *, spans: Sequence[Any] = ()) -> None:
-        """Queue one trial row (and its spans, serialised later on the writer's thread) for the next flush."""
+    def create(self, record: ExperimentRecord) -> str:
+        """Queue another experiment's record; its trials may be added at once. Returns its id."""
         with self._lock:
-            self._buffer.append(row)
-            if spans:
-                self._span_buffer.extend(spans)
+            self._pending_records.append(record)
+        return record.id
 
-    def add_spans(self, trial_id: str, spans: Sequence[Any]) -> None:
+    def add(self, row: dict[str, Any], *, spans: Sequence[Any] = (), experiment_id: str | None = None) -> None:
+        """Queue one trial row (and its spans, serialised later on the writer's thread) for the next flush."""
+        target = experiment_id or self.experiment_id
+        with self._lock:
+            self._buffer.append((target, row))
+            if spans:
+                self._span_buffer.extend((target, span) for span in spans)
+
+    def add_spans(self, trial_id: str, spans: Sequence[Any], *, experiment_id: str | None = None) -> None:
         """Queue the spans of one trial (a span sink: thread-safe, called from the trial's worker thread)."""
         if spans:
+            target = experiment_id or self.experiment_id
             with self._lock:
-                self._span_buffer.extend(spans)
+                self._span_buffer.extend((target, span) for span in spans)
 
     def flush(self) -> None:
         """Write everything queued so far."""
         with self._lock:
+            records, self._pending_records = self._pending_records, []
             rows, self._buffer = self._buffer, []
             spans, self._span_buffer = self._span_buffer, []
+        # experiment -> (rows, spans); what is left in here after an error is put back.
+        unsaved: dict[str, tuple[list[dict[str, Any]], list[Any]]] = {}
+        for target, row in rows:
+            unsaved.setdefault(target, ([], []))[0].append(row)
+        for target, item in spans:
+            unsaved.setdefault(target, ([], []))[1].append(item)
+        if not unsaved:
+            unsaved[self.experiment_id] = ([], [])  # a heartbeat for the writer's own experiment
         try:
-            if self._pending_record is not None:
-                self.journal.create_experiment(self._pending_record)
-                self._pending_record = None
-            table = span_table(spans) if spans else ()
-            self.written += self.journal.append_trials(self.experiment_id, rows, spans=table)
+            while records:
+                self.journal.create_experiment(records[0])
+                records.pop(0)
+            for target, (trial_rows, trial_spans) in list(unsaved.items()):
+                table = span_table(trial_spans) if trial_spans else ()
+                self.written += self.journal.append_trials(target, trial_rows, spans=table)
+                del unsaved[target]
             self.last_error = None
         except Exception as error:
             self.last_error = error
             with self._lock:
-                self._buffer[:0] = rows
-                self._span_buffer[:0] = spans
+                self._pending_records[:0] = records
+                self._buffer[:0] = [(target, row) for target, (items, _) in unsaved.items() for row in items]
+                self._span_buffer[:0] = [(target, item) for target, (_, items) in unsaved.items() for item in items]
 
     def _loop(self) -> None:
-        if self._pending_record is not None:
+        if self._pending_records:
             self.flush()
         while not self._stop.wait(self.flush_interval):
             self.flush()
@@ -794,7 +903,7 @@ class TrialWriter:
         self._stop.set()
         self._thread.join()
         self.flush()
-        if self._buffer or self._pending_record is not None:
+        if self._buffer or self._pending_records:
             raise JournalError(
                 f"{len(self._buffer)} trials could not be written to {self.journal.path}: {self.last_error}"
             )

@@ -33,7 +33,7 @@ __all__ = [
     "trials_frame",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 @cache
@@ -198,12 +198,51 @@ ALTER TABLE trials ADD COLUMN IF NOT EXISTS retries JSON;
 ALTER TABLE trials ADD COLUMN IF NOT EXISTS unpriced_models VARCHAR;
 """
 
+# Version 5: optimization runs (the run itself is an experiment of kind 'optimization'): every
+# candidate with its parent and why it exists, and every step's decision with its numbers.
+_VERSION_5 = """
+CREATE TABLE IF NOT EXISTS optimization_candidates (
+    run_id VARCHAR NOT NULL,
+    candidate_id VARCHAR NOT NULL,
+    step INTEGER NOT NULL,
+    parent_id VARCHAR,
+    strategy VARCHAR NOT NULL,
+    rationale VARCHAR,
+    "values" JSON NOT NULL,
+    program_spec JSON NOT NULL,
+    fingerprint VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (run_id, candidate_id)
+);
+CREATE TABLE IF NOT EXISTS optimization_steps (
+    run_id VARCHAR NOT NULL,
+    step INTEGER NOT NULL,
+    status VARCHAR NOT NULL,
+    incumbent_id VARCHAR NOT NULL,
+    accepted_id VARCHAR,
+    minibatch JSON,
+    screening JSON,
+    evaluations JSON,
+    best_mean DOUBLE,
+    best_ci_low DOUBLE,
+    best_ci_high DOUBLE,
+    lm_calls BIGINT,
+    tokens BIGINT,
+    cost DOUBLE,
+    detail VARCHAR,
+    started_at TIMESTAMP NOT NULL,
+    finished_at TIMESTAMP,
+    PRIMARY KEY (run_id, step)
+);
+"""
+
 # version -> statements that bring a journal from (version - 1) to version. Version 1 is never a
 # migration target: a file without journal tables is created at the current version (_create).
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
     2: lambda connection: connection.execute(_VERSION_2),
     3: lambda connection: connection.execute(_VERSION_3),
     4: lambda connection: connection.execute(_VERSION_4),
+    5: lambda connection: connection.execute(_VERSION_5),
 }
 
 
@@ -212,6 +251,7 @@ def _create(connection: duckdb.DuckDBPyConnection) -> None:
     connection.execute(trials_ddl())
     connection.execute(_VERSION_2)
     connection.execute(_VERSION_3)
+    connection.execute(_VERSION_5)
 
 
 def current_version(connection: duckdb.DuckDBPyConnection) -> int:
