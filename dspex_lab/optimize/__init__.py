@@ -1,0 +1,1 @@
+"""Optimization: SIMBA-C and DSPy's optimizers, every candidate evaluation journaled."""
