@@ -724,6 +724,16 @@ class DuckDBJournal:
             )
             connection.execute(_TOUCH_EXPERIMENT, [now, now, run_id])
 
+    def finish_children(self, run_id: str, *, status: str) -> None:
+        """Mark the still-running evaluations of an optimization run (ids ``<run_id>/...``) as ended."""
+        now = _now()
+        with self._connect(write=True) as connection:
+            connection.execute(
+                """UPDATE experiments SET status = ?, updated_at = ?, heartbeat_at = ?, finished_at = ?
+                   WHERE starts_with(id, ?) AND status = 'running'""",
+                [status, now, now, now, run_id + "/"],
+            )
+
     def candidate_rows(self, run_id: str) -> list[dict[str, Any]]:
         """Return an optimization run's candidates in the order they were made (JSON columns decoded)."""
         rows = self._rows(

@@ -1,0 +1,525 @@
+"""``dx.optimize``: improve a program on a trainset, judged on a validation set, every trial journaled."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dspy
+import pandas as pd
+
+from dspex_lab.data import Dataset
+from dspex_lab.engine import Budget, RetryPolicy, RunPolicy
+from dspex_lab.errors import ExecutionError, OptimizerError
+from dspex_lab.evaluate._context import current_context
+from dspex_lab.evaluate._evaluate import _lm_state, _metric_name, environment
+from dspex_lab.journal import DuckDBJournal, ExperimentRecord
+from dspex_lab.optimize._evaluator import CandidateEvaluator, Example, Spending
+from dspex_lab.optimize._result import OptimizationResult, build_result, candidates_frame, memory_trials, steps_frame
+from dspex_lab.optimize._simba_c import Hooks, SimbaC, SimbaCRun, StepRecord
+from dspex_lab.optimize._space import Candidate, lift
+from dspex_lab.program import Program
+from dspex_lab.trace.redaction import redact
+from dspex_lab.trace.spans import Span, now_ns
+
+__all__ = ["DSPY_OPTIMIZERS", "OptimizationStep", "optimize"]
+
+Metric = Callable[[dspy.Example, Any], Any]
+
+#: Names ``optimizer=`` accepts for DSPy's own optimizers (run through dspex_lab's engine and journal).
+DSPY_OPTIMIZERS = ("simba", "mipro", "gepa", "bootstrap")
+OPTIMIZER_NAMES = ("simba-c", *DSPY_OPTIMIZERS)
+
+
+@dataclass(frozen=True)
+class OptimizationStep:
+    """An event for subscribers (a live convergence plot): a step finished.
+
+    Attributes:
+        run_id: the run.
+        step: the step that finished (0: the baseline evaluation).
+        steps: the steps table so far (see ``OptimizationResult.steps``).
+        candidates: the candidates table so far (see ``OptimizationResult.candidates``).
+    """
+
+    run_id: str
+    step: int
+    steps: pd.DataFrame
+    candidates: pd.DataFrame
+
+
+def _dataset(value: Dataset | Sequence[dspy.Example], role: str) -> Dataset:
+    if isinstance(value, Dataset):
+        data = value
+    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        data = Dataset(list(value))
+    else:
+        raise OptimizerError(f"{role} must be a dx.Dataset or a sequence of dspy.Example, got {type(value).__name__}")
+    if len(data) == 0:
+        raise OptimizerError(f"{role} is empty")
+    return data
+
+
+def _examples(data: Dataset) -> list[Example]:
+    return [
+        (example_id, index, example)
+        for index, (example_id, example) in enumerate(zip(data.example_ids, data, strict=True))
+    ]
+
+
+def _resolve_optimizer(optimizer: SimbaC | str | Any) -> Any:
+    if isinstance(optimizer, str):
+        key = optimizer.lower().replace("_", "-")
+        if key in ("simba-c", "simbac"):
+            return SimbaC()
+        if key in DSPY_OPTIMIZERS:
+            from dspex_lab.optimize._dspy import DspyOptimizer
+
+            return DspyOptimizer(key)
+        raise OptimizerError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZER_NAMES)}")
+    if isinstance(optimizer, SimbaC) or hasattr(optimizer, "run_dspy"):
+        return optimizer
+    raise OptimizerError(
+        f"optimizer must be dx.SimbaC(...) or one of {', '.join(OPTIMIZER_NAMES)}, got {type(optimizer).__name__}"
+    )
+
+
+def _check_sets(trainset: Dataset, valset: Dataset, optimizer: Any) -> None:
+    overlap = set(trainset.example_ids) & set(valset.example_ids)
+    if overlap:
+        raise OptimizerError(
+            f"the valset shares {len(overlap)} examples with the trainset (e.g. {sorted(overlap)[0]}); a candidate "
+            "chosen on an example cannot be judged on it: split the data, e.g. data.split(...)"
+        )
+    bsize = getattr(optimizer, "bsize", None)
+    if bsize is not None and len(trainset) < bsize:
+        raise OptimizerError(
+            f"the trainset has {len(trainset)} examples, fewer than the mini-batch (bsize={bsize}); "
+            f"use a larger trainset or SimbaC(bsize={len(trainset)})"
+        )
+
+
+def _check_budget(budget: Budget | None, optimizer: Any, valset: Dataset) -> None:
+    if budget is None:
+        return
+    if not isinstance(budget, Budget):
+        raise OptimizerError(f"budget must be a dx.Budget, got {type(budget).__name__}")
+    if isinstance(optimizer, SimbaC) and budget.lm_calls is not None:
+        # At least one LM call per trial: the baseline on the valset, then one step's trajectories and screening.
+        one_step = len(valset) + (optimizer.num_sources + optimizer.num_candidates) * optimizer.bsize + len(valset)
+        if budget.lm_calls < one_step:
+            raise OptimizerError(
+                f"Budget(lm_calls={budget.lm_calls}) is too small for one SIMBA-C step: the baseline and one step "
+                f"need at least {one_step} LM calls ({len(valset)} validation examples, "
+                f"{optimizer.num_sources + optimizer.num_candidates} programs x bsize={optimizer.bsize}, one full "
+                "evaluation); raise the budget or lower bsize/num_candidates/num_sources"
+            )
+
+
+def optimize(
+    program: Program,
+    trainset: Dataset | Sequence[dspy.Example],
+    valset: Dataset | Sequence[dspy.Example],
+    *,
+    metric: Metric,
+    optimizer: SimbaC | str = "simba-c",
+    budget: Budget | None = None,
+    seed: int = 0,
+    name: str | None = None,
+    resume: str | None = None,
+    timeout: float | None = None,
+    retries: int = 3,
+    max_errors: int | float | None = None,
+    trace: bool = False,
+    progress: bool = True,
+    subscribers: Sequence[Callable[[Any], None]] = (),
+) -> OptimizationResult:
+    """Optimize ``program`` on ``trainset``, accepting changes on ``valset`` evidence, and journal every decision.
+
+    Args:
+        program: the program to improve; its typed variables are part of the search space, and
+            instructions and demos are added for every predictor.
+        trainset: examples for mini-batches, trajectories and demos.
+        valset: held-out examples on which candidates are accepted (must not overlap the trainset).
+        metric: ``metric(example, prediction)`` returning a finite number or bool.
+        optimizer: ``dx.SimbaC(...)`` (default hyperparameters with ``"simba-c"``), or ``"simba"``,
+            ``"mipro"``, ``"gepa"``, ``"bootstrap"`` for DSPy's optimizers run through the same engine.
+        budget: limits on LM calls, tokens or dollars for the whole run; it stops cleanly when spent.
+        seed: makes mini-batches, sources and proposals reproducible.
+        name: the run's name (default: the program's name and the optimizer).
+        resume: the id of an interrupted run to continue (same program, data, metric, LM and optimizer);
+            finished evaluations are not repeated.
+        timeout: seconds a trial may take (retries included).
+        retries: retries of transient LM failures per trial.
+        max_errors: an error budget per evaluation (a count or a fraction).
+        trace: capture every trial's span tree (the decisions' spans are always recorded).
+        progress: print one line per step.
+        subscribers: called with an :class:`OptimizationStep` after every step (e.g. a live plot).
+
+    Returns:
+        The :class:`OptimizationResult`; on KeyboardInterrupt the run is marked interrupted in the
+        journal and KeyboardInterrupt is raised again naming the id to resume.
+
+    Raises:
+        OptimizerError: bad arguments (see the message), or a resume that does not match.
+    """
+    if not isinstance(program, Program):
+        raise OptimizerError(
+            f"optimize() takes a dx.Program (the search space is its variables), got {type(program).__name__}; "
+            "wrap a module class with dx.Program('module.path', signature=...)"
+        )
+    if not callable(metric):
+        raise OptimizerError(f"metric must be callable as metric(example, prediction), got {metric!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise OptimizerError(f"seed must be an integer, got {seed!r}")
+    chosen = _resolve_optimizer(optimizer)
+    train = _dataset(trainset, "trainset")
+    val = _dataset(valset, "valset")
+    _check_sets(train, val, chosen)
+    _check_budget(budget, chosen, val)
+    try:
+        policy = RunPolicy(timeout=timeout, retry=RetryPolicy(retries=retries), max_errors=max_errors)
+    except (ValueError, ExecutionError) as error:
+        raise OptimizerError(str(error)) from error
+    context = current_context()
+    journal = context.journal
+    lm = context.lm
+    config = redact(
+        {
+            "optimizer": chosen.name,
+            "optimizer_config": chosen.config(),
+            "seed": seed,
+            "budget": budget.limits() if budget is not None else None,
+            "trainset": train.manifest(),
+            "valset": val.manifest(),
+            "metric": _metric_name(metric),
+            "lm": getattr(lm, "model", repr(lm)),
+            "lm_state": _lm_state(lm),
+            "timeout": timeout,
+            "retries": retries,
+            "trace": trace,
+        }
+    )
+    run_name = name or f"{program.name} ({chosen.name})"
+    run_id = _start(journal, resume, program, train, metric, config, run_name)
+    spending = Spending(budget=budget)
+    evaluator = CandidateEvaluator(
+        run_id=run_id,
+        journal=journal,
+        metric=metric,
+        metric_name=_metric_name(metric),
+        lm=lm,
+        executor=context.executor,
+        policy=policy,
+        spending=spending,
+        trace=trace,
+    )
+    if resume is not None:
+        evaluator.load_recorded()
+    session = _Session(run_id, run_name, journal, evaluator, config, program, train, val, subscribers, progress)
+    try:
+        if isinstance(chosen, SimbaC):
+            session.run_simba_c(chosen, program, seed, lm)
+        else:
+            session.run_dspy(chosen, program, metric, seed, lm)
+    except KeyboardInterrupt:
+        session.end("interrupted", "interrupted by the user")
+        raise KeyboardInterrupt(
+            f"optimization interrupted; finished evaluations are journaled: continue with resume={run_id!r}"
+        ) from None
+    except BaseException as error:
+        session.end("failed", f"{type(error).__name__}: {error}")
+        raise
+    return session.result()
+
+
+def _start(
+    journal: DuckDBJournal | None,
+    resume: str | None,
+    program: Program,
+    train: Dataset,
+    metric: Metric,
+    config: dict[str, Any],
+    name: str,
+) -> str:
+    if resume is None:
+        run_id = uuid.uuid4().hex[:12]
+        if journal is not None:
+            journal.create_experiment(
+                ExperimentRecord(
+                    id=run_id,
+                    kind="optimization",
+                    name=name,
+                    program_name=program.name,
+                    program_fingerprint=program.fingerprint,
+                    program_spec=program.to_dict(),
+                    dataset_name=train.name,
+                    dataset_fingerprint=train.fingerprint,
+                    dataset_manifest=train.manifest(),
+                    metric=_metric_name(metric),
+                    config=config,
+                    environment=environment(),
+                )
+            )
+        return run_id
+    if journal is None:
+        raise OptimizerError("resume needs a journal: use dx.Context(journal=...) with the run's journal")
+    try:
+        previous = journal.experiment(resume)
+    except Exception as error:
+        raise OptimizerError(f"cannot resume {resume!r}: {error}") from None
+    if previous.get("kind") != "optimization":
+        raise OptimizerError(f"cannot resume {resume!r}: it is a {previous.get('kind')}, not an optimization run")
+    if previous["status"] == "finished":
+        raise OptimizerError(
+            f"optimization run {resume} already finished; read it with dx.OptimizationResult.from_journal(journal, "
+            f"{resume!r})"
+        )
+    if previous["status"] == "running":
+        raise OptimizerError(f"optimization run {resume} is still running in process {previous.get('pid')}")
+    before = previous.get("config") or {}
+    checks = [
+        ("program", previous.get("program_fingerprint"), program.fingerprint),
+        ("trainset", previous.get("dataset_fingerprint"), train.fingerprint),
+        ("valset", (before.get("valset") or {}).get("fingerprint"), config["valset"].get("fingerprint")),
+        ("metric", previous.get("metric"), _metric_name(metric)),
+        ("LM", (before.get("lm"), before.get("lm_state")), (config["lm"], config["lm_state"])),
+        ("optimizer", before.get("optimizer_config"), config["optimizer_config"]),
+        ("seed", before.get("seed"), config["seed"]),
+    ]
+    for what, old, new in checks:
+        if old != new:
+            raise OptimizerError(
+                f"cannot resume {resume}: it ran with a different {what} ({_short(old)} vs {_short(new)}); "
+                f"resume with the same {what}"
+            )
+    journal.claim_experiment(resume)
+    return resume
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Session:
+    """The journal side of one run: records, spans, events, progress and the final result."""
+
+    def __init__(
+        self,
+        run_id: str,
+        name: str,
+        journal: DuckDBJournal | None,
+        evaluator: CandidateEvaluator,
+        config: dict[str, Any],
+        program: Program,
+        train: Dataset,
+        val: Dataset,
+        subscribers: Sequence[Callable[[Any], None]],
+        progress: bool,
+    ) -> None:
+        self.run_id = run_id
+        self.name = name
+        self.journal = journal
+        self.evaluator = evaluator
+        self.config = config
+        self.program = program
+        self.train = train
+        self.val = val
+        self.subscribers = list(subscribers)
+        self.progress = progress
+        self.candidate_rows: dict[str, dict[str, Any]] = {}
+        self.step_rows: dict[int, dict[str, Any]] = {}
+        self.status = "running"
+        self.detail: str | None = None
+        self._stored_examples: set[str] = set()
+        if journal is not None:
+            for row in journal.candidate_rows(run_id):
+                self.candidate_rows[row["candidate_id"]] = row
+
+    # -- records ---------------------------------------------------------------------------------
+
+    def record(self, candidate: Candidate, phase: str) -> ExperimentRecord:
+        data = self.val if phase == "val" else self.train
+        examples = ()
+        if data.fingerprint not in self._stored_examples:
+            from dspex_lab.evaluate._evaluate import _stored_examples
+
+            self._stored_examples.add(data.fingerprint)
+            examples = _stored_examples(data)
+        return ExperimentRecord(
+            id=f"{self.run_id}/{candidate.id}/{phase}" if "/" not in phase else f"{self.run_id}/{phase}",
+            kind="evaluation",
+            name=f"{self.name} {candidate.id} {phase}",
+            program_name=candidate.program.name,
+            program_fingerprint=candidate.program.fingerprint,
+            program_spec=candidate.program.to_dict(),
+            dataset_name=data.name,
+            dataset_fingerprint=data.fingerprint,
+            dataset_manifest=data.manifest(),
+            metric=self.config["metric"],
+            config={
+                "optimization": self.run_id,
+                "candidate": candidate.id,
+                "phase": phase,
+                "lm": self.config["lm"],
+                "lm_state": self.config["lm_state"],
+                "repeats": 1,
+            },
+            environment=environment(),
+            examples=examples,
+        )
+
+    def record_candidates(self, candidates: list[Candidate]) -> None:
+        rows = [candidate.to_record() for candidate in candidates]
+        for row in rows:
+            self.candidate_rows[row["candidate_id"]] = row
+        if self.journal is not None:
+            self.journal.record_candidates(self.run_id, rows)
+
+    def recorded_candidates(self, step: int) -> list[Candidate]:
+        found = [row for row in self.candidate_rows.values() if int(row["step"]) == step and row.get("parent_id")]
+        return [
+            Candidate(
+                row["candidate_id"],
+                Program.from_dict(row["program_spec"]),
+                row["parent_id"],
+                int(row["step"]),
+                row["strategy"],
+                row.get("rationale") or "",
+            )
+            for row in sorted(found, key=lambda row: int(row["candidate_id"].lstrip("c") or 0))
+        ]
+
+    def record_step(self, record: StepRecord) -> None:
+        row = record.to_row()
+        self.step_rows[record.step] = row
+        if self.journal is not None:
+            self.journal.record_step(self.run_id, row)
+
+    def emit_spans(self, step: int, items: list[dict[str, Any]]) -> None:
+        """Store a step's decisions as one orchestration trace (``step-N``) in the run's experiment."""
+        if self.evaluator.writer is None:
+            return
+        trace_id = f"step-{step}"
+        end = now_ns()
+        root = Span(
+            trace_id,
+            f"{trace_id}-root",
+            parent_id=None,
+            kind="decision",
+            name=f"step {step}",
+            start_ns=end,
+            end_ns=end,
+            attributes={"run_id": self.run_id, "step": step, "decision": items[-1]["attributes"].get("decision")},
+        )
+        spans = [root]
+        for position, item in enumerate(items):
+            spans.append(
+                Span(
+                    trace_id,
+                    f"{trace_id}-{position}",
+                    parent_id=root.span_id,
+                    kind=item["kind"],
+                    name=item["name"],
+                    start_ns=end + position + 1,
+                    end_ns=end + position + 1,
+                    attributes=item["attributes"],
+                )
+            )
+        self.evaluator.writer.add_spans(trace_id, spans, experiment_id=self.run_id)
+
+    def step_finished(self, record: StepRecord) -> None:
+        if self.progress:
+            best = f"{record.best_mean:.3f}" if record.best_mean is not None else "-"
+            ci = (
+                f" [{record.best_ci_low:.3f}, {record.best_ci_high:.3f}]"
+                if record.best_ci_low is not None and record.best_ci_high is not None
+                else ""
+            )
+            print(
+                f"{self.name} step {record.step}: {record.detail}; best {best}{ci}; {record.lm_calls:,} LM calls",
+                file=sys.stderr,
+            )
+        if self.subscribers:
+            event = OptimizationStep(self.run_id, record.step, *self.frames())
+            for subscriber in list(self.subscribers):
+                try:
+                    subscriber(event)
+                except Exception as error:  # a broken display never stops the run
+                    self.subscribers.remove(subscriber)
+                    print(f"subscriber {subscriber!r} removed: {type(error).__name__}: {error}", file=sys.stderr)
+
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        rows = [self.step_rows[key] for key in sorted(self.step_rows)]
+        return steps_frame(rows), candidates_frame(list(self.candidate_rows.values()), rows)
+
+    def hooks(self) -> Hooks:
+        return Hooks(
+            record_candidates=self.record_candidates,
+            record_step=self.record_step,
+            recorded_candidates=self.recorded_candidates,
+            emit_spans=self.emit_spans,
+            step_finished=self.step_finished,
+            spending=self.evaluator.spending.to_summary,
+            run_id=self.run_id,
+        )
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def run_simba_c(self, optimizer: SimbaC, program: Program, seed: int, lm: dspy.BaseLM) -> None:
+        lifted, slots = lift(program, lm=lm, max_demos=optimizer.max_demos)
+        baseline = Candidate(
+            "c0", lifted, None, 0, "baseline", "the program as given, with instructions and demos lifted"
+        )
+        if "c0" not in self.candidate_rows:
+            self.record_candidates([baseline])
+        run = SimbaCRun(
+            optimizer,
+            baseline=baseline,
+            slots=slots,
+            trainset=_examples(self.train),
+            valset=_examples(self.val),
+            evaluator=self.evaluator,
+            hooks=self.hooks(),
+            seed=seed,
+            lm=lm,
+        )
+        run.run(self.record)
+        self.end(run.status, run.detail)
+
+    def run_dspy(self, optimizer: Any, program: Program, metric: Metric, seed: int, lm: dspy.BaseLM) -> None:
+        status, detail = optimizer.run_dspy(self, program=program, metric=metric, seed=seed, lm=lm)
+        self.end(status, detail)
+
+    def end(self, status: str, detail: str | None) -> None:
+        if self.status != "running":
+            return
+        self.status, self.detail = status, detail
+        try:
+            self.evaluator.close()
+        finally:
+            if self.journal is not None:
+                summary = {"status": status, "status_detail": detail, "spending": self.evaluator.spending.to_summary()}
+                self.journal.finish_experiment(self.run_id, status=status, detail=detail, summary=summary)
+                self.journal.finish_children(self.run_id, status="finished" if status != "failed" else "failed")
+
+    def result(self) -> OptimizationResult:
+        rows = [self.step_rows[key] for key in sorted(self.step_rows)]
+        if self.journal is not None:
+            return OptimizationResult.from_journal(self.journal, self.run_id)
+        return build_result(
+            run_id=self.run_id,
+            name=self.name,
+            config=self.config,
+            status=self.status,
+            status_detail=self.detail,
+            step_rows=rows,
+            candidate_rows=list(self.candidate_rows.values()),
+            trials=memory_trials(self.evaluator._rows),
+            spending=self.evaluator.spending.to_summary(),
+            journal=None,
+        )

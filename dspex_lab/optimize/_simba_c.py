@@ -1,0 +1,668 @@
+"""SIMBA-C: SIMBA over the whole configuration space, accepting only what a paired test supports.
+
+DSPy's SIMBA (``dspy.SIMBA``) improves a program by stochastic introspective
+mini-batch ascent: each step it samples trajectories of a few programs on a
+mini-batch, finds the examples where they disagree most, and proposes new programs
+by appending a demo from a good trajectory or a rule written by an LM that
+contrasts a good and a bad one. It keeps the mini-batch winner without a test.
+
+SIMBA-C keeps that loop and changes what a candidate is and how one wins:
+
+* a candidate is a full configuration (a :class:`~dspex_lab.Program`): instructions
+  and demos per predictor *and* the program's typed variables, which a third
+  strategy mutates by type (small steps for floats, jumps for choices such as the
+  model, re-instantiation for the module type), guided by the gains each move has
+  shown so far (:class:`~dspex_lab.optimize._space.EffectLedger`);
+* screening on the mini-batch only shortlists: the best ``full_evals`` candidates
+  that beat the incumbent on the mini-batch are evaluated on the validation set,
+  and one is accepted only when a paired test against the incumbent is significant
+  at ``alpha`` after a Holm correction across the step's evaluated candidates;
+* the run stops at ``max_steps``, at the budget, or after ``patience`` steps without
+  an accepted candidate.
+
+Hyperparameters next to DSPy's SIMBA (3.4.1 defaults):
+
+==========================  ===============  =====================================================
+SIMBA-C                     DSPy SIMBA       meaning
+==========================  ===============  =====================================================
+``bsize=32``                ``bsize=32``     mini-batch size
+``num_candidates=6``        ``num_candidates=6``  new candidates proposed per step
+``max_steps=8``             ``max_steps=8``  steps
+``max_demos=4``             ``max_demos=4``  demos per predictor (the oldest dropped past it)
+``num_sources=4``           (all candidates) programs whose trajectories are sampled per step
+``temperature_for_sampling  same name, 0.2   softmax temperature over programs' scores
+=0.2``
+``exploration_temperature   (SIMBA varies    LM temperature of the sampled trajectories (when the
+=0.7``                      temperature)     program has no temperature variable of its own)
+``max_rules=4``             (unbounded)      rules kept per predictor's instructions
+``full_evals=2``            (none)           candidates per step evaluated on the validation set
+``alpha=0.05``, Holm        (none)           acceptance test and correction
+``patience=3``              (none)           steps without an accepted candidate before stopping
+==========================  ===============  =====================================================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+import numpy as np
+
+from dspex_lab.errors import OptimizerError, VariableError
+from dspex_lab.optimize._evaluator import BudgetSpent, CandidateEvaluator, Example, Scores
+from dspex_lab.optimize._space import (
+    Candidate,
+    EffectLedger,
+    Slots,
+    append_demo,
+    append_rule,
+    clean_rule,
+    mutable_variables,
+    mutate,
+)
+from dspex_lab.stats import holm, paired_test
+
+__all__ = ["ProposeRule", "SimbaC"]
+
+STRATEGIES = ("demo", "rule", "mutate")
+
+
+class ProposeRule(dspy.Signature):
+    """Contrast a better and a worse trajectory of one program on the same input.
+
+    Find what went wrong in the worse one and write advice for each module: one concrete rule
+    it should follow next time (name the kind of step that failed and how to do it right).
+    """
+
+    module_names: list[str] = dspy.InputField(desc="the modules of the program")
+    better_program_trajectory: str = dspy.InputField(desc="the better run: each module's inputs and outputs")
+    better_reward_value: float = dspy.InputField(desc="the better run's score")
+    worse_program_trajectory: str = dspy.InputField(desc="the worse run: each module's inputs and outputs")
+    worse_reward_value: float = dspy.InputField(desc="the worse run's score")
+    discussion: str = dspy.OutputField(desc="what the worse run did wrong, and why the better one did not")
+    module_advice: dict[str, str] = dspy.OutputField(desc="module name -> one rule for that module")
+
+
+@dataclass(frozen=True)
+class SimbaC:
+    """SIMBA-C's hyperparameters (see the module docstring for DSPy SIMBA's counterparts).
+
+    Args:
+        bsize: mini-batch size (the trainset must have at least this many examples).
+        num_candidates: candidates proposed per step.
+        max_steps: steps at most.
+        max_demos: demos per predictor.
+        max_rules: rules kept per predictor's instructions.
+        num_sources: programs whose trajectories are sampled per step (the incumbent first).
+        temperature_for_sampling: softmax temperature over programs' scores when drawing sources.
+        exploration_temperature: LM temperature of the sources after the first (programs that set
+            their own temperature keep it).
+        full_evals: the best screened candidates per step evaluated on the validation set.
+        alpha: significance level of the acceptance test.
+        patience: steps without an accepted candidate before stopping.
+        strategies: the proposal strategies used (a subset of ``demo``, ``rule``, ``mutate``).
+        test: the paired test (``auto``: McNemar for 0/1 scores, t-test or Wilcoxon otherwise).
+        max_error_rate: a candidate failing on more than this fraction of the validation set is rejected.
+        rule_lm: the LM that writes rules (default: the run's LM).
+    """
+
+    bsize: int = 32
+    num_candidates: int = 6
+    max_steps: int = 8
+    max_demos: int = 4
+    max_rules: int = 4
+    num_sources: int = 4
+    temperature_for_sampling: float = 0.2
+    exploration_temperature: float = 0.7
+    full_evals: int = 2
+    alpha: float = 0.05
+    patience: int = 3
+    strategies: tuple[str, ...] = STRATEGIES
+    test: str = "auto"
+    max_error_rate: float = 0.1
+    rule_lm: Any = None
+
+    name = "simba-c"
+
+    def __post_init__(self) -> None:
+        for name in ("bsize", "num_candidates", "max_steps", "max_demos", "max_rules", "num_sources", "full_evals"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise OptimizerError(f"SimbaC({name}={value!r}): must be a positive integer")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
+            raise OptimizerError(f"SimbaC(patience={self.patience!r}): must be a positive integer")
+        if not 0 < self.alpha < 1:
+            raise OptimizerError(f"SimbaC(alpha={self.alpha!r}): must be between 0 and 1")
+        if not 0 <= self.max_error_rate < 1:
+            raise OptimizerError(f"SimbaC(max_error_rate={self.max_error_rate!r}): must be in [0, 1)")
+        for name in ("temperature_for_sampling", "exploration_temperature"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise OptimizerError(f"SimbaC({name}={value!r}): must be a finite number >= 0")
+        unknown = sorted(set(self.strategies) - set(STRATEGIES))
+        if unknown or not self.strategies:
+            raise OptimizerError(f"SimbaC(strategies={self.strategies!r}): choose from {STRATEGIES}")
+        if self.test not in ("auto", "t", "wilcoxon", "mcnemar"):
+            raise OptimizerError(f"SimbaC(test={self.test!r}): one of 'auto', 't', 'wilcoxon', 'mcnemar'")
+
+    def config(self) -> dict[str, Any]:
+        """Return the hyperparameters as JSON (recorded with the run, checked on resume)."""
+        return {
+            "optimizer": self.name,
+            **{
+                name: (list(value) if isinstance(value, tuple) else value)
+                for name, value in self.__dict__.items()
+                if name != "rule_lm"
+            },
+            "rule_lm": getattr(self.rule_lm, "model", None),
+        }
+
+
+@dataclass
+class StepRecord:
+    """What one step decided, with the numbers behind it (a row of ``optimization_steps``)."""
+
+    step: int
+    status: str
+    incumbent_id: str
+    accepted_id: str | None = None
+    minibatch: list[str] = field(default_factory=list)
+    screening: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    best_mean: float | None = None
+    best_ci_low: float | None = None
+    best_ci_high: float | None = None
+    lm_calls: int = 0
+    tokens: int = 0
+    cost: float | None = None
+    detail: str | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        """Return the journal row."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class Hooks:
+    """What the SIMBA-C loop needs from the run around it (journal, spans, events)."""
+
+    record_candidates: Callable[[list[Candidate]], None]
+    record_step: Callable[[StepRecord], None]
+    recorded_candidates: Callable[[int], list[Candidate]]
+    emit_spans: Callable[[int, list[dict[str, Any]]], None]
+    step_finished: Callable[[StepRecord], None]
+    spending: Callable[[], dict[str, Any]]
+    run_id: str
+
+
+def _interval(scores: dict[str, float]) -> tuple[float | None, float | None, float | None]:
+    values = np.array(list(scores.values()), dtype=float)
+    if values.size == 0:
+        return None, None, None
+    mean = float(values.mean())
+    if values.size < 2:
+        return mean, None, None
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size))
+    return mean, mean - half, mean + half
+
+
+def paired_gain(candidate: Scores, incumbent: Scores) -> tuple[float, int]:
+    """Return the mean paired difference (candidate minus incumbent) over examples both scored, and n."""
+    common = [key for key in candidate.by_example if key in incumbent.by_example]
+    if not common:
+        return math.nan, 0
+    return float(np.mean([candidate.by_example[key] - incumbent.by_example[key] for key in common])), len(common)
+
+
+class SimbaCRun:
+    """One SIMBA-C run: the loop, its state, and its decisions (built by :func:`dx.optimize <dspex_lab.optimize>`)."""
+
+    def __init__(
+        self,
+        optimizer: SimbaC,
+        *,
+        baseline: Candidate,
+        slots: Slots,
+        trainset: Sequence[Example],
+        valset: Sequence[Example],
+        evaluator: CandidateEvaluator,
+        hooks: Hooks,
+        seed: int,
+        lm: dspy.BaseLM,
+    ) -> None:
+        self.optimizer = optimizer
+        self.slots = slots
+        self.trainset = list(trainset)
+        self.valset = list(valset)
+        self.evaluator = evaluator
+        self.hooks = hooks
+        self.seed = seed
+        self.lm = lm
+        self.candidates: dict[str, Candidate] = {baseline.id: baseline}
+        self.incumbent = baseline
+        self.validation: dict[str, Scores] = {}
+        self.screen: dict[str, Scores] = {}
+        self.screen_parent: dict[str, float] = {}
+        self.tests: dict[str, dict[str, Any]] = {}
+        self.pool_scores: dict[str, list[float]] = {}
+        self.ledger = EffectLedger()
+        self.moves: dict[str, tuple[str, str]] = {}
+        self.steps: list[StepRecord] = []
+        self.status = "running"
+        self.detail: str | None = None
+        self._has_temperature = any(target == "temperature" for target in baseline.program.targets.values())
+        self._explore_lm = lm if self._has_temperature else _hotter(lm, optimizer.exploration_temperature)
+
+    # -- experiments ----------------------------------------------------------------------------
+
+    def _experiment(self, candidate: Candidate, phase: str) -> str:
+        return f"{self.hooks.run_id}/{candidate.id}/{phase}"
+
+    def validate(self, candidate: Candidate, record: Callable[[Candidate, str], Any]) -> Scores:
+        """Evaluate ``candidate`` on the validation set (once per candidate)."""
+        if candidate.id not in self.validation:
+            experiment = self._experiment(candidate, "val")
+            self.validation[candidate.id] = self.evaluator.evaluate(
+                candidate.program, self.valset, experiment_id=experiment, record=record(candidate, "val")
+            )
+        return self.validation[candidate.id]
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self, record: Callable[[Candidate, str], Any]) -> None:
+        """Run steps until a stopping rule fires; ``record`` makes each evaluation's experiment record."""
+        optimizer = self.optimizer
+        try:
+            baseline_scores = self.validate(self.incumbent, record)
+            if baseline_scores.stopped:
+                raise BudgetSpent(baseline_scores.stopped)
+            if not baseline_scores.by_example:
+                raise OptimizerError(
+                    "the baseline scored on no validation example (every trial failed: "
+                    + ", ".join(sorted(set(baseline_scores.errors.values())))
+                    + "); fix the program or metric before optimizing"
+                )
+            self._finish_step(StepRecord(0, "finished", self.incumbent.id, detail="baseline"))
+            without_gain = 0
+            for step in range(1, optimizer.max_steps + 1):
+                accepted = self._step(step, record)
+                without_gain = 0 if accepted else without_gain + 1
+                if without_gain >= optimizer.patience:
+                    self.status, self.detail = "finished", f"{without_gain} steps without a significant gain"
+                    return
+            self.status, self.detail = "finished", f"max_steps={optimizer.max_steps} reached"
+        except BudgetSpent as spent:
+            self.status, self.detail = "stopped", f"budget: {spent}"
+            if self.steps and self.steps[-1].status == "running":
+                last = self.steps[-1]
+                last.status, last.detail = "stopped", self.detail
+                self._finish_step(last, replace=True)
+
+    def _step(self, step: int, record: Callable[[Candidate, str], Any]) -> bool:
+        optimizer = self.optimizer
+        rng = np.random.default_rng([self.seed, step])
+        picks = rng.choice(len(self.trainset), size=min(optimizer.bsize, len(self.trainset)), replace=False)
+        batch = [self.trainset[int(index)] for index in sorted(picks)]
+        current = StepRecord(step, "running", self.incumbent.id, minibatch=[example[0] for example in batch])
+        self.steps.append(current)
+        self.hooks.record_step(current)
+        spans: list[dict[str, Any]] = []
+
+        # 1. Trajectories: the incumbent as it is, then sources drawn by a softmax over their scores.
+        incumbent_screen = self.evaluator.evaluate(
+            self.incumbent.program,
+            batch,
+            experiment_id=self._experiment(self.incumbent, "screen"),
+            record=record(self.incumbent, "screen"),
+        )
+        sources = [(self.incumbent, incumbent_screen)]
+        for position in range(1, optimizer.num_sources):
+            source = self._draw_source(rng)
+            scores = self.evaluator.evaluate(
+                source.program,
+                batch,
+                experiment_id=f"{self.hooks.run_id}/s{step}/explore{position}",
+                record=record(source, f"s{step}/explore{position}"),
+                lm=self._explore_lm,
+                repeat=position,
+            )
+            sources.append((source, scores))
+        self.pool_scores.setdefault(self.incumbent.id, []).append(incumbent_screen.mean)
+
+        # 2. Proposals (or, when resuming, the ones this step already made).
+        proposed = self.hooks.recorded_candidates(step)
+        if not proposed:
+            proposed = self._propose(step, batch, sources, rng)
+            self.hooks.record_candidates(proposed)
+        for candidate in proposed:
+            self.candidates[candidate.id] = candidate
+            spans.append(
+                {
+                    "name": f"propose {candidate.id}",
+                    "kind": "decision",
+                    "attributes": {
+                        "candidate": candidate.id,
+                        "parent": candidate.parent_id,
+                        "strategy": candidate.strategy,
+                        "rationale": candidate.rationale,
+                    },
+                }
+            )
+
+        # 3. Screening on the mini-batch.
+        shortlisted: list[tuple[float, Candidate]] = []
+        for candidate in proposed:
+            scores = self.evaluator.evaluate(
+                candidate.program,
+                batch,
+                experiment_id=self._experiment(candidate, "screen"),
+                record=record(candidate, "screen"),
+            )
+            self.screen[candidate.id] = scores
+            gain, n = paired_gain(scores, incumbent_screen)
+            self.screen_parent[candidate.id] = incumbent_screen.mean
+            self.pool_scores.setdefault(candidate.id, []).append(scores.mean)
+            if candidate.id in self.moves:
+                self.ledger.record(self.moves[candidate.id], gain)
+            current.screening.append(
+                {
+                    "candidate": candidate.id,
+                    "mean": _number(scores.mean),
+                    "incumbent_mean": _number(incumbent_screen.mean),
+                    "gain": _number(gain),
+                    "n": n,
+                    "errors": len(scores.errors),
+                    "experiment_id": scores.experiment_id,
+                }
+            )
+            spans.append(
+                {
+                    "name": f"screen {candidate.id}",
+                    "kind": "evaluation",
+                    "attributes": {
+                        "candidate": candidate.id,
+                        "experiment_id": scores.experiment_id,
+                        "mean": _number(scores.mean),
+                        "incumbent_mean": _number(incumbent_screen.mean),
+                        "gain": _number(gain),
+                        "n": n,
+                    },
+                }
+            )
+            if n and gain > 0:
+                shortlisted.append((gain, candidate))
+            if scores.stopped:
+                raise BudgetSpent(scores.stopped)
+
+        # 4. Full evaluation of the best screened, and the paired test against the incumbent.
+        shortlisted.sort(key=lambda item: (-item[0], item[1].id))
+        incumbent_val = self.validate(self.incumbent, record)
+        evaluated: list[tuple[Candidate, Scores, Any]] = []
+        for _, candidate in shortlisted[: optimizer.full_evals]:
+            scores = self.validate(candidate, record)
+            if scores.stopped:
+                raise BudgetSpent(scores.stopped)
+            common = [key for key in self.valset_ids if key in scores.by_example and key in incumbent_val.by_example]
+            test = None
+            if len(common) >= 2:
+                before = [incumbent_val.by_example[key] for key in common]
+                after = [scores.by_example[key] for key in common]
+                try:
+                    test = paired_test(before, after, method=optimizer.test)
+                except ValueError:
+                    test = None
+            evaluated.append((candidate, scores, test))
+        p_values = np.array([test.p_value if test is not None else np.nan for _, _, test in evaluated], dtype=float)
+        adjusted = holm(p_values) if len(p_values) else p_values
+        best: tuple[float, Candidate] | None = None
+        for (candidate, scores, test), p_adjusted in zip(evaluated, adjusted, strict=True):
+            error_rate = len(scores.errors) / max(len(self.valset), 1)
+            difference = test.mean_difference if test is not None else math.nan
+            significant = (
+                test is not None
+                and math.isfinite(p_adjusted)
+                and p_adjusted < optimizer.alpha
+                and difference > 0
+                and error_rate <= optimizer.max_error_rate
+            )
+            mean, low, high = _interval(scores.by_example)
+            outcome = {
+                "candidate": candidate.id,
+                "experiment_id": scores.experiment_id,
+                "mean": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "n": scores.n,
+                "errors": len(scores.errors),
+                "difference": _number(difference),
+                "diff_ci_low": _number(test.ci[0]) if test is not None else None,
+                "diff_ci_high": _number(test.ci[1]) if test is not None else None,
+                "test": test.test if test is not None else None,
+                "p_value": _number(test.p_value) if test is not None else None,
+                "p_adjusted": _number(float(p_adjusted)),
+                "significant": significant,
+            }
+            current.evaluations.append(outcome)
+            self.tests[candidate.id] = outcome
+            spans.append({"name": f"validate {candidate.id}", "kind": "evaluation", "attributes": {**outcome}})
+            if significant and (best is None or difference > best[0]):
+                best = (difference, candidate)
+
+        # 5. The decision.
+        if best is not None:
+            winner = best[1]
+            current.accepted_id = winner.id
+            self.incumbent = winner
+            reason = (
+                f"accepted {winner.id}: {self.tests[winner.id]['test']} p={self.tests[winner.id]['p_value']:.3g} "
+                f"(Holm {self.tests[winner.id]['p_adjusted']:.3g}) < alpha={optimizer.alpha}, "
+                f"difference {self.tests[winner.id]['difference']:+.3f}"
+            )
+        elif evaluated:
+            reason = "rejected: no candidate's paired test was significant after Holm's correction"
+        else:
+            reason = "rejected: no candidate beat the incumbent on the mini-batch"
+        current.incumbent_id = self.incumbent.id
+        current.status = "finished"
+        current.detail = reason
+        spans.append({"name": reason.split(":")[0], "kind": "decision", "attributes": {"decision": reason}})
+        self.hooks.emit_spans(step, spans)
+        self._finish_step(current, replace=True)
+        return best is not None
+
+    @property
+    def valset_ids(self) -> list[str]:
+        """The validation set's example ids, in order."""
+        return [example[0] for example in self.valset]
+
+    def _finish_step(self, record: StepRecord, *, replace: bool = False) -> None:
+        scores = self.validation.get(record.incumbent_id)
+        if scores is not None:
+            record.best_mean, record.best_ci_low, record.best_ci_high = _interval(scores.by_example)
+        spending = self.hooks.spending()
+        record.lm_calls, record.tokens, record.cost = spending["lm_calls"], spending["tokens"], spending["cost"]
+        if not replace:
+            self.steps.append(record)
+        self.hooks.record_step(record)
+        self.hooks.step_finished(record)
+
+    # -- proposals ------------------------------------------------------------------------------
+
+    def _draw_source(self, rng: np.random.Generator) -> Candidate:
+        pool = [self.candidates[key] for key in self.pool_scores if key in self.candidates] or [self.incumbent]
+        scores = np.array([np.nanmean(self.pool_scores.get(item.id, [0.0]) or [0.0]) for item in pool], dtype=float)
+        scores = np.nan_to_num(scores, nan=0.0)
+        temperature = max(self.optimizer.temperature_for_sampling, 1e-6)
+        weights = np.exp((scores - scores.max()) / temperature)
+        return pool[int(rng.choice(len(pool), p=weights / weights.sum()))]
+
+    def _propose(
+        self,
+        step: int,
+        batch: Sequence[Example],
+        sources: list[tuple[Candidate, Scores]],
+        rng: np.random.Generator,
+    ) -> list[Candidate]:
+        optimizer = self.optimizer
+        buckets = []
+        for example_id, _, example in batch:
+            runs = [
+                (scores.by_example[example_id], scores.predictions.get(example_id, "{}"), source)
+                for source, scores in sources
+                if example_id in scores.by_example
+            ]
+            if not runs:
+                continue
+            values = [run[0] for run in runs]
+            buckets.append((max(values) - min(values), max(values), example_id, example, runs))
+        buckets.sort(key=lambda bucket: (-bucket[0], -bucket[1], bucket[2]))
+        mutable = mutable_variables(self.incumbent.program, self.slots)
+        seen = {candidate.program.fingerprint for candidate in self.candidates.values()}
+        proposed: list[Candidate] = []
+        attempts = 0
+        while len(proposed) < optimizer.num_candidates and attempts < 4 * optimizer.num_candidates and buckets:
+            bucket = buckets[attempts % len(buckets)]
+            attempts += 1
+            spread, _, example_id, example, runs = bucket
+            strategies = [name for name in optimizer.strategies if name != "mutate" or mutable]
+            if spread <= 0:
+                strategies = [name for name in strategies if name != "rule"] or strategies
+            strategy = strategies[int(rng.integers(len(strategies)))]
+            made = self._make(strategy, step, example_id, example, runs, mutable, rng)
+            if made is None:
+                continue
+            program, rationale, move = made
+            if program.fingerprint in seen:
+                continue
+            seen.add(program.fingerprint)
+            candidate = Candidate(
+                f"c{len(self.candidates) + len(proposed)}", program, self.incumbent.id, step, strategy, rationale
+            )
+            if move is not None:
+                self.moves[candidate.id] = move
+            proposed.append(candidate)
+        return proposed
+
+    def _make(
+        self,
+        strategy: str,
+        step: int,
+        example_id: str,
+        example: dspy.Example,
+        runs: list[tuple[float, str, Candidate]],
+        mutable: list[str],
+        rng: np.random.Generator,
+    ) -> tuple[Any, str, tuple[str, str] | None] | None:
+        program = self.incumbent.program
+        scopes = sorted(self.slots.instructions)
+        scope = scopes[int(rng.integers(len(scopes)))]
+        ordered = sorted(runs, key=lambda run: -run[0])
+        good, bad = ordered[0], ordered[-1]
+        try:
+            if strategy == "demo":
+                fields = _prediction_fields(good[1])
+                if not fields:
+                    return None
+                demo = {**dict(example.inputs()), **fields}
+                return (
+                    append_demo(program, self.slots, scope, demo),
+                    f"demo from example {example_id}: a trajectory of {good[2].id} scoring {good[0]:g} "
+                    f"(the worst on it scored {bad[0]:g})",
+                    None,
+                )
+            if strategy == "rule":
+                rule, discussion = self._rule(example, good, bad, scope)
+                if rule is None:
+                    return None
+                return (
+                    append_rule(program, self.slots, scope, rule, max_rules=self.optimizer.max_rules),
+                    f"rule from contrasting example {example_id} ({good[2].id} scored {good[0]:g}, "
+                    f"{bad[2].id} scored {bad[0]:g}): {discussion}",
+                    None,
+                )
+            result = mutate(program, mutable, self.ledger, rng, temperature=0.05)
+            if result is None:
+                return None
+            mutated, move, rationale = result
+            return mutated, rationale, move
+        except (VariableError, OptimizerError):
+            return None
+
+    def _rule(
+        self, example: dspy.Example, good: tuple[float, str, Candidate], bad: tuple[float, str, Candidate], scope: str
+    ) -> tuple[str | None, str]:
+        names = [scope or "self"]
+        inputs = dict(example.inputs())
+
+        def trajectory(prediction: str) -> str:
+            return json.dumps(
+                [{"module_name": names[0], "inputs": inputs, "outputs": _prediction_fields(prediction)}],
+                ensure_ascii=False,
+                indent=1,
+            )
+
+        propose = dspy.Predict(ProposeRule)
+        lm = self.optimizer.rule_lm or self.lm
+        from dspex_lab.lm import metering
+
+        with metering() as meter, dspy.context(lm=lm):
+            try:
+                answer = propose(
+                    module_names=names,
+                    better_program_trajectory=trajectory(good[1]),
+                    better_reward_value=float(good[0]),
+                    worse_program_trajectory=trajectory(bad[1]),
+                    worse_reward_value=float(bad[0]),
+                )
+            except Exception as error:  # a failed proposal is skipped, never fatal
+                answer = None
+                failure = f"{type(error).__name__}: {error}"
+        usage = meter.usage()
+        self.evaluator.spending.add(
+            {
+                "lm_calls": usage.lm_calls,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cost": usage.cost,
+            }
+        )
+        self.evaluator.spending.trials -= 1  # a proposal call is spending, not a trial
+        if answer is None:
+            return None, failure
+        advice = getattr(answer, "module_advice", None)
+        text = None
+        if isinstance(advice, dict) and advice:
+            text = advice.get(names[0]) or next(iter(advice.values()))
+        rule = clean_rule(text)
+        discussion = clean_rule(getattr(answer, "discussion", "")) or ""
+        return rule, discussion
+
+
+def _hotter(lm: dspy.BaseLM, temperature: float) -> dspy.BaseLM:
+    try:
+        return lm.copy(temperature=temperature)
+    except Exception:
+        return lm
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _prediction_fields(prediction: str) -> dict[str, Any]:
+    try:
+        fields = json.loads(prediction)
+    except (TypeError, ValueError):
+        return {}
+    if not isinstance(fields, dict):
+        return {}
+    return {str(key): value for key, value in fields.items() if isinstance(value, (str, int, float, bool))}
