@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     )
     from dspex_lab.journal import open_journal
     from dspex_lab.lm import lab_lm
+    from dspex_lab.optimize import OptimizationResult, SimbaC, optimize
     from dspex_lab.program import (
         Bool,
         Choice,
@@ -85,6 +86,7 @@ _EXPORTS: dict[str, str] = {
     },
     "open_journal": "dspex_lab.journal",
     "lab_lm": "dspex_lab.lm",
+    **{name: "dspex_lab.optimize" for name in ("OptimizationResult", "SimbaC", "optimize")},
     **{
         name: "dspex_lab.program"
         for name in (
@@ -154,15 +156,15 @@ class _Package(types.ModuleType):
 
     That moment wires the layer (:func:`_layer_loaded`) however it was imported (``dx.Program``,
     ``from dspex_lab.program import Program``, or through another layer). And importing
-    ``dspex_lab.evaluate`` would bind the sub-package as the attribute ``evaluate``, hiding the
-    function of the same name: that binding is dropped, so the name resolves (lazily) to the
-    function, as it did when it was imported eagerly.
+    ``dspex_lab.evaluate`` (or ``dspex_lab.optimize``) would bind the sub-package as that attribute,
+    hiding the function of the same name: that binding is dropped, so the name resolves (lazily) to
+    the function, as it did when it was imported eagerly.
     """
 
     def __setattr__(self, name: str, value: Any) -> None:
         if isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
             _layer_loaded(name, value)
-            if name == "evaluate":
+            if name in ("evaluate", "optimize"):
                 self.__dict__.pop(name, None)
                 return
         super().__setattr__(name, value)
@@ -189,8 +191,10 @@ __all__ = [
     "Hypothesis",
     "Int",
     "ModuleType",
+    "OptimizationResult",
     "Program",
     "RerunReport",
+    "SimbaC",
     "Text",
     "Verdict",
     "VerificationReport",
@@ -207,6 +211,7 @@ __all__ = [
     "load_dataset",
     "metrics",
     "open_journal",
+    "optimize",
     "register",
     "rerun_package",
     "stats",

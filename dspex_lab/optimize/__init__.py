@@ -1,9 +1,10 @@
 """Optimization: SIMBA-C and DSPy's optimizers, every candidate evaluation journaled.
 
-:func:`optimize` runs an optimizer on a program; every trial goes through the engine
-(:func:`~dspex_lab.engine.run_trials`) into the journal, every decision is a step
-row and an orchestration span, and the :class:`OptimizationResult` can be rebuilt
-from the journal alone.
+``dx.optimize(program, trainset, valset, metric=..., optimizer=dx.SimbaC(...))`` runs
+an optimizer on a program (see :func:`~dspex_lab.optimize._optimize.optimize`): every
+trial goes through the engine (:func:`~dspex_lab.engine.run_trials`) into the
+journal, every decision is a step row and an orchestration span, and the
+:class:`OptimizationResult` can be rebuilt from the journal alone.
 """
 
 from dspex_lab.optimize._optimize import DSPY_OPTIMIZERS, OptimizationStep, optimize

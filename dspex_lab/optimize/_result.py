@@ -60,7 +60,7 @@ def candidates_frame(
             evaluations[item["candidate"]] = item
     baseline_step = next((row for row in step_rows if row.get("step") == 0), None)
     records = []
-    for row in candidate_rows:
+    for row in sorted(candidate_rows, key=lambda row: (int(row["step"]), _number_of(row["candidate_id"]))):
         key = row["candidate_id"]
         screen = screening.get(key, {})
         evaluation = evaluations.get(key, {})
@@ -91,6 +91,12 @@ def candidates_frame(
     if not records:
         return pd.DataFrame(columns=list(CANDIDATE_COLUMNS))
     return pd.DataFrame(records, columns=list(CANDIDATE_COLUMNS))
+
+
+def _number_of(candidate_id: str) -> tuple[int, str]:
+    # c2 before c10; ids of other shapes (DSPy's optimizers may name theirs) after, by text.
+    digits = candidate_id.lstrip("c")
+    return (int(digits), "") if digits.isdigit() else (1 << 30, candidate_id)
 
 
 def _float(value: Any) -> float:
