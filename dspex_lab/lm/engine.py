@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
-import json
 import threading
 import time
 from collections import OrderedDict
@@ -30,10 +29,12 @@ from dspy import lm15
 from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 
 from dspex_lab.lm import generic
+from dspex_lab.lm._feedback import REASONING_NAMES, answer_feedback, answer_proposal
+from dspex_lab.lm._skills import NO_DEMOS, SKILLS, DemoEvidence, demo_evidence, read_demo, slip_probabilities
 from dspex_lab.lm.profiles import LAB_MODELS, LabModelProfile
 from dspex_lab.lm.prompt import TEXT_FORMAT, OutputField, PromptView, read_prompt
-from dspex_lab.lm.solver import Draws, solve, step_error_probability
-from dspex_lab.tasks.arithmetic import parse_problem
+from dspex_lab.lm.solver import Draws, solve
+from dspex_lab.tasks.arithmetic import ArithmeticProblem, parse_problem
 
 __all__ = [
     "AsyncLabEngine",
@@ -45,7 +46,7 @@ __all__ = [
 
 _ROLLOUT: contextvars.ContextVar[Any] = contextvars.ContextVar("dspex_lab_rollout", default=None)
 
-_REASONING_NAMES = frozenset({"reasoning", "rationale", "thought", "thoughts", "thinking", "explanation", "steps"})
+_REASONING_NAMES = REASONING_NAMES
 _NUMERIC_TYPES = frozenset({"int", "float"})
 _CHARACTERS_PER_TOKEN = 4
 _LEDGER_LIMIT = 65536
@@ -361,39 +362,49 @@ def _field_draw(draws: Draws) -> int:
     return draws.integer(1 << 30)
 
 
-def _advice_for(view: PromptView, fields: tuple[OutputField, ...], draws: Draws) -> dict[str, Any] | None:
-    """Answer a SIMBA-style feedback request: a discussion and advice per module name."""
-    raw_names = view.inputs.get("module_names")
-    if raw_names is None:
-        return None
-    try:
-        names = json.loads(raw_names)
-    except ValueError:
-        names = [name.strip(" -*'\"") for name in raw_names.replace(",", "\n").splitlines() if name.strip()]
-    if not isinstance(names, list):
-        names = [str(names)]
-    better = view.inputs.get("better_reward_value", "?")
-    worse = view.inputs.get("worse_reward_value", "?")
-    advice = (
-        "If the module receives a multi-step word problem, then it should solve it step by step, "
-        "double-check each arithmetic operation before moving on, and answer with a single integer."
-    )
-    values: dict[str, Any] = {}
+def _demo_evidence(view: PromptView, answer_name: str, reasoning_name: str | None) -> DemoEvidence:
+    """Read the prompt's demos: the skills their questions show and whether their answers are right."""
+    if not view.demos:
+        return NO_DEMOS
+    readings = []
+    for demo in view.demos:
+        question = next((value for value in demo.inputs.values() if parse_problem(value) is not None), "")
+        answer = demo.outputs.get(answer_name)
+        reasoning = demo.outputs.get(reasoning_name, "") if reasoning_name else ""
+        readings.append(read_demo(question, answer, reasoning))
+    return demo_evidence(tuple(readings))
+
+
+def _fill(values: dict[str, Any], view: PromptView, fields: tuple[OutputField, ...], draws: Draws) -> str:
+    """Render ``values``, filling the fields left at None with generic values."""
     for field in fields:
-        if field.type_name.replace(" ", "").startswith(("dict[", "Dict[")):
-            values[field.name] = {str(name): advice for name in names}
-        elif field.type_name == "str":
-            values[field.name] = (
-                f"The better trajectory (reward {better}) kept every intermediate amount explicit; the worse one "
-                f"(reward {worse}) slipped on an arithmetic step and carried the error to the final answer."
-            )
-        else:
+        if values.get(field.name) is None:
             values[field.name] = generic.value_for_field(field, view.inputs, draw=_field_draw(draws))
-    return values
+    return generic.render(values, view.system.response_format)
+
+
+def _answer_value(field: OutputField, problem: ArithmeticProblem, answer: int) -> Any:
+    if field.type_name == "float":
+        return float(answer)
+    if field.type_name == "int":
+        return answer
+    if problem.asks == "parity":
+        return "even" if answer % 2 == 0 else "odd"
+    return str(answer)
 
 
 def _compose(view: PromptView, profile: LabModelProfile, *, temperature: float, draws: Draws) -> str:
     fields = view.system.output_fields
+    base_rates = profile.base_rates(SKILLS)
+    if fields and "module_names" in view.inputs:
+        feedback = answer_feedback(view, fields, profile, draws)
+        if feedback is not None:
+            return _fill(feedback, view, fields, draws)
+    if fields and any("instruction" in field.name for field in fields):
+        proposal = answer_proposal(view, fields, profile, draws)
+        if proposal is not None:
+            return _fill(proposal, view, fields, draws)
+
     problem = None
     for value in view.inputs.values():
         problem = parse_problem(value)
@@ -402,14 +413,15 @@ def _compose(view: PromptView, profile: LabModelProfile, *, temperature: float, 
 
     if not fields:
         if problem is not None:
-            solution = solve(
-                problem,
-                step_error=step_error_probability(
-                    profile, temperature=temperature, reasoning=True, demo_count=0, instructions=""
-                ),
-                draws=draws,
+            probabilities = slip_probabilities(
+                base_rates,
+                profile.direct_answer_penalty,
+                temperature=temperature,
+                reasoning=True,
+                demos=NO_DEMOS,
+                instructions="",
             )
-            return f"{solution.reasoning}"
+            return solve(problem, slip_probabilities=probabilities, draws=draws).reasoning
         return f"({profile.name} simulated reply) {generic.excerpt(view.inputs, words=24)}"
 
     if problem is not None:
@@ -422,31 +434,25 @@ def _compose(view: PromptView, profile: LabModelProfile, *, temperature: float, 
         if answer_field is not None:
             answer_index = names.index(answer_field.name)
             reasoning_field = next((field for field in fields[:answer_index] if field.name in _REASONING_NAMES), None)
-            step_error = step_error_probability(
-                profile,
+            probabilities = slip_probabilities(
+                base_rates,
+                profile.direct_answer_penalty,
                 temperature=temperature,
                 reasoning=reasoning_field is not None,
-                demo_count=view.demo_count,
+                demos=_demo_evidence(view, answer_field.name, reasoning_field.name if reasoning_field else None),
                 instructions=view.system.instructions,
             )
-            solution = solve(problem, step_error=step_error, draws=draws)
+            solution = solve(problem, slip_probabilities=probabilities, draws=draws)
             values: dict[str, Any] = {}
             for field in fields:
                 if field is answer_field:
-                    values[field.name] = (
-                        float(solution.answer)
-                        if field.type_name == "float"
-                        else (solution.answer if field.type_name == "int" else str(solution.answer))
-                    )
+                    values[field.name] = _answer_value(field, problem, solution.answer)
                 elif field is reasoning_field:
                     values[field.name] = solution.reasoning
                 else:
                     values[field.name] = generic.value_for_field(field, view.inputs, draw=_field_draw(draws))
             return generic.render(values, view.system.response_format)
 
-    advice = _advice_for(view, fields, draws)
-    if advice is not None:
-        return generic.render(advice, view.system.response_format)
     values = {field.name: generic.value_for_field(field, view.inputs, draw=_field_draw(draws)) for field in fields}
     if view.system.response_format == TEXT_FORMAT:
         return generic.render(values, "chat")

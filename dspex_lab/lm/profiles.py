@@ -15,11 +15,15 @@ class LabModelProfile:
         name: the model string (``lab/small``).
         input_price_per_million: simulated US dollars per 1M input tokens.
         output_price_per_million: simulated US dollars per 1M output tokens.
-        step_error_rate: the chance of an arithmetic slip per solution step
-            when reasoning is written out at temperature 0, before the
-            demo/instruction adjustments (the accuracy knob of the model).
+        skill_error_rates: the chance of a slip per solution step of each skill
+            (``groups``, ``addition``, ``subtraction``, ``scaling``, ``division``)
+            when reasoning is written out at temperature 0, before the demo and
+            instruction effects (the accuracy knobs of the model; see
+            ``docs/lab_world.md``).
         direct_answer_penalty: how many times more likely a slip is when the
             model must answer without a reasoning field (``dspy.Predict``).
+        diagnosis_accuracy: the chance that the model names the right skill when
+            it diagnoses a slip for an optimizer (feedback and instruction proposals).
         nominal_latency_seconds: the latency a real model of this class would
             have. Documentation only: the engine sleeps exactly the
             ``latency`` it is given, so benchmarks stay exact.
@@ -29,10 +33,16 @@ class LabModelProfile:
     name: str
     input_price_per_million: float
     output_price_per_million: float
-    step_error_rate: float
+    skill_error_rates: tuple[tuple[str, float], ...]
     direct_answer_penalty: float
+    diagnosis_accuracy: float
     nominal_latency_seconds: float
     description: str
+
+    def base_rates(self, skills: tuple[str, ...]) -> tuple[float, ...]:
+        """Return the base slip rates of ``skills``, in that order."""
+        rates = dict(self.skill_error_rates)
+        return tuple(rates[skill] for skill in skills)
 
 
 LAB_MODELS: dict[str, LabModelProfile] = {
@@ -40,19 +50,33 @@ LAB_MODELS: dict[str, LabModelProfile] = {
         name="lab/small",
         input_price_per_million=0.15,
         output_price_per_million=0.60,
-        step_error_rate=0.085,
+        skill_error_rates=(
+            ("groups", 0.31),
+            ("addition", 0.035),
+            ("subtraction", 0.045),
+            ("scaling", 0.08),
+            ("division", 0.10),
+        ),
         direct_answer_penalty=2.2,
+        diagnosis_accuracy=0.6,
         nominal_latency_seconds=0.4,
-        description="cheap, fast, makes arithmetic slips fairly often",
+        description="cheap, fast, often adds the group count and size instead of multiplying",
     ),
     "lab/large": LabModelProfile(
         name="lab/large",
         input_price_per_million=2.50,
         output_price_per_million=10.00,
-        step_error_rate=0.04,
+        skill_error_rates=(
+            ("groups", 0.11),
+            ("addition", 0.015),
+            ("subtraction", 0.02),
+            ("scaling", 0.03),
+            ("division", 0.04),
+        ),
         direct_answer_penalty=2.2,
+        diagnosis_accuracy=0.9,
         nominal_latency_seconds=1.2,
-        description="about 16x the price of lab/small, roughly half the slips",
+        description="about 16x the price of lab/small, about 40% of its slips, better at diagnosing them",
     ),
 }
 

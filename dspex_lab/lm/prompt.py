@@ -12,8 +12,10 @@ import json
 import re
 import threading
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
-__all__ = ["OutputField", "PromptView", "SystemView", "read_prompt"]
+__all__ = ["DemoTurn", "OutputField", "PromptView", "SystemView", "read_prompt"]
 
 CHAT_FORMAT = "chat"
 JSON_FORMAT = "json"
@@ -54,6 +56,19 @@ class SystemView:
 
 
 @dataclass(frozen=True)
+class DemoTurn:
+    """One few-shot demo: a user turn and the assistant turn that answers it.
+
+    Attributes:
+        inputs: the ``[[ ## name ## ]]`` sections of the user turn.
+        outputs: the output fields of the assistant turn (sections or a JSON object), as text.
+    """
+
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+
+
+@dataclass(frozen=True)
 class PromptView:
     """A whole request as the simulator understands it.
 
@@ -62,12 +77,14 @@ class PromptView:
         inputs: the input field values of the last user message.
         demo_count: how many few-shot demos (prior assistant turns) the prompt holds.
         last_user_text: the raw text of the last user message.
+        demos: the demos, in order (an assistant turn with the user turn before it).
     """
 
     system: SystemView
     inputs: dict[str, str]
     demo_count: int
     last_user_text: str
+    demos: tuple[DemoTurn, ...] = ()
 
 
 def _fields_section(system: str, start: str, end: str) -> str:
@@ -153,13 +170,38 @@ def read_inputs(text: str) -> dict[str, str]:
     return {pieces[index]: pieces[index + 1].strip() for index in range(1, len(pieces) - 1, 2)}
 
 
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+# Programs repeat the same demo turns in every prompt; memoize their parsing.
+@lru_cache(maxsize=4096)
+def _read_demo(user_text: str, assistant_text: str) -> DemoTurn:
+    outputs = read_inputs(assistant_text)
+    outputs.pop("completed", None)
+    if not outputs:
+        try:
+            loaded = json.loads(assistant_text)
+        except ValueError:
+            loaded = None
+        if isinstance(loaded, dict):
+            outputs = {str(name): _as_text(value) for name, value in loaded.items()}
+    return DemoTurn(read_inputs(user_text), outputs)
+
+
 def read_prompt(system: str, messages: list[tuple[str, str]]) -> PromptView:
     """Parse a request given as a system text and ``(role, text)`` messages."""
     system_view = read_system(system)
     last_user_text = next((text for role, text in reversed(messages) if role == "user"), "")
-    demo_count = sum(1 for role, _ in messages if role == "assistant")
+    demos = tuple(
+        _read_demo(messages[index - 1][1] if index and messages[index - 1][0] == "user" else "", text)
+        for index, (role, text) in enumerate(messages)
+        if role == "assistant"
+    )
     inputs = read_inputs(last_user_text)
     if not inputs and last_user_text:
         # A plain prompt (lm("...")) has no field markers: treat it as one input.
         inputs = {"prompt": last_user_text.strip()}
-    return PromptView(system_view, inputs, demo_count, last_user_text)
+    return PromptView(system_view, inputs, len(demos), last_user_text, demos)

@@ -1,11 +1,12 @@
-"""The lab LM's one skill: solving the bundled arithmetic problems, imperfectly.
+"""The lab LM's one task skill: solving the bundled arithmetic problems, imperfectly.
 
 The solver reads the problem text with the dataset's own grammar, computes the
-answer step by step, and makes plausible slips (off-by-one, wrong operation,
-dropped step) at a per-step rate that depends on the configuration a real
-model would be sensitive to: model size, temperature, whether reasoning is
-written out, the number of few-shot demos and the instructions. It never sees
-a gold answer.
+answer step by step, and slips on a step with a probability that depends on the
+skill the step needs and on the configuration a real model would be sensitive
+to (see :mod:`dspex_lab.lm._skills` and ``docs/lab_world.md``). Each slip has a
+skill-specific kind (adding the group count and size instead of multiplying
+them, off by one, the wrong operation, a dropped step...) and the reasoning
+text shows it. It never sees a gold answer.
 """
 
 from __future__ import annotations
@@ -13,24 +14,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from dspex_lab.lm.profiles import LabModelProfile
+from dspex_lab.lm._skills import SKILLS, SlipOption, skill_of, slip_options
 from dspex_lab.tasks.arithmetic import ArithmeticProblem, ArithmeticStep, apply_step
 
-__all__ = ["Draws", "Solution", "solve", "step_error_probability"]
-
-# Each group names phrasings that tell a model to work more carefully; every
-# group present lowers the slip rate a little (capped), as prompt wording does.
-_INSTRUCTION_HINTS: tuple[tuple[str, ...], ...] = (
-    ("step by step", "step-by-step"),
-    ("carefully", "careful"),
-    ("double-check", "double check", "verify", "recheck", "re-check", "check each"),
-    ("integer", "number", "numeric"),
-)
-_INSTRUCTION_BONUS = 0.06
-_DEMO_BONUS = 0.05
-_MAXIMUM_HELPFUL_DEMOS = 4
-_TEMPERATURE_SENSITIVITY = 0.9
-_MAXIMUM_STEP_ERROR = 0.9
+__all__ = ["Draws", "Solution", "solve"]
 
 
 class Draws:
@@ -63,31 +50,6 @@ class Draws:
         return int(self.uniform() * upper)
 
 
-def step_error_probability(
-    profile: LabModelProfile, *, temperature: float, reasoning: bool, demo_count: int, instructions: str
-) -> float:
-    """Return the chance of a slip per solution step under a configuration.
-
-    Args:
-        profile: the simulated model.
-        temperature: the sampling temperature (higher means more slips).
-        reasoning: whether the prompt asks for a reasoning field before the answer.
-        demo_count: few-shot demos in the prompt (up to four help a little each).
-        instructions: the signature instructions (careful wording helps a little).
-
-    Returns:
-        The per-step slip probability.
-    """
-    probability = profile.step_error_rate * (1.0 + _TEMPERATURE_SENSITIVITY * temperature * temperature)
-    if not reasoning:
-        probability *= profile.direct_answer_penalty
-    probability *= 1.0 - _DEMO_BONUS * min(demo_count, _MAXIMUM_HELPFUL_DEMOS)
-    lowered = instructions.lower()
-    hints = sum(1 for group in _INSTRUCTION_HINTS if any(phrase in lowered for phrase in group))
-    probability *= 1.0 - _INSTRUCTION_BONUS * min(hints, 3)
-    return min(probability, _MAXIMUM_STEP_ERROR)
-
-
 @dataclass(frozen=True)
 class Solution:
     """A worked (possibly wrong) solution.
@@ -103,50 +65,40 @@ class Solution:
     slips: int
 
 
-_OPERATION_SYMBOLS = {"add": "+", "subtract": "-", "multiply": "*", "divide": "/"}
 _OPENINGS = ("Start with {start} {item}.", "Initially there are {start} {item}.", "We begin with {start} {item}.")
 _CLOSINGS = ("So the final count is {value} {item}.", "That leaves {value} {item}.", "The answer is {value}.")
+_SYMBOLS = {"add": "+", "subtract": "-", "multiply": "*", "divide": "/"}
+_SKILL_INDEX = {skill: index for index, skill in enumerate(SKILLS)}
 
 
-def _describe(step: ArithmeticStep, before: int, after: int, *, operation: str, product: int | None) -> str:
+def _line(step: ArithmeticStep, expression: str, after: int) -> str:
     clause = step.clause[:1].upper() + step.clause[1:]
-    if operation in ("add_groups", "subtract_groups"):
-        symbol = "+" if operation == "add_groups" else "-"
-        return f"{clause}: {step.amount} * {step.group_size} = {product}, so {before} {symbol} {product} = {after}."
-    if operation == "mixed_groups":
-        # The slip of adding the group count and size instead of multiplying.
+    return f"{clause}: {expression} = {after}."
+
+
+def _exact_expression(step: ArithmeticStep, before: int) -> str:
+    if step.group_size:
         symbol = "+" if step.operation == "add_groups" else "-"
-        return f"{clause}: {step.amount} + {step.group_size} = {product}, so {before} {symbol} {product} = {after}."
-    return f"{clause}: {before} {_OPERATION_SYMBOLS[operation]} {step.amount} = {after}."
+        product = step.amount * step.group_size
+        return f"{step.amount} * {step.group_size} = {product}, so {before} {symbol} {product}"
+    return f"{before} {_SYMBOLS[step.operation]} {step.amount}"
 
 
-def _slipped_step(step: ArithmeticStep, before: int, draws: Draws) -> tuple[int, str | None]:
-    """Return the wrong result of ``step`` and the text showing it (None: the step was skipped)."""
-    kind = draws.uniform()
-    correct = apply_step(before, step)
-    if kind < 0.45:
-        after = max(correct + (1 if draws.uniform() < 0.5 else -1), 0)
-        if step.operation in ("add_groups", "subtract_groups"):
-            product = step.amount * step.group_size
-            return after, _describe(step, before, after, operation=step.operation, product=product)
-        return after, _describe(step, before, after, operation=step.operation, product=None)
-    if kind < 0.8:
-        if step.operation in ("add_groups", "subtract_groups"):
-            product = step.amount + step.group_size
-            after = before + product if step.operation == "add_groups" else max(before - product, 0)
-            return after, _describe(step, before, after, operation="mixed_groups", product=product)
-        swapped = {"add": "subtract", "subtract": "add", "multiply": "add", "divide": "subtract"}[step.operation]
-        after = max(apply_step(before, ArithmeticStep(swapped, step.amount)), 0)
-        return after, _describe(step, before, after, operation=swapped, product=None)
-    return before, None
+def _pick(options: tuple[SlipOption, ...], draw: float) -> SlipOption:
+    cumulative = 0.0
+    for option in options:
+        cumulative += option.weight
+        if draw < cumulative:
+            return option
+    return options[-1]
 
 
-def solve(problem: ArithmeticProblem, *, step_error: float, draws: Draws) -> Solution:
-    """Work ``problem`` step by step, slipping at rate ``step_error`` per step.
+def solve(problem: ArithmeticProblem, *, slip_probabilities: tuple[float, ...], draws: Draws) -> Solution:
+    """Work ``problem`` step by step, slipping on each step at its skill's rate.
 
     Args:
         problem: the parsed problem.
-        step_error: the per-step slip probability.
+        slip_probabilities: the slip probability per skill, in ``SKILLS`` order.
         draws: the deterministic random stream of this call.
 
     Returns:
@@ -156,15 +108,15 @@ def solve(problem: ArithmeticProblem, *, step_error: float, draws: Draws) -> Sol
     value = problem.start
     slips = 0
     for step in problem.steps:
-        if draws.uniform() < step_error:
+        if draws.uniform() < slip_probabilities[_SKILL_INDEX[skill_of(step)]]:
             slips += 1
-            value, text = _slipped_step(step, value, draws)
-            if text is not None:
-                lines.append(text)
+            option = _pick(slip_options(step, value), draws.uniform())
+            if option.expression is not None:
+                lines.append(_line(step, option.expression, option.after))
+            value = option.after
             continue
         after = apply_step(value, step)
-        product = step.amount * step.group_size if step.group_size else None
-        lines.append(_describe(step, value, after, operation=step.operation, product=product))
+        lines.append(_line(step, _exact_expression(step, value), after))
         value = after
     lines.append(_CLOSINGS[draws.integer(len(_CLOSINGS))].format(value=value, item=problem.item))
     return Solution(answer=value, reasoning=" ".join(lines), slips=slips)

@@ -26,17 +26,20 @@ from functools import cache, lru_cache
 __all__ = [
     "MAXIMUM_STEPS",
     "MINIMUM_STEPS",
+    "PARITY_ANSWERS",
     "TOPICS",
     "ArithmeticProblem",
     "ArithmeticStep",
     "GeneratedProblem",
     "apply_step",
+    "ask_parity",
     "generate_problem",
     "parse_problem",
 ]
 
 MINIMUM_STEPS = 2
 MAXIMUM_STEPS = 4
+PARITY_ANSWERS = ("even", "odd")
 
 
 @dataclass(frozen=True)
@@ -104,12 +107,15 @@ class ArithmeticProblem:
         item: the counted item word (e.g. ``apples``).
         container: the container word used by group steps, if any.
         steps: the operations in order.
+        asks: what the question asks: ``count`` (how many items) or ``parity``
+            (whether the final amount is even or odd; see :func:`ask_parity`).
     """
 
     start: int
     item: str
     container: str
     steps: tuple[ArithmeticStep, ...]
+    asks: str = "count"
 
     def solve(self) -> int:
         """Return the exact final amount."""
@@ -271,6 +277,23 @@ def generate_problem(seed: int, index: int) -> GeneratedProblem:
     return GeneratedProblem(question=question, answer=answer, topic=topic_name, difficulty=difficulty)
 
 
+def ask_parity(question: str) -> str:
+    """Return ``question`` asking whether the final amount is even or odd instead of how many.
+
+    Example:
+        >>> ask_parity("Maya has 12 apples. She loses 3 apples. How many apples does she have now?")
+        'Maya has 12 apples. She loses 3 apples. Is the number of apples she has now even or odd?'
+
+    Raises:
+        ValueError: ``question`` does not end with the grammar's "How many ... have now?" question.
+    """
+    match = _grammar().question.search(question)
+    if match is None:
+        raise ValueError(f"not a question of the arithmetic grammar: {question[:80]!r}")
+    pronoun = "she" if " does she have now?" in match.group(0) else "he"
+    return f"{question[: match.start()]}Is the number of {match['item']} {pronoun} has now even or odd?"
+
+
 # --- reading -------------------------------------------------------------------
 
 _WORD = r"[A-Za-z]+"
@@ -299,6 +322,7 @@ class _Grammar:
 
     opening: re.Pattern[str]
     question: re.Pattern[str]
+    parity_question: re.Pattern[str]
     clauses: tuple[tuple[str, re.Pattern[str]], ...]
     subject: re.Pattern[str]
     clause_split: re.Pattern[str]
@@ -310,6 +334,7 @@ def _grammar() -> _Grammar:
     return _Grammar(
         opening=re.compile(rf"^\s*(?P<name>[A-Z]{_WORD}?) has (?P<start>\d+) (?P<item>{_WORD})\.\s*"),
         question=re.compile(rf"How many (?P<item>{_WORD}) does (?:she|he) have now\?\s*$"),
+        parity_question=re.compile(rf"Is the number of (?P<item>{_WORD}) (?:she|he) has now even or odd\?\s*$"),
         clauses=tuple((operation, re.compile(pattern + r"$")) for operation, pattern in _CLAUSES),
         subject=re.compile(r"^(?:Then (?:she|he)|She|He) "),
         # Split at " and " only where a verb of the grammar follows, so "packs ... and
@@ -339,6 +364,9 @@ def _read_clause(clause: str, grammar: _Grammar) -> ArithmeticStep | None:
 def parse_problem(text: str) -> ArithmeticProblem | None:
     """Read an arithmetic word problem of the bundled family from its text.
 
+    The question may ask how many items there are now, or (the null task's
+    form, :func:`ask_parity`) whether that number is even or odd.
+
     Args:
         text: the question text (surrounding whitespace is ignored).
 
@@ -350,6 +378,10 @@ def parse_problem(text: str) -> ArithmeticProblem | None:
     text = text.strip()
     opening = grammar.opening.match(text)
     question = grammar.question.search(text)
+    asks = "count"
+    if question is None:
+        question = grammar.parity_question.search(text)
+        asks = "parity"
     if opening is None or question is None or question.start() < opening.end():
         return None
     body = text[opening.end() : question.start()].strip()
@@ -370,4 +402,6 @@ def parse_problem(text: str) -> ArithmeticProblem | None:
             steps.append(step)
     if not steps:
         return None
-    return ArithmeticProblem(start=int(opening["start"]), item=opening["item"], container=container, steps=tuple(steps))
+    return ArithmeticProblem(
+        start=int(opening["start"]), item=opening["item"], container=container, steps=tuple(steps), asks=asks
+    )

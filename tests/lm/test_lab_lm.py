@@ -29,6 +29,7 @@ from dspex_lab.lm import (
     lm_cost,
     resolve_lm,
 )
+from dspex_lab.lm._skills import read_instructions
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -162,7 +163,9 @@ def test_the_solver_does_not_read_the_gold_answer():
             answer = str(program(question=mislabeled.question).answer)
             solved += answer == str(parse_problem(example.question).solve())
             copied += answer == mislabeled.answer
-    assert solved >= 0.6 * len(examples)
+    # Wrong demos hurt the skills they show (docs/lab_world.md, section 3), so the
+    # bar is lower than the model's clean accuracy; copying stays near zero.
+    assert solved >= 0.5 * len(examples)
     assert copied <= 2
 
 
@@ -322,7 +325,10 @@ def test_simba_feedback_signature_parses_with_advice_per_module():
         )
     assert isinstance(feedback.discussion, str) and feedback.discussion
     assert set(feedback.module_advice) == set(names)
-    assert all("step by step" in advice for advice in feedback.module_advice.values())
+    # The trajectories show no question, so nothing diverges and no module gets a skill rule
+    # (the old canned "step by step" advice is gone; tests/lm/test_lab_world.py covers diagnoses).
+    assert "no skill to correct" in feedback.discussion
+    assert all(read_instructions(advice).rules == frozenset() for advice in feedback.module_advice.values())
 
 
 def test_dspy_simba_runs_on_the_lab_lm():
