@@ -82,7 +82,7 @@ _RULE_CUES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("division", (r"\b(?:divid\w*|split\w*|equally|equal (?:groups?|parts?|shares?)|quotient|one (?:group|share))\b",)),
-    ("scaling", (r"\b(?:doubl\w*|tripl\w*|twice|three times|[23]x)\b",)),
+    ("scaling", (r"\b(?:doubl(?!e[- ]check)\w*|tripl\w*|twice|three times|[23]x)\b",)),
     (
         "subtraction",
         (
@@ -240,6 +240,7 @@ _SLIP_WORDS = {
     "other_share": "kept the wrong share",
     "wrong_result": "computed a wrong result",
 }
+_ARTICLE = {"groups": "a", "addition": "an", "subtraction": "a", "scaling": "a", "division": "a"}
 _RESULT = re.compile(r"=\s*(-?\d+)")
 _INTEGER = re.compile(r"^\s*(-?\d+)(?:\.0+)?\s*$")
 
@@ -276,7 +277,8 @@ class Diagnosis:
                 "answer_only": "Its steps are right, but the stated answer does not match its own last step.",
             }.get(self.kind, "Its answer is wrong, but the working does not show where it went wrong.")
         return (
-            f"It first diverges at step {(self.step_index or 0) + 1} ('{self.clause}'), a {self.skill} step: it "
+            f"It first diverges at step {(self.step_index or 0) + 1} ('{self.clause}'), {_ARTICLE[self.skill]} "
+            f"{self.skill} step: it "
             f"{_SLIP_WORDS.get(self.kind, 'computed a wrong result')}, stating {self.stated} where the exact "
             f"running amount is {self.expected}."
         )
