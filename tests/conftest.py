@@ -12,6 +12,8 @@ import pytest
 
 # The loopback provider is a plain module of the test suite (tests have no packages under importlib mode).
 sys.path.insert(0, str(Path(__file__).parent / "providers"))
+# So are the optimizer tests' oracle modules (tests/optimize/oracle.py).
+sys.path.insert(0, str(Path(__file__).parent / "optimize"))
 from loopback import LoopbackProvider
 
 

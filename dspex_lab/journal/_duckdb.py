@@ -343,7 +343,7 @@ class DuckDBJournal:
         Returns:
             The number of trial rows given.
         """
-        if not rows:
+        if not rows and not len(spans):
             with self._connect(write=True) as connection:
                 connection.execute("UPDATE experiments SET heartbeat_at = ? WHERE id = ?", [_now(), experiment_id])
             return 0

@@ -183,6 +183,10 @@ class CandidateEvaluator:
         """Return the recorded trial rows of one evaluation (this process's and a resumed run's)."""
         return list(self._rows.get(experiment_id, {}).values())
 
+    def rows_by_experiment(self) -> dict[str, list[dict[str, Any]]]:
+        """Return every trial row this run knows, by evaluation experiment."""
+        return {experiment_id: list(rows.values()) for experiment_id, rows in self._rows.items()}
+
     def evaluate(
         self,
         program: Program,

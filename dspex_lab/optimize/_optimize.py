@@ -519,7 +519,7 @@ class _Session:
             status_detail=self.detail,
             step_rows=rows,
             candidate_rows=list(self.candidate_rows.values()),
-            trials=memory_trials(self.evaluator._rows),
+            trials=memory_trials(self.evaluator.rows_by_experiment()),
             spending=self.evaluator.spending.to_summary(),
             journal=None,
         )
