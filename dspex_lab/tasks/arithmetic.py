@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
+from dspex_lab.errors import DatasetError
+
 __all__ = [
     "MAXIMUM_STEPS",
     "MINIMUM_STEPS",
@@ -285,11 +287,13 @@ def ask_parity(question: str) -> str:
         'Maya has 12 apples. She loses 3 apples. Is the number of apples she has now even or odd?'
 
     Raises:
-        ValueError: ``question`` does not end with the grammar's "How many ... have now?" question.
+        DatasetError: ``question`` does not end with the grammar's "How many ... have now?" question.
     """
     match = _grammar().question.search(question)
     if match is None:
-        raise ValueError(f"not a question of the arithmetic grammar: {question[:80]!r}")
+        raise DatasetError(
+            f"ask_parity needs a question ending 'How many <items> does she/he have now?', got {question[-80:]!r}"
+        )
     pronoun = "she" if " does she have now?" in match.group(0) else "he"
     return f"{question[: match.start()]}Is the number of {match['item']} {pronoun} has now even or odd?"
 

@@ -2,8 +2,9 @@ import collections
 
 import dspy
 import pytest
+from scipy.stats import binomtest
 
-from dspex_lab.datasets import TOPICS, arithmetic, parse_problem
+from dspex_lab.datasets import TOPICS, arithmetic, null_arithmetic, parse_problem
 from dspex_lab.errors import DatasetError
 
 
@@ -76,3 +77,30 @@ def test_a_bad_count_is_a_dataset_error(count):
 
 def test_zero_examples_is_empty():
     assert arithmetic(0) == []
+
+
+def test_the_null_task_has_coin_labels_independent_of_the_question():
+    examples = null_arithmetic(2000, seed=0)
+    assert [e.id for e in examples[:2]] == ["null-0-0", "null-0-1"]
+    assert all(set(e.inputs().keys()) == {"question"} for e in examples)
+    assert [e.question for e in examples[:30]] == [
+        e.question.replace("How many", "Is the number of").rsplit(" does ", 1)[0]
+        + (" she" if " does she " in e.question else " he")
+        + " has now even or odd?"
+        for e in arithmetic(30, seed=0)
+    ]
+    labels = [e.answer for e in examples]
+    assert set(labels) == {"even", "odd"}
+    truth = ["even" if parse_problem(e.question).solve() % 2 == 0 else "odd" for e in examples]
+    agreements = sum(label == parity for label, parity in zip(labels, truth, strict=True))
+    # The label agrees with the true parity as often as a fair coin would.
+    assert binomtest(agreements, len(examples), 0.5).pvalue > 0.05
+    assert binomtest(labels.count("even"), len(labels), 0.5).pvalue > 0.05
+    assert [e.toDict() for e in null_arithmetic(20, seed=0)] == [e.toDict() for e in examples[:20]]
+    assert [e.answer for e in null_arithmetic(200, seed=1)] != labels[:200]
+
+
+@pytest.mark.parametrize("count", [-1, 2.5, True])
+def test_a_bad_null_count_is_a_dataset_error(count):
+    with pytest.raises(DatasetError, match="null_arithmetic"):
+        null_arithmetic(count)

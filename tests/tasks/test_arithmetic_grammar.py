@@ -3,6 +3,7 @@ import sys
 
 import pytest
 
+from dspex_lab.errors import DatasetError
 from dspex_lab.tasks import (
     MAXIMUM_STEPS,
     MINIMUM_STEPS,
@@ -13,6 +14,7 @@ from dspex_lab.tasks import (
     generate_problem,
     parse_problem,
 )
+from dspex_lab.tasks.arithmetic import ask_parity
 
 
 def test_generated_problems_depend_only_on_seed_and_index_and_parse_back():
@@ -73,3 +75,18 @@ def test_the_grammar_imports_only_the_standard_library():
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"
+
+
+def test_parity_questions_parse_back_with_the_same_steps():
+    for index in range(300):
+        problem = generate_problem(5, index)
+        parity = ask_parity(problem.question)
+        assert parity.endswith("has now even or odd?")
+        counted, asked = parse_problem(problem.question), parse_problem(parity)
+        assert (counted.asks, asked.asks) == ("count", "parity")
+        assert asked.steps == counted.steps and asked.solve() == problem.answer
+
+
+def test_ask_parity_refuses_text_outside_the_grammar():
+    with pytest.raises(DatasetError, match="How many"):
+        ask_parity("What is the capital of France?")
