@@ -45,11 +45,14 @@ OUTCOMES = ("baseline", "accepted", "rejected", "screened only", "not evaluated"
 # Screening and full scores of one step are drawn side by side around the step's tick.
 _SCREEN_OFFSET = 0.15
 _RATIONALE_CHARACTERS = 120
-_VALUE_CHARACTERS = 24
+_VALUE_CHARACTERS = 40
+# A cell of the variables panel is one step wide: its label is cut shorter than the hover's value.
+_LABEL_CHARACTERS = 12
 # A string variable longer than this (or with a line break) is text, not a choice: it is not drawn.
 _TEXT_CHARACTERS = 60
-_PANEL_WIDTH = 520
-_PANEL_HEIGHT = 320
+# The plot area's size, so every panel's axes line up whatever its legend's width.
+_FRAME_WIDTH = 600
+_FRAME_HEIGHT = 240
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,8 @@ class ConvergenceData:
             (screening minus validation mean), and the parent's ``parent_step`` / ``parent_score``.
         edges: one row per candidate with a parent: ``parent_step``, ``parent_score``, ``step``,
             ``score``, ``candidate_id``.
-        variables: one row per step and drawn variable: ``step``, ``variable``, ``value`` (as shown),
+        variables: one row per step and drawn variable: ``step``, ``variable``, ``value`` (as shown on hover),
+            ``label`` (shortened, printed on the cell),
             ``level`` (0..1 within the variable, so a change shows as a change of colour), ``changed``.
     """
 
@@ -225,7 +229,15 @@ def _shown(value: Any) -> str:
     return _truncate(value, _VALUE_CHARACTERS) if value is not None else "None"
 
 
-def _variable_frame(best: pd.DataFrame, candidates: pd.DataFrame, raw_candidates: pd.DataFrame) -> pd.DataFrame:
+def _label(value: Any) -> str:
+    """Return a cell's short label: a dotted path (a module type) by its last part."""
+    shown = _shown(value)
+    if isinstance(value, str) and "." in value and " " not in value:
+        shown = value.rsplit(".", 1)[-1] or shown
+    return _truncate(shown, _LABEL_CHARACTERS)
+
+
+def _variable_frame(best: pd.DataFrame, raw_candidates: pd.DataFrame) -> pd.DataFrame:
     values_by_id = {
         str(candidate_id): raw
         for candidate_id, raw in zip(raw_candidates["candidate_id"], raw_candidates["values"], strict=True)
@@ -265,13 +277,17 @@ def _variable_frame(best: pd.DataFrame, candidates: pd.DataFrame, raw_candidates
                     "step": int(step),
                     "variable": name,
                     "value": _shown(value),
+                    "label": _label(value),
                     "level": float(level),
                     "changed": previous is not None and value != previous,
                 }
             )
             previous = value
-    frame = pd.DataFrame.from_records(records, columns=["step", "variable", "value", "level", "changed"])
-    return frame.astype({"step": int, "variable": object, "value": object, "level": float, "changed": bool})
+    frame = pd.DataFrame.from_records(records, columns=["step", "variable", "value", "label", "level", "changed"])
+    # Object, not pandas' arrow strings: holoviews reshapes a heat map's columns onto its grid.
+    return frame.astype(
+        {"step": int, "variable": object, "value": object, "label": object, "level": float, "changed": bool}
+    )
 
 
 def convergence_data(steps: pd.DataFrame, candidates: pd.DataFrame) -> ConvergenceData:
@@ -313,9 +329,7 @@ def convergence_data(steps: pd.DataFrame, candidates: pd.DataFrame) -> Convergen
             "candidate_id": with_parent["candidate_id"].astype(object),
         }
     ).reset_index(drop=True)
-    return ConvergenceData(
-        best=best, candidates=placed, edges=edges, variables=_variable_frame(best, placed, candidates)
-    )
+    return ConvergenceData(best=best, candidates=placed, edges=edges, variables=_variable_frame(best, candidates))
 
 
 def _holoviews() -> Any:
@@ -330,14 +344,19 @@ def _holoviews() -> Any:
     return hv
 
 
-def _panel_options(hv: Any, title: str, xlabel: str, ylabel: str) -> Any:
+def _panel_options(hv: Any, data: ConvergenceData, title: str, ylabel: str) -> Any:
+    # Every panel spans the same steps (half a step of margin), so they read as one timeline.
+    last_step = max([0, *data.best["step"], *data.candidates["step"]])
     return hv.opts.Overlay(
         title=title,
-        xlabel=xlabel,
+        xlabel="step",
+        xlim=(-0.5, last_step + 0.5),
         ylabel=ylabel,
-        width=_PANEL_WIDTH,
-        height=_PANEL_HEIGHT,
-        legend_position="bottom_right",
+        frame_width=_FRAME_WIDTH,
+        frame_height=_FRAME_HEIGHT,
+        # Outside the axes, so the legend never hides a point; clicking an entry hides its layer.
+        legend_position="right",
+        legend_opts={"click_policy": "hide"},
         show_grid=True,
     )
 
@@ -370,7 +389,7 @@ def _draw_best(data: ConvergenceData) -> Any:
         for outcome in ("accepted", "rejected")
     ]
     overlay = hv.Overlay([band, line, *points])
-    return overlay.opts(_panel_options(hv, "Best so far (validation set, with CI)", "step", "validation mean score"))
+    return overlay.opts(_panel_options(hv, data, "Best so far (validation set, with CI)", "validation mean score"))
 
 
 def _draw_screening(data: ConvergenceData) -> Any:
@@ -398,7 +417,7 @@ def _draw_screening(data: ConvergenceData) -> Any:
         full, "full_x", ["val_mean", *[c for c in hover if c != "val_mean"]], label="full (validation set)"
     ).opts(marker="square", size=8, tools=["hover"])
     overlay = hv.Overlay([links, incumbent, screen, validation])
-    return overlay.opts(_panel_options(hv, "Screening vs full evaluation per step", "step", "mean score"))
+    return overlay.opts(_panel_options(hv, data, "Screening vs full evaluation per step", "mean score"))
 
 
 def _draw_lineage(data: ConvergenceData) -> Any:
@@ -420,26 +439,29 @@ def _draw_lineage(data: ConvergenceData) -> Any:
         for outcome in OUTCOMES
     ]
     overlay = hv.Overlay([edges, *points])
-    return overlay.opts(_panel_options(hv, "Lineage (validation score, else screening)", "step", "mean score"))
+    return overlay.opts(_panel_options(hv, data, "Lineage (validation score, else screening)", "mean score"))
 
 
 def _draw_variables(data: ConvergenceData) -> Any:
     hv = _holoviews()
-    cells = hv.Scatter(data.variables, "step", ["variable", "level", "value", "changed"]).opts(
-        color="level", marker="square", size=26, alpha=0.45, tools=["hover"], colorbar=False
+    # A diverging map, translucent: an unchanging variable sits at its neutral middle, and the
+    # value printed on each cell stays readable on light and dark themes.
+    cells = hv.HeatMap(data.variables, ["step", "variable"], ["level", "value", "changed"]).opts(
+        cmap="coolwarm", clim=(0.0, 1.0), alpha=0.35, colorbar=False, tools=["hover"]
     )
-    labels = hv.Labels(data.variables, ["step", "variable"], "value").opts(text_font_size="8pt")
+    labels = hv.Labels(data.variables, ["step", "variable"], "label").opts(text_font_size="8pt")
     overlay = hv.Overlay([cells, labels])
-    return overlay.opts(
-        _panel_options(hv, "Incumbent's variables per step (colour changes when the value does)", "step", "")
-    ).opts(show_legend=False)
+    return overlay.opts(_panel_options(hv, data, "Incumbent's variables per step (colour = value)", "")).opts(
+        show_legend=False
+    )
 
 
 _PANELS = (_draw_best, _draw_screening, _draw_lineage, _draw_variables)
 
 
 def _arrange(hv: Any, panels: list[Any], title: str | None) -> Any:
-    layout = hv.Layout(panels).cols(2)
+    # One column: each panel keeps a wide plot area with its legend beside it.
+    layout = hv.Layout(panels).cols(1)
     return layout.opts(title=title) if title else layout
 
 

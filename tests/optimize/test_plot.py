@@ -228,8 +228,23 @@ def test_variable_panel_shows_scalars_and_counts_of_demos_and_rules_per_step():
     ]
     figure = panel(convergence_plot(steps, candidates), "Incumbent's variables")
     (text,) = glyphs(figure, "Text")
-    assert len(text.data_source.data["value"]) == 5 * 5
+    assert len(text.data_source.data["label"]) == 5 * 5
     assert "instructions:solve" not in set(text.data_source.data["variable"])
+    # A module type is printed by its class name; the hover keeps the full path.
+    labels = dict(
+        zip(
+            zip(text.data_source.data["variable"], text.data_source.data["step"], strict=True),
+            text.data_source.data["label"],
+            strict=True,
+        )
+    )
+    assert labels["module", 0] == "Predict"
+    (cells,) = glyphs(figure, "Rect")
+    assert "dspy.Predict" in set(cells.data_source.data["value"])
+    # Colour follows the value within each variable: temperature drops from 0.7 to 0.3 at step 3.
+    levels = data.variables.set_index(["variable", "step"])["level"]
+    assert [levels["temperature", step] for step in range(5)] == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert {levels["model", step] for step in range(5)} == {0.5}
 
 
 @pytest.mark.parametrize("rows", [0, 1])
