@@ -1,4 +1,4 @@
-"""The ``dspex`` command: demo, evaluate, and journal queries from a terminal."""
+"""The ``dspex`` command: demo, evaluate, optimize, and journal queries from a terminal."""
 
 from __future__ import annotations
 
@@ -112,6 +112,61 @@ def _evaluate(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _optimize(arguments: argparse.Namespace) -> int:
+    import dspex_lab as dx
+
+    spec_path = Path(arguments.spec)
+    if not spec_path.is_file():
+        raise dx.errors.ProgramSpecError(f"{spec_path}: no such program spec file")
+    program = dx.Program.from_json(spec_path.read_text(encoding="utf-8"))
+    if not arguments.inputs:
+        raise dx.errors.DatasetError(
+            "say which fields are inputs with --inputs question[,context]", path=arguments.train
+        )
+    inputs = arguments.inputs.split(",")
+    trainset = dx.load_dataset(arguments.train, inputs=inputs)
+    valset = dx.load_dataset(arguments.val, inputs=inputs)
+    limits = {"lm_calls": arguments.max_lm_calls, "usd": arguments.max_usd}
+    budget = (
+        dx.Budget(**{key: value for key, value in limits.items() if value is not None})
+        if any(value is not None for value in limits.values())
+        else None
+    )
+    if arguments.optimizer == "simba-c":
+        settings = {"max_steps": arguments.max_steps, "bsize": arguments.bsize}
+        optimizer: Any = dx.SimbaC(**{key: value for key, value in settings.items() if value is not None})
+    else:
+        optimizer = arguments.optimizer
+    with dx.Context(lm=arguments.lm, journal=arguments.journal, threads=arguments.threads):
+        result = dx.optimize(
+            program,
+            trainset,
+            valset,
+            metric=getattr(dx.metrics, arguments.metric),
+            optimizer=optimizer,
+            budget=budget,
+            seed=arguments.seed,
+            name=arguments.name,
+            resume=arguments.resume,
+            progress=not arguments.quiet,
+        )
+    print(repr(result))
+    if result.comparison is not None:
+        comparison = result.comparison
+        print(
+            f"best {result.best_id} vs baseline: {comparison.difference:+.3f} "
+            f"[{comparison.ci[0]:+.3f}, {comparison.ci[1]:+.3f}], {comparison.test} p = {comparison.p_value:.3g}"
+        )
+    if arguments.output:
+        Path(arguments.output).write_text(result.best.to_json(), encoding="utf-8")
+        print(f"wrote the best configuration to {arguments.output}")
+    if result.run_id:
+        print(f"why each candidate exists: dspex trace {result.run_id} --journal {arguments.journal}")
+    if arguments.json:
+        print(json.dumps(result.to_summary()))
+    return 0
+
+
 def _cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
@@ -219,6 +274,12 @@ def _trace(arguments: argparse.Namespace) -> int:
         Path(arguments.otlp).write_text(payload, encoding="utf-8")
         print(f"wrote {len(spans)} spans as OpenTelemetry JSON to {arguments.otlp}")
         return 0
+    if arguments.trial is None and journal.experiment(arguments.experiment).get("kind") == "optimization":
+        steps = journal.step_rows(arguments.experiment)
+        rows = [{"trace": f"step-{row['step']}", "status": row["status"], "decision": row["detail"]} for row in steps]
+        print(_text_table(f"Steps of optimization run {arguments.experiment}", rows, ("trace", "status", "decision")))
+        print(f"\nshow one: dspex trace {arguments.experiment} step-1 --journal {journal.path}")
+        return 0
     if arguments.trial is None:
         columns = ("trial_id", "status", "score", "error_type", "spans")
         rows = journal.trial_rows(
@@ -301,6 +362,28 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="also print the summary as JSON")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(handler=_evaluate)
+
+    optimize = commands.add_parser("optimize", help="optimize a program spec (JSON) on a trainset, judged on a valset")
+    optimize.add_argument("spec", help="program spec JSON (from Program.to_json())")
+    optimize.add_argument("train", help="trainset: .jsonl, .csv or .parquet")
+    optimize.add_argument("--val", required=True, help="valset (must not overlap the trainset)")
+    optimize.add_argument("--metric", choices=_METRICS, required=True)
+    optimize.add_argument("--inputs", help="comma-separated input fields, e.g. question")
+    optimize.add_argument("--optimizer", choices=("simba-c", "simba", "mipro", "gepa", "bootstrap"), default="simba-c")
+    optimize.add_argument("--max-steps", type=int, default=None, help="SIMBA-C steps (default 8)")
+    optimize.add_argument("--bsize", type=int, default=None, help="SIMBA-C mini-batch size (default 32)")
+    optimize.add_argument("--max-lm-calls", type=int, default=None, help="budget: LM calls for the whole run")
+    optimize.add_argument("--max-usd", type=float, default=None, help="budget: dollars for the whole run")
+    optimize.add_argument("--seed", type=int, default=0)
+    optimize.add_argument("--journal", default="dspex.duckdb")
+    optimize.add_argument("--lm", default=None, help="LM (default: DSPEX_LM or lab/small)")
+    optimize.add_argument("--threads", type=int, default=None)
+    optimize.add_argument("--resume", default=None, help="optimization run id to resume")
+    optimize.add_argument("--name", default=None)
+    optimize.add_argument("--output", "-o", default=None, help="write the best configuration's spec (JSON) here")
+    optimize.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    optimize.add_argument("--quiet", action="store_true")
+    optimize.set_defaults(handler=_optimize)
 
     journal = commands.add_parser("journal", help="browse a journal")
     journal.add_argument("--journal", default="dspex.duckdb")

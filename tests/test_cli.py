@@ -133,3 +133,39 @@ def test_journal_list_reads_through_the_store_without_pandas(tmp_path):
     assert completed.returncode == 0, completed.stderr
     assert "chain-of-thought" in completed.stdout and "comparison" in completed.stdout
     assert completed.stdout.strip().splitlines()[-1] == "LOADED:"
+
+
+def test_optimize_command_runs_simba_c_writes_the_winner_and_lists_its_steps(tmp_path, capsys):
+    spec = tmp_path / "qa.json"
+    spec.write_text(dx.Program("dspy.ChainOfThought", signature="question -> answer", name="qa").to_json())
+    problems = [json.dumps(example.toDict()) for example in dx.datasets.arithmetic(60, seed=4)]
+    (tmp_path / "train.jsonl").write_text("\n".join(problems[:30]))
+    (tmp_path / "val.jsonl").write_text("\n".join(problems[30:]))
+    journal = str(tmp_path / "o.duckdb")
+    arguments = ["optimize", str(spec), str(tmp_path / "train.jsonl"), "--val", str(tmp_path / "val.jsonl")]
+    arguments += ["--metric", "exact_match", "--inputs", "question", "--journal", journal, "--quiet"]
+    code = main([*arguments, "--max-steps", "1", "--bsize", "8", "--output", str(tmp_path / "best.json"), "--json"])
+
+    assert code == 0
+    output = capsys.readouterr().out
+    summary = json.loads(output.strip().splitlines()[-1])
+    assert summary["optimizer"] == "simba-c" and summary["steps"] == 1 and summary["lm_calls"] > 0
+    assert dx.Program.from_json((tmp_path / "best.json").read_text()).module == "dspy.ChainOfThought"
+    assert main(["trace", summary["run_id"], "--journal", journal]) == 0
+    listing = capsys.readouterr().out
+    assert "step-0" in listing and "step-1" in listing
+    assert main(["trace", summary["run_id"], "step-1", "--journal", journal]) == 0
+    assert "propose c1" in capsys.readouterr().out
+
+
+def test_optimize_command_explains_an_overlapping_valset(tmp_path, capsys):
+    spec = tmp_path / "qa.json"
+    spec.write_text(dx.Program("dspy.Predict", signature="question -> answer").to_json())
+    data = tmp_path / "all.jsonl"
+    data.write_text("\n".join(json.dumps(example.toDict()) for example in dx.datasets.arithmetic(40, seed=4)))
+    code = main(
+        ["optimize", str(spec), str(data), "--val", str(data), "--metric", "exact_match", "--inputs", "question"]
+        + ["--journal", str(tmp_path / "o.duckdb"), "--quiet"]
+    )
+    assert code == 2
+    assert "shares 40 examples with the trainset" in capsys.readouterr().err
