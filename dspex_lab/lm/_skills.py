@@ -22,6 +22,7 @@ from dspex_lab.tasks.arithmetic import ArithmeticProblem, ArithmeticStep, apply_
 __all__ = [
     "ADVICE",
     "NEUTRAL_ADVICE",
+    "OPERATION_SKILL_INDEX",
     "SKILLS",
     "VAGUE_ADVICE",
     "DemoEvidence",
@@ -47,6 +48,9 @@ _SKILL_OF_OPERATION = {
     "multiply": "scaling",
     "divide": "division",
 }
+
+# The position in SKILLS of each operation's skill (the solver's per-step lookup).
+OPERATION_SKILL_INDEX = {operation: SKILLS.index(skill) for operation, skill in _SKILL_OF_OPERATION.items()}
 
 # -- effect sizes (docs/lab_world.md, sections 2 to 4) ------------------------------
 

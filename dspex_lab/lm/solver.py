@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from dspex_lab.lm._skills import SKILLS, SlipOption, skill_of, slip_options
+from dspex_lab.lm._skills import OPERATION_SKILL_INDEX, SlipOption, slip_options
 from dspex_lab.tasks.arithmetic import ArithmeticProblem, ArithmeticStep, apply_step
 
 __all__ = ["Draws", "Solution", "solve"]
@@ -68,7 +68,6 @@ class Solution:
 _OPENINGS = ("Start with {start} {item}.", "Initially there are {start} {item}.", "We begin with {start} {item}.")
 _CLOSINGS = ("So the final count is {value} {item}.", "That leaves {value} {item}.", "The answer is {value}.")
 _SYMBOLS = {"add": "+", "subtract": "-", "multiply": "*", "divide": "/"}
-_SKILL_INDEX = {skill: index for index, skill in enumerate(SKILLS)}
 
 
 def _line(step: ArithmeticStep, expression: str, after: int) -> str:
@@ -108,7 +107,7 @@ def solve(problem: ArithmeticProblem, *, slip_probabilities: tuple[float, ...], 
     value = problem.start
     slips = 0
     for step in problem.steps:
-        if draws.uniform() < slip_probabilities[_SKILL_INDEX[skill_of(step)]]:
+        if draws.uniform() < slip_probabilities[OPERATION_SKILL_INDEX[step.operation]]:
             slips += 1
             option = _pick(slip_options(step, value), draws.uniform())
             if option.expression is not None:
