@@ -50,7 +50,7 @@ optimizer      defaults (DSPy's own argument names)
 ``gepa``       ``auto="light", reflection_minibatch_size=3, use_merge=False, num_threads=4``
 ``bootstrap``  ``max_bootstrapped_demos=4, max_labeled_demos=4, max_rounds=1``
 all            ``validate_top=2, alpha=0.05, test="auto"``; mipro and gepa also
-               ``validation_fraction=0.3``
+               ``validation_fraction=0.3``; mipro's ``minibatch_size`` is at most its split
 =============  ==========================================================================
 """
 
@@ -600,6 +600,9 @@ class _DspyRun:
         train, own_val = self._split()
         if own_val is not None:
             compile_options["valset"] = own_val
+        if self.optimizer.name == "mipro" and "minibatch_size" not in compile_options:
+            # DSPy's default mini-batch (35) may exceed a small split of the trainset, which it refuses.
+            compile_options["minibatch_size"] = min(35, len(own_val or train))
         dspy_name = DSPY_NAMES[self.optimizer.name]
         failure: BaseException | None = None
         compiled = None
