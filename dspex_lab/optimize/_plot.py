@@ -68,7 +68,8 @@ class ConvergenceData:
             (screening minus validation mean), and the parent's ``parent_step`` / ``parent_score``.
         edges: one row per candidate with a parent: ``parent_step``, ``parent_score``, ``step``,
             ``score``, ``candidate_id``.
-        variables: one row per step and drawn variable: ``step``, ``variable``, ``value`` (as shown on hover),
+        variables: one row per step and drawn variable: ``step``, ``variable``, ``row`` (the variable's
+            position, top first), ``value`` (as shown on hover),
             ``label`` (shortened, printed on the cell),
             ``level`` (0..1 within the variable, so a change shows as a change of colour), ``changed``.
     """
@@ -284,9 +285,21 @@ def _variable_frame(best: pd.DataFrame, raw_candidates: pd.DataFrame) -> pd.Data
             )
             previous = value
     frame = pd.DataFrame.from_records(records, columns=["step", "variable", "value", "label", "level", "changed"])
+    # A numeric row per variable, named by tick labels: a live plot starts empty, and an axis that starts
+    # numeric cannot become categorical when the first variables arrive.
+    rows_by_name = {name: row for row, name in enumerate(dict.fromkeys(frame["variable"]))}
+    frame.insert(2, "row", [rows_by_name[name] for name in frame["variable"]])
     # Object, not pandas' arrow strings: holoviews reshapes a heat map's columns onto its grid.
     return frame.astype(
-        {"step": int, "variable": object, "value": object, "label": object, "level": float, "changed": bool}
+        {
+            "step": int,
+            "variable": object,
+            "row": int,
+            "value": object,
+            "label": object,
+            "level": float,
+            "changed": bool,
+        }
     )
 
 
@@ -344,13 +357,16 @@ def _holoviews() -> Any:
     return hv
 
 
-def _panel_options(hv: Any, data: ConvergenceData, title: str, ylabel: str) -> Any:
-    # Every panel spans the same steps (half a step of margin), so they read as one timeline.
+def _panel(hv: Any, data: ConvergenceData, layers: list[Any], title: str, ylabel: str, **layer_options: Any) -> Any:
+    """Overlay one panel's layers on the run's step axis, with its title, labels and legend."""
+    # Every panel spans the same steps (half a step of margin), so they read as one timeline. Ranges are
+    # options of each layer, not of the overlay: only there does a live redraw recompute them
+    # (framewise) instead of keeping the first, empty, frame's.
     last_step = max([0, *data.best["step"], *data.candidates["step"]])
-    return hv.opts.Overlay(
+    layers = [layer.opts(framewise=True, xlim=(-0.5, last_step + 0.5), **layer_options) for layer in layers]
+    return hv.Overlay(layers).opts(
         title=title,
         xlabel="step",
-        xlim=(-0.5, last_step + 0.5),
         ylabel=ylabel,
         frame_width=_FRAME_WIDTH,
         frame_height=_FRAME_HEIGHT,
@@ -388,8 +404,7 @@ def _draw_best(data: ConvergenceData) -> Any:
         _outcome_points(hv, data.candidates, "val_mean", outcome, hover, marker=_OUTCOME_MARKERS[outcome], size=12)
         for outcome in ("accepted", "rejected")
     ]
-    overlay = hv.Overlay([band, line, *points])
-    return overlay.opts(_panel_options(hv, data, "Best so far (validation set, with CI)", "validation mean score"))
+    return _panel(hv, data, [band, line, *points], "Best so far (validation set, with CI)", "validation mean score")
 
 
 def _draw_screening(data: ConvergenceData) -> Any:
@@ -416,8 +431,8 @@ def _draw_screening(data: ConvergenceData) -> Any:
     validation = hv.Scatter(
         full, "full_x", ["val_mean", *[c for c in hover if c != "val_mean"]], label="full (validation set)"
     ).opts(marker="square", size=8, tools=["hover"])
-    overlay = hv.Overlay([links, incumbent, screen, validation])
-    return overlay.opts(_panel_options(hv, data, "Screening vs full evaluation per step", "mean score"))
+    layers = [links, incumbent, screen, validation]
+    return _panel(hv, data, layers, "Screening vs full evaluation per step", "mean score")
 
 
 def _draw_lineage(data: ConvergenceData) -> Any:
@@ -438,22 +453,31 @@ def _draw_lineage(data: ConvergenceData) -> Any:
         )
         for outcome in OUTCOMES
     ]
-    overlay = hv.Overlay([edges, *points])
-    return overlay.opts(_panel_options(hv, data, "Lineage (validation score, else screening)", "mean score"))
+    return _panel(hv, data, [edges, *points], "Lineage (validation score, else screening)", "mean score")
 
 
 def _draw_variables(data: ConvergenceData) -> Any:
     hv = _holoviews()
     # A diverging map, translucent: an unchanging variable sits at its neutral middle, and the
     # value printed on each cell stays readable on light and dark themes.
-    cells = hv.HeatMap(data.variables, ["step", "variable"], ["level", "value", "changed"]).opts(
+    variables = data.variables
+    cells = hv.HeatMap(variables, ["step", "row"], ["level", "variable", "value", "changed"]).opts(
         cmap="coolwarm", clim=(0.0, 1.0), alpha=0.35, colorbar=False, tools=["hover"]
     )
-    labels = hv.Labels(data.variables, ["step", "variable"], "label").opts(text_font_size="8pt")
-    overlay = hv.Overlay([cells, labels])
-    return overlay.opts(_panel_options(hv, data, "Incumbent's variables per step (colour = value)", "")).opts(
-        show_legend=False
+    labels = hv.Labels(variables, ["step", "row"], "label").opts(text_font_size="8pt")
+    ticks = list(dict.fromkeys(zip(variables["row"].tolist(), variables["variable"].tolist(), strict=True)))
+    title = "Incumbent's variables per step (colour = value)"
+    panel = _panel(
+        hv,
+        data,
+        [cells, labels],
+        title,
+        "",
+        yticks=ticks or [(0, "")],
+        ylim=(-0.5, max(len(ticks), 1) - 0.5),
+        invert_yaxis=True,
     )
+    return panel.opts(show_legend=False)
 
 
 _PANELS = (_draw_best, _draw_screening, _draw_lineage, _draw_variables)

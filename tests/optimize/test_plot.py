@@ -229,16 +229,20 @@ def test_variable_panel_shows_scalars_and_counts_of_demos_and_rules_per_step():
     figure = panel(convergence_plot(steps, candidates), "Incumbent's variables")
     (text,) = glyphs(figure, "Text")
     assert len(text.data_source.data["label"]) == 5 * 5
-    assert "instructions:solve" not in set(text.data_source.data["variable"])
+    # Rows are named by tick labels, the first variable on top; the raw instructions are not drawn.
+    names = figure.yaxis[0].major_label_overrides
+    assert sorted(names.values()) == sorted(set(data.variables["variable"]))
+    assert figure.y_range.start > figure.y_range.end
     # A module type is printed by its class name; the hover keeps the full path.
     labels = dict(
         zip(
-            zip(text.data_source.data["variable"], text.data_source.data["step"], strict=True),
+            zip([names[row] for row in text.data_source.data["row"]], text.data_source.data["step"], strict=True),
             text.data_source.data["label"],
             strict=True,
         )
     )
     assert labels["module", 0] == "Predict"
+    assert labels["temperature", 4] == "0.3"
     (cells,) = glyphs(figure, "Rect")
     assert "dspy.Predict" in set(cells.data_source.data["value"])
     # Colour follows the value within each variable: temperature drops from 0.7 to 0.3 at step 3.
@@ -303,6 +307,33 @@ def test_live_plot_follows_the_events_and_ignores_other_objects():
     figure = panel(live.layout, "Lineage")
     (edges,) = legend_renderers(figure)["parent → child"]
     assert len(edges.data_source.data["candidate_id"]) == 11
+
+
+def test_a_displayed_live_plot_updates_in_place():
+    # What a notebook cell holds: the bokeh models drawn once, then updated by each event.
+    steps, candidates = run_frames()
+    live = LiveConvergence()
+    root = hv.renderer("bokeh").get_plot(live.layout).state
+    shown = {figure.title.text.split(" ")[0]: figure for figure in root.select({"type": Plot})}
+    (line,) = glyphs(shown["Best"], "Line")
+    assert len(line.data_source.data["best_mean"]) == 0
+    live(SimpleNamespace(steps=steps.head(2), candidates=candidates.head(4)))
+    assert list(line.data_source.data["best_mean"]) == pytest.approx([0.50, 0.58])
+    live(SimpleNamespace(steps=steps, candidates=candidates))
+    assert list(line.data_source.data["best_mean"]) == pytest.approx(list(steps["best_mean"]))
+    # The axes follow the run (they started on the empty frame's ranges).
+    for figure in shown.values():
+        assert (figure.x_range.start, figure.x_range.end) == (-0.5, 4.5)
+    variables = shown["Incumbent's"]
+    assert variables.yaxis[0].major_label_overrides == {
+        0: "temperature",
+        1: "module",
+        2: "model",
+        3: "instructions:solve (rules)",
+        4: "demos:solve (demos)",
+    }
+    (text,) = glyphs(variables, "Text")
+    assert len(text.data_source.data["label"]) == 25
 
 
 def test_live_plot_displays_through_panel_and_its_mimebundle():
