@@ -96,11 +96,20 @@ def _check_frame(frame: object, name: str, columns: tuple[str, ...]) -> pd.DataF
     return frame
 
 
-def _number(value: Any) -> float:
-    """Return ``value`` as a float, NaN for None/NA (frames built from JSON carry both)."""
-    if value is None or value is pd.NA:
-        return math.nan
-    return float(value)
+def _numbers(frame: pd.DataFrame, column: str, name: str) -> np.ndarray:
+    """Return a column as floats, NaN for None/NA (frames built from JSON carry both)."""
+    numbers = []
+    for row, value in enumerate(frame[column]):
+        if value is None or value is pd.NA:
+            numbers.append(math.nan)
+            continue
+        try:
+            numbers.append(float(value))
+        except (TypeError, ValueError) as error:
+            raise OptimizerError(
+                f"convergence plot: the {name} frame's column {column!r} has {value!r} in row {row}; expected a number"
+            ) from error
+    return np.array(numbers, dtype=float)
 
 
 def _truncate(text: Any, limit: int) -> str:
@@ -130,12 +139,12 @@ def _candidate_frame(candidates: pd.DataFrame) -> pd.DataFrame:
             "parent_id": [None if pd.isna(parent) else str(parent) for parent in candidates["parent_id"]],
             "strategy": candidates["strategy"].astype(str).tolist(),
             "rationale": [_truncate(text, _RATIONALE_CHARACTERS) for text in candidates["rationale"]],
-            "accepted": [bool(flag) and not pd.isna(flag) for flag in candidates["accepted"]],
+            "accepted": [not pd.isna(flag) and bool(flag) for flag in candidates["accepted"]],
         },
         dtype=object,
     )
     for column in ("screen_mean", "incumbent_screen_mean", "val_mean", "val_ci_low", "val_ci_high", "p_adjusted"):
-        frame[column] = np.array([_number(value) for value in candidates[column]], dtype=float)
+        frame[column] = _numbers(candidates, column, "candidates")
     frame["step"] = frame["step"].astype(int)
     frame["outcome"] = [_outcome(row) for _, row in frame.iterrows()] if len(frame) else []
     frame["optimism"] = frame["screen_mean"] - frame["val_mean"]
@@ -271,8 +280,7 @@ def _variable_frame(best: pd.DataFrame, raw_candidates: pd.DataFrame) -> pd.Data
         else:
             keys = [json.dumps(value, sort_keys=True, default=str) for value in values]
             levels = [0.5 if len(distinct) == 1 else distinct.index(key) / (len(distinct) - 1) for key in keys]
-        previous = None
-        for (step, value), level in zip(trajectory, levels, strict=True):
+        for index, ((step, value), level) in enumerate(zip(trajectory, levels, strict=True)):
             records.append(
                 {
                     "step": int(step),
@@ -280,10 +288,9 @@ def _variable_frame(best: pd.DataFrame, raw_candidates: pd.DataFrame) -> pd.Data
                     "value": _shown(value),
                     "label": _label(value),
                     "level": float(level),
-                    "changed": previous is not None and value != previous,
+                    "changed": index > 0 and value != trajectory[index - 1][1],
                 }
             )
-            previous = value
     frame = pd.DataFrame.from_records(records, columns=["step", "variable", "value", "label", "level", "changed"])
     # A numeric row per variable, named by tick labels: a live plot starts empty, and an axis that starts
     # numeric cannot become categorical when the first variables arrive.
@@ -323,11 +330,11 @@ def convergence_data(steps: pd.DataFrame, candidates: pd.DataFrame) -> Convergen
     best = pd.DataFrame(
         {
             "step": np.array([int(step) for step in steps["step"]], dtype=int),
-            "best_mean": np.array([_number(value) for value in steps["best_mean"]], dtype=float),
-            "best_ci_low": np.array([_number(value) for value in steps["best_ci_low"]], dtype=float),
-            "best_ci_high": np.array([_number(value) for value in steps["best_ci_high"]], dtype=float),
+            "best_mean": _numbers(steps, "best_mean", "steps"),
+            "best_ci_low": _numbers(steps, "best_ci_low", "steps"),
+            "best_ci_high": _numbers(steps, "best_ci_high", "steps"),
             "incumbent_id": pd.Series([str(value) for value in steps["incumbent_id"]], dtype=object),
-            "lm_calls": np.array([_number(value) for value in steps["lm_calls"]], dtype=float),
+            "lm_calls": _numbers(steps, "lm_calls", "steps"),
         }
     )
     best = best.sort_values("step", kind="stable").reset_index(drop=True)
@@ -532,6 +539,11 @@ class LiveConvergence:
 
     Calls are expected from one thread at a time (the run's event loop); display happens in the
     notebook's thread.
+
+    Attributes:
+        pipe: the holoviews stream the panels redraw from; its ``data`` is the latest
+            :class:`ConvergenceData`.
+        layout: the holoviews layout of the four live panels (what the notebook displays).
     """
 
     def __init__(self, *, title: str | None = None) -> None:

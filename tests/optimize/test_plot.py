@@ -1,3 +1,4 @@
+import json
 import math
 from types import SimpleNamespace
 
@@ -282,6 +283,28 @@ def test_inconsistent_frames_are_clear_errors():
         convergence_data(unknown, candidates)
     with pytest.raises(OptimizerError, match="must be a pandas DataFrame"):
         convergence_data(steps.to_dict(), candidates)
+
+
+def test_frames_read_back_from_the_journal_draw_the_same():
+    # Read back from DuckDB: values as JSON text, nullable booleans, None for a missing number.
+    steps, candidates = run_frames()
+    journal_candidates = candidates.assign(
+        values=[json.dumps(values) for values in candidates["values"]],
+        accepted=pd.array([*candidates["accepted"][:-1], pd.NA], dtype="boolean"),
+        screen_mean=[None if math.isnan(value) else value for value in candidates["screen_mean"]],
+    )
+    journal_steps = steps.astype({"lm_calls": "Int64"})
+    expected, drawn = convergence_data(steps, candidates), convergence_data(journal_steps, journal_candidates)
+    pd.testing.assert_frame_equal(drawn.variables, expected.variables)
+    pd.testing.assert_frame_equal(drawn.best, expected.best)
+    assert list(drawn.candidates["outcome"]) == list(expected.candidates["outcome"])
+
+
+def test_a_value_that_is_not_a_number_names_its_column_and_row():
+    steps, candidates = run_frames()
+    candidates["val_mean"] = [*candidates["val_mean"][:3], "n/a", *candidates["val_mean"][4:]]
+    with pytest.raises(OptimizerError, match=r"column 'val_mean' has 'n/a' in row 3; expected a number"):
+        convergence_data(steps, candidates)
 
 
 def test_required_columns_are_in_the_run_contract():
