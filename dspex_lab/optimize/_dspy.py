@@ -699,28 +699,27 @@ class _DspyRun:
         if final_key != baseline_key:
             score = self._dspy_score(compiled, final_key, intermediates)
             chosen.append((score, final_configuration, f"DSPy {dspy_name}'s final choice"))
+        # A resumed run reuses the candidates (and so the finished validations) the same configurations had.
+        recorded = {row["fingerprint"]: row for row in session.candidate_rows.values() if row.get("strategy") == "dspy"}
         number = len(session.candidate_rows)
         candidates: list[tuple[Candidate, float | None, _Group | None]] = []
         for position, (score, configuration, origin) in enumerate(chosen, start=1):
             group = self._trials.group_of(configuration)
-            scored = f"DSPy's score {score:.3f}" if score is not None else "no DSPy score"
-            trials_note = f"; compile trials in {group.experiment_id}" if group is not None else ""
-            candidates.append(
-                (
-                    Candidate(
-                        f"c{number}",
-                        self.to_program(configuration),
-                        "c0",
-                        position,
-                        "dspy",
-                        f"{origin} ({scored}{trials_note})",
-                    ),
-                    score,
-                    group,
+            candidate_program = self.to_program(configuration)
+            row = recorded.pop(candidate_program.fingerprint, None)
+            if row is not None:
+                candidate = Candidate(
+                    row["candidate_id"], candidate_program, "c0", int(row["step"]), "dspy", row.get("rationale") or ""
                 )
-            )
-            number += 1
-        session.record_candidates([candidate for candidate, _, _ in candidates])
+            else:
+                scored = f"DSPy's score {score:.3f}" if score is not None else "no DSPy score"
+                trials_note = f"; compile trials in {group.experiment_id}" if group is not None else ""
+                candidate = Candidate(
+                    f"c{number}", candidate_program, "c0", position, "dspy", f"{origin} ({scored}{trials_note})"
+                )
+                number += 1
+                session.record_candidates([candidate])
+            candidates.append((candidate, score, group))
         final_id = candidates[-1][0].id if final_key != baseline_key else "c0"
         if not candidates:
             detail = f"DSPy {dspy_name}'s final choice is the baseline configuration"

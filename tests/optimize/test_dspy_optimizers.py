@@ -140,7 +140,9 @@ def test_each_optimizer_runs_end_to_end_through_the_journal(
         assert programs and all(isinstance(item, dspy.Module) for item in programs)
 
 
-def test_a_budget_stops_the_compile(program: dx.Program, data: Any, journal_path: Path, lab_calls: list[int]) -> None:
+def test_a_budget_of_lm_calls_stops_the_compile(
+    program: dx.Program, data: Any, journal_path: Path, lab_calls: list[int]
+) -> None:
     result, _ = run("simba", program, data, journal_path, budget=dx.Budget(lm_calls=70))
 
     assert result.status == "stopped"
@@ -152,6 +154,16 @@ def test_a_budget_stops_the_compile(program: dx.Program, data: Any, journal_path
     assert result.spending["lm_calls"] == lab_calls[0]
     rebuilt = OptimizationResult.from_journal(result.journal, result.run_id)
     assert rebuilt.to_summary() == result.to_summary()
+
+
+def test_a_budget_of_tokens_stops_the_compile(program: dx.Program, data: Any, journal_path: Path) -> None:
+    result, _ = run("gepa", program, data, journal_path, budget=dx.Budget(tokens=15_000))
+
+    assert result.status == "stopped"
+    assert "tokens=15000" in result.status_detail
+    # Checked before each call: only the calls already in flight (two threads, a reflection prompt
+    # is a few thousand tokens) go past it.
+    assert 15_000 <= result.spending["tokens"] < 20_000
 
 
 def test_a_budget_too_small_for_the_baseline_is_refused(program: dx.Program, data: Any, journal_path: Path) -> None:
@@ -205,3 +217,40 @@ def test_mipro_without_optuna_names_the_extra(
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else find_spec(name, *a))
     with pytest.raises(MissingDependencyError, match=r"dspex_lab\[optimize\]"):
         run("mipro", program, data, journal_path)
+
+
+def test_a_resumed_run_recompiles_but_reuses_finished_validations(
+    program: dx.Program, data: Any, journal_path: Path, lab_calls: list[int]
+) -> None:
+    def interrupt(event: Any) -> None:
+        if event.step == 1:
+            raise KeyboardInterrupt
+
+    train, val = data
+    optimizer = DspyOptimizer("bootstrap", **TINY["bootstrap"])
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=journal_path):
+        with pytest.raises(KeyboardInterrupt, match="resume="):
+            optimize(
+                program,
+                train,
+                val,
+                metric=dx.metrics.exact_match,
+                optimizer=optimizer,
+                progress=False,
+                subscribers=[interrupt],
+            )
+        journal = dx.current_context().journal
+        run_id = journal.sql("SELECT id FROM experiments WHERE kind = 'optimization'")["id"].iloc[0]
+        assert journal.experiment(run_id)["status"] == "interrupted"
+        before = lab_calls[0]
+        result = optimize(
+            program, train, val, metric=dx.metrics.exact_match, optimizer=optimizer, progress=False, resume=run_id
+        )
+    assert result.status == "finished"
+    assert result.candidates["candidate_id"].tolist() == ["c0", "c1"]
+    # Only the compile ran again (DSPy keeps no state); neither validation set evaluation was repeated.
+    compile_calls = journal.span_rows(run_id, "step-1")
+    assert 0 < lab_calls[0] - before < len(val)
+    assert any(row["name"] == "compile BootstrapFewShot" for row in compile_calls)
+    experiments = set(journal.sql("SELECT id FROM experiments")["id"])
+    assert {f"{run_id}/compile/e1", f"{run_id}/compile2/e1"} <= experiments
