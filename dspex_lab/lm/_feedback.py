@@ -305,7 +305,10 @@ def answer_proposal(
         case for name, value in view.inputs.items() if name.lower() not in _IGNORED_KEYS for case in find_cases(value)
     ]
     if not cases:
-        return None
+        # A request to shorten or restate an instruction (GEPA's CompressInstruction) gets it back
+        # unchanged: the lab LM does not paraphrase, so what an optimizer proposed stays what it is.
+        given = view.inputs.get("instruction")
+        return {field.name: given if field is target else None for field in fields} if given else None
     current = (view.inputs.get("current_instruction") or view.inputs.get("basic_instruction") or "").strip()
     already = read_instructions(current).rules
     rules = [ADVICE[skill] for skill in _proposed_skills(cases, profile, draws) if skill not in already]

@@ -512,6 +512,15 @@ def test_mipro_proposal_names_skills_of_the_shown_questions():
     assert sum("groups" in rules for rules in named) >= 6
 
 
+def test_a_compress_request_returns_the_instruction_unchanged():
+    from dspy.teleprompt.gepa.instruction_proposal import CompressInstruction
+
+    draft = f"{BASIC} {ADVICE['groups']}"
+    with dspy.context(lm=lab_lm("lab/large")):
+        shortened = dspy.Predict(CompressInstruction)(instruction=draft, length_limit="500 characters")
+    assert shortened.shortened_instruction == draft
+
+
 def test_find_cases_reads_json_and_plain_text_but_skips_feedback():
     question = arithmetic(1, seed=12)[0].question
     cases = find_cases(
