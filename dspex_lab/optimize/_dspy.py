@@ -22,8 +22,10 @@ can be compared side by side:
    order configurations first appear (``compile2/...`` for a resumed run's re-run compile);
    a configuration that is a DSPy candidate (SIMBA's programs, MIPROv2's trials, GEPA's
    proposals, BootstrapFewShot's teacher with one example held out) gets its own
-   experiment. The compile's LM spending is counted for the run as a whole (the step rows),
-   not per compile trial, whose ``lm_calls`` are 0.
+   experiment. A compile trial carries the LM calls, tokens and cost of its own program run
+   and metric (the calls on its thread since its top-level call began); the compile's other
+   calls (DSPy's proposals, reflections, data summaries) are counted for the run as a whole,
+   in the step rows and the compile span.
 4. **Candidates.** DSPy's final program becomes a :class:`~dspex_lab.Program` candidate
    (instructions and demos read from the compiled predictors into the lifted variables;
    demos as plain dicts of their fields), and so do up to ``validate_top`` of the
@@ -71,7 +73,7 @@ from dspy.utils.callback import BaseCallback
 from dspex_lab.engine import TrialResult, to_json_value
 from dspex_lab.engine._trial import _score
 from dspex_lab.errors import MissingDependencyError, OptimizerError, VariableError
-from dspex_lab.lm import Meter, metering
+from dspex_lab.lm import Meter, Usage, metering
 from dspex_lab.optimize._evaluator import BudgetSpent, Scores, Spending
 from dspex_lab.optimize._simba_c import StepRecord, _interval, _number
 from dspex_lab.optimize._space import Candidate, Slots, lift
@@ -248,16 +250,54 @@ def _key(configuration: Mapping[str, tuple[str, list[dict[str, Any]]]]) -> str:
     return json.dumps(configuration, sort_keys=True, ensure_ascii=False, default=repr)
 
 
+class _ThreadMeter(Meter):
+    """A meter that also keeps, per thread, the calls since that thread's last top-level module call began.
+
+    DSPy runs a program and then its metric on one thread (``dspy.Parallel``'s workers included), so
+    the calls in that window are the trial's own.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._window = threading.local()
+
+    def _add(self, call: Any) -> None:
+        super()._add(call)
+        calls = getattr(self._window, "calls", None)
+        if calls is not None:
+            calls.append(call)
+
+    def open_window(self) -> None:
+        """Start counting this thread's calls afresh (a top-level module call begins)."""
+        self._window.calls = []
+
+    def window(self) -> Usage:
+        """Return the usage of this thread's calls since :meth:`open_window`."""
+        calls = [call.freeze() for call in getattr(self._window, "calls", None) or ()]
+        unpriced = sorted({call.model for call in calls if call.cost is None})
+        return Usage(
+            input_tokens=sum(call.input_tokens or 0 for call in calls),
+            output_tokens=sum(call.output_tokens or 0 for call in calls),
+            lm_calls=len(calls),
+            cost=None if unpriced else math.fsum(call.cost or 0.0 for call in calls),
+            unpriced_models=tuple(unpriced),
+        )
+
+
 class _TopModules(BaseCallback):
     """Remembers, per thread, the configuration of the last top-level module call (DSPy's public callbacks)."""
 
-    def __init__(self) -> None:
+    def __init__(self, meter: _ThreadMeter) -> None:
         self._local = threading.local()
+        self._meter = meter
 
     def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         depth = getattr(self._local, "depth", 0)
         self._local.depth = depth + 1
         if depth == 0 and isinstance(instance, dspy.Module):
+            self._meter.open_window()
+            self._local.clock = time.perf_counter()
+            self._local.started_at = time.time()
             # Read at the start: BootstrapFewShot restores the teacher's demos before calling the metric.
             try:
                 self._local.started = read_configuration(instance)
@@ -273,6 +313,11 @@ class _TopModules(BaseCallback):
     def last(self) -> dict[str, tuple[str, list[dict[str, Any]]]] | None:
         """The configuration of the last finished top-level call on this thread."""
         return getattr(self._local, "last", None)
+
+    def began(self) -> tuple[float, float] | None:
+        """When the last top-level call on this thread began: (epoch seconds, perf_counter)."""
+        started_at = getattr(self._local, "started_at", None)
+        return None if started_at is None else (started_at, self._local.clock)
 
 
 class _BudgetExhaustedError(RuntimeError):
@@ -346,10 +391,12 @@ class _Group:
 class _CompileTrials:
     """Journals every metric call DSPy makes during compile, grouped by the configuration that predicted."""
 
-    def __init__(self, run: _DspyRun, prefix: str) -> None:
+    def __init__(self, run: _DspyRun, prefix: str, meter: _ThreadMeter) -> None:
         self.run = run
         self.prefix = prefix
-        self.callback = _TopModules()
+        self.meter = meter
+        self.callback = _TopModules(meter)
+        self.attributed = Usage()
         self.groups: dict[str, _Group] = {}
         self._lock = threading.Lock()
         self._by_object = {id(example): (example_id, index) for example_id, index, example in run.train_examples}
@@ -361,25 +408,26 @@ class _CompileTrials:
         """Wrap the user's metric: DSPy calls it as ``metric(example, prediction, trace, ...)``."""
 
         def journaled(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
-            started = time.time()
-            clock = time.perf_counter()
             try:
                 value = metric(gold, pred)
                 score = _score(value)
             except Exception as error:
                 if pred_name is None:
-                    self._record(gold, pred, None, error, started, clock)
+                    self._record(gold, pred, None, error)
                 raise
             if pred_name is None:  # GEPA's per-predictor feedback calls score the same trial again
-                self._record(gold, pred, score, None, started, clock)
+                self._record(gold, pred, score, None)
             return value if isinstance(value, dspy.Prediction) else score
 
         return journaled
 
-    def _record(
-        self, example: Any, prediction: Any, score: float | None, error: Exception | None, started: float, clock: float
-    ) -> None:
+    def _record(self, example: Any, prediction: Any, score: float | None, error: Exception | None) -> None:
         configuration = self.callback.last()
+        began = self.callback.began() or (time.time(), time.perf_counter())
+        # The LM calls of the program run (and of the metric) that made this trial; the window is
+        # then closed, so a second metric call on the same prediction is not charged again.
+        usage = self.meter.window()
+        self.meter.open_window()
         key = _key(configuration) if configuration is not None else "unknown"
         example_id, index = self._by_object.get(id(example)) or self._by_inputs.get(
             _inputs_key(example), (f"unlisted-{abs(hash(_inputs_key(example))) % 10**10}", -1)
@@ -395,6 +443,7 @@ class _CompileTrials:
             group.trials += 1
             if score is not None:
                 group.scores.append(score)
+            self.attributed = self.attributed + usage
         row = TrialResult(
             index=index,
             example_id=example_id,
@@ -405,9 +454,14 @@ class _CompileTrials:
             error_type=type(error).__name__ if error is not None else None,
             error_message=str(error)[:2000] if error is not None else None,
             error_stage="metric" if error is not None else None,
-            latency=time.perf_counter() - clock,
-            started_at=started,
+            latency=time.perf_counter() - began[1],
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cost=usage.cost,
+            lm_calls=usage.lm_calls,
+            started_at=began[0],
             finished_at=time.time(),
+            unpriced_models=",".join(usage.unpriced_models) or None,
         ).to_row()
         self.run.add_compile_trial(group, row)
 
@@ -591,10 +645,10 @@ class _DspyRun:
     def compile(self) -> tuple[dspy.Module | None, list[dict[str, Any]], str | None]:
         """Run DSPy's compile, metered and guarded; return the compiled module, its spans, and a budget stop."""
         spending: Spending = self.evaluator.spending
-        meter = Meter()
+        meter = _ThreadMeter()
         guard = _BudgetGuard(spending, meter)
         lm = _guarded(self.lm, guard)
-        trials = _CompileTrials(self, self._prefix())
+        trials = _CompileTrials(self, self._prefix(), meter)
         teleprompter, compile_options = self._teleprompter(trials.metric(self.metric), lm)
         student = self.baseline.program.build(lm=lm)
         train, own_val = self._split()
@@ -614,12 +668,17 @@ class _DspyRun:
             except Exception as error:
                 failure = error
         usage = meter.usage()
-        spending.lm_calls += usage.lm_calls
-        spending.tokens += usage.input_tokens + usage.output_tokens
-        if usage.cost is None:
+        # The compile trials' rows carried their own calls into the spending; the rest (DSPy's proposals,
+        # reflections, summaries) is counted here, for the run as a whole.
+        attributed = trials.attributed
+        spending.lm_calls += usage.lm_calls - attributed.lm_calls
+        spending.tokens += (usage.input_tokens + usage.output_tokens) - (
+            attributed.input_tokens + attributed.output_tokens
+        )
+        if usage.cost is None or attributed.cost is None:
             spending.unpriced = spending.unpriced or usage.lm_calls > 0
         else:
-            spending.cost += usage.cost
+            spending.cost += usage.cost - attributed.cost
         self.optimizer.last_compiled = compiled
         spans = [
             {
@@ -631,6 +690,7 @@ class _DspyRun:
                     "own_valset": len(own_val) if own_val is not None else 0,
                     "lm_calls": usage.lm_calls,
                     "tokens": usage.input_tokens + usage.output_tokens,
+                    "lm_calls_outside_trials": usage.lm_calls - attributed.lm_calls,
                     "seconds": round(time.perf_counter() - started, 3),
                     "experiments": [group.experiment_id for group in trials.groups.values()],
                     "metric_calls": sum(group.trials for group in trials.groups.values()),

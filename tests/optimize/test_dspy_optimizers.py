@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,21 @@ def test_each_optimizer_runs_end_to_end_through_the_journal(
     )
     assert len(compile_trials) > 0
     assert compile_trials["score"].notna().all()
+    # Each compile trial carries its own program run's LM calls; DSPy's other calls are the rest.
+    compile_calls = journal.sql(
+        "SELECT sum(lm_calls) AS n, min(lm_calls) AS least FROM trials WHERE starts_with(experiment_id, ?)",
+        [f"{result.run_id}/compile/"],
+    )
+    val_calls = journal.sql(
+        "SELECT sum(lm_calls) AS n FROM trials WHERE starts_with(experiment_id, ?) "
+        "AND ends_with(experiment_id, '/val')",
+        [f"{result.run_id}/"],
+    )
+    compile_span = next(row for row in journal.span_rows(result.run_id, "step-1") if row["name"].startswith("compile "))
+    outside = json.loads(compile_span["attributes"])["lm_calls_outside_trials"]
+    assert int(compile_calls["least"].iloc[0]) >= 0
+    assert int(compile_calls["n"].iloc[0]) > 0
+    assert int(compile_calls["n"].iloc[0]) + int(val_calls["n"].iloc[0]) + outside == result.spending["lm_calls"]
     all_trials = journal.sql(
         "SELECT count(*) AS n FROM trials WHERE starts_with(experiment_id, ?)", [f"{result.run_id}/"]
     )
