@@ -115,7 +115,7 @@ class ThreadExecutor:
         for submission, task in enumerate(tasks):
             in_flight[submission] = task
             inbox.put((submission, task))
-        workers = self.threads
+        workers = min(self.threads, len(in_flight))  # a 12-trial mini-batch needs no 64 threads
         for _ in range(workers):
             threading.Thread(target=work, name="dspex-trial", daemon=True).start()
         wait = 0.5 if timeout is None else max(0.01, min(0.5, timeout / 4))

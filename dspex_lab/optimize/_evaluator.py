@@ -48,6 +48,8 @@ class Spending:
     cost: float = 0.0
     unpriced: bool = False
     trials: int = 0
+    # Wall seconds of LM calls an optimizer makes outside trials (SIMBA-C's rule proposals).
+    proposal_seconds: float = 0.0
 
     def add(self, row: dict[str, Any]) -> None:
         """Count one trial's row."""
@@ -80,6 +82,7 @@ class Spending:
             "tokens": self.tokens,
             "cost": None if self.unpriced else self.cost,
             "trials": self.trials,
+            "proposal_seconds": round(self.proposal_seconds, 6),
         }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -204,6 +205,31 @@ def optimize(
         }
     )
     run_name = name or f"{program.name} ({chosen.name})"
+    # Held for the whole run: opening the DuckDB file costs tens of milliseconds, and a run writes often.
+    with journal.hold() if journal is not None else contextlib.nullcontext():
+        return _run(journal, resume, program, train, val, metric, config, run_name, chosen, budget, seed, lm, context,
+                    policy, trace, progress, subscribers)  # fmt: skip
+
+
+def _run(
+    journal: DuckDBJournal | None,
+    resume: str | None,
+    program: Program,
+    train: Dataset,
+    val: Dataset,
+    metric: Metric,
+    config: dict[str, Any],
+    run_name: str,
+    chosen: Any,
+    budget: Budget | None,
+    seed: int,
+    lm: dspy.BaseLM,
+    context: Any,
+    policy: RunPolicy,
+    trace: bool,
+    progress: bool,
+    subscribers: Sequence[Callable[[Any], None]],
+) -> OptimizationResult:
     run_id = _start(journal, resume, program, train, metric, config, run_name)
     spending = Spending(budget=budget)
     evaluator = CandidateEvaluator(

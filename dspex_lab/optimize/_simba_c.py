@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -611,6 +612,7 @@ class SimbaCRun:
         lm = self.optimizer.rule_lm or self.lm
         from dspex_lab.lm import metering
 
+        started = time.perf_counter()
         with metering() as meter, dspy.context(lm=lm):
             try:
                 answer = propose(
@@ -623,6 +625,7 @@ class SimbaCRun:
             except Exception as error:  # a failed proposal is skipped, never fatal
                 answer = None
                 failure = f"{type(error).__name__}: {error}"
+        self.evaluator.spending.proposal_seconds += time.perf_counter() - started
         usage = meter.usage()
         self.evaluator.spending.add(
             {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import json
@@ -49,6 +50,15 @@ def set_lm_resolver(resolver: Callable[[str], dspy.BaseLM]) -> None:
 
 def _canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _check_signature(signature: str) -> None:
+    # Parsing builds a pydantic model (milliseconds); an optimizer makes many programs with one signature.
+    try:
+        dspy.Signature(signature)
+    except Exception as error:
+        raise ProgramSpecError(f"signature {signature!r} is not valid: {error}") from None
 
 
 def _infer_target(name: str, variable: Variable) -> str:
@@ -126,10 +136,7 @@ class Program:
         if signature is not None and not isinstance(signature, str):
             raise ProgramSpecError(f"signature must be a string such as 'question -> answer', got {signature!r}")
         if signature is not None:
-            try:
-                dspy.Signature(signature)
-            except Exception as error:
-                raise ProgramSpecError(f"signature {signature!r} is not valid: {error}") from None
+            _check_signature(signature)
         init_values = dict(init or {})
         try:
             _canonical_json(init_values)
