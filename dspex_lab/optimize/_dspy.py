@@ -33,7 +33,10 @@ can be compared side by side:
    ``detailed_results.candidates`` of GEPA), best by DSPy's own score first. Each is
    recorded (strategy ``dspy``), evaluated on the validation set, and tested against the
    baseline with the paired test SIMBA-C uses, Holm-corrected over the evaluated ones.
-   There is one step per evaluated candidate, DSPy's final choice last.
+   There is one step per evaluated candidate, DSPy's final choice last. A step's screening
+   entry holds DSPy's own score of the candidate and of the unchanged program (on DSPy's
+   data, where it reports them), so the convergence plot shows the score DSPy selected on
+   next to the held-out validation score.
 5. **The best** is DSPy's own final choice, reported even when it is not significantly
    better (or is worse) than the baseline, because that is what the optimizer returns; it
    is *accepted* only when its corrected paired test is significant with a positive
@@ -747,6 +750,10 @@ class _DspyRun:
         baseline_key = _key(read_configuration(self.baseline.program.build(lm=self.lm)))
         seen = {baseline_key, final_key}
         intermediates = self._intermediates(compiled)
+        # DSPy's own score of the unchanged program, when it kept one (SIMBA and MIPROv2 score it too).
+        baseline_score = next(
+            (score for score, program, _ in intermediates if _key(read_configuration(program)) == baseline_key), None
+        )
         chosen: list[tuple[float | None, dict[str, Any], str]] = []
         for score, program, origin in intermediates:
             if len(chosen) >= self.optimizer.options["validate_top"]:
@@ -885,8 +892,8 @@ class _DspyRun:
                         {
                             "candidate": candidate.id,
                             "mean": score,
-                            "incumbent_mean": None,
-                            "gain": None,
+                            "incumbent_mean": baseline_score,
+                            "gain": score - baseline_score if baseline_score is not None else None,
                             "n": group.trials if group is not None else 0,
                             "errors": 0,
                             "experiment_id": group.experiment_id if group is not None else None,

@@ -16,6 +16,7 @@ from dspex_lab.errors import MissingDependencyError, OptimizerError
 from dspex_lab.lm import LabEngine
 from dspex_lab.optimize import STEP_COLUMNS, OptimizationResult, optimize
 from dspex_lab.optimize._dspy import DSPY_NAMES, DspyOptimizer, read_configuration
+from dspex_lab.optimize._plot import convergence_data
 
 # Tiny hyperparameters: each run is a few seconds on the zero-latency lab LM.
 TINY: dict[str, dict[str, Any]] = {
@@ -132,6 +133,12 @@ def test_each_optimizer_runs_end_to_end_through_the_journal(
     # DSPy never sees the validation set the result is judged on (MIPROv2 and GEPA select on a split of the trainset).
     train_ids = {example.id for example in data[0]}
     assert set(compile_trials["example_id"]) <= train_ids
+
+    # The convergence panels read a DSPy run as they read SIMBA-C's: best so far per step, with
+    # DSPy's own score next to the held-out one.
+    panels = convergence_data(result.steps, result.candidates)
+    assert panels.best["incumbent_id"].iloc[-1] == result.best_id
+    assert panels.best["best_mean"].iloc[-1] == pytest.approx(result.best_result.mean)
 
     # The result rebuilt from the journal alone equals the one returned.
     rebuilt = OptimizationResult.from_journal(journal, result.run_id)
