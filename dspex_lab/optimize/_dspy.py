@@ -153,6 +153,8 @@ class DspyOptimizer:
         values = {**_COMMON, **_DEFAULTS[name]}
         if name == "gepa" and any(key in options for key in _GEPA_BUDGETS):
             values.pop("auto")  # GEPA takes exactly one of auto, max_metric_calls, max_full_evals
+        if name == "mipro" and "auto" not in options and ("num_trials" in options or "num_candidates" in options):
+            values["auto"] = None  # MIPROv2 sizes its search either by auto or by these two
         values.update(options)
         self.name = name
         self.options = values
@@ -174,6 +176,24 @@ class DspyOptimizer:
             isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1
         ):
             raise OptimizerError(f"DspyOptimizer(validation_fraction={fraction!r}): must be between 0 and 1")
+        if (
+            self.name == "mipro"
+            and options["auto"] is None
+            and (options.get("num_trials") is None or options.get("num_candidates") is None)
+        ):
+            raise OptimizerError(
+                "DspyOptimizer('mipro', auto=None) needs num_candidates and num_trials (or auto='light', 'medium', "
+                "'heavy')"
+            )
+        if (
+            self.name == "mipro"
+            and options["auto"] is not None
+            and (options.get("num_trials") is not None or options.get("num_candidates") is not None)
+        ):
+            raise OptimizerError(
+                f"DspyOptimizer('mipro', auto={options['auto']!r}) sets num_candidates and num_trials itself; "
+                "pass auto=None to set them"
+            )
         if self.name == "gepa" and sum(key in options for key in _GEPA_BUDGETS) != 1:
             raise OptimizerError("DspyOptimizer('gepa') takes exactly one of auto, max_metric_calls, max_full_evals")
 

@@ -21,7 +21,7 @@ from dspex_lab.optimize._plot import convergence_data
 # Tiny hyperparameters: each run is a few seconds on the zero-latency lab LM.
 TINY: dict[str, dict[str, Any]] = {
     "simba": {"max_steps": 2, "bsize": 8, "num_candidates": 3, "num_threads": 2},
-    "mipro": {"auto": None, "num_candidates": 2, "num_trials": 3, "num_threads": 2},
+    "mipro": {"num_candidates": 2, "num_trials": 3, "num_threads": 2},
     "gepa": {"max_metric_calls": 40, "num_threads": 2},
     "bootstrap": {"max_bootstrapped_demos": 2, "max_labeled_demos": 2},
 }
@@ -214,6 +214,11 @@ def test_options_are_checked_and_recorded() -> None:
     with pytest.raises(OptimizerError, match="validation_fraction"):
         DspyOptimizer("mipro", validation_fraction=1.5)
     assert DspyOptimizer("mipro").config()["auto"] == "light"
+    assert DspyOptimizer("mipro", num_candidates=2, num_trials=3).config()["auto"] is None
+    with pytest.raises(OptimizerError, match="needs num_candidates and num_trials"):
+        DspyOptimizer("mipro", auto=None)
+    with pytest.raises(OptimizerError, match="pass auto=None"):
+        DspyOptimizer("mipro", auto="light", num_trials=3)
     assert DspyOptimizer("gepa", max_metric_calls=10).config().get("auto") is None
     simba = DspyOptimizer("simba", max_steps=4, bsize=16)
     assert simba.bsize == 16
