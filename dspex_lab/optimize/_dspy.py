@@ -61,6 +61,8 @@ all            ``validate_top=2, alpha=0.05, test="auto"``; mipro and gepa also
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib.util
 import json
 import math
@@ -542,16 +544,17 @@ class _DspyRun:
         writer = self.evaluator.writer
         if writer is None:
             return
-        program = self.baseline.program
-        if configuration is not None:
-            try:
-                program = self.to_program(configuration)
-            except OptimizerError:
-                program = self.baseline.program  # recorded as the baseline's space; the trials stay honest
+        program, fits = self.baseline.program, False
+        # A configuration that does not fit the lifted variables keeps the baseline's spec, and says so.
+        with contextlib.suppress(OptimizerError):
+            if configuration is not None:
+                program, fits = self.to_program(configuration), True
         phase = group.experiment_id.removeprefix(f"{self.session.run_id}/")
         holder = Candidate(f"e{group.number}", program, None, 0, "dspy", "a configuration DSPy scored during compile")
         record = self.session.record(holder, phase)
-        writer.create(record)
+        # What DSPy actually ran: each predictor's instructions and demos, as read when the call began.
+        extra = {"dspy_configuration": configuration, "program_spec_is_configuration": fits}
+        writer.create(dataclasses.replace(record, config={**record.config, **extra}))
         self.evaluator._created.add(group.experiment_id)
 
     def add_compile_trial(self, group: _Group, row: dict[str, Any]) -> None:

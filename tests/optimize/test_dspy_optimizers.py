@@ -111,6 +111,13 @@ def test_each_optimizer_runs_end_to_end_through_the_journal(
     )
     assert len(compile_trials) > 0
     assert compile_trials["score"].notna().all()
+    # Each compile experiment records what DSPy ran, and the program spec holding exactly that.
+    first_compile = journal.experiment(f"{result.run_id}/compile/e1")
+    ran = first_compile["config"]["dspy_configuration"]
+    assert first_compile["config"]["program_spec_is_configuration"] is True
+    rebuilt_first = read_configuration(dx.Program.from_dict(first_compile["program_spec"]).build(lm=lm))
+    assert json.loads(json.dumps(rebuilt_first)) == ran
+
     # Each compile trial carries its own program run's LM calls; DSPy's other calls are the rest.
     compile_calls = journal.sql(
         "SELECT sum(lm_calls) AS n, min(lm_calls) AS least FROM trials WHERE starts_with(experiment_id, ?)",
