@@ -402,10 +402,9 @@ class SimbaCRun:
                 raise BudgetSpent(scores.stopped)
 
         # 4. Full evaluation of the best screened, and the paired test against the incumbent.
-        shortlisted.sort(key=lambda item: (-item[0], item[1].id))
         incumbent_val = self.validate(self.incumbent, record)
         evaluated: list[tuple[Candidate, Scores, Any]] = []
-        for _, candidate in shortlisted[: optimizer.full_evals]:
+        for candidate in _diverse(shortlisted, optimizer.full_evals):
             scores = self.validate(candidate, record)
             if scores.stopped:
                 raise BudgetSpent(scores.stopped)
@@ -645,6 +644,24 @@ class SimbaCRun:
         rule = clean_rule(text)
         discussion = clean_rule(getattr(answer, "discussion", "")) or ""
         return rule, discussion
+
+
+def _diverse(shortlisted: list[tuple[float, Candidate]], count: int) -> list[Candidate]:
+    """Return up to ``count`` candidates by screening gain, the best of each strategy first.
+
+    Mini-batch gains are noisy: the top two are often the same lucky kind of move (two
+    temperature nudges). Taking each strategy's best before a second of any keeps a real
+    effect of another kind from being crowded out of the full evaluation.
+    """
+    ordered = sorted(shortlisted, key=lambda item: (-item[0], item[1].id))
+    chosen: list[Candidate] = []
+    for _, candidate in ordered:
+        if len(chosen) < count and all(other.strategy != candidate.strategy for other in chosen):
+            chosen.append(candidate)
+    for _, candidate in ordered:
+        if len(chosen) < count and candidate not in chosen:
+            chosen.append(candidate)
+    return chosen
 
 
 def _hotter(lm: dspy.BaseLM, temperature: float) -> dspy.BaseLM:

@@ -294,3 +294,24 @@ def test_values_of_every_candidate_are_a_valid_configuration(context, data) -> N
         assert 0.0 <= values["skill"] <= 1.0
         assert len(values["demos"]) <= 4
     assert np.isnan(result.candidates.loc[0, "screen_mean"])  # the baseline is not screened
+
+
+def test_the_full_evaluation_shortlist_takes_each_strategys_best_first() -> None:
+    from dspex_lab.optimize._simba_c import _diverse
+    from dspex_lab.optimize._space import Candidate
+
+    program = oracle_program()
+
+    def candidate(name: str, strategy: str) -> Candidate:
+        return Candidate(name, program, "c0", 1, strategy, "")
+
+    lucky_a, lucky_b, rule, demo = (
+        candidate("c1", "mutate"),
+        candidate("c2", "mutate"),
+        candidate("c3", "rule"),
+        candidate("c4", "demo"),
+    )
+    gains = [(0.4, lucky_a), (0.4, lucky_b), (0.3, rule), (0.1, demo)]
+    assert [item.id for item in _diverse(gains, 2)] == ["c1", "c3"]
+    assert [item.id for item in _diverse(gains, 4)] == ["c1", "c3", "c4", "c2"]
+    assert _diverse([], 2) == []
