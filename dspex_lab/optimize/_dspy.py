@@ -135,6 +135,12 @@ class DspyOptimizer:
             ``test`` (the paired test) and, for MIPROv2 and GEPA, ``validation_fraction`` (the
             part of the trainset they get as their own validation set).
 
+    Attributes:
+        name: the name given.
+        options: every option, defaults included (what :meth:`config` records).
+        last_compiled: the module DSPy's compile returned in the latest run, for inspection (None
+            before a run, or when the compile raised).
+
     Raises:
         OptimizerError: an unknown name, or an option that optimizer does not take.
 
