@@ -832,8 +832,8 @@ class _DspyRun:
         for candidate, _, _ in candidates:
             try:
                 scores = self.validate(candidate)
-            except BudgetSpent as spent:
-                return self._stop_at(spans, f"budget: {spent} while validating {candidate.id}")
+            except BudgetSpent as error:
+                return self._stop_at(spans, f"budget: {error} while validating {candidate.id}")
             if scores.stopped:
                 return self._stop_at(spans, f"budget: {scores.stopped} while validating {candidate.id}")
             spent[candidate.id] = self.evaluator.spending.to_summary()
@@ -935,7 +935,9 @@ class _DspyRun:
                 ),
                 spending=spent[candidate.id],
             )
-        final = next(outcome for outcome in outcomes if outcome["candidate"] == final_id)
+        final = next((outcome for outcome in outcomes if outcome["candidate"] == final_id), None)
+        if final is None:
+            return "finished", f"DSPy {dspy_name} finished; its final choice is the baseline configuration"
         verdict = "a significant gain" if final["significant"] else "no significant gain"
         return "finished", f"DSPy {dspy_name} finished; its final choice {final_id}: {verdict} over the baseline"
 

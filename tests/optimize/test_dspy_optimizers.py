@@ -289,3 +289,18 @@ def test_a_resumed_run_recompiles_but_reuses_finished_validations(
     assert any(row["name"] == "compile BootstrapFewShot" for row in compile_calls)
     experiments = set(journal.sql("SELECT id FROM experiments")["id"])
     assert {f"{run_id}/compile/e1", f"{run_id}/compile2/e1"} <= experiments
+
+
+def test_a_compile_that_changes_nothing_keeps_the_baseline(program: dx.Program, data: Any, journal_path: Path) -> None:
+    result, optimizer = run(
+        "bootstrap", program, data, journal_path, options={"max_bootstrapped_demos": 0, "max_labeled_demos": 0}
+    )
+
+    assert read_configuration(optimizer.last_compiled) == read_configuration(program.build(lm=dx.lab_lm()))
+    assert result.status == "finished"
+    assert result.best_id == "c0" and result.comparison is None
+    assert result.candidates["candidate_id"].tolist() == ["c0"]
+    assert result.steps["detail"].tolist() == [
+        "baseline",
+        "DSPy BootstrapFewShot's final choice is the baseline configuration",
+    ]
