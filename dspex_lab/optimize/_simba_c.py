@@ -418,7 +418,7 @@ class SimbaCRun:
                 except ValueError:
                     test = None
             evaluated.append((candidate, scores, test))
-        p_values = np.array([test.p_value if test is not None else np.nan for _, _, test in evaluated], dtype=float)
+        p_values = np.array([_one_sided(test) for _, _, test in evaluated], dtype=float)
         adjusted = holm(p_values) if len(p_values) else p_values
         best: tuple[float, Candidate] | None = None
         for (candidate, scores, test), p_adjusted in zip(evaluated, adjusted, strict=True):
@@ -444,7 +444,9 @@ class SimbaCRun:
                 "diff_ci_low": _number(test.ci[0]) if test is not None else None,
                 "diff_ci_high": _number(test.ci[1]) if test is not None else None,
                 "test": test.test if test is not None else None,
-                "p_value": _number(test.p_value) if test is not None else None,
+                # One-sided (is the candidate better?); the two-sided p of the same test beside it.
+                "p_value": _number(_one_sided(test)),
+                "p_two_sided": _number(test.p_value) if test is not None else None,
                 "p_adjusted": _number(float(p_adjusted)),
                 "significant": significant,
             }
@@ -644,6 +646,20 @@ class SimbaCRun:
         rule = clean_rule(text)
         discussion = clean_rule(getattr(answer, "discussion", "")) or ""
         return rule, discussion
+
+
+def _one_sided(test: Any) -> float:
+    """The p-value of "the candidate is better", from a symmetric two-sided paired test.
+
+    Only improvements are ever accepted, so the question is one-sided. For the t-test,
+    Wilcoxon's normal approximation and the exact McNemar (binomial) test, the one-sided
+    p is half the two-sided one in the observed direction (an exact McNemar's two-sided p
+    is twice the smaller tail, capped at 1, so half of it is that tail, or 0.5 at the cap).
+    """
+    if test is None or not math.isfinite(test.p_value):
+        return math.nan
+    half = test.p_value / 2
+    return half if test.mean_difference > 0 else 1 - half
 
 
 def _diverse(shortlisted: list[tuple[float, Candidate]], count: int) -> list[Candidate]:

@@ -79,9 +79,12 @@ def test_every_decision_can_be_recomputed_from_the_journal(context, data) -> Non
             merged = incumbent.merge(candidate, on="example_id", suffixes=("_a", "_b"))
             merged = merged[(merged["status_a"] == "ok") & (merged["status_b"] == "ok")]
             test = paired_test(merged["score_a"].to_numpy(), merged["score_b"].to_numpy())
-            assert test.p_value == pytest.approx(item["p_value"], rel=1e-9, abs=1e-12)
+            assert test.p_value == pytest.approx(item["p_two_sided"], rel=1e-9, abs=1e-12)
             assert test.mean_difference == pytest.approx(item["difference"], abs=1e-12)
-            p_values.append(test.p_value)
+            # Acceptance asks "is the candidate better?": the one-sided p of the same test.
+            one_sided = test.p_value / 2 if test.mean_difference > 0 else 1 - test.p_value / 2
+            assert item["p_value"] == pytest.approx(one_sided, rel=1e-9, abs=1e-12)
+            p_values.append(one_sided)
         expected = multipletests(p_values, method="holm")[1]
         assert [item["p_adjusted"] for item in evaluations] == pytest.approx(list(expected))
     # The trials journaled are exactly the trials the run counted.
@@ -294,6 +297,21 @@ def test_values_of_every_candidate_are_a_valid_configuration(context, data) -> N
         assert 0.0 <= values["skill"] <= 1.0
         assert len(values["demos"]) <= 4
     assert np.isnan(result.candidates.loc[0, "screen_mean"])  # the baseline is not screened
+
+
+def test_the_one_sided_p_of_an_exact_mcnemar_is_its_upper_binomial_tail() -> None:
+    from scipy import stats
+
+    from dspex_lab.optimize._simba_c import _one_sided
+
+    # 14 examples the candidate fixes, 4 it breaks, 82 unchanged.
+    before = np.array([0] * 14 + [1] * 4 + [1] * 50 + [0] * 32, dtype=float)
+    after = np.array([1] * 14 + [0] * 4 + [1] * 50 + [0] * 32, dtype=float)
+    test = paired_test(before, after)
+    assert test.test == "exact McNemar"
+    assert _one_sided(test) == pytest.approx(stats.binomtest(14, 18, 0.5, alternative="greater").pvalue)
+    worse = paired_test(after, before)
+    assert _one_sided(worse) > 0.5
 
 
 def test_the_full_evaluation_shortlist_takes_each_strategys_best_first() -> None:
