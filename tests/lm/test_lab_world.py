@@ -560,6 +560,14 @@ def test_dspy_optimizers_improve_on_the_lab_world(control_data):
             metric=feedback_metric, max_metric_calls=400, reflection_lm=lab_lm("lab/large"), num_threads=1, seed=0
         ).compile(base.deepcopy(), trainset=train, valset=val),
     }
+    try:
+        import optuna  # noqa: F401  (MIPROv2's optional dependency)
+    except ImportError:
+        pass
+    else:
+        optimizers["mipro"] = lambda: dspy.MIPROv2(
+            metric=_metric, auto="light", num_threads=1, verbose=False, seed=0, prompt_model=lab_lm("lab/large")
+        ).compile(base.deepcopy(), trainset=train, valset=arithmetic(60, seed=14))
     for name, run in optimizers.items():
         with dspy.context(lm=lab_lm(temperature=0.0)):
             optimized = run()
