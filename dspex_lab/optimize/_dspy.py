@@ -65,10 +65,11 @@ import contextlib
 import dataclasses
 import importlib.util
 import json
+import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import dspy
@@ -389,6 +390,41 @@ class _BudgetGuard:
             self.calls += 1
 
 
+@contextlib.contextmanager
+def quiet_compile() -> Iterator[None]:
+    """Keep DSPy's compile from printing: its INFO logs and its progress bars.
+
+    A journaled run reports its own progress (one line per step, or a live plot), and in
+    a notebook DSPy's bars would fill the output cell. INFO logs are held back through
+    the standard ``logging`` API (warnings still show). The bars are turned off by
+    setting ``disable_progress_bar`` on each ``dspy.utils.parallelizer.ParallelExecutor``
+    made during the compile: not public DSPy API, so if the class is gone the bars simply
+    show, and ``tests/optimize/test_dspy_optimizers.py`` fails loudly when the attribute
+    is no longer what DSPy reads. Process-wide while the compile runs.
+    """
+    logger = logging.getLogger("dspy")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        from dspy.utils.parallelizer import ParallelExecutor
+    except ImportError:  # pragma: no cover - a DSPy without the class: bars show, nothing breaks
+        ParallelExecutor = None  # noqa: N806
+    original = ParallelExecutor.__init__ if ParallelExecutor is not None else None
+
+    def quiet_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)  # type: ignore[misc]
+        self.disable_progress_bar = True
+
+    if ParallelExecutor is not None:
+        ParallelExecutor.__init__ = quiet_init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if ParallelExecutor is not None:
+            ParallelExecutor.__init__ = original  # type: ignore[method-assign]
+        logger.setLevel(level)
+
+
 def _guarded(lm: dspy.BaseLM, guard: _BudgetGuard) -> dspy.BaseLM:
     """Return a copy of ``lm`` that asks ``guard`` before every call; its own copies (SIMBA's rollouts) do too."""
     base = type(lm)
@@ -401,6 +437,10 @@ def _guarded(lm: dspy.BaseLM, guard: _BudgetGuard) -> dspy.BaseLM:
         async def acall(self, *args: Any, **kwargs: Any) -> Any:
             guard.before_call()
             return await super().acall(*args, **kwargs)
+
+        def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+            # An LM is a shared client: DSPy deep-copies programs (SIMBA), and the copies must keep this guard.
+            return self
 
     Guarded.__name__ = Guarded.__qualname__ = f"Budgeted{base.__name__}"
     copied = lm.copy()
@@ -694,7 +734,7 @@ class _DspyRun:
         compiled = None
         started = time.perf_counter()
         callbacks = [*(dspy.settings.callbacks or []), trials.callback]
-        with metering(meter, overrides={"lm": lm, "callbacks": callbacks}):
+        with metering(meter, overrides={"lm": lm, "callbacks": callbacks}), quiet_compile():
             try:
                 compiled = teleprompter.compile(student, trainset=train, **compile_options)
             except Exception as error:

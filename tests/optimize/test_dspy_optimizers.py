@@ -304,3 +304,25 @@ def test_a_compile_that_changes_nothing_keeps_the_baseline(program: dx.Program, 
         "baseline",
         "DSPy BootstrapFewShot's final choice is the baseline configuration",
     ]
+
+
+def test_compiles_are_quiet_and_the_progress_switch_is_still_the_one_dspy_reads(capsys) -> None:
+    import inspect
+    import logging
+
+    from dspy.utils.parallelizer import ParallelExecutor
+
+    from dspex_lab.optimize._dspy import quiet_compile
+
+    # quiet_compile() turns DSPy's bars off through this attribute: fail loudly if DSPy stops reading it.
+    assert "self.disable_progress_bar" in inspect.getsource(ParallelExecutor)
+    before = ParallelExecutor.__init__
+    with quiet_compile():
+        assert ParallelExecutor().disable_progress_bar is True
+        assert logging.getLogger("dspy").getEffectiveLevel() >= logging.WARNING
+        executor = ParallelExecutor(num_threads=2)
+        executor.execute(lambda item: item * 2, [1, 2, 3])
+    assert ParallelExecutor.__init__ is before
+    assert ParallelExecutor().disable_progress_bar is False
+    captured = capsys.readouterr()
+    assert "Processed" not in captured.out + captured.err
