@@ -296,7 +296,7 @@ class LabEngine:
         answer_rollout = rollout_key if temperature > 0 else ""
         draws = Draws(f"answer|{request.model}|{temperature:.2f}|{answer_rollout}|{prompt_digest}")
         view = read_prompt(system, messages)
-        text = _compose(view, profile, temperature=temperature, draws=draws)
+        text = _compose(view, profile, temperature=temperature, draws=draws, rollout=answer_rollout)
 
         finish_reason = "stop"
         maximum_tokens = request.config.max_tokens
@@ -393,7 +393,7 @@ def _answer_value(field: OutputField, problem: ArithmeticProblem, answer: int) -
     return str(answer)
 
 
-def _compose(view: PromptView, profile: LabModelProfile, *, temperature: float, draws: Draws) -> str:
+def _compose(view: PromptView, profile: LabModelProfile, *, temperature: float, draws: Draws, rollout: str = "") -> str:
     fields = view.system.output_fields
     base_rates = profile.base_rates(SKILLS)
     if fields and "module_names" in view.inputs:
@@ -409,6 +409,8 @@ def _compose(view: PromptView, profile: LabModelProfile, *, temperature: float, 
     for value in view.inputs.values():
         problem = parse_problem(value)
         if problem is not None:
+            # The question's own luck, shared across prompts, models and temperatures (solver.solve).
+            luck_key = f"luck|{rollout}|{value.strip()}"
             break
 
     if not fields:
@@ -421,7 +423,7 @@ def _compose(view: PromptView, profile: LabModelProfile, *, temperature: float, 
                 demos=NO_DEMOS,
                 instructions="",
             )
-            return solve(problem, slip_probabilities=probabilities, draws=draws).reasoning
+            return solve(problem, slip_probabilities=probabilities, draws=draws, luck_key=luck_key).reasoning
         return f"({profile.name} simulated reply) {generic.excerpt(view.inputs, words=24)}"
 
     if problem is not None:
@@ -442,7 +444,7 @@ def _compose(view: PromptView, profile: LabModelProfile, *, temperature: float, 
                 demos=_demo_evidence(view, answer_field.name, reasoning_field.name if reasoning_field else None),
                 instructions=view.system.instructions,
             )
-            solution = solve(problem, slip_probabilities=probabilities, draws=draws)
+            solution = solve(problem, slip_probabilities=probabilities, draws=draws, luck_key=luck_key)
             values: dict[str, Any] = {}
             for field in fields:
                 if field is answer_field:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from dspex_lab.lm._skills import OPERATION_SKILL_INDEX, SlipOption, slip_options
 from dspex_lab.tasks.arithmetic import ArithmeticProblem, ArithmeticStep, apply_step
 
-__all__ = ["Draws", "Solution", "solve"]
+__all__ = ["SHARED_LUCK", "Draws", "Solution", "solve"]
 
 
 class Draws:
@@ -92,13 +92,34 @@ def _pick(options: tuple[SlipOption, ...], draw: float) -> SlipOption:
     return options[-1]
 
 
-def solve(problem: ArithmeticProblem, *, slip_probabilities: tuple[float, ...], draws: Draws) -> Solution:
+#: The share of a step's luck that belongs to the question rather than the prompt (see :func:`solve`).
+SHARED_LUCK = 0.8
+
+
+def solve(
+    problem: ArithmeticProblem,
+    *,
+    slip_probabilities: tuple[float, ...],
+    draws: Draws,
+    luck_key: str | None = None,
+) -> Solution:
     """Work ``problem`` step by step, slipping on each step at its skill's rate.
+
+    A step slips when its *luck*, a uniform number, falls below its skill's slip
+    probability. With ``luck_key`` (the question and the rollout, not the prompt), a
+    step's luck is, with probability :data:`SHARED_LUCK`, the step's own draw under that
+    key, shared by every prompt, model and temperature that asks the same question in
+    the same rollout; otherwise it is drawn afresh from the prompt's stream. Either way
+    it is uniform, so each step slips at exactly its rate; but a question that is hard
+    for one configuration stays mostly hard for the next, as it does for a real model,
+    and a configuration with lower slip rates slips on mostly a subset of the steps
+    (``docs/lab_world.md``, section 2.2).
 
     Args:
         problem: the parsed problem.
         slip_probabilities: the slip probability per skill, in ``SKILLS`` order.
-        draws: the deterministic random stream of this call.
+        draws: the deterministic random stream of this call (keyed by the whole prompt).
+        luck_key: the key of the question's shared luck; None draws every step from ``draws``.
 
     Returns:
         The stated answer and the reasoning text.
@@ -106,10 +127,13 @@ def solve(problem: ArithmeticProblem, *, slip_probabilities: tuple[float, ...], 
     lines = [_OPENINGS[draws.integer(len(_OPENINGS))].format(start=problem.start, item=problem.item)]
     value = problem.start
     slips = 0
-    for step in problem.steps:
-        if draws.uniform() < slip_probabilities[OPERATION_SKILL_INDEX[step.operation]]:
+    for position, step in enumerate(problem.steps):
+        stream = draws
+        if luck_key is not None and draws.uniform() < SHARED_LUCK:
+            stream = Draws(f"{luck_key}|step{position}")
+        if stream.uniform() < slip_probabilities[OPERATION_SKILL_INDEX[step.operation]]:
             slips += 1
-            option = _pick(slip_options(step, value), draws.uniform())
+            option = _pick(slip_options(step, value), stream.uniform())
             if option.expression is not None:
                 lines.append(_line(step, option.expression, option.after))
             value = option.after

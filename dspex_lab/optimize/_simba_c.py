@@ -43,6 +43,7 @@ SIMBA-C                     DSPy SIMBA       meaning
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -64,12 +65,13 @@ from dspex_lab.optimize._space import (
     clean_rule,
     mutable_variables,
     mutate,
+    rules_of,
 )
 from dspex_lab.stats import holm, paired_test
 
 __all__ = ["ProposeRule", "SimbaC"]
 
-STRATEGIES = ("demo", "rule", "mutate")
+STRATEGIES = ("demo", "rule", "mutate", "merge")
 
 
 class ProposeRule(dspy.Signature):
@@ -145,8 +147,10 @@ class SimbaC:
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise OptimizerError(f"SimbaC({name}={value!r}): must be a finite number >= 0")
         unknown = sorted(set(self.strategies) - set(STRATEGIES))
-        if unknown or not self.strategies:
-            raise OptimizerError(f"SimbaC(strategies={self.strategies!r}): choose from {STRATEGIES}")
+        if unknown or not set(self.strategies) - {"merge"}:
+            raise OptimizerError(
+                f"SimbaC(strategies={self.strategies!r}): choose from {STRATEGIES}, at least one besides 'merge'"
+            )
         if self.test not in ("auto", "t", "wilcoxon", "mcnemar"):
             raise OptimizerError(f"SimbaC(test={self.test!r}): one of 'auto', 't', 'wilcoxon', 'mcnemar'")
 
@@ -325,11 +329,12 @@ class SimbaCRun:
         sources = [(self.incumbent, incumbent_screen)]
         for position in range(1, optimizer.num_sources):
             source = self._draw_source(rng)
+            explored = dataclasses.replace(source, program=self._exploring(source.program))
             scores = self.evaluator.evaluate(
-                source.program,
+                explored.program,
                 batch,
                 experiment_id=f"{self.hooks.run_id}/s{step}/explore{position}",
-                record=record(source, f"s{step}/explore{position}"),
+                record=record(explored, f"s{step}/explore{position}"),
                 lm=self._explore_lm,
                 repeat=position,
             )
@@ -356,9 +361,11 @@ class SimbaCRun:
                 }
             )
 
-        # 3. Screening on the mini-batch.
+        # 3. Screening on the mini-batch; then the merge of the changes that screened well, screened too.
         shortlisted: list[tuple[float, Candidate]] = []
-        for candidate in proposed:
+        gains: dict[str, float] = {}
+
+        def screen(candidate: Candidate) -> None:
             scores = self.evaluator.evaluate(
                 candidate.program,
                 batch,
@@ -367,6 +374,7 @@ class SimbaCRun:
             )
             self.screen[candidate.id] = scores
             gain, n = paired_gain(scores, incumbent_screen)
+            gains[candidate.id] = gain
             self.screen_parent[candidate.id] = incumbent_screen.mean
             self.pool_scores.setdefault(candidate.id, []).append(scores.mean)
             if candidate.id in self.moves:
@@ -400,6 +408,30 @@ class SimbaCRun:
                 shortlisted.append((gain, candidate))
             if scores.stopped:
                 raise BudgetSpent(scores.stopped)
+
+        for candidate in proposed:
+            if candidate.strategy != "merge":
+                screen(candidate)
+        merged = next((candidate for candidate in proposed if candidate.strategy == "merge"), None)
+        if merged is None and "merge" in optimizer.strategies:
+            merged = self._merge(step, [candidate for _, candidate in shortlisted], gains)
+            if merged is not None:
+                self.hooks.record_candidates([merged])
+                self.candidates[merged.id] = merged
+                spans.append(
+                    {
+                        "name": f"propose {merged.id}",
+                        "kind": "decision",
+                        "attributes": {
+                            "candidate": merged.id,
+                            "parent": merged.parent_id,
+                            "strategy": merged.strategy,
+                            "rationale": merged.rationale,
+                        },
+                    }
+                )
+        if merged is not None:
+            screen(merged)
 
         # 4. Full evaluation of the best screened, and the paired test against the incumbent.
         incumbent_val = self.validate(self.incumbent, record)
@@ -483,6 +515,73 @@ class SimbaCRun:
         """The validation set's example ids, in order."""
         return [example[0] for example in self.valset]
 
+    def _merge(self, step: int, positives: list[Candidate], gains: dict[str, float]) -> Candidate | None:
+        """Return the incumbent with every change of the positively screened demos, rules and moves, or None.
+
+        One demo or one rule often moves the score by a few points, too little for a paired test
+        on a validation set of a few hundred examples to see; several such changes together can
+        be seen. Changes are applied best-screened first: each candidate's new demos and rules are
+        appended, and a typed variable takes the value of the best candidate that moved it.
+        """
+        ordered = sorted((item for item in positives if item.strategy != "merge"), key=lambda item: -gains[item.id])
+        if len(ordered) < 2:
+            return None
+        base = self.incumbent.program
+        program = base
+        moved: set[str] = set()
+        used: list[str] = []
+        for candidate in ordered:
+            changed = False
+            for scope in sorted(self.slots.instructions):
+                old_rules = set(rules_of(base, self.slots, scope))
+                for rule in rules_of(candidate.program, self.slots, scope):
+                    if rule not in old_rules and rule not in rules_of(program, self.slots, scope):
+                        try:
+                            program = append_rule(program, self.slots, scope, rule, max_rules=self.optimizer.max_rules)
+                            changed = True
+                        except (OptimizerError, VariableError):
+                            pass
+                old_demos = list(base.values[self.slots.demos[scope]])
+                for demo in candidate.program.values[self.slots.demos[scope]]:
+                    if demo not in old_demos and demo not in program.values[self.slots.demos[scope]]:
+                        program = append_demo(program, self.slots, scope, demo)
+                        changed = True
+            for name in mutable_variables(base, self.slots):
+                value = candidate.program.values[name]
+                if value != base.values[name] and name not in moved:
+                    try:
+                        program = program.with_values(**{name: value})
+                        moved.add(name)
+                        changed = True
+                    except VariableError:
+                        pass
+            if changed:
+                used.append(candidate.id)
+        if len(used) < 2 or any(program.fingerprint == item.program.fingerprint for item in self.candidates.values()):
+            return None
+        rationale = "merge of " + ", ".join(f"{key} ({gains[key]:+.3f})" for key in used) + " (screening gains)"
+        return Candidate(f"c{len(self.candidates)}", program, self.incumbent.id, step, "merge", rationale)
+
+    def _exploring(self, program: Any) -> Any:
+        """Return ``program`` as the extra sources sample it: at least ``exploration_temperature`` hot.
+
+        A program that sets its own temperature is sampled with that variable raised (within its
+        bounds), so a greedy incumbent still disagrees with itself across rollouts; one that does not
+        runs on a hotter copy of the run's LM (``_explore_lm``).
+        """
+        name = next((key for key, target in program.targets.items() if target == "temperature"), None)
+        if name is None:
+            return program
+        variable = program.variables[name]
+        wanted = max(float(variable.value), self.optimizer.exploration_temperature)
+        high = getattr(variable, "high", None)
+        if high is not None and math.isfinite(high):
+            wanted = min(wanted, high)
+        try:
+            return program.with_values(**{name: wanted})
+        except VariableError:
+            return program
+
     def _finish_step(self, record: StepRecord, *, replace: bool = False) -> None:
         scores = self.validation.get(record.incumbent_id)
         if scores is not None:
@@ -532,7 +631,9 @@ class SimbaCRun:
             bucket = buckets[attempts % len(buckets)]
             attempts += 1
             spread, _, example_id, example, runs = bucket
-            strategies = [name for name in optimizer.strategies if name != "mutate" or mutable]
+            strategies = [name for name in optimizer.strategies if name != "merge" and (name != "mutate" or mutable)]
+            if not strategies:
+                break
             if spread <= 0:
                 strategies = [name for name in strategies if name != "rule"] or strategies
             strategy = strategies[int(rng.integers(len(strategies)))]
@@ -667,9 +768,11 @@ def _diverse(shortlisted: list[tuple[float, Candidate]], count: int) -> list[Can
 
     Mini-batch gains are noisy: the top two are often the same lucky kind of move (two
     temperature nudges). Taking each strategy's best before a second of any keeps a real
-    effect of another kind from being crowded out of the full evaluation.
+    effect of another kind from being crowded out of the full evaluation. A merge of the
+    step's positively screened changes, when there is one, is taken first.
     """
-    ordered = sorted(shortlisted, key=lambda item: (-item[0], item[1].id))
+    # A merge (several changes at once) goes first: its effect is the one a paired test can see.
+    ordered = sorted(shortlisted, key=lambda item: (item[1].strategy != "merge", -item[0], item[1].id))
     chosen: list[Candidate] = []
     for _, candidate in ordered:
         if len(chosen) < count and all(other.strategy != candidate.strategy for other in chosen):

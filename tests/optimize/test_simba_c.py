@@ -333,3 +333,20 @@ def test_the_full_evaluation_shortlist_takes_each_strategys_best_first() -> None
     assert [item.id for item in _diverse(gains, 2)] == ["c1", "c3"]
     assert [item.id for item in _diverse(gains, 4)] == ["c1", "c3", "c4", "c2"]
     assert _diverse([], 2) == []
+
+
+def test_a_merge_combines_the_changes_that_screened_well_and_is_evaluated_first(context, data) -> None:
+    program = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="cot")
+    result = run(program, data, simba={"strategies": ("demo", "rule", "merge"), "max_steps": 2, "patience": 2}, seed=3)
+    merges = result.candidates[result.candidates["strategy"] == "merge"]
+    assert not merges.empty
+    for row in merges.itertuples():
+        parts = [part.split(" ")[0] for part in row.rationale.removeprefix("merge of ").split(", ")]
+        sources = result.candidates.set_index("candidate_id").loc[parts]
+        # Made from at least two candidates of its own step that beat the incumbent on the mini-batch.
+        assert len(parts) >= 2 and (sources["step"] == row.step).all()
+        assert (sources["screen_mean"] > sources["incumbent_screen_mean"]).all()
+        # Screened like any candidate, and always among the fully evaluated when it screened positive.
+        assert not math.isnan(row.screen_mean)
+        if row.screen_mean > row.incumbent_screen_mean:
+            assert not math.isnan(row.val_mean)
