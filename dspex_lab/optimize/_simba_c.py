@@ -13,10 +13,11 @@ SIMBA-C keeps that loop and changes what a candidate is and how one wins:
   strategy mutates by type (small steps for floats, jumps for choices such as the
   model, re-instantiation for the module type), guided by the gains each move has
   shown so far (:class:`~dspex_lab.optimize._space.EffectLedger`);
-* screening on the mini-batch only shortlists: the best ``full_evals`` candidates
-  that beat the incumbent on the mini-batch are evaluated on the validation set,
-  and one is accepted only when a paired test against the incumbent is significant
-  at ``alpha`` after a Holm correction across the step's evaluated candidates;
+* screening on the mini-batch only shortlists: up to ``full_evals`` candidates that
+  beat the incumbent on the mini-batch (a *merge* of all of them first, then each
+  strategy's best) are evaluated on the validation set, and one is accepted only when
+  a one-sided paired test against the incumbent is significant at ``alpha`` after a
+  Holm correction across the step's evaluated candidates;
 * the run stops at ``max_steps``, at the budget, or after ``patience`` steps without
   an accepted candidate.
 
