@@ -395,8 +395,9 @@ def quiet_compile() -> Iterator[None]:
     """Keep DSPy's compile from printing: its INFO logs and its progress bars.
 
     A journaled run reports its own progress (one line per step, or a live plot), and in
-    a notebook DSPy's bars would fill the output cell. INFO logs are held back through
-    the standard ``logging`` API (warnings still show). The bars are turned off by
+    a notebook DSPy's bars would fill the output cell. DSPy's logs below ERROR are held
+    back through the standard ``logging`` API (during its own compile they are about its
+    own prompts, e.g. SIMBA passing its feedback fields as text: nothing a user can act on). The bars are turned off by
     setting ``disable_progress_bar`` on each ``dspy.utils.parallelizer.ParallelExecutor``
     made during the compile: not public DSPy API, so if the class is gone the bars simply
     show, and ``tests/optimize/test_dspy_optimizers.py`` fails loudly when the attribute
@@ -404,7 +405,7 @@ def quiet_compile() -> Iterator[None]:
     """
     logger = logging.getLogger("dspy")
     level = logger.level
-    logger.setLevel(max(level, logging.WARNING))
+    logger.setLevel(max(level, logging.ERROR))
     try:
         from dspy.utils.parallelizer import ParallelExecutor
     except ImportError:  # pragma: no cover - a DSPy without the class: bars show, nothing breaks
