@@ -350,3 +350,26 @@ def test_a_merge_combines_the_changes_that_screened_well_and_is_evaluated_first(
         assert not math.isnan(row.screen_mean)
         if row.screen_mean > row.incumbent_screen_mean:
             assert not math.isnan(row.val_mean)
+
+
+def test_the_convergence_plot_updates_live_and_renders_again_from_the_journal(context, data) -> None:
+    import holoviews as hv
+
+    from dspex_lab.optimize import LiveConvergence, plot_run
+
+    live = LiveConvergence()
+    seen: list[int] = []
+    result = run(
+        oracle_program(),
+        data,
+        simba={"strategies": ("mutate",)},
+        seed=1,
+        subscribers=[live, lambda e: seen.append(e.step)],
+    )
+    # One event per step (the baseline included), and the live plot holds the final tables.
+    assert seen == list(range(len(result.steps)))
+    assert live.steps["step"].tolist() == result.steps["step"].tolist()
+    assert live.candidates["candidate_id"].tolist() == result.candidates["candidate_id"].tolist()
+    again = plot_run(context.journal, result.run_id)
+    assert isinstance(again, hv.Layout) and isinstance(result.plot(), hv.Layout)
+    hv.render(again, backend="bokeh")
