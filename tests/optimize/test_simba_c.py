@@ -373,3 +373,23 @@ def test_the_convergence_plot_updates_live_and_renders_again_from_the_journal(co
     again = plot_run(context.journal, result.run_id)
     assert isinstance(again, hv.Layout) and isinstance(result.plot(), hv.Layout)
     hv.render(again, backend="bokeh")
+
+
+def test_mutations_re_instantiate_the_module_type_and_step_the_temperature(data) -> None:
+    program = dx.Program(
+        "dspy.Predict",
+        signature="question -> answer",
+        name="module-and-temperature",
+        variables={
+            "module": dx.ModuleType("dspy.Predict", choices=("dspy.Predict", "dspy.ChainOfThought")),
+            "temperature": dx.Float(0.8, low=0.0, high=1.0),
+        },
+    )
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=False, threads=2):
+        result = run(program, data, simba={"strategies": ("mutate",), "bsize": 16}, seed=0)
+    # Predict -> ChainOfThought is the lab world's largest single effect (docs/lab_world.md, section 2).
+    assert result.best.values["module"] == "dspy.ChainOfThought"
+    assert result.comparison is not None and result.comparison.difference > 0.2
+    moves = result.candidates[result.candidates["strategy"] == "mutate"]["rationale"]
+    assert moves.str.contains("re-instantiates the module as module").any()
+    assert moves.str.contains("sets temperature").any()
