@@ -243,8 +243,9 @@ def _run(
         spending=spending,
         trace=trace,
     )
-    if resume is not None:
+    if resume is not None and journal is not None:
         evaluator.load_recorded()
+        _restore_other_spending(spending, journal, run_id)
     session = _Session(run_id, run_name, journal, evaluator, config, program, train, val, subscribers, progress)
     try:
         if isinstance(chosen, SimbaC):
@@ -324,6 +325,28 @@ def _start(
             )
     journal.claim_experiment(resume)
     return resume
+
+
+def _restore_other_spending(spending: Spending, journal: DuckDBJournal, run_id: str) -> None:
+    """Add what the interrupted run spent outside trials (rule proposals, DSPy's own calls) to a resumed run.
+
+    The journaled trials give their own calls back (``load_recorded``). A finished step row holds
+    the run's totals when it was written; minus the calls of the trials finished by then, that is
+    the spending no trial carries.
+    """
+    finished = [row for row in journal.step_rows(run_id) if row.get("finished_at") is not None]
+    if not finished:
+        return
+    last = max(finished, key=lambda row: row["finished_at"])
+    carried = journal.sql(
+        "select coalesce(sum(lm_calls), 0) as calls, coalesce(sum(input_tokens + output_tokens), 0) as tokens, "
+        "sum(cost) as cost from trials where starts_with(experiment_id, ?) and finished_at <= ?",
+        [run_id + "/", last["finished_at"]],
+    ).iloc[0]
+    spending.lm_calls += max(int(last.get("lm_calls") or 0) - int(carried["calls"]), 0)
+    spending.tokens += max(int(last.get("tokens") or 0) - int(carried["tokens"]), 0)
+    if last.get("cost") is not None and carried["cost"] == carried["cost"] and carried["cost"] is not None:
+        spending.cost += max(float(last["cost"]) - float(carried["cost"]), 0.0)
 
 
 def _short(value: Any) -> str:

@@ -393,3 +393,18 @@ def test_mutations_re_instantiate_the_module_type_and_step_the_temperature(data)
     moves = result.candidates[result.candidates["strategy"] == "mutate"]["rationale"]
     assert moves.str.contains("re-instantiates the module as module").any()
     assert moves.str.contains("sets temperature").any()
+
+
+def test_a_resumed_run_keeps_counting_what_rule_proposals_spent(tmp_path: Path, data) -> None:
+    program = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="cot")
+    options = dict(simba={"strategies": ("rule", "demo"), "max_steps": 2, "patience": 2}, seed=2)
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=tmp_path / "j.duckdb", threads=2) as active:
+        first = run(program, data, **options)
+        trial_calls = active.journal.sql(
+            "select sum(lm_calls) as calls from trials where starts_with(experiment_id, ?)", [first.run_id + "/"]
+        )["calls"].iloc[0]
+        assert first.spending["lm_calls"] > trial_calls  # rules were written: calls that are not trials
+        active.journal.finish_experiment(first.run_id, status="interrupted")
+        again = run(program, data, resume=first.run_id, **options)
+    assert again.spending["lm_calls"] == first.spending["lm_calls"]
+    assert again.spending["tokens"] == first.spending["tokens"]
