@@ -309,14 +309,35 @@ class Program:
         extra = sorted(set(data) - known)
         if extra:
             raise ProgramSpecError(f"unknown keys in program spec: {extra}; expected some of {sorted(known)}")
-        variables = {
-            name: variable_from_dict(description, name=name)
-            for name, description in (data.get("variables") or {}).items()
-        }
-        constraints = [
-            Constraint(rule["expression"], rule.get("message", "")) if isinstance(rule, Mapping) else Constraint(rule)
-            for rule in data.get("constraints") or ()
-        ]
+        # A spec is data from anyone: every field is checked for its JSON type before it is used.
+        if not isinstance(data["module"], str) or not data["module"]:
+            raise ProgramSpecError(f"'module' must be a module name such as 'dspy.Predict', got {data['module']!r:.60}")
+        for key, kind, example in (
+            ("signature", str, "'question -> answer'"),
+            ("name", str, "a string"),
+            ("init", Mapping, "a JSON object"),
+            ("variables", Mapping, "a JSON object of name -> variable"),
+            ("constraints", list, "a list of expressions"),
+        ):
+            if data.get(key) is not None and not isinstance(data[key], kind):
+                raise ProgramSpecError(f"'{key}' must be {example}, got {type(data[key]).__name__}: {data[key]!r:.60}")
+        variables = {}
+        for name, description in (data.get("variables") or {}).items():
+            if not isinstance(description, Mapping):
+                raise ProgramSpecError(
+                    f"variable {name!r} must be a JSON object with 'type' and 'value', got {description!r:.60}"
+                )
+            variables[name] = variable_from_dict(dict(description), name=name)
+        constraints = []
+        for rule in data.get("constraints") or ():
+            if isinstance(rule, Mapping) and isinstance(rule.get("expression"), str):
+                constraints.append(Constraint(rule["expression"], str(rule.get("message", ""))))
+            elif isinstance(rule, str):
+                constraints.append(Constraint(rule))
+            else:
+                raise ProgramSpecError(
+                    f"a constraint is an expression string or {{'expression': ...}}, got {rule!r:.60}"
+                )
         return cls(
             data["module"],
             signature=data.get("signature"),

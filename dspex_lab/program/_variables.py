@@ -303,8 +303,13 @@ def variable_from_dict(data: dict[str, Any], *, name: str = "?") -> Variable:
         raise ProgramSpecError(f"variable {name!r}: unknown type {kind!r}; expected one of {sorted(_TYPES)}")
     cls = _TYPES[kind]
     if "choices" in data:
+        if not isinstance(data["choices"], (list, tuple)):
+            raise ProgramSpecError(f"variable {name!r}: 'choices' must be a list, got {data['choices']!r:.60}")
         data["choices"] = tuple(data["choices"])
     try:
         return cls(**data)
-    except TypeError as error:
-        raise ProgramSpecError(f"variable {name!r}: {error}") from None
+    except VariableError:
+        raise
+    except (TypeError, ValueError, OverflowError) as error:
+        # A spec is data from anyone: a domain of the wrong JSON type is a spec error, not a crash.
+        raise ProgramSpecError(f"variable {name!r} ({kind}): {error}") from None

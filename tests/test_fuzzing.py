@@ -1,0 +1,169 @@
+"""Property-based fuzzing of what dspex_lab reads from others: program specs, dataset files, journals.
+
+Each reader gets arbitrary input and must either succeed or raise one error of dspex_lab's error
+tree (``DspexLabError``), quickly: never a raw ``KeyError``/``TypeError`` traceback, never a hang.
+Hypothesis shrinks any failure to a small input, which then says exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import dspex_lab as dx  # noqa: E402
+from dspex_lab.errors import DspexLabError  # noqa: E402
+
+# Deterministic, bounded runs: CI time is shared, and a failure must reproduce.
+FUZZ = settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+SECONDS = 5.0  # any single input taking longer is a hang as far as a user can tell
+
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**6), 10**6), st.floats(allow_nan=True), st.text(max_size=30)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)
+variable_kinds = st.sampled_from(["float", "int", "choice", "bool", "text", "demos", "module_type", "nonsense", None])
+
+
+@st.composite
+def variable_dicts(draw: st.DrawFn) -> dict:
+    data = {"type": draw(variable_kinds), "value": draw(json_values)}
+    for key in ("low", "high", "choices", "max", "max_length", "target", "step", "log", "description"):
+        if draw(st.booleans()):
+            data[key] = draw(json_values)
+    return data
+
+
+@st.composite
+def program_specs(draw: st.DrawFn) -> dict:
+    spec: dict = {}
+    if draw(st.booleans()):
+        spec["dspex_program"] = draw(st.one_of(st.just(1), json_values))
+    if draw(st.integers(0, 9)):
+        spec["module"] = draw(
+            st.one_of(
+                st.sampled_from(["dspy.Predict", "dspy.ChainOfThought", "os.system", "dspy.", "", "dspy.LM"]),
+                json_values,
+            )
+        )
+    if draw(st.booleans()):
+        spec["signature"] = draw(
+            st.one_of(st.sampled_from(["question -> answer", "q ->", "-> a", "a, b -> c"]), json_values)
+        )
+    if draw(st.booleans()):
+        spec["variables"] = draw(
+            st.one_of(st.dictionaries(st.text(max_size=10), variable_dicts(), max_size=3), json_values)
+        )
+    if draw(st.booleans()):
+        spec["init"] = draw(json_values)
+    if draw(st.booleans()):
+        spec["constraints"] = draw(st.one_of(st.lists(st.text(max_size=40), max_size=2), json_values))
+    if draw(st.booleans()):
+        spec["name"] = draw(json_values)
+    return spec
+
+
+def _must_be_clean(call) -> object:
+    started = time.perf_counter()
+    try:
+        return call()
+    except DspexLabError as error:
+        assert str(error), "an error of the tree must say what is wrong"
+        return error
+    finally:
+        assert time.perf_counter() - started < SECONDS
+
+
+@FUZZ
+@given(spec=program_specs())
+def test_a_program_spec_either_loads_or_gets_one_clear_error(spec: dict) -> None:
+    loaded = _must_be_clean(lambda: dx.Program.from_dict(spec))
+    if isinstance(loaded, dx.Program):
+        # What loads round-trips exactly, so a stored spec means one program.
+        assert dx.Program.from_json(loaded.to_json()) == loaded
+
+
+@FUZZ
+@given(text=st.text(max_size=300))
+def test_program_json_text_either_loads_or_gets_one_clear_error(text: str) -> None:
+    _must_be_clean(lambda: dx.Program.from_json(text))
+
+
+@FUZZ
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.builds(
+                json.dumps, st.dictionaries(st.sampled_from(["question", "answer", "x"]), json_scalars, max_size=3)
+            ),
+            st.text(max_size=40),
+            st.just(""),
+        ),
+        max_size=8,
+    ),
+    suffix=st.sampled_from([".jsonl", ".json", ".csv", ".tsv"]),
+)
+def test_a_dataset_file_either_loads_or_gets_one_clear_error(tmp_path_factory, lines: list[str], suffix: str) -> None:
+    path = tmp_path_factory.mktemp("data") / f"fuzz{suffix}"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    loaded = _must_be_clean(lambda: dx.load_dataset(path, inputs="question"))
+    if isinstance(loaded, dx.Dataset):
+        assert all("question" in example for example in loaded)
+
+
+@FUZZ
+@given(data=st.binary(max_size=400), suffix=st.sampled_from([".jsonl", ".csv", ".parquet"]))
+def test_a_binary_dataset_file_gets_one_clear_error(tmp_path_factory, data: bytes, suffix: str) -> None:
+    path = tmp_path_factory.mktemp("binary") / f"fuzz{suffix}"
+    path.write_bytes(data)
+    _must_be_clean(lambda: dx.load_dataset(path, inputs="question"))
+
+
+_GOOD_JOURNAL: list[bytes] = []
+
+
+def good_journal_bytes(folder: Path) -> bytes:
+    """The bytes of a small, valid journal (made once per test session)."""
+    if not _GOOD_JOURNAL:
+        path = folder / "good.duckdb"
+        data = dx.datasets.arithmetic(6, seed=0)
+        program = dx.Program("dspy.Predict", signature="question -> answer")
+        with dx.Context(lm=dx.lab_lm("lab/small"), journal=path, threads=2):
+            dx.evaluate(program, data, metric=dx.metrics.exact_match, progress=False)
+        _GOOD_JOURNAL.append(path.read_bytes())
+    return _GOOD_JOURNAL[0]
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10**6), flips=st.integers(1, 64), truncate=st.booleans())
+def test_a_corrupted_journal_gives_one_clear_error_not_a_hang(tmp_path_factory, seed, flips, truncate) -> None:
+    generator = random.Random(seed)
+    damaged = bytearray(good_journal_bytes(tmp_path_factory.mktemp("good")))
+    if truncate:
+        damaged = damaged[: generator.randrange(0, len(damaged))]
+    for _ in range(flips if damaged else 0):
+        damaged[generator.randrange(len(damaged))] = generator.randrange(256)
+    path: Path = tmp_path_factory.mktemp("corrupt") / "journal.duckdb"
+    path.write_bytes(bytes(damaged))
+
+    def read_everything() -> None:
+        journal = dx.open_journal(path, lock_timeout=2.0)
+        for summary in journal.experiment_summaries():
+            journal.trials(summary.id)
+
+    _must_be_clean(read_everything)
+    os.remove(path)
