@@ -252,6 +252,9 @@ class CandidateEvaluator:
                     run_id=experiment_id,
                     name=experiment_id,
                 )
+            if report.status == "interrupted":
+                # The engine swallows the interrupt to record what finished; the optimizer must stop too.
+                raise KeyboardInterrupt(f"interrupted during evaluation {experiment_id}")
             if report.status != "finished":
                 stopped = report.detail or report.status
         return _scores(experiment_id if self.writer is not None else None, examples, recorded, repeat, stopped)
