@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         evaluate,
         export,
         hypothesis,
+        load,
         rerun_package,
         verify_package,
     )
@@ -80,6 +81,7 @@ _EXPORTS: dict[str, str] = {
             "evaluate",
             "export",
             "hypothesis",
+            "load",
             "rerun_package",
             "verify_package",
         )
@@ -208,6 +210,7 @@ __all__ = [
     "export",
     "hypothesis",
     "lab_lm",
+    "load",
     "load_dataset",
     "metrics",
     "open_journal",

@@ -1,6 +1,6 @@
 """Evaluation: run programs over datasets, summarise with statistics, compare.
 
-This layer owns :func:`evaluate`, :func:`compare` and :func:`compare_many`,
+This layer owns :func:`evaluate`, :func:`compare`, :func:`compare_many` and :func:`load`,
 pre-registered hypotheses, cost budgets, reproducibility packages, the
 :class:`Context` they run in, their result objects, and the progress display
 subscribed to engine events.
@@ -12,6 +12,7 @@ from dspex_lab.evaluate._context import Context, current_context
 from dspex_lab.evaluate._evaluate import environment, evaluate
 from dspex_lab.evaluate._export import export
 from dspex_lab.evaluate._hypothesis import Hypothesis, Verdict, hypothesis
+from dspex_lab.evaluate._load import load
 from dspex_lab.evaluate._package_reports import RerunReport, TrialDifference, VerificationReport
 from dspex_lab.evaluate._rerun import rerun_package
 from dspex_lab.evaluate._result import EvaluationResult
@@ -35,6 +36,7 @@ __all__ = [
     "evaluate",
     "export",
     "hypothesis",
+    "load",
     "rerun_package",
     "verify_package",
 ]
