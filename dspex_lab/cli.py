@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +15,12 @@ from typing import Any
 __all__ = ["main"]
 
 _METRICS = ("exact_match", "numeric_match", "contains", "f1")
+_METRIC_HELP = f"one of {', '.join(_METRICS)}, or module:function (a module given with --import or importable)"
+_IMPORT_HELP = "import this module first (repeatable), so its registered modules and metrics can be used"
+_JOURNAL_HELP = "journal file (default: DSPEX_JOURNAL, dspex.toml or [tool.dspex], else dspex.duckdb)"
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+# Error messages in `dspex journal trials` are cut to this many characters (after masking secrets).
+_ERROR_CHARACTERS = 120
 
 
 def _console() -> Any:
@@ -22,11 +30,19 @@ def _console() -> Any:
     return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
+def _number(value: float, spec: str = ".3f") -> str:
+    """Format a number, never as negative zero (-0.000 reads as a real negative difference)."""
+    text = format(value, spec)
+    if text.lstrip("+-").strip("0.") == "" and text.startswith("-"):
+        return text[1:] if "+" not in spec else "+" + text[1:]
+    return text
+
+
 def _format_ci(summary: dict[str, Any]) -> str:
     low, high = summary["ci"]
     if low is None or high is None:
         return "—"
-    return f"[{low:.3f}, {high:.3f}]"
+    return f"[{_number(low)}, {_number(high)}]"
 
 
 def _results_table(results: Sequence[Any]) -> Any:
@@ -40,7 +56,7 @@ def _results_table(results: Sequence[Any]) -> Any:
         mean = summary["mean"]
         table.add_row(
             result.name,
-            "—" if mean is None else f"{mean:.3f}",
+            "—" if mean is None else _number(mean),
             _format_ci(summary),
             str(summary["n"]),
             str(summary["n_errors"]),
@@ -73,7 +89,8 @@ def _demo(arguments: argparse.Namespace) -> int:
     low, high = comparison.ci
     console.print(
         f"Paired comparison ({comparison.test}, n={comparison.n}): chain-of-thought - predict = "
-        f"{comparison.difference:+.3f} (95% CI {low:+.3f} to {high:+.3f}), p = {comparison.p_value:.2g}, "
+        f"{_number(comparison.difference, '+.3f')} (95% CI {_number(low, '+.3f')} to {_number(high, '+.3f')}), "
+        f"p = {comparison.p_value:.2g}, "
         f"d_z = {comparison.effect_size:.2f}"
     )
     journal_path = Path(context.journal.path).resolve() if context.journal is not None else None
@@ -81,8 +98,46 @@ def _demo(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _import_modules(names: Sequence[str]) -> None:
+    """Import the modules the user named with ``--import`` (registering their custom modules and metrics)."""
+    from dspex_lab.errors import ProgramSpecError
+
+    for name in names:
+        if not _DOTTED.fullmatch(name):
+            raise ProgramSpecError(
+                f"--import {name!r}: give a Python import path such as mypackage.modules (letters, digits, "
+                "underscores and dots), not a file name"
+            )
+    # As `python -m` does: a module in the working directory is importable.
+    if names and "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise ProgramSpecError(f"--import {name}: cannot import it ({error})") from None
+
+
+def _metric(name: str) -> Any:
+    """Return a lab metric by name, or ``module:function`` from an importable module."""
+    import dspex_lab as dx
+
+    if name in _METRICS:
+        return getattr(dx.metrics, name)
+    module_name, colon, function_name = name.partition(":")
+    if not colon or not _DOTTED.fullmatch(module_name) or not function_name.isidentifier():
+        raise dx.errors.ExecutionError(f"--metric {name!r}: {_METRIC_HELP}")
+    _import_modules([module_name])
+    function = getattr(sys.modules[module_name], function_name, None)
+    if not callable(function):
+        raise dx.errors.ExecutionError(f"--metric {name}: module {module_name} has no function {function_name!r}")
+    return function
+
+
 def _evaluate(arguments: argparse.Namespace) -> int:
     import dspex_lab as dx
+
+    _import_modules(arguments.imports)
 
     spec_path = Path(arguments.spec)
     if not spec_path.is_file():
@@ -94,7 +149,7 @@ def _evaluate(arguments: argparse.Namespace) -> int:
             "say which fields are inputs with --inputs question[,context]", path=arguments.data
         )
     dataset = dx.load_dataset(arguments.data, inputs=inputs)
-    metric = getattr(dx.metrics, arguments.metric)
+    metric = _metric(arguments.metric)
     with dx.Context(lm=arguments.lm, journal=arguments.journal, threads=arguments.threads):
         result = dx.evaluate(
             program,
@@ -154,8 +209,9 @@ def _optimize(arguments: argparse.Namespace) -> int:
     if result.comparison is not None:
         comparison = result.comparison
         print(
-            f"best {result.best_id} vs baseline: {comparison.difference:+.3f} "
-            f"[{comparison.ci[0]:+.3f}, {comparison.ci[1]:+.3f}], {comparison.test} p = {comparison.p_value:.3g}"
+            f"best {result.best_id} vs baseline: {_number(comparison.difference, '+.3f')} "
+            f"[{_number(comparison.ci[0], '+.3f')}, {_number(comparison.ci[1], '+.3f')}], "
+            f"{comparison.test} p = {comparison.p_value:.3g}"
         )
     if arguments.output:
         Path(arguments.output).write_text(result.best.to_json(), encoding="utf-8")
@@ -171,7 +227,7 @@ def _cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return _number(value)
     return str(value)
 
 
@@ -210,15 +266,44 @@ def _journal(arguments: argparse.Namespace) -> int:
         columns = ("id", "name", "kind", "status", "trials", "errors", "mean", "created")
         print(_text_table(f"Experiments in {journal.path}", rows, columns))
     elif arguments.journal_command == "trials":
-        columns = ("trial_id", "status", "score", "error_type", "latency", "input_tokens", "output_tokens")
-        rows = journal.trial_rows(arguments.experiment, columns=columns, limit=arguments.limit)
-        if not rows:
-            journal.experiment(arguments.experiment)  # an unknown experiment is an error, not an empty table
-        print(_text_table(f"Trials of {arguments.experiment}", rows, columns))
-        _print_more(journal, arguments.experiment, len(rows))
+        _journal_trials(journal, arguments)
     elif arguments.journal_command == "sql":
         _console().print(journal.sql(arguments.query).to_string(index=False, max_rows=arguments.limit))
     return 0
+
+
+def _journal_trials(journal: Any, arguments: argparse.Namespace) -> None:
+    """Print an experiment's trials, filtered and sorted, with each failure's (masked) message."""
+    from dspex_lab.errors import JournalError
+    from dspex_lab.trace.redaction import mask_text
+
+    if arguments.limit < 0:
+        raise JournalError(f"--limit must be zero or more, got {arguments.limit}")
+    journal.experiment(arguments.experiment)  # an unknown experiment is an error, not an empty table
+    filters = {"status": arguments.status, "min_score": arguments.min_score, "max_score": arguments.max_score}
+    stored = ("trial_id", "status", "score", "latency", "input_tokens", "output_tokens", "error_type", "error_message")
+    rows = journal.trial_rows(
+        arguments.experiment, columns=stored, order=arguments.sort, limit=arguments.limit, **filters
+    )
+    for row in rows:
+        # Masked before it is cut short, so a cut cannot hide a key from the pattern that finds it.
+        message = " ".join(mask_text(str(row.pop("error_message") or "")).split())
+        if len(message) > _ERROR_CHARACTERS:
+            message = message[: _ERROR_CHARACTERS - 1] + "…"
+        row["error"] = f"{row.pop('error_type') or 'unknown'}: {message}" if row["status"] == "error" else None
+    shown = [f"status={arguments.status}"] if arguments.status else []
+    shown += [f"score>={arguments.min_score}"] if arguments.min_score is not None else []
+    shown += [f"score<={arguments.max_score}"] if arguments.max_score is not None else []
+    title = f"Trials of {arguments.experiment}" + (f" ({', '.join(shown)})" if shown else "")
+    title += f", by {arguments.sort}" if arguments.sort != "trial" else ""
+    columns = ("trial_id", "status", "score", "latency", "input_tokens", "output_tokens", "error")
+    print(_text_table(title, rows, columns))
+    if any(value is not None for value in filters.values()):
+        total = len(journal.trial_rows(arguments.experiment, columns=("trial_id",), **filters))
+    else:
+        total = sum(journal.trial_counts(arguments.experiment).values())
+    if total > len(rows):
+        print(f"{total - len(rows)} more trials (show more with --limit {total})")
 
 
 def _print_more(journal: Any, experiment_id: str, shown: int) -> None:
@@ -239,6 +324,7 @@ def _export(arguments: argparse.Namespace) -> int:
 def _verify(arguments: argparse.Namespace) -> int:
     import dspex_lab as dx
 
+    _import_modules(arguments.imports)
     report = dx.verify_package(arguments.package)
     print(report)
     return 0 if report.ok else 1
@@ -247,8 +333,10 @@ def _verify(arguments: argparse.Namespace) -> int:
 def _rerun(arguments: argparse.Namespace) -> int:
     import dspex_lab as dx
 
+    _import_modules(arguments.imports)
     report = dx.rerun_package(
         arguments.package,
+        metric=_metric(arguments.metric) if arguments.metric else None,
         journal=arguments.journal,
         threads=arguments.threads,
         model=arguments.model,
@@ -339,7 +427,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="evaluate Predict vs ChainOfThought on the lab LM and compare them")
-    demo.add_argument("--journal", default="dspex.duckdb", help="journal file (default: dspex.duckdb)")
+    demo.add_argument("--journal", default=None, help=_JOURNAL_HELP)
     demo.add_argument("--lm", default="lab/small", help="LM to use (default: the offline lab/small)")
     demo.add_argument("-n", type=int, default=200, help="number of problems (default: 200)")
     demo.add_argument("--seed", type=int, default=0)
@@ -350,9 +438,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate a program spec (JSON) on a dataset file")
     evaluate.add_argument("spec", help="program spec JSON (from Program.to_json())")
     evaluate.add_argument("data", help="dataset: .jsonl, .csv or .parquet")
-    evaluate.add_argument("--metric", choices=_METRICS, required=True)
+    evaluate.add_argument("--metric", required=True, help=_METRIC_HELP)
     evaluate.add_argument("--inputs", help="comma-separated input fields, e.g. question")
-    evaluate.add_argument("--journal", default="dspex.duckdb")
+    evaluate.add_argument("--journal", default=None, help=_JOURNAL_HELP)
+    evaluate.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE", help=_IMPORT_HELP)
     evaluate.add_argument("--lm", default=None, help="LM (default: DSPEX_LM or lab/small)")
     evaluate.add_argument("--threads", type=int, default=None)
     evaluate.add_argument("--repeats", type=int, default=1)
@@ -375,7 +464,7 @@ def _parser() -> argparse.ArgumentParser:
     optimize.add_argument("--max-lm-calls", type=int, default=None, help="budget: LM calls for the whole run")
     optimize.add_argument("--max-usd", type=float, default=None, help="budget: dollars for the whole run")
     optimize.add_argument("--seed", type=int, default=0)
-    optimize.add_argument("--journal", default="dspex.duckdb")
+    optimize.add_argument("--journal", default=None, help=_JOURNAL_HELP)
     optimize.add_argument("--lm", default=None, help="LM (default: DSPEX_LM or lab/small)")
     optimize.add_argument("--threads", type=int, default=None)
     optimize.add_argument("--resume", default=None, help="optimization run id to resume")
@@ -386,16 +475,25 @@ def _parser() -> argparse.ArgumentParser:
     optimize.set_defaults(handler=_optimize)
 
     journal = commands.add_parser("journal", help="browse a journal")
-    journal.add_argument("--journal", default="dspex.duckdb")
+    journal.add_argument("--journal", default=None, help=_JOURNAL_HELP)
     journal_commands = journal.add_subparsers(dest="journal_command", required=True)
     # --journal is accepted before or after the subcommand; SUPPRESS keeps an absent one from
     # overwriting a value given before it.
     where = argparse.ArgumentParser(add_help=False)
-    where.add_argument("--journal", default=argparse.SUPPRESS, help="journal file (default: dspex.duckdb)")
+    where.add_argument("--journal", default=argparse.SUPPRESS, help=_JOURNAL_HELP)
     journal_commands.add_parser("list", help="list experiments", parents=[where])
     trials = journal_commands.add_parser("trials", help="list an experiment's trials", parents=[where])
     trials.add_argument("experiment")
-    trials.add_argument("--limit", type=int, default=50)
+    trials.add_argument("--limit", type=int, default=50, help="show at most this many trials (default: 50)")
+    trials.add_argument("--status", choices=("ok", "error"), default=None, help="only scored or only failed trials")
+    trials.add_argument("--min-score", type=float, default=None, help="only trials scored at least this")
+    trials.add_argument("--max-score", type=float, default=None, help="only trials scored at most this")
+    trials.add_argument(
+        "--sort",
+        choices=("trial", "score", "error", "latency"),
+        default="trial",
+        help="trial (example order), score (lowest first), error (failed first) or latency (slowest first)",
+    )
     sql = journal_commands.add_parser("sql", help="run a SQL query over the journal", parents=[where])
     sql.add_argument("query")
     sql.add_argument("--limit", type=int, default=50)
@@ -404,7 +502,7 @@ def _parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write an evaluation's reproducibility package (a zip)")
     export.add_argument("experiment", help="the evaluation's experiment id")
     export.add_argument("path", help="the zip to write, or a folder to write dspex-<experiment>.zip into")
-    export.add_argument("--journal", default="dspex.duckdb")
+    export.add_argument("--journal", default=None, help=_JOURNAL_HELP)
     export.add_argument(
         "--include-data",
         choices=("auto", "yes", "no"),
@@ -415,6 +513,7 @@ def _parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser("verify", help="check a package's checksums, program spec and data fingerprint")
     verify.add_argument("package", help="the package zip")
+    verify.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE", help=_IMPORT_HELP)
     verify.set_defaults(handler=_verify)
 
     rerun = commands.add_parser("rerun", help="re-run a package's evaluation and compare every trial's score")
@@ -425,12 +524,14 @@ def _parser() -> argparse.ArgumentParser:
         "--model", default=None, help="the LM model to run; needed for a hosted model (a package cannot choose one)"
     )
     rerun.add_argument("--api-base", default=None, help="the endpoint for --model; needed when the package records one")
+    rerun.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE", help=_IMPORT_HELP)
+    rerun.add_argument("--metric", default=None, help=f"the metric, when it is not a lab metric: {_METRIC_HELP}")
     rerun.set_defaults(handler=_rerun)
 
     trace = commands.add_parser("trace", help="print a trial's span tree (evaluations run with trace=True)")
     trace.add_argument("experiment")
     trace.add_argument("trial", nargs="?", help="trial id such as 'arith-0-3/r0'; without it, list the trials")
-    trace.add_argument("--journal", default="dspex.duckdb")
+    trace.add_argument("--journal", default=None, help=_JOURNAL_HELP)
     trace.add_argument("--prompts", action="store_true", help="show LM messages and completions")
     trace.add_argument("--width", type=int, default=110)
     trace.add_argument("--limit", type=int, default=50)
@@ -445,6 +546,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     arguments = _parser().parse_args(argv)
     try:
+        # The re-run's journal defaults to a temporary one on purpose: it must not mix with the original's.
+        if getattr(arguments, "journal", "") is None and arguments.command != "rerun":
+            from dspex_lab.config import load_settings
+
+            arguments.journal = load_settings().journal
         return int(arguments.handler(arguments))
     except DspexLabError as error:
         print(f"dspex: error: {error}", file=sys.stderr)

@@ -164,8 +164,105 @@ def test_optimize_command_explains_an_overlapping_valset(tmp_path, capsys):
     data = tmp_path / "all.jsonl"
     data.write_text("\n".join(json.dumps(example.toDict()) for example in dx.datasets.arithmetic(40, seed=4)))
     code = main(
-        ["optimize", str(spec), str(data), "--val", str(data), "--metric", "exact_match", "--inputs", "question"]
-        + ["--journal", str(tmp_path / "o.duckdb"), "--quiet"]
+        [
+            *("optimize", str(spec), str(data), "--val", str(data), "--metric", "exact_match", "--inputs", "question"),
+            *("--journal", str(tmp_path / "o.duckdb"), "--quiet"),
+        ]
     )
     assert code == 2
     assert "shares 40 examples with the trainset" in capsys.readouterr().err
+
+
+def test_every_journal_default_comes_from_the_settings(tmp_path, capsys, monkeypatch):
+    journal = tmp_path / "from-env.duckdb"
+    monkeypatch.setenv("DSPEX_JOURNAL", str(journal))
+    assert main(["demo", "-n", "4", "--quiet"]) == 0
+    assert str(journal.resolve()) in capsys.readouterr().out.replace("\n", "")
+    assert not (tmp_path / "dspex.duckdb").exists()
+    assert main(["journal", "list"]) == 0
+    assert f"Experiments in {journal}" in capsys.readouterr().out
+    experiment = dx.open_journal(journal).experiments().query("name == 'predict'")["id"].iloc[0]
+    assert main(["trace", experiment]) == 0
+    assert f"show one: dspex trace {experiment} TRIAL_ID --journal {journal}" in capsys.readouterr().out
+    monkeypatch.delenv("DSPEX_JOURNAL")
+    (tmp_path / "dspex.toml").write_text(f"journal = {str(journal)!r}\n")
+    assert main(["journal", "trials", experiment]) == 0
+    assert f"Trials of {experiment}" in capsys.readouterr().out
+
+
+FLAKY_METRICS = """
+def flaky(example, prediction):
+    if int(example.id.rsplit("-", 1)[1]) % 3 == 0:
+        raise RuntimeError("upstream refused api_key=sk-abcdef1234567890abcdef " + "padding " * 40)
+    return float(example.answer == prediction.answer)
+"""
+
+
+def _flaky_experiment(tmp_path, capsys):
+    (tmp_path / "labmetrics_flaky.py").write_text(FLAKY_METRICS)
+    spec = tmp_path / "qa.json"
+    spec.write_text(dx.Program("dspy.Predict", signature="question -> answer", name="qa").to_json())
+    data = tmp_path / "problems.jsonl"
+    data.write_text("\n".join(json.dumps(example.toDict()) for example in dx.datasets.arithmetic(12, seed=2)))
+    arguments = ["evaluate", str(spec), str(data), "--inputs", "question", "--quiet", "--json"]
+    journal = tmp_path / "flaky.duckdb"
+    code = main(
+        [*arguments, "--import", "labmetrics_flaky", "--metric", "labmetrics_flaky:flaky", "--journal", str(journal)]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["n_errors"] == 4 and summary["n"] == 8
+    return journal, summary["experiment_id"]
+
+
+def test_journal_trials_shows_masked_errors_filters_sorts_and_counts_the_rest(tmp_path, capsys):
+    journal, experiment = _flaky_experiment(tmp_path, capsys)
+    where = ["--journal", str(journal)]
+    assert main(["journal", "trials", experiment, *where, "--status", "error", "--limit", "3"]) == 0
+    output = capsys.readouterr().out
+    assert output.splitlines()[0] == f"Trials of {experiment} (status=error)"
+    assert "error" in output.splitlines()[1].split()
+    failed = [line for line in output.splitlines() if "/r0" in line]
+    assert len(failed) == 3 and all("RuntimeError: upstream refused" in line for line in failed)
+    assert "sk-abcdef" not in output and "[REDACTED]" in output
+    assert all(line.endswith("…") for line in failed)  # the long message is cut short
+    assert "1 more trials (show more with --limit 4)" in output
+
+    assert main(["journal", "trials", experiment, *where, "--min-score", "0.5", "--sort", "latency"]) == 0
+    output = capsys.readouterr().out
+    rows = [line.split() for line in output.splitlines() if "/r0" in line]
+    scored_well = dx.open_journal(journal).trials(experiment).query("score >= 0.5")
+    assert len(rows) == len(scored_well) and all(row[1] == "ok" and float(row[2]) >= 0.5 for row in rows)
+    latencies = [float(row[3]) for row in rows]
+    assert latencies == sorted(latencies, reverse=True)
+    assert "more trials" not in output
+
+    assert main(["journal", "trials", experiment, *where, "--max-score", "0.5", "--sort", "score"]) == 0
+    scores = [float(line.split()[2]) for line in capsys.readouterr().out.splitlines() if "/r0" in line]
+    assert scores and all(score <= 0.5 for score in scores)
+    assert main(["journal", "trials", experiment, *where, "--limit", "-1"]) == 2
+    assert "--limit must be zero or more" in capsys.readouterr().err
+
+
+def test_import_option_refuses_what_is_not_a_module_path(tmp_path, capsys):
+    spec = tmp_path / "qa.json"
+    spec.write_text(dx.Program("dspy.Predict", signature="question -> answer").to_json())
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "q", "answer": "a"}\n')
+    base = ["evaluate", str(spec), str(data), "--inputs", "question", "--quiet"]
+    assert main([*base, "--metric", "exact_match", "--import", "../evil.py"]) == 2
+    assert "--import '../evil.py': give a Python import path" in capsys.readouterr().err
+    assert main([*base, "--metric", "exact_match", "--import", "no_such_module_here"]) == 2
+    assert "--import no_such_module_here: cannot import it" in capsys.readouterr().err
+    assert main([*base, "--metric", "os.system"]) == 2
+    assert "module:function" in capsys.readouterr().err
+    assert main([*base, "--metric", "json:no_such_function"]) == 2
+    assert "module json has no function 'no_such_function'" in capsys.readouterr().err
+
+
+def test_numbers_never_print_as_negative_zero():
+    from dspex_lab.cli import _cell, _format_ci, _number
+
+    assert _number(-0.0) == "0.000" and _number(-0.0001) == "0.000" and _number(-0.0004, "+.3f") == "+0.000"
+    assert _number(-0.25) == "-0.250" and _number(0.25, "+.3f") == "+0.250"
+    assert _format_ci({"ci": [-0.0002, 0.5]}) == "[0.000, 0.500]" and _cell(-0.0) == "0.000"

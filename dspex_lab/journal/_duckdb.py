@@ -15,6 +15,7 @@ import atexit
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import socket
 import threading
@@ -518,6 +519,8 @@ class DuckDBJournal:
         limit: int | None = None,
         traced_only: bool = False,
         with_span_counts: bool = False,
+        min_score: float | None = None,
+        max_score: float | None = None,
     ) -> list[dict[str, Any]]:
         """Return an experiment's trials as dicts (NULL as None), filtered, ordered and limited.
 
@@ -526,18 +529,27 @@ class DuckDBJournal:
             columns: the trial columns to return (default: all).
             status: only trials with this status (``ok`` or ``error``).
             order: one of :data:`~dspex_lab.journal.TRIAL_ORDERS`: ``trial`` (example order), ``score``
-                (lowest first, unscored first) or ``error`` (failed first, then as ``score``).
+                (lowest first, unscored first), ``error`` (failed first, then as ``score``) or ``latency``
+                (slowest first).
             limit: at most this many trials.
             traced_only: only trials with at least one stored span.
             with_span_counts: add ``spans``, the number of stored spans of each trial.
+            min_score: only trials scored at least this (unscored trials are left out).
+            max_score: only trials scored at most this (unscored trials are left out).
 
         Raises:
-            JournalError: an unknown column or order, a negative limit, or a journal that cannot be read.
+            JournalError: an unknown column or order, a negative limit, a score bound that is not a finite
+                number, or a journal that cannot be read.
         """
         if order not in _TRIAL_ORDER_SQL:
             raise JournalError(f"order must be one of {TRIAL_ORDERS}, got {order!r}")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise JournalError(f"limit must be a non-negative integer or None, got {limit!r}")
+        for bound, value in (("min_score", min_score), ("max_score", max_score)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            ):
+                raise JournalError(f"{bound} must be a finite number or None, got {value!r}")
         selected = ", ".join(f"t.{_trial_column(column)}" for column in columns) if columns else "t.*"
         query = f"SELECT {selected}"
         parameters: list[Any] = []
@@ -556,6 +568,12 @@ class DuckDBJournal:
         if status is not None:
             query += " AND t.status = ?"
             parameters.append(status)
+        if min_score is not None:
+            query += " AND t.score >= ?"
+            parameters.append(float(min_score))
+        if max_score is not None:
+            query += " AND t.score <= ?"
+            parameters.append(float(max_score))
         query += f" ORDER BY {_TRIAL_ORDER_SQL[order]}"
         if limit is not None:
             query += " LIMIT ?"
@@ -803,6 +821,7 @@ _TRIAL_ORDER_SQL: dict[str, str] = {
     "trial": "t.example_index, t.repeat, t.trial_id",
     "score": "t.score ASC NULLS FIRST, t.example_index, t.repeat, t.trial_id",
     "error": "t.status = 'ok', t.score ASC NULLS FIRST, t.example_index, t.repeat, t.trial_id",
+    "latency": "t.latency DESC NULLS LAST, t.example_index, t.repeat, t.trial_id",
 }
 
 

@@ -33,8 +33,8 @@ __all__ = [
     "set_trace_reader",
 ]
 
-TrialOrder = Literal["trial", "score", "error"]
-TRIAL_ORDERS: tuple[TrialOrder, ...] = ("trial", "score", "error")
+TrialOrder = Literal["trial", "score", "error", "latency"]
+TRIAL_ORDERS: tuple[TrialOrder, ...] = ("trial", "score", "error", "latency")
 """How :meth:`JournalStore.trial_rows` can order trials.
 
 ``trial`` is example order (then repeat); ``score`` puts the lowest score first
@@ -135,6 +135,8 @@ class JournalStore(Protocol):
         limit: int | None = None,
         traced_only: bool = False,
         with_span_counts: bool = False,
+        min_score: float | None = None,
+        max_score: float | None = None,
     ) -> list[dict[str, Any]]:
         """Return an experiment's trials as dicts (NULL as None), filtered, ordered and limited.
 
@@ -142,6 +144,8 @@ class JournalStore(Protocol):
             experiment_id: the experiment.
             columns: the trial columns to return (default: all).
             status: only trials with this status (``ok`` or ``error``).
+            min_score: only trials scored at least this (unscored trials are left out).
+            max_score: only trials scored at most this (unscored trials are left out).
             order: one of :data:`TRIAL_ORDERS`.
             limit: at most this many trials.
             traced_only: only trials with at least one stored span.
