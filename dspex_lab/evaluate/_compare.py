@@ -13,7 +13,7 @@ import pandas as pd
 
 from dspex_lab.errors import ExecutionError
 from dspex_lab.evaluate._context import current_context
-from dspex_lab.evaluate._result import EvaluationResult
+from dspex_lab.evaluate._result import EvaluationResult, format_number
 from dspex_lab.journal import ExperimentRecord
 from dspex_lab.stats import (
     PairedTest,
@@ -112,7 +112,8 @@ class Comparison:
     def __repr__(self) -> str:
         low, high = self.ci
         return (
-            f"Comparison({self.b!r} - {self.a!r}: {self.difference:+.3f} [{low:+.3f}, {high:+.3f}], "
+            f"Comparison({self.b!r} - {self.a!r}: {format_number(self.difference, '+.3f')} "
+            f"[{format_number(low, '+.3f')}, {format_number(high, '+.3f')}], "
             f"p={self.p_value:.3g}, {self.test}, effect={self.effect_size:.2f}, n={self.n})"
         )
 
@@ -132,7 +133,8 @@ class Comparison:
         )
         return (
             f"<div class='dspex-comparison'><b>{html.escape(self.b)}</b> - <b>{html.escape(self.a)}</b>: "
-            f"{self.difference:+.3f} ({confidence:.0%} CI {low:+.3f} to {high:+.3f}), p = {self.p_value:.3g}"
+            f"{format_number(self.difference, '+.3f')} ({confidence:.0%} CI {format_number(low, '+.3f')} to "
+            f"{format_number(high, '+.3f')}), p = {self.p_value:.3g}"
             f"{adjusted} — {html.escape(self.test)}, effect size {self.effect_size:.2f}, {pairing}{excluded}</div>"
         )
 
@@ -250,7 +252,8 @@ class ComparisonSet:
 
     def _repr_html_(self) -> str:
         rows = "".join(
-            f"<tr><td>{html.escape(c.b)}</td><td>{c.difference:+.3f}</td><td>{c.ci[0]:+.3f} to {c.ci[1]:+.3f}</td>"
+            f"<tr><td>{html.escape(c.b)}</td><td>{format_number(c.difference, '+.3f')}</td>"
+            f"<td>{format_number(c.ci[0], '+.3f')} to {format_number(c.ci[1], '+.3f')}</td>"
             f"<td>{c.p_value:.3g}</td><td>{(c.adjusted_p_value or math.nan):.3g}</td>"
             f"<td>{html.escape(c.test)}</td><td>{c.effect_size:.2f}</td><td>{c.n}</td></tr>"
             for c in self.comparisons

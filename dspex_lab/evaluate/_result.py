@@ -8,12 +8,13 @@ import shlex
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from dspex_lab.errors import JournalError
+from dspex_lab.errors import DspexLabError, JournalError
 from dspex_lab.stats import (
     Interval,
     Summary,
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from dspex_lab.journal import DuckDBJournal
     from dspex_lab.trace import TraceTree
 
-__all__ = ["EvaluationResult"]
+__all__ = ["EvaluationResult", "format_number"]
 
 # The rich HTML of a traced evaluation shows up to this many failed trials, and as many of the lowest-scoring
 # ones, each with its span tree cut to _TRACE_LINES lines.
@@ -38,6 +39,31 @@ _SHOWN_TRIALS = 10
 _TRACE_LINES = 200
 _ERROR_CHARACTERS = 300
 _CELL = "style='text-align:left;vertical-align:top'"
+
+
+def format_number(value: float, spec: str = ".3f") -> str:
+    """Format a mean, interval end or difference, never as ``-0.000`` (a rounded negative zero).
+
+    Examples:
+        >>> format_number(-0.0001), format_number(-0.0001, "+.3f"), format_number(-0.25)
+        ('0.000', '+0.000', '-0.250')
+    """
+    text = format(value, spec)
+    if text.startswith("-") and not text.strip("-+0.") and any(digit == "0" for digit in text):
+        return ("+" if "+" in spec else "") + text[1:]
+    return text
+
+
+def _journal_option(journal: DuckDBJournal) -> str:
+    """Return `` --journal PATH`` for commands about ``journal``, or nothing when it is the settings' default."""
+    from dspex_lab.config import load_settings
+
+    path = Path(journal.path).resolve()
+    try:
+        default = Path(load_settings().journal).resolve()
+    except DspexLabError:  # unreadable settings: say the path rather than rely on them
+        default = None
+    return "" if path == default else f" --journal {shlex.quote(str(path))}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -217,7 +243,8 @@ class EvaluationResult:
     def __repr__(self) -> str:
         low, high = self.ci
         return (
-            f"EvaluationResult({self.name!r}: mean={self.mean:.3f} [{low:.3f}, {high:.3f}] n={self.n} "
+            f"EvaluationResult({self.name!r}: mean={format_number(self.mean)} "
+            f"[{format_number(low)}, {format_number(high)}] n={self.n} "
             f"errors={self.n_errors} status={self.status!r} id={self.experiment_id!r})"
         )
 
@@ -227,10 +254,12 @@ class EvaluationResult:
         latency = self.latency
         cost = "unknown" if self.cost is None else f"${self.cost:.4f}"
         experiment = html.escape(str(self.experiment_id))
+        where = html.escape(_journal_option(self.journal)) if self.journal is not None else ""
         rows = [
             (
                 "mean score",
-                f"<b>{self.mean:.3f}</b> ({self.confidence:.0%} CI {low:.3f} - {high:.3f}, "
+                f"<b>{format_number(self.mean)}</b> ({self.confidence:.0%} CI {format_number(low)} - "
+                f"{format_number(high)}, "
                 f"{html.escape(self.ci_method)}; SE {self.stderr:.3f})",
             ),
             ("examples scored", f"{self.n} of {self.trials['example_id'].nunique() if len(self.trials) else 0}"),
@@ -239,7 +268,7 @@ class EvaluationResult:
             ("tokens in / out", f"{self.tokens['input']:,} / {self.tokens['output']:,}"),
             ("cost", cost),
             ("status", html.escape(self.status)),
-            ("experiment", f"<code>{experiment}</code> — <code>dspex journal trials {experiment}</code>"),
+            ("experiment", f"<code>{experiment}</code> — <code>dspex journal trials {experiment}{where}</code>"),
         ]
         body = "".join(f"<tr><th style='text-align:left'>{key}</th><td>{value}</td></tr>" for key, value in rows)
         return (
@@ -304,7 +333,7 @@ class EvaluationResult:
                 f"<th style='text-align:left'>trace</th></tr>{rows}</table>"
             )
             if total > len(group):
-                rest = f"dspex journal trials {shlex.quote(experiment)}"
+                rest = f"dspex journal trials {shlex.quote(experiment)}{_journal_option(self.journal)}"
                 parts.append(f"<p>{total - len(group)} more {title}: <code>{html.escape(rest)}</code></p>")
         return "".join(parts)
 

@@ -1,5 +1,6 @@
 """The evaluation result's rich HTML links each shown trial to its trace, inline, and ``result.trace``."""
 
+import dataclasses
 import html
 import re
 import shlex
@@ -144,3 +145,30 @@ def test_untraced_results_have_no_trials_section(journal_path):
         plain.trace(plain.table()["trial_id"].iloc[0])
     with pytest.raises(dx.errors.JournalError, match="no journal"):
         memory.trace(memory.table()["trial_id"].iloc[0])
+
+
+def test_journal_commands_name_the_journal_unless_it_is_the_default(tmp_path, monkeypatch):
+    problems = dx.Dataset(dx.datasets.arithmetic(30, seed=2), name="arith-30")
+    elsewhere = tmp_path / "elsewhere.duckdb"
+    with dx.Context(lm="lab/small", journal=elsewhere, threads=4):
+        result = dx.evaluate(PREDICT, problems, metric=awkward_metric, progress=False, trace=True)
+    page = html.unescape(result._repr_html_())
+    where = f"--journal {shlex.quote(str(elsewhere.resolve()))}"
+    assert f"dspex journal trials {result.experiment_id} {where}" in page
+    monkeypatch.setenv("DSPEX_JOURNAL", str(elsewhere))  # now it is the default: the commands need no option
+    page = html.unescape(result._repr_html_())
+    assert f"<code>dspex journal trials {result.experiment_id}</code>" in page
+
+
+def test_means_intervals_and_differences_never_print_negative_zero():
+    from dspex_lab.evaluate._result import format_number
+
+    assert format_number(-0.0) == "0.000" and format_number(-0.0004, "+.3f") == "+0.000"
+    assert format_number(-0.0006) == "-0.001"
+    with dx.Context(lm="lab/small", journal=False, threads=2):
+        run = dx.evaluate(PREDICT, dx.datasets.arithmetic(4, seed=1), metric=dx.metrics.exact_match, progress=False)
+    trials = run.table().assign(score=[-1e-5, 1e-5, -2e-5, 2e-5])
+    result = dataclasses.replace(run, trials=trials)
+    assert result.ci[0] < 0 and "-0.000" not in repr(result) + result._repr_html_()
+    comparison = dx.compare(result, result)
+    assert "-0.000" not in repr(comparison) + comparison._repr_html_()
