@@ -95,6 +95,26 @@ def _check_target(name: str, variable: Variable, target: str) -> None:
             resolve_module(choice)
 
 
+# A variant's name shows each value in at most this many characters (instructions can be paragraphs).
+_VARIANT_VALUE_CHARACTERS = 24
+
+
+def _variant_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return f"{len(value)} items"
+    text = " ".join(str(value).split())
+    if len(text) > _VARIANT_VALUE_CHARACTERS:
+        return text[: _VARIANT_VALUE_CHARACTERS - 1] + "…"
+    return text
+
+
+def _variant_name(base: str, values: Mapping[str, Any]) -> str:
+    """Return the default name of a variant of the program named ``base``, e.g. ``qa[temperature=0.2]``."""
+    return f"{base}[{','.join(f'{name}={_variant_value(value)}' for name, value in values.items())}]"
+
+
 class Program:
     """A DSPy module plus the typed variables that configure it; frozen and JSON-serialisable.
 
@@ -117,7 +137,17 @@ class Program:
         True
     """
 
-    __slots__ = ("_constraints", "_fingerprint", "_init", "_module", "_name", "_signature", "_targets", "_variables")
+    __slots__ = (
+        "_constraints",
+        "_fingerprint",
+        "_init",
+        "_module",
+        "_name",
+        "_signature",
+        "_targets",
+        "_variables",
+        "_variant",
+    )
 
     def __init__(
         self,
@@ -167,6 +197,8 @@ class Program:
         object.__setattr__(self, "_init", MappingProxyType(init_values))
         object.__setattr__(self, "_constraints", rules)
         object.__setattr__(self, "_fingerprint", None)
+        # (base name, values set since) of a with_values variant: its default name, never part of the spec.
+        object.__setattr__(self, "_variant", None)
         self._check_constraints(self.values)
 
     def __setattr__(self, key: str, value: Any) -> None:
@@ -244,7 +276,14 @@ class Program:
             name: variable.with_value(values[name], name=name) if name in values else variable
             for name, variable in self._variables.items()
         }
-        return self._replace(variables=updated)
+        if self._name is None:
+            return self._replace(variables=updated)
+        # A named program's variant is told apart by name (qa[temperature=0.2]) unless the caller renamed it.
+        base, before = self._variant if self._variant is not None else (self._name, {})
+        changed = {**before, **values}
+        variant = self._replace(variables=updated, name=_variant_name(base, changed))
+        object.__setattr__(variant, "_variant", (base, changed))
+        return variant
 
     def with_name(self, name: str) -> Program:
         """Return a copy with another human name."""

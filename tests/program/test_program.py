@@ -231,3 +231,17 @@ def test_program_accepts_dspy_classes_directly():
     program = dx.Program(dspy.Predict, signature="question -> answer")
     assert program.module == "dspy.Predict"
     assert "dspex-program" in program._repr_html_()
+
+
+def test_with_values_variants_of_a_named_program_get_a_distinguishable_name():
+    program = full_program().with_name("qa")
+    cooler = program.with_values(temperature=0.2)
+    assert cooler.name == "qa[temperature=0.2]"
+    assert cooler.with_values(temperature=0.3, model="lab/large").name == "qa[temperature=0.3,model=lab/large]"
+    assert cooler.fingerprint == program.with_name("other").with_values(temperature=0.2).fingerprint
+    assert cooler.with_name("cool").name == "cool"
+    assert cooler.with_name("cool").with_values(max_tokens=64).name == "cool[max_tokens=64]"
+    long = program.with_values(instructions="Think step by step, then answer with one number only.")
+    assert long.name == "qa[instructions=Think step by step, the…]"
+    unnamed = dx.Program("dspy.Predict", signature="question -> answer", variables={"temperature": dx.Float(0.7)})
+    assert unnamed.with_values(temperature=0.2).name == "Predict"
