@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from typing import Any
 
 from dspex_lab.lm.prompt import CHAT_FORMAT, JSON_FORMAT, OutputField
@@ -17,6 +18,9 @@ __all__ = ["excerpt", "render", "value_for_field"]
 
 _SCHEMA_MARKER = "adhere to the JSON schema: "
 _EXCERPT_WORDS = 12
+# Numbers as a problem states them: 23, 4.5, -3, 1,200 (a thousands separator is not a list separator).
+_NUMBER = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?!\d)|(?<![\w.])-?\d+(?:\.\d+)?")
+_COLLECTIONS = ("list", "set", "tuple", "sequence", "frozenset")
 
 
 def excerpt(inputs: dict[str, str], *, words: int = _EXCERPT_WORDS) -> str:
@@ -53,6 +57,14 @@ def _unwrap(type_name: str) -> tuple[str, str]:
         head, inner = type_name.split("[", 1)
         return head.strip(), inner[:-1]
     return type_name, ""
+
+
+def _numbers_from(inputs: dict[str, str], item_type: str) -> list[int] | list[float]:
+    """Return the numbers stated in ``inputs``, in order, as ``item_type`` (``int`` keeps only whole ones)."""
+    found = [float(match.replace(",", "")) for value in inputs.values() for match in _NUMBER.findall(str(value))]
+    if item_type == "int":
+        return [int(number) for number in found if number.is_integer()]
+    return found
 
 
 def _from_schema(schema: Any, definitions: dict[str, Any], *, text: str, draw: int) -> Any:
@@ -151,6 +163,12 @@ def value_for_field(field: OutputField, inputs: dict[str, str], *, draw: int) ->
         # A count of words is the one integer a reader can check, so make it right.
         first = next(iter(inputs.values()), "")
         return len(first.split())
+    head, inner = _unwrap(field.type_name.strip())
+    if head.lower() in _COLLECTIONS and inner.strip() in ("int", "float"):
+        # An intermediate list of numbers (numbers: list[int]) holds the ones the problem states.
+        numbers = _numbers_from(inputs, inner.strip())
+        if numbers:
+            return numbers
     return _value_for_type(field.type_name, note=field.note, text=text, draw=draw)
 
 

@@ -495,3 +495,19 @@ def test_resolve_lm(monkeypatch):
 def test_bad_lab_lm_arguments_are_spec_errors(arguments):
     with pytest.raises(ProgramSpecError):
         lab_lm(**arguments)
+
+
+@pytest.mark.parametrize("adapter", [dspy.ChatAdapter(), dspy.JSONAdapter()])
+def test_typed_intermediate_fields_hold_the_problems_numbers_not_the_answer(adapter):
+    problem = arithmetic(1, seed=0)[0]  # "Kofi has 23 seedlings. He buys 4 packets with 4 seedlings each. ..."
+    with dspy.context(lm=LabLM("lab/small"), adapter=adapter):
+        whole = dspy.Predict("question -> numbers: list[int], answer: int")(question=problem.question)
+        measured = dspy.Predict("question -> quantities: list[float], total: float")(question=problem.question)
+    assert whole.numbers == [23, 4, 4, 3] and isinstance(whole.answer, int)
+    assert measured.quantities == [23.0, 4.0, 4.0, 3.0]
+    from dspex_lab.lm.generic import value_for_field
+    from dspex_lab.lm.prompt import OutputField
+
+    stated = {"question": "Pay 1,200 dollars, then 3.5 more; version v1.2 is free"}
+    assert value_for_field(OutputField("amounts", "list[float]", "", ""), stated, draw=0) == [1200.0, 3.5]
+    assert value_for_field(OutputField("amounts", "list[int]", "", ""), stated, draw=0) == [1200]
