@@ -11,7 +11,11 @@ __all__ = ["TqdmProgress"]
 
 
 class TqdmProgress:
-    """Show a run's progress with ``tqdm.auto`` (a widget in notebooks, text in terminals)."""
+    """Show a run's progress with ``tqdm.auto`` (a widget in notebooks, text in terminals).
+
+    The live ``mean`` is the mean score of the trials scored so far in this run (failed trials are counted
+    in ``errors``, never averaged in); each run the display receives starts it afresh.
+    """
 
     def __init__(self, *, refresh_seconds: float = 0.2) -> None:
         self._bar: Any = None
@@ -24,6 +28,9 @@ class TqdmProgress:
         """Update the bar from one event."""
         if isinstance(event, RunStarted):
             from tqdm.auto import tqdm
+
+            self._scores = 0.0
+            self._scored = 0
 
             self._bar = tqdm(
                 total=event.total,
