@@ -266,3 +266,69 @@ def test_numbers_never_print_as_negative_zero():
     assert _number(-0.0) == "0.000" and _number(-0.0001) == "0.000" and _number(-0.0004, "+.3f") == "+0.000"
     assert _number(-0.25) == "-0.250" and _number(0.25, "+.3f") == "+0.250"
     assert _format_ci({"ci": [-0.0002, 0.5]}) == "[0.000, 0.500]" and _cell(-0.0) == "0.000"
+
+
+CUSTOM_LAB = """
+import dspy
+import dspex_lab as dx
+
+
+@dx.register("CliSolver")
+class CliSolver(dspy.Module):
+    def __init__(self):
+        super().__init__()
+        self.solve = dspy.ChainOfThought("question -> answer")
+
+    def forward(self, question):
+        return self.solve(question=question)
+
+
+def same_answer(example, prediction):
+    return float(str(example.answer).strip() == str(prediction.answer).strip())
+"""
+
+
+def test_custom_modules_and_metrics_work_from_the_command_line_and_packages_say_what_to_import(tmp_path, capsys):
+    (tmp_path / "clilab_custom.py").write_text(CUSTOM_LAB)
+    spec = tmp_path / "solver.json"
+    spec.write_text(json.dumps({"dspex_program": 1, "module": "CliSolver", "name": "solver"}))
+    data = tmp_path / "problems.jsonl"
+    data.write_text("\n".join(json.dumps(example.toDict()) for example in dx.datasets.arithmetic(8, seed=3)))
+    journal = tmp_path / "custom.duckdb"
+    arguments = ["evaluate", str(spec), str(data), "--inputs", "question", "--journal", str(journal), "--quiet"]
+    assert main([*arguments, "--metric", "exact_match"]) == 2  # the module is unknown until imported
+    capsys.readouterr()
+    imports = ["--import", "clilab_custom", "--metric", "clilab_custom:same_answer"]
+    assert main([*arguments, *imports, "--json"]) == 0
+    experiment = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["experiment_id"]
+    package = tmp_path / "custom.zip"
+    assert main(["export", experiment, str(package), "--journal", str(journal)]) == 0
+    capsys.readouterr()
+    import zipfile
+
+    with zipfile.ZipFile(package) as archive:
+        run = json.loads(archive.read("run.json"))
+    assert run["imports"] == {"program": ["clilab_custom"], "metric": ["clilab_custom"]}
+    assert run["metric"] == "clilab_custom.same_answer"
+
+    # A fresh process: nothing the package names is imported for it; the errors say which --import it needs.
+    fresh = [sys.executable, "-m", "dspex_lab.cli"]
+    completed = subprocess.run(
+        [*fresh, "verify", str(package)], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert completed.returncode == 1
+    assert "custom modules from clilab_custom: add --import" in completed.stdout
+    completed = subprocess.run(
+        [*fresh, "verify", str(package), "--import", "clilab_custom"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+
+    assert main(["rerun", str(package), "--import", "clilab_custom"]) == 2
+    error = capsys.readouterr().err
+    assert f"dspex rerun {package} --import clilab_custom --metric clilab_custom:same_answer" in error
+    assert main(["rerun", str(package), *imports]) == 0
+    assert "identical" in capsys.readouterr().out.lower()

@@ -32,11 +32,11 @@ from dspex_lab.evaluate._context import current_context
 from dspex_lab.evaluate._result import EvaluationResult
 from dspex_lab.journal import DuckDBJournal, ExperimentRecord, TrialWriter
 from dspex_lab.journal._schema import trials_frame
-from dspex_lab.program import Program
+from dspex_lab.program import ModuleType, Program, resolve_module
 from dspex_lab.trace import SpanRecorder
 from dspex_lab.trace.redaction import redact
 
-__all__ = ["environment", "evaluate", "plan_trials"]
+__all__ = ["environment", "evaluate", "imports_needed", "plan_trials"]
 
 Metric = Callable[[dspy.Example, Any], Any]
 
@@ -77,6 +77,34 @@ def _metric_name(metric: Metric) -> str:
     module = getattr(metric, "__module__", "") or ""
     name = getattr(metric, "__name__", None) or type(metric).__name__
     return f"{module}.{name}" if module and not module.startswith("__") else name
+
+
+# Modules every installation has: a package never needs a user's --import for them.
+_BUILT_IN_MODULES = ("dspy", "dspex_lab", "builtins")
+
+
+def imports_needed(program: Program | dspy.Module, metric: Metric) -> dict[str, list[str]]:
+    """Return the Python modules a re-run must import first: the program's custom modules and the metric's."""
+
+    def custom(module: str) -> bool:
+        return bool(module) and not module.startswith("__") and module.split(".")[0] not in _BUILT_IN_MODULES
+
+    if isinstance(program, Program):
+        names = [program.module]
+        names += [
+            choice
+            for variable in program.variables.values()
+            if isinstance(variable, ModuleType)
+            for choice in variable.choices
+        ]
+        program_modules = sorted({resolve_module(name).__module__ for name in names} - {""})
+    else:
+        program_modules = [type(program).__module__]
+    metric_module = getattr(metric, "__module__", "") or ""
+    return {
+        "program": [module for module in program_modules if custom(module)],
+        "metric": [metric_module] if custom(metric_module) else [],
+    }
 
 
 def _program_parts(
@@ -196,6 +224,7 @@ def evaluate(
             "threads": context.threads,
             "lm": getattr(context.lm, "model", repr(context.lm)),
             "lm_state": _lm_state(context.lm),
+            "imports": imports_needed(program, metric),
         }
     )
     with journal.hold() if journal is not None else contextlib.nullcontext():

@@ -300,6 +300,9 @@ def _run_description(experiment: Mapping[str, Any]) -> dict[str, Any]:
         "program_fingerprint": experiment["program_fingerprint"],
         "dataset_fingerprint": experiment["dataset_fingerprint"],
         "metric": experiment["metric"],
+        # Where the program's custom modules and the metric come from: a re-run names the --import each needs
+        # (nothing named here is ever imported automatically).
+        "imports": config.get("imports") or {"program": [], "metric": []},
         "repeats": config.get("repeats", 1),
         "timeout": config.get("timeout"),
         "retries": config.get("retries", 3),

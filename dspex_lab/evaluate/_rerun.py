@@ -114,7 +114,7 @@ def rerun_package(
     if problems:
         raise PackageError(f"refusing to re-run {report.path}: {'; '.join(problems)}")
     data = _rerun_dataset(report.path, manifest, examples_text, dataset)
-    chosen_metric = metric if metric is not None else _metric_by_name(run.get("metric"), report.path)
+    chosen_metric = metric if metric is not None else _metric_by_name(run.get("metric"), report.path, run)
     chosen_lm = lm if lm is not None else rebuild_lm(run.get("lm") or {}, report.path, model=model, api_base=api_base)
     run_threads = threads or run.get("threads") or None
     # A cluster field changes only the standard error, never a trial; a spending budget is not re-applied,
@@ -178,7 +178,7 @@ def _rerun_dataset(
     return read_examples(examples_text, manifest)
 
 
-def _metric_by_name(name: Any, package: Path) -> Metric:
+def _metric_by_name(name: Any, package: Path, run: Mapping[str, Any]) -> Metric:
     if isinstance(name, str) and name.startswith(_LAB_METRICS_PREFIX):
         short = name[len(_LAB_METRICS_PREFIX) :]
         if short in _LAB_METRICS:
@@ -188,8 +188,20 @@ def _metric_by_name(name: Any, package: Path) -> Metric:
     raise ExecutionError(
         f"{package}: metric {name!r} in {RUN_FILE} is not one of dspex_lab.metrics "
         f"({', '.join(_LAB_METRICS)}), and metrics are only looked up by name there; "
-        f"pass it yourself: dx.rerun_package(path, metric=your_metric)"
+        f"pass it yourself: dx.rerun_package(path, metric=your_metric){_metric_hint(name, package, run)}"
     )
+
+
+def _metric_hint(name: Any, package: Path, run: Mapping[str, Any]) -> str:
+    """Say the ``dspex rerun`` options that bring a recorded custom metric back (never imported on its own)."""
+    imports = run.get("imports") if isinstance(run.get("imports"), Mapping) else {}
+    recorded = [module for module in imports.get("metric") or [] if isinstance(module, str)]
+    if not isinstance(name, str) or not recorded or not name.startswith(f"{recorded[0]}."):
+        return ""
+    module, function = recorded[0], name[len(recorded[0]) + 1 :]
+    needed = [item for item in imports.get("program") or [] if isinstance(item, str)] + [module]
+    options = "".join(f" --import {item}" for item in dict.fromkeys(needed))
+    return f", or from a terminal: dspex rerun {package}{options} --metric {module}:{function}"
 
 
 def rebuild_lm(

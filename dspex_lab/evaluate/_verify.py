@@ -177,7 +177,12 @@ def _check_program(contents: _PackageContents, problems: list[str]) -> None:
     try:
         program = Program.from_dict(spec)
     except DspexLabError as error:
-        problems.append(f"{PROGRAM_FILE}: does not parse as a dx.Program: {error}")
+        run = contents.json(RUN_FILE)
+        imports = run.get("imports") if isinstance(run, Mapping) and isinstance(run.get("imports"), Mapping) else {}
+        needed = [module for module in imports.get("program") or [] if isinstance(module, str)]
+        # The package says where its custom modules come from; importing them stays the user's choice.
+        hint = f" (it was run with custom modules from {', '.join(needed)}: add --import for each)" if needed else ""
+        problems.append(f"{PROGRAM_FILE}: does not parse as a dx.Program: {error}{hint}")
         return
     run = contents.json(RUN_FILE)
     recorded = run.get("program_fingerprint") if isinstance(run, Mapping) else None
