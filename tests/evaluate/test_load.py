@@ -99,3 +99,22 @@ def test_clustered_without_stored_examples_warns_and_takes_the_dataset(problems,
     other = dx.Dataset(dx.datasets.arithmetic(40, seed=6), name="other")
     with pytest.raises(JournalError, match="pass the dataset it was evaluated on"):
         dx.load(original.experiment_id, journal=journal_path, dataset=other)
+
+
+def test_an_interrupted_evaluation_loads_with_its_finished_trials(problems, journal_path):
+    from dspex_lab.engine import TrialFinished
+
+    finished = []
+
+    def interrupt_after_five(event):
+        if isinstance(event, TrialFinished):
+            finished.append(event.result.example_id)
+            if len(finished) == 5:
+                raise KeyboardInterrupt
+
+    with dx.Context(lm="lab/small", journal=journal_path, threads=2), pytest.raises(KeyboardInterrupt) as stopped:
+        dx.evaluate(PREDICT, problems, metric=dx.metrics.exact_match, progress=interrupt_after_five)
+    experiment_id = str(stopped.value).split()[1]
+    loaded = dx.load(experiment_id, journal=journal_path)
+    assert loaded.status == "interrupted" and loaded.n_trials == 5
+    assert loaded.mean == pytest.approx(loaded.table()["score"].mean())
