@@ -220,3 +220,10 @@ __all__ = [
     "stats",
     "verify_package",
 ]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register the ``%dspex`` magics (``%load_ext dspex_lab``); IPython is imported only here."""
+    from dspex_lab.notebook._magics import register
+
+    register(ipython)
