@@ -42,6 +42,8 @@ def _parser(command: str) -> _Parser:
     elif command == "compare":
         parser.add_argument("a")
         parser.add_argument("b")
+    elif command == "sql":
+        parser.prog = "%%dspex sql"
     elif command == "dashboard":
         parser.add_argument("--port", type=int)
     return parser
@@ -72,7 +74,7 @@ class DspexMagics(Magics):
         command, rest = words[0], words[1:]
         if command in ("program", "sql") and cell is None:
             raise UsageError(f"%dspex {command} is a cell magic: write %%dspex {command} on the cell's first line")
-        if command in ("optimize", "trace", "sql"):
+        if command in ("optimize", "trace"):
             raise UsageError(f"%dspex {command} is not built yet; use the Python API or the dspex command line")
         args = _parser(command).parse_args(rest)
         try:
@@ -147,6 +149,14 @@ class DspexMagics(Magics):
             value = self.shell.user_ns.get(name)
             results.append(value if value is not None else load(name))
         return compare(results[0], results[1])
+
+    def _sql(self, args: argparse.Namespace, cell: str) -> Any:
+        from dspex_lab.evaluate._context import current_context
+
+        journal = current_context().journal
+        if journal is None:
+            raise UsageError("%%dspex sql: the current dx.Context has no journal to query")
+        return journal.sql(cell)
 
     def _config(self, args: argparse.Namespace, cell: str | None) -> dict[str, Any]:
         from dspex_lab.evaluate._context import current_context

@@ -86,9 +86,19 @@ def test_unknown_subcommand_lists_the_subcommands(shell):
 
 
 def test_missing_argument_shows_usage(shell):
-    with pytest.raises(UsageError, match=r"required: --data, --metric\nusage: %dspex evaluate --data DATA --metric METRIC"):
+    with pytest.raises(
+        UsageError, match=r"required: --data, --metric\nusage: %dspex evaluate --data DATA --metric METRIC"
+    ):
         shell.run_line_magic("dspex", "evaluate qa")
 
 
 def test_metric_module_has_exact_match():
     assert callable(metrics.exact_match)
+
+
+def test_sql_cell_queries_the_journal(shell):
+    shell.run_cell_magic("dspex", "program qa", PROGRAM)
+    shell.user_ns["data"] = [dspy.Example(question="What is 2+3?", answer="5").with_inputs("question")] * 2
+    result = shell.run_line_magic("dspex", "evaluate qa --data data --metric exact_match --name s")
+    frame = shell.run_cell_magic("dspex", "sql", "SELECT count(*) AS n FROM trials")
+    assert int(frame["n"].iloc[0]) == len(result.trials)
