@@ -9,7 +9,6 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import dspex_lab as dx
-from dspex_lab import metrics
 
 PROGRAM = """\
 module: dspy.Predict
@@ -90,10 +89,6 @@ def test_missing_argument_shows_usage(shell):
         UsageError, match=r"required: --data, --metric\nusage: %dspex evaluate --data DATA --metric METRIC"
     ):
         shell.run_line_magic("dspex", "evaluate qa")
-
-
-def test_metric_module_has_exact_match():
-    assert callable(metrics.exact_match)
 
 
 def test_sql_cell_queries_the_journal(shell):
