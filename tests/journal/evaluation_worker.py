@@ -6,6 +6,7 @@ Every finished trial is appended to LOG as "<unix time> <trial>" and flushed at 
 so the parent knows what had finished before it killed this process.
 """
 
+import signal
 import sys
 import time
 
@@ -14,6 +15,9 @@ from dspex_lab.engine import RunStarted, TrialFinished
 
 
 def main() -> None:
+    # A shell without job control starts background commands with SIGINT ignored, and Python keeps an
+    # ignored SIGINT ignored: restore Ctrl-C so the test's SIGINT reaches the run however CI launched us.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     journal, n, latency, threads, log_path = (
         sys.argv[1],
         int(sys.argv[2]),
