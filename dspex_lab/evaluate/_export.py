@@ -138,7 +138,13 @@ def export(
     return target.resolve()
 
 
-def journal_of(journal: str | os.PathLike[str] | DuckDBJournal | None) -> DuckDBJournal:
+def journal_of(journal: str | os.PathLike[str] | DuckDBJournal | None, *, action: str = "export") -> DuckDBJournal:
+    """Return the journal to read: the one given (object or path), else the current context's.
+
+    Raises:
+        JournalError: none was given and the current context keeps results in memory only;
+            ``action`` names what needed it (``"export"``, ``"dx.load"``).
+    """
     if isinstance(journal, DuckDBJournal):
         return journal
     if journal is not None:
@@ -146,7 +152,7 @@ def journal_of(journal: str | os.PathLike[str] | DuckDBJournal | None) -> DuckDB
     context_journal = current_context().journal
     if context_journal is None:
         raise JournalError(
-            "export needs a journal: the current dx.Context keeps results in memory only (journal=False); "
+            f"{action} needs a journal: the current dx.Context keeps results in memory only (journal=False); "
             "pass journal='path/to/journal.duckdb'"
         )
     return context_journal

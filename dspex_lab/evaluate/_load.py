@@ -10,9 +10,9 @@ import pandas as pd
 
 from dspex_lab.data import Dataset
 from dspex_lab.errors import DspexLabWarning, JournalError
-from dspex_lab.evaluate._context import current_context
+from dspex_lab.evaluate._export import journal_of
 from dspex_lab.evaluate._result import EvaluationResult
-from dspex_lab.journal import DuckDBJournal, open_journal
+from dspex_lab.journal import DuckDBJournal
 
 __all__ = ["load"]
 
@@ -24,20 +24,6 @@ _OTHER_KINDS = {
         "and call dx.compare on them"
     ),
 }
-
-
-def _journal_of(journal: str | os.PathLike[str] | DuckDBJournal | None) -> DuckDBJournal:
-    if isinstance(journal, DuckDBJournal):
-        return journal
-    if journal is not None:
-        return open_journal(journal)
-    context_journal = current_context().journal
-    if context_journal is None:
-        raise JournalError(
-            "dx.load reads the journal, and the current dx.Context has none (journal=False): "
-            "pass journal='path/to/journal.duckdb'"
-        )
-    return context_journal
 
 
 def load(
@@ -67,7 +53,7 @@ def load(
     """
     if not isinstance(experiment_id, str) or not experiment_id:
         raise JournalError(f"experiment_id must be a non-empty string, got {experiment_id!r}")
-    store = _journal_of(journal)
+    store = journal_of(journal, action="dx.load")
     record = store.experiment(experiment_id)
     kind = record.get("kind")
     if kind != "evaluation":

@@ -81,7 +81,7 @@ from dspex_lab.engine._trial import _score
 from dspex_lab.errors import MissingDependencyError, OptimizerError, VariableError
 from dspex_lab.lm import Meter, Usage, metering
 from dspex_lab.optimize._evaluator import BudgetSpent, Scores, Spending
-from dspex_lab.optimize._simba_c import StepRecord, _interval, _number
+from dspex_lab.optimize._simba_c import StepRecord, _interval, _number, validation_outcome
 from dspex_lab.optimize._space import Candidate, Slots, lift
 from dspex_lab.program import Program
 from dspex_lab.stats import holm, paired_test
@@ -896,28 +896,16 @@ class _DspyRun:
         for (candidate, score, _), test, p_adjusted in zip(candidates, tests, adjusted, strict=True):
             scores = self.validation[candidate.id]
             difference = test.mean_difference if test is not None else math.nan
-            mean, low, high = _interval(scores.by_example)
-            outcomes.append(
-                {
-                    "candidate": candidate.id,
-                    "experiment_id": scores.experiment_id,
-                    "mean": mean,
-                    "ci_low": low,
-                    "ci_high": high,
-                    "n": scores.n,
-                    "errors": len(scores.errors),
-                    "difference": _number(difference),
-                    "diff_ci_low": _number(test.ci[0]) if test is not None else None,
-                    "diff_ci_high": _number(test.ci[1]) if test is not None else None,
-                    "test": test.test if test is not None else None,
-                    "p_value": _number(test.p_value) if test is not None else None,
-                    "p_adjusted": _number(float(p_adjusted)),
-                    "significant": bool(
-                        test is not None and math.isfinite(p_adjusted) and p_adjusted < alpha and difference > 0
-                    ),
-                    "dspy_score": score,
-                }
+            significant = bool(test is not None and math.isfinite(p_adjusted) and p_adjusted < alpha and difference > 0)
+            outcome = validation_outcome(
+                candidate,
+                scores,
+                test,
+                p_value=test.p_value if test is not None else math.nan,
+                p_adjusted=p_adjusted,
+                significant=significant,
             )
+            outcomes.append({**outcome, "dspy_score": score})
         for position, ((candidate, score, group), outcome) in enumerate(zip(candidates, outcomes, strict=True), 1):
             is_final = candidate.id == final_id
             accepted = is_final and outcome["significant"]

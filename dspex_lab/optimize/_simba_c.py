@@ -464,25 +464,11 @@ class SimbaCRun:
                 and difference > 0
                 and error_rate <= optimizer.max_error_rate
             )
-            mean, low, high = _interval(scores.by_example)
-            outcome = {
-                "candidate": candidate.id,
-                "experiment_id": scores.experiment_id,
-                "mean": mean,
-                "ci_low": low,
-                "ci_high": high,
-                "n": scores.n,
-                "errors": len(scores.errors),
-                "difference": _number(difference),
-                "diff_ci_low": _number(test.ci[0]) if test is not None else None,
-                "diff_ci_high": _number(test.ci[1]) if test is not None else None,
-                "test": test.test if test is not None else None,
-                # One-sided (is the candidate better?); the two-sided p of the same test beside it.
-                "p_value": _number(_one_sided(test)),
-                "p_two_sided": _number(test.p_value) if test is not None else None,
-                "p_adjusted": _number(float(p_adjusted)),
-                "significant": significant,
-            }
+            # One-sided p (is the candidate better?), with the two-sided p of the same test beside it.
+            outcome = validation_outcome(
+                candidate, scores, test, p_value=_one_sided(test), p_adjusted=p_adjusted, significant=significant
+            )
+            outcome["p_two_sided"] = _number(test.p_value) if test is not None else None
             current.evaluations.append(outcome)
             self.tests[candidate.id] = outcome
             spans.append({"name": f"validate {candidate.id}", "kind": "evaluation", "attributes": {**outcome}})
@@ -748,6 +734,29 @@ class SimbaCRun:
         rule = clean_rule(text)
         discussion = clean_rule(getattr(answer, "discussion", "")) or ""
         return rule, discussion
+
+
+def validation_outcome(
+    candidate: Candidate, scores: Scores, test: Any, *, p_value: float, p_adjusted: float, significant: bool
+) -> dict[str, Any]:
+    """Return the journal record of one full evaluation: the candidate's mean and CI, and its paired test."""
+    mean, low, high = _interval(scores.by_example)
+    return {
+        "candidate": candidate.id,
+        "experiment_id": scores.experiment_id,
+        "mean": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "n": scores.n,
+        "errors": len(scores.errors),
+        "difference": _number(test.mean_difference) if test is not None else None,
+        "diff_ci_low": _number(test.ci[0]) if test is not None else None,
+        "diff_ci_high": _number(test.ci[1]) if test is not None else None,
+        "test": test.test if test is not None else None,
+        "p_value": _number(p_value),
+        "p_adjusted": _number(float(p_adjusted)),
+        "significant": significant,
+    }
 
 
 def _one_sided(test: Any) -> float:
