@@ -17,6 +17,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from dspex_lab.errors import DspexLabError
 
 SUBCOMMANDS = ("program", "evaluate", "compare", "optimize", "trace", "sql", "config", "dashboard")
+OPTIMIZERS = ("simba-c", "simba", "mipro", "gepa", "bootstrap")
 DASHBOARD_GAP = "the dspex dashboard (issue 11) does not exist yet; there is nothing to start"
 
 
@@ -42,6 +43,24 @@ def _parser(command: str) -> _Parser:
     elif command == "compare":
         parser.add_argument("a")
         parser.add_argument("b")
+    elif command == "optimize":
+        parser.add_argument("program")
+        parser.add_argument("--train", required=True)
+        parser.add_argument("--val", required=True)
+        parser.add_argument("--metric", required=True)
+        parser.add_argument("--optimizer", default="simba-c", choices=OPTIMIZERS)
+        parser.add_argument("--max-steps", type=int, help="SIMBA-C steps at most")
+        parser.add_argument("--bsize", type=int, help="SIMBA-C mini-batch size")
+        parser.add_argument("--max-lm-calls", type=int)
+        parser.add_argument("--max-usd", type=float)
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--name")
+        parser.add_argument("--live", action="store_true", help="draw the convergence plot live")
+    elif command == "trace":
+        parser.add_argument("experiment")
+        parser.add_argument("trial", nargs="?")
+        parser.add_argument("--text", action="store_true", help="print the span tree as text")
+        parser.add_argument("--prompts", action="store_true", help="with --text: show LM messages")
     elif command == "sql":
         parser.prog = "%%dspex sql"
     elif command == "dashboard":
@@ -74,8 +93,6 @@ class DspexMagics(Magics):
         command, rest = words[0], words[1:]
         if command in ("program", "sql") and cell is None:
             raise UsageError(f"%dspex {command} is a cell magic: write %%dspex {command} on the cell's first line")
-        if command in ("optimize", "trace"):
-            raise UsageError(f"%dspex {command} is not built yet; use the Python API or the dspex command line")
         args = _parser(command).parse_args(rest)
         try:
             return getattr(self, f"_{command}")(args, cell)
@@ -118,22 +135,34 @@ class DspexMagics(Magics):
         self.shell.user_ns[args.name] = program
         return program
 
-    def _evaluate(self, args: argparse.Namespace, cell: str | None) -> Any:
-        import dspex_lab.metrics as metrics
+    def _data(self, name: str) -> Any:
+        """A dataset from the namespace by name, else loaded from the file of that name."""
         from dspex_lab.data import load_dataset
+
+        namespace = self.shell.user_ns
+        return namespace[name] if name in namespace else load_dataset(name)
+
+    def _metric(self, name: str, command: str) -> Any:
+        """A callable from the namespace by name, else the dx.metrics function of that name."""
+        import dspex_lab.metrics as metrics
+
+        metric = self.shell.user_ns.get(name)
+        if not callable(metric):
+            metric = getattr(metrics, name, None)
+        if not callable(metric):
+            known = ", ".join(metrics.__all__)
+            raise UsageError(
+                f"%dspex {command}: --metric {name!r} is neither a callable in the namespace nor a dx.metrics "
+                f"name ({known})"
+            )
+        return metric
+
+    def _evaluate(self, args: argparse.Namespace, cell: str | None) -> Any:
         from dspex_lab.evaluate._evaluate import evaluate
 
         program = self._lookup(args.program, "program")
-        namespace = self.shell.user_ns
-        data = namespace[args.data] if args.data in namespace else load_dataset(args.data)
-        metric = self.shell.user_ns.get(args.metric)
-        if not callable(metric):
-            metric = getattr(metrics, args.metric, None)
-        if not callable(metric):
-            raise UsageError(
-                f"%dspex evaluate: --metric {args.metric!r} is neither a callable in the namespace "
-                "nor a dx.metrics name"
-            )
+        data = self._data(args.data)
+        metric = self._metric(args.metric, "evaluate")
         result = evaluate(
             program, data, metric=metric, name=args.name, repeats=args.repeats, trace=args.trace, progress=False
         )
@@ -150,24 +179,85 @@ class DspexMagics(Magics):
             results.append(value if value is not None else load(name))
         return compare(results[0], results[1])
 
-    def _sql(self, args: argparse.Namespace, cell: str) -> Any:
+    def _optimize(self, args: argparse.Namespace, cell: str | None) -> Any:
+        from dspex_lab.engine import Budget
+        from dspex_lab.optimize import SimbaC, optimize
+
+        program = self._lookup(args.program, "program")
+        train, val = self._data(args.train), self._data(args.val)
+        metric = self._metric(args.metric, "optimize")
+        simba_options = {key: value for key, value in (("max_steps", args.max_steps), ("bsize", args.bsize)) if value}
+        if simba_options and args.optimizer != "simba-c":
+            raise UsageError(f"%dspex optimize: --max-steps and --bsize set SIMBA-C, not --optimizer {args.optimizer}")
+        optimizer: Any = SimbaC(**simba_options) if simba_options else args.optimizer
+        budget = None
+        if args.max_lm_calls is not None or args.max_usd is not None:
+            budget = Budget(lm_calls=args.max_lm_calls, usd=args.max_usd)
+        subscribers = []
+        if args.live:
+            from IPython.display import display
+
+            from dspex_lab.optimize import LiveConvergence
+
+            live = LiveConvergence()
+            subscribers.append(live)
+            display(live.layout)
+        result = optimize(
+            program, train, val, metric=metric, optimizer=optimizer, budget=budget, seed=args.seed,
+            name=args.name, subscribers=subscribers,
+        )  # fmt: skip
+        self.shell.user_ns["_dspex_last"] = result
+        return result
+
+    def _trace(self, args: argparse.Namespace, cell: str | None) -> Any:
+        """A trial's span tree (the TraceViewer widget, or text), or the list of an experiment's trials or steps."""
+        journal = self._journal("%dspex trace")
+        record = journal.experiment(args.experiment)
+        if record.get("kind") == "optimization" and args.trial is None:
+            import pandas as pd
+
+            rows = journal.step_rows(args.experiment)
+            return pd.DataFrame(
+                [{"trace": f"step-{row['step']}", "status": row["status"], "decision": row["detail"]} for row in rows]
+            )
+        if args.text or record.get("kind") == "optimization":
+            if args.trial is None:
+                raise UsageError(f"%dspex trace {args.experiment} --text needs a TRIAL (or drop --text for the viewer)")
+            if not journal.span_rows(args.experiment, args.trial):
+                raise UsageError(f"trial {args.trial!r} of {args.experiment!r} has no stored spans (was it traced?)")
+            print(journal.trace(args.experiment, args.trial).to_text(show_prompts=args.prompts))
+            return None
+        from dspex_lab.notebook._trace_viewer import TraceViewer
+
+        return TraceViewer(journal, args.experiment, trial_id=args.trial)
+
+    def _journal(self, magic: str) -> Any:
         from dspex_lab.evaluate._context import current_context
 
         journal = current_context().journal
         if journal is None:
-            raise UsageError("%%dspex sql: the current dx.Context has no journal to query")
-        return journal.sql(cell)
+            raise UsageError(f"{magic}: the current dx.Context has no journal")
+        return journal
+
+    def _sql(self, args: argparse.Namespace, cell: str) -> Any:
+        return self._journal("%%dspex sql").sql(cell)
 
     def _config(self, args: argparse.Namespace, cell: str | None) -> dict[str, Any]:
         from dspex_lab.evaluate._context import current_context
+        from dspex_lab.trace.redaction import mask_text
 
         context = current_context()
         journal = context.journal
-        return {
+        # What is shown is masked like anything persisted: a URL password or a key pasted into a model name
+        # or path never reaches the notebook's output (which is saved with the notebook).
+        settings = {
             "lm": getattr(context.lm, "model", type(context.lm).__name__),
+            "api_base": getattr(context.lm, "kwargs", {}).get("api_base"),
             "journal": str(getattr(journal, "path", journal)),
             "threads": context.threads,
+            "executor": repr(context.executor),
         }
+        return {key: mask_text(str(value)) for key, value in settings.items() if value is not None}
 
     def _dashboard(self, args: argparse.Namespace, cell: str | None) -> None:
         raise UsageError(DASHBOARD_GAP)

@@ -71,7 +71,7 @@ def test_evaluate_then_compare(shell):
 def test_config_shows_settings(shell, tmp_path):
     config = shell.run_line_magic("dspex", "config")
     assert config["journal"].endswith("j.duckdb")
-    assert set(config) == {"lm", "journal", "threads"}
+    assert set(config) == {"lm", "journal", "threads", "executor"}
 
 
 def test_dashboard_is_the_documented_gap(shell):
@@ -97,3 +97,79 @@ def test_sql_cell_queries_the_journal(shell):
     result = shell.run_line_magic("dspex", "evaluate qa --data data --metric exact_match --name s")
     frame = shell.run_cell_magic("dspex", "sql", "SELECT count(*) AS n FROM trials")
     assert int(frame["n"].iloc[0]) == len(result.trials)
+
+
+def test_optimize_runs_simba_c_and_binds_the_result(shell):
+    shell.run_cell_magic("dspex", "program qa", PROGRAM)
+    problems = list(dx.datasets.arithmetic(40, seed=3))
+    shell.user_ns.update(train=problems[:16], val=problems[16:])
+    result = shell.run_line_magic(
+        "dspex", "optimize qa --train train --val val --metric exact_match --max-steps 1 --bsize 8 --name magic"
+    )
+    assert isinstance(result, dx.OptimizationResult)
+    assert shell.user_ns["_dspex_last"] is result
+    assert list(result.steps["step"]) == [0, 1]  # the baseline, then one step
+    assert isinstance(result.best, dx.Program)
+
+
+def test_optimize_rejects_simba_c_options_for_another_optimizer(shell):
+    shell.run_cell_magic("dspex", "program qa", PROGRAM)
+    shell.user_ns.update(train=[], val=[])
+    with pytest.raises(UsageError, match="--max-steps and --bsize set SIMBA-C, not --optimizer bootstrap"):
+        shell.run_line_magic(
+            "dspex", "optimize qa --train train --val val --metric exact_match --optimizer bootstrap --max-steps 2"
+        )
+    with pytest.raises(UsageError, match="invalid choice: 'copro'"):
+        shell.run_line_magic("dspex", "optimize qa --train train --val val --metric exact_match --optimizer copro")
+
+
+def test_unknown_metric_names_the_known_ones(shell):
+    shell.run_cell_magic("dspex", "program qa", PROGRAM)
+    shell.user_ns["data"] = []
+    with pytest.raises(UsageError, match=r"--metric 'exact' is neither .* \(contains, exact_match, f1"):
+        shell.run_line_magic("dspex", "evaluate qa --data data --metric exact")
+
+
+def test_trace_shows_the_viewer_text_and_optimization_steps(shell, capsys):
+    from dspex_lab.notebook._trace_viewer import TraceViewer
+
+    shell.run_cell_magic("dspex", "program qa", PROGRAM)
+    shell.user_ns["data"] = list(dx.datasets.arithmetic(3, seed=0))
+    result = shell.run_line_magic("dspex", "evaluate qa --data data --metric exact_match --trace --name traced")
+    viewer = shell.run_line_magic("dspex", f"trace {result.experiment_id}")
+    assert isinstance(viewer, TraceViewer)
+    trial = result.trials["trial_id"].iloc[0]
+    assert shell.run_line_magic("dspex", f"trace {result.experiment_id} {trial} --text") is None
+    assert "lm" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="needs a TRIAL"):
+        shell.run_line_magic("dspex", f"trace {result.experiment_id} --text")
+
+    problems = list(dx.datasets.arithmetic(40, seed=3))
+    shell.user_ns.update(train=problems[:16], val=problems[16:])
+    run = shell.run_line_magic(
+        "dspex", "optimize qa --train train --val val --metric exact_match --max-steps 1 --bsize 8"
+    )
+    steps = shell.run_line_magic("dspex", f"trace {run.run_id}")
+    assert list(steps["trace"]) == ["step-0", "step-1"]
+    shell.run_line_magic("dspex", f"trace {run.run_id} step-1")
+    assert "step" in capsys.readouterr().out
+
+
+def test_trace_of_an_unknown_experiment_is_one_line(shell):
+    shell.run_cell_magic("dspex", "program qa", PROGRAM)
+    shell.user_ns["data"] = list(dx.datasets.arithmetic(2, seed=0))
+    shell.run_line_magic("dspex", "evaluate qa --data data --metric exact_match")
+    with pytest.raises(UsageError, match=r"JournalError: .*nope"):
+        shell.run_line_magic("dspex", "trace nope")
+
+
+def test_config_masks_secrets(tmp_path):
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "dspex_lab")
+    key = "sk-" + "q" * 40
+    lm = dspy.LM("openai/some-model", api_base="http://user:hunter2pass@127.0.0.1:9/v1", api_key=key)
+    with dx.Context(lm=lm, journal=tmp_path / "j.duckdb"):
+        config = ip.run_line_magic("dspex", "config")
+    shown = repr(config)
+    assert "hunter2pass" not in shown and key not in shown
+    assert config["api_base"].startswith("http://user:")
