@@ -167,3 +167,96 @@ def test_a_corrupted_journal_gives_one_clear_error_not_a_hang(tmp_path_factory, 
 
     _must_be_clean(read_everything)
     os.remove(path)
+
+
+# -- the %%dspex program cell: a YAML body typed (or pasted) by someone ------------------------------
+
+VALID_BODY = """\
+module: dspy.ChainOfThought
+signature: "question -> answer"
+name: qa
+variables:
+  temperature:
+    type: float
+    value: 0.5
+    low: 0.0
+    high: 1.0
+  style:
+    type: choice
+    value: terse
+    choices: [terse, verbose]
+"""
+
+
+@pytest.fixture(scope="module")
+def magic_shell():
+    pytest.importorskip("yaml")
+    interactive = pytest.importorskip("IPython.core.interactiveshell")
+    shell = interactive.InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "dspex_lab")
+    return shell
+
+
+def _program_cell(shell, body: str) -> None:
+    """Run the cell magic: it binds a Program or raises one UsageError line, quickly."""
+    from IPython.core.error import UsageError
+
+    started = time.monotonic()
+    try:
+        program = shell.run_cell_magic("dspex", "program fuzzed", body)
+    except UsageError as error:
+        message = str(error)
+        assert message and "Traceback" not in message, message
+    else:
+        assert isinstance(program, dx.Program)
+    assert time.monotonic() - started < SECONDS, f"a {len(body)}-character body took too long"
+
+
+@FUZZ
+@given(spec=program_specs())
+def test_a_program_cell_from_any_spec_gets_a_program_or_one_usage_line(magic_shell, spec: dict) -> None:
+    import yaml
+
+    _program_cell(magic_shell, yaml.safe_dump(spec, allow_unicode=True))
+
+
+@FUZZ
+@given(text=st.text(max_size=300))
+def test_a_program_cell_of_any_text_gets_a_program_or_one_usage_line(magic_shell, text: str) -> None:
+    _program_cell(magic_shell, text)
+
+
+@FUZZ
+@given(
+    edits=st.lists(
+        st.tuples(st.integers(0, len(VALID_BODY)), st.sampled_from(list(":-[]{}&*!|>'\"#\t\n ?,%@`")), st.booleans()),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_a_mistyped_program_cell_gets_a_program_or_one_usage_line(magic_shell, edits) -> None:
+    body = VALID_BODY
+    for position, character, delete in edits:
+        position = min(position, len(body))
+        body = body[:position] + body[position + 1 :] if delete else body[:position] + character + body[position:]
+    _program_cell(magic_shell, body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "module: &m [*m]\n",  # a self-referencing alias
+        "variables: &v {t: *v}\nmodule: dspy.Predict\n",
+        "a: &a [x, x, x, x, x, x, x, x, x]\n"
+        + "".join(
+            f"{b}: &{b} [*{a}, *{a}, *{a}]\n"
+            for a, b in zip("abcdefghijklmnopqrst", "bcdefghijklmnopqrstu", strict=True)
+        )
+        + "module: dspy.Predict\n",  # the billion-laughs shape: aliases of aliases
+        "module: !!python/object/apply:os.system ['true']\n",  # a YAML tag that would run code if not safe-loaded
+        "signature: '" + "x" * 2_000_000 + "'\nmodule: dspy.Predict\n",
+    ],
+    ids=["self-alias", "recursive-variables", "alias-bomb", "python-tag", "two-megabytes"],
+)
+def test_hostile_program_cells_get_one_usage_line(magic_shell, body: str) -> None:
+    _program_cell(magic_shell, body)

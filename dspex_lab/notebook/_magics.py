@@ -17,6 +17,8 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from dspex_lab.errors import DspexLabError
 
 SUBCOMMANDS = ("program", "evaluate", "compare", "optimize", "trace", "sql", "config", "dashboard")
+# A program cell is typed or pasted, not a data file: bounded before YAML parses it.
+MAX_PROGRAM_CELL = 256 * 1024
 OPTIMIZERS = ("simba-c", "simba", "mipro", "gepa", "bootstrap")
 DASHBOARD_GAP = "the dspex dashboard (issue 11) does not exist yet; there is nothing to start"
 
@@ -109,6 +111,11 @@ class DspexMagics(Magics):
         from dspex_lab.program import Program
         from dspex_lab.program._variables import variable_from_dict
 
+        if len(cell) > MAX_PROGRAM_CELL:
+            raise UsageError(
+                f"ProgramSpecError: the cell body has {len(cell):,} characters; a program spec has at most "
+                f"{MAX_PROGRAM_CELL:,} (put long instructions or demos in a file and load them in Python)"
+            )
         try:
             data = yaml.safe_load(cell)
         except yaml.YAMLError as error:
@@ -119,7 +126,8 @@ class DspexMagics(Magics):
         if not isinstance(data, dict):
             raise UsageError("ProgramSpecError: the cell body must be a YAML mapping with at least 'module'")
         # Each variable is checked alone first, so an error maps back to the line that defines it.
-        for name, description in (data.get("variables") or {}).items():
+        variables = data.get("variables")
+        for name, description in (variables.items() if isinstance(variables, dict) else ()):
             if not isinstance(description, dict):
                 continue
             try:
