@@ -15,13 +15,22 @@ from typing import TYPE_CHECKING
 from dspex_lab._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from dspex_lab.journal._duckdb import DuckDBJournal, ExperimentRecord, TrialWriter, open_journal
+    from dspex_lab.journal._duckdb import (
+        LEADERBOARD_COLUMNS,
+        TRIAL_SORTS,
+        DuckDBJournal,
+        ExperimentRecord,
+        TrialWriter,
+        open_journal,
+    )
     from dspex_lab.journal._schema import SCHEMA_VERSION
     from dspex_lab.journal._store import TRIAL_ORDERS, ExperimentSummary, JournalStore, TrialOrder
 
 __all__ = [
+    "LEADERBOARD_COLUMNS",
     "SCHEMA_VERSION",
     "TRIAL_ORDERS",
+    "TRIAL_SORTS",
     "DuckDBJournal",
     "ExperimentRecord",
     "ExperimentSummary",
@@ -35,8 +44,10 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     globals(),
     {
+        "LEADERBOARD_COLUMNS": "dspex_lab.journal._duckdb",
         "SCHEMA_VERSION": "dspex_lab.journal._schema",
         "TRIAL_ORDERS": "dspex_lab.journal._store",
+        "TRIAL_SORTS": "dspex_lab.journal._duckdb",
         "DuckDBJournal": "dspex_lab.journal._duckdb",
         "ExperimentRecord": "dspex_lab.journal._duckdb",
         "ExperimentSummary": "dspex_lab.journal._store",

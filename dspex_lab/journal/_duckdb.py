@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-__all__ = ["DuckDBJournal", "ExperimentRecord", "TrialWriter", "open_journal"]
+__all__ = ["LEADERBOARD_COLUMNS", "TRIAL_SORTS", "DuckDBJournal", "ExperimentRecord", "TrialWriter", "open_journal"]
 
 # A running experiment whose heartbeat is older than this is shown as interrupted.
 STALE_HEARTBEAT_SECONDS = 15.0
@@ -588,6 +588,158 @@ class DuckDBJournal:
         )
         return {row["status"]: int(row["n"]) for row in rows}
 
+    # -- the dashboard's queries (DataFrames, one read each) ---------------------------------------
+
+    def _frame(self, query: str, parameters: Sequence[Any] = ()) -> pd.DataFrame:
+        """Run a read query and return a DataFrame (its columns typed by DuckDB, even when empty)."""
+        if not self.path.exists():
+            raise JournalError(f"journal {self.path} does not exist yet")
+        with self._connect(write=False) as connection:
+            try:
+                return connection.execute(query, list(parameters)).df()
+            except duckdb.Error as error:
+                raise JournalError(f"query failed on {self.path}: {error}") from error
+
+    def leaderboard(
+        self, *, name: str | None = None, kind: str | None = None, status: str | None = None, limit: int = 500
+    ) -> pd.DataFrame:
+        """Return one row per experiment, newest first (then by id), with its trial counts, mean and a quick interval.
+
+        The interval is a quick one for a list: a 95% t-interval over the scores of the experiment's
+        ``ok`` trials taken as independent (repeats and examples alike); it is not the clustered,
+        publishable interval of an evaluation's result. With fewer than two scores it is missing.
+
+        Args:
+            name: only experiments whose name contains this text (case-sensitive).
+            kind: only experiments of this kind (``evaluation``, ``comparison``, ``optimization``...).
+            status: only experiments with this status; a running experiment whose process is gone
+                counts as ``interrupted``.
+            limit: at most this many rows.
+
+        Returns:
+            Columns ``experiment_id``, ``name``, ``kind``, ``status``, ``created_at``, ``program``,
+            ``model``, ``n_trials``, ``n_errors``, ``mean``, ``ci_low``, ``ci_high``. An absent
+            journal gives no rows.
+
+        Raises:
+            JournalError: a negative or non-integer limit, or a journal that cannot be read.
+        """
+        import pandas as pd
+
+        _check_limit(limit, "limit")
+        for label, value in (("name", name), ("kind", kind), ("status", status)):
+            if value is not None and not isinstance(value, str):
+                raise JournalError(f"leaderboard({label}=...) must be text or None, got {value!r}")
+        if not self.path.exists():
+            return pd.DataFrame(columns=list(LEADERBOARD_COLUMNS))
+        query = _LEADERBOARD_SQL
+        parameters: list[Any] = []
+        if name is not None:
+            query += " AND contains(e.name, ?)"
+            parameters.append(name)
+        if kind is not None:
+            query += " AND e.kind = ?"
+            parameters.append(kind)
+        if status is not None:
+            # A dead run is stored as 'running' and reported as 'interrupted': both are fetched, then sorted out.
+            query += " AND e.status IN (?, 'running')"
+            parameters.append(status)
+        query += " ORDER BY e.created_at DESC, e.id"
+        if status is None:
+            query += " LIMIT ?"
+            parameters.append(limit)
+        frame = self._frame(query, parameters)
+        dead = [
+            row.status == "running" and _is_dead(row.host, row.pid, row.heartbeat_at)
+            for row in frame[["status", "host", "pid", "heartbeat_at"]].itertuples(index=False)
+        ]
+        frame.loc[dead, "status"] = "interrupted"
+        if status is not None:
+            frame = frame[frame["status"] == status].head(limit)
+        frame = _with_t_interval(frame)
+        return frame[list(LEADERBOARD_COLUMNS)].reset_index(drop=True)
+
+    def trial_page(
+        self,
+        experiment_id: str,
+        *,
+        status: str | None = None,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        sort: str = "example_id",
+        descending: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[pd.DataFrame, int]:
+        """Return one page of an experiment's trials, filtered and sorted, and how many trials match in all.
+
+        Ties in ``sort`` are broken by example order, then repeat and trial id, so pages never overlap.
+
+        Args:
+            experiment_id: the experiment.
+            status: only trials with this status (``ok`` or ``error``).
+            min_score: only trials scored at least this (unscored trials are left out).
+            max_score: only trials scored at most this (unscored trials are left out).
+            sort: the column to sort by, one of :data:`TRIAL_SORTS`; a missing value sorts last.
+            descending: sort from the largest value down.
+            limit: at most this many rows.
+            offset: skip this many matching rows first.
+
+        Returns:
+            The page (every trial column, in the trials table's order) and the number of matching trials.
+
+        Raises:
+            JournalError: a sort column that is not allowed (the message names those that are), a bad limit,
+                offset or score bound, or a journal that cannot be read.
+        """
+        if sort not in TRIAL_SORTS:
+            raise JournalError(f"trial_page(sort={sort!r}) is not allowed; sort by one of {', '.join(TRIAL_SORTS)}")
+        _check_limit(limit, "limit")
+        _check_limit(offset, "offset")
+        _check_bounds(min_score, max_score)
+        where = "experiment_id = ?"
+        parameters: list[Any] = [experiment_id]
+        for clause, value in (("status = ?", status), ("score >= ?", min_score), ("score <= ?", max_score)):
+            if value is not None:
+                where += f" AND {clause}"
+                parameters.append(value)
+        direction = "DESC" if descending else "ASC"
+        order = f'"{sort}" {direction} NULLS LAST, example_index, repeat, trial_id'
+        # One statement: the total rides along as a window count, so page and total come from one snapshot.
+        frame = self._frame(
+            f"""WITH matching AS (SELECT * FROM trials WHERE {where})
+                SELECT m.*, (SELECT count(*) FROM matching) AS matching_total
+                FROM matching m ORDER BY {order} LIMIT ? OFFSET ?""",
+            [*parameters, limit, offset],
+        )
+        if frame.empty:
+            total = int(self._rows(f"SELECT count(*) AS n FROM trials WHERE {where}", parameters)[0]["n"])
+        else:
+            total = int(frame["matching_total"].iloc[0])
+        return frame.drop(columns="matching_total").reset_index(drop=True), total
+
+    def paired_scores(self, a: str, b: str) -> pd.DataFrame:
+        """Return the per-example scores of two experiments side by side: the pairs a comparison tests.
+
+        Each score is the mean over the example's ``ok`` repeats with a score; an example is kept only if
+        both experiments have such a score for it. Rows are in the first experiment's example order.
+
+        Returns:
+            Columns ``example_id``, ``score_a``, ``score_b``.
+        """
+        return self._frame(
+            """WITH per_example AS (
+                   SELECT experiment_id, example_id, avg(score) AS score, min(example_index) AS example_index
+                   FROM trials
+                   WHERE experiment_id IN (?, ?) AND status = 'ok' AND score IS NOT NULL
+                   GROUP BY experiment_id, example_id)
+               SELECT x.example_id, x.score AS score_a, y.score AS score_b
+               FROM per_example x JOIN per_example y ON x.example_id = y.example_id
+               WHERE x.experiment_id = ? AND y.experiment_id = ?
+               ORDER BY x.example_index, x.example_id""",
+            [a, b, a, b],
+        )
+
     def span_rows(self, experiment_id: str, trials: str | Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Return span rows as stored, attributes still JSON text: for readers that decode few of them.
 
@@ -823,6 +975,64 @@ _TRIAL_ORDER_SQL: dict[str, str] = {
     "error": "t.status = 'ok', t.score ASC NULLS FIRST, t.example_index, t.repeat, t.trial_id",
     "latency": "t.latency DESC NULLS LAST, t.example_index, t.repeat, t.trial_id",
 }
+
+
+LEADERBOARD_COLUMNS: tuple[str, ...] = (
+    "experiment_id", "name", "kind", "status", "created_at", "program", "model",
+    "n_trials", "n_errors", "mean", "ci_low", "ci_high",
+)  # fmt: skip
+"""The columns of :meth:`DuckDBJournal.leaderboard`, in order."""
+
+TRIAL_SORTS: tuple[str, ...] = (
+    "example_id", "example_index", "repeat", "trial_id", "status", "score", "latency", "input_tokens",
+    "output_tokens", "cost", "lm_calls", "attempts", "started_at", "finished_at", "error_type",
+)  # fmt: skip
+"""The trial columns :meth:`DuckDBJournal.trial_page` may sort by."""
+
+# Per experiment: counts over every trial; mean, spread and count over the scores of ok trials.
+_LEADERBOARD_SQL = """
+SELECT e.id AS experiment_id, e.name, e.kind, e.status, e.created_at, e.program_name AS program,
+       json_extract_string(e.config, '$.lm') AS model,
+       coalesce(t.n_trials, 0) AS n_trials, coalesce(t.n_errors, 0) AS n_errors,
+       t.mean, t.score_sd, coalesce(t.n_scored, 0) AS n_scored, e.host, e.pid, e.heartbeat_at
+FROM experiments e LEFT JOIN (
+    SELECT experiment_id, count(*) AS n_trials, count(*) FILTER (status = 'error') AS n_errors,
+           avg(score) FILTER (status = 'ok') AS mean, stddev_samp(score) FILTER (status = 'ok') AS score_sd,
+           count(score) FILTER (status = 'ok') AS n_scored
+    FROM trials GROUP BY experiment_id) t ON t.experiment_id = e.id
+WHERE true"""
+
+
+def _check_limit(value: Any, label: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise JournalError(f"{label} must be a non-negative integer, got {value!r}")
+
+
+def _check_bounds(min_score: Any, max_score: Any) -> None:
+    for bound, value in (("min_score", min_score), ("max_score", max_score)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        ):
+            raise JournalError(f"{bound} must be a finite number or None, got {value!r}")
+
+
+def _with_t_interval(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add ``ci_low``/``ci_high``: mean ± t(0.975, n-1)·sd/√n over each row's ``n_scored`` scores (NaN below 2)."""
+    import numpy as np
+    from scipy import stats
+
+    frame = frame.copy()
+    scored = frame["n_scored"].to_numpy(dtype=float)
+    spread = frame["score_sd"].to_numpy(dtype=float)
+    mean = frame["mean"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half_width = np.where(
+            scored >= 2, stats.t.ppf(0.975, np.maximum(scored - 1, 1)) * spread / np.sqrt(scored), np.nan
+        )
+    frame["mean"] = mean
+    frame["ci_low"] = mean - half_width
+    frame["ci_high"] = mean + half_width
+    return frame
 
 
 _TOUCH_EXPERIMENT = "UPDATE experiments SET heartbeat_at = ?, updated_at = ? WHERE id = ?"

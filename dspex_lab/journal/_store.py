@@ -4,7 +4,9 @@
 evaluation result's HTML and the dashboard read a journal through; they never
 write SQL against a backend. Its query methods return plain Python values
 (frozen records, dicts, lists), so a reader such as ``dspex journal list`` needs
-neither pandas nor DSPy. :class:`~dspex_lab.journal.DuckDBJournal` implements it.
+neither pandas nor DSPy; the dashboard's three (``leaderboard``, ``trial_page``,
+``paired_scores``) return DataFrames and load pandas when called.
+:class:`~dspex_lab.journal.DuckDBJournal` implements it.
 
 The journal layer does not import :mod:`dspex_lab.trace`: it stores and returns
 span *rows*. Turning rows into ``Span`` objects and a ``TraceTree`` is the trace
@@ -151,6 +153,31 @@ class JournalStore(Protocol):
             traced_only: only trials with at least one stored span.
             with_span_counts: add a ``spans`` entry, the number of stored spans of the trial.
         """
+        ...
+
+    def leaderboard(
+        self, *, name: str | None = None, kind: str | None = None, status: str | None = None, limit: int = 500
+    ) -> Any:
+        """Return a DataFrame, one row per experiment newest first, with counts, mean and a quick 95% t-interval."""
+        ...
+
+    def trial_page(
+        self,
+        experiment_id: str,
+        *,
+        status: str | None = None,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        sort: str = "example_id",
+        descending: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[Any, int]:
+        """Return one page of an experiment's trials (a DataFrame) and the number of matching trials."""
+        ...
+
+    def paired_scores(self, a: str, b: str) -> Any:
+        """Return a DataFrame of example_id, score_a, score_b: per-example means of ok repeats present in both."""
         ...
 
     def trial_counts(self, experiment_id: str) -> dict[str, int]:
