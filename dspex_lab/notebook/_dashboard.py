@@ -1,0 +1,614 @@
+"""The journal dashboard: a Panel app over one journal, served by Panel's (bokeh's) server.
+
+Four pages — experiments, compare, trace, optimization — each drawn from one function of
+:mod:`dspex_lab.notebook._dashboard_data`. Every browser session gets its own :class:`Dashboard`,
+which checks the journal files every two seconds (two ``stat`` calls) and re-queries only when
+they changed, so a kernel writing to the same journal shows up without a reload and an idle
+dashboard costs the writer nothing. The server binds 127.0.0.1 unless told otherwise, because
+the journal holds prompts, answers and program specs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import math
+import os
+import socket
+import threading
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from dspex_lab.errors import DspexLabError, DspexLabWarning, JournalError, MissingDependencyError
+from dspex_lab.notebook._dashboard_data import (
+    ComparisonView,
+    comparison_view,
+    journal_signature,
+    leaderboard_frame,
+    trace_html,
+    trace_rows,
+    trial_frame,
+)
+
+if TYPE_CHECKING:
+    from dspex_lab.journal import DuckDBJournal
+
+__all__ = ["Dashboard", "DashboardServer", "serve_dashboard"]
+
+KINDS = ("evaluation", "comparison", "optimization")
+STATUSES = ("running", "finished", "interrupted", "failed", "cancelled")
+TRIAL_SORTS = ("example_id", "score", "latency", "status", "trial_id")
+# Rows of the leaderboard drawn as points with intervals; the table below holds them all.
+_PLOTTED_EXPERIMENTS = 40
+_TRIALS_PER_PAGE = 50
+_LEADERBOARD_SHOWN = (
+    "experiment_id", "name", "kind", "status", "program", "model", "n_trials", "n_errors", "mean", "ci_low",
+    "ci_high", "created_at",
+)  # fmt: skip
+
+
+def _panel() -> Any:
+    try:
+        import panel as pn
+    except ImportError as error:  # pragma: no cover - exercised only without the dashboard extra
+        raise MissingDependencyError("panel", "dashboard") from error
+    return pn
+
+
+def _holoviews() -> Any:
+    # The optimization layer's import also loads the bokeh backend once.
+    from dspex_lab.optimize._plot import _holoviews as load
+
+    return load()
+
+
+def _message(text: str, kind: str = "info") -> Any:
+    pn = _panel()
+    return pn.pane.Alert(text, alert_type=kind, sizing_mode="stretch_width")
+
+
+class Dashboard:
+    """One session's pages over a journal; :attr:`view` is the Panel layout to serve or display.
+
+    Thread safety: a dashboard belongs to one Panel session (its callbacks run on that session's
+    thread); the journal it reads may be written by other threads and processes at the same time.
+
+    Args:
+        journal: the journal to show.
+        refresh_seconds: how often a served session checks the journal for changes.
+    """
+
+    def __init__(self, journal: DuckDBJournal, *, refresh_seconds: float = 2.0) -> None:
+        pn = _panel()
+        self.journal = journal
+        self.refresh_seconds = refresh_seconds
+        self.board = pd.DataFrame()
+        self.comparison: ComparisonView | None = None
+        self.trials = pd.DataFrame()
+        self.trials_total = 0
+        self._signature = journal_signature(journal)
+        self._callback: Any = None
+        self.status = pn.pane.Markdown("", sizing_mode="stretch_width")
+
+        # Experiments
+        self.name_filter = pn.widgets.TextInput(name="Name contains", placeholder="any name")
+        self.kind_filter = pn.widgets.Select(name="Kind", options=["", *KINDS])
+        self.status_filter = pn.widgets.Select(name="Status", options=["", *STATUSES])
+        self.table = pn.widgets.Tabulator(
+            pd.DataFrame(columns=list(_LEADERBOARD_SHOWN)),
+            disabled=True,
+            show_index=False,
+            pagination="local",
+            page_size=20,
+            sizing_mode="stretch_width",
+            name="experiments",
+        )
+        self.leaderboard_plot = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        for widget in (self.name_filter, self.kind_filter, self.status_filter):
+            widget.param.watch(lambda _event: self.refresh_leaderboard(), "value")
+
+        # Compare
+        self.compare_a = pn.widgets.Select(name="Baseline (a)", options={})
+        self.compare_b = pn.widgets.Select(name="Compared (b)", options={})
+        self.compare_summary = pn.pane.Markdown("Pick two evaluations.", sizing_mode="stretch_width")
+        self.difference_plot = pn.pane.HoloViews(None)
+        self.scatter_plot = pn.pane.HoloViews(None)
+        for widget in (self.compare_a, self.compare_b):
+            widget.param.watch(lambda _event: self.refresh_comparison(), "value")
+
+        # Trace
+        self.trace_experiment = pn.widgets.Select(name="Experiment", options={})
+        self.trial_status = pn.widgets.Select(name="Trial status", options=["", "ok", "error"])
+        self.trial_sort = pn.widgets.Select(name="Sort by", options=list(TRIAL_SORTS))
+        self.trial_descending = pn.widgets.Checkbox(name="descending")
+        self.trial_offset = 0
+        self.previous_page = pn.widgets.Button(name="◀ previous", width=100)
+        self.next_page = pn.widgets.Button(name="next ▶", width=100)
+        self.trial_count = pn.pane.Markdown("")
+        self.trial_table = pn.widgets.Tabulator(
+            pd.DataFrame(),
+            disabled=True,
+            show_index=False,
+            selectable=1,
+            sizing_mode="stretch_width",
+            height=320,
+            name="trials",
+        )
+        self.trace_view = pn.pane.HTML("Select a trial.", sizing_mode="stretch_width")
+        for widget in (self.trace_experiment, self.trial_status, self.trial_sort, self.trial_descending):
+            widget.param.watch(lambda _event: self._first_trial_page(), "value")
+        self.previous_page.on_click(lambda _event: self._move_trial_page(-1))
+        self.next_page.on_click(lambda _event: self._move_trial_page(1))
+        self.trial_table.param.watch(lambda _event: self.refresh_trace(), "selection")
+
+        # Optimization
+        self.run_select = pn.widgets.Select(name="Optimization run", options={})
+        self.run_plot = pn.pane.HoloViews(None)
+        self.run_message = pn.pane.Markdown("")
+        self.run_select.param.watch(lambda _event: self.refresh_run(), "value")
+
+        self.view = pn.Column(
+            pn.pane.Markdown(f"## dspex dashboard — `{journal.path}`"),
+            self.status,
+            pn.Tabs(
+                ("Experiments", self._experiments_page()),
+                ("Compare", self._compare_page()),
+                ("Trace", self._trace_page()),
+                ("Optimization", pn.Column(self.run_select, self.run_message, self.run_plot)),
+                dynamic=False,
+            ),
+            sizing_mode="stretch_width",
+        )
+        self.refresh(force=True)
+
+    # -- layout --------------------------------------------------------------------------------
+
+    def _experiments_page(self) -> Any:
+        pn = _panel()
+        return pn.Column(
+            pn.Row(self.name_filter, self.kind_filter, self.status_filter),
+            self.leaderboard_plot,
+            self.table,
+            sizing_mode="stretch_width",
+        )
+
+    def _compare_page(self) -> Any:
+        pn = _panel()
+        return pn.Column(
+            pn.Row(self.compare_a, self.compare_b),
+            self.compare_summary,
+            pn.Row(self.difference_plot, self.scatter_plot),
+            sizing_mode="stretch_width",
+        )
+
+    def _trace_page(self) -> Any:
+        pn = _panel()
+        return pn.Column(
+            pn.Row(self.trace_experiment, self.trial_status, self.trial_sort, self.trial_descending),
+            pn.Row(self.previous_page, self.next_page, self.trial_count),
+            self.trial_table,
+            self.trace_view,
+            sizing_mode="stretch_width",
+        )
+
+    # -- refreshing ----------------------------------------------------------------------------
+
+    def start(self) -> Dashboard:
+        """Check the journal every ``refresh_seconds`` in the current Panel session; return self."""
+        pn = _panel()
+        if self._callback is None:
+            self._callback = pn.state.add_periodic_callback(self.refresh, period=int(self.refresh_seconds * 1000))
+        return self
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Re-query the pages if the journal changed on disk (or always, with ``force``).
+
+        Returns:
+            Whether the pages were re-queried.
+        """
+        signature = journal_signature(self.journal)
+        if not force and signature == self._signature:
+            return False
+        self._signature = signature
+        before = (self.compare_a.value, self.compare_b.value, self.trace_experiment.value, self.run_select.value)
+        self.refresh_leaderboard()
+        # Setting a menu's first value draws its page (a watcher); pages already drawn are redrawn here.
+        self._refresh_menus()
+        if before[2] and self.trace_experiment.value == before[2]:
+            self.refresh_trials()
+        if before[0] and before[1] and (self.compare_a.value, self.compare_b.value) == before[:2]:
+            self.refresh_comparison()
+        if before[3] and self.run_select.value == before[3] and self._is_running(before[3]):
+            self.refresh_run()
+        self.status.object = f"Updated {time.strftime('%H:%M:%S')} · {len(self.board)} experiments shown"
+        return True
+
+    def _is_running(self, experiment_id: str) -> bool:
+        rows = self.board[self.board["experiment_id"] == experiment_id] if len(self.board) else self.board
+        return bool(len(rows)) and rows["status"].iloc[0] == "running"
+
+    def refresh_leaderboard(self) -> None:
+        """Re-query the experiments page with the current filters and redraw it."""
+        if not self.journal.path.exists():
+            self.board = pd.DataFrame(columns=[*_LEADERBOARD_SHOWN, "label"])
+        else:
+            self.board = leaderboard_frame(
+                self.journal,
+                name=self.name_filter.value,
+                kind=self.kind_filter.value,
+                status=self.status_filter.value,
+            )
+        shown = self.board[[column for column in _LEADERBOARD_SHOWN if column in self.board.columns]].copy()
+        if "created_at" in shown:
+            shown["created_at"] = shown["created_at"].astype(str).str.slice(0, 19)
+        for column in ("mean", "ci_low", "ci_high"):
+            if column in shown:
+                shown[column] = shown[column].astype(float).round(4)
+        self.table.value = shown
+        self.leaderboard_plot.object = self._leaderboard_drawing(self.board)
+
+    def _leaderboard_drawing(self, board: pd.DataFrame) -> Any:
+        hv = _holoviews()
+        scored = board[board["mean"].notna()].head(_PLOTTED_EXPERIMENTS) if len(board) else board
+        if not len(scored):
+            return None
+        frame = pd.DataFrame(
+            {
+                "experiment": scored["label"].astype(str),
+                "mean": scored["mean"].astype(float),
+                "below": (scored["mean"] - scored["ci_low"]).astype(float).fillna(0.0),
+                "above": (scored["ci_high"] - scored["mean"]).astype(float).fillna(0.0),
+                "n": scored["n_trials"],
+            }
+        ).iloc[::-1]  # newest at the top once the axes are inverted
+        bars = hv.ErrorBars(frame, "experiment", ["mean", "below", "above"])
+        points = hv.Scatter(frame, "experiment", ["mean", "n"]).opts(size=8, tools=["hover"])
+        height = 80 + 22 * len(frame)
+        return (bars * points).opts(
+            invert_axes=True,
+            height=height,
+            responsive=True,
+            title="Mean score with 95% interval (quick t-interval; newest at the top)",
+            xlabel="",
+            ylabel="mean score",
+            show_grid=True,
+        )
+
+    def _refresh_menus(self) -> None:
+        board = self.board if len(self.board) else pd.DataFrame(columns=["label", "experiment_id", "kind"])
+        if self.name_filter.value or self.kind_filter.value or self.status_filter.value:
+            # The menus list every experiment, whatever the leaderboard's filters.
+            board = leaderboard_frame(self.journal) if self.journal.path.exists() else board
+        # An optimization's own evaluations (ids "<run>/...") come after the researcher's, newest first in each.
+        board = board.assign(nested=board["experiment_id"].astype(str).str.contains("/", regex=False))
+        board = board.sort_values("nested", kind="stable")
+        evaluations = board[board["kind"] == "evaluation"]
+        options = dict(zip(evaluations["label"], evaluations["experiment_id"], strict=True))
+        runs = board[board["kind"] == "optimization"]
+        run_options = dict(zip(runs["label"], runs["experiment_id"], strict=True))
+        newest = list(evaluations.loc[~evaluations["nested"], "experiment_id"]) or list(options.values())
+        # A page opens on something to look at: the two newest evaluations, the newest one, the newest run.
+        defaults = {
+            self.compare_a: newest[1] if len(newest) > 1 else "",
+            self.compare_b: newest[0] if len(newest) > 1 else "",
+            self.trace_experiment: newest[0] if newest else "",
+        }
+        for select, default in defaults.items():
+            select.options = {"": "", **options}
+            if not select.value and default:
+                select.value = default
+        self.run_select.options = {"": "", **run_options}
+        if not self.run_select.value and run_options:
+            self.run_select.value = next(iter(run_options.values()))
+
+    def refresh_comparison(self) -> None:
+        """Redraw the compare page for the two selected experiments."""
+        a, b = self.compare_a.value, self.compare_b.value
+        if not a or not b:
+            self.comparison = None
+            self.compare_summary.object = "Pick two evaluations."
+            self.difference_plot.object = self.scatter_plot.object = None
+            return
+        try:
+            self.comparison = comparison_view(self.journal, a, b)
+        except DspexLabError as error:
+            self.comparison = None
+            self.compare_summary.object = f"**Cannot compare:** {error}"
+            self.difference_plot.object = self.scatter_plot.object = None
+            return
+        view = self.comparison
+        self.compare_summary.object = _comparison_text(view)
+        self.difference_plot.object = _difference_drawing(view)
+        self.scatter_plot.object = _scatter_drawing(view)
+
+    def _first_trial_page(self) -> None:
+        self.trial_offset = 0
+        self.refresh_trials()
+        if len(self.trials):
+            self.trial_table.selection = [0]
+        else:
+            self.trace_view.object = "Select a trial."
+
+    def _move_trial_page(self, direction: int) -> None:
+        offset = self.trial_offset + direction * _TRIALS_PER_PAGE
+        if 0 <= offset < max(self.trials_total, 1):
+            self.trial_offset = offset
+            self.refresh_trials()
+
+    def refresh_trials(self) -> None:
+        """Re-query the trace page's table of trials (one page, filtered and sorted in the journal)."""
+        experiment_id = self.trace_experiment.value
+        if not experiment_id:
+            self.trials, self.trials_total = pd.DataFrame(), 0
+        else:
+            self.trials, self.trials_total = trial_frame(
+                self.journal,
+                experiment_id,
+                status=self.trial_status.value,
+                sort=self.trial_sort.value,
+                descending=self.trial_descending.value,
+                limit=_TRIALS_PER_PAGE,
+                offset=self.trial_offset,
+            )
+        self.trial_table.value = self.trials
+        last = min(self.trial_offset + _TRIALS_PER_PAGE, self.trials_total)
+        first = self.trial_offset + 1 if self.trials_total else 0
+        self.trial_count.object = f"trials {first} to {last} of {self.trials_total:,}"
+
+    def show_trace(self, trial_id: str) -> None:
+        """Draw one trial's span tree of the selected experiment on the trace page."""
+        experiment_id = self.trace_experiment.value
+        try:
+            rows = trace_rows(self.journal, experiment_id, trial_id)
+        except DspexLabError as error:
+            self.trace_view.object = _message(str(error), "warning").object
+            return
+        self.trace_view.object = f"<h4>Trial {_escape(trial_id)} — {len(rows)} spans</h4>" + trace_html(rows)
+
+    def refresh_trace(self) -> None:
+        """Draw the span tree of the trial selected in the trace page's table."""
+        selection = self.trial_table.selection
+        if selection and selection[0] < len(self.trials):
+            self.show_trace(str(self.trials.iloc[selection[0]]["trial_id"]))
+
+    def refresh_run(self) -> None:
+        """Draw the selected optimization run's convergence and lineage."""
+        run_id = self.run_select.value
+        if not run_id:
+            self.run_plot.object = None
+            self.run_message.object = ""
+            return
+        from dspex_lab.optimize import plot_run
+
+        try:
+            self.run_plot.object = plot_run(self.journal, run_id)
+            self.run_message.object = ""
+        except DspexLabError as error:
+            self.run_plot.object = None
+            self.run_message.object = f"**Cannot draw run {run_id}:** {error}"
+
+    def stop(self) -> None:
+        """Stop checking the journal."""
+        if self._callback is not None:
+            self._callback.stop()
+            self._callback = None
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+def _number(value: float) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:+.3f}".replace("-0.000", "+0.000")
+
+
+def _comparison_text(view: ComparisonView) -> str:
+    n = len(view.pairs)
+    if view.test is None:
+        return f"Only {n} example(s) scored in both: no paired test."
+    test = view.test
+    low, high = test.ci
+    return (
+        f"**b - a = {_number(test.mean_difference)}** "
+        f"({test.confidence:.0%} CI [{_number(low)}, {_number(high)}], {test.test}, p = {test.p_value:.3g}) "
+        f"on {n} examples scored in both · mean a = {view.mean_a:.3f}, mean b = {view.mean_b:.3f}"
+    )
+
+
+def _difference_drawing(view: ComparisonView) -> Any:
+    if view.test is None:
+        return None
+    hv = _holoviews()
+    test = view.test
+    low, high = test.ci
+    difference = test.mean_difference
+    frame = pd.DataFrame(
+        {
+            "comparison": ["b - a"],
+            "difference": [difference],
+            "below": [difference - low if math.isfinite(low) else 0.0],
+            "above": [high - difference if math.isfinite(high) else 0.0],
+        }
+    )
+    bars = hv.ErrorBars(frame, "comparison", ["difference", "below", "above"]).opts(line_width=3)
+    point = hv.Scatter(frame, "comparison", "difference").opts(size=12, tools=["hover"])
+    zero = hv.HLine(0).opts(color="grey", line_dash="dashed")
+    return (bars * point * zero).opts(
+        invert_axes=True, width=420, height=160, title="Paired difference with its CI", ylabel="score difference"
+    )
+
+
+def _scatter_drawing(view: ComparisonView) -> Any:
+    hv = _holoviews()
+    pairs = view.pairs
+    points = hv.Scatter(pairs, "x", ["y", "example_id", "score_a", "score_b"]).opts(size=6, alpha=0.5, tools=["hover"])
+    low = float(min(pairs["x"].min(), pairs["y"].min(), 0.0)) if len(pairs) else 0.0
+    high = float(max(pairs["x"].max(), pairs["y"].max(), 1.0)) if len(pairs) else 1.0
+    diagonal = hv.Curve([(low, low), (high, high)]).opts(color="grey", line_dash="dashed")
+    return (diagonal * points).opts(
+        width=420,
+        height=420,
+        xlabel=f"score a ({view.a})",
+        ylabel=f"score b ({view.b})",
+        title="Per example (jittered when scores are 0/1)",
+    )
+
+
+# -- serving ---------------------------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_listening(host: str, port: int, *, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((target, port), timeout=0.5):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class DashboardServer:
+    """A running dashboard server (Panel on bokeh's server, in a thread of this process).
+
+    Attributes:
+        url: where to open it.
+        port: the port it listens on.
+        host: the address it is bound to.
+        journal: the journal it shows.
+    """
+
+    def __init__(self, thread: Any, *, host: str, port: int, journal: DuckDBJournal) -> None:
+        self._thread = thread
+        self.host = host
+        self.port = port
+        self.journal = journal
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{port}/"
+        self._stopped = threading.Event()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped.is_set() else "running"
+        return f"DashboardServer({self.url!r}, journal={str(self.journal.path)!r}, {state})"
+
+    def __enter__(self) -> DashboardServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether the server still runs."""
+        return not self._stopped.is_set()
+
+    def stop(self) -> None:
+        """Stop the server and its sessions (idempotent)."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._thread.stop()
+
+
+def serve_dashboard(
+    journal: str | os.PathLike[str] | DuckDBJournal | None = None,
+    *,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    show: bool = False,
+    allow_remote: bool = False,
+    refresh_seconds: float = 2.0,
+) -> DashboardServer:
+    """Serve the journal dashboard from a background thread and return at once.
+
+    Args:
+        journal: a journal path or object (default: the current :class:`~dspex_lab.Context`'s journal).
+        port: the port; 0 picks a free one.
+        host: the address to bind; a loopback address unless ``allow_remote``.
+        show: open the dashboard in a web browser.
+        allow_remote: allow a non-loopback ``host``. Anyone who can reach it can then read the
+            journal: prompts, answers, program specs and errors.
+        refresh_seconds: how often each open page checks the journal for new data.
+
+    Returns:
+        The running server; ``server.url`` is where to open it, ``server.stop()`` ends it.
+
+    Raises:
+        JournalError: a non-loopback ``host`` without ``allow_remote``, a bad port, or a server that
+            did not start listening.
+        MissingDependencyError: panel or holoviews is not installed (the ``dashboard`` extra).
+
+    Example:
+        >>> server = serve_dashboard("dspex.duckdb")  # doctest: +SKIP
+        >>> server.url  # doctest: +SKIP
+        'http://127.0.0.1:40123/'
+        >>> server.stop()  # doctest: +SKIP
+    """
+    from dspex_lab.evaluate._export import journal_of
+
+    pn = _panel()
+    _holoviews()
+    store = journal_of(journal, action="the dashboard")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise JournalError(f"port must be an integer from 0 to 65535 (0 picks a free one), got {port!r}")
+    if not isinstance(refresh_seconds, (int, float)) or not refresh_seconds >= 0.2:
+        raise JournalError(f"refresh_seconds must be at least 0.2, got {refresh_seconds!r}")
+    if not _is_loopback(host):
+        if not allow_remote:
+            raise JournalError(
+                f"refusing to serve the dashboard on {host!r}, which is not a loopback address: anyone who can "
+                "reach it could read the journal (prompts, answers, program specs); bind 127.0.0.1, or pass "
+                "allow_remote=True (dspex dashboard --allow-remote) if that is what you want"
+            )
+        warnings.warn(
+            f"the dashboard listens on {host}: anyone who can reach that address can read every experiment, "
+            f"prompt and answer in {store.path}",
+            DspexLabWarning,
+            stacklevel=2,
+        )
+    try:
+        chosen = port or _free_port(host)
+    except OSError as error:
+        raise JournalError(f"cannot bind the dashboard to {host}: {error}") from error
+    if _is_loopback(host):
+        origins = [f"{host}:{chosen}", f"localhost:{chosen}", f"127.0.0.1:{chosen}"]
+    else:
+        origins = ["*"] if host in ("0.0.0.0", "::") else [f"{host}:{chosen}"]
+
+    def session() -> Any:
+        return Dashboard(store, refresh_seconds=refresh_seconds).start().view
+
+    thread = pn.serve(
+        session,
+        port=chosen,
+        address=host,
+        websocket_origin=origins,
+        show=show,
+        threaded=True,
+        verbose=False,
+        title="dspex dashboard",
+    )
+    server = DashboardServer(thread, host=host, port=chosen, journal=store)
+    if not _wait_listening(host, chosen, timeout=30.0):
+        server.stop()
+        raise JournalError(f"the dashboard server did not start listening on {host}:{chosen} within 30 s")
+    return server

@@ -1,0 +1,247 @@
+"""What the dashboard's pages show, as plain frames and records built from the journal (no panel here).
+
+Each page of the dashboard is a thin drawing over one function of this module, so the values a
+page shows can be checked against the journal without a browser and timed by
+``bench/bench_dashboard.py``. Every query goes through the journal's own fast methods
+(``leaderboard``, ``trial_page``, ``paired_scores``), which open the file read-only for one
+transaction, so a kernel writing to the same journal is never blocked for long.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from dspex_lab.errors import JournalError
+from dspex_lab.stats import PairedTest, is_binary, paired_test
+
+if TYPE_CHECKING:
+    from dspex_lab.journal import DuckDBJournal
+    from dspex_lab.trace.tree import TraceNode
+
+__all__ = [
+    "ComparisonView",
+    "JournalSignature",
+    "comparison_view",
+    "experiment_label",
+    "journal_signature",
+    "leaderboard_frame",
+    "trace_html",
+    "trace_rows",
+    "trial_frame",
+]
+
+# 0/1 scores are spread this far (at most) around their value, so overlapping points show as a cloud.
+_JITTER = 0.08
+# Columns of the trial table on the trace page, in order.
+TRIAL_COLUMNS = ("trial_id", "example_id", "repeat", "status", "score", "latency", "error_type")
+
+
+def experiment_label(name: Any, experiment_id: str) -> str:
+    """Return how an experiment is named in the dashboard's menus: its name and its id."""
+    return f"{name} · {experiment_id}"
+
+
+def leaderboard_frame(
+    journal: DuckDBJournal,
+    *,
+    name: str | None = None,
+    kind: str | None = None,
+    status: str | None = None,
+    limit: int = 500,
+) -> pd.DataFrame:
+    """Return the experiments page's rows: one per experiment, newest first, with mean and quick CI.
+
+    Args:
+        journal: the journal.
+        name: keep experiments whose name contains this text (an empty text keeps all).
+        kind: keep this kind only (``evaluation``, ``comparison``, ``optimization``).
+        status: keep this status only (``running``, ``finished``, ``interrupted``...).
+        limit: at most this many rows.
+
+    Returns:
+        The journal's leaderboard columns plus ``label`` (name and id, as in the menus).
+    """
+    board = journal.leaderboard(name=name or None, kind=kind or None, status=status or None, limit=limit)
+    board = board.reset_index(drop=True)
+    board["label"] = [experiment_label(*pair) for pair in zip(board["name"], board["experiment_id"], strict=True)]
+    return board
+
+
+def trial_frame(
+    journal: DuckDBJournal,
+    experiment_id: str,
+    *,
+    status: str | None = None,
+    sort: str = "example_id",
+    descending: bool = False,
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[pd.DataFrame, int]:
+    """Return one page of an experiment's trials for the trace page's table, and how many match.
+
+    Raises:
+        JournalError: an unknown sort column, or a journal that cannot be read.
+    """
+    page, total = journal.trial_page(
+        experiment_id, status=status or None, sort=sort, descending=descending, limit=limit, offset=offset
+    )
+    shown = [column for column in TRIAL_COLUMNS if column in page.columns]
+    return page[shown].reset_index(drop=True), int(total)
+
+
+@dataclass(frozen=True)
+class ComparisonView:
+    """A paired comparison of two stored experiments, as the compare page draws it.
+
+    Attributes:
+        a: the baseline experiment's id.
+        b: the other experiment's id.
+        pairs: one row per example scored in both: ``example_id``, ``score_a``, ``score_b`` (mean over
+            repeats) and ``x``/``y``, the scores jittered when both are 0/1 so ties stay visible.
+        test: the paired test of ``b - a`` (chosen as :func:`dspex_lab.stats.paired_test` does), or None
+            with fewer than two pairs.
+    """
+
+    a: str
+    b: str
+    pairs: pd.DataFrame
+    test: PairedTest | None
+
+    @property
+    def mean_a(self) -> float:
+        """The baseline's mean over the paired examples."""
+        return float(self.pairs["score_a"].mean()) if len(self.pairs) else math.nan
+
+    @property
+    def mean_b(self) -> float:
+        """The other experiment's mean over the paired examples."""
+        return float(self.pairs["score_b"].mean()) if len(self.pairs) else math.nan
+
+
+def comparison_view(journal: DuckDBJournal, a: str, b: str, *, confidence: float = 0.95) -> ComparisonView:
+    """Compare two stored experiments example by example.
+
+    Args:
+        journal: the journal.
+        a: the baseline experiment's id.
+        b: the other experiment's id.
+        confidence: the interval's confidence level.
+
+    Returns:
+        The pairs and the paired test of ``b - a``.
+
+    Raises:
+        JournalError: ``a`` and ``b`` are the same experiment, or the journal cannot be read.
+    """
+    if a == b:
+        raise JournalError(f"compare needs two different experiments; both are {a!r}")
+    pairs = journal.paired_scores(a, b).reset_index(drop=True)
+    pairs = pairs[["example_id", "score_a", "score_b"]].astype({"score_a": float, "score_b": float})
+    first, second = pairs["score_a"].to_numpy(), pairs["score_b"].to_numpy()
+    x, y = first.copy(), second.copy()
+    if len(pairs) and is_binary(first) and is_binary(second):
+        # Seeded by the pair, so the cloud does not move at each refresh.
+        generator = np.random.default_rng(zlib.crc32(f"{a}\n{b}".encode()))
+        x += generator.uniform(-_JITTER, _JITTER, len(pairs))
+        y += generator.uniform(-_JITTER, _JITTER, len(pairs))
+    pairs = pairs.assign(x=x, y=y)
+    test = paired_test(first, second, confidence=confidence) if len(pairs) >= 2 else None
+    return ComparisonView(a=a, b=b, pairs=pairs, test=test)
+
+
+@dataclass(frozen=True)
+class JournalSignature:
+    """What changes on disk when anyone writes the journal: sizes and modification times of its files."""
+
+    stamps: tuple[tuple[int, int], ...]
+
+
+def journal_signature(journal: DuckDBJournal) -> JournalSignature:
+    """Return the journal files' sizes and modification times, read without opening the database.
+
+    A write lands in the write-ahead log (``<journal>.wal``) or the file itself, so an unchanged
+    signature means there is nothing new to query; it costs two ``stat`` calls.
+    """
+    path = Path(journal.path)
+    stamps = []
+    for candidate in (path, path.with_name(path.name + ".wal")):
+        try:
+            info = os.stat(candidate)
+        except FileNotFoundError:
+            stamps.append((-1, -1))
+            continue
+        stamps.append((info.st_size, info.st_mtime_ns))
+    return JournalSignature(tuple(stamps))
+
+
+def trace_rows(journal: DuckDBJournal, experiment_id: str, trial_id: str) -> list[dict[str, Any]]:
+    """Return one trial's spans as rows in tree order (depth first), for the trace page.
+
+    Each row has ``depth``, ``kind``, ``name``, ``status``, ``start_ms`` (from the trial's first span),
+    ``duration_ms``, ``tokens``, ``cost`` and ``error``.
+
+    Raises:
+        JournalError: the trial has no stored spans (it was not traced) or the journal cannot be read.
+    """
+    tree = journal.trace(experiment_id, trial_id)
+    nodes: list[TraceNode] = list(tree.walk())
+    start = min((node.span.start_ns for node in nodes), default=0)
+    rows = []
+    for node in nodes:
+        span = node.span
+        attributes = span.json_attributes
+        tokens = attributes.get("total_tokens") if span.kind == "lm" else None
+        cost = attributes.get("cost") if span.kind == "lm" else None
+        rows.append(
+            {
+                "depth": node.depth,
+                "kind": span.kind,
+                "name": span.name,
+                "status": span.status,
+                "start_ms": (span.start_ns - start) / 1e6,
+                "duration_ms": (span.end_ns - span.start_ns) / 1e6,
+                "tokens": tokens if isinstance(tokens, int) else None,
+                "cost": float(cost) if isinstance(cost, (int, float)) else None,
+                "error": span.error,
+            }
+        )
+    return rows
+
+
+def trace_html(rows: list[dict[str, Any]]) -> str:
+    """Render :func:`trace_rows` as an HTML table: the span tree indented, a timing bar per span."""
+    total = max((row["start_ms"] + row["duration_ms"] for row in rows), default=0.0) or 1.0
+    body = []
+    for row in rows:
+        left = 100 * row["start_ms"] / total
+        width = max(100 * row["duration_ms"] / total, 0.5)
+        error = f'<div class="dspex-span-error">{html.escape(row["error"])}</div>' if row["error"] else ""
+        tokens = "" if row["tokens"] is None else f"{row['tokens']:,}"
+        cost = "" if row["cost"] is None else f"${row['cost']:.6f}"
+        body.append(
+            f'<tr class="dspex-span dspex-status-{html.escape(row["status"])}">'
+            f'<td style="padding-left:{0.4 + 1.2 * row["depth"]:.1f}em">'
+            f"<b>{html.escape(row['kind'])}</b> {html.escape(row['name'])}{error}</td>"
+            f"<td>{row['duration_ms']:.1f} ms</td><td>{tokens}</td><td>{cost}</td>"
+            f"<td>{html.escape(row['status'])}</td>"
+            f'<td class="dspex-waterfall"><div style="margin-left:{left:.2f}%;width:{width:.2f}%"></div></td></tr>'
+        )
+    return (
+        "<style>.dspex-trace{border-collapse:collapse;width:100%;font-size:13px}"
+        ".dspex-trace th,.dspex-trace td{text-align:left;padding:2px 8px;border-bottom:1px solid #8884;"
+        "vertical-align:top}.dspex-status-error td{color:#c0392b}.dspex-status-timeout td,"
+        ".dspex-status-cancelled td{color:#b9770e}.dspex-span-error{font-size:12px;white-space:pre-wrap;"
+        "overflow-wrap:anywhere}.dspex-waterfall{width:30%}.dspex-waterfall div{height:10px;"
+        "background:#4a90d9;border-radius:2px}</style>"
+        '<table class="dspex-trace"><thead><tr><th>span</th><th>duration</th><th>tokens</th><th>cost</th>'
+        "<th>status</th><th>timeline</th></tr></thead><tbody>" + "".join(body) + "</tbody></table>"
+    )
