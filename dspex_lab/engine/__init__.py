@@ -9,8 +9,10 @@ and never imports a display library.
 
 from dspex_lab.engine._budget import Budget, BudgetTracker
 from dspex_lab.engine._cancel import CancelToken, current_token, guard_installed, install_lm_guard
+from dspex_lab.engine._dask import DaskExecutor
 from dspex_lab.engine._events import Event, EventBus, RunFinished, RunStarted, TrialFinished
 from dspex_lab.engine._executor import Executor, RunStatus, ThreadExecutor, make_executor
+from dspex_lab.engine._process import ProcessExecutor
 from dspex_lab.engine._run import LiveStatistics, RunPolicy, RunReport, run_trials
 from dspex_lab.engine._trial import (
     RetryPolicy,
@@ -27,10 +29,12 @@ __all__ = [
     "Budget",
     "BudgetTracker",
     "CancelToken",
+    "DaskExecutor",
     "Event",
     "EventBus",
     "Executor",
     "LiveStatistics",
+    "ProcessExecutor",
     "RetryPolicy",
     "RunFinished",
     "RunPolicy",

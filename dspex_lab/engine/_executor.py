@@ -173,11 +173,38 @@ class ThreadExecutor:
 
 
 def make_executor(spec: object = None, *, threads: int | None = None) -> Executor:
-    """Return an executor from a spec: None/"thread" (thread pool), or an Executor instance."""
+    """Return an executor from a spec.
+
+    Args:
+        spec: None or ``"thread"`` (a thread pool in this process); ``"process"`` (local worker
+            processes, one per core up to ``threads``, sharing ``threads`` trials at once);
+            ``"dask://host:port"`` or a ``distributed.Client`` (a Dask cluster); or an
+            :class:`Executor` instance, returned as is.
+        threads: trials at once for the thread and process executors (default 8).
+
+    Raises:
+        ExecutionError: an unknown spec, or a Dask scheduler that cannot be reached.
+        MissingDependencyError: a Dask spec without dask and distributed installed.
+    """
+    count = 8 if threads is None else threads
     if spec is None or spec == "thread":
-        return ThreadExecutor(8 if threads is None else threads)
-    if isinstance(spec, str) and spec.startswith("dask://"):
-        raise ExecutionError("the Dask executor is not available in this version of dspex_lab; use executor='thread'")
+        return ThreadExecutor(count)
+    if spec == "process":
+        from dspex_lab.engine._process import ProcessExecutor, default_workers
+
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ExecutionError(f"threads must be a positive integer, got {count!r}")
+        workers, per_worker = default_workers(count)
+        return ProcessExecutor(workers, threads_per_worker=per_worker)
+    from dspex_lab.engine._dask import is_dask_client
+
+    if (isinstance(spec, str) and spec.startswith("dask://")) or is_dask_client(spec):
+        from dspex_lab.engine._dask import DaskExecutor
+
+        return DaskExecutor(spec)
     if hasattr(spec, "run") and hasattr(spec, "threads"):
         return spec  # type: ignore[return-value]
-    raise ExecutionError(f"unknown executor {spec!r}: use 'thread' or an Executor instance")
+    raise ExecutionError(
+        f"unknown executor {spec!r:.80}: use 'thread', 'process', 'dask://host:port', a distributed.Client "
+        "or an Executor instance"
+    )

@@ -1,0 +1,388 @@
+"""A pool of local worker processes, each running trials on its own threads.
+
+Why not ``concurrent.futures.ProcessPoolExecutor``: it runs one task per process at a time
+(an LM-bound run needs dozens in flight per process), and after one worker dies every
+future fails with ``BrokenProcessPool``, with no way to tell which trials had finished.
+Here each worker has its own pipe; the driver hands it at most ``2 * threads_per_worker``
+trials at once, so when a worker dies (``kill -9``, out of memory) the driver knows
+exactly which trials it held, starts a fresh worker, and gives those trials to the pool
+again. A trial is delivered once: a result for a trial already delivered is dropped.
+
+Workers are started with ``spawn`` (never ``fork``: the driver has threads and an open
+journal) and ignore SIGINT, so a notebook interrupt reaches only the driver, which
+cancels the workers' trials and returns at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import math
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from dspex_lab.engine._cancel import CancelToken
+from dspex_lab.engine._executor import RunStatus
+from dspex_lab.engine._remote import decode, encode, plan_for, runner_for, spans_from, task_from, task_payload
+from dspex_lab.engine._trial import TrialResult, TrialRunner, TrialTask
+from dspex_lab.errors import ExecutionError
+
+__all__ = ["ProcessExecutor"]
+
+# A trial whose worker died this many times is recorded as an error instead of being tried again.
+MAX_WORKER_DEATHS = 3
+
+
+class ProcessExecutor:
+    """Run trials in local worker processes (``executor="process"``), for CPU-heavy runs.
+
+    Threads in one interpreter share the GIL, so a CPU-heavy run (DSPy's per-call Python,
+    span capture) cannot use more than one core with :class:`ThreadExecutor`. Here each of
+    ``workers`` processes runs ``threads_per_worker`` trials at once. Workers are stateless:
+    each receives the run's :class:`~dspex_lab.engine._remote.WorkPlan` (program spec, metric
+    by reference, LM settings without secrets) and one small payload per trial; results and
+    spans come back to this process, which alone calls ``on_result`` and the span sink.
+
+    The processes are started on first use and kept for later runs; :meth:`close` (or the
+    interpreter's exit) stops them.
+
+    Args:
+        workers: worker processes.
+        threads_per_worker: trials each worker runs at once.
+    """
+
+    def __init__(self, workers: int = 2, *, threads_per_worker: int = 4) -> None:
+        for name, value in (("workers", workers), ("threads_per_worker", threads_per_worker)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ExecutionError(f"{name} must be a positive integer, got {value!r}")
+        self.workers = workers
+        self.threads_per_worker = threads_per_worker
+        self.threads = workers * threads_per_worker
+        self._pool: list[_Worker] = []
+        self._runs = itertools.count(1)
+        self._lock = threading.Lock()
+        self.restarts = 0
+
+    def __repr__(self) -> str:
+        return f"ProcessExecutor(workers={self.workers}, threads_per_worker={self.threads_per_worker})"
+
+    @property
+    def pids(self) -> list[int]:
+        """The process ids of the live workers (for monitoring, and for tests that kill one)."""
+        return [worker.process.pid for worker in self._pool if worker.process.pid is not None]
+
+    def close(self) -> None:
+        """Stop every worker process."""
+        with self._lock:
+            pool, self._pool = self._pool, []
+        for worker in pool:
+            worker.stop()
+
+    def __enter__(self) -> ProcessExecutor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def run(
+        self,
+        tasks: Iterable[TrialTask],
+        runner: TrialRunner,
+        *,
+        on_result: Callable[[TrialResult], bool | None],
+        timeout: float | None = None,
+    ) -> str:
+        """Run ``tasks`` with ``runner``'s plan in the worker processes; see :class:`Executor` for the contract.
+
+        Raises:
+            ExecutionError: the runner cannot travel to a worker (a lambda metric, an LM that is
+                not data), or the workers cannot rebuild it (a metric they cannot import).
+        """
+        plan = plan_for(runner, executor="process")
+        plan_bytes = encode(plan)
+        run = next(self._runs)
+        pending = collections.deque(enumerate(tasks))
+        if not pending:
+            return RunStatus.FINISHED
+        in_flight = {submission: task for submission, task in pending}
+        deaths: dict[int, int] = {}
+        self._fill_pool()
+        for worker in self._pool:
+            worker.held.clear()  # submissions are numbered per run
+        status = RunStatus.FINISHED
+        try:
+            while in_flight and status == RunStatus.FINISHED:
+                for worker in self._pool:
+                    self._feed(worker, pending, in_flight, run, plan.key, plan_bytes, timeout)
+                watched = [item for worker in self._pool for item in (worker.connection, worker.process.sentinel)]
+                ready = wait(watched, 0.5)
+                for worker in list(self._pool):
+                    if worker.connection not in ready and worker.process.sentinel not in ready:
+                        continue
+                    messages, alive = worker.receive()
+                    for message in messages:
+                        if status != RunStatus.FINISHED:
+                            break
+                        status = self._handle(message, worker, run, in_flight, runner, on_result, status)
+                    if not alive:
+                        self._replace(worker, pending, in_flight, deaths, on_result)
+                        if status == RunStatus.FINISHED and any(
+                            on_result(result) for result in self._given_up(deaths, in_flight)
+                        ):
+                            status = RunStatus.STOPPED
+        except KeyboardInterrupt:
+            status = RunStatus.INTERRUPTED
+        finally:
+            reason = "run interrupted" if status == RunStatus.INTERRUPTED else "run stopped"
+            for worker in self._pool:
+                worker.cancel(run, reason)
+        return status
+
+    def _fill_pool(self) -> None:
+        with self._lock:
+            self._pool = [worker for worker in self._pool if worker.process.is_alive()]
+            while len(self._pool) < self.workers:
+                self._pool.append(_Worker(self.threads_per_worker))
+
+    def _feed(
+        self,
+        worker: _Worker,
+        pending: collections.deque[tuple[int, TrialTask]],
+        in_flight: dict[int, TrialTask],
+        run: int,
+        plan_key: str,
+        plan_bytes: bytes,
+        timeout: float | None,
+    ) -> None:
+        if plan_key not in worker.plans and pending:
+            worker.send(("plan", plan_key, plan_bytes))
+            worker.plans.add(plan_key)
+        while pending and len(worker.held) < 2 * self.threads_per_worker:
+            submission, task = pending.popleft()
+            if submission not in in_flight:
+                continue
+            worker.held.add(submission)
+            worker.send(("task", run, submission, plan_key, encode(task_payload(task)), timeout))
+
+    def _handle(
+        self,
+        message: tuple[Any, ...],
+        worker: _Worker,
+        run: int,
+        in_flight: dict[int, TrialTask],
+        runner: TrialRunner,
+        on_result: Callable[[TrialResult], bool | None],
+        status: str,
+    ) -> str:
+        kind = message[0]
+        if kind == "setup":
+            raise ExecutionError(f"a worker process could not rebuild the trial runner: {message[1]}")
+        _, message_run, submission, result, span_rows = message
+        if message_run != run:
+            return status  # a late result of an earlier, stopped run
+        worker.held.discard(submission)
+        task = in_flight.pop(submission, None)
+        if task is None:
+            return status  # already delivered (its first worker died after sending it)
+        if span_rows and runner.span_sink is not None:
+            runner.span_sink(task.trial_id, spans_from(span_rows))
+        return RunStatus.STOPPED if on_result(result) else status
+
+    def _replace(
+        self,
+        worker: _Worker,
+        pending: collections.deque[tuple[int, TrialTask]],
+        in_flight: dict[int, TrialTask],
+        deaths: dict[int, int],
+        on_result: Callable[[TrialResult], bool | None],
+    ) -> None:
+        # Every trial the dead worker held and did not answer goes back to the front of the queue.
+        lost = sorted(submission for submission in worker.held if submission in in_flight)
+        for submission in reversed(lost):
+            deaths[submission] = deaths.get(submission, 0) + 1
+            pending.appendleft((submission, in_flight[submission]))
+        worker.stop()
+        with self._lock:
+            self._pool.remove(worker)
+            self._pool.append(_Worker(self.threads_per_worker))
+            self.restarts += 1
+
+    @staticmethod
+    def _given_up(deaths: dict[int, int], in_flight: dict[int, TrialTask]) -> list[TrialResult]:
+        results = []
+        for submission, count in list(deaths.items()):
+            if count >= MAX_WORKER_DEATHS and submission in in_flight:
+                task = in_flight.pop(submission)
+                error = ExecutionError(f"the worker process died {count} times while running this trial")
+                results.append(
+                    TrialRunner.failure(
+                        task, error, stage="runner", started=time.time(), clock=time.perf_counter(), attempt=count
+                    )
+                )
+                del deaths[submission]
+        return results
+
+
+class _Worker:
+    """The driver's handle on one worker process: its pipe and the trials it holds."""
+
+    def __init__(self, threads: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe(duplex=True)
+        self.process = context.Process(target=_worker_main, args=(child, threads), name="dspex-worker", daemon=True)
+        self.process.start()
+        child.close()
+        self.held: set[int] = set()
+        self.plans: set[str] = set()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        # A dead worker cannot be written to; the run loop sees its sentinel and replaces it.
+        with contextlib.suppress(OSError):
+            self.connection.send_bytes(encode(message))
+
+    def receive(self) -> tuple[list[tuple[Any, ...]], bool]:
+        """Return every message waiting, and whether the worker is still alive."""
+        messages = []
+        try:
+            while self.connection.poll():
+                messages.append(decode(self.connection.recv_bytes()))
+        except (EOFError, OSError):
+            return messages, False
+        return messages, self.process.is_alive()
+
+    def cancel(self, run: int, reason: str) -> None:
+        self.send(("cancel", run, reason))
+
+    def stop(self) -> None:
+        self.send(("stop",))
+        self.process.join(timeout=2)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=2)
+        self.connection.close()
+
+
+def _worker_main(connection: Connection, threads: int) -> None:
+    """The worker process: run trials on ``threads`` threads, answer through ``connection``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a notebook interrupt is the driver's to handle
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    WorkerLoop(connection, threads).serve()
+
+
+class WorkerLoop:
+    """One worker process's loop: trials on threads, timeouts enforced here, results sent back."""
+
+    def __init__(self, connection: Connection, threads: int) -> None:
+        self.connection = connection
+        self.threads = threads
+        self.send_lock = threading.Lock()
+        self.inbox: queue.SimpleQueue[tuple[int, int, str, bytes, float | None] | None] = queue.SimpleQueue()
+        self.plans: dict[str, bytes] = {}
+        # (run, submission) -> (token, started, task, runner) of trials running now.
+        self.running: dict[tuple[int, int], tuple[CancelToken, float, TrialTask, TrialRunner]] = {}
+        self.done: set[tuple[int, int]] = set()
+        self.cancelled_runs: set[int] = set()
+        self.lock = threading.Lock()
+        self.spare = 4 * threads  # threads that may be added in place of ones stuck past their deadline
+
+    def serve(self) -> None:
+        """Read messages until told to stop (or the driver goes away)."""
+        for _ in range(self.threads):
+            threading.Thread(target=self.work, name="dspex-trial", daemon=True).start()
+        threading.Thread(target=self.watch, name="dspex-deadlines", daemon=True).start()
+        while True:
+            try:
+                message = decode(self.connection.recv_bytes())
+            except (EOFError, OSError):
+                return
+            kind = message[0]
+            if kind == "stop":
+                return
+            if kind == "plan":
+                self.plans[message[1]] = message[2]
+            elif kind == "task":
+                self.inbox.put(message[1:])
+            elif kind == "cancel":
+                _, run, reason = message
+                with self.lock:
+                    self.cancelled_runs.add(run)
+                    for (running_run, _), (token, *_) in self.running.items():
+                        if running_run == run:
+                            token.cancel(reason)
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        data = encode(message)
+        with self.send_lock:
+            try:
+                self.connection.send_bytes(data)
+            except (BrokenPipeError, OSError):
+                os._exit(0)  # the driver is gone; nothing left to do
+
+    def work(self) -> None:
+        while True:
+            item = self.inbox.get()
+            if item is None:
+                return
+            run, submission, plan_key, payload, timeout = item
+            if run in self.cancelled_runs:
+                continue
+            try:
+                runner, stash = runner_for(decode(self.plans[plan_key]))
+            except Exception as error:
+                self.send(("setup", f"{type(error).__name__}: {error}"))
+                continue
+            task = task_from(decode(payload))
+            token = CancelToken(timeout)
+            key = (run, submission)
+            with self.lock:
+                self.running[key] = (token, time.time(), task, runner)
+            try:
+                result = runner(task, token=token)
+            except BaseException as error:  # the runner records errors; this is a last resort
+                result = TrialRunner.failure(
+                    task, error, stage="runner", started=time.time(), clock=time.perf_counter(), attempt=1
+                )
+            with self.lock:
+                self.running.pop(key, None)
+                late = key in self.done
+                self.done.discard(key)
+            if late:
+                return  # given up at its deadline; a replacement thread took this one's place
+            self.send(("result", run, submission, result, stash.take(task.trial_id)))
+
+    def watch(self) -> None:
+        """Give up on trials past their deadline, as the thread executor does, and keep capacity."""
+        while True:
+            time.sleep(0.02)
+            with self.lock:
+                overdue = [
+                    (key, entry)
+                    for key, entry in self.running.items()
+                    if key not in self.done
+                    and entry[0].timeout is not None
+                    and entry[0].cancelled
+                    and (entry[0].reason or "").startswith("timeout")
+                ]
+                for key, _ in overdue:
+                    self.done.add(key)
+            for (run, submission), (token, started, task, runner) in overdue:
+                result = runner.abandon(task, token, started=started, reason=f"timeout after {token.timeout:g} s")
+                spans = runner.span_sink.take(task.trial_id)  # type: ignore[union-attr]  # a SpanStash
+                self.send(("result", run, submission, result, spans))
+                if self.spare > 0:
+                    self.spare -= 1
+                    threading.Thread(target=self.work, name="dspex-trial", daemon=True).start()
+
+
+def default_workers(threads: int) -> tuple[int, int]:
+    """Return (workers, threads per worker) for ``threads`` trials at once on this machine's cores."""
+    workers = max(1, min(os.cpu_count() or 1, threads))
+    return workers, math.ceil(threads / workers)

@@ -1,0 +1,400 @@
+"""What travels to a worker process, and how a stateless worker rebuilds a trial runner from it.
+
+The process and Dask executors send each worker a :class:`WorkPlan` (once per run and
+worker) and then one small task payload per trial. A plan is data: the program spec
+(``dx.Program.to_dict()``, never a pickled module when the program has a spec), the
+metric by reference, the LM configuration as allow-listed fields, the retry policy and
+whether to trace. Secrets never travel: an LM's ``api_key`` (and headers, and anything
+else not on :data:`LM_FIELDS`) stays in the driver, and the worker's LM reads its
+credentials from the worker's own environment, as ``dspy.LM`` / LiteLLM do.
+
+The metric travels by reference (``module:qualname``, imported in the worker). For
+Dask only, a plain function defined in a notebook (no closure, not a lambda) is sent
+with cloudpickle, which Dask uses anyway. Anything else (a lambda, a closure, a
+function of ``__main__`` for the process executor) is refused before any trial starts
+with one :class:`~dspex_lab.errors.ExecutionError` naming the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import pickle
+import threading
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dspy
+
+from dspex_lab.engine._cancel import CancelToken
+from dspex_lab.engine._trial import RetryPolicy, TrialResult, TrialRunner, TrialTask
+from dspex_lab.errors import ExecutionError
+
+__all__ = ["LM_FIELDS", "WorkPlan", "decode", "encode", "plan_for", "run_remote_trial", "runner_for"]
+
+# The LM fields that may travel to a worker. Not here, so never sent: api_key, headers, and
+# anything a provider might put a credential in.
+LM_FIELDS = (
+    "temperature",
+    "max_tokens",
+    "max_completion_tokens",
+    "top_p",
+    "n",
+    "stop",
+    "seed",
+    "api_base",
+    "base_url",
+    "api_version",
+    "rollout_id",
+    "reasoning_effort",
+)
+_LAB_ENGINE_FIELDS = ("latency", "error_rate", "rate_limit_rate", "hang_rate", "hang_seconds", "seed")
+_BUILT_IN_PACKAGES = ("dspy", "dspex_lab", "builtins")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkPlan:
+    """Everything a worker needs to rebuild the driver's :class:`TrialRunner`, as data.
+
+    Attributes:
+        key: a digest of the rest; workers cache the rebuilt runner under it.
+        program: the program spec (``dx.Program.to_dict()``), or None for a live module.
+        module: a live module without a spec, pickled (None when ``program`` is given).
+        state: the predictors' state (demos, instructions; never their LMs) when the module was
+            changed after it was built from ``program``, else None.
+        imports: modules the worker imports first (where registered custom modules live).
+        metric: ``("import", "module:qualname")``, ``("pickle", bytes)`` or ``("cloudpickle", bytes)``.
+        lm: the LM as allow-listed fields (see :func:`describe_lm`), or None.
+        retry: the retry policy's fields.
+        trace: whether the worker captures span trees.
+    """
+
+    key: str
+    program: dict[str, Any] | None
+    module: bytes | None
+    state: dict[str, Any] | None
+    imports: tuple[str, ...]
+    metric: tuple[str, Any]
+    lm: dict[str, Any] | None
+    retry: dict[str, Any]
+    trace: bool
+
+
+def encode(value: Any) -> bytes:
+    """Serialise what goes to a worker (one function, so tests can read every byte that leaves)."""
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode(data: bytes) -> Any:
+    """Read what :func:`encode` wrote."""
+    return pickle.loads(data)
+
+
+def plan_for(runner: TrialRunner, *, executor: str, cloudpickle_functions: bool = False) -> WorkPlan:
+    """Describe ``runner`` as a :class:`WorkPlan`, or refuse up front with one clear error.
+
+    Args:
+        runner: the driver's runner.
+        executor: the executor's name, for messages (``"process"``, ``"dask"``).
+        cloudpickle_functions: send a plain function of a notebook with cloudpickle (Dask).
+
+    Raises:
+        ExecutionError: the metric, the LM or a live module cannot travel to a worker.
+    """
+    spec = getattr(runner.module, "dspex_program", None)
+    module_bytes = None
+    state = None
+    if spec is not None:
+        # A module changed after it was built (an optimizer's demos, say) travels as its spec plus its state.
+        from dspex_lab.program import Program
+
+        state = _predictor_state(runner.module)
+        if _predictor_state(Program.from_dict(spec).build(lm=runner.lm)) == state:
+            state = None
+    else:
+        module_bytes = _pickled_module(runner.module, executor=executor, cloud=cloudpickle_functions)
+    imports = tuple(
+        sorted(
+            {
+                type(part).__module__
+                for _, part in [("", runner.module), *runner.module.named_sub_modules()]
+                if type(part).__module__.split(".")[0] not in _BUILT_IN_PACKAGES and type(part).__module__ != "__main__"
+            }
+        )
+    )
+    body = {
+        "program": spec,
+        "module": module_bytes,
+        "state": state,
+        "imports": imports,
+        "metric": metric_reference(runner.metric, executor=executor, cloudpickle_functions=cloudpickle_functions),
+        "lm": describe_lm(runner.lm, executor=executor),
+        "retry": dataclasses.asdict(runner.retry),
+        "trace": runner.recorder is not None,
+    }
+    key = hashlib.sha256(encode(body)).hexdigest()[:24]
+    return WorkPlan(key=key, **body)
+
+
+def metric_reference(metric: Callable[..., Any], *, executor: str, cloudpickle_functions: bool) -> tuple[str, Any]:
+    """Return how ``metric`` travels: an import reference, pickled data of an importable class, or cloudpickle."""
+    name = getattr(metric, "__qualname__", None) or type(metric).__name__
+    module = getattr(metric, "__module__", None) or ""
+    fix = (
+        f"the {executor} executor runs the metric in other processes, which import it by name: define "
+        f"{name!r} at the top level of a module (say my_metrics.py), import it from there, and pass that; "
+        "or use executor='thread'"
+    )
+    if isinstance(metric, (types.FunctionType, types.BuiltinFunctionType)):
+        lambda_or_local = "<lambda>" in name or "<locals>" in name
+        if not lambda_or_local and module and module != "__main__" and _imported(module, name) is metric:
+            return ("import", f"{module}:{name}")
+        if (
+            cloudpickle_functions
+            and isinstance(metric, types.FunctionType)
+            and not lambda_or_local
+            and metric.__closure__ is None
+        ):
+            import cloudpickle
+
+            return ("cloudpickle", cloudpickle.dumps(metric))
+        what = "a lambda" if "<lambda>" in name else "a closure" if "<locals>" in name else "defined in the notebook"
+        raise ExecutionError(f"metric {name!r} is {what}, so it cannot be sent by reference: {fix}")
+    cls = type(metric)
+    if cls.__module__ != "__main__" and "<locals>" not in cls.__qualname__:
+        try:
+            return ("pickle", pickle.dumps(metric, protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception as error:
+            raise ExecutionError(f"metric {metric!r:.80} cannot be pickled ({error}): {fix}") from None
+    raise ExecutionError(f"metric {metric!r:.80} is an instance of a class defined in the notebook: {fix}")
+
+
+def _imported(module: str, qualname: str) -> Any:
+    try:
+        found: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        return None
+    return found
+
+
+def resolve_metric(reference: tuple[str, Any]) -> Callable[..., Any]:
+    """Return the metric a :func:`metric_reference` names (in the worker)."""
+    kind, value = reference
+    if kind == "import":
+        module, _, qualname = value.partition(":")
+        found = _imported(module, qualname)
+        if found is None:
+            raise ExecutionError(f"the worker cannot import the metric {value!r}: is its module on the worker's path?")
+        return found  # type: ignore[no-any-return]
+    if kind == "cloudpickle":
+        import cloudpickle
+
+        return cloudpickle.loads(value)  # type: ignore[no-any-return]
+    return pickle.loads(value)  # type: ignore[no-any-return]
+
+
+def describe_lm(lm: Any, *, executor: str) -> dict[str, Any] | None:
+    """Return ``lm`` as allow-listed data: model, class, lab engine settings, request fields; never secrets.
+
+    Raises:
+        ExecutionError: the LM is neither a ``dspy.LM`` nor the lab LM, so it cannot be described.
+    """
+    if lm is None:
+        return None
+    from dspex_lab.lm import LabLM
+
+    model = getattr(lm, "model", None)
+    kwargs = dict(getattr(lm, "kwargs", {}) or {})
+    fields = {key: kwargs[key] for key in LM_FIELDS if kwargs.get(key) is not None}
+    description: dict[str, Any] = {"model": model, "fields": fields, "cache": bool(getattr(lm, "cache", False))}
+    if isinstance(lm, LabLM):
+        state = lm.dump_state().get("engine", {})
+        engine = state.get("state", {}) if isinstance(state, dict) else {}
+        if not str(state.get("class", "")).endswith(":LabEngine"):
+            raise ExecutionError(
+                f"the run's lab LM uses a custom engine ({state.get('class')!r}), which cannot be rebuilt in a "
+                f"worker; the {executor} executor needs dx.lab_lm(...) or a dspy.LM, or use executor='thread'"
+            )
+        description["kind"] = "lab"
+        description["engine"] = {key: engine[key] for key in _LAB_ENGINE_FIELDS if key in engine}
+        if engine.get("rollout_id") is not None:
+            description["fields"]["rollout_id"] = engine["rollout_id"]
+        return description
+    if type(lm) is dspy.LM:
+        description["kind"] = "dspy"
+        description["model_type"] = getattr(lm, "model_type", "chat")
+        return description
+    raise ExecutionError(
+        f"the run's LM ({type(lm).__name__}) cannot travel to {executor} workers as data: they rebuild a "
+        "dspy.LM or a lab LM from its model name and settings; use one of those, or executor='thread'"
+    )
+
+
+def build_lm(description: dict[str, Any] | None) -> dspy.BaseLM | None:
+    """Rebuild an LM from :func:`describe_lm` data; credentials come from this process's environment."""
+    if description is None:
+        return None
+    fields = dict(description["fields"])
+    rollout_id = fields.pop("rollout_id", None)
+    if description["kind"] == "lab":
+        from dspex_lab.lm import lab_lm
+
+        lm: Any = lab_lm(description["model"], cache=description["cache"], **description["engine"])
+        extra = {key: value for key, value in fields.items() if value is not None}
+        if rollout_id is not None:
+            extra["rollout_id"] = rollout_id
+        return lm.copy(**extra) if extra else lm  # type: ignore[no-any-return]
+    if rollout_id is not None:
+        fields["rollout_id"] = rollout_id
+    return dspy.LM(
+        description["model"],
+        model_type=description["model_type"],
+        cache=description["cache"],
+        num_retries=0,
+        **fields,
+    )
+
+
+def _predictor_state(module: dspy.Module) -> dict[str, Any]:
+    return {
+        name: {key: value for key, value in predictor.dump_state().items() if key != "lm"}
+        for name, predictor in module.named_predictors()
+    }
+
+
+def _pickled_module(module: dspy.Module, *, executor: str, cloud: bool) -> bytes:
+    for name, predictor in module.named_predictors():
+        if getattr(predictor, "lm", None) is not None:
+            raise ExecutionError(
+                f"predictor {name!r} of this live module has its own LM, which would carry its credentials to "
+                f"{executor} workers; pass a dx.Program (its spec travels, the LM is rebuilt in the worker) "
+                "or use executor='thread'"
+            )
+    if type(module).__module__ == "__main__" and not cloud:
+        raise ExecutionError(
+            f"module {type(module).__name__} is defined in the notebook, so {executor} workers cannot import it: "
+            "define it in a module, or pass a dx.Program, or use executor='thread'"
+        )
+    try:
+        if cloud:
+            import cloudpickle
+
+            return cloudpickle.dumps(module)  # type: ignore[no-any-return]
+        return pickle.dumps(module, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as error:
+        raise ExecutionError(
+            f"the live module {type(module).__name__} cannot be sent to {executor} workers ({error}); "
+            "pass a dx.Program or use executor='thread'"
+        ) from None
+
+
+class SpanStash:
+    """A span sink for a worker: keeps each trial's spans (as journal rows) until its result is sent."""
+
+    def __init__(self) -> None:
+        self._spans: dict[str, list[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, trial_id: str, spans: Sequence[Any]) -> None:
+        """Keep ``spans`` of ``trial_id`` (thread-safe)."""
+        rows = [item.to_row() for item in spans]
+        with self._lock:
+            self._spans.setdefault(trial_id, []).extend(rows)
+
+    def take(self, trial_id: str) -> list[dict[str, Any]]:
+        """Return and forget the spans kept for ``trial_id``."""
+        with self._lock:
+            return self._spans.pop(trial_id, [])
+
+
+_runners: dict[str, tuple[TrialRunner, SpanStash]] = {}
+_runners_lock = threading.Lock()
+
+
+def runner_for(plan: WorkPlan) -> tuple[TrialRunner, SpanStash]:
+    """Return this worker's runner for ``plan`` (built once per worker and plan) and its span stash."""
+    with _runners_lock:
+        cached = _runners.get(plan.key)
+        if cached is not None:
+            return cached
+        for name in plan.imports:
+            importlib.import_module(name)
+        lm = build_lm(plan.lm)
+        if plan.program is not None:
+            from dspex_lab.program import Program
+
+            module = Program.from_dict(plan.program).build(lm=lm)
+            for name, predictor in module.named_predictors():
+                if plan.state is not None and name in plan.state:
+                    own_lm = predictor.lm
+                    predictor.load_state({**plan.state[name], "lm": None})
+                    predictor.lm = own_lm
+        else:
+            if plan.metric[0] == "cloudpickle":
+                import cloudpickle
+
+                module = cloudpickle.loads(plan.module)
+            else:
+                module = pickle.loads(plan.module)  # type: ignore[arg-type]
+        recorder = None
+        if plan.trace:
+            from dspex_lab.trace import SpanRecorder
+
+            recorder = SpanRecorder()
+        stash = SpanStash()
+        runner = TrialRunner(
+            module,
+            resolve_metric(plan.metric),
+            lm=lm,
+            retry=RetryPolicy(**plan.retry),
+            recorder=recorder,
+            span_sink=stash,
+        )
+        if len(_runners) > 16:
+            _runners.clear()
+        _runners[plan.key] = (runner, stash)
+        return runner, stash
+
+
+def task_payload(task: TrialTask) -> tuple[int, str, int, dict[str, Any], tuple[str, ...]]:
+    """Return ``task`` as plain data: index, example id, repeat, the example's fields and its input keys."""
+    example = task.example
+    return (task.index, task.example_id, task.repeat, dict(example.toDict()), tuple(example.inputs().keys()))
+
+
+def task_from(payload: tuple[int, str, int, dict[str, Any], tuple[str, ...]]) -> TrialTask:
+    """Rebuild a :class:`TrialTask` from :func:`task_payload` data."""
+    index, example_id, repeat, fields, inputs = payload
+    example = dspy.Example(**fields).with_inputs(*inputs)
+    return TrialTask(index=index, example_id=example_id, example=example, repeat=repeat)
+
+
+def run_remote_trial(
+    plan_bytes: bytes, payload: bytes, timeout: float | None
+) -> tuple[str, TrialResult | str, list[dict[str, Any]]]:
+    """Run one trial in a worker (the Dask task); return ``("ok", result, span rows)`` or ``("setup", error, [])``.
+
+    A worker that cannot rebuild the runner (a metric it cannot import, say) answers
+    ``"setup"`` with the error's text: that is the environment's failure, not the trial's.
+    """
+    try:
+        runner, stash = runner_for(decode(plan_bytes))
+    except Exception as error:
+        return ("setup", f"{type(error).__name__}: {error}", [])
+    task = task_from(decode(payload))
+    token = CancelToken(timeout)
+    result = runner(task, token=token)
+    return ("ok", result, stash.take(task.trial_id))
+
+
+def spans_from(rows: Sequence[dict[str, Any]]) -> tuple[Any, ...]:
+    """Rebuild spans sent by a worker (journal rows) for the driver's span sink."""
+    if not rows:
+        return ()
+    from dspex_lab.trace.spans import Span
+
+    return tuple(Span.from_row(row) for row in rows)
