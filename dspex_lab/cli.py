@@ -535,7 +535,40 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--limit", type=int, default=50)
     trace.add_argument("--otlp", metavar="PATH", help="write the trial's (or experiment's) spans as OTLP JSON")
     trace.set_defaults(handler=_trace)
+
+    dashboard = commands.add_parser("dashboard", help="serve the journal dashboard (Panel) until Ctrl-C")
+    dashboard.add_argument("--journal", default=None, help=_JOURNAL_HELP)
+    dashboard.add_argument("--port", type=int, default=0, help="port (default: a free one, printed)")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    dashboard.add_argument("--no-browser", action="store_true", help="do not open a web browser")
+    dashboard.add_argument(
+        "--allow-remote", action="store_true", help="allow a non-loopback --host: anyone reaching it reads the journal"
+    )
+    dashboard.set_defaults(handler=_dashboard)
     return parser
+
+
+def _dashboard(arguments: argparse.Namespace) -> int:
+    import time
+
+    from dspex_lab.notebook._dashboard import serve_dashboard
+
+    server = serve_dashboard(
+        arguments.journal,
+        port=arguments.port,
+        host=arguments.host,
+        show=not arguments.no_browser,
+        allow_remote=arguments.allow_remote,
+    )
+    print(f"dspex dashboard of {server.journal.path} at {server.url} (Ctrl-C stops it)", flush=True)
+    try:
+        while server.running:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
