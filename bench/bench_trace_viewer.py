@@ -41,7 +41,7 @@ from dspex_lab.trace import Span
 
 MODULES, CALLS_PER_MODULE, WIDE, CHAIN = 69, 99, 3000, 98  # 1 + 69 * 100 + 3001 + 98 = 10,000 spans
 TRIAL_ID = "example-0/r0"
-TRAITS = ("trials", "selected_trial", "nodes", "expanded", "selected_span", "detail", "search", "matches")
+TRAITS = ("header", "trials", "selected_trial", "nodes", "expanded", "selected_span", "detail", "search", "matches")
 WIDGETS = Path(dx.__file__).resolve().parents[1] / "widgets"
 
 
@@ -93,7 +93,7 @@ def write_trial(path: Path) -> tuple[str, str]:
     journal = open_journal(path)
     record = ExperimentRecord(kind="evaluation", name="trace-viewer-bench", n_planned=1)
     journal.create_experiment(record)
-    row = {"index": 0, "example_id": "example-0", "repeat": 0, "status": "ok", "score": 1.0}
+    row = {"index": 0, "trial_id": TRIAL_ID, "example_id": "example-0", "repeat": 0, "status": "ok", "score": 1.0}
     journal.append_trials(record.id, [row], spans=[span.to_row() for span in spans])
     journal.finish_experiment(record.id, status="finished")
     return record.id, wide

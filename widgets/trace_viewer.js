@@ -1,5 +1,6 @@
-// The trace viewer's front end: trial list, collapsible span tree, search, and a detail pane. The Python side
-// (dspex_lab.notebook.TraceViewer) owns the data; this file only renders it and reports clicks.
+// The trace viewer's front end: a header, the trial list, a collapsible span tree with a timing waterfall and
+// search, and a detail pane. The Python side (dspex_lab.notebook.TraceViewer) owns the data; this file only
+// renders it and reports clicks.
 //
 // A trial can hold 10,000 spans, some with thousands of children, so the tree is drawn lazily:
 // - the parent -> children index is built once per trial (when `nodes` changes), not per redraw;
@@ -8,8 +9,14 @@
 // - a box shows its children a page at a time (PAGE rows, then a "show more" row), plus any child that is a
 //   search match or leads to one, in its place among its siblings;
 // - selection and match changes only move CSS classes between rows.
+//
+// Colours come from JupyterLab's theme variables (--jp-*), with light fallbacks outside JupyterLab.
 
 const PAGE = 200;
+const INDENT = 14; // pixels per tree level
+const MIN_DETAIL = 240; // the detail pane's narrowest width while dragging its edge, in pixels
+const TREE_COLUMNS = ["span", "status", "T", "tokens", "cost", "duration", "timeline"];
+const TRIAL_COLUMNS = ["trial", "score", "status", "cost"];
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -18,19 +25,40 @@ function el(tag, className, text) {
   return node;
 }
 
+const integer = (value) => Number(value).toLocaleString("en");
+
+function formatCost(cost, unpriced) {
+  const dollars = (value) => `$${value >= 0.01 ? value.toFixed(4) : value.toPrecision(2)}`;
+  if (cost == null) return unpriced ? "unpriced" : "";
+  if (unpriced) return cost > 0 ? `${dollars(cost)} + unpriced` : "unpriced";
+  return cost === 0 ? "$0" : dollars(cost);
+}
+
+function formatDuration(ms) {
+  if (ms == null) return "";
+  return ms < 1000 ? `${ms.toFixed(1)} ms` : `${(ms / 1000).toFixed(2)} s`;
+}
+
+function formatTokens(tokensIn, tokensOut) {
+  if (tokensIn == null && tokensOut == null) return "";
+  return `${integer(tokensIn ?? 0)}→${integer(tokensOut ?? 0)}`;
+}
+
 function buildIndex(nodes) {
   const byId = new Map();
   const children = new Map();
+  let end = 0;
   for (const node of nodes) {
     byId.set(node.id, node);
     const key = node.parent ?? "";
     let siblings = children.get(key);
     if (!siblings) children.set(key, (siblings = []));
     siblings.push(node);
+    end = Math.max(end, (node.start_ms ?? 0) + node.duration_ms);
   }
   // A span whose parent is not in the trial is shown as a root, as the Python side treats it.
   const roots = nodes.filter((node) => node.parent == null || !byId.has(node.parent));
-  return { byId, children, roots };
+  return { byId, children, roots, end };
 }
 
 // Which of a node's children to draw: the first `limit`, plus pinned ones further on, with the gaps between
@@ -49,37 +77,110 @@ function visibleChildren(kids, limit, pinned) {
   return shown;
 }
 
+function stat(name, label, value, title) {
+  const item = el("span", "dspex-stat");
+  item.dataset.stat = name;
+  item.append(el("span", "dspex-stat-label", label), el("span", "dspex-stat-value", value));
+  if (title) item.title = title;
+  return item;
+}
+
+function columnHeads(className, names) {
+  const head = el("div", className);
+  for (const name of names) head.append(el("span", "dspex-column", name));
+  return head;
+}
+
 function render({ model, el: root }) {
   root.classList.add("dspex-trace-viewer");
+  const headerPane = el("div", "dspex-header");
   const trialsPane = el("div", "dspex-trials");
   const treePane = el("div", "dspex-tree");
   const detailPane = el("div", "dspex-detail");
+  const splitter = el("div", "dspex-splitter");
+  splitter.title = "drag to resize the detail pane";
   const search = el("input", "dspex-search");
-  search.placeholder = "search spans";
+  search.placeholder = "search spans (Enter: next match)";
   search.value = model.get("search");
   search.addEventListener("input", () => {
     model.set("search", search.value);
     model.save_changes();
   });
+  search.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter") return;
+    event.preventDefault();
+    step(event.shiftKey ? -1 : 1);
+  });
+  const matchCount = el("span", "dspex-match-count");
+  const previous = el("button", "dspex-previous", "↑");
+  previous.title = "previous match (Shift+Enter)";
+  const next = el("button", "dspex-next", "↓");
+  next.title = "next match (Enter)";
+  previous.addEventListener("click", () => step(-1));
+  next.addEventListener("click", () => step(1));
+  const searchBar = el("div", "dspex-searchbar");
+  searchBar.append(search, matchCount, previous, next);
   const middle = el("div", "dspex-middle");
-  middle.append(search, treePane);
-  root.replaceChildren(trialsPane, middle, detailPane);
+  middle.append(searchBar, treePane);
+  root.replaceChildren(headerPane, trialsPane, middle, splitter, detailPane);
 
   let index = buildIndex([]);
   const expanded = new Set();
   const limits = new Map(); // node id -> how many of its children are shown (PAGE unless "more" was clicked)
   const drawn = new Map(); // node id -> { row, box, toggle, depth } for every row in the DOM
   let matches = new Set();
+  let matchOrder = []; // the matches in the Python side's order, for stepping through them
+  let current = -1; // the position in matchOrder of the match stepped to
   let pinned = new Set(); // matches and their ancestors: drawn even beyond a page
   let selected = "";
 
+  function drawHeader() {
+    const header = model.get("header") || {};
+    headerPane.replaceChildren();
+    if (!header.experiment_id) return;
+    const title = el("span", "dspex-title");
+    title.append(el("strong", null, header.name), el("span", "dspex-id", ` ${header.experiment_id}`));
+    if (header.status && header.status !== "finished") title.append(el("span", "dspex-run-status", ` ${header.status}`));
+    title.title = [header.program && `program ${header.program}`, header.dataset && `dataset ${header.dataset}`,
+      header.metric && `metric ${header.metric}`].filter(Boolean).join(" · ");
+    headerPane.append(title);
+    let mean = header.mean == null ? "—" : header.mean.toFixed(3);
+    if (header.mean != null && header.ci) {
+      const level = header.confidence == null ? "" : ` ${Math.round(header.confidence * 100)}% CI`;
+      mean += ` [${header.ci[0].toFixed(3)}, ${header.ci[1].toFixed(3)}]${level}`;
+    }
+    headerPane.append(stat("mean", "mean", mean, header.ci_method ? `interval: ${header.ci_method}` : ""));
+    headerPane.append(stat("n", "n", integer(header.n ?? 0), `${integer(header.n_trials ?? 0)} trials, ` +
+      `${integer(header.traced_trials ?? 0)} traced`));
+    const errors = Object.entries(header.errors || {}).map(([name, count]) => `${name} ${count}`).join(", ");
+    const errorStat = stat("errors", "errors", integer(header.n_errors ?? 0) + (errors ? ` (${errors})` : ""));
+    if (header.n_errors) errorStat.classList.add("dspex-has-errors");
+    headerPane.append(errorStat);
+    headerPane.append(stat("tokens", "tokens", `${integer(header.tokens_in ?? 0)} in · ${integer(header.tokens_out ?? 0)} out`));
+    const unpriced = header.unpriced_models || [];
+    const cost = formatCost(header.cost, unpriced.length > 0) || "—";
+    headerPane.append(stat("cost", "cost", cost, unpriced.length ? `no price known for ${unpriced.join(", ")}` : ""));
+  }
+
   function drawTrials() {
-    trialsPane.replaceChildren();
+    trialsPane.replaceChildren(columnHeads("dspex-trials-head", TRIAL_COLUMNS));
     for (const trial of model.get("trials")) {
       const row = el("div", `dspex-trial dspex-${trial.status}`);
       row.dataset.trialId = trial.trial_id;
-      const score = trial.score === null ? "—" : Number(trial.score).toFixed(2);
-      row.textContent = `${trial.trial_id}  ${score}${trial.error_type ? "  " + trial.error_type : ""}`;
+      const score = trial.score == null ? "—" : Number(trial.score).toFixed(2);
+      const status = el("span", "dspex-trial-status", trial.error_type || trial.status);
+      if (trial.error) status.title = trial.error;
+      if (trial.attempts > 1) status.append(el("span", "dspex-attempts", ` ×${trial.attempts}`));
+      const spent = trial.tokens || trial.cost || trial.unpriced;
+      row.append(
+        el("span", "dspex-trial-id", trial.trial_id),
+        el("span", "dspex-number", score),
+        status,
+        el("span", "dspex-number", spent ? formatCost(trial.cost, trial.unpriced) : "—"),
+      );
+      row.title = `${trial.trial_id}: ${formatDuration(trial.latency_ms)}, ${integer(trial.tokens ?? 0)} tokens, ` +
+        `${trial.spans} spans` +
+        (trial.attempts > 1 ? `, ${trial.attempts} attempts` : "");
       if (trial.trial_id === model.get("selected_trial")) row.classList.add("dspex-selected");
       row.addEventListener("click", () => {
         model.set("selected_trial", trial.trial_id);
@@ -98,13 +199,45 @@ function render({ model, el: root }) {
     const kids = index.children.get(node.id) || [];
     const row = el("div", `dspex-span dspex-${node.status}`);
     row.dataset.spanId = node.id;
-    row.style.paddingLeft = `${depth * 14}px`;
+    const name = el("span", "dspex-cell-name");
+    name.style.paddingLeft = `${depth * INDENT}px`;
     const toggle = el("span", "dspex-toggle", kids.length ? (expanded.has(node.id) ? "▾" : "▸") : "·");
-    row.append(toggle, el("span", "dspex-kind", node.kind), el("span", "dspex-name", node.name),
-      el("span", "dspex-duration", `${node.duration_ms.toFixed(1)} ms`));
-    if (kids.length > PAGE) row.append(el("span", "dspex-count", `${kids.length.toLocaleString("en")} children`));
-    if (node.status === "timeout" || node.status === "cancelled") row.append(el("span", "dspex-cut", node.status));
+    name.append(toggle, el("span", "dspex-kind", node.kind), el("span", "dspex-name", node.name));
+    if (node.label) name.append(el("span", "dspex-label", node.label.startsWith(node.name) ? node.label.slice(node.name.length) : node.label));
+    if (kids.length > PAGE) name.append(el("span", "dspex-count", `${kids.length.toLocaleString("en")} children`));
+    if (node.status === "timeout" || node.status === "cancelled") name.append(el("span", "dspex-cut", node.status));
+    name.title = `${node.kind} ${node.label || node.name}`; // the cell may be cut short on a narrow screen
+    const status = el("span", "dspex-cell-status");
+    if (node.error_type) {
+      status.textContent = node.error_type;
+      status.title = node.error || node.error_type;
+    } else if (node.score != null) {
+      status.textContent = `score ${node.score}`;
+    }
+    // An LM span is named by its model; the column holds its temperature ("—": the LM's default).
+    const lm = el("span", "dspex-cell-temperature dspex-number");
+    if (node.kind === "lm") {
+      lm.textContent = node.temperature == null ? "—" : String(node.temperature);
+      lm.title = `${node.model ?? node.name}, ${node.temperature == null ? "the LM's default temperature" : `temperature ${node.temperature}`}`;
+    }
+    const tokens = el("span", "dspex-cell-tokens dspex-number", formatTokens(node.tokens_in, node.tokens_out));
+    if (tokens.textContent) {
+      tokens.title = `${integer(node.tokens_in ?? 0)} in, ${integer(node.tokens_out ?? 0)} out` +
+        (node.kind === "lm" ? "" : ` over ${node.lm_calls} LM call${node.lm_calls > 1 ? "s" : ""} below`);
+    }
+    const cost = el("span", "dspex-cell-cost dspex-number", formatCost(node.cost, node.unpriced));
+    if (node.cached) cost.textContent = "cached";
+    const bar = el("span", "dspex-bar");
+    const total = index.end || 1;
+    bar.style.left = `${((node.start_ms ?? 0) / total) * 100}%`;
+    bar.style.width = `${(node.duration_ms / total) * 100}%`;
+    const timeline = el("span", "dspex-cell-timeline");
+    timeline.title = `starts at ${formatDuration(node.start_ms ?? 0)}, lasts ${formatDuration(node.duration_ms)}`;
+    timeline.append(bar);
+    row.append(name, status, lm, tokens, cost, el("span", "dspex-duration dspex-number", formatDuration(node.duration_ms)),
+      timeline);
     if (matches.has(node.id)) row.classList.add("dspex-match");
+    if (matchOrder[current] === node.id) row.classList.add("dspex-current");
     if (node.id === selected) row.classList.add("dspex-selected");
     const box = el("div", "dspex-children");
     container.append(row, box);
@@ -133,7 +266,7 @@ function render({ model, el: root }) {
   function moreRow(id, [first, last], depth) {
     const hidden = last - first + 1;
     const row = el("div", "dspex-more", `… ${hidden.toLocaleString("en")} more — show ${Math.min(hidden, PAGE)}`);
-    row.style.paddingLeft = `${depth * 14 + 14}px`;
+    row.style.paddingLeft = `${depth * INDENT + INDENT}px`;
     row.addEventListener("click", (event) => {
       event.stopPropagation();
       limits.set(id, Math.max(limits.get(id) ?? PAGE, first + PAGE));
@@ -164,19 +297,28 @@ function render({ model, el: root }) {
     return found;
   }
 
+  function drawTimeScale() {
+    const head = columnHeads("dspex-tree-head", TREE_COLUMNS);
+    head.lastChild.textContent = `timeline 0 – ${formatDuration(index.end)}`;
+    return head;
+  }
+
   function drawTree() {
     index = buildIndex(model.get("nodes"));
     expanded.clear();
     for (const id of model.get("expanded")) expanded.add(id);
     limits.clear();
-    matches = new Set(model.get("matches"));
+    matchOrder = model.get("matches");
+    matches = new Set(matchOrder);
+    current = matchOrder.length ? 0 : -1;
     pinned = ancestorsOf(matches);
     selected = model.get("selected_span");
     drawn.clear();
-    treePane.replaceChildren();
+    treePane.replaceChildren(drawTimeScale());
     const fragment = document.createDocumentFragment();
     for (const node of index.roots) drawNode(node, 0, fragment);
     treePane.append(fragment);
+    drawMatchCount();
   }
 
   // One listener for every row (not one per row): a click on a toggle opens or closes, elsewhere selects.
@@ -207,8 +349,9 @@ function render({ model, el: root }) {
   }
 
   function syncMatches() {
-    for (const id of matches) drawn.get(id)?.row.classList.remove("dspex-match");
-    matches = new Set(model.get("matches"));
+    for (const id of matches) drawn.get(id)?.row.classList.remove("dspex-match", "dspex-current");
+    matchOrder = model.get("matches");
+    matches = new Set(matchOrder);
     const before = pinned;
     pinned = ancestorsOf(matches);
     // A newly pinned child beyond its parent's page is drawn by refilling that parent; a child no longer pinned
@@ -226,6 +369,42 @@ function render({ model, el: root }) {
     }
     for (const parent of parents) if (drawn.has(parent)) fillChildren(parent);
     for (const id of matches) drawn.get(id)?.row.classList.add("dspex-match");
+    current = -1;
+    if (matchOrder.length) goTo(0);
+    drawMatchCount();
+  }
+
+  function drawMatchCount() {
+    const searching = model.get("search").trim() !== "";
+    const count = matchOrder.length;
+    matchCount.textContent = !searching ? "" : count ? `${integer(current + 1)} of ${integer(count)} matches` : "no matches";
+    previous.disabled = next.disabled = count < 2;
+  }
+
+  // Step to a match: open the way down to it (parents first), mark it and scroll it into view.
+  function goTo(position) {
+    drawn.get(matchOrder[current])?.row.classList.remove("dspex-current");
+    current = position;
+    const id = matchOrder[current];
+    const chain = [];
+    for (let parent = index.byId.get(id)?.parent; parent != null && index.byId.has(parent); parent = index.byId.get(parent).parent) {
+      if (chain.includes(parent)) break; // a parent cycle in damaged data
+      chain.unshift(parent);
+    }
+    const closed = chain.filter((parent) => !expanded.has(parent));
+    for (const parent of closed) setOpen(parent, true);
+    if (closed.length) saveExpanded();
+    const row = drawn.get(id)?.row;
+    if (row) {
+      row.classList.add("dspex-current");
+      if (typeof row.scrollIntoView === "function") row.scrollIntoView({ block: "nearest" });
+    }
+  }
+
+  function step(direction) {
+    if (!matchOrder.length) return;
+    goTo((current + direction + matchOrder.length) % matchOrder.length);
+    drawMatchCount();
   }
 
   function syncSelected() {
@@ -243,8 +422,23 @@ function render({ model, el: root }) {
     }
     detailPane.append(el("h4", null, `${detail.kind} · ${detail.name}`));
     detailPane.append(el("div", `dspex-status dspex-${detail.status}`, detail.error || detail.status));
-    // Prompts and completions read as text (newlines kept), one block per message; the rest stays JSON.
+    const facts = [["duration", formatDuration(detail.duration_ms)]];
+    const usage = detail.usage;
+    if (usage) {
+      facts.push(["model", usage.model ?? "—"], ["temperature", usage.temperature ?? "the LM's default"]);
+      facts.push(["tokens", formatTokens(usage.tokens_in, usage.tokens_out) || "—"]);
+      facts.push(["cost", usage.cached ? "cached" : formatCost(usage.cost, usage.unpriced) || "—"]);
+    }
+    const table = el("dl", "dspex-facts");
+    for (const [name, value] of facts) table.append(el("dt", null, name), el("dd", null, String(value)));
+    detailPane.append(table);
     const attributes = { ...detail.attributes };
+    if (detail.comparison) {
+      detailPane.append(comparison(detail.comparison));
+      delete attributes.expected;
+      delete attributes.got;
+    }
+    // Prompts and completions read as text (newlines kept), one block per message; the rest stays JSON.
     if (Array.isArray(attributes.messages)) {
       for (const message of attributes.messages) {
         const content = typeof message?.content === "string" ? message.content : JSON.stringify(message?.content, null, 2);
@@ -265,6 +459,35 @@ function render({ model, el: root }) {
     detailPane.append(el("pre", "dspex-attributes", JSON.stringify(attributes, null, 2)));
   }
 
+  // The metric's inputs side by side: one line per field, fields that differ marked.
+  function comparison({ expected, got, score }) {
+    const block = el("div", "dspex-block dspex-compare");
+    const title = score == null ? "expected vs got" : `expected vs got — score ${score}`;
+    block.append(el("div", "dspex-block-title", title));
+    const isObject = (value) => value !== null && typeof value === "object" && !Array.isArray(value);
+    const table = el("table", "dspex-compare-table");
+    const head = el("tr");
+    head.append(el("th", null, "field"), el("th", null, "expected"), el("th", null, "got"));
+    table.append(head);
+    const text = (value) => (value === undefined ? "" : typeof value === "string" ? value : JSON.stringify(value, null, 2));
+    const line = (field, left, right) => {
+      const row = el("tr", left !== undefined && right !== undefined && text(left) !== text(right) ? "dspex-differs" : "");
+      row.dataset.field = field;
+      row.append(el("td", "dspex-field", field), el("td", "dspex-expected", text(left)), el("td", "dspex-got", text(right)));
+      table.append(row);
+    };
+    if (isObject(expected) && isObject(got)) {
+      // Fields the prediction answers first (those the metric compares), then the rest of each side.
+      const shared = Object.keys(expected).filter((key) => key in got);
+      const rest = [...Object.keys(expected), ...Object.keys(got)].filter((key) => !shared.includes(key));
+      for (const key of [...shared, ...new Set(rest)]) line(key, expected[key], got[key]);
+    } else {
+      line("value", expected, got);
+    }
+    block.append(table);
+    return block;
+  }
+
   function textBlock(className, title, text) {
     const block = el("div", `dspex-block ${className}`);
     block.dataset.title = title;
@@ -272,13 +495,33 @@ function render({ model, el: root }) {
     return block;
   }
 
+  // Dragging the splitter sets the detail pane's width (kept while the widget lives).
+  splitter.addEventListener("pointerdown", (event) => {
+    event.preventDefault();
+    splitter.setPointerCapture?.(event.pointerId);
+    const move = (moved) => {
+      const box = root.getBoundingClientRect();
+      const width = Math.min(Math.max(box.right - moved.clientX, MIN_DETAIL), Math.max(box.width * 0.7, MIN_DETAIL));
+      root.style.setProperty("--dspex-detail-width", `${Math.round(width)}px`);
+    };
+    const stop = () => {
+      splitter.removeEventListener("pointermove", move);
+      splitter.removeEventListener("pointerup", stop);
+    };
+    splitter.addEventListener("pointermove", move);
+    splitter.addEventListener("pointerup", stop);
+  });
+
+  model.on("change:header", drawHeader);
   model.on("change:trials", drawTrials);
   model.on("change:selected_trial", drawTrials);
   model.on("change:nodes", drawTree);
   model.on("change:expanded", syncExpanded);
   model.on("change:matches", syncMatches);
+  model.on("change:search", drawMatchCount);
   model.on("change:selected_span", syncSelected);
   model.on("change:detail", drawDetail);
+  drawHeader();
   drawTrials();
   drawTree();
   drawDetail();

@@ -7,9 +7,11 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from dspex_lab.errors import DspexLabError, JournalError, MissingDependencyError
+from dspex_lab.errors import DspexLabError, JournalError, MissingDependencyError, ProgramSpecError
 from dspex_lab.journal import TRIAL_ORDERS, DuckDBJournal, open_journal
+from dspex_lab.lm import ModelPrice, model_price
 from dspex_lab.trace import Span
+from dspex_lab.trace.redaction import mask_text
 
 try:
     import anywidget
@@ -33,6 +35,24 @@ _SORTS = TRIAL_ORDERS
 # A search opens the ancestors of this many matches at most: a common word can match thousands of spans, and
 # opening all their ancestors would draw most of the trial. The other matches are still marked.
 _OPENED_MATCHES = 50
+
+# The trial columns the trial list shows (and the header sums).
+_TRIAL_COLUMNS = (
+    "trial_id",
+    "status",
+    "score",
+    "error_type",
+    "error_message",
+    "latency",
+    "input_tokens",
+    "output_tokens",
+    "cost",
+    "unpriced_models",
+    "attempts",
+)
+
+# An error's message goes to the front end as a tooltip: its first lines, not a whole provider's essay.
+_ERROR_TEXT_CHARACTERS = 500
 
 
 def _front_end_file(name: str) -> Path:
@@ -64,27 +84,175 @@ class _SpanRow(NamedTuple):
     error: str | None
     attributes: str
 
-    def node(self) -> dict[str, Any]:
-        return {
+    def node(self, trial_start_ns: int) -> dict[str, Any]:
+        node: dict[str, Any] = {
             "id": self.span_id,
             "parent": self.parent_id,
             "kind": self.kind,
             "name": self.name,
             "status": self.status,
             "duration_ms": round((self.end_ns - self.start_ns) / 1e6, 3),
+            "start_ms": round((self.start_ns - trial_start_ns) / 1e6, 3),
         }
+        if self.error and self.status != "ok":
+            node["error_type"] = _error_type(self.error)
+            node["error"] = _error_text(self.error)
+        return node
 
     def haystack(self) -> str:
         return f"{self.kind} {self.name} {self.error or ''} {self.attributes}".casefold()
 
 
-class TraceViewer(anywidget.AnyWidget):
-    """A trial list, a collapsible span tree with search, and a detail pane for one experiment.
+def _error_type(error: str) -> str:
+    """Return the exception's class name from ``"Type: message"``, else the message's first line."""
+    head, separator, _ = error.partition(":")
+    parts = head.strip().split(".")  # a class name, possibly qualified: litellm.RateLimitError
+    if separator and all(part.isidentifier() for part in parts) and parts[-1][:1].isupper():
+        return head.strip()
+    return error.strip().splitlines()[0] if error.strip() else "error"
 
-    The tree is sent as flat nodes, parents before children and siblings in start order, and drawn lazily
-    (a node's children only when it is expanded, a few hundred at a time); a span's attributes (messages,
-    completion, parameters) travel only when it is selected. Search matches kind, name, error and the
-    attributes' text, case-insensitively, and opens the ancestors of the first matches.
+
+def _error_text(error: str) -> str:
+    text = mask_text(error.strip())
+    return text if len(text) <= _ERROR_TEXT_CHARACTERS else text[: _ERROR_TEXT_CHARACTERS - 1] + "…"
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return None if value != value else float(value)  # NaN (a missing score read through pandas) is no number
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+class _Prices:
+    """Model prices looked up once per model for a trial's LM spans."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, ModelPrice | None] = {}
+
+    def cost(self, attributes: dict[str, Any]) -> float | None:
+        """Return an LM span's cost: the one DSPy reported, else tokens times the model's price, else None."""
+        reported = _number(attributes.get("cost"))
+        if reported is not None:
+            return reported
+        if attributes.get("cache_hit") is True:
+            return 0.0  # a cache hit bills nothing (the trial's meter does not count it either)
+        model = attributes.get("model")
+        prompt, completion = _count(attributes.get("prompt_tokens")), _count(attributes.get("completion_tokens"))
+        if not isinstance(model, str) or prompt is None or completion is None:
+            return None
+        if model not in self._known:
+            try:
+                self._known[model] = model_price(model)
+            except ProgramSpecError:
+                self._known[model] = None
+        price = self._known[model]
+        return None if price is None else price.cost(prompt, completion)
+
+
+def _lm_columns(attributes: dict[str, Any], prices: _Prices) -> dict[str, Any]:
+    """Return what an LM span's row shows: model, temperature, tokens and cost (None and ``unpriced`` if unknown)."""
+    parameters = attributes.get("parameters") if isinstance(attributes.get("parameters"), dict) else {}
+    temperature = attributes.get("temperature", parameters.get("temperature"))
+    columns: dict[str, Any] = {
+        "model": attributes.get("response_model") or attributes.get("model"),
+        "temperature": _number(temperature),
+        "tokens_in": _count(attributes.get("prompt_tokens")),
+        "tokens_out": _count(attributes.get("completion_tokens")),
+        "lm_calls": 1,
+    }
+    if columns["tokens_in"] is None and columns["tokens_out"] is None:
+        return columns | {"cost": None, "unpriced": False}  # no usage (a failed call): nothing to price
+    cost = prices.cost(attributes)
+    columns |= {"cost": cost, "unpriced": cost is None}
+    if attributes.get("cache_hit") is True:
+        columns["cached"] = True
+    return columns
+
+
+def _attempt_label(name: str, attributes: dict[str, Any]) -> str | None:
+    """Return ``"attempt 2 — RateLimitError"`` for a retried attempt: its number and the error it retried after."""
+    attempt, cause = attributes.get("attempt"), attributes.get("retry_cause")
+    if not isinstance(cause, str) or not cause.strip():
+        return None
+    number = f"attempt {attempt}" if _count(attempt) is not None else name
+    return f"{number} — {cause.split(' (', 1)[0].strip()}"
+
+
+def _header(record: dict[str, Any], trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return the header: what the experiment is, its mean with CI, n, errors, tokens and cost."""
+    summary = record.get("summary") if isinstance(record.get("summary"), dict) else {}
+    scores = [score for trial in trials if (score := _number(trial.get("score"))) is not None]
+    errors: dict[str, int] = {}
+    for trial in trials:
+        if trial["status"] != "ok":
+            name = trial.get("error_type") or trial["status"]
+            errors[name] = errors.get(name, 0) + 1
+    unpriced = sorted({model for trial in trials for model in (trial.get("unpriced_models") or "").split(",") if model})
+    costs = [cost for trial in trials if (cost := _number(trial.get("cost"))) is not None]
+    interval = summary.get("ci") if isinstance(summary.get("ci"), list) and len(summary["ci"]) == 2 else None
+    return {
+        "experiment_id": record["id"],
+        "name": record.get("name") or record["id"],
+        "kind": record.get("kind"),
+        "status": record.get("status"),
+        "metric": record.get("metric"),
+        "program": record.get("program_name"),
+        "dataset": record.get("dataset_name"),
+        # The run's own summary when it finished (its interval method); else the mean of the traced trials so far.
+        "mean": _number(summary.get("mean")) if summary else (sum(scores) / len(scores) if scores else None),
+        "ci": [_number(bound) for bound in interval] if interval else None,
+        "confidence": _number(summary.get("confidence")),
+        "ci_method": summary.get("ci_method"),
+        "n": summary.get("n", len(scores)) if summary else len(scores),
+        "n_trials": summary.get("n_trials", len(trials)) if summary else len(trials),
+        "n_errors": summary.get("n_errors", sum(errors.values())) if summary else sum(errors.values()),
+        "errors": summary.get("errors", errors) if summary else errors,
+        "tokens_in": sum(_count(trial.get("input_tokens")) or 0 for trial in trials),
+        "tokens_out": sum(_count(trial.get("output_tokens")) or 0 for trial in trials),
+        # Priced trials' dollars; unpriced models are named, never counted as $0.
+        "cost": sum(costs) if costs else None,
+        "unpriced_models": unpriced,
+        "traced_trials": len(trials),
+    }
+
+
+def _trial_entry(row: dict[str, Any]) -> dict[str, Any]:
+    """Return one line of the trial list."""
+    latency = _number(row.get("latency"))
+    tokens = [_count(row.get("input_tokens")), _count(row.get("output_tokens"))]
+    message = row.get("error_message")
+    return {
+        "trial_id": str(row["trial_id"]),
+        "status": row["status"],
+        "score": _number(row.get("score")),
+        "error_type": row.get("error_type"),
+        "error": _error_text(str(message)) if message else None,
+        "spans": int(row.get("spans") or 0),
+        "latency_ms": None if latency is None else round(latency * 1000, 3),
+        "tokens": None if tokens == [None, None] else sum(count or 0 for count in tokens),
+        "cost": _number(row.get("cost")),
+        "unpriced": bool(row.get("unpriced_models")),
+        "attempts": _count(row.get("attempts")) or 1,
+    }
+
+
+class TraceViewer(anywidget.AnyWidget):
+    """A header, a trial list, a collapsible span tree with a timing waterfall and search, and a detail pane.
+
+    The header names the experiment and gives its mean with its confidence interval, n, errors by type,
+    tokens and cost (an unpriced model is shown as unpriced, never as $0). The tree is sent as flat nodes,
+    parents before children and siblings in start order, and drawn lazily (a node's children only when it is
+    expanded, a few hundred at a time). Each node carries its start and duration relative to the trial (the
+    waterfall), its error type, and for LM calls the model, temperature, tokens and cost; every other span
+    carries the sums of the LM calls below it, so the trial's root row totals the trial. A retried attempt is
+    labelled with the error it retried after. A span's attributes (messages, completion, parameters) travel
+    only when it is selected; a metric span's detail holds the expected and the predicted values side by
+    side. Search matches kind, name, error and the attributes' text, case-insensitively, and opens the
+    ancestors of the first matches; the front end counts the matches and steps through them.
 
     Args:
         journal: a journal or its path.
@@ -96,6 +264,7 @@ class TraceViewer(anywidget.AnyWidget):
     _esm = _front_end_file("trace_viewer.js")
     _css = _front_end_file("trace_viewer.css")
 
+    header = traitlets.Dict().tag(sync=True)
     trials = traitlets.List().tag(sync=True)
     selected_trial = traitlets.Unicode("").tag(sync=True)
     nodes = traitlets.List().tag(sync=True)
@@ -120,20 +289,21 @@ class TraceViewer(anywidget.AnyWidget):
         self._experiment_id = experiment_id
         self._spans: dict[str, _SpanRow] = {}
         self._haystacks: dict[str, str] | None = None
-        trials = self._journal.trial_rows(
+        rows = self._journal.trial_rows(
             experiment_id,
-            columns=("trial_id", "status", "score", "error_type"),
+            columns=_TRIAL_COLUMNS,
             order=sort_by,
             traced_only=True,
             with_span_counts=True,
         )
-        if not trials:
+        if not rows:
             raise JournalError(
                 f"experiment {experiment_id!r} has no traced trials in {self._journal.path}; "
                 "evaluate with dx.evaluate(..., trace=True)"
             )
-        self.trials = trials
-        self.selected_trial = trial_id or str(trials[0]["trial_id"])
+        self.header = _header(self._journal.experiment(experiment_id), rows)
+        self.trials = [_trial_entry(row) for row in rows]
+        self.selected_trial = trial_id or self.trials[0]["trial_id"]
 
     def _read_spans(self, trial_id: str) -> list[_SpanRow]:
         # Stored rows rather than journal.spans: building a Span (and parsing its attributes) for each of
@@ -164,7 +334,8 @@ class TraceViewer(anywidget.AnyWidget):
         self.selected_span = ""
         self.detail = {}
         # Ordered by start time, a parent comes before its children: the front end never has to sort.
-        nodes = [row.node() for row in rows]
+        start_ns = min(row.start_ns for row in rows)
+        nodes = _with_usage([row.node(start_ns) for row in rows], rows)
         with self.hold_sync():
             self.expanded = roots
             self.nodes = nodes
@@ -178,15 +349,22 @@ class TraceViewer(anywidget.AnyWidget):
             return
         # Through Span, so what is shown is redacted once more on read, like every other view of a span.
         span = Span.from_row({"trace_id": self.selected_trial, **row._asdict()})
-        self.detail = {
+        attributes = span.json_attributes
+        detail: dict[str, Any] = {
             "id": span.span_id,
             "kind": span.kind,
             "name": span.name,
             "status": span.status,
             "error": span.error,
             "duration_ms": round(span.duration * 1000, 3),
-            "attributes": span.json_attributes,
+            "attributes": attributes,
         }
+        if span.kind == "lm":
+            detail["usage"] = _lm_columns(attributes, _Prices())
+        if span.kind == "metric":
+            # Expected and predicted values, as the trial recorded them, for the side-by-side view.
+            detail["comparison"] = {key: attributes.get(key) for key in ("expected", "got", "score")}
+        self.detail = detail
 
     @traitlets.observe("search")
     def _search(self, change: dict[str, Any]) -> None:
@@ -219,3 +397,39 @@ class TraceViewer(anywidget.AnyWidget):
         if len(opened) != len(self.expanded):
             self.expanded = sorted(opened)
         self.matches = found
+
+
+def _with_usage(nodes: list[dict[str, Any]], rows: list[_SpanRow]) -> list[dict[str, Any]]:
+    """Add LM columns to LM nodes, attempt labels, metric scores, and LM sums to every node above an LM call.
+
+    Only LM, attempt and metric spans have their attributes parsed: the rest keep their JSON text until selected.
+    """
+    prices = _Prices()
+    by_id = {node["id"]: node for node in nodes}
+    for node, row in zip(nodes, rows, strict=True):
+        if row.kind == "lm":
+            node.update(_lm_columns(json.loads(row.attributes), prices))
+        elif row.kind == "attempt":
+            label = _attempt_label(row.name, json.loads(row.attributes))
+            if label is not None:
+                node["label"] = label
+        elif row.kind == "metric":
+            node["score"] = _number(json.loads(row.attributes).get("score"))
+    # Children come after their parents, so walking backwards adds every subtree up before its parent is read.
+    totals: dict[str, dict[str, Any]] = {}
+    for node in reversed(nodes):
+        own = node if node["kind"] == "lm" else totals.get(node["id"])
+        parent = node["parent"]
+        if own is None or parent not in by_id or parent == node["id"] or by_id[parent]["kind"] == "lm":
+            continue
+        total = totals.setdefault(parent, {"lm_calls": 0, "tokens_in": None, "tokens_out": None, "cost": None})
+        total["lm_calls"] += own["lm_calls"]
+        # Calls without usage (failed ones) add nothing: a subtree of such calls shows no tokens, not 0.
+        for key in ("tokens_in", "tokens_out", "cost"):
+            if own[key] is not None:
+                total[key] = (total[key] or 0) + own[key]
+        if own.get("unpriced"):
+            total["unpriced"] = True
+    for span_id, total in totals.items():
+        by_id[span_id].update(total)
+    return nodes

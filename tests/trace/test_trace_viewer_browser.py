@@ -24,7 +24,7 @@ pytest.importorskip("anywidget")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed")
 
-TRAITS = ("trials", "selected_trial", "nodes", "expanded", "selected_span", "detail", "search", "matches")
+TRAITS = ("header", "trials", "selected_trial", "nodes", "expanded", "selected_span", "detail", "search", "matches")
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><link rel="stylesheet" href="trace_viewer.css"></head>
