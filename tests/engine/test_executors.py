@@ -1,0 +1,251 @@
+"""Process and Dask executors: the same trials as threads, the driver alone journaling, stop, timeout,
+resume, refusals up front, no secret in what travels, and a worker killed mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dspy
+import pytest
+from loopback import LoopbackProvider
+
+import dspex_lab as dx
+from dspex_lab.engine import DaskExecutor, ProcessExecutor, TrialFinished, make_executor
+from dspex_lab.engine import _dask as dask_module
+from dspex_lab.engine import _process as process_module
+from dspex_lab.errors import ExecutionError
+
+distributed = pytest.importorskip("distributed")
+
+PROGRAM = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="arith")
+SECRET = "sk-dspex-secret-7f3a9c1e55"
+
+
+@pytest.fixture(scope="module")
+def process_executor() -> Iterator[ProcessExecutor]:
+    with ProcessExecutor(2, threads_per_worker=4) as executor:
+        yield executor
+
+
+@pytest.fixture(scope="module")
+def dask_client() -> Iterator[Any]:
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=4, processes=True, host="127.0.0.1", dashboard_address=None
+    )
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+@pytest.fixture(params=["process", "dask"])
+def remote(request: pytest.FixtureRequest) -> Any:
+    """Each remote executor in turn (the pool and the cluster are shared by the module's tests)."""
+    if request.param == "process":
+        return request.getfixturevalue("process_executor")
+    return DaskExecutor(request.getfixturevalue("dask_client"))
+
+
+def evaluate(executor: Any, data: Any, *, journal: Any = False, lm: Any = None, **options: Any) -> Any:
+    with dx.Context(lm=lm or dx.lab_lm("lab/small"), journal=journal, executor=executor):
+        return dx.evaluate(PROGRAM, data, metric=dx.metrics.exact_match, progress=False, **options)
+
+
+def scores(result: Any) -> list[tuple[str, float | None, str]]:
+    frame = result.trials.sort_values("trial_id")
+    return list(zip(frame["trial_id"], frame["score"], frame["status"], strict=True))
+
+
+class Sent:
+    """Captures every byte string the driver sends to workers (plans and task payloads)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.payloads: list[bytes] = []
+        original = process_module.encode
+
+        def capture(value: Any) -> bytes:
+            data = original(value)
+            self.payloads.append(data)
+            return data
+
+        monkeypatch.setattr(process_module, "encode", capture)
+        monkeypatch.setattr(dask_module, "encode", capture)
+
+
+def test_remote_executors_give_the_same_trials_and_spans_as_threads(remote, tmp_path) -> None:
+    data = dx.datasets.arithmetic(24, seed=3)
+    threaded = evaluate("thread", data, journal=tmp_path / "thread.duckdb", repeats=2, trace=True)
+    remote_result = evaluate(remote, data, journal=tmp_path / "remote.duckdb", repeats=2, trace=True)
+
+    assert remote_result.n_trials == 48
+    assert scores(remote_result) == scores(threaded)
+    spans = {}
+    for name in ("thread", "remote"):
+        journal = dx.open_journal(tmp_path / f"{name}.duckdb")
+        spans[name] = journal.sql("SELECT kind, count(*) AS n FROM spans GROUP BY kind ORDER BY kind")
+    assert spans["remote"].to_dict("records") == spans["thread"].to_dict("records")
+    assert int(spans["remote"]["n"].sum()) > 48
+
+
+def test_only_the_driver_touches_the_journal(remote, tmp_path, monkeypatch) -> None:
+    sent = Sent(monkeypatch)
+    journal = tmp_path / "driver-only.duckdb"
+    result = evaluate(remote, dx.datasets.arithmetic(8, seed=1), journal=journal)
+
+    assert result.n_trials == 8
+    assert sent.payloads, "nothing was captured: the executor no longer sends through encode"
+    # What a worker receives names no journal: it could not write one if it tried.
+    assert not any(str(journal).encode() in payload or b"duckdb" in payload for payload in sent.payloads)
+    assert len(dx.open_journal(journal).trials(result.experiment_id)) == 8
+
+
+def test_the_api_key_never_travels_and_workers_read_their_own(tmp_path, monkeypatch, dask_client) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    sent = Sent(monkeypatch)
+    journal = tmp_path / "secret.duckdb"
+    environment = {"OPENAI_API_KEY": SECRET, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    dask_client.run(lambda: os.environ.update(environment))
+    with LoopbackProvider(api_key=SECRET) as provider:
+        lm = provider.lm(api_key=SECRET, temperature=0.0)
+        with ProcessExecutor(1, threads_per_worker=2) as fresh:  # started now: it inherits this environment
+            for executor in (fresh, DaskExecutor(dask_client)):
+                evaluate(executor, dx.datasets.arithmetic(3, seed=2), journal=journal, lm=lm, trace=True)
+        requests = provider.requests
+
+    assert len(requests) >= 6
+    assert all(request.authorization == f"Bearer {SECRET}" for request in requests)
+    assert sent.payloads and not any(SECRET.encode() in payload for payload in sent.payloads)
+    assert any(provider.url.encode() in payload for payload in sent.payloads)  # the endpoint the user chose does
+    opened = dx.open_journal(journal)
+    for table in ("experiments", "trials", "spans"):
+        text = opened.sql(f"SELECT * FROM {table}").to_csv()
+        assert SECRET not in text and len(text) > 100
+
+
+def test_a_budget_stops_the_run_and_cancels_queued_trials(remote) -> None:
+    data = dx.datasets.arithmetic(60, seed=4)
+    lm = dx.lab_lm("lab/small", latency=0.02)
+    with pytest.warns(dx.errors.DspexLabWarning) as caught:
+        result = evaluate(remote, data, lm=lm, budget=dx.Budget(lm_calls=20, pilot=4))
+
+    assert result.status == "stopped"
+    assert 4 <= result.n_trials < 40
+    assert "lm_calls" in (result.status_detail or "")
+    assert any("stopped early" in str(warning.message) for warning in caught)
+
+
+def test_a_trial_past_its_timeout_is_recorded_as_timed_out(remote) -> None:
+    lm = dx.lab_lm("lab/small", hang_rate=1.0, hang_seconds=6.0)
+    started = time.perf_counter()
+    with pytest.warns(dx.errors.DspexLabWarning) as caught:
+        result = evaluate(remote, dx.datasets.arithmetic(4, seed=5), lm=lm, timeout=0.5, retries=0)
+    elapsed = time.perf_counter() - started
+
+    assert set(result.trials["error_stage"]) == {"timeout"}
+    assert set(result.trials["error_type"]) == {"TrialTimeoutError"}
+    assert any("every trial" in str(warning.message) for warning in caught)
+    assert elapsed < 5.5  # not the 6 s hang: the run gave up on each trial at its deadline (plus the grace)
+
+
+def test_an_interrupted_run_resumes_with_every_trial_once(remote, tmp_path) -> None:
+    data = dx.datasets.arithmetic(30, seed=6)
+    journal = tmp_path / "resume.duckdb"
+    seen = []
+
+    def interrupt_after_ten(event: Any) -> None:
+        if isinstance(event, TrialFinished):
+            seen.append(event.result.trial_id)
+            if len(seen) == 10:
+                raise KeyboardInterrupt
+
+    lm = dx.lab_lm("lab/small", latency=0.02)
+    with pytest.raises(KeyboardInterrupt, match="resume=") as raised:
+        evaluate(remote, data, journal=journal, lm=lm, subscribers=[interrupt_after_ten])
+    experiment_id = str(raised.value).split("resume=")[1].strip("')\"")
+    opened = dx.open_journal(journal)
+    assert opened.experiment(experiment_id)["status"] == "interrupted"
+    assert 10 <= len(opened.trials(experiment_id)) < 30
+
+    resumed = evaluate(remote, data, journal=journal, lm=lm, resume=experiment_id)
+    trials = dx.open_journal(journal).trials(experiment_id)
+    assert resumed.n_trials == 30
+    assert len(trials) == 30 and trials["trial_id"].is_unique
+
+
+def test_a_lambda_metric_is_refused_before_any_trial(process_executor) -> None:
+    context = dx.Context(lm=dx.lab_lm("lab/small"), journal=False, executor=process_executor)
+    with context, pytest.raises(ExecutionError, match=r"lambda.*top level of a module"):
+        dx.evaluate(PROGRAM, dx.datasets.arithmetic(2), metric=lambda example, prediction: 1.0, progress=False)
+
+
+def test_a_closure_metric_is_refused_for_dask_and_an_lm_that_is_not_data_for_both(dask_client) -> None:
+    threshold = 0.5
+
+    def closure(example: Any, prediction: Any) -> float:
+        return float(threshold > 0)
+
+    context = dx.Context(lm=dx.lab_lm("lab/small"), journal=False, executor=DaskExecutor(dask_client))
+    with context, pytest.raises(ExecutionError, match="closure"):
+        dx.evaluate(PROGRAM, dx.datasets.arithmetic(2), metric=closure, progress=False)
+    dummy = dspy.utils.DummyLM([{"reasoning": "r", "answer": "1"}] * 4)
+    context = dx.Context(lm=dummy, journal=False, executor=DaskExecutor(dask_client))
+    with context, pytest.raises(ExecutionError, match=r"DummyLM.*cannot travel"):
+        dx.evaluate(PROGRAM, dx.datasets.arithmetic(2), metric=dx.metrics.exact_match, progress=False)
+
+
+def test_a_worker_process_killed_mid_run_loses_and_repeats_nothing(tmp_path) -> None:
+    data = dx.datasets.arithmetic(40, seed=7)
+    journal = tmp_path / "killed.duckdb"
+    with ProcessExecutor(2, threads_per_worker=4) as executor:
+        victims: list[int] = []
+
+        def kill_a_worker(event: Any) -> None:
+            if isinstance(event, TrialFinished) and event.done == 8:
+                victims.append(executor.pids[0])
+                os.kill(victims[0], signal.SIGKILL)
+
+        result = evaluate(
+            executor, data, journal=journal, lm=dx.lab_lm("lab/small", latency=0.05), subscribers=[kill_a_worker]
+        )
+        assert executor.restarts >= 1 and victims[0] not in executor.pids
+    trials = dx.open_journal(journal).trials(result.experiment_id)
+    assert len(trials) == 40 and trials["trial_id"].is_unique
+    assert set(trials["status"]) == {"ok"}
+
+
+def test_a_dask_worker_killed_mid_run_loses_and_repeats_nothing(dask_client, tmp_path) -> None:
+    data = dx.datasets.arithmetic(40, seed=8)
+    journal = tmp_path / "killed-dask.duckdb"
+    executor = DaskExecutor(dask_client)
+    workers = dask_client.run(os.getpid)
+    victim = next(iter(workers.values()))
+
+    def kill_a_worker(event: Any) -> None:
+        if isinstance(event, TrialFinished) and event.done == 8:
+            os.kill(victim, signal.SIGKILL)
+
+    result = evaluate(
+        executor, data, journal=journal, lm=dx.lab_lm("lab/small", latency=0.05), subscribers=[kill_a_worker]
+    )
+    trials = dx.open_journal(journal).trials(result.experiment_id)
+    assert len(trials) == 40 and trials["trial_id"].is_unique
+    assert set(trials["status"]) == {"ok"}
+    assert victim not in dask_client.run(os.getpid).values()
+
+
+def test_make_executor_understands_the_specs() -> None:
+    process = make_executor("process", threads=6)
+    assert isinstance(process, ProcessExecutor) and process.threads >= 6 and process.pids == []
+    with pytest.raises(ExecutionError, match="unknown executor 'threads'"):
+        make_executor("threads")
+    with pytest.raises(ExecutionError, match="positive integer"):
+        ProcessExecutor(0)
+    with pytest.raises(ExecutionError, match="cannot reach the Dask scheduler"):
+        DaskExecutor("dask://127.0.0.1:9", connect_timeout=1)
