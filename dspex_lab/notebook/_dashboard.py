@@ -94,9 +94,9 @@ class Dashboard:
         self.status = pn.pane.Markdown("", sizing_mode="stretch_width")
 
         # Experiments
-        self.name_filter = pn.widgets.TextInput(name="Name contains", placeholder="any name")
-        self.kind_filter = pn.widgets.Select(name="Kind", options=["", *KINDS])
-        self.status_filter = pn.widgets.Select(name="Status", options=["", *STATUSES])
+        self.name_filter = pn.widgets.TextInput(label="Name contains", placeholder="any name")
+        self.kind_filter = pn.widgets.Select(label="Kind", options=["", *KINDS])
+        self.status_filter = pn.widgets.Select(label="Status", options=["", *STATUSES])
         self.table = pn.widgets.Tabulator(
             pd.DataFrame(columns=list(_LEADERBOARD_SHOWN)),
             disabled=True,
@@ -104,15 +104,14 @@ class Dashboard:
             pagination="local",
             page_size=20,
             sizing_mode="stretch_width",
-            name="experiments",
         )
         self.leaderboard_plot = pn.pane.HoloViews(None, sizing_mode="stretch_width")
         for widget in (self.name_filter, self.kind_filter, self.status_filter):
             widget.param.watch(lambda _event: self.refresh_leaderboard(), "value")
 
         # Compare
-        self.compare_a = pn.widgets.Select(name="Baseline (a)", options={})
-        self.compare_b = pn.widgets.Select(name="Compared (b)", options={})
+        self.compare_a = pn.widgets.Select(label="Baseline (a)", options={})
+        self.compare_b = pn.widgets.Select(label="Compared (b)", options={})
         self.compare_summary = pn.pane.Markdown("Pick two evaluations.", sizing_mode="stretch_width")
         self.difference_plot = pn.pane.HoloViews(None)
         self.scatter_plot = pn.pane.HoloViews(None)
@@ -120,13 +119,13 @@ class Dashboard:
             widget.param.watch(lambda _event: self.refresh_comparison(), "value")
 
         # Trace
-        self.trace_experiment = pn.widgets.Select(name="Experiment", options={})
-        self.trial_status = pn.widgets.Select(name="Trial status", options=["", "ok", "error"])
-        self.trial_sort = pn.widgets.Select(name="Sort by", options=list(TRIAL_SORTS))
-        self.trial_descending = pn.widgets.Checkbox(name="descending")
+        self.trace_experiment = pn.widgets.Select(label="Experiment", options={})
+        self.trial_status = pn.widgets.Select(label="Trial status", options=["", "ok", "error"])
+        self.trial_sort = pn.widgets.Select(label="Sort by", options=list(TRIAL_SORTS))
+        self.trial_descending = pn.widgets.Checkbox(label="descending")
         self.trial_offset = 0
-        self.previous_page = pn.widgets.Button(name="◀ previous", width=100)
-        self.next_page = pn.widgets.Button(name="next ▶", width=100)
+        self.previous_page = pn.widgets.Button(label="◀ previous", width=100)
+        self.next_page = pn.widgets.Button(label="next ▶", width=100)
         self.trial_count = pn.pane.Markdown("")
         self.trial_table = pn.widgets.Tabulator(
             pd.DataFrame(),
@@ -135,7 +134,6 @@ class Dashboard:
             selectable=1,
             sizing_mode="stretch_width",
             height=320,
-            name="trials",
         )
         self.trace_view = pn.pane.HTML("Select a trial.", sizing_mode="stretch_width")
         for widget in (self.trace_experiment, self.trial_status, self.trial_sort, self.trial_descending):
@@ -145,7 +143,7 @@ class Dashboard:
         self.trial_table.param.watch(lambda _event: self.refresh_trace(), "selection")
 
         # Optimization
-        self.run_select = pn.widgets.Select(name="Optimization run", options={})
+        self.run_select = pn.widgets.Select(label="Optimization run", options={})
         self.run_plot = pn.pane.HoloViews(None)
         self.run_message = pn.pane.Markdown("")
         self.run_select.param.watch(lambda _event: self.refresh_run(), "value")
@@ -327,7 +325,9 @@ class Dashboard:
     def _first_trial_page(self) -> None:
         self.trial_offset = 0
         self.refresh_trials()
-        if len(self.trials):
+        if len(self.trials) and self.trial_table.selection == [0]:
+            self.refresh_trace()  # the same row of another experiment: the selection's watcher does not fire
+        elif len(self.trials):
             self.trial_table.selection = [0]
         else:
             self.trace_view.object = "Select a trial."
@@ -487,6 +487,49 @@ def _wait_listening(host: str, port: int, *, timeout: float) -> bool:
     return False
 
 
+class _ServerThread(threading.Thread):
+    """Runs a bokeh server on an event loop of its own; ``stop`` closes its sockets and ends the loop."""
+
+    def __init__(self, make_server: Any, *, show: bool) -> None:
+        super().__init__(name="dspex-dashboard", daemon=True)
+        self._make_server = make_server
+        self._show = show
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self._loop: Any = None
+        self._server: Any = None
+
+    def run(self) -> None:
+        import asyncio
+
+        from tornado.ioloop import IOLoop
+
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        try:
+            self._loop = IOLoop.current()
+            self._server = self._make_server()
+            self._server.start()
+        except BaseException as error:  # reported to the caller of serve_dashboard
+            self.error = error
+            self.ready.set()
+            return
+        self.ready.set()
+        if self._show:
+            self._server.show("/")
+        self._loop.start()
+        self._loop.close(all_fds=True)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._server is not None:
+
+            def shutdown() -> None:
+                self._server.stop()
+                self._loop.stop()
+
+            self._loop.add_callback(shutdown)
+        self.join(timeout=10.0)
+
+
 class DashboardServer:
     """A running dashboard server (Panel on bokeh's server, in a thread of this process).
 
@@ -597,18 +640,22 @@ def serve_dashboard(
     def session() -> Any:
         return Dashboard(store, refresh_seconds=refresh_seconds).start().view
 
-    thread = pn.serve(
-        session,
-        port=chosen,
-        address=host,
-        websocket_origin=origins,
+    thread = _ServerThread(
+        lambda: pn.serve(
+            session,
+            port=chosen,
+            address=host,
+            websocket_origin=origins,
+            show=False,
+            start=False,
+            verbose=False,
+            title="dspex dashboard",
+        ),
         show=show,
-        threaded=True,
-        verbose=False,
-        title="dspex dashboard",
     )
+    thread.start()
     server = DashboardServer(thread, host=host, port=chosen, journal=store)
-    if not _wait_listening(host, chosen, timeout=30.0):
+    if not thread.ready.wait(30.0) or thread.error is not None or not _wait_listening(host, chosen, timeout=10.0):
         server.stop()
-        raise JournalError(f"the dashboard server did not start listening on {host}:{chosen} within 30 s")
+        raise JournalError(f"the dashboard server did not start on {host}:{chosen}: {thread.error or 'timed out'}")
     return server
