@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -21,11 +22,11 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 
@@ -37,6 +38,7 @@ from dspex_lab.journal._schema import (
     ensure_schema,
     span_table,
 )
+from dspex_lab.journal._service import JournalService, ServiceGone, call_service, service_available
 from dspex_lab.journal._store import TRIAL_ORDERS, ExperimentSummary, TrialOrder, read_spans, read_trace
 
 if TYPE_CHECKING:
@@ -52,14 +54,99 @@ _process_lock = threading.RLock()
 
 @dataclass
 class _Held:
-    """A journal file this process keeps open across transactions (see ``DuckDBJournal.hold``)."""
+    """A journal file this process keeps open across transactions (see ``DuckDBJournal.hold``).
+
+    While it has the file open, the process also serves other processes' calls (``service``).
+    """
 
     connection: duckdb.DuckDBPyConnection | None = None
     holders: int = 0
+    service: JournalService | None = None
 
 
 _held: dict[Path, _Held] = {}
 _closing: dict[Path, threading.Thread] = {}
+
+# The journal calls another process may make through this one's service (see _service.py): each is one
+# call with picklable arguments and result, and every one that writes is idempotent.
+_SERVED: set[str] = set()
+_WRITES = frozenset(
+    {
+        "create_experiment", "claim_experiment", "finish_experiment", "append_trials", "register_hypothesis",
+        "decide_hypothesis", "record_candidates", "record_step", "finish_children",
+    }
+)  # fmt: skip
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+class _UseService(Exception):  # noqa: N818 - control flow between _open and _served, never shown
+    """The file is locked by a process that serves the journal: make the call through it."""
+
+
+@dataclass
+class _Waits:
+    """How long this process's journal accesses waited before they could run (see :func:`access_waits`)."""
+
+    count: int = 0
+    total: float = 0.0
+    longest: float = 0.0
+
+
+_waits: dict[str, _Waits] = {"read": _Waits(), "write": _Waits()}
+_waits_lock = threading.Lock()
+
+
+def _record_wait(kind: str, seconds: float) -> None:
+    with _waits_lock:
+        waits = _waits[kind]
+        waits.count += 1
+        waits.total += seconds
+        waits.longest = max(waits.longest, seconds)
+
+
+def access_waits() -> dict[str, dict[str, float]]:
+    """Return how long this process's journal reads and writes waited for access, since it started.
+
+    A call made on the file waits from asking for it (this process's other users included) until it has
+    it open; a call made through another process's service counts its whole round trip as waiting.
+    Read by ``bench/bench_journal.py``.
+    """
+    with _waits_lock:
+        return {kind: dataclasses.asdict(waits) for kind, waits in _waits.items()}
+
+
+def _hosting(path: Path) -> bool:
+    held = _held.get(path)
+    return held is not None and held.service is not None
+
+
+def _served(method: _Method) -> _Method:
+    """Make a journal method go through the serving process when another process holds the journal."""
+    name = method.__name__
+    _SERVED.add(name)
+
+    @functools.wraps(method)
+    def call(self: DuckDBJournal, *arguments: Any, **options: Any) -> Any:
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            if not _hosting(self.path):
+                start = time.perf_counter()
+                try:
+                    result = call_service(self.path, name, arguments, options)
+                except ServiceGone:
+                    pass  # no service, or it just stopped: the file itself
+                else:
+                    _record_wait("write" if name in _WRITES else "read", time.perf_counter() - start)
+                    return result
+            try:
+                return method(self, *arguments, **options)
+            except _UseService as error:
+                if time.monotonic() > deadline:
+                    raise JournalError(
+                        f"journal {self.path} stayed locked by another process for {self.lock_timeout:g} s"
+                    ) from error
+
+    return call  # type: ignore[return-value]
 
 
 def _selected(item: TrialField) -> str:
@@ -132,7 +219,7 @@ class DuckDBJournal:
         self.lock_timeout = lock_timeout
         if self.path.is_dir():
             raise JournalError(f"journal path {self.path} is a directory; give a file such as dspex.duckdb")
-        if self.path.exists() and not self._is_current():
+        if self.path.exists() and not service_available(self.path) and not self._is_current():
             # Migrate a journal written by an older dspex_lab (ensure_schema runs on write).
             with self._connect(write=True):
                 pass
@@ -143,8 +230,11 @@ class DuckDBJournal:
     # -- connections ---------------------------------------------------------------------------
 
     def _is_current(self) -> bool:
-        with self._connect(write=False) as connection:
-            return self._readonly_ok(connection)
+        try:
+            with self._connect(write=False) as connection:
+                return self._readonly_ok(connection)
+        except _UseService:
+            return True  # the serving process opened it for writing, which migrates it
 
     @staticmethod
     def _readonly_ok(connection: duckdb.DuckDBPyConnection) -> bool:
@@ -181,6 +271,8 @@ class DuckDBJournal:
                         raise JournalError(
                             f"journal {self.path} stayed locked by another process for {self.lock_timeout:g} s"
                         ) from error
+                    if marker is not None and not _hosting(self.path) and service_available(self.path):
+                        raise _UseService from error
                     if marker is None:
                         # Tells a process that holds the file across a run to let go after its next flush.
                         self._waiting_dir.mkdir(exist_ok=True)
@@ -210,6 +302,7 @@ class DuckDBJournal:
 
     @contextlib.contextmanager
     def _connect(self, *, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+        start = time.perf_counter()
         with _process_lock:
             held = _held.get(self.path)
             closer = _closing.pop(self.path, None)
@@ -217,6 +310,7 @@ class DuckDBJournal:
                 closer.join()
             if held is None:
                 connection = self._open(write=write)
+                _record_wait("write" if write else "read", time.perf_counter() - start)
                 try:
                     yield connection
                 finally:
@@ -224,7 +318,11 @@ class DuckDBJournal:
                 return
             if held.connection is None:
                 held.connection = self._open(write=True)
+                if held.service is None:
+                    # This process has the file for its run: it answers other processes' calls meanwhile.
+                    held.service = JournalService(self, _SERVED)
             cursor = held.connection.cursor()
+            _record_wait("write" if write else "read", time.perf_counter() - start)
             try:
                 yield cursor
             finally:
@@ -251,6 +349,8 @@ class DuckDBJournal:
                 held.holders -= 1
                 if held.holders == 0:
                     del _held[self.path]
+                    if held.service is not None:
+                        held.service.stop()
                     if held.connection is not None:
                         # Closing checkpoints the file (tens of ms): done off the caller's path; the
                         # next open of this file in this process waits for it (see _connect).
@@ -260,6 +360,7 @@ class DuckDBJournal:
 
     # -- writing -------------------------------------------------------------------------------
 
+    @_served
     def create_experiment(self, record: ExperimentRecord) -> str:
         """Insert a new running experiment (and its small dataset's examples) and return its id."""
         now = _now()
@@ -282,9 +383,9 @@ class DuckDBJournal:
                 connection.execute("INSERT OR IGNORE INTO dataset_examples SELECT * FROM incoming_examples")
                 connection.unregister("incoming_examples")
             connection.execute(
-                """INSERT INTO experiments (id, kind, name, status, program_name, program_fingerprint, program_spec,
-                   dataset_name, dataset_fingerprint, dataset_manifest, metric, config, environment, n_planned,
-                   host, pid, created_at, updated_at, heartbeat_at)
+                """INSERT OR IGNORE INTO experiments (id, kind, name, status, program_name, program_fingerprint,
+                   program_spec, dataset_name, dataset_fingerprint, dataset_manifest, metric, config, environment,
+                   n_planned, host, pid, created_at, updated_at, heartbeat_at)
                    VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 [
                     record.id,
@@ -309,6 +410,7 @@ class DuckDBJournal:
             )
         return record.id
 
+    @_served
     def claim_experiment(self, experiment_id: str) -> None:
         """Mark an existing experiment as running again in this process (resume)."""
         now = _now()
@@ -319,6 +421,7 @@ class DuckDBJournal:
                 [socket.gethostname(), os.getpid(), now, now, experiment_id],
             )
 
+    @_served
     def finish_experiment(
         self, experiment_id: str, *, status: str, detail: str | None = None, summary: dict[str, Any] | None = None
     ) -> None:
@@ -331,6 +434,7 @@ class DuckDBJournal:
                 [status, detail, _json(summary), now, now, now, experiment_id],
             )
 
+    @_served
     def append_trials(
         self, experiment_id: str, rows: Sequence[dict[str, Any]], *, spans: Sequence[dict[str, Any]] | pa.Table = ()
     ) -> int:
@@ -399,6 +503,7 @@ class DuckDBJournal:
             except duckdb.Error as error:
                 raise JournalError(f"query failed on {self.path}: {error}") from error
 
+    @_served
     def sql(self, query: str, parameters: Sequence[Any] | None = None) -> pd.DataFrame:
         """Run a read-only SQL query over the journal's tables and return a DataFrame.
 
@@ -454,6 +559,7 @@ class DuckDBJournal:
             finally:
                 connection.close()
 
+    @_served
     def experiment_summaries(self) -> list[ExperimentSummary]:
         """Return every experiment, newest first (then by id), with trial counts, errors and mean score.
 
@@ -488,6 +594,7 @@ class DuckDBJournal:
         columns = [item.name for item in dataclasses.fields(ExperimentSummary)]
         return pd.DataFrame([dataclasses.astuple(summary) for summary in self.experiment_summaries()], columns=columns)
 
+    @_served
     def experiment(self, experiment_id: str) -> dict[str, Any]:
         """Return one experiment as a dict (JSON columns decoded)."""
         rows = self._rows("SELECT * FROM experiments WHERE id = ?", [experiment_id])
@@ -509,6 +616,7 @@ class DuckDBJournal:
             [experiment_id],
         )
 
+    @_served
     def trial_rows(
         self,
         experiment_id: str,
@@ -580,6 +688,7 @@ class DuckDBJournal:
             parameters.append(limit)
         return self._rows(query, parameters)
 
+    @_served
     def trial_counts(self, experiment_id: str) -> dict[str, int]:
         """Return the number of recorded trials of an experiment per status (absent statuses left out)."""
         rows = self._rows(
@@ -600,6 +709,7 @@ class DuckDBJournal:
             except duckdb.Error as error:
                 raise JournalError(f"query failed on {self.path}: {error}") from error
 
+    @_served
     def leaderboard(
         self, *, name: str | None = None, kind: str | None = None, status: str | None = None, limit: int = 500
     ) -> pd.DataFrame:
@@ -659,6 +769,7 @@ class DuckDBJournal:
         frame = _with_t_interval(frame)
         return frame[list(LEADERBOARD_COLUMNS)].reset_index(drop=True)
 
+    @_served
     def trial_page(
         self,
         experiment_id: str,
@@ -718,6 +829,7 @@ class DuckDBJournal:
             total = int(frame["matching_total"].iloc[0])
         return frame.drop(columns="matching_total").reset_index(drop=True), total
 
+    @_served
     def paired_scores(self, a: str, b: str) -> pd.DataFrame:
         """Return the per-example scores of two experiments side by side: the pairs a comparison tests.
 
@@ -740,6 +852,7 @@ class DuckDBJournal:
             [a, b, a, b],
         )
 
+    @_served
     def span_rows(self, experiment_id: str, trials: str | Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Return span rows as stored, attributes still JSON text: for readers that decode few of them.
 
@@ -780,6 +893,7 @@ class DuckDBJournal:
             )
         return read_trace(rows)
 
+    @_served
     def dataset_examples(self, fingerprint: str) -> list[tuple[str, dict[str, Any]]]:
         """Return the stored (example id, fields) of a dataset, in order (empty if it was not stored)."""
         rows = self._rows(
@@ -788,6 +902,7 @@ class DuckDBJournal:
         )
         return [(row["example_id"], json.loads(row["record"])) for row in rows]
 
+    @_served
     def register_hypothesis(self, record: dict[str, Any]) -> str:
         """Insert a pre-registered hypothesis (status ``registered``) and return its id."""
         with self._connect(write=True) as connection:
@@ -808,6 +923,7 @@ class DuckDBJournal:
             )
         return str(record["id"])
 
+    @_served
     def decide_hypothesis(self, hypothesis_id: str, *, status: str, verdict: dict[str, Any]) -> None:
         """Record a hypothesis' verdict."""
         with self._connect(write=True) as connection:
@@ -816,6 +932,7 @@ class DuckDBJournal:
                 [status, _json(verdict), _now(), hypothesis_id],
             )
 
+    @_served
     def hypothesis_rows(self) -> list[dict[str, Any]]:
         """Return every hypothesis as a dict (verdict decoded), oldest first (then by id)."""
         if not self.path.exists():
@@ -836,6 +953,7 @@ class DuckDBJournal:
 
     # -- optimization runs ----------------------------------------------------------------------
 
+    @_served
     def record_candidates(self, run_id: str, candidates: Sequence[dict[str, Any]]) -> None:
         """Insert an optimization run's new candidates (one already recorded is left as it was).
 
@@ -867,6 +985,7 @@ class DuckDBJournal:
             )
             connection.execute(_TOUCH_EXPERIMENT, [now, now, run_id])
 
+    @_served
     def record_step(self, run_id: str, step: dict[str, Any]) -> None:
         """Insert or replace one step of an optimization run (a step is written when it starts and when it ends).
 
@@ -894,6 +1013,7 @@ class DuckDBJournal:
             )
             connection.execute(_TOUCH_EXPERIMENT, [now, now, run_id])
 
+    @_served
     def finish_children(self, run_id: str, *, status: str) -> None:
         """Mark the still-running evaluations of an optimization run (ids ``<run_id>/...``) as ended."""
         now = _now()
@@ -904,6 +1024,7 @@ class DuckDBJournal:
                 [status, now, now, now, run_id + "/"],
             )
 
+    @_served
     def candidate_rows(self, run_id: str) -> list[dict[str, Any]]:
         """Return an optimization run's candidates in the order they were made (JSON columns decoded)."""
         rows = self._rows(
@@ -915,6 +1036,7 @@ class DuckDBJournal:
                     row[column] = json.loads(row[column])
         return rows
 
+    @_served
     def step_rows(self, run_id: str) -> list[dict[str, Any]]:
         """Return an optimization run's steps in order (JSON columns decoded)."""
         rows = self._rows("SELECT * FROM optimization_steps WHERE run_id = ? ORDER BY step", [run_id])
@@ -924,6 +1046,7 @@ class DuckDBJournal:
                     row[column] = json.loads(row[column])
         return rows
 
+    @_served
     def finished_keys(self, experiment_id: str) -> set[tuple[str, int]]:
         """Return (example_id, repeat) of every recorded trial of an experiment."""
         rows = self._rows("SELECT example_id, repeat FROM trials WHERE experiment_id = ?", [experiment_id])
