@@ -20,7 +20,6 @@ SUBCOMMANDS = ("program", "evaluate", "compare", "optimize", "trace", "sql", "co
 # A program cell is typed or pasted, not a data file: bounded before YAML parses it.
 MAX_PROGRAM_CELL = 256 * 1024
 OPTIMIZERS = ("simba-c", "simba", "mipro", "gepa", "bootstrap")
-DASHBOARD_GAP = "the dspex dashboard (issue 11) does not exist yet; there is nothing to start"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,7 +65,8 @@ def _parser(command: str) -> _Parser:
     elif command == "sql":
         parser.prog = "%%dspex sql"
     elif command == "dashboard":
-        parser.add_argument("--port", type=int)
+        parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+        parser.add_argument("--stop", action="store_true", help="stop the dashboard this kernel started")
     return parser
 
 
@@ -81,6 +81,8 @@ def _line_of(body: str, key: str) -> int | None:
 @magics_class
 class DspexMagics(Magics):
     """The ``%dspex`` line magic and ``%%dspex`` cell magic."""
+
+    _dashboard_server: Any = None  # the dashboard this kernel started (one at a time)
 
     @line_cell_magic
     def dspex(self, line: str, cell: str | None = None) -> Any:
@@ -127,7 +129,7 @@ class DspexMagics(Magics):
             raise UsageError("ProgramSpecError: the cell body must be a YAML mapping with at least 'module'")
         # Each variable is checked alone first, so an error maps back to the line that defines it.
         variables = data.get("variables")
-        for name, description in (variables.items() if isinstance(variables, dict) else ()):
+        for name, description in variables.items() if isinstance(variables, dict) else ():
             if not isinstance(description, dict):
                 continue
             try:
@@ -267,8 +269,37 @@ class DspexMagics(Magics):
         }
         return {key: mask_text(str(value)) for key, value in settings.items() if value is not None}
 
-    def _dashboard(self, args: argparse.Namespace, cell: str | None) -> None:
-        raise UsageError(DASHBOARD_GAP)
+    def _dashboard(self, args: argparse.Namespace, cell: str | None) -> Any:
+        """Start the journal dashboard on 127.0.0.1 from a thread of this kernel, or stop it."""
+        from IPython.display import HTML, display
+
+        running = self._dashboard_server
+        if args.stop:
+            if running is None or not running.running:
+                raise UsageError("%dspex dashboard --stop: no dashboard started by this kernel is running")
+            running.stop()
+            print(f"stopped the dashboard at {running.url}")
+            return None
+        if running is not None and running.running:
+            if args.port in (0, running.port):
+                display(HTML(_dashboard_link(running, "already running")))
+                return running
+            raise UsageError(
+                f"%dspex dashboard: one is already running at {running.url}; stop it with %dspex dashboard --stop"
+            )
+        from dspex_lab.notebook._dashboard import serve_dashboard
+
+        self._dashboard_server = serve_dashboard(self._journal("%dspex dashboard"), port=args.port)
+        display(HTML(_dashboard_link(self._dashboard_server, "started")))
+        return self._dashboard_server
+
+
+def _dashboard_link(server: Any, state: str) -> str:
+    from html import escape
+
+    url = escape(server.url)
+    journal = escape(str(server.journal.path))
+    return f'dspex dashboard {state}: <a href="{url}" target="_blank">{url}</a> (journal {journal})'
 
 
 def register(ipython: Any) -> None:

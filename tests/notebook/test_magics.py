@@ -74,9 +74,27 @@ def test_config_shows_settings(shell, tmp_path):
     assert set(config) == {"lm", "journal", "threads", "executor"}
 
 
-def test_dashboard_is_the_documented_gap(shell):
-    with pytest.raises(UsageError, match="does not exist yet"):
-        shell.run_line_magic("dspex", "dashboard --port 8000")
+def test_dashboard_starts_on_loopback_answers_and_stops(shell):
+    import urllib.request
+
+    pytest.importorskip("panel")
+    shell.run_cell_magic("dspex", "program qa", PROGRAM)
+    shell.user_ns["data"] = list(dx.datasets.arithmetic(2, seed=0))
+    shell.run_line_magic("dspex", "evaluate qa --data data --metric exact_match --name shown")
+    server = shell.run_line_magic("dspex", "dashboard")
+    try:
+        assert server.host == "127.0.0.1" and server.running
+        assert shell.run_line_magic("dspex", "dashboard") is server  # a second start shows the running one
+        with pytest.raises(UsageError, match="already running"):
+            shell.run_line_magic("dspex", f"dashboard --port {server.port + 1}")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(server.url, timeout=60) as response:
+            assert response.status == 200
+    finally:
+        shell.run_line_magic("dspex", "dashboard --stop")
+    assert not server.running
+    with pytest.raises(UsageError, match="no dashboard started by this kernel is running"):
+        shell.run_line_magic("dspex", "dashboard --stop")
 
 
 def test_unknown_subcommand_lists_the_subcommands(shell):
