@@ -121,7 +121,8 @@ class ProcessExecutor:
         try:
             while in_flight and status == RunStatus.FINISHED:
                 for worker in self._pool:
-                    self._feed(worker, pending, in_flight, run, plan.key, plan_bytes, timeout)
+                    if worker.ready:  # a worker still starting would hold trials that others could run now
+                        self._feed(worker, pending, in_flight, run, plan.key, plan_bytes, timeout)
                 watched = [item for worker in self._pool for item in (worker.connection, worker.process.sentinel)]
                 ready = wait(watched, 0.5)
                 for worker in list(self._pool):
@@ -183,6 +184,9 @@ class ProcessExecutor:
         status: str,
     ) -> str:
         kind = message[0]
+        if kind == "ready":
+            worker.ready = True
+            return status
         if kind == "setup":
             raise ExecutionError(f"a worker process could not rebuild the trial runner: {message[1]}")
         _, message_run, submission, result, span_rows = message
@@ -242,6 +246,7 @@ class _Worker:
         child.close()
         self.held: set[int] = set()
         self.plans: set[str] = set()
+        self.ready = False
 
     def send(self, message: tuple[Any, ...]) -> None:
         # A dead worker cannot be written to; the run loop sees its sentinel and replaces it.
@@ -263,7 +268,7 @@ class _Worker:
 
     def stop(self) -> None:
         self.send(("stop",))
-        self.process.join(timeout=2)
+        self.process.join(timeout=2 if self.ready else 0.1)  # one still starting has nothing to finish
         if self.process.is_alive():
             self.process.kill()
             self.process.join(timeout=2)
@@ -275,6 +280,8 @@ def _worker_main(connection: Connection, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a notebook interrupt is the driver's to handle
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     WorkerLoop(connection, threads).serve()
+    # Stateless: nothing to flush. Skipping interpreter shutdown avoids waiting on libraries' own threads.
+    os._exit(0)
 
 
 class WorkerLoop:
@@ -295,6 +302,7 @@ class WorkerLoop:
 
     def serve(self) -> None:
         """Read messages until told to stop (or the driver goes away)."""
+        self.send(("ready",))
         for _ in range(self.threads):
             threading.Thread(target=self.work, name="dspex-trial", daemon=True).start()
         threading.Thread(target=self.watch, name="dspex-deadlines", daemon=True).start()
