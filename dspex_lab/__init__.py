@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     )
     from dspex_lab.journal import open_journal
     from dspex_lab.lm import lab_lm
+    from dspex_lab.notebook import ExperimentBrowser, RunProgress, VariableControls
     from dspex_lab.optimize import OptimizationResult, SimbaC, optimize
     from dspex_lab.program import (
         Bool,
@@ -88,6 +89,8 @@ _EXPORTS: dict[str, str] = {
     },
     "open_journal": "dspex_lab.journal",
     "lab_lm": "dspex_lab.lm",
+    # The notebook's widgets need the notebook extra (anywidget); reading one loads that layer.
+    **{name: "dspex_lab.notebook" for name in ("ExperimentBrowser", "RunProgress", "VariableControls")},
     **{name: "dspex_lab.optimize" for name in ("OptimizationResult", "SimbaC", "optimize")},
     **{
         name: "dspex_lab.program"
@@ -139,6 +142,27 @@ def _layer_loaded(name: str, module: types.ModuleType) -> None:
         # Model variables name LMs; the lab models resolve without a network. The program layer
         # cannot import the lm layer, so the root hands it the resolver.
         module.set_lm_resolver(_resolve_lm)
+    elif name == "evaluate":
+        # progress=True shows the notebook's widget in a Jupyter kernel; the evaluate and optimize layers
+        # cannot import the notebook layer, so the root installs it behind their progress hook.
+        from dspex_lab.evaluate._progress import set_progress_factory
+
+        set_progress_factory(_notebook_progress)
+
+
+def _notebook_progress(kind: str) -> Any:
+    """Return a displayed ``RunProgress`` widget inside a Jupyter kernel with anywidget, else None (tqdm)."""
+    ipython = sys.modules.get("IPython")  # never imported here: a kernel has always loaded it already
+    shell = ipython.get_ipython() if ipython is not None else None
+    if getattr(shell, "kernel", None) is None:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("anywidget") is None:
+        return None
+    from dspex_lab.notebook._widgets_progress import show_run_progress
+
+    return show_run_progress(kind)
 
 
 def _spans_from_rows(rows: list[dict[str, Any]]) -> list[Any]:
@@ -189,6 +213,7 @@ __all__ = [
     "Dataset",
     "Demos",
     "EvaluationResult",
+    "ExperimentBrowser",
     "Float",
     "Hypothesis",
     "Int",
@@ -196,8 +221,10 @@ __all__ = [
     "OptimizationResult",
     "Program",
     "RerunReport",
+    "RunProgress",
     "SimbaC",
     "Text",
+    "VariableControls",
     "Verdict",
     "VerificationReport",
     "__version__",

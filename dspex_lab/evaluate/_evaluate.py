@@ -119,9 +119,10 @@ def _program_parts(
 
 
 def _tqdm_subscriber() -> Callable[[Any], None]:
-    from dspex_lab.evaluate._progress import TqdmProgress
+    # tqdm, or the display installed for notebooks (see evaluate/_progress.py).
+    from dspex_lab.evaluate._progress import progress_display
 
-    return TqdmProgress()
+    return progress_display("evaluation")
 
 
 def _is_priced(lm: Any) -> bool:

@@ -1,13 +1,52 @@
-"""A tqdm progress bar that subscribes to run events (terminal and notebook)."""
+"""What ``progress=True`` shows: a tqdm bar, or a display another layer installs (the notebook's widget).
+
+This layer cannot import the notebook layer (DESIGN §1), so it keeps one hook instead: the package root
+installs a factory with :func:`set_progress_factory` that returns the notebook's ``RunProgress`` widget
+when the code runs inside a Jupyter kernel with anywidget importable, and None elsewhere. ``evaluate`` and
+``optimize`` ask :func:`progress_display` for their display; without a factory, or when it declines,
+they get :class:`TqdmProgress` (text in terminals).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dspex_lab.engine import RunFinished, RunStarted, TrialFinished
 
-__all__ = ["TqdmProgress"]
+__all__ = ["ProgressFactory", "TqdmProgress", "installed_display", "progress_display", "set_progress_factory"]
+
+#: Called with the kind of run (``"evaluation"`` or ``"optimization"``); returns an event subscriber to
+#: show that run, or None to leave it to the tqdm bar.
+ProgressFactory = Callable[[str], Callable[[Any], None] | None]
+
+_factory: ProgressFactory | None = None
+
+
+def set_progress_factory(factory: ProgressFactory | None) -> ProgressFactory | None:
+    """Install the display ``progress=True`` uses before tqdm (None removes it); return the previous one."""
+    global _factory
+    previous, _factory = _factory, factory
+    return previous
+
+
+def installed_display(kind: str) -> Callable[[Any], None] | None:
+    """Return the installed factory's display for a run of ``kind``, or None (no factory, or it declined)."""
+    return _factory(kind) if _factory is not None else None
+
+
+def progress_display(kind: str) -> Callable[[Any], None]:
+    """Return the event subscriber that shows a run for ``progress=True``.
+
+    Args:
+        kind: ``"evaluation"`` or ``"optimization"``, handed to the installed factory.
+
+    Returns:
+        The installed factory's display if it gives one, else a :class:`TqdmProgress`.
+    """
+    display = installed_display(kind)
+    return display if display is not None else TqdmProgress()
 
 
 class TqdmProgress:

@@ -4,5 +4,8 @@ Nothing here is imported by ``import dspex_lab``; ``dx.widgets`` loads it on fir
 """
 
 from dspex_lab.notebook._trace_viewer import TraceViewer
+from dspex_lab.notebook._widgets_browser import ExperimentBrowser
+from dspex_lab.notebook._widgets_controls import VariableControls
+from dspex_lab.notebook._widgets_progress import RunProgress
 
-__all__ = ["TraceViewer"]
+__all__ = ["ExperimentBrowser", "RunProgress", "TraceViewer", "VariableControls"]

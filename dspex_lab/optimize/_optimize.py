@@ -17,6 +17,7 @@ from dspex_lab.engine import Budget, RetryPolicy, RunPolicy
 from dspex_lab.errors import ExecutionError, OptimizerError
 from dspex_lab.evaluate._context import current_context
 from dspex_lab.evaluate._evaluate import _lm_state, _metric_name, environment
+from dspex_lab.evaluate._progress import installed_display
 from dspex_lab.journal import DuckDBJournal, ExperimentRecord
 from dspex_lab.optimize._evaluator import CandidateEvaluator, Example, Spending
 from dspex_lab.optimize._result import OptimizationResult, build_result, candidates_frame, memory_trials, steps_frame
@@ -135,7 +136,7 @@ def optimize(
     retries: int = 3,
     max_errors: int | float | None = None,
     trace: bool = False,
-    progress: bool = True,
+    progress: bool | Callable[[Any], None] = True,
     subscribers: Sequence[Callable[[Any], None]] = (),
 ) -> OptimizationResult:
     """Optimize ``program`` on ``trainset``, accepting changes on ``valset`` evidence, and journal every decision.
@@ -157,7 +158,9 @@ def optimize(
         retries: retries of transient LM failures per trial.
         max_errors: an error budget per evaluation (a count or a fraction).
         trace: capture every trial's span tree (the decisions' spans are always recorded).
-        progress: print one line per step.
+        progress: show the run (True): a live widget in a Jupyter kernel (see evaluate/_progress.py), one
+            printed line per step elsewhere; or a display (``dx.widgets.RunProgress()``) given every
+            evaluation's events and every step; False for nothing.
         subscribers: called with an :class:`OptimizationStep` after every step (e.g. a live plot).
 
     Returns:
@@ -205,10 +208,27 @@ def optimize(
         }
     )
     run_name = name or f"{program.name} ({chosen.name})"
+    display = progress if callable(progress) else installed_display("optimization") if progress else None
+    printing = progress is True and display is None
     # Held for the whole run: opening the DuckDB file costs tens of milliseconds, and a run writes often.
     with journal.hold() if journal is not None else contextlib.nullcontext():
-        return _run(journal, resume, program, train, val, metric, config, run_name, chosen, budget, seed, lm, context,
-                    policy, trace, progress, subscribers)  # fmt: skip
+        status = "failed"
+        # A display that spans the whole run (the notebook widget) hears when it begins and how it ends.
+        begin = getattr(display, "begin", None)
+        if callable(begin):
+            begin(run_name)
+        try:
+            result = _run(journal, resume, program, train, val, metric, config, run_name, chosen, budget, seed, lm,
+                          context, policy, trace, printing, subscribers, display)  # fmt: skip
+            status = result.status
+            return result
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            finish = getattr(display, "finish", None)
+            if callable(finish):
+                finish(status)
 
 
 def _run(
@@ -229,6 +249,7 @@ def _run(
     trace: bool,
     progress: bool,
     subscribers: Sequence[Callable[[Any], None]],
+    display: Callable[[Any], None] | None = None,
 ) -> OptimizationResult:
     run_id = _start(journal, resume, program, train, metric, config, run_name)
     spending = Spending(budget=budget)
@@ -242,11 +263,13 @@ def _run(
         policy=policy,
         spending=spending,
         trace=trace,
+        sinks=[display] if display is not None else [],
     )
     if resume is not None and journal is not None:
         evaluator.load_recorded()
         _restore_other_spending(spending, journal, run_id)
-    session = _Session(run_id, run_name, journal, evaluator, config, program, train, val, subscribers, progress)
+    steps_to = [*subscribers, display] if display is not None else subscribers
+    session = _Session(run_id, run_name, journal, evaluator, config, program, train, val, steps_to, progress)
     try:
         if isinstance(chosen, SimbaC):
             session.run_simba_c(chosen, program, seed, lm)

@@ -1,0 +1,328 @@
+"""``RunProgress``: a live view of a run (trials, mean with its interval, errors, tokens, cost) with Cancel.
+
+How Cancel reaches a busy kernel. While a cell runs an evaluation, the kernel's main thread is inside
+``dx.evaluate``, so a widget message from the browser waits in the main thread's queue until the cell
+ends: too late to stop anything. ipykernel 7 reads every shell message on its own shell-channel thread
+first, and asks each widget's comm, on that thread, where a comm message should go (the
+``_reply_subshell_for`` routing hook of ``ipykernel.comm.BaseComm``). ``RunProgress`` wraps that hook on
+its own comm: a Cancel message is noticed there, on arrival, and the run is interrupted at once with
+``_thread.interrupt_main`` — what the kernel's own stop button does, aimed at the main thread — so the run
+ends ``interrupted`` within the executor's half-second wait and keeps every finished trial in the journal
+(``dx.evaluate`` then raises KeyboardInterrupt naming the id to resume with). The message still goes on to
+the main thread afterwards, where it finds the run over and does nothing.
+
+Where that hook is absent (ipykernel 6, or a kernel without its shell-channel thread), a Cancel message
+that reaches Python while the run goes (an ``async`` cell, or :meth:`RunProgress.cancel` called from
+another thread) stops it at the next finished trial instead, and one that arrives after the run is
+ignored. The widget says which of the two it relies on (``cancel_mode``).
+"""
+
+from __future__ import annotations
+
+import _thread
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from dspex_lab.engine import RunFinished, RunStarted, TrialFinished
+from dspex_lab.errors import ExecutionError, MissingDependencyError
+from dspex_lab.notebook._widgets_common import front_end_file, json_number
+from dspex_lab.optimize import OptimizationStep
+from dspex_lab.stats import mean_interval
+
+try:
+    import anywidget
+    import traitlets
+except ImportError as error:  # pragma: no cover - exercised only without the notebook extra
+    raise MissingDependencyError("anywidget", "notebook") from error
+
+__all__ = ["RunProgress", "show_run_progress"]
+
+# How often the widget's numbers are sent to the front end while trials finish: each update is a comm
+# message, and a fast run finishes hundreds of trials a second.
+_REFRESH_SECONDS = 0.2
+
+_CANCEL_MESSAGE = "cancel"
+
+
+def _is_cancel(data: Any) -> bool:
+    # A widget's custom message, as ipywidgets wraps it: {"method": "custom", "content": {...}}.
+    return (
+        isinstance(data, dict)
+        and data.get("method") == "custom"
+        and isinstance(data.get("content"), dict)
+        and data["content"].get("type") == _CANCEL_MESSAGE
+    )
+
+
+class RunProgress(anywidget.AnyWidget):
+    """Show a run as it goes, and stop it from the notebook.
+
+    An event subscriber: pass it as ``progress=`` to :func:`dspex_lab.evaluate` or
+    :func:`dspex_lab.optimize` (both show one by themselves with ``progress=True`` in a Jupyter kernel).
+    It shows trials done of planned, the mean score so far with its 95% interval (Wilson for 0/1 scores,
+    Student t otherwise; failed trials are counted as errors, never averaged in), errors by type, tokens
+    and cost so far (a model without a known price is named as unpriced, never counted as $0), elapsed
+    time and an estimate of the time left, the final status, and a Cancel button.
+
+    Each run it receives starts the trial counts and the mean afresh; tokens, cost and LM calls add up
+    over every run it has shown (an optimization runs one evaluation per candidate), and the
+    optimization's best candidate so far is shown when its steps arrive.
+
+    Thread safety: events must come from one thread at a time (the engine's contract); :meth:`cancel` may
+    be called from any thread.
+
+    Args:
+        title: what to call the run before its first event names it.
+    """
+
+    _esm = front_end_file("run_progress.js", widget="RunProgress")
+    _css = front_end_file("run_progress.css", widget="RunProgress")
+
+    title = traitlets.Unicode("").tag(sync=True)
+    status = traitlets.Unicode("waiting").tag(sync=True)
+    done = traitlets.Int(0).tag(sync=True)
+    total = traitlets.Int(0).tag(sync=True)
+    already_done = traitlets.Int(0).tag(sync=True)
+    n_scored = traitlets.Int(0).tag(sync=True)
+    mean = traitlets.Float(None, allow_none=True).tag(sync=True)
+    ci_low = traitlets.Float(None, allow_none=True).tag(sync=True)
+    ci_high = traitlets.Float(None, allow_none=True).tag(sync=True)
+    ci_method = traitlets.Unicode("").tag(sync=True)
+    n_errors = traitlets.Int(0).tag(sync=True)
+    errors = traitlets.Dict().tag(sync=True)
+    input_tokens = traitlets.Int(0).tag(sync=True)
+    output_tokens = traitlets.Int(0).tag(sync=True)
+    lm_calls = traitlets.Int(0).tag(sync=True)
+    cost = traitlets.Float(None, allow_none=True).tag(sync=True)
+    unpriced_models = traitlets.List().tag(sync=True)
+    elapsed = traitlets.Float(0.0).tag(sync=True)
+    eta = traitlets.Float(None, allow_none=True).tag(sync=True)
+    runs = traitlets.Int(0).tag(sync=True)
+    step = traitlets.Int(None, allow_none=True).tag(sync=True)
+    best = traitlets.Dict().tag(sync=True)
+    cancel_mode = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, *, title: str = "") -> None:
+        super().__init__(title=title)
+        self._lock = threading.Lock()
+        self._scores: list[float] = []
+        self._error_types: Counter[str] = Counter()
+        self._unpriced: set[str] = set()
+        self._cost = 0.0
+        self._started = 0.0
+        self._last_sent = 0.0
+        self._run_thread: int | None = None
+        self._spanning = False
+        self._cancel_requested = False
+        self._interrupt_sent = False
+        self.cancel_mode = "immediate" if self._watch_comm() else "next trial"
+        self.on_msg(self._on_front_end_message)
+
+    # -- Cancel ----------------------------------------------------------------------------------------
+
+    def _watch_comm(self) -> bool:
+        """Notice Cancel on the kernel's shell-channel thread, before the busy main thread could."""
+        comm = getattr(self, "comm", None)
+        route = getattr(comm, "_reply_subshell_for", None)
+        if comm is None or route is None or not callable(route):
+            return False
+
+        def routed(data: Any, default: Any) -> Any:
+            if _is_cancel(data):
+                self.cancel()
+            return route(data, default)
+
+        comm._reply_subshell_for = routed
+        return True
+
+    def _on_front_end_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        if isinstance(content, dict) and content.get("type") == _CANCEL_MESSAGE:
+            self.cancel()
+
+    def cancel(self) -> bool:
+        """Stop the run this widget shows, keeping every finished trial; return whether a run was stopped.
+
+        Called from another thread than the run's (the Cancel button in a busy kernel), it interrupts the
+        run's thread at once if that is the main thread; otherwise the run stops when its next trial
+        finishes. Without a running run it does nothing.
+        """
+        with self._lock:
+            if self._run_thread is None or self._cancel_requested:
+                return False
+            self._cancel_requested = True
+            other_thread = threading.get_ident() != self._run_thread
+            main = self._run_thread == threading.main_thread().ident
+            # interrupt_main only raises where Python's own SIGINT handler is installed (the kernel puts it
+            # there while a cell runs); elsewhere it would be lost, so the next finished trial stops the run.
+            if other_thread and main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self._interrupt_sent = True
+                _thread.interrupt_main()
+        return True
+
+    # -- A display spanning several runs (an optimization) ------------------------------------------------
+
+    def begin(self, title: str) -> None:
+        """Start showing a run made of several evaluations (``dx.optimize`` calls this).
+
+        Until :meth:`finish`, Cancel stops the whole run, between its evaluations too.
+        """
+        with self._lock:
+            self._spanning = True
+            self._run_thread = threading.get_ident()
+            self._cancel_requested = False
+            self._interrupt_sent = False
+        with self.hold_sync():
+            self.title = title
+            self.status = "running"
+
+    def finish(self, status: str) -> None:
+        """End a run begun with :meth:`begin`, showing its final ``status``."""
+        with self._lock:
+            cancelled = self._cancel_requested
+            self._spanning = False
+            self._run_thread = None
+            self._cancel_requested = False
+        with self.hold_sync():
+            self.eta = None
+            self.status = "cancelled" if cancelled and status == "interrupted" else status
+
+    # -- Events ----------------------------------------------------------------------------------------
+
+    def __call__(self, event: Any) -> None:
+        """Update the view from one run event (the engine calls this on the run's thread)."""
+        if isinstance(event, RunStarted):
+            self._run_started(event)
+        elif isinstance(event, TrialFinished):
+            self._trial_finished(event)
+        elif isinstance(event, RunFinished):
+            self._run_finished(event)
+        elif isinstance(event, OptimizationStep):
+            self._step_finished(event)
+
+    def _run_started(self, event: RunStarted) -> None:
+        with self._lock:
+            self._run_thread = threading.get_ident()
+            if not self._spanning:
+                self._cancel_requested = False
+                self._interrupt_sent = False
+        self._scores = []
+        self._error_types = Counter()
+        self._started = time.monotonic()
+        self._last_sent = self._started
+        with self.hold_sync():
+            if not self._spanning:
+                self.title = event.name
+            self.status = "running"
+            self.runs += 1
+            self.total = event.total
+            self.already_done = event.already_done
+            self.done = event.already_done
+            self.n_scored = 0
+            self.n_errors = 0
+            self.errors = {}
+            self.mean = self.ci_low = self.ci_high = self.eta = None
+            self.ci_method = ""
+            self.elapsed = 0.0
+
+    def _trial_finished(self, event: TrialFinished) -> None:
+        result = event.result
+        if result.score is not None:
+            self._scores.append(float(result.score))
+        if result.status == "error":
+            self._error_types[result.error_type or "error"] += 1
+        self._add_spending(result)
+        now = time.monotonic()
+        if now - self._last_sent >= _REFRESH_SECONDS or event.done == event.total:
+            self._last_sent = now
+            self._publish(done=self.already_done + event.done, now=now)
+        with self._lock:
+            stop_here = self._cancel_requested and not self._interrupt_sent
+            if stop_here:
+                self._interrupt_sent = True
+        if stop_here:
+            # Raised on the run's thread, between trials: the executor ends the run "interrupted" and
+            # every trial finished so far (this one included) is already recorded.
+            raise KeyboardInterrupt("cancelled from the RunProgress widget")
+
+    def _run_finished(self, event: RunFinished) -> None:
+        with self._lock:
+            cancelled = self._cancel_requested
+            spanning = self._spanning
+            if not spanning:
+                self._run_thread = None
+                self._cancel_requested = False
+        self._publish(done=self.already_done + event.done, now=time.monotonic())
+        with self.hold_sync():
+            self.elapsed = event.wall_seconds
+            self.eta = None
+            if not spanning:  # the whole run's status comes with finish()
+                self.status = "cancelled" if cancelled and event.status == "interrupted" else event.status
+
+    def _step_finished(self, event: OptimizationStep) -> None:
+        self.step = event.step
+        if event.steps.empty:
+            return
+        last = event.steps.iloc[-1].to_dict()
+        best = {key: json_number(last.get(key)) for key in ("best_mean", "best_ci_low", "best_ci_high")}
+        best["step"] = event.step
+        self.best = best
+
+    def _add_spending(self, result: Any) -> None:
+        self.input_tokens += int(result.input_tokens or 0)
+        self.output_tokens += int(result.output_tokens or 0)
+        self.lm_calls += int(result.lm_calls or 0)
+        if result.cost is not None:
+            self._cost += float(result.cost)
+        if result.unpriced_models:
+            self._unpriced.update(_model_names(result.unpriced_models))
+        elif result.cost is None and result.lm_calls:
+            self._unpriced.add("unknown model")
+
+    def _publish(self, *, done: int, now: float) -> None:
+        elapsed = now - self._started
+        remaining = self.total - done
+        rate = (done - self.already_done) / elapsed if elapsed > 0 else 0.0
+        with self.hold_sync():
+            self.done = done
+            self.n_scored = len(self._scores)
+            self.n_errors = sum(self._error_types.values())
+            self.errors = dict(self._error_types.most_common())
+            if self._scores:
+                interval = mean_interval(self._scores) if len(self._scores) > 1 else None
+                self.mean = json_number(sum(self._scores) / len(self._scores))
+                self.ci_low = json_number(interval.low) if interval else None
+                self.ci_high = json_number(interval.high) if interval else None
+                self.ci_method = interval.method if interval else ""
+            # The priced calls' sum; unpriced models are listed beside it, so an unpriced run never reads $0.
+            self.cost = json_number(self._cost) if self.lm_calls else None
+            self.unpriced_models = sorted(self._unpriced)
+            self.elapsed = elapsed
+            self.eta = remaining / rate if rate > 0 and remaining > 0 else None
+
+
+def _model_names(text: str) -> list[str]:
+    # The runner stores the models of a trial's unpriced calls comma-separated.
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def show_run_progress(kind: str, *, display: Callable[[Any], Any] | None = None) -> RunProgress:
+    """Create a :class:`RunProgress`, display it in the notebook, and return it (``progress=True``'s display).
+
+    Args:
+        kind: what runs (``"evaluation"`` or ``"optimization"``), the title until the run names itself.
+        display: shows the widget (default: ``IPython.display.display``).
+
+    Raises:
+        ExecutionError: ``kind`` is empty.
+    """
+    if not kind:
+        raise ExecutionError("show_run_progress needs the kind of run it shows (evaluation or optimization)")
+    widget = RunProgress(title=kind)
+    if display is None:
+        from IPython.display import display
+    display(widget)
+    return widget

@@ -1,0 +1,551 @@
+"""RunProgress, ExperimentBrowser and VariableControls through their Python state and simulated front-end messages.
+
+The front ends only draw these traits and send back what the user chose, so the state after real runs on the
+lab LM, and after the messages a click sends, is what these tests check. The browser tests in
+test_widgets_jupyterlab.py check the drawing itself.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+import types
+from collections import Counter
+from typing import Any
+
+import dspy
+import pytest
+from scipy import stats
+
+import dspex_lab as dx
+from dspex_lab.engine import RunFinished, RunStarted, TrialFinished, TrialResult
+
+pytest.importorskip("anywidget")
+
+from dspex_lab.evaluate._progress import TqdmProgress, progress_display
+from dspex_lab.notebook._widgets_browser import _live_interval
+from dspex_lab.notebook._widgets_common import front_end_file
+
+COT = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="cot")
+PREDICT = dx.Program("dspy.Predict", signature="question -> answer", name="predict")
+
+
+def front_end_message(widget: Any, content: dict[str, Any]) -> None:
+    """Deliver a custom message as the front end's ``model.send(content)`` does."""
+    widget._handle_msg({"content": {"data": {"method": "custom", "content": content}}, "buffers": []})
+
+
+def front_end_update(widget: Any, **state: Any) -> None:
+    """Deliver a state change as the front end's ``model.set(...); model.save_changes()`` does."""
+    widget._handle_msg({"content": {"data": {"method": "update", "state": state, "buffer_paths": []}}, "buffers": []})
+
+
+@pytest.fixture(autouse=True)
+def widget_errors_fail_the_test(caplog):
+    # ipywidgets logs (and swallows) an exception raised while handling a front-end message.
+    yield
+    failures = [record.getMessage() for record in caplog.records if "Exception in widget method" in record.getMessage()]
+    assert not failures, failures
+
+
+def wilson(successes: int, n: int) -> tuple[float, float]:
+    """The Wilson score interval in closed form (95%)."""
+    z = stats.norm.ppf(0.975)
+    p = successes / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def trial(index: int, *, score: float | None, cost: float | None = 0.001, unpriced: str | None = None,
+          error_type: str | None = None) -> TrialResult:  # fmt: skip
+    return TrialResult(
+        index=index,
+        example_id=f"e{index}",
+        repeat=0,
+        status="ok" if score is not None else "error",
+        score=score,
+        prediction=None,
+        error_type=error_type,
+        input_tokens=10,
+        output_tokens=5,
+        cost=cost,
+        lm_calls=1,
+        unpriced_models=unpriced,
+    )
+
+
+# -- front-end files ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["run_progress", "experiment_browser", "variable_controls"])
+def test_front_ends_exist_render_and_use_the_theme_variables(name):
+    script = front_end_file(f"{name}.js", widget=name).read_text()
+    css = front_end_file(f"{name}.css", widget=name).read_text()
+    assert "export default { render }" in script
+    for variable in ("--jp-ui-font-color1", "--jp-layout-color1", "--jp-border-color2", "--jp-brand-color1"):
+        assert f"var({variable}," in css, variable  # always with a fallback outside JupyterLab
+    # Every colour is a theme variable's fallback, never a fixed colour of its own.
+    for line in css.splitlines():
+        if "#" in line and "var(" not in line:
+            pytest.fail(f"a fixed colour outside a fallback in {name}.css: {line.strip()}")
+
+
+def test_a_missing_front_end_file_is_named_with_what_to_do():
+    with pytest.raises(dx.errors.DspexLabError, match=r"RunProgress widget's front end nothing\.js is missing"):
+        front_end_file("nothing.js", widget="RunProgress")
+
+
+# -- RunProgress -------------------------------------------------------------------------------------------
+
+
+def test_run_progress_follows_a_real_evaluation(journal_path):
+    problems = dx.Dataset(dx.datasets.arithmetic(30, seed=5), name="progress")
+    widget = dx.RunProgress()
+    with dx.Context(lm=dx.lab_lm("lab/small", error_rate=0.2, seed=3), journal=journal_path, threads=4):
+        result = dx.evaluate(COT, problems, metric=dx.metrics.exact_match, progress=widget, retries=0)
+    trials = result.trials
+    scored = trials["score"].dropna()
+    assert widget.status == "finished" and widget.title == result.name
+    assert (widget.done, widget.total, widget.runs) == (30, 30, 1)
+    assert widget.n_scored == len(scored) and widget.n_errors == result.n_errors > 0
+    assert widget.errors == dict(Counter(trials.loc[trials["status"] == "error", "error_type"]))
+    assert widget.mean == pytest.approx(scored.mean())
+    low, high = wilson(int(scored.sum()), len(scored))  # exact_match scores are 0/1
+    assert (widget.ci_low, widget.ci_high, widget.ci_method) == (pytest.approx(low), pytest.approx(high), "wilson")
+    assert widget.input_tokens == trials["input_tokens"].sum() and widget.output_tokens == trials["output_tokens"].sum()
+    assert widget.cost == pytest.approx(trials["cost"].sum()) and widget.unpriced_models == []
+    assert widget.elapsed == pytest.approx(result.wall_seconds) and widget.eta is None
+
+
+def test_run_progress_uses_a_t_interval_for_graded_scores():
+    widget = dx.RunProgress()
+    scores = [0.2, 0.5, 0.9, 0.4, 0.75]
+    widget(RunStarted("r", "graded", len(scores)))
+    for index, score in enumerate(scores):
+        widget(TrialFinished("r", trial(index, score=score), index + 1, len(scores), 0))
+    low, high = stats.t.interval(0.95, len(scores) - 1, loc=sum(scores) / 5, scale=stats.sem(scores))
+    assert (widget.ci_low, widget.ci_high, widget.ci_method) == (pytest.approx(low), pytest.approx(high), "t")
+
+
+def test_unpriced_calls_are_named_never_counted_as_free():
+    widget = dx.RunProgress()
+    widget(RunStarted("r", "mixed", 3))
+    widget(TrialFinished("r", trial(0, score=1.0, cost=0.002), 1, 3, 0))
+    widget(TrialFinished("r", trial(1, score=0.0, cost=None, unpriced="acme/model-x"), 2, 3, 0))
+    widget(
+        TrialFinished("r", trial(2, score=None, cost=None, unpriced="acme/model-x,other/y", error_type="E"), 3, 3, 1)
+    )
+    widget(RunFinished("r", "finished", 3, 3, 1, 0.5))
+    assert widget.unpriced_models == ["acme/model-x", "other/y"]
+    assert widget.cost == pytest.approx(0.002)  # the priced part only, shown beside the unpriced models
+    assert widget.errors == {"E": 1} and widget.lm_calls == 3
+
+
+def test_a_resumed_run_counts_the_trials_done_before():
+    widget = dx.RunProgress()
+    widget(RunStarted("r", "resumed", 10, 6))
+    widget(TrialFinished("r", trial(6, score=1.0), 1, 4, 0))
+    time.sleep(0.25)  # the view is refreshed at most five times a second while trials finish
+    widget(TrialFinished("r", trial(7, score=0.0), 2, 4, 0))
+    assert (widget.done, widget.total, widget.already_done) == (8, 10, 6)
+    widget(RunFinished("r", "stopped", 2, 4, 0, 0.3))
+    assert (widget.done, widget.status, widget.n_scored) == (8, "stopped", 2)
+
+
+def test_cancel_without_a_running_run_does_nothing():
+    widget = dx.RunProgress()
+    assert widget.cancel() is False
+    front_end_message(widget, {"type": "cancel"})
+    assert widget.status == "waiting"
+
+
+def slow_run(journal_path, widget: dx.RunProgress, *, subscribers=()) -> float:
+    """Run a slow evaluation until it is cancelled; return how long it took to stop after the request."""
+    problems = dx.Dataset(dx.datasets.arithmetic(40, seed=1), name="slow")
+    lm = dx.lab_lm("lab/small", latency=0.3)
+    with dx.Context(lm=lm, journal=journal_path, threads=2), pytest.raises(KeyboardInterrupt, match="resume with"):
+        dx.evaluate(PREDICT, problems, metric=dx.metrics.exact_match, progress=widget, subscribers=subscribers)
+    return time.monotonic()
+
+
+def check_cancelled(journal_path, widget: dx.RunProgress) -> None:
+    journal = dx.open_journal(journal_path)
+    (experiment,) = journal.experiment_summaries()
+    assert experiment.status == "interrupted"
+    assert widget.status == "cancelled"
+    # Every trial the widget saw finish is in the journal, and the run stopped well before its 40 trials.
+    assert 0 < experiment.n_trials == widget.done < 40
+
+
+def test_cancel_from_another_thread_interrupts_the_run_at_once(journal_path):
+    widget = dx.RunProgress()
+    asked: list[float] = []
+
+    def click() -> None:
+        asked.append(time.monotonic())
+        assert widget.cancel() is True
+
+    timer = threading.Timer(1.0, click)
+    timer.start()
+    stopped = slow_run(journal_path, widget)
+    timer.join()
+    assert stopped - asked[0] < 2.0
+    check_cancelled(journal_path, widget)
+
+
+class HookedComm:
+    """A fake kernel comm with ipykernel 7's routing hook, which the kernel calls on its shell-channel thread."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.comm_id = kwargs.get("comm_id") or "fake-comm"
+        self.kernel = None
+        self.sent: list[Any] = []
+        self.routed: list[Any] = []
+        self._handler = None
+
+    def _reply_subshell_for(self, data: Any, default: Any) -> Any:
+        self.routed.append(data)
+        return default
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def send(self, data: Any = None, *args: Any, **kwargs: Any) -> None:
+        self.sent.append(data)
+
+    def close(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_msg(self, callback: Any) -> None:
+        self._handler = callback
+
+    def on_close(self, callback: Any) -> None:
+        pass
+
+
+def test_cancel_arriving_on_the_kernels_shell_channel_thread_stops_the_run(journal_path, monkeypatch):
+    import comm
+
+    monkeypatch.setattr(comm, "create_comm", HookedComm)
+    widget = dx.RunProgress()
+    assert isinstance(widget.comm, HookedComm) and widget.cancel_mode == "immediate"
+    asked: list[float] = []
+    message = {"method": "custom", "content": {"type": "cancel"}}
+
+    def shell_channel_thread() -> None:
+        asked.append(time.monotonic())
+        assert widget.comm._reply_subshell_for(message, None) is None  # routed on as before
+
+    timer = threading.Timer(1.0, shell_channel_thread)
+    timer.start()
+    stopped = slow_run(journal_path, widget)
+    timer.join()
+    assert stopped - asked[0] < 2.0
+    assert widget.comm.routed == [message]
+    check_cancelled(journal_path, widget)
+
+
+def test_cancel_handled_on_the_runs_own_thread_stops_at_the_next_trial(journal_path):
+    widget = dx.RunProgress()
+    seen: list[int] = []
+
+    def click_after_three(event: Any) -> None:
+        # As in an async cell, where the kernel's main thread handles the click between two trials.
+        if isinstance(event, TrialFinished):
+            seen.append(event.done)
+            if event.done == 3:
+                front_end_message(widget, {"type": "cancel"})
+
+    slow_run(journal_path, widget, subscribers=[click_after_three])
+    assert widget.done == 4  # the trial after the click raised the interrupt; it is kept
+    check_cancelled(journal_path, widget)
+
+
+def test_progress_true_shows_the_widget_in_a_jupyter_kernel_and_tqdm_elsewhere(journal_path, monkeypatch, capsys):
+    problems = dx.Dataset(dx.datasets.arithmetic(4, seed=2), name="automatic")
+    assert isinstance(progress_display("evaluation"), TqdmProgress)  # no IPython kernel in pytest
+
+    shown: list[Any] = []
+    shell = types.SimpleNamespace(kernel=object())
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    monkeypatch.setitem(sys.modules, "IPython.display", types.SimpleNamespace(display=shown.append))
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=journal_path, threads=2):
+        dx.evaluate(COT, problems, metric=dx.metrics.exact_match)
+    (widget,) = shown
+    assert isinstance(widget, dx.RunProgress) and (widget.done, widget.status) == (4, "finished")
+    assert "trial" not in capsys.readouterr().err  # no tqdm bar beside the widget
+
+    # A terminal IPython has no kernel: the tqdm bar again.
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: types.SimpleNamespace()))
+    assert isinstance(progress_display("evaluation"), TqdmProgress)
+    shown.clear()
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=journal_path, threads=2):
+        dx.evaluate(COT, problems, metric=dx.metrics.exact_match)
+    assert shown == [] and "4/4" in capsys.readouterr().err
+
+
+def test_run_progress_spans_an_optimization_and_shows_its_best(journal_path):
+    data = list(dx.datasets.arithmetic(48, seed=17))
+    program = dx.Program(
+        "dspy.Predict",
+        signature="question -> answer",
+        name="opt",
+        variables={"temperature": dx.Float(0.0, low=0.0, high=1.0)},
+    )
+    widget = dx.RunProgress()
+    optimizer = dx.SimbaC(max_steps=1, bsize=8, num_candidates=2, num_sources=1, patience=1)
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=journal_path, threads=2):
+        result = dx.optimize(
+            program, data[:24], data[24:], metric=dx.metrics.exact_match, optimizer=optimizer, progress=widget
+        )
+    assert widget.status == result.status == "finished"
+    assert widget.title == "opt (simba-c)"  # the optimization's name, not its evaluations' ids
+    assert widget.runs >= 2  # the baseline and at least one candidate evaluation
+    assert widget.step == result.steps["step"].max()
+    assert widget.best["best_mean"] == pytest.approx(result.steps["best_mean"].iloc[-1])
+    assert widget.lm_calls > 0
+
+
+# -- ExperimentBrowser -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def browsed(journal_path):
+    problems = dx.Dataset(dx.datasets.arithmetic(12, seed=3), name="browse")
+    with dx.Context(lm=dx.lab_lm("lab/small", error_rate=0.25, seed=4), journal=journal_path, threads=4):
+        traced = dx.evaluate(COT, problems, metric=dx.metrics.exact_match, progress=False, trace=True, retries=0)
+    with dx.Context(lm=dx.lab_lm("lab/large"), journal=journal_path, threads=4):
+        plain = dx.evaluate(PREDICT, problems, metric=dx.metrics.exact_match, progress=False, name="plain-predict")
+    return journal_path, traced, plain
+
+
+def test_browser_lists_experiments_with_their_means_and_intervals(browsed):
+    path, traced, plain = browsed
+    browser = dx.ExperimentBrowser(path)
+    rows = {row["id"]: row for row in browser.experiments}
+    assert set(rows) == {traced.experiment_id, plain.experiment_id}
+    for result in (traced, plain):
+        row = rows[result.experiment_id]
+        assert (row["name"], row["kind"], row["status"]) == (result.name, "evaluation", "finished")
+        assert row["mean"] == pytest.approx(result.mean)
+        assert (row["ci_low"], row["ci_high"]) == (pytest.approx(result.ci[0]), pytest.approx(result.ci[1]))
+        assert (row["n_trials"], row["n_errors"]) == (result.n_trials, result.n_errors)
+    assert browser.tables.kinds == ["evaluation"] and browser.tables.statuses == ["finished"]
+
+
+def test_browser_filters_and_sorts_as_the_front_end_asks(browsed):
+    path, _traced, plain = browsed
+    browser = dx.ExperimentBrowser(path)
+    front_end_update(browser.tables, name_filter="PLAIN")
+    assert [row["id"] for row in browser.experiments] == [plain.experiment_id]
+    front_end_update(browser.tables, name_filter="", status_filter="interrupted")
+    assert browser.experiments == []
+    front_end_update(browser.tables, status_filter="", sort_column="mean", sort_descending=False)
+    means = [row["mean"] for row in browser.experiments]
+    assert means == sorted(means) and len(means) == 2
+    front_end_update(browser.tables, sort_descending=True)
+    assert [row["mean"] for row in browser.experiments] == sorted(means, reverse=True)
+    with pytest.raises(dx.errors.JournalError, match="sort_column must be one of"):
+        browser.tables.sort_column = "colour"
+
+
+def test_selecting_an_experiment_then_a_trial_opens_its_trace(browsed):
+    path, traced, _plain = browsed
+    browser = dx.ExperimentBrowser(path)
+    front_end_update(browser.tables, selected_experiment=traced.experiment_id)
+    assert len(browser.trials) == browser.tables.trial_total == 12
+    assert browser.trials[0]["status"] == "error"  # failed first, the default order
+    front_end_update(browser.tables, trial_status="ok", trial_order="score")
+    assert {row["status"] for row in browser.trials} == {"ok"}
+    assert [row["score"] for row in browser.trials] == sorted(row["score"] for row in browser.trials)
+    front_end_update(browser.tables, trial_status="", trial_min_score=1.0)
+    assert browser.trials and all(row["score"] == 1.0 for row in browser.trials)
+    front_end_update(browser.tables, trial_min_score=None)
+
+    first, second = browser.trials[0]["trial_id"], browser.trials[1]["trial_id"]
+    front_end_update(browser.tables, selected_trial=first)
+    viewer = browser.trace_viewer
+    assert isinstance(viewer, dx.widgets.TraceViewer) and viewer.selected_trial == first
+    assert browser.children == (browser.tables, viewer)
+    assert any(node["kind"] == "lm" for node in viewer.nodes)
+    front_end_update(browser.tables, selected_trial=second)
+    assert browser.trace_viewer is viewer and viewer.selected_trial == second  # the same viewer, moved
+
+    front_end_update(browser.tables, selected_experiment="")
+    assert browser.trace_viewer is None and browser.children == (browser.tables,) and browser.trials == []
+
+
+def test_a_trial_without_a_trace_says_how_to_record_one(browsed):
+    path, _traced, plain = browsed
+    browser = dx.ExperimentBrowser(path)
+    browser.select_experiment(plain.experiment_id)
+    browser.select_trial(browser.trials[0]["trial_id"])
+    assert browser.trace_viewer is None and "trace=True" in browser.tables.note
+    with pytest.raises(dx.errors.JournalError, match="not among the trials listed"):
+        browser.select_trial("nope")
+    with pytest.raises(dx.errors.JournalError, match="no experiment 'nope'"):
+        browser.select_experiment("nope")
+
+
+def test_an_empty_score_range_is_explained_not_queried(browsed):
+    path, traced, _plain = browsed
+    browser = dx.ExperimentBrowser(path)
+    browser.select_experiment(traced.experiment_id)
+    front_end_update(browser.tables, trial_min_score=0.8, trial_max_score=0.2)
+    assert browser.trials == [] and "score filter is empty" in browser.tables.note
+
+
+def test_refresh_picks_up_experiments_written_meanwhile(browsed):
+    path, _traced, _plain = browsed
+    browser = dx.ExperimentBrowser(path)
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=path, threads=2):
+        later = dx.evaluate(PREDICT, dx.datasets.arithmetic(3, seed=9), metric=dx.metrics.exact_match,
+                            progress=False, name="later")  # fmt: skip
+    assert later.experiment_id not in {row["id"] for row in browser.experiments}
+    front_end_message(browser.tables, {"type": "refresh"})
+    assert later.experiment_id in {row["id"] for row in browser.experiments}
+
+
+def test_browser_needs_a_journal():
+    needs = pytest.raises(dx.errors.JournalError, match="ExperimentBrowser needs a journal")
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=False), needs:
+        dx.ExperimentBrowser()
+
+
+def test_live_intervals_match_scipy_and_the_closed_form():
+    graded = [0.1, 0.4, 0.35, 0.9, 0.6, 0.2]
+    low, high, method = _live_interval(len(graded), sum(graded), stats.tstd(graded), False)
+    expected = stats.t.interval(0.95, len(graded) - 1, loc=sum(graded) / len(graded), scale=stats.sem(graded))
+    assert method == "t" and (low, high) == (pytest.approx(expected[0]), pytest.approx(expected[1]))
+    low, high, method = _live_interval(20, 13.0, None, True)
+    assert method == "wilson" and (low, high) == (pytest.approx(wilson(13, 20)[0]), pytest.approx(wilson(13, 20)[1]))
+    assert _live_interval(1, 1.0, None, True) == (None, None, "")
+
+
+# -- VariableControls --------------------------------------------------------------------------------------
+
+
+def controlled_program(*, switch: bool = True, **extra: Any) -> dx.Program:
+    switches = {"verbose": dx.Bool(False, target="verbose_flag")} if switch else {}  # not buildable: no such attribute
+    return dx.Program(
+        "dspy.ChainOfThought",
+        signature="question -> answer",
+        name="qa",
+        variables={
+            **switches,
+            "temperature": dx.Float(0.0, low=0.0, high=1.5),
+            "max_tokens": dx.Int(256, low=16, high=4096),
+            "model": dx.Choice("lab/small", choices=["lab/small", "lab/large"]),
+            "instructions": dx.Text("Answer with a number.", max_length=200),
+            "module": dx.ModuleType("dspy.ChainOfThought", choices=["dspy.Predict", "dspy.ChainOfThought"]),
+            "demos": dx.Demos(max=4),
+        },
+        **extra,
+    )
+
+
+def test_controls_match_each_variables_domain():
+    controls = dx.VariableControls(controlled_program())
+    by_name = {spec["name"]: spec for spec in controls.controls}
+    assert by_name["temperature"].items() >= {"control": "slider", "low": 0.0, "high": 1.5, "step": 0.015}.items()
+    assert by_name["max_tokens"].items() >= {"control": "slider", "low": 16, "high": 4096, "integer": True}.items()
+    assert by_name["model"]["control"] == "dropdown" and by_name["model"]["choices"] == ["lab/small", "lab/large"]
+    assert by_name["module"]["choices"] == ["dspy.Predict", "dspy.ChainOfThought"]
+    assert by_name["verbose"]["control"] == "checkbox"
+    assert by_name["instructions"].items() >= {"control": "text", "max_length": 200}.items()
+    assert by_name["demos"]["control"] == "fixed"  # set by optimizers, not by hand
+    assert set(controls.values) == {"temperature", "max_tokens", "model", "instructions", "module", "verbose"}
+    assert controls.program is controls._base and controls.preview == {"status": "none"}
+
+
+def test_front_end_changes_make_the_program_and_out_of_domain_values_never_do():
+    base = controlled_program()
+    controls = dx.VariableControls(base)
+    front_end_update(
+        controls, values={**controls.values, "temperature": 0.45, "max_tokens": 512.0, "model": "lab/large"}
+    )
+    program = controls.program
+    assert program == base.with_values(temperature=0.45, max_tokens=512, model="lab/large")
+    assert program.values["max_tokens"] == 512 and isinstance(program.values["max_tokens"], int)
+    assert program.name != base.name  # a variant is told apart by name
+
+    before = dict(controls.values)
+    for wrong in ({"temperature": 2.0}, {"max_tokens": 8}, {"model": "lab/huge"}, {"instructions": "x" * 201}):
+        with pytest.raises(dx.errors.VariableError):
+            controls.values = {**before, **wrong}
+        assert controls.values == before
+    with pytest.raises(dx.errors.VariableError, match="unknown variable"):
+        controls.values = {"colour": "red"}
+    controls.values = {"verbose": True}  # a partial change keeps the other values
+    assert controls.values == {**before, "verbose": True}
+
+
+def test_a_broken_constraint_is_shown_and_not_previewed():
+    program = controlled_program(switch=False, constraints=["temperature <= 1.0 or model == 'lab/large'"])
+    example = dx.datasets.arithmetic(1, seed=0)[0]
+    controls = dx.VariableControls(program, example=example, preview_delay=0.0)
+    controls.values = {"temperature": 1.2}
+    assert "temperature <= 1.0" in controls.error
+    with pytest.raises(dx.errors.VariableError):
+        controls.program  # noqa: B018
+    controls.values = {"model": "lab/large"}
+    assert controls.error == "" and controls.program.values["temperature"] == 1.2
+
+
+def test_preview_runs_the_program_on_the_example_with_the_metric():
+    example = dx.datasets.arithmetic(1, seed=0)[0]
+    lm = dx.lab_lm("lab/large")
+    program = controlled_program(switch=False)
+    controls = dx.VariableControls(program, example=example, lm=lm, metric=dx.metrics.exact_match)
+    preview = controls.run_preview()
+    expected = controls.program.build(lm=lm)(**example.inputs())
+    assert preview["status"] == "ok" and controls.preview == preview
+    assert preview["outputs"]["answer"] == expected.answer and "reasoning" in preview["outputs"]
+    assert preview["score"] == dx.metrics.exact_match(example, expected)
+
+
+def test_preview_is_debounced_and_shows_the_last_values():
+    example = dspy.Example(question="What is 2 + 3?", answer="5").with_inputs("question")
+    controls = dx.VariableControls(PREDICT_WITH_TEMPERATURE, example=example, lm="lab/small", preview_delay=0.2)
+    runs: list[dict[str, Any]] = []
+    compute = controls._compute_preview
+    controls._compute_preview = lambda program: runs.append(program.values) or compute(program)
+    for temperature in (0.1, 0.2, 0.3):
+        controls.values = {"temperature": temperature}
+    assert controls.preview["status"] == "pending"
+    deadline = time.monotonic() + 20
+    while controls.preview.get("status") != "ok" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert controls.preview["status"] == "ok" and controls.preview["values"] == {"temperature": 0.3}
+    assert runs == [{"temperature": 0.3}]  # three quick changes, one run
+
+
+PREDICT_WITH_TEMPERATURE = dx.Program(
+    "dspy.Predict",
+    signature="question -> answer",
+    name="predict-t",
+    variables={"temperature": dx.Float(0.0, low=0.0, high=1.0)},
+)
+
+
+def test_a_dict_example_is_read_through_the_signature_and_bad_arguments_are_refused():
+    controls = dx.VariableControls(PREDICT_WITH_TEMPERATURE, example={"question": "What is 1 + 1?"}, lm="lab/small")
+    assert controls.run_preview()["status"] == "ok"
+    with pytest.raises(dx.errors.ProgramSpecError, match="lacks the input fields"):
+        dx.VariableControls(PREDICT_WITH_TEMPERATURE, example={"query": "?"})
+    with pytest.raises(dx.errors.ProgramSpecError, match="with_inputs"):
+        dx.VariableControls(PREDICT_WITH_TEMPERATURE, example=dspy.Example(question="?"))
+    with pytest.raises(dx.errors.ProgramSpecError, match=r"takes a dx\.Program"):
+        dx.VariableControls(dspy.Predict("question -> answer"))
+    with pytest.raises(dx.errors.ProgramSpecError, match="without example="):
+        dx.VariableControls(PREDICT_WITH_TEMPERATURE).run_preview()
+
+
+def test_a_program_that_fails_shows_its_error_in_the_preview():
+    example = dx.datasets.arithmetic(1, seed=0)[0]
+    controls = dx.VariableControls(controlled_program(), example=example, lm="lab/small")
+    preview = controls.run_preview()
+    assert preview["status"] == "error" and "has no attribute 'verbose_flag'" in preview["error"]

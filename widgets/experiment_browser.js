@@ -1,0 +1,269 @@
+// ExperimentBrowser's front end: the experiment table (filters, sortable columns, Refresh) and the selected
+// experiment's trial table (status, score and order filters). The Python side
+// (dspex_lab.notebook.ExperimentBrowser) queries the journal and owns every row; this file draws the rows
+// and writes the user's choices back into the model. A selected trial's trace is a separate widget below.
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined && text !== null) node.textContent = text;
+  return node;
+}
+
+function fixed(value, digits) {
+  return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
+}
+
+function option(value, label) {
+  const node = el("option", "", label);
+  node.value = value;
+  return node;
+}
+
+function labelled(text, control) {
+  const label = el("label", "", text);
+  label.append(control);
+  return label;
+}
+
+const EXPERIMENT_COLUMNS = [
+  ["name", "experiment"],
+  ["kind", "kind"],
+  ["status", "status"],
+  ["mean", "mean [95% CI]"],
+  ["n", "n"],
+  ["n_trials", "trials"],
+  ["n_errors", "errors"],
+  ["created", "created"],
+];
+
+const TRIAL_HEADERS = ["trial", "status", "score", "error", "latency", "tokens", "spans"];
+const TRIAL_ORDERS = [
+  ["error", "failed first"],
+  ["score", "lowest score first"],
+  ["trial", "example order"],
+  ["latency", "slowest first"],
+];
+
+function render({ model, el: root }) {
+  root.classList.add("dspex-browser");
+
+  // -- experiments ---------------------------------------------------------------------------------
+  const bar = el("div", "dspex-browser-bar");
+  const nameFilter = el("input", "dspex-filter-name");
+  nameFilter.type = "search";
+  nameFilter.placeholder = "filter by name or id";
+  nameFilter.value = model.get("name_filter");
+  const kindFilter = el("select", "dspex-filter-kind");
+  const statusFilter = el("select", "dspex-filter-status");
+  const refresh = el("button", "dspex-refresh", "Refresh");
+  refresh.type = "button";
+  const count = el("span", "dspex-browser-count");
+  bar.append(nameFilter, labelled("kind", kindFilter), labelled("status", statusFilter), refresh, count);
+
+  const experimentScroll = el("div", "dspex-browser-scroll");
+  const experimentTable = el("table", "dspex-experiments");
+  const experimentHead = el("thead");
+  const experimentBody = el("tbody");
+  experimentTable.append(experimentHead, experimentBody);
+  experimentScroll.append(experimentTable);
+
+  // -- trials --------------------------------------------------------------------------------------
+  const trialSection = el("div", "dspex-trial-section");
+  const trialTitle = el("div", "dspex-browser-title");
+  const trialBar = el("div", "dspex-browser-bar");
+  const trialStatus = el("select", "dspex-trial-status");
+  trialStatus.append(option("", "all"), option("ok", "ok"), option("error", "error"));
+  const minScore = el("input", "dspex-trial-min");
+  const maxScore = el("input", "dspex-trial-max");
+  for (const input of [minScore, maxScore]) {
+    input.type = "number";
+    input.step = "any";
+  }
+  minScore.placeholder = "min";
+  maxScore.placeholder = "max";
+  const trialOrder = el("select", "dspex-trial-order");
+  for (const [value, label] of TRIAL_ORDERS) trialOrder.append(option(value, label));
+  const trialCount = el("span", "dspex-browser-count");
+  trialBar.append(
+    labelled("status", trialStatus),
+    labelled("score ≥", minScore),
+    labelled("≤", maxScore),
+    labelled("order", trialOrder),
+    trialCount,
+  );
+  const trialScroll = el("div", "dspex-browser-scroll");
+  const trialTable = el("table", "dspex-trials-table");
+  const trialHead = el("thead");
+  const headRow = el("tr");
+  for (const header of TRIAL_HEADERS) headRow.append(el("th", "", header));
+  trialHead.append(headRow);
+  const trialBody = el("tbody");
+  trialTable.append(trialHead, trialBody);
+  trialScroll.append(trialTable);
+  const note = el("div", "dspex-browser-note");
+  trialSection.append(trialTitle, trialBar, trialScroll);
+
+  root.append(bar, experimentScroll, trialSection, note);
+
+  // -- user input -> model -------------------------------------------------------------------------
+  const save = (key, value) => {
+    model.set(key, value);
+    model.save_changes();
+  };
+  let typing;
+  nameFilter.addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(() => save("name_filter", nameFilter.value), 250);
+  });
+  kindFilter.addEventListener("change", () => save("kind_filter", kindFilter.value));
+  statusFilter.addEventListener("change", () => save("status_filter", statusFilter.value));
+  refresh.addEventListener("click", () => model.send({ type: "refresh" }));
+  trialStatus.addEventListener("change", () => save("trial_status", trialStatus.value));
+  trialOrder.addEventListener("change", () => save("trial_order", trialOrder.value));
+  const bound = (input, key) => {
+    input.addEventListener("change", () => {
+      const text = input.value.trim();
+      const number = Number(text);
+      if (text === "") save(key, null);
+      else if (Number.isFinite(number)) save(key, number);
+      else input.value = model.get(key) ?? "";
+    });
+  };
+  bound(minScore, "trial_min_score");
+  bound(maxScore, "trial_max_score");
+
+  // -- model -> view -------------------------------------------------------------------------------
+  function fillSelect(select, values, current) {
+    select.replaceChildren(option("", "all"), ...values.map((value) => option(value, value)));
+    select.value = current;
+  }
+
+  function drawFilters() {
+    fillSelect(kindFilter, model.get("kinds"), model.get("kind_filter"));
+    fillSelect(statusFilter, model.get("statuses"), model.get("status_filter"));
+    if (document.activeElement !== nameFilter) nameFilter.value = model.get("name_filter");
+  }
+
+  function drawExperimentHead() {
+    const row = el("tr");
+    const sorted = model.get("sort_column");
+    const descending = model.get("sort_descending");
+    for (const [key, label] of EXPERIMENT_COLUMNS) {
+      const arrow = key === sorted ? (descending ? " ▼" : " ▲") : "";
+      const cell = el("th", `dspex-sortable${key === sorted ? " dspex-sorted" : ""}`, label + arrow);
+      cell.dataset.column = key;
+      cell.title = "sort by this column (click again to reverse)";
+      cell.addEventListener("click", () => {
+        if (key === model.get("sort_column")) model.set("sort_descending", !model.get("sort_descending"));
+        else {
+          model.set("sort_column", key);
+          model.set("sort_descending", key !== "name" && key !== "kind" && key !== "status");
+        }
+        model.save_changes();
+      });
+      row.append(cell);
+    }
+    experimentHead.replaceChildren(row);
+  }
+
+  function drawExperiments() {
+    const rows = model.get("experiments");
+    const selected = model.get("selected_experiment");
+    count.textContent = `${rows.length} experiment${rows.length === 1 ? "" : "s"}`;
+    experimentBody.replaceChildren();
+    if (!rows.length) {
+      const cell = el("td", "dspex-browser-empty", "no experiment matches");
+      cell.colSpan = EXPERIMENT_COLUMNS.length;
+      const empty = el("tr");
+      empty.append(cell);
+      experimentBody.append(empty);
+    }
+    for (const row of rows) {
+      const line = el("tr", row.id === selected ? "dspex-row-selected" : "");
+      line.dataset.id = row.id;
+      const name = el("td");
+      name.append(el("div", "", row.name), el("div", "dspex-id", row.id));
+      const status = el("td", `dspex-status-${row.status}`, row.status);
+      if (row.status_detail) status.title = row.status_detail;
+      const interval = row.ci_low === null ? "" : ` [${fixed(row.ci_low, 3)}, ${fixed(row.ci_high, 3)}]`;
+      const mean = el("td", "dspex-number dspex-mean", row.mean === null ? "–" : `${fixed(row.mean, 3)}${interval}`);
+      if (row.ci_method) mean.title = `95% interval, ${row.ci_method}`;
+      line.append(
+        name,
+        el("td", "", row.kind),
+        status,
+        mean,
+        el("td", "dspex-number", row.n),
+        el("td", "dspex-number", row.n_trials),
+        el("td", `dspex-number${row.n_errors ? " dspex-status-error" : ""}`, row.n_errors),
+        el("td", "dspex-number", row.created ?? "–"),
+      );
+      line.addEventListener("click", () => save("selected_experiment", row.id));
+      experimentBody.append(line);
+    }
+  }
+
+  function drawTrials() {
+    const experiment = model.get("selected_experiment");
+    trialSection.style.display = experiment ? "" : "none";
+    if (!experiment) return;
+    const rows = model.get("trials");
+    const selected = model.get("selected_trial");
+    trialTitle.textContent = `trials of ${experiment}`;
+    trialStatus.value = model.get("trial_status");
+    trialOrder.value = model.get("trial_order");
+    if (document.activeElement !== minScore) minScore.value = model.get("trial_min_score") ?? "";
+    if (document.activeElement !== maxScore) maxScore.value = model.get("trial_max_score") ?? "";
+    const limited = rows.length >= model.get("trial_limit") ? ` (first ${rows.length})` : "";
+    trialCount.textContent = `${rows.length} shown of ${model.get("trial_total")}${limited}`;
+    trialBody.replaceChildren();
+    for (const row of rows) {
+      const line = el("tr", row.trial_id === selected ? "dspex-row-selected" : "");
+      line.dataset.id = row.trial_id;
+      const error = el("td", "dspex-message");
+      if (row.error_type) error.append(el("span", "dspex-status-error", row.error_type), `: ${row.error_message}`);
+      line.append(
+        el("td", "dspex-id", row.trial_id),
+        el("td", `dspex-status-${row.status}`, row.status),
+        el("td", "dspex-number", fixed(row.score, 3)),
+        error,
+        el("td", "dspex-number", row.latency === null ? "–" : `${fixed(row.latency, 2)} s`),
+        el("td", "dspex-number", row.tokens.toLocaleString()),
+        el("td", "dspex-number", row.spans ? row.spans : "–"),
+      );
+      line.title = row.spans ? "show this trial's trace below" : "no trace recorded for this trial";
+      line.addEventListener("click", () => save("selected_trial", row.trial_id));
+      trialBody.append(line);
+    }
+  }
+
+  function drawNote() {
+    note.textContent = model.get("note");
+    note.style.display = model.get("note") ? "" : "none";
+  }
+
+  const handlers = [
+    [["kinds", "statuses", "kind_filter", "status_filter", "name_filter"], drawFilters],
+    [["sort_column", "sort_descending"], drawExperimentHead],
+    [["experiments", "selected_experiment"], drawExperiments],
+    [
+      ["selected_experiment", "trials", "selected_trial", "trial_status", "trial_order", "trial_total",
+        "trial_min_score", "trial_max_score", "trial_limit"],
+      drawTrials,
+    ],
+    [["note"], drawNote],
+  ];
+  for (const [keys, handler] of handlers) for (const key of keys) model.on(`change:${key}`, handler);
+  drawFilters();
+  drawExperimentHead();
+  drawExperiments();
+  drawTrials();
+  drawNote();
+  return () => {
+    clearTimeout(typing);
+    for (const [keys, handler] of handlers) for (const key of keys) model.off(`change:${key}`, handler);
+  };
+}
+
+export default { render };
