@@ -1,0 +1,161 @@
+"""The dashboard as a user sees it: `dspex dashboard` in its own process, driven by Playwright in headless Chromium.
+
+A journal with two traced evaluations and a short SIMBA-C run is served by the real command on
+127.0.0.1; each page must load without a JavaScript error and show the journal's data, and an
+evaluation written by a second process must appear on the open page without a reload. Screenshots of
+every page are kept in the test's temporary directory (and copied to ``$DSPEX_ARTIFACTS`` when set).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import dspex_lab as dx
+
+pytest.importorskip("panel")
+playwright = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed"),
+]
+
+WRITER = """
+import sys
+import dspex_lab as dx
+
+with dx.Context(lm=dx.lab_lm("lab/small"), journal=sys.argv[1], threads=2):
+    program = dx.Program("dspy.Predict", signature="question -> answer", name="fresh-from-kernel")
+    dx.evaluate(program, list(dx.datasets.arithmetic(12, seed=9)), metric=dx.metrics.exact_match, progress=False)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> dict:
+    path = tmp_path / "journal.duckdb"
+    data = list(dx.datasets.arithmetic(50, seed=4))
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=path, threads=2):
+        results = [
+            dx.evaluate(
+                dx.Program(module, signature="question -> answer", name=name),
+                data[:24],
+                metric=dx.metrics.exact_match,
+                progress=False,
+                trace=True,
+            )
+            for module, name in (("dspy.Predict", "qa-predict"), ("dspy.ChainOfThought", "qa-cot"))
+        ]
+        run = dx.optimize(
+            dx.Program("dspy.Predict", signature="question -> answer", name="qa-opt"),
+            data[:24],
+            data[24:],
+            metric=dx.metrics.exact_match,
+            optimizer=dx.SimbaC(max_steps=1, bsize=6, num_candidates=2, num_sources=1, patience=1),
+            progress=False,
+            seed=2,
+        )
+    return {"path": path, "comparison": dx.compare(*results), "run": run}
+
+
+@pytest.fixture
+def served(journal: dict, tmp_path: Path):
+    port = free_port()
+    command = [sys.executable, "-m", "dspex_lab.cli", "dashboard", "--journal", str(journal["path"])]
+    process = subprocess.Popen(
+        [*command, "--port", str(port), "--no-browser"],
+        stdout=subprocess.PIPE,
+        stderr=open(tmp_path / "server.log", "w"),  # noqa: SIM115 - closed with the process
+        text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in line, line + (tmp_path / "server.log").read_text()
+        yield {**journal, "url": f"http://127.0.0.1:{port}/", "process": process}
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def keep(screenshot: Path) -> None:
+    artifacts = os.environ.get("DSPEX_ARTIFACTS")
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(screenshot, Path(artifacts) / f"dashboard-{screenshot.name}")
+
+
+def test_every_page_loads_shows_the_journal_and_follows_a_writer(served, tmp_path: Path) -> None:
+    errors: list[str] = []
+    arguments = ["--no-sandbox"] if os.geteuid() == 0 else []
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=[*arguments, "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(served["url"])
+
+        page.wait_for_selector("text=experiments shown", timeout=30_000)
+        for name in ("qa-predict", "qa-cot", "qa-opt (simba-c)"):
+            assert page.get_by_text(name, exact=True).count() >= 1, name
+        page.screenshot(path=tmp_path / "experiments.png", full_page=True)
+
+        page.get_by_text("Compare", exact=True).first.click()
+        comparison = served["comparison"]
+        page.wait_for_selector(f"text=b - a = {comparison.difference:+.3f}", timeout=10_000)
+        low, high = comparison.ci
+        assert page.get_by_text(f"[{low:+.3f}, {high:+.3f}]".replace("-0.000", "+0.000"), exact=False).count() == 1
+        page.screenshot(path=tmp_path / "compare.png", full_page=True)
+
+        page.get_by_text("Trace", exact=True).first.click()
+        page.wait_for_selector("table.dspex-trace", timeout=10_000)
+        assert page.locator("tr.dspex-span").count() >= 5
+        assert page.get_by_text("trials 1 to 24 of 24").count() == 1
+        page.screenshot(path=tmp_path / "trace.png", full_page=True)
+
+        page.get_by_text("Optimization", exact=True).first.click()
+        page.wait_for_timeout(1500)
+        canvases = page.locator("canvas")
+        assert canvases.count() >= 4
+        page.screenshot(path=tmp_path / "optimization.png", full_page=True)
+
+        page.get_by_text("Experiments", exact=True).first.click()
+        started = time.monotonic()
+        writer = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(WRITER), str(served["path"])],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert writer.returncode == 0, writer.stderr
+        page.wait_for_selector("text=fresh-from-kernel", timeout=12_000)
+        waited = time.monotonic() - started
+        page.screenshot(path=tmp_path / "refreshed.png", full_page=True)
+        browser.close()
+
+    for name in ("experiments", "compare", "trace", "optimization", "refreshed"):
+        keep(tmp_path / f"{name}.png")
+    assert errors == []
+    assert waited < 60
+    served["process"].send_signal(signal.SIGINT)
+    assert served["process"].wait(timeout=15) == 0
