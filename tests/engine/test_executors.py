@@ -27,7 +27,10 @@ SECRET = "sk-dspex-secret-7f3a9c1e55"
 
 @pytest.fixture(scope="module")
 def process_executor() -> Iterator[ProcessExecutor]:
-    with ProcessExecutor(2, threads_per_worker=4) as executor:
+    # The workers start inside this environment: a provider key is theirs to read, never sent to them.
+    with pytest.MonkeyPatch.context() as patch, ProcessExecutor(2, threads_per_worker=4) as executor:
+        patch.setenv("OPENAI_API_KEY", SECRET)
+        patch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         yield executor
 
 
@@ -105,18 +108,18 @@ def test_only_the_driver_touches_the_journal(remote, tmp_path, monkeypatch) -> N
     assert len(dx.open_journal(journal).trials(result.experiment_id)) == 8
 
 
-def test_the_api_key_never_travels_and_workers_read_their_own(tmp_path, monkeypatch, dask_client) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+def test_the_api_key_never_travels_and_workers_read_their_own(
+    tmp_path, monkeypatch, process_executor, dask_client
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # the driver's LM has the key; only its object holds it
     sent = Sent(monkeypatch)
     journal = tmp_path / "secret.duckdb"
     environment = {"OPENAI_API_KEY": SECRET, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     dask_client.run(lambda: os.environ.update(environment))
     with LoopbackProvider(api_key=SECRET) as provider:
         lm = provider.lm(api_key=SECRET, temperature=0.0)
-        with ProcessExecutor(1, threads_per_worker=2) as fresh:  # started now: it inherits this environment
-            for executor in (fresh, DaskExecutor(dask_client)):
-                evaluate(executor, dx.datasets.arithmetic(3, seed=2), journal=journal, lm=lm, trace=True)
+        for executor in (process_executor, DaskExecutor(dask_client)):
+            evaluate(executor, dx.datasets.arithmetic(3, seed=2), journal=journal, lm=lm, trace=True)
         requests = provider.requests
 
     assert len(requests) >= 6
@@ -200,21 +203,22 @@ def test_a_closure_metric_is_refused_for_dask_and_an_lm_that_is_not_data_for_bot
         dx.evaluate(PROGRAM, dx.datasets.arithmetic(2), metric=dx.metrics.exact_match, progress=False)
 
 
-def test_a_worker_process_killed_mid_run_loses_and_repeats_nothing(tmp_path) -> None:
+def test_a_worker_process_killed_mid_run_loses_and_repeats_nothing(process_executor, tmp_path) -> None:
     data = dx.datasets.arithmetic(40, seed=7)
     journal = tmp_path / "killed.duckdb"
-    with ProcessExecutor(2, threads_per_worker=4) as executor:
-        victims: list[int] = []
+    executor = process_executor
+    victims: list[int] = []
+    restarts = executor.restarts
 
-        def kill_a_worker(event: Any) -> None:
-            if isinstance(event, TrialFinished) and event.done == 8:
-                victims.append(executor.pids[0])
-                os.kill(victims[0], signal.SIGKILL)
+    def kill_a_worker(event: Any) -> None:
+        if isinstance(event, TrialFinished) and event.done == 8:
+            victims.append(executor.pids[0])
+            os.kill(victims[0], signal.SIGKILL)
 
-        result = evaluate(
-            executor, data, journal=journal, lm=dx.lab_lm("lab/small", latency=0.05), subscribers=[kill_a_worker]
-        )
-        assert executor.restarts >= 1 and victims[0] not in executor.pids
+    result = evaluate(
+        executor, data, journal=journal, lm=dx.lab_lm("lab/small", latency=0.05), subscribers=[kill_a_worker]
+    )
+    assert executor.restarts == restarts + 1 and victims[0] not in executor.pids
     trials = dx.open_journal(journal).trials(result.experiment_id)
     assert len(trials) == 40 and trials["trial_id"].is_unique
     assert set(trials["status"]) == {"ok"}
