@@ -90,6 +90,8 @@ class Dashboard:
         self.trials = pd.DataFrame()
         self.trials_total = 0
         self._signature = journal_signature(journal)
+        # Each experiment's status at the last refresh: pages of finished experiments need no re-query.
+        self._statuses: dict[str, str] = {}
         self._callback: Any = None
         self.status = pn.pane.Markdown("", sizing_mode="stretch_width")
 
@@ -212,21 +214,25 @@ class Dashboard:
             return False
         self._signature = signature
         before = (self.compare_a.value, self.compare_b.value, self.trace_experiment.value, self.run_select.value)
+        was_running = {key for key, value in self._statuses.items() if value == "running"}
         self.refresh_leaderboard()
-        # Setting a menu's first value draws its page (a watcher); pages already drawn are redrawn here.
+        # Setting a menu's first value draws its page (a watcher); pages already drawn are redrawn here,
+        # and only if what they show can have changed: a finished experiment's trials never change.
         self._refresh_menus()
-        if before[2] and self.trace_experiment.value == before[2]:
+        changing = was_running | {key for key, value in self._statuses.items() if value == "running"}
+
+        def may_change(*experiment_ids: str) -> bool:
+            return any(key not in self._statuses or key in changing for key in experiment_ids)
+
+        if before[2] and self.trace_experiment.value == before[2] and may_change(before[2]):
             self.refresh_trials()
-        if before[0] and before[1] and (self.compare_a.value, self.compare_b.value) == before[:2]:
+        same_pair = (self.compare_a.value, self.compare_b.value) == before[:2]
+        if before[0] and before[1] and same_pair and may_change(before[0], before[1]):
             self.refresh_comparison()
-        if before[3] and self.run_select.value == before[3] and self._is_running(before[3]):
+        if before[3] and self.run_select.value == before[3] and may_change(before[3]):
             self.refresh_run()
         self.status.object = f"Updated {time.strftime('%H:%M:%S')} · {len(self.board)} experiments shown"
         return True
-
-    def _is_running(self, experiment_id: str) -> bool:
-        rows = self.board[self.board["experiment_id"] == experiment_id] if len(self.board) else self.board
-        return bool(len(rows)) and rows["status"].iloc[0] == "running"
 
     def refresh_leaderboard(self) -> None:
         """Re-query the experiments page with the current filters and redraw it."""
@@ -276,13 +282,14 @@ class Dashboard:
         )
 
     def _refresh_menus(self) -> None:
-        board = self.board if len(self.board) else pd.DataFrame(columns=["label", "experiment_id", "kind"])
+        board = self.board if len(self.board) else pd.DataFrame(columns=["label", "experiment_id", "kind", "status"])
         if self.name_filter.value or self.kind_filter.value or self.status_filter.value:
             # The menus list every experiment, whatever the leaderboard's filters.
             board = leaderboard_frame(self.journal) if self.journal.path.exists() else board
         # An optimization's own evaluations (ids "<run>/...") come after the researcher's, newest first in each.
         board = board.assign(nested=board["experiment_id"].astype(str).str.contains("/", regex=False))
         board = board.sort_values("nested", kind="stable")
+        self._statuses = dict(zip(board["experiment_id"], board["status"], strict=True))
         evaluations = board[board["kind"] == "evaluation"]
         options = dict(zip(evaluations["label"], evaluations["experiment_id"], strict=True))
         runs = board[board["kind"] == "optimization"]

@@ -6,6 +6,7 @@ SIMBA-C run; every value a page shows is checked against the journal or against 
 
 from __future__ import annotations
 
+import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,7 +20,7 @@ import holoviews as hv
 
 import dspex_lab as dx
 from dspex_lab.errors import JournalError
-from dspex_lab.journal import open_journal
+from dspex_lab.journal import ExperimentRecord, open_journal
 from dspex_lab.notebook._dashboard import Dashboard, serve_dashboard
 from dspex_lab.notebook._dashboard_data import (
     comparison_view,
@@ -207,6 +208,33 @@ def test_a_refresh_picks_up_an_experiment_written_after_start(lab, dashboard) ->
     assert dashboard.table.value.iloc[0]["experiment_id"] == fresh.experiment_id
     assert dashboard.table.value.iloc[0]["mean"] == pytest.approx(fresh.mean, abs=1e-4)
     assert fresh.experiment_id in dashboard.compare_b.values
+
+
+def test_a_running_experiments_pages_follow_its_new_trials_and_finished_ones_are_not_requeried(lab, tmp_path) -> None:
+    path = tmp_path / "live.duckdb"
+    shutil.copy(lab["path"], path)
+    journal = open_journal(path)
+    dashboard = Dashboard(journal)
+    running = journal.create_experiment(ExperimentRecord(kind="evaluation", name="live-run"))
+    rows = [
+        {"trial_id": f"e{index}/r0", "example_id": f"e{index}", "index": index, "repeat": 0, "status": "ok",
+         "score": float(index % 2)}
+        for index in range(6)
+    ]  # fmt: skip
+    journal.append_trials(running, rows[:2])
+    assert dashboard.refresh() is True
+    dashboard.trace_experiment.value = running
+    assert dashboard.trials_total == 2
+    calls = []
+    dashboard.refresh_comparison = lambda: calls.append("comparison")  # the two finished evaluations
+
+    journal.append_trials(running, rows[2:])
+    assert dashboard.refresh() is True
+    assert dashboard.trials_total == 6 and list(dashboard.trials["trial_id"])[-1] == "e5/r0"
+    assert calls == []
+    journal.finish_experiment(running, status="finished")
+    assert dashboard.refresh() is True
+    assert dashboard.board.set_index("experiment_id").loc[running, "status"] == "finished"
 
 
 def test_the_journal_signature_changes_when_the_journal_is_written(tmp_path: Path) -> None:
