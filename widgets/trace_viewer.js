@@ -25,7 +25,8 @@ function el(tag, className, text) {
   return node;
 }
 
-const integer = (value) => Number(value).toLocaleString("en");
+const numbers = new Intl.NumberFormat("en"); // one formatter: toLocaleString builds one per call
+const integer = (value) => numbers.format(value);
 
 function formatCost(cost, unpriced) {
   const dollars = (value) => `$${value >= 0.01 ? value.toFixed(4) : value.toPrecision(2)}`;
@@ -77,6 +78,18 @@ function visibleChildren(kids, limit, pinned) {
   return shown;
 }
 
+// An exception's name with break opportunities between its words (LMRate|Limit|Error): a narrow column wraps
+// it at a word, never mid-word, and its text stays the whole name.
+function errorName(className, name) {
+  const node = el("span", className);
+  const words = name.split(/(?<=[a-z0-9])(?=[A-Z])|(?<=\.)/);
+  words.forEach((word, position) => {
+    if (position) node.append(document.createElement("wbr"));
+    node.append(word);
+  });
+  return node;
+}
+
 function stat(name, label, value, title) {
   const item = el("span", "dspex-stat");
   item.dataset.stat = name;
@@ -122,7 +135,10 @@ function render({ model, el: root }) {
   searchBar.append(search, matchCount, previous, next);
   const middle = el("div", "dspex-middle");
   middle.append(searchBar, treePane);
-  root.replaceChildren(headerPane, trialsPane, middle, splitter, detailPane);
+  // The root is a size container: a narrow output area stacks the detail pane under the tree (see the CSS).
+  const layout = el("div", "dspex-layout");
+  layout.append(headerPane, trialsPane, middle, splitter, detailPane);
+  root.replaceChildren(layout);
 
   let index = buildIndex([]);
   const expanded = new Set();
@@ -168,7 +184,7 @@ function render({ model, el: root }) {
       const row = el("div", `dspex-trial dspex-${trial.status}`);
       row.dataset.trialId = trial.trial_id;
       const score = trial.score == null ? "—" : Number(trial.score).toFixed(2);
-      const status = el("span", "dspex-trial-status", trial.error_type || trial.status);
+      const status = errorName("dspex-trial-status", trial.error_type || trial.status);
       if (trial.error) status.title = trial.error;
       if (trial.attempts > 1) status.append(el("span", "dspex-attempts", ` ×${trial.attempts}`));
       const spent = trial.tokens || trial.cost || trial.unpriced;
@@ -202,31 +218,39 @@ function render({ model, el: root }) {
     const name = el("span", "dspex-cell-name");
     name.style.paddingLeft = `${depth * INDENT}px`;
     const toggle = el("span", "dspex-toggle", kids.length ? (expanded.has(node.id) ? "▾" : "▸") : "·");
-    name.append(toggle, el("span", "dspex-kind", node.kind), el("span", "dspex-name", node.name));
+    // "attempt 2" rather than "attempt attempt 2": the kind is hidden when the name starts with it.
+    const repeated = node.name.split(" ", 1)[0] === node.kind;
+    name.append(toggle, el("span", repeated ? "dspex-kind dspex-repeated" : "dspex-kind", node.kind),
+      el("span", "dspex-name", node.name));
     if (node.label) name.append(el("span", "dspex-label", node.label.startsWith(node.name) ? node.label.slice(node.name.length) : node.label));
     if (kids.length > PAGE) name.append(el("span", "dspex-count", `${kids.length.toLocaleString("en")} children`));
     if (node.status === "timeout" || node.status === "cancelled") name.append(el("span", "dspex-cut", node.status));
-    name.title = `${node.kind} ${node.label || node.name}`; // the cell may be cut short on a narrow screen
-    const status = el("span", "dspex-cell-status");
+    name.title = `${repeated ? "" : `${node.kind} `}${node.label || node.name}`; // the cell may be cut short
+    row.append(name);
+    // Cells are placed by their grid column, so a span without an error, usage or temperature gets no
+    // empty cells (most of a large trial's rows).
     if (node.error_type) {
-      status.textContent = node.error_type;
+      const status = errorName("dspex-cell-status", node.error_type);
       status.title = node.error || node.error_type;
+      row.append(status);
     } else if (node.score != null) {
-      status.textContent = `score ${node.score}`;
+      row.append(el("span", "dspex-cell-status", `score ${node.score}`));
     }
-    // An LM span is named by its model; the column holds its temperature ("—": the LM's default).
-    const lm = el("span", "dspex-cell-temperature dspex-number");
     if (node.kind === "lm") {
-      lm.textContent = node.temperature == null ? "—" : String(node.temperature);
+      // An LM span is named by its model; the column holds its temperature ("—": the LM's default).
+      const lm = el("span", "dspex-cell-temperature dspex-number", node.temperature == null ? "—" : String(node.temperature));
       lm.title = `${node.model ?? node.name}, ${node.temperature == null ? "the LM's default temperature" : `temperature ${node.temperature}`}`;
+      row.append(lm);
     }
-    const tokens = el("span", "dspex-cell-tokens dspex-number", formatTokens(node.tokens_in, node.tokens_out));
-    if (tokens.textContent) {
+    if (node.tokens_in != null || node.tokens_out != null) {
+      const tokens = el("span", "dspex-cell-tokens dspex-number", formatTokens(node.tokens_in, node.tokens_out));
       tokens.title = `${integer(node.tokens_in ?? 0)} in, ${integer(node.tokens_out ?? 0)} out` +
         (node.kind === "lm" ? "" : ` over ${node.lm_calls} LM call${node.lm_calls > 1 ? "s" : ""} below`);
+      row.append(tokens);
     }
-    const cost = el("span", "dspex-cell-cost dspex-number", formatCost(node.cost, node.unpriced));
-    if (node.cached) cost.textContent = "cached";
+    if (node.cost != null || node.unpriced || node.cached) {
+      row.append(el("span", "dspex-cell-cost dspex-number", node.cached ? "cached" : formatCost(node.cost, node.unpriced)));
+    }
     const bar = el("span", "dspex-bar");
     const total = index.end || 1;
     bar.style.left = `${((node.start_ms ?? 0) / total) * 100}%`;
@@ -234,8 +258,7 @@ function render({ model, el: root }) {
     const timeline = el("span", "dspex-cell-timeline");
     timeline.title = `starts at ${formatDuration(node.start_ms ?? 0)}, lasts ${formatDuration(node.duration_ms)}`;
     timeline.append(bar);
-    row.append(name, status, lm, tokens, cost, el("span", "dspex-duration dspex-number", formatDuration(node.duration_ms)),
-      timeline);
+    row.append(el("span", "dspex-duration dspex-number", formatDuration(node.duration_ms)), timeline);
     if (matches.has(node.id)) row.classList.add("dspex-match");
     if (matchOrder[current] === node.id) row.classList.add("dspex-current");
     if (node.id === selected) row.classList.add("dspex-selected");
@@ -299,7 +322,8 @@ function render({ model, el: root }) {
 
   function drawTimeScale() {
     const head = columnHeads("dspex-tree-head", TREE_COLUMNS);
-    head.lastChild.textContent = `timeline 0 – ${formatDuration(index.end)}`;
+    head.lastChild.textContent = `timeline ${formatDuration(index.end)}`;
+    head.lastChild.title = `bars placed by start and duration within the trial's ${formatDuration(index.end)}`;
     return head;
   }
 
@@ -377,7 +401,8 @@ function render({ model, el: root }) {
   function drawMatchCount() {
     const searching = model.get("search").trim() !== "";
     const count = matchOrder.length;
-    matchCount.textContent = !searching ? "" : count ? `${integer(current + 1)} of ${integer(count)} matches` : "no matches";
+    const noun = count === 1 ? "match" : "matches";
+    matchCount.textContent = !searching ? "" : count ? `${integer(current + 1)} of ${integer(count)} ${noun}` : "no matches";
     previous.disabled = next.disabled = count < 2;
   }
 

@@ -272,6 +272,12 @@ report.unpinnedDropped = !row("fetch-2999");  // no longer a match: the wide nod
 deepest.click();
 const selectedRows = root.querySelectorAll(".dspex-span.dspex-selected");
 report.selected = Array.from(selectedRows).map((element) => element.dataset.spanId);
+report.oneMatch = root.querySelector(".dspex-match-count").textContent;
+model.set("search", "lab/small");  // 6,831 matches: counted, the first one current
+report.manyMatches = root.querySelector(".dspex-match-count").textContent;
+root.querySelector(".dspex-previous").click();  // back from the first to the last, beyond the first 50
+report.lastMatch = root.querySelector(".dspex-match-count").textContent;
+report.current = Array.from(root.querySelectorAll(".dspex-current")).map((element) => element.dataset.spanId);
 return report;
 """
 
@@ -279,7 +285,7 @@ return report;
 @needs_chromium
 def test_a_10000_span_trial_draws_bounded_pages_and_search_opens_the_way(tmp_path, wide_trial):
     viewer = dx.widgets.TraceViewer(*wide_trial)
-    state = viewer_state(viewer, searches=["fetch 2999", "needle-deepest"])
+    state = viewer_state(viewer, searches=["fetch 2999", "needle-deepest", "lab/small"])
     report = run_page(tmp_path, state, WIDE_SCENARIO)
     assert report["trials"] == 1
     assert report["initial"] == 1 + MODULES + 1  # the root and its children, nothing deeper
@@ -297,3 +303,8 @@ def test_a_10000_span_trial_draws_bounded_pages_and_search_opens_the_way(tmp_pat
     assert report["unpinnedDropped"]
     assert report["afterSearch"] == report["afterPinned"] - 1 + CALLS_PER_MODULE + CHAIN
     assert report["selected"] == ["step-97"]
+    assert report["oneMatch"] == "1 of 1 match"
+    assert report["manyMatches"] == f"1 of {MODULES * CALLS_PER_MODULE:,} matches"
+    assert report["lastMatch"] == f"{MODULES * CALLS_PER_MODULE:,} of {MODULES * CALLS_PER_MODULE:,} matches"
+    # Stepping to a match whose ancestors the Python side left closed opens them and draws it.
+    assert report["current"] == [f"call-{MODULES - 1}-{CALLS_PER_MODULE - 1}"]

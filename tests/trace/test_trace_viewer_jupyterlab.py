@@ -5,8 +5,11 @@ runtime, settings and workspace folders; its kernel runs in this virtualenv. Chr
 package, driven by Playwright) opens a notebook that runs a small traced evaluation and shows a
 ``TraceViewer``, clicks nodes of the span tree open, selects the LM span and reads the detail pane.
 A last cell, run after the clicks, reports the widget's Python state, which proves that the clicks
-reached the kernel. The screenshot (taken also when the test fails) and the server's log stay in the
-test's temporary directory as CI artifacts.
+reached the kernel. It then checks what a user reads: the header, the column headers, a whole error
+name, the waterfall's bars, a retried attempt's label, expected vs got on the metric span and the
+search's match count, in JupyterLab's light and dark themes. The screenshots (taken also when the test
+fails) and the server's log stay in the test's temporary directory as CI artifacts, and the screenshots
+are copied to ``$DSPEX_ARTIFACTS`` when it is set.
 """
 
 import contextlib
@@ -46,6 +49,8 @@ STEP_TIMEOUT_MS = 30_000
 RENDER_TIMEOUT_MS = 120_000
 
 PROBLEMS = dx.datasets.arithmetic(6, seed=0)
+# With this seed the six trials include a failed one, retried ones and ok ones on the first attempt.
+FAULTS = "error_rate=0.2, rate_limit_rate=0.3, seed=1"
 
 SETUP_CELL = """\
 import json
@@ -56,12 +61,14 @@ import dspex_lab as dx
 print("kernel prefix:", sys.prefix)
 problems = dx.Dataset(dx.datasets.arithmetic(6, seed=0), name="arithmetic-6")
 cot = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="cot")
-with dx.Context(lm=dx.lab_lm("lab/small"), journal=JOURNAL, threads=2):
-    result = dx.evaluate(cot, problems, metric=dx.metrics.exact_match, progress=False, trace=True)
-print("traced trials:", result.n)"""
+with dx.Context(lm=dx.lab_lm("lab/small", FAULTS), journal=JOURNAL, threads=2):
+    result = dx.evaluate(cot, problems, metric=dx.metrics.exact_match, progress=False, trace=True, retries=2)
+trials = result.table()
+first_try = trials.query("status == 'ok' and attempts == 1")["trial_id"].iloc[0]
+print("traced trials:", len(trials), "failed:", result.n_errors)""".replace("FAULTS", FAULTS)
 
 VIEWER_CELL = """\
-viewer = dx.widgets.TraceViewer(JOURNAL, result.experiment_id)
+viewer = dx.widgets.TraceViewer(JOURNAL, result.experiment_id, trial_id=first_try)
 viewer"""
 
 STATE_CELL = """\
@@ -81,6 +88,14 @@ RUN_LAST_CELL = """async () => {
 
 # No toast (the news question, an update notice) may cover the widget, and nothing calls out to the web.
 NOTIFICATION_SETTINGS = {"checkForUpdates": False, "doNotDisturbMode": True, "fetchNews": "false"}
+
+# The widget's background, read in the page: light in the light theme, dark in the dark one.
+LUMINANCE = """(element) => {
+  const [r, g, b] = getComputedStyle(element).backgroundColor.match(/\\d+(\\.\\d+)?/g).map(Number);
+  return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255;
+}"""
+# Whether an element shows all of its text (nothing cut off by its box).
+SHOWS_ALL = "(element) => element.scrollWidth <= element.clientWidth + 1"
 
 
 @dataclass(frozen=True)
@@ -119,8 +134,13 @@ def wait_until_ready(server: LabServer, process: subprocess.Popen) -> None:
     pytest.fail(f"JupyterLab did not answer /api/status within {START_TIMEOUT_S} s:\n{log_tail(server.log)}")
 
 
+@pytest.fixture(params=["JupyterLab Light", "JupyterLab Dark"])
+def theme(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture
-def lab_server(tmp_path: Path) -> Iterator[LabServer]:
+def lab_server(tmp_path: Path, theme: str) -> Iterator[LabServer]:
     root = tmp_path / "lab"
     root.mkdir()
     state = tmp_path / "jupyter"
@@ -128,6 +148,8 @@ def lab_server(tmp_path: Path) -> Iterator[LabServer]:
     notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notification.parent.mkdir(parents=True)
     notification.write_text(json.dumps(NOTIFICATION_SETTINGS), encoding="utf-8")
+    themes = notification.parent / "themes.jupyterlab-settings"
+    themes.write_text(json.dumps({"theme": theme}), encoding="utf-8")
     # Config, runtime, settings, workspaces and the user's data folder are the test's own: a kernelspec
     # in ~/.local/share/jupyter cannot shadow the venv's. The venv's data folder stays on the path, so
     # its python3 kernelspec and the anywidget and ipywidgets lab extensions are found.
@@ -190,9 +212,20 @@ def write_notebook(server: LabServer) -> str:
     return "trace_viewer.ipynb"
 
 
-def test_jupyterlab_shows_the_trace_viewer_and_it_answers_clicks(lab_server: LabServer, tmp_path: Path) -> None:
+def keep_artifact(path: Path) -> None:
+    """Copy a screenshot to ``$DSPEX_ARTIFACTS`` (CI's artifact folder) when it is set."""
+    folder = os.environ.get("DSPEX_ARTIFACTS")
+    if folder and path.exists():
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(folder) / path.name)
+
+
+def test_jupyterlab_shows_the_trace_viewer_and_it_answers_clicks(
+    lab_server: LabServer, tmp_path: Path, theme: str
+) -> None:
     name = write_notebook(lab_server)
-    screenshot = tmp_path / "trace_viewer_jupyterlab.png"
+    dark = theme == "JupyterLab Dark"
+    screenshot = tmp_path / f"trace_viewer_jupyterlab_{'dark' if dark else 'light'}.png"
     arguments = ["--no-proxy-server", "--disable-gpu", "--disable-dev-shm-usage"]
     if os.geteuid() == 0:
         arguments.append("--no-sandbox")
@@ -217,6 +250,7 @@ def test_jupyterlab_shows_the_trace_viewer_and_it_answers_clicks(lab_server: Lab
             expect(cells.nth(0).locator(".jp-OutputArea-output")).to_contain_text(f"kernel prefix: {sys.prefix}\n")
             expect(viewer.locator(".dspex-trial")).to_have_count(len(PROBLEMS))
             expect(viewer.locator(".dspex-detail")).to_have_text("select a span")
+            check_header_and_columns(viewer, dark=dark)
             example_id = rows.first.locator(".dspex-name").inner_text().split("/")[0]  # "<example id>/r<repeat>"
 
             def row(kind: str, name: str) -> sync_api.Locator:
@@ -267,11 +301,108 @@ def test_jupyterlab_shows_the_trace_viewer_and_it_answers_clicks(lab_server: Lab
             assert state["selected_span"] == lm_id
             assert {module_id, predict_id} <= set(state["expanded"])
 
+            # The LM row's columns: temperature (the LM's default), tokens in→out and a priced cost.
+            expect(lm_row.locator(".dspex-cell-temperature")).to_have_text("—")
+            expect(lm_row.locator(".dspex-cell-tokens")).to_have_text(re.compile(r"^\d+→\d+$"))
+            expect(lm_row.locator(".dspex-cell-cost")).to_have_text(re.compile(r"^\$0\.0\d+$"))
+            check_waterfall(rows)
+
+            metric_row = rows.filter(has=page.locator(".dspex-kind", has_text=re.compile("^metric$")))
+            metric_row.locator(".dspex-name").click()
+            answer = viewer.locator(".dspex-detail .dspex-compare tr[data-field='answer']")
+            expected = next(example.answer for example in PROBLEMS if example.id == example_id)
+            expect(answer.locator(".dspex-expected")).to_have_text(expected)
+            expect(answer.locator(".dspex-got")).not_to_have_text("")
+
+            search = viewer.locator(".dspex-search")
+            search.fill("ChatAdapter")  # one format and one parse span in this trial
+            count = viewer.locator(".dspex-match-count")
+            expect(count).to_have_text("1 of 2 matches")
+            viewer.locator(".dspex-next").click()
+            expect(count).to_have_text("2 of 2 matches")
+            expect(viewer.locator(".dspex-span.dspex-current .dspex-name")).to_have_text("ChatAdapter.parse")
+            search.fill("")
+            expect(count).to_have_text("")
+
+            check_failed_and_retried_trials(viewer, rows)
             viewer.scroll_into_view_if_needed()
         finally:
             with contextlib.suppress(sync_api.Error):  # a crashed page keeps the original error in front
                 page.screenshot(path=screenshot, full_page=True)
+            keep_artifact(screenshot)
             browser.close()
     print(f"screenshot: {screenshot}")
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert screenshot.stat().st_size > 20_000
+
+
+def check_header_and_columns(viewer: sync_api.Locator, *, dark: bool) -> None:
+    """The header names the run and gives its figures; both panes have column headers; colours follow the theme."""
+    expect = sync_api.expect
+    header = viewer.locator(".dspex-header")
+    expect(header.locator(".dspex-title")).to_contain_text("cot")
+    expect(header.locator("[data-stat=mean] .dspex-stat-value")).to_have_text(
+        re.compile(r"^\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] 95% CI$")
+    )
+    expect(header.locator("[data-stat=n] .dspex-stat-value")).to_have_text(re.compile(r"^[1-6]$"))
+    errors = header.locator("[data-stat=errors] .dspex-stat-value")
+    expect(errors).to_have_text(re.compile(r"^1 \(LMProviderError 1\)$"))
+    expect(header.locator("[data-stat=tokens] .dspex-stat-value")).to_have_text(re.compile(r"^[\d,]+ in · [\d,]+ out$"))
+    expect(header.locator("[data-stat=cost] .dspex-stat-value")).to_have_text(re.compile(r"^\$0\.0\d+$"))
+    assert viewer.locator(".dspex-trials-head .dspex-column").all_inner_texts() == ["trial", "score", "status", "cost"]
+    columns = viewer.locator(".dspex-tree-head .dspex-column").all_inner_texts()
+    assert columns[:6] == ["span", "status", "T", "tokens", "cost", "duration"]
+    assert re.fullmatch(r"timeline [\d.]+ m?s", columns[6])
+    luminance = viewer.evaluate(LUMINANCE)
+    assert (luminance < 0.3) if dark else (luminance > 0.8), f"background luminance {luminance:.2f}"
+    ok_trial = viewer.locator(".dspex-trial.dspex-ok .dspex-trial-id").first
+    text = ok_trial.evaluate("(element) => getComputedStyle(element).color")
+    channels = [float(value) for value in re.findall(r"[\d.]+", text)[:3]]
+    assert (min(channels) > 150) if dark else (max(channels) < 110), f"text colour {text}"
+
+
+def check_waterfall(rows: sync_api.Locator) -> None:
+    """Each drawn span has a bar placed by its start and duration within the trial; the root's spans it all."""
+    bars = rows.evaluate_all(
+        """(rows) => rows.map((row) => {
+          const cell = row.querySelector(".dspex-cell-timeline").getBoundingClientRect();
+          const bar = row.querySelector(".dspex-bar").getBoundingClientRect();
+          return { left: (bar.left - cell.left) / cell.width, right: (bar.right - cell.left) / cell.width,
+                   kind: row.querySelector(".dspex-kind").textContent };
+        })"""
+    )
+    assert len(bars) == rows.count() > 5
+    assert bars[0]["kind"] == "trial" and bars[0]["left"] < 0.01 and bars[0]["right"] > 0.97
+    for bar in bars[1:]:
+        assert -0.01 <= bar["left"] <= bar["right"] <= 1.01
+    metric = next(bar for bar in bars if bar["kind"] == "metric")
+    lm = next(bar for bar in bars if bar["kind"] == "lm")
+    assert metric["left"] >= lm["right"] - 0.01  # the metric runs after the program's LM call
+
+
+def check_failed_and_retried_trials(viewer: sync_api.Locator, rows: sync_api.Locator) -> None:
+    """A failed trial's error name is shown whole, with its message as the title; a retry names its cause."""
+    expect = sync_api.expect
+    page = viewer.page  # a filter's inner locator is relative to the row: it starts from the page
+    failed = viewer.locator(".dspex-trial.dspex-error")
+    expect(failed).to_have_count(1)
+    status = failed.locator(".dspex-trial-status")
+    expect(status).to_have_text(re.compile("^LMProviderError( \u00d7\\d)?$"))  # failed on its 2nd try
+    assert "simulated provider error" in status.get_attribute("title")
+    assert status.evaluate(SHOWS_ALL)
+    failed.click()
+    expect(viewer.locator(".dspex-trial.dspex-selected")).to_have_attribute(
+        "data-trial-id", failed.get_attribute("data-trial-id")
+    )
+    root_status = rows.first.locator(".dspex-cell-status")
+    expect(root_status).to_have_text("LMProviderError")
+    assert root_status.evaluate(SHOWS_ALL)
+
+    retried = viewer.locator(".dspex-trial.dspex-ok", has=page.locator(".dspex-attempts")).first
+    retried.click()
+    expect(viewer.locator(".dspex-trial.dspex-selected .dspex-attempts")).to_be_visible()
+    second = rows.filter(has=page.locator(".dspex-name", has_text=re.compile("^attempt 2$")))
+    expect(second.locator(".dspex-label")).to_have_text(" — LMRateLimitError")
+    expect(second.locator(".dspex-cell-name")).to_have_attribute("title", "attempt 2 — LMRateLimitError")
+    first = rows.filter(has=page.locator(".dspex-name", has_text=re.compile("^attempt 1$")))
+    expect(first.locator(".dspex-cell-status")).to_have_text("LMRateLimitError")
