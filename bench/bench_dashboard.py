@@ -1,0 +1,246 @@
+"""Benchmark the dashboard's pages on a journal of a million trials, anchored on the same pages over a small one.
+
+Each journal is written through the journal's own writing path (``create_experiment`` and
+``append_trials`` inside ``journal.hold()``, as a run writes): a few hundred evaluations over the same
+example ids (0/1 scores, so any two compare), one traced trial, and one short SIMBA-C run on the lab LM
+for the optimization page. Then one :class:`~dspex_lab.notebook._dashboard.Dashboard` is built on it
+and every page's query and update is timed, median of ``--repeats``:
+
+- the raw journal queries the pages make (``leaderboard``, a filtered ``leaderboard``, ``trial_page``
+  sorted by score, ``paired_scores``, one trial's ``trace``) — target < 100 ms each at a million trials;
+- each page's whole update (query, frames, holoviews objects, Panel widgets; no browser);
+- the idle refresh (nothing changed on disk: two ``stat`` calls) and a forced refresh of every page.
+
+The small journal (``--anchor-trials``, default 2,000) is measured the same way in the same run, and the
+ratio says how much a page slows down from a small journal to a large one.
+
+Run: python bench/bench_dashboard.py [--trials 1000000] [--experiments 400] [--repeats 7] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import format_table, machine_description, median_or_none, timed, write_json
+
+import dspex_lab as dx
+from dspex_lab.journal import DuckDBJournal, ExperimentRecord, open_journal
+from dspex_lab.trace import Span
+
+TARGET_MS = 100.0
+# Trials per append: what a long run's writer flushes in one transaction at most.
+_BATCH = 50_000
+
+
+def _trial_rows(experiment_index: int, examples: int, start: float) -> list[dict[str, Any]]:
+    # Skill differs per experiment, so the leaderboard's means and intervals differ too.
+    skill = 0.3 + 0.4 * ((experiment_index * 37) % 100) / 100
+    rows = []
+    for example in range(examples):
+        correct = ((example * 7919 + experiment_index * 104729) % 1000) / 1000 < skill
+        failed = (example + experiment_index) % 97 == 0
+        rows.append(
+            {
+                "trial_id": f"ex-{example}/r0",
+                "example_id": f"ex-{example}",
+                "index": example,
+                "repeat": 0,
+                "status": "error" if failed else "ok",
+                "score": None if failed else float(correct),
+                "error_type": "AdapterParseError" if failed else None,
+                "error_message": "could not parse the answer" if failed else None,
+                "latency": 0.02 + (example % 13) / 1000,
+                "input_tokens": 120,
+                "output_tokens": 12,
+                "cost": 0.0,
+                "lm_calls": 1,
+                "attempts": 1,
+                "started_at": start + example * 0.001,
+                "finished_at": start + example * 0.001 + 0.02,
+            }
+        )
+    return rows
+
+
+def _trace_spans(trial_id: str, start_ns: int) -> list[dict[str, Any]]:
+    def span(span_id: str, parent: str | None, kind: str, name: str, begin: int, end: int, **attributes: Any) -> Any:
+        return Span(
+            trial_id,
+            span_id,
+            parent_id=parent,
+            kind=kind,
+            name=name,
+            start_ns=start_ns + begin * 1000,
+            end_ns=start_ns + end * 1000,
+            attributes=attributes,
+        ).to_row()
+
+    return [
+        span("s0", None, "trial", trial_id, 0, 2000),
+        span("s1", "s0", "attempt", "attempt 1", 10, 1900, attempt=1),
+        span("s2", "s1", "module", "Predict", 20, 1800, signature="question -> answer"),
+        span("s3", "s2", "adapter_format", "ChatAdapter.format", 30, 300),
+        span("s4", "s2", "lm", "lab/small", 310, 1500, total_tokens=132, prompt_tokens=120, completion_tokens=12),
+        span("s5", "s2", "adapter_parse", "ChatAdapter.parse", 1510, 1600),
+        span("s6", "s0", "metric", "exact_match", 1910, 1990, score=1.0),
+    ]
+
+
+def build_journal(path: Path, *, trials: int, experiments: int) -> dict[str, Any]:
+    """Write ``trials`` trials over ``experiments`` evaluations (and one optimization run); return ids and timings."""
+    journal = open_journal(path)
+    examples = max(trials // experiments, 1)
+    ids: list[str] = []
+    start = time.time()
+    with timed() as ingest, journal.hold():
+        for index in range(experiments):
+            record = ExperimentRecord(
+                kind="evaluation",
+                name=f"{'predict' if index % 2 else 'cot'}-{index:04d}",
+                program_name="qa",
+                dataset_name="bench",
+                dataset_fingerprint="bench-data",
+                metric="exact_match",
+                config={"lm": {"model": "lab/small"}, "trace": index == 0},
+                n_planned=examples,
+            )
+            experiment_id = journal.create_experiment(record)
+            rows = _trial_rows(index, examples, start + index)
+            for offset in range(0, len(rows), _BATCH):
+                spans = _trace_spans(rows[0]["trial_id"], time.time_ns()) if index == 0 and offset == 0 else ()
+                journal.append_trials(experiment_id, rows[offset : offset + _BATCH], spans=spans)
+            journal.finish_experiment(experiment_id, status="finished")
+            ids.append(experiment_id)
+    run_id = _optimization_run(path)
+    return {
+        "ids": ids,
+        "run_id": run_id,
+        "trials": examples * experiments,
+        "ingest_seconds": ingest.seconds,
+        "file_bytes": path.stat().st_size,
+    }
+
+
+def _optimization_run(path: Path) -> str:
+    data = list(dx.datasets.arithmetic(40, seed=3))
+    program = dx.Program("dspy.Predict", signature="question -> answer", name="bench-opt")
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=path, threads=2):
+        run = dx.optimize(
+            program,
+            data[:20],
+            data[20:],
+            metric=dx.metrics.exact_match,
+            optimizer=dx.SimbaC(max_steps=2, bsize=6, num_candidates=2, num_sources=1, patience=2),
+            progress=False,
+            seed=1,
+        )
+    return run.run_id
+
+
+def _median_ms(action: Callable[[], Any], repeats: int) -> float:
+    action()  # warm: first imports and caches are not what a user waits for on every refresh
+    seconds = []
+    for _ in range(repeats):
+        with timed() as timing:
+            action()
+        seconds.append(timing.seconds)
+    return 1000 * float(median_or_none(seconds) or math.nan)
+
+
+def measure(journal: DuckDBJournal, built: dict[str, Any], *, repeats: int) -> dict[str, float]:
+    """Time each page's queries and updates on one journal (medians in milliseconds)."""
+    from dspex_lab.notebook._dashboard import Dashboard
+
+    a, b = built["ids"][0], built["ids"][1]
+    traced_trial = "ex-0/r0"
+    dashboard = Dashboard(journal)
+    dashboard.compare_a.value, dashboard.compare_b.value = a, b
+    dashboard.trace_experiment.value = a
+    dashboard.trial_sort.value = "score"
+    dashboard.trial_descending.value = True
+
+    def filtered_page() -> None:
+        dashboard.name_filter.value = "predict-00" if dashboard.name_filter.value != "predict-00" else "predict-01"
+
+    results = {
+        "query: leaderboard (500 newest, mean and CI)": lambda: journal.leaderboard(),
+        "query: leaderboard, name filter": lambda: journal.leaderboard(name="predict-00"),
+        "query: trial_page (by score, descending, 50)": lambda: journal.trial_page(
+            a, sort="score", descending=True, limit=50
+        ),
+        "query: trial_page, errors only": lambda: journal.trial_page(a, status="error", limit=50),
+        "query: paired_scores of two experiments": lambda: journal.paired_scores(a, b),
+        "query: one trial's trace": lambda: journal.trace(a, traced_trial),
+        "page: experiments (query, table, drawing)": dashboard.refresh_leaderboard,
+        "page: experiments after a filter change": filtered_page,
+        "page: compare (pairs, paired test, drawings)": dashboard.refresh_comparison,
+        "page: trace, trial table": dashboard.refresh_trials,
+        "page: trace, one trial's tree": lambda: dashboard.show_trace(traced_trial),
+        "page: optimization (convergence, lineage)": lambda: dashboard.refresh_run(),
+        "refresh, nothing changed (stat only)": dashboard.refresh,
+        "refresh after a write (leaderboard, menus)": lambda: dashboard.refresh(force=True),
+    }
+    dashboard.run_select.value = built["run_id"]
+    return {label: _median_ms(action, repeats) for label, action in results.items()}
+
+
+def main() -> int:
+    """Build both journals, time every page on each, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=1_000_000, help="trials in the large journal")
+    parser.add_argument("--experiments", type=int, default=400, help="evaluations in the large journal")
+    parser.add_argument("--anchor-trials", type=int, default=2_000, help="trials in the small (anchor) journal")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--json", default=None, help="also write the figures here")
+    arguments = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="dspex-bench-dashboard-") as folder:
+        small_path, large_path = Path(folder) / "small.duckdb", Path(folder) / "large.duckdb"
+        small = build_journal(small_path, trials=arguments.anchor_trials, experiments=4)
+        large = build_journal(large_path, trials=arguments.trials, experiments=arguments.experiments)
+        print(
+            f"large journal: {large['trials']:,} trials in {arguments.experiments} evaluations, written in "
+            f"{large['ingest_seconds']:.1f} s ({large['trials'] / large['ingest_seconds']:,.0f} trials/s), "
+            f"{large['file_bytes'] / large['trials']:.0f} bytes per trial"
+        )
+        small_times = measure(open_journal(small_path), small, repeats=arguments.repeats)
+        large_times = measure(open_journal(large_path), large, repeats=arguments.repeats)
+
+    rows = []
+    for label, large_ms in large_times.items():
+        small_ms = small_times[label]
+        verdict = ("ok" if large_ms < TARGET_MS else "OVER") if label.startswith("query") else ""
+        rows.append(
+            [
+                label,
+                f"{large_ms:.1f} ms",
+                f"{small_ms:.1f} ms",
+                f"{large_ms / small_ms:.2f}" if small_ms else "—",
+                verdict,
+            ]
+        )
+    print(
+        f"\nMedians of {arguments.repeats} (after one warm-up); target < {TARGET_MS:.0f} ms per query "
+        f"at {large['trials']:,} trials; anchor: the same on {small['trials']:,} trials."
+    )
+    print(format_table(["measurement", f"{large['trials']:,} trials", "anchor", "ratio", "target"], rows))
+    if arguments.json:
+        write_json(
+            arguments.json,
+            {"machine": machine_description(), "large": large_times, "small": small_times, "trials": large["trials"]},
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
