@@ -25,9 +25,11 @@ import json
 import os
 import secrets
 import socket
+import struct
 import threading
 from dataclasses import dataclass
-from multiprocessing.connection import Client, Connection, Listener
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Connection, Listener, answer_challenge, deliver_challenge
 from pathlib import Path
 from typing import Any
 
@@ -105,14 +107,47 @@ def _client(journal_path: Path) -> _Client | None:
             with contextlib.suppress(OSError):
                 client.connection.close()
         try:
-            connection = Client(("127.0.0.1", port), authkey=secret)
-        except (OSError, EOFError, ValueError) as error:
-            del error
+            connection = _connect(port, secret)
+        except (OSError, EOFError, ValueError, AuthenticationError):
             _clients.pop(journal_path, None)
             return None
         client = _Client(port, pid, connection, threading.Lock())
         _clients[journal_path] = client
         return client
+
+
+# A serving process answers the handshake at once; a call may wait for the file's lock behind a long query.
+HANDSHAKE_TIMEOUT = 2.0
+CALL_TIMEOUT = 120.0
+
+
+def _receive_timeout(connection: Connection, seconds: float) -> None:
+    # On the socket itself, so Connection's blocking reads end with an OSError instead of hanging forever
+    # on a process that stopped answering without closing (a Python socket timeout would make them fail).
+    endpoint = socket.socket(fileno=os.dup(connection.fileno()))
+    try:
+        whole = int(seconds)
+        endpoint.setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6))
+        )
+    finally:
+        endpoint.close()
+
+
+def _connect(port: int, secret: bytes) -> Connection:
+    """Connect and authenticate as ``multiprocessing.connection.Client`` does, but never wait forever."""
+    endpoint = socket.create_connection(("127.0.0.1", port), timeout=HANDSHAKE_TIMEOUT)
+    endpoint.settimeout(None)
+    connection = Connection(endpoint.detach())
+    try:
+        _receive_timeout(connection, HANDSHAKE_TIMEOUT)
+        answer_challenge(connection, secret)
+        deliver_challenge(connection, secret)
+        _receive_timeout(connection, CALL_TIMEOUT)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
 
 def call_service(journal_path: Path, method: str, arguments: tuple[Any, ...], options: dict[str, Any]) -> Any:
@@ -227,8 +262,9 @@ class JournalService:
                 self._file.unlink()
         # Closing a socket does not wake a thread blocked on it: connect once to end accept(), and shut
         # down each caller's connection to end its recv(); the serving threads then close them.
-        with contextlib.suppress(Exception):
-            Client(("127.0.0.1", self.port), authkey=self.secret).close()
+        with contextlib.suppress(OSError):
+            # Unauthenticated and closed at once: accept() fails its handshake and the thread sees it stopped.
+            socket.create_connection(("127.0.0.1", self.port), timeout=HANDSHAKE_TIMEOUT).close()
         with contextlib.suppress(OSError):
             self.listener.close()
         for connection in connections:
