@@ -390,19 +390,23 @@ def check_failed_and_retried_trials(viewer: sync_api.Locator, rows: sync_api.Loc
     expect(status).to_have_text(re.compile("^LMProviderError( \u00d7\\d)?$"))  # failed on its 2nd try
     assert "simulated provider error" in status.get_attribute("title")
     assert status.evaluate(SHOWS_ALL)
+    failed_id = failed.get_attribute("data-trial-id")
     failed.click()
-    expect(viewer.locator(".dspex-trial.dspex-selected")).to_have_attribute(
-        "data-trial-id", failed.get_attribute("data-trial-id")
-    )
+    expect(viewer.locator(".dspex-trial.dspex-selected")).to_have_attribute("data-trial-id", failed_id)
+    expect(rows.first.locator(".dspex-name")).to_have_text(failed_id)  # the kernel sent the trial's spans
     root_status = rows.first.locator(".dspex-cell-status")
     expect(root_status).to_have_text("LMProviderError")
     assert root_status.evaluate(SHOWS_ALL)
 
     retried = viewer.locator(".dspex-trial.dspex-ok", has=page.locator(".dspex-attempts")).first
+    retried_id = retried.get_attribute("data-trial-id")
     retried.click()
-    expect(viewer.locator(".dspex-trial.dspex-selected .dspex-attempts")).to_be_visible()
+    expect(rows.first.locator(".dspex-name")).to_have_text(retried_id)
     second = rows.filter(has=page.locator(".dspex-name", has_text=re.compile("^attempt 2$")))
     expect(second.locator(".dspex-label")).to_have_text(" — LMRateLimitError")
     expect(second.locator(".dspex-cell-name")).to_have_attribute("title", "attempt 2 — LMRateLimitError")
     first = rows.filter(has=page.locator(".dspex-name", has_text=re.compile("^attempt 1$")))
     expect(first.locator(".dspex-cell-status")).to_have_text("LMRateLimitError")
+    # Left selected for the screenshot: the metric span's expected vs got.
+    rows.filter(has=page.locator(".dspex-kind", has_text=re.compile("^metric$"))).locator(".dspex-name").click()
+    expect(viewer.locator(".dspex-detail .dspex-compare")).to_be_visible()
