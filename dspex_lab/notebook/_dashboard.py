@@ -11,6 +11,7 @@ the journal holds prompts, answers and program specs.
 from __future__ import annotations
 
 import contextlib
+import html
 import ipaddress
 import math
 import os
@@ -63,11 +64,6 @@ def _holoviews() -> Any:
     from dspex_lab.optimize._plot import _holoviews as load
 
     return load()
-
-
-def _message(text: str, kind: str = "info") -> Any:
-    pn = _panel()
-    return pn.pane.Alert(text, alert_type=kind, sizing_mode="stretch_width")
 
 
 class Dashboard:
@@ -371,9 +367,9 @@ class Dashboard:
         try:
             rows = trace_rows(self.journal, experiment_id, trial_id)
         except DspexLabError as error:
-            self.trace_view.object = _message(str(error), "warning").object
+            self.trace_view.object = f'<p class="dspex-trace-note">{html.escape(str(error))}</p>'
             return
-        self.trace_view.object = f"<h4>Trial {_escape(trial_id)} — {len(rows)} spans</h4>" + trace_html(rows)
+        self.trace_view.object = f"<h4>Trial {html.escape(trial_id)} — {len(rows)} spans</h4>" + trace_html(rows)
 
     def refresh_trace(self) -> None:
         """Draw the span tree of the trial selected in the trace page's table."""
@@ -402,12 +398,6 @@ class Dashboard:
         if self._callback is not None:
             self._callback.stop()
             self._callback = None
-
-
-def _escape(text: str) -> str:
-    import html
-
-    return html.escape(text)
 
 
 def _number(value: float) -> str:
