@@ -184,7 +184,7 @@ function render({ model, el: root }) {
       const row = el("div", `dspex-trial dspex-${trial.status}`);
       row.dataset.trialId = trial.trial_id;
       const score = trial.score == null ? "—" : Number(trial.score).toFixed(2);
-      const status = errorName("dspex-trial-status", trial.error_type || trial.status);
+      const status = errorName("dspex-trial-outcome", trial.error_type || trial.status);
       if (trial.error) status.title = trial.error;
       if (trial.attempts > 1) status.append(el("span", "dspex-attempts", ` ×${trial.attempts}`));
       const spent = trial.tokens || trial.cost || trial.unpriced;

@@ -386,7 +386,7 @@ def check_failed_and_retried_trials(viewer: sync_api.Locator, rows: sync_api.Loc
     page = viewer.page  # a filter's inner locator is relative to the row: it starts from the page
     failed = viewer.locator(".dspex-trial.dspex-error")
     expect(failed).to_have_count(1)
-    status = failed.locator(".dspex-trial-status")
+    status = failed.locator(".dspex-trial-outcome")
     expect(status).to_have_text(re.compile("^LMProviderError( \u00d7\\d)?$"))  # failed on its 2nd try
     assert "simulated provider error" in status.get_attribute("title")
     assert status.evaluate(SHOWS_ALL)

@@ -37,4 +37,4 @@ def test_spans_cut_short_reach_the_front_end_with_their_status(journal_path) -> 
     # The front end labels such rows and colours them; without a browser, its sources are what can be checked.
     script, style = _front_end_file("trace_viewer.js").read_text(), _front_end_file("trace_viewer.css").read_text()
     assert 'node.status === "timeout" || node.status === "cancelled"' in script
-    assert ".dspex-timeout, .dspex-cancelled" in style
+    assert ".dspex-trace-viewer .dspex-timeout, .dspex-trace-viewer .dspex-cancelled" in style
