@@ -26,6 +26,8 @@ pytest.importorskip("panel")
 playwright = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Read at import: the suite's autouse fixture removes every DSPEX_* variable before each test runs.
+ARTIFACTS = os.environ.get("DSPEX_ARTIFACTS")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed"),
@@ -99,10 +101,9 @@ def served(journal: dict, tmp_path: Path):
 
 
 def keep(screenshot: Path) -> None:
-    artifacts = os.environ.get("DSPEX_ARTIFACTS")
-    if artifacts:
-        Path(artifacts).mkdir(parents=True, exist_ok=True)
-        shutil.copy(screenshot, Path(artifacts) / f"dashboard-{screenshot.name}")
+    if ARTIFACTS:
+        Path(ARTIFACTS).mkdir(parents=True, exist_ok=True)
+        shutil.copy(screenshot, Path(ARTIFACTS) / f"dashboard-{screenshot.name}")
 
 
 def test_every_page_loads_shows_the_journal_and_follows_a_writer(served, tmp_path: Path) -> None:
