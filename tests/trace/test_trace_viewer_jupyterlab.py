@@ -212,9 +212,13 @@ def write_notebook(server: LabServer) -> str:
     return "trace_viewer.ipynb"
 
 
+# Read when the module is imported: tests/conftest.py clears every DSPEX_* variable while a test runs.
+ARTIFACTS = os.environ.get("DSPEX_ARTIFACTS")
+
+
 def keep_artifact(path: Path) -> None:
     """Copy a screenshot to ``$DSPEX_ARTIFACTS`` (CI's artifact folder) when it is set."""
-    folder = os.environ.get("DSPEX_ARTIFACTS")
+    folder = ARTIFACTS
     if folder and path.exists():
         Path(folder).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(folder) / path.name)
