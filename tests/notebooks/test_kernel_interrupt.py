@@ -9,6 +9,7 @@ finished before the interrupt must be in the journal, and the kernel must stay u
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,8 @@ def run_cell(client, code: str, *, interrupt_after: float | None = None, manager
             manager.interrupt_kernel()
             interrupted_at = time.monotonic()
     reply = client.get_shell_msg(timeout=10)
+    while reply["parent_header"].get("msg_id") != message_id:  # a reply to an earlier request
+        reply = client.get_shell_msg(timeout=10)
     return reply, "".join(stdout), stopped_in
 
 
@@ -117,3 +120,60 @@ with context:
         opened.sql("select count(*) as n from trials where starts_with(experiment_id, ?)", [run_id + "/"])["n"][0]
     )
     assert recorded > 0
+
+
+# The process and Dask executors: the interrupt reaches the kernel's process group; process workers
+# ignore it, and the driver cancels their trials and returns, keeping every trial delivered before.
+# The Dask cluster runs outside the kernel, as a shared cluster does (a LocalCluster made inside the
+# kernel shares its process group, and Dask's workers die of the interrupt), and the kernel connects
+# by address. Each kernel warms its workers up first, so trials finish before the interrupt.
+@pytest.fixture
+def remote_setup(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "process":
+        yield "executor = 'process'"
+        return
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=4, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        yield f"executor = {cluster.scheduler_address.replace('tcp://', 'dask://')!r}"
+
+
+@pytest.mark.parametrize("remote_setup", ["process", "dask"], indirect=True)
+def test_a_kernel_interrupt_stops_a_process_or_dask_evaluation_fast(kernel, tmp_path: Path, remote_setup: str) -> None:
+    kind = "dask" if "dask://" in remote_setup else "process"
+    manager, client = kernel
+    journal = tmp_path / f"interrupt-{kind}.duckdb"
+    setup = f"""
+import dspex_lab as dx
+{remote_setup}
+problems = dx.datasets.arithmetic(160, seed=0)
+program = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="slow-{kind}")
+context = dx.Context(lm=dx.lab_lm("lab/small", latency=0.2), journal={str(journal)!r}, threads=8, executor=executor)
+with dx.Context(lm=dx.lab_lm("lab/small"), journal=False, threads=8, executor=context.executor):
+    dx.evaluate(program, problems[:16], metric=dx.metrics.exact_match, progress=False)
+"""
+    reply, _, _ = run_cell(client, setup, timeout=300)  # starts and warms the workers: slow on a busy machine
+    assert reply["content"]["status"] == "ok", reply["content"]
+    run = """
+print("started", flush=True)
+with context:
+    dx.evaluate(program, problems, metric=dx.metrics.exact_match, progress=False)
+"""
+    reply, output, stopped_in = run_cell(client, run, interrupt_after=1.5, manager=manager)
+
+    assert reply["content"].get("ename") == "KeyboardInterrupt", (reply["content"], output)
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    assert "resume" in reply["content"]["evalue"]
+    assert stopped_in is not None and stopped_in < 2.0
+    record = dx.open_journal(journal).experiments().iloc[0]
+    assert record["status"] == "interrupted"
+    assert 0 < record["n_trials"] < 160
+    resume = f"""
+with context:
+    result = dx.evaluate(program, problems, metric=dx.metrics.exact_match, progress=False, resume={record["id"]!r})
+print(result.n_trials, result.trials["trial_id"].is_unique)
+"""
+    reply, output, _ = run_cell(client, resume)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    assert output.strip().endswith("160 True")
