@@ -188,7 +188,9 @@ class ProcessExecutor:
             worker.ready = True
             return status
         if kind == "setup":
-            raise ExecutionError(f"a worker process could not rebuild the trial runner: {message[1]}")
+            if message[1] != run:
+                return status  # an earlier run's failure, already reported
+            raise ExecutionError(f"a worker process could not rebuild the trial runner: {message[2]}")
         _, message_run, submission, result, span_rows = message
         if message_run != run:
             return status  # a late result of an earlier, stopped run
@@ -345,7 +347,7 @@ class WorkerLoop:
             try:
                 runner, stash = runner_for(decode(self.plans[plan_key]))
             except Exception as error:
-                self.send(("setup", f"{type(error).__name__}: {error}"))
+                self.send(("setup", run, f"{type(error).__name__}: {error}"))
                 continue
             task = task_from(decode(payload))
             token = CancelToken(timeout)

@@ -182,6 +182,20 @@ def test_an_interrupted_run_resumes_with_every_trial_once(remote, tmp_path) -> N
     assert len(trials) == 30 and trials["trial_id"].is_unique
 
 
+def test_a_metric_the_workers_cannot_import_is_one_clear_error(remote, tmp_path, monkeypatch) -> None:
+    data = dx.datasets.arithmetic(12, seed=9)
+    assert evaluate(remote, data[:2]).n_trials == 2  # the workers are up before the module below exists
+    (tmp_path / "driver_only_metrics.py").write_text("def always_one(example, prediction):\n    return 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from driver_only_metrics import always_one
+
+    context = dx.Context(lm=dx.lab_lm("lab/small"), journal=False, executor=remote)
+    with context, pytest.raises(ExecutionError, match=r"could not rebuild the trial runner.*driver_only_metrics"):
+        dx.evaluate(PROGRAM, data, metric=always_one, progress=False)
+    # The executor is still usable, and the failed run's late messages do not leak into the next one.
+    assert evaluate(remote, data).n_trials == 12
+
+
 def test_a_lambda_metric_is_refused_before_any_trial(process_executor) -> None:
     context = dx.Context(lm=dx.lab_lm("lab/small"), journal=False, executor=process_executor)
     with context, pytest.raises(ExecutionError, match=r"lambda.*top level of a module"):
