@@ -1,0 +1,226 @@
+"""Benchmark the thread, process and Dask executors on the same program, data and lab LM.
+
+Two scenarios, each run by every executor in one process and one run (the order rotates
+per repeat, so slow phases of a shared machine hit each executor), with the journal on
+(a fresh temporary file per run):
+
+1. ``cpu``: 20 ms lab LM, 1,280 examples, 64 trials at once, where the CPU is the limit.
+   Efficiency is ``max(n * latency / 64, n * c1) / wall``, where ``c1`` is the
+   single-thread time per trial of the bare hydrated module plus metric on a
+   zero-latency lab LM, measured in the same repeat: the single-core bound. Threads
+   share one GIL and cannot pass 1.0; target for the process and Dask executors (2
+   workers) on 2 cores: at least 1.6.
+2. ``latency``: 200 ms lab LM, 1,280 examples, 64 trials at once. Efficiency is
+   ``(n * latency / 64) / wall``; target: at least 0.95 for every executor. Dask's
+   per-trial overhead against threads is printed: ``(wall_dask - wall_threads) * 64 / n``.
+
+The process executor is ``ProcessExecutor(2, threads_per_worker=32)``; Dask is a
+``LocalCluster`` of 2 worker processes with 32 threads each on 127.0.0.1. Workers are
+started and warmed up before any measurement. Every executor must produce the same
+per-trial scores; a difference is reported and makes the exit status 1.
+
+Usage::
+
+    python bench/bench_executors.py                # 3 repeats at full size (a few minutes)
+    python bench/bench_executors.py --quick        # 1 repeat at 1/8 size, a smoke run
+    python bench/bench_executors.py --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import format_table, machine_description, median_or_none, prepare_for_measurement, timed, write_json
+
+CONCURRENCY = 64
+WORKERS = 2
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One measured configuration: examples, LM latency, and how efficiency is judged."""
+
+    name: str
+    examples: int
+    latency: float
+    target: dict[str, float]
+
+
+def scenarios(scale: int) -> list[Scenario]:
+    """Return the two scenarios at ``1/scale`` of the full size."""
+    examples = 1280 // scale
+    return [
+        Scenario("cpu", examples, 0.02, {"process": 1.6, "dask": 1.6}),
+        Scenario("latency", examples, 0.2, {"thread": 0.95, "process": 0.95, "dask": 0.95}),
+    ]
+
+
+def make_executors() -> tuple[dict[str, Any], Callable[[], None]]:
+    """Start the three executors with ``CONCURRENCY`` trials at once; return them and a function closing them."""
+    import distributed
+
+    from dspex_lab.engine import DaskExecutor, ProcessExecutor, ThreadExecutor
+
+    per_worker = CONCURRENCY // WORKERS
+    cluster = distributed.LocalCluster(
+        n_workers=WORKERS,
+        threads_per_worker=per_worker,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=40,
+    )
+    client = distributed.Client(cluster, set_as_default=False)
+    process = ProcessExecutor(WORKERS, threads_per_worker=per_worker)
+    executors = {"thread": ThreadExecutor(CONCURRENCY), "process": process, "dask": DaskExecutor(client)}
+
+    def close() -> None:
+        process.close()
+        client.close()
+        cluster.close()
+
+    return executors, close
+
+
+def run_one(executor: Any, examples: list[Any], latency: float, folder: Path, label: str) -> tuple[Any, Any]:
+    """Evaluate on ``executor``; return the timing and the per-trial scores (sorted by trial id)."""
+    import dspex_lab as dx
+
+    program = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="bench")
+    prepare_for_measurement()
+    context = dx.Context(
+        lm=dx.lab_lm("lab/small", latency=latency), journal=folder / f"{label}.duckdb", executor=executor
+    )
+    with context, timed() as timing:
+        result = dx.evaluate(program, examples, metric=dx.metrics.exact_match, progress=False)
+    frame = result.trials.sort_values("trial_id")
+    context.journal.close()
+    return timing, list(zip(frame["trial_id"], frame["score"], strict=True))
+
+
+def single_core_c1(examples: list[Any]) -> float:
+    """Seconds per trial of the bare hydrated module plus metric in one thread on a zero-latency lab LM."""
+    import dspy
+
+    import dspex_lab as dx
+
+    program = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="bench")
+    lm = dx.lab_lm("lab/small")
+    prepare_for_measurement()
+    with dspy.context(lm=lm), timed() as timing:
+        module = program.build(lm=lm)
+        for example in examples:
+            dx.metrics.exact_match(example, module(**example.inputs()))
+    return timing.seconds / len(examples)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its table; return 1 if executors disagreed on a score."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one repeat at 1/8 size")
+    parser.add_argument("--json", type=Path, help="also write the measurements here")
+    arguments = parser.parse_args(argv)
+    repeats, scale = (1, 8) if arguments.quick else (arguments.repeats, 1)
+
+    import dspex_lab as dx
+
+    executors, close = make_executors()
+    names = list(executors)
+    measurements: list[dict[str, Any]] = []
+    disagreements: list[str] = []
+    try:
+        with tempfile.TemporaryDirectory() as temporary:
+            folder = Path(temporary)
+            warm = list(dx.datasets.arithmetic(2 * CONCURRENCY, seed=99))
+            for name in names:  # worker start-up and first-call imports are paid here, unmeasured
+                run_one(executors[name], warm, 0.0, folder, f"warm-{name}")
+            for scenario in scenarios(scale):
+                examples = list(dx.datasets.arithmetic(scenario.examples, seed=0))
+                for repeat in range(repeats):
+                    c1 = single_core_c1(examples[: min(len(examples), 160)])
+                    bound = max(scenario.examples * scenario.latency / CONCURRENCY, scenario.examples * c1)
+                    order = names[repeat % len(names) :] + names[: repeat % len(names)]
+                    scores = {}
+                    for name in order:
+                        label = f"{scenario.name}-{name}-{repeat}"
+                        timing, scores[name] = run_one(executors[name], examples, scenario.latency, folder, label)
+                        if scenario.name == "latency":
+                            bound = scenario.examples * scenario.latency / CONCURRENCY
+                        measurements.append(
+                            {
+                                "scenario": scenario.name,
+                                "executor": name,
+                                "repeat": repeat,
+                                "seconds": timing.seconds,
+                                "bound_seconds": bound,
+                                "c1_seconds": c1,
+                                "efficiency": bound / timing.seconds,
+                                "load_before": timing.load_before,
+                            }
+                        )
+                    for name in names[1:]:
+                        if scores[name] != scores["thread"]:
+                            disagreements.append(f"{scenario.name} repeat {repeat}: {name} differs from thread")
+    finally:
+        close()
+    print(report(measurements, scale))
+    for line in disagreements:
+        print("DISAGREEMENT:", line)
+    if arguments.json:
+        write_json(arguments.json, {"machine": machine_description(), "measurements": measurements})
+    return 1 if disagreements else 0
+
+
+def report(measurements: list[dict[str, Any]], scale: int) -> str:
+    """Return the table of median efficiencies, targets, and Dask's per-trial overhead against threads."""
+    rows = []
+    by_scenario = {scenario.name: scenario for scenario in scenarios(scale)}
+    medians: dict[tuple[str, str], float] = {}
+    for (scenario_name, scenario), name in (
+        (item, name) for item in by_scenario.items() for name in ("thread", "process", "dask")
+    ):
+        chosen = [entry for entry in measurements if entry["scenario"] == scenario_name and entry["executor"] == name]
+        efficiency = median_or_none([entry["efficiency"] for entry in chosen])
+        seconds = median_or_none([entry["seconds"] for entry in chosen])
+        medians[(scenario_name, name)] = seconds or float("nan")
+        target = scenario.target.get(name)
+        verdict = "" if target is None else ("meets" if efficiency is not None and efficiency >= target else "misses")
+        c1 = median_or_none([entry["c1_seconds"] for entry in chosen])
+        rows.append(
+            [
+                scenario_name,
+                name,
+                scenario.examples,
+                f"{scenario.latency * 1000:.0f} ms",
+                f"{seconds:.2f} s" if seconds is not None else "-",
+                f"{median_or_none([entry['bound_seconds'] for entry in chosen]):.2f} s (c1 {c1 * 1000:.2f} ms)",
+                f"{efficiency:.2f}" if efficiency is not None else "-",
+                f">= {target} {verdict}" if target is not None else "cannot pass 1.0" if scenario_name == "cpu" else "",
+            ]
+        )
+    table = format_table(
+        ["scenario", "executor", "n", "latency", "wall (median)", "bound", "efficiency", "target"], rows
+    )
+    latency = by_scenario["latency"]
+    overhead = (medians[("latency", "dask")] - medians[("latency", "thread")]) * CONCURRENCY / latency.examples * 1000
+    process_overhead = (
+        (medians[("latency", "process")] - medians[("latency", "thread")]) * CONCURRENCY / latency.examples * 1000
+    )
+    return (
+        f"{table}\n\nper-trial overhead against threads (200 ms LM, {CONCURRENCY} at once): "
+        f"dask {overhead:+.1f} ms, process {process_overhead:+.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
