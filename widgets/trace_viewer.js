@@ -451,7 +451,8 @@ function render({ model, el: root }) {
     const usage = detail.usage;
     if (usage) {
       facts.push(["model", usage.model ?? "—"], ["temperature", usage.temperature ?? "the LM's default"]);
-      facts.push(["tokens", formatTokens(usage.tokens_in, usage.tokens_out) || "—"]);
+      const counted = usage.tokens_in != null || usage.tokens_out != null;
+      facts.push(["tokens", counted ? `${integer(usage.tokens_in ?? 0)} in → ${integer(usage.tokens_out ?? 0)} out` : "—"]);
       facts.push(["cost", usage.cached ? "cached" : formatCost(usage.cost, usage.unpriced) || "—"]);
     }
     const table = el("dl", "dspex-facts");
