@@ -298,10 +298,10 @@ class Dashboard:
             self.trace_experiment: newest[0] if newest else "",
         }
         for select, default in defaults.items():
-            select.options = {"": "", **options}
+            _set_options(select, {"": "", **options})
             if not select.value and default:
                 select.value = default
-        self.run_select.options = {"": "", **run_options}
+        _set_options(self.run_select, {"": "", **run_options})
         if not self.run_select.value and run_options:
             self.run_select.value = next(iter(run_options.values()))
 
@@ -398,6 +398,12 @@ class Dashboard:
         if self._callback is not None:
             self._callback.stop()
             self._callback = None
+
+
+def _set_options(select: Any, options: dict[str, str]) -> None:
+    # Sending hundreds of unchanged options to the browser at every refresh is most of a refresh's cost.
+    if select.options != options:
+        select.options = options
 
 
 def _number(value: float) -> str:
