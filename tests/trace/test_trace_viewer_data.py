@@ -174,6 +174,9 @@ def test_an_unpriced_model_is_shown_as_unpriced_never_as_zero(tmp_path):
     assert (nodes["root"]["tokens_in"], nodes["root"]["tokens_out"], nodes["root"]["lm_calls"]) == (300, 40, 2)
     assert [nodes[key]["start_ms"] for key in ("root", "priced", "unknown")] == [0, 1, 12]
     assert viewer.header["cost"] is None and viewer.header["unpriced_models"] == ["acme/house-model"]
+    # No run summary was stored: the mean is the traced trials' own, without an interval.
+    header = viewer.header
+    assert (header["mean"], header["ci"], header["n"], header["n_errors"]) == (0.0, None, 1, 0)
     assert viewer.trials[0]["cost"] is None and viewer.trials[0]["unpriced"] is True
     viewer.selected_span = "unknown"
     assert viewer.detail["usage"]["unpriced"] is True and viewer.detail["usage"]["model"] == "acme/house-model"
