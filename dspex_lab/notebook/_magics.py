@@ -41,6 +41,7 @@ def _parser(command: str) -> _Parser:
         parser.add_argument("--repeats", type=int, default=1)
         parser.add_argument("--trace", action="store_true")
         parser.add_argument("--name")
+        parser.add_argument("--no-progress", action="store_true", help="no progress display")
     elif command == "compare":
         parser.add_argument("a")
         parser.add_argument("b")
@@ -57,6 +58,7 @@ def _parser(command: str) -> _Parser:
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--name")
         parser.add_argument("--live", action="store_true", help="draw the convergence plot live")
+        parser.add_argument("--no-progress", action="store_true", help="no progress display")
     elif command == "trace":
         parser.add_argument("experiment")
         parser.add_argument("trial", nargs="?")
@@ -174,7 +176,13 @@ class DspexMagics(Magics):
         data = self._data(args.data)
         metric = self._metric(args.metric, "evaluate")
         result = evaluate(
-            program, data, metric=metric, name=args.name, repeats=args.repeats, trace=args.trace, progress=False
+            program,
+            data,
+            metric=metric,
+            name=args.name,
+            repeats=args.repeats,
+            trace=args.trace,
+            progress=not args.no_progress,
         )
         self.shell.user_ns["_dspex_last"] = result
         return result
@@ -214,7 +222,7 @@ class DspexMagics(Magics):
             display(live.layout)
         result = optimize(
             program, train, val, metric=metric, optimizer=optimizer, budget=budget, seed=args.seed,
-            name=args.name, subscribers=subscribers,
+            name=args.name, subscribers=subscribers, progress=not args.no_progress,
         )  # fmt: skip
         self.shell.user_ns["_dspex_last"] = result
         return result
