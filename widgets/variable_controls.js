@@ -143,6 +143,10 @@ function render({ model, el: root }) {
     };
     status.textContent = label[state.status] ?? "preview";
     preview.append(status);
+    if (state.values && (state.status === "ok" || state.status === "error")) {
+      const ran = Object.entries(state.values).map(([name, value]) => `${name}=${typeof value === "string" ? value : JSON.stringify(value)}`);
+      preview.append(el("div", "dspex-preview-values", `with ${ran.join(" · ")}`));
+    }
     if (state.score !== undefined) preview.append(el("div", "dspex-preview-score", `score: ${shownNumber(state.score)}`));
     if (state.metric_error) preview.append(el("div", "dspex-preview-error", `metric: ${state.metric_error}`));
     if (state.error) preview.append(el("div", "dspex-preview-error", state.error));

@@ -113,6 +113,7 @@ class RunProgress(anywidget.AnyWidget):
         self._error_types: Counter[str] = Counter()
         self._unpriced: set[str] = set()
         self._cost = 0.0
+        self._input_tokens = self._output_tokens = self._lm_calls = 0
         self._started = 0.0
         self._last_sent = 0.0
         self._run_thread: int | None = None
@@ -272,9 +273,10 @@ class RunProgress(anywidget.AnyWidget):
         self.best = best
 
     def _add_spending(self, result: Any) -> None:
-        self.input_tokens += int(result.input_tokens or 0)
-        self.output_tokens += int(result.output_tokens or 0)
-        self.lm_calls += int(result.lm_calls or 0)
+        # Kept here and sent with the rest at the next refresh: one comm message per refresh, not per trial.
+        self._input_tokens += int(result.input_tokens or 0)
+        self._output_tokens += int(result.output_tokens or 0)
+        self._lm_calls += int(result.lm_calls or 0)
         if result.cost is not None:
             self._cost += float(result.cost)
         if result.unpriced_models:
@@ -297,8 +299,11 @@ class RunProgress(anywidget.AnyWidget):
                 self.ci_low = json_number(interval.low) if interval else None
                 self.ci_high = json_number(interval.high) if interval else None
                 self.ci_method = interval.method if interval else ""
+            self.input_tokens = self._input_tokens
+            self.output_tokens = self._output_tokens
+            self.lm_calls = self._lm_calls
             # The priced calls' sum; unpriced models are listed beside it, so an unpriced run never reads $0.
-            self.cost = json_number(self._cost) if self.lm_calls else None
+            self.cost = json_number(self._cost) if self._lm_calls else None
             self.unpriced_models = sorted(self._unpriced)
             self.elapsed = elapsed
             self.eta = remaining / rate if rate > 0 and remaining > 0 else None
