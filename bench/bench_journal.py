@@ -223,7 +223,7 @@ def measure_million(folder: Path, trials: int, query_repeats: int) -> dict[str, 
         record = ExperimentRecord(
             kind="evaluation", name=f"million-{experiment}", program_name="bench", config={"lm": "lab/small"}
         )
-        with timed() as timing:
+        with timed() as timing, journal.hold():  # as dx.evaluate writes: holding the file, through a TrialWriter
             writer = journal.writer(record.id, create=record)
             for row in rows:
                 writer.add(row)
@@ -249,13 +249,18 @@ def measure_million(folder: Path, trials: int, query_repeats: int) -> dict[str, 
         ),
         "paired_scores(a, b)": lambda: journal.paired_scores(ids[0], ids[1]),
     }
+    # Cold: each query opens the file (a CLI command, or a reader while no run holds the journal). Held: the
+    # reader holds the journal (a dashboard that keeps it open, or any process while a run serves it).
     timings = {name: median_seconds(call, query_repeats) for name, call in queries.items()}
+    with journal.hold():
+        held = {name: median_seconds(call, query_repeats) for name, call in queries.items()}
     return {
         "trials": stored,
         "ingest_seconds": ingest_seconds,
         "ingest_trials_per_second": stored / ingest_seconds,
         "bytes_per_trial": size / stored,
         "query_seconds": timings,
+        "query_seconds_held": held,
     }
 
 
@@ -293,10 +298,11 @@ def report_million(result: dict[str, Any]) -> bool:
         ("ingest (trials/s)", f"{result['ingest_trials_per_second']:,.0f}", f"≥ {TARGET_INGEST:,}",
          result["ingest_trials_per_second"] >= TARGET_INGEST),
     ]  # fmt: skip
-    rows += [
-        (f"{name} (ms)", f"{seconds * 1000:.1f}", f"< {TARGET_QUERY * 1000:.0f}", seconds < TARGET_QUERY)
-        for name, seconds in result["query_seconds"].items()
-    ]
+    for label, key in (("cold", "query_seconds"), ("held", "query_seconds_held")):
+        rows += [
+            (f"{label}: {name} (ms)", f"{seconds * 1000:.1f}", f"< {TARGET_QUERY * 1000:.0f}", seconds < TARGET_QUERY)
+            for name, seconds in result[key].items()
+        ]
     print(f"\n{result['trials']:,} trials, {result['bytes_per_trial']:.1f} bytes per trial in the journal file")
     print(format_table(["figure", "value", "target", "met"], [(*row[:3], "yes" if row[3] else "NO") for row in rows]))
     return all(row[3] for row in rows)

@@ -320,7 +320,7 @@ class DuckDBJournal:
                 held.connection = self._open(write=True)
                 if held.service is None:
                     # This process has the file for its run: it answers other processes' calls meanwhile.
-                    held.service = JournalService(self, _SERVED)
+                    held.service = JournalService(self, _SERVED, call_lock=_process_lock)
             cursor = held.connection.cursor()
             _record_wait("write" if write else "read", time.perf_counter() - start)
             try:

@@ -184,11 +184,15 @@ class JournalService:
     Args:
         journal: the journal whose methods are called (this process's ``DuckDBJournal``).
         allowed: the method names other processes may call.
+        call_lock: held while a call runs, and by whoever stops the service: a call that finds the
+            service stopped is not run (its caller makes it on the file), so no journal work starts
+            after :meth:`stop` (a daemon thread inside DuckDB at interpreter exit aborts the process).
     """
 
-    def __init__(self, journal: Any, allowed: frozenset[str]) -> None:
+    def __init__(self, journal: Any, allowed: set[str] | frozenset[str], *, call_lock: Any) -> None:
         self.journal = journal
-        self.allowed = allowed
+        self.allowed = frozenset(allowed)
+        self.call_lock = call_lock
         self.secret = secrets.token_bytes(32)
         self.listener = Listener(("127.0.0.1", 0), authkey=self.secret)
         self.port = int(self.listener.address[1])
@@ -235,10 +239,7 @@ class JournalService:
                 if method not in self.allowed:
                     reply = ServiceReply(error=JournalError(f"the journal service does not serve {method!r}"))
                 else:
-                    try:
-                        reply = ServiceReply(value=getattr(self.journal, method)(*arguments, **options))
-                    except Exception as error:
-                        reply = ServiceReply(error=error)
+                    reply = self._call(method, arguments, options)
                 try:
                     connection.send(reply)
                 except (OSError, ValueError):
@@ -251,9 +252,18 @@ class JournalService:
             with contextlib.suppress(OSError):
                 connection.close()
 
+    def _call(self, method: str, arguments: tuple[Any, ...], options: dict[str, Any]) -> ServiceReply:
+        with self.call_lock:
+            if self._stopped:
+                return ServiceReply(error=ServiceGone(method))
+            try:
+                return ServiceReply(value=getattr(self.journal, method)(*arguments, **options))
+            except Exception as error:
+                return ServiceReply(error=error)
+
     def stop(self) -> None:
         """Stop advertising and serving; callers that were connected make their next call on the file."""
-        with self._lock:
+        with self.call_lock, self._lock:
             self._stopped = True
             connections = list(self._connections)
         with contextlib.suppress(OSError):
