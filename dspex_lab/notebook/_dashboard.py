@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["Dashboard", "DashboardServer", "serve_dashboard"]
 
 KINDS = ("evaluation", "comparison", "optimization")
-STATUSES = ("running", "finished", "interrupted", "failed", "cancelled")
+# What an experiment can be: running, or how it ended (a budget or max_errors stop is "stopped").
+STATUSES = ("running", "finished", "stopped", "interrupted", "failed")
 TRIAL_SORTS = ("example_id", "score", "latency", "status", "trial_id")
 # Rows of the leaderboard drawn as points with intervals; the table below holds them all.
 _PLOTTED_EXPERIMENTS = 40
