@@ -524,7 +524,11 @@ function render({ model, el: root }) {
   // Dragging the splitter sets the detail pane's width (kept while the widget lives).
   splitter.addEventListener("pointerdown", (event) => {
     event.preventDefault();
-    splitter.setPointerCapture?.(event.pointerId);
+    try {
+      splitter.setPointerCapture(event.pointerId); // keep receiving moves when the pointer leaves the thin bar
+    } catch {
+      // an event without an active pointer (dispatched by a script) has nothing to capture
+    }
     const move = (moved) => {
       const box = root.getBoundingClientRect();
       const width = Math.min(Math.max(box.right - moved.clientX, MIN_DETAIL), Math.max(box.width * 0.7, MIN_DETAIL));

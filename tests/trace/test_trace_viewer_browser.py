@@ -137,7 +137,17 @@ for (let pass = 0; pass < 50; pass++) {  // open every closed node, one click at
 const afterAll = rows();
 const isLm = (element) => element.querySelector(".dspex-kind").textContent === "lm";
 Array.from(root.querySelectorAll(".dspex-span")).find(isLm).click();
+// Drag the splitter 300 px to the left of the widget's right edge: the detail pane becomes 300 px wide.
+const splitter = root.querySelector(".dspex-splitter");
+const right = root.getBoundingClientRect().right;
+const pointer = (type, x) => splitter.dispatchEvent(new PointerEvent(type, { clientX: x, pointerId: 1 }));
+pointer("pointerdown", right - 100);
+pointer("pointermove", right - 300);
+pointer("pointerup", right - 300);
 return {
+  detailWidth: root.style.getPropertyValue("--dspex-detail-width"),
+  header: root.querySelector(".dspex-header").textContent,
+  treeColumns: Array.from(root.querySelectorAll(".dspex-tree-head .dspex-column")).map((cell) => cell.textContent),
   before, afterFirst, afterAll,
   trials: root.querySelectorAll(".dspex-trial").length,
   detail: root.querySelector(".dspex-detail").textContent.slice(0, 4000),
@@ -166,6 +176,9 @@ def test_tree_expands_and_detail_pane_shows_the_lm_call(tmp_path):
     assert report["afterFirst"] > report["before"] and report["afterAll"] == len(viewer.nodes)
     assert report["selected"] == 1
     assert "lm · lab/small" in report["detail"] and "completion" in report["detail"]
+    assert report["detailWidth"] == "300px"
+    assert f"mean{result.mean:.3f}" in report["header"] and f"n{result.n}" in report["header"]
+    assert report["treeColumns"][:6] == ["span", "status", "T", "tokens", "cost", "duration"]
     assert screenshot.exists() and screenshot.stat().st_size > 5_000
 
 
