@@ -308,7 +308,9 @@ def variable_from_dict(data: dict[str, Any], *, name: str = "?") -> Variable:
         data["choices"] = tuple(data["choices"])
     try:
         return cls(**data)
-    except VariableError:
+    except VariableError as error:
+        if error.variable == "default":  # the constructor checks its value before it has a name: give it one
+            raise VariableError(name, error.value, error.allowed) from None
         raise
     except (TypeError, ValueError, OverflowError) as error:
         # A spec is data from anyone: a domain of the wrong JSON type is a spec error, not a crash.
