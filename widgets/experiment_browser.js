@@ -37,12 +37,15 @@ const EXPERIMENT_COLUMNS = [
   ["created", "created"],
 ];
 
-const TRIAL_HEADERS = ["trial", "status", "score", "error", "latency", "tokens", "spans"];
-const TRIAL_ORDERS = [
-  ["error", "failed first"],
-  ["score", "lowest score first"],
-  ["trial", "example order"],
-  ["latency", "slowest first"],
+// The trial table's columns: [header, the journal column it sorts by (none: not sortable)].
+const TRIAL_COLUMNS = [
+  ["trial", "trial_id"],
+  ["status", "status"],
+  ["score", "score"],
+  ["error", "error_type"],
+  ["latency", "latency"],
+  ["tokens", "input_tokens"],
+  ["spans", null],
 ];
 
 function render({ model, el: root }) {
@@ -82,22 +85,16 @@ function render({ model, el: root }) {
   }
   minScore.placeholder = "min";
   maxScore.placeholder = "max";
-  const trialOrder = el("select", "dspex-trial-order");
-  for (const [value, label] of TRIAL_ORDERS) trialOrder.append(option(value, label));
   const trialCount = el("span", "dspex-browser-count");
   trialBar.append(
     labelled("status", trialStatus),
     labelled("score ≥", minScore),
     labelled("≤", maxScore),
-    labelled("order", trialOrder),
     trialCount,
   );
   const trialScroll = el("div", "dspex-browser-scroll");
   const trialTable = el("table", "dspex-trials-table");
   const trialHead = el("thead");
-  const headRow = el("tr");
-  for (const header of TRIAL_HEADERS) headRow.append(el("th", "", header));
-  trialHead.append(headRow);
   const trialBody = el("tbody");
   trialTable.append(trialHead, trialBody);
   trialScroll.append(trialTable);
@@ -120,7 +117,6 @@ function render({ model, el: root }) {
   statusFilter.addEventListener("change", () => save("status_filter", statusFilter.value));
   refresh.addEventListener("click", () => model.send({ type: "refresh" }));
   trialStatus.addEventListener("change", () => save("trial_status", trialStatus.value));
-  trialOrder.addEventListener("change", () => save("trial_order", trialOrder.value));
   const bound = (input, key) => {
     input.addEventListener("change", () => {
       const text = input.value.trim();
@@ -185,7 +181,7 @@ function render({ model, el: root }) {
       const name = el("td");
       name.append(el("div", "", row.name), el("div", "dspex-id", row.id));
       const status = el("td", `dspex-status-${row.status}`, row.status);
-      if (row.status_detail) status.title = row.status_detail;
+      if (row.model) status.title = `model ${row.model}`;
       const interval = row.ci_low === null ? "" : ` [${fixed(row.ci_low, 3)}, ${fixed(row.ci_high, 3)}]`;
       const mean = el("td", "dspex-number dspex-mean", row.mean === null ? "–" : `${fixed(row.mean, 3)}${interval}`);
       if (row.ci_method) mean.title = `95% interval, ${row.ci_method}`;
@@ -204,6 +200,30 @@ function render({ model, el: root }) {
     }
   }
 
+  function drawTrialHead() {
+    const row = el("tr");
+    const sorted = model.get("trial_sort");
+    const descending = model.get("trial_descending");
+    for (const [label, column] of TRIAL_COLUMNS) {
+      const arrow = column === sorted ? (descending ? " ▼" : " ▲") : "";
+      const cell = el("th", column ? `dspex-sortable${column === sorted ? " dspex-sorted" : ""}` : "", label + arrow);
+      if (column) {
+        cell.dataset.column = column;
+        cell.title = "sort by this column (click again to reverse)";
+        cell.addEventListener("click", () => {
+          if (column === model.get("trial_sort")) model.set("trial_descending", !model.get("trial_descending"));
+          else {
+            model.set("trial_sort", column);
+            model.set("trial_descending", column === "latency" || column === "input_tokens");
+          }
+          model.save_changes();
+        });
+      }
+      row.append(cell);
+    }
+    trialHead.replaceChildren(row);
+  }
+
   function drawTrials() {
     const experiment = model.get("selected_experiment");
     trialSection.style.display = experiment ? "" : "none";
@@ -212,7 +232,6 @@ function render({ model, el: root }) {
     const selected = model.get("selected_trial");
     trialTitle.textContent = `trials of ${experiment}`;
     trialStatus.value = model.get("trial_status");
-    trialOrder.value = model.get("trial_order");
     if (document.activeElement !== minScore) minScore.value = model.get("trial_min_score") ?? "";
     if (document.activeElement !== maxScore) maxScore.value = model.get("trial_max_score") ?? "";
     const limited = rows.length >= model.get("trial_limit") ? ` (first ${rows.length})` : "";
@@ -248,16 +267,18 @@ function render({ model, el: root }) {
     [["sort_column", "sort_descending"], drawExperimentHead],
     [["experiments", "selected_experiment"], drawExperiments],
     [
-      ["selected_experiment", "trials", "selected_trial", "trial_status", "trial_order", "trial_total",
-        "trial_min_score", "trial_max_score", "trial_limit"],
+      ["selected_experiment", "trials", "selected_trial", "trial_status", "trial_total", "trial_min_score",
+        "trial_max_score", "trial_limit"],
       drawTrials,
     ],
+    [["trial_sort", "trial_descending"], drawTrialHead],
     [["note"], drawNote],
   ];
   for (const [keys, handler] of handlers) for (const key of keys) model.on(`change:${key}`, handler);
   drawFilters();
   drawExperimentHead();
   drawExperiments();
+  drawTrialHead();
   drawTrials();
   drawNote();
   return () => {

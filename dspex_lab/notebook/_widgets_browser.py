@@ -8,10 +8,9 @@ import os
 from typing import Any
 
 from dspex_lab.errors import DspexLabError, JournalError, MissingDependencyError
-from dspex_lab.journal import TRIAL_ORDERS, DuckDBJournal, open_journal
+from dspex_lab.journal import TRIAL_SORTS, DuckDBJournal, open_journal
 from dspex_lab.notebook._trace_viewer import TraceViewer
 from dspex_lab.notebook._widgets_common import front_end_file, json_number
-from dspex_lab.stats import wilson_interval
 
 try:
     import anywidget
@@ -25,46 +24,20 @@ __all__ = ["EXPERIMENT_COLUMNS", "ExperimentBrowser"]
 #: The experiment table's columns, each one a sort key.
 EXPERIMENT_COLUMNS = ("name", "kind", "status", "mean", "n", "n_trials", "n_errors", "created")
 
-_TRIAL_COLUMNS = (
-    "trial_id",
-    "example_id",
-    "repeat",
-    "status",
-    "score",
-    "error_type",
-    "error_message",
-    "latency",
-    "input_tokens",
-    "output_tokens",
-    "cost",
-)
+# The experiment list reads this many of the newest experiments at most.
+_EXPERIMENT_LIMIT = 1000
 
 # An error message is cut to this many characters in the table; the trace shows it whole.
 _MESSAGE_CHARACTERS = 300
 
-# Per experiment: its stored summary (a finished evaluation's own interval, which averages repeats per
-# example and clusters when asked) and the scored trials' moments (for a live interval on the others).
-_STATISTICS_SQL = """
-SELECT e.id, e.summary, s.n_scored, s.total, s.sd, s.binary
-FROM experiments e LEFT JOIN (
-    SELECT experiment_id, count(score) AS n_scored, sum(score) AS total, stddev_samp(score) AS sd,
-           bool_and(score = 0 OR score = 1) AS binary
-    FROM trials WHERE score IS NOT NULL GROUP BY experiment_id) s ON s.experiment_id = e.id
+# A finished evaluation's stored summary holds the interval it was reported with (repeats averaged per
+# example, clustered when asked): the list shows that one rather than the journal's quick per-trial interval.
+_SUMMARIES_SQL = "SELECT id, summary FROM experiments WHERE status = 'finished' AND summary IS NOT NULL"
+
+_SPAN_COUNTS_SQL = """
+SELECT trace_id, count(*) AS spans FROM spans
+WHERE experiment_id = ? AND list_contains(?, trace_id) GROUP BY trace_id
 """
-
-
-def _live_interval(n: int, total: float, sd: float | None, binary: bool) -> tuple[float | None, float | None, str]:
-    """Return the 95% interval of a mean from its trials' moments: Wilson for 0/1 scores, t otherwise."""
-    if n < 2:
-        return None, None, ""
-    if binary:
-        interval = wilson_interval(round(total), n)
-        return interval.low, interval.high, "wilson"
-    from scipy import stats
-
-    mean = total / n
-    half = float(stats.t.ppf(0.975, n - 1)) * (sd or 0.0) / math.sqrt(n)
-    return mean - half, mean + half, "t"
 
 
 class _BrowserTables(anywidget.AnyWidget):
@@ -88,7 +61,8 @@ class _BrowserTables(anywidget.AnyWidget):
     trial_status = traitlets.Unicode("").tag(sync=True)
     trial_min_score = traitlets.Float(None, allow_none=True).tag(sync=True)
     trial_max_score = traitlets.Float(None, allow_none=True).tag(sync=True)
-    trial_order = traitlets.Unicode("error").tag(sync=True)
+    trial_sort = traitlets.Unicode("status").tag(sync=True)
+    trial_descending = traitlets.Bool(False).tag(sync=True)
     selected_trial = traitlets.Unicode("").tag(sync=True)
     note = traitlets.Unicode("").tag(sync=True)
 
@@ -98,10 +72,10 @@ class _BrowserTables(anywidget.AnyWidget):
             raise JournalError(f"sort_column must be one of {EXPERIMENT_COLUMNS}, got {proposal['value']!r}")
         return str(proposal["value"])
 
-    @traitlets.validate("trial_order")
-    def _check_trial_order(self, proposal: dict[str, Any]) -> str:
-        if proposal["value"] not in TRIAL_ORDERS:
-            raise JournalError(f"trial_order must be one of {TRIAL_ORDERS}, got {proposal['value']!r}")
+    @traitlets.validate("trial_sort")
+    def _check_trial_sort(self, proposal: dict[str, Any]) -> str:
+        if proposal["value"] not in TRIAL_SORTS:
+            raise JournalError(f"trial_sort must be one of {TRIAL_SORTS}, got {proposal['value']!r}")
         return str(proposal["value"])
 
     @traitlets.validate("trial_status")
@@ -128,13 +102,14 @@ class ExperimentBrowser(ipywidgets.VBox):
     """Browse a journal: filter and sort its experiments, open one's trials, open a trial's trace.
 
     The experiment table shows each experiment's name, kind, status, mean score with its 95% interval,
-    n, trials and errors; it filters by name (a substring), kind and status, and sorts by any column.
-    A finished evaluation shows the interval it was summarised with (repeats averaged per example,
-    clustered if asked); a running or interrupted one a live interval over its scored trials (Wilson for
-    0/1 scores, t otherwise). Selecting an experiment lists its trials (filtered by status and score,
-    ordered by :data:`~dspex_lab.journal.TRIAL_ORDERS`, at most ``trial_limit`` shown); selecting a traced
-    trial opens a :class:`~dspex_lab.notebook.TraceViewer` below the tables. Every filter change queries
-    the journal again; Refresh (or :meth:`refresh`) picks up what other kernels wrote meanwhile.
+    n, trials and errors; it filters by name or id (a substring, any case), kind and status, and sorts by
+    any column. A finished evaluation shows the interval it was summarised with (repeats averaged per
+    example, clustered if asked); any other experiment the journal's quick 95% t-interval over its scored
+    trials (:meth:`~dspex_lab.journal.DuckDBJournal.leaderboard`). Selecting an experiment lists its
+    trials, filtered by status and score and sorted by a column of :data:`~dspex_lab.journal.TRIAL_SORTS`
+    (failed first by default), at most ``trial_limit`` of them with the number that match; selecting a
+    traced trial opens a :class:`~dspex_lab.notebook.TraceViewer` below the tables. Every filter change
+    queries the journal again; Refresh (or :meth:`refresh`) picks up what other kernels wrote meanwhile.
 
     Args:
         journal: a journal or its path (default: the active ``dx.Context``'s journal).
@@ -165,7 +140,8 @@ class ExperimentBrowser(ipywidgets.VBox):
         self.tables.observe(self._sort_changed, names=["sort_column", "sort_descending"])
         self.tables.observe(self._experiment_selected, names=["selected_experiment"])
         self.tables.observe(
-            self._trials_changed, names=["trial_status", "trial_min_score", "trial_max_score", "trial_order"]
+            self._trials_changed,
+            names=["trial_status", "trial_min_score", "trial_max_score", "trial_sort", "trial_descending"],
         )
         self.tables.observe(self._trial_selected, names=["selected_trial"])
         self.tables.on_msg(self._on_front_end_message)
@@ -225,12 +201,11 @@ class ExperimentBrowser(ipywidgets.VBox):
     # -- Reading the journal -----------------------------------------------------------------------
 
     def _read_experiments(self) -> list[dict[str, Any]]:
-        summaries = self.journal.experiment_summaries()
-        statistics: dict[str, dict[str, Any]] = {}
-        if summaries:
-            frame = self.journal.sql(_STATISTICS_SQL)
-            statistics = {row["id"]: row for row in frame.to_dict("records")}
-        return [_experiment_row(summary, statistics.get(summary.id, {})) for summary in summaries]
+        board = self.journal.leaderboard(limit=_EXPERIMENT_LIMIT)
+        if board.empty:
+            return []
+        stored = {row["id"]: row["summary"] for row in self.journal.sql(_SUMMARIES_SQL).to_dict("records")}
+        return [_experiment_row(row, stored.get(row["experiment_id"])) for row in board.to_dict("records")]
 
     def _show_experiments(self) -> None:
         needle = self.tables.name_filter.strip().casefold()
@@ -255,18 +230,22 @@ class ExperimentBrowser(ipywidgets.VBox):
             tables.trials = []
             tables.trial_total = 0
             return
-        rows = self.journal.trial_rows(
+        page, total = self.journal.trial_page(
             tables.selected_experiment,
-            columns=_TRIAL_COLUMNS,
             status=tables.trial_status or None,
-            order=tables.trial_order,
-            limit=tables.trial_limit,
-            with_span_counts=True,
             min_score=low,
             max_score=high,
+            sort=tables.trial_sort,
+            descending=tables.trial_descending,
+            limit=tables.trial_limit,
         )
-        tables.trial_total = sum(self.journal.trial_counts(tables.selected_experiment).values())
-        tables.trials = [_trial_row(row) for row in rows]
+        rows = page.to_dict("records")
+        spans = {}
+        if rows:
+            counts = self.journal.sql(_SPAN_COUNTS_SQL, [tables.selected_experiment, [row["trial_id"] for row in rows]])
+            spans = dict(zip(counts["trace_id"], counts["spans"], strict=True))
+        tables.trial_total = total
+        tables.trials = [_trial_row(row, int(spans.get(row["trial_id"], 0))) for row in rows]
         tables.note = ""
         if tables.selected_trial and not any(row["trial_id"] == tables.selected_trial for row in tables.trials):
             tables.selected_trial = ""
@@ -331,55 +310,56 @@ class ExperimentBrowser(ipywidgets.VBox):
         self.children = (self.tables,)
 
 
-def _experiment_row(summary: Any, statistics: dict[str, Any]) -> dict[str, Any]:
-    n_scored = int(statistics.get("n_scored") or 0)
-    stored = statistics.get("summary")
-    stored = json.loads(stored) if isinstance(stored, str) else stored
-    mean = json_number(summary.mean_score)
-    if summary.status == "finished" and isinstance(stored, dict) and json_number(stored.get("mean")) is not None:
-        ci = stored.get("ci") or [None, None]
-        mean, low, high = json_number(stored["mean"]), json_number(ci[0]), json_number(ci[1])
-        method, n = str(stored.get("ci_method") or ""), int(stored.get("n") or n_scored)
-    else:
-        low, high, method = _live_interval(
-            n_scored, float(statistics.get("total") or 0.0), json_number(statistics.get("sd")),
-            bool(statistics.get("binary")),
-        )  # fmt: skip
-        n = n_scored
-    created = summary.created_at
-    if created is not None and hasattr(created, "isoformat"):
+def _experiment_row(row: dict[str, Any], stored: Any) -> dict[str, Any]:
+    summary = json.loads(stored) if isinstance(stored, str) else stored
+    n_trials, n_errors = int(row["n_trials"]), int(row["n_errors"])
+    mean, low, high = json_number(row["mean"]), json_number(row["ci_low"]), json_number(row["ci_high"])
+    method, n = ("t" if low is not None else ""), n_trials - n_errors
+    if row["status"] == "finished" and isinstance(summary, dict) and json_number(summary.get("mean")) is not None:
+        ci = summary.get("ci") or [None, None]
+        mean, low, high = json_number(summary["mean"]), json_number(ci[0]), json_number(ci[1])
+        method, n = str(summary.get("ci_method") or ""), int(summary.get("n") or n)
+    created = row["created_at"]
+    if created is not None and hasattr(created, "isoformat") and not _missing(created):
         created = created.isoformat(sep=" ", timespec="seconds")
     return {
-        "id": summary.id,
-        "name": summary.name,
-        "kind": summary.kind,
-        "status": summary.status,
-        "status_detail": summary.status_detail or "",
+        "id": row["experiment_id"],
+        "name": row["name"],
+        "kind": row["kind"],
+        "status": row["status"],
+        "model": row["model"] if isinstance(row["model"], str) else "",
         "mean": mean,
-        "ci_low": json_number(low),
-        "ci_high": json_number(high),
+        "ci_low": low,
+        "ci_high": high,
         "ci_method": method,
         "n": n,
-        "n_trials": int(summary.n_trials),
-        "n_errors": int(summary.n_errors),
-        "created": None if created is None else str(created),
+        "n_trials": n_trials,
+        "n_errors": n_errors,
+        "created": None if _missing(created) else str(created),
     }
 
 
-def _trial_row(row: dict[str, Any]) -> dict[str, Any]:
-    message = row.get("error_message") or ""
+def _missing(value: Any) -> bool:
+    # pandas gives NaT or NaN for a missing timestamp or text.
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "NaT"
+
+
+def _trial_row(row: dict[str, Any], spans: int) -> dict[str, Any]:
+    message = row.get("error_message")
+    message = message if isinstance(message, str) else ""
     if len(message) > _MESSAGE_CHARACTERS:
         message = message[: _MESSAGE_CHARACTERS - 1] + "…"
+    error_type = row.get("error_type")
     return {
         "trial_id": row["trial_id"],
         "example_id": row["example_id"],
         "repeat": int(row["repeat"]),
         "status": row["status"],
         "score": json_number(row.get("score")),
-        "error_type": row.get("error_type") or "",
+        "error_type": error_type if isinstance(error_type, str) else "",
         "error_message": message,
         "latency": json_number(row.get("latency")),
-        "tokens": int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0),
+        "tokens": int(json_number(row.get("input_tokens")) or 0) + int(json_number(row.get("output_tokens")) or 0),
         "cost": json_number(row.get("cost")),
-        "spans": int(row.get("spans") or 0),
+        "spans": spans,
     }

@@ -25,7 +25,6 @@ from dspex_lab.engine import RunFinished, RunStarted, TrialFinished, TrialResult
 pytest.importorskip("anywidget")
 
 from dspex_lab.evaluate._progress import TqdmProgress, progress_display
-from dspex_lab.notebook._widgets_browser import _live_interval
 from dspex_lab.notebook._widgets_common import front_end_file
 
 COT = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="cot")
@@ -358,8 +357,9 @@ def test_selecting_an_experiment_then_a_trial_opens_its_trace(browsed):
     front_end_update(browser.tables, selected_experiment=traced.experiment_id)
     assert len(browser.trials) == browser.tables.trial_total == 12
     assert browser.trials[0]["status"] == "error"  # failed first, the default order
-    front_end_update(browser.tables, trial_status="ok", trial_order="score")
+    front_end_update(browser.tables, trial_status="ok", trial_sort="score")
     assert {row["status"] for row in browser.trials} == {"ok"}
+    assert browser.tables.trial_total == len(browser.trials) == traced.n_trials - traced.n_errors
     assert [row["score"] for row in browser.trials] == sorted(row["score"] for row in browser.trials)
     front_end_update(browser.tables, trial_status="", trial_min_score=1.0)
     assert browser.trials and all(row["score"] == 1.0 for row in browser.trials)
@@ -415,14 +415,28 @@ def test_browser_needs_a_journal():
         dx.ExperimentBrowser()
 
 
-def test_live_intervals_match_scipy_and_the_closed_form():
-    graded = [0.1, 0.4, 0.35, 0.9, 0.6, 0.2]
-    low, high, method = _live_interval(len(graded), sum(graded), stats.tstd(graded), False)
-    expected = stats.t.interval(0.95, len(graded) - 1, loc=sum(graded) / len(graded), scale=stats.sem(graded))
-    assert method == "t" and (low, high) == (pytest.approx(expected[0]), pytest.approx(expected[1]))
-    low, high, method = _live_interval(20, 13.0, None, True)
-    assert method == "wilson" and (low, high) == (pytest.approx(wilson(13, 20)[0]), pytest.approx(wilson(13, 20)[1]))
-    assert _live_interval(1, 1.0, None, True) == (None, None, "")
+def test_an_unfinished_experiment_shows_a_t_interval_over_its_scored_trials(journal_path):
+    problems = dx.Dataset(dx.datasets.arithmetic(20, seed=6), name="unfinished")
+
+    def stop_after_eight(event: Any) -> None:
+        if isinstance(event, TrialFinished) and event.done == 8:
+            raise KeyboardInterrupt("stopped by the test")
+
+    lm = dx.lab_lm("lab/small", error_rate=0.2, seed=1)
+    with dx.Context(lm=lm, journal=journal_path, threads=1), pytest.raises(KeyboardInterrupt):
+        dx.evaluate(PREDICT, problems, metric=dx.metrics.exact_match, progress=stop_after_eight, retries=0)
+    browser = dx.ExperimentBrowser(journal_path, trial_limit=3)
+    (row,) = browser.experiments
+    scores = dx.open_journal(journal_path).trials(row["id"]).query("status == 'ok'")["score"]
+    low, high = stats.t.interval(0.95, len(scores) - 1, loc=scores.mean(), scale=stats.sem(scores))
+    assert row["status"] == "interrupted" and row["n_trials"] == 8 and row["n"] == len(scores)
+    assert (row["mean"], row["ci_low"], row["ci_high"]) == (
+        pytest.approx(scores.mean()),
+        pytest.approx(low),
+        pytest.approx(high),
+    )
+    browser.select_experiment(row["id"])
+    assert len(browser.trials) == 3 and browser.tables.trial_total == 8  # the limit, and how many match
 
 
 # -- VariableControls --------------------------------------------------------------------------------------
