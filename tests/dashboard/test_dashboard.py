@@ -279,3 +279,13 @@ def test_a_bad_port_is_refused(lab, port) -> None:
 def test_refresh_seconds_must_be_reasonable(lab) -> None:
     with pytest.raises(JournalError, match="refresh_seconds"):
         serve_dashboard(lab["path"], refresh_seconds=0)
+
+
+def test_the_command_refuses_a_remote_host_with_one_clear_error(lab, capsys) -> None:
+    from dspex_lab.cli import main
+
+    code = main(["dashboard", "--journal", str(lab["path"]), "--host", "192.0.2.7", "--no-browser"])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert error.startswith("dspex: error: refusing to serve the dashboard on '192.0.2.7'")
+    assert "--allow-remote" in error and "Traceback" not in error
