@@ -118,6 +118,7 @@ class RunProgress(anywidget.AnyWidget):
         self._last_sent = 0.0
         self._run_thread: int | None = None
         self._spanning = False
+        self._closing = False
         self._cancel_requested = False
         self._interrupt_sent = False
         self.cancel_mode = "immediate" if self._watch_comm() else "next trial"
@@ -152,7 +153,9 @@ class RunProgress(anywidget.AnyWidget):
         finishes. Without a running run it does nothing.
         """
         with self._lock:
-            if self._run_thread is None or self._cancel_requested:
+            # Once every planned trial has finished the run is closing: an interrupt now could land after it,
+            # in whatever the thread runs next, so the request is ignored.
+            if self._run_thread is None or self._cancel_requested or self._closing:
                 return False
             self._cancel_requested = True
             other_thread = threading.get_ident() != self._run_thread
@@ -207,6 +210,7 @@ class RunProgress(anywidget.AnyWidget):
     def _run_started(self, event: RunStarted) -> None:
         with self._lock:
             self._run_thread = threading.get_ident()
+            self._closing = False
             if not self._spanning:
                 self._cancel_requested = False
                 self._interrupt_sent = False
@@ -244,6 +248,8 @@ class RunProgress(anywidget.AnyWidget):
             stop_here = self._cancel_requested and not self._interrupt_sent
             if stop_here:
                 self._interrupt_sent = True
+            elif event.done >= event.total and not self._spanning:
+                self._closing = True
         if stop_here:
             # Raised on the run's thread, between trials: the executor ends the run "interrupted" and
             # every trial finished so far (this one included) is already recorded.
@@ -253,6 +259,7 @@ class RunProgress(anywidget.AnyWidget):
         with self._lock:
             cancelled = self._cancel_requested
             spanning = self._spanning
+            self._closing = False
             if not spanning:
                 self._run_thread = None
                 self._cancel_requested = False

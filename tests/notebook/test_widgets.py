@@ -13,6 +13,7 @@ import threading
 import time
 import types
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import dspy
@@ -92,6 +93,22 @@ def test_front_ends_exist_render_and_use_the_theme_variables(name):
             pytest.fail(f"a fixed colour outside a fallback in {name}.css: {line.strip()}")
 
 
+def test_the_wheel_ships_every_front_end_where_the_package_looks():
+    import fnmatch
+    import tomllib
+
+    from dspex_lab.notebook import _widgets_common
+
+    repository = Path(dx.__file__).resolve().parents[1]
+    config = tomllib.loads((repository / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert config["package-dir"]["dspex_lab.notebook.widgets"] == "widgets"
+    patterns = config["package-data"]["dspex_lab.notebook.widgets"]
+    assert _widgets_common._FRONT_END_FOLDERS[0] == repository / "dspex_lab" / "notebook" / "widgets"
+    for name in ("run_progress", "experiment_browser", "variable_controls"):
+        for suffix in (".js", ".css"):
+            assert any(fnmatch.fnmatch(name + suffix, pattern) for pattern in patterns), name + suffix
+
+
 def test_a_missing_front_end_file_is_named_with_what_to_do():
     with pytest.raises(dx.errors.DspexLabError, match=r"RunProgress widget's front end nothing\.js is missing"):
         front_end_file("nothing.js", widget="RunProgress")
@@ -159,6 +176,16 @@ def test_cancel_without_a_running_run_does_nothing():
     assert widget.cancel() is False
     front_end_message(widget, {"type": "cancel"})
     assert widget.status == "waiting"
+
+
+def test_cancel_after_the_last_trial_is_ignored_so_no_interrupt_outlives_the_run():
+    widget = dx.RunProgress()
+    widget(RunStarted("r", "closing", 2))
+    widget(TrialFinished("r", trial(0, score=1.0), 1, 2, 0))
+    widget(TrialFinished("r", trial(1, score=1.0), 2, 2, 0))
+    assert widget.cancel() is False
+    widget(RunFinished("r", "finished", 2, 2, 0, 0.1))
+    assert widget.status == "finished"
 
 
 def slow_run(journal_path, widget: dx.RunProgress, *, subscribers=()) -> float:
