@@ -313,14 +313,17 @@ def test_progress_true_shows_the_widget_in_a_jupyter_kernel_and_tqdm_elsewhere(j
     assert shown == [] and "4/4" in capsys.readouterr().err
 
 
+OPTIMIZED = dx.Program(
+    "dspy.Predict",
+    signature="question -> answer",
+    name="opt",
+    variables={"temperature": dx.Float(0.0, low=0.0, high=1.0)},
+)
+
+
 def test_run_progress_spans_an_optimization_and_shows_its_best(journal_path):
     data = list(dx.datasets.arithmetic(48, seed=17))
-    program = dx.Program(
-        "dspy.Predict",
-        signature="question -> answer",
-        name="opt",
-        variables={"temperature": dx.Float(0.0, low=0.0, high=1.0)},
-    )
+    program = OPTIMIZED
     widget = dx.RunProgress()
     optimizer = dx.SimbaC(max_steps=1, bsize=8, num_candidates=2, num_sources=1, patience=1)
     with dx.Context(lm=dx.lab_lm("lab/small"), journal=journal_path, threads=2):
@@ -333,6 +336,37 @@ def test_run_progress_spans_an_optimization_and_shows_its_best(journal_path):
     assert widget.step == result.steps["step"].max()
     assert widget.best["best_mean"] == pytest.approx(result.steps["best_mean"].iloc[-1])
     assert widget.lm_calls > 0
+
+
+def test_optimize_with_progress_true_shows_one_widget_for_the_whole_run(journal_path, monkeypatch, capsys):
+    shown: list[Any] = []
+    shell = types.SimpleNamespace(kernel=object())
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    monkeypatch.setitem(sys.modules, "IPython.display", types.SimpleNamespace(display=shown.append))
+    data = list(dx.datasets.arithmetic(48, seed=17))
+    optimizer = dx.SimbaC(max_steps=1, bsize=8, num_candidates=2, num_sources=1, patience=1)
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=journal_path, threads=2):
+        result = dx.optimize(OPTIMIZED, data[:24], data[24:], metric=dx.metrics.exact_match, optimizer=optimizer)
+    (widget,) = shown
+    assert isinstance(widget, dx.RunProgress) and widget.status == result.status == "finished"
+    assert widget.runs >= 2 and widget.title == "opt (simba-c)"
+    assert " step " not in capsys.readouterr().err  # the widget replaces the printed step lines
+
+
+def test_cancel_stops_an_optimization_between_or_during_its_evaluations(journal_path):
+    data = list(dx.datasets.arithmetic(96, seed=17))
+    widget = dx.RunProgress()
+    timer = threading.Timer(1.5, widget.cancel)
+    optimizer = dx.SimbaC(max_steps=6, bsize=12, num_candidates=3, num_sources=2, patience=6)
+    timer.start()
+    lm = dx.lab_lm("lab/small", latency=0.05)
+    with dx.Context(lm=lm, journal=journal_path, threads=2), pytest.raises(KeyboardInterrupt, match="resume="):
+        dx.optimize(OPTIMIZED, data[:48], data[48:], metric=dx.metrics.exact_match, optimizer=optimizer,
+                    progress=widget)  # fmt: skip
+    timer.join()
+    assert widget.status == "cancelled"
+    (run,) = [row for row in dx.open_journal(journal_path).experiment_summaries() if row.kind == "optimization"]
+    assert run.status == "interrupted"
 
 
 # -- ExperimentBrowser -------------------------------------------------------------------------------------
