@@ -42,7 +42,15 @@ __all__ = ["Dashboard", "DashboardServer", "serve_dashboard"]
 KINDS = ("evaluation", "comparison", "optimization")
 # What an experiment can be: running, or how it ended (a budget or max_errors stop is "stopped").
 STATUSES = ("running", "finished", "stopped", "interrupted", "failed")
-TRIAL_SORTS = ("example_id", "score", "latency", "status", "trial_id")
+# The trace page's sort menu: label -> trial column (one of the journal's TRIAL_SORTS).
+TRIAL_SORTS = {
+    "example order": "example_index",
+    "score": "score",
+    "latency": "latency",
+    "status": "status",
+    "error type": "error_type",
+    "trial id": "trial_id",
+}
 # Rows of the leaderboard drawn as points with intervals; the table below holds them all.
 _PLOTTED_EXPERIMENTS = 40
 _TRIALS_PER_PAGE = 50
@@ -120,7 +128,7 @@ class Dashboard:
         # Trace
         self.trace_experiment = pn.widgets.Select(label="Experiment", options={})
         self.trial_status = pn.widgets.Select(label="Trial status", options=["", "ok", "error"])
-        self.trial_sort = pn.widgets.Select(label="Sort by", options=list(TRIAL_SORTS))
+        self.trial_sort = pn.widgets.Select(label="Sort by", options=TRIAL_SORTS)
         self.trial_descending = pn.widgets.Checkbox(label="descending")
         self.trial_offset = 0
         self.previous_page = pn.widgets.Button(label="◀ previous", width=100)

@@ -81,7 +81,7 @@ def trial_frame(
     experiment_id: str,
     *,
     status: str | None = None,
-    sort: str = "example_id",
+    sort: str = "example_index",
     descending: bool = False,
     limit: int = 100,
     offset: int = 0,

@@ -152,6 +152,8 @@ def test_the_trace_page_pages_trials_and_draws_the_selected_tree(lab, dashboard)
     assert dashboard.trace_experiment.value == experiment_id
     assert dashboard.trials_total == PROBLEMS
     assert dashboard.trial_count.object == f"trials 1 to {PROBLEMS} of {PROBLEMS}"
+    # In example order by default (not the ids' text order, where arith-5-10 comes before arith-5-2).
+    assert list(dashboard.trials["trial_id"]) == list(journal.trials(experiment_id)["trial_id"])
     first = dashboard.trials.iloc[0]["trial_id"]
     tree = journal.trace(experiment_id, first)
 

@@ -132,6 +132,8 @@ def test_every_page_loads_shows_the_journal_and_follows_a_writer(served, tmp_pat
         page.wait_for_selector("table.dspex-trace", timeout=10_000)
         assert page.locator("tr.dspex-span").count() >= 5
         assert page.get_by_text("trials 1 to 24 of 24").count() == 1
+        page.get_by_text("arith-4-3/r0", exact=True).first.click()  # another trial's row
+        page.wait_for_selector("text=Trial arith-4-3/r0", timeout=10_000)
         page.screenshot(path=tmp_path / "trace.png", full_page=True)
 
         page.get_by_text("Optimization", exact=True).first.click()
