@@ -103,7 +103,6 @@ def run_one(executor: Any, examples: list[Any], latency: float, folder: Path, la
     with context, timed() as timing:
         result = dx.evaluate(program, examples, metric=dx.metrics.exact_match, progress=False)
     frame = result.trials.sort_values("trial_id")
-    context.journal.close()
     return timing, list(zip(frame["trial_id"], frame["score"], strict=True))
 
 
