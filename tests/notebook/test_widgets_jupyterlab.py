@@ -169,6 +169,7 @@ def test_widgets_render_and_answer_clicks_in_the_light_and_dark_themes(tmp_path:
             run_cell(page, SLOW_LIGHT)
             delay, done_light = cancel_slow_run(page, cells.nth(SLOW_LIGHT))
             assert delay < 2.0, f"the run stopped {delay:.2f} s after Cancel"
+            print(f"light theme: the run stopped {delay:.2f} s after Cancel, {done_light} trials kept")
 
             run_cell(page, BROWSER)
             browser = cells.nth(BROWSER).locator(".dspex-browser")
@@ -224,6 +225,7 @@ def test_widgets_render_and_answer_clicks_in_the_light_and_dark_themes(tmp_path:
             run_cell(page, SLOW_DARK)
             delay, done_dark = cancel_slow_run(page, cells.nth(SLOW_DARK))
             assert delay < 2.0, f"the run stopped {delay:.2f} s after Cancel (dark theme)"
+            print(f"dark theme: the run stopped {delay:.2f} s after Cancel, {done_dark} trials kept")
             check_theme([cells.nth(SLOW_DARK).locator(".dspex-progress")], dark=True)
 
             browser.locator(".dspex-refresh").click()
