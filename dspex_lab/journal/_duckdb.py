@@ -1,9 +1,11 @@
-"""The DuckDB journal: one file shared by several processes through short transactions.
+"""The DuckDB journal: one file shared by several processes through short transactions and a service.
 
 DuckDB lets one process at a time open a database file for writing (and
-readers need the writer to be gone), so this journal never holds the file:
-every read or write opens it, does its work in one transaction and closes it,
-retrying with backoff while another process holds the lock. Writers flush
+readers need the writer to be gone). Outside a run, every read or write opens
+the file, does its work in one transaction and closes it, retrying with backoff
+while another process holds the lock. A run holds the file (``hold``) and its
+process serves every other process's journal calls meanwhile (``_service.py``),
+so many writers and pollers do not take turns at the file. Writers flush
 finished trials at least twice a second, so a crash loses well under a second
 of work, and each flush also refreshes the experiment's heartbeat, from which
 an experiment whose process died is seen as interrupted.
@@ -333,11 +335,14 @@ class DuckDBJournal:
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
-        """Keep the file open across many writes (a run), letting go whenever another process waits.
+        """Keep the file open across many writes (a run), and serve other processes' calls meanwhile.
 
-        Opening a DuckDB file costs tens of milliseconds, so a run holds it; a process that
-        finds it locked leaves a marker in ``<journal>.waiting/`` and the holder closes the
-        file after its next transaction, reopening it for the one after.
+        Opening a DuckDB file costs tens of milliseconds, so a run holds it. While this process has
+        the file, it answers the journal calls of other processes through a service on 127.0.0.1
+        (see ``_service.py``), so they do not wait for the file. A process that finds the file
+        locked without a service (one that starts before the service is advertised) leaves a
+        marker in ``<journal>.waiting/`` and the holder closes the file after its next
+        transaction, reopening it for the one after.
         """
         with _process_lock:
             held = _held.setdefault(self.path, _Held())
@@ -348,15 +353,12 @@ class DuckDBJournal:
             with _process_lock:
                 held.holders -= 1
                 if held.holders == 0:
-                    del _held[self.path]
-                    if held.service is not None:
-                        held.service.stop()
-                    if held.connection is not None:
-                        # Closing checkpoints the file (tens of ms): done off the caller's path; the
-                        # next open of this file in this process waits for it (see _connect).
-                        closer = threading.Thread(target=_close_connection, args=(held.connection,), daemon=True)
-                        _closing[self.path] = closer
-                        closer.start()
+                    if held.service is not None and time.monotonic() - held.service.last_call < SERVICE_LINGER:
+                        # Others are writing through us: handing the file over costs every one of them
+                        # a wait, so keep serving until they have been quiet for a while.
+                        threading.Thread(target=_linger, args=(self.path, held), daemon=True).start()
+                    else:
+                        _release(self.path, held)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -1067,9 +1069,46 @@ def _close_connection(connection: duckdb.DuckDBPyConnection) -> None:
     connection.close()
 
 
+# After its run, a serving process keeps the file and the service while other processes still call it,
+# until they have been quiet this long (or the process exits).
+SERVICE_LINGER = 2.0
+
+
+def _release(path: Path, held: _Held) -> None:
+    """Stop serving and close a held file (the caller has ``_process_lock`` and no holders are left)."""
+    if _held.get(path) is held:
+        del _held[path]
+    if held.service is not None:
+        held.service.stop()
+        held.service = None
+    if held.connection is not None:
+        # Closing checkpoints the file (tens of ms): done off the caller's path; the next open of this
+        # file in this process waits for it (see _connect).
+        closer = threading.Thread(target=_close_connection, args=(held.connection,), daemon=True)
+        _closing[path] = closer
+        closer.start()
+        held.connection = None
+
+
+def _linger(path: Path, held: _Held) -> None:
+    while True:
+        time.sleep(SERVICE_LINGER / 4)
+        with _process_lock:
+            if held.holders > 0 or _held.get(path) is not held:
+                return  # a new run in this process holds it again, or it was released
+            service = held.service
+            if service is None or time.monotonic() - service.last_call >= SERVICE_LINGER:
+                _release(path, held)
+                return
+
+
 @atexit.register
 def _finish_closing() -> None:
     # A daemon thread killed at interpreter exit in the middle of DuckDB's close aborts the process.
+    with _process_lock:
+        for path, held in list(_held.items()):
+            if held.holders == 0:
+                _release(path, held)  # a lingering service
     for closer in list(_closing.values()):
         closer.join()
 

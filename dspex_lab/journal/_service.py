@@ -27,6 +27,7 @@ import secrets
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Connection, Listener, answer_challenge, deliver_challenge
@@ -199,6 +200,7 @@ class JournalService:
         self._connections: set[Connection] = set()
         self._lock = threading.Lock()
         self._stopped = False
+        self.last_call = 0.0  # time.monotonic() of the last call served (0: none yet)
         self._file = service_file(journal.path)
         self._advertise()
         threading.Thread(target=self._accept, name="dspex-journal-service", daemon=True).start()
@@ -256,6 +258,7 @@ class JournalService:
         with self.call_lock:
             if self._stopped:
                 return ServiceReply(error=ServiceGone(method))
+            self.last_call = time.monotonic()
             try:
                 return ServiceReply(value=getattr(self.journal, method)(*arguments, **options))
             except Exception as error:
