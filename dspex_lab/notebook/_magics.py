@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -306,7 +307,7 @@ def _dashboard_link(server: Any, state: str) -> str:
     from html import escape
 
     url = escape(server.url)
-    journal = escape(str(server.journal.path))
+    journal = escape(Path(server.journal.path).name)  # the file's name: a saved notebook keeps no home paths
     return f'dspex dashboard {state}: <a href="{url}" target="_blank">{url}</a> (journal {journal})'
 
 

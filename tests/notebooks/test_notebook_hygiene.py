@@ -21,7 +21,14 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 CHECK_TAG = "nbval-check-output"
 KNOWN_TAGS = {CHECK_TAG, "nbval-ignore-output", "nbval-skip", "nbval-raises-exception"}
 # Tutorials that must exist; any other notebook in notebooks/ is checked the same way.
-EXPECTED = ("01_quickstart.ipynb", "02_evaluation_science.ipynb", "03_traces.ipynb", "04_optimize.ipynb")
+EXPECTED = (
+    "01_quickstart.ipynb",
+    "02_evaluation_science.ipynb",
+    "03_traces.ipynb",
+    "04_optimize.ipynb",
+    "05_interactive.ipynb",
+    "06_dashboard.ipynb",
+)
 # Things that change on every run and so must never be in a compared output.
 RUN_SPECIFIC = {
     "an experiment or hypothesis id": re.compile(r"\b[0-9a-f]{12}\b"),
