@@ -12,7 +12,7 @@ per repeat, so slow phases of a shared machine hit each executor), with the jour
    workers) on 2 cores: at least 1.6.
 2. ``latency``: 200 ms lab LM, 1,280 examples, 64 trials at once. Efficiency is
    ``(n * latency / 64) / wall``; target: at least 0.95 for every executor. Dask's
-   per-trial overhead against threads is printed: ``(wall_dask - wall_threads) * 64 / n``.
+   per-trial overhead against threads is printed: ``(wall_dask - wall_threads) / n``.
 
 The process executor is ``ProcessExecutor(2, threads_per_worker=32)``; Dask is a
 ``LocalCluster`` of 2 worker processes with 32 threads each on 127.0.0.1. Workers are
@@ -211,13 +211,11 @@ def report(measurements: list[dict[str, Any]], scale: int) -> str:
         ["scenario", "executor", "n", "latency", "wall (median)", "bound", "efficiency", "target"], rows
     )
     latency = by_scenario["latency"]
-    overhead = (medians[("latency", "dask")] - medians[("latency", "thread")]) * CONCURRENCY / latency.examples * 1000
-    process_overhead = (
-        (medians[("latency", "process")] - medians[("latency", "thread")]) * CONCURRENCY / latency.examples * 1000
-    )
+    overhead = (medians[("latency", "dask")] - medians[("latency", "thread")]) / latency.examples * 1000
+    process_overhead = (medians[("latency", "process")] - medians[("latency", "thread")]) / latency.examples * 1000
     return (
         f"{table}\n\nper-trial overhead against threads (200 ms LM, {CONCURRENCY} at once): "
-        f"dask {overhead:+.1f} ms, process {process_overhead:+.1f} ms"
+        f"dask {overhead:+.2f} ms, process {process_overhead:+.2f} ms of wall per trial"
     )
 
 
