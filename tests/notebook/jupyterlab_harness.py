@@ -37,6 +37,8 @@ wait_until_ready = _trace_test.wait_until_ready
 sync_api = _trace_test.sync_api
 nbformat = _trace_test.nbformat
 
+# Read at import: the suite's autouse fixture removes every DSPEX_* variable while a test runs.
+ARTIFACTS = os.environ.get("DSPEX_ARTIFACTS")
 LIGHT = "JupyterLab Light"
 DARK = "JupyterLab Dark"
 
@@ -153,8 +155,7 @@ def keep_screenshot(target: Any, path: Path) -> Path:
         target.screenshot(path=path, full_page=True)
     else:
         target.screenshot(path=path)
-    artifacts = os.environ.get("DSPEX_ARTIFACTS")
-    if artifacts:
-        Path(artifacts).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, Path(artifacts) / path.name)
+    if ARTIFACTS:
+        Path(ARTIFACTS).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, Path(ARTIFACTS) / path.name)
     return path
