@@ -15,6 +15,7 @@ executor is made.
 from __future__ import annotations
 
 import collections
+import queue
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -102,7 +103,6 @@ class DaskExecutor:
         Raises:
             ExecutionError: the runner cannot travel to a worker, or the workers cannot rebuild it.
         """
-        distributed = _distributed()
         from dspex_lab.engine._remote import run_remote_trial
 
         plan_bytes = encode(plan_for(runner, executor="dask", cloudpickle_functions=True))
@@ -111,6 +111,7 @@ class DaskExecutor:
         window = self.threads * (1 if timeout is not None else 2)
         run_key = uuid.uuid4().hex[:12]
         submitted: dict[Any, tuple[int, float]] = {}
+        finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
         status = RunStatus.FINISHED
         try:
             while in_flight and status == RunStatus.FINISHED:
@@ -125,11 +126,17 @@ class DaskExecutor:
                         pure=False,
                     )
                     submitted[future] = (submission, time.time())
+                    future.add_done_callback(finished.put)  # called on the client's thread
+                done = []
                 try:
-                    done, _ = distributed.wait(list(submitted), timeout=0.5, return_when="FIRST_COMPLETED")
-                except TimeoutError:
-                    done = set()
+                    done.append(finished.get(timeout=0.5))
+                    while True:  # take what else is ready, without waking once per result
+                        done.append(finished.get_nowait())
+                except queue.Empty:
+                    pass
                 for future in done:
+                    if future not in submitted:
+                        continue  # given up at its deadline, or cancelled
                     submission, started = submitted.pop(future)
                     task = in_flight.pop(submission, None)
                     if task is None:
