@@ -477,6 +477,8 @@ class Program:
                     "pass lm=..., use dx.Context(lm=...), or add a 'model' variable"
                 )
             module.set_lm(base_lm.copy(**lm_settings) if lm_settings else base_lm)
+        # The spec travels to process and Dask workers, which rebuild the module from it (engine/_remote.py).
+        module.dspex_program = self.to_dict()
         return module
 
     @staticmethod
