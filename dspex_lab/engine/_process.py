@@ -39,6 +39,8 @@ __all__ = ["ProcessExecutor"]
 
 # A trial whose worker died this many times is recorded as an error instead of being tried again.
 MAX_WORKER_DEATHS = 3
+# A run fails, instead of starting workers forever, when this many die before they are ready.
+MAX_FAILED_STARTS = 3
 
 
 class ProcessExecutor:
@@ -69,6 +71,7 @@ class ProcessExecutor:
         self._pool: list[_Worker] = []
         self._runs = itertools.count(1)
         self._lock = threading.Lock()
+        self._failed_starts = 0
         self.restarts = 0
 
     def __repr__(self) -> str:
@@ -114,11 +117,12 @@ class ProcessExecutor:
             return RunStatus.FINISHED
         in_flight = {submission: task for submission, task in pending}
         deaths: dict[int, int] = {}
-        self._fill_pool()
-        for worker in self._pool:
-            worker.held.clear()  # submissions are numbered per run
+        self._failed_starts = 0
         status = RunStatus.FINISHED
         try:
+            self._fill_pool()
+            for worker in self._pool:
+                worker.held.clear()  # submissions are numbered per run
             while in_flight and status == RunStatus.FINISHED:
                 for worker in self._pool:
                     if worker.ready:  # a worker still starting would hold trials that others could run now
@@ -135,10 +139,9 @@ class ProcessExecutor:
                         status = self._handle(message, worker, run, in_flight, runner, on_result, status)
                     if not alive:
                         self._replace(worker, pending, in_flight, deaths, on_result)
-                        if status == RunStatus.FINISHED and any(
-                            on_result(result) for result in self._given_up(deaths, in_flight)
-                        ):
-                            status = RunStatus.STOPPED
+                        for result in self._given_up(deaths, in_flight):  # every one delivered, even past a stop
+                            if on_result(result):
+                                status = RunStatus.STOPPED
         except KeyboardInterrupt:
             status = RunStatus.INTERRUPTED
         finally:
@@ -211,6 +214,13 @@ class ProcessExecutor:
         on_result: Callable[[TrialResult], bool | None],
     ) -> None:
         # Every trial the dead worker held and did not answer goes back to the front of the queue.
+        if not worker.ready:
+            self._failed_starts += 1
+            if self._failed_starts >= MAX_FAILED_STARTS:
+                raise ExecutionError(
+                    f"worker processes exit while starting (exit code {worker.process.exitcode}, "
+                    f"{self._failed_starts} times): can `python -c 'import dspex_lab.engine'` run in this environment?"
+                )
         lost = sorted(submission for submission in worker.held if submission in in_flight)
         for submission in reversed(lost):
             deaths[submission] = deaths.get(submission, 0) + 1
