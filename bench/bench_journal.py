@@ -113,7 +113,8 @@ def measure_writers(folder: Path, duration: float, alone_duration: float) -> dic
     alone_journal = folder / "alone.duckdb"
     out = folder / "alone.json"
     process = _spawn(["--writer", str(alone_journal), str(time.time() + startup), str(alone_duration), str(out), "0"])
-    process.wait()
+    if process.wait() != 0:
+        raise SystemExit(f"the alone writer failed (exit {process.returncode}); see its error above")
     alone = json.loads(out.read_text())
     alone_median = median_or_none([item["seconds"] for item in alone["evaluations"]])
 
@@ -125,6 +126,8 @@ def measure_writers(folder: Path, duration: float, alone_duration: float) -> dic
     ]
     processes.append(_spawn(["--poller", str(journal), str(start_at), str(duration), str(folder / "poller.json")]))
     codes = [process.wait() for process in processes]
+    if any(codes):
+        raise SystemExit(f"a writer or the poller failed (exit codes {codes}); see the errors above")
     writers = [json.loads((folder / f"w{i}.json").read_text()) for i in range(WRITERS)]
     poller = json.loads((folder / "poller.json").read_text())
 
