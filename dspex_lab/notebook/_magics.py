@@ -15,7 +15,7 @@ import yaml
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
-from dspex_lab.errors import DspexLabError
+from dspex_lab.errors import DspexLabError, VariableError
 
 SUBCOMMANDS = ("program", "evaluate", "compare", "optimize", "trace", "sql", "config", "dashboard")
 # A program cell is typed or pasted, not a data file: bounded before YAML parses it.
@@ -73,12 +73,26 @@ def _parser(command: str) -> _Parser:
     return parser
 
 
-def _line_of(body: str, key: str) -> int | None:
-    """Return the 1-based body line where ``key:`` is defined, or None."""
-    for number, line in enumerate(body.splitlines(), start=1):
-        if line.strip().startswith(f"{key}:"):
-            return number
-    return None
+def _line_of(body: str, *path: str) -> int | None:
+    """Return the 1-based body line of the node at ``path`` (mapping keys), or of its deepest existing parent.
+
+    ``_line_of(body, "variables", "temperature", "value")`` is the line of the temperature's value; without
+    a ``value`` key, the line where ``temperature:`` is defined. None when the body has no such mapping.
+    """
+    try:
+        node = yaml.compose(body, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for key in path:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = next((pair for pair in node.value if getattr(pair[0], "value", None) == key), None)
+        if match is None:
+            break
+        line = match[0].start_mark.line + 1
+        node = match[1]
+    return line
 
 
 @magics_class
@@ -138,7 +152,9 @@ class DspexMagics(Magics):
             try:
                 variable_from_dict(dict(description), name=str(name))
             except DspexLabError as error:
-                line = _line_of(cell, str(name))
+                # A bad value points at its `value:` line; anything else at the variable's own line.
+                field = "value" if isinstance(error, VariableError) else ""
+                line = _line_of(cell, "variables", str(name), field)
                 where = f" (variable {name!r}, line {line} of the cell)" if line else f" (variable {name!r})"
                 raise UsageError(f"{type(error).__name__}{where}: {error}") from None
         try:

@@ -53,7 +53,7 @@ def test_bad_variable_value_names_line_and_range(shell):
     with pytest.raises(UsageError) as info:
         shell.run_cell_magic("dspex", "program qa", body)
     message = str(info.value)
-    assert "line 4" in message
+    assert "line 6" in message
     assert "1.0" in message
 
 
