@@ -103,7 +103,7 @@ class DaskExecutor:
         Raises:
             ExecutionError: the runner cannot travel to a worker, or the workers cannot rebuild it.
         """
-        from dspex_lab.engine._remote import run_remote_trial
+        from dspex_lab.engine._remote import cancel_run_on_worker, run_remote_trial
 
         plan_bytes = encode(plan_for(runner, executor="dask", cloudpickle_functions=True))
         pending = collections.deque(enumerate(tasks))
@@ -122,6 +122,7 @@ class DaskExecutor:
                         plan_bytes,
                         encode(task_payload(task)),
                         timeout,
+                        run_key,
                         key=f"dspex-trial-{run_key}-{submission}",
                         pure=False,
                     )
@@ -152,6 +153,10 @@ class DaskExecutor:
         finally:
             if submitted:
                 self.client.cancel(list(submitted))
+            if status != RunStatus.FINISHED:
+                # Trials already running on workers stop before their next LM call (not waited for).
+                reason = "run interrupted" if status == RunStatus.INTERRUPTED else "run stopped"
+                self.client.run(cancel_run_on_worker, run_key, reason, wait=False)
         return status
 
     @staticmethod

@@ -32,7 +32,17 @@ from dspex_lab.engine._cancel import CancelToken
 from dspex_lab.engine._trial import RetryPolicy, TrialResult, TrialRunner, TrialTask
 from dspex_lab.errors import ExecutionError
 
-__all__ = ["LM_FIELDS", "WorkPlan", "decode", "encode", "plan_for", "run_remote_trial", "runner_for"]
+__all__ = [
+    "LM_FIELDS",
+    "WorkPlan",
+    "cancel_run",
+    "cancel_run_on_worker",
+    "decode",
+    "encode",
+    "plan_for",
+    "run_remote_trial",
+    "runner_for",
+]
 
 # The LM fields that may travel to a worker. Not here, so never sent: api_key, headers, and
 # anything a provider might put a credential in.
@@ -373,13 +383,36 @@ def task_from(payload: tuple[int, str, int, dict[str, Any], tuple[str, ...]]) ->
     return TrialTask(index=index, example_id=example_id, example=example, repeat=repeat)
 
 
+# Dask workers: the tokens of trials running now, by run, and the runs the driver stopped.
+_running: dict[str, set[CancelToken]] = {}
+_stopped_runs: dict[str, str] = {}
+_running_lock = threading.Lock()
+
+
+def cancel_run(run_key: str, reason: str) -> None:
+    """Cancel every trial of ``run_key`` running in this worker, and the ones that start later (Dask)."""
+    with _running_lock:
+        _stopped_runs[run_key] = reason
+        while len(_stopped_runs) > 256:
+            del _stopped_runs[next(iter(_stopped_runs))]
+        tokens = list(_running.get(run_key, ()))
+    for token in tokens:
+        token.cancel(reason)
+
+
+async def cancel_run_on_worker(run_key: str, reason: str) -> None:
+    """:func:`cancel_run` as a coroutine, which Dask's ``client.run(..., wait=False)`` requires."""
+    cancel_run(run_key, reason)
+
+
 def run_remote_trial(
-    plan_bytes: bytes, payload: bytes, timeout: float | None
+    plan_bytes: bytes, payload: bytes, timeout: float | None, run_key: str | None = None
 ) -> tuple[str, TrialResult | str, list[dict[str, Any]]]:
     """Run one trial in a worker (the Dask task); return ``("ok", result, span rows)`` or ``("setup", error, [])``.
 
     A worker that cannot rebuild the runner (a metric it cannot import, say) answers
     ``"setup"`` with the error's text: that is the environment's failure, not the trial's.
+    A trial of a run stopped with :func:`cancel_run` makes no LM call and is recorded as cancelled.
     """
     try:
         runner, stash = runner_for(decode(plan_bytes))
@@ -387,7 +420,23 @@ def run_remote_trial(
         return ("setup", f"{type(error).__name__}: {error}", [])
     task = task_from(decode(payload))
     token = CancelToken(timeout)
-    result = runner(task, token=token)
+    if run_key is not None:
+        with _running_lock:
+            reason = _stopped_runs.get(run_key)
+            if reason is None:
+                _running.setdefault(run_key, set()).add(token)
+        if reason is not None:
+            token.cancel(reason)
+    try:
+        result = runner(task, token=token)
+    finally:
+        if run_key is not None:
+            with _running_lock:
+                tokens = _running.get(run_key)
+                if tokens is not None:
+                    tokens.discard(token)
+                    if not tokens:
+                        del _running[run_key]
     return ("ok", result, stash.take(task.trial_id))
 
 

@@ -196,6 +196,24 @@ def test_a_metric_the_workers_cannot_import_is_one_clear_error(remote, tmp_path,
     assert evaluate(remote, data).n_trials == 12
 
 
+def test_a_stopped_dask_run_cancels_its_trials_on_the_workers() -> None:
+    from dspex_lab.engine import RetryPolicy, TrialRunner, TrialTask
+    from dspex_lab.engine._remote import cancel_run, encode, plan_for, run_remote_trial, task_payload
+
+    lm = dx.lab_lm("lab/small")
+    runner = TrialRunner(PROGRAM.build(lm=lm), dx.metrics.exact_match, lm=lm, retry=RetryPolicy(retries=0))
+    plan = encode(plan_for(runner, executor="dask", cloudpickle_functions=True))
+    example = dx.datasets.arithmetic(1, seed=10)[0]
+    payload = encode(task_payload(TrialTask(index=0, example_id="e0", example=example)))
+
+    kind, result, _ = run_remote_trial(plan, payload, None, "live-run")
+    assert kind == "ok" and result.status == "ok" and result.lm_calls == 1
+    cancel_run("stopped-run", "run stopped")  # what the driver runs on every worker when it stops
+    kind, result, _ = run_remote_trial(plan, payload, None, "stopped-run")
+    assert (result.status, result.error_stage, result.lm_calls) == ("error", "cancelled", 0)
+    assert "run stopped" in result.error_message
+
+
 def test_a_lambda_metric_is_refused_before_any_trial(process_executor) -> None:
     context = dx.Context(lm=dx.lab_lm("lab/small"), journal=False, executor=process_executor)
     with context, pytest.raises(ExecutionError, match=r"lambda.*top level of a module"):
