@@ -624,3 +624,18 @@ def test_a_program_that_fails_shows_its_error_in_the_preview():
     controls = dx.VariableControls(controlled_program(), example=example, lm="lab/small")
     preview = controls.run_preview()
     assert preview["status"] == "error" and "has no attribute 'verbose_flag'" in preview["error"]
+
+
+def test_ipykernel_still_routes_comm_messages_through_the_hook_cancel_relies_on():
+    # RunProgress's immediate Cancel wraps a private ipykernel hook: the kernel's shell-channel thread asks
+    # each comm `_reply_subshell_for(data, subshell_id)` before the busy main thread sees the message. If an
+    # ipykernel release drops or renames it, Cancel falls back to "next trial" (which cannot reach a busy
+    # kernel): this test says so loudly instead of letting the button go quiet.
+    import inspect
+
+    import ipykernel.kernelbase
+    from ipykernel.comm import Comm
+
+    assert callable(getattr(Comm, "_reply_subshell_for", None)), "ipykernel's Comm lost _reply_subshell_for"
+    source = inspect.getsource(ipykernel.kernelbase)
+    assert 'getattr(comm, "_reply_subshell_for"' in source, "ipykernel no longer routes comm messages via the hook"
