@@ -113,3 +113,24 @@ def test_a_writer_survives_the_serving_process_being_killed_and_the_killed_run_r
     _, stderr = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, stderr
     assert stored_counts(journal)[host_id] == (400, 400), "resume finishes the run without running a trial twice"
+
+
+def test_a_stale_or_unreachable_service_advertisement_falls_back_to_the_file(journal_path):
+    import json
+    import socket
+
+    from dspex_lab.journal import ExperimentRecord
+
+    journal = dx.open_journal(journal_path)
+    experiment = journal.create_experiment(ExperimentRecord(kind="evaluation", name="fallback"))
+    advert = Path(f"{journal_path}.service")
+    with socket.socket() as unused:  # a port nothing listens on once this socket closes
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    for pid in (2**22 + 12345, os.getppid()):  # a dead process; a live one that does not serve
+        advert.write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "port": port, "secret": "00"}))
+        started = time.monotonic()
+        assert [summary.id for summary in journal.experiment_summaries()] == [experiment]
+        journal.finish_experiment(experiment, status="finished")
+        assert time.monotonic() - started < 5.0
+    assert journal.experiment(experiment)["status"] == "finished"
