@@ -62,7 +62,7 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        return False  # another user's process: never a service of ours
     return True
 
 
@@ -80,8 +80,14 @@ _clients_lock = threading.Lock()
 
 def _advertised(journal_path: Path) -> tuple[int, int, bytes] | None:
     """Return (pid, port, secret) of a live service of another process, or None."""
+    path = service_file(journal_path)
     try:
-        data = json.loads(service_file(journal_path).read_text(encoding="utf-8"))
+        # A journal can come from someone else, and replies are unpickled: trust only a service file this user
+        # wrote for itself (ours, not readable or writable by anyone else), as JournalService writes it.
+        status = path.stat()
+        if status.st_uid != os.getuid() or status.st_mode & 0o077:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
         pid, port, secret, host = int(data["pid"]), int(data["port"]), bytes.fromhex(data["secret"]), data["host"]
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -129,8 +129,27 @@ def test_a_stale_or_unreachable_service_advertisement_falls_back_to_the_file(jou
         port = unused.getsockname()[1]
     for pid in (2**22 + 12345, os.getppid()):  # a dead process; a live one that does not serve
         advert.write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "port": port, "secret": "00"}))
+        advert.chmod(0o600)  # as a service writes it: anything else is not trusted at all (see below)
         started = time.monotonic()
         assert [summary.id for summary in journal.experiment_summaries()] == [experiment]
         journal.finish_experiment(experiment, status="finished")
         assert time.monotonic() - started < 5.0
     assert journal.experiment(experiment)["status"] == "finished"
+
+
+def test_a_service_advertisement_others_could_have_written_is_not_trusted(journal_path):
+    # Replies from a service are unpickled: a .service file shipped with someone else's journal, or one
+    # another user could write, must never point this process at a port.
+    import json
+    import socket
+
+    from dspex_lab.journal._service import service_available
+
+    dx.open_journal(journal_path).experiment_summaries()
+    advert = Path(f"{journal_path}.service")
+    advert.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "port": 9, "secret": "00"}))
+    advert.chmod(0o600)
+    assert service_available(Path(journal_path))  # our own file, a live process of ours
+    for mode in (0o644, 0o620, 0o606):
+        advert.chmod(mode)
+        assert not service_available(Path(journal_path)), oct(mode)
