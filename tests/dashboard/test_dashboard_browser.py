@@ -85,6 +85,9 @@ def served(journal: dict, tmp_path: Path):
         stdout=subprocess.PIPE,
         stderr=open(tmp_path / "server.log", "w"),  # noqa: SIM115 - closed with the process
         text=True,
+        # Ctrl-C must reach the server even when the suite itself was started in the background, where a
+        # shell without job control starts commands with SIGINT ignored (and a child inherits that).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         line = process.stdout.readline()
