@@ -145,5 +145,12 @@ def test_transient_classification():
 def test_executor_validation():
     with pytest.raises(ExecutionError):
         ThreadExecutor(0)
-    with pytest.raises(ExecutionError, match="Dask"):
-        dx.Context(executor="dask://127.0.0.1:8786", journal=False)
+    with pytest.raises(ExecutionError, match="unknown executor"):
+        dx.Context(executor="slurm", journal=False)
+    pytest.importorskip("distributed")
+    from dspex_lab.engine import DaskExecutor
+
+    started = time.monotonic()
+    with pytest.raises(ExecutionError, match="Dask"):  # no scheduler there: one error, after the connect timeout
+        DaskExecutor("dask://127.0.0.1:9", connect_timeout=1.0)
+    assert time.monotonic() - started < 8.0
