@@ -25,8 +25,12 @@ def clean_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[
     # A test never writes a journal into the repository: the default lands in its temp dir.
     monkeypatch.chdir(tmp_path)
     saved_lm = dspy.settings.lm
+    # An in-process IPython shell (the magics tests) installs its own __main__, a module without __spec__,
+    # and multiprocessing's spawn (process pools, Dask's LocalCluster) then fails in every later test.
+    saved_main = sys.modules["__main__"]
     yield
     dspy.configure(lm=saved_lm)
+    sys.modules["__main__"] = saved_main
 
 
 @pytest.fixture
