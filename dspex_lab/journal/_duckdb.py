@@ -38,6 +38,7 @@ from dspex_lab.journal._schema import (
     SCHEMA_VERSION,
     current_version,
     ensure_schema,
+    row_table,
     span_table,
 )
 from dspex_lab.journal._service import JournalService, ServiceGone, call_service, service_available
@@ -161,10 +162,45 @@ def _selected(item: TrialField) -> str:
     return source
 
 
+# RETURNING gives back only the rows really inserted (a trial already recorded, by a flush retried after an
+# error or a resumed run, is ignored), and the experiment's totals are advanced by exactly those.
 _INSERT_TRIALS = (
     f"INSERT OR IGNORE INTO trials ({', '.join(TRIAL_COLUMNS)}) "
-    f"SELECT {', '.join(_selected(item) for item in TRIAL_FIELDS)} FROM incoming_trials"
+    f"SELECT {', '.join(_selected(item) for item in TRIAL_FIELDS)} FROM incoming_trials RETURNING status, score"
 )
+_STATS_COLUMNS = (
+    "n_trials", "n_errors", "n_scored", "score_sum", "ok_n_scored", "ok_score_sum", "ok_score_sum_squares",
+)  # fmt: skip
+_ADD_STATS = (
+    f"INSERT INTO experiment_stats (experiment_id, {', '.join(_STATS_COLUMNS)}) "
+    f"VALUES (?, {', '.join('?' for _ in _STATS_COLUMNS)}) ON CONFLICT (experiment_id) DO UPDATE SET "
+    + ", ".join(f"{column} = experiment_stats.{column} + excluded.{column}" for column in _STATS_COLUMNS)
+)
+
+
+def _totals(inserted: dict[str, Any]) -> list[float]:
+    """Return the ``experiment_stats`` totals of inserted trials (``fetchnumpy()`` of status and score).
+
+    The same sums as ``STATS_TOTALS`` in ``_schema.py`` computes in SQL for a migration; a missing score is
+    masked (a masked array), or the array is plain when no score is missing.
+    """
+    import numpy as np
+
+    status = inserted["status"]
+    score = inserted["score"]
+    scored = ~np.ma.getmaskarray(score)
+    values = np.ma.getdata(score).astype(float)
+    ok = (status == "ok") & scored
+    ok_values = values[ok]
+    return [
+        len(status),
+        int((status == "error").sum()),
+        int(scored.sum()),
+        float(values[scored].sum()),
+        int(ok.sum()),
+        float(ok_values.sum()),
+        float((ok_values * ok_values).sum()),
+    ]
 
 
 def _now() -> datetime:
@@ -456,13 +492,15 @@ class DuckDBJournal:
             return 0
         import pyarrow as pa  # loaded on the first write, so reading a journal does not pay for it
 
-        from dspex_lab.journal._schema import ROW_SCHEMA, SPAN_SCHEMA
+        from dspex_lab.journal._schema import SPAN_SCHEMA
 
-        incoming = pa.Table.from_pylist(list(rows), schema=ROW_SCHEMA)
+        incoming = row_table(rows)
         with self._connect(write=True) as connection:
             connection.register("incoming_trials", incoming)
             connection.execute("BEGIN TRANSACTION")
-            connection.execute(_INSERT_TRIALS, [experiment_id])
+            inserted = connection.execute(_INSERT_TRIALS, [experiment_id]).fetchnumpy()
+            if len(inserted["status"]):
+                connection.execute(_ADD_STATS, [experiment_id, *_totals(inserted)])
             if len(spans):
                 if not isinstance(spans, pa.Table):
                     spans = pa.Table.from_pylist(list(spans), schema=SPAN_SCHEMA)
@@ -573,12 +611,10 @@ class DuckDBJournal:
         rows = self._rows(
             """SELECT e.id, e.name, e.kind, e.status, e.status_detail, e.program_name, e.program_fingerprint,
                       e.dataset_name, e.dataset_fingerprint, e.metric, e.n_planned,
-                      coalesce(t.n_trials, 0) AS n_trials, coalesce(t.n_errors, 0) AS n_errors, t.mean_score,
+                      coalesce(t.n_trials, 0) AS n_trials, coalesce(t.n_errors, 0) AS n_errors,
+                      t.score_sum / nullif(t.n_scored, 0) AS mean_score,
                       e.created_at, e.finished_at, e.heartbeat_at, e.host, e.pid
-               FROM experiments e LEFT JOIN (
-                   SELECT experiment_id, count(*) AS n_trials, count(*) FILTER (status = 'error') AS n_errors,
-                          avg(score) AS mean_score
-                   FROM trials GROUP BY experiment_id) t ON t.experiment_id = e.id
+               FROM experiments e LEFT JOIN experiment_stats t ON t.experiment_id = e.id
                ORDER BY e.created_at DESC, e.id"""
         )
         summaries = []
@@ -842,16 +878,18 @@ class DuckDBJournal:
             Columns ``example_id``, ``score_a``, ``score_b``.
         """
         return self._frame(
-            """WITH per_example AS (
-                   SELECT experiment_id, example_id, avg(score) AS score, min(example_index) AS example_index
-                   FROM trials
-                   WHERE experiment_id IN (?, ?) AND status = 'ok' AND score IS NOT NULL
-                   GROUP BY experiment_id, example_id)
+            # One aggregate per experiment (each a range of the table), not one over both split by a self-join:
+            # a third less time at a million trials.
+            """WITH x AS (
+                   SELECT example_id, avg(score) AS score, min(example_index) AS example_index FROM trials
+                   WHERE experiment_id = ? AND status = 'ok' AND score IS NOT NULL GROUP BY example_id),
+               y AS (
+                   SELECT example_id, avg(score) AS score FROM trials
+                   WHERE experiment_id = ? AND status = 'ok' AND score IS NOT NULL GROUP BY example_id)
                SELECT x.example_id, x.score AS score_a, y.score AS score_b
-               FROM per_example x JOIN per_example y ON x.example_id = y.example_id
-               WHERE x.experiment_id = ? AND y.experiment_id = ?
+               FROM x JOIN y ON x.example_id = y.example_id
                ORDER BY x.example_index, x.example_id""",
-            [a, b, a, b],
+            [a, b],
         )
 
     @_served
@@ -1151,17 +1189,17 @@ TRIAL_SORTS: tuple[str, ...] = (
 )  # fmt: skip
 """The trial columns :meth:`DuckDBJournal.trial_page` may sort by."""
 
-# Per experiment: counts over every trial; mean, spread and count over the scores of ok trials.
+# Per experiment (from the totals the writes keep, never a scan of the trials): counts over every trial;
+# mean, spread (from the sum of squares) and count over the scores of ok trials.
 _LEADERBOARD_SQL = """
 SELECT e.id AS experiment_id, e.name, e.kind, e.status, e.created_at, e.program_name AS program,
        json_extract_string(e.config, '$.lm') AS model,
        coalesce(t.n_trials, 0) AS n_trials, coalesce(t.n_errors, 0) AS n_errors,
-       t.mean, t.score_sd, coalesce(t.n_scored, 0) AS n_scored, e.host, e.pid, e.heartbeat_at
-FROM experiments e LEFT JOIN (
-    SELECT experiment_id, count(*) AS n_trials, count(*) FILTER (status = 'error') AS n_errors,
-           avg(score) FILTER (status = 'ok') AS mean, stddev_samp(score) FILTER (status = 'ok') AS score_sd,
-           count(score) FILTER (status = 'ok') AS n_scored
-    FROM trials GROUP BY experiment_id) t ON t.experiment_id = e.id
+       t.ok_score_sum / nullif(t.ok_n_scored, 0) AS mean,
+       sqrt(greatest(t.ok_score_sum_squares - t.ok_score_sum * t.ok_score_sum / nullif(t.ok_n_scored, 0), 0)
+            / nullif(t.ok_n_scored - 1, 0)) AS score_sd,
+       coalesce(t.ok_n_scored, 0) AS n_scored, e.host, e.pid, e.heartbeat_at
+FROM experiments e LEFT JOIN experiment_stats t ON t.experiment_id = e.id
 WHERE true"""
 
 

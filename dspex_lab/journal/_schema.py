@@ -2,13 +2,15 @@
 
 Records are append-only and flat: experiments (one row per run, updated in
 place only for status and summary), trials (one row per finished trial).
-Aggregates and trees are computed when read.
+Trees and most aggregates are computed when read; each experiment's trial
+counts and score sums (``experiment_stats``) are kept up to date by the writes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -29,11 +31,12 @@ __all__ = [
     "TRIAL_COLUMNS",
     "current_version",
     "ensure_schema",
+    "row_table",
     "trials_ddl",
     "trials_frame",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 @cache
@@ -76,6 +79,26 @@ def trials_ddl() -> str:
     """Return the CREATE TABLE statement of the trials table, derived from the trial record."""
     columns = ",\n".join(f"    {item.column} {item.sql}{' NOT NULL' if item.required else ''}" for item in TRIAL_FIELDS)
     return f"CREATE TABLE IF NOT EXISTS trials (\n{columns},\n    PRIMARY KEY (experiment_id, trial_id)\n);"
+
+
+def row_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Return trial rows (``TrialResult.to_row()`` dicts) as an Arrow table with :data:`ROW_SCHEMA`.
+
+    Built a column at a time (one ``itemgetter`` pass per field): the writer's thread converts every
+    trial of a run, and ``Table.from_pylist`` takes twice as long. A row without some field gives a
+    missing value there, as ``from_pylist`` does.
+    """
+    import pyarrow as pa
+
+    row_schema = _arrow_schemas()["ROW_SCHEMA"]
+    columns = []
+    for field in row_schema:
+        try:
+            values = list(map(itemgetter(field.name), rows))
+        except KeyError:
+            values = [row.get(field.name) for row in rows]
+        columns.append(pa.array(values, type=field.type))
+    return pa.Table.from_arrays(columns, schema=row_schema)
 
 
 def span_table(spans: Sequence[Any]) -> pa.Table:
@@ -236,6 +259,36 @@ CREATE TABLE IF NOT EXISTS optimization_steps (
 );
 """
 
+# Version 6: running totals per experiment, kept by every write of trials in the same transaction, so
+# the experiment list and the leaderboard read one row per experiment instead of scanning the trials.
+# ``n_scored``/``score_sum`` cover every scored trial (the listing's mean); the ``ok_`` columns cover
+# the scored ``ok`` trials (the leaderboard's mean and interval, from the sum of squares).
+_STATS_DDL = """
+CREATE TABLE IF NOT EXISTS experiment_stats (
+    experiment_id VARCHAR PRIMARY KEY,
+    n_trials BIGINT NOT NULL,
+    n_errors BIGINT NOT NULL,
+    n_scored BIGINT NOT NULL,
+    score_sum DOUBLE NOT NULL,
+    ok_n_scored BIGINT NOT NULL,
+    ok_score_sum DOUBLE NOT NULL,
+    ok_score_sum_squares DOUBLE NOT NULL
+);
+"""
+
+# The totals of some trials per experiment: ``{source}`` has the trials table's status and score columns.
+STATS_TOTALS = """
+SELECT {experiment}, count(*), count(*) FILTER (status = 'error'), count(score), coalesce(sum(score), 0),
+       count(score) FILTER (status = 'ok'), coalesce(sum(score) FILTER (status = 'ok'), 0),
+       coalesce(sum(score * score) FILTER (status = 'ok'), 0)
+FROM {source}"""
+
+_VERSION_6 = _STATS_DDL + (
+    "INSERT OR REPLACE INTO experiment_stats "
+    + STATS_TOTALS.format(experiment="experiment_id", source="trials")
+    + " GROUP BY experiment_id;"
+)
+
 # version -> statements that bring a journal from (version - 1) to version. Version 1 is never a
 # migration target: a file without journal tables is created at the current version (_create).
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
@@ -243,6 +296,7 @@ MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
     3: lambda connection: connection.execute(_VERSION_3),
     4: lambda connection: connection.execute(_VERSION_4),
     5: lambda connection: connection.execute(_VERSION_5),
+    6: lambda connection: connection.execute(_VERSION_6),
 }
 
 
@@ -252,6 +306,7 @@ def _create(connection: duckdb.DuckDBPyConnection) -> None:
     connection.execute(_VERSION_2)
     connection.execute(_VERSION_3)
     connection.execute(_VERSION_5)
+    connection.execute(_STATS_DDL)
 
 
 def current_version(connection: duckdb.DuckDBPyConnection) -> int:
