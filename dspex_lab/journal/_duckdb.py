@@ -854,12 +854,15 @@ class DuckDBJournal:
                 parameters.append(value)
         direction = "DESC" if descending else "ASC"
         order = f'"{sort}" {direction} NULLS LAST, example_index, repeat, trial_id'
-        # One statement: the total rides along as a window count, so page and total come from one snapshot.
+        # One statement, so page and total come from one snapshot. The page is found by sorting only the sort
+        # columns and row ids, then its rows are fetched whole: sorting every column of 100,000 trials to keep
+        # 100 cost a third more at a million trials.
         frame = self._frame(
-            f"""WITH matching AS (SELECT * FROM trials WHERE {where})
-                SELECT m.*, (SELECT count(*) FROM matching) AS matching_total
-                FROM matching m ORDER BY {order} LIMIT ? OFFSET ?""",
-            [*parameters, limit, offset],
+            f"""SELECT *, (SELECT count(*) FROM trials WHERE {where}) AS matching_total FROM trials
+                WHERE rowid IN (SELECT rowid FROM trials WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?)
+                  AND {where}
+                ORDER BY {order}""",
+            [*parameters, *parameters, limit, offset, *parameters],
         )
         if frame.empty:
             total = int(self._rows(f"SELECT count(*) AS n FROM trials WHERE {where}", parameters)[0]["n"])

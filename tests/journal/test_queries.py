@@ -156,6 +156,17 @@ def test_trial_page_matches_pandas(small, filters, sort, descending):
     assert list(every["trial_id"]) == list(expected["trial_id"])
 
 
+def test_trial_pages_cover_each_trial_once_when_another_experiment_shares_its_trial_ids(small):
+    # baseline-a and treatment-b both have trials q4/r0...q11/r1; a page is one experiment's rows only.
+    journal, ids = small
+    experiment = ids["baseline-a"]
+    pages = [journal.trial_page(experiment, sort="score", limit=7, offset=offset) for offset in range(0, 28, 7)]
+    walked = [trial_id for page, _ in pages for trial_id in page["trial_id"]]
+    whole, total = journal.trial_page(experiment, sort="score", limit=1000)
+    assert walked == list(whole["trial_id"]) and len(walked) == total == 24
+    assert all(set(page["experiment_id"]) <= {experiment} for page, _ in pages)
+
+
 def test_trial_page_beyond_the_end_still_counts(small):
     journal, ids = small
     page, total = journal.trial_page(ids["baseline-a"], limit=10, offset=1000)
