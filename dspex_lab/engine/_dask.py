@@ -1,14 +1,16 @@
 """Run trials on a Dask cluster (``executor="dask://host:port"`` or a ``distributed.Client``).
 
-Dask schedules; dspex_lab does not add a scheduler of its own. Each trial is one Dask
-task, ``dspex_lab.engine._remote.run_remote_trial(plan, payload, timeout)``, so the
-workers need dspex_lab (and the modules the metric and program come from) installed.
-The driver keeps a window of tasks submitted (twice the cluster's threads, or exactly
-its threads when trials have a timeout, so a task's time since submission is close to
-its running time), collects results as they complete and alone calls ``on_result`` and
-the span sink. When a worker dies, Dask's scheduler runs its tasks again elsewhere (up
-to its ``allowed-failures``; past that the trial is recorded as an error); the driver
-delivers each trial once. ``dask`` and ``distributed`` are imported only when a Dask
+Dask schedules; dspex_lab does not add a scheduler of its own. Each Dask task runs a
+chunk of trials, ``dspex_lab.engine._remote.run_remote_chunk(plan, payloads, timeout)``,
+so the workers need dspex_lab (and the modules the metric and program come from)
+installed. Chunks hold up to :data:`MAX_CHUNK` trials and shrink as the run drains (see
+:func:`chunk_size`); with a timeout each task is one trial. The driver keeps a window of
+tasks submitted (twice the cluster's threads, or exactly its threads when trials have a
+timeout, so a task's time since submission is close to its running time), collects
+results as they complete and alone calls ``on_result`` and the span sink. Results are
+keyed by their submission number: when a worker dies, Dask's scheduler runs its chunk
+again elsewhere (up to its ``allowed-failures``; past that its trials are recorded as
+errors) and the driver delivers each trial once. ``dask`` and ``distributed`` are imported only when a Dask
 executor is made.
 """
 
@@ -26,10 +28,27 @@ from dspex_lab.engine._remote import encode, plan_for, spans_from, task_payload
 from dspex_lab.engine._trial import TrialResult, TrialRunner, TrialTask
 from dspex_lab.errors import ExecutionError, MissingDependencyError, TrialTimeoutError
 
-__all__ = ["DaskExecutor", "is_dask_client"]
+__all__ = ["DaskExecutor", "chunk_size", "is_dask_client"]
 
 # Seconds past a trial's timeout after which the driver stops waiting for its worker.
 TIMEOUT_GRACE = 2.0
+# The most trials one Dask task runs, one after another.
+MAX_CHUNK = 8
+
+
+def chunk_size(pending: int, threads: int, timeout: float | None) -> int:
+    """Return how many of ``pending`` trials the next Dask task runs.
+
+    A Dask task costs milliseconds of scheduler, worker and driver CPU, as much as a
+    trial on the lab LM, so trials travel in chunks. Chunks shrink as the queue drains
+    (a fraction of what is left per thread, as in guided self-scheduling), so the last
+    tasks are single trials and no thread is left running a long chunk while the others
+    idle. With a timeout every task is one trial: the driver's deadline counts from
+    submission, which a trial waiting behind others in its chunk would overrun.
+    """
+    if timeout is not None:
+        return 1
+    return max(1, min(MAX_CHUNK, pending // threads))
 
 
 def is_dask_client(value: object) -> bool:
@@ -103,30 +122,33 @@ class DaskExecutor:
         Raises:
             ExecutionError: the runner cannot travel to a worker, or the workers cannot rebuild it.
         """
-        from dspex_lab.engine._remote import cancel_run_on_worker, run_remote_trial
+        from dspex_lab.engine._remote import cancel_run_on_worker, run_remote_chunk
 
         plan_bytes = encode(plan_for(runner, executor="dask", cloudpickle_functions=True))
         pending = collections.deque(enumerate(tasks))
         in_flight = dict(pending)
-        window = self.threads * (1 if timeout is not None else 2)
+        threads = self.threads
+        window = threads * (1 if timeout is not None else 2)
         run_key = uuid.uuid4().hex[:12]
-        submitted: dict[Any, tuple[int, float]] = {}
+        submitted: dict[Any, tuple[list[int], float]] = {}
         finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
         status = RunStatus.FINISHED
         try:
             while in_flight and status == RunStatus.FINISHED:
                 while pending and len(submitted) < window:
-                    submission, task = pending.popleft()
+                    chunk = [
+                        pending.popleft() for _ in range(min(len(pending), chunk_size(len(pending), threads, timeout)))
+                    ]
                     future = self.client.submit(
-                        run_remote_trial,
+                        run_remote_chunk,
                         plan_bytes,
-                        encode(task_payload(task)),
+                        [(submission, encode(task_payload(task))) for submission, task in chunk],
                         timeout,
                         run_key,
-                        key=f"dspex-trial-{run_key}-{submission}",
+                        key=f"dspex-trials-{run_key}-{chunk[0][0]}",
                         pure=False,
                     )
-                    submitted[future] = (submission, time.time())
+                    submitted[future] = ([submission for submission, _ in chunk], time.time())
                     future.add_done_callback(finished.put)  # called on the client's thread
                 done = []
                 try:
@@ -135,16 +157,21 @@ class DaskExecutor:
                         done.append(finished.get_nowait())
                 except queue.Empty:
                     pass
+                done = [future for future in done if future in submitted]  # not given up, not cancelled
+                for future in [future for future in done if future.status == "pending"]:
+                    done.remove(future)  # its result was lost with its worker; Dask runs it again
+                    future.add_done_callback(finished.put)
+                # One gather for every finished chunk: each future.result() is a round trip through the
+                # client's event loop, which cost ~7 ms a chunk on a busy 2-core machine.
+                answers = self._gather([future for future in done if future.status == "finished"])
                 for future in done:
-                    if future not in submitted:
-                        continue  # given up at its deadline, or cancelled
-                    submission, started = submitted.pop(future)
-                    task = in_flight.pop(submission, None)
-                    if task is None:
-                        continue  # delivered already
-                    result = self._result_of(future, task, runner, started)
-                    if result is not None and on_result(result):
-                        status = RunStatus.STOPPED
+                    submissions, started = submitted.pop(future)
+                    answer = answers.get(future)
+                    for result in self._results_of(future, answer, submissions, in_flight, runner, started):
+                        if on_result(result):
+                            status = RunStatus.STOPPED
+                            break
+                    if status != RunStatus.FINISHED:
                         break
                 if timeout is not None and status == RunStatus.FINISHED:
                     status = self._expire(submitted, in_flight, timeout, on_result)
@@ -159,52 +186,84 @@ class DaskExecutor:
                 self.client.run(cancel_run_on_worker, run_key, reason, wait=False)
         return status
 
+    def _gather(self, futures: list[Any]) -> dict[Any, Any]:
+        """Return the answers of finished chunks, fetched from their workers in one round trip."""
+        if not futures:
+            return {}
+        return dict(zip(futures, self.client.gather(futures), strict=True))
+
     @staticmethod
-    def _result_of(future: Any, task: TrialTask, runner: TrialRunner, started: float) -> TrialResult | None:
+    def _results_of(
+        future: Any,
+        answer: Any,
+        submissions: list[int],
+        in_flight: dict[int, TrialTask],
+        runner: TrialRunner,
+        started: float,
+    ) -> list[TrialResult]:
+        """Return the results of a done chunk not delivered before, taking them out of ``in_flight``."""
         if future.status == "cancelled":
-            return None
+            return []
         if future.status == "error":
             error = future.exception()
             # KilledWorker: the scheduler ran it on workers that died, up to its allowed failures.
-            return TrialRunner.failure(
-                task, error, stage="runner", started=started, clock=time.perf_counter(), attempt=1
-            )
-        kind, result, span_rows = future.result()
+            return [
+                TrialRunner.failure(
+                    in_flight.pop(submission),
+                    error,
+                    stage="runner",
+                    started=started,
+                    clock=time.perf_counter(),
+                    attempt=1,
+                )
+                for submission in submissions
+                if submission in in_flight
+            ]
+        kind, outcome = answer
         if kind == "setup":
-            raise ExecutionError(f"a Dask worker could not rebuild the trial runner: {result}")
-        if span_rows and runner.span_sink is not None:
-            runner.span_sink(task.trial_id, spans_from(span_rows))
-        return result  # type: ignore[no-any-return]
+            raise ExecutionError(f"a Dask worker could not rebuild the trial runner: {outcome}")
+        results = []
+        for submission, result, span_rows in outcome:
+            task = in_flight.pop(submission, None)
+            if task is None:
+                continue  # delivered already (a chunk run again after its worker died)
+            if span_rows and runner.span_sink is not None:
+                runner.span_sink(task.trial_id, spans_from(span_rows))
+            results.append(result)
+        return results
 
     def _expire(
         self,
-        submitted: dict[Any, tuple[int, float]],
+        submitted: dict[Any, tuple[list[int], float]],
         in_flight: dict[int, TrialTask],
         timeout: float,
         on_result: Callable[[TrialResult], bool | None],
     ) -> str:
         # A worker enforces the deadline before every LM call; this catches a trial stuck elsewhere.
         now = time.time()
-        for future, (submission, started) in list(submitted.items()):
-            if now - started <= timeout + TIMEOUT_GRACE or submission not in in_flight:
+        for future, (submissions, started) in list(submitted.items()):
+            if now - started <= timeout + TIMEOUT_GRACE:
                 continue
             del submitted[future]
             future.cancel()
-            task = in_flight.pop(submission)
-            result = TrialResult(
-                index=task.index,
-                example_id=task.example_id,
-                repeat=task.repeat,
-                status="error",
-                score=None,
-                prediction=None,
-                error_type=TrialTimeoutError.__name__,
-                error_message=f"trial timeout after {timeout:g} s; its Dask worker did not answer by then",
-                error_stage="timeout",
-                latency=now - started,
-                started_at=started,
-                finished_at=now,
-            )
-            if on_result(result):
-                return RunStatus.STOPPED
+            for submission in submissions:
+                task = in_flight.pop(submission, None)
+                if task is None:
+                    continue
+                result = TrialResult(
+                    index=task.index,
+                    example_id=task.example_id,
+                    repeat=task.repeat,
+                    status="error",
+                    score=None,
+                    prediction=None,
+                    error_type=TrialTimeoutError.__name__,
+                    error_message=f"trial timeout after {timeout:g} s; its Dask worker did not answer by then",
+                    error_stage="timeout",
+                    latency=now - started,
+                    started_at=started,
+                    finished_at=now,
+                )
+                if on_result(result):
+                    return RunStatus.STOPPED
         return RunStatus.FINISHED

@@ -31,7 +31,16 @@ from typing import Any
 
 from dspex_lab.engine._cancel import CancelToken
 from dspex_lab.engine._executor import RunStatus
-from dspex_lab.engine._remote import decode, encode, plan_for, runner_for, spans_from, task_from, task_payload
+from dspex_lab.engine._remote import (
+    WorkPlan,
+    decode,
+    encode,
+    plan_for,
+    runner_for,
+    spans_from,
+    task_from,
+    task_payload,
+)
 from dspex_lab.engine._trial import TrialResult, TrialRunner, TrialTask
 from dspex_lab.errors import ExecutionError
 
@@ -169,12 +178,15 @@ class ProcessExecutor:
         if plan_key not in worker.plans and pending:
             worker.send(("plan", plan_key, plan_bytes))
             worker.plans.add(plan_key)
+        batch = []
         while pending and len(worker.held) < 2 * self.threads_per_worker:
             submission, task = pending.popleft()
             if submission not in in_flight:
                 continue
             worker.held.add(submission)
-            worker.send(("task", run, submission, plan_key, encode(task_payload(task)), timeout))
+            batch.append((run, submission, plan_key, encode(task_payload(task)), timeout))
+        if batch:  # one message for all: a pipe write and a worker wake-up per trial cost more than the data
+            worker.send(("tasks", batch))
 
     def _handle(
         self,
@@ -187,6 +199,12 @@ class ProcessExecutor:
         status: str,
     ) -> str:
         kind = message[0]
+        if kind == "results":
+            for result_message in message[1]:
+                if status != RunStatus.FINISHED:
+                    break
+                status = self._handle(result_message, worker, run, in_flight, runner, on_result, status)
+            return status
         if kind == "ready":
             worker.ready = True
             return status
@@ -304,7 +322,9 @@ class WorkerLoop:
         self.threads = threads
         self.send_lock = threading.Lock()
         self.inbox: queue.SimpleQueue[tuple[int, int, str, bytes, float | None] | None] = queue.SimpleQueue()
-        self.plans: dict[str, bytes] = {}
+        self.plans: dict[str, WorkPlan] = {}
+        # Results wait here for the sender thread, which sends all that are waiting as one message.
+        self.outbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         # (run, submission) -> (token, started, task, runner) of trials running now.
         self.running: dict[tuple[int, int], tuple[CancelToken, float, TrialTask, TrialRunner]] = {}
         self.done: set[tuple[int, int]] = set()
@@ -318,6 +338,7 @@ class WorkerLoop:
         for _ in range(self.threads):
             threading.Thread(target=self.work, name="dspex-trial", daemon=True).start()
         threading.Thread(target=self.watch, name="dspex-deadlines", daemon=True).start()
+        threading.Thread(target=self.send_results, name="dspex-results", daemon=True).start()
         while True:
             try:
                 message = decode(self.connection.recv_bytes())
@@ -327,9 +348,10 @@ class WorkerLoop:
             if kind == "stop":
                 return
             if kind == "plan":
-                self.plans[message[1]] = message[2]
-            elif kind == "task":
-                self.inbox.put(message[1:])
+                self.plans[message[1]] = decode(message[2])
+            elif kind == "tasks":
+                for item in message[1]:
+                    self.inbox.put(item)
             elif kind == "cancel":
                 _, run, reason = message
                 with self.lock:
@@ -346,6 +368,15 @@ class WorkerLoop:
             except (BrokenPipeError, OSError):
                 os._exit(0)  # the driver is gone; nothing left to do
 
+    def send_results(self) -> None:
+        """Send every result waiting in the outbox as one message, so a busy worker writes once per batch."""
+        while True:
+            batch = [self.outbox.get()]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    batch.append(self.outbox.get_nowait())
+            self.send(("results", batch))
+
     def work(self) -> None:
         while True:
             item = self.inbox.get()
@@ -355,7 +386,7 @@ class WorkerLoop:
             if run in self.cancelled_runs:
                 continue
             try:
-                runner, stash = runner_for(decode(self.plans[plan_key]))
+                runner, stash = runner_for(self.plans[plan_key])
             except Exception as error:
                 self.send(("setup", run, f"{type(error).__name__}: {error}"))
                 continue
@@ -376,7 +407,7 @@ class WorkerLoop:
                 self.done.discard(key)
             if late:
                 return  # given up at its deadline; a replacement thread took this one's place
-            self.send(("result", run, submission, result, stash.take(task.trial_id)))
+            self.outbox.put(("result", run, submission, result, stash.take(task.trial_id)))
 
     def watch(self) -> None:
         """Give up on trials past their deadline, as the thread executor does, and keep capacity."""
@@ -396,7 +427,7 @@ class WorkerLoop:
             for (run, submission), (token, started, task, runner) in overdue:
                 result = runner.abandon(task, token, started=started, reason=f"timeout after {token.timeout:g} s")
                 spans = runner.span_sink.take(task.trial_id)  # type: ignore[union-attr]  # a SpanStash
-                self.send(("result", run, submission, result, spans))
+                self.outbox.put(("result", run, submission, result, spans))
                 if self.spare > 0:
                     self.spare -= 1
                     threading.Thread(target=self.work, name="dspex-trial", daemon=True).start()

@@ -40,6 +40,7 @@ __all__ = [
     "decode",
     "encode",
     "plan_for",
+    "run_remote_chunk",
     "run_remote_trial",
     "runner_for",
 ]
@@ -438,6 +439,36 @@ def run_remote_trial(
                     if not tokens:
                         del _running[run_key]
     return ("ok", result, stash.take(task.trial_id))
+
+
+def run_remote_chunk(
+    plan_bytes: bytes, payloads: Sequence[tuple[int, bytes]], timeout: float | None, run_key: str | None = None
+) -> tuple[str, list[tuple[int, TrialResult, list[dict[str, Any]]]] | str]:
+    """Run a chunk of trials one after another in a worker (one Dask task for several trials).
+
+    One Dask task costs the scheduler, the worker and the driver a few milliseconds of CPU
+    whatever it runs, about a trial's own cost on the lab LM; a chunk pays that once for all
+    its trials. The trials run in order on the task's thread, each with its own cancel token,
+    so a run stopped with :func:`cancel_run` stops the running one and makes the rest
+    cancelled records without an LM call.
+
+    Args:
+        plan_bytes: the encoded :class:`WorkPlan`.
+        payloads: ``(submission, encoded task payload)`` pairs; the submission numbers key the results.
+        timeout: each trial's timeout in seconds, or None.
+        run_key: the run, for :func:`cancel_run`.
+
+    Returns:
+        ``("ok", [(submission, result, span rows), ...])`` in the order given, or
+        ``("setup", error text)`` when this worker cannot rebuild the runner.
+    """
+    results = []
+    for submission, payload in payloads:
+        _, outcome, span_rows = run_remote_trial(plan_bytes, payload, timeout, run_key)
+        if not isinstance(outcome, TrialResult):
+            return ("setup", outcome)
+        results.append((submission, outcome, span_rows))
+    return ("ok", results)
 
 
 def spans_from(rows: Sequence[dict[str, Any]]) -> tuple[Any, ...]:
