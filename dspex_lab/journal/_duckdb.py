@@ -171,10 +171,15 @@ _INSERT_TRIALS = (
 _STATS_COLUMNS = (
     "n_trials", "n_errors", "n_scored", "score_sum", "ok_n_scored", "ok_score_sum", "ok_score_sum_squares",
 )  # fmt: skip
+# An UPDATE, and an INSERT only for an experiment's first trials: a third of the time of one INSERT ... ON
+# CONFLICT DO UPDATE (~1 ms against ~3 ms a flush).
 _ADD_STATS = (
+    f"UPDATE experiment_stats SET {', '.join(f'{column} = {column} + ?' for column in _STATS_COLUMNS)} "
+    "WHERE experiment_id = ?"
+)
+_FIRST_STATS = (
     f"INSERT INTO experiment_stats (experiment_id, {', '.join(_STATS_COLUMNS)}) "
-    f"VALUES (?, {', '.join('?' for _ in _STATS_COLUMNS)}) ON CONFLICT (experiment_id) DO UPDATE SET "
-    + ", ".join(f"{column} = experiment_stats.{column} + excluded.{column}" for column in _STATS_COLUMNS)
+    f"VALUES (?, {', '.join('?' for _ in _STATS_COLUMNS)})"
 )
 
 
@@ -500,7 +505,9 @@ class DuckDBJournal:
             connection.execute("BEGIN TRANSACTION")
             inserted = connection.execute(_INSERT_TRIALS, [experiment_id]).fetchnumpy()
             if len(inserted["status"]):
-                connection.execute(_ADD_STATS, [experiment_id, *_totals(inserted)])
+                totals = _totals(inserted)
+                if not connection.execute(_ADD_STATS, [*totals, experiment_id]).fetchall()[0][0]:
+                    connection.execute(_FIRST_STATS, [experiment_id, *totals])
             if len(spans):
                 if not isinstance(spans, pa.Table):
                     spans = pa.Table.from_pylist(list(spans), schema=SPAN_SCHEMA)
