@@ -3,8 +3,9 @@
 Dask schedules; dspex_lab does not add a scheduler of its own. Each Dask task runs a
 chunk of trials, ``dspex_lab.engine._remote.run_remote_chunk(plan, payloads, timeout)``,
 so the workers need dspex_lab (and the modules the metric and program come from)
-installed. Chunks hold up to :data:`MAX_CHUNK` trials and shrink as the run drains (see
-:func:`chunk_size`); with a timeout each task is one trial. The driver keeps a window of
+installed. A chunk holds up to :data:`MAX_CHUNK` trials, as many as take about
+:data:`CHUNK_SECONDS`, and chunks shrink as the run drains (see :func:`chunk_size`); with
+a timeout each task is one trial. The driver keeps a window of
 tasks submitted (twice the cluster's threads, or exactly its threads when trials have a
 timeout, so a task's time since submission is close to its running time), collects
 results as they complete and alone calls ``on_result`` and the span sink. Results are
@@ -34,21 +35,28 @@ __all__ = ["DaskExecutor", "chunk_size", "is_dask_client"]
 TIMEOUT_GRACE = 2.0
 # The most trials one Dask task runs, one after another.
 MAX_CHUNK = 8
+# A chunk is sized to take about this long, so a finished trial waits at most that for its
+# chunk-mates before the driver records it (and an interrupt loses no more than that).
+CHUNK_SECONDS = 0.25
 
 
-def chunk_size(pending: int, threads: int, timeout: float | None) -> int:
+def chunk_size(pending: int, threads: int, timeout: float | None, trial_seconds: float | None) -> int:
     """Return how many of ``pending`` trials the next Dask task runs.
 
     A Dask task costs milliseconds of scheduler, worker and driver CPU, as much as a
-    trial on the lab LM, so trials travel in chunks. Chunks shrink as the queue drains
-    (a fraction of what is left per thread, as in guided self-scheduling), so the last
-    tasks are single trials and no thread is left running a long chunk while the others
-    idle. With a timeout every task is one trial: the driver's deadline counts from
-    submission, which a trial waiting behind others in its chunk would overrun.
+    trial on the lab LM, so short trials travel in chunks. A chunk takes about
+    :data:`CHUNK_SECONDS` at the trials' mean wall time so far (``trial_seconds``; one
+    trial per task until the first results say how long trials take), so slow trials
+    travel alone and results keep arriving. Chunks also shrink as the queue drains (a
+    share of what is left per thread, as in guided self-scheduling), so the last tasks
+    are single trials and no thread runs a long chunk while the others idle. With a
+    timeout every task is one trial: the driver's deadline counts from submission, which
+    a trial waiting behind others in its chunk would overrun.
     """
-    if timeout is not None:
+    if timeout is not None or trial_seconds is None:
         return 1
-    return max(1, min(MAX_CHUNK, pending // threads))
+    by_time = int(CHUNK_SECONDS / max(trial_seconds, 1e-6))
+    return max(1, min(MAX_CHUNK, pending // threads, by_time))
 
 
 def is_dask_client(value: object) -> bool:
@@ -133,12 +141,13 @@ class DaskExecutor:
         submitted: dict[Any, tuple[list[int], float]] = {}
         finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
         status = RunStatus.FINISHED
+        trial_seconds: float | None = None  # the mean wall time of the trials delivered so far
+        delivered = 0
         try:
             while in_flight and status == RunStatus.FINISHED:
                 while pending and len(submitted) < window:
-                    chunk = [
-                        pending.popleft() for _ in range(min(len(pending), chunk_size(len(pending), threads, timeout)))
-                    ]
+                    size = chunk_size(len(pending), threads, timeout, trial_seconds)
+                    chunk = [pending.popleft() for _ in range(min(len(pending), size))]
                     future = self.client.submit(
                         run_remote_chunk,
                         plan_bytes,
@@ -168,6 +177,8 @@ class DaskExecutor:
                     submissions, started = submitted.pop(future)
                     answer = answers.get(future)
                     for result in self._results_of(future, answer, submissions, in_flight, runner, started):
+                        delivered += 1
+                        trial_seconds = (trial_seconds or 0.0) + (result.latency - (trial_seconds or 0.0)) / delivered
                         if on_result(result):
                             status = RunStatus.STOPPED
                             break

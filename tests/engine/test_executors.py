@@ -3,6 +3,7 @@ resume, refusals up front, no secret in what travels, and a worker killed mid-ru
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -17,6 +18,7 @@ import dspex_lab as dx
 from dspex_lab.engine import DaskExecutor, ProcessExecutor, TrialFinished, make_executor
 from dspex_lab.engine import _dask as dask_module
 from dspex_lab.engine import _process as process_module
+from dspex_lab.engine._remote import decode
 from dspex_lab.errors import ExecutionError
 
 distributed = pytest.importorskip("distributed")
@@ -212,6 +214,77 @@ def test_a_stopped_dask_run_cancels_its_trials_on_the_workers() -> None:
     kind, result, _ = run_remote_trial(plan, payload, None, "stopped-run")
     assert (result.status, result.error_stage, result.lm_calls) == ("error", "cancelled", 0)
     assert "run stopped" in result.error_message
+
+
+def test_dask_chunks_take_about_a_quarter_second_shrink_as_the_run_drains_and_hold_one_trial_under_a_timeout() -> None:
+    assert dask_module.chunk_size(1280, 64, None, None) == 1  # until results say how long a trial takes
+    assert dask_module.chunk_size(1280, 64, None, 0.02) == dask_module.MAX_CHUNK == 8
+    assert dask_module.chunk_size(1280, 64, None, 0.05) == 5  # 0.25 s / 0.05 s
+    assert dask_module.chunk_size(1280, 64, None, 0.2) == 1  # an interrupt must not wait for chunk-mates
+    assert [dask_module.chunk_size(pending, 64, None, 0.001) for pending in (511, 320, 128, 127, 1)] == [7, 5, 2, 1, 1]
+    assert dask_module.chunk_size(1280, 64, 30.0, 0.02) == 1  # the driver's deadline counts from submission
+
+
+def test_a_chunk_runs_its_trials_in_order_and_a_stopped_run_makes_them_cancelled_records() -> None:
+    from dspex_lab.engine import RetryPolicy, TrialRunner, TrialTask
+    from dspex_lab.engine._remote import cancel_run, encode, plan_for, run_remote_chunk, task_payload
+
+    lm = dx.lab_lm("lab/small")
+    runner = TrialRunner(PROGRAM.build(lm=lm), dx.metrics.exact_match, lm=lm, retry=RetryPolicy(retries=0))
+    plan = encode(plan_for(runner, executor="dask", cloudpickle_functions=True))
+    examples = dx.datasets.arithmetic(3, seed=11)
+    payloads = [
+        (submission, encode(task_payload(TrialTask(index=index, example_id=f"e{index}", example=example))))
+        for index, (submission, example) in enumerate(zip((7, 3, 5), examples, strict=True))
+    ]
+
+    kind, answer = run_remote_chunk(plan, payloads, None, "live-chunk")
+    assert kind == "ok" and [submission for submission, _, _ in answer] == [7, 3, 5]
+    assert [(result.example_id, result.status, result.lm_calls) for _, result, _ in answer] == [
+        ("e0", "ok", 1),
+        ("e1", "ok", 1),
+        ("e2", "ok", 1),
+    ]
+    cancel_run("stopped-chunk", "run stopped")
+    kind, answer = run_remote_chunk(plan, payloads, None, "stopped-chunk")
+    assert {(result.error_stage, result.lm_calls) for _, result, _ in answer} == {("cancelled", 0)}
+
+    unimportable = encode(dataclasses.replace(decode(plan), metric=("import", "no_such_module:metric"), key="x1"))
+    kind, answer = run_remote_chunk(unimportable, payloads, None, "setup-chunk")
+    assert kind == "setup" and "no_such_module:metric" in answer
+
+
+def test_a_chunk_run_again_after_its_worker_died_delivers_only_the_trials_not_delivered() -> None:
+    from dspex_lab.engine import TrialTask
+
+    examples = dx.datasets.arithmetic(2, seed=12)
+    in_flight = {
+        submission: TrialTask(index=submission, example_id=f"e{submission}", example=example)
+        for submission, example in zip((0, 2), examples, strict=True)
+    }
+    finished = type("Finished", (), {"status": "finished"})()
+    answer = ("ok", [(submission, f"result {submission}", []) for submission in (0, 1, 2)])  # 1 was delivered
+
+    results = DaskExecutor._results_of(finished, answer, [0, 1, 2], in_flight, runner=None, started=0.0)
+    assert results == ["result 0", "result 2"] and in_flight == {}
+    assert DaskExecutor._results_of(finished, answer, [0, 1, 2], in_flight, runner=None, started=0.0) == []
+
+
+def test_dask_sends_a_long_run_in_fewer_tasks_than_trials(dask_client, monkeypatch) -> None:
+    submitted: list[int] = []
+    submit = dask_client.submit
+
+    def counting_submit(function: Any, plan: bytes, payloads: list[Any], *args: Any, **kwargs: Any) -> Any:
+        submitted.append(len(payloads))
+        return submit(function, plan, payloads, *args, **kwargs)
+
+    monkeypatch.setattr(dask_client, "submit", counting_submit)
+    data = dx.datasets.arithmetic(64, seed=13)
+    threaded = evaluate("thread", data)
+    chunked = evaluate(DaskExecutor(dask_client), data)
+
+    assert sum(submitted) == 64 and max(submitted) > 1 and submitted[-1] == 1
+    assert scores(chunked) == scores(threaded)
 
 
 def test_a_lambda_metric_is_refused_before_any_trial(process_executor) -> None:
