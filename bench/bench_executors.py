@@ -5,11 +5,20 @@ per repeat, so slow phases of a shared machine hit each executor), with the jour
 (a fresh temporary file per run):
 
 1. ``cpu``: 20 ms lab LM, 1,280 examples, 64 trials at once, where the CPU is the limit.
-   Efficiency is ``max(n * latency / 64, n * c1) / wall``, where ``c1`` is the
-   single-thread time per trial of the bare hydrated module plus metric on a
-   zero-latency lab LM, measured in the same repeat: the single-core bound. Threads
-   share one GIL and cannot pass 1.0; target for the process and Dask executors (2
-   workers) on 2 cores: at least 1.6.
+   Efficiency is ``max(n * latency / 64, n * c1) / wall``, where ``c1`` is one trial's
+   CPU cost: the CPU time (``time.thread_time``, so other processes on a busy machine
+   do not inflate it) per trial of the bare hydrated module plus metric, in one thread,
+   on a zero-latency lab LM, module built and warmed up outside the measurement,
+   measured in the same repeat. ``n * c1`` is the single-core bound. Threads share one
+   GIL and cannot pass 1.0; target for the process and Dask executors (2 workers) on 2
+   cores: at least 1.6.
+
+   Next to it the engine's own floor is measured the same way: ``c_engine``, the CPU per
+   trial of what a worker runs for one trial (``_remote.run_remote_trial``: decode, the
+   trial runner, encode) in one thread, and each run's driver CPU per trial (the journal,
+   the executor's loop; for Dask also the ``LocalCluster`` scheduler, which runs in the
+   driver's process). With ``k`` cores no executor can beat
+   ``k * c1 / (c_engine + driver CPU per trial)``: the ceiling printed per executor.
 2. ``latency``: 200 ms lab LM, 1,280 examples, 64 trials at once. Efficiency is
    ``(n * latency / 64) / wall``; target: at least 0.95 for every executor. Dask's
    per-trial overhead against threads is printed: ``(wall_dask - wall_threads) / n``.
@@ -29,8 +38,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +54,8 @@ from _common import format_table, machine_description, median_or_none, prepare_f
 
 CONCURRENCY = 64
 WORKERS = 2
+# Calls made before a CPU measurement starts (first-call imports and caches).
+WARM_UP = 20
 
 
 @dataclass(frozen=True)
@@ -107,19 +120,45 @@ def run_one(executor: Any, examples: list[Any], latency: float, folder: Path, la
 
 
 def single_core_c1(examples: list[Any]) -> float:
-    """Seconds per trial of the bare hydrated module plus metric in one thread on a zero-latency lab LM."""
+    """CPU seconds per trial of the bare hydrated module plus metric in one thread on a zero-latency lab LM."""
     import dspy
 
     import dspex_lab as dx
 
     program = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="bench")
     lm = dx.lab_lm("lab/small")
-    prepare_for_measurement()
-    with dspy.context(lm=lm), timed() as timing:
-        module = program.build(lm=lm)
+    module = program.build(lm=lm)
+    with dspy.context(lm=lm):
+        for example in examples[:WARM_UP]:
+            dx.metrics.exact_match(example, module(**example.inputs()))
+        prepare_for_measurement()
+        start = time.thread_time()
         for example in examples:
             dx.metrics.exact_match(example, module(**example.inputs()))
-    return timing.seconds / len(examples)
+    return (time.thread_time() - start) / len(examples)
+
+
+def engine_floor(examples: list[Any]) -> float:
+    """CPU seconds per trial of a worker's side of one trial (decode, trial runner, encode), in one thread."""
+    import dspex_lab as dx
+    from dspex_lab.engine import RetryPolicy, TrialRunner, TrialTask
+    from dspex_lab.engine._remote import encode, plan_for, run_remote_trial, task_payload
+
+    program = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="bench")
+    lm = dx.lab_lm("lab/small")
+    runner = TrialRunner(program.build(lm=lm), dx.metrics.exact_match, lm=lm, retry=RetryPolicy())
+    plan = encode(plan_for(runner, executor="process"))
+    payloads = [
+        encode(task_payload(TrialTask(index=index, example_id=f"e{index}", example=example)))
+        for index, example in enumerate(examples)
+    ]
+    for payload in payloads[:WARM_UP]:
+        encode(run_remote_trial(plan, payload, None))
+    prepare_for_measurement()
+    start = time.thread_time()
+    for payload in payloads:
+        encode(run_remote_trial(plan, payload, None))
+    return (time.thread_time() - start) / len(payloads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 examples = list(dx.datasets.arithmetic(scenario.examples, seed=0))
                 for repeat in range(repeats):
                     c1 = single_core_c1(examples[: min(len(examples), 160)])
+                    floor = engine_floor(examples[: min(len(examples), 160)])
                     bound = max(scenario.examples * scenario.latency / CONCURRENCY, scenario.examples * c1)
                     order = names[repeat % len(names) :] + names[: repeat % len(names)]
                     scores = {}
@@ -163,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
                                 "seconds": timing.seconds,
                                 "bound_seconds": bound,
                                 "c1_seconds": c1,
+                                "engine_floor_seconds": floor,
+                                "driver_cpu_seconds": timing.cpu_seconds,
                                 "efficiency": bound / timing.seconds,
                                 "load_before": timing.load_before,
+                                "load_after": timing.load_after,
                             }
                         )
                     for name in names[1:]:
@@ -181,20 +224,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(measurements: list[dict[str, Any]], scale: int) -> str:
-    """Return the table of median efficiencies, targets, and Dask's per-trial overhead against threads."""
+    """Return the table of median efficiencies, targets, ceilings, and the per-trial overhead against threads."""
     rows = []
     by_scenario = {scenario.name: scenario for scenario in scenarios(scale)}
     medians: dict[tuple[str, str], float] = {}
+    cores = os.cpu_count() or 1
     for (scenario_name, scenario), name in (
         (item, name) for item in by_scenario.items() for name in ("thread", "process", "dask")
     ):
         chosen = [entry for entry in measurements if entry["scenario"] == scenario_name and entry["executor"] == name]
+        if not chosen:
+            continue
         efficiency = median_or_none([entry["efficiency"] for entry in chosen])
         seconds = median_or_none([entry["seconds"] for entry in chosen])
         medians[(scenario_name, name)] = seconds or float("nan")
         target = scenario.target.get(name)
         verdict = "" if target is None else ("meets" if efficiency is not None and efficiency >= target else "misses")
-        c1 = median_or_none([entry["c1_seconds"] for entry in chosen])
+        c1 = median_or_none([entry["c1_seconds"] for entry in chosen]) or float("nan")
+        floor = median_or_none([entry["engine_floor_seconds"] for entry in chosen]) or float("nan")
+        driver = median_or_none([entry["driver_cpu_seconds"] / scenario.examples for entry in chosen]) or float("nan")
+        loads = [entry[key] for entry in chosen for key in ("load_before", "load_after") if entry.get(key) is not None]
+        ceiling = "-"
+        if name != "thread" and scenario_name == "cpu":
+            ceiling = f"{cores * c1 / (floor + driver):.2f}"
         rows.append(
             [
                 scenario_name,
@@ -202,20 +254,40 @@ def report(measurements: list[dict[str, Any]], scale: int) -> str:
                 scenario.examples,
                 f"{scenario.latency * 1000:.0f} ms",
                 f"{seconds:.2f} s" if seconds is not None else "-",
-                f"{median_or_none([entry['bound_seconds'] for entry in chosen]):.2f} s (c1 {c1 * 1000:.2f} ms)",
-                f"{efficiency:.2f}" if efficiency is not None else "-",
+                f"{median_or_none([entry['bound_seconds'] for entry in chosen]):.2f} s",
+                f"{c1 * 1000:.2f} / {floor * 1000:.2f} / {driver * 1000:.2f} ms",
+                f"{efficiency:.3f}" if efficiency is not None else "-",
+                ceiling,
                 f">= {target} {verdict}" if target is not None else "cannot pass 1.0" if scenario_name == "cpu" else "",
+                f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-",
             ]
         )
     table = format_table(
-        ["scenario", "executor", "n", "latency", "wall (median)", "bound", "efficiency", "target"], rows
+        [
+            "scenario",
+            "executor",
+            "n",
+            "latency",
+            "wall (median)",
+            "bound",
+            "c1 / c_engine / driver CPU per trial",
+            "efficiency",
+            f"ceiling ({cores} cores)",
+            "target",
+            "load",
+        ],
+        rows,
     )
     latency = by_scenario["latency"]
+    if not all((("latency", name) in medians) for name in ("thread", "process", "dask")):
+        return table
     overhead = (medians[("latency", "dask")] - medians[("latency", "thread")]) / latency.examples * 1000
     process_overhead = (medians[("latency", "process")] - medians[("latency", "thread")]) / latency.examples * 1000
     return (
         f"{table}\n\nper-trial overhead against threads (200 ms LM, {CONCURRENCY} at once): "
-        f"dask {overhead:+.2f} ms, process {process_overhead:+.2f} ms of wall per trial"
+        f"dask {overhead:+.2f} ms, process {process_overhead:+.2f} ms of wall per trial\n"
+        f"ceiling: {cores} * c1 / (c_engine + driver CPU per trial), the best efficiency {cores} cores allow "
+        "when workers cost at least c_engine per trial"
     )
 
 
