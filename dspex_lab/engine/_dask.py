@@ -37,7 +37,7 @@ TIMEOUT_GRACE = 2.0
 MAX_CHUNK = 8
 # A chunk is sized to take about this long, so a finished trial waits at most that for its
 # chunk-mates before the driver records it (and an interrupt loses no more than that).
-CHUNK_SECONDS = 0.25
+CHUNK_SECONDS = 0.5
 
 
 def chunk_size(pending: int, threads: int, timeout: float | None, trial_seconds: float | None) -> int:

@@ -216,11 +216,11 @@ def test_a_stopped_dask_run_cancels_its_trials_on_the_workers() -> None:
     assert "run stopped" in result.error_message
 
 
-def test_dask_chunks_take_about_a_quarter_second_shrink_as_the_run_drains_and_hold_one_trial_under_a_timeout() -> None:
+def test_dask_chunks_take_about_half_a_second_shrink_as_the_run_drains_and_hold_one_trial_under_a_timeout() -> None:
     assert dask_module.chunk_size(1280, 64, None, None) == 1  # until results say how long a trial takes
     assert dask_module.chunk_size(1280, 64, None, 0.02) == dask_module.MAX_CHUNK == 8
-    assert dask_module.chunk_size(1280, 64, None, 0.05) == 5  # 0.25 s / 0.05 s
-    assert dask_module.chunk_size(1280, 64, None, 0.2) == 1  # an interrupt must not wait for chunk-mates
+    assert dask_module.chunk_size(1280, 64, None, 0.1) == 5  # 0.5 s / 0.1 s
+    assert dask_module.chunk_size(1280, 64, None, 0.6) == 1  # an interrupt must not wait for chunk-mates
     assert [dask_module.chunk_size(pending, 64, None, 0.001) for pending in (511, 320, 128, 127, 1)] == [7, 5, 2, 1, 1]
     assert dask_module.chunk_size(1280, 64, 30.0, 0.02) == 1  # the driver's deadline counts from submission
 
