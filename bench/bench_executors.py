@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         close()
     print(report(measurements, scale))
+    print(f"Dask chunks cancelled by Dask itself and queued again: {executors['dask'].cancelled_by_dask}")
     for line in disagreements:
         print("DISAGREEMENT:", line)
     if arguments.json:

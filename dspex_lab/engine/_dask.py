@@ -33,6 +33,8 @@ __all__ = ["DaskExecutor", "chunk_size", "is_dask_client"]
 
 # Seconds past a trial's timeout after which the driver stops waiting for its worker.
 TIMEOUT_GRACE = 2.0
+# Times a trial is queued again after Dask cancelled its task by itself, before it is recorded as an error.
+MAX_REQUEUES = 3
 # The most trials one Dask task runs, one after another.
 MAX_CHUNK = 8
 # A chunk is sized to take about this long, so a finished trial waits at most that for its
@@ -85,6 +87,8 @@ class DaskExecutor:
     def __init__(self, cluster: str | Any, *, connect_timeout: float = 10.0) -> None:
         distributed = _distributed()
         self._own_client = False
+        # Chunks Dask cancelled by itself, whose trials were queued again (for monitoring).
+        self.cancelled_by_dask = 0
         if is_dask_client(cluster):
             self.client = cluster
         elif isinstance(cluster, str) and cluster.startswith(("dask://", "tcp://")):
@@ -143,6 +147,7 @@ class DaskExecutor:
         status = RunStatus.FINISHED
         trial_seconds: float | None = None  # the mean wall time of the trials delivered so far
         delivered = 0
+        requeued: dict[int, int] = {}  # submission -> times its chunk was cancelled by Dask
         try:
             while in_flight and status == RunStatus.FINISHED:
                 while pending and len(submitted) < window:
@@ -167,9 +172,19 @@ class DaskExecutor:
                 except queue.Empty:
                     pass
                 done = [future for future in done if future in submitted]  # not given up, not cancelled
-                for future in [future for future in done if future.status == "pending"]:
+                for future in [future for future in done if future.status in ("pending", "lost")]:
                     done.remove(future)  # its result was lost with its worker; Dask runs it again
                     future.add_done_callback(finished.put)
+                for future in [future for future in done if future.status == "cancelled"]:
+                    # Not by this loop (it forgets a future before cancelling it) but by Dask itself: the
+                    # scheduler cancelling keys, or the client losing its scheduler connection. Unhandled,
+                    # its trials were neither queued nor submitted, and the run waited for them forever.
+                    done.remove(future)
+                    submissions, _ = submitted.pop(future)
+                    self.cancelled_by_dask += 1
+                    for result in self._requeue(submissions, pending, in_flight, requeued):
+                        if on_result(result):
+                            status = RunStatus.STOPPED
                 # One gather for every finished chunk: each future.result() is a round trip through the
                 # client's event loop, which cost ~7 ms a chunk on a busy 2-core machine.
                 answers = self._gather([future for future in done if future.status == "finished"])
@@ -196,6 +211,31 @@ class DaskExecutor:
                 reason = "run interrupted" if status == RunStatus.INTERRUPTED else "run stopped"
                 self.client.run(cancel_run_on_worker, run_key, reason, wait=False)
         return status
+
+    @staticmethod
+    def _requeue(
+        submissions: list[int],
+        pending: collections.deque[tuple[int, TrialTask]],
+        in_flight: dict[int, TrialTask],
+        requeued: dict[int, int],
+    ) -> list[TrialResult]:
+        """Queue again the undelivered trials of a chunk Dask cancelled; return errors for those cancelled too often."""
+        failures = []
+        for submission in reversed(submissions):
+            if submission not in in_flight:
+                continue
+            requeued[submission] = requeued.get(submission, 0) + 1
+            if requeued[submission] <= MAX_REQUEUES:
+                pending.appendleft((submission, in_flight[submission]))
+                continue
+            error = ExecutionError(f"Dask cancelled this trial's task {requeued[submission]} times")
+            task = in_flight.pop(submission)
+            failures.append(
+                TrialRunner.failure(
+                    task, error, stage="runner", started=time.time(), clock=time.perf_counter(), attempt=1
+                )
+            )
+        return failures
 
     def _gather(self, futures: list[Any]) -> dict[Any, Any]:
         """Return the answers of finished chunks, fetched from their workers in one round trip."""

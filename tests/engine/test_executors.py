@@ -270,6 +270,26 @@ def test_a_chunk_run_again_after_its_worker_died_delivers_only_the_trials_not_de
     assert DaskExecutor._results_of(finished, answer, [0, 1, 2], in_flight, runner=None, started=0.0) == []
 
 
+def test_trials_of_a_chunk_dask_cancelled_by_itself_are_queued_again_then_recorded_as_errors() -> None:
+    import collections
+
+    from dspex_lab.engine import TrialTask
+
+    examples = dx.datasets.arithmetic(3, seed=14)
+    tasks = [TrialTask(index=index, example_id=f"e{index}", example=example) for index, example in enumerate(examples)]
+    in_flight = {0: tasks[0], 2: tasks[2]}  # trial 1 was delivered before
+    pending: collections.deque[Any] = collections.deque([(5, tasks[1])])
+    requeued: dict[int, int] = {}
+
+    assert DaskExecutor._requeue([0, 1, 2], pending, in_flight, requeued) == []
+    assert [submission for submission, _ in pending] == [0, 2, 5] and requeued == {0: 1, 2: 1}
+    for _ in range(dask_module.MAX_REQUEUES - 1):
+        DaskExecutor._requeue([0, 2], pending, in_flight, requeued)
+    failures = DaskExecutor._requeue([0, 2], pending, in_flight, requeued)
+    assert [(result.example_id, result.status) for result in failures] == [("e2", "error"), ("e0", "error")]
+    assert "cancelled this trial's task 4 times" in failures[0].error_message and in_flight == {}
+
+
 def test_dask_sends_a_long_run_in_fewer_tasks_than_trials(dask_client, monkeypatch) -> None:
     submitted: list[int] = []
     submit = dask_client.submit
