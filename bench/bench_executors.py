@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         close()
     print(report(measurements, scale))
-    print(f"Dask chunks cancelled by Dask itself and queued again: {executors['dask'].cancelled_by_dask}")
+    dask = executors["dask"]
+    print(f"Dask chunks cancelled by Dask itself: {dask.cancelled_by_dask}; orphaned trials: {dask.orphaned_trials}")
     for line in disagreements:
         print("DISAGREEMENT:", line)
     if arguments.json:

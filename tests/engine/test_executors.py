@@ -287,7 +287,7 @@ def test_trials_of_a_chunk_dask_cancelled_by_itself_are_queued_again_then_record
         DaskExecutor._requeue([0, 2], pending, in_flight, requeued)
     failures = DaskExecutor._requeue([0, 2], pending, in_flight, requeued)
     assert [(result.example_id, result.status) for result in failures] == [("e2", "error"), ("e0", "error")]
-    assert "cancelled this trial's task 4 times" in failures[0].error_message and in_flight == {}
+    assert "task was cancelled or lost 4 times" in failures[0].error_message and in_flight == {}
 
 
 def test_dask_sends_a_long_run_in_fewer_tasks_than_trials(dask_client, monkeypatch) -> None:
