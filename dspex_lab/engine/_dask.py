@@ -204,8 +204,8 @@ class DaskExecutor:
                 if timeout is not None and status == RunStatus.FINISHED:
                     status = self._expire(submitted, in_flight, timeout, on_result)
                 if status == RunStatus.FINISHED and in_flight and not pending and not submitted:
-                    # Trials no chunk holds any more would be waited for forever; seen in 2 of 6 benchmark
-                    # runs before the cause was found. Queue them again (delivery stays once per trial).
+                    # Trials no chunk holds any more would be waited for forever. A guard: 3 of 7 benchmark
+                    # runs hung with no cause found. Queue them again (delivery stays once per trial).
                     self.orphaned_trials += len(in_flight)
                     for result in self._requeue(sorted(in_flight), pending, in_flight, requeued):
                         if on_result(result):
