@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any, NamedTuple
 
-from dspex_lab.errors import DspexLabError, JournalError, MissingDependencyError, ProgramSpecError
+from dspex_lab.errors import JournalError, MissingDependencyError, ProgramSpecError
 from dspex_lab.journal import TRIAL_ORDERS, DuckDBJournal, open_journal
 from dspex_lab.lm import ModelPrice, model_price
+from dspex_lab.notebook._widgets_common import front_end_file
 from dspex_lab.trace import Span
 from dspex_lab.trace.redaction import mask_text
 
@@ -20,14 +20,6 @@ except ImportError as error:  # pragma: no cover - exercised only without the no
     raise MissingDependencyError("anywidget", "notebook") from error
 
 __all__ = ["TraceViewer"]
-
-# The front end's sources live in the repository's top-level widgets/ folder (DESIGN §1). A wheel ships them
-# as the data package dspex_lab.notebook.widgets (pyproject maps it onto widgets/); a source checkout or an
-# editable install reads them where they are.
-_FRONT_END_FOLDERS = (
-    Path(__file__).resolve().parent / "widgets",
-    Path(__file__).resolve().parents[2] / "widgets",
-)
 
 # The journal orders the trial list (failed first, lowest score first, or example order).
 _SORTS = TRIAL_ORDERS
@@ -53,22 +45,6 @@ _TRIAL_COLUMNS = (
 
 # An error's message goes to the front end as a tooltip: its first lines, not a whole provider's essay.
 _ERROR_TEXT_CHARACTERS = 500
-
-
-def _front_end_file(name: str) -> Path:
-    """Return the path of one of the widget's front-end files, packaged or in a source checkout.
-
-    Raises:
-        DspexLabError: the file is in neither place (a broken install).
-    """
-    for folder in _FRONT_END_FOLDERS:
-        if (folder / name).is_file():
-            return folder / name
-    searched = ", ".join(str(folder / name) for folder in _FRONT_END_FOLDERS)
-    raise DspexLabError(
-        f"the trace viewer's front end {name} is missing (looked in {searched}); reinstall dspex_lab, "
-        "or in a source checkout restore the top-level widgets/ folder"
-    )
 
 
 class _SpanRow(NamedTuple):
@@ -261,8 +237,8 @@ class TraceViewer(anywidget.AnyWidget):
         sort_by: ``"error"`` (failed first, then lowest score), ``"score"`` (lowest first) or ``"trial"``.
     """
 
-    _esm = _front_end_file("trace_viewer.js")
-    _css = _front_end_file("trace_viewer.css")
+    _esm = front_end_file("trace_viewer.js", widget="TraceViewer")
+    _css = front_end_file("trace_viewer.css", widget="TraceViewer")
 
     header = traitlets.Dict().tag(sync=True)
     trials = traitlets.List().tag(sync=True)

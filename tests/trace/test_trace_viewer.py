@@ -20,25 +20,26 @@ def traced(tmp_path_factory):
 
 
 def test_front_end_sources_exist_and_define_render():
-    from dspex_lab.notebook._trace_viewer import _front_end_file
+    from dspex_lab.notebook._widgets_common import front_end_file
 
-    assert "export default { render }" in _front_end_file("trace_viewer.js").read_text()
-    assert _front_end_file("trace_viewer.css").read_text().startswith(".dspex-trace-viewer")
+    assert "export default { render }" in front_end_file("trace_viewer.js", widget="TraceViewer").read_text()
+    assert front_end_file("trace_viewer.css", widget="TraceViewer").read_text().startswith(".dspex-trace-viewer")
 
 
 def test_front_end_is_read_from_the_package_first_then_the_source_checkout(tmp_path, monkeypatch):
-    from dspex_lab.notebook import _trace_viewer
+    from dspex_lab.notebook import _widgets_common
 
     packaged, checkout = tmp_path / "packaged", tmp_path / "checkout"
     for folder in (packaged, checkout):
         folder.mkdir()
         (folder / "trace_viewer.css").write_text(folder.name)
     (checkout / "trace_viewer.js").write_text("checkout")
-    monkeypatch.setattr(_trace_viewer, "_FRONT_END_FOLDERS", (packaged, checkout))
-    assert _trace_viewer._front_end_file("trace_viewer.css") == packaged / "trace_viewer.css"
-    assert _trace_viewer._front_end_file("trace_viewer.js") == checkout / "trace_viewer.js"
+    monkeypatch.setattr(_widgets_common, "_FRONT_END_FOLDERS", (packaged, checkout))
+    find = _widgets_common.front_end_file
+    assert find("trace_viewer.css", widget="TraceViewer") == packaged / "trace_viewer.css"
+    assert find("trace_viewer.js", widget="TraceViewer") == checkout / "trace_viewer.js"
     with pytest.raises(dx.errors.DspexLabError, match=r"front end trace_viewer\.mjs is missing .*reinstall"):
-        _trace_viewer._front_end_file("trace_viewer.mjs")
+        find("trace_viewer.mjs", widget="TraceViewer")
 
 
 def test_trials_sorted_by_error_then_score_and_first_is_open(traced):

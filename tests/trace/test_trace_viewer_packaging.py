@@ -40,9 +40,9 @@ def wheel(tmp_path_factory):
 
 @pytest.mark.slow
 def test_wheel_holds_the_front_end_where_the_package_looks(wheel):
-    from dspex_lab.notebook import _trace_viewer
+    from dspex_lab.notebook import _widgets_common
 
-    packaged = _trace_viewer._FRONT_END_FOLDERS[0].relative_to(REPOSITORY).as_posix()
+    packaged = _widgets_common._FRONT_END_FOLDERS[0].relative_to(REPOSITORY).as_posix()
     assert packaged == "dspex_lab/notebook/widgets"
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
@@ -65,8 +65,9 @@ def test_installed_wheel_finds_its_front_end(wheel, tmp_path):
     assert installed.returncode == 0, installed.stderr[-3000:]
     probe = (
         "import dspex_lab, dspex_lab.notebook._trace_viewer as viewer; "
-        "print(dspex_lab.__file__); print(viewer._front_end_file('trace_viewer.js')); "
-        "print(str(viewer.TraceViewer._esm) == viewer._front_end_file('trace_viewer.js').read_text())"
+        "from dspex_lab.notebook._widgets_common import front_end_file as find; "
+        "print(dspex_lab.__file__); print(find('trace_viewer.js', widget='TraceViewer')); "
+        "print(str(viewer.TraceViewer._esm) == find('trace_viewer.js', widget='TraceViewer').read_text())"
     )
     # The wheel's copy comes first on the path, ahead of the editable install of the repository.
     ran = subprocess.run(

@@ -12,7 +12,7 @@ pytest.importorskip("anywidget")
 
 
 def test_spans_cut_short_reach_the_front_end_with_their_status(journal_path) -> None:
-    from dspex_lab.notebook._trace_viewer import _front_end_file
+    from dspex_lab.notebook._widgets_common import front_end_file
 
     problems = dx.Dataset(dx.datasets.arithmetic(2, seed=6), name="partial")
     program = dx.Program("dspy.Predict", signature="question -> answer", name="predict")
@@ -35,6 +35,7 @@ def test_spans_cut_short_reach_the_front_end_with_their_status(journal_path) -> 
     viewer.selected_span = lm["id"]
     assert viewer.detail["status"] == "timeout" and viewer.detail["error"] == "trial did not finish within 1 s"
     # The front end labels such rows and colours them; without a browser, its sources are what can be checked.
-    script, style = _front_end_file("trace_viewer.js").read_text(), _front_end_file("trace_viewer.css").read_text()
+    script = front_end_file("trace_viewer.js", widget="TraceViewer").read_text()
+    style = front_end_file("trace_viewer.css", widget="TraceViewer").read_text()
     assert 'node.status === "timeout" || node.status === "cancelled"' in script
     assert ".dspex-trace-viewer .dspex-timeout, .dspex-trace-viewer .dspex-cancelled" in style
