@@ -25,6 +25,7 @@ from dspy.utils.exceptions import is_retryable_lm_error
 
 from dspex_lab._records import TRIAL_FIELDS
 from dspex_lab._records import trial_id as make_trial_id
+from dspex_lab.engine._adapter import default_adapter
 from dspex_lab.engine._cancel import CancelToken, install_lm_guard
 from dspex_lab.errors import InvalidScoreError, TrialCancelledError, TrialTimeoutError
 from dspex_lab.lm import Meter, current_rollout, metering
@@ -349,6 +350,9 @@ class TrialRunner:
         overrides: dict[str, Any] = {}
         if self.lm is not None:
             overrides["lm"] = self.lm
+        if dspy.settings.adapter is None:
+            # What DSPy would use (a fresh ChatAdapter() per call), with each signature's system message kept.
+            overrides["adapter"] = default_adapter()
         if self.recorder is not None:
             if self._direct:
                 overrides.update(dispatch.settings(self.recorder))

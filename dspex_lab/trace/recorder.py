@@ -518,6 +518,11 @@ def new_span_id() -> str:
     return f"{_id_prefix}{next(_id_counter):016x}"
 
 
+def _adapter_name(adapter: Any) -> str:
+    # An adapter may show under the name of the DSPy adapter it behaves as (dspex_lab's caching ChatAdapter does).
+    return str(getattr(type(adapter), "display_name", None) or type(adapter).__name__)
+
+
 def _describe(exception: BaseException) -> str:
     # Providers' errors may quote the credential they rejected.
     return mask_text(f"{type(exception).__name__}: {exception}")
@@ -722,7 +727,7 @@ class SpanRecorder(BaseCallback):
 
     def on_adapter_format_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         """Open an adapter-format span."""
-        pending = self._open(call_id, instance, kind="adapter_format", name=f"{type(instance).__name__}.format")
+        pending = self._open(call_id, instance, kind="adapter_format", name=f"{_adapter_name(instance)}.format")
         if pending is None:
             return
         demos = inputs.get("demos")
@@ -741,7 +746,7 @@ class SpanRecorder(BaseCallback):
 
     def on_adapter_parse_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         """Open an adapter-parse span."""
-        pending = self._open(call_id, instance, kind="adapter_parse", name=f"{type(instance).__name__}.parse")
+        pending = self._open(call_id, instance, kind="adapter_parse", name=f"{_adapter_name(instance)}.parse")
         if pending is None:
             return
         pending.attributes["signature"] = inputs.get("signature")
