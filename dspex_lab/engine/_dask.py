@@ -91,6 +91,8 @@ class DaskExecutor:
         self.cancelled_by_dask = 0
         # Trials found in no queue and no task, queued again (for monitoring; should stay 0).
         self.orphaned_trials = 0
+        # Finished tasks whose done-callback had not come half a second later (for monitoring; should stay 0).
+        self.missed_callbacks = 0
         if is_dask_client(cluster):
             self.client = cluster
         elif isinstance(cluster, str) and cluster.startswith(("dask://", "tcp://")):
@@ -173,7 +175,13 @@ class DaskExecutor:
                         done.append(finished.get_nowait())
                 except queue.Empty:
                     pass
-                done = [future for future in done if future in submitted]  # not given up, not cancelled
+                if not done:
+                    # Half a second without a callback: trust the futures' own states over callbacks that
+                    # may never come (the benchmark's hangs left the cluster idle with the driver waiting).
+                    missed = [future for future in submitted if future.status in ("finished", "error", "cancelled")]
+                    self.missed_callbacks += len(missed)
+                    done.extend(missed)
+                done = list(dict.fromkeys(future for future in done if future in submitted))  # not given up
                 for future in [future for future in done if future.status in ("pending", "lost")]:
                     done.remove(future)  # its result was lost with its worker; Dask runs it again
                     future.add_done_callback(finished.put)
