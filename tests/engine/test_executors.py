@@ -307,6 +307,27 @@ def test_dask_sends_a_long_run_in_fewer_tasks_than_trials(dask_client, monkeypat
     assert scores(chunked) == scores(threaded)
 
 
+def test_dask_futures_whose_done_callbacks_never_come_are_still_collected(dask_client, monkeypatch) -> None:
+    # Swallow every third future's done-callback: the run must notice the finished futures by their state.
+    submit = dask_client.submit
+    count = {"submitted": 0}
+
+    def submit_with_lost_callbacks(*args: Any, **kwargs: Any) -> Any:
+        future = submit(*args, **kwargs)
+        count["submitted"] += 1
+        if count["submitted"] % 3 == 0:
+            future.add_done_callback = lambda callback: None
+        return future
+
+    monkeypatch.setattr(dask_client, "submit", submit_with_lost_callbacks)
+    data = dx.datasets.arithmetic(24, seed=17)
+    executor = DaskExecutor(dask_client)
+    result = evaluate(executor, data)
+
+    assert count["submitted"] >= 3 and executor.missed_callbacks >= count["submitted"] // 3
+    assert scores(result) == scores(evaluate("thread", data))
+
+
 def test_a_lambda_metric_is_refused_before_any_trial(process_executor) -> None:
     context = dx.Context(lm=dx.lab_lm("lab/small"), journal=False, executor=process_executor)
     with context, pytest.raises(ExecutionError, match=r"lambda.*top level of a module"):
