@@ -18,6 +18,7 @@ executor is made.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import queue
 import time
 import uuid
@@ -37,6 +38,9 @@ TIMEOUT_GRACE = 2.0
 MAX_REQUEUES = 3
 # The most trials one Dask task runs, one after another.
 MAX_CHUNK = 8
+# Seconds the driver waits for the results of chunks Dask reports finished before it gives up on the run
+# (fetching them normally takes milliseconds; a fetch that never returns once held a benchmark run forever).
+GATHER_TIMEOUT = 60.0
 # A chunk is sized to take about this long, so a finished trial waits at most that for its
 # chunk-mates before the driver records it (and an interrupt loses no more than that).
 CHUNK_SECONDS = 0.5
@@ -93,6 +97,9 @@ class DaskExecutor:
         self.orphaned_trials = 0
         # Finished tasks whose done-callback had not come half a second later (for monitoring; should stay 0).
         self.missed_callbacks = 0
+        # Result fetches that did not return within GATHER_TIMEOUT (each stopped its run with an error).
+        self.stalled_gathers = 0
+        self._fetcher: concurrent.futures.ThreadPoolExecutor | None = None
         if is_dask_client(cluster):
             self.client = cluster
         elif isinstance(cluster, str) and cluster.startswith(("dask://", "tcp://")):
@@ -122,6 +129,9 @@ class DaskExecutor:
 
     def close(self) -> None:
         """Close the client if this executor made it."""
+        if self._fetcher is not None:
+            self._fetcher.shutdown(wait=False)
+            self._fetcher = None
         if self._own_client:
             self.client.close()
 
@@ -154,20 +164,26 @@ class DaskExecutor:
         requeued: dict[int, int] = {}  # submission -> times its chunk was cancelled by Dask
         try:
             while in_flight and status == RunStatus.FINISHED:
-                while pending and len(submitted) < window:
+                chunks = []
+                while pending and len(submitted) + len(chunks) < window:
                     size = chunk_size(len(pending), threads, timeout, trial_seconds)
-                    chunk = [pending.popleft() for _ in range(min(len(pending), size))]
-                    future = self.client.submit(
+                    chunks.append([pending.popleft() for _ in range(min(len(pending), size))])
+                if chunks:
+                    # One message to the scheduler for every chunk submitted now: a submit each cost the
+                    # driver and the scheduler about a millisecond of CPU per task on top of the task itself.
+                    futures = self.client.map(
                         run_remote_chunk,
-                        plan_bytes,
-                        [(submission, encode(task_payload(task))) for submission, task in chunk],
-                        timeout,
-                        run_key,
-                        key=f"dspex-trials-{run_key}-{chunk[0][0]}",
+                        [plan_bytes] * len(chunks),
+                        [[(submission, encode(task_payload(task))) for submission, task in chunk] for chunk in chunks],
+                        [timeout] * len(chunks),
+                        [run_key] * len(chunks),
+                        key=[f"dspex-trials-{run_key}-{chunk[0][0]}" for chunk in chunks],
                         pure=False,
                     )
-                    submitted[future] = ([submission for submission, _ in chunk], time.time())
-                    future.add_done_callback(finished.put)  # called on the client's thread
+                    now = time.time()
+                    for chunk, future in zip(chunks, futures, strict=True):
+                        submitted[future] = ([submission for submission, _ in chunk], now)
+                        future.add_done_callback(finished.put)  # called on the client's thread
                 done = []
                 try:
                     done.append(finished.get(timeout=0.5))
@@ -255,10 +271,30 @@ class DaskExecutor:
         return failures
 
     def _gather(self, futures: list[Any]) -> dict[Any, Any]:
-        """Return the answers of finished chunks, fetched from their workers in one round trip."""
+        """Return the answers of finished chunks, fetched from their workers in one round trip.
+
+        Raises:
+            ExecutionError: the answers did not come within :data:`GATHER_TIMEOUT` seconds. The
+                run stops with what it has recorded (``resume=`` continues it) instead of waiting
+                forever; the stuck fetch is left to its thread, and the next fetch uses a new one.
+        """
         if not futures:
             return {}
-        return dict(zip(futures, self.client.gather(futures), strict=True))
+        if self._fetcher is None:
+            self._fetcher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dspex-dask-gather")
+        fetch = self._fetcher.submit(self.client.gather, futures)
+        try:
+            answers = fetch.result(timeout=GATHER_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            self._fetcher.shutdown(wait=False)
+            self._fetcher = None
+            self.stalled_gathers += 1
+            raise ExecutionError(
+                f"Dask reported {len(futures)} chunks finished but their results did not arrive within "
+                f"{GATHER_TIMEOUT:g} s (scheduler {self.client.scheduler.address}); the trials recorded so far are "
+                "kept: check the cluster's workers, then run again with resume="
+            ) from None
+        return dict(zip(futures, answers, strict=True))
 
     @staticmethod
     def _results_of(

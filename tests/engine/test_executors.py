@@ -290,36 +290,62 @@ def test_trials_of_a_chunk_dask_cancelled_by_itself_are_queued_again_then_record
     assert "task was cancelled or lost 4 times" in failures[0].error_message and in_flight == {}
 
 
-def test_dask_sends_a_long_run_in_fewer_tasks_than_trials(dask_client, monkeypatch) -> None:
+def test_dask_sends_a_long_run_in_fewer_tasks_than_trials_and_batches_its_submissions(dask_client, monkeypatch) -> None:
     submitted: list[int] = []
-    submit = dask_client.submit
+    batches: list[int] = []
+    map_tasks = dask_client.map
 
-    def counting_submit(function: Any, plan: bytes, payloads: list[Any], *args: Any, **kwargs: Any) -> Any:
-        submitted.append(len(payloads))
-        return submit(function, plan, payloads, *args, **kwargs)
+    def counting_map(function: Any, plans: list[bytes], payloads: list[Any], *args: Any, **kwargs: Any) -> Any:
+        batches.append(len(payloads))
+        submitted.extend(len(chunk) for chunk in payloads)
+        return map_tasks(function, plans, payloads, *args, **kwargs)
 
-    monkeypatch.setattr(dask_client, "submit", counting_submit)
+    monkeypatch.setattr(dask_client, "map", counting_map)
     data = dx.datasets.arithmetic(64, seed=13)
     threaded = evaluate("thread", data)
     chunked = evaluate(DaskExecutor(dask_client), data)
 
     assert sum(submitted) == 64 and max(submitted) > 1 and submitted[-1] == 1
+    assert len(batches) < len(submitted) and batches[0] > 1  # the first window goes in one message
     assert scores(chunked) == scores(threaded)
+
+
+def test_results_dask_never_delivers_stop_the_run_with_one_clear_error(dask_client, monkeypatch, tmp_path) -> None:
+    import threading
+
+    release = threading.Event()
+
+    def stuck_gather(futures: Any, *args: Any, **kwargs: Any) -> Any:
+        release.wait(30)
+        raise RuntimeError("released")
+
+    monkeypatch.setattr(dask_module, "GATHER_TIMEOUT", 1.0)
+    monkeypatch.setattr(dask_client, "gather", stuck_gather)
+    executor = DaskExecutor(dask_client)
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ExecutionError, match="did not arrive within 1 s"):
+            evaluate(executor, dx.datasets.arithmetic(8, seed=19), journal=tmp_path / "j.duckdb")
+    finally:
+        release.set()
+    assert time.perf_counter() - started < 20
+    assert executor.stalled_gathers == 1
 
 
 def test_dask_futures_whose_done_callbacks_never_come_are_still_collected(dask_client, monkeypatch) -> None:
     # Swallow every third future's done-callback: the run must notice the finished futures by their state.
-    submit = dask_client.submit
+    map_tasks = dask_client.map
     count = {"submitted": 0}
 
-    def submit_with_lost_callbacks(*args: Any, **kwargs: Any) -> Any:
-        future = submit(*args, **kwargs)
-        count["submitted"] += 1
-        if count["submitted"] % 3 == 0:
-            future.add_done_callback = lambda callback: None
-        return future
+    def map_with_lost_callbacks(*args: Any, **kwargs: Any) -> Any:
+        futures = map_tasks(*args, **kwargs)
+        for future in futures:
+            count["submitted"] += 1
+            if count["submitted"] % 3 == 0:
+                future.add_done_callback = lambda callback: None
+        return futures
 
-    monkeypatch.setattr(dask_client, "submit", submit_with_lost_callbacks)
+    monkeypatch.setattr(dask_client, "map", map_with_lost_callbacks)
     data = dx.datasets.arithmetic(24, seed=17)
     executor = DaskExecutor(dask_client)
     result = evaluate(executor, data)
