@@ -23,6 +23,12 @@ per repeat, so slow phases of a shared machine hit each executor), with the jour
    ``(n * latency / 64) / wall``; target: at least 0.95 for every executor. Dask's
    per-trial overhead against threads is printed: ``(wall_dask - wall_threads) / n``.
 
+Next to the executors, the ``ideal`` row: the bare module and metric (no engine, no journal,
+no result sent back) split over 2 spawned processes with 32 threads each, every process
+handed its half of the examples up front. It is what dspex_lab could reach if the engine cost
+nothing, measured in the same repeat, so the executors' efficiencies can be read against it
+as well as against the single-core bound.
+
 The process executor is ``ProcessExecutor(2, threads_per_worker=32)``; Dask is a
 ``LocalCluster`` of 2 worker processes with 32 threads each on 127.0.0.1. Workers are
 started and warmed up before any measurement. Every executor must produce the same
@@ -38,6 +44,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -94,9 +101,16 @@ def make_executors() -> tuple[dict[str, Any], Callable[[], None]]:
     )
     client = distributed.Client(cluster, set_as_default=False)
     process = ProcessExecutor(WORKERS, threads_per_worker=per_worker)
-    executors = {"thread": ThreadExecutor(CONCURRENCY), "process": process, "dask": DaskExecutor(client)}
+    ideal = IdealSplit()
+    executors = {
+        "thread": ThreadExecutor(CONCURRENCY),
+        "process": process,
+        "dask": DaskExecutor(client),
+        "ideal": ideal,
+    }
 
     def close() -> None:
+        ideal.close()
         process.close()
         client.close()
         cluster.close()
@@ -105,8 +119,18 @@ def make_executors() -> tuple[dict[str, Any], Callable[[], None]]:
 
 
 def run_one(executor: Any, examples: list[Any], latency: float, folder: Path, label: str) -> tuple[Any, Any]:
-    """Evaluate on ``executor``; return the timing and the per-trial scores (sorted by trial id)."""
+    """Evaluate on ``executor``; return the timing and the per-trial scores (sorted by trial id).
+
+    For the :class:`IdealSplit` the timing's ``cpu_seconds`` is its workers' CPU and there are no scores.
+    """
     import dspex_lab as dx
+
+    if isinstance(executor, IdealSplit):
+        prepare_for_measurement()
+        with timed() as timing:
+            _, worker_cpu = executor.run(len(examples), latency)
+        timing.cpu_seconds = worker_cpu
+        return timing, None
 
     program = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="bench")
     prepare_for_measurement()
@@ -117,6 +141,80 @@ def run_one(executor: Any, examples: list[Any], latency: float, folder: Path, la
         result = dx.evaluate(program, examples, metric=dx.metrics.exact_match, progress=False)
     frame = result.trials.sort_values("trial_id")
     return timing, list(zip(frame["trial_id"], frame["score"], strict=True))
+
+
+def _ideal_worker(connection: Any, part: int) -> None:
+    """One process of the ideal split: run the bare module on its share of the examples when told."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dspy
+
+    import dspex_lab as dx
+
+    program = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="bench")
+    modules: dict[float, tuple[Any, Any]] = {}
+    with ThreadPoolExecutor(CONCURRENCY // WORKERS) as pool:
+        while True:
+            command = connection.recv()
+            if command is None:
+                return
+            count, latency = command
+            if latency not in modules:
+                lm = dx.lab_lm("lab/small", latency=latency)
+                modules[latency] = (lm, program.build(lm=lm))
+            lm, module = modules[latency]
+
+            def one(example: Any, lm: Any = lm, module: Any = module) -> float:
+                with dspy.context(lm=lm):
+                    return float(dx.metrics.exact_match(example, module(**example.inputs())))
+
+            share = list(dx.datasets.arithmetic(count, seed=0))[part::WORKERS]
+            connection.send("ready")
+            connection.recv()  # go
+            start = time.process_time()
+            scores = list(pool.map(one, share))
+            connection.send((time.process_time() - start, len(scores)))
+
+
+class IdealSplit:
+    """The bare module split over ``WORKERS`` spawned processes: the best an executor could do here."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self._connections = []
+        self._processes = []
+        for part in range(WORKERS):
+            mine, theirs = context.Pipe()
+            process = context.Process(target=_ideal_worker, args=(theirs, part), daemon=True)
+            process.start()
+            self._connections.append(mine)
+            self._processes.append(process)
+
+    def run(self, count: int, latency: float) -> tuple[float, float]:
+        """Run ``count`` examples at ``latency``; return the wall seconds and the workers' CPU seconds."""
+        for connection in self._connections:
+            connection.send((count, latency))
+        for connection in self._connections:
+            connection.recv()
+        start = time.perf_counter()
+        for connection in self._connections:
+            connection.send("go")
+        answers = [connection.recv() for connection in self._connections]
+        wall = time.perf_counter() - start
+        if sum(done for _, done in answers) != count:
+            raise RuntimeError(f"the ideal split ran {sum(done for _, done in answers)} of {count} examples")
+        return wall, sum(cpu for cpu, _ in answers)
+
+    def close(self) -> None:
+        """Stop the processes."""
+        for connection, process in zip(self._connections, self._processes, strict=True):
+            with contextlib.suppress(OSError):
+                connection.send(None)
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
 
 
 def single_core_c1(examples: list[Any]) -> float:
@@ -210,14 +308,17 @@ def main(argv: list[str] | None = None) -> int:
                                 "load_after": timing.load_after,
                             }
                         )
-                    for name in names[1:]:
+                    for name in ("process", "dask"):
                         if scores[name] != scores["thread"]:
                             disagreements.append(f"{scenario.name} repeat {repeat}: {name} differs from thread")
     finally:
         close()
     print(report(measurements, scale))
     dask = executors["dask"]
-    print(f"Dask chunks cancelled by Dask itself: {dask.cancelled_by_dask}; orphaned trials: {dask.orphaned_trials}")
+    print(
+        f"Dask chunks cancelled by Dask itself: {dask.cancelled_by_dask}; orphaned trials: {dask.orphaned_trials}; "
+        f"done-callbacks missed: {dask.missed_callbacks}; result fetches stalled: {dask.stalled_gathers}"
+    )
     for line in disagreements:
         print("DISAGREEMENT:", line)
     if arguments.json:
@@ -231,8 +332,19 @@ def report(measurements: list[dict[str, Any]], scale: int) -> str:
     by_scenario = {scenario.name: scenario for scenario in scenarios(scale)}
     medians: dict[tuple[str, str], float] = {}
     cores = os.cpu_count() or 1
+    ideal_efficiency = {
+        scenario_name: median_or_none(
+            [
+                entry["efficiency"]
+                for entry in measurements
+                if entry["scenario"] == scenario_name and entry["executor"] == "ideal"
+            ]
+        )
+        for scenario_name in by_scenario
+    }
+    notes = []
     for (scenario_name, scenario), name in (
-        (item, name) for item in by_scenario.items() for name in ("thread", "process", "dask")
+        (item, name) for item in by_scenario.items() for name in ("thread", "process", "dask", "ideal")
     ):
         chosen = [entry for entry in measurements if entry["scenario"] == scenario_name and entry["executor"] == name]
         if not chosen:
@@ -247,8 +359,19 @@ def report(measurements: list[dict[str, Any]], scale: int) -> str:
         driver = median_or_none([entry["driver_cpu_seconds"] / scenario.examples for entry in chosen]) or float("nan")
         loads = [entry[key] for entry in chosen for key in ("load_before", "load_after") if entry.get(key) is not None]
         ceiling = "-"
-        if name != "thread" and scenario_name == "cpu":
+        if name in ("process", "dask") and scenario_name == "cpu":
             ceiling = f"{cores * c1 / (floor + driver):.2f}"
+        ideal = ideal_efficiency.get(scenario_name)
+        of_ideal = f"{efficiency / ideal:.2f}" if efficiency is not None and ideal and name != "ideal" else "-"
+        costs = f"{c1 * 1000:.2f} / {floor * 1000:.2f} / {driver * 1000:.2f} ms"
+        if name == "ideal":
+            # Its "driver CPU" is its workers' CPU: what the bare module costs per trial run 32 at a time.
+            costs = f"{c1 * 1000:.2f} / - / workers {driver * 1000:.2f} ms"
+            notes.append(
+                f"{scenario_name}: the bare module costs {driver * 1000:.2f} ms of CPU per trial in "
+                f"{WORKERS} processes x {CONCURRENCY // WORKERS} threads, {driver / c1:.2f} x c1 "
+                "(its cost alone in one thread)"
+            )
         rows.append(
             [
                 scenario_name,
@@ -257,10 +380,17 @@ def report(measurements: list[dict[str, Any]], scale: int) -> str:
                 f"{scenario.latency * 1000:.0f} ms",
                 f"{seconds:.2f} s" if seconds is not None else "-",
                 f"{median_or_none([entry['bound_seconds'] for entry in chosen]):.2f} s",
-                f"{c1 * 1000:.2f} / {floor * 1000:.2f} / {driver * 1000:.2f} ms",
+                costs,
                 f"{efficiency:.3f}" if efficiency is not None else "-",
+                of_ideal,
                 ceiling,
-                f">= {target} {verdict}" if target is not None else "cannot pass 1.0" if scenario_name == "cpu" else "",
+                f">= {target} {verdict}"
+                if target is not None
+                else "anchor"
+                if name == "ideal"
+                else "cannot pass 1.0"
+                if scenario_name == "cpu"
+                else "",
                 f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-",
             ]
         )
@@ -274,12 +404,14 @@ def report(measurements: list[dict[str, Any]], scale: int) -> str:
             "bound",
             "c1 / c_engine / driver CPU per trial",
             "efficiency",
+            "of ideal",
             f"ceiling ({cores} cores)",
             "target",
             "load",
         ],
         rows,
     )
+    table = "\n".join([table, "", *notes])
     latency = by_scenario["latency"]
     if not all((("latency", name) in medians) for name in ("thread", "process", "dask")):
         return table
@@ -289,7 +421,9 @@ def report(measurements: list[dict[str, Any]], scale: int) -> str:
         f"{table}\n\nper-trial overhead against threads (200 ms LM, {CONCURRENCY} at once): "
         f"dask {overhead:+.2f} ms, process {process_overhead:+.2f} ms of wall per trial\n"
         f"ceiling: {cores} * c1 / (c_engine + driver CPU per trial), the best efficiency {cores} cores allow "
-        "when workers cost at least c_engine per trial"
+        "when workers cost at least c_engine per trial\n"
+        "of ideal: the efficiency over the ideal split's (the bare module in "
+        f"{WORKERS} processes, no engine, no journal) in the same run"
     )
 
 
