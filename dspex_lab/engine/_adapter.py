@@ -23,6 +23,7 @@ configured is used as is.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from typing import Any
@@ -61,10 +62,8 @@ class CachingChatAdapter(ChatAdapter):
         text = super().format_system_message(signature)
         with self._lock:
             self.misses += 1
-            try:
+            with contextlib.suppress(TypeError):
                 self._system[signature] = text
-            except TypeError:
-                pass
         return text
 
 

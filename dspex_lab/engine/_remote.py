@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import inspect
 import pickle
 import threading
 import types
@@ -80,6 +81,8 @@ class WorkPlan:
         lm: the LM as allow-listed fields (see :func:`describe_lm`), or None.
         retry: the retry policy's fields.
         trace: whether the worker captures span trees.
+        adapter: the DSPy adapter configured in the driver (see :func:`describe_adapter`), or None
+            for DSPy's default.
     """
 
     key: str
@@ -91,6 +94,7 @@ class WorkPlan:
     lm: dict[str, Any] | None
     retry: dict[str, Any]
     trace: bool
+    adapter: dict[str, Any] | None = None
 
 
 def encode(value: Any) -> bytes:
@@ -144,6 +148,7 @@ def plan_for(runner: TrialRunner, *, executor: str, cloudpickle_functions: bool 
         "lm": describe_lm(runner.lm, executor=executor),
         "retry": dataclasses.asdict(runner.retry),
         "trace": runner.recorder is not None,
+        "adapter": describe_adapter(dspy.settings.adapter, executor=executor),
     }
     key = hashlib.sha256(encode(body)).hexdigest()[:24]
     return WorkPlan(key=key, **body)
@@ -243,6 +248,64 @@ def describe_lm(lm: Any, *, executor: str) -> dict[str, Any] | None:
         f"the run's LM ({type(lm).__name__}) cannot travel to {executor} workers as data: they rebuild a "
         "dspy.LM or a lab LM from its model name and settings; use one of those, or executor='thread'"
     )
+
+
+# DSPy's adapters that travel to workers (rebuilt there by class name, with their flags).
+ADAPTERS = ("ChatAdapter", "JSONAdapter", "XMLAdapter")
+_ADAPTER_FLAGS = ("use_native_function_calling", "use_json_adapter_fallback", "parallel_tool_calls")
+
+
+def describe_adapter(adapter: Any, *, executor: str) -> dict[str, Any] | None:
+    """Return the adapter configured with ``dspy.configure``/``dspy.context`` as data, or None for DSPy's default.
+
+    Workers run the program with the same adapter as threads would: one of DSPy's
+    :data:`ADAPTERS`, rebuilt by name with the flags that differ from its defaults.
+
+    Raises:
+        ExecutionError: the adapter is another class, or carries callbacks or response types
+            that cannot be rebuilt in a worker.
+    """
+    from dspex_lab.engine._adapter import CachingChatAdapter
+
+    if adapter is None or type(adapter) is CachingChatAdapter:
+        return None
+    cls = type(adapter)
+    fix = f"configure one of dspy.{', dspy.'.join(ADAPTERS)} with plain settings, or use executor='thread'"
+    if cls.__name__ not in ADAPTERS or getattr(dspy, cls.__name__, None) is not cls:
+        raise ExecutionError(f"the configured adapter {cls.__name__} cannot be rebuilt in {executor} workers: {fix}")
+    if getattr(adapter, "callbacks", None):
+        raise ExecutionError(
+            f"the configured {cls.__name__} has callbacks, which cannot travel to {executor} workers: {fix}"
+        )
+    fresh = cls()
+    if getattr(adapter, "native_response_types", None) != getattr(fresh, "native_response_types", None):
+        raise ExecutionError(
+            f"the configured {cls.__name__} has custom native_response_types, which cannot travel to {executor} "
+            f"workers: {fix}"
+        )
+    accepted = inspect.signature(cls.__init__).parameters
+    flags = {}
+    for name in _ADAPTER_FLAGS:
+        value = getattr(adapter, name, None)
+        if value == getattr(fresh, name, None):
+            continue
+        if name not in accepted or not (value is None or isinstance(value, bool)):
+            raise ExecutionError(
+                f"the configured {cls.__name__} has {name}={value!r}, which cannot be rebuilt in {executor} workers: "
+                f"{fix}"
+            )
+        flags[name] = value
+    return {"class": cls.__name__, "flags": flags}
+
+
+def build_adapter(description: dict[str, Any] | None) -> Any:
+    """Rebuild an adapter from :func:`describe_adapter` data (None: DSPy's default)."""
+    if description is None:
+        return None
+    name = description["class"]
+    if name not in ADAPTERS:
+        raise ExecutionError(f"a work plan names adapter {name!r}, which is not one of DSPy's {', '.join(ADAPTERS)}")
+    return getattr(dspy, name)(**description["flags"])
 
 
 def build_lm(description: dict[str, Any] | None) -> dspy.BaseLM | None:
@@ -364,6 +427,7 @@ def runner_for(plan: WorkPlan) -> tuple[TrialRunner, SpanStash]:
             retry=RetryPolicy(**plan.retry),
             recorder=recorder,
             span_sink=stash,
+            adapter=build_adapter(plan.adapter),
         )
         if len(_runners) > 16:
             _runners.clear()

@@ -285,6 +285,9 @@ class TrialRunner:
         recorder: capture each trial's span tree with it.
         span_sink: receives each traced trial's spans (thread-safe; called from worker threads,
             and from the run's thread for a timed-out trial's partial spans).
+        adapter: the DSPy adapter trials use (a worker gets the driver's this way); None uses the
+            one configured in DSPy's settings, or when there is none a ChatAdapter that formats
+            each signature's system message once (see :mod:`dspex_lab.engine._adapter`).
     """
 
     def __init__(
@@ -296,8 +299,10 @@ class TrialRunner:
         retry: RetryPolicy,
         recorder: SpanRecorder | None = None,
         span_sink: SpanSink | None = None,
+        adapter: Any = None,
     ) -> None:
         self.module = module
+        self.adapter = adapter
         self.metric = metric
         self.lm = _without_client_retries(lm)
         self.retry = retry
@@ -350,7 +355,9 @@ class TrialRunner:
         overrides: dict[str, Any] = {}
         if self.lm is not None:
             overrides["lm"] = self.lm
-        if dspy.settings.adapter is None:
+        if self.adapter is not None:
+            overrides["adapter"] = self.adapter
+        elif dspy.settings.adapter is None:
             # What DSPy would use (a fresh ChatAdapter() per call), with each signature's system message kept.
             overrides["adapter"] = default_adapter()
         if self.recorder is not None:

@@ -98,6 +98,38 @@ def test_remote_executors_give_the_same_trials_and_spans_as_threads(remote, tmp_
     assert int(spans["remote"]["n"].sum()) > 48
 
 
+def test_the_configured_adapter_travels_to_the_workers(remote, tmp_path) -> None:
+    # The trace names the adapter that formatted each call (XMLAdapter falls back to JSONAdapter, as in threads).
+    data = dx.datasets.arithmetic(6, seed=23)
+    for expected, adapter in (
+        ("ChatAdapter", None),
+        ("JSONAdapter", dspy.JSONAdapter()),
+        ("XMLAdapter", dspy.XMLAdapter()),
+    ):
+        names = {}
+        for label, executor in (("thread", "thread"), ("remote", remote)):
+            journal = tmp_path / f"{expected}-{label}.duckdb"
+            with dspy.context(adapter=adapter):
+                result = evaluate(executor, data, journal=journal, trace=True)
+            assert result.n_errors == 0
+            frame = dx.open_journal(journal).sql("SELECT DISTINCT name FROM spans WHERE kind = 'adapter_format'")
+            names[label] = sorted(frame["name"])
+        assert names["remote"] == names["thread"]
+        assert f"{expected}.format" in names["remote"]
+
+
+def test_an_adapter_that_cannot_be_rebuilt_in_a_worker_is_refused_before_any_trial(remote) -> None:
+    class Custom(dspy.ChatAdapter):
+        pass
+
+    for adapter, words in (
+        (Custom(), "adapter Custom cannot be rebuilt"),
+        (dspy.ChatAdapter(callbacks=[object()]), "has callbacks"),
+    ):
+        with dspy.context(adapter=adapter), pytest.raises(ExecutionError, match=words):
+            evaluate(remote, dx.datasets.arithmetic(4, seed=29))
+
+
 def test_only_the_driver_touches_the_journal(remote, tmp_path, monkeypatch) -> None:
     sent = Sent(monkeypatch)
     journal = tmp_path / "driver-only.duckdb"
