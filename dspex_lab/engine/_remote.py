@@ -17,6 +17,7 @@ with one :class:`~dspex_lab.errors.ExecutionError` naming the fix.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -24,7 +25,7 @@ import inspect
 import pickle
 import threading
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import dspy
@@ -83,6 +84,9 @@ class WorkPlan:
         trace: whether the worker captures span trees.
         adapter: the DSPy adapter configured in the driver (see :func:`describe_adapter`), or None
             for DSPy's default.
+        allowed: the driver's allow-lists for hydration, ``{"models": [...], "prefixes": [...]}``
+            (``set_allowed_models``, ``set_allowed_prefixes``), so a program the kernel may build
+            the workers may build too; the worker's own lists still apply besides.
     """
 
     key: str
@@ -95,6 +99,7 @@ class WorkPlan:
     retry: dict[str, Any]
     trace: bool
     adapter: dict[str, Any] | None = None
+    allowed: dict[str, list[str]] | None = None
 
 
 def encode(value: Any) -> bytes:
@@ -149,6 +154,7 @@ def plan_for(runner: TrialRunner, *, executor: str, cloudpickle_functions: bool 
         "retry": dataclasses.asdict(runner.retry),
         "trace": runner.recorder is not None,
         "adapter": describe_adapter(dspy.settings.adapter, executor=executor),
+        "allowed": _driver_allow_lists() if spec is not None else None,
     }
     key = hashlib.sha256(encode(body)).hexdigest()[:24]
     return WorkPlan(key=key, **body)
@@ -401,7 +407,8 @@ def runner_for(plan: WorkPlan) -> tuple[TrialRunner, SpanStash]:
         if plan.program is not None:
             from dspex_lab.program import Program
 
-            module = Program.from_dict(plan.program).build(lm=lm)
+            with _allowing(plan.allowed):
+                module = Program.from_dict(plan.program).build(lm=lm)
             for name, predictor in module.named_predictors():
                 if plan.state is not None and name in plan.state:
                     own_lm = predictor.lm
@@ -433,6 +440,32 @@ def runner_for(plan: WorkPlan) -> tuple[TrialRunner, SpanStash]:
             _runners.clear()
         _runners[plan.key] = (runner, stash)
         return runner, stash
+
+
+def _driver_allow_lists() -> dict[str, list[str]]:
+    from dspex_lab.program import allowed_models, allowed_prefixes
+
+    return {"models": sorted(allowed_models()), "prefixes": list(allowed_prefixes())}
+
+
+@contextlib.contextmanager
+def _allowing(allowed: dict[str, list[str]] | None) -> Iterator[None]:
+    """Add the driver's allow-lists to this worker's while a program is built (callers hold ``_runners_lock``)."""
+    if not allowed:
+        yield
+        return
+    from dspex_lab.program import _safety, allowed_prefixes, set_allowed_models, set_allowed_prefixes
+
+    with _safety._lock:
+        own_models = _safety._allowed_models
+    own_prefixes = allowed_prefixes()
+    set_allowed_models(sorted(own_models | set(allowed["models"])))
+    set_allowed_prefixes(list(dict.fromkeys([*own_prefixes, *allowed["prefixes"]])))
+    try:
+        yield
+    finally:
+        set_allowed_models(sorted(own_models))
+        set_allowed_prefixes(own_prefixes)
 
 
 def task_payload(task: TrialTask) -> tuple[int, str, int, dict[str, Any], tuple[str, ...]]:

@@ -130,6 +130,35 @@ def test_an_adapter_that_cannot_be_rebuilt_in_a_worker_is_refused_before_any_tri
             evaluate(remote, dx.datasets.arithmetic(4, seed=29))
 
 
+def test_a_model_the_kernel_allowed_may_be_built_by_workers_and_only_while_building() -> None:
+    from dspex_lab.engine import RetryPolicy, TrialRunner
+    from dspex_lab.engine._remote import plan_for, runner_for
+    from dspex_lab.errors import ProgramSpecError
+    from dspex_lab.program import allowed_models, set_allowed_models
+
+    spec = {
+        "module": "dspy.Predict",
+        "signature": "question -> answer",
+        "variables": {
+            "model": {"type": "choice", "value": "openai/gpt-4o-mini", "choices": ["lab/small", "openai/gpt-4o-mini"]}
+        },
+    }
+    lm = dx.lab_lm("lab/small")
+    set_allowed_models(["openai/gpt-4o-mini"])
+    try:
+        module = dx.Program.from_dict(spec).build(lm=lm)
+        plan = plan_for(TrialRunner(module, dx.metrics.exact_match, lm=lm, retry=RetryPolicy()), executor="process")
+    finally:
+        set_allowed_models([])
+    assert plan.allowed is not None and "openai/gpt-4o-mini" in plan.allowed["models"]
+
+    runner, _ = runner_for(plan)  # a worker whose own allow-list is empty, as here now
+    assert [predictor.lm.model for _, predictor in runner.module.named_predictors()] == ["openai/gpt-4o-mini"]
+    assert allowed_models() == frozenset()
+    with pytest.raises(ProgramSpecError, match="set_allowed_models"):
+        runner_for(dataclasses.replace(plan, allowed=None, key="without-the-kernel-allow-list"))
+
+
 def test_only_the_driver_touches_the_journal(remote, tmp_path, monkeypatch) -> None:
     sent = Sent(monkeypatch)
     journal = tmp_path / "driver-only.duckdb"
