@@ -118,7 +118,7 @@ class ProcessExecutor:
             ExecutionError: the runner cannot travel to a worker (a lambda metric, an LM that is
                 not data), or the workers cannot rebuild it (a metric they cannot import).
         """
-        plan = plan_for(runner, executor="process")
+        plan = plan_for(runner, executor="process", cloudpickle_functions=True)
         plan_bytes = encode(plan)
         run = next(self._runs)
         pending = collections.deque(enumerate(tasks))

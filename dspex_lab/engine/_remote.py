@@ -8,11 +8,12 @@ whether to trace. Secrets never travel: an LM's ``api_key`` (and headers, and an
 else not on :data:`LM_FIELDS`) stays in the driver, and the worker's LM reads its
 credentials from the worker's own environment, as ``dspy.LM`` / LiteLLM do.
 
-The metric travels by reference (``module:qualname``, imported in the worker). For
-Dask only, a plain function defined in a notebook (no closure, not a lambda) is sent
-with cloudpickle, which Dask uses anyway. Anything else (a lambda, a closure, a
-function of ``__main__`` for the process executor) is refused before any trial starts
-with one :class:`~dspex_lab.errors.ExecutionError` naming the fix.
+The metric travels by reference (``module:qualname``, imported in the worker). A plain
+function defined in a notebook (no closure, not a lambda, no LM object among the globals
+and defaults it uses) is sent with cloudpickle (a dependency of DSPy, and what Dask uses
+anyway). Anything else (a lambda, a closure, a function that would carry an LM) is
+refused before any trial starts with one :class:`~dspex_lab.errors.ExecutionError`
+naming the fix.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def plan_for(runner: TrialRunner, *, executor: str, cloudpickle_functions: bool 
     Args:
         runner: the driver's runner.
         executor: the executor's name, for messages (``"process"``, ``"dask"``).
-        cloudpickle_functions: send a plain function of a notebook with cloudpickle (Dask).
+        cloudpickle_functions: send a plain function or module class of a notebook with cloudpickle.
 
     Raises:
         ExecutionError: the metric, the LM or a live module cannot travel to a worker.
@@ -181,6 +182,13 @@ def metric_reference(metric: Callable[..., Any], *, executor: str, cloudpickle_f
         ):
             import cloudpickle
 
+            carried = _lm_it_would_carry(metric)
+            if carried is not None:
+                raise ExecutionError(
+                    f"metric {name!r} uses {carried!r}, an LM object that would be copied, credentials and all, to "
+                    f"the {executor} workers: build the judge LM inside the metric (its key then comes from the "
+                    "workers' environment), or use executor='thread'"
+                )
             return ("cloudpickle", cloudpickle.dumps(metric))
         what = "a lambda" if "<lambda>" in name else "a closure" if "<locals>" in name else "defined in the notebook"
         raise ExecutionError(f"metric {name!r} is {what}, so it cannot be sent by reference: {fix}")
@@ -191,6 +199,25 @@ def metric_reference(metric: Callable[..., Any], *, executor: str, cloudpickle_f
         except Exception as error:
             raise ExecutionError(f"metric {metric!r:.80} cannot be pickled ({error}): {fix}") from None
     raise ExecutionError(f"metric {metric!r:.80} is an instance of a class defined in the notebook: {fix}")
+
+
+def _lm_it_would_carry(function: types.FunctionType) -> str | None:
+    """Return the name of a global or default value holding an LM (or an ``api_key``) that cloudpickle would copy."""
+    names: set[str] = set()
+    codes = [function.__code__]
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(constant for constant in code.co_consts if isinstance(constant, types.CodeType))
+    candidates = [(name, function.__globals__.get(name)) for name in sorted(names)]
+    candidates += [(f"default {index}", value) for index, value in enumerate(function.__defaults__ or ())]
+    candidates += list((function.__kwdefaults__ or {}).items())
+    for name, value in candidates:
+        if isinstance(value, dspy.BaseLM) or (
+            not isinstance(value, (type, types.ModuleType)) and getattr(value, "api_key", None)
+        ):
+            return name
+    return None
 
 
 def _imported(module: str, qualname: str) -> Any:

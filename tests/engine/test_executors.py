@@ -415,6 +415,47 @@ def test_dask_futures_whose_done_callbacks_never_come_are_still_collected(dask_c
     assert scores(result) == scores(evaluate("thread", data))
 
 
+def notebook_function(source: str, **names: Any) -> Any:
+    """A function as a notebook cell defines it: in ``__main__``, with the given globals."""
+    namespace: dict[str, Any] = {"__name__": "__main__", **names}
+    exec(source, namespace)
+    return next(value for key, value in namespace.items() if key not in names and callable(value))
+
+
+def test_a_metric_defined_in_the_notebook_runs_on_the_workers(remote) -> None:
+    metric = notebook_function(
+        "def same_answer(example, prediction):\n"
+        "    return SCALE * float(str(example.answer).strip() == str(prediction.answer).strip())\n",
+        SCALE=1.0,
+    )
+    assert metric.__module__ == "__main__"
+    data = dx.datasets.arithmetic(12, seed=31)
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=False, executor=remote):
+        result = dx.evaluate(PROGRAM, data, metric=metric, progress=False)
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=False, executor="thread"):
+        threaded = dx.evaluate(PROGRAM, data, metric=metric, progress=False)
+    assert result.n_errors == 0
+    assert scores(result) == scores(threaded)
+
+
+def test_a_notebook_metric_that_would_carry_an_lm_with_its_key_is_refused(remote) -> None:
+    judge = dspy.LM("openai/gpt-4o-mini", api_key=SECRET)
+    for source, names in (
+        ("def judged(example, prediction):\n    return JUDGE is not None\n", {"JUDGE": judge}),
+        ("def judged(example, prediction, lm=None):\n    return lm is not None\n", {}),
+    ):
+        metric = notebook_function(source, **names)
+        if not names:
+            metric.__defaults__ = (judge,)
+        with pytest.raises(ExecutionError, match="an LM object that would be copied"):
+            evaluate_with(remote, metric)
+
+
+def evaluate_with(executor: Any, metric: Any) -> Any:
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=False, executor=executor):
+        return dx.evaluate(PROGRAM, dx.datasets.arithmetic(4, seed=37), metric=metric, progress=False)
+
+
 def test_a_lambda_metric_is_refused_before_any_trial(process_executor) -> None:
     context = dx.Context(lm=dx.lab_lm("lab/small"), journal=False, executor=process_executor)
     with context, pytest.raises(ExecutionError, match=r"lambda.*top level of a module"):
