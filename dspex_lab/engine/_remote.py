@@ -386,6 +386,17 @@ def _pickled_module(module: dspy.Module, *, executor: str, cloud: bool) -> bytes
             f"module {type(module).__name__} is defined in the notebook, so {executor} workers cannot import it: "
             "define it in a module, or pass a dx.Program, or use executor='thread'"
         )
+    if type(module).__module__ == "__main__":
+        # Its class (and any notebook base class) travels by value, with the globals its methods use.
+        notebook_classes = [cls for cls in type(module).__mro__ if cls.__module__ == "__main__"]
+        for method in (value for cls in notebook_classes for value in vars(cls).values()):
+            carried = _lm_it_would_carry(method) if isinstance(method, types.FunctionType) else None
+            if carried is not None:
+                raise ExecutionError(
+                    f"module {type(module).__name__} is defined in the notebook and its {method.__name__} uses "
+                    f"{carried!r}, an LM object that would be copied, credentials and all, to the {executor} workers: "
+                    "pass a dx.Program, or use executor='thread'"
+                )
     try:
         if cloud:
             import cloudpickle

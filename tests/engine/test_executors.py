@@ -451,6 +451,33 @@ def test_a_notebook_metric_that_would_carry_an_lm_with_its_key_is_refused(remote
             evaluate_with(remote, metric)
 
 
+def test_a_module_class_defined_in_the_notebook_runs_on_the_workers_unless_it_carries_an_lm(remote) -> None:
+    source = (
+        "import dspy\n"
+        "class Doubler(dspy.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.answer = dspy.Predict('question -> answer')\n"
+        "    def forward(self, question):\n"
+        "        return self.answer(question=question)\n"
+    )
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(source, namespace)
+    module = namespace["Doubler"]()
+    data = dx.datasets.arithmetic(6, seed=41)
+    results = {}
+    for label, executor in (("thread", "thread"), ("remote", remote)):
+        with dx.Context(lm=dx.lab_lm("lab/small"), journal=False, executor=executor):
+            results[label] = dx.evaluate(module, data, metric=dx.metrics.exact_match, progress=False)
+    assert results["remote"].n_errors == 0 and scores(results["remote"]) == scores(results["thread"])
+
+    namespace["JUDGE"] = dspy.LM("openai/gpt-4o-mini", api_key=SECRET)
+    exec("class Judged(Doubler):\n    def forward(self, question):\n        return JUDGE\n", namespace)
+    context = dx.Context(lm=dx.lab_lm("lab/small"), journal=False, executor=remote)
+    with context, pytest.raises(ExecutionError, match="an LM object that would be copied"):
+        dx.evaluate(namespace["Judged"](), data, metric=dx.metrics.exact_match, progress=False)
+
+
 def evaluate_with(executor: Any, metric: Any) -> Any:
     with dx.Context(lm=dx.lab_lm("lab/small"), journal=False, executor=executor):
         return dx.evaluate(PROGRAM, dx.datasets.arithmetic(4, seed=37), metric=metric, progress=False)
