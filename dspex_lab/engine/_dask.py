@@ -27,8 +27,8 @@ from typing import Any
 
 from dspex_lab.engine._executor import RunStatus
 from dspex_lab.engine._remote import encode, plan_for, spans_from, task_payload
-from dspex_lab.engine._trial import TrialResult, TrialRunner, TrialTask
-from dspex_lab.errors import ExecutionError, MissingDependencyError, TrialTimeoutError
+from dspex_lab.engine._trial import TrialResult, TrialRunner, TrialTask, stopped_result
+from dspex_lab.errors import ExecutionError, MissingDependencyError
 
 __all__ = ["DaskExecutor", "chunk_size", "is_dask_client"]
 
@@ -355,19 +355,12 @@ class DaskExecutor:
                 task = in_flight.pop(submission, None)
                 if task is None:
                     continue
-                result = TrialResult(
-                    index=task.index,
-                    example_id=task.example_id,
-                    repeat=task.repeat,
-                    status="error",
-                    score=None,
-                    prediction=None,
-                    error_type=TrialTimeoutError.__name__,
-                    error_message=f"trial timeout after {timeout:g} s; its Dask worker did not answer by then",
-                    error_stage="timeout",
-                    latency=now - started,
-                    started_at=started,
-                    finished_at=now,
+                result = stopped_result(
+                    task,
+                    timed_out=True,
+                    message=f"trial timeout after {timeout:g} s; its Dask worker did not answer by then",
+                    started=started,
+                    finished=now,
                 )
                 if on_result(result):
                     return RunStatus.STOPPED

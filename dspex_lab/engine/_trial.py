@@ -503,22 +503,31 @@ class TrialRunner:
             collector = self._open.pop(id(token), None)
         if collector is not None and self.span_sink is not None:
             self.span_sink(task.trial_id, _partial_spans(collector, reason))
-        timed_out = reason.startswith("timeout")
-        error_type = TrialTimeoutError.__name__ if timed_out else TrialCancelledError.__name__
-        return TrialResult(
-            index=task.index,
-            example_id=task.example_id,
-            repeat=task.repeat,
-            status="error",
-            score=None,
-            prediction=None,
-            error_type=error_type,
-            error_message=f"trial {reason}; it was stopped before its next LM call",
-            error_stage="timeout" if timed_out else "cancelled",
-            latency=time.time() - started,
-            started_at=started,
-            finished_at=time.time(),
+        return stopped_result(
+            task,
+            timed_out=reason.startswith("timeout"),
+            message=f"trial {reason}; it was stopped before its next LM call",
+            started=started,
+            finished=time.time(),
         )
+
+
+def stopped_result(task: TrialTask, *, timed_out: bool, message: str, started: float, finished: float) -> TrialResult:
+    """Return the record of a trial its run stopped waiting for (timed out, or cancelled), without its outcome."""
+    return TrialResult(
+        index=task.index,
+        example_id=task.example_id,
+        repeat=task.repeat,
+        status="error",
+        score=None,
+        prediction=None,
+        error_type=TrialTimeoutError.__name__ if timed_out else TrialCancelledError.__name__,
+        error_message=message,
+        error_stage="timeout" if timed_out else "cancelled",
+        latency=finished - started,
+        started_at=started,
+        finished_at=finished,
+    )
 
 
 def _partial_spans(collector: Any, reason: str) -> tuple[Any, ...]:
