@@ -10,8 +10,10 @@ Two rules apply to every value that reaches a span:
   (``sk-...``, ``AKIA...``, ``AIza...``, ``ghp_...``, ``hf_...``, ``Bearer ...``)
   are replaced by :data:`REDACTED`, and so is a key-like value of any shape that
   follows a word naming it (``Incorrect API key provided: abc123...``,
-  ``token=...``, ``password: ...``); a password in a URL
-  (``scheme://user:password@host``) is masked and the user and host kept.
+  ``token=...``, ``password: ...``); a password in a URL is masked and the user
+  and host kept, with a scheme (``scheme://user:password@host``) or without one
+  (``user:password@host:port``, as connection errors quote a URL's authority), and
+  percent-encoded (``user%3Apassword%40host``).
 
 Header containers (``headers``, ``extra_headers``, ``default_headers``, ...) get
 one more rule: every header value is masked except a short list of harmless
@@ -111,9 +113,45 @@ _LABELLED_AT = re.compile(
 )
 # A password is masked whatever its shape once it is assigned ("password: ...", "passwd=...").
 _PASSWORD_AT = re.compile(r"(?i:passw(?:or)?d)s?[\"']?\s*[:=]\s*[\"']?(?P<value>[^\s\"',;]{3,})")
-# scheme://user:password@host keeps the scheme, user and host.
-_URL_PASSWORD_REGEX = re.compile(r"(?P<prefix>\b[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*):[^/\s@]+@")
-
+# scheme://user:password@host keeps the scheme, user and host; a password already masked is not matched again.
+_URL_PASSWORD_REGEX = re.compile(r"(?P<prefix>\b[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*):(?!\[REDACTED\]@)[^/\s@]+@")
+# user:password@host without a scheme, as connection errors quote a URL's authority ("failed to connect to
+# user:pw@10.0.0.5:8000", "bad port in authority: 'user:pw@llm'"), or percent-encoded inside another URL
+# (user%3Apw%40host). Prose such as "ratio 3:4@ noon", "10:30@office." or "mailto:bob@example.com" is left
+# alone because what follows the "@" must look like a host: an IPv4 or bracketed IPv6 address, localhost, a
+# dotted name ending in a letter label, or a single label that a port, a path or a closing quote follows.
+_AT_SIGN = re.compile(r"@|%40")
+_HOST_LIKE = re.compile(
+    r"\[[0-9A-Fa-f:.]+\]"
+    r"|(?:\d{1,3}\.){3}\d{1,3}(?![0-9A-Za-z\-])"
+    r"|localhost(?![0-9A-Za-z\-])"
+    r"|(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z][A-Za-z0-9\-]{0,61}[A-Za-z0-9](?![0-9A-Za-z\-])"
+    r"|[A-Za-z0-9][A-Za-z0-9\-]{0,62}(?=:\d|/|%2[Ff]|['\"`>])"
+)
+# Everything up to the last character that ends a URL's userinfo when walking back from its "@". Passwords may
+# hold most punctuation, "@" included, so only whitespace and what cannot be inside an authority or quotes one
+# end it. The greedy ".*" finds the last one in C rather than a character-by-character loop.
+_UP_TO_USERINFO = re.compile(r".*[\s/'\"`<>\\]", re.DOTALL)
+# Words that, before a colon, make "word:name@host" an address rather than credentials.
+_ADDRESS_LABELS = frozenset(
+    {
+        "bcc",
+        "cc",
+        "contact",
+        "e-mail",
+        "email",
+        "from",
+        "im",
+        "mail",
+        "mailto",
+        "pres",
+        "sip",
+        "sips",
+        "tel",
+        "to",
+        "xmpp",
+    }
+)
 # Mappings under these keys hold HTTP headers; every value there is masked but the harmless ones below.
 HEADER_CONTAINER_KEYS = frozenset({"default_headers", "extra_headers", "headers", "http_headers"})
 _HARMLESS_HEADERS = frozenset(
@@ -220,6 +258,14 @@ def mask_text(text: str) -> str:
         text = "".join(pieces) + text[done:]
     if "://" in text and "@" in text:
         text = _URL_PASSWORD_REGEX.sub(rf"\g<prefix>:{REDACTED}@", text)
+    if "@" in text or "%40" in text:
+        passwords = _authority_passwords(text)
+        if passwords:
+            pieces, done = [], 0
+            for start, end in passwords:
+                pieces += [text[done:start], REDACTED]
+                done = end
+            text = "".join(pieces) + text[done:]
     extra = _extra_value_regex
     if extra is not None:
         text = extra.sub(REDACTED, text)
@@ -282,6 +328,8 @@ def _text_needs_masking(text: str) -> bool:
         dirty = bool(_labelled_values(text))
     if not dirty and "://" in text and "@" in text:
         dirty = _URL_PASSWORD_REGEX.search(text) is not None
+    if not dirty and ("@" in text or "%40" in text):
+        dirty = _authority_password_found(text)
     if not dirty:
         extra = _extra_value_regex
         dirty = extra is not None and extra.search(text) is not None
@@ -290,6 +338,42 @@ def _text_needs_masking(text: str) -> bool:
             _clean_texts.clear()
         _clean_texts.add(fingerprint)
     return dirty
+
+
+def _authority_password_found(text: str) -> bool:
+    # A password already masked is not a secret any more: ignoring those keeps is_clean_text() true on what
+    # mask_text() produced, so masking twice changes nothing and scrub() does not copy masked values again.
+    return any(text[start:end] != REDACTED for start, end in _authority_passwords(text))
+
+
+def _authority_passwords(text: str) -> list[tuple[int, int]]:
+    """Return the spans of the passwords in ``user:password@host`` authorities, with or without a scheme.
+
+    Each "@" (or "%40") followed by something host-like is walked back to the start of its userinfo, which
+    stops at whitespace, a quote, a "/" or a percent-encoded "/" (so ``http%3A%2F%2Fuser%3Apw%40host`` yields
+    ``pw``); the first colon (":" or "%3A") splits the user from the password. A walk never passes the previous
+    host-like "@", which keeps this linear in the text's length whatever it holds.
+    """
+    spans: list[tuple[int, int]] = []
+    floor = 0
+    for found in _AT_SIGN.finditer(text):
+        at, after = found.start(), found.end()
+        if _HOST_LIKE.match(text, after) is not None:
+            before = _UP_TO_USERINFO.match(text, floor, at)
+            start = before.end() if before is not None else floor
+            userinfo = text[start:at].lower()
+            encoded_slash = userinfo.rfind("%2f")
+            if encoded_slash != -1:
+                start += encoded_slash + 3
+                userinfo = userinfo[encoded_slash + 3 :]
+            colons = [index for index in (userinfo.find(":"), userinfo.find("%3a")) if index != -1]
+            if colons:
+                colon = min(colons)
+                password_start = start + colon + (1 if userinfo[colon] == ":" else 3)
+                if colon > 0 and userinfo[:colon] not in _ADDRESS_LABELS and password_start < at:
+                    spans.append((password_start, at))
+            floor = after
+    return spans
 
 
 def redact(value: Any) -> Any:
