@@ -20,7 +20,10 @@ MASKED = [
         f"[openai/x] failed to connect to user:{REDACTED}@127.0.0.1:43863: [Errno -2] Name or service not known",
     ),
     ("bad port in authority: 'user:PASS@llmproxy'", f"bad port in authority: 'user:{REDACTED}@llmproxy'"),
-    ("HTTPConnectionPool(host='user:PASS@api.internal', port=80)", f"HTTPConnectionPool(host='user:{REDACTED}@api.internal', port=80)"),
+    (
+        "HTTPConnectionPool(host='user:PASS@api.internal', port=80)",
+        f"HTTPConnectionPool(host='user:{REDACTED}@api.internal', port=80)",
+    ),
     ("failed to connect to user:PASS@localhost:8000", f"failed to connect to user:{REDACTED}@localhost:8000"),
     ("user:PASS@host/v1", f"user:{REDACTED}@host/v1"),
     ("user:PASS@llm.example.com", f"user:{REDACTED}@llm.example.com"),
