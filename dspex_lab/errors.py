@@ -23,6 +23,8 @@ type and message (see :class:`dspex_lab.engine.TrialResult`).
 
 from __future__ import annotations
 
+import reprlib
+
 __all__ = [
     "DatasetError",
     "DspexLabError",
@@ -38,7 +40,54 @@ __all__ = [
     "TrialCancelledError",
     "TrialTimeoutError",
     "VariableError",
+    "bounded_repr",
 ]
+
+# An error message shows an offending value, which may come from someone else's spec: never all of it.
+_SHOWN_CHARACTERS = 80
+_SHOWN_INTEGER_BITS = 256
+_ALLOWED_CHARACTERS = 400
+
+
+class _BoundedRepr(reprlib.Repr):
+    """reprlib's size-limited repr, made safe for values no repr should fully expand."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        # Room for the quotes and brackets around a long string or number, so one value reads whole up to limit.
+        self.maxstring = self.maxother = self.maxlong = max(limit - 20, 12)
+
+    def repr_int(self, value: int, level: int) -> str:
+        # repr() of an int past Python's digit limit raises ValueError, and a long one costs quadratic time.
+        if value.bit_length() > _SHOWN_INTEGER_BITS:
+            return f"<an integer of {value.bit_length():,} bits>"
+        return super().repr_int(value, level)
+
+    def repr_instance(self, value: object, level: int) -> str:
+        try:
+            return super().repr_instance(value, level)
+        except Exception:
+            return f"<{type(value).__name__} object>"
+
+
+def bounded_repr(value: object, *, limit: int = _SHOWN_CHARACTERS) -> str:
+    """Return a repr of ``value`` of at most ``limit`` characters, without building the full repr first.
+
+    Nesting, long strings, long containers and huge integers are elided, so an error message
+    never expands a large (or shared, or self-referencing) structure.
+
+    Examples:
+        >>> bounded_repr(["x" * 1000, [[[1]]]])
+        "['xxxxxxxxxxxxxxxxxxxxxxxxxxx...xxxxxxxxxxxxxxxxxxxxxxxxxxxx', [[[...]]]]"
+        >>> bounded_repr(10**5000)
+        '<an integer of 16,610 bits>'
+    """
+    try:
+        shown = _BoundedRepr(limit).repr(value)
+    except Exception:
+        shown = f"<{type(value).__name__} object>"
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 class DspexLabError(Exception):
@@ -79,7 +128,8 @@ class VariableError(DspexLabError, ValueError):
         self.variable = variable
         self.value = value
         self.allowed = allowed
-        message = f"variable {variable!r}: {value!r} is not allowed; allowed: {allowed}"
+        described = allowed if len(allowed) <= _ALLOWED_CHARACTERS else allowed[:_ALLOWED_CHARACTERS] + "..."
+        message = f"variable {bounded_repr(variable)}: {bounded_repr(value)} is not allowed; allowed: {described}"
         if detail:
             message += f" ({detail})"
         super().__init__(message)

@@ -11,15 +11,16 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-import yaml
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
-from dspex_lab.errors import DspexLabError, VariableError
+from dspex_lab.errors import DspexLabError, VariableError, bounded_repr
 
 SUBCOMMANDS = ("program", "evaluate", "compare", "optimize", "trace", "sql", "config", "dashboard")
-# A program cell is typed or pasted, not a data file: bounded before YAML parses it.
+# A program cell is typed or pasted, not a data file: bounded before YAML parses it (then within
+# dspex_lab.program's YAML bounds: no anchors or aliases, limited nesting and size).
 MAX_PROGRAM_CELL = 256 * 1024
+PROGRAM_CELL = "%%dspex program cell"
 OPTIMIZERS = ("simba-c", "simba", "mipro", "gepa", "bootstrap")
 
 
@@ -79,9 +80,13 @@ def _line_of(body: str, *path: str) -> int | None:
     ``_line_of(body, "variables", "temperature", "value")`` is the line of the temperature's value; without
     a ``value`` key, the line where ``temperature:`` is defined. None when the body has no such mapping.
     """
+    import yaml
+
+    from dspex_lab.program import compose_yaml_spec
+
     try:
-        node = yaml.compose(body, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+        node = compose_yaml_spec(body, source=PROGRAM_CELL)
+    except DspexLabError:
         return None
     line = None
     for key in path:
@@ -127,7 +132,7 @@ class DspexMagics(Magics):
         return namespace[name]
 
     def _program(self, args: argparse.Namespace, cell: str) -> Any:
-        from dspex_lab.program import Program
+        from dspex_lab.program import Program, parse_yaml_spec
         from dspex_lab.program._variables import variable_from_dict
 
         if len(cell) > MAX_PROGRAM_CELL:
@@ -136,12 +141,9 @@ class DspexMagics(Magics):
                 f"{MAX_PROGRAM_CELL:,} (put long instructions or demos in a file and load them in Python)"
             )
         try:
-            data = yaml.safe_load(cell)
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f"line {mark.line + 1}" if mark is not None else "the body"
-            problem = getattr(error, "problem", None) or str(error)
-            raise UsageError(f"ProgramSpecError: YAML error at {where} of the cell: {problem}") from None
+            data = parse_yaml_spec(cell, source=PROGRAM_CELL)
+        except DspexLabError as error:
+            raise UsageError(f"{type(error).__name__}: {error}") from None
         if not isinstance(data, dict):
             raise UsageError("ProgramSpecError: the cell body must be a YAML mapping with at least 'module'")
         # Each variable is checked alone first, so an error maps back to the line that defines it.
@@ -155,7 +157,8 @@ class DspexMagics(Magics):
                 # A bad value points at its `value:` line; anything else at the variable's own line.
                 field = "value" if isinstance(error, VariableError) else ""
                 line = _line_of(cell, "variables", str(name), field)
-                where = f" (variable {name!r}, line {line} of the cell)" if line else f" (variable {name!r})"
+                shown = bounded_repr(name)
+                where = f" (variable {shown}, line {line} of the cell)" if line else f" (variable {shown})"
                 raise UsageError(f"{type(error).__name__}{where}: {error}") from None
         try:
             program = Program.from_dict(data)

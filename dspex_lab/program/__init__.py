@@ -5,10 +5,13 @@ constraints, the registry of custom modules with the allow-list that guards
 hydration, and :meth:`Program.build`, which turns a spec into a live
 ``dspy.Module``. A spec is data that may come from someone else: it cannot carry
 endpoints or credentials, reach private attributes or leave the module tree, or
-switch the run to a hosted LM the user did not allow (:func:`set_allowed_models`).
+switch the run to a hosted LM the user did not allow (:func:`set_allowed_models`), and
+its text is read within bounds (:func:`parse_json_spec`, :func:`parse_yaml_spec`: no YAML
+aliases, bounded size, nesting and integers).
 It imports dspy and the redaction policy of :mod:`dspex_lab.trace.redaction`.
 """
 
+from dspex_lab.program._bounded import check_spec_value, compose_yaml_spec, parse_json_spec, parse_yaml_spec
 from dspex_lab.program._constraints import Constraint
 from dspex_lab.program._program import Program, set_lm_resolver
 from dspex_lab.program._registry import (
@@ -34,6 +37,10 @@ __all__ = [
     "Variable",
     "allowed_models",
     "allowed_prefixes",
+    "check_spec_value",
+    "compose_yaml_spec",
+    "parse_json_spec",
+    "parse_yaml_spec",
     "register",
     "registered_modules",
     "resolve_module",

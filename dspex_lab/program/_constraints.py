@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dspex_lab.errors import ProgramSpecError, VariableError
+from dspex_lab.errors import ProgramSpecError, VariableError, bounded_repr
 
 __all__ = ["MAX_EXPRESSION_LENGTH", "MAX_INTEGER_BITS", "MAX_NODES", "MAX_SEQUENCE_LENGTH", "Constraint"]
 
@@ -32,8 +32,12 @@ MAX_SEQUENCE_LENGTH = 100_000
 MAX_INTEGER_BITS = 256
 
 
+def _shown(expression: str) -> str:
+    return bounded_repr(expression, limit=120)
+
+
 def _bounded(expression: str, what: str) -> ProgramSpecError:
-    return ProgramSpecError(f"constraint {expression!r}: {what}; constraints are evaluated with bounded size")
+    return ProgramSpecError(f"constraint {_shown(expression)}: {what}; constraints are evaluated with bounded size")
 
 
 def _check_result(value: Any, expression: str) -> Any:
@@ -72,7 +76,7 @@ def _apply_binary(operation: ast.operator, left: Any, right: Any, expression: st
         ):
             raise _bounded(expression, f"a concatenation exceeds {MAX_SEQUENCE_LENGTH:,} items")
     elif isinstance(operation, ast.Mod) and isinstance(left, (str, bytes)):
-        raise ProgramSpecError(f"constraint {expression!r}: '%' formatting of strings is not allowed")
+        raise ProgramSpecError(f"constraint {_shown(expression)}: '%' formatting of strings is not allowed")
     return _check_result(_BINARY[type(operation)](left, right), expression)
 
 
@@ -95,6 +99,11 @@ _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
     ast.NotIn: lambda a, b: a not in b,
 }
 _FUNCTIONS: dict[str, Callable[..., Any]] = {"len": len, "abs": abs, "min": min, "max": max}
+# (fewest, most) arguments each function takes; None: no upper bound.
+_ARITY: dict[str, tuple[int, int | None]] = {"len": (1, 1), "abs": (1, 1), "min": (1, None), "max": (1, None)}
+# What a well-formed expression can still raise on values of the wrong type: incompatible comparisons,
+# len() of a number, division by zero, min() of an empty list, a float overflow.
+_EVALUATION_ERRORS = (TypeError, ValueError, ArithmeticError, RecursionError, MemoryError)
 
 
 def _evaluate(node: ast.AST, values: Mapping[str, Any], expression: str = "") -> Any:
@@ -141,13 +150,18 @@ def _check(node: ast.AST, expression: str) -> set[str]:
             names.add(child.id)
         elif isinstance(child, ast.Call):
             if not (isinstance(child.func, ast.Name) and child.func.id in _FUNCTIONS) or child.keywords:
-                raise ProgramSpecError(f"constraint {expression!r}: only {sorted(_FUNCTIONS)} may be called")
+                raise ProgramSpecError(f"constraint {_shown(expression)}: only {sorted(_FUNCTIONS)} may be called")
+            _check_arity(child.func.id, len(child.args), expression)
         elif isinstance(child, ast.BinOp) and type(child.op) not in _BINARY:
-            raise ProgramSpecError(f"constraint {expression!r}: operator {type(child.op).__name__} is not allowed")
+            raise ProgramSpecError(
+                f"constraint {_shown(expression)}: operator {type(child.op).__name__} is not allowed"
+            )
         elif isinstance(child, ast.Compare) and any(type(op) not in _COMPARE for op in child.ops):
-            raise ProgramSpecError(f"constraint {expression!r}: 'is' comparisons are not allowed")
+            raise ProgramSpecError(f"constraint {_shown(expression)}: 'is' comparisons are not allowed")
         elif isinstance(child, ast.UnaryOp) and not isinstance(child.op, (ast.Not, ast.USub)):
-            raise ProgramSpecError(f"constraint {expression!r}: operator {type(child.op).__name__} is not allowed")
+            raise ProgramSpecError(
+                f"constraint {_shown(expression)}: operator {type(child.op).__name__} is not allowed"
+            )
         elif not isinstance(
             child,
             (
@@ -170,8 +184,15 @@ def _check(node: ast.AST, expression: str) -> set[str]:
                 ast.Call,
             ),
         ):
-            raise ProgramSpecError(f"constraint {expression!r}: {type(child).__name__} is not allowed")
+            raise ProgramSpecError(f"constraint {_shown(expression)}: {type(child).__name__} is not allowed")
     return names - set(_FUNCTIONS)
+
+
+def _check_arity(function: str, count: int, expression: str) -> None:
+    fewest, most = _ARITY[function]
+    if count < fewest or (most is not None and count > most):
+        takes = f"{fewest} argument" if fewest == most else f"at least {fewest} argument"
+        raise ProgramSpecError(f"constraint {_shown(expression)}: {function}() takes {takes}, got {count}")
 
 
 def _check_constant(value: Any, expression: str) -> None:
@@ -180,7 +201,7 @@ def _check_constant(value: Any, expression: str) -> None:
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INTEGER_BITS:
         raise _bounded(expression, f"an integer literal exceeds {MAX_INTEGER_BITS} bits")
     if not isinstance(value, (str, int, float, bool, type(None))):
-        raise ProgramSpecError(f"constraint {expression!r}: literal {value!r} is not allowed")
+        raise ProgramSpecError(f"constraint {_shown(expression)}: literal {bounded_repr(value)} is not allowed")
 
 
 def _literal_length(node: ast.AST) -> int | None:
@@ -229,21 +250,39 @@ class Constraint:
             raise ProgramSpecError(f"a constraint is an expression string, got {type(self.expression).__name__}")
         if len(self.expression) > MAX_EXPRESSION_LENGTH:
             raise ProgramSpecError(
-                f"constraint {self.expression[:60]!r}...: {len(self.expression):,} characters exceeds "
+                f"constraint {_shown(self.expression)}: {len(self.expression):,} characters exceeds "
                 f"{MAX_EXPRESSION_LENGTH:,}"
             )
         try:
             tree = ast.parse(self.expression, mode="eval")
         except (RecursionError, MemoryError):
-            raise ProgramSpecError(f"constraint {self.expression[:60]!r}: nested too deeply") from None
+            raise ProgramSpecError(f"constraint {_shown(self.expression)}: nested too deeply") from None
         except SyntaxError as error:
-            raise ProgramSpecError(f"constraint {self.expression!r} is not a valid expression: {error.msg}") from None
+            raise ProgramSpecError(
+                f"constraint {_shown(self.expression)} is not a valid expression: {error.msg}"
+            ) from None
         object.__setattr__(self, "names", frozenset(_check(tree, self.expression)))
         object.__setattr__(self, "_tree", tree)
 
     def holds(self, values: Mapping[str, Any]) -> bool:
-        """Return whether the constraint holds for ``values``."""
-        return bool(_evaluate(self._tree, values, self.expression))
+        """Return whether the constraint holds for ``values``.
+
+        Raises:
+            ProgramSpecError: a variable it names has no value, or it cannot be evaluated on these
+                values (``len`` of a number, ``1/0``, comparing a string with a number...).
+        """
+        missing = sorted(self.names - set(values))
+        if missing:
+            raise ProgramSpecError(f"constraint {_shown(self.expression)} needs a value for {bounded_repr(missing)}")
+        try:
+            return bool(_evaluate(self._tree, values, self.expression))
+        except _EVALUATION_ERRORS as error:
+            involved = {name: values[name] for name in sorted(self.names)}
+            given = f" with {bounded_repr(involved, limit=200)}" if involved else ""
+            raise ProgramSpecError(
+                f"constraint {_shown(self.expression)} cannot be evaluated{given}: "
+                f"{type(error).__name__}: {str(error)[:200]}"
+            ) from None
 
     def check(self, values: Mapping[str, Any]) -> None:
         """Raise VariableError naming the variables when the constraint does not hold."""
@@ -252,7 +291,7 @@ class Constraint:
             raise VariableError(
                 ", ".join(sorted(self.names)),
                 involved,
-                f"values satisfying {self.expression!r}",
+                f"values satisfying {_shown(self.expression)}",
                 detail=self.message or None,
             )
 

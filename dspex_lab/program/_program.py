@@ -13,7 +13,8 @@ from typing import Any
 import dspy
 import numpy as np
 
-from dspex_lab.errors import ProgramSpecError, VariableError
+from dspex_lab.errors import ProgramSpecError, VariableError, bounded_repr
+from dspex_lab.program._bounded import check_spec_value, parse_json_spec
 from dspex_lab.program._constraints import Constraint
 from dspex_lab.program._registry import module_name, resolve_module
 from dspex_lab.program._safety import (
@@ -58,7 +59,7 @@ def _check_signature(signature: str) -> None:
     try:
         dspy.Signature(signature)
     except Exception as error:
-        raise ProgramSpecError(f"signature {signature!r} is not valid: {error}") from None
+        raise ProgramSpecError(f"signature {bounded_repr(signature)} is not valid: {str(error)[:300]}") from None
 
 
 def _infer_target(name: str, variable: Variable) -> str:
@@ -82,12 +83,12 @@ def _check_target(name: str, variable: Variable, target: str) -> None:
     if base in expected and not isinstance(variable, expected[base]):
         kinds = " or ".join(cls.__name__ for cls in expected[base])
         raise ProgramSpecError(
-            f"variable {name!r} binds to {target!r} and must be a {kinds}, not {type(variable).__name__}"
+            f"variable {bounded_repr(name)} binds to {target!r} and must be a {kinds}, not {type(variable).__name__}"
         )
     if base == "instructions" and not isinstance(variable, Text):
-        raise ProgramSpecError(f"variable {name!r} binds to {target!r} and must be a Text")
+        raise ProgramSpecError(f"variable {bounded_repr(name)} binds to {target!r} and must be a Text")
     if base == "demos" and not isinstance(variable, Demos):
-        raise ProgramSpecError(f"variable {name!r} binds to {target!r} and must be a Demos")
+        raise ProgramSpecError(f"variable {bounded_repr(name)} binds to {target!r} and must be a Demos")
     if base not in LM_TARGETS and base not in PROGRAM_TARGETS:
         check_attribute_target(name, target)
     if isinstance(variable, ModuleType):
@@ -164,7 +165,9 @@ class Program:
         if isinstance(signature, type) and issubclass(signature, dspy.Signature):
             signature = signature.signature
         if signature is not None and not isinstance(signature, str):
-            raise ProgramSpecError(f"signature must be a string such as 'question -> answer', got {signature!r}")
+            raise ProgramSpecError(
+                f"signature must be a string such as 'question -> answer', got {bounded_repr(signature)}"
+            )
         if signature is not None:
             _check_signature(signature)
         init_values = dict(init or {})
@@ -178,7 +181,8 @@ class Program:
         for variable_name, variable in (variables or {}).items():
             if not isinstance(variable, Variable):
                 raise ProgramSpecError(
-                    f"variable {variable_name!r} must be a dx variable (dx.Float, dx.Choice, ...), got {variable!r}"
+                    f"variable {bounded_repr(variable_name)} must be a dx variable (dx.Float, dx.Choice, ...), "
+                    f"got {bounded_repr(variable)}"
                 )
             target = _infer_target(variable_name, variable)
             _check_target(variable_name, variable, target)
@@ -188,7 +192,9 @@ class Program:
         for rule in rules:
             unknown = sorted(rule.names - checked.keys())
             if unknown:
-                raise ProgramSpecError(f"constraint {rule.expression!r} names unknown variables {unknown}")
+                raise ProgramSpecError(
+                    f"constraint {bounded_repr(rule.expression)} names unknown variables {bounded_repr(unknown)}"
+                )
         object.__setattr__(self, "_module", module_path)
         object.__setattr__(self, "_signature", signature)
         object.__setattr__(self, "_variables", MappingProxyType(checked))
@@ -339,18 +345,24 @@ class Program:
         """Rebuild a program from :meth:`to_dict` data."""
         if not isinstance(data, Mapping) or "module" not in data:
             raise ProgramSpecError("a program spec is a JSON object with at least a 'module' key")
+        # Data from anyone: bounded in depth, size and integer length before anything walks or prints it.
+        check_spec_value(data)
         version = data.get("dspex_program", SPEC_VERSION)
         if version != SPEC_VERSION:
             raise ProgramSpecError(
-                f"program spec version {version} is not supported (this dspex_lab reads {SPEC_VERSION})"
+                f"program spec version {bounded_repr(version)} is not supported (this dspex_lab reads {SPEC_VERSION})"
             )
         known = {"dspex_program", "module", "signature", "name", "init", "variables", "constraints"}
         extra = sorted(set(data) - known)
         if extra:
-            raise ProgramSpecError(f"unknown keys in program spec: {extra}; expected some of {sorted(known)}")
+            raise ProgramSpecError(
+                f"unknown keys in program spec: {bounded_repr(extra, limit=200)}; expected some of {sorted(known)}"
+            )
         # A spec is data from anyone: every field is checked for its JSON type before it is used.
         if not isinstance(data["module"], str) or not data["module"]:
-            raise ProgramSpecError(f"'module' must be a module name such as 'dspy.Predict', got {data['module']!r:.60}")
+            raise ProgramSpecError(
+                f"'module' must be a module name such as 'dspy.Predict', got {bounded_repr(data['module'])}"
+            )
         for key, kind, example in (
             ("signature", str, "'question -> answer'"),
             ("name", str, "a string"),
@@ -359,12 +371,15 @@ class Program:
             ("constraints", list, "a list of expressions"),
         ):
             if data.get(key) is not None and not isinstance(data[key], kind):
-                raise ProgramSpecError(f"'{key}' must be {example}, got {type(data[key]).__name__}: {data[key]!r:.60}")
+                raise ProgramSpecError(
+                    f"'{key}' must be {example}, got {type(data[key]).__name__}: {bounded_repr(data[key])}"
+                )
         variables = {}
         for name, description in (data.get("variables") or {}).items():
             if not isinstance(description, Mapping):
                 raise ProgramSpecError(
-                    f"variable {name!r} must be a JSON object with 'type' and 'value', got {description!r:.60}"
+                    f"variable {bounded_repr(name)} must be a JSON object with 'type' and 'value', "
+                    f"got {bounded_repr(description)}"
                 )
             variables[name] = variable_from_dict(dict(description), name=name)
         constraints = []
@@ -375,7 +390,7 @@ class Program:
                 constraints.append(Constraint(rule))
             else:
                 raise ProgramSpecError(
-                    f"a constraint is an expression string or {{'expression': ...}}, got {rule!r:.60}"
+                    f"a constraint is an expression string or {{'expression': ...}}, got {bounded_repr(rule)}"
                 )
         return cls(
             data["module"],
@@ -387,13 +402,18 @@ class Program:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> Program:
-        """Rebuild a program from :meth:`to_json` text."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ProgramSpecError(f"program spec is not valid JSON: line {error.lineno}: {error.msg}") from None
-        return cls.from_dict(data)
+    def from_json(cls, text: str, *, source: str = "program spec") -> Program:
+        """Rebuild a program from :meth:`to_json` text, read within bounds (see :mod:`dspex_lab.program._bounded`).
+
+        Args:
+            text: the JSON text.
+            source: what the text is (a file name), for error messages.
+
+        Raises:
+            ProgramSpecError: the text is not valid JSON, breaks a bound (size, nesting, integer
+                length) or does not describe a valid program.
+        """
+        return cls.from_dict(parse_json_spec(text, source=source))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Program) and self.to_dict() == other.to_dict()

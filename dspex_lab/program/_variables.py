@@ -9,13 +9,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from dspex_lab.errors import ProgramSpecError, VariableError
+from dspex_lab.errors import ProgramSpecError, VariableError, bounded_repr
 
 __all__ = ["Bool", "Choice", "Demos", "Float", "Int", "ModuleType", "Text", "Variable", "variable_from_dict"]
 
 # Targets a variable can bind to besides dotted attribute paths.
 LM_TARGETS = ("temperature", "max_tokens", "model")
 PROGRAM_TARGETS = ("instructions", "demos", "module")
+# A target is a dotted attribute path or one of the names above: a few dozen characters.
+MAX_TARGET_CHARACTERS = 200
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,18 @@ class Variable:
     target: str | None = None
     description: str = ""
     kind: ClassVar[str] = "variable"
+
+    def _check_fields(self) -> None:
+        """Check the fields every variable has; subclasses call it first, since a spec may hold anything."""
+        if self.target is not None and (not isinstance(self.target, str) or len(self.target) > MAX_TARGET_CHARACTERS):
+            raise ProgramSpecError(
+                f"{type(self).__name__}: target must be a string of at most {MAX_TARGET_CHARACTERS} characters "
+                f"such as 'temperature' or 'retrieve.k', got {bounded_repr(self.target)}"
+            )
+        if not isinstance(self.description, str):
+            raise ProgramSpecError(
+                f"{type(self).__name__}: description must be a string, got {bounded_repr(self.description)}"
+            )
 
     def validate(self, value: Any, *, name: str = "?") -> Any:
         """Return ``value`` normalised to this variable's domain or raise VariableError."""
@@ -66,6 +80,14 @@ class Variable:
         return {}
 
 
+def _check_domain_number(owner: str, field: str, value: Any, *, integer: bool = False) -> None:
+    """Refuse a domain bound (low, high, step, max...) that is not a number (of the right kind)."""
+    kinds: tuple[type, ...] = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds) or (not integer and math.isnan(value)):
+        kind = "an integer" if integer else "a number"
+        raise ProgramSpecError(f"{owner}: {field} must be {kind}, got {bounded_repr(value)}")
+
+
 def _check_number(value: Any, *, name: str, allowed: str, integer: bool) -> float | int:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise VariableError(name, value, allowed, detail=f"expected a number, got {type(value).__name__}")
@@ -94,6 +116,15 @@ class Float(Variable):
     kind: ClassVar[str] = "float"
 
     def __post_init__(self) -> None:
+        self._check_fields()
+        _check_domain_number("Float", "low", self.low)
+        _check_domain_number("Float", "high", self.high)
+        if not isinstance(self.log, bool):
+            raise ProgramSpecError(f"Float: log must be true or false, got {bounded_repr(self.log)}")
+        if self.step is not None:
+            _check_domain_number("Float", "step", self.step)
+            if not 0 < self.step < math.inf:
+                raise ProgramSpecError(f"Float: step must be a positive finite number, got {self.step}")
         if self.low > self.high:
             raise ProgramSpecError(f"Float: low={self.low} is above high={self.high}")
         if self.log and self.low <= 0:
@@ -142,6 +173,10 @@ class Int(Variable):
     kind: ClassVar[str] = "int"
 
     def __post_init__(self) -> None:
+        self._check_fields()
+        for bound in ("low", "high"):
+            if getattr(self, bound) is not None:
+                _check_domain_number("Int", bound, getattr(self, bound), integer=True)
         if self.low is not None and self.high is not None and self.low > self.high:
             raise ProgramSpecError(f"Int: low={self.low} is above high={self.high}")
         object.__setattr__(self, "value", self.validate(self.value, name="default"))
@@ -174,13 +209,14 @@ class Choice(Variable):
     kind: ClassVar[str] = "choice"
 
     def __post_init__(self) -> None:
+        self._check_fields()
         object.__setattr__(self, "choices", tuple(self.choices))
         if not self.choices:
             raise ProgramSpecError(f"{type(self).__name__} needs a non-empty choices list")
         object.__setattr__(self, "value", self.validate(self.value, name="default"))
 
     def allowed(self) -> str:
-        return f"one of {list(self.choices)}"
+        return f"one of {bounded_repr(list(self.choices), limit=300)}"
 
     def validate(self, value: Any, *, name: str = "?") -> Any:
         if value not in self.choices:
@@ -201,6 +237,7 @@ class Bool(Variable):
     kind: ClassVar[str] = "bool"
 
     def __post_init__(self) -> None:
+        self._check_fields()
         object.__setattr__(self, "value", self.validate(self.value, name="default"))
 
     def allowed(self) -> str:
@@ -223,6 +260,9 @@ class Text(Variable):
     kind: ClassVar[str] = "text"
 
     def __post_init__(self) -> None:
+        self._check_fields()
+        if self.max_length is not None:
+            _check_domain_number("Text", "max_length", self.max_length, integer=True)
         object.__setattr__(self, "value", self.validate(self.value, name="default"))
 
     def allowed(self) -> str:
@@ -253,6 +293,8 @@ class Demos(Variable):
     kind: ClassVar[str] = "demos"
 
     def __post_init__(self) -> None:
+        self._check_fields()
+        _check_domain_number("Demos", "max", self.max, integer=True)
         object.__setattr__(self, "value", self.validate(self.value, name="default"))
 
     def allowed(self) -> str:
@@ -299,12 +341,16 @@ def variable_from_dict(data: dict[str, Any], *, name: str = "?") -> Variable:
     """Rebuild a variable from :meth:`Variable.to_dict` output."""
     data = dict(data)
     kind = data.pop("type", None)
-    if kind not in _TYPES:
-        raise ProgramSpecError(f"variable {name!r}: unknown type {kind!r}; expected one of {sorted(_TYPES)}")
+    if not isinstance(kind, str) or kind not in _TYPES:
+        raise ProgramSpecError(
+            f"variable {bounded_repr(name)}: unknown type {bounded_repr(kind)}; expected one of {sorted(_TYPES)}"
+        )
     cls = _TYPES[kind]
     if "choices" in data:
         if not isinstance(data["choices"], (list, tuple)):
-            raise ProgramSpecError(f"variable {name!r}: 'choices' must be a list, got {data['choices']!r:.60}")
+            raise ProgramSpecError(
+                f"variable {bounded_repr(name)}: 'choices' must be a list, got {bounded_repr(data['choices'])}"
+            )
         data["choices"] = tuple(data["choices"])
     try:
         return cls(**data)
@@ -312,6 +358,8 @@ def variable_from_dict(data: dict[str, Any], *, name: str = "?") -> Variable:
         if error.variable == "default":  # the constructor checks its value before it has a name: give it one
             raise VariableError(name, error.value, error.allowed) from None
         raise
+    except ProgramSpecError as error:  # a domain field of the wrong kind: say which variable holds it
+        raise ProgramSpecError(f"variable {bounded_repr(name)} ({kind}): {error}") from None
     except (TypeError, ValueError, OverflowError) as error:
         # A spec is data from anyone: a domain of the wrong JSON type is a spec error, not a crash.
-        raise ProgramSpecError(f"variable {name!r} ({kind}): {error}") from None
+        raise ProgramSpecError(f"variable {bounded_repr(name)} ({kind}): {str(error)[:300]}") from None
