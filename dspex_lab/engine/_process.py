@@ -8,6 +8,15 @@ trials at once, so when a worker dies (``kill -9``, out of memory) the driver kn
 exactly which trials it held, starts a fresh worker, and gives those trials to the pool
 again. A trial is delivered once: a result for a trial already delivered is dropped.
 
+Faults stay where they happen. The trials a dead worker held are *suspects*: each is run
+again alone, one at a time, on a worker of its own (the isolation worker, one thread), so
+a trial that kills its worker (``os._exit``, the out-of-memory killer) is recorded as the
+error, and the innocent trials it shared a worker with get their real results. A trial
+whose thread is still running :data:`STUCK_GRACE` seconds after it was given up (a metric
+that never returns) makes its worker report itself stuck; the driver stops feeding it,
+starts a replacement, and kills it once its other trials are done, so a hung metric costs
+one worker start, never the run.
+
 Workers are started with ``spawn`` (never ``fork``: the driver has threads and an open
 journal) and ignore SIGINT, so a notebook interrupt reaches only the driver, which
 cancels the workers' trials and returns at once.
@@ -46,10 +55,11 @@ from dspex_lab.errors import ExecutionError
 
 __all__ = ["ProcessExecutor"]
 
-# A trial whose worker died this many times is recorded as an error instead of being tried again.
-MAX_WORKER_DEATHS = 3
 # A run fails, instead of starting workers forever, when this many die before they are ready.
 MAX_FAILED_STARTS = 3
+# Seconds a trial's thread may still run after the trial was given up (its deadline passed, or its run was
+# stopped) before its worker counts as stuck and is replaced: a cancelled LM call returns well within this.
+STUCK_GRACE = 1.0
 
 
 class ProcessExecutor:
@@ -63,12 +73,17 @@ class ProcessExecutor:
     spans come back to this process, which alone calls ``on_result`` and the span sink.
 
     The processes are started on first use and kept for later runs; :meth:`close` (or the
-    interpreter's exit) stops them.
+    interpreter's exit) stops them. A worker that dies is replaced (``restarts``) and the
+    trials it held are re-run alone (``isolated_trials``); a worker with a thread stuck past
+    its trial's deadline is replaced too (``replaced_workers``). No trial thread ever runs in
+    this process, so ``stuck_threads`` is always 0: stuck threads end with their worker.
 
     Args:
         workers: worker processes.
         threads_per_worker: trials each worker runs at once.
     """
+
+    stuck_threads = 0
 
     def __init__(self, workers: int = 2, *, threads_per_worker: int = 4) -> None:
         for name, value in (("workers", workers), ("threads_per_worker", threads_per_worker)):
@@ -78,10 +93,16 @@ class ProcessExecutor:
         self.threads_per_worker = threads_per_worker
         self.threads = workers * threads_per_worker
         self._pool: list[_Worker] = []
+        # Workers replaced because a thread is stuck in them: not fed, killed once their trials are done.
+        self._retiring: list[_Worker] = []
+        # The worker that runs suspects, one at a time (started when a worker dies, stopped with the run).
+        self._isolation: _Worker | None = None
         self._runs = itertools.count(1)
         self._lock = threading.Lock()
         self._failed_starts = 0
         self.restarts = 0
+        self.replaced_workers = 0
+        self.isolated_trials = 0
 
     def __repr__(self) -> str:
         return f"ProcessExecutor(workers={self.workers}, threads_per_worker={self.threads_per_worker})"
@@ -95,8 +116,14 @@ class ProcessExecutor:
         """Stop every worker process."""
         with self._lock:
             pool, self._pool = self._pool, []
+            extra, self._retiring = self._retiring, []
+            if self._isolation is not None:
+                extra.append(self._isolation)
+                self._isolation = None
         for worker in pool:
             worker.stop()
+        for worker in extra:
+            worker.kill()
 
     def __enter__(self) -> ProcessExecutor:
         return self
@@ -125,20 +152,25 @@ class ProcessExecutor:
         if not pending:
             return RunStatus.FINISHED
         in_flight = {submission: task for submission, task in pending}
-        deaths: dict[int, int] = {}
+        suspects: collections.deque[tuple[int, TrialTask]] = collections.deque()
         self._failed_starts = 0
         status = RunStatus.FINISHED
         try:
             self._fill_pool()
-            for worker in self._pool:
+            for worker in list(self._pool):
                 worker.held.clear()  # submissions are numbered per run
+                self._take_notices(worker)  # a worker found stuck after the last run is replaced now
             while in_flight and status == RunStatus.FINISHED:
+                self._reap(pending, suspects, in_flight, timeout)
                 for worker in self._pool:
                     if worker.ready:  # a worker still starting would hold trials that others could run now
-                        self._feed(worker, pending, in_flight, run, plan.key, plan_bytes, timeout)
-                watched = [item for worker in self._pool for item in (worker.connection, worker.process.sentinel)]
-                ready = wait(watched, 0.5)
-                for worker in list(self._pool):
+                        capacity = 2 * self.threads_per_worker
+                        self._feed(worker, pending, in_flight, run, plan.key, plan_bytes, timeout, capacity)
+                self._isolate(suspects, in_flight, run, plan.key, plan_bytes, timeout)
+                workers = self._live_workers()
+                watched = [item for worker in workers for item in (worker.connection, worker.process.sentinel)]
+                ready = wait(watched, 0.1 if self._retiring else 0.5)
+                for worker in workers:
                     if worker.connection not in ready and worker.process.sentinel not in ready:
                         continue
                     messages, alive = worker.receive()
@@ -147,8 +179,7 @@ class ProcessExecutor:
                             break
                         status = self._handle(message, worker, run, in_flight, runner, on_result, status)
                     if not alive:
-                        self._replace(worker, pending, in_flight, deaths, on_result)
-                        for result in self._given_up(deaths, in_flight):  # every one delivered, even past a stop
+                        for result in self._lost(worker, suspects, in_flight):  # delivered even past a stop
                             if on_result(result):
                                 status = RunStatus.STOPPED
         except KeyboardInterrupt:
@@ -157,13 +188,29 @@ class ProcessExecutor:
             reason = "run interrupted" if status == RunStatus.INTERRUPTED else "run stopped"
             for worker in self._pool:
                 worker.cancel(run, reason)
+            self._end_run()
         return status
+
+    def _live_workers(self) -> list[_Worker]:
+        isolation = [self._isolation] if self._isolation is not None else []
+        return [*self._pool, *self._retiring, *isolation]
 
     def _fill_pool(self) -> None:
         with self._lock:
             self._pool = [worker for worker in self._pool if worker.process.is_alive()]
             while len(self._pool) < self.workers:
                 self._pool.append(_Worker(self.threads_per_worker))
+
+    def _take_notices(self, worker: _Worker) -> None:
+        """Read what a worker sent between runs: a stuck report retires it before it is given trials."""
+        messages, _ = worker.receive()
+        for message in messages:
+            items = message[1] if message[0] == "results" else [message]
+            for item in items:
+                if item[0] == "ready":
+                    worker.ready = True
+                elif item[0] == "stuck":
+                    self._retire(worker)
 
     def _feed(
         self,
@@ -174,12 +221,13 @@ class ProcessExecutor:
         plan_key: str,
         plan_bytes: bytes,
         timeout: float | None,
+        capacity: int,
     ) -> None:
         if plan_key not in worker.plans and pending:
             worker.send(("plan", plan_key, plan_bytes))
             worker.plans.add(plan_key)
         batch = []
-        while pending and len(worker.held) < 2 * self.threads_per_worker:
+        while pending and len(worker.held) < capacity:
             submission, task = pending.popleft()
             if submission not in in_flight:
                 continue
@@ -187,6 +235,27 @@ class ProcessExecutor:
             batch.append((run, submission, plan_key, encode(task_payload(task)), timeout))
         if batch:  # one message for all: a pipe write and a worker wake-up per trial cost more than the data
             worker.send(("tasks", batch))
+
+    def _isolate(
+        self,
+        suspects: collections.deque[tuple[int, TrialTask]],
+        in_flight: dict[int, TrialTask],
+        run: int,
+        plan_key: str,
+        plan_bytes: bytes,
+        timeout: float | None,
+    ) -> None:
+        """Give the isolation worker the next suspect once it has finished the one before (one at a time)."""
+        while suspects and suspects[0][0] not in in_flight:
+            suspects.popleft()
+        if not suspects:
+            return
+        if self._isolation is None:
+            self._isolation = _Worker(1, isolated=True)
+        worker = self._isolation
+        worker.held.intersection_update(in_flight)
+        if worker.ready and not worker.held:
+            self._feed(worker, suspects, in_flight, run, plan_key, plan_bytes, timeout, capacity=1)
 
     def _handle(
         self,
@@ -208,6 +277,9 @@ class ProcessExecutor:
         if kind == "ready":
             worker.ready = True
             return status
+        if kind == "stuck":
+            self._retire(worker)
+            return status
         if kind == "setup":
             if message[1] != run:
                 return status  # an earlier run's failure, already reported
@@ -223,15 +295,52 @@ class ProcessExecutor:
             runner.span_sink(task.trial_id, spans_from(span_rows))
         return RunStatus.STOPPED if on_result(result) else status
 
-    def _replace(
+    def _retire(self, worker: _Worker) -> None:
+        """Stop feeding a worker with a stuck thread and start its replacement; :meth:`_reap` ends it."""
+        if worker.retiring_since is not None:
+            return
+        worker.retiring_since = time.monotonic()
+        with self._lock:
+            if worker is self._isolation:
+                self._isolation = None  # the next suspect gets a fresh one
+            elif worker in self._pool:
+                self._pool.remove(worker)
+                self._pool.append(_Worker(self.threads_per_worker))
+            else:
+                return
+            self._retiring.append(worker)
+            self.replaced_workers += 1
+
+    def _reap(
+        self,
+        pending: collections.deque[tuple[int, TrialTask]],
+        suspects: collections.deque[tuple[int, TrialTask]],
+        in_flight: dict[int, TrialTask],
+        timeout: float | None,
+    ) -> None:
+        """Kill each retiring worker once its trials are delivered, or once they had their time; requeue the rest."""
+        # Past this, a trial it holds has not started (or would have been given up already): it runs elsewhere.
+        patience = (timeout or 0.0) + STUCK_GRACE
+        for worker in list(self._retiring):
+            held = sorted(submission for submission in worker.held if submission in in_flight)
+            alive = worker.process.is_alive()
+            if held and alive and time.monotonic() - (worker.retiring_since or 0.0) < patience:
+                continue
+            back = suspects if worker.isolated else pending
+            for submission in reversed(held):
+                back.appendleft((submission, in_flight[submission]))
+            worker.held.clear()
+            worker.kill()
+            with self._lock:
+                self._retiring.remove(worker)
+
+    def _lost(
         self,
         worker: _Worker,
-        pending: collections.deque[tuple[int, TrialTask]],
+        suspects: collections.deque[tuple[int, TrialTask]],
         in_flight: dict[int, TrialTask],
-        deaths: dict[int, int],
-        on_result: Callable[[TrialResult], bool | None],
-    ) -> None:
-        # Every trial the dead worker held and did not answer goes back to the front of the queue.
+    ) -> list[TrialResult]:
+        """Handle a dead worker: return the error of a trial that killed its worker alone, suspect the others."""
         if not worker.ready:
             self._failed_starts += 1
             if self._failed_starts >= MAX_FAILED_STARTS:
@@ -239,36 +348,67 @@ class ProcessExecutor:
                     f"worker processes exit while starting (exit code {worker.process.exitcode}, "
                     f"{self._failed_starts} times): can `python -c 'import dspex_lab.engine'` run in this environment?"
                 )
-        lost = sorted(submission for submission in worker.held if submission in in_flight)
-        for submission in reversed(lost):
-            deaths[submission] = deaths.get(submission, 0) + 1
-            pending.appendleft((submission, in_flight[submission]))
-        worker.stop()
-        with self._lock:
-            self._pool.remove(worker)
-            self._pool.append(_Worker(self.threads_per_worker))
-            self.restarts += 1
-
-    @staticmethod
-    def _given_up(deaths: dict[int, int], in_flight: dict[int, TrialTask]) -> list[TrialResult]:
+        held = sorted(submission for submission in worker.held if submission in in_flight)
+        worker.held.clear()
+        worker.kill()
         results = []
-        for submission, count in list(deaths.items()):
-            if count >= MAX_WORKER_DEATHS and submission in in_flight:
-                task = in_flight.pop(submission)
-                error = ExecutionError(f"the worker process died {count} times while running this trial")
+        if worker.isolated:
+            # It ran this one trial and nothing else: the trial killed it.
+            for submission in held:
+                error = ExecutionError(
+                    f"the worker process died while running this trial alone ({_exit_text(worker.process.exitcode)}); "
+                    "it was run on a fresh worker of its own after its first worker died, so this trial is the cause "
+                    "(often memory: the out-of-memory killer)"
+                )
                 results.append(
                     TrialRunner.failure(
-                        task, error, stage="runner", started=time.time(), clock=time.perf_counter(), attempt=count
+                        in_flight.pop(submission),
+                        error,
+                        stage="runner",
+                        started=time.time(),
+                        clock=time.perf_counter(),
+                        attempt=1,
                     )
                 )
-                del deaths[submission]
+        else:
+            # Any of them may have killed it, or none: each runs again alone, and only a killer is recorded as one.
+            suspects.extend((submission, in_flight[submission]) for submission in held)
+            self.isolated_trials += len(held)
+        with self._lock:
+            if worker is self._isolation:
+                self._isolation = None
+            elif worker in self._retiring:
+                self._retiring.remove(worker)
+            elif worker in self._pool:
+                self._pool.remove(worker)
+                self._pool.append(_Worker(self.threads_per_worker))
+                self.restarts += 1
         return results
+
+    def _end_run(self) -> None:
+        """Kill the workers that only this run needed: the retiring ones and the isolation worker."""
+        with self._lock:
+            extra, self._retiring = self._retiring, []
+            if self._isolation is not None:
+                extra.append(self._isolation)
+                self._isolation = None
+        for worker in extra:
+            worker.kill()
+
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 class _Worker:
     """The driver's handle on one worker process: its pipe and the trials it holds."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, *, isolated: bool = False) -> None:
         context = multiprocessing.get_context("spawn")
         self.connection, child = context.Pipe(duplex=True)
         self.process = context.Process(target=_worker_main, args=(child, threads), name="dspex-worker", daemon=True)
@@ -277,6 +417,8 @@ class _Worker:
         self.held: set[int] = set()
         self.plans: set[str] = set()
         self.ready = False
+        self.isolated = isolated  # runs suspects, one at a time
+        self.retiring_since: float | None = None  # when it was found stuck
 
     def send(self, message: tuple[Any, ...]) -> None:
         # A dead worker cannot be written to; the run loop sees its sentinel and replaces it.
@@ -304,6 +446,13 @@ class _Worker:
             self.process.join(timeout=2)
         self.connection.close()
 
+    def kill(self) -> None:
+        """End the process now (it is stateless: nothing is lost but the trials it held, requeued by the caller)."""
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=2)
+        self.connection.close()
+
 
 def _worker_main(connection: Connection, threads: int) -> None:
     """The worker process: run trials on ``threads`` threads, answer through ``connection``."""
@@ -329,6 +478,9 @@ class WorkerLoop:
         self.running: dict[tuple[int, int], tuple[CancelToken, float, TrialTask, TrialRunner]] = {}
         self.done: set[tuple[int, int]] = set()
         self.cancelled_runs: set[int] = set()
+        # (run, submission) -> when the trial was given up (deadline or stopped run), while its thread runs on.
+        self.given_up: dict[tuple[int, int], float] = {}
+        self.stuck: set[tuple[int, int]] = set()  # of those, the ones still running STUCK_GRACE later
         self.lock = threading.Lock()
         self.spare = 4 * threads  # threads that may be added in place of ones stuck past their deadline
 
@@ -410,9 +562,15 @@ class WorkerLoop:
             self.outbox.put(("result", run, submission, result, stash.take(task.trial_id)))
 
     def watch(self) -> None:
-        """Give up on trials past their deadline, as the thread executor does, and keep capacity."""
+        """Give up on trials past their deadline, as the thread executor does, keep capacity, and report stuck threads.
+
+        A thread still running :data:`STUCK_GRACE` seconds after its trial was given up is stuck in
+        code that cannot be cancelled; the driver is told (``("stuck", count)``) and replaces this
+        worker, because nothing else can end that thread.
+        """
         while True:
             time.sleep(0.02)
+            now = time.monotonic()
             with self.lock:
                 overdue = [
                     (key, entry)
@@ -424,6 +582,17 @@ class WorkerLoop:
                 ]
                 for key, _ in overdue:
                     self.done.add(key)
+                for key, (token, *_) in self.running.items():
+                    if key not in self.given_up and (key in self.done or token.cancelled):
+                        self.given_up[key] = now
+                for key in [key for key in self.given_up if key not in self.running]:
+                    del self.given_up[key]  # its thread returned after all
+                    self.stuck.discard(key)
+                newly_stuck = [
+                    key for key, since in self.given_up.items() if key not in self.stuck and now - since > STUCK_GRACE
+                ]
+                self.stuck.update(newly_stuck)
+                stuck = len(self.stuck)
             for (run, submission), (token, started, task, runner) in overdue:
                 result = runner.abandon(task, token, started=started, reason=f"timeout after {token.timeout:g} s")
                 spans = runner.span_sink.take(task.trial_id)  # type: ignore[union-attr]  # a SpanStash
@@ -431,6 +600,8 @@ class WorkerLoop:
                 if self.spare > 0:
                     self.spare -= 1
                     threading.Thread(target=self.work, name="dspex-trial", daemon=True).start()
+            if newly_stuck:
+                self.outbox.put(("stuck", stuck))
 
 
 def default_workers(threads: int) -> tuple[int, int]:
