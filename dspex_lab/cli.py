@@ -134,15 +134,32 @@ def _metric(name: str) -> Any:
     return function
 
 
+def _read_program(spec_path: Path) -> Any:
+    """Read a JSON program spec file: bounded in size before it is read, then by the program layer's reader."""
+    import dspex_lab as dx
+    from dspex_lab.program import MAX_SPEC_CHARACTERS
+
+    if not spec_path.is_file():
+        raise dx.errors.ProgramSpecError(f"{spec_path}: no such program spec file")
+    with spec_path.open("rb") as spec_file:
+        data = spec_file.read(MAX_SPEC_CHARACTERS + 1)  # read with a bound: the file may grow after a stat()
+    if len(data) > MAX_SPEC_CHARACTERS:
+        raise dx.errors.ProgramSpecError(
+            f"{spec_path}: more than a program spec's limit of {MAX_SPEC_CHARACTERS:,} bytes"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise dx.errors.ProgramSpecError(f"{spec_path}: not UTF-8 text (byte {error.start})") from None
+    return dx.Program.from_json(text, source=str(spec_path))
+
+
 def _evaluate(arguments: argparse.Namespace) -> int:
     import dspex_lab as dx
 
     _import_modules(arguments.imports)
 
-    spec_path = Path(arguments.spec)
-    if not spec_path.is_file():
-        raise dx.errors.ProgramSpecError(f"{spec_path}: no such program spec file")
-    program = dx.Program.from_json(spec_path.read_text(encoding="utf-8"))
+    program = _read_program(Path(arguments.spec))
     inputs = arguments.inputs.split(",") if arguments.inputs else None
     if inputs is None:
         raise dx.errors.DatasetError(
@@ -170,10 +187,7 @@ def _evaluate(arguments: argparse.Namespace) -> int:
 def _optimize(arguments: argparse.Namespace) -> int:
     import dspex_lab as dx
 
-    spec_path = Path(arguments.spec)
-    if not spec_path.is_file():
-        raise dx.errors.ProgramSpecError(f"{spec_path}: no such program spec file")
-    program = dx.Program.from_json(spec_path.read_text(encoding="utf-8"))
+    program = _read_program(Path(arguments.spec))
     if not arguments.inputs:
         raise dx.errors.DatasetError(
             "say which fields are inputs with --inputs question[,context]", path=arguments.train

@@ -11,7 +11,13 @@ aliases, bounded size, nesting and integers).
 It imports dspy and the redaction policy of :mod:`dspex_lab.trace.redaction`.
 """
 
-from dspex_lab.program._bounded import check_spec_value, compose_yaml_spec, parse_json_spec, parse_yaml_spec
+from dspex_lab.program._bounded import (
+    MAX_SPEC_CHARACTERS,
+    check_spec_value,
+    compose_yaml_spec,
+    parse_json_spec,
+    parse_yaml_spec,
+)
 from dspex_lab.program._constraints import Constraint
 from dspex_lab.program._program import Program, set_lm_resolver
 from dspex_lab.program._registry import (
@@ -25,6 +31,7 @@ from dspex_lab.program._safety import allowed_models, set_allowed_models
 from dspex_lab.program._variables import Bool, Choice, Demos, Float, Int, ModuleType, Text, Variable
 
 __all__ = [
+    "MAX_SPEC_CHARACTERS",
     "Bool",
     "Choice",
     "Constraint",

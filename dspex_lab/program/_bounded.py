@@ -203,7 +203,8 @@ class _BoundedComposer(yaml.SafeLoader):
         if len(digits) > MAX_INTEGER_DIGITS + 2:  # room for a 0x / 0b / 0o prefix
             raise _YamlRefusedError(
                 node.start_mark.line + 1,
-                f"an integer literal of {len(digits):,} characters; a program spec's integers have at most {MAX_INTEGER_DIGITS}",
+                f"an integer literal of {len(digits):,} characters; "
+                f"a program spec's integers have at most {MAX_INTEGER_DIGITS} digits",
             )
         value: int = super().construct_yaml_int(node)
         if _is_long_integer(value):
