@@ -18,8 +18,10 @@ manifest; they are not a signature, so they do not prove who wrote a package.
 A package is therefore read as untrusted data: :class:`PackageArchive` checks
 the member count, each member's declared size and compression ratio and the
 total before reading anything, and reads with a bound, so a zip bomb is refused
-at once; the run settings a re-run takes from a package are bounded
-(:data:`RUN_LIMITS`).
+at once; it refuses member names that could escape a folder if the zip were
+extracted (zip-slip: absolute paths, ``..``, backslashes, drive letters, control
+characters), repeated names and symbolic links; the run settings a re-run takes
+from a package are bounded (:data:`RUN_LIMITS`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import hashlib
 import io
 import json
 import math
+import re
+import stat
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -36,7 +40,7 @@ from types import TracebackType
 from typing import Any
 
 from dspex_lab.data import Dataset
-from dspex_lab.errors import DatasetError, PackageError
+from dspex_lab.errors import DatasetError, PackageError, bounded_repr
 
 __all__ = [
     "CHECKSUM_FILE",
@@ -91,6 +95,9 @@ MAX_COMPRESSION_RATIO = 200
 _RATIO_EXEMPT_BYTES = 1024 * 1024
 _DATA_MEMBERS = frozenset({EXAMPLES_FILE, TRIALS_FILE})
 _CHUNK_BYTES = 1 << 20
+# A package's names are plain relative paths such as "dataset/manifest.json"; anything else is a zip-slip attempt.
+_DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 # (lowest, highest) allowed for run settings a re-run takes from run.json; None means unbounded on that side.
 RUN_LIMITS: Mapping[str, tuple[float, float]] = {
@@ -109,6 +116,31 @@ RUN_LIMITS: Mapping[str, tuple[float, float]] = {
     "max_tokens": (1, 1_000_000),
 }
 _INTEGER_SETTINGS = frozenset({"threads", "repeats", "retries", "num_retries", "max_tokens"})
+
+
+def member_name_problem(name: str) -> str | None:
+    """Return why a zip member name is not a plain relative path inside the package, or None when it is.
+
+    Refused: empty names, control characters (NUL included), backslashes, absolute paths, drive
+    letters, and empty, ``.`` or ``..`` path components: any of them can place a file outside the
+    folder a package is extracted to (zip-slip), or name two files alike on some system.
+    """
+    if not name:
+        return "an empty name"
+    if _CONTROL_CHARACTER.search(name):
+        return "a control character (NUL, newline...) in its name"
+    if "\\" in name:
+        return "a backslash in its name"
+    if name.startswith("/"):
+        return "an absolute path"
+    if _DRIVE_LETTER.match(name):
+        return "a drive letter"
+    parts = name.removesuffix("/").split("/")
+    if ".." in parts:
+        return "a '..' component"
+    if any(part in ("", ".") for part in parts):
+        return "an empty or '.' component"
+    return None
 
 
 def member_limit(name: str) -> int:
@@ -145,9 +177,11 @@ class PackageArchive:
             raise
 
     def _checked_members(self) -> dict[str, zipfile.ZipInfo]:
-        infos = [info for info in self._zip.infolist() if not info.is_dir()]
+        every = self._zip.infolist()
+        infos = [info for info in every if not info.is_dir()]
         if len(infos) > MAX_MEMBERS:
             raise PackageError(f"{self.path}: {len(infos)} files, more than a package's limit of {MAX_MEMBERS}")
+        self._check_names(every)
         total = 0
         for info in infos:
             limit = member_limit(info.filename)
@@ -169,8 +203,26 @@ class PackageArchive:
             raise PackageError(
                 f"{self.path}: {total:,} bytes uncompressed in all, more than a package's limit of {MAX_TOTAL_BYTES:,}"
             )
-        # The last entry of a repeated name wins in zipfile; duplicates are reported by verification.
         return {info.filename: info for info in infos}
+
+    def _check_names(self, infos: list[zipfile.ZipInfo]) -> None:
+        if len(infos) > MAX_MEMBERS * 2:  # directory entries count here: the check below is per entry
+            raise PackageError(f"{self.path}: {len(infos)} entries, more than a package holds")
+        seen: set[str] = set()
+        for info in infos:
+            # orig_filename is the name as stored: zipfile cuts .filename at a NUL, hiding what follows it.
+            name = info.orig_filename
+            problem = member_name_problem(name)
+            if problem is None and stat.S_ISLNK(info.external_attr >> 16):
+                problem = "a symbolic link"
+            if problem is None and name in seen:
+                problem = "a name that appears more than once (each reader could see a different file)"
+            if problem is not None:
+                raise PackageError(
+                    f"{self.path}: member {bounded_repr(name, limit=120)} has {problem}; a package's members are "
+                    "plain relative paths such as dataset/manifest.json, so this zip is refused"
+                )
+            seen.add(name)
 
     @property
     def names(self) -> list[str]:
@@ -254,9 +306,9 @@ def _check_setting(problems: list[str], key: str, value: Any, *, where: str) -> 
     kinds: tuple[type, ...] = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
         kind = "an integer" if integer else "a finite number"
-        problems.append(f"{where} is {value!r}, not {kind}")
+        problems.append(f"{where} is {bounded_repr(value)}, not {kind}")
     elif not low <= value <= high:
-        problems.append(f"{where} is {value!r}, outside the allowed range [{low:g}, {high:g}]")
+        problems.append(f"{where} is {bounded_repr(value)}, outside the allowed range [{low:g}, {high:g}]")
 
 
 def json_bytes(value: Any) -> bytes:
@@ -283,6 +335,10 @@ def read_examples(text: str, manifest: Mapping[str, Any]) -> Dataset:
     inputs = manifest.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise DatasetError(f"no input field names in {DATASET_MANIFEST_FILE}", path=EXAMPLES_FILE)
+    if not isinstance(key, str):
+        raise DatasetError(
+            f"id_key in {DATASET_MANIFEST_FILE} is {bounded_repr(key)}, not a field name", path=EXAMPLES_FILE
+        )
     records: list[tuple[str, dict[str, Any]]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -291,11 +347,19 @@ def read_examples(text: str, manifest: Mapping[str, Any]) -> Dataset:
             fields = json.loads(line)
         except json.JSONDecodeError as error:
             raise DatasetError(f"not valid JSON ({error.msg})", path=EXAMPLES_FILE, line=number) from None
+        except RecursionError:
+            raise DatasetError("JSON nested too deeply to read", path=EXAMPLES_FILE, line=number) from None
+        except ValueError as error:  # e.g. an integer past Python's digit limit
+            raise DatasetError(
+                f"JSON that cannot be read ({str(error)[:120]})", path=EXAMPLES_FILE, line=number
+            ) from None
         if not isinstance(fields, dict) or key not in fields:
             raise DatasetError(f"not a JSON object with the example id under {key!r}", path=EXAMPLES_FILE, line=number)
         example_id = fields[key] if keep_key else fields.pop(key)
         if not isinstance(example_id, str):
-            raise DatasetError(f"example id {example_id!r} is not a string", path=EXAMPLES_FILE, line=number)
+            raise DatasetError(
+                f"example id {bounded_repr(example_id)} is not a string", path=EXAMPLES_FILE, line=number
+            )
         records.append((example_id, fields))
     try:
         return dataset_from_records(records, inputs=inputs, name=str(manifest.get("name") or "dataset"))

@@ -2,7 +2,9 @@
 
 A package is untrusted input, so it is opened through :class:`PackageArchive`
 (member count, declared sizes, compression ratio and total checked before any
-byte is decompressed) and its run settings are checked against
+byte is decompressed; zip-slip names, repeated names and symbolic links refused),
+its JSON is read so that no nesting or number escapes as a raw error, its program
+spec through the bounded reader of :mod:`dspex_lab.program`, and its run settings are checked against
 :data:`~dspex_lab.evaluate._package_format.RUN_LIMITS`. Problems are reported, not
 raised.
 """
@@ -17,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dspex_lab.errors import DatasetError, DspexLabError, PackageError
+from dspex_lab.errors import DatasetError, DspexLabError, PackageError, bounded_repr
 from dspex_lab.evaluate._package_format import (
     CHECKSUM_FILE,
     DATASET_MANIFEST_FILE,
@@ -77,10 +79,7 @@ def verify_package(path: str | os.PathLike[str]) -> VerificationReport:
 
 
 def _check_checksums(archive: PackageArchive, problems: list[str]) -> tuple[str, ...]:
-    names = archive.names
-    duplicated = sorted({name for name in names if names.count(name) > 1})
-    for name in duplicated:
-        problems.append(f"{name}: appears more than once in the zip")
+    names = archive.names  # unique: PackageArchive refuses a repeated name
     if CHECKSUM_FILE not in names:
         problems.append(f"{CHECKSUM_FILE}: missing, so no file can be checked")
         return ()
@@ -153,6 +152,10 @@ class _PackageContents:
                     value = json.loads(text)
                 except json.JSONDecodeError as error:
                     self.problems.append(f"{name}:{error.lineno}: not valid JSON ({error.msg})")
+                except RecursionError:
+                    self.problems.append(f"{name}: JSON nested too deeply to read")
+                except ValueError as error:  # e.g. an integer past Python's digit limit
+                    self.problems.append(f"{name}: JSON that cannot be read ({str(error)[:120]})")
             self._cache[name] = value
         return self._cache[name]
 
@@ -171,11 +174,11 @@ def _check_run(contents: _PackageContents, problems: list[str]) -> None:
 
 
 def _check_program(contents: _PackageContents, problems: list[str]) -> None:
-    spec = contents.json(PROGRAM_FILE)
-    if spec is None:
+    text = contents.text(PROGRAM_FILE)
+    if text is None:
         return
     try:
-        program = Program.from_dict(spec)
+        program = Program.from_json(text, source=PROGRAM_FILE)
     except DspexLabError as error:
         run = contents.json(RUN_FILE)
         imports = run.get("imports") if isinstance(run, Mapping) and isinstance(run.get("imports"), Mapping) else {}
@@ -189,7 +192,7 @@ def _check_program(contents: _PackageContents, problems: list[str]) -> None:
     if recorded is not None and program.fingerprint != recorded:
         problems.append(
             f"{PROGRAM_FILE}: program fingerprint {program.fingerprint[:16]}... differs from "
-            f"{recorded[:16]}... recorded in {RUN_FILE}"
+            f"{_prefix(recorded)}... recorded in {RUN_FILE}"
         )
 
 
@@ -216,12 +219,19 @@ def _check_examples(contents: _PackageContents, problems: list[str]) -> None:
         problems.append(str(error))
         return
     if len(dataset) != manifest.get("n"):
-        problems.append(f"{EXAMPLES_FILE}: {len(dataset)} examples, {DATASET_MANIFEST_FILE} says {manifest.get('n')}")
+        problems.append(
+            f"{EXAMPLES_FILE}: {len(dataset)} examples, {DATASET_MANIFEST_FILE} says {bounded_repr(manifest.get('n'))}"
+        )
     if dataset.fingerprint != manifest.get("fingerprint"):
         problems.append(
             f"{EXAMPLES_FILE}: the examples' fingerprint {dataset.fingerprint[:16]}... differs from "
-            f"{str(manifest.get('fingerprint'))[:16]}... in {DATASET_MANIFEST_FILE}"
+            f"{_prefix(manifest.get('fingerprint'))}... in {DATASET_MANIFEST_FILE}"
         )
+
+
+def _prefix(digest: Any) -> str:
+    """Return the start of a recorded digest, which a hostile package may have replaced by anything."""
+    return digest[:16] if isinstance(digest, str) else bounded_repr(digest, limit=24)
 
 
 def _check_trials(contents: _PackageContents, problems: list[str]) -> None:

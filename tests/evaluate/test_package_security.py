@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 import time
 import tracemalloc
 import zipfile
@@ -368,3 +369,119 @@ def test_the_result_html_masks_error_text(tmp_path):
     assert "failed trials" in page
     assert OPAQUE_KEY not in page and KEY not in page
     assert "[REDACTED]" in page
+
+
+# -- member names cannot escape the package (zip-slip), repeat, or link elsewhere -------------------------------
+
+
+def with_member(source: Path, target: Path, name: str | zipfile.ZipInfo, data: bytes = b"x") -> Path:
+    """Copy a package and add one member, listed in MANIFEST.sha256 with its true checksum, as an attacker would."""
+    content = members(source)
+    label = name.filename if isinstance(name, zipfile.ZipInfo) else name
+    content["MANIFEST.sha256"] += f"{hashlib.sha256(data).hexdigest()}  {label}\n".encode()
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for member, payload in content.items():
+            archive.writestr(member, payload)
+        archive.writestr(name, data)
+    return target
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("../../etc/cron.d/x", "a '..' component"),
+        ("dataset/../../x", "a '..' component"),
+        ("/etc/passwd", "an absolute path"),
+        ("dataset\\..\\..\\x", "a backslash in its name"),
+        ("C:/Windows/x", "a drive letter"),
+        ("c:x", "a drive letter"),
+        ("notes\nREADME.md", "a control character (NUL, newline...) in its name"),
+        ("./README2.md", "an empty or '.' component"),
+    ],
+)
+def test_zip_slip_member_names_are_refused_by_dspex_verify_and_rerun(source, tmp_path, capsys, name, problem):
+    hostile = with_member(source.package, tmp_path / "slip.zip", name)
+    report = dx.verify_package(hostile)
+    assert not report.ok
+    assert report.problems == (
+        f"{hostile}: member {name!r} has {problem}; a package's members are plain relative paths such as "
+        "dataset/manifest.json, so this zip is refused",
+    )
+    assert main(["verify", str(hostile)]) == 1
+    assert problem in capsys.readouterr().out
+    assert main(["rerun", str(hostile)]) == 2
+    error = capsys.readouterr().err
+    assert "fails verification" in error and problem in error
+
+
+def test_a_nul_in_a_member_name_is_refused_although_zipfile_hides_what_follows_it(source, tmp_path):
+    # zipfile cuts a name at NUL, so Python sees README.md while other unzip tools may write ../x.
+    plain = with_member(source.package, tmp_path / "plain.zip", "README.mdX../x")
+    raw = plain.read_bytes()
+    assert raw.count(b"README.mdX../x") == 2  # the local header and the central directory
+    hostile = tmp_path / "nul.zip"
+    hostile.write_bytes(raw.replace(b"README.mdX../x", b"README.md\0../x"))
+    report = dx.verify_package(hostile)
+    assert not report.ok
+    assert "member 'README.md\\x00../x' has a control character" in report.problems[0]
+
+
+def test_a_repeated_member_name_is_refused(source, tmp_path):
+    with pytest.warns(UserWarning, match="Duplicate name"):  # zipfile warns, and writes it anyway
+        hostile = with_member(source.package, tmp_path / "twice.zip", "README.md", b"another readme")
+    report = dx.verify_package(hostile)
+    assert not report.ok
+    assert "member 'README.md' has a name that appears more than once" in report.problems[0]
+
+
+def test_a_symbolic_link_member_is_refused(source, tmp_path):
+    link = zipfile.ZipInfo("dataset/link")
+    link.create_system = 3
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    hostile = with_member(source.package, tmp_path / "link.zip", link, b"../../../../etc/passwd")
+    report = dx.verify_package(hostile)
+    assert not report.ok
+    assert "member 'dataset/link' has a symbolic link" in report.problems[0]
+    with pytest.raises(PackageError, match="symbolic link"):
+        _package_format.PackageArchive(hostile)
+
+
+def test_a_plain_package_still_verifies(source):
+    assert dx.verify_package(source.package).ok
+
+
+# -- JSON inside a package that Python's parser cannot take -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("member", "text", "problem"),
+    [
+        (
+            "program.json",
+            '{"module": "dspy.Predict", "init": {"x": ' + "[" * 100_000 + "]" * 100_000 + "}}",
+            "program.json: does not parse as a dx.Program: program.json, line 1: nested more than 64 levels deep",
+        ),
+        (
+            "program.json",
+            '{"module": "dspy.Predict", "name": ' + "9" * 5000 + "}",
+            "program.json: does not parse as a dx.Program: program.json, line 1: an integer of 5,000 digits",
+        ),
+        (
+            "program.json",
+            '{"module": "dspy.Predict", "signature": "question -> answer", "constraints": ["max() > 0"]}',
+            "program.json: does not parse as a dx.Program: constraint 'max() > 0': max() takes at least 1 argument",
+        ),
+        ("run.json", '{"threads": ' + "[" * 100_000 + "]" * 100_000 + "}", "run.json: JSON nested too deeply"),
+        ("run.json", '{"threads": ' + "9" * 5000 + "}", "run.json: JSON that cannot be read (Exceeds the limit"),
+    ],
+    ids=["program-deep", "program-long-integer", "program-max", "run-deep", "run-long-integer"],
+)
+def test_unparseable_json_in_a_package_is_a_verification_problem_not_a_crash(
+    source, tmp_path, capsys, member, text, problem
+):
+    edited = rehash(source.package, tmp_path / "json.zip", {member: lambda _: text.encode()})
+    report = dx.verify_package(edited)
+    assert not report.ok
+    assert any(found.startswith(problem) for found in report.problems), report.problems
+    assert main(["rerun", str(edited)]) == 2
+    assert "fails verification" in capsys.readouterr().err
