@@ -38,41 +38,84 @@ Example = tuple[str, int, dspy.Example]
 Metric = Callable[[dspy.Example, Any], Any]
 
 
+# Dollars are counted in whole picodollars: an integer sum is the same in any order, so a run's cost
+# does not depend on which trial finished first, and a total read back from a journaled step row
+# (a float) gives back the exact integer (below about $2,000, where a float still resolves 1e-12).
+_PICODOLLARS = 10**12
+
+
 @dataclass
 class Spending:
-    """What a run has spent so far, and what its budget leaves."""
+    """What a run has spent so far, and what its budget leaves.
+
+    A resumed run counts a trial served from the journal when it first uses it, as the
+    uninterrupted run counted it when it finished, so the totals at every point of a
+    resumed run are the uninterrupted run's.
+    """
 
     budget: Budget | None = None
     lm_calls: int = 0
     tokens: int = 0
-    cost: float = 0.0
+    cost_picodollars: int = 0
     unpriced: bool = False
     trials: int = 0
     # Wall seconds of LM calls an optimizer makes outside trials (SIMBA-C's rule proposals).
     proposal_seconds: float = 0.0
 
-    def add(self, row: dict[str, Any]) -> None:
-        """Count one trial's row."""
-        self.trials += 1
+    @property
+    def cost(self) -> float:
+        """Dollars spent (priced calls only; see ``unpriced``)."""
+        return self.cost_picodollars / _PICODOLLARS
+
+    @cost.setter
+    def cost(self, dollars: float) -> None:
+        self.cost_picodollars = round(float(dollars) * _PICODOLLARS)
+
+    def add(self, row: dict[str, Any], *, trial: bool = True) -> None:
+        """Count one trial's row (``trial=False``: LM calls made outside trials, e.g. a rule proposal)."""
+        self.trials += 1 if trial else 0
         self.lm_calls += int(row.get("lm_calls") or 0)
         self.tokens += int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0)
         if row.get("cost") is None:
             self.unpriced = self.unpriced or bool(row.get("lm_calls"))
         else:
-            self.cost += float(row["cost"])
+            self.cost_picodollars += round(float(row["cost"]) * _PICODOLLARS)
+
+    def restore(self, totals: dict[str, Any]) -> None:
+        """Set the LM calls, tokens and dollars to a journaled step row's totals (a resumed run catching up)."""
+        self.lm_calls = int(totals.get("lm_calls") or 0)
+        self.tokens = int(totals.get("tokens") or 0)
+        if totals.get("cost") is None:
+            self.unpriced = self.unpriced or bool(self.lm_calls)
+        else:
+            self.cost = float(totals["cost"])
+
+    def exhausted(self) -> str | None:
+        """Say which limit of the budget is spent, or return None while every limit has some left.
+
+        The message names the run's totals, not one evaluation's share, so a run that stops at the
+        budget says the same whether it ran straight through or was resumed on the way.
+        """
+        if self.budget is None:
+            return None
+        for name, used in (("usd", self.cost), ("lm_calls", self.lm_calls), ("tokens", self.tokens)):
+            limit = getattr(self.budget, name)
+            if limit is not None and used >= limit:
+                return f"budget {name}={limit:g} spent ({used:g} used)"
+        return None
 
     def remaining(self) -> Budget | None:
         """Return the budget still left (None: no limit), or raise :class:`BudgetSpent` when nothing is."""
         if self.budget is None:
             return None
+        spent = self.exhausted()
+        if spent is not None:
+            raise BudgetSpent(spent)
         left: dict[str, float] = {}
         for name, used in (("usd", self.cost), ("lm_calls", self.lm_calls), ("tokens", self.tokens)):
             limit = getattr(self.budget, name)
-            if limit is None:
-                continue
-            if used >= limit:
-                raise BudgetSpent(f"budget {name}={limit:g} spent ({used:g} used)")
-            left[name] = limit - used if name == "usd" else int(limit - used)
+            if limit is not None:
+                left[name] = limit - used if name == "usd" else int(limit - used)
         return Budget(**left, pilot=1_000_000_000)
 
     def to_summary(self) -> dict[str, Any]:
@@ -163,11 +206,19 @@ class CandidateEvaluator:
         self.writer: TrialWriter | None = journal.writer(run_id) if journal is not None else None
         # experiment id -> (example id, repeat) -> trial row; filled from the journal when resuming.
         self._rows: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}
+        # (experiment id, example id, repeat) of the rows already counted in ``spending``.
+        self._counted: set[tuple[str, str, int]] = set()
         self._created: set[str] = set()
         self._modules: dict[tuple[str, int], dspy.Module] = {}
 
-    def load_recorded(self) -> int:
-        """Read the trials this run already journaled (a resume); return how many there are."""
+    def load_recorded(self, *, count: bool = False) -> int:
+        """Read the trials this run already journaled (a resume); return how many there are.
+
+        Args:
+            count: count every journaled trial's spending now. Without it (SIMBA-C, which replays
+                its run) a journaled trial is counted when an evaluation first uses it, which is
+                when the uninterrupted run counted it.
+        """
         if self.journal is None:
             return 0
         frame = self.journal.sql("SELECT * FROM trials WHERE starts_with(experiment_id, ?)", [self.run_id + "/"])
@@ -176,11 +227,20 @@ class CandidateEvaluator:
                 key: (None if isinstance(value, float) and math.isnan(value) else value) for key, value in row.items()
             }
             experiment_id = row.pop("experiment_id")
-            self._rows.setdefault(experiment_id, {})[(row["example_id"], int(row["repeat"]))] = row
-            self.spending.add(row)
+            key = (row["example_id"], int(row["repeat"]))
+            self._rows.setdefault(experiment_id, {})[key] = row
+            if count:
+                self._count(experiment_id, key, row)
         ids = self.journal.sql("SELECT id FROM experiments WHERE starts_with(id, ?)", [self.run_id + "/"])
         self._created.update(ids["id"])
         return len(frame)
+
+    def _count(self, experiment_id: str, key: tuple[str, int], row: dict[str, Any]) -> None:
+        """Add a trial's spending once, however often it is used (a row shared by later steps)."""
+        counted = (experiment_id, *key)
+        if counted not in self._counted:
+            self._counted.add(counted)
+            self.spending.add(row)
 
     def experiment_rows(self, experiment_id: str) -> list[dict[str, Any]]:
         """Return the recorded trial rows of one evaluation (this process's and a resumed run's)."""
@@ -221,6 +281,17 @@ class CandidateEvaluator:
         ]
         stopped = None
         if tasks:
+            # Checked before the journaled trials below are counted: the uninterrupted run started this
+            # evaluation with the spending as it was before any of its trials.
+            self.spending.remaining()
+        for example_id, _, _ in examples:
+            row = recorded.get((example_id, repeat))
+            if row is not None:
+                self._count(experiment_id, (example_id, repeat), row)
+        if tasks and self.spending.exhausted() is not None:
+            # The trials served from the journal reached the budget: the uninterrupted run stopped here.
+            stopped = self.spending.exhausted()
+        elif tasks:
             budget = self.spending.remaining()
             if self.writer is not None and experiment_id not in self._created and record is not None:
                 self.writer.create(record)
@@ -256,7 +327,8 @@ class CandidateEvaluator:
                 # The engine swallows the interrupt to record what finished; the optimizer must stop too.
                 raise KeyboardInterrupt(f"interrupted during evaluation {experiment_id}")
             if report.status != "finished":
-                stopped = report.detail or report.status
+                # A budget stop is told in the run's totals (the engine only saw this evaluation's share).
+                stopped = self.spending.exhausted() or report.detail or report.status
         return _scores(experiment_id if self.writer is not None else None, examples, recorded, repeat, stopped)
 
     def _module(self, program: Program, lm: dspy.BaseLM) -> dspy.Module:
@@ -286,8 +358,9 @@ class _Recorder:
         if not isinstance(event, TrialFinished):
             return
         row = event.result.to_row()
-        self.recorded[(row["example_id"], int(row["repeat"]))] = row
-        self.evaluator.spending.add(row)
+        key = (row["example_id"], int(row["repeat"]))
+        self.recorded[key] = row
+        self.evaluator._count(self.experiment_id, key, row)
         if self.evaluator.writer is not None:
             self.evaluator.writer.add(row, experiment_id=self.experiment_id)
 

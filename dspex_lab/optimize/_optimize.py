@@ -266,8 +266,14 @@ def _run(
         sinks=[display] if display is not None else [],
     )
     if resume is not None and journal is not None:
-        evaluator.load_recorded()
-        _restore_other_spending(spending, journal, run_id)
+        if isinstance(chosen, SimbaC):
+            # SIMBA-C replays the run: each journaled trial is counted when the replay uses it, and each
+            # step's other calls (rule proposals) come back from its journaled row (see _simba_c.py).
+            evaluator.load_recorded()
+        else:
+            # DSPy's optimizers compile again from the start: what the first run spent is counted up front.
+            evaluator.load_recorded(count=True)
+            _restore_other_spending(spending, journal, run_id)
     steps_to = [*subscribers, display] if display is not None else subscribers
     session = _Session(run_id, run_name, journal, evaluator, config, program, train, val, steps_to, progress)
     try:
@@ -408,9 +414,12 @@ class _Session:
         self.status = "running"
         self.detail: str | None = None
         self._stored_examples: set[str] = set()
+        # The steps as the journal held them when this process began (a resumed run's earlier progress).
+        self.journaled_steps: dict[int, dict[str, Any]] = {}
         if journal is not None:
             for row in journal.candidate_rows(run_id):
                 self.candidate_rows[row["candidate_id"]] = row
+            self.journaled_steps = {int(row["step"]): row for row in journal.step_rows(run_id)}
 
     # -- records ---------------------------------------------------------------------------------
 
@@ -538,6 +547,7 @@ class _Session:
             step_finished=self.step_finished,
             spending=self.evaluator.spending.to_summary,
             run_id=self.run_id,
+            journaled_step=self.journaled_steps.get,
         )
 
     # -- running ---------------------------------------------------------------------------------

@@ -64,15 +64,23 @@ from dspex_lab.optimize._space import (
     append_demo,
     append_rule,
     clean_rule,
+    move_between,
     mutable_variables,
     mutate,
     rules_of,
 )
+from dspex_lab.program import Program
 from dspex_lab.stats import holm, paired_test
 
 __all__ = ["ProposeRule", "SimbaC"]
 
 STRATEGIES = ("demo", "rule", "mutate", "merge")
+
+# What a step's random draws are for. Each decision draws from its own generator, derived from
+# (seed, step, purpose, index), never from one generator carried through the step or the run: a
+# resumed run that reads a step's proposals back from the journal (and so draws nothing for them)
+# cannot shift the draws of any other decision.
+MINIBATCH, SOURCE, PROPOSAL = 0, 1, 2
 
 
 class ProposeRule(dspy.Signature):
@@ -203,6 +211,8 @@ class Hooks:
     step_finished: Callable[[StepRecord], None]
     spending: Callable[[], dict[str, Any]]
     run_id: str
+    # The step's row as the journal held it when this (resumed) run began, or None.
+    journaled_step: Callable[[int], dict[str, Any] | None] = lambda step: None
 
 
 def _interval(scores: dict[str, float]) -> tuple[float | None, float | None, float | None]:
@@ -312,12 +322,17 @@ class SimbaCRun:
 
     def _step(self, step: int, record: Callable[[Candidate, str], Any]) -> bool:
         optimizer = self.optimizer
-        rng = np.random.default_rng([self.seed, step])
-        picks = rng.choice(len(self.trainset), size=min(optimizer.bsize, len(self.trainset)), replace=False)
+        picks = self._generator(step, MINIBATCH).choice(
+            len(self.trainset), size=min(optimizer.bsize, len(self.trainset)), replace=False
+        )
         batch = [self.trainset[int(index)] for index in sorted(picks)]
         current = StepRecord(step, "running", self.incumbent.id, minibatch=[example[0] for example in batch])
         self.steps.append(current)
-        self.hooks.record_step(current)
+        journaled = self.hooks.journaled_step(step)
+        if journaled is None:
+            # A resumed run never rewrites a journaled row with less: that row may be the only record of
+            # what this step's rule proposals spent (see below).
+            self._record_running(current)
         spans: list[dict[str, Any]] = []
 
         # 1. Trajectories: the incumbent as it is, then sources drawn by a softmax over their scores.
@@ -329,7 +344,7 @@ class SimbaCRun:
         )
         sources = [(self.incumbent, incumbent_screen)]
         for position in range(1, optimizer.num_sources):
-            source = self._draw_source(rng)
+            source = self._draw_source(self._generator(step, SOURCE, position))
             explored = dataclasses.replace(source, program=self._exploring(source.program))
             scores = self.evaluator.evaluate(
                 explored.program,
@@ -344,23 +359,18 @@ class SimbaCRun:
 
         # 2. Proposals (or, when resuming, the ones this step already made).
         proposed = self.hooks.recorded_candidates(step)
-        if not proposed:
-            proposed = self._propose(step, batch, sources, rng)
+        finished_before = journaled is not None and journaled["status"] == "finished"
+        if proposed and journaled is not None and journaled["status"] == "running":
+            # The row was written right after these proposals: its totals hold the rule calls that made them.
+            self.evaluator.spending.restore(journaled)
+        elif not proposed and not finished_before:  # (finished without candidates: it proposed none)
+            proposed = self._propose(step, batch, sources, self._generator(step, PROPOSAL))
+            # The step row goes first, with the spending so far: once the candidates are journaled, a
+            # resumed run reuses them instead of asking for their rules again, and takes what those
+            # calls cost from this row.
+            self._record_running(current)
             self.hooks.record_candidates(proposed)
-        for candidate in proposed:
-            self.candidates[candidate.id] = candidate
-            spans.append(
-                {
-                    "name": f"propose {candidate.id}",
-                    "kind": "decision",
-                    "attributes": {
-                        "candidate": candidate.id,
-                        "parent": candidate.parent_id,
-                        "strategy": candidate.strategy,
-                        "rationale": candidate.rationale,
-                    },
-                }
-            )
+        self._adopt(proposed, spans)
 
         # 3. Screening on the mini-batch; then the merge of the changes that screened well, screened too.
         shortlisted: list[tuple[float, Candidate]] = []
@@ -418,19 +428,7 @@ class SimbaCRun:
             merged = self._merge(step, [candidate for _, candidate in shortlisted], gains)
             if merged is not None:
                 self.hooks.record_candidates([merged])
-                self.candidates[merged.id] = merged
-                spans.append(
-                    {
-                        "name": f"propose {merged.id}",
-                        "kind": "decision",
-                        "attributes": {
-                            "candidate": merged.id,
-                            "parent": merged.parent_id,
-                            "strategy": merged.strategy,
-                            "rationale": merged.rationale,
-                        },
-                    }
-                )
+                self._adopt([merged], spans)
         if merged is not None:
             screen(merged)
 
@@ -497,6 +495,43 @@ class SimbaCRun:
         self._finish_step(current, replace=True)
         return best is not None
 
+    def _generator(self, step: int, purpose: int, index: int = 0) -> np.random.Generator:
+        """Return the generator of one decision: ``purpose`` (and ``index``) of ``step``, from the run's seed."""
+        return np.random.default_rng([self.seed, step, purpose, index])
+
+    def _adopt(self, proposed: list[Candidate], spans: list[dict[str, Any]]) -> None:
+        """Make a step's new candidates (fresh or read back from the journal) part of the run.
+
+        A mutation's move is read off the candidate itself (the one variable that differs from its
+        parent), so the measured effects of moves are the same whether the candidate was just made
+        or journaled by an earlier process.
+        """
+        for candidate in proposed:
+            self.candidates[candidate.id] = candidate
+            parent = self.candidates.get(candidate.parent_id or "")
+            if candidate.strategy == "mutate" and parent is not None:
+                move = move_between(parent.program, candidate.program, mutable_variables(parent.program, self.slots))
+                if move is not None:
+                    self.moves[candidate.id] = move
+            spans.append(
+                {
+                    "name": f"propose {candidate.id}",
+                    "kind": "decision",
+                    "attributes": {
+                        "candidate": candidate.id,
+                        "parent": candidate.parent_id,
+                        "strategy": candidate.strategy,
+                        "rationale": candidate.rationale,
+                    },
+                }
+            )
+
+    def _record_running(self, record: StepRecord) -> None:
+        """Journal a step still running, with the run's spending so far."""
+        spending = self.hooks.spending()
+        record.lm_calls, record.tokens, record.cost = spending["lm_calls"], spending["tokens"], spending["cost"]
+        self.hooks.record_step(record)
+
     @property
     def valset_ids(self) -> list[str]:
         """The validation set's example ids, in order."""
@@ -547,7 +582,9 @@ class SimbaCRun:
         if len(used) < 2 or any(program.fingerprint == item.program.fingerprint for item in self.candidates.values()):
             return None
         rationale = "merge of " + ", ".join(f"{key} ({gains[key]:+.3f})" for key in used) + " (screening gains)"
-        return Candidate(f"c{len(self.candidates)}", program, self.incumbent.id, step, "merge", rationale)
+        return Candidate(
+            f"c{len(self.candidates)}", _as_journaled(program), self.incumbent.id, step, "merge", rationale
+        )
 
     def _exploring(self, program: Any) -> Any:
         """Return ``program`` as the extra sources sample it: at least ``exploration_temperature`` hot.
@@ -570,6 +607,11 @@ class SimbaCRun:
             return program
 
     def _finish_step(self, record: StepRecord, *, replace: bool = False) -> None:
+        journaled = self.hooks.journaled_step(record.step)
+        if record.status == "finished" and journaled is not None and journaled["status"] == "finished":
+            # A step an earlier process finished: its row's totals are the run's spending at this point,
+            # rule calls included (the replay read the rules back instead of asking again).
+            self.evaluator.spending.restore(journaled)
         scores = self.validation.get(record.incumbent_id)
         if scores is not None:
             record.best_mean, record.best_ci_low, record.best_ci_high = _interval(scores.by_example)
@@ -627,16 +669,20 @@ class SimbaCRun:
             made = self._make(strategy, step, example_id, example, runs, mutable, rng)
             if made is None:
                 continue
-            program, rationale, move = made
+            program, rationale = made
             if program.fingerprint in seen:
                 continue
             seen.add(program.fingerprint)
-            candidate = Candidate(
-                f"c{len(self.candidates) + len(proposed)}", program, self.incumbent.id, step, strategy, rationale
+            proposed.append(
+                Candidate(
+                    f"c{len(self.candidates) + len(proposed)}",
+                    _as_journaled(program),
+                    self.incumbent.id,
+                    step,
+                    strategy,
+                    rationale,
+                )
             )
-            if move is not None:
-                self.moves[candidate.id] = move
-            proposed.append(candidate)
         return proposed
 
     def _make(
@@ -648,7 +694,7 @@ class SimbaCRun:
         runs: list[tuple[float, str, Candidate]],
         mutable: list[str],
         rng: np.random.Generator,
-    ) -> tuple[Any, str, tuple[str, str] | None] | None:
+    ) -> tuple[Any, str] | None:
         program = self.incumbent.program
         scopes = sorted(self.slots.instructions)
         scope = scopes[int(rng.integers(len(scopes)))]
@@ -664,7 +710,6 @@ class SimbaCRun:
                     append_demo(program, self.slots, scope, demo),
                     f"demo from example {example_id}: a trajectory of {good[2].id} scoring {good[0]:g} "
                     f"(the worst on it scored {bad[0]:g})",
-                    None,
                 )
             if strategy == "rule":
                 rule, discussion = self._rule(example, good, bad, scope)
@@ -674,13 +719,12 @@ class SimbaCRun:
                     append_rule(program, self.slots, scope, rule, max_rules=self.optimizer.max_rules),
                     f"rule from contrasting example {example_id} ({good[2].id} scored {good[0]:g}, "
                     f"{bad[2].id} scored {bad[0]:g}): {discussion}",
-                    None,
                 )
             result = mutate(program, mutable, self.ledger, rng, temperature=0.05)
             if result is None:
                 return None
-            mutated, move, rationale = result
-            return mutated, rationale, move
+            mutated, _, rationale = result
+            return mutated, rationale
         except (VariableError, OptimizerError):
             return None
 
@@ -722,9 +766,9 @@ class SimbaCRun:
                 "input_tokens": usage.input_tokens,
                 "output_tokens": usage.output_tokens,
                 "cost": usage.cost,
-            }
+            },
+            trial=False,
         )
-        self.evaluator.spending.trials -= 1  # a proposal call is spending, not a trial
         if answer is None:
             return None, failure
         advice = getattr(answer, "module_advice", None)
@@ -791,6 +835,17 @@ def _diverse(shortlisted: list[tuple[float, Candidate]], count: int) -> list[Can
         if len(chosen) < count and candidate not in chosen:
             chosen.append(candidate)
     return chosen
+
+
+def _as_journaled(program: Program) -> Program:
+    """Return ``program`` as the journal gives it back (its JSON spec, read again).
+
+    A program made in memory remembers more than its spec: the name of a variant is built from
+    every change since its named ancestor, which the spec does not keep. A candidate read back by
+    a resumed run would name its own children differently; made this way in every run, a
+    candidate and its descendants are the same whether it was made now or journaled earlier.
+    """
+    return Program.from_dict(program.to_dict())
 
 
 def _hotter(lm: dspy.BaseLM, temperature: float) -> dspy.BaseLM:

@@ -294,6 +294,23 @@ def _stepped(variable: Float | Int, direction: str, rng: np.random.Generator) ->
     return moved
 
 
+def move_between(parent: Program, child: Program, names: list[str]) -> tuple[str, str] | None:
+    """Return the move that makes ``child`` from ``parent`` (as :func:`mutate` names it), or None.
+
+    The move is read off the two programs: the one variable of ``names`` whose value differs,
+    ``"up"``/``"down"`` for numbers, the new value's ``repr`` for choices and booleans. None when
+    no variable or more than one differs.
+    """
+    changed = [name for name in names if child.values.get(name) != parent.values.get(name)]
+    if len(changed) != 1:
+        return None
+    name = changed[0]
+    before, after = parent.values[name], child.values[name]
+    if isinstance(parent.variables[name], (Float, Int)):
+        return (name, "up" if after > before else "down")
+    return (name, repr(after))
+
+
 def mutate(
     program: Program, names: list[str], ledger: EffectLedger, rng: np.random.Generator, *, temperature: float
 ) -> tuple[Program, tuple[str, str], str] | None:
