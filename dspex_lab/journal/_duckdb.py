@@ -41,8 +41,17 @@ from dspex_lab.journal._schema import (
     row_table,
     span_table,
 )
-from dspex_lab.journal._service import JournalService, ServiceGone, call_service, service_available
+from dspex_lab.journal._service import (
+    JournalService,
+    ServiceGone,
+    ServiceUnavailable,
+    call_service,
+    process_start_time,
+    service_address,
+    service_available,
+)
 from dspex_lab.journal._store import TRIAL_ORDERS, ExperimentSummary, TrialOrder, read_spans, read_trace
+from dspex_lab.journal._wire import wire_record
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -218,6 +227,18 @@ def _is_lock_conflict(error: duckdb.Error) -> bool:
     return "Could not set lock" in text or "Conflicting lock" in text or "different configuration" in text
 
 
+def _leave_marker(folder: Path | None) -> Path | None:
+    """Create this waiter's marker in the private waiting folder (None where there is no safe folder)."""
+    if folder is None:
+        return None
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    marker = folder / f"{os.getpid()}-{process_start_time(os.getpid())}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}"
+    descriptor = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.close(descriptor)
+    return marker
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -228,6 +249,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+@wire_record
 @dataclass(frozen=True)
 class ExperimentRecord:
     """What is known about an experiment when it starts."""
@@ -284,14 +306,19 @@ class DuckDBJournal:
         return current_version(connection) == SCHEMA_VERSION
 
     @property
-    def _waiting_dir(self) -> Path:
-        return self.path.with_name(self.path.name + ".waiting")
+    def _waiting_dir(self) -> Path | None:
+        # In the user's private runtime folder: a folder in the journal's (shared) folder could be planted.
+        try:
+            return service_address(self.path).waiting
+        except ServiceUnavailable:
+            return None
 
     def _open(self, *, write: bool) -> duckdb.DuckDBPyConnection:
         """Open the file, retrying while another process holds it; announce the wait meanwhile."""
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.01
         marker: Path | None = None
+        waited = False
         try:
             while True:
                 try:
@@ -314,13 +341,12 @@ class DuckDBJournal:
                         raise JournalError(
                             f"journal {self.path} stayed locked by another process for {self.lock_timeout:g} s"
                         ) from error
-                    if marker is not None and not _hosting(self.path) and service_available(self.path):
+                    if waited and not _hosting(self.path) and service_available(self.path):
                         raise _UseService from error
-                    if marker is None:
+                    if not waited:
                         # Tells a process that holds the file across a run to let go after its next flush.
-                        self._waiting_dir.mkdir(exist_ok=True)
-                        marker = self._waiting_dir / f"{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}"
-                        marker.touch()
+                        marker = _leave_marker(self._waiting_dir)
+                        waited = True
                     time.sleep(delay)
                     delay = min(delay * 1.5, 0.2)
                 except RuntimeError as error:
@@ -329,17 +355,24 @@ class DuckDBJournal:
             if marker is not None:
                 marker.unlink(missing_ok=True)
                 with contextlib.suppress(OSError):  # another waiter may still be using the folder
-                    self._waiting_dir.rmdir()
+                    marker.parent.rmdir()
 
     def _others_waiting(self) -> bool:
+        folder = self._waiting_dir
+        if folder is None:
+            return False
         try:
-            names = os.listdir(self._waiting_dir)
+            names = os.listdir(folder)
         except FileNotFoundError:
             return False
         own = os.getpid()
         for name in names:
-            pid_text = name.split("-", 1)[0]
-            if pid_text.isdigit() and int(pid_text) != own and _pid_alive(int(pid_text)):
+            # <pid>-<start time>-...: a marker left by a killed process whose pid was reused does not count.
+            pid_text, _, rest = name.partition("-")
+            start_text = rest.partition("-")[0]
+            if not (pid_text.isdigit() and start_text.isdigit()) or int(pid_text) == own:
+                continue
+            if process_start_time(int(pid_text)) == int(start_text):
                 return True
         return False
 
@@ -363,7 +396,7 @@ class DuckDBJournal:
                 held.connection = self._open(write=True)
                 if held.service is None:
                     # This process has the file for its run: it answers other processes' calls meanwhile.
-                    held.service = JournalService(self, _SERVED, call_lock=_process_lock)
+                    held.service = JournalService.start(self, _SERVED, call_lock=_process_lock)
             cursor = held.connection.cursor()
             _record_wait("write" if write else "read", time.perf_counter() - start)
             try:
@@ -382,7 +415,7 @@ class DuckDBJournal:
         the file, it answers the journal calls of other processes through a service on 127.0.0.1
         (see ``_service.py``), so they do not wait for the file. A process that finds the file
         locked without a service (one that starts before the service is advertised) leaves a
-        marker in ``<journal>.waiting/`` and the holder closes the file after its next
+        marker in its private runtime folder (``_service.runtime_dir``) and the holder closes the file after its next
         transaction, reopening it for the one after.
         """
         with _process_lock:

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from dspex_lab.errors import JournalError
+from dspex_lab.journal._wire import wire_record
 
 __all__ = [
     "TRIAL_ORDERS",
@@ -45,6 +46,7 @@ failed trials first, then the rest by score as ``score`` does.
 """
 
 
+@wire_record
 @dataclass(frozen=True)
 class ExperimentSummary:
     """One line of the experiment list: what an experiment is, how it stands, and its trial counts.

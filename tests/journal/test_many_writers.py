@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import dspex_lab as dx
+from dspex_lab.journal._service import service_address, service_available
 
 WORKER = Path(__file__).with_name("evaluation_worker.py")
 
@@ -81,7 +83,8 @@ def test_three_writers_and_a_poller_lose_nothing_and_the_poller_sees_steady_prog
     totals = [int(line.split()[1]) for line in polls]
     assert totals == sorted(totals), "the poller's trial total never goes down"
     assert dx.open_journal(journal).experiments()["n_trials"].sum() == 120
-    assert not Path(f"{journal}.service").exists(), "the serving process withdrew its service when its run ended"
+    assert not service_available(journal), "the serving process withdrew its service when its run ended"
+    assert not service_address(journal).socket.exists()
 
 
 def test_a_writer_survives_the_serving_process_being_killed_and_the_killed_run_resumes(tmp_path):
@@ -89,7 +92,7 @@ def test_a_writer_survives_the_serving_process_being_killed_and_the_killed_run_r
     host_log, other_log = tmp_path / "host.log", tmp_path / "other.log"
     host = start_worker(journal, host_log, 400, latency=0.05)
     wait_for_lines(host_log, 20)  # the host's run holds the journal and serves it
-    assert Path(f"{journal}.service").exists()
+    assert service_available(journal)
     other = start_worker(journal, other_log, 150, latency=0.05)
     wait_for_lines(other_log, 20)  # the second writer writes through the host's service
     os.kill(host.pid, signal.SIGKILL)
@@ -115,41 +118,19 @@ def test_a_writer_survives_the_serving_process_being_killed_and_the_killed_run_r
     assert stored_counts(journal)[host_id] == (400, 400), "resume finishes the run without running a trial twice"
 
 
-def test_a_stale_or_unreachable_service_advertisement_falls_back_to_the_file(journal_path):
-    import json
-    import socket
-
+def test_a_stale_service_socket_left_by_a_killed_process_is_removed_and_calls_go_to_the_file(journal_path):
     from dspex_lab.journal import ExperimentRecord
 
     journal = dx.open_journal(journal_path)
     experiment = journal.create_experiment(ExperimentRecord(kind="evaluation", name="fallback"))
-    advert = Path(f"{journal_path}.service")
-    with socket.socket() as unused:  # a port nothing listens on once this socket closes
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
-    for pid in (2**22 + 12345, os.getppid()):  # a dead process; a live one that does not serve
-        advert.write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "port": port, "secret": "00"}))
-        advert.chmod(0o600)  # as a service writes it: anything else is not trusted at all (see below)
-        started = time.monotonic()
-        assert [summary.id for summary in journal.experiment_summaries()] == [experiment]
-        journal.finish_experiment(experiment, status="finished")
-        assert time.monotonic() - started < 5.0
+    address = service_address(journal.path)
+    # What kill -9 of a serving process leaves: a socket file nothing listens on, and a lock nobody holds.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(address.socket))
+    assert address.socket.exists() and not service_available(journal.path)
+    started = time.monotonic()
+    assert [summary.id for summary in journal.experiment_summaries()] == [experiment]
+    journal.finish_experiment(experiment, status="finished")
+    assert time.monotonic() - started < 5.0
     assert journal.experiment(experiment)["status"] == "finished"
-
-
-def test_a_service_advertisement_others_could_have_written_is_not_trusted(journal_path):
-    # Replies from a service are unpickled: a .service file shipped with someone else's journal, or one
-    # another user could write, must never point this process at a port.
-    import json
-    import socket
-
-    from dspex_lab.journal._service import service_available
-
-    dx.open_journal(journal_path).experiment_summaries()
-    advert = Path(f"{journal_path}.service")
-    advert.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "port": 9, "secret": "00"}))
-    advert.chmod(0o600)
-    assert service_available(Path(journal_path))  # our own file, a live process of ours
-    for mode in (0o644, 0o620, 0o606):
-        advert.chmod(mode)
-        assert not service_available(Path(journal_path)), oct(mode)
+    assert not address.socket.exists(), "the stale socket was removed"
