@@ -26,11 +26,12 @@ from dspex_lab.lm._cost import (
     metering,
     model_price,
 )
-from dspex_lab.lm.client import LabLM, lab_lm, resolve_lm
+from dspex_lab.lm.client import ENDPOINT_FIELDS, LabLM, credentials_in_url, lab_lm, resolve_lm
 from dspex_lab.lm.engine import AsyncLabEngine, LabEngine, LabLMError, LabRateLimitError, current_rollout
 from dspex_lab.lm.profiles import LAB_MODELS, LabModelProfile, lm_cost
 
 __all__ = [
+    "ENDPOINT_FIELDS",
     "HOSTED_PRICES",
     "HOSTED_PRICES_AS_OF",
     "LAB_MODELS",
@@ -45,6 +46,7 @@ __all__ = [
     "ModelPrice",
     "Usage",
     "call_cost",
+    "credentials_in_url",
     "current_meter",
     "current_rollout",
     "is_priced",
