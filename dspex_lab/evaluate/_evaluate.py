@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import platform
 import tempfile
 import warnings
@@ -376,8 +377,10 @@ def _close_writer(writer: TrialWriter | None, rows: list[dict[str, Any]], experi
         writer.close()
         return None
     except JournalError as error:
-        fallback = Path(tempfile.gettempdir()) / f"dspex-unsaved-{experiment_id}.jsonl"
-        with fallback.open("w", encoding="utf-8") as handle:
+        # A new file only this user can read (mkstemp: O_EXCL, mode 0600), never one planted in the shared temp folder.
+        descriptor, name = tempfile.mkstemp(prefix=f"dspex-unsaved-{experiment_id}-", suffix=".jsonl")
+        fallback = Path(name)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False, default=repr) + "\n")
         warnings.warn(

@@ -31,6 +31,7 @@ def test_a_journal_that_cannot_be_written_still_returns_the_result(problems, tmp
     assert result.n == 12 and result.status == "finished"
     message = next(str(item.message) for item in caught if "could not be written" in str(item.message))
     saved = message.rsplit("saved to ", 1)[1].strip()
+    assert os.stat(saved).st_mode & 0o077 == 0, "the saved trials are readable by their user only"
     with open(saved, encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle]
     assert len(rows) == 12 and {row["example_id"] for row in rows} == set(problems.example_ids)
