@@ -40,10 +40,10 @@ __all__ = [
     "TrialCancelledError",
     "TrialTimeoutError",
     "VariableError",
-    "bounded_repr",
 ]
 
 # An error message shows an offending value, which may come from someone else's spec: never all of it.
+# bounded_repr (below) is how every layer renders one; it is not an error, so __all__ (the tree) omits it.
 _SHOWN_CHARACTERS = 80
 _SHOWN_INTEGER_BITS = 256
 _ALLOWED_CHARACTERS = 400
