@@ -1,12 +1,12 @@
 """A separate process that runs SIMBA-C on the lab LM into a journal and can SIGKILL itself at a chosen point.
 
-Usage: python resume_worker.py JOURNAL [--resume RUN_ID] [--kill KIND:N]
+Usage: python resume_worker.py JOURNAL [--resume RUN_ID] [--kill KIND@N] [--threads N] [--max-lm-calls N]
 
-``--kill trials:N`` kills the process when this process has finished its N-th trial (before
-the journal writer's next flush, so the last trials are lost as in a real crash);
-``--kill candidates:N`` right after the N-th call that journals candidates (the step's
-proposals are in the journal, its screening is not); ``--kill step:N`` when the N-th step
-row is finished. Prints ``run <id>`` once the run exists and ``done <id> <status>`` at the end.
+``--kill KIND@N``: once the journal holds at least N trials (counting this process's own), the
+process kills itself with SIGKILL at the next ``trial`` it finishes (before the journal writer
+flushes it, so the last trials are lost as in a real crash), right after the next ``proposals``
+it journals (the step's candidates are in the journal, their screening is not), or when the next
+``step`` it runs (not one it replays) is finished. Prints ``done <id> <status>`` at the end.
 """
 
 import argparse
@@ -37,41 +37,54 @@ def program() -> dx.Program:
     )
 
 
+def _progress(path: str) -> dict[str, int]:
+    """Return how many trials the journal holds and the last finished step (-1: none, or no journal yet)."""
+    if not os.path.exists(path):
+        return {"trials": 0, "finished_step": -1}
+    journal = dx.open_journal(path)
+    trials = journal.sql("select count(*) as n from trials")["n"].iloc[0]
+    steps = journal.sql("select coalesce(max(step), -1) as step from optimization_steps where status = 'finished'")
+    return {"trials": int(trials), "finished_step": int(steps["step"].iloc[0])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("journal")
     parser.add_argument("--resume")
     parser.add_argument("--kill")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-lm-calls", type=int)
     arguments = parser.parse_args()
-    kind, _, count = (arguments.kill or "none:0").partition(":")
-    remaining = {"left": int(count)}
+    kind, _, threshold = (arguments.kill or "none@0").partition("@")
+    journaled = _progress(arguments.journal)
+    trials = {"count": journaled["trials"]}
 
-    def tick(wanted: str) -> None:
-        if kind == wanted:
-            remaining["left"] -= 1
-            if remaining["left"] <= 0:
-                os.kill(os.getpid(), signal.SIGKILL)
+    def reached(wanted: str) -> None:
+        if kind == wanted and trials["count"] >= int(threshold):
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def on_event(event: object) -> None:
         if isinstance(event, TrialFinished):
-            tick("trials")
+            trials["count"] += 1
+            reached("trial")
 
     def on_step(event: object) -> None:
-        print(f"run {event.run_id} step {event.step}", flush=True)
-        tick("step")
+        if event.step > journaled["finished_step"]:
+            reached("step")
 
-    # The test's crash window between "proposals journaled" and "screened": a real crash can land there.
+    # The crash window between "proposals journaled" and "screened": a real crash can land there.
     record_candidates = DuckDBJournal.record_candidates
 
     def recording(self, run_id, candidates):  # type: ignore[no-untyped-def]
         record_candidates(self, run_id, candidates)
         if candidates:
-            tick("candidates")
+            reached("proposals")
 
     DuckDBJournal.record_candidates = recording  # type: ignore[method-assign]
 
     data = list(dx.datasets.arithmetic(90, seed=23))
-    with dx.Context(lm=dx.lab_lm("lab/small"), journal=arguments.journal, threads=2):
+    budget = dx.Budget(lm_calls=arguments.max_lm_calls) if arguments.max_lm_calls else None
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=arguments.journal, threads=arguments.threads):
         result = dx.optimize(
             program(),
             data[:30],
@@ -79,6 +92,7 @@ def main() -> None:
             metric=dx.metrics.exact_match,
             optimizer=OPTIMIZER,
             seed=SEED,
+            budget=budget,
             resume=arguments.resume,
             progress=on_event,
             subscribers=[on_step],

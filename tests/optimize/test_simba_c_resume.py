@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import dspex_lab as dx
 
 HERE = Path(__file__).parent
@@ -93,46 +95,51 @@ def _differences(resumed: dict[str, Any], expected: dict[str, Any]) -> list[str]
     return found
 
 
-def test_a_run_killed_at_random_points_and_resumed_decides_exactly_as_an_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("options", "kills", "ending"),
+    [
+        # Two threads: trials finish in any order, so nothing may depend on the order they are counted in.
+        ([], 6, "finished"),
+        # A budget that stops the run inside an evaluation of the last step. One thread, because with
+        # more, which of the trials in flight finish before the stop is chance in any run.
+        (["--threads", "1", "--max-lm-calls", "500"], 3, "stopped"),
+    ],
+    ids=["two-threads", "budget-stop"],
+)
+def test_a_run_killed_at_random_points_and_resumed_decides_exactly_as_an_uninterrupted_run(
+    tmp_path: Path, options: list[str], kills: int, ending: str
+) -> None:
     uninterrupted = tmp_path / "a.duckdb"
-    finished = _worker(uninterrupted)
+    finished = _worker(uninterrupted, *options)
     assert finished.returncode == 0, finished.stderr[-3000:]
     expected = _decisions(uninterrupted)
-    assert expected["status"] == "finished"
+    assert expected["status"] == ending
     # The run makes decisions worth comparing: acceptances, merges, and rules written by the LM.
-    strategies = {row["strategy"] for row in expected["candidates"]}
-    assert {"demo", "rule", "mutate", "merge"} <= strategies
+    assert {"demo", "rule", "mutate", "merge"} <= {row["strategy"] for row in expected["candidates"]}
     assert any(row["accepted_id"] for row in expected["steps"])
+    total = int(dx.open_journal(uninterrupted).sql("select count(*) as n from trials")["n"].iloc[0])
 
-    # Seeded kill points, spread over the run: mid-evaluation (after N of this process's own trials,
-    # before the journal writer flushes them), right after a step's proposals are journaled, and
-    # right after a step is finished.
-    choose = random.Random(18)
-    plan = [
-        f"trials:{choose.randint(40, 90)}",
-        f"candidates:{choose.randint(1, 2)}",
-        f"trials:{choose.randint(60, 140)}",
-        f"step:{choose.randint(1, 2)}",
-        f"candidates:{choose.randint(1, 2)}",
-        f"trials:{choose.randint(20, 80)}",
-    ]
+    # Seeded kill points spread over the run, each once the journal holds a share of the run's
+    # trials: at a trial (before the journal writer flushes it), right after a step's proposals are
+    # journaled (before they are screened), or when a step is finished.
+    choose = random.Random(18 + kills)
+    shares = sorted(choose.uniform(0.05, 0.7) for _ in range(kills))
+    plan = [f"{choose.choice(('trial', 'proposals', 'step'))}@{round(share * total)}" for share in shares]
     killed = tmp_path / "b.duckdb"
     run_id: str | None = None
-    kills = 0
+    happened = 0
     for kill in [*plan, None]:
-        arguments = ["--resume", run_id] if run_id is not None else []
-        if kill is not None:
-            arguments += ["--kill", kill]
-        outcome = _worker(killed, *arguments)
+        arguments = [*options, *(["--resume", run_id] if run_id is not None else [])]
+        outcome = _worker(killed, *arguments, *(["--kill", kill] if kill is not None else []))
         if run_id is None:
             run_id = _run_id(dx.open_journal(killed))
         if outcome.returncode == -signal.SIGKILL:
-            kills += 1
+            happened += 1
             continue
         assert outcome.returncode == 0, outcome.stderr[-3000:]
-        assert f"done {run_id} finished" in outcome.stdout
+        assert f"done {run_id} {ending}" in outcome.stdout
         break
-    assert kills == len(plan), f"only {kills} of the {len(plan)} planned kills happened before the run finished"
+    assert happened == len(plan), f"only {happened} of the kills {plan} happened before the run ended"
 
     resumed = _decisions(killed)
     differences = _differences(resumed, expected)
