@@ -185,9 +185,19 @@ def test_config_masks_secrets(tmp_path):
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "dspex_lab")
     key = "sk-" + "q" * 40
-    lm = dspy.LM("openai/some-model", api_base="http://user:hunter2pass@127.0.0.1:9/v1", api_key=key)
+    lm = dspy.LM(
+        "openai/some-model",
+        api_base="http://127.0.0.1:9/v1",
+        api_key=key,
+        extra_headers={"Authorization": "Basic hunter2pass"},
+    )
     with dx.Context(lm=lm, journal=tmp_path / "j.duckdb"):
         config = ip.run_line_magic("dspex", "config")
     shown = repr(config)
     assert "hunter2pass" not in shown and key not in shown
-    assert config["api_base"].startswith("http://user:")
+    assert config["api_base"] == "http://127.0.0.1:9/v1"
+    # Credentials in the URL itself are refused up front (DSPy's client cannot use them), without quoting them.
+    in_url = dspy.LM("openai/some-model", api_base="http://user:hunter2pass@127.0.0.1:9/v1", api_key=key)
+    with pytest.raises(dx.errors.ProgramSpecError, match="credentials in its URL") as refused:
+        dx.Context(lm=in_url).__enter__()
+    assert "hunter2pass" not in str(refused.value)
