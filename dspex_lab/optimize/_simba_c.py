@@ -362,7 +362,7 @@ class SimbaCRun:
         finished_before = journaled is not None and journaled["status"] == "finished"
         if proposed and journaled is not None and journaled["status"] == "running":
             # The row was written right after these proposals: its totals hold the rule calls that made them.
-            self.evaluator.spending.restore(journaled)
+            self._catch_up(journaled)
         elif not proposed and not finished_before:  # (finished without candidates: it proposed none)
             proposed = self._propose(step, batch, sources, self._generator(step, PROPOSAL))
             # The step row goes first, with the spending so far: once the candidates are journaled, a
@@ -526,6 +526,20 @@ class SimbaCRun:
                 }
             )
 
+    def _catch_up(self, journaled: dict[str, Any]) -> None:
+        """Take a journaled step row's spending totals as the run's (a replay at the point the row was written).
+
+        The replay has counted every trial up to this point; the row also holds the calls no trial
+        carries. A row with less than the replay counted was not written at this point (a journal of
+        an older dspex_lab wrote its running rows with no totals) and is left alone.
+        """
+        spending = self.evaluator.spending
+        if (
+            int(journaled.get("lm_calls") or 0) >= spending.lm_calls
+            and int(journaled.get("tokens") or 0) >= spending.tokens
+        ):
+            spending.restore(journaled)
+
     def _record_running(self, record: StepRecord) -> None:
         """Journal a step still running, with the run's spending so far."""
         spending = self.hooks.spending()
@@ -611,7 +625,7 @@ class SimbaCRun:
         if record.status == "finished" and journaled is not None and journaled["status"] == "finished":
             # A step an earlier process finished: its row's totals are the run's spending at this point,
             # rule calls included (the replay read the rules back instead of asking again).
-            self.evaluator.spending.restore(journaled)
+            self._catch_up(journaled)
         scores = self.validation.get(record.incumbent_id)
         if scores is not None:
             record.best_mean, record.best_ci_low, record.best_ci_high = _interval(scores.by_example)
