@@ -25,7 +25,12 @@ from typing import Any
 
 from dspex_lab.errors import TrialCancelledError
 
-__all__ = ["CancelToken", "current_token", "guard_installed", "install_lm_guard"]
+__all__ = ["STUCK_GRACE", "CancelToken", "current_token", "guard_installed", "install_lm_guard"]
+
+# Seconds a trial's thread may still run after the trial was given up (its deadline passed, or its run
+# stopped) before it counts as stuck in code that cannot be cancelled: a cancelled LM call returns well
+# within this. Process and Dask workers with a stuck thread are replaced.
+STUCK_GRACE = 1.0
 
 _TOKEN: contextvars.ContextVar[CancelToken | None] = contextvars.ContextVar("dspex_trial_token", default=None)
 _GUARD_MARK = "__dspex_lm_guard__"

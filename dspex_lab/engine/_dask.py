@@ -13,27 +13,61 @@ keyed by their submission number: when a worker dies, Dask's scheduler runs its 
 again elsewhere (up to its ``allowed-failures``; past that its trials are recorded as
 errors) and the driver delivers each trial once. ``dask`` and ``distributed`` are imported only when a Dask
 executor is made.
+
+Faults stay where they happen. The driver follows the scheduler's reports of workers that
+died (``client.subscribe_topic`` on each worker's address): the chunks that were on a dead
+worker are cancelled, so the scheduler does not run them again next to other trials, and
+their trials become *suspects*, run again alone by :func:`run_isolated_trials` (one worker
+runs them one at a time, each in a child process of its own), so only a trial that kills
+its process is recorded as the error. With a timeout, a worker runs each trial on a thread
+of its own and gives it up at its deadline (:mod:`dspex_lab.engine._remote`); a worker left
+with a thread stuck there (a metric that never returns) is restarted through its nanny
+(``client.restart_workers``), as is the worker of a trial whose answer never came.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import queue
+import struct
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from dspex_lab.engine._cancel import STUCK_GRACE
 from dspex_lab.engine._executor import RunStatus
-from dspex_lab.engine._remote import encode, plan_for, spans_from, task_payload
+from dspex_lab.engine._remote import (
+    decode,
+    encode,
+    plan_for,
+    run_remote_chunk,
+    run_remote_trial,
+    run_stopped,
+    spans_from,
+    stuck_threads,
+    task_payload,
+)
 from dspex_lab.engine._trial import TrialResult, TrialRunner, TrialTask, stopped_result
 from dspex_lab.errors import ExecutionError, MissingDependencyError
 
-__all__ = ["DaskExecutor", "chunk_size", "is_dask_client"]
+__all__ = ["DaskExecutor", "chunk_size", "is_dask_client", "run_dask_chunk", "run_isolated_trials"]
 
-# Seconds past a trial's timeout after which the driver stops waiting for its worker.
-TIMEOUT_GRACE = 2.0
+# Seconds past a trial's timeout after which the driver stops waiting for its worker (which itself answers
+# at the deadline, or STUCK_GRACE later when the trial's thread is stuck).
+TIMEOUT_GRACE = STUCK_GRACE + 2.0
+# Seconds a worker restart (its nanny's kill and the new process joining) may take.
+RESTART_TIMEOUT = 30.0
+# A worker with this many threads stuck in trials given up at their deadline is restarted during the run;
+# one with fewer is restarted when the run ends (a restart mid-run makes the scheduler run its other tasks again).
+MAX_STUCK_PER_WORKER = 4
+# Seconds an isolation child process may take to start (it imports DSPy) before it counts as dead.
+CHILD_START_TIMEOUT = 120.0
 # Times a trial is queued again after Dask cancelled its task by itself, before it is recorded as an error.
 MAX_REQUEUES = 3
 # The most trials one Dask task runs, one after another.
@@ -100,7 +134,13 @@ class DaskExecutor:
         self.missed_callbacks = 0
         # Result fetches that did not return within GATHER_TIMEOUT (each stopped its run with an error).
         self.stalled_gathers = 0
+        # Workers restarted because a trial's thread was stuck in them, or a trial's answer never came.
+        self.replaced_workers = 0
+        # Trials run again alone because their worker died while they were on it.
+        self.isolated_trials = 0
         self._fetcher: concurrent.futures.ThreadPoolExecutor | None = None
+        self._restarter: concurrent.futures.ThreadPoolExecutor | None = None
+        self._restarted: dict[str, float] = {}  # worker address -> when this executor had it restarted
         if is_dask_client(cluster):
             self.client = cluster
         elif isinstance(cluster, str) and cluster.startswith(("dask://", "tcp://")):
@@ -128,11 +168,17 @@ class DaskExecutor:
         """Worker threads across the cluster now (at least 1)."""
         return max(1, sum(self.client.nthreads().values()))
 
+    # Trials never run on the driver's threads: a stuck trial thread lives (and ends) in its worker.
+    stuck_threads = 0
+
     def close(self) -> None:
         """Close the client if this executor made it."""
         if self._fetcher is not None:
             self._fetcher.shutdown(wait=False)
             self._fetcher = None
+        if self._restarter is not None:
+            self._restarter.shutdown(wait=False)
+            self._restarter = None
         if self._own_client:
             self.client.close()
 
@@ -149,20 +195,26 @@ class DaskExecutor:
         Raises:
             ExecutionError: the runner cannot travel to a worker, or the workers cannot rebuild it.
         """
-        from dspex_lab.engine._remote import cancel_run_on_worker, run_remote_chunk
+        from dspex_lab.engine._remote import cancel_run_on_worker
 
         plan_bytes = encode(plan_for(runner, executor="dask", cloudpickle_functions=True))
         pending = collections.deque(enumerate(tasks))
         in_flight = dict(pending)
+        watch = _WorkerWatch(self.client)
         threads = self.threads
         window = threads * (1 if timeout is not None else 2)
         run_key = uuid.uuid4().hex[:12]
         submitted: dict[Any, tuple[list[int], float]] = {}
+        by_key: dict[str, Any] = {}  # task key -> future of the chunks submitted
         finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Trials whose worker died while they were on it: each runs again alone (run_isolated_trials).
+        suspects: collections.deque[tuple[int, TrialTask]] = collections.deque()
+        isolating: dict[Any, tuple[list[int], float]] = {}
         status = RunStatus.FINISHED
         trial_seconds: float | None = None  # the mean wall time of the trials delivered so far
         delivered = 0
         requeued: dict[int, int] = {}  # submission -> times its chunk was cancelled by Dask
+        stuck_workers: dict[str, int] = {}  # worker address -> threads stuck in it (restarted at the latest at the end)
         try:
             while in_flight and status == RunStatus.FINISHED:
                 chunks = []
@@ -173,7 +225,7 @@ class DaskExecutor:
                     # One message to the scheduler for every chunk submitted now: a submit each cost the
                     # driver and the scheduler about a millisecond of CPU per task on top of the task itself.
                     futures = self.client.map(
-                        run_remote_chunk,
+                        run_dask_chunk,
                         [plan_bytes] * len(chunks),
                         [[(submission, encode(task_payload(task))) for submission, task in chunk] for chunk in chunks],
                         [timeout] * len(chunks),
@@ -184,7 +236,9 @@ class DaskExecutor:
                     now = time.time()
                     for chunk, future in zip(chunks, futures, strict=True):
                         submitted[future] = ([submission for submission, _ in chunk], now)
+                        by_key[future.key] = future
                         future.add_done_callback(finished.put)  # called on the client's thread
+                self._isolate(suspects, in_flight, isolating, plan_bytes, timeout, run_key, finished)
                 done = []
                 try:
                     done.append(finished.get(timeout=0.5))
@@ -192,12 +246,23 @@ class DaskExecutor:
                         done.append(finished.get_nowait())
                 except queue.Empty:
                     pass
+                for future in self._lost_with_their_worker(watch, submitted, by_key):
+                    # Cancelled: the scheduler would run it again with its neighbours, and a trial that kills
+                    # its worker would take them down with it again. Its trials run alone instead.
+                    self.client.cancel([future])
+                    self._suspect(submitted.pop(future)[0], suspects, in_flight)
                 if not done:
                     # Half a second without a callback: trust the futures' own states over callbacks that
                     # may never come (the benchmark's hangs left the cluster idle with the driver waiting).
-                    missed = [future for future in submitted if future.status in ("finished", "error", "cancelled")]
+                    missed = [
+                        future
+                        for future in [*submitted, *isolating]
+                        if future.status in ("finished", "error", "cancelled")
+                    ]
                     self.missed_callbacks += len(missed)
                     done.extend(missed)
+                for future in dict.fromkeys(future for future in done if future in isolating):
+                    status = self._isolated_results(future, isolating, in_flight, runner, on_result, status)
                 done = list(dict.fromkeys(future for future in done if future in submitted))  # not given up
                 for future in [future for future in done if future.status in ("pending", "lost")]:
                     done.remove(future)  # its result was lost with its worker; Dask runs it again
@@ -212,12 +277,16 @@ class DaskExecutor:
                     for result in self._requeue(submissions, pending, in_flight, requeued):
                         if on_result(result):
                             status = RunStatus.STOPPED
+                for future in [future for future in done if _killed_its_workers(future)]:
+                    # Workers died running it as often as the scheduler allows (a death the watch missed).
+                    done.remove(future)
+                    self._suspect(submitted.pop(future)[0], suspects, in_flight)
                 # One gather for every finished chunk: each future.result() is a round trip through the
                 # client's event loop, which cost ~7 ms a chunk on a busy 2-core machine.
                 answers = self._gather([future for future in done if future.status == "finished"])
                 for future in done:
                     submissions, started = submitted.pop(future)
-                    answer = answers.get(future)
+                    answer = _note_stuck(answers.get(future), stuck_workers)
                     for result in self._results_of(future, answer, submissions, in_flight, runner, started):
                         delivered += 1
                         trial_seconds = (trial_seconds or 0.0) + (result.latency - (trial_seconds or 0.0)) / delivered
@@ -226,9 +295,17 @@ class DaskExecutor:
                             break
                     if status != RunStatus.FINISHED:
                         break
+                for future in done:
+                    # Delivered: the scheduler may forget it, so restarting its worker never runs it again.
+                    future.release()
+                crowded = [address for address, count in stuck_workers.items() if count >= MAX_STUCK_PER_WORKER]
+                if crowded:
+                    self._restart(crowded)
+                    for address in crowded:
+                        del stuck_workers[address]
                 if timeout is not None and status == RunStatus.FINISHED:
                     status = self._expire(submitted, in_flight, timeout, on_result)
-                if status == RunStatus.FINISHED and in_flight and not pending and not submitted:
+                if status == RunStatus.FINISHED and in_flight and not (pending or submitted or suspects or isolating):
                     # Trials no chunk holds any more would be waited for forever. A guard: 3 of 7 benchmark
                     # runs hung with no cause found. Queue them again (delivery stays once per trial).
                     self.orphaned_trials += len(in_flight)
@@ -238,13 +315,107 @@ class DaskExecutor:
         except KeyboardInterrupt:
             status = RunStatus.INTERRUPTED
         finally:
-            if submitted:
-                self.client.cancel(list(submitted))
+            watch.close()
+            if submitted or isolating:
+                self.client.cancel([*submitted, *isolating])
+            if stuck_workers:
+                self._restart(list(stuck_workers))  # in the background: the run's results are in
             if status != RunStatus.FINISHED:
                 # Trials already running on workers stop before their next LM call (not waited for).
                 reason = "run interrupted" if status == RunStatus.INTERRUPTED else "run stopped"
                 self.client.run(cancel_run_on_worker, run_key, reason, wait=False)
         return status
+
+    def _lost_with_their_worker(
+        self, watch: _WorkerWatch, submitted: dict[Any, tuple[list[int], float]], by_key: dict[str, Any]
+    ) -> list[Any]:
+        """Return the submitted chunks that were on a worker that died (not one this executor restarted)."""
+        lost = []
+        for address, keys in watch.removals():
+            if self._restarted_lately(address, time.monotonic()):
+                continue  # restarted here because a thread was stuck in it: its other tasks are not suspects
+            for key in keys:
+                future = by_key.get(key)
+                if future is not None and future in submitted:
+                    lost.append(future)
+        for key in [key for key, future in by_key.items() if future not in submitted]:
+            del by_key[key]
+        return list(dict.fromkeys(lost))
+
+    def _restarted_lately(self, address: str, now: float) -> bool:
+        return now - self._restarted.get(address, -RESTART_TIMEOUT - 1.0) <= RESTART_TIMEOUT
+
+    def _suspect(
+        self,
+        submissions: list[int],
+        suspects: collections.deque[tuple[int, TrialTask]],
+        in_flight: dict[int, TrialTask],
+    ) -> None:
+        undelivered = [submission for submission in submissions if submission in in_flight]
+        suspects.extend((submission, in_flight[submission]) for submission in undelivered)
+        self.isolated_trials += len(undelivered)
+
+    def _isolate(
+        self,
+        suspects: collections.deque[tuple[int, TrialTask]],
+        in_flight: dict[int, TrialTask],
+        isolating: dict[Any, tuple[list[int], float]],
+        plan_bytes: bytes,
+        timeout: float | None,
+        run_key: str,
+        finished: queue.SimpleQueue[Any],
+    ) -> None:
+        """Send the suspects to one worker, which runs them one at a time in child processes of its own."""
+        batch = [(submission, task) for submission, task in suspects if submission in in_flight]
+        suspects.clear()
+        if not batch:
+            return
+        if isolating:  # one isolation task at a time: the next takes every suspect found meanwhile
+            suspects.extend(batch)
+            return
+        future = self.client.submit(
+            run_isolated_trials,
+            plan_bytes,
+            [(submission, encode(task_payload(task))) for submission, task in batch],
+            timeout,
+            run_key,
+            key=f"dspex-isolated-{run_key}-{batch[0][0]}-{uuid.uuid4().hex[:6]}",
+            pure=False,
+        )
+        isolating[future] = ([submission for submission, _ in batch], time.time())
+        future.add_done_callback(finished.put)
+
+    def _isolated_results(
+        self,
+        future: Any,
+        isolating: dict[Any, tuple[list[int], float]],
+        in_flight: dict[int, TrialTask],
+        runner: TrialRunner,
+        on_result: Callable[[TrialResult], bool | None],
+        status: str,
+    ) -> str:
+        if future.status in ("pending", "lost"):
+            return status  # Dask runs it again elsewhere; its callback comes then
+        submissions, started = isolating.pop(future)
+        answer = self._gather([future]).get(future) if future.status == "finished" else None
+        for result in self._results_of(future, answer, submissions, in_flight, runner, started):
+            if status == RunStatus.FINISHED and on_result(result):
+                status = RunStatus.STOPPED
+        return status
+
+    def _restart(self, addresses: list[str]) -> None:
+        """Restart workers with a stuck thread through their nannies, without waiting (one restart at a time)."""
+        now = time.monotonic()
+        fresh = [address for address in addresses if not self._restarted_lately(address, now)]
+        if not fresh:
+            return
+        for address in [address for address, when in self._restarted.items() if now - when > RESTART_TIMEOUT]:
+            del self._restarted[address]
+        self._restarted.update(dict.fromkeys(fresh, now))
+        self.replaced_workers += len(fresh)
+        if self._restarter is None:
+            self._restarter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dspex-dask-restart")
+        self._restarter.submit(_restart_workers, self.client, fresh)
 
     @staticmethod
     def _requeue(
@@ -344,11 +515,29 @@ class DaskExecutor:
         timeout: float,
         on_result: Callable[[TrialResult], bool | None],
     ) -> str:
-        # A worker enforces the deadline before every LM call; this catches a trial stuck elsewhere.
+        # A worker gives each trial up at its deadline; this catches a worker that did not answer even so
+        # (frozen in code that holds the interpreter, say): that worker is restarted. A task the scheduler
+        # has not given to a worker yet (waiting for one that is restarting, say) has not started: its clock
+        # starts again now.
         now = time.time()
-        for future, (submissions, started) in list(submitted.items()):
-            if now - started <= timeout + TIMEOUT_GRACE:
-                continue
+        overdue = [future for future, (_, started) in submitted.items() if now - started > timeout + TIMEOUT_GRACE]
+        if not overdue:
+            return RunStatus.FINISHED
+        try:
+            processing: dict[str, Any] | None = self.client.processing()
+        except Exception:  # a scheduler that cannot say: give up on them all, as before
+            processing = None
+        expired = overdue
+        if processing is not None:
+            on_workers = {str(key) for keys in processing.values() for key in keys}
+            expired = [future for future in overdue if str(future.key) in on_workers]
+            for future in overdue:
+                if future not in expired:
+                    submitted[future] = (submitted[future][0], now)
+            keys = {str(future.key) for future in expired}
+            self._restart([address for address, held in processing.items() if keys.intersection(map(str, held))])
+        for future in expired:
+            submissions, started = submitted[future]
             del submitted[future]
             future.cancel()
             for submission in submissions:
@@ -365,3 +554,283 @@ class DaskExecutor:
                 if on_result(result):
                     return RunStatus.STOPPED
         return RunStatus.FINISHED
+
+
+def _note_stuck(answer: Any, stuck_workers: dict[str, int]) -> Any:
+    """Note the worker behind a ``("stuck", ...)`` answer in ``stuck_workers``; return the answer as ``("ok", ...)``."""
+    if answer is None or answer[0] != "stuck":
+        return answer
+    results, address, count = answer[1]
+    if address is not None:
+        stuck_workers[address] = count
+    return ("ok", results)
+
+
+def _restart_workers(client: Any, addresses: list[str]) -> None:
+    """Restart workers through their nannies; retire those without one (their deployment may start new ones)."""
+    try:
+        client.restart_workers(addresses, timeout=RESTART_TIMEOUT, raise_for_error=False)
+    except ValueError:  # "Restarting workers requires a nanny"
+        client.retire_workers(addresses, close_workers=True)
+
+
+def _killed_its_workers(future: Any) -> bool:
+    """Return whether a chunk failed because workers died running it as often as the scheduler allows."""
+    if future.status != "error":
+        return False
+    return type(future.exception()).__name__ == "KilledWorker"
+
+
+class _WorkerWatch:
+    """The scheduler's reports of workers that left the cluster, for one run (``client.subscribe_topic``).
+
+    The scheduler logs a worker's removal, with the tasks it was processing, under the worker's
+    address; this subscribes to the address of every worker of the cluster (again every second,
+    for workers that joined since) and unsubscribes when the run ends.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.topics: set[str] = set()
+        self.checked = 0.0
+        self._subscribe()
+
+    def _subscribe(self) -> None:
+        self.checked = time.monotonic()
+        with contextlib.suppress(Exception):  # no watch is better than a failed run: KilledWorker still shows
+            for address in self.client.nthreads():
+                if address not in self.topics:
+                    self.topics.add(address)
+                    self.client.subscribe_topic(address, _Forward(address, self.events))
+
+    def removals(self) -> list[tuple[str, list[str]]]:
+        """Return (address, keys it was processing) for each worker removed since the last call."""
+        found = []
+        while True:
+            try:
+                address, message = self.events.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(message, dict) and message.get("action") == "remove-worker":
+                found.append((address, [str(key) for key in message.get("processing-tasks", ())]))
+        if found or time.monotonic() - self.checked > 1.0:
+            self._subscribe()
+        return found
+
+    def close(self) -> None:
+        for topic in self.topics:
+            with contextlib.suppress(Exception):
+                self.client.unsubscribe_topic(topic)
+        self.topics.clear()
+
+
+class _Forward:
+    """A topic handler: puts ``(address, message)`` on a queue (called on the client's event loop)."""
+
+    def __init__(self, address: str, events: queue.SimpleQueue[tuple[str, Any]]) -> None:
+        self.address = address
+        self.events = events
+
+    def __call__(self, event: tuple[float, Any]) -> None:
+        self.events.put((self.address, event[1]))
+
+
+def run_dask_chunk(
+    plan_bytes: bytes, payloads: list[tuple[int, bytes]], timeout: float | None, run_key: str | None = None
+) -> tuple[str, Any]:
+    """The Dask task: :func:`~dspex_lab.engine._remote.run_remote_chunk`, and whether this worker needs a restart.
+
+    Returns:
+        ``run_remote_chunk``'s answer, or ``("stuck", (results, worker address, stuck threads))`` when
+        threads of trials given up at their deadline are stuck in this worker: nothing but a new
+        process ends them.
+    """
+    answer = run_remote_chunk(plan_bytes, payloads, timeout, run_key)
+    stuck = stuck_threads() if answer[0] == "ok" else 0
+    if stuck:
+        return ("stuck", (answer[1], _worker_address(), stuck))
+    return answer
+
+
+def _worker_address() -> str | None:
+    try:
+        import distributed
+
+        return str(distributed.get_worker().address)
+    except (ImportError, ValueError):
+        return None
+
+
+def run_isolated_trials(
+    plan_bytes: bytes, payloads: list[tuple[int, bytes]], timeout: float | None, run_key: str | None = None
+) -> tuple[str, Any]:
+    """Run trials one at a time, each in a child process of this worker (the Dask task for suspects).
+
+    A trial that kills its process (``os._exit``, the out-of-memory killer) takes only the child
+    with it and is recorded as the error; the next trial gets a new child. A child that does not
+    answer by a trial's deadline (plus :data:`~dspex_lab.engine._cancel.STUCK_GRACE`) is killed and
+    the trial recorded as timed out, as is one whose thread stays stuck in the child.
+
+    Returns:
+        ``("ok", [(submission, result, span rows), ...])``, or ``("setup", error text)``.
+    """
+    from dspex_lab.engine._trial import TrialRunner, stopped_result
+    from dspex_lab.errors import ExecutionError
+
+    results: list[tuple[int, TrialResult, list[Any]]] = []
+    child: _Child | None = None
+    try:
+        for submission, payload in payloads:
+            if run_key is not None and run_stopped(run_key):
+                break  # the driver has gone on without these; a resume runs them
+            if child is None:
+                child = _Child()
+            started = time.time()
+            limit = None if timeout is None else timeout + STUCK_GRACE + 2.0
+            answer = child.run(plan_bytes, payload, timeout, limit)
+            if answer is None:  # died, or did not answer in time
+                task = task_from_payload(payload)
+                code = child.end()
+                child = None
+                if code is None:
+                    result = stopped_result(
+                        task,
+                        timed_out=True,
+                        message=f"trial timeout after {timeout:g} s; its process was stuck and was killed",
+                        started=started,
+                        finished=time.time(),
+                    )
+                else:
+                    error = ExecutionError(
+                        f"the worker process died while running this trial alone ({_exit_text(code)}); it was run "
+                        "in a process of its own after its first worker died, so this trial is the cause (often "
+                        "memory: the out-of-memory killer)"
+                    )
+                    result = TrialRunner.failure(
+                        task, error, stage="runner", started=started, clock=time.perf_counter(), attempt=1
+                    )
+                results.append((submission, result, []))
+                continue
+            kind, outcome, span_rows, stuck = answer
+            if kind == "setup":
+                return ("setup", outcome)
+            results.append((submission, outcome, span_rows))
+            if stuck:
+                child.end()
+                child = None
+    finally:
+        if child is not None:
+            child.end()
+    return ("ok", results)
+
+
+def task_from_payload(payload: bytes) -> TrialTask:
+    from dspex_lab.engine._remote import task_from
+
+    return task_from(decode(payload))
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class _Child:
+    """A child process of a Dask worker that runs one trial at a time, spoken to over its stdin and stdout.
+
+    Frames are a 4-byte length and :func:`~dspex_lab.engine._remote.encode` bytes; only this
+    worker and its own child hold the pipes. The child writes its trial output elsewhere (its
+    stdout is moved to stderr), so nothing a program prints can break a frame.
+    """
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from dspex_lab.engine._dask import isolated_child_main; isolated_child_main()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self.replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        threading.Thread(target=self._read, name="dspex-isolated-reader", daemon=True).start()
+        self.ready = False
+
+    def _read(self) -> None:
+        stream = self.process.stdout
+        try:
+            while stream is not None:
+                header = stream.read(4)
+                if len(header) < 4:
+                    break
+                (size,) = struct.unpack(">I", header)
+                self.replies.put(decode(stream.read(size)))
+        except (OSError, ValueError, EOFError):
+            pass
+        self.replies.put(None)  # the child is gone
+
+    def _reply(self, limit: float | None) -> Any:
+        try:
+            return self.replies.get(timeout=limit)
+        except queue.Empty:
+            return None
+
+    def run(self, plan_bytes: bytes, payload: bytes, timeout: float | None, limit: float | None) -> Any:
+        """Return the child's ``(kind, result, span rows, stuck)``, or None if it died or did not answer in time."""
+        if not self.ready:
+            if self._reply(CHILD_START_TIMEOUT) != ("ready",):
+                return None
+            self.ready = True
+        data = encode((plan_bytes, payload, timeout))
+        stdin = self.process.stdin
+        try:
+            if stdin is None:
+                return None
+            stdin.write(struct.pack(">I", len(data)) + data)
+            stdin.flush()
+        except (OSError, ValueError):
+            return None
+        return self._reply(limit)
+
+    def end(self) -> int | None:
+        """Stop the child; return its exit code if it had died on its own, else None."""
+        code = self.process.poll()
+        if code is None:
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError, ValueError):
+                if stream is not None:
+                    stream.close()
+        return code
+
+
+def isolated_child_main() -> None:
+    """The isolation child's loop: read a trial, run it, answer; until its stdin closes."""
+    import os
+
+    frames_in = sys.stdin.buffer
+    frames_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever the program or metric prints goes to stderr, never into a frame
+    sys.stdout = sys.stderr
+
+    def send(value: Any) -> None:
+        data = encode(value)
+        frames_out.write(struct.pack(">I", len(data)) + data)
+        frames_out.flush()
+
+    send(("ready",))
+    while True:
+        header = frames_in.read(4)
+        if len(header) < 4:
+            break
+        (size,) = struct.unpack(">I", header)
+        plan_bytes, payload, timeout = decode(frames_in.read(size))
+        kind, outcome, span_rows = run_remote_trial(plan_bytes, payload, timeout)
+        send((kind, outcome, span_rows, stuck_threads() > 0))
+    os._exit(0)

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from dspex_lab.engine._cancel import CancelToken
+from dspex_lab.engine._cancel import STUCK_GRACE, CancelToken
 from dspex_lab.engine._executor import RunStatus
 from dspex_lab.engine._remote import (
     WorkPlan,
@@ -57,9 +57,6 @@ __all__ = ["ProcessExecutor"]
 
 # A run fails, instead of starting workers forever, when this many die before they are ready.
 MAX_FAILED_STARTS = 3
-# Seconds a trial's thread may still run after the trial was given up (its deadline passed, or its run was
-# stopped) before its worker counts as stuck and is replaced: a cancelled LM call returns well within this.
-STUCK_GRACE = 1.0
 
 
 class ProcessExecutor:

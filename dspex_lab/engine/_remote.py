@@ -19,19 +19,21 @@ naming the fix.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import importlib
 import inspect
 import pickle
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import dspy
 
-from dspex_lab.engine._cancel import CancelToken
+from dspex_lab.engine._cancel import STUCK_GRACE, CancelToken
 from dspex_lab.engine._trial import RetryPolicy, TrialResult, TrialRunner, TrialTask
 from dspex_lab.errors import ExecutionError
 
@@ -45,7 +47,9 @@ __all__ = [
     "plan_for",
     "run_remote_chunk",
     "run_remote_trial",
+    "run_stopped",
     "runner_for",
+    "stuck_threads",
 ]
 
 # The LM fields that may travel to a worker. Not here, so never sent: api_key, headers, and
@@ -529,6 +533,21 @@ def task_from(payload: tuple[int, str, int, dict[str, Any], tuple[str, ...]]) ->
 _running: dict[str, set[CancelToken]] = {}
 _stopped_runs: dict[str, str] = {}
 _running_lock = threading.Lock()
+# Threads of trials given up at their deadline that were still running STUCK_GRACE seconds later.
+_stuck: set[threading.Thread] = set()
+
+
+def stuck_threads() -> int:
+    """Return how many threads of this process are stuck in trials given up at their deadline (still running)."""
+    with _running_lock:
+        _stuck.difference_update([thread for thread in _stuck if not thread.is_alive()])
+        return len(_stuck)
+
+
+def run_stopped(run_key: str) -> bool:
+    """Return whether the driver stopped ``run_key`` (see :func:`cancel_run`)."""
+    with _running_lock:
+        return run_key in _stopped_runs
 
 
 def cancel_run(run_key: str, reason: str) -> None:
@@ -570,7 +589,7 @@ def run_remote_trial(
         if reason is not None:
             token.cancel(reason)
     try:
-        result = runner(task, token=token)
+        result = runner(task, token=token) if timeout is None else _run_until_deadline(runner, task, token)
     finally:
         if run_key is not None:
             with _running_lock:
@@ -580,6 +599,38 @@ def run_remote_trial(
                     if not tokens:
                         del _running[run_key]
     return ("ok", result, stash.take(task.trial_id))
+
+
+def _run_until_deadline(runner: TrialRunner, task: TrialTask, token: CancelToken) -> TrialResult:
+    """Run a trial on a thread of its own and give it up at its deadline.
+
+    The caller's thread (a Dask worker's) is back at the deadline even when the trial is stuck
+    in code that cannot be cancelled (a metric that never returns); such a thread, still
+    running :data:`STUCK_GRACE` seconds later, is counted by :func:`stuck_threads`, so the
+    driver can have the worker replaced.
+    """
+    outcome: list[TrialResult] = []
+    started = time.time()
+
+    def run_trial() -> None:
+        try:
+            outcome.append(runner(task, token=token))
+        except BaseException as error:  # the runner records errors; this is a last resort
+            outcome.append(
+                TrialRunner.failure(task, error, stage="runner", started=started, clock=time.perf_counter(), attempt=1)
+            )
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(run_trial,), name="dspex-trial", daemon=True)
+    thread.start()
+    thread.join(token.remaining())
+    if not thread.is_alive():
+        return outcome[0]
+    result = runner.abandon(task, token, started=started, reason=f"timeout after {token.timeout:g} s")
+    thread.join(STUCK_GRACE)
+    if thread.is_alive():
+        with _running_lock:
+            _stuck.add(thread)
+    return result
 
 
 def run_remote_chunk(
