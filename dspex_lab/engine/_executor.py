@@ -35,6 +35,11 @@ class Executor(Protocol):
     running ones are cancelled, and ``run`` returns ``"stopped"``. A KeyboardInterrupt while
     waiting does the same and ``run`` returns ``"interrupted"``; every result delivered
     before that is kept by the caller.
+
+    Executors of dspex_lab also count what faults leave behind, which :func:`run_trials`
+    reports: ``stuck_threads`` (threads of trials given up on still running in this
+    process) and ``replaced_workers`` (workers replaced because such a thread was stuck in
+    them). An executor without them counts as 0.
     """
 
     threads: int
@@ -58,9 +63,12 @@ class ThreadExecutor:
     ``dspy.context(...)`` settings, the active dspex context and DSPy's active
     call id reach the worker. A trial past its deadline is cancelled (its next LM
     call raises, and a request in flight carries the remaining time as its timeout).
-    A thread stuck in code that cannot be cancelled (a metric that never returns) is
-    replaced so capacity stays constant, at most ``max_stuck`` times per run; past
-    that the run stops rather than leak threads, and says why (``stuck_detail``).
+    A thread stuck in code that cannot be cancelled (a metric that never returns) cannot be
+    killed: it is left behind, counted (``stuck_threads``, across runs, until it returns) and
+    replaced so capacity stays constant. At most ``max_stuck`` may be left behind at once,
+    over all the runs of this executor: past that a run stops rather than pile up threads,
+    and says why (``stuck_detail``); a run that would start with none of its own threads
+    left under that cap does not start.
     """
 
     def __init__(self, threads: int = 8, *, max_stuck: int | None = None) -> None:
@@ -69,6 +77,15 @@ class ThreadExecutor:
         self.threads = threads
         self.max_stuck = 4 * threads if max_stuck is None else max_stuck
         self.stuck_detail: str | None = None
+        self._left_behind: set[threading.Thread] = set()  # threads of trials given up on, until they return
+        self._left_lock = threading.Lock()
+
+    @property
+    def stuck_threads(self) -> int:
+        """Threads of trials given up on (past their deadline) that are still running, over all runs."""
+        with self._left_lock:
+            self._left_behind = {thread for thread in self._left_behind if thread.is_alive()}
+            return len(self._left_behind)
 
     def __repr__(self) -> str:
         return f"ThreadExecutor(threads={self.threads})"
@@ -84,9 +101,8 @@ class ThreadExecutor:
         """Run ``tasks`` with ``runner``; see :class:`Executor` for the contract."""
         inbox: queue.SimpleQueue[tuple[int, TrialTask] | None] = queue.SimpleQueue()
         outbox: queue.SimpleQueue[tuple[int, TrialResult | None]] = queue.SimpleQueue()
-        running: dict[int, tuple[CancelToken, float]] = {}
+        running: dict[int, tuple[CancelToken, float, threading.Thread]] = {}
         abandoned: set[int] = set()  # trials given up at their deadline (their threads exit when they return)
-        stuck: set[int] = set()  # of those, the ones whose threads have not returned yet
         stopping = threading.Event()
         base_context = contextvars.copy_context()
         in_flight: dict[int, TrialTask] = {}
@@ -101,7 +117,7 @@ class ThreadExecutor:
                 if stopping.is_set():
                     continue
                 token = CancelToken(timeout)
-                running[submission] = (token, time.time())
+                running[submission] = (token, time.time(), threading.current_thread())
                 try:
                     result = base_context.copy().run(runner, task, token=token)
                 except BaseException as error:  # the runner records errors; this is a last resort
@@ -115,7 +131,16 @@ class ThreadExecutor:
         for submission, task in enumerate(tasks):
             in_flight[submission] = task
             inbox.put((submission, task))
-        workers = min(self.threads, len(in_flight))  # a 12-trial mini-batch needs no 64 threads
+        # A 12-trial mini-batch needs no 64 threads; and no more threads than the cap on stuck ones leaves room for.
+        left_behind = self.stuck_threads
+        workers = min(self.threads, len(in_flight), self.threads + self.max_stuck - left_behind)
+        if in_flight and workers < 1:
+            self.stuck_detail = (
+                f"{left_behind} threads of earlier trials are still stuck in code that cannot be cancelled (such as "
+                f"a metric that never returns), the most this executor leaves behind ({self.max_stuck}); restart "
+                "the kernel to end them, or use executor='process', whose stuck workers are replaced"
+            )
+            return RunStatus.STOPPED
         for _ in range(workers):
             threading.Thread(target=work, name="dspex-trial", daemon=True).start()
         wait = 0.5 if timeout is None else max(0.01, min(0.5, timeout / 4))
@@ -131,7 +156,6 @@ class ThreadExecutor:
                     pass
                 for submission, result in finished:
                     running.pop(submission, None)
-                    stuck.discard(submission)
                     if submission not in in_flight:
                         continue  # the late result of a trial given up at its deadline
                     del in_flight[submission]
@@ -140,20 +164,22 @@ class ThreadExecutor:
                         break
                 if timeout is None or status != RunStatus.FINISHED:
                     continue
-                for submission, (token, started) in list(running.items()):
+                for submission, (token, started, thread) in list(running.items()):
                     if submission not in in_flight or not token.cancelled:
                         continue
                     task = in_flight.pop(submission)
                     abandoned.add(submission)
-                    stuck.add(submission)
-                    if len(stuck) <= self.max_stuck:
+                    with self._left_lock:
+                        self._left_behind.add(thread)
+                    left_behind = self.stuck_threads
+                    if left_behind <= self.max_stuck:
                         threading.Thread(target=work, name="dspex-trial", daemon=True).start()
                         workers += 1
                     elif self.stuck_detail is None:
                         self.stuck_detail = (
-                            f"{len(stuck)} trials did not return after their {timeout:g} s timeout (stuck in code "
-                            "that cannot be cancelled, such as a metric that never returns); stopped instead of "
-                            "leaving more threads behind"
+                            f"{left_behind} trial threads did not return after their {timeout:g} s timeout (stuck in "
+                            "code that cannot be cancelled, such as a metric that never returns), over the "
+                            f"{self.max_stuck} this executor may leave behind; stopped instead of leaving more"
                         )
                     if on_result(runner.abandon(task, token, started=started, reason=f"timeout after {timeout:g} s")):
                         status = RunStatus.STOPPED
@@ -165,7 +191,7 @@ class ThreadExecutor:
             status = RunStatus.INTERRUPTED
         finally:
             stopping.set()
-            for token, _ in list(running.values()):
+            for token, _, _ in list(running.values()):
                 token.cancel("run stopped" if status != RunStatus.INTERRUPTED else "run interrupted")
             for _ in range(workers):
                 inbox.put(None)

@@ -11,6 +11,7 @@ the runner hands them to its span sink as each trial ends.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
@@ -27,6 +28,7 @@ from dspex_lab.errors import DspexLabWarning, ExecutionError
 __all__ = ["LiveStatistics", "RunPolicy", "RunReport", "run_trials"]
 
 Sink = Callable[[Any], None]
+logger = logging.getLogger("dspex_lab.engine")
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,14 @@ class RunPolicy:
 
 @dataclass(frozen=True)
 class RunReport:
-    """How a run ended and what it produced (the results in completion order)."""
+    """How a run ended and what it produced (the results in completion order).
+
+    ``stuck_threads`` counts the threads of trials given up on that are still running in this
+    process when the run ends (thread executor: code that cannot be cancelled, such as a
+    metric that never returns; they are capped, see :class:`ThreadExecutor`), over all the
+    executor's runs. ``replaced_workers`` counts the process or Dask workers this run had
+    replaced because such a thread was stuck in them.
+    """
 
     status: str
     results: tuple[TrialResult, ...]
@@ -91,6 +100,8 @@ class RunReport:
     n_errors: int
     spending: dict[str, Any] | None
     n_cancelled: int = 0
+    stuck_threads: int = 0
+    replaced_workers: int = 0
 
 
 class LiveStatistics:
@@ -204,6 +215,7 @@ def run_trials(
     if spending is not None and budget is not None and len(tasks) > budget.pilot:
         phases = [tasks[: budget.pilot], tasks[budget.pilot :]]
     status = RunStatus.FINISHED
+    replaced_before = _count(executor, "replaced_workers")
     for position, phase in enumerate(phases):
         status = executor.run(phase, runner, on_result=on_result, timeout=policy.timeout)
         if status != RunStatus.FINISHED:
@@ -221,6 +233,20 @@ def run_trials(
         else:
             detail = f"error budget: {errors} errors > {error_budget}"
     final = {RunStatus.FINISHED: "finished", RunStatus.INTERRUPTED: "interrupted"}.get(status, "stopped")
+    stuck_threads = _count(executor, "stuck_threads")
+    replaced = _count(executor, "replaced_workers") - replaced_before
+    if stuck_threads:
+        logger.warning(
+            "%s: %d trial threads are stuck in this process in code that cannot be cancelled (such as a metric that "
+            "never returns); they end only with the process (the cap is the executor's max_stuck); "
+            "executor='process' replaces a stuck worker instead",
+            name,
+            stuck_threads,
+        )
+    if replaced:
+        logger.warning(
+            "%s: %d workers were replaced because a trial's thread was stuck in them past its timeout", name, replaced
+        )
     bus.emit(RunFinished(run_id, final, len(results), len(tasks), errors, wall))
     if final == "finished" and results and errors == len(results):
         first = next(result for result in results if result.status == "error")
@@ -242,4 +268,12 @@ def run_trials(
         n_errors=errors,
         spending=spending.to_summary() if spending is not None else None,
         n_cancelled=cancelled,
+        stuck_threads=stuck_threads,
+        replaced_workers=replaced,
     )
+
+
+def _count(executor: Executor, name: str) -> int:
+    # Executors made outside dspex_lab need not count stuck threads or replaced workers.
+    value = getattr(executor, name, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
