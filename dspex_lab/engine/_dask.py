@@ -141,6 +141,7 @@ class DaskExecutor:
         self._fetcher: concurrent.futures.ThreadPoolExecutor | None = None
         self._restarter: concurrent.futures.ThreadPoolExecutor | None = None
         self._restarted: dict[str, float] = {}  # worker address -> when this executor had it restarted
+        self._restart_lock = threading.Lock()
         if is_dask_client(cluster):
             self.client = cluster
         elif isinstance(cluster, str) and cluster.startswith(("dask://", "tcp://")):
@@ -200,6 +201,7 @@ class DaskExecutor:
         plan_bytes = encode(plan_for(runner, executor="dask", cloudpickle_functions=True))
         pending = collections.deque(enumerate(tasks))
         in_flight = dict(pending)
+        self._restart_stuck_workers()
         watch = _WorkerWatch(self.client)
         threads = self.threads
         window = threads * (1 if timeout is not None else 2)
@@ -324,6 +326,8 @@ class DaskExecutor:
                 # Trials already running on workers stop before their next LM call (not waited for).
                 reason = "run interrupted" if status == RunStatus.INTERRUPTED else "run stopped"
                 self.client.run(cancel_run_on_worker, run_key, reason, wait=False)
+                # One that did not stop (a hung metric, no timeout) holds its worker's thread: restart that worker.
+                self._in_background(self._restart_stuck_workers, STUCK_GRACE + 0.5)
         return status
 
     def _lost_with_their_worker(
@@ -341,6 +345,16 @@ class DaskExecutor:
         for key in [key for key, future in by_key.items() if future not in submitted]:
             del by_key[key]
         return list(dict.fromkeys(lost))
+
+    def _restart_stuck_workers(self, delay: float = 0.0) -> None:
+        """Restart the workers still holding a thread stuck in an earlier run's trial (after ``delay`` seconds).
+
+        A stopped run without a timeout leaves its hung trial running there, holding one of the worker's threads.
+        """
+        time.sleep(delay)
+        with contextlib.suppress(Exception):  # a worker that cannot answer is left as it is
+            counts = self.client.run(stuck_threads, on_error="return")
+            self._restart([address for address, count in counts.items() if isinstance(count, int) and count > 0])
 
     def _restarted_lately(self, address: str, now: float) -> bool:
         return now - self._restarted.get(address, -RESTART_TIMEOUT - 1.0) <= RESTART_TIMEOUT
@@ -406,16 +420,22 @@ class DaskExecutor:
     def _restart(self, addresses: list[str]) -> None:
         """Restart workers with a stuck thread through their nannies, without waiting (one restart at a time)."""
         now = time.monotonic()
-        fresh = [address for address in addresses if not self._restarted_lately(address, now)]
-        if not fresh:
-            return
-        for address in [address for address, when in self._restarted.items() if now - when > RESTART_TIMEOUT]:
-            del self._restarted[address]
-        self._restarted.update(dict.fromkeys(fresh, now))
-        self.replaced_workers += len(fresh)
-        if self._restarter is None:
-            self._restarter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dspex-dask-restart")
-        self._restarter.submit(_restart_workers, self.client, fresh)
+        with self._restart_lock:  # also called from the background thread (_restart_stuck_workers)
+            fresh = [address for address in addresses if not self._restarted_lately(address, now)]
+            if not fresh:
+                return
+            for address in [address for address, when in self._restarted.items() if now - when > RESTART_TIMEOUT]:
+                del self._restarted[address]
+            self._restarted.update(dict.fromkeys(fresh, now))
+            self.replaced_workers += len(fresh)
+        self._in_background(_restart_workers, self.client, fresh)
+
+    def _in_background(self, function: Callable[..., Any], *args: Any) -> None:
+        """Run ``function`` on this executor's one background thread (restarts never block a run)."""
+        with self._restart_lock:
+            if self._restarter is None:
+                self._restarter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dspex-dask-restart")
+            self._restarter.submit(function, *args)
 
     @staticmethod
     def _requeue(

@@ -535,13 +535,22 @@ _stopped_runs: dict[str, str] = {}
 _running_lock = threading.Lock()
 # Threads of trials given up at their deadline that were still running STUCK_GRACE seconds later.
 _stuck: set[threading.Thread] = set()
+_stopped_at: dict[str, float] = {}  # run -> when cancel_run stopped it (time.monotonic)
 
 
 def stuck_threads() -> int:
-    """Return how many threads of this process are stuck in trials given up at their deadline (still running)."""
+    """Return how many trial threads of this process are stuck.
+
+    Stuck: given up at their deadline, or still running :data:`STUCK_GRACE` seconds after their
+    run was stopped (a trial without a timeout).
+    """
+    now = time.monotonic()
     with _running_lock:
         _stuck.difference_update([thread for thread in _stuck if not thread.is_alive()])
-        return len(_stuck)
+        after_stop = sum(
+            len(tokens) for run, tokens in _running.items() if now - _stopped_at.get(run, now) > STUCK_GRACE
+        )
+        return len(_stuck) + after_stop
 
 
 def run_stopped(run_key: str) -> bool:
@@ -554,8 +563,11 @@ def cancel_run(run_key: str, reason: str) -> None:
     """Cancel every trial of ``run_key`` running in this worker, and the ones that start later (Dask)."""
     with _running_lock:
         _stopped_runs[run_key] = reason
+        _stopped_at[run_key] = time.monotonic()
         while len(_stopped_runs) > 256:
-            del _stopped_runs[next(iter(_stopped_runs))]
+            stopped = next(iter(_stopped_runs))
+            del _stopped_runs[stopped]
+            _stopped_at.pop(stopped, None)
         tokens = list(_running.get(run_key, ()))
     for token in tokens:
         token.cancel(reason)

@@ -4,6 +4,7 @@ recorded as an error; and no thread piles up in the driver."""
 
 from __future__ import annotations
 
+import _thread
 import threading
 import time
 from collections.abc import Iterator
@@ -158,6 +159,27 @@ def test_a_trial_that_kills_its_worker_is_the_only_error_and_its_neighbours_keep
     assert {index: outcome for index, outcome in got.items() if index != poison} == {
         index: outcome for index, outcome in expected.items() if index != poison
     }
+
+
+@pytest.mark.timeout(90)
+def test_without_a_timeout_a_hung_trial_can_be_interrupted_and_the_next_run_gets_a_fresh_worker(single) -> None:
+    data = dx.datasets.arithmetic(4, seed=57)
+    metric = faulty_metric(hang={data[0].question})
+    assert evaluate(single, data[1:], faulty_metric()).n_errors == 0  # the workers are up: trial 0 will hang
+    interrupt = threading.Timer(2.0, _thread.interrupt_main)  # the notebook's stop button, while trial 0 hangs
+    interrupt.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(single, data, metric)
+    finally:
+        interrupt.cancel()
+    assert time.perf_counter() - started < 10
+
+    # The hung trial's thread still holds the one worker thread there is; the next run must not wait behind it.
+    result = evaluate(single, data, faulty_metric())
+    assert result.n_trials == 4 and result.n_errors == 0
+    assert single.replaced_workers >= 1
 
 
 class WaitsForRelease(dspy.Module):
