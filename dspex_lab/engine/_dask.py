@@ -1,7 +1,7 @@
 """Run trials on a Dask cluster (``executor="dask://host:port"`` or a ``distributed.Client``).
 
 Dask schedules; dspex_lab does not add a scheduler of its own. Each Dask task runs a
-chunk of trials, ``dspex_lab.engine._remote.run_remote_chunk(plan, payloads, timeout)``,
+chunk of trials (:func:`run_dask_chunk`, around ``dspex_lab.engine._remote.run_remote_chunk``),
 so the workers need dspex_lab (and the modules the metric and program come from)
 installed. A chunk holds up to :data:`MAX_CHUNK` trials, as many as take about
 :data:`CHUNK_SECONDS`, and chunks shrink as the run drains (see :func:`chunk_size`); with
@@ -9,9 +9,8 @@ a timeout each task is one trial. The driver keeps a window of
 tasks submitted (twice the cluster's threads, or exactly its threads when trials have a
 timeout, so a task's time since submission is close to its running time), collects
 results as they complete and alone calls ``on_result`` and the span sink. Results are
-keyed by their submission number: when a worker dies, Dask's scheduler runs its chunk
-again elsewhere (up to its ``allowed-failures``; past that its trials are recorded as
-errors) and the driver delivers each trial once. ``dask`` and ``distributed`` are imported only when a Dask
+keyed by their submission number, so the driver delivers each trial once, whichever
+copy of a chunk answers first. ``dask`` and ``distributed`` are imported only when a Dask
 executor is made.
 
 Faults stay where they happen. The driver follows the scheduler's reports of workers that
@@ -22,7 +21,9 @@ runs them one at a time, each in a child process of its own), so only a trial th
 its process is recorded as the error. With a timeout, a worker runs each trial on a thread
 of its own and gives it up at its deadline (:mod:`dspex_lab.engine._remote`); a worker left
 with a thread stuck there (a metric that never returns) is restarted through its nanny
-(``client.restart_workers``), as is the worker of a trial whose answer never came.
+(``client.restart_workers``), as is the worker of a trial whose answer never came. A
+chunk whose death the driver did not see fails with ``KilledWorker`` once the scheduler has
+run it on ``allowed-failures`` + 1 workers; its trials become suspects too.
 """
 
 from __future__ import annotations
