@@ -23,6 +23,7 @@ from dspex_lab.engine._trial import (
     is_transient,
     retry_after,
     to_json_value,
+    trial_record,
 )
 
 __all__ = [
@@ -55,4 +56,5 @@ __all__ = [
     "retry_after",
     "run_trials",
     "to_json_value",
+    "trial_record",
 ]

@@ -31,7 +31,7 @@ from dspex_lab.errors import InvalidScoreError, TrialCancelledError, TrialTimeou
 from dspex_lab.lm import Meter, current_rollout, metering
 from dspex_lab.trace import SpanRecorder, dispatch, span
 from dspex_lab.trace import metric as metric_span
-from dspex_lab.trace.redaction import mask_text
+from dspex_lab.trace.redaction import mask_text, redact
 
 __all__ = [
     "RetryPolicy",
@@ -117,6 +117,37 @@ class TrialResult:
         """Return the trial as a flat dict keyed by the record's field names (journal row order)."""
         # A shallow copy: every field is immutable, and asdict's deep copy costs 7x as much.
         return {name: getattr(self, name) for name in _ROW_FIELDS}
+
+
+def trial_record(**values: Any) -> TrialResult:
+    """Build a trial record: its one constructor, which applies the redaction policy.
+
+    Every text of a trial that a user's code, a program's output or a provider wrote (the error
+    message and traceback, the prediction, the retried attempts' errors) is masked here
+    (:mod:`dspex_lab.trace.redaction`), whichever path made the trial: the runner, an executor's
+    worker, a stopped trial, or a DSPy optimizer's compile. Error texts are bounded
+    (``MAX_ERROR_MESSAGE``, the last ``MAX_TRACEBACK`` characters of a traceback).
+
+    Args:
+        values: the fields of :class:`TrialResult`.
+    """
+    message, trace = values.get("error_message"), values.get("traceback")
+    if message is not None:
+        values["error_message"] = mask_text(str(message)[:MAX_ERROR_MESSAGE])
+    if trace is not None:
+        values["traceback"] = mask_text(str(trace)[-MAX_TRACEBACK:])
+    for name in ("prediction", "retries"):
+        if values.get(name) is not None:
+            values[name] = _masked_json(values[name])
+    return TrialResult(**values)
+
+
+def _masked_json(text: str) -> str:
+    # Masked as data (keys naming secrets, every string), so the text stays valid JSON; most texts hold
+    # no secret and pass after one scan.
+    if mask_text(text) == text:
+        return text
+    return json.dumps(redact(json.loads(text)), ensure_ascii=False)
 
 
 _ROW_FIELDS = tuple(item.name for item in TRIAL_FIELDS if item.name is not None)
@@ -266,9 +297,8 @@ def _without_client_retries(lm: Any) -> Any:
 
 
 def _error_text(error: BaseException) -> tuple[str, str]:
-    message = mask_text(str(error)[:MAX_ERROR_MESSAGE])
-    trace = mask_text("".join(traceback.format_exception(error))[-MAX_TRACEBACK:])
-    return message, trace
+    # Bounded before formatting; trial_record masks (and bounds) what is stored.
+    return str(error)[:MAX_ERROR_MESSAGE], "".join(traceback.format_exception(error))[-MAX_TRACEBACK:]
 
 
 class TrialRunner:
@@ -435,7 +465,7 @@ class TrialRunner:
         finally:
             token.unbind(bound)
         input_tokens, output_tokens, cost, calls, unpriced = _usage(meter)
-        return TrialResult(
+        return trial_record(
             index=task.index,
             example_id=task.example_id,
             repeat=task.repeat,
@@ -469,7 +499,7 @@ class TrialRunner:
         """Return the record of a trial that raised ``error`` at ``stage`` (secrets in its text masked)."""
         input_tokens, output_tokens, cost, calls, unpriced = usage
         message, trace = _error_text(error)
-        return TrialResult(
+        return trial_record(
             index=task.index,
             example_id=task.example_id,
             repeat=task.repeat,
@@ -514,7 +544,7 @@ class TrialRunner:
 
 def stopped_result(task: TrialTask, *, timed_out: bool, message: str, started: float, finished: float) -> TrialResult:
     """Return the record of a trial its run stopped waiting for (timed out, or cancelled), without its outcome."""
-    return TrialResult(
+    return trial_record(
         index=task.index,
         example_id=task.example_id,
         repeat=task.repeat,

@@ -76,7 +76,7 @@ import dspy
 import numpy as np
 from dspy.utils.callback import BaseCallback
 
-from dspex_lab.engine import TrialResult, to_json_value
+from dspex_lab.engine import to_json_value, trial_record
 from dspex_lab.engine._trial import _score
 from dspex_lab.errors import MissingDependencyError, OptimizerError, VariableError
 from dspex_lab.lm import Meter, Usage, metering
@@ -516,7 +516,7 @@ class _CompileTrials:
             if score is not None:
                 group.scores.append(score)
             self.attributed = self.attributed + usage
-        row = TrialResult(
+        row = trial_record(
             index=index,
             example_id=example_id,
             repeat=repeat,
@@ -524,7 +524,7 @@ class _CompileTrials:
             score=score,
             prediction=json.dumps(to_json_value(prediction), ensure_ascii=False) if error is None else None,
             error_type=type(error).__name__ if error is not None else None,
-            error_message=str(error)[:2000] if error is not None else None,
+            error_message=str(error) if error is not None else None,
             error_stage="metric" if error is not None else None,
             latency=time.perf_counter() - began[1],
             input_tokens=usage.input_tokens,
