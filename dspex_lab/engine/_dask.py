@@ -59,9 +59,11 @@ from dspex_lab.errors import ExecutionError, MissingDependencyError
 
 __all__ = ["DaskExecutor", "chunk_size", "is_dask_client", "run_dask_chunk", "run_isolated_trials"]
 
-# Seconds past a trial's timeout after which the driver stops waiting for its worker (which itself answers
-# at the deadline, or STUCK_GRACE later when the trial's thread is stuck).
-TIMEOUT_GRACE = STUCK_GRACE + 2.0
+# Seconds past a trial's timeout after which the driver stops waiting for its worker. The worker itself
+# answers at the deadline (STUCK_GRACE later when the trial's thread is stuck), so this is only for a worker
+# that cannot answer at all (frozen in code that holds the interpreter); it is long because a task's time
+# on a worker includes a fresh worker's import of DSPy (seconds on a busy machine), which is not the trial's.
+TIMEOUT_GRACE = 30.0
 # Seconds a worker restart (its nanny's kill and the new process joining) may take.
 RESTART_TIMEOUT = 30.0
 # A worker with this many threads stuck in trials given up at their deadline is restarted during the run;
