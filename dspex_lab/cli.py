@@ -264,26 +264,39 @@ def _journal(arguments: argparse.Namespace) -> int:
 
     journal = open_journal(arguments.journal)
     if arguments.journal_command == "list":
-        rows = [
-            {
-                "id": summary.id,
-                "name": summary.name,
-                "kind": summary.kind,
-                "status": summary.status,
-                "trials": summary.n_trials,
-                "errors": summary.n_errors,
-                "mean": summary.mean_score,
-                "created": None if summary.created_at is None else str(summary.created_at)[:19],
-            }
-            for summary in journal.experiment_summaries()
-        ]
-        columns = ("id", "name", "kind", "status", "trials", "errors", "mean", "created")
+        # The mean and interval every view shows (the journal's one rule), never re-derived here.
+        intervals = journal.score_intervals()
+        no_interval = (None, None, None, "")
+        rows = []
+        for summary in journal.experiment_summaries():
+            mean, low, high, method = intervals.get(summary.id, no_interval)
+            rows.append(
+                {
+                    "id": summary.id,
+                    "name": summary.name,
+                    "kind": summary.kind,
+                    "status": summary.status,
+                    "trials": summary.n_trials,
+                    "errors": summary.n_errors,
+                    "mean": mean,
+                    "95% CI": _interval_cell(low, high, method),
+                    "created": None if summary.created_at is None else str(summary.created_at)[:19],
+                }
+            )
+        columns = ("id", "name", "kind", "status", "trials", "errors", "mean", "95% CI", "created")
         print(_text_table(f"Experiments in {journal.path}", rows, columns))
     elif arguments.journal_command == "trials":
         _journal_trials(journal, arguments)
     elif arguments.journal_command == "sql":
         _console().print(journal.sql(arguments.query).to_string(index=False, max_rows=arguments.limit))
     return 0
+
+
+def _interval_cell(low: float | None, high: float | None, method: str) -> str | None:
+    """Return ``[0.254, 0.746] wilson`` (None without an interval: the table shows a dash)."""
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return None
+    return f"[{_number(low)}, {_number(high)}] {method}"
 
 
 def _journal_trials(journal: Any, arguments: argparse.Namespace) -> None:

@@ -17,6 +17,11 @@ so ``except dx.errors.DspexLabError`` catches all of them and nothing else::
     ├── OptimizerError          an optimizer that cannot run
     └── MissingDependencyError  an optional extra is not installed (also ImportError)
 
+Warnings form a second, smaller tree::
+
+    DspexLabWarning             budget thresholds, degraded features, metric failures, runs that all failed
+    └── UnderpoweredWarning     a dataset too small to detect the gains a run is looking for
+
 A failing *trial* is not an exception: it is recorded as data with its error
 type and message (see :class:`dspex_lab.engine.TrialResult`).
 """
@@ -39,6 +44,7 @@ __all__ = [
     "ProgramSpecError",
     "TrialCancelledError",
     "TrialTimeoutError",
+    "UnderpoweredWarning",
     "VariableError",
 ]
 
@@ -191,3 +197,12 @@ class MissingDependencyError(DspexLabError, ImportError):
 
 class DspexLabWarning(UserWarning):
     """Base of the warnings dspex_lab emits (budget thresholds, degraded features)."""
+
+
+class UnderpoweredWarning(DspexLabWarning):
+    """A dataset too small to detect the gains a run or a planned comparison is looking for.
+
+    Given before the spending starts (``dx.optimize``, an evaluation a registered hypothesis
+    names) or with a comparison that found nothing, with the smallest detectable gain and the
+    number of examples that would detect the gain of interest.
+    """

@@ -105,17 +105,19 @@ class RunReport:
 
 
 class LiveStatistics:
-    """A sink that keeps the running mean of scored trials and its 95% normal interval.
+    """A sink that keeps the running mean of scored trials and its 95% interval.
 
-    Errors are counted apart (by type), never averaged in. Read ``mean``, ``ci``, ``n``,
+    Repeats of an example are averaged first, as in an evaluation's result; the interval is
+    :func:`dspex_lab.stats.score_interval` over the per-example means (Wilson for 0/1 scores,
+    Student t otherwise): the same rule every view uses. Errors are counted apart (by type,
+    metric errors also in ``metric_errors``), never averaged in. Read ``mean``, ``ci``, ``n``,
     ``errors`` while the run goes (from the thread that emits, or after it).
     """
 
     def __init__(self) -> None:
-        self.n = 0
-        self.mean = math.nan
-        self._m2 = 0.0
+        self._totals: dict[str, list[float]] = {}
         self.errors: dict[str, int] = {}
+        self.metric_errors = 0
         self.cost = 0.0
 
     def __call__(self, event: Any) -> None:
@@ -128,22 +130,42 @@ class LiveStatistics:
         if result.status != "ok" or result.score is None:
             key = result.error_type or "error"
             self.errors[key] = self.errors.get(key, 0) + 1
+            self.metric_errors += result.error_stage == "metric"
             return
-        self.n += 1
-        previous = 0.0 if self.n == 1 else self.mean
-        self.mean = previous + (result.score - previous) / self.n
-        self._m2 += (result.score - previous) * (result.score - self.mean)
+        totals = self._totals.setdefault(result.example_id, [0.0, 0.0])
+        totals[0] += result.score
+        totals[1] += 1
+
+    def _means(self) -> list[float]:
+        return [total / count for total, count in self._totals.values()]
+
+    @property
+    def n(self) -> int:
+        """Examples with at least one scored trial."""
+        return len(self._totals)
+
+    @property
+    def mean(self) -> float:
+        """The mean of the per-example mean scores (NaN before the first score)."""
+        means = self._means()
+        return math.fsum(means) / len(means) if means else math.nan
 
     @property
     def stderr(self) -> float:
-        """The standard error of the running mean (NaN below two scores)."""
-        return math.sqrt(self._m2 / (self.n - 1) / self.n) if self.n > 1 else math.nan
+        """The standard error of the mean over examples (NaN below two)."""
+        means = self._means()
+        if len(means) < 2:
+            return math.nan
+        center = math.fsum(means) / len(means)
+        return math.sqrt(math.fsum((value - center) ** 2 for value in means) / (len(means) - 1) / len(means))
 
     @property
     def ci(self) -> tuple[float, float]:
-        """A 95% normal interval around the running mean (NaN below two scores)."""
-        half = 1.959963984540054 * self.stderr
-        return (self.mean - half, self.mean + half)
+        """The 95% interval of :func:`dspex_lab.stats.score_interval` (NaN before it is defined)."""
+        from dspex_lab.stats import score_interval  # loaded when read, not with the engine
+
+        interval = score_interval(self._means())
+        return (interval.low, interval.high)
 
 
 def run_trials(

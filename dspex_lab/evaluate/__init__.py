@@ -14,6 +14,7 @@ from dspex_lab.evaluate._export import export
 from dspex_lab.evaluate._hypothesis import Hypothesis, Verdict, hypothesis
 from dspex_lab.evaluate._load import load
 from dspex_lab.evaluate._package_reports import RerunReport, TrialDifference, VerificationReport
+from dspex_lab.evaluate._power import power_advice, warn_if_underpowered
 from dspex_lab.evaluate._rerun import rerun_package
 from dspex_lab.evaluate._result import EvaluationResult
 from dspex_lab.evaluate._verify import verify_package
@@ -37,6 +38,8 @@ __all__ = [
     "export",
     "hypothesis",
     "load",
+    "power_advice",
     "rerun_package",
     "verify_package",
+    "warn_if_underpowered",
 ]

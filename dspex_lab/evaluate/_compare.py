@@ -13,6 +13,7 @@ import pandas as pd
 
 from dspex_lab.errors import ExecutionError
 from dspex_lab.evaluate._context import current_context
+from dspex_lab.evaluate._power import warn_if_underpowered
 from dspex_lab.evaluate._result import EvaluationResult, format_number
 from dspex_lab.journal import ExperimentRecord
 from dspex_lab.stats import (
@@ -20,6 +21,7 @@ from dspex_lab.stats import (
     UnpairedTest,
     benjamini_hochberg,
     holm,
+    is_binary,
     paired_test,
     score_correlation,
     welch_test,
@@ -222,6 +224,7 @@ def compare(
     """
     _check_results(a, b)
     comparison = _compare(a, b, paired=paired, method=method, confidence=confidence, seed=seed)
+    _warn_if_underpowered(a, b, comparison, alpha=1 - confidence)
     if a.experiment_id and b.experiment_id:
         experiment_id = _journal_comparison(
             f"{b.name} vs {a.name}",
@@ -230,6 +233,22 @@ def compare(
         )
         comparison = replace(comparison, experiment_id=experiment_id)
     return comparison
+
+
+def _warn_if_underpowered(a: EvaluationResult, b: EvaluationResult, comparison: Comparison, *, alpha: float) -> None:
+    """Say why "not significant" may mean "too few examples": 0/1 scores, paired, p at or above alpha."""
+    if not comparison.paired or not comparison.p_value >= alpha or comparison.n < 1:
+        return
+    if not (is_binary(a.scores()) and is_binary(b.scores())):
+        return
+    warn_if_underpowered(
+        comparison.n,
+        what=f"{b.name} vs {a.name} is not significant (p = {comparison.p_value:.2g}); a comparison",
+        alpha=alpha,
+        baseline=a.mean,
+        subject="this comparison",
+        stacklevel=4,
+    )
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,9 @@ from dspex_lab.engine import (
     TrialTask,
     run_trials,
 )
-from dspex_lab.errors import DspexLabWarning, ExecutionError, JournalError, ProgramSpecError
+from dspex_lab.errors import DspexLabWarning, ExecutionError, JournalError, ProgramSpecError, UnderpoweredWarning
 from dspex_lab.evaluate._context import current_context
+from dspex_lab.evaluate._power import TARGET_POWER, power_advice
 from dspex_lab.evaluate._result import EvaluationResult
 from dspex_lab.journal import DuckDBJournal, ExperimentRecord, TrialWriter
 from dspex_lab.journal._schema import trials_frame
@@ -214,6 +215,8 @@ def evaluate(
         )
     module, spec, program_name, fingerprint = _program_parts(program, context.lm)
     planned = plan_trials(data, repeats)
+    if resume is None:
+        _warn_planned_power(journal, name or program_name, len(data))
     config = redact(
         {
             "repeats": repeats,
@@ -266,17 +269,21 @@ def evaluate(
             saved_elsewhere = _close_writer(writer, rows, start.experiment_id)
         stored = journal is not None and start.experiment_id is not None and saved_elsewhere is None
         trials = journal.trials(start.experiment_id) if stored and start.done_before else _frame(rows)
+        status, detail = report.status, report.detail
+        if status == "finished" and len(trials) and not (trials["status"] == "ok").any():
+            # Nothing was scored: not a finished measurement, whatever the engine got through.
+            status, detail = "failed", f"every one of its {len(trials)} trials failed; no trial scored"
         result = EvaluationResult(
             experiment_id=start.experiment_id,
             name=start.name,
-            status=report.status,
+            status=status,
             trials=trials,
             program=spec,
             dataset=data.manifest(),
             metric=_metric_name(metric),
             wall_seconds=report.wall_seconds,
             clusters=_cluster_keys(data, cluster),
-            status_detail=report.detail,
+            status_detail=detail,
             spending=report.spending,
             journal=journal if stored else None,
             traced=trace and stored,
@@ -284,7 +291,7 @@ def evaluate(
         if stored:
             try:
                 journal.finish_experiment(  # type: ignore[union-attr]
-                    start.experiment_id, status=report.status, detail=report.detail, summary=result.to_summary()
+                    start.experiment_id, status=status, detail=detail, summary=result.to_summary()
                 )
             except JournalError as error:
                 warnings.warn(
@@ -299,7 +306,46 @@ def evaluate(
         )
     if report.detail:
         warnings.warn(f"evaluation {start.experiment_id} stopped early: {report.detail}", DspexLabWarning, stacklevel=2)
+    if result.n_metric_errors:
+        kinds = ", ".join(f"{kind} x{count}" if count > 1 else kind for kind, count in result.metric_errors.items())
+        warnings.warn(
+            f"evaluation {start.name!r}: the metric raised on {result.n_metric_errors} of {result.n_trials} trials: "
+            f"{kinds} (the program answered; these trials are metric errors, counted apart from program errors "
+            "and not averaged in; see result.table() where error_stage == 'metric')",
+            DspexLabWarning,
+            stacklevel=2,
+        )
     return result
+
+
+def _warn_planned_power(journal: DuckDBJournal | None, name: str, n: int) -> None:
+    """Warn up front when a registered hypothesis compares this evaluation on too few examples for its effect."""
+    if journal is None:
+        return
+    try:
+        hypotheses = journal.hypothesis_rows()
+    except JournalError:  # the run itself will say what is wrong with the journal
+        return
+    for row in hypotheses:
+        if row.get("status") != "registered" or name not in (row.get("baseline"), row.get("treatment")):
+            continue
+        one_sided = row.get("direction") != "two-sided"
+        alpha = float(row["alpha"])
+        # A one-sided test at alpha has the power of a two-sided one at 2 alpha (as Hypothesis.decide computes it).
+        advice = power_advice(
+            n,
+            what=f"evaluation {name!r} (hypothesis {row['id']})",
+            alpha=min(2 * alpha, 0.5) if one_sided else alpha,
+            gain=float(row["min_effect"]),
+            power=TARGET_POWER,
+        )
+        if advice is not None:
+            warnings.warn(
+                advice + f" (its min_effect){'; one-sided alpha ' + format(alpha, 'g') if one_sided else ''}",
+                UnderpoweredWarning,
+                stacklevel=3,
+            )
+            return
 
 
 class _RowSink:

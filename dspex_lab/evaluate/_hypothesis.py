@@ -156,6 +156,14 @@ class Hypothesis:
                 f"{self.treatment} - {self.baseline} = {difference:+.3f}, p = {p_value:.3g} < {self.alpha} "
                 f"({test.test}, n = {n})"
             )
+            if power < TARGET_POWER and n_needed is not None:
+                # "confirmed" beside "power 0.19" reads as a contradiction unless the two are told apart.
+                message += (
+                    f"; but underpowered: power {power:.2f} is the chance that n = {n} detects the minimum effect "
+                    f"{self.min_effect:g} (about n = {n_needed} would give {TARGET_POWER:.0%}), so an effect found "
+                    f"significant at this n is likely overstated (winner's curse): treat {difference:+.3f} as an "
+                    f"upper-biased estimate and replicate with n >= {n_needed}"
+                )
         elif (two_sided and -self.min_effect < low and high < self.min_effect) or (
             not two_sided and (sign * (high if sign > 0 else low) < self.min_effect or (p_value > 1 - self.alpha))
         ):

@@ -19,8 +19,8 @@ from dspex_lab.stats import (
     Interval,
     Summary,
     clustered_stderr,
-    mean_interval,
     percentiles,
+    score_interval,
     summarize,
     t_interval,
     variance_components,
@@ -39,6 +39,8 @@ _SHOWN_TRIALS = 10
 _TRACE_LINES = 200
 _ERROR_CHARACTERS = 300
 _CELL = "style='text-align:left;vertical-align:top'"
+# What the result shows in place of a mean and an interval when no trial produced a score.
+NO_SCORE = "no trial scored"
 
 
 def format_number(value: float, spec: str = ".3f") -> str:
@@ -72,7 +74,10 @@ class EvaluationResult:
 
     Errors are counted apart (``n_errors``, ``errors``) and never averaged in:
     ``mean``, ``stderr`` and ``ci`` are over examples with at least one scored
-    trial, each example contributing the mean of its scored repeats.
+    trial, each example contributing the mean of its scored repeats. A trial whose metric raised
+    (``error_stage == "metric"``: the program answered, the scoring failed) is a *metric error*,
+    counted apart from the program's own failures (``n_metric_errors``, ``metric_errors`` against
+    ``n_program_errors``). A run in which no trial was scored has status ``failed`` and no interval.
 
     An evaluation run with ``trace=True`` and a journal keeps that ``journal``; :meth:`trace` reads a
     trial's span tree from it, and the rich HTML shows the failed and lowest-scoring trials with theirs.
@@ -134,7 +139,8 @@ class EvaluationResult:
             groups = self.clusters.reindex(self.example_scores.index).nunique()
             low, high = t_interval(self.mean, self.stderr, int(groups), confidence=self.confidence)
             return Interval(low, high, "t (clustered)", self.confidence)
-        return mean_interval(scores, method="auto", confidence=self.confidence)
+        # The one rule every view shares (dx.stats.score_interval), so the same trials show the same interval.
+        return score_interval(scores, confidence=self.confidence)
 
     @property
     def ci(self) -> tuple[float, float]:
@@ -177,9 +183,55 @@ class EvaluationResult:
 
     @property
     def errors(self) -> dict[str, int]:
-        """Failed trials counted by error type."""
+        """Failed trials counted by error type (program and metric errors alike)."""
         failed = self.trials[self.trials["status"] == "error"]
         return dict(Counter(failed["error_type"].fillna("unknown")).most_common())
+
+    @property
+    def n_metric_errors(self) -> int:
+        """Trials whose program answered but whose metric raised (or returned no finite number)."""
+        return int(self._metric_failed.sum()) if len(self.trials) else 0
+
+    @property
+    def n_program_errors(self) -> int:
+        """Trials that failed before scoring: the program raised, timed out or was cancelled."""
+        return self.n_errors - self.n_metric_errors
+
+    @property
+    def metric_errors(self) -> dict[str, int]:
+        """Metric errors counted by error type."""
+        failed = self.trials[self._metric_failed] if len(self.trials) else self.trials
+        return dict(Counter(failed["error_type"].fillna("unknown")).most_common()) if len(failed) else {}
+
+    @property
+    def _metric_failed(self) -> pd.Series:
+        stage = self.trials["error_stage"] if "error_stage" in self.trials else pd.Series(None, index=self.trials.index)
+        return (self.trials["status"] == "error") & (stage == "metric")
+
+    @property
+    def scored(self) -> bool:
+        """Whether at least one trial produced a score (else there is no mean and no interval)."""
+        return self.n > 0
+
+    def errors_line(self) -> str:
+        """Return the errors in one line, program and metric errors apart (``"none"`` without errors)."""
+        if not self.n_errors:
+            return "none"
+        parts = []
+        if self.n_program_errors:
+            program = {
+                kind: count - self.metric_errors.get(kind, 0)
+                for kind, count in self.errors.items()
+                if count - self.metric_errors.get(kind, 0)
+            }
+            parts.append(f"program {self.n_program_errors} (" + ", ".join(f"{k} x{v}" for k, v in program.items()) + ")")
+        if self.n_metric_errors:
+            parts.append(
+                f"metric raised {self.n_metric_errors} ("
+                + ", ".join(f"{kind} x{count}" for kind, count in self.metric_errors.items())
+                + ")"
+            )
+        return "; ".join(parts)
 
     @property
     def latency(self) -> dict[str, float]:
@@ -231,7 +283,10 @@ class EvaluationResult:
             "variance": {key: number(value) for key, value in self.variance.items()},
             "n_trials": self.n_trials,
             "n_errors": self.n_errors,
+            "n_program_errors": self.n_program_errors,
+            "n_metric_errors": self.n_metric_errors,
             "errors": self.errors,
+            "metric_errors": self.metric_errors,
             "latency": {key: number(value) for key, value in self.latency.items()},
             "tokens": self.tokens,
             "cost": number(self.cost),
@@ -240,30 +295,43 @@ class EvaluationResult:
             "spending": self.spending,
         }
 
-    def __repr__(self) -> str:
+    def score_text(self) -> str:
+        """Return the mean with its interval (``0.500 [0.254, 0.746]``), or ``no trial scored``."""
+        if not self.scored:
+            return NO_SCORE
         low, high = self.ci
+        if math.isnan(low) or math.isnan(high):  # one non-0/1 score: a mean without a spread
+            return f"{format_number(self.mean)} (no interval from n = {self.n})"
+        return f"{format_number(self.mean)} [{format_number(low)}, {format_number(high)}]"
+
+    def __repr__(self) -> str:
+        errors = f"errors={self.n_errors}"
+        if self.n_metric_errors:
+            errors += f" (metric {self.n_metric_errors}, program {self.n_program_errors})"
         return (
-            f"EvaluationResult({self.name!r}: mean={format_number(self.mean)} "
-            f"[{format_number(low)}, {format_number(high)}] n={self.n} "
-            f"errors={self.n_errors} status={self.status!r} id={self.experiment_id!r})"
+            f"EvaluationResult({self.name!r}: mean={self.score_text()} n={self.n} "
+            f"{errors} status={self.status!r} id={self.experiment_id!r})"
         )
 
     def _repr_html_(self) -> str:
         low, high = self.ci
-        errors = ", ".join(f"{html.escape(str(kind))}: {count}" for kind, count in self.errors.items()) or "none"
         latency = self.latency
         cost = "unknown" if self.cost is None else f"${self.cost:.4f}"
         experiment = html.escape(str(self.experiment_id))
         where = html.escape(_journal_option(self.journal)) if self.journal is not None else ""
-        rows = [
-            (
-                "mean score",
+        if not self.scored:
+            score = f"<b>{NO_SCORE}</b>: every trial failed (see the errors below)"
+        elif math.isnan(low) or math.isnan(high):
+            score = f"<b>{format_number(self.mean)}</b> (no interval from n = {self.n})"
+        else:
+            score = (
                 f"<b>{format_number(self.mean)}</b> ({self.confidence:.0%} CI {format_number(low)} - "
-                f"{format_number(high)}, "
-                f"{html.escape(self.ci_method)}; SE {self.stderr:.3f})",
-            ),
+                f"{format_number(high)}, {html.escape(self.ci_method)}; SE {self.stderr:.3f})"
+            )
+        rows = [
+            ("mean score", score),
             ("examples scored", f"{self.n} of {self.trials['example_id'].nunique() if len(self.trials) else 0}"),
-            ("errors", f"{self.n_errors} ({errors}) — counted apart, not averaged in"),
+            ("errors", f"{self.n_errors} ({html.escape(self.errors_line())}) — counted apart, not averaged in"),
             ("latency p50 / p95 / p99", " / ".join(f"{latency[k]:.3f} s" for k in ("p50", "p95", "p99"))),
             ("tokens in / out", f"{self.tokens['input']:,} / {self.tokens['output']:,}"),
             ("cost", cost),

@@ -791,11 +791,12 @@ class DuckDBJournal:
     def leaderboard(
         self, *, name: str | None = None, kind: str | None = None, status: str | None = None, limit: int = 500
     ) -> pd.DataFrame:
-        """Return one row per experiment, newest first (then by id), with its trial counts, mean and a quick interval.
+        """Return one row per experiment, newest first (then by id), with its trial counts, mean and interval.
 
-        The interval is a quick one for a list: a 95% t-interval over the scores of the experiment's
-        ``ok`` trials taken as independent (repeats and examples alike); it is not the clustered,
-        publishable interval of an evaluation's result. With fewer than two scores it is missing.
+        The mean and interval are the ones every view shows (see :meth:`score_intervals`): an
+        evaluation that ended shows the interval its result reported; any other experiment the
+        interval of :func:`dspex_lab.stats.score_interval` (Wilson for 0/1 scores, t otherwise)
+        over its per-example mean scores.
 
         Args:
             name: only experiments whose name contains this text (case-sensitive).
@@ -806,8 +807,8 @@ class DuckDBJournal:
 
         Returns:
             Columns ``experiment_id``, ``name``, ``kind``, ``status``, ``created_at``, ``program``,
-            ``model``, ``n_trials``, ``n_errors``, ``mean``, ``ci_low``, ``ci_high``. An absent
-            journal gives no rows.
+            ``model``, ``n_trials``, ``n_errors``, ``mean``, ``ci_low``, ``ci_high``, ``ci_method``.
+            An absent journal gives no rows.
 
         Raises:
             JournalError: a negative or non-integer limit, or a journal that cannot be read.
@@ -844,8 +845,53 @@ class DuckDBJournal:
         frame.loc[dead, "status"] = "interrupted"
         if status is not None:
             frame = frame[frame["status"] == status].head(limit)
-        frame = _with_t_interval(frame)
+        frame = frame.reset_index(drop=True)
+        intervals = self._intervals(frame.to_dict("records"))
+        for column, position in (("mean", 0), ("ci_low", 1), ("ci_high", 2), ("ci_method", 3)):
+            frame[column] = [intervals[experiment][position] for experiment in frame["experiment_id"]]
+        for column in ("mean", "ci_low", "ci_high"):
+            frame[column] = frame[column].astype(float)
         return frame[list(LEADERBOARD_COLUMNS)].reset_index(drop=True)
+
+    @_served
+    def score_intervals(self) -> dict[str, tuple[float, float, float, str]]:
+        """Return ``(mean, ci_low, ci_high, ci_method)`` per experiment id: the numbers every view shows.
+
+        One rule for every view (result, progress, browser, dashboard, ``dspex journal list``): an
+        evaluation that ended shows the mean and interval its result reported (stored in its summary:
+        repeats averaged per example, clustered when asked); any other experiment with scores gets
+        :func:`dspex_lab.stats.score_interval` over its per-example mean scores, computed here from
+        its trials. Without a score: NaN, NaN, NaN and ``""``. Reading a journal whose experiments
+        all have stored intervals loads neither pandas nor scipy.
+        """
+        if not self.path.exists():
+            return {}
+        return self._intervals(self._rows(_INTERVAL_SOURCES_SQL))
+
+    def _intervals(self, rows: Sequence[dict[str, Any]]) -> dict[str, tuple[float, float, float, str]]:
+        """Return the interval of each row (``experiment_id``, ``kind``, ``status``, ``summary``, ``n_scored``)."""
+        intervals: dict[str, tuple[float, float, float, str]] = {}
+        computed = []
+        for row in rows:
+            experiment = str(row["experiment_id"])
+            stored = _stored_interval(row)
+            if stored is not None:
+                intervals[experiment] = stored
+            elif (row.get("n_scored") or 0) > 0:
+                computed.append(experiment)
+            else:
+                intervals[experiment] = (math.nan, math.nan, math.nan, "")
+        if computed:
+            from dspex_lab.stats import score_interval  # only when an experiment needs it: scipy is slow to load
+
+            scores: dict[str, list[float]] = {experiment: [] for experiment in computed}
+            for row in self._rows(_EXAMPLE_SCORES_SQL, [computed]):
+                scores[row["experiment_id"]].append(float(row["score"]))
+            for experiment, values in scores.items():
+                interval = score_interval(values)
+                mean = sum(values) / len(values) if values else math.nan
+                intervals[experiment] = (mean, interval.low, interval.high, interval.method if values else "")
+        return intervals
 
     @_served
     def trial_page(
@@ -1222,7 +1268,7 @@ _TRIAL_ORDER_SQL: dict[str, str] = {
 
 LEADERBOARD_COLUMNS: tuple[str, ...] = (
     "experiment_id", "name", "kind", "status", "created_at", "program", "model",
-    "n_trials", "n_errors", "mean", "ci_low", "ci_high",
+    "n_trials", "n_errors", "mean", "ci_low", "ci_high", "ci_method",
 )  # fmt: skip
 """The columns of :meth:`DuckDBJournal.leaderboard`, in order."""
 
@@ -1238,12 +1284,44 @@ _LEADERBOARD_SQL = """
 SELECT e.id AS experiment_id, e.name, e.kind, e.status, e.created_at, e.program_name AS program,
        json_extract_string(e.config, '$.lm') AS model,
        coalesce(t.n_trials, 0) AS n_trials, coalesce(t.n_errors, 0) AS n_errors,
-       t.ok_score_sum / nullif(t.ok_n_scored, 0) AS mean,
-       sqrt(greatest(t.ok_score_sum_squares - t.ok_score_sum * t.ok_score_sum / nullif(t.ok_n_scored, 0), 0)
-            / nullif(t.ok_n_scored - 1, 0)) AS score_sd,
-       coalesce(t.ok_n_scored, 0) AS n_scored, e.host, e.pid, e.heartbeat_at
+       coalesce(t.ok_n_scored, 0) AS n_scored, e.summary, e.host, e.pid, e.heartbeat_at
 FROM experiments e LEFT JOIN experiment_stats t ON t.experiment_id = e.id
 WHERE true"""
+
+# What :meth:`DuckDBJournal.score_intervals` needs per experiment (the totals, never a scan of the trials).
+_INTERVAL_SOURCES_SQL = """
+SELECT e.id AS experiment_id, e.kind, e.status, e.summary, coalesce(t.ok_n_scored, 0) AS n_scored
+FROM experiments e LEFT JOIN experiment_stats t ON t.experiment_id = e.id"""
+
+# Per-example mean scores (repeats averaged: they are not independent) of the experiments given.
+_EXAMPLE_SCORES_SQL = """
+SELECT experiment_id, avg(score) AS score FROM trials
+WHERE list_contains(?, experiment_id) AND status = 'ok' AND score IS NOT NULL
+GROUP BY experiment_id, example_id ORDER BY experiment_id, min(example_index), example_id"""
+
+
+def _stored_interval(row: dict[str, Any]) -> tuple[float, float, float, str] | None:
+    """Return the mean and interval an ended evaluation's result reported, if its summary holds them."""
+    if row.get("kind") != "evaluation" or row.get("status") == "running":
+        return None  # a running (or resumed) evaluation's summary, if any, is of an earlier part of it
+    summary = row.get("summary")
+    if isinstance(summary, str):
+        try:
+            summary = json.loads(summary)
+        except ValueError:
+            return None
+    if not isinstance(summary, dict) or "ci_method" not in summary or not isinstance(summary.get("ci"), list):
+        return None
+    bounds = summary["ci"]
+    if len(bounds) != 2:
+        return None
+
+    def number(value: Any) -> float:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+    if math.isnan(number(summary.get("mean"))):
+        return (math.nan, math.nan, math.nan, "")
+    return (number(summary.get("mean")), number(bounds[0]), number(bounds[1]), str(summary["ci_method"]))
 
 
 def _check_limit(value: Any, label: str) -> None:
@@ -1257,25 +1335,6 @@ def _check_bounds(min_score: Any, max_score: Any) -> None:
             isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
         ):
             raise JournalError(f"{bound} must be a finite number or None, got {value!r}")
-
-
-def _with_t_interval(frame: pd.DataFrame) -> pd.DataFrame:
-    """Add ``ci_low``/``ci_high``: mean ± t(0.975, n-1)·sd/√n over each row's ``n_scored`` scores (NaN below 2)."""
-    import numpy as np
-    from scipy import stats
-
-    frame = frame.copy()
-    scored = frame["n_scored"].to_numpy(dtype=float)
-    spread = frame["score_sd"].to_numpy(dtype=float)
-    mean = frame["mean"].to_numpy(dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        half_width = np.where(
-            scored >= 2, stats.t.ppf(0.975, np.maximum(scored - 1, 1)) * spread / np.sqrt(scored), np.nan
-        )
-    frame["mean"] = mean
-    frame["ci_low"] = mean - half_width
-    frame["ci_high"] = mean + half_width
-    return frame
 
 
 _TOUCH_EXPERIMENT = "UPDATE experiments SET heartbeat_at = ?, updated_at = ? WHERE id = ?"

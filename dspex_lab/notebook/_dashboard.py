@@ -280,7 +280,7 @@ class Dashboard:
             invert_axes=True,
             height=height,
             responsive=True,
-            title="Mean score with 95% interval (quick t-interval; newest at the top)",
+            title="Mean score with 95% interval (Wilson for 0/1 scores, t otherwise; newest at the top)",
             xlabel="",
             ylabel="mean score",
             show_grid=True,

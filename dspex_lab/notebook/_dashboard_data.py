@@ -58,7 +58,7 @@ def leaderboard_frame(
     status: str | None = None,
     limit: int = 500,
 ) -> pd.DataFrame:
-    """Return the experiments page's rows: one per experiment, newest first, with mean and quick CI.
+    """Return the experiments page's rows: one per experiment, newest first, with the journal's mean and interval.
 
     Args:
         journal: the journal.

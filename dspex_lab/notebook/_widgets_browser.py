@@ -30,9 +30,9 @@ _EXPERIMENT_LIMIT = 1000
 # An error message is cut to this many characters in the table; the trace shows it whole.
 _MESSAGE_CHARACTERS = 300
 
-# A finished evaluation's stored summary holds the interval it was reported with (repeats averaged per
-# example, clustered when asked): the list shows that one rather than the journal's quick per-trial interval.
-_SUMMARIES_SQL = "SELECT id, summary FROM experiments WHERE status = 'finished' AND summary IS NOT NULL"
+# An ended evaluation's stored summary holds how many examples it scored; the interval itself comes with the
+# leaderboard (the journal's one rule for every view, see DuckDBJournal.score_intervals).
+_SUMMARIES_SQL = "SELECT id, summary FROM experiments WHERE status <> 'running' AND summary IS NOT NULL"
 
 _SPAN_COUNTS_SQL = """
 SELECT trace_id, count(*) AS spans FROM spans
@@ -313,12 +313,12 @@ class ExperimentBrowser(ipywidgets.VBox):
 def _experiment_row(row: dict[str, Any], stored: Any) -> dict[str, Any]:
     summary = json.loads(stored) if isinstance(stored, str) else stored
     n_trials, n_errors = int(row["n_trials"]), int(row["n_errors"])
+    # The journal's leaderboard gives every view the same mean and interval (never re-derived here).
     mean, low, high = json_number(row["mean"]), json_number(row["ci_low"]), json_number(row["ci_high"])
-    method, n = ("t" if low is not None else ""), n_trials - n_errors
-    if row["status"] == "finished" and isinstance(summary, dict) and json_number(summary.get("mean")) is not None:
-        ci = summary.get("ci") or [None, None]
-        mean, low, high = json_number(summary["mean"]), json_number(ci[0]), json_number(ci[1])
-        method, n = str(summary.get("ci_method") or ""), int(summary.get("n") or n)
+    method = row.get("ci_method") if isinstance(row.get("ci_method"), str) else ""
+    n = n_trials - n_errors
+    if isinstance(summary, dict) and isinstance(summary.get("n"), int) and row["kind"] == "evaluation":
+        n = int(summary["n"])
     created = row["created_at"]
     if created is not None and hasattr(created, "isoformat") and not _missing(created):
         created = created.isoformat(sep=" ", timespec="seconds")

@@ -31,7 +31,7 @@ from dspex_lab.engine import RunFinished, RunStarted, TrialFinished
 from dspex_lab.errors import ExecutionError, MissingDependencyError
 from dspex_lab.notebook._widgets_common import front_end_file, json_number
 from dspex_lab.optimize import OptimizationStep
-from dspex_lab.stats import mean_interval
+from dspex_lab.stats import score_interval
 
 try:
     import anywidget
@@ -63,8 +63,9 @@ class RunProgress(anywidget.AnyWidget):
 
     An event subscriber: pass it as ``progress=`` to :func:`dspex_lab.evaluate` or
     :func:`dspex_lab.optimize` (both show one by themselves with ``progress=True`` in a Jupyter kernel).
-    It shows trials done of planned, the mean score so far with its 95% interval (Wilson for 0/1 scores,
-    Student t otherwise; failed trials are counted as errors, never averaged in), errors by type, tokens
+    It shows trials done of planned, the mean score so far with its 95% interval
+    (:func:`dspex_lab.stats.score_interval` over per-example means, as the result computes it: Wilson
+    for 0/1 scores, Student t otherwise; failed trials are counted as errors, never averaged in), errors by type, tokens
     and cost so far (a model without a known price is named as unpriced, never counted as $0), elapsed
     time and an estimate of the time left, the final status, and a Cancel button.
 
@@ -109,7 +110,9 @@ class RunProgress(anywidget.AnyWidget):
     def __init__(self, *, title: str = "") -> None:
         super().__init__(title=title)
         self._lock = threading.Lock()
-        self._scores: list[float] = []
+        # Per example: the sum and count of its scored repeats (repeats are averaged, as in the result).
+        self._scores: dict[str, list[float]] = {}
+        self._n_scored = 0
         self._error_types: Counter[str] = Counter()
         self._unpriced: set[str] = set()
         self._cost = 0.0
@@ -214,7 +217,8 @@ class RunProgress(anywidget.AnyWidget):
             if not self._spanning:
                 self._cancel_requested = False
                 self._interrupt_sent = False
-        self._scores = []
+        self._scores = {}
+        self._n_scored = 0
         self._error_types = Counter()
         self._started = time.monotonic()
         self._last_sent = self._started
@@ -236,7 +240,10 @@ class RunProgress(anywidget.AnyWidget):
     def _trial_finished(self, event: TrialFinished) -> None:
         result = event.result
         if result.score is not None:
-            self._scores.append(float(result.score))
+            totals = self._scores.setdefault(str(result.example_id), [0.0, 0.0])
+            totals[0] += float(result.score)
+            totals[1] += 1
+            self._n_scored += 1
         if result.status == "error":
             self._error_types[result.error_type or "error"] += 1
         self._add_spending(result)
@@ -297,15 +304,17 @@ class RunProgress(anywidget.AnyWidget):
         rate = (done - self.already_done) / elapsed if elapsed > 0 else 0.0
         with self.hold_sync():
             self.done = done
-            self.n_scored = len(self._scores)
+            self.n_scored = self._n_scored
             self.n_errors = sum(self._error_types.values())
             self.errors = dict(self._error_types.most_common())
             if self._scores:
-                interval = mean_interval(self._scores) if len(self._scores) > 1 else None
-                self.mean = json_number(sum(self._scores) / len(self._scores))
-                self.ci_low = json_number(interval.low) if interval else None
-                self.ci_high = json_number(interval.high) if interval else None
-                self.ci_method = interval.method if interval else ""
+                # The rule every view shares (dx.stats.score_interval over per-example means), never re-derived.
+                means = [total / count for total, count in self._scores.values()]
+                interval = score_interval(means)
+                self.mean = json_number(sum(means) / len(means))
+                self.ci_low = json_number(interval.low)
+                self.ci_high = json_number(interval.high)
+                self.ci_method = interval.method if self.ci_low is not None else ""
             self.input_tokens = self._input_tokens
             self.output_tokens = self._output_tokens
             self.lm_calls = self._lm_calls

@@ -15,6 +15,7 @@ import pandas as pd
 from dspex_lab.data import Dataset
 from dspex_lab.engine import Budget, RetryPolicy, RunPolicy
 from dspex_lab.errors import ExecutionError, OptimizerError
+from dspex_lab.evaluate import warn_if_underpowered
 from dspex_lab.evaluate._context import current_context
 from dspex_lab.evaluate._evaluate import _lm_state, _metric_name, environment
 from dspex_lab.evaluate._progress import installed_display
@@ -184,6 +185,7 @@ def optimize(
     val = _dataset(valset, "valset")
     _check_sets(train, val, chosen)
     _check_budget(budget, chosen, val)
+    warn_if_underpowered(len(val), what="valset", alpha=float(getattr(chosen, "alpha", 0.05)))  # before any LM call
     try:
         policy = RunPolicy(timeout=timeout, retry=RetryPolicy(retries=retries), max_errors=max_errors)
     except (ValueError, ExecutionError) as error:

@@ -8,7 +8,14 @@ against scipy or a closed form.
 from dspex_lab.stats._clustered import clustered_stderr, variance_components
 from dspex_lab.stats._corrections import benjamini_hochberg, holm
 from dspex_lab.stats._describe import Description, describe, histogram
-from dspex_lab.stats._intervals import Interval, bootstrap_interval, is_binary, mean_interval, wilson_interval
+from dspex_lab.stats._intervals import (
+    Interval,
+    bootstrap_interval,
+    is_binary,
+    mean_interval,
+    score_interval,
+    wilson_interval,
+)
 from dspex_lab.stats._paired import (
     PairedTest,
     choose_paired_test,
@@ -21,6 +28,8 @@ from dspex_lab.stats._paired import (
     wilcoxon_test,
 )
 from dspex_lab.stats._power import (
+    minimum_detectable_difference,
+    minimum_detectable_effect_paired,
     power_mcnemar,
     power_paired,
     power_two_proportions,
@@ -49,6 +58,8 @@ __all__ = [
     "is_binary",
     "mcnemar_test",
     "mean_interval",
+    "minimum_detectable_difference",
+    "minimum_detectable_effect_paired",
     "paired_bootstrap_test",
     "paired_t_test",
     "paired_test",
@@ -61,6 +72,7 @@ __all__ = [
     "sample_size_two_proportions",
     "sample_size_unpaired",
     "score_correlation",
+    "score_interval",
     "summarize",
     "t_interval",
     "variance_components",

@@ -13,7 +13,7 @@ from scipy import special
 from dspex_lab.stats._checks import Values, as_generator, as_scores, check_confidence
 from dspex_lab.stats._summary import summarize
 
-__all__ = ["Interval", "bootstrap_interval", "is_binary", "mean_interval", "wilson_interval"]
+__all__ = ["Interval", "bootstrap_interval", "is_binary", "mean_interval", "score_interval", "wilson_interval"]
 
 # Resampled values held in memory at once; bounds memory to ~8 MB whatever n and resamples are.
 _BATCH_ELEMENTS = 1_000_000
@@ -171,6 +171,25 @@ def mean_interval(
     return bootstrap_interval(
         array, method=method_key, confidence=confidence, resamples=resamples, seed=seed, statistic=np.mean
     )
+
+
+def score_interval(values: Values, *, confidence: float = 0.95) -> Interval:
+    """Return the interval dspex_lab reports for a mean score: Wilson for 0/1 scores, Student t otherwise.
+
+    The one rule every view follows (an evaluation's result, its live progress, the experiment
+    browser, the dashboard's leaderboard and ``dspex journal list``), so the same scores show
+    the same interval everywhere. ``values`` are per-example scores (each example's repeats
+    averaged first: repeats of one example are not independent). With no value both bounds are
+    NaN; one 0/1 value has a Wilson interval, one other value a NaN t interval.
+
+    Examples:
+        >>> interval = score_interval([1, 0, 1, 1])
+        >>> interval.method, round(interval.low, 3), round(interval.high, 3)
+        ('wilson', 0.301, 0.954)
+        >>> score_interval([0.5, 0.25, 0.75]).method
+        't'
+    """
+    return mean_interval(values, method="auto", confidence=confidence)
 
 
 def resampled_statistics(

@@ -9,6 +9,8 @@ from scipy import special
 from scipy import stats as scipy_stats
 
 __all__ = [
+    "minimum_detectable_difference",
+    "minimum_detectable_effect_paired",
     "power_mcnemar",
     "power_paired",
     "power_two_proportions",
@@ -162,6 +164,82 @@ def sample_size_two_proportions(p_a: float, p_b: float, *, power: float = 0.8, a
     """
     _check_target(_cohens_h(p_a, p_b), power=power, alpha=alpha)
     return _smallest_n(lambda n: power_two_proportions(p_a, p_b, n, alpha=alpha), power, smallest=1)
+
+
+def minimum_detectable_difference(n: int, *, alpha: float = 0.05, power: float = 0.8, baseline: float = 0.5) -> float:
+    """Return the smallest gain over ``baseline`` that ``n`` examples of 0/1 scores detect with ``power``.
+
+    The approximation is the two-proportion test of :func:`power_two_proportions` (Cohen's h on
+    the arcsine scale, two-sided at ``alpha``) with ``n`` scores per program, i.e. the two
+    programs' scores on the same examples taken as uncorrelated. A paired test (McNemar) on
+    positively correlated scores detects somewhat smaller gains, so this is a conservative
+    guide for planning, not a property of one run. In closed form (the far tail, whose power
+    ``Phi(-2 z(1 - alpha/2) - z(power))`` moves the gain by less than 1e-4, neglected)::
+
+        h = (z(1 - alpha/2) + z(power)) * sqrt(2 / n),
+        gain = sin(asin(sqrt(baseline)) + h / 2) ** 2 - baseline
+
+    Without a known baseline, 0.5 is where a 0/1 score varies most (nearly the largest gain).
+
+    Args:
+        n: Examples each program is scored on, at least 1.
+        alpha: Two-sided significance level.
+        power: The probability of detecting the gain, in (0, 1).
+        baseline: The baseline's success rate, in [0, 1).
+
+    Returns:
+        The gain, or ``inf`` when not even a perfect score would be detected with that power.
+
+    Raises:
+        ValueError: For ``n < 1``, ``alpha``/``power`` outside (0, 1) or ``baseline`` outside [0, 1).
+
+    Examples:
+        >>> round(minimum_detectable_difference(60), 3), round(minimum_detectable_difference(400), 3)
+        (0.245, 0.098)
+    """
+    _check_design(alpha, "two-sided")
+    if not 0 < power < 1:
+        raise ValueError(f"power must lie strictly between 0 and 1, got {power}")
+    if isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if not 0 <= baseline < 1:
+        raise ValueError(f"baseline must lie in [0, 1), got {baseline}")
+    if power_two_proportions(baseline, 1.0, n, alpha=alpha) < power:
+        return math.inf
+    return _smallest_effect(
+        lambda gain: power_two_proportions(baseline, baseline + gain, n, alpha=alpha), power, 1 - baseline
+    )
+
+
+def minimum_detectable_effect_paired(n: int, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Return the smallest Cohen's d_z that a two-sided paired t-test on ``n`` pairs detects with ``power``.
+
+    Multiply by the SD of the per-example differences for the difference in metric units.
+
+    Raises:
+        ValueError: For ``n < 2`` or ``alpha``/``power`` outside (0, 1).
+    """
+    _check_design(alpha, "two-sided")
+    if not 0 < power < 1:
+        raise ValueError(f"power must lie strictly between 0 and 1, got {power}")
+    if n < 2:
+        raise ValueError(f"the paired t-test needs at least 2 pairs, got n={n}")
+    largest = 1.0
+    while power_paired(largest, n, alpha=alpha) < power:
+        largest *= 2
+    return _smallest_effect(lambda effect: power_paired(effect, n, alpha=alpha), power, largest)
+
+
+def _smallest_effect(power_at: Callable[[float], float], target: float, largest: float) -> float:
+    """Return the smallest effect in (0, largest] whose power reaches ``target`` (power grows with the effect)."""
+    low, high = 0.0, largest
+    for _ in range(60):  # 2**-60 of the range: far below any printed digit
+        middle = (low + high) / 2
+        if power_at(middle) >= target:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def _t_power(noncentrality: float, degrees: int, *, alpha: float, alternative: str) -> float:

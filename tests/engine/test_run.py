@@ -76,9 +76,11 @@ def test_live_statistics_match_numpy_and_count_errors_apart():
     assert live.n == len(kept) and live.errors == {"ValueError": 4}
     assert live.mean == pytest.approx(kept.mean())
     assert live.stderr == pytest.approx(scipy_stats.sem(kept))
+    # The rule of every view (dx.stats.score_interval): Student t for scores that are not all 0/1.
     low, high = live.ci
-    assert (low + high) / 2 == pytest.approx(kept.mean())
-    assert high - low == pytest.approx(2 * 1.959963984540054 * scipy_stats.sem(kept))
+    expected = scipy_stats.t.interval(0.95, len(kept) - 1, loc=kept.mean(), scale=scipy_stats.sem(kept))
+    assert (low, high) == (pytest.approx(expected[0]), pytest.approx(expected[1]))
+    assert live.metric_errors == 4
 
 
 @pytest.mark.parametrize(

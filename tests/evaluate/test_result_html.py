@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 import pytest
 
 import dspex_lab as dx
+from dspex_lab.errors import DspexLabWarning
 from dspex_lab.trace import TraceTree
 
 PREDICT = dx.Program("dspy.Predict", signature="question -> answer", name="predict")
@@ -59,7 +60,7 @@ def traced(tmp_path_factory):
     path = tmp_path_factory.mktemp("results") / "odd <dir> & 'q'" / "journal.duckdb"
     problems = dx.Dataset(dx.datasets.arithmetic(40, seed=6), name="html <run>")
     lm = dx.lab_lm("lab/small", error_rate=0.2, seed=3)
-    with dx.Context(lm=lm, journal=path, threads=4):
+    with dx.Context(lm=lm, journal=path, threads=4), pytest.warns(DspexLabWarning, match="the metric raised on"):
         result = dx.evaluate(
             PREDICT, problems, metric=awkward_metric, progress=False, trace=True, retries=0, name="<b>bold</b>"
         )
@@ -150,7 +151,7 @@ def test_untraced_results_have_no_trials_section(journal_path):
 def test_journal_commands_name_the_journal_unless_it_is_the_default(tmp_path, monkeypatch):
     problems = dx.Dataset(dx.datasets.arithmetic(30, seed=2), name="arith-30")
     elsewhere = tmp_path / "elsewhere.duckdb"
-    with dx.Context(lm="lab/small", journal=elsewhere, threads=4):
+    with dx.Context(lm="lab/small", journal=elsewhere, threads=4), pytest.warns(DspexLabWarning, match="metric raised"):
         result = dx.evaluate(PREDICT, problems, metric=awkward_metric, progress=False, trace=True)
     page = html.unescape(result._repr_html_())
     where = f"--journal {shlex.quote(str(elsewhere.resolve()))}"

@@ -71,19 +71,20 @@ def small(journal_path):
 
 
 def test_leaderboard_matches_pandas_with_a_t_interval(small):
+    # Repeats of an example are averaged first (they are not independent), then a t interval (non-0/1 scores).
     journal, ids = small
     board = journal.leaderboard()
     assert tuple(board.columns) == LEADERBOARD_COLUMNS
     assert list(board["experiment_id"]) == [ids["search-c"], ids["treatment-b"], ids["baseline-a"]]
     for experiment_id in ids.values():
         trials = journal.trials(experiment_id)
-        scores = trials.loc[trials["status"] == "ok", "score"].dropna()
+        scores = trials[trials["status"] == "ok"].groupby("example_id")["score"].mean()
         line = board.set_index("experiment_id").loc[experiment_id]
         assert line["n_trials"] == len(trials)
         assert line["n_errors"] == int((trials["status"] == "error").sum())
         assert line["mean"] == pytest.approx(scores.mean())
         low, high = stats.t.interval(0.95, len(scores) - 1, loc=scores.mean(), scale=stats.sem(scores))
-        assert (line["ci_low"], line["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+        assert (line["ci_low"], line["ci_high"], line["ci_method"]) == (pytest.approx(low), pytest.approx(high), "t")
     by_id = board.set_index("experiment_id")
     assert by_id.loc[ids["baseline-a"], "model"] == "lab/small"
     assert by_id.loc[ids["baseline-a"], "program"] == "prog-baseline-a"
