@@ -46,6 +46,7 @@ from dspex_lab.engine._executor import RunStatus
 from dspex_lab.engine._remote import (
     decode,
     encode,
+    held_after_stop,
     plan_for,
     run_remote_chunk,
     run_remote_trial,
@@ -71,6 +72,8 @@ RESTART_TIMEOUT = 30.0
 MAX_STUCK_PER_WORKER = 4
 # Seconds an isolation child process may take to start (it imports DSPy) before it counts as dead.
 CHILD_START_TIMEOUT = 120.0
+# Seconds between two checks, during a run, for workers whose thread a stopped run's hung trial still holds.
+HELD_CHECK_SECONDS = 5.0
 # Times a trial is queued again after Dask cancelled its task by itself, before it is recorded as an error.
 MAX_REQUEUES = 3
 # The most trials one Dask task runs, one after another.
@@ -145,6 +148,7 @@ class DaskExecutor:
         self._restarter: concurrent.futures.ThreadPoolExecutor | None = None
         self._restarted: dict[str, float] = {}  # worker address -> when this executor had it restarted
         self._restart_lock = threading.Lock()
+        self._held_checked = 0.0  # when the workers were last asked about threads held after a stop
         if is_dask_client(cluster):
             self.client = cluster
         elif isinstance(cluster, str) and cluster.startswith(("dask://", "tcp://")):
@@ -204,6 +208,7 @@ class DaskExecutor:
         plan_bytes = encode(plan_for(runner, executor="dask", cloudpickle_functions=True))
         pending = collections.deque(enumerate(tasks))
         in_flight = dict(pending)
+        self._held_checked = time.monotonic()
         self._restart_stuck_workers()
         watch = _WorkerWatch(self.client)
         threads = self.threads
@@ -310,6 +315,11 @@ class DaskExecutor:
                         del stuck_workers[address]
                 if timeout is not None and status == RunStatus.FINISHED:
                     status = self._expire(submitted, in_flight, timeout, on_result)
+                if time.monotonic() - self._held_checked > HELD_CHECK_SECONDS:
+                    # An earlier run's hung trial may hold a thread this run waits for (its cancel can reach the
+                    # worker after the check made when that run stopped).
+                    self._held_checked = time.monotonic()
+                    self._in_background(self._restart_stuck_workers)
                 if status == RunStatus.FINISHED and in_flight and not (pending or submitted or suspects or isolating):
                     # Trials no chunk holds any more would be waited for forever. A guard: 3 of 7 benchmark
                     # runs hung with no cause found. Queue them again (delivery stays once per trial).
@@ -356,7 +366,7 @@ class DaskExecutor:
         """
         time.sleep(delay)
         with contextlib.suppress(Exception):  # a worker that cannot answer is left as it is
-            counts = self.client.run(stuck_threads, on_error="return")
+            counts = self.client.run(held_after_stop, on_error="return")
             self._restart([address for address, count in counts.items() if isinstance(count, int) and count > 0])
 
     def _restarted_lately(self, address: str, now: float) -> bool:
@@ -712,11 +722,15 @@ def run_isolated_trials(
             started = time.time()
             limit = None if timeout is None else timeout + STUCK_GRACE + 2.0
             answer = child.run(plan_bytes, payload, timeout, limit)
+            if answer is None and not child.ready:
+                code = child.end(dying=True)
+                return ("setup", f"a child process of this worker exited while starting ({_exit_text(code)})")
             if answer is None:  # died, or did not answer in time
                 task = task_from_payload(payload)
-                code = child.end()
+                late = child.late
+                code = child.end(dying=not late)
                 child = None
-                if code is None:
+                if late and timeout is not None:
                     result = stopped_result(
                         task,
                         timed_out=True,
@@ -782,6 +796,7 @@ class _Child:
         self.replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
         threading.Thread(target=self._read, name="dspex-isolated-reader", daemon=True).start()
         self.ready = False
+        self.late = False  # it did not answer in time (rather than dying)
 
     def _read(self) -> None:
         stream = self.process.stdout
@@ -800,6 +815,7 @@ class _Child:
         try:
             return self.replies.get(timeout=limit)
         except queue.Empty:
+            self.late = True
             return None
 
     def run(self, plan_bytes: bytes, payload: bytes, timeout: float | None, limit: float | None) -> Any:
@@ -819,13 +835,17 @@ class _Child:
             return None
         return self._reply(limit)
 
-    def end(self) -> int | None:
-        """Stop the child; return its exit code if it had died on its own, else None."""
-        code = self.process.poll()
-        if code is None:
+    def end(self, *, dying: bool = False) -> int:
+        """Stop the child (killed, unless it is ``dying`` on its own) and return its exit code."""
+        if dying:
+            # It closed its pipe: it is dying on its own; give it a moment to say how.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=5)
+        if self.process.poll() is None:
             self.process.kill()
+        code = -9
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
+            code = self.process.wait(timeout=5)
         for stream in (self.process.stdin, self.process.stdout):
             with contextlib.suppress(OSError, ValueError):
                 if stream is not None:

@@ -44,6 +44,7 @@ __all__ = [
     "cancel_run_on_worker",
     "decode",
     "encode",
+    "held_after_stop",
     "plan_for",
     "run_remote_chunk",
     "run_remote_trial",
@@ -544,13 +545,21 @@ def stuck_threads() -> int:
     Stuck: given up at their deadline, or still running :data:`STUCK_GRACE` seconds after their
     run was stopped (a trial without a timeout).
     """
-    now = time.monotonic()
     with _running_lock:
         _stuck.difference_update([thread for thread in _stuck if not thread.is_alive()])
-        after_stop = sum(
-            len(tokens) for run, tokens in _running.items() if now - _stopped_at.get(run, now) > STUCK_GRACE
-        )
-        return len(_stuck) + after_stop
+        given_up = len(_stuck)
+    return given_up + held_after_stop()
+
+
+def held_after_stop() -> int:
+    """Return how many trials of stopped runs still run here :data:`STUCK_GRACE` seconds after the stop.
+
+    A trial without a timeout that hangs ignores its run's cancel and holds its thread (a Dask
+    worker's) until the process ends.
+    """
+    now = time.monotonic()
+    with _running_lock:
+        return sum(len(tokens) for run, tokens in _running.items() if now - _stopped_at.get(run, now) > STUCK_GRACE)
 
 
 def run_stopped(run_key: str) -> bool:

@@ -70,7 +70,7 @@ from dspex_lab.optimize._space import (
     rules_of,
 )
 from dspex_lab.program import Program
-from dspex_lab.stats import holm, paired_test
+from dspex_lab.stats import holm, one_sided_p_value, paired_test
 
 __all__ = ["ProposeRule", "SimbaC"]
 
@@ -310,7 +310,7 @@ class SimbaCRun:
                 accepted = self._step(step, record)
                 without_gain = 0 if accepted else without_gain + 1
                 if without_gain >= optimizer.patience:
-                    self.status, self.detail = "finished", f"{without_gain} steps without a significant gain"
+                    self.status, self.detail = "finished", f"{without_gain} steps without an accepted candidate"
                     return
             self.status, self.detail = "finished", f"max_steps={optimizer.max_steps} reached"
         except BudgetSpent as spent:
@@ -455,7 +455,8 @@ class SimbaCRun:
         for (candidate, scores, test), p_adjusted in zip(evaluated, adjusted, strict=True):
             error_rate = len(scores.errors) / max(len(self.valset), 1)
             difference = test.mean_difference if test is not None else math.nan
-            significant = (
+            # A Python bool: numpy's comparisons give numpy.bool_, which a JSON column would not store as a boolean.
+            significant = bool(
                 test is not None
                 and math.isfinite(p_adjusted)
                 and p_adjusted < optimizer.alpha
@@ -813,7 +814,7 @@ def validation_outcome(
         "test": test.test if test is not None else None,
         "p_value": _number(p_value),
         "p_adjusted": _number(float(p_adjusted)),
-        "significant": significant,
+        "significant": bool(significant),
     }
 
 
@@ -825,10 +826,7 @@ def _one_sided(test: Any) -> float:
     p is half the two-sided one in the observed direction (an exact McNemar's two-sided p
     is twice the smaller tail, capped at 1, so half of it is that tail, or 0.5 at the cap).
     """
-    if test is None or not math.isfinite(test.p_value):
-        return math.nan
-    half = test.p_value / 2
-    return half if test.mean_difference > 0 else 1 - half
+    return math.nan if test is None else one_sided_p_value(test)
 
 
 def _diverse(shortlisted: list[tuple[float, Candidate]], count: int) -> list[Candidate]:

@@ -224,3 +224,30 @@ def test_threads_left_behind_in_the_kernel_are_counted_reported_and_capped_acros
     assert executor.stuck_threads == 0  # they returned: they count no more
     third = run_trials(tasks, runner, executor=executor, policy=RunPolicy(timeout=5.0))
     assert third.status == "finished" and len(third.results) == 5 and third.stuck_threads == 0
+
+
+@pytest.mark.timeout(90)
+def test_isolated_trials_run_one_at_a_time_in_child_processes_that_take_the_fault_alone() -> None:
+    from dspex_lab.engine._dask import run_isolated_trials
+    from dspex_lab.engine._remote import encode, plan_for, task_payload
+
+    data = dx.datasets.arithmetic(4, seed=59)
+    lm = dx.lab_lm("lab/small")
+
+    def isolated(metric: Any, timeout: float | None) -> dict[int, Any]:
+        runner = TrialRunner(PROGRAM.build(lm=lm), metric, lm=lm, retry=RetryPolicy(retries=0))
+        plan = encode(plan_for(runner, executor="dask", cloudpickle_functions=True))
+        payloads = [
+            (10 + index, encode(task_payload(TrialTask(index=index, example_id=f"e{index}", example=example))))
+            for index, example in enumerate(data)
+        ]
+        kind, answer = run_isolated_trials(plan, payloads, timeout, "isolated-run")
+        assert kind == "ok" and [submission for submission, _, _ in answer] == [10, 11, 12, 13]
+        return {submission - 10: result for submission, result, _ in answer}
+
+    killed = isolated(faulty_metric(kill={data[1].question}), None)  # no timeout: a death is still a death
+    assert [index for index, result in killed.items() if not result.ok] == [1]
+    assert "died while running this trial alone (killed by SIGKILL)" in killed[1].error_message
+    hung = isolated(faulty_metric(hang={data[2].question}), 0.5)
+    assert {index: result.error_type for index, result in hung.items() if not result.ok} == {2: "TrialTimeoutError"}
+    assert [killed[index].score for index in (0, 3)] == [hung[index].score for index in (0, 3)]  # the same answers
