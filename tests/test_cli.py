@@ -2,8 +2,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import dspex_lab as dx
 from dspex_lab.cli import main
+from dspex_lab.errors import DspexLabWarning
 
 
 def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, capsys):
@@ -206,9 +209,19 @@ def _flaky_experiment(tmp_path, capsys):
     data.write_text("\n".join(json.dumps(example.toDict()) for example in dx.datasets.arithmetic(12, seed=2)))
     arguments = ["evaluate", str(spec), str(data), "--inputs", "question", "--quiet", "--json"]
     journal = tmp_path / "flaky.duckdb"
-    code = main(
-        [*arguments, "--import", "labmetrics_flaky", "--metric", "labmetrics_flaky:flaky", "--journal", str(journal)]
-    )
+    # The metric raises on 4 of the 12 examples: metric errors, warned about apart from program errors.
+    with pytest.warns(DspexLabWarning, match="the metric raised on 4 of 12 trials"):
+        code = main(
+            [
+                *arguments,
+                "--import",
+                "labmetrics_flaky",
+                "--metric",
+                "labmetrics_flaky:flaky",
+                "--journal",
+                str(journal),
+            ]
+        )
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["n_errors"] == 4 and summary["n"] == 8
