@@ -1341,7 +1341,18 @@ _TOUCH_EXPERIMENT = "UPDATE experiments SET heartbeat_at = ?, updated_at = ? WHE
 
 
 def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, ensure_ascii=False, default=repr)
+    return None if value is None else json.dumps(value, ensure_ascii=False, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    """Give ``json`` the Python value of a numpy scalar (``numpy.bool_`` is no bool), else the repr."""
+    if (
+        type(value).__module__ == "numpy"
+        and getattr(value, "ndim", None) == 0
+        and callable(getattr(value, "item", None))
+    ):
+        return value.item()
+    return repr(value)
 
 
 class TrialWriter:

@@ -32,7 +32,8 @@ can be compared side by side:
    intermediate programs DSPy exposes (``candidate_programs`` of SIMBA and MIPROv2,
    ``detailed_results.candidates`` of GEPA), best by DSPy's own score first. Each is
    recorded (strategy ``dspy``), evaluated on the validation set, and tested against the
-   baseline with the paired test SIMBA-C uses, Holm-corrected over the evaluated ones.
+   baseline with the paired test SIMBA-C uses and the same convention: the one-sided p of
+   "the candidate is better", Holm-corrected over the evaluated ones.
    There is one step per evaluated candidate, DSPy's final choice last. A step's screening
    entry holds DSPy's own score of the candidate and of the unchanged program (on DSPy's
    data, where it reports them), so the convergence plot shows the score DSPy selected on
@@ -40,17 +41,20 @@ can be compared side by side:
 5. **The best** is DSPy's own final choice, reported even when it is not significantly
    better (or is worse) than the baseline, because that is what the optimizer returns; it
    is *accepted* only when its corrected paired test is significant with a positive
-   difference, as in SIMBA-C. Intermediate candidates are measured, never chosen.
+   difference, as in SIMBA-C. Intermediate candidates are measured, never chosen. Either way
+   the run's headline is the held-out confirmation ``dx.optimize`` runs after the search.
 
 Resuming (``resume=``) reuses every finished validation evaluation; DSPy keeps no state
 between calls, so the compile itself runs again.
 
-Defaults (DSPy's are larger; these keep a lab run to minutes, pass DSPy's to match it):
+Defaults: SIMBA's are DSPy's own (read from the installed ``dspy.SIMBA`` signature; 3.4.1:
+``bsize=32, num_candidates=6, max_steps=8, max_demos=4``); the others are lighter than DSPy's to
+keep a lab run to minutes. The settings a run used are recorded (``result.settings``).
 
 =============  ==========================================================================
 optimizer      defaults (DSPy's own argument names)
 =============  ==========================================================================
-``simba``      ``bsize=16, num_candidates=4, max_steps=4, max_demos=4, num_threads=4``
+``simba``      DSPy's (above), ``num_threads=4``
 ``mipro``      ``auto="light", max_bootstrapped_demos=2, max_labeled_demos=2, num_threads=4``
 ``gepa``       ``auto="light", reflection_minibatch_size=3, use_merge=False, num_threads=4``
 ``bootstrap``  ``max_bootstrapped_demos=4, max_labeled_demos=4, max_rounds=1``
@@ -64,6 +68,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import inspect
 import json
 import logging
 import math
@@ -84,7 +89,7 @@ from dspex_lab.optimize._evaluator import BudgetSpent, Scores, Spending
 from dspex_lab.optimize._simba_c import StepRecord, _interval, _number, validation_outcome
 from dspex_lab.optimize._space import Candidate, Slots, lift
 from dspex_lab.program import Program
-from dspex_lab.stats import holm, paired_test
+from dspex_lab.stats import holm, one_sided_p_value, paired_test
 
 __all__ = ["DSPY_NAMES", "DspyOptimizer"]
 
@@ -92,8 +97,27 @@ __all__ = ["DSPY_NAMES", "DspyOptimizer"]
 DSPY_NAMES = {"simba": "SIMBA", "mipro": "MIPROv2", "gepa": "GEPA", "bootstrap": "BootstrapFewShot"}
 
 _COMMON = {"validate_top": 2, "alpha": 0.05, "test": "auto"}
+# SIMBA's search settings as DSPy 3.4.1 sets them, used when the installed DSPy's signature does not say.
+_SIMBA_SEARCH = {"bsize": 32, "num_candidates": 6, "max_steps": 8, "max_demos": 4}
+
+
+def _simba_defaults() -> dict[str, Any]:
+    """Return DSPy SIMBA's own defaults for its search settings, read from the installed DSPy's signature."""
+    try:
+        parameters = inspect.signature(dspy.SIMBA.__init__).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a DSPy whose SIMBA has no readable signature
+        return dict(_SIMBA_SEARCH)
+    found = {}
+    for name, fallback in _SIMBA_SEARCH.items():
+        parameter = parameters.get(name)
+        default = parameter.default if parameter is not None else inspect.Parameter.empty
+        found[name] = default if isinstance(default, int) and not isinstance(default, bool) else fallback
+    return found
+
+
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "simba": {"bsize": 16, "num_candidates": 4, "max_steps": 4, "max_demos": 4, "num_threads": 4},
+    # DSPy's own search settings; num_threads only sets how many trials run at once.
+    "simba": {**_simba_defaults(), "num_threads": 4},
     "mipro": {
         "auto": "light",
         "max_bootstrapped_demos": 2,
@@ -369,7 +393,12 @@ class _BudgetGuard:
         self.calls = 0
         self.spent: str | None = None
         self._lock = threading.Lock()
-        self._base = (spending.lm_calls, spending.tokens, spending.cost)
+        # What the run spent before the compile, plus what it holds back for the confirmation.
+        self._base = (
+            spending.lm_calls + spending.reserved_lm_calls,
+            spending.tokens + spending.reserved_tokens,
+            spending.cost + spending.reserved_picodollars / 10**12,
+        )
 
     def before_call(self) -> None:
         budget = self.spending.budget
@@ -890,7 +919,8 @@ class _DspyRun:
                 except ValueError:
                     test = None
             tests.append(test)
-        p_values = np.array([test.p_value if test is not None else np.nan for test in tests], dtype=float)
+        # One convention with SIMBA-C: a candidate is accepted on the one-sided p of "it is better".
+        p_values = np.array([one_sided_p_value(test) if test is not None else np.nan for test in tests], dtype=float)
         adjusted = holm(p_values)
         alpha = self.optimizer.options["alpha"]
         for (candidate, score, _), test, p_adjusted in zip(candidates, tests, adjusted, strict=True):
@@ -901,10 +931,11 @@ class _DspyRun:
                 candidate,
                 scores,
                 test,
-                p_value=test.p_value if test is not None else math.nan,
+                p_value=one_sided_p_value(test) if test is not None else math.nan,
                 p_adjusted=p_adjusted,
                 significant=significant,
             )
+            outcome["p_two_sided"] = _number(test.p_value) if test is not None else None
             outcomes.append({**outcome, "dspy_score": score})
         for position, ((candidate, score, group), outcome) in enumerate(zip(candidates, outcomes, strict=True), 1):
             is_final = candidate.id == final_id
@@ -967,8 +998,9 @@ class _DspyRun:
         final = next((outcome for outcome in outcomes if outcome["candidate"] == final_id), None)
         if final is None:
             return "finished", f"DSPy {dspy_name} finished; its final choice is the baseline configuration"
-        verdict = "a significant gain" if final["significant"] else "no significant gain"
-        return "finished", f"DSPy {dspy_name} finished; its final choice {final_id}: {verdict} over the baseline"
+        # The run's claim is the held-out confirmation's (dx.optimize); this says what the acceptance rule decided.
+        verdict = "accepted" if final["significant"] else "not accepted"
+        return "finished", f"DSPy {dspy_name} finished; its final choice {final_id} was {verdict} on the valset"
 
     def _stop_at(self, spans: list[dict[str, Any]], detail: str) -> tuple[str, str]:
         # The candidates stay recorded and their finished evaluations journaled; one stopped step says why.

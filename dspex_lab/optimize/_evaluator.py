@@ -61,6 +61,11 @@ class Spending:
     trials: int = 0
     # Wall seconds of LM calls an optimizer makes outside trials (SIMBA-C's rule proposals).
     proposal_seconds: float = 0.0
+    # Part of the budget held back for the confirmation evaluations that follow the search (see
+    # ``dx.optimize``): the search stops when what it spent plus this reaches a limit.
+    reserved_lm_calls: int = 0
+    reserved_tokens: int = 0
+    reserved_picodollars: int = 0
 
     @property
     def cost(self) -> float:
@@ -90,6 +95,24 @@ class Spending:
         else:
             self.cost = float(totals["cost"])
 
+    def reserve(self, *, lm_calls: int, tokens: int, cost: float) -> None:
+        """Hold back part of the budget for the confirmation evaluations that follow the search."""
+        self.reserved_lm_calls = max(int(lm_calls), 0)
+        self.reserved_tokens = max(int(tokens), 0)
+        self.reserved_picodollars = max(round(float(cost) * _PICODOLLARS), 0)
+
+    def release(self) -> None:
+        """Give the held-back part of the budget to the confirmation evaluations."""
+        self.reserved_lm_calls = self.reserved_tokens = self.reserved_picodollars = 0
+
+    def _held(self) -> tuple[tuple[str, float, float], ...]:
+        # (limit name, used, held back for the confirmation)
+        return (
+            ("usd", self.cost, self.reserved_picodollars / _PICODOLLARS),
+            ("lm_calls", self.lm_calls, self.reserved_lm_calls),
+            ("tokens", self.tokens, self.reserved_tokens),
+        )
+
     def exhausted(self) -> str | None:
         """Say which limit of the budget is spent, or return None while every limit has some left.
 
@@ -98,10 +121,11 @@ class Spending:
         """
         if self.budget is None:
             return None
-        for name, used in (("usd", self.cost), ("lm_calls", self.lm_calls), ("tokens", self.tokens)):
+        for name, used, held in self._held():
             limit = getattr(self.budget, name)
-            if limit is not None and used >= limit:
-                return f"budget {name}={limit:g} spent ({used:g} used)"
+            if limit is not None and used + held >= limit:
+                kept = f", {held:g} kept for the confirmation" if held else ""
+                return f"budget {name}={limit:g} spent ({used:g} used{kept})"
         return None
 
     def remaining(self) -> Budget | None:
@@ -112,10 +136,10 @@ class Spending:
         if spent is not None:
             raise BudgetSpent(spent)
         left: dict[str, float] = {}
-        for name, used in (("usd", self.cost), ("lm_calls", self.lm_calls), ("tokens", self.tokens)):
+        for name, used, held in self._held():
             limit = getattr(self.budget, name)
             if limit is not None:
-                left[name] = limit - used if name == "usd" else int(limit - used)
+                left[name] = limit - used - held if name == "usd" else int(limit - used - held)
         return Budget(**left, pilot=1_000_000_000)
 
     def to_summary(self) -> dict[str, Any]:

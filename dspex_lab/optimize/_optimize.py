@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dspy
+import numpy as np
 import pandas as pd
 
 from dspex_lab.data import Dataset
@@ -20,8 +22,15 @@ from dspex_lab.evaluate._context import current_context
 from dspex_lab.evaluate._evaluate import _lm_state, _metric_name, environment
 from dspex_lab.evaluate._progress import installed_display
 from dspex_lab.journal import DuckDBJournal, ExperimentRecord
-from dspex_lab.optimize._evaluator import CandidateEvaluator, Example, Spending
-from dspex_lab.optimize._result import OptimizationResult, build_result, candidates_frame, memory_trials, steps_frame
+from dspex_lab.optimize._evaluator import BudgetSpent, CandidateEvaluator, Example, Spending
+from dspex_lab.optimize._result import (
+    OptimizationResult,
+    best_candidate_id,
+    build_result,
+    candidates_frame,
+    memory_trials,
+    steps_frame,
+)
 from dspex_lab.optimize._simba_c import Hooks, SimbaC, SimbaCRun, StepRecord
 from dspex_lab.optimize._space import Candidate, lift
 from dspex_lab.program import Program
@@ -35,6 +44,16 @@ Metric = Callable[[dspy.Example, Any], Any]
 #: Names ``optimizer=`` accepts for DSPy's own optimizers (run through dspex_lab's engine and journal).
 DSPY_OPTIMIZERS = ("simba", "mipro", "gepa", "bootstrap")
 OPTIMIZER_NAMES = ("simba-c", *DSPY_OPTIMIZERS)
+
+#: The part of the valset held out for the confirmation when no testset is given.
+CONFIRM_FRACTION = 0.3
+#: The fewest examples a carved confirmation split (and the selection part left) may have.
+MINIMUM_SPLIT = 10
+# The confirmation split's random stream, apart from every stream the optimizers draw from the seed.
+_CONFIRMATION_STREAM = 7_001
+# The confirmation's budget reserve: the baseline's validation cost per trial, times two programs,
+# times this margin (a changed program's prompt is longer: demos and rules).
+_RESERVE_MARGIN = 1.25
 
 
 @dataclass(frozen=True)
@@ -105,21 +124,99 @@ def _check_sets(trainset: Dataset, valset: Dataset, optimizer: Any) -> None:
         )
 
 
-def _check_budget(budget: Budget | None, optimizer: Any, valset: Dataset) -> None:
+def _check_budget(budget: Budget | None, optimizer: Any, valset: Dataset, confirm: Dataset | None) -> None:
     if budget is None:
         return
     if not isinstance(budget, Budget):
         raise OptimizerError(f"budget must be a dx.Budget, got {type(budget).__name__}")
     if isinstance(optimizer, SimbaC) and budget.lm_calls is not None:
-        # At least one LM call per trial: the baseline on the valset, then one step's trajectories and screening.
-        one_step = len(valset) + (optimizer.num_sources + optimizer.num_candidates) * optimizer.bsize + len(valset)
+        # At least one LM call per trial: the baseline on the valset, then one step's trajectories and screening,
+        # one full evaluation, and the confirmation (the baseline and the best on the confirmation set).
+        confirming = 2 * len(confirm) if confirm is not None else 0
+        one_step = (
+            len(valset)
+            + (optimizer.num_sources + optimizer.num_candidates) * optimizer.bsize
+            + len(valset)
+            + confirming
+        )
         if budget.lm_calls < one_step:
             raise OptimizerError(
                 f"Budget(lm_calls={budget.lm_calls}) is too small for one SIMBA-C step: the baseline and one step "
                 f"need at least {one_step} LM calls ({len(valset)} validation examples, "
                 f"{optimizer.num_sources + optimizer.num_candidates} programs x bsize={optimizer.bsize}, one full "
-                "evaluation); raise the budget or lower bsize/num_candidates/num_sources"
+                f"evaluation, {confirming} confirmation trials); raise the budget or lower "
+                "bsize/num_candidates/num_sources"
             )
+
+
+def _acceptance(optimizer: Any) -> tuple[float, str]:
+    """Return the optimizer's significance level and paired test (the confirmation uses the same)."""
+    if isinstance(optimizer, SimbaC):
+        return optimizer.alpha, optimizer.test
+    options = getattr(optimizer, "options", {})
+    return float(options.get("alpha", 0.05)), str(options.get("test", "auto"))
+
+
+def _confirmation_split(
+    train: Dataset,
+    val: Dataset,
+    testset: Dataset | Sequence[dspy.Example] | None,
+    fraction: float | None,
+    seed: int,
+    optimizer: Any,
+) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
+    """Return the selection set, the confirmation set (or None) and how they were made (recorded in the config).
+
+    The confirmation set is data the optimizer never sees: the testset when one is given, else a
+    seeded part of the valset carved off before the search starts.
+    """
+    alpha, test = _acceptance(optimizer)
+    common = {"alpha": alpha, "test": test, "alternative": "greater"}
+    if testset is not None:
+        if fraction is not None:
+            raise OptimizerError(
+                f"confirm_fraction={fraction!r} carves a confirmation set from the valset, but a testset is given; "
+                "pass one or the other"
+            )
+        confirm = _dataset(testset, "testset")
+        for role, other in (("trainset", train), ("valset", val)):
+            overlap = set(confirm.example_ids) & set(other.example_ids)
+            if overlap:
+                raise OptimizerError(
+                    f"the testset shares {len(overlap)} examples with the {role} (e.g. {sorted(overlap)[0]}); a "
+                    "confirmation must be on data the optimizer never saw: split the data, e.g. data.split(...)"
+                )
+        return val, confirm, {"source": "testset", "n": len(confirm), **common, "testset": confirm.manifest()}
+    fraction = CONFIRM_FRACTION if fraction is None else fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise OptimizerError(f"confirm_fraction must be a number in [0, 1), got {fraction!r}")
+    if fraction == 0:
+        return val, None, {"source": None, "n": 0, **common}
+    size = round(len(val) * fraction)
+    if size < MINIMUM_SPLIT or len(val) - size < MINIMUM_SPLIT:
+        raise OptimizerError(
+            f"the valset has {len(val)} examples: too few to carve a confirmation set of confirm_fraction={fraction} "
+            f"with at least {MINIMUM_SPLIT} examples on each side; pass a larger valset, a testset=, or "
+            "confirm_fraction=0 (then nothing is claimed)"
+        )
+    order = np.random.default_rng([seed, _CONFIRMATION_STREAM]).permutation(len(val))
+    held = sorted(int(position) for position in order[:size])
+    kept = sorted(set(range(len(val))) - set(held))
+    selection = val.select(kept).with_name(f"{val.name} (selection)")
+    confirm = val.select(held).with_name(f"{val.name} (confirmation)")
+    return (
+        selection,
+        confirm,
+        {
+            "source": "valset",
+            "n": len(confirm),
+            "fraction": fraction,
+            "seed": seed,
+            "selection_n": len(selection),
+            "example_ids": list(confirm.example_ids),
+            **common,
+        },
+    )
 
 
 def optimize(
@@ -131,6 +228,8 @@ def optimize(
     optimizer: SimbaC | str = "simba-c",
     budget: Budget | None = None,
     seed: int = 0,
+    testset: Dataset | Sequence[dspy.Example] | None = None,
+    confirm_fraction: float | None = None,
     name: str | None = None,
     resume: str | None = None,
     timeout: float | None = None,
@@ -151,7 +250,14 @@ def optimize(
         optimizer: ``dx.SimbaC(...)`` (default hyperparameters with ``"simba-c"``), or ``"simba"``,
             ``"mipro"``, ``"gepa"``, ``"bootstrap"`` for DSPy's optimizers run through the same engine.
         budget: limits on LM calls, tokens or dollars for the whole run; it stops cleanly when spent.
-        seed: makes mini-batches, sources and proposals reproducible.
+            Enough for the confirmation is held back once the baseline has shown what a trial costs.
+        seed: makes mini-batches, sources, proposals and the confirmation split reproducible.
+        testset: examples the optimizer never sees, on which the best program is tested against the
+            baseline once the search is over (the headline: ``result.comparison``). Must not overlap
+            the trainset or the valset.
+        confirm_fraction: without a testset, the fraction of the valset carved off (seeded) as the
+            confirmation set before the search starts (default 0.3, at least 10 examples on each
+            side); 0 runs no confirmation, and then nothing is claimed.
         name: the run's name (default: the program's name and the optimizer).
         resume: the id of an interrupted run to continue (same program, data, metric, LM and optimizer);
             finished evaluations are not repeated.
@@ -182,10 +288,11 @@ def optimize(
         raise OptimizerError(f"seed must be an integer, got {seed!r}")
     chosen = _resolve_optimizer(optimizer)
     train = _dataset(trainset, "trainset")
-    val = _dataset(valset, "valset")
-    _check_sets(train, val, chosen)
-    _check_budget(budget, chosen, val)
-    warn_if_underpowered(len(val), what="valset", alpha=float(getattr(chosen, "alpha", 0.05)))  # before any LM call
+    given_val = _dataset(valset, "valset")
+    _check_sets(train, given_val, chosen)
+    val, confirm, confirmation = _confirmation_split(train, given_val, testset, confirm_fraction, seed, chosen)
+    _check_budget(budget, chosen, val, confirm)
+    warn_if_underpowered(len(val), what="valset", alpha=_acceptance(chosen)[0])  # before any LM call is spent
     try:
         policy = RunPolicy(timeout=timeout, retry=RetryPolicy(retries=retries), max_errors=max_errors)
     except (ValueError, ExecutionError) as error:
@@ -200,7 +307,8 @@ def optimize(
             "seed": seed,
             "budget": budget.limits() if budget is not None else None,
             "trainset": train.manifest(),
-            "valset": val.manifest(),
+            "valset": given_val.manifest(),
+            "confirmation": confirmation,
             "metric": _metric_name(metric),
             "lm": getattr(lm, "model", repr(lm)),
             "lm_state": _lm_state(lm),
@@ -220,8 +328,8 @@ def optimize(
         if callable(begin):
             begin(run_name)
         try:
-            result = _run(journal, resume, program, train, val, metric, config, run_name, chosen, budget, seed, lm,
-                          context, policy, trace, printing, subscribers, display)  # fmt: skip
+            result = _run(journal, resume, program, train, val, confirm, metric, config, run_name, chosen, budget,
+                          seed, lm, context, policy, trace, printing, subscribers, display)  # fmt: skip
             status = result.status
             return result
         except KeyboardInterrupt:
@@ -239,6 +347,7 @@ def _run(
     program: Program,
     train: Dataset,
     val: Dataset,
+    confirm: Dataset | None,
     metric: Metric,
     config: dict[str, Any],
     run_name: str,
@@ -278,11 +387,14 @@ def _run(
             _restore_other_spending(spending, journal, run_id)
     steps_to = [*subscribers, display] if display is not None else subscribers
     session = _Session(run_id, run_name, journal, evaluator, config, program, train, val, steps_to, progress)
+    session.confirm_set = confirm
     try:
         if isinstance(chosen, SimbaC):
-            session.run_simba_c(chosen, program, seed, lm)
+            status, detail = session.run_simba_c(chosen, program, seed, lm)
         else:
-            session.run_dspy(chosen, program, metric, seed, lm)
+            status, detail = session.run_dspy(chosen, program, metric, seed, lm)
+        session.confirm()
+        session.end(status, detail)
     except KeyboardInterrupt:
         session.end("interrupted", "interrupted by the user")
         raise KeyboardInterrupt(
@@ -347,6 +459,7 @@ def _start(
         ("LM", (before.get("lm"), before.get("lm_state")), (config["lm"], config["lm_state"])),
         ("optimizer", before.get("optimizer_config"), config["optimizer_config"]),
         ("seed", before.get("seed"), config["seed"]),
+        ("confirmation set", before.get("confirmation"), config["confirmation"]),
     ]
     for what, old, new in checks:
         if old != new:
@@ -415,6 +528,9 @@ class _Session:
         self.step_rows: dict[int, dict[str, Any]] = {}
         self.status = "running"
         self.detail: str | None = None
+        # The data the optimizer never sees, on which the best is tested once the search is over.
+        self.confirm_set: Dataset | None = None
+        self.confirmation: dict[str, Any] = {"status": "not run"}
         self._stored_examples: set[str] = set()
         # The steps as the journal held them when this process began (a resumed run's earlier progress).
         self.journaled_steps: dict[int, dict[str, Any]] = {}
@@ -426,7 +542,9 @@ class _Session:
     # -- records ---------------------------------------------------------------------------------
 
     def record(self, candidate: Candidate, phase: str) -> ExperimentRecord:
-        data = self.val if phase == "val" else self.train
+        data = self.val if phase == "val" else self.confirm_set if phase == "confirm" else self.train
+        if data is None:
+            raise OptimizerError(f"run {self.run_id} has no confirmation set to record {candidate.id} on")
         examples = ()
         if data.fingerprint not in self._stored_examples:
             from dspex_lab.evaluate._evaluate import _stored_examples
@@ -482,6 +600,26 @@ class _Session:
         self.step_rows[record.step] = row
         if self.journal is not None:
             self.journal.record_step(self.run_id, row)
+        if record.step == 0 and record.status == "finished":
+            self.reserve_confirmation()
+
+    def reserve_confirmation(self) -> None:
+        """Hold back enough of the budget for the confirmation, priced by what the baseline's trials cost.
+
+        Set when the baseline's validation is recorded (step 0): from then on the search stops
+        early enough for the baseline and the best to be evaluated on the confirmation set.
+        """
+        spending = self.evaluator.spending
+        if self.confirm_set is None or spending.budget is None:
+            return
+        rows = self.evaluator.experiment_rows(f"{self.run_id}/c0/val")
+        if not rows:
+            return
+        scale = 2 * len(self.confirm_set) * _RESERVE_MARGIN / len(rows)
+        calls = sum(int(row.get("lm_calls") or 0) for row in rows)
+        tokens = sum(int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0) for row in rows)
+        cost = sum(float(row.get("cost") or 0.0) for row in rows)
+        spending.reserve(lm_calls=math.ceil(calls * scale), tokens=math.ceil(tokens * scale), cost=cost * scale)
 
     def emit_spans(self, step: int, items: list[dict[str, Any]]) -> None:
         """Store a step's decisions as one orchestration trace (``step-N``) in the run's experiment."""
@@ -554,7 +692,7 @@ class _Session:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def run_simba_c(self, optimizer: SimbaC, program: Program, seed: int, lm: dspy.BaseLM) -> None:
+    def run_simba_c(self, optimizer: SimbaC, program: Program, seed: int, lm: dspy.BaseLM) -> tuple[str, str]:
         lifted, slots = lift(program, lm=lm, max_demos=optimizer.max_demos)
         baseline = Candidate(
             "c0", lifted, None, 0, "baseline", "the program as given, with instructions and demos lifted"
@@ -573,11 +711,56 @@ class _Session:
             lm=lm,
         )
         run.run(self.record)
-        self.end(run.status, run.detail)
+        return run.status, run.detail or ""
 
-    def run_dspy(self, optimizer: Any, program: Program, metric: Metric, seed: int, lm: dspy.BaseLM) -> None:
+    def run_dspy(self, optimizer: Any, program: Program, metric: Metric, seed: int, lm: dspy.BaseLM) -> tuple[str, str]:
         status, detail = optimizer.run_dspy(self, program=program, metric=metric, seed=seed, lm=lm)
-        self.end(status, detail)
+        return status, detail
+
+    def confirm(self) -> None:
+        """Evaluate the baseline and the best on the confirmation set (the headline's test reads them back).
+
+        Nothing is evaluated when the optimizer kept the baseline (there is no claim to test) or
+        when there is no confirmation set. The budget held back for it is released first.
+        """
+        rows = [self.step_rows[key] for key in sorted(self.step_rows)]
+        if not rows:
+            return
+        best_id = best_candidate_id(rows)
+        if self.confirm_set is None:
+            self.confirmation = {"status": "not run", "best_id": best_id}
+            return
+        if best_id == "c0":
+            self.confirmation = {"status": "unchanged", "best_id": best_id}
+            return
+        spending = self.evaluator.spending
+        spending.release()
+        examples = _examples(self.confirm_set)
+        stopped = None
+        for candidate_id in ("c0", best_id):
+            row = self.candidate_rows[candidate_id]
+            candidate = Candidate(
+                candidate_id,
+                Program.from_dict(row["program_spec"]),
+                row.get("parent_id"),
+                int(row["step"]),
+                row["strategy"],
+                row.get("rationale") or "",
+            )
+            try:
+                scores = self.evaluator.evaluate(
+                    candidate.program,
+                    examples,
+                    experiment_id=f"{self.run_id}/{candidate_id}/confirm",
+                    record=self.record(candidate, "confirm"),
+                )
+            except BudgetSpent as spent:
+                stopped = str(spent)
+                break
+            if scores.stopped:
+                stopped = scores.stopped
+                break
+        self.confirmation = {"status": "stopped" if stopped else "evaluated", "best_id": best_id, "detail": stopped}
 
     def end(self, status: str, detail: str | None) -> None:
         if self.status != "running":
@@ -587,7 +770,12 @@ class _Session:
             self.evaluator.close()
         finally:
             if self.journal is not None:
-                summary = {"status": status, "status_detail": detail, "spending": self.evaluator.spending.to_summary()}
+                summary = {
+                    "status": status,
+                    "status_detail": detail,
+                    "spending": self.evaluator.spending.to_summary(),
+                    "confirmation": self.confirmation,
+                }
                 self.journal.finish_experiment(self.run_id, status=status, detail=detail, summary=summary)
                 self.journal.finish_children(self.run_id, status="finished" if status != "failed" else "failed")
 
@@ -606,4 +794,5 @@ class _Session:
             trials=memory_trials(self.evaluator.rows_by_experiment()),
             spending=self.evaluator.spending.to_summary(),
             journal=None,
+            confirmation=self.confirmation,
         )

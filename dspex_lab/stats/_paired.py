@@ -19,6 +19,7 @@ __all__ = [
     "choose_paired_test",
     "cohens_dz",
     "mcnemar_test",
+    "one_sided_p_value",
     "paired_bootstrap_test",
     "paired_t_test",
     "paired_test",
@@ -292,6 +293,22 @@ def paired_test(
     if seed is None:
         raise ValueError('method="bootstrap" is random and needs a seed (int or numpy.random.Generator)')
     return paired_bootstrap_test(a, b, confidence=confidence, seed=seed)
+
+
+def one_sided_p_value(test: PairedTest) -> float:
+    """Return the p-value of "``b`` is better than ``a``" (``b - a > 0``) from a two-sided paired test.
+
+    The paired t-test, the Wilcoxon signed-rank test and the exact McNemar test have null
+    distributions symmetric about zero, so the one-sided p is half the two-sided one in the
+    observed direction and one minus that half against it. For the exact McNemar test this is
+    the binomial tail ``P(Binomial(n01 + n10, 1/2) <= n10)`` when ``b`` won more discordant
+    pairs (its two-sided p is twice the smaller tail); at its cap of 1 it gives 0.5. NaN when
+    the test has no p-value.
+    """
+    if not math.isfinite(test.p_value) or not math.isfinite(test.mean_difference):
+        return math.nan
+    half = test.p_value / 2
+    return half if test.mean_difference > 0 else 1 - half
 
 
 def _mean_t_interval(differences: np.ndarray, confidence: float) -> tuple[float, float]:

@@ -335,6 +335,14 @@ def _jsonable(value: Any, depth: int, *, redacting: bool) -> Any:
         return int(value) if not isinstance(value, bool) else bool(value)
     if isinstance(value, float):
         return _jsonable(float(value), depth, redacting=redacting)
+    if (
+        type(value).__module__ == "numpy"
+        and getattr(value, "ndim", None) == 0
+        and callable(getattr(value, "item", None))
+    ):
+        # A numpy scalar (numpy.bool_, numpy.int64, numpy.float32): its Python value, so a boolean stays a
+        # boolean and a number a number, never their repr ("np.False_", which any reader takes for true).
+        return _jsonable(value.item(), depth, redacting=redacting)
     if depth >= _MAXIMUM_DEPTH:
         return _short_repr(value, redacting=redacting)
     if isinstance(value, Mapping):
