@@ -28,7 +28,7 @@ from dspex_lab._records import trial_id as make_trial_id
 from dspex_lab.engine._adapter import default_adapter
 from dspex_lab.engine._cancel import CancelToken, install_lm_guard
 from dspex_lab.errors import InvalidScoreError, TrialCancelledError, TrialTimeoutError
-from dspex_lab.lm import Meter, current_rollout, metering
+from dspex_lab.lm import Meter, for_repeat, metering, repeats_can_differ
 from dspex_lab.trace import SpanRecorder, dispatch, span
 from dspex_lab.trace import metric as metric_span
 from dspex_lab.trace.redaction import mask_text, redact
@@ -305,7 +305,11 @@ class TrialRunner:
     """Run trials of one hydrated module; safe to call from many threads at once.
 
     The module is shared by the worker threads, as ``dspy.Evaluate`` shares it: DSPy
-    predictors keep no per-call state on the instance.
+    predictors keep no per-call state on the instance. Repeat r >= 1 of an example runs
+    with its own DSPy ``rollout_id`` on every LM that samples (a copy of the module per
+    repeat when its predictors hold their own LMs; see :func:`dspex_lab.lm.for_repeat`),
+    so repeats are distinct requests to a provider and never each other's cache hits;
+    repeat 0 sends the plain requests ``dspy.Evaluate`` would.
 
     Args:
         module: the hydrated program.
@@ -346,6 +350,23 @@ class TrialRunner:
         # Traces of trials in flight, by their token: a trial abandoned at its timeout hands over what it has.
         self._open: dict[int, Any] = {}
         self._open_lock = threading.Lock()
+        # (module, LM) per repeat: repeat r runs with its own DSPy rollout_id (dspex_lab.lm.for_repeat).
+        self._repeats: dict[int, tuple[dspy.Module, dspy.BaseLM | None]] = {0: (module, self.lm)}
+        self._repeats_lock = threading.Lock()
+
+    @property
+    def repeats_differ(self) -> bool:
+        """Whether repeats can give different completions (some LM of the trial samples; see ``for_repeat``)."""
+        return repeats_can_differ(self.module, self.lm)
+
+    def _for_repeat(self, repeat: int) -> tuple[dspy.Module, dspy.BaseLM | None]:
+        found = self._repeats.get(repeat)
+        if found is None:
+            with self._repeats_lock:
+                found = self._repeats.get(repeat)
+                if found is None:
+                    found = self._repeats[repeat] = for_repeat(self.module, self.lm, repeat)
+        return found
 
     def __call__(self, task: TrialTask, *, token: CancelToken | None = None) -> TrialResult:
         """Run ``task``; with a recorder, capture its span tree; never raise for a trial's own failure."""
@@ -382,9 +403,13 @@ class TrialRunner:
         started = time.time()
         clock = time.perf_counter()
         meter = Meter()
+        try:
+            module, lm = self._for_repeat(task.repeat)
+        except Exception as error:  # a module whose LMs cannot be copied for the repeat: this trial fails
+            return self.failure(task, error, stage="program", started=started, clock=clock, attempt=1)
         overrides: dict[str, Any] = {}
-        if self.lm is not None:
-            overrides["lm"] = self.lm
+        if lm is not None:
+            overrides["lm"] = lm
         if self.adapter is not None:
             overrides["adapter"] = self.adapter
         elif dspy.settings.adapter is None:
@@ -420,8 +445,8 @@ class TrialRunner:
                     token.check()
                     with self._attempt_scope(attempt, cause) as attempt_span:
                         try:
-                            with metering(meter, overrides=overrides), current_rollout(task.repeat):
-                                prediction = self.module(**task.example.inputs())
+                            with metering(meter, overrides=overrides):
+                                prediction = module(**task.example.inputs())
                         except Exception as error:
                             if attempt_span is not None:
                                 attempt_span.fail(f"{type(error).__name__}: {error}")

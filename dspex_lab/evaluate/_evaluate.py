@@ -287,6 +287,7 @@ def evaluate(
             spending=report.spending,
             journal=journal if stored else None,
             traced=trace and stored,
+            identical_repeats=repeats > 1 and not runner.repeats_differ,
         )
         if stored:
             try:

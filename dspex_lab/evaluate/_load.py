@@ -78,6 +78,7 @@ def load(
         spending=summary.get("spending"),
         journal=store,
         traced=traced,
+        identical_repeats=bool(summary.get("identical_repeats", False)),
     )
 
 

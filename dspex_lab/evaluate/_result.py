@@ -39,6 +39,11 @@ _SHOWN_TRIALS = 10
 _TRACE_LINES = 200
 _ERROR_CHARACTERS = 300
 _CELL = "style='text-align:left;vertical-align:top'"
+# What the result says, once, when its repeats could not differ (see EvaluationResult.identical_repeats).
+IDENTICAL_REPEATS = (
+    "repeats at temperature 0 are identical requests (no LM of the program samples): within-example "
+    "variance is not measured"
+)
 # What the result shows in place of a mean and an interval when no trial produced a score.
 NO_SCORE = "no trial scored"
 
@@ -81,6 +86,10 @@ class EvaluationResult:
 
     An evaluation run with ``trace=True`` and a journal keeps that ``journal``; :meth:`trace` reads a
     trial's span tree from it, and the rich HTML shows the failed and lowest-scoring trials with theirs.
+
+    ``identical_repeats`` is True when the run had several repeats but no LM of the program samples
+    (temperature 0, or the lab LM without a temperature): every repeat was the same request, so the
+    within-example variance is NaN (not measured) rather than a zero, and the summary and HTML say so.
     """
 
     experiment_id: str | None
@@ -97,6 +106,7 @@ class EvaluationResult:
     spending: dict[str, Any] | None = None
     journal: DuckDBJournal | None = None
     traced: bool = False
+    identical_repeats: bool = False
 
     # -- per-example scores --------------------------------------------------------------------
 
@@ -159,12 +169,16 @@ class EvaluationResult:
 
     @cached_property
     def variance(self) -> dict[str, float]:
-        """Within-example (across repeats) and between-example variance of scored trials."""
+        """Within-example (across repeats) and between-example variance of scored trials.
+
+        ``within`` is NaN when the repeats were identical requests (:attr:`identical_repeats`): their zero
+        spread is how the run was configured, not a measurement.
+        """
         scored = self.trials[self.trials["status"] == "ok"]
         if scored.empty:
             return {"within": math.nan, "between": math.nan}
         within, between = variance_components(scored["score"].to_numpy(dtype=float), scored["example_id"].to_numpy())
-        return {"within": within, "between": between}
+        return {"within": math.nan if self.identical_repeats else within, "between": between}
 
     @property
     def n(self) -> int:
@@ -280,6 +294,7 @@ class EvaluationResult:
             "confidence": self.confidence,
             "n": self.n,
             "repeats": self.repeats,
+            "identical_repeats": self.identical_repeats,
             "variance": {key: number(value) for key, value in self.variance.items()},
             "n_trials": self.n_trials,
             "n_errors": self.n_errors,
@@ -338,6 +353,8 @@ class EvaluationResult:
             ("status", html.escape(self.status)),
             ("experiment", f"<code>{experiment}</code> — <code>dspex journal trials {experiment}{where}</code>"),
         ]
+        if self.identical_repeats:
+            rows.insert(2, ("repeats", f"{self.repeats}: {html.escape(IDENTICAL_REPEATS)}"))
         body = "".join(f"<tr><th style='text-align:left'>{key}</th><td>{value}</td></tr>" for key, value in rows)
         return (
             f"<div class='dspex-evaluation'><h4>{html.escape(self.name)}</h4><table>{body}</table>"

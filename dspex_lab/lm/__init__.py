@@ -9,6 +9,9 @@ respond to temperature, reasoning, demos and instructions, not a measurement.
 ``metering()`` counts the tokens, calls and dollars of any LM's calls (lab or
 real) per trial, preferring the cost DSPy reports and saying "unpriced" when
 no price is known; ``is_priced()`` tells before the first call.
+
+``for_repeat()`` gives repeat r of a trial its own DSPy ``rollout_id`` on every LM that samples,
+so repeats are distinct requests to any provider (and distinct draws of the lab LM).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from dspex_lab.lm._cost import (
     metering,
     model_price,
 )
+from dspex_lab.lm._rollout import ROLLOUT_STRIDE, for_repeat, lm_samples, repeat_rollout_id, repeats_can_differ
 from dspex_lab.lm.client import ENDPOINT_FIELDS, LabLM, credentials_in_url, lab_lm, resolve_lm
-from dspex_lab.lm.engine import AsyncLabEngine, LabEngine, LabLMError, LabRateLimitError, current_rollout
+from dspex_lab.lm.engine import AsyncLabEngine, LabEngine, LabLMError, LabRateLimitError
 from dspex_lab.lm.profiles import LAB_MODELS, LabModelProfile, lm_cost
 
 __all__ = [
@@ -35,6 +39,7 @@ __all__ = [
     "HOSTED_PRICES",
     "HOSTED_PRICES_AS_OF",
     "LAB_MODELS",
+    "ROLLOUT_STRIDE",
     "AsyncLabEngine",
     "LabEngine",
     "LabLM",
@@ -48,11 +53,14 @@ __all__ = [
     "call_cost",
     "credentials_in_url",
     "current_meter",
-    "current_rollout",
+    "for_repeat",
     "is_priced",
     "lab_lm",
     "lm_cost",
+    "lm_samples",
     "metering",
     "model_price",
+    "repeat_rollout_id",
+    "repeats_can_differ",
     "resolve_lm",
 ]

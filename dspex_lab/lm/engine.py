@@ -15,13 +15,11 @@ process and under any thread interleaving.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hashlib
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +39,7 @@ __all__ = [
     "LabEngine",
     "LabLMError",
     "LabRateLimitError",
-    "current_rollout",
 ]
-
-_ROLLOUT: contextvars.ContextVar[Any] = contextvars.ContextVar("dspex_lab_rollout", default=None)
 
 _REASONING_NAMES = REASONING_NAMES
 _NUMERIC_TYPES = frozenset({"int", "float"})
@@ -66,28 +61,6 @@ class LabRateLimitError(lm15.RateLimitError):
 
     DSPy surfaces it as ``dspy.utils.exceptions.LMRateLimitError``, which is retryable.
     """
-
-
-@contextmanager
-def current_rollout(rollout_id: Any) -> Iterator[None]:
-    """Set the rollout id that lab engines combine into their draws within this context.
-
-    A trial runner uses it to make repeats of the same prompt differ at
-    temperature > 0 without copying the LM. It composes with a rollout bound by
-    ``LabLM.copy(rollout_id=...)``: the engine draws from both.
-
-    Context variables do not cross into threads by themselves (``dspy.Parallel``
-    does not copy them): set it inside the worker, or submit work with
-    ``contextvars.copy_context().run``.
-
-    Args:
-        rollout_id: any value with a stable ``repr`` (an int or a string); None clears it.
-    """
-    token = _ROLLOUT.set(rollout_id)
-    try:
-        yield
-    finally:
-        _ROLLOUT.reset(token)
 
 
 class _AttemptLedger:
@@ -251,11 +224,9 @@ class LabEngine:
 
     def _rollout_key(self, request: lm15.Request) -> str:
         parts = []
+        # DSPy strips rollout_id from the request an engine gets: LabLM.copy(rollout_id=) binds it here.
         if self.rollout_id is not None:
             parts.append(f"bound={self.rollout_id!r}")
-        context_rollout = _ROLLOUT.get()
-        if context_rollout is not None:
-            parts.append(f"context={context_rollout!r}")
         if request.config.seed is not None:
             parts.append(f"seed={request.config.seed!r}")
         return "|".join(parts)

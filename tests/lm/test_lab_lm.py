@@ -24,7 +24,6 @@ from dspex_lab.lm import (
     LabLM,
     LabLMError,
     LabRateLimitError,
-    current_rollout,
     lab_lm,
     lm_cost,
     resolve_lm,
@@ -227,29 +226,6 @@ def test_rollout_does_not_matter_at_temperature_zero():
     lm = lab_lm(temperature=0.0)
     baseline = _cot_outputs(lm, [question])
     assert all(_cot_outputs(lm.copy(rollout_id=r), [question]) == baseline for r in range(5))
-    with current_rollout(9):
-        assert _cot_outputs(lm, [question]) == baseline
-
-
-def test_current_rollout_varies_outputs_and_composes_with_copy():
-    question = arithmetic(1, seed=23)[0].question
-    lm = lab_lm(temperature=1.0)
-    seen = set()
-    for rollout in range(20):
-        with current_rollout(rollout):
-            seen.add(_cot_outputs(lm, [question])[0])
-    assert len(seen) >= 3
-    with current_rollout(1):
-        first = _cot_outputs(lm, [question])
-    with current_rollout(1):
-        assert _cot_outputs(lm, [question]) == first
-    # A bound rollout and a context rollout combine: binding changes the draws.
-    bound = lm.copy(rollout_id=1)
-    differing = 0
-    for rollout in range(10):
-        with current_rollout(rollout):
-            differing += _cot_outputs(bound, [question]) != _cot_outputs(lm, [question])
-    assert differing >= 3
 
 
 def test_request_seed_changes_the_draw():
