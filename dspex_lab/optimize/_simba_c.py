@@ -45,6 +45,7 @@ SIMBA-C                     DSPy SIMBA       meaning
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -273,7 +274,9 @@ class SimbaCRun:
         self.status = "running"
         self.detail: str | None = None
         self._has_temperature = any(target == "temperature" for target in baseline.program.targets.values())
-        self._explore_lm = lm if self._has_temperature else _hotter(lm, optimizer.exploration_temperature)
+        self._explore_lm = _exploration_lm(
+            lm, seed=seed, temperature=None if self._has_temperature else optimizer.exploration_temperature
+        )
 
     # -- experiments ----------------------------------------------------------------------------
 
@@ -352,7 +355,7 @@ class SimbaCRun:
                 experiment_id=f"{self.hooks.run_id}/s{step}/explore{position}",
                 record=record(explored, f"s{step}/explore{position}"),
                 lm=self._explore_lm,
-                repeat=position,
+                repeat=self._exploration_repeat(step, position),
             )
             sources.append((source, scores))
         self.pool_scores.setdefault(self.incumbent.id, []).append(incumbent_screen.mean)
@@ -495,6 +498,14 @@ class SimbaCRun:
         self.hooks.emit_spans(step, spans)
         self._finish_step(current, replace=True)
         return best is not None
+
+    def _exploration_repeat(self, step: int, position: int) -> int:
+        """Return the repeat index the extra source ``position`` of ``step`` runs as: >= 1, one per (step, source).
+
+        With the exploration LM's seed-derived rollout id (:func:`_exploration_lm`), each (seed, step, source)
+        samples on DSPy rollout ids of its own: distinct requests to a provider, the same ones on a rerun.
+        """
+        return (step - 1) * max(self.optimizer.num_sources - 1, 1) + position
 
     def _generator(self, step: int, purpose: int, index: int = 0) -> np.random.Generator:
         """Return the generator of one decision: ``purpose`` (and ``index``) of ``step``, from the run's seed."""
@@ -860,10 +871,20 @@ def _as_journaled(program: Program) -> Program:
     return Program.from_dict(program.to_dict())
 
 
-def _hotter(lm: dspy.BaseLM, temperature: float) -> dspy.BaseLM:
+def _exploration_lm(lm: dspy.BaseLM, *, seed: int, temperature: float | None) -> dspy.BaseLM:
+    """Return the LM the extra sources are sampled with: ``temperature`` hot (None: as it is), on its own rollouts.
+
+    Its ``rollout_id`` comes from the run's seed; the trial runner adds the repeat of each exploration
+    (:meth:`SimbaCRun._exploration_repeat`, see :func:`dspex_lab.lm.for_repeat`), so two runs with other seeds,
+    two steps and two sources never share a request, or a DSPy cache entry.
+    """
+    digest = hashlib.blake2b(f"simba-c exploration|{seed}".encode(), digest_size=5).digest()
+    changes: dict[str, Any] = {"rollout_id": int.from_bytes(digest, "big")}
+    if temperature is not None:
+        changes["temperature"] = temperature
     try:
-        return lm.copy(temperature=temperature)
-    except Exception:
+        return lm.copy(**changes)
+    except Exception:  # an LM that cannot be copied: its rollouts still differ by the exploration's repeat
         return lm
 
 
