@@ -325,7 +325,12 @@ def _run_description(experiment: Mapping[str, Any]) -> dict[str, Any]:
 
 def lab_seeds(lm_state: Any) -> dict[str, Any]:
     """Return what fixes the run's randomness: the lab engine's seed and fault rates, and the rollouts."""
-    seeds: dict[str, Any] = {"rollouts": "repeat r of every example runs as rollout r"}
+    seeds: dict[str, Any] = {
+        "rollouts": (
+            "repeat 0 is the plain request; repeat r >= 1 runs with DSPy rollout_id r * 2**20 "
+            "(plus the LM's own) on every LM that samples"
+        )
+    }
     engine = lm_state.get("engine") if isinstance(lm_state, Mapping) else None
     engine_state = engine.get("state") if isinstance(engine, Mapping) else None
     if isinstance(engine_state, Mapping):
