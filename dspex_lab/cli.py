@@ -195,6 +195,7 @@ def _optimize(arguments: argparse.Namespace) -> int:
     inputs = arguments.inputs.split(",")
     trainset = dx.load_dataset(arguments.train, inputs=inputs)
     valset = dx.load_dataset(arguments.val, inputs=inputs)
+    testset = dx.load_dataset(arguments.test, inputs=inputs) if arguments.test else None
     limits = {"lm_calls": arguments.max_lm_calls, "usd": arguments.max_usd}
     budget = (
         dx.Budget(**{key: value for key, value in limits.items() if value is not None})
@@ -215,18 +216,19 @@ def _optimize(arguments: argparse.Namespace) -> int:
             optimizer=optimizer,
             budget=budget,
             seed=arguments.seed,
+            testset=testset,
+            confirm_fraction=arguments.confirm_fraction,
             name=arguments.name,
             resume=arguments.resume,
             progress=not arguments.quiet,
         )
-    print(repr(result))
-    if result.comparison is not None:
-        comparison = result.comparison
-        print(
-            f"best {result.best_id} vs baseline: {_number(comparison.difference, '+.3f')} "
-            f"[{_number(comparison.ci[0], '+.3f')}, {_number(comparison.ci[1], '+.3f')}], "
-            f"{comparison.test} p = {comparison.p_value:.3g}"
-        )
+    # The headline is the held-out test's verdict; the validation means are labelled as selection data.
+    print(
+        f"{result.name} ({result.optimizer}): {result.status}"
+        + (f", {result.status_detail}" if result.status_detail else "")
+    )
+    print(result.headline)
+    print(result.optimistic.capitalize())
     if arguments.output:
         Path(arguments.output).write_text(result.best.to_json(), encoding="utf-8")
         print(f"wrote the best configuration to {arguments.output}")
@@ -481,6 +483,15 @@ def _parser() -> argparse.ArgumentParser:
     optimize.add_argument("spec", help="program spec JSON (from Program.to_json())")
     optimize.add_argument("train", help="trainset: .jsonl, .csv or .parquet")
     optimize.add_argument("--val", required=True, help="valset (must not overlap the trainset)")
+    optimize.add_argument(
+        "--test", default=None, help="testset the optimizer never sees: the best is tested against the baseline on it"
+    )
+    optimize.add_argument(
+        "--confirm-fraction",
+        type=float,
+        default=None,
+        help="without --test, the part of the valset held out for that test (default 0.3; 0: claim nothing)",
+    )
     optimize.add_argument("--metric", choices=_METRICS, required=True)
     optimize.add_argument("--inputs", help="comma-separated input fields, e.g. question")
     optimize.add_argument("--optimizer", choices=("simba-c", "simba", "mipro", "gepa", "bootstrap"), default="simba-c")

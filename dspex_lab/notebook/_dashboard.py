@@ -393,11 +393,15 @@ class Dashboard:
             self.run_plot.object = None
             self.run_message.object = ""
             return
-        from dspex_lab.optimize import plot_run
+        from dspex_lab.optimize import OptimizationResult
 
         try:
-            self.run_plot.object = plot_run(self.journal, run_id)
-            self.run_message.object = ""
+            result = OptimizationResult.from_journal(self.journal, run_id)
+            self.run_plot.object = result.plot()
+            # The run's claim is its held-out test's headline; the plot's validation means are selection data.
+            self.run_message.object = (
+                f"**{html.escape(result.headline)}** {html.escape(result.optimistic.capitalize())}."
+            )
         except DspexLabError as error:
             self.run_plot.object = None
             self.run_message.object = f"**Cannot draw run {run_id}:** {error}"

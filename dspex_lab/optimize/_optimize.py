@@ -48,7 +48,7 @@ OPTIMIZER_NAMES = ("simba-c", *DSPY_OPTIMIZERS)
 #: The part of the valset held out for the confirmation when no testset is given.
 CONFIRM_FRACTION = 0.3
 #: The fewest examples a carved confirmation split (and the selection part left) may have.
-MINIMUM_SPLIT = 10
+MINIMUM_SPLIT = 5
 # The confirmation split's random stream, apart from every stream the optimizers draw from the seed.
 _CONFIRMATION_STREAM = 7_001
 # The confirmation's budget reserve: the baseline's validation cost per trial, times two programs,
@@ -256,7 +256,7 @@ def optimize(
             baseline once the search is over (the headline: ``result.comparison``). Must not overlap
             the trainset or the valset.
         confirm_fraction: without a testset, the fraction of the valset carved off (seeded) as the
-            confirmation set before the search starts (default 0.3, at least 10 examples on each
+            confirmation set before the search starts (default 0.3, at least 5 examples on each
             side); 0 runs no confirmation, and then nothing is claimed.
         name: the run's name (default: the program's name and the optimizer).
         resume: the id of an interrupted run to continue (same program, data, metric, LM and optimizer);

@@ -309,3 +309,24 @@ def test_numpy_scalars_are_stored_as_json_booleans_and_numbers(tmp_path: Path) -
     text = encode_attributes({"significant": np.False_, "n": np.int64(3), "gain": np.float32(0.5)})
     assert json.loads(text) == {"significant": False, "n": 3, "gain": 0.5}
     assert not math.isnan(json.loads(text)["gain"])
+
+
+def test_the_cli_prints_the_held_out_headline_and_labels_selection_numbers(tmp_path: Path, capsys) -> None:
+    from dspex_lab.cli import main
+
+    spec = tmp_path / "qa.json"
+    spec.write_text(oracle_program().to_json())
+    rows = [json.dumps(example.toDict()) for example in dx.datasets.arithmetic(200, seed=17)]
+    for name, part in (("train", rows[:60]), ("val", rows[60:140]), ("test", rows[140:])):
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(part))
+    journal = str(tmp_path / "o.duckdb")
+    arguments = ["optimize", str(spec), str(tmp_path / "train.jsonl"), "--val", str(tmp_path / "val.jsonl")]
+    arguments += ["--test", str(tmp_path / "test.jsonl"), "--metric", "exact_match", "--inputs", "question"]
+    assert main([*arguments, "--journal", journal, "--quiet", "--max-steps", "2", "--bsize", "12", "--json"]) == 0
+    output = capsys.readouterr().out.splitlines()
+    summary = json.loads(output[-1])
+    result = dx.OptimizationResult.from_journal(open_journal(journal), summary["run_id"])
+    assert result.confirmation.source == "testset" and result.confirmation.n == 60
+    assert result.headline in output and summary["headline"] == result.headline
+    assert result.optimistic.capitalize() in output
+    assert not any(line.startswith("best ") and " p = " in line for line in output)  # the old validation-set line
