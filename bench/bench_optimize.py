@@ -15,11 +15,15 @@ documented in ``docs/lab_world.md``. Three tables:
    optimizer saw. The paired test of SIMBA-C against each optimizer pools the test
    examples of all seeds (exact McNemar on 0/1 scores). Targets: SIMBA-C's test score
    is above DSPy SIMBA's with p < 0.05, or equal at no more than 0.5x its LM calls.
-2. ``null``: the same, on ``dx.datasets.null_arithmetic``, where no configuration can
-   help (every configuration's expected score is 0.5). SIMBA-C should accept a
-   candidate in at most 5% of its steps. DSPy SIMBA keeps its mini-batch winner
-   without a test; the table prints how often its final program differs from the
-   starting one, and the test-set gain it achieved.
+2. ``null``: on ``dx.datasets.null_arithmetic``, where no configuration can help (every
+   configuration's expected score is 0.5), each optimizer runs once per seed (``--null-seeds``,
+   20 by default) with ``dx.optimize``'s defaults: a confirmation split carved from the valset,
+   on which the best is tested against the baseline (one-sided, alpha = 0.05). The table
+   prints the share of runs whose headline claims a significant gain, with its 95%
+   Clopper-Pearson interval; target: at most alpha. Beside it, for information: how many
+   runs changed the program, how often the old headline (a paired test of the best against
+   the baseline on the validation data that chose it) would have claimed a gain, and SIMBA-C's
+   share of steps with an acceptance.
 3. ``overhead``: SIMBA-C with one worker thread on the zero-latency LM. Every trial the
    run journaled is then re-run in the same process through the engine exactly as the
    optimizer ran it (the same evaluator, programs, examples, repeats and temperatures,
@@ -34,6 +38,7 @@ Usage::
     .venv/bin/python bench/bench_optimize.py                 # 5 seeds, all tables (about 10-15 minutes)
     .venv/bin/python bench/bench_optimize.py --quick         # 1 seed, small sets (about 2 minutes)
     .venv/bin/python bench/bench_optimize.py --tables quality --seeds 3 --json results.json
+    .venv/bin/python bench/bench_optimize.py --tables null --null-seeds 20 --optimizers simba-c,simba
 """
 
 from __future__ import annotations
@@ -94,6 +99,8 @@ class Outcome:
     steps: int = 0
     accepted_steps: int = 0
     changed: bool = False
+    claims: bool = False
+    selection_claims: bool = False
 
     @property
     def test_mean(self) -> float:
@@ -167,13 +174,25 @@ def run_one(
         wall_seconds=wall,
         val_baseline=result.baseline.mean,
         val_best=result.best_result.mean,
-        test_scores=test_scores(result.best, test),
+        test_scores=test_scores(result.best, test) if test else [],
         baseline_test_scores=[],
         steps=len(steps),
         accepted_steps=int(steps["accepted_id"].notna().sum()),
-        changed=dx.Program.from_dict(result.baseline.program).fingerprint != result.best.fingerprint,
+        changed=result.best_id != "c0",
+        claims=result.confirmation is not None and result.confirmation.significant,
+        selection_claims=selection_claims(result),
     )
     return outcome, result
+
+
+def selection_claims(result: dx.OptimizationResult, alpha: float = 0.05) -> bool:
+    """Whether the old headline claimed a gain: the best against the baseline on the data that chose it."""
+    if result.best_id == "c0":
+        return False
+    before, after = result.baseline.example_scores, result.best_result.example_scores
+    shared = before.index.intersection(after.index)
+    test = paired_test(before.loc[shared].to_numpy(), after.loc[shared].to_numpy())
+    return bool(test.p_value < alpha and test.mean_difference > 0)
 
 
 def quality(dataset: str, seeds: range, sizes: Sizes, names: tuple[str, ...], folder: Path) -> list[Outcome]:
@@ -238,26 +257,52 @@ def quality_table(outcomes: list[Outcome], names: tuple[str, ...]) -> tuple[str,
     return format_table(headers, [[row[key] for key in headers] for row in rows]), summary
 
 
-def null_table(outcomes: list[Outcome]) -> tuple[str, dict[str, Any]]:
+def null_runs(seeds: range, sizes: Sizes, names: tuple[str, ...], folder: Path) -> list[Outcome]:
+    """Each optimizer once per seed on the null task, with dx.optimize's defaults (a confirmation split)."""
+    outcomes: list[Outcome] = []
+    for seed in seeds:
+        data = split("null", sizes, seed)
+        for name in names:
+            outcome, result = run_one(name, seed, data, folder, None)
+            outcome.baseline_test_scores = outcome.test_scores if not outcome.changed else []
+            outcomes.append(outcome)
+            print(f"  null seed {seed} {name:9s} {outcome.wall_seconds:.1f} s: {result.headline}", flush=True)
+    return outcomes
+
+
+def null_table(outcomes: list[Outcome], alpha: float = 0.05) -> tuple[str, dict[str, Any]]:
+    from scipy.stats import binomtest
+
     rows, summary = [], {}
     for name in sorted({outcome.optimizer for outcome in outcomes}):
         mine = [outcome for outcome in outcomes if outcome.optimizer == name]
+        runs = len(mine)
+        claims = sum(outcome.claims for outcome in mine)
+        low, high = binomtest(claims, runs).proportion_ci(0.95, method="exact")
+        changed = sum(outcome.changed for outcome in mine)
+        old = sum(outcome.selection_claims for outcome in mine)
         steps = sum(outcome.steps for outcome in mine)
         accepted = sum(outcome.accepted_steps for outcome in mine)
-        changed = sum(outcome.changed for outcome in mine)
-        gain = float(np.mean([outcome.test_mean - outcome.baseline_test_mean for outcome in mine]))
-        rate = accepted / steps if steps else float("nan")
+        rate = claims / runs
         rows.append(
             [
                 name,
-                f"{accepted}/{steps} = {rate:.3f}" if name == "simba-c" else "(no test)",
-                f"{changed}/{len(mine)}",
-                f"{gain:+.3f}",
-                "<= 0.05: " + ("PASS" if rate <= 0.05 else "FAIL") if name == "simba-c" else "",
+                runs,
+                f"{claims}/{runs} = {rate:.3f} [{low:.3f}, {high:.3f}]",
+                f"<= {alpha}: " + ("PASS" if rate <= alpha else "FAIL"),
+                f"{changed}/{runs}",
+                f"{old}/{runs}",
+                f"{accepted}/{steps}" if name == "simba-c" else "-",
             ]
         )
-        summary[name] = {"accepted_steps": accepted, "steps": steps, "changed_runs": changed, "test_gain": gain}
-    headers = ["optimizer", "steps with an acceptance", "runs whose program changed", "test gain", "target"]
+        summary[name] = {
+            "runs": runs, "headline_claims": claims, "rate": rate, "ci": [low, high], "changed_runs": changed,
+            "selection_data_claims": old, "accepted_steps": accepted, "steps": steps,
+        }  # fmt: skip
+    headers = [
+        "optimizer", "runs", "headline claims a gain [95% CI]", "target", "program changed",
+        "old headline (selection data) claims", "SIMBA-C steps accepted",
+    ]  # fmt: skip
     return format_table(headers, rows), summary
 
 
@@ -360,6 +405,7 @@ def overhead(sizes: Sizes, seed: int, folder: Path) -> tuple[str, dict[str, Any]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--null-seeds", type=int, default=20, help="runs per optimizer on the null task")
     parser.add_argument("--quick", action="store_true", help="1 seed, small sets")
     parser.add_argument("--tables", default="quality,null,overhead")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
@@ -383,8 +429,10 @@ def main() -> int:
             print(table)
         if "null" in tables:
             print("\nnull task (no configuration can help):")
-            null_names = tuple(name for name in ("simba-c", "simba") if name in names)
-            outcomes = quality("null", seeds, sizes, null_names, path)
+            null_names = tuple(name for name in ("simba-c", "simba", "bootstrap") if name in names)
+            null_seeds = range(3 if arguments.quick else arguments.null_seeds)
+            null_sizes = Sizes(train=sizes.train, val=sizes.val, test=0)
+            outcomes = null_runs(null_seeds, null_sizes, null_names, path)
             table, report["null"] = null_table(outcomes)
             print(table)
         if "overhead" in tables:
