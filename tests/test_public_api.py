@@ -200,7 +200,7 @@ MAY_IMPORT_MODULES: dict[str, set[str]] = {
     "engine": {"dspex_lab.stats"},
 }
 # Modules of the package root that every layer may import; they import only each other.
-BASE = {"errors", "config", "_records", "_lazy", "metrics"}
+BASE = {"errors", "config", "_records", "_lazy", "metrics", "_dspy_compat"}
 # The composition roots: they may import every layer.
 ROOTS = {"__init__", "cli"}
 

@@ -7,13 +7,15 @@ it building pydantic ``TypeAdapter``s for the placeholders. A run calls the same
 signatures thousands of times, so :class:`CachingChatAdapter` keeps each signature's
 system message and formats everything else exactly as :class:`dspy.ChatAdapter` does.
 
-It relies only on DSPy's public adapter interface: ``Adapter.format_system_message`` is the
-method DSPy documents for custom adapters to override, and DSPy calls it with the signature
-as its only argument. Signatures are classes that DSPy never mutates (``with_instructions``
-and friends return new ones), so a signature object is its own cache key; entries go with
-their signature (a weak-keyed cache), so optimizations that make thousands of candidate
-signatures do not grow it. If DSPy stops calling the method, the adapter is plain
-``ChatAdapter``; ``tests/engine/test_adapter.py`` fails if the messages ever differ from
+It relies on DSPy's public adapter interface (plus one undocumented behaviour of
+``Adapter.__init_subclass__``, undone in :mod:`dspex_lab._dspy_compat`):
+``Adapter.format_system_message`` is the method DSPy documents for custom adapters to
+override, and DSPy calls it with the signature as its only argument. Signatures are
+classes that DSPy never mutates (``with_instructions`` and friends return new ones), so a
+signature object is its own cache key; entries go with their signature (a weak-keyed
+cache), so optimizations that make thousands of candidate signatures do not grow it. If
+DSPy stops calling the method, the adapter is plain ``ChatAdapter``;
+``tests/engine/test_adapter.py`` fails if the messages ever differ from
 ``ChatAdapter()``'s or the cache stops being used.
 
 The runner installs it only when ``dspy.settings.adapter`` is None, the case where DSPy
@@ -28,7 +30,9 @@ import threading
 import weakref
 from typing import Any
 
-from dspy.adapters.chat_adapter import ChatAdapter
+from dspy import ChatAdapter
+
+from dspex_lab._dspy_compat import keep_inherited_callback_wrappers
 
 __all__ = ["CachingChatAdapter", "default_adapter"]
 
@@ -69,9 +73,7 @@ class CachingChatAdapter(ChatAdapter):
 
 # DSPy's Adapter.__init_subclass__ wraps format and parse with its callbacks in every subclass, around
 # ChatAdapter's already wrapped ones: a DSPy callback (a trace) would see each call twice. Keep ChatAdapter's.
-for _name in ("format", "parse"):
-    if _name in vars(CachingChatAdapter):
-        delattr(CachingChatAdapter, _name)
+keep_inherited_callback_wrappers(CachingChatAdapter, ("format", "parse"))
 
 
 _shared: CachingChatAdapter | None = None

@@ -9,9 +9,11 @@ it ends by the deadline instead of running on, billed and unrecorded.
 
 The check sits in front of ``dspy.BaseLM.__call__`` and ``acall`` — the public entry
 points every adapter and module goes through — installed once by :func:`install_lm_guard`
-when the first trial runs (never at import). If the installed DSPy no longer has those
-methods, the guard is not installed, :func:`guard_installed` says so, and cancellation
-falls back to abandoning the trial's thread (a test fails loudly in that case).
+when the first trial runs (never at import), through
+:func:`dspex_lab._dspy_compat.wrap_lm_entry_points` (a patch of a DSPy class: a callback
+cannot refuse a call or give it a timeout). If the installed DSPy no longer has those
+methods, the guard is not installed, a warning is logged, :func:`guard_installed` says so,
+and cancellation falls back to abandoning the trial's thread (a test fails loudly in that case).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from dspex_lab._dspy_compat import lm_takes_request_timeout, wrap_lm_entry_points
 from dspex_lab.errors import TrialCancelledError
 
 __all__ = ["STUCK_GRACE", "CancelToken", "current_token", "guard_installed", "install_lm_guard"]
@@ -110,7 +113,7 @@ def current_token() -> CancelToken | None:
 def _request_timeout(lm: Any, kwargs: dict[str, Any], token: CancelToken) -> None:
     # A custom engine (the lab LM) owns its connection and DSPy refuses client settings for it.
     remaining = token.remaining()
-    if remaining is None or "timeout" in kwargs or not isinstance(getattr(lm, "engine", None), str):
+    if remaining is None or "timeout" in kwargs or not lm_takes_request_timeout(lm):
         return
     configured = (getattr(lm, "kwargs", None) or {}).get("timeout")
     if isinstance(configured, (int, float)) and not isinstance(configured, bool) and configured < remaining:
@@ -156,19 +159,8 @@ def install_lm_guard() -> bool:
     with _install_lock:
         if _installed:
             return True
-        try:
-            import dspy
-        except ImportError:
+        if not wrap_lm_entry_points(_guard_sync, _guard_async, _GUARD_MARK):
             return False
-        base = getattr(dspy, "BaseLM", None)
-        call = vars(base).get("__call__") if isinstance(base, type) else None
-        acall = vars(base).get("acall") if isinstance(base, type) else None
-        if call is None or acall is None or not callable(call) or not callable(acall):
-            return False
-        if not hasattr(call, _GUARD_MARK):
-            base.__call__ = _guard_sync(call)
-        if not hasattr(acall, _GUARD_MARK):
-            base.acall = _guard_async(acall)
         _installed = True
         return True
 

@@ -10,10 +10,11 @@ Contract of a call's cost, in order of preference:
    is listed in :attr:`Usage.unpriced_models`. An unknown price is never counted as 0.
 
 How calls are seen (DSPy 3.4.1): :func:`metering` installs a ``UsageTracker`` (DSPy's
-public usage-tracking hook, called on the caller's thread for every billed call, cache
-hits excluded) and, to read the cost DSPy computed, a history listener placed in
-``dspy.settings.caller_modules`` (DSPy appends every call's history entry to each module
-listed there). Both travel in DSPy's context overrides, so worker threads started with
+usage-tracking hook, called on the caller's thread for every billed call, cache hits
+excluded) and, to read the cost DSPy computed, a history listener among DSPy's caller
+modules (DSPy appends every call's history entry to each of them); both are made by
+:class:`dspex_lab._dspy_compat.MeteringHooks`, which says why the public
+``dspy.track_usage()`` does not suffice. Both travel in DSPy's context overrides, so worker threads started with
 ``contextvars.copy_context()`` (and ``dspy.Parallel``) count into the same meter, and
 calls made by other threads' trials never do. If DSPy stops delivering history entries
 (``disable_history``, ``max_history_size=0``, or a future change), calls are still
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
+from dspex_lab._dspy_compat import METERING_SETTING_NAMES, MeteringHooks, provider_map_rates
 from dspex_lab.errors import ProgramSpecError
 from dspex_lab.lm.profiles import LAB_MODELS
 
@@ -114,23 +116,15 @@ def _qualified(model: str) -> str:
 def _provider_map_price(model: str) -> ModelPrice | None:
     """Price ``model`` from DSPy's bundled provider map, or None when DSPy has no entry.
 
-    ``dspy.clients.model_metadata`` is not public API: a missing module or function reads
-    as "no price" here, and ``tests/lm/test_cost.py`` fails if that starts happening for
-    a model the map is known to price.
+    The map is not public API (:func:`dspex_lab._dspy_compat.provider_map_rates`): a
+    missing module reads as "no price" with a warning, and ``tests/lm/test_cost.py`` fails
+    if that starts happening for a model the map is known to price.
     """
-    try:
-        from dspy.clients.model_metadata import model_info, rate
-    except ImportError:
-        return None
     namespace, _, name = _qualified(model).partition("/")
-    try:
-        info = model_info(namespace, name)
-        input_rate = rate(info, "input_cost_per_token")
-        output_rate = rate(info, "output_cost_per_token")
-    except Exception:
+    rates = provider_map_rates(namespace, name)
+    if rates is None:
         return None
-    if input_rate is None or output_rate is None:
-        return None
+    input_rate, output_rate = rates
     return ModelPrice(model, input_rate * 1e6, output_rate * 1e6, "provider_map")
 
 
@@ -281,7 +275,7 @@ class Meter:
         self._lock = threading.Lock()
         self._calls: list[_Call] = []
         self._parent: Meter | None = None
-        self._hooks: tuple[Any, Any] | None = None  # DSPy usage tracker and history tap, made on first use
+        self._hooks: MeteringHooks | None = None  # DSPy usage tracker and history tap, made on first use
 
     def calls(self) -> tuple[MeteredCall, ...]:
         """Return every call counted so far, in the order they finished, with its cost."""
@@ -343,82 +337,15 @@ def _new_call(model: Any, usage: Any) -> _Call:
     )
 
 
-class _HistoryListener(list):  # type: ignore[type-arg]
-    """Receives DSPy's history entries (as a caller module's ``history``) and keeps none of them."""
-
-    def __init__(self, on_entry: Any) -> None:
-        super().__init__()
-        self._on_entry = on_entry
-
-    def append(self, entry: Any) -> None:
-        self._on_entry(entry)
+def _count_call(meter: Meter, model: Any, usage: Any) -> _Call:
+    """Count one call DSPy reported into ``meter``; the call may learn its reported cost later."""
+    call = _new_call(model, usage)
+    meter._add(call)
+    return call
 
 
-class _HistoryTap:
-    """Stands in ``settings.caller_modules`` so DSPy hands it every call's history entry."""
-
-    def __init__(self, on_entry: Any) -> None:
-        self.history = _HistoryListener(on_entry)
-
-
-@functools.cache
-def _tracker_class() -> type:
-    from dspy.utils.usage_tracker import UsageTracker
-
-    class _Rollup(list):  # type: ignore[type-arg]
-        """A model's usage entries; entries a nested ``dspy.track_usage()`` rolls up are counted too."""
-
-        def __init__(self, tracker: Any, model: str) -> None:
-            super().__init__()
-            self._tracker = tracker
-            self._model = model
-
-        def extend(self, entries: Any) -> None:
-            entries = list(entries)
-            super().extend(entries)
-            for entry in entries:
-                self._tracker.meter._add(_new_call(self._model, entry))
-
-    class _UsageData(dict):  # type: ignore[type-arg]
-        def __init__(self, tracker: Any) -> None:
-            super().__init__()
-            self._tracker = tracker
-
-        def __missing__(self, model: str) -> _Rollup:
-            value = self[model] = _Rollup(self._tracker, model)
-            return value
-
-    class MeteringTracker(UsageTracker):  # type: ignore[misc]
-        """DSPy's usage tracker that also counts each call into a meter, priced from its history entry."""
-
-        def __init__(self, meter: Meter) -> None:
-            super().__init__()
-            self.meter = meter
-            self.usage_data = _UsageData(self)
-            self._pending = threading.local()
-
-        def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-            # dspy.Parallel deep-copies the tracker into each worker; sharing keeps one meter.
-            return self
-
-        def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
-            call = _new_call(lm, usage_entry)
-            # DSPy then records the call's history entry, on this thread, with this same usage object.
-            self._pending.value = (usage_entry, call)
-            self.meter._add(call)
-            if usage_entry:
-                super().add_usage(lm, usage_entry)
-
-        def take_cost(self, entry: Any) -> None:
-            pending = getattr(self._pending, "value", None)
-            if pending is None or not isinstance(entry, Mapping) or entry.get("usage") is not pending[0]:
-                return  # a cache hit, or an entry of a call this tracker did not count
-            self._pending.value = None
-            cost = entry.get("cost")
-            if isinstance(cost, (int, float)) and not isinstance(cost, bool) and math.isfinite(cost) and cost >= 0:
-                pending[1].reported_cost = float(cost)
-
-    return MeteringTracker
+def _take_reported_cost(call: _Call, cost: float) -> None:
+    call.reported_cost = cost
 
 
 def _is_ancestor(meter: Meter, of: Meter) -> bool:
@@ -450,8 +377,9 @@ def metering(meter: Meter | None = None, *, overrides: Mapping[str, Any] | None 
             several blocks, e.g. the attempts of one trial).
         overrides: more DSPy settings for the same block (``lm=``, ``callbacks=``, ...), applied
             in the one ``dspy.context`` the meter opens anyway: a trial runner pays for one
-            context per attempt, not two. ``usage_tracker`` and ``caller_modules`` are the
-            meter's and cannot be overridden here.
+            context per attempt, not two. The settings the meter uses itself
+            (``METERING_SETTING_NAMES`` in :mod:`dspex_lab._dspy_compat`) cannot be
+            overridden here.
 
     Yields:
         The meter.
@@ -468,21 +396,17 @@ def metering(meter: Meter | None = None, *, overrides: Mapping[str, Any] | None 
     parent = _CURRENT_METER.get()
     if parent is not None and meter._parent is None and not _is_ancestor(meter, parent):
         meter._parent = parent
-    if overrides and ("usage_tracker" in overrides or "caller_modules" in overrides):
-        raise ProgramSpecError("metering(overrides=...) cannot replace usage_tracker or caller_modules")
+    if overrides and not METERING_SETTING_NAMES.isdisjoint(overrides):
+        names = " or ".join(sorted(METERING_SETTING_NAMES))
+        raise ProgramSpecError(f"metering(overrides=...) cannot replace {names}")
     hooks = meter._hooks
     if hooks is None:
         # Built once per meter: the attempts of a trial (and its metric) reuse them.
-        tracker = _tracker_class()(meter)
-        hooks = meter._hooks = (tracker, _HistoryTap(tracker.take_cost))
-    callers = dspy.settings.caller_modules
+        hooks = meter._hooks = MeteringHooks(functools.partial(_count_call, meter), _take_reported_cost)
+    settings = hooks.settings()
     token = _CURRENT_METER.set(meter)
     try:
-        with dspy.context(
-            usage_tracker=hooks[0],
-            caller_modules=[*callers, hooks[1]] if callers else [hooks[1]],
-            **(overrides or {}),
-        ):
+        with dspy.context(**settings, **(overrides or {})):
             yield meter
     finally:
         _CURRENT_METER.reset(token)

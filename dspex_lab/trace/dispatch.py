@@ -32,11 +32,14 @@ context-variable read.
 Direct dispatch imitates DSPy's private surface: its per-context settings
 (``dspy.dsp.utils.settings.thread_local_overrides`` and ``main_thread_config``),
 the code of ``with_callbacks``'s wrappers, and the ``ACTIVE_CALL_ID`` context
-variable. Nothing of it is read when this module is imported. :func:`install`
-checks it first (:func:`unsupported_reason`) and, when it is not what this
-module expects, returns False with one warning; callers then register the
-recorder in ``dspy.settings.callbacks`` (DSPy's ordinary dispatch), which records
-the same spans more slowly.
+variable; every one of those names is read in :mod:`dspex_lab._dspy_compat`
+(``callback_surface``, ``callback_handler_kind``, ``other_callbacks_active``), and
+every class patch goes through its ``replace_class_attribute``. Nothing of it is
+read when this module is imported. :func:`install` checks it first
+(:func:`unsupported_reason`) and, when it is not what this module expects,
+returns False with one warning; callers then register the recorder in
+``dspy.settings.callbacks`` (DSPy's ordinary dispatch), which records the same
+spans more slowly.
 
 Thread safety: installing is serialised by a lock and idempotent. A binding is
 kept in DSPy's per-context settings (``dspy.context``), so it follows the context
@@ -58,7 +61,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import importlib
 import inspect
 import logging
 import sys
@@ -68,7 +70,18 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from dspex_lab.trace.recorder import ACTIVE_CALL_ID, new_span_id
+from dspex_lab._dspy_compat import (
+    CURRENT_CALL_ID,
+    CallbackSurface,
+    callback_handler_kind,
+    callback_surface,
+    callback_wrapped_function,
+    callback_wrapper_target,
+    other_callbacks_active,
+    replace_class_attribute,
+    restore_class_attribute,
+)
+from dspex_lab.trace.recorder import new_span_id
 
 if TYPE_CHECKING:
     import contextvars
@@ -102,21 +115,8 @@ _KINDS = (
     "interpreter_shutdown",
     "compile",
 )
-# A code interpreter's method name -> its handler kind, as DSPy maps them.
-_INTERPRETER_OPERATIONS = {
-    "execute": "interpreter_execute",
-    "invoke_tool": "interpreter_tool_call",
-    "start": "interpreter_startup",
-    "shutdown": "interpreter_shutdown",
-}
 # Kinds always left to DSPy's own dispatch (with the recorder appended), never dispatched directly.
 _THROUGH_DSPY = frozenset({"compile"})
-
-# Where DSPy 3.x keeps what direct dispatch reads. A (module, attribute) that moved makes install() return False.
-_SETTINGS_MODULE = "dspy.dsp.utils.settings"
-_OVERRIDES_NAME = "thread_local_overrides"
-_MAIN_CONFIG_NAME = "main_thread_config"
-_CALLBACK_MODULE = "dspy.utils.callback"
 
 
 class _Bound:
@@ -129,15 +129,6 @@ class _Bound:
         self.handlers = {
             kind: (getattr(recorder, f"on_{kind}_start"), getattr(recorder, f"on_{kind}_end")) for kind in _KINDS
         }
-
-
-@dataclasses.dataclass(frozen=True)
-class _Surface:
-    """The private parts of DSPy that direct dispatch reads, resolved and checked once."""
-
-    overrides: contextvars.ContextVar[dict[str, Any]]
-    main_config: Any
-    wrapper_codes: frozenset[types.CodeType]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,69 +167,12 @@ _scanned_modules: set[str] = set()
 _roots: set[type] = set()
 
 
-def _resolve_surface() -> _Surface | str:
-    """Find and check DSPy's private surface; return it, or why direct dispatch cannot use it."""
-    try:
-        import dspy
-
-        settings_module = importlib.import_module(_SETTINGS_MODULE)
-        callback_module = importlib.import_module(_CALLBACK_MODULE)
-    except ImportError as error:
-        return f"cannot import DSPy's settings or callback module: {error}"
-    overrides = getattr(settings_module, _OVERRIDES_NAME, None)
-    main_config = getattr(settings_module, _MAIN_CONFIG_NAME, None)
-    with_callbacks = getattr(callback_module, "with_callbacks", None)
-    if not callable(getattr(overrides, "get", None)) or not callable(getattr(overrides, "set", None)):
-        return f"{_SETTINGS_MODULE}.{_OVERRIDES_NAME} is not a context variable"
-    if not callable(getattr(main_config, "get", None)):
-        return f"{_SETTINGS_MODULE}.{_MAIN_CONFIG_NAME} is not a mapping"
-    if not callable(with_callbacks):
-        return f"{_CALLBACK_MODULE}.with_callbacks is missing"
-
-    def probe_sync(self: Any, value: Any) -> Any:
-        return value, ACTIVE_CALL_ID.get()
-
-    async def probe_async(self: Any, value: Any) -> Any:
-        return value
-
-    wrapped_sync, wrapped_async = with_callbacks(probe_sync), with_callbacks(probe_async)
-    codes = frozenset(getattr(item, "__code__", None) for item in (wrapped_sync, wrapped_async))
-    if None in codes or getattr(wrapped_sync, "__wrapped__", None) is not probe_sync:
-        return "with_callbacks no longer returns a plain function wrapping the decorated one"
-
-    # A binding put in dspy.context must be visible in the overrides that the wrappers read.
-    marker = object()
-    with dspy.context(**{_SETTING + "_probe": marker}):
-        current = overrides.get()
-        if not isinstance(current, dict) or current.get(_SETTING + "_probe") is not marker:
-            return f"dspy.context no longer stores its settings in {_SETTINGS_MODULE}.{_OVERRIDES_NAME}"
-
-    # DSPy's dispatch must hand a start handler (call_id, instance, inputs) and set ACTIVE_CALL_ID to that call id
-    # around the call: the recorder reads parents from it and direct dispatch does the same.
-    seen: dict[str, Any] = {}
-
-    class Probe(callback_module.BaseCallback):  # type: ignore[misc, name-defined]
-        def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-            seen["start"] = (call_id, inputs)
-
-        def on_module_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
-            seen["end"] = (call_id, outputs)
-
-    with dspy.context(callbacks=[Probe()]):
-        outputs = wrapped_sync(object(), 7)
-    start, end = seen.get("start"), seen.get("end")
-    if start is None or end is None or start[1] != {"value": 7} or end != (start[0], outputs):
-        return "with_callbacks no longer calls on_module_start(call_id, instance, inputs) and on_module_end"
-    if outputs[1] != start[0]:
-        return "DSPy no longer sets the ACTIVE_CALL_ID that dspex_lab.trace reads around a decorated call"
-    return _Surface(overrides=overrides, main_config=main_config, wrapper_codes=codes)
-
-
-def _surface() -> _Surface | str:
+def _surface() -> CallbackSurface | str:
     # Resolved once per process, on first use: never when this module is imported.
     if _state["surface"] is None:
         try:
-            _state["surface"] = _resolve_surface()
+            # Every private name it reads is resolved in dspex_lab._dspy_compat (see callback_surface there).
+            _state["surface"] = callback_surface(_SETTING + "_probe")
         except Exception as error:  # anything unexpected in DSPy's internals means: use its ordinary dispatch
             _state["surface"] = f"checking DSPy's private surface failed: {type(error).__name__}: {error}"
     return _state["surface"]  # type: ignore[no-any-return]
@@ -257,25 +191,8 @@ def unsupported_reason() -> str | None:
     return surface if isinstance(surface, str) else None
 
 
-def _wrapper_target(value: Any, codes: frozenset[types.CodeType]) -> bool | None:
-    """Return False for a ``with_callbacks`` wrapper, True for a function closing over one, else None."""
-    code = getattr(value, "__code__", None)
-    if code is None:
-        return None
-    if code in codes:
-        return False
-    for cell in getattr(value, "__closure__", None) or ():
-        try:
-            content = cell.cell_contents
-        except ValueError:  # an empty cell
-            continue
-        if getattr(content, "__code__", None) in codes:
-            return True
-    return None
-
-
 def _decorated(value: Any, codes: frozenset[types.CodeType]) -> bool:
-    return bool(getattr(value, _MARK, False)) or _wrapper_target(value, codes) is not None
+    return bool(getattr(value, _MARK, False)) or callback_wrapper_target(value, codes) is not None
 
 
 def _scan_dspy_classes(codes: frozenset[types.CodeType]) -> None:
@@ -311,37 +228,6 @@ def _subclasses(roots: set[type]) -> Iterator[type]:
             continue
 
 
-def _is_interpreter(owner: type, dspy: Any) -> bool:
-    protocol = getattr(dspy, "CodeInterpreter", None)
-    if protocol is not None:
-        try:
-            return issubclass(owner, protocol)
-        except TypeError:  # a runtime Protocol with data members refuses issubclass
-            pass
-    return all(callable(getattr(owner, name, None)) for name in ("execute", "start", "shutdown"))
-
-
-def _kind(owner: type, method: str, *, indirect: bool) -> str:
-    # DSPy's own handler choice (dspy.utils.callback._get_on_start_handler), decided once per method.
-    import dspy
-
-    teleprompt = sys.modules.get("dspy.teleprompt.teleprompt")
-    teleprompter = getattr(teleprompt, "Teleprompter", None)
-    if indirect or (teleprompter is not None and issubclass(owner, teleprompter) and method == "compile"):
-        return "compile"
-    if issubclass(owner, dspy.BaseLM) or getattr(owner, "supports_decision_requests", False) is True:
-        return "lm"
-    if issubclass(owner, dspy.Evaluate):
-        return "evaluate"
-    if method in _INTERPRETER_OPERATIONS and _is_interpreter(owner, dspy):
-        return _INTERPRETER_OPERATIONS[method]
-    if issubclass(owner, dspy.Adapter) and method in ("format", "parse"):
-        return f"adapter_{method}"
-    if issubclass(owner, dspy.Tool):
-        return "tool"
-    return "module"
-
-
 def _find(codes: frozenset[types.CodeType], *, include_wrapped: bool) -> Iterator[DecoratedMethod]:
     _scan_dspy_classes(codes)
     for owner in _subclasses(_roots):
@@ -349,13 +235,13 @@ def _find(codes: frozenset[types.CodeType], *, include_wrapped: bool) -> Iterato
             if getattr(value, _MARK, False):
                 if include_wrapped:
                     original = _originals.get((owner, name))
-                    indirect = bool(original is not None and _wrapper_target(original, codes))
-                    yield DecoratedMethod(owner, name, _kind(owner, name, indirect=indirect), indirect)
+                    indirect = bool(original is not None and callback_wrapper_target(original, codes))
+                    yield DecoratedMethod(owner, name, callback_handler_kind(owner, name, indirect=indirect), indirect)
                 continue
-            indirect = _wrapper_target(value, codes)
+            indirect = callback_wrapper_target(value, codes)
             if indirect is None:
                 continue
-            yield DecoratedMethod(owner, name, _kind(owner, name, indirect=indirect), indirect)
+            yield DecoratedMethod(owner, name, callback_handler_kind(owner, name, indirect=indirect), indirect)
 
 
 def decorated_methods() -> list[DecoratedMethod]:
@@ -400,7 +286,12 @@ def install() -> bool:
             for target in list(_find(surface.wrapper_codes, include_wrapped=False)):
                 decorated = target.owner.__dict__[target.name]
                 _originals[(target.owner, target.name)] = decorated
-                setattr(target.owner, target.name, _wrap(decorated, target.kind, surface))
+                replace_class_attribute(
+                    target.owner,
+                    target.name,
+                    _wrap(decorated, target.kind, surface),
+                    reason="direct dispatch of traced calls to a span recorder (trace/dispatch.py)",
+                )
             core = ((dspy.Module, "__call__"), (dspy.BaseLM, "__call__"), (dspy.ChatAdapter, "format"))
             _state["installed"] = all(getattr(vars(owner).get(method), _MARK, False) for owner, method in core)
         except Exception as error:  # a DSPy shaped unlike this module expects: put everything back
@@ -430,7 +321,7 @@ def uninstall() -> None:
 
 def _restore() -> None:
     for (owner, method), original in _originals.items():
-        setattr(owner, method, original)
+        restore_class_attribute(owner, method, original)
     _originals.clear()
     _state["installed"] = False
 
@@ -477,18 +368,6 @@ def direct(recorder: SpanRecorder) -> contextlib.AbstractContextManager[None]:
     return dspy.context(**settings(recorder))
 
 
-def _other_callbacks(overrides: dict[str, Any], main_config: Any, instance: Any) -> bool:
-    # What DSPy's _get_active_callbacks reads, without its three-call path through Settings.__getattr__
-    # and Module.__getattribute__ on every call.
-    if overrides.get("callbacks", main_config.get("callbacks")):
-        return True
-    own = getattr(instance, "__dict__", None)
-    if own is not None and "callbacks" in own:
-        return bool(own["callbacks"])
-    # No instance attribute (a class-level list, or an __init__ that did not set one): ask as DSPy does.
-    return bool(getattr(instance, "callbacks", None))
-
-
 def _through_dspy(recorder: SpanRecorder) -> contextlib.AbstractContextManager[None]:
     # Another callback is active: let DSPy dispatch this subtree, to it and to the recorder, in its own order.
     import dspy
@@ -505,14 +384,14 @@ def _start(bound: _Bound, kind: str, instance: Any, inputs: dict[str, Any]) -> t
     except Exception as error:  # as in DSPy: a failing callback is logged, never fails the call
         logger.warning("span recorder failed on the start of a %s call: %s", kind, error)
     # Set after the start handler, as DSPy does: the handler reads the caller's id as the parent.
-    parent = ACTIVE_CALL_ID.get()
-    ACTIVE_CALL_ID.set(call_id)
+    parent = CURRENT_CALL_ID.get()
+    CURRENT_CALL_ID.set(call_id)
     return call_id, parent
 
 
 def _end(bound: _Bound, kind: str, call: tuple[str, str | None], outputs: Any, exception: BaseException | None) -> None:
     call_id, parent = call
-    ACTIVE_CALL_ID.set(parent)
+    CURRENT_CALL_ID.set(parent)
     try:
         bound.handlers[kind][1](call_id=call_id, outputs=outputs, exception=exception)
     except Exception as error:
@@ -546,13 +425,13 @@ def _wrap_through_dspy(decorated: Callable[..., Any], overrides: contextvars.Con
     return through
 
 
-def _wrap(decorated: Callable[..., Any], kind: str, surface: _Surface) -> Callable[..., Any]:
+def _wrap(decorated: Callable[..., Any], kind: str, surface: CallbackSurface) -> Callable[..., Any]:
     # The async wrapper goes through the helpers above; the sync one, on every traced call, has them inlined.
     overrides_variable, main_config = surface.overrides, surface.main_config
     if kind in _THROUGH_DSPY:
         return _wrap_through_dspy(decorated, overrides_variable)
     codes = surface.wrapper_codes
-    raw = inspect.unwrap(decorated, stop=lambda item: getattr(item, "__code__", None) not in codes)
+    raw = callback_wrapped_function(decorated, codes)
     bind = _binder(raw)
 
     if inspect.iscoroutinefunction(raw):
@@ -563,7 +442,7 @@ def _wrap(decorated: Callable[..., Any], kind: str, surface: _Surface) -> Callab
             bound = overrides.get(_SETTING)
             if bound is None:
                 return await decorated(instance, *args, **kwargs)
-            if _other_callbacks(overrides, main_config, instance):
+            if other_callbacks_active(overrides, main_config, instance):
                 with _through_dspy(bound.recorder):
                     return await decorated(instance, *args, **kwargs)
             call = _start(bound, kind, instance, bind(raw, instance, args, kwargs))
@@ -588,7 +467,7 @@ def _wrap(decorated: Callable[..., Any], kind: str, surface: _Surface) -> Callab
         bound = overrides.get(_SETTING)
         if bound is None:
             return decorated(instance, *args, **kwargs)
-        if _other_callbacks(overrides, main_config, instance):
+        if other_callbacks_active(overrides, main_config, instance):
             with _through_dspy(bound.recorder):
                 return decorated(instance, *args, **kwargs)
         start, end = bound.handlers[kind]
@@ -599,8 +478,8 @@ def _wrap(decorated: Callable[..., Any], kind: str, surface: _Surface) -> Callab
         except Exception as error:  # as in DSPy: a failing callback is logged, never fails the call
             logger.warning("span recorder failed on the start of a %s call: %s", kind, error)
         # Set after the start handler, as DSPy does: the handler reads the caller's id as the parent.
-        parent = ACTIVE_CALL_ID.get()
-        ACTIVE_CALL_ID.set(call_id)
+        parent = CURRENT_CALL_ID.get()
+        CURRENT_CALL_ID.set(call_id)
         outputs = exception = None
         try:
             outputs = raw(instance, *args, **kwargs)
@@ -609,7 +488,7 @@ def _wrap(decorated: Callable[..., Any], kind: str, surface: _Surface) -> Callab
             exception = error
             raise
         finally:
-            ACTIVE_CALL_ID.set(parent)
+            CURRENT_CALL_ID.set(parent)
             try:
                 end(call_id, outputs, exception)
             except Exception as error:

@@ -17,9 +17,11 @@ Threads that do not copy the context (``dspy.Parallel``, ``dspy.Evaluate``)
 still see ``ACTIVE_CALL_ID`` (DSPy binds it into its workers); a span started
 there with no scope is attributed to the trace of that open parent call.
 
-``ACTIVE_CALL_ID`` is a private name of DSPy's. It is looked up where DSPy 3.x
-keeps it, and a DSPy that moved it still imports: spans then nest under dspex
-scopes only, and :func:`dspex_lab.trace.dispatch.unsupported_reason` says why.
+``ACTIVE_CALL_ID`` is a private name of DSPy's: it is resolved in
+:mod:`dspex_lab._dspy_compat` (``CURRENT_CALL_ID``), as is the layout of an LM's
+``history`` read for token usage (``lm_call_usage``). A DSPy that moved the id
+still imports: spans then nest under dspex scopes only, a warning says why, and
+:func:`dspex_lab.trace.dispatch.unsupported_reason` says so too.
 """
 
 from __future__ import annotations
@@ -34,22 +36,14 @@ from contextlib import contextmanager
 from time import perf_counter_ns
 from typing import Any
 
-from dspy.utils.callback import BaseCallback
+from dspy.utils import BaseCallback
 
-try:  # where DSPy 3.x keeps the id of the call being run; with_callbacks sets it around every decorated call
-    from dspy.utils.callback_context import ACTIVE_CALL_ID
-except ImportError:  # pragma: no cover - depends on the DSPy version
-    try:
-        from dspy.utils.callback import ACTIVE_CALL_ID  # type: ignore[attr-defined, no-redef]
-    except ImportError:
-        ACTIVE_CALL_ID = contextvars.ContextVar("dspex_lab_active_call_id", default=None)  # type: ignore[misc]
-
+from dspex_lab._dspy_compat import CURRENT_CALL_ID, lm_call_usage
 from dspex_lab.trace.redaction import mask_text, redact, scrub
 from dspex_lab.trace.spans import SPAN_KINDS, WALL_OFFSET_NS, Span, encode_attributes, join_objects, now_ns
 
 __all__ = [
     "ABANDONED_STATUSES",
-    "ACTIVE_CALL_ID",
     "SpanHandle",
     "SpanRecorder",
     "TraceCollector",
@@ -379,7 +373,7 @@ class _OpenSpan:
 
     def __enter__(self) -> SpanHandle:
         collector, trace_id = self.collector, self.owns
-        active = ACTIVE_CALL_ID.get()
+        active = CURRENT_CALL_ID.get()
         scope = _SCOPE.get()
         owns_collector = False
         parent_id: str | None = None
@@ -901,7 +895,7 @@ class SpanRecorder(BaseCallback):
 
     @staticmethod
     def _open(call_id: str, instance: Any, *, kind: str, name: str) -> _Pending | None:
-        active = ACTIVE_CALL_ID.get()
+        active = CURRENT_CALL_ID.get()
         scope = _SCOPE.get()
         if scope is not None:
             collector = scope.collector
@@ -967,38 +961,13 @@ def _add_usage(attributes: dict[str, Any], instance: Any, *, model: Any, outputs
     """Copy token usage and cost from the LM history entry that belongs to this very call.
 
     The history list is shared by every thread using the LM, so its last entry
-    may be another call's. DSPy stores the list it returns as the entry's
-    ``outputs``; matching on that object's identity finds this call's entry.
+    may be another call's; :func:`dspex_lab._dspy_compat.lm_call_usage` finds this
+    call's entry by the identity of its outputs.
     """
-    history = getattr(instance, "history", None)
-    if not history:
+    usage = lm_call_usage(instance, outputs, _HISTORY_LOOKBACK)
+    if usage is None:
         return
-    entry = None
-    for candidate in reversed(history[-_HISTORY_LOOKBACK:]):
-        if isinstance(candidate, dict) and candidate.get("outputs") is outputs:
-            entry = candidate
-            break
-    if entry is None:
-        return
-    usage = entry.get("usage") or {}
-    cache_hit = False
-    if not usage:
-        # A cache hit records empty usage, yet its stored response still reports the tokens it represents.
-        response_usage = getattr(entry.get("response"), "usage", None)
-        total = getattr(response_usage, "total_tokens", None)
-        if total:
-            cache_hit = True
-            usage = {
-                "prompt_tokens": getattr(response_usage, "input_tokens", None),
-                "completion_tokens": getattr(response_usage, "output_tokens", None),
-                "total_tokens": total,
-            }
-    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-        if usage.get(key) is not None:
-            attributes[key] = usage[key]
-    if entry.get("cost") is not None:
-        attributes["cost"] = entry["cost"]
-    attributes["cache_hit"] = cache_hit
-    response_model = entry.get("response_model")
+    response_model = usage.pop("response_model", None)
+    attributes.update(usage)
     if response_model and response_model != model:
         attributes["response_model"] = mask_text(str(response_model))

@@ -19,6 +19,7 @@ import dspy
 import pytest
 
 import dspex_lab as dx
+from dspex_lab import _dspy_compat
 from dspex_lab.evaluate import evaluate
 from dspex_lab.trace import SpanRecorder, TraceTree, dispatch
 
@@ -226,7 +227,7 @@ print(dispatch.install(), dispatch.unsupported_reason(), sep="|")
 def moved_private_name(monkeypatch):
     """Make direct dispatch look for a DSPy private name that is not there, as after an upgrade that moved it."""
     dispatch.uninstall()
-    monkeypatch.setattr(dispatch, "_OVERRIDES_NAME", "overrides_moved_elsewhere")
+    monkeypatch.setattr(_dspy_compat, "OVERRIDES_NAME", "overrides_moved_elsewhere")
     monkeypatch.setitem(dispatch._state, "surface", None)
     monkeypatch.setitem(dispatch._state, "warned", False)
     yield

@@ -33,8 +33,11 @@ def test_imports_only_dspy_and_the_standard_library() -> None:
             for root in roots:
                 assert root in allowed, f"{path.name} imports {root}"
                 if root == "dspex_lab":
+                    # The trace layer's one way out: the module holding every DSPy private name it needs.
                     assert all(
-                        (alias.name if isinstance(node, ast.Import) else node.module).startswith("dspex_lab.trace")
+                        (alias.name if isinstance(node, ast.Import) else node.module).startswith(
+                            ("dspex_lab.trace", "dspex_lab._dspy_compat")
+                        )
                         for alias in node.names
                     ), f"{path.name} reaches outside the trace layer"
 
