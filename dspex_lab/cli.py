@@ -270,7 +270,8 @@ def _journal(arguments: argparse.Namespace) -> int:
         intervals = journal.score_intervals()
         no_interval = (None, None, None, "")
         rows = []
-        for summary in journal.experiment_summaries():
+        # Nested runs (an optimization's ~40 candidate evaluations each) are hidden unless --all.
+        for summary in journal.experiment_summaries(children=arguments.nested):
             mean, low, high, method = intervals.get(summary.id, no_interval)
             rows.append(
                 {
@@ -283,9 +284,12 @@ def _journal(arguments: argparse.Namespace) -> int:
                     "mean": mean,
                     "95% CI": _interval_cell(low, high, method),
                     "created": None if summary.created_at is None else str(summary.created_at)[:19],
+                    "role": summary.role,
                 }
             )
         columns = ("id", "name", "kind", "status", "trials", "errors", "mean", "95% CI", "created")
+        if arguments.nested:
+            columns = (*columns, "role")
         print(_text_table(f"Experiments in {journal.path}", rows, columns))
     elif arguments.journal_command == "trials":
         _journal_trials(journal, arguments)
@@ -517,7 +521,13 @@ def _parser() -> argparse.ArgumentParser:
     # overwriting a value given before it.
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--journal", default=argparse.SUPPRESS, help=_JOURNAL_HELP)
-    journal_commands.add_parser("list", help="list experiments", parents=[where])
+    listing = journal_commands.add_parser("list", help="list experiments", parents=[where])
+    listing.add_argument(
+        "--all",
+        dest="nested",
+        action="store_true",
+        help="also list the experiments nested in others (an optimization's candidate evaluations)",
+    )
     trials = journal_commands.add_parser("trials", help="list an experiment's trials", parents=[where])
     trials.add_argument("experiment")
     trials.add_argument("--limit", type=int, default=50, help="show at most this many trials (default: 50)")

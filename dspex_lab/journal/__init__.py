@@ -24,9 +24,10 @@ if TYPE_CHECKING:
         open_journal,
     )
     from dspex_lab.journal._schema import SCHEMA_VERSION
-    from dspex_lab.journal._store import TRIAL_ORDERS, ExperimentSummary, JournalStore, TrialOrder
+    from dspex_lab.journal._store import EXPERIMENT_ROLES, TRIAL_ORDERS, ExperimentSummary, JournalStore, TrialOrder
 
 __all__ = [
+    "EXPERIMENT_ROLES",
     "LEADERBOARD_COLUMNS",
     "SCHEMA_VERSION",
     "TRIAL_ORDERS",
@@ -44,6 +45,7 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     globals(),
     {
+        "EXPERIMENT_ROLES": "dspex_lab.journal._store",
         "LEADERBOARD_COLUMNS": "dspex_lab.journal._duckdb",
         "SCHEMA_VERSION": "dspex_lab.journal._schema",
         "TRIAL_ORDERS": "dspex_lab.journal._store",

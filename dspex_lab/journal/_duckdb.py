@@ -252,7 +252,13 @@ def _pid_alive(pid: int) -> bool:
 @wire_record
 @dataclass(frozen=True)
 class ExperimentRecord:
-    """What is known about an experiment when it starts."""
+    """What is known about an experiment when it starts.
+
+    A nested run (an optimization's candidate evaluations) names the experiment it belongs to in
+    ``parent_id`` and what it is there for in ``role`` (one of
+    :data:`~dspex_lab.journal.EXPERIMENT_ROLES`); a top-level experiment has neither. Readers
+    follow these fields, never the shape of an id.
+    """
 
     kind: str
     name: str
@@ -268,6 +274,8 @@ class ExperimentRecord:
     n_planned: int | None = None
     examples: tuple[tuple[str, dict[str, Any]], ...] = ()
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    parent_id: str | None = None
+    role: str | None = None
 
 
 class DuckDBJournal:
@@ -461,8 +469,8 @@ class DuckDBJournal:
             connection.execute(
                 """INSERT OR IGNORE INTO experiments (id, kind, name, status, program_name, program_fingerprint,
                    program_spec, dataset_name, dataset_fingerprint, dataset_manifest, metric, config, environment,
-                   n_planned, host, pid, created_at, updated_at, heartbeat_at)
-                   VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   n_planned, host, pid, created_at, updated_at, heartbeat_at, parent_id, role)
+                   VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 [
                     record.id,
                     record.kind,
@@ -482,6 +490,8 @@ class DuckDBJournal:
                     now,
                     now,
                     now,
+                    record.parent_id,
+                    record.role,
                 ],
             )
         return record.id
@@ -640,23 +650,57 @@ class DuckDBJournal:
                 connection.close()
 
     @_served
-    def experiment_summaries(self) -> list[ExperimentSummary]:
+    def experiment_summaries(self, *, children: bool = True) -> list[ExperimentSummary]:
         """Return every experiment, newest first (then by id), with trial counts, errors and mean score.
 
         A running experiment whose process is gone (or whose heartbeat is stale) is reported as
         ``interrupted``. An absent journal file has no experiments.
+
+        Args:
+            children: include nested experiments (an optimization's candidate evaluations); without
+                it only top-level experiments (no ``parent_id``) are returned.
         """
+        if not isinstance(children, bool):
+            raise JournalError(f"experiment_summaries(children=...) must be True or False, got {children!r}")
         if not self.path.exists():
             return []
-        rows = self._rows(
-            """SELECT e.id, e.name, e.kind, e.status, e.status_detail, e.program_name, e.program_fingerprint,
-                      e.dataset_name, e.dataset_fingerprint, e.metric, e.n_planned,
-                      coalesce(t.n_trials, 0) AS n_trials, coalesce(t.n_errors, 0) AS n_errors,
-                      t.score_sum / nullif(t.n_scored, 0) AS mean_score,
-                      e.created_at, e.finished_at, e.heartbeat_at, e.host, e.pid
-               FROM experiments e LEFT JOIN experiment_stats t ON t.experiment_id = e.id
-               ORDER BY e.created_at DESC, e.id"""
-        )
+        where = "" if children else "WHERE e.parent_id IS NULL"
+        return self._summaries(_SUMMARY_SQL.format(where=where, order="e.created_at DESC, e.id"))
+
+    @_served
+    def children(self, experiment_id: str, *, role: str | None = None) -> list[ExperimentSummary]:
+        """Return the experiments nested in ``experiment_id``, oldest first (then by id).
+
+        Args:
+            experiment_id: the parent (e.g. an optimization run).
+            role: only children of this role (see :data:`~dspex_lab.journal.EXPERIMENT_ROLES`).
+        """
+        if role is not None and not isinstance(role, str):
+            raise JournalError(f"children(role=...) must be text or None, got {role!r}")
+        if not self.path.exists():
+            return []
+        where, parameters = "WHERE e.parent_id = ?", [experiment_id]
+        if role is not None:
+            where += " AND e.role = ?"
+            parameters.append(role)
+        return self._summaries(_SUMMARY_SQL.format(where=where, order="e.created_at, e.id"), parameters)
+
+    @_served
+    def parent(self, experiment_id: str) -> str | None:
+        """Return the id of the experiment ``experiment_id`` is nested in, or None for a top-level one.
+
+        Raises:
+            JournalError: no such experiment.
+        """
+        rows = []
+        if self.path.exists():
+            rows = self._rows("SELECT parent_id FROM experiments WHERE id = ?", [experiment_id])
+        if not rows:
+            raise JournalError(f"no experiment {experiment_id!r} in {self.path}")
+        return rows[0]["parent_id"]
+
+    def _summaries(self, query: str, parameters: Sequence[Any] = ()) -> list[ExperimentSummary]:
+        rows = self._rows(query, parameters)
         summaries = []
         for row in rows:
             host, pid, heartbeat = row.pop("host"), row.pop("pid"), row.pop("heartbeat_at")
@@ -789,7 +833,13 @@ class DuckDBJournal:
 
     @_served
     def leaderboard(
-        self, *, name: str | None = None, kind: str | None = None, status: str | None = None, limit: int = 500
+        self,
+        *,
+        name: str | None = None,
+        kind: str | None = None,
+        status: str | None = None,
+        limit: int = 500,
+        children: bool = False,
     ) -> pd.DataFrame:
         """Return one row per experiment, newest first (then by id), with its trial counts, mean and interval.
 
@@ -804,11 +854,13 @@ class DuckDBJournal:
             status: only experiments with this status; a running experiment whose process is gone
                 counts as ``interrupted``.
             limit: at most this many rows.
+            children: include nested experiments (an optimization's candidate evaluations, which
+                would otherwise fill the board); by default only top-level experiments are listed.
 
         Returns:
             Columns ``experiment_id``, ``name``, ``kind``, ``status``, ``created_at``, ``program``,
-            ``model``, ``n_trials``, ``n_errors``, ``mean``, ``ci_low``, ``ci_high``, ``ci_method``.
-            An absent journal gives no rows.
+            ``model``, ``n_trials``, ``n_errors``, ``mean``, ``ci_low``, ``ci_high``, ``ci_method``,
+            ``parent_id``, ``role``. An absent journal gives no rows.
 
         Raises:
             JournalError: a negative or non-integer limit, or a journal that cannot be read.
@@ -819,10 +871,14 @@ class DuckDBJournal:
         for label, value in (("name", name), ("kind", kind), ("status", status)):
             if value is not None and not isinstance(value, str):
                 raise JournalError(f"leaderboard({label}=...) must be text or None, got {value!r}")
+        if not isinstance(children, bool):
+            raise JournalError(f"leaderboard(children=...) must be True or False, got {children!r}")
         if not self.path.exists():
             return pd.DataFrame(columns=list(LEADERBOARD_COLUMNS))
         query = _LEADERBOARD_SQL
         parameters: list[Any] = []
+        if not children:
+            query += " AND e.parent_id IS NULL"
         if name is not None:
             query += " AND contains(e.name, ?)"
             parameters.append(name)
@@ -1144,14 +1200,28 @@ class DuckDBJournal:
 
     @_served
     def finish_children(self, run_id: str, *, status: str) -> None:
-        """Mark the still-running evaluations of an optimization run (ids ``<run_id>/...``) as ended."""
+        """Mark the still-running experiments nested in ``run_id`` (its ``parent_id`` children) as ended."""
         now = _now()
         with self._connect(write=True) as connection:
             connection.execute(
                 """UPDATE experiments SET status = ?, updated_at = ?, heartbeat_at = ?, finished_at = ?
-                   WHERE starts_with(id, ?) AND status = 'running'""",
-                [status, now, now, now, run_id + "/"],
+                   WHERE parent_id = ? AND status = 'running'""",
+                [status, now, now, now, run_id],
             )
+
+    @_served
+    def children_trial_rows(self, parent_id: str) -> list[dict[str, Any]]:
+        """Return the trials of every experiment nested in ``parent_id`` (NULL as None), by experiment then example.
+
+        An optimization run reads back all its evaluations' trials with this when it resumes.
+        """
+        if not self.path.exists():
+            return []
+        return self._rows(
+            """SELECT t.* FROM trials t JOIN experiments e ON e.id = t.experiment_id WHERE e.parent_id = ?
+               ORDER BY t.experiment_id, t.example_index, t.repeat, t.trial_id""",
+            [parent_id],
+        )
 
     @_served
     def candidate_rows(self, run_id: str) -> list[dict[str, Any]]:
@@ -1268,7 +1338,7 @@ _TRIAL_ORDER_SQL: dict[str, str] = {
 
 LEADERBOARD_COLUMNS: tuple[str, ...] = (
     "experiment_id", "name", "kind", "status", "created_at", "program", "model",
-    "n_trials", "n_errors", "mean", "ci_low", "ci_high", "ci_method",
+    "n_trials", "n_errors", "mean", "ci_low", "ci_high", "ci_method", "parent_id", "role",
 )  # fmt: skip
 """The columns of :meth:`DuckDBJournal.leaderboard`, in order."""
 
@@ -1284,9 +1354,21 @@ _LEADERBOARD_SQL = """
 SELECT e.id AS experiment_id, e.name, e.kind, e.status, e.created_at, e.program_name AS program,
        json_extract_string(e.config, '$.lm') AS model,
        coalesce(t.n_trials, 0) AS n_trials, coalesce(t.n_errors, 0) AS n_errors,
-       coalesce(t.ok_n_scored, 0) AS n_scored, e.summary, e.host, e.pid, e.heartbeat_at
+       coalesce(t.ok_n_scored, 0) AS n_scored, e.summary, e.host, e.pid, e.heartbeat_at, e.parent_id, e.role
 FROM experiments e LEFT JOIN experiment_stats t ON t.experiment_id = e.id
 WHERE true"""
+
+# The experiment list's lines (ExperimentSummary), from the totals the writes keep; ``{where}`` and
+# ``{order}`` are fixed text chosen by the caller, never user input.
+_SUMMARY_SQL = """
+SELECT e.id, e.name, e.kind, e.status, e.status_detail, e.program_name, e.program_fingerprint,
+       e.dataset_name, e.dataset_fingerprint, e.metric, e.n_planned,
+       coalesce(t.n_trials, 0) AS n_trials, coalesce(t.n_errors, 0) AS n_errors,
+       t.score_sum / nullif(t.n_scored, 0) AS mean_score,
+       e.created_at, e.finished_at, e.parent_id, e.role, e.heartbeat_at, e.host, e.pid
+FROM experiments e LEFT JOIN experiment_stats t ON t.experiment_id = e.id
+{where}
+ORDER BY {order}"""
 
 # What :meth:`DuckDBJournal.score_intervals` needs per experiment (the totals, never a scan of the trials).
 _INTERVAL_SOURCES_SQL = """

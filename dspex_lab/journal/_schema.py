@@ -1,7 +1,9 @@
 """The journal's tables, its schema version, and the migrations between versions.
 
 Records are append-only and flat: experiments (one row per run, updated in
-place only for status and summary), trials (one row per finished trial).
+place only for status and summary; a run nested in another, such as an
+optimization's candidate evaluations, names it in ``parent_id`` and says what it
+is for in ``role``), trials (one row per finished trial).
 Trees and most aggregates are computed when read; each experiment's trial
 counts and score sums (``experiment_stats``) are kept up to date by the writes.
 """
@@ -36,7 +38,7 @@ __all__ = [
     "trials_frame",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 @cache
@@ -289,6 +291,53 @@ _VERSION_6 = _STATS_DDL + (
     + " GROUP BY experiment_id;"
 )
 
+# Version 7: runs nest through a real link: ``parent_id`` is the experiment a run belongs to (an
+# optimization's candidate evaluations are its children) and ``role`` what it is there for (see
+# dspex_lab.journal.EXPERIMENT_ROLES). A new journal adds the same columns the same way, so a migrated
+# journal and a new one have the same columns in the same order.
+_VERSION_7 = """
+ALTER TABLE experiments ADD COLUMN IF NOT EXISTS parent_id VARCHAR;
+ALTER TABLE experiments ADD COLUMN IF NOT EXISTS role VARCHAR;
+"""
+
+
+def _role_from_old_id(rest: str) -> str | None:
+    """Return the role of a child experiment from its id after ``<run id>/``, as versions up to 6 wrote it.
+
+    Versions up to 6 named an optimization's evaluations ``<run>/<candidate>/val|screen|confirm``,
+    ``<run>/s<step>/explore<n>`` (SIMBA-C's exploration) and ``<run>/compile[<k>]/e<n>`` (the
+    configurations DSPy scored during a compile). This migration is the one place that reads that
+    format: from version 7 on, the relation is stored and nothing parses an id.
+    """
+    parts = rest.split("/")
+    if len(parts) != 2:
+        return None
+    first, second = parts
+    if second == "val":
+        return "baseline" if first == "c0" else "candidate-validation"
+    if second == "screen":
+        return "candidate-screen"
+    if second == "confirm":
+        return "confirmation"
+    if first.startswith("s") and second.startswith("explore"):
+        return "exploration"
+    if first.startswith("compile") and second.startswith("e"):
+        return "compile"
+    return None
+
+
+def _migrate_to_7(connection: duckdb.DuckDBPyConnection) -> None:
+    connection.execute(_VERSION_7)
+    identities = dict(connection.execute("SELECT id, kind FROM experiments").fetchall())
+    links = []
+    for experiment_id in identities:
+        parent, separator, rest = experiment_id.partition("/")
+        if separator and identities.get(parent) == "optimization":
+            links.append([parent, _role_from_old_id(rest), experiment_id])
+    if links:
+        connection.executemany("UPDATE experiments SET parent_id = ?, role = ? WHERE id = ?", links)
+
+
 # version -> statements that bring a journal from (version - 1) to version. Version 1 is never a
 # migration target: a file without journal tables is created at the current version (_create).
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
@@ -297,11 +346,13 @@ MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
     4: lambda connection: connection.execute(_VERSION_4),
     5: lambda connection: connection.execute(_VERSION_5),
     6: lambda connection: connection.execute(_VERSION_6),
+    7: _migrate_to_7,
 }
 
 
 def _create(connection: duckdb.DuckDBPyConnection) -> None:
     connection.execute(_VERSION_1)
+    connection.execute(_VERSION_7)
     connection.execute(trials_ddl())
     connection.execute(_VERSION_2)
     connection.execute(_VERSION_3)

@@ -26,6 +26,7 @@ from dspex_lab.errors import JournalError
 from dspex_lab.journal._wire import wire_record
 
 __all__ = [
+    "EXPERIMENT_ROLES",
     "TRIAL_ORDERS",
     "ExperimentSummary",
     "JournalStore",
@@ -43,6 +44,19 @@ TRIAL_ORDERS: tuple[TrialOrder, ...] = ("trial", "score", "error", "latency")
 ``trial`` is example order (then repeat); ``score`` puts the lowest score first
 (a failed trial, without a score, before every scored one); ``error`` puts
 failed trials first, then the rest by score as ``score`` does.
+"""
+
+EXPERIMENT_ROLES: dict[str, str] = {
+    "baseline": "the baseline's (candidate c0's) evaluation on an optimization's validation set",
+    "candidate-validation": "another candidate's evaluation on an optimization's validation set",
+    "candidate-screen": "a candidate's evaluation on one SIMBA-C mini-batch (screening)",
+    "exploration": "a trajectory SIMBA-C sampled on a mini-batch with its exploration LM",
+    "confirmation": "the baseline's or the best's evaluation on the held-out confirmation set",
+    "compile": "the trials DSPy's optimizer scored for one configuration during its compile",
+}
+"""The roles a nested experiment (one with a ``parent_id``) plays in its parent run, with what each means.
+
+The candidate an optimization's evaluation belongs to is in its ``config["candidate"]``.
 """
 
 
@@ -69,6 +83,9 @@ class ExperimentSummary:
         mean_score: the mean score of the scored trials (None without any).
         created_at: when it started (UTC, naive).
         finished_at: when it ended (None while running).
+        parent_id: the experiment this one is nested in (an optimization run for its candidate
+            evaluations), None for a top-level experiment.
+        role: what it is for in its parent (one of :data:`EXPERIMENT_ROLES`), None at top level.
     """
 
     id: str
@@ -87,6 +104,8 @@ class ExperimentSummary:
     mean_score: float | None
     created_at: datetime | None
     finished_at: datetime | None
+    parent_id: str | None = None
+    role: str | None = None
 
 
 @runtime_checkable
@@ -121,8 +140,19 @@ class JournalStore(Protocol):
         """Append finished trials (and their spans) atomically; already recorded trials are ignored."""
         ...
 
-    def experiment_summaries(self) -> list[ExperimentSummary]:
-        """Return every experiment, newest first (then by id), with its trial counts and mean score."""
+    def experiment_summaries(self, *, children: bool = True) -> list[ExperimentSummary]:
+        """Return every experiment, newest first (then by id), with its trial counts and mean score.
+
+        Without ``children``, only top-level experiments (no ``parent_id``) are returned.
+        """
+        ...
+
+    def children(self, experiment_id: str, *, role: str | None = None) -> list[ExperimentSummary]:
+        """Return the experiments nested in ``experiment_id`` (optionally of one role), oldest first (then by id)."""
+        ...
+
+    def parent(self, experiment_id: str) -> str | None:
+        """Return the id of the experiment ``experiment_id`` is nested in (None at top level); JournalError if unknown."""
         ...
 
     def experiment(self, experiment_id: str) -> dict[str, Any]:
@@ -158,9 +188,18 @@ class JournalStore(Protocol):
         ...
 
     def leaderboard(
-        self, *, name: str | None = None, kind: str | None = None, status: str | None = None, limit: int = 500
+        self,
+        *,
+        name: str | None = None,
+        kind: str | None = None,
+        status: str | None = None,
+        limit: int = 500,
+        children: bool = False,
     ) -> Any:
-        """Return a DataFrame, one row per experiment newest first, with counts, mean and a quick 95% t-interval."""
+        """Return a DataFrame, one row per experiment newest first, with counts, mean and interval.
+
+        Nested experiments (an optimization's candidate evaluations) are left out unless ``children``.
+        """
         ...
 
     def trial_page(

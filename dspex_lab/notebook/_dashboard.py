@@ -288,11 +288,11 @@ class Dashboard:
 
     def _refresh_menus(self) -> None:
         board = self.board if len(self.board) else pd.DataFrame(columns=["label", "experiment_id", "kind", "status"])
-        if self.name_filter.value or self.kind_filter.value or self.status_filter.value:
-            # The menus list every experiment, whatever the leaderboard's filters.
-            board = leaderboard_frame(self.journal) if self.journal.path.exists() else board
-        # An optimization's own evaluations (ids "<run>/...") come after the researcher's, newest first in each.
-        board = board.assign(nested=board["experiment_id"].astype(str).str.contains("/", regex=False))
+        if self.journal.path.exists():
+            # The menus list every experiment, nested ones too, whatever the leaderboard shows.
+            board = leaderboard_frame(self.journal, children=True)
+        # An optimization's own evaluations (those with a parent) come after the researcher's, newest first in each.
+        board = board.assign(nested=board["parent_id"].notna() if "parent_id" in board else False)
         board = board.sort_values("nested", kind="stable")
         self._statuses = dict(zip(board["experiment_id"], board["status"], strict=True))
         evaluations = board[board["kind"] == "evaluation"]

@@ -57,6 +57,7 @@ def leaderboard_frame(
     kind: str | None = None,
     status: str | None = None,
     limit: int = 500,
+    children: bool = False,
 ) -> pd.DataFrame:
     """Return the experiments page's rows: one per experiment, newest first, with the journal's mean and interval.
 
@@ -66,11 +67,15 @@ def leaderboard_frame(
         kind: keep this kind only (``evaluation``, ``comparison``, ``optimization``).
         status: keep this status only (``running``, ``finished``, ``interrupted``...).
         limit: at most this many rows.
+        children: include nested experiments (an optimization's candidate evaluations, with their
+            ``parent_id`` and ``role``); without it only top-level experiments.
 
     Returns:
         The journal's leaderboard columns plus ``label`` (name and id, as in the menus).
     """
-    board = journal.leaderboard(name=name or None, kind=kind or None, status=status or None, limit=limit)
+    board = journal.leaderboard(
+        name=name or None, kind=kind or None, status=status or None, limit=limit, children=children
+    )
     board = board.reset_index(drop=True)
     board["label"] = [experiment_label(*pair) for pair in zip(board["name"], board["experiment_id"], strict=True)]
     return board

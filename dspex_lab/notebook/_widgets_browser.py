@@ -114,13 +114,19 @@ class ExperimentBrowser(ipywidgets.VBox):
     Args:
         journal: a journal or its path (default: the active ``dx.Context``'s journal).
         trial_limit: the most trials listed at once.
+        nested: also list the experiments nested in others (an optimization's candidate evaluations,
+            each with its ``parent`` and ``role``); by default only top-level experiments are listed.
 
     Raises:
         JournalError: no journal was given and the context has none, or ``trial_limit`` is below 1.
     """
 
     def __init__(
-        self, journal: DuckDBJournal | str | os.PathLike[str] | None = None, *, trial_limit: int = 200
+        self,
+        journal: DuckDBJournal | str | os.PathLike[str] | None = None,
+        *,
+        trial_limit: int = 200,
+        nested: bool = False,
     ) -> None:
         if journal is None:
             from dspex_lab.evaluate import current_context
@@ -132,6 +138,9 @@ class ExperimentBrowser(ipywidgets.VBox):
                     "or enter a dx.Context whose journal is not False"
                 )
         self.journal = journal if isinstance(journal, DuckDBJournal) else open_journal(journal)
+        if not isinstance(nested, bool):
+            raise JournalError(f"ExperimentBrowser(nested=...) must be True or False, got {nested!r}")
+        self.nested = nested
         self.tables = _BrowserTables(trial_limit=trial_limit)
         self.trace_viewer: TraceViewer | None = None
         super().__init__(children=(self.tables,))
@@ -201,7 +210,7 @@ class ExperimentBrowser(ipywidgets.VBox):
     # -- Reading the journal -----------------------------------------------------------------------
 
     def _read_experiments(self) -> list[dict[str, Any]]:
-        board = self.journal.leaderboard(limit=_EXPERIMENT_LIMIT)
+        board = self.journal.leaderboard(limit=_EXPERIMENT_LIMIT, children=self.nested)
         if board.empty:
             return []
         stored = {row["id"]: row["summary"] for row in self.journal.sql(_SUMMARIES_SQL).to_dict("records")}
@@ -336,6 +345,8 @@ def _experiment_row(row: dict[str, Any], stored: Any) -> dict[str, Any]:
         "n_trials": n_trials,
         "n_errors": n_errors,
         "created": None if _missing(created) else str(created),
+        "parent": row.get("parent_id") if isinstance(row.get("parent_id"), str) else None,
+        "role": row.get("role") if isinstance(row.get("role"), str) else None,
     }
 
 

@@ -85,7 +85,7 @@ from dspex_lab.engine import to_json_value, trial_record
 from dspex_lab.engine._trial import _score
 from dspex_lab.errors import MissingDependencyError, OptimizerError, VariableError
 from dspex_lab.lm import Meter, Usage, metering
-from dspex_lab.optimize._evaluator import BudgetSpent, Scores, Spending
+from dspex_lab.optimize._evaluator import BudgetSpent, Scores, Spending, evaluation_id
 from dspex_lab.optimize._simba_c import StepRecord, _interval, _number, validation_outcome
 from dspex_lab.optimize._space import Candidate, Slots, lift
 from dspex_lab.program import Program
@@ -481,8 +481,10 @@ def _guarded(lm: dspy.BaseLM, guard: _BudgetGuard) -> dspy.BaseLM:
 class _Group:
     """One configuration's compile trials: an evaluation experiment of its own."""
 
-    def __init__(self, experiment_id: str, number: int) -> None:
-        self.experiment_id = experiment_id
+    def __init__(self, run_id: str, phase: str, number: int) -> None:
+        # The id stays readable (``<run>/compile/e1``); the run is found through the record's parent_id.
+        self.experiment_id = evaluation_id(run_id, phase)
+        self.phase = phase
         self.number = number
         self.repeats: dict[str, int] = {}
         self.trials = 0
@@ -537,7 +539,7 @@ class _CompileTrials:
             group = self.groups.get(key)
             if group is None:
                 number = len(self.groups) + 1
-                group = self.groups[key] = _Group(f"{self.run.session.run_id}/{self.prefix}/e{number}", number)
+                group = self.groups[key] = _Group(self.run.session.run_id, f"{self.prefix}/e{number}", number)
                 self.run.create_compile_experiment(group, configuration)
             repeat = group.repeats.get(example_id, 0)
             group.repeats[example_id] = repeat + 1
@@ -611,6 +613,7 @@ class _DspyRun:
             for index, (example_id, example) in enumerate(zip(session.val.example_ids, session.val, strict=True))
         ]
         self.validation: dict[str, Scores] = {}
+        self._compiles: int | None = None
 
     # -- journal ---------------------------------------------------------------------------------
 
@@ -625,9 +628,8 @@ class _DspyRun:
         with contextlib.suppress(OptimizerError):
             if configuration is not None:
                 program, fits = self.to_program(configuration), True
-        phase = group.experiment_id.removeprefix(f"{self.session.run_id}/")
         holder = Candidate(f"e{group.number}", program, None, 0, "dspy", "a configuration DSPy scored during compile")
-        record = self.session.record(holder, phase)
+        record = self.session.record(holder, group.phase, role="compile")
         # What DSPy actually ran: each predictor's instructions and demos, as read when the call began.
         extra = {"dspy_configuration": configuration, "program_spec_is_configuration": fits}
         writer.create(dataclasses.replace(record, config={**record.config, **extra}))
@@ -693,7 +695,7 @@ class _DspyRun:
             self.validation[candidate.id] = self.evaluator.evaluate(
                 candidate.program,
                 self.val_examples,
-                experiment_id=f"{self.session.run_id}/{candidate.id}/val",
+                experiment_id=self.session.evaluation(candidate.id, "val"),
                 record=self.session.record(candidate, "val"),
             )
         return self.validation[candidate.id]
@@ -708,12 +710,11 @@ class _DspyRun:
         self.session.step_finished(record)
 
     def _prefix(self) -> str:
-        earlier = {
-            experiment.split("/")[1]
-            for experiment in self.evaluator._created
-            if experiment.startswith(f"{self.session.run_id}/compile")
-        }
-        return "compile" if not earlier else f"compile{len(earlier) + 1}"
+        # Each compile (a resumed run compiles again) labels its configurations apart: compile, compile2, ...
+        if self._compiles is None:
+            self._compiles = self.session.journaled_compiles()
+        self._compiles += 1
+        return "compile" if self._compiles == 1 else f"compile{self._compiles}"
 
     def _split(self) -> tuple[list[dspy.Example], list[dspy.Example] | None]:
         examples = [example for _, _, example in self.train_examples]

@@ -31,7 +31,7 @@ from dspex_lab.journal import DuckDBJournal, ExperimentRecord, TrialWriter
 from dspex_lab.program import Program
 from dspex_lab.trace import SpanRecorder
 
-__all__ = ["CandidateEvaluator", "Example", "Scores", "Spending"]
+__all__ = ["CandidateEvaluator", "Example", "Scores", "Spending", "evaluation_id"]
 
 # (example id, position in its dataset, the example)
 Example = tuple[str, int, dspy.Example]
@@ -42,6 +42,15 @@ Metric = Callable[[dspy.Example, Any], Any]
 # does not depend on which trial finished first, and a total read back from a journaled step row
 # (a float) gives back the exact integer (below about $2,000, where a float still resolves 1e-12).
 _PICODOLLARS = 10**12
+
+
+def evaluation_id(run_id: str, *labels: str) -> str:
+    """Return the id of one of a run's evaluations: ``<run>/<candidate>/<phase>`` or ``<run>/<label>``.
+
+    The id is built here only, and only to be readable: nothing parses it. An evaluation's run is
+    its record's ``parent_id`` and its purpose its ``role``.
+    """
+    return "/".join((run_id, *labels))
 
 
 @dataclass
@@ -245,19 +254,15 @@ class CandidateEvaluator:
         """
         if self.journal is None:
             return 0
-        frame = self.journal.sql("SELECT * FROM trials WHERE starts_with(experiment_id, ?)", [self.run_id + "/"])
-        for row in frame.to_dict("records"):
-            row = {
-                key: (None if isinstance(value, float) and math.isnan(value) else value) for key, value in row.items()
-            }
+        rows = self.journal.children_trial_rows(self.run_id)
+        for row in rows:
             experiment_id = row.pop("experiment_id")
             key = (row["example_id"], int(row["repeat"]))
             self._rows.setdefault(experiment_id, {})[key] = row
             if count:
                 self._count(experiment_id, key, row)
-        ids = self.journal.sql("SELECT id FROM experiments WHERE starts_with(id, ?)", [self.run_id + "/"])
-        self._created.update(ids["id"])
-        return len(frame)
+        self._created.update(child.id for child in self.journal.children(self.run_id))
+        return len(rows)
 
     def _count(self, experiment_id: str, key: tuple[str, int], row: dict[str, Any]) -> None:
         """Add a trial's spending once, however often it is used (a row shared by later steps)."""

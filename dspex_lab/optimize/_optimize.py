@@ -22,7 +22,7 @@ from dspex_lab.evaluate._context import current_context
 from dspex_lab.evaluate._evaluate import _lm_state, _metric_name, environment
 from dspex_lab.evaluate._progress import installed_display
 from dspex_lab.journal import DuckDBJournal, ExperimentRecord
-from dspex_lab.optimize._evaluator import BudgetSpent, CandidateEvaluator, Example, Spending
+from dspex_lab.optimize._evaluator import BudgetSpent, CandidateEvaluator, Example, Spending, evaluation_id
 from dspex_lab.optimize._result import (
     OptimizationResult,
     best_candidate_id,
@@ -384,7 +384,7 @@ def _run(
         else:
             # DSPy's optimizers compile again from the start: what the first run spent is counted up front.
             evaluator.load_recorded(count=True)
-            _restore_other_spending(spending, journal, run_id)
+            _restore_other_spending(spending, journal, run_id, evaluator.rows_by_experiment())
     steps_to = [*subscribers, display] if display is not None else subscribers
     session = _Session(run_id, run_name, journal, evaluator, config, program, train, val, steps_to, progress)
     session.confirm_set = confirm
@@ -471,26 +471,36 @@ def _start(
     return resume
 
 
-def _restore_other_spending(spending: Spending, journal: DuckDBJournal, run_id: str) -> None:
+def _restore_other_spending(
+    spending: Spending, journal: DuckDBJournal, run_id: str, recorded: dict[str, list[dict[str, Any]]]
+) -> None:
     """Add what the interrupted run spent outside trials (rule proposals, DSPy's own calls) to a resumed run.
 
     The journaled trials give their own calls back (``load_recorded``). A finished step row holds
     the run's totals when it was written; minus the calls of the trials finished by then, that is
-    the spending no trial carries.
+    the spending no trial carries. ``recorded`` holds the run's journaled trials by evaluation.
     """
     finished = [row for row in journal.step_rows(run_id) if row.get("finished_at") is not None]
     if not finished:
         return
     last = max(finished, key=lambda row: row["finished_at"])
-    carried = journal.sql(
-        "select coalesce(sum(lm_calls), 0) as calls, coalesce(sum(input_tokens + output_tokens), 0) as tokens, "
-        "sum(cost) as cost from trials where starts_with(experiment_id, ?) and finished_at <= ?",
-        [run_id + "/", last["finished_at"]],
-    ).iloc[0]
-    spending.lm_calls += max(int(last.get("lm_calls") or 0) - int(carried["calls"]), 0)
-    spending.tokens += max(int(last.get("tokens") or 0) - int(carried["tokens"]), 0)
-    if last.get("cost") is not None and carried["cost"] == carried["cost"] and carried["cost"] is not None:
-        spending.cost += max(float(last["cost"]) - float(carried["cost"]), 0.0)
+    before = [
+        row
+        for rows in recorded.values()
+        for row in rows
+        if row.get("finished_at") is not None and row["finished_at"] <= last["finished_at"]
+    ]
+    calls = sum(int(row.get("lm_calls") or 0) for row in before)
+    tokens = sum(int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0) for row in before)
+    costs = [float(row["cost"]) for row in before if row.get("cost") is not None]
+    spending.lm_calls += max(int(last.get("lm_calls") or 0) - calls, 0)
+    spending.tokens += max(int(last.get("tokens") or 0) - tokens, 0)
+    if last.get("cost") is not None and costs:
+        spending.cost += max(float(last["cost"]) - math.fsum(costs), 0.0)
+
+
+# The role of a candidate's evaluation in its run, by phase (c0's validation is the ``baseline``).
+_PHASE_ROLES = {"val": "candidate-validation", "screen": "candidate-screen", "confirm": "confirmation"}
 
 
 def _short(value: Any) -> str:
@@ -541,7 +551,22 @@ class _Session:
 
     # -- records ---------------------------------------------------------------------------------
 
-    def record(self, candidate: Candidate, phase: str) -> ExperimentRecord:
+    def record(self, candidate: Candidate, phase: str, *, role: str | None = None) -> ExperimentRecord:
+        """Return the record of one evaluation nested in this run (``parent_id`` is the run).
+
+        Args:
+            candidate: the candidate evaluated.
+            phase: ``val``, ``screen`` or ``confirm``, or the label of another evaluation (an
+                exploration, a compile configuration), which then names its ``role``.
+            role: the evaluation's role (see :data:`~dspex_lab.journal.EXPERIMENT_ROLES`); by default
+                the phase's: ``baseline`` for c0's validation, ``candidate-validation``,
+                ``candidate-screen``, ``confirmation``.
+        """
+        experiment_id = evaluation_id(self.run_id, phase) if role is not None else self.evaluation(candidate.id, phase)
+        if role is None:
+            role = "baseline" if (candidate.id, phase) == ("c0", "val") else _PHASE_ROLES.get(phase)
+        if role is None:
+            raise OptimizerError(f"an evaluation labelled {phase!r} of run {self.run_id} needs a role")
         data = self.val if phase == "val" else self.confirm_set if phase == "confirm" else self.train
         if data is None:
             raise OptimizerError(f"run {self.run_id} has no confirmation set to record {candidate.id} on")
@@ -552,7 +577,7 @@ class _Session:
             self._stored_examples.add(data.fingerprint)
             examples = _stored_examples(data)
         return ExperimentRecord(
-            id=f"{self.run_id}/{candidate.id}/{phase}" if "/" not in phase else f"{self.run_id}/{phase}",
+            id=experiment_id,
             kind="evaluation",
             name=f"{self.name} {candidate.id} {phase}",
             program_name=candidate.program.name,
@@ -572,6 +597,25 @@ class _Session:
             },
             environment=environment(),
             examples=examples,
+            parent_id=self.run_id,
+            role=role,
+        )
+
+    def evaluation(self, candidate_id: str, phase: str) -> str:
+        """Return the experiment id of a candidate's evaluation in a phase (``val``, ``screen``, ``confirm``)."""
+        return evaluation_id(self.run_id, candidate_id, phase)
+
+    def journaled_compiles(self) -> int:
+        """Return how many DSPy compiles of this run the journal holds (a resumed run compiles again).
+
+        Each compile's first configuration is its candidate ``e1`` (see ``_CompileTrials``).
+        """
+        if self.journal is None:
+            return 0
+        return sum(
+            1
+            for child in self.journal.children(self.run_id, role="compile")
+            if (self.journal.experiment(child.id).get("config") or {}).get("candidate") == "e1"
         )
 
     def record_candidates(self, candidates: list[Candidate]) -> None:
@@ -612,7 +656,7 @@ class _Session:
         spending = self.evaluator.spending
         if self.confirm_set is None or spending.budget is None:
             return
-        rows = self.evaluator.experiment_rows(f"{self.run_id}/c0/val")
+        rows = self.evaluator.experiment_rows(self.evaluation("c0", "val"))
         if not rows:
             return
         scale = 2 * len(self.confirm_set) * _RESERVE_MARGIN / len(rows)
@@ -751,7 +795,7 @@ class _Session:
                 scores = self.evaluator.evaluate(
                     candidate.program,
                     examples,
-                    experiment_id=f"{self.run_id}/{candidate_id}/confirm",
+                    experiment_id=self.evaluation(candidate_id, "confirm"),
                     record=self.record(candidate, "confirm"),
                 )
             except BudgetSpent as spent:

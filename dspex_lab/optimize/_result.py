@@ -21,6 +21,7 @@ from dspex_lab.evaluate._compare import Comparison, _compare
 from dspex_lab.evaluate._result import EvaluationResult
 from dspex_lab.journal import DuckDBJournal
 from dspex_lab.journal._schema import trials_frame
+from dspex_lab.optimize._evaluator import evaluation_id
 from dspex_lab.program import Program
 from dspex_lab.stats import one_sided_p_value
 from dspex_lab.trace.redaction import mask_text
@@ -477,7 +478,7 @@ def build_result(
     val_dataset = config.get("valset")
 
     def evaluation(candidate_id: str, phase: str = "val", dataset: Any = val_dataset) -> EvaluationResult:
-        experiment_id = f"{run_id}/{candidate_id}/{phase}"
+        experiment_id = evaluation_id(run_id, candidate_id, phase)
         return EvaluationResult(
             experiment_id=experiment_id if journal is not None else None,
             name=f"{name} {candidate_id}" + (f" ({phase})" if phase != "val" else ""),

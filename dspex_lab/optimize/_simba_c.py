@@ -57,7 +57,7 @@ import dspy
 import numpy as np
 
 from dspex_lab.errors import OptimizerError, VariableError
-from dspex_lab.optimize._evaluator import BudgetSpent, CandidateEvaluator, Example, Scores
+from dspex_lab.optimize._evaluator import BudgetSpent, CandidateEvaluator, Example, Scores, evaluation_id
 from dspex_lab.optimize._space import (
     Candidate,
     EffectLedger,
@@ -281,9 +281,9 @@ class SimbaCRun:
     # -- experiments ----------------------------------------------------------------------------
 
     def _experiment(self, candidate: Candidate, phase: str) -> str:
-        return f"{self.hooks.run_id}/{candidate.id}/{phase}"
+        return evaluation_id(self.hooks.run_id, candidate.id, phase)
 
-    def validate(self, candidate: Candidate, record: Callable[[Candidate, str], Any]) -> Scores:
+    def validate(self, candidate: Candidate, record: Callable[..., Any]) -> Scores:
         """Evaluate ``candidate`` on the validation set (once per candidate)."""
         if candidate.id not in self.validation:
             experiment = self._experiment(candidate, "val")
@@ -294,7 +294,7 @@ class SimbaCRun:
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def run(self, record: Callable[[Candidate, str], Any]) -> None:
+    def run(self, record: Callable[..., Any]) -> None:
         """Run steps until a stopping rule fires; ``record`` makes each evaluation's experiment record."""
         optimizer = self.optimizer
         try:
@@ -323,7 +323,7 @@ class SimbaCRun:
                 last.status, last.detail = "stopped", self.detail
                 self._finish_step(last, replace=True)
 
-    def _step(self, step: int, record: Callable[[Candidate, str], Any]) -> bool:
+    def _step(self, step: int, record: Callable[..., Any]) -> bool:
         optimizer = self.optimizer
         picks = self._generator(step, MINIBATCH).choice(
             len(self.trainset), size=min(optimizer.bsize, len(self.trainset)), replace=False
@@ -352,8 +352,8 @@ class SimbaCRun:
             scores = self.evaluator.evaluate(
                 explored.program,
                 batch,
-                experiment_id=f"{self.hooks.run_id}/s{step}/explore{position}",
-                record=record(explored, f"s{step}/explore{position}"),
+                experiment_id=evaluation_id(self.hooks.run_id, f"s{step}", f"explore{position}"),
+                record=record(explored, f"s{step}/explore{position}", role="exploration"),
                 lm=self._explore_lm,
                 repeat=self._exploration_repeat(step, position),
             )
