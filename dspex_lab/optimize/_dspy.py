@@ -79,8 +79,9 @@ from typing import Any
 
 import dspy
 import numpy as np
-from dspy.utils.callback import BaseCallback
+from dspy.utils import BaseCallback
 
+from dspex_lab._dspy_compat import gated_lm_copy, quiet_parallel_progress
 from dspex_lab.engine import to_json_value, trial_record
 from dspex_lab.engine._trial import _score
 from dspex_lab.errors import MissingDependencyError, OptimizerError, VariableError
@@ -426,56 +427,28 @@ def quiet_compile() -> Iterator[None]:
     A journaled run reports its own progress (one line per step, or a live plot), and in
     a notebook DSPy's bars would fill the output cell. DSPy's logs below ERROR are held
     back through the standard ``logging`` API (during its own compile they are about its
-    own prompts, e.g. SIMBA passing its feedback fields as text: nothing a user can act on). The bars are turned off by
-    setting ``disable_progress_bar`` on each ``dspy.utils.parallelizer.ParallelExecutor``
-    made during the compile: not public DSPy API, so if the class is gone the bars simply
-    show, and ``tests/optimize/test_dspy_optimizers.py`` fails loudly when the attribute
-    is no longer what DSPy reads. Process-wide while the compile runs.
+    own prompts, e.g. SIMBA passing its feedback fields as text: nothing a user can act on). The bars are turned
+    off by :func:`dspex_lab._dspy_compat.quiet_parallel_progress` (not public DSPy API: if DSPy's executor class
+    is gone the bars simply show, with a warning, and ``tests/test_dspy_compat.py`` fails loudly when the
+    attribute is no longer what DSPy reads). Process-wide while the compile runs.
     """
     logger = logging.getLogger("dspy")
     level = logger.level
     logger.setLevel(max(level, logging.ERROR))
     try:
-        from dspy.utils.parallelizer import ParallelExecutor
-    except ImportError:  # pragma: no cover - a DSPy without the class: bars show, nothing breaks
-        ParallelExecutor = None  # noqa: N806
-    original = ParallelExecutor.__init__ if ParallelExecutor is not None else None
-
-    def quiet_init(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)  # type: ignore[misc]
-        self.disable_progress_bar = True
-
-    if ParallelExecutor is not None:
-        ParallelExecutor.__init__ = quiet_init  # type: ignore[method-assign]
-    try:
-        yield
+        with quiet_parallel_progress():
+            yield
     finally:
-        if ParallelExecutor is not None:
-            ParallelExecutor.__init__ = original  # type: ignore[method-assign]
         logger.setLevel(level)
 
 
 def _guarded(lm: dspy.BaseLM, guard: _BudgetGuard) -> dspy.BaseLM:
-    """Return a copy of ``lm`` that asks ``guard`` before every call; its own copies (SIMBA's rollouts) do too."""
-    base = type(lm)
+    """Return a copy of ``lm`` that asks ``guard`` before every call; its own copies (SIMBA's rollouts) do too.
 
-    class Guarded(base):  # type: ignore[misc, valid-type]
-        def __call__(self, *args: Any, **kwargs: Any) -> Any:
-            guard.before_call()
-            return super().__call__(*args, **kwargs)
-
-        async def acall(self, *args: Any, **kwargs: Any) -> Any:
-            guard.before_call()
-            return await super().acall(*args, **kwargs)
-
-        def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-            # An LM is a shared client: DSPy deep-copies programs (SIMBA), and the copies must keep this guard.
-            return self
-
-    Guarded.__name__ = Guarded.__qualname__ = f"Budgeted{base.__name__}"
-    copied = lm.copy()
-    copied.__class__ = Guarded
-    return copied
+    A callback cannot refuse a call, so the copy's class is swapped (see
+    :func:`dspex_lab._dspy_compat.gated_lm_copy`).
+    """
+    return gated_lm_copy(lm, guard.before_call, name_prefix="Budgeted")  # type: ignore[no-any-return]
 
 
 class _Group:
