@@ -182,6 +182,16 @@ def test_the_default_lists_hide_children_and_a_flag_shows_them(nested, capsys):
     assert "candidate-screen" in listed and "baseline" in listed
 
 
+def test_the_experiment_browser_hides_children_unless_asked(nested):
+    pytest.importorskip("anywidget")
+    shown = {row["id"]: row for row in dx.ExperimentBrowser(nested).experiments}
+    assert set(shown) == {"run", "run/c1/val"}
+    shown = {row["id"]: row for row in dx.ExperimentBrowser(nested, nested=True).experiments}
+    assert set(shown) == {"run", "run/c1/val", "first", "second"}
+    assert (shown["second"]["parent"], shown["second"]["role"]) == ("run", "candidate-screen")
+    assert shown["run/c1/val"]["parent"] is None
+
+
 SERVED_CALLS = """
 import sys
 import dspex_lab as dx
