@@ -152,7 +152,11 @@ class JournalStore(Protocol):
         ...
 
     def parent(self, experiment_id: str) -> str | None:
-        """Return the id of the experiment ``experiment_id`` is nested in (None at top level); JournalError if unknown."""
+        """Return the id of the experiment ``experiment_id`` is nested in (None at top level).
+
+        Raises:
+            JournalError: no such experiment.
+        """
         ...
 
     def experiment(self, experiment_id: str) -> dict[str, Any]:

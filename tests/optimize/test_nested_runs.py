@@ -66,11 +66,10 @@ def test_a_dspy_optimizers_compile_experiments_are_children_of_its_run(tmp_path:
         )  # fmt: skip
     journal = dx.open_journal(journal_path)
     roles = children_by_phase(journal, result.run_id)
-    compiled = [child for child in journal.children(result.run_id, role="compile")]
+    compiled = journal.children(result.run_id, role="compile")
     assert compiled and all(child.kind == "evaluation" for child in compiled)
-    assert [journal.experiment(child.id)["config"]["candidate"] for child in compiled][0] == "e1"
+    assert journal.experiment(compiled[0].id)["config"]["candidate"] == "e1"
     assert roles[("c0", "val")] == "baseline"
     assert {role for role in roles.values()} >= {"baseline", "compile", "candidate-validation"}
     assert list(journal.leaderboard()["experiment_id"]) == [result.run_id]
     assert len(journal.leaderboard(children=True)) == 1 + len(roles)
-
