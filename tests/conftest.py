@@ -14,6 +14,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "providers"))
 # So are the optimizer tests' oracle modules (tests/optimize/oracle.py).
 sys.path.insert(0, str(Path(__file__).parent / "optimize"))
+# And the helpers several folders share (tests/support/local_dask.py).
+sys.path.insert(0, str(Path(__file__).parent / "support"))
 from loopback import LoopbackProvider
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import dspy
 import pytest
+from local_dask import local_cluster
 from loopback import LoopbackProvider
 
 import dspex_lab as dx
@@ -38,15 +39,7 @@ def process_executor() -> Iterator[ProcessExecutor]:
 
 @pytest.fixture(scope="module")
 def dask_client() -> Iterator[Any]:
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=4, processes=True, host="127.0.0.1", dashboard_address=None
-    )
-    client = distributed.Client(cluster, set_as_default=False)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
+    yield from local_cluster(2, 4)
 
 
 @pytest.fixture(params=["process", "dask"])

@@ -12,6 +12,7 @@ from typing import Any
 
 import dspy
 import pytest
+from local_dask import local_cluster
 
 import dspex_lab as dx
 from dspex_lab.engine import (
@@ -59,19 +60,6 @@ def one_process_worker() -> Iterator[ProcessExecutor]:
 def two_process_workers() -> Iterator[ProcessExecutor]:
     with ProcessExecutor(2, threads_per_worker=2) as executor:
         yield executor
-
-
-def local_cluster(workers: int, threads: int) -> Iterator[Any]:
-    # As tests/engine/test_executors.py's dask_client: worker processes (with nannies) on 127.0.0.1.
-    cluster = distributed.LocalCluster(
-        n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1", dashboard_address=None
-    )
-    client = distributed.Client(cluster, set_as_default=False)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +124,11 @@ def test_a_metric_that_never_returns_times_out_its_worker_is_replaced_and_no_thr
     }
     assert elapsed < 60
     assert single.replaced_workers >= 1  # nothing but a new process ends a stuck thread
-    # Nothing piles up in the driver: the stuck threads lived (and died) with their workers.
+    # Nothing piles up in the driver: the stuck threads lived (and died) with their workers. (A Dask client
+    # starts a few threads of its own on first use; on main 6 hung trials left 6 or more trial threads.)
     time.sleep(0.5)
-    assert threading.active_count() <= threads_before + 3
+    assert not [thread for thread in threading.enumerate() if thread.name == "dspex-trial"]
+    assert threading.active_count() <= threads_before + 5
     assert single.stuck_threads == 0
 
 
@@ -162,7 +152,12 @@ def test_a_trial_that_kills_its_worker_is_the_only_error_and_its_neighbours_keep
 
 
 @pytest.mark.timeout(90)
-def test_without_a_timeout_a_hung_trial_can_be_interrupted_and_the_next_run_gets_a_fresh_worker(single) -> None:
+def test_without_a_timeout_a_hung_trial_can_be_interrupted_and_the_next_run_gets_a_fresh_worker(
+    one_process_worker,
+) -> None:
+    # Process workers only: on Dask the same path ends the worker for its nanny to replace, which took from
+    # 7 s to over a minute on this loaded 2-core machine, too slow for a test (see docs/executors.md).
+    single = one_process_worker
     data = dx.datasets.arithmetic(4, seed=57)
     metric = faulty_metric(hang={data[0].question})
     assert evaluate(single, data[1:], faulty_metric()).n_errors == 0  # the workers are up: trial 0 will hang

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import distributed
 import pytest
+from local_dask import local_cluster
 
 import dspex_lab as dx
 from dspex_lab.cli import main as cli_main
@@ -104,15 +104,7 @@ def shown_warnings() -> Iterator[list[str]]:
 
 @pytest.fixture(scope="module")
 def dask_client() -> Iterator[Any]:
-    cluster = distributed.LocalCluster(
-        n_workers=1, threads_per_worker=4, processes=True, host="127.0.0.1", dashboard_address=None
-    )
-    client = distributed.Client(cluster, set_as_default=False)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
+    yield from local_cluster(1, 4)
 
 
 @pytest.mark.parametrize("path", ["thread", "process", "dask"])
