@@ -600,11 +600,21 @@ def _note_stuck(answer: Any, stuck_workers: dict[str, int]) -> Any:
 
 
 def _restart_workers(client: Any, addresses: list[str]) -> None:
-    """Restart workers through their nannies; retire those without one (their deployment may start new ones)."""
-    try:
-        client.restart_workers(addresses, timeout=RESTART_TIMEOUT, raise_for_error=False)
-    except ValueError:  # "Restarting workers requires a nanny"
-        client.retire_workers(addresses, close_workers=True)
+    """End the worker processes at ``addresses``; their nannies start new ones (as after an out-of-memory kill).
+
+    Not ``client.restart_workers``: it asks the worker to close first, which waits for its executor
+    threads, and when one of them is stuck (a hung trial without a timeout) the nanny closed
+    itself after the kill instead of starting a new worker, leaving the cluster without it. A
+    worker without a nanny is not replaced: its deployment may start a new one.
+    """
+    client.run(_end_this_worker, workers=addresses, wait=False)
+
+
+async def _end_this_worker() -> None:
+    """End this worker process at once (run in the worker by :func:`_restart_workers`)."""
+    import os
+
+    os._exit(70)  # EX_SOFTWARE: ended on purpose, its threads stuck beyond cancelling
 
 
 def _killed_its_workers(future: Any) -> bool:
@@ -715,13 +725,15 @@ def run_isolated_trials(
     child: _Child | None = None
     try:
         for submission, payload in payloads:
-            if run_key is not None and run_stopped(run_key):
+            if _stopped(run_key):
                 break  # the driver has gone on without these; a resume runs them
             if child is None:
                 child = _Child()
             started = time.time()
             limit = None if timeout is None else timeout + STUCK_GRACE + 2.0
-            answer = child.run(plan_bytes, payload, timeout, limit)
+            answer = child.run(plan_bytes, payload, timeout, limit, stopped=lambda: _stopped(run_key))
+            if child.abandoned:
+                break  # the run stopped while this trial ran: nobody waits for it, and it holds this thread
             if answer is None and not child.ready:
                 code = child.end(dying=True)
                 return ("setup", f"a child process of this worker exited while starting ({_exit_text(code)})")
@@ -762,6 +774,10 @@ def run_isolated_trials(
     return ("ok", results)
 
 
+def _stopped(run_key: str | None) -> bool:
+    return run_key is not None and run_stopped(run_key)
+
+
 def task_from_payload(payload: bytes) -> TrialTask:
     from dspex_lab.engine._remote import task_from
 
@@ -797,6 +813,7 @@ class _Child:
         threading.Thread(target=self._read, name="dspex-isolated-reader", daemon=True).start()
         self.ready = False
         self.late = False  # it did not answer in time (rather than dying)
+        self.abandoned = False  # its run stopped while it ran a trial
 
     def _read(self) -> None:
         stream = self.process.stdout
@@ -811,17 +828,36 @@ class _Child:
             pass
         self.replies.put(None)  # the child is gone
 
-    def _reply(self, limit: float | None) -> Any:
-        try:
-            return self.replies.get(timeout=limit)
-        except queue.Empty:
-            self.late = True
-            return None
+    def _reply(self, limit: float | None, stopped: Callable[[], bool] = lambda: False) -> Any:
+        deadline = None if limit is None else time.monotonic() + limit
+        while True:
+            wait = 0.25 if deadline is None else min(0.25, max(0.0, deadline - time.monotonic()))
+            try:
+                return self.replies.get(timeout=wait)
+            except queue.Empty:
+                pass
+            if stopped():
+                self.abandoned = True
+                return None
+            if deadline is not None and time.monotonic() >= deadline:
+                self.late = True
+                return None
 
-    def run(self, plan_bytes: bytes, payload: bytes, timeout: float | None, limit: float | None) -> Any:
-        """Return the child's ``(kind, result, span rows, stuck)``, or None if it died or did not answer in time."""
+    def run(
+        self,
+        plan_bytes: bytes,
+        payload: bytes,
+        timeout: float | None,
+        limit: float | None,
+        *,
+        stopped: Callable[[], bool],
+    ) -> Any:
+        """Return the child's ``(kind, result, span rows, stuck)`` for one trial.
+
+        None if it died, did not answer in time (``late``), or the run was ``stopped`` meanwhile (``abandoned``).
+        """
         if not self.ready:
-            if self._reply(CHILD_START_TIMEOUT) != ("ready",):
+            if self._reply(CHILD_START_TIMEOUT, stopped) != ("ready",):
                 return None
             self.ready = True
         data = encode((plan_bytes, payload, timeout))
@@ -833,7 +869,7 @@ class _Child:
             stdin.flush()
         except (OSError, ValueError):
             return None
-        return self._reply(limit)
+        return self._reply(limit, stopped)
 
     def end(self, *, dying: bool = False) -> int:
         """Stop the child (killed, unless it is ``dying`` on its own) and return its exit code."""
