@@ -182,7 +182,12 @@ def _check_exportable(experiment: Mapping[str, Any], journal: DuckDBJournal) -> 
             f"({experiment.get('program_name')!s}) with no program spec, so it cannot be re-run from a package; "
             "evaluate a dx.Program instead to make it exportable"
         )
-    if experiment["status"] != "finished":
+    # A run that recorded every planned trial is a complete measurement even when none scored (it
+    # ended "failed" for that reason), and its package shows exactly that; one that stopped early is not.
+    complete = experiment.get("n_planned") is not None and sum(journal.trial_counts(identifier).values()) >= int(
+        experiment["n_planned"]
+    )
+    if experiment["status"] != "finished" and not (experiment["status"] == "failed" and complete):
         raise JournalError(
             f"experiment {identifier} in {journal.path} is {experiment['status']}, not finished; "
             "only a finished evaluation can be exported (resume it with dx.evaluate(..., resume=...) first)"
