@@ -699,6 +699,27 @@ class DuckDBJournal:
             raise JournalError(f"no experiment {experiment_id!r} in {self.path}")
         return rows[0]["parent_id"]
 
+    @_served
+    def ended_summaries(self) -> dict[str, dict[str, Any]]:
+        """Return the summary each ended experiment stored when it finished, decoded, by experiment id.
+
+        An experiment is in it once it was finished (any status but ``running`` is stored) with a
+        summary that is a JSON object; one still running, or whose process died before it finished
+        (read as ``interrupted``), stored none and is left out, as is one finished without a summary.
+        Ordered by id. An absent journal file has none.
+        """
+        if not self.path.exists():
+            return {}
+        rows = self._rows(
+            "SELECT id, summary FROM experiments WHERE status <> 'running' AND summary IS NOT NULL ORDER BY id"
+        )
+        summaries = {}
+        for row in rows:
+            summary = json.loads(row["summary"]) if isinstance(row["summary"], str) else row["summary"]
+            if isinstance(summary, dict):
+                summaries[row["id"]] = summary
+        return summaries
+
     def _summaries(self, query: str, parameters: Sequence[Any] = ()) -> list[ExperimentSummary]:
         rows = self._rows(query, parameters)
         summaries = []
@@ -1059,6 +1080,30 @@ class DuckDBJournal:
         # Python rows, not a DataFrame: NULL stays None, and 10,000 rows load in a third of the time
         # (the trace viewer reads a whole trial on every selection).
         return self._rows(query + " ORDER BY trace_id, start_ns, end_ns DESC, span_id", parameters)
+
+    @_served
+    def span_counts(self, experiment_id: str, trials: Sequence[str]) -> dict[str, int]:
+        """Return how many spans are stored for each of the given trials of an experiment.
+
+        Every trial asked for has an entry, in the order given: 0 for one without spans (an untraced
+        trial, or one the experiment does not have). An absent journal file has no spans.
+
+        Raises:
+            JournalError: ``trials`` is not a sequence of trial ids (text), or the journal cannot be read.
+        """
+        if isinstance(trials, str) or not all(isinstance(trial, str) for trial in trials):
+            raise JournalError(f"span_counts(trials=...) must be a list of trial ids, got {trials!r}")
+        wanted = list(dict.fromkeys(trials))
+        counts = dict.fromkeys(wanted, 0)
+        if not wanted or not self.path.exists():
+            return counts
+        rows = self._rows(
+            """SELECT trace_id, count(*) AS spans FROM spans
+               WHERE experiment_id = ? AND list_contains(?, trace_id) GROUP BY trace_id""",
+            [experiment_id, wanted],
+        )
+        counts.update({row["trace_id"]: int(row["spans"]) for row in rows})
+        return counts
 
     def spans(self, experiment_id: str, trials: str | Sequence[str] | None = None) -> list[Any]:
         """Return the spans (``dspex_lab.trace.Span``) of one trial, of several, or of every trial of an experiment.

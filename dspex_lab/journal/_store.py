@@ -127,23 +127,50 @@ class JournalStore(Protocol):
     """
 
     def create_experiment(self, record: Any) -> str:
-        """Insert a new running experiment and return its id."""
+        """Insert a new running experiment (an ``ExperimentRecord``) and return its id.
+
+        The experiment is owned by the calling process, which keeps it alive with its writes. Creating
+        an id that exists already changes nothing (a retried call is harmless) and returns the id.
+        """
+        ...
+
+    def claim_experiment(self, experiment_id: str) -> None:
+        """Mark an existing experiment as running again, owned by the calling process (resume).
+
+        Its recorded trials, spans and identity stay as they were; its end (status detail, finish
+        time) is cleared.
+        """
         ...
 
     def finish_experiment(
         self, experiment_id: str, *, status: str, detail: str | None = None, summary: dict[str, Any] | None = None
     ) -> None:
-        """Record how an experiment ended, with its summary."""
+        """Record how an experiment ended (``status``, ``detail``), with its summary (a JSON object)."""
         ...
 
     def append_trials(self, experiment_id: str, rows: Sequence[dict[str, Any]], *, spans: Any = ()) -> int:
-        """Append finished trials (and their spans) atomically; already recorded trials are ignored."""
+        """Append finished trials (``TrialResult.to_row()`` dicts) and their spans atomically.
+
+        A trial already recorded (same trial id in the experiment) is ignored, and so is a span
+        already recorded, so a retried call adds nothing. Returns the number of rows given.
+        """
         ...
 
     def experiment_summaries(self, *, children: bool = True) -> list[ExperimentSummary]:
         """Return every experiment, newest first (then by id), with its trial counts and mean score.
 
-        Without ``children``, only top-level experiments (no ``parent_id``) are returned.
+        Counts cover every recorded trial (``n_errors`` those with status ``error``); the mean is
+        over the trials with a score (a failed trial has none; None when no trial has one). A
+        running experiment whose process is gone reads ``interrupted``. Without ``children``, only
+        top-level experiments (no ``parent_id``) are returned.
+        """
+        ...
+
+    def ended_summaries(self) -> dict[str, dict[str, Any]]:
+        """Return the summary each ended experiment stored with :meth:`finish_experiment`, by id (ordered by id).
+
+        Experiments recorded as running (a resumed one included) and those ended without a summary
+        are left out.
         """
         ...
 
@@ -233,6 +260,14 @@ class JournalStore(Protocol):
         """Return stored span rows (attributes as JSON text) by trial, then start time, parents first."""
         ...
 
+    def span_counts(self, experiment_id: str, trials: Sequence[str]) -> dict[str, int]:
+        """Return the number of stored spans of each given trial, in the order given (0 for a trial without).
+
+        Raises:
+            JournalError: ``trials`` is not a sequence of trial ids.
+        """
+        ...
+
     def finished_keys(self, experiment_id: str) -> set[tuple[str, int]]:
         """Return (example id, repeat) of every recorded trial of an experiment."""
         ...
@@ -241,8 +276,56 @@ class JournalStore(Protocol):
         """Return the stored (example id, fields) of a dataset in order; empty if not stored."""
         ...
 
+    def register_hypothesis(self, record: dict[str, Any]) -> str:
+        """Record a pre-registered hypothesis (status ``registered``, no verdict) and return its id.
+
+        ``record`` has ``id``, ``statement``, ``baseline``, ``treatment``, ``direction``,
+        ``min_effect``, ``alpha`` and optionally ``metric``.
+        """
+        ...
+
+    def decide_hypothesis(self, hypothesis_id: str, *, status: str, verdict: dict[str, Any]) -> None:
+        """Record a hypothesis' decision: its new status, its verdict (a JSON object) and when it was decided."""
+        ...
+
     def hypothesis_rows(self) -> list[dict[str, Any]]:
-        """Return every registered hypothesis as a dict, oldest first (then by id)."""
+        """Return every registered hypothesis as a dict (verdict decoded), oldest first (then by id)."""
+        ...
+
+    def record_candidates(self, run_id: str, candidates: Sequence[dict[str, Any]]) -> None:
+        """Record an optimization run's new candidates; a candidate already recorded is left as it was.
+
+        Each dict has ``candidate_id``, ``step``, ``parent_id``, ``strategy``, ``rationale``,
+        ``fingerprint``, and ``values`` and ``program_spec`` (JSON values, read back with their
+        JSON types: a boolean stays a boolean).
+        """
+        ...
+
+    def record_step(self, run_id: str, step: dict[str, Any]) -> None:
+        """Record one step of an optimization run, replacing an earlier write of the same step.
+
+        ``step`` has ``step``, ``status`` and ``incumbent_id`` and may have the other step columns
+        (``accepted_id``, ``best_mean``, ``lm_calls``...). A step is written when it starts and again
+        when it ends: its start time is the first write's, and it has a finish time once its
+        ``status`` is not ``running``. ``minibatch``,
+        ``screening`` and ``evaluations`` are JSON values, read back with their JSON types.
+        """
+        ...
+
+    def candidate_rows(self, run_id: str) -> list[dict[str, Any]]:
+        """Return an optimization run's candidates in the order they were made (by step, then time, then id)."""
+        ...
+
+    def step_rows(self, run_id: str) -> list[dict[str, Any]]:
+        """Return an optimization run's steps by step number (JSON columns decoded)."""
+        ...
+
+    def finish_children(self, run_id: str, *, status: str) -> None:
+        """Give ``status`` to the experiments nested in ``run_id`` that still run; ended ones keep theirs."""
+        ...
+
+    def children_trial_rows(self, parent_id: str) -> list[dict[str, Any]]:
+        """Return the trials of every experiment nested in ``parent_id``, by experiment id, then example order."""
         ...
 
 

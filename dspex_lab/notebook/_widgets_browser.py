@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
@@ -29,15 +28,6 @@ _EXPERIMENT_LIMIT = 1000
 
 # An error message is cut to this many characters in the table; the trace shows it whole.
 _MESSAGE_CHARACTERS = 300
-
-# An ended evaluation's stored summary holds how many examples it scored; the interval itself comes with the
-# leaderboard (the journal's one rule for every view, see DuckDBJournal.score_intervals).
-_SUMMARIES_SQL = "SELECT id, summary FROM experiments WHERE status <> 'running' AND summary IS NOT NULL"
-
-_SPAN_COUNTS_SQL = """
-SELECT trace_id, count(*) AS spans FROM spans
-WHERE experiment_id = ? AND list_contains(?, trace_id) GROUP BY trace_id
-"""
 
 
 class _BrowserTables(anywidget.AnyWidget):
@@ -213,7 +203,9 @@ class ExperimentBrowser(ipywidgets.VBox):
         board = self.journal.leaderboard(limit=_EXPERIMENT_LIMIT, children=self.nested)
         if board.empty:
             return []
-        stored = {row["id"]: row["summary"] for row in self.journal.sql(_SUMMARIES_SQL).to_dict("records")}
+        # An ended evaluation's stored summary holds how many examples it scored; the interval itself comes
+        # with the leaderboard (the journal's one rule for every view, see DuckDBJournal.score_intervals).
+        stored = self.journal.ended_summaries()
         return [_experiment_row(row, stored.get(row["experiment_id"])) for row in board.to_dict("records")]
 
     def _show_experiments(self) -> None:
@@ -249,12 +241,9 @@ class ExperimentBrowser(ipywidgets.VBox):
             limit=tables.trial_limit,
         )
         rows = page.to_dict("records")
-        spans = {}
-        if rows:
-            counts = self.journal.sql(_SPAN_COUNTS_SQL, [tables.selected_experiment, [row["trial_id"] for row in rows]])
-            spans = dict(zip(counts["trace_id"], counts["spans"], strict=True))
+        spans = self.journal.span_counts(tables.selected_experiment, [row["trial_id"] for row in rows])
         tables.trial_total = total
-        tables.trials = [_trial_row(row, int(spans.get(row["trial_id"], 0))) for row in rows]
+        tables.trials = [_trial_row(row, spans[row["trial_id"]]) for row in rows]
         tables.note = ""
         if tables.selected_trial and not any(row["trial_id"] == tables.selected_trial for row in tables.trials):
             tables.selected_trial = ""
@@ -319,8 +308,7 @@ class ExperimentBrowser(ipywidgets.VBox):
         self.children = (self.tables,)
 
 
-def _experiment_row(row: dict[str, Any], stored: Any) -> dict[str, Any]:
-    summary = json.loads(stored) if isinstance(stored, str) else stored
+def _experiment_row(row: dict[str, Any], summary: dict[str, Any] | None) -> dict[str, Any]:
     n_trials, n_errors = int(row["n_trials"]), int(row["n_errors"])
     # The journal's leaderboard gives every view the same mean and interval (never re-derived here).
     mean, low, high = json_number(row["mean"]), json_number(row["ci_low"]), json_number(row["ci_high"])
