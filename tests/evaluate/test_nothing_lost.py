@@ -39,11 +39,13 @@ def test_a_journal_that_cannot_be_written_still_returns_the_result(problems, tmp
 
 
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
-def test_non_finite_scores_are_errors_and_the_experiment_finishes(problems, tmp_path, value):
+def test_non_finite_scores_are_errors_and_the_experiment_ends_failed(problems, tmp_path, value):
     with dx.Context(lm="lab/small", journal=tmp_path / "j.duckdb", threads=2), pytest.warns(DspexLabWarning):
         result = dx.evaluate(PROGRAM, problems, metric=lambda example, prediction: value, progress=False)
     assert result.n_errors == 12 and set(result.trials["error_type"]) == {"InvalidScoreError"}
-    assert dx.open_journal(tmp_path / "j.duckdb").experiment(result.experiment_id)["status"] == "finished"
+    # Nothing scored: the run ended (nothing is left running) as a failed measurement, not a finished one.
+    assert result.status == "failed"
+    assert dx.open_journal(tmp_path / "j.duckdb").experiment(result.experiment_id)["status"] == "failed"
 
 
 def test_resume_refuses_another_lm_or_metric(problems, tmp_path):

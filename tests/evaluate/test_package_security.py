@@ -23,7 +23,7 @@ from loopback import DEFAULT_API_KEY
 
 import dspex_lab as dx
 from dspex_lab.cli import main
-from dspex_lab.errors import PackageError
+from dspex_lab.errors import DspexLabWarning, PackageError
 from dspex_lab.evaluate import _package_format
 
 PROGRAM = dx.Program(
@@ -361,8 +361,10 @@ def test_the_result_html_masks_error_text(tmp_path):
         return 1.0
 
     dataset = dx.Dataset(dx.datasets.arithmetic(4, seed=1), name="arith-4")
-    with dx.Context(lm="lab/small", journal=tmp_path / "j.duckdb", threads=1):
+    context = dx.Context(lm="lab/small", journal=tmp_path / "j.duckdb", threads=1)
+    with context, pytest.warns(DspexLabWarning, match="the metric raised") as warned:
         result = dx.evaluate(PROGRAM, dataset, metric=leaky_metric, trace=True, progress=False)
+    assert OPAQUE_KEY not in "".join(str(item.message) for item in warned)
     # Whatever the engine stored, the display masks what it shows.
     result.trials.loc[result.trials["status"] == "error", "error_message"] = f"key {OPAQUE_KEY} and {KEY}"
     page = result._repr_html_()

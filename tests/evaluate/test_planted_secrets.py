@@ -130,7 +130,7 @@ def test_a_planted_key_is_nowhere_after_an_evaluation(path, tmp_path, capsys, re
 def test_a_planted_key_is_nowhere_after_a_dspy_optimizer_compiles(tmp_path, capsys):
     _, metric = notebook_definitions()
     program = dx.Program("dspy.Predict", signature="question -> answer", name="planted")
-    data = dx.Dataset(dx.datasets.arithmetic(24, seed=8), name="arith-24")
+    data = dx.Dataset(dx.datasets.arithmetic(48, seed=8), name="arith-48")
     train, val = data.split(0.5, 0.5, seed=1)
     journal_path = tmp_path / "compile.duckdb"
     with dx.Context(lm=dx.lab_lm("lab/small"), journal=journal_path, threads=2), shown_warnings() as shown:
