@@ -123,6 +123,49 @@ def test_links_planted_in_the_journal_folder_are_never_written_through(shared_fo
     assert journal.experiment(experiment)["name"] == "held"
 
 
+HOLD_FILE = """
+import sys, time, duckdb
+connection = duckdb.connect(sys.argv[1])
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+connection.close()
+"""
+
+
+@needs_second_user
+def test_a_waiting_marker_folder_planted_in_the_journal_folder_is_never_used(shared_folder, tmp_path):
+    # Before: a process waiting for the file announced itself in <journal>.waiting/, which whoever can write the
+    # journal's folder could plant (here: a link to a folder the attacker reads) or fill.
+    journal_path = shared_folder / "shared.duckdb"
+    dx.open_journal(journal_path).experiment_summaries()  # the file exists
+    planter = as_nobody(PLANT_LINKS, str(shared_folder), journal_path.name, str(tmp_path / "unused"), "1")
+    assert planter.wait(timeout=60) == 0, planter.communicate()
+    attacker_folder = shared_folder / "attacker"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_FILE, str(journal_path), "6"], stdout=subprocess.PIPE, text=True
+    )  # holds the file without serving it, as a process that has not started its service yet
+    assert holder.stdout.readline().strip() == "holding"
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.update(os.listdir(attacker_folder))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with pytest.raises(dx.errors.JournalError, match="stayed locked"):
+            dx.journal.DuckDBJournal(journal_path, lock_timeout=1.0).experiment_summaries()
+    finally:
+        done.set()
+        watcher.join()
+        stop(holder)
+    assert seen == set(), "no marker was made where another user can see or plant it"
+    assert service_address(journal_path.resolve()).waiting.parent == runtime_dir()
+
+
 # -- 2. an advertisement of the attacker's, swapped in ------------------------------------------
 
 LISTEN_AND_SWAP = """
