@@ -1134,22 +1134,36 @@ class DuckDBJournal:
 
     @_served
     def register_hypothesis(self, record: dict[str, Any]) -> str:
-        """Insert a pre-registered hypothesis (status ``registered``) and return its id."""
+        """Insert a pre-registered hypothesis (status ``registered``) and return its id.
+
+        Idempotent, as every write the journal service may retry: registering the same hypothesis
+        again changes nothing. A pre-registration is never rewritten: the same id with another
+        statement, metric, arms, direction, minimum effect or alpha is a :class:`JournalError`.
+        """
+        registered = [
+            record["statement"],
+            record.get("metric"),
+            record["baseline"],
+            record["treatment"],
+            record["direction"],
+            record["min_effect"],
+            record["alpha"],
+        ]
         with self._connect(write=True) as connection:
             connection.execute(
-                """INSERT INTO hypotheses (id, statement, metric, baseline, treatment, direction, min_effect, alpha,
-                   status, registered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'registered', ?)""",
-                [
-                    record["id"],
-                    record["statement"],
-                    record.get("metric"),
-                    record["baseline"],
-                    record["treatment"],
-                    record["direction"],
-                    record["min_effect"],
-                    record["alpha"],
-                    _now(),
-                ],
+                """INSERT OR IGNORE INTO hypotheses (id, statement, metric, baseline, treatment, direction, min_effect,
+                   alpha, status, registered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'registered', ?)""",
+                [record["id"], *registered, _now()],
+            )
+            stored = connection.execute(
+                """SELECT statement, metric, baseline, treatment, direction, min_effect, alpha FROM hypotheses
+                   WHERE id = ?""",
+                [record["id"]],
+            ).fetchone()
+        if stored is None or list(stored) != registered:
+            raise JournalError(
+                f"hypothesis {record['id']!r:.80} is already registered in {self.path} with other terms; "
+                "a pre-registration is never changed: register the new claim under a new id"
             )
         return str(record["id"])
 

@@ -439,6 +439,15 @@ def test_hypotheses_are_registered_then_decided(store):
     assert first["decided_at"] is not None and second["status"] == "registered"
 
 
+def test_registering_a_hypothesis_again_changes_nothing_and_other_terms_are_refused(store):
+    assert store.register_hypothesis(hypothesis("h1")) == "h1"
+    assert store.register_hypothesis(hypothesis("h1")) == "h1"  # a write the service may retry
+    assert [row["id"] for row in store.hypothesis_rows()] == ["h1"]
+    with pytest.raises(JournalError, match="already registered"):
+        store.register_hypothesis({**hypothesis("h1"), "min_effect": 0.01})
+    assert store.hypothesis_rows()[0]["min_effect"] == 0.05
+
+
 # -- optimization runs -------------------------------------------------------------------------------------
 
 
