@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import duckdb
 import pytest
+from journal_rows import trial_row
 
 import dspex_lab as dx
 from dspex_lab.journal import SCHEMA_VERSION, ExperimentRecord
@@ -19,28 +19,7 @@ STATS = (
 
 
 def row(index: int, repeat: int, *, status: str = "ok", score: float | None = 1.0) -> dict:
-    now = time.time()
-    return dict(
-        index=index,
-        example_id=f"q{index}",
-        repeat=repeat,
-        status=status,
-        score=score,
-        prediction="{}",
-        error_type=None if status == "ok" else "ValueError",
-        error_message=None,
-        error_stage=None,
-        traceback=None,
-        latency=0.01,
-        input_tokens=3,
-        output_tokens=1,
-        cost=0.0,
-        lm_calls=1,
-        attempts=1,
-        started_at=now,
-        finished_at=now,
-        trial_id=f"q{index}/r{repeat}",
-    )
+    return trial_row(f"q{index}", index, repeat=repeat, status=status, score=score)
 
 
 def stored_and_recomputed(path: Path) -> tuple[dict, dict]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from journal_rows import trial_row
 
 import dspex_lab as dx
 from dspex_lab.errors import JournalError
@@ -16,28 +17,7 @@ WORKER = Path(__file__).with_name("evaluation_worker.py")
 
 
 def row(example_id: str, *, score: float | None = 1.0, status: str = "ok", repeat: int = 0) -> dict:
-    now = time.time()
-    return dict(
-        index=int(example_id[1:]),
-        example_id=example_id,
-        repeat=repeat,
-        status=status,
-        score=score,
-        prediction="{}",
-        error_type=None if status == "ok" else "ValueError",
-        error_message=None,
-        error_stage=None,
-        traceback=None,
-        latency=0.01,
-        input_tokens=3,
-        output_tokens=1,
-        cost=0.0,
-        lm_calls=1,
-        attempts=1,
-        started_at=now,
-        finished_at=now,
-        trial_id=f"{example_id}/r{repeat}",
-    )
+    return trial_row(example_id, int(example_id[1:]), repeat=repeat, status=status, score=score)
 
 
 def test_new_journal_has_schema_version_and_empty_listing(journal_path):

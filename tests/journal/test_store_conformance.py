@@ -13,7 +13,6 @@ import math
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from journal_rows import trial_row
 
 import dspex_lab as dx
 from dspex_lab.errors import JournalError
@@ -158,30 +158,8 @@ def store(backend: Backend, tmp_path: Path) -> JournalStore:
 
 def trial(example_id: str, *, score: float | None = 1.0, status: str = "ok", repeat: int = 0, **extra: Any) -> dict:
     """A ``TrialResult.to_row()`` dict of example ``e<n>``."""
-    now = time.time()
-    row = dict(
-        index=int(example_id[1:]),
-        example_id=example_id,
-        repeat=repeat,
-        status=status,
-        score=score,
-        prediction="{}",
-        error_type=None if status == "ok" else "ValueError",
-        error_message=None if status == "ok" else "bad",
-        error_stage=None if status == "ok" else "program",
-        traceback=None,
-        latency=0.01,
-        input_tokens=3,
-        output_tokens=1,
-        cost=0.0,
-        lm_calls=1,
-        attempts=1,
-        started_at=now,
-        finished_at=now,
-        trial_id=f"{example_id}/r{repeat}",
-    )
-    row.update(extra)
-    return row
+    failed = {} if status == "ok" else {"error_message": "bad", "error_stage": "program"}
+    return trial_row(example_id, int(example_id[1:]), repeat=repeat, status=status, score=score, **failed, **extra)
 
 
 def span(trial_id: str, span_id: str, *, parent: str | None, start: int, end: int) -> dict:
