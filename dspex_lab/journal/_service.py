@@ -294,18 +294,18 @@ def call_service(journal_path: Path, method: str, arguments: tuple[Any, ...], op
         JournalError: the call's arguments or its reply cannot travel.
         DspexLabError: the error the call raised in the serving process (its class and message).
     """
-    try:
-        request = {"method": method, "arguments": list(arguments), "options": options}
-        _wire.encode(request)  # fail here, not half-way through a send
-    except _wire.WireError as error:
-        raise JournalError(f"journal call {method} cannot go to the serving process: {error}") from error
     client = _client(journal_path)
     if client is None:
-        raise ServiceGone(method)
+        raise ServiceGone(method)  # before encoding: most calls of a process that holds no service end here
+    try:
+        # Encoded whole before anything is sent, so a value that cannot travel never leaves half a message.
+        message = _wire.encode({"method": method, "arguments": list(arguments), "options": options})
+    except _wire.WireError as error:
+        raise JournalError(f"journal call {method} cannot go to the serving process: {error}") from error
     with client.lock:
         try:
             client.endpoint.settimeout(FRAME_TIMEOUT)
-            _wire.send(client.endpoint, request)
+            _wire.send_encoded(client.endpoint, message)
             reply = _wire.receive(client.endpoint, first_byte_timeout=CALL_TIMEOUT, rest_timeout=FRAME_TIMEOUT)
         except (OSError, EOFError, _wire.WireError) as error:
             _drop(journal_path, client)

@@ -25,7 +25,17 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["MAX_BLOBS", "MAX_MESSAGE_BYTES", "WireError", "decode", "encode", "receive", "send", "wire_record"]
+__all__ = [
+    "MAX_BLOBS",
+    "MAX_MESSAGE_BYTES",
+    "WireError",
+    "decode",
+    "encode",
+    "receive",
+    "send",
+    "send_encoded",
+    "wire_record",
+]
 
 MAGIC = b"DXJ1"
 _HEADER = struct.Struct(">4sII")
@@ -232,7 +242,12 @@ def _no_constant(name: str) -> Any:
 
 def send(endpoint: socket.socket, value: Any) -> None:
     """Send one message (raises :class:`WireError` before sending anything if it cannot travel)."""
-    payload, blobs = encode(value)
+    send_encoded(endpoint, encode(value))
+
+
+def send_encoded(endpoint: socket.socket, message: tuple[bytes, list[bytes]]) -> None:
+    """Send one message already encoded with :func:`encode`."""
+    payload, blobs = message
     header = _HEADER.pack(MAGIC, len(payload), len(blobs)) + b"".join(_BLOB_LENGTH.pack(len(blob)) for blob in blobs)
     endpoint.sendall(header + payload)
     for blob in blobs:
