@@ -221,9 +221,23 @@ def callback_surface(probe_setting: str) -> CallbackSurface | str:
     Returns:
         The surface, or the reason it cannot be used.
     """
-    try:
-        import dspy
+    found = _callback_names()
+    if isinstance(found, str):
+        return found
+    overrides, main_config, with_callbacks, callback_module = found
+    wrapped_sync, wrapped_async, probe_sync = _probe_wrappers(with_callbacks)
+    codes = frozenset(getattr(item, "__code__", None) for item in (wrapped_sync, wrapped_async))
+    if None in codes or getattr(wrapped_sync, "__wrapped__", None) is not probe_sync:
+        return "with_callbacks no longer returns a plain function wrapping the decorated one"
+    problem = _probe_overrides(overrides, probe_setting) or _probe_dispatch(callback_module, wrapped_sync)
+    if problem is not None:
+        return problem
+    return CallbackSurface(overrides=overrides, main_config=main_config, wrapper_codes=codes)
 
+
+def _callback_names() -> tuple[Any, Any, Any, Any] | str:
+    """Return DSPy's overrides, main config, ``with_callbacks`` and callback module, or what is missing."""
+    try:
         settings_module = importlib.import_module(SETTINGS_MODULE)
         callback_module = importlib.import_module(CALLBACK_MODULE)
     except ImportError as error:
@@ -239,6 +253,11 @@ def callback_surface(probe_setting: str) -> CallbackSurface | str:
         return f"{CALLBACK_MODULE}.with_callbacks is missing"
     if not CURRENT_CALL_ID_FOUND:
         return "dspy.utils.callback_context.ACTIVE_CALL_ID is missing"
+    return overrides, main_config, with_callbacks, callback_module
+
+
+def _probe_wrappers(with_callbacks: Any) -> tuple[Any, Any, Any]:
+    """Decorate a sync and an async probe with ``with_callbacks``; return both wrappers and the sync probe."""
 
     def probe_sync(self: Any, value: Any) -> Any:
         return value, CURRENT_CALL_ID.get()
@@ -246,20 +265,28 @@ def callback_surface(probe_setting: str) -> CallbackSurface | str:
     async def probe_async(self: Any, value: Any) -> Any:
         return value
 
-    wrapped_sync, wrapped_async = with_callbacks(probe_sync), with_callbacks(probe_async)
-    codes = frozenset(getattr(item, "__code__", None) for item in (wrapped_sync, wrapped_async))
-    if None in codes or getattr(wrapped_sync, "__wrapped__", None) is not probe_sync:
-        return "with_callbacks no longer returns a plain function wrapping the decorated one"
+    return with_callbacks(probe_sync), with_callbacks(probe_async), probe_sync
 
-    # A binding put in dspy.context must be visible in the overrides that the wrappers read.
+
+def _probe_overrides(overrides: Any, probe_setting: str) -> str | None:
+    """Check a binding put in ``dspy.context`` is visible in the overrides that the wrappers read."""
+    import dspy
+
     marker = object()
     with dspy.context(**{probe_setting: marker}):
         current = overrides.get()
         if not isinstance(current, dict) or current.get(probe_setting) is not marker:
             return f"dspy.context no longer stores its settings in {SETTINGS_MODULE}.{OVERRIDES_NAME}"
+    return None
 
-    # DSPy's dispatch must hand a start handler (call_id, instance, inputs) and set ACTIVE_CALL_ID to that call id
-    # around the call: the recorder reads parents from it and direct dispatch does the same.
+
+def _probe_dispatch(callback_module: Any, wrapped_sync: Any) -> str | None:
+    """Check DSPy hands a start handler (call_id, instance, inputs) and sets ACTIVE_CALL_ID around the call.
+
+    The recorder reads parents from ACTIVE_CALL_ID, and direct dispatch does the same.
+    """
+    import dspy
+
     seen: dict[str, Any] = {}
 
     class Probe(callback_module.BaseCallback):  # type: ignore[misc, name-defined]
@@ -276,7 +303,7 @@ def callback_surface(probe_setting: str) -> CallbackSurface | str:
         return "with_callbacks no longer calls on_module_start(call_id, instance, inputs) and on_module_end"
     if outputs[1] != start[0]:
         return "DSPy no longer sets the ACTIVE_CALL_ID that dspex_lab.trace reads around a decorated call"
-    return CallbackSurface(overrides=overrides, main_config=main_config, wrapper_codes=codes)
+    return None
 
 
 def callback_wrapper_target(value: Any, codes: frozenset[types.CodeType]) -> bool | None:
