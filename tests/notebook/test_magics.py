@@ -22,15 +22,6 @@ variables:
 """
 
 
-@pytest.fixture
-def shell(tmp_path):
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "dspex_lab")
-    with dx.Context(lm=dx.lab_lm(), journal=tmp_path / "j.duckdb"):
-        yield ip
-    ip.user_ns.clear()
-
-
 def test_import_does_not_load_ipython():
     code = "import sys, dspex_lab; print('IPython' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -13,7 +13,6 @@ import textwrap
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 
 import dspex_lab as dx
 
@@ -24,15 +23,6 @@ def alias_bomb() -> str:
     for previous, name in zip("abcdefgh", "bcdefghi", strict=True):
         body += f" {name}: &{name} [{','.join([f'*{previous}'] * 9)}]\n"
     return body
-
-
-@pytest.fixture
-def shell(tmp_path):
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "dspex_lab")
-    with dx.Context(lm=dx.lab_lm(), journal=tmp_path / "j.duckdb"):
-        yield ip
-    ip.user_ns.clear()
 
 
 def test_the_alias_bomb_is_refused_at_once_under_cpu_and_memory_limits():
