@@ -59,6 +59,10 @@ if TYPE_CHECKING:
 
 __all__ = ["LEADERBOARD_COLUMNS", "TRIAL_SORTS", "DuckDBJournal", "ExperimentRecord", "TrialWriter", "open_journal"]
 
+# The store's summaries travel over the journal service by name. Registered here, with the service, so
+# that `import dspex_lab` (which loads _store for the protocol) does not load the wire format.
+wire_record(ExperimentSummary)
+
 # A running experiment whose heartbeat is older than this is shown as interrupted.
 STALE_HEARTBEAT_SECONDS = 15.0
 _process_lock = threading.RLock()

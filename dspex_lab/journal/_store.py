@@ -23,7 +23,6 @@ from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from dspex_lab.errors import JournalError
-from dspex_lab.journal._wire import wire_record
 
 __all__ = [
     "EXPERIMENT_ROLES",
@@ -60,7 +59,6 @@ The candidate an optimization's evaluation belongs to is in its ``config["candid
 """
 
 
-@wire_record
 @dataclass(frozen=True)
 class ExperimentSummary:
     """One line of the experiment list: what an experiment is, how it stands, and its trial counts.
