@@ -579,15 +579,15 @@ class PhaseTimer:
 
     # (module, owner attribute or None for a module-level function, function name, label)
     PHASES: tuple[tuple[str, str | None, str, str], ...] = (
-        ("dspex_lab.evaluate._evaluate", None, "environment", "evaluate: environment()"),
+        ("dspex_lab.evaluation._evaluate", None, "environment", "evaluate: environment()"),
         ("dspex_lab.journal._duckdb", "DuckDBJournal", "create_experiment", "journal: create_experiment"),
         ("dspex_lab.journal._duckdb", "DuckDBJournal", "append_trials", "journal: append_trials (flush)"),
         ("dspex_lab.journal._duckdb", "TrialWriter", "close", "journal: TrialWriter.close"),
         ("dspex_lab.journal._duckdb", "DuckDBJournal", "finish_experiment", "journal: finish_experiment"),
         ("dspex_lab.engine._executor", "ThreadExecutor", "run", "engine: ThreadExecutor.run"),
         ("dspex_lab.engine._trial", "TrialResult", "to_row", "engine: TrialResult.to_row"),
-        ("dspex_lab.evaluate._evaluate", None, "_frame", "evaluate: _frame(results)"),
-        ("dspex_lab.evaluate._result", "EvaluationResult", "to_summary", "evaluate: EvaluationResult.to_summary"),
+        ("dspex_lab.evaluation._evaluate", None, "_frame", "evaluate: _frame(results)"),
+        ("dspex_lab.evaluation._result", "EvaluationResult", "to_summary", "evaluate: EvaluationResult.to_summary"),
     )
 
     def __init__(self) -> None:

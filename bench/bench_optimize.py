@@ -67,7 +67,7 @@ import numpy as np
 from _common import format_table, machine_description, write_json
 
 import dspex_lab as dx
-from dspex_lab.optimize._dspy import DspyOptimizer
+from dspex_lab.optimization._dspy import DspyOptimizer
 from dspex_lab.stats import paired_test
 
 OPTIMIZERS = ("simba-c", "simba", "mipro", "bootstrap")
@@ -349,7 +349,7 @@ def engine_replay_seconds(result: dx.OptimizationResult, examples: dict[str, Any
     """
     from dspex_lab.engine import RunPolicy, ThreadExecutor
     from dspex_lab.journal import ExperimentRecord, open_journal
-    from dspex_lab.optimize._evaluator import CandidateEvaluator, Spending
+    from dspex_lab.optimization._evaluator import CandidateEvaluator, Spending
 
     rows = result.journal.sql(
         "select t.experiment_id, t.example_id, t.example_index, t.repeat, e.program_spec from trials t "

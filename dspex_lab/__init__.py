@@ -8,22 +8,23 @@ experiment and trial in a DuckDB journal. ``import dspex_lab as dx``.
 pandas, scipy, DuckDB as that layer needs them) the first time it is read, so
 ``dspex --help`` and ``dspex journal list`` never load DSPy or scipy. This
 module is also where the layers are wired together: the trace layer's readers
-into the journal, and the lab LM into the program layer's model variables.
+into the journal, the lab LM into the program layer's model variables and the
+notebook's progress widget into runs (:mod:`dspex_lab._hooks`).
 """
 
 from __future__ import annotations
 
 import sys
-import types
 from typing import TYPE_CHECKING, Any
 
+from dspex_lab import _hooks
 from dspex_lab._lazy import lazy_exports
 from dspex_lab.journal._store import TraceReader, set_trace_reader
 
 if TYPE_CHECKING:
     from dspex_lab import datasets, errors, metrics, stats
     from dspex_lab.data import Dataset, load_dataset
-    from dspex_lab.evaluate import (
+    from dspex_lab.evaluation import (
         Budget,
         Comparison,
         ComparisonSet,
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from dspex_lab.journal import open_journal
     from dspex_lab.lm import lab_lm
     from dspex_lab.notebook import ExperimentBrowser, RunProgress, VariableControls
-    from dspex_lab.optimize import OptimizationResult, SimbaC, optimize
+    from dspex_lab.optimization import OptimizationResult, SimbaC, optimize
     from dspex_lab.program import (
         Bool,
         Choice,
@@ -65,7 +66,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     **{name: "dspex_lab.data" for name in ("Dataset", "load_dataset")},
     **{
-        name: "dspex_lab.evaluate"
+        name: "dspex_lab.evaluation"
         for name in (
             "Budget",
             "Comparison",
@@ -91,7 +92,7 @@ _EXPORTS: dict[str, str] = {
     "lab_lm": "dspex_lab.lm",
     # The notebook's widgets need the notebook extra (anywidget); reading one loads that layer.
     **{name: "dspex_lab.notebook" for name in ("ExperimentBrowser", "RunProgress", "VariableControls")},
-    **{name: "dspex_lab.optimize" for name in ("OptimizationResult", "SimbaC", "optimize")},
+    **{name: "dspex_lab.optimization" for name in ("OptimizationResult", "SimbaC", "optimize")},
     **{
         name: "dspex_lab.program"
         for name in (
@@ -112,7 +113,7 @@ _EXPORTS: dict[str, str] = {
 # The public sub-modules, and (not in __all__) the layers, reachable as attributes as when they loaded eagerly.
 _MODULES = (
     *("datasets", "errors", "metrics", "stats"),
-    *("config", "data", "engine", "journal", "lm", "program", "tasks", "trace"),
+    *("config", "data", "engine", "evaluation", "journal", "lm", "optimization", "program", "tasks", "trace"),
 )
 _load, _list = lazy_exports(__name__, globals(), _EXPORTS, modules=_MODULES)
 
@@ -131,23 +132,9 @@ def __dir__() -> list[str]:
 
 
 def _resolve_lm(model: str) -> Any:
-    from dspex_lab.lm import resolve_lm
+    from dspex_lab.providers import resolve_lm
 
     return resolve_lm(model)
-
-
-def _layer_loaded(name: str, module: types.ModuleType) -> None:
-    """Wire a layer into the others as it finishes loading (the package root may import every layer)."""
-    if name == "program":
-        # Model variables name LMs; the lab models resolve without a network. The program layer
-        # cannot import the lm layer, so the root hands it the resolver.
-        module.set_lm_resolver(_resolve_lm)
-    elif name == "evaluate":
-        # progress=True shows the notebook's widget in a Jupyter kernel; the evaluate and optimize layers
-        # cannot import the notebook layer, so the root installs it behind their progress hook.
-        from dspex_lab.evaluate._progress import set_progress_factory
-
-        set_progress_factory(_notebook_progress)
 
 
 def _notebook_progress(kind: str) -> Any:
@@ -177,26 +164,10 @@ def _tree_from_rows(rows: list[dict[str, Any]]) -> Any:
     return TraceTree.from_spans(_spans_from_rows(rows))
 
 
-class _Package(types.ModuleType):
-    """The package's module type: sees each sub-package as Python binds it here, once it has loaded.
-
-    That moment wires the layer (:func:`_layer_loaded`) however it was imported (``dx.Program``,
-    ``from dspex_lab.program import Program``, or through another layer). And importing
-    ``dspex_lab.evaluate`` (or ``dspex_lab.optimize``) would bind the sub-package as that attribute,
-    hiding the function of the same name: that binding is dropped, so the name resolves (lazily) to
-    the function, as it did when it was imported eagerly.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
-            _layer_loaded(name, value)
-            if name in ("evaluate", "optimize"):
-                self.__dict__.pop(name, None)
-                return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+# Lower layers reach the lab models and the notebook's progress widget through these plugs (see _hooks):
+# filled now, before any layer loads, without loading the layers behind them.
+_hooks.lm_resolver = _resolve_lm
+_hooks.progress_factory = _notebook_progress
 
 # The journal stores span rows and cannot import the trace layer; the package (which may import
 # every layer) tells it how rows become Span and TraceTree objects.

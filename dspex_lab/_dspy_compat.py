@@ -543,7 +543,7 @@ def lm_call_usage(lm: Any, outputs: Any, lookback: int = 64) -> dict[str, Any] |
     return found
 
 
-# --- metering (lm/_cost.py) -----------------------------------------------------------------------------------------
+# --- metering (providers/_metering.py) ---------------------------------------------------------------------
 
 
 def provider_map_rates(namespace: str, name: str) -> tuple[float, float] | None:

@@ -30,7 +30,8 @@ def test_subpackage_all_lists_are_sorted_and_resolvable():
         "engine",
         "trace",
         "stats",
-        "evaluate",
+        "evaluation",
+        "optimization",
         "journal",
     ):
         module = importlib.import_module(f"dspex_lab.{package}")
@@ -52,8 +53,13 @@ def loaded_after(statement: str) -> set[str]:
 def test_import_is_light():
     assert loaded_after("import dspex_lab") == set()
     # dspy itself imports IPython.display when IPython is installed; dspex_lab's layers must add nothing to that.
-    assert loaded_after("import dspex_lab; dspex_lab.evaluate; dspex_lab.stats") == loaded_after("import dspy")
-    assert not loaded_after("import dspex_lab; dspex_lab.evaluate") & {"ipywidgets", "anywidget", "panel", "holoviews"}
+    assert loaded_after("import dspex_lab; dspex_lab.evaluation; dspex_lab.stats") == loaded_after("import dspy")
+    assert not loaded_after("import dspex_lab; dspex_lab.evaluation") & {
+        "ipywidgets",
+        "anywidget",
+        "panel",
+        "holoviews",
+    }
 
 
 HEAVY = ("dspy", "pandas", "scipy", "duckdb", "pyarrow", "litellm")
@@ -83,9 +89,9 @@ def test_names_load_their_layers_on_first_use():
     names = dir(dx)
     assert set(dx.__all__) <= set(names) and "widgets" in names
     assert callable(dx.evaluate) and callable(dx.compare) and callable(dx.open_journal)
-    importlib.import_module("dspex_lab.evaluate._export")  # loading the sub-package does not hide the function
+    importlib.import_module("dspex_lab.evaluation._export")  # loading the sub-package does not hide the function
 
-    assert dx.evaluate.__module__ == "dspex_lab.evaluate._evaluate"
+    assert dx.evaluate.__module__ == "dspex_lab.evaluation._evaluate"
     # The layers stay reachable as attributes, as when the package imported them eagerly.
     assert dx.program.Program is dx.Program and dx.journal.open_journal is dx.open_journal
     assert {"program", "trace", "journal", "tasks"} <= set(names)
@@ -180,14 +186,27 @@ MAY_IMPORT: dict[str, set[str]] = {
     "tasks": set(),
     "datasets": {"tasks", "data"},
     "lm": {"tasks"},
+    # Real LMs through DSPy (names, metering, rollouts); the lab LM is one more provider.
+    "providers": {"lm"},
     "trace": set(),
     "stats": set(),
     "journal": set(),
-    "engine": {"program", "lm", "trace"},
-    # evaluate also takes a Dataset: `data` sits above it in the table.
-    "evaluate": {"engine", "stats", "journal", "data"},
-    "optimize": {"evaluate"},
-    "notebook": {"program", "data", "datasets", "lm", "engine", "trace", "stats", "evaluate", "optimize", "journal"},
+    "engine": {"program", "providers", "trace"},
+    # evaluation also takes a Dataset: `data` sits above it in the table.
+    "evaluation": {"engine", "stats", "journal", "data"},
+    "optimization": {"evaluation"},
+    "notebook": {
+        "program",
+        "data",
+        "datasets",
+        "lm",
+        "engine",
+        "trace",
+        "stats",
+        "evaluation",
+        "optimization",
+        "journal",
+    },
     "dashboard": {"journal", "trace", "stats"},
 }
 # Single modules a layer may use outside its column, each for a stated reason.
@@ -200,7 +219,7 @@ MAY_IMPORT_MODULES: dict[str, set[str]] = {
     "engine": {"dspex_lab.stats"},
 }
 # Modules of the package root that every layer may import; they import only each other.
-BASE = {"errors", "config", "_records", "_lazy", "metrics", "_dspy_compat"}
+BASE = {"errors", "config", "_records", "_lazy", "_hooks", "metrics", "_dspy_compat"}
 # The composition roots: they may import every layer.
 ROOTS = {"__init__", "cli"}
 
@@ -307,7 +326,7 @@ def test_import_graph_is_acyclic():
 def test_the_layer_check_catches_a_violation(tmp_path):
     # The checker itself: a journal module importing the trace layer inside a function is found.
     module = tmp_path / "bad.py"
-    module.write_text("def f():\n    from dspex_lab.trace import TraceTree\n    import dspex_lab.lm.engine\n")
-    assert imports_of(module) == ["dspex_lab.trace", "dspex_lab.lm.engine"]
+    module.write_text("def f():\n    from dspex_lab.trace import TraceTree\n    import dspex_lab.lm.simulator\n")
+    assert imports_of(module) == ["dspex_lab.trace", "dspex_lab.lm.simulator"]
     assert "trace" not in allowed("journal") and "datasets" not in allowed("lm")
-    assert {"program", "lm", "trace", "tasks"} <= allowed("evaluate")
+    assert {"program", "lm", "trace", "tasks"} <= allowed("evaluation")

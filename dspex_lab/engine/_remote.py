@@ -261,7 +261,8 @@ def describe_lm(lm: Any, *, executor: str) -> dict[str, Any] | None:
     """
     if lm is None:
         return None
-    from dspex_lab.lm import LabLM, credentials_in_url
+    from dspex_lab.lm import LabLM
+    from dspex_lab.providers import credentials_in_url
 
     problem = credentials_in_url(lm)
     if problem is not None:

@@ -28,7 +28,7 @@ from dspex_lab._records import trial_id as make_trial_id
 from dspex_lab.engine._adapter import default_adapter
 from dspex_lab.engine._cancel import CancelToken, install_lm_guard
 from dspex_lab.errors import InvalidScoreError, TrialCancelledError, TrialTimeoutError
-from dspex_lab.lm import Meter, for_repeat, metering, repeats_can_differ
+from dspex_lab.providers import Meter, for_repeat, metering, repeats_can_differ
 from dspex_lab.trace import SpanRecorder, dispatch, span
 from dspex_lab.trace import metric as metric_span
 from dspex_lab.trace.redaction import mask_text, redact
@@ -281,7 +281,7 @@ def _score(value: Any) -> float:
 
 def _usage(meter: Meter) -> tuple[int, int, float | None, int, tuple[str, ...]]:
     # DSPy's reported cost per call first, then a price table; a call with no known price makes the
-    # trial's cost None and names its model (dspex_lab.lm.metering's contract), never a silent 0.
+    # trial's cost None and names its model (dspex_lab.providers.metering's contract), never a silent 0.
     usage = meter.usage()
     return usage.input_tokens, usage.output_tokens, usage.cost, usage.lm_calls, usage.unpriced_models
 

@@ -70,7 +70,7 @@ def _panel() -> Any:
 
 def _holoviews() -> Any:
     # The optimization layer's import also loads the bokeh backend once.
-    from dspex_lab.optimize._plot import _holoviews as load
+    from dspex_lab.optimization._plot import _holoviews as load
 
     return load()
 
@@ -393,7 +393,7 @@ class Dashboard:
             self.run_plot.object = None
             self.run_message.object = ""
             return
-        from dspex_lab.optimize import OptimizationResult
+        from dspex_lab.optimization import OptimizationResult
 
         try:
             result = OptimizationResult.from_journal(self.journal, run_id)
@@ -622,7 +622,7 @@ def serve_dashboard(
         'http://127.0.0.1:40123/'
         >>> server.stop()  # doctest: +SKIP
     """
-    from dspex_lab.evaluate._export import journal_of
+    from dspex_lab.evaluation._export import journal_of
 
     pn = _panel()
     _holoviews()

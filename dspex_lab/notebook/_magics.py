@@ -190,7 +190,7 @@ class DspexMagics(Magics):
         return metric
 
     def _evaluate(self, args: argparse.Namespace, cell: str | None) -> Any:
-        from dspex_lab.evaluate._evaluate import evaluate
+        from dspex_lab.evaluation._evaluate import evaluate
 
         program = self._lookup(args.program, "program")
         data = self._data(args.data)
@@ -208,8 +208,8 @@ class DspexMagics(Magics):
         return result
 
     def _compare(self, args: argparse.Namespace, cell: str | None) -> Any:
-        from dspex_lab.evaluate._compare import compare
-        from dspex_lab.evaluate._load import load
+        from dspex_lab.evaluation._compare import compare
+        from dspex_lab.evaluation._load import load
 
         results = []
         for name in (args.a, args.b):
@@ -219,7 +219,7 @@ class DspexMagics(Magics):
 
     def _optimize(self, args: argparse.Namespace, cell: str | None) -> Any:
         from dspex_lab.engine import Budget
-        from dspex_lab.optimize import SimbaC, optimize
+        from dspex_lab.optimization import SimbaC, optimize
 
         program = self._lookup(args.program, "program")
         train, val = self._data(args.train), self._data(args.val)
@@ -235,7 +235,7 @@ class DspexMagics(Magics):
         if args.live:
             from IPython.display import display
 
-            from dspex_lab.optimize import LiveConvergence
+            from dspex_lab.optimization import LiveConvergence
 
             live = LiveConvergence()
             subscribers.append(live)
@@ -270,7 +270,7 @@ class DspexMagics(Magics):
         return TraceViewer(journal, args.experiment, trial_id=args.trial)
 
     def _journal(self, magic: str) -> Any:
-        from dspex_lab.evaluate._context import current_context
+        from dspex_lab.evaluation._context import current_context
 
         journal = current_context().journal
         if journal is None:
@@ -281,7 +281,7 @@ class DspexMagics(Magics):
         return self._journal("%%dspex sql").sql(cell)
 
     def _config(self, args: argparse.Namespace, cell: str | None) -> dict[str, Any]:
-        from dspex_lab.evaluate._context import current_context
+        from dspex_lab.evaluation._context import current_context
         from dspex_lab.trace.redaction import mask_text
 
         context = current_context()

@@ -8,8 +8,8 @@ from typing import Any, NamedTuple
 
 from dspex_lab.errors import JournalError, MissingDependencyError, ProgramSpecError
 from dspex_lab.journal import TRIAL_ORDERS, DuckDBJournal, open_journal
-from dspex_lab.lm import ModelPrice, model_price
 from dspex_lab.notebook._widgets_common import front_end_file
+from dspex_lab.providers import ModelPrice, model_price
 from dspex_lab.trace import Span
 from dspex_lab.trace.redaction import mask_text
 

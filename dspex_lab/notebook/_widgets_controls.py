@@ -239,11 +239,11 @@ def _json(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _preview_lm(lm: str | dspy.BaseLM | None) -> dspy.BaseLM:
-    from dspex_lab.lm import resolve_lm
+    from dspex_lab.providers import resolve_lm
 
     if lm is not None:
         return resolve_lm(lm)
-    from dspex_lab.evaluate import current_context
+    from dspex_lab.evaluation import current_context
 
     return current_context().lm
 

@@ -19,7 +19,7 @@ from dspex_lab.program._bounded import (
     parse_yaml_spec,
 )
 from dspex_lab.program._constraints import Constraint
-from dspex_lab.program._program import Program, set_lm_resolver
+from dspex_lab.program._program import Program
 from dspex_lab.program._registry import (
     allowed_prefixes,
     register,
@@ -53,5 +53,4 @@ __all__ = [
     "resolve_module",
     "set_allowed_models",
     "set_allowed_prefixes",
-    "set_lm_resolver",
 ]

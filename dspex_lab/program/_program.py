@@ -6,13 +6,14 @@ import functools
 import hashlib
 import html
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 import dspy
 import numpy as np
 
+from dspex_lab import _hooks
 from dspex_lab.errors import ProgramSpecError, VariableError, bounded_repr
 from dspex_lab.program._bounded import check_spec_value, parse_json_spec
 from dspex_lab.program._constraints import Constraint
@@ -36,17 +37,15 @@ from dspex_lab.program._variables import (
     variable_from_dict,
 )
 
-__all__ = ["Program", "set_lm_resolver"]
+__all__ = ["Program"]
 
 SPEC_VERSION = 1
 
-_lm_resolver: Callable[[str], dspy.BaseLM] = dspy.LM
 
-
-def set_lm_resolver(resolver: Callable[[str], dspy.BaseLM]) -> None:
-    """Set how a ``model`` variable's value becomes an LM (the package wires in the lab LM)."""
-    global _lm_resolver
-    _lm_resolver = resolver
+def _lm_resolver(model: str) -> dspy.BaseLM:
+    """Return the LM a ``model`` variable's value names (the package root plugs in the lab models)."""
+    resolver = _hooks.lm_resolver
+    return resolver(model) if resolver is not None else dspy.LM(model)
 
 
 def _canonical_json(data: Any) -> str:

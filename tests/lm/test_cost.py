@@ -15,7 +15,8 @@ import pytest
 from loopback import Answer, LoopbackProvider, RateLimited
 
 from dspex_lab.errors import ProgramSpecError
-from dspex_lab.lm import (
+from dspex_lab.lm import lab_lm, lm_cost
+from dspex_lab.providers import (
     HOSTED_PRICES,
     HOSTED_PRICES_AS_OF,
     Meter,
@@ -23,12 +24,10 @@ from dspex_lab.lm import (
     call_cost,
     current_meter,
     is_priced,
-    lab_lm,
-    lm_cost,
     metering,
     model_price,
 )
-from dspex_lab.lm._cost import _provider_map_price
+from dspex_lab.providers._metering import _provider_map_price
 
 # gpt-4o-mini's list price in US dollars per token (input, output).
 GPT_4O_MINI = (0.15e-6, 0.60e-6)

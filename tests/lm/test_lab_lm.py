@@ -18,17 +18,9 @@ from dspy.utils.exceptions import LMProviderError, LMRateLimitError, is_retryabl
 
 from dspex_lab.datasets import arithmetic, parse_problem
 from dspex_lab.errors import ProgramSpecError
-from dspex_lab.lm import (
-    LAB_MODELS,
-    LabEngine,
-    LabLM,
-    LabLMError,
-    LabRateLimitError,
-    lab_lm,
-    lm_cost,
-    resolve_lm,
-)
+from dspex_lab.lm import LAB_MODELS, LabEngine, LabLM, LabLMError, LabRateLimitError, lab_lm, lm_cost
 from dspex_lab.lm._skills import read_instructions
+from dspex_lab.providers import resolve_lm
 
 ROOT = Path(__file__).resolve().parents[2]
 

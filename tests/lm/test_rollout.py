@@ -5,7 +5,8 @@ from __future__ import annotations
 import dspy
 
 from dspex_lab.datasets import arithmetic
-from dspex_lab.lm import ROLLOUT_STRIDE, for_repeat, lab_lm, lm_samples, repeat_rollout_id, repeats_can_differ
+from dspex_lab.lm import lab_lm
+from dspex_lab.providers import ROLLOUT_STRIDE, for_repeat, lm_samples, repeat_rollout_id, repeats_can_differ
 
 
 class TwoPredictors(dspy.Module):

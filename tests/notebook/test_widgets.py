@@ -25,7 +25,7 @@ from dspex_lab.engine import RunFinished, RunStarted, TrialFinished, TrialResult
 
 pytest.importorskip("anywidget")
 
-from dspex_lab.evaluate._progress import TqdmProgress, progress_display
+from dspex_lab.evaluation._progress import TqdmProgress, progress_display
 from dspex_lab.notebook._widgets_common import front_end_file
 
 COT = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="cot")

@@ -19,7 +19,7 @@ from loopback import DEFAULT_API_KEY, Answer, LoopbackProvider
 
 import dspex_lab as dx
 from dspex_lab.engine import ProcessExecutor
-from dspex_lab.evaluate._result import IDENTICAL_REPEATS
+from dspex_lab.evaluation._result import IDENTICAL_REPEATS
 
 PROGRAM = dx.Program("dspy.Predict", signature="question -> answer", name="qa-hosted")
 

@@ -20,7 +20,7 @@ import pytest
 
 import dspex_lab as dx
 from dspex_lab import _dspy_compat
-from dspex_lab.evaluate import evaluate
+from dspex_lab.evaluation import evaluate
 from dspex_lab.trace import SpanRecorder, TraceTree, dispatch
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import dspex_lab as dx
 from dspex_lab.cli import main
-from dspex_lab.evaluate import evaluate
+from dspex_lab.evaluation import evaluate
 
 COT = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="cot")
 

@@ -9,7 +9,7 @@ import pytest
 
 import dspex_lab as dx
 from dspex_lab.journal import ExperimentRecord, open_journal
-from dspex_lab.lm import model_price
+from dspex_lab.providers import model_price
 from dspex_lab.trace import Span
 
 pytest.importorskip("anywidget")

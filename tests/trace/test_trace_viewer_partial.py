@@ -6,7 +6,7 @@ import duckdb
 import pytest
 
 import dspex_lab as dx
-from dspex_lab.evaluate import evaluate
+from dspex_lab.evaluation import evaluate
 
 pytest.importorskip("anywidget")
 

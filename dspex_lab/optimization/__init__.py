@@ -1,0 +1,42 @@
+"""Optimization: SIMBA-C and DSPy's optimizers, every candidate evaluation journaled.
+
+``dx.optimize(program, trainset, valset, metric=..., optimizer=dx.SimbaC(...))`` runs
+an optimizer on a program (see :func:`~dspex_lab.optimization._optimize.optimize`): every
+trial goes through the engine (:func:`~dspex_lab.engine.run_trials`) into the
+journal, every decision is a step row and an orchestration span, and the
+:class:`OptimizationResult` can be rebuilt from the journal alone.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from dspex_lab.optimization._dspy import DspyOptimizer
+from dspex_lab.optimization._optimize import DSPY_OPTIMIZERS, OptimizationStep, optimize
+from dspex_lab.optimization._plot import ConvergenceData, LiveConvergence, convergence_data, convergence_plot
+from dspex_lab.optimization._result import CANDIDATE_COLUMNS, STEP_COLUMNS, OptimizationResult
+from dspex_lab.optimization._simba_c import ProposeRule, SimbaC
+
+if TYPE_CHECKING:
+    from dspex_lab.journal import DuckDBJournal
+
+__all__ = [
+    "CANDIDATE_COLUMNS",
+    "DSPY_OPTIMIZERS",
+    "STEP_COLUMNS",
+    "ConvergenceData",
+    "DspyOptimizer",
+    "LiveConvergence",
+    "OptimizationResult",
+    "OptimizationStep",
+    "ProposeRule",
+    "SimbaC",
+    "convergence_data",
+    "convergence_plot",
+    "optimize",
+    "plot_run",
+]
+
+
+def plot_run(journal: "DuckDBJournal", run_id: str) -> Any:
+    """Return the convergence plot of a journaled optimization run (any optimizer), from the journal alone."""
+    result = OptimizationResult.from_journal(journal, run_id)
+    return convergence_plot(result.steps, result.candidates, title=f"{result.name} ({result.optimizer})")

@@ -1,0 +1,416 @@
+"""Candidate evaluations of an optimization run: every trial through the engine, one journal writer.
+
+An optimizer asks for "this program on these examples"; :class:`CandidateEvaluator`
+runs the trials with :func:`~dspex_lab.engine.run_trials` (the same runner, executor,
+timeouts, retries and metering as :func:`dx.evaluate <dspex_lab.evaluation>`), records
+each evaluation as an experiment of its own in the journal (so ``dx.compare``,
+``dspex journal trials`` and the trace viewer work on it), and remembers every
+trial: an evaluation asked for again, in this process or after a crash (``resume=``),
+reuses the trials already recorded instead of running them twice.
+
+Spending (LM calls, tokens, dollars) is counted across the whole run, and the run's
+budget is handed to each evaluation as the part still left, so an evaluation stops
+at the budget in the middle if it has to.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+
+from dspex_lab.engine import Budget, RunPolicy, TrialFinished, TrialRunner, TrialTask, run_trials
+from dspex_lab.engine._executor import Executor
+from dspex_lab.errors import DspexLabWarning
+from dspex_lab.journal import DuckDBJournal, ExperimentRecord, TrialWriter
+from dspex_lab.program import Program
+from dspex_lab.trace import SpanRecorder
+
+__all__ = ["CandidateEvaluator", "Example", "Scores", "Spending", "evaluation_id"]
+
+# (example id, position in its dataset, the example)
+Example = tuple[str, int, dspy.Example]
+Metric = Callable[[dspy.Example, Any], Any]
+
+
+# Dollars are counted in whole picodollars: an integer sum is the same in any order, so a run's cost
+# does not depend on which trial finished first, and a total read back from a journaled step row
+# (a float) gives back the exact integer (below about $2,000, where a float still resolves 1e-12).
+_PICODOLLARS = 10**12
+
+
+def evaluation_id(run_id: str, *labels: str) -> str:
+    """Return the id of one of a run's evaluations: ``<run>/<candidate>/<phase>`` or ``<run>/<label>``.
+
+    The id is built here only, and only to be readable: nothing parses it. An evaluation's run is
+    its record's ``parent_id`` and its purpose its ``role``.
+    """
+    return "/".join((run_id, *labels))
+
+
+@dataclass
+class Spending:
+    """What a run has spent so far, and what its budget leaves.
+
+    A resumed run counts a trial served from the journal when it first uses it, as the
+    uninterrupted run counted it when it finished, so the totals at every point of a
+    resumed run are the uninterrupted run's.
+    """
+
+    budget: Budget | None = None
+    lm_calls: int = 0
+    tokens: int = 0
+    cost_picodollars: int = 0
+    unpriced: bool = False
+    trials: int = 0
+    # Wall seconds of LM calls an optimizer makes outside trials (SIMBA-C's rule proposals).
+    proposal_seconds: float = 0.0
+    # Part of the budget held back for the confirmation evaluations that follow the search (see
+    # ``dx.optimize``): the search stops when what it spent plus this reaches a limit.
+    reserved_lm_calls: int = 0
+    reserved_tokens: int = 0
+    reserved_picodollars: int = 0
+
+    @property
+    def cost(self) -> float:
+        """Dollars spent (priced calls only; see ``unpriced``)."""
+        return self.cost_picodollars / _PICODOLLARS
+
+    @cost.setter
+    def cost(self, dollars: float) -> None:
+        self.cost_picodollars = round(float(dollars) * _PICODOLLARS)
+
+    def add(self, row: dict[str, Any], *, trial: bool = True) -> None:
+        """Count one trial's row (``trial=False``: LM calls made outside trials, e.g. a rule proposal)."""
+        self.trials += 1 if trial else 0
+        self.lm_calls += int(row.get("lm_calls") or 0)
+        self.tokens += int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0)
+        if row.get("cost") is None:
+            self.unpriced = self.unpriced or bool(row.get("lm_calls"))
+        else:
+            self.cost_picodollars += round(float(row["cost"]) * _PICODOLLARS)
+
+    def restore(self, totals: dict[str, Any]) -> None:
+        """Set the LM calls, tokens and dollars to a journaled step row's totals (a resumed run catching up)."""
+        self.lm_calls = int(totals.get("lm_calls") or 0)
+        self.tokens = int(totals.get("tokens") or 0)
+        if totals.get("cost") is None:
+            self.unpriced = self.unpriced or bool(self.lm_calls)
+        else:
+            self.cost = float(totals["cost"])
+
+    def reserve(self, *, lm_calls: int, tokens: int, cost: float) -> None:
+        """Hold back part of the budget for the confirmation evaluations that follow the search."""
+        self.reserved_lm_calls = max(int(lm_calls), 0)
+        self.reserved_tokens = max(int(tokens), 0)
+        self.reserved_picodollars = max(round(float(cost) * _PICODOLLARS), 0)
+
+    def release(self) -> None:
+        """Give the held-back part of the budget to the confirmation evaluations."""
+        self.reserved_lm_calls = self.reserved_tokens = self.reserved_picodollars = 0
+
+    def _held(self) -> tuple[tuple[str, float, float], ...]:
+        # (limit name, used, held back for the confirmation)
+        return (
+            ("usd", self.cost, self.reserved_picodollars / _PICODOLLARS),
+            ("lm_calls", self.lm_calls, self.reserved_lm_calls),
+            ("tokens", self.tokens, self.reserved_tokens),
+        )
+
+    def exhausted(self) -> str | None:
+        """Say which limit of the budget is spent, or return None while every limit has some left.
+
+        The message names the run's totals, not one evaluation's share, so a run that stops at the
+        budget says the same whether it ran straight through or was resumed on the way.
+        """
+        if self.budget is None:
+            return None
+        for name, used, held in self._held():
+            limit = getattr(self.budget, name)
+            if limit is not None and used + held >= limit:
+                kept = f", {held:g} kept for the confirmation" if held else ""
+                return f"budget {name}={limit:g} spent ({used:g} used{kept})"
+        return None
+
+    def remaining(self) -> Budget | None:
+        """Return the budget still left (None: no limit), or raise :class:`BudgetSpent` when nothing is."""
+        if self.budget is None:
+            return None
+        spent = self.exhausted()
+        if spent is not None:
+            raise BudgetSpent(spent)
+        left: dict[str, float] = {}
+        for name, used, held in self._held():
+            limit = getattr(self.budget, name)
+            if limit is not None:
+                left[name] = limit - used - held if name == "usd" else int(limit - used - held)
+        return Budget(**left, pilot=1_000_000_000)
+
+    def to_summary(self) -> dict[str, Any]:
+        """Return the totals as JSON values."""
+        return {
+            "lm_calls": self.lm_calls,
+            "tokens": self.tokens,
+            "cost": None if self.unpriced else self.cost,
+            "trials": self.trials,
+            "proposal_seconds": round(self.proposal_seconds, 6),
+        }
+
+
+class BudgetSpent(Exception):  # noqa: N818 - a control-flow signal inside the optimizer, never raised to users
+    """The run's budget is spent: the optimizer stops cleanly with what it has."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A program's scores on some examples (errors apart, never averaged in).
+
+    Attributes:
+        experiment_id: where the trials are journaled (None without a journal).
+        by_example: example id -> mean score of its scored trials.
+        errors: example id -> error type, for examples with no scored trial.
+        predictions: example id -> the prediction (JSON text) of its first scored trial.
+        stopped: why the evaluation stopped early (budget, error budget, interrupt), else None.
+    """
+
+    experiment_id: str | None
+    by_example: dict[str, float]
+    errors: dict[str, str] = field(default_factory=dict)
+    predictions: dict[str, str] = field(default_factory=dict)
+    stopped: str | None = None
+
+    @property
+    def n(self) -> int:
+        """Examples with a score."""
+        return len(self.by_example)
+
+    @property
+    def mean(self) -> float:
+        """The mean over scored examples (NaN when none is)."""
+        return math.fsum(self.by_example.values()) / len(self.by_example) if self.by_example else math.nan
+
+
+class CandidateEvaluator:
+    """Runs programs on examples for one optimization run, journaling and remembering every trial.
+
+    Args:
+        run_id: the optimization run's id; evaluation experiment ids start with it.
+        journal: where trials go (None: kept in memory for this process only).
+        metric: ``metric(example, prediction)``.
+        metric_name: the metric's recorded name.
+        lm: the run's LM.
+        executor: where trials run.
+        policy: timeout, retries and error budget of every evaluation (its budget is replaced by
+            what is left of ``spending``'s).
+        spending: the run's spending, shared with the optimizer.
+        trace: capture every trial's span tree into the journal.
+        sinks: event subscribers (a progress display) given every evaluation's events.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        journal: DuckDBJournal | None,
+        metric: Metric,
+        metric_name: str,
+        lm: dspy.BaseLM,
+        executor: Executor,
+        policy: RunPolicy,
+        spending: Spending,
+        trace: bool = False,
+        sinks: Sequence[Callable[[Any], None]] = (),
+    ) -> None:
+        self.run_id = run_id
+        self.journal = journal
+        self.metric = metric
+        self.metric_name = metric_name
+        self.lm = lm
+        self.executor = executor
+        self.policy = policy
+        self.spending = spending
+        self.trace = trace
+        self.sinks = list(sinks)
+        self.writer: TrialWriter | None = journal.writer(run_id) if journal is not None else None
+        # experiment id -> (example id, repeat) -> trial row; filled from the journal when resuming.
+        self._rows: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}
+        # (experiment id, example id, repeat) of the rows already counted in ``spending``.
+        self._counted: set[tuple[str, str, int]] = set()
+        self._created: set[str] = set()
+        self._modules: dict[tuple[str, int], dspy.Module] = {}
+
+    def load_recorded(self, *, count: bool = False) -> int:
+        """Read the trials this run already journaled (a resume); return how many there are.
+
+        Args:
+            count: count every journaled trial's spending now. Without it (SIMBA-C, which replays
+                its run) a journaled trial is counted when an evaluation first uses it, which is
+                when the uninterrupted run counted it.
+        """
+        if self.journal is None:
+            return 0
+        rows = self.journal.children_trial_rows(self.run_id)
+        for row in rows:
+            experiment_id = row.pop("experiment_id")
+            key = (row["example_id"], int(row["repeat"]))
+            self._rows.setdefault(experiment_id, {})[key] = row
+            if count:
+                self._count(experiment_id, key, row)
+        self._created.update(child.id for child in self.journal.children(self.run_id))
+        return len(rows)
+
+    def _count(self, experiment_id: str, key: tuple[str, int], row: dict[str, Any]) -> None:
+        """Add a trial's spending once, however often it is used (a row shared by later steps)."""
+        counted = (experiment_id, *key)
+        if counted not in self._counted:
+            self._counted.add(counted)
+            self.spending.add(row)
+
+    def experiment_rows(self, experiment_id: str) -> list[dict[str, Any]]:
+        """Return the recorded trial rows of one evaluation (this process's and a resumed run's)."""
+        return list(self._rows.get(experiment_id, {}).values())
+
+    def rows_by_experiment(self) -> dict[str, list[dict[str, Any]]]:
+        """Return every trial row this run knows, by evaluation experiment."""
+        return {experiment_id: list(rows.values()) for experiment_id, rows in self._rows.items()}
+
+    def evaluate(
+        self,
+        program: Program,
+        examples: Sequence[Example],
+        *,
+        experiment_id: str,
+        record: ExperimentRecord | None = None,
+        lm: dspy.BaseLM | None = None,
+        repeat: int = 0,
+    ) -> Scores:
+        """Run ``program`` on ``examples`` (trials already recorded are reused) and return its scores.
+
+        Args:
+            program: the candidate.
+            examples: (example id, dataset position, example) triples.
+            experiment_id: the evaluation's experiment (created on first use from ``record``).
+            record: the experiment's record, inserted the first time the id is used.
+            lm: the LM for this evaluation (default: the run's), e.g. a hotter copy for exploration.
+            repeat: the repeat (rollout) index of these trials.
+
+        Raises:
+            BudgetSpent: the run's budget was spent before this evaluation could start.
+        """
+        recorded = self._rows.setdefault(experiment_id, {})
+        tasks = [
+            TrialTask(index=position, example_id=example_id, example=example, repeat=repeat)
+            for example_id, position, example in examples
+            if (example_id, repeat) not in recorded
+        ]
+        stopped = None
+        if tasks:
+            # Checked before the journaled trials below are counted: the uninterrupted run started this
+            # evaluation with the spending as it was before any of its trials.
+            self.spending.remaining()
+        for example_id, _, _ in examples:
+            row = recorded.get((example_id, repeat))
+            if row is not None:
+                self._count(experiment_id, (example_id, repeat), row)
+        if tasks and self.spending.exhausted() is not None:
+            # The trials served from the journal reached the budget: the uninterrupted run stopped here.
+            stopped = self.spending.exhausted()
+        elif tasks:
+            budget = self.spending.remaining()
+            if self.writer is not None and experiment_id not in self._created and record is not None:
+                self.writer.create(record)
+            self._created.add(experiment_id)
+            run_lm = lm or self.lm
+            runner = TrialRunner(
+                self._module(program, run_lm),
+                self.metric,
+                lm=run_lm,
+                retry=self.policy.retry,
+                recorder=SpanRecorder() if self.trace and self.writer is not None else None,
+                span_sink=functools.partial(self.writer.add_spans, experiment_id=experiment_id)
+                if self.writer is not None
+                else None,
+            )
+            policy = RunPolicy(
+                timeout=self.policy.timeout, retry=self.policy.retry, max_errors=self.policy.max_errors, budget=budget
+            )
+            sink = _Recorder(self, experiment_id, recorded)
+            with warnings.catch_warnings():
+                # The run's budget warnings come from the optimizer, once, not from every evaluation.
+                warnings.filterwarnings("ignore", message=r".*budget.*", category=DspexLabWarning)
+                report = run_trials(
+                    tasks,
+                    runner,
+                    executor=self.executor,
+                    policy=policy,
+                    sinks=[sink, *self.sinks],
+                    run_id=experiment_id,
+                    name=experiment_id,
+                )
+            if report.status == "interrupted":
+                # The engine swallows the interrupt to record what finished; the optimizer must stop too.
+                raise KeyboardInterrupt(f"interrupted during evaluation {experiment_id}")
+            if report.status != "finished":
+                # A budget stop is told in the run's totals (the engine only saw this evaluation's share).
+                stopped = self.spending.exhausted() or report.detail or report.status
+        return _scores(experiment_id if self.writer is not None else None, examples, recorded, repeat, stopped)
+
+    def _module(self, program: Program, lm: dspy.BaseLM) -> dspy.Module:
+        key = (program.fingerprint, id(lm))
+        module = self._modules.get(key)
+        if module is None:
+            if len(self._modules) > 64:
+                self._modules.clear()
+            module = self._modules[key] = program.build(lm=lm)
+        return module
+
+    def close(self) -> None:
+        """Write what is left to the journal."""
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _Recorder:
+    """Keeps each finished trial's row, counts its spending and streams it to the journal."""
+
+    def __init__(self, evaluator: CandidateEvaluator, experiment_id: str, recorded: dict[tuple[str, int], Any]) -> None:
+        self.evaluator = evaluator
+        self.experiment_id = experiment_id
+        self.recorded = recorded
+
+    def __call__(self, event: Any) -> None:
+        if not isinstance(event, TrialFinished):
+            return
+        row = event.result.to_row()
+        key = (row["example_id"], int(row["repeat"]))
+        self.recorded[key] = row
+        self.evaluator._count(self.experiment_id, key, row)
+        if self.evaluator.writer is not None:
+            self.evaluator.writer.add(row, experiment_id=self.experiment_id)
+
+
+def _scores(
+    experiment_id: str | None,
+    examples: Sequence[Example],
+    recorded: dict[tuple[str, int], dict[str, Any]],
+    repeat: int,
+    stopped: str | None,
+) -> Scores:
+    by_example: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    predictions: dict[str, str] = {}
+    for example_id, _, _ in examples:
+        row = recorded.get((example_id, repeat))
+        if row is None:
+            continue  # not run: the evaluation stopped before it
+        if row.get("status") == "ok" and row.get("score") is not None:
+            by_example[example_id] = float(row["score"])
+            predictions[example_id] = row.get("prediction") or "{}"
+        else:
+            errors[example_id] = row.get("error_type") or "error"
+    return Scores(experiment_id, by_example, errors, predictions, stopped)

@@ -1,0 +1,905 @@
+"""SIMBA-C: SIMBA over the whole configuration space, accepting only what a paired test supports.
+
+DSPy's SIMBA (``dspy.SIMBA``) improves a program by stochastic introspective
+mini-batch ascent: each step it samples trajectories of a few programs on a
+mini-batch, finds the examples where they disagree most, and proposes new programs
+by appending a demo from a good trajectory or a rule written by an LM that
+contrasts a good and a bad one. It keeps the mini-batch winner without a test.
+
+SIMBA-C keeps that loop and changes what a candidate is and how one wins:
+
+* a candidate is a full configuration (a :class:`~dspex_lab.Program`): instructions
+  and demos per predictor *and* the program's typed variables, which a third
+  strategy mutates by type (small steps for floats, jumps for choices such as the
+  model, re-instantiation for the module type), guided by the gains each move has
+  shown so far (:class:`~dspex_lab.optimization._space.EffectLedger`);
+* screening on the mini-batch only shortlists: up to ``full_evals`` candidates that
+  beat the incumbent on the mini-batch (a *merge* of all of them first, then each
+  strategy's best) are evaluated on the validation set, and one is accepted only when
+  a one-sided paired test against the incumbent is significant at ``alpha`` after a
+  Holm correction across the step's evaluated candidates;
+* the run stops at ``max_steps``, at the budget, or after ``patience`` steps without
+  an accepted candidate.
+
+Hyperparameters next to DSPy's SIMBA (3.4.1 defaults):
+
+==========================  ===============  =====================================================
+SIMBA-C                     DSPy SIMBA       meaning
+==========================  ===============  =====================================================
+``bsize=32``                ``bsize=32``     mini-batch size
+``num_candidates=6``        ``num_candidates=6``  new candidates proposed per step
+``max_steps=8``             ``max_steps=8``  steps
+``max_demos=4``             ``max_demos=4``  demos per predictor (the oldest dropped past it)
+``num_sources=4``           (all candidates) programs whose trajectories are sampled per step
+``temperature_for_sampling  same name, 0.2   softmax temperature over programs' scores
+=0.2``
+``exploration_temperature   (SIMBA varies    LM temperature of the sampled trajectories (when the
+=0.7``                      temperature)     program has no temperature variable of its own)
+``max_rules=4``             (unbounded)      rules kept per predictor's instructions
+``full_evals=2``            (none)           candidates per step evaluated on the validation set
+``alpha=0.05``, Holm        (none)           acceptance test and correction
+``patience=3``              (none)           steps without an accepted candidate before stopping
+==========================  ===============  =====================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+import numpy as np
+
+from dspex_lab.errors import OptimizerError, VariableError
+from dspex_lab.optimization._evaluator import BudgetSpent, CandidateEvaluator, Example, Scores, evaluation_id
+from dspex_lab.optimization._space import (
+    Candidate,
+    EffectLedger,
+    Slots,
+    append_demo,
+    append_rule,
+    clean_rule,
+    move_between,
+    mutable_variables,
+    mutate,
+    rules_of,
+)
+from dspex_lab.program import Program
+from dspex_lab.stats import holm, one_sided_p_value, paired_test
+
+__all__ = ["ProposeRule", "SimbaC"]
+
+STRATEGIES = ("demo", "rule", "mutate", "merge")
+
+# What a step's random draws are for. Each decision draws from its own generator, derived from
+# (seed, step, purpose, index), never from one generator carried through the step or the run: a
+# resumed run that reads a step's proposals back from the journal (and so draws nothing for them)
+# cannot shift the draws of any other decision.
+MINIBATCH, SOURCE, PROPOSAL = 0, 1, 2
+
+
+class ProposeRule(dspy.Signature):
+    """Contrast a better and a worse trajectory of one program on the same input.
+
+    Find what went wrong in the worse one and write advice for each module: one concrete rule
+    it should follow next time (name the kind of step that failed and how to do it right).
+    """
+
+    module_names: list[str] = dspy.InputField(desc="the modules of the program")
+    better_program_trajectory: str = dspy.InputField(desc="the better run: each module's inputs and outputs")
+    better_reward_value: float = dspy.InputField(desc="the better run's score")
+    worse_program_trajectory: str = dspy.InputField(desc="the worse run: each module's inputs and outputs")
+    worse_reward_value: float = dspy.InputField(desc="the worse run's score")
+    discussion: str = dspy.OutputField(desc="what the worse run did wrong, and why the better one did not")
+    module_advice: dict[str, str] = dspy.OutputField(desc="module name -> one rule for that module")
+
+
+@dataclass(frozen=True)
+class SimbaC:
+    """SIMBA-C's hyperparameters (see the module docstring for DSPy SIMBA's counterparts).
+
+    Args:
+        bsize: mini-batch size (the trainset must have at least this many examples).
+        num_candidates: candidates proposed per step.
+        max_steps: steps at most.
+        max_demos: demos per predictor.
+        max_rules: rules kept per predictor's instructions.
+        num_sources: programs whose trajectories are sampled per step (the incumbent first).
+        temperature_for_sampling: softmax temperature over programs' scores when drawing sources.
+        exploration_temperature: LM temperature of the sources after the first (programs that set
+            their own temperature keep it).
+        full_evals: the best screened candidates per step evaluated on the validation set.
+        alpha: significance level of the acceptance test.
+        patience: steps without an accepted candidate before stopping.
+        strategies: the proposal strategies used (a subset of ``demo``, ``rule``, ``mutate``).
+        test: the paired test (``auto``: McNemar for 0/1 scores, t-test or Wilcoxon otherwise).
+        max_error_rate: a candidate failing on more than this fraction of the validation set is rejected.
+        rule_lm: the LM that writes rules (default: the run's LM).
+    """
+
+    bsize: int = 32
+    num_candidates: int = 6
+    max_steps: int = 8
+    max_demos: int = 4
+    max_rules: int = 4
+    num_sources: int = 4
+    temperature_for_sampling: float = 0.2
+    exploration_temperature: float = 0.7
+    full_evals: int = 2
+    alpha: float = 0.05
+    patience: int = 3
+    strategies: tuple[str, ...] = STRATEGIES
+    test: str = "auto"
+    max_error_rate: float = 0.1
+    rule_lm: Any = None
+
+    name = "simba-c"
+
+    def __post_init__(self) -> None:
+        for name in ("bsize", "num_candidates", "max_steps", "max_demos", "max_rules", "num_sources", "full_evals"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise OptimizerError(f"SimbaC({name}={value!r}): must be a positive integer")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
+            raise OptimizerError(f"SimbaC(patience={self.patience!r}): must be a positive integer")
+        if not 0 < self.alpha < 1:
+            raise OptimizerError(f"SimbaC(alpha={self.alpha!r}): must be between 0 and 1")
+        if not 0 <= self.max_error_rate < 1:
+            raise OptimizerError(f"SimbaC(max_error_rate={self.max_error_rate!r}): must be in [0, 1)")
+        for name in ("temperature_for_sampling", "exploration_temperature"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise OptimizerError(f"SimbaC({name}={value!r}): must be a finite number >= 0")
+        unknown = sorted(set(self.strategies) - set(STRATEGIES))
+        if unknown or not set(self.strategies) - {"merge"}:
+            raise OptimizerError(
+                f"SimbaC(strategies={self.strategies!r}): choose from {STRATEGIES}, at least one besides 'merge'"
+            )
+        if self.test not in ("auto", "t", "wilcoxon", "mcnemar"):
+            raise OptimizerError(f"SimbaC(test={self.test!r}): one of 'auto', 't', 'wilcoxon', 'mcnemar'")
+
+    def config(self) -> dict[str, Any]:
+        """Return the hyperparameters as JSON (recorded with the run, checked on resume)."""
+        return {
+            "optimizer": self.name,
+            **{
+                name: (list(value) if isinstance(value, tuple) else value)
+                for name, value in self.__dict__.items()
+                if name != "rule_lm"
+            },
+            "rule_lm": getattr(self.rule_lm, "model", None),
+        }
+
+
+@dataclass
+class StepRecord:
+    """What one step decided, with the numbers behind it (a row of ``optimization_steps``)."""
+
+    step: int
+    status: str
+    incumbent_id: str
+    accepted_id: str | None = None
+    minibatch: list[str] = field(default_factory=list)
+    screening: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    best_mean: float | None = None
+    best_ci_low: float | None = None
+    best_ci_high: float | None = None
+    lm_calls: int = 0
+    tokens: int = 0
+    cost: float | None = None
+    detail: str | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        """Return the journal row."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class Hooks:
+    """What the SIMBA-C loop needs from the run around it (journal, spans, events)."""
+
+    record_candidates: Callable[[list[Candidate]], None]
+    record_step: Callable[[StepRecord], None]
+    recorded_candidates: Callable[[int], list[Candidate]]
+    emit_spans: Callable[[int, list[dict[str, Any]]], None]
+    step_finished: Callable[[StepRecord], None]
+    spending: Callable[[], dict[str, Any]]
+    run_id: str
+    # The step's row as the journal held it when this (resumed) run began, or None.
+    journaled_step: Callable[[int], dict[str, Any] | None] = lambda step: None
+
+
+def _interval(scores: dict[str, float]) -> tuple[float | None, float | None, float | None]:
+    values = np.array(list(scores.values()), dtype=float)
+    if values.size == 0:
+        return None, None, None
+    mean = float(values.mean())
+    if values.size < 2:
+        return mean, None, None
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size))
+    return mean, mean - half, mean + half
+
+
+def paired_gain(candidate: Scores, incumbent: Scores) -> tuple[float, int]:
+    """Return the mean paired difference (candidate minus incumbent) over examples both scored, and n."""
+    common = [key for key in candidate.by_example if key in incumbent.by_example]
+    if not common:
+        return math.nan, 0
+    return float(np.mean([candidate.by_example[key] - incumbent.by_example[key] for key in common])), len(common)
+
+
+class SimbaCRun:
+    """One SIMBA-C run: the loop, its state and its decisions (built by :func:`dspex_lab.optimize`)."""
+
+    def __init__(
+        self,
+        optimizer: SimbaC,
+        *,
+        baseline: Candidate,
+        slots: Slots,
+        trainset: Sequence[Example],
+        valset: Sequence[Example],
+        evaluator: CandidateEvaluator,
+        hooks: Hooks,
+        seed: int,
+        lm: dspy.BaseLM,
+    ) -> None:
+        self.optimizer = optimizer
+        self.slots = slots
+        self.trainset = list(trainset)
+        self.valset = list(valset)
+        self.evaluator = evaluator
+        self.hooks = hooks
+        self.seed = seed
+        self.lm = lm
+        self.candidates: dict[str, Candidate] = {baseline.id: baseline}
+        self.incumbent = baseline
+        self.validation: dict[str, Scores] = {}
+        self.screen: dict[str, Scores] = {}
+        self.screen_parent: dict[str, float] = {}
+        self.tests: dict[str, dict[str, Any]] = {}
+        self.pool_scores: dict[str, list[float]] = {}
+        self.ledger = EffectLedger()
+        self.moves: dict[str, tuple[str, str]] = {}
+        self.steps: list[StepRecord] = []
+        self.status = "running"
+        self.detail: str | None = None
+        self._has_temperature = any(target == "temperature" for target in baseline.program.targets.values())
+        self._explore_lm = _exploration_lm(
+            lm, seed=seed, temperature=None if self._has_temperature else optimizer.exploration_temperature
+        )
+
+    # -- experiments ----------------------------------------------------------------------------
+
+    def _experiment(self, candidate: Candidate, phase: str) -> str:
+        return evaluation_id(self.hooks.run_id, candidate.id, phase)
+
+    def validate(self, candidate: Candidate, record: Callable[..., Any]) -> Scores:
+        """Evaluate ``candidate`` on the validation set (once per candidate)."""
+        if candidate.id not in self.validation:
+            experiment = self._experiment(candidate, "val")
+            self.validation[candidate.id] = self.evaluator.evaluate(
+                candidate.program, self.valset, experiment_id=experiment, record=record(candidate, "val")
+            )
+        return self.validation[candidate.id]
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self, record: Callable[..., Any]) -> None:
+        """Run steps until a stopping rule fires; ``record`` makes each evaluation's experiment record."""
+        optimizer = self.optimizer
+        try:
+            baseline_scores = self.validate(self.incumbent, record)
+            if baseline_scores.stopped:
+                raise BudgetSpent(baseline_scores.stopped)
+            if not baseline_scores.by_example:
+                raise OptimizerError(
+                    "the baseline scored on no validation example (every trial failed: "
+                    + ", ".join(sorted(set(baseline_scores.errors.values())))
+                    + "); fix the program or metric before optimizing"
+                )
+            self._finish_step(StepRecord(0, "finished", self.incumbent.id, detail="baseline"))
+            without_gain = 0
+            for step in range(1, optimizer.max_steps + 1):
+                accepted = self._step(step, record)
+                without_gain = 0 if accepted else without_gain + 1
+                if without_gain >= optimizer.patience:
+                    self.status, self.detail = "finished", f"{without_gain} steps without an accepted candidate"
+                    return
+            self.status, self.detail = "finished", f"max_steps={optimizer.max_steps} reached"
+        except BudgetSpent as spent:
+            self.status, self.detail = "stopped", f"budget: {spent}"
+            if self.steps and self.steps[-1].status == "running":
+                last = self.steps[-1]
+                last.status, last.detail = "stopped", self.detail
+                self._finish_step(last, replace=True)
+
+    def _step(self, step: int, record: Callable[..., Any]) -> bool:
+        optimizer = self.optimizer
+        picks = self._generator(step, MINIBATCH).choice(
+            len(self.trainset), size=min(optimizer.bsize, len(self.trainset)), replace=False
+        )
+        batch = [self.trainset[int(index)] for index in sorted(picks)]
+        current = StepRecord(step, "running", self.incumbent.id, minibatch=[example[0] for example in batch])
+        self.steps.append(current)
+        journaled = self.hooks.journaled_step(step)
+        if journaled is None:
+            # A resumed run never rewrites a journaled row with less: that row may be the only record of
+            # what this step's rule proposals spent (see below).
+            self._record_running(current)
+        spans: list[dict[str, Any]] = []
+
+        # 1. Trajectories: the incumbent as it is, then sources drawn by a softmax over their scores.
+        incumbent_screen = self.evaluator.evaluate(
+            self.incumbent.program,
+            batch,
+            experiment_id=self._experiment(self.incumbent, "screen"),
+            record=record(self.incumbent, "screen"),
+        )
+        sources = [(self.incumbent, incumbent_screen)]
+        for position in range(1, optimizer.num_sources):
+            source = self._draw_source(self._generator(step, SOURCE, position))
+            explored = dataclasses.replace(source, program=self._exploring(source.program))
+            scores = self.evaluator.evaluate(
+                explored.program,
+                batch,
+                experiment_id=evaluation_id(self.hooks.run_id, f"s{step}", f"explore{position}"),
+                record=record(explored, f"s{step}/explore{position}", role="exploration"),
+                lm=self._explore_lm,
+                repeat=self._exploration_repeat(step, position),
+            )
+            sources.append((source, scores))
+        self.pool_scores.setdefault(self.incumbent.id, []).append(incumbent_screen.mean)
+
+        # 2. Proposals (or, when resuming, the ones this step already made).
+        proposed = self.hooks.recorded_candidates(step)
+        finished_before = journaled is not None and journaled["status"] == "finished"
+        if proposed and journaled is not None and journaled["status"] == "running":
+            # The row was written right after these proposals: its totals hold the rule calls that made them.
+            self._catch_up(journaled)
+        elif not proposed and not finished_before:  # (finished without candidates: it proposed none)
+            proposed = self._propose(step, batch, sources, self._generator(step, PROPOSAL))
+            # The step row goes first, with the spending so far: once the candidates are journaled, a
+            # resumed run reuses them instead of asking for their rules again, and takes what those
+            # calls cost from this row.
+            self._record_running(current)
+            self.hooks.record_candidates(proposed)
+        self._adopt(proposed, spans)
+
+        # 3. Screening on the mini-batch; then the merge of the changes that screened well, screened too.
+        shortlisted: list[tuple[float, Candidate]] = []
+        gains: dict[str, float] = {}
+
+        def screen(candidate: Candidate) -> None:
+            scores = self.evaluator.evaluate(
+                candidate.program,
+                batch,
+                experiment_id=self._experiment(candidate, "screen"),
+                record=record(candidate, "screen"),
+            )
+            self.screen[candidate.id] = scores
+            gain, n = paired_gain(scores, incumbent_screen)
+            gains[candidate.id] = gain
+            self.screen_parent[candidate.id] = incumbent_screen.mean
+            self.pool_scores.setdefault(candidate.id, []).append(scores.mean)
+            if candidate.id in self.moves:
+                self.ledger.record(self.moves[candidate.id], gain)
+            current.screening.append(
+                {
+                    "candidate": candidate.id,
+                    "mean": _number(scores.mean),
+                    "incumbent_mean": _number(incumbent_screen.mean),
+                    "gain": _number(gain),
+                    "n": n,
+                    "errors": len(scores.errors),
+                    "experiment_id": scores.experiment_id,
+                }
+            )
+            spans.append(
+                {
+                    "name": f"screen {candidate.id}",
+                    "kind": "evaluation",
+                    "attributes": {
+                        "candidate": candidate.id,
+                        "experiment_id": scores.experiment_id,
+                        "mean": _number(scores.mean),
+                        "incumbent_mean": _number(incumbent_screen.mean),
+                        "gain": _number(gain),
+                        "n": n,
+                    },
+                }
+            )
+            if n and gain > 0:
+                shortlisted.append((gain, candidate))
+            if scores.stopped:
+                raise BudgetSpent(scores.stopped)
+
+        for candidate in proposed:
+            if candidate.strategy != "merge":
+                screen(candidate)
+        merged = next((candidate for candidate in proposed if candidate.strategy == "merge"), None)
+        if merged is None and "merge" in optimizer.strategies:
+            merged = self._merge(step, [candidate for _, candidate in shortlisted], gains)
+            if merged is not None:
+                self.hooks.record_candidates([merged])
+                self._adopt([merged], spans)
+        if merged is not None:
+            screen(merged)
+
+        # 4. Full evaluation of the best screened, and the paired test against the incumbent.
+        incumbent_val = self.validate(self.incumbent, record)
+        evaluated: list[tuple[Candidate, Scores, Any]] = []
+        for candidate in _diverse(shortlisted, optimizer.full_evals):
+            scores = self.validate(candidate, record)
+            if scores.stopped:
+                raise BudgetSpent(scores.stopped)
+            common = [key for key in self.valset_ids if key in scores.by_example and key in incumbent_val.by_example]
+            test = None
+            if len(common) >= 2:
+                before = [incumbent_val.by_example[key] for key in common]
+                after = [scores.by_example[key] for key in common]
+                try:
+                    test = paired_test(before, after, method=optimizer.test)
+                except ValueError:
+                    test = None
+            evaluated.append((candidate, scores, test))
+        p_values = np.array([_one_sided(test) for _, _, test in evaluated], dtype=float)
+        adjusted = holm(p_values) if len(p_values) else p_values
+        best: tuple[float, Candidate] | None = None
+        for (candidate, scores, test), p_adjusted in zip(evaluated, adjusted, strict=True):
+            error_rate = len(scores.errors) / max(len(self.valset), 1)
+            difference = test.mean_difference if test is not None else math.nan
+            # A Python bool: numpy's comparisons give numpy.bool_, which a JSON column would not store as a boolean.
+            significant = bool(
+                test is not None
+                and math.isfinite(p_adjusted)
+                and p_adjusted < optimizer.alpha
+                and difference > 0
+                and error_rate <= optimizer.max_error_rate
+            )
+            # One-sided p (is the candidate better?), with the two-sided p of the same test beside it.
+            outcome = validation_outcome(
+                candidate, scores, test, p_value=_one_sided(test), p_adjusted=p_adjusted, significant=significant
+            )
+            outcome["p_two_sided"] = _number(test.p_value) if test is not None else None
+            current.evaluations.append(outcome)
+            self.tests[candidate.id] = outcome
+            spans.append({"name": f"validate {candidate.id}", "kind": "evaluation", "attributes": {**outcome}})
+            if significant and (best is None or difference > best[0]):
+                best = (difference, candidate)
+
+        # 5. The decision.
+        if best is not None:
+            winner = best[1]
+            current.accepted_id = winner.id
+            self.incumbent = winner
+            reason = (
+                f"accepted {winner.id}: {self.tests[winner.id]['test']} p={self.tests[winner.id]['p_value']:.3g} "
+                f"(Holm {self.tests[winner.id]['p_adjusted']:.3g}) < alpha={optimizer.alpha}, "
+                f"difference {self.tests[winner.id]['difference']:+.3f}"
+            )
+        elif evaluated:
+            reason = "rejected: no candidate's paired test was significant after Holm's correction"
+        else:
+            reason = "rejected: no candidate beat the incumbent on the mini-batch"
+        current.incumbent_id = self.incumbent.id
+        current.status = "finished"
+        current.detail = reason
+        spans.append({"name": reason.split(":")[0], "kind": "decision", "attributes": {"decision": reason}})
+        self.hooks.emit_spans(step, spans)
+        self._finish_step(current, replace=True)
+        return best is not None
+
+    def _exploration_repeat(self, step: int, position: int) -> int:
+        """Return the repeat index the extra source ``position`` of ``step`` runs as: >= 1, one per (step, source).
+
+        With the exploration LM's seed-derived rollout id (:func:`_exploration_lm`), each (seed, step, source)
+        samples on DSPy rollout ids of its own: distinct requests to a provider, the same ones on a rerun.
+        """
+        return (step - 1) * max(self.optimizer.num_sources - 1, 1) + position
+
+    def _generator(self, step: int, purpose: int, index: int = 0) -> np.random.Generator:
+        """Return the generator of one decision: ``purpose`` (and ``index``) of ``step``, from the run's seed."""
+        return np.random.default_rng([self.seed, step, purpose, index])
+
+    def _adopt(self, proposed: list[Candidate], spans: list[dict[str, Any]]) -> None:
+        """Make a step's new candidates (fresh or read back from the journal) part of the run.
+
+        A mutation's move is read off the candidate itself (the one variable that differs from its
+        parent), so the measured effects of moves are the same whether the candidate was just made
+        or journaled by an earlier process.
+        """
+        for candidate in proposed:
+            self.candidates[candidate.id] = candidate
+            parent = self.candidates.get(candidate.parent_id or "")
+            if candidate.strategy == "mutate" and parent is not None:
+                move = move_between(parent.program, candidate.program, mutable_variables(parent.program, self.slots))
+                if move is not None:
+                    self.moves[candidate.id] = move
+            spans.append(
+                {
+                    "name": f"propose {candidate.id}",
+                    "kind": "decision",
+                    "attributes": {
+                        "candidate": candidate.id,
+                        "parent": candidate.parent_id,
+                        "strategy": candidate.strategy,
+                        "rationale": candidate.rationale,
+                    },
+                }
+            )
+
+    def _catch_up(self, journaled: dict[str, Any]) -> None:
+        """Take a journaled step row's spending totals as the run's (a replay at the point the row was written).
+
+        The replay has counted every trial up to this point; the row also holds the calls no trial
+        carries. A row with less than the replay counted was not written at this point (a journal of
+        an older dspex_lab wrote its running rows with no totals) and is left alone.
+        """
+        spending = self.evaluator.spending
+        if (
+            int(journaled.get("lm_calls") or 0) >= spending.lm_calls
+            and int(journaled.get("tokens") or 0) >= spending.tokens
+        ):
+            spending.restore(journaled)
+
+    def _record_running(self, record: StepRecord) -> None:
+        """Journal a step still running, with the run's spending so far."""
+        spending = self.hooks.spending()
+        record.lm_calls, record.tokens, record.cost = spending["lm_calls"], spending["tokens"], spending["cost"]
+        self.hooks.record_step(record)
+
+    @property
+    def valset_ids(self) -> list[str]:
+        """The validation set's example ids, in order."""
+        return [example[0] for example in self.valset]
+
+    def _merge(self, step: int, positives: list[Candidate], gains: dict[str, float]) -> Candidate | None:
+        """Return the incumbent with every change of the positively screened demos, rules and moves, or None.
+
+        One demo or one rule often moves the score by a few points, too little for a paired test
+        on a validation set of a few hundred examples to see; several such changes together can
+        be seen. Changes are applied best-screened first: each candidate's new demos and rules are
+        appended, and a typed variable takes the value of the best candidate that moved it.
+        """
+        ordered = sorted((item for item in positives if item.strategy != "merge"), key=lambda item: -gains[item.id])
+        if len(ordered) < 2:
+            return None
+        base = self.incumbent.program
+        program = base
+        moved: set[str] = set()
+        used: list[str] = []
+        for candidate in ordered:
+            changed = False
+            for scope in sorted(self.slots.instructions):
+                old_rules = set(rules_of(base, self.slots, scope))
+                for rule in rules_of(candidate.program, self.slots, scope):
+                    if rule not in old_rules and rule not in rules_of(program, self.slots, scope):
+                        try:
+                            program = append_rule(program, self.slots, scope, rule, max_rules=self.optimizer.max_rules)
+                            changed = True
+                        except (OptimizerError, VariableError):
+                            pass
+                old_demos = list(base.values[self.slots.demos[scope]])
+                for demo in candidate.program.values[self.slots.demos[scope]]:
+                    if demo not in old_demos and demo not in program.values[self.slots.demos[scope]]:
+                        program = append_demo(program, self.slots, scope, demo)
+                        changed = True
+            for name in mutable_variables(base, self.slots):
+                value = candidate.program.values[name]
+                if value != base.values[name] and name not in moved:
+                    try:
+                        program = program.with_values(**{name: value})
+                        moved.add(name)
+                        changed = True
+                    except VariableError:
+                        pass
+            if changed:
+                used.append(candidate.id)
+        if len(used) < 2 or any(program.fingerprint == item.program.fingerprint for item in self.candidates.values()):
+            return None
+        rationale = "merge of " + ", ".join(f"{key} ({gains[key]:+.3f})" for key in used) + " (screening gains)"
+        return Candidate(
+            f"c{len(self.candidates)}", _as_journaled(program), self.incumbent.id, step, "merge", rationale
+        )
+
+    def _exploring(self, program: Any) -> Any:
+        """Return ``program`` as the extra sources sample it: at least ``exploration_temperature`` hot.
+
+        A program that sets its own temperature is sampled with that variable raised (within its
+        bounds), so a greedy incumbent still disagrees with itself across rollouts; one that does not
+        runs on a hotter copy of the run's LM (``_explore_lm``).
+        """
+        name = next((key for key, target in program.targets.items() if target == "temperature"), None)
+        if name is None:
+            return program
+        variable = program.variables[name]
+        wanted = max(float(variable.value), self.optimizer.exploration_temperature)
+        high = getattr(variable, "high", None)
+        if high is not None and math.isfinite(high):
+            wanted = min(wanted, high)
+        try:
+            return program.with_values(**{name: wanted})
+        except VariableError:
+            return program
+
+    def _finish_step(self, record: StepRecord, *, replace: bool = False) -> None:
+        journaled = self.hooks.journaled_step(record.step)
+        if record.status == "finished" and journaled is not None and journaled["status"] == "finished":
+            # A step an earlier process finished: its row's totals are the run's spending at this point,
+            # rule calls included (the replay read the rules back instead of asking again).
+            self._catch_up(journaled)
+        scores = self.validation.get(record.incumbent_id)
+        if scores is not None:
+            record.best_mean, record.best_ci_low, record.best_ci_high = _interval(scores.by_example)
+        spending = self.hooks.spending()
+        record.lm_calls, record.tokens, record.cost = spending["lm_calls"], spending["tokens"], spending["cost"]
+        if not replace:
+            self.steps.append(record)
+        self.hooks.record_step(record)
+        self.hooks.step_finished(record)
+
+    # -- proposals ------------------------------------------------------------------------------
+
+    def _draw_source(self, rng: np.random.Generator) -> Candidate:
+        pool = [self.candidates[key] for key in self.pool_scores if key in self.candidates] or [self.incumbent]
+        scores = np.array([np.nanmean(self.pool_scores.get(item.id, [0.0]) or [0.0]) for item in pool], dtype=float)
+        scores = np.nan_to_num(scores, nan=0.0)
+        temperature = max(self.optimizer.temperature_for_sampling, 1e-6)
+        weights = np.exp((scores - scores.max()) / temperature)
+        return pool[int(rng.choice(len(pool), p=weights / weights.sum()))]
+
+    def _propose(
+        self,
+        step: int,
+        batch: Sequence[Example],
+        sources: list[tuple[Candidate, Scores]],
+        rng: np.random.Generator,
+    ) -> list[Candidate]:
+        optimizer = self.optimizer
+        buckets = []
+        for example_id, _, example in batch:
+            runs = [
+                (scores.by_example[example_id], scores.predictions.get(example_id, "{}"), source)
+                for source, scores in sources
+                if example_id in scores.by_example
+            ]
+            if not runs:
+                continue
+            values = [run[0] for run in runs]
+            buckets.append((max(values) - min(values), max(values), example_id, example, runs))
+        buckets.sort(key=lambda bucket: (-bucket[0], -bucket[1], bucket[2]))
+        mutable = mutable_variables(self.incumbent.program, self.slots)
+        seen = {candidate.program.fingerprint for candidate in self.candidates.values()}
+        proposed: list[Candidate] = []
+        attempts = 0
+        while len(proposed) < optimizer.num_candidates and attempts < 4 * optimizer.num_candidates and buckets:
+            bucket = buckets[attempts % len(buckets)]
+            attempts += 1
+            spread, _, example_id, example, runs = bucket
+            strategies = [name for name in optimizer.strategies if name != "merge" and (name != "mutate" or mutable)]
+            if not strategies:
+                break
+            if spread <= 0:
+                strategies = [name for name in strategies if name != "rule"] or strategies
+            strategy = strategies[int(rng.integers(len(strategies)))]
+            made = self._make(strategy, step, example_id, example, runs, mutable, rng)
+            if made is None:
+                continue
+            program, rationale = made
+            if program.fingerprint in seen:
+                continue
+            seen.add(program.fingerprint)
+            proposed.append(
+                Candidate(
+                    f"c{len(self.candidates) + len(proposed)}",
+                    _as_journaled(program),
+                    self.incumbent.id,
+                    step,
+                    strategy,
+                    rationale,
+                )
+            )
+        return proposed
+
+    def _make(
+        self,
+        strategy: str,
+        step: int,
+        example_id: str,
+        example: dspy.Example,
+        runs: list[tuple[float, str, Candidate]],
+        mutable: list[str],
+        rng: np.random.Generator,
+    ) -> tuple[Any, str] | None:
+        program = self.incumbent.program
+        scopes = sorted(self.slots.instructions)
+        scope = scopes[int(rng.integers(len(scopes)))]
+        ordered = sorted(runs, key=lambda run: -run[0])
+        good, bad = ordered[0], ordered[-1]
+        try:
+            if strategy == "demo":
+                fields = _prediction_fields(good[1])
+                if not fields:
+                    return None
+                demo = {**dict(example.inputs()), **fields}
+                return (
+                    append_demo(program, self.slots, scope, demo),
+                    f"demo from example {example_id}: a trajectory of {good[2].id} scoring {good[0]:g} "
+                    f"(the worst on it scored {bad[0]:g})",
+                )
+            if strategy == "rule":
+                rule, discussion = self._rule(example, good, bad, scope)
+                if rule is None:
+                    return None
+                return (
+                    append_rule(program, self.slots, scope, rule, max_rules=self.optimizer.max_rules),
+                    f"rule from contrasting example {example_id} ({good[2].id} scored {good[0]:g}, "
+                    f"{bad[2].id} scored {bad[0]:g}): {discussion}",
+                )
+            result = mutate(program, mutable, self.ledger, rng, temperature=0.05)
+            if result is None:
+                return None
+            mutated, _, rationale = result
+            return mutated, rationale
+        except (VariableError, OptimizerError):
+            return None
+
+    def _rule(
+        self, example: dspy.Example, good: tuple[float, str, Candidate], bad: tuple[float, str, Candidate], scope: str
+    ) -> tuple[str | None, str]:
+        names = [scope or "self"]
+        inputs = dict(example.inputs())
+
+        def trajectory(prediction: str) -> str:
+            return json.dumps(
+                [{"module_name": names[0], "inputs": inputs, "outputs": _prediction_fields(prediction)}],
+                ensure_ascii=False,
+                indent=1,
+            )
+
+        propose = dspy.Predict(ProposeRule)
+        lm = self.optimizer.rule_lm or self.lm
+        from dspex_lab.providers import metering
+
+        started = time.perf_counter()
+        with metering() as meter, dspy.context(lm=lm):
+            try:
+                answer = propose(
+                    module_names=names,
+                    better_program_trajectory=trajectory(good[1]),
+                    better_reward_value=float(good[0]),
+                    worse_program_trajectory=trajectory(bad[1]),
+                    worse_reward_value=float(bad[0]),
+                )
+            except Exception as error:  # a failed proposal is skipped, never fatal
+                answer = None
+                failure = f"{type(error).__name__}: {error}"
+        self.evaluator.spending.proposal_seconds += time.perf_counter() - started
+        usage = meter.usage()
+        self.evaluator.spending.add(
+            {
+                "lm_calls": usage.lm_calls,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cost": usage.cost,
+            },
+            trial=False,
+        )
+        if answer is None:
+            return None, failure
+        advice = getattr(answer, "module_advice", None)
+        text = None
+        if isinstance(advice, dict) and advice:
+            text = advice.get(names[0]) or next(iter(advice.values()))
+        rule = clean_rule(text)
+        discussion = clean_rule(getattr(answer, "discussion", "")) or ""
+        return rule, discussion
+
+
+def validation_outcome(
+    candidate: Candidate, scores: Scores, test: Any, *, p_value: float, p_adjusted: float, significant: bool
+) -> dict[str, Any]:
+    """Return the journal record of one full evaluation: the candidate's mean and CI, and its paired test."""
+    mean, low, high = _interval(scores.by_example)
+    return {
+        "candidate": candidate.id,
+        "experiment_id": scores.experiment_id,
+        "mean": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "n": scores.n,
+        "errors": len(scores.errors),
+        "difference": _number(test.mean_difference) if test is not None else None,
+        "diff_ci_low": _number(test.ci[0]) if test is not None else None,
+        "diff_ci_high": _number(test.ci[1]) if test is not None else None,
+        "test": test.test if test is not None else None,
+        "p_value": _number(p_value),
+        "p_adjusted": _number(float(p_adjusted)),
+        "significant": bool(significant),
+    }
+
+
+def _one_sided(test: Any) -> float:
+    """The p-value of "the candidate is better", from a symmetric two-sided paired test.
+
+    Only improvements are ever accepted, so the question is one-sided. For the t-test,
+    Wilcoxon's normal approximation and the exact McNemar (binomial) test, the one-sided
+    p is half the two-sided one in the observed direction (an exact McNemar's two-sided p
+    is twice the smaller tail, capped at 1, so half of it is that tail, or 0.5 at the cap).
+    """
+    return math.nan if test is None else one_sided_p_value(test)
+
+
+def _diverse(shortlisted: list[tuple[float, Candidate]], count: int) -> list[Candidate]:
+    """Return up to ``count`` candidates by screening gain, the best of each strategy first.
+
+    Mini-batch gains are noisy: the top two are often the same lucky kind of move (two
+    temperature nudges). Taking each strategy's best before a second of any keeps a real
+    effect of another kind from being crowded out of the full evaluation. A merge of the
+    step's positively screened changes, when there is one, is taken first.
+    """
+    # A merge (several changes at once) goes first: its effect is the one a paired test can see.
+    ordered = sorted(shortlisted, key=lambda item: (item[1].strategy != "merge", -item[0], item[1].id))
+    chosen: list[Candidate] = []
+    for _, candidate in ordered:
+        if len(chosen) < count and all(other.strategy != candidate.strategy for other in chosen):
+            chosen.append(candidate)
+    for _, candidate in ordered:
+        if len(chosen) < count and candidate not in chosen:
+            chosen.append(candidate)
+    return chosen
+
+
+def _as_journaled(program: Program) -> Program:
+    """Return ``program`` as the journal gives it back (its JSON spec, read again).
+
+    A program made in memory remembers more than its spec: the name of a variant is built from
+    every change since its named ancestor, which the spec does not keep. A candidate read back by
+    a resumed run would name its own children differently; made this way in every run, a
+    candidate and its descendants are the same whether it was made now or journaled earlier.
+    """
+    return Program.from_dict(program.to_dict())
+
+
+def _exploration_lm(lm: dspy.BaseLM, *, seed: int, temperature: float | None) -> dspy.BaseLM:
+    """Return the LM the extra sources are sampled with: ``temperature`` hot (None: as it is), on its own rollouts.
+
+    Its ``rollout_id`` comes from the run's seed; the trial runner adds the repeat of each exploration
+    (:meth:`SimbaCRun._exploration_repeat`, see :func:`dspex_lab.lm.for_repeat`), so two runs with other seeds,
+    two steps and two sources never share a request, or a DSPy cache entry.
+    """
+    digest = hashlib.blake2b(f"simba-c exploration|{seed}".encode(), digest_size=5).digest()
+    changes: dict[str, Any] = {"rollout_id": int.from_bytes(digest, "big")}
+    if temperature is not None:
+        changes["temperature"] = temperature
+    try:
+        return lm.copy(**changes)
+    except Exception:  # an LM that cannot be copied: its rollouts still differ by the exploration's repeat
+        return lm
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _prediction_fields(prediction: str) -> dict[str, Any]:
+    try:
+        fields = json.loads(prediction)
+    except (TypeError, ValueError):
+        return {}
+    if not isinstance(fields, dict):
+        return {}
+    return {str(key): value for key, value in fields.items() if isinstance(value, (str, int, float, bool))}
