@@ -28,7 +28,6 @@ if TYPE_CHECKING:
         Budget,
         Comparison,
         ComparisonSet,
-        Context,
         EvaluationResult,
         Hypothesis,
         RerunReport,
@@ -36,7 +35,6 @@ if TYPE_CHECKING:
         VerificationReport,
         compare,
         compare_many,
-        current_context,
         evaluate,
         export,
         hypothesis,
@@ -60,6 +58,7 @@ if TYPE_CHECKING:
         Text,
         register,
     )
+    from dspex_lab.session import Context, current_context
 
 __version__ = "0.1.0"
 
@@ -71,7 +70,6 @@ _EXPORTS: dict[str, str] = {
             "Budget",
             "Comparison",
             "ComparisonSet",
-            "Context",
             "EvaluationResult",
             "Hypothesis",
             "RerunReport",
@@ -79,7 +77,6 @@ _EXPORTS: dict[str, str] = {
             "VerificationReport",
             "compare",
             "compare_many",
-            "current_context",
             "evaluate",
             "export",
             "hypothesis",
@@ -88,6 +85,7 @@ _EXPORTS: dict[str, str] = {
             "verify_package",
         )
     },
+    **{name: "dspex_lab.session" for name in ("Context", "current_context")},
     "open_journal": "dspex_lab.journal",
     "lab_lm": "dspex_lab.lm",
     # The notebook's widgets need the notebook extra (anywidget); reading one loads that layer.
@@ -113,7 +111,8 @@ _EXPORTS: dict[str, str] = {
 # The public sub-modules, and (not in __all__) the layers, reachable as attributes as when they loaded eagerly.
 _MODULES = (
     *("datasets", "errors", "metrics", "stats"),
-    *("config", "data", "engine", "evaluation", "journal", "lm", "optimization", "program", "tasks", "trace"),
+    *("config", "data", "engine", "evaluation", "journal", "lm", "optimization", "program", "providers"),
+    *("session", "tasks", "trace"),
 )
 _load, _list = lazy_exports(__name__, globals(), _EXPORTS, modules=_MODULES)
 

@@ -8,7 +8,6 @@ subscribed to engine events.
 
 from dspex_lab.engine import Budget
 from dspex_lab.evaluation._compare import Comparison, ComparisonSet, compare, compare_many
-from dspex_lab.evaluation._context import Context, current_context
 from dspex_lab.evaluation._evaluate import environment, evaluate
 from dspex_lab.evaluation._export import export
 from dspex_lab.evaluation._hypothesis import Hypothesis, Verdict, hypothesis
@@ -18,6 +17,7 @@ from dspex_lab.evaluation._power import power_advice, warn_if_underpowered
 from dspex_lab.evaluation._rerun import rerun_package
 from dspex_lab.evaluation._result import EvaluationResult
 from dspex_lab.evaluation._verify import verify_package
+from dspex_lab.session import Context, current_context
 
 __all__ = [
     "Budget",

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 
 from dspex_lab.errors import ExecutionError
-from dspex_lab.evaluation._context import current_context
 from dspex_lab.evaluation._power import warn_if_underpowered
 from dspex_lab.evaluation._result import EvaluationResult, format_number
 from dspex_lab.journal import ExperimentRecord
+from dspex_lab.session import current_context
 from dspex_lab.stats import (
     PairedTest,
     UnpairedTest,

@@ -29,12 +29,12 @@ from dspex_lab.engine import (
     run_trials,
 )
 from dspex_lab.errors import DspexLabWarning, ExecutionError, JournalError, ProgramSpecError, UnderpoweredWarning
-from dspex_lab.evaluation._context import current_context
 from dspex_lab.evaluation._power import TARGET_POWER, power_advice
 from dspex_lab.evaluation._result import EvaluationResult
 from dspex_lab.journal import DuckDBJournal, ExperimentRecord, TrialWriter
 from dspex_lab.journal._schema import trials_frame
 from dspex_lab.program import ModuleType, Program, resolve_module
+from dspex_lab.session import current_context
 from dspex_lab.trace import SpanRecorder
 from dspex_lab.trace.redaction import redact
 

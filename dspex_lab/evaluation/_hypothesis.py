@@ -13,9 +13,9 @@ import numpy as np
 
 from dspex_lab.errors import ExecutionError
 from dspex_lab.evaluation._compare import _paired_scores
-from dspex_lab.evaluation._context import current_context
 from dspex_lab.evaluation._result import EvaluationResult
 from dspex_lab.program import Program
+from dspex_lab.session import current_context
 from dspex_lab.stats import paired_test, power_paired, sample_size_paired
 
 __all__ = ["Hypothesis", "Verdict", "hypothesis"]

@@ -24,7 +24,6 @@ import pandas as pd
 
 from dspex_lab.data import Dataset
 from dspex_lab.errors import DatasetError, ExecutionError, PackageError, ProgramSpecError
-from dspex_lab.evaluation._context import Context
 from dspex_lab.evaluation._evaluate import evaluate
 from dspex_lab.evaluation._export import journal_of
 from dspex_lab.evaluation._package_format import (
@@ -43,6 +42,7 @@ from dspex_lab.evaluation._package_reports import RerunReport, TrialDifference
 from dspex_lab.evaluation._verify import verify_package
 from dspex_lab.journal import DuckDBJournal, open_journal
 from dspex_lab.program import Program
+from dspex_lab.session import Context
 from dspex_lab.trace.redaction import mask_text
 
 __all__ = ["rerun_package"]

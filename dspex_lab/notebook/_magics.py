@@ -270,7 +270,7 @@ class DspexMagics(Magics):
         return TraceViewer(journal, args.experiment, trial_id=args.trial)
 
     def _journal(self, magic: str) -> Any:
-        from dspex_lab.evaluation._context import current_context
+        from dspex_lab.session import current_context
 
         journal = current_context().journal
         if journal is None:
@@ -281,7 +281,7 @@ class DspexMagics(Magics):
         return self._journal("%%dspex sql").sql(cell)
 
     def _config(self, args: argparse.Namespace, cell: str | None) -> dict[str, Any]:
-        from dspex_lab.evaluation._context import current_context
+        from dspex_lab.session import current_context
         from dspex_lab.trace.redaction import mask_text
 
         context = current_context()

@@ -18,7 +18,7 @@ from dspex_lab.data import Dataset
 from dspex_lab.engine import Budget, RetryPolicy, RunPolicy
 from dspex_lab.errors import ExecutionError, OptimizerError
 from dspex_lab.evaluation import warn_if_underpowered
-from dspex_lab.evaluation._context import current_context
+from dspex_lab.session import current_context
 from dspex_lab.evaluation._evaluate import _lm_state, _metric_name, environment
 from dspex_lab.evaluation._progress import installed_display
 from dspex_lab.journal import DuckDBJournal, ExperimentRecord
