@@ -1,11 +1,13 @@
-"""The journal: a durable record of every experiment, trial and span, in DuckDB.
+"""The journal: a record of every experiment, trial and span, in DuckDB.
 
 This layer owns the store contract (:class:`JournalStore`, with the queries the
-CLI, the widgets, the result HTML and the dashboard share), its DuckDB
-implementation, the storage schema and its migrations, concurrent access from
-several processes and streaming trial writes. It stores span rows and never
-imports the trace layer. Names load on first use, so importing the contract
-does not load DuckDB.
+CLI, the widgets, the result HTML and the dashboard share), its two
+implementations (:class:`DuckDBJournal`, a durable file shared by several
+processes, and :class:`MemoryJournal`, kept in memory for one process when the
+user asks for no journal file), the storage schema and its migrations,
+concurrent access from several processes and streaming trial writes. It stores
+span rows and never imports the trace layer. Names load on first use, so
+importing the contract does not load DuckDB.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
         TrialWriter,
         open_journal,
     )
+    from dspex_lab.journal._memory import MemoryJournal, memory_journal
     from dspex_lab.journal._schema import SCHEMA_VERSION
     from dspex_lab.journal._store import EXPERIMENT_ROLES, TRIAL_ORDERS, ExperimentSummary, JournalStore, TrialOrder
 
@@ -36,8 +39,10 @@ __all__ = [
     "ExperimentRecord",
     "ExperimentSummary",
     "JournalStore",
+    "MemoryJournal",
     "TrialOrder",
     "TrialWriter",
+    "memory_journal",
     "open_journal",
 ]
 
@@ -54,8 +59,10 @@ __getattr__, __dir__ = lazy_exports(
         "ExperimentRecord": "dspex_lab.journal._duckdb",
         "ExperimentSummary": "dspex_lab.journal._store",
         "JournalStore": "dspex_lab.journal._store",
+        "MemoryJournal": "dspex_lab.journal._memory",
         "TrialOrder": "dspex_lab.journal._store",
         "TrialWriter": "dspex_lab.journal._duckdb",
+        "memory_journal": "dspex_lab.journal._memory",
         "open_journal": "dspex_lab.journal._duckdb",
     },
 )
