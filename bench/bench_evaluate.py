@@ -579,7 +579,7 @@ class PhaseTimer:
 
     # (module, owner attribute or None for a module-level function, function name, label)
     PHASES: tuple[tuple[str, str | None, str, str], ...] = (
-        ("dspex_lab.evaluation._evaluate", None, "environment", "evaluate: environment()"),
+        ("dspex_lab.session._records", None, "environment", "evaluate: environment()"),
         ("dspex_lab.journal._duckdb", "DuckDBJournal", "create_experiment", "journal: create_experiment"),
         ("dspex_lab.journal._duckdb", "DuckDBJournal", "append_trials", "journal: append_trials (flush)"),
         ("dspex_lab.journal._duckdb", "TrialWriter", "close", "journal: TrialWriter.close"),

@@ -13,7 +13,7 @@ import pytest
 # The loopback provider is a plain module of the test suite (tests have no packages under importlib mode).
 sys.path.insert(0, str(Path(__file__).parent / "providers"))
 # So are the optimizer tests' oracle modules (tests/optimization/oracle.py).
-sys.path.insert(0, str(Path(__file__).parent / "optimize"))
+sys.path.insert(0, str(Path(__file__).parent / "optimization"))
 # And the helpers several folders share (tests/support/local_dask.py).
 sys.path.insert(0, str(Path(__file__).parent / "support"))
 from loopback import LoopbackProvider

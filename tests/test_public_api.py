@@ -195,7 +195,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "journal": set(),
     "engine": {"program", "providers", "trace"},
     # Context (LM, executor, journal) and the experiments runs leave, under evaluation and optimization.
-    "session": {"engine", "journal", "providers"},
+    "session": {"engine", "journal", "providers", "data"},
     # evaluation also takes a Dataset: `data` sits above it in the table.
     "evaluation": {"session", "engine", "stats", "journal", "data"},
     "optimization": {"evaluation"},

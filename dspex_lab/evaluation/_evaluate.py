@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
-import platform
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -34,37 +31,16 @@ from dspex_lab.evaluation._result import EvaluationResult
 from dspex_lab.journal import DuckDBJournal, ExperimentRecord, TrialWriter
 from dspex_lab.journal._schema import trials_frame
 from dspex_lab.program import ModuleType, Program, resolve_module
-from dspex_lab.session import current_context
+from dspex_lab.session import current_context, environment, plan_trials
+from dspex_lab.session import lm_state as _lm_state
+from dspex_lab.session import metric_name as _metric_name
+from dspex_lab.session import stored_examples as _stored_examples
 from dspex_lab.trace import SpanRecorder
 from dspex_lab.trace.redaction import redact
 
-__all__ = ["environment", "evaluate", "imports_needed", "plan_trials"]
+__all__ = ["environment", "evaluate", "imports_needed"]
 
 Metric = Callable[[dspy.Example, Any], Any]
-
-
-@functools.cache
-def _environment() -> tuple[tuple[str, str], ...]:
-    versions = {"python": platform.python_version(), "platform": platform.platform()}
-    for package in ("dspy", "dspex_lab", "duckdb", "numpy", "scipy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return tuple(versions.items())
-
-
-def environment() -> dict[str, str]:
-    """Return the versions that make a result reproducible (read once per process)."""
-    return dict(_environment())
-
-
-def _lm_state(lm: dspy.BaseLM) -> dict[str, Any] | None:
-    # dump_state leaves out API keys (not headers or passwords in URLs: the config is redacted as a whole).
-    try:
-        return lm.dump_state()
-    except Exception:
-        return None
 
 
 def _as_dataset(dataset: Dataset | Sequence[dspy.Example]) -> Dataset:
@@ -73,12 +49,6 @@ def _as_dataset(dataset: Dataset | Sequence[dspy.Example]) -> Dataset:
     if isinstance(dataset, Sequence) and not isinstance(dataset, (str, bytes)):
         return Dataset(list(dataset))
     raise ExecutionError(f"dataset must be a dx.Dataset or a sequence of dspy.Example, got {type(dataset).__name__}")
-
-
-def _metric_name(metric: Metric) -> str:
-    module = getattr(metric, "__module__", "") or ""
-    name = getattr(metric, "__name__", None) or type(metric).__name__
-    return f"{module}.{name}" if module and not module.startswith("__") else name
 
 
 # Modules every installation has: a package never needs a user's --import for them.
@@ -140,15 +110,6 @@ def _policy(timeout: float | None, retries: int, max_errors: int | float | None,
         return RunPolicy(timeout=timeout, retry=RetryPolicy(retries=retries), max_errors=max_errors, budget=budget)
     except ValueError as error:
         raise ExecutionError(str(error)) from error
-
-
-def plan_trials(data: Dataset, repeats: int) -> list[TrialTask]:
-    """Return the trials of ``repeats`` samples of every example of ``data``, in dataset order."""
-    return [
-        TrialTask(index=index, example_id=example_id, example=example, repeat=repeat)
-        for index, (example_id, example) in enumerate(zip(data.example_ids, data, strict=True))
-        for repeat in range(repeats)
-    ]
 
 
 def evaluate(
@@ -437,21 +398,6 @@ def _close_writer(writer: TrialWriter | None, rows: list[dict[str, Any]], experi
             stacklevel=3,
         )
         return fallback
-
-
-# Datasets up to this size are stored in the journal, so an experiment can be exported and re-run
-# from the journal alone; larger ones are identified by fingerprint and source hash only.
-MAX_STORED_EXAMPLES = 20_000
-
-
-def _stored_examples(data: Dataset) -> tuple[tuple[str, dict[str, Any]], ...]:
-    if len(data) > MAX_STORED_EXAMPLES:
-        return ()
-    stored = []
-    for example_id, example in zip(data.example_ids, data, strict=True):
-        fields = {key: value for key, value in example.toDict().items() if not key.startswith("dspy_")}
-        stored.append((example_id, {"fields": fields, "inputs": list(data.inputs)}))
-    return tuple(stored)
 
 
 def _cluster_keys(data: Dataset, cluster: str | None) -> pd.Series | None:

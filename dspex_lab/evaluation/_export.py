@@ -26,7 +26,6 @@ from typing import Any
 import pandas as pd
 
 from dspex_lab.errors import DatasetError, JournalError, ProgramSpecError
-from dspex_lab.evaluation._evaluate import MAX_STORED_EXAMPLES
 from dspex_lab.evaluation._package_format import (
     CHECKSUM_FILE,
     DATASET_MANIFEST_FILE,
@@ -43,7 +42,7 @@ from dspex_lab.evaluation._package_format import (
 )
 from dspex_lab.evaluation._package_reports import format_number
 from dspex_lab.journal import DuckDBJournal, open_journal
-from dspex_lab.session import current_context
+from dspex_lab.session import MAX_STORED_EXAMPLES, current_context
 from dspex_lab.trace.redaction import mask_text, redact_for_storage
 
 __all__ = ["EXPORTED_TRIAL_COLUMNS", "export", "journal_of", "lab_seeds"]

@@ -18,8 +18,6 @@ from dspex_lab.data import Dataset
 from dspex_lab.engine import Budget, RetryPolicy, RunPolicy
 from dspex_lab.errors import ExecutionError, OptimizerError
 from dspex_lab.evaluation import warn_if_underpowered
-from dspex_lab.session import current_context
-from dspex_lab.evaluation._evaluate import _lm_state, _metric_name, environment
 from dspex_lab.evaluation._progress import installed_display
 from dspex_lab.journal import DuckDBJournal, ExperimentRecord
 from dspex_lab.optimization._evaluator import BudgetSpent, CandidateEvaluator, Example, Spending, evaluation_id
@@ -34,6 +32,9 @@ from dspex_lab.optimization._result import (
 from dspex_lab.optimization._simba_c import Hooks, SimbaC, SimbaCRun, StepRecord
 from dspex_lab.optimization._space import Candidate, lift
 from dspex_lab.program import Program
+from dspex_lab.session import current_context, environment
+from dspex_lab.session import lm_state as _lm_state
+from dspex_lab.session import metric_name as _metric_name
 from dspex_lab.trace.redaction import redact
 from dspex_lab.trace.spans import Span, now_ns
 
@@ -572,7 +573,7 @@ class _Session:
             raise OptimizerError(f"run {self.run_id} has no confirmation set to record {candidate.id} on")
         examples = ()
         if data.fingerprint not in self._stored_examples:
-            from dspex_lab.evaluation._evaluate import _stored_examples
+            from dspex_lab.session import stored_examples as _stored_examples
 
             self._stored_examples.add(data.fingerprint)
             examples = _stored_examples(data)

@@ -5,12 +5,42 @@ trials, the journal that keeps them, the thread count. It is a context manager (
 dx.Context(...)``) that nests; :func:`current_context` returns the innermost one (or the default,
 built from settings and the environment).
 
+:class:`Experiment` is one run in the journal from start (or resume) to finish: evaluation,
+SIMBA-C and the DSPy bridge all record through it, nest runs with ``child()``, and check a
+resume with the one rule of :func:`check_resumable`. :func:`experiment_record` builds the record
+every experiment starts from.
+
 This layer sits between the engine and the journal below and evaluation and optimization above:
-it may import the engine, the journal and the providers, and nothing above it.
+it may import the engine, the journal, the providers and the data layer, and nothing above it.
 """
 
 from __future__ import annotations
 
 from dspex_lab.session._context import Context, current_context
+from dspex_lab.session._experiment import Experiment, TrialKey, plan_trials
+from dspex_lab.session._records import (
+    MAX_STORED_EXAMPLES,
+    check_resumable,
+    environment,
+    experiment_record,
+    identity,
+    lm_state,
+    metric_name,
+    stored_examples,
+)
 
-__all__ = ["Context", "current_context"]
+__all__ = [
+    "MAX_STORED_EXAMPLES",
+    "Context",
+    "Experiment",
+    "TrialKey",
+    "check_resumable",
+    "current_context",
+    "environment",
+    "experiment_record",
+    "identity",
+    "lm_state",
+    "metric_name",
+    "plan_trials",
+    "stored_examples",
+]

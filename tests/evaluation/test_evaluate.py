@@ -184,7 +184,7 @@ def test_progress_events_reach_subscribers(problems):
 
 
 def test_default_context_uses_lab_lm_and_working_directory_journal(problems, tmp_path, monkeypatch):
-    from dspex_lab.evaluation import _context
+    from dspex_lab.session import _context
 
     monkeypatch.setattr(_context, "_default", None)
     result = dx.evaluate(PREDICT, problems[:4], metric=dx.metrics.exact_match, progress=False)

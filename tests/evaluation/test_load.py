@@ -6,7 +6,7 @@ import pytest
 
 import dspex_lab as dx
 from dspex_lab.errors import DspexLabWarning, JournalError
-from dspex_lab.evaluation import _evaluate
+from dspex_lab.session import _records
 
 PREDICT = dx.Program("dspy.Predict", signature="question -> answer", name="predict")
 COT = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="cot")
@@ -88,7 +88,7 @@ def test_clustered_statistics_come_back_from_the_stored_examples(problems, journ
 
 
 def test_clustered_without_stored_examples_warns_and_takes_the_dataset(problems, journal_path, monkeypatch):
-    monkeypatch.setattr(_evaluate, "MAX_STORED_EXAMPLES", 10)  # too large to store
+    monkeypatch.setattr(_records, "MAX_STORED_EXAMPLES", 10)  # too large to store
     with dx.Context(lm="lab/small", journal=journal_path, threads=4):
         original = dx.evaluate(COT, problems, metric=dx.metrics.exact_match, progress=False, cluster="topic")
     with pytest.warns(DspexLabWarning, match="NOT clustered.*dataset="):
