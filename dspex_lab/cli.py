@@ -454,9 +454,21 @@ def _why_no_spans(journal: Any, experiment_id: str, trial_id: str | None) -> str
 
 
 def _parser() -> argparse.ArgumentParser:
+    """Return the ``dspex`` parser: one subcommand group at a time, each with its handler."""
     parser = argparse.ArgumentParser(prog="dspex", description="Research environment for DSPy programs.")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_demo(commands)
+    _add_evaluate(commands)
+    _add_optimize(commands)
+    _add_journal(commands)
+    _add_packages(commands)
+    _add_trace(commands)
+    _add_dashboard(commands)
+    return parser
 
+
+def _add_demo(commands: Any) -> None:
+    """Add ``dspex demo``: Predict against ChainOfThought on the lab LM."""
     demo = commands.add_parser("demo", help="evaluate Predict vs ChainOfThought on the lab LM and compare them")
     demo.add_argument("--journal", default=None, help=_JOURNAL_HELP)
     demo.add_argument("--lm", default="lab/small", help="LM to use (default: the offline lab/small)")
@@ -466,6 +478,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(handler=_demo)
 
+
+def _add_evaluate(commands: Any) -> None:
+    """Add ``dspex evaluate``: a program spec on a dataset file."""
     evaluate = commands.add_parser("evaluate", help="evaluate a program spec (JSON) on a dataset file")
     evaluate.add_argument("spec", help="program spec JSON (from Program.to_json())")
     evaluate.add_argument("data", help="dataset: .jsonl, .csv or .parquet")
@@ -483,6 +498,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(handler=_evaluate)
 
+
+def _add_optimize(commands: Any) -> None:
+    """Add ``dspex optimize``: a program spec optimized on a trainset, judged on a valset."""
     optimize = commands.add_parser("optimize", help="optimize a program spec (JSON) on a trainset, judged on a valset")
     optimize.add_argument("spec", help="program spec JSON (from Program.to_json())")
     optimize.add_argument("train", help="trainset: .jsonl, .csv or .parquet")
@@ -514,6 +532,9 @@ def _parser() -> argparse.ArgumentParser:
     optimize.add_argument("--quiet", action="store_true")
     optimize.set_defaults(handler=_optimize)
 
+
+def _add_journal(commands: Any) -> None:
+    """Add ``dspex journal list|trials|sql``: browse a journal."""
     journal = commands.add_parser("journal", help="browse a journal")
     journal.add_argument("--journal", default=None, help=_JOURNAL_HELP)
     journal_commands = journal.add_subparsers(dest="journal_command", required=True)
@@ -545,6 +566,9 @@ def _parser() -> argparse.ArgumentParser:
     sql.add_argument("--limit", type=int, default=50)
     journal.set_defaults(handler=_journal)
 
+
+def _add_packages(commands: Any) -> None:
+    """Add ``dspex export``, ``verify`` and ``rerun``: an evaluation's reproducibility package."""
     export = commands.add_parser("export", help="write an evaluation's reproducibility package (a zip)")
     export.add_argument("experiment", help="the evaluation's experiment id")
     export.add_argument("path", help="the zip to write, or a folder to write dspex-<experiment>.zip into")
@@ -574,6 +598,9 @@ def _parser() -> argparse.ArgumentParser:
     rerun.add_argument("--metric", default=None, help=f"the metric, when it is not a lab metric: {_METRIC_HELP}")
     rerun.set_defaults(handler=_rerun)
 
+
+def _add_trace(commands: Any) -> None:
+    """Add ``dspex trace``: a trial's span tree, an experiment's trials or a run's steps."""
     trace = commands.add_parser("trace", help="print a trial's span tree (evaluations run with trace=True)")
     trace.add_argument("experiment")
     trace.add_argument("trial", nargs="?", help="trial id such as 'arith-0-3/r0'; without it, list the trials")
@@ -584,6 +611,9 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--otlp", metavar="PATH", help="write the trial's (or experiment's) spans as OTLP JSON")
     trace.set_defaults(handler=_trace)
 
+
+def _add_dashboard(commands: Any) -> None:
+    """Add ``dspex dashboard``: the journal dashboard served until Ctrl-C."""
     dashboard = commands.add_parser("dashboard", help="serve the journal dashboard (Panel) until Ctrl-C")
     dashboard.add_argument("--journal", default=None, help=_JOURNAL_HELP)
     dashboard.add_argument("--port", type=int, default=0, help="port (default: a free one, printed)")
@@ -593,7 +623,6 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-remote", action="store_true", help="allow a non-loopback --host: anyone reaching it reads the journal"
     )
     dashboard.set_defaults(handler=_dashboard)
-    return parser
 
 
 def _dashboard(arguments: argparse.Namespace) -> int:
