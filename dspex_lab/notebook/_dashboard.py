@@ -99,8 +99,28 @@ class Dashboard:
         self._statuses: dict[str, str] = {}
         self._callback: Any = None
         self.status = pn.pane.Markdown("", sizing_mode="stretch_width")
+        self._experiments_widgets(pn)
+        self._compare_widgets(pn)
+        self._trace_widgets(pn)
+        self._optimization_widgets(pn)
+        self.view = pn.Column(
+            pn.pane.Markdown(f"## dspex dashboard — `{journal.path}`"),
+            self.status,
+            pn.Tabs(
+                ("Experiments", self._experiments_page()),
+                ("Compare", self._compare_page()),
+                ("Trace", self._trace_page()),
+                ("Optimization", self._optimization_page()),
+                dynamic=False,
+            ),
+            sizing_mode="stretch_width",
+        )
+        self.refresh(force=True)
 
-        # Experiments
+    # -- widgets: each page's controls and panes, watched so a change redraws that page ----------
+
+    def _experiments_widgets(self, pn: Any) -> None:
+        """Make the experiments page's filters, table and leaderboard plot."""
         self.name_filter = pn.widgets.TextInput(label="Name contains", placeholder="any name")
         self.kind_filter = pn.widgets.Select(label="Kind", options=["", *KINDS])
         self.status_filter = pn.widgets.Select(label="Status", options=["", *STATUSES])
@@ -116,7 +136,8 @@ class Dashboard:
         for widget in (self.name_filter, self.kind_filter, self.status_filter):
             widget.param.watch(lambda _event: self.refresh_leaderboard(), "value")
 
-        # Compare
+    def _compare_widgets(self, pn: Any) -> None:
+        """Make the compare page's two menus, its summary and its two plots."""
         self.compare_a = pn.widgets.Select(label="Baseline (a)", options={})
         self.compare_b = pn.widgets.Select(label="Compared (b)", options={})
         self.compare_summary = pn.pane.Markdown("Pick two evaluations.", sizing_mode="stretch_width")
@@ -125,7 +146,8 @@ class Dashboard:
         for widget in (self.compare_a, self.compare_b):
             widget.param.watch(lambda _event: self.refresh_comparison(), "value")
 
-        # Trace
+    def _trace_widgets(self, pn: Any) -> None:
+        """Make the trace page's menus, paging buttons, trial table and span tree."""
         self.trace_experiment = pn.widgets.Select(label="Experiment", options={})
         self.trial_status = pn.widgets.Select(label="Trial status", options=["", "ok", "error"])
         self.trial_sort = pn.widgets.Select(label="Sort by", options=TRIAL_SORTS)
@@ -149,25 +171,12 @@ class Dashboard:
         self.next_page.on_click(lambda _event: self._move_trial_page(1))
         self.trial_table.param.watch(lambda _event: self.refresh_trace(), "selection")
 
-        # Optimization
+    def _optimization_widgets(self, pn: Any) -> None:
+        """Make the optimization page's run menu, headline and plot."""
         self.run_select = pn.widgets.Select(label="Optimization run", options={})
         self.run_plot = pn.pane.HoloViews(None)
         self.run_message = pn.pane.Markdown("")
         self.run_select.param.watch(lambda _event: self.refresh_run(), "value")
-
-        self.view = pn.Column(
-            pn.pane.Markdown(f"## dspex dashboard — `{journal.path}`"),
-            self.status,
-            pn.Tabs(
-                ("Experiments", self._experiments_page()),
-                ("Compare", self._compare_page()),
-                ("Trace", self._trace_page()),
-                ("Optimization", pn.Column(self.run_select, self.run_message, self.run_plot)),
-                dynamic=False,
-            ),
-            sizing_mode="stretch_width",
-        )
-        self.refresh(force=True)
 
     # -- layout --------------------------------------------------------------------------------
 
@@ -198,6 +207,10 @@ class Dashboard:
             self.trace_view,
             sizing_mode="stretch_width",
         )
+
+    def _optimization_page(self) -> Any:
+        pn = _panel()
+        return pn.Column(self.run_select, self.run_message, self.run_plot)
 
     # -- refreshing ----------------------------------------------------------------------------
 
@@ -627,31 +640,11 @@ def serve_dashboard(
     pn = _panel()
     _holoviews()
     store = journal_of(journal, action="the dashboard")
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise JournalError(f"port must be an integer from 0 to 65535 (0 picks a free one), got {port!r}")
-    if not isinstance(refresh_seconds, (int, float)) or not refresh_seconds >= 0.2:
-        raise JournalError(f"refresh_seconds must be at least 0.2, got {refresh_seconds!r}")
-    if not _is_loopback(host):
-        if not allow_remote:
-            raise JournalError(
-                f"refusing to serve the dashboard on {host!r}, which is not a loopback address: anyone who can "
-                "reach it could read the journal (prompts, answers, program specs); bind 127.0.0.1, or pass "
-                "allow_remote=True (dspex dashboard --allow-remote) if that is what you want"
-            )
-        warnings.warn(
-            f"the dashboard listens on {host}: anyone who can reach that address can read every experiment, "
-            f"prompt and answer in {store.path}",
-            DspexLabWarning,
-            stacklevel=2,
-        )
+    _check_serving(store, host=host, port=port, refresh_seconds=refresh_seconds, allow_remote=allow_remote)
     try:
         chosen = port or _free_port(host)
     except OSError as error:
         raise JournalError(f"cannot bind the dashboard to {host}: {error}") from error
-    if _is_loopback(host):
-        origins = [f"{host}:{chosen}", f"localhost:{chosen}", f"127.0.0.1:{chosen}"]
-    else:
-        origins = ["*"] if host in ("0.0.0.0", "::") else [f"{host}:{chosen}"]
 
     def session() -> Any:
         return Dashboard(store, refresh_seconds=refresh_seconds).start().view
@@ -661,7 +654,7 @@ def serve_dashboard(
             session,
             port=chosen,
             address=host,
-            websocket_origin=origins,
+            websocket_origin=_origins(host, chosen),
             show=False,
             start=False,
             verbose=False,
@@ -675,3 +668,32 @@ def serve_dashboard(
         server.stop()
         raise JournalError(f"the dashboard server did not start on {host}:{chosen}: {thread.error or 'timed out'}")
     return server
+
+
+def _check_serving(store: DuckDBJournal, *, host: str, port: int, refresh_seconds: float, allow_remote: bool) -> None:
+    """Refuse a bad port, a refresh too frequent, or a non-loopback host not allowed; warn for one allowed."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise JournalError(f"port must be an integer from 0 to 65535 (0 picks a free one), got {port!r}")
+    if not isinstance(refresh_seconds, (int, float)) or not refresh_seconds >= 0.2:
+        raise JournalError(f"refresh_seconds must be at least 0.2, got {refresh_seconds!r}")
+    if _is_loopback(host):
+        return
+    if not allow_remote:
+        raise JournalError(
+            f"refusing to serve the dashboard on {host!r}, which is not a loopback address: anyone who can "
+            "reach it could read the journal (prompts, answers, program specs); bind 127.0.0.1, or pass "
+            "allow_remote=True (dspex dashboard --allow-remote) if that is what you want"
+        )
+    warnings.warn(
+        f"the dashboard listens on {host}: anyone who can reach that address can read every experiment, "
+        f"prompt and answer in {store.path}",
+        DspexLabWarning,
+        stacklevel=3,  # the caller of serve_dashboard
+    )
+
+
+def _origins(host: str, port: int) -> list[str]:
+    """Return the page origins the server accepts websocket connections from."""
+    if _is_loopback(host):
+        return [f"{host}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"]
+    return ["*"] if host in ("0.0.0.0", "::") else [f"{host}:{port}"]
