@@ -69,10 +69,14 @@ def _panel() -> Any:
 
 
 def _holoviews() -> Any:
-    # The optimization layer's import also loads the bokeh backend once.
-    from dspex_lab.optimization._plot import _holoviews as load
-
-    return load()
+    try:
+        import holoviews as hv
+    except ImportError as error:  # pragma: no cover - exercised only without the dashboard extra
+        raise MissingDependencyError("holoviews", "dashboard") from error
+    if "bokeh" not in hv.Store.renderers:
+        # The plots are drawn with bokeh: its backend is loaded once per process.
+        hv.extension("bokeh", logo=False)
+    return hv
 
 
 class Dashboard:

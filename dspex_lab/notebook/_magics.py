@@ -132,8 +132,7 @@ class DspexMagics(Magics):
         return namespace[name]
 
     def _program(self, args: argparse.Namespace, cell: str) -> Any:
-        from dspex_lab.program import Program, parse_yaml_spec
-        from dspex_lab.program._variables import variable_from_dict
+        from dspex_lab.program import Program, parse_yaml_spec, variable_from_dict
 
         if len(cell) > MAX_PROGRAM_CELL:
             raise UsageError(
@@ -190,7 +189,7 @@ class DspexMagics(Magics):
         return metric
 
     def _evaluate(self, args: argparse.Namespace, cell: str | None) -> Any:
-        from dspex_lab.evaluation._evaluate import evaluate
+        from dspex_lab.evaluation import evaluate
 
         program = self._lookup(args.program, "program")
         data = self._data(args.data)
@@ -208,8 +207,7 @@ class DspexMagics(Magics):
         return result
 
     def _compare(self, args: argparse.Namespace, cell: str | None) -> Any:
-        from dspex_lab.evaluation._compare import compare
-        from dspex_lab.evaluation._load import load
+        from dspex_lab.evaluation import compare, load
 
         results = []
         for name in (args.a, args.b):

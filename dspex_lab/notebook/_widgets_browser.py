@@ -119,7 +119,7 @@ class ExperimentBrowser(ipywidgets.VBox):
         nested: bool = False,
     ) -> None:
         if journal is None:
-            from dspex_lab.evaluation import current_context
+            from dspex_lab.session import current_context
 
             journal = current_context().journal
             if journal is None:

@@ -243,7 +243,7 @@ def _preview_lm(lm: str | dspy.BaseLM | None) -> dspy.BaseLM:
 
     if lm is not None:
         return resolve_lm(lm)
-    from dspex_lab.evaluation import current_context
+    from dspex_lab.session import current_context
 
     return current_context().lm
 

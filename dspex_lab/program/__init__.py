@@ -28,7 +28,17 @@ from dspex_lab.program._registry import (
     set_allowed_prefixes,
 )
 from dspex_lab.program._safety import allowed_models, set_allowed_models
-from dspex_lab.program._variables import Bool, Choice, Demos, Float, Int, ModuleType, Text, Variable
+from dspex_lab.program._variables import (
+    Bool,
+    Choice,
+    Demos,
+    Float,
+    Int,
+    ModuleType,
+    Text,
+    Variable,
+    variable_from_dict,
+)
 
 __all__ = [
     "MAX_SPEC_CHARACTERS",
@@ -53,4 +63,5 @@ __all__ = [
     "resolve_module",
     "set_allowed_models",
     "set_allowed_prefixes",
+    "variable_from_dict",
 ]
