@@ -17,17 +17,13 @@ from typing import TYPE_CHECKING
 from dspex_lab._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from dspex_lab.journal._duckdb import (
-        LEADERBOARD_COLUMNS,
-        TRIAL_SORTS,
-        DuckDBJournal,
-        ExperimentRecord,
-        TrialWriter,
-        open_journal,
-    )
+    from dspex_lab.journal._duckdb import DuckDBJournal, open_journal
+    from dspex_lab.journal._experiments import ExperimentRecord
     from dspex_lab.journal._memory import MemoryJournal, memory_journal
     from dspex_lab.journal._schema import SCHEMA_VERSION
     from dspex_lab.journal._store import EXPERIMENT_ROLES, TRIAL_ORDERS, ExperimentSummary, JournalStore, TrialOrder
+    from dspex_lab.journal._views import LEADERBOARD_COLUMNS, TRIAL_SORTS
+    from dspex_lab.journal._writer import TrialWriter
 
 __all__ = [
     "EXPERIMENT_ROLES",
@@ -51,17 +47,17 @@ __getattr__, __dir__ = lazy_exports(
     globals(),
     {
         "EXPERIMENT_ROLES": "dspex_lab.journal._store",
-        "LEADERBOARD_COLUMNS": "dspex_lab.journal._duckdb",
+        "LEADERBOARD_COLUMNS": "dspex_lab.journal._views",
         "SCHEMA_VERSION": "dspex_lab.journal._schema",
         "TRIAL_ORDERS": "dspex_lab.journal._store",
-        "TRIAL_SORTS": "dspex_lab.journal._duckdb",
+        "TRIAL_SORTS": "dspex_lab.journal._views",
         "DuckDBJournal": "dspex_lab.journal._duckdb",
-        "ExperimentRecord": "dspex_lab.journal._duckdb",
+        "ExperimentRecord": "dspex_lab.journal._experiments",
         "ExperimentSummary": "dspex_lab.journal._store",
         "JournalStore": "dspex_lab.journal._store",
         "MemoryJournal": "dspex_lab.journal._memory",
         "TrialOrder": "dspex_lab.journal._store",
-        "TrialWriter": "dspex_lab.journal._duckdb",
+        "TrialWriter": "dspex_lab.journal._writer",
         "memory_journal": "dspex_lab.journal._memory",
         "open_journal": "dspex_lab.journal._duckdb",
     },

@@ -2,8 +2,9 @@
 
 "No journal" is a store, never ``None`` (as optuna's ``InMemoryStorage``): the upper layers write
 and read it exactly as they would a file, through one code path. It is an in-memory DuckDB
-database with the file journal's schema, queried by the very same code as the file journal, so
-the two cannot disagree on what a write keeps or a query answers. What it lacks is everything a
+database with the file journal's schema, written and queried by the very same mixins as the file
+journal (``_experiments``, ``_trials``, ``_optimization``, ``_views``) over its own seam, so the
+two cannot disagree on what a write keeps or a query answers. What it lacks is everything a
 shared file needs: no file, no file lock, no journal service for other processes, no waiting
 markers. It lives as long as the object and is seen by this process only.
 """
@@ -16,13 +17,16 @@ from collections.abc import Iterator
 
 import duckdb
 
-from dspex_lab.journal._duckdb import _DuckDBStore
+from dspex_lab.journal._experiments import ExperimentQueries
+from dspex_lab.journal._optimization import OptimizationQueries
 from dspex_lab.journal._schema import ensure_schema
+from dspex_lab.journal._trials import TrialQueries
+from dspex_lab.journal._views import ViewQueries
 
 __all__ = ["MemoryJournal", "memory_journal"]
 
 
-class MemoryJournal(_DuckDBStore):
+class MemoryJournal(ExperimentQueries, TrialQueries, OptimizationQueries, ViewQueries):
     """A journal kept in this process's memory for the object's life: nothing is written to disk.
 
     Thread safety: every method may be called from any thread; calls are serialised by one lock, each

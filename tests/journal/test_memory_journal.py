@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -137,3 +139,21 @@ def test_the_memory_journal_never_goes_through_the_journal_service():
     for name in ("create_experiment", "append_trials", "trial_rows", "sql", "leaderboard"):
         assert not hasattr(getattr(MemoryJournal, name), "__wrapped__"), name
         assert hasattr(getattr(dx.journal.DuckDBJournal, name), "__wrapped__"), name
+
+
+def test_a_memory_journal_loads_neither_the_service_nor_the_file_journal():
+    code = (
+        "import sys\n"
+        "from dspex_lab.journal import ExperimentRecord, memory_journal\n"
+        "journal = memory_journal()\n"
+        "journal.create_experiment(ExperimentRecord(kind='evaluation', name='x', id='x'))\n"
+        "writer = journal.writer('x', flush_interval=0.01)\n"
+        "writer.close()\n"
+        "journal.leaderboard(); journal.sql('select 1')\n"
+        "print(sorted(m for m in sys.modules if m.startswith('dspex_lab.journal.')))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    loaded = completed.stdout.strip()
+    assert "_service" not in loaded and "_wire" not in loaded and "_duckdb" not in loaded and "_file" not in loaded
+    assert "dspex_lab.journal._memory" in loaded
