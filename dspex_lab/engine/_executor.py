@@ -1,4 +1,4 @@
-"""Executors: run many trials in parallel with timeouts, retries, an error budget and cancel."""
+"""The thread executor (the default) and :func:`make_executor`, which turns a spec into an executor."""
 
 from __future__ import annotations
 
@@ -6,54 +6,17 @@ import contextvars
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
 
 from dspex_lab.engine._cancel import CancelToken
+from dspex_lab.engine._contract import Executor, Message, RunStatus, Submission, TrialLost, TrialReturned, WorkerStuck
+from dspex_lab.engine._loop import TrialLedger, coordinate
 from dspex_lab.engine._trial import TrialResult, TrialRunner, TrialTask
 from dspex_lab.errors import ExecutionError
 
+# Executor and RunStatus live in _contract (so the backends need not import this module); named here as before.
 __all__ = ["Executor", "RunStatus", "ThreadExecutor", "make_executor"]
-
-
-class RunStatus:
-    """How a run ended."""
-
-    FINISHED = "finished"
-    INTERRUPTED = "interrupted"
-    STOPPED = "stopped"
-
-
-class Executor(Protocol):
-    """Runs trials in parallel and hands each finished one to ``on_result``.
-
-    Contract: every task gets its own :class:`CancelToken` carrying ``timeout`` (the whole
-    trial's time, all attempts included); ``on_result`` is called on the calling thread,
-    once per task, in completion order. A trial past its deadline is handed to
-    ``runner.abandon`` (no further LM request; its partial spans kept) and its record passed
-    to ``on_result``. If ``on_result`` returns True the run stops: queued trials never start,
-    running ones are cancelled, and ``run`` returns ``"stopped"``. A KeyboardInterrupt while
-    waiting does the same and ``run`` returns ``"interrupted"``; every result delivered
-    before that is kept by the caller.
-
-    Executors of dspex_lab also count what faults leave behind, which :func:`run_trials`
-    reports: ``stuck_threads`` (threads of trials given up on still running in this
-    process) and ``replaced_workers`` (workers replaced because such a thread was stuck in
-    them). An executor without them counts as 0.
-    """
-
-    threads: int
-
-    def run(
-        self,
-        tasks: Iterable[TrialTask],
-        runner: TrialRunner,
-        *,
-        on_result: Callable[[TrialResult], bool | None],
-        timeout: float | None = None,
-    ) -> str:
-        """Run ``tasks`` with ``runner``; return a :class:`RunStatus` value."""
-        ...
 
 
 class ThreadExecutor:
@@ -87,6 +50,11 @@ class ThreadExecutor:
             self._left_behind = {thread for thread in self._left_behind if thread.is_alive()}
             return len(self._left_behind)
 
+    def leave_behind(self, thread: threading.Thread) -> None:
+        """Count ``thread`` as left behind: its trial was given up on while it ran."""
+        with self._left_lock:
+            self._left_behind.add(thread)
+
     def __repr__(self) -> str:
         return f"ThreadExecutor(threads={self.threads})"
 
@@ -99,103 +67,139 @@ class ThreadExecutor:
         timeout: float | None = None,
     ) -> str:
         """Run ``tasks`` with ``runner``; see :class:`Executor` for the contract."""
-        inbox: queue.SimpleQueue[tuple[int, TrialTask] | None] = queue.SimpleQueue()
-        outbox: queue.SimpleQueue[tuple[int, TrialResult | None]] = queue.SimpleQueue()
-        running: dict[int, tuple[CancelToken, float, threading.Thread]] = {}
-        abandoned: set[int] = set()  # trials given up at their deadline (their threads exit when they return)
-        stopping = threading.Event()
-        base_context = contextvars.copy_context()
-        in_flight: dict[int, TrialTask] = {}
         self.stuck_detail = None
+        outcome = coordinate(tasks, _ThreadBackend(self, runner, timeout), runner=runner, on_result=on_result)
+        self.stuck_detail = outcome.detail
+        return outcome.status
 
-        def work() -> None:
-            while True:
-                item = inbox.get()
-                if item is None:
-                    return
-                submission, task = item
-                if stopping.is_set():
-                    continue
-                token = CancelToken(timeout)
-                running[submission] = (token, time.time(), threading.current_thread())
-                try:
-                    result = base_context.copy().run(runner, task, token=token)
-                except BaseException as error:  # the runner records errors; this is a last resort
-                    result = TrialRunner.failure(
-                        task, error, stage="runner", started=time.time(), clock=time.perf_counter(), attempt=1
-                    )
-                outbox.put((submission, result))
-                if submission in abandoned:
-                    return  # a replacement took this thread's place while it was stuck
 
-        for submission, task in enumerate(tasks):
-            in_flight[submission] = task
-            inbox.put((submission, task))
-        # A 12-trial mini-batch needs no 64 threads; and no more threads than the cap on stuck ones leaves room for.
-        left_behind = self.stuck_threads
-        workers = min(self.threads, len(in_flight), self.threads + self.max_stuck - left_behind)
-        if in_flight and workers < 1:
-            self.stuck_detail = (
+@dataclass(frozen=True)
+class _Running:
+    """A trial a worker thread is running: its token, when it started, the thread, the task."""
+
+    token: CancelToken
+    started: float
+    thread: threading.Thread
+    task: TrialTask
+
+
+class _ThreadBackend:
+    """One run of a :class:`ThreadExecutor`: an inbox of submissions, worker threads, an outbox of records.
+
+    The worker threads register what they run in ``running``; the loop's thread alone reads
+    the outbox, gives up trials past their deadline (``runner.abandon``) and starts threads.
+    """
+
+    replace_at = 1  # a thread stuck in a trial given up on is replaced at once (under the executor's cap)
+    ledger: TrialLedger  # the run's, from start()
+
+    def __init__(self, executor: ThreadExecutor, runner: TrialRunner, timeout: float | None) -> None:
+        self.executor = executor
+        self.runner = runner
+        self.timeout = timeout
+        self.inbox: queue.SimpleQueue[Submission | None] = queue.SimpleQueue()
+        self.outbox: queue.SimpleQueue[TrialReturned | TrialLost] = queue.SimpleQueue()
+        self.running: dict[int, _Running] = {}
+        self.abandoned: set[int] = set()  # trials given up at their deadline (their threads exit when they return)
+        self.stopping = threading.Event()
+        self.context = contextvars.copy_context()
+        self.workers = 0
+
+    def start(self, ledger: TrialLedger) -> str | None:
+        """Start the worker threads: no more than the trials, nor than the cap on stuck threads leaves room for."""
+        self.ledger = ledger
+        executor = self.executor
+        left_behind = executor.stuck_threads
+        # A 12-trial mini-batch needs no 64 threads.
+        workers = min(executor.threads, len(ledger.undelivered), executor.threads + executor.max_stuck - left_behind)
+        if workers < 1:
+            return (
                 f"{left_behind} threads of earlier trials are still stuck in code that cannot be cancelled (such as "
-                f"a metric that never returns), the most this executor leaves behind ({self.max_stuck}); restart "
+                f"a metric that never returns), the most this executor leaves behind ({executor.max_stuck}); restart "
                 "the kernel to end them, or use executor='process', whose stuck workers are replaced"
             )
-            return RunStatus.STOPPED
         for _ in range(workers):
-            threading.Thread(target=work, name="dspex-trial", daemon=True).start()
-        wait = 0.5 if timeout is None else max(0.01, min(0.5, timeout / 4))
-        status = RunStatus.FINISHED
+            self._start_thread()
+        return None
+
+    def _start_thread(self) -> None:
+        threading.Thread(target=self._work, name="dspex-trial", daemon=True).start()
+        self.workers += 1
+
+    def _work(self) -> None:
+        """A worker thread: run submissions from the inbox until the run's stop marker."""
+        while True:
+            submission = self.inbox.get()
+            if submission is None:
+                return
+            if self.stopping.is_set():
+                continue
+            token = CancelToken(self.timeout)
+            started = time.time()
+            self.running[submission.number] = _Running(token, started, threading.current_thread(), submission.task)
+            try:
+                result = self.context.copy().run(self.runner, submission.task, token=token)
+            except BaseException as error:  # the runner records errors; this is a last resort
+                self.outbox.put(TrialLost(submission.number, error, started))
+            else:
+                self.outbox.put(TrialReturned(submission.number, result))
+            if submission.number in self.abandoned:
+                return  # a replacement took this thread's place while it was stuck
+
+    def submit(self) -> None:
+        """Put every queued trial in the inbox: the threads take them as they come free."""
+        for submission in self.ledger.take(self.ledger.queue, len(self.ledger.queue)):
+            self.inbox.put(submission)
+
+    def receive(self) -> Sequence[Message]:
+        """Return the records in the outbox, waiting up to half a second (less with a short timeout) for one."""
+        wait = 0.5 if self.timeout is None else max(0.01, min(0.5, self.timeout / 4))
+        answers: list[TrialReturned | TrialLost] = []
         try:
-            while in_flight and status == RunStatus.FINISHED:
-                finished: list[tuple[int, TrialResult | None]] = []
-                try:
-                    finished.append(outbox.get(timeout=wait))
-                    while True:  # drain what else is ready, without waking up once per result
-                        finished.append(outbox.get_nowait())
-                except queue.Empty:
-                    pass
-                for submission, result in finished:
-                    running.pop(submission, None)
-                    if submission not in in_flight:
-                        continue  # the late result of a trial given up at its deadline
-                    del in_flight[submission]
-                    if result is not None and on_result(result):
-                        status = RunStatus.STOPPED
-                        break
-                if timeout is None or status != RunStatus.FINISHED:
-                    continue
-                for submission, (token, started, thread) in list(running.items()):
-                    if submission not in in_flight or not token.cancelled:
-                        continue
-                    task = in_flight.pop(submission)
-                    abandoned.add(submission)
-                    with self._left_lock:
-                        self._left_behind.add(thread)
-                    left_behind = self.stuck_threads
-                    if left_behind <= self.max_stuck:
-                        threading.Thread(target=work, name="dspex-trial", daemon=True).start()
-                        workers += 1
-                    elif self.stuck_detail is None:
-                        self.stuck_detail = (
-                            f"{left_behind} trial threads did not return after their {timeout:g} s timeout (stuck in "
-                            "code that cannot be cancelled, such as a metric that never returns), over the "
-                            f"{self.max_stuck} this executor may leave behind; stopped instead of leaving more"
-                        )
-                    if on_result(runner.abandon(task, token, started=started, reason=f"timeout after {timeout:g} s")):
-                        status = RunStatus.STOPPED
-                        break
-                    if self.stuck_detail is not None:
-                        status = RunStatus.STOPPED
-                        break
-        except KeyboardInterrupt:
-            status = RunStatus.INTERRUPTED
-        finally:
-            stopping.set()
-            for token, _, _ in list(running.values()):
-                token.cancel("run stopped" if status != RunStatus.INTERRUPTED else "run interrupted")
-            for _ in range(workers):
-                inbox.put(None)
-        return status
+            answers.append(self.outbox.get(timeout=wait))
+            while True:  # drain what else is ready, without waking up once per result
+                answers.append(self.outbox.get_nowait())
+        except queue.Empty:
+            pass
+        for answer in answers:
+            self.running.pop(answer.submission, None)
+        return answers
+
+    def expire(self) -> list[Message]:
+        """Give up the trials past their deadline: record them as timed out, and count their threads as stuck."""
+        if self.timeout is None:
+            return []
+        messages: list[Message] = []
+        for number, running in list(self.running.items()):
+            if number in self.abandoned or not running.token.cancelled:
+                continue
+            self.abandoned.add(number)
+            self.executor.leave_behind(running.thread)
+            reason = f"timeout after {self.timeout:g} s"
+            result = self.runner.abandon(running.task, running.token, started=running.started, reason=reason)
+            messages += [TrialReturned(number, result), WorkerStuck(running.thread, 1)]
+        return messages
+
+    def replace(self, worker: Hashable) -> str | None:
+        """Start a thread in place of a stuck one, unless the executor already leaves too many behind."""
+        left_behind = self.executor.stuck_threads
+        if left_behind <= self.executor.max_stuck:
+            self._start_thread()
+            return None
+        return (
+            f"{left_behind} trial threads did not return after their {self.timeout:g} s timeout (stuck in code "
+            "that cannot be cancelled, such as a metric that never returns), over the "
+            f"{self.executor.max_stuck} this executor may leave behind; stopped instead of leaving more"
+        )
+
+    def stop(self, status: str, stuck: Sequence[Hashable]) -> None:
+        """Cancel the trials still running and send every thread its stop marker (stuck threads need none)."""
+        self.stopping.set()
+        reason = "run interrupted" if status == RunStatus.INTERRUPTED else "run stopped"
+        for running in list(self.running.values()):
+            running.token.cancel(reason)
+        for _ in range(self.workers):
+            self.inbox.put(None)
 
 
 def make_executor(spec: object = None, *, threads: int | None = None) -> Executor:

@@ -17,6 +17,10 @@ that never returns) makes its worker report itself stuck; the driver stops feedi
 starts a replacement, and kills it once its other trials are done, so a hung metric costs
 one worker start, never the run.
 
+The driver's side is a backend of the coordination loop (:mod:`dspex_lab.engine._loop`),
+which owns ordering, delivery once, stopping and stuck-worker accounting; driver and worker
+speak in the typed messages below (frozen dataclasses, pickled on each worker's pipe).
+
 Workers are started with ``spawn`` (never ``fork``: the driver has threads and an open
 journal) and ignore SIGINT, so a notebook interrupt reaches only the driver, which
 cancels the workers' trials and returns at once.
@@ -34,12 +38,24 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from dspex_lab.engine._cancel import STUCK_GRACE, CancelToken
-from dspex_lab.engine._executor import RunStatus
+from dspex_lab.engine._contract import (
+    Message,
+    RunStatus,
+    SetupFailed,
+    Submission,
+    TrialLost,
+    TrialReturned,
+    TrialsRequeued,
+    TrialsSuspected,
+    WorkerStuck,
+)
+from dspex_lab.engine._loop import TrialLedger, coordinate
 from dspex_lab.engine._remote import (
     WorkPlan,
     decode,
@@ -57,6 +73,102 @@ __all__ = ["ProcessExecutor"]
 
 # A run fails, instead of starting workers forever, when this many die before they are ready.
 MAX_FAILED_STARTS = 3
+
+
+# What the driver sends a worker.
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """A run's :class:`~dspex_lab.engine._remote.WorkPlan`, encoded; the worker keeps it under ``key``."""
+
+    key: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RemoteTrial:
+    """One trial for a worker: its run and submission number (which key the answer), plan, payload, timeout."""
+
+    run: int
+    submission: int
+    plan_key: str
+    payload: bytes
+    timeout: float | None
+
+
+@dataclass(frozen=True)
+class RunTrials:
+    """Trials to run, in one message: a pipe write and a worker wake-up per trial cost more than the data."""
+
+    trials: tuple[RemoteTrial, ...]
+
+
+@dataclass(frozen=True)
+class CancelRun:
+    """Cancel every trial of ``run`` running in the worker, and skip the ones still queued there."""
+
+    run: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class StopWorker:
+    """End the worker process."""
+
+
+# What a worker sends the driver.
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    """The worker has started and takes trials."""
+
+
+@dataclass(frozen=True)
+class TrialAnswered:
+    """A trial's record and the spans it captured (journal rows)."""
+
+    run: int
+    submission: int
+    result: TrialResult
+    span_rows: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ThreadsStuck:
+    """``count`` threads of trials given up on are still running in the worker past ``STUCK_GRACE``."""
+
+    count: int
+
+
+@dataclass(frozen=True)
+class RunnerUnavailable:
+    """The worker could not rebuild ``run``'s trial runner (a metric it cannot import, say)."""
+
+    run: int
+    error: str
+
+
+@dataclass(frozen=True)
+class Reports:
+    """Every answer and notice waiting in a worker, in one message (a busy worker writes once per batch)."""
+
+    items: tuple[TrialAnswered | ThreadsStuck, ...]
+
+
+WorkerMessage = WorkerReady | TrialAnswered | ThreadsStuck | RunnerUnavailable | Reports
+
+
+def _flatten(messages: Iterable[WorkerMessage]) -> list[WorkerMessage]:
+    """Return ``messages`` with every :class:`Reports` batch replaced by its items, in order."""
+    flat: list[WorkerMessage] = []
+    for message in messages:
+        if isinstance(message, Reports):
+            flat.extend(message.items)
+        else:
+            flat.append(message)
+    return flat
 
 
 class ProcessExecutor:
@@ -142,51 +254,8 @@ class ProcessExecutor:
             ExecutionError: the runner cannot travel to a worker (a lambda metric, an LM that is
                 not data), or the workers cannot rebuild it (a metric they cannot import).
         """
-        plan = plan_for(runner, executor="process", cloudpickle_functions=True)
-        plan_bytes = encode(plan)
-        run = next(self._runs)
-        pending = collections.deque(enumerate(tasks))
-        if not pending:
-            return RunStatus.FINISHED
-        in_flight = {submission: task for submission, task in pending}
-        suspects: collections.deque[tuple[int, TrialTask]] = collections.deque()
-        self._failed_starts = 0
-        status = RunStatus.FINISHED
-        try:
-            self._fill_pool()
-            for worker in list(self._pool):
-                worker.held.clear()  # submissions are numbered per run
-                self._take_notices(worker)  # a worker found stuck after the last run is replaced now
-            while in_flight and status == RunStatus.FINISHED:
-                self._reap(pending, suspects, in_flight, timeout)
-                for worker in self._pool:
-                    if worker.ready:  # a worker still starting would hold trials that others could run now
-                        capacity = 2 * self.threads_per_worker
-                        self._feed(worker, pending, in_flight, run, plan.key, plan_bytes, timeout, capacity)
-                self._isolate(suspects, in_flight, run, plan.key, plan_bytes, timeout)
-                workers = self._live_workers()
-                watched = [item for worker in workers for item in (worker.connection, worker.process.sentinel)]
-                ready = wait(watched, 0.1 if self._retiring else 0.5)
-                for worker in workers:
-                    if worker.connection not in ready and worker.process.sentinel not in ready:
-                        continue
-                    messages, alive = worker.receive()
-                    for message in messages:
-                        if status != RunStatus.FINISHED:
-                            break
-                        status = self._handle(message, worker, run, in_flight, runner, on_result, status)
-                    if not alive:
-                        for result in self._lost(worker, suspects, in_flight):  # delivered even past a stop
-                            if on_result(result):
-                                status = RunStatus.STOPPED
-        except KeyboardInterrupt:
-            status = RunStatus.INTERRUPTED
-        finally:
-            reason = "run interrupted" if status == RunStatus.INTERRUPTED else "run stopped"
-            for worker in self._pool:
-                worker.cancel(run, reason)
-            self._end_run()
-        return status
+        backend = _ProcessRun(self, runner, timeout, run=next(self._runs))
+        return coordinate(tasks, backend, runner=runner, on_result=on_result).status
 
     def _live_workers(self) -> list[_Worker]:
         isolation = [self._isolation] if self._isolation is not None else []
@@ -201,99 +270,14 @@ class ProcessExecutor:
     def _take_notices(self, worker: _Worker) -> None:
         """Read what a worker sent between runs: a stuck report retires it before it is given trials."""
         messages, _ = worker.receive()
-        for message in messages:
-            items = message[1] if message[0] == "results" else [message]
-            for item in items:
-                if item[0] == "ready":
-                    worker.ready = True
-                elif item[0] == "stuck":
-                    self._retire(worker)
-
-    def _feed(
-        self,
-        worker: _Worker,
-        pending: collections.deque[tuple[int, TrialTask]],
-        in_flight: dict[int, TrialTask],
-        run: int,
-        plan_key: str,
-        plan_bytes: bytes,
-        timeout: float | None,
-        capacity: int,
-    ) -> None:
-        if plan_key not in worker.plans and pending:
-            worker.send(("plan", plan_key, plan_bytes))
-            worker.plans.add(plan_key)
-        batch = []
-        while pending and len(worker.held) < capacity:
-            submission, task = pending.popleft()
-            if submission not in in_flight:
-                continue
-            worker.held.add(submission)
-            batch.append((run, submission, plan_key, encode(task_payload(task)), timeout))
-        if batch:  # one message for all: a pipe write and a worker wake-up per trial cost more than the data
-            worker.send(("tasks", batch))
-
-    def _isolate(
-        self,
-        suspects: collections.deque[tuple[int, TrialTask]],
-        in_flight: dict[int, TrialTask],
-        run: int,
-        plan_key: str,
-        plan_bytes: bytes,
-        timeout: float | None,
-    ) -> None:
-        """Give the isolation worker the next suspect once it has finished the one before (one at a time)."""
-        while suspects and suspects[0][0] not in in_flight:
-            suspects.popleft()
-        if not suspects:
-            return
-        if self._isolation is None:
-            self._isolation = _Worker(1, isolated=True)
-        worker = self._isolation
-        worker.held.intersection_update(in_flight)
-        if worker.ready and not worker.held:
-            self._feed(worker, suspects, in_flight, run, plan_key, plan_bytes, timeout, capacity=1)
-
-    def _handle(
-        self,
-        message: tuple[Any, ...],
-        worker: _Worker,
-        run: int,
-        in_flight: dict[int, TrialTask],
-        runner: TrialRunner,
-        on_result: Callable[[TrialResult], bool | None],
-        status: str,
-    ) -> str:
-        kind = message[0]
-        if kind == "results":
-            for result_message in message[1]:
-                if status != RunStatus.FINISHED:
-                    break
-                status = self._handle(result_message, worker, run, in_flight, runner, on_result, status)
-            return status
-        if kind == "ready":
-            worker.ready = True
-            return status
-        if kind == "stuck":
-            self._retire(worker)
-            return status
-        if kind == "setup":
-            if message[1] != run:
-                return status  # an earlier run's failure, already reported
-            raise ExecutionError(f"a worker process could not rebuild the trial runner: {message[2]}")
-        _, message_run, submission, result, span_rows = message
-        if message_run != run:
-            return status  # a late result of an earlier, stopped run
-        worker.held.discard(submission)
-        task = in_flight.pop(submission, None)
-        if task is None:
-            return status  # already delivered (its first worker died after sending it)
-        if span_rows and runner.span_sink is not None:
-            runner.span_sink(task.trial_id, spans_from(span_rows))
-        return RunStatus.STOPPED if on_result(result) else status
+        for message in _flatten(messages):
+            if isinstance(message, WorkerReady):
+                worker.ready = True
+            elif isinstance(message, ThreadsStuck):
+                self._retire(worker)
 
     def _retire(self, worker: _Worker) -> None:
-        """Stop feeding a worker with a stuck thread and start its replacement; :meth:`_reap` ends it."""
+        """Stop feeding a worker with a stuck thread and start its replacement; it ends once its trials are done."""
         if worker.retiring_since is not None:
             return
         worker.retiring_since = time.monotonic()
@@ -308,69 +292,8 @@ class ProcessExecutor:
             self._retiring.append(worker)
             self.replaced_workers += 1
 
-    def _reap(
-        self,
-        pending: collections.deque[tuple[int, TrialTask]],
-        suspects: collections.deque[tuple[int, TrialTask]],
-        in_flight: dict[int, TrialTask],
-        timeout: float | None,
-    ) -> None:
-        """Kill each retiring worker once its trials are delivered, or once they had their time; requeue the rest."""
-        # Past this, a trial it holds has not started (or would have been given up already): it runs elsewhere.
-        patience = (timeout or 0.0) + STUCK_GRACE
-        for worker in list(self._retiring):
-            held = sorted(submission for submission in worker.held if submission in in_flight)
-            alive = worker.process.is_alive()
-            if held and alive and time.monotonic() - (worker.retiring_since or 0.0) < patience:
-                continue
-            back = suspects if worker.isolated else pending
-            for submission in reversed(held):
-                back.appendleft((submission, in_flight[submission]))
-            worker.held.clear()
-            worker.kill()
-            with self._lock:
-                self._retiring.remove(worker)
-
-    def _lost(
-        self,
-        worker: _Worker,
-        suspects: collections.deque[tuple[int, TrialTask]],
-        in_flight: dict[int, TrialTask],
-    ) -> list[TrialResult]:
-        """Handle a dead worker: return the error of a trial that killed its worker alone, suspect the others."""
-        if not worker.ready:
-            self._failed_starts += 1
-            if self._failed_starts >= MAX_FAILED_STARTS:
-                raise ExecutionError(
-                    f"worker processes exit while starting (exit code {worker.process.exitcode}, "
-                    f"{self._failed_starts} times): can `python -c 'import dspex_lab.engine'` run in this environment?"
-                )
-        held = sorted(submission for submission in worker.held if submission in in_flight)
-        worker.held.clear()
-        worker.kill()
-        results = []
-        if worker.isolated:
-            # It ran this one trial and nothing else: the trial killed it.
-            for submission in held:
-                error = ExecutionError(
-                    f"the worker process died while running this trial alone ({_exit_text(worker.process.exitcode)}); "
-                    "it was run on a fresh worker of its own after its first worker died, so this trial is the cause "
-                    "(often memory: the out-of-memory killer)"
-                )
-                results.append(
-                    TrialRunner.failure(
-                        in_flight.pop(submission),
-                        error,
-                        stage="runner",
-                        started=time.time(),
-                        clock=time.perf_counter(),
-                        attempt=1,
-                    )
-                )
-        else:
-            # Any of them may have killed it, or none: each runs again alone, and only a killer is recorded as one.
-            suspects.extend((submission, in_flight[submission]) for submission in held)
-            self.isolated_trials += len(held)
+    def _forget(self, worker: _Worker) -> None:
+        """Drop a dead worker from wherever it was; a pool worker is replaced (a restart)."""
         with self._lock:
             if worker is self._isolation:
                 self._isolation = None
@@ -380,7 +303,6 @@ class ProcessExecutor:
                 self._pool.remove(worker)
                 self._pool.append(_Worker(self.threads_per_worker))
                 self.restarts += 1
-        return results
 
     def _end_run(self) -> None:
         """Kill the workers that only this run needed: the retiring ones and the isolation worker."""
@@ -391,6 +313,169 @@ class ProcessExecutor:
                 self._isolation = None
         for worker in extra:
             worker.kill()
+
+
+class _ProcessRun:
+    """One run of a :class:`ProcessExecutor`: the loop's backend, feeding worker pipes and reading them.
+
+    Each pool worker holds at most ``2 * threads_per_worker`` of the run's trials; suspects go
+    to the isolation worker one at a time. A worker's death turns the trials it held into
+    suspects (or, for the isolation worker, into the error of the trial it ran alone).
+    """
+
+    replace_at = 1  # a worker that reports any stuck thread is retired at once
+    ledger: TrialLedger  # the run's, from start()
+
+    def __init__(self, executor: ProcessExecutor, runner: TrialRunner, timeout: float | None, *, run: int) -> None:
+        self.executor = executor
+        self.runner = runner
+        self.timeout = timeout
+        self.run = run
+        plan: WorkPlan = plan_for(runner, executor="process", cloudpickle_functions=True)  # refused up front
+        self.plan_key = plan.key
+        self.plan_bytes = encode(plan)
+
+    def start(self, ledger: TrialLedger) -> str | None:
+        """Start the pool's missing workers and read what the others said since the last run."""
+        self.ledger = ledger
+        self.executor._failed_starts = 0
+        self.executor._fill_pool()
+        for worker in list(self.executor._pool):
+            worker.held.clear()  # submissions are numbered per run
+            self.executor._take_notices(worker)  # a worker found stuck after the last run is replaced now
+        return None
+
+    def submit(self) -> None:
+        """Fill each ready pool worker up to its capacity, then give the isolation worker its next suspect."""
+        capacity = 2 * self.executor.threads_per_worker
+        for worker in self.executor._pool:
+            if worker.ready:  # a worker still starting would hold trials that others could run now
+                self._feed(worker, self.ledger.queue, capacity)
+        self._isolate()
+
+    def _feed(self, worker: _Worker, source: collections.deque[Submission], capacity: int) -> None:
+        if self.plan_key not in worker.plans and source:
+            worker.send(LoadPlan(self.plan_key, self.plan_bytes))
+            worker.plans.add(self.plan_key)
+        batch = self.ledger.take(source, capacity - len(worker.held))
+        if batch:  # one message for all: a pipe write and a worker wake-up per trial cost more than the data
+            worker.held.update(submission.number for submission in batch)
+            trials = tuple(
+                RemoteTrial(self.run, item.number, self.plan_key, encode(task_payload(item.task)), self.timeout)
+                for item in batch
+            )
+            worker.send(RunTrials(trials))
+
+    def _isolate(self) -> None:
+        """Give the isolation worker the next suspect once it has finished the one before (one at a time)."""
+        suspects, undelivered = self.ledger.suspects, self.ledger.undelivered
+        while suspects and suspects[0].number not in undelivered:
+            suspects.popleft()
+        if not suspects:
+            return
+        if self.executor._isolation is None:
+            self.executor._isolation = _Worker(1, isolated=True)
+        worker = self.executor._isolation
+        worker.held.intersection_update(undelivered)
+        if worker.ready and not worker.held:
+            self._feed(worker, suspects, capacity=1)
+
+    def receive(self) -> Sequence[Message]:
+        """Wait for any worker's pipe or death (a tenth of a second while one is retiring, else half)."""
+        workers = self.executor._live_workers()
+        watched = [item for worker in workers for item in (worker.connection, worker.process.sentinel)]
+        ready = wait(watched, 0.1 if self.executor._retiring else 0.5)
+        messages: list[Message] = []
+        for worker in workers:
+            if worker.connection not in ready and worker.process.sentinel not in ready:
+                continue
+            reports, alive = worker.receive()
+            for report in _flatten(reports):
+                messages.extend(self._translate(report, worker))
+            if not alive:
+                messages.extend(self._lost(worker))
+        return messages
+
+    def _translate(self, report: WorkerMessage, worker: _Worker) -> list[Message]:
+        """Return what a worker's report means to the loop (nothing, for a ready notice or an earlier run's answer)."""
+        if isinstance(report, TrialAnswered):
+            if report.run != self.run:
+                return []  # a late result of an earlier, stopped run
+            worker.held.discard(report.submission)
+            wanted = report.span_rows and self.runner.span_sink is not None
+            spans = spans_from(report.span_rows) if wanted and report.submission in self.ledger.undelivered else ()
+            return [TrialReturned(report.submission, report.result, spans)]
+        if isinstance(report, WorkerReady):
+            worker.ready = True
+        elif isinstance(report, ThreadsStuck):
+            return [WorkerStuck(worker, report.count)]
+        elif isinstance(report, RunnerUnavailable) and report.run == self.run:  # an earlier run's was reported
+            return [SetupFailed(f"a worker process could not rebuild the trial runner: {report.error}")]
+        return []
+
+    def _lost(self, worker: _Worker) -> list[Message]:
+        """Handle a dead worker: the error of a trial that killed its worker alone; the others become suspects."""
+        executor = self.executor
+        if not worker.ready:
+            executor._failed_starts += 1
+            if executor._failed_starts >= MAX_FAILED_STARTS:
+                raise ExecutionError(
+                    f"worker processes exit while starting (exit code {worker.process.exitcode}, "
+                    f"{executor._failed_starts} times): can `python -c 'import dspex_lab.engine'` run in this "
+                    "environment?"
+                )
+        held = tuple(sorted(submission for submission in worker.held if submission in self.ledger.undelivered))
+        worker.held.clear()
+        worker.kill()
+        messages: list[Message] = []
+        if worker.isolated:
+            # It ran this one trial and nothing else: the trial killed it.
+            error = ExecutionError(
+                f"the worker process died while running this trial alone ({_exit_text(worker.process.exitcode)}); "
+                "it was run on a fresh worker of its own after its first worker died, so this trial is the cause "
+                "(often memory: the out-of-memory killer)"
+            )
+            messages = [TrialLost(submission, error, time.time()) for submission in held]
+        elif held:
+            # Any of them may have killed it, or none: each runs again alone, and only a killer is recorded as one.
+            executor.isolated_trials += len(held)
+            messages = [TrialsSuspected(held)]
+        executor._forget(worker)
+        return messages
+
+    def expire(self) -> Sequence[Message]:
+        """Kill each retiring worker once its trials are delivered, or once they had their time; requeue the rest."""
+        # Past this, a trial it holds has not started (or would have been given up already): it runs elsewhere.
+        patience = (self.timeout or 0.0) + STUCK_GRACE
+        messages: list[Message] = []
+        for worker in list(self.executor._retiring):
+            held = tuple(sorted(submission for submission in worker.held if submission in self.ledger.undelivered))
+            alive = worker.process.is_alive()
+            if held and alive and time.monotonic() - (worker.retiring_since or 0.0) < patience:
+                continue
+            if held:
+                messages.append(TrialsRequeued(held, isolated=worker.isolated))
+            worker.held.clear()
+            worker.kill()
+            with self.executor._lock:
+                self.executor._retiring.remove(worker)
+        return messages
+
+    def replace(self, worker: Hashable) -> str | None:
+        """Retire a worker with a stuck thread: fed no more, replaced now, killed once its trials are done."""
+        if isinstance(worker, _Worker):  # this run's WorkerStuck messages name its _Worker objects
+            self.executor._retire(worker)
+        return None
+
+    def stop(self, status: str, stuck: Sequence[Hashable]) -> None:
+        """Cancel the run's trials in every worker and kill the workers only this run needed."""
+        for worker in stuck:  # found stuck as the run stopped: replaced now rather than fed by the next run
+            if isinstance(worker, _Worker):
+                self.executor._retire(worker)
+        reason = "run interrupted" if status == RunStatus.INTERRUPTED else "run stopped"
+        for worker in self.executor._pool:
+            worker.cancel(self.run, reason)
+        self.executor._end_run()
 
 
 def _exit_text(code: int | None) -> str:
@@ -417,12 +502,12 @@ class _Worker:
         self.isolated = isolated  # runs suspects, one at a time
         self.retiring_since: float | None = None  # when it was found stuck
 
-    def send(self, message: tuple[Any, ...]) -> None:
+    def send(self, message: LoadPlan | RunTrials | CancelRun | StopWorker) -> None:
         # A dead worker cannot be written to; the run loop sees its sentinel and replaces it.
         with contextlib.suppress(OSError):
             self.connection.send_bytes(encode(message))
 
-    def receive(self) -> tuple[list[tuple[Any, ...]], bool]:
+    def receive(self) -> tuple[list[WorkerMessage], bool]:
         """Return every message waiting, and whether the worker is still alive."""
         messages = []
         try:
@@ -433,10 +518,10 @@ class _Worker:
         return messages, self.process.is_alive()
 
     def cancel(self, run: int, reason: str) -> None:
-        self.send(("cancel", run, reason))
+        self.send(CancelRun(run, reason))
 
     def stop(self) -> None:
-        self.send(("stop",))
+        self.send(StopWorker())
         self.process.join(timeout=2 if self.ready else 0.1)  # one still starting has nothing to finish
         if self.process.is_alive():
             self.process.kill()
@@ -460,6 +545,16 @@ def _worker_main(connection: Connection, threads: int) -> None:
     os._exit(0)
 
 
+@dataclass(frozen=True)
+class _RunningTrial:
+    """A trial a worker thread is running: its token, when it started, the task and the runner running it."""
+
+    token: CancelToken
+    started: float
+    task: TrialTask
+    runner: TrialRunner
+
+
 class WorkerLoop:
     """One worker process's loop: trials on threads, timeouts enforced here, results sent back."""
 
@@ -467,12 +562,12 @@ class WorkerLoop:
         self.connection = connection
         self.threads = threads
         self.send_lock = threading.Lock()
-        self.inbox: queue.SimpleQueue[tuple[int, int, str, bytes, float | None] | None] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[RemoteTrial | None] = queue.SimpleQueue()
         self.plans: dict[str, WorkPlan] = {}
-        # Results wait here for the sender thread, which sends all that are waiting as one message.
-        self.outbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        # (run, submission) -> (token, started, task, runner) of trials running now.
-        self.running: dict[tuple[int, int], tuple[CancelToken, float, TrialTask, TrialRunner]] = {}
+        # Answers and notices wait here for the sender thread, which sends all that are waiting as one message.
+        self.outbox: queue.SimpleQueue[TrialAnswered | ThreadsStuck] = queue.SimpleQueue()
+        # (run, submission) -> the trials running now.
+        self.running: dict[tuple[int, int], _RunningTrial] = {}
         self.done: set[tuple[int, int]] = set()
         self.cancelled_runs: set[int] = set()
         # (run, submission) -> when the trial was given up (deadline or stopped run), while its thread runs on.
@@ -483,7 +578,7 @@ class WorkerLoop:
 
     def serve(self) -> None:
         """Read messages until told to stop (or the driver goes away)."""
-        self.send(("ready",))
+        self.send(WorkerReady())
         for _ in range(self.threads):
             threading.Thread(target=self.work, name="dspex-trial", daemon=True).start()
         threading.Thread(target=self.watch, name="dspex-deadlines", daemon=True).start()
@@ -493,23 +588,25 @@ class WorkerLoop:
                 message = decode(self.connection.recv_bytes())
             except (EOFError, OSError):
                 return
-            kind = message[0]
-            if kind == "stop":
+            if isinstance(message, StopWorker):
                 return
-            if kind == "plan":
-                self.plans[message[1]] = decode(message[2])
-            elif kind == "tasks":
-                for item in message[1]:
-                    self.inbox.put(item)
-            elif kind == "cancel":
-                _, run, reason = message
-                with self.lock:
-                    self.cancelled_runs.add(run)
-                    for (running_run, _), (token, *_) in self.running.items():
-                        if running_run == run:
-                            token.cancel(reason)
+            if isinstance(message, LoadPlan):
+                self.plans[message.key] = decode(message.data)
+            elif isinstance(message, RunTrials):
+                for trial in message.trials:
+                    self.inbox.put(trial)
+            elif isinstance(message, CancelRun):
+                self.cancel(message)
 
-    def send(self, message: tuple[Any, ...]) -> None:
+    def cancel(self, message: CancelRun) -> None:
+        """Cancel the run's trials running here; its queued ones are skipped."""
+        with self.lock:
+            self.cancelled_runs.add(message.run)
+            for (run, _), running in self.running.items():
+                if run == message.run:
+                    running.token.cancel(message.reason)
+
+    def send(self, message: WorkerReady | RunnerUnavailable | Reports) -> None:
         data = encode(message)
         with self.send_lock:
             try:
@@ -518,32 +615,32 @@ class WorkerLoop:
                 os._exit(0)  # the driver is gone; nothing left to do
 
     def send_results(self) -> None:
-        """Send every result waiting in the outbox as one message, so a busy worker writes once per batch."""
+        """Send every answer waiting in the outbox as one message, so a busy worker writes once per batch."""
         while True:
             batch = [self.outbox.get()]
             with contextlib.suppress(queue.Empty):
                 while True:
                     batch.append(self.outbox.get_nowait())
-            self.send(("results", batch))
+            self.send(Reports(tuple(batch)))
 
     def work(self) -> None:
+        """A trial thread: run trials from the inbox until the stop marker."""
         while True:
-            item = self.inbox.get()
-            if item is None:
+            trial = self.inbox.get()
+            if trial is None:
                 return
-            run, submission, plan_key, payload, timeout = item
-            if run in self.cancelled_runs:
+            if trial.run in self.cancelled_runs:
                 continue
             try:
-                runner, stash = runner_for(self.plans[plan_key])
+                runner, stash = runner_for(self.plans[trial.plan_key])
             except Exception as error:
-                self.send(("setup", run, f"{type(error).__name__}: {error}"))
+                self.send(RunnerUnavailable(trial.run, f"{type(error).__name__}: {error}"))
                 continue
-            task = task_from(decode(payload))
-            token = CancelToken(timeout)
-            key = (run, submission)
+            task = task_from(decode(trial.payload))
+            token = CancelToken(trial.timeout)
+            key = (trial.run, trial.submission)
             with self.lock:
-                self.running[key] = (token, time.time(), task, runner)
+                self.running[key] = _RunningTrial(token, time.time(), task, runner)
             try:
                 result = runner(task, token=token)
             except BaseException as error:  # the runner records errors; this is a last resort
@@ -556,49 +653,55 @@ class WorkerLoop:
                 self.done.discard(key)
             if late:
                 return  # given up at its deadline; a replacement thread took this one's place
-            self.outbox.put(("result", run, submission, result, stash.take(task.trial_id)))
+            self.outbox.put(TrialAnswered(trial.run, trial.submission, result, stash.take(task.trial_id)))
 
     def watch(self) -> None:
         """Give up on trials past their deadline, as the thread executor does, keep capacity, and report stuck threads.
 
         A thread still running :data:`STUCK_GRACE` seconds after its trial was given up is stuck in
-        code that cannot be cancelled; the driver is told (``("stuck", count)``) and replaces this
+        code that cannot be cancelled; the driver is told (:class:`ThreadsStuck`) and replaces this
         worker, because nothing else can end that thread.
         """
         while True:
             time.sleep(0.02)
-            now = time.monotonic()
-            with self.lock:
-                overdue = [
-                    (key, entry)
-                    for key, entry in self.running.items()
-                    if key not in self.done
-                    and entry[0].timeout is not None
-                    and entry[0].cancelled
-                    and (entry[0].reason or "").startswith("timeout")
-                ]
-                for key, _ in overdue:
-                    self.done.add(key)
-                for key, (token, *_) in self.running.items():
-                    if key not in self.given_up and (key in self.done or token.cancelled):
-                        self.given_up[key] = now
-                for key in [key for key in self.given_up if key not in self.running]:
-                    del self.given_up[key]  # its thread returned after all
-                    self.stuck.discard(key)
-                newly_stuck = [
-                    key for key, since in self.given_up.items() if key not in self.stuck and now - since > STUCK_GRACE
-                ]
-                self.stuck.update(newly_stuck)
-                stuck = len(self.stuck)
-            for (run, submission), (token, started, task, runner) in overdue:
-                result = runner.abandon(task, token, started=started, reason=f"timeout after {token.timeout:g} s")
-                spans = runner.span_sink.take(task.trial_id)  # type: ignore[union-attr]  # a SpanStash
-                self.outbox.put(("result", run, submission, result, spans))
+            overdue, newly_stuck, stuck = self._note_overdue(time.monotonic())
+            for (run, submission), running in overdue:
+                reason = f"timeout after {running.token.timeout:g} s"
+                result = running.runner.abandon(running.task, running.token, started=running.started, reason=reason)
+                spans = running.runner.span_sink.take(running.task.trial_id)  # type: ignore[union-attr]  # a SpanStash
+                self.outbox.put(TrialAnswered(run, submission, result, spans))
                 if self.spare > 0:
                     self.spare -= 1
                     threading.Thread(target=self.work, name="dspex-trial", daemon=True).start()
             if newly_stuck:
-                self.outbox.put(("stuck", stuck))
+                self.outbox.put(ThreadsStuck(stuck))
+
+    def _note_overdue(
+        self, now: float
+    ) -> tuple[list[tuple[tuple[int, int], _RunningTrial]], list[tuple[int, int]], int]:
+        """Return the trials past their deadline (marked done), the threads newly found stuck, and all stuck now."""
+        with self.lock:
+            overdue = [
+                (key, running)
+                for key, running in self.running.items()
+                if key not in self.done
+                and running.token.timeout is not None
+                and running.token.cancelled
+                and (running.token.reason or "").startswith("timeout")
+            ]
+            for key, _ in overdue:
+                self.done.add(key)
+            for key, running in self.running.items():
+                if key not in self.given_up and (key in self.done or running.token.cancelled):
+                    self.given_up[key] = now
+            for key in [key for key in self.given_up if key not in self.running]:
+                del self.given_up[key]  # its thread returned after all
+                self.stuck.discard(key)
+            newly_stuck = [
+                key for key, since in self.given_up.items() if key not in self.stuck and now - since > STUCK_GRACE
+            ]
+            self.stuck.update(newly_stuck)
+            return overdue, newly_stuck, len(self.stuck)
 
 
 def default_workers(threads: int) -> tuple[int, int]:
