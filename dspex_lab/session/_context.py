@@ -11,7 +11,8 @@ import dspy
 
 from dspex_lab.config import load_settings
 from dspex_lab.engine import Executor, make_executor
-from dspex_lab.journal import DuckDBJournal, open_journal
+from dspex_lab.errors import JournalError
+from dspex_lab.journal import JournalStore, memory_journal, open_journal
 from dspex_lab.providers import resolve_lm
 
 __all__ = ["Context", "current_context"]
@@ -31,7 +32,8 @@ class Context:
 
     Args:
         lm: a model string (``"lab/small"``, ``"openai/gpt-4o-mini"``) or a ``dspy.LM``.
-        journal: a path, a journal object, or False to keep results in memory only.
+        journal: a path, a journal object (any :class:`~dspex_lab.journal.JournalStore`), or False to keep
+            results in a new in-memory journal of this context's own (nothing written to disk).
         threads: worker threads for the default thread executor.
         executor: ``"thread"`` or an executor object.
     """
@@ -40,18 +42,13 @@ class Context:
         self,
         *,
         lm: str | dspy.BaseLM | None = None,
-        journal: str | os.PathLike[str] | DuckDBJournal | bool | None = None,
+        journal: str | os.PathLike[str] | JournalStore | bool | None = None,
         threads: int | None = None,
         executor: str | Executor | None = None,
     ) -> None:
         settings = load_settings()
         self.lm: dspy.BaseLM = resolve_lm(lm if lm is not None else settings.lm)
-        if journal is False:
-            self.journal: DuckDBJournal | None = None
-        elif isinstance(journal, DuckDBJournal):
-            self.journal = journal
-        else:
-            self.journal = open_journal(journal if journal not in (None, True) else settings.journal)  # type: ignore[arg-type]
+        self.journal: JournalStore = _journal_store(journal, default=settings.journal)
         self.executor: Executor = make_executor(
             executor or settings.executor, threads=settings.threads if threads is None else threads
         )
@@ -70,8 +67,25 @@ class Context:
         _active.reset(self._tokens.pop())
 
     def __repr__(self) -> str:
-        journal = str(self.journal.path) if self.journal is not None else None
-        return f"Context(lm={getattr(self.lm, 'model', self.lm)!r}, journal={journal!r}, executor={self.executor!r})"
+        return (
+            f"Context(lm={getattr(self.lm, 'model', self.lm)!r}, journal={self.journal.location!r}, "
+            f"executor={self.executor!r})"
+        )
+
+
+def _journal_store(journal: str | os.PathLike[str] | JournalStore | bool | None, *, default: str) -> JournalStore:
+    """Return the store ``Context(journal=...)`` names: a new in-memory one for False, the settings' file for None."""
+    if journal is False:
+        return memory_journal()
+    if journal is None or journal is True:
+        return open_journal(default)
+    if isinstance(journal, (str, os.PathLike)):
+        return open_journal(journal)
+    if isinstance(journal, JournalStore):
+        return journal
+    raise JournalError(
+        f"Context(journal=...) takes a path, a journal (dx.open_journal(...)) or False, got {type(journal).__name__}"
+    )
 
 
 def current_context() -> Context:
