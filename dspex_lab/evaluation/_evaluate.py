@@ -1,54 +1,60 @@
-"""``dx.evaluate``: run a program over a dataset in parallel, journal every trial, summarise."""
+"""``dx.evaluate``: run a program over a dataset in parallel, journal every trial, summarise.
+
+An evaluation is one :class:`~dspex_lab.session.Experiment`: its record is built, it is started
+(or resumed, under the one identity rule), its trials run through the engine and are recorded as
+they finish, and its result is read back from it.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import dspy
 import pandas as pd
 
 from dspex_lab.data import Dataset
-from dspex_lab.engine import (
-    Budget,
-    RetryPolicy,
-    RunPolicy,
-    TrialFinished,
-    TrialRunner,
-    TrialTask,
-    run_trials,
-)
+from dspex_lab.engine import Budget, RetryPolicy, RunPolicy, RunReport, TrialRunner
 from dspex_lab.errors import DspexLabWarning, ExecutionError, JournalError, ProgramSpecError, UnderpoweredWarning
 from dspex_lab.evaluation._power import TARGET_POWER, power_advice
 from dspex_lab.evaluation._result import EvaluationResult
-from dspex_lab.journal import DuckDBJournal, ExperimentRecord, TrialWriter
-from dspex_lab.journal._schema import trials_frame
+from dspex_lab.journal import ExperimentRecord, JournalStore
 from dspex_lab.program import ModuleType, Program, resolve_module
-from dspex_lab.session import current_context, environment, plan_trials
-from dspex_lab.session import lm_state as _lm_state
-from dspex_lab.session import metric_name as _metric_name
-from dspex_lab.session import stored_examples as _stored_examples
+from dspex_lab.session import (
+    Context,
+    Experiment,
+    current_context,
+    environment,
+    experiment_record,
+    lm_state,
+    metric_name,
+    plan_trials,
+)
 from dspex_lab.trace import SpanRecorder
 from dspex_lab.trace.redaction import redact
 
 __all__ = ["environment", "evaluate", "imports_needed"]
 
 Metric = Callable[[dspy.Example, Any], Any]
+# What an experiment record says of a program: its name, fingerprint and spec (None for a live module).
+ProgramIdentity = tuple[str, str | None, dict[str, Any] | None]
 
 
 def _as_dataset(dataset: Dataset | Sequence[dspy.Example]) -> Dataset:
+    """Return ``dataset`` as a :class:`Dataset`, refusing another type or an empty one."""
     if isinstance(dataset, Dataset):
-        return dataset
-    if isinstance(dataset, Sequence) and not isinstance(dataset, (str, bytes)):
-        return Dataset(list(dataset))
-    raise ExecutionError(f"dataset must be a dx.Dataset or a sequence of dspy.Example, got {type(dataset).__name__}")
+        data = dataset
+    elif isinstance(dataset, Sequence) and not isinstance(dataset, (str, bytes)):
+        data = Dataset(list(dataset))
+    else:
+        raise ExecutionError(
+            f"dataset must be a dx.Dataset or a sequence of dspy.Example, got {type(dataset).__name__}"
+        )
+    if len(data) == 0:
+        raise ExecutionError(f"dataset {data.name or ''!s} is empty: there is nothing to evaluate".replace("  ", " "))
+    return data
 
 
 # Modules every installation has: a package never needs a user's --import for them.
@@ -79,14 +85,13 @@ def imports_needed(program: Program | dspy.Module, metric: Metric) -> dict[str, 
     }
 
 
-def _program_parts(
-    program: Program | dspy.Module, lm: dspy.BaseLM
-) -> tuple[dspy.Module, dict[str, Any] | None, str, str | None]:
+def _program_parts(program: Program | dspy.Module, lm: dspy.BaseLM) -> tuple[dspy.Module, ProgramIdentity]:
+    """Return the module to run and what the record says of the program: (name, fingerprint, spec)."""
     if isinstance(program, Program):
-        return program.build(lm=lm), program.to_dict(), program.name, program.fingerprint
+        return program.build(lm=lm), (program.name, program.fingerprint, program.to_dict())
     if isinstance(program, dspy.Module):
         # A live module has no spec; record what identifies it without pretending it is reproducible.
-        return program, None, type(program).__name__, None
+        return program, (type(program).__name__, None, None)
     raise ProgramSpecError(f"evaluate() takes a dx.Program or a dspy.Module, got {type(program).__name__}")
 
 
@@ -105,7 +110,20 @@ def _is_priced(lm: Any) -> bool:
     return is_priced(lm)
 
 
-def _policy(timeout: float | None, retries: int, max_errors: int | float | None, budget: Budget | None) -> RunPolicy:
+def _policy(
+    repeats: int,
+    metric: Metric,
+    *,
+    timeout: float | None,
+    retries: int,
+    max_errors: int | float | None,
+    budget: Budget | None,
+) -> RunPolicy:
+    """Return the run's policy, once the repeats and the metric are checked too (before anything runs)."""
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ExecutionError(f"repeats must be a positive integer, got {repeats!r}")
+    if not callable(metric):
+        raise ExecutionError(f"metric must be callable as metric(example, prediction), got {metric!r}")
     try:
         return RunPolicy(timeout=timeout, retry=RetryPolicy(retries=retries), max_errors=max_errors, budget=budget)
     except ValueError as error:
@@ -153,137 +171,164 @@ def evaluate(
             a warning comes at 80% of a limit and the run stops cleanly at 100%. A dollar limit on an
             LM without a known price is refused before the first call.
         trace: capture every trial's span tree (modules, adapter, LM calls, metric) into the journal;
-            read it back with ``journal.trace(experiment_id, trial_id)`` or ``dspex trace``.
+            read it back with ``result.trace(trial_id)``, and from a journal file with
+            ``journal.trace(experiment_id, trial_id)`` or ``dspex trace``. Without a journal file
+            (``dx.Context(journal=False)``) the spans are kept in the context's in-memory journal.
 
     Returns:
         The result; if the run is interrupted (KeyboardInterrupt) the finished trials are journaled,
         the experiment is marked interrupted and KeyboardInterrupt is raised again naming the id to resume.
+        If the journal cannot take the trials, they are saved to a private file (a warning says where)
+        and the result is still returned.
     """
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ExecutionError(f"repeats must be a positive integer, got {repeats!r}")
-    if not callable(metric):
-        raise ExecutionError(f"metric must be callable as metric(example, prediction), got {metric!r}")
-    policy = _policy(timeout, retries, max_errors, budget)
+    policy = _policy(repeats, metric, timeout=timeout, retries=retries, max_errors=max_errors, budget=budget)
     context = current_context()
-    journal = context.journal
     data = _as_dataset(dataset)
-    if len(data) == 0:
-        raise ExecutionError(f"dataset {data.name or ''!s} is empty: there is nothing to evaluate".replace("  ", " "))
-    if trace and journal is None:
-        raise ExecutionError(
-            "trace=True stores each trial's span tree in the journal, and this evaluation has none: "
-            "give dx.Context a journal (a path, or the default instead of journal=False) to keep the traces"
-        )
-    module, spec, program_name, fingerprint = _program_parts(program, context.lm)
-    planned = plan_trials(data, repeats)
-    if resume is None:
-        _warn_planned_power(journal, name or program_name, len(data))
-    config = redact(
-        {
-            "repeats": repeats,
-            "timeout": timeout,
-            "retries": retries,
-            "max_errors": max_errors,
-            "cluster": cluster,
-            "trace": trace,
-            "budget": budget.limits() if budget is not None else None,
-            "threads": context.threads,
-            "lm": getattr(context.lm, "model", repr(context.lm)),
-            "lm_state": _lm_state(context.lm),
-            "imports": imports_needed(program, metric),
-        }
+    module, described = _program_parts(program, context.lm)
+    options = {"repeats": repeats, "timeout": timeout, "retries": retries, "max_errors": max_errors}
+    options |= {"cluster": cluster, "trace": trace, "budget": budget.limits() if budget is not None else None}
+    clusters = _cluster_keys(data, cluster)
+    run = _Run(module=module, metric=metric, repeats=repeats, data=data, policy=policy, trace=trace, clusters=clusters)
+    record = experiment_record(
+        "evaluation",
+        name or described[0],
+        program=described,
+        data=data,
+        metric=metric_name(metric),
+        config=_run_config(options, context, imports_needed(program, metric)),
+        n_planned=len(data) * repeats,
+        store_examples=resume is None,  # a resumed run's examples are stored already
     )
-    with journal.hold() if journal is not None else contextlib.nullcontext():
-        start = _start_record(
-            journal, resume, name or program_name, program_name, spec, fingerprint, data, metric, config, planned
-        )
-        tasks = [task for task in planned if (task.example_id, task.repeat) not in start.done_before]
-        writer = journal.writer(start.experiment_id, create=start.record) if start.experiment_id else None
-        rows: list[dict[str, Any]] = []
-        sinks: list[Callable[[Any], None]] = [_RowSink(rows, writer)]
-        if progress is True:
-            sinks.append(_tqdm_subscriber())
-        elif callable(progress):
-            sinks.append(progress)
-        sinks.extend(subscribers)
+    if resume is None:
+        _warn_planned_power(context.journal, record.name, len(data))
+    return _execute(run, record, context, resume=resume, sinks=_sinks(progress, subscribers))
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What an evaluation runs: the built module, its metric, the planned trials and how to run them."""
+
+    module: dspy.Module
+    metric: Metric
+    repeats: int
+    data: Dataset
+    policy: RunPolicy
+    trace: bool
+    clusters: pd.Series | None
+
+
+def _execute(
+    run: _Run,
+    record: ExperimentRecord,
+    context: Context,
+    *,
+    resume: str | None,
+    sinks: Sequence[Callable[[Any], None]],
+) -> EvaluationResult:
+    """Start (or resume) the experiment ``record`` describes, run its trials, finish it and return its result."""
+    with context.journal.hold():
+        experiment = _begin(context.journal, record, resume)
+        recorder = SpanRecorder() if run.trace else None
         runner = TrialRunner(
-            module,
-            metric,
+            run.module,
+            run.metric,
             lm=context.lm,
-            retry=policy.retry,
-            recorder=SpanRecorder() if trace else None,
-            span_sink=writer.add_spans if writer is not None else None,
+            retry=run.policy.retry,
+            recorder=recorder,
+            span_sink=experiment.span_sink,
         )
-        try:
-            report = run_trials(
-                tasks,
+        with experiment:  # leaving flushes its trials to the journal, or saves them aside if it refuses them
+            report = experiment.run(
+                plan_trials(run.data, run.repeats),
                 runner,
                 executor=context.executor,
-                policy=policy,
+                policy=run.policy,
                 sinks=sinks,
-                run_id=start.experiment_id or "memory",
-                name=start.name,
-                already_done=len(start.done_before),
                 is_priced=_is_priced,
             )
-        finally:
-            saved_elsewhere = _close_writer(writer, rows, start.experiment_id)
-        stored = journal is not None and start.experiment_id is not None and saved_elsewhere is None
-        trials = journal.trials(start.experiment_id) if stored and start.done_before else _frame(rows)
-        status, detail = report.status, report.detail
-        if status == "finished" and len(trials) and not (trials["status"] == "ok").any():
-            # Nothing was scored: not a finished measurement, whatever the engine got through.
-            status, detail = "failed", f"every one of its {len(trials)} trials failed; no trial scored"
-        result = EvaluationResult(
-            experiment_id=start.experiment_id,
-            name=start.name,
-            status=status,
-            trials=trials,
-            program=spec,
-            dataset=data.manifest(),
-            metric=_metric_name(metric),
-            wall_seconds=report.wall_seconds,
-            clusters=_cluster_keys(data, cluster),
-            status_detail=detail,
-            spending=report.spending,
-            journal=journal if stored else None,
-            traced=trace and stored,
-            identical_repeats=repeats > 1 and not runner.repeats_differ,
-        )
-        if stored:
-            try:
-                journal.finish_experiment(  # type: ignore[union-attr]
-                    start.experiment_id, status=status, detail=detail, summary=result.to_summary()
-                )
-            except JournalError as error:
-                warnings.warn(
-                    f"the trials of {start.experiment_id} are journaled, but its final status could not be: {error}",
-                    DspexLabWarning,
-                    stacklevel=2,
-                )
-    if report.status == "interrupted":
-        raise KeyboardInterrupt(
-            f"evaluation {start.experiment_id} interrupted after {len(report.results)} new trials (all journaled); "
-            f"resume with dx.evaluate(..., resume={start.experiment_id!r})"
-        )
-    if report.detail:
-        warnings.warn(f"evaluation {start.experiment_id} stopped early: {report.detail}", DspexLabWarning, stacklevel=2)
-    if result.n_metric_errors:
-        kinds = ", ".join(f"{kind} x{count}" if count > 1 else kind for kind, count in result.metric_errors.items())
-        warnings.warn(
-            f"evaluation {start.name!r}: the metric raised on {result.n_metric_errors} of {result.n_trials} trials: "
-            f"{kinds} (the program answered; these trials are metric errors, counted apart from program errors "
-            "and not averaged in; see result.table() where error_stage == 'metric')",
-            DspexLabWarning,
-            stacklevel=2,
-        )
+        result = _result(experiment, report, record, run, repeats_differ=runner.repeats_differ)
+        experiment.finish(result.status, detail=result.status_detail, summary=result.to_summary())
+    _say_how_it_ended(experiment, report, result)
     return result
 
 
-def _warn_planned_power(journal: DuckDBJournal | None, name: str, n: int) -> None:
+def _run_config(options: dict[str, Any], context: Context, imports: dict[str, list[str]]) -> dict[str, Any]:
+    """Return the run's settings as the journal keeps them (redacted): ``options``, the threads, the LM, the imports."""
+    lm = context.lm
+    config = {**options, "threads": context.threads, "lm": getattr(lm, "model", repr(lm)), "lm_state": lm_state(lm)}
+    return redact({**config, "imports": imports})
+
+
+def _begin(journal: JournalStore, record: ExperimentRecord, resume: str | None) -> Experiment:
+    """Start the experiment ``record`` describes, or resume ``resume`` once it is checked to be the same run."""
+    if resume is None:
+        return Experiment.start(journal, record)
+    return Experiment.resume(journal, resume, record)
+
+
+def _sinks(
+    progress: bool | Callable[[Any], None], subscribers: Sequence[Callable[[Any], None]]
+) -> list[Callable[[Any], None]]:
+    """Return who hears the run's events: the progress display (or the callable given), then ``subscribers``."""
+    shown: list[Callable[[Any], None]] = []
+    if progress is True:
+        shown.append(_tqdm_subscriber())
+    elif callable(progress):
+        shown.append(progress)
+    return [*shown, *subscribers]
+
+
+def _result(
+    experiment: Experiment, report: RunReport, record: ExperimentRecord, run: _Run, *, repeats_differ: bool
+) -> EvaluationResult:
+    """Return the result of ``experiment`` (every recorded trial, a resumed run's included) once its run ended."""
+    trials = experiment.trials()
+    status, detail = report.status, report.detail
+    if status == "finished" and len(trials) and not (trials["status"] == "ok").any():
+        # Nothing was scored: not a finished measurement, whatever the engine got through.
+        status, detail = "failed", f"every one of its {len(trials)} trials failed; no trial scored"
+    return EvaluationResult(
+        experiment_id=experiment.id,
+        name=experiment.name,
+        status=status,
+        trials=trials,
+        program=record.program_spec,
+        dataset=record.dataset_manifest,
+        metric=record.metric,
+        wall_seconds=report.wall_seconds,
+        clusters=run.clusters,
+        status_detail=detail,
+        spending=report.spending,
+        journal=experiment.journal,
+        # Spans reach the journal with their trials: saved aside, the trials have no traces to read.
+        traced=run.trace and experiment.saved,
+        identical_repeats=run.repeats > 1 and not repeats_differ,
+    )
+
+
+def _say_how_it_ended(experiment: Experiment, report: RunReport, result: EvaluationResult) -> None:
+    """Raise KeyboardInterrupt naming the id to resume after an interrupt; warn of an early stop or metric errors."""
+    if report.status == "interrupted":
+        kept = f"recorded in {experiment.journal.location}" if experiment.saved else f"saved to {experiment.fallback}"
+        raise KeyboardInterrupt(
+            f"evaluation {experiment.id} interrupted after {len(report.results)} new trials ({kept}); "
+            f"resume with dx.evaluate(..., resume={experiment.id!r})"
+        )
+    if report.detail:
+        warnings.warn(f"evaluation {experiment.id} stopped early: {report.detail}", DspexLabWarning, stacklevel=3)
+    if result.n_metric_errors:
+        kinds = ", ".join(f"{kind} x{count}" if count > 1 else kind for kind, count in result.metric_errors.items())
+        warnings.warn(
+            f"evaluation {result.name!r}: the metric raised on {result.n_metric_errors} of {result.n_trials} trials: "
+            f"{kinds} (the program answered; these trials are metric errors, counted apart from program errors "
+            "and not averaged in; see result.table() where error_stage == 'metric')",
+            DspexLabWarning,
+            stacklevel=3,
+        )
+
+
+def _warn_planned_power(journal: JournalStore, name: str, n: int) -> None:
     """Warn up front when a registered hypothesis compares this evaluation on too few examples for its effect."""
-    if journal is None:
-        return
     try:
         hypotheses = journal.hypothesis_rows()
     except JournalError:  # the run itself will say what is wrong with the journal
@@ -310,97 +355,8 @@ def _warn_planned_power(journal: DuckDBJournal | None, name: str, n: int) -> Non
             return
 
 
-class _RowSink:
-    """Keep every recorded trial's row for the result, and stream it to the journal writer."""
-
-    def __init__(self, rows: list[dict[str, Any]], writer: TrialWriter | None) -> None:
-        self.rows = rows
-        self.writer = writer
-
-    def __call__(self, event: Any) -> None:
-        if isinstance(event, TrialFinished):
-            row = event.result.to_row()
-            self.rows.append(row)
-            if self.writer is not None:
-                self.writer.add(row)
-
-
-@dataclass(frozen=True)
-class _Start:
-    experiment_id: str | None
-    name: str
-    record: ExperimentRecord | None
-    done_before: frozenset[tuple[str, int]]
-
-
-def _start_record(
-    journal: DuckDBJournal | None,
-    resume: str | None,
-    name: str,
-    program_name: str,
-    spec: dict[str, Any] | None,
-    fingerprint: str | None,
-    data: Dataset,
-    metric: Metric,
-    config: dict[str, Any],
-    planned: Sequence[TrialTask],
-) -> _Start:
-    """Resume an experiment (checked to be the same run) or describe a new one for the writer to insert."""
-    if resume is not None:
-        if journal is None:
-            raise ExecutionError("resume needs a journal: use dx.Context(journal=...) with the run's journal")
-        previous = journal.experiment(resume)
-        if previous["status"] in ("running",):
-            raise ExecutionError(f"experiment {resume} is still running in process {previous['pid']}")
-        _check_resumable(previous, fingerprint, data, config, _metric_name(metric))
-        done = frozenset(journal.finished_keys(resume))
-        journal.claim_experiment(resume)
-        return _Start(resume, previous["name"], None, done)
-    if journal is None:
-        return _Start(None, name, None, frozenset())
-    # Inserted by the writer's thread, so the first trials start without waiting for the file.
-    record = ExperimentRecord(
-        kind="evaluation",
-        name=name,
-        program_name=program_name,
-        program_fingerprint=fingerprint,
-        program_spec=spec,
-        dataset_name=data.name,
-        dataset_fingerprint=data.fingerprint,
-        dataset_manifest=data.manifest(),
-        metric=_metric_name(metric),
-        config=config,
-        environment=environment(),
-        n_planned=len(planned),
-        examples=_stored_examples(data),
-    )
-    return _Start(record.id, name, record, frozenset())
-
-
-def _close_writer(writer: TrialWriter | None, rows: list[dict[str, Any]], experiment_id: str | None) -> Path | None:
-    """Flush the journal writer; if the journal cannot take the trials, save them beside it and say where."""
-    if writer is None:
-        return None
-    try:
-        writer.close()
-        return None
-    except JournalError as error:
-        # A new file only this user can read (mkstemp: O_EXCL, mode 0600), never one planted in the shared temp folder.
-        descriptor, name = tempfile.mkstemp(prefix=f"dspex-unsaved-{experiment_id}-", suffix=".jsonl")
-        fallback = Path(name)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False, default=repr) + "\n")
-        warnings.warn(
-            f"the journal could not be written ({error}); the run's {len(rows)} trials are in the returned "
-            f"result and were saved to {fallback}",
-            DspexLabWarning,
-            stacklevel=3,
-        )
-        return fallback
-
-
 def _cluster_keys(data: Dataset, cluster: str | None) -> pd.Series | None:
+    """Return each example's cluster key (checked before the run, so a wrong field costs no LM call)."""
     if cluster is None:
         return None
     missing = [example_id for example_id, example in zip(data.example_ids, data, strict=True) if cluster not in example]
@@ -410,40 +366,3 @@ def _cluster_keys(data: Dataset, cluster: str | None) -> pd.Series | None:
             f"fields present: {sorted(data[0].keys())}"
         )
     return pd.Series([str(example[cluster]) for example in data], index=list(data.example_ids), name=cluster)
-
-
-def _check_resumable(
-    previous: dict[str, Any], fingerprint: str | None, data: Dataset, config: dict[str, Any], metric: str
-) -> None:
-    if fingerprint is None or previous["program_fingerprint"] != fingerprint:
-        raise ExecutionError(
-            f"cannot resume {previous['id']}: it ran program {previous['program_fingerprint']!s:.12}, "
-            f"this is {fingerprint!s:.12}; resume with the same dx.Program"
-        )
-    if previous["dataset_fingerprint"] != data.fingerprint:
-        raise ExecutionError(
-            f"cannot resume {previous['id']}: it ran on dataset {previous['dataset_fingerprint']!s:.12}, "
-            f"this is {data.fingerprint:.12}; resume with the same dataset"
-        )
-    before = previous.get("config") or {}
-    previous_repeats = before.get("repeats", 1)
-    if previous_repeats != config["repeats"]:
-        raise ExecutionError(
-            f"cannot resume {previous['id']}: it ran with repeats={previous_repeats}, not {config['repeats']}"
-        )
-    # Mixing two LMs or two metrics in one experiment would make its statistics meaningless.
-    if "lm" in before and (before.get("lm"), before.get("lm_state")) != (config["lm"], config["lm_state"]):
-        raise ExecutionError(
-            f"cannot resume {previous['id']}: it ran with LM {before.get('lm')!r}"
-            + (" (other settings)" if before.get("lm") == config["lm"] else "")
-            + f", this run has {config['lm']!r}; resume with the same LM"
-        )
-    if previous.get("metric") is not None and previous["metric"] != metric:
-        raise ExecutionError(
-            f"cannot resume {previous['id']}: it was scored with metric {previous['metric']!r}, not {metric!r}"
-        )
-
-
-def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = trials_frame(rows, experiment_id=None)
-    return frame.sort_values(["example_index", "repeat"], kind="stable").reset_index(drop=True)

@@ -6,7 +6,7 @@ import html
 import math
 import shlex
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +28,7 @@ from dspex_lab.stats import (
 from dspex_lab.trace.redaction import mask_text
 
 if TYPE_CHECKING:
-    from dspex_lab.journal import DuckDBJournal
+    from dspex_lab.journal import JournalStore
     from dspex_lab.trace import TraceTree
 
 __all__ = ["EvaluationResult", "format_number"]
@@ -61,8 +61,15 @@ def format_number(value: float, spec: str = ".3f") -> str:
     return text
 
 
-def _journal_option(journal: DuckDBJournal) -> str:
-    """Return `` --journal PATH`` for commands about ``journal``, or nothing when it is the settings' default."""
+def _no_journal() -> JournalStore:
+    """Return a new, empty in-memory journal: the store of a result built without one (DuckDB loads when needed)."""
+    from dspex_lab.journal import memory_journal
+
+    return memory_journal()
+
+
+def _journal_option(journal: JournalStore) -> str:
+    """Return `` --journal PATH`` for commands about a journal file, or nothing when it is the settings' default."""
     from dspex_lab.config import load_settings
 
     path = Path(journal.path).resolve()
@@ -84,8 +91,11 @@ class EvaluationResult:
     counted apart from the program's own failures (``n_metric_errors``, ``metric_errors`` against
     ``n_program_errors``). A run in which no trial was scored has status ``failed`` and no interval.
 
-    An evaluation run with ``trace=True`` and a journal keeps that ``journal``; :meth:`trace` reads a
-    trial's span tree from it, and the rich HTML shows the failed and lowest-scoring trials with theirs.
+    ``journal`` is the journal the trials are recorded in (the context's: a file, or the in-memory
+    journal of a ``dx.Context(journal=False)``). An evaluation run with ``trace=True`` stored its spans
+    there; :meth:`trace` reads a trial's span tree from it, and the rich HTML shows the failed and
+    lowest-scoring trials with theirs. The commands the HTML offers (``dspex journal``, ``dspex
+    trace``) name a journal file; for an in-memory journal it offers :meth:`trace` and :meth:`table`.
 
     ``identical_repeats`` is True when the run had several repeats but no LM of the program samples
     (temperature 0, or the lab LM without a temperature): every repeat was the same request, so the
@@ -104,7 +114,7 @@ class EvaluationResult:
     clusters: pd.Series | None = None
     status_detail: str | None = None
     spending: dict[str, Any] | None = None
-    journal: DuckDBJournal | None = None
+    journal: JournalStore = field(default_factory=_no_journal)
     traced: bool = False
     identical_repeats: bool = False
 
@@ -335,7 +345,6 @@ class EvaluationResult:
         latency = self.latency
         cost = "unknown" if self.cost is None else f"${self.cost:.4f}"
         experiment = html.escape(str(self.experiment_id))
-        where = html.escape(_journal_option(self.journal)) if self.journal is not None else ""
         if not self.scored:
             score = f"<b>{NO_SCORE}</b>: every trial failed (see the errors below)"
         elif math.isnan(low) or math.isnan(high):
@@ -353,7 +362,7 @@ class EvaluationResult:
             ("tokens in / out", f"{self.tokens['input']:,} / {self.tokens['output']:,}"),
             ("cost", cost),
             ("status", html.escape(self.status)),
-            ("experiment", f"<code>{experiment}</code> — <code>dspex journal trials {experiment}{where}</code>"),
+            ("experiment", f"<code>{experiment}</code> — {self._trials_command_html()}"),
         ]
         if self.identical_repeats:
             rows.insert(2, ("repeats", f"{self.repeats}: {html.escape(IDENTICAL_REPEATS)}"))
@@ -373,15 +382,35 @@ class EvaluationResult:
             The trial's :class:`~dspex_lab.trace.TraceTree`.
 
         Raises:
-            JournalError: the evaluation had no journal, or the trial has no spans (it was run without
-                ``trace=True``).
+            JournalError: the result names no experiment, or the trial has no spans in the journal (it was
+                run without ``trace=True``).
         """
-        if self.journal is None or self.experiment_id is None:
+        if self.experiment_id is None:
             raise JournalError(
-                f"evaluation {self.name!r} has no journal to read traces from: run it inside "
-                "dx.Context(journal=...) with dx.evaluate(..., trace=True)"
+                f"evaluation {self.name!r} names no experiment to read traces of: run it with "
+                "dx.evaluate(..., trace=True), or load it with dx.load(experiment_id)"
             )
         return self.journal.trace(self.experiment_id, trial_id)
+
+    def _trials_command_html(self) -> str:
+        """Return how to list the trials, as HTML: a ``dspex journal`` command for a file, else where they are."""
+        experiment = shlex.quote(str(self.experiment_id))
+        if not self.journal.durable:  # no command can reach it from outside this process
+            return f"in {html.escape(self.journal.location)}: <code>result.table()</code>"
+        return f"<code>{html.escape(f'dspex journal trials {experiment}{_journal_option(self.journal)}')}</code>"
+
+    def _trace_commands(self, trial_id: str | None = None) -> str:
+        """Return the commands that open ``trial_id``'s trace (or list the trials): by file, else ``result.trace``."""
+        experiment = shlex.quote(str(self.experiment_id))
+        if not self.journal.durable:
+            return "result.table()" if trial_id is None else f"result.trace({trial_id!r})"
+        path = str(self.journal.path)
+        if trial_id is None:
+            return f"dspex trace {experiment} --journal {shlex.quote(path)}"
+        return (
+            f"dspex trace {experiment} {shlex.quote(trial_id)} --journal {shlex.quote(path)}\n"
+            f"dx.widgets.TraceViewer({path!r}, {str(self.experiment_id)!r}, trial_id={trial_id!r})"
+        )
 
     def _trials_html(self) -> str:
         """Return the failed and lowest-scoring trials, each with its span tree in a ``<details>`` element.
@@ -389,7 +418,7 @@ class EvaluationResult:
         Everything a trace needs is inlined, so the section works in a notebook and in HTML exported from it
         without a server or a kernel; the commands to open the full trace come with each tree.
         """
-        if not self.traced or self.journal is None or self.experiment_id is None or not len(self.trials):
+        if not self.traced or self.experiment_id is None or not len(self.trials):
             return ""
         trials = self.trials.sort_values(["example_index", "repeat"], kind="stable")
         failed = trials[trials["status"] == "error"]
@@ -404,29 +433,25 @@ class EvaluationResult:
             unreadable = None
         except JournalError as error:  # the journal moved or was deleted since the run: still show the trials
             trees, unreadable = {}, str(error)
-        experiment = str(self.experiment_id)
-        path = str(self.journal.path)
-        listing = f"dspex trace {shlex.quote(experiment)} --journal {shlex.quote(path)}"
-        parts = [f"<h5>Trials and their traces</h5><p>all trials: <code>{html.escape(listing)}</code></p>"]
+        listing = html.escape(self._trace_commands())
+        parts = [f"<h5>Trials and their traces</h5><p>all trials: <code>{listing}</code></p>"]
         if unreadable is not None:
             parts.append(f"<p>traces unavailable: {html.escape(mask_text(unreadable))}</p>")
         for title, group, total in groups:
             if not total:
                 continue
             parts.append(f"<h5>{title} ({len(group)} of {total} shown)</h5>")
-            rows = "".join(self._trial_row(record, trees, path) for record in group.to_dict("records"))
+            rows = "".join(self._trial_row(record, trees) for record in group.to_dict("records"))
             parts.append(
                 "<table class='dspex-trials'><tr><th>trial</th><th>status</th><th>score</th><th>error</th>"
                 f"<th style='text-align:left'>trace</th></tr>{rows}</table>"
             )
             if total > len(group):
-                rest = f"dspex journal trials {shlex.quote(experiment)}{_journal_option(self.journal)}"
-                parts.append(f"<p>{total - len(group)} more {title}: <code>{html.escape(rest)}</code></p>")
+                parts.append(f"<p>{total - len(group)} more {title}: {self._trials_command_html()}</p>")
         return "".join(parts)
 
-    def _trial_row(self, record: dict[str, Any], trees: dict[str, tuple[int, str]], path: str) -> str:
+    def _trial_row(self, record: dict[str, Any], trees: dict[str, tuple[int, str]]) -> str:
         trial_id = str(record["trial_id"])
-        experiment = str(self.experiment_id)
         score = record.get("score")
         score_text = "—" if score is None or (isinstance(score, float) and math.isnan(score)) else f"{score:.3f}"
         error = ""
@@ -436,15 +461,11 @@ class EvaluationResult:
             if len(message) > _ERROR_CHARACTERS:
                 message = message[:_ERROR_CHARACTERS] + "…"
             error = f"{record.get('error_type') or 'unknown'}: {message}"
-        commands = (
-            f"dspex trace {shlex.quote(experiment)} {shlex.quote(trial_id)} --journal {shlex.quote(path)}\n"
-            f"dx.widgets.TraceViewer({path!r}, {experiment!r}, trial_id={trial_id!r})"
-        )
         if trial_id in trees:
             spans, text = trees[trial_id]
             trace = (
                 f"<details><summary>{spans} spans</summary><pre>{html.escape(text)}</pre>"
-                f"<pre>{html.escape(commands)}</pre></details>"
+                f"<pre>{html.escape(self._trace_commands(trial_id))}</pre></details>"
             )
         else:
             trace = "no spans stored"
@@ -456,7 +477,7 @@ class EvaluationResult:
         """Return (span count, rendered tree) per trial, reading the spans of all of them in one query."""
         from dspex_lab.trace import Span, TraceTree
 
-        if not trial_ids or self.journal is None:
+        if not trial_ids:
             return {}
         spans: dict[str, list[Span]] = {}
         for span in self.journal.spans(self.experiment_id, trial_ids):

@@ -137,15 +137,29 @@ def test_untraced_results_have_no_trials_section(journal_path):
         plain = dx.evaluate(PREDICT, problems, metric=dx.metrics.exact_match, progress=False)
     with dx.Context(journal=False, threads=2):
         memory = dx.evaluate(PREDICT, problems, metric=dx.metrics.exact_match, progress=False)
-        with pytest.raises(dx.errors.ExecutionError, match="trace=True stores"):
-            dx.evaluate(PREDICT, problems, metric=dx.metrics.exact_match, progress=False, trace=True)
     for result in (plain, memory):
         markup = result._repr_html_()
         assert "mean score" in markup and "<details>" not in markup and "Trials and their traces" not in markup
-    with pytest.raises(dx.errors.JournalError, match="trace=True"):
-        plain.trace(plain.table()["trial_id"].iloc[0])
-    with pytest.raises(dx.errors.JournalError, match="no journal"):
-        memory.trace(memory.table()["trial_id"].iloc[0])
+        with pytest.raises(dx.errors.JournalError, match=r"trace=True"):
+            result.trace(result.table()["trial_id"].iloc[0])
+
+
+def test_a_traced_run_without_a_journal_file_keeps_its_traces_in_memory(tmp_path):
+    problems = dx.Dataset(dx.datasets.arithmetic(30, seed=2), name="arith-30")
+    with dx.Context(lm="lab/small", journal=False, threads=4) as context:
+        with pytest.warns(DspexLabWarning, match="metric raised"):
+            result = dx.evaluate(PREDICT, problems, metric=awkward_metric, progress=False, trace=True)
+    assert result.traced and result.journal is context.journal and not result.journal.durable
+    assert not list(tmp_path.glob("*.duckdb")), "no journal file is written"
+    failed = result.table().query("status == 'error'")["trial_id"].iloc[0]
+    tree = result.trace(failed)
+    assert isinstance(tree, TraceTree) and {node.span.kind for node in tree} >= {"trial", "metric"}
+    markup = result._repr_html_()
+    parsed = parse(markup)
+    assert parsed.tags["details"] > 0 and html.escape(f"result.trace({failed!r})") in markup
+    # Nothing outside this process can read an in-memory journal: no command naming a journal file is offered.
+    assert "--journal" not in markup and "dspex trace" not in markup and "dspex journal" not in markup
+    assert "TraceViewer" not in markup and html.escape(context.journal.location) in markup
 
 
 def test_journal_commands_name_the_journal_unless_it_is_the_default(tmp_path, monkeypatch):

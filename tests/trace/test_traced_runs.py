@@ -120,7 +120,10 @@ def test_traced_runs_keep_a_users_own_dspy_callback_working(journal_path):
     assert {item.trace_id for item in spans} == set(result.table()["trial_id"])
 
 
-def test_tracing_without_a_journal_is_refused_before_running():
+def test_tracing_without_a_journal_file_keeps_the_traces_in_the_memory_journal():
     problems = dx.Dataset(dx.datasets.arithmetic(3, seed=6), name="no-journal")
-    with dx.Context(journal=False), pytest.raises(dx.errors.ExecutionError, match="trace=True stores"):
-        dx.evaluate(COT, problems, metric=dx.metrics.exact_match, progress=False, trace=True)
+    with dx.Context(journal=False) as context:
+        result = dx.evaluate(COT, problems, metric=dx.metrics.exact_match, progress=False, trace=True)
+    spans = context.journal.spans(result.experiment_id)
+    assert {item.trace_id for item in spans} == set(result.table()["trial_id"])
+    assert sum(item.kind == "lm" for item in spans) == 3
