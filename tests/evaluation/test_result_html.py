@@ -146,9 +146,9 @@ def test_untraced_results_have_no_trials_section(journal_path):
 
 def test_a_traced_run_without_a_journal_file_keeps_its_traces_in_memory(tmp_path):
     problems = dx.Dataset(dx.datasets.arithmetic(30, seed=2), name="arith-30")
-    with dx.Context(lm="lab/small", journal=False, threads=4) as context:
-        with pytest.warns(DspexLabWarning, match="metric raised"):
-            result = dx.evaluate(PREDICT, problems, metric=awkward_metric, progress=False, trace=True)
+    context = dx.Context(lm="lab/small", journal=False, threads=4)
+    with context, pytest.warns(DspexLabWarning, match="metric raised"):
+        result = dx.evaluate(PREDICT, problems, metric=awkward_metric, progress=False, trace=True)
     assert result.traced and result.journal is context.journal and not result.journal.durable
     assert not list(tmp_path.glob("*.duckdb")), "no journal file is written"
     failed = result.table().query("status == 'error'")["trial_id"].iloc[0]

@@ -1,7 +1,6 @@
 """Traced evaluations: spans streamed into the journal per trial, read back as trees and in the CLI."""
 
 import dspy
-import pytest
 from dspy.utils.callback import BaseCallback
 
 import dspex_lab as dx
