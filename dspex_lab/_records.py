@@ -1,4 +1,4 @@
-"""The trial record, defined once: its fields, their stored types, and the trial id.
+"""The stored records, defined once: the trial record (its fields, stored types and id) and the experiment record.
 
 The engine builds :class:`~dspex_lab.engine.TrialResult` values with exactly these
 fields; the journal derives its Arrow schema, the trials table's DDL and its insert
@@ -6,14 +6,20 @@ statement from :data:`TRIAL_FIELDS`; exports and frames take their column order 
 :data:`TRIAL_COLUMNS`. Change a field here and every one of them follows (a test checks
 that a journal migrated from an older version has the same table as a new one).
 
+:class:`ExperimentRecord` is what is known about an experiment when it starts: every layer that starts
+one builds it, and every journal stores it (the journal service carries it by name, registered in
+``journal/_wire.py``).
+
 This module imports nothing from the rest of dspex_lab, so every layer may use it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["TRIAL_COLUMNS", "TRIAL_FIELDS", "TrialField", "trial_id"]
+__all__ = ["TRIAL_COLUMNS", "TRIAL_FIELDS", "ExperimentRecord", "TrialField", "trial_id"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +81,31 @@ def trial_id(example_id: str, repeat: int) -> str:
         'arith-0-17/r2'
     """
     return f"{example_id}/r{repeat}"
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    """What is known about an experiment when it starts.
+
+    A nested run (an optimization's candidate evaluations) names the experiment it belongs to in
+    ``parent_id`` and what it is there for in ``role`` (one of
+    :data:`~dspex_lab.journal.EXPERIMENT_ROLES`); a top-level experiment has neither. Readers
+    follow these fields, never the shape of an id.
+    """
+
+    kind: str
+    name: str
+    program_name: str | None = None
+    program_fingerprint: str | None = None
+    program_spec: dict[str, Any] | None = None
+    dataset_name: str | None = None
+    dataset_fingerprint: str | None = None
+    dataset_manifest: dict[str, Any] | None = None
+    metric: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    n_planned: int | None = None
+    examples: tuple[tuple[str, dict[str, Any]], ...] = ()
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    parent_id: str | None = None
+    role: str | None = None

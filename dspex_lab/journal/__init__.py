@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from dspex_lab._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from dspex_lab._records import ExperimentRecord
     from dspex_lab.journal._duckdb import DuckDBJournal, open_journal
-    from dspex_lab.journal._experiments import ExperimentRecord
     from dspex_lab.journal._memory import MemoryJournal, memory_journal
     from dspex_lab.journal._schema import SCHEMA_VERSION
     from dspex_lab.journal._store import EXPERIMENT_ROLES, TRIAL_ORDERS, ExperimentSummary, JournalStore, TrialOrder
@@ -52,7 +52,7 @@ __getattr__, __dir__ = lazy_exports(
         "TRIAL_ORDERS": "dspex_lab.journal._store",
         "TRIAL_SORTS": "dspex_lab.journal._views",
         "DuckDBJournal": "dspex_lab.journal._duckdb",
-        "ExperimentRecord": "dspex_lab.journal._experiments",
+        "ExperimentRecord": "dspex_lab._records",
         "ExperimentSummary": "dspex_lab.journal._store",
         "JournalStore": "dspex_lab.journal._store",
         "MemoryJournal": "dspex_lab.journal._memory",

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 
+from dspex_lab._records import ExperimentRecord
 from dspex_lab.journal import _base, _experiments, _file, _trials, _views
-from dspex_lab.journal._experiments import ExperimentQueries, ExperimentRecord
+from dspex_lab.journal._experiments import ExperimentQueries
 from dspex_lab.journal._file import FileAccess, serve_calls
 from dspex_lab.journal._optimization import OptimizationQueries
 from dspex_lab.journal._trials import TrialQueries

@@ -11,13 +11,12 @@ import dataclasses
 import json
 import os
 import socket
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 
+from dspex_lab._records import ExperimentRecord
 from dspex_lab.errors import JournalError
 from dspex_lab.journal._base import DuckDBStore, _is_dead, _json, _now
 from dspex_lab.journal._store import ExperimentSummary
@@ -25,35 +24,7 @@ from dspex_lab.journal._store import ExperimentSummary
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["ExperimentQueries", "ExperimentRecord"]
-
-
-@dataclass(frozen=True)
-class ExperimentRecord:
-    """What is known about an experiment when it starts.
-
-    A nested run (an optimization's candidate evaluations) names the experiment it belongs to in
-    ``parent_id`` and what it is there for in ``role`` (one of
-    :data:`~dspex_lab.journal.EXPERIMENT_ROLES`); a top-level experiment has neither. Readers
-    follow these fields, never the shape of an id.
-    """
-
-    kind: str
-    name: str
-    program_name: str | None = None
-    program_fingerprint: str | None = None
-    program_spec: dict[str, Any] | None = None
-    dataset_name: str | None = None
-    dataset_fingerprint: str | None = None
-    dataset_manifest: dict[str, Any] | None = None
-    metric: str | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    environment: dict[str, Any] = field(default_factory=dict)
-    n_planned: int | None = None
-    examples: tuple[tuple[str, dict[str, Any]], ...] = ()
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    parent_id: str | None = None
-    role: str | None = None
+__all__ = ["ExperimentQueries"]
 
 
 class ExperimentQueries(DuckDBStore):

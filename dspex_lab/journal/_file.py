@@ -30,7 +30,6 @@ import duckdb
 
 from dspex_lab.errors import JournalError
 from dspex_lab.journal._base import DuckDBStore
-from dspex_lab.journal._experiments import ExperimentRecord
 from dspex_lab.journal._schema import SCHEMA_VERSION, current_version, ensure_schema
 from dspex_lab.journal._service import (
     JournalService,
@@ -41,16 +40,8 @@ from dspex_lab.journal._service import (
     service_address,
     service_available,
 )
-from dspex_lab.journal._store import ExperimentSummary
-from dspex_lab.journal._wire import wire_record
 
 __all__ = ["SERVICE_LINGER", "FileAccess", "access_waits", "serve_calls"]
-
-# The store's records travel over the journal service by name. Registered here, with the service, so
-# that `import dspex_lab` (which loads _store for the protocol) and an in-memory journal do not load the
-# wire format.
-wire_record(ExperimentSummary)
-wire_record(ExperimentRecord)
 
 _process_lock = threading.RLock()
 

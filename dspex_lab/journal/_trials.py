@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dspex_lab._records import TRIAL_COLUMNS, TRIAL_FIELDS, TrialField
+from dspex_lab._records import TRIAL_COLUMNS, TRIAL_FIELDS, ExperimentRecord, TrialField
 from dspex_lab.errors import JournalError
 from dspex_lab.journal._base import DuckDBStore, _check_bounds, _now, _trial_column
-from dspex_lab.journal._experiments import ExperimentRecord
 from dspex_lab.journal._schema import row_table
 from dspex_lab.journal._store import TRIAL_ORDERS, TrialOrder, read_spans, read_trace
 from dspex_lab.journal._writer import TrialWriter

@@ -25,6 +25,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from dspex_lab._records import ExperimentRecord
+from dspex_lab.journal._store import ExperimentSummary
+
 __all__ = [
     "MAX_BLOBS",
     "MAX_MESSAGE_BYTES",
@@ -60,6 +63,13 @@ def wire_record(cls: _Record) -> _Record:
         raise TypeError(f"{cls.__name__} is not a dataclass")
     _records[cls.__name__] = cls
     return cls
+
+
+# The journal's records that travel as arguments and results, registered with the format itself: whoever
+# encodes or decodes a call has them, and `import dspex_lab` (which loads the records and the protocol, not
+# this module) does not load the wire format.
+wire_record(ExperimentRecord)
+wire_record(ExperimentSummary)
 
 
 # -- values ----------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from dspex_lab.errors import JournalError
 from dspex_lab.journal._schema import span_table
 
 if TYPE_CHECKING:
+    from dspex_lab._records import ExperimentRecord
     from dspex_lab.journal._base import DuckDBStore
-    from dspex_lab.journal._experiments import ExperimentRecord
 
 __all__ = ["TrialWriter"]
 
