@@ -190,10 +190,9 @@ def _compare(
     )
 
 
-def _journal_comparison(name: str, config: dict[str, Any], summary: dict[str, Any]) -> str | None:
+def _journal_comparison(name: str, config: dict[str, Any], summary: dict[str, Any]) -> str:
+    """Record a comparison (its settings and summary) in the current context's journal; return its id."""
     journal = current_context().journal
-    if journal is None:
-        return None
     experiment_id = journal.create_experiment(ExperimentRecord(kind="comparison", name=name, config=config))
     journal.finish_experiment(experiment_id, status="finished", summary=summary)
     return experiment_id

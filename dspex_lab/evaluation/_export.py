@@ -41,11 +41,11 @@ from dspex_lab.evaluation._package_format import (
     json_bytes,
 )
 from dspex_lab.evaluation._package_reports import format_number
-from dspex_lab.journal import DuckDBJournal, open_journal
-from dspex_lab.session import MAX_STORED_EXAMPLES, current_context
+from dspex_lab.journal import JournalStore
+from dspex_lab.session import MAX_STORED_EXAMPLES, journal_store
 from dspex_lab.trace.redaction import mask_text, redact_for_storage
 
-__all__ = ["EXPORTED_TRIAL_COLUMNS", "export", "journal_of", "lab_seeds"]
+__all__ = ["EXPORTED_TRIAL_COLUMNS", "export", "lab_seeds"]
 
 # Data is included automatically up to these sizes; include_data=True includes larger stored data too.
 MAX_INCLUDED_EXAMPLES = MAX_STORED_EXAMPLES
@@ -77,7 +77,7 @@ def export(
     experiment_id: str,
     path: str | os.PathLike[str],
     *,
-    journal: str | os.PathLike[str] | DuckDBJournal | None = None,
+    journal: str | os.PathLike[str] | JournalStore | None = None,
     include_data: bool | str = "auto",
 ) -> Path:
     """Write a reproducibility package (a zip) for a journaled evaluation.
@@ -96,15 +96,14 @@ def export(
         The path of the written zip.
 
     Raises:
-        JournalError: no journal, an unknown experiment id, or an experiment that is not a
-            finished evaluation.
+        JournalError: an unknown experiment id, or an experiment that is not a finished evaluation.
         ProgramSpecError: the experiment evaluated a live ``dspy.Module`` with no program spec.
         DatasetError: ``include_data=True`` but the examples were not stored in the journal or
             do not reproduce the recorded fingerprint, or ``include_data`` has another value.
     """
     if not (include_data is True or include_data is False or include_data == "auto"):
         raise DatasetError(f"include_data must be True, False or 'auto', got {include_data!r}")
-    source_journal = journal_of(journal)
+    source_journal = journal_store(journal)
     experiment = source_journal.experiment(experiment_id)
     _check_exportable(experiment, source_journal)
     trials = source_journal.trials(experiment_id)
@@ -137,24 +136,9 @@ def export(
     return target.resolve()
 
 
-def journal_of(journal: str | os.PathLike[str] | DuckDBJournal | None, *, action: str = "export") -> DuckDBJournal:
-    """Return the journal to read: the one given (object or path), else the current context's.
-
-    Raises:
-        JournalError: none was given and the current context keeps results in memory only;
-            ``action`` names what needed it (``"export"``, ``"dx.load"``).
-    """
-    if isinstance(journal, DuckDBJournal):
-        return journal
-    if journal is not None:
-        return open_journal(journal)
-    context_journal = current_context().journal
-    if context_journal is None:
-        raise JournalError(
-            f"{action} needs a journal: the current dx.Context keeps results in memory only (journal=False); "
-            "pass journal='path/to/journal.duckdb'"
-        )
-    return context_journal
+def _file(journal: JournalStore) -> str | None:
+    """Return the journal's file for an error's ``path`` (None for an in-memory journal, which has none)."""
+    return str(journal.path) if journal.durable else None
 
 
 def _program_spec(experiment: Mapping[str, Any]) -> Any:
@@ -168,16 +152,16 @@ def _program_spec(experiment: Mapping[str, Any]) -> Any:
     return spec
 
 
-def _check_exportable(experiment: Mapping[str, Any], journal: DuckDBJournal) -> None:
+def _check_exportable(experiment: Mapping[str, Any], journal: JournalStore) -> None:
     identifier = experiment["id"]
     if experiment["kind"] != "evaluation":
         raise JournalError(
-            f"experiment {identifier} in {journal.path} is a {experiment['kind']}, not an evaluation; "
+            f"experiment {identifier} in {journal.location} is a {experiment['kind']}, not an evaluation; "
             "only evaluations (dx.evaluate runs) can be exported"
         )
     if experiment["program_spec"] is None:
         raise ProgramSpecError(
-            f"experiment {identifier} in {journal.path} evaluated a live dspy.Module "
+            f"experiment {identifier} in {journal.location} evaluated a live dspy.Module "
             f"({experiment.get('program_name')!s}) with no program spec, so it cannot be re-run from a package; "
             "evaluate a dx.Program instead to make it exportable"
         )
@@ -188,13 +172,13 @@ def _check_exportable(experiment: Mapping[str, Any], journal: DuckDBJournal) -> 
     )
     if experiment["status"] != "finished" and not (experiment["status"] == "failed" and complete):
         raise JournalError(
-            f"experiment {identifier} in {journal.path} is {experiment['status']}, not finished; "
+            f"experiment {identifier} in {journal.location} is {experiment['status']}, not finished; "
             "only a finished evaluation can be exported (resume it with dx.evaluate(..., resume=...) first)"
         )
 
 
 def _examples_text(
-    experiment: Mapping[str, Any], journal: DuckDBJournal, *, include_data: bool | str
+    experiment: Mapping[str, Any], journal: JournalStore, *, include_data: bool | str
 ) -> tuple[bytes | None, str | None, tuple[str, bool]]:
     """Return the examples file's bytes (or None), why the data was left out (or None), and its id key.
 
@@ -216,7 +200,7 @@ def _examples_text(
             raise DatasetError(
                 f"cannot include the data of experiment {identifier}: dataset {manifest.get('name')!r} "
                 f"({manifest.get('n')} examples) is {reason}; export with include_data=False or 'auto'",
-                path=str(journal.path),
+                path=_file(journal),
             )
         return None, reason, default_identifier
     if include_data == "auto" and len(stored) > MAX_INCLUDED_EXAMPLES:
@@ -237,7 +221,7 @@ def _examples_text(
             "(some field values were not JSON data)"
         )
         if include_data is True:
-            raise DatasetError(f"cannot include the data of experiment {identifier}: {reason}", path=str(journal.path))
+            raise DatasetError(f"cannot include the data of experiment {identifier}: {reason}", path=_file(journal))
         return None, reason, default_identifier
     records = [(example_id, record["fields"]) for example_id, record in stored]
     key, key_is_field = _identifier_key(records)

@@ -115,9 +115,7 @@ class Hypothesis:
         verdict = self._verdict(
             first, second, method=method, seed=seed, experiments=(baseline.experiment_id, treatment.experiment_id)
         )
-        journal = current_context().journal
-        if journal is not None:
-            journal.decide_hypothesis(self.id, status=verdict.status, verdict=verdict.to_dict())
+        current_context().journal.decide_hypothesis(self.id, status=verdict.status, verdict=verdict.to_dict())
         return verdict
 
     def _verdict(
@@ -250,7 +248,5 @@ def hypothesis(
         alpha=float(alpha),
         registered_at=datetime.now(UTC),
     )
-    journal = current_context().journal
-    if journal is not None:
-        journal.register_hypothesis(asdict(registered))
+    current_context().journal.register_hypothesis(asdict(registered))
     return registered

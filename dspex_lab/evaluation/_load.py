@@ -10,9 +10,9 @@ import pandas as pd
 
 from dspex_lab.data import Dataset
 from dspex_lab.errors import DspexLabWarning, JournalError
-from dspex_lab.evaluation._export import journal_of
 from dspex_lab.evaluation._result import EvaluationResult
-from dspex_lab.journal import DuckDBJournal
+from dspex_lab.journal import JournalStore
+from dspex_lab.session import journal_store
 
 __all__ = ["load"]
 
@@ -29,7 +29,7 @@ _OTHER_KINDS = {
 def load(
     experiment_id: str,
     *,
-    journal: str | os.PathLike[str] | DuckDBJournal | None = None,
+    journal: str | os.PathLike[str] | JournalStore | None = None,
     dataset: Dataset | None = None,
 ) -> EvaluationResult:
     """Rebuild a finished (or interrupted) evaluation's result from the journal.
@@ -53,12 +53,14 @@ def load(
     """
     if not isinstance(experiment_id, str) or not experiment_id:
         raise JournalError(f"experiment_id must be a non-empty string, got {experiment_id!r}")
-    store = journal_of(journal, action="dx.load")
+    store = journal_store(journal)
     record = store.experiment(experiment_id)
     kind = record.get("kind")
     if kind != "evaluation":
         instead = _OTHER_KINDS.get(str(kind), "dx.load rebuilds evaluations only").format(id=experiment_id)
-        raise JournalError(f"experiment {experiment_id!r} in {store.path} is an {kind!r}, not an evaluation: {instead}")
+        raise JournalError(
+            f"experiment {experiment_id!r} in {store.location} is an {kind!r}, not an evaluation: {instead}"
+        )
     config = record.get("config") or {}
     summary = record.get("summary") or {}
     trials = store.trials(experiment_id).drop(columns=["experiment_id"], errors="ignore")
@@ -83,7 +85,7 @@ def load(
 
 
 def _clusters(
-    store: DuckDBJournal, record: dict[str, Any], cluster: str | None, dataset: Dataset | None
+    store: JournalStore, record: dict[str, Any], cluster: str | None, dataset: Dataset | None
 ) -> pd.Series | None:
     """Rebuild the cluster key of every example: from the given dataset, else from the stored examples."""
     if cluster is None:
@@ -103,7 +105,7 @@ def _clusters(
     if not pairs:
         warnings.warn(
             f"experiment {record['id']!r} was clustered by {cluster!r}, but its examples are not stored in "
-            f"{store.path}: the standard error and interval of this result are NOT clustered; pass the dataset "
+            f"{store.location}: the standard error and interval of this result are NOT clustered; pass the dataset "
             "(dx.load(..., dataset=...)) to rebuild the clustered statistics",
             DspexLabWarning,
             stacklevel=3,

@@ -76,7 +76,8 @@ class RerunReport:
         path: the package.
         original_experiment_id: the experiment the package was exported from.
         experiment_id: the re-run's experiment id.
-        journal: the journal the re-run was written to, or None for a temporary one.
+        journal: where the re-run is recorded (its journal's location: ``journal <path>``, or an
+            in-memory journal when none was given).
         n_compared: trials present in both the package and the re-run, matched by (example id, repeat).
         n_identical: compared trials with the same status and the same score.
         differences: the compared trials that differ.
@@ -88,8 +89,8 @@ class RerunReport:
 
     path: Path
     original_experiment_id: str
-    experiment_id: str | None
-    journal: Path | None
+    experiment_id: str
+    journal: str
     n_compared: int
     n_identical: int
     differences: tuple[TrialDifference, ...]
@@ -122,8 +123,7 @@ class RerunReport:
         lines += [f"  - {difference}" for difference in self.differences[:20]]
         if len(self.differences) > 20:
             lines.append(f"  ... and {len(self.differences) - 20} more differing trials")
-        where = f"journal {self.journal}" if self.journal is not None else "a temporary journal"
-        lines.append(f"  re-run experiment {self.experiment_id} in {where}")
+        lines.append(f"  re-run experiment {self.experiment_id} in {self.journal}")
         return "\n".join(lines)
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ import pandas as pd
 from dspex_lab.data import Dataset
 from dspex_lab.errors import DatasetError, ExecutionError, PackageError, ProgramSpecError
 from dspex_lab.evaluation._evaluate import evaluate
-from dspex_lab.evaluation._export import journal_of
 from dspex_lab.evaluation._package_format import (
     DATASET_MANIFEST_FILE,
     EXAMPLES_FILE,
@@ -39,10 +38,11 @@ from dspex_lab.evaluation._package_format import (
     read_trials,
 )
 from dspex_lab.evaluation._package_reports import RerunReport, TrialDifference
+from dspex_lab.evaluation._result import EvaluationResult
 from dspex_lab.evaluation._verify import verify_package
-from dspex_lab.journal import DuckDBJournal, open_journal
+from dspex_lab.journal import JournalStore, memory_journal
 from dspex_lab.program import Program
-from dspex_lab.session import Context
+from dspex_lab.session import Context, journal_store
 from dspex_lab.trace.redaction import mask_text
 
 __all__ = ["rerun_package"]
@@ -63,7 +63,7 @@ _MAXIMUM_SEED = 2**63
 def rerun_package(
     path: str | os.PathLike[str],
     *,
-    journal: str | os.PathLike[str] | DuckDBJournal | None = None,
+    journal: str | os.PathLike[str] | JournalStore | None = None,
     threads: int | None = None,
     metric: Metric | None = None,
     dataset: Dataset | None = None,
@@ -75,7 +75,8 @@ def rerun_package(
 
     Args:
         path: the package zip.
-        journal: where to record the re-run (a path or a journal); a temporary journal when omitted.
+        journal: where to record the re-run (a path or a journal); when omitted, a new in-memory journal
+            (the report says what the re-run found; nothing is written to disk).
         threads: worker threads; the recorded number when omitted (scores do not depend on it).
         metric: the metric to use; needed when the package's metric is not one of
             ``dspex_lab.metrics`` (only those are looked up by name).
@@ -96,6 +97,50 @@ def rerun_package(
             model or an endpoint the caller did not give, or for settings out of bounds.
         DatasetError: the package has no examples and no ``dataset`` was given, or the given one differs.
     """
+    package = _read_package(path)
+    run = package.run
+    data = _rerun_dataset(package.path, package.manifest, package.examples_text, dataset)
+    chosen_metric = metric if metric is not None else _metric_by_name(run.get("metric"), package.path, run)
+    chosen_lm = lm if lm is not None else rebuild_lm(run.get("lm") or {}, package.path, model=model, api_base=api_base)
+    target = _rerun_journal(journal)
+    with Context(lm=chosen_lm, journal=target, threads=threads or run.get("threads") or None):
+        result = _evaluate_again(package, data, chosen_metric)
+    return _compare_trials(
+        package.path,
+        run,
+        package.trials,
+        _frame_trials(result.table()),
+        old_mean=package.summary.get("mean"),
+        new_mean=_finite(result.mean),
+        experiment_id=str(result.experiment_id),
+        journal=target.location,
+    )
+
+
+def _rerun_journal(journal: str | os.PathLike[str] | JournalStore | None) -> JournalStore:
+    """Return where the re-run is recorded: the journal the caller names, else a new in-memory one of its own."""
+    match journal:
+        case None:  # not the context's journal: a check of a package leaves nothing in the user's journal
+            return memory_journal()
+        case _:
+            return journal_store(journal)
+
+
+@dataclass(frozen=True)
+class _Package:
+    """What a re-run reads from a verified package: its run settings (checked), program, data and results."""
+
+    path: Path
+    run: Mapping[str, Any]
+    program: Program
+    manifest: Mapping[str, Any]
+    examples_text: str | None
+    trials: dict[tuple[str, int], dict[str, Any]]
+    summary: Mapping[str, Any]
+
+
+def _read_package(path: str | os.PathLike[str]) -> _Package:
+    """Verify the package at ``path``, then read what a re-run needs from it, its run settings checked again."""
     report = verify_package(path)
     if not report.ok:
         raise PackageError(
@@ -113,44 +158,28 @@ def rerun_package(
     problems = check_run_settings(run) if isinstance(run, Mapping) else [f"{RUN_FILE}: not a JSON object"]
     if problems:
         raise PackageError(f"refusing to re-run {report.path}: {'; '.join(problems)}")
-    data = _rerun_dataset(report.path, manifest, examples_text, dataset)
-    chosen_metric = metric if metric is not None else _metric_by_name(run.get("metric"), report.path, run)
-    chosen_lm = lm if lm is not None else rebuild_lm(run.get("lm") or {}, report.path, model=model, api_base=api_base)
-    run_threads = threads or run.get("threads") or None
-    # A cluster field changes only the standard error, never a trial; a spending budget is not re-applied,
-    # since stopping early would leave recorded trials without a re-run.
+    # A cluster field changes only the standard error, never a trial, but it must name a field.
     cluster = run.get("cluster")
     if cluster is not None and not isinstance(cluster, str):
         raise PackageError(f"{report.path}: cluster in {RUN_FILE} is {cluster!r}, not a field name")
-    extra: dict[str, Any] = {"cluster": cluster} if cluster else {}
+    return _Package(report.path, run, program, manifest, examples_text, recorded_trials, summary)
 
-    with tempfile.TemporaryDirectory(prefix="dspex-rerun-", ignore_cleanup_errors=True) as folder:
-        target_journal = journal_of(journal) if journal is not None else open_journal(Path(folder) / "rerun.duckdb")
-        with Context(lm=chosen_lm, journal=target_journal, threads=run_threads):
-            result = evaluate(
-                program,
-                data,
-                metric=chosen_metric,
-                name=f"{run.get('name') or program.name} (rerun of {run.get('experiment_id')})",
-                repeats=int(run.get("repeats") or 1),
-                timeout=run.get("timeout"),
-                retries=int(run.get("retries") if run.get("retries") is not None else 3),
-                max_errors=run.get("max_errors"),
-                progress=False,
-                **extra,
-            )
-        # Read back through the journal: this also waits for its file to be closed before cleanup.
-        new_frame = target_journal.trials(result.experiment_id) if result.experiment_id is not None else result.table()
-    new_trials = _frame_trials(new_frame)
-    return _compare_trials(
-        report.path,
-        run,
-        recorded_trials,
-        new_trials,
-        old_mean=summary.get("mean"),
-        new_mean=_finite(result.mean),
-        experiment_id=result.experiment_id,
-        journal=target_journal.path if journal is not None else None,
+
+def _evaluate_again(package: _Package, data: Dataset, metric: Metric) -> EvaluationResult:
+    """Run the package's evaluation again in the current context, with its recorded settings."""
+    run = package.run
+    # A spending budget is not re-applied: stopping early would leave recorded trials without a re-run.
+    return evaluate(
+        package.program,
+        data,
+        metric=metric,
+        name=f"{run.get('name') or package.program.name} (rerun of {run.get('experiment_id')})",
+        repeats=int(run.get("repeats") or 1),
+        timeout=run.get("timeout"),
+        retries=int(run.get("retries") if run.get("retries") is not None else 3),
+        max_errors=run.get("max_errors"),
+        progress=False,
+        cluster=run.get("cluster") or None,
     )
 
 
@@ -312,8 +341,8 @@ def _compare_trials(
     *,
     old_mean: float | None,
     new_mean: float | None,
-    experiment_id: str | None,
-    journal: Path | None,
+    experiment_id: str,
+    journal: str,
 ) -> RerunReport:
     shared = [key for key in recorded if key in rerun]
     differences = tuple(

@@ -1,9 +1,10 @@
 """The session: where a researcher's runs happen, and the experiments they leave.
 
 :class:`Context` is what every run reads its surroundings from: the LM, the executor that runs
-trials, the journal that keeps them, the thread count. It is a context manager (``with
-dx.Context(...)``) that nests; :func:`current_context` returns the innermost one (or the default,
-built from settings and the environment).
+trials, the journal that keeps them (a file, or an in-memory journal of its own: never none), the
+thread count. It is a context manager (``with dx.Context(...)``) that nests; :func:`current_context`
+returns the innermost one (or the default, built from settings and the environment), and
+:func:`journal_store` the journal a ``journal=`` argument names (the current context's when omitted).
 
 :class:`Experiment` is one run in the journal from start (or resume) to finish: evaluation,
 SIMBA-C and the DSPy bridge all record through it, nest runs with ``child()``, and check a
@@ -16,7 +17,7 @@ it may import the engine, the journal, the providers and the data layer, and not
 
 from __future__ import annotations
 
-from dspex_lab.session._context import Context, current_context
+from dspex_lab.session._context import Context, current_context, journal_store
 from dspex_lab.session._experiment import Experiment, TrialKey, plan_trials
 from dspex_lab.session._records import (
     MAX_STORED_EXAMPLES,
@@ -39,6 +40,7 @@ __all__ = [
     "environment",
     "experiment_record",
     "identity",
+    "journal_store",
     "lm_state",
     "metric_name",
     "plan_trials",

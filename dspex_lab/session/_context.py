@@ -15,7 +15,7 @@ from dspex_lab.errors import JournalError
 from dspex_lab.journal import JournalStore, memory_journal, open_journal
 from dspex_lab.providers import resolve_lm
 
-__all__ = ["Context", "current_context"]
+__all__ = ["Context", "current_context", "journal_store"]
 
 _active: contextvars.ContextVar[Context | None] = contextvars.ContextVar("dspex_context", default=None)
 _default: Context | None = None
@@ -75,17 +75,37 @@ class Context:
 
 def _journal_store(journal: str | os.PathLike[str] | JournalStore | bool | None, *, default: str) -> JournalStore:
     """Return the store ``Context(journal=...)`` names: a new in-memory one for False, the settings' file for None."""
-    if journal is False:
-        return memory_journal()
-    if journal is None or journal is True:
-        return open_journal(default)
-    if isinstance(journal, (str, os.PathLike)):
-        return open_journal(journal)
-    if isinstance(journal, JournalStore):
-        return journal
+    match journal:
+        case False:
+            return memory_journal()
+        case None | True:
+            return open_journal(default)
+        case str() | os.PathLike():
+            return open_journal(journal)
+        case JournalStore():
+            return journal
     raise JournalError(
         f"Context(journal=...) takes a path, a journal (dx.open_journal(...)) or False, got {type(journal).__name__}"
     )
+
+
+def journal_store(journal: str | os.PathLike[str] | JournalStore | None = None) -> JournalStore:
+    """Return the journal a call names: the store given, a path's journal file, or the current context's when omitted.
+
+    Functions that take ``journal=None`` (export, load, compare...) resolve it here, once, and use the
+    store without asking again whether there is one: there always is (an in-memory one at least).
+
+    Raises:
+        JournalError: ``journal`` is neither a path nor a journal.
+    """
+    match journal:
+        case None:
+            return current_context().journal
+        case str() | os.PathLike():
+            return open_journal(journal)
+        case JournalStore():
+            return journal
+    raise JournalError(f"journal= takes a path or a journal (dx.open_journal(...)), got {type(journal).__name__}")
 
 
 def current_context() -> Context:

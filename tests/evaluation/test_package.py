@@ -268,6 +268,7 @@ def test_rerun_reproduces_every_trial_status_and_score(run, tmp_path):
     journal = tmp_path / "rerun.duckdb"
     report = dx.rerun_package(run.package, journal=journal, threads=3)
     assert report.identical, str(report)
+    assert report.journal == dx.open_journal(journal).location and str(journal) in str(report)
     assert (report.n_compared, report.n_identical, report.differences) == (60, 60, ())
     assert report.old_mean == pytest.approx(report.new_mean) and report.old_mean == pytest.approx(run.result.mean)
     # Checked again straight from both journals, not only through the report.
@@ -294,6 +295,9 @@ def test_rerun_reports_a_recorded_score_that_does_not_reproduce(run, tmp_path):
     report = dx.rerun_package(edited)
     assert not report.identical
     assert (report.n_compared, report.n_identical, len(report.differences)) == (60, 59, 1)
+    # Without journal=, the re-run is recorded in a journal of its own, in memory: no file is left behind.
+    assert "in-memory journal" in report.journal and f"in {report.journal}" in str(report)
+    assert not list(tmp_path.rglob("*.duckdb"))
     first_ok = run.trials[run.trials["status"] == "ok"].iloc[0]
     (difference,) = report.differences
     assert (difference.example_id, difference.repeat) == (first_ok["example_id"], first_ok["repeat"])

@@ -9,6 +9,7 @@ import pytest
 import dspex_lab as dx
 from dspex_lab.errors import JournalError
 from dspex_lab.journal import DuckDBJournal, JournalStore, MemoryJournal, memory_journal
+from dspex_lab.session import journal_store
 
 
 def test_no_journal_is_a_fresh_in_memory_store_for_each_context():
@@ -40,3 +41,14 @@ def test_a_journal_object_is_used_as_given(make):
 def test_a_journal_of_another_type_is_refused_with_what_is_accepted():
     with pytest.raises(JournalError, match=r"Context\(journal=\.\.\.\) takes a path.*got int"):
         dx.Context(journal=3)  # type: ignore[arg-type]
+
+
+def test_journal_store_resolves_a_journal_argument_once(journal_path: Path):
+    with dx.Context(journal=False) as context:
+        assert journal_store() is context.journal, "omitted: the current context's journal"
+        given = memory_journal()
+        assert journal_store(given) is given
+        opened = journal_store(journal_path)
+        assert isinstance(opened, DuckDBJournal) and opened.path == journal_path
+        with pytest.raises(JournalError, match="journal= takes a path or a journal"):
+            journal_store(True)  # type: ignore[arg-type]
