@@ -1,7 +1,8 @@
 """The journal: a record of every experiment, trial and span, in DuckDB.
 
-This layer owns the store contract (:class:`JournalStore`, with the queries the
-CLI, the widgets, the result HTML and the dashboard share), its two
+This layer owns the store contract (:class:`JournalWriter` for what runs write,
+:class:`JournalReader` for the queries the CLI, the widgets, the result HTML and
+the dashboard share, and :class:`JournalStore`, both), its two
 implementations (:class:`DuckDBJournal`, a durable file shared by several
 processes, and :class:`MemoryJournal`, kept in memory for one process when the
 user asks for no journal file), the storage schema and its migrations,
@@ -20,8 +21,16 @@ if TYPE_CHECKING:
     from dspex_lab._records import ExperimentRecord
     from dspex_lab.journal._duckdb import DuckDBJournal, open_journal
     from dspex_lab.journal._memory import MemoryJournal, memory_journal
-    from dspex_lab.journal._schema import SCHEMA_VERSION
-    from dspex_lab.journal._store import EXPERIMENT_ROLES, TRIAL_ORDERS, ExperimentSummary, JournalStore, TrialOrder
+    from dspex_lab.journal._schema import SCHEMA_VERSION, trials_frame
+    from dspex_lab.journal._store import (
+        EXPERIMENT_ROLES,
+        TRIAL_ORDERS,
+        ExperimentSummary,
+        JournalReader,
+        JournalStore,
+        JournalWriter,
+        TrialOrder,
+    )
     from dspex_lab.journal._views import LEADERBOARD_COLUMNS, TRIAL_SORTS
     from dspex_lab.journal._writer import TrialWriter
 
@@ -34,12 +43,15 @@ __all__ = [
     "DuckDBJournal",
     "ExperimentRecord",
     "ExperimentSummary",
+    "JournalReader",
     "JournalStore",
+    "JournalWriter",
     "MemoryJournal",
     "TrialOrder",
     "TrialWriter",
     "memory_journal",
     "open_journal",
+    "trials_frame",
 ]
 
 __getattr__, __dir__ = lazy_exports(
@@ -54,11 +66,14 @@ __getattr__, __dir__ = lazy_exports(
         "DuckDBJournal": "dspex_lab.journal._duckdb",
         "ExperimentRecord": "dspex_lab._records",
         "ExperimentSummary": "dspex_lab.journal._store",
+        "JournalReader": "dspex_lab.journal._store",
         "JournalStore": "dspex_lab.journal._store",
+        "JournalWriter": "dspex_lab.journal._store",
         "MemoryJournal": "dspex_lab.journal._memory",
         "TrialOrder": "dspex_lab.journal._store",
         "TrialWriter": "dspex_lab.journal._writer",
         "memory_journal": "dspex_lab.journal._memory",
         "open_journal": "dspex_lab.journal._duckdb",
+        "trials_frame": "dspex_lab.journal._schema",
     },
 )

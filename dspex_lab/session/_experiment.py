@@ -37,8 +37,7 @@ import pandas as pd
 from dspex_lab.data import Dataset
 from dspex_lab.engine import Executor, RunPolicy, RunReport, TrialFinished, TrialRunner, TrialTask, run_trials
 from dspex_lab.errors import DspexLabWarning, ExecutionError, JournalError
-from dspex_lab.journal import ExperimentRecord, JournalStore
-from dspex_lab.journal._schema import trials_frame
+from dspex_lab.journal import ExperimentRecord, JournalStore, trials_frame
 from dspex_lab.session._records import check_resumable
 
 __all__ = ["Experiment", "TrialKey", "plan_trials"]
