@@ -80,8 +80,8 @@ class Backend(Protocol):
     :meth:`receive` and :meth:`expire` are called in that order, round after round, while
     trials are undelivered and the run goes on; :meth:`stop` is called once at the end,
     even when a call raised. Messages are applied in order; once the run stops, the rest
-    of a round's messages are dropped, so a backend finishes its own bookkeeping before it
-    returns them.
+    of a round's messages are dropped (a :class:`WorkerStuck` is still noted, for
+    :meth:`stop`), so a backend finishes its own bookkeeping before it returns them.
     """
 
     #: Stuck threads at which a worker is replaced during the run (see :class:`WorkerStuck`).
@@ -131,7 +131,7 @@ def coordinate(
     try:
         refusal = backend.start(ledger)
         if refusal is not None:
-            return RunOutcome(RunStatus.STOPPED, refusal)
+            delivery.status, delivery.detail = RunStatus.STOPPED, refusal
         while ledger.undelivered and delivery.going:
             backend.submit()
             delivery.apply(backend.receive())
@@ -169,10 +169,12 @@ class _Delivery:
         return self.status == RunStatus.FINISHED
 
     def apply(self, messages: Iterable[Message]) -> None:
-        """Apply ``messages`` in order, dropping the rest once the run stops."""
+        """Apply ``messages`` in order; once the run stops, drop the rest but note workers with stuck threads."""
         for message in messages:
             if not self.going:
-                return
+                if isinstance(message, WorkerStuck):  # replaced when the run ends, not left to the next run
+                    self.stuck[message.worker] = message.threads
+                continue
             if isinstance(message, TrialReturned):
                 self._deliver(message.submission, message.result, message.spans)
             elif isinstance(message, TrialLost):

@@ -308,40 +308,33 @@ def test_a_chunk_runs_its_trials_in_order_and_a_stopped_run_makes_them_cancelled
     assert kind == "setup" and "no_such_module:metric" in answer
 
 
-def test_a_chunk_run_again_after_its_worker_died_delivers_only_the_trials_not_delivered() -> None:
-    from dspex_lab.engine import TrialTask
+def test_trials_of_a_chunk_dask_cancelled_by_itself_are_queued_again_then_recorded_as_errors(
+    dask_client, monkeypatch
+) -> None:
+    # Dask cancels every task that holds trial 0 (as the scheduler cancelling keys, or a lost connection, would).
+    # (Delivery once, whichever copy of a chunk answers first, is the loop's: see test_loop.py.)
+    map_tasks = dask_client.map
+    cancelled: list[str] = []
 
-    examples = dx.datasets.arithmetic(2, seed=12)
-    in_flight = {
-        submission: TrialTask(index=submission, example_id=f"e{submission}", example=example)
-        for submission, example in zip((0, 2), examples, strict=True)
-    }
-    finished = type("Finished", (), {"status": "finished"})()
-    answer = ("ok", [(submission, f"result {submission}", []) for submission in (0, 1, 2)])  # 1 was delivered
+    def map_cancelling_trial_zero(function: Any, plans: list[bytes], payloads: list[Any], *args: Any, **kwargs: Any):
+        futures = map_tasks(function, plans, payloads, *args, **kwargs)
+        for future, chunk in zip(futures, payloads, strict=True):
+            if [submission for submission, _ in chunk] == [0]:
+                dask_client.cancel([future])
+                cancelled.append(future.key)
+        return futures
 
-    results = DaskExecutor._results_of(finished, answer, [0, 1, 2], in_flight, runner=None, started=0.0)
-    assert results == ["result 0", "result 2"] and in_flight == {}
-    assert DaskExecutor._results_of(finished, answer, [0, 1, 2], in_flight, runner=None, started=0.0) == []
+    monkeypatch.setattr(dask_client, "map", map_cancelling_trial_zero)
+    executor = DaskExecutor(dask_client)
+    # Half a second per trial: the cancel lands first. With a timeout every task holds one trial.
+    result = evaluate(executor, dx.datasets.arithmetic(5, seed=14), lm=dx.lab_lm("lab/small", latency=0.5), timeout=30)
 
-
-def test_trials_of_a_chunk_dask_cancelled_by_itself_are_queued_again_then_recorded_as_errors() -> None:
-    import collections
-
-    from dspex_lab.engine import TrialTask
-
-    examples = dx.datasets.arithmetic(3, seed=14)
-    tasks = [TrialTask(index=index, example_id=f"e{index}", example=example) for index, example in enumerate(examples)]
-    in_flight = {0: tasks[0], 2: tasks[2]}  # trial 1 was delivered before
-    pending: collections.deque[Any] = collections.deque([(5, tasks[1])])
-    requeued: dict[int, int] = {}
-
-    assert DaskExecutor._requeue([0, 1, 2], pending, in_flight, requeued) == []
-    assert [submission for submission, _ in pending] == [0, 2, 5] and requeued == {0: 1, 2: 1}
-    for _ in range(dask_module.MAX_REQUEUES - 1):
-        DaskExecutor._requeue([0, 2], pending, in_flight, requeued)
-    failures = DaskExecutor._requeue([0, 2], pending, in_flight, requeued)
-    assert [(result.example_id, result.status) for result in failures] == [("e2", "error"), ("e0", "error")]
-    assert "task was cancelled or lost 4 times" in failures[0].error_message and in_flight == {}
+    times = dask_module.MAX_REQUEUES + 1
+    assert len(cancelled) == times and executor.cancelled_by_dask == times
+    frame = result.trials.set_index("example_index")
+    assert result.n_trials == 5 and frame.loc[0, "status"] == "error" and frame.loc[0, "error_stage"] == "runner"
+    assert f"task was cancelled or lost {times} times" in frame.loc[0, "error_message"]
+    assert set(frame.drop(index=0)["status"]) == {"ok"}
 
 
 def test_dask_sends_a_long_run_in_fewer_tasks_than_trials_and_batches_its_submissions(dask_client, monkeypatch) -> None:
