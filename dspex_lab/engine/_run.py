@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dspex_lab.engine._budget import Budget, BudgetTracker
+from dspex_lab.engine._contract import Executor, RunStatus
 from dspex_lab.engine._events import EventBus, RunFinished, RunStarted, TrialFinished
-from dspex_lab.engine._executor import Executor, RunStatus
 from dspex_lab.engine._trial import RetryPolicy, TrialResult, TrialRunner, TrialTask
 from dspex_lab.errors import DspexLabWarning, ExecutionError
 
@@ -37,7 +37,8 @@ class RunPolicy:
 
     Args:
         timeout: seconds a trial may take, all its attempts included (None: no limit).
-        retry: the retry policy for transient failures (the only retry layer).
+        retry: the retry policy for transient failures (the only retry layer): every trial of the
+            run retries under it, whatever the runner was made with (see :func:`run_trials`).
         max_errors: an error budget: a count, or a fraction (0 < f < 1) of the planned trials;
             past it the run stops.
         budget: spending limits, with a pilot that projects the run's cost first.
@@ -188,7 +189,7 @@ def run_trials(
 
     Args:
         tasks: the trials to run.
-        runner: runs one trial.
+        runner: runs one trial; the trials retry under ``policy.retry`` (see :meth:`TrialRunner.with_retry`).
         executor: where trials run.
         policy: timeout, retries, error and cost budgets.
         sinks: event subscribers (called on this thread, in order; one that raises is dropped).
@@ -201,62 +202,109 @@ def run_trials(
     Returns:
         The report; a KeyboardInterrupt is not re-raised here (status ``"interrupted"``).
     """
-    budget = policy.budget
-    usd_limited = budget is not None and budget.usd is not None
-    if usd_limited and runner.lm is not None and is_priced is not None and not is_priced(runner.lm):
-        model = getattr(runner.lm, "model", type(runner.lm).__name__)
-        raise ExecutionError(
-            f"Budget(usd={budget.usd:g}) cannot be enforced: model {model!r} has no known price, so its "
-            "spending cannot be measured; use Budget(lm_calls=...) or Budget(tokens=...) for it"
-        )
-    bus = EventBus(list(sinks))
-    results: list[TrialResult] = []
-    errors = 0
-    error_budget = policy.error_budget(len(tasks))
-    spending = BudgetTracker(budget) if budget is not None else None
-    cancelled = 0
-
-    def on_result(result: TrialResult) -> bool:
-        nonlocal errors, cancelled
-        if result.error_stage == "cancelled":
-            cancelled += 1  # stopped by the run, not by its own failure: left for a resume
-            if spending is not None:
-                spending.add(result)
-            return False
-        results.append(result)
-        if result.status == "error":
-            errors += 1
-        bus.emit(TrialFinished(run_id, result, len(results), len(tasks), errors))
-        if spending is not None and spending.add(result):
-            return True
-        return error_budget is not None and errors > error_budget
-
-    bus.emit(RunStarted(run_id, name, len(tasks) + already_done, already_done))
+    _refuse_an_unmeasurable_budget(policy.budget, runner, is_priced)
+    tally = _Tally(policy, planned=len(tasks), bus=EventBus(list(sinks)), run_id=run_id)
+    tally.bus.emit(RunStarted(run_id, name, len(tasks) + already_done, already_done))
     started = time.perf_counter()
-    phases: list[Sequence[TrialTask]] = [tasks]
-    if spending is not None and budget is not None and len(tasks) > budget.pilot:
-        phases = [tasks[: budget.pilot], tasks[budget.pilot :]]
-    status = RunStatus.FINISHED
     replaced_before = _count(executor, "replaced_workers")
+    status = _run_phases(tasks, runner.with_retry(policy.retry), executor, policy.timeout, tally)
+    wall = time.perf_counter() - started
+    stuck_threads = _count(executor, "stuck_threads")
+    replaced = _count(executor, "replaced_workers") - replaced_before
+    _log_what_faults_left(name, stuck_threads, replaced)
+    final = {RunStatus.FINISHED: "finished", RunStatus.INTERRUPTED: "interrupted"}.get(status, "stopped")
+    tally.bus.emit(RunFinished(run_id, final, len(tally.results), len(tasks), tally.errors, wall))
+    if final == "finished":
+        _warn_if_every_trial_failed(name, tally.results)
+    return RunReport(
+        status=final,
+        results=tuple(tally.results),
+        detail=tally.stop_detail(executor) if status == RunStatus.STOPPED else None,
+        wall_seconds=wall,
+        n_errors=tally.errors,
+        spending=tally.spending.to_summary() if tally.spending is not None else None,
+        n_cancelled=tally.cancelled,
+        stuck_threads=stuck_threads,
+        replaced_workers=replaced,
+    )
+
+
+def _refuse_an_unmeasurable_budget(
+    budget: Budget | None, runner: TrialRunner, is_priced: Callable[[Any], bool] | None
+) -> None:
+    """Refuse, before any call, a dollar budget on a run LM whose price is not known."""
+    if budget is None or budget.usd is None or runner.lm is None or is_priced is None or is_priced(runner.lm):
+        return
+    model = getattr(runner.lm, "model", type(runner.lm).__name__)
+    raise ExecutionError(
+        f"Budget(usd={budget.usd:g}) cannot be enforced: model {model!r} has no known price, so its "
+        "spending cannot be measured; use Budget(lm_calls=...) or Budget(tokens=...) for it"
+    )
+
+
+class _Tally:
+    """What a run keeps of its trials, as the executor delivers them (its ``on_result``).
+
+    It records each trial (results in completion order, errors), emits :class:`TrialFinished`,
+    counts spending, and says when the run must stop: a cost limit reached, or the error
+    budget exceeded. A trial cancelled because the run stopped only counts its spending.
+    """
+
+    def __init__(self, policy: RunPolicy, *, planned: int, bus: EventBus, run_id: str) -> None:
+        self.planned = planned
+        self.bus = bus
+        self.run_id = run_id
+        self.results: list[TrialResult] = []
+        self.errors = 0
+        self.cancelled = 0
+        self.error_budget = policy.error_budget(planned)
+        self.spending = BudgetTracker(policy.budget) if policy.budget is not None else None
+
+    def __call__(self, result: TrialResult) -> bool:
+        """Record ``result``; return True when the run must stop."""
+        if result.error_stage == "cancelled":
+            self.cancelled += 1  # stopped by the run, not by its own failure: left for a resume
+            if self.spending is not None:
+                self.spending.add(result)
+            return False
+        self.results.append(result)
+        if result.status == "error":
+            self.errors += 1
+        self.bus.emit(TrialFinished(self.run_id, result, len(self.results), self.planned, self.errors))
+        if self.spending is not None and self.spending.add(result):
+            return True
+        return self.error_budget is not None and self.errors > self.error_budget
+
+    def stop_detail(self, executor: Executor) -> str:
+        """Say why a stopped run stopped: a cost limit, the executor (stuck threads), or the error budget."""
+        if self.spending is not None and self.spending.exceeded:
+            return self.spending.exceeded
+        stuck = getattr(executor, "stuck_detail", None)
+        if stuck:
+            return str(stuck)
+        return f"error budget: {self.errors} errors > {self.error_budget}"
+
+
+def _run_phases(
+    tasks: Sequence[TrialTask], runner: TrialRunner, executor: Executor, timeout: float | None, tally: _Tally
+) -> str:
+    """Run the budget's pilot first, project the whole run's spending from it, then the rest; return the status."""
+    spending = tally.spending
+    phases: list[Sequence[TrialTask]] = [tasks]
+    if spending is not None and len(tasks) > spending.budget.pilot:
+        phases = [tasks[: spending.budget.pilot], tasks[spending.budget.pilot :]]
+    status = RunStatus.FINISHED
     for position, phase in enumerate(phases):
-        status = executor.run(phase, runner, on_result=on_result, timeout=policy.timeout)
+        status = executor.run(phase, runner, on_result=tally, timeout=timeout)
         if status != RunStatus.FINISHED:
             break
         if position == 0 and spending is not None and len(phases) > 1:
             spending.project(len(tasks))
-    wall = time.perf_counter() - started
-    detail = None
-    if status == RunStatus.STOPPED:
-        stuck = getattr(executor, "stuck_detail", None)
-        if spending is not None and spending.exceeded:
-            detail = spending.exceeded
-        elif stuck:
-            detail = stuck
-        else:
-            detail = f"error budget: {errors} errors > {error_budget}"
-    final = {RunStatus.FINISHED: "finished", RunStatus.INTERRUPTED: "interrupted"}.get(status, "stopped")
-    stuck_threads = _count(executor, "stuck_threads")
-    replaced = _count(executor, "replaced_workers") - replaced_before
+    return status
+
+
+def _log_what_faults_left(name: str, stuck_threads: int, replaced: int) -> None:
+    """Warn on the engine's logger about trial threads stuck in this process and workers replaced."""
     if stuck_threads:
         logger.warning(
             "%s: %d trial threads are stuck in this process in code that cannot be cancelled (such as a metric that "
@@ -269,29 +317,22 @@ def run_trials(
         logger.warning(
             "%s: %d workers were replaced because a trial's thread was stuck in them past its timeout", name, replaced
         )
-    bus.emit(RunFinished(run_id, final, len(results), len(tasks), errors, wall))
-    if final == "finished" and results and errors == len(results):
-        first = next(result for result in results if result.status == "error")
-        by_type: dict[str, int] = {}
-        for result in results:
-            by_type[result.error_type or "error"] = by_type.get(result.error_type or "error", 0) + 1
-        warnings.warn(
-            f"every trial of {name} failed ("
-            + ", ".join(f"{count} {kind}" for kind, count in sorted(by_type.items(), key=lambda item: -item[1]))
-            + f"); the first: {first.error_type}: {(first.error_message or '')[:300]}",
-            DspexLabWarning,
-            stacklevel=3,
-        )
-    return RunReport(
-        status=final,
-        results=tuple(results),
-        detail=detail,
-        wall_seconds=wall,
-        n_errors=errors,
-        spending=spending.to_summary() if spending is not None else None,
-        n_cancelled=cancelled,
-        stuck_threads=stuck_threads,
-        replaced_workers=replaced,
+
+
+def _warn_if_every_trial_failed(name: str, results: Sequence[TrialResult]) -> None:
+    """Warn, with the error counts and the first message, when a finished run has no scored trial."""
+    if not results or any(result.status != "error" for result in results):
+        return
+    by_type: dict[str, int] = {}
+    for result in results:
+        by_type[result.error_type or "error"] = by_type.get(result.error_type or "error", 0) + 1
+    first = results[0]
+    warnings.warn(
+        f"every trial of {name} failed ("
+        + ", ".join(f"{count} {kind}" for kind, count in sorted(by_type.items(), key=lambda item: -item[1]))
+        + f"); the first: {first.error_type}: {(first.error_message or '')[:300]}",
+        DspexLabWarning,
+        stacklevel=4,  # the caller of the workload (evaluate, say) that called run_trials
     )
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import dspy
@@ -301,6 +301,31 @@ def _error_text(error: BaseException) -> tuple[str, str]:
     return str(error)[:MAX_ERROR_MESSAGE], "".join(traceback.format_exception(error))[-MAX_TRACEBACK:]
 
 
+@dataclass
+class _Attempts:
+    """One trial's attempts so far: when it started, its usage, the attempt running, the retries made."""
+
+    started: float
+    clock: float
+    meter: Meter = field(default_factory=Meter)
+    number: int = 1
+    cause: str | None = None  # why this attempt is a retry (its attempt span's label)
+    retried: list[dict[str, Any]] = field(default_factory=list)
+
+    def note_retry(self, error: BaseException, wait: float) -> None:
+        """Record that this attempt failed with ``error`` and the next one comes after ``wait`` seconds."""
+        message, _ = _error_text(error)
+        self.retried.append(
+            {
+                "attempt": self.number,
+                "error_type": type(error).__name__,
+                "error_message": message[:500],
+                "wait": round(wait, 3),
+            }
+        )
+        self.cause = f"{type(error).__name__} (waited {wait:.3g} s)"
+
+
 class TrialRunner:
     """Run trials of one hydrated module; safe to call from many threads at once.
 
@@ -315,7 +340,9 @@ class TrialRunner:
         module: the hydrated program.
         metric: ``metric(example, prediction)``.
         lm: the run's LM (used through a copy without client retries).
-        retry: the retry policy (the only retry layer).
+        retry: the retry policy (the only retry layer; default ``RetryPolicy()``) of trials this
+            runner runs when called directly; :func:`~dspex_lab.engine.run_trials` runs them under
+            its policy's instead (see :meth:`with_retry`).
         recorder: capture each trial's span tree with it.
         span_sink: receives each traced trial's spans (thread-safe; called from worker threads,
             and from the run's thread for a timed-out trial's partial spans).
@@ -330,7 +357,7 @@ class TrialRunner:
         metric: Metric,
         *,
         lm: dspy.BaseLM | None,
-        retry: RetryPolicy,
+        retry: RetryPolicy | None = None,
         recorder: SpanRecorder | None = None,
         span_sink: SpanSink | None = None,
         adapter: Any = None,
@@ -339,7 +366,7 @@ class TrialRunner:
         self.adapter = adapter
         self.metric = metric
         self.lm = _without_client_retries(lm)
-        self.retry = retry
+        self.retry = retry if retry is not None else RetryPolicy()
         self.recorder = recorder
         self.span_sink = span_sink
         self.guarded = install_lm_guard()
@@ -353,6 +380,24 @@ class TrialRunner:
         # (module, LM) per repeat: repeat r runs with its own DSPy rollout_id (dspex_lab.lm.for_repeat).
         self._repeats: dict[int, tuple[dspy.Module, dspy.BaseLM | None]] = {0: (module, self.lm)}
         self._repeats_lock = threading.Lock()
+
+    def with_retry(self, retry: RetryPolicy) -> TrialRunner:
+        """Return a runner whose trials retry under ``retry``: this one if they already do, else a copy.
+
+        The copy shares the module, metric, LM, recorder, span sink and adapter; it is how
+        :func:`~dspex_lab.engine.run_trials` makes its policy's retry the one its trials use.
+        """
+        if retry == self.retry:
+            return self
+        return TrialRunner(
+            self.module,
+            self.metric,
+            lm=self.lm,
+            retry=retry,
+            recorder=self.recorder,
+            span_sink=self.span_sink,
+            adapter=self.adapter,
+        )
 
     @property
     def repeats_differ(self) -> bool:
@@ -400,13 +445,33 @@ class TrialRunner:
         return span(f"attempt {attempt}", kind="attempt", attributes=attributes)
 
     def _run(self, task: TrialTask, token: CancelToken) -> TrialResult:
-        started = time.time()
-        clock = time.perf_counter()
-        meter = Meter()
+        """Run ``task``'s attempts until one scores, a failure is final, or the token stops it."""
+        attempts = _Attempts(started=time.time(), clock=time.perf_counter())
         try:
             module, lm = self._for_repeat(task.repeat)
         except Exception as error:  # a module whose LMs cannot be copied for the repeat: this trial fails
-            return self.failure(task, error, stage="program", started=started, clock=clock, attempt=1)
+            return self.failure(task, error, stage="program", started=attempts.started, clock=attempts.clock, attempt=1)
+        overrides = self._overrides(lm)
+        bound = token.bind()
+        try:
+            while True:
+                stage = "program"
+                try:
+                    token.check()
+                    prediction = self._predict(module, task, overrides, attempts)
+                    stage = "metric"
+                    score = self._score_prediction(task, prediction, attempts.meter)
+                    break
+                except Exception as error:
+                    failed = self._retry_or_fail(task, token, error, stage, attempts)
+                    if failed is not None:
+                        return failed
+        finally:
+            token.unbind(bound)
+        return self._scored(task, prediction, score, attempts)
+
+    def _overrides(self, lm: dspy.BaseLM | None) -> dict[str, Any]:
+        """Return the DSPy settings a trial runs under: its LM, the adapter, the span recorder's hooks."""
         overrides: dict[str, Any] = {}
         if lm is not None:
             overrides["lm"] = lm
@@ -420,76 +485,69 @@ class TrialRunner:
                 overrides.update(dispatch.settings(self.recorder))
             else:
                 overrides["callbacks"] = [*(dspy.settings.callbacks or []), self.recorder]
-        retried: list[dict[str, Any]] = []
+        return overrides
 
-        def fail(error: BaseException, stage: str) -> TrialResult:
-            # The record of this trial failing now: its usage so far and every attempt it made.
-            return self.failure(
-                task,
-                error,
-                stage=stage,
-                started=started,
-                clock=clock,
-                usage=_usage(meter),
-                attempt=attempt,
-                retried=retried,
-            )
+    def _predict(self, module: dspy.Module, task: TrialTask, overrides: dict[str, Any], attempts: _Attempts) -> Any:
+        """Run the program once (one attempt), metered, in its attempt's span when traced."""
+        with self._attempt_scope(attempts.number, attempts.cause) as attempt_span:
+            try:
+                with metering(attempts.meter, overrides=overrides):
+                    return module(**task.example.inputs())
+            except Exception as error:
+                if attempt_span is not None:
+                    attempt_span.fail(f"{type(error).__name__}: {error}")
+                raise
 
-        attempt = 1
-        cause: str | None = None
-        bound = token.bind()
-        try:
-            while True:
-                stage = "program"
-                try:
-                    token.check()
-                    with self._attempt_scope(attempt, cause) as attempt_span:
-                        try:
-                            with metering(meter, overrides=overrides):
-                                prediction = module(**task.example.inputs())
-                        except Exception as error:
-                            if attempt_span is not None:
-                                attempt_span.fail(f"{type(error).__name__}: {error}")
-                            raise
-                    stage = "metric"
-                    # Metered too: a metric that calls an LM (a judge) spends the trial's money.
-                    with metering(meter):
-                        if self.recorder is None:
-                            score = _score(self.metric(task.example, prediction))
-                        else:
-                            with metric_span(self._metric_name) as handle:
-                                handle.set(expected=_expected(task.example), got=_got(prediction))
-                                score = _score(self.metric(task.example, prediction))
-                                handle.set(score=score)
-                except Exception as error:
-                    if isinstance(error, TrialCancelledError) or (token.cancelled and stage == "program"):
-                        return fail(error, _cancel_stage(token))
-                    if stage == "program" and is_transient(error) and attempt <= self.retry.retries:
-                        wait = self.retry.delay(attempt, task.trial_id, error)
-                        remaining = token.remaining()
-                        if remaining is None or wait < remaining:
-                            message, _ = _error_text(error)
-                            retried.append(
-                                {
-                                    "attempt": attempt,
-                                    "error_type": type(error).__name__,
-                                    "error_message": message[:500],
-                                    "wait": round(wait, 3),
-                                }
-                            )
-                            cause = f"{type(error).__name__} (waited {wait:.3g} s)"
-                            if token.wait(wait):
-                                attempt += 1
-                                continue
-                            return fail(
-                                TrialCancelledError(f"cancelled while waiting to retry: {token.reason}"),
-                                _cancel_stage(token),
-                            )
-                    return fail(error, stage)
-                break
-        finally:
-            token.unbind(bound)
-        input_tokens, output_tokens, cost, calls, unpriced = _usage(meter)
+    def _score_prediction(self, task: TrialTask, prediction: Any, meter: Meter) -> float:
+        """Score ``prediction``, metered: a metric that calls an LM (a judge) spends the trial's money."""
+        with metering(meter):
+            if self.recorder is None:
+                return _score(self.metric(task.example, prediction))
+            with metric_span(self._metric_name) as handle:
+                handle.set(expected=_expected(task.example), got=_got(prediction))
+                score = _score(self.metric(task.example, prediction))
+                handle.set(score=score)
+                return score
+
+    def _retry_or_fail(
+        self, task: TrialTask, token: CancelToken, error: Exception, stage: str, attempts: _Attempts
+    ) -> TrialResult | None:
+        """Return the record of the trial failing with ``error`` now, or None after waiting to retry it.
+
+        Only a transient failure of the program is retried, while retries are left and the wait
+        ends before the trial's deadline; a cancelled token ends the trial at once.
+        """
+        if isinstance(error, TrialCancelledError) or (token.cancelled and stage == "program"):
+            return self._failed(task, error, _cancel_stage(token), attempts)
+        if stage == "program" and is_transient(error) and attempts.number <= self.retry.retries:
+            wait = self.retry.delay(attempts.number, task.trial_id, error)
+            remaining = token.remaining()
+            if remaining is None or wait < remaining:
+                attempts.note_retry(error, wait)
+                if token.wait(wait):
+                    attempts.number += 1
+                    return None
+                cancelled = TrialCancelledError(f"cancelled while waiting to retry: {token.reason}")
+                return self._failed(task, cancelled, _cancel_stage(token), attempts)
+        return self._failed(task, error, stage, attempts)
+
+    def _failed(self, task: TrialTask, error: BaseException, stage: str, attempts: _Attempts) -> TrialResult:
+        """Return the record of this trial failing now: its usage so far and every attempt it made."""
+        return self.failure(
+            task,
+            error,
+            stage=stage,
+            started=attempts.started,
+            clock=attempts.clock,
+            usage=_usage(attempts.meter),
+            attempt=attempts.number,
+            retried=attempts.retried,
+        )
+
+    @staticmethod
+    def _scored(task: TrialTask, prediction: Any, score: float, attempts: _Attempts) -> TrialResult:
+        """Return the record of the trial that scored ``score``."""
+        input_tokens, output_tokens, cost, calls, unpriced = _usage(attempts.meter)
         return trial_record(
             index=task.index,
             example_id=task.example_id,
@@ -497,15 +555,15 @@ class TrialRunner:
             status="ok",
             score=score,
             prediction=json.dumps(to_json_value(prediction), ensure_ascii=False),
-            latency=time.perf_counter() - clock,
+            latency=time.perf_counter() - attempts.clock,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cost=cost,
             lm_calls=calls,
-            attempts=attempt,
-            started_at=started,
+            attempts=attempts.number,
+            started_at=attempts.started,
             finished_at=time.time(),
-            retries=json.dumps(retried) if retried else None,
+            retries=json.dumps(attempts.retried) if attempts.retried else None,
             unpriced_models=",".join(unpriced) or None,
         )
 

@@ -117,6 +117,35 @@ class RateLimitedError(Exception):
 RateLimitError = type("RateLimitError", (RateLimitedError,), {})
 
 
+def test_a_run_retries_under_its_policy_and_a_runner_called_alone_under_its_own():
+    class LimitedTwice(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = {}
+
+        def forward(self, x):
+            self.calls[x] = self.calls.get(x, 0) + 1
+            if self.calls[x] <= 2:
+                raise RateLimitError("429 slow down", retry_after=0.01)
+            return dspy.Prediction(y=x)
+
+    runner = TrialRunner(LimitedTwice(), lambda example, prediction: 1.0, lm=None, retry=RetryPolicy(retries=0))
+    policy = RunPolicy(retry=RetryPolicy(retries=2, backoff=0.001))
+    report = run_trials(tasks(3), runner, executor=ThreadExecutor(2), policy=policy)
+    assert [(result.status, result.attempts) for result in report.results] == [("ok", 3)] * 3
+    assert runner.retry == RetryPolicy(retries=0) and runner.with_retry(RetryPolicy(retries=0)) is runner
+
+    alone = runner(TrialTask(index=9, example_id="e9", example=dspy.Example(x=9).with_inputs("x")))
+    assert (alone.status, alone.error_type, alone.attempts) == ("error", "RateLimitError", 1)
+    fresh = [TrialTask(index=i, example_id=f"f{i}", example=dspy.Example(x=100 + i).with_inputs("x")) for i in range(2)]
+    made_with_two = runner.with_retry(RetryPolicy(retries=2))
+    with pytest.warns(DspexLabWarning, match="every trial"):
+        strict = run_trials(
+            fresh, made_with_two, executor=ThreadExecutor(1), policy=RunPolicy(retry=RetryPolicy(retries=0))
+        )
+    assert [result.attempts for result in strict.results] == [1, 1]
+
+
 def test_retry_after_is_honoured_with_a_cap_and_every_attempt_is_recorded():
     calls = []
 
