@@ -1,12 +1,17 @@
-"""The journal store contract: what every journal backend writes and answers.
+"""The journal store contract: what every journal backend writes and answers, and what it promises.
 
-:class:`JournalStore` is the one interface the CLI, the notebook widgets, the
-evaluation result's HTML and the dashboard read a journal through; they never
-write SQL against a backend. Its query methods return plain Python values
-(frozen records, dicts, lists), so a reader such as ``dspex journal list`` needs
-neither pandas nor DSPy; the dashboard's three (``leaderboard``, ``trial_page``,
-``paired_scores``) return DataFrames and load pandas when called.
-:class:`~dspex_lab.journal.DuckDBJournal` implements it.
+Two protocols split the contract by role. :class:`JournalWriter` is what a run
+writes through (experiments, trials and spans, hypotheses, optimization runs);
+:class:`JournalReader` is what the CLI, the notebook widgets, the evaluation
+result's HTML and the dashboard read through, never writing SQL against a
+backend. :class:`JournalStore` is both. Each states its guarantees (thread
+safety, ordering, idempotence, durability, what a reader of each store sees).
+The queries return plain Python values (frozen records, dicts, lists), so a
+reader such as ``dspex journal list`` needs neither pandas nor DSPy; the
+dashboard's three (``leaderboard``, ``trial_page``, ``paired_scores``) return
+DataFrames and load pandas when called. :class:`~dspex_lab.journal.DuckDBJournal`
+(a durable file) and :class:`~dspex_lab.journal.MemoryJournal` (kept in memory
+when the user asks for no journal file) implement all of it.
 
 The journal layer does not import :mod:`dspex_lab.trace`: it stores and returns
 span *rows*. Turning rows into ``Span`` objects and a ``TraceTree`` is the trace
@@ -18,17 +23,24 @@ objects.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from dspex_lab.errors import JournalError
+
+if TYPE_CHECKING:
+    from dspex_lab._records import ExperimentRecord
+    from dspex_lab.journal._writer import TrialWriter
 
 __all__ = [
     "EXPERIMENT_ROLES",
     "TRIAL_ORDERS",
     "ExperimentSummary",
+    "JournalReader",
     "JournalStore",
+    "JournalWriter",
     "TraceReader",
     "TrialOrder",
     "read_spans",
@@ -107,25 +119,69 @@ class ExperimentSummary:
 
 
 @runtime_checkable
-class JournalStore(Protocol):
-    """The storage contract of a journal: append-only writes and the queries every view shares.
+class JournalWriter(Protocol):
+    """The writing half of a journal: experiments, trials and spans, hypotheses, optimization runs.
 
-    Thread safety: every method may be called from any thread of a process at the same time,
-    and several processes (kernels, the CLI, a dashboard) may use one journal at once; a
-    backend serialises what it must and raises :class:`~dspex_lab.errors.JournalError` when
-    it cannot get access in its configured time.
+    Thread safety: every method may be called from any thread of a process at the same time; a
+    store serialises what it must. A file store (:class:`~dspex_lab.journal.DuckDBJournal`) may
+    also be written by several processes at once (kernels, the CLI); it raises
+    :class:`~dspex_lab.errors.JournalError` when it cannot get the file in its ``lock_timeout``.
+    An in-memory store (:class:`~dspex_lab.journal.MemoryJournal`) is written by its own process
+    only.
 
-    Ordering: each query states its order, and the order is total (ties broken by ids), so two
-    reads of unchanged data return the same sequence.
+    Ordering: a write has happened when its call returns: every read that starts after it sees it
+    (in a file store, from any process). Writes made one after the other take effect in that order.
+    ``append_trials`` stores its trials, their spans and the experiment's totals in one transaction:
+    a reader sees all of a call's trials or none.
 
-    Immutability: an experiment's identity and a recorded trial or span never change once
-    written (writes of an already recorded trial are ignored); only an experiment's status,
-    summary and heartbeat are updated. Returned values are fresh copies: records are frozen,
-    dicts and lists belong to the caller.
+    Idempotence: every write may be repeated without effect, because the journal service retries
+    a call whose serving process died, and a writer retries a failed flush: creating an existing
+    id, appending a recorded trial or span, registering a hypothesis again or recording a known
+    candidate changes nothing; a step and an experiment's end are written by value. A write that
+    would rewrite what is recorded (a hypothesis under the same id with other terms) is a
+    :class:`~dspex_lab.errors.JournalError`.
+
+    Immutability: an experiment's identity and a recorded trial, span or candidate never change
+    once written; only an experiment's status, summary and heartbeat, a hypothesis' decision and a
+    step's progress are updated.
+
+    Durability: :attr:`durable` says whether what is written outlives the process. A file store's
+    write is in the file when its call returns (a ``TrialWriter`` flushes at least twice a second,
+    so a crash loses well under a second of a run's trials); an in-memory store's writes are gone
+    with the object or the process, and :attr:`location` says so in messages.
     """
 
-    def create_experiment(self, record: Any) -> str:
-        """Insert a new running experiment (an ``ExperimentRecord``) and return its id.
+    @property
+    def durable(self) -> bool:
+        """True if what is written outlives this process (a file), False if it is kept in memory."""
+        ...
+
+    @property
+    def location(self) -> str:
+        """Where the journal is, for messages: ``journal <path>`` or an in-memory journal."""
+        ...
+
+    def hold(self) -> AbstractContextManager[None]:
+        """Return a context that keeps the journal ready for a run's many writes (harmless to nest).
+
+        A file store keeps its file open meanwhile and serves other processes' calls; an in-memory
+        store holds its database for its whole life, so this does nothing there.
+        """
+        ...
+
+    def writer(
+        self, experiment_id: str, *, flush_interval: float = 0.4, create: ExperimentRecord | None = None
+    ) -> TrialWriter:
+        """Return a ``TrialWriter`` streaming ``experiment_id``'s trials from a background thread.
+
+        Its ``add`` never waits for the store; its thread flushes every ``flush_interval`` seconds
+        (records queued with ``create`` first, in the order queued) and its ``close`` flushes the rest
+        or raises :class:`~dspex_lab.errors.JournalError` naming what was not written.
+        """
+        ...
+
+    def create_experiment(self, record: ExperimentRecord) -> str:
+        """Insert a new running experiment and return its id.
 
         The experiment is owned by the calling process, which keeps it alive with its writes. Creating
         an id that exists already changes nothing (a retried call is harmless) and returns the id.
@@ -153,6 +209,66 @@ class JournalStore(Protocol):
         already recorded, so a retried call adds nothing. Returns the number of rows given.
         """
         ...
+
+    def register_hypothesis(self, record: dict[str, Any]) -> str:
+        """Record a pre-registered hypothesis (status ``registered``, no verdict) and return its id.
+
+        ``record`` has ``id``, ``statement``, ``baseline``, ``treatment``, ``direction``,
+        ``min_effect``, ``alpha`` and optionally ``metric``.
+        """
+        ...
+
+    def decide_hypothesis(self, hypothesis_id: str, *, status: str, verdict: dict[str, Any]) -> None:
+        """Record a hypothesis' decision: its new status, its verdict (a JSON object) and when it was decided."""
+        ...
+
+    def record_candidates(self, run_id: str, candidates: Sequence[dict[str, Any]]) -> None:
+        """Record an optimization run's new candidates; a candidate already recorded is left as it was.
+
+        Each dict has ``candidate_id``, ``step``, ``parent_id``, ``strategy``, ``rationale``,
+        ``fingerprint``, and ``values`` and ``program_spec`` (JSON values, read back with their
+        JSON types: a boolean stays a boolean).
+        """
+        ...
+
+    def record_step(self, run_id: str, step: dict[str, Any]) -> None:
+        """Record one step of an optimization run, replacing an earlier write of the same step.
+
+        ``step`` has ``step``, ``status`` and ``incumbent_id`` and may have the other step columns
+        (``accepted_id``, ``best_mean``, ``lm_calls``...). A step is written when it starts and again
+        when it ends: its start time is the first write's, and it has a finish time once its
+        ``status`` is not ``running``. ``minibatch``,
+        ``screening`` and ``evaluations`` are JSON values, read back with their JSON types.
+        """
+        ...
+
+    def finish_children(self, run_id: str, *, status: str) -> None:
+        """Give ``status`` to the experiments nested in ``run_id`` that still run; ended ones keep theirs."""
+        ...
+
+
+@runtime_checkable
+class JournalReader(Protocol):
+    """The reading half of a journal: the queries the CLI, the widgets, the result HTML and the dashboard share.
+
+    Thread safety: every query may be called from any thread, and while writes go on; it sees each
+    write whole or not at all (never part of an ``append_trials``), and every write whose call
+    returned before it started. ``trial_page`` reads its page and its total in one snapshot.
+
+    Ordering: each query states its order, and the order is total (ties broken by ids), so two
+    reads of unchanged data return the same sequence.
+
+    Returned values are fresh: records are frozen, dicts, lists and DataFrames belong to the caller,
+    and changing them changes nothing stored.
+
+    What a reader sees: a file store, whatever wrote it, this process or another, now or in an
+    earlier session; before its first write there is no file, listing queries answer empty and
+    others may raise :class:`~dspex_lab.errors.JournalError` saying it does not exist yet. An
+    in-memory store shows exactly what was written to that object, by this process: nothing
+    another process or another in-memory store wrote, and nothing at all once it is dropped. A
+    running experiment of an in-memory store never reads ``interrupted`` (its process is the
+    reader's).
+    """
 
     def experiment_summaries(self, *, children: bool = True) -> list[ExperimentSummary]:
         """Return every experiment, newest first (then by id), with its trial counts and mean score.
@@ -216,6 +332,54 @@ class JournalStore(Protocol):
         """
         ...
 
+    def trial_counts(self, experiment_id: str) -> dict[str, int]:
+        """Return the number of recorded trials of an experiment per status (absent statuses left out)."""
+        ...
+
+    def finished_keys(self, experiment_id: str) -> set[tuple[str, int]]:
+        """Return (example id, repeat) of every recorded trial of an experiment."""
+        ...
+
+    def span_rows(self, experiment_id: str, trials: str | Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Return stored span rows (attributes as JSON text) by trial, then start time, parents first."""
+        ...
+
+    def span_counts(self, experiment_id: str, trials: Sequence[str]) -> dict[str, int]:
+        """Return the number of stored spans of each given trial, in the order given (0 for a trial without).
+
+        Raises:
+            JournalError: ``trials`` is not a sequence of trial ids.
+        """
+        ...
+
+    def spans(self, experiment_id: str, trials: str | Sequence[str] | None = None) -> list[Any]:
+        """Return the ``Span`` objects of one trial, several, or all of an experiment's (see :func:`read_spans`)."""
+        ...
+
+    def trace(self, experiment_id: str, trial_id: str) -> Any:
+        """Return one trial's ``TraceTree`` (see :func:`read_trace`); JournalError if the trial has no spans."""
+        ...
+
+    def dataset_examples(self, fingerprint: str) -> list[tuple[str, dict[str, Any]]]:
+        """Return the stored (example id, fields) of a dataset in order; empty if not stored."""
+        ...
+
+    def hypothesis_rows(self) -> list[dict[str, Any]]:
+        """Return every registered hypothesis as a dict (verdict decoded), oldest first (then by id)."""
+        ...
+
+    def candidate_rows(self, run_id: str) -> list[dict[str, Any]]:
+        """Return an optimization run's candidates in the order they were made (by step, then time, then id)."""
+        ...
+
+    def step_rows(self, run_id: str) -> list[dict[str, Any]]:
+        """Return an optimization run's steps by step number (JSON columns decoded)."""
+        ...
+
+    def children_trial_rows(self, parent_id: str) -> list[dict[str, Any]]:
+        """Return the trials of every experiment nested in ``parent_id``, by experiment id, then example order."""
+        ...
+
     def leaderboard(
         self,
         *,
@@ -228,6 +392,15 @@ class JournalStore(Protocol):
         """Return a DataFrame, one row per experiment newest first, with counts, mean and interval.
 
         Nested experiments (an optimization's candidate evaluations) are left out unless ``children``.
+        """
+        ...
+
+    def score_intervals(self) -> dict[str, tuple[float, float, float, str]]:
+        """Return ``(mean, ci_low, ci_high, ci_method)`` per experiment id: the numbers every view shows.
+
+        An evaluation that ended shows the mean and interval its result stored in its summary; any
+        other experiment with scores the interval of ``dspex_lab.stats.score_interval`` over its
+        per-example mean scores; one without a score NaN, NaN, NaN and ``""``.
         """
         ...
 
@@ -250,81 +423,18 @@ class JournalStore(Protocol):
         """Return a DataFrame of example_id, score_a, score_b: per-example means of ok repeats present in both."""
         ...
 
-    def trial_counts(self, experiment_id: str) -> dict[str, int]:
-        """Return the number of recorded trials of an experiment per status (absent statuses left out)."""
-        ...
 
-    def span_rows(self, experiment_id: str, trials: str | Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """Return stored span rows (attributes as JSON text) by trial, then start time, parents first."""
-        ...
+@runtime_checkable
+class JournalStore(JournalWriter, JournalReader, Protocol):
+    """A whole journal: :class:`JournalWriter` and :class:`JournalReader`, with the guarantees of both.
 
-    def span_counts(self, experiment_id: str, trials: Sequence[str]) -> dict[str, int]:
-        """Return the number of stored spans of each given trial, in the order given (0 for a trial without).
-
-        Raises:
-            JournalError: ``trials`` is not a sequence of trial ids.
-        """
-        ...
-
-    def finished_keys(self, experiment_id: str) -> set[tuple[str, int]]:
-        """Return (example id, repeat) of every recorded trial of an experiment."""
-        ...
-
-    def dataset_examples(self, fingerprint: str) -> list[tuple[str, dict[str, Any]]]:
-        """Return the stored (example id, fields) of a dataset in order; empty if not stored."""
-        ...
-
-    def register_hypothesis(self, record: dict[str, Any]) -> str:
-        """Record a pre-registered hypothesis (status ``registered``, no verdict) and return its id.
-
-        ``record`` has ``id``, ``statement``, ``baseline``, ``treatment``, ``direction``,
-        ``min_effect``, ``alpha`` and optionally ``metric``.
-        """
-        ...
-
-    def decide_hypothesis(self, hypothesis_id: str, *, status: str, verdict: dict[str, Any]) -> None:
-        """Record a hypothesis' decision: its new status, its verdict (a JSON object) and when it was decided."""
-        ...
-
-    def hypothesis_rows(self) -> list[dict[str, Any]]:
-        """Return every registered hypothesis as a dict (verdict decoded), oldest first (then by id)."""
-        ...
-
-    def record_candidates(self, run_id: str, candidates: Sequence[dict[str, Any]]) -> None:
-        """Record an optimization run's new candidates; a candidate already recorded is left as it was.
-
-        Each dict has ``candidate_id``, ``step``, ``parent_id``, ``strategy``, ``rationale``,
-        ``fingerprint``, and ``values`` and ``program_spec`` (JSON values, read back with their
-        JSON types: a boolean stays a boolean).
-        """
-        ...
-
-    def record_step(self, run_id: str, step: dict[str, Any]) -> None:
-        """Record one step of an optimization run, replacing an earlier write of the same step.
-
-        ``step`` has ``step``, ``status`` and ``incumbent_id`` and may have the other step columns
-        (``accepted_id``, ``best_mean``, ``lm_calls``...). A step is written when it starts and again
-        when it ends: its start time is the first write's, and it has a finish time once its
-        ``status`` is not ``running``. ``minibatch``,
-        ``screening`` and ``evaluations`` are JSON values, read back with their JSON types.
-        """
-        ...
-
-    def candidate_rows(self, run_id: str) -> list[dict[str, Any]]:
-        """Return an optimization run's candidates in the order they were made (by step, then time, then id)."""
-        ...
-
-    def step_rows(self, run_id: str) -> list[dict[str, Any]]:
-        """Return an optimization run's steps by step number (JSON columns decoded)."""
-        ...
-
-    def finish_children(self, run_id: str, *, status: str) -> None:
-        """Give ``status`` to the experiments nested in ``run_id`` that still run; ended ones keep theirs."""
-        ...
-
-    def children_trial_rows(self, parent_id: str) -> list[dict[str, Any]]:
-        """Return the trials of every experiment nested in ``parent_id``, by experiment id, then example order."""
-        ...
+    :class:`~dspex_lab.journal.DuckDBJournal` (a file, durable, shared by processes) and
+    :class:`~dspex_lab.journal.MemoryJournal` (in memory, for one process, when the user asks for no
+    journal file) implement it with one implementation of every write and query;
+    ``tests/journal/test_store_conformance.py`` runs one suite on both. Their DataFrame
+    conveniences (``experiments()``, ``trials()``, ``hypotheses()``) and the read-only ``sql()``
+    are the user's, not part of the contract the package's own readers use.
+    """
 
 
 @dataclass(frozen=True)

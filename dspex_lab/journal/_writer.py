@@ -16,7 +16,7 @@ from dspex_lab.journal._schema import span_table
 
 if TYPE_CHECKING:
     from dspex_lab._records import ExperimentRecord
-    from dspex_lab.journal._base import DuckDBStore
+    from dspex_lab.journal._store import JournalWriter
 
 __all__ = ["TrialWriter"]
 
@@ -38,7 +38,7 @@ class TrialWriter:
 
     def __init__(
         self,
-        journal: DuckDBStore,
+        journal: JournalWriter,
         experiment_id: str,
         *,
         flush_interval: float = 0.4,

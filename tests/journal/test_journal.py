@@ -279,11 +279,22 @@ def filled(journal_path):
     return journal, experiment
 
 
-def test_duckdb_journal_implements_the_store_protocol(journal_path):
-    from dspex_lab.journal import JournalStore
+def test_both_stores_implement_the_writer_and_reader_protocols(journal_path):
+    from dspex_lab.journal import JournalReader, JournalStore, JournalWriter, memory_journal
 
-    assert isinstance(dx.open_journal(journal_path), JournalStore)
+    for store in (dx.open_journal(journal_path), memory_journal()):
+        for protocol in (JournalWriter, JournalReader, JournalStore):
+            assert isinstance(store, protocol), (store, protocol)
     assert not isinstance(object(), JournalStore)
+
+    class OnlyReads:  # every query, no write: a reader, not a store
+        pass
+
+    for name in dir(JournalReader):
+        if not name.startswith("_"):
+            setattr(OnlyReads, name, getattr(dx.journal.MemoryJournal, name))
+    assert isinstance(OnlyReads(), JournalReader)
+    assert not isinstance(OnlyReads(), JournalWriter) and not isinstance(OnlyReads(), JournalStore)
 
 
 def test_experiment_summaries_are_newest_first_with_counts_and_mean(filled):
@@ -433,17 +444,26 @@ def test_a_fresh_process_reads_traces_without_importing_the_trace_layer_itself(f
     assert completed.stdout.strip() == "TraceTree"
 
 
-def test_duckdb_journal_methods_match_the_protocol_signatures():
+@pytest.mark.parametrize("store", ["DuckDBJournal", "MemoryJournal"])
+def test_both_stores_match_the_protocol_signatures(store):
     import inspect
 
-    from dspex_lab.journal import DuckDBJournal, JournalStore
+    from dspex_lab import journal
+    from dspex_lab.journal import JournalReader, JournalWriter
 
-    members = [name for name in vars(JournalStore) if not name.startswith("_") and callable(vars(JournalStore)[name])]
-    assert {"experiment_summaries", "trial_rows", "trial_counts", "span_rows", "hypothesis_rows"} <= set(members)
-    for name in members:
-        expected = inspect.signature(getattr(JournalStore, name)).parameters
-        actual = inspect.signature(getattr(DuckDBJournal, name)).parameters
-        assert list(actual) == list(expected), name
-        for parameter in expected.values():
-            assert actual[parameter.name].kind == parameter.kind, f"{name}({parameter.name})"
-            assert actual[parameter.name].default == parameter.default, f"{name}({parameter.name})"
+    implementation = getattr(journal, store)
+    for protocol, required in (
+        (JournalWriter, {"create_experiment", "append_trials", "record_step", "writer", "hold"}),
+        (JournalReader, {"experiment_summaries", "trial_rows", "trial_counts", "span_rows", "hypothesis_rows"}),
+    ):
+        members = [name for name in vars(protocol) if not name.startswith("_") and callable(vars(protocol)[name])]
+        assert required <= set(members), protocol.__name__
+        for name in members:
+            expected = inspect.signature(getattr(protocol, name)).parameters
+            actual = inspect.signature(getattr(implementation, name)).parameters
+            assert list(actual) == list(expected), name
+            for parameter in expected.values():
+                assert actual[parameter.name].kind == parameter.kind, f"{name}({parameter.name})"
+                assert actual[parameter.name].default == parameter.default, f"{name}({parameter.name})"
+        for name in ("durable", "location"):
+            assert isinstance(vars(JournalWriter)[name], property) and hasattr(implementation, name), name
