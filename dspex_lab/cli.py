@@ -93,9 +93,17 @@ def _demo(arguments: argparse.Namespace) -> int:
         f"p = {comparison.p_value:.2g}, "
         f"d_z = {comparison.effect_size:.2f}"
     )
-    journal_path = Path(context.journal.path).resolve() if context.journal is not None else None
-    console.print(f"Journal: {journal_path}  (browse with: dspex journal list --journal {journal_path})")
+    _print_where(console, context.journal)
     return 0
+
+
+def _print_where(console: Any, journal: Any) -> None:
+    """Say where the run was recorded: a journal file with how to browse it, or that nothing was written."""
+    if journal.durable:
+        path = Path(journal.path).resolve()
+        console.print(f"Journal: {path}  (browse with: dspex journal list --journal {path})")
+    else:
+        console.print(f"Journal: {journal.location}; nothing was written to disk")
 
 
 def _import_modules(names: Sequence[str]) -> None:
@@ -637,7 +645,7 @@ def _dashboard(arguments: argparse.Namespace) -> int:
         show=not arguments.no_browser,
         allow_remote=arguments.allow_remote,
     )
-    print(f"dspex dashboard of {server.journal.path} at {server.url} (Ctrl-C stops it)", flush=True)
+    print(f"dspex dashboard of {server.journal.location} at {server.url} (Ctrl-C stops it)", flush=True)
     try:
         while server.running:
             time.sleep(0.5)

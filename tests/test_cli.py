@@ -23,6 +23,20 @@ def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, capsys):
     assert list(evaluations["n_trials"]) == [60, 60]
 
 
+def test_the_journal_is_named_with_how_to_browse_it_only_when_it_is_a_file(tmp_path, capsys):
+    from rich.console import Console
+
+    from dspex_lab.cli import _print_where
+
+    console = Console(width=300)
+    _print_where(console, dx.open_journal(tmp_path / "kept.duckdb"))
+    _print_where(console, dx.journal.memory_journal())
+    kept, in_memory = capsys.readouterr().out.splitlines()
+    path = (tmp_path / "kept.duckdb").resolve()
+    assert kept == f"Journal: {path}  (browse with: dspex journal list --journal {path})"
+    assert in_memory == "Journal: an in-memory journal (kept for this process only); nothing was written to disk"
+
+
 def test_demo_console_script_is_installed(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "dspex_lab.cli", "demo", "--journal", str(tmp_path / "d.duckdb"), "-n", "20", "--quiet"],

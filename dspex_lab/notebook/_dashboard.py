@@ -35,7 +35,7 @@ from dspex_lab.notebook._dashboard_data import (
 )
 
 if TYPE_CHECKING:
-    from dspex_lab.journal import DuckDBJournal
+    from dspex_lab.journal import JournalStore
 
 __all__ = ["Dashboard", "DashboardServer", "serve_dashboard"]
 
@@ -90,7 +90,7 @@ class Dashboard:
         refresh_seconds: how often a served session checks the journal for changes.
     """
 
-    def __init__(self, journal: DuckDBJournal, *, refresh_seconds: float = 2.0) -> None:
+    def __init__(self, journal: JournalStore, *, refresh_seconds: float = 2.0) -> None:
         pn = _panel()
         self.journal = journal
         self.refresh_seconds = refresh_seconds
@@ -108,7 +108,7 @@ class Dashboard:
         self._trace_widgets(pn)
         self._optimization_widgets(pn)
         self.view = pn.Column(
-            pn.pane.Markdown(f"## dspex dashboard — `{journal.path}`"),
+            pn.pane.Markdown(f"## dspex dashboard — {journal.location}"),
             self.status,
             pn.Tabs(
                 ("Experiments", self._experiments_page()),
@@ -258,15 +258,12 @@ class Dashboard:
 
     def refresh_leaderboard(self) -> None:
         """Re-query the experiments page with the current filters and redraw it."""
-        if not self.journal.path.exists():
-            self.board = pd.DataFrame(columns=[*_LEADERBOARD_SHOWN, "label"])
-        else:
-            self.board = leaderboard_frame(
-                self.journal,
-                name=self.name_filter.value,
-                kind=self.kind_filter.value,
-                status=self.status_filter.value,
-            )
+        self.board = leaderboard_frame(
+            self.journal,
+            name=self.name_filter.value,
+            kind=self.kind_filter.value,
+            status=self.status_filter.value,
+        )
         shown = self.board[[column for column in _LEADERBOARD_SHOWN if column in self.board.columns]].copy()
         if "created_at" in shown:
             shown["created_at"] = shown["created_at"].astype(str).str.slice(0, 19)
@@ -304,10 +301,8 @@ class Dashboard:
         )
 
     def _refresh_menus(self) -> None:
-        board = self.board if len(self.board) else pd.DataFrame(columns=["label", "experiment_id", "kind", "status"])
-        if self.journal.path.exists():
-            # The menus list every experiment, nested ones too, whatever the leaderboard shows.
-            board = leaderboard_frame(self.journal, children=True)
+        # The menus list every experiment, nested ones too, whatever the leaderboard shows.
+        board = leaderboard_frame(self.journal, children=True)
         # An optimization's own evaluations (those with a parent) come after the researcher's, newest first in each.
         board = board.assign(nested=board["parent_id"].notna() if "parent_id" in board else False)
         board = board.sort_values("nested", kind="stable")
@@ -573,7 +568,7 @@ class DashboardServer:
         journal: the journal it shows.
     """
 
-    def __init__(self, thread: Any, *, host: str, port: int, journal: DuckDBJournal) -> None:
+    def __init__(self, thread: Any, *, host: str, port: int, journal: JournalStore) -> None:
         self._thread = thread
         self.host = host
         self.port = port
@@ -584,7 +579,7 @@ class DashboardServer:
 
     def __repr__(self) -> str:
         state = "stopped" if self._stopped.is_set() else "running"
-        return f"DashboardServer({self.url!r}, journal={str(self.journal.path)!r}, {state})"
+        return f"DashboardServer({self.url!r}, {self.journal.location}, {state})"
 
     def __enter__(self) -> DashboardServer:
         return self
@@ -606,7 +601,7 @@ class DashboardServer:
 
 
 def serve_dashboard(
-    journal: str | os.PathLike[str] | DuckDBJournal | None = None,
+    journal: str | os.PathLike[str] | JournalStore | None = None,
     *,
     port: int = 0,
     host: str = "127.0.0.1",
@@ -639,11 +634,11 @@ def serve_dashboard(
         'http://127.0.0.1:40123/'
         >>> server.stop()  # doctest: +SKIP
     """
-    from dspex_lab.evaluation._export import journal_of
+    from dspex_lab.session import journal_store
 
     pn = _panel()
     _holoviews()
-    store = journal_of(journal, action="the dashboard")
+    store = journal_store(journal)
     _check_serving(store, host=host, port=port, refresh_seconds=refresh_seconds, allow_remote=allow_remote)
     try:
         chosen = port or _free_port(host)
@@ -674,7 +669,7 @@ def serve_dashboard(
     return server
 
 
-def _check_serving(store: DuckDBJournal, *, host: str, port: int, refresh_seconds: float, allow_remote: bool) -> None:
+def _check_serving(store: JournalStore, *, host: str, port: int, refresh_seconds: float, allow_remote: bool) -> None:
     """Refuse a bad port, a refresh too frequent, or a non-loopback host not allowed; warn for one allowed."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise JournalError(f"port must be an integer from 0 to 65535 (0 picks a free one), got {port!r}")
@@ -690,7 +685,7 @@ def _check_serving(store: DuckDBJournal, *, host: str, port: int, refresh_second
         )
     warnings.warn(
         f"the dashboard listens on {host}: anyone who can reach that address can read every experiment, "
-        f"prompt and answer in {store.path}",
+        f"prompt and answer in {store.location}",
         DspexLabWarning,
         stacklevel=3,  # the caller of serve_dashboard
     )

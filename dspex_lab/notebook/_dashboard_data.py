@@ -2,8 +2,8 @@
 
 Each page of the dashboard is a thin drawing over one function of this module, so the values a
 page shows can be checked against the journal without a browser and timed by
-``bench/bench_dashboard.py``. Every query goes through the journal's own fast methods
-(``leaderboard``, ``trial_page``, ``paired_scores``), which open the file read-only for one
+``bench/bench_dashboard.py``. Every query goes through the journal's reader methods
+(``leaderboard``, ``trial_page``, ``paired_scores``); a file journal opens its file read-only for one
 transaction, so a kernel writing to the same journal is never blocked for long.
 """
 
@@ -24,7 +24,7 @@ from dspex_lab.errors import JournalError
 from dspex_lab.stats import PairedTest, is_binary, paired_test
 
 if TYPE_CHECKING:
-    from dspex_lab.journal import DuckDBJournal
+    from dspex_lab.journal import JournalReader, JournalStore
     from dspex_lab.trace.tree import TraceNode
 
 __all__ = [
@@ -51,7 +51,7 @@ def experiment_label(name: Any, experiment_id: str) -> str:
 
 
 def leaderboard_frame(
-    journal: DuckDBJournal,
+    journal: JournalReader,
     *,
     name: str | None = None,
     kind: str | None = None,
@@ -82,7 +82,7 @@ def leaderboard_frame(
 
 
 def trial_frame(
-    journal: DuckDBJournal,
+    journal: JournalReader,
     experiment_id: str,
     *,
     status: str | None = None,
@@ -132,7 +132,7 @@ class ComparisonView:
         return float(self.pairs["score_b"].mean()) if len(self.pairs) else math.nan
 
 
-def comparison_view(journal: DuckDBJournal, a: str, b: str, *, confidence: float = 0.95) -> ComparisonView:
+def comparison_view(journal: JournalReader, a: str, b: str, *, confidence: float = 0.95) -> ComparisonView:
     """Compare two stored experiments example by example.
 
     Args:
@@ -165,17 +165,28 @@ def comparison_view(journal: DuckDBJournal, a: str, b: str, *, confidence: float
 
 @dataclass(frozen=True)
 class JournalSignature:
-    """What changes on disk when anyone writes the journal: sizes and modification times of its files."""
+    """What changes when anyone writes the journal.
 
-    stamps: tuple[tuple[int, int], ...]
-
-
-def journal_signature(journal: DuckDBJournal) -> JournalSignature:
-    """Return the journal files' sizes and modification times, read without opening the database.
-
-    A write lands in the write-ahead log (``<journal>.wal``) or the file itself, so an unchanged
-    signature means there is nothing new to query; it costs two ``stat`` calls.
+    For a journal file, the sizes and modification times of its files; for a journal kept in memory,
+    each experiment's id, status and trial count.
     """
+
+    stamps: tuple[tuple[Any, ...], ...]
+
+
+def journal_signature(journal: JournalStore) -> JournalSignature:
+    """Return what changes when the journal is written, read as cheaply as the journal allows.
+
+    A file journal's write lands in the write-ahead log (``<journal>.wal``) or the file itself, so
+    its signature is read without opening the database, in two ``stat`` calls. A journal kept in
+    memory has no file: its signature is one query of its experiments (it is this process's own).
+    An unchanged signature means there is nothing new to query.
+    """
+    from dspex_lab.journal import DuckDBJournal
+
+    if not isinstance(journal, DuckDBJournal):
+        summaries = journal.experiment_summaries(children=True)
+        return JournalSignature(tuple((summary.id, summary.status, summary.n_trials) for summary in summaries))
     path = Path(journal.path)
     stamps = []
     for candidate in (path, path.with_name(path.name + ".wal")):
@@ -188,7 +199,7 @@ def journal_signature(journal: DuckDBJournal) -> JournalSignature:
     return JournalSignature(tuple(stamps))
 
 
-def trace_rows(journal: DuckDBJournal, experiment_id: str, trial_id: str) -> list[dict[str, Any]]:
+def trace_rows(journal: JournalReader, experiment_id: str, trial_id: str) -> list[dict[str, Any]]:
     """Return one trial's spans as rows in tree order (depth first), for the trace page.
 
     Each row has ``depth``, ``kind``, ``name``, ``status``, ``start_ms`` (from the trial's first span),

@@ -15,6 +15,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from dspex_lab.errors import DspexLabError, VariableError, bounded_repr
+from dspex_lab.session import current_context
 
 SUBCOMMANDS = ("program", "evaluate", "compare", "optimize", "trace", "sql", "config", "dashboard")
 # A program cell is typed or pasted, not a data file: bounded before YAML parses it (then within
@@ -247,7 +248,7 @@ class DspexMagics(Magics):
 
     def _trace(self, args: argparse.Namespace, cell: str | None) -> Any:
         """A trial's span tree (the TraceViewer widget, or text), or the list of an experiment's trials or steps."""
-        journal = self._journal("%dspex trace")
+        journal = current_context().journal
         record = journal.experiment(args.experiment)
         if record.get("kind") == "optimization" and args.trial is None:
             import pandas as pd
@@ -267,29 +268,19 @@ class DspexMagics(Magics):
 
         return TraceViewer(journal, args.experiment, trial_id=args.trial)
 
-    def _journal(self, magic: str) -> Any:
-        from dspex_lab.session import current_context
-
-        journal = current_context().journal
-        if journal is None:
-            raise UsageError(f"{magic}: the current dx.Context has no journal")
-        return journal
-
     def _sql(self, args: argparse.Namespace, cell: str) -> Any:
-        return self._journal("%%dspex sql").sql(cell)
+        return current_context().journal.sql(cell)
 
     def _config(self, args: argparse.Namespace, cell: str | None) -> dict[str, Any]:
-        from dspex_lab.session import current_context
         from dspex_lab.trace.redaction import mask_text
 
         context = current_context()
-        journal = context.journal
         # What is shown is masked like anything persisted: a URL password or a key pasted into a model name
         # or path never reaches the notebook's output (which is saved with the notebook).
         settings = {
             "lm": getattr(context.lm, "model", type(context.lm).__name__),
             "api_base": getattr(context.lm, "kwargs", {}).get("api_base"),
-            "journal": str(getattr(journal, "path", journal)),
+            "journal": context.journal.location,
             "threads": context.threads,
             "executor": repr(context.executor),
         }
@@ -315,7 +306,7 @@ class DspexMagics(Magics):
             )
         from dspex_lab.notebook._dashboard import serve_dashboard
 
-        self._dashboard_server = serve_dashboard(self._journal("%dspex dashboard"), port=args.port)
+        self._dashboard_server = serve_dashboard(current_context().journal, port=args.port)
         display(HTML(_dashboard_link(self._dashboard_server, "started")))
         return self._dashboard_server
 
@@ -324,8 +315,10 @@ def _dashboard_link(server: Any, state: str) -> str:
     from html import escape
 
     url = escape(server.url)
-    journal = escape(Path(server.journal.path).name)  # the file's name: a saved notebook keeps no home paths
-    return f'dspex dashboard {state}: <a href="{url}" target="_blank">{url}</a> (journal {journal})'
+    store = server.journal
+    # A file by its name only: a saved notebook keeps no home paths.
+    journal = f"journal {Path(store.path).name}" if store.durable else store.location
+    return f'dspex dashboard {state}: <a href="{url}" target="_blank">{url}</a> ({escape(journal)})'
 
 
 def register(ipython: Any) -> None:

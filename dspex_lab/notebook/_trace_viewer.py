@@ -7,9 +7,10 @@ import os
 from typing import Any, NamedTuple
 
 from dspex_lab.errors import JournalError, MissingDependencyError, ProgramSpecError
-from dspex_lab.journal import TRIAL_ORDERS, DuckDBJournal, open_journal
+from dspex_lab.journal import TRIAL_ORDERS, JournalStore
 from dspex_lab.notebook._widgets_common import front_end_file
 from dspex_lab.providers import ModelPrice, model_price
+from dspex_lab.session import journal_store
 from dspex_lab.trace import Span
 from dspex_lab.trace.redaction import mask_text
 
@@ -252,7 +253,7 @@ class TraceViewer(anywidget.AnyWidget):
 
     def __init__(
         self,
-        journal: DuckDBJournal | str | os.PathLike[str],
+        journal: JournalStore | str | os.PathLike[str],
         experiment_id: str,
         *,
         trial_id: str | None = None,
@@ -261,7 +262,7 @@ class TraceViewer(anywidget.AnyWidget):
         if sort_by not in _SORTS:
             raise JournalError(f"sort_by must be one of {_SORTS}, got {sort_by!r}")
         super().__init__()
-        self._journal = journal if isinstance(journal, DuckDBJournal) else open_journal(journal)
+        self._journal = journal_store(journal)
         self._experiment_id = experiment_id
         self._spans: dict[str, _SpanRow] = {}
         self._haystacks: dict[str, str] | None = None
@@ -274,7 +275,7 @@ class TraceViewer(anywidget.AnyWidget):
         )
         if not rows:
             raise JournalError(
-                f"experiment {experiment_id!r} has no traced trials in {self._journal.path}; "
+                f"experiment {experiment_id!r} has no traced trials in {self._journal.location}; "
                 "evaluate with dx.evaluate(..., trace=True)"
             )
         self.header = _header(self._journal.experiment(experiment_id), rows)

@@ -7,9 +7,10 @@ import os
 from typing import Any
 
 from dspex_lab.errors import DspexLabError, JournalError, MissingDependencyError
-from dspex_lab.journal import TRIAL_SORTS, DuckDBJournal, open_journal
+from dspex_lab.journal import TRIAL_SORTS, JournalStore
 from dspex_lab.notebook._trace_viewer import TraceViewer
 from dspex_lab.notebook._widgets_common import front_end_file, json_number
+from dspex_lab.session import journal_store
 
 try:
     import anywidget
@@ -108,26 +109,17 @@ class ExperimentBrowser(ipywidgets.VBox):
             each with its ``parent`` and ``role``); by default only top-level experiments are listed.
 
     Raises:
-        JournalError: no journal was given and the context has none, or ``trial_limit`` is below 1.
+        JournalError: ``journal`` is neither a path nor a journal, or ``trial_limit`` is below 1.
     """
 
     def __init__(
         self,
-        journal: DuckDBJournal | str | os.PathLike[str] | None = None,
+        journal: JournalStore | str | os.PathLike[str] | None = None,
         *,
         trial_limit: int = 200,
         nested: bool = False,
     ) -> None:
-        if journal is None:
-            from dspex_lab.session import current_context
-
-            journal = current_context().journal
-            if journal is None:
-                raise JournalError(
-                    "ExperimentBrowser needs a journal: pass one (a path or dx.open_journal(...)), "
-                    "or enter a dx.Context whose journal is not False"
-                )
-        self.journal = journal if isinstance(journal, DuckDBJournal) else open_journal(journal)
+        self.journal = journal_store(journal)
         if not isinstance(nested, bool):
             raise JournalError(f"ExperimentBrowser(nested=...) must be True or False, got {nested!r}")
         self.nested = nested
@@ -166,7 +158,7 @@ class ExperimentBrowser(ipywidgets.VBox):
             JournalError: the journal has no such experiment.
         """
         if experiment_id and not any(row["id"] == experiment_id for row in self._rows):
-            raise JournalError(f"no experiment {experiment_id!r} in {self.journal.path}")
+            raise JournalError(f"no experiment {experiment_id!r} in {self.journal.location}")
         self.tables.selected_experiment = experiment_id
 
     def select_trial(self, trial_id: str) -> None:

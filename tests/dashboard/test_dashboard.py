@@ -20,7 +20,7 @@ import holoviews as hv
 
 import dspex_lab as dx
 from dspex_lab.errors import JournalError
-from dspex_lab.journal import ExperimentRecord, open_journal
+from dspex_lab.journal import ExperimentRecord, memory_journal, open_journal
 from dspex_lab.notebook._dashboard import Dashboard, serve_dashboard
 from dspex_lab.notebook._dashboard_data import (
     comparison_view,
@@ -246,6 +246,22 @@ def test_the_journal_signature_changes_when_the_journal_is_written(tmp_path: Pat
     with dx.Context(lm=dx.lab_lm("lab/small"), journal=journal.path, threads=1):
         evaluate("dspy.Predict", "one", list(dx.datasets.arithmetic(3, seed=1)), trace=False)
     assert journal_signature(journal) != absent
+
+
+def test_a_journal_kept_in_memory_is_shown_and_its_writes_are_noticed() -> None:
+    journal = memory_journal()
+    dashboard = Dashboard(journal)
+    assert dashboard.table.value.empty and "an in-memory journal" in dashboard.view[0].object
+    empty = journal_signature(journal)
+    assert dashboard.refresh() is False  # nothing written: no page re-queried
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=journal, threads=1):
+        result = evaluate("dspy.Predict", "kept-in-memory", list(dx.datasets.arithmetic(3, seed=1)))
+    assert journal_signature(journal) != empty
+    assert dashboard.refresh() is True
+    assert list(dashboard.table.value["experiment_id"]) == [result.experiment_id]
+    assert dashboard.trace_experiment.value == result.experiment_id and dashboard.trials_total == 3
+    dashboard.show_trace(str(dashboard.trials.iloc[0]["trial_id"]))
+    assert "spans</h4>" in dashboard.trace_view.object
 
 
 def test_an_absent_journal_shows_empty_pages(tmp_path: Path) -> None:

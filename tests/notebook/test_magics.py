@@ -108,6 +108,33 @@ def test_sql_cell_queries_the_journal(shell):
     assert int(frame["n"].iloc[0]) == len(result.trials)
 
 
+def test_without_a_journal_file_the_magics_read_the_in_memory_journal(shell, tmp_path, capsys):
+    from dspex_lab.notebook._magics import _dashboard_link
+
+    shell.run_cell_magic("dspex", "program qa", PROGRAM)
+    shell.user_ns["data"] = list(dx.datasets.arithmetic(2, seed=0))
+    with dx.Context(lm=dx.lab_lm(), journal=False) as context:
+        result = shell.run_line_magic("dspex", "evaluate qa --data data --metric exact_match --trace --name m")
+        frame = shell.run_cell_magic("dspex", "sql", "SELECT count(*) AS n FROM trials")
+        trial = result.trials["trial_id"].iloc[0]
+        shell.run_line_magic("dspex", f"trace {result.experiment_id} {trial} --text")
+        config = shell.run_line_magic("dspex", "config")
+    assert int(frame["n"].iloc[0]) == 2
+    assert "lm" in capsys.readouterr().out
+    assert config["journal"] == context.journal.location == "an in-memory journal (kept for this process only)"
+    assert not (tmp_path / "j.duckdb").exists()  # nothing reached the outer context's file
+    server = type("Server", (), {"url": "http://127.0.0.1:1/", "journal": context.journal})()
+    assert "(an in-memory journal (kept for this process only))" in _dashboard_link(server, "started")
+
+
+def test_the_dashboard_link_names_a_journal_file_by_its_name_only(shell, tmp_path):
+    from dspex_lab.notebook._magics import _dashboard_link
+
+    server = type("Server", (), {"url": "http://127.0.0.1:1/", "journal": dx.open_journal(tmp_path / "j.duckdb")})()
+    link = _dashboard_link(server, "started")
+    assert "(journal j.duckdb)" in link and str(tmp_path) not in link
+
+
 def test_optimize_runs_simba_c_and_binds_the_result(shell):
     shell.run_cell_magic("dspex", "program qa", PROGRAM)
     problems = list(dx.datasets.arithmetic(40, seed=3))

@@ -470,10 +470,20 @@ def test_refresh_picks_up_experiments_written_meanwhile(browsed):
     assert later.experiment_id in {row["id"] for row in browser.experiments}
 
 
-def test_browser_needs_a_journal():
-    needs = pytest.raises(dx.errors.JournalError, match="ExperimentBrowser needs a journal")
-    with dx.Context(lm=dx.lab_lm("lab/small"), journal=False), needs:
-        dx.ExperimentBrowser()
+def test_without_a_journal_file_the_browser_shows_the_contexts_in_memory_journal():
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=False, threads=2) as context:
+        result = dx.evaluate(PREDICT, dx.datasets.arithmetic(4, seed=2), metric=dx.metrics.exact_match,
+                             progress=False, name="in-memory", trace=True)  # fmt: skip
+        browser = dx.ExperimentBrowser()
+    assert browser.journal is context.journal and not browser.journal.durable
+    (row,) = browser.experiments
+    assert (row["id"], row["name"], row["n_trials"]) == (result.experiment_id, "in-memory", 4)
+    browser.select_experiment(result.experiment_id)
+    assert len(browser.trials) == 4
+    browser.select_trial(browser.trials[0]["trial_id"])
+    assert browser.trace_viewer is not None and browser.trace_viewer.trials
+    with pytest.raises(dx.errors.JournalError, match="no experiment 'nope' in an in-memory journal"):
+        browser.select_experiment("nope")
 
 
 def test_an_unfinished_experiment_shows_the_interval_its_result_reported(journal_path):
