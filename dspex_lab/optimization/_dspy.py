@@ -86,7 +86,8 @@ from dspex_lab.engine import to_json_value, trial_record
 from dspex_lab.engine._trial import _score
 from dspex_lab.errors import MissingDependencyError, OptimizerError, VariableError
 from dspex_lab.optimization._evaluator import BudgetSpent, Scores, Spending, evaluation_id
-from dspex_lab.optimization._simba_c import StepRecord, _interval, _number, validation_outcome
+from dspex_lab.optimization._session import RunSession, StepRecord
+from dspex_lab.optimization._simba_c import _interval, _number, validation_outcome
 from dspex_lab.optimization._space import Candidate, Slots, lift
 from dspex_lab.program import Program
 from dspex_lab.providers import Meter, Usage, metering
@@ -254,18 +255,13 @@ class DspyOptimizer:
             return 8
         return max(1, int(options["max_bootstrapped_demos"]) + int(options["max_labeled_demos"]))
 
-    def run_dspy(
-        self, session: Any, *, program: Program, metric: Callable[..., Any], seed: int, lm: dspy.BaseLM
-    ) -> tuple[str, str]:
+    def run_dspy(self, session: RunSession) -> tuple[str, str]:
         """Run the optimizer for ``dx.optimize`` and return the run's status and why it ended.
 
         Args:
-            session: the run's journal side (``dx.optimize``'s session: records, steps, spans, evaluator).
-            program: the program to optimize.
-            metric: ``metric(example, prediction)``.
-            seed: the run's seed (SIMBA's and MIPROv2's compile seed, GEPA's seed; BootstrapFewShot
-                samples with DSPy's fixed seed).
-            lm: the run's LM.
+            session: the run's journal side (records, steps, spans), its setup (program, metric,
+                seed: SIMBA's and MIPROv2's compile seed, GEPA's seed; BootstrapFewShot samples with
+                DSPy's fixed seed; LM) and its evaluator.
 
         Raises:
             MissingDependencyError: MIPROv2 without optuna (the ``optimize`` extra).
@@ -274,15 +270,15 @@ class DspyOptimizer:
         """
         if self.name == "mipro" and importlib.util.find_spec("optuna") is None:
             raise MissingDependencyError("optuna", "optimize")
-        spending: Spending = session.evaluator.spending
-        budget = spending.budget
-        if budget is not None and budget.lm_calls is not None and budget.lm_calls < len(session.val):
+        budget = session.evaluator.spending.budget
+        validation = len(session.val_examples)
+        if budget is not None and budget.lm_calls is not None and budget.lm_calls < validation:
             raise OptimizerError(
-                f"Budget(lm_calls={budget.lm_calls}) is too small for the baseline alone ({len(session.val)} "
+                f"Budget(lm_calls={budget.lm_calls}) is too small for the baseline alone ({validation} "
                 "validation examples, at least one LM call each); raise the budget"
             )
-        lifted, slots = lift(program, lm=lm, max_demos=self._max_demos())
-        run = _DspyRun(self, session, lifted, slots, metric, seed, lm)
+        lifted, slots = lift(session.setup.program, lm=session.setup.lm, max_demos=self._max_demos())
+        run = _DspyRun(self, session, lifted, slots)
         return run.run()
 
 
@@ -557,34 +553,19 @@ def _inputs_key(example: Any) -> str:
 class _DspyRun:
     """One run of a DSPy optimizer: baseline, compile, candidates, validation, steps."""
 
-    def __init__(
-        self,
-        optimizer: DspyOptimizer,
-        session: Any,
-        lifted: Program,
-        slots: Slots,
-        metric: Callable[..., Any],
-        seed: int,
-        lm: dspy.BaseLM,
-    ) -> None:
+    def __init__(self, optimizer: DspyOptimizer, session: RunSession, lifted: Program, slots: Slots) -> None:
         self.optimizer = optimizer
         self.session = session
         self.evaluator = session.evaluator
         self.slots = slots
-        self.metric = metric
-        self.seed = seed
-        self.lm = lm
+        self.metric = session.setup.metric
+        self.seed = session.setup.seed
+        self.lm = session.setup.lm
         self.baseline = Candidate(
             "c0", lifted, None, 0, "baseline", "the program as given, with instructions and demos lifted"
         )
-        self.train_examples = [
-            (example_id, index, example)
-            for index, (example_id, example) in enumerate(zip(session.train.example_ids, session.train, strict=True))
-        ]
-        self.val_examples = [
-            (example_id, index, example)
-            for index, (example_id, example) in enumerate(zip(session.val.example_ids, session.val, strict=True))
-        ]
+        self.train_examples = session.train_examples
+        self.val_examples = session.val_examples
         self.validation: dict[str, Scores] = {}
         self._compiles: int | None = None
 
@@ -593,9 +574,6 @@ class _DspyRun:
     def create_compile_experiment(
         self, group: _Group, configuration: Mapping[str, tuple[str, list[dict[str, Any]]]] | None
     ) -> None:
-        writer = self.evaluator.writer
-        if writer is None:
-            return
         program, fits = self.baseline.program, False
         # A configuration that does not fit the lifted variables keeps the baseline's spec, and says so.
         with contextlib.suppress(OptimizerError):
@@ -605,13 +583,11 @@ class _DspyRun:
         record = self.session.record(holder, group.phase, role="compile")
         # What DSPy actually ran: each predictor's instructions and demos, as read when the call began.
         extra = {"dspy_configuration": configuration, "program_spec_is_configuration": fits}
-        writer.create(dataclasses.replace(record, config={**record.config, **extra}))
-        self.evaluator._created.add(group.experiment_id)
+        self.evaluator.create_experiment(dataclasses.replace(record, config={**record.config, **extra}))
 
     def add_compile_trial(self, group: _Group, row: dict[str, Any]) -> None:
         self.evaluator.spending.add(row)
-        if self.evaluator.writer is not None:
-            self.evaluator.writer.add(row, experiment_id=group.experiment_id)
+        self.evaluator.add_trial(group.experiment_id, row)
 
     def to_program(self, configuration: Mapping[str, tuple[str, list[dict[str, Any]]]]) -> Program:
         """Return the lifted program holding ``configuration``'s instructions and demos.

@@ -24,14 +24,14 @@ from typing import Any
 
 import dspy
 
-from dspex_lab.engine import Budget, RunPolicy, TrialFinished, TrialRunner, TrialTask, run_trials
-from dspex_lab.engine._executor import Executor
+from dspex_lab.data import Dataset
+from dspex_lab.engine import Budget, Executor, RunPolicy, TrialFinished, TrialRunner, TrialTask, run_trials
 from dspex_lab.errors import DspexLabWarning
 from dspex_lab.journal import DuckDBJournal, ExperimentRecord, TrialWriter
 from dspex_lab.program import Program
 from dspex_lab.trace import SpanRecorder
 
-__all__ = ["CandidateEvaluator", "Example", "Scores", "Spending", "evaluation_id"]
+__all__ = ["CandidateEvaluator", "Example", "Scores", "Spending", "dataset_examples", "evaluation_id"]
 
 # (example id, position in its dataset, the example)
 Example = tuple[str, int, dspy.Example]
@@ -51,6 +51,14 @@ def evaluation_id(run_id: str, *labels: str) -> str:
     its record's ``parent_id`` and its purpose its ``role``.
     """
     return "/".join((run_id, *labels))
+
+
+def dataset_examples(data: Dataset) -> list[Example]:
+    """Return a dataset's examples as the evaluator takes them: (example id, position, example)."""
+    return [
+        (example_id, index, example)
+        for index, (example_id, example) in enumerate(zip(data.example_ids, data, strict=True))
+    ]
 
 
 @dataclass
@@ -359,6 +367,20 @@ class CandidateEvaluator:
                 # A budget stop is told in the run's totals (the engine only saw this evaluation's share).
                 stopped = self.spending.exhausted() or report.detail or report.status
         return _scores(experiment_id if self.writer is not None else None, examples, recorded, repeat, stopped)
+
+    def create_experiment(self, record: ExperimentRecord) -> None:
+        """Journal an evaluation experiment whose trials something else runs (DSPy's compile), once per id."""
+        if self.writer is not None and record.id not in self._created:
+            self.writer.create(record)
+        self._created.add(record.id)
+
+    def add_trial(self, experiment_id: str, row: dict[str, Any]) -> None:
+        """Journal one trial something else ran (DSPy's compile) in an experiment made by :meth:`create_experiment`.
+
+        Thread safety: may be called from any thread (the journal writer takes rows from any thread).
+        """
+        if self.writer is not None:
+            self.writer.add(row, experiment_id=experiment_id)
 
     def _module(self, program: Program, lm: dspy.BaseLM) -> dspy.Module:
         key = (program.fingerprint, id(lm))

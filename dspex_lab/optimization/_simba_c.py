@@ -49,15 +49,16 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dspy
 import numpy as np
 
 from dspex_lab.errors import OptimizerError, VariableError
-from dspex_lab.optimization._evaluator import BudgetSpent, CandidateEvaluator, Example, Scores, evaluation_id
+from dspex_lab.optimization._evaluator import BudgetSpent, Example, Scores, evaluation_id
+from dspex_lab.optimization._session import RunSession, StepRecord
 from dspex_lab.optimization._space import (
     Candidate,
     EffectLedger,
@@ -65,6 +66,7 @@ from dspex_lab.optimization._space import (
     append_demo,
     append_rule,
     clean_rule,
+    lift,
     move_between,
     mutable_variables,
     mutate,
@@ -73,7 +75,7 @@ from dspex_lab.optimization._space import (
 from dspex_lab.program import Program
 from dspex_lab.stats import holm, one_sided_p_value, paired_test
 
-__all__ = ["ProposeRule", "SimbaC"]
+__all__ = ["ProposeRule", "SimbaC", "SimbaCRun", "run_simba_c"]
 
 STRATEGIES = ("demo", "rule", "mutate", "merge")
 
@@ -177,45 +179,6 @@ class SimbaC:
         }
 
 
-@dataclass
-class StepRecord:
-    """What one step decided, with the numbers behind it (a row of ``optimization_steps``)."""
-
-    step: int
-    status: str
-    incumbent_id: str
-    accepted_id: str | None = None
-    minibatch: list[str] = field(default_factory=list)
-    screening: list[dict[str, Any]] = field(default_factory=list)
-    evaluations: list[dict[str, Any]] = field(default_factory=list)
-    best_mean: float | None = None
-    best_ci_low: float | None = None
-    best_ci_high: float | None = None
-    lm_calls: int = 0
-    tokens: int = 0
-    cost: float | None = None
-    detail: str | None = None
-
-    def to_row(self) -> dict[str, Any]:
-        """Return the journal row."""
-        return dict(self.__dict__)
-
-
-@dataclass
-class Hooks:
-    """What the SIMBA-C loop needs from the run around it (journal, spans, events)."""
-
-    record_candidates: Callable[[list[Candidate]], None]
-    record_step: Callable[[StepRecord], None]
-    recorded_candidates: Callable[[int], list[Candidate]]
-    emit_spans: Callable[[int, list[dict[str, Any]]], None]
-    step_finished: Callable[[StepRecord], None]
-    spending: Callable[[], dict[str, Any]]
-    run_id: str
-    # The step's row as the journal held it when this (resumed) run began, or None.
-    journaled_step: Callable[[int], dict[str, Any] | None] = lambda step: None
-
-
 def _interval(scores: dict[str, float]) -> tuple[float | None, float | None, float | None]:
     values = np.array(list(scores.values()), dtype=float)
     if values.size == 0:
@@ -237,30 +200,37 @@ def paired_gain(candidate: Scores, incumbent: Scores) -> tuple[float, int]:
     return float(np.mean([candidate.by_example[key] - incumbent.by_example[key] for key in common])), len(common)
 
 
-class SimbaCRun:
-    """One SIMBA-C run: the loop, its state and its decisions (built by :func:`dspex_lab.optimize`)."""
+def run_simba_c(session: RunSession, optimizer: SimbaC) -> tuple[str, str]:
+    """Run SIMBA-C for ``dx.optimize`` and return the run's status and why it ended."""
+    setup = session.setup
+    lifted, slots = lift(setup.program, lm=setup.lm, max_demos=optimizer.max_demos)
+    baseline = Candidate("c0", lifted, None, 0, "baseline", "the program as given, with instructions and demos lifted")
+    if "c0" not in session.candidate_rows:
+        session.record_candidates([baseline])
+    run = SimbaCRun(session, optimizer, baseline=baseline, slots=slots)
+    run.run()
+    return run.status, run.detail or ""
 
-    def __init__(
-        self,
-        optimizer: SimbaC,
-        *,
-        baseline: Candidate,
-        slots: Slots,
-        trainset: Sequence[Example],
-        valset: Sequence[Example],
-        evaluator: CandidateEvaluator,
-        hooks: Hooks,
-        seed: int,
-        lm: dspy.BaseLM,
-    ) -> None:
+
+class SimbaCRun:
+    """One SIMBA-C run: the loop, its state and its decisions (built by :func:`run_simba_c`).
+
+    Args:
+        session: the run's journal side (records, steps, spans, events), its setup and its evaluator.
+        optimizer: SIMBA-C's hyperparameters.
+        baseline: the lifted program as candidate ``c0``.
+        slots: the lifted instruction and demo variables of each predictor.
+    """
+
+    def __init__(self, session: RunSession, optimizer: SimbaC, *, baseline: Candidate, slots: Slots) -> None:
+        self.session = session
         self.optimizer = optimizer
         self.slots = slots
-        self.trainset = list(trainset)
-        self.valset = list(valset)
-        self.evaluator = evaluator
-        self.hooks = hooks
-        self.seed = seed
-        self.lm = lm
+        self.trainset = session.train_examples
+        self.valset = session.val_examples
+        self.evaluator = session.evaluator
+        self.seed = session.setup.seed
+        self.lm = session.setup.lm
         self.candidates: dict[str, Candidate] = {baseline.id: baseline}
         self.incumbent = baseline
         self.validation: dict[str, Scores] = {}
@@ -275,30 +245,30 @@ class SimbaCRun:
         self.detail: str | None = None
         self._has_temperature = any(target == "temperature" for target in baseline.program.targets.values())
         self._explore_lm = _exploration_lm(
-            lm, seed=seed, temperature=None if self._has_temperature else optimizer.exploration_temperature
+            self.lm, seed=self.seed, temperature=None if self._has_temperature else optimizer.exploration_temperature
         )
 
     # -- experiments ----------------------------------------------------------------------------
 
     def _experiment(self, candidate: Candidate, phase: str) -> str:
-        return evaluation_id(self.hooks.run_id, candidate.id, phase)
+        return self.session.evaluation(candidate.id, phase)
 
-    def validate(self, candidate: Candidate, record: Callable[..., Any]) -> Scores:
+    def validate(self, candidate: Candidate) -> Scores:
         """Evaluate ``candidate`` on the validation set (once per candidate)."""
         if candidate.id not in self.validation:
             experiment = self._experiment(candidate, "val")
             self.validation[candidate.id] = self.evaluator.evaluate(
-                candidate.program, self.valset, experiment_id=experiment, record=record(candidate, "val")
+                candidate.program, self.valset, experiment_id=experiment, record=self.session.record(candidate, "val")
             )
         return self.validation[candidate.id]
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def run(self, record: Callable[..., Any]) -> None:
-        """Run steps until a stopping rule fires; ``record`` makes each evaluation's experiment record."""
+    def run(self) -> None:
+        """Run steps until a stopping rule fires."""
         optimizer = self.optimizer
         try:
-            baseline_scores = self.validate(self.incumbent, record)
+            baseline_scores = self.validate(self.incumbent)
             if baseline_scores.stopped:
                 raise BudgetSpent(baseline_scores.stopped)
             if not baseline_scores.by_example:
@@ -310,7 +280,7 @@ class SimbaCRun:
             self._finish_step(StepRecord(0, "finished", self.incumbent.id, detail="baseline"))
             without_gain = 0
             for step in range(1, optimizer.max_steps + 1):
-                accepted = self._step(step, record)
+                accepted = self._step(step)
                 without_gain = 0 if accepted else without_gain + 1
                 if without_gain >= optimizer.patience:
                     self.status, self.detail = "finished", f"{without_gain} steps without an accepted candidate"
@@ -323,7 +293,7 @@ class SimbaCRun:
                 last.status, last.detail = "stopped", self.detail
                 self._finish_step(last, replace=True)
 
-    def _step(self, step: int, record: Callable[..., Any]) -> bool:
+    def _step(self, step: int) -> bool:
         optimizer = self.optimizer
         picks = self._generator(step, MINIBATCH).choice(
             len(self.trainset), size=min(optimizer.bsize, len(self.trainset)), replace=False
@@ -331,7 +301,7 @@ class SimbaCRun:
         batch = [self.trainset[int(index)] for index in sorted(picks)]
         current = StepRecord(step, "running", self.incumbent.id, minibatch=[example[0] for example in batch])
         self.steps.append(current)
-        journaled = self.hooks.journaled_step(step)
+        journaled = self.session.journaled_step(step)
         if journaled is None:
             # A resumed run never rewrites a journaled row with less: that row may be the only record of
             # what this step's rule proposals spent (see below).
@@ -343,7 +313,7 @@ class SimbaCRun:
             self.incumbent.program,
             batch,
             experiment_id=self._experiment(self.incumbent, "screen"),
-            record=record(self.incumbent, "screen"),
+            record=self.session.record(self.incumbent, "screen"),
         )
         sources = [(self.incumbent, incumbent_screen)]
         for position in range(1, optimizer.num_sources):
@@ -352,8 +322,8 @@ class SimbaCRun:
             scores = self.evaluator.evaluate(
                 explored.program,
                 batch,
-                experiment_id=evaluation_id(self.hooks.run_id, f"s{step}", f"explore{position}"),
-                record=record(explored, f"s{step}/explore{position}", role="exploration"),
+                experiment_id=evaluation_id(self.session.run_id, f"s{step}", f"explore{position}"),
+                record=self.session.record(explored, f"s{step}/explore{position}", role="exploration"),
                 lm=self._explore_lm,
                 repeat=self._exploration_repeat(step, position),
             )
@@ -361,7 +331,7 @@ class SimbaCRun:
         self.pool_scores.setdefault(self.incumbent.id, []).append(incumbent_screen.mean)
 
         # 2. Proposals (or, when resuming, the ones this step already made).
-        proposed = self.hooks.recorded_candidates(step)
+        proposed = self.session.recorded_candidates(step)
         finished_before = journaled is not None and journaled["status"] == "finished"
         if proposed and journaled is not None and journaled["status"] == "running":
             # The row was written right after these proposals: its totals hold the rule calls that made them.
@@ -372,7 +342,7 @@ class SimbaCRun:
             # resumed run reuses them instead of asking for their rules again, and takes what those
             # calls cost from this row.
             self._record_running(current)
-            self.hooks.record_candidates(proposed)
+            self.session.record_candidates(proposed)
         self._adopt(proposed, spans)
 
         # 3. Screening on the mini-batch; then the merge of the changes that screened well, screened too.
@@ -384,7 +354,7 @@ class SimbaCRun:
                 candidate.program,
                 batch,
                 experiment_id=self._experiment(candidate, "screen"),
-                record=record(candidate, "screen"),
+                record=self.session.record(candidate, "screen"),
             )
             self.screen[candidate.id] = scores
             gain, n = paired_gain(scores, incumbent_screen)
@@ -430,16 +400,16 @@ class SimbaCRun:
         if merged is None and "merge" in optimizer.strategies:
             merged = self._merge(step, [candidate for _, candidate in shortlisted], gains)
             if merged is not None:
-                self.hooks.record_candidates([merged])
+                self.session.record_candidates([merged])
                 self._adopt([merged], spans)
         if merged is not None:
             screen(merged)
 
         # 4. Full evaluation of the best screened, and the paired test against the incumbent.
-        incumbent_val = self.validate(self.incumbent, record)
+        incumbent_val = self.validate(self.incumbent)
         evaluated: list[tuple[Candidate, Scores, Any]] = []
         for candidate in _diverse(shortlisted, optimizer.full_evals):
-            scores = self.validate(candidate, record)
+            scores = self.validate(candidate)
             if scores.stopped:
                 raise BudgetSpent(scores.stopped)
             common = [key for key in self.valset_ids if key in scores.by_example and key in incumbent_val.by_example]
@@ -495,7 +465,7 @@ class SimbaCRun:
         current.status = "finished"
         current.detail = reason
         spans.append({"name": reason.split(":")[0], "kind": "decision", "attributes": {"decision": reason}})
-        self.hooks.emit_spans(step, spans)
+        self.session.emit_spans(step, spans)
         self._finish_step(current, replace=True)
         return best is not None
 
@@ -554,9 +524,9 @@ class SimbaCRun:
 
     def _record_running(self, record: StepRecord) -> None:
         """Journal a step still running, with the run's spending so far."""
-        spending = self.hooks.spending()
+        spending = self.evaluator.spending.to_summary()
         record.lm_calls, record.tokens, record.cost = spending["lm_calls"], spending["tokens"], spending["cost"]
-        self.hooks.record_step(record)
+        self.session.record_step(record)
 
     @property
     def valset_ids(self) -> list[str]:
@@ -633,7 +603,7 @@ class SimbaCRun:
             return program
 
     def _finish_step(self, record: StepRecord, *, replace: bool = False) -> None:
-        journaled = self.hooks.journaled_step(record.step)
+        journaled = self.session.journaled_step(record.step)
         if record.status == "finished" and journaled is not None and journaled["status"] == "finished":
             # A step an earlier process finished: its row's totals are the run's spending at this point,
             # rule calls included (the replay read the rules back instead of asking again).
@@ -641,12 +611,12 @@ class SimbaCRun:
         scores = self.validation.get(record.incumbent_id)
         if scores is not None:
             record.best_mean, record.best_ci_low, record.best_ci_high = _interval(scores.by_example)
-        spending = self.hooks.spending()
+        spending = self.evaluator.spending.to_summary()
         record.lm_calls, record.tokens, record.cost = spending["lm_calls"], spending["tokens"], spending["cost"]
         if not replace:
             self.steps.append(record)
-        self.hooks.record_step(record)
-        self.hooks.step_finished(record)
+        self.session.record_step(record)
+        self.session.step_finished(record)
 
     # -- proposals ------------------------------------------------------------------------------
 

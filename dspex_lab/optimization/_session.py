@@ -1,0 +1,384 @@
+"""The journal side of one optimization run: records, candidates, steps, spans, events and the result.
+
+SIMBA-C (:mod:`~dspex_lab.optimization._simba_c`) and the DSPy bridge
+(:mod:`~dspex_lab.optimization._dspy`) decide; :class:`RunSession` keeps what they decide: it
+builds each evaluation's experiment record, journals candidates and steps, stores the
+decisions' spans, tells subscribers about every step, runs the confirmation once the search is
+over, and builds the result. Together with :class:`~dspex_lab.optimization._evaluator.CandidateEvaluator`
+(the trials) it is the only part of the optimization layer that touches the journal.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from dspex_lab.errors import OptimizerError
+from dspex_lab.journal import ExperimentRecord
+from dspex_lab.optimization._evaluator import BudgetSpent, CandidateEvaluator, Example, dataset_examples, evaluation_id
+from dspex_lab.optimization._result import (
+    OptimizationResult,
+    best_candidate_id,
+    build_result,
+    candidates_frame,
+    memory_trials,
+    steps_frame,
+)
+from dspex_lab.optimization._setup import OptimizationSetup
+from dspex_lab.optimization._space import Candidate
+from dspex_lab.program import Program
+from dspex_lab.session import environment, stored_examples
+from dspex_lab.trace.spans import Span, now_ns
+
+__all__ = ["OptimizationStep", "RunSession", "StepRecord"]
+
+# The confirmation's budget reserve: the baseline's validation cost per trial, times two programs,
+# times this margin (a changed program's prompt is longer: demos and rules).
+_RESERVE_MARGIN = 1.25
+
+# The role of a candidate's evaluation in its run, by phase (c0's validation is the ``baseline``).
+_PHASE_ROLES = {"val": "candidate-validation", "screen": "candidate-screen", "confirm": "confirmation"}
+
+
+@dataclass(frozen=True)
+class OptimizationStep:
+    """An event for subscribers (a live convergence plot): a step finished.
+
+    Attributes:
+        run_id: the run.
+        step: the step that finished (0: the baseline evaluation).
+        steps: the steps table so far (see ``OptimizationResult.steps``).
+        candidates: the candidates table so far (see ``OptimizationResult.candidates``).
+    """
+
+    run_id: str
+    step: int
+    steps: pd.DataFrame
+    candidates: pd.DataFrame
+
+
+@dataclass
+class StepRecord:
+    """What one step decided, with the numbers behind it (a row of ``optimization_steps``)."""
+
+    step: int
+    status: str
+    incumbent_id: str
+    accepted_id: str | None = None
+    minibatch: list[str] = field(default_factory=list)
+    screening: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    best_mean: float | None = None
+    best_ci_low: float | None = None
+    best_ci_high: float | None = None
+    lm_calls: int = 0
+    tokens: int = 0
+    cost: float | None = None
+    detail: str | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        """Return the journal row."""
+        return dict(self.__dict__)
+
+
+class RunSession:
+    """The journal side of one run: records, spans, events, progress and the final result.
+
+    Args:
+        setup: what the run was given.
+        run_id: the run's id (its experiment in the journal).
+        evaluator: runs and remembers the run's trials, and counts its spending.
+    """
+
+    def __init__(self, setup: OptimizationSetup, run_id: str, evaluator: CandidateEvaluator) -> None:
+        self.setup = setup
+        self.run_id = run_id
+        self.name = setup.name
+        self.journal = setup.journal
+        self.evaluator = evaluator
+        self.config = setup.config
+        self.train_examples: list[Example] = dataset_examples(setup.trainset)
+        self.val_examples: list[Example] = dataset_examples(setup.valset)
+        self.subscribers = [*setup.subscribers, setup.display] if setup.display is not None else [*setup.subscribers]
+        self.candidate_rows: dict[str, dict[str, Any]] = {}
+        self.step_rows: dict[int, dict[str, Any]] = {}
+        self.status = "running"
+        self.detail: str | None = None
+        self.confirmation: dict[str, Any] = {"status": "not run"}
+        self._stored_examples: set[str] = set()
+        # The steps as the journal held them when this process began (a resumed run's earlier progress).
+        self._journaled_steps: dict[int, dict[str, Any]] = {}
+        if self.journal is not None:
+            for row in self.journal.candidate_rows(run_id):
+                self.candidate_rows[row["candidate_id"]] = row
+            self._journaled_steps = {int(row["step"]): row for row in self.journal.step_rows(run_id)}
+
+    # -- records ---------------------------------------------------------------------------------
+
+    def record(self, candidate: Candidate, phase: str, *, role: str | None = None) -> ExperimentRecord:
+        """Return the record of one evaluation nested in this run (``parent_id`` is the run).
+
+        Args:
+            candidate: the candidate evaluated.
+            phase: ``val``, ``screen`` or ``confirm``, or the label of another evaluation (an
+                exploration, a compile configuration), which then names its ``role``.
+            role: the evaluation's role (see :data:`~dspex_lab.journal.EXPERIMENT_ROLES`); by default
+                the phase's: ``baseline`` for c0's validation, ``candidate-validation``,
+                ``candidate-screen``, ``confirmation``.
+        """
+        experiment_id = evaluation_id(self.run_id, phase) if role is not None else self.evaluation(candidate.id, phase)
+        if role is None:
+            role = "baseline" if (candidate.id, phase) == ("c0", "val") else _PHASE_ROLES.get(phase)
+        if role is None:
+            raise OptimizerError(f"an evaluation labelled {phase!r} of run {self.run_id} needs a role")
+        setup = self.setup
+        data = setup.valset if phase == "val" else setup.confirm_set if phase == "confirm" else setup.trainset
+        if data is None:
+            raise OptimizerError(f"run {self.run_id} has no confirmation set to record {candidate.id} on")
+        examples = ()
+        if data.fingerprint not in self._stored_examples:
+            self._stored_examples.add(data.fingerprint)
+            examples = stored_examples(data)
+        return ExperimentRecord(
+            id=experiment_id,
+            kind="evaluation",
+            name=f"{self.name} {candidate.id} {phase}",
+            program_name=candidate.program.name,
+            program_fingerprint=candidate.program.fingerprint,
+            program_spec=candidate.program.to_dict(),
+            dataset_name=data.name,
+            dataset_fingerprint=data.fingerprint,
+            dataset_manifest=data.manifest(),
+            metric=self.config["metric"],
+            config={
+                "optimization": self.run_id,
+                "candidate": candidate.id,
+                "phase": phase,
+                "lm": self.config["lm"],
+                "lm_state": self.config["lm_state"],
+                "repeats": 1,
+            },
+            environment=environment(),
+            examples=examples,
+            parent_id=self.run_id,
+            role=role,
+        )
+
+    def evaluation(self, candidate_id: str, phase: str) -> str:
+        """Return the experiment id of a candidate's evaluation in a phase (``val``, ``screen``, ``confirm``)."""
+        return evaluation_id(self.run_id, candidate_id, phase)
+
+    def journaled_compiles(self) -> int:
+        """Return how many DSPy compiles of this run the journal holds (a resumed run compiles again).
+
+        Each compile's first configuration is its candidate ``e1`` (see ``_CompileTrials``).
+        """
+        if self.journal is None:
+            return 0
+        return sum(
+            1
+            for child in self.journal.children(self.run_id, role="compile")
+            if (self.journal.experiment(child.id).get("config") or {}).get("candidate") == "e1"
+        )
+
+    def journaled_step(self, step: int) -> dict[str, Any] | None:
+        """Return the step's row as the journal held it when this (resumed) run began, or None."""
+        return self._journaled_steps.get(step)
+
+    def record_candidates(self, candidates: list[Candidate]) -> None:
+        """Keep and journal new candidates."""
+        rows = [candidate.to_record() for candidate in candidates]
+        for row in rows:
+            self.candidate_rows[row["candidate_id"]] = row
+        if self.journal is not None:
+            self.journal.record_candidates(self.run_id, rows)
+
+    def recorded_candidates(self, step: int) -> list[Candidate]:
+        """Return the candidates a step proposed, as recorded (a resumed run reuses them)."""
+        found = [row for row in self.candidate_rows.values() if int(row["step"]) == step and row.get("parent_id")]
+        return [
+            Candidate(
+                row["candidate_id"],
+                Program.from_dict(row["program_spec"]),
+                row["parent_id"],
+                int(row["step"]),
+                row["strategy"],
+                row.get("rationale") or "",
+            )
+            for row in sorted(found, key=lambda row: int(row["candidate_id"].lstrip("c") or 0))
+        ]
+
+    def record_step(self, record: StepRecord) -> None:
+        """Keep and journal a step's row; once the baseline's is finished, hold back the confirmation's budget."""
+        row = record.to_row()
+        self.step_rows[record.step] = row
+        if self.journal is not None:
+            self.journal.record_step(self.run_id, row)
+        if record.step == 0 and record.status == "finished":
+            self.reserve_confirmation()
+
+    def reserve_confirmation(self) -> None:
+        """Hold back enough of the budget for the confirmation, priced by what the baseline's trials cost.
+
+        Set when the baseline's validation is recorded (step 0): from then on the search stops
+        early enough for the baseline and the best to be evaluated on the confirmation set.
+        """
+        spending = self.evaluator.spending
+        confirm_set = self.setup.confirm_set
+        if confirm_set is None or spending.budget is None:
+            return
+        rows = self.evaluator.experiment_rows(self.evaluation("c0", "val"))
+        if not rows:
+            return
+        scale = 2 * len(confirm_set) * _RESERVE_MARGIN / len(rows)
+        calls = sum(int(row.get("lm_calls") or 0) for row in rows)
+        tokens = sum(int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0) for row in rows)
+        cost = sum(float(row.get("cost") or 0.0) for row in rows)
+        spending.reserve(lm_calls=math.ceil(calls * scale), tokens=math.ceil(tokens * scale), cost=cost * scale)
+
+    def emit_spans(self, step: int, items: list[dict[str, Any]]) -> None:
+        """Store a step's decisions as one orchestration trace (``step-N``) in the run's experiment."""
+        if self.evaluator.writer is None:
+            return
+        trace_id = f"step-{step}"
+        end = now_ns()
+        root = Span(
+            trace_id,
+            f"{trace_id}-root",
+            parent_id=None,
+            kind="decision",
+            name=f"step {step}",
+            start_ns=end,
+            end_ns=end,
+            attributes={"run_id": self.run_id, "step": step, "decision": items[-1]["attributes"].get("decision")},
+        )
+        spans = [root]
+        for position, item in enumerate(items):
+            spans.append(
+                Span(
+                    trace_id,
+                    f"{trace_id}-{position}",
+                    parent_id=root.span_id,
+                    kind=item["kind"],
+                    name=item["name"],
+                    start_ns=end + position + 1,
+                    end_ns=end + position + 1,
+                    attributes=item["attributes"],
+                )
+            )
+        self.evaluator.writer.add_spans(trace_id, spans, experiment_id=self.run_id)
+
+    def step_finished(self, record: StepRecord) -> None:
+        """Tell the user (a printed line) and the subscribers that a step finished."""
+        if self.setup.print_steps:
+            best = f"{record.best_mean:.3f}" if record.best_mean is not None else "-"
+            ci = (
+                f" [{record.best_ci_low:.3f}, {record.best_ci_high:.3f}]"
+                if record.best_ci_low is not None and record.best_ci_high is not None
+                else ""
+            )
+            print(
+                f"{self.name} step {record.step}: {record.detail}; best {best}{ci}; {record.lm_calls:,} LM calls",
+                file=sys.stderr,
+            )
+        if self.subscribers:
+            event = OptimizationStep(self.run_id, record.step, *self.frames())
+            for subscriber in list(self.subscribers):
+                try:
+                    subscriber(event)
+                except Exception as error:  # a broken display never stops the run
+                    self.subscribers.remove(subscriber)
+                    print(f"subscriber {subscriber!r} removed: {type(error).__name__}: {error}", file=sys.stderr)
+
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Return the steps and candidates tables so far."""
+        rows = [self.step_rows[key] for key in sorted(self.step_rows)]
+        return steps_frame(rows), candidates_frame(list(self.candidate_rows.values()), rows)
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def confirm(self) -> None:
+        """Evaluate the baseline and the best on the confirmation set (the headline's test reads them back).
+
+        Nothing is evaluated when the optimizer kept the baseline (there is no claim to test) or
+        when there is no confirmation set. The budget held back for it is released first.
+        """
+        rows = [self.step_rows[key] for key in sorted(self.step_rows)]
+        if not rows:
+            return
+        best_id = best_candidate_id(rows)
+        confirm_set = self.setup.confirm_set
+        if confirm_set is None:
+            self.confirmation = {"status": "not run", "best_id": best_id}
+            return
+        if best_id == "c0":
+            self.confirmation = {"status": "unchanged", "best_id": best_id}
+            return
+        self.evaluator.spending.release()
+        examples = dataset_examples(confirm_set)
+        stopped = None
+        for candidate_id in ("c0", best_id):
+            row = self.candidate_rows[candidate_id]
+            candidate = Candidate(
+                candidate_id,
+                Program.from_dict(row["program_spec"]),
+                row.get("parent_id"),
+                int(row["step"]),
+                row["strategy"],
+                row.get("rationale") or "",
+            )
+            try:
+                scores = self.evaluator.evaluate(
+                    candidate.program,
+                    examples,
+                    experiment_id=self.evaluation(candidate_id, "confirm"),
+                    record=self.record(candidate, "confirm"),
+                )
+            except BudgetSpent as spent:
+                stopped = str(spent)
+                break
+            if scores.stopped:
+                stopped = scores.stopped
+                break
+        self.confirmation = {"status": "stopped" if stopped else "evaluated", "best_id": best_id, "detail": stopped}
+
+    def end(self, status: str, detail: str | None) -> None:
+        """Flush the trials and write how the run ended (once; later calls do nothing)."""
+        if self.status != "running":
+            return
+        self.status, self.detail = status, detail
+        try:
+            self.evaluator.close()
+        finally:
+            if self.journal is not None:
+                summary = {
+                    "status": status,
+                    "status_detail": detail,
+                    "spending": self.evaluator.spending.to_summary(),
+                    "confirmation": self.confirmation,
+                }
+                self.journal.finish_experiment(self.run_id, status=status, detail=detail, summary=summary)
+                self.journal.finish_children(self.run_id, status="finished" if status != "failed" else "failed")
+
+    def result(self) -> OptimizationResult:
+        """Return the run's result: read back from the journal, or built from this process's rows without one."""
+        rows = [self.step_rows[key] for key in sorted(self.step_rows)]
+        if self.journal is not None:
+            return OptimizationResult.from_journal(self.journal, self.run_id)
+        return build_result(
+            run_id=self.run_id,
+            name=self.name,
+            config=dict(self.config),
+            status=self.status,
+            status_detail=self.detail,
+            step_rows=rows,
+            candidate_rows=list(self.candidate_rows.values()),
+            trials=memory_trials(self.evaluator.rows_by_experiment()),
+            spending=self.evaluator.spending.to_summary(),
+            journal=None,
+            confirmation=self.confirmation,
+        )
