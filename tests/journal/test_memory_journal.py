@@ -1,10 +1,10 @@
-"""What the in-memory journal does differently from the file journal; what it shares is in test_store_conformance."""
+"""The in-memory journal's own behaviour; what every store shares (durability, independence, threads and writers
+included) is checked on both stores in test_store_conformance.py."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 
 import pytest
 from journal_rows import trial_row
@@ -37,78 +37,12 @@ def test_a_fresh_memory_journal_is_empty_and_answers_every_view():
     assert journal.trial_rows("anything") == [] and journal.trial_counts("anything") == {}
 
 
-def test_two_memory_journals_share_nothing():
-    first, second = memory_journal(), memory_journal()
-    evaluation(first, "only-in-first")
-    first.append_trials("only-in-first", [trial_row("e0", 0)])
-    second.register_hypothesis(
-        dict(id="h1", statement="s", baseline="a", treatment="b", direction="greater", min_effect=0.0, alpha=0.05)
-    )
-    assert [summary.id for summary in first.experiment_summaries()] == ["only-in-first"]
-    assert second.experiment_summaries() == [] and second.trial_counts("only-in-first") == {}
-    assert first.hypothesis_rows() == [] and [row["id"] for row in second.hypothesis_rows()] == ["h1"]
-
-
 def test_hold_is_harmless_and_nests():
     journal = memory_journal()
     with journal.hold(), journal.hold():
         evaluation(journal, "held")
         journal.append_trials("held", [trial_row("e0", 0)])
     assert journal.trial_counts("held") == {"ok": 1}
-
-
-def test_threads_write_one_experiment_at_once_and_every_trial_counts_once():
-    journal = memory_journal()
-    experiment = evaluation(journal, "busy")
-    errors: list[BaseException] = []
-
-    def write(thread: int) -> None:
-        try:
-            for batch in range(10):
-                # Each batch repeats the previous batch's last trial, as a retried flush would.
-                first = max(0, batch * 5 - 1)
-                rows = [
-                    trial_row(f"t{thread}-{index}", index, score=index % 2) for index in range(first, batch * 5 + 5)
-                ]
-                journal.append_trials(experiment, rows)
-                journal.experiment_summaries()
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=write, args=(number,)) for number in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    [summary] = journal.experiment_summaries()
-    assert (summary.n_trials, summary.n_errors) == (8 * 50, 0)
-    assert summary.mean_score == pytest.approx(0.5)
-    assert journal.trial_counts(experiment) == {"ok": 400}
-
-
-def test_a_trial_writer_streams_into_a_memory_journal_from_many_threads():
-    journal = memory_journal()
-    writer = journal.writer(
-        "run", flush_interval=0.01, create=ExperimentRecord(kind="evaluation", name="run", id="run")
-    )
-    nested = writer.create(
-        ExperimentRecord(kind="evaluation", name="run/c1", id="run/c1", parent_id="run", role="baseline")
-    )
-
-    def add(thread: int) -> None:
-        for index in range(40):
-            writer.add(trial_row(f"t{thread}-{index}", index), experiment_id=nested if index % 4 == 0 else None)
-
-    threads = [threading.Thread(target=add, args=(number,)) for number in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    writer.close()
-    assert writer.written == 240 and writer.last_error is None
-    assert journal.trial_counts("run") == {"ok": 180} and journal.trial_counts(nested) == {"ok": 60}
-    assert [summary.id for summary in journal.children("run")] == [nested]
 
 
 @pytest.mark.parametrize(

@@ -1,18 +1,23 @@
-"""One conformance suite for the journal store protocol, run on every backend.
+"""One conformance suite for the journal store protocols, run on every backend.
 
 In the style of optuna's ``optuna/testing/pytest_storages.py``: each test is written against
-:class:`~dspex_lab.journal.JournalStore` and the guarantees its docstrings state, never against a
-backend's tables, and the ``store`` fixture runs it on every backend in :data:`BACKENDS`. What a
-backend must provide beyond the protocol (a running experiment whose process is gone, a second
-process calling through a service) is a hook of its :class:`Backend`.
+:class:`~dspex_lab.journal.JournalWriter` and :class:`~dspex_lab.journal.JournalReader` and the
+guarantees their docstrings state, never against a backend's tables, and the ``store`` fixture runs
+it on every backend in :data:`BACKENDS`: the DuckDB file journal and the in-memory journal. What
+only some backends can do (an experiment left running by a process that is gone, a second process
+calling through the journal service) is a hook of their :class:`Backend`, and the tests that need a
+hook run on the backends that have it. What differs by design (durability) is a field of the
+backend, checked on each.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +30,7 @@ from journal_rows import trial_row
 import dspex_lab as dx
 from dspex_lab.errors import JournalError
 from dspex_lab.journal import ExperimentRecord, ExperimentSummary, JournalStore, _wire
+from dspex_lab.stats import score_interval
 
 # -- the backends --------------------------------------------------------------------------------------
 
@@ -55,16 +61,20 @@ class Backend:
 
     Attributes:
         name: the test id.
-        open: makes an empty store in a test's folder.
-        orphan: creates a running experiment whose owning process is gone.
+        open: makes a store in a test's folder (a file store there; an in-memory store ignores it).
+        durable: what the store writes outlives the store object and the process.
+        orphan: creates a running experiment whose owning process is gone (None: no other process
+            can own an experiment of this store).
         other_process: runs ``calls`` (method, arguments, options) in a second process against the
-            store, as that process's journal would, and returns their results.
+            store, as that process's journal would, and returns their results (None: the store is
+            not shared with other processes).
     """
 
     name: str
     open: Callable[[Path], JournalStore]
-    orphan: Callable[[Any, ExperimentRecord], None]
-    other_process: Callable[[Any, list[tuple[str, list[Any], dict[str, Any]]]], list[Any]]
+    durable: bool
+    orphan: Callable[[Any, ExperimentRecord], None] | None = None
+    other_process: Callable[[Any, list[tuple[str, list[Any], dict[str, Any]]]], list[Any]] | None = None
 
 
 # The second process's side of :func:`_calls_from_another_process`: the calls come as a wire message on stdin
@@ -133,12 +143,14 @@ BACKENDS = [
     Backend(
         name="duckdb",
         open=lambda folder: dx.open_journal(folder / "journal.duckdb"),
+        durable=True,
         orphan=_orphan_in_another_process,
         other_process=_calls_from_another_process,
     ),
-    # The in-memory store issue 20 asks for joins here; it lives in one process, so it will need its own
-    # answer to the cross-process test (e.g. that test taking only the backends that serve other processes).
+    Backend(name="memory", open=lambda folder: dx.journal.memory_journal(), durable=False),
 ]
+# The backends other processes can use: an experiment of theirs can be orphaned, and their calls served.
+SHARED = [backend for backend in BACKENDS if backend.orphan is not None and backend.other_process is not None]
 
 
 @pytest.fixture(params=BACKENDS, ids=[backend.name for backend in BACKENDS])
@@ -151,6 +163,11 @@ def store(backend: Backend, tmp_path: Path) -> JournalStore:
     store = backend.open(tmp_path)
     assert isinstance(store, JournalStore)
     return store
+
+
+def test_every_backend_is_in_the_suite(tmp_path):
+    assert {type(backend.open(tmp_path)).__name__ for backend in BACKENDS} == {"DuckDBJournal", "MemoryJournal"}
+    assert [backend.name for backend in SHARED] == ["duckdb"]
 
 
 # -- what the tests write ------------------------------------------------------------------------------
@@ -338,8 +355,10 @@ def test_experiment_summaries_count_trials_and_errors_newest_first(filled):
     assert oldest.created_at is not None and oldest.finished_at is not None and newest.finished_at is None
 
 
+@pytest.mark.parametrize("backend", SHARED, ids=[backend.name for backend in SHARED], indirect=True)
 def test_a_running_experiment_whose_process_is_gone_reads_interrupted(store, backend):
     alive = evaluation(store, "alive")
+    assert backend.orphan is not None
     backend.orphan(store, ExperimentRecord(kind="evaluation", name="orphan", id="orphan"))
     statuses = {summary.id: summary.status for summary in store.experiment_summaries()}
     assert statuses == {alive: "running", "orphan": "interrupted"}
@@ -548,6 +567,148 @@ def test_children_trial_rows_are_by_experiment_then_example(nested):
     assert store.children_trial_rows("top") == []
 
 
+# -- the views every reader shares ----------------------------------------------------------------------
+
+
+def test_score_intervals_are_stored_for_an_ended_evaluation_and_computed_otherwise(filled):
+    store, experiment = filled
+    reported = evaluation(store, "reported")
+    store.append_trials(reported, [trial("e0", score=1.0), trial("e1", score=0.0)])
+    store.finish_experiment(
+        reported, status="finished", summary={"mean": 0.5, "ci": [0.1, 0.9], "ci_method": "clustered"}
+    )
+    running = evaluation(store, "running")
+    store.append_trials(running, [trial("e0", score=1.0), trial("e1", score=0.0), trial("e2", score=1.0)])
+    empty = evaluation(store, "empty")
+    intervals = store.score_intervals()
+    assert set(intervals) == {experiment, reported, running, empty}
+    assert intervals[reported] == (0.5, 0.1, 0.9, "clustered")  # as its result reported it
+    # filled stored no interval: per-example means of its ok trials (e1's repeats averaged), as dx.stats gives.
+    expected = score_interval([1.0, 0.5, 0.5])
+    mean, low, high, method = intervals[experiment]
+    assert (mean, low, high, method) == pytest.approx((2 / 3, expected.low, expected.high, expected.method))
+    expected = score_interval([1.0, 0.0, 1.0])
+    assert intervals[running] == pytest.approx((2 / 3, expected.low, expected.high, "wilson"))
+    assert all(math.isnan(value) for value in intervals[empty][:3]) and intervals[empty][3] == ""
+
+
+def test_the_leaderboard_shows_the_same_numbers_newest_first(filled):
+    store, experiment = filled
+    later = evaluation(store, "later")
+    store.append_trials(later, [trial("e0", score=1.0), trial("e1", score=None, status="error")])
+    board = store.leaderboard()
+    assert list(board["experiment_id"]) == [later, experiment]
+    assert list(board["n_trials"]) == [2, 6] and list(board["n_errors"]) == [1, 2]
+    intervals = store.score_intervals()
+    for row in board.to_dict("records"):
+        assert (row["mean"], row["ci_low"], row["ci_high"], row["ci_method"]) == pytest.approx(
+            intervals[row["experiment_id"]], nan_ok=True
+        )
+    assert list(store.leaderboard(status="finished")["experiment_id"]) == [experiment]
+    assert list(store.leaderboard(name="lat", limit=1)["experiment_id"]) == [later]
+    assert store.leaderboard(limit=0).empty
+
+
+def test_spans_and_trace_build_trace_objects_from_the_stored_rows(filled):
+    store, experiment = filled
+    assert [span.span_id for span in store.spans(experiment, "e1/r0")] == ["a", "b"]
+    assert {span.trace_id for span in store.spans(experiment)} == {"e0/r0", "e1/r0"}
+    tree = store.trace(experiment, "e1/r0")
+    [root] = tree.roots
+    assert (root.span.span_id, [child.span.span_id for child in root.children]) == ("a", ["b"])
+    with pytest.raises(JournalError, match="no spans for trial 'e3/r0'"):
+        store.trace(experiment, "e3/r0")
+
+
+# -- what differs by design, and many threads at once ----------------------------------------------------
+
+
+def test_a_store_says_whether_what_it_keeps_outlives_the_process(store, backend, tmp_path):
+    assert store.durable is backend.durable
+    if backend.durable:
+        assert store.path == (tmp_path / "journal.duckdb").resolve()
+        assert store.location == f"journal {store.path}"
+    else:
+        assert store.path is None
+        assert store.location == "an in-memory journal (kept for this process only)"
+    evaluation(store, "somewhere")
+    with pytest.raises(JournalError, match=re.escape(f"no experiment 'nowhere' in {store.location}")):
+        store.experiment("nowhere")
+
+
+def test_a_new_store_on_the_same_place_sees_what_was_written_only_if_durable(backend, tmp_path):
+    first = backend.open(tmp_path)
+    evaluation(first, "kept")
+    first.append_trials("kept", [trial("e0")])
+    again = backend.open(tmp_path)
+    assert [summary.id for summary in again.experiment_summaries()] == (["kept"] if backend.durable else [])
+    assert again.trial_counts("kept") == ({"ok": 1} if backend.durable else {})
+
+
+def test_two_stores_share_nothing(backend, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = backend.open(tmp_path / "a"), backend.open(tmp_path / "b")
+    evaluation(first, "first")
+    first.append_trials("first", [trial("e0")])
+    second.register_hypothesis(hypothesis("h1"))
+    evaluation(second, "second")
+    assert [summary.id for summary in first.experiment_summaries()] == ["first"]
+    assert [summary.id for summary in second.experiment_summaries()] == ["second"]
+    assert first.hypothesis_rows() == [] and [row["id"] for row in second.hypothesis_rows()] == ["h1"]
+    assert second.trial_counts("first") == {}
+
+
+def test_threads_append_to_one_experiment_at_once_and_each_trial_counts_once(store):
+    experiment = evaluation(store, "busy")
+    errors: list[BaseException] = []
+
+    def write(thread: int) -> None:
+        try:
+            for batch in range(6):
+                # Each batch repeats the previous batch's last trial, as a retried flush would.
+                rows = [
+                    trial(f"e{thread * 100 + index}", score=index % 2)
+                    for index in range(max(0, batch * 5 - 1), batch * 5 + 5)
+                ]
+                store.append_trials(experiment, rows)
+                store.experiment_summaries()
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(number,)) for number in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    [summary] = store.experiment_summaries()
+    assert (summary.n_trials, summary.n_errors, summary.mean_score) == (6 * 30, 0, pytest.approx(0.5))
+    assert store.trial_counts(experiment) == {"ok": 180} and len(store.finished_keys(experiment)) == 180
+
+
+def test_a_trial_writer_streams_trials_added_from_many_threads(store):
+    writer = store.writer(
+        "run", flush_interval=0.01, create=ExperimentRecord(kind="optimization", name="run", id="run")
+    )
+    child = writer.create(ExperimentRecord(kind="evaluation", name="run/c0", id="c0", parent_id="run", role="baseline"))
+
+    def add(thread: int) -> None:
+        for index in range(40):
+            row = trial(f"e{thread * 100 + index}", score=1.0)
+            writer.add(row, experiment_id=child if index % 4 == 0 else None)
+
+    threads = [threading.Thread(target=add, args=(number,)) for number in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    writer.close()
+    assert (writer.written, writer.last_error) == (200, None)
+    assert store.trial_counts("run") == {"ok": 150} and store.trial_counts(child) == {"ok": 50}
+    assert [summary.id for summary in store.children("run")] == [child]
+
+
 # -- the same answers through another process's journal service ------------------------------------------
 
 
@@ -561,6 +722,7 @@ def _same(local: Any, remote: Any) -> None:
         assert remote == local
 
 
+@pytest.mark.parametrize("backend", SHARED, ids=[backend.name for backend in SHARED], indirect=True)
 def test_every_method_answers_the_same_through_another_process(nested, backend):
     store, run, children = nested
     experiment = children[0]
@@ -610,6 +772,7 @@ def test_every_method_answers_the_same_through_another_process(nested, backend):
         ("trial_counts", [experiment], {}),
         ("candidate_rows", [run], {}),
     ]
+    assert backend.other_process is not None
     remote = backend.other_process(store, [*reads, *writes])
     assert len(remote) == len(reads) + len(writes)
     assert "JournalError" in local[6]["error"]
