@@ -85,10 +85,11 @@ from dspex_lab._dspy_compat import gated_lm_copy, quiet_parallel_progress
 from dspex_lab.engine import to_json_value, trial_record
 from dspex_lab.engine._trial import _score
 from dspex_lab.errors import MissingDependencyError, OptimizerError, VariableError
-from dspex_lab.optimization._evaluator import BudgetSpent, Scores, Spending, evaluation_id
+from dspex_lab.optimization._evaluator import Scores, evaluation_id
 from dspex_lab.optimization._session import RunSession, StepRecord
 from dspex_lab.optimization._simba_c import _interval, _number, validation_outcome
 from dspex_lab.optimization._space import Candidate, Slots, lift
+from dspex_lab.optimization._spending import BudgetSpent, Spending
 from dspex_lab.program import Program
 from dspex_lab.providers import Meter, Usage, metering
 from dspex_lab.stats import holm, one_sided_p_value, paired_test
@@ -377,11 +378,14 @@ class _BudgetExhaustedError(RuntimeError):
     """Raised by the compile's LM in place of a call the run's budget no longer allows."""
 
 
-class _BudgetGuard:
-    """Refuses LM calls once the run's budget is spent (counting every call made through the compile's LM).
+class _CompileGate:
+    """Lets the compile's LM calls through while the run's budget has room for them.
 
-    A response-cache hit passes through the guard too, so the guard's call count may exceed the
-    billed one: it stops early, never late.
+    The compile's calls are counted in the run's :class:`Spending` when the compile ends; until
+    then every call let through is pending, and the gate asks the spending whether the budget
+    is spent with them (``Spending.exhausted(pending)``). A response-cache hit passes the gate
+    too, so the pending calls may exceed the billed ones: it stops early, never late. Once the
+    budget is spent the gate stays shut.
     """
 
     def __init__(self, spending: Spending, meter: Meter) -> None:
@@ -390,27 +394,18 @@ class _BudgetGuard:
         self.calls = 0
         self.spent: str | None = None
         self._lock = threading.Lock()
-        # What the run spent before the compile, plus what it holds back for the confirmation.
-        self._base = (
-            spending.lm_calls + spending.reserved_lm_calls,
-            spending.tokens + spending.reserved_tokens,
-            spending.cost + spending.reserved_picodollars / 10**12,
-        )
+        budget = spending.budget
+        # The meter's tokens and dollars are read only for a budget that limits them (reading costs a pass).
+        self._metered = budget is not None and (budget.tokens is not None or budget.usd is not None)
 
     def before_call(self) -> None:
-        budget = self.spending.budget
         with self._lock:
-            if self.spent is None and budget is not None:
-                base_calls, base_tokens, base_cost = self._base
-                if budget.lm_calls is not None and base_calls + self.calls >= budget.lm_calls:
-                    self.spent = f"budget lm_calls={budget.lm_calls:g} spent"
-                elif budget.tokens is not None or budget.usd is not None:
+            if self.spent is None and self.spending.budget is not None:
+                pending = Usage(lm_calls=self.calls)
+                if self._metered:
                     usage = self.meter.usage()
-                    tokens = base_tokens + usage.input_tokens + usage.output_tokens
-                    if budget.tokens is not None and tokens >= budget.tokens:
-                        self.spent = f"budget tokens={budget.tokens:g} spent"
-                    elif budget.usd is not None and base_cost + (usage.cost or 0.0) >= budget.usd:
-                        self.spent = f"budget usd={budget.usd:g} spent"
+                    pending = Usage(usage.input_tokens, usage.output_tokens, self.calls, usage.cost or 0.0)
+                self.spent = self.spending.exhausted(pending)
             if self.spent is not None:
                 raise _BudgetExhaustedError(f"the optimization's {self.spent}: no further LM calls")
             self.calls += 1
@@ -438,7 +433,7 @@ def quiet_compile() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _guarded(lm: dspy.BaseLM, guard: _BudgetGuard) -> dspy.BaseLM:
+def _guarded(lm: dspy.BaseLM, guard: _CompileGate) -> dspy.BaseLM:
     """Return a copy of ``lm`` that asks ``guard`` before every call; its own copies (SIMBA's rollouts) do too.
 
     A callback cannot refuse a call, so the copy's class is swapped (see
@@ -586,7 +581,7 @@ class _DspyRun:
         self.evaluator.create_experiment(dataclasses.replace(record, config={**record.config, **extra}))
 
     def add_compile_trial(self, group: _Group, row: dict[str, Any]) -> None:
-        self.evaluator.spending.add(row)
+        # Journaled now, counted with the rest of the compile's calls when it ends (see compile()).
         self.evaluator.add_trial(group.experiment_id, row)
 
     def to_program(self, configuration: Mapping[str, tuple[str, list[dict[str, Any]]]]) -> Program:
@@ -698,7 +693,7 @@ class _DspyRun:
         """Run DSPy's compile, metered and guarded; return the compiled module, its spans, and a budget stop."""
         spending: Spending = self.evaluator.spending
         meter = _ThreadMeter()
-        guard = _BudgetGuard(spending, meter)
+        guard = _CompileGate(spending, meter)
         lm = _guarded(self.lm, guard)
         trials = _CompileTrials(self, self._prefix(), meter)
         teleprompter, compile_options = self._teleprompter(trials.metric(self.metric), lm)
@@ -720,17 +715,10 @@ class _DspyRun:
             except Exception as error:
                 failure = error
         usage = meter.usage()
-        # The compile trials' rows carried their own calls into the spending; the rest (DSPy's proposals,
-        # reflections, summaries) is counted here, for the run as a whole.
+        # Every call of the compile, its trials' own (each carried in its journaled row too) and the rest
+        # (DSPy's proposals, reflections, summaries), counted once for the run.
         attributed = trials.attributed
-        spending.lm_calls += usage.lm_calls - attributed.lm_calls
-        spending.tokens += (usage.input_tokens + usage.output_tokens) - (
-            attributed.input_tokens + attributed.output_tokens
-        )
-        if usage.cost is None or attributed.cost is None:
-            spending.unpriced = spending.unpriced or usage.lm_calls > 0
-        else:
-            spending.cost += usage.cost - attributed.cost
+        spending.add_usage(usage, trials=sum(group.trials for group in trials.groups.values()))
         self.optimizer.last_compiled = compiled
         spans = [
             {

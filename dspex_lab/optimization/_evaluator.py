@@ -8,9 +8,9 @@ each evaluation as an experiment of its own in the journal (so ``dx.compare``,
 trial: an evaluation asked for again, in this process or after a crash (``resume=``),
 reuses the trials already recorded instead of running them twice.
 
-Spending (LM calls, tokens, dollars) is counted across the whole run, and the run's
-budget is handed to each evaluation as the part still left, so an evaluation stops
-at the budget in the middle if it has to.
+Each finished trial is counted in the run's one :class:`~dspex_lab.optimization._spending.Spending`,
+and the run's budget is handed to each evaluation as the part still left, so an
+evaluation stops at the budget in the middle if it has to.
 """
 
 from __future__ import annotations
@@ -25,23 +25,18 @@ from typing import Any
 import dspy
 
 from dspex_lab.data import Dataset
-from dspex_lab.engine import Budget, Executor, RunPolicy, TrialFinished, TrialRunner, TrialTask, run_trials
+from dspex_lab.engine import Executor, RunPolicy, TrialFinished, TrialRunner, TrialTask, run_trials
 from dspex_lab.errors import DspexLabWarning
 from dspex_lab.journal import DuckDBJournal, ExperimentRecord, TrialWriter
+from dspex_lab.optimization._spending import Spending
 from dspex_lab.program import Program
 from dspex_lab.trace import SpanRecorder
 
-__all__ = ["CandidateEvaluator", "Example", "Scores", "Spending", "dataset_examples", "evaluation_id"]
+__all__ = ["CandidateEvaluator", "Example", "Scores", "dataset_examples", "evaluation_id"]
 
 # (example id, position in its dataset, the example)
 Example = tuple[str, int, dspy.Example]
 Metric = Callable[[dspy.Example, Any], Any]
-
-
-# Dollars are counted in whole picodollars: an integer sum is the same in any order, so a run's cost
-# does not depend on which trial finished first, and a total read back from a journaled step row
-# (a float) gives back the exact integer (below about $2,000, where a float still resolves 1e-12).
-_PICODOLLARS = 10**12
 
 
 def evaluation_id(run_id: str, *labels: str) -> str:
@@ -59,119 +54,6 @@ def dataset_examples(data: Dataset) -> list[Example]:
         (example_id, index, example)
         for index, (example_id, example) in enumerate(zip(data.example_ids, data, strict=True))
     ]
-
-
-@dataclass
-class Spending:
-    """What a run has spent so far, and what its budget leaves.
-
-    A resumed run counts a trial served from the journal when it first uses it, as the
-    uninterrupted run counted it when it finished, so the totals at every point of a
-    resumed run are the uninterrupted run's.
-    """
-
-    budget: Budget | None = None
-    lm_calls: int = 0
-    tokens: int = 0
-    cost_picodollars: int = 0
-    unpriced: bool = False
-    trials: int = 0
-    # Wall seconds of LM calls an optimizer makes outside trials (SIMBA-C's rule proposals).
-    proposal_seconds: float = 0.0
-    # Part of the budget held back for the confirmation evaluations that follow the search (see
-    # ``dx.optimize``): the search stops when what it spent plus this reaches a limit.
-    reserved_lm_calls: int = 0
-    reserved_tokens: int = 0
-    reserved_picodollars: int = 0
-
-    @property
-    def cost(self) -> float:
-        """Dollars spent (priced calls only; see ``unpriced``)."""
-        return self.cost_picodollars / _PICODOLLARS
-
-    @cost.setter
-    def cost(self, dollars: float) -> None:
-        self.cost_picodollars = round(float(dollars) * _PICODOLLARS)
-
-    def add(self, row: dict[str, Any], *, trial: bool = True) -> None:
-        """Count one trial's row (``trial=False``: LM calls made outside trials, e.g. a rule proposal)."""
-        self.trials += 1 if trial else 0
-        self.lm_calls += int(row.get("lm_calls") or 0)
-        self.tokens += int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0)
-        if row.get("cost") is None:
-            self.unpriced = self.unpriced or bool(row.get("lm_calls"))
-        else:
-            self.cost_picodollars += round(float(row["cost"]) * _PICODOLLARS)
-
-    def restore(self, totals: dict[str, Any]) -> None:
-        """Set the LM calls, tokens and dollars to a journaled step row's totals (a resumed run catching up)."""
-        self.lm_calls = int(totals.get("lm_calls") or 0)
-        self.tokens = int(totals.get("tokens") or 0)
-        if totals.get("cost") is None:
-            self.unpriced = self.unpriced or bool(self.lm_calls)
-        else:
-            self.cost = float(totals["cost"])
-
-    def reserve(self, *, lm_calls: int, tokens: int, cost: float) -> None:
-        """Hold back part of the budget for the confirmation evaluations that follow the search."""
-        self.reserved_lm_calls = max(int(lm_calls), 0)
-        self.reserved_tokens = max(int(tokens), 0)
-        self.reserved_picodollars = max(round(float(cost) * _PICODOLLARS), 0)
-
-    def release(self) -> None:
-        """Give the held-back part of the budget to the confirmation evaluations."""
-        self.reserved_lm_calls = self.reserved_tokens = self.reserved_picodollars = 0
-
-    def _held(self) -> tuple[tuple[str, float, float], ...]:
-        # (limit name, used, held back for the confirmation)
-        return (
-            ("usd", self.cost, self.reserved_picodollars / _PICODOLLARS),
-            ("lm_calls", self.lm_calls, self.reserved_lm_calls),
-            ("tokens", self.tokens, self.reserved_tokens),
-        )
-
-    def exhausted(self) -> str | None:
-        """Say which limit of the budget is spent, or return None while every limit has some left.
-
-        The message names the run's totals, not one evaluation's share, so a run that stops at the
-        budget says the same whether it ran straight through or was resumed on the way.
-        """
-        if self.budget is None:
-            return None
-        for name, used, held in self._held():
-            limit = getattr(self.budget, name)
-            if limit is not None and used + held >= limit:
-                kept = f", {held:g} kept for the confirmation" if held else ""
-                return f"budget {name}={limit:g} spent ({used:g} used{kept})"
-        return None
-
-    def remaining(self) -> Budget | None:
-        """Return the budget still left (None: no limit), or raise :class:`BudgetSpent` when nothing is."""
-        if self.budget is None:
-            return None
-        spent = self.exhausted()
-        if spent is not None:
-            raise BudgetSpent(spent)
-        left: dict[str, float] = {}
-        for name, used, held in self._held():
-            limit = getattr(self.budget, name)
-            if limit is not None:
-                left[name] = limit - used - held if name == "usd" else int(limit - used - held)
-        return Budget(**left, pilot=1_000_000_000)
-
-    def to_summary(self) -> dict[str, Any]:
-        """Return the totals as JSON values."""
-        return {
-            "lm_calls": self.lm_calls,
-            "tokens": self.tokens,
-            "cost": None if self.unpriced else self.cost,
-            "trials": self.trials,
-            "proposal_seconds": round(self.proposal_seconds, 6),
-        }
-
-
-class BudgetSpent(Exception):  # noqa: N818 - a control-flow signal inside the optimizer, never raised to users
-    """The run's budget is spent: the optimizer stops cleanly with what it has."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,13 +16,14 @@ from dspex_lab.engine import Budget, RetryPolicy, RunPolicy
 from dspex_lab.errors import ExecutionError, OptimizerError
 from dspex_lab.evaluation import warn_if_underpowered
 from dspex_lab.evaluation._progress import installed_display
-from dspex_lab.journal import DuckDBJournal, ExperimentRecord
+from dspex_lab.journal import ExperimentRecord
 from dspex_lab.optimization._dspy import DspyOptimizer
-from dspex_lab.optimization._evaluator import CandidateEvaluator, Spending
+from dspex_lab.optimization._evaluator import CandidateEvaluator
 from dspex_lab.optimization._result import OptimizationResult
 from dspex_lab.optimization._session import OptimizationStep, RunSession
 from dspex_lab.optimization._setup import Metric, OptimizationSetup
 from dspex_lab.optimization._simba_c import SimbaC, run_simba_c
+from dspex_lab.optimization._spending import Spending
 from dspex_lab.program import Program
 from dspex_lab.session import current_context, environment
 from dspex_lab.session import lm_state as _lm_state
@@ -395,11 +395,10 @@ def _displayed(setup: OptimizationSetup) -> OptimizationResult:
 
 def _run(setup: OptimizationSetup) -> OptimizationResult:
     """Start (or resume) the run, search, confirm, and record how it ended."""
-    journal = setup.journal
     run_id = _start(setup)
     evaluator = CandidateEvaluator(
         run_id=run_id,
-        journal=journal,
+        journal=setup.journal,
         metric=setup.metric,
         metric_name=setup.config["metric"],
         lm=setup.lm,
@@ -409,16 +408,9 @@ def _run(setup: OptimizationSetup) -> OptimizationResult:
         trace=setup.trace,
         sinks=[setup.display] if setup.display is not None else [],
     )
-    if setup.resume is not None and journal is not None:
-        if isinstance(setup.optimizer, SimbaC):
-            # SIMBA-C replays the run: each journaled trial is counted when the replay uses it, and each
-            # step's other calls (rule proposals) come back from its journaled row (see _simba_c.py).
-            evaluator.load_recorded()
-        else:
-            # DSPy's optimizers compile again from the start: what the first run spent is counted up front.
-            evaluator.load_recorded(count=True)
-            _restore_other_spending(evaluator.spending, journal, run_id, evaluator.rows_by_experiment())
     session = RunSession(setup, run_id, evaluator)
+    if setup.resume is not None:
+        session.load_recorded(replay=isinstance(setup.optimizer, SimbaC))
     try:
         if isinstance(setup.optimizer, SimbaC):
             status, detail = run_simba_c(session, setup.optimizer)
@@ -495,34 +487,6 @@ def _start(setup: OptimizationSetup) -> str:
             )
     journal.claim_experiment(resume)
     return resume
-
-
-def _restore_other_spending(
-    spending: Spending, journal: DuckDBJournal, run_id: str, recorded: dict[str, list[dict[str, Any]]]
-) -> None:
-    """Add what the interrupted run spent outside trials (rule proposals, DSPy's own calls) to a resumed run.
-
-    The journaled trials give their own calls back (``load_recorded``). A finished step row holds
-    the run's totals when it was written; minus the calls of the trials finished by then, that is
-    the spending no trial carries. ``recorded`` holds the run's journaled trials by evaluation.
-    """
-    finished = [row for row in journal.step_rows(run_id) if row.get("finished_at") is not None]
-    if not finished:
-        return
-    last = max(finished, key=lambda row: row["finished_at"])
-    before = [
-        row
-        for rows in recorded.values()
-        for row in rows
-        if row.get("finished_at") is not None and row["finished_at"] <= last["finished_at"]
-    ]
-    calls = sum(int(row.get("lm_calls") or 0) for row in before)
-    tokens = sum(int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0) for row in before)
-    costs = [float(row["cost"]) for row in before if row.get("cost") is not None]
-    spending.lm_calls += max(int(last.get("lm_calls") or 0) - calls, 0)
-    spending.tokens += max(int(last.get("tokens") or 0) - tokens, 0)
-    if last.get("cost") is not None and costs:
-        spending.cost += max(float(last["cost"]) - math.fsum(costs), 0.0)
 
 
 def _short(value: Any) -> str:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from dspex_lab.errors import OptimizerError
 from dspex_lab.journal import ExperimentRecord
-from dspex_lab.optimization._evaluator import BudgetSpent, CandidateEvaluator, Example, dataset_examples, evaluation_id
+from dspex_lab.optimization._evaluator import CandidateEvaluator, Example, dataset_examples, evaluation_id
 from dspex_lab.optimization._result import (
     OptimizationResult,
     best_candidate_id,
@@ -30,6 +30,7 @@ from dspex_lab.optimization._result import (
 )
 from dspex_lab.optimization._setup import OptimizationSetup
 from dspex_lab.optimization._space import Candidate
+from dspex_lab.optimization._spending import BudgetSpent
 from dspex_lab.program import Program
 from dspex_lab.session import environment, stored_examples
 from dspex_lab.trace.spans import Span, now_ns
@@ -116,6 +117,47 @@ class RunSession:
             for row in self.journal.candidate_rows(run_id):
                 self.candidate_rows[row["candidate_id"]] = row
             self._journaled_steps = {int(row["step"]): row for row in self.journal.step_rows(run_id)}
+
+    def load_recorded(self, *, replay: bool) -> None:
+        """Take back what the interrupted run this one resumes recorded: its trials and its spending.
+
+        Args:
+            replay: the optimizer replays the run (SIMBA-C): each journaled trial is counted when the
+                replay uses it, and each step's other calls (rule proposals) come back from its
+                journaled row. Otherwise (DSPy's optimizers compile again from the start) what the
+                first run spent is counted now: its trials, and its calls no trial carries.
+        """
+        if self.journal is None:
+            return
+        self.evaluator.load_recorded(count=not replay)
+        if not replay:
+            self._restore_untracked()
+
+    def _restore_untracked(self) -> None:
+        """Count what the interrupted run spent outside trials (DSPy's own calls, rule proposals).
+
+        The journaled trials give their own calls back (``load_recorded``). A finished step row holds
+        the run's totals when it was written; minus the calls of the trials finished by then, that is
+        the spending no trial carries.
+        """
+        finished = [row for row in self._journaled_steps.values() if row.get("finished_at") is not None]
+        if not finished:
+            return
+        last = max(finished, key=lambda row: row["finished_at"])
+        before = [
+            row
+            for rows in self.evaluator.rows_by_experiment().values()
+            for row in rows
+            if row.get("finished_at") is not None and row["finished_at"] <= last["finished_at"]
+        ]
+        calls = sum(int(row.get("lm_calls") or 0) for row in before)
+        tokens = sum(int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0) for row in before)
+        costs = [float(row["cost"]) for row in before if row.get("cost") is not None]
+        self.evaluator.spending.add_untracked(
+            lm_calls=max(int(last.get("lm_calls") or 0) - calls, 0),
+            tokens=max(int(last.get("tokens") or 0) - tokens, 0),
+            cost=max(float(last["cost"]) - math.fsum(costs), 0.0) if last.get("cost") is not None and costs else None,
+        )
 
     # -- records ---------------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ import dspy
 import numpy as np
 
 from dspex_lab.errors import OptimizerError, VariableError
-from dspex_lab.optimization._evaluator import BudgetSpent, Example, Scores, evaluation_id
+from dspex_lab.optimization._evaluator import Example, Scores, evaluation_id
 from dspex_lab.optimization._session import RunSession, StepRecord
 from dspex_lab.optimization._space import (
     Candidate,
@@ -72,6 +72,7 @@ from dspex_lab.optimization._space import (
     mutate,
     rules_of,
 )
+from dspex_lab.optimization._spending import BudgetSpent
 from dspex_lab.program import Program
 from dspex_lab.stats import holm, one_sided_p_value, paired_test
 
@@ -754,17 +755,7 @@ class SimbaCRun:
             except Exception as error:  # a failed proposal is skipped, never fatal
                 answer = None
                 failure = f"{type(error).__name__}: {error}"
-        self.evaluator.spending.proposal_seconds += time.perf_counter() - started
-        usage = meter.usage()
-        self.evaluator.spending.add(
-            {
-                "lm_calls": usage.lm_calls,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cost": usage.cost,
-            },
-            trial=False,
-        )
+        self.evaluator.spending.add_usage(meter.usage(), proposal_seconds=time.perf_counter() - started)
         if answer is None:
             return None, failure
         advice = getattr(answer, "module_advice", None)
