@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from dspex_lab import _hooks
 from dspex_lab._lazy import lazy_exports
-from dspex_lab.journal._store import TraceReader, set_trace_reader
+from dspex_lab.journal import TraceReader, set_trace_reader
 
 if TYPE_CHECKING:
     from dspex_lab import datasets, errors, metrics, stats

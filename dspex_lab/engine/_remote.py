@@ -504,18 +504,10 @@ def _allowing(allowed: dict[str, list[str]] | None) -> Iterator[None]:
     if not allowed:
         yield
         return
-    from dspex_lab.program import _safety, allowed_prefixes, set_allowed_models, set_allowed_prefixes
+    from dspex_lab.program import allowing_models, allowing_prefixes
 
-    with _safety._lock:
-        own_models = _safety._allowed_models
-    own_prefixes = allowed_prefixes()
-    set_allowed_models(sorted(own_models | set(allowed["models"])))
-    set_allowed_prefixes(list(dict.fromkeys([*own_prefixes, *allowed["prefixes"]])))
-    try:
+    with allowing_models(allowed["models"]), allowing_prefixes(allowed["prefixes"]):
         yield
-    finally:
-        set_allowed_models(sorted(own_models))
-        set_allowed_prefixes(own_prefixes)
 
 
 def task_payload(task: TrialTask) -> tuple[int, str, int, dict[str, Any], tuple[str, ...]]:

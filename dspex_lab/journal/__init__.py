@@ -29,7 +29,9 @@ if TYPE_CHECKING:
         JournalReader,
         JournalStore,
         JournalWriter,
+        TraceReader,
         TrialOrder,
+        set_trace_reader,
     )
     from dspex_lab.journal._views import LEADERBOARD_COLUMNS, TRIAL_SORTS
     from dspex_lab.journal._writer import TrialWriter
@@ -47,10 +49,12 @@ __all__ = [
     "JournalStore",
     "JournalWriter",
     "MemoryJournal",
+    "TraceReader",
     "TrialOrder",
     "TrialWriter",
     "memory_journal",
     "open_journal",
+    "set_trace_reader",
     "trials_frame",
 ]
 
@@ -71,6 +75,8 @@ __getattr__, __dir__ = lazy_exports(
         "JournalWriter": "dspex_lab.journal._store",
         "MemoryJournal": "dspex_lab.journal._memory",
         "TrialOrder": "dspex_lab.journal._store",
+        "TraceReader": "dspex_lab.journal._store",
+        "set_trace_reader": "dspex_lab.journal._store",
         "TrialWriter": "dspex_lab.journal._writer",
         "memory_journal": "dspex_lab.journal._memory",
         "open_journal": "dspex_lab.journal._duckdb",

@@ -22,12 +22,13 @@ from dspex_lab.program._constraints import Constraint
 from dspex_lab.program._program import Program
 from dspex_lab.program._registry import (
     allowed_prefixes,
+    allowing_prefixes,
     register,
     registered_modules,
     resolve_module,
     set_allowed_prefixes,
 )
-from dspex_lab.program._safety import allowed_models, set_allowed_models
+from dspex_lab.program._safety import allowed_models, allowing_models, set_allowed_models
 from dspex_lab.program._variables import (
     Bool,
     Choice,
@@ -54,6 +55,8 @@ __all__ = [
     "Variable",
     "allowed_models",
     "allowed_prefixes",
+    "allowing_models",
+    "allowing_prefixes",
     "check_spec_value",
     "compose_yaml_spec",
     "parse_json_spec",

@@ -8,9 +8,10 @@ sit under an allowed prefix (``dspy.`` by default), and it must resolve to a
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import dspy
@@ -85,6 +86,17 @@ def set_allowed_prefixes(prefixes: Iterable[str]) -> None:
     if not all(isinstance(prefix, str) and prefix.endswith(".") for prefix in cleaned):
         raise ProgramSpecError("allowed prefixes are package paths ending with '.', e.g. 'dspy.' or 'myproject.'")
     _allowed_prefixes = cleaned
+
+
+@contextlib.contextmanager
+def allowing_prefixes(prefixes: Iterable[str]) -> Iterator[None]:
+    """Add ``prefixes`` to the module-path allow-list for the block, then restore it (see set_allowed_prefixes)."""
+    own = allowed_prefixes()
+    set_allowed_prefixes(list(dict.fromkeys([*own, *prefixes])))
+    try:
+        yield
+    finally:
+        set_allowed_prefixes(own)
 
 
 def resolve_module(name: str) -> type[dspy.Module]:

@@ -19,13 +19,14 @@ program, whoever wrote it:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import keyword
 import os
 import re
 import threading
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from dspex_lab.errors import ProgramSpecError
@@ -213,6 +214,25 @@ def allowed_models() -> frozenset[str]:
         return _allowed_models | listed
 
 
+@contextlib.contextmanager
+def allowing_models(models: Iterable[str]) -> Iterator[None]:
+    """Add ``models`` to the allow-list set by :func:`set_allowed_models` for the block, then restore it.
+
+    For a worker building a program the driver allowed: the driver's list joins the worker's own
+    (the environment variable's models are read at each check, so they are not copied in). Callers
+    that may overlap serialise the block themselves.
+    """
+    global _allowed_models
+    with _lock:
+        own = _allowed_models
+        _allowed_models = own | _checked_models(models)
+    try:
+        yield
+    finally:
+        with _lock:
+            _allowed_models = own
+
+
 def set_allowed_models(models: Iterable[str]) -> None:
     """Replace the allow-list of hosted models that ``model`` variables may resolve.
 
@@ -223,11 +243,16 @@ def set_allowed_models(models: Iterable[str]) -> None:
         ProgramSpecError: an entry is not a non-empty string.
     """
     global _allowed_models
+    checked = _checked_models(models)
+    with _lock:
+        _allowed_models = checked
+
+
+def _checked_models(models: Iterable[str]) -> frozenset[str]:
     cleaned = tuple(models) if not isinstance(models, str) else (models,)
     if not all(isinstance(model, str) and model.strip() for model in cleaned):
         raise ProgramSpecError(f"allowed models are model strings such as 'openai/gpt-4o-mini', got {cleaned!r}")
-    with _lock:
-        _allowed_models = frozenset(model.strip() for model in cleaned)
+    return frozenset(model.strip() for model in cleaned)
 
 
 def check_model_allowed(variable: str, model: Any, *, run_model: str | None) -> None:

@@ -231,3 +231,27 @@ def test_small_constraints_still_evaluate():
     rule = Constraint("len(text * 3) == 6 and count * 2 < 10 and -count < 0")
     assert rule.holds({"text": "ab", "count": 4})
     assert not rule.holds({"text": "ab", "count": 5})
+
+
+def test_allowing_widens_the_allow_lists_for_a_block_and_restores_them():
+    # A worker building a program the driver allowed: the driver's lists join the worker's own, then leave.
+    from dspex_lab.program import (
+        allowed_models,
+        allowed_prefixes,
+        allowing_models,
+        allowing_prefixes,
+        set_allowed_models,
+    )
+
+    set_allowed_models(["openai/own-model"])
+    try:
+        with allowing_models(["openai/driver-model"]), allowing_prefixes(["driverpkg."]):
+            assert allowed_models() >= {"openai/own-model", "openai/driver-model"}
+            assert allowed_prefixes()[-1] == "driverpkg." and "dspy." in allowed_prefixes()
+        assert "openai/driver-model" not in allowed_models() and "openai/own-model" in allowed_models()
+        assert "driverpkg." not in allowed_prefixes()
+        with pytest.raises(ProgramSpecError, match="allowed models are model strings"), allowing_models([""]):
+            pass
+        assert allowed_models() >= {"openai/own-model"}
+    finally:
+        set_allowed_models([])
