@@ -65,6 +65,7 @@ from dspex_lab.engine._remote import (
     run_stopped,
     spans_from,
     stuck_threads,
+    task_from,
     task_payload,
 )
 from dspex_lab.engine._trial import TrialResult, TrialRunner, TrialTask, stopped_result
@@ -746,9 +747,6 @@ def run_isolated_trials(
     Returns:
         ``("ok", [(submission, result, span rows), ...])``, or ``("setup", error text)``.
     """
-    from dspex_lab.engine._trial import TrialRunner, stopped_result
-    from dspex_lab.errors import ExecutionError
-
     results: list[tuple[int, TrialResult, list[Any]]] = []
     child: _Child | None = None
     try:
@@ -766,28 +764,11 @@ def run_isolated_trials(
                 code = child.end(dying=True)
                 return ("setup", f"a child process of this worker exited while starting ({_exit_text(code)})")
             if answer is None:  # died, or did not answer in time
-                task = task_from_payload(payload)
                 late = child.late
                 code = child.end(dying=not late)
                 child = None
-                if late and timeout is not None:
-                    result = stopped_result(
-                        task,
-                        timed_out=True,
-                        message=f"trial timeout after {timeout:g} s; its process was stuck and was killed",
-                        started=started,
-                        finished=time.time(),
-                    )
-                else:
-                    error = ExecutionError(
-                        f"the worker process died while running this trial alone ({_exit_text(code)}); it was run "
-                        "in a process of its own after its first worker died, so this trial is the cause (often "
-                        "memory: the out-of-memory killer)"
-                    )
-                    result = TrialRunner.failure(
-                        task, error, stage="runner", started=started, clock=time.perf_counter(), attempt=1
-                    )
-                results.append((submission, result, []))
+                task = task_from(decode(payload))
+                results.append((submission, _lost_in_child(task, started, timeout, late=late, code=code), []))
                 continue
             kind, outcome, span_rows, stuck = answer
             if kind == "setup":
@@ -806,10 +787,21 @@ def _stopped(run_key: str | None) -> bool:
     return run_key is not None and run_stopped(run_key)
 
 
-def task_from_payload(payload: bytes) -> TrialTask:
-    from dspex_lab.engine._remote import task_from
-
-    return task_from(decode(payload))
+def _lost_in_child(task: TrialTask, started: float, timeout: float | None, *, late: bool, code: int) -> TrialResult:
+    """Return the record of a trial whose child process was killed for being late, or died running it alone."""
+    if late and timeout is not None:
+        return stopped_result(
+            task,
+            timed_out=True,
+            message=f"trial timeout after {timeout:g} s; its process was stuck and was killed",
+            started=started,
+            finished=time.time(),
+        )
+    error = ExecutionError(
+        f"the worker process died while running this trial alone ({_exit_text(code)}); it was run in a process "
+        "of its own after its first worker died, so this trial is the cause (often memory: the out-of-memory killer)"
+    )
+    return TrialRunner.failure(task, error, stage="runner", started=started, clock=time.perf_counter(), attempt=1)
 
 
 def _exit_text(code: int) -> str:

@@ -3,6 +3,8 @@ arrival, requeues to the front, suspects apart, lost trials as records, stopping
 
 from __future__ import annotations
 
+import ast
+import pathlib
 import time
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import dspy
 import pytest
 
+import dspex_lab.engine
 from dspex_lab.engine import RetryPolicy, RunStatus, TrialRunner, TrialTask, trial_record
 from dspex_lab.engine._contract import (
     Message,
@@ -190,3 +193,22 @@ def test_an_interrupt_while_waiting_interrupts_the_run_and_the_backend_cancels()
     outcome, delivered = run(backend, 3)
     assert outcome.status == RunStatus.INTERRUPTED and len(delivered) == 1
     assert backend.stopped == (RunStatus.INTERRUPTED, [])
+
+
+def _engine_imports(path: pathlib.Path) -> set[str]:
+    """The engine modules ``path`` imports (anywhere in it: at the top or inside a function)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dspex_lab.engine."):
+            found.add(node.module.rsplit(".", 1)[1])
+    return found
+
+
+def test_imports_point_one_way_from_the_shared_types_to_the_loop_to_the_executors() -> None:
+    engine = pathlib.Path(dspex_lab.engine.__file__).parent
+    imports = {path.stem: _engine_imports(path) for path in engine.glob("_*.py") if path.stem != "__init__"}
+    assert imports["_contract"] <= {"_trial"}
+    assert imports["_loop"] <= {"_contract", "_trial"}
+    # Only make_executor (in _executor) names the backends; no backend imports it back.
+    assert [name for name, used in imports.items() if "_executor" in used] == []
+    assert {name for name, used in imports.items() if used & {"_process", "_dask"}} == {"_executor"}
