@@ -85,6 +85,7 @@ from dspex_lab._dspy_compat import gated_lm_copy, quiet_parallel_progress
 from dspex_lab.engine import to_json_value, trial_record
 from dspex_lab.engine._trial import _score
 from dspex_lab.errors import MissingDependencyError, OptimizerError, VariableError
+from dspex_lab.optimization._decisions import DecisionTrace
 from dspex_lab.optimization._evaluator import Scores, evaluation_id
 from dspex_lab.optimization._session import RunSession, StepRecord
 from dspex_lab.optimization._simba_c import _interval, _number, validation_outcome
@@ -93,6 +94,7 @@ from dspex_lab.optimization._spending import BudgetSpent, Spending
 from dspex_lab.program import Program
 from dspex_lab.providers import Meter, Usage, metering
 from dspex_lab.stats import holm, one_sided_p_value, paired_test
+from dspex_lab.trace.spans import now_ns
 
 __all__ = ["DSPY_NAMES", "DspyOptimizer"]
 
@@ -623,14 +625,12 @@ class _DspyRun:
                     + "); fix the program or metric before optimizing"
                 )
             self.finish_step(StepRecord(0, "finished", "c0", detail="baseline"))
-            compiled, spans, stopped = self.compile()
+            trace = DecisionTrace(session.run_id, 1)
+            compiled, stopped = self.compile(trace)
             if stopped is not None:
                 detail = f"budget: {stopped} during DSPy {DSPY_NAMES[self.optimizer.name]}'s compile"
-                spans.append({"name": "stopped", "kind": "decision", "attributes": {"decision": detail}})
-                session.emit_spans(1, spans)
-                self.finish_step(StepRecord(1, "stopped", "c0", detail=detail))
-                return "stopped", detail
-            return self.judge(compiled, spans)
+                return self._stop_at(trace, detail)
+            return self.judge(compiled, trace)
         except BudgetSpent as spent:
             return "stopped", f"budget: {spent}"
 
@@ -689,8 +689,8 @@ class _DspyRun:
             return dspy.GEPA(metric=metric, reflection_lm=lm, seed=self.seed, track_stats=True, **options), {}
         return dspy.BootstrapFewShot(metric=metric, **options), {}
 
-    def compile(self) -> tuple[dspy.Module | None, list[dict[str, Any]], str | None]:
-        """Run DSPy's compile, metered and guarded; return the compiled module, its spans, and a budget stop."""
+    def compile(self, trace: DecisionTrace) -> tuple[dspy.Module | None, str | None]:
+        """Run DSPy's compile, metered and guarded (its span goes in ``trace``); return the module and a budget stop."""
         spending: Spending = self.evaluator.spending
         meter = _ThreadMeter()
         guard = _CompileGate(spending, meter)
@@ -707,7 +707,7 @@ class _DspyRun:
         dspy_name = DSPY_NAMES[self.optimizer.name]
         failure: BaseException | None = None
         compiled = None
-        started = time.perf_counter()
+        started, started_ns = time.perf_counter(), now_ns()
         callbacks = [*(dspy.settings.callbacks or []), trials.callback]
         with metering(meter, overrides={"lm": lm, "callbacks": callbacks}), quiet_compile():
             try:
@@ -720,29 +720,28 @@ class _DspyRun:
         attributed = trials.attributed
         spending.add_usage(usage, trials=sum(group.trials for group in trials.groups.values()))
         self.optimizer.last_compiled = compiled
-        spans = [
+        trace.add(
+            "evaluation",
+            f"compile {dspy_name}",
             {
-                "name": f"compile {dspy_name}",
-                "kind": "evaluation",
-                "attributes": {
-                    "optimizer": dspy_name,
-                    "trainset": len(train),
-                    "own_valset": len(own_val) if own_val is not None else 0,
-                    "lm_calls": usage.lm_calls,
-                    "tokens": usage.input_tokens + usage.output_tokens,
-                    "lm_calls_outside_trials": usage.lm_calls - attributed.lm_calls,
-                    "seconds": round(time.perf_counter() - started, 3),
-                    "experiments": [group.experiment_id for group in trials.groups.values()],
-                    "metric_calls": sum(group.trials for group in trials.groups.values()),
-                },
-            }
-        ]
+                "optimizer": dspy_name,
+                "trainset": len(train),
+                "own_valset": len(own_val) if own_val is not None else 0,
+                "lm_calls": usage.lm_calls,
+                "tokens": usage.input_tokens + usage.output_tokens,
+                "lm_calls_outside_trials": usage.lm_calls - attributed.lm_calls,
+                "seconds": round(time.perf_counter() - started, 3),
+                "experiments": [group.experiment_id for group in trials.groups.values()],
+                "metric_calls": sum(group.trials for group in trials.groups.values()),
+            },
+            start_ns=started_ns,
+        )
         self._trials = trials
         if guard.spent is not None:
-            return compiled, spans, guard.spent
+            return compiled, guard.spent
         if failure is not None or compiled is None:
             raise OptimizerError(f"DSPy {dspy_name}'s compile failed: {type(failure).__name__}: {failure}") from failure
-        return compiled, spans, None
+        return compiled, None
 
     def _intermediates(self, compiled: dspy.Module) -> list[tuple[float | None, dspy.Module, str]]:
         """Return DSPy's intermediate programs with their DSPy score and where they came from."""
@@ -778,7 +777,7 @@ class _DspyRun:
                 return score
         return None
 
-    def judge(self, compiled: dspy.Module, spans: list[dict[str, Any]]) -> tuple[str, str]:
+    def judge(self, compiled: dspy.Module, trace: DecisionTrace) -> tuple[str, str]:
         """Record DSPy's candidates, evaluate them on the validation set and record a step for each."""
         session = self.session
         dspy_name = DSPY_NAMES[self.optimizer.name]
@@ -807,7 +806,13 @@ class _DspyRun:
         recorded = {row["fingerprint"]: row for row in session.candidate_rows.values() if row.get("strategy") == "dspy"}
         number = len(session.candidate_rows)
         candidates: list[tuple[Candidate, float | None, _Group | None]] = []
+        # One step per candidate, each with its decision trace (step 1's holds the compile) and the time
+        # its candidate was proposed.
+        traces = [trace]
+        proposed_at: dict[str, int] = {}
         for position, (score, configuration, origin) in enumerate(chosen, start=1):
+            if position > 1:
+                traces.append(DecisionTrace(session.run_id, position))
             group = self._trials.group_of(configuration)
             candidate_program = self.to_program(configuration)
             row = recorded.pop(candidate_program.fingerprint, None)
@@ -823,12 +828,13 @@ class _DspyRun:
                 )
                 number += 1
                 session.record_candidates([candidate])
+            proposed_at[candidate.id] = now_ns()
             candidates.append((candidate, score, group))
         final_id = candidates[-1][0].id if final_key != baseline_key else "c0"
         if not candidates:
             detail = f"DSPy {dspy_name}'s final choice is the baseline configuration"
-            spans.append({"name": "kept c0", "kind": "decision", "attributes": {"decision": detail}})
-            session.emit_spans(1, spans)
+            trace.conclude(detail, name="kept c0")
+            session.record_trace(trace)
             self.finish_step(StepRecord(1, "finished", "c0", detail=detail))
             return "finished", detail
 
@@ -837,13 +843,16 @@ class _DspyRun:
         tests: list[Any] = []
         # Each step reports what the run had spent when its candidate's evaluation ended.
         spent: dict[str, dict[str, Any]] = {}
+        timed: dict[str, tuple[int, int]] = {}
         for candidate, _, _ in candidates:
+            started = now_ns()
             try:
                 scores = self.validate(candidate)
             except BudgetSpent as error:
-                return self._stop_at(spans, f"budget: {error} while validating {candidate.id}")
+                return self._stop_at(trace, f"budget: {error} while validating {candidate.id}")
             if scores.stopped:
-                return self._stop_at(spans, f"budget: {scores.stopped} while validating {candidate.id}")
+                return self._stop_at(trace, f"budget: {scores.stopped} while validating {candidate.id}")
+            timed[candidate.id] = (started, now_ns())
             spent[candidate.id] = self.evaluator.spending.to_summary()
             common = [key for key, _, _ in self.val_examples if key in scores.by_example and key in baseline.by_example]
             test = None
@@ -878,21 +887,23 @@ class _DspyRun:
         for position, ((candidate, score, group), outcome) in enumerate(zip(candidates, outcomes, strict=True), 1):
             is_final = candidate.id == final_id
             accepted = is_final and outcome["significant"]
-            step_spans = spans if position == 1 else []
-            step_spans.append(
+            step_trace = traces[position - 1]
+            moment = proposed_at[candidate.id]
+            step_trace.add(
+                "decision",
+                f"propose {candidate.id}",
                 {
-                    "name": f"propose {candidate.id}",
-                    "kind": "decision",
-                    "attributes": {
-                        "candidate": candidate.id,
-                        "parent": candidate.parent_id,
-                        "strategy": candidate.strategy,
-                        "rationale": candidate.rationale,
-                        "compile_experiment": group.experiment_id if group is not None else None,
-                    },
-                }
+                    "candidate": candidate.id,
+                    "parent": candidate.parent_id,
+                    "strategy": candidate.strategy,
+                    "rationale": candidate.rationale,
+                    "compile_experiment": group.experiment_id if group is not None else None,
+                },
+                start_ns=moment,
+                end_ns=moment,
             )
-            step_spans.append({"name": f"validate {candidate.id}", "kind": "evaluation", "attributes": dict(outcome)})
+            start_ns, end_ns = timed[candidate.id]
+            step_trace.add("evaluation", f"validate {candidate.id}", dict(outcome), start_ns=start_ns, end_ns=end_ns)
             p_text = (
                 f"p={outcome['p_value']:.3g} (Holm {outcome['p_adjusted']:.3g})"
                 if outcome["p_value"] is not None
@@ -907,8 +918,8 @@ class _DspyRun:
                     f"kept {candidate.id}, DSPy's final choice, not significant: {p_text}, "
                     f"difference {outcome['difference'] if outcome['difference'] is not None else math.nan:+.3f}"
                 )
-            step_spans.append({"name": detail.split(":")[0], "kind": "decision", "attributes": {"decision": detail}})
-            session.emit_spans(position, step_spans)
+            step_trace.conclude(detail)
+            session.record_trace(step_trace)
             self.finish_step(
                 StepRecord(
                     position,
@@ -940,9 +951,9 @@ class _DspyRun:
         verdict = "accepted" if final["significant"] else "not accepted"
         return "finished", f"DSPy {dspy_name} finished; its final choice {final_id} was {verdict} on the valset"
 
-    def _stop_at(self, spans: list[dict[str, Any]], detail: str) -> tuple[str, str]:
+    def _stop_at(self, trace: DecisionTrace, detail: str) -> tuple[str, str]:
         # The candidates stay recorded and their finished evaluations journaled; one stopped step says why.
-        spans.append({"name": "stopped", "kind": "decision", "attributes": {"decision": detail}})
-        self.session.emit_spans(1, spans)
+        trace.conclude(detail, name="stopped")
+        self.session.record_trace(trace)
         self.finish_step(StepRecord(1, "stopped", "c0", detail=detail))
         return "stopped", detail

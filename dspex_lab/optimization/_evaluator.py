@@ -30,7 +30,7 @@ from dspex_lab.errors import DspexLabWarning
 from dspex_lab.journal import DuckDBJournal, ExperimentRecord, TrialWriter
 from dspex_lab.optimization._spending import Spending
 from dspex_lab.program import Program
-from dspex_lab.trace import SpanRecorder
+from dspex_lab.trace import Span, SpanRecorder
 
 __all__ = ["CandidateEvaluator", "Example", "Scores", "dataset_examples", "evaluation_id"]
 
@@ -263,6 +263,11 @@ class CandidateEvaluator:
         """
         if self.writer is not None:
             self.writer.add(row, experiment_id=experiment_id)
+
+    def add_spans(self, trace_id: str, spans: Sequence[Span], *, experiment_id: str) -> None:
+        """Journal spans the optimizer built (a step's decision trace) in an experiment of this run."""
+        if self.writer is not None:
+            self.writer.add_spans(trace_id, list(spans), experiment_id=experiment_id)
 
     def _module(self, program: Program, lm: dspy.BaseLM) -> dspy.Module:
         key = (program.fingerprint, id(lm))

@@ -2,10 +2,11 @@
 
 SIMBA-C (:mod:`~dspex_lab.optimization._simba_c`) and the DSPy bridge
 (:mod:`~dspex_lab.optimization._dspy`) decide; :class:`RunSession` keeps what they decide: it
-builds each evaluation's experiment record, journals candidates and steps, stores the
-decisions' spans, tells subscribers about every step, runs the confirmation once the search is
-over, and builds the result. Together with :class:`~dspex_lab.optimization._evaluator.CandidateEvaluator`
-(the trials) it is the only part of the optimization layer that touches the journal.
+builds each evaluation's experiment record, journals candidates and steps, stores each step's
+:class:`~dspex_lab.optimization._decisions.DecisionTrace`, tells subscribers about every step,
+runs the confirmation once the search is over, and builds the result. Together with
+:class:`~dspex_lab.optimization._evaluator.CandidateEvaluator` (the trials) it is the only part of
+the optimization layer that touches the journal.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 
 from dspex_lab.errors import OptimizerError
 from dspex_lab.journal import ExperimentRecord
+from dspex_lab.optimization._decisions import DecisionTrace
 from dspex_lab.optimization._evaluator import CandidateEvaluator, Example, dataset_examples, evaluation_id
 from dspex_lab.optimization._result import (
     OptimizationResult,
@@ -33,7 +35,6 @@ from dspex_lab.optimization._space import Candidate
 from dspex_lab.optimization._spending import BudgetSpent
 from dspex_lab.program import Program
 from dspex_lab.session import environment, stored_examples
-from dspex_lab.trace.spans import Span, now_ns
 
 __all__ = ["OptimizationStep", "RunSession", "StepRecord"]
 
@@ -282,37 +283,9 @@ class RunSession:
         cost = sum(float(row.get("cost") or 0.0) for row in rows)
         spending.reserve(lm_calls=math.ceil(calls * scale), tokens=math.ceil(tokens * scale), cost=cost * scale)
 
-    def emit_spans(self, step: int, items: list[dict[str, Any]]) -> None:
-        """Store a step's decisions as one orchestration trace (``step-N``) in the run's experiment."""
-        if self.evaluator.writer is None:
-            return
-        trace_id = f"step-{step}"
-        end = now_ns()
-        root = Span(
-            trace_id,
-            f"{trace_id}-root",
-            parent_id=None,
-            kind="decision",
-            name=f"step {step}",
-            start_ns=end,
-            end_ns=end,
-            attributes={"run_id": self.run_id, "step": step, "decision": items[-1]["attributes"].get("decision")},
-        )
-        spans = [root]
-        for position, item in enumerate(items):
-            spans.append(
-                Span(
-                    trace_id,
-                    f"{trace_id}-{position}",
-                    parent_id=root.span_id,
-                    kind=item["kind"],
-                    name=item["name"],
-                    start_ns=end + position + 1,
-                    end_ns=end + position + 1,
-                    attributes=item["attributes"],
-                )
-            )
-        self.evaluator.writer.add_spans(trace_id, spans, experiment_id=self.run_id)
+    def record_trace(self, trace: DecisionTrace) -> None:
+        """Close a step's decision trace and store its spans (``step-N``) in the run's experiment."""
+        self.evaluator.add_spans(trace.trace_id, trace.close(), experiment_id=self.run_id)
 
     def step_finished(self, record: StepRecord) -> None:
         """Tell the user (a printed line) and the subscribers that a step finished."""

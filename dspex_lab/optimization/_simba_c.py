@@ -57,6 +57,7 @@ import dspy
 import numpy as np
 
 from dspex_lab.errors import OptimizerError, VariableError
+from dspex_lab.optimization._decisions import DecisionTrace
 from dspex_lab.optimization._evaluator import Example, Scores, evaluation_id
 from dspex_lab.optimization._session import RunSession, StepRecord
 from dspex_lab.optimization._space import (
@@ -75,6 +76,7 @@ from dspex_lab.optimization._space import (
 from dspex_lab.optimization._spending import BudgetSpent
 from dspex_lab.program import Program
 from dspex_lab.stats import holm, one_sided_p_value, paired_test
+from dspex_lab.trace.spans import now_ns
 
 __all__ = ["ProposeRule", "SimbaC", "SimbaCRun", "run_simba_c"]
 
@@ -307,7 +309,7 @@ class SimbaCRun:
             # A resumed run never rewrites a journaled row with less: that row may be the only record of
             # what this step's rule proposals spent (see below).
             self._record_running(current)
-        spans: list[dict[str, Any]] = []
+        trace = DecisionTrace(self.session.run_id, step)
 
         # 1. Trajectories: the incumbent as it is, then sources drawn by a softmax over their scores.
         incumbent_screen = self.evaluator.evaluate(
@@ -344,19 +346,20 @@ class SimbaCRun:
             # calls cost from this row.
             self._record_running(current)
             self.session.record_candidates(proposed)
-        self._adopt(proposed, spans)
+        self._adopt(proposed, trace)
 
         # 3. Screening on the mini-batch; then the merge of the changes that screened well, screened too.
         shortlisted: list[tuple[float, Candidate]] = []
         gains: dict[str, float] = {}
 
         def screen(candidate: Candidate) -> None:
-            scores = self.evaluator.evaluate(
-                candidate.program,
-                batch,
-                experiment_id=self._experiment(candidate, "screen"),
-                record=self.session.record(candidate, "screen"),
-            )
+            with trace.evaluation(f"screen {candidate.id}") as attributes:
+                scores = self.evaluator.evaluate(
+                    candidate.program,
+                    batch,
+                    experiment_id=self._experiment(candidate, "screen"),
+                    record=self.session.record(candidate, "screen"),
+                )
             self.screen[candidate.id] = scores
             gain, n = paired_gain(scores, incumbent_screen)
             gains[candidate.id] = gain
@@ -375,19 +378,13 @@ class SimbaCRun:
                     "experiment_id": scores.experiment_id,
                 }
             )
-            spans.append(
-                {
-                    "name": f"screen {candidate.id}",
-                    "kind": "evaluation",
-                    "attributes": {
-                        "candidate": candidate.id,
-                        "experiment_id": scores.experiment_id,
-                        "mean": _number(scores.mean),
-                        "incumbent_mean": _number(incumbent_screen.mean),
-                        "gain": _number(gain),
-                        "n": n,
-                    },
-                }
+            attributes.update(
+                candidate=candidate.id,
+                experiment_id=scores.experiment_id,
+                mean=_number(scores.mean),
+                incumbent_mean=_number(incumbent_screen.mean),
+                gain=_number(gain),
+                n=n,
             )
             if n and gain > 0:
                 shortlisted.append((gain, candidate))
@@ -402,15 +399,18 @@ class SimbaCRun:
             merged = self._merge(step, [candidate for _, candidate in shortlisted], gains)
             if merged is not None:
                 self.session.record_candidates([merged])
-                self._adopt([merged], spans)
+                self._adopt([merged], trace)
         if merged is not None:
             screen(merged)
 
         # 4. Full evaluation of the best screened, and the paired test against the incumbent.
         incumbent_val = self.validate(self.incumbent)
         evaluated: list[tuple[Candidate, Scores, Any]] = []
+        timed: dict[str, tuple[int, int]] = {}
         for candidate in _diverse(shortlisted, optimizer.full_evals):
+            started = now_ns()
             scores = self.validate(candidate)
+            timed[candidate.id] = (started, now_ns())
             if scores.stopped:
                 raise BudgetSpent(scores.stopped)
             common = [key for key in self.valset_ids if key in scores.by_example and key in incumbent_val.by_example]
@@ -444,7 +444,8 @@ class SimbaCRun:
             outcome["p_two_sided"] = _number(test.p_value) if test is not None else None
             current.evaluations.append(outcome)
             self.tests[candidate.id] = outcome
-            spans.append({"name": f"validate {candidate.id}", "kind": "evaluation", "attributes": {**outcome}})
+            start_ns, end_ns = timed[candidate.id]
+            trace.add("evaluation", f"validate {candidate.id}", {**outcome}, start_ns=start_ns, end_ns=end_ns)
             if significant and (best is None or difference > best[0]):
                 best = (difference, candidate)
 
@@ -465,8 +466,8 @@ class SimbaCRun:
         current.incumbent_id = self.incumbent.id
         current.status = "finished"
         current.detail = reason
-        spans.append({"name": reason.split(":")[0], "kind": "decision", "attributes": {"decision": reason}})
-        self.session.emit_spans(step, spans)
+        trace.conclude(reason)
+        self.session.record_trace(trace)
         self._finish_step(current, replace=True)
         return best is not None
 
@@ -482,7 +483,7 @@ class SimbaCRun:
         """Return the generator of one decision: ``purpose`` (and ``index``) of ``step``, from the run's seed."""
         return np.random.default_rng([self.seed, step, purpose, index])
 
-    def _adopt(self, proposed: list[Candidate], spans: list[dict[str, Any]]) -> None:
+    def _adopt(self, proposed: list[Candidate], trace: DecisionTrace) -> None:
         """Make a step's new candidates (fresh or read back from the journal) part of the run.
 
         A mutation's move is read off the candidate itself (the one variable that differs from its
@@ -496,17 +497,12 @@ class SimbaCRun:
                 move = move_between(parent.program, candidate.program, mutable_variables(parent.program, self.slots))
                 if move is not None:
                     self.moves[candidate.id] = move
-            spans.append(
-                {
-                    "name": f"propose {candidate.id}",
-                    "kind": "decision",
-                    "attributes": {
-                        "candidate": candidate.id,
-                        "parent": candidate.parent_id,
-                        "strategy": candidate.strategy,
-                        "rationale": candidate.rationale,
-                    },
-                }
+            trace.decide(
+                f"propose {candidate.id}",
+                candidate=candidate.id,
+                parent=candidate.parent_id,
+                strategy=candidate.strategy,
+                rationale=candidate.rationale,
             )
 
     def _catch_up(self, journaled: dict[str, Any]) -> None:

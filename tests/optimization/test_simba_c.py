@@ -112,7 +112,14 @@ def test_each_decision_is_an_orchestration_span_above_the_evaluations_it_caused(
     screens = [span for span in spans if span.name.startswith("screen")]
     for span in screens:
         experiment = span.json_attributes["experiment_id"]
-        assert len(context.journal.trials(experiment)) >= 1  # the trials the decision caused
+        trials = context.journal.trials(experiment)
+        assert len(trials) >= 1  # the trials the decision caused
+        # Timed when it ran: the screening's span encloses its trials (clocks read apart: 50 ms of slack).
+        slack = 50_000_000
+        assert span.start_ns - slack <= trials["started_at"].min().value
+        assert trials["finished_at"].max().value <= span.end_ns + slack
+    root = next(span for span in spans if span.parent_id is None)
+    assert all(root.start_ns <= span.start_ns <= span.end_ns <= root.end_ns for span in spans)
 
 
 def test_on_noise_simba_c_accepts_almost_nothing(data) -> None:
