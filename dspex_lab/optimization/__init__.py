@@ -9,6 +9,7 @@ journal, every decision is a step row and an orchestration span, and the
 
 from typing import TYPE_CHECKING, Any
 
+from dspex_lab.optimization._display import RunDisplay, Subscriber
 from dspex_lab.optimization._dspy import DspyOptimizer
 from dspex_lab.optimization._optimize import DSPY_OPTIMIZERS, OptimizationStep, optimize
 from dspex_lab.optimization._plot import ConvergenceData, LiveConvergence, convergence_data, convergence_plot
@@ -28,7 +29,9 @@ __all__ = [
     "OptimizationResult",
     "OptimizationStep",
     "ProposeRule",
+    "RunDisplay",
     "SimbaC",
+    "Subscriber",
     "convergence_data",
     "convergence_plot",
     "optimize",

@@ -28,6 +28,7 @@ from dspex_lab.data import Dataset
 from dspex_lab.engine import Executor, RunPolicy, TrialFinished, TrialRunner, TrialTask, run_trials
 from dspex_lab.errors import DspexLabWarning
 from dspex_lab.journal import DuckDBJournal, ExperimentRecord, TrialWriter
+from dspex_lab.optimization._display import Subscriber
 from dspex_lab.optimization._spending import Spending
 from dspex_lab.program import Program
 from dspex_lab.trace import Span, SpanRecorder
@@ -114,7 +115,7 @@ class CandidateEvaluator:
         policy: RunPolicy,
         spending: Spending,
         trace: bool = False,
-        sinks: Sequence[Callable[[Any], None]] = (),
+        sinks: Sequence[Subscriber] = (),
     ) -> None:
         self.run_id = run_id
         self.journal = journal

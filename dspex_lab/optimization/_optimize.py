@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from dspex_lab.errors import ExecutionError, OptimizerError
 from dspex_lab.evaluation import warn_if_underpowered
 from dspex_lab.evaluation._progress import installed_display
 from dspex_lab.journal import ExperimentRecord
+from dspex_lab.optimization._display import RunDisplay, Subscriber
 from dspex_lab.optimization._dspy import DspyOptimizer
 from dspex_lab.optimization._evaluator import CandidateEvaluator
 from dspex_lab.optimization._result import OptimizationResult
@@ -211,8 +212,8 @@ def optimize(
     retries: int = 3,
     max_errors: int | float | None = None,
     trace: bool = False,
-    progress: bool | Callable[[Any], None] = True,
-    subscribers: Sequence[Callable[[Any], None]] = (),
+    progress: bool | Subscriber = True,
+    subscribers: Sequence[Subscriber] = (),
 ) -> OptimizationResult:
     """Optimize ``program`` on ``trainset``, accepting changes on ``valset`` evidence, and journal every decision.
 
@@ -326,8 +327,8 @@ def _setup(
     resume: str | None,
     policy: RunPolicy,
     trace: bool,
-    progress: bool | Callable[[Any], None],
-    subscribers: Sequence[Callable[[Any], None]],
+    progress: bool | Subscriber,
+    subscribers: Sequence[Subscriber],
 ) -> OptimizationSetup:
     """Resolve the run's surroundings (the current context's LM, executor, journal, display) and record its config."""
     context = current_context()
@@ -349,7 +350,10 @@ def _setup(
             "trace": trace,
         }
     )
-    display = progress if callable(progress) else installed_display("optimization") if progress else None
+    for subscriber in subscribers:
+        if not isinstance(subscriber, Subscriber):
+            raise OptimizerError(f"subscribers must be callables taking an event, got {subscriber!r}")
+    display = progress if isinstance(progress, Subscriber) else installed_display("optimization") if progress else None
     return OptimizationSetup(
         program=program,
         trainset=sets.trainset,
@@ -375,11 +379,10 @@ def _setup(
 
 def _displayed(setup: OptimizationSetup) -> OptimizationResult:
     """Run the optimization; a display that spans the whole run (the notebook widget) hears when it begins and ends."""
-    display = setup.display
+    display = setup.display if isinstance(setup.display, RunDisplay) else None
     status = "failed"
-    begin = getattr(display, "begin", None)
-    if callable(begin):
-        begin(setup.name)
+    if display is not None:
+        display.begin(setup.name)
     try:
         result = _run(setup)
         status = result.status
@@ -388,9 +391,8 @@ def _displayed(setup: OptimizationSetup) -> OptimizationResult:
         status = "interrupted"
         raise
     finally:
-        finish = getattr(display, "finish", None)
-        if callable(finish):
-            finish(status)
+        if display is not None:
+            display.finish(status)
 
 
 def _run(setup: OptimizationSetup) -> OptimizationResult:

@@ -21,6 +21,7 @@ import pandas as pd
 from dspex_lab.errors import OptimizerError
 from dspex_lab.journal import ExperimentRecord
 from dspex_lab.optimization._decisions import DecisionTrace
+from dspex_lab.optimization._display import Subscriber
 from dspex_lab.optimization._evaluator import CandidateEvaluator, Example, dataset_examples, evaluation_id
 from dspex_lab.optimization._result import (
     OptimizationResult,
@@ -105,7 +106,8 @@ class RunSession:
         self.config = setup.config
         self.train_examples: list[Example] = dataset_examples(setup.trainset)
         self.val_examples: list[Example] = dataset_examples(setup.valset)
-        self.subscribers = [*setup.subscribers, setup.display] if setup.display is not None else [*setup.subscribers]
+        display = [setup.display] if setup.display is not None else []
+        self.subscribers: list[Subscriber] = [*setup.subscribers, *display]
         self.candidate_rows: dict[str, dict[str, Any]] = {}
         self.step_rows: dict[int, dict[str, Any]] = {}
         self.status = "running"

@@ -11,6 +11,7 @@ import dspy
 from dspex_lab.data import Dataset
 from dspex_lab.engine import Budget, Executor, RunPolicy
 from dspex_lab.journal import DuckDBJournal
+from dspex_lab.optimization._display import Subscriber
 from dspex_lab.program import Program
 
 if TYPE_CHECKING:
@@ -47,7 +48,8 @@ class OptimizationSetup:
         lm: the run's LM.
         executor: where trials run.
         journal: where the run is recorded (None: in memory, for this process only).
-        display: a run display given every evaluation's events and every step (None: none).
+        display: given every evaluation's events and every step (None: none); a :class:`RunDisplay`
+            also hears when the run begins and ends.
         print_steps: print one line per step (``progress=True`` with no display installed).
         subscribers: called with every finished step.
     """
@@ -68,6 +70,6 @@ class OptimizationSetup:
     lm: dspy.BaseLM
     executor: Executor
     journal: DuckDBJournal | None
-    display: Callable[[Any], None] | None
+    display: Subscriber | None
     print_steps: bool
-    subscribers: Sequence[Callable[[Any], None]] = ()
+    subscribers: Sequence[Subscriber] = ()

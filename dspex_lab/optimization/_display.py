@@ -1,0 +1,41 @@
+"""What an optimization run talks to while it goes: subscribers and run displays, as typed protocols.
+
+The run never imports a display: it calls these protocols, and anything with the right methods
+takes part (the notebook's ``RunProgress`` widget, :class:`~dspex_lab.optimization.LiveConvergence`,
+a plain function).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["RunDisplay", "Subscriber"]
+
+
+@runtime_checkable
+class Subscriber(Protocol):
+    """Receives a run's events: ``subscriber(event)``.
+
+    Contract: called on the run's thread, in the order events happen (the engine's
+    ``RunStarted``/``TrialFinished``/``RunFinished`` of each evaluation for a display, an
+    :class:`~dspex_lab.optimization.OptimizationStep` after each step). It must not block for
+    long; one that raises is removed and the run goes on.
+    """
+
+    def __call__(self, event: Any, /) -> None:
+        """Take one event."""
+
+
+@runtime_checkable
+class RunDisplay(Subscriber, Protocol):
+    """A subscriber that shows a whole run made of several evaluations (the notebook's ``RunProgress``).
+
+    Contract: :meth:`begin` is called once before the run's first event, :meth:`finish` once after
+    its last, also when the run fails or is interrupted; events come in between.
+    """
+
+    def begin(self, title: str) -> None:
+        """Start showing the run named ``title``."""
+
+    def finish(self, status: str) -> None:
+        """End the run, showing how it ended (``finished``, ``stopped``, ``interrupted``, ``failed``)."""
