@@ -108,7 +108,7 @@ class Backend(Protocol):
         ...
 
     def stop(self, status: str, stuck: Sequence[Hashable]) -> None:
-        """End the run: cancel what still runs unless it finished, and replace the ``stuck`` workers."""
+        """End the run: cancel what still runs (nothing, when it finished) and replace the ``stuck`` workers."""
         ...
 
 
