@@ -61,8 +61,9 @@ def _is_cancel(data: Any) -> bool:
 class RunProgress(anywidget.AnyWidget):
     """Show a run as it goes, and stop it from the notebook.
 
-    An event subscriber: pass it as ``progress=`` to :func:`dspex_lab.evaluation` or
-    :func:`dspex_lab.optimization` (both show one by themselves with ``progress=True`` in a Jupyter kernel).
+    A run display (:class:`~dspex_lab.optimization.RunDisplay`: an event subscriber with ``begin`` and
+    ``finish``): pass it as ``progress=`` to :func:`dspex_lab.evaluate` or :func:`dspex_lab.optimize`
+    (both show one by themselves with ``progress=True`` in a Jupyter kernel).
     It shows trials done of planned, the mean score so far with its 95% interval
     (:func:`dspex_lab.stats.score_interval` over per-example means, as the result computes it: Wilson
     for 0/1 scores, Student t otherwise; failed trials are counted as errors, never averaged in), errors by type, tokens

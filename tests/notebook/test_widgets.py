@@ -7,6 +7,7 @@ test_widgets_jupyterlab.py check the drawing itself.
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import threading
@@ -134,6 +135,24 @@ def test_run_progress_follows_a_real_evaluation(journal_path):
     assert widget.input_tokens == trials["input_tokens"].sum() and widget.output_tokens == trials["output_tokens"].sum()
     assert widget.cost == pytest.approx(trials["cost"].sum()) and widget.unpriced_models == []
     assert widget.elapsed == pytest.approx(result.wall_seconds) and widget.eta is None
+
+
+def test_run_progress_is_the_run_display_the_optimizer_calls_with_the_protocols_signatures():
+    from dspex_lab.optimization import RunDisplay, Subscriber
+
+    widget = dx.RunProgress()
+    assert isinstance(widget, RunDisplay) and isinstance(widget, Subscriber)
+    # isinstance checks only that the methods exist: their parameters must be the ones the run passes.
+    for name in ("begin", "finish"):
+        expected = inspect.signature(getattr(RunDisplay, name)).parameters.values()
+        actual = inspect.signature(getattr(dx.RunProgress, name)).parameters.values()
+        assert [(p.name, p.kind) for p in actual] == [(p.name, p.kind) for p in expected], name
+    (event,) = list(inspect.signature(dx.RunProgress.__call__).parameters.values())[1:]
+    assert event.kind in (event.POSITIONAL_ONLY, event.POSITIONAL_OR_KEYWORD) and event.default is event.empty
+    widget.begin("optimize qa")
+    assert (widget.title, widget.status) == ("optimize qa", "running")
+    widget.finish("stopped")
+    assert widget.status == "stopped" and widget.eta is None
 
 
 def test_run_progress_uses_a_t_interval_for_graded_scores():
