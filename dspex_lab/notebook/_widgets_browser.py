@@ -96,7 +96,7 @@ class ExperimentBrowser(ipywidgets.VBox):
     n, trials and errors; it filters by name or id (a substring, any case), kind and status, and sorts by
     any column. A finished evaluation shows the interval it was summarised with (repeats averaged per
     example, clustered if asked); any other experiment the journal's quick 95% t-interval over its scored
-    trials (:meth:`~dspex_lab.journal.DuckDBJournal.leaderboard`). Selecting an experiment lists its
+    trials (:meth:`~dspex_lab.journal.JournalReader.leaderboard`). Selecting an experiment lists its
     trials, filtered by status and score and sorted by a column of :data:`~dspex_lab.journal.TRIAL_SORTS`
     (failed first by default), at most ``trial_limit`` of them with the number that match; selecting a
     traced trial opens a :class:`~dspex_lab.notebook.TraceViewer` below the tables. Every filter change
@@ -196,7 +196,7 @@ class ExperimentBrowser(ipywidgets.VBox):
         if board.empty:
             return []
         # An ended evaluation's stored summary holds how many examples it scored; the interval itself comes
-        # with the leaderboard (the journal's one rule for every view, see DuckDBJournal.score_intervals).
+        # with the leaderboard (the journal's one rule for every view, see JournalReader.score_intervals).
         stored = self.journal.ended_summaries()
         return [_experiment_row(row, stored.get(row["experiment_id"])) for row in board.to_dict("records")]
 
