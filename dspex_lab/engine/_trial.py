@@ -40,6 +40,7 @@ __all__ = [
     "TrialRunner",
     "TrialTask",
     "is_transient",
+    "metric_score",
     "retry_after",
     "to_json_value",
 ]
@@ -263,7 +264,12 @@ def to_json_value(value: Any) -> Any:
     return repr(value)
 
 
-def _score(value: Any) -> float:
+def metric_score(value: Any) -> float:
+    """Return a metric's value as a score: a finite float (a bool is 0 or 1; a Prediction's ``score`` field).
+
+    Raises:
+        InvalidScoreError: the value is not a finite number (the trial records it as a metric error).
+    """
     if isinstance(value, dspy.Prediction) and "score" in value:
         value = value.score
     if isinstance(value, bool):
@@ -502,10 +508,10 @@ class TrialRunner:
         """Score ``prediction``, metered: a metric that calls an LM (a judge) spends the trial's money."""
         with metering(meter):
             if self.recorder is None:
-                return _score(self.metric(task.example, prediction))
+                return metric_score(self.metric(task.example, prediction))
             with metric_span(self._metric_name) as handle:
                 handle.set(expected=_expected(task.example), got=_got(prediction))
-                score = _score(self.metric(task.example, prediction))
+                score = metric_score(self.metric(task.example, prediction))
                 handle.set(score=score)
                 return score
 

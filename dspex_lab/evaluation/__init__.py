@@ -7,13 +7,14 @@ subscribed to engine events.
 """
 
 from dspex_lab.engine import Budget
-from dspex_lab.evaluation._compare import Comparison, ComparisonSet, compare, compare_many
+from dspex_lab.evaluation._compare import Comparison, ComparisonSet, compare, compare_many, comparison_of
 from dspex_lab.evaluation._evaluate import environment, evaluate
 from dspex_lab.evaluation._export import export
 from dspex_lab.evaluation._hypothesis import Hypothesis, Verdict, hypothesis
 from dspex_lab.evaluation._load import load
 from dspex_lab.evaluation._package_reports import RerunReport, TrialDifference, VerificationReport
 from dspex_lab.evaluation._power import power_advice, warn_if_underpowered
+from dspex_lab.evaluation._progress import installed_display
 from dspex_lab.evaluation._rerun import rerun_package
 from dspex_lab.evaluation._result import EvaluationResult
 from dspex_lab.evaluation._verify import verify_package
@@ -32,11 +33,13 @@ __all__ = [
     "VerificationReport",
     "compare",
     "compare_many",
+    "comparison_of",
     "current_context",
     "environment",
     "evaluate",
     "export",
     "hypothesis",
+    "installed_display",
     "load",
     "power_advice",
     "rerun_package",

@@ -27,7 +27,7 @@ from dspex_lab.stats import (
     welch_test,
 )
 
-__all__ = ["Comparison", "ComparisonSet", "compare", "compare_many"]
+__all__ = ["Comparison", "ComparisonSet", "compare", "compare_many", "comparison_of"]
 
 
 def _number(value: float | None) -> float | str | None:
@@ -171,9 +171,10 @@ def _paired_scores(a: EvaluationResult, b: EvaluationResult) -> tuple[np.ndarray
     )
 
 
-def _compare(
+def comparison_of(
     a: EvaluationResult, b: EvaluationResult, *, paired: bool, method: str, confidence: float, seed: int | None
 ) -> Comparison:
+    """Return ``b - a`` compared as :func:`compare` does, with nothing journaled and no warning."""
     if not paired:
         result = welch_test(a.scores(), b.scores(), confidence=confidence)
         return Comparison(a.name, b.name, result, paired=False)
@@ -222,7 +223,7 @@ def compare(
         ExecutionError: a paired comparison of evaluations on different example sets.
     """
     _check_results(a, b)
-    comparison = _compare(a, b, paired=paired, method=method, confidence=confidence, seed=seed)
+    comparison = comparison_of(a, b, paired=paired, method=method, confidence=confidence, seed=seed)
     _warn_if_underpowered(a, b, comparison, alpha=1 - confidence)
     if a.experiment_id and b.experiment_id:
         experiment_id = _journal_comparison(
@@ -310,7 +311,7 @@ def compare_many(
     if not treatments:
         raise ExecutionError("compare_many needs at least one result besides the baseline")
     comparisons = [
-        _compare(baseline, treatment, paired=True, method=method, confidence=confidence, seed=seed)
+        comparison_of(baseline, treatment, paired=True, method=method, confidence=confidence, seed=seed)
         for treatment in treatments
     ]
     adjusted = _CORRECTIONS[correction](np.array([comparison.p_value for comparison in comparisons]))

@@ -82,18 +82,16 @@ import numpy as np
 from dspy.utils import BaseCallback
 
 from dspex_lab._dspy_compat import gated_lm_copy, quiet_parallel_progress
-from dspex_lab.engine import to_json_value, trial_record
-from dspex_lab.engine._trial import _score
+from dspex_lab.engine import metric_score, to_json_value, trial_record
 from dspex_lab.errors import MissingDependencyError, OptimizerError, VariableError
+from dspex_lab.optimization._acceptance import finite, judge, mean_and_interval
 from dspex_lab.optimization._decisions import DecisionTrace
 from dspex_lab.optimization._evaluator import Scores, evaluation_id
 from dspex_lab.optimization._session import RunSession, StepRecord
-from dspex_lab.optimization._simba_c import _interval, _number, validation_outcome
 from dspex_lab.optimization._space import Candidate, Slots, lift
 from dspex_lab.optimization._spending import BudgetSpent, Spending
 from dspex_lab.program import Program
 from dspex_lab.providers import Meter, Usage, metering
-from dspex_lab.stats import holm, one_sided_p_value, paired_test
 from dspex_lab.trace.spans import now_ns
 
 __all__ = ["DSPY_NAMES", "DspyOptimizer"]
@@ -479,7 +477,7 @@ class _CompileTrials:
         def journaled(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
             try:
                 value = metric(gold, pred)
-                score = _score(value)
+                score = metric_score(value)
             except Exception as error:
                 if pred_name is None:
                     self._record(gold, pred, None, error)
@@ -647,7 +645,7 @@ class _DspyRun:
     def finish_step(self, record: StepRecord, *, spending: dict[str, Any] | None = None) -> None:
         scores = self.validation.get(record.incumbent_id)
         if scores is not None:
-            record.best_mean, record.best_ci_low, record.best_ci_high = _interval(scores.by_example)
+            record.best_mean, record.best_ci_low, record.best_ci_high = mean_and_interval(scores.by_example)
         spending = spending or self.evaluator.spending.to_summary()
         record.lm_calls, record.tokens, record.cost = spending["lm_calls"], spending["tokens"], spending["cost"]
         self.session.record_step(record)
@@ -750,7 +748,7 @@ class _DspyRun:
         if name in ("simba", "mipro"):
             for position, item in enumerate(getattr(compiled, "candidate_programs", None) or []):
                 if isinstance(item, dict) and isinstance(item.get("program"), dspy.Module):
-                    score = _number(item.get("score"))
+                    score = finite(item.get("score"))
                     if score is not None and name == "mipro":
                         score /= 100  # MIPROv2 keeps dspy.Evaluate's percentages
                     found.append((score, item["program"], f"candidate_programs[{position}]"))
@@ -761,7 +759,7 @@ class _DspyRun:
             for position, program in enumerate(programs):
                 if isinstance(program, dspy.Module):
                     score = scores[position] if position < len(scores) else None
-                    found.append((_number(score), program, f"detailed_results.candidates[{position}]"))
+                    found.append((finite(score), program, f"detailed_results.candidates[{position}]"))
         found.sort(key=lambda item: -(item[0] if item[0] is not None else -math.inf))
         return found
 
@@ -771,7 +769,7 @@ class _DspyRun:
         """Return DSPy's own score of its final choice (on its data, not ours), when it kept one."""
         value = getattr(compiled, "score", None)  # MIPROv2's full-evaluation score of its choice, a percentage
         if self.optimizer.name == "mipro" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return _number(value / 100)
+            return finite(value / 100)
         for score, program, _ in intermediates:
             if score is not None and _key(read_configuration(program)) == final_key:
                 return score
@@ -839,8 +837,6 @@ class _DspyRun:
             return "finished", detail
 
         baseline = self.validation["c0"]
-        outcomes: list[dict[str, Any]] = []
-        tests: list[Any] = []
         # Each step reports what the run had spent when its candidate's evaluation ended.
         spent: dict[str, dict[str, Any]] = {}
         timed: dict[str, tuple[int, int]] = {}
@@ -854,36 +850,18 @@ class _DspyRun:
                 return self._stop_at(trace, f"budget: {scores.stopped} while validating {candidate.id}")
             timed[candidate.id] = (started, now_ns())
             spent[candidate.id] = self.evaluator.spending.to_summary()
-            common = [key for key, _, _ in self.val_examples if key in scores.by_example and key in baseline.by_example]
-            test = None
-            if len(common) >= 2:
-                try:
-                    test = paired_test(
-                        [baseline.by_example[key] for key in common],
-                        [scores.by_example[key] for key in common],
-                        method=self.optimizer.options["test"],
-                    )
-                except ValueError:
-                    test = None
-            tests.append(test)
         # One convention with SIMBA-C: a candidate is accepted on the one-sided p of "it is better".
-        p_values = np.array([one_sided_p_value(test) if test is not None else np.nan for test in tests], dtype=float)
-        adjusted = holm(p_values)
         alpha = self.optimizer.options["alpha"]
-        for (candidate, score, _), test, p_adjusted in zip(candidates, tests, adjusted, strict=True):
-            scores = self.validation[candidate.id]
-            difference = test.mean_difference if test is not None else math.nan
-            significant = bool(test is not None and math.isfinite(p_adjusted) and p_adjusted < alpha and difference > 0)
-            outcome = validation_outcome(
-                candidate,
-                scores,
-                test,
-                p_value=one_sided_p_value(test) if test is not None else math.nan,
-                p_adjusted=p_adjusted,
-                significant=significant,
-            )
-            outcome["p_two_sided"] = _number(test.p_value) if test is not None else None
-            outcomes.append({**outcome, "dspy_score": score})
+        judged = judge(
+            baseline,
+            [(candidate, self.validation[candidate.id]) for candidate, _, _ in candidates],
+            ids=[key for key, _, _ in self.val_examples],
+            method=self.optimizer.options["test"],
+            alpha=alpha,
+        )
+        outcomes = [
+            {**verdict.outcome, "dspy_score": score} for verdict, (_, score, _) in zip(judged, candidates, strict=True)
+        ]
         for position, ((candidate, score, group), outcome) in enumerate(zip(candidates, outcomes, strict=True), 1):
             is_final = candidate.id == final_id
             accepted = is_final and outcome["significant"]

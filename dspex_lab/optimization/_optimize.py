@@ -14,8 +14,7 @@ import numpy as np
 from dspex_lab.data import Dataset
 from dspex_lab.engine import Budget, RetryPolicy, RunPolicy
 from dspex_lab.errors import ExecutionError, OptimizerError
-from dspex_lab.evaluation import warn_if_underpowered
-from dspex_lab.evaluation._progress import installed_display
+from dspex_lab.evaluation import installed_display, warn_if_underpowered
 from dspex_lab.journal import ExperimentRecord
 from dspex_lab.optimization._display import RunDisplay, Subscriber
 from dspex_lab.optimization._dspy import DspyOptimizer
@@ -26,9 +25,7 @@ from dspex_lab.optimization._setup import Metric, OptimizationSetup
 from dspex_lab.optimization._simba_c import SimbaC, run_simba_c
 from dspex_lab.optimization._spending import Spending
 from dspex_lab.program import Program
-from dspex_lab.session import current_context, environment
-from dspex_lab.session import lm_state as _lm_state
-from dspex_lab.session import metric_name as _metric_name
+from dspex_lab.session import current_context, environment, lm_state, metric_name
 from dspex_lab.trace.redaction import redact
 
 __all__ = ["DSPY_OPTIMIZERS", "OptimizationStep", "optimize"]
@@ -342,9 +339,9 @@ def _setup(
             "trainset": sets.trainset.manifest(),
             "valset": sets.given_valset.manifest(),
             "confirmation": sets.confirmation,
-            "metric": _metric_name(metric),
+            "metric": metric_name(metric),
             "lm": getattr(lm, "model", repr(lm)),
-            "lm_state": _lm_state(lm),
+            "lm_state": lm_state(lm),
             "timeout": policy.timeout,
             "retries": policy.retry.retries,
             "trace": trace,
@@ -449,7 +446,7 @@ def _start(setup: OptimizationSetup) -> str:
                     dataset_name=train.name,
                     dataset_fingerprint=train.fingerprint,
                     dataset_manifest=train.manifest(),
-                    metric=_metric_name(metric),
+                    metric=metric_name(metric),
                     config=dict(config),
                     environment=environment(),
                 )
@@ -475,7 +472,7 @@ def _start(setup: OptimizationSetup) -> str:
         ("program", previous.get("program_fingerprint"), program.fingerprint),
         ("trainset", previous.get("dataset_fingerprint"), train.fingerprint),
         ("valset", (before.get("valset") or {}).get("fingerprint"), config["valset"].get("fingerprint")),
-        ("metric", previous.get("metric"), _metric_name(metric)),
+        ("metric", previous.get("metric"), metric_name(metric)),
         ("LM", (before.get("lm"), before.get("lm_state")), (config["lm"], config["lm_state"])),
         ("optimizer", before.get("optimizer_config"), config["optimizer_config"]),
         ("seed", before.get("seed"), config["seed"]),

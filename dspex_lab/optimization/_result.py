@@ -17,10 +17,8 @@ from typing import Any
 import pandas as pd
 
 from dspex_lab.errors import ExecutionError, JournalError
-from dspex_lab.evaluation._compare import Comparison, _compare
-from dspex_lab.evaluation._result import EvaluationResult
-from dspex_lab.journal import DuckDBJournal
-from dspex_lab.journal._schema import trials_frame
+from dspex_lab.evaluation import Comparison, EvaluationResult, comparison_of
+from dspex_lab.journal import DuckDBJournal, trials_frame
 from dspex_lab.optimization._evaluator import evaluation_id
 from dspex_lab.program import Program
 from dspex_lab.stats import one_sided_p_value
@@ -545,7 +543,7 @@ def _confirm(
     best = evaluation(best_id, "confirm", dataset)
     test = str(settings.get("test") or "auto")
     try:
-        comparison = _compare(baseline, best, paired=True, method=test, confidence=0.95, seed=None)
+        comparison = comparison_of(baseline, best, paired=True, method=test, confidence=0.95, seed=None)
     except ExecutionError as error:
         return verdict("incomplete", str(error), baseline=baseline, best=best)
     p_value = one_sided_p_value(comparison.result)  # type: ignore[arg-type]

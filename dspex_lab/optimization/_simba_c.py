@@ -57,6 +57,7 @@ import dspy
 import numpy as np
 
 from dspex_lab.errors import OptimizerError, VariableError
+from dspex_lab.optimization._acceptance import finite, judge, mean_and_interval
 from dspex_lab.optimization._decisions import DecisionTrace
 from dspex_lab.optimization._evaluator import Example, Scores, evaluation_id
 from dspex_lab.optimization._session import RunSession, StepRecord
@@ -75,7 +76,6 @@ from dspex_lab.optimization._space import (
 )
 from dspex_lab.optimization._spending import BudgetSpent
 from dspex_lab.program import Program
-from dspex_lab.stats import holm, one_sided_p_value, paired_test
 from dspex_lab.trace.spans import now_ns
 
 __all__ = ["ProposeRule", "SimbaC", "SimbaCRun", "run_simba_c"]
@@ -180,19 +180,6 @@ class SimbaC:
             },
             "rule_lm": getattr(self.rule_lm, "model", None),
         }
-
-
-def _interval(scores: dict[str, float]) -> tuple[float | None, float | None, float | None]:
-    values = np.array(list(scores.values()), dtype=float)
-    if values.size == 0:
-        return None, None, None
-    mean = float(values.mean())
-    if values.size < 2:
-        return mean, None, None
-    from scipy import stats
-
-    half = float(stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size))
-    return mean, mean - half, mean + half
 
 
 def paired_gain(candidate: Scores, incumbent: Scores) -> tuple[float, int]:
@@ -370,9 +357,9 @@ class SimbaCRun:
             current.screening.append(
                 {
                     "candidate": candidate.id,
-                    "mean": _number(scores.mean),
-                    "incumbent_mean": _number(incumbent_screen.mean),
-                    "gain": _number(gain),
+                    "mean": finite(scores.mean),
+                    "incumbent_mean": finite(incumbent_screen.mean),
+                    "gain": finite(gain),
                     "n": n,
                     "errors": len(scores.errors),
                     "experiment_id": scores.experiment_id,
@@ -381,9 +368,9 @@ class SimbaCRun:
             attributes.update(
                 candidate=candidate.id,
                 experiment_id=scores.experiment_id,
-                mean=_number(scores.mean),
-                incumbent_mean=_number(incumbent_screen.mean),
-                gain=_number(gain),
+                mean=finite(scores.mean),
+                incumbent_mean=finite(incumbent_screen.mean),
+                gain=finite(gain),
                 n=n,
             )
             if n and gain > 0:
@@ -405,7 +392,7 @@ class SimbaCRun:
 
         # 4. Full evaluation of the best screened, and the paired test against the incumbent.
         incumbent_val = self.validate(self.incumbent)
-        evaluated: list[tuple[Candidate, Scores, Any]] = []
+        evaluated: list[tuple[Candidate, Scores]] = []
         timed: dict[str, tuple[int, int]] = {}
         for candidate in _diverse(shortlisted, optimizer.full_evals):
             started = now_ns()
@@ -413,41 +400,23 @@ class SimbaCRun:
             timed[candidate.id] = (started, now_ns())
             if scores.stopped:
                 raise BudgetSpent(scores.stopped)
-            common = [key for key in self.valset_ids if key in scores.by_example and key in incumbent_val.by_example]
-            test = None
-            if len(common) >= 2:
-                before = [incumbent_val.by_example[key] for key in common]
-                after = [scores.by_example[key] for key in common]
-                try:
-                    test = paired_test(before, after, method=optimizer.test)
-                except ValueError:
-                    test = None
-            evaluated.append((candidate, scores, test))
-        p_values = np.array([_one_sided(test) for _, _, test in evaluated], dtype=float)
-        adjusted = holm(p_values) if len(p_values) else p_values
+            evaluated.append((candidate, scores))
         best: tuple[float, Candidate] | None = None
-        for (candidate, scores, test), p_adjusted in zip(evaluated, adjusted, strict=True):
-            error_rate = len(scores.errors) / max(len(self.valset), 1)
-            difference = test.mean_difference if test is not None else math.nan
-            # A Python bool: numpy's comparisons give numpy.bool_, which a JSON column would not store as a boolean.
-            significant = bool(
-                test is not None
-                and math.isfinite(p_adjusted)
-                and p_adjusted < optimizer.alpha
-                and difference > 0
-                and error_rate <= optimizer.max_error_rate
-            )
-            # One-sided p (is the candidate better?), with the two-sided p of the same test beside it.
-            outcome = validation_outcome(
-                candidate, scores, test, p_value=_one_sided(test), p_adjusted=p_adjusted, significant=significant
-            )
-            outcome["p_two_sided"] = _number(test.p_value) if test is not None else None
-            current.evaluations.append(outcome)
-            self.tests[candidate.id] = outcome
+        for verdict in judge(
+            incumbent_val,
+            evaluated,
+            ids=self.valset_ids,
+            method=optimizer.test,
+            alpha=optimizer.alpha,
+            max_error_rate=optimizer.max_error_rate,
+        ):
+            candidate = verdict.candidate
+            current.evaluations.append(verdict.outcome)
+            self.tests[candidate.id] = verdict.outcome
             start_ns, end_ns = timed[candidate.id]
-            trace.add("evaluation", f"validate {candidate.id}", {**outcome}, start_ns=start_ns, end_ns=end_ns)
-            if significant and (best is None or difference > best[0]):
-                best = (difference, candidate)
+            trace.add("evaluation", f"validate {candidate.id}", {**verdict.outcome}, start_ns=start_ns, end_ns=end_ns)
+            if verdict.significant and (best is None or verdict.difference > best[0]):
+                best = (verdict.difference, candidate)
 
         # 5. The decision.
         if best is not None:
@@ -607,7 +576,7 @@ class SimbaCRun:
             self._catch_up(journaled)
         scores = self.validation.get(record.incumbent_id)
         if scores is not None:
-            record.best_mean, record.best_ci_low, record.best_ci_high = _interval(scores.by_example)
+            record.best_mean, record.best_ci_low, record.best_ci_high = mean_and_interval(scores.by_example)
         spending = self.evaluator.spending.to_summary()
         record.lm_calls, record.tokens, record.cost = spending["lm_calls"], spending["tokens"], spending["cost"]
         if not replace:
@@ -763,40 +732,6 @@ class SimbaCRun:
         return rule, discussion
 
 
-def validation_outcome(
-    candidate: Candidate, scores: Scores, test: Any, *, p_value: float, p_adjusted: float, significant: bool
-) -> dict[str, Any]:
-    """Return the journal record of one full evaluation: the candidate's mean and CI, and its paired test."""
-    mean, low, high = _interval(scores.by_example)
-    return {
-        "candidate": candidate.id,
-        "experiment_id": scores.experiment_id,
-        "mean": mean,
-        "ci_low": low,
-        "ci_high": high,
-        "n": scores.n,
-        "errors": len(scores.errors),
-        "difference": _number(test.mean_difference) if test is not None else None,
-        "diff_ci_low": _number(test.ci[0]) if test is not None else None,
-        "diff_ci_high": _number(test.ci[1]) if test is not None else None,
-        "test": test.test if test is not None else None,
-        "p_value": _number(p_value),
-        "p_adjusted": _number(float(p_adjusted)),
-        "significant": bool(significant),
-    }
-
-
-def _one_sided(test: Any) -> float:
-    """The p-value of "the candidate is better", from a symmetric two-sided paired test.
-
-    Only improvements are ever accepted, so the question is one-sided. For the t-test,
-    Wilcoxon's normal approximation and the exact McNemar (binomial) test, the one-sided
-    p is half the two-sided one in the observed direction (an exact McNemar's two-sided p
-    is twice the smaller tail, capped at 1, so half of it is that tail, or 0.5 at the cap).
-    """
-    return math.nan if test is None else one_sided_p_value(test)
-
-
 def _diverse(shortlisted: list[tuple[float, Candidate]], count: int) -> list[Candidate]:
     """Return up to ``count`` candidates by screening gain, the best of each strategy first.
 
@@ -843,13 +778,6 @@ def _exploration_lm(lm: dspy.BaseLM, *, seed: int, temperature: float | None) ->
         return lm.copy(**changes)
     except Exception:  # an LM that cannot be copied: its rollouts still differ by the exploration's repeat
         return lm
-
-
-def _number(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def _prediction_fields(prediction: str) -> dict[str, Any]:

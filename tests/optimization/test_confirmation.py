@@ -17,8 +17,8 @@ from scipy import stats as scipy_stats
 import dspex_lab as dx
 from dspex_lab.errors import OptimizerError
 from dspex_lab.journal import open_journal
+from dspex_lab.optimization._acceptance import validation_outcome
 from dspex_lab.optimization._dspy import DspyOptimizer
-from dspex_lab.optimization._simba_c import validation_outcome
 from dspex_lab.optimization._spending import Spending
 from dspex_lab.stats import one_sided_p_value, paired_test
 from dspex_lab.trace.spans import encode_attributes

@@ -114,10 +114,13 @@ def test_each_decision_is_an_orchestration_span_above_the_evaluations_it_caused(
         experiment = span.json_attributes["experiment_id"]
         trials = context.journal.trials(experiment)
         assert len(trials) >= 1  # the trials the decision caused
-        # Timed when it ran: the screening's span encloses its trials (clocks read apart: 50 ms of slack).
-        slack = 50_000_000
-        assert span.start_ns - slack <= trials["started_at"].min().value
-        assert trials["finished_at"].max().value <= span.end_ns + slack
+        # Timed when it ran: the screening's span encloses the trials it ran (clocks read apart: 5 ms of
+        # slack); the experiment may hold more, of later steps that screened the candidate as incumbent.
+        slack = 5_000_000
+        started = trials["started_at"].map(lambda moment: moment.value)  # nanoseconds since the epoch
+        finished = trials["finished_at"].map(lambda moment: moment.value)
+        inside = ((started >= span.start_ns - slack) & (finished <= span.end_ns + slack)).sum()
+        assert span.end_ns > span.start_ns and inside >= span.json_attributes["n"] > 0
     root = next(span for span in spans if span.parent_id is None)
     assert all(root.start_ns <= span.start_ns <= span.end_ns <= root.end_ns for span in spans)
 
@@ -309,16 +312,16 @@ def test_values_of_every_candidate_are_a_valid_configuration(context, data) -> N
 def test_the_one_sided_p_of_an_exact_mcnemar_is_its_upper_binomial_tail() -> None:
     from scipy import stats
 
-    from dspex_lab.optimization._simba_c import _one_sided
+    from dspex_lab.optimization._acceptance import one_sided
 
     # 14 examples the candidate fixes, 4 it breaks, 82 unchanged.
     before = np.array([0] * 14 + [1] * 4 + [1] * 50 + [0] * 32, dtype=float)
     after = np.array([1] * 14 + [0] * 4 + [1] * 50 + [0] * 32, dtype=float)
     test = paired_test(before, after)
     assert test.test == "exact McNemar"
-    assert _one_sided(test) == pytest.approx(stats.binomtest(14, 18, 0.5, alternative="greater").pvalue)
+    assert one_sided(test) == pytest.approx(stats.binomtest(14, 18, 0.5, alternative="greater").pvalue)
     worse = paired_test(after, before)
-    assert _one_sided(worse) > 0.5
+    assert one_sided(worse) > 0.5
 
 
 def test_the_full_evaluation_shortlist_takes_each_strategys_best_first() -> None:
