@@ -338,7 +338,7 @@ class TrialRunner:
     The module is shared by the worker threads, as ``dspy.Evaluate`` shares it: DSPy
     predictors keep no per-call state on the instance. Repeat r >= 1 of an example runs
     with its own DSPy ``rollout_id`` on every LM that samples (a copy of the module per
-    repeat when its predictors hold their own LMs; see :func:`dspex_lab.lm.for_repeat`),
+    repeat when its predictors hold their own LMs; see :func:`dspex_lab.providers.for_repeat`),
     so repeats are distinct requests to a provider and never each other's cache hits;
     repeat 0 sends the plain requests ``dspy.Evaluate`` would.
 
@@ -383,7 +383,7 @@ class TrialRunner:
         # Traces of trials in flight, by their token: a trial abandoned at its timeout hands over what it has.
         self._open: dict[int, Any] = {}
         self._open_lock = threading.Lock()
-        # (module, LM) per repeat: repeat r runs with its own DSPy rollout_id (dspex_lab.lm.for_repeat).
+        # (module, LM) per repeat: repeat r runs with its own DSPy rollout_id (dspex_lab.providers.for_repeat).
         self._repeats: dict[int, tuple[dspy.Module, dspy.BaseLM | None]] = {0: (module, self.lm)}
         self._repeats_lock = threading.Lock()
 

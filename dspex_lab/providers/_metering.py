@@ -392,7 +392,7 @@ def metering(meter: Meter | None = None, *, overrides: Mapping[str, Any] | None 
     if meter is None:
         meter = Meter()
     elif not isinstance(meter, Meter):
-        raise ProgramSpecError(f"metering() needs a dspex_lab.lm.Meter, not {type(meter).__name__}")
+        raise ProgramSpecError(f"metering() needs a dspex_lab.providers.Meter, not {type(meter).__name__}")
     parent = _CURRENT_METER.get()
     if parent is not None and meter._parent is None and not _is_ancestor(meter, parent):
         meter._parent = parent

@@ -169,5 +169,5 @@ def test_an_lm_judge_in_the_metric_is_part_of_the_trial_cost(loopback_provider: 
         result = dx.evaluate(PROGRAM, _questions(1), metric=judged, progress=False)
     [row] = result.trials.to_dict("records")
     assert row["lm_calls"] == 2
-    mini, full = dx.lm.model_price("openai/gpt-4o-mini"), dx.lm.model_price("openai/gpt-4o")
+    mini, full = dx.providers.model_price("openai/gpt-4o-mini"), dx.providers.model_price("openai/gpt-4o")
     assert row["cost"] == pytest.approx(mini.cost(100, 10) + full.cost(100, 10))
