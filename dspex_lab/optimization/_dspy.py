@@ -84,7 +84,7 @@ from dspy.utils import BaseCallback
 from dspex_lab._dspy_compat import gated_lm_copy, quiet_parallel_progress
 from dspex_lab.engine import metric_score, to_json_value, trial_record
 from dspex_lab.errors import MissingDependencyError, OptimizerError, VariableError
-from dspex_lab.optimization._acceptance import finite, judge, mean_and_interval
+from dspex_lab.optimization._acceptance import finite, judge
 from dspex_lab.optimization._decisions import DecisionTrace
 from dspex_lab.optimization._evaluator import Scores, evaluation_id
 from dspex_lab.optimization._session import RunSession, StepRecord
@@ -545,6 +545,29 @@ def _inputs_key(example: Any) -> str:
     return json.dumps(to_json_value(inputs), sort_keys=True, ensure_ascii=False)
 
 
+@dataclasses.dataclass
+class _Proposal:
+    """One of DSPy's programs as a candidate of the run, with its step's decision trace (see ``_DspyRun.assess``).
+
+    Attributes:
+        candidate: the candidate.
+        dspy_score: DSPy's own score of it (on DSPy's data), when it kept one.
+        group: its compile trials, when DSPy scored its configuration during compile.
+        trace: its step's decision trace.
+        proposed_ns: when it was made a candidate.
+        validated_ns: when its validation started and ended.
+        spent: the run's spending when its validation ended.
+    """
+
+    candidate: Candidate
+    dspy_score: float | None
+    group: _Group | None
+    trace: DecisionTrace
+    proposed_ns: int
+    validated_ns: tuple[int, int] = (0, 0)
+    spent: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 class _DspyRun:
     """One run of a DSPy optimizer: baseline, compile, candidates, validation, steps."""
 
@@ -628,7 +651,7 @@ class _DspyRun:
             if stopped is not None:
                 detail = f"budget: {stopped} during DSPy {DSPY_NAMES[self.optimizer.name]}'s compile"
                 return self._stop_at(trace, detail)
-            return self.judge(compiled, trace)
+            return self.assess(compiled, trace)
         except BudgetSpent as spent:
             return "stopped", f"budget: {spent}"
 
@@ -643,13 +666,8 @@ class _DspyRun:
         return self.validation[candidate.id]
 
     def finish_step(self, record: StepRecord, *, spending: dict[str, Any] | None = None) -> None:
-        scores = self.validation.get(record.incumbent_id)
-        if scores is not None:
-            record.best_mean, record.best_ci_low, record.best_ci_high = mean_and_interval(scores.by_example)
-        spending = spending or self.evaluator.spending.to_summary()
-        record.lm_calls, record.tokens, record.cost = spending["lm_calls"], spending["tokens"], spending["cost"]
-        self.session.record_step(record)
-        self.session.step_finished(record)
+        """Journal and announce a finished step, with the validation numbers of its incumbent."""
+        self.session.finish_step(record, self.validation.get(record.incumbent_id), spending=spending)
 
     def _prefix(self) -> str:
         # Each compile (a resumed run compiles again) labels its configurations apart: compile, compile2, ...
@@ -775,16 +793,58 @@ class _DspyRun:
                 return score
         return None
 
-    def judge(self, compiled: dspy.Module, trace: DecisionTrace) -> tuple[str, str]:
-        """Record DSPy's candidates, evaluate them on the validation set and record a step for each."""
-        session = self.session
+    def assess(self, compiled: dspy.Module, trace: DecisionTrace) -> tuple[str, str]:
+        """Record DSPy's candidates, evaluate them on the validation set and record a step for each.
+
+        ``trace`` is step 1's (it holds the compile); each further candidate's step has its own.
+        """
+        dspy_name = DSPY_NAMES[self.optimizer.name]
+        chosen, baseline_score, changed = self._chosen(compiled)
+        proposals = self._proposals(chosen, trace)
+        if not proposals:
+            detail = f"DSPy {dspy_name}'s final choice is the baseline configuration"
+            trace.conclude(detail, name="kept c0")
+            self.session.record_trace(trace)
+            self.finish_step(StepRecord(1, "finished", "c0", detail=detail))
+            return "finished", detail
+        final_id = proposals[-1].candidate.id if changed else "c0"
+        stopped = self._validate_all(proposals)
+        if stopped is not None:
+            return self._stop_at(trace, stopped)
+        # One convention with SIMBA-C: a candidate is accepted on the one-sided p of "it is better".
+        verdicts = judge(
+            self.validation["c0"],
+            [(proposal.candidate, self.validation[proposal.candidate.id]) for proposal in proposals],
+            ids=[key for key, _, _ in self.val_examples],
+            method=self.optimizer.options["test"],
+            alpha=self.optimizer.options["alpha"],
+        )
+        outcomes = []
+        for position, (proposal, verdict) in enumerate(zip(proposals, verdicts, strict=True), start=1):
+            outcome = {**verdict.outcome, "dspy_score": proposal.dspy_score}
+            self._record_proposal_step(position, proposal, outcome, final_id=final_id, baseline_score=baseline_score)
+            outcomes.append(outcome)
+        final = next((outcome for outcome in outcomes if outcome["candidate"] == final_id), None)
+        if final is None:
+            return "finished", f"DSPy {dspy_name} finished; its final choice is the baseline configuration"
+        # The run's claim is the held-out confirmation's (dx.optimize); this says what the acceptance rule decided.
+        verdict_text = "accepted" if final["significant"] else "not accepted"
+        return "finished", f"DSPy {dspy_name} finished; its final choice {final_id} was {verdict_text} on the valset"
+
+    def _chosen(
+        self, compiled: dspy.Module
+    ) -> tuple[list[tuple[float | None, dict[str, Any], str]], float | None, bool]:
+        """Return the configurations to validate (DSPy's score, configuration, origin), DSPy's final choice last.
+
+        Also DSPy's own score of the unchanged program (when it kept one: SIMBA and MIPROv2 score it
+        too), and whether DSPy's final choice changed the program at all.
+        """
         dspy_name = DSPY_NAMES[self.optimizer.name]
         final_configuration = read_configuration(compiled)
         final_key = _key(final_configuration)
         baseline_key = _key(read_configuration(self.baseline.program.build(lm=self.lm)))
         seen = {baseline_key, final_key}
         intermediates = self._intermediates(compiled)
-        # DSPy's own score of the unchanged program, when it kept one (SIMBA and MIPROv2 score it too).
         baseline_score = next(
             (score for score, program, _ in intermediates if _key(read_configuration(program)) == baseline_key), None
         )
@@ -800,17 +860,19 @@ class _DspyRun:
         if final_key != baseline_key:
             score = self._dspy_score(compiled, final_key, intermediates)
             chosen.append((score, final_configuration, f"DSPy {dspy_name}'s final choice"))
+        return chosen, baseline_score, final_key != baseline_key
+
+    def _proposals(
+        self, chosen: list[tuple[float | None, dict[str, Any], str]], trace: DecisionTrace
+    ) -> list[_Proposal]:
+        """Make (or, for a resumed run, take back) a candidate of each chosen configuration, one step each."""
+        session = self.session
         # A resumed run reuses the candidates (and so the finished validations) the same configurations had.
         recorded = {row["fingerprint"]: row for row in session.candidate_rows.values() if row.get("strategy") == "dspy"}
         number = len(session.candidate_rows)
-        candidates: list[tuple[Candidate, float | None, _Group | None]] = []
-        # One step per candidate, each with its decision trace (step 1's holds the compile) and the time
-        # its candidate was proposed.
-        traces = [trace]
-        proposed_at: dict[str, int] = {}
+        proposals: list[_Proposal] = []
         for position, (score, configuration, origin) in enumerate(chosen, start=1):
-            if position > 1:
-                traces.append(DecisionTrace(session.run_id, position))
+            step_trace = trace if position == 1 else DecisionTrace(session.run_id, position)
             group = self._trials.group_of(configuration)
             candidate_program = self.to_program(configuration)
             row = recorded.pop(candidate_program.fingerprint, None)
@@ -826,108 +888,89 @@ class _DspyRun:
                 )
                 number += 1
                 session.record_candidates([candidate])
-            proposed_at[candidate.id] = now_ns()
-            candidates.append((candidate, score, group))
-        final_id = candidates[-1][0].id if final_key != baseline_key else "c0"
-        if not candidates:
-            detail = f"DSPy {dspy_name}'s final choice is the baseline configuration"
-            trace.conclude(detail, name="kept c0")
-            session.record_trace(trace)
-            self.finish_step(StepRecord(1, "finished", "c0", detail=detail))
-            return "finished", detail
+            proposals.append(_Proposal(candidate, score, group, step_trace, now_ns()))
+        return proposals
 
-        baseline = self.validation["c0"]
-        # Each step reports what the run had spent when its candidate's evaluation ended.
-        spent: dict[str, dict[str, Any]] = {}
-        timed: dict[str, tuple[int, int]] = {}
-        for candidate, _, _ in candidates:
+    def _validate_all(self, proposals: list[_Proposal]) -> str | None:
+        """Evaluate every proposal on the validation set; return why the budget stopped it, or None."""
+        for proposal in proposals:
+            candidate = proposal.candidate
             started = now_ns()
             try:
                 scores = self.validate(candidate)
             except BudgetSpent as error:
-                return self._stop_at(trace, f"budget: {error} while validating {candidate.id}")
+                return f"budget: {error} while validating {candidate.id}"
             if scores.stopped:
-                return self._stop_at(trace, f"budget: {scores.stopped} while validating {candidate.id}")
-            timed[candidate.id] = (started, now_ns())
-            spent[candidate.id] = self.evaluator.spending.to_summary()
-        # One convention with SIMBA-C: a candidate is accepted on the one-sided p of "it is better".
-        alpha = self.optimizer.options["alpha"]
-        judged = judge(
-            baseline,
-            [(candidate, self.validation[candidate.id]) for candidate, _, _ in candidates],
-            ids=[key for key, _, _ in self.val_examples],
-            method=self.optimizer.options["test"],
-            alpha=alpha,
+                return f"budget: {scores.stopped} while validating {candidate.id}"
+            proposal.validated_ns = (started, now_ns())
+            # Each step reports what the run had spent when its candidate's evaluation ended.
+            proposal.spent = self.evaluator.spending.to_summary()
+        return None
+
+    def _record_proposal_step(
+        self,
+        position: int,
+        proposal: _Proposal,
+        outcome: dict[str, Any],
+        *,
+        final_id: str,
+        baseline_score: float | None,
+    ) -> None:
+        """Record one candidate's step: its decision trace (proposed, validated, decided) and its row."""
+        candidate, score, group, step_trace = proposal.candidate, proposal.dspy_score, proposal.group, proposal.trace
+        is_final = candidate.id == final_id
+        accepted = is_final and outcome["significant"]
+        step_trace.add(
+            "decision",
+            f"propose {candidate.id}",
+            {
+                "candidate": candidate.id,
+                "parent": candidate.parent_id,
+                "strategy": candidate.strategy,
+                "rationale": candidate.rationale,
+                "compile_experiment": group.experiment_id if group is not None else None,
+            },
+            start_ns=proposal.proposed_ns,
+            end_ns=proposal.proposed_ns,
         )
-        outcomes = [
-            {**verdict.outcome, "dspy_score": score} for verdict, (_, score, _) in zip(judged, candidates, strict=True)
-        ]
-        for position, ((candidate, score, group), outcome) in enumerate(zip(candidates, outcomes, strict=True), 1):
-            is_final = candidate.id == final_id
-            accepted = is_final and outcome["significant"]
-            step_trace = traces[position - 1]
-            moment = proposed_at[candidate.id]
-            step_trace.add(
-                "decision",
-                f"propose {candidate.id}",
-                {
-                    "candidate": candidate.id,
-                    "parent": candidate.parent_id,
-                    "strategy": candidate.strategy,
-                    "rationale": candidate.rationale,
-                    "compile_experiment": group.experiment_id if group is not None else None,
-                },
-                start_ns=moment,
-                end_ns=moment,
-            )
-            start_ns, end_ns = timed[candidate.id]
-            step_trace.add("evaluation", f"validate {candidate.id}", dict(outcome), start_ns=start_ns, end_ns=end_ns)
-            p_text = (
-                f"p={outcome['p_value']:.3g} (Holm {outcome['p_adjusted']:.3g})"
-                if outcome["p_value"] is not None
-                else "no paired test"
-            )
-            if not is_final:
-                detail = f"measured {candidate.id} ({candidate.rationale.split(' (')[0]}): {p_text}; not DSPy's choice"
-            elif accepted:
-                detail = f"accepted {candidate.id}, DSPy's final choice: {p_text} < alpha={alpha}"
-            else:
-                detail = (
-                    f"kept {candidate.id}, DSPy's final choice, not significant: {p_text}, "
-                    f"difference {outcome['difference'] if outcome['difference'] is not None else math.nan:+.3f}"
-                )
-            step_trace.conclude(detail)
-            session.record_trace(step_trace)
-            self.finish_step(
-                StepRecord(
-                    position,
-                    "finished",
-                    candidate.id if is_final else "c0",
-                    accepted_id=candidate.id if accepted else None,
-                    screening=[
-                        {
-                            "candidate": candidate.id,
-                            "mean": score,
-                            "incumbent_mean": baseline_score,
-                            "gain": score - baseline_score if baseline_score is not None else None,
-                            "n": group.trials if group is not None else 0,
-                            "errors": 0,
-                            "experiment_id": group.experiment_id if group is not None else None,
-                        }
-                    ]
-                    if score is not None
-                    else [],
-                    evaluations=[outcome],
-                    detail=detail,
-                ),
-                spending=spent[candidate.id],
-            )
-        final = next((outcome for outcome in outcomes if outcome["candidate"] == final_id), None)
-        if final is None:
-            return "finished", f"DSPy {dspy_name} finished; its final choice is the baseline configuration"
-        # The run's claim is the held-out confirmation's (dx.optimize); this says what the acceptance rule decided.
-        verdict = "accepted" if final["significant"] else "not accepted"
-        return "finished", f"DSPy {dspy_name} finished; its final choice {final_id} was {verdict} on the valset"
+        start_ns, end_ns = proposal.validated_ns
+        step_trace.add("evaluation", f"validate {candidate.id}", dict(outcome), start_ns=start_ns, end_ns=end_ns)
+        detail = self._step_detail(candidate, outcome, is_final=is_final, accepted=accepted)
+        step_trace.conclude(detail)
+        self.session.record_trace(step_trace)
+        screening = {
+            "candidate": candidate.id,
+            "mean": score,
+            "incumbent_mean": baseline_score,
+            "gain": score - baseline_score if score is not None and baseline_score is not None else None,
+            "n": group.trials if group is not None else 0,
+            "errors": 0,
+            "experiment_id": group.experiment_id if group is not None else None,
+        }
+        record = StepRecord(
+            position,
+            "finished",
+            candidate.id if is_final else "c0",
+            accepted_id=candidate.id if accepted else None,
+            screening=[screening] if score is not None else [],
+            evaluations=[outcome],
+            detail=detail,
+        )
+        self.finish_step(record, spending=proposal.spent)
+
+    def _step_detail(self, candidate: Candidate, outcome: dict[str, Any], *, is_final: bool, accepted: bool) -> str:
+        """Say what a candidate's step decided: measured only, accepted, or kept without being accepted."""
+        p_text = (
+            f"p={outcome['p_value']:.3g} (Holm {outcome['p_adjusted']:.3g})"
+            if outcome["p_value"] is not None
+            else "no paired test"
+        )
+        if not is_final:
+            return f"measured {candidate.id} ({candidate.rationale.split(' (')[0]}): {p_text}; not DSPy's choice"
+        if accepted:
+            return f"accepted {candidate.id}, DSPy's final choice: {p_text} < alpha={self.optimizer.options['alpha']}"
+        difference = outcome["difference"] if outcome["difference"] is not None else math.nan
+        return f"kept {candidate.id}, DSPy's final choice, not significant: {p_text}, difference {difference:+.3f}"
 
     def _stop_at(self, trace: DecisionTrace, detail: str) -> tuple[str, str]:
         # The candidates stay recorded and their finished evaluations journaled; one stopped step says why.

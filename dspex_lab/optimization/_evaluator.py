@@ -212,44 +212,58 @@ class CandidateEvaluator:
             # The trials served from the journal reached the budget: the uninterrupted run stopped here.
             stopped = self.spending.exhausted()
         elif tasks:
-            budget = self.spending.remaining()
-            if self.writer is not None and experiment_id not in self._created and record is not None:
-                self.writer.create(record)
+            if record is not None:
+                self.create_experiment(record)
             self._created.add(experiment_id)
-            run_lm = lm or self.lm
-            runner = TrialRunner(
-                self._module(program, run_lm),
-                self.metric,
-                lm=run_lm,
-                retry=self.policy.retry,
-                recorder=SpanRecorder() if self.trace and self.writer is not None else None,
-                span_sink=functools.partial(self.writer.add_spans, experiment_id=experiment_id)
-                if self.writer is not None
-                else None,
-            )
-            policy = RunPolicy(
-                timeout=self.policy.timeout, retry=self.policy.retry, max_errors=self.policy.max_errors, budget=budget
-            )
-            sink = _Recorder(self, experiment_id, recorded)
-            with warnings.catch_warnings():
-                # The run's budget warnings come from the optimizer, once, not from every evaluation.
-                warnings.filterwarnings("ignore", message=r".*budget.*", category=DspexLabWarning)
-                report = run_trials(
-                    tasks,
-                    runner,
-                    executor=self.executor,
-                    policy=policy,
-                    sinks=[sink, *self.sinks],
-                    run_id=experiment_id,
-                    name=experiment_id,
-                )
-            if report.status == "interrupted":
-                # The engine swallows the interrupt to record what finished; the optimizer must stop too.
-                raise KeyboardInterrupt(f"interrupted during evaluation {experiment_id}")
-            if report.status != "finished":
-                # A budget stop is told in the run's totals (the engine only saw this evaluation's share).
-                stopped = self.spending.exhausted() or report.detail or report.status
+            stopped = self._run(program, tasks, experiment_id=experiment_id, lm=lm or self.lm, recorded=recorded)
         return _scores(experiment_id if self.writer is not None else None, examples, recorded, repeat, stopped)
+
+    def _run(
+        self,
+        program: Program,
+        tasks: list[TrialTask],
+        *,
+        experiment_id: str,
+        lm: dspy.BaseLM,
+        recorded: dict[tuple[str, int], dict[str, Any]],
+    ) -> str | None:
+        """Run the trials not recorded yet through the engine; return why the evaluation stopped early, or None."""
+        runner = TrialRunner(
+            self._module(program, lm),
+            self.metric,
+            lm=lm,
+            retry=self.policy.retry,
+            recorder=SpanRecorder() if self.trace and self.writer is not None else None,
+            span_sink=functools.partial(self.writer.add_spans, experiment_id=experiment_id)
+            if self.writer is not None
+            else None,
+        )
+        # The engine stops this evaluation at what the run's budget has left (see _spending.py).
+        policy = RunPolicy(
+            timeout=self.policy.timeout,
+            retry=self.policy.retry,
+            max_errors=self.policy.max_errors,
+            budget=self.spending.remaining(),
+        )
+        with warnings.catch_warnings():
+            # The run's budget warnings come from the optimizer, once, not from every evaluation.
+            warnings.filterwarnings("ignore", message=r".*budget.*", category=DspexLabWarning)
+            report = run_trials(
+                tasks,
+                runner,
+                executor=self.executor,
+                policy=policy,
+                sinks=[_Recorder(self, experiment_id, recorded), *self.sinks],
+                run_id=experiment_id,
+                name=experiment_id,
+            )
+        if report.status == "interrupted":
+            # The engine swallows the interrupt to record what finished; the optimizer must stop too.
+            raise KeyboardInterrupt(f"interrupted during evaluation {experiment_id}")
+        if report.status != "finished":
+            # A budget stop is told in the run's totals (the engine only saw this evaluation's share).
+            return self.spending.exhausted() or report.detail or report.status
+        return None
 
     def create_experiment(self, record: ExperimentRecord) -> None:
         """Journal an evaluation experiment whose trials something else runs (DSPy's compile), once per id."""

@@ -20,9 +20,10 @@ import pandas as pd
 
 from dspex_lab.errors import OptimizerError
 from dspex_lab.journal import ExperimentRecord
+from dspex_lab.optimization._acceptance import mean_and_interval
 from dspex_lab.optimization._decisions import DecisionTrace
 from dspex_lab.optimization._display import Subscriber
-from dspex_lab.optimization._evaluator import CandidateEvaluator, Example, dataset_examples, evaluation_id
+from dspex_lab.optimization._evaluator import CandidateEvaluator, Example, Scores, dataset_examples, evaluation_id
 from dspex_lab.optimization._result import (
     OptimizationResult,
     best_candidate_id,
@@ -265,6 +266,23 @@ class RunSession:
             self.journal.record_step(self.run_id, row)
         if record.step == 0 and record.status == "finished":
             self.reserve_confirmation()
+
+    def finish_step(
+        self, record: StepRecord, incumbent: Scores | None, *, spending: dict[str, Any] | None = None
+    ) -> None:
+        """Journal a finished step's row and tell subscribers about it.
+
+        Args:
+            record: the step's row; its incumbent's numbers and the run's spending are filled in here.
+            incumbent: the incumbent's validation scores (its mean and interval go in the row), if evaluated.
+            spending: the run's spending to record (default: as it is now).
+        """
+        if incumbent is not None:
+            record.best_mean, record.best_ci_low, record.best_ci_high = mean_and_interval(incumbent.by_example)
+        spending = spending or self.evaluator.spending.to_summary()
+        record.lm_calls, record.tokens, record.cost = spending["lm_calls"], spending["tokens"], spending["cost"]
+        self.record_step(record)
+        self.step_finished(record)
 
     def reserve_confirmation(self) -> None:
         """Hold back enough of the budget for the confirmation, priced by what the baseline's trials cost.

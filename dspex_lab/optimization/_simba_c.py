@@ -50,14 +50,14 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
 import numpy as np
 
 from dspex_lab.errors import OptimizerError, VariableError
-from dspex_lab.optimization._acceptance import finite, judge, mean_and_interval
+from dspex_lab.optimization._acceptance import Judged, finite, judge
 from dspex_lab.optimization._decisions import DecisionTrace
 from dspex_lab.optimization._evaluator import Example, Scores, evaluation_id
 from dspex_lab.optimization._session import RunSession, StepRecord
@@ -190,6 +190,33 @@ def paired_gain(candidate: Scores, incumbent: Scores) -> tuple[float, int]:
     return float(np.mean([candidate.by_example[key] - incumbent.by_example[key] for key in common])), len(common)
 
 
+@dataclass
+class _Step:
+    """One step's state while it runs, handed from phase to phase (see :meth:`SimbaCRun._step`).
+
+    Attributes:
+        number: the step.
+        batch: its mini-batch.
+        record: its row, filled as it goes.
+        trace: its decisions.
+        journaled: its row as an earlier process journaled it (a resumed run), or None.
+        incumbent_screen: the incumbent's scores on the mini-batch.
+        sources: the programs whose trajectories were sampled, with their scores (the incumbent first).
+        shortlisted: candidates that beat the incumbent on the mini-batch, with their gains.
+        gains: every screened candidate's gain over the incumbent on the mini-batch.
+    """
+
+    number: int
+    batch: list[Example]
+    record: StepRecord
+    trace: DecisionTrace
+    journaled: dict[str, Any] | None
+    incumbent_screen: Scores
+    sources: list[tuple[Candidate, Scores]]
+    shortlisted: list[tuple[float, Candidate]] = field(default_factory=list)
+    gains: dict[str, float] = field(default_factory=dict)
+
+
 def run_simba_c(session: RunSession, optimizer: SimbaC) -> tuple[str, str]:
     """Run SIMBA-C for ``dx.optimize`` and return the run's status and why it ended."""
     setup = session.setup
@@ -283,161 +310,170 @@ class SimbaCRun:
                 last.status, last.detail = "stopped", self.detail
                 self._finish_step(last, replace=True)
 
-    def _step(self, step: int) -> bool:
+    def _step(self, number: int) -> bool:
+        """Run one step (sample, propose, screen, validate, decide); return whether it accepted a candidate."""
+        step = self._sample(number)
+        self._screen_all(step, self._proposals(step))
+        return self._decide(step, self._validate(step))
+
+    def _sample(self, number: int) -> _Step:
+        """Open a step: draw its mini-batch, then sample trajectories of the incumbent and of drawn sources on it."""
         optimizer = self.optimizer
-        picks = self._generator(step, MINIBATCH).choice(
+        picks = self._generator(number, MINIBATCH).choice(
             len(self.trainset), size=min(optimizer.bsize, len(self.trainset)), replace=False
         )
         batch = [self.trainset[int(index)] for index in sorted(picks)]
-        current = StepRecord(step, "running", self.incumbent.id, minibatch=[example[0] for example in batch])
-        self.steps.append(current)
-        journaled = self.session.journaled_step(step)
+        record = StepRecord(number, "running", self.incumbent.id, minibatch=[example[0] for example in batch])
+        self.steps.append(record)
+        journaled = self.session.journaled_step(number)
         if journaled is None:
             # A resumed run never rewrites a journaled row with less: that row may be the only record of
-            # what this step's rule proposals spent (see below).
-            self._record_running(current)
-        trace = DecisionTrace(self.session.run_id, step)
-
-        # 1. Trajectories: the incumbent as it is, then sources drawn by a softmax over their scores.
+            # what this step's rule proposals spent (see _proposals).
+            self._record_running(record)
+        trace = DecisionTrace(self.session.run_id, number)
+        # The incumbent as it is, then sources drawn by a softmax over their scores, each on a hotter LM.
         incumbent_screen = self.evaluator.evaluate(
             self.incumbent.program,
             batch,
             experiment_id=self._experiment(self.incumbent, "screen"),
             record=self.session.record(self.incumbent, "screen"),
         )
-        sources = [(self.incumbent, incumbent_screen)]
+        step = _Step(number, batch, record, trace, journaled, incumbent_screen, [(self.incumbent, incumbent_screen)])
         for position in range(1, optimizer.num_sources):
-            source = self._draw_source(self._generator(step, SOURCE, position))
+            source = self._draw_source(self._generator(number, SOURCE, position))
             explored = dataclasses.replace(source, program=self._exploring(source.program))
             scores = self.evaluator.evaluate(
                 explored.program,
                 batch,
-                experiment_id=evaluation_id(self.session.run_id, f"s{step}", f"explore{position}"),
-                record=self.session.record(explored, f"s{step}/explore{position}", role="exploration"),
+                experiment_id=evaluation_id(self.session.run_id, f"s{number}", f"explore{position}"),
+                record=self.session.record(explored, f"s{number}/explore{position}", role="exploration"),
                 lm=self._explore_lm,
-                repeat=self._exploration_repeat(step, position),
+                repeat=self._exploration_repeat(number, position),
             )
-            sources.append((source, scores))
+            step.sources.append((source, scores))
         self.pool_scores.setdefault(self.incumbent.id, []).append(incumbent_screen.mean)
+        return step
 
-        # 2. Proposals (or, when resuming, the ones this step already made).
-        proposed = self.session.recorded_candidates(step)
+    def _proposals(self, step: _Step) -> list[Candidate]:
+        """Return the step's new candidates: proposed from its trajectories, or read back when resuming."""
+        journaled = step.journaled
+        proposed = self.session.recorded_candidates(step.number)
         finished_before = journaled is not None and journaled["status"] == "finished"
         if proposed and journaled is not None and journaled["status"] == "running":
             # The row was written right after these proposals: its totals hold the rule calls that made them.
             self._catch_up(journaled)
         elif not proposed and not finished_before:  # (finished without candidates: it proposed none)
-            proposed = self._propose(step, batch, sources, self._generator(step, PROPOSAL))
+            proposed = self._propose(step.number, step.batch, step.sources, self._generator(step.number, PROPOSAL))
             # The step row goes first, with the spending so far: once the candidates are journaled, a
             # resumed run reuses them instead of asking for their rules again, and takes what those
             # calls cost from this row.
-            self._record_running(current)
+            self._record_running(step.record)
             self.session.record_candidates(proposed)
-        self._adopt(proposed, trace)
+        self._adopt(proposed, step.trace)
+        return proposed
 
-        # 3. Screening on the mini-batch; then the merge of the changes that screened well, screened too.
-        shortlisted: list[tuple[float, Candidate]] = []
-        gains: dict[str, float] = {}
-
-        def screen(candidate: Candidate) -> None:
-            with trace.evaluation(f"screen {candidate.id}") as attributes:
-                scores = self.evaluator.evaluate(
-                    candidate.program,
-                    batch,
-                    experiment_id=self._experiment(candidate, "screen"),
-                    record=self.session.record(candidate, "screen"),
-                )
-            self.screen[candidate.id] = scores
-            gain, n = paired_gain(scores, incumbent_screen)
-            gains[candidate.id] = gain
-            self.screen_parent[candidate.id] = incumbent_screen.mean
-            self.pool_scores.setdefault(candidate.id, []).append(scores.mean)
-            if candidate.id in self.moves:
-                self.ledger.record(self.moves[candidate.id], gain)
-            current.screening.append(
-                {
-                    "candidate": candidate.id,
-                    "mean": finite(scores.mean),
-                    "incumbent_mean": finite(incumbent_screen.mean),
-                    "gain": finite(gain),
-                    "n": n,
-                    "errors": len(scores.errors),
-                    "experiment_id": scores.experiment_id,
-                }
-            )
-            attributes.update(
-                candidate=candidate.id,
-                experiment_id=scores.experiment_id,
-                mean=finite(scores.mean),
-                incumbent_mean=finite(incumbent_screen.mean),
-                gain=finite(gain),
-                n=n,
-            )
-            if n and gain > 0:
-                shortlisted.append((gain, candidate))
-            if scores.stopped:
-                raise BudgetSpent(scores.stopped)
-
+    def _screen_all(self, step: _Step, proposed: list[Candidate]) -> None:
+        """Screen the proposals on the mini-batch; then the merge of the changes that screened well, screened too."""
         for candidate in proposed:
             if candidate.strategy != "merge":
-                screen(candidate)
+                self._screen(step, candidate)
         merged = next((candidate for candidate in proposed if candidate.strategy == "merge"), None)
-        if merged is None and "merge" in optimizer.strategies:
-            merged = self._merge(step, [candidate for _, candidate in shortlisted], gains)
+        if merged is None and "merge" in self.optimizer.strategies:
+            merged = self._merge(step.number, [candidate for _, candidate in step.shortlisted], step.gains)
             if merged is not None:
                 self.session.record_candidates([merged])
-                self._adopt([merged], trace)
+                self._adopt([merged], step.trace)
         if merged is not None:
-            screen(merged)
+            self._screen(step, merged)
 
-        # 4. Full evaluation of the best screened, and the paired test against the incumbent.
+    def _screen(self, step: _Step, candidate: Candidate) -> None:
+        """Run ``candidate`` on the mini-batch; shortlist it when it beats the incumbent there."""
+        with step.trace.evaluation(f"screen {candidate.id}") as attributes:
+            scores = self.evaluator.evaluate(
+                candidate.program,
+                step.batch,
+                experiment_id=self._experiment(candidate, "screen"),
+                record=self.session.record(candidate, "screen"),
+            )
+        incumbent_screen = step.incumbent_screen
+        self.screen[candidate.id] = scores
+        gain, n = paired_gain(scores, incumbent_screen)
+        step.gains[candidate.id] = gain
+        self.screen_parent[candidate.id] = incumbent_screen.mean
+        self.pool_scores.setdefault(candidate.id, []).append(scores.mean)
+        if candidate.id in self.moves:
+            self.ledger.record(self.moves[candidate.id], gain)
+        measured = {
+            "candidate": candidate.id,
+            "mean": finite(scores.mean),
+            "incumbent_mean": finite(incumbent_screen.mean),
+            "gain": finite(gain),
+            "n": n,
+        }
+        step.record.screening.append({**measured, "errors": len(scores.errors), "experiment_id": scores.experiment_id})
+        attributes.update(measured, experiment_id=scores.experiment_id)
+        if n and gain > 0:
+            step.shortlisted.append((gain, candidate))
+        if scores.stopped:
+            raise BudgetSpent(scores.stopped)
+
+    def _validate(self, step: _Step) -> list[Judged]:
+        """Evaluate the best screened on the validation set and test each against the incumbent."""
+        optimizer = self.optimizer
         incumbent_val = self.validate(self.incumbent)
         evaluated: list[tuple[Candidate, Scores]] = []
         timed: dict[str, tuple[int, int]] = {}
-        for candidate in _diverse(shortlisted, optimizer.full_evals):
+        for candidate in _diverse(step.shortlisted, optimizer.full_evals):
             started = now_ns()
             scores = self.validate(candidate)
             timed[candidate.id] = (started, now_ns())
             if scores.stopped:
                 raise BudgetSpent(scores.stopped)
             evaluated.append((candidate, scores))
-        best: tuple[float, Candidate] | None = None
-        for verdict in judge(
+        verdicts = judge(
             incumbent_val,
             evaluated,
             ids=self.valset_ids,
             method=optimizer.test,
             alpha=optimizer.alpha,
             max_error_rate=optimizer.max_error_rate,
-        ):
+        )
+        for verdict in verdicts:
             candidate = verdict.candidate
-            current.evaluations.append(verdict.outcome)
+            step.record.evaluations.append(verdict.outcome)
             self.tests[candidate.id] = verdict.outcome
             start_ns, end_ns = timed[candidate.id]
-            trace.add("evaluation", f"validate {candidate.id}", {**verdict.outcome}, start_ns=start_ns, end_ns=end_ns)
-            if verdict.significant and (best is None or verdict.difference > best[0]):
-                best = (verdict.difference, candidate)
-
-        # 5. The decision.
-        if best is not None:
-            winner = best[1]
-            current.accepted_id = winner.id
-            self.incumbent = winner
-            reason = (
-                f"accepted {winner.id}: {self.tests[winner.id]['test']} p={self.tests[winner.id]['p_value']:.3g} "
-                f"(Holm {self.tests[winner.id]['p_adjusted']:.3g}) < alpha={optimizer.alpha}, "
-                f"difference {self.tests[winner.id]['difference']:+.3f}"
+            step.trace.add(
+                "evaluation", f"validate {candidate.id}", {**verdict.outcome}, start_ns=start_ns, end_ns=end_ns
             )
-        elif evaluated:
+        return verdicts
+
+    def _decide(self, step: _Step, verdicts: list[Judged]) -> bool:
+        """Accept the significant candidate with the largest difference, if any; close and record the step."""
+        best: Judged | None = None
+        for verdict in verdicts:
+            if verdict.significant and (best is None or verdict.difference > best.difference):
+                best = verdict
+        record = step.record
+        if best is not None:
+            winner = best.candidate
+            record.accepted_id = winner.id
+            self.incumbent = winner
+            test = self.tests[winner.id]
+            reason = (
+                f"accepted {winner.id}: {test['test']} p={test['p_value']:.3g} (Holm {test['p_adjusted']:.3g}) "
+                f"< alpha={self.optimizer.alpha}, difference {test['difference']:+.3f}"
+            )
+        elif verdicts:
             reason = "rejected: no candidate's paired test was significant after Holm's correction"
         else:
             reason = "rejected: no candidate beat the incumbent on the mini-batch"
-        current.incumbent_id = self.incumbent.id
-        current.status = "finished"
-        current.detail = reason
-        trace.conclude(reason)
-        self.session.record_trace(trace)
-        self._finish_step(current, replace=True)
+        record.incumbent_id = self.incumbent.id
+        record.status = "finished"
+        record.detail = reason
+        step.trace.conclude(reason)
+        self.session.record_trace(step.trace)
+        self._finish_step(record, replace=True)
         return best is not None
 
     def _exploration_repeat(self, step: int, position: int) -> int:
@@ -574,15 +610,9 @@ class SimbaCRun:
             # A step an earlier process finished: its row's totals are the run's spending at this point,
             # rule calls included (the replay read the rules back instead of asking again).
             self._catch_up(journaled)
-        scores = self.validation.get(record.incumbent_id)
-        if scores is not None:
-            record.best_mean, record.best_ci_low, record.best_ci_high = mean_and_interval(scores.by_example)
-        spending = self.evaluator.spending.to_summary()
-        record.lm_calls, record.tokens, record.cost = spending["lm_calls"], spending["tokens"], spending["cost"]
         if not replace:
             self.steps.append(record)
-        self.session.record_step(record)
-        self.session.step_finished(record)
+        self.session.finish_step(record, self.validation.get(record.incumbent_id))
 
     # -- proposals ------------------------------------------------------------------------------
 
@@ -767,7 +797,7 @@ def _exploration_lm(lm: dspy.BaseLM, *, seed: int, temperature: float | None) ->
     """Return the LM the extra sources are sampled with: ``temperature`` hot (None: as it is), on its own rollouts.
 
     Its ``rollout_id`` comes from the run's seed; the trial runner adds the repeat of each exploration
-    (:meth:`SimbaCRun._exploration_repeat`, see :func:`dspex_lab.lm.for_repeat`), so two runs with other seeds,
+    (:meth:`SimbaCRun._exploration_repeat`, see :func:`dspex_lab.providers.for_repeat`), so two runs with other seeds,
     two steps and two sources never share a request, or a DSPy cache entry.
     """
     digest = hashlib.blake2b(f"simba-c exploration|{seed}".encode(), digest_size=5).digest()
