@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,17 +13,16 @@ from dspex_lab.data import Dataset
 from dspex_lab.engine import Budget, RetryPolicy, RunPolicy
 from dspex_lab.errors import ExecutionError, OptimizerError
 from dspex_lab.evaluation import installed_display, warn_if_underpowered
-from dspex_lab.journal import ExperimentRecord
 from dspex_lab.optimization._display import RunDisplay, Subscriber
 from dspex_lab.optimization._dspy import DspyOptimizer
 from dspex_lab.optimization._evaluator import CandidateEvaluator
 from dspex_lab.optimization._result import OptimizationResult
-from dspex_lab.optimization._session import OptimizationStep, RunSession
+from dspex_lab.optimization._session import OptimizationStep, RunSession, held, start_run
 from dspex_lab.optimization._setup import Metric, OptimizationSetup
 from dspex_lab.optimization._simba_c import SimbaC, run_simba_c
 from dspex_lab.optimization._spending import Spending
 from dspex_lab.program import Program
-from dspex_lab.session import current_context, environment, lm_state, metric_name
+from dspex_lab.session import current_context, lm_state, metric_name
 from dspex_lab.trace.redaction import redact
 
 __all__ = ["DSPY_OPTIMIZERS", "OptimizationStep", "optimize"]
@@ -238,10 +235,10 @@ def optimize(
         retries: retries of transient LM failures per trial.
         max_errors: an error budget per evaluation (a count or a fraction).
         trace: capture every trial's span tree (the decisions' spans are always recorded).
-        progress: show the run (True): a live widget in a Jupyter kernel (see evaluate/_progress.py), one
-            printed line per step elsewhere; or a display (``dx.widgets.RunProgress()``) given every
-            evaluation's events and every step; False for nothing.
-        subscribers: called with an :class:`OptimizationStep` after every step (e.g. a live plot).
+        progress: show the run (True): a live widget in a Jupyter kernel, one printed line per step
+            elsewhere; or a :class:`Subscriber` given every evaluation's events and every step (a
+            :class:`RunDisplay` such as ``dx.RunProgress()`` also hears the run begin and end); False: nothing.
+        subscribers: :class:`Subscriber` objects called with an :class:`OptimizationStep` after every step.
 
     Returns:
         The :class:`OptimizationResult`; on KeyboardInterrupt the run is marked interrupted in the
@@ -269,7 +266,7 @@ def optimize(
         subscribers=subscribers,
     )
     # Held for the whole run: opening the DuckDB file costs tens of milliseconds, and a run writes often.
-    with setup.journal.hold() if setup.journal is not None else contextlib.nullcontext():
+    with held(setup.journal):
         return _displayed(setup)
 
 
@@ -394,7 +391,7 @@ def _displayed(setup: OptimizationSetup) -> OptimizationResult:
 
 def _run(setup: OptimizationSetup) -> OptimizationResult:
     """Start (or resume) the run, search, confirm, and record how it ended."""
-    run_id = _start(setup)
+    run_id = start_run(setup)
     evaluator = CandidateEvaluator(
         run_id=run_id,
         journal=setup.journal,
@@ -426,68 +423,3 @@ def _run(setup: OptimizationSetup) -> OptimizationResult:
         session.end("failed", f"{type(error).__name__}: {error}")
         raise
     return session.result()
-
-
-def _start(setup: OptimizationSetup) -> str:
-    """Record a new run and return its id, or check that ``setup`` may continue the run it resumes and claim it."""
-    journal, resume, program, train = setup.journal, setup.resume, setup.program, setup.trainset
-    config, metric = setup.config, setup.metric
-    if resume is None:
-        run_id = uuid.uuid4().hex[:12]
-        if journal is not None:
-            journal.create_experiment(
-                ExperimentRecord(
-                    id=run_id,
-                    kind="optimization",
-                    name=setup.name,
-                    program_name=program.name,
-                    program_fingerprint=program.fingerprint,
-                    program_spec=program.to_dict(),
-                    dataset_name=train.name,
-                    dataset_fingerprint=train.fingerprint,
-                    dataset_manifest=train.manifest(),
-                    metric=metric_name(metric),
-                    config=dict(config),
-                    environment=environment(),
-                )
-            )
-        return run_id
-    if journal is None:
-        raise OptimizerError("resume needs a journal: use dx.Context(journal=...) with the run's journal")
-    try:
-        previous = journal.experiment(resume)
-    except Exception as error:
-        raise OptimizerError(f"cannot resume {resume!r}: {error}") from None
-    if previous.get("kind") != "optimization":
-        raise OptimizerError(f"cannot resume {resume!r}: it is a {previous.get('kind')}, not an optimization run")
-    if previous["status"] == "finished":
-        raise OptimizerError(
-            f"optimization run {resume} already finished; read it with dx.OptimizationResult.from_journal(journal, "
-            f"{resume!r})"
-        )
-    if previous["status"] == "running":
-        raise OptimizerError(f"optimization run {resume} is still running in process {previous.get('pid')}")
-    before = previous.get("config") or {}
-    checks = [
-        ("program", previous.get("program_fingerprint"), program.fingerprint),
-        ("trainset", previous.get("dataset_fingerprint"), train.fingerprint),
-        ("valset", (before.get("valset") or {}).get("fingerprint"), config["valset"].get("fingerprint")),
-        ("metric", previous.get("metric"), metric_name(metric)),
-        ("LM", (before.get("lm"), before.get("lm_state")), (config["lm"], config["lm_state"])),
-        ("optimizer", before.get("optimizer_config"), config["optimizer_config"]),
-        ("seed", before.get("seed"), config["seed"]),
-        ("confirmation set", before.get("confirmation"), config["confirmation"]),
-    ]
-    for what, old, new in checks:
-        if old != new:
-            raise OptimizerError(
-                f"cannot resume {resume}: it ran with a different {what} ({_short(old)} vs {_short(new)}); "
-                f"resume with the same {what}"
-            )
-    journal.claim_experiment(resume)
-    return resume
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -11,15 +11,18 @@ the optimization layer that touches the journal.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from dspex_lab.errors import OptimizerError
-from dspex_lab.journal import ExperimentRecord
+from dspex_lab.journal import DuckDBJournal, ExperimentRecord
 from dspex_lab.optimization._acceptance import mean_and_interval
 from dspex_lab.optimization._decisions import DecisionTrace
 from dspex_lab.optimization._display import Subscriber
@@ -36,9 +39,9 @@ from dspex_lab.optimization._setup import OptimizationSetup
 from dspex_lab.optimization._space import Candidate
 from dspex_lab.optimization._spending import BudgetSpent
 from dspex_lab.program import Program
-from dspex_lab.session import environment, stored_examples
+from dspex_lab.session import environment, metric_name, stored_examples
 
-__all__ = ["OptimizationStep", "RunSession", "StepRecord"]
+__all__ = ["OptimizationStep", "RunSession", "StepRecord", "held", "start_run"]
 
 # The confirmation's budget reserve: the baseline's validation cost per trial, times two programs,
 # times this margin (a changed program's prompt is longer: demos and rules).
@@ -417,3 +420,75 @@ class RunSession:
             journal=None,
             confirmation=self.confirmation,
         )
+
+
+@contextlib.contextmanager
+def held(journal: DuckDBJournal | None) -> Iterator[None]:
+    """Hold the journal open for the whole run (opening the DuckDB file costs tens of ms; a run writes often)."""
+    with journal.hold() if journal is not None else contextlib.nullcontext():
+        yield
+
+
+def start_run(setup: OptimizationSetup) -> str:
+    """Record a new run and return its id, or check that ``setup`` may continue the run it resumes and claim it."""
+    journal, resume, program, train = setup.journal, setup.resume, setup.program, setup.trainset
+    config, metric = setup.config, setup.metric
+    if resume is None:
+        run_id = uuid.uuid4().hex[:12]
+        if journal is not None:
+            journal.create_experiment(
+                ExperimentRecord(
+                    id=run_id,
+                    kind="optimization",
+                    name=setup.name,
+                    program_name=program.name,
+                    program_fingerprint=program.fingerprint,
+                    program_spec=program.to_dict(),
+                    dataset_name=train.name,
+                    dataset_fingerprint=train.fingerprint,
+                    dataset_manifest=train.manifest(),
+                    metric=metric_name(metric),
+                    config=dict(config),
+                    environment=environment(),
+                )
+            )
+        return run_id
+    if journal is None:
+        raise OptimizerError("resume needs a journal: use dx.Context(journal=...) with the run's journal")
+    try:
+        previous = journal.experiment(resume)
+    except Exception as error:
+        raise OptimizerError(f"cannot resume {resume!r}: {error}") from None
+    if previous.get("kind") != "optimization":
+        raise OptimizerError(f"cannot resume {resume!r}: it is a {previous.get('kind')}, not an optimization run")
+    if previous["status"] == "finished":
+        raise OptimizerError(
+            f"optimization run {resume} already finished; read it with dx.OptimizationResult.from_journal(journal, "
+            f"{resume!r})"
+        )
+    if previous["status"] == "running":
+        raise OptimizerError(f"optimization run {resume} is still running in process {previous.get('pid')}")
+    before = previous.get("config") or {}
+    checks = [
+        ("program", previous.get("program_fingerprint"), program.fingerprint),
+        ("trainset", previous.get("dataset_fingerprint"), train.fingerprint),
+        ("valset", (before.get("valset") or {}).get("fingerprint"), config["valset"].get("fingerprint")),
+        ("metric", previous.get("metric"), metric_name(metric)),
+        ("LM", (before.get("lm"), before.get("lm_state")), (config["lm"], config["lm_state"])),
+        ("optimizer", before.get("optimizer_config"), config["optimizer_config"]),
+        ("seed", before.get("seed"), config["seed"]),
+        ("confirmation set", before.get("confirmation"), config["confirmation"]),
+    ]
+    for what, old, new in checks:
+        if old != new:
+            raise OptimizerError(
+                f"cannot resume {resume}: it ran with a different {what} ({_short(old)} vs {_short(new)}); "
+                f"resume with the same {what}"
+            )
+    journal.claim_experiment(resume)
+    return resume
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
