@@ -146,7 +146,7 @@ def _notebook_progress(kind: str) -> Any:
 
     if importlib.util.find_spec("anywidget") is None:
         return None
-    from dspex_lab.notebook._widgets_progress import show_run_progress
+    from dspex_lab.notebook import show_run_progress
 
     return show_run_progress(kind)
 
@@ -221,6 +221,6 @@ __all__ = [
 
 def load_ipython_extension(ipython: Any) -> None:
     """Register the ``%dspex`` magics (``%load_ext dspex_lab``); IPython is imported only here."""
-    from dspex_lab.notebook._magics import register
+    from dspex_lab.notebook import register_magics
 
-    register(ipython)
+    register_magics(ipython)

@@ -636,7 +636,7 @@ def _add_dashboard(commands: Any) -> None:
 def _dashboard(arguments: argparse.Namespace) -> int:
     import time
 
-    from dspex_lab.notebook._dashboard import serve_dashboard
+    from dspex_lab.notebook import serve_dashboard
 
     server = serve_dashboard(
         arguments.journal,

@@ -1,13 +1,23 @@
-"""Notebook front ends: widgets over the journal (this layer may import ipywidgets and anywidget).
+"""Notebook front ends: widgets over the journal, the ``%dspex`` magics and the dashboard.
 
-Nothing here is imported by ``import dspex_lab``; ``dx.widgets`` loads it on first use.
+This layer may import ipywidgets, anywidget and panel. Nothing here is imported by ``import
+dspex_lab``; ``dx.widgets`` loads it on first use, and each name loads only its own module (the
+dashboard does not load the widgets, the magics do not load panel).
 """
 
-from dspex_lab.notebook._dashboard import Dashboard, DashboardServer, serve_dashboard
-from dspex_lab.notebook._trace_viewer import TraceViewer
-from dspex_lab.notebook._widgets_browser import ExperimentBrowser
-from dspex_lab.notebook._widgets_controls import VariableControls
-from dspex_lab.notebook._widgets_progress import RunProgress
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dspex_lab._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from dspex_lab.notebook._dashboard import Dashboard, DashboardServer, serve_dashboard
+    from dspex_lab.notebook._magics import register_magics
+    from dspex_lab.notebook._trace_viewer import TraceViewer
+    from dspex_lab.notebook._widgets_browser import ExperimentBrowser
+    from dspex_lab.notebook._widgets_controls import VariableControls
+    from dspex_lab.notebook._widgets_progress import RunProgress, show_run_progress
 
 __all__ = [
     "Dashboard",
@@ -16,5 +26,23 @@ __all__ = [
     "RunProgress",
     "TraceViewer",
     "VariableControls",
+    "register_magics",
     "serve_dashboard",
+    "show_run_progress",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    globals(),
+    {
+        "Dashboard": "dspex_lab.notebook._dashboard",
+        "DashboardServer": "dspex_lab.notebook._dashboard",
+        "serve_dashboard": "dspex_lab.notebook._dashboard",
+        "register_magics": "dspex_lab.notebook._magics",
+        "TraceViewer": "dspex_lab.notebook._trace_viewer",
+        "ExperimentBrowser": "dspex_lab.notebook._widgets_browser",
+        "VariableControls": "dspex_lab.notebook._widgets_controls",
+        "RunProgress": "dspex_lab.notebook._widgets_progress",
+        "show_run_progress": "dspex_lab.notebook._widgets_progress",
+    },
+)

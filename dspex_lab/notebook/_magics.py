@@ -321,6 +321,6 @@ def _dashboard_link(server: Any, state: str) -> str:
     return f'dspex dashboard {state}: <a href="{url}" target="_blank">{url}</a> ({escape(journal)})'
 
 
-def register(ipython: Any) -> None:
+def register_magics(ipython: Any) -> None:
     """Register the dspex magics on an IPython shell."""
     ipython.register_magics(DspexMagics)
