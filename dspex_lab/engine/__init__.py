@@ -9,6 +9,7 @@ and never imports a display library.
 
 from dspex_lab.engine._budget import Budget, BudgetTracker
 from dspex_lab.engine._cancel import CancelToken, current_token, guard_installed, install_lm_guard
+from dspex_lab.engine._contract import REIMPORTED_MAIN_EXIT
 from dspex_lab.engine._dask import DaskExecutor
 from dspex_lab.engine._events import Event, EventBus, RunFinished, RunStarted, TrialFinished
 from dspex_lab.engine._executor import Executor, RunStatus, ThreadExecutor, make_executor
@@ -28,6 +29,7 @@ from dspex_lab.engine._trial import (
 )
 
 __all__ = [
+    "REIMPORTED_MAIN_EXIT",
     "Budget",
     "BudgetTracker",
     "CancelToken",

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from dspex_lab.engine._trial import TrialResult, TrialRunner, TrialTask
 
 __all__ = [
+    "REIMPORTED_MAIN_EXIT",
     "Executor",
     "Message",
     "RunOutcome",
@@ -33,6 +34,11 @@ __all__ = [
     "TrialsSuspected",
     "WorkerStuck",
 ]
+
+#: The exit code of a worker process that refused to start a run while re-importing the user's
+#: script (a script without ``if __name__ == "__main__":``; see :func:`dspex_lab.session.current_context`):
+#: the executor reads it as that mistake, not as a broken environment.
+REIMPORTED_MAIN_EXIT = 86
 
 
 class RunStatus:

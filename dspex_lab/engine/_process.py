@@ -36,6 +36,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -45,6 +46,7 @@ from typing import Any
 
 from dspex_lab.engine._cancel import STUCK_GRACE, CancelToken
 from dspex_lab.engine._contract import (
+    REIMPORTED_MAIN_EXIT,
     Message,
     RunStatus,
     SetupFailed,
@@ -417,6 +419,8 @@ class _ProcessRun:
         """Handle a dead worker: the error of a trial that killed its worker alone; the others become suspects."""
         executor = self.executor
         if not worker.ready:
+            if worker.process.exitcode == REIMPORTED_MAIN_EXIT:
+                raise ExecutionError(_reimported_main_message())
             executor._failed_starts += 1
             if executor._failed_starts >= MAX_FAILED_STARTS:
                 raise ExecutionError(
@@ -476,6 +480,15 @@ class _ProcessRun:
         for worker in self.executor._pool:
             worker.cancel(self.run, reason)
         self.executor._end_run()
+
+
+def _reimported_main_message() -> str:
+    """Say that the workers re-ran the user's script from the top, and how to stop them."""
+    script = getattr(sys.modules.get("__main__"), "__file__", None) or "your script"
+    return (
+        f"the worker processes re-ran {script} from the top (a new process imports the main script) and "
+        'would start this run again in each: put the code that runs it under `if __name__ == "__main__":`'
+    )
 
 
 def _exit_text(code: int | None) -> str:

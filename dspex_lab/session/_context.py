@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import inspect
 import os
 import threading
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import dspy
 
 from dspex_lab.config import load_settings
-from dspex_lab.engine import Executor, make_executor
+from dspex_lab.engine import REIMPORTED_MAIN_EXIT, Executor, make_executor
 from dspex_lab.errors import JournalError
 from dspex_lab.journal import JournalStore, memory_journal, open_journal
 from dspex_lab.providers import resolve_lm
@@ -89,6 +90,24 @@ def _journal_store(journal: str | os.PathLike[str] | JournalStore | bool | None,
     )
 
 
+def refuse_reimported_run() -> None:
+    """End a worker process that is re-running the user's script from the top, before it records anything.
+
+    A process pool or Dask worker started with ``spawn`` imports the parent's main script (as module
+    ``__mp_main__``) before it works; a script without an ``if __name__ == "__main__":`` guard would
+    start its whole run again there, once per worker, each leaving a stray experiment. The worker
+    exits at once with :data:`~dspex_lab.engine.REIMPORTED_MAIN_EXIT` (no traceback), and the
+    executor that started it tells the user, in one line, to add the guard. It reads the calling
+    frames (a few microseconds, once per run): while the child re-imports the script, nothing else
+    marks it (``multiprocessing.parent_process()`` is set only after the import).
+    """
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__mp_main__":
+            raise SystemExit(REIMPORTED_MAIN_EXIT)
+        frame = frame.f_back
+
+
 def journal_store(journal: str | os.PathLike[str] | JournalStore | None = None) -> JournalStore:
     """Return the journal a call names: the store given, a path's journal file, or the current context's when omitted.
 
@@ -109,7 +128,13 @@ def journal_store(journal: str | os.PathLike[str] | JournalStore | None = None) 
 
 
 def current_context() -> Context:
-    """Return the active context, or the process-wide default."""
+    """Return the active context, or the process-wide default.
+
+    Every run (evaluate, compare, optimize...) asks for its context first, so this is where a run
+    started by accident is refused: in a worker process re-importing the user's script because the
+    script has no ``if __name__ == "__main__":`` guard (see :func:`refuse_reimported_run`).
+    """
+    refuse_reimported_run()
     active = _active.get()
     if active is not None:
         return active

@@ -39,6 +39,7 @@ from dspex_lab.engine import Executor, RunPolicy, RunReport, TrialFinished, Tria
 from dspex_lab.errors import DspexLabWarning, ExecutionError, JournalError
 from dspex_lab.journal import ExperimentRecord, JournalStore, trials_frame
 from dspex_lab.session._records import check_resumable
+from dspex_lab.trace.redaction import mask_text
 
 __all__ = ["Experiment", "TrialKey", "plan_trials"]
 
@@ -98,6 +99,7 @@ class Experiment:
         self._children: dict[str, Experiment] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._finished = False
 
     def __repr__(self) -> str:
         return f"Experiment({self.id!r}, name={self.name!r}, trials={len(self._recorded)})"
@@ -329,6 +331,7 @@ class Experiment:
         A nested experiment's queued trials are flushed first (its root's writer goes on). A failure
         to write the end is a warning: the trials are journaled and the run's result stands.
         """
+        self._finished = True
         if self.parent is not None:
             self._insert()
             self._writer.flush()
@@ -351,6 +354,14 @@ class Experiment:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
+        """Flush the trials; an experiment left by an exception before :meth:`finish` ends with it.
+
+        A KeyboardInterrupt ends it ``interrupted``, any other exception ``failed``, with the
+        exception as the detail, so the journal says why it stopped (not a run that merely died).
+        """
+        if error is not None and not self._finished:
+            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            self.finish(status, detail=mask_text(f"{type(error).__name__}: {error}")[:2000])
         self.close()
 
 

@@ -172,3 +172,24 @@ def test_the_resume_rule_reads_new_and_stored_records_alike(journal, data):
         check_resumable(stored, live)
     older = {**stored, "metric": None, "config": {"repeats": 1}}  # written before metric and LM were recorded
     check_resumable(older, dataclasses.replace(record, metric="other"))
+
+
+@pytest.mark.parametrize(
+    ("raised", "status"), [(RuntimeError("workers would not start"), "failed"), (KeyboardInterrupt(), "interrupted")]
+)
+def test_an_experiment_left_by_an_exception_says_why_it_ended(journal, data, raised, status):
+    record = record_of(data)
+    with pytest.raises(type(raised)), Experiment.start(journal, record) as experiment:
+        run_some(experiment, data, count=2)
+        raise raised
+    stored = journal.experiment(record.id)
+    assert stored["status"] == status and stored["status_detail"].startswith(type(raised).__name__)
+    assert len(journal.finished_keys(record.id)) == 2  # the trials recorded before it stay
+
+
+def test_an_experiment_finished_before_an_exception_keeps_its_end(journal, data):
+    record = record_of(data)
+    with pytest.raises(RuntimeError), Experiment.start(journal, record) as experiment:
+        experiment.finish("finished")
+        raise RuntimeError("after the end")
+    assert journal.experiment(record.id)["status"] == "finished"
