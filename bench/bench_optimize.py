@@ -349,37 +349,39 @@ def engine_replay_seconds(result: dx.OptimizationResult, examples: dict[str, Any
     """
     from dspex_lab.engine import RunPolicy, ThreadExecutor
     from dspex_lab.journal import ExperimentRecord, open_journal
-    from dspex_lab.optimization._evaluator import CandidateEvaluator, Spending
+    from dspex_lab.optimization._evaluator import CandidateEvaluator
+    from dspex_lab.optimization._spending import Spending
+    from dspex_lab.session import Experiment
 
     rows = result.journal.sql(
         "select t.experiment_id, t.example_id, t.example_index, t.repeat, e.program_spec from trials t "
-        "join experiments e on e.id = t.experiment_id where starts_with(t.experiment_id, ?) "
+        "join experiments e on e.id = t.experiment_id where e.parent_id = ? "
         "order by t.experiment_id, t.example_index",
-        [result.run_id + "/"],
+        [result.run_id],
     )
     lm = dx.lab_lm("lab/small")
     hot = lm.copy(temperature=dx.SimbaC().exploration_temperature)
     journal = open_journal(folder / "replay.duckdb")
-    evaluator = CandidateEvaluator(
-        run_id="replay", journal=journal, metric=dx.metrics.exact_match, metric_name="exact_match", lm=lm,
-        executor=ThreadExecutor(1), policy=RunPolicy(), spending=Spending(),
-    )  # fmt: skip
     groups = list(rows.groupby(["experiment_id", "repeat"], sort=False))
-    with journal.hold():
+    with journal.hold(), Experiment.start(journal, ExperimentRecord(kind="optimization", name="replay")) as run:
+        evaluator = CandidateEvaluator(
+            run, metric=dx.metrics.exact_match, lm=lm, executor=ThreadExecutor(1), policy=RunPolicy(),
+            spending=Spending(),
+        )  # fmt: skip
         cpu = time.process_time()
         for (experiment_id, repeat), group in groups:
             spec = json.loads(group["program_spec"].iloc[0])
             pairs = zip(group["example_id"], group["example_index"], strict=True)
             items = [(key, int(index), examples[key]) for key, index in pairs]
+            record = ExperimentRecord(
+                id=f"{run.id}/{experiment_id}", kind="evaluation", name=experiment_id, parent_id=run.id,
+                role="exploration" if "/explore" in experiment_id else "candidate-screen",
+            )  # fmt: skip
             evaluator.evaluate(
-                dx.Program.from_dict(spec),
-                items,
-                experiment_id=f"replay/{experiment_id}",
-                record=ExperimentRecord(id=f"replay/{experiment_id}", kind="evaluation", name=experiment_id),
-                lm=hot if "/explore" in experiment_id else lm,
+                dx.Program.from_dict(spec), items, record=record, lm=hot if "/explore" in experiment_id else lm,
                 repeat=int(repeat),
-            )
-        evaluator.close()
+            )  # fmt: skip
+        run.close()
         return time.process_time() - cpu
 
 

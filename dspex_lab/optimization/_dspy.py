@@ -86,12 +86,13 @@ from dspex_lab.engine import metric_score, to_json_value, trial_record
 from dspex_lab.errors import MissingDependencyError, OptimizerError, VariableError
 from dspex_lab.optimization._acceptance import finite, judge
 from dspex_lab.optimization._decisions import DecisionTrace
-from dspex_lab.optimization._evaluator import Scores, evaluation_id
+from dspex_lab.optimization._evaluator import Scores
 from dspex_lab.optimization._session import RunSession, StepRecord
 from dspex_lab.optimization._space import Candidate, Slots, lift
 from dspex_lab.optimization._spending import BudgetSpent, Spending
 from dspex_lab.program import Program
 from dspex_lab.providers import Meter, Usage, metering
+from dspex_lab.session import Experiment
 from dspex_lab.trace.spans import now_ns
 
 __all__ = ["DSPY_NAMES", "DspyOptimizer"]
@@ -443,12 +444,12 @@ def _guarded(lm: dspy.BaseLM, guard: _CompileGate) -> dspy.BaseLM:
 
 
 class _Group:
-    """One configuration's compile trials: an evaluation experiment of its own."""
+    """One configuration's compile trials: an evaluation experiment of its own, nested in the run."""
 
-    def __init__(self, run_id: str, phase: str, number: int) -> None:
+    def __init__(self, experiment: Experiment, number: int) -> None:
         # The id stays readable (``<run>/compile/e1``); the run is found through the record's parent_id.
-        self.experiment_id = evaluation_id(run_id, phase)
-        self.phase = phase
+        self.experiment = experiment
+        self.experiment_id = experiment.id
         self.number = number
         self.repeats: dict[str, int] = {}
         self.trials = 0
@@ -503,8 +504,8 @@ class _CompileTrials:
             group = self.groups.get(key)
             if group is None:
                 number = len(self.groups) + 1
-                group = self.groups[key] = _Group(self.run.session.run_id, f"{self.prefix}/e{number}", number)
-                self.run.create_compile_experiment(group, configuration)
+                experiment = self.run.compile_experiment(f"{self.prefix}/e{number}", number, configuration)
+                group = self.groups[key] = _Group(experiment, number)
             repeat = group.repeats.get(example_id, 0)
             group.repeats[example_id] = repeat + 1
             group.trials += 1
@@ -530,7 +531,8 @@ class _CompileTrials:
             finished_at=time.time(),
             unpriced_models=",".join(usage.unpriced_models) or None,
         ).to_row()
-        self.run.add_compile_trial(group, row)
+        # Recorded now, counted with the rest of the compile's calls when it ends (see _DspyRun.compile).
+        group.experiment.record(row)
 
     def group_of(self, configuration: Mapping[str, tuple[str, list[dict[str, Any]]]]) -> _Group | None:
         """Return the compile experiment of a configuration, if DSPy scored it during compile."""
@@ -589,23 +591,23 @@ class _DspyRun:
 
     # -- journal ---------------------------------------------------------------------------------
 
-    def create_compile_experiment(
-        self, group: _Group, configuration: Mapping[str, tuple[str, list[dict[str, Any]]]] | None
-    ) -> None:
+    def compile_experiment(
+        self, phase: str, number: int, configuration: Mapping[str, tuple[str, list[dict[str, Any]]]] | None
+    ) -> Experiment:
+        """Return the experiment, nested in the run, of the trials DSPy's compile scored with ``configuration``.
+
+        It is inserted with its first trial (:meth:`~dspex_lab.session.Experiment.record`).
+        """
         program, fits = self.baseline.program, False
         # A configuration that does not fit the lifted variables keeps the baseline's spec, and says so.
         with contextlib.suppress(OptimizerError):
             if configuration is not None:
                 program, fits = self.to_program(configuration), True
-        holder = Candidate(f"e{group.number}", program, None, 0, "dspy", "a configuration DSPy scored during compile")
-        record = self.session.record(holder, group.phase, role="compile")
+        holder = Candidate(f"e{number}", program, None, 0, "dspy", "a configuration DSPy scored during compile")
+        record = self.session.record(holder, phase, role="compile")
         # What DSPy actually ran: each predictor's instructions and demos, as read when the call began.
         extra = {"dspy_configuration": configuration, "program_spec_is_configuration": fits}
-        self.evaluator.create_experiment(dataclasses.replace(record, config={**record.config, **extra}))
-
-    def add_compile_trial(self, group: _Group, row: dict[str, Any]) -> None:
-        # Journaled now, counted with the rest of the compile's calls when it ends (see compile()).
-        self.evaluator.add_trial(group.experiment_id, row)
+        return self.session.run.child(dataclasses.replace(record, config={**record.config, **extra}))
 
     def to_program(self, configuration: Mapping[str, tuple[str, list[dict[str, Any]]]]) -> Program:
         """Return the lifted program holding ``configuration``'s instructions and demos.
@@ -658,10 +660,7 @@ class _DspyRun:
     def validate(self, candidate: Candidate) -> Scores:
         if candidate.id not in self.validation:
             self.validation[candidate.id] = self.evaluator.evaluate(
-                candidate.program,
-                self.val_examples,
-                experiment_id=self.session.evaluation(candidate.id, "val"),
-                record=self.session.record(candidate, "val"),
+                candidate.program, self.val_examples, record=self.session.record(candidate, "val")
             )
         return self.validation[candidate.id]
 

@@ -17,7 +17,7 @@ from dspex_lab.optimization._display import RunDisplay, Subscriber
 from dspex_lab.optimization._dspy import DspyOptimizer
 from dspex_lab.optimization._evaluator import CandidateEvaluator
 from dspex_lab.optimization._result import OptimizationResult
-from dspex_lab.optimization._session import OptimizationStep, RunSession, held, start_run
+from dspex_lab.optimization._session import OptimizationStep, RunSession, start_run
 from dspex_lab.optimization._setup import Metric, OptimizationSetup
 from dspex_lab.optimization._simba_c import SimbaC, run_simba_c
 from dspex_lab.optimization._spending import Spending
@@ -266,7 +266,7 @@ def optimize(
         subscribers=subscribers,
     )
     # Held for the whole run: opening the DuckDB file costs tens of milliseconds, and a run writes often.
-    with held(setup.journal):
+    with setup.journal.hold():
         return _displayed(setup)
 
 
@@ -391,35 +391,33 @@ def _displayed(setup: OptimizationSetup) -> OptimizationResult:
 
 def _run(setup: OptimizationSetup) -> OptimizationResult:
     """Start (or resume) the run, search, confirm, and record how it ended."""
-    run_id = start_run(setup)
-    evaluator = CandidateEvaluator(
-        run_id=run_id,
-        journal=setup.journal,
-        metric=setup.metric,
-        metric_name=setup.config["metric"],
-        lm=setup.lm,
-        executor=setup.executor,
-        policy=setup.policy,
-        spending=Spending(budget=setup.budget),
-        trace=setup.trace,
-        sinks=[setup.display] if setup.display is not None else [],
-    )
-    session = RunSession(setup, run_id, evaluator)
-    if setup.resume is not None:
-        session.load_recorded(replay=isinstance(setup.optimizer, SimbaC))
-    try:
-        if isinstance(setup.optimizer, SimbaC):
-            status, detail = run_simba_c(session, setup.optimizer)
-        else:
-            status, detail = setup.optimizer.run_dspy(session)
-        session.confirm()
-        session.end(status, detail)
-    except KeyboardInterrupt:
-        session.end("interrupted", "interrupted by the user")
-        raise KeyboardInterrupt(
-            f"optimization interrupted; finished evaluations are journaled: continue with resume={run_id!r}"
-        ) from None
-    except BaseException as error:
-        session.end("failed", f"{type(error).__name__}: {error}")
-        raise
+    with start_run(setup) as run:  # leaving flushes the run's trials to the journal
+        evaluator = CandidateEvaluator(
+            run,
+            metric=setup.metric,
+            lm=setup.lm,
+            executor=setup.executor,
+            policy=setup.policy,
+            spending=Spending(budget=setup.budget),
+            trace=setup.trace,
+            sinks=[setup.display] if setup.display is not None else [],
+        )
+        session = RunSession(setup, evaluator)
+        if run.resumed:
+            session.load_recorded(replay=isinstance(setup.optimizer, SimbaC))
+        try:
+            if isinstance(setup.optimizer, SimbaC):
+                status, detail = run_simba_c(session, setup.optimizer)
+            else:
+                status, detail = setup.optimizer.run_dspy(session)
+            session.confirm()
+            session.end(status, detail)
+        except KeyboardInterrupt:
+            session.end("interrupted", "interrupted by the user")
+            raise KeyboardInterrupt(
+                f"optimization interrupted; finished evaluations are journaled: continue with resume={run.id!r}"
+            ) from None
+        except BaseException as error:
+            session.end("failed", f"{type(error).__name__}: {error}")
+            raise
     return session.result()

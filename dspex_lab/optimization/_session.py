@@ -1,28 +1,27 @@
 """The journal side of one optimization run: records, candidates, steps, spans, events and the result.
 
+An optimization run is an :class:`~dspex_lab.session.Experiment` (:func:`start_run` starts it,
+or resumes it under the one identity rule), and each of its evaluations is one of its children.
 SIMBA-C (:mod:`~dspex_lab.optimization._simba_c`) and the DSPy bridge
 (:mod:`~dspex_lab.optimization._dspy`) decide; :class:`RunSession` keeps what they decide: it
 builds each evaluation's experiment record, journals candidates and steps, stores each step's
-:class:`~dspex_lab.optimization._decisions.DecisionTrace`, tells subscribers about every step,
-runs the confirmation once the search is over, and builds the result. Together with
+:class:`~dspex_lab.optimization._decisions.DecisionTrace` in the run, tells subscribers about
+every step, runs the confirmation once the search is over, and builds the result. Together with
 :class:`~dspex_lab.optimization._evaluator.CandidateEvaluator` (the trials) it is the only part of
 the optimization layer that touches the journal.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from dspex_lab.errors import OptimizerError
-from dspex_lab.journal import DuckDBJournal, ExperimentRecord
+from dspex_lab.journal import ExperimentRecord
 from dspex_lab.optimization._acceptance import mean_and_interval
 from dspex_lab.optimization._decisions import DecisionTrace
 from dspex_lab.optimization._display import Subscriber
@@ -39,9 +38,9 @@ from dspex_lab.optimization._setup import OptimizationSetup
 from dspex_lab.optimization._space import Candidate
 from dspex_lab.optimization._spending import BudgetSpent
 from dspex_lab.program import Program
-from dspex_lab.session import environment, metric_name, stored_examples
+from dspex_lab.session import Experiment, experiment_record
 
-__all__ = ["OptimizationStep", "RunSession", "StepRecord", "held", "start_run"]
+__all__ = ["OptimizationStep", "RunSession", "StepRecord", "start_run"]
 
 # The confirmation's budget reserve: the baseline's validation cost per trial, times two programs,
 # times this margin (a changed program's prompt is longer: demos and rules).
@@ -97,13 +96,14 @@ class RunSession:
 
     Args:
         setup: what the run was given.
-        run_id: the run's id (its experiment in the journal).
-        evaluator: runs and remembers the run's trials, and counts its spending.
+        evaluator: runs the run's evaluations as children of its experiment (``evaluator.run``),
+            and counts its spending.
     """
 
-    def __init__(self, setup: OptimizationSetup, run_id: str, evaluator: CandidateEvaluator) -> None:
+    def __init__(self, setup: OptimizationSetup, evaluator: CandidateEvaluator) -> None:
         self.setup = setup
-        self.run_id = run_id
+        self.run: Experiment = evaluator.run
+        self.run_id = self.run.id
         self.name = setup.name
         self.journal = setup.journal
         self.evaluator = evaluator
@@ -120,10 +120,10 @@ class RunSession:
         self._stored_examples: set[str] = set()
         # The steps as the journal held them when this process began (a resumed run's earlier progress).
         self._journaled_steps: dict[int, dict[str, Any]] = {}
-        if self.journal is not None:
-            for row in self.journal.candidate_rows(run_id):
+        if self.run.resumed:  # a new run has recorded nothing yet (its experiment may not even be written)
+            for row in self.journal.candidate_rows(self.run_id):
                 self.candidate_rows[row["candidate_id"]] = row
-            self._journaled_steps = {int(row["step"]): row for row in self.journal.step_rows(run_id)}
+            self._journaled_steps = {int(row["step"]): row for row in self.journal.step_rows(self.run_id)}
 
     def load_recorded(self, *, replay: bool) -> None:
         """Take back what the interrupted run this one resumes recorded: its trials and its spending.
@@ -134,16 +134,14 @@ class RunSession:
                 journaled row. Otherwise (DSPy's optimizers compile again from the start) what the
                 first run spent is counted now: its trials, and its calls no trial carries.
         """
-        if self.journal is None:
-            return
-        self.evaluator.load_recorded(count=not replay)
         if not replay:
+            self.evaluator.count_journaled()
             self._restore_untracked()
 
     def _restore_untracked(self) -> None:
         """Count what the interrupted run spent outside trials (DSPy's own calls, rule proposals).
 
-        The journaled trials give their own calls back (``load_recorded``). A finished step row holds
+        The journaled trials give their own calls back (``count_journaled``). A finished step row holds
         the run's totals when it was written; minus the calls of the trials finished by then, that is
         the spending no trial carries.
         """
@@ -188,20 +186,14 @@ class RunSession:
         data = setup.valset if phase == "val" else setup.confirm_set if phase == "confirm" else setup.trainset
         if data is None:
             raise OptimizerError(f"run {self.run_id} has no confirmation set to record {candidate.id} on")
-        examples = ()
-        if data.fingerprint not in self._stored_examples:
-            self._stored_examples.add(data.fingerprint)
-            examples = stored_examples(data)
-        return ExperimentRecord(
-            id=experiment_id,
-            kind="evaluation",
-            name=f"{self.name} {candidate.id} {phase}",
-            program_name=candidate.program.name,
-            program_fingerprint=candidate.program.fingerprint,
-            program_spec=candidate.program.to_dict(),
-            dataset_name=data.name,
-            dataset_fingerprint=data.fingerprint,
-            dataset_manifest=data.manifest(),
+        # Each dataset's examples are stored once, with the first evaluation on it.
+        first_on_data = data.fingerprint not in self._stored_examples
+        self._stored_examples.add(data.fingerprint)
+        return experiment_record(
+            "evaluation",
+            f"{self.name} {candidate.id} {phase}",
+            program=candidate.program,
+            data=data,
             metric=self.config["metric"],
             config={
                 "optimization": self.run_id,
@@ -211,10 +203,10 @@ class RunSession:
                 "lm_state": self.config["lm_state"],
                 "repeats": 1,
             },
-            environment=environment(),
-            examples=examples,
+            store_examples=first_on_data,
             parent_id=self.run_id,
             role=role,
+            experiment_id=experiment_id,
         )
 
     def evaluation(self, candidate_id: str, phase: str) -> str:
@@ -226,8 +218,6 @@ class RunSession:
 
         Each compile's first configuration is its candidate ``e1`` (see ``_CompileTrials``).
         """
-        if self.journal is None:
-            return 0
         return sum(
             1
             for child in self.journal.children(self.run_id, role="compile")
@@ -243,8 +233,7 @@ class RunSession:
         rows = [candidate.to_record() for candidate in candidates]
         for row in rows:
             self.candidate_rows[row["candidate_id"]] = row
-        if self.journal is not None:
-            self.journal.record_candidates(self.run_id, rows)
+        self.journal.record_candidates(self.run_id, rows)
 
     def recorded_candidates(self, step: int) -> list[Candidate]:
         """Return the candidates a step proposed, as recorded (a resumed run reuses them)."""
@@ -265,8 +254,7 @@ class RunSession:
         """Keep and journal a step's row; once the baseline's is finished, hold back the confirmation's budget."""
         row = record.to_row()
         self.step_rows[record.step] = row
-        if self.journal is not None:
-            self.journal.record_step(self.run_id, row)
+        self.journal.record_step(self.run_id, row)
         if record.step == 0 and record.status == "finished":
             self.reserve_confirmation()
 
@@ -308,7 +296,7 @@ class RunSession:
 
     def record_trace(self, trace: DecisionTrace) -> None:
         """Close a step's decision trace and store its spans (``step-N``) in the run's experiment."""
-        self.evaluator.add_spans(trace.trace_id, trace.close(), experiment_id=self.run_id)
+        self.run.add_spans(trace.trace_id, trace.close())
 
     def step_finished(self, record: StepRecord) -> None:
         """Tell the user (a printed line) and the subscribers that a step finished."""
@@ -370,12 +358,7 @@ class RunSession:
                 row.get("rationale") or "",
             )
             try:
-                scores = self.evaluator.evaluate(
-                    candidate.program,
-                    examples,
-                    experiment_id=self.evaluation(candidate_id, "confirm"),
-                    record=self.record(candidate, "confirm"),
-                )
+                scores = self.evaluator.evaluate(candidate.program, examples, record=self.record(candidate, "confirm"))
             except BudgetSpent as spent:
                 stopped = str(spent)
                 break
@@ -389,24 +372,25 @@ class RunSession:
         if self.status != "running":
             return
         self.status, self.detail = status, detail
-        try:
-            self.evaluator.close()
-        finally:
-            if self.journal is not None:
-                summary = {
-                    "status": status,
-                    "status_detail": detail,
-                    "spending": self.evaluator.spending.to_summary(),
-                    "confirmation": self.confirmation,
-                }
-                self.journal.finish_experiment(self.run_id, status=status, detail=detail, summary=summary)
-                self.journal.finish_children(self.run_id, status="finished" if status != "failed" else "failed")
+        summary = {
+            "status": status,
+            "status_detail": detail,
+            "spending": self.evaluator.spending.to_summary(),
+            "confirmation": self.confirmation,
+        }
+        self.run.finish(status, detail=detail, summary=summary)
+        if self.run.saved:
+            self.journal.finish_children(self.run_id, status="finished" if status != "failed" else "failed")
 
     def result(self) -> OptimizationResult:
-        """Return the run's result: read back from the journal, or built from this process's rows without one."""
-        rows = [self.step_rows[key] for key in sorted(self.step_rows)]
-        if self.journal is not None:
+        """Return the run's result, read back from the journal.
+
+        If the journal refused the run's trials (they were saved aside, see
+        :meth:`~dspex_lab.session.Experiment.close`), it is built from this process's rows instead.
+        """
+        if self.run.saved:
             return OptimizationResult.from_journal(self.journal, self.run_id)
+        rows = [self.step_rows[key] for key in sorted(self.step_rows)]
         return build_result(
             run_id=self.run_id,
             name=self.name,
@@ -417,78 +401,30 @@ class RunSession:
             candidate_rows=list(self.candidate_rows.values()),
             trials=memory_trials(self.evaluator.rows_by_experiment()),
             spending=self.evaluator.spending.to_summary(),
-            journal=None,
+            journal=self.journal,
             confirmation=self.confirmation,
         )
 
 
-@contextlib.contextmanager
-def held(journal: DuckDBJournal | None) -> Iterator[None]:
-    """Hold the journal open for the whole run (opening the DuckDB file costs tens of ms; a run writes often)."""
-    with journal.hold() if journal is not None else contextlib.nullcontext():
-        yield
+def start_run(setup: OptimizationSetup) -> Experiment:
+    """Start the run ``setup`` describes, or resume ``setup.resume`` once it is checked to be the same run.
 
+    The run must share with the one it resumes its program, trainset, valset, metric, LM, optimizer
+    settings, seed and confirmation set (:func:`~dspex_lab.session.identity`); a finished run is
+    final (its result is read back, not resumed).
 
-def start_run(setup: OptimizationSetup) -> str:
-    """Record a new run and return its id, or check that ``setup`` may continue the run it resumes and claim it."""
-    journal, resume, program, train = setup.journal, setup.resume, setup.program, setup.trainset
-    config, metric = setup.config, setup.metric
-    if resume is None:
-        run_id = uuid.uuid4().hex[:12]
-        if journal is not None:
-            journal.create_experiment(
-                ExperimentRecord(
-                    id=run_id,
-                    kind="optimization",
-                    name=setup.name,
-                    program_name=program.name,
-                    program_fingerprint=program.fingerprint,
-                    program_spec=program.to_dict(),
-                    dataset_name=train.name,
-                    dataset_fingerprint=train.fingerprint,
-                    dataset_manifest=train.manifest(),
-                    metric=metric_name(metric),
-                    config=dict(config),
-                    environment=environment(),
-                )
-            )
-        return run_id
-    if journal is None:
-        raise OptimizerError("resume needs a journal: use dx.Context(journal=...) with the run's journal")
-    try:
-        previous = journal.experiment(resume)
-    except Exception as error:
-        raise OptimizerError(f"cannot resume {resume!r}: {error}") from None
-    if previous.get("kind") != "optimization":
-        raise OptimizerError(f"cannot resume {resume!r}: it is a {previous.get('kind')}, not an optimization run")
-    if previous["status"] == "finished":
-        raise OptimizerError(
-            f"optimization run {resume} already finished; read it with dx.OptimizationResult.from_journal(journal, "
-            f"{resume!r})"
-        )
-    if previous["status"] == "running":
-        raise OptimizerError(f"optimization run {resume} is still running in process {previous.get('pid')}")
-    before = previous.get("config") or {}
-    checks = [
-        ("program", previous.get("program_fingerprint"), program.fingerprint),
-        ("trainset", previous.get("dataset_fingerprint"), train.fingerprint),
-        ("valset", (before.get("valset") or {}).get("fingerprint"), config["valset"].get("fingerprint")),
-        ("metric", previous.get("metric"), metric_name(metric)),
-        ("LM", (before.get("lm"), before.get("lm_state")), (config["lm"], config["lm_state"])),
-        ("optimizer", before.get("optimizer_config"), config["optimizer_config"]),
-        ("seed", before.get("seed"), config["seed"]),
-        ("confirmation set", before.get("confirmation"), config["confirmation"]),
-    ]
-    for what, old, new in checks:
-        if old != new:
-            raise OptimizerError(
-                f"cannot resume {resume}: it ran with a different {what} ({_short(old)} vs {_short(new)}); "
-                f"resume with the same {what}"
-            )
-    journal.claim_experiment(resume)
-    return resume
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    Raises:
+        OptimizerError: the run to resume is unknown, still running, finished, or not the same run.
+    """
+    record = experiment_record(
+        "optimization",
+        setup.name,
+        program=setup.program,
+        data=setup.trainset,
+        metric=setup.config["metric"],
+        config=dict(setup.config),
+        store_examples=False,  # each set's examples are stored with the first evaluation on it
+    )
+    if setup.resume is None:
+        return Experiment.start(setup.journal, record)
+    return Experiment.resume(setup.journal, setup.resume, record, error=OptimizerError)

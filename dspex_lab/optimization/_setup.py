@@ -10,7 +10,7 @@ import dspy
 
 from dspex_lab.data import Dataset
 from dspex_lab.engine import Budget, Executor, RunPolicy
-from dspex_lab.journal import DuckDBJournal
+from dspex_lab.journal import JournalStore
 from dspex_lab.optimization._display import Subscriber
 from dspex_lab.program import Program
 
@@ -47,7 +47,7 @@ class OptimizationSetup:
         trace: capture every trial's span tree.
         lm: the run's LM.
         executor: where trials run.
-        journal: where the run is recorded (None: in memory, for this process only).
+        journal: where the run is recorded (the context's: a file, or an in-memory journal for this process only).
         display: given every evaluation's events and every step (None: none); a :class:`RunDisplay`
             also hears when the run begins and ends.
         print_steps: print one line per step (``progress=True`` with no display installed).
@@ -69,7 +69,7 @@ class OptimizationSetup:
     trace: bool
     lm: dspy.BaseLM
     executor: Executor
-    journal: DuckDBJournal | None
+    journal: JournalStore
     display: Subscriber | None
     print_steps: bool
     subscribers: Sequence[Subscriber] = ()

@@ -59,7 +59,7 @@ import numpy as np
 from dspex_lab.errors import OptimizerError, VariableError
 from dspex_lab.optimization._acceptance import Judged, finite, judge
 from dspex_lab.optimization._decisions import DecisionTrace
-from dspex_lab.optimization._evaluator import Example, Scores, evaluation_id
+from dspex_lab.optimization._evaluator import Example, Scores
 from dspex_lab.optimization._session import RunSession, StepRecord
 from dspex_lab.optimization._space import (
     Candidate,
@@ -267,15 +267,11 @@ class SimbaCRun:
 
     # -- experiments ----------------------------------------------------------------------------
 
-    def _experiment(self, candidate: Candidate, phase: str) -> str:
-        return self.session.evaluation(candidate.id, phase)
-
     def validate(self, candidate: Candidate) -> Scores:
         """Evaluate ``candidate`` on the validation set (once per candidate)."""
         if candidate.id not in self.validation:
-            experiment = self._experiment(candidate, "val")
             self.validation[candidate.id] = self.evaluator.evaluate(
-                candidate.program, self.valset, experiment_id=experiment, record=self.session.record(candidate, "val")
+                candidate.program, self.valset, record=self.session.record(candidate, "val")
             )
         return self.validation[candidate.id]
 
@@ -333,10 +329,7 @@ class SimbaCRun:
         trace = DecisionTrace(self.session.run_id, number)
         # The incumbent as it is, then sources drawn by a softmax over their scores, each on a hotter LM.
         incumbent_screen = self.evaluator.evaluate(
-            self.incumbent.program,
-            batch,
-            experiment_id=self._experiment(self.incumbent, "screen"),
-            record=self.session.record(self.incumbent, "screen"),
+            self.incumbent.program, batch, record=self.session.record(self.incumbent, "screen")
         )
         step = _Step(number, batch, record, trace, journaled, incumbent_screen, [(self.incumbent, incumbent_screen)])
         for position in range(1, optimizer.num_sources):
@@ -345,7 +338,6 @@ class SimbaCRun:
             scores = self.evaluator.evaluate(
                 explored.program,
                 batch,
-                experiment_id=evaluation_id(self.session.run_id, f"s{number}", f"explore{position}"),
                 record=self.session.record(explored, f"s{number}/explore{position}", role="exploration"),
                 lm=self._explore_lm,
                 repeat=self._exploration_repeat(number, position),
@@ -390,10 +382,7 @@ class SimbaCRun:
         """Run ``candidate`` on the mini-batch; shortlist it when it beats the incumbent there."""
         with step.trace.evaluation(f"screen {candidate.id}") as attributes:
             scores = self.evaluator.evaluate(
-                candidate.program,
-                step.batch,
-                experiment_id=self._experiment(candidate, "screen"),
-                record=self.session.record(candidate, "screen"),
+                candidate.program, step.batch, record=self.session.record(candidate, "screen")
             )
         incumbent_screen = step.incumbent_screen
         self.screen[candidate.id] = scores
