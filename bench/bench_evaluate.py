@@ -582,11 +582,11 @@ class PhaseTimer:
         ("dspex_lab.session._records", None, "environment", "evaluate: environment()"),
         ("dspex_lab.journal._duckdb", "DuckDBJournal", "create_experiment", "journal: create_experiment"),
         ("dspex_lab.journal._duckdb", "DuckDBJournal", "append_trials", "journal: append_trials (flush)"),
-        ("dspex_lab.journal._duckdb", "TrialWriter", "close", "journal: TrialWriter.close"),
+        ("dspex_lab.journal._writer", "TrialWriter", "close", "journal: TrialWriter.close"),
         ("dspex_lab.journal._duckdb", "DuckDBJournal", "finish_experiment", "journal: finish_experiment"),
         ("dspex_lab.engine._executor", "ThreadExecutor", "run", "engine: ThreadExecutor.run"),
         ("dspex_lab.engine._trial", "TrialResult", "to_row", "engine: TrialResult.to_row"),
-        ("dspex_lab.evaluation._evaluate", None, "_frame", "evaluate: _frame(results)"),
+        ("dspex_lab.session._experiment", "Experiment", "trials", "evaluate: Experiment.trials (result frame)"),
         ("dspex_lab.evaluation._result", "EvaluationResult", "to_summary", "evaluate: EvaluationResult.to_summary"),
     )
 
