@@ -7,17 +7,15 @@ journal, every decision is a step row and an orchestration span, and the
 :class:`OptimizationResult` can be rebuilt from the journal alone.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dspex_lab.journal import JournalStore
 from dspex_lab.optimization._display import RunDisplay, Subscriber
 from dspex_lab.optimization._dspy import DspyOptimizer
 from dspex_lab.optimization._optimize import DSPY_OPTIMIZERS, OptimizationStep, optimize
 from dspex_lab.optimization._plot import ConvergenceData, LiveConvergence, convergence_data, convergence_plot
 from dspex_lab.optimization._result import CANDIDATE_COLUMNS, STEP_COLUMNS, OptimizationResult
 from dspex_lab.optimization._simba_c import ProposeRule, SimbaC
-
-if TYPE_CHECKING:
-    from dspex_lab.journal import DuckDBJournal
 
 __all__ = [
     "CANDIDATE_COLUMNS",
@@ -39,7 +37,7 @@ __all__ = [
 ]
 
 
-def plot_run(journal: "DuckDBJournal", run_id: str) -> Any:
+def plot_run(journal: JournalStore, run_id: str) -> Any:
     """Return the convergence plot of a journaled optimization run (any optimizer), from the journal alone."""
     result = OptimizationResult.from_journal(journal, run_id)
     return convergence_plot(result.steps, result.candidates, title=f"{result.name} ({result.optimizer})")

@@ -1,4 +1,4 @@
-"""The result of an optimization run, built from the run's journal rows (or the same rows in memory).
+"""The result of an optimization run, built from the run's journal rows.
 
 Every number here comes from three kinds of rows: the run's steps, its candidates
 and the trials of its evaluations. :meth:`OptimizationResult.from_journal` reads them
@@ -18,7 +18,7 @@ import pandas as pd
 
 from dspex_lab.errors import ExecutionError, JournalError
 from dspex_lab.evaluation import Comparison, EvaluationResult, comparison_of
-from dspex_lab.journal import DuckDBJournal, trials_frame
+from dspex_lab.journal import JournalStore, trials_frame
 from dspex_lab.optimization._evaluator import evaluation_id
 from dspex_lab.program import Program
 from dspex_lab.stats import one_sided_p_value
@@ -212,7 +212,7 @@ class OptimizationResult:
     """What an optimization run found, and everything it decided on the way.
 
     Attributes:
-        run_id: the run's id in the journal (None when it ran without one).
+        run_id: the run's id in the journal.
         name: the run's name.
         optimizer: ``simba-c``, ``simba``, ``mipro``, ``gepa`` or ``bootstrap``.
         status: ``finished``, ``stopped`` (a budget) or ``interrupted``.
@@ -230,10 +230,10 @@ class OptimizationResult:
         candidates: one row per candidate (see :data:`CANDIDATE_COLUMNS`).
         spending: LM calls, tokens, cost and trials of the whole run.
         config: the optimizer's hyperparameters and the run's settings as recorded.
-        journal: the journal it is stored in.
+        journal: the journal it is stored in (a file, or the in-memory journal of the process that ran it).
     """
 
-    run_id: str | None
+    run_id: str
     name: str
     optimizer: str
     status: str
@@ -247,7 +247,7 @@ class OptimizationResult:
     candidates: pd.DataFrame
     spending: dict[str, Any]
     config: dict[str, Any]
-    journal: DuckDBJournal | None = None
+    journal: JournalStore
     confirmation: Confirmation | None = None
 
     # -- reading ---------------------------------------------------------------------------------
@@ -407,8 +407,8 @@ class OptimizationResult:
     # -- rebuilding ------------------------------------------------------------------------------
 
     @classmethod
-    def from_journal(cls, journal: DuckDBJournal, run_id: str) -> OptimizationResult:
-        """Rebuild a run's result from its journal alone.
+    def from_journal(cls, journal: JournalStore, run_id: str) -> OptimizationResult:
+        """Rebuild a run's result from its journal alone (an in-memory journal: in the process that ran it).
 
         Raises:
             JournalError: there is no optimization run ``run_id`` in the journal.
@@ -419,7 +419,7 @@ class OptimizationResult:
         step_rows = journal.step_rows(run_id)
         candidate_rows = journal.candidate_rows(run_id)
         if not step_rows or not candidate_rows:
-            raise JournalError(f"optimization run {run_id} has no finished baseline step in {journal.path}")
+            raise JournalError(f"optimization run {run_id} has no finished baseline step in {journal.location}")
 
         def trials(experiment_id: str) -> pd.DataFrame:
             return journal.trials(experiment_id)
@@ -460,7 +460,7 @@ def build_result(
     candidate_rows: Sequence[Mapping[str, Any]],
     trials: Callable[[str], pd.DataFrame],
     spending: dict[str, Any],
-    journal: DuckDBJournal | None,
+    journal: JournalStore,
     confirmation: Mapping[str, Any] | None = None,
 ) -> OptimizationResult:
     """Assemble an :class:`OptimizationResult` from step rows, candidate rows and evaluation trials.
@@ -478,7 +478,7 @@ def build_result(
     def evaluation(candidate_id: str, phase: str = "val", dataset: Any = val_dataset) -> EvaluationResult:
         experiment_id = evaluation_id(run_id, candidate_id, phase)
         return EvaluationResult(
-            experiment_id=experiment_id if journal is not None else None,
+            experiment_id=experiment_id,
             name=f"{name} {candidate_id}" + (f" ({phase})" if phase != "val" else ""),
             status="finished",
             trials=trials(experiment_id),
@@ -492,7 +492,7 @@ def build_result(
     best_result = evaluation(best_id) if best_id != baseline_id else baseline
     held_out = _confirm(config, confirmation, best_id, baseline_id, evaluation)
     return OptimizationResult(
-        run_id=run_id if journal is not None else None,
+        run_id=run_id,
         name=name,
         optimizer=str(config.get("optimizer", "simba-c")),
         status=status,
@@ -558,7 +558,7 @@ def _confirm(
 
 
 def memory_trials(rows_by_experiment: Mapping[str, Sequence[Mapping[str, Any]]]) -> Callable[[str], pd.DataFrame]:
-    """Return a trials reader over in-memory rows (a run without a journal)."""
+    """Return a trials reader over in-memory rows (a run whose journal refused its trials)."""
 
     def read(experiment_id: str) -> pd.DataFrame:
         rows = [dict(row) for row in rows_by_experiment.get(experiment_id, ())]

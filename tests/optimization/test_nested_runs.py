@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import dspy
+import pandas as pd
 import pytest
 from oracle import oracle_program
 
@@ -73,3 +74,23 @@ def test_a_dspy_optimizers_compile_experiments_are_children_of_its_run(tmp_path:
     assert {role for role in roles.values()} >= {"baseline", "compile", "candidate-validation"}
     assert list(journal.leaderboard()["experiment_id"]) == [result.run_id]
     assert len(journal.leaderboard(children=True)) == 1 + len(roles)
+
+
+def test_a_run_without_a_journal_file_is_recorded_in_the_in_memory_journal(data) -> None:
+    simba = dx.SimbaC(max_steps=1, bsize=8, num_candidates=2, num_sources=2, patience=1, strategies=("mutate",))
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=False, threads=2), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = dx.optimize(
+            oracle_program(), data[:40], data[40:120], metric=dx.metrics.exact_match, optimizer=simba, seed=2,
+            progress=False,
+        )  # fmt: skip
+        journal = result.journal
+        assert not journal.durable and result.run_id is not None
+        again = dx.OptimizationResult.from_journal(journal, result.run_id)
+    assert journal.experiment(result.run_id)["status"] == result.status == again.status
+    assert again.best_id == result.best_id and again.spending == result.spending
+    pd.testing.assert_frame_equal(again.steps, result.steps)
+    # Its evaluations are the run's children there, and the result's evaluations name them.
+    roles = children_by_phase(journal, result.run_id)
+    assert roles[("c0", "val")] == "baseline" and result.baseline.experiment_id == f"{result.run_id}/c0/val"
+    assert len(journal.trial_rows(result.baseline.experiment_id)) == result.baseline.n_trials == 56
