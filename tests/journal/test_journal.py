@@ -148,12 +148,15 @@ def test_sigint_cancels_promptly_keeps_trials_and_marks_interrupted(tmp_path):
     journal_path, log = tmp_path / "cancel.duckdb", tmp_path / "cancel.log"
     worker = start_worker(journal_path, log, n=2000, latency=0.2, threads=16)
     wait_for_trials(log, 40)
+    before = len(read_log(log))
     worker.send_signal(signal.SIGINT)
-    interrupted_at = time.monotonic()
-    worker.communicate(timeout=30)
-    assert time.monotonic() - interrupted_at < 2.0
+    worker.communicate(timeout=60)  # a hang guard only: promptness is counted in trials below
     assert worker.returncode != 0
-    finished = {example for _, example in read_log(log)}
+    entries = read_log(log)
+    # Sixteen trials were in flight; a run that kept starting trials would finish 80 a second until 2,000.
+    assert len(entries) - before <= 3 * 16, f"{len(entries) - before} trials finished after the interrupt"
+    assert "done" not in log.read_text()
+    finished = {example for _, example in entries}
     journal = dx.open_journal(journal_path)
     experiment = journal.experiments().iloc[0]
     assert experiment["status"] == "interrupted"
