@@ -82,5 +82,6 @@ def test_a_corrupt_journal_is_reported_as_corrupt_at_once(tmp_path):
     path.write_bytes(os.urandom(256 * 1024))
     started = time.monotonic()
     with pytest.raises(JournalError, match="corrupt"):
-        dx.open_journal(path, lock_timeout=30).experiments()
-    assert time.monotonic() - started < 5
+        dx.open_journal(path, lock_timeout=300).experiments()
+    # Retrying as if locked would wait out the 300 s lock timeout; 60 s is generous for a loaded machine.
+    assert time.monotonic() - started < 60

@@ -131,6 +131,7 @@ def test_a_stale_service_socket_left_by_a_killed_process_is_removed_and_calls_go
     started = time.monotonic()
     assert [summary.id for summary in journal.experiment_summaries()] == [experiment]
     journal.finish_experiment(experiment, status="finished")
-    assert time.monotonic() - started < 5.0
+    # Generous for a loaded machine, yet below the 60 s lock timeout a call stuck on the dead socket would wait.
+    assert time.monotonic() - started < 30.0
     assert journal.experiment(experiment)["status"] == "finished"
     assert not address.socket.exists(), "the stale socket was removed"
