@@ -29,22 +29,27 @@ def _metric(example, prediction):
     return float(str(prediction.answer).strip() == example.answer)
 
 
-def test_a_timed_out_trial_makes_no_further_request(loopback_provider: LoopbackProvider, tmp_path) -> None:
-    loopback_provider.set_behaviour("gpt-4o-mini", Hang(seconds=15))
-    lm = loopback_provider.lm("gpt-4o-mini")
-    started = time.monotonic()
-    with (
-        dx.Context(lm=lm, journal=tmp_path / "j.duckdb", threads=2),
-        pytest.warns(DspexLabWarning, match="every trial"),
-    ):
-        result = dx.evaluate(PROGRAM, _questions(2), metric=_metric, timeout=0.6, retries=3, progress=False)
-    elapsed = time.monotonic() - started
-    requests_at_return = len(loopback_provider.requests)
-    time.sleep(2.0)
-    assert elapsed < 10.0  # the provider would hang for 15 s: the run did not wait for it
+def test_a_timed_out_trial_makes_no_further_request(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # as the loopback_provider fixture does
+    # A hang of 300 s (stopping the server ends it), so that even a very slow machine's run, 0.6 s timeouts
+    # and all, stays far below it: the 60 s bound below separates "did not wait" from "waited".
+    with LoopbackProvider(max_hang_seconds=300) as loopback_provider:
+        loopback_provider.set_behaviour("gpt-4o-mini", Hang(seconds=300))
+        lm = loopback_provider.lm("gpt-4o-mini")
+        started = time.monotonic()
+        with (
+            dx.Context(lm=lm, journal=tmp_path / "j.duckdb", threads=2),
+            pytest.warns(DspexLabWarning, match="every trial"),
+        ):
+            result = dx.evaluate(PROGRAM, _questions(2), metric=_metric, timeout=0.6, retries=3, progress=False)
+        elapsed = time.monotonic() - started
+        requests_at_return = len(loopback_provider.requests)
+        time.sleep(2.0)
+        requests_later = len(loopback_provider.requests)
+    assert elapsed < 60.0  # the provider hangs for 300 s: the run did not wait for it
     assert set(result.trials["error_stage"]) == {"timeout"}
     assert requests_at_return <= 2  # one request per trial: no retry after the deadline, no JSON fallback call
-    assert len(loopback_provider.requests) == requests_at_return, "a timed-out trial went on calling the provider"
+    assert requests_later == requests_at_return, "a timed-out trial went on calling the provider"
 
 
 def test_retry_after_is_honoured_once_not_multiplied(loopback_provider: LoopbackProvider, tmp_path) -> None:
