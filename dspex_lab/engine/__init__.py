@@ -7,7 +7,7 @@ which every workload (evaluation, optimization) uses. It emits events to sinks
 and never imports a display library.
 """
 
-from dspex_lab.engine._budget import Budget, BudgetTracker
+from dspex_lab.engine._budget import Budget, BudgetTracker, SpendingCounter
 from dspex_lab.engine._cancel import CancelToken, current_token, guard_installed, install_lm_guard
 from dspex_lab.engine._contract import REIMPORTED_MAIN_EXIT
 from dspex_lab.engine._dask import DaskExecutor
@@ -46,6 +46,7 @@ __all__ = [
     "RunStarted",
     "RunStatus",
     "SpanSink",
+    "SpendingCounter",
     "ThreadExecutor",
     "TrialFinished",
     "TrialResult",

@@ -1,16 +1,22 @@
-"""Cost budgets: a projection before a run, live spending during it, a clean stop at the limit."""
+"""Cost budgets: a projection before a run, live spending during it, a clean stop at the limit.
+
+A run counts its spending in a :class:`SpendingCounter`. Given a :class:`Budget`, the engine
+builds its own, a :class:`BudgetTracker` (with a pilot that projects the run's cost first, a
+warning at 80% of a limit, a stop at 100%). A workload whose runs share one budget (an
+optimization's evaluations) passes its own counter instead, so every run counts into it.
+"""
 
 from __future__ import annotations
 
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from dspex_lab.engine._trial import TrialResult
 from dspex_lab.errors import DspexLabWarning, ExecutionError
 
-__all__ = ["Budget", "BudgetTracker"]
+__all__ = ["Budget", "BudgetTracker", "SpendingCounter"]
 
 WARNING_FRACTION = 0.8
 
@@ -49,9 +55,38 @@ class Budget:
         return {name: getattr(self, name) for name in ("usd", "lm_calls", "tokens") if getattr(self, name) is not None}
 
 
+@runtime_checkable
+class SpendingCounter(Protocol):
+    """Where a run counts its spending, trial by trial, and learns when it must stop.
+
+    Pass one as ``RunPolicy(budget=counter)`` to count several runs against one budget (each of an
+    optimization's evaluations counts into the optimization's). The engine builds its own,
+    :class:`BudgetTracker`, from a :class:`Budget`; only that one has a pilot.
+
+    Contract: :func:`~dspex_lab.engine.run_trials` calls :meth:`add` on its own thread (never
+    concurrently), once per trial in the order they finish, a trial cancelled because the run
+    stopped included (``result.error_stage == "cancelled"``: the counter decides whether such a
+    trial counts). Once :meth:`add` returns True the run stops; :attr:`exceeded` then says why (the
+    run's stop detail). :meth:`to_summary` is the run report's ``spending``.
+    """
+
+    @property
+    def exceeded(self) -> str | None:
+        """Why the run must stop (a limit reached), or None while it may go on."""
+        ...
+
+    def add(self, result: TrialResult) -> bool:
+        """Count one finished trial; return True when the run must stop."""
+        ...
+
+    def to_summary(self) -> dict[str, Any]:
+        """Return what was counted, as JSON values."""
+        ...
+
+
 @dataclass
 class BudgetTracker:
-    """Count spending trial by trial; say when to warn and when to stop.
+    """Count spending trial by trial; say when to warn and when to stop (the engine's :class:`SpendingCounter`).
 
     A trial whose cost is unknown (an unpriced model) cannot be counted in dollars: with a
     dollar limit the tracker stops the run at the first such trial (``exceeded`` says why)

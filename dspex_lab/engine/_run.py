@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dspex_lab.engine._budget import Budget, BudgetTracker
+from dspex_lab.engine._budget import Budget, BudgetTracker, SpendingCounter
 from dspex_lab.engine._contract import Executor, RunStatus
 from dspex_lab.engine._events import EventBus, RunFinished, RunStarted, TrialFinished
 from dspex_lab.engine._trial import RetryPolicy, TrialResult, TrialRunner, TrialTask
@@ -41,13 +41,15 @@ class RunPolicy:
             run retries under it, whatever the runner was made with (see :func:`run_trials`).
         max_errors: an error budget: a count, or a fraction (0 < f < 1) of the planned trials;
             past it the run stops.
-        budget: spending limits, with a pilot that projects the run's cost first.
+        budget: spending limits, with a pilot that projects the run's cost first; or a
+            :class:`~dspex_lab.engine.SpendingCounter` the run counts into and stops by (one shared
+            by several runs under one budget: no pilot, no projection).
     """
 
     timeout: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_errors: int | float | None = None
-    budget: Budget | None = None
+    budget: Budget | SpendingCounter | None = None
 
     def __post_init__(self) -> None:
         timeout = self.timeout
@@ -71,8 +73,8 @@ class RunPolicy:
             raise ExecutionError(
                 f"max_errors must be a count (an integer >= 0) or a fraction between 0 and 1, got {errors!r}"
             )
-        if self.budget is not None and not isinstance(self.budget, Budget):
-            raise ExecutionError(f"budget must be a dx.Budget, got {type(self.budget).__name__}")
+        if self.budget is not None and not isinstance(self.budget, (Budget, SpendingCounter)):
+            raise ExecutionError(f"budget must be a dx.Budget (or a SpendingCounter), got {type(self.budget).__name__}")
 
     def error_budget(self, planned: int) -> int | None:
         """Return the number of errors the run tolerates before it stops."""
@@ -230,10 +232,15 @@ def run_trials(
 
 
 def _refuse_an_unmeasurable_budget(
-    budget: Budget | None, runner: TrialRunner, is_priced: Callable[[Any], bool] | None
+    budget: Budget | SpendingCounter | None, runner: TrialRunner, is_priced: Callable[[Any], bool] | None
 ) -> None:
-    """Refuse, before any call, a dollar budget on a run LM whose price is not known."""
-    if budget is None or budget.usd is None or runner.lm is None or is_priced is None or is_priced(runner.lm):
+    """Refuse, before any call, a dollar budget on a run LM whose price is not known.
+
+    An outside :class:`SpendingCounter` applies its own rule to unpriced calls.
+    """
+    if not isinstance(budget, Budget) or budget.usd is None or runner.lm is None or is_priced is None:
+        return
+    if is_priced(runner.lm):
         return
     model = getattr(runner.lm, "model", type(runner.lm).__name__)
     raise ExecutionError(
@@ -258,7 +265,8 @@ class _Tally:
         self.errors = 0
         self.cancelled = 0
         self.error_budget = policy.error_budget(planned)
-        self.spending = BudgetTracker(policy.budget) if policy.budget is not None else None
+        budget = policy.budget
+        self.spending: SpendingCounter | None = BudgetTracker(budget) if isinstance(budget, Budget) else budget
 
     def __call__(self, result: TrialResult) -> bool:
         """Record ``result``; return True when the run must stop."""
@@ -288,18 +296,22 @@ class _Tally:
 def _run_phases(
     tasks: Sequence[TrialTask], runner: TrialRunner, executor: Executor, timeout: float | None, tally: _Tally
 ) -> str:
-    """Run the budget's pilot first, project the whole run's spending from it, then the rest; return the status."""
-    spending = tally.spending
+    """Run the budget's pilot first, project the whole run's spending from it, then the rest; return the status.
+
+    Only the engine's own tracker (built from a :class:`Budget`) has a pilot; a run counting into an
+    outside :class:`SpendingCounter` runs in one phase.
+    """
+    tracker = tally.spending if isinstance(tally.spending, BudgetTracker) else None
     phases: list[Sequence[TrialTask]] = [tasks]
-    if spending is not None and len(tasks) > spending.budget.pilot:
-        phases = [tasks[: spending.budget.pilot], tasks[spending.budget.pilot :]]
+    if tracker is not None and len(tasks) > tracker.budget.pilot:
+        phases = [tasks[: tracker.budget.pilot], tasks[tracker.budget.pilot :]]
     status = RunStatus.FINISHED
     for position, phase in enumerate(phases):
         status = executor.run(phase, runner, on_result=tally, timeout=timeout)
         if status != RunStatus.FINISHED:
             break
-        if position == 0 and spending is not None and len(phases) > 1:
-            spending.project(len(tasks))
+        if position == 0 and tracker is not None and len(phases) > 1:
+            tracker.project(len(tasks))
     return status
 
 

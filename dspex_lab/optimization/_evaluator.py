@@ -9,15 +9,14 @@ and metering as :func:`dx.evaluate <dspex_lab.evaluation>`), so ``dx.compare``,
 trial: an evaluation asked for again, in this process or after a crash (``resume=``),
 reuses the trials already recorded instead of running them twice.
 
-Each finished trial is counted in the run's one :class:`~dspex_lab.optimization._spending.Spending`,
-and the run's budget is handed to each evaluation as the part still left, so an
-evaluation stops at the budget in the middle if it has to.
+Each finished trial is counted in the run's one :class:`~dspex_lab.optimization._spending.Spending`:
+it is the engine's spending counter for every evaluation (``RunPolicy(budget=spending)``), so an
+evaluation stops in the middle once the run's budget is spent.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,8 +24,7 @@ from typing import Any
 import dspy
 
 from dspex_lab.data import Dataset
-from dspex_lab.engine import Executor, RunPolicy, TrialFinished, TrialRunner, TrialTask
-from dspex_lab.errors import DspexLabWarning
+from dspex_lab.engine import Executor, RunPolicy, TrialRunner, TrialTask
 from dspex_lab.journal import ExperimentRecord
 from dspex_lab.optimization._display import Subscriber
 from dspex_lab.optimization._spending import Spending
@@ -99,9 +97,8 @@ class CandidateEvaluator:
         metric: ``metric(example, prediction)``.
         lm: the run's LM.
         executor: where trials run.
-        policy: timeout, retries and error budget of every evaluation (its budget is replaced by
-            what is left of ``spending``'s).
-        spending: the run's spending, shared with the optimizer.
+        policy: timeout, retries and error budget of every evaluation (its budget is ``spending``).
+        spending: the run's spending, shared with the optimizer; every evaluation counts into it.
         trace: capture every trial's span tree into the journal.
         sinks: event subscribers (a progress display) given every evaluation's events.
     """
@@ -149,7 +146,7 @@ class CandidateEvaluator:
         marker = (experiment_id, *key)
         if marker in self._uncounted:
             self._uncounted.discard(marker)
-            self.spending.add(row)
+            self.spending.add_row(row)
 
     def experiment_rows(self, experiment_id: str) -> list[dict[str, Any]]:
         """Return the recorded trial rows of one evaluation (this process's and a resumed run's)."""
@@ -194,7 +191,7 @@ class CandidateEvaluator:
         if missing:
             # Checked before the journaled trials below are counted: the uninterrupted run started this
             # evaluation with the spending as it was before any of its trials.
-            self.spending.remaining()
+            self.spending.ensure_left()
         for example_id, _, _ in examples:
             row = recorded.get((example_id, repeat))
             if row is not None:
@@ -216,31 +213,20 @@ class CandidateEvaluator:
             recorder=SpanRecorder() if self.trace else None,
             span_sink=child.span_sink,
         )
-        # The engine stops this evaluation at what the run's budget has left (see _spending.py).
+        # The engine counts each trial in the run's spending and stops this evaluation once it is spent.
         policy = RunPolicy(
             timeout=self.policy.timeout,
             retry=self.policy.retry,
             max_errors=self.policy.max_errors,
-            budget=self.spending.remaining(),
+            budget=self.spending,
         )
-        with warnings.catch_warnings():
-            # The run's budget warnings come from the optimizer, once, not from every evaluation.
-            warnings.filterwarnings("ignore", message=r".*budget.*", category=DspexLabWarning)
-            report = child.run(
-                tasks, runner, executor=self.executor, policy=policy, sinks=[self._count_finished, *self.sinks]
-            )
+        report = child.run(tasks, runner, executor=self.executor, policy=policy, sinks=self.sinks)
         if report.status == "interrupted":
             # The engine swallows the interrupt to record what finished; the optimizer must stop too.
             raise KeyboardInterrupt(f"interrupted during evaluation {child.id}")
         if report.status != "finished":
-            # A budget stop is told in the run's totals (the engine only saw this evaluation's share).
-            return self.spending.exhausted() or report.detail or report.status
+            return report.detail or report.status
         return None
-
-    def _count_finished(self, event: Any) -> None:
-        """Count each trial the engine finished (the experiment recorded it first)."""
-        if isinstance(event, TrialFinished):
-            self.spending.add(event.result.to_row())
 
     def _module(self, program: Program, lm: dspy.BaseLM) -> dspy.Module:
         key = (program.fingerprint, id(lm))

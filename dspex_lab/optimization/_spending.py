@@ -5,11 +5,11 @@ evaluations (as each finishes), the calls SIMBA-C makes outside trials (rule pro
 everything DSPy's own compile spent, and, for a resumed run, what the interrupted run
 spent. Every "is the budget spent?" is answered here too, with one message:
 
-- between evaluations, :meth:`Spending.remaining` (raising :class:`BudgetSpent`);
-- inside an evaluation, the engine stops at the budget :meth:`Spending.remaining` hands it
-  (``dspex_lab.engine.run_trials`` counts that evaluation's share against what the run has
-  left; it takes a :class:`~dspex_lab.engine.Budget`, not a counter, so the run's totals are
-  kept here and the engine's count ends with the evaluation);
+- between evaluations, :meth:`Spending.ensure_left` (raising :class:`BudgetSpent`);
+- inside an evaluation, after every trial: the spending is the engine's
+  :class:`~dspex_lab.engine.SpendingCounter` (``RunPolicy(budget=spending)``), so
+  :func:`~dspex_lab.engine.run_trials` counts each finished trial here (:meth:`Spending.add`) and
+  stops the evaluation once the run's budget is spent;
 - during DSPy's compile, before every LM call, :meth:`Spending.exhausted` with the compile's
   calls so far as ``pending`` (see ``_dspy.py``'s compile gate, which counts nothing itself).
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dspex_lab.engine import Budget
+from dspex_lab.engine import Budget, TrialResult
 from dspex_lab.providers import Usage
 
 __all__ = ["BudgetSpent", "Spending"]
@@ -28,9 +28,6 @@ __all__ = ["BudgetSpent", "Spending"]
 # does not depend on which trial finished first, and a total read back from a journaled step row
 # (a float) gives back the exact integer (below about $2,000, where a float still resolves 1e-12).
 _PICODOLLARS = 10**12
-# The engine projects a run's cost from a pilot of its first trials; an optimization's evaluations
-# are parts of one run whose budget is checked here, so the engine's pilot is never reached.
-_NO_PILOT = 1_000_000_000
 
 
 class BudgetSpent(Exception):  # noqa: N818 - a control-flow signal inside the optimizer, never raised to users
@@ -39,15 +36,15 @@ class BudgetSpent(Exception):  # noqa: N818 - a control-flow signal inside the o
 
 @dataclass
 class Spending:
-    """What a run has spent so far, and what its budget leaves.
+    """What a run has spent so far, and what its budget leaves; the engine's counter for every evaluation.
 
     A resumed run counts a trial served from the journal when it first uses it, as the
     uninterrupted run counted it when it finished, so the totals at every point of a
     resumed run are the uninterrupted run's.
 
-    Thread safety: one thread counts (the run's); :meth:`exhausted` may be read from others
-    while nothing is being counted (DSPy's compile threads, whose calls are counted when the
-    compile ends).
+    Thread safety: one thread counts (the run's; the engine calls :meth:`add` on it); :meth:`exhausted`
+    may be read from others while nothing is being counted (DSPy's compile threads, whose calls are
+    counted when the compile ends).
     """
 
     budget: Budget | None = None
@@ -63,6 +60,8 @@ class Spending:
     reserved_lm_calls: int = 0
     reserved_tokens: int = 0
     reserved_picodollars: int = 0
+    # Why the run cannot go on under a dollar limit: a trial made calls to a model with no known price.
+    unmeasurable: str | None = None
 
     @property
     def cost(self) -> float:
@@ -73,15 +72,51 @@ class Spending:
     def cost(self, dollars: float) -> None:
         self.cost_picodollars = round(float(dollars) * _PICODOLLARS)
 
-    def add(self, row: dict[str, Any], *, trial: bool = True) -> None:
-        """Count one trial's row (``trial=False``: LM calls made outside trials)."""
+    def add_row(self, row: dict[str, Any], *, trial: bool = True) -> None:
+        """Count one journaled trial's row (``trial=False``: LM calls made outside trials)."""
+        self._count(
+            lm_calls=int(row.get("lm_calls") or 0),
+            tokens=int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0),
+            cost=None if row.get("cost") is None else float(row["cost"]),
+            trial=trial,
+        )
+
+    def _count(self, *, lm_calls: int, tokens: int, cost: float | None, trial: bool) -> None:
         self.trials += 1 if trial else 0
-        self.lm_calls += int(row.get("lm_calls") or 0)
-        self.tokens += int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0)
-        if row.get("cost") is None:
-            self.unpriced = self.unpriced or bool(row.get("lm_calls"))
+        self.lm_calls += lm_calls
+        self.tokens += tokens
+        if cost is None:
+            self.unpriced = self.unpriced or bool(lm_calls)
         else:
-            self.cost_picodollars += round(float(row["cost"]) * _PICODOLLARS)
+            self.cost_picodollars += round(cost * _PICODOLLARS)
+
+    # -- the engine's counter (dspex_lab.engine.SpendingCounter) ---------------------------------
+
+    def add(self, result: TrialResult) -> bool:
+        """Count a trial one of the run's evaluations finished; return True when the run's budget is spent.
+
+        A trial cancelled because the evaluation stopped is not counted: it is not recorded, so a
+        resumed run runs it again and counts it then. A priced budget (``usd``) cannot be kept once a
+        trial called a model without a known price: the evaluation stops, and says so.
+        """
+        if result.error_stage == "cancelled":
+            return False
+        self._count(
+            lm_calls=result.lm_calls,
+            tokens=result.input_tokens + result.output_tokens,
+            cost=result.cost,
+            trial=True,
+        )
+        usd_limited = self.budget is not None and self.budget.usd is not None
+        if result.cost is None and result.lm_calls and usd_limited and self.unmeasurable is None:
+            models = result.unpriced_models or "an unpriced model"
+            self.unmeasurable = f"budget: usd cannot be enforced, calls to {models} have no known price"
+        return self.exceeded is not None
+
+    @property
+    def exceeded(self) -> str | None:
+        """Why the evaluation running now must stop: the run's budget is spent, or its dollars cannot be measured."""
+        return self.unmeasurable or self.exhausted()
 
     def add_usage(self, usage: Usage, *, trials: int = 0, proposal_seconds: float = 0.0) -> None:
         """Count what a meter measured outside the evaluations (a rule proposal, DSPy's whole compile).
@@ -92,14 +127,8 @@ class Spending:
             proposal_seconds: wall seconds the calls took, when they were an optimizer's proposals.
         """
         self.proposal_seconds += proposal_seconds
-        self.add(
-            {
-                "lm_calls": usage.lm_calls,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cost": usage.cost,
-            },
-            trial=False,
+        self._count(
+            lm_calls=usage.lm_calls, tokens=usage.input_tokens + usage.output_tokens, cost=usage.cost, trial=False
         )
         self.trials += trials
 
@@ -159,19 +188,11 @@ class Spending:
                 return f"budget {name}={limit:g} spent ({used:g} used{kept})"
         return None
 
-    def remaining(self) -> Budget | None:
-        """Return the budget still left (None: no limit), or raise :class:`BudgetSpent` when nothing is."""
-        if self.budget is None:
-            return None
+    def ensure_left(self) -> None:
+        """Raise :class:`BudgetSpent` when the budget is spent (before an evaluation starts)."""
         spent = self.exhausted()
         if spent is not None:
             raise BudgetSpent(spent)
-        left: dict[str, float] = {}
-        for name, used, held in self._held(None):
-            limit = getattr(self.budget, name)
-            if limit is not None:
-                left[name] = limit - used - held if name == "usd" else int(limit - used - held)
-        return Budget(**left, pilot=_NO_PILOT)
 
     def to_summary(self) -> dict[str, Any]:
         """Return the totals as JSON values."""

@@ -19,7 +19,7 @@ from dspex_lab.errors import OptimizerError
 from dspex_lab.journal import open_journal
 from dspex_lab.optimization._acceptance import validation_outcome
 from dspex_lab.optimization._dspy import DspyOptimizer
-from dspex_lab.optimization._spending import Spending
+from dspex_lab.optimization._spending import BudgetSpent, Spending
 from dspex_lab.stats import one_sided_p_value, paired_test
 from dspex_lab.trace.spans import encode_attributes
 
@@ -190,7 +190,12 @@ def test_the_search_stops_early_enough_for_the_confirmation_to_run() -> None:
     spending.reserve(lm_calls=30, tokens=0, cost=0.0)
     assert spending.exhausted() == "budget lm_calls=100 spent (70 used, 30 kept for the confirmation)"
     spending.release()
-    assert spending.exhausted() is None and spending.remaining().lm_calls == 30
+    assert spending.exhausted() is None
+    spending.lm_calls += 29
+    spending.ensure_left()  # 30 calls were left: one still is
+    spending.lm_calls += 1
+    with pytest.raises(BudgetSpent, match=r"budget lm_calls=100 spent \(100 used\)"):
+        spending.ensure_left()
 
 
 def test_both_bridges_accept_on_the_one_sided_p() -> None:
