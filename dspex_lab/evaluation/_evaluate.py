@@ -124,6 +124,8 @@ def _policy(
         raise ExecutionError(f"repeats must be a positive integer, got {repeats!r}")
     if not callable(metric):
         raise ExecutionError(f"metric must be callable as metric(example, prediction), got {metric!r}")
+    if budget is not None and not isinstance(budget, Budget):
+        raise ExecutionError(f"budget must be a dx.Budget (limits and a pilot), got {type(budget).__name__}")
     try:
         return RunPolicy(timeout=timeout, retry=RetryPolicy(retries=retries), max_errors=max_errors, budget=budget)
     except ValueError as error:

@@ -22,7 +22,7 @@ objects.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -330,6 +330,10 @@ class JournalReader(Protocol):
             traced_only: only trials with at least one stored span.
             with_span_counts: add a ``spans`` entry, the number of stored spans of the trial.
         """
+        ...
+
+    def trials(self, experiment_id: str, *, columns: Iterable[str] | None = None) -> Any:
+        """Return an experiment's trials (or only ``columns``) as a DataFrame, in example order, then repeat."""
         ...
 
     def trial_counts(self, experiment_id: str) -> dict[str, int]:

@@ -182,7 +182,7 @@ def check_resumable(
     An item the stored record lacks (written by an older dspex_lab) is not checked.
     """
     if previous.get("kind") != new.kind:
-        raise error(f"cannot resume {previous['id']}: it is a {previous.get('kind')}, not an {new.kind}")
+        raise error(f"cannot resume {previous['id']}: it is {_a(previous.get('kind'))}, not {_a(new.kind)}")
     if new.program_fingerprint is None:
         raise error(f"cannot resume {previous['id']}: a live DSPy module cannot be checked; resume with a dx.Program")
     before, after = identity(previous), identity(new)
@@ -192,6 +192,11 @@ def check_resumable(
                 f"cannot resume {previous['id']}: it ran with a different {what} ({_short(old)} vs "
                 f"{_short(after[what])}); resume with the same {what}"
             )
+
+
+def _a(kind: Any) -> str:
+    """Return ``kind`` with its indefinite article ("an evaluation", "a comparison")."""
+    return f"{'an' if str(kind)[:1] in 'aeiou' else 'a'} {kind}"
 
 
 def _short(value: Any) -> str:

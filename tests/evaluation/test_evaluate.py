@@ -218,3 +218,17 @@ def test_metrics_match_closed_forms():
     by_field = dx.metrics.for_field(dx.metrics.exact_match, "label")
     assert by_field(dspy.Example(label="a"), dspy.Prediction(label="A")) == 1.0
     assert np.isclose(dx.metrics.f1(gold, dspy.Prediction(answer="")), 0.0)
+
+
+def test_a_budget_that_is_not_a_budget_is_refused_before_the_run(problems, journal_path):
+    from dspex_lab.engine import BudgetTracker
+
+    with dx.Context(lm="lab/small", journal=journal_path), pytest.raises(ExecutionError, match="must be a dx.Budget"):
+        dx.evaluate(
+            PREDICT,
+            problems,
+            metric=dx.metrics.exact_match,
+            progress=False,
+            budget=BudgetTracker(dx.Budget(lm_calls=5)),
+        )
+    assert dx.open_journal(journal_path).experiment_summaries() == []

@@ -193,3 +193,12 @@ def test_an_experiment_finished_before_an_exception_keeps_its_end(journal, data)
         experiment.finish("finished")
         raise RuntimeError("after the end")
     assert journal.experiment(record.id)["status"] == "finished"
+
+
+def test_resuming_another_kind_names_both_kinds(journal, data):
+    record = record_of(data)
+    with Experiment.start(journal, record) as experiment:
+        experiment.finish("interrupted")
+    optimization = dataclasses.replace(record, kind="optimization")
+    with pytest.raises(ExecutionError, match=r"it is an evaluation, not an optimization"):
+        Experiment.resume(journal, record.id, optimization)
