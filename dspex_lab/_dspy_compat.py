@@ -629,7 +629,12 @@ def _tracker_class() -> type:
             self.on_call = on_call
             self.on_cost = on_cost
             self.usage_data = _UsageData(self)
-            self._pending = threading.local()
+            # The call each thread is waiting to see the history entry of, by thread id. Not a threading.local:
+            # the tracker lives in reference cycles (it and its meter), so a local would be freed by the garbage
+            # collector, and on CPython before 3.11.9 a collection that frees a threading.local inside
+            # sys._current_frames() (which Dask's worker profiler calls every 10 ms) deadlocks the whole process
+            # (python/cpython#106883): a Dask worker froze mid-run, holding its trials forever.
+            self._pending: dict[int, tuple[Any, Any]] = {}
 
         def __deepcopy__(self, memo: dict[int, Any]) -> Any:
             # dspy.Parallel deep-copies the tracker into each worker; sharing keeps one meter.
@@ -638,15 +643,16 @@ def _tracker_class() -> type:
         def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
             call = self.on_call(lm, usage_entry)
             # DSPy then records the call's history entry, on this thread, with this same usage object.
-            self._pending.value = (usage_entry, call)
+            self._pending[threading.get_ident()] = (usage_entry, call)
             if usage_entry:
                 super().add_usage(lm, usage_entry)
 
         def take_cost(self, entry: Any) -> None:
-            pending = getattr(self._pending, "value", None)
+            thread = threading.get_ident()
+            pending = self._pending.get(thread)
             if pending is None or not isinstance(entry, Mapping) or entry.get("usage") is not pending[0]:
                 return  # a cache hit, or an entry of a call this tracker did not count
-            self._pending.value = None
+            del self._pending[thread]
             cost = entry.get("cost")
             if isinstance(cost, (int, float)) and not isinstance(cost, bool) and math.isfinite(cost) and cost >= 0:
                 self.on_cost(pending[1], float(cost))

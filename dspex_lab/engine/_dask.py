@@ -102,6 +102,14 @@ MAX_CHUNK = 8
 # Seconds the driver waits for the results of chunks Dask reports finished before it gives up on the run
 # (fetching them normally takes milliseconds; a fetch that never returns once held a benchmark run forever).
 GATHER_TIMEOUT = 60.0
+# Seconds without any trial answered after which the driver asks the scheduler whether the run can still end,
+# and how long a worker holding the run's tasks may send the scheduler no heartbeat before it counts as frozen
+# (a worker heartbeats about every second, but a fresh one importing DSPy on a busy machine can fall silent for
+# seconds; a frozen process never again). The check runs with or without a trial timeout, so a run never waits
+# forever for a worker that will not answer.
+LIVENESS_SECONDS = 60.0
+# Task states in which the scheduler still runs, or will run, a task: the run waits for those.
+_UNDER_WAY = ("processing", "waiting", "queued", "no-worker")
 # A chunk is sized to take about this long, so a finished trial waits at most that for its
 # chunk-mates before the driver records it (and an interrupt loses no more than that).
 CHUNK_SECONDS = 0.5
@@ -161,12 +169,15 @@ class DaskExecutor:
         self.missed_callbacks = 0
         # Result fetches that did not return within GATHER_TIMEOUT (each stopped its run with an error).
         self.stalled_gathers = 0
+        # Runs ended by the liveness check: no answer for LIVENESS_SECONDS and the scheduler said none would come.
+        self.stalled_runs = 0
         # Workers restarted because a trial's thread was stuck in them, or a trial's answer never came.
         self.replaced_workers = 0
         # Trials run again alone because their worker died while they were on it.
         self.isolated_trials = 0
         self._fetcher: concurrent.futures.ThreadPoolExecutor | None = None
         self._restarter: concurrent.futures.ThreadPoolExecutor | None = None
+        self._prober: concurrent.futures.ThreadPoolExecutor | None = None
         self._restarted: dict[str, float] = {}  # worker address -> when this executor had it restarted
         self._restart_lock = threading.Lock()
         self._held_checked = 0.0  # when the workers were last asked about threads held after a stop
@@ -202,9 +213,10 @@ class DaskExecutor:
 
     def close(self) -> None:
         """Close the client if this executor made it."""
-        if self._fetcher is not None:
-            self._fetcher.shutdown(wait=False)
-            self._fetcher = None
+        for pool in (self._fetcher, self._prober):
+            if pool is not None:
+                pool.shutdown(wait=False)
+        self._fetcher = self._prober = None
         if self._restarter is not None:
             self._restarter.shutdown(wait=False)
             self._restarter = None
@@ -253,12 +265,12 @@ class DaskExecutor:
             self.replaced_workers += len(fresh)
         self._in_background(_restart_workers, self.client, fresh)
 
-    def _in_background(self, function: Callable[..., Any], *args: Any) -> None:
+    def _in_background(self, function: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
         """Run ``function`` on this executor's one background thread (restarts never block a run)."""
         with self._restart_lock:
             if self._restarter is None:
                 self._restarter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dspex-dask-restart")
-            self._restarter.submit(function, *args)
+            return self._restarter.submit(function, *args)
 
     def _gather(self, futures: list[Any]) -> dict[Any, ChunkAnswer]:
         """Return the answers of finished chunks, fetched from their workers in one round trip.
@@ -285,6 +297,22 @@ class DaskExecutor:
                 "kept: check the cluster's workers, then run again with resume="
             ) from None
         return dict(zip(futures, answers, strict=True))
+
+    def _scheduler_view(self, keys: list[str]) -> tuple[dict[str, int], dict[str, float]] | None:
+        """Return the scheduler's states of ``keys`` and, per worker processing one, seconds since its heartbeat.
+
+        None when the scheduler did not answer within :data:`LIVENESS_SECONDS` (the question is
+        left to its thread; the next one uses a new thread).
+        """
+        if self._prober is None:
+            self._prober = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dspex-dask-liveness")
+        probe = self._prober.submit(self.client.run_on_scheduler, _task_states_probe(), keys)
+        try:
+            return probe.result(timeout=LIVENESS_SECONDS)
+        except concurrent.futures.TimeoutError:
+            self._prober.shutdown(wait=False)
+            self._prober = None
+            return None
 
 
 @dataclass(frozen=True)
@@ -340,15 +368,20 @@ class _DaskRun:
         self.trial_seconds: float | None = None  # the mean wall time of the trials answered so far
         self.answered = 0
         self.requeued: dict[int, int] = {}  # submission -> times its chunk was cancelled by Dask or orphaned
+        self.answered_at = time.monotonic()  # when a trial last came back (or the run started)
+        self.checked_at = time.monotonic()  # when the liveness check last asked the scheduler
 
     def start(self, ledger: TrialLedger) -> str | None:
         """Restart workers an earlier run left a hung trial in, follow worker deaths, size the window."""
         self.ledger = ledger
         self.executor._held_checked = time.monotonic()
-        self.executor._restart_stuck_workers()
+        # Waited for, but not forever: a frozen worker never answers (the liveness check then ends the run).
+        with contextlib.suppress(concurrent.futures.TimeoutError):
+            self.executor._in_background(self.executor._restart_stuck_workers).result(timeout=LIVENESS_SECONDS)
         self.watch = _WorkerWatch(self.client)
         self.threads = self.executor.threads
         self.window = self.threads * (1 if self.timeout is not None else 2)
+        self.answered_at = self.checked_at = time.monotonic()
         return None
 
     def submit(self) -> None:
@@ -409,6 +442,8 @@ class _DaskRun:
             done = self._missed_callbacks()
         messages += self._isolated_answers(done)
         messages += self._chunk_answers(done)
+        if messages:
+            self.answered_at = time.monotonic()
         return messages
 
     def _orphans(self) -> list[Message]:
@@ -551,12 +586,45 @@ class _DaskRun:
     def expire(self) -> Sequence[Message]:
         """Give up on chunks whose worker did not answer in time; now and then, look for workers hung trials hold."""
         messages = self._expire_overdue() if self.timeout is not None else []
+        if not messages:
+            self._check_liveness()
         if time.monotonic() - self.executor._held_checked > HELD_CHECK_SECONDS:
             # An earlier run's hung trial may hold a thread this run waits for (its cancel can reach the
             # worker after the check made when that run stopped).
             self.executor._held_checked = time.monotonic()
             self.executor._in_background(self.executor._restart_stuck_workers)
         return messages
+
+    def _check_liveness(self) -> None:
+        """Stop the run when nothing came back for :data:`LIVENESS_SECONDS` and the scheduler says nothing will.
+
+        Asked of the scheduler, not of this client's view of its futures (which is what stops
+        changing when messages are lost): the run waits as long as a live worker runs its tasks
+        (a slow trial is not a stall), and stops when a worker holding them has sent no heartbeat
+        for :data:`LIVENESS_SECONDS` (a frozen process: issue 21 found a worker deadlocked in
+        CPython, python/cpython#106883), when none of its tasks is running or waiting any more
+        though their results never came, or when the scheduler does not answer.
+
+        Raises:
+            ExecutionError: the run cannot end by itself; the trials recorded so far are kept.
+        """
+        now = time.monotonic()
+        if now - self.answered_at < LIVENESS_SECONDS or now - self.checked_at < LIVENESS_SECONDS / 4:
+            return
+        keys = [str(future.key) for future in [*self.submitted, *self.isolating]]
+        if not keys:
+            return
+        view = self.executor._scheduler_view(keys)
+        self.checked_at = time.monotonic()
+        reason = stall_reason(view, len(keys), limit=LIVENESS_SECONDS)
+        if reason is None:
+            return
+        self.executor.stalled_runs += 1
+        raise ExecutionError(
+            f"no trial came back from Dask for {now - self.answered_at:.0f} s and none will: {reason} (scheduler "
+            f"{self.client.scheduler.address}); the trials recorded so far are kept: restart the cluster's workers, "
+            "then run again with resume="
+        )
 
     def _expire_overdue(self) -> list[Message]:
         """Record as timed out the trials of chunks on a worker past their timeout plus :data:`TIMEOUT_GRACE`.
@@ -620,6 +688,57 @@ class _DaskRun:
 
 
 _DONE = ("finished", "error", "cancelled")  # the states of a future that will not change any more
+
+
+def stall_reason(view: tuple[dict[str, int], dict[str, float]] | None, outstanding: int, *, limit: float) -> str | None:
+    """Return why a run that got no answer for a while can never end, from the scheduler's ``view``, or None.
+
+    Args:
+        view: the scheduler's states of the run's ``outstanding`` tasks and, per worker processing
+            one of them, seconds since its last heartbeat (None: the scheduler did not answer).
+        outstanding: how many tasks of the run the driver still waits for.
+        limit: seconds of silence after which a worker counts as frozen.
+    """
+    if view is None:
+        return f"the scheduler did not answer within {limit:g} s"
+    states, silence = view
+    frozen = sorted(address for address, seconds in silence.items() if seconds > limit)
+    if frozen:
+        quiet = max(silence[address] for address in frozen)
+        names = f"worker {frozen[0]} runs" if len(frozen) == 1 else f"workers {', '.join(frozen)} run"
+        return f"{names} this run's tasks but sent the scheduler no heartbeat for {quiet:.0f} s (frozen)"
+    if not any(states.get(state) for state in _UNDER_WAY):
+        return (
+            f"the scheduler runs none of its {outstanding} outstanding tasks ({_counts(states)}) yet their results "
+            "never reached this client"
+        )
+    return None
+
+
+def _counts(states: dict[str, int]) -> str:
+    return ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+
+
+def _task_states_probe() -> Callable[..., tuple[dict[str, int], dict[str, float]]]:
+    """Return the function the liveness check runs on the scheduler (``client.run_on_scheduler``).
+
+    Made here as a closure so it travels by value: the scheduler need not have dspex_lab installed.
+    """
+
+    def task_states(keys: list[str], dask_scheduler: Any = None) -> tuple[dict[str, int], dict[str, float]]:
+        now = time.time()
+        states: dict[str, int] = {}
+        silence: dict[str, float] = {}
+        for key in keys:
+            task = dask_scheduler.tasks.get(key)
+            state = "forgotten" if task is None else str(task.state)
+            states[state] = states.get(state, 0) + 1
+            worker = None if task is None else task.processing_on
+            if worker is not None:
+                silence[str(worker.address)] = now - float(worker.last_seen)
+        return states, silence
+
+    return task_states
 
 
 def _restart_workers(client: Any, addresses: list[str]) -> None:
