@@ -49,7 +49,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,7 +260,7 @@ def engine_floor(examples: list[Any]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and print its table; return 1 if executors disagreed on a score."""
+    """Run the benchmark and print its table; return 1 if executors disagreed on a score or a run failed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one repeat at 1/8 size")
@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             folder = Path(temporary)
             warm = list(dx.datasets.arithmetic(2 * CONCURRENCY, seed=99))
             for name in names:  # worker start-up and first-call imports are paid here, unmeasured
-                run_one(executors[name], warm, 0.0, folder, f"warm-{name}")
+                with recording_failure(measurements, "warm-up", name, 0):
+                    run_one(executors[name], warm, 0.0, folder, f"warm-{name}")
             for scenario in scenarios(scale):
                 examples = list(dx.datasets.arithmetic(scenario.examples, seed=0))
                 for repeat in range(repeats):
@@ -290,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
                     scores = {}
                     for name in order:
                         label = f"{scenario.name}-{name}-{repeat}"
-                        timing, scores[name] = run_one(executors[name], examples, scenario.latency, folder, label)
+                        with recording_failure(measurements, scenario.name, name, repeat):
+                            timing, scores[name] = run_one(executors[name], examples, scenario.latency, folder, label)
+                        if name not in scores:
+                            continue
                         if scenario.name == "latency":
                             bound = scenario.examples * scenario.latency / CONCURRENCY
                         measurements.append(
@@ -309,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                             }
                         )
                     for name in ("process", "dask"):
-                        if scores[name] != scores["thread"]:
+                        if name in scores and "thread" in scores and scores[name] != scores["thread"]:
                             disagreements.append(f"{scenario.name} repeat {repeat}: {name} differs from thread")
     finally:
         close()
@@ -317,13 +321,44 @@ def main(argv: list[str] | None = None) -> int:
     dask = executors["dask"]
     print(
         f"Dask chunks cancelled by Dask itself: {dask.cancelled_by_dask}; orphaned trials: {dask.orphaned_trials}; "
-        f"done-callbacks missed: {dask.missed_callbacks}; result fetches stalled: {dask.stalled_gathers}"
+        f"done-callbacks missed: {dask.missed_callbacks}; result fetches stalled: {dask.stalled_gathers}; "
+        f"runs ended by the liveness check: {dask.stalled_runs}"
     )
+    failures = [entry for entry in measurements if "error" in entry]
+    for entry in failures:
+        print(f"FAILED RUN: {entry['scenario']} {entry['executor']} repeat {entry['repeat']}: {entry['error']}")
     for line in disagreements:
         print("DISAGREEMENT:", line)
     if arguments.json:
         write_json(arguments.json, {"machine": machine_description(), "measurements": measurements})
-    return 1 if disagreements else 0
+    return 1 if disagreements or failures else 0
+
+
+@contextlib.contextmanager
+def recording_failure(measurements: list[dict[str, Any]], scenario: str, executor: str, repeat: int) -> Iterator[None]:
+    """Record a run that raised as a measurement with its error, and go on (the table and JSON still come out)."""
+    started = time.perf_counter()
+    try:
+        yield
+    except Exception as error:  # one failed run must not lose the others' measurements
+        measurements.append(
+            {
+                "scenario": scenario,
+                "executor": executor,
+                "repeat": repeat,
+                "seconds": time.perf_counter() - started,
+                "error": f"{type(error).__name__}: {error}",
+            }
+        )
+
+
+def measured(measurements: list[dict[str, Any]], scenario: str, executor: str) -> list[dict[str, Any]]:
+    """Return the measurements of ``executor`` in ``scenario`` (runs that failed are left out)."""
+    return [
+        entry
+        for entry in measurements
+        if entry["scenario"] == scenario and entry["executor"] == executor and "error" not in entry
+    ]
 
 
 def report(measurements: list[dict[str, Any]], scale: int) -> str:
@@ -333,20 +368,14 @@ def report(measurements: list[dict[str, Any]], scale: int) -> str:
     medians: dict[tuple[str, str], float] = {}
     cores = os.cpu_count() or 1
     ideal_efficiency = {
-        scenario_name: median_or_none(
-            [
-                entry["efficiency"]
-                for entry in measurements
-                if entry["scenario"] == scenario_name and entry["executor"] == "ideal"
-            ]
-        )
+        scenario_name: median_or_none([entry["efficiency"] for entry in measured(measurements, scenario_name, "ideal")])
         for scenario_name in by_scenario
     }
     notes = []
     for (scenario_name, scenario), name in (
         (item, name) for item in by_scenario.items() for name in ("thread", "process", "dask", "ideal")
     ):
-        chosen = [entry for entry in measurements if entry["scenario"] == scenario_name and entry["executor"] == name]
+        chosen = measured(measurements, scenario_name, name)
         if not chosen:
             continue
         efficiency = median_or_none([entry["efficiency"] for entry in chosen])
