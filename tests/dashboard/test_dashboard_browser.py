@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Read at import: the suite's autouse fixture removes every DSPEX_* variable before each test runs.
 ARTIFACTS = os.environ.get("DSPEX_ARTIFACTS")
+GUARD_MS = 120_000  # the longest any wait for the page may take before the test fails as hung
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed"),
@@ -97,7 +97,7 @@ def served(journal: dict, tmp_path: Path):
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
             try:
-                process.wait(timeout=15)
+                process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
@@ -115,38 +115,37 @@ def test_every_page_loads_shows_the_journal_and_follows_a_writer(served, tmp_pat
     with playwright.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=[*arguments, "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1300, "height": 900})
+        # Hang guards only, generous for a loaded machine: each wait below is for what the page must show.
+        page.set_default_timeout(GUARD_MS)
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto(served["url"])
 
-        page.wait_for_selector("text=experiments shown", timeout=30_000)
+        page.wait_for_selector("text=experiments shown")
         for name in ("qa-predict", "qa-cot", "qa-opt (simba-c)"):
             assert page.get_by_text(name, exact=True).count() >= 1, name
         page.screenshot(path=tmp_path / "experiments.png", full_page=True)
 
         page.get_by_text("Compare", exact=True).first.click()
         comparison = served["comparison"]
-        page.wait_for_selector(f"text=b - a = {comparison.difference:+.3f}", timeout=10_000)
+        page.wait_for_selector(f"text=b - a = {comparison.difference:+.3f}")
         low, high = comparison.ci
         assert page.get_by_text(f"[{low:+.3f}, {high:+.3f}]".replace("-0.000", "+0.000"), exact=False).count() == 1
         page.screenshot(path=tmp_path / "compare.png", full_page=True)
 
         page.get_by_text("Trace", exact=True).first.click()
-        page.wait_for_selector("table.dspex-trace", timeout=10_000)
+        page.wait_for_selector("table.dspex-trace")
         assert page.locator("tr.dspex-span").count() >= 5
         assert page.get_by_text("trials 1 to 24 of 24").count() == 1
         page.get_by_text("arith-4-3/r0", exact=True).first.click()  # another trial's row
-        page.wait_for_selector("text=Trial arith-4-3/r0", timeout=10_000)
+        page.wait_for_selector("text=Trial arith-4-3/r0")
         page.screenshot(path=tmp_path / "trace.png", full_page=True)
 
         page.get_by_text("Optimization", exact=True).first.click()
-        page.wait_for_timeout(1500)
-        canvases = page.locator("canvas")
-        assert canvases.count() >= 4
+        page.locator("canvas").nth(3).wait_for(state="attached")  # four plots drawn (in Bokeh's shadow roots)
         page.screenshot(path=tmp_path / "optimization.png", full_page=True)
 
         page.get_by_text("Experiments", exact=True).first.click()
-        started = time.monotonic()
         writer = subprocess.run(
             [sys.executable, "-c", textwrap.dedent(WRITER), str(served["path"])],
             capture_output=True,
@@ -154,14 +153,12 @@ def test_every_page_loads_shows_the_journal_and_follows_a_writer(served, tmp_pat
             timeout=60,
         )
         assert writer.returncode == 0, writer.stderr
-        page.wait_for_selector("text=fresh-from-kernel", timeout=12_000)
-        waited = time.monotonic() - started
+        page.wait_for_selector("text=fresh-from-kernel")  # the page follows the writer without a reload
         page.screenshot(path=tmp_path / "refreshed.png", full_page=True)
         browser.close()
 
     for name in ("experiments", "compare", "trace", "optimization", "refreshed"):
         keep(tmp_path / f"{name}.png")
     assert errors == []
-    assert waited < 60
     served["process"].send_signal(signal.SIGINT)
-    assert served["process"].wait(timeout=15) == 0
+    assert served["process"].wait(timeout=60) == 0  # a hang guard: Ctrl-C ends the server cleanly
