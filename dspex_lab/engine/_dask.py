@@ -24,6 +24,15 @@ with a thread stuck there (a metric that never returns) is restarted through its
 (``client.restart_workers``), as is the worker of a trial whose answer never came. A
 chunk whose death the driver did not see fails with ``KilledWorker`` once the scheduler has
 run it on ``allowed-failures`` + 1 workers; its trials become suspects too.
+
+A run never waits forever. When no trial has come back for :data:`LIVENESS_SECONDS`, the
+driver asks the scheduler (``client.run_on_scheduler``), not its own view of the futures,
+whether the run can still end: a worker holding the run's tasks that has sent no heartbeat
+for as long is frozen (issue 21 found one deadlocked inside CPython), tasks that are no
+longer running or waiting but whose results never reached the client will never come, and
+a scheduler that does not answer cannot say; each ends the run with one
+:class:`~dspex_lab.errors.ExecutionError`, the trials recorded so far kept for ``resume=``.
+A slow trial on a live worker is waited for.
 """
 
 from __future__ import annotations
