@@ -229,6 +229,23 @@ def check_cancelled(journal_path, widget: dx.RunProgress) -> None:
     assert 0 < experiment.n_trials == widget.done < SLOW_TRIALS
 
 
+def when_trials_done(widget: dx.RunProgress, count: int, action: Any) -> threading.Thread:
+    """Start a thread that calls ``action`` once the widget shows ``count`` trials done.
+
+    A loaded machine may take seconds to finish the first trials; a fixed timer could cancel before any.
+    """
+
+    def wait_then_act() -> None:
+        deadline = time.monotonic() + 60  # a hang guard only
+        while widget.done < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        action()
+
+    thread = threading.Thread(target=wait_then_act)
+    thread.start()
+    return thread
+
+
 def check_stopped_at_once(asked: list[tuple[float, int]], stopped: float, widget: dx.RunProgress) -> None:
     """The run stopped within the trials in flight when Cancel came, counted in trials, not seconds."""
     ((asked_at, done_then),) = asked
@@ -246,8 +263,7 @@ def test_cancel_from_another_thread_interrupts_the_run_at_once(journal_path):
         asked.append((time.monotonic(), widget.done))
         assert widget.cancel() is True
 
-    timer = threading.Timer(1.0, click)
-    timer.start()
+    timer = when_trials_done(widget, 2, click)
     stopped = slow_run(journal_path, widget)
     timer.join()
     check_stopped_at_once(asked, stopped, widget)
@@ -297,8 +313,7 @@ def test_cancel_arriving_on_the_kernels_shell_channel_thread_stops_the_run(journ
         asked.append((time.monotonic(), widget.done))
         assert widget.comm._reply_subshell_for(message, None) is None  # routed on as before
 
-    timer = threading.Timer(1.0, shell_channel_thread)
-    timer.start()
+    timer = when_trials_done(widget, 2, shell_channel_thread)
     stopped = slow_run(journal_path, widget)
     timer.join()
     check_stopped_at_once(asked, stopped, widget)
