@@ -16,7 +16,7 @@ import json
 import math
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ from dspex_lab.errors import JournalError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["STALE_HEARTBEAT_SECONDS", "DuckDBStore"]
+__all__ = ["STALE_HEARTBEAT_SECONDS", "DuckDBStore", "keeping_interrupts", "raise_if_interrupted"]
 
 # A running experiment whose heartbeat is older than this is shown as interrupted.
 STALE_HEARTBEAT_SECONDS = 15.0
@@ -96,6 +96,31 @@ class DuckDBStore(abc.ABC):
                 return connection.execute(query, list(parameters)).df()
             except duckdb.Error as error:
                 raise JournalError(f"query failed on {self.location}: {error}") from error
+
+
+def raise_if_interrupted(error: BaseException) -> None:
+    """Raise KeyboardInterrupt if ``error``, or what caused it, is DuckDB reporting a Ctrl-C it caught.
+
+    DuckDB's Python client watches for a pending interrupt while it works and, finding one, consumes
+    it and raises ``RuntimeError('Query interrupted')``. Turned into a JournalError, the user's stop
+    button (a notebook interrupt, Ctrl-C) would be lost: a caller that tolerates journal errors
+    (a warning's lookup before a run) would carry on as if nothing had been asked.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, RuntimeError) and "Query interrupted" in str(seen):
+            raise KeyboardInterrupt("interrupted during a journal query") from error
+        seen = seen.__cause__
+
+
+@contextlib.contextmanager
+def keeping_interrupts() -> Iterator[None]:
+    """Give back, as KeyboardInterrupt, an interrupt DuckDB consumed in the block (see raise_if_interrupted)."""
+    try:
+        yield
+    except Exception as error:
+        raise_if_interrupted(error)
+        raise
 
 
 def _now() -> datetime:

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import duckdb
 
 from dspex_lab.errors import JournalError
-from dspex_lab.journal._base import DuckDBStore
+from dspex_lab.journal._base import DuckDBStore, keeping_interrupts, raise_if_interrupted
 from dspex_lab.journal._schema import SCHEMA_VERSION, current_version, ensure_schema
 from dspex_lab.journal._service import (
     JournalService,
@@ -225,7 +225,7 @@ class FileAccess(DuckDBStore):
 
     @contextlib.contextmanager
     def _read_only(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with _process_lock:
+        with _process_lock, keeping_interrupts():
             closer = _closing.pop(self.path, None)
             if closer is not None:
                 closer.join()
@@ -278,6 +278,7 @@ class FileAccess(DuckDBStore):
                         connection = duckdb.connect(str(self.path), read_only=True)
                     return connection
                 except duckdb.Error as error:
+                    raise_if_interrupted(error)
                     if not _is_lock_conflict(error):
                         if "not a valid DuckDB database" in str(error) or "Corrupt" in str(error):
                             raise JournalError(
@@ -298,6 +299,7 @@ class FileAccess(DuckDBStore):
                     time.sleep(delay)
                     delay = min(delay * 1.5, 0.2)
                 except RuntimeError as error:
+                    raise_if_interrupted(error)
                     raise JournalError(f"cannot open journal {self.path}: {error}") from error
         finally:
             if marker is not None:
@@ -327,7 +329,7 @@ class FileAccess(DuckDBStore):
     @contextlib.contextmanager
     def _connect(self, *, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
         start = time.perf_counter()
-        with _process_lock:
+        with _process_lock, keeping_interrupts():
             held = _held.get(self.path)
             closer = _closing.pop(self.path, None)
             if closer is not None:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import duckdb
 
+from dspex_lab.journal._base import keeping_interrupts
 from dspex_lab.journal._experiments import ExperimentQueries
 from dspex_lab.journal._optimization import OptimizationQueries
 from dspex_lab.journal._schema import ensure_schema
@@ -75,7 +76,7 @@ class MemoryJournal(ExperimentQueries, TrialQueries, OptimizationQueries, ViewQu
     @contextlib.contextmanager
     def _connect(self, *, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
         # One call at a time: two writers updating one experiment's totals at once would conflict.
-        with self._lock:
+        with self._lock, keeping_interrupts():
             cursor = self._database.cursor()
             try:
                 yield cursor
@@ -85,7 +86,7 @@ class MemoryJournal(ExperimentQueries, TrialQueries, OptimizationQueries, ViewQu
     @contextlib.contextmanager
     def _read_only(self) -> Iterator[duckdb.DuckDBPyConnection]:
         # An in-memory database cannot be opened read-only: whatever the query does is rolled back.
-        with self._lock:
+        with self._lock, keeping_interrupts():
             cursor = self._database.cursor()
             try:
                 cursor.execute("BEGIN TRANSACTION")
