@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,11 @@ def clean_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[
     # An in-process IPython shell (the magics tests) installs its own __main__, a module without __spec__,
     # and multiprocessing's spawn (process pools, Dask's LocalCluster) then fails in every later test.
     saved_main = sys.modules["__main__"]
+    # Every test starts with Python's own Ctrl-C handler: a server or cluster started by an earlier test may have
+    # replaced it (then a simulated interrupt, _thread.interrupt_main, does nothing and an interrupt test hangs).
+    saved_interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
+    signal.signal(signal.SIGINT, saved_interrupt)
     dspy.configure(lm=saved_lm)
     sys.modules["__main__"] = saved_main
 
