@@ -214,18 +214,18 @@ class Experiment:
 
         ``sinks`` hear every event after the trial is recorded here.
         """
-        todo = [task for task in tasks if (task.example_id, task.repeat) not in self._recorded]
-        if todo:
+        missing = [task for task in tasks if (task.example_id, task.repeat) not in self._recorded]
+        if missing:
             self._insert()
         return run_trials(
-            todo,
+            missing,
             runner,
             executor=executor,
             policy=policy,
             sinks=[self._on_event, *sinks],
             run_id=self.id,
             name=self.name,
-            already_done=len(tasks) - len(todo),
+            already_done=len(tasks) - len(missing),
             is_priced=is_priced,
         )
 
