@@ -17,12 +17,14 @@ if TYPE_CHECKING:
     from dspex_lab.notebook._trace_viewer import TraceViewer
     from dspex_lab.notebook._widgets_browser import ExperimentBrowser
     from dspex_lab.notebook._widgets_controls import VariableControls
+    from dspex_lab.notebook._widgets_convergence import LiveConvergenceWidget
     from dspex_lab.notebook._widgets_progress import RunProgress, show_run_progress
 
 __all__ = [
     "Dashboard",
     "DashboardServer",
     "ExperimentBrowser",
+    "LiveConvergenceWidget",
     "RunProgress",
     "TraceViewer",
     "VariableControls",
@@ -42,6 +44,7 @@ __getattr__, __dir__ = lazy_exports(
         "TraceViewer": "dspex_lab.notebook._trace_viewer",
         "ExperimentBrowser": "dspex_lab.notebook._widgets_browser",
         "VariableControls": "dspex_lab.notebook._widgets_controls",
+        "LiveConvergenceWidget": "dspex_lab.notebook._widgets_convergence",
         "RunProgress": "dspex_lab.notebook._widgets_progress",
         "show_run_progress": "dspex_lab.notebook._widgets_progress",
     },

@@ -232,13 +232,10 @@ class DspexMagics(Magics):
             budget = Budget(lm_calls=args.max_lm_calls, usd=args.max_usd)
         subscribers = []
         if args.live:
-            from IPython.display import display
+            from dspex_lab.notebook._widgets_convergence import LiveConvergenceWidget
 
-            from dspex_lab.optimization import LiveConvergence
-
-            live = LiveConvergence()
-            subscribers.append(live)
-            display(live.layout)
+            # It displays itself at the first step, below the run's progress and its Cancel button.
+            subscribers.append(LiveConvergenceWidget())
         result = optimize(
             program, train, val, metric=metric, optimizer=optimizer, budget=budget, seed=args.seed,
             name=args.name, subscribers=subscribers, progress=not args.no_progress,
