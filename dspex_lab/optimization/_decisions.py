@@ -4,8 +4,12 @@ Every step of a run is stored as a trace ``step-N`` in the run's experiment: a r
 (kind ``decision``, named ``step N``) open from the step's start to its end, and beneath it, in
 the order they were made, the step's decisions (``propose c3``, ``accepted c3``: kind
 ``decision``) and the evaluations they caused (``screen c3``, ``validate c3``, ``compile SIMBA``:
-kind ``evaluation``), each with the time it happened. ``dspex trace <run> step-1`` and the trace
-viewer show them; their attributes hold the numbers behind each decision.
+kind ``evaluation``), each timed around the work it stands for: an evaluation from its first trial
+to its last, a proposal from when its making began to when it was made, and the step's outcome
+from when its last input (the last evaluation) was ready to when it was decided. A span read as
+"0 µs" is a decision whose work was not timed (a candidate read back from the journal on resume,
+or one the DSPy bridge takes from its compile, which is timed as a whole). ``dspex trace <run>
+step-1`` and the trace viewer show them; their attributes hold the numbers behind each decision.
 
 :class:`DecisionTrace` is the one builder of these spans: SIMBA-C and the DSPy bridge record
 into it, and the run's session stores the spans it returns when the step closes.
@@ -81,11 +85,11 @@ class DecisionTrace:
                 outcome was known (a validation whose test is corrected across the step).
         """
         end = now_ns() if end_ns is None else end_ns
-        self._entries.append(_Entry(kind, name, attributes, end if start_ns is None else start_ns, end))
+        self._entries.append(_Entry(kind, name, attributes, end if start_ns is None else min(start_ns, end), end))
 
-    def decide(self, name: str, **attributes: Any) -> None:
-        """Record a decision made now."""
-        self.add("decision", name, attributes)
+    def decide(self, name: str, *, since_ns: int | None = None, **attributes: Any) -> None:
+        """Record a decision made now; with ``since_ns``, one whose work (a proposal's LM calls) began then."""
+        self.add("decision", name, attributes, start_ns=since_ns)
 
     @contextlib.contextmanager
     def evaluation(self, name: str) -> Iterator[dict[str, Any]]:
@@ -101,9 +105,14 @@ class DecisionTrace:
             self.add("evaluation", name, attributes, start_ns=started)
 
     def conclude(self, decision: str, *, name: str | None = None) -> None:
-        """Record the step's outcome (``accepted c3: ...``), by default named by the text before its colon."""
+        """Record the step's outcome (``accepted c3: ...``), by default named by the text before its colon.
+
+        The outcome is timed from the end of the step's latest entry (its last evaluation: the
+        outcome's last input) to now, so the tests and the choice it took show as its duration.
+        """
         self.decision = decision
-        self.decide(name or decision.split(":")[0], decision=decision)
+        since = max((entry.end_ns for entry in self._entries), default=self._start_ns)
+        self.decide(name or decision.split(":")[0], since_ns=since, decision=decision)
 
     def close(self) -> list[Span]:
         """End the step's root span now and return the trace's spans, the root first."""

@@ -257,6 +257,8 @@ class SimbaCRun:
         self.pool_scores: dict[str, list[float]] = {}
         self.ledger = EffectLedger()
         self.moves: dict[str, tuple[str, str]] = {}
+        # When each fresh proposal's making began and ended (its decision span's times); read-back ones have none.
+        self.proposal_times: dict[str, tuple[int, int]] = {}
         self.steps: list[StepRecord] = []
         self.status = "running"
         self.detail: str | None = None
@@ -371,8 +373,10 @@ class SimbaCRun:
                 self._screen(step, candidate)
         merged = next((candidate for candidate in proposed if candidate.strategy == "merge"), None)
         if merged is None and "merge" in self.optimizer.strategies:
+            started = now_ns()
             merged = self._merge(step.number, [candidate for _, candidate in step.shortlisted], step.gains)
             if merged is not None:
+                self.proposal_times[merged.id] = (started, now_ns())
                 self.session.record_candidates([merged])
                 self._adopt([merged], step.trace)
         if merged is not None:
@@ -491,12 +495,18 @@ class SimbaCRun:
                 move = move_between(parent.program, candidate.program, mutable_variables(parent.program, self.slots))
                 if move is not None:
                     self.moves[candidate.id] = move
-            trace.decide(
+            started, made = self.proposal_times.pop(candidate.id, (None, None))
+            trace.add(
+                "decision",
                 f"propose {candidate.id}",
-                candidate=candidate.id,
-                parent=candidate.parent_id,
-                strategy=candidate.strategy,
-                rationale=candidate.rationale,
+                {
+                    "candidate": candidate.id,
+                    "parent": candidate.parent_id,
+                    "strategy": candidate.strategy,
+                    "rationale": candidate.rationale,
+                },
+                start_ns=started,
+                end_ns=made,
             )
 
     def _catch_up(self, journaled: dict[str, Any]) -> None:
@@ -637,6 +647,7 @@ class SimbaCRun:
         seen = {candidate.program.fingerprint for candidate in self.candidates.values()}
         proposed: list[Candidate] = []
         attempts = 0
+        started = now_ns()  # each proposal is timed from the end of the previous one (its failed tries included)
         while len(proposed) < optimizer.num_candidates and attempts < 4 * optimizer.num_candidates and buckets:
             bucket = buckets[attempts % len(buckets)]
             attempts += 1
@@ -664,6 +675,9 @@ class SimbaCRun:
                     rationale,
                 )
             )
+            made_ns = now_ns()
+            self.proposal_times[proposed[-1].id] = (started, made_ns)
+            started = made_ns
         return proposed
 
     def _make(

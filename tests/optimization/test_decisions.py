@@ -28,9 +28,11 @@ def test_spans_carry_the_times_their_decisions_and_evaluations_happened() -> Non
     assert (propose.kind, decision.kind, screen.kind) == ("decision", "decision", "evaluation")
     assert decision.name == "accepted c4" and decision.attributes == {"decision": "accepted c4: t p=0.01"}
     assert screen.attributes == {"mean": 0.75}
-    # A decision is an instant; an evaluation lasts as long as its block ran; the root encloses them all.
+    # A decision without its work timed is an instant; an evaluation lasts as long as its block ran; the
+    # outcome lasts from its last input (the screening's end) to its making; the root encloses them all.
     assert propose.start_ns == propose.end_ns <= proposed <= screen.start_ns
-    assert screen.end_ns - screen.start_ns >= 20_000_000 and screen.end_ns <= screened <= decision.start_ns
+    assert screen.end_ns - screen.start_ns >= 20_000_000 and screen.end_ns <= screened <= decision.end_ns
+    assert decision.start_ns == screen.end_ns
     assert root.start_ns <= propose.start_ns and root.end_ns >= decision.end_ns
 
 
@@ -56,3 +58,26 @@ def test_a_failing_evaluation_is_recorded_with_what_it_had() -> None:
         pass
     _, screen = trace.close()
     assert screen.name == "screen c9" and screen.attributes == {"candidate": "c9"}
+
+
+def test_a_decision_is_timed_around_its_work_and_the_outcome_from_its_last_input() -> None:
+    trace = DecisionTrace("run", 1)
+    started = now_ns()
+    time.sleep(0.01)  # the proposal's LM calls
+    trace.decide("propose c1", since_ns=started, candidate="c1")
+    with trace.evaluation("validate c1"):
+        time.sleep(0.005)
+    time.sleep(0.01)  # the paired tests and Holm's correction
+    trace.conclude("accepted c1: t p=0.01")
+    _, propose, validate, accepted = trace.close()
+    assert propose.start_ns == started and propose.end_ns - propose.start_ns >= 10_000_000
+    assert propose.attributes == {"candidate": "c1"}
+    assert accepted.start_ns == validate.end_ns and accepted.end_ns - accepted.start_ns >= 10_000_000
+
+
+def test_a_span_never_ends_before_it_starts() -> None:
+    trace = DecisionTrace("run", 1)
+    later = now_ns() + 10_000_000_000
+    trace.decide("propose c1", since_ns=later)
+    _, propose = trace.close()
+    assert propose.start_ns == propose.end_ns < later

@@ -108,6 +108,9 @@ def test_each_decision_is_an_orchestration_span_above_the_evaluations_it_caused(
     spans = context.journal.spans(result.run_id, "step-1")
     proposals = [span for span in spans if span.name.startswith("propose")]
     assert proposals and all(span.kind == "decision" for span in proposals)
+    # Timed around their making, and the step's outcome around its tests: none reads "0 µs".
+    outcome = next(span for span in spans if span.name.startswith(("accepted", "rejected")))
+    assert all(span.end_ns > span.start_ns for span in [*proposals, outcome])
     assert all("rationale" in span.json_attributes for span in proposals)
     screens = [span for span in spans if span.name.startswith("screen")]
     for span in screens:
