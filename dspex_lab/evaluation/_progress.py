@@ -9,9 +9,8 @@ they get :class:`TqdmProgress` (text in terminals).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 from dspex_lab import _hooks
 from dspex_lab.engine import RunFinished, RunStarted, TrialFinished
@@ -47,12 +46,23 @@ class TqdmProgress:
 
     The live ``mean`` is the mean score of the trials scored so far in this run (failed trials are counted
     in ``errors``, never averaged in); each run the display receives starts it afresh.
+
+    The mean is set on every trial, before the bar counts it: tqdm draws a postfix set with
+    ``refresh=False`` only at its next redraw, and a redraw happens inside ``update`` when the bar
+    decides to. Set after ``update`` (and, as before, at most once per refresh period), the postfix a
+    redraw showed was the one set at an earlier redraw, often from the first trial of a burst: a run
+    whose trials finish in bursts showed ``mean=0.000`` at 50/200. Set before it, every line drawn
+    shows the mean of exactly the trials it counts.
+
+    Args:
+        refresh_seconds: the least time between two redraws of the bar (tqdm's ``mininterval``).
+        file: where a text bar is written (default: tqdm's, the standard error).
     """
 
-    def __init__(self, *, refresh_seconds: float = 0.2) -> None:
+    def __init__(self, *, refresh_seconds: float = 0.1, file: TextIO | None = None) -> None:
         self._bar: Any = None
-        self._refresh_seconds = refresh_seconds
-        self._last_postfix = 0.0
+        self._refresh_seconds = max(float(refresh_seconds), 0.0)
+        self._file = file
         self._scores = 0.0
         self._scored = 0
 
@@ -63,7 +73,6 @@ class TqdmProgress:
 
             self._scores = 0.0
             self._scored = 0
-
             self._bar = tqdm(
                 total=event.total,
                 initial=event.already_done,
@@ -71,21 +80,25 @@ class TqdmProgress:
                 unit="trial",
                 dynamic_ncols=True,
                 leave=True,
+                file=self._file,
+                mininterval=self._refresh_seconds,
+                # A fixed one (not tqdm's adaptive count) so a burst of fast trials never holds back the
+                # redraws of the slower ones after it.
+                miniters=1,
             )
-            # A mean over the first one or two trials says nothing; wait one refresh period.
-            self._last_postfix = time.monotonic()
         elif isinstance(event, TrialFinished) and self._bar is not None:
             if event.result.score is not None:
                 self._scores += event.result.score
                 self._scored += 1
+            # Cheap (a dict and a string), so set on every trial; drawn by the update below if it redraws.
+            self._bar.set_postfix(mean=self._mean(), errors=event.n_errors, refresh=False)
             self._bar.update(1)
-            now = time.monotonic()
-            if now - self._last_postfix > self._refresh_seconds:
-                self._last_postfix = now
-                mean = self._scores / self._scored if self._scored else float("nan")
-                self._bar.set_postfix(mean=f"{mean:.3f}", errors=event.n_errors, refresh=False)
         elif isinstance(event, RunFinished) and self._bar is not None:
-            mean = self._scores / self._scored if self._scored else float("nan")
-            self._bar.set_postfix(mean=f"{mean:.3f}", errors=event.n_errors, status=event.status, refresh=False)
+            self._bar.set_postfix(mean=self._mean(), errors=event.n_errors, status=event.status, refresh=False)
             self._bar.close()
             self._bar = None
+
+    def _mean(self) -> str:
+        """Return the running mean of the scored trials, as the bar shows it."""
+        mean = self._scores / self._scored if self._scored else float("nan")
+        return f"{mean:.3f}"

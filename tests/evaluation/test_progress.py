@@ -1,5 +1,8 @@
 """The progress bar's live mean is the mean of the trials scored so far in the run it shows."""
 
+import io
+import re
+import time
 from typing import ClassVar
 
 import pytest
@@ -78,3 +81,45 @@ def test_each_run_starts_its_mean_afresh(bars):
     run(progress, "first", [1.0, 1.0])
     run(progress, "second", [0.0, 0.0])
     assert bars[1].postfixes[-1]["mean"] == "0.000"
+
+
+def shown_lines(stream) -> list[tuple[int, str]]:
+    """Return (trials counted, mean shown) for every redraw of a text bar that shows a mean."""
+    found = []
+    for line in stream.getvalue().replace("\r", "\n").splitlines():
+        counted = re.search(r"\| (\d+)/\d+ \[", line)
+        mean = re.search(r"mean=([0-9.]+|nan)", line)
+        if counted and mean:
+            found.append((int(counted.group(1)), mean.group(1)))
+    return found
+
+
+def test_every_redraw_of_a_text_bar_shows_the_mean_of_the_trials_it_counts():
+    # Bursts of trials, as threads finish them: the bar used to show the mean set at an earlier redraw,
+    # which was often the first trial's alone (mean=0.000 at 50/200).
+    scores = [0.0] * 3 + [1.0, 0.0, 1.0, 1.0] * 12
+    stream = io.StringIO()
+    progress = TqdmProgress(refresh_seconds=0.02, file=stream)
+    progress(RunStarted(run_id="r", name="r", total=len(scores)))
+    for done, score in enumerate(scores, start=1):
+        if done % 10 == 1:
+            time.sleep(0.03)  # a pause between bursts: the next trial redraws the bar
+        progress(TrialFinished(run_id="r", result=trial(done, score), done=done, total=len(scores), n_errors=0))
+    progress(RunFinished(run_id="r", status="finished", done=51, total=51, n_errors=0, wall_seconds=1.0))
+    shown = shown_lines(stream)
+    assert len({counted for counted, _ in shown}) >= 5  # several redraws in the middle of the run, not only the last
+    for counted, mean in shown:
+        assert mean == f"{sum(scores[:counted]) / counted:.3f}", f"at {counted}/{len(scores)}"
+    assert shown[-1] == (len(scores), f"{sum(scores) / len(scores):.3f}")
+
+
+def test_the_mean_after_n_trials_is_the_running_mean_when_every_trial_redraws():
+    scores = [0.0, 1.0, 1.0, 0.5, None, 1.0]
+    stream = io.StringIO()
+    run(TqdmProgress(refresh_seconds=0, file=stream), "r", scores)
+    scored = [score for score in scores if score is not None]
+    means = dict(shown_lines(stream))
+    for counted in range(1, len(scores) + 1):
+        seen = [score for score in scores[:counted] if score is not None]
+        assert means[counted] == f"{sum(seen) / len(seen):.3f}"
+    assert means[len(scores)] == f"{sum(scored) / len(scored):.3f}"
