@@ -20,7 +20,7 @@ import numpy as np
 
 from dspex_lab.optimization._evaluator import Scores
 from dspex_lab.optimization._space import Candidate
-from dspex_lab.stats import PairedTest, holm, one_sided_p_value, paired_test
+from dspex_lab.stats import PairedTest, holm, one_sided_p_value, paired_test, score_interval
 
 __all__ = ["Judged", "finite", "judge", "mean_and_interval", "one_sided", "validation_outcome"]
 
@@ -34,17 +34,17 @@ def finite(value: Any) -> float | None:
 
 
 def mean_and_interval(scores: dict[str, float]) -> tuple[float | None, float | None, float | None]:
-    """Return the mean of per-example scores and its 95% Student-t interval (None where undefined)."""
+    """Return the mean of per-example scores and its 95% interval (None where undefined).
+
+    The interval is :func:`dspex_lab.stats.score_interval`'s (Wilson for 0/1 scores, Student t
+    otherwise), the rule of every view: a step's best and a candidate's validation interval are the
+    ones the run's result, the progress display and the leaderboard show for the same trials.
+    """
     values = np.array(list(scores.values()), dtype=float)
     if values.size == 0:
         return None, None, None
-    mean = float(values.mean())
-    if values.size < 2:
-        return mean, None, None
-    from scipy import stats
-
-    half = float(stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size))
-    return mean, mean - half, mean + half
+    interval = score_interval(values)
+    return float(values.mean()), finite(interval.low), finite(interval.high)
 
 
 def one_sided(test: PairedTest | None) -> float:

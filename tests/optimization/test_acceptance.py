@@ -7,6 +7,7 @@ import math
 import pytest
 from oracle import oracle_program
 from scipy import stats
+from statsmodels.stats.proportion import proportion_confint
 
 from dspex_lab.optimization._acceptance import judge, mean_and_interval, one_sided
 from dspex_lab.optimization._evaluator import Scores
@@ -44,8 +45,15 @@ def test_a_step_is_judged_on_one_sided_p_values_corrected_together() -> None:
     mean, low, high = mean_and_interval(better.by_example)
     assert (first.outcome["mean"], first.outcome["ci_low"], first.outcome["ci_high"]) == (mean, low, high)
     assert mean == pytest.approx(35 / 40)
-    half = stats.t.ppf(0.975, 39) * stats.tstd(list(better.by_example.values())) / math.sqrt(40)
-    assert high - mean == pytest.approx(half)
+    # 0/1 scores: Wilson's interval, the one the result and every view show for the same trials.
+    assert (low, high) == pytest.approx(proportion_confint(35, 40, alpha=0.05, method="wilson"))
+
+
+def test_a_graded_candidates_interval_is_students_t() -> None:
+    scores = {key: (index % 5) / 4 for index, key in enumerate(IDS)}
+    mean, low, high = mean_and_interval(scores)
+    half = stats.t.ppf(0.975, 39) * stats.tstd(list(scores.values())) / math.sqrt(40)
+    assert (low, high) == pytest.approx((mean - half, mean + half))
 
 
 def test_a_candidate_that_fails_too_often_is_not_accepted_whatever_its_p() -> None:
