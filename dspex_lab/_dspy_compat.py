@@ -23,37 +23,25 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import dataclasses
 import functools
-import importlib
-import inspect
 import logging
 import math
-import sys
 import threading
-import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 __all__ = [
     "CURRENT_CALL_ID",
     "CURRENT_CALL_ID_FOUND",
-    "INTERPRETER_OPERATIONS",
     "METERING_SETTING_NAMES",
     "WRITTEN_FOR",
-    "CallbackSurface",
     "DspyInternalsChangedError",
     "MeteringHooks",
     "active_patches",
-    "callback_handler_kind",
-    "callback_surface",
-    "callback_wrapped_function",
-    "callback_wrapper_target",
     "gated_lm_copy",
     "keep_inherited_callback_wrappers",
     "lm_call_usage",
     "lm_takes_request_timeout",
-    "other_callbacks_active",
     "provider_map_rates",
     "quiet_parallel_progress",
     "replace_class_attribute",
@@ -131,7 +119,7 @@ def active_patches() -> dict[str, str]:
     return {f"{owner.__module__}.{owner.__qualname__}.{name}": reason for (owner, name), reason in items}
 
 
-# --- the active call id (trace/recorder.py, trace/dispatch.py) -----------------------------------------------------
+# --- the active call id (trace/recorder.py) ------------------------------------------------------------------------
 
 
 def _find_current_call_id() -> tuple[contextvars.ContextVar[Any], bool]:
@@ -157,252 +145,11 @@ def _find_current_call_id() -> tuple[contextvars.ContextVar[Any], bool]:
 #: ``dspy.Parallel`` binds it into its worker threads. Why private: DSPy's callbacks receive
 #: the call's own id but never its parent's, and a span tree needs the parent.
 #: Fallback: a context variable of dspex_lab's own (a warning is logged); spans then nest
-#: under dspex scopes only, and direct dispatch is refused (``callback_surface``).
+#: under dspex scopes only, and the calls of ``dspy.Parallel``'s workers are not attributed.
 CURRENT_CALL_ID, CURRENT_CALL_ID_FOUND = _find_current_call_id()
 
 
-# --- callback dispatch (trace/dispatch.py) --------------------------------------------------------------------------
-
-#: Where DSPy 3.x keeps the per-context settings that ``dspy.context`` writes and
-#: ``with_callbacks`` reads. A (module, attribute) that moved makes ``callback_surface`` refuse.
-SETTINGS_MODULE = "dspy.dsp.utils.settings"
-OVERRIDES_NAME = "thread_local_overrides"
-MAIN_CONFIG_NAME = "main_thread_config"
-CALLBACK_MODULE = "dspy.utils.callback"
-
-#: A code interpreter's method name -> its handler kind, as DSPy maps them (``dspy.utils.callback``).
-INTERPRETER_OPERATIONS = {
-    "execute": "interpreter_execute",
-    "invoke_tool": "interpreter_tool_call",
-    "start": "interpreter_startup",
-    "shutdown": "interpreter_shutdown",
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class CallbackSurface:
-    """The private parts of DSPy that direct dispatch reads, resolved and checked once.
-
-    Attributes:
-        overrides: ``dspy.dsp.utils.settings.thread_local_overrides``, the context variable
-            holding what ``dspy.context`` set in this context.
-        main_config: ``dspy.dsp.utils.settings.main_thread_config``, what ``dspy.configure`` set.
-        wrapper_codes: the code objects of ``with_callbacks``'s sync and async wrappers.
-    """
-
-    overrides: contextvars.ContextVar[dict[str, Any]]
-    main_config: Any
-    wrapper_codes: frozenset[types.CodeType]
-
-
-def callback_surface(probe_setting: str) -> CallbackSurface | str:
-    """Find and check DSPy's private callback surface; return it, or why it cannot be used.
-
-    Relies on (DSPy 3.4.1): ``dspy.context`` storing its settings in the context variable
-    ``dspy.dsp.utils.settings.thread_local_overrides`` and ``dspy.configure`` in the mapping
-    ``main_thread_config``; ``dspy.utils.callback.with_callbacks`` returning a plain
-    function (one code object for every sync wrapper, one for every async one) with
-    ``__wrapped__``, that calls ``on_<kind>_start(call_id, instance, inputs)`` and
-    ``on_<kind>_end`` and sets :data:`CURRENT_CALL_ID` around the call.
-
-    Why private: dspex_lab's direct dispatch (``dspex_lab.trace.dispatch``) hands DSPy
-    calls to its span recorder without DSPy's per-call callback machinery, which costs
-    as much as a zero-latency LM call; it must read DSPy's settings exactly as
-    ``with_callbacks`` does and recognise the methods ``with_callbacks`` decorated. The
-    public way (a ``BaseCallback`` in ``dspy.settings.callbacks``) records the same spans,
-    more slowly, and is the fallback.
-
-    Fallback: a sentence naming what is not as expected (the caller logs it once and
-    registers the recorder as an ordinary DSPy callback).
-
-    Args:
-        probe_setting: a setting name to write with ``dspy.context`` and read back.
-
-    Returns:
-        The surface, or the reason it cannot be used.
-    """
-    found = _callback_names()
-    if isinstance(found, str):
-        return found
-    overrides, main_config, with_callbacks, callback_module = found
-    wrapped_sync, wrapped_async, probe_sync = _probe_wrappers(with_callbacks)
-    codes = frozenset(getattr(item, "__code__", None) for item in (wrapped_sync, wrapped_async))
-    if None in codes or getattr(wrapped_sync, "__wrapped__", None) is not probe_sync:
-        return "with_callbacks no longer returns a plain function wrapping the decorated one"
-    problem = _probe_overrides(overrides, probe_setting) or _probe_dispatch(callback_module, wrapped_sync)
-    if problem is not None:
-        return problem
-    return CallbackSurface(overrides=overrides, main_config=main_config, wrapper_codes=codes)
-
-
-def _callback_names() -> tuple[Any, Any, Any, Any] | str:
-    """Return DSPy's overrides, main config, ``with_callbacks`` and callback module, or what is missing."""
-    try:
-        settings_module = importlib.import_module(SETTINGS_MODULE)
-        callback_module = importlib.import_module(CALLBACK_MODULE)
-    except ImportError as error:
-        return f"cannot import DSPy's settings or callback module: {error}"
-    overrides = getattr(settings_module, OVERRIDES_NAME, None)
-    main_config = getattr(settings_module, MAIN_CONFIG_NAME, None)
-    with_callbacks = getattr(callback_module, "with_callbacks", None)
-    if not callable(getattr(overrides, "get", None)) or not callable(getattr(overrides, "set", None)):
-        return f"{SETTINGS_MODULE}.{OVERRIDES_NAME} is not a context variable"
-    if not callable(getattr(main_config, "get", None)):
-        return f"{SETTINGS_MODULE}.{MAIN_CONFIG_NAME} is not a mapping"
-    if not callable(with_callbacks):
-        return f"{CALLBACK_MODULE}.with_callbacks is missing"
-    if not CURRENT_CALL_ID_FOUND:
-        return "dspy.utils.callback_context.ACTIVE_CALL_ID is missing"
-    return overrides, main_config, with_callbacks, callback_module
-
-
-def _probe_wrappers(with_callbacks: Any) -> tuple[Any, Any, Any]:
-    """Decorate a sync and an async probe with ``with_callbacks``; return both wrappers and the sync probe."""
-
-    def probe_sync(self: Any, value: Any) -> Any:
-        return value, CURRENT_CALL_ID.get()
-
-    async def probe_async(self: Any, value: Any) -> Any:
-        return value
-
-    return with_callbacks(probe_sync), with_callbacks(probe_async), probe_sync
-
-
-def _probe_overrides(overrides: Any, probe_setting: str) -> str | None:
-    """Check a binding put in ``dspy.context`` is visible in the overrides that the wrappers read."""
-    import dspy
-
-    marker = object()
-    with dspy.context(**{probe_setting: marker}):
-        current = overrides.get()
-        if not isinstance(current, dict) or current.get(probe_setting) is not marker:
-            return f"dspy.context no longer stores its settings in {SETTINGS_MODULE}.{OVERRIDES_NAME}"
-    return None
-
-
-def _probe_dispatch(callback_module: Any, wrapped_sync: Any) -> str | None:
-    """Check DSPy hands a start handler (call_id, instance, inputs) and sets ACTIVE_CALL_ID around the call.
-
-    The recorder reads parents from ACTIVE_CALL_ID, and direct dispatch does the same.
-    """
-    import dspy
-
-    seen: dict[str, Any] = {}
-
-    class Probe(callback_module.BaseCallback):  # type: ignore[misc, name-defined]
-        def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-            seen["start"] = (call_id, inputs)
-
-        def on_module_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
-            seen["end"] = (call_id, outputs)
-
-    with dspy.context(callbacks=[Probe()]):
-        outputs = wrapped_sync(object(), 7)
-    start, end = seen.get("start"), seen.get("end")
-    if start is None or end is None or start[1] != {"value": 7} or end != (start[0], outputs):
-        return "with_callbacks no longer calls on_module_start(call_id, instance, inputs) and on_module_end"
-    if outputs[1] != start[0]:
-        return "DSPy no longer sets the ACTIVE_CALL_ID that dspex_lab.trace reads around a decorated call"
-    return None
-
-
-def callback_wrapper_target(value: Any, codes: frozenset[types.CodeType]) -> bool | None:
-    """Tell whether a class attribute is a ``with_callbacks`` wrapper: False if it is one, True if it closes over one.
-
-    Relies on (DSPy 3.4.1): every ``with_callbacks`` wrapper sharing one code object
-    (:attr:`CallbackSurface.wrapper_codes`), and an optimizer's ``compile`` being a
-    function of ``Teleprompter.__init_subclass__`` that closes over such a wrapper.
-    Why private: DSPy keeps no list of the methods it decorated. Fallback: None (not a
-    decorated method), so an unrecognised method goes through DSPy's own dispatch; the
-    probe test counts the methods found.
-
-    Returns:
-        False for a wrapper, True for a function closing over one, None otherwise.
-    """
-    code = getattr(value, "__code__", None)
-    if code is None:
-        return None
-    if code in codes:
-        return False
-    for cell in getattr(value, "__closure__", None) or ():
-        try:
-            content = cell.cell_contents
-        except ValueError:  # an empty cell
-            continue
-        if getattr(content, "__code__", None) in codes:
-            return True
-    return None
-
-
-def callback_wrapped_function(decorated: Callable[..., Any], codes: frozenset[types.CodeType]) -> Callable[..., Any]:
-    """Return the function a ``with_callbacks`` wrapper decorates (following ``__wrapped__``).
-
-    Relies on (DSPy 3.4.1): ``with_callbacks`` using ``functools.wraps``, checked by
-    :func:`callback_surface`. Why private: direct dispatch calls the undecorated method
-    itself. Fallback: none needed here; :func:`callback_surface` refuses a DSPy whose
-    wrappers lack ``__wrapped__``.
-    """
-    return inspect.unwrap(decorated, stop=lambda item: getattr(item, "__code__", None) not in codes)
-
-
-def _is_interpreter(owner: type, dspy: Any) -> bool:
-    protocol = getattr(dspy, "CodeInterpreter", None)
-    if protocol is not None:
-        try:
-            return issubclass(owner, protocol)
-        except TypeError:  # a runtime Protocol with data members refuses issubclass
-            pass
-    return all(callable(getattr(owner, name, None)) for name in ("execute", "start", "shutdown"))
-
-
-def callback_handler_kind(owner: type, method: str, *, indirect: bool) -> str:
-    """Return the callback handler kind DSPy calls for ``owner.method`` (``"lm"``, ``"module"``...).
-
-    A mirror of ``dspy.utils.callback._get_on_start_handler`` (DSPy 3.4.1), decided once
-    per method rather than per call: ``Teleprompter`` -> compile, ``BaseLM`` or
-    ``supports_decision_requests`` -> lm, ``Evaluate`` -> evaluate, a ``CodeInterpreter``'s
-    operations, an ``Adapter``'s ``format``/``parse``, ``Tool`` -> tool, else module.
-    Why private: DSPy does not expose the choice. Fallback: a changed choice is caught by
-    ``tests/trace/test_dspy_surface.py``, which compares every decorated method's span
-    under both dispatches.
-    """
-    import dspy
-
-    teleprompt = sys.modules.get("dspy.teleprompt.teleprompt")
-    teleprompter = getattr(teleprompt, "Teleprompter", None)
-    if indirect or (teleprompter is not None and issubclass(owner, teleprompter) and method == "compile"):
-        return "compile"
-    if issubclass(owner, dspy.BaseLM) or getattr(owner, "supports_decision_requests", False) is True:
-        return "lm"
-    if issubclass(owner, dspy.Evaluate):
-        return "evaluate"
-    if method in INTERPRETER_OPERATIONS and _is_interpreter(owner, dspy):
-        return INTERPRETER_OPERATIONS[method]
-    if issubclass(owner, dspy.Adapter) and method in ("format", "parse"):
-        return f"adapter_{method}"
-    if issubclass(owner, dspy.Tool):
-        return "tool"
-    return "module"
-
-
-def other_callbacks_active(overrides: dict[str, Any], main_config: Any, instance: Any) -> bool:
-    """Tell whether DSPy would dispatch a call on ``instance`` to any callback.
-
-    A mirror of ``dspy.utils.callback._get_active_callbacks`` (DSPy 3.4.1): the
-    ``callbacks`` setting of this context (``overrides``, then ``main_config``) plus the
-    instance's own ``callbacks``, read without its three-call path through
-    ``Settings.__getattr__`` and ``Module.__getattribute__`` (this runs for every traced
-    call). Why private: the settings mappings come from :func:`callback_surface`.
-    Fallback: probed by ``tests/test_dspy_compat.py``; when a user's callback is missed
-    the recorder still records, but that callback would not see the call.
-    """
-    if overrides.get("callbacks", main_config.get("callbacks")):
-        return True
-    own = getattr(instance, "__dict__", None)
-    if own is not None and "callbacks" in own:
-        return bool(own["callbacks"])
-    # No instance attribute (a class-level list, or an __init__ that did not set one): ask as DSPy does.
-    return bool(getattr(instance, "callbacks", None))
+# --- adapter subclasses (engine/_adapter.py) ----------------------------------------------------------------------
 
 
 def keep_inherited_callback_wrappers(cls: type, names: tuple[str, ...] = ("format", "parse")) -> None:

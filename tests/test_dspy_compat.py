@@ -16,7 +16,6 @@ from typing import Any
 
 import dspy
 import pytest
-from dspy.utils.callback import _get_on_start_handler  # the function callback_handler_kind mirrors
 
 import dspex_lab as dx
 from dspex_lab import _dspy_compat as compat
@@ -67,104 +66,7 @@ def test_current_call_id_is_the_id_dspy_sets_around_a_decorated_call() -> None:
     assert seen.starts[0][2] is None, _changed("CURRENT_CALL_ID", "ACTIVE_CALL_ID is set before on_*_start runs")
 
 
-# --- callback dispatch --------------------------------------------------------------------------------------------
-
-
-def test_callback_surface_is_what_direct_dispatch_expects() -> None:
-    surface = compat.callback_surface("dspex_lab_compat_probe")
-    assert isinstance(surface, compat.CallbackSurface), _changed("callback_surface", str(surface))
-    with dspy.context(callbacks=["marker"]):
-        assert surface.overrides.get()["callbacks"] == ["marker"], _changed(
-            "callback_surface", "dspy.context no longer writes the overrides context variable"
-        )
-    assert "callbacks" in surface.main_config or surface.main_config.get("callbacks") is None
-
-
-def test_callback_surface_names_a_moved_setting(monkeypatch) -> None:
-    monkeypatch.setattr(compat, "OVERRIDES_NAME", "moved_elsewhere")
-    reason = compat.callback_surface("dspex_lab_compat_probe")
-    assert isinstance(reason, str) and "moved_elsewhere" in reason
-
-
-def test_callback_wrapper_target_recognises_dspys_wrappers() -> None:
-    surface = compat.callback_surface("dspex_lab_compat_probe")
-    assert isinstance(surface, compat.CallbackSurface)
-    codes = surface.wrapper_codes
-
-    def method(self: Any) -> None:
-        return None
-
-    wrapped = dspy.utils.with_callbacks(method)
-    assert compat.callback_wrapper_target(wrapped, codes) is False, _changed(
-        "callback_wrapper_target", "with_callbacks wrappers no longer share one code object"
-    )
-    assert compat.callback_wrapper_target(method, codes) is None
-    assert compat.callback_wrapped_function(wrapped, codes) is method, _changed(
-        "callback_wrapped_function", "with_callbacks no longer sets __wrapped__"
-    )
-
-    class Halving(dspy.teleprompt.Teleprompter):
-        def compile(self, student, *, trainset, teacher=None, valset=None, **kwargs):
-            return student
-
-    assert compat.callback_wrapper_target(vars(Halving)["compile"], codes) is True, _changed(
-        "callback_wrapper_target", "an optimizer's compile no longer closes over a with_callbacks wrapper"
-    )
-
-
-class _Kinds(dspy.utils.BaseCallback):
-    """Answers DSPy's handler lookup with the handler's kind."""
-
-    def __getattribute__(self, name: str) -> Any:
-        if name.startswith("on_") and name.endswith("_start"):
-            return name.removeprefix("on_").removesuffix("_start")
-        return super().__getattribute__(name)
-
-
-@pytest.mark.parametrize(
-    ("make", "method"),
-    [
-        (lambda: dspy.utils.DummyLM([{"answer": "1"}]), "__call__"),
-        (lambda: dspy.Predict("question -> answer"), "__call__"),
-        (lambda: dspy.ChatAdapter(), "format"),
-        (lambda: dspy.ChatAdapter(), "parse"),
-        (lambda: dspy.Tool(lambda x: x, name="echo"), "__call__"),
-        (lambda: dspy.Evaluate(devset=[], metric=lambda *a: 1), "__call__"),
-        (lambda: dspy.BootstrapFewShot(), "compile"),
-    ],
-)
-def test_callback_handler_kind_is_dspys_choice(make, method) -> None:
-    instance = make()
-    owner = type(instance)
-    function = getattr(owner, method)
-    dspy_kind = _get_on_start_handler(_Kinds(), instance, function)
-    ours = compat.callback_handler_kind(owner, method, indirect=False)
-    assert ours == dspy_kind, _changed(
-        "callback_handler_kind", f"DSPy picks on_{dspy_kind}_start for {owner.__name__}.{method}, we pick {ours}"
-    )
-
-
-def test_other_callbacks_active_reads_what_dspy_reads() -> None:
-    surface = compat.callback_surface("dspex_lab_compat_probe")
-    assert isinstance(surface, compat.CallbackSurface)
-    program = dspy.Predict("question -> answer")
-    seen = _Seen()
-    assert not compat.other_callbacks_active(surface.overrides.get(), surface.main_config, program)
-    with dspy.context(callbacks=[seen]):
-        assert compat.other_callbacks_active(surface.overrides.get(), surface.main_config, program), _changed(
-            "other_callbacks_active", "dspy.context(callbacks=...) is not in the overrides"
-        )
-    own = dspy.Predict("question -> answer", callbacks=[seen])
-    assert compat.other_callbacks_active(surface.overrides.get(), surface.main_config, own), _changed(
-        "other_callbacks_active", "a module's own callbacks are no longer its 'callbacks' attribute"
-    )
-    dspy.configure(callbacks=[seen])
-    try:
-        assert compat.other_callbacks_active(surface.overrides.get(), surface.main_config, program), _changed(
-            "other_callbacks_active", "dspy.configure(callbacks=...) is not in main_thread_config"
-        )
-    finally:
-        dspy.configure(callbacks=[])
+# --- adapter subclasses --------------------------------------------------------------------------------------------
 
 
 def test_keep_inherited_callback_wrappers_leaves_one_format_span() -> None:

@@ -29,7 +29,7 @@ from dspex_lab.engine._adapter import default_adapter
 from dspex_lab.engine._cancel import CancelToken, install_lm_guard
 from dspex_lab.errors import InvalidScoreError, TrialCancelledError, TrialTimeoutError
 from dspex_lab.providers import Meter, for_repeat, metering, repeats_can_differ
-from dspex_lab.trace import SpanRecorder, dispatch, span
+from dspex_lab.trace import SpanRecorder, span
 from dspex_lab.trace import metric as metric_span
 from dspex_lab.trace.redaction import mask_text, redact
 
@@ -376,9 +376,6 @@ class TrialRunner:
         self.recorder = recorder
         self.span_sink = span_sink
         self.guarded = install_lm_guard()
-        # The recorder is handed DSPy's calls directly when this DSPy allows it (see dspex_lab.trace.dispatch);
-        # registering it as a DSPy callback instead would double a zero-latency trial's cost.
-        self._direct = recorder is not None and dispatch.install()
         self._metric_name = getattr(metric, "__name__", None) or type(metric).__name__
         # Traces of trials in flight, by their token: a trial abandoned at its timeout hands over what it has.
         self._open: dict[int, Any] = {}
@@ -487,10 +484,8 @@ class TrialRunner:
             # What DSPy would use (a fresh ChatAdapter() per call), with each signature's system message kept.
             overrides["adapter"] = default_adapter()
         if self.recorder is not None:
-            if self._direct:
-                overrides.update(dispatch.settings(self.recorder))
-            else:
-                overrides["callbacks"] = [*(dspy.settings.callbacks or []), self.recorder]
+            # DSPy's public callback surface, per trial, after any callback of the user's (docs/trace.md).
+            overrides["callbacks"] = [*(dspy.settings.callbacks or []), self.recorder]
         return overrides
 
     def _predict(self, module: dspy.Module, task: TrialTask, overrides: dict[str, Any], attempts: _Attempts) -> Any:

@@ -8,10 +8,9 @@ when it started, or else the innermost open dspex span; the trial a span
 belongs to is carried by a context variable, so trials running concurrently in
 threads (each submitted with ``contextvars.copy_context().run``) never mix.
 
-Registering the recorder with DSPy makes every wrapped call pay for DSPy's
-callback dispatch; :mod:`dspex_lab.trace.dispatch` hands the same calls to the
-recorder directly (same inputs, call ids and parents) at a fraction of the cost,
-and is what traced evaluations use.
+The recorder is an ordinary DSPy callback (``dspy.utils.BaseCallback``): traced
+evaluations register it per trial with ``dspy.context(callbacks=[...])``, next to
+any callback of the user's, and DSPy's own dispatch hands it every call.
 
 Typical use::
 
@@ -28,7 +27,6 @@ masked at capture (:func:`redact`, :data:`SECRET_KEYS`, :func:`add_secret_patter
 This layer imports only dspy and the standard library (``rich`` optionally, to print).
 """
 
-from dspex_lab.trace import dispatch
 from dspex_lab.trace.otlp import to_otlp, to_otlp_json
 from dspex_lab.trace.recorder import (
     SpanHandle,
@@ -58,7 +56,6 @@ __all__ = [
     "add_secret_pattern",
     "current_collector",
     "decision",
-    "dispatch",
     "evaluation",
     "metric",
     "redact",

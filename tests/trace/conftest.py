@@ -1,27 +1,22 @@
-"""Shared by the capture tests: both ways of handing DSPy's calls to the recorder, a two-module program and the
-span tree it must produce."""
+"""Shared by the capture tests: how DSPy's calls reach the recorder, a two-module program and the span tree it
+must produce."""
 
 import contextlib
 
 import dspy
 import pytest
 
-from dspex_lab.trace import SpanRecorder, dispatch
+from dspex_lab.trace import SpanRecorder
 
 
-@pytest.fixture(params=["callbacks", "direct"])
-def capturing(request):
-    """Hand DSPy's calls to the recorder as a registered callback, or by direct dispatch: the trees must agree."""
+@pytest.fixture
+def capturing():
+    """Hand DSPy's calls to the recorder as traced evaluations do: registered per context with ``dspy.context``."""
 
     @contextlib.contextmanager
     def enter(recorder: SpanRecorder, **settings):
-        if request.param == "callbacks":
-            with dspy.context(callbacks=[recorder], **settings):
-                yield
-        else:
-            assert dispatch.install()
-            with dspy.context(**settings), dispatch.direct(recorder):
-                yield
+        with dspy.context(callbacks=[*(dspy.settings.callbacks or []), recorder], **settings):
+            yield
 
     return enter
 

@@ -1,4 +1,4 @@
-"""Span capture, registered as a DSPy callback and by direct dispatch: nesting, threads, decisions, LM details."""
+"""Span capture through DSPy's callbacks: nesting, threads, decisions, LM details."""
 
 from __future__ import annotations
 

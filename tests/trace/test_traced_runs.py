@@ -126,3 +126,19 @@ def test_tracing_without_a_journal_file_keeps_the_traces_in_the_memory_journal()
     spans = context.journal.spans(result.experiment_id)
     assert {item.trace_id for item in spans} == set(result.table()["trial_id"])
     assert sum(item.kind == "lm" for item in spans) == 3
+
+
+def test_tracing_replaces_no_dspy_method_and_registers_the_recorder_per_trial():
+    from dspex_lab._dspy_compat import active_patches
+
+    problems = dx.Dataset(dx.datasets.arithmetic(4, seed=7), name="public-surface")
+    with dx.Context(journal=False) as context:
+        result = dx.evaluate(COT, problems, metric=dx.metrics.exact_match, progress=False, trace=True)
+    assert sum(item.kind == "lm" for item in context.journal.spans(result.experiment_id)) == 4
+    # Only the LM call guard (engine/_cancel.py) patches DSPy; tracing goes through DSPy's callbacks alone.
+    assert {name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 1)[-1] for name in active_patches()} <= {
+        "BaseLM.__call__",
+        "BaseLM.acall",
+    }
+    # Registered per trial, never left behind in the caller's settings.
+    assert not dspy.settings.callbacks
