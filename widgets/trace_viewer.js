@@ -16,7 +16,12 @@ const PAGE = 200;
 const INDENT = 14; // pixels per tree level
 const MIN_DETAIL = 240; // the detail pane's narrowest width while dragging its edge, in pixels
 const TREE_COLUMNS = ["span", "status", "T", "tokens", "cost", "duration", "timeline"];
-const TRIAL_COLUMNS = ["trial", "score", "status", "cost"];
+const TRIAL_COLUMNS = ["trial", "question", "expected", "answer", "score", "status", "tokens", "cost", "latency"];
+// Each trial column's starting width (CSS grid tracks): the texts share what the numbers leave. Dragging a
+// column head's right edge sets that column's width in pixels (kept while the widget lives).
+const TRIAL_WIDTHS = ["minmax(7em, 0.6fr)", "minmax(8em, 2fr)", "minmax(5em, 1fr)", "minmax(5em, 1fr)", "3.6em",
+  "minmax(6em, 0.8fr)", "5.2em", "6.2em", "5.4em"];
+const MIN_COLUMN = 32; // the narrowest a dragged column gets, in pixels
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -104,6 +109,13 @@ function columnHeads(className, names) {
   return head;
 }
 
+// A cell of text cut to one line; its whole text is its tooltip.
+function textCell(className, text) {
+  const cell = el("span", `dspex-cell-text ${className}`, text || "");
+  if (text) cell.title = text;
+  return cell;
+}
+
 function render({ model, el: root }) {
   root.classList.add("dspex-trace-viewer");
   const headerPane = el("div", "dspex-header");
@@ -113,7 +125,7 @@ function render({ model, el: root }) {
   const splitter = el("div", "dspex-splitter");
   splitter.title = "drag to resize the detail pane";
   const search = el("input", "dspex-search");
-  search.placeholder = "search spans (Enter: next match)";
+  search.placeholder = "search the experiment's spans (Enter: next match)";
   search.value = model.get("search");
   search.addEventListener("input", () => {
     model.set("search", search.value);
@@ -178,8 +190,46 @@ function render({ model, el: root }) {
     headerPane.append(stat("cost", "cost", cost, unpriced.length ? `no price known for ${unpriced.join(", ")}` : ""));
   }
 
+  const trialWidths = [...TRIAL_WIDTHS];
+
+  function setTrialWidths() {
+    root.style.setProperty("--dspex-trial-columns", trialWidths.join(" "));
+  }
+
+  // Drag a column head's right edge to set that column's width; the other columns keep theirs.
+  function resizable(head) {
+    Array.from(head.children).forEach((cell, position) => {
+      const handle = el("span", "dspex-resize");
+      handle.title = "drag to resize the column";
+      cell.append(handle);
+      handle.addEventListener("pointerdown", (event) => {
+        event.preventDefault();
+        event.stopPropagation();
+        try {
+          handle.setPointerCapture(event.pointerId);
+        } catch {
+          // an event without an active pointer (dispatched by a script) has nothing to capture
+        }
+        const left = cell.getBoundingClientRect().left;
+        const move = (moved) => {
+          trialWidths[position] = `${Math.round(Math.max(moved.clientX - left, MIN_COLUMN))}px`;
+          setTrialWidths();
+        };
+        const stop = () => {
+          handle.removeEventListener("pointermove", move);
+          handle.removeEventListener("pointerup", stop);
+        };
+        handle.addEventListener("pointermove", move);
+        handle.addEventListener("pointerup", stop);
+      });
+    });
+    return head;
+  }
+
   function drawTrials() {
-    trialsPane.replaceChildren(columnHeads("dspex-trials-head", TRIAL_COLUMNS));
+    setTrialWidths();
+    trialsPane.replaceChildren(resizable(columnHeads("dspex-trials-head", TRIAL_COLUMNS)));
+    const found = model.get("trial_matches") || {};
     for (const trial of model.get("trials")) {
       const row = el("div", `dspex-trial dspex-${trial.status}`);
       row.dataset.trialId = trial.trial_id;
@@ -188,15 +238,25 @@ function render({ model, el: root }) {
       if (trial.error) status.title = trial.error;
       if (trial.attempts > 1) status.append(el("span", "dspex-attempts", ` ×${trial.attempts}`));
       const spent = trial.tokens || trial.cost || trial.unpriced;
+      const id = el("span", "dspex-trial-id", trial.trial_id);
+      if (found[trial.trial_id]) {
+        row.classList.add("dspex-trial-match");
+        const badge = el("span", "dspex-match-badge", integer(found[trial.trial_id]));
+        badge.title = `${integer(found[trial.trial_id])} spans of this trial match the search`;
+        id.prepend(badge);
+      }
       row.append(
-        el("span", "dspex-trial-id", trial.trial_id),
-        el("span", "dspex-number", score),
+        id,
+        textCell("dspex-question", trial.question),
+        textCell("dspex-expected", trial.expected),
+        textCell("dspex-answer", trial.answer),
+        el("span", "dspex-number dspex-score", score),
         status,
-        el("span", "dspex-number", spent ? formatCost(trial.cost, trial.unpriced) : "—"),
+        el("span", "dspex-number dspex-tokens", trial.tokens == null ? "—" : integer(trial.tokens)),
+        el("span", "dspex-number dspex-cost", spent ? formatCost(trial.cost, trial.unpriced) : "—"),
+        el("span", "dspex-number dspex-latency", formatDuration(trial.latency_ms) || "—"),
       );
-      row.title = `${trial.trial_id}: ${formatDuration(trial.latency_ms)}, ${integer(trial.tokens ?? 0)} tokens, ` +
-        `${trial.spans} spans` +
-        (trial.attempts > 1 ? `, ${trial.attempts} attempts` : "");
+      row.title = `${trial.trial_id}: ${trial.spans} spans` + (trial.attempts > 1 ? `, ${trial.attempts} attempts` : "");
       if (trial.trial_id === model.get("selected_trial")) row.classList.add("dspex-selected");
       row.addEventListener("click", () => {
         model.set("selected_trial", trial.trial_id);
@@ -402,7 +462,12 @@ function render({ model, el: root }) {
     const searching = model.get("search").trim() !== "";
     const count = matchOrder.length;
     const noun = count === 1 ? "match" : "matches";
-    matchCount.textContent = !searching ? "" : count ? `${integer(current + 1)} of ${integer(count)} ${noun}` : "no matches";
+    const here = count ? `${integer(current + 1)} of ${integer(count)} ${noun}` : "no matches";
+    // The experiment-wide count, once the kernel has sent one (a bare model without the trait shows none).
+    const found = model.get("trial_matches");
+    const trials = found ? Object.keys(found).length : 0;
+    const elsewhere = found ? ` · ${integer(trials)} trial${trials === 1 ? "" : "s"} match` : "";
+    matchCount.textContent = !searching ? "" : here + elsewhere;
     previous.disabled = next.disabled = count < 2;
   }
 
@@ -486,8 +551,13 @@ function render({ model, el: root }) {
   }
 
   // The metric's inputs side by side: one line per field, fields that differ marked.
-  function comparison({ expected, got, score }) {
+  function comparison({ question, expected, got, score }) {
     const block = el("div", "dspex-block dspex-compare");
+    // The example's inputs first: what was asked, then what was expected and what came back.
+    for (const [field, value] of Object.entries(question || {})) {
+      const text = typeof value === "string" ? value : JSON.stringify(value, null, 2);
+      block.append(textBlock("dspex-question-block", field, text));
+    }
     const title = score == null ? "expected vs got" : `expected vs got — score ${score}`;
     block.append(el("div", "dspex-block-title", title));
     const isObject = (value) => value !== null && typeof value === "object" && !Array.isArray(value);
@@ -545,6 +615,10 @@ function render({ model, el: root }) {
   model.on("change:header", drawHeader);
   model.on("change:trials", drawTrials);
   model.on("change:selected_trial", drawTrials);
+  model.on("change:trial_matches", () => {
+    drawTrials();
+    drawMatchCount();
+  });
   model.on("change:nodes", drawTree);
   model.on("change:expanded", syncExpanded);
   model.on("change:matches", syncMatches);

@@ -6,10 +6,19 @@ import json
 import os
 from typing import Any, NamedTuple
 
-from dspex_lab.errors import JournalError, MissingDependencyError, ProgramSpecError
+from dspex_lab.errors import JournalError, MissingDependencyError
 from dspex_lab.journal import TRIAL_ORDERS, JournalStore
+from dspex_lab.notebook._trace_data import (
+    ExampleFields,
+    Prices,
+    SpanSearch,
+    comparison,
+    count,
+    lm_columns,
+    number,
+    shorten,
+)
 from dspex_lab.notebook._widgets_common import front_end_file
-from dspex_lab.providers import ModelPrice, model_price
 from dspex_lab.session import journal_store
 from dspex_lab.trace import Span
 from dspex_lab.trace.redaction import mask_text
@@ -32,6 +41,8 @@ _OPENED_MATCHES = 50
 # The trial columns the trial list shows (and the header sums).
 _TRIAL_COLUMNS = (
     "trial_id",
+    "example_id",
+    "prediction",
     "status",
     "score",
     "error_type",
@@ -94,82 +105,26 @@ def _error_text(error: str) -> str:
     return text if len(text) <= _ERROR_TEXT_CHARACTERS else text[: _ERROR_TEXT_CHARACTERS - 1] + "…"
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return None if value != value else float(value)  # NaN (a missing score read through pandas) is no number
-
-
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-class _Prices:
-    """Model prices looked up once per model for a trial's LM spans."""
-
-    def __init__(self) -> None:
-        self._known: dict[str, ModelPrice | None] = {}
-
-    def cost(self, attributes: dict[str, Any]) -> float | None:
-        """Return an LM span's cost: the one DSPy reported, else tokens times the model's price, else None."""
-        reported = _number(attributes.get("cost"))
-        if reported is not None:
-            return reported
-        if attributes.get("cache_hit") is True:
-            return 0.0  # a cache hit bills nothing (the trial's meter does not count it either)
-        model = attributes.get("model")
-        prompt, completion = _count(attributes.get("prompt_tokens")), _count(attributes.get("completion_tokens"))
-        if not isinstance(model, str) or prompt is None or completion is None:
-            return None
-        if model not in self._known:
-            try:
-                self._known[model] = model_price(model)
-            except ProgramSpecError:
-                self._known[model] = None
-        price = self._known[model]
-        return None if price is None else price.cost(prompt, completion)
-
-
-def _lm_columns(attributes: dict[str, Any], prices: _Prices) -> dict[str, Any]:
-    """Return what an LM span's row shows: model, temperature, tokens and cost (None and ``unpriced`` if unknown)."""
-    parameters = attributes.get("parameters") if isinstance(attributes.get("parameters"), dict) else {}
-    temperature = attributes.get("temperature", parameters.get("temperature"))
-    columns: dict[str, Any] = {
-        "model": attributes.get("response_model") or attributes.get("model"),
-        "temperature": _number(temperature),
-        "tokens_in": _count(attributes.get("prompt_tokens")),
-        "tokens_out": _count(attributes.get("completion_tokens")),
-        "lm_calls": 1,
-    }
-    if columns["tokens_in"] is None and columns["tokens_out"] is None:
-        return columns | {"cost": None, "unpriced": False}  # no usage (a failed call): nothing to price
-    cost = prices.cost(attributes)
-    columns |= {"cost": cost, "unpriced": cost is None}
-    if attributes.get("cache_hit") is True:
-        columns["cached"] = True
-    return columns
-
-
 def _attempt_label(name: str, attributes: dict[str, Any]) -> str | None:
     """Return ``"attempt 2 — RateLimitError"`` for a retried attempt: its number and the error it retried after."""
     attempt, cause = attributes.get("attempt"), attributes.get("retry_cause")
     if not isinstance(cause, str) or not cause.strip():
         return None
-    number = f"attempt {attempt}" if _count(attempt) is not None else name
-    return f"{number} — {cause.split(' (', 1)[0].strip()}"
+    which = f"attempt {attempt}" if count(attempt) is not None else name
+    return f"{which} — {cause.split(' (', 1)[0].strip()}"
 
 
 def _header(record: dict[str, Any], trials: list[dict[str, Any]]) -> dict[str, Any]:
     """Return the header: what the experiment is, its mean with CI, n, errors, tokens and cost."""
     summary = record.get("summary") if isinstance(record.get("summary"), dict) else {}
-    scores = [score for trial in trials if (score := _number(trial.get("score"))) is not None]
+    scores = [score for trial in trials if (score := number(trial.get("score"))) is not None]
     errors: dict[str, int] = {}
     for trial in trials:
         if trial["status"] != "ok":
             name = trial.get("error_type") or trial["status"]
             errors[name] = errors.get(name, 0) + 1
     unpriced = sorted({model for trial in trials for model in (trial.get("unpriced_models") or "").split(",") if model})
-    costs = [cost for trial in trials if (cost := _number(trial.get("cost"))) is not None]
+    costs = [cost for trial in trials if (cost := number(trial.get("cost"))) is not None]
     interval = summary.get("ci") if isinstance(summary.get("ci"), list) and len(summary["ci"]) == 2 else None
     return {
         "experiment_id": record["id"],
@@ -180,16 +135,16 @@ def _header(record: dict[str, Any], trials: list[dict[str, Any]]) -> dict[str, A
         "program": record.get("program_name"),
         "dataset": record.get("dataset_name"),
         # The run's own summary when it finished (its interval method); else the mean of the traced trials so far.
-        "mean": _number(summary.get("mean")) if summary else (sum(scores) / len(scores) if scores else None),
-        "ci": [_number(bound) for bound in interval] if interval else None,
-        "confidence": _number(summary.get("confidence")),
+        "mean": number(summary.get("mean")) if summary else (sum(scores) / len(scores) if scores else None),
+        "ci": [number(bound) for bound in interval] if interval else None,
+        "confidence": number(summary.get("confidence")),
         "ci_method": summary.get("ci_method"),
         "n": summary.get("n", len(scores)) if summary else len(scores),
         "n_trials": summary.get("n_trials", len(trials)) if summary else len(trials),
         "n_errors": summary.get("n_errors", sum(errors.values())) if summary else sum(errors.values()),
         "errors": summary.get("errors", errors) if summary else errors,
-        "tokens_in": sum(_count(trial.get("input_tokens")) or 0 for trial in trials),
-        "tokens_out": sum(_count(trial.get("output_tokens")) or 0 for trial in trials),
+        "tokens_in": sum(count(trial.get("input_tokens")) or 0 for trial in trials),
+        "tokens_out": sum(count(trial.get("output_tokens")) or 0 for trial in trials),
         # Priced trials' dollars; unpriced models are named, never counted as $0.
         "cost": sum(costs) if costs else None,
         "unpriced_models": unpriced,
@@ -197,29 +152,34 @@ def _header(record: dict[str, Any], trials: list[dict[str, Any]]) -> dict[str, A
     }
 
 
-def _trial_entry(row: dict[str, Any]) -> dict[str, Any]:
-    """Return one line of the trial list."""
-    latency = _number(row.get("latency"))
-    tokens = [_count(row.get("input_tokens")), _count(row.get("output_tokens"))]
+def _trial_entry(row: dict[str, Any], fields: ExampleFields) -> dict[str, Any]:
+    """Return one line of the trial list: the example's question and gold answer, the prediction, and the numbers."""
+    latency = number(row.get("latency"))
+    tokens = [count(row.get("input_tokens")), count(row.get("output_tokens"))]
     message = row.get("error_message")
+    texts = fields.row(str(row.get("example_id") or ""), row.get("prediction"))
     return {
         "trial_id": str(row["trial_id"]),
+        **{name: shorten(text) for name, text in texts.items()},
         "status": row["status"],
-        "score": _number(row.get("score")),
+        "score": number(row.get("score")),
         "error_type": row.get("error_type"),
         "error": _error_text(str(message)) if message else None,
         "spans": int(row.get("spans") or 0),
         "latency_ms": None if latency is None else round(latency * 1000, 3),
-        "tokens": None if tokens == [None, None] else sum(count or 0 for count in tokens),
-        "cost": _number(row.get("cost")),
+        "tokens": None if tokens == [None, None] else sum(part or 0 for part in tokens),
+        "cost": number(row.get("cost")),
         "unpriced": bool(row.get("unpriced_models")),
-        "attempts": _count(row.get("attempts")) or 1,
+        "attempts": count(row.get("attempts")) or 1,
     }
 
 
 class TraceViewer(anywidget.AnyWidget):
     """A header, a trial list, a collapsible span tree with a timing waterfall and search, and a detail pane.
 
+    The trial list gives each trial's question (the example's inputs), expected (its gold fields: those
+    the program outputs), answer, score, error, tokens, cost and latency; it spans the widget's width and
+    its columns are resized by dragging their edges.
     The header names the experiment and gives its mean with its confidence interval, n, errors by type,
     tokens and cost (an unpriced model is shown as unpriced, never as $0). The tree is sent as flat nodes,
     parents before children and siblings in start order, and drawn lazily (a node's children only when it is
@@ -228,8 +188,10 @@ class TraceViewer(anywidget.AnyWidget):
     carries the sums of the LM calls below it, so the trial's root row totals the trial. A retried attempt is
     labelled with the error it retried after. A span's attributes (messages, completion, parameters) travel
     only when it is selected; a metric span's detail holds the expected and the predicted values side by
-    side. Search matches kind, name, error and the attributes' text, case-insensitively, and opens the
-    ancestors of the first matches; the front end counts the matches and steps through them.
+    side, under the example's question. Search matches kind, name, error and the attributes' text,
+    case-insensitively, and opens the ancestors of the first matches; the front end counts the matches and
+    steps through them. The same search runs over every span of the experiment: ``trial_matches`` counts
+    the matching spans of each trial, and the trial list marks those trials.
 
     Args:
         journal: a journal or its path.
@@ -250,6 +212,7 @@ class TraceViewer(anywidget.AnyWidget):
     detail = traitlets.Dict().tag(sync=True)
     search = traitlets.Unicode("").tag(sync=True)
     matches = traitlets.List().tag(sync=True)
+    trial_matches = traitlets.Dict().tag(sync=True)
 
     def __init__(
         self,
@@ -278,8 +241,12 @@ class TraceViewer(anywidget.AnyWidget):
                 f"experiment {experiment_id!r} has no traced trials in {self._journal.location}; "
                 "evaluate with dx.evaluate(..., trace=True)"
             )
-        self.header = _header(self._journal.experiment(experiment_id), rows)
-        self.trials = [_trial_entry(row) for row in rows]
+        record = self._journal.experiment(experiment_id)
+        self._fields = ExampleFields(self._journal, record)
+        self._experiment_search = SpanSearch(self._journal, experiment_id)
+        self._example_ids = {str(row["trial_id"]): str(row.get("example_id") or "") for row in rows}
+        self.header = _header(record, rows)
+        self.trials = [_trial_entry(row, self._fields) for row in rows]
         self.selected_trial = trial_id or self.trials[0]["trial_id"]
 
     def _read_spans(self, trial_id: str) -> list[_SpanRow]:
@@ -337,16 +304,19 @@ class TraceViewer(anywidget.AnyWidget):
             "attributes": attributes,
         }
         if span.kind == "lm":
-            detail["usage"] = _lm_columns(attributes, _Prices())
+            detail["usage"] = lm_columns(attributes, Prices())
         if span.kind == "metric":
-            # Expected and predicted values, as the trial recorded them, for the side-by-side view.
-            detail["comparison"] = {key: attributes.get(key) for key in ("expected", "got", "score")}
+            # The gold fields and the prediction side by side, under the example's question.
+            question = self._fields.question(self._example_ids.get(self.selected_trial, ""))
+            detail["comparison"] = comparison(attributes, question, self._fields.outputs)
         self.detail = detail
 
     @traitlets.observe("search")
     def _search(self, change: dict[str, Any]) -> None:
         with self.hold_sync():
             self._update_matches(change["new"])
+            # Across the whole experiment: how many spans match in each trial (the trial list marks them).
+            self.trial_matches = self._experiment_search.counts(change["new"])
 
     def _update_matches(self, text: str) -> None:
         needle = text.strip().casefold()
@@ -381,17 +351,17 @@ def _with_usage(nodes: list[dict[str, Any]], rows: list[_SpanRow]) -> list[dict[
 
     Only LM, attempt and metric spans have their attributes parsed: the rest keep their JSON text until selected.
     """
-    prices = _Prices()
+    prices = Prices()
     by_id = {node["id"]: node for node in nodes}
     for node, row in zip(nodes, rows, strict=True):
         if row.kind == "lm":
-            node.update(_lm_columns(json.loads(row.attributes), prices))
+            node.update(lm_columns(json.loads(row.attributes), prices))
         elif row.kind == "attempt":
             label = _attempt_label(row.name, json.loads(row.attributes))
             if label is not None:
                 node["label"] = label
         elif row.kind == "metric":
-            node["score"] = _number(json.loads(row.attributes).get("score"))
+            node["score"] = number(json.loads(row.attributes).get("score"))
     # Children come after their parents, so walking backwards adds every subtree up before its parent is read.
     totals: dict[str, dict[str, Any]] = {}
     for node in reversed(nodes):

@@ -1,5 +1,7 @@
 """The trace viewer widget through its Python state (the front end only renders this state)."""
 
+import json
+
 import pytest
 
 import dspex_lab as dx
@@ -87,3 +89,46 @@ def test_untraced_experiment_is_a_clear_error(tmp_path):
         result = dx.evaluate(COT, dx.datasets.arithmetic(3, seed=1), metric=dx.metrics.exact_match, progress=False)
     with pytest.raises(dx.errors.JournalError, match="trace=True"):
         dx.widgets.TraceViewer(path, result.experiment_id)
+
+
+def test_the_trial_list_reads_question_expected_answer_and_the_numbers(traced):
+    path, result = traced
+    viewer = dx.widgets.TraceViewer(path, result.experiment_id, sort_by="trial")
+    table = result.table().set_index("trial_id")
+    examples = {example.id: example for example in dx.datasets.arithmetic(24, seed=3)}
+    for trial in viewer.trials:
+        row = table.loc[trial["trial_id"]]
+        example = examples[row["example_id"]]
+        assert trial["question"] == " ".join(example.question.split())
+        # The gold field the program outputs, not the example's metadata (id, topic, difficulty).
+        assert trial["expected"] == example.answer
+        if row["status"] == "ok":
+            assert trial["answer"] == str(json.loads(row["prediction"])["answer"])
+        assert trial["latency_ms"] == pytest.approx(row["latency"] * 1000, abs=1e-3)
+        assert trial["tokens"] == row["input_tokens"] + row["output_tokens"]
+
+
+def test_the_metric_detail_shows_the_question_and_only_the_gold_fields(traced):
+    path, result = traced
+    ok_trial = result.table().query("status == 'ok'")["trial_id"].iloc[0]
+    viewer = dx.widgets.TraceViewer(path, result.experiment_id, trial_id=ok_trial)
+    metric = next(node for node in viewer.nodes if node["kind"] == "metric")
+    viewer.selected_span = metric["id"]
+    compared = viewer.detail["comparison"]
+    assert set(compared["expected"]) == {"answer"}
+    assert set(compared["question"]) == {"question"} and compared["question"]["question"].endswith("?")
+    assert compared["got"]["answer"] and "reasoning" in compared["got"]
+
+
+def test_search_counts_the_matching_spans_of_every_trial(traced):
+    path, result = traced
+    viewer = dx.widgets.TraceViewer(path, result.experiment_id, sort_by="trial")
+    viewer.search = "chatadapter.PARSE"  # case-insensitive
+    spans = viewer._journal.span_rows(result.experiment_id)
+    expected = {}
+    for row in spans:
+        if row["name"] == "ChatAdapter.parse" or "chatadapter.parse" in (row["attributes"] or "").casefold():
+            expected[row["trace_id"]] = expected.get(row["trace_id"], 0) + 1
+    assert viewer.trial_matches == expected and len(expected) > 1
+    viewer.search = "no such text anywhere"
+    assert viewer.trial_matches == {} and viewer.matches == []

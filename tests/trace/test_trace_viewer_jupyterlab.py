@@ -321,9 +321,11 @@ def test_jupyterlab_shows_the_trace_viewer_and_it_answers_clicks(
             search = viewer.locator(".dspex-search")
             search.fill("ChatAdapter")  # one format and one parse span in this trial
             count = viewer.locator(".dspex-match-count")
-            expect(count).to_have_text("1 of 2 matches")
+            # Searched across the experiment too: every trial's format and parse spans match, and each is marked.
+            expect(count).to_have_text(re.compile(r"^1 of 2 matches · [1-6] trials? match$"))
+            expect(viewer.locator(".dspex-trial.dspex-trial-match").first).to_be_visible()
             viewer.locator(".dspex-next").click()
-            expect(count).to_have_text("2 of 2 matches")
+            expect(count).to_have_text(re.compile(r"^2 of 2 matches · "))
             expect(viewer.locator(".dspex-span.dspex-current .dspex-name")).to_have_text("ChatAdapter.parse")
             search.fill("")
             expect(count).to_have_text("")
@@ -353,7 +355,10 @@ def check_header_and_columns(viewer: sync_api.Locator, *, dark: bool) -> None:
     expect(errors).to_have_text(re.compile(r"^1 \(LMProviderError 1\)$"))
     expect(header.locator("[data-stat=tokens] .dspex-stat-value")).to_have_text(re.compile(r"^[\d,]+ in · [\d,]+ out$"))
     expect(header.locator("[data-stat=cost] .dspex-stat-value")).to_have_text(re.compile(r"^\$0\.0\d+$"))
-    assert viewer.locator(".dspex-trials-head .dspex-column").all_inner_texts() == ["trial", "score", "status", "cost"]
+    assert viewer.locator(".dspex-trials-head .dspex-column").all_inner_texts() == [
+        "trial", "question", "expected", "answer", "score", "status", "tokens", "cost", "latency",
+    ]  # fmt: skip
+    check_trial_list(viewer)
     columns = viewer.locator(".dspex-tree-head .dspex-column").all_inner_texts()
     assert columns[:6] == ["span", "status", "T", "tokens", "cost", "duration"]
     assert re.fullmatch(r"timeline [\d.]+ m?s", columns[6])
@@ -363,6 +368,38 @@ def check_header_and_columns(viewer: sync_api.Locator, *, dark: bool) -> None:
     text = ok_trial.evaluate("(element) => getComputedStyle(element).color")
     channels = [float(value) for value in re.findall(r"[\d.]+", text)[:3]]
     assert (min(channels) > 150) if dark else (max(channels) < 110), f"text colour {text}"
+
+
+def check_trial_list(viewer: sync_api.Locator) -> None:
+    """At a 1500 px window the trial list spans the widget: every column, cost and latency whole, is readable."""
+    expect = sync_api.expect
+    trials = viewer.locator(".dspex-trials")
+    width = trials.evaluate("(element) => element.getBoundingClientRect().width")
+    widget = viewer.evaluate("(element) => element.getBoundingClientRect().width")
+    assert width > 0.95 * widget and width > 900, f"trial list {width:.0f} px of a {widget:.0f} px widget"
+    ok = viewer.locator(".dspex-trial.dspex-ok").first
+    for cell in ("dspex-cost", "dspex-latency", "dspex-tokens", "dspex-score"):
+        assert ok.locator(f".{cell}").evaluate(SHOWS_ALL), cell
+    heads = viewer.locator(".dspex-trials-head .dspex-column")
+    for position in range(heads.count()):
+        assert heads.nth(position).evaluate(SHOWS_ALL), heads.nth(position).inner_text()
+    expect(ok.locator(".dspex-cost")).to_have_text(re.compile(r"^\$0\.0\d+$"))
+    expect(ok.locator(".dspex-latency")).to_have_text(re.compile(r"^[\d.]+ m?s$"))
+    example_id = ok.get_attribute("data-trial-id").split("/")[0]
+    example = next(example for example in PROBLEMS if example.id == example_id)
+    expect(ok.locator(".dspex-question")).to_have_attribute("title", " ".join(example.question.split()))
+    expect(ok.locator(".dspex-expected")).to_have_text(example.answer)
+    # A column head's right edge resizes that column.
+    question = viewer.locator(".dspex-trials-head .dspex-column").nth(1)
+    box = question.bounding_box()
+    handle = question.locator(".dspex-resize").bounding_box()
+    page = viewer.page
+    page.mouse.move(handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 150, handle["y"] + 2, steps=4)
+    page.mouse.up()
+    resized = question.bounding_box()["width"]
+    assert abs(resized - 150) < 12, f"dragged to 150 px, the column is {resized:.0f} px"
 
 
 def check_waterfall(rows: sync_api.Locator) -> None:
