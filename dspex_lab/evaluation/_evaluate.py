@@ -25,6 +25,7 @@ from dspex_lab.program import ModuleType, Program, resolve_module
 from dspex_lab.session import (
     Context,
     Experiment,
+    RunInterrupted,
     current_context,
     environment,
     experiment_record,
@@ -179,7 +180,8 @@ def evaluate(
 
     Returns:
         The result; if the run is interrupted (KeyboardInterrupt) the finished trials are journaled,
-        the experiment is marked interrupted and KeyboardInterrupt is raised again naming the id to resume.
+        the experiment is marked interrupted and :class:`~dspex_lab.session.RunInterrupted` (a
+        KeyboardInterrupt) is raised, naming the id to resume and carrying the partial result.
         If the journal cannot take the trials, they are saved to a private file (a warning says where)
         and the result is still returned.
     """
@@ -312,9 +314,12 @@ def _say_how_it_ended(experiment: Experiment, report: RunReport, result: Evaluat
     """Raise KeyboardInterrupt naming the id to resume after an interrupt; warn of an early stop or metric errors."""
     if report.status == "interrupted":
         kept = f"recorded in {experiment.journal.location}" if experiment.saved else f"saved to {experiment.fallback}"
-        raise KeyboardInterrupt(
+        raise RunInterrupted(
             f"evaluation {experiment.id} interrupted after {len(report.results)} new trials ({kept}); "
-            f"resume with dx.evaluate(..., resume={experiment.id!r})"
+            f"resume with dx.evaluate(..., resume={experiment.id!r})",
+            experiment_id=experiment.id,
+            kind="evaluation",
+            result=result,
         )
     if report.detail:
         warnings.warn(f"evaluation {experiment.id} stopped early: {report.detail}", DspexLabWarning, stacklevel=3)

@@ -12,7 +12,7 @@ from dspex_lab.data import Dataset
 from dspex_lab.errors import DspexLabWarning, JournalError
 from dspex_lab.evaluation._result import EvaluationResult
 from dspex_lab.journal import JournalStore
-from dspex_lab.session import journal_store
+from dspex_lab.session import journal_store, resolve_experiment
 
 __all__ = ["load"]
 
@@ -39,7 +39,8 @@ def load(
     evaluation keeps the journal, so :meth:`EvaluationResult.trace` reads its span trees.
 
     Args:
-        experiment_id: the evaluation's experiment id (``dspex journal list`` shows them).
+        experiment_id: the evaluation's experiment id (``dspex journal list`` shows them), or its name when
+            one evaluation has it (see :func:`~dspex_lab.session.resolve_experiment`).
         journal: a journal path or object (default: the current :class:`~dspex_lab.Context`'s journal).
         dataset: the evaluation's dataset, needed only to rebuild clustered statistics of a run clustered
             by a field (``cluster=``) whose examples were not stored in the journal.
@@ -48,12 +49,14 @@ def load(
         The :class:`EvaluationResult`, its statistics computed from the stored trials.
 
     Raises:
-        JournalError: no such experiment, an experiment that is not an evaluation (an optimization run or
-            a comparison), or a ``dataset`` other than the one the evaluation ran on.
+        JournalError: no such experiment, a name several experiments share (they are listed), an experiment
+            that is not an evaluation (an optimization run or a comparison), or a ``dataset`` other than the
+            one the evaluation ran on.
     """
     if not isinstance(experiment_id, str) or not experiment_id:
         raise JournalError(f"experiment_id must be a non-empty string, got {experiment_id!r}")
     store = journal_store(journal)
+    experiment_id = resolve_experiment(store, experiment_id, kinds=("evaluation",))
     record = store.experiment(experiment_id)
     kind = record.get("kind")
     if kind != "evaluation":

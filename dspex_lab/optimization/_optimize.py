@@ -22,7 +22,7 @@ from dspex_lab.optimization._setup import Metric, OptimizationSetup
 from dspex_lab.optimization._simba_c import SimbaC, run_simba_c
 from dspex_lab.optimization._spending import Spending
 from dspex_lab.program import Program
-from dspex_lab.session import current_context, lm_state, metric_name
+from dspex_lab.session import RunInterrupted, current_context, lm_state, metric_name
 from dspex_lab.trace.redaction import redact
 
 __all__ = ["DSPY_OPTIMIZERS", "OptimizationStep", "optimize"]
@@ -242,7 +242,8 @@ def optimize(
 
     Returns:
         The :class:`OptimizationResult`; on KeyboardInterrupt the run is marked interrupted in the
-        journal and KeyboardInterrupt is raised again naming the id to resume.
+        journal and :class:`~dspex_lab.session.RunInterrupted` (a KeyboardInterrupt) is raised, naming the id
+        to resume.
 
     Raises:
         OptimizerError: bad arguments (see the message), or a resume that does not match.
@@ -414,8 +415,10 @@ def _run(setup: OptimizationSetup) -> OptimizationResult:
             session.end(status, detail)
         except KeyboardInterrupt:
             session.end("interrupted", "interrupted by the user")
-            raise KeyboardInterrupt(
-                f"optimization interrupted; finished evaluations are journaled: continue with resume={run.id!r}"
+            raise RunInterrupted(
+                f"optimization interrupted; finished evaluations are journaled: continue with resume={run.id!r}",
+                experiment_id=run.id,
+                kind="optimization",
             ) from None
         except BaseException as error:
             session.end("failed", f"{type(error).__name__}: {error}")
