@@ -39,7 +39,9 @@ def load_dataset(
     """Read a dataset file, choosing the reader by extension.
 
     * ``.jsonl`` / ``.ndjson``: one JSON object per line; blank lines are skipped.
-    * ``.json``: a JSON list of objects.
+    * ``.json``: a JSON list of objects, or a Hugging Face export: ``{"rows": [...]}`` (the dataset
+      viewer's rows, each ``{"row_idx": ..., "row": {...}}`` or a plain object), or one object per line
+      (what ``datasets.Dataset.to_json`` writes).
     * ``.csv`` / ``.tsv``: a header row, then records; every value is read as text
       (so ``"007"`` stays ``"007"``); an empty cell is None, a quoted empty cell ``""``
       is the empty string.
@@ -193,10 +195,18 @@ def _read_json(
     except UnicodeDecodeError as error:
         raise DatasetError(f"not valid UTF-8 ({error.reason} at byte {error.start})", path=path) from error
     except json.JSONDecodeError as error:
+        if error.msg == "Extra data" and data.lstrip().startswith(b"{"):
+            # Hugging Face's Dataset.to_json writes one object per line, even to a file named .json.
+            return _read_json_lines(path, required, keep=keep, limit=limit)
         raise DatasetError(f"invalid JSON: {error.msg} (column {error.colno})", path=path, line=error.lineno) from error
+    if isinstance(value, dict) and isinstance(value.get("rows"), list):
+        # A Hugging Face dataset-viewer export: {"rows": [{"row_idx": 0, "row": {...}}, ...]}, or plain objects.
+        value = [_unwrapped_row(item) for item in value["rows"]]
     if not isinstance(value, list):
         raise DatasetError(
-            f"expected a JSON list of objects, got {_json_type(value)} (use .jsonl for one object per line)", path=path
+            f'expected a JSON list of objects or {{"rows": [...]}}, got {_json_type(value)} '
+            "(use .jsonl for one object per line)",
+            path=path,
         )
     items = value if limit is None else value[:limit]
     records = [
@@ -204,6 +214,13 @@ def _read_json(
         for number, item in enumerate(items, start=1)
     ]
     return records, digest
+
+
+def _unwrapped_row(item: Any) -> Any:
+    """Return the record of a dataset-viewer row (``{"row_idx": 0, "row": {...}}``), or ``item`` itself."""
+    if isinstance(item, dict) and "row_idx" in item and isinstance(item.get("row"), dict):
+        return item["row"]
+    return item
 
 
 def _read_delimited(
