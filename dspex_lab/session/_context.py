@@ -12,7 +12,7 @@ import dspy
 
 from dspex_lab.config import load_settings
 from dspex_lab.engine import REIMPORTED_MAIN_EXIT, Executor, make_executor
-from dspex_lab.errors import JournalError
+from dspex_lab.errors import ExecutionError, JournalError
 from dspex_lab.journal import JournalStore, memory_journal, open_journal
 from dspex_lab.providers import resolve_lm
 
@@ -50,10 +50,50 @@ class Context:
         settings = load_settings()
         self.lm: dspy.BaseLM = resolve_lm(lm if lm is not None else settings.lm)
         self.journal: JournalStore = _journal_store(journal, default=settings.journal)
+        self._executor_spec: str | Executor = executor or settings.executor
         self.executor: Executor = make_executor(
-            executor or settings.executor, threads=settings.threads if threads is None else threads
+            self._executor_spec, threads=settings.threads if threads is None else threads
         )
         self._tokens: list[contextvars.Token[Context | None]] = []
+
+    def configure(
+        self,
+        *,
+        lm: str | dspy.BaseLM | None = None,
+        journal: str | os.PathLike[str] | JournalStore | bool | None = None,
+        threads: int | None = None,
+        executor: str | Executor | None = None,
+    ) -> None:
+        """Change this context's LM, journal, threads or executor in place; what is not given stays.
+
+        This is how ``%dspex config lm=... journal=... threads=...`` sets a notebook's session: the
+        process-wide default (or the ``with`` block's context) changes, so later runs need no ``with``
+        block. Every value is checked before any is set, so a bad one changes nothing. Not for use
+        while a run of this context goes (it reads the executor and journal once, when it starts).
+
+        Args:
+            lm: a model string or a ``dspy.LM``.
+            journal: a path, a journal object, or False for a new in-memory journal.
+            threads: trials at once; the thread or process executor is rebuilt with this many.
+            executor: ``"thread"``, ``"process"``, ``"dask://host:port"`` or an executor object.
+
+        Raises:
+            ExecutionError: ``threads`` for an executor that sizes itself (a Dask cluster, an executor object),
+                or a bad value.
+            JournalError: a journal that cannot be opened.
+        """
+        new_lm = resolve_lm(lm) if lm is not None else self.lm
+        new_journal = self.journal if journal is None else _journal_store(journal, default=load_settings().journal)
+        spec = self._executor_spec if executor is None else executor
+        new_executor = self.executor
+        if threads is not None and spec not in ("thread", "process"):
+            raise ExecutionError(
+                f"threads={threads!r}: this context runs on {self.executor!r}, which sizes itself; "
+                "set executor=thread or executor=process with it"
+            )
+        if executor is not None or threads is not None:
+            new_executor = make_executor(spec, threads=self.threads if threads is None else threads)
+        self.lm, self.journal, self.executor, self._executor_spec = new_lm, new_journal, new_executor, spec
 
     @property
     def threads(self) -> int:
