@@ -190,13 +190,12 @@ class RunProgress(anywidget.AnyWidget):
     def finish(self, status: str) -> None:
         """End a run begun with :meth:`begin`, showing its final ``status``."""
         with self._lock:
-            cancelled = self._cancel_requested
             self._spanning = False
             self._run_thread = None
             self._cancel_requested = False
         with self.hold_sync():
             self.eta = None
-            self.status = "cancelled" if cancelled and status == "interrupted" else status
+            self.status = status  # a cancelled run reads "interrupted", as in the journal and the terminal
 
     # -- Events ----------------------------------------------------------------------------------------
 
@@ -265,7 +264,6 @@ class RunProgress(anywidget.AnyWidget):
 
     def _run_finished(self, event: RunFinished) -> None:
         with self._lock:
-            cancelled = self._cancel_requested
             spanning = self._spanning
             self._closing = False
             if not spanning:
@@ -276,7 +274,7 @@ class RunProgress(anywidget.AnyWidget):
             self.elapsed = event.wall_seconds
             self.eta = None
             if not spanning:  # the whole run's status comes with finish()
-                self.status = "cancelled" if cancelled and event.status == "interrupted" else event.status
+                self.status = event.status  # "interrupted" after Cancel, the journal's word for it
 
     def _step_finished(self, event: OptimizationStep) -> None:
         self.step = event.step

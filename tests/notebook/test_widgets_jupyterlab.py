@@ -116,7 +116,7 @@ def cancel_slow_run(page: sync_api.Page, cell: sync_api.Locator) -> tuple[float,
     )
     clicked = time.time()
     progress.locator(".dspex-progress-cancel").click()
-    sync_api.expect(progress.locator(".dspex-progress-status")).to_have_text("cancelled", timeout=10_000)
+    sync_api.expect(progress.locator(".dspex-progress-status")).to_have_text("interrupted", timeout=10_000)
     sync_api.expect(output(cell).last).to_contain_text("resume with dx.evaluate")
     stopped = float(re.search(r"stopped at (\d+\.\d+)", output(cell).last.inner_text()).group(1))
     done, total = (int(part) for part in re.findall(r"\d+", trials.inner_text())[:2])
