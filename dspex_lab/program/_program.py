@@ -261,6 +261,13 @@ class Program:
             object.__setattr__(self, "_fingerprint", digest)
         return self._fingerprint  # type: ignore[return-value]
 
+    def _module_run(self) -> str:
+        """Return the module class :meth:`build` constructs: a module variable's value, else the spec's module."""
+        for name, target in self._targets.items():
+            if target == "module":
+                return str(self._variables[name].value)
+        return self._module
+
     # -- configuration -------------------------------------------------------------------------
 
     def _check_constraints(self, values: Mapping[str, Any]) -> None:
@@ -433,7 +440,7 @@ class Program:
         )
         return (
             f"<div class='dspex-program'><b>{html.escape(self.name)}</b> "
-            f"<code>{html.escape(self._module)}</code> <code>{html.escape(self._signature or '')}</code> "
+            f"<code>{html.escape(self._module_run())}</code> <code>{html.escape(self._signature or '')}</code> "
             f"<small>{self.fingerprint[:12]}</small>"
             "<table><tr><th>variable</th><th>type</th><th>value</th><th>allowed</th><th>target</th></tr>"
             f"{rows}</table></div>"
@@ -457,10 +464,7 @@ class Program:
             ProgramSpecError: the module cannot be constructed, a target does not exist or
                 leaves the module tree, or the model is not allowed.
         """
-        module_class = self._module
-        for name, target in self._targets.items():
-            if target == "module":
-                module_class = self._variables[name].value
+        module_class = self._module_run()
         cls = resolve_module(module_class)
         arguments = (self._signature,) if self._signature is not None else ()
         try:
