@@ -1,12 +1,17 @@
 """IPython magics: ``%load_ext dspex_lab`` then ``%%dspex program``, ``%dspex evaluate`` and friends.
 
 Every magic returns the same result object as the Python API, so Jupyter renders its rich HTML.
-Errors surface as one short ``UsageError`` line, never a traceback wall.
+Nothing a user does ends in a traceback wall: a mistake is one short ``UsageError`` line, and a run
+stopped with Cancel or the kernel's stop button prints one line, binds its partial result to ``_``
+(and to ``--out NAME``) and says how to continue it with ``--resume``. Experiments are named by id or
+by name (:func:`~dspex_lab.session.resolve_experiment`); ``%dspex config key=value ...`` sets the
+session's LM, journal and threads, so no magic needs a ``with dx.Context`` block.
 """
 
 from __future__ import annotations
 
 import argparse
+import keyword
 import shlex
 from pathlib import Path
 from typing import Any
@@ -15,7 +20,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from dspex_lab.errors import DspexLabError, VariableError, bounded_repr
-from dspex_lab.session import current_context
+from dspex_lab.session import RunInterrupted, current_context, resolve_experiment
 
 SUBCOMMANDS = ("program", "evaluate", "compare", "optimize", "trace", "sql", "config", "dashboard")
 # A program cell is typed or pasted, not a data file: bounded before YAML parses it (then within
@@ -23,6 +28,8 @@ SUBCOMMANDS = ("program", "evaluate", "compare", "optimize", "trace", "sql", "co
 MAX_PROGRAM_CELL = 256 * 1024
 PROGRAM_CELL = "%%dspex program cell"
 OPTIMIZERS = ("simba-c", "simba", "mipro", "gepa", "bootstrap")
+# What `%dspex config key=value` sets (Context.configure's parameters).
+CONFIG_KEYS = ("lm", "journal", "threads", "executor")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,11 +46,11 @@ def _parser(command: str) -> _Parser:
         parser.add_argument("name")
     elif command == "evaluate":
         parser.add_argument("program")
-        parser.add_argument("--data", required=True)
+        parser.add_argument("--data", required=True, help="a notebook variable, or a JSONL/JSON/CSV/Parquet file")
         parser.add_argument("--metric", required=True)
+        _add_run_options(parser)
         parser.add_argument("--repeats", type=int, default=1)
         parser.add_argument("--trace", action="store_true")
-        parser.add_argument("--name")
         parser.add_argument("--no-progress", action="store_true", help="no progress display")
     elif command == "compare":
         parser.add_argument("a")
@@ -59,7 +66,7 @@ def _parser(command: str) -> _Parser:
         parser.add_argument("--max-lm-calls", type=int)
         parser.add_argument("--max-usd", type=float)
         parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--name")
+        _add_run_options(parser)
         parser.add_argument("--live", action="store_true", help="draw the convergence plot live")
         parser.add_argument("--no-progress", action="store_true", help="no progress display")
     elif command == "trace":
@@ -69,10 +76,20 @@ def _parser(command: str) -> _Parser:
         parser.add_argument("--prompts", action="store_true", help="with --text: show LM messages")
     elif command == "sql":
         parser.prog = "%%dspex sql"
+    elif command == "config":
+        parser.add_argument("settings", nargs="*", metavar="KEY=VALUE", help=f"keys: {', '.join(CONFIG_KEYS)}")
     elif command == "dashboard":
         parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
         parser.add_argument("--stop", action="store_true", help="stop the dashboard this kernel started")
     return parser
+
+
+def _add_run_options(parser: _Parser) -> None:
+    """Add what evaluate and optimize share: file inputs, the experiment's name, where to bind, what to resume."""
+    parser.add_argument("--inputs", help="a data file's input fields, comma-separated (default: the signature's)")
+    parser.add_argument("--name", help="the experiment's name")
+    parser.add_argument("--out", help="also bind the result (a partial one when interrupted) to this variable")
+    parser.add_argument("--resume", help="continue an interrupted run (its id or name); no trial runs twice")
 
 
 def _line_of(body: str, *path: str) -> int | None:
@@ -125,6 +142,45 @@ class DspexMagics(Magics):
             return getattr(self, f"_{command}")(args, cell)
         except DspexLabError as error:
             raise UsageError(f"{type(error).__name__}: {error}") from None
+        except RunInterrupted as stop:
+            self._interrupted(stop, args, words)
+        except KeyboardInterrupt as stop:
+            # Stopped before a run began or after it ended (loading data, a query): nothing to bind or resume.
+            print(f"%dspex {command} interrupted{f': {stop}' if str(stop) else ''}")
+        return None
+
+    def _interrupted(self, stop: RunInterrupted, args: argparse.Namespace, words: list[str]) -> None:
+        """Print one line for a stopped run, bind its partial result to ``_`` (and ``--out``), say how to resume."""
+        result = stop.result if stop.result is not None else _read_back(stop)
+        if result is None:
+            bound = "no step finished, so there is no partial result"
+        else:
+            self._bind(result, args.out)
+            self._bind_underscore(result)
+            done = f"{result.n_trials} trials" if stop.kind == "evaluation" else f"{len(result.steps)} steps"
+            bound = f"{done} kept; the partial result is in _" + (f" and {args.out}" if args.out else "")
+        again = [word for word in words if not word.startswith("--resume=")]
+        if "--resume" in again:
+            at = again.index("--resume")
+            del again[at : at + 2]
+        resume = shlex.join([*again, "--resume", stop.experiment_id])
+        print(f"{stop.kind} {stop.experiment_id} interrupted: {bound}; continue it with %dspex {resume}")
+
+    def _bind_underscore(self, result: Any) -> None:
+        """Make ``result`` the last output ``_`` (``_`` moves to ``__``, ``__`` to ``___``), as if the cell showed it.
+
+        Set through the display hook's own record, which IPython compares ``_`` with before it updates it
+        again: a bare assignment would read as the user's own ``_`` and stop later outputs reaching it.
+        """
+        hook = self.shell.displayhook
+        hook.___, hook.__, hook._ = getattr(hook, "__", None), getattr(hook, "_", None), result
+        self.shell.push({"_": hook._, "__": hook.__, "___": hook.___}, interactive=False)
+
+    def _bind(self, result: Any, out: str | None) -> None:
+        """Bind a run's result where the notebook finds it: ``_dspex_last``, and ``--out NAME`` when given."""
+        self.shell.user_ns["_dspex_last"] = result
+        if out is not None:
+            self.shell.user_ns[out] = result
 
     def _lookup(self, name: str, what: str) -> Any:
         namespace = self.shell.user_ns
@@ -167,12 +223,19 @@ class DspexMagics(Magics):
         self.shell.user_ns[args.name] = program
         return program
 
-    def _data(self, name: str) -> Any:
-        """A dataset from the namespace by name, else loaded from the file of that name."""
+    def _data(self, name: str, args: argparse.Namespace, program: Any, option: str = "--data") -> Any:
+        """A dataset from the namespace by name, else read from the file of that name.
+
+        A file's input fields are ``--inputs``, else the inputs of the program's signature.
+        """
         from dspex_lab.data import load_dataset
 
         namespace = self.shell.user_ns
-        return namespace[name] if name in namespace else load_dataset(name)
+        if name in namespace:
+            return namespace[name]
+        if not Path(name).exists() and name.isidentifier():
+            raise UsageError(f"%dspex: {option} {name!r} is neither a notebook variable nor a file")
+        return load_dataset(name, inputs=_inputs(args.inputs, program, name))
 
     def _metric(self, name: str, command: str) -> Any:
         """A callable from the namespace by name, else the dx.metrics function of that name."""
@@ -193,7 +256,8 @@ class DspexMagics(Magics):
         from dspex_lab.evaluation import evaluate
 
         program = self._lookup(args.program, "program")
-        data = self._data(args.data)
+        _check_out(args.out)
+        data = self._data(args.data, args, program)
         metric = self._metric(args.metric, "evaluate")
         result = evaluate(
             program,
@@ -203,17 +267,33 @@ class DspexMagics(Magics):
             repeats=args.repeats,
             trace=args.trace,
             progress=not args.no_progress,
+            resume=self._resumed(args.resume, "evaluation"),
         )
-        self.shell.user_ns["_dspex_last"] = result
+        self._bind(result, args.out)
         return result
 
+    def _resumed(self, experiment: str | None, kind: str) -> str | None:
+        """The id ``--resume`` names (an id or a name, see resolve_experiment), or None without it."""
+        if experiment is None:
+            return None
+        return resolve_experiment(current_context().journal, experiment, kinds=(kind,))
+
+    def _experiment_id(self, name: str) -> str:
+        """The id of the experiment ``name`` names: a result in the namespace, else an experiment id or name."""
+        value = self.shell.user_ns.get(name)
+        for field in ("experiment_id", "run_id"):  # an EvaluationResult, an OptimizationResult
+            if isinstance(getattr(value, field, None), str):
+                return str(getattr(value, field))
+        return resolve_experiment(current_context().journal, name)
+
     def _compare(self, args: argparse.Namespace, cell: str | None) -> Any:
-        from dspex_lab.evaluation import compare, load
+        from dspex_lab.evaluation import EvaluationResult, compare, load
 
         results = []
         for name in (args.a, args.b):
             value = self.shell.user_ns.get(name)
-            results.append(value if value is not None else load(name))
+            # Not a result in the notebook: an evaluation in the journal, by id or by name.
+            results.append(value if isinstance(value, EvaluationResult) else load(name))
         return compare(results[0], results[1])
 
     def _optimize(self, args: argparse.Namespace, cell: str | None) -> Any:
@@ -221,7 +301,9 @@ class DspexMagics(Magics):
         from dspex_lab.optimization import SimbaC, optimize
 
         program = self._lookup(args.program, "program")
-        train, val = self._data(args.train), self._data(args.val)
+        _check_out(args.out)
+        train = self._data(args.train, args, program, "--train")
+        val = self._data(args.val, args, program, "--val")
         metric = self._metric(args.metric, "optimize")
         simba_options = {key: value for key, value in (("max_steps", args.max_steps), ("bsize", args.bsize)) if value}
         if simba_options and args.optimizer != "simba-c":
@@ -237,41 +319,54 @@ class DspexMagics(Magics):
             # It displays itself at the first step, below the run's progress and its Cancel button.
             subscribers.append(LiveConvergenceWidget())
         result = optimize(
-            program, train, val, metric=metric, optimizer=optimizer, budget=budget, seed=args.seed,
-            name=args.name, subscribers=subscribers, progress=not args.no_progress,
-        )  # fmt: skip
-        self.shell.user_ns["_dspex_last"] = result
+            program,
+            train,
+            val,
+            metric=metric,
+            optimizer=optimizer,
+            budget=budget,
+            seed=args.seed,
+            name=args.name,
+            resume=self._resumed(args.resume, "optimization"),
+            subscribers=subscribers,
+            progress=not args.no_progress,
+        )
+        self._bind(result, args.out)
         return result
 
     def _trace(self, args: argparse.Namespace, cell: str | None) -> Any:
         """A trial's span tree (the TraceViewer widget, or text), or the list of an experiment's trials or steps."""
         journal = current_context().journal
-        record = journal.experiment(args.experiment)
+        experiment = self._experiment_id(args.experiment)
+        record = journal.experiment(experiment)
         if record.get("kind") == "optimization" and args.trial is None:
             import pandas as pd
 
-            rows = journal.step_rows(args.experiment)
+            rows = journal.step_rows(experiment)
             return pd.DataFrame(
                 [{"trace": f"step-{row['step']}", "status": row["status"], "decision": row["detail"]} for row in rows]
             )
         if args.text or record.get("kind") == "optimization":
             if args.trial is None:
                 raise UsageError(f"%dspex trace {args.experiment} --text needs a TRIAL (or drop --text for the viewer)")
-            if not journal.span_rows(args.experiment, args.trial):
-                raise UsageError(f"trial {args.trial!r} of {args.experiment!r} has no stored spans (was it traced?)")
-            print(journal.trace(args.experiment, args.trial).to_text(show_prompts=args.prompts))
+            if not journal.span_rows(experiment, args.trial):
+                raise UsageError(f"trial {args.trial!r} of {experiment!r} has no stored spans (was it traced?)")
+            print(journal.trace(experiment, args.trial).to_text(show_prompts=args.prompts))
             return None
         from dspex_lab.notebook._trace_viewer import TraceViewer
 
-        return TraceViewer(journal, args.experiment, trial_id=args.trial)
+        return TraceViewer(journal, experiment, trial_id=args.trial)
 
     def _sql(self, args: argparse.Namespace, cell: str) -> Any:
         return current_context().journal.sql(cell)
 
     def _config(self, args: argparse.Namespace, cell: str | None) -> dict[str, Any]:
+        """Set the session's LM, journal, threads or executor from ``key=value`` words, then show the settings."""
         from dspex_lab.trace.redaction import mask_text
 
         context = current_context()
+        if args.settings:
+            context.configure(**self._config_values(args.settings))
         # What is shown is masked like anything persisted: a URL password or a key pasted into a model name
         # or path never reaches the notebook's output (which is saved with the notebook).
         settings = {
@@ -282,6 +377,32 @@ class DspexMagics(Magics):
             "executor": repr(context.executor),
         }
         return {key: mask_text(str(value)) for key, value in settings.items() if value is not None}
+
+    def _config_values(self, words: list[str]) -> dict[str, Any]:
+        """Read ``key=value`` words into Context.configure's arguments.
+
+        ``lm=NAME`` takes a ``dspy.LM`` held by that notebook variable, else a model string;
+        ``journal=memory`` a new in-memory journal, else a path; ``threads`` an integer.
+        """
+        import dspy
+
+        values: dict[str, Any] = {}
+        for word in words:
+            key, equals, value = word.partition("=")
+            if not equals or key not in CONFIG_KEYS or not value:
+                raise UsageError(f"%dspex config: {word!r} is not KEY=VALUE with a key of {', '.join(CONFIG_KEYS)}")
+            values[key] = value
+        held = self.shell.user_ns.get(values.get("lm", ""))
+        if isinstance(held, dspy.BaseLM):
+            values["lm"] = held
+        if values.get("journal") == "memory":
+            values["journal"] = False
+        if "threads" in values:
+            try:
+                values["threads"] = int(values["threads"])
+            except ValueError:
+                raise UsageError(f"%dspex config: threads={values['threads']!r} is not an integer") from None
+        return values
 
     def _dashboard(self, args: argparse.Namespace, cell: str | None) -> Any:
         """Start the journal dashboard on 127.0.0.1 from a thread of this kernel, or stop it."""
@@ -306,6 +427,38 @@ class DspexMagics(Magics):
         self._dashboard_server = serve_dashboard(current_context().journal, port=args.port)
         display(HTML(_dashboard_link(self._dashboard_server, "started")))
         return self._dashboard_server
+
+
+def _inputs(given: str | None, program: Any, path: str) -> list[str]:
+    """A data file's input fields: ``--inputs a,b``, else the inputs of the program's signature."""
+    if given:
+        return [field.strip() for field in given.split(",") if field.strip()]
+    signature = getattr(program, "signature", None)
+    if isinstance(signature, str):
+        import dspy
+
+        return list(dspy.Signature(signature).input_fields)
+    raise UsageError(f"%dspex: say which fields of {path} are inputs with --inputs question[,context]")
+
+
+def _check_out(out: str | None) -> None:
+    if out is not None and (not out.isidentifier() or keyword.iskeyword(out)):
+        raise UsageError(f"%dspex: --out {out!r} is not a Python variable name")
+
+
+def _read_back(stop: RunInterrupted) -> Any:
+    """The partial result of a stopped run, read from the journal; None when it holds none (no finished step)."""
+    journal = current_context().journal
+    try:
+        if stop.kind == "optimization":
+            from dspex_lab.optimization import OptimizationResult
+
+            return OptimizationResult.from_journal(journal, stop.experiment_id)
+        from dspex_lab.evaluation import load
+
+        return load(stop.experiment_id, journal=journal)
+    except DspexLabError:
+        return None
 
 
 def _dashboard_link(server: Any, state: str) -> str:
