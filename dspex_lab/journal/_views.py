@@ -54,11 +54,18 @@ SELECT e.id AS experiment_id, e.kind, e.status, e.summary, coalesce(t.ok_n_score
 FROM experiments e LEFT JOIN experiment_stats t ON t.experiment_id = e.id"""
 
 
-# Per-example mean scores (repeats averaged: they are not independent) of the experiments given.
-_EXAMPLE_SCORES_SQL = """
-SELECT experiment_id, avg(score) AS score FROM trials
-WHERE list_contains(?, experiment_id) AND status = 'ok' AND score IS NOT NULL
-GROUP BY experiment_id, example_id ORDER BY experiment_id, min(example_index), example_id"""
+# Per experiment given, the totals of its per-example mean scores (repeats averaged: they are not
+# independent): how many, their mean and sample variance, and whether every one is 0 or 1. Aggregated
+# here rather than read: fetching a million trials' 200,000 per-example means into Python made the
+# leaderboard 300-470 ms (bench/README.md, bench_journal.py).
+_EXAMPLE_TOTALS_SQL = """
+WITH examples AS (
+    SELECT experiment_id, avg(score) AS score FROM trials
+    WHERE list_contains(?, experiment_id) AND status = 'ok' AND score IS NOT NULL
+    GROUP BY experiment_id, example_id)
+SELECT experiment_id, count(*) AS n, avg(score) AS mean, coalesce(var_samp(score), 0) AS variance,
+       bool_and(score = 0 OR score = 1) AS binary
+FROM examples GROUP BY experiment_id"""
 
 
 class ViewQueries(DuckDBStore):
@@ -130,9 +137,11 @@ class ViewQueries(DuckDBStore):
         One rule for every view (result, progress, browser, dashboard, ``dspex journal list``): an
         evaluation that ended shows the mean and interval its result reported (stored in its summary:
         repeats averaged per example, clustered when asked); any other experiment with scores gets
-        :func:`dspex_lab.stats.score_interval` over its per-example mean scores, computed here from
-        its trials. Without a score: NaN, NaN, NaN and ``""``. Reading a journal whose experiments
-        all have stored intervals loads neither pandas nor scipy.
+        :func:`dspex_lab.stats.score_interval` over its per-example mean scores, built from their
+        count, mean and variance aggregated in the database (never read one by one; see
+        :func:`dspex_lab.stats.score_interval_from_totals`). Without a score: NaN, NaN, NaN and
+        ``""``. Reading a journal whose experiments all have stored intervals loads neither pandas nor
+        scipy.
         """
         if not self._exists():
             return {}
@@ -152,15 +161,15 @@ class ViewQueries(DuckDBStore):
             else:
                 intervals[experiment] = (math.nan, math.nan, math.nan, "")
         if computed:
-            from dspex_lab.stats import score_interval  # only when an experiment needs it: scipy is slow to load
+            # Only when an experiment needs it: scipy is slow to load.
+            from dspex_lab.stats import score_interval_from_totals
 
-            scores: dict[str, list[float]] = {experiment: [] for experiment in computed}
-            for row in self._rows(_EXAMPLE_SCORES_SQL, [computed]):
-                scores[row["experiment_id"]].append(float(row["score"]))
-            for experiment, values in scores.items():
-                interval = score_interval(values)
-                mean = sum(values) / len(values) if values else math.nan
-                intervals[experiment] = (mean, interval.low, interval.high, interval.method if values else "")
+            for experiment in computed:
+                intervals[experiment] = (math.nan, math.nan, math.nan, "")
+            for row in self._rows(_EXAMPLE_TOTALS_SQL, [computed]):
+                n, mean = int(row["n"]), float(row["mean"])
+                interval = score_interval_from_totals(n, mean, float(row["variance"]), binary=bool(row["binary"]))
+                intervals[row["experiment_id"]] = (mean, interval.low, interval.high, interval.method)
         return intervals
 
     def trial_page(

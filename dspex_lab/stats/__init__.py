@@ -14,6 +14,7 @@ from dspex_lab.stats._intervals import (
     is_binary,
     mean_interval,
     score_interval,
+    score_interval_from_totals,
     wilson_interval,
 )
 from dspex_lab.stats._paired import (
@@ -75,6 +76,7 @@ __all__ = [
     "sample_size_unpaired",
     "score_correlation",
     "score_interval",
+    "score_interval_from_totals",
     "summarize",
     "t_interval",
     "variance_components",

@@ -11,9 +11,17 @@ import numpy as np
 from scipy import special
 
 from dspex_lab.stats._checks import Values, as_generator, as_scores, check_confidence
-from dspex_lab.stats._summary import summarize
+from dspex_lab.stats._summary import summarize, t_interval
 
-__all__ = ["Interval", "bootstrap_interval", "is_binary", "mean_interval", "score_interval", "wilson_interval"]
+__all__ = [
+    "Interval",
+    "bootstrap_interval",
+    "is_binary",
+    "mean_interval",
+    "score_interval",
+    "score_interval_from_totals",
+    "wilson_interval",
+]
 
 # Resampled values held in memory at once; bounds memory to ~8 MB whatever n and resamples are.
 _BATCH_ELEMENTS = 1_000_000
@@ -190,6 +198,35 @@ def score_interval(values: Values, *, confidence: float = 0.95) -> Interval:
         't'
     """
     return mean_interval(values, method="auto", confidence=confidence)
+
+
+def score_interval_from_totals(
+    n: int, mean: float, variance: float, *, binary: bool, confidence: float = 0.95
+) -> Interval:
+    """Return :func:`score_interval`'s interval for a sample known only by its size, mean and variance.
+
+    For a store that aggregates the per-example scores where they are kept (the journal, in SQL)
+    instead of reading every one: the same rule, Wilson when every score is 0 or 1 (``binary``;
+    its successes are ``mean * n``), Student t from the sample variance (ddof=1) otherwise. It
+    equals ``score_interval(values)`` up to floating-point rounding.
+
+    Examples:
+        >>> interval = score_interval_from_totals(4, 0.75, 0.25, binary=True)
+        >>> interval.method, round(interval.low, 3), round(interval.high, 3)
+        ('wilson', 0.301, 0.954)
+
+    Raises:
+        ValueError: a negative ``n`` or variance, or a confidence outside (0, 1).
+    """
+    check_confidence(confidence)
+    if n < 0 or variance < 0:
+        raise ValueError(f"need n >= 0 and a variance >= 0, got n={n}, variance={variance}")
+    if binary and n > 0:
+        return wilson_interval(round(mean * n), n, confidence=confidence)
+    if n < 2:
+        return Interval(math.nan, math.nan, "t", confidence)
+    low, high = t_interval(mean, math.sqrt(variance / n), n, confidence=confidence)
+    return Interval(low, high, "t", confidence)
 
 
 def resampled_statistics(
