@@ -3,12 +3,16 @@
 One JupyterLab server on 127.0.0.1 runs a notebook that loads the extension, defines a program in a
 ``%%dspex program`` cell, evaluates it with ``%dspex evaluate`` (its RunProgress widget and the result's
 rich HTML render in the output), queries the journal with ``%%dspex sql``, and shows how a mistyped cell and
-a wrong magic read: one line each, naming the cell's line and the allowed range, or the subcommands.
+a wrong magic read: one line each, naming the cell's line and the allowed range, or the subcommands. Then, with
+the session set by ``%dspex config`` (no ``with`` block), an evaluation of a JSONL file (``--data FILE``) is
+stopped with its widget's Cancel: one printed line, no traceback, the widget reading "interrupted" as the
+journal does; ``--resume`` by name finishes it with every trial recorded once; a mistyped file is one line.
 The screenshot stays in the test's temporary directory (and in $DSPEX_ARTIFACTS when set).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -36,6 +40,8 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed"),
 ]
+
+SLOW_TRIALS = 80  # 10 s uncancelled (2 threads, 0.25 s a call): Cancel lands well before the end
 
 CELLS = [
     # 0: the process-wide context comes from DSPEX_* settings, as a terminal user's would.
@@ -77,6 +83,31 @@ variables:
     high: 1.0""",
     # 5
     "%dspex frobnicate",
+    # 6: a slow lab LM (latency per call) and a data file, as a researcher's own JSONL would be.
+    """\
+import json
+slow = dx.lab_lm("lab/small", latency=0.25)
+with open("slow.jsonl", "w") as handle:
+    for example in dx.datasets.arithmetic(SLOW_TRIALS, seed=1):
+        handle.write(json.dumps(example.toDict()) + "\\n")
+print("written")""".replace("SLOW_TRIALS", str(SLOW_TRIALS)),
+    # 7: the session's LM and threads, set once: no `with dx.Context` block from here on.
+    "%dspex config lm=slow threads=2",
+    # 8: stopped with Cancel.
+    "%dspex evaluate qa --data slow.jsonl --metric exact_match --name slow-run --out partial",
+    # 9: continued by name.
+    "%dspex evaluate qa --data slow.jsonl --metric exact_match --resume slow-run --out full",
+    # 10
+    """\
+trials = dx.load("slow-run").trials
+print("resumed:", json.dumps({
+    "trials": len(trials),
+    "distinct": len(set(zip(trials["example_id"], trials["repeat"]))),
+    "partial": [partial.status, partial.n_trials, _.experiment_id == partial.experiment_id],
+    "full": [full.status, full.experiment_id == partial.experiment_id],
+}))""",
+    # 11
+    "%dspex evaluate qa --data slow.jsonll --metric exact_match",
 ]
 
 
@@ -125,6 +156,57 @@ def test_dspex_cells_run_in_jupyterlab_and_show_rich_results_and_one_line_errors
             wrong = output(cells.nth(5))
             expect(wrong).to_contain_text("expected one of program, evaluate, compare", timeout=RENDER_TIMEOUT_MS)
             assert "Traceback" not in wrong.inner_text()
+
+            cancel_resume_and_a_missing_file(page, cells, tmp_path)
         finally:
             keep_screenshot(page, tmp_path / "magics_jupyterlab.png")
     assert (root / "magics.duckdb").exists()
+
+
+def cancel_resume_and_a_missing_file(page, cells, tmp_path: Path) -> None:
+    """Cancel a ``%dspex evaluate --data FILE``: one line, no traceback; ``--resume`` finishes it, each trial once."""
+    expect = sync_api.expect
+    run_cell(page, 6)
+    expect(output(cells.nth(6))).to_contain_text("written", timeout=RENDER_TIMEOUT_MS)
+    run_cell(page, 7)
+    expect(output(cells.nth(7))).to_contain_text("'threads': '2'", timeout=RENDER_TIMEOUT_MS)
+
+    run_cell(page, 8)
+    stopped = cells.nth(8)
+    progress = stopped.locator(".dspex-progress")
+    expect(progress.locator(".dspex-progress-status")).to_have_text("running", timeout=RENDER_TIMEOUT_MS)
+    progress.locator(".dspex-progress-trials").evaluate(
+        "(element) => new Promise((resolve) => { const check = () => parseInt(element.textContent) >= 4 ?"
+        " resolve() : setTimeout(check, 50); check(); })"
+    )
+    progress.locator(".dspex-progress-cancel").click()
+    # The widget, the journal and the terminal say the same word.
+    expect(progress.locator(".dspex-progress-status")).to_have_text("interrupted", timeout=10_000)
+    said = stopped.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stdout']")
+    expect(said).to_contain_text("--resume", timeout=RENDER_TIMEOUT_MS)
+    lines = said.inner_text().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("evaluation ") and " interrupted: " in lines[0], lines
+    assert "the partial result is in _ and partial" in lines[0]
+    assert "Traceback" not in " ".join(output(stopped).all_inner_texts())
+    assert not stopped.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count()
+    keep_screenshot(stopped, tmp_path / "magics_cancelled.png")
+
+    run_cell(page, 9)
+    resumed = cells.nth(9).locator(".dspex-evaluation")
+    expect(resumed).to_be_visible(timeout=RENDER_TIMEOUT_MS)
+    expect(resumed).to_contain_text("slow-run")
+    expect(cells.nth(9).locator(".dspex-progress-status")).to_have_text("finished")
+
+    run_cell(page, 10)
+    report = output(cells.nth(10))
+    expect(report).to_contain_text("resumed:", timeout=RENDER_TIMEOUT_MS)
+    state = json.loads(report.inner_text().split("resumed:", 1)[1])
+    assert state["trials"] == state["distinct"] == SLOW_TRIALS  # every trial once
+    status, kept, underscore = state["partial"]
+    assert status == "interrupted" and 4 <= kept < SLOW_TRIALS and underscore
+    assert state["full"] == ["finished", True]
+
+    run_cell(page, 11)
+    missing = output(cells.nth(11))
+    expect(missing).to_contain_text("slow.jsonll: no such file", timeout=RENDER_TIMEOUT_MS)
+    assert "Traceback" not in missing.inner_text()
