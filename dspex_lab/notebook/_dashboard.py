@@ -32,7 +32,10 @@ from dspex_lab.notebook._dashboard_data import (
     trace_html,
     trace_rows,
     trial_frame,
+    trial_table,
+    why_frame,
 )
+from dspex_lab.notebook._trace_data import ExampleFields, SpanSearch, detail_html, span_detail
 
 if TYPE_CHECKING:
     from dspex_lab.journal import JournalStore
@@ -54,6 +57,10 @@ TRIAL_SORTS = {
 # Rows of the leaderboard drawn as points with intervals; the table below holds them all.
 _PLOTTED_EXPERIMENTS = 40
 _TRIALS_PER_PAGE = 50
+# The trial table's text columns start this wide (pixels); every column is resized by dragging its edge.
+_TRIAL_TABLE_WIDTHS = {"trial": 110, "question": 320, "expected": 110, "answer": 150, "error": 180}
+# A span search lists this many matching spans at most (the count says how many match in all).
+_SEARCH_SHOWN = 200
 _LEADERBOARD_SHOWN = (
     "experiment_id", "name", "kind", "status", "program", "model", "n_trials", "n_errors", "mean", "ci_low",
     "ci_high", "created_at",
@@ -98,6 +105,10 @@ class Dashboard:
         self.comparison: ComparisonView | None = None
         self.trials = pd.DataFrame()
         self.trials_total = 0
+        # The trace page's experiment: its examples (question, expected) and its spans' text (search).
+        self._trace_data: tuple[str, ExampleFields, SpanSearch] | None = None
+        self.matches = pd.DataFrame()
+        self.shown_trial = ""
         self._signature = journal_signature(journal)
         # Each experiment's status at the last refresh: pages of finished experiments need no re-query.
         self._statuses: dict[str, str] = {}
@@ -160,26 +171,58 @@ class Dashboard:
         self.previous_page = pn.widgets.Button(label="◀ previous", width=100)
         self.next_page = pn.widgets.Button(label="next ▶", width=100)
         self.trial_count = pn.pane.Markdown("")
+        # Sorted by the menu in the journal (across pages), so the headers do not sort one page.
         self.trial_table = pn.widgets.Tabulator(
             pd.DataFrame(),
             disabled=True,
             show_index=False,
             selectable=1,
+            sortable=False,
+            widths=_TRIAL_TABLE_WIDTHS,
+            text_align={"score": "right", "tokens": "right", "cost": "right", "latency": "right"},
             sizing_mode="stretch_width",
             height=320,
         )
         self.trace_view = pn.pane.HTML("Select a trial.", sizing_mode="stretch_width")
+        self.span_select = pn.widgets.Select(label="Span", options={}, sizing_mode="stretch_width")
+        self.span_view = pn.pane.HTML("Select a span.", sizing_mode="stretch_width")
+        self.span_search = pn.widgets.TextInput(
+            label="Search the experiment's spans", placeholder="text in span names, prompts, completions or errors"
+        )
+        self.search_count = pn.pane.Markdown("")
+        self.search_results = pn.widgets.Tabulator(
+            pd.DataFrame(columns=["trial", "span", "text"]),
+            disabled=True,
+            show_index=False,
+            selectable=1,
+            widths={"trial": 110, "span": 200},
+            sizing_mode="stretch_width",
+            height=200,
+            visible=False,
+        )
         for widget in (self.trace_experiment, self.trial_status, self.trial_sort, self.trial_descending):
             widget.param.watch(lambda _event: self._first_trial_page(), "value")
         self.previous_page.on_click(lambda _event: self._move_trial_page(-1))
         self.next_page.on_click(lambda _event: self._move_trial_page(1))
         self.trial_table.param.watch(lambda _event: self.refresh_trace(), "selection")
+        self.span_select.param.watch(lambda _event: self.refresh_span(), "value")
+        # Each keystroke searches (not only Enter or leaving the box): the spans' text is held in memory.
+        self.span_search.param.watch(lambda event: self.search_spans(event.new), "value_input")
+        self.search_results.param.watch(lambda _event: self._open_match(), "selection")
 
     def _optimization_widgets(self, pn: Any) -> None:
         """Make the optimization page's run menu, headline and plot."""
         self.run_select = pn.widgets.Select(label="Optimization run", options={})
         self.run_plot = pn.pane.HoloViews(None)
         self.run_message = pn.pane.Markdown("")
+        self.why_table = pn.widgets.Tabulator(
+            pd.DataFrame(),
+            disabled=True,
+            show_index=False,
+            widths={"rationale": 360},
+            sizing_mode="stretch_width",
+            height=320,
+        )
         self.run_select.param.watch(lambda _event: self.refresh_run(), "value")
 
     # -- layout --------------------------------------------------------------------------------
@@ -208,13 +251,26 @@ class Dashboard:
             pn.Row(self.trace_experiment, self.trial_status, self.trial_sort, self.trial_descending),
             pn.Row(self.previous_page, self.next_page, self.trial_count),
             self.trial_table,
-            self.trace_view,
+            pn.Row(self.span_search, self.search_count),
+            self.search_results,
+            pn.Row(
+                pn.Column(self.trace_view, sizing_mode="stretch_width"),
+                pn.Column(self.span_select, self.span_view, sizing_mode="stretch_width"),
+                sizing_mode="stretch_width",
+            ),
             sizing_mode="stretch_width",
         )
 
     def _optimization_page(self) -> Any:
         pn = _panel()
-        return pn.Column(self.run_select, self.run_message, self.run_plot)
+        return pn.Column(
+            self.run_select,
+            self.run_message,
+            self.run_plot,
+            pn.pane.Markdown("#### Why: each candidate, what was decided and on what evidence"),
+            self.why_table,
+            sizing_mode="stretch_width",
+        )
 
     # -- refreshing ----------------------------------------------------------------------------
 
@@ -377,20 +433,96 @@ class Dashboard:
                 limit=_TRIALS_PER_PAGE,
                 offset=self.trial_offset,
             )
-        self.trial_table.value = self.trials
+        shown = self.trials
+        if experiment_id and not shown.empty:
+            shown = trial_table(shown, self._experiment_data(experiment_id)[0])
+        self.trial_table.value = shown
         last = min(self.trial_offset + _TRIALS_PER_PAGE, self.trials_total)
         first = self.trial_offset + 1 if self.trials_total else 0
         self.trial_count.object = f"trials {first} to {last} of {self.trials_total:,}"
 
-    def show_trace(self, trial_id: str) -> None:
-        """Draw one trial's span tree of the selected experiment on the trace page."""
+    def _experiment_data(self, experiment_id: str) -> tuple[ExampleFields, SpanSearch]:
+        """Return the trace page's experiment's examples and span search, read once per experiment."""
+        if self._trace_data is None or self._trace_data[0] != experiment_id:
+            record = self.journal.experiment(experiment_id)
+            fields = ExampleFields(self.journal, record)
+            self._trace_data = (experiment_id, fields, SpanSearch(self.journal, experiment_id))
+        return self._trace_data[1], self._trace_data[2]
+
+    def show_trace(self, trial_id: str, *, span_id: str | None = None) -> None:
+        """Draw one trial's span tree of the selected experiment, and a span's detail (default: its metric's)."""
         experiment_id = self.trace_experiment.value
         try:
             rows = trace_rows(self.journal, experiment_id, trial_id)
         except DspexLabError as error:
             self.trace_view.object = f'<p class="dspex-trace-note">{html.escape(str(error))}</p>'
+            self.shown_trial = ""
+            self.span_select.options = {}
+            self.span_view.object = "Select a span."
             return
+        self.shown_trial = trial_id
         self.trace_view.object = f"<h4>Trial {html.escape(trial_id)} — {len(rows)} spans</h4>" + trace_html(rows)
+        # Numbered, so two spans of one name stay two entries; indented by depth, as in the tree.
+        options = {
+            f"{position}. {chr(0xA0) * 2 * row['depth']}{row['kind']} {row['name']}": row["span_id"]
+            for position, row in enumerate(rows, start=1)
+        }
+        metric = next((row["span_id"] for row in rows if row["kind"] == "metric"), None)
+        chosen = span_id if span_id in options.values() else metric or next(iter(options.values()), None)
+        self.span_select.options = options
+        if self.span_select.value == chosen:
+            self.refresh_span()  # the same id in another trial: the watcher does not fire
+        else:
+            self.span_select.value = chosen
+
+    def refresh_span(self) -> None:
+        """Draw the detail of the span chosen in the trace page's span menu: prompt, completion, expected vs got."""
+        span_id = self.span_select.value
+        experiment_id = self.trace_experiment.value
+        if not span_id or not self.shown_trial or not experiment_id:
+            self.span_view.object = "Select a span."
+            return
+        spans = self.journal.spans(experiment_id, self.shown_trial)
+        chosen = next((span for span in spans if span.span_id == span_id), None)
+        if chosen is None:
+            self.span_view.object = f"No span {html.escape(span_id)} in trial {html.escape(self.shown_trial)}."
+            return
+        fields, _ = self._experiment_data(experiment_id)
+        # The trial's root span names its example (the question and the gold fields are the example's).
+        root = next((span for span in spans if span.kind == "trial"), None)
+        example_id = str(root.json_attributes.get("example_id") or "") if root is not None else ""
+        self.span_view.object = detail_html(span_detail(chosen, fields, example_id))
+
+    def search_spans(self, text: str | None) -> None:
+        """List the spans of the trace page's experiment whose name, prompt, completion or error holds ``text``."""
+        experiment_id = self.trace_experiment.value
+        if not experiment_id or not (text or "").strip():
+            self.matches = pd.DataFrame()
+            self.search_results.visible = False
+            self.search_count.object = ""
+            return
+        _, search = self._experiment_data(experiment_id)
+        found, total = search.find(text or "", limit=_SEARCH_SHOWN)
+        self.matches = pd.DataFrame(found, columns=["trial_id", "span_id", "kind", "name", "snippet"])
+        trials = len(set(self.matches["trial_id"]))
+        where = f" in {trials:,} trial{'s' if trials != 1 else ''}"
+        if total > _SEARCH_SHOWN:
+            where = f", the first {_SEARCH_SHOWN} listed"
+        self.search_count.object = f"{total:,} matching span{'s' if total != 1 else ''}{where}" if total else "no match"
+        self.search_results.value = pd.DataFrame(
+            {
+                "trial": self.matches["trial_id"],
+                "span": self.matches["kind"] + " " + self.matches["name"],
+                "text": self.matches["snippet"],
+            }
+        )
+        self.search_results.visible = bool(total)
+
+    def _open_match(self) -> None:
+        selection = self.search_results.selection
+        if selection and selection[0] < len(self.matches):
+            match = self.matches.iloc[selection[0]]
+            self.show_trace(str(match["trial_id"]), span_id=str(match["span_id"]))
 
     def refresh_trace(self) -> None:
         """Draw the span tree of the trial selected in the trace page's table."""
@@ -404,6 +536,7 @@ class Dashboard:
         if not run_id:
             self.run_plot.object = None
             self.run_message.object = ""
+            self.why_table.value = pd.DataFrame()
             return
         from dspex_lab.optimization import OptimizationResult
 
@@ -414,7 +547,9 @@ class Dashboard:
             self.run_message.object = (
                 f"**{html.escape(result.headline)}** {html.escape(result.optimistic.capitalize())}."
             )
+            self.why_table.value = why_frame(result).round(4)
         except DspexLabError as error:
+            self.why_table.value = pd.DataFrame()
             self.run_plot.object = None
             self.run_message.object = f"**Cannot draw run {run_id}:** {error}"
 

@@ -21,10 +21,22 @@ import numpy as np
 import pandas as pd
 
 from dspex_lab.errors import JournalError
+from dspex_lab.notebook._trace_data import (
+    ExampleFields,
+    Prices,
+    count,
+    format_cost,
+    format_latency,
+    format_tokens,
+    lm_columns,
+    number,
+    shorten,
+)
 from dspex_lab.stats import PairedTest, is_binary, paired_test
 
 if TYPE_CHECKING:
     from dspex_lab.journal import JournalReader, JournalStore
+    from dspex_lab.optimization import OptimizationResult
     from dspex_lab.trace.tree import TraceNode
 
 __all__ = [
@@ -37,12 +49,21 @@ __all__ = [
     "trace_html",
     "trace_rows",
     "trial_frame",
+    "trial_table",
+    "why_frame",
 ]
 
 # 0/1 scores are spread this far (at most) around their value, so overlapping points show as a cloud.
 _JITTER = 0.08
-# Columns of the trial table on the trace page, in order.
-TRIAL_COLUMNS = ("trial_id", "example_id", "repeat", "status", "score", "latency", "error_type")
+# The trial columns the trace page reads (its table shows them as TRIAL_TABLE_COLUMNS).
+TRIAL_COLUMNS = (
+    "trial_id", "example_id", "repeat", "status", "score", "prediction", "error_type", "error_message", "latency",
+    "input_tokens", "output_tokens", "cost", "unpriced_models",
+)  # fmt: skip
+# The trace page's trial table, in order: what a researcher reads of a trial.
+TRIAL_TABLE_COLUMNS = (
+    "trial", "question", "expected", "answer", "score", "status", "error", "tokens", "cost", "latency",
+)  # fmt: skip
 
 
 def experiment_label(name: Any, experiment_id: str) -> str:
@@ -199,11 +220,41 @@ def journal_signature(journal: JournalStore) -> JournalSignature:
     return JournalSignature(tuple(stamps))
 
 
+def trial_table(page: pd.DataFrame, fields: ExampleFields) -> pd.DataFrame:
+    """Return a page of :func:`trial_frame` as the trace page's table shows it (:data:`TRIAL_TABLE_COLUMNS`).
+
+    The question is the example's inputs and "expected" its gold fields (see :class:`ExampleFields`);
+    tokens carry thousands separators, cost is in dollars (``unpriced`` when a model has no price, never
+    $0) and latency in ms or s. Texts are cut to one line; the rows keep the page's order.
+    """
+    rows = []
+    for trial in page.to_dict("records"):
+        texts = fields.row(str(trial.get("example_id") or ""), trial.get("prediction"))
+        tokens = [count(trial.get("input_tokens")), count(trial.get("output_tokens"))]
+        message = trial.get("error_message")
+        error = f"{trial.get('error_type') or 'error'}: {message}" if isinstance(message, str) else ""
+        unpriced = isinstance(trial.get("unpriced_models"), str) and bool(trial["unpriced_models"])
+        rows.append(
+            {
+                "trial": str(trial["trial_id"]),
+                **{name: shorten(text) for name, text in texts.items()},
+                "score": number(trial.get("score")),
+                "status": trial.get("status"),
+                "error": shorten(error, 200),
+                "tokens": "" if tokens == [None, None] else format_tokens(sum(part or 0 for part in tokens)),
+                "cost": format_cost(number(trial.get("cost")), unpriced=unpriced),
+                "latency": format_latency(number(trial.get("latency"))),
+            }
+        )
+    return pd.DataFrame(rows, columns=list(TRIAL_TABLE_COLUMNS))
+
+
 def trace_rows(journal: JournalReader, experiment_id: str, trial_id: str) -> list[dict[str, Any]]:
     """Return one trial's spans as rows in tree order (depth first), for the trace page.
 
-    Each row has ``depth``, ``kind``, ``name``, ``status``, ``start_ms`` (from the trial's first span),
-    ``duration_ms``, ``tokens``, ``cost`` and ``error``.
+    Each row has ``span_id``, ``depth``, ``kind``, ``name``, ``status``, ``start_ms`` (from the trial's first
+    span), ``duration_ms``, ``tokens``, ``cost``, ``unpriced`` and ``error``. An LM span's cost is the one its
+    provider reported, else its tokens at the model's price, else None with ``unpriced`` set.
 
     Raises:
         JournalError: the trial has no stored spans (it was not traced) or the journal cannot be read.
@@ -212,21 +263,24 @@ def trace_rows(journal: JournalReader, experiment_id: str, trial_id: str) -> lis
     nodes: list[TraceNode] = list(tree.walk())
     start = min((node.span.start_ns for node in nodes), default=0)
     rows = []
+    prices = Prices()
     for node in nodes:
         span = node.span
-        attributes = span.json_attributes
-        tokens = attributes.get("total_tokens") if span.kind == "lm" else None
-        cost = attributes.get("cost") if span.kind == "lm" else None
+        usage = lm_columns(span.json_attributes, prices) if span.kind == "lm" else {}
+        tokens_in, tokens_out = usage.get("tokens_in"), usage.get("tokens_out")
+        tokens = None if tokens_in is None and tokens_out is None else (tokens_in or 0) + (tokens_out or 0)
         rows.append(
             {
+                "span_id": span.span_id,
                 "depth": node.depth,
                 "kind": span.kind,
                 "name": span.name,
                 "status": span.status,
                 "start_ms": (span.start_ns - start) / 1e6,
                 "duration_ms": (span.end_ns - span.start_ns) / 1e6,
-                "tokens": tokens if isinstance(tokens, int) else None,
-                "cost": float(cost) if isinstance(cost, (int, float)) else None,
+                "tokens": tokens,
+                "cost": usage.get("cost"),
+                "unpriced": bool(usage.get("unpriced")),
                 "error": span.error,
             }
         )
@@ -241,13 +295,14 @@ def trace_html(rows: list[dict[str, Any]]) -> str:
         left = 100 * row["start_ms"] / total
         width = max(100 * row["duration_ms"] / total, 0.5)
         error = f'<div class="dspex-span-error">{html.escape(row["error"])}</div>' if row["error"] else ""
-        tokens = "" if row["tokens"] is None else f"{row['tokens']:,}"
-        cost = "" if row["cost"] is None else f"${row['cost']:.6f}"
+        tokens = format_tokens(row["tokens"])
+        cost = format_cost(row["cost"], unpriced=bool(row.get("unpriced")))
+        duration = format_latency(row["duration_ms"] / 1000)
         body.append(
             f'<tr class="dspex-span dspex-status-{html.escape(row["status"])}">'
             f'<td style="padding-left:{0.4 + 1.2 * row["depth"]:.1f}em">'
             f"<b>{html.escape(row['kind'])}</b> {html.escape(row['name'])}{error}</td>"
-            f"<td>{row['duration_ms']:.1f} ms</td><td>{tokens}</td><td>{cost}</td>"
+            f"<td>{duration}</td><td>{tokens}</td><td>{html.escape(cost)}</td>"
             f"<td>{html.escape(row['status'])}</td>"
             f'<td class="dspex-waterfall"><div style="margin-left:{left:.2f}%;width:{width:.2f}%"></div></td></tr>'
         )
@@ -261,3 +316,57 @@ def trace_html(rows: list[dict[str, Any]]) -> str:
         '<table class="dspex-trace"><thead><tr><th>span</th><th>duration</th><th>tokens</th><th>cost</th>'
         "<th>status</th><th>timeline</th></tr></thead><tbody>" + "".join(body) + "</tbody></table>"
     )
+
+
+# The optimization page's "why" table, in order: each candidate, what was decided about it and on what evidence.
+WHY_COLUMNS = (
+    "step", "candidate", "parent", "strategy", "decision", "rationale", "screen difference", "validation mean",
+    "validation difference", "p", "p (Holm)",
+)  # fmt: skip
+
+
+def why_frame(result: OptimizationResult) -> pd.DataFrame:
+    """Return what ``result.why(candidate)`` says of every candidate, as a table: one row per candidate.
+
+    ``decision`` is ``accepted``, ``rejected`` (validated, its test not significant after Holm's
+    correction), ``not validated`` (screened, but another was chosen to validate or it did not beat the
+    incumbent on the mini-batch) or ``baseline``. The differences are the candidate's mean minus the
+    incumbent's: on the mini-batch, and on the validation set (from its paired test); ``p`` is the
+    one-sided p of "the candidate is better" and ``p (Holm)`` the same after the step's correction.
+    """
+    # Each validated candidate's paired difference, as its step recorded it.
+    differences = {
+        str(item.get("candidate")): _finite(item.get("difference"))
+        for step in result.journal.step_rows(result.run_id)
+        for item in step.get("evaluations") or []
+    }
+    rows = []
+    for row in result.candidates.to_dict("records"):
+        candidate = str(row["candidate_id"])
+        validated = not math.isnan(_finite(row.get("p_value")))
+        decision = (
+            "baseline" if row.get("strategy") == "baseline"
+            else "accepted" if row.get("accepted")
+            else "rejected" if validated
+            else "not validated"
+        )  # fmt: skip
+        rows.append(
+            {
+                "step": int(row["step"]),
+                "candidate": candidate,
+                "parent": row.get("parent_id") if isinstance(row.get("parent_id"), str) else "",
+                "strategy": row.get("strategy"),
+                "decision": decision,
+                "rationale": row.get("rationale") or "",
+                "screen difference": _finite(row.get("screen_mean")) - _finite(row.get("incumbent_screen_mean")),
+                "validation mean": _finite(row.get("val_mean")),
+                "validation difference": differences.get(candidate, math.nan),
+                "p": _finite(row.get("p_value")),
+                "p (Holm)": _finite(row.get("p_adjusted")),
+            }
+        )
+    return pd.DataFrame(rows, columns=list(WHY_COLUMNS))
+
+
+def _finite(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan

@@ -11,6 +11,7 @@ data: no widget and no panel.
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -25,12 +26,14 @@ __all__ = [
     "SpanSearch",
     "comparison",
     "count",
+    "detail_html",
     "format_cost",
     "format_latency",
     "format_tokens",
     "lm_columns",
     "number",
     "shorten",
+    "span_detail",
 ]
 
 # A cell of the trial list shows this much of a question or an answer; the whole text is its tooltip.
@@ -297,3 +300,112 @@ def lm_columns(attributes: dict[str, Any], prices: Prices) -> dict[str, Any]:
     if attributes.get("cache_hit") is True:
         columns["cached"] = True
     return columns
+
+
+def span_detail(span: Any, fields: ExampleFields, example_id: str) -> dict[str, Any]:
+    """Return what a span's detail pane shows: its kind, name, status, duration, attributes and, by kind, more.
+
+    An LM span adds its ``usage`` (model, temperature, tokens, cost); a metric span adds its
+    ``comparison`` (the example's question, the gold fields and the prediction). The attributes are read
+    through the span, so they are redacted once more on read, like every other view of a span.
+
+    Args:
+        span: a ``dspex_lab.trace.Span``.
+        fields: the experiment's examples.
+        example_id: the example of the span's trial.
+    """
+    attributes = span.json_attributes
+    detail: dict[str, Any] = {
+        "id": span.span_id,
+        "kind": span.kind,
+        "name": span.name,
+        "status": span.status,
+        "error": span.error,
+        "duration_ms": round(span.duration * 1000, 3),
+        "attributes": attributes,
+    }
+    if span.kind == "lm":
+        detail["usage"] = lm_columns(attributes, Prices())
+    if span.kind == "metric":
+        detail["comparison"] = comparison(attributes, fields.question(example_id), fields.outputs)
+    return detail
+
+
+def _html_text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+    return html.escape(text)
+
+
+def _block(title: str, value: Any, class_name: str) -> str:
+    """Return a titled block of text (a message, a completion, an input field), newlines kept."""
+    return (
+        f'<div class="dspex-block-title">{html.escape(title)}</div><pre class="{class_name}">{_html_text(value)}</pre>'
+    )
+
+
+def _comparison_html(compared: Mapping[str, Any]) -> str:
+    """Return the question and an expected-vs-got table, fields that differ marked."""
+    parts = [_block(str(name), value, "dspex-question") for name, value in (compared.get("question") or {}).items()]
+    expected, got, score = compared.get("expected"), compared.get("got"), compared.get("score")
+    if isinstance(expected, Mapping) and isinstance(got, Mapping):
+        shared = [name for name in expected if name in got]
+        names = shared + [name for name in [*expected, *got] if name not in shared]
+        lines = [(str(name), expected.get(name), got.get(name)) for name in dict.fromkeys(names)]
+    else:
+        lines = [("value", expected, got)]
+    rows = []
+    for name, left, right in lines:
+        differs = left is not None and right is not None and _html_text(left) != _html_text(right)
+        rows.append(
+            f'<tr class="{"dspex-differs" if differs else ""}" data-field="{html.escape(name)}">'
+            f'<td>{html.escape(name)}</td><td class="dspex-expected">{"" if left is None else _html_text(left)}</td>'
+            f'<td class="dspex-got">{"" if right is None else _html_text(right)}</td></tr>'
+        )
+    title = "expected vs got" + ("" if score is None else f" — score {score}")
+    return (
+        "".join(parts) + f'<div class="dspex-block-title">{html.escape(title)}</div><table class="dspex-compare">'
+        "<tr><th>field</th><th>expected</th><th>got</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+_DETAIL_STYLE = (
+    "<style>.dspex-span-detail{font-size:13px}.dspex-span-detail .dspex-block-title{font-weight:bold;"
+    "margin-top:8px;opacity:.8}.dspex-span-detail pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:2px 0;"
+    "padding:4px 6px;background:#8881;border-radius:3px}.dspex-span-detail table{border-collapse:collapse;"
+    "width:100%;table-layout:fixed}.dspex-span-detail td,.dspex-span-detail th{border:1px solid #8884;"
+    "padding:2px 6px;vertical-align:top;text-align:left;white-space:pre-wrap;overflow-wrap:anywhere}"
+    ".dspex-span-detail .dspex-differs td.dspex-expected,.dspex-span-detail .dspex-differs td.dspex-got"
+    "{background:#e5484d26}.dspex-span-detail dl{display:grid;grid-template-columns:max-content 1fr;gap:0 10px;"
+    "margin:4px 0}.dspex-span-detail dt{opacity:.7}.dspex-span-detail dd{margin:0}</style>"
+)
+
+
+def detail_html(detail: Mapping[str, Any]) -> str:
+    """Return :func:`span_detail` as HTML (every text escaped): facts, question, expected vs got, prompt, completion."""
+    attributes = dict(detail.get("attributes") or {})
+    facts = [("status", detail.get("error") or detail.get("status")), ("duration", format_latency(
+        (detail.get("duration_ms") or 0) / 1000))]  # fmt: skip
+    usage = detail.get("usage")
+    if usage:
+        tokens = f"{format_tokens(usage.get('tokens_in') or 0)} in → {format_tokens(usage.get('tokens_out') or 0)} out"
+        facts += [("model", usage.get("model")), ("temperature", usage.get("temperature", "the LM's default"))]
+        facts += [("tokens", tokens), ("cost", "cached" if usage.get("cached") else format_cost(
+            usage.get("cost"), unpriced=bool(usage.get("unpriced"))) or "—")]  # fmt: skip
+    body = [f"<h4>{html.escape(str(detail.get('kind')))} · {html.escape(str(detail.get('name')))}</h4><dl>"]
+    body += [f"<dt>{name}</dt><dd>{html.escape(str(value))}</dd>" for name, value in facts if value is not None]
+    body.append("</dl>")
+    if detail.get("comparison"):
+        body.append(_comparison_html(detail["comparison"]))
+        attributes.pop("expected", None)
+        attributes.pop("got", None)
+    messages = attributes.pop("messages", None)
+    for message in messages if isinstance(messages, list) else []:
+        role = message.get("role", "message") if isinstance(message, Mapping) else "message"
+        content = message.get("content") if isinstance(message, Mapping) else message
+        body.append(_block(str(role), content, "dspex-message"))
+    completion = attributes.pop("completion", None)
+    if completion is not None:
+        for text in completion if isinstance(completion, list) else [completion]:
+            body.append(_block("completion", text, "dspex-completion"))
+    body.append(_block("attributes", attributes, "dspex-attributes"))
+    return _DETAIL_STYLE + '<div class="dspex-span-detail">' + "".join(body) + "</div>"

@@ -12,11 +12,11 @@ from dspex_lab.notebook._trace_data import (
     ExampleFields,
     Prices,
     SpanSearch,
-    comparison,
     count,
     lm_columns,
     number,
     shorten,
+    span_detail,
 )
 from dspex_lab.notebook._widgets_common import front_end_file
 from dspex_lab.session import journal_store
@@ -293,23 +293,7 @@ class TraceViewer(anywidget.AnyWidget):
             return
         # Through Span, so what is shown is redacted once more on read, like every other view of a span.
         span = Span.from_row({"trace_id": self.selected_trial, **row._asdict()})
-        attributes = span.json_attributes
-        detail: dict[str, Any] = {
-            "id": span.span_id,
-            "kind": span.kind,
-            "name": span.name,
-            "status": span.status,
-            "error": span.error,
-            "duration_ms": round(span.duration * 1000, 3),
-            "attributes": attributes,
-        }
-        if span.kind == "lm":
-            detail["usage"] = lm_columns(attributes, Prices())
-        if span.kind == "metric":
-            # The gold fields and the prediction side by side, under the example's question.
-            question = self._fields.question(self._example_ids.get(self.selected_trial, ""))
-            detail["comparison"] = comparison(attributes, question, self._fields.outputs)
-        self.detail = detail
+        self.detail = span_detail(span, self._fields, self._example_ids.get(self.selected_trial, ""))
 
     @traitlets.observe("search")
     def _search(self, change: dict[str, Any]) -> None:
