@@ -9,6 +9,7 @@ every page are kept in the test's temporary directory (and copied to ``$DSPEX_AR
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -139,6 +140,7 @@ def test_every_page_loads_shows_the_journal_and_follows_a_writer(served, tmp_pat
         assert page.get_by_text("trials 1 to 24 of 24").count() == 1
         page.get_by_text("arith-4-3/r0", exact=True).first.click()  # another trial's row
         page.wait_for_selector("text=Trial arith-4-3/r0")
+        check_trace_page(page, served["path"], tmp_path)
         page.screenshot(path=tmp_path / "trace.png", full_page=True)
 
         page.get_by_text("Optimization", exact=True).first.click()
@@ -157,8 +159,36 @@ def test_every_page_loads_shows_the_journal_and_follows_a_writer(served, tmp_pat
         page.screenshot(path=tmp_path / "refreshed.png", full_page=True)
         browser.close()
 
-    for name in ("experiments", "compare", "trace", "optimization", "refreshed"):
+    for name in ("experiments", "compare", "trace", "search", "optimization", "refreshed"):
         keep(tmp_path / f"{name}.png")
     assert errors == []
     served["process"].send_signal(signal.SIGINT)
     assert served["process"].wait(timeout=60) == 0  # a hang guard: Ctrl-C ends the server cleanly
+
+
+def check_trace_page(page, journal_path: Path, tmp_path: Path) -> None:
+    """The trial table reads question to latency; a span's detail shows expected vs got; search opens a match."""
+    heads = page.locator(".tabulator-col-title").all_inner_texts()
+    for column in ("question", "expected", "answer", "tokens", "cost", "latency"):
+        assert column in heads, heads
+    latency = page.locator(".tabulator-cell[tabulator-field=latency]").first.inner_text()
+    assert re.fullmatch(r"\d+(\.\d)? ms|\d+\.\d\d s", latency), latency
+    assert page.locator(".tabulator-cell[tabulator-field=cost]").first.inner_text().startswith("$")
+    # The selected trial's metric span: the question, then expected vs got field by field.
+    detail = page.locator(".dspex-span-detail")
+    detail.get_by_text("metric · exact_match").wait_for()
+    expected = next(example.answer for example in dx.datasets.arithmetic(50, seed=4) if example.id == "arith-4-3")
+    assert detail.locator("tr[data-field=answer] td.dspex-expected").inner_text() == expected
+    assert detail.locator("pre.dspex-question").count() == 1
+
+    # A search over the experiment's spans lists every trial's parse span; a click opens one of them.
+    search = page.get_by_placeholder("text in span names, prompts, completions or errors")
+    search.fill("chatadapter.parse")
+    page.wait_for_selector("text=24 matching spans in 24 trials")
+    first = page.locator(".tabulator-cell[tabulator-field=trial]", has_text=re.compile(r"/r0$")).last
+    opened = first.inner_text()
+    first.click()
+    page.wait_for_selector(f"text=Trial {opened}")
+    detail.get_by_text("adapter_parse · ChatAdapter.parse").wait_for()
+    assert detail.locator("pre.dspex-completion").count() == 1
+    page.screenshot(path=tmp_path / "search.png", full_page=True)
