@@ -82,8 +82,11 @@ class Context:
                 or a bad value.
             JournalError: a journal that cannot be opened.
         """
-        new_lm = resolve_lm(lm) if lm is not None else self.lm
-        new_journal = self.journal if journal is None else _journal_store(journal, default=load_settings().journal)
+        given = {name: value for name, value in (("lm", lm), ("journal", journal)) if value is not None}
+        new_lm = resolve_lm(given["lm"]) if "lm" in given else self.lm
+        new_journal = self.journal
+        if "journal" in given:
+            new_journal = _journal_store(given["journal"], default=load_settings().journal)
         spec = self._executor_spec if executor is None else executor
         new_executor = self.executor
         if threads is not None and spec not in ("thread", "process"):
