@@ -10,6 +10,8 @@ const ROW_HEIGHT = 22;
 // At most this many labelled step ticks; a longer run labels every k-th step (still whole steps).
 const MAX_STEP_TICKS = 16;
 const SCREEN_OFFSET = 0.15;
+// A variable's name beside its row is cut to this many characters (the whole name shows on hover).
+const LABEL_CHARACTERS = 24;
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -119,18 +121,18 @@ class Panel {
     root.append(this.node);
   }
 
-  frame(lastStep, yRange, height = PLOT_HEIGHT, yLabel = "") {
+  frame(lastStep, yRange, height = PLOT_HEIGHT, yLabel = "", left = MARGIN.left) {
     const width = Math.max(280, Math.floor(this.node.clientWidth || 480));
     const total = height + MARGIN.top + MARGIN.bottom;
     this.svg.replaceChildren();
     this.svg.setAttribute("viewBox", `0 0 ${width} ${total}`);
     this.svg.setAttribute("width", width);
     this.svg.setAttribute("height", total);
-    const plotWidth = width - MARGIN.left - MARGIN.right;
-    const x = (step) => MARGIN.left + ((step + 0.5) / (lastStep + 1)) * plotWidth;
+    const plotWidth = width - left - MARGIN.right;
+    const x = (step) => left + ((step + 0.5) / (lastStep + 1)) * plotWidth;
     const y = (value) => MARGIN.top + (1 - (value - yRange[0]) / (yRange[1] - yRange[0] || 1)) * height;
     const axes = svg("g", {}, "dspex-conv-axes");
-    axes.append(svg("rect", { x: MARGIN.left, y: MARGIN.top, width: plotWidth, height }, "dspex-conv-frame"));
+    axes.append(svg("rect", { x: left, y: MARGIN.top, width: plotWidth, height }, "dspex-conv-frame"));
     for (const step of stepTicks(lastStep)) {
       const at = x(step);
       axes.append(svg("line", { x1: at, x2: at, y1: MARGIN.top, y2: MARGIN.top + height }, "dspex-conv-gridline"));
@@ -139,7 +141,7 @@ class Panel {
       label.dataset.axis = "step";
       axes.append(label);
     }
-    const axisName = svg("text", { x: MARGIN.left + plotWidth / 2, y: total - 2, "text-anchor": "middle" }, "dspex-conv-axis-label");
+    const axisName = svg("text", { x: left + plotWidth / 2, y: total - 2, "text-anchor": "middle" }, "dspex-conv-axis-label");
     axisName.textContent = "step";
     axes.append(axisName);
     if (yLabel) {
@@ -149,7 +151,7 @@ class Panel {
       axes.append(name);
     }
     this.svg.append(axes);
-    return { x, y, axes, width, plotWidth, height };
+    return { x, y, axes, width, plotWidth, height, left };
   }
 
   yAxis(view, yRange) {
@@ -309,11 +311,14 @@ function drawVariables(panel, payload) {
   for (const cell of cells) names[cell.row] = cell.variable;
   const rows = Math.max(names.length, 1);
   const height = rows * ROW_HEIGHT;
-  const view = panel.frame(payload.last_step, [rows - 0.5, -0.5], height);
+  // Room for the variables' names (cut at LABEL_CHARACTERS, whole on hover), about 6 px a character.
+  const shortNames = names.map((name) => (name.length > LABEL_CHARACTERS ? `${name.slice(0, LABEL_CHARACTERS - 1)}…` : name));
+  const left = Math.max(MARGIN.left, 12 + 6 * Math.max(0, ...shortNames.map((name) => (name || "").length)));
+  const view = panel.frame(payload.last_step, [rows - 0.5, -0.5], height, "", left);
   const y = (row) => MARGIN.top + row * ROW_HEIGHT;
   names.forEach((name, row) => {
-    const label = svg("text", { x: MARGIN.left - 6, y: y(row) + ROW_HEIGHT / 2 + 4, "text-anchor": "end" }, "dspex-conv-tick");
-    label.textContent = name.length > 8 ? `${name.slice(0, 7)}…` : name;
+    const label = svg("text", { x: left - 6, y: y(row) + ROW_HEIGHT / 2 + 4, "text-anchor": "end" }, "dspex-conv-tick");
+    label.textContent = shortNames[row];
     view.axes.append(titled(label, name));
   });
   const layer = panel.layer("variables");

@@ -81,8 +81,12 @@ def _holoviews() -> Any:
     except ImportError as error:  # pragma: no cover - exercised only without the dashboard extra
         raise MissingDependencyError("holoviews", "dashboard") from error
     if "bokeh" not in hv.Store.renderers:
-        # The plots are drawn with bokeh: its backend is loaded once per process.
-        hv.extension("bokeh", logo=False)
+        # The plots are drawn with bokeh: its backend is loaded once per process. In a notebook its JavaScript
+        # comes inline from the installed bokeh, never from a CDN (offline clusters); a served dashboard
+        # gets it from its own server's /static either way. Inline for panel too: in a notebook it then embeds
+        # its stylesheets instead of linking its CDN (a served dashboard does not read this setting).
+        _panel().config.inline = True
+        hv.extension("bokeh", logo=False, inline=True)
     return hv
 
 

@@ -4,6 +4,12 @@ Two layers, as in optuna's ``visualization``: :func:`convergence_data` turns the
 ``candidates`` frames into plain frames, one per panel (pure pandas, testable without a plotting
 library), and the ``_draw_*`` functions turn those into holoviews elements. holoviews, bokeh and panel
 are imported only inside functions, so ``import dspex_lab`` stays light.
+
+The holoviews plots serve the dashboard and static export. They fetch nothing from outside (bokeh and
+panel inline in a notebook, from the dashboard's own server when served), tick the step axis at whole
+steps, and draw on a transparent ground with grey text, readable on light and dark pages. In a notebook,
+a run's live plot is ``dspex_lab.notebook.LiveConvergenceWidget``: it draws the same frames (from
+:func:`convergence_data`) in the widget front end, where updates reach the page while the cell runs.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ _TEXT_CHARACTERS = 60
 # The plot area's size, so every panel's axes line up whatever its legend's width.
 _FRAME_WIDTH = 600
 _FRAME_HEIGHT = 240
+# Text, axes and grid lines: a grey that reads on JupyterLab's light and dark grounds alike.
+_NEUTRAL = "#8b949e"
 
 
 @dataclass(frozen=True)
@@ -359,9 +367,45 @@ def _holoviews() -> Any:
     except ImportError as error:  # pragma: no cover - exercised only without the dashboard extra
         raise MissingDependencyError("holoviews", "dashboard") from error
     if "bokeh" not in hv.Store.renderers:
-        # In a notebook this also loads bokeh's JavaScript, so the returned plot displays as is.
-        hv.extension("bokeh", logo=False)
+        # In a notebook this also loads bokeh's JavaScript, so the returned plot displays as is: inline, from
+        # the installed bokeh, never from a CDN (a cluster without internet would show nothing). Panel draws
+        # holoviews in a notebook; inline there makes it embed its stylesheets too instead of linking its CDN.
+        import panel as pn
+
+        pn.config.inline = True
+        hv.extension("bokeh", logo=False, inline=True)
     return hv
+
+
+def _whole_steps() -> Any:
+    """Return a bokeh ticker that puts the step axis's ticks on whole steps only (never -0.5 or 0.5)."""
+    from bokeh.models import BasicTicker
+
+    return BasicTicker(min_interval=1, num_minor_ticks=0)
+
+
+def _follow_theme(plot: Any, element: Any) -> None:
+    """Draw on a transparent ground with mid-grey text, readable on a light and a dark page alike.
+
+    A bokeh canvas cannot read the page's CSS variables, so instead of a white block it takes the page's
+    own background (the notebook's or the dashboard's, light or dark) and text that contrasts with both.
+    """
+    figure = plot.state
+    figure.background_fill_alpha = 0.0
+    figure.border_fill_alpha = 0.0
+    figure.outline_line_color = _NEUTRAL
+    figure.title.text_color = _NEUTRAL
+    for axis in [*figure.xaxis, *figure.yaxis]:
+        axis.axis_label_text_color = axis.major_label_text_color = _NEUTRAL
+        axis.axis_line_color = axis.major_tick_line_color = axis.minor_tick_line_color = _NEUTRAL
+    for grid in [*figure.xgrid, *figure.ygrid]:
+        grid.grid_line_color = _NEUTRAL
+        grid.grid_line_alpha = 0.25
+    for legend in figure.legend:
+        legend.background_fill_alpha = 0.0
+        legend.border_line_alpha = 0.0
+        legend.label_text_color = _NEUTRAL
+        legend.inactive_fill_alpha = 0.0
 
 
 def _panel(hv: Any, data: ConvergenceData, layers: list[Any], title: str, ylabel: str, **layer_options: Any) -> Any:
@@ -381,6 +425,8 @@ def _panel(hv: Any, data: ConvergenceData, layers: list[Any], title: str, ylabel
         legend_position="right",
         legend_opts={"click_policy": "hide"},
         show_grid=True,
+        xticks=_whole_steps(),
+        hooks=[_follow_theme],
     )
 
 
@@ -493,7 +539,25 @@ _PANELS = (_draw_best, _draw_screening, _draw_lineage, _draw_variables)
 def _arrange(hv: Any, panels: list[Any], title: str | None) -> Any:
     # One column: each panel keeps a wide plot area with its legend beside it.
     layout = hv.Layout(panels).cols(1)
-    return layout.opts(title=title) if title else layout
+    return _displayed_offline(layout.opts(title=title) if title else layout)
+
+
+def _displayed_offline(layout: Any) -> Any:
+    """Make a notebook cell draw ``layout`` through panel's own pane, so nothing is fetched from a CDN.
+
+    holoviews draws a cell through panel, but links panel's stylesheets on panel's CDN whatever the
+    settings (holoviews 1.23, panel 1.9: its renderer skips panel's inline step); panel's own pane embeds
+    them when ``panel.config.inline`` is set, which :func:`_holoviews` does. The layout stays a plain
+    holoviews ``Layout`` for everything else (``hv.render``, ``hv.save``, a dashboard pane).
+    """
+
+    def _repr_mimebundle_(include: Any = None, exclude: Any = None) -> Any:
+        import panel as pn
+
+        return pn.pane.HoloViews(layout)._repr_mimebundle_(include, exclude)
+
+    layout._repr_mimebundle_ = _repr_mimebundle_
+    return layout
 
 
 def convergence_plot(steps: pd.DataFrame, candidates: pd.DataFrame, *, title: str | None = None) -> Any:
@@ -533,9 +597,10 @@ class LiveConvergence:
     """A convergence plot that redraws on every optimization event it is called with.
 
     Pass it as a subscriber to an optimization run: called with any object that has ``steps`` and
-    ``candidates`` DataFrame attributes, it sends the new frames through a holoviews ``Pipe``, so a
-    notebook cell showing it (or the panel pane from :meth:`view`) updates in place while the run
-    goes. Other objects are ignored. Without a notebook it just keeps the latest frames.
+    ``candidates`` DataFrame attributes, it sends the new frames through a holoviews ``Pipe``, so the
+    panel pane from :meth:`view` (a served dashboard) updates in place while the run goes. Other objects
+    are ignored. In a notebook use ``dspex_lab.notebook.LiveConvergenceWidget`` (what ``%dspex optimize
+    --live`` shows): a bokeh plot in a cell receives its updates only once the busy cell ends.
 
     Calls are expected from one thread at a time (the run's event loop); display happens in the
     notebook's thread.

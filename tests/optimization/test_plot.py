@@ -367,17 +367,55 @@ def test_live_plot_displays_through_panel_and_its_mimebundle():
     assert pane.object is live.layout
 
 
-def test_live_plot_displays_through_holoviews_notebook_hooks(monkeypatch):
-    # In Jupyter, holoviews' notebook extension registers display hooks; this one stands in for them.
+def test_plots_display_in_a_notebook_through_panels_pane_which_embeds_its_stylesheets(monkeypatch):
+    # holoviews' own notebook route links panel's stylesheets on a CDN; panel's pane, with panel's inline
+    # setting, embeds them. Both the static and the live plot take that route.
+    pn = pytest.importorskip("panel")
     shown = []
 
-    def hook(obj):
-        shown.append(obj)
+    def pane_bundle(pane, include=None, exclude=None):
+        shown.append(pane.object)
         return {"text/html": "<div>convergence</div>"}, {"text/html": {"shown": True}}
 
-    monkeypatch.setitem(hv.Store._display_hooks, "test", {hv.Layout: hook})
+    monkeypatch.setattr(pn.pane.HoloViews, "_repr_mimebundle_", pane_bundle)
+    steps, candidates = run_frames()
+    static = convergence_plot(steps, candidates, title="static")
     live = LiveConvergence()
+    assert static._repr_mimebundle_() == ({"text/html": "<div>convergence</div>"}, {"text/html": {"shown": True}})
     data, metadata = live._repr_mimebundle_()
-    assert shown == [live.layout]
+    assert shown == [static, live.layout]
     assert data == {"text/html": "<div>convergence</div>"}
     assert metadata == {"text/html": {"shown": True}}
+
+
+def test_step_axes_tick_whole_steps_on_a_transparent_ground_live_too():
+    # Ticks at whole steps only (a step is a count, never -0.5 or 0.5), and no white block on a dark page:
+    # the canvas takes the page's ground, with text and axes in a grey that reads on both themes.
+    from bokeh.models import BasicTicker
+
+    steps, candidates = run_frames()
+    live = LiveConvergence()
+    shown = hv.renderer("bokeh").get_plot(live.layout).state
+    live(SimpleNamespace(steps=steps, candidates=candidates))
+    for figure in [*figures(convergence_plot(steps, candidates)).values(), *shown.select({"type": Plot})]:
+        (axis,) = figure.xaxis
+        assert isinstance(axis.ticker, BasicTicker), figure.title.text
+        assert (axis.ticker.min_interval, axis.ticker.num_minor_ticks) == (1, 0)
+        assert (figure.background_fill_alpha, figure.border_fill_alpha) == (0.0, 0.0)
+        assert axis.major_label_text_color == figure.yaxis[0].major_label_text_color == figure.title.text_color
+        for legend in figure.legend:
+            assert legend.background_fill_alpha == 0.0
+            assert legend.label_text_color == figure.title.text_color
+
+
+def test_holoviews_loads_bokeh_inline_never_from_a_cdn(monkeypatch):
+    from dspex_lab.optimization import _plot
+
+    pn = pytest.importorskip("panel")
+    calls = []
+    monkeypatch.setattr(pn.config, "inline", False)
+    monkeypatch.delitem(hv.Store.renderers, "bokeh")
+    monkeypatch.setattr(hv, "extension", lambda *backends, **options: calls.append((backends, options)))
+    assert _plot._holoviews() is hv
+    assert calls == [(("bokeh",), {"logo": False, "inline": True})]
+    assert pn.config.inline  # panel, which draws holoviews in a notebook, embeds its stylesheets too
