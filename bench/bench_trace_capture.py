@@ -1,9 +1,18 @@
-"""Measure the recorder's capture overhead on a zero-latency ChainOfThought run.
+"""Measure the recorder's own cost per DSPy call, over DSPy's callback dispatch, on a zero-latency ChainOfThought.
 
 Run: python bench/bench_trace_capture.py [calls] [repeats]
-Prints the median (of 3 by default) wall and CPU time of N single-threaded calls with no callbacks,
-with an empty ``BaseCallback`` registered with DSPy (DSPy's own dispatch cost), with the recorder
-registered with DSPy, and with the recorder bound by direct dispatch (what traced evaluations use).
+
+Single-threaded, N ChainOfThought calls per side, the sides interleaved in every repeat, medians of
+thread CPU time (less disturbed by other processes on a shared machine than wall time):
+
+* ``none``: no callback;
+* ``empty_callback``: an empty ``BaseCallback`` in ``dspy.context(callbacks=...)`` (DSPy's dispatch alone);
+* ``empty_in_trial``: the same, each call inside a recorder trial (the trial's root span, no DSPy spans);
+* ``recorder``: the recorder in ``dspy.context(callbacks=...)``, each call in a trial (what traced trials do).
+
+A ChainOfThought call is five DSPy calls (ChainOfThought, Predict, the adapter's format and parse, the LM).
+The recorder's cost per DSPy call is ``(recorder - empty_in_trial) / 5``: its handlers, without the trial span,
+which is paid once per trial.
 """
 
 from __future__ import annotations
@@ -11,54 +20,65 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from typing import Any
 
 import dspy
 from dspy.utils.callback import BaseCallback
 
 from dspex_lab.lm import lab_lm
-from dspex_lab.trace import SpanRecorder, dispatch
+from dspex_lab.trace import SpanRecorder
+
+DSPY_CALLS_PER_PROGRAM_CALL = 5
 
 
-def measure(calls: int = 500, repeats: int = 3, *, clock=time.perf_counter) -> dict[str, float]:
+def _run(program: Any, lm: Any, recorder: SpanRecorder, side: str, calls: int) -> float:
+    callbacks = {"none": [], "empty_callback": [BaseCallback()], "empty_in_trial": [BaseCallback()]}.get(
+        side, [recorder]
+    )
+    in_trial = side in ("empty_in_trial", "recorder")
+    with dspy.context(lm=lm, callbacks=callbacks):
+        start = time.thread_time()
+        for index in range(calls):
+            if in_trial:
+                with recorder.trial(f"trial-{index}"):
+                    program(question=f"What is {index} + 3?")
+            else:
+                program(question=f"What is {index} + 3?")
+        return time.thread_time() - start
+
+
+def measure(calls: int = 500, repeats: int = 5) -> dict[str, float]:
+    """Return the median thread CPU seconds of ``calls`` ChainOfThought calls for every side."""
     lm = lab_lm()
     program = dspy.ChainOfThought("question -> answer")
     recorder = SpanRecorder()
-    if not dispatch.install():
-        raise SystemExit("direct dispatch is not available for this DSPy version")
+    sides = ("none", "empty_callback", "empty_in_trial", "recorder")
+    for side in sides:  # warm caches and imports
+        _run(program, lm, recorder, side, 50)
+    timings: dict[str, list[float]] = {side: [] for side in sides}
+    for repeat in range(repeats):
+        # Interleaved, in rotating order, so that drift (other processes) affects all sides alike.
+        for side in sides[repeat % 4 :] + sides[: repeat % 4]:
+            timings[side].append(_run(program, lm, recorder, side, calls))
+    return {side: statistics.median(values) for side, values in timings.items()}
 
-    def run(callbacks: list, *, traced: bool, direct: bool = False) -> float:
-        with dspy.context(lm=lm, callbacks=callbacks):
-            start = clock()
-            for index in range(calls):
-                if direct:
-                    with dispatch.direct(recorder), recorder.trial(f"trial-{index}"):
-                        program(question=f"What is {index} + 3?")
-                elif traced:
-                    with recorder.trial(f"trial-{index}"):
-                        program(question=f"What is {index} + 3?")
-                else:
-                    program(question=f"What is {index} + 3?")
-            return clock() - start
 
-    run([], traced=False)  # warm caches and imports
-    timings: dict[str, list[float]] = {"none": [], "empty_callback": [], "recorder": [], "direct": []}
-    for _ in range(repeats):
-        # Interleaved so that drift (thermal, other processes) affects all sides alike.
-        timings["none"].append(run([], traced=False))
-        timings["empty_callback"].append(run([BaseCallback()], traced=False))
-        timings["recorder"].append(run([recorder], traced=True))
-        timings["direct"].append(run([], traced=True, direct=True))
-    return {name: statistics.median(values) for name, values in timings.items()}
+def main() -> int:
+    """Print every side's µs per ChainOfThought call and the recorder's µs per DSPy call."""
+    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 500
+    repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    result = measure(calls, repeats)
+    print(f"[thread CPU time, median of {repeats} x {calls} ChainOfThought calls]")
+    for side, seconds in result.items():
+        print(f"{side:>15}: {seconds / calls * 1e6:7.0f} µs per ChainOfThought call")
+    dispatch = (result["empty_callback"] - result["none"]) / calls / DSPY_CALLS_PER_PROGRAM_CALL * 1e6
+    trial = (result["empty_in_trial"] - result["empty_callback"]) / calls * 1e6
+    handlers = (result["recorder"] - result["empty_in_trial"]) / calls / DSPY_CALLS_PER_PROGRAM_CALL * 1e6
+    print(f"DSPy's dispatch to one empty callback: {dispatch:5.1f} µs per DSPy call")
+    print(f"the trial's root span:                 {trial:5.1f} µs per trial")
+    print(f"the recorder's handlers:               {handlers:5.1f} µs per DSPy call (over DSPy's dispatch)")
+    return 0
 
 
 if __name__ == "__main__":
-    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 500
-    repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    for label, clock in (("wall", time.perf_counter), ("cpu", time.process_time)):
-        result = measure(calls, repeats, clock=clock)
-        print(f"[{label} time, median of {repeats} x {calls} ChainOfThought calls]")
-        for name, seconds in result.items():
-            print(f"{name:>15}: {seconds:.3f} s  ({seconds / calls * 1e6:.0f} µs/call)")
-        print(f"recorder / none           = {result['recorder'] / result['none']:.3f}")
-        print(f"recorder / empty callback = {result['recorder'] / result['empty_callback']:.3f}")
-        print(f"direct / none             = {result['direct'] / result['none']:.3f}")
+    sys.exit(main())

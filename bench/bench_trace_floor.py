@@ -9,7 +9,7 @@ Three traced sides, each against the same anchor:
 
 * ``full``: the recorder as ``dx.evaluate(trace=True)`` uses it;
 * ``structure``: spans with their ids, parents and times but no attributes at all;
-* ``dispatch``: handlers that do nothing, so only direct dispatch, the trial span and the metric span remain.
+* ``dispatch``: handlers that do nothing, so only DSPy's callback dispatch, the trial span and the metric span remain.
 
 The journal writer is not part of this (``bench_trace.py`` measures the whole evaluation).
 

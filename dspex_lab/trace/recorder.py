@@ -43,7 +43,15 @@ from dspy.utils import BaseCallback
 
 from dspex_lab._dspy_compat import CURRENT_CALL_ID, lm_call_usage
 from dspex_lab.trace.redaction import mask_text, redact, scrub
-from dspex_lab.trace.spans import SPAN_KINDS, WALL_OFFSET_NS, Span, encode_attributes, join_objects, now_ns
+from dspex_lab.trace.spans import (
+    SPAN_KINDS,
+    WALL_OFFSET_NS,
+    Span,
+    encode_attributes,
+    join_objects,
+    now_ns,
+    type_text,
+)
 
 __all__ = [
     "ABANDONED_STATUSES",
@@ -68,9 +76,12 @@ ABANDONED_STATUSES = frozenset({"timeout", "cancelled"})
 class _Pending:
     """A DSPy call whose start was seen and whose end is awaited.
 
-    ``attributes`` holds what the start handler captured, written as JSON into
-    ``start_text`` before the call runs; the end handler puts what the call
-    returned into ``ended``.
+    ``attributes`` holds what the start handler captured; the end handler puts
+    what the call returned into ``ended``. A start handler that captured a
+    container the program may change during the call (a module's inputs, the
+    messages sent to an LM) writes it as JSON into ``start_text`` at once
+    (:meth:`seal`); one that captured only strings and numbers leaves
+    ``start_text`` None, and the span's attributes are written once, when it ends.
     """
 
     __slots__ = (
@@ -98,12 +109,17 @@ class _Pending:
         self.start_ns = start_ns
         self.attributes: dict[str, Any] = {}
         self.instance = instance
-        self.start_text = "{}"
+        self.start_text: str | None = None
         self.ended: dict[str, Any] = {}
 
     def seal(self) -> None:
         """Write what the start handler captured as JSON, before the program can change it."""
         self.start_text = encode_attributes(self.attributes)
+
+    def text_with(self, extra: str) -> str:
+        """Return the start's JSON text joined with ``extra`` (a JSON object string)."""
+        start = self.start_text
+        return join_objects(encode_attributes(self.attributes) if start is None else start, extra)
 
 
 class _Scope:
@@ -271,7 +287,7 @@ class TraceCollector:
                     status=status,
                     attributes={**pending.attributes, "unfinished": True},
                     error=error,
-                    attributes_text=join_objects(pending.start_text, '{"unfinished": true}'),
+                    attributes_text=pending.text_with('{"unfinished": true}'),
                 )
             )
         return ended
@@ -515,6 +531,12 @@ def new_span_id() -> str:
     return f"{_id_prefix}{next(_id_counter):016x}"
 
 
+def _signature_text(signature: Any) -> Any:
+    # A Signature class as the text it is stored as ("question -> answer"), so that writing the span's JSON needs
+    # no call back into Python for it.
+    return mask_text(type_text(signature)) if isinstance(signature, type) else signature
+
+
 def _adapter_name(adapter: Any) -> str:
     # An adapter may show under the name of the DSPy adapter it behaves as (dspex_lab's caching ChatAdapter does).
     return str(getattr(type(adapter), "display_name", None) or type(adapter).__name__)
@@ -676,7 +698,7 @@ class SpanRecorder(BaseCallback):
             attributes["args"] = scrub(positional)
         signature = getattr(instance, "signature", None)
         if signature is not None:
-            attributes["signature"] = signature
+            attributes["signature"] = _signature_text(signature)
         pending.seal()
 
     def on_module_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
@@ -728,9 +750,8 @@ class SpanRecorder(BaseCallback):
         if pending is None:
             return
         demos = inputs.get("demos")
-        pending.attributes["signature"] = inputs.get("signature")
+        pending.attributes["signature"] = _signature_text(inputs.get("signature"))
         pending.attributes["demos"] = len(demos) if demos else 0
-        pending.seal()
 
     def on_adapter_format_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
         """Close an adapter-format span with the number of messages built."""
@@ -746,10 +767,9 @@ class SpanRecorder(BaseCallback):
         pending = self._open(call_id, instance, kind="adapter_parse", name=f"{_adapter_name(instance)}.parse")
         if pending is None:
             return
-        pending.attributes["signature"] = inputs.get("signature")
+        pending.attributes["signature"] = _signature_text(inputs.get("signature"))
         if self.capture_prompts and inputs.get("completion") is not None:
             pending.attributes["completion"] = scrub(inputs["completion"])
-        pending.seal()
 
     def on_adapter_parse_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
         """Close an adapter-parse span with the parsed fields."""
@@ -790,7 +810,6 @@ class SpanRecorder(BaseCallback):
         pending.attributes["metric"] = mask_text(
             getattr(metric_function, "__name__", None) or type(metric_function).__name__
         )
-        pending.seal()
 
     def on_evaluate_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
         """Close an evaluation span with the score."""
@@ -812,7 +831,6 @@ class SpanRecorder(BaseCallback):
         pending.attributes["variables"] = sorted(str(name) for name in variables) if variables else []
         if self.capture_prompts and inputs.get("code") is not None:
             pending.attributes["code"] = scrub(inputs["code"])
-        pending.seal()
 
     def on_interpreter_execute_end(
         self, call_id: str, outputs: Any | None, exception: BaseException | None = None
@@ -839,7 +857,7 @@ class SpanRecorder(BaseCallback):
 
     def on_interpreter_startup_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         """Open a span for a code interpreter starting up."""
-        self._open_sealed(call_id, instance, operation="startup", method="start")
+        self._open_operation(call_id, instance, operation="startup", method="start")
 
     def on_interpreter_startup_end(
         self, call_id: str, outputs: Any | None, exception: BaseException | None = None
@@ -849,7 +867,7 @@ class SpanRecorder(BaseCallback):
 
     def on_interpreter_shutdown_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         """Open a span for a code interpreter shutting down."""
-        self._open_sealed(call_id, instance, operation="shutdown", method="shutdown")
+        self._open_operation(call_id, instance, operation="shutdown", method="shutdown")
 
     def on_interpreter_shutdown_end(
         self, call_id: str, outputs: Any | None, exception: BaseException | None = None
@@ -869,7 +887,6 @@ class SpanRecorder(BaseCallback):
         student = inputs.get("student")
         if student is not None:
             pending.attributes["student"] = type(student).__name__
-        pending.seal()
 
     def on_compile_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
         """Close an optimizer span with the type of the program it returned."""
@@ -882,11 +899,10 @@ class SpanRecorder(BaseCallback):
 
     # --- shared plumbing --------------------------------------------------------------------------------------
 
-    def _open_sealed(self, call_id: str, instance: Any, *, operation: str, method: str) -> None:
+    def _open_operation(self, call_id: str, instance: Any, *, operation: str, method: str) -> None:
         pending = self._open(call_id, instance, kind="interpreter", name=f"{type(instance).__name__}.{method}")
         if pending is not None:
             pending.attributes["operation"] = operation
-            pending.seal()
 
     def _end_with(self, call_id: str, key: str | None, outputs: Any, exception: BaseException | None) -> None:
         pending = self._take(call_id)
@@ -937,7 +953,12 @@ class SpanRecorder(BaseCallback):
             collector._pending.pop(call_id, None)
             return
         ended, attributes, text = pending.ended, pending.attributes, pending.start_text
-        if ended:
+        if text is None:
+            # Only strings and numbers were captured at the start: everything is written once, now.
+            if ended:
+                attributes.update(ended)
+            text = encode_attributes(attributes)
+        elif ended:
             attributes.update(ended)
             text = join_objects(text, encode_attributes(ended))
         finished = Span.build(

@@ -24,7 +24,16 @@ from typing import Any
 
 from dspex_lab.trace.redaction import REDACTED, is_clean_text, is_secret_key, mask_text
 
-__all__ = ["SPAN_KINDS", "SPAN_STATUSES", "Span", "encode_attributes", "join_objects", "now_ns", "to_jsonable"]
+__all__ = [
+    "SPAN_KINDS",
+    "SPAN_STATUSES",
+    "Span",
+    "encode_attributes",
+    "join_objects",
+    "now_ns",
+    "to_jsonable",
+    "type_text",
+]
 
 SPAN_KINDS = frozenset(
     {
@@ -328,7 +337,7 @@ def _jsonable(value: Any, depth: int, *, redacting: bool) -> Any:
     if kind is list or kind is tuple:
         return [_jsonable(item, depth + 1, redacting=redacting) for item in value]
     if isinstance(value, type):
-        return mask_text(_type_text(value)) if redacting else _type_text(value)
+        return mask_text(type_text(value)) if redacting else type_text(value)
     if isinstance(value, str):
         return mask_text(str(value)) if redacting else str(value)
     if isinstance(value, (bool, int)):
@@ -412,8 +421,11 @@ def _key_text(key: Any) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _type_text(value: type) -> str:
-    # A DSPy Signature class reads as "inputs -> outputs"; DSPy recomputes that string on every access.
+def type_text(value: type) -> str:
+    """Return how a class is written in a span: a DSPy Signature as ``"inputs -> outputs"``, else its dotted name.
+
+    Cached: DSPy recomputes a signature's string on every access.
+    """
     signature = getattr(value, "signature", None)
     if isinstance(signature, str):
         return signature

@@ -117,3 +117,26 @@ def test_orchestration_spans_are_checked_again_when_they_end() -> None:
     assert SECRET not in stored.to_row()["attributes"]
     assert stored.json_attributes["values"]["notes"] == ["first", f"key {REDACTED}"]
     assert stored.json_attributes["score"] == 0.5
+
+
+def test_a_call_that_captured_only_text_is_written_once_and_still_cut_short_as_json() -> None:
+    """An adapter's format captures the signature (as its text) and a count: nothing to write before it ends."""
+    recorder = SpanRecorder()
+    signature = dspy.ensure_signature("question -> answer")
+    with recorder.trial("t-format") as collector:
+        recorder.on_adapter_format_start(call_id="done", instance=dspy.ChatAdapter(), inputs={"signature": signature})
+        recorder.on_adapter_format_end(call_id="done", outputs=[{"role": "user", "content": "q"}])
+        recorder.on_adapter_parse_start(
+            call_id="open", instance=dspy.ChatAdapter(), inputs={"signature": signature, "completion": "a"}
+        )
+        spans = collector.abandon(status="timeout", reason="trial did not finish within 1 s")
+    by_id = {item.span_id: item for item in spans}
+    assert json.loads(by_id["done"].attributes_text) == {"signature": "question -> answer", "demos": 0, "messages": 1}
+    assert json.loads(by_id["open"].attributes_text) == {
+        "signature": "question -> answer",
+        "completion": "a",
+        "unfinished": True,
+    }
+    assert by_id["open"].status == "timeout"
+    for item in spans:
+        assert json.loads(item.attributes_text) == to_jsonable(item.attributes), item.kind
