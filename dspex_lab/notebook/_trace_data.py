@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -63,7 +64,12 @@ def format_cost(dollars: Any, *, unpriced: bool = False) -> str:
     """
     if not _is_number(dollars):
         return "unpriced" if unpriced else ""
-    text = "$0" if dollars == 0 else f"${dollars:.4f}" if dollars >= 0.01 else f"${dollars:.2g}"
+    if dollars == 0:
+        text = "$0"
+    elif abs(dollars) >= 0.01:
+        text = f"${dollars:.4f}"
+    else:  # two significant digits, never in exponent notation ($0.000061, not $6.1e-05)
+        text = f"${dollars:.{1 - math.floor(math.log10(abs(dollars)))}f}"
     return f"{text} + unpriced" if unpriced else text
 
 
@@ -178,21 +184,17 @@ class SpanSearch:
     def __init__(self, journal: JournalReader, experiment_id: str) -> None:
         self._journal = journal
         self._experiment_id = experiment_id
-        self._haystacks: list[tuple[str, str, str, str, str]] | None = None
+        self._haystacks: list[tuple[str, str, str, str, str, str]] | None = None
 
-    def _read(self) -> list[tuple[str, str, str, str, str]]:
+    def _read(self) -> list[tuple[str, str, str, str, str, str]]:
         if self._haystacks is None:
-            rows = self._journal.span_rows(self._experiment_id)
-            self._haystacks = [
-                (
-                    str(row["trace_id"]),
-                    str(row["span_id"]),
-                    str(row["kind"]),
-                    str(row["name"]),
-                    f"{row['kind']} {row['name']} {row['error'] or ''} {row['attributes'] or ''}".casefold(),
+            self._haystacks = []
+            for row in self._journal.span_rows(self._experiment_id):
+                text = f"{row['kind']} {row['name']} {row['error'] or ''} {row['attributes'] or ''}"
+                folded = text.casefold()
+                self._haystacks.append(
+                    (str(row["trace_id"]), str(row["span_id"]), str(row["kind"]), str(row["name"]), folded, text)
                 )
-                for row in rows
-            ]
         return self._haystacks
 
     def find(self, text: str, *, limit: int = SEARCH_LIMIT) -> tuple[list[dict[str, str]], int]:
@@ -203,7 +205,7 @@ class SpanSearch:
         escaped = json.dumps(needle, ensure_ascii=False)[1:-1]
         found: list[dict[str, str]] = []
         total = 0
-        for trial_id, span_id, kind, name, haystack in self._read():
+        for trial_id, span_id, kind, name, haystack, text in self._read():
             at = haystack.find(needle)
             if at < 0 and escaped != needle:
                 at = haystack.find(escaped)
@@ -211,7 +213,9 @@ class SpanSearch:
                 continue
             total += 1
             if len(found) < limit:
-                snippet = shorten(haystack[max(at - 60, 0) : at + len(needle) + 60], 160)
+                # From the text as written where folding kept its length (it does, but for a few letters like ß).
+                source = text if len(text) == len(haystack) else haystack
+                snippet = shorten(source[max(at - 60, 0) : at + len(needle) + 60], 160)
                 found.append({"trial_id": trial_id, "span_id": span_id, "kind": kind, "name": name, "snippet": snippet})
         return found, total
 
@@ -222,7 +226,7 @@ class SpanSearch:
             return {}
         escaped = json.dumps(needle, ensure_ascii=False)[1:-1]
         counts: dict[str, int] = {}
-        for trial_id, _, _, _, haystack in self._read():
+        for trial_id, _, _, _, haystack, _ in self._read():
             if needle in haystack or (escaped != needle and escaped in haystack):
                 counts[trial_id] = counts.get(trial_id, 0) + 1
         return counts

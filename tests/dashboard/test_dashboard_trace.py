@@ -55,7 +55,12 @@ def test_values_are_written_as_a_researcher_reads_them() -> None:
     assert format_latency(0.306438) == "306 ms" and format_latency(0.0042) == "4.2 ms"
     assert format_latency(1.5) == "1.50 s" and format_latency(None) == "" and format_latency(math.nan) == ""
     assert format_tokens(1234567) == "1,234,567" and format_tokens(None) == ""
-    assert format_cost(0.0000843) == "$8.4e-05" and format_cost(0.25) == "$0.2500" and format_cost(0) == "$0"
+    assert (
+        format_cost(0.0000843) == "$0.000084"
+        and format_cost(0.00843) == "$0.0084"
+        and format_cost(0.25) == "$0.2500"
+        and format_cost(0) == "$0"
+    )
     assert format_cost(None, unpriced=True) == "unpriced" and format_cost(0.5, unpriced=True) == "$0.5000 + unpriced"
 
 
@@ -117,6 +122,7 @@ def test_search_finds_text_in_every_trials_spans_and_opens_a_match(lab, dashboar
     assert len(dashboard.matches) == len(parse) == PROBLEMS
     assert dashboard.search_count.object == f"{PROBLEMS} matching spans in {PROBLEMS} trials"
     assert dashboard.search_results.visible
+    assert all("ChatAdapter.parse" in snippet for snippet in dashboard.matches["snippet"])  # as written, not folded
     # Text inside a prompt: one example's question is found in that trial's spans only.
     example = lab["examples"][str(dashboard.trials.iloc[-1]["example_id"])]
     dashboard.search_spans(example.question[:50])
