@@ -86,8 +86,11 @@ def _local(url: str) -> bool:
 
 
 @contextmanager
-def offline_page(url: str, outside: list[str]) -> Iterator[sync_api.Page]:
-    """Open ``url`` in headless Chromium with every request outside 127.0.0.1 refused and recorded in ``outside``."""
+def offline_page(url: str, outside: list[str], *, lab: bool = True) -> Iterator[sync_api.Page]:
+    """Open ``url`` in headless Chromium with every request outside 127.0.0.1 refused and recorded in ``outside``.
+
+    With ``lab`` (a JupyterLab page), wait until its kernel is idle before handing the page over.
+    """
     arguments = ["--no-proxy-server", "--disable-gpu", "--disable-dev-shm-usage"]
     if os.geteuid() == 0:
         arguments.append("--no-sandbox")
@@ -107,7 +110,8 @@ def offline_page(url: str, outside: list[str]) -> Iterator[sync_api.Page]:
             page = context.new_page()
             page.set_default_timeout(STEP_TIMEOUT_MS)
             page.goto(url, timeout=RENDER_TIMEOUT_MS)
-            page.wait_for_function(KERNEL_IDLE, timeout=RENDER_TIMEOUT_MS)
+            if lab:
+                page.wait_for_function(KERNEL_IDLE, timeout=RENDER_TIMEOUT_MS)
             yield page
         finally:
             browser.close()
