@@ -1,6 +1,7 @@
 // RunProgress's front end: draws the numbers the Python side (dspex_lab.notebook.RunProgress) keeps, and
 // sends {type: "cancel"} when Cancel is clicked. Elapsed time ticks here between updates from the kernel,
-// which only sends one when a trial finishes.
+// which only sends one when a trial finishes. An optimization (kind "optimization") is drawn as one run:
+// its step of N, its totals, budget, time left and best so far; the evaluation running now is one line.
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -27,11 +28,34 @@ function money(value) {
   return value < 0.01 ? `$${value.toPrecision(2)}` : `$${value.toFixed(2)}`;
 }
 
+function count(value) {
+  return Number(value || 0).toLocaleString();
+}
+
+function plural(number, word) {
+  return `${count(number)} ${word}${number === 1 ? "" : "s"}`;
+}
+
+// "1,234 of 5,000 LM calls (25%)" for each limit of an optimization's budget.
+function budgetText(budget, spent) {
+  const names = { lm_calls: "LM calls", tokens: "tokens", usd: "dollars" };
+  return Object.entries(budget || {})
+    .map(([name, limit]) => {
+      const used = spent[name];
+      if (used === null || used === undefined) return `${names[name] || name}: unknown of ${limit}`;
+      const share = limit > 0 ? ` (${Math.round((100 * used) / limit)}%)` : "";
+      const shown = name === "usd" ? `${money(used)} of ${money(limit)}` : `${count(used)} of ${count(limit)} ${names[name] || name}`;
+      return `${shown}${share}`;
+    })
+    .join("; ");
+}
+
 // The synced traits this view draws (anywidget's model signals changes per trait).
 const TRAITS = [
   "title", "status", "done", "total", "already_done", "n_scored", "mean", "ci_low", "ci_high", "ci_method",
   "n_errors", "errors", "input_tokens", "output_tokens", "lm_calls", "cost", "unpriced_models", "elapsed",
-  "eta", "best",
+  "eta", "best", "kind", "evaluation", "step", "planned_steps", "screened", "validated", "tokens", "budget",
+  "eta_basis",
 ];
 
 const FINAL = new Set(["finished", "stopped", "interrupted", "cancelled"]);
@@ -52,13 +76,15 @@ function render({ model, el: root }) {
   const grid = el("dl", "dspex-progress-grid");
   const rows = {};
   for (const [key, label] of [
+    ["step", "step"],
+    ["best", "best so far"],
     ["trials", "trials"],
     ["mean", "mean"],
     ["errors", "errors"],
     ["tokens", "tokens"],
     ["cost", "cost"],
+    ["budget", "budget"],
     ["time", "time"],
-    ["best", "best so far"],
   ]) {
     const term = el("dt", "", label);
     const value = el("dd", `dspex-progress-${key}`);
@@ -91,20 +117,48 @@ function render({ model, el: root }) {
     cancel.disabled = state !== "running" || cancelling;
     cancel.textContent = cancelling ? "Cancelling…" : "Cancel";
 
+    const optimizing = model.get("kind") === "optimization";
+    root.dataset.kind = optimizing ? "optimization" : "evaluation";
     const total = model.get("total");
     const done = model.get("done");
     const errors = model.get("n_errors");
     const share = (count) => (total > 0 ? `${(100 * count) / total}%` : "0%");
-    okPart.style.width = share(done - errors);
-    errorPart.style.width = share(errors);
+    const planned = model.get("planned_steps");
+    const step = model.get("step");
+    if (optimizing) {
+      // The bar is the run's: steps finished of the most it may take.
+      const steps = planned > 0 && step !== null ? Math.min(step / planned, 1) : 0;
+      okPart.style.width = `${100 * steps}%`;
+      errorPart.style.width = "0%";
+    } else {
+      okPart.style.width = share(done - errors);
+      errorPart.style.width = share(errors);
+    }
     const resumed = model.get("already_done") ? ` (${model.get("already_done")} before resume)` : "";
-    rows.trials.value.textContent = `${done} / ${total}${resumed}`;
+    const trialsText = `${done} / ${total}${resumed}`;
 
     const mean = model.get("mean");
     const low = model.get("ci_low");
     const high = model.get("ci_high");
     const interval = low === null || high === null ? "" : ` [${fixed(low, 3)}, ${fixed(high, 3)}] 95% ${model.get("ci_method")}`;
-    rows.mean.value.textContent = mean === null ? "–" : `${fixed(mean, 3)}${interval} (n=${model.get("n_scored")})`;
+    const meanText = mean === null ? "–" : `${fixed(mean, 3)}${interval} (n=${model.get("n_scored")})`;
+    rows.mean.term.style.display = rows.mean.value.style.display = optimizing ? "none" : "";
+    rows.step.term.style.display = rows.step.value.style.display = optimizing ? "" : "none";
+    if (optimizing) {
+      // The evaluation running now (a candidate's screening or validation), named without the run's title.
+      const prefix = `${model.get("title")} `;
+      let name = model.get("evaluation") || "";
+      if (name.startsWith(prefix)) name = name.slice(prefix.length);
+      rows.trials.term.textContent = "evaluation";
+      rows.trials.value.textContent = name ? `${name}: ${trialsText} trials, mean ${meanText}` : "–";
+      const of = planned === null ? "" : ` of ${planned}`;
+      const where = step === null ? `baseline (step 0${of})` : `step ${step}${of}`;
+      rows.step.value.textContent = `${where} · ${plural(model.get("screened"), "candidate")} screened, ${count(model.get("validated"))} validated`;
+    } else {
+      rows.trials.term.textContent = "trials";
+      rows.trials.value.textContent = trialsText;
+      rows.mean.value.textContent = meanText;
+    }
 
     rows.errors.value.replaceChildren();
     const byType = Object.entries(model.get("errors") || {});
@@ -113,7 +167,9 @@ function render({ model, el: root }) {
 
     const input = model.get("input_tokens");
     const output = model.get("output_tokens");
-    rows.tokens.value.textContent = `${(input + output).toLocaleString()} (${input.toLocaleString()} in, ${output.toLocaleString()} out; ${model.get("lm_calls").toLocaleString()} LM calls)`;
+    rows.tokens.value.textContent = optimizing
+      ? `${count(model.get("tokens"))} (${count(model.get("lm_calls"))} LM calls, rule proposals and compiles included)`
+      : `${(input + output).toLocaleString()} (${input.toLocaleString()} in, ${output.toLocaleString()} out; ${model.get("lm_calls").toLocaleString()} LM calls)`;
 
     const cost = model.get("cost");
     const unpriced = model.get("unpriced_models") || [];
@@ -125,16 +181,30 @@ function render({ model, el: root }) {
       rows.cost.value.textContent = cost === null ? "–" : money(cost);
     }
 
+    const budget = model.get("budget") || {};
+    const hasBudget = optimizing && Object.keys(budget).length > 0;
+    rows.budget.term.style.display = rows.budget.value.style.display = hasBudget ? "" : "none";
+    if (hasBudget) {
+      const spent = { lm_calls: model.get("lm_calls"), tokens: model.get("tokens"), usd: cost };
+      rows.budget.value.textContent = budgetText(budget, spent);
+    }
+
     const eta = model.get("eta");
-    const left = state === "running" && eta !== null ? `, about ${duration(eta)} left` : "";
+    const basis = model.get("eta_basis");
+    const left = state === "running" && eta !== null ? `, about ${duration(eta)} left${basis ? ` (${basis})` : ""}` : "";
     rows.time.value.textContent = `${duration(liveElapsed())} elapsed${left}`;
 
     const best = model.get("best") || {};
     const hasBest = best.best_mean !== undefined && best.best_mean !== null;
     rows.best.term.style.display = rows.best.value.style.display = hasBest ? "" : "none";
     if (hasBest) {
-      const bestInterval = best.best_ci_low === null ? "" : ` [${fixed(best.best_ci_low, 3)}, ${fixed(best.best_ci_high, 3)}]`;
-      rows.best.value.textContent = `${fixed(best.best_mean, 3)}${bestInterval} after step ${best.step}`;
+      const bestInterval =
+        best.best_ci_low === null || best.best_ci_low === undefined
+          ? ""
+          : ` [${fixed(best.best_ci_low, 3)}, ${fixed(best.best_ci_high, 3)}]${best.ci_method ? ` 95% ${best.ci_method}` : ""}`;
+      const who = best.best_id ? `${best.best_id}: ` : "";
+      const n = best.n ? ` (n=${best.n})` : "";
+      rows.best.value.textContent = `${who}${fixed(best.best_mean, 3)}${bestInterval}${n} after step ${best.step}`;
     }
     root.dataset.status = FINAL.has(state) ? "done" : state;
   }

@@ -30,7 +30,7 @@ from typing import Any
 from dspex_lab.engine import RunFinished, RunStarted, TrialFinished
 from dspex_lab.errors import ExecutionError, MissingDependencyError
 from dspex_lab.notebook._widgets_common import front_end_file, json_number
-from dspex_lab.optimization import OptimizationStep
+from dspex_lab.optimization import OptimizationEnded, OptimizationStanding, OptimizationStarted, OptimizationStep
 from dspex_lab.stats import score_interval
 
 try:
@@ -71,8 +71,16 @@ class RunProgress(anywidget.AnyWidget):
     time and an estimate of the time left, the final status, and a Cancel button.
 
     Each run it receives starts the trial counts and the mean afresh; tokens, cost and LM calls add up
-    over every run it has shown (an optimization runs one evaluation per candidate), and the
-    optimization's best candidate so far is shown when its steps arrive.
+    over every run it has shown.
+
+    An optimization (begun with :meth:`begin`) is shown as one run: step k of N, candidates screened
+    and validated, the run's LM calls, tokens and cost, its elapsed time and the time left (at the pace
+    of its steps so far, or until its budget is spent, whichever comes first), and its best candidate so
+    far with its validation interval; the evaluation running now (a candidate's screening or validation)
+    is a secondary line. The run's numbers are the ones the optimization sends with each step and at its
+    end (:class:`~dspex_lab.optimization.OptimizationStanding`, counted as its result counts them: the
+    rule proposals and DSPy's own compile calls included), plus the trials finished since; the final
+    ones equal the result's ``spending`` and ``best_result``.
 
     Thread safety: events must come from one thread at a time (the engine's contract); :meth:`cancel` may
     be called from any thread.
@@ -106,6 +114,15 @@ class RunProgress(anywidget.AnyWidget):
     runs = traitlets.Int(0).tag(sync=True)
     step = traitlets.Int(None, allow_none=True).tag(sync=True)
     best = traitlets.Dict().tag(sync=True)
+    # An optimization's own numbers (kind "optimization"); the trial counts above are then its current evaluation's.
+    kind = traitlets.Unicode("evaluation").tag(sync=True)
+    evaluation = traitlets.Unicode("").tag(sync=True)
+    planned_steps = traitlets.Int(None, allow_none=True).tag(sync=True)
+    screened = traitlets.Int(0).tag(sync=True)
+    validated = traitlets.Int(0).tag(sync=True)
+    tokens = traitlets.Int(0).tag(sync=True)
+    budget = traitlets.Dict().tag(sync=True)
+    eta_basis = traitlets.Unicode("").tag(sync=True)
     cancel_mode = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, *, title: str = "") -> None:
@@ -118,6 +135,11 @@ class RunProgress(anywidget.AnyWidget):
         self._unpriced: set[str] = set()
         self._cost = 0.0
         self._input_tokens = self._output_tokens = self._lm_calls = 0
+        # An optimization's totals at its last standing, and the trials' sums at that moment (see _totals).
+        self._standing: OptimizationStanding | None = None
+        self._trial_sums_then = (0, 0, 0.0)
+        self._begun = 0.0
+        self._step_times: dict[int, float] = {}
         self._started = 0.0
         self._last_sent = 0.0
         self._run_thread: int | None = None
@@ -183,18 +205,28 @@ class RunProgress(anywidget.AnyWidget):
             self._run_thread = threading.get_ident()
             self._cancel_requested = False
             self._interrupt_sent = False
+        self._begun = time.monotonic()
+        self._standing = None
+        self._step_times = {}
         with self.hold_sync():
             self.title = title
             self.status = "running"
+            self.kind = "optimization"
+            self.step = None
+            self.best = {}
+            self.elapsed = 0.0
 
     def finish(self, status: str) -> None:
         """End a run begun with :meth:`begin`, showing its final ``status``."""
         with self._lock:
-            self._spanning = False
+            spanning, self._spanning = self._spanning, False
             self._run_thread = None
             self._cancel_requested = False
         with self.hold_sync():
+            if spanning:
+                self.elapsed = time.monotonic() - self._begun
             self.eta = None
+            self.eta_basis = ""
             self.status = status  # a cancelled run reads "interrupted", as in the journal and the terminal
 
     # -- Events ----------------------------------------------------------------------------------------
@@ -209,6 +241,8 @@ class RunProgress(anywidget.AnyWidget):
             self._run_finished(event)
         elif isinstance(event, OptimizationStep):
             self._step_finished(event)
+        elif isinstance(event, (OptimizationStarted, OptimizationEnded)):
+            self._take_standing(event.standing)
 
     def _run_started(self, event: RunStarted) -> None:
         with self._lock:
@@ -222,9 +256,13 @@ class RunProgress(anywidget.AnyWidget):
         self._error_types = Counter()
         self._started = time.monotonic()
         self._last_sent = self._started
+        if not self._spanning:  # an evaluation on its own, maybe in a widget that showed an optimization before
+            self._standing = None
         with self.hold_sync():
             if not self._spanning:
                 self.title = event.name
+                self.kind = "evaluation"
+            self.evaluation = event.name
             self.status = "running"
             self.runs += 1
             self.total = event.total
@@ -233,9 +271,11 @@ class RunProgress(anywidget.AnyWidget):
             self.n_scored = 0
             self.n_errors = 0
             self.errors = {}
-            self.mean = self.ci_low = self.ci_high = self.eta = None
+            self.mean = self.ci_low = self.ci_high = None
             self.ci_method = ""
-            self.elapsed = 0.0
+            if not self._spanning:  # an optimization's clock and time left run from begin() to finish()
+                self.eta = None
+                self.elapsed = 0.0
 
     def _trial_finished(self, event: TrialFinished) -> None:
         result = event.result
@@ -271,12 +311,17 @@ class RunProgress(anywidget.AnyWidget):
                 self._cancel_requested = False
         self._publish(done=self.already_done + event.done, now=time.monotonic())
         with self.hold_sync():
-            self.elapsed = event.wall_seconds
-            self.eta = None
-            if not spanning:  # the whole run's status comes with finish()
+            if not spanning:  # the whole run's status, clock and time left come with finish()
+                self.elapsed = event.wall_seconds
+                self.eta = None
                 self.status = event.status  # "interrupted" after Cancel, the journal's word for it
 
     def _step_finished(self, event: OptimizationStep) -> None:
+        self._step_times.setdefault(event.step, time.monotonic())
+        if event.standing is not None:
+            self._take_standing(event.standing)
+            return
+        # A step event built without a standing (by hand): the best as its steps table has it.
         self.step = event.step
         if event.steps.empty:
             return
@@ -284,6 +329,69 @@ class RunProgress(anywidget.AnyWidget):
         best = {key: json_number(last.get(key)) for key in ("best_mean", "best_ci_low", "best_ci_high")}
         best["step"] = event.step
         self.best = best
+
+    def _take_standing(self, standing: OptimizationStanding) -> None:
+        """Show where the optimization stands; its totals are counted from here on (see :meth:`_totals`)."""
+        now = time.monotonic()
+        self._standing = standing
+        self._trial_sums_then = (self._lm_calls, self._input_tokens + self._output_tokens, self._cost)
+        if standing.step is not None:
+            self._step_times.setdefault(standing.step, now)
+        with self.hold_sync():
+            self.step = standing.step
+            self.planned_steps = standing.planned_steps
+            self.screened = standing.screened
+            self.validated = standing.validated
+            self.budget = {name: json_number(limit) for name, limit in standing.budget.items()}
+            if standing.best_id is not None:
+                self.best = {
+                    "best_id": standing.best_id,
+                    "best_mean": json_number(standing.best_mean),
+                    "best_ci_low": json_number(standing.best_ci_low),
+                    "best_ci_high": json_number(standing.best_ci_high),
+                    "ci_method": standing.best_ci_method,
+                    "n": standing.best_n,
+                    "step": standing.step,
+                }
+            self._publish(done=self.done, now=now)
+
+    def _totals(self) -> tuple[int, int, float | None]:
+        """Return the LM calls, tokens and dollars to show (dollars None: unknown, an unpriced model).
+
+        An evaluation's are the sums of its trials. An optimization's are its last standing's, which
+        counts what no trial carries (rule proposals, DSPy's compile), plus the trials finished since.
+        """
+        calls, tokens, cost = self._lm_calls, self._input_tokens + self._output_tokens, self._cost
+        standing = self._standing
+        if standing is None:
+            return calls, tokens, cost if calls else None
+        calls_then, tokens_then, cost_then = self._trial_sums_then
+        dollars = None if standing.cost is None else standing.cost + (cost - cost_then)
+        return standing.lm_calls + calls - calls_then, standing.tokens + tokens - tokens_then, dollars
+
+    def _run_eta(self, now: float, spent: dict[str, float | None]) -> tuple[float | None, str]:
+        """Return an optimization's time left and what it is based on, or (None, "") when there is no basis.
+
+        Two estimates, the sooner one wins: the steps left at the pace of the search steps so far (step 0,
+        the baseline, apart: it screens nothing), and, for each limit of the budget, the time until it is
+        spent at the run's spending pace so far. A run may end sooner (patience) and then runs its
+        confirmation, which neither counts.
+        """
+        standing = self._standing
+        elapsed = now - self._begun
+        if standing is None or elapsed <= 0:
+            return None, ""
+        estimates: list[tuple[float, str]] = []
+        step, times = standing.step, self._step_times
+        if step is not None and 0 < step < standing.planned_steps and 0 in times and step in times:
+            per_step = (times[step] - times[0]) / step
+            left = standing.planned_steps - step
+            estimates.append((max(per_step * left - (now - times[step]), 0.0), f"{left} more steps at this pace"))
+        for name, limit in standing.budget.items():
+            used = spent.get(name)
+            if used and used < limit:
+                estimates.append(((limit - used) * elapsed / used, f"until the budget's {name}={limit:g} is spent"))
+        return min(estimates) if estimates else (None, "")
 
     def _add_spending(self, result: Any) -> None:
         # Kept here and sent with the rest at the next refresh: one comm message per refresh, not per trial.
@@ -316,12 +424,19 @@ class RunProgress(anywidget.AnyWidget):
                 self.ci_method = interval.method if self.ci_low is not None else ""
             self.input_tokens = self._input_tokens
             self.output_tokens = self._output_tokens
-            self.lm_calls = self._lm_calls
+            calls, tokens, cost = self._totals()
+            self.lm_calls, self.tokens = calls, tokens
             # The priced calls' sum; unpriced models are listed beside it, so an unpriced run never reads $0.
-            self.cost = json_number(self._cost) if self._lm_calls else None
+            self.cost = json_number(cost) if cost is not None else None
+            if cost is None and calls and not self._unpriced:
+                self._unpriced.add("unknown model")  # the optimization's counter met a model with no price
             self.unpriced_models = sorted(self._unpriced)
-            self.elapsed = elapsed
-            self.eta = remaining / rate if rate > 0 and remaining > 0 else None
+            if self._standing is not None and self._spanning:
+                self.elapsed = now - self._begun
+                self.eta, self.eta_basis = self._run_eta(now, {"lm_calls": calls, "tokens": tokens, "usd": cost})
+            else:
+                self.elapsed = elapsed
+                self.eta = remaining / rate if rate > 0 and remaining > 0 else None
 
 
 def _model_names(text: str) -> list[str]:

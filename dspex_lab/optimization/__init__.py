@@ -15,6 +15,7 @@ from dspex_lab.optimization._dspy import DspyOptimizer
 from dspex_lab.optimization._optimize import DSPY_OPTIMIZERS, OptimizationStep, optimize
 from dspex_lab.optimization._plot import ConvergenceData, LiveConvergence, convergence_data, convergence_plot
 from dspex_lab.optimization._result import CANDIDATE_COLUMNS, STEP_COLUMNS, OptimizationResult
+from dspex_lab.optimization._session import OptimizationEnded, OptimizationStanding, OptimizationStarted
 from dspex_lab.optimization._simba_c import ProposeRule, SimbaC
 
 __all__ = [
@@ -24,7 +25,10 @@ __all__ = [
     "ConvergenceData",
     "DspyOptimizer",
     "LiveConvergence",
+    "OptimizationEnded",
     "OptimizationResult",
+    "OptimizationStanding",
+    "OptimizationStarted",
     "OptimizationStep",
     "ProposeRule",
     "RunDisplay",

@@ -21,8 +21,9 @@ from typing import Any
 import pandas as pd
 
 from dspex_lab.errors import OptimizerError
+from dspex_lab.evaluation import EvaluationResult
 from dspex_lab.journal import ExperimentRecord
-from dspex_lab.optimization._acceptance import mean_and_interval
+from dspex_lab.optimization._acceptance import finite, mean_and_interval
 from dspex_lab.optimization._decisions import DecisionTrace
 from dspex_lab.optimization._display import Subscriber
 from dspex_lab.optimization._evaluator import CandidateEvaluator, Example, Scores, dataset_examples, evaluation_id
@@ -40,7 +41,15 @@ from dspex_lab.optimization._spending import BudgetSpent
 from dspex_lab.program import Program
 from dspex_lab.session import Experiment, experiment_record
 
-__all__ = ["OptimizationStep", "RunSession", "StepRecord", "start_run"]
+__all__ = [
+    "OptimizationEnded",
+    "OptimizationStanding",
+    "OptimizationStarted",
+    "OptimizationStep",
+    "RunSession",
+    "StepRecord",
+    "start_run",
+]
 
 # The confirmation's budget reserve: the baseline's validation cost per trial, times two programs,
 # times this margin (a changed program's prompt is longer: demos and rules).
@@ -48,6 +57,68 @@ _RESERVE_MARGIN = 1.25
 
 # The role of a candidate's evaluation in its run, by phase (c0's validation is the ``baseline``).
 _PHASE_ROLES = {"val": "candidate-validation", "screen": "candidate-screen", "confirm": "confirmation"}
+
+
+@dataclass(frozen=True)
+class OptimizationStanding:
+    """Where an optimization run stands, counted as its result counts it: what a progress display shows.
+
+    The spending is the run's one counter (``Spending.to_summary()``: every trial, SIMBA-C's rule
+    proposals, DSPy's own compile calls, what an interrupted run spent before a resume), so the
+    standing sent when the run ends equals ``result.spending``. The best is the incumbent after the
+    last finished step (``result.best_id`` at the end), with its mean and interval computed from its
+    validation trials by :class:`~dspex_lab.evaluation.EvaluationResult`, as ``result.best_result``
+    computes them (:func:`dspex_lab.stats.score_interval`: Wilson for 0/1 scores, Student t otherwise).
+
+    Attributes:
+        step: the last finished step (0: the baseline), None before the baseline's evaluation ended.
+        planned_steps: the steps the optimizer takes at most (SIMBA-C's ``max_steps``; 1 for DSPy's
+            optimizers, whose compile is one step); a run may stop earlier (patience, budget).
+        screened: candidates screened on a mini-batch so far.
+        validated: candidates evaluated on the validation set so far (the baseline apart).
+        lm_calls: LM calls so far.
+        tokens: input plus output tokens so far.
+        cost: dollars so far (None: a call went to a model with no known price).
+        trials: trials so far.
+        budget: the run's limits (``Budget.limits()``: ``usd``, ``lm_calls``, ``tokens``); empty without one.
+        best_id: the best candidate so far (None before the baseline's evaluation ended).
+        best_mean: its validation mean.
+        best_ci_low: the low end of its 95% interval (None where undefined).
+        best_ci_high: the high end of its 95% interval.
+        best_ci_method: how the interval was computed (``wilson``, ``t``).
+        best_n: the validation examples it scored on.
+    """
+
+    step: int | None
+    planned_steps: int
+    screened: int
+    validated: int
+    lm_calls: int
+    tokens: int
+    cost: float | None
+    trials: int
+    budget: dict[str, float]
+    best_id: str | None = None
+    best_mean: float | None = None
+    best_ci_low: float | None = None
+    best_ci_high: float | None = None
+    best_ci_method: str = ""
+    best_n: int = 0
+
+
+@dataclass(frozen=True)
+class OptimizationStarted:
+    """An event for the run's display: the run began (before its first evaluation).
+
+    Attributes:
+        run_id: the run.
+        name: the run's name.
+        standing: where it stands (a resumed run: nothing counted yet; its replay counts it again).
+    """
+
+    run_id: str
+    name: str
+    standing: OptimizationStanding
 
 
 @dataclass(frozen=True)
@@ -59,12 +130,31 @@ class OptimizationStep:
         step: the step that finished (0: the baseline evaluation).
         steps: the steps table so far (see ``OptimizationResult.steps``).
         candidates: the candidates table so far (see ``OptimizationResult.candidates``).
+        standing: where the run stands once the step is recorded (spending, counts, best so far).
     """
 
     run_id: str
     step: int
     steps: pd.DataFrame
     candidates: pd.DataFrame
+    standing: OptimizationStanding | None = None
+
+
+@dataclass(frozen=True)
+class OptimizationEnded:
+    """An event for the run's display: the run ended, with the numbers its result reports.
+
+    Attributes:
+        run_id: the run.
+        status: how it ended, in the journal's words (``finished``, ``stopped``, ``interrupted``, ``failed``).
+        detail: why it ended.
+        standing: the final standing: its spending is ``result.spending``, its best ``result.best_result``'s.
+    """
+
+    run_id: str
+    status: str
+    detail: str | None
+    standing: OptimizationStanding
 
 
 @dataclass
@@ -112,6 +202,8 @@ class RunSession:
         self.val_examples: list[Example] = dataset_examples(setup.valset)
         display = [setup.display] if setup.display is not None else []
         self.subscribers: list[Subscriber] = [*setup.subscribers, *display]
+        # Told when the run starts and ends too (OptimizationStarted/Ended); other subscribers hear steps only.
+        self.display: Subscriber | None = setup.display
         self.candidate_rows: dict[str, dict[str, Any]] = {}
         self.step_rows: dict[int, dict[str, Any]] = {}
         self.status = "running"
@@ -124,6 +216,9 @@ class RunSession:
             for row in self.journal.candidate_rows(self.run_id):
                 self.candidate_rows[row["candidate_id"]] = row
             self._journaled_steps = {int(row["step"]): row for row in self.journal.step_rows(self.run_id)}
+        standing = self._standing_for_display()
+        if standing is not None:
+            self._tell_display(OptimizationStarted(self.run_id, self.name, standing))
 
     def load_recorded(self, *, replay: bool) -> None:
         """Take back what the interrupted run this one resumes recorded: its trials and its spending.
@@ -308,17 +403,81 @@ class RunSession:
                 else ""
             )
             print(
-                f"{self.name} step {record.step}: {record.detail}; best {best}{ci}; {record.lm_calls:,} LM calls",
+                f"{self.name} step {record.step} of {planned_steps(self.setup.optimizer)}: {record.detail}; "
+                f"best {best}{ci}; {record.lm_calls:,} LM calls",
                 file=sys.stderr,
             )
         if self.subscribers:
-            event = OptimizationStep(self.run_id, record.step, *self.frames())
+            event = OptimizationStep(self.run_id, record.step, *self.frames(), standing=self._standing_for_display())
             for subscriber in list(self.subscribers):
-                try:
-                    subscriber(event)
-                except Exception as error:  # a broken display never stops the run
-                    self.subscribers.remove(subscriber)
-                    print(f"subscriber {subscriber!r} removed: {type(error).__name__}: {error}", file=sys.stderr)
+                self._tell(subscriber, event)
+
+    def _tell(self, subscriber: Subscriber, event: Any) -> None:
+        """Give ``event`` to one subscriber; one that raises is removed (a broken display never stops the run)."""
+        try:
+            subscriber(event)
+        except Exception as error:
+            if subscriber in self.subscribers:
+                self.subscribers.remove(subscriber)
+            if subscriber is self.display:
+                self.display = None
+            print(f"subscriber {subscriber!r} removed: {type(error).__name__}: {error}", file=sys.stderr)
+
+    def _tell_display(self, event: OptimizationStarted | OptimizationEnded) -> None:
+        if self.display is not None:
+            self._tell(self.display, event)
+
+    def _standing_for_display(self) -> OptimizationStanding | None:
+        """Return :meth:`standing`, or None (said on stderr) when it cannot be computed: a display never stops a run."""
+        try:
+            return self.standing()
+        except Exception as error:
+            print(f"run {self.run_id}: progress not updated: {type(error).__name__}: {error}", file=sys.stderr)
+            return None
+
+    def standing(self) -> OptimizationStanding:
+        """Return where the run stands now: its spending, its counts and its best so far (see the class)."""
+        rows = [self.step_rows[key] for key in sorted(self.step_rows)]
+        finished = [row for row in rows if row.get("status") != "running"]
+        spending = self.evaluator.spending
+        summary = spending.to_summary()
+        best: dict[str, Any] = self._best(best_candidate_id(finished)) if finished else {}
+        return OptimizationStanding(
+            step=int(finished[-1]["step"]) if finished else None,
+            planned_steps=planned_steps(self.setup.optimizer),
+            screened=len({item["candidate"] for row in rows for item in row.get("screening") or []}),
+            validated=len({item["candidate"] for row in rows for item in row.get("evaluations") or []}),
+            lm_calls=int(summary["lm_calls"]),
+            tokens=int(summary["tokens"]),
+            cost=summary["cost"],
+            trials=int(summary["trials"]),
+            budget=dict(spending.budget.limits()) if spending.budget is not None else {},
+            **best,
+        )
+
+    def _best(self, candidate_id: str) -> dict[str, Any]:
+        """Return a candidate's validation mean and interval, as the result computes them from its trials."""
+        experiment_id = self.evaluation(candidate_id, "val")
+        # The columns an evaluation's mean and interval are computed from (a resumed run's rows, read back from
+        # the journal, carry timestamps the in-memory trials table would not take).
+        columns = ("example_id", "example_index", "status", "score")
+        rows = self.evaluator.experiment_rows(experiment_id)
+        trials = pd.DataFrame([[row.get(column) for column in columns] for row in rows], columns=list(columns))
+        trials["score"] = pd.to_numeric(trials["score"], errors="coerce")
+        evaluation = EvaluationResult(
+            experiment_id=experiment_id, name=experiment_id, status="finished", trials=trials, journal=self.journal
+        )
+        if evaluation.n == 0:
+            return {"best_id": candidate_id}
+        interval = evaluation.interval
+        return {
+            "best_id": candidate_id,
+            "best_mean": finite(evaluation.mean),
+            "best_ci_low": finite(interval.low),
+            "best_ci_high": finite(interval.high),
+            "best_ci_method": interval.method,
+            "best_n": evaluation.n,
+        }
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Return the steps and candidates tables so far."""
@@ -381,6 +540,9 @@ class RunSession:
         self.run.finish(status, detail=detail, summary=summary)
         if self.run.saved:
             self.journal.finish_children(self.run_id, status="finished" if status != "failed" else "failed")
+        standing = self._standing_for_display()
+        if standing is not None:
+            self._tell_display(OptimizationEnded(self.run_id, status, detail, standing))
 
     def result(self) -> OptimizationResult:
         """Return the run's result, read back from the journal.
@@ -404,6 +566,13 @@ class RunSession:
             journal=self.journal,
             confirmation=self.confirmation,
         )
+
+
+def planned_steps(optimizer: Any) -> int:
+    """Return the steps an optimizer takes at most: SIMBA-C's ``max_steps``; DSPy's compile is one step."""
+    from dspex_lab.optimization._simba_c import SimbaC  # imported here: SIMBA-C's module imports this one
+
+    return optimizer.max_steps if isinstance(optimizer, SimbaC) else 1
 
 
 def start_run(setup: OptimizationSetup) -> Experiment:
