@@ -274,36 +274,64 @@ def _journal(arguments: argparse.Namespace) -> int:
 
     journal = open_journal(arguments.journal)
     if arguments.journal_command == "list":
-        # The mean and interval every view shows (the journal's one rule), never re-derived here.
-        intervals = journal.score_intervals()
-        no_interval = (None, None, None, "")
-        rows = []
-        # Nested runs (an optimization's ~40 candidate evaluations each) are hidden unless --all.
-        for summary in journal.experiment_summaries(children=arguments.nested):
-            mean, low, high, method = intervals.get(summary.id, no_interval)
-            rows.append(
-                {
-                    "id": summary.id,
-                    "name": summary.name,
-                    "kind": summary.kind,
-                    "status": summary.status,
-                    "trials": summary.n_trials,
-                    "errors": summary.n_errors,
-                    "mean": mean,
-                    "95% CI": _interval_cell(low, high, method),
-                    "created": None if summary.created_at is None else str(summary.created_at)[:19],
-                    "role": summary.role,
-                }
-            )
-        columns = ("id", "name", "kind", "status", "trials", "errors", "mean", "95% CI", "created")
-        if arguments.nested:
-            columns = (*columns, "role")
-        print(_text_table(f"Experiments in {journal.path}", rows, columns))
+        _journal_list(journal, nested=arguments.nested)
     elif arguments.journal_command == "trials":
         _journal_trials(journal, arguments)
     elif arguments.journal_command == "sql":
         _console().print(journal.sql(arguments.query).to_string(index=False, max_rows=arguments.limit))
     return 0
+
+
+def _journal_list(journal: Any, *, nested: bool) -> None:
+    """Print the journal's experiments, newest first; runs nest, their nested experiments folded unless ``nested``.
+
+    An optimization's candidate evaluations (dozens per run) are its children: the run's row counts them
+    and a last line says how many are hidden; with ``nested`` (``--all``) each is listed under its run.
+    """
+    # The mean and interval every view shows (the journal's one rule), never re-derived here.
+    intervals = journal.score_intervals()
+    no_interval = (None, None, None, "")
+    summaries = journal.experiment_summaries(children=True)
+    below: dict[str, list[Any]] = {}
+    for summary in reversed(summaries):  # oldest first under each run
+        if summary.parent_id is not None:
+            below.setdefault(summary.parent_id, []).append(summary)
+    listed: list[tuple[Any, int]] = []
+    for summary in summaries:
+        if summary.parent_id is None:
+            listed.append((summary, 0))
+            listed += [(child, 1) for child in below.get(summary.id, [])] if nested else []
+    if nested:  # nested in an experiment that is not listed (deeper, or its parent gone): never left out
+        placed = {summary.id for summary, _ in listed}
+        listed += [(summary, 1) for summary in summaries if summary.id not in placed]
+    rows = []
+    for summary, depth in listed:
+        mean, low, high, method = intervals.get(summary.id, no_interval)
+        rows.append(
+            {
+                "id": summary.id,
+                "name": f"  {summary.name}" if depth else summary.name,
+                "kind": summary.kind,
+                "status": summary.status,
+                "trials": summary.n_trials,
+                "errors": summary.n_errors,
+                "mean": mean,
+                "95% CI": _interval_cell(low, high, method),
+                "created": None if summary.created_at is None else str(summary.created_at)[:19],
+                "nested": len(below.get(summary.id, [])) or None,
+                "role": summary.role,
+            }
+        )
+    hidden = sum(1 for summary in summaries if summary.parent_id is not None)
+    columns: tuple[str, ...] = ("id", "name", "kind", "status", "trials", "errors", "mean", "95% CI", "created")
+    columns += ("nested", "role") if nested else ("nested",) if hidden else ()
+    print(_text_table(f"Experiments in {journal.path}", rows, columns))
+    if hidden and not nested:
+        runs = sum(1 for run in below if any(summary.id == run for summary, _ in listed))
+        print(
+            f"{hidden} nested experiment{'s' if hidden != 1 else ''} hidden (an optimization's candidate evaluations, "
+            f"in {runs} run{'s' if runs != 1 else ''}): dspex journal list --all lists them under their runs"
+        )
 
 
 def _interval_cell(low: float | None, high: float | None, method: str) -> str | None:

@@ -1,5 +1,7 @@
 // ExperimentBrowser's front end: the experiment table (filters, sortable columns, Refresh) and the selected
-// experiment's trial table (status, score and order filters). The Python side
+// experiment's trial table (status, score and order filters). Runs nest: a run's nested experiments (an
+// optimization's candidate evaluations) are folded under it, unfolded by its ▸ button or all at once by
+// "show nested runs". The Python side
 // (dspex_lab.notebook.ExperimentBrowser) queries the journal and owns every row; this file draws the rows
 // and writes the user's choices back into the model. A selected trial's trace is a separate widget below.
 
@@ -61,8 +63,17 @@ function render({ model, el: root }) {
   const statusFilter = el("select", "dspex-filter-status");
   const refresh = el("button", "dspex-refresh", "Refresh");
   refresh.type = "button";
+  const nestedBox = el("input", "dspex-show-nested");
+  nestedBox.type = "checkbox";
   const count = el("span", "dspex-browser-count");
-  bar.append(nameFilter, labelled("kind", kindFilter), labelled("status", statusFilter), refresh, count);
+  bar.append(
+    nameFilter,
+    labelled("kind", kindFilter),
+    labelled("status", statusFilter),
+    labelled("show nested runs", nestedBox),
+    refresh,
+    count,
+  );
 
   const experimentScroll = el("div", "dspex-browser-scroll");
   const experimentTable = el("table", "dspex-experiments");
@@ -115,6 +126,7 @@ function render({ model, el: root }) {
   });
   kindFilter.addEventListener("change", () => save("kind_filter", kindFilter.value));
   statusFilter.addEventListener("change", () => save("status_filter", statusFilter.value));
+  nestedBox.addEventListener("change", () => save("nested", nestedBox.checked));
   refresh.addEventListener("click", () => model.send({ type: "refresh" }));
   trialStatus.addEventListener("change", () => save("trial_status", trialStatus.value));
   const bound = (input, key) => {
@@ -139,6 +151,22 @@ function render({ model, el: root }) {
     fillSelect(kindFilter, model.get("kinds"), model.get("kind_filter"));
     fillSelect(statusFilter, model.get("statuses"), model.get("status_filter"));
     if (document.activeElement !== nameFilter) nameFilter.value = model.get("name_filter");
+    nestedBox.checked = model.get("nested");
+  }
+
+  // The ▸ / ▾ button of a run with nested experiments: unfolds or folds them without selecting the run.
+  function foldButton(row) {
+    const open = model.get("nested") || model.get("expanded").includes(row.id);
+    const button = el("button", "dspex-fold", `${open ? "▾" : "▸"} ${row.n_children} nested`);
+    button.type = "button";
+    button.title = open ? "fold this run's nested experiments" : "show this run's nested experiments under it";
+    button.disabled = model.get("nested");
+    button.addEventListener("click", (event) => {
+      event.stopPropagation();
+      const others = model.get("expanded").filter((id) => id !== row.id);
+      save("expanded", open ? others : [...others, row.id]);
+    });
+    return button;
   }
 
   function drawExperimentHead() {
@@ -166,7 +194,7 @@ function render({ model, el: root }) {
   function drawExperiments() {
     const rows = model.get("experiments");
     const selected = model.get("selected_experiment");
-    count.textContent = `${rows.length} experiment${rows.length === 1 ? "" : "s"}`;
+    count.textContent = model.get("count_note");
     experimentBody.replaceChildren();
     if (!rows.length) {
       const cell = el("td", "dspex-browser-empty", "no experiment matches");
@@ -176,10 +204,13 @@ function render({ model, el: root }) {
       experimentBody.append(empty);
     }
     for (const row of rows) {
-      const line = el("tr", row.id === selected ? "dspex-row-selected" : "");
+      const line = el("tr", `${row.id === selected ? "dspex-row-selected" : ""}${row.depth ? " dspex-nested" : ""}`);
       line.dataset.id = row.id;
-      const name = el("td");
-      name.append(el("div", "", row.name), el("div", "dspex-id", row.id));
+      const name = el("td", row.depth ? "dspex-nested-name" : "");
+      const title = el("div", "", row.depth ? `↳ ${row.name}` : row.name);
+      if (row.depth && row.role) title.append(" ", el("span", "dspex-role", row.role));
+      name.append(title, el("div", "dspex-id", row.id));
+      if (row.n_children) name.append(foldButton(row));
       const status = el("td", `dspex-status-${row.status}`, row.status);
       if (row.model) status.title = `model ${row.model}`;
       const interval = row.ci_low === null ? "" : ` [${fixed(row.ci_low, 3)}, ${fixed(row.ci_high, 3)}]`;
@@ -263,9 +294,9 @@ function render({ model, el: root }) {
   }
 
   const handlers = [
-    [["kinds", "statuses", "kind_filter", "status_filter", "name_filter"], drawFilters],
+    [["kinds", "statuses", "kind_filter", "status_filter", "name_filter", "nested"], drawFilters],
     [["sort_column", "sort_descending"], drawExperimentHead],
-    [["experiments", "selected_experiment"], drawExperiments],
+    [["experiments", "selected_experiment", "count_note", "expanded", "nested"], drawExperiments],
     [
       ["selected_experiment", "trials", "selected_trial", "trial_status", "trial_total", "trial_min_score",
         "trial_max_score", "trial_limit"],

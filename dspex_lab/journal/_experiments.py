@@ -192,12 +192,21 @@ class ExperimentQueries(DuckDBStore):
             summaries.append(ExperimentSummary(**row))
         return summaries
 
-    def experiments(self) -> pd.DataFrame:
-        """Return every experiment as a DataFrame, newest first (see :meth:`experiment_summaries`)."""
+    def experiments(self, *, children: bool = False) -> pd.DataFrame:
+        """Return the experiments as a DataFrame, newest first (see :meth:`experiment_summaries`).
+
+        Args:
+            children: include nested experiments (an optimization's candidate evaluations, dozens per
+                run, which would bury the researcher's own); by default only top-level experiments.
+                Each one's ``parent_id`` names the experiment it is nested in (see :meth:`children`).
+        """
         import pandas as pd
 
+        if not isinstance(children, bool):
+            raise JournalError(f"experiments(children=...) must be True or False, got {children!r}")
         columns = [item.name for item in dataclasses.fields(ExperimentSummary)]
-        return pd.DataFrame([dataclasses.astuple(summary) for summary in self.experiment_summaries()], columns=columns)
+        summaries = self.experiment_summaries(children=children)
+        return pd.DataFrame([dataclasses.astuple(summary) for summary in summaries], columns=columns)
 
     def experiment(self, experiment_id: str) -> dict[str, Any]:
         """Return one experiment as a dict (JSON columns decoded)."""

@@ -392,10 +392,13 @@ class JournalReader(Protocol):
         status: str | None = None,
         limit: int = 500,
         children: bool = False,
+        parent: str | None = None,
     ) -> Any:
         """Return a DataFrame, one row per experiment newest first, with counts, mean and interval.
 
-        Nested experiments (an optimization's candidate evaluations) are left out unless ``children``.
+        Nested experiments (an optimization's candidate evaluations) are left out unless ``children``
+        (then each follows the experiment it is nested in); ``n_children`` counts each row's own.
+        ``parent`` lists only the experiments nested in that one, oldest first.
         """
         ...
 

@@ -25,7 +25,7 @@ __all__ = ["LEADERBOARD_COLUMNS", "TRIAL_SORTS", "ViewQueries"]
 
 LEADERBOARD_COLUMNS: tuple[str, ...] = (
     "experiment_id", "name", "kind", "status", "created_at", "program", "model",
-    "n_trials", "n_errors", "mean", "ci_low", "ci_high", "ci_method", "parent_id", "role",
+    "n_trials", "n_errors", "mean", "ci_low", "ci_high", "ci_method", "parent_id", "role", "n_children",
 )  # fmt: skip
 """The columns of :meth:`DuckDBJournal.leaderboard`, in order."""
 
@@ -37,14 +37,19 @@ TRIAL_SORTS: tuple[str, ...] = (
 """The trial columns :meth:`DuckDBJournal.trial_page` may sort by."""
 
 
-# Per experiment (from the totals the writes keep, never a scan of the trials): counts over every trial;
-# mean, spread (from the sum of squares) and count over the scores of ok trials.
+# Per experiment (from the totals the writes keep, never a scan of the trials): counts over every trial,
+# the count of scored ok trials, and how many experiments are nested in it; ``p`` is the experiment it is
+# nested in (for the order that lists each nested experiment after it).
 _LEADERBOARD_SQL = """
 SELECT e.id AS experiment_id, e.name, e.kind, e.status, e.created_at, e.program_name AS program,
        json_extract_string(e.config, '$.lm') AS model,
        coalesce(t.n_trials, 0) AS n_trials, coalesce(t.n_errors, 0) AS n_errors,
-       coalesce(t.ok_n_scored, 0) AS n_scored, e.summary, e.host, e.pid, e.heartbeat_at, e.parent_id, e.role
+       coalesce(t.ok_n_scored, 0) AS n_scored, e.summary, e.host, e.pid, e.heartbeat_at, e.parent_id, e.role,
+       coalesce(c.n_children, 0) AS n_children
 FROM experiments e LEFT JOIN experiment_stats t ON t.experiment_id = e.id
+LEFT JOIN experiments p ON p.id = e.parent_id
+LEFT JOIN (SELECT parent_id, count(*) AS n_children FROM experiments WHERE parent_id IS NOT NULL GROUP BY parent_id) c
+    ON c.parent_id = e.id
 WHERE true"""
 
 
@@ -79,6 +84,7 @@ class ViewQueries(DuckDBStore):
         status: str | None = None,
         limit: int = 500,
         children: bool = False,
+        parent: str | None = None,
     ) -> pd.DataFrame:
         """Return one row per experiment, newest first (then by id), with its trial counts, mean and interval.
 
@@ -86,6 +92,11 @@ class ViewQueries(DuckDBStore):
         evaluation that ended shows the interval its result reported; any other experiment the
         interval of :func:`dspex_lab.stats.score_interval` (Wilson for 0/1 scores, t otherwise)
         over its per-example mean scores.
+
+        Runs nest: an optimization's candidate evaluations are its children (``parent_id``), left out
+        by default so they cannot fill the board; each row counts its own in ``n_children``. With
+        ``children`` they are listed too, each right after the experiment it is nested in (oldest
+        first), so the board reads as a tree whose top level is newest first.
 
         Args:
             name: only experiments whose name contains this text (case-sensitive).
@@ -95,26 +106,25 @@ class ViewQueries(DuckDBStore):
             limit: at most this many rows.
             children: include nested experiments (an optimization's candidate evaluations, which
                 would otherwise fill the board); by default only top-level experiments are listed.
+            parent: only the experiments nested in this one (oldest first); implies ``children``.
 
         Returns:
             Columns ``experiment_id``, ``name``, ``kind``, ``status``, ``created_at``, ``program``,
             ``model``, ``n_trials``, ``n_errors``, ``mean``, ``ci_low``, ``ci_high``, ``ci_method``,
-            ``parent_id``, ``role``. An absent journal gives no rows.
+            ``parent_id``, ``role``, ``n_children``. An absent journal gives no rows.
 
         Raises:
-            JournalError: a negative or non-integer limit, or a journal that cannot be read.
+            JournalError: a negative or non-integer limit, a filter that is not text, or a journal that
+                cannot be read.
         """
         import pandas as pd
 
-        _check_limit(limit, "limit")
-        for label, value in (("name", name), ("kind", kind), ("status", status)):
-            if value is not None and not isinstance(value, str):
-                raise JournalError(f"leaderboard({label}=...) must be text or None, got {value!r}")
-        if not isinstance(children, bool):
-            raise JournalError(f"leaderboard(children=...) must be True or False, got {children!r}")
+        _check_leaderboard_filters(name=name, kind=kind, status=status, limit=limit, children=children, parent=parent)
         if not self._exists():
             return pd.DataFrame(columns=list(LEADERBOARD_COLUMNS))
-        query, parameters = _leaderboard_query(name=name, kind=kind, status=status, limit=limit, children=children)
+        query, parameters = _leaderboard_query(
+            name=name, kind=kind, status=status, limit=limit, children=children, parent=parent
+        )
         frame = self._frame(query, parameters)
         dead = [
             row.status == "running" and _is_dead(row.host, row.pid, row.heartbeat_at)
@@ -129,6 +139,7 @@ class ViewQueries(DuckDBStore):
             frame[column] = [intervals[experiment][position] for experiment in frame["experiment_id"]]
         for column in ("mean", "ci_low", "ci_high"):
             frame[column] = frame[column].astype(float)
+        frame["n_children"] = frame["n_children"].astype("int64")
         return frame[list(LEADERBOARD_COLUMNS)].reset_index(drop=True)
 
     def score_intervals(self) -> dict[str, tuple[float, float, float, str]]:
@@ -292,13 +303,26 @@ class ViewQueries(DuckDBStore):
                 ) from error
 
 
+def _check_leaderboard_filters(*, name: Any, kind: Any, status: Any, limit: Any, children: Any, parent: Any) -> None:
+    """Refuse a leaderboard filter of the wrong type, naming it."""
+    _check_limit(limit, "limit")
+    for label, value in (("name", name), ("kind", kind), ("status", status), ("parent", parent)):
+        if value is not None and not isinstance(value, str):
+            raise JournalError(f"leaderboard({label}=...) must be text or None, got {value!r}")
+    if not isinstance(children, bool):
+        raise JournalError(f"leaderboard(children=...) must be True or False, got {children!r}")
+
+
 def _leaderboard_query(
-    *, name: str | None, kind: str | None, status: str | None, limit: int, children: bool
+    *, name: str | None, kind: str | None, status: str | None, limit: int, children: bool, parent: str | None
 ) -> tuple[str, list[Any]]:
     """Return the leaderboard's query and parameters for its filters (``status`` is sorted out after reading)."""
     query = _LEADERBOARD_SQL
     parameters: list[Any] = []
-    if not children:
+    if parent is not None:
+        query += " AND e.parent_id = ?"
+        parameters.append(parent)
+    elif not children:
         query += " AND e.parent_id IS NULL"
     if name is not None:
         query += " AND contains(e.name, ?)"
@@ -310,7 +334,14 @@ def _leaderboard_query(
         # A dead run is stored as 'running' and reported as 'interrupted': both are fetched, then sorted out.
         query += " AND e.status IN (?, 'running')"
         parameters.append(status)
-    query += " ORDER BY e.created_at DESC, e.id"
+    if parent is not None:
+        query += " ORDER BY e.created_at, e.id"
+    else:
+        # Each nested experiment right after the one it is nested in (its parent's place), oldest first.
+        query += (
+            " ORDER BY coalesce(p.created_at, e.created_at) DESC, coalesce(p.id, e.id), e.parent_id IS NOT NULL,"
+            " e.created_at, e.id"
+        )
     if status is None:
         query += " LIMIT ?"
         parameters.append(limit)

@@ -26,9 +26,11 @@ import pandas as pd
 from dspex_lab.errors import DspexLabError, DspexLabWarning, JournalError, MissingDependencyError
 from dspex_lab.notebook._dashboard_data import (
     ComparisonView,
+    board_note,
     comparison_view,
     journal_signature,
     leaderboard_frame,
+    nested_html,
     trace_html,
     trace_rows,
     trial_frame,
@@ -63,7 +65,7 @@ _TRIAL_TABLE_WIDTHS = {"trial": 110, "question": 320, "expected": 110, "answer":
 _SEARCH_SHOWN = 200
 _LEADERBOARD_SHOWN = (
     "experiment_id", "name", "kind", "status", "program", "model", "n_trials", "n_errors", "mean", "ci_low",
-    "ci_high", "created_at",
+    "ci_high", "created_at", "n_children", "role",
 )  # fmt: skip
 
 
@@ -143,6 +145,10 @@ class Dashboard:
         self.name_filter = pn.widgets.TextInput(label="Name contains", placeholder="any name")
         self.kind_filter = pn.widgets.Select(label="Kind", options=["", *KINDS])
         self.status_filter = pn.widgets.Select(label="Status", options=["", *STATUSES])
+        # Runs nest: an optimization's candidate evaluations are folded under it (its row's ▸ shows them),
+        # or listed under their runs with this box ticked.
+        self.show_nested = pn.widgets.Checkbox(label="Show nested runs")
+        self.board_count = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.table = pn.widgets.Tabulator(
             pd.DataFrame(columns=list(_LEADERBOARD_SHOWN)),
             disabled=True,
@@ -150,9 +156,10 @@ class Dashboard:
             pagination="local",
             page_size=20,
             sizing_mode="stretch_width",
+            row_content=self._nested_rows,
         )
         self.leaderboard_plot = pn.pane.HoloViews(None, sizing_mode="stretch_width")
-        for widget in (self.name_filter, self.kind_filter, self.status_filter):
+        for widget in (self.name_filter, self.kind_filter, self.status_filter, self.show_nested):
             widget.param.watch(lambda _event: self.refresh_leaderboard(), "value")
 
     def _compare_widgets(self, pn: Any) -> None:
@@ -234,7 +241,8 @@ class Dashboard:
     def _experiments_page(self) -> Any:
         pn = _panel()
         return pn.Column(
-            pn.Row(self.name_filter, self.kind_filter, self.status_filter),
+            pn.Row(self.name_filter, self.kind_filter, self.status_filter, self.show_nested),
+            self.board_count,
             self.leaderboard_plot,
             self.table,
             sizing_mode="stretch_width",
@@ -313,8 +321,12 @@ class Dashboard:
             self.refresh_comparison()
         if before[3] and self.run_select.value == before[3] and may_change(before[3]):
             self.refresh_run()
-        self.status.object = f"Updated {time.strftime('%H:%M:%S')} · {len(self.board)} experiments shown"
+        self._show_status()
         return True
+
+    def _show_status(self) -> None:
+        # What the experiments page shows under its filters, counted again whenever they change.
+        self.status.object = f"Updated {time.strftime('%H:%M:%S')} · {self.board_count.object}"
 
     def refresh_leaderboard(self) -> None:
         """Re-query the experiments page with the current filters and redraw it."""
@@ -323,15 +335,30 @@ class Dashboard:
             name=self.name_filter.value,
             kind=self.kind_filter.value,
             status=self.status_filter.value,
+            children=self.show_nested.value,
         )
+        self.board_count.object = board_note(self.journal, self.board)
         shown = self.board[[column for column in _LEADERBOARD_SHOWN if column in self.board.columns]].copy()
+        if "parent_id" in self.board:
+            # A nested experiment sits right after its run (the leaderboard's order): marked, as in the browser.
+            inner = self.board["parent_id"].notna()
+            shown.loc[inner, "name"] = "↳ " + shown.loc[inner, "name"].astype(str)
+            shown["role"] = shown["role"].fillna("")
         if "created_at" in shown:
             shown["created_at"] = shown["created_at"].astype(str).str.slice(0, 19)
         for column in ("mean", "ci_low", "ci_high"):
             if column in shown:
                 shown[column] = shown[column].astype(float).round(4)
-        self.table.value = shown
+        self.table.expanded = []
+        self.table.value = shown.rename(columns={"n_children": "nested"})
         self.leaderboard_plot.object = self._leaderboard_drawing(self.board)
+        self._show_status()
+
+    def _nested_rows(self, row: pd.Series) -> Any:
+        """Return what a leaderboard row shows when expanded: the experiments nested in it."""
+        pn = _panel()
+        nested = self.journal.leaderboard(parent=str(row["experiment_id"]), limit=10_000)
+        return pn.pane.HTML(nested_html(nested), sizing_mode="stretch_width")
 
     def _leaderboard_drawing(self, board: pd.DataFrame) -> Any:
         hv = _holoviews()

@@ -42,10 +42,12 @@ if TYPE_CHECKING:
 __all__ = [
     "ComparisonView",
     "JournalSignature",
+    "board_note",
     "comparison_view",
     "experiment_label",
     "journal_signature",
     "leaderboard_frame",
+    "nested_html",
     "trace_html",
     "trace_rows",
     "trial_frame",
@@ -89,7 +91,8 @@ def leaderboard_frame(
         status: keep this status only (``running``, ``finished``, ``interrupted``...).
         limit: at most this many rows.
         children: include nested experiments (an optimization's candidate evaluations, with their
-            ``parent_id`` and ``role``); without it only top-level experiments.
+            ``parent_id`` and ``role``), each right after its run; without it only top-level experiments,
+            each counting its nested ones in ``n_children``.
 
     Returns:
         The journal's leaderboard columns plus ``label`` (name and id, as in the menus).
@@ -100,6 +103,52 @@ def leaderboard_frame(
     board = board.reset_index(drop=True)
     board["label"] = [experiment_label(*pair) for pair in zip(board["name"], board["experiment_id"], strict=True)]
     return board
+
+
+def board_note(journal: JournalReader, board: pd.DataFrame) -> str:
+    """Say what the experiments page shows of the journal: ``2 of 8 experiments shown · 160 nested ...``.
+
+    Counts the experiments in ``board`` (a :func:`leaderboard_frame`, filtered or not) against every
+    top-level experiment of the journal, and the nested ones (an optimization's candidate evaluations)
+    shown against all of them, so a filter never leaves a count of what it hid.
+    """
+    summaries = journal.experiment_summaries(children=True)
+    nested = sum(1 for summary in summaries if summary.parent_id is not None)
+    runs = len({summary.parent_id for summary in summaries if summary.parent_id is not None})
+    inner = board["parent_id"].notna() if "parent_id" in board else pd.Series(False, index=board.index)
+    total = len(summaries) - nested
+    note = f"{int((~inner).sum())} of {total} experiment{'' if total == 1 else 's'} shown"
+    if nested:
+        note += f" · {int(inner.sum())} of {nested} nested in {runs} run{'' if runs == 1 else 's'} shown"
+        if not inner.any():
+            note += " (expand a run's row, or tick Show nested runs)"
+    return note
+
+
+def nested_html(board: pd.DataFrame) -> str:
+    """Render a run's nested experiments (``leaderboard(parent=...)``) as the table its expanded row shows."""
+    if board.empty:
+        return '<div class="dspex-nested-none">no nested experiments</div>'
+    body = []
+    for row in board.to_dict("records"):
+        mean = "-" if _missing(row["mean"]) else f"{row['mean']:.3f}"
+        interval = "" if _missing(row["ci_low"]) else f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+        body.append(
+            f'<tr class="dspex-nested-row"><td>{html.escape(str(row["name"]))}<br><code>'
+            f"{html.escape(str(row['experiment_id']))}</code></td><td>{html.escape(str(row['role'] or ''))}</td>"
+            f"<td>{html.escape(str(row['status']))}</td><td>{int(row['n_trials'])}</td><td>{int(row['n_errors'])}</td>"
+            f"<td>{mean}{interval}</td></tr>"
+        )
+    return (
+        "<style>.dspex-nested{border-collapse:collapse;width:100%;font-size:12px}.dspex-nested th,"
+        ".dspex-nested td{text-align:left;padding:1px 8px;border-bottom:1px solid #8884}</style>"
+        '<table class="dspex-nested"><thead><tr><th>nested experiment</th><th>role</th><th>status</th>'
+        "<th>trials</th><th>errors</th><th>mean [95% CI]</th></tr></thead><tbody>" + "".join(body) + "</tbody></table>"
+    )
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def trial_frame(

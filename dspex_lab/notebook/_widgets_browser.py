@@ -56,6 +56,11 @@ class _BrowserTables(anywidget.AnyWidget):
     trial_descending = traitlets.Bool(False).tag(sync=True)
     selected_trial = traitlets.Unicode("").tag(sync=True)
     note = traitlets.Unicode("").tag(sync=True)
+    # Runs nest: every nested experiment (an optimization's candidate evaluations) shown under its run,
+    # or only those of the runs in ``expanded``; ``count_note`` says how many of each are shown.
+    nested = traitlets.Bool(False).tag(sync=True)
+    expanded = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    count_note = traitlets.Unicode("").tag(sync=True)
 
     @traitlets.validate("sort_column")
     def _check_sort_column(self, proposal: dict[str, Any]) -> str:
@@ -94,9 +99,14 @@ class ExperimentBrowser(ipywidgets.VBox):
 
     The experiment table shows each experiment's name, kind, status, mean score with its 95% interval,
     n, trials and errors; it filters by name or id (a substring, any case), kind and status, and sorts by
-    any column. A finished evaluation shows the interval it was summarised with (repeats averaged per
-    example, clustered if asked); any other experiment the journal's quick 95% t-interval over its scored
-    trials (:meth:`~dspex_lab.journal.JournalReader.leaderboard`). Selecting an experiment lists its
+    any column. Runs nest: an optimization's candidate evaluations are folded under it (the row says how
+    many); its ▸ button (or :meth:`expand`) unfolds one run, and "show nested runs" (``nested``) every
+    run, each nested experiment listed under its run. The count above the table says how many
+    experiments, and how many nested ones, the filters show.
+
+    A finished evaluation shows the interval it was summarised with (repeats averaged per example,
+    clustered if asked); any other experiment the journal's interval over its per-example scores
+    (:meth:`~dspex_lab.journal.JournalReader.leaderboard`). Selecting an experiment lists its
     trials, filtered by status and score and sorted by a column of :data:`~dspex_lab.journal.TRIAL_SORTS`
     (failed first by default), at most ``trial_limit`` of them with the number that match; selecting a
     traced trial opens a :class:`~dspex_lab.notebook.TraceViewer` below the tables. Every filter change
@@ -106,7 +116,7 @@ class ExperimentBrowser(ipywidgets.VBox):
         journal: a journal or its path (default: the active ``dx.Context``'s journal).
         trial_limit: the most trials listed at once.
         nested: also list the experiments nested in others (an optimization's candidate evaluations,
-            each with its ``parent`` and ``role``); by default only top-level experiments are listed.
+            each under its run, with its ``parent`` and ``role``); by default they are folded.
 
     Raises:
         JournalError: ``journal`` is neither a path nor a journal, or ``trial_limit`` is below 1.
@@ -122,12 +132,13 @@ class ExperimentBrowser(ipywidgets.VBox):
         self.journal = journal_store(journal)
         if not isinstance(nested, bool):
             raise JournalError(f"ExperimentBrowser(nested=...) must be True or False, got {nested!r}")
-        self.nested = nested
-        self.tables = _BrowserTables(trial_limit=trial_limit)
+        self.tables = _BrowserTables(trial_limit=trial_limit, nested=nested)
         self.trace_viewer: TraceViewer | None = None
         super().__init__(children=(self.tables,))
         self.add_class("dspex-experiment-browser")
-        self.tables.observe(self._experiments_changed, names=["name_filter", "kind_filter", "status_filter"])
+        self.tables.observe(
+            self._experiments_changed, names=["name_filter", "kind_filter", "status_filter", "nested", "expanded"]
+        )
         self.tables.observe(self._sort_changed, names=["sort_column", "sort_descending"])
         self.tables.observe(self._experiment_selected, names=["selected_experiment"])
         self.tables.observe(
@@ -136,15 +147,38 @@ class ExperimentBrowser(ipywidgets.VBox):
         )
         self.tables.observe(self._trial_selected, names=["selected_trial"])
         self.tables.on_msg(self._on_front_end_message)
-        self._rows: list[dict[str, Any]] = []
+        self._rows: list[dict[str, Any]] = []  # top-level experiments, then the nested ones read
         self.refresh()
 
     # -- What the tables show ----------------------------------------------------------------------
 
     @property
+    def nested(self) -> bool:
+        """Whether every nested experiment is listed under its run (the "show nested runs" box)."""
+        return bool(self.tables.nested)
+
+    @nested.setter
+    def nested(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise JournalError(f"ExperimentBrowser.nested must be True or False, got {value!r}")
+        self.tables.nested = value
+
+    @property
     def experiments(self) -> list[dict[str, Any]]:
-        """The experiment rows shown, filtered and sorted."""
+        """The experiment rows shown, filtered and sorted; a nested one (``depth`` 1) follows its run."""
         return list(self.tables.experiments)
+
+    def expand(self, experiment_id: str, *, expanded: bool = True) -> None:
+        """Unfold (or fold again) the experiments nested in one run, as its ▸ button does.
+
+        Raises:
+            JournalError: no experiment listed has this id, or it has no nested experiment.
+        """
+        row = next((row for row in self._rows if row["id"] == experiment_id), None)
+        if row is None or not row["n_children"]:
+            raise JournalError(f"no experiment listed in {self.journal.location} has {experiment_id!r} nested runs")
+        others = [item for item in self.tables.expanded if item != experiment_id]
+        self.tables.expanded = [*others, experiment_id] if expanded else others
 
     @property
     def trials(self) -> list[dict[str, Any]]:
@@ -192,28 +226,56 @@ class ExperimentBrowser(ipywidgets.VBox):
     # -- Reading the journal -----------------------------------------------------------------------
 
     def _read_experiments(self) -> list[dict[str, Any]]:
-        board = self.journal.leaderboard(limit=_EXPERIMENT_LIMIT, children=self.nested)
+        """Read the top-level experiments, then the nested ones of the runs unfolded."""
+        board = self.journal.leaderboard(limit=_EXPERIMENT_LIMIT)
         if board.empty:
             return []
         # An ended evaluation's stored summary holds how many examples it scored; the interval itself comes
         # with the leaderboard (the journal's one rule for every view, see JournalReader.score_intervals).
         stored = self.journal.ended_summaries()
-        return [_experiment_row(row, stored.get(row["experiment_id"])) for row in board.to_dict("records")]
+        rows = [_experiment_row(row, stored.get(row["experiment_id"])) for row in board.to_dict("records")]
+        unfolded = {
+            row["id"] for row in rows if row["n_children"] and (self.tables.nested or row["id"] in self.tables.expanded)
+        }
+        if unfolded:
+            # With children the board lists each run's nested experiments right after it: this many rows hold
+            # the same top-level experiments and all of theirs, in one read.
+            wide = self.journal.leaderboard(
+                limit=len(rows) + sum(row["n_children"] for row in rows), children=True
+            ).to_dict("records")
+            rows += [
+                _experiment_row(row, stored.get(row["experiment_id"])) for row in wide if row["parent_id"] in unfolded
+            ]
+        return rows
 
     def _show_experiments(self) -> None:
         needle = self.tables.name_filter.strip().casefold()
-        rows = [
-            row
-            for row in self._rows
-            if (not needle or needle in row["name"].casefold() or needle in row["id"].casefold())
-            and (not self.tables.kind_filter or row["kind"] == self.tables.kind_filter)
-            and (not self.tables.status_filter or row["status"] == self.tables.status_filter)
-        ]
+
+        def shown(row: dict[str, Any]) -> bool:
+            return (
+                (not needle or needle in row["name"].casefold() or needle in row["id"].casefold())
+                and (not self.tables.kind_filter or row["kind"] == self.tables.kind_filter)
+                and (not self.tables.status_filter or row["status"] == self.tables.status_filter)
+            )
+
+        nested: dict[str, list[dict[str, Any]]] = {}
+        for row in self._rows:
+            if row["depth"] and shown(row):
+                nested.setdefault(str(row["parent"]), []).append(row)
+        # A run whose nested experiments match is listed with them, even if it does not match itself.
+        top = [row for row in self._rows if not row["depth"] and (shown(row) or row["id"] in nested)]
+        listed = []
+        for row in self._sorted(top):
+            listed += [row, *self._sorted(nested.get(row["id"], []))]
+        self.tables.experiments = listed
+        self.tables.count_note = _count_note(self._rows, listed)
+
+    def _sorted(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         column = self.tables.sort_column
         present = [row for row in rows if row[column] is not None]
         # Missing values (an experiment without a score) go last whichever way the column is sorted.
         present.sort(key=lambda row: (row[column], row["id"]), reverse=self.tables.sort_descending)
-        self.tables.experiments = present + [row for row in rows if row[column] is None]
+        return present + [row for row in rows if row[column] is None]
 
     def _show_trials(self) -> None:
         tables = self.tables
@@ -327,7 +389,24 @@ def _experiment_row(row: dict[str, Any], summary: dict[str, Any] | None) -> dict
         "created": None if _missing(created) else str(created),
         "parent": row.get("parent_id") if isinstance(row.get("parent_id"), str) else None,
         "role": row.get("role") if isinstance(row.get("role"), str) else None,
+        "depth": 1 if isinstance(row.get("parent_id"), str) else 0,
+        "n_children": int(row.get("n_children") or 0),
     }
+
+
+def _count_note(rows: list[dict[str, Any]], listed: list[dict[str, Any]]) -> str:
+    """Say how many experiments the table shows of those read, and how many nested ones (``2 of 8 ...``)."""
+    top = [row for row in rows if not row["depth"]]
+    shown = sum(1 for row in listed if not row["depth"])
+    note = f"{shown} of {len(top)} experiment{'' if len(top) == 1 else 's'} shown"
+    if len(top) >= _EXPERIMENT_LIMIT:
+        note += f" (the newest {_EXPERIMENT_LIMIT})"
+    nested = sum(row["n_children"] for row in top)
+    if nested:
+        runs = sum(1 for row in top if row["n_children"])
+        shown_nested = sum(1 for row in listed if row["depth"])
+        note += f" · {shown_nested} of {nested} nested in {runs} run{'' if runs == 1 else 's'} shown"
+    return note
 
 
 def _missing(value: Any) -> bool:
