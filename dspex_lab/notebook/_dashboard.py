@@ -230,7 +230,7 @@ class Dashboard:
             pd.DataFrame(),
             disabled=True,
             show_index=False,
-            widths={"rationale": 360},
+            widths={"rationale": 300, "step outcome": 300},
             sizing_mode="stretch_width",
             height=320,
         )

@@ -370,7 +370,7 @@ def trace_html(rows: list[dict[str, Any]]) -> str:
 # The optimization page's "why" table, in order: each candidate, what was decided about it and on what evidence.
 WHY_COLUMNS = (
     "step", "candidate", "parent", "strategy", "decision", "rationale", "screen difference", "validation mean",
-    "validation difference", "p", "p (Holm)",
+    "validation difference", "p", "p (Holm)", "step outcome",
 )  # fmt: skip
 
 
@@ -381,8 +381,10 @@ def why_frame(result: OptimizationResult) -> pd.DataFrame:
     correction), ``not validated`` (screened, but another was chosen to validate or it did not beat the
     incumbent on the mini-batch) or ``baseline``. The differences are the candidate's mean minus the
     incumbent's: on the mini-batch, and on the validation set (from its paired test); ``p`` is the
-    one-sided p of "the candidate is better" and ``p (Holm)`` the same after the step's correction.
+    one-sided p of "the candidate is better" and ``p (Holm)`` the same after the step's correction;
+    ``step outcome`` is what its step decided (``accepted c3: ...``, ``rejected: ...``).
     """
+    outcomes = dict(zip(result.steps["step"], result.steps["detail"], strict=True))
     # Each validated candidate's paired difference, as its step recorded it.
     differences = {
         str(item.get("candidate")): _finite(item.get("difference"))
@@ -412,6 +414,7 @@ def why_frame(result: OptimizationResult) -> pd.DataFrame:
                 "validation difference": differences.get(candidate, math.nan),
                 "p": _finite(row.get("p_value")),
                 "p (Holm)": _finite(row.get("p_adjusted")),
+                "step outcome": outcomes.get(row["step"]) or "",
             }
         )
     return pd.DataFrame(rows, columns=list(WHY_COLUMNS))

@@ -163,6 +163,9 @@ def test_the_why_table_says_what_was_decided_about_each_candidate_and_why(lab) -
         screened = candidate["screen_mean"] - candidate["incumbent_screen_mean"]
         assert row["screen difference"] == pytest.approx(screened, nan_ok=True)
     assert (why["decision"] == "baseline").sum() == 1
+    steps = dict(zip(run.steps["step"], run.steps["detail"], strict=True))
+    assert list(why["step outcome"]) == [steps[step] or "" for step in why["step"]]
+    assert why.loc[why["step"] > 0, "step outcome"].str.match(r"^(accepted c\d+|rejected)").all()
 
 
 def test_the_optimization_page_shows_the_why_table(lab) -> None:
