@@ -65,7 +65,7 @@ def resolve_experiment(journal: JournalStore, experiment: str, *, kinds: Collect
     if not named:
         close = difflib.get_close_matches(experiment, sorted({summary.name for summary in summaries}), n=3)
         hint = f"; close names: {', '.join(repr(name) for name in close)}" if close else ""
-        raise JournalError(f"no experiment with id or name {experiment!r:.80} in {journal.location}{hint}")
+        raise JournalError(f"no experiment {experiment!r:.80} in {journal.location}, by id or by name{hint}")
     raise JournalError(
         f"{len(named)} experiments are named {experiment!r:.80} in {journal.location}: {_listed(named)}; "
         "name one by its id"

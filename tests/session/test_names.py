@@ -64,9 +64,9 @@ def test_an_ambiguous_name_lists_the_newest_five_and_counts_the_rest():
 def test_an_unknown_name_suggests_close_ones_and_a_bad_one_is_refused():
     journal = memory_journal()
     add(journal, "evaluation", "qa-base")
-    with pytest.raises(JournalError, match=r"no experiment with id or name 'qa-bse' in .*; close names: 'qa-base'$"):
+    with pytest.raises(JournalError, match=r"no experiment 'qa-bse' in .*, by id or by name; close names: 'qa-base'$"):
         resolve_experiment(journal, "qa-bse")
-    with pytest.raises(JournalError, match=r"no experiment with id or name 'zzz' in an in-memory journal"):
+    with pytest.raises(JournalError, match=r"^no experiment 'zzz' in an in-memory journal .*, by id or by name$"):
         resolve_experiment(journal, "zzz")
     for bad in ("", "  ", None, 3):
         with pytest.raises(JournalError, match="an experiment is named by its id or name"):
@@ -77,5 +77,5 @@ def test_dx_load_takes_a_name():
     with dx.Context(lm=dx.lab_lm(), journal=False):
         result = dx.evaluate(QA, DATA, metric=dx.metrics.exact_match, name="named", progress=False)
         assert dx.load("named").experiment_id == result.experiment_id
-        with pytest.raises(JournalError, match="no experiment with id or name 'unnamed'"):
+        with pytest.raises(JournalError, match="no experiment 'unnamed' in "):
             dx.load("unnamed")
