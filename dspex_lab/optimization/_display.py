@@ -18,8 +18,11 @@ class Subscriber(Protocol):
 
     Contract: called on the run's thread, in the order events happen (the engine's
     ``RunStarted``/``TrialFinished``/``RunFinished`` of each evaluation for a display, an
-    :class:`~dspex_lab.optimization.OptimizationStep` after each step). It must not block for
-    long; one that raises is removed and the run goes on.
+    :class:`~dspex_lab.optimization.OptimizationStep` after each step). The run's display (``progress=``)
+    also hears :class:`~dspex_lab.optimization.OptimizationStarted` before the first evaluation and
+    :class:`~dspex_lab.optimization.OptimizationEnded` after the last, each with where the run stands;
+    other subscribers hear the steps only. It must not block for long; one that raises is removed and
+    the run goes on.
     """
 
     def __call__(self, event: Any, /) -> None:
