@@ -153,7 +153,8 @@ class DspexMagics(Magics):
         """Print one line for a stopped run, bind its partial result to ``_`` (and ``--out``), say how to resume."""
         result = stop.result if stop.result is not None else _read_back(stop)
         if result is None:
-            bound = "no step finished, so there is no partial result"
+            unit = "step" if stop.kind == "optimization" else "trial"
+            bound = f"no {unit} finished, so there is no partial result"
         else:
             self._bind(result, args.out)
             self._bind_underscore(result)

@@ -201,6 +201,17 @@ def test_an_interrupted_optimization_binds_its_steps_and_resumes(shell, capsys):
     assert shell.user_ns["best"] is result
 
 
+def test_an_optimization_interrupted_before_its_baseline_has_nothing_to_bind(shell, capsys):
+    shell.run_cell_magic("dspex", "program qa", PROGRAM)
+    data = list(dx.datasets.arithmetic(40, seed=3))
+    shell.user_ns.update(train=data[:16], val=data[16:], interrupting_metric=InterruptingMetric(at=2))
+    line = "optimize qa --train train --val val --metric interrupting_metric --max-steps 1 --bsize 8 --out best"
+    assert shell.run_line_magic("dspex", f"{line} --no-progress") is None
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    assert " interrupted: no step finished, so there is no partial result; continue it with %dspex " in said
+    assert "best" not in shell.user_ns
+
+
 # -- experiments by id or name --------------------------------------------------------------------------
 
 
