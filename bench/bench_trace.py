@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,18 +132,22 @@ def run_side(
     return timing.seconds, result.mean, spans / examples
 
 
-def run_child(side: str, scenario: Scenario, *, threads: int) -> tuple[float, float, float]:
+def run_child(side: str, scenario: Scenario, *, threads: int) -> tuple[float, float, float, float]:
     """Run one side in a fresh interpreter (warm-up, then the measured run); return its measurement."""
     command = [sys.executable, __file__, "--child", side, scenario.name, str(scenario.examples), str(threads)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
     if completed.returncode != 0:
         raise RuntimeError(f"side {side} of scenario {scenario.name} failed:\n{completed.stderr[-4000:]}")
-    seconds, mean, per_example = json.loads(completed.stdout.strip().splitlines()[-1])
-    return seconds, mean, per_example
+    seconds, mean, per_example, cpu = json.loads(completed.stdout.strip().splitlines()[-1])
+    return seconds, mean, per_example, cpu
 
 
 def child(side: str, name: str, examples: int, threads: int) -> None:
-    """Measure one side in this interpreter and print ``[seconds, mean, spans per example]`` as JSON."""
+    """Measure one side in this interpreter; print ``[seconds, mean, spans per example, CPU seconds]`` as JSON.
+
+    CPU seconds are the process's (every thread's) during the measured run: on a machine shared with other
+    work they show what a side costs when wall time mostly shows how long it waited for a core.
+    """
     scenario = dataclasses.replace(SCENARIOS[name], examples=examples)
     instrumentation = OpenInference() if side == "openinference" else None
     dataset = dx.Dataset(dx.datasets.arithmetic(scenario.examples, seed=0), name=f"trace-bench-{scenario.name}")
@@ -150,50 +155,60 @@ def child(side: str, name: str, examples: int, threads: int) -> None:
         folder = Path(directory)
         # Warm-up: imports, caches, the instrumentation's first wrap.
         run_side(side, scenario, dataset[:32], threads=threads, folder=folder, instrumentation=instrumentation)
+        cpu = time.process_time()
         measured = run_side(side, scenario, dataset, threads=threads, folder=folder, instrumentation=instrumentation)
-    print(json.dumps(list(measured)))
+        cpu = time.process_time() - cpu
+    print(json.dumps([*measured, cpu]))
 
 
 def measure(scenario: Scenario, *, repeats: int, threads: int, sides: tuple[str, ...]) -> dict[str, Any]:
     """Run the sides of one scenario ``repeats`` times, interleaved; return times, scores and spans per example."""
     times: dict[str, list[float]] = {side: [] for side in sides}
+    cpu: dict[str, list[float]] = {side: [] for side in sides}
     scores: dict[str, set[float]] = {side: set() for side in sides}
     spans: dict[str, float] = {}
     for repeat in range(repeats):
         shift = repeat % len(sides)
         for side in sides[shift:] + sides[:shift]:
-            seconds, mean, per_example = run_child(side, scenario, threads=threads)
+            seconds, mean, per_example, cpu_seconds = run_child(side, scenario, threads=threads)
             times[side].append(seconds)
+            cpu[side].append(cpu_seconds)
             # dspy.Evaluate reports its score as a percentage rounded to two decimals.
             scores[side].add(round(mean, 3))
             spans[side] = per_example
             print(
-                f"{scenario.name} repeat {repeat} {side:13s} {seconds:6.2f} s  mean={mean:.4f}  "
-                f"spans/example={per_example:.1f}",
+                f"{scenario.name} repeat {repeat} {side:13s} {seconds:6.2f} s  cpu {cpu_seconds:6.2f} s  "
+                f"mean={mean:.4f}  spans/example={per_example:.1f}",
                 flush=True,
             )
-    medians = {side: median_or_none(values) for side, values in times.items()}
-    return {"times": times, "medians": medians, "scores": {k: sorted(v) for k, v in scores.items()}, "spans": spans}
+    return {
+        "times": times,
+        "medians": {side: median_or_none(values) for side, values in times.items()},
+        "cpu": cpu,
+        "cpu_medians": {side: median_or_none(values) for side, values in cpu.items()},
+        "scores": {k: sorted(v) for k, v in scores.items()},
+        "spans": spans,
+    }
 
 
 def report(scenario: Scenario, measured: dict[str, Any]) -> list[list[str]]:
-    """Return the table rows of one scenario: each side's median, and the two tracing ratios."""
-    medians, spans = measured["medians"], measured["spans"]
-    dspex = medians["traced"] / medians["untraced"]
-    rows = [
-        [scenario.name, "dx.evaluate untraced", f"{medians['untraced']:.2f} s", "", ""],
-        [scenario.name, "dx.evaluate traced", f"{medians['traced']:.2f} s", f"{dspex:.3f}", f"{spans['traced']:.1f}"],
-        [scenario.name, "dspy.Evaluate", f"{medians['dspy']:.2f} s", "", ""],
-    ]
-    if "openinference" in medians:
-        other = medians["openinference"] / medians["dspy"]
+    """Return the table rows of one scenario: each side's medians, and the two tracing ratios (wall and CPU)."""
+    wall, cpu, spans = measured["medians"], measured["cpu_medians"], measured["spans"]
+    pairs = [("dx.evaluate", "untraced", "traced"), ("dspy.Evaluate", "dspy", "openinference")]
+    rows = []
+    for label, plain, traced in pairs:
+        if traced not in wall:
+            continue
+        rows.append([scenario.name, f"{label}", f"{wall[plain]:.2f} s", f"{cpu[plain]:.2f} s", "", "", ""])
         rows.append(
             [
                 scenario.name,
-                "dspy.Evaluate + openinference",
-                f"{medians['openinference']:.2f} s",
-                f"{other:.3f}",
-                f"{spans['openinference']:.1f}",
+                f"{label} + {'dspex trace' if traced == 'traced' else 'openinference'}",
+                f"{wall[traced]:.2f} s",
+                f"{cpu[traced]:.2f} s",
+                f"{wall[traced] / wall[plain]:.3f}",
+                f"{cpu[traced] / cpu[plain]:.3f}",
+                f"{spans[traced]:.1f}",
             ]
         )
     return rows
@@ -228,7 +243,8 @@ def main() -> int:
         results[name] = measured
         rows += report(scenario, measured)
     print()
-    print(format_table(["scenario", "side", "median wall", "traced / untraced", "spans per example"], rows))
+    headers = ["scenario", "side", "median wall", "median CPU", "wall ratio", "CPU ratio", "spans per example"]
+    print(format_table(headers, rows))
     if "latency" in results:
         medians = results["latency"]["medians"]
         ratio = medians["traced"] / medians["untraced"]
