@@ -251,12 +251,14 @@ def comparison(
 
 
 def number(value: Any) -> float | None:
+    """Return a stored number as a float; None for a missing value, a bool, text or NaN."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return None if value != value else float(value)  # NaN (a missing score read through pandas) is no number
 
 
 def count(value: Any) -> int | None:
+    """Return a stored count (a non-negative int); None for anything else."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
