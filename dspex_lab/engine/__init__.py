@@ -7,6 +7,7 @@ which every workload (evaluation, optimization) uses. It emits events to sinks
 and never imports a display library.
 """
 
+from dspex_lab.engine._adapter import CachingChatAdapter, default_adapter
 from dspex_lab.engine._budget import Budget, BudgetTracker, SpendingCounter
 from dspex_lab.engine._cancel import CancelToken, current_token, guard_installed, install_lm_guard
 from dspex_lab.engine._contract import REIMPORTED_MAIN_EXIT
@@ -15,6 +16,7 @@ from dspex_lab.engine._events import Event, EventBus, RunFinished, RunStarted, T
 from dspex_lab.engine._executor import Executor, RunStatus, ThreadExecutor, make_executor
 from dspex_lab.engine._process import ProcessExecutor
 from dspex_lab.engine._run import LiveStatistics, RunPolicy, RunReport, run_trials
+from dspex_lab.engine._sizing import InFlightTuner, Sizing, choose_sizing
 from dspex_lab.engine._trial import (
     RetryPolicy,
     SpanSink,
@@ -32,11 +34,13 @@ __all__ = [
     "REIMPORTED_MAIN_EXIT",
     "Budget",
     "BudgetTracker",
+    "CachingChatAdapter",
     "CancelToken",
     "DaskExecutor",
     "Event",
     "EventBus",
     "Executor",
+    "InFlightTuner",
     "LiveStatistics",
     "ProcessExecutor",
     "RetryPolicy",
@@ -45,6 +49,7 @@ __all__ = [
     "RunReport",
     "RunStarted",
     "RunStatus",
+    "Sizing",
     "SpanSink",
     "SpendingCounter",
     "ThreadExecutor",
@@ -52,7 +57,9 @@ __all__ = [
     "TrialResult",
     "TrialRunner",
     "TrialTask",
+    "choose_sizing",
     "current_token",
+    "default_adapter",
     "guard_installed",
     "install_lm_guard",
     "is_transient",

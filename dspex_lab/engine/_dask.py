@@ -77,6 +77,7 @@ from dspex_lab.engine._remote import (
     task_from,
     task_payload,
 )
+from dspex_lab.engine._sizing import InFlightTuner, Sizing
 from dspex_lab.engine._trial import TrialResult, TrialRunner, TrialTask, stopped_result
 from dspex_lab.errors import ExecutionError, MissingDependencyError
 
@@ -119,6 +120,8 @@ GATHER_TIMEOUT = 60.0
 LIVENESS_SECONDS = 60.0
 # Task states in which the scheduler still runs, or will run, a task: the run waits for those.
 _UNDER_WAY = ("processing", "waiting", "queued", "no-worker")
+# Seconds between two questions to the scheduler about the workers' CPU use, for the in-flight tuner.
+LOAD_SECONDS = 1.0
 # A chunk is sized to take about this long, so a finished trial waits at most that for its
 # chunk-mates before the driver records it (and an interrupt loses no more than that).
 CHUNK_SECONDS = 0.5
@@ -164,11 +167,17 @@ class DaskExecutor:
         cluster: ``"dask://host:port"`` (or ``"tcp://host:port"``), or a ``distributed.Client``.
             A client made here from an address is closed by :meth:`close`; one passed in is left open.
         connect_timeout: seconds to wait for the scheduler when connecting to an address.
+        tune: keep the trials in flight per worker to what the trials' measured CPU share needs
+            (:class:`~dspex_lab.engine.InFlightTuner`, from the CPU use and tasks executing each
+            worker reports to the scheduler), up to the workers' threads; False: every thread.
     """
 
-    def __init__(self, cluster: str | Any, *, connect_timeout: float = 10.0) -> None:
+    def __init__(self, cluster: str | Any, *, connect_timeout: float = 10.0, tune: bool = True) -> None:
         distributed = _distributed()
         self._own_client = False
+        self.tuner: InFlightTuner | None = None  # made at the first run, when the workers' threads are known
+        self._tune = tune
+        self._load = _ClusterLoad()
         # Chunks Dask cancelled by itself, whose trials were queued again (for monitoring).
         self.cancelled_by_dask = 0
         # Trials found in no queue and no task, queued again (for monitoring; should stay 0).
@@ -220,8 +229,29 @@ class DaskExecutor:
     # Trials never run on the driver's threads: a stuck trial thread lives (and ends) in its worker.
     stuck_threads = 0
 
+    @property
+    def sizing(self) -> Sizing:
+        """Workers, trials in flight per worker (tuned, or the most threads of a worker) and the CPU share measured."""
+        threads = self.client.nthreads()
+        most = max(threads.values(), default=1)
+        if self.tuner is None:
+            return Sizing(max(1, len(threads)), most)
+        return Sizing(max(1, len(threads)), min(most, self.tuner.limit), self.tuner.cpu_share)
+
+    def _window(self, window: int, workers: int) -> int:
+        """Return ``window`` chunks, or fewer when the tuner runs fewer trials per worker than it has threads.
+
+        A Dask worker runs a task on each free thread; with at most ``limit`` tasks per worker out,
+        the scheduler (which places each on the least busy worker) leaves each about ``limit``.
+        """
+        tuner = self.tuner
+        if tuner is None or tuner.limit >= tuner.cap:
+            return window
+        return max(1, min(window, tuner.limit * workers))
+
     def close(self) -> None:
         """Close the client if this executor made it."""
+        self._load.close()
         for pool in (self._fetcher, self._prober):
             if pool is not None:
                 pool.shutdown(wait=False)
@@ -368,6 +398,7 @@ class _DaskRun:
         self.plan_bytes = encode(plan_for(runner, executor="dask", cloudpickle_functions=True))  # refused up front
         self.run_key = uuid.uuid4().hex[:12]
         self.threads = 1
+        self.workers = 1
         self.window = 1
         self.watch: _WorkerWatch | None = None
         self.submitted: dict[Any, tuple[list[int], float]] = {}  # future of a chunk -> its submissions, when sent
@@ -388,8 +419,15 @@ class _DaskRun:
         with contextlib.suppress(concurrent.futures.TimeoutError):
             self.executor._in_background(self.executor._restart_stuck_workers).result(timeout=LIVENESS_SECONDS)
         self.watch = _WorkerWatch(self.client)
-        self.threads = self.executor.threads
+        threads = self.client.nthreads()
+        self.threads = max(1, sum(threads.values()))
+        self.workers = max(1, len(threads))
         self.window = self.threads * (1 if self.timeout is not None else 2)
+        if self.executor._tune:
+            cap = max(threads.values(), default=1)
+            if self.executor.tuner is None:
+                self.executor.tuner = InFlightTuner(cap)
+            self.executor.tuner.resize(cap)
         self.answered_at = self.checked_at = time.monotonic()
         return None
 
@@ -397,7 +435,8 @@ class _DaskRun:
         """Fill the window with chunks, sent in one ``client.map``; send waiting suspects to be run alone."""
         chunks: list[list[Submission]] = []
         queue_ = self.ledger.queue
-        while queue_ and len(self.submitted) + len(chunks) < self.window:
+        window = self.executor._window(self.window, self.workers)
+        while queue_ and len(self.submitted) + len(chunks) < window:
             size = chunk_size(len(queue_), self.threads, self.timeout, self.trial_seconds)
             chunk = self.ledger.take(queue_, size)
             if chunk:
@@ -597,6 +636,8 @@ class _DaskRun:
         messages = self._expire_overdue() if self.timeout is not None else []
         if not messages:
             self._check_liveness()
+        if self.executor.tuner is not None:
+            self.executor._load.feed(self.client, self.executor.tuner)
         if time.monotonic() - self.executor._held_checked > HELD_CHECK_SECONDS:
             # An earlier run's hung trial may hold a thread this run waits for (its cancel can reach the
             # worker after the check made when that run stopped).
@@ -773,6 +814,57 @@ def _killed_its_workers(future: Any) -> bool:
     if future.status != "error":
         return False
     return type(future.exception()).__name__ == "KilledWorker"
+
+
+class _ClusterLoad:
+    """The workers' CPU use and tasks executing, as the scheduler last heard them, fed to the in-flight tuner.
+
+    Asked about once a second on a thread of its own (``client.scheduler_info``, Dask's public view of
+    the workers' heartbeats: each reports its process's CPU percent and its tasks by state), never
+    waited for: a scheduler that does not answer leaves the tuner where it is (the liveness check
+    deals with it). A Dask task runs its chunk's trials one after another, so tasks executing are
+    trials in flight.
+    """
+
+    def __init__(self) -> None:
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._asking: concurrent.futures.Future[tuple[float, float] | None] | None = None
+        self._asked = 0.0
+
+    def feed(self, client: Any, tuner: InFlightTuner) -> None:
+        """Give the tuner the last answer, if it came; ask again once a second."""
+        asking = self._asking
+        if asking is not None:
+            if not asking.done():
+                return
+            self._asking = None
+            with contextlib.suppress(Exception):  # an answer that did not come says nothing about the load
+                answer = asking.result()
+                if answer is not None:
+                    tuner.observe(*answer)
+        if time.monotonic() - self._asked < LOAD_SECONDS:
+            return
+        self._asked = time.monotonic()
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dspex-dask-load")
+        self._asking = self._pool.submit(cluster_load, client)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+
+def cluster_load(client: Any) -> tuple[float, float] | None:
+    """Return the workers' mean CPU use (in cores) and mean tasks executing, from the scheduler (None: no workers)."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    samples = [
+        (float(metrics.get("cpu", 0.0)) / 100, float(metrics.get("task_counts", {}).get("executing", 0)))
+        for metrics in (worker.get("metrics", {}) for worker in workers.values())
+    ]
+    if not samples:
+        return None
+    return sum(cpu for cpu, _ in samples) / len(samples), sum(running for _, running in samples) / len(samples)
 
 
 class _WorkerWatch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import os
 import queue
 import threading
 import time
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from dspex_lab.engine._cancel import CancelToken
 from dspex_lab.engine._contract import Executor, Message, RunStatus, Submission, TrialLost, TrialReturned, WorkerStuck
 from dspex_lab.engine._loop import TrialLedger, coordinate
+from dspex_lab.engine._sizing import choose_sizing
 from dspex_lab.engine._trial import TrialResult, TrialRunner, TrialTask
 from dspex_lab.errors import ExecutionError
 
@@ -207,7 +209,9 @@ def make_executor(spec: object = None, *, threads: int | None = None) -> Executo
 
     Args:
         spec: None or ``"thread"`` (a thread pool in this process); ``"process"`` (local worker
-            processes, one per core up to ``threads``, sharing ``threads`` trials at once);
+            processes, one per core up to ``threads``, sharing ``threads`` trials at once, each
+            running as many as the trials' measured CPU share needs: see
+            :func:`~dspex_lab.engine.choose_sizing`);
             ``"dask://host:port"`` or a ``distributed.Client`` (a Dask cluster); or an
             :class:`Executor` instance, returned as is.
         threads: trials at once for the thread and process executors (default 8).
@@ -220,12 +224,12 @@ def make_executor(spec: object = None, *, threads: int | None = None) -> Executo
     if spec is None or spec == "thread":
         return ThreadExecutor(count)
     if spec == "process":
-        from dspex_lab.engine._process import ProcessExecutor, default_workers
+        from dspex_lab.engine._process import ProcessExecutor
 
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ExecutionError(f"threads must be a positive integer, got {count!r}")
-        workers, per_worker = default_workers(count)
-        return ProcessExecutor(workers, threads_per_worker=per_worker)
+        sizing = choose_sizing(None, cores=os.cpu_count() or 1, trials_at_once=count)
+        return ProcessExecutor(sizing.processes, threads_per_worker=sizing.in_flight, tune=True)
     from dspex_lab.engine._dask import is_dask_client
 
     if (isinstance(spec, str) and spec.startswith("dask://")) or is_dask_client(spec):

@@ -31,7 +31,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
-import math
 import multiprocessing
 import os
 import queue
@@ -68,6 +67,7 @@ from dspex_lab.engine._remote import (
     task_from,
     task_payload,
 )
+from dspex_lab.engine._sizing import InFlightTuner, Sizing
 from dspex_lab.engine._trial import TrialResult, TrialRunner, TrialTask
 from dspex_lab.errors import ExecutionError
 
@@ -75,6 +75,8 @@ __all__ = ["ProcessExecutor"]
 
 # A run fails, instead of starting workers forever, when this many die before they are ready.
 MAX_FAILED_STARTS = 3
+# Seconds of each worker's measurements (summed over the pool) the in-flight tuner takes as one observation.
+WINDOW_SECONDS = 1.0
 
 
 # What the driver sends a worker.
@@ -112,6 +114,13 @@ class CancelRun:
 
     run: int
     reason: str
+
+
+@dataclass(frozen=True)
+class SetInFlight:
+    """Run at most ``limit`` trials at once from now on (the worker's threads stay the cap)."""
+
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -153,10 +162,26 @@ class RunnerUnavailable:
 
 
 @dataclass(frozen=True)
+class WorkerLoad:
+    """What a worker measured about itself so far, as running totals (the driver takes differences).
+
+    Attributes:
+        cpu: the process's CPU seconds (``time.process_time``).
+        clock: the worker's ``time.monotonic`` when measured.
+        busy: trial-seconds in flight: the integral over time of the trials running at once.
+    """
+
+    cpu: float
+    clock: float
+    busy: float
+
+
+@dataclass(frozen=True)
 class Reports:
     """Every answer and notice waiting in a worker, in one message (a busy worker writes once per batch)."""
 
     items: tuple[TrialAnswered | ThreadsStuck, ...]
+    load: WorkerLoad | None = None
 
 
 WorkerMessage = WorkerReady | TrialAnswered | ThreadsStuck | RunnerUnavailable | Reports
@@ -189,20 +214,29 @@ class ProcessExecutor:
     its trial's deadline is replaced too (``replaced_workers``). No trial thread ever runs in
     this process, so ``stuck_threads`` is always 0: stuck threads end with their worker.
 
+    With ``tune=True`` (what ``executor="process"`` makes) the trials each worker runs at once
+    follow the trials' measured CPU share (:class:`~dspex_lab.engine.InFlightTuner`, kept
+    across runs), up to ``threads_per_worker``: a trial heavy on the CPU runs beside few others,
+    so it does not wait for the GIL (nor its timeout count that wait), while LM-bound trials keep
+    every thread busy. Without it, every worker runs ``threads_per_worker`` trials at once.
+
     Args:
         workers: worker processes.
-        threads_per_worker: trials each worker runs at once.
+        threads_per_worker: the trials each worker runs at once (with ``tune``, at most).
+        tune: tune the trials in flight per worker to the measured CPU share of a trial.
     """
 
     stuck_threads = 0
 
-    def __init__(self, workers: int = 2, *, threads_per_worker: int = 4) -> None:
+    def __init__(self, workers: int = 2, *, threads_per_worker: int = 4, tune: bool = False) -> None:
         for name, value in (("workers", workers), ("threads_per_worker", threads_per_worker)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ExecutionError(f"{name} must be a positive integer, got {value!r}")
         self.workers = workers
         self.threads_per_worker = threads_per_worker
         self.threads = workers * threads_per_worker
+        self.tuner = InFlightTuner(threads_per_worker) if tune else None
+        self._window = _LoadWindow()
         self._pool: list[_Worker] = []
         # Workers replaced because a thread is stuck in them: not fed, killed once their trials are done.
         self._retiring: list[_Worker] = []
@@ -216,7 +250,30 @@ class ProcessExecutor:
         self.isolated_trials = 0
 
     def __repr__(self) -> str:
-        return f"ProcessExecutor(workers={self.workers}, threads_per_worker={self.threads_per_worker})"
+        tune = ", tune=True" if self.tuner is not None else ""
+        return f"ProcessExecutor(workers={self.workers}, threads_per_worker={self.threads_per_worker}{tune})"
+
+    @property
+    def in_flight(self) -> int:
+        """The trials each worker runs at once now (``threads_per_worker`` unless tuned lower)."""
+        return self.threads_per_worker if self.tuner is None else self.tuner.limit
+
+    @property
+    def sizing(self) -> Sizing:
+        """Worker processes, trials in flight per worker now, and the CPU share measured (tuned pools only)."""
+        share = self.tuner.cpu_share if self.tuner is not None else None
+        return Sizing(self.workers, self.in_flight, share)
+
+    def _note_load(self, worker: _Worker, load: WorkerLoad) -> None:
+        """Add a pool worker's measurements since its last report to the window; tune once the window is full."""
+        last, worker.load = worker.load, load
+        if self.tuner is None or last is None or worker.isolated or worker.retiring_since is not None:
+            return
+        window = self._window
+        window.add(load.cpu - last.cpu, load.clock - last.clock, load.busy - last.busy)
+        if window.wall >= WINDOW_SECONDS * self.workers:  # about a second of each worker
+            self.tuner.observe(window.cpu / window.wall, window.busy / window.wall)
+            self._window = _LoadWindow()
 
     @property
     def pids(self) -> list[int]:
@@ -342,17 +399,25 @@ class _ProcessRun:
         self.ledger = ledger
         self.executor._failed_starts = 0
         self.executor._fill_pool()
+        self.executor._window = _LoadWindow()
         for worker in list(self.executor._pool):
             worker.held.clear()  # submissions are numbered per run
+            worker.load = None  # measured from its first report of this run (not across the idle time before)
             self.executor._take_notices(worker)  # a worker found stuck after the last run is replaced now
         return None
 
     def submit(self) -> None:
-        """Fill each ready pool worker up to its capacity, then give the isolation worker its next suspect."""
-        capacity = 2 * self.executor.threads_per_worker
+        """Fill each ready pool worker up to its capacity, then give the isolation worker its next suspect.
+
+        A worker holds twice the trials it runs at once, so the next is there when one finishes.
+        """
+        in_flight = self.executor.in_flight
         for worker in self.executor._pool:
             if worker.ready:  # a worker still starting would hold trials that others could run now
-                self._feed(worker, self.ledger.queue, capacity)
+                if worker.in_flight != in_flight:
+                    worker.send(SetInFlight(in_flight))
+                    worker.in_flight = in_flight
+                self._feed(worker, self.ledger.queue, 2 * in_flight)
         self._isolate()
 
     def _feed(self, worker: _Worker, source: collections.deque[Submission], capacity: int) -> None:
@@ -392,6 +457,9 @@ class _ProcessRun:
             if worker.connection not in ready and worker.process.sentinel not in ready:
                 continue
             reports, alive = worker.receive()
+            for report in reports:
+                if isinstance(report, Reports) and report.load is not None:
+                    self.executor._note_load(worker, report.load)
             for report in _flatten(reports):
                 messages.extend(self._translate(report, worker))
             if not alive:
@@ -512,10 +580,12 @@ class _Worker:
         self.held: set[int] = set()
         self.plans: set[str] = set()
         self.ready = False
+        self.in_flight = threads  # the limit it runs under (its threads until told otherwise)
+        self.load: WorkerLoad | None = None  # its last measurement of this run
         self.isolated = isolated  # runs suspects, one at a time
         self.retiring_since: float | None = None  # when it was found stuck
 
-    def send(self, message: LoadPlan | RunTrials | CancelRun | StopWorker) -> None:
+    def send(self, message: LoadPlan | RunTrials | CancelRun | SetInFlight | StopWorker) -> None:
         # A dead worker cannot be written to; the run loop sees its sentinel and replaces it.
         with contextlib.suppress(OSError):
             self.connection.send_bytes(encode(message))
@@ -588,6 +658,13 @@ class WorkerLoop:
         self.stuck: set[tuple[int, int]] = set()  # of those, the ones still running STUCK_GRACE later
         self.lock = threading.Lock()
         self.spare = 4 * threads  # threads that may be added in place of ones stuck past their deadline
+        # At most `limit` trials run at once (the driver's SetInFlight; the threads are the cap). A trial holds
+        # its slot from its start until it returns or is given up; `busy` integrates the slots held over time.
+        self.slots = threading.Condition(self.lock)
+        self.limit = threads
+        self.admitted: set[tuple[int, int]] = set()
+        self.busy = 0.0
+        self.busy_since = time.monotonic()
 
     def serve(self) -> None:
         """Read messages until told to stop (or the driver goes away)."""
@@ -610,6 +687,10 @@ class WorkerLoop:
                     self.inbox.put(trial)
             elif isinstance(message, CancelRun):
                 self.cancel(message)
+            elif isinstance(message, SetInFlight):
+                with self.slots:
+                    self.limit = max(1, message.limit)
+                    self.slots.notify_all()
 
     def cancel(self, message: CancelRun) -> None:
         """Cancel the run's trials running here; its queued ones are skipped."""
@@ -634,7 +715,35 @@ class WorkerLoop:
             with contextlib.suppress(queue.Empty):
                 while True:
                     batch.append(self.outbox.get_nowait())
-            self.send(Reports(tuple(batch)))
+            self.send(Reports(tuple(batch), self.load()))
+
+    def load(self) -> WorkerLoad:
+        """Return the process's CPU time, clock and trial-seconds in flight so far."""
+        with self.lock:
+            now = self._count_busy()
+            return WorkerLoad(time.process_time(), now, self.busy)
+
+    def _count_busy(self) -> float:
+        """Add the slots held since the last count to ``busy`` (the caller holds the lock); return the time."""
+        now = time.monotonic()
+        self.busy += len(self.admitted) * (now - self.busy_since)
+        self.busy_since = now
+        return now
+
+    def admit(self, key: tuple[int, int]) -> None:
+        """Wait for a slot under the in-flight limit and take it for the trial ``key``."""
+        with self.slots:
+            while len(self.admitted) >= self.limit:
+                self.slots.wait()
+            self._count_busy()
+            self.admitted.add(key)
+
+    def release(self, key: tuple[int, int]) -> None:
+        """Give back the slot of trial ``key`` (once; the caller holds the lock)."""
+        if key in self.admitted:
+            self._count_busy()
+            self.admitted.discard(key)
+            self.slots.notify()
 
     def work(self) -> None:
         """A trial thread: run trials from the inbox until the stop marker."""
@@ -650,9 +759,13 @@ class WorkerLoop:
                 self.send(RunnerUnavailable(trial.run, f"{type(error).__name__}: {error}"))
                 continue
             task = task_from(decode(trial.payload))
-            token = CancelToken(trial.timeout)
             key = (trial.run, trial.submission)
+            self.admit(key)  # the trial's clock starts once it runs, not while it waits for a slot
+            token = CancelToken(trial.timeout)
             with self.lock:
+                if trial.run in self.cancelled_runs:  # cancelled while it waited
+                    self.release(key)
+                    continue
                 self.running[key] = _RunningTrial(token, time.time(), task, runner)
             try:
                 result = runner(task, token=token)
@@ -662,6 +775,7 @@ class WorkerLoop:
                 )
             with self.lock:
                 self.running.pop(key, None)
+                self.release(key)
                 late = key in self.done
                 self.done.discard(key)
             if late:
@@ -704,6 +818,7 @@ class WorkerLoop:
             ]
             for key, _ in overdue:
                 self.done.add(key)
+                self.release(key)  # its thread may never return; a replacement thread runs the next trial
             for key, running in self.running.items():
                 if key not in self.given_up and (key in self.done or running.token.cancelled):
                     self.given_up[key] = now
@@ -717,7 +832,12 @@ class WorkerLoop:
             return overdue, newly_stuck, len(self.stuck)
 
 
-def default_workers(threads: int) -> tuple[int, int]:
-    """Return (workers, threads per worker) for ``threads`` trials at once on this machine's cores."""
-    workers = max(1, min(os.cpu_count() or 1, threads))
-    return workers, math.ceil(threads / workers)
+class _LoadWindow:
+    """The pool workers' measurements summed (seconds of CPU, of wall, of trials in flight): one tuner observation."""
+
+    def __init__(self) -> None:
+        self.cpu = self.wall = self.busy = 0.0
+
+    def add(self, cpu: float, wall: float, busy: float) -> None:
+        if wall > 0 and cpu >= 0 and busy >= 0:
+            self.cpu, self.wall, self.busy = self.cpu + cpu, self.wall + wall, self.busy + busy
