@@ -135,15 +135,15 @@ def chunk_size(pending: int, threads: int, timeout: float | None, trial_seconds:
     :data:`CHUNK_SECONDS` at the trials' mean wall time so far (``trial_seconds``; one
     trial per task until the first results say how long trials take), so slow trials
     travel alone and results keep arriving. Chunks also shrink as the queue drains (a
-    share of what is left per thread, as in guided self-scheduling), so the last tasks
-    are single trials and no thread runs a long chunk while the others idle. With a
-    timeout every task is one trial: the driver's deadline counts from submission, which
-    a trial waiting behind others in its chunk would overrun.
+    share of what is left per thread, rounded up, as in guided self-scheduling), so only
+    the last ``threads`` trials travel alone and no thread runs a long chunk while the
+    others idle. With a timeout every task is one trial: the driver's deadline counts from
+    submission, which a trial waiting behind others in its chunk would overrun.
     """
     if timeout is not None or trial_seconds is None:
         return 1
     by_time = int(CHUNK_SECONDS / max(trial_seconds, 1e-6))
-    return max(1, min(MAX_CHUNK, pending // threads, by_time))
+    return max(1, min(MAX_CHUNK, -(-pending // threads), by_time))
 
 
 def is_dask_client(value: object) -> bool:
@@ -436,6 +436,10 @@ class _DaskRun:
         chunks: list[list[Submission]] = []
         queue_ = self.ledger.queue
         window = self.executor._window(self.window, self.workers)
+        if self.trial_seconds is None and self.timeout is None:
+            # Until results say how long a trial takes every task is one trial: one per thread, not a
+            # window's worth, so the run pays Dask's per-task cost for as few single trials as it can.
+            window = min(window, self.threads)
         while queue_ and len(self.submitted) + len(chunks) < window:
             size = chunk_size(len(queue_), self.threads, self.timeout, self.trial_seconds)
             chunk = self.ledger.take(queue_, size)

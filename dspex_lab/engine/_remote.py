@@ -593,6 +593,13 @@ def run_remote_trial(
         runner, stash = runner_for(decode(plan_bytes))
     except Exception as error:
         return ("setup", f"{type(error).__name__}: {error}", [])
+    return ("ok", *_run_task(runner, stash, payload, timeout, run_key))
+
+
+def _run_task(
+    runner: TrialRunner, stash: SpanStash, payload: bytes, timeout: float | None, run_key: str | None
+) -> tuple[TrialResult, list[dict[str, Any]]]:
+    """Run one encoded trial with a rebuilt runner; return its record and its span rows."""
     task = task_from(decode(payload))
     token = CancelToken(timeout)
     if run_key is not None:
@@ -612,7 +619,7 @@ def run_remote_trial(
                     tokens.discard(token)
                     if not tokens:
                         del _running[run_key]
-    return ("ok", result, stash.take(task.trial_id))
+    return result, stash.take(task.trial_id)
 
 
 def _run_until_deadline(runner: TrialRunner, task: TrialTask, token: CancelToken) -> TrialResult:
@@ -668,12 +675,11 @@ def run_remote_chunk(
         ``("ok", [(submission, result, span rows), ...])`` in the order given, or
         ``("setup", error text)`` when this worker cannot rebuild the runner.
     """
-    results = []
-    for submission, payload in payloads:
-        _, outcome, span_rows = run_remote_trial(plan_bytes, payload, timeout, run_key)
-        if not isinstance(outcome, TrialResult):
-            return ("setup", outcome)
-        results.append((submission, outcome, span_rows))
+    try:
+        runner, stash = runner_for(decode(plan_bytes))  # once per chunk, not once per trial
+    except Exception as error:
+        return ("setup", f"{type(error).__name__}: {error}")
+    results = [(submission, *_run_task(runner, stash, payload, timeout, run_key)) for submission, payload in payloads]
     return ("ok", results)
 
 

@@ -275,7 +275,9 @@ def test_dask_chunks_take_about_half_a_second_shrink_as_the_run_drains_and_hold_
     assert dask_module.chunk_size(1280, 64, None, 0.02) == dask_module.MAX_CHUNK == 8
     assert dask_module.chunk_size(1280, 64, None, 0.1) == 5  # 0.5 s / 0.1 s
     assert dask_module.chunk_size(1280, 64, None, 0.6) == 1  # an interrupt must not wait for chunk-mates
-    assert [dask_module.chunk_size(pending, 64, None, 0.001) for pending in (511, 320, 128, 127, 1)] == [7, 5, 2, 1, 1]
+    # A share of what is left per thread, rounded up: only the last 64 trials travel alone.
+    shares = [dask_module.chunk_size(pending, 64, None, 0.001) for pending in (511, 449, 320, 128, 65, 64, 1)]
+    assert shares == [8, 8, 5, 2, 2, 1, 1]
     assert dask_module.chunk_size(1280, 64, 30.0, 0.02) == 1  # the driver's deadline counts from submission
 
 
@@ -354,6 +356,8 @@ def test_dask_sends_a_long_run_in_fewer_tasks_than_trials_and_batches_its_submis
 
     assert sum(submitted) == 64 and max(submitted) > 1 and submitted[-1] == 1
     assert len(batches) < len(submitted) and batches[0] > 1  # the first window goes in one message
+    # Before any result says how long a trial takes: one single trial per thread of the cluster, no more.
+    assert submitted[: batches[0]] == [1] * batches[0] and batches[0] == sum(dask_client.nthreads().values())
     assert scores(chunked) == scores(threaded)
 
 
