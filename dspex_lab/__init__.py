@@ -151,6 +151,21 @@ def _notebook_progress(kind: str) -> Any:
     return show_run_progress(kind)
 
 
+def _notebook_live_plot() -> Any:
+    """Return a ``LiveConvergenceWidget`` inside a Jupyter kernel with anywidget, else None (no live plot)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if getattr(shell, "kernel", None) is None:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("anywidget") is None:
+        return None
+    from dspex_lab.notebook import LiveConvergenceWidget
+
+    return LiveConvergenceWidget()
+
+
 def _spans_from_rows(rows: list[dict[str, Any]]) -> list[Any]:
     from dspex_lab.trace import Span
 
@@ -167,6 +182,7 @@ def _tree_from_rows(rows: list[dict[str, Any]]) -> Any:
 # filled now, before any layer loads, without loading the layers behind them.
 _hooks.lm_resolver = _resolve_lm
 _hooks.progress_factory = _notebook_progress
+_hooks.live_plot_factory = _notebook_live_plot
 
 # The journal stores span rows and cannot import the trace layer; the package (which may import
 # every layer) tells it how rows become Span and TraceTree objects.

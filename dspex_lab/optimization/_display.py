@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["RunDisplay", "Subscriber"]
+from dspex_lab import _hooks
+
+__all__ = ["RunDisplay", "Subscriber", "live_plot"]
 
 
 @runtime_checkable
@@ -42,3 +44,15 @@ class RunDisplay(Subscriber, Protocol):
 
     def finish(self, status: str) -> None:
         """End the run, showing how it ended (``finished``, ``stopped``, ``interrupted``, ``failed``)."""
+
+
+def live_plot() -> Subscriber | None:
+    """Return the live convergence plot ``optimize(..., live=True)`` adds to its subscribers, or None.
+
+    In a Jupyter kernel with the notebook extra that is ``dspex_lab.notebook.LiveConvergenceWidget``
+    (it displays itself at the run's first step, below the run's progress); elsewhere nothing can draw
+    live, and None says so.
+    """
+    factory = _hooks.live_plot_factory
+    plot = factory() if factory is not None else None
+    return plot if isinstance(plot, Subscriber) else None

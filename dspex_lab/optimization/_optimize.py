@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ from dspex_lab.data import Dataset
 from dspex_lab.engine import Budget, RetryPolicy, RunPolicy
 from dspex_lab.errors import ExecutionError, OptimizerError
 from dspex_lab.evaluation import installed_display, warn_if_underpowered
-from dspex_lab.optimization._display import RunDisplay, Subscriber
+from dspex_lab.optimization._display import RunDisplay, Subscriber, live_plot
 from dspex_lab.optimization._dspy import DspyOptimizer
 from dspex_lab.optimization._evaluator import CandidateEvaluator
 from dspex_lab.optimization._result import OptimizationResult
@@ -208,6 +209,7 @@ def optimize(
     trace: bool = False,
     progress: bool | Subscriber = True,
     subscribers: Sequence[Subscriber] = (),
+    live: bool = False,
 ) -> OptimizationResult:
     """Optimize ``program`` on ``trainset``, accepting changes on ``valset`` evidence, and journal every decision.
 
@@ -222,9 +224,8 @@ def optimize(
         budget: limits on LM calls, tokens or dollars for the whole run; it stops cleanly when spent.
             Enough for the confirmation is held back once the baseline has shown what a trial costs.
         seed: makes mini-batches, sources, proposals and the confirmation split reproducible.
-        testset: examples the optimizer never sees, on which the best program is tested against the
-            baseline once the search is over (the headline: ``result.comparison``). Must not overlap
-            the trainset or the valset.
+        testset: examples the optimizer never sees, on which the best program is tested against the baseline
+            once the search is over (the headline: ``result.comparison``). Must not overlap the trainset or the valset.
         confirm_fraction: without a testset, the fraction of the valset carved off (seeded) as the
             confirmation set before the search starts (default 0.3, at least 5 examples on each
             side); 0 runs no confirmation, and then nothing is claimed.
@@ -239,11 +240,11 @@ def optimize(
             elsewhere; or a :class:`Subscriber` given every evaluation's events and every step (a
             :class:`RunDisplay` such as ``dx.RunProgress()`` also hears the run begin and end); False: nothing.
         subscribers: :class:`Subscriber` objects called with an :class:`OptimizationStep` after every step.
+        live: draw the convergence below the progress in a Jupyter kernel, redrawn every step (else a warning).
 
     Returns:
-        The :class:`OptimizationResult`; on KeyboardInterrupt the run is marked interrupted in the
-        journal and :class:`~dspex_lab.session.RunInterrupted` (a KeyboardInterrupt) is raised, naming the id
-        to resume.
+        The :class:`OptimizationResult`; on KeyboardInterrupt the run is marked interrupted in the journal
+        and :class:`~dspex_lab.session.RunInterrupted` (a KeyboardInterrupt) is raised, naming the id to resume.
 
     Raises:
         OptimizerError: bad arguments (see the message), or a resume that does not match.
@@ -264,11 +265,24 @@ def optimize(
         policy=_policy(timeout, retries, max_errors),
         trace=trace,
         progress=progress,
-        subscribers=subscribers,
+        subscribers=_with_live_plot(subscribers) if live else subscribers,
     )
     # Held for the whole run: opening the DuckDB file costs tens of milliseconds, and a run writes often.
     with setup.journal.hold():
         return _displayed(setup)
+
+
+def _with_live_plot(subscribers: Sequence[Subscriber]) -> Sequence[Subscriber]:
+    """Add the notebook's live convergence plot to ``subscribers``, or warn (one line) where there is none."""
+    plot = live_plot()
+    if plot is None:
+        warnings.warn(
+            "optimize(live=True) draws in a Jupyter kernel with the notebook extra only; nothing is drawn here "
+            "(subscribers=[dx.optimization.LiveConvergence()] keeps the frames for a dashboard pane)",
+            stacklevel=3,
+        )
+        return subscribers
+    return [*subscribers, plot]
 
 
 def _checked_optimizer(

@@ -137,3 +137,29 @@ def test_the_live_magic_draws_every_step_in_the_widget(shell, monkeypatch):
     assert live.payload["step"] == int(result.steps["step"].max())
     assert [row["step"] for row in live.payload["best"]] == list(result.steps["step"])
     assert [row["best_mean"] for row in live.payload["best"]] == pytest.approx(list(result.steps["best_mean"]))
+
+
+def test_optimize_live_adds_the_notebooks_plot_and_warns_where_there_is_none(tmp_path, monkeypatch):
+    from dspex_lab import _hooks
+
+    problems = list(dx.datasets.arithmetic(40, seed=3))
+    program = dx.Program("dspy.Predict", signature="question -> answer", name="qa")
+    options = {"metric": dx.metrics.exact_match, "optimizer": dx.SimbaC(max_steps=1, bsize=8), "progress": False}
+    # Outside a Jupyter kernel (this test process) the root's factory gives nothing: one warning, no plot.
+    assert dx._notebook_live_plot() is None
+    with dx.Context(lm=dx.lab_lm(), journal=tmp_path / "j.duckdb"):
+        with pytest.warns(UserWarning, match=r"optimize\(live=True\) draws in a Jupyter kernel"):
+            dx.optimize(program, problems[:16], problems[16:], live=True, name="no-kernel", **options)
+        # In a kernel the factory gives the widget, which hears every step and displays itself once.
+        shown: list[Any] = []
+        made: list[LiveConvergenceWidget] = []
+
+        def factory() -> LiveConvergenceWidget:
+            made.append(LiveConvergenceWidget(display=shown.append))
+            return made[-1]
+
+        monkeypatch.setattr(_hooks, "live_plot_factory", factory)
+        result = dx.optimize(program, problems[:16], problems[16:], live=True, name="kernel", **options)
+    (widget,) = made
+    assert shown == [widget]
+    assert [row["step"] for row in widget.payload["best"]] == list(result.steps["step"])

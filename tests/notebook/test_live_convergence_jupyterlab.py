@@ -1,13 +1,14 @@
 """The live convergence plot in JupyterLab with no network, driven through headless Chromium.
 
-One JupyterLab server on 127.0.0.1 and one notebook whose cells run ``%dspex optimize ... --live`` on the
-lab LM (slowed by a latency per call, so each step takes seconds). Every request the page makes outside
-127.0.0.1 is refused and recorded, as on a cluster without internet: the test fails if there is one. In
-the light theme, then in the dark one (switched as the Settings menu does), two screenshots of the plot
-taken at two steps while the run still goes must differ; the plot must sit below RunProgress's Cancel
-button, label its step axis with whole steps only, and draw with the theme's colours. Between the two, the
-static holoviews plot of the finished run is shown, so its bokeh must load from the installed package.
-Screenshots stay in the test's temporary directory (printed), and in $DSPEX_ARTIFACTS when set.
+One JupyterLab server on 127.0.0.1 and one notebook whose cells run ``%dspex optimize ... --live`` (light
+theme) and ``dx.optimize(..., live=True)`` (dark theme) on the lab LM (slowed by a latency per call, so
+each step takes seconds). Every request the page makes outside 127.0.0.1 is refused and recorded, as on a
+cluster without internet: the test fails if there is one. In the light theme, then in the dark one
+(switched as the Settings menu does), two screenshots of the plot taken at two steps while the run still
+goes must differ; the plot must sit below RunProgress's Cancel button, label its step axis with whole
+steps only, and draw with the theme's colours. Between the two, the static holoviews plot of the finished
+run is shown, so its bokeh must load from the installed package. Screenshots stay in the test's
+temporary directory (printed), and in $DSPEX_ARTIFACTS when set.
 """
 
 from __future__ import annotations
@@ -70,6 +71,13 @@ LIVE_CELL = """\
 with dx.Context(lm=dx.lab_lm("lab/small", latency=0.05), journal=JOURNAL, threads=2):
     %dspex optimize qa --train train --val val --metric exact_match --max-steps 6 --bsize 8 --live --name {name}
 print("finished:", _dspex_last.status, list(_dspex_last.steps["step"]))"""
+
+# The same run from Python: dx.optimize(..., live=True) shows the same widget by itself.
+LIVE_PYTHON_CELL = """\
+with dx.Context(lm=dx.lab_lm("lab/small", latency=0.05), journal=JOURNAL, threads=2):
+    simba = dx.SimbaC(max_steps=6, bsize=8)
+    run = dx.optimize(qa, train, val, metric=dx.metrics.exact_match, optimizer=simba, live=True, name="{name}")
+print("finished:", run.status, list(run.steps["step"]))"""
 
 STATIC_CELL = """\
 dx.optimization.convergence_plot(_dspex_last.steps, _dspex_last.candidates, title="static")"""
@@ -183,7 +191,7 @@ def test_live_convergence_updates_mid_run_offline_in_the_light_and_dark_themes(t
             journal + SETUP_CELL,
             LIVE_CELL.format(name="live-light"),
             STATIC_CELL,
-            LIVE_CELL.format(name="live-dark"),
+            LIVE_PYTHON_CELL.format(name="live-dark"),
         ],
     )
     print(f"screenshots in {tmp_path}" + (f" and {ARTIFACTS}" if ARTIFACTS else ""))
