@@ -35,9 +35,13 @@ executor's ``of ceiling`` is the ceiling's median wall over its own, judged agai
 of 32 threads per process (which loses to GIL contention on the CPU-bound scenario) made the
 earlier "ideal split" something the engine could beat, not a ceiling.
 
-The process executor is ``ProcessExecutor(2, threads_per_worker=32)``; Dask is a
-``LocalCluster`` of 2 worker processes with 32 threads each on 127.0.0.1. Workers are
-started and warmed up before any measurement. Every executor must produce the same
+The process and Dask executors are sized by the project's own rule
+(:func:`dspex_lab.engine.choose_sizing`, see docs/executors.md "Sizing"): the process executor
+is what ``executor="process"`` makes for 64 trials at once (one worker per core, each tuning its
+trials in flight to the measured CPU share of a trial, up to its share of the 64); Dask is a
+``LocalCluster`` on 127.0.0.1 with the rule's workers and threads. The sizing each executor
+had after every run is recorded, and the last one printed. Workers are started and warmed up
+before any measurement. Every executor must produce the same
 per-trial scores; a difference is reported and makes the exit status 1.
 
 Usage::
@@ -67,7 +71,6 @@ if __package__ in (None, ""):
 from _common import format_table, machine_description, median_or_none, prepare_for_measurement, timed, write_json
 
 CONCURRENCY = 64
-WORKERS = 2
 # Calls made before a CPU measurement starts (first-call imports and caches).
 WARM_UP = 20
 DEFAULT_CEILING_SPLITS = "2x16,4x16,2x32"
@@ -113,19 +116,20 @@ def make_executors(splits: list[tuple[int, int]]) -> tuple[dict[str, Any], Calla
     """Start the three executors and one :class:`BareSplit` per split; return them and a function closing them."""
     import distributed
 
-    from dspex_lab.engine import DaskExecutor, ProcessExecutor, ThreadExecutor
+    from dspex_lab.engine import DaskExecutor, ThreadExecutor, choose_sizing, make_executor
 
-    per_worker = CONCURRENCY // WORKERS
+    # The trials' CPU share is not known before they run: the rule gives one worker per core and the cap.
+    sizing = choose_sizing(None, cores=os.cpu_count() or 1, trials_at_once=CONCURRENCY)
     cluster = distributed.LocalCluster(
-        n_workers=WORKERS,
-        threads_per_worker=per_worker,
+        n_workers=sizing.processes,
+        threads_per_worker=sizing.in_flight,
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
         silence_logs=40,
     )
     client = distributed.Client(cluster, set_as_default=False)
-    process = ProcessExecutor(WORKERS, threads_per_worker=per_worker)
+    process = make_executor("process", threads=CONCURRENCY)
     bare = [BareSplit(processes, threads) for processes, threads in splits]
     executors: dict[str, Any] = {
         "thread": ThreadExecutor(CONCURRENCY),
@@ -180,7 +184,7 @@ def _bare_worker(connection: Any, part: int, processes: int, threads: int) -> No
     import dspy
 
     import dspex_lab as dx
-    from dspex_lab.engine._adapter import default_adapter  # what TrialRunner installs; not re-exported
+    from dspex_lab.engine import default_adapter  # what TrialRunner installs when none is configured
 
     program = dx.Program("dspy.ChainOfThought", signature="question -> answer", name="bench")
     adapter = default_adapter()
@@ -333,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(measurements, scale))
     print()
     print(ceiling_table(ceilings))
+    print(sizing_report(measurements))
     dask = executors["dask"]
     print(
         f"Dask chunks cancelled by Dask itself: {dask.cancelled_by_dask}; orphaned trials: {dask.orphaned_trials}; "
@@ -388,6 +393,7 @@ def measure_repeat(
                 "efficiency": bound / timing.seconds,
                 "load_before": timing.load_before,
                 "load_after": timing.load_after,
+                "sizing": sizing_of(executors[name]),
             }
         )
     return [
@@ -395,6 +401,22 @@ def measure_repeat(
         for name in ("process", "dask")
         if name in scores and "thread" in scores and scores[name] != scores["thread"]
     ]
+
+
+def sizing_of(executor: Any) -> str | None:
+    """Return the sizing an executor runs with now (processes x trials in flight, CPU share), if it has one."""
+    sizing = getattr(executor, "sizing", None)  # the process and Dask executors; threads and bare splits have none
+    return None if sizing is None else str(sizing)
+
+
+def sizing_report(measurements: list[dict[str, Any]]) -> str:
+    """Return, per scenario and executor, the sizing it had after its last run (how the rule sized it)."""
+    last: dict[tuple[str, str], str] = {}
+    for entry in measurements:
+        if entry.get("sizing"):
+            last[(entry["scenario"], entry["executor"])] = entry["sizing"]
+    lines = [f"{scenario} {executor}: {sizing}" for (scenario, executor), sizing in last.items()]
+    return "Sizing after the last run (the rule's choice, tuned to the measured CPU share):\n" + "\n".join(lines)
 
 
 @contextlib.contextmanager

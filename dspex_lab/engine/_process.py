@@ -399,10 +399,11 @@ class _ProcessRun:
         self.ledger = ledger
         self.executor._failed_starts = 0
         self.executor._fill_pool()
-        self.executor._window = _LoadWindow()
         for worker in list(self.executor._pool):
             worker.held.clear()  # submissions are numbered per run
-            worker.load = None  # measured from its first report of this run (not across the idle time before)
+            # Measured from its first report of this run, not across the idle time before; the window itself
+            # carries over, so many short runs (an optimization's mini-batches) still add up to observations.
+            worker.load = None
             self.executor._take_notices(worker)  # a worker found stuck after the last run is replaced now
         return None
 

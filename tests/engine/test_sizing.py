@@ -238,3 +238,16 @@ def test_a_tuned_dask_run_keeps_no_more_trials_out_than_the_limit_per_worker(das
     with dx.Context(lm=lm, journal=False, executor=fixed):
         dx.evaluate(PROGRAM, data[:4], metric=dx.metrics.exact_match, progress=False)
     assert fixed.tuner is None and fixed.sizing == Sizing(2, 4)
+
+
+def test_short_runs_add_up_to_a_window() -> None:
+    # Runs far shorter than a window each (an optimization's mini-batches): their measurements carry over.
+    data = dx.datasets.arithmetic(16, seed=6)
+    lm = dx.lab_lm("lab/small", latency=0.05)
+    with ProcessExecutor(1, threads_per_worker=4, tune=True) as executor:
+        tuner = executor.tuner
+        assert tuner is not None
+        with dx.Context(lm=lm, journal=False, executor=executor):
+            for _ in range(8):  # 16 trials of 50 ms, 4 at once: about 0.2 s a run
+                dx.evaluate(PROGRAM, data, metric=dx.metrics.exact_match, progress=False)
+        assert tuner.windows >= 1 and tuner.cpu_share is not None
