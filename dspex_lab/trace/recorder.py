@@ -23,8 +23,9 @@ there with no scope is attributed to the trace of that open parent call.
 still imports: spans then nest under dspex scopes only, and a warning says why.
 
 Cost: DSPy's own dispatch (``with_callbacks``) runs for every decorated call once
-any callback is registered; the handlers here add a few microseconds per call on
-top of it (``bench/bench_trace_capture.py``; figures in ``bench/README.md``).
+any callback is registered; the handlers here add their own on top of it, mostly
+checking captured values for secrets and writing them as JSON
+(``bench/bench_trace_capture.py``; figures in ``bench/README.md``).
 """
 
 from __future__ import annotations
