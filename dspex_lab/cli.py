@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import math
+import os
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,19 +18,32 @@ from typing import Any
 __all__ = ["main"]
 
 _METRICS = ("exact_match", "numeric_match", "contains", "f1")
-_METRIC_HELP = f"one of {', '.join(_METRICS)}, or module:function (a module given with --import or importable)"
+_METRIC_HELP = f"one of {', '.join(_METRICS)}, or module:qualname (a module given with --import or importable)"
 _IMPORT_HELP = "import this module first (repeatable), so its registered modules and metrics can be used"
+_INPUTS_HELP = "comma-separated input fields, e.g. question (default: the inputs of the program's signature)"
 _JOURNAL_HELP = "journal file (default: DSPEX_JOURNAL, dspex.toml or [tool.dspex], else dspex.duckdb)"
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 # Error messages in `dspex journal trials` are cut to this many characters (after masking secrets).
 _ERROR_CHARACTERS = 120
+# `dspex journal trials` cuts an example's question, gold answer and the prediction to these many characters.
+_TEXT_CHARACTERS = {"question": 48, "expected": 24, "prediction": 24}
+_STEP_TRACE = re.compile(r"step-(\d+)")
+# The exit status of a command whose reader went away (`dspex journal list | head`), as a shell reports
+# one ended by SIGPIPE: 128 + 13.
+_BROKEN_PIPE_STATUS = 141
 
 
 def _console() -> Any:
     from rich.console import Console
 
+    class _PipedConsole(Console):
+        def on_broken_pipe(self) -> None:
+            # rich exits with status 1 here; main() ends every command whose reader went away the same way.
+            self.quiet = True
+            raise BrokenPipeError
+
     # Tables stay readable when output goes to a file or a CI log (no terminal width to read).
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    return _PipedConsole(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def _number(value: float, spec: str = ".3f") -> str:
@@ -127,19 +143,77 @@ def _import_modules(names: Sequence[str]) -> None:
 
 
 def _metric(name: str) -> Any:
-    """Return a lab metric by name, or ``module:function`` from an importable module."""
+    """Return a lab metric by name, or ``module:qualname`` (``mylab.metrics:Graders.strict``) from a module.
+
+    The module is imported as ``--import`` imports it: the user's own command line chooses it, so it
+    is allowed here, while a program spec or a package (data) never chooses what is imported.
+    """
     import dspex_lab as dx
 
     if name in _METRICS:
         return getattr(dx.metrics, name)
-    module_name, colon, function_name = name.partition(":")
-    if not colon or not _DOTTED.fullmatch(module_name) or not function_name.isidentifier():
+    module_name, colon, qualname = name.partition(":")
+    parts = qualname.split(".")
+    if not colon or not _DOTTED.fullmatch(module_name) or not all(part.isidentifier() for part in parts):
         raise dx.errors.ExecutionError(f"--metric {name!r}: {_METRIC_HELP}")
+    if any(part.startswith("_") for part in parts):
+        raise dx.errors.ExecutionError(f"--metric {name}: {qualname!r} is private; name a public function")
     _import_modules([module_name])
-    function = getattr(sys.modules[module_name], function_name, None)
-    if not callable(function):
-        raise dx.errors.ExecutionError(f"--metric {name}: module {module_name} has no function {function_name!r}")
-    return function
+    found: Any = sys.modules[module_name]
+    for part in parts:
+        found = getattr(found, part, None)
+    if not callable(found):
+        raise dx.errors.ExecutionError(f"--metric {name}: module {module_name} has no function {qualname!r}")
+    return found
+
+
+def _input_fields(given: str | None, program: Any, data: str) -> tuple[list[str], str]:
+    """Return a data file's input fields and where they came from: ``--inputs``, else the program.
+
+    Without ``--inputs`` they are the inputs of the spec's signature, or, for a custom module
+    without one, the parameters its ``forward`` requires (what the program is called with).
+    """
+    from dspex_lab.errors import DatasetError
+
+    if given:
+        return [field.strip() for field in given.split(",") if field.strip()], "--inputs"
+    if program.signature is not None:
+        import dspy
+
+        return list(dspy.Signature(program.signature).input_fields), f"the signature {program.signature!r}"
+    from dspex_lab.program import resolve_module
+
+    parameters = inspect.signature(resolve_module(program.module).forward).parameters.values()
+    required = [
+        parameter.name
+        for parameter in parameters
+        if parameter.name != "self"
+        and parameter.default is inspect.Parameter.empty
+        and parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    if required:
+        return required, f"{program.module}.forward's parameters"
+    raise DatasetError(
+        f"cannot tell which fields are inputs: {program.module} has no signature and its forward names no "
+        "parameters; say them with --inputs question[,context]",
+        path=data,
+    )
+
+
+def _load_data(path: str, inputs: tuple[list[str], str]) -> Any:
+    """Load a dataset file with the given input fields; an error says where inferred fields came from."""
+    import dspex_lab as dx
+
+    fields, source = inputs
+    try:
+        return dx.load_dataset(path, inputs=fields)
+    except dx.errors.DatasetError as error:
+        if source == "--inputs":
+            raise
+        hint = f" (input fields {', '.join(fields)} from {source}; choose them with --inputs)"
+        explained = dx.errors.DatasetError(f"{error}{hint}")
+        explained.path, explained.line = error.path, error.line
+        raise explained from None
 
 
 def _read_program(spec_path: Path) -> Any:
@@ -163,19 +237,15 @@ def _read_program(spec_path: Path) -> Any:
 
 
 def _evaluate(arguments: argparse.Namespace) -> int:
+    """Evaluate a spec on a data file; exit 1 when every trial failed (the warning says how), else 0."""
     import dspex_lab as dx
 
     _import_modules(arguments.imports)
-
     program = _read_program(Path(arguments.spec))
-    inputs = arguments.inputs.split(",") if arguments.inputs else None
-    if inputs is None:
-        raise dx.errors.DatasetError(
-            "say which fields are inputs with --inputs question[,context]", path=arguments.data
-        )
-    dataset = dx.load_dataset(arguments.data, inputs=inputs)
+    dataset = _load_data(arguments.data, _input_fields(arguments.inputs, program, arguments.data))
     metric = _metric(arguments.metric)
-    with dx.Context(lm=arguments.lm, journal=arguments.journal, threads=arguments.threads):
+    with dx.Context(lm=arguments.lm, journal=arguments.journal, threads=arguments.threads) as context:
+        resume = _resumed(context.journal, arguments.resume, kind="evaluation")
         result = dx.evaluate(
             program,
             dataset,
@@ -183,27 +253,30 @@ def _evaluate(arguments: argparse.Namespace) -> int:
             name=arguments.name,
             repeats=arguments.repeats,
             timeout=arguments.timeout,
-            resume=arguments.resume,
+            resume=resume,
             progress=not arguments.quiet,
+            trace=arguments.trace,
         )
     _console().print(_results_table([result]))
     if arguments.json:
         print(json.dumps({"experiment_id": result.experiment_id, **result.to_summary()}))
-    return 0
+    if arguments.trace:
+        print(f"its traces: dspex trace {result.experiment_id} --journal {arguments.journal}")
+    # Nothing was measured: a script (or CI) must not read this run as a result. The warning said why.
+    return 1 if result.n_trials and result.n_errors == result.n_trials else 0
 
 
 def _optimize(arguments: argparse.Namespace) -> int:
+    """Optimize a spec on a trainset, judged on a valset; print the held-out verdict and where to read why."""
     import dspex_lab as dx
 
+    _import_modules(arguments.imports)
     program = _read_program(Path(arguments.spec))
-    if not arguments.inputs:
-        raise dx.errors.DatasetError(
-            "say which fields are inputs with --inputs question[,context]", path=arguments.train
-        )
-    inputs = arguments.inputs.split(",")
-    trainset = dx.load_dataset(arguments.train, inputs=inputs)
-    valset = dx.load_dataset(arguments.val, inputs=inputs)
-    testset = dx.load_dataset(arguments.test, inputs=inputs) if arguments.test else None
+    inputs = _input_fields(arguments.inputs, program, arguments.train)
+    trainset = _load_data(arguments.train, inputs)
+    valset = _load_data(arguments.val, inputs)
+    testset = _load_data(arguments.test, inputs) if arguments.test else None
+    metric = _metric(arguments.metric)
     limits = {"lm_calls": arguments.max_lm_calls, "usd": arguments.max_usd}
     budget = (
         dx.Budget(**{key: value for key, value in limits.items() if value is not None})
@@ -215,26 +288,32 @@ def _optimize(arguments: argparse.Namespace) -> int:
         optimizer: Any = dx.SimbaC(**{key: value for key, value in settings.items() if value is not None})
     else:
         optimizer = arguments.optimizer
-    with dx.Context(lm=arguments.lm, journal=arguments.journal, threads=arguments.threads):
+    with dx.Context(lm=arguments.lm, journal=arguments.journal, threads=arguments.threads) as context:
+        resume = _resumed(context.journal, arguments.resume, kind="optimization")
         result = dx.optimize(
             program,
             trainset,
             valset,
-            metric=getattr(dx.metrics, arguments.metric),
+            metric=metric,
             optimizer=optimizer,
             budget=budget,
             seed=arguments.seed,
             testset=testset,
             confirm_fraction=arguments.confirm_fraction,
             name=arguments.name,
-            resume=arguments.resume,
+            resume=resume,
+            trace=arguments.trace,
             progress=not arguments.quiet,
         )
-    # The headline is the held-out test's verdict; the validation means are labelled as selection data.
-    print(
-        f"{result.name} ({result.optimizer}): {result.status}"
-        + (f", {result.status_detail}" if result.status_detail else "")
-    )
+    _print_optimization(result, arguments)
+    return 0
+
+
+def _print_optimization(result: Any, arguments: argparse.Namespace) -> None:
+    """Print a run's verdict: the held-out test's headline first; the validation means labelled as selection data."""
+    # A run's default name already ends with its optimizer ("qa (simba-c)"): say it once.
+    title = result.name if result.name.endswith(f"({result.optimizer})") else f"{result.name} ({result.optimizer})"
+    print(f"{title}: {result.status}" + (f", {result.status_detail}" if result.status_detail else ""))
     print(result.headline)
     print(result.optimistic.capitalize())
     if arguments.output:
@@ -244,7 +323,6 @@ def _optimize(arguments: argparse.Namespace) -> int:
         print(f"why each candidate exists: dspex trace {result.run_id} --journal {arguments.journal}")
     if arguments.json:
         print(json.dumps(result.to_summary()))
-    return 0
 
 
 def _cell(value: Any) -> str:
@@ -268,14 +346,44 @@ def _text_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[st
     return "\n".join(lines)
 
 
-def _journal(arguments: argparse.Namespace) -> int:
-    # Only the journal layer: listing a journal loads neither DSPy nor scipy (see bench/bench_startup.py).
+def _existing_journal(path: str) -> Any:
+    """Open the journal a reading command names; one that does not exist is an error, not an empty table."""
+    from dspex_lab.errors import JournalError
     from dspex_lab.journal import open_journal
 
-    journal = open_journal(arguments.journal)
+    if not Path(path).exists():
+        raise JournalError(
+            f"no journal at {Path(path).resolve()}: nothing was recorded there "
+            "(name one with --journal, DSPEX_JOURNAL or journal = ... in dspex.toml)"
+        )
+    return open_journal(path)
+
+
+def _experiment_id(journal: Any, experiment: str, *, kinds: Sequence[str] = ()) -> str:
+    """Return the id of the experiment named by id or by name (the rule of ``dx.load`` and the magics)."""
+    from dspex_lab.errors import JournalError
+
+    try:
+        journal.experiment(experiment)  # an id is read from the journal alone (DSPy is not loaded for it)
+    except JournalError:
+        from dspex_lab.session import resolve_experiment
+
+        return resolve_experiment(journal, experiment, kinds=kinds)
+    return experiment
+
+
+def _resumed(journal: Any, experiment: str | None, *, kind: str) -> str | None:
+    """Return the id of the run ``--resume`` names (by id or by name), or None without ``--resume``."""
+    return None if experiment is None else _experiment_id(journal, experiment, kinds=(kind,))
+
+
+def _journal(arguments: argparse.Namespace) -> int:
+    # Only the journal layer: listing a journal loads neither DSPy nor scipy (see bench/bench_startup.py).
+    journal = _existing_journal(arguments.journal)
     if arguments.journal_command == "list":
         _journal_list(journal, nested=arguments.nested)
     elif arguments.journal_command == "trials":
+        arguments.experiment = _experiment_id(journal, arguments.experiment)
         _journal_trials(journal, arguments)
     elif arguments.journal_command == "sql":
         _console().print(journal.sql(arguments.query).to_string(index=False, max_rows=arguments.limit))
@@ -342,35 +450,54 @@ def _interval_cell(low: float | None, high: float | None, method: str) -> str | 
 
 
 def _journal_trials(journal: Any, arguments: argparse.Namespace) -> None:
-    """Print an experiment's trials, filtered and sorted, with each failure's (masked) message."""
+    """Print an experiment's trials, filtered and sorted: question, expected, prediction and any (masked) error."""
     from dspex_lab.errors import JournalError
-    from dspex_lab.trace.redaction import mask_text
 
     if arguments.limit < 0:
         raise JournalError(f"--limit must be zero or more, got {arguments.limit}")
-    journal.experiment(arguments.experiment)  # an unknown experiment is an error, not an empty table
+    record = journal.experiment(arguments.experiment)  # an unknown experiment is an error, not an empty table
     filters = {"status": arguments.status, "min_score": arguments.min_score, "max_score": arguments.max_score}
-    stored = ("trial_id", "status", "score", "latency", "input_tokens", "output_tokens", "error_type", "error_message")
+    stored = ("trial_id", "example_id", "status", "score", "latency", "input_tokens", "output_tokens", "prediction")
+    stored += ("error_type", "error_message")
     rows = journal.trial_rows(
         arguments.experiment, columns=stored, order=arguments.sort, limit=arguments.limit, **filters
     )
-    for row in rows:
-        # Masked before it is cut short, so a cut cannot hide a key from the pattern that finds it.
-        message = " ".join(mask_text(str(row.pop("error_message") or "")).split())
-        if len(message) > _ERROR_CHARACTERS:
-            message = message[: _ERROR_CHARACTERS - 1] + "…"
-        row["error"] = f"{row.pop('error_type') or 'unknown'}: {message}" if row["status"] == "error" else None
+    _add_texts(journal, record, rows)
     shown = [f"status={arguments.status}"] if arguments.status else []
     shown += [f"score>={arguments.min_score}"] if arguments.min_score is not None else []
     shown += [f"score<={arguments.max_score}"] if arguments.max_score is not None else []
     title = f"Trials of {arguments.experiment}" + (f" ({', '.join(shown)})" if shown else "")
     title += f", by {arguments.sort}" if arguments.sort != "trial" else ""
-    columns = ("trial_id", "status", "score", "latency", "input_tokens", "output_tokens", "error")
+    columns = ("trial_id", "status", "score", "latency", "input_tokens", "output_tokens", *_TEXT_CHARACTERS, "error")
     print(_text_table(title, rows, columns))
     # Counted in the journal, not by fetching every matching trial (a million-trial experiment stays quick).
     _, total = journal.trial_page(arguments.experiment, limit=0, **filters)
     if total > len(rows):
         print(f"{total - len(rows)} more trials (show more with --limit {total})")
+
+
+def _add_texts(journal: Any, record: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Give each trial row its question, expected and prediction, and its error, each on one line, masked and cut.
+
+    Question and expected are read from the examples stored with the experiment (as the trace pages
+    read them: expected is the gold fields the program outputs); a dataset too large to be stored
+    shows a dash there.
+    """
+    from dspex_lab.notebook import ExampleFields
+    from dspex_lab.trace.redaction import mask_text
+
+    def cut(text: str, characters: int) -> str | None:
+        # Masked before it is cut short, so a cut cannot hide a key from the pattern that finds it.
+        line = " ".join(mask_text(text).split())
+        return (line if len(line) <= characters else line[: characters - 1] + "…") or None
+
+    fields = ExampleFields(journal, record)
+    for row in rows:
+        texts = fields.row(str(row.pop("example_id") or ""), row.pop("prediction"))
+        for name, width in _TEXT_CHARACTERS.items():  # the trace pages call the prediction "answer"
+            row[name] = cut(texts["answer" if name == "prediction" else name], width)
+        message = cut(str(row.pop("error_message") or ""), _ERROR_CHARACTERS) or ""
+        row["error"] = f"{row.pop('error_type') or 'unknown'}: {message}" if row["status"] == "error" else None
 
 
 def _print_more(journal: Any, experiment_id: str, shown: int) -> None:
@@ -383,7 +510,8 @@ def _export(arguments: argparse.Namespace) -> int:
     import dspex_lab as dx
 
     include_data = {"auto": "auto", "yes": True, "no": False}[arguments.include_data]
-    path = dx.export(arguments.experiment, arguments.path, journal=arguments.journal, include_data=include_data)
+    experiment = _experiment_id(_existing_journal(arguments.journal), arguments.experiment, kinds=("evaluation",))
+    path = dx.export(experiment, arguments.path, journal=arguments.journal, include_data=include_data)
     print(f"Wrote {path}  (check it with: dspex verify {path}; re-run it with: dspex rerun {path})")
     return 0
 
@@ -416,7 +544,9 @@ def _rerun(arguments: argparse.Namespace) -> int:
 def _trace(arguments: argparse.Namespace) -> int:
     import dspex_lab as dx
 
-    journal = dx.open_journal(arguments.journal)
+    _import_modules(arguments.imports)
+    journal = _existing_journal(arguments.journal)
+    arguments.experiment = _experiment_id(journal, arguments.experiment)
     if arguments.otlp:
         from dspex_lab.trace import to_otlp_json
 
@@ -450,7 +580,50 @@ def _trace(arguments: argparse.Namespace) -> int:
         raise dx.errors.JournalError(_why_no_spans(journal, arguments.experiment, arguments.trial))
     tree = journal.trace(arguments.experiment, arguments.trial)
     print(tree.to_text(show_prompts=arguments.prompts, width=arguments.width))
+    step = _STEP_TRACE.fullmatch(arguments.trial)
+    if step and journal.experiment(arguments.experiment).get("kind") == "optimization":
+        _print_step_why(journal, arguments.experiment, int(step.group(1)))
     return 0
+
+
+def _print_step_why(journal: Any, run_id: str, step: int) -> None:
+    """Print why each candidate of an optimization step exists and what became of it, as ``run.why()`` says.
+
+    Under each candidate's ``why`` line, its differences from the incumbent: on the step's
+    mini-batch (the screen) and, when it was validated, on the valset with the paired test's interval.
+    """
+    from dspex_lab.errors import ProgramSpecError
+    from dspex_lab.optimization import OptimizationResult
+    from dspex_lab.trace.redaction import mask_text
+
+    try:
+        result = OptimizationResult.from_journal(journal, run_id)
+    except ProgramSpecError as error:  # a custom module, registered by the user's code
+        raise ProgramSpecError(
+            f"why step {step} of run {run_id}: {error}; give the module that registers it with --import MODULE"
+        ) from None
+    row = next((row for row in journal.step_rows(run_id) if row["step"] == step), None)
+    if row is None:
+        return
+    screens = {str(item.get("candidate")): item for item in row.get("screening") or []}
+    validations = {str(item.get("candidate")): item for item in row.get("evaluations") or []}
+    print(f"\nWhy, step {step}: {mask_text(str(row.get('detail') or row.get('status')))}")
+    for candidate in result.candidates.loc[result.candidates["step"] == step, "candidate_id"]:
+        print(f"- {mask_text(result.why(candidate))}")
+        differences = []
+        screen = screens.get(candidate)
+        if screen is not None and screen.get("gain") is not None:
+            differences.append(f"screen {_number(screen['gain'], '+.3f')} (n={screen.get('n')})")
+        validation = validations.get(candidate)
+        if validation is not None and validation.get("difference") is not None:
+            low, high = validation.get("diff_ci_low"), validation.get("diff_ci_high")
+            interval = f"95% CI {_number(low, '+.3f')} to {_number(high, '+.3f')}, " if None not in (low, high) else ""
+            differences.append(
+                f"validation {_number(validation['difference'], '+.3f')} "
+                f"({interval}{validation.get('test')}, n={validation.get('n')})"
+            )
+        if differences:
+            print(f"  differences from the incumbent: {'; '.join(differences)}")
 
 
 # How a trial that stopped before its work ended is recorded (the engine's TrialTimeoutError/TrialCancelledError).
@@ -521,15 +694,18 @@ def _add_evaluate(commands: Any) -> None:
     evaluate.add_argument("spec", help="program spec JSON (from Program.to_json())")
     evaluate.add_argument("data", help="dataset: .jsonl, .csv or .parquet")
     evaluate.add_argument("--metric", required=True, help=_METRIC_HELP)
-    evaluate.add_argument("--inputs", help="comma-separated input fields, e.g. question")
+    evaluate.add_argument("--inputs", help=_INPUTS_HELP)
     evaluate.add_argument("--journal", default=None, help=_JOURNAL_HELP)
     evaluate.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE", help=_IMPORT_HELP)
     evaluate.add_argument("--lm", default=None, help="LM (default: DSPEX_LM or lab/small)")
     evaluate.add_argument("--threads", type=int, default=None)
     evaluate.add_argument("--repeats", type=int, default=1)
     evaluate.add_argument("--timeout", type=float, default=None)
-    evaluate.add_argument("--resume", default=None, help="experiment id to resume")
+    evaluate.add_argument("--resume", default=None, help="the evaluation to resume: its experiment id or name")
     evaluate.add_argument("--name", default=None)
+    evaluate.add_argument(
+        "--trace", action="store_true", help="record every trial's span tree (read it with dspex trace)"
+    )
     evaluate.add_argument("--json", action="store_true", help="also print the summary as JSON")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(handler=_evaluate)
@@ -550,8 +726,9 @@ def _add_optimize(commands: Any) -> None:
         default=None,
         help="without --test, the part of the valset held out for that test (default 0.3; 0: claim nothing)",
     )
-    optimize.add_argument("--metric", choices=_METRICS, required=True)
-    optimize.add_argument("--inputs", help="comma-separated input fields, e.g. question")
+    optimize.add_argument("--metric", required=True, help=_METRIC_HELP)
+    optimize.add_argument("--inputs", help=_INPUTS_HELP)
+    optimize.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE", help=_IMPORT_HELP)
     optimize.add_argument("--optimizer", choices=("simba-c", "simba", "mipro", "gepa", "bootstrap"), default="simba-c")
     optimize.add_argument("--max-steps", type=int, default=None, help="SIMBA-C steps (default 8)")
     optimize.add_argument("--bsize", type=int, default=None, help="SIMBA-C mini-batch size (default 32)")
@@ -561,8 +738,9 @@ def _add_optimize(commands: Any) -> None:
     optimize.add_argument("--journal", default=None, help=_JOURNAL_HELP)
     optimize.add_argument("--lm", default=None, help="LM (default: DSPEX_LM or lab/small)")
     optimize.add_argument("--threads", type=int, default=None)
-    optimize.add_argument("--resume", default=None, help="optimization run id to resume")
+    optimize.add_argument("--resume", default=None, help="the optimization run to resume: its id or name")
     optimize.add_argument("--name", default=None)
+    optimize.add_argument("--trace", action="store_true", help="record the span tree of every evaluation's trials")
     optimize.add_argument("--output", "-o", default=None, help="write the best configuration's spec (JSON) here")
     optimize.add_argument("--json", action="store_true", help="also print the summary as JSON")
     optimize.add_argument("--quiet", action="store_true")
@@ -586,7 +764,7 @@ def _add_journal(commands: Any) -> None:
         help="also list the experiments nested in others (an optimization's candidate evaluations)",
     )
     trials = journal_commands.add_parser("trials", help="list an experiment's trials", parents=[where])
-    trials.add_argument("experiment")
+    trials.add_argument("experiment", help="experiment id or name")
     trials.add_argument("--limit", type=int, default=50, help="show at most this many trials (default: 50)")
     trials.add_argument("--status", choices=("ok", "error"), default=None, help="only scored or only failed trials")
     trials.add_argument("--min-score", type=float, default=None, help="only trials scored at least this")
@@ -606,7 +784,7 @@ def _add_journal(commands: Any) -> None:
 def _add_packages(commands: Any) -> None:
     """Add ``dspex export``, ``verify`` and ``rerun``: an evaluation's reproducibility package."""
     export = commands.add_parser("export", help="write an evaluation's reproducibility package (a zip)")
-    export.add_argument("experiment", help="the evaluation's experiment id")
+    export.add_argument("experiment", help="the evaluation's experiment id or name")
     export.add_argument("path", help="the zip to write, or a folder to write dspex-<experiment>.zip into")
     export.add_argument("--journal", default=None, help=_JOURNAL_HELP)
     export.add_argument(
@@ -638,13 +816,26 @@ def _add_packages(commands: Any) -> None:
 def _add_trace(commands: Any) -> None:
     """Add ``dspex trace``: a trial's span tree, an experiment's trials or a run's steps."""
     trace = commands.add_parser("trace", help="print a trial's span tree (evaluations run with trace=True)")
-    trace.add_argument("experiment")
-    trace.add_argument("trial", nargs="?", help="trial id such as 'arith-0-3/r0'; without it, list the trials")
+    trace.add_argument("experiment", help="experiment id or name (an optimization run: its steps)")
+    trace.add_argument(
+        "trial",
+        nargs="?",
+        help="trial id such as 'arith-0-3/r0', or a run's step-N (with why each candidate exists); "
+        "without it, list the trials",
+    )
     trace.add_argument("--journal", default=None, help=_JOURNAL_HELP)
     trace.add_argument("--prompts", action="store_true", help="show LM messages and completions")
     trace.add_argument("--width", type=int, default=110)
     trace.add_argument("--limit", type=int, default=50)
     trace.add_argument("--otlp", metavar="PATH", help="write the trial's (or experiment's) spans as OTLP JSON")
+    trace.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module first (repeatable): a run of a custom module needs it to say why",
+    )
     trace.set_defaults(handler=_trace)
 
 
@@ -685,23 +876,61 @@ def _dashboard(arguments: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``dspex`` command; return its exit code."""
+    """Run the ``dspex`` command; return its exit code.
+
+    0 when it did what was asked; 1 when it ran but measured nothing (every trial failed) or a
+    package failed its check; 2 for an error (one line on stderr); 130 when interrupted; 141 when
+    the reader of its output went away (``dspex journal list | head``), which ends it quietly.
+    """
     from dspex_lab.errors import DspexLabError
 
     arguments = _parser().parse_args(argv)
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
     try:
         # The re-run's journal defaults to a temporary one on purpose: it must not mix with the original's.
         if getattr(arguments, "journal", "") is None and arguments.command != "rerun":
             from dspex_lab.config import load_settings
 
             arguments.journal = load_settings().journal
-        return int(arguments.handler(arguments))
+        status = int(arguments.handler(arguments))
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+        return status
+    except BrokenPipeError:
+        _silence_stdout()
+        return _BROKEN_PIPE_STATUS
     except DspexLabError as error:
         print(f"dspex: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
         print(f"dspex: interrupted: {interrupt}", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """Format a warning as one line on stderr: ``dspex: warning: ...``, not Python's two with a source line.
+
+    A warning of dspex_lab's own is its message; another package's is named by its category.
+    """
+    from dspex_lab.errors import DspexLabWarning
+
+    named = "" if issubclass(category, DspexLabWarning) else f"{category.__name__}: "
+    return f"dspex: warning: {named}{' '.join(str(message).split())}\n"
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so what is still buffered cannot fail again at exit."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a file (a test's capture): nothing is flushed to a pipe at exit
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, descriptor)
+    os.close(null)
 
 
 if __name__ == "__main__":

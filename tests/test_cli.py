@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -282,7 +283,9 @@ def test_import_option_refuses_what_is_not_a_module_path(tmp_path, capsys):
     assert main([*base, "--metric", "exact_match", "--import", "no_such_module_here"]) == 2
     assert "--import no_such_module_here: cannot import it" in capsys.readouterr().err
     assert main([*base, "--metric", "os.system"]) == 2
-    assert "module:function" in capsys.readouterr().err
+    assert "module:qualname" in capsys.readouterr().err
+    assert main([*base, "--metric", "json:_default_encoder"]) == 2
+    assert "'_default_encoder' is private; name a public function" in capsys.readouterr().err
     assert main([*base, "--metric", "json:no_such_function"]) == 2
     assert "module json has no function 'no_such_function'" in capsys.readouterr().err
 
@@ -359,3 +362,243 @@ def test_custom_modules_and_metrics_work_from_the_command_line_and_packages_say_
     assert f"dspex rerun {package} --import clilab_custom --metric clilab_custom:same_answer" in error
     assert main(["rerun", str(package), *imports]) == 0
     assert "identical" in capsys.readouterr().out.lower()
+
+
+# -- the terminal, as polished as the notebook (issue 22 item 6) ------------------------------------------
+
+
+def _write_arithmetic(path, n, *, seed):
+    path.write_text("\n".join(json.dumps(example.toDict()) for example in dx.datasets.arithmetic(n, seed=seed)))
+    return path
+
+
+def _dspex(*arguments, cwd, **options):
+    """Run ``dspex`` as a user does: the console script next to this interpreter, in a fresh process."""
+    script = [str(Path(sys.executable).with_name("dspex"))]
+    return subprocess.run([*script, *arguments], capture_output=True, text=True, cwd=cwd, timeout=300, **options)
+
+
+def test_evaluate_trace_records_each_trials_spans_and_inputs_come_from_the_signature(tmp_path, capsys):
+    spec = tmp_path / "qa.json"
+    spec.write_text(dx.Program("dspy.ChainOfThought", signature="question -> answer", name="qa").to_json())
+    data = _write_arithmetic(tmp_path / "problems.jsonl", 6, seed=5)
+    journal = tmp_path / "t.duckdb"
+    # No --inputs: the signature says the input is `question` (the data also has id, topic, difficulty).
+    arguments = ["evaluate", str(spec), str(data), "--metric", "exact_match", "--journal", str(journal)]
+    assert main([*arguments, "--quiet", "--trace", "--json"]) == 0
+    output = capsys.readouterr().out
+    experiment = json.loads(output.strip().splitlines()[-2])["experiment_id"]
+    assert output.strip().splitlines()[-1] == f"its traces: dspex trace {experiment} --journal {journal}"
+    store = dx.open_journal(journal)
+    assert store.experiment(experiment)["config"]["trace"] is True
+    assert store.experiment(experiment)["dataset_manifest"]["inputs"] == ["question"]
+    rows = store.trial_rows(experiment, columns=["trial_id"], with_span_counts=True)
+    assert len(rows) == 6 and all(row["spans"] > 0 for row in rows)
+    tree = store.trace(experiment, rows[0]["trial_id"])
+    assert {node.span.kind for node in tree.walk()} >= {"module", "lm", "metric"}
+
+
+def test_inputs_come_from_a_custom_modules_forward_and_a_wrong_guess_says_where_it_came_from(tmp_path, capsys):
+    (tmp_path / "clilab_forward.py").write_text(CUSTOM_LAB.replace("CliSolver", "ForwardSolver"))
+    spec = tmp_path / "solver.json"
+    spec.write_text(json.dumps({"dspex_program": 1, "module": "ForwardSolver", "name": "solver"}))
+    data = _write_arithmetic(tmp_path / "problems.jsonl", 4, seed=1)
+    base = ["evaluate", str(spec), str(data), "--journal", str(tmp_path / "f.duckdb"), "--quiet", "--json"]
+    assert main([*base, "--import", "clilab_forward", "--metric", "clilab_forward:same_answer"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["n"] == 4 and summary["n_errors"] == 0
+
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_text(data.read_text().replace('"question"', '"prompt"'))
+    qa = tmp_path / "qa.json"
+    qa.write_text(dx.Program("dspy.Predict", signature="question -> answer").to_json())
+    assert main(["evaluate", str(qa), str(renamed), "--metric", "exact_match", "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and f"{renamed}:1: record is missing field(s) ['question']" in error
+    assert "(input fields question from the signature 'question -> answer'; choose them with --inputs)" in error
+
+
+GRADERS = """
+class Graders:
+    @staticmethod
+    def strict(example, prediction, trace=None):
+        return float(str(example.answer).strip() == str(prediction.answer).strip())
+"""
+
+
+def test_optimize_imports_the_users_module_metric_by_qualname_and_trace_step_says_why(tmp_path, capsys):
+    (tmp_path / "clilab_optimize.py").write_text(CUSTOM_LAB.replace("CliSolver", "OptimizeSolver") + GRADERS)
+    spec = tmp_path / "solver.json"
+    spec.write_text(json.dumps({"dspex_program": 1, "module": "OptimizeSolver", "name": "solver"}))
+    problems = dx.datasets.arithmetic(60, seed=4)
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(example.toDict()) for example in problems[:30]))
+    (tmp_path / "val.jsonl").write_text("\n".join(json.dumps(example.toDict()) for example in problems[30:]))
+    journal = str(tmp_path / "o.duckdb")
+    arguments = ["optimize", str(spec), str(tmp_path / "train.jsonl"), "--val", str(tmp_path / "val.jsonl")]
+    arguments += ["--journal", journal, "--quiet", "--max-steps", "1", "--bsize", "8", "--name", "solver-run"]
+    # Without --import the spec's module is unknown: a spec (data) never chooses what is imported.
+    assert main([*arguments, "--metric", "exact_match"]) == 2
+    assert "module 'OptimizeSolver' is not allowed" in capsys.readouterr().err
+    imports = ["--import", "clilab_optimize", "--metric", "clilab_optimize:Graders.strict"]
+    assert main([*arguments, *imports, "--json"]) == 0
+    output = capsys.readouterr().out
+    assert output.splitlines()[0].startswith("solver-run (simba-c): finished")
+    run_id = json.loads(output.strip().splitlines()[-1])["run_id"]
+
+    assert main(["trace", "solver-run", "step-1", "--journal", journal, "--import", "clilab_optimize"]) == 0
+    why = capsys.readouterr().out
+    result = dx.OptimizationResult.from_journal(dx.open_journal(journal), run_id)
+    step = result.steps.set_index("step").loc[1]
+    assert f"\nWhy, step 1: {step['detail']}\n" in why
+    candidates = result.candidates.query("step == 1")
+    assert len(candidates) > 1
+    for candidate in candidates.itertuples():
+        assert f"- {result.why(candidate.candidate_id)}\n" in why  # the rationale, what run.why() says
+        screen = candidate.screen_mean - candidate.incumbent_screen_mean
+        assert f"screen {screen:+.3f} (n=8)" in why
+    validated = candidates.dropna(subset=["p_value"])
+    assert len(validated) >= 1 and why.count("validation ") >= 2 * len(validated)
+    for candidate in validated.itertuples():
+        assert f"p={candidate.p_value:.3g} (Holm {candidate.p_adjusted:.3g})" in why
+    evaluations = next(row for row in dx.open_journal(journal).step_rows(run_id) if row["step"] == 1)["evaluations"]
+    for item in evaluations:
+        assert f"validation {item['difference']:+.3f} (95% CI {item['diff_ci_low']:+.3f} to " in why
+    # The run's program is the user's module: in a fresh process without its import, the tree prints, then
+    # one line says what to add.
+    completed = _dspex("trace", run_id, "step-1", "--journal", journal, cwd=tmp_path)
+    assert completed.returncode == 2 and "propose c1" in completed.stdout
+    assert completed.stderr.count("\n") == 1
+    assert "give the module that registers it with --import MODULE" in completed.stderr
+
+
+BOOM_METRIC = """
+def boom(example, prediction):
+    raise RuntimeError("the grader\\nis down: " + "retry later " * 20)
+"""
+
+
+def test_a_run_whose_every_trial_failed_exits_1_with_each_warning_on_one_line(tmp_path):
+    (tmp_path / "clilab_boom.py").write_text(BOOM_METRIC)
+    (tmp_path / "qa.json").write_text(dx.Program("dspy.Predict", signature="question -> answer", name="qa").to_json())
+    _write_arithmetic(tmp_path / "problems.jsonl", 5, seed=3)
+    arguments = ["evaluate", "qa.json", "problems.jsonl", "--import", "clilab_boom", "--metric", "clilab_boom:boom"]
+    completed = _dspex(*arguments, "--journal", "b.duckdb", "--quiet", cwd=tmp_path)
+    assert completed.returncode == 1, completed.stderr
+    assert "qa" in completed.stdout and "Evaluations" in completed.stdout  # the table is still printed
+    lines = completed.stderr.splitlines()
+    assert lines and all(line.startswith("dspex: warning: ") for line in lines), completed.stderr
+    failed = next(line for line in lines if "every trial of qa failed" in line)
+    assert "(5 RuntimeError)" in failed and "the grader is down: retry later" in failed and failed.endswith("later")
+    assert "warnings.warn" not in completed.stderr and ".py:" not in completed.stderr
+
+    completed = _dspex("evaluate", "qa.json", "problems.jsonl", "--metric", "exact_match", "--quiet", cwd=tmp_path)
+    assert completed.returncode == 0 and completed.stderr == ""
+
+
+def test_a_journal_that_does_not_exist_is_an_error_not_an_empty_table(tmp_path, capsys):
+    missing = tmp_path / "typo.duckdb"
+    for command in (
+        ["journal", "list", "--journal", str(missing)],
+        ["journal", "--journal", str(missing), "trials", "qa"],
+        ["journal", "sql", "select 1", "--journal", str(missing)],
+        ["trace", "qa", "--journal", str(missing)],
+        ["export", "qa", str(tmp_path / "out.zip"), "--journal", str(missing)],
+    ):
+        assert main(command) == 2, command
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err == (
+            f"dspex: error: no journal at {missing}: nothing was recorded there "
+            "(name one with --journal, DSPEX_JOURNAL or journal = ... in dspex.toml)\n"
+        )
+    assert not missing.exists()  # and reading did not create it
+    assert main(["journal", "list"]) == 2  # the default journal (dspex.duckdb here) does not exist either
+    assert f"no journal at {tmp_path / 'dspex.duckdb'}" in capsys.readouterr().err
+
+
+def test_output_to_a_reader_that_went_away_ends_quietly(tmp_path):
+    journal = tmp_path / "p.duckdb"
+    assert main(["demo", "--journal", str(journal), "-n", "4", "--quiet"]) == 0
+    experiment = dx.open_journal(journal).experiments().query("name == 'predict'")["id"].iloc[0]
+    script = str(Path(sys.executable).with_name("dspex"))
+    for command in (
+        ["journal", "list", "--journal", str(journal)],  # printed as plain text
+        ["journal", "sql", "select * from trials", "--journal", str(journal)],  # printed by rich
+        ["trace", experiment, "--journal", str(journal)],
+    ):
+        # The reader is gone before the first line is written (as `| head` is once it has its lines).
+        process = subprocess.Popen([script, *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+        process.stdout.close()
+        errors = process.stderr.read()
+        process.stderr.close()
+        assert process.wait(timeout=120) == 141, (command, errors)
+        assert errors == b"", (command, errors)
+    # And through a shell pipe into head, as a user types it.
+    completed = subprocess.run(
+        f"{script} journal list --journal {journal} | head -1", shell=True, capture_output=True, text=True, timeout=120
+    )
+    assert completed.stdout == f"Experiments in {journal}\n" and completed.stderr == ""
+
+
+def test_journal_trials_shows_question_expected_and_prediction(tmp_path, capsys):
+    spec = tmp_path / "qa.json"
+    spec.write_text(dx.Program("dspy.Predict", signature="question -> answer", name="qa-terminal").to_json())
+    data = _write_arithmetic(tmp_path / "problems.jsonl", 5, seed=8)
+    journal = tmp_path / "q.duckdb"
+    arguments = ["evaluate", str(spec), str(data), "--metric", "exact_match", "--journal", str(journal)]
+    assert main([*arguments, "--quiet"]) == 0
+    capsys.readouterr()
+    # Named by its name, as dx.load and the magics take it.
+    assert main(["journal", "trials", "qa-terminal", "--journal", str(journal)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[1]
+    assert header.split() == [
+        "trial_id", "status", "score", "latency", "input_tokens", "output_tokens", "question", "expected", "prediction",
+        "error",
+    ]  # fmt: skip
+    store = dx.open_journal(journal)
+    experiment = store.experiments().query("name == 'qa-terminal'")["id"].iloc[0]
+    assert lines[0] == f"Trials of {experiment}"
+    predictions = {row["trial_id"]: json.loads(row["prediction"]) for row in store.trial_rows(experiment)}
+    examples = {f"{example.id}/r0": example for example in dx.datasets.arithmetic(5, seed=8)}
+    starts = {column: header.index(column) for column in ("question", "expected", "prediction", "error")}
+    for line in lines[3:8]:
+        trial = line.split()[0]
+        question = line[starts["question"] : starts["expected"]].strip()
+        expected = line[starts["expected"] : starts["prediction"]].strip()
+        prediction = line[starts["prediction"] : starts["error"]].strip()
+        gold = examples[trial]
+        assert question.rstrip("…") and gold.question.startswith(question.rstrip("…"))
+        assert len(question) <= 48 and (question == gold.question or question.endswith("…"))
+        assert expected == gold.answer  # the gold answer, not id/topic/difficulty
+        assert prediction == predictions[trial]["answer"]
+
+
+def test_experiments_are_named_by_id_or_name_in_every_command(tmp_path, capsys):
+    spec = tmp_path / "qa.json"
+    spec.write_text(dx.Program("dspy.Predict", signature="question -> answer", name="qa").to_json())
+    data = _write_arithmetic(tmp_path / "problems.jsonl", 4, seed=9)
+    journal = str(tmp_path / "n.duckdb")
+    base = ["evaluate", str(spec), str(data), "--metric", "exact_match", "--journal", journal, "--quiet", "--json"]
+    assert main([*base, "--name", "baseline", "--trace"]) == 0
+    experiment = json.loads(capsys.readouterr().out.strip().splitlines()[-2])["experiment_id"]
+
+    assert main(["trace", "baseline", "--journal", journal]) == 0
+    assert f"Trials of {experiment}, failed first" in capsys.readouterr().out
+    trial = dx.open_journal(journal).trial_rows(experiment, columns=["trial_id"])[0]["trial_id"]
+    assert main(["trace", "baseline", trial, "--journal", journal]) == 0
+    assert "module" in capsys.readouterr().out
+    assert main(["export", "baseline", str(tmp_path / "pkg.zip"), "--journal", journal]) == 0
+    assert "Wrote" in capsys.readouterr().out
+    # --resume by name: the finished run is returned as it is, no trial twice.
+    assert main([*base, "--resume", "baseline"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["experiment_id"] == experiment
+    assert len(dx.open_journal(journal).trial_rows(experiment, columns=["trial_id"])) == 4
+
+    assert main([*base, "--name", "baseline"]) == 0  # a second experiment of that name
+    capsys.readouterr()
+    assert main(["journal", "trials", "baseline", "--journal", journal]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("dspex: error: 2 experiments are named 'baseline'") and "name one by its id" in error
+    assert main(["journal", "trials", "basline", "--journal", journal]) == 2
+    assert "close names: 'baseline'" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from dspex_lab._lazy import lazy_exports
 if TYPE_CHECKING:
     from dspex_lab.notebook._dashboard import Dashboard, DashboardServer, serve_dashboard
     from dspex_lab.notebook._magics import register_magics
+    from dspex_lab.notebook._trace_data import ExampleFields
     from dspex_lab.notebook._trace_viewer import TraceViewer
     from dspex_lab.notebook._widgets_browser import ExperimentBrowser
     from dspex_lab.notebook._widgets_controls import VariableControls
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Dashboard",
     "DashboardServer",
+    "ExampleFields",
     "ExperimentBrowser",
     "LiveConvergenceWidget",
     "RunProgress",
@@ -41,6 +43,7 @@ __getattr__, __dir__ = lazy_exports(
         "DashboardServer": "dspex_lab.notebook._dashboard",
         "serve_dashboard": "dspex_lab.notebook._dashboard",
         "register_magics": "dspex_lab.notebook._magics",
+        "ExampleFields": "dspex_lab.notebook._trace_data",
         "TraceViewer": "dspex_lab.notebook._trace_viewer",
         "ExperimentBrowser": "dspex_lab.notebook._widgets_browser",
         "VariableControls": "dspex_lab.notebook._widgets_controls",
