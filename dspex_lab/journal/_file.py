@@ -151,6 +151,7 @@ _SERVED_CALLS = (
     "children", "parent", "ended_summaries", "experiment", "trial_rows", "trial_counts", "leaderboard",
     "score_intervals", "trial_page", "paired_scores", "span_rows", "span_counts", "dataset_examples",
     "hypothesis_rows", "candidate_rows", "step_rows", "children_trial_rows", "finished_keys",
+    "child_timeline",
 )  # fmt: skip
 
 

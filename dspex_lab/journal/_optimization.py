@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from dspex_lab.journal._base import _TOUCH_EXPERIMENT, DuckDBStore, _json, _now
+from dspex_lab.journal._base import _TOUCH_EXPERIMENT, DuckDBStore, _is_dead, _json, _now
 
 __all__ = ["OptimizationQueries"]
 
@@ -99,6 +99,24 @@ class OptimizationQueries(DuckDBStore):
             [parent_id],
         )
 
+    def child_timeline(self, parent_id: str) -> list[dict[str, Any]]:
+        """Return when each experiment nested in ``parent_id`` ran, and how it ended, oldest first (then by id).
+
+        Each dict has ``experiment_id``, ``name``, ``role``, ``status`` (a running one whose process is
+        gone reads ``interrupted``), ``candidate`` and ``phase`` (from its config; None when absent),
+        ``n_trials``, ``n_errors``, ``mean_score`` (None without a scored trial), ``started_at`` (its
+        creation), ``finished_at`` (None while running or when its process died) and ``last_seen_at``
+        (its last write or heartbeat: where a bar of an unfinished one ends). Times are UTC, naive.
+        """
+        if not self._exists():
+            return []
+        rows = self._rows(_CHILD_TIMELINE_SQL, [parent_id])
+        for row in rows:
+            host, pid, heartbeat = row.pop("host"), row.pop("pid"), row.pop("heartbeat_at")
+            if row["status"] == "running" and _is_dead(host, pid, heartbeat):
+                row["status"] = "interrupted"
+        return rows
+
     def candidate_rows(self, run_id: str) -> list[dict[str, Any]]:
         """Return an optimization run's candidates in the order they were made (JSON columns decoded)."""
         rows = self._rows(
@@ -118,3 +136,15 @@ class OptimizationQueries(DuckDBStore):
                 if isinstance(row.get(column), str):
                     row[column] = json.loads(row[column])
         return rows
+
+
+_CHILD_TIMELINE_SQL = """
+SELECT e.id AS experiment_id, e.name, e.role, e.status,
+       json_extract_string(e.config, '$.candidate') AS candidate, json_extract_string(e.config, '$.phase') AS phase,
+       coalesce(t.n_trials, 0) AS n_trials, coalesce(t.n_errors, 0) AS n_errors,
+       t.score_sum / nullif(t.n_scored, 0) AS mean_score,
+       e.created_at AS started_at, e.finished_at, greatest(e.updated_at, coalesce(e.heartbeat_at, e.updated_at)) AS
+       last_seen_at, e.heartbeat_at, e.host, e.pid
+FROM experiments e LEFT JOIN experiment_stats t ON t.experiment_id = e.id
+WHERE e.parent_id = ?
+ORDER BY e.created_at, e.id"""

@@ -384,6 +384,16 @@ class JournalReader(Protocol):
         """Return the trials of every experiment nested in ``parent_id``, by experiment id, then example order."""
         ...
 
+    def child_timeline(self, parent_id: str) -> list[dict[str, Any]]:
+        """Return when each experiment nested in ``parent_id`` ran and how it ended, oldest first (then by id).
+
+        One dict per child: ``experiment_id``, ``name``, ``role``, ``status`` (``interrupted`` for a running
+        one whose process is gone), ``candidate`` and ``phase`` (from its config, or None), ``n_trials``,
+        ``n_errors``, ``mean_score``, ``started_at``, ``finished_at`` (None if it never finished) and
+        ``last_seen_at`` (its last write or heartbeat), UTC and naive. The dashboard's timeline draws these.
+        """
+        ...
+
     def leaderboard(
         self,
         *,

@@ -567,6 +567,30 @@ def test_children_trial_rows_are_by_experiment_then_example(nested):
     assert store.children_trial_rows("top") == []
 
 
+def test_child_timeline_says_when_each_child_ran_and_how_it_ended(nested):
+    store, run, children = nested
+    store.create_experiment(
+        ExperimentRecord(
+            kind="evaluation", name="run c1 val", id="z0", parent_id=run, role="candidate-validation",
+            config={"candidate": "c1", "phase": "val"},
+        )
+    )  # fmt: skip
+    rows = store.child_timeline(run)
+    assert [row["experiment_id"] for row in rows] == [*children, "z0"]  # oldest first, as children()
+    summaries = {summary.id: summary for summary in store.children(run)}
+    for row in rows:
+        summary = summaries[row["experiment_id"]]
+        assert (row["role"], row["status"], row["n_trials"], row["n_errors"]) == (
+            summary.role, summary.status, summary.n_trials, summary.n_errors,
+        )  # fmt: skip
+        assert (row["started_at"], row["finished_at"]) == (summary.created_at, summary.finished_at)
+        assert row["last_seen_at"] >= row["started_at"]
+    assert (rows[0]["mean_score"], rows[0]["candidate"]) == (0.5, None)
+    assert rows[0]["finished_at"] is not None and rows[1]["finished_at"] is None
+    assert (rows[-1]["candidate"], rows[-1]["phase"]) == ("c1", "val")
+    assert store.child_timeline("top") == []
+
+
 # -- the views every reader shares ----------------------------------------------------------------------
 
 
@@ -757,6 +781,7 @@ def test_every_method_answers_the_same_through_another_process(nested, backend):
         ("candidate_rows", [run], {}),
         ("step_rows", [run], {}),
         ("children_trial_rows", [run], {}),
+        ("child_timeline", [run], {}),
     ]
     local = []
     for method, arguments, options in reads:
