@@ -37,6 +37,13 @@ from dspex_lab.notebook._dashboard_data import (
     trial_table,
     why_frame,
 )
+from dspex_lab.notebook._dashboard_optimization import (
+    history_data,
+    history_plot,
+    timeline_frame,
+    timeline_note,
+    timeline_plot,
+)
 from dspex_lab.notebook._trace_data import ExampleFields, SpanSearch, detail_html, span_detail
 
 if TYPE_CHECKING:
@@ -222,8 +229,12 @@ class Dashboard:
         self.search_results.param.watch(lambda _event: self._open_match(), "selection")
 
     def _optimization_widgets(self, pn: Any) -> None:
-        """Make the optimization page's run menu, headline and plot."""
+        """Make the optimization page's run menu, headline, history, timeline, convergence plot and why table."""
         self.run_select = pn.widgets.Select(label="Optimization run", options={})
+        self.history_plot = pn.pane.HoloViews(None)
+        self.timeline_plot = pn.pane.HoloViews(None)
+        self.timeline_note = pn.pane.HTML("", sizing_mode="stretch_width")
+        self.timeline = pd.DataFrame()
         self.run_plot = pn.pane.HoloViews(None)
         self.run_message = pn.pane.Markdown("")
         self.why_table = pn.widgets.Tabulator(
@@ -278,6 +289,10 @@ class Dashboard:
         return pn.Column(
             self.run_select,
             self.run_message,
+            self.history_plot,
+            self.timeline_note,
+            self.timeline_plot,
+            pn.pane.Markdown("#### Convergence: the incumbent, screening vs validation, lineage and variables"),
             self.run_plot,
             pn.pane.Markdown("#### Why: each candidate, what was decided and on what evidence"),
             self.why_table,
@@ -562,17 +577,32 @@ class Dashboard:
             self.show_trace(str(self.trials.iloc[selection[0]]["trial_id"]))
 
     def refresh_run(self) -> None:
-        """Draw the selected optimization run's convergence and lineage."""
+        """Draw the selected optimization run's history, timeline, convergence and lineage, and its why table."""
         run_id = self.run_select.value
         if not run_id:
-            self.run_plot.object = None
-            self.run_message.object = ""
+            self.timeline = pd.DataFrame()
+            self.run_plot.object = self.history_plot.object = self.timeline_plot.object = None
+            self.run_message.object = self.timeline_note.object = ""
             self.why_table.value = pd.DataFrame()
             return
         from dspex_lab.optimization import OptimizationResult
 
         try:
             result = OptimizationResult.from_journal(self.journal, run_id)
+        except DspexLabError as error:
+            # A run without a finished baseline has no result yet, but its evaluations have times.
+            result = None
+            self.why_table.value = pd.DataFrame()
+            self.run_plot.object = self.history_plot.object = None
+            self.run_message.object = f"**Cannot draw run {run_id}:** {error}"
+        # With the candidates known, each bar is coloured by what became of its candidate.
+        self.timeline = timeline_frame(self.journal, run_id, result.candidates if result is not None else None)
+        self.timeline_plot.object = timeline_plot(self.timeline)
+        self.timeline_note.object = timeline_note(self.timeline)
+        if result is None:
+            return
+        try:
+            self.history_plot.object = history_plot(history_data(result.steps, result.candidates))
             self.run_plot.object = result.plot()
             # The run's claim is its held-out test's headline; the plot's validation means are selection data.
             self.run_message.object = (
@@ -581,7 +611,7 @@ class Dashboard:
             self.why_table.value = why_frame(result).round(4)
         except DspexLabError as error:
             self.why_table.value = pd.DataFrame()
-            self.run_plot.object = None
+            self.run_plot.object = self.history_plot.object = None
             self.run_message.object = f"**Cannot draw run {run_id}:** {error}"
 
     def stop(self) -> None:

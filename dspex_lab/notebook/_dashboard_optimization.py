@@ -1,0 +1,355 @@
+"""The dashboard optimization page's history and timeline: the frames each figure draws, then the drawing.
+
+Two layers, as the convergence plots (:mod:`dspex_lab.optimization`): :func:`history_data` and
+:func:`timeline_frame` build plain frames from the run's steps and candidates and from the journal's
+:meth:`~dspex_lab.journal.JournalReader.child_timeline` (testable without a plotting library);
+:func:`history_plot` and :func:`timeline_plot` draw them with holoviews' bokeh backend.
+
+The history is every candidate's score per step (its mini-batch screening and its validation mean, told
+apart), the incumbent's best-so-far validation mean with its interval, and the baseline as a reference
+line; hovering a point names the candidate and its variables' values. The timeline is the run's nested
+evaluations (baseline, screening, validation, confirmation...) as bars over wall-clock time, coloured by
+what became of them, so a researcher sees where the time went. Both draw on a transparent ground with
+grey text (readable on a light and a dark page) and fetch nothing from outside: the served dashboard
+gives bokeh's JavaScript from its own server.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from dspex_lab.journal import JournalReader
+
+__all__ = [
+    "HISTORY_COLUMNS",
+    "TIMELINE_COLUMNS",
+    "TIMELINE_OUTCOMES",
+    "OptimizationHistory",
+    "history_data",
+    "history_plot",
+    "timeline_frame",
+    "timeline_note",
+    "timeline_plot",
+    "variables_text",
+]
+
+# One row per score a candidate got: its screening (mini-batch) mean and its validation mean.
+HISTORY_COLUMNS = (
+    "candidate_id", "step", "x", "kind", "score", "ci_low", "ci_high", "outcome", "strategy", "variables",
+)  # fmt: skip
+# One row per evaluation nested in the run, oldest first.
+TIMELINE_COLUMNS = (
+    "experiment_id", "row", "label", "role", "candidate", "outcome", "status", "start", "end", "seconds",
+    "duration", "n_trials", "n_errors", "mean",
+)  # fmt: skip
+# What a timeline bar's colour says, in legend order, with the colour (readable on light and dark grounds).
+TIMELINE_OUTCOMES = {
+    "baseline": "#4a90d9",
+    "accepted": "#2ca02c",
+    "rejected": "#e07b39",
+    "screened only": "#9aa5b1",
+    "confirmation": "#9467bd",
+    "other": "#17becf",
+    "running": "#d4b106",
+    "interrupted": "#b9770e",
+    "failed": "#c0392b",
+}
+# A candidate's screening and validation points are drawn this far either side of its step's tick.
+_SCREEN_OFFSET = 0.15
+_VARIABLE_CHARACTERS = 40
+_VARIABLES_CHARACTERS = 400
+# The timeline names each bar on the axis up to this many bars; past it only the hover names them.
+_LABELLED_BARS = 60
+_BAR_HEIGHT = 14
+_FRAME_WIDTH = 600
+_FRAME_HEIGHT = 260
+# Text, axes and grid lines: the convergence plots' grey, which reads on light and dark grounds alike.
+_NEUTRAL = "#8b949e"
+
+
+@dataclass(frozen=True)
+class OptimizationHistory:
+    """What the history figure draws, built by :func:`history_data`.
+
+    Attributes:
+        points: one row per score a candidate got (:data:`HISTORY_COLUMNS`): ``kind`` is ``screening``
+            (its mini-batch mean) or ``validation`` (its validation mean, with its interval), ``x`` its
+            step moved a little left (screening) or right (validation), ``outcome`` what became of it
+            (as the convergence plots say) and ``variables`` its variables' values as one line.
+        best: the incumbent per step: ``step``, ``best_mean``, ``best_ci_low``, ``best_ci_high``,
+            ``incumbent_id``, ``lm_calls``.
+        baseline: the baseline's validation mean (step 0's best), NaN before it is known.
+    """
+
+    points: pd.DataFrame
+    best: pd.DataFrame
+    baseline: float
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        text = f"{value:.3g}"
+    elif isinstance(value, list | tuple):
+        text = f"{len(value)} item{'' if len(value) == 1 else 's'}"
+    elif isinstance(value, str):
+        text = " ".join(value.split())
+    else:
+        text = json.dumps(value, default=str)
+    return text if len(text) <= _VARIABLE_CHARACTERS else text[: _VARIABLE_CHARACTERS - 1] + "…"
+
+
+def variables_text(values: Any) -> str:
+    """Return a candidate's variables as one line, ``name=value; ...`` (long texts and lists shortened)."""
+    if isinstance(values, str):
+        try:
+            values = json.loads(values)
+        except json.JSONDecodeError:
+            return values[:_VARIABLES_CHARACTERS]
+    if not isinstance(values, Mapping):
+        return ""
+    text = "; ".join(f"{name}={_shown(value)}" for name, value in values.items())
+    return text if len(text) <= _VARIABLES_CHARACTERS else text[: _VARIABLES_CHARACTERS - 1] + "…"
+
+
+def history_data(steps: pd.DataFrame, candidates: pd.DataFrame) -> OptimizationHistory:
+    """Build the history figure's frames from a run's steps and candidates (``OptimizationResult``'s).
+
+    Raises:
+        OptimizerError: a frame lacks a column or is inconsistent (see
+            :func:`~dspex_lab.optimization.convergence_data`).
+    """
+    from dspex_lab.optimization import convergence_data
+
+    data = convergence_data(steps, candidates)
+    placed = data.candidates
+    variables = {
+        str(candidate_id): variables_text(values)
+        for candidate_id, values in zip(candidates.get("candidate_id", []), candidates.get("values", []), strict=True)
+    }
+    rows = []
+    for row in placed.to_dict("records"):
+        for kind, column, offset in (
+            ("screening", "screen_mean", -_SCREEN_OFFSET),
+            ("validation", "val_mean", _SCREEN_OFFSET),
+        ):
+            if math.isnan(row[column]):
+                continue
+            validation = kind == "validation"
+            rows.append(
+                {
+                    "candidate_id": row["candidate_id"],
+                    "step": int(row["step"]),
+                    "x": row["step"] + offset,
+                    "kind": kind,
+                    "score": float(row[column]),
+                    "ci_low": float(row["val_ci_low"]) if validation else math.nan,
+                    "ci_high": float(row["val_ci_high"]) if validation else math.nan,
+                    "outcome": row["outcome"],
+                    "strategy": row["strategy"],
+                    "variables": variables.get(row["candidate_id"], ""),
+                }
+            )
+    points = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS)).astype({"x": float, "score": float})
+    first = data.best[data.best["step"] == 0]["best_mean"]
+    baseline = float(first.iloc[0]) if len(first) else math.nan
+    return OptimizationHistory(points=points, best=data.best, baseline=baseline)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _bar_outcome(row: Mapping[str, Any], outcomes: Mapping[str, str]) -> str:
+    """Say what a bar's colour is: how it ended if not well, else its role, else its candidate's fate."""
+    status = row["status"]
+    if status in ("failed", "running"):
+        return str(status)
+    if status in ("interrupted", "cancelled"):
+        return "interrupted"
+    if row["role"] in ("baseline", "confirmation"):
+        return str(row["role"])
+    outcome = outcomes.get(str(row["candidate"]))
+    return outcome if outcome in ("baseline", "accepted", "rejected", "screened only") else "other"
+
+
+def timeline_frame(
+    journal: JournalReader, run_id: str, candidates: pd.DataFrame | None = None, *, now: Any = None
+) -> pd.DataFrame:
+    """Return the timeline's bars: one row per evaluation nested in ``run_id``, oldest first.
+
+    Each bar runs from the evaluation's start to its end (``finished_at``; for one that never finished,
+    its last write or heartbeat, or ``now`` while it runs). ``outcome`` (a key of :data:`TIMELINE_OUTCOMES`)
+    is ``failed``, ``interrupted`` or ``running`` for one that did not finish well, ``baseline`` or
+    ``confirmation`` for those roles, else what became of its candidate in ``candidates`` (the run's
+    candidates frame): ``baseline`` (the incumbent's own screening), ``accepted``, ``rejected`` or
+    ``screened only``; ``other`` without one (an exploration, a DSPy compile).
+    """
+    from dspex_lab.optimization import convergence_data
+
+    outcomes: dict[str, str] = {}
+    if candidates is not None and len(candidates):
+        placed = convergence_data(pd.DataFrame(), candidates).candidates
+        outcomes = dict(zip(placed["candidate_id"], placed["outcome"], strict=True))
+    moment = pd.Timestamp(now) if now is not None else pd.Timestamp.now(tz="UTC").tz_localize(None)
+    rows = []
+    for position, child in enumerate(journal.child_timeline(run_id)):
+        start = pd.Timestamp(child["started_at"])
+        ended = child["finished_at"] or (moment if child["status"] == "running" else child["last_seen_at"])
+        end = max(pd.Timestamp(ended), start)
+        seconds = (end - start).total_seconds()
+        candidate = child["candidate"] or ""
+        mean = child["mean_score"]
+        rows.append(
+            {
+                "experiment_id": child["experiment_id"],
+                "row": position,
+                "label": f"{candidate} {child['role'] or ''}".strip() or child["experiment_id"],
+                "role": child["role"] or "",
+                "candidate": candidate,
+                "outcome": _bar_outcome(child, outcomes),
+                "status": child["status"],
+                "start": start,
+                "end": end,
+                "seconds": seconds,
+                "duration": _duration(seconds),
+                "n_trials": int(child["n_trials"]),
+                "n_errors": int(child["n_errors"]),
+                "mean": math.nan if mean is None else float(mean),
+            }
+        )
+    frame = pd.DataFrame(rows, columns=list(TIMELINE_COLUMNS))
+    return frame.astype({"start": "datetime64[ns]", "end": "datetime64[ns]", "seconds": float, "mean": float})
+
+
+def timeline_note(frame: pd.DataFrame) -> str:
+    """Say where a run's time went, as HTML: its evaluations' span of wall-clock time and each role's time.
+
+    The element carries ``data-bars`` (how many bars the timeline draws), so a test can read it.
+    """
+    if frame.empty:
+        return '<div class="dspex-timeline-note" data-bars="0">No evaluation nested in this run yet.</div>'
+    wall = (frame["end"].max() - frame["start"].min()).total_seconds()
+    # Evaluations may overlap, so each role's share is of the evaluations' summed time, not of the wall clock.
+    by_role = frame.groupby("role", sort=False)["seconds"].sum().sort_values(ascending=False)
+    busy = float(by_role.sum())
+    shares = ", ".join(
+        f"{role or 'other'} {_duration(seconds)}" + (f" ({seconds / busy:.0%})" if busy > 0 else "")
+        for role, seconds in by_role.items()
+    )
+    count = len(frame)
+    first = frame["start"].min().strftime("%Y-%m-%d %H:%M:%S")
+    return (
+        f'<div class="dspex-timeline-note" data-bars="{count}">{count} evaluation{"" if count == 1 else "s"} '
+        f"from {first} UTC over {_duration(wall)} of wall-clock time · evaluation time by role: {shares}</div>"
+    )
+
+
+# -- drawing ----------------------------------------------------------------------------------------------
+
+
+def _holoviews() -> Any:
+    from dspex_lab.notebook._dashboard import _holoviews as loaded
+
+    return loaded()
+
+
+def _follow_theme(plot: Any, element: Any) -> None:
+    """Draw on a transparent ground with mid-grey text, readable on a light and a dark page alike."""
+    figure = plot.state
+    figure.background_fill_alpha = 0.0
+    figure.border_fill_alpha = 0.0
+    figure.outline_line_color = _NEUTRAL
+    figure.title.text_color = _NEUTRAL
+    for axis in [*figure.xaxis, *figure.yaxis]:
+        axis.axis_label_text_color = axis.major_label_text_color = _NEUTRAL
+        axis.axis_line_color = axis.major_tick_line_color = axis.minor_tick_line_color = _NEUTRAL
+    for grid in [*figure.xgrid, *figure.ygrid]:
+        grid.grid_line_color = _NEUTRAL
+        grid.grid_line_alpha = 0.25
+    for legend in figure.legend:
+        legend.background_fill_alpha = 0.0
+        legend.border_line_alpha = 0.0
+        legend.label_text_color = _NEUTRAL
+        legend.inactive_fill_alpha = 0.0
+
+
+def history_plot(history: OptimizationHistory) -> Any:
+    """Draw the history: each candidate's screening and validation scores per step, the best so far, the baseline."""
+    from bokeh.models import BasicTicker
+
+    hv = _holoviews()
+    best = history.best
+    hover = ["candidate_id", "step", "outcome", "strategy", "variables"]
+    points = history.points
+    layers = [
+        hv.Area(best, "step", ["best_ci_low", "best_ci_high"], label="best so far: interval").opts(alpha=0.2),
+        hv.Curve(best, "step", ["best_mean", "incumbent_id"], label="best so far (validation mean)").opts(
+            line_width=2, tools=["hover"]
+        ),
+        hv.Scatter(
+            points[points["kind"] == "screening"], "x", ["score", *hover], label="screening (mini-batch mean)"
+        ).opts(marker="triangle", size=9, alpha=0.7, tools=["hover"]),
+        hv.Scatter(
+            points[points["kind"] == "validation"], "x", ["score", *hover, "ci_low", "ci_high"],
+            label="validation (mean)",
+        ).opts(marker="circle", size=10, tools=["hover"]),
+    ]  # fmt: skip
+    if not math.isnan(history.baseline):
+        layers.append(hv.HLine(history.baseline, label="baseline").opts(color=_NEUTRAL, line_dash="dashed"))
+    last_step = int(max([0, *best["step"], *points["step"]]))
+    layers = [layer.opts(xlim=(-0.5, last_step + 0.5)) for layer in layers]
+    return hv.Overlay(layers).opts(
+        title="History: every candidate's score per step",
+        xlabel="step",
+        ylabel="mean score",
+        frame_width=_FRAME_WIDTH,
+        frame_height=_FRAME_HEIGHT,
+        legend_position="right",
+        legend_opts={"click_policy": "hide"},
+        show_grid=True,
+        xticks=BasicTicker(min_interval=1, num_minor_ticks=0),  # whole steps only
+        hooks=[_follow_theme],
+    )
+
+
+def timeline_plot(frame: pd.DataFrame) -> Any:
+    """Draw the timeline: one bar per nested evaluation over wall-clock time, coloured by its outcome."""
+    hv = _holoviews()
+    bars = frame.assign(low=frame["row"] - 0.38, high=frame["row"] + 0.38)
+    hover = ["label", "outcome", "status", "candidate", "n_trials", "n_errors", "mean", "duration", "experiment_id"]
+    layers = [
+        hv.Rectangles(bars[bars["outcome"] == outcome], ["start", "low", "end", "high"], hover, label=outcome).opts(
+            color=colour, line_color=colour, line_width=1, tools=["hover"]
+        )
+        for outcome, colour in TIMELINE_OUTCOMES.items()
+        if (bars["outcome"] == outcome).any()
+    ]
+    count = len(frame)
+    ticks = list(zip(frame["row"], frame["label"], strict=True)) if count <= _LABELLED_BARS else []
+    return hv.Overlay(layers or [hv.Rectangles([], ["start", "low", "end", "high"])]).opts(
+        title="Timeline: each evaluation of the run over wall-clock time",
+        xlabel="time (UTC)",
+        ylabel="",
+        yticks=ticks or [(0, "")],
+        ylim=(-0.5, max(count, 1) - 0.5),
+        invert_yaxis=True,
+        frame_width=_FRAME_WIDTH,
+        frame_height=max(_FRAME_HEIGHT // 2, min(_BAR_HEIGHT * count, 4 * _FRAME_HEIGHT)),
+        legend_position="right",
+        legend_opts={"click_policy": "hide"},
+        show_grid=True,
+        hooks=[_follow_theme],
+    )
