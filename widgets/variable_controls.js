@@ -1,6 +1,23 @@
 // VariableControls' front end: one control per variable, each unable to leave its variable's domain
-// (sliders between the bounds, dropdowns of the choices, text areas with the length limit), and the
+// (sliders between the bounds, dropdowns of the choices, text boxes with the length limit), and the
 // preview the Python side (dspex_lab.notebook.VariableControls) computes. Python checks every value again.
+//
+// Keys: JupyterLab takes keys pressed in a notebook's output for its own commands (the arrows move between
+// cells; Enter in a text area has its new line cancelled). Its key handler listens on the document as the
+// event bubbles, so each control handles the keys it answers to itself and stops them there; every other
+// key (Shift+Enter, Ctrl+S) still reaches JupyterLab.
+
+// Keys a focused slider answers to: how many steps each moves (Home and End go to the bounds).
+const SLIDER_KEYS = {
+  ArrowLeft: -1,
+  ArrowDown: -1,
+  ArrowRight: 1,
+  ArrowUp: 1,
+  PageDown: -10,
+  PageUp: 10,
+  Home: -Infinity,
+  End: Infinity,
+};
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -12,6 +29,23 @@ function el(tag, className, text) {
 function shownNumber(value, integer) {
   if (value === null || value === undefined) return "";
   return integer ? String(value) : String(Number(Number(value).toPrecision(6)));
+}
+
+// The value `steps` steps of the slider away from `current`, within the bounds. Marks are counted from the
+// low bound, as a range input counts them; a value between two marks moves to the next mark that way.
+function steppedValue(spec, current, steps) {
+  if (steps === -Infinity) return spec.low;
+  if (steps === Infinity) return spec.high;
+  const step = Number(spec.step);
+  const marks = (Number(current) - spec.low) / step;
+  const mark = steps > 0 ? Math.floor(marks + 1e-9) + steps : Math.ceil(marks - 1e-9) + steps;
+  const next = Math.min(spec.high, Math.max(spec.low, spec.low + mark * step));
+  // Twelve significant digits, so 0.1 + 0.2 reaches Python as 0.3 (Float.sample rounds the same way).
+  return spec.integer ? Math.round(next) : Number(next.toPrecision(12));
+}
+
+function commandKey(event) {
+  return event.ctrlKey || event.metaKey || event.altKey;
 }
 
 function render({ model, el: root }) {
@@ -34,18 +68,35 @@ function render({ model, el: root }) {
     const value = el("span", "dspex-control-value");
     const input = el("input");
     input.name = spec.name;
+    input.setAttribute("aria-label", spec.name);
+    const show = (current) => {
+      value.textContent = shownNumber(current, spec.integer);
+      if (spec.control !== "slider") return;
+      input.setAttribute("aria-valuenow", String(current));
+      input.setAttribute("aria-valuetext", value.textContent);
+    };
     if (spec.control === "slider") {
       input.type = "range";
       input.min = spec.low;
       input.max = spec.high;
       input.step = spec.step ?? "any";
-      input.addEventListener("input", () => (value.textContent = shownNumber(input.value, spec.integer)));
+      input.setAttribute("role", "slider");
+      input.setAttribute("aria-valuemin", String(spec.low));
+      input.setAttribute("aria-valuemax", String(spec.high));
+      input.addEventListener("input", () => show(input.value));
+      input.addEventListener("keydown", (event) => moveSlider(spec, input, show, event));
       box.append(input, value);
     } else {
       input.type = "number";
       if (spec.low !== null && spec.low !== undefined) input.min = spec.low;
       if (spec.high !== null && spec.high !== undefined) input.max = spec.high;
       input.step = spec.integer ? "1" : "any";
+      input.addEventListener("keydown", (event) => {
+        if (event.key !== "Escape" || commandKey(event)) return;
+        event.preventDefault();
+        event.stopPropagation();
+        updaters.get(spec.name)(model.get("values")[spec.name]);
+      });
       box.append(input);
     }
     input.addEventListener("change", () => {
@@ -62,13 +113,26 @@ function render({ model, el: root }) {
     });
     return (current) => {
       input.value = current;
-      value.textContent = shownNumber(current, spec.integer);
+      show(current);
     };
+  }
+
+  // A slider's keys move it as a drag does: the new value is shown and sent at once.
+  function moveSlider(spec, input, show, event) {
+    if (!(event.key in SLIDER_KEYS) || commandKey(event)) return;
+    event.preventDefault(); // the browser's own move would count Page Up/Down differently
+    event.stopPropagation(); // and JupyterLab would move to another cell
+    const next = steppedValue(spec, model.get("values")[spec.name], SLIDER_KEYS[event.key]);
+    if (next === model.get("values")[spec.name]) return;
+    input.value = next;
+    show(next);
+    setValue(spec.name, next);
   }
 
   function dropdownControl(spec, box) {
     const select = el("select");
     select.name = spec.name;
+    select.setAttribute("aria-label", spec.name);
     spec.choices.forEach((choice, index) => {
       const item = el("option", "", typeof choice === "string" ? choice : JSON.stringify(choice));
       item.value = String(index);
@@ -86,19 +150,54 @@ function render({ model, el: root }) {
     const input = el("input");
     input.type = "checkbox";
     input.name = spec.name;
+    input.setAttribute("aria-label", spec.name);
     input.addEventListener("change", () => setValue(spec.name, input.checked));
     box.append(input);
     return (current) => (input.checked = Boolean(current));
   }
 
+  // A text box sends its value on Enter (Ctrl/Cmd+Enter in a text area, where Enter starts a line), when it
+  // is left, and after `typing_pause` seconds without a keystroke; Escape puts back the value last sent.
   function textControl(spec, box) {
-    const area = el("textarea");
-    area.name = spec.name;
-    if (spec.max_length) area.maxLength = spec.max_length;
-    area.addEventListener("change", () => setValue(spec.name, area.value));
-    box.append(area);
+    const field = el(spec.multiline ? "textarea" : "input");
+    if (!spec.multiline) field.type = "text";
+    field.name = spec.name;
+    field.setAttribute("aria-label", spec.name);
+    if (spec.max_length) field.maxLength = spec.max_length;
+    let pause = null;
+    const sent = () => model.get("values")[spec.name];
+    const send = () => {
+      clearTimeout(pause);
+      pause = null;
+      if (field.value !== sent()) setValue(spec.name, field.value);
+    };
+    field.addEventListener("input", () => {
+      clearTimeout(pause);
+      const seconds = model.get("typing_pause");
+      pause = seconds === null || seconds === undefined ? null : setTimeout(send, seconds * 1000);
+    });
+    field.addEventListener("change", send);
+    field.addEventListener("keydown", (event) => {
+      if (event.isComposing) return; // Enter that ends an input method's composition is not a send
+      const command = event.ctrlKey || event.metaKey;
+      const enter = event.key === "Enter" && !event.shiftKey && !event.altKey;
+      if (enter && spec.multiline && !command) {
+        // The browser starts a new line; JupyterLab, seeing Enter in a cell, would cancel it.
+        event.stopPropagation();
+        return;
+      }
+      if (enter) send();
+      else if (event.key === "Escape" && !commandKey(event)) {
+        clearTimeout(pause);
+        pause = null;
+        field.value = sent();
+      } else return;
+      event.preventDefault();
+      event.stopPropagation();
+    });
+    box.append(field);
     return (current) => {
-      if (document.activeElement !== area) area.value = current;
+      if (document.activeElement !== field) field.value = current;
     };
   }
 

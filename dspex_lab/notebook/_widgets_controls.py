@@ -28,6 +28,10 @@ _SLIDER_STEPS = 100
 # Output values longer than this are cut in the preview (a model can write pages).
 _PREVIEW_CHARACTERS = 4000
 
+# A Text limited to this many characters, whose value is one line, is a one-line box (Enter sends it);
+# a longer or unlimited one (instructions) is a text area, where Enter starts a new line.
+_ONE_LINE_CHARACTERS = 80
+
 
 def _control(name: str, variable: Variable) -> dict[str, Any]:
     """Describe the control that edits ``variable`` within its domain, for the front end."""
@@ -56,7 +60,12 @@ def _control(name: str, variable: Variable) -> dict[str, Any]:
     elif isinstance(variable, Bool):
         spec |= {"control": "checkbox"}
     elif isinstance(variable, Text):
-        spec |= {"control": "text", "max_length": variable.max_length}
+        one_line = variable.max_length is not None and variable.max_length <= _ONE_LINE_CHARACTERS
+        spec |= {
+            "control": "text",
+            "max_length": variable.max_length,
+            "multiline": not one_line or "\n" in variable.value,
+        }
     elif isinstance(variable, Demos):
         spec |= {"control": "fixed", "shown": f"{len(variable.value)} demos (set by an optimizer)"}
     else:
@@ -74,11 +83,15 @@ class VariableControls(anywidget.AnyWidget):
 
     A bounded ``Float`` or ``Int`` is a slider between its bounds (an unbounded one a number box that
     refuses values outside them), a ``Choice`` or ``ModuleType`` a dropdown of its choices, a ``Bool`` a
-    checkbox, a ``Text`` a text area limited to its ``max_length``; ``Demos`` are shown, not edited (an
-    optimizer sets them). :attr:`program` is the program with the current values. Given an ``example``,
-    every change runs the program on it (after ``preview_delay`` seconds without a further change) and
-    shows its output fields, and the ``metric``'s score if one is given. A combination that breaks one of
-    the program's constraints is shown as an error and not previewed.
+    checkbox, a ``Text`` a text box limited to its ``max_length`` (one line when that is short, a text area
+    otherwise); ``Demos`` are shown, not edited (an optimizer sets them). A focused slider moves by its step
+    with the arrow keys (by ten steps with Page Up/Down, to its bounds with Home/End). A text box sends its
+    value on Enter (Ctrl/Cmd+Enter in a text area), when the box is left, and after ``typing_pause`` seconds
+    without a keystroke; Escape puts back the value last sent. :attr:`program` is the program with the
+    current values. Given an ``example``, every change runs the program on it (after ``preview_delay``
+    seconds without a further change) and shows its output fields, and the ``metric``'s score if one is
+    given. A combination that breaks one of the program's constraints is shown as an error and not
+    previewed.
 
     Args:
         program: the program whose variables to edit.
@@ -88,9 +101,11 @@ class VariableControls(anywidget.AnyWidget):
             ``dx.Context``'s, the lab LM unless configured otherwise).
         metric: ``metric(example, prediction)``, shown for the preview.
         preview_delay: seconds of quiet after a change before the preview runs.
+        typing_pause: seconds without a keystroke after which a text box sends what was typed; ``None``
+            sends it only on Enter or when the box is left (for a preview too slow to follow typing).
 
     Raises:
-        ProgramSpecError: ``program`` is not a ``dx.Program``, the example's inputs cannot be told, or the
+        ProgramSpecError: ``program`` is not a ``dx.Program``, the example's inputs cannot be told, or a
             delay is negative.
     """
 
@@ -102,6 +117,7 @@ class VariableControls(anywidget.AnyWidget):
     values = traitlets.Dict().tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
     preview = traitlets.Dict().tag(sync=True)
+    typing_pause = traitlets.Float(None, allow_none=True).tag(sync=True)
 
     def __init__(
         self,
@@ -111,11 +127,13 @@ class VariableControls(anywidget.AnyWidget):
         lm: str | dspy.BaseLM | None = None,
         metric: Callable[[dspy.Example, Any], Any] | None = None,
         preview_delay: float = 0.5,
+        typing_pause: float | None = 0.4,
     ) -> None:
         if not isinstance(program, Program):
             raise ProgramSpecError(f"VariableControls takes a dx.Program, got {type(program).__name__}")
-        if isinstance(preview_delay, bool) or not isinstance(preview_delay, (int, float)) or preview_delay < 0:
-            raise ProgramSpecError(f"preview_delay must be a non-negative number of seconds, got {preview_delay!r}")
+        _check_seconds("preview_delay", preview_delay)
+        if typing_pause is not None:
+            _check_seconds("typing_pause", typing_pause)
         if metric is not None and not callable(metric):
             raise ProgramSpecError(f"metric must be callable as metric(example, prediction), got {metric!r}")
         self._base = program
@@ -135,6 +153,7 @@ class VariableControls(anywidget.AnyWidget):
             controls=[_control(name, variable) for name, variable in program.variables.items()],
             values={name: variable.value for name, variable in self._editable.items()},
             preview={"status": "idle" if example is not None else "none"},
+            typing_pause=None if typing_pause is None else float(typing_pause),
         )
 
     @property
@@ -232,6 +251,11 @@ class VariableControls(anywidget.AnyWidget):
             except Exception as error:
                 result["metric_error"] = f"{type(error).__name__}: {error}"
         return result
+
+
+def _check_seconds(name: str, seconds: Any) -> None:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
+        raise ProgramSpecError(f"{name} must be a non-negative number of seconds, got {seconds!r}")
 
 
 def _json(values: dict[str, Any]) -> dict[str, Any]:

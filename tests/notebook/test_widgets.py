@@ -593,6 +593,54 @@ def test_controls_match_each_variables_domain():
     assert controls.program is controls._base and controls.preview == {"status": "none"}
 
 
+def test_short_one_line_text_is_a_one_line_box_and_other_text_a_text_area():
+    def multiline(text: dx.Text) -> bool:
+        program = dx.Program("dspy.Predict", signature="question -> answer", variables={"instructions": text})
+        return dx.VariableControls(program).controls[0]["multiline"]
+
+    assert multiline(dx.Text("Answer with a number.", max_length=80)) is False  # Enter sends it
+    assert multiline(dx.Text("Q:\nA:", max_length=40)) is True  # a value of two lines keeps its line break
+    assert multiline(dx.Text("Answer with a number.", max_length=81)) is True  # long enough to span lines
+    assert multiline(dx.Text("Answer with a number.")) is True  # instructions with no limit
+
+
+def test_typing_pause_reaches_the_front_end_and_bad_delays_are_refused():
+    assert dx.VariableControls(PREDICT_WITH_TEMPERATURE).get_state()["typing_pause"] == 0.4
+    assert dx.VariableControls(PREDICT_WITH_TEMPERATURE, typing_pause=None).get_state()["typing_pause"] is None
+    assert dx.VariableControls(PREDICT_WITH_TEMPERATURE, typing_pause=2).typing_pause == 2.0
+    for option in ("typing_pause", "preview_delay"):
+        for wrong in (-0.1, math.inf, math.nan, True, "0.4"):
+            with pytest.raises(dx.errors.ProgramSpecError, match=f"{option} must be a non-negative number"):
+                dx.VariableControls(PREDICT_WITH_TEMPERATURE, **{option: wrong})
+    with pytest.raises(dx.errors.ProgramSpecError, match="preview_delay must be"):
+        dx.VariableControls(PREDICT_WITH_TEMPERATURE, preview_delay=None)
+
+
+def test_text_sent_while_typing_makes_the_program_and_one_preview_of_the_last_text():
+    example = dspy.Example(question="What is 2 + 3?", answer="5").with_inputs("question")
+    program = dx.Program(
+        "dspy.Predict",
+        signature="question -> answer",
+        name="typed",
+        variables={"instructions": dx.Text("Answer.", max_length=60)},
+    )
+    controls = dx.VariableControls(program, example=example, lm="lab/small", preview_delay=0.3)
+    runs: list[dict[str, Any]] = []
+    compute = controls._compute_preview
+    controls._compute_preview = lambda program: runs.append(dict(program.values)) or compute(program)
+    for typed in ("Rep", "Reply in", "Reply in digits."):  # what each pause in typing sends
+        front_end_update(controls, values={"instructions": typed})
+    assert controls.program.values["instructions"] == "Reply in digits."
+    deadline = time.monotonic() + 20
+    while controls.preview.get("status") != "ok" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runs == [{"instructions": "Reply in digits."}]
+    assert controls.preview["values"] == {"instructions": "Reply in digits."}
+    with pytest.raises(dx.errors.VariableError):
+        controls.values = {"instructions": "x" * 61}  # past max_length, as the box's own limit refuses
+    assert controls.values == {"instructions": "Reply in digits."}
+
+
 def test_front_end_changes_make_the_program_and_out_of_domain_values_never_do():
     base = controlled_program()
     controls = dx.VariableControls(base)

@@ -196,7 +196,7 @@ def test_widgets_render_and_answer_clicks_in_the_light_and_dark_themes(tmp_path:
             slider = controls.locator("input[name='temperature']")
             sync_api.expect(slider).to_be_visible(timeout=RENDER_TIMEOUT_MS)
             assert (slider.get_attribute("min"), slider.get_attribute("max")) == ("0", "1")
-            # A click halfway along the track moves the slider there (JupyterLab keeps arrow keys for itself).
+            # A click halfway along the track moves the slider there (its keys: test_controls_jupyterlab.py).
             box = slider.bounding_box()
             slider.click(position={"x": box["width"] / 2, "y": box["height"] / 2})
             value = controls.locator(".dspex-control[data-name='temperature'] .dspex-control-value")
