@@ -104,13 +104,16 @@ class OptimizationQueries(DuckDBStore):
 
         Each dict has ``experiment_id``, ``name``, ``role``, ``status`` (a running one whose process is
         gone reads ``interrupted``), ``candidate`` and ``phase`` (from its config; None when absent),
-        ``n_trials``, ``n_errors``, ``mean_score`` (None without a scored trial), ``started_at`` (its
-        creation), ``finished_at`` (None while running or when its process died) and ``last_seen_at``
-        (its last write or heartbeat: where a bar of an unfinished one ends). Times are UTC, naive.
+        ``n_planned``, ``n_trials``, ``n_errors``, ``mean_score`` (None without a scored trial),
+        ``first_trial_at`` and ``last_trial_at`` (when its first trial started and its last one finished:
+        when it really ran; None without a trial), ``started_at`` (its record's creation, which a run's
+        writer may make after the first trials ran), ``finished_at`` (None while running; a run ends its
+        children when it ends, so this is often the run's end) and ``last_seen_at`` (its last write or
+        heartbeat). Times are UTC, naive.
         """
         if not self._exists():
             return []
-        rows = self._rows(_CHILD_TIMELINE_SQL, [parent_id])
+        rows = self._rows(_CHILD_TIMELINE_SQL, [parent_id, parent_id])
         for row in rows:
             host, pid, heartbeat = row.pop("host"), row.pop("pid"), row.pop("heartbeat_at")
             if row["status"] == "running" and _is_dead(host, pid, heartbeat):
@@ -141,10 +144,14 @@ class OptimizationQueries(DuckDBStore):
 _CHILD_TIMELINE_SQL = """
 SELECT e.id AS experiment_id, e.name, e.role, e.status,
        json_extract_string(e.config, '$.candidate') AS candidate, json_extract_string(e.config, '$.phase') AS phase,
-       coalesce(t.n_trials, 0) AS n_trials, coalesce(t.n_errors, 0) AS n_errors,
-       t.score_sum / nullif(t.n_scored, 0) AS mean_score,
+       e.n_planned, coalesce(t.n_trials, 0) AS n_trials, coalesce(t.n_errors, 0) AS n_errors,
+       t.score_sum / nullif(t.n_scored, 0) AS mean_score, times.first_trial_at, times.last_trial_at,
        e.created_at AS started_at, e.finished_at, greatest(e.updated_at, coalesce(e.heartbeat_at, e.updated_at)) AS
        last_seen_at, e.heartbeat_at, e.host, e.pid
 FROM experiments e LEFT JOIN experiment_stats t ON t.experiment_id = e.id
+LEFT JOIN (
+    SELECT experiment_id, min(started_at) AS first_trial_at, max(finished_at) AS last_trial_at FROM trials
+    WHERE experiment_id IN (SELECT id FROM experiments WHERE parent_id = ?) GROUP BY experiment_id
+) times ON times.experiment_id = e.id
 WHERE e.parent_id = ?
 ORDER BY e.created_at, e.id"""

@@ -388,8 +388,10 @@ class JournalReader(Protocol):
         """Return when each experiment nested in ``parent_id`` ran and how it ended, oldest first (then by id).
 
         One dict per child: ``experiment_id``, ``name``, ``role``, ``status`` (``interrupted`` for a running
-        one whose process is gone), ``candidate`` and ``phase`` (from its config, or None), ``n_trials``,
-        ``n_errors``, ``mean_score``, ``started_at``, ``finished_at`` (None if it never finished) and
+        one whose process is gone), ``candidate`` and ``phase`` (from its config, or None), ``n_planned``,
+        ``n_trials``, ``n_errors``, ``mean_score``, ``first_trial_at`` and ``last_trial_at`` (its trials'
+        first start and last end, None without a trial), ``started_at`` (its record's creation),
+        ``finished_at`` (None if it never finished; a run ends its children when it ends) and
         ``last_seen_at`` (its last write or heartbeat), UTC and naive. The dashboard's timeline draws these.
         """
         ...

@@ -172,11 +172,18 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def _still_running(row: Mapping[str, Any]) -> bool:
+    # A run ends its children when it ends: a child reads "running" after its last trial until then, so one
+    # is still running only while its trials are fewer than it planned (or it has none yet).
+    planned = row["n_planned"]
+    return row["status"] == "running" and (not row["n_trials"] or (planned is not None and row["n_trials"] < planned))
+
+
 def _bar_outcome(row: Mapping[str, Any], outcomes: Mapping[str, str]) -> str:
     """Say what a bar's colour is: how it ended if not well, else its role, else its candidate's fate."""
     status = row["status"]
-    if status in ("failed", "running"):
-        return str(status)
+    if status == "failed" or _still_running(row):
+        return "running" if status == "running" else "failed"
     if status in ("interrupted", "cancelled"):
         return "interrupted"
     if row["role"] in ("baseline", "confirmation"):
@@ -190,9 +197,10 @@ def timeline_frame(
 ) -> pd.DataFrame:
     """Return the timeline's bars: one row per evaluation nested in ``run_id``, oldest first.
 
-    Each bar runs from the evaluation's start to its end (``finished_at``; for one that never finished,
-    its last write or heartbeat, or ``now`` while it runs). ``outcome`` (a key of :data:`TIMELINE_OUTCOMES`)
-    is ``failed``, ``interrupted`` or ``running`` for one that did not finish well, ``baseline`` or
+    Each bar runs from the evaluation's first trial's start to its last trial's end (the journal's
+    ``child_timeline``); one without a trial runs from its record's creation to its end or last write,
+    and one still running to ``now`` (UTC, naive). ``outcome`` (a key of :data:`TIMELINE_OUTCOMES`) is
+    ``failed``, ``interrupted`` or ``running`` for one that did not finish well, ``baseline`` or
     ``confirmation`` for those roles, else what became of its candidate in ``candidates`` (the run's
     candidates frame): ``baseline`` (the incumbent's own screening), ``accepted``, ``rejected`` or
     ``screened only``; ``other`` without one (an exploration, a DSPy compile).
@@ -206,9 +214,9 @@ def timeline_frame(
     moment = pd.Timestamp(now) if now is not None else pd.Timestamp.now(tz="UTC").tz_localize(None)
     rows = []
     for position, child in enumerate(journal.child_timeline(run_id)):
-        start = pd.Timestamp(child["started_at"])
-        ended = child["finished_at"] or (moment if child["status"] == "running" else child["last_seen_at"])
-        end = max(pd.Timestamp(ended), start)
+        start = pd.Timestamp(child["first_trial_at"] or child["started_at"])
+        ended = child["last_trial_at"] or child["finished_at"] or child["last_seen_at"]
+        end = max(pd.Timestamp(moment if _still_running(child) else ended), start)
         seconds = (end - start).total_seconds()
         candidate = child["candidate"] or ""
         mean = child["mean_score"]

@@ -144,7 +144,7 @@ def test_every_page_loads_shows_the_journal_and_follows_a_writer(served, tmp_pat
         page.screenshot(path=tmp_path / "trace.png", full_page=True)
 
         page.get_by_text("Optimization", exact=True).first.click()
-        page.locator("canvas").nth(3).wait_for(state="attached")  # four plots drawn (in Bokeh's shadow roots)
+        check_optimization_page(page, served)
         page.screenshot(path=tmp_path / "optimization.png", full_page=True)
 
         page.get_by_text("Experiments", exact=True).first.click()
@@ -192,3 +192,31 @@ def check_trace_page(page, journal_path: Path, tmp_path: Path) -> None:
     detail.get_by_text("adapter_parse · ChatAdapter.parse").wait_for()
     assert detail.locator("pre.dspex-completion").count() == 1
     page.screenshot(path=tmp_path / "search.png", full_page=True)
+
+
+# The bars the page's Bokeh document holds: the timeline's data sources are the ones with a "duration" column.
+TIMELINE_BARS = """() => {
+    let bars = 0;
+    for (const document of window.Bokeh.documents) {
+        for (const model of document.all_models) {
+            const data = model.data instanceof Map ? Object.fromEntries(model.data) : model.data;
+            if (data && typeof data === "object" && "duration" in data && "outcome" in data) {
+                bars += data.duration.length;
+            }
+        }
+    }
+    return bars;
+}"""
+
+
+def check_optimization_page(page, served: dict) -> None:
+    """The history, the timeline (one bar per nested evaluation) and the four convergence panels are drawn."""
+    children = dx.open_journal(served["path"]).children(served["run"].run_id)
+    note = page.locator(".dspex-timeline-note")
+    note.wait_for()
+    assert note.get_attribute("data-bars") == str(len(children))
+    assert f"{len(children)} evaluations from" in note.inner_text()
+    # History, timeline and the four convergence panels: six plots (canvases in Bokeh's shadow roots).
+    page.locator("canvas").nth(5).wait_for(state="attached")
+    page.wait_for_function(f"() => ({TIMELINE_BARS})() === {len(children)}")
+    assert page.evaluate(TIMELINE_BARS) == len(children)

@@ -93,11 +93,16 @@ def test_the_timeline_has_one_bar_per_nested_evaluation_from_its_start_to_its_en
     children = journal.children(result.run_id)
     assert list(frame.columns) == list(TIMELINE_COLUMNS)
     assert list(frame["experiment_id"]) == [child.id for child in children]
-    assert list(frame["start"]) == [pd.Timestamp(child.created_at) for child in children]
-    assert list(frame["end"]) == [pd.Timestamp(child.finished_at) for child in children]
+    # Each bar spans its evaluation's trials: from the first one's start to the last one's end.
+    trials = [journal.trial_rows(child.id) for child in children]
+    starts = [min(row["started_at"] for row in rows) for rows in trials]
+    ends = [max(row["finished_at"] for row in rows) for rows in trials]
+    assert list(frame["start"]) == [pd.Timestamp(start) for start in starts]
+    assert list(frame["end"]) == [pd.Timestamp(end) for end in ends]
     assert list(frame["seconds"]) == pytest.approx(
-        [(child.finished_at - child.created_at).total_seconds() for child in children]
+        [(end - start).total_seconds() for start, end in zip(starts, ends, strict=True)]
     )
+    assert (frame["end"] < pd.Timestamp(children[0].finished_at)).all()  # not the run's end, when it ends them
     assert list(frame["n_trials"]) == [child.n_trials for child in children]
     assert list(frame["role"]) == [child.role for child in children]
     assert frame.loc[frame["role"] == "baseline", "outcome"].tolist() == ["baseline"]

@@ -585,6 +585,11 @@ def test_child_timeline_says_when_each_child_ran_and_how_it_ended(nested):
         )  # fmt: skip
         assert (row["started_at"], row["finished_at"]) == (summary.created_at, summary.finished_at)
         assert row["last_seen_at"] >= row["started_at"]
+    trials = store.trial_rows(children[0])
+    assert (rows[0]["first_trial_at"], rows[0]["last_trial_at"]) == (
+        min(row["started_at"] for row in trials), max(row["finished_at"] for row in trials),
+    )  # fmt: skip
+    assert (rows[1]["first_trial_at"], rows[1]["last_trial_at"], rows[1]["n_planned"]) == (None, None, None)
     assert (rows[0]["mean_score"], rows[0]["candidate"]) == (0.5, None)
     assert rows[0]["finished_at"] is not None and rows[1]["finished_at"] is None
     assert (rows[-1]["candidate"], rows[-1]["phase"]) == ("c1", "val")
