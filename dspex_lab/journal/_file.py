@@ -149,8 +149,8 @@ _SERVED_CALLS = (
     "create_experiment", "claim_experiment", "finish_experiment", "append_trials", "register_hypothesis",
     "decide_hypothesis", "record_candidates", "record_step", "finish_children", "sql", "experiment_summaries",
     "children", "parent", "ended_summaries", "experiment", "trial_rows", "trial_counts", "leaderboard",
-    "score_intervals", "trial_page", "paired_scores", "span_rows", "span_counts", "dataset_examples",
-    "hypothesis_rows", "candidate_rows", "step_rows", "children_trial_rows", "finished_keys",
+    "score_intervals", "trial_page", "paired_scores", "comparable_pair", "span_rows", "span_counts",
+    "dataset_examples", "hypothesis_rows", "candidate_rows", "step_rows", "children_trial_rows", "finished_keys",
     "child_timeline",
 )  # fmt: skip
 

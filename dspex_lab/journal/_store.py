@@ -442,6 +442,13 @@ class JournalReader(Protocol):
         """Return a DataFrame of example_id, score_a, score_b: per-example means of ok repeats present in both."""
         ...
 
+    def comparable_pair(self) -> tuple[str, str, int] | None:
+        """Return ``(baseline, newest, examples in common)``: the newest evaluation and the one sharing most with it.
+
+        None with fewer than two evaluations; the count is 0 when no other evaluation shares an example.
+        """
+        ...
+
 
 @runtime_checkable
 class JournalStore(JournalWriter, JournalReader, Protocol):

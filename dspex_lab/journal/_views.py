@@ -73,6 +73,28 @@ SELECT experiment_id, count(*) AS n, avg(score) AS mean, coalesce(var_samp(score
 FROM examples GROUP BY experiment_id"""
 
 
+# The compare page's opening pair: the newest evaluation (the researcher's own before an optimization's
+# candidates) and, of the others, the one sharing the most scored examples with it (the researcher's own
+# first among those sharing any; then the newest). Each side counts examples as paired_scores pairs them.
+_COMPARABLE_PAIR_SQL = """
+WITH evaluations AS (
+    SELECT id, created_at, parent_id IS NOT NULL AS nested FROM experiments WHERE kind = 'evaluation'),
+anchor AS (SELECT id FROM evaluations ORDER BY nested, created_at DESC, id DESC LIMIT 1),
+anchor_examples AS (
+    SELECT DISTINCT example_id FROM trials
+    WHERE experiment_id = (SELECT id FROM anchor) AND status = 'ok' AND score IS NOT NULL),
+shared AS (
+    SELECT t.experiment_id, count(DISTINCT t.example_id) AS n
+    FROM trials t JOIN anchor_examples a ON a.example_id = t.example_id
+    WHERE t.status = 'ok' AND t.score IS NOT NULL AND t.experiment_id <> (SELECT id FROM anchor)
+    GROUP BY t.experiment_id)
+SELECT e.id AS baseline, (SELECT id FROM anchor) AS newest, coalesce(s.n, 0) AS shared
+FROM evaluations e LEFT JOIN shared s ON s.experiment_id = e.id
+WHERE e.id <> (SELECT id FROM anchor)
+ORDER BY coalesce(s.n, 0) > 0 DESC, e.nested, coalesce(s.n, 0) DESC, e.created_at DESC, e.id DESC
+LIMIT 1"""
+
+
 class ViewQueries(DuckDBStore):
     """The dashboard's DataFrame queries, the interval every view shows, and the read-only ``sql()``."""
 
@@ -268,6 +290,23 @@ class ViewQueries(DuckDBStore):
                ORDER BY x.example_index, x.example_id""",
             [a, b],
         )
+
+    def comparable_pair(self) -> tuple[str, str, int] | None:
+        """Return two evaluations worth comparing: ``(baseline, newest, examples in common)``, or None.
+
+        ``newest`` is the newest evaluation (a top-level one before any nested in an optimization);
+        ``baseline`` is the other evaluation with the most examples scored in both (counted as
+        :meth:`paired_scores` pairs them), a top-level one before a nested one, the newer on a tie. When
+        none shares an example, ``baseline`` is the newest other evaluation and the count is 0. None
+        with fewer than two evaluations. One query, so the compare page never opens on an empty plot
+        when a pair with examples in common exists.
+        """
+        if not self._exists():
+            return None
+        rows = self._rows(_COMPARABLE_PAIR_SQL)
+        if not rows:
+            return None
+        return str(rows[0]["baseline"]), str(rows[0]["newest"]), int(rows[0]["shared"])
 
     def sql(self, query: str, parameters: Sequence[Any] | None = None) -> pd.DataFrame:
         """Run a read-only SQL query over the journal's tables and return a DataFrame.

@@ -341,6 +341,32 @@ def test_trial_counts_finished_keys_and_paired_scores(filled):
     ]
 
 
+def test_comparable_pair_is_the_newest_evaluation_and_the_one_sharing_most_with_it(store):
+    assert store.comparable_pair() is None  # no journal yet
+    old = evaluation(store, "old")
+    store.append_trials(old, [trial("e0"), trial("e1"), trial("e2", score=0.0), trial("e7")])
+    assert store.comparable_pair() is None  # one evaluation: nothing to pair it with
+    mid = evaluation(store, "mid")
+    store.append_trials(mid, [trial("e0"), trial("e1", score=None, status="error"), trial("e2", score=None)])
+    run = store.create_experiment(ExperimentRecord(kind="optimization", name="run", id="run"))
+    candidate = store.create_experiment(
+        ExperimentRecord(kind="evaluation", name="run/c0", id="c0", parent_id=run, role="candidate-validation")
+    )
+    store.append_trials(candidate, [trial(f"e{index}") for index in range(4)])
+    unrelated = evaluation(store, "unrelated")
+    store.append_trials(unrelated, [trial("e8"), trial("e9")])
+    newest = evaluation(store, "newest")
+    store.append_trials(newest, [trial("e0"), trial("e1"), trial("e2", repeat=1), trial("e3")])
+    # Examples scored in both, as paired_scores pairs them: e0-e2 with "old"; "mid" failed or left unscored
+    # e1 and e2; the run's candidate shares more but is nested, so the researcher's own comes first.
+    assert store.comparable_pair() == (old, newest, 3)
+    assert len(store.paired_scores(old, newest)) == 3
+    lonely = evaluation(store, "lonely")
+    store.append_trials(lonely, [trial("e5")])
+    # Nothing in common with the newest: the newest other evaluation, and 0 to say so.
+    assert store.comparable_pair() == (newest, lonely, 0)
+
+
 # -- the experiment list -----------------------------------------------------------------------------------
 
 
@@ -787,6 +813,7 @@ def test_every_method_answers_the_same_through_another_process(nested, backend):
         ("step_rows", [run], {}),
         ("children_trial_rows", [run], {}),
         ("child_timeline", [run], {}),
+        ("comparable_pair", [], {}),
     ]
     local = []
     for method, arguments, options in reads:
