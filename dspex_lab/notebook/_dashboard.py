@@ -1,7 +1,11 @@
 """The journal dashboard: a Panel app over one journal, served by Panel's (bokeh's) server.
 
 Four pages — experiments, compare, trace, optimization — each drawn from one function of
-:mod:`dspex_lab.notebook._dashboard_data`. Every browser session gets its own :class:`Dashboard`,
+:mod:`dspex_lab.notebook._dashboard_data`. A session opens on the experiments page; each other page
+is queried and drawn the first time it is shown, so a session starts without the comparison's
+statistics (scipy), the trace page's pricing (DSPy) or the optimization page's four plots, which
+were most of a start-up (bench/README.md, ``bench_dashboard.py --startup``). Every browser session
+gets its own :class:`Dashboard`,
 which checks the journal files every two seconds (two ``stat`` calls) and re-queries only when
 they changed, so a kernel writing to the same journal shows up without a reload and an idle
 dashboard costs the writer nothing. The server binds 127.0.0.1 unless told otherwise, because
@@ -44,13 +48,15 @@ from dspex_lab.notebook._dashboard_optimization import (
     timeline_note,
     timeline_plot,
 )
-from dspex_lab.notebook._trace_data import ExampleFields, SpanSearch, detail_html, span_detail
 
 if TYPE_CHECKING:
     from dspex_lab.journal import JournalStore
+    from dspex_lab.notebook._trace_data import ExampleFields, SpanSearch
 
 __all__ = ["Dashboard", "DashboardServer", "serve_dashboard"]
 
+# The pages, in the order of their tabs; the first is drawn when a session starts, each other when first shown.
+PAGES = ("experiments", "compare", "trace", "optimization")
 KINDS = ("evaluation", "comparison", "optimization")
 # What an experiment can be: running, or how it ended (a budget or max_errors stop is "stopped").
 STATUSES = ("running", "finished", "stopped", "interrupted", "failed")
@@ -131,19 +137,51 @@ class Dashboard:
         self._compare_widgets(pn)
         self._trace_widgets(pn)
         self._optimization_widgets(pn)
+        # Pages drawn so far; the others are empty holders, filled and queried by open_page.
+        self.opened: set[str] = {"experiments"}
+        self._holders = {page: pn.Column(sizing_mode="stretch_width") for page in PAGES[1:]}
+        self.tabs = pn.Tabs(
+            ("Experiments", self._experiments_page()),
+            ("Compare", self._holders["compare"]),
+            ("Trace", self._holders["trace"]),
+            ("Optimization", self._holders["optimization"]),
+            dynamic=False,
+        )
+        self.tabs.param.watch(lambda event: self.open_page(PAGES[event.new]), "active")
         self.view = pn.Column(
             pn.pane.Markdown(f"## dspex dashboard — {journal.location}"),
             self.status,
-            pn.Tabs(
-                ("Experiments", self._experiments_page()),
-                ("Compare", self._compare_page()),
-                ("Trace", self._trace_page()),
-                ("Optimization", self._optimization_page()),
-                dynamic=False,
-            ),
+            self.tabs,
             sizing_mode="stretch_width",
         )
         self.refresh(force=True)
+
+    def open_page(self, page: str) -> None:
+        """Show one page (``compare``, ``trace``...), querying and drawing it the first time it is shown."""
+        if page not in PAGES:
+            raise ValueError(f"no dashboard page {page!r}; the pages are {', '.join(PAGES)}")
+        if self.tabs.active != PAGES.index(page):
+            self.tabs.active = PAGES.index(page)  # its watcher comes back here
+            return
+        if page in self.opened:
+            return
+        self.opened.add(page)
+        if page == "compare":
+            self._holders[page].objects = [self._compare_page()]
+            if not (self.compare_a.value and self.compare_b.value):
+                self._choose_pair()
+            self.refresh_comparison()
+        elif page == "trace":
+            self._holders[page].objects = [self._trace_page()]
+            self._first_trial_page()
+        elif page == "optimization":
+            self._holders[page].objects = [self._optimization_page()]
+            self.refresh_run()
+
+    def _when_open(self, page: str, draw: Any) -> None:
+        # A page not shown yet is drawn when it is: a menu set meanwhile (its default) costs no query.
+        if page in self.opened:
+            draw()
 
     # -- widgets: each page's controls and panes, watched so a change redraws that page ----------
 
@@ -171,13 +209,14 @@ class Dashboard:
 
     def _compare_widgets(self, pn: Any) -> None:
         """Make the compare page's two menus, its summary and its two plots."""
+        self._pairing = False  # True while _choose_pair sets both menus: one drawing, after both
         self.compare_a = pn.widgets.Select(label="Baseline (a)", options={})
         self.compare_b = pn.widgets.Select(label="Compared (b)", options={})
         self.compare_summary = pn.pane.Markdown("Pick two evaluations.", sizing_mode="stretch_width")
         self.difference_plot = pn.pane.HoloViews(None)
         self.scatter_plot = pn.pane.HoloViews(None)
         for widget in (self.compare_a, self.compare_b):
-            widget.param.watch(lambda _event: self.refresh_comparison(), "value")
+            widget.param.watch(lambda _event: self._pair_changed(), "value")
 
     def _trace_widgets(self, pn: Any) -> None:
         """Make the trace page's menus, paging buttons, trial table and span tree."""
@@ -219,7 +258,7 @@ class Dashboard:
             visible=False,
         )
         for widget in (self.trace_experiment, self.trial_status, self.trial_sort, self.trial_descending):
-            widget.param.watch(lambda _event: self._first_trial_page(), "value")
+            widget.param.watch(lambda _event: self._when_open("trace", self._first_trial_page), "value")
         self.previous_page.on_click(lambda _event: self._move_trial_page(-1))
         self.next_page.on_click(lambda _event: self._move_trial_page(1))
         self.trial_table.param.watch(lambda _event: self.refresh_trace(), "selection")
@@ -245,7 +284,7 @@ class Dashboard:
             sizing_mode="stretch_width",
             height=320,
         )
-        self.run_select.param.watch(lambda _event: self.refresh_run(), "value")
+        self.run_select.param.watch(lambda _event: self._when_open("optimization", self.refresh_run), "value")
 
     # -- layout --------------------------------------------------------------------------------
 
@@ -330,12 +369,14 @@ class Dashboard:
             return any(key not in self._statuses or key in changing for key in experiment_ids)
 
         if before[2] and self.trace_experiment.value == before[2] and may_change(before[2]):
-            self.refresh_trials()
+            self._when_open("trace", self.refresh_trials)
         same_pair = (self.compare_a.value, self.compare_b.value) == before[:2]
         if before[0] and before[1] and same_pair and may_change(before[0], before[1]):
+            self._when_open("compare", self.refresh_comparison)
+        elif "compare" in self.opened and not (before[0] and before[1]) and self._choose_pair():
             self.refresh_comparison()
         if before[3] and self.run_select.value == before[3] and may_change(before[3]):
-            self.refresh_run()
+            self._when_open("optimization", self.refresh_run)
         self._show_status()
         return True
 
@@ -414,19 +455,37 @@ class Dashboard:
         runs = board[board["kind"] == "optimization"]
         run_options = dict(zip(runs["label"], runs["experiment_id"], strict=True))
         newest = list(evaluations.loc[~evaluations["nested"], "experiment_id"]) or list(options.values())
-        # A page opens on something to look at: the two newest evaluations, the newest one, the newest run.
-        defaults = {
-            self.compare_a: newest[1] if len(newest) > 1 else "",
-            self.compare_b: newest[0] if len(newest) > 1 else "",
-            self.trace_experiment: newest[0] if newest else "",
-        }
-        for select, default in defaults.items():
+        for select in (self.compare_a, self.compare_b, self.trace_experiment):
             _set_options(select, {"": "", **options})
-            if not select.value and default:
-                select.value = default
+        # A page opens on something to look at: the newest evaluation, the newest run (the compare page's
+        # pair is chosen when it is first shown: _choose_pair).
+        if not self.trace_experiment.value and newest:
+            self.trace_experiment.value = newest[0]
         _set_options(self.run_select, {"": "", **run_options})
         if not self.run_select.value and run_options:
             self.run_select.value = next(iter(run_options.values()))
+
+    def _choose_pair(self) -> bool:
+        """Set the compare page's menus to the newest evaluation and the one sharing most examples with it.
+
+        The two newest evaluations may share nothing (two datasets): the page would open on an empty plot.
+
+        Returns:
+            Whether a pair was set (the caller draws it).
+        """
+        pair = self.journal.comparable_pair()
+        if pair is None or pair[0] not in self.compare_a.values or pair[1] not in self.compare_b.values:
+            return False
+        self._pairing = True
+        try:
+            self.compare_a.value, self.compare_b.value = pair[0], pair[1]  # a: the baseline, b: the newest
+        finally:
+            self._pairing = False
+        return True
+
+    def _pair_changed(self) -> None:
+        if not self._pairing:
+            self._when_open("compare", self.refresh_comparison)
 
     def refresh_comparison(self) -> None:
         """Redraw the compare page for the two selected experiments."""
@@ -445,6 +504,9 @@ class Dashboard:
             return
         view = self.comparison
         self.compare_summary.object = _comparison_text(view)
+        if view.pairs.empty:  # no example scored in both: the line above says so, with no empty plot
+            self.difference_plot.object = self.scatter_plot.object = None
+            return
         self.difference_plot.object = _difference_drawing(view)
         self.scatter_plot.object = _scatter_drawing(view)
 
@@ -489,6 +551,8 @@ class Dashboard:
 
     def _experiment_data(self, experiment_id: str) -> tuple[ExampleFields, SpanSearch]:
         """Return the trace page's experiment's examples and span search, read once per experiment."""
+        from dspex_lab.notebook._trace_data import ExampleFields, SpanSearch
+
         if self._trace_data is None or self._trace_data[0] != experiment_id:
             record = self.journal.experiment(experiment_id)
             fields = ExampleFields(self.journal, record)
@@ -523,6 +587,8 @@ class Dashboard:
 
     def refresh_span(self) -> None:
         """Draw the detail of the span chosen in the trace page's span menu: prompt, completion, expected vs got."""
+        from dspex_lab.notebook._trace_data import detail_html, span_detail
+
         span_id = self.span_select.value
         experiment_id = self.trace_experiment.value
         if not span_id or not self.shown_trial or not experiment_id:
@@ -633,6 +699,11 @@ def _number(value: float) -> str:
 
 def _comparison_text(view: ComparisonView) -> str:
     n = len(view.pairs)
+    if not n:
+        return (
+            f"**No example in common:** {view.a} and {view.b} have no example scored in both "
+            "(different datasets?); pick another pair."
+        )
     if view.test is None:
         return f"Only {n} example(s) scored in both: no paired test."
     test = view.test
@@ -830,11 +901,16 @@ def serve_dashboard(
         'http://127.0.0.1:40123/'
         >>> server.stop()  # doctest: +SKIP
     """
-    from dspex_lab.session import journal_store
-
     pn = _panel()
     _holoviews()
-    store = journal_store(journal)
+    if isinstance(journal, (str, os.PathLike)):
+        from dspex_lab.journal import open_journal
+
+        store = open_journal(journal)  # as journal_store would, without the session layer (it loads DSPy)
+    else:
+        from dspex_lab.session import journal_store
+
+        store = journal_store(journal)
     _check_serving(store, host=host, port=port, refresh_seconds=refresh_seconds, allow_remote=allow_remote)
     try:
         chosen = port or _free_port(host)

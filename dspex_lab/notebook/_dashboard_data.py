@@ -21,22 +21,14 @@ import numpy as np
 import pandas as pd
 
 from dspex_lab.errors import JournalError
-from dspex_lab.notebook._trace_data import (
-    ExampleFields,
-    Prices,
-    count,
-    format_cost,
-    format_latency,
-    format_tokens,
-    lm_columns,
-    number,
-    shorten,
-)
-from dspex_lab.stats import PairedTest, is_binary, paired_test
 
+# The statistics (scipy) and the trace pages' formatting (its pricing loads DSPy) are imported by the functions
+# that use them: a session that shows only the experiments page starts without either.
 if TYPE_CHECKING:
     from dspex_lab.journal import JournalReader, JournalStore
+    from dspex_lab.notebook._trace_data import ExampleFields
     from dspex_lab.optimization import OptimizationResult
+    from dspex_lab.stats import PairedTest
     from dspex_lab.trace.tree import TraceNode
 
 __all__ = [
@@ -217,6 +209,8 @@ def comparison_view(journal: JournalReader, a: str, b: str, *, confidence: float
     Raises:
         JournalError: ``a`` and ``b`` are the same experiment, or the journal cannot be read.
     """
+    from dspex_lab.stats import is_binary, paired_test
+
     if a == b:
         raise JournalError(f"compare needs two different experiments; both are {a!r}")
     pairs = journal.paired_scores(a, b).reset_index(drop=True)
@@ -276,6 +270,8 @@ def trial_table(page: pd.DataFrame, fields: ExampleFields) -> pd.DataFrame:
     tokens carry thousands separators, cost is in dollars (``unpriced`` when a model has no price, never
     $0) and latency in ms or s. Texts are cut to one line; the rows keep the page's order.
     """
+    from dspex_lab.notebook._trace_data import count, format_cost, format_latency, format_tokens, number, shorten
+
     rows = []
     for trial in page.to_dict("records"):
         texts = fields.row(str(trial.get("example_id") or ""), trial.get("prediction"))
@@ -308,6 +304,8 @@ def trace_rows(journal: JournalReader, experiment_id: str, trial_id: str) -> lis
     Raises:
         JournalError: the trial has no stored spans (it was not traced) or the journal cannot be read.
     """
+    from dspex_lab.notebook._trace_data import Prices, lm_columns
+
     tree = journal.trace(experiment_id, trial_id)
     nodes: list[TraceNode] = list(tree.walk())
     start = min((node.span.start_ns for node in nodes), default=0)
@@ -338,6 +336,8 @@ def trace_rows(journal: JournalReader, experiment_id: str, trial_id: str) -> lis
 
 def trace_html(rows: list[dict[str, Any]]) -> str:
     """Render :func:`trace_rows` as an HTML table: the span tree indented, a timing bar per span."""
+    from dspex_lab.notebook._trace_data import format_cost, format_latency, format_tokens
+
     total = max((row["start_ms"] + row["duration_ms"] for row in rows), default=0.0) or 1.0
     body = []
     for row in rows:

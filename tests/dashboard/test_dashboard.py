@@ -21,7 +21,7 @@ import holoviews as hv
 import dspex_lab as dx
 from dspex_lab.errors import JournalError
 from dspex_lab.journal import ExperimentRecord, memory_journal, open_journal
-from dspex_lab.notebook._dashboard import Dashboard, serve_dashboard
+from dspex_lab.notebook._dashboard import PAGES, Dashboard, serve_dashboard
 from dspex_lab.notebook._dashboard_data import (
     comparison_view,
     journal_signature,
@@ -59,9 +59,52 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"path": path, "untraced": untraced, "a": predict, "b": cot, "comparison": comparison, "run": run}
 
 
+def opened(dashboard: Dashboard) -> Dashboard:
+    """Show every page once (each is queried and drawn when first shown), then the first page again."""
+    for page in PAGES:
+        dashboard.open_page(page)
+    dashboard.open_page(PAGES[0])
+    return dashboard
+
+
 @pytest.fixture
 def dashboard(lab: dict) -> Dashboard:
-    return Dashboard(open_journal(lab["path"]))
+    return opened(Dashboard(open_journal(lab["path"])))
+
+
+def test_a_session_draws_only_its_first_page_and_each_other_when_first_shown(lab) -> None:
+    dashboard = Dashboard(open_journal(lab["path"]))
+    assert dashboard.opened == {"experiments"} and not dashboard.table.value.empty
+    # The menus are filled, but no other page is queried or drawn until it is shown.
+    assert lab["b"].experiment_id in dashboard.trace_experiment.values
+    assert dashboard.comparison is None and dashboard.trials.empty and dashboard.why_table.value.empty
+    assert all(not dashboard.tabs[index].objects for index in range(1, len(PAGES)))
+    dashboard.tabs.active = PAGES.index("trace")  # what a click on the tab does
+    assert dashboard.opened == {"experiments", "trace"} and dashboard.trials_total == PROBLEMS
+    dashboard.open_page("compare")
+    assert dashboard.tabs.active == PAGES.index("compare") and dashboard.comparison is not None
+    with pytest.raises(ValueError, match="no dashboard page 'graphs'"):
+        dashboard.open_page("graphs")
+
+
+def test_the_compare_page_opens_on_a_pair_with_examples_in_common_and_says_when_one_has_none(lab, tmp_path) -> None:
+    path = tmp_path / "two-datasets.duckdb"
+    shutil.copy(lab["path"], path)
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=path, threads=2):
+        other = evaluate("dspy.Predict", "other-data", list(dx.datasets.arithmetic(8, seed=11)), trace=False)
+        again = evaluate("dspy.Predict", "first-data-again", list(dx.datasets.arithmetic(10, seed=5)), trace=False)
+    dashboard = Dashboard(open_journal(path))
+    dashboard.open_page("compare")
+    # The two newest evaluations share no example: the newest is compared with the newest of those sharing
+    # the most with it (qa-predict and qa-cot share its 10 examples; qa-untraced 5), as the baseline.
+    assert (dashboard.compare_a.value, dashboard.compare_b.value) == (lab["b"].experiment_id, again.experiment_id)
+    assert len(dashboard.comparison.pairs) == 10 and dashboard.scatter_plot.object is not None
+    # A pair without an example in common says so in one line, with no empty plot.
+    dashboard.compare_a.value = other.experiment_id
+    summary = dashboard.compare_summary.object
+    assert summary.startswith("**No example in common:**") and "\n" not in summary
+    assert other.experiment_id in summary and again.experiment_id in summary
+    assert dashboard.difference_plot.object is None and dashboard.scatter_plot.object is None
 
 
 def test_the_experiments_page_shows_the_journal_leaderboard(lab, dashboard) -> None:
@@ -217,6 +260,7 @@ def test_a_running_experiments_pages_follow_its_new_trials_and_finished_ones_are
     shutil.copy(lab["path"], path)
     journal = open_journal(path)
     dashboard = Dashboard(journal)
+    dashboard.open_page("trace")
     running = journal.create_experiment(ExperimentRecord(kind="evaluation", name="live-run"))
     rows = [
         {"trial_id": f"e{index}/r0", "example_id": f"e{index}", "index": index, "repeat": 0, "status": "ok",
@@ -250,7 +294,7 @@ def test_the_journal_signature_changes_when_the_journal_is_written(tmp_path: Pat
 
 def test_a_journal_kept_in_memory_is_shown_and_its_writes_are_noticed() -> None:
     journal = memory_journal()
-    dashboard = Dashboard(journal)
+    dashboard = opened(Dashboard(journal))
     assert dashboard.table.value.empty and "an in-memory journal" in dashboard.view[0].object
     empty = journal_signature(journal)
     assert dashboard.refresh() is False  # nothing written: no page re-queried

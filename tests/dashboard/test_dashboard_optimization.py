@@ -183,6 +183,7 @@ def test_an_empty_run_draws_an_empty_timeline_and_says_so() -> None:
 def test_the_optimization_page_draws_the_history_and_the_timeline(run: dict) -> None:
     result = run["result"]
     dashboard = Dashboard(open_journal(run["path"]))
+    dashboard.open_page("optimization")
     assert dashboard.run_select.value == result.run_id
     children = open_journal(run["path"]).children(result.run_id)
     assert list(dashboard.timeline["experiment_id"]) == [child.id for child in children]
@@ -204,6 +205,7 @@ def test_the_optimization_page_draws_the_history_and_the_timeline(run: dict) -> 
 
 def test_no_run_clears_the_page(run: dict) -> None:
     dashboard = Dashboard(open_journal(run["path"]))
+    dashboard.open_page("optimization")
     dashboard.run_select.value = None
     assert dashboard.timeline.empty
     assert dashboard.timeline_plot.object is None and dashboard.history_plot.object is None

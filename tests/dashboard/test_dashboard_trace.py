@@ -47,6 +47,7 @@ def lab(tmp_path_factory) -> dict:
 @pytest.fixture
 def dashboard(lab) -> Dashboard:
     board = Dashboard(open_journal(lab["path"]))
+    board.open_page("trace")
     board.trace_experiment.value = lab["evaluation"].experiment_id
     return board
 
@@ -170,6 +171,7 @@ def test_the_why_table_says_what_was_decided_about_each_candidate_and_why(lab) -
 
 def test_the_optimization_page_shows_the_why_table(lab) -> None:
     dashboard = Dashboard(open_journal(lab["path"]))
+    dashboard.open_page("optimization")
     assert dashboard.run_select.value == lab["run"].run_id
     table = dashboard.why_table.value
     assert list(table.columns) == list(WHY_COLUMNS) and len(table) == len(lab["run"].candidates)
@@ -183,6 +185,7 @@ def test_an_untraced_trial_empties_the_span_menu(tmp_path: Path) -> None:
             program, list(dx.datasets.arithmetic(3, seed=1)), metric=dx.metrics.exact_match, progress=False
         )
     dashboard = Dashboard(open_journal(path))
+    dashboard.open_page("trace")
     assert dashboard.trace_experiment.value == result.experiment_id
     assert "trace=True" in dashboard.trace_view.object
     assert dashboard.span_select.options == {} and dashboard.span_view.object == "Select a span."
