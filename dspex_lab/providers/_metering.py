@@ -28,8 +28,7 @@ import contextvars
 import functools
 import math
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
@@ -250,15 +249,19 @@ class _Call:
         self.output_tokens = output_tokens
         self.reported_cost: float | None = None
 
-    def freeze(self) -> MeteredCall:
+    def priced(self) -> tuple[float | None, CostSource]:
+        """Return the call's cost and where it came from (the module docstring's contract, in order)."""
         if self.reported_cost is not None:
-            return MeteredCall(self.model, self.input_tokens, self.output_tokens, self.reported_cost, "reported")
+            return self.reported_cost, "reported"
         if self.input_tokens is not None and self.output_tokens is not None:
             price = model_price(self.model)
             if price is not None:
-                cost = price.cost(self.input_tokens, self.output_tokens)
-                return MeteredCall(self.model, self.input_tokens, self.output_tokens, cost, "price_table")
-        return MeteredCall(self.model, self.input_tokens, self.output_tokens, None, "unpriced")
+                return price.cost(self.input_tokens, self.output_tokens), "price_table"
+        return None, "unpriced"
+
+    def freeze(self) -> MeteredCall:
+        cost, source = self.priced()
+        return MeteredCall(self.model, self.input_tokens, self.output_tokens, cost, source)
 
 
 class Meter:
@@ -285,17 +288,19 @@ class Meter:
 
     def usage(self) -> Usage:
         """Return the totals so far (see :class:`Usage` and the module docstring's contract)."""
-        calls = self.calls()
+        with self._lock:
+            calls = list(self._calls)
         input_tokens = output_tokens = 0
         costs: list[float] = []
         unpriced: set[str] = set()
-        for call in calls:  # one pass: this runs once per trial
+        for call in calls:  # one pass over the calls as counted (no MeteredCall built): this runs once per trial
             input_tokens += call.input_tokens or 0
             output_tokens += call.output_tokens or 0
-            if call.cost is None:
+            cost, _ = call.priced()
+            if cost is None:
                 unpriced.add(call.model)
             else:
-                costs.append(call.cost)
+                costs.append(cost)
         return Usage(
             input_tokens=input_tokens,
             output_tokens=output_tokens,
@@ -357,8 +362,7 @@ def _is_ancestor(meter: Meter, of: Meter) -> bool:
     return False
 
 
-@contextmanager
-def metering(meter: Meter | None = None, *, overrides: Mapping[str, Any] | None = None) -> Iterator[Meter]:
+def metering(meter: Meter | None = None, *, overrides: Mapping[str, Any] | None = None) -> _MeteringBlock:
     """Count every LM call made in this block (and in threads that copy its context) into a meter.
 
     Example::
@@ -381,32 +385,65 @@ def metering(meter: Meter | None = None, *, overrides: Mapping[str, Any] | None 
             (``METERING_SETTING_NAMES`` in :mod:`dspex_lab._dspy_compat`) cannot be
             overridden here.
 
-    Yields:
-        The meter.
+    Returns:
+        The block; entering it gives the meter.
 
     Raises:
-        ProgramSpecError: ``meter`` is not a :class:`Meter`.
+        ProgramSpecError: ``meter`` is not a :class:`Meter` (raised when the block is entered).
     """
-    import dspy
+    return _MeteringBlock(meter, overrides)
 
-    if meter is None:
-        meter = Meter()
-    elif not isinstance(meter, Meter):
-        raise ProgramSpecError(f"metering() needs a dspex_lab.providers.Meter, not {type(meter).__name__}")
-    parent = _CURRENT_METER.get()
-    if parent is not None and meter._parent is None and not _is_ancestor(meter, parent):
-        meter._parent = parent
-    if overrides and not METERING_SETTING_NAMES.isdisjoint(overrides):
-        names = " or ".join(sorted(METERING_SETTING_NAMES))
-        raise ProgramSpecError(f"metering(overrides=...) cannot replace {names}")
-    hooks = meter._hooks
-    if hooks is None:
-        # Built once per meter: the attempts of a trial (and its metric) reuse them.
-        hooks = meter._hooks = MeteringHooks(functools.partial(_count_call, meter), _take_reported_cost)
-    settings = hooks.settings()
-    token = _CURRENT_METER.set(meter)
-    try:
-        with dspy.context(**settings, **(overrides or {})):
-            yield meter
-    finally:
-        _CURRENT_METER.reset(token)
+
+class _MeteringBlock:
+    """One :func:`metering` block: binds the meter and opens its ``dspy.context`` on entry, undoes both on exit.
+
+    A class rather than a generator-based context manager: every trial enters two of these (its
+    program and its metric), and this spares each the generator frame and ``contextlib``
+    wrapper around the block's own work.
+    """
+
+    __slots__ = ("_context", "_meter", "_overrides", "_token")
+
+    def __init__(self, meter: Meter | None, overrides: Mapping[str, Any] | None) -> None:
+        self._meter = meter
+        self._overrides = overrides
+        self._context: Any = None
+        self._token: contextvars.Token[Meter | None] | None = None
+
+    def __enter__(self) -> Meter:
+        import dspy
+
+        meter, overrides = self._meter, self._overrides
+        if meter is None:
+            meter = self._meter = Meter()
+        elif not isinstance(meter, Meter):
+            raise ProgramSpecError(f"metering() needs a dspex_lab.providers.Meter, not {type(meter).__name__}")
+        parent = _CURRENT_METER.get()
+        if parent is not None and meter._parent is None and not _is_ancestor(meter, parent):
+            meter._parent = parent
+        if overrides and not METERING_SETTING_NAMES.isdisjoint(overrides):
+            names = " or ".join(sorted(METERING_SETTING_NAMES))
+            raise ProgramSpecError(f"metering(overrides=...) cannot replace {names}")
+        hooks = meter._hooks
+        if hooks is None:
+            # Built once per meter: the attempts of a trial (and its metric) reuse them.
+            hooks = meter._hooks = MeteringHooks(functools.partial(_count_call, meter), _take_reported_cost)
+        settings = hooks.settings()
+        context = dspy.context(**settings, **overrides) if overrides else dspy.context(**settings)
+        token = _CURRENT_METER.set(meter)
+        try:
+            context.__enter__()
+        except BaseException:
+            _CURRENT_METER.reset(token)
+            raise
+        self._context, self._token = context, token
+        return meter
+
+    def __exit__(self, *exc_info: Any) -> bool | None:
+        context, token = self._context, self._token
+        self._context = self._token = None
+        try:
+            return context.__exit__(*exc_info)  # type: ignore[no-any-return]
+        finally:
+            if token is not None:
+                _CURRENT_METER.reset(token)
