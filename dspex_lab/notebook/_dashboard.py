@@ -328,11 +328,14 @@ class Dashboard:
         return pn.Column(
             self.run_select,
             self.run_message,
-            self.history_plot,
-            self.timeline_note,
-            self.timeline_plot,
-            pn.pane.Markdown("#### Convergence: the incumbent, screening vs validation, lineage and variables"),
-            self.run_plot,
+            # One figure at a time: the convergence panels' grid was drawn off its frames (bokeh 3.9, panel 1.9)
+            # when other plots shared its column; each view is drawn when it is opened.
+            pn.Tabs(
+                ("Convergence", self.run_plot),
+                ("History", self.history_plot),
+                ("Timeline", pn.Column(self.timeline_note, self.timeline_plot, sizing_mode="stretch_width")),
+                dynamic=True,
+            ),
             pn.pane.Markdown("#### Why: each candidate, what was decided and on what evidence"),
             self.why_table,
             sizing_mode="stretch_width",

@@ -163,6 +163,8 @@ def history_data(steps: pd.DataFrame, candidates: pd.DataFrame) -> OptimizationH
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, rest = divmod(round(seconds), 60)
@@ -315,9 +317,12 @@ def history_plot(history: OptimizationHistory) -> Any:
             label="validation (mean)",
         ).opts(marker="circle", size=10, tools=["hover"]),
     ]  # fmt: skip
-    if not math.isnan(history.baseline):
-        layers.append(hv.HLine(history.baseline, label="baseline").opts(color=_NEUTRAL, line_dash="dashed"))
     last_step = int(max([0, *best["step"], *points["step"]]))
+    if not math.isnan(history.baseline):
+        # A line across the axis, not an HLine: only an element with data gets a legend entry.
+        across = [(-0.5, history.baseline), (last_step + 0.5, history.baseline)]
+        baseline = hv.Curve(across, "step", "baseline", label="baseline (validation mean)")
+        layers.append(baseline.opts(color=_NEUTRAL, line_dash="dashed"))
     layers = [layer.opts(xlim=(-0.5, last_step + 0.5)) for layer in layers]
     return hv.Overlay(layers).opts(
         title="History: every candidate's score per step",

@@ -144,8 +144,9 @@ def test_every_page_loads_shows_the_journal_and_follows_a_writer(served, tmp_pat
         page.screenshot(path=tmp_path / "trace.png", full_page=True)
 
         page.get_by_text("Optimization", exact=True).first.click()
-        check_optimization_page(page, served)
+        page.locator("canvas").nth(3).wait_for(state="attached")  # four plots drawn (in Bokeh's shadow roots)
         page.screenshot(path=tmp_path / "optimization.png", full_page=True)
+        check_optimization_page(page, served, tmp_path)
 
         page.get_by_text("Experiments", exact=True).first.click()
         writer = subprocess.run(
@@ -159,7 +160,16 @@ def test_every_page_loads_shows_the_journal_and_follows_a_writer(served, tmp_pat
         page.screenshot(path=tmp_path / "refreshed.png", full_page=True)
         browser.close()
 
-    for name in ("experiments", "compare", "trace", "search", "optimization", "refreshed"):
+    for name in (
+        "experiments",
+        "compare",
+        "trace",
+        "search",
+        "optimization",
+        "optimization-history",
+        "optimization-timeline",
+        "refreshed",
+    ):
         keep(tmp_path / f"{name}.png")
     assert errors == []
     served["process"].send_signal(signal.SIGINT)
@@ -195,28 +205,37 @@ def check_trace_page(page, journal_path: Path, tmp_path: Path) -> None:
 
 
 # The bars the page's Bokeh document holds: the timeline's data sources are the ones with a "duration" column.
-TIMELINE_BARS = """() => {
-    let bars = 0;
+# A script counting the rows of the page's Bokeh data sources that have both columns named.
+COUNT_ROWS = """([first, second]) => {
+    let rows = 0;
     for (const document of window.Bokeh.documents) {
         for (const model of document.all_models) {
             const data = model.data instanceof Map ? Object.fromEntries(model.data) : model.data;
-            if (data && typeof data === "object" && "duration" in data && "outcome" in data) {
-                bars += data.duration.length;
+            if (data && typeof data === "object" && first in data && second in data) {
+                rows += data[first].length;
             }
         }
     }
-    return bars;
+    return rows;
 }"""
+# The timeline's bars: its sources have "duration" and "outcome"; the history's points: "variables" and "score".
+TIMELINE_BARS = ["duration", "outcome"]
+HISTORY_POINTS = ["variables", "score"]
 
 
-def check_optimization_page(page, served: dict) -> None:
-    """The history, the timeline (one bar per nested evaluation) and the four convergence panels are drawn."""
+def check_optimization_page(page, served: dict, tmp_path: Path) -> None:
+    """The history is drawn, and the timeline has one bar per evaluation nested in the run."""
+    page.get_by_text("History", exact=True).first.click()
+    candidates = served["run"].candidates
+    points = int(candidates["screen_mean"].notna().sum() + candidates["val_mean"].notna().sum())
+    page.wait_for_function(f"() => ({COUNT_ROWS})({HISTORY_POINTS}) === {points}")
+    page.screenshot(path=tmp_path / "optimization-history.png", full_page=True)
     children = dx.open_journal(served["path"]).children(served["run"].run_id)
+    page.get_by_text("Timeline", exact=True).first.click()
     note = page.locator(".dspex-timeline-note")
     note.wait_for()
     assert note.get_attribute("data-bars") == str(len(children))
     assert f"{len(children)} evaluations from" in note.inner_text()
-    # History, timeline and the four convergence panels: six plots (canvases in Bokeh's shadow roots).
-    page.locator("canvas").nth(5).wait_for(state="attached")
-    page.wait_for_function(f"() => ({TIMELINE_BARS})() === {len(children)}")
-    assert page.evaluate(TIMELINE_BARS) == len(children)
+    page.wait_for_function(f"() => ({COUNT_ROWS})({TIMELINE_BARS}) === {len(children)}")
+    assert page.evaluate(COUNT_ROWS, TIMELINE_BARS) == len(children)
+    page.screenshot(path=tmp_path / "optimization-timeline.png", full_page=True)

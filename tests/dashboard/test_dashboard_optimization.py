@@ -195,12 +195,13 @@ def test_the_optimization_page_draws_the_history_and_the_timeline(run: dict) -> 
     assert labels[:4] == [
         "best so far: interval", "best so far (validation mean)", "screening (mini-batch mean)", "validation (mean)",
     ]  # fmt: skip
-    baseline = next(element for element in history if isinstance(element, hv.HLine))
-    assert baseline.data == pytest.approx(history_data(result.steps, result.candidates).baseline)
+    baseline = next(element for element in history if element.label == "baseline (validation mean)")
+    expected = history_data(result.steps, result.candidates).baseline
+    assert list(baseline.dframe()["baseline"]) == pytest.approx([expected, expected])
     # Whole steps only on the history's axis, and a transparent ground that follows the page's theme.
     figure = hv.render(history, backend="bokeh")
     assert figure.xaxis[0].ticker.min_interval == 1 and figure.background_fill_alpha == 0.0
-    assert not math.isnan(baseline.data)
+    assert not math.isnan(expected)
 
 
 def test_no_run_clears_the_page(run: dict) -> None:
