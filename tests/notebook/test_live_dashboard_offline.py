@@ -62,6 +62,12 @@ def test_every_dashboard_page_loads_with_no_request_outside_127_0_0_1(journal: P
             # The optimization page's convergence plots are drawn (bokeh's canvases, from the server's /static).
             page.locator("canvas").nth(3).wait_for(state="attached", timeout=RENDER_TIMEOUT_MS)
             keep_screenshot(page, tmp_path / "dashboard_optimization_offline.png")
+            # The optimization page's history and timeline, drawn when their tabs open.
+            for tab in ("History", "Timeline"):
+                page.get_by_text(tab, exact=True).first.click()
+                page.wait_for_load_state("networkidle")
+            page.locator(".dspex-timeline-note").wait_for(timeout=RENDER_TIMEOUT_MS)
+            keep_screenshot(page, tmp_path / "dashboard_timeline_offline.png")
     finally:
         server.stop()
     print(f"screenshot in {tmp_path}" + (f" and {ARTIFACTS}" if ARTIFACTS else ""))
