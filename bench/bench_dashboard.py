@@ -14,16 +14,27 @@ and every page's query and update is timed, median of ``--repeats``:
 The small journal (``--anchor-trials``, default 2,000) is measured the same way in the same run, and the
 ratio says how much a page slows down from a small journal to a large one.
 
+With ``--startup N``, it times instead what a user waits for when starting ``dspex dashboard`` on the small
+journal, N times: from the command to the server listening, and to its first page served (a session built:
+the experiments page queried and laid out), wall and CPU time of the server process (CPU moves less with the
+load of a shared machine).
+
 Run: python bench/bench_dashboard.py [--trials 1000000] [--experiments 400] [--repeats 7] [--json PATH]
+     python bench/bench_dashboard.py --startup 5
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -161,11 +172,13 @@ def _median_ms(action: Callable[[], Any], repeats: int) -> tuple[float, float]:
 
 def measure(journal: DuckDBJournal, built: dict[str, Any], *, repeats: int) -> dict[str, tuple[float, float]]:
     """Time each page's queries and updates on one journal (median wall and CPU milliseconds)."""
-    from dspex_lab.notebook._dashboard import Dashboard
+    from dspex_lab.notebook._dashboard import PAGES, Dashboard
 
     a, b = built["ids"][0], built["ids"][1]
     traced_trial = "ex-0/r0"
     dashboard = Dashboard(journal)
+    for page in PAGES:  # each page is drawn when first shown; a refresh redraws those shown
+        dashboard.open_page(page)
     dashboard.compare_a.value, dashboard.compare_b.value = a, b
     dashboard.trace_experiment.value = a
     dashboard.trial_sort.value = "score"
@@ -183,6 +196,7 @@ def measure(journal: DuckDBJournal, built: dict[str, Any], *, repeats: int) -> d
         "query: trial_page, errors only": lambda: journal.trial_page(a, status="error", limit=50),
         "query: paired_scores of two experiments": lambda: journal.paired_scores(a, b),
         "query: one trial's trace": lambda: journal.trace(a, traced_trial),
+        "query: comparable_pair (the compare page's first pair)": journal.comparable_pair,
         "page: experiments (query, table, drawing)": dashboard.refresh_leaderboard,
         "page: experiments after a filter change": filtered_page,
         "page: compare (pairs, paired test, drawings)": dashboard.refresh_comparison,
@@ -196,6 +210,60 @@ def measure(journal: DuckDBJournal, built: dict[str, Any], *, repeats: int) -> d
     return {label: _median_ms(action, repeats) for label, action in results.items()}
 
 
+def _process_cpu_seconds(pid: int) -> float:
+    """Return a running process's user and system CPU seconds so far (Linux: /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_startup(path: Path, *, rounds: int) -> list[dict[str, float]]:
+    """Start ``dspex dashboard`` on ``path`` ``rounds`` times; time it listening and serving its first page."""
+    timings = []
+    for _ in range(rounds):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        command = [sys.executable, "-m", "dspex_lab.cli", "dashboard", "--journal", str(path), "--no-browser"]
+        start = time.perf_counter()
+        server = subprocess.Popen(
+            [*command, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        try:
+            server.stdout.readline()  # type: ignore[union-attr]  # the line giving the URL: it listens
+            listening, listening_cpu = time.perf_counter() - start, _process_cpu_seconds(server.pid)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=300) as response:
+                response.read()  # served once the session (its first page) is built
+            served, served_cpu = time.perf_counter() - start, _process_cpu_seconds(server.pid)
+        finally:
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=60)
+        timings.append(
+            {"listening": listening, "listening_cpu": listening_cpu, "served": served, "served_cpu": served_cpu}
+        )
+    return timings
+
+
+def _startup(rounds: int, anchor_trials: int, json_path: str | None) -> int:
+    with tempfile.TemporaryDirectory(prefix="dspex-bench-dashboard-") as folder:
+        path = Path(folder) / "small.duckdb"
+        build_journal(path, trials=anchor_trials, experiments=4)
+        print(f"load average before measuring: {machine_description()['load_average']}")
+        timings = measure_startup(path, rounds=rounds)
+    rows = [
+        [
+            label,
+            f"{median_or_none([t[key] for t in timings]):.2f} s",
+            f"{median_or_none([t[key + '_cpu'] for t in timings]):.2f} s",
+        ]
+        for label, key in (("listening (URL printed)", "listening"), ("first page served (session built)", "served"))
+    ]
+    print(f"\n`dspex dashboard` start-up, medians of {rounds} (wall, and the server's CPU):")
+    print(format_table(["from the command to", "wall", "CPU"], rows))
+    if json_path:
+        write_json(json_path, {"machine": machine_description(), "startup": timings})
+    return 0
+
+
 def main() -> int:
     """Build both journals, time every page on each, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -204,7 +272,10 @@ def main() -> int:
     parser.add_argument("--anchor-trials", type=int, default=2_000, help="trials in the small (anchor) journal")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json", default=None, help="also write the figures here")
+    parser.add_argument("--startup", type=int, default=0, help="time `dspex dashboard` starting this many times")
     arguments = parser.parse_args()
+    if arguments.startup:
+        return _startup(arguments.startup, arguments.anchor_trials, arguments.json)
 
     with tempfile.TemporaryDirectory(prefix="dspex-bench-dashboard-") as folder:
         small_path, large_path = Path(folder) / "small.duckdb", Path(folder) / "large.duckdb"
