@@ -79,7 +79,7 @@ with context:
     reply, _, stopped_in = run_cell(client, setup, interrupt_after=1.5, manager=manager)
 
     assert reply["content"]["status"] == "error"
-    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    assert reply["content"]["ename"] == "RunInterrupted"  # a KeyboardInterrupt naming the experiment to resume
     assert "resume" in reply["content"]["evalue"]
     assert stopped_in is not None and stopped_in < 2.0
     record = dx.open_journal(journal).experiments().iloc[0]
@@ -117,7 +117,7 @@ with context:
 """
     reply, _, stopped_in = run_cell(client, setup, interrupt_after=0.5, manager=manager)
 
-    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    assert reply["content"]["ename"] == "RunInterrupted"  # a KeyboardInterrupt naming the experiment to resume
     assert stopped_in is not None and stopped_in < 2.0
     run_id = reply["content"]["evalue"].split("resume=")[1].strip(" '\"")
     opened = dx.open_journal(journal)
@@ -165,8 +165,8 @@ with context:
 """
     reply, output, stopped_in = run_cell(client, run, interrupt_after=1.5, manager=manager)
 
-    assert reply["content"].get("ename") == "KeyboardInterrupt", (reply["content"], output)
-    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    # dspex_lab.session.RunInterrupted: a KeyboardInterrupt that carries the experiment to resume.
+    assert reply["content"].get("ename") == "RunInterrupted", (reply["content"], output)
     assert "resume" in reply["content"]["evalue"]
     assert stopped_in is not None and stopped_in < 2.0
     record = dx.open_journal(journal).experiments().iloc[0]
