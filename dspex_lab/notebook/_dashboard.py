@@ -96,12 +96,12 @@ def _holoviews() -> Any:
     except ImportError as error:  # pragma: no cover - exercised only without the dashboard extra
         raise MissingDependencyError("holoviews", "dashboard") from error
     if "bokeh" not in hv.Store.renderers:
-        # The plots are drawn with bokeh: its backend is loaded once per process. In a notebook its JavaScript
-        # comes inline from the installed bokeh, never from a CDN (offline clusters); a served dashboard
-        # gets it from its own server's /static either way. Inline for panel too: in a notebook it then embeds
-        # its stylesheets instead of linking its CDN (a served dashboard does not read this setting).
-        _panel().config.inline = True
-        hv.extension("bokeh", logo=False, inline=True)
+        # The plots are drawn with bokeh: importing its holoviews backend registers it (and makes it current)
+        # once per process, writing nothing anywhere. hv.extension would also put bokeh's whole script (or a
+        # CDN link) in the output of the notebook cell that runs `%dspex dashboard`, which a served dashboard
+        # never needs: its pages get bokeh's and panel's scripts from their own server's /static. Shown
+        # inline in a notebook, the pages need pn.extension(inline=True) first, as any panel object does.
+        import holoviews.plotting.bokeh  # noqa: F401
     return hv
 
 
