@@ -145,6 +145,26 @@ def test_nothing_machine_specific_is_stored(notebook_path: Path) -> None:
             assert "/tmp/" not in text and "/home/" not in text and "\\Users\\" not in text, text[:200]
 
 
+# Any address in a stored output; only this machine's own servers may be named (and XML namespaces, which
+# name a vocabulary and are never fetched).
+_ADDRESS = re.compile(r"(?:https?:)?//([A-Za-z0-9.-]+\.[A-Za-z]{2,}|127\.0\.0\.1|localhost)")
+_LOCAL_OR_NAMESPACE = {"127.0.0.1", "localhost", "www.w3.org"}
+
+
+def test_outputs_fetch_nothing_from_outside(notebook_path: Path) -> None:
+    # Opened offline (a cluster, a train), a stored output that loads a script or stylesheet from a CDN shows
+    # blank; the tutorials draw with the project's own widgets or with scripts from the installed packages.
+    for cell in _code_cells(notebook_path):
+        for output in cell.outputs:
+            hosts = {match.group(1) for match in _ADDRESS.finditer(_text(output))} - _LOCAL_OR_NAMESPACE
+            assert not hosts, f"an output of this cell names {sorted(hosts)}:\n{cell.source[:200]}"
+
+
+def test_the_outside_address_check_finds_a_cdn() -> None:
+    script = '<script src="https://cdn.example.org/bokeh.min.js"></script> <a href="http://127.0.0.1:5006/">'
+    assert {match.group(1) for match in _ADDRESS.finditer(script)} - _LOCAL_OR_NAMESPACE == {"cdn.example.org"}
+
+
 def test_leaves_no_files_in_the_repository() -> None:
     # Journals, packages and anything else a notebook writes go to a temporary directory.
     allowed = {".ipynb", ".md"}
