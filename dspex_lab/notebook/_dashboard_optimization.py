@@ -276,29 +276,11 @@ def _holoviews() -> Any:
     return loaded()
 
 
-def _follow_theme(plot: Any, element: Any) -> None:
-    """Draw on a transparent ground with mid-grey text, readable on a light and a dark page alike."""
-    figure = plot.state
-    figure.background_fill_alpha = 0.0
-    figure.border_fill_alpha = 0.0
-    figure.outline_line_color = _NEUTRAL
-    figure.title.text_color = _NEUTRAL
-    for axis in [*figure.xaxis, *figure.yaxis]:
-        axis.axis_label_text_color = axis.major_label_text_color = _NEUTRAL
-        axis.axis_line_color = axis.major_tick_line_color = axis.minor_tick_line_color = _NEUTRAL
-    for grid in [*figure.xgrid, *figure.ygrid]:
-        grid.grid_line_color = _NEUTRAL
-        grid.grid_line_alpha = 0.25
-    for legend in figure.legend:
-        legend.background_fill_alpha = 0.0
-        legend.border_line_alpha = 0.0
-        legend.label_text_color = _NEUTRAL
-        legend.inactive_fill_alpha = 0.0
-
-
 def history_plot(history: OptimizationHistory) -> Any:
     """Draw the history: each candidate's screening and validation scores per step, the best so far, the baseline."""
     from bokeh.models import BasicTicker
+
+    from dspex_lab.optimization import follow_theme
 
     hv = _holoviews()
     best = history.best
@@ -334,12 +316,14 @@ def history_plot(history: OptimizationHistory) -> Any:
         legend_opts={"click_policy": "hide"},
         show_grid=True,
         xticks=BasicTicker(min_interval=1, num_minor_ticks=0),  # whole steps only
-        hooks=[_follow_theme],
+        hooks=[follow_theme],
     )
 
 
 def timeline_plot(frame: pd.DataFrame) -> Any:
     """Draw the timeline: one bar per nested evaluation over wall-clock time, coloured by its outcome."""
+    from dspex_lab.optimization import follow_theme
+
     hv = _holoviews()
     bars = frame.assign(low=frame["row"] - 0.38, high=frame["row"] + 0.38)
     hover = ["label", "outcome", "status", "candidate", "n_trials", "n_errors", "mean", "duration", "experiment_id"]
@@ -364,5 +348,5 @@ def timeline_plot(frame: pd.DataFrame) -> Any:
         legend_position="right",
         legend_opts={"click_policy": "hide"},
         show_grid=True,
-        hooks=[_follow_theme],
+        hooks=[follow_theme],
     )

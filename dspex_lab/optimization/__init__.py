@@ -13,7 +13,13 @@ from dspex_lab.journal import JournalStore
 from dspex_lab.optimization._display import RunDisplay, Subscriber
 from dspex_lab.optimization._dspy import DspyOptimizer
 from dspex_lab.optimization._optimize import DSPY_OPTIMIZERS, OptimizationStep, optimize
-from dspex_lab.optimization._plot import ConvergenceData, LiveConvergence, convergence_data, convergence_plot
+from dspex_lab.optimization._plot import (
+    ConvergenceData,
+    LiveConvergence,
+    convergence_data,
+    convergence_plot,
+    follow_theme,
+)
 from dspex_lab.optimization._result import CANDIDATE_COLUMNS, STEP_COLUMNS, OptimizationResult
 from dspex_lab.optimization._session import OptimizationEnded, OptimizationStanding, OptimizationStarted
 from dspex_lab.optimization._simba_c import ProposeRule, SimbaC
@@ -36,6 +42,7 @@ __all__ = [
     "Subscriber",
     "convergence_data",
     "convergence_plot",
+    "follow_theme",
     "optimize",
     "plot_run",
 ]

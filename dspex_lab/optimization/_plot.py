@@ -384,11 +384,12 @@ def _whole_steps() -> Any:
     return BasicTicker(min_interval=1, num_minor_ticks=0)
 
 
-def _follow_theme(plot: Any, element: Any) -> None:
+def follow_theme(plot: Any, element: Any) -> None:
     """Draw on a transparent ground with mid-grey text, readable on a light and a dark page alike.
 
     A bokeh canvas cannot read the page's CSS variables, so instead of a white block it takes the page's
     own background (the notebook's or the dashboard's, light or dark) and text that contrasts with both.
+    A holoviews plot hook: ``element.opts(hooks=[follow_theme])``.
     """
     figure = plot.state
     figure.background_fill_alpha = 0.0
@@ -426,7 +427,7 @@ def _panel(hv: Any, data: ConvergenceData, layers: list[Any], title: str, ylabel
         legend_opts={"click_policy": "hide"},
         show_grid=True,
         xticks=_whole_steps(),
-        hooks=[_follow_theme],
+        hooks=[follow_theme],
     )
 
 
