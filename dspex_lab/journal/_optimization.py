@@ -77,11 +77,17 @@ class OptimizationQueries(DuckDBStore):
             connection.execute(_TOUCH_EXPERIMENT, [now, now, run_id])
 
     def finish_children(self, run_id: str, *, status: str) -> None:
-        """Mark the still-running experiments nested in ``run_id`` (its ``parent_id`` children) as ended."""
+        """Mark the still-running experiments nested in ``run_id`` (its ``parent_id`` children) as ended.
+
+        Each child ended when its last trial finished (an evaluation is over long before its run is);
+        a child without a trial ends now.
+        """
         now = _now()
         with self._connect(write=True) as connection:
             connection.execute(
-                """UPDATE experiments SET status = ?, updated_at = ?, heartbeat_at = ?, finished_at = ?
+                """UPDATE experiments SET status = ?, updated_at = ?, heartbeat_at = ?,
+                          finished_at = coalesce(
+                              (SELECT max(t.finished_at) FROM trials t WHERE t.experiment_id = experiments.id), ?)
                    WHERE parent_id = ? AND status = 'running'""",
                 [status, now, now, now, run_id],
             )

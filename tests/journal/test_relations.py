@@ -12,11 +12,13 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import duckdb
 import pytest
+from journal_rows import trial_row
 
 import dspex_lab as dx
 from dspex_lab.cli import main
@@ -157,6 +159,16 @@ def test_finish_children_follows_the_column_not_the_id(nested):
     statuses = {summary.id: summary.status for summary in nested.experiment_summaries()}
     assert statuses["first"] == statuses["second"] == "failed"
     assert statuses["run/c1/val"] == "running" and statuses["run"] == "running"
+
+
+def test_a_finished_child_ends_at_its_last_trial_not_at_the_run_end(nested):
+    ended = time.time() - 3600.0
+    nested.append_trials("first", [trial_row("e1", 0, finished_at=ended - 5.0), trial_row("e2", 1, finished_at=ended)])
+    nested.finish_children("run", status="finished")
+    records = {record.id: record for record in nested.experiment_summaries()}
+    assert abs(records["first"].finished_at.timestamp() - ended) < 1e-3
+    # A child without a trial ended when its run closed it.
+    assert abs(records["second"].finished_at.timestamp() - time.time()) < 600
 
 
 def test_the_default_lists_hide_children_and_a_flag_shows_them(nested, capsys):
