@@ -65,7 +65,11 @@ def lm_state(lm: Any) -> dict[str, Any] | None:
 
 
 def metric_name(metric: Callable[..., Any]) -> str:
-    """Return the name a metric is recorded under: ``module.function``, or the bare name for ``__main__``'s.
+    """Return the name a metric is recorded under: ``module.qualname``, or the bare qualname for ``__main__``'s.
+
+    The qualified name keeps a method's class (``mylab.Graders.strict``, not ``mylab.strict``), so the
+    recorded name is the one ``dspex evaluate --metric mylab:Graders.strict`` imports. A callable
+    object is named by its class.
 
     Examples:
         >>> import math
@@ -73,7 +77,7 @@ def metric_name(metric: Callable[..., Any]) -> str:
         'math.isclose'
     """
     module = getattr(metric, "__module__", "") or ""
-    name = getattr(metric, "__name__", None) or type(metric).__name__
+    name = getattr(metric, "__qualname__", None) or getattr(metric, "__name__", None) or type(metric).__qualname__
     return f"{module}.{name}" if module and not module.startswith("__") else name
 
 

@@ -202,3 +202,20 @@ def test_resuming_another_kind_names_both_kinds(journal, data):
     optimization = dataclasses.replace(record, kind="optimization")
     with pytest.raises(ExecutionError, match=r"it is an evaluation, not an optimization"):
         Experiment.resume(journal, record.id, optimization)
+
+
+class _Graders:
+    @staticmethod
+    def strict(example, prediction):
+        return example.answer == prediction.answer
+
+
+class _Scorer:
+    def __call__(self, example, prediction):
+        return 1.0
+
+
+def test_a_metric_is_recorded_under_its_qualified_name():
+    assert metric_name(dx.metrics.exact_match) == "dspex_lab.metrics.exact_match"
+    assert metric_name(_Graders.strict) == f"{__name__}._Graders.strict"
+    assert metric_name(_Scorer()) == f"{__name__}._Scorer"
