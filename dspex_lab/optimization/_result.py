@@ -310,6 +310,22 @@ class OptimizationResult:
         parts.append("accepted" if row["accepted"] else "not accepted")
         return "; ".join(parts)
 
+    def importance(self, *, confidence: float = 0.95, n_bootstrap: int = 2000, seed: int = 0) -> pd.DataFrame:
+        """Return which variables mattered: each variable's effect on the metric, with its interval.
+
+        Estimated from every configuration the run scored and its per-example scores (screening and
+        validation; for DSPy's optimizers also the configurations their compile scored): least squares
+        with one fixed effect per example, intervals by a cluster bootstrap over examples (seeded).
+        One row per contrast (a numeric variable over the range tried, a choice's other value, a
+        bool, rules added, demos), with an optuna-style share of the fitted scores' variance. A
+        variable the candidates never changed, or never changed apart from another, is *not
+        estimable*: its effect is NaN, never 0. See :mod:`dspex_lab.optimization._importance` and
+        docs/optimize.md, "Which variables mattered".
+        """
+        from dspex_lab.optimization._importance import run_importance
+
+        return run_importance(self.journal, self.run_id, confidence=confidence, n_bootstrap=n_bootstrap, seed=seed)
+
     def plot(self) -> Any:
         """Return the convergence plot (holoviews; needs the ``dashboard`` extra)."""
         from dspex_lab.optimization._plot import convergence_plot
@@ -396,6 +412,7 @@ class OptimizationResult:
                 f"<td>{best}</td></tr>"
             )
         lines.append("</table>")
+        lines.append(self._importance_html())
         if self.run_id:
             lines.append(
                 f"<p>Journal: run <code>{escape(self.run_id)}</code> — "
@@ -403,6 +420,14 @@ class OptimizationResult:
             )
         lines.append("</div>")
         return "\n".join(lines)
+
+    def _importance_html(self) -> str:
+        from dspex_lab.optimization._importance import importance_html, importance_or_reason
+
+        frame, reason = importance_or_reason(self.importance)
+        if frame is None:
+            return f"<p><i>{html.escape(str(reason))}</i></p>"
+        return "<p><b>Which variables mattered</b></p>\n" + importance_html(frame)
 
     # -- rebuilding ------------------------------------------------------------------------------
 
