@@ -564,6 +564,7 @@ def _trace(arguments: argparse.Namespace) -> int:
         rows = [{"trace": f"step-{row['step']}", "status": row["status"], "decision": row["detail"]} for row in steps]
         print(_text_table(f"Steps of optimization run {arguments.experiment}", rows, ("trace", "status", "decision")))
         print(f"\nshow one: dspex trace {arguments.experiment} step-1 --journal {journal.path}")
+        _print_importance(journal, arguments.experiment)
         return 0
     if arguments.trial is None:
         columns = ("trial_id", "status", "score", "error_type", "spans")
@@ -584,6 +585,16 @@ def _trace(arguments: argparse.Namespace) -> int:
     if step and journal.experiment(arguments.experiment).get("kind") == "optimization":
         _print_step_why(journal, arguments.experiment, int(step.group(1)))
     return 0
+
+
+def _print_importance(journal: Any, run_id: str) -> None:
+    """Print which variables mattered in an optimization run (``result.importance()``), read from the journal."""
+    from dspex_lab.optimization._importance import importance_or_reason, importance_text, run_importance
+    from dspex_lab.trace.redaction import mask_text
+
+    frame, reason = importance_or_reason(lambda: run_importance(journal, run_id))
+    print()
+    print(mask_text(importance_text(frame) if frame is not None else str(reason)))
 
 
 def _print_step_why(journal: Any, run_id: str, step: int) -> None:
