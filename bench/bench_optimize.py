@@ -1,7 +1,7 @@
-"""Benchmark SIMBA-C against DSPy's SIMBA, MIPROv2 (light) and BootstrapFewShot, measured in one run.
+"""Benchmark SIMBA-C against DSPy's SIMBA, MIPROv2, GEPA and BootstrapFewShot, measured in one run.
 
 Everything runs on the offline lab LM (``lab/small``, zero latency) and the lab world
-documented in ``docs/lab_world.md``. Three tables:
+documented in ``docs/lab_world.md``. Five tables (``--tables``; the first three by default):
 
 1. ``quality``: for each seed, every optimizer optimizes the same program
    (``dspy.ChainOfThought("question -> answer")``) on the same trainset, with the
@@ -34,6 +34,35 @@ documented in ``docs/lab_world.md``. Three tables:
    rule-writing LM calls, per trial, as a fraction of a trial's cost through the engine.
    Target: at most 0.10. The engine's own cost over a bare loop (module and metric, no
    engine, no journal) is printed beside it: it is what every evaluation pays.
+4. ``curve``: quality against cost. SIMBA-C, DSPy SIMBA, MIPROv2, GEPA and BootstrapFewShot
+   each run at every budget of ``--budgets`` (500, 2,000 and 8,000 search LM calls by default)
+   on every seed, on the task of ``--task`` (``single``: the ChainOfThought program above;
+   ``pipeline``: ``dx.tasks.pipeline_program()``, a plan -> solve -> verify program; both on
+   ``dx.datasets.arithmetic``). Every optimizer of a seed gets the same train and val splits
+   and ``confirm_fraction=0`` (as the quality table), and its final program is scored on the
+   seed's held-out test split. *Search LM calls* (one definition for all): every LM call an
+   optimizer makes to choose its program, its proposals and its own evaluations and validations
+   included: all of SIMBA-C's run (baseline and validation on the valset included, since it
+   selects on them) and all of a DSPy optimizer's compile (its own validation on its split of
+   the trainset included). Not counted: the final test scoring, and the bridge's measurement of
+   a DSPy optimizer's baseline and final choice on the valset, which DSPy never sees (run with
+   ``validate_top=0``, so exactly two valset evaluations). Each run is hard-capped with
+   ``dx.Budget(lm_calls=...)``: the budget for SIMBA-C, the budget plus those two measurements
+   for a DSPy optimizer, so a DSPy run that finishes spent at most the budget on its search and
+   one that would spend more is stopped (and keeps the baseline). DSPy's settings are scaled to
+   the budget (see ``dspy_settings``); SIMBA-C adapts its own schedule to the budget. The table
+   prints the calls each run used, the paired test of SIMBA-C against each optimizer at each
+   budget (exact McNemar on the test examples of all seeds pooled), and the target: SIMBA-C's
+   test score is at least every other's at every budget (higher with p < 0.05, or equal within
+   the CI: not lower with p < 0.05).
+5. ``ablation``: on ``--task`` (``pipeline`` for the issue's table) at 2,000 calls, SIMBA-C
+   against itself without one part at a time (``share=False``, ``cross_bootstrap=False``,
+   ``learned_moves=False``): each variant's test mean with its CI and its paired difference
+   to the full SIMBA-C with the difference's CI.
+
+Runs of the curve and ablation are independent and deterministic (the lab LM draws from its
+inputs, never from shared state), so ``--processes N`` spreads them over N processes with
+identical results; every run's line is printed as it ends, the tables in a fixed order.
 
 Usage::
 
@@ -41,18 +70,23 @@ Usage::
     .venv/bin/python bench/bench_optimize.py --quick         # 1 seed, small sets (about 2 minutes)
     .venv/bin/python bench/bench_optimize.py --tables quality --seeds 3 --json results.json
     .venv/bin/python bench/bench_optimize.py --tables null --null-seeds 20 --optimizers simba-c,simba
+    .venv/bin/python bench/bench_optimize.py --tables curve --task single --budgets 500,2000,8000 --seeds 5
+    .venv/bin/python bench/bench_optimize.py --tables curve,ablation --task pipeline --seeds 5 --processes 2
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
 import warnings
+from contextlib import redirect_stdout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -415,15 +449,420 @@ def overhead(sizes: Sizes, seed: int, folder: Path) -> tuple[str, dict[str, Any]
     return table, {**summary, "ratio": ratio, "engine_over_bare": engine_share}
 
 
+# -- the quality-vs-cost curve and the ablation ------------------------------------------------------
+
+CURVE_OPTIMIZERS = ("simba-c", "simba", "mipro", "gepa", "bootstrap")
+BUDGETS = (500, 2000, 8000)
+ABLATION_BUDGET = 2000
+# SIMBA-C without one of its composition parts at a time (issue 23's flags; all True is the full SIMBA-C).
+ABLATIONS: tuple[tuple[str, dict[str, bool]], ...] = (
+    ("full", {}),
+    ("share=False", {"share": False}),
+    ("cross_bootstrap=False", {"cross_bootstrap": False}),
+    ("learned_moves=False", {"learned_moves": False}),
+)
+# What the scaled DSPy settings aim to spend of the budget: the rest is the margin for what the
+# settings do not fix exactly (SIMBA's final evaluation, MIPROv2's bootstrap, GEPA's reflections).
+FILL = 0.9
+
+
+def pipeline_program() -> dx.Program:
+    """Return the plan -> solve -> verify program of the lab world (``dx.tasks.pipeline_program``)."""
+    make = getattr(dx.tasks, "pipeline_program", None)
+    if make is None:
+        raise RuntimeError("this dspex_lab has no dx.tasks.pipeline_program (the lab world's pipeline task)")
+    return make()  # type: ignore[no-any-return]
+
+
+TASKS = {"single": program, "pipeline": pipeline_program}
+
+
+@dataclass(frozen=True)
+class CurveJob:
+    """One optimizer run of the curve or the ablation: which task, budget, optimizer (and flags) and seed."""
+
+    task: str
+    budget: int
+    optimizer: str
+    seed: int
+    flags: tuple[tuple[str, bool], ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.optimizer + "".join(f" {key}={value}" for key, value in self.flags)
+
+
+@dataclass(frozen=True)
+class SeedData:
+    """A seed's splits and what the unchanged program costs and scores on them (shared by every run of the seed)."""
+
+    train: list[Any]
+    val: list[Any]
+    test: list[Any]
+    val_calls: int
+    baseline_test: list[float]
+
+    @property
+    def calls_per_example(self) -> float:
+        return max(1.0, self.val_calls / max(1, len(self.val)))
+
+
+@dataclass
+class CurveRun:
+    """One finished (or failed) run of a :class:`CurveJob`, scored on the seed's test split."""
+
+    job: CurveJob
+    status: str
+    detail: str
+    settings: dict[str, Any]
+    cap: int
+    lm_calls: int
+    search_calls: int
+    wall_seconds: float
+    test_scores: list[float] = field(repr=False)
+
+    @property
+    def test_mean(self) -> float:
+        return float(np.mean(self.test_scores)) if self.test_scores else float("nan")
+
+
+def seed_data(task: str, sizes: Sizes, seed: int) -> SeedData:
+    """Draw a seed's splits and measure the unchanged program on them: its valset calls and its test scores."""
+    train, val, test = split("arithmetic", sizes, seed)
+    baseline = TASKS[task]()
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=False, threads=2):
+        measured = dx.evaluate(baseline, val, metric=dx.metrics.exact_match, progress=False)
+    return SeedData(train, val, test, measured.lm_calls, test_scores(baseline, test))
+
+
+def dspy_settings(name: str, runs: float) -> dict[str, Any]:
+    """Scale a DSPy optimizer's settings to ``runs`` program runs (the budget over the program's calls per example).
+
+    The coefficients are the lab's measured cost of each setting on the single task (train 100;
+    MIPROv2 and GEPA select on 30 of it): SIMBA about 250 runs per step at ``bsize=16,
+    num_candidates=4`` and 470 at DSPy's ``32, 6``, plus about 100 and 200 for its final
+    evaluation; MIPROv2 about 37 per trial (a 30-example mini-batch, a full evaluation every 10)
+    plus 100 for its bootstrap and proposals; GEPA about 1.1 LM calls per metric call.
+    BootstrapFewShot spends a few dozen calls whatever its settings; more rounds and demos are
+    what a larger budget can buy it.
+    """
+    target = FILL * runs
+    if name == "simba":
+        if target < 1200:
+            return {"bsize": 16, "num_candidates": 4, "max_steps": max(1, int((target - 100) // 250))}
+        return {"bsize": 32, "num_candidates": 6, "max_steps": max(1, int((target - 200) // 470))}
+    if name == "mipro":
+        trials = max(3, int((target - 100) // 37))
+        return {"auto": None, "num_candidates": min(24, max(6, trials // 4)), "num_trials": trials}
+    if name == "gepa":
+        return {"max_metric_calls": max(10, int(0.85 * runs))}
+    if name == "bootstrap":
+        if runs < 1000:
+            return {"max_bootstrapped_demos": 4, "max_labeled_demos": 4, "max_rounds": 1}
+        if runs < 4000:
+            return {"max_bootstrapped_demos": 8, "max_labeled_demos": 8, "max_rounds": 2}
+        return {"max_bootstrapped_demos": 16, "max_labeled_demos": 16, "max_rounds": 4}
+    raise ValueError(f"no budget scaling for optimizer {name!r}; choose from {', '.join(CURVE_OPTIMIZERS)}")
+
+
+def curve_optimizer(job: CurveJob, data: SeedData) -> tuple[Any, dict[str, Any], int]:
+    """Return the job's optimizer, the settings it was given, and its hard cap on the run's LM calls."""
+    if job.optimizer == "simba-c":
+        flags = dict(job.flags)
+        return dx.SimbaC(**flags), flags, job.budget
+    settings = dspy_settings(job.optimizer, job.budget / data.calls_per_example)
+    # validate_top=0: the bridge measures only the baseline and DSPy's final choice on the valset.
+    return DspyOptimizer(job.optimizer, validate_top=0, **settings), settings, job.budget + 2 * data.val_calls
+
+
+def run_curve_job(job: CurveJob, data: SeedData, folder: str) -> CurveRun:
+    """Run one job; a failure (bad settings, a task this dspex_lab lacks, a DSPy error) is a row, never a crash."""
+    logging.getLogger("dspy").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    started = time.perf_counter()
+    settings: dict[str, Any] = {}
+    cap = job.budget
+    try:
+        optimizer, settings, cap = curve_optimizer(job, data)
+        name = f"{job.task}-{job.budget}-{job.label.replace(' ', '-')}-{job.seed}.duckdb"
+        # DSPy's bootstrap prints a line per demo set; the bench prints its own line per run.
+        with (
+            dx.Context(lm=dx.lab_lm("lab/small"), journal=Path(folder) / name, threads=2),
+            redirect_stdout(io.StringIO()),
+        ):
+            result = dx.optimize(
+                TASKS[job.task](), data.train, data.val, metric=dx.metrics.exact_match, optimizer=optimizer,
+                budget=dx.Budget(lm_calls=cap), seed=job.seed, confirm_fraction=0, progress=False,
+            )  # fmt: skip
+        scores = test_scores(result.best, data.test)
+        status, detail = result.status, result.status_detail or ""
+        calls, search = int(result.spending["lm_calls"]), search_calls(result)
+    except Exception as error:
+        status, detail, scores, calls, search = "failed", f"{type(error).__name__}: {error}", [], 0, 0
+    wall = time.perf_counter() - started
+    return CurveRun(job, status, detail.splitlines()[0] if detail else "", settings, cap, calls, search, wall, scores)
+
+
+def run_jobs(
+    jobs: list[CurveJob], data: dict[tuple[str, int], SeedData], folder: Path, processes: int
+) -> list[CurveRun]:
+    """Run the jobs, in ``processes`` processes when more than one; return their runs in the jobs' order."""
+
+    def announce(run: CurveRun) -> None:
+        job = run.job
+        print(
+            f"  {job.task} budget {job.budget:,} seed {job.seed} {job.label:28s} {run.status:8s} "
+            f"test {run.test_mean:.3f} search calls {run.search_calls:,} (cap {run.cap:,}, all {run.lm_calls:,}) "
+            f"{run.wall_seconds:.1f} s" + (f": {run.detail}" if run.status == "failed" else ""),
+            flush=True,
+        )
+
+    if processes <= 1:
+        runs = []
+        for job in jobs:
+            runs.append(run_curve_job(job, data[job.task, job.seed], str(folder)))
+            announce(runs[-1])
+        return runs
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a forked child would inherit DSPy's and the journal's threads and locks mid-use.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+        futures = [pool.submit(run_curve_job, job, data[job.task, job.seed], str(folder)) for job in jobs]
+        runs = []
+        for future in futures:
+            runs.append(future.result())
+            announce(runs[-1])
+        return runs
+
+
+def pooled(runs: list[CurveRun], seeds: list[int]) -> np.ndarray:
+    """The test scores of ``runs`` on the given seeds, concatenated in seed order."""
+    by_seed = {run.job.seed: run.test_scores for run in runs}
+    return np.concatenate([np.asarray(by_seed[seed], dtype=float) for seed in seeds]) if seeds else np.array([])
+
+
+def scored_seeds(*groups: list[CurveRun]) -> list[int]:
+    """The seeds on which every group has a test score (a failed run has none)."""
+    sets = [{run.job.seed for run in group if run.test_scores} for group in groups]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def versus(ours: list[CurveRun], theirs: list[CurveRun], alpha: float = 0.05) -> dict[str, Any]:
+    """SIMBA-C (``ours``) against another optimizer on the seeds both scored: paired test and verdict."""
+    seeds = scored_seeds(ours, theirs)
+    if not seeds:
+        return {"seeds": 0, "verdict": "no paired data"}
+    test = paired_test(pooled(theirs, seeds), pooled(ours, seeds))
+    if test.p_value < alpha and test.mean_difference > 0:
+        verdict = "higher"
+    elif test.p_value < alpha and test.mean_difference < 0:
+        verdict = "LOWER"
+    else:
+        verdict = "equal within CI"
+    return {
+        "seeds": len(seeds), "difference": test.mean_difference, "ci": [test.ci[0], test.ci[1]],
+        "p_value": test.p_value, "test": test.test, "verdict": verdict,
+    }  # fmt: skip
+
+
+def interval_text(scores: np.ndarray) -> str:
+    if not len(scores):
+        return "-"
+    interval = dx.stats.score_interval(scores)
+    return f"{scores.mean():.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+
+
+def calls_text(runs: list[CurveRun]) -> str:
+    calls = [run.search_calls for run in runs if run.status != "failed"]
+    if not calls:
+        return "-"
+    return f"{np.median(calls):,.0f} ({min(calls):,}-{max(calls):,})"
+
+
+def settings_text(runs: list[CurveRun]) -> str:
+    settings = next((run.settings for run in runs if run.settings), {})
+    return ", ".join(f"{key}={value}" for key, value in settings.items()) or "defaults"
+
+
+def result_text(runs: list[CurveRun]) -> str:
+    """A group's pooled test mean with its CI, or how many of its runs failed (their errors follow the table)."""
+    failed = sum(run.status == "failed" for run in runs)
+    if failed:
+        return f"FAILED in {failed}/{len(runs)} seeds (below)"
+    return interval_text(pooled(runs, scored_seeds(runs)))
+
+
+def failure_notes(runs: list[CurveRun]) -> str:
+    """One line per distinct error of the failed runs, naming where it happened."""
+    notes: dict[tuple[str, str], list[int]] = {}
+    for run in runs:
+        if run.status == "failed":
+            notes.setdefault((f"budget {run.job.budget:,} {run.job.label}", run.detail), []).append(run.job.seed)
+    return "\n".join(f"  {where} (seeds {seeds}): {detail}" for (where, detail), seeds in notes.items())
+
+
+def curve_rows(at: list[CurveRun], names: tuple[str, ...]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One budget's rows (an optimizer each, SIMBA-C against it) and their summary, with the budget's verdict."""
+    ours = [run for run in at if run.job.optimizer == "simba-c" and run.test_scores]
+    rows, summary, verdicts = [], {}, []
+    for name in names:
+        mine = [run for run in at if run.job.optimizer == name]
+        if not mine:
+            continue
+        scores = pooled(mine, scored_seeds(mine))
+        row: dict[str, Any] = {
+            "optimizer": name, "settings": settings_text(mine), "test mean [95% CI]": result_text(mine),
+            "search calls median (range)": calls_text(mine),
+            "stopped by cap": sum(run.status == "stopped" for run in mine),
+        }  # fmt: skip
+        entry: dict[str, Any] = {
+            "test_mean": float(scores.mean()) if len(scores) else None,
+            "search_calls": [run.search_calls for run in mine], "settings": mine[0].settings,
+            "statuses": [run.status for run in mine],
+        }  # fmt: skip
+        if name != "simba-c" and ours:
+            compared = entry["simba_c_vs"] = versus(ours, mine)
+            verdicts.append(compared["verdict"])
+            if compared["seeds"]:
+                low, high = compared["ci"]
+                row["SIMBA-C minus it [95% CI]"] = f"{compared['difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
+                row["p"] = f"{compared['p_value']:.3g}"
+            row["SIMBA-C is"] = compared["verdict"]
+        summary[name] = entry
+        rows.append(row)
+    met = bool(ours) and all(verdict in ("higher", "equal within CI", "no paired data") for verdict in verdicts)
+    summary["target_met"] = met
+    why = "SIMBA-C >= every other (higher with p < 0.05, or equal within the CI)" if ours else "SIMBA-C has no result"
+    rows.append({"optimizer": "TARGET", "test mean [95% CI]": f"{'MET' if met else 'NOT MET'}: {why}"})
+    return rows, summary
+
+
+def curve_table(runs: list[CurveRun], budgets: tuple[int, ...], names: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    """The curve for one task: a row per budget and optimizer, SIMBA-C against each, a verdict per budget."""
+    rows, summary = [], {}
+    for budget in budgets:
+        budget_rows, summary[str(budget)] = curve_rows([run for run in runs if run.job.budget == budget], names)
+        rows += [{"budget": f"{budget:,}", **row} for row in budget_rows]
+    headers = [
+        "budget", "optimizer", "settings", "test mean [95% CI]", "search calls median (range)", "stopped by cap",
+        "SIMBA-C minus it [95% CI]", "p", "SIMBA-C is",
+    ]  # fmt: skip
+    table = format_table(headers, [[row.get(key, "") for key in headers] for row in rows])
+    notes = failure_notes(runs)
+    return table + (f"\nfailed runs:\n{notes}" if notes else ""), summary
+
+
+def ablation_table(runs: list[CurveRun]) -> tuple[str, dict[str, Any]]:
+    """SIMBA-C without each composition part against the full SIMBA-C: test means and paired differences."""
+    full = [run for run in runs if not run.job.flags]
+    rows, summary = [], {}
+    for label, flags in ABLATIONS:
+        mine = [run for run in runs if dict(run.job.flags) == flags]
+        scores = pooled(mine, scored_seeds(mine))
+        entry: dict[str, Any] = {"test_mean": float(scores.mean()) if len(scores) else None}
+        difference, p_text = "", ""
+        seeds = scored_seeds(full, mine)
+        if flags and seeds:
+            test = paired_test(pooled(full, seeds), pooled(mine, seeds))
+            difference = f"{test.mean_difference:+.3f} [{test.ci[0]:+.3f}, {test.ci[1]:+.3f}]"
+            p_text = f"{test.p_value:.3g} ({test.test})"
+            entry.update(difference=test.mean_difference, ci=[test.ci[0], test.ci[1]], p_value=test.p_value)
+        name = f"SimbaC({label})" if flags else "SimbaC() (full)"
+        rows.append([name, result_text(mine), calls_text(mine), difference, p_text, len(seeds) if flags else ""])
+        summary[label] = entry
+    headers = ["variant", "test mean [95% CI]", "search calls median (range)", "minus full [95% CI]", "p", "seeds"]
+    notes = failure_notes(runs)
+    return format_table(headers, rows) + (f"\nfailed runs:\n{notes}" if notes else ""), summary
+
+
+def curve_and_ablation(
+    tables: set[str], task: str, options: argparse.Namespace, sizes: Sizes, folder: Path
+) -> dict[str, Any]:
+    """Run the curve and/or the ablation on one task, print their tables and return their summaries."""
+    seeds = list(range(1 if options.quick else options.seeds))
+    budgets = tuple(int(value) for value in options.budgets.split(","))
+    names = tuple(name for name in options.optimizers.split(",") if name in CURVE_OPTIMIZERS)
+    jobs = []
+    if "curve" in tables:
+        jobs += [CurveJob(task, budget, name, seed) for budget in budgets for seed in seeds for name in names]
+    if "ablation" in tables:
+        for _, flags in ABLATIONS:
+            job_flags = tuple(sorted(flags.items()))
+            jobs += [CurveJob(task, ABLATION_BUDGET, "simba-c", seed, job_flags) for seed in seeds]
+    # The full SIMBA-C at the ablation's budget is one run, whichever table asked for it.
+    jobs = list(dict.fromkeys(jobs))
+    started = time.perf_counter()
+    try:
+        data = {(task, seed): seed_data(task, sizes, seed) for seed in seeds}
+    except Exception as error:
+        print(f"\n{task} task unavailable: {type(error).__name__}: {error}")
+        return {"error": f"{type(error).__name__}: {error}"}
+    print(
+        f"\n{task} task: {len(jobs)} runs, {options.processes} process(es); calls per example (baseline): "
+        + ", ".join(f"seed {seed} {data[task, seed].calls_per_example:.2f}" for seed in seeds),
+        flush=True,
+    )
+    runs = run_jobs(jobs, data, folder, options.processes)
+    wall = time.perf_counter() - started
+    baseline = np.concatenate([data[task, seed].baseline_test for seed in seeds])
+    report: dict[str, Any] = {"seconds": wall, "baseline_test_mean": float(baseline.mean()),
+                              "runs": [curve_run_json(run) for run in runs]}  # fmt: skip
+    if "curve" in tables:
+        table, report["curve"] = curve_table([run for run in runs if not run.job.flags], budgets, names)
+        print(f"\ncurve ({task} task; unchanged program's test mean {baseline.mean():.3f}):\n{table}")
+    if "ablation" in tables:
+        chosen = [run for run in runs if run.job.optimizer == "simba-c" and run.job.budget == ABLATION_BUDGET]
+        table, report["ablation"] = ablation_table(chosen)
+        print(f"\nablation ({task} task, {ABLATION_BUDGET:,} calls):\n{table}")
+    print(f"\n{task} task: {len(runs)} runs in {wall / 60:.1f} minutes; load average now {os.getloadavg()[0]:.2f}")
+    return report
+
+
+def curve_run_json(run: CurveRun) -> dict[str, Any]:
+    job = run.job
+    return {
+        "task": job.task, "budget": job.budget, "optimizer": job.label, "seed": job.seed, "status": run.status,
+        "detail": run.detail, "settings": run.settings, "cap": run.cap, "lm_calls": run.lm_calls,
+        "search_calls": run.search_calls, "seconds": run.wall_seconds, "test_mean": run.test_mean,
+        "test_correct": int(sum(run.test_scores)), "test_n": len(run.test_scores),
+    }  # fmt: skip
+
+
+def commit() -> str | None:
+    """The repository's HEAD commit, recorded with the measurement (None outside a git checkout)."""
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return found.stdout.strip()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--null-seeds", type=int, default=20, help="runs per optimizer on the null task")
     parser.add_argument("--quick", action="store_true", help="1 seed, small sets")
-    parser.add_argument("--tables", default="quality,null,overhead")
-    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    parser.add_argument("--tables", default="quality,null,overhead", help="any of quality,null,overhead,curve,ablation")
+    parser.add_argument(
+        "--optimizers",
+        default=None,
+        help=f"default: {','.join(OPTIMIZERS)} ({','.join(CURVE_OPTIMIZERS)} for the curve)",
+    )
+    parser.add_argument("--task", default="single", choices=sorted(TASKS), help="the curve's and ablation's task")
+    parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="the curve's search LM call budgets")
+    parser.add_argument("--processes", type=int, default=1, help="processes for the curve's and ablation's runs")
     parser.add_argument("--json", default=None)
     arguments = parser.parse_args()
+    curve_names = arguments.optimizers or ",".join(CURVE_OPTIMIZERS)
+    arguments.optimizers = arguments.optimizers or ",".join(OPTIMIZERS)
     logging.getLogger("dspy").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     sizes = Sizes(train=60, val=100, test=150) if arguments.quick else Sizes(train=100, val=200, test=300)
@@ -432,7 +871,8 @@ def main() -> int:
     tables = set(arguments.tables.split(","))
     print("machine:", machine_description())
     print(f"sizes: {asdict(sizes)}; seeds: {list(seeds)}; optimizers: {names}")
-    report: dict[str, Any] = {"machine": machine_description(), "sizes": asdict(sizes)}
+    report: dict[str, Any] = {"machine": machine_description(), "sizes": asdict(sizes), "commit": commit()}
+    print("commit:", report["commit"])
     with tempfile.TemporaryDirectory(prefix="dspex-bench-optimize-") as folder:
         path = Path(folder)
         if "quality" in tables:
@@ -452,9 +892,13 @@ def main() -> int:
             print("\noverhead (SIMBA-C, one thread, zero-latency lab LM):")
             table, report["overhead"] = overhead(sizes, 0, path)
             print(table)
+        if tables & {"curve", "ablation"}:
+            options = argparse.Namespace(**{**vars(arguments), "optimizers": curve_names})
+            report[arguments.task] = curve_and_ablation(tables, arguments.task, options, sizes, path)
     if arguments.json:
         write_json(arguments.json, report)
-    print(json.dumps({key: value for key, value in report.items() if key != "machine"}, default=float)[:2000])
+    summary = {key: value for key, value in report.items() if key not in ("machine", "single", "pipeline")}
+    print(json.dumps(summary, default=float)[:2000])
     return 0
 
 
