@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from dspex_lab.notebook import ExperimentBrowser, RunProgress, VariableControls
     from dspex_lab.optimization import OptimizationResult, SimbaC, optimize
     from dspex_lab.program import (
+        Binding,
         Bool,
         Choice,
         Constraint,
@@ -94,6 +95,7 @@ _EXPORTS: dict[str, str] = {
     **{
         name: "dspex_lab.program"
         for name in (
+            "Binding",
             "Bool",
             "Choice",
             "Constraint",
@@ -189,6 +191,7 @@ _hooks.live_plot_factory = _notebook_live_plot
 set_trace_reader(TraceReader(spans=_spans_from_rows, tree=_tree_from_rows))
 
 __all__ = [
+    "Binding",
     "Bool",
     "Budget",
     "Choice",

@@ -12,6 +12,15 @@ from typing import Any
 from dspex_lab.journal import JournalStore
 from dspex_lab.optimization._display import RunDisplay, Subscriber
 from dspex_lab.optimization._dspy import DspyOptimizer
+from dspex_lab.optimization._importance import (
+    IMPORTANCE_COLUMNS,
+    ScoredConfigurations,
+    estimate_importance,
+    importance_html,
+    importance_text,
+    read_scored_configurations,
+    run_importance,
+)
 from dspex_lab.optimization._optimize import DSPY_OPTIMIZERS, OptimizationStep, optimize
 from dspex_lab.optimization._plot import (
     ConvergenceData,
@@ -27,6 +36,7 @@ from dspex_lab.optimization._simba_c import ProposeRule, SimbaC
 __all__ = [
     "CANDIDATE_COLUMNS",
     "DSPY_OPTIMIZERS",
+    "IMPORTANCE_COLUMNS",
     "STEP_COLUMNS",
     "ConvergenceData",
     "DspyOptimizer",
@@ -38,13 +48,19 @@ __all__ = [
     "OptimizationStep",
     "ProposeRule",
     "RunDisplay",
+    "ScoredConfigurations",
     "SimbaC",
     "Subscriber",
     "convergence_data",
     "convergence_plot",
+    "estimate_importance",
     "follow_theme",
+    "importance_html",
+    "importance_text",
     "optimize",
     "plot_run",
+    "read_scored_configurations",
+    "run_importance",
 ]
 
 

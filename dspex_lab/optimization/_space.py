@@ -106,9 +106,9 @@ def _predictor_names(program: Program, lm: Any) -> list[str]:
     return [name for name, _ in module.named_predictors()]
 
 
-def _signature_instructions(program: Program, lm: Any) -> dict[str, str]:
-    module = program.build(lm=lm)
-    return {name: predictor.signature.instructions for name, predictor in module.named_predictors()}
+def _signature_instructions(program: Program) -> dict[str, str]:
+    # Before any semantic binding's prefix or suffix: the build wraps whatever text the lifted variable holds.
+    return {name: settings.base_instructions for name, settings in program.effective().items()}
 
 
 def lift(program: Program, *, lm: Any, max_demos: int) -> tuple[Program, Slots]:
@@ -127,7 +127,7 @@ def lift(program: Program, *, lm: Any, max_demos: int) -> tuple[Program, Slots]:
         raise OptimizerError(f"program {program.name!r} has no predictor: there are no instructions or demos to tune")
     has_module_variable = any(target == "module" for target in program.targets.values())
     scopes = [""] if len(names) == 1 or has_module_variable else names
-    instructions = _signature_instructions(program, lm)
+    instructions = _signature_instructions(program)
     variables = dict(program.variables)
     instruction_slots: dict[str, str] = {}
     demo_slots: dict[str, str] = {}

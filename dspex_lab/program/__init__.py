@@ -1,8 +1,9 @@
 """Programs: a DSPy module plus typed variables, as a frozen, JSON-serialisable spec.
 
-This layer owns the :class:`Program` spec, the variable types and their
-constraints, the registry of custom modules with the allow-list that guards
-hydration, and :meth:`Program.build`, which turns a spec into a live
+This layer owns the :class:`Program` spec, the variable types, their
+constraints and semantic bindings (:class:`Binding`: a value → settings and prompt
+text of several predictors), the registry of custom modules with the allow-list that
+guards hydration, and :meth:`Program.build`, which turns a spec into a live
 ``dspy.Module``. A spec is data that may come from someone else: it cannot carry
 endpoints or credentials, reach private attributes or leave the module tree, or
 switch the run to a hosted LM the user did not allow (:func:`set_allowed_models`), and
@@ -11,6 +12,7 @@ aliases, bounded size, nesting and integers).
 It imports dspy and the redaction policy of :mod:`dspex_lab.trace.redaction`.
 """
 
+from dspex_lab.program._bindings import Binding, BoundSettings, PredictorSettings
 from dspex_lab.program._bounded import (
     MAX_SPEC_CHARACTERS,
     check_spec_value,
@@ -43,13 +45,16 @@ from dspex_lab.program._variables import (
 
 __all__ = [
     "MAX_SPEC_CHARACTERS",
+    "Binding",
     "Bool",
+    "BoundSettings",
     "Choice",
     "Constraint",
     "Demos",
     "Float",
     "Int",
     "ModuleType",
+    "PredictorSettings",
     "Program",
     "Text",
     "Variable",

@@ -15,6 +15,7 @@ import numpy as np
 
 from dspex_lab import _hooks
 from dspex_lab.errors import ProgramSpecError, VariableError, bounded_repr
+from dspex_lab.program._bindings import BoundSettings, PredictorSettings, check_predictor_name, wrap_instructions
 from dspex_lab.program._bounded import check_spec_value, parse_json_spec
 from dspex_lab.program._constraints import Constraint
 from dspex_lab.program._registry import module_name, resolve_module
@@ -61,17 +62,54 @@ def _check_signature(signature: str) -> None:
         raise ProgramSpecError(f"signature {bounded_repr(signature)} is not valid: {str(error)[:300]}") from None
 
 
-def _infer_target(name: str, variable: Variable) -> str:
+def _infer_targets(name: str, variable: Variable) -> tuple[str, ...]:
+    """Return what a variable binds to: its targets, its one target (inferred from its name), or none (a binding)."""
+    if variable.binding is not None:
+        return ()
+    if variable.targets is not None:
+        return variable.targets
     if variable.target is not None:
-        return variable.target
+        return (variable.target,)
     if isinstance(variable, ModuleType):
-        return "module"
+        return ("module",)
     if isinstance(variable, Demos):
-        return "demos"
-    return name
+        return ("demos",)
+    return (name,)
 
 
-def _check_target(name: str, variable: Variable, target: str) -> None:
+# (setting, predictor) → variable; predictor "" is the whole module.
+_Claims = dict[tuple[str, str], str]
+
+
+def _check_claims(variables: Mapping[str, Variable], targets: Mapping[str, tuple[str, ...]]) -> None:
+    """Refuse two variables setting the same LM setting of the same predictor (or of the whole module).
+
+    A module-wide setting (``temperature``) is the default beneath per-predictor ones
+    (``temperature:solve``, a binding's ``solve`` entry), so those two do not clash.
+    """
+    claims: _Claims = {}
+
+    def claim(setting: str, predictor: str, variable: str) -> None:
+        other = claims.setdefault((setting, predictor), variable)
+        if other != variable:
+            where = f"predictor {predictor!r}" if predictor else "the whole module"
+            raise ProgramSpecError(
+                f"variables {other!r} and {variable!r} both set {setting} of {where}; give each setting one "
+                "variable (a module-wide one such as 'temperature' is the default beneath per-predictor ones)"
+            )
+
+    for name, bound in targets.items():
+        for target in bound:
+            base, _, predictor = target.partition(":")
+            if base in LM_TARGETS:
+                claim(base, predictor, name)
+        binding = variables[name].binding
+        if binding is not None:
+            for setting, predictor in sorted(binding.claims()):
+                claim(setting, predictor, name)
+
+
+def _check_target(name: str, variable: Variable, target: str, *, alone: bool) -> None:
     expected: dict[str, tuple[type[Variable], ...]] = {
         "temperature": (Float,),
         "max_tokens": (Int,),
@@ -90,6 +128,12 @@ def _check_target(name: str, variable: Variable, target: str) -> None:
         raise ProgramSpecError(f"variable {bounded_repr(name)} binds to {target!r} and must be a Demos")
     if base not in LM_TARGETS and base not in PROGRAM_TARGETS:
         check_attribute_target(name, target)
+    if base in LM_TARGETS and ":" in target:
+        check_predictor_name(target.partition(":")[2], where=f"variable {bounded_repr(name)}, target {target!r}")
+    if base == "module" and (target != "module" or not alone):
+        raise ProgramSpecError(
+            f"variable {bounded_repr(name)}: 'module' swaps the whole module class and is a variable's only target"
+        )
     if isinstance(variable, ModuleType):
         for choice in variable.choices:
             resolve_module(choice)
@@ -176,17 +220,19 @@ class Program:
             raise ProgramSpecError(f"init arguments must be JSON values: {error}") from None
         check_init(init_values)
         checked: dict[str, Variable] = {}
-        targets: dict[str, str] = {}
+        targets: dict[str, tuple[str, ...]] = {}
         for variable_name, variable in (variables or {}).items():
             if not isinstance(variable, Variable):
                 raise ProgramSpecError(
                     f"variable {bounded_repr(variable_name)} must be a dx variable (dx.Float, dx.Choice, ...), "
                     f"got {bounded_repr(variable)}"
                 )
-            target = _infer_target(variable_name, variable)
-            _check_target(variable_name, variable, target)
+            bound = _infer_targets(variable_name, variable)
+            for target in bound:
+                _check_target(variable_name, variable, target, alone=len(bound) == 1)
             checked[variable_name] = variable
-            targets[variable_name] = target
+            targets[variable_name] = bound
+        _check_claims(checked, targets)
         rules = tuple(rule if isinstance(rule, Constraint) else Constraint(rule) for rule in (constraints or ()))
         for rule in rules:
             unknown = sorted(rule.names - checked.keys())
@@ -233,7 +279,18 @@ class Program:
 
     @property
     def targets(self) -> Mapping[str, str]:
-        """Name → resolved binding target."""
+        """Name → resolved target, as text: several targets joined by ", ", ``"binding"`` for a semantic binding.
+
+        For the targets themselves use :attr:`bound_targets`.
+        """
+        return {
+            name: "binding" if self._variables[name].binding is not None else ", ".join(bound)
+            for name, bound in self._targets.items()
+        }
+
+    @property
+    def bound_targets(self) -> Mapping[str, tuple[str, ...]]:
+        """Name → every target the variable binds to (empty for a variable with a semantic binding)."""
         return self._targets
 
     @property
@@ -263,8 +320,8 @@ class Program:
 
     def _module_run(self) -> str:
         """Return the module class :meth:`build` constructs: a module variable's value, else the spec's module."""
-        for name, target in self._targets.items():
-            if target == "module":
+        for name, bound in self._targets.items():
+            if bound == ("module",):
                 return str(self._variables[name].value)
         return self._module
 
@@ -432,10 +489,11 @@ class Program:
         return f"Program({self.name!r}, module={self._module!r}{', ' if shown else ''}{shown})"
 
     def _repr_html_(self) -> str:
+        shown_targets = self.targets
         rows = "".join(
             f"<tr><td>{html.escape(name)}</td><td>{html.escape(type(variable).__name__)}</td>"
             f"<td>{html.escape(repr(variable.value)[:80])}</td><td>{html.escape(variable.allowed())}</td>"
-            f"<td>{html.escape(self._targets[name])}</td></tr>"
+            f"<td>{html.escape(shown_targets[name])}</td></tr>"
             for name, variable in self._variables.items()
         )
         return (
@@ -443,7 +501,39 @@ class Program:
             f"<code>{html.escape(self._module_run())}</code> <code>{html.escape(self._signature or '')}</code> "
             f"<small>{self.fingerprint[:12]}</small>"
             "<table><tr><th>variable</th><th>type</th><th>value</th><th>allowed</th><th>target</th></tr>"
-            f"{rows}</table></div>"
+            f"{rows}</table>{self._predictors_html()}</div>"
+        )
+
+    def _predictors_html(self) -> str:
+        """Return a table of what each predictor gets, when some variable binds predictors one by one."""
+        per_predictor = any(variable.binding is not None for variable in self._variables.values()) or any(
+            ":" in target and target.partition(":")[0] in LM_TARGETS
+            for bound in self._targets.values()
+            for target in bound
+        )
+        if not per_predictor:
+            return ""
+        try:
+            effective = self.effective()
+        except ProgramSpecError as error:
+            return f"<p class='dspex-error'>{html.escape(str(error)[:300])}</p>"
+
+        def cell(value: Any) -> str:
+            return "" if value is None else html.escape(str(value)[:80])
+
+        rows = "".join(
+            f"<tr><td>{html.escape(name)}</td><td>{cell(record.model)}</td><td>{cell(record.temperature)}</td>"
+            f"<td>{cell(record.max_tokens)}</td><td>{cell(' / '.join(record.prefixes) or None)}</td>"
+            f"<td>{cell(' / '.join(record.suffixes) or None)}</td>"
+            f"<td>{cell(', '.join(sorted({v for names in (record.sources or {}).values() for v in names})) or None)}"
+            "</td>"
+            "</tr>"
+            for name, record in effective.items()
+        )
+        return (
+            "<table class='dspex-predictors'><tr><th>predictor</th><th>model</th><th>temperature</th>"
+            "<th>max_tokens</th><th>prefix</th><th>suffix</th><th>set by</th></tr>"
+            f"{rows}</table>"
         )
 
     # -- hydration -----------------------------------------------------------------------------
@@ -456,53 +546,182 @@ class Program:
                 program has no ``model`` variable; defaults to ``dspy.settings.lm``.
                 Programs without LM-level variables leave predictors on the context LM.
 
-        A ``model`` variable resolves only a lab model, the model of the LM it replaces
+        In order: the module is constructed; instructions, demos and attribute targets are set;
+        module-wide LM settings (``temperature``...) give every predictor one LM; a predictor with
+        settings of its own (``temperature:solve``, a binding's ``solve`` entry) gets its own LM,
+        the module-wide settings overlaid with its own; last, each binding's prefix and suffix wrap
+        the predictor's instructions (prefixes in the order the variables are declared, outermost
+        first), so they hold whatever the instructions are, an optimizer's included.
+
+        A ``model`` value resolves only a lab model, the model of the LM it replaces
         (``lm`` or the context's), or a model allowed with
         :func:`~dspex_lab.program.set_allowed_models` (see :mod:`dspex_lab.program._safety`).
 
         Raises:
-            ProgramSpecError: the module cannot be constructed, a target does not exist or
-                leaves the module tree, or the model is not allowed.
+            ProgramSpecError: the module cannot be constructed, a target or bound predictor does
+                not exist or leaves the module tree, or the model is not allowed.
         """
+        module = self._construct()
+        predictors = dict(module.named_predictors())
+        self._apply_direct_targets(module, predictors)
+        module_wide, own = self._lm_settings(predictors)
+        run_lm = lm or dspy.settings.lm
+        resolved: dict[str, dspy.BaseLM] = {}
+        if module_wide:
+            module.set_lm(self._configured_lm(module_wide, run_lm, resolved, scope="the module"))
+        for predictor_name, settings in own.items():
+            predictors[predictor_name].lm = self._configured_lm(
+                {**module_wide, **settings}, run_lm, resolved, scope=f"predictor {predictor_name!r}"
+            )
+        for predictor_name, entries in self._bound_texts().items():
+            predictor = predictors[predictor_name]
+            prefixes = [settings.prefix for _, settings in entries]
+            suffixes = [settings.suffix for _, settings in entries]
+            predictor.signature = predictor.signature.with_instructions(
+                wrap_instructions(predictor.signature.instructions, prefixes, suffixes)
+            )
+        # The spec travels to process and Dask workers, which rebuild the module from it (engine/_remote.py).
+        module.dspex_program = self.to_dict()
+        return module
+
+    def effective(self) -> dict[str, PredictorSettings]:
+        """Return, per predictor, the settings and prompt text this program puts in force, and their sources.
+
+        What :meth:`build` would configure, read without an LM: a setting the program leaves to
+        the run's LM is None. For displays, and for optimizers that move the variables shared
+        by several predictors together.
+
+        Raises:
+            ProgramSpecError: as :meth:`build`, for the module, its targets and bound predictors.
+        """
+        module = self._construct()
+        predictors = dict(module.named_predictors())
+        self._apply_direct_targets(module, predictors)
+        module_wide, own = self._lm_settings(predictors)
+        texts = self._bound_texts()
+        effective = {}
+        for name, predictor in predictors.items():
+            settings = {**module_wide, **own.get(name, {})}
+            entries = texts.get(name, [])
+            sources: dict[str, tuple[str, ...]] = {key: (variable,) for key, (_, variable) in settings.items()}
+            instruction_variables = tuple(
+                variable
+                for variable, bound in self._targets.items()
+                if "instructions" in bound or f"instructions:{name}" in bound
+            )
+            for key in ("prefix", "suffix"):
+                named = tuple(variable for variable, bound in entries if getattr(bound, key))
+                if named:
+                    sources[key] = named
+            if instruction_variables:
+                sources["instructions"] = instruction_variables
+            prefixes = tuple(bound.prefix for _, bound in entries if bound.prefix)
+            suffixes = tuple(bound.suffix for _, bound in entries if bound.suffix)
+            base = predictor.signature.instructions
+            effective[name] = PredictorSettings(
+                predictor=name,
+                model=settings["model"][0] if "model" in settings else None,
+                temperature=settings["temperature"][0] if "temperature" in settings else None,
+                max_tokens=settings["max_tokens"][0] if "max_tokens" in settings else None,
+                instructions=wrap_instructions(base, prefixes, suffixes),
+                base_instructions=base,
+                prefixes=prefixes,
+                suffixes=suffixes,
+                sources=sources,
+            )
+        return effective
+
+    def _construct(self) -> dspy.Module:
+        """Construct the module class (a module variable's value, else the spec's) with the spec's arguments."""
         module_class = self._module_run()
         cls = resolve_module(module_class)
         arguments = (self._signature,) if self._signature is not None else ()
         try:
-            module = cls(*arguments, **self._init)
+            return cls(*arguments, **self._init)  # type: ignore[no-any-return]
         except Exception as error:
             raise ProgramSpecError(f"cannot construct {module_class}: {type(error).__name__}: {error}") from error
-        predictors = dict(module.named_predictors())
-        lm_settings: dict[str, Any] = {}
-        for name, target in self._targets.items():
+
+    def _apply_direct_targets(self, module: dspy.Module, predictors: dict[str, Any]) -> None:
+        """Set instructions, demos and attribute targets (LM targets are set by :meth:`build` after)."""
+        for name, bound in self._targets.items():
             value = self._variables[name].value
-            base, _, predictor_name = target.partition(":")
-            if base in LM_TARGETS:
-                lm_settings[base] = value
-            elif base in ("instructions", "demos"):
-                chosen = self._select_predictors(predictors, predictor_name, variable=name)
-                for predictor in chosen:
-                    if base == "instructions":
-                        predictor.signature = predictor.signature.with_instructions(value)
-                    else:
-                        predictor.demos = [dspy.Example(**demo) for demo in value]
-            elif base != "module":
-                set_attribute_in_tree(module, target, value, variable=name, shared_types=(dspy.BaseLM,))
-        if lm_settings:
-            model = lm_settings.pop("model", None)
-            run_lm = lm or dspy.settings.lm
-            if model is not None:
-                model_variable = next(name for name, target in self._targets.items() if target == "model")
-                check_model_allowed(model_variable, model, run_model=getattr(run_lm, "model", None))
-            base_lm = _lm_resolver(model) if model is not None else run_lm
-            if base_lm is None:
-                raise ProgramSpecError(
-                    f"program {self.name!r} sets {sorted(lm_settings)} but no LM is configured: "
-                    "pass lm=..., use dx.Context(lm=...), or add a 'model' variable"
-                )
-            module.set_lm(base_lm.copy(**lm_settings) if lm_settings else base_lm)
-        # The spec travels to process and Dask workers, which rebuild the module from it (engine/_remote.py).
-        module.dspex_program = self.to_dict()
-        return module
+            for target in bound:
+                base, _, predictor_name = target.partition(":")
+                if base in ("instructions", "demos"):
+                    for predictor in self._select_predictors(predictors, predictor_name, variable=name):
+                        if base == "instructions":
+                            predictor.signature = predictor.signature.with_instructions(value)
+                        else:
+                            predictor.demos = [dspy.Example(**demo) for demo in value]
+                elif base not in LM_TARGETS and base != "module":
+                    set_attribute_in_tree(module, target, value, variable=name, shared_types=(dspy.BaseLM,))
+
+    def _lm_settings(
+        self, predictors: dict[str, Any]
+    ) -> tuple[dict[str, tuple[Any, str]], dict[str, dict[str, tuple[Any, str]]]]:
+        """Return the module-wide LM settings and each predictor's own, as setting → (value, variable).
+
+        Checks every predictor a target or a binding names (in every case, not only the current
+        value's), so a spec broken for some value fails on its first build.
+        """
+        module_wide: dict[str, tuple[Any, str]] = {}
+        own: dict[str, dict[str, tuple[Any, str]]] = {}
+        for name, bound in self._targets.items():
+            value = self._variables[name].value
+            for target in bound:
+                base, _, predictor_name = target.partition(":")
+                if base not in LM_TARGETS:
+                    continue
+                if not predictor_name:
+                    module_wide[base] = (value, name)
+                    continue
+                self._select_predictors(predictors, predictor_name, variable=name)
+                own.setdefault(predictor_name, {})[base] = (value, name)
+        for name, variable in self._variables.items():
+            if variable.binding is None:
+                continue
+            for predictor_name in variable.binding.predictors():
+                self._select_predictors(predictors, predictor_name, variable=name)
+            for predictor_name, settings in variable.binding.settings_for(variable.value).items():
+                for key, setting in settings.lm_settings().items():
+                    own.setdefault(predictor_name, {})[key] = (setting, name)
+        return module_wide, own
+
+    def _bound_texts(self) -> dict[str, list[tuple[str, BoundSettings]]]:
+        """Return predictor → (variable, settings) of every binding giving it text, in declaration order."""
+        texts: dict[str, list[tuple[str, BoundSettings]]] = {}
+        for name, variable in self._variables.items():
+            if variable.binding is None:
+                continue
+            for predictor_name, settings in variable.binding.settings_for(variable.value).items():
+                if settings.prefix or settings.suffix:
+                    texts.setdefault(predictor_name, []).append((name, settings))
+        return texts
+
+    def _configured_lm(
+        self,
+        settings: Mapping[str, tuple[Any, str]],
+        run_lm: dspy.BaseLM | None,
+        resolved: dict[str, dspy.BaseLM],
+        *,
+        scope: str,
+    ) -> dspy.BaseLM:
+        """Return the LM for ``settings``: its model (checked, resolved once per build) or the run's, with them."""
+        remaining = {key: value for key, (value, _) in settings.items() if key != "model"}
+        if "model" in settings:
+            model, variable = settings["model"]
+            check_model_allowed(variable, model, run_model=getattr(run_lm, "model", None))
+            if model not in resolved:
+                resolved[model] = _lm_resolver(model)
+            base_lm = resolved[model]
+        elif run_lm is None:
+            raise ProgramSpecError(
+                f"program {self.name!r} sets {sorted(remaining)} of {scope} but no LM is configured: "
+                "pass lm=..., use dx.Context(lm=...), or add a 'model' variable"
+            )
+        else:
+            base_lm = run_lm
+        return base_lm.copy(**remaining) if remaining else base_lm
 
     @staticmethod
     def _select_predictors(predictors: dict[str, Any], predictor_name: str, *, variable: str) -> list[Any]:

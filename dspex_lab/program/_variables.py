@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from dspex_lab.errors import ProgramSpecError, VariableError, bounded_repr
+from dspex_lab.program._bindings import MAX_BINDING_CASES, Binding
 
 __all__ = ["Bool", "Choice", "Demos", "Float", "Int", "ModuleType", "Text", "Variable", "variable_from_dict"]
 
@@ -18,6 +19,8 @@ LM_TARGETS = ("temperature", "max_tokens", "model")
 PROGRAM_TARGETS = ("instructions", "demos", "module")
 # A target is a dotted attribute path or one of the names above: a few dozen characters.
 MAX_TARGET_CHARACTERS = 200
+# A variable shared by every stage of a pipeline binds a handful of targets; far above that is a mistake.
+MAX_TARGETS = 32
 
 
 @dataclass(frozen=True)
@@ -25,30 +28,59 @@ class Variable:
     """Base of the typed variables; subclasses add their value domain.
 
     A variable has a current ``value`` and a ``target`` saying what it configures:
-    ``"temperature"``, ``"max_tokens"``, ``"model"`` (the LM), ``"instructions"`` or
-    ``"demos"`` (every predictor, or one with ``"instructions:<predictor>"``),
-    ``"module"`` (the module type), or a dotted attribute path such as
-    ``"retrieve.k"``. When ``target`` is None it is inferred from the variable's
-    name when the program is built.
+    ``"temperature"``, ``"max_tokens"``, ``"model"`` (the module's LM, or one predictor's
+    with ``"temperature:<predictor>"``), ``"instructions"`` or ``"demos"`` (every
+    predictor, or one with ``"instructions:<predictor>"``), ``"module"`` (the module
+    type), or a dotted attribute path such as ``"retrieve.k"``. When ``target`` is None
+    it is inferred from the variable's name when the program is built.
+
+    ``targets`` binds one value to several targets at once
+    (``targets=("temperature:plan", "temperature:solve")``); it excludes ``target``.
+    ``binding`` (``Choice``, ``Bool`` and ``Int`` only) maps each value to settings and
+    prompt text of several predictors (a :class:`~dspex_lab.program.Binding`, or a plain
+    mapping value → {predictor: settings}); a bound variable has no target.
     """
 
     value: Any
     _: KW_ONLY
     target: str | None = None
+    targets: tuple[str, ...] | None = None
+    binding: Binding | None = None
     description: str = ""
     kind: ClassVar[str] = "variable"
+    bindable: ClassVar[bool] = False
 
     def _check_fields(self) -> None:
         """Check the fields every variable has; subclasses call it first, since a spec may hold anything."""
+        owner = type(self).__name__
         if self.target is not None and (not isinstance(self.target, str) or len(self.target) > MAX_TARGET_CHARACTERS):
             raise ProgramSpecError(
-                f"{type(self).__name__}: target must be a string of at most {MAX_TARGET_CHARACTERS} characters "
+                f"{owner}: target must be a string of at most {MAX_TARGET_CHARACTERS} characters "
                 f"such as 'temperature' or 'retrieve.k', got {bounded_repr(self.target)}"
             )
         if not isinstance(self.description, str):
-            raise ProgramSpecError(
-                f"{type(self).__name__}: description must be a string, got {bounded_repr(self.description)}"
+            raise ProgramSpecError(f"{owner}: description must be a string, got {bounded_repr(self.description)}")
+        if self.targets is not None:
+            object.__setattr__(self, "targets", _checked_targets(owner, self.targets, target=self.target))
+        if self.binding is not None:
+            if not self.bindable:
+                raise ProgramSpecError(
+                    f"{owner}: binding= needs a Choice, Bool or Int variable (a value that names a case), not a {owner}"
+                )
+            if self.target is not None or self.targets is not None:
+                raise ProgramSpecError(
+                    f"{owner}: a variable with binding= configures predictors through it; give no target or targets"
+                )
+            if not isinstance(self.binding, Binding):
+                object.__setattr__(self, "binding", Binding(self.binding))
+
+    def _check_binding(self, domain: tuple[Any, ...] | None) -> None:
+        """Check the binding's cases against this variable's domain (every value of ``domain`` covered)."""
+        if self.binding is not None:
+            checked = self.binding.for_domain(
+                lambda value: self.validate(value, name="binding case"), domain, owner=type(self).__name__
             )
+            object.__setattr__(self, "binding", checked)
 
     def validate(self, value: Any, *, name: str = "?") -> Any:
         """Return ``value`` normalised to this variable's domain or raise VariableError."""
@@ -71,6 +103,10 @@ class Variable:
         data: dict[str, Any] = {"type": self.kind, "value": self.value}
         if self.target is not None:
             data["target"] = self.target
+        if self.targets is not None:
+            data["targets"] = list(self.targets)
+        if self.binding is not None:
+            data["binding"] = self.binding.to_dict()
         if self.description:
             data["description"] = self.description
         data.update(self._domain())
@@ -78,6 +114,28 @@ class Variable:
 
     def _domain(self) -> dict[str, Any]:
         return {}
+
+
+def _checked_targets(owner: str, targets: Any, *, target: str | None) -> tuple[str, ...]:
+    """Return ``targets`` as a tuple after checking it is a short list of distinct target strings."""
+    if target is not None:
+        raise ProgramSpecError(f"{owner}: give target= or targets=, not both (got target={bounded_repr(target)})")
+    if isinstance(targets, (str, bytes)) or not isinstance(targets, (list, tuple)):
+        raise ProgramSpecError(
+            f"{owner}: targets must be a list of targets such as ['temperature:plan', 'temperature:solve'], "
+            f"got {bounded_repr(targets)}"
+        )
+    if not 0 < len(targets) <= MAX_TARGETS:
+        raise ProgramSpecError(f"{owner}: targets must list 1 to {MAX_TARGETS} targets, got {len(targets)}")
+    for item in targets:
+        if not isinstance(item, str) or not item or len(item) > MAX_TARGET_CHARACTERS:
+            raise ProgramSpecError(
+                f"{owner}: each target is a non-empty string of at most {MAX_TARGET_CHARACTERS} characters, "
+                f"got {bounded_repr(item)}"
+            )
+    if len(set(targets)) != len(targets):
+        raise ProgramSpecError(f"{owner}: targets lists a target twice: {bounded_repr(list(targets))}")
+    return tuple(targets)
 
 
 def _check_domain_number(owner: str, field: str, value: Any, *, integer: bool = False) -> None:
@@ -171,6 +229,7 @@ class Int(Variable):
     low: int | None = None
     high: int | None = None
     kind: ClassVar[str] = "int"
+    bindable: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self._check_fields()
@@ -180,6 +239,8 @@ class Int(Variable):
         if self.low is not None and self.high is not None and self.low > self.high:
             raise ProgramSpecError(f"Int: low={self.low} is above high={self.high}")
         object.__setattr__(self, "value", self.validate(self.value, name="default"))
+        finite = self.low is not None and self.high is not None and self.high - self.low < MAX_BINDING_CASES
+        self._check_binding(tuple(range(self.low, self.high + 1)) if finite else None)  # type: ignore[arg-type]
 
     def allowed(self) -> str:
         low = "-inf" if self.low is None else self.low
@@ -207,6 +268,7 @@ class Choice(Variable):
 
     choices: tuple[Any, ...] = ()
     kind: ClassVar[str] = "choice"
+    bindable: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self._check_fields()
@@ -214,6 +276,7 @@ class Choice(Variable):
         if not self.choices:
             raise ProgramSpecError(f"{type(self).__name__} needs a non-empty choices list")
         object.__setattr__(self, "value", self.validate(self.value, name="default"))
+        self._check_binding(self.choices)
 
     def allowed(self) -> str:
         return f"one of {bounded_repr(list(self.choices), limit=300)}"
@@ -235,10 +298,12 @@ class Bool(Variable):
     """A boolean switch."""
 
     kind: ClassVar[str] = "bool"
+    bindable: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self._check_fields()
         object.__setattr__(self, "value", self.validate(self.value, name="default"))
+        self._check_binding((False, True))
 
     def allowed(self) -> str:
         return "True or False"
@@ -332,6 +397,8 @@ class ModuleType(Choice):
     """The module class itself, swapped at build time (e.g. Predict ↔ ChainOfThought)."""
 
     kind: ClassVar[str] = "module_type"
+    # Swapping the module class changes which predictors exist: a binding to them would not hold.
+    bindable: ClassVar[bool] = False
 
 
 _TYPES: dict[str, type[Variable]] = {cls.kind: cls for cls in (Float, Int, Choice, Bool, Text, Demos, ModuleType)}
@@ -353,6 +420,8 @@ def variable_from_dict(data: dict[str, Any], *, name: str = "?") -> Variable:
             )
         data["choices"] = tuple(data["choices"])
     try:
+        if data.get("binding") is not None:
+            data["binding"] = Binding.from_dict(data["binding"])
         return cls(**data)
     except VariableError as error:
         if error.variable == "default":  # the constructor checks its value before it has a name: give it one
