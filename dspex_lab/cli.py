@@ -589,12 +589,15 @@ def _trace(arguments: argparse.Namespace) -> int:
 
 def _print_importance(journal: Any, run_id: str) -> None:
     """Print which variables mattered in an optimization run (``result.importance()``), read from the journal."""
-    from dspex_lab.optimization._importance import importance_or_reason, importance_text, run_importance
+    from dspex_lab.errors import DspexLabError
+    from dspex_lab.optimization import importance_text, run_importance
     from dspex_lab.trace.redaction import mask_text
 
-    frame, reason = importance_or_reason(lambda: run_importance(journal, run_id))
     print()
-    print(mask_text(importance_text(frame) if frame is not None else str(reason)))
+    try:
+        print(mask_text(importance_text(run_importance(journal, run_id))))
+    except DspexLabError as error:  # a run that has not recorded its baseline yet
+        print(f"Which variables mattered: not estimable ({mask_text(str(error))})")
 
 
 def _print_step_why(journal: Any, run_id: str, step: int) -> None:

@@ -44,6 +44,8 @@ from dspex_lab.notebook._dashboard_data import (
 from dspex_lab.notebook._dashboard_optimization import (
     history_data,
     history_plot,
+    importance_data,
+    importance_plot,
     timeline_frame,
     timeline_note,
     timeline_plot,
@@ -274,6 +276,9 @@ class Dashboard:
         self.timeline_plot = pn.pane.HoloViews(None)
         self.timeline_note = pn.pane.HTML("", sizing_mode="stretch_width")
         self.timeline = pd.DataFrame()
+        self.importance_plot = pn.pane.HoloViews(None)
+        self.importance_table = pn.pane.HTML("", sizing_mode="stretch_width")
+        self.importance = pd.DataFrame()
         self.run_plot = pn.pane.HoloViews(None)
         self.run_message = pn.pane.Markdown("")
         self.why_table = pn.widgets.Tabulator(
@@ -334,6 +339,7 @@ class Dashboard:
                 ("Convergence", self.run_plot),
                 ("History", self.history_plot),
                 ("Timeline", pn.Column(self.timeline_note, self.timeline_plot, sizing_mode="stretch_width")),
+                ("Importance", pn.Column(self.importance_plot, self.importance_table, sizing_mode="stretch_width")),
                 dynamic=True,
             ),
             pn.pane.Markdown("#### Why: each candidate, what was decided and on what evidence"),
@@ -653,6 +659,7 @@ class Dashboard:
             self.run_plot.object = self.history_plot.object = self.timeline_plot.object = None
             self.run_message.object = self.timeline_note.object = ""
             self.why_table.value = pd.DataFrame()
+            self.refresh_importance(None)
             return
         from dspex_lab.optimization import OptimizationResult
 
@@ -668,6 +675,7 @@ class Dashboard:
         self.timeline = timeline_frame(self.journal, run_id, result.candidates if result is not None else None)
         self.timeline_plot.object = timeline_plot(self.timeline)
         self.timeline_note.object = timeline_note(self.timeline)
+        self.refresh_importance(run_id)
         if result is None:
             return
         try:
@@ -682,6 +690,22 @@ class Dashboard:
             self.why_table.value = pd.DataFrame()
             self.run_plot.object = self.history_plot.object = None
             self.run_message.object = f"**Cannot draw run {run_id}:** {error}"
+
+    def refresh_importance(self, run_id: str | None) -> None:
+        """Draw which variables mattered in run ``run_id`` (``result.importance()``): a forest plot and its table."""
+        from dspex_lab.optimization import importance_html, run_importance
+
+        self.importance, self.importance_plot.object, self.importance_table.object = pd.DataFrame(), None, ""
+        if run_id is None:
+            return
+        try:
+            self.importance = run_importance(self.journal, run_id)
+        except DspexLabError as error:  # a run that has not recorded its baseline yet
+            self.importance_table.object = html.escape(f"Which variables mattered: not estimable ({error})")
+            return
+        drawn = importance_data(self.importance)
+        self.importance_plot.object = importance_plot(drawn) if len(drawn) else None
+        self.importance_table.object = importance_html(self.importance)
 
     def stop(self) -> None:
         """Stop checking the journal."""

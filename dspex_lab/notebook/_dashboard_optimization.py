@@ -1,4 +1,4 @@
-"""The dashboard optimization page's history and timeline: the frames each figure draws, then the drawing.
+"""The dashboard optimization page's history, timeline and importance: the frames each figure draws, then the drawing.
 
 Two layers, as the convergence plots (:mod:`dspex_lab.optimization`): :func:`history_data` and
 :func:`timeline_frame` build plain frames from the run's steps and candidates and from the journal's
@@ -9,9 +9,11 @@ The history is every candidate's score per step (its mini-batch screening and it
 apart), the incumbent's best-so-far validation mean with its interval, and the baseline as a reference
 line; hovering a point names the candidate and its variables' values. The timeline is the run's nested
 evaluations (baseline, screening, validation, confirmation...) as bars over wall-clock time, coloured by
-what became of them, so a researcher sees where the time went. Both draw on a transparent ground with
-grey text (readable on a light and a dark page) and fetch nothing from outside: the served dashboard
-gives bokeh's JavaScript from its own server.
+what became of them, so a researcher sees where the time went. The importance is ``result.importance()``
+drawn as a forest plot: each estimable contrast's effect on the metric with its interval, around a zero
+line (:func:`importance_data` builds its rows, :func:`importance_plot` draws them). All draw on a
+transparent ground with grey text (readable on a light and a dark page) and fetch nothing from outside:
+the served dashboard gives bokeh's JavaScript from its own server.
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HISTORY_COLUMNS",
+    "IMPORTANCE_PLOT_COLUMNS",
     "TIMELINE_COLUMNS",
     "TIMELINE_OUTCOMES",
     "OptimizationHistory",
     "history_data",
     "history_plot",
+    "importance_data",
+    "importance_plot",
     "timeline_frame",
     "timeline_note",
     "timeline_plot",
@@ -49,6 +54,8 @@ TIMELINE_COLUMNS = (
     "experiment_id", "row", "label", "role", "candidate", "outcome", "status", "start", "end", "seconds",
     "duration", "n_trials", "n_errors", "mean",
 )  # fmt: skip
+# One row per estimable contrast of result.importance(), top to bottom in the table's order.
+IMPORTANCE_PLOT_COLUMNS = ("row", "label", "effect", "ci_low", "ci_high", "share", "candidates")
 # What a timeline bar's colour says, in legend order, with the colour (readable on light and dark grounds).
 TIMELINE_OUTCOMES = {
     "baseline": "#4a90d9",
@@ -267,6 +274,27 @@ def timeline_note(frame: pd.DataFrame) -> str:
     )
 
 
+def importance_data(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return the importance plot's rows: each estimable contrast of ``frame`` (``result.importance()``), in order.
+
+    ``label`` is ``variable: contrast``; a contrast that is not estimable has no point to draw (the table
+    under the plot says why).
+    """
+    rows = [
+        {
+            "row": position,
+            "label": f"{row['variable']}: {row['contrast']}",
+            "effect": float(row["effect"]),
+            "ci_low": float(row["ci_low"]),
+            "ci_high": float(row["ci_high"]),
+            "share": float(row["share"]),
+            "candidates": int(row["candidates"]),
+        }
+        for position, row in enumerate(item for item in frame.to_dict("records") if item["estimable"])
+    ]
+    return pd.DataFrame(rows, columns=list(IMPORTANCE_PLOT_COLUMNS))
+
+
 # -- drawing ----------------------------------------------------------------------------------------------
 
 
@@ -347,6 +375,35 @@ def timeline_plot(frame: pd.DataFrame) -> Any:
         frame_height=max(_FRAME_HEIGHT // 2, min(_BAR_HEIGHT * count, 4 * _FRAME_HEIGHT)),
         legend_position="right",
         legend_opts={"click_policy": "hide"},
+        show_grid=True,
+        hooks=[follow_theme],
+    )
+
+
+def importance_plot(data: pd.DataFrame, *, confidence: float = 0.95) -> Any:
+    """Draw which variables mattered: each contrast's effect on the metric with its interval, and zero."""
+    from dspex_lab.optimization import follow_theme
+
+    hv = _holoviews()
+    hover = ["label", "ci_low", "ci_high", "share", "candidates"]
+    count = len(data)
+    layers = [
+        hv.VLine(0).opts(color=_NEUTRAL, line_dash="dashed", line_width=1),
+        hv.Segments(data, ["ci_low", "row", "ci_high", "row"], hover, label=f"{confidence:.0%} interval").opts(
+            color="#4a90d9", line_width=3, tools=["hover"]
+        ),
+        hv.Scatter(data, "effect", ["row", *hover], label="effect").opts(color="#2ca02c", size=10, tools=["hover"]),
+    ]
+    return hv.Overlay(layers).opts(
+        title="Which variables mattered: effect on the metric",
+        xlabel="effect on the mean score (other variables held fixed)",
+        ylabel="",
+        yticks=list(zip(data["row"], data["label"], strict=True)) or [(0, "")],
+        ylim=(-0.5, max(count, 1) - 0.5),
+        invert_yaxis=True,
+        frame_width=_FRAME_WIDTH,
+        frame_height=max(_FRAME_HEIGHT // 2, min(3 * _BAR_HEIGHT * count, 2 * _FRAME_HEIGHT)),
+        legend_position="right",
         show_grid=True,
         hooks=[follow_theme],
     )

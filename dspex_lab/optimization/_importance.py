@@ -317,9 +317,7 @@ class _Fit:
     notes: list[str]
 
 
-def _fit(
-    design: np.ndarray, scores: pd.DataFrame, *, confidence: float, n_bootstrap: int, seed: int
-) -> _Fit:
+def _fit(design: np.ndarray, scores: pd.DataFrame, *, confidence: float, n_bootstrap: int, seed: int) -> _Fit:
     """Fit the example fixed-effects model and bootstrap it over examples (see the module's notes)."""
     width = design.shape[1]
     products, moments = _within_products(design, scores)
@@ -335,9 +333,7 @@ def _fit(
     coefficients, identified = _solve(standard.sum(axis=0), (moments / scale).sum(axis=0))
     generator = np.random.default_rng(seed)
     weights = generator.multinomial(examples, np.full(examples, 1 / examples), size=n_bootstrap).astype(float)
-    resampled, resampled_identified = _solve(
-        np.einsum("be,eij->bij", weights, standard), weights @ (moments / scale)
-    )
+    resampled, resampled_identified = _solve(np.einsum("be,eij->bij", weights, standard), weights @ (moments / scale))
     tail = (1 - confidence) / 2
     low, high, notes = nan.copy(), nan.copy(), []
     estimable = identified & (spread > 0)
