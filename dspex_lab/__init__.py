@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from dspex_lab.journal import open_journal
     from dspex_lab.lm import lab_lm
     from dspex_lab.notebook import ExperimentBrowser, RunProgress, VariableControls
-    from dspex_lab.optimization import OptimizationResult, SimbaC, optimize
+    from dspex_lab.optimization import Guardrail, Objective, OptimizationResult, SimbaC, optimize
     from dspex_lab.program import (
         Binding,
         Bool,
@@ -91,7 +91,10 @@ _EXPORTS: dict[str, str] = {
     "lab_lm": "dspex_lab.lm",
     # The notebook's widgets need the notebook extra (anywidget); reading one loads that layer.
     **{name: "dspex_lab.notebook" for name in ("ExperimentBrowser", "RunProgress", "VariableControls")},
-    **{name: "dspex_lab.optimization" for name in ("OptimizationResult", "SimbaC", "optimize")},
+    **{
+        name: "dspex_lab.optimization"
+        for name in ("Guardrail", "Objective", "OptimizationResult", "SimbaC", "optimize")
+    },
     **{
         name: "dspex_lab.program"
         for name in (
@@ -204,9 +207,11 @@ __all__ = [
     "EvaluationResult",
     "ExperimentBrowser",
     "Float",
+    "Guardrail",
     "Hypothesis",
     "Int",
     "ModuleType",
+    "Objective",
     "OptimizationResult",
     "Program",
     "RerunReport",

@@ -21,6 +21,7 @@ from dspex_lab.optimization._importance import (
     read_scored_configurations,
     run_importance,
 )
+from dspex_lab.optimization._objective import Guardrail, GuardrailCheck, Objective
 from dspex_lab.optimization._optimize import DSPY_OPTIMIZERS, OptimizationStep, optimize
 from dspex_lab.optimization._plot import (
     ConvergenceData,
@@ -40,7 +41,10 @@ __all__ = [
     "STEP_COLUMNS",
     "ConvergenceData",
     "DspyOptimizer",
+    "Guardrail",
+    "GuardrailCheck",
     "LiveConvergence",
+    "Objective",
     "OptimizationEnded",
     "OptimizationResult",
     "OptimizationStanding",

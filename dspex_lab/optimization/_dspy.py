@@ -87,6 +87,7 @@ from dspex_lab.errors import MissingDependencyError, OptimizerError, VariableErr
 from dspex_lab.optimization._acceptance import finite, judge
 from dspex_lab.optimization._decisions import DecisionTrace
 from dspex_lab.optimization._evaluator import Scores
+from dspex_lab.optimization._objective import baseline_detail, describe_checks
 from dspex_lab.optimization._session import RunSession, StepRecord
 from dspex_lab.optimization._space import Candidate, Slots, lift
 from dspex_lab.optimization._spending import BudgetSpent, Spending
@@ -647,7 +648,10 @@ class _DspyRun:
                     + ", ".join(sorted(set(baseline.errors.values())))
                     + "); fix the program or metric before optimizing"
                 )
-            self.finish_step(StepRecord(0, "finished", "c0", detail="baseline"))
+            detail = baseline_detail(
+                session.setup.objective, baseline, examples=self._val_by_id(), alpha=self.optimizer.options["alpha"]
+            )
+            self.finish_step(StepRecord(0, "finished", "c0", detail=detail))
             trace = DecisionTrace(session.run_id, 1)
             compiled, stopped = self.compile(trace)
             if stopped is not None:
@@ -656,6 +660,10 @@ class _DspyRun:
             return self.assess(compiled, trace)
         except BudgetSpent as spent:
             return "stopped", f"budget: {spent}"
+
+    def _val_by_id(self) -> dict[str, dspy.Example]:
+        """Return example id -> example of the validation set (a second metric's guardrail reads them)."""
+        return {example_id: example for example_id, _, example in self.val_examples}
 
     def validate(self, candidate: Candidate) -> Scores:
         if candidate.id not in self.validation:
@@ -817,6 +825,8 @@ class _DspyRun:
             ids=[key for key, _, _ in self.val_examples],
             method=self.optimizer.options["test"],
             alpha=self.optimizer.options["alpha"],
+            objective=self.session.setup.objective,
+            examples=self._val_by_id(),
         )
         outcomes = []
         for position, (proposal, verdict) in enumerate(zip(proposals, verdicts, strict=True), start=1):
@@ -919,6 +929,8 @@ class _DspyRun:
         candidate, score, group, step_trace = proposal.candidate, proposal.dspy_score, proposal.group, proposal.trace
         is_final = candidate.id == final_id
         accepted = is_final and outcome["significant"]
+        # With an objective, DSPy's final choice is kept only when it meets every guardrail with confidence.
+        kept = is_final and outcome.get("feasible", True)
         step_trace.add(
             "decision",
             f"propose {candidate.id}",
@@ -949,7 +961,7 @@ class _DspyRun:
         record = StepRecord(
             position,
             "finished",
-            candidate.id if is_final else "c0",
+            candidate.id if kept else "c0",
             accepted_id=candidate.id if accepted else None,
             screening=[screening] if score is not None else [],
             evaluations=[outcome],
@@ -967,7 +979,17 @@ class _DspyRun:
         if not is_final:
             return f"measured {candidate.id} ({candidate.rationale.split(' (')[0]}): {p_text}; not DSPy's choice"
         if accepted:
+            if outcome.get("rule") == "feasibility first":
+                return (
+                    f"accepted {candidate.id}, DSPy's final choice: the baseline breaks a guardrail and it meets every "
+                    f"one ({describe_checks(outcome['guardrails'])})"
+                )
             return f"accepted {candidate.id}, DSPy's final choice: {p_text} < alpha={self.optimizer.options['alpha']}"
+        if not outcome.get("feasible", True):
+            return (
+                f"kept c0: {candidate.id}, DSPy's final choice, does not meet every guardrail "
+                f"({describe_checks(outcome['guardrails'])})"
+            )
         difference = outcome["difference"] if outcome["difference"] is not None else math.nan
         return f"kept {candidate.id}, DSPy's final choice, not significant: {p_text}, difference {difference:+.3f}"
 

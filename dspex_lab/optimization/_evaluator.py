@@ -66,6 +66,9 @@ class Scores:
         errors: example id -> error type, for examples with no scored trial.
         predictions: example id -> the prediction (JSON text) of its first scored trial.
         stopped: why the evaluation stopped early (budget, error budget, interrupt), else None.
+        costs: example id -> US dollars its trial's LM calls cost (None: an unpriced model), for every
+            example run, errors included (what an objective's cost guardrail and the Pareto front read).
+        latencies: example id -> its trial's seconds, for every example run, errors included.
     """
 
     experiment_id: str
@@ -73,6 +76,8 @@ class Scores:
     errors: dict[str, str] = field(default_factory=dict)
     predictions: dict[str, str] = field(default_factory=dict)
     stopped: str | None = None
+    costs: dict[str, float | None] = field(default_factory=dict)
+    latencies: dict[str, float] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -248,13 +253,18 @@ def _scores(
     by_example: dict[str, float] = {}
     errors: dict[str, str] = {}
     predictions: dict[str, str] = {}
+    costs: dict[str, float | None] = {}
+    latencies: dict[str, float] = {}
     for example_id, _, _ in examples:
         row = recorded.get((example_id, repeat))
         if row is None:
             continue  # not run: the evaluation stopped before it
+        costs[example_id] = float(row["cost"]) if row.get("cost") is not None else None
+        if row.get("latency") is not None:
+            latencies[example_id] = float(row["latency"])
         if row.get("status") == "ok" and row.get("score") is not None:
             by_example[example_id] = float(row["score"])
             predictions[example_id] = row.get("prediction") or "{}"
         else:
             errors[example_id] = row.get("error_type") or "error"
-    return Scores(experiment_id, by_example, errors, predictions, stopped)
+    return Scores(experiment_id, by_example, errors, predictions, stopped, costs, latencies)

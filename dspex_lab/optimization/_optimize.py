@@ -17,6 +17,7 @@ from dspex_lab.evaluation import installed_display, warn_if_underpowered
 from dspex_lab.optimization._display import RunDisplay, Subscriber, live_plot
 from dspex_lab.optimization._dspy import DspyOptimizer
 from dspex_lab.optimization._evaluator import CandidateEvaluator
+from dspex_lab.optimization._objective import Objective
 from dspex_lab.optimization._result import OptimizationResult
 from dspex_lab.optimization._session import OptimizationStep, RunSession, start_run
 from dspex_lab.optimization._setup import Metric, OptimizationSetup
@@ -120,6 +121,24 @@ def _check_budget(
             )
 
 
+def _check_objective(objective: Objective | None, optimizer: SimbaC | DspyOptimizer, sets: _Sets) -> None:
+    """Check ``objective=``: a :class:`Objective`, on sets large enough for each of its guardrails to hold."""
+    if objective is None:
+        return
+    if not isinstance(objective, Objective):
+        raise OptimizerError(
+            f"objective must be a dx.Objective(guardrails=[dx.Guardrail(...)]), got {type(objective).__name__}"
+        )
+    needed = objective.minimum_examples(_acceptance(optimizer)[0])
+    for role, data in (("selection part of the valset", sets.valset), ("confirmation set", sets.confirm_set)):
+        if data is not None and len(data) < needed:
+            raise OptimizerError(
+                f"the {role} has {len(data)} examples: a latency_p95 guardrail's one-sided bound needs at least "
+                f"{needed} (the largest of n latencies bounds the 95th percentile once 0.95**n <= alpha); "
+                "pass more examples"
+            )
+
+
 def _acceptance(optimizer: SimbaC | DspyOptimizer) -> tuple[float, str]:
     """Return the optimizer's significance level and paired test (the confirmation uses the same)."""
     if isinstance(optimizer, SimbaC):
@@ -197,6 +216,7 @@ def optimize(
     *,
     metric: Metric,
     optimizer: SimbaC | DspyOptimizer | str = "simba-c",
+    objective: Objective | None = None,
     budget: Budget | None = None,
     seed: int = 0,
     testset: Dataset | Sequence[dspy.Example] | None = None,
@@ -221,6 +241,10 @@ def optimize(
         metric: ``metric(example, prediction)`` returning a finite number or bool.
         optimizer: ``dx.SimbaC(...)`` (default hyperparameters with ``"simba-c"``), or ``"simba"``,
             ``"mipro"``, ``"gepa"``, ``"bootstrap"`` for DSPy's optimizers run through the same engine.
+        objective: ``dx.Objective(guardrails=[dx.Guardrail(...)])``: maximize ``metric`` subject to
+            bounds on cost per example, latency p95, error rate or a second metric; a candidate is
+            accepted only when its gain is significant and every guardrail holds with confidence
+            (see ``docs/optimize.md``, "Objectives and guardrails"). None: the metric alone.
         budget: limits on LM calls, tokens or dollars for the whole run; it stops cleanly when spent.
             Enough for the confirmation is held back once the baseline has shown what a trial costs.
         seed: makes mini-batches, sources, proposals and the confirmation split reproducible.
@@ -253,6 +277,7 @@ def optimize(
     sets = _sets(trainset, valset, testset, confirm_fraction, seed, chosen)
     _check_budget(budget, chosen, sets.valset, sets.confirm_set)
     warn_if_underpowered(len(sets.valset), what="valset", alpha=_acceptance(chosen)[0])  # before any LM call is spent
+    _check_objective(objective, chosen, sets)
     setup = _setup(
         program,
         sets,
@@ -263,6 +288,7 @@ def optimize(
         name=name,
         resume=resume,
         policy=_policy(timeout, retries, max_errors),
+        objective=objective,
         trace=trace,
         progress=progress,
         subscribers=_with_live_plot(subscribers) if live else subscribers,
@@ -335,6 +361,7 @@ def _setup(
     name: str | None,
     resume: str | None,
     policy: RunPolicy,
+    objective: Objective | None,
     trace: bool,
     progress: bool | Subscriber,
     subscribers: Sequence[Subscriber],
@@ -357,6 +384,8 @@ def _setup(
             "timeout": policy.timeout,
             "retries": policy.retry.retries,
             "trace": trace,
+            # Only with an objective: the config of a run without one stays what it was (resume compares it).
+            **({"objective": objective.config()} if objective is not None else {}),
         }
     )
     for subscriber in subscribers:
@@ -383,6 +412,7 @@ def _setup(
         display=display,
         print_steps=progress is True and display is None,
         subscribers=tuple(subscribers),
+        objective=objective,
     )
 
 

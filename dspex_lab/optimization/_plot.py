@@ -25,7 +25,7 @@ import pandas as pd
 
 from dspex_lab.errors import MissingDependencyError, OptimizerError
 
-__all__ = ["ConvergenceData", "LiveConvergence", "convergence_data", "convergence_plot"]
+__all__ = ["ConvergenceData", "LiveConvergence", "convergence_data", "convergence_plot", "pareto_plot"]
 
 # Columns each panel reads; the run's frames may carry more (lm_calls, cost, detail, ...).
 STEP_COLUMNS = ("step", "incumbent_id", "best_mean", "best_ci_low", "best_ci_high", "lm_calls")
@@ -587,6 +587,63 @@ def convergence_plot(steps: pd.DataFrame, candidates: pd.DataFrame, *, title: st
     data = convergence_data(steps, candidates)
     hv = _holoviews()
     return _arrange(hv, [draw(data) for draw in _PANELS], title)
+
+
+def pareto_plot(points: pd.DataFrame, *, title: str | None = None) -> Any:
+    """Draw the quality-vs-cost points of a run (``OptimizationResult.pareto()``), the front joined by a line.
+
+    Each point has its 95% interval both ways (quality: the score interval; cost per example:
+    Student t); the front's points are stars, the others circles, and the best is ringed.
+    Candidate, strategy, p95 latency and n show on hover. Points of unknown cost are not drawn.
+
+    Args:
+        points: the frame of :func:`~dspex_lab.optimization._pareto.pareto_points`.
+        title: the plot's title.
+
+    Returns:
+        A holoviews ``Overlay`` for the bokeh backend, drawn offline in a notebook (nothing from a CDN).
+
+    Raises:
+        OptimizerError: ``points`` lacks a column of the Pareto frame.
+        MissingDependencyError: holoviews is not installed.
+    """
+    from dspex_lab.optimization._pareto import PARETO_COLUMNS
+
+    frame = _check_frame(points, "points", PARETO_COLUMNS)
+    frame = frame[frame["cost"].notna() & frame["quality"].notna()].copy()
+    hv = _holoviews()
+    hover = ["candidate_id", "strategy", "quality_ci_low", "quality_ci_high", "cost_ci_low", "cost_ci_high",
+             "latency_p95", "n"]  # fmt: skip
+    frame["quality_error"] = (frame["quality_ci_high"] - frame["quality_ci_low"]).fillna(0.0) / 2
+    frame["cost_error"] = (frame["cost_ci_high"] - frame["cost_ci_low"]).fillna(0.0) / 2
+    front = frame[frame["on_front"].astype(bool)].sort_values("cost")
+    layers = [
+        hv.ErrorBars(frame, "cost", ["quality", "quality_error"], label="95% CI").opts(alpha=0.5),
+        hv.ErrorBars(frame, "cost", ["quality", "cost_error"], horizontal=True).opts(alpha=0.5),
+        hv.Curve(front, "cost", ["quality", "candidate_id"], label="Pareto front").opts(interpolation="steps-post"),
+        hv.Scatter(front, "cost", ["quality", *hover], label="on the front").opts(
+            marker="star", size=14, tools=["hover"]
+        ),
+        hv.Scatter(frame[~frame["on_front"].astype(bool)], "cost", ["quality", *hover], label="dominated").opts(
+            marker="circle", size=8, tools=["hover"]
+        ),
+        hv.Scatter(frame[frame["best"].astype(bool)], "cost", ["quality", *hover], label="best").opts(
+            marker="circle", size=20, fill_alpha=0.0, line_width=2, tools=["hover"]
+        ),
+        hv.Labels(frame, ["cost", "quality"], "candidate_id").opts(text_font_size="8pt", yoffset=0.01),
+    ]
+    overlay = hv.Overlay(layers).opts(
+        title=title or "Quality vs cost per example (validation set)",
+        xlabel="cost per example (US dollars)",
+        ylabel="validation mean score",
+        frame_width=_FRAME_WIDTH,
+        frame_height=_FRAME_HEIGHT,
+        legend_position="right",
+        legend_opts={"click_policy": "hide"},
+        show_grid=True,
+        hooks=[follow_theme],
+    )
+    return _displayed_offline(overlay)
 
 
 def _empty_data() -> ConvergenceData:

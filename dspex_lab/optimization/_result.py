@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -114,8 +114,9 @@ class Confirmation:
     at most ``alpha``.
 
     Attributes:
-        status: ``confirmed`` (a significant gain), ``not significant``, ``unchanged`` (the
-            optimizer kept the baseline: nothing to test), ``not run`` (no confirmation set),
+        status: ``confirmed`` (a significant gain, and with an objective every guardrail met there),
+            ``infeasible`` (a significant gain, but a guardrail not shown to hold there), ``not significant``,
+            ``unchanged`` (the optimizer kept the baseline: nothing to test), ``not run`` (no confirmation set),
             ``stopped`` (the budget ran out during it) or ``incomplete`` (no example scored by both).
         source: ``testset``, ``valset`` (a split carved from it) or None.
         n: examples in the confirmation set.
@@ -127,6 +128,9 @@ class Confirmation:
         p_value: the one-sided p of "the best is better" (NaN without a test).
         detail: why there is no test, when there is none.
         settings: how the confirmation set was made (fraction, seed, size), as recorded.
+        guardrails: with an objective, the guardrail checks on the confirmation set, candidate id ->
+            checks as recorded (see :class:`~dspex_lab.optimization._objective.GuardrailCheck`); a
+            significant gain whose best does not meet every guardrail there is ``infeasible``, not confirmed.
     """
 
     status: str
@@ -139,6 +143,7 @@ class Confirmation:
     p_value: float = math.nan
     detail: str | None = None
     settings: Mapping[str, Any] | None = None
+    guardrails: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
 
     @property
     def significant(self) -> bool:
@@ -157,7 +162,12 @@ class Confirmation:
         return "no held-out examples"
 
     def headline(self, best_id: str) -> str:
-        """Return the one sentence every view prints about the run's result."""
+        """Return the one sentence every view prints about the run's result (with an objective, its guardrails too)."""
+        from dspex_lab.optimization._objective import held_out_sentence
+
+        return self._gain_headline(best_id) + held_out_sentence(self.guardrails, best_id)
+
+    def _gain_headline(self, best_id: str) -> str:
         if self.status == "unchanged":
             return "The optimizer kept the baseline: no change, so nothing is claimed."
         if self.status == "not run":
@@ -173,7 +183,7 @@ class Confirmation:
             f"{comparison.difference:+.3f} [{low:+.3f}, {high:+.3f}], one-sided p = {self.p_value:.3g} "
             f"({comparison.test}, n = {comparison.n})"
         )
-        if self.significant:
+        if self.significant or self.status == "infeasible":
             return f"{best_id} beats the baseline on {self.where()}: {numbers} < alpha = {self.alpha:g}."
         return (
             f"{best_id} is not significantly better than the baseline on {self.where()}: {numbers}, "
@@ -194,6 +204,8 @@ class Confirmation:
         }
         if self.comparison is not None:
             summary["comparison"] = self.comparison.to_summary()
+        if self.guardrails is not None:
+            summary["guardrails"] = {key: [dict(check) for check in checks] for key, checks in self.guardrails.items()}
         return summary
 
 
@@ -231,6 +243,8 @@ class OptimizationResult:
         spending: LM calls, tokens, cost and trials of the whole run.
         config: the optimizer's hyperparameters and the run's settings as recorded.
         journal: the journal it is stored in (a file, or the in-memory journal of the process that ran it).
+        read_trials: reads an evaluation's trials by experiment id (the journal's; a run whose journal
+            refused its trials reads its in-memory rows); None: the journal's.
     """
 
     run_id: str
@@ -249,6 +263,7 @@ class OptimizationResult:
     config: dict[str, Any]
     journal: JournalStore
     confirmation: Confirmation | None = None
+    read_trials: Callable[[str], pd.DataFrame] | None = field(default=None, repr=False)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -325,6 +340,27 @@ class OptimizationResult:
         from dspex_lab.optimization._importance import run_importance
 
         return run_importance(self.journal, self.run_id, confidence=confidence, n_bootstrap=n_bootstrap, seed=seed)
+
+    def pareto(self) -> pd.DataFrame:
+        """Return quality vs cost per example of every candidate evaluated on the validation set, the front marked.
+
+        One row per candidate (the baseline included; columns
+        :data:`~dspex_lab.optimization._pareto.PARETO_COLUMNS`): its validation mean with the score
+        interval, its mean cost per example in US dollars with a t interval, its p95 latency, and
+        ``on_front`` (no other candidate scores at least as well for at most its cost); cheapest
+        first. Computed from the journaled trials, so a result read back from the journal has the
+        same front. Validation means are selection data (optimistic for the ones the run kept).
+        """
+        from dspex_lab.optimization._pareto import pareto_points
+
+        reader = self.read_trials or self.journal.trials
+        return pareto_points(self.candidates, reader, run_id=self.run_id, best_id=self.best_id)
+
+    def pareto_plot(self) -> Any:
+        """Return the quality-vs-cost plot of :meth:`pareto` (holoviews; needs the ``dashboard`` extra)."""
+        from dspex_lab.optimization._plot import pareto_plot
+
+        return pareto_plot(self.pareto(), title=f"{self.name}: quality vs cost per example (validation set)")
 
     def plot(self) -> Any:
         """Return the convergence plot (holoviews; needs the ``dashboard`` extra)."""
@@ -404,6 +440,7 @@ class OptimizationResult:
             + "</p>"
         )
         lines.append(f"<p>Lineage: {' → '.join(escape(item) for item in self.lineage())}</p>")
+        lines.append(self._pareto_html())
         lines.append("<table><tr><th>step</th><th>decision</th><th>best so far</th></tr>")
         for row in self.steps.itertuples():
             best = "" if row.best_mean is None or pd.isna(row.best_mean) else f"{row.best_mean:.3f}"
@@ -428,6 +465,21 @@ class OptimizationResult:
         if frame is None:
             return f"<p><i>{html.escape(str(reason))}</i></p>"
         return "<p><b>Which variables mattered</b></p>\n" + importance_html(frame)
+
+    def _pareto_html(self) -> str:
+        """Return the summary's row of the Pareto front: each front candidate's validation mean and cost per example."""
+        points = self.pareto()
+        front = points[points["on_front"].astype(bool)]
+        if front.empty:
+            return "<p>Pareto front (quality vs cost per example): none, the candidates' cost is unknown.</p>"
+        items = ", ".join(
+            f"{html.escape(str(row.candidate_id))}{' (best)' if row.best else ''} {row.quality:.3f} at ${row.cost:.3g}"
+            for row in front.itertuples()
+        )
+        return (
+            f"<p>Pareto front (validation mean vs cost per example, {len(front)} of {len(points)} candidates "
+            f"evaluated; <code>run.pareto()</code>, <code>run.pareto_plot()</code>): {items}</p>"
+        )
 
     # -- rebuilding ------------------------------------------------------------------------------
 
@@ -533,6 +585,7 @@ def build_result(
         config=config,
         journal=journal,
         confirmation=held_out,
+        read_trials=trials,
     )
 
 
@@ -573,12 +626,16 @@ def _confirm(
         return verdict("incomplete", str(error), baseline=baseline, best=best)
     p_value = one_sided_p_value(comparison.result)  # type: ignore[arg-type]
     significant = math.isfinite(p_value) and p_value < alpha and comparison.difference > 0
+    # With an objective: the guardrails as checked on the confirmation set when the run ended (recorded there).
+    guardrails = (recorded or {}).get("guardrails")
+    feasible = guardrails is None or all(check.get("holds") for check in guardrails.get(best_id, ()))
     return verdict(
-        "confirmed" if significant else "not significant",
+        ("confirmed" if feasible else "infeasible") if significant else "not significant",
         baseline=baseline,
         best=best,
         comparison=comparison,
         p_value=p_value,
+        guardrails=guardrails,
     )
 
 

@@ -27,6 +27,7 @@ from dspex_lab.optimization._acceptance import finite, mean_and_interval
 from dspex_lab.optimization._decisions import DecisionTrace
 from dspex_lab.optimization._display import Subscriber
 from dspex_lab.optimization._evaluator import CandidateEvaluator, Example, Scores, dataset_examples, evaluation_id
+from dspex_lab.optimization._objective import held_out_checks
 from dspex_lab.optimization._result import (
     OptimizationResult,
     best_candidate_id,
@@ -506,6 +507,7 @@ class RunSession:
         self.evaluator.spending.release()
         examples = dataset_examples(confirm_set)
         stopped = None
+        held_out: dict[str, Scores] = {}
         for candidate_id in ("c0", best_id):
             row = self.candidate_rows[candidate_id]
             candidate = Candidate(
@@ -524,7 +526,14 @@ class RunSession:
             if scores.stopped:
                 stopped = scores.stopped
                 break
+            held_out[candidate_id] = scores
         self.confirmation = {"status": "stopped" if stopped else "evaluated", "best_id": best_id, "detail": stopped}
+        objective = self.setup.objective
+        if objective is not None and not stopped:
+            # Recorded: the headline reports them, and a second metric's function is not in the journal.
+            self.confirmation["guardrails"] = held_out_checks(
+                objective, held_out, examples=examples, alpha=float(self.config["confirmation"]["alpha"])
+            )
 
     def end(self, status: str, detail: str | None) -> None:
         """Flush the trials and write how the run ended (once; later calls do nothing)."""

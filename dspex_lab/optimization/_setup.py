@@ -16,6 +16,7 @@ from dspex_lab.program import Program
 
 if TYPE_CHECKING:
     from dspex_lab.optimization._dspy import DspyOptimizer
+    from dspex_lab.optimization._objective import Objective
     from dspex_lab.optimization._simba_c import SimbaC
 
 __all__ = ["Metric", "OptimizationSetup"]
@@ -52,6 +53,7 @@ class OptimizationSetup:
             also hears when the run begins and ends.
         print_steps: print one line per step (``progress=True`` with no display installed).
         subscribers: called with every finished step.
+        objective: guardrails every accepted candidate meets with confidence (None: the metric alone).
     """
 
     program: Program
@@ -73,3 +75,4 @@ class OptimizationSetup:
     display: Subscriber | None
     print_steps: bool
     subscribers: Sequence[Subscriber] = ()
+    objective: Objective | None = None

@@ -57,9 +57,10 @@ import dspy
 import numpy as np
 
 from dspex_lab.errors import OptimizerError, VariableError
-from dspex_lab.optimization._acceptance import Judged, finite, judge
+from dspex_lab.optimization._acceptance import Judged, decision_reason, finite, judge
 from dspex_lab.optimization._decisions import DecisionTrace
 from dspex_lab.optimization._evaluator import Example, Scores
+from dspex_lab.optimization._objective import baseline_detail, check_guardrails, meets_estimates
 from dspex_lab.optimization._session import RunSession, StepRecord
 from dspex_lab.optimization._space import (
     Candidate,
@@ -260,6 +261,8 @@ class SimbaCRun:
         # When each fresh proposal's making began and ended (its decision span's times); read-back ones have none.
         self.proposal_times: dict[str, tuple[int, int]] = {}
         self.steps: list[StepRecord] = []
+        # Candidate id -> whether it meets every guardrail of the objective on the validation set (once each).
+        self.feasible: dict[str, bool] = {}
         self.status = "running"
         self.detail: str | None = None
         self._has_temperature = any(target == "temperature" for target in baseline.program.targets.values())
@@ -292,7 +295,9 @@ class SimbaCRun:
                     + ", ".join(sorted(set(baseline_scores.errors.values())))
                     + "); fix the program or metric before optimizing"
                 )
-            self._finish_step(StepRecord(0, "finished", self.incumbent.id, detail="baseline"))
+            objective, examples = self.session.setup.objective, self._examples(self.valset)
+            detail = baseline_detail(objective, baseline_scores, examples=examples, alpha=optimizer.alpha)
+            self._finish_step(StepRecord(0, "finished", self.incumbent.id, detail=detail))
             without_gain = 0
             for step in range(1, optimizer.max_steps + 1):
                 accepted = self._step(step)
@@ -405,7 +410,7 @@ class SimbaCRun:
         }
         step.record.screening.append({**measured, "errors": len(scores.errors), "experiment_id": scores.experiment_id})
         attributes.update(measured, experiment_id=scores.experiment_id)
-        if n and gain > 0:
+        if n and (gain > 0 or self._toward_feasibility(scores)):
             step.shortlisted.append((gain, candidate))
         if scores.stopped:
             raise BudgetSpent(scores.stopped)
@@ -430,6 +435,8 @@ class SimbaCRun:
             method=optimizer.test,
             alpha=optimizer.alpha,
             max_error_rate=optimizer.max_error_rate,
+            objective=self.session.setup.objective,
+            examples=self._examples(self.valset),
         )
         for verdict in verdicts:
             candidate = verdict.candidate
@@ -441,6 +448,29 @@ class SimbaCRun:
             )
         return verdicts
 
+    def _toward_feasibility(self, scores: Scores) -> bool:
+        """Return whether a screened candidate is shortlisted for feasibility (see ``_objective.meets_estimates``).
+
+        Only while the incumbent breaks a guardrail of the run's objective: then a candidate whose
+        mini-batch estimates meet every guardrail is validated even when it scores lower.
+        """
+        objective = self.session.setup.objective
+        if objective is None:
+            return False
+        incumbent = self.incumbent.id
+        if incumbent not in self.feasible:
+            validation, examples = self.validate(self.incumbent), self._examples(self.valset)
+            checks = check_guardrails(objective, validation, examples=examples, alpha=self.optimizer.alpha)
+            self.feasible[incumbent] = all(check.holds for check in checks)
+        return not self.feasible[incumbent] and meets_estimates(
+            objective, scores, examples=self._examples(self.trainset)
+        )
+
+    @staticmethod
+    def _examples(examples: Sequence[Example]) -> dict[str, dspy.Example]:
+        """Return example id -> example (what a second metric's guardrail reads)."""
+        return {example_id: example for example_id, _, example in examples}
+
     def _decide(self, step: _Step, verdicts: list[Judged]) -> bool:
         """Accept the significant candidate with the largest difference, if any; close and record the step."""
         best: Judged | None = None
@@ -448,19 +478,10 @@ class SimbaCRun:
             if verdict.significant and (best is None or verdict.difference > best.difference):
                 best = verdict
         record = step.record
+        reason = decision_reason(verdicts, best, alpha=self.optimizer.alpha, incumbent_id=self.incumbent.id)
         if best is not None:
-            winner = best.candidate
-            record.accepted_id = winner.id
-            self.incumbent = winner
-            test = self.tests[winner.id]
-            reason = (
-                f"accepted {winner.id}: {test['test']} p={test['p_value']:.3g} (Holm {test['p_adjusted']:.3g}) "
-                f"< alpha={self.optimizer.alpha}, difference {test['difference']:+.3f}"
-            )
-        elif verdicts:
-            reason = "rejected: no candidate's paired test was significant after Holm's correction"
-        else:
-            reason = "rejected: no candidate beat the incumbent on the mini-batch"
+            record.accepted_id = best.candidate.id
+            self.incumbent = best.candidate
         record.incumbent_id = self.incumbent.id
         record.status = "finished"
         record.detail = reason
