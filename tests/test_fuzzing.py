@@ -40,11 +40,21 @@ variable_kinds = st.sampled_from(["float", "int", "choice", "bool", "text", "dem
 
 
 @st.composite
+def binding_dicts(draw: st.DrawFn) -> dict:
+    """A semantic binding's JSON shape with fuzzed predictors, settings and values inside."""
+    keys = st.sampled_from(["temperature", "max_tokens", "model", "prefix", "suffix", "api_base", "x"])
+    predictors = st.dictionaries(st.text(max_size=8), st.dictionaries(keys, json_values, max_size=3), max_size=3)
+    cases = st.lists(st.fixed_dictionaries({"value": json_values, "predictors": predictors}), max_size=3)
+    return {"cases": draw(cases), **({"default": draw(predictors)} if draw(st.booleans()) else {})}
+
+
+@st.composite
 def variable_dicts(draw: st.DrawFn) -> dict:
     data = {"type": draw(variable_kinds), "value": draw(json_values)}
-    for key in ("low", "high", "choices", "max", "max_length", "target", "step", "log", "description"):
+    keys = ("low", "high", "choices", "max", "max_length", "target", "targets", "binding", "step", "log", "description")
+    for key in keys:
         if draw(st.booleans()):
-            data[key] = draw(json_values)
+            data[key] = draw(binding_dicts() | json_values) if key == "binding" else draw(json_values)
     return data
 
 
