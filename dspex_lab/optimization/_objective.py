@@ -201,7 +201,7 @@ def mean_bound(values: Sequence[float] | np.ndarray, *, alpha: float, upper: boo
 
     Example:
         >>> round(mean_bound([1.0, 2.0, 3.0], alpha=0.05), 4)
-        3.6861
+        3.6859
     """
     array = np.asarray(values, dtype=float)
     if array.size < 2:
