@@ -330,6 +330,11 @@ def test_the_built_program_runs_end_to_end_on_the_lab_lm():
     with dspy.context(lm=dx.lab_lm("lab/small")):
         prediction = module(question="What is 2 + 3?")
     assert isinstance(prediction.answer, str)
+    built = predictors(module)
+    # Each bound predictor called its own LM, with the binding's prefix in its prompt.
+    assert [call["model"] for call in built["solve"].lm.history] == ["lab/small"]
+    assert [call["model"] for call in built["verify"].lm.history] == ["lab/large"]
+    assert STEP_BY_STEP in built["solve"].lm.history[0]["messages"][0]["content"]
 
 
 # -- spec: JSON, fingerprint, values, display ------------------------------------------------------
@@ -494,3 +499,24 @@ def test_a_non_json_binding_value_is_refused():
         dx.Choice("a", choices=["a"], binding={"a": {"solve": {"temperature": object()}}})
     with pytest.raises(ProgramSpecError, match="settings are a mapping"):
         dx.Choice("a", choices=["a"], binding={"a": {"solve": {1, 2}}})
+
+
+def test_a_worker_rebuilds_the_bound_program_from_its_spec_alone():
+    from dspex_lab.engine import RetryPolicy, TrialRunner
+    from dspex_lab.engine._remote import plan_for, runner_for
+
+    lm = dx.lab_lm("lab/small")
+    program = pipeline(plan_temperature=dx.Float(0.4, low=0, high=1, target="temperature:plan"))
+    module = program.with_values(rigor="high").build(lm=lm)
+    plan = plan_for(TrialRunner(module, dx.metrics.exact_match, lm=lm, retry=RetryPolicy()), executor="process")
+    assert plan.state is None  # the spec carries everything: no predictor state travels beside it
+    assert plan.program["variables"]["rigor"]["binding"] == program.variables["rigor"].binding.to_dict()
+    runner, _ = runner_for(plan)
+    rebuilt = predictors(runner.module)
+    for name, predictor in predictors(module).items():
+        assert rebuilt[name].signature.instructions == predictor.signature.instructions
+        assert (rebuilt[name].lm is None) == (predictor.lm is None)
+        if predictor.lm is not None:
+            assert rebuilt[name].lm.model == predictor.lm.model
+            assert rebuilt[name].lm.kwargs == predictor.lm.kwargs
+    assert rebuilt["verify"].lm.model == "lab/large"
