@@ -223,6 +223,8 @@ MAY_IMPORT_MODULES: dict[str, set[str]] = {
     # journal's leaderboard and the engine's live statistics compute it with dx.stats, a leaf layer.
     "journal": {"dspex_lab.stats"},
     "engine": {"dspex_lab.stats"},
+    # The plan -> solve -> verify task registers its module and builds its dx.Program (issue 23, item 2).
+    "tasks": {"dspex_lab.program"},
 }
 # Modules of the package root that every layer may import; they import only each other.
 BASE = {"errors", "config", "_records", "_lazy", "_hooks", "metrics", "_dspy_compat"}

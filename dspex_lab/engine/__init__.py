@@ -18,6 +18,7 @@ from dspex_lab.engine._process import ProcessExecutor
 from dspex_lab.engine._run import LiveStatistics, RunPolicy, RunReport, run_trials
 from dspex_lab.engine._sizing import InFlightTuner, Sizing, choose_sizing
 from dspex_lab.engine._trial import (
+    PredictorTraceHook,
     RetryPolicy,
     SpanSink,
     TrialResult,
@@ -42,6 +43,7 @@ __all__ = [
     "Executor",
     "InFlightTuner",
     "LiveStatistics",
+    "PredictorTraceHook",
     "ProcessExecutor",
     "RetryPolicy",
     "RunFinished",

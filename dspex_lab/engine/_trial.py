@@ -34,6 +34,7 @@ from dspex_lab.trace import metric as metric_span
 from dspex_lab.trace.redaction import mask_text, redact
 
 __all__ = [
+    "PredictorTraceHook",
     "RetryPolicy",
     "SpanSink",
     "TrialResult",
@@ -48,6 +49,8 @@ __all__ = [
 Metric = Callable[[dspy.Example, Any], Any]
 # Receives a trial's spans (from the worker thread that captured them); must be thread-safe.
 SpanSink = Callable[[str, Sequence[Any]], None]
+# Receives a trial's task, the module that ran and DSPy's per-predictor trace of its program call.
+PredictorTraceHook = Callable[["TrialTask", Any, list[Any]], None]
 
 # Error texts and tracebacks are kept to these lengths (the tail of a traceback is where it failed).
 MAX_ERROR_MESSAGE = 2000
@@ -355,6 +358,11 @@ class TrialRunner:
         adapter: the DSPy adapter trials use (a worker gets the driver's this way); None uses the
             one configured in DSPy's settings, or when there is none a ChatAdapter that formats
             each signature's system message once (see :mod:`dspex_lab.engine._adapter`).
+        predictor_trace: called after each attempt whose program call returned, with the task, the
+            module that ran and DSPy's per-predictor trace of that call (``dspy.settings.trace``:
+            ``(predictor, inputs, prediction)`` tuples, a fresh list per attempt); from worker
+            threads, so it must be thread-safe. An optimizer reads each module's inputs and outputs
+            this way (SIMBA-C's trajectories). Runners rebuilt in another process go without it.
     """
 
     def __init__(
@@ -367,9 +375,11 @@ class TrialRunner:
         recorder: SpanRecorder | None = None,
         span_sink: SpanSink | None = None,
         adapter: Any = None,
+        predictor_trace: PredictorTraceHook | None = None,
     ) -> None:
         self.module = module
         self.adapter = adapter
+        self.predictor_trace = predictor_trace
         self.metric = metric
         self.lm = _without_client_retries(lm)
         self.retry = retry if retry is not None else RetryPolicy()
@@ -400,6 +410,7 @@ class TrialRunner:
             recorder=self.recorder,
             span_sink=self.span_sink,
             adapter=self.adapter,
+            predictor_trace=self.predictor_trace,
         )
 
     @property
@@ -492,8 +503,14 @@ class TrialRunner:
         """Run the program once (one attempt), metered, in its attempt's span when traced."""
         with self._attempt_scope(attempts.number, attempts.cause) as attempt_span:
             try:
-                with metering(attempts.meter, overrides=overrides):
-                    return module(**task.example.inputs())
+                if self.predictor_trace is None:
+                    with metering(attempts.meter, overrides=overrides):
+                        return module(**task.example.inputs())
+                # DSPy appends each predictor call to the context's trace: a fresh list holds this attempt's only.
+                with metering(attempts.meter, overrides={**overrides, "trace": []}):
+                    prediction = module(**task.example.inputs())
+                    self.predictor_trace(task, module, list(dspy.settings.trace or ()))
+                    return prediction
             except Exception as error:
                 if attempt_span is not None:
                     attempt_span.fail(f"{type(error).__name__}: {error}")

@@ -28,7 +28,23 @@ from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 
 from dspex_lab.lm import generic
 from dspex_lab.lm._feedback import REASONING_NAMES, answer_feedback, answer_proposal
-from dspex_lab.lm._skills import NO_DEMOS, SKILLS, DemoEvidence, demo_evidence, read_demo, slip_probabilities
+from dspex_lab.lm._pipeline import (
+    PipelineStage,
+    answer_plan,
+    answer_value,
+    answer_verify,
+    pipeline_stage,
+    solve_with_plan,
+)
+from dspex_lab.lm._skills import (
+    NO_DEMOS,
+    SKILLS,
+    DemoEvidence,
+    demo_evidence,
+    parse_integer,
+    read_demo,
+    slip_probabilities,
+)
 from dspex_lab.lm.profiles import LAB_MODELS, LabModelProfile
 from dspex_lab.lm.prompt import TEXT_FORMAT, OutputField, PromptView, read_prompt
 from dspex_lab.lm.solver import Draws, solve
@@ -354,14 +370,67 @@ def _fill(values: dict[str, Any], view: PromptView, fields: tuple[OutputField, .
     return generic.render(values, view.system.response_format)
 
 
-def _answer_value(field: OutputField, problem: ArithmeticProblem, answer: int) -> Any:
-    if field.type_name == "float":
-        return float(answer)
-    if field.type_name == "int":
-        return answer
-    if problem.asks == "parity":
-        return "even" if answer % 2 == 0 else "odd"
-    return str(answer)
+def _staged(
+    view: PromptView,
+    stage: PipelineStage,
+    *,
+    fields: tuple[OutputField, ...],
+    problem: ArithmeticProblem,
+    profile: LabModelProfile,
+    temperature: float,
+    draws: Draws,
+    luck_key: str,
+) -> str:
+    """Answer a pipeline's plan or verify request (docs/lab_world.md, section 10)."""
+    if stage.kind == "plan":
+        plan = answer_plan(view, fields, problem, profile, temperature=temperature, draws=draws, luck_key=luck_key)
+        return _fill(plan, view, fields, draws)
+    answer_field = next(field for field in fields if field.name == "answer")
+    index = fields.index(answer_field)
+    reasoning_field = next((field for field in fields[:index] if field.name in _REASONING_NAMES), None)
+    verdict = answer_verify(
+        view,
+        stage,
+        problem,
+        profile,
+        temperature=temperature,
+        reasoning=reasoning_field is not None,
+        answer_name=answer_field.name,
+        draws=draws,
+        luck_key=luck_key,
+    )
+    values: dict[str, Any] = {}
+    if reasoning_field is not None:
+        values[reasoning_field.name] = verdict.reasoning
+    if verdict.answer is not None:
+        values[answer_field.name] = answer_value(answer_field, problem, verdict.answer)
+    else:
+        kept = verdict.kept or ""
+        values[answer_field.name] = parse_integer(kept) if answer_field.type_name in _NUMERIC_TYPES else kept
+    return _fill(values, view, fields, draws)
+
+
+def _plain_reply(
+    view: PromptView,
+    problem: ArithmeticProblem | None,
+    *,
+    profile: LabModelProfile,
+    temperature: float,
+    draws: Draws,
+    luck_key: str,
+) -> str:
+    """Answer a prompt without output fields (``lm("...")``): worked reasoning for a problem, else an excerpt."""
+    if problem is not None:
+        probabilities = slip_probabilities(
+            profile.base_rates(SKILLS),
+            profile.direct_answer_penalty,
+            temperature=temperature,
+            reasoning=True,
+            demos=NO_DEMOS,
+            instructions="",
+        )
+        return solve(problem, slip_probabilities=probabilities, draws=draws, luck_key=luck_key).reasoning
+    return f"({profile.name} simulated reply) {generic.excerpt(view.inputs, words=24)}"
 
 
 def _compose(view: PromptView, profile: LabModelProfile, *, temperature: float, draws: Draws, rollout: str = "") -> str:
@@ -376,7 +445,7 @@ def _compose(view: PromptView, profile: LabModelProfile, *, temperature: float, 
         if proposal is not None:
             return _fill(proposal, view, fields, draws)
 
-    problem = None
+    problem, luck_key = None, ""
     for value in view.inputs.values():
         problem = parse_problem(value)
         if problem is not None:
@@ -385,19 +454,22 @@ def _compose(view: PromptView, profile: LabModelProfile, *, temperature: float, 
             break
 
     if not fields:
-        if problem is not None:
-            probabilities = slip_probabilities(
-                base_rates,
-                profile.direct_answer_penalty,
-                temperature=temperature,
-                reasoning=True,
-                demos=NO_DEMOS,
-                instructions="",
-            )
-            return solve(problem, slip_probabilities=probabilities, draws=draws, luck_key=luck_key).reasoning
-        return f"({profile.name} simulated reply) {generic.excerpt(view.inputs, words=24)}"
+        return _plain_reply(view, problem, profile=profile, temperature=temperature, draws=draws, luck_key=luck_key)
 
     if problem is not None:
+        # A plan -> solve -> verify pipeline's requests (docs/lab_world.md, section 10); None: none of them.
+        stage = pipeline_stage(view, fields)
+        if stage is not None and stage.kind != "solve":
+            return _staged(
+                view,
+                stage,
+                fields=fields,
+                problem=problem,
+                profile=profile,
+                temperature=temperature,
+                draws=draws,
+                luck_key=luck_key,
+            )
         names = [field.name for field in fields]
         answer_field = (
             next((field for field in fields if field.name == "answer"), None)
@@ -415,11 +487,17 @@ def _compose(view: PromptView, profile: LabModelProfile, *, temperature: float, 
                 demos=_demo_evidence(view, answer_field.name, reasoning_field.name if reasoning_field else None),
                 instructions=view.system.instructions,
             )
-            solution = solve(problem, slip_probabilities=probabilities, draws=draws, luck_key=luck_key)
+            solution = (
+                solve_with_plan(
+                    problem, stage.plan, profile, slip_probabilities=probabilities, draws=draws, luck_key=luck_key
+                )
+                if stage is not None
+                else solve(problem, slip_probabilities=probabilities, draws=draws, luck_key=luck_key)
+            )
             values: dict[str, Any] = {}
             for field in fields:
                 if field is answer_field:
-                    values[field.name] = _answer_value(field, problem, solution.answer)
+                    values[field.name] = answer_value(field, problem, solution.answer)
                 elif field is reasoning_field:
                     values[field.name] = solution.reasoning
                 else:

@@ -24,7 +24,7 @@ from typing import Any
 import dspy
 
 from dspex_lab.data import Dataset
-from dspex_lab.engine import Executor, RunPolicy, TrialRunner, TrialTask
+from dspex_lab.engine import Executor, PredictorTraceHook, RunPolicy, TrialRunner, TrialTask
 from dspex_lab.journal import ExperimentRecord
 from dspex_lab.optimization._display import Subscriber
 from dspex_lab.optimization._spending import Spending
@@ -172,6 +172,7 @@ class CandidateEvaluator:
         record: ExperimentRecord,
         lm: dspy.BaseLM | None = None,
         repeat: int = 0,
+        predictor_trace: PredictorTraceHook | None = None,
     ) -> Scores:
         """Run ``program`` on ``examples`` (trials already recorded are reused) and return its scores.
 
@@ -181,6 +182,8 @@ class CandidateEvaluator:
             record: the evaluation's experiment record (nested in the run; inserted with its first trial).
             lm: the LM for this evaluation (default: the run's), e.g. a hotter copy for exploration.
             repeat: the repeat (rollout) index of these trials.
+            predictor_trace: given each trial's per-predictor DSPy trace as it runs (a trial served
+                from the journal runs nothing, so it is not given; see :class:`~dspex_lab.engine.TrialRunner`).
 
         Raises:
             BudgetSpent: the run's budget was spent before this evaluation could start.
@@ -205,10 +208,18 @@ class CandidateEvaluator:
             # The trials served from the journal may have reached the budget: the uninterrupted run stopped here.
             stopped = self.spending.exhausted()
             if stopped is None:
-                stopped = self._run(program, child, tasks, lm=lm or self.lm)
+                stopped = self._run(program, child, tasks, lm=lm or self.lm, predictor_trace=predictor_trace)
         return _scores(child.id, examples, recorded, repeat, stopped)
 
-    def _run(self, program: Program, child: Experiment, tasks: list[TrialTask], *, lm: dspy.BaseLM) -> str | None:
+    def _run(
+        self,
+        program: Program,
+        child: Experiment,
+        tasks: list[TrialTask],
+        *,
+        lm: dspy.BaseLM,
+        predictor_trace: PredictorTraceHook | None = None,
+    ) -> str | None:
         """Run the trials ``child`` has not recorded through the engine; return why it stopped early, or None."""
         runner = TrialRunner(
             self._module(program, lm),
@@ -217,6 +228,7 @@ class CandidateEvaluator:
             retry=self.policy.retry,
             recorder=SpanRecorder() if self.trace else None,
             span_sink=child.span_sink,
+            predictor_trace=predictor_trace,
         )
         # The engine counts each trial in the run's spending and stops this evaluation once it is spent.
         policy = RunPolicy(

@@ -58,6 +58,7 @@ import numpy as np
 
 from dspex_lab.errors import OptimizerError, VariableError
 from dspex_lab.optimization._acceptance import Judged, decision_reason, finite, judge
+from dspex_lab.optimization._composition import Composition, TrajectoryStep, render
 from dspex_lab.optimization._decisions import DecisionTrace
 from dspex_lab.optimization._evaluator import Example, Scores
 from dspex_lab.optimization._objective import baseline_detail, check_guardrails, meets_estimates
@@ -70,9 +71,8 @@ from dspex_lab.optimization._space import (
     append_rule,
     clean_rule,
     lift,
-    move_between,
+    moves_between,
     mutable_variables,
-    mutate,
     rules_of,
 )
 from dspex_lab.optimization._spending import BudgetSpent
@@ -88,6 +88,10 @@ STRATEGIES = ("demo", "rule", "mutate", "merge")
 # resumed run that reads a step's proposals back from the journal (and so draws nothing for them)
 # cannot shift the draws of any other decision.
 MINIBATCH, SOURCE, PROPOSAL = 0, 1, 2
+
+# One source's run on one example: its score, its final prediction (JSON), the source, and its
+# per-module trajectory when one was captured (a program of several predictors; see _composition).
+Run = tuple[float, str, "Candidate", "list[TrajectoryStep] | None"]
 
 
 class ProposeRule(dspy.Signature):
@@ -127,6 +131,13 @@ class SimbaC:
         test: the paired test (``auto``: McNemar for 0/1 scores, t-test or Wilcoxon otherwise).
         max_error_rate: a candidate failing on more than this fraction of the validation set is rejected.
         rule_lm: the LM that writes rules (default: the run's LM).
+        share: mutate a variable bound to several targets or through a semantic binding (one move
+            for all it configures); without, such a variable keeps its value.
+        cross_bootstrap: try a good trajectory's per-module demos in every module that can take
+            them, one candidate per placement, so the screening and the merge keep the placements
+            that help the whole pipeline (programs of several predictors).
+        learned_moves: propose two mutations together when each screened positive or their
+            measured interaction is positive, valued from the per-example gains measured so far.
     """
 
     bsize: int = 32
@@ -144,6 +155,9 @@ class SimbaC:
     test: str = "auto"
     max_error_rate: float = 0.1
     rule_lm: Any = None
+    share: bool = True
+    cross_bootstrap: bool = True
+    learned_moves: bool = True
 
     name = "simba-c"
 
@@ -152,6 +166,9 @@ class SimbaC:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise OptimizerError(f"SimbaC({name}={value!r}): must be a positive integer")
+        for name in ("share", "cross_bootstrap", "learned_moves"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptimizerError(f"SimbaC({name}={getattr(self, name)!r}): must be True or False")
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
             raise OptimizerError(f"SimbaC(patience={self.patience!r}): must be a positive integer")
         if not 0 < self.alpha < 1:
@@ -258,6 +275,17 @@ class SimbaCRun:
         self.pool_scores: dict[str, list[float]] = {}
         self.ledger = EffectLedger()
         self.moves: dict[str, tuple[str, str]] = {}
+        # The program as modules: per-module trajectories, placements of demos, measured pair effects.
+        self.composition = Composition(
+            baseline.program,
+            slots,
+            lm=self.lm,
+            share=optimizer.share,
+            cross_bootstrap=optimizer.cross_bootstrap,
+            learned_moves=optimizer.learned_moves,
+        )
+        # Every mutation's moves (one, or a learned pair), read off the candidate as self.moves is.
+        self.move_sets: dict[str, tuple[tuple[str, str], ...]] = {}
         # When each fresh proposal's making began and ended (its decision span's times); read-back ones have none.
         self.proposal_times: dict[str, tuple[int, int]] = {}
         self.steps: list[StepRecord] = []
@@ -335,19 +363,25 @@ class SimbaCRun:
             self._record_running(record)
         trace = DecisionTrace(self.session.run_id, number)
         # The incumbent as it is, then sources drawn by a softmax over their scores, each on a hotter LM.
+        screen_record = self.session.record(self.incumbent, "screen")
         incumbent_screen = self.evaluator.evaluate(
-            self.incumbent.program, batch, record=self.session.record(self.incumbent, "screen")
+            self.incumbent.program,
+            batch,
+            record=screen_record,
+            predictor_trace=self.composition.capture(screen_record.id),
         )
         step = _Step(number, batch, record, trace, journaled, incumbent_screen, [(self.incumbent, incumbent_screen)])
         for position in range(1, optimizer.num_sources):
             source = self._draw_source(self._generator(number, SOURCE, position))
             explored = dataclasses.replace(source, program=self._exploring(source.program))
+            explore_record = self.session.record(explored, f"s{number}/explore{position}", role="exploration")
             scores = self.evaluator.evaluate(
                 explored.program,
                 batch,
-                record=self.session.record(explored, f"s{number}/explore{position}", role="exploration"),
+                record=explore_record,
                 lm=self._explore_lm,
                 repeat=self._exploration_repeat(number, position),
+                predictor_trace=self.composition.capture(explore_record.id),
             )
             step.sources.append((source, scores))
         self.pool_scores.setdefault(self.incumbent.id, []).append(incumbent_screen.mean)
@@ -390,8 +424,12 @@ class SimbaCRun:
     def _screen(self, step: _Step, candidate: Candidate) -> None:
         """Run ``candidate`` on the mini-batch; shortlist it when it beats the incumbent there."""
         with step.trace.evaluation(f"screen {candidate.id}") as attributes:
+            screen_record = self.session.record(candidate, "screen")
             scores = self.evaluator.evaluate(
-                candidate.program, step.batch, record=self.session.record(candidate, "screen")
+                candidate.program,
+                step.batch,
+                record=screen_record,
+                predictor_trace=self.composition.capture(screen_record.id),
             )
         incumbent_screen = step.incumbent_screen
         self.screen[candidate.id] = scores
@@ -401,6 +439,10 @@ class SimbaCRun:
         self.pool_scores.setdefault(candidate.id, []).append(scores.mean)
         if candidate.id in self.moves:
             self.ledger.record(self.moves[candidate.id], gain)
+        if candidate.id in self.move_sets:
+            self.composition.effects.record(
+                self.move_sets[candidate.id], step.number, scores.by_example, incumbent_screen.by_example
+            )
         measured = {
             "candidate": candidate.id,
             "mean": finite(scores.mean),
@@ -506,16 +548,18 @@ class SimbaCRun:
         """Make a step's new candidates (fresh or read back from the journal) part of the run.
 
         A mutation's move is read off the candidate itself (the one variable that differs from its
-        parent), so the measured effects of moves are the same whether the candidate was just made
-        or journaled by an earlier process.
+        parent, or the two of a learned pair), so the measured effects of moves are the same whether
+        the candidate was just made or journaled by an earlier process.
         """
         for candidate in proposed:
             self.candidates[candidate.id] = candidate
             parent = self.candidates.get(candidate.parent_id or "")
             if candidate.strategy == "mutate" and parent is not None:
-                move = move_between(parent.program, candidate.program, mutable_variables(parent.program, self.slots))
-                if move is not None:
-                    self.moves[candidate.id] = move
+                moves = moves_between(parent.program, candidate.program, mutable_variables(parent.program, self.slots))
+                if len(moves) == 1:
+                    self.moves[candidate.id] = moves[0]
+                if moves and self.optimizer.learned_moves:
+                    self.move_sets[candidate.id] = moves
             started, made = self.proposal_times.pop(candidate.id, (None, None))
             trace.add(
                 "decision",
@@ -652,19 +696,10 @@ class SimbaCRun:
         rng: np.random.Generator,
     ) -> list[Candidate]:
         optimizer = self.optimizer
-        buckets = []
-        for example_id, _, example in batch:
-            runs = [
-                (scores.by_example[example_id], scores.predictions.get(example_id, "{}"), source)
-                for source, scores in sources
-                if example_id in scores.by_example
-            ]
-            if not runs:
-                continue
-            values = [run[0] for run in runs]
-            buckets.append((max(values) - min(values), max(values), example_id, example, runs))
-        buckets.sort(key=lambda bucket: (-bucket[0], -bucket[1], bucket[2]))
-        mutable = mutable_variables(self.incumbent.program, self.slots)
+        buckets = self._buckets(batch, sources)
+        mutable = self.composition.mutable(
+            self.incumbent.program, mutable_variables(self.incumbent.program, self.slots)
+        )
         seen = {candidate.program.fingerprint for candidate in self.candidates.values()}
         proposed: list[Candidate] = []
         attempts = 0
@@ -679,27 +714,49 @@ class SimbaCRun:
             if spread <= 0:
                 strategies = [name for name in strategies if name != "rule"] or strategies
             strategy = strategies[int(rng.integers(len(strategies)))]
-            made = self._make(strategy, step, example_id, example, runs, mutable, rng)
-            if made is None:
-                continue
-            program, rationale = made
-            if program.fingerprint in seen:
-                continue
-            seen.add(program.fingerprint)
-            proposed.append(
-                Candidate(
-                    f"c{len(self.candidates) + len(proposed)}",
-                    _as_journaled(program),
-                    self.incumbent.id,
-                    step,
-                    strategy,
-                    rationale,
+            for program, rationale in self._make(strategy, step, example_id, example, runs, mutable, rng):
+                if program.fingerprint in seen or len(proposed) >= optimizer.num_candidates:
+                    continue
+                seen.add(program.fingerprint)
+                proposed.append(
+                    Candidate(
+                        f"c{len(self.candidates) + len(proposed)}",
+                        _as_journaled(program),
+                        self.incumbent.id,
+                        step,
+                        strategy,
+                        rationale,
+                    )
                 )
-            )
-            made_ns = now_ns()
-            self.proposal_times[proposed[-1].id] = (started, made_ns)
-            started = made_ns
+                made_ns = now_ns()
+                self.proposal_times[proposed[-1].id] = (started, made_ns)
+                started = made_ns
         return proposed
+
+    def _buckets(self, batch: Sequence[Example], sources: list[tuple[Candidate, Scores]]) -> list[tuple[Any, ...]]:
+        """Return the mini-batch's examples by the spread of the sources' scores on them, widest first.
+
+        Each holds (spread, best score, example id, example, runs); a run is a source's (score, final
+        prediction, source, per-module trajectory or None).
+        """
+        buckets = []
+        for example_id, _, example in batch:
+            runs = [
+                (
+                    scores.by_example[example_id],
+                    scores.predictions.get(example_id, "{}"),
+                    source,
+                    self.composition.trajectory(scores.experiment_id, example_id),
+                )
+                for source, scores in sources
+                if example_id in scores.by_example
+            ]
+            if not runs:
+                continue
+            values = [run[0] for run in runs]
+            buckets.append((max(values) - min(values), max(values), example_id, example, runs))
+        buckets.sort(key=lambda bucket: (-bucket[0], -bucket[1], bucket[2]))
+        return buckets
 
     def _make(
         self,
@@ -707,10 +764,11 @@ class SimbaCRun:
         step: int,
         example_id: str,
         example: dspy.Example,
-        runs: list[tuple[float, str, Candidate]],
+        runs: list[Run],
         mutable: list[str],
         rng: np.random.Generator,
-    ) -> tuple[Any, str] | None:
+    ) -> list[tuple[Program, str]]:
+        """Return what one strategy makes of one example's runs: a candidate, a demo's placements, or nothing."""
         program = self.incumbent.program
         scopes = sorted(self.slots.instructions)
         scope = scopes[int(rng.integers(len(scopes)))]
@@ -718,35 +776,61 @@ class SimbaCRun:
         good, bad = ordered[0], ordered[-1]
         try:
             if strategy == "demo":
-                fields = _prediction_fields(good[1])
-                if not fields:
-                    return None
-                demo = {**dict(example.inputs()), **fields}
-                return (
-                    append_demo(program, self.slots, scope, demo),
-                    f"demo from example {example_id}: a trajectory of {good[2].id} scoring {good[0]:g} "
-                    f"(the worst on it scored {bad[0]:g})",
-                )
+                origin = f"a trajectory of {good[2].id} scoring {good[0]:g} (the worst on it scored {bad[0]:g})"
+                return self._demos(program, scope, example_id, example, good, origin)
             if strategy == "rule":
-                rule, discussion = self._rule(example, good, bad, scope)
-                if rule is None:
-                    return None
-                return (
-                    append_rule(program, self.slots, scope, rule, max_rules=self.optimizer.max_rules),
-                    f"rule from contrasting example {example_id} ({good[2].id} scored {good[0]:g}, "
-                    f"{bad[2].id} scored {bad[0]:g}): {discussion}",
-                )
-            result = mutate(program, mutable, self.ledger, rng, temperature=0.05)
-            if result is None:
-                return None
-            mutated, _, rationale = result
-            return mutated, rationale
+                made = self._rule_candidate(program, scope, example_id, example, good, bad)
+                return [made] if made is not None else []
+            result = self.composition.mutation(program, mutable, self.ledger, rng, temperature=0.05)
+            return [] if result is None else [(result[0], result[2])]
         except (VariableError, OptimizerError):
-            return None
+            return []
 
-    def _rule(
-        self, example: dspy.Example, good: tuple[float, str, Candidate], bad: tuple[float, str, Candidate], scope: str
-    ) -> tuple[str | None, str]:
+    def _demos(
+        self, program: Program, scope: str, example_id: str, example: dspy.Example, good: Run, origin: str
+    ) -> list[tuple[Program, str]]:
+        """Return the demo candidates of a good run: per module from its trajectory, else from its final outputs."""
+        steps = good[3]
+        if steps:
+            placed = self.composition.place(program, steps, scope=scope)
+            if placed:
+                return [(made, f"demo from example {example_id} {where}: {origin}") for made, _, where in placed]
+        fields = _prediction_fields(good[1])
+        if not fields:
+            return []
+        demo = {**dict(example.inputs()), **fields}
+        return [(append_demo(program, self.slots, scope, demo), f"demo from example {example_id}: {origin}")]
+
+    def _rule_candidate(
+        self, program: Program, scope: str, example_id: str, example: dspy.Example, good: Run, bad: Run
+    ) -> tuple[Program, str] | None:
+        """Return the program with rules from contrasting a good and a bad run, and why; None when none came.
+
+        With both runs' per-module trajectories, ``ProposeRule`` sees the whole pipeline and every
+        module's name, and each module's advice goes to that module; otherwise one rule, for ``scope``.
+        """
+        contrast = (
+            f"rule from contrasting example {example_id} ({good[2].id} scored {good[0]:g}, "
+            f"{bad[2].id} scored {bad[0]:g})"
+        )
+        if good[3] and bad[3]:
+            advice, discussion = self._ask(
+                self.composition.scopes, render(good[3]), render(bad[3]), good=good[0], bad=bad[0]
+            )
+            applied = self.composition.apply_advice(program, advice or {}, max_rules=self.optimizer.max_rules)
+            if applied is None:
+                return None
+            changed, modules = applied
+            return changed, f"{contrast} of the whole pipeline, advice for {', '.join(modules)}: {discussion}"
+        rule, discussion = self._rule(example, good, bad, scope)
+        if rule is None:
+            return None
+        return append_rule(program, self.slots, scope, rule, max_rules=self.optimizer.max_rules), (
+            f"{contrast}: {discussion}"
+        )
+
+    def _rule(self, example: dspy.Example, good: Run, bad: Run, scope: str) -> tuple[str | None, str]:
+        """Return one rule for ``scope`` from contrasting two runs' final outputs, and the LM's discussion."""
         names = [scope or "self"]
         inputs = dict(example.inputs())
 
@@ -757,6 +841,19 @@ class SimbaCRun:
                 indent=1,
             )
 
+        advice, discussion = self._ask(names, trajectory(good[1]), trajectory(bad[1]), good=good[0], bad=bad[0])
+        if advice is None:
+            return None, discussion
+        text = (advice.get(names[0]) or next(iter(advice.values()))) if advice else None
+        return clean_rule(text), discussion
+
+    def _ask(
+        self, names: list[str], better: str, worse: str, *, good: float, bad: float
+    ) -> tuple[dict[str, Any] | None, str]:
+        """Ask ``ProposeRule`` (metered into the run's spending); return its module advice and discussion.
+
+        On failure the advice is None and the text says why: a failed proposal is skipped, never fatal.
+        """
         propose = dspy.Predict(ProposeRule)
         lm = self.optimizer.rule_lm or self.lm
         from dspex_lab.providers import metering
@@ -766,10 +863,10 @@ class SimbaCRun:
             try:
                 answer = propose(
                     module_names=names,
-                    better_program_trajectory=trajectory(good[1]),
-                    better_reward_value=float(good[0]),
-                    worse_program_trajectory=trajectory(bad[1]),
-                    worse_reward_value=float(bad[0]),
+                    better_program_trajectory=better,
+                    better_reward_value=float(good),
+                    worse_program_trajectory=worse,
+                    worse_reward_value=float(bad),
                 )
             except Exception as error:  # a failed proposal is skipped, never fatal
                 answer = None
@@ -778,12 +875,8 @@ class SimbaCRun:
         if answer is None:
             return None, failure
         advice = getattr(answer, "module_advice", None)
-        text = None
-        if isinstance(advice, dict) and advice:
-            text = advice.get(names[0]) or next(iter(advice.values()))
-        rule = clean_rule(text)
         discussion = clean_rule(getattr(answer, "discussion", "")) or ""
-        return rule, discussion
+        return (dict(advice) if isinstance(advice, dict) else {}), discussion
 
 
 def _diverse(shortlisted: list[tuple[float, Candidate]], count: int) -> list[Candidate]:

@@ -34,9 +34,14 @@ __all__ = [
     "append_rule",
     "clean_rule",
     "lift",
+    "move_between",
+    "moved",
+    "moves_between",
     "mutable_variables",
     "mutate",
+    "possible_moves",
     "rules_of",
+    "shared_variables",
 ]
 
 MAX_RULE_CHARACTERS = 400
@@ -254,7 +259,8 @@ class EffectLedger:
         }
 
 
-def _moves(program: Program, names: list[str]) -> list[tuple[str, str]]:
+def possible_moves(program: Program, names: list[str]) -> list[tuple[str, str]]:
+    """Return every move of the variables ``names`` from ``program``'s values (up/down, each other choice, a flip)."""
     moves: list[tuple[str, str]] = []
     for name in names:
         variable = program.variables[name]
@@ -301,14 +307,53 @@ def move_between(parent: Program, child: Program, names: list[str]) -> tuple[str
     ``"up"``/``"down"`` for numbers, the new value's ``repr`` for choices and booleans. None when
     no variable or more than one differs.
     """
-    changed = [name for name in names if child.values.get(name) != parent.values.get(name)]
-    if len(changed) != 1:
-        return None
-    name = changed[0]
-    before, after = parent.values[name], child.values[name]
-    if isinstance(parent.variables[name], (Float, Int)):
-        return (name, "up" if after > before else "down")
-    return (name, repr(after))
+    moves = moves_between(parent, child, names)
+    return moves[0] if len(moves) == 1 else None
+
+
+def moves_between(parent: Program, child: Program, names: list[str]) -> tuple[tuple[str, str], ...]:
+    """Return every move that makes ``child`` from ``parent``, in the order of ``names`` (see :func:`move_between`)."""
+    moves: list[tuple[str, str]] = []
+    for name in names:
+        before, after = parent.values.get(name), child.values.get(name)
+        if before == after:
+            continue
+        if isinstance(parent.variables[name], (Float, Int)):
+            moves.append((name, "up" if after > before else "down"))
+        else:
+            moves.append((name, repr(after)))
+    return tuple(moves)
+
+
+def shared_variables(program: Program, names: list[str]) -> list[str]:
+    """Return the variables of ``names`` that configure several places at once.
+
+    A variable bound to several targets (``targets=("temperature:plan", "temperature:solve")``)
+    or through a semantic binding (``binding=``, a value mapped to settings and prompt text of
+    several predictors) is one variable, moved as one move; these are what SIMBA-C's ``share``
+    flag lets it mutate.
+    """
+    shared = []
+    for name in names:
+        variable = program.variables[name]
+        if len(variable.targets or ()) > 1 or variable.binding is not None:
+            shared.append(name)
+    return shared
+
+
+def moved(program: Program, move: tuple[str, str], rng: np.random.Generator) -> Any:
+    """Return the value ``move`` gives its variable in ``program`` (a step, a jump or a flip, see :func:`mutate`)."""
+    name, direction = move
+    variable: Variable = program.variables[name]
+    if isinstance(variable, (Float, Int)):
+        return _stepped(variable, direction, rng)
+    if isinstance(variable, Bool):
+        return not variable.value
+    if not isinstance(variable, Choice):
+        raise OptimizerError(
+            f"variable {name!r} is a {type(variable).__name__}: only numbers, choices and booleans move"
+        )
+    return next(choice for choice in variable.choices if repr(choice) == direction)
 
 
 def mutate(
@@ -323,21 +368,15 @@ def mutate(
     Returns:
         The mutated program, the move, and a one-line rationale; None when no move is possible.
     """
-    moves = _moves(program, names)
+    moves = possible_moves(program, names)
     for _ in range(2 * len(moves)):
         if not moves:
             return None
         move = ledger.pick(moves, rng, temperature=temperature)
-        name, direction = move
+        name, _ = move
         variable: Variable = program.variables[name]
         before = variable.value
-        if isinstance(variable, (Float, Int)):
-            after: Any = _stepped(variable, direction, rng)
-        elif isinstance(variable, Bool):
-            after = not before
-        else:
-            assert isinstance(variable, Choice)
-            after = next(choice for choice in variable.choices if repr(choice) == direction)
+        after = moved(program, move, rng)
         if after == before:
             moves.remove(move)
             continue

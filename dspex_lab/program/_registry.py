@@ -32,6 +32,9 @@ ModuleClass = TypeVar("ModuleClass", bound=type)
 _lock = threading.Lock()
 _registry: dict[str, type[dspy.Module]] = {}
 _allowed_prefixes: tuple[str, ...] = ("dspy.",)
+# Modules dspex_lab registers itself, imported when a spec first names one: a process or Dask worker
+# that rebuilds a program imports dspex_lab, not the module's file.
+_BUILT_IN_MODULES = {"lab.PlanSolveVerify": "dspex_lab.tasks.pipeline"}
 
 
 def register(name: str) -> Callable[[ModuleClass], ModuleClass]:
@@ -105,6 +108,10 @@ def resolve_module(name: str) -> type[dspy.Module]:
         raise ProgramSpecError(f"a module name must be a non-empty string, got {name!r}")
     with _lock:
         registered = _registry.get(name)
+    if registered is None and name in _BUILT_IN_MODULES:
+        importlib.import_module(_BUILT_IN_MODULES[name])
+        with _lock:
+            registered = _registry.get(name)
     if registered is not None:
         return registered
     if not any(name.startswith(prefix) for prefix in _allowed_prefixes):
