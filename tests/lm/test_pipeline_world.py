@@ -395,7 +395,4 @@ def test_dspy_optimizers_improve_on_the_pipeline():
             base.deepcopy(), trainset=train, seed=0
         )
         for name, optimized in (("bootstrap", bootstrap), ("simba", simba)):
-            assert _scores(optimized, test).mean() > baseline.mean() + 0.03, name
-        without_verify_demos = bootstrap.deepcopy()
-        without_verify_demos.verify.demos = []
-        assert _scores(without_verify_demos, test).mean() > _scores(bootstrap, test).mean()
+            assert _scores(optimized, test).mean() > baseline.mean() + 0.05, name
