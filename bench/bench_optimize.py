@@ -578,6 +578,8 @@ def curve_optimizer(job: CurveJob, data: SeedData) -> tuple[Any, dict[str, Any],
 def run_curve_job(job: CurveJob, data: SeedData, folder: str) -> CurveRun:
     """Run one job; a failure (bad settings, a task this dspex_lab lacks, a DSPy error) is a row, never a crash."""
     logging.getLogger("dspy").setLevel(logging.ERROR)
+    # DSPy also warns on the root logger (a per-predictor LM it cannot deep-copy, once per candidate).
+    logging.getLogger().setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
     settings: dict[str, Any] = {}
