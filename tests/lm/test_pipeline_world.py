@@ -151,6 +151,22 @@ def test_a_spec_naming_the_module_resolves_in_a_fresh_process():
     assert resolve_module("lab.PlanSolveVerify") is PlanSolveVerify
 
 
+@pytest.mark.slow
+def test_process_workers_rebuild_the_pipeline_program_and_score_it_the_same():
+    from dspex_lab.engine import ProcessExecutor
+
+    program = pipeline_program().with_values(rigor="strict", model_verify="lab/large")
+    data = arithmetic(12, seed=4)
+    results = {}
+    with ProcessExecutor(2, threads_per_worker=2) as executor:
+        for name, chosen in (("thread", "thread"), ("process", executor)):
+            with dx.Context(lm=lab_lm(), journal=False, executor=chosen):
+                result = dx.evaluate(program, data, metric=dx.metrics.exact_match, progress=False)
+            results[name] = result.trials.sort_values("trial_id")[["trial_id", "score", "status"]].values.tolist()
+    assert all(status == "ok" for _, _, status in results["process"]), results["process"]
+    assert results["process"] == results["thread"]
+
+
 def test_the_pipeline_program_binds_rigor_to_every_stage():
     program = pipeline_program()
     assert dx.Program.from_json(program.to_json()) == program
