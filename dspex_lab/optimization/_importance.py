@@ -220,10 +220,9 @@ def _variable_features(name: str, spec: Mapping[str, Any], rows: Sequence[Mappin
     def feature(contrast: str, column: Sequence[float], scale: float = 1.0, reference: float = 0.0) -> _Feature:
         return _Feature(name, kind, contrast, np.asarray(column, dtype=float), scale, reference)
 
-    if kind in ("float", "int"):
-        numbers = np.array([_number(value) for value in seen])
-        finite = numbers[np.isfinite(numbers)]
-        low, high = (float(finite.min()), float(finite.max())) if finite.size else (math.nan, math.nan)
+    numbers = np.array([_number(value) for value in seen])
+    if kind in ("float", "int") and np.isfinite(numbers).all():
+        low, high = float(numbers.min()), float(numbers.max())
         return [feature(f"{low:.3g} → {high:.3g} (range tried)", numbers, high - low, _number(base))]
     if kind == "bool":
         return [feature("True vs False", [float(bool(value)) for value in seen])]
@@ -348,9 +347,11 @@ def _fit(design: np.ndarray, scores: pd.DataFrame, *, confidence: float, n_boots
         else:
             low[column], high[column] = np.quantile(kept, [tail, 1 - tail])
             notes.append("")
-    effects = np.where(estimable, coefficients, math.nan) / scale
-    return _Fit(effects, np.where(estimable, low, math.nan) / scale, np.where(estimable, high, math.nan) / scale,
-                estimable, notes)  # fmt: skip
+
+    def unscaled(values: np.ndarray) -> np.ndarray:
+        return np.where(estimable, values, math.nan) / scale
+
+    return _Fit(unscaled(coefficients), unscaled(low), unscaled(high), estimable, notes)
 
 
 def _shares(features: Sequence[_Feature], fit: _Fit, present: np.ndarray) -> dict[str, float]:
@@ -396,10 +397,10 @@ def estimate_importance(
         fit = _fit(design, scored.scores, confidence=confidence, n_bootstrap=n_bootstrap, seed=seed)
         shares = _shares(varied, fit, present)
         for position, item in enumerate(varied):
+            effect, low, high = (float(ends[position]) * item.scale for ends in (fit.coefficients, fit.low, fit.high))
             changed = int(np.sum(item.column[present] != item.reference))
-            rows.append(_row(item, fit.coefficients[position] * item.scale, fit.low[position] * item.scale,
-                             fit.high[position] * item.scale, shares.get(item.variable, math.nan), changed,
-                             note=fit.notes[position]))  # fmt: skip
+            share = shares.get(item.variable, math.nan)
+            rows.append(_row(item, effect, low, high, share, changed, note=fit.notes[position]))
     for item in constant:
         rows.append(_row(item, math.nan, math.nan, math.nan, math.nan, 0, note="not estimable: never changed"))
     frame = pd.DataFrame(rows, columns=list(IMPORTANCE_COLUMNS))

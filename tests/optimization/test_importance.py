@@ -166,6 +166,17 @@ def test_too_few_paired_examples_are_not_estimable() -> None:
     assert frame["note"].str.contains("4 examples were scored for two configurations or more").sum() == len(frame)
 
 
+def test_a_run_with_no_scores_yet_is_not_estimable_and_a_number_without_a_value_is_changed_or_not() -> None:
+    variables = {"temperature": VARIABLES["temperature"], "max_tokens": {"type": "int", "value": None}}
+    values = [{"temperature": 0.3, "max_tokens": None}, {"temperature": 0.5, "max_tokens": 300}]
+    empty = pd.DataFrame(columns=["configuration", "example_id", "score"])
+    rows = by_contrast(estimate_importance(ScoredConfigurations(variables, values, empty), n_bootstrap=100))
+
+    assert set(rows) == {"max_tokens|changed vs the baseline's", "temperature|0.3 → 0.5"}
+    assert all(not row["estimable"] and math.isnan(row["effect"]) for row in rows.values())
+    assert all(row["note"].startswith("not estimable: 0 examples") for row in rows.values())
+
+
 def test_a_resample_that_cannot_separate_a_variable_makes_it_not_estimable() -> None:
     # One candidate changed `careful`, scored on two examples only: most resamples lose one or both of them.
     scored = synthetic(2)
