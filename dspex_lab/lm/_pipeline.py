@@ -276,7 +276,7 @@ def plan_text(problem: ArithmeticProblem, misread: tuple[bool, ...]) -> str:
     )
 
 
-def _plan_is_right(question: str, plan: str) -> DemoReading:
+def _read_plan_demo(question: str, plan: str) -> DemoReading:
     problem = parse_problem(question)
     if problem is None:
         return DemoReading(frozenset(), "other", None)
@@ -298,7 +298,7 @@ def _plan_demo_evidence(view: PromptView, plan_name: str) -> DemoEvidence:
     readings = []
     for demo in view.demos:
         question = next((value for value in demo.inputs.values() if parse_problem(value) is not None), "")
-        readings.append(_plan_is_right(question, demo.outputs.get(plan_name, "")))
+        readings.append(_read_plan_demo(question, demo.outputs.get(plan_name, "")))
     return demo_evidence(tuple(readings))
 
 
@@ -450,7 +450,7 @@ def _verify_demo_factor(demos: tuple[DemoTurn, ...], answer_name: str) -> float:
             continue
         was_right = diagnose(question, answer=proposed)
         now_right = diagnose(question, answer=given)
-        if was_right is not None and now_right is not None and not was_right.correct and now_right.correct:
+        if was_right is not None and now_right is not None and was_right.correct is False and now_right.correct:
             correcting += 1
     return CONFIRMING_DEMO_FACTOR ** min(confirming, MAXIMUM_CONFIRMING_DEMOS) * CORRECTING_DEMO_FACTOR ** min(
         correcting, MAXIMUM_CORRECTING_DEMOS
