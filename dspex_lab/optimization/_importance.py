@@ -128,8 +128,8 @@ class _Feature:
 def read_scored_configurations(journal: Any, run_id: str) -> ScoredConfigurations:
     """Read the configurations an optimization run scored, and their per-example scores, from its journal.
 
-    Four reader calls whatever the run's size (candidates, nested evaluations, their trials), plus one per
-    DSPy compile configuration. The baseline's, candidates' screening and validation evaluations count;
+    Three reader calls whatever the run's size (candidates, nested evaluations, their trials), plus one
+    per DSPy compile configuration. The baseline's, candidates' screening and validation evaluations count;
     for DSPy's optimizers, so do the configurations DSPy scored while compiling whose instructions and
     demos fit the lifted variables (``program_spec_is_configuration``).
 
@@ -383,6 +383,18 @@ def estimate_importance(
 
     Raises:
         OptimizerError: ``confidence`` is not between 0 and 1, or ``n_bootstrap`` is below 100.
+
+    Example: a flag that adds exactly 0.25 on each of six examples, whatever their difficulty.
+
+        >>> scores = pd.DataFrame(
+        ...     [(flag, f"e{k}", k / 10 + 0.25 * flag) for flag in (0, 1) for k in range(6)],
+        ...     columns=["configuration", "example_id", "score"],
+        ... )
+        >>> scored = ScoredConfigurations({"careful": {"type": "bool", "value": False}},
+        ...                               [{"careful": False}, {"careful": True}], scores)
+        >>> row = estimate_importance(scored).iloc[0]
+        >>> row["contrast"], [round(float(row[name]), 3) for name in ("effect", "ci_low", "ci_high")]
+        ('True vs False', [0.25, 0.25, 0.25])
     """
     if not 0 < confidence < 1:
         raise OptimizerError(f"importance: confidence must be between 0 and 1, got {confidence!r}")
