@@ -49,6 +49,17 @@ def _configure(*, models=None, rigor="standard", demos=None, rules=()):
     return program
 
 
+_MEASURED: dict[str, np.ndarray] = {}
+
+
+def _calibration_scores(**configuration):
+    """Scores of a configuration on the calibration set, measured once per test session."""
+    key = repr(sorted(configuration.items()))
+    if key not in _MEASURED:
+        _MEASURED[key] = _scores(_configure(**configuration), arithmetic(300, seed=1))
+    return _MEASURED[key]
+
+
 def _scores(program, examples):
     return np.array([float(str(program(question=e.question).answer).strip() == e.answer) for e in examples])
 
@@ -118,7 +129,7 @@ def calibration():
 
 @pytest.fixture(scope="module")
 def baseline(calibration):
-    return _scores(_configure(), calibration)
+    return _calibration_scores()
 
 
 # -- the module and its program ---------------------------------------------------------------
@@ -308,9 +319,9 @@ def test_verify_detects_slips_and_raises_false_alarms_by_model_and_wording(verif
 
 
 def test_the_best_rigor_depends_on_the_verify_model(calibration, baseline):
-    strict = _scores(_configure(rigor="strict"), calibration)
-    large = _scores(_configure(models={"verify": "lab/large"}), calibration)
-    large_strict = _scores(_configure(models={"verify": "lab/large"}, rigor="strict"), calibration)
+    strict = _calibration_scores(rigor="strict")
+    large = _calibration_scores(models={"verify": "lab/large"})
+    large_strict = _calibration_scores(models={"verify": "lab/large"}, rigor="strict")
     assert baseline.mean() - strict.mean() > 0.03  # lab/small verifying: strict is worse than standard
     assert large_strict.mean() - large.mean() > 0.05  # lab/large verifying: strict is better
     assert _mcnemar(large_strict, large) < 0.05
@@ -338,10 +349,7 @@ def _cost(program, examples):
 
 
 def test_lab_large_pays_off_in_the_verify_stage_only(calibration, baseline):
-    gains = {
-        stage: _scores(_configure(models={stage: "lab/large"}), calibration).mean() - baseline.mean()
-        for stage in STAGES
-    }
+    gains = {stage: _calibration_scores(models={stage: "lab/large"}).mean() - baseline.mean() for stage in STAGES}
     assert gains["verify"] > 0.07
     assert gains["verify"] > max(gains["plan"], gains["solve"]) + 0.05
     assert max(gains["plan"], gains["solve"]) < 0.04
