@@ -19,6 +19,7 @@ from dspex_lab.optimization._dspy import DspyOptimizer
 from dspex_lab.optimization._evaluator import CandidateEvaluator
 from dspex_lab.optimization._objective import Objective
 from dspex_lab.optimization._result import OptimizationResult
+from dspex_lab.optimization._schedule import look_ends
 from dspex_lab.optimization._session import OptimizationStep, RunSession, start_run
 from dspex_lab.optimization._setup import Metric, OptimizationSetup
 from dspex_lab.optimization._simba_c import SimbaC, run_simba_c
@@ -104,21 +105,31 @@ def _check_budget(
     if isinstance(optimizer, SimbaC) and budget.lm_calls is not None:
         # At least one LM call per trial: the baseline on the valset, then one step's trajectories and screening,
         # one full evaluation, and the confirmation (the baseline and the best on the confirmation set).
+        # Sized by its schedule: the baseline and a candidate up to the first look, the first step's trajectories
+        # (the incumbent's alone in a bootstrap step) and screening, and the confirmation.
         confirming = 2 * len(confirm) if confirm is not None else 0
-        one_step = (
-            len(valset)
-            + (optimizer.num_sources + optimizer.num_candidates) * optimizer.bsize
-            + len(valset)
-            + confirming
-        )
+        first_look = look_ends(len(valset), optimizer.validation_looks or 1)[0]
+        programs = 1 if optimizer.bootstrap else (optimizer.num_sources or 1) + (optimizer.num_candidates or 1)
+        one_step = first_look + programs * (optimizer.bsize or 1) + first_look + confirming
         if budget.lm_calls < one_step:
             raise OptimizerError(
                 f"Budget(lm_calls={budget.lm_calls}) is too small for one SIMBA-C step: the baseline and one step "
-                f"need at least {one_step} LM calls ({len(valset)} validation examples, "
-                f"{optimizer.num_sources + optimizer.num_candidates} programs x bsize={optimizer.bsize}, one full "
-                f"evaluation, {confirming} confirmation trials); raise the budget or lower "
-                "bsize/num_candidates/num_sources"
+                f"need at least {one_step} LM calls ({first_look} validation examples at the first look, "
+                f"{programs} programs x bsize={optimizer.bsize}, one candidate to the first look, {confirming} "
+                "confirmation trials); raise the budget or lower bsize/num_candidates/num_sources"
             )
+
+
+def _scheduled(optimizer: SimbaC | DspyOptimizer, budget: Budget | None, sets: _Sets) -> SimbaC | DspyOptimizer:
+    """Return SIMBA-C with the hyperparameters the user left unset sized to the budget (see ``_schedule``)."""
+    if not isinstance(optimizer, SimbaC):
+        return optimizer
+    return optimizer.scheduled(
+        budget=budget if isinstance(budget, Budget) else None,
+        train_size=len(sets.trainset),
+        val_size=len(sets.valset),
+        confirm_size=len(sets.confirm_set) if sets.confirm_set is not None else 0,
+    )
 
 
 def _check_objective(objective: Objective | None, optimizer: SimbaC | DspyOptimizer, sets: _Sets) -> None:
@@ -275,6 +286,7 @@ def optimize(
     """
     chosen = _checked_optimizer(program, metric, seed, optimizer)
     sets = _sets(trainset, valset, testset, confirm_fraction, seed, chosen)
+    chosen = _scheduled(chosen, budget, sets)
     _check_budget(budget, chosen, sets.valset, sets.confirm_set)
     warn_if_underpowered(len(sets.valset), what="valset", alpha=_acceptance(chosen)[0])  # before any LM call is spent
     _check_objective(objective, chosen, sets)

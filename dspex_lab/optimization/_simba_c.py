@@ -26,20 +26,28 @@ Hyperparameters next to DSPy's SIMBA (3.4.1 defaults):
 ==========================  ===============  =====================================================
 SIMBA-C                     DSPy SIMBA       meaning
 ==========================  ===============  =====================================================
-``bsize=32``                ``bsize=32``     mini-batch size
-``num_candidates=6``        ``num_candidates=6``  new candidates proposed per step
+``bsize`` (32)              ``bsize=32``     mini-batch size
+``num_candidates`` (6)      ``num_candidates=6``  new candidates proposed per step
 ``max_steps=8``             ``max_steps=8``  steps
 ``max_demos=4``             ``max_demos=4``  demos per predictor (the oldest dropped past it)
-``num_sources=4``           (all candidates) programs whose trajectories are sampled per step
+``num_sources`` (4)         (all candidates) programs whose trajectories are sampled per step
 ``temperature_for_sampling  same name, 0.2   softmax temperature over programs' scores
 =0.2``
 ``exploration_temperature   (SIMBA varies    LM temperature of the sampled trajectories (when the
 =0.7``                      temperature)     program has no temperature variable of its own)
 ``max_rules=4``             (unbounded)      rules kept per predictor's instructions
-``full_evals=2``            (none)           candidates per step evaluated on the validation set
+``full_evals`` (2)          (none)           candidates per step evaluated on the validation set
+``validation_looks`` (1)    (none)           looks of the sequential validation (see ``_schedule``)
+``bootstrap`` (False)       (none)           a first step bootstrapping demos and rules from the
+                                             incumbent's own trajectories
 ``alpha=0.05``, Holm        (none)           acceptance test and correction
 ``patience=3``              (none)           steps without an accepted candidate before stopping
 ==========================  ===============  =====================================================
+
+The values in parentheses are left ``None`` by default: ``dx.optimize`` sizes them to the run's
+``Budget(lm_calls=...)`` (``_schedule``: a bootstrap step under any such budget, smaller steps and
+sequential validation under a small one); without an LM-call budget they are the values shown.
+Values the user sets are kept as given.
 """
 
 from __future__ import annotations
@@ -56,12 +64,21 @@ from typing import Any
 import dspy
 import numpy as np
 
+from dspex_lab.engine import Budget
 from dspex_lab.errors import OptimizerError, VariableError
 from dspex_lab.optimization._acceptance import Judged, decision_reason, finite, judge
 from dspex_lab.optimization._composition import Composition, TrajectoryStep, render
 from dspex_lab.optimization._decisions import DecisionTrace
 from dspex_lab.optimization._evaluator import Example, Scores
 from dspex_lab.optimization._objective import baseline_detail, check_guardrails, meets_estimates
+from dspex_lab.optimization._schedule import (
+    PLANNED_CALLS_PER_TRIAL,
+    SCHEDULED,
+    Schedule,
+    look_alpha,
+    look_ends,
+    plan_schedule,
+)
 from dspex_lab.optimization._session import RunSession, StepRecord
 from dspex_lab.optimization._space import (
     Candidate,
@@ -131,6 +148,10 @@ class SimbaC:
         test: the paired test (``auto``: McNemar for 0/1 scores, t-test or Wilcoxon otherwise).
         max_error_rate: a candidate failing on more than this fraction of the validation set is rejected.
         rule_lm: the LM that writes rules (default: the run's LM).
+        validation_looks: looks of the sequential validation: the valset in that many blocks, each
+            look at its share of ``alpha`` with a futility stop (1: one test on the whole valset).
+        bootstrap: make the first step one candidate with demos from the incumbent's own best
+            trajectories and rules from its sources' contrasts, validated without screening.
         share: mutate a variable bound to several targets or through a semantic binding (one move
             for all it configures); without, such a variable keeps its value.
         cross_bootstrap: try a good trajectory's per-module demos in every module that can take
@@ -140,21 +161,25 @@ class SimbaC:
             measured interaction is positive, valued from the per-example gains measured so far.
     """
 
-    bsize: int = 32
-    num_candidates: int = 6
+    bsize: int | None = None
+    num_candidates: int | None = None
     max_steps: int = 8
     max_demos: int = 4
     max_rules: int = 4
-    num_sources: int = 4
+    num_sources: int | None = None
     temperature_for_sampling: float = 0.2
     exploration_temperature: float = 0.7
-    full_evals: int = 2
+    full_evals: int | None = None
     alpha: float = 0.05
     patience: int = 3
     strategies: tuple[str, ...] = STRATEGIES
     test: str = "auto"
     max_error_rate: float = 0.1
     rule_lm: Any = None
+    validation_looks: int | None = None
+    bootstrap: bool | None = None
+    # How the values above were resolved for one run (``scheduled``); None until then.
+    schedule: Schedule | None = field(default=None, init=False, compare=False, repr=False)
     share: bool = True
     cross_bootstrap: bool = True
     learned_moves: bool = True
@@ -164,8 +189,15 @@ class SimbaC:
     def __post_init__(self) -> None:
         for name in ("bsize", "num_candidates", "max_steps", "max_demos", "max_rules", "num_sources", "full_evals"):
             value = getattr(self, name)
+            if value is None and name in SCHEDULED:
+                continue  # sized to the run's budget by ``scheduled``
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise OptimizerError(f"SimbaC({name}={value!r}): must be a positive integer")
+        looks = self.validation_looks
+        if looks is not None and (isinstance(looks, bool) or not isinstance(looks, int) or looks < 1):
+            raise OptimizerError(f"SimbaC(validation_looks={looks!r}): must be a positive integer")
+        if self.bootstrap is not None and not isinstance(self.bootstrap, bool):
+            raise OptimizerError(f"SimbaC(bootstrap={self.bootstrap!r}): must be True, False or None")
         for name in ("share", "cross_bootstrap", "learned_moves"):
             if not isinstance(getattr(self, name), bool):
                 raise OptimizerError(f"SimbaC({name}={getattr(self, name)!r}): must be True or False")
@@ -188,16 +220,47 @@ class SimbaC:
             raise OptimizerError(f"SimbaC(test={self.test!r}): one of 'auto', 't', 'wilcoxon', 'mcnemar'")
 
     def config(self) -> dict[str, Any]:
-        """Return the hyperparameters as JSON (recorded with the run, checked on resume)."""
+        """Return the hyperparameters as JSON (recorded with the run, checked on resume), with their schedule."""
         return {
             "optimizer": self.name,
             **{
                 name: (list(value) if isinstance(value, tuple) else value)
                 for name, value in self.__dict__.items()
-                if name != "rule_lm"
+                if name not in ("rule_lm", "schedule")
             },
             "rule_lm": getattr(self.rule_lm, "model", None),
+            "schedule": self.schedule.to_dict() if self.schedule is not None else None,
         }
+
+    def scheduled(
+        self,
+        *,
+        budget: Budget | None,
+        train_size: int,
+        val_size: int,
+        confirm_size: int = 0,
+        calls_per_trial: float = PLANNED_CALLS_PER_TRIAL,
+    ) -> SimbaC:
+        """Return these hyperparameters for one run: the ones left unset sized to its budget (see ``_schedule``).
+
+        Values the user set are kept as given; resolving a resolved one again (with a measured
+        ``calls_per_trial``) keeps the same explicit values.
+        """
+        if self.schedule is not None:
+            explicit = {name: getattr(self, name) for name in self.schedule.explicit}
+        else:
+            explicit = {name: getattr(self, name) for name in SCHEDULED}
+        plan = plan_schedule(
+            explicit,
+            lm_calls=budget.lm_calls if budget is not None else None,
+            train_size=train_size,
+            val_size=val_size,
+            confirm_size=confirm_size,
+            calls_per_trial=calls_per_trial,
+        )
+        resolved = dataclasses.replace(self, **plan.values())
+        object.__setattr__(resolved, "schedule", plan)  # frozen: set once, as __init__ would
+        return resolved
 
 
 def paired_gain(candidate: Scores, incumbent: Scores) -> tuple[float, int]:
@@ -238,6 +301,13 @@ class _Step:
 def run_simba_c(session: RunSession, optimizer: SimbaC) -> tuple[str, str]:
     """Run SIMBA-C for ``dx.optimize`` and return the run's status and why it ended."""
     setup = session.setup
+    if optimizer.schedule is None:  # dx.optimize resolves it; a run started otherwise is sized here
+        optimizer = optimizer.scheduled(
+            budget=setup.budget,
+            train_size=len(setup.trainset),
+            val_size=len(setup.valset),
+            confirm_size=len(setup.confirm_set) if setup.confirm_set is not None else 0,
+        )
     lifted, slots = lift(setup.program, lm=setup.lm, max_demos=optimizer.max_demos)
     baseline = Candidate("c0", lifted, None, 0, "baseline", "the program as given, with instructions and demos lifted")
     if "c0" not in session.candidate_rows:
@@ -289,6 +359,13 @@ class SimbaCRun:
         # When each fresh proposal's making began and ended (its decision span's times); read-back ones have none.
         self.proposal_times: dict[str, tuple[int, int]] = {}
         self.steps: list[StepRecord] = []
+        # Sequential validation (see _schedule): each look's end, the look now, how far each candidate was
+        # validated, where a futile candidate stopped, and the level the step's decision was taken at.
+        self.look_ends = look_ends(len(self.valset), optimizer.validation_looks or 1)
+        self.look = 0
+        self.validated_upto: dict[str, int] = {}
+        self.stopped_at: dict[str, int] = {}
+        self.decision_alpha = optimizer.alpha
         # Candidate id -> whether it meets every guardrail of the objective on the validation set (once each).
         self.feasible: dict[str, bool] = {}
         self.status = "running"
@@ -301,11 +378,17 @@ class SimbaCRun:
     # -- experiments ----------------------------------------------------------------------------
 
     def validate(self, candidate: Candidate) -> Scores:
-        """Evaluate ``candidate`` on the validation set (once per candidate)."""
-        if candidate.id not in self.validation:
+        """Evaluate ``candidate`` on the validation set up to the current look (each trial once per candidate).
+
+        With one look that is the whole validation set. A candidate stopped for futility stays where
+        it stopped; one evaluated further before keeps its longer evaluation.
+        """
+        end = self.stopped_at.get(candidate.id, self.look_ends[self.look])
+        if self.validated_upto.get(candidate.id, 0) < end:
             self.validation[candidate.id] = self.evaluator.evaluate(
-                candidate.program, self.valset, record=self.session.record(candidate, "val")
+                candidate.program, self.valset[:end], record=self.session.record(candidate, "val")
             )
+            self.validated_upto[candidate.id] = end
         return self.validation[candidate.id]
 
     # -- the loop -------------------------------------------------------------------------------
@@ -325,7 +408,8 @@ class SimbaCRun:
                 )
             objective, examples = self.session.setup.objective, self._examples(self.valset)
             detail = baseline_detail(objective, baseline_scores, examples=examples, alpha=optimizer.alpha)
-            self._finish_step(StepRecord(0, "finished", self.incumbent.id, detail=detail))
+            self._replan()
+            self._finish_step(StepRecord(0, "finished", self.incumbent.id, detail=self._with_schedule(detail)))
             without_gain = 0
             for step in range(1, optimizer.max_steps + 1):
                 accepted = self._step(step)
@@ -344,8 +428,13 @@ class SimbaCRun:
     def _step(self, number: int) -> bool:
         """Run one step (sample, propose, screen, validate, decide); return whether it accepted a candidate."""
         step = self._sample(number)
-        self._screen_all(step, self._proposals(step))
-        return self._decide(step, self._validate(step))
+        proposed = self._proposals(step)
+        if self._bootstrapping(number):
+            # Its demos come from this mini-batch, so a screen there would flatter it: it is validated as it is.
+            step.shortlisted.extend((0.0, candidate) for candidate in proposed)
+        else:
+            self._screen_all(step, proposed)
+        return self._decide(step, self._validate_in_looks(step))
 
     def _sample(self, number: int) -> _Step:
         """Open a step: draw its mini-batch, then sample trajectories of the incumbent and of drawn sources on it."""
@@ -396,7 +485,11 @@ class SimbaCRun:
             # The row was written right after these proposals: its totals hold the rule calls that made them.
             self._catch_up(journaled)
         elif not proposed and not finished_before:  # (finished without candidates: it proposed none)
-            proposed = self._propose(step.number, step.batch, step.sources, self._generator(step.number, PROPOSAL))
+            proposed = (
+                self._bootstrap_proposals(step)
+                if self._bootstrapping(step.number)
+                else self._propose(step.number, step.batch, step.sources, self._generator(step.number, PROPOSAL))
+            )
             # The step row goes first, with the spending so far: once the candidates are journaled, a
             # resumed run reuses them instead of asking for their rules again, and takes what those
             # calls cost from this row.
@@ -475,7 +568,7 @@ class SimbaCRun:
             evaluated,
             ids=self.valset_ids,
             method=optimizer.test,
-            alpha=optimizer.alpha,
+            alpha=self.decision_alpha,
             max_error_rate=optimizer.max_error_rate,
             objective=self.session.setup.objective,
             examples=self._examples(self.valset),
@@ -520,7 +613,7 @@ class SimbaCRun:
             if verdict.significant and (best is None or verdict.difference > best.difference):
                 best = verdict
         record = step.record
-        reason = decision_reason(verdicts, best, alpha=self.optimizer.alpha, incumbent_id=self.incumbent.id)
+        reason = decision_reason(verdicts, best, alpha=self.decision_alpha, incumbent_id=self.incumbent.id)
         if best is not None:
             record.accepted_id = best.candidate.id
             self.incumbent = best.candidate
@@ -531,6 +624,143 @@ class SimbaCRun:
         self.session.record_trace(step.trace)
         self._finish_step(record, replace=True)
         return best is not None
+
+    def _validate_in_looks(self, step: _Step) -> list[Judged]:
+        """Validate the step's shortlist look by look (sequential validation, see ``_schedule``); return the verdicts.
+
+        At each look the candidates still running are evaluated up to its end and tested at its share
+        of ``alpha`` (Bonferroni spending; Holm across the step's candidates, a stopped one keeping its
+        place in the family with its last scores). A significant candidate ends the validation; one
+        whose difference is not positive stops there (futility), which can only withhold acceptances.
+        With one look this is one test of every candidate on the whole validation set at ``alpha``.
+        """
+        verdicts: list[Judged] = []
+        try:
+            for look, end in enumerate(self.look_ends):
+                self.look = look
+                self.decision_alpha = look_alpha(self.optimizer.alpha, self.look_ends, look)
+                verdicts = self._validate(step)
+                for verdict in verdicts:
+                    if verdict.candidate.id not in self.stopped_at:
+                        verdict.outcome.update(look=look + 1, looks=len(self.look_ends), look_alpha=self.decision_alpha)
+                running = [item for item in verdicts if item.candidate.id not in self.stopped_at]
+                if look == len(self.look_ends) - 1 or any(item.significant for item in running):
+                    break
+                for item in running:
+                    if not item.difference > 0:
+                        self.stopped_at[item.candidate.id] = end
+                if all(item.candidate.id in self.stopped_at for item in verdicts):
+                    break
+        finally:
+            self.look = 0
+        return verdicts
+
+    def _bootstrapping(self, number: int) -> bool:
+        """Tell whether step ``number`` is the schedule's bootstrap step: the first, on a program with one demo slot."""
+        return bool(self.optimizer.bootstrap) and number == 1 and len(self.slots.demos) == 1
+
+    def _bootstrap_proposals(self, step: _Step) -> list[Candidate]:
+        """Return the bootstrap step's one candidate: the incumbent with its own best trajectories as demos, and rules.
+
+        Demos: the incumbent's trajectories on the mini-batch that reached the batch's top score (its
+        own outputs, never a gold label), longest first (a worked answer of a longer problem shows more
+        of the task's steps), up to ``max_demos``. Rules, when the step sampled other sources: one per
+        example where the sources disagreed most, written by contrasting the best and the worst
+        trajectory there (as the ``rule`` strategy does), up to ``max_rules``. One candidate, so one
+        test: the changes are judged together. None when nothing could be made.
+        """
+        program, made = self.incumbent.program, []
+        scope = next(iter(self.slots.demos))
+        demos = self._bootstrap_demos(step)
+        for example_id, demo in demos:
+            try:
+                program = append_demo(program, self.slots, scope, demo)
+            except VariableError:
+                continue
+            made.append(example_id)
+        rules = []
+        for spread, example, runs in self._contrasts(step)[: self.optimizer.max_rules]:
+            ordered = sorted(runs, key=lambda run: -run[0])
+            rule, _ = self._rule(example, ordered[0], ordered[-1], scope)
+            if rule is None or spread <= 0:
+                continue
+            try:
+                program = append_rule(program, self.slots, scope, rule, max_rules=self.optimizer.max_rules)
+            except (OptimizerError, VariableError):
+                continue
+            rules.append(rule)
+        if not made and not rules:
+            return []
+        if any(program.fingerprint == item.program.fingerprint for item in self.candidates.values()):
+            return []
+        rationale = (
+            f"bootstrap: {len(made)} demos from {self.incumbent.id}'s own best trajectories on the mini-batch"
+            + (" (examples " + ", ".join(made) + ")" if made else "")
+            + f" and {len(rules)} rules from contrasting its sources' trajectories"
+        )
+        candidate = Candidate(
+            f"c{len(self.candidates)}", _as_journaled(program), self.incumbent.id, step.number, "bootstrap", rationale
+        )
+        return [candidate]
+
+    def _bootstrap_demos(self, step: _Step) -> list[tuple[str, dict[str, Any]]]:
+        """Return (example id, demo) from the incumbent's top-scoring trajectories on the mini-batch, longest first."""
+        scores = step.incumbent_screen
+        top = max(scores.by_example.values(), default=0.0)
+        if not top > 0:
+            return []
+        found = []
+        for example_id, _, example in step.batch:
+            fields = _prediction_fields(scores.predictions.get(example_id, "{}"))
+            if scores.by_example.get(example_id) == top and fields:
+                found.append((-len(json.dumps(fields)), example_id, {**dict(example.inputs()), **fields}))
+        return [(example_id, demo) for _, example_id, demo in sorted(found, key=lambda item: item[:2])][
+            : self.optimizer.max_demos
+        ]
+
+    def _contrasts(self, step: _Step) -> list[tuple[float, dspy.Example, list[tuple[float, str, Candidate]]]]:
+        """Return the mini-batch's examples on which the sources' scores differ, the widest spread first."""
+        found = []
+        for example_id, _, example in step.batch:
+            runs = [
+                (scores.by_example[example_id], scores.predictions.get(example_id, "{}"), source)
+                for source, scores in step.sources
+                if example_id in scores.by_example
+            ]
+            values = [run[0] for run in runs]
+            if len(values) > 1 and max(values) > min(values):
+                found.append((max(values) - min(values), example_id, example, runs))
+        found.sort(key=lambda item: (-item[0], item[1]))
+        return [(spread, example, runs) for spread, _, example, runs in found]
+
+    def _replan(self) -> None:
+        """Size the schedule again with the calls per trial the baseline measured, when they differ from the plan.
+
+        The plan assumed ``PLANNED_CALLS_PER_TRIAL``; a pipeline of several modules, or retries, makes
+        a trial cost more. The measurement is the baseline's journaled trials, so a replay plans the same.
+        """
+        plan, spending = self.optimizer.schedule, self.evaluator.spending
+        if plan is None or plan.lm_calls is None or not spending.trials or not spending.lm_calls:
+            return
+        measured = spending.lm_calls / spending.trials
+        if abs(measured - plan.calls_per_trial) <= 0.1 * plan.calls_per_trial:
+            return
+        setup = self.session.setup
+        self.optimizer = self.optimizer.scheduled(
+            budget=setup.budget,
+            train_size=len(self.trainset),
+            val_size=len(self.valset),
+            confirm_size=len(setup.confirm_set) if setup.confirm_set is not None else 0,
+            calls_per_trial=round(measured, 3),
+        )
+        self.look_ends = look_ends(len(self.valset), self.optimizer.validation_looks or 1)
+
+    def _with_schedule(self, detail: str) -> str:
+        """Return step 0's detail, with the schedule the budget set (a run without an LM-call budget: as it was)."""
+        plan = self.optimizer.schedule
+        if plan is None or plan.level is None:
+            return detail
+        return f"{detail}; {plan.describe()}"
 
     def _exploration_repeat(self, step: int, position: int) -> int:
         """Return the repeat index the extra source ``position`` of ``step`` runs as: >= 1, one per (step, source).
@@ -596,8 +826,8 @@ class SimbaCRun:
 
     @property
     def valset_ids(self) -> list[str]:
-        """The validation set's example ids, in order."""
-        return [example[0] for example in self.valset]
+        """The validation set's example ids up to the current look, in order."""
+        return [example[0] for example in self.valset[: self.look_ends[self.look]]]
 
     def _merge(self, step: int, positives: list[Candidate], gains: dict[str, float]) -> Candidate | None:
         """Return the incumbent with every change of the positively screened demos, rules and moves, or None.
