@@ -228,6 +228,8 @@ def _variable_features(name: str, spec: Mapping[str, Any], rows: Sequence[Mappin
         return [feature("True vs False", [float(bool(value)) for value in seen])]
     if kind in ("choice", "module_type"):
         levels = sorted({_key(value) for value in seen} - {_key(base)})
+        if not levels:  # only the baseline's value was tried: one row says so
+            return [feature(f"another value vs {_label(base)}", [0.0] * len(seen))]
         return [
             feature(f"{_label(json.loads(level))} vs {_label(base)}", [float(_key(value) == level) for value in seen])
             for level in levels

@@ -147,6 +147,11 @@ def test_a_variable_never_changed_or_never_changed_alone_is_not_estimable_never_
     rows = {row["variable"]: row for row in frame.to_dict("records")}
 
     assert not rows["careful"]["estimable"] and math.isnan(rows["careful"]["effect"])
+    # A choice never moved from its value has its row too.
+    only_baseline = [dict(item, module="dspy.Predict") for item in values]
+    unmoved = estimate_importance(ScoredConfigurations(VARIABLES, only_baseline, scored.scores), n_bootstrap=200)
+    module = unmoved[unmoved["variable"] == "module"].iloc[0]
+    assert module["contrast"] == "another value vs dspy.Predict" and module["note"] == "not estimable: never changed"
     assert rows["careful"]["note"] == "not estimable: never changed"
     for name in ("demos", "instructions"):
         assert not rows[name]["estimable"] and math.isnan(rows[name]["effect"]) and math.isnan(rows[name]["ci_low"])
@@ -308,6 +313,32 @@ def test_dspex_trace_prints_the_importances_after_the_steps(simba_run: dict[str,
     line = next(line for line in output.splitlines() if line.startswith("module "))
     effect = by_contrast(simba_run["result"].importance())["module|dspy.ChainOfThought vs dspy.Predict"]["effect"]
     assert "dspy.ChainOfThought vs dspy.Predict" in line and f"{effect:+.3f}" in line
+
+
+def test_a_three_module_pipeline_has_a_row_per_predictors_variable_and_for_the_shared_one() -> None:
+    data = list(dx.datasets.arithmetic(120, seed=3))
+    optimizer = dx.SimbaC(max_steps=3, bsize=12, num_candidates=4, num_sources=2, patience=3)
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=False, threads=2), warnings.catch_warnings():
+        warnings.simplefilter("ignore", dx.errors.UnderpoweredWarning)
+        result = dx.optimize(
+            dx.tasks.pipeline_program(), data[:50], data[50:], metric=dx.metrics.exact_match,
+            optimizer=optimizer, progress=False, seed=1,
+        )  # fmt: skip
+    frame = result.importance()
+    program = result.best
+    # One variable per predictor for its demos and instructions (lifted), the models, and the shared rigor
+    # (one variable bound to every predictor through a semantic binding): each has a row, none is 0 for want
+    # of evidence.
+    assert set(frame["variable"]) == set(program.variables)
+    for predictor in ("plan", "solve", "verify"):
+        assert f"demos_{predictor}" in set(frame["variable"])
+    rigor = frame[frame["variable"] == "rigor"]
+    assert rigor["kind"].eq("choice").all()
+    assert len(rigor) >= 1 and rigor["contrast"].str.endswith(" vs standard").all()
+    estimable = frame[frame["estimable"]]
+    assert not estimable.empty
+    assert ((estimable["ci_low"] <= estimable["effect"]) & (estimable["effect"] <= estimable["ci_high"])).all()
+    assert frame.loc[~frame["estimable"], "effect"].isna().all()
 
 
 def test_a_dspy_optimizers_run_has_importances_from_its_candidates_and_compile(tmp_path: Path) -> None:
