@@ -21,14 +21,16 @@ from dspex_lab.optimization._importance import (
     read_scored_configurations,
     run_importance,
 )
-from dspex_lab.optimization._objective import Guardrail, GuardrailCheck, Objective
+from dspex_lab.optimization._objective import GUARDRAIL_SYNTAX, Guardrail, GuardrailCheck, Objective, parse_objective
 from dspex_lab.optimization._optimize import DSPY_OPTIMIZERS, OptimizationStep, optimize
+from dspex_lab.optimization._pareto import PARETO_COLUMNS, pareto_text, run_pareto
 from dspex_lab.optimization._plot import (
     ConvergenceData,
     LiveConvergence,
     convergence_data,
     convergence_plot,
     follow_theme,
+    pareto_plot,
 )
 from dspex_lab.optimization._result import CANDIDATE_COLUMNS, STEP_COLUMNS, OptimizationResult
 from dspex_lab.optimization._session import OptimizationEnded, OptimizationStanding, OptimizationStarted
@@ -37,7 +39,9 @@ from dspex_lab.optimization._simba_c import ProposeRule, SimbaC
 __all__ = [
     "CANDIDATE_COLUMNS",
     "DSPY_OPTIMIZERS",
+    "GUARDRAIL_SYNTAX",
     "IMPORTANCE_COLUMNS",
+    "PARETO_COLUMNS",
     "STEP_COLUMNS",
     "ConvergenceData",
     "DspyOptimizer",
@@ -62,9 +66,13 @@ __all__ = [
     "importance_html",
     "importance_text",
     "optimize",
+    "pareto_plot",
+    "pareto_text",
+    "parse_objective",
     "plot_run",
     "read_scored_configurations",
     "run_importance",
+    "run_pareto",
 ]
 
 

@@ -21,12 +21,17 @@ the checks of a run read back from the journal are the ones recorded when it ran
 Requiring every guardrail to hold, each at level ``alpha``, is an intersection-union test: a
 candidate that breaks any one of them is accepted with probability at most ``alpha``, so no
 correction across guardrails is needed (Berger, 1982).
+
+The command line and the notebook say guardrails as text (:data:`GUARDRAIL_SYNTAX`):
+``dspex optimize ... --guardrail "cost<=0.0005" --guardrail "metric:f1>=0.6"`` and ``%dspex
+optimize`` read them with :func:`parse_objective`, so both faces accept exactly the same words.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,12 +40,13 @@ import dspy
 import numpy as np
 from scipy import stats
 
-from dspex_lab.errors import OptimizerError
+from dspex_lab.errors import DspexLabError, OptimizerError, bounded_repr
 from dspex_lab.optimization._evaluator import Scores
 from dspex_lab.session import metric_name
 from dspex_lab.stats import is_binary
 
 __all__ = [
+    "GUARDRAIL_SYNTAX",
     "QUANTITIES",
     "Guardrail",
     "GuardrailCheck",
@@ -53,6 +59,8 @@ __all__ = [
     "held_out_sentence",
     "mean_bound",
     "meets_estimates",
+    "parse_guardrail",
+    "parse_objective",
     "quantile_upper_bound",
 ]
 
@@ -66,6 +74,13 @@ QUANTITIES = {
 # Quantities bounded from above only: a guardrail asking for more cost or more errors is a mistake.
 _UPPER_ONLY = ("cost", "latency_p95", "error_rate")
 _LATENCY_QUANTILE = 0.95
+#: How a guardrail is written on the command line and in ``%dspex optimize`` (:func:`parse_guardrail`).
+GUARDRAIL_SYNTAX = (
+    "cost<=USD, latency_p95<=SECONDS, error_rate<=FRACTION, or metric:NAME>=NUMBER (or <=), "
+    "e.g. cost<=0.0005 or metric:f1>=0.6"
+)
+# QUANTITY, a comparison (any run of <, > and =, judged after the split), then the bound.
+_GUARDRAIL_TEXT = re.compile(r"\s*(?P<name>[^<>=]*?)\s*(?P<comparison>[<>=]+)\s*(?P<bound>.*?)\s*")
 
 
 def _number(value: Any) -> bool:
@@ -191,6 +206,96 @@ class Objective:
     def level(self, alpha: float) -> float:
         """Return the guardrails' level: the objective's own ``alpha``, else the optimizer's."""
         return float(self.alpha) if self.alpha is not None else float(alpha)
+
+
+# -- guardrails written as text --------------------------------------------------------------------
+
+
+def parse_guardrail(
+    text: str, *, option: str = "--guardrail", metric: Callable[[str], Callable[..., Any]] | None = None
+) -> Guardrail:
+    """Read one guardrail written as text (:data:`GUARDRAIL_SYNTAX`): ``cost<=0.0005``, ``metric:f1>=0.6``.
+
+    Args:
+        text: the guardrail as the user wrote it.
+        option: where it was written, named in errors (``--guardrail``, ``%dspex optimize --guardrail``).
+        metric: finds a second metric by the name after ``metric:`` (the face's own rule, as for
+            ``--metric``); it raises a :class:`~dspex_lab.errors.DspexLabError` saying why a name is unknown.
+            Default: a ``dx.metrics`` function by name.
+
+    Raises:
+        OptimizerError: one line naming ``option`` and ``text``, what is wrong, and the accepted syntax.
+
+    Example:
+        >>> parse_guardrail("latency_p95 <= 1.5").describe()
+        'latency p95 <= 1.5 s'
+    """
+
+    def wrong(what: str) -> OptimizerError:
+        return OptimizerError(f"{option} {bounded_repr(text)}: {what}; write {GUARDRAIL_SYNTAX}")
+
+    match = _GUARDRAIL_TEXT.fullmatch(text)
+    if match is None:
+        raise wrong("no comparison (<= or >=)")
+    name, comparison, written = match.group("name", "comparison", "bound")
+    quantity, colon, metric_text = name.partition(":")
+    if quantity not in QUANTITIES or (quantity == "metric") != bool(colon):
+        known = ", ".join(item for item in QUANTITIES if item != "metric")
+        shown = f"{name!r} is not a quantity" if name else "no quantity before the comparison"
+        raise wrong(f"{shown} ({known}, or metric:NAME for a second metric)")
+    if comparison not in ("<=", ">="):
+        raise wrong(f"{comparison!r} is not a bound's comparison (<= or >=)")
+    if quantity in _UPPER_ONLY and comparison == ">=":
+        raise wrong(f"{quantity} is bounded from above only ({quantity}<=NUMBER)")
+    try:
+        bound = float(written)
+    except ValueError:
+        raise wrong(f"the bound {written!r} is not a number" if written else "no bound after the comparison") from None
+    side = "at_most" if comparison == "<=" else "at_least"
+    found = None
+    if quantity == "metric":
+        if not metric_text:
+            raise wrong("metric: needs the second metric's name")
+        try:
+            found = (metric or _lab_metric)(metric_text)
+        except DspexLabError as error:
+            raise OptimizerError(f"{option} {bounded_repr(text)}: {error}") from None
+    try:
+        return Guardrail(quantity, metric=found, **{side: bound})
+    except OptimizerError as error:
+        raise wrong(str(error)) from None
+
+
+def _lab_metric(name: str) -> Callable[..., Any]:
+    """Return the ``dx.metrics`` function called ``name``."""
+    from dspex_lab import metrics
+
+    found = getattr(metrics, name, None) if name in metrics.__all__ else None
+    if not callable(found):
+        raise OptimizerError(f"no metric {name!r} in dx.metrics ({', '.join(metrics.__all__)})")
+    return found
+
+
+def parse_objective(
+    texts: Sequence[str], *, option: str = "--guardrail", metric: Callable[[str], Callable[..., Any]] | None = None
+) -> Objective | None:
+    """Read guardrails written as text into an :class:`Objective` (None when there are none).
+
+    Each text is read by :func:`parse_guardrail` (``option`` and ``metric`` are passed on).
+
+    Raises:
+        OptimizerError: a text that is not a guardrail, or two on the same quantity (one line naming ``option``).
+
+    Example:
+        >>> [item.describe() for item in parse_objective(["cost<=0.0005", "error_rate<=0.05"]).guardrails]
+        ['cost per example <= $0.0005', 'error rate <= 5.0%']
+    """
+    guardrails = [parse_guardrail(text, option=option, metric=metric) for text in texts]
+    names = [item.name for item in guardrails]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise OptimizerError(f"{option}: {', '.join(twice)} is bounded twice; give one {option} for each quantity")
+    return Objective(guardrails=tuple(guardrails)) if guardrails else None
 
 
 # -- one-sided bounds -------------------------------------------------------------------------------
