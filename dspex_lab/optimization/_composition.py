@@ -69,6 +69,8 @@ __all__ = [
     "MAX_FIELD_CHARACTERS",
     "MAX_TRAJECTORIES",
     "MAX_TRAJECTORY_STEPS",
+    "PLACEMENT_EVIDENCE",
+    "RETRY_PLACEMENT",
     "Composition",
     "MoveEffects",
     "Trajectories",
@@ -81,6 +83,10 @@ MAX_TRAJECTORY_STEPS = 16
 MAX_FIELD_CHARACTERS = 4_000
 # A step samples num_sources x bsize trajectories (4 x 32 by default) and screens a few candidates more.
 MAX_TRAJECTORIES = 4_096
+# Placements screened in a module before their mean gain decides, and how often a module whose
+# placements hurt is tried again (see Composition.worth_placing).
+PLACEMENT_EVIDENCE = 3
+RETRY_PLACEMENT = 0.25
 
 Move = tuple[str, str]
 TrajectoryStep = dict[str, Any]  # {"module_name": str, "inputs": {...}, "outputs": {...}}
@@ -313,6 +319,8 @@ class Composition:
         self.fields = module_fields(program, lm) if self.active else {}
         self.trajectories = Trajectories()
         self.effects = MoveEffects()
+        # Module -> the screening gains of demos placed in it alone, across steps and incumbents.
+        self.placement_gains: dict[str, list[float]] = {}
 
     # -- trajectories ---------------------------------------------------------------------------
 
@@ -374,15 +382,19 @@ class Composition:
                 found.append((scope, demo))
         return found
 
-    def place(self, program: Program, steps: Sequence[TrajectoryStep], *, scope: str) -> list[tuple[Program, str, str]]:
+    def place(
+        self, program: Program, steps: Sequence[TrajectoryStep], *, scope: str, rng: np.random.Generator
+    ) -> list[tuple[Program, str, str]]:
         """Return the demo candidates of one good trajectory: ``(program, module, why)``.
 
         With ``cross_bootstrap`` one per module that can take a demo from it, each placed in that
-        module only (the screening judges each placement on the whole pipeline); without, one, in
-        ``scope``.
+        module only (the screening judges each placement on the whole pipeline), except that a
+        module whose placements have not helped so far (:meth:`worth_placing`) is tried only now and
+        then; without, one, in ``scope``.
         """
-        chosen = self.placements(steps) if self.cross_bootstrap else []
-        if not self.cross_bootstrap:
+        if self.cross_bootstrap:
+            chosen = [(module, demo) for module, demo in self.placements(steps) if self.worth_placing(module, rng)]
+        else:
             demo = self.demo_for(scope, steps)
             chosen = [(scope, demo)] if demo is not None else []
         made = []
@@ -390,6 +402,33 @@ class Composition:
             where = f"placed in {module}" + (f" (1 of {len(chosen)} placements)" if self.cross_bootstrap else "")
             made.append((append_demo(program, self.slots, module, demo), module, where))
         return made
+
+    def placed_module(self, parent: Program, child: Program) -> str | None:
+        """Return the one module whose demos differ between ``parent`` and ``child`` (a single placement), or None."""
+        changed = [
+            scope
+            for scope in self.scopes
+            if parent.values[self.slots.demos[scope]] != child.values[self.slots.demos[scope]]
+        ]
+        return changed[0] if len(changed) == 1 else None
+
+    def record_placement(self, module: str, gain: float) -> None:
+        """Keep the screening gain of a demo placed in ``module`` alone."""
+        if math.isfinite(gain):
+            self.placement_gains.setdefault(module, []).append(gain)
+
+    def worth_placing(self, module: str, rng: np.random.Generator) -> bool:
+        """Tell whether to try a demo in ``module``: always until :data:`PLACEMENT_EVIDENCE` were screened there.
+
+        After that, unless their mean screening gain is negative; then with probability
+        :data:`RETRY_PLACEMENT`, since the incumbent's settings change (a demo that hurt a module under
+        one model or rigor may help it under another), so the module is still measured, less often.
+        A mini-batch screen is noisy (one example of 16 is 0.0625), hence several before judging.
+        """
+        gains = self.placement_gains.get(module) or []
+        if len(gains) < PLACEMENT_EVIDENCE or float(np.mean(gains)) >= 0:
+            return True
+        return bool(rng.random() < RETRY_PLACEMENT)
 
     # -- mutations ------------------------------------------------------------------------------
 

@@ -356,6 +356,8 @@ class SimbaCRun:
         )
         # Every mutation's moves (one, or a learned pair), read off the candidate as self.moves is.
         self.move_sets: dict[str, tuple[tuple[str, str], ...]] = {}
+        # Demo candidates placed in one module, by candidate id (read off the candidate too).
+        self.placed: dict[str, str] = {}
         # When each fresh proposal's making began and ended (its decision span's times); read-back ones have none.
         self.proposal_times: dict[str, tuple[int, int]] = {}
         self.steps: list[StepRecord] = []
@@ -536,6 +538,8 @@ class SimbaCRun:
             self.composition.effects.record(
                 self.move_sets[candidate.id], step.number, scores.by_example, incumbent_screen.by_example
             )
+        if candidate.id in self.placed:
+            self.composition.record_placement(self.placed[candidate.id], gain)
         measured = {
             "candidate": candidate.id,
             "mean": finite(scores.mean),
@@ -790,6 +794,10 @@ class SimbaCRun:
                     self.moves[candidate.id] = moves[0]
                 if moves and self.optimizer.learned_moves:
                     self.move_sets[candidate.id] = moves
+            if candidate.strategy == "demo" and parent is not None and self.composition.active:
+                module = self.composition.placed_module(parent.program, candidate.program)
+                if module is not None:
+                    self.placed[candidate.id] = module
             started, made = self.proposal_times.pop(candidate.id, (None, None))
             trace.add(
                 "decision",
@@ -1007,7 +1015,7 @@ class SimbaCRun:
         try:
             if strategy == "demo":
                 origin = f"a trajectory of {good[2].id} scoring {good[0]:g} (the worst on it scored {bad[0]:g})"
-                return self._demos(program, scope, example_id, example, good, origin)
+                return self._demos(program, scope, example_id, example, good, origin, rng)
             if strategy == "rule":
                 made = self._rule_candidate(program, scope, example_id, example, good, bad)
                 return [made] if made is not None else []
@@ -1017,12 +1025,19 @@ class SimbaCRun:
             return []
 
     def _demos(
-        self, program: Program, scope: str, example_id: str, example: dspy.Example, good: Run, origin: str
+        self,
+        program: Program,
+        scope: str,
+        example_id: str,
+        example: dspy.Example,
+        good: Run,
+        origin: str,
+        rng: np.random.Generator,
     ) -> list[tuple[Program, str]]:
         """Return the demo candidates of a good run: per module from its trajectory, else from its final outputs."""
         steps = good[3]
         if steps:
-            placed = self.composition.place(program, steps, scope=scope)
+            placed = self.composition.place(program, steps, scope=scope, rng=rng)
             if placed:
                 return [(made, f"demo from example {example_id} {where}: {origin}") for made, _, where in placed]
         fields = _prediction_fields(good[1])

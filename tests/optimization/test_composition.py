@@ -16,6 +16,8 @@ from dspex_lab.errors import OptimizerError
 from dspex_lab.optimization._composition import (
     MAX_FIELD_CHARACTERS,
     MAX_TRAJECTORY_STEPS,
+    PLACEMENT_EVIDENCE,
+    RETRY_PLACEMENT,
     Composition,
     MoveEffects,
     Trajectories,
@@ -236,6 +238,25 @@ def test_cross_module_bootstrap_keeps_a_demo_where_it_helps_and_drops_it_where_i
     best = result.best.values
     assert result.best_id != "c0" and len(best["demos__solve"]) >= 1 and best["demos__verify"] == ()
     assert result.best_result.mean > result.baseline.mean
+
+
+def test_a_module_where_placed_demos_hurt_is_tried_less_often() -> None:
+    lm = dx.lab_lm("lab/small")
+    program, slots = lift(two_module_program(), lm=lm, max_demos=4)
+    composition = Composition(program, slots, lm=lm, share=True, cross_bootstrap=True, learned_moves=True)
+    rng = np.random.default_rng(0)
+    for _ in range(PLACEMENT_EVIDENCE - 1):
+        composition.record_placement("check.predict", -0.0625)
+    assert all(composition.worth_placing("check.predict", rng) for _ in range(50))  # too few screens to judge
+    composition.record_placement("check.predict", 0.0)
+    for gain in (0.125, -0.0625, 0.0):
+        composition.record_placement("solve.predict", gain)
+    tried = [composition.worth_placing("check.predict", rng) for _ in range(2000)]
+    assert abs(np.mean(tried) - RETRY_PLACEMENT) < 0.03  # still measured, across later settings
+    assert all(composition.worth_placing("solve.predict", rng) for _ in range(50))
+    with_demo = program.with_values(**{slots.demos["solve.predict"]: [{"question": "q", "answer": "1"}]})
+    assert composition.placed_module(program, with_demo) == "solve.predict"
+    assert composition.placed_module(program, program) is None
 
 
 def test_without_cross_bootstrap_each_demo_goes_to_one_module(context, data) -> None:
