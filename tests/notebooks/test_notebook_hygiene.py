@@ -28,6 +28,7 @@ EXPECTED = (
     "04_optimize.ipynb",
     "05_interactive.ipynb",
     "06_dashboard.ipynb",
+    "07_composition.ipynb",
 )
 # Things that change on every run and so must never be in a compared output.
 RUN_SPECIFIC = {
