@@ -542,7 +542,11 @@ def dspy_settings(name: str, runs: float) -> dict[str, Any]:
     MIPROv2 and GEPA select on 30 of it): SIMBA about 250 runs per step at ``bsize=16,
     num_candidates=4`` and 470 at DSPy's ``32, 6``, plus about 100 and 200 for its final
     evaluation; MIPROv2 about 37 per trial (a 30-example mini-batch, a full evaluation every 10)
-    plus 100 for its bootstrap and proposals; GEPA about 1.1 LM calls per metric call.
+    plus 100 for its bootstrap and proposals; GEPA about 1.1 LM calls per metric call. Where the
+    budget cannot pay for six such MIPROv2 trials (the pipeline's three calls per example at 500
+    calls), its mini-batches shrink to 10 examples (about 12 runs a trial, 90 fixed) instead of
+    running three 30-example trials past the cap. GEPA may finish one evaluation of its 30-example
+    split past ``max_metric_calls``, which small budgets must leave room for.
     BootstrapFewShot spends a few dozen calls whatever its settings; more rounds and demos are
     what a larger budget can buy it.
     """
@@ -552,10 +556,17 @@ def dspy_settings(name: str, runs: float) -> dict[str, Any]:
             return {"bsize": 16, "num_candidates": 4, "max_steps": max(1, int((target - 100) // 250))}
         return {"bsize": 32, "num_candidates": 6, "max_steps": max(1, int((target - 200) // 470))}
     if name == "mipro":
-        trials = max(3, int((target - 100) // 37))
+        trials = int((target - 100) // 37)
+        if trials < 6:
+            return {
+                "auto": None,
+                "num_candidates": 6,
+                "num_trials": max(3, int((target - 90) // 12)),
+                "minibatch_size": 10,
+            }
         return {"auto": None, "num_candidates": min(24, max(6, trials // 4)), "num_trials": trials}
     if name == "gepa":
-        return {"max_metric_calls": max(10, int(0.85 * runs))}
+        return {"max_metric_calls": max(10, int(min(0.85 * runs, 0.95 * runs - 40)))}
     if name == "bootstrap":
         if runs < 1000:
             return {"max_bootstrapped_demos": 4, "max_labeled_demos": 4, "max_rounds": 1}
