@@ -245,41 +245,33 @@ def optimize(
     """Optimize ``program`` on ``trainset``, accepting changes on ``valset`` evidence, and journal every decision.
 
     Args:
-        program: the program to improve; its typed variables are part of the search space, and
-            instructions and demos are added for every predictor.
+        program: the program to improve: its typed variables, and instructions and demos for every predictor.
         trainset: examples for mini-batches, trajectories and demos.
         valset: held-out examples on which candidates are accepted (must not overlap the trainset).
         metric: ``metric(example, prediction)`` returning a finite number or bool.
-        optimizer: ``dx.SimbaC(...)`` (default hyperparameters with ``"simba-c"``), or ``"simba"``,
-            ``"mipro"``, ``"gepa"``, ``"bootstrap"`` for DSPy's optimizers run through the same engine.
-        objective: ``dx.Objective(guardrails=[dx.Guardrail(...)])``: maximize ``metric`` subject to
-            bounds on cost per example, latency p95, error rate or a second metric; a candidate is
-            accepted only when its gain is significant and every guardrail holds with confidence
-            (see ``docs/optimize.md``, "Objectives and guardrails"). None: the metric alone.
-        budget: limits on LM calls, tokens or dollars for the whole run; it stops cleanly when spent.
-            Enough for the confirmation is held back once the baseline has shown what a trial costs.
+        optimizer: ``dx.SimbaC(...)`` (or ``"simba-c"``), or DSPy's ``"simba"``, ``"mipro"``, ``"gepa"``, ``"bootstrap"``.
+        objective: ``dx.Objective(guardrails=[...])``: a candidate is accepted only when its gain is
+            significant and every guardrail holds with confidence (``docs/optimize.md``). None: the metric alone.
+        budget: limits on LM calls, tokens or dollars for the whole run (SIMBA-C sizes its steps by it); it stops
+            cleanly when spent, holding back enough for the confirmation.
         seed: makes mini-batches, sources, proposals and the confirmation split reproducible.
-        testset: examples the optimizer never sees, on which the best program is tested against the baseline
-            once the search is over (the headline: ``result.comparison``). Must not overlap the trainset or the valset.
-        confirm_fraction: without a testset, the fraction of the valset carved off (seeded) as the
-            confirmation set before the search starts (default 0.3, at least 5 examples on each
-            side); 0 runs no confirmation, and then nothing is claimed.
+        testset: examples no optimizer sees, where the best is tested against the baseline at the end (the
+            headline: ``result.comparison``); must not overlap the trainset or the valset.
+        confirm_fraction: without a testset, the share of the valset carved off (seeded) for the confirmation
+            (default 0.3, at least 5 examples a side); 0 runs no confirmation, and nothing is claimed.
         name: the run's name (default: the program's name and the optimizer).
-        resume: the id of an interrupted run to continue (same program, data, metric, LM and optimizer);
-            finished evaluations are not repeated.
-        timeout: seconds a trial may take (retries included).
-        retries: retries of transient LM failures per trial.
+        resume: the id of an interrupted run to continue (the same run); finished evaluations are not repeated.
+        timeout, retries: seconds a trial may take (retries included); retries of transient LM failures per trial.
         max_errors: an error budget per evaluation (a count or a fraction).
         trace: capture every trial's span tree (the decisions' spans are always recorded).
-        progress: show the run (True): a live widget in a Jupyter kernel, one printed line per step
-            elsewhere; or a :class:`Subscriber` given every evaluation's events and every step (a
-            :class:`RunDisplay` such as ``dx.RunProgress()`` also hears the run begin and end); False: nothing.
+        progress: show the run (True: a live widget in Jupyter, a line per step elsewhere), or a
+            :class:`Subscriber` given every event and step (a :class:`RunDisplay` also hears begin and end).
         subscribers: :class:`Subscriber` objects called with an :class:`OptimizationStep` after every step.
         live: draw the convergence below the progress in a Jupyter kernel, redrawn every step (else a warning).
 
     Returns:
-        The :class:`OptimizationResult`; on KeyboardInterrupt the run is marked interrupted in the journal
-        and :class:`~dspex_lab.session.RunInterrupted` (a KeyboardInterrupt) is raised, naming the id to resume.
+        The :class:`OptimizationResult`; an interrupted run is marked so and raises
+        :class:`~dspex_lab.session.RunInterrupted` (a KeyboardInterrupt) naming the id to resume.
 
     Raises:
         OptimizerError: bad arguments (see the message), or a resume that does not match.
@@ -288,8 +280,8 @@ def optimize(
     sets = _sets(trainset, valset, testset, confirm_fraction, seed, chosen)
     chosen = _scheduled(chosen, budget, sets)
     _check_budget(budget, chosen, sets.valset, sets.confirm_set)
-    warn_if_underpowered(len(sets.valset), what="valset", alpha=_acceptance(chosen)[0])  # before any LM call is spent
     _check_objective(objective, chosen, sets)
+    warn_if_underpowered(len(sets.valset), what="valset", alpha=_acceptance(chosen)[0])  # before any LM call is spent
     setup = _setup(
         program,
         sets,
@@ -299,8 +291,8 @@ def optimize(
         seed=seed,
         name=name,
         resume=resume,
-        policy=_policy(timeout, retries, max_errors),
         objective=objective,
+        policy=_policy(timeout, retries, max_errors),
         trace=trace,
         progress=progress,
         subscribers=_with_live_plot(subscribers) if live else subscribers,
@@ -372,8 +364,8 @@ def _setup(
     seed: int,
     name: str | None,
     resume: str | None,
-    policy: RunPolicy,
     objective: Objective | None,
+    policy: RunPolicy,
     trace: bool,
     progress: bool | Subscriber,
     subscribers: Sequence[Subscriber],
