@@ -21,6 +21,8 @@ _METRICS = ("exact_match", "numeric_match", "contains", "f1")
 _METRIC_HELP = f"one of {', '.join(_METRICS)}, or module:qualname (a module given with --import or importable)"
 _IMPORT_HELP = "import this module first (repeatable), so its registered modules and metrics can be used"
 _INPUTS_HELP = "comma-separated input fields, e.g. question (default: the inputs of the program's signature)"
+# dspex_lab.optimization.GUARDRAIL_SYNTAX, written out: `dspex --help` does not import the optimization layer.
+_GUARDRAIL_HELP = "cost<=USD, latency_p95<=SECONDS, error_rate<=FRACTION, or metric:NAME>=NUMBER (or <=)"
 _JOURNAL_HELP = "journal file (default: DSPEX_JOURNAL, dspex.toml or [tool.dspex], else dspex.duckdb)"
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 # Error messages in `dspex journal trials` are cut to this many characters (after masking secrets).
@@ -142,11 +144,12 @@ def _import_modules(names: Sequence[str]) -> None:
             raise ProgramSpecError(f"--import {name}: cannot import it ({error})") from None
 
 
-def _metric(name: str) -> Any:
+def _metric(name: str, *, option: str = "--metric") -> Any:
     """Return a lab metric by name, or ``module:qualname`` (``mylab.metrics:Graders.strict``) from a module.
 
     The module is imported as ``--import`` imports it: the user's own command line chooses it, so it
     is allowed here, while a program spec or a package (data) never chooses what is imported.
+    ``option`` is what errors name (a guardrail's second metric is found by the same rule).
     """
     import dspex_lab as dx
 
@@ -155,15 +158,15 @@ def _metric(name: str) -> Any:
     module_name, colon, qualname = name.partition(":")
     parts = qualname.split(".")
     if not colon or not _DOTTED.fullmatch(module_name) or not all(part.isidentifier() for part in parts):
-        raise dx.errors.ExecutionError(f"--metric {name!r}: {_METRIC_HELP}")
+        raise dx.errors.ExecutionError(f"{option} {name!r}: {_METRIC_HELP}")
     if any(part.startswith("_") for part in parts):
-        raise dx.errors.ExecutionError(f"--metric {name}: {qualname!r} is private; name a public function")
+        raise dx.errors.ExecutionError(f"{option} {name}: {qualname!r} is private; name a public function")
     _import_modules([module_name])
     found: Any = sys.modules[module_name]
     for part in parts:
         found = getattr(found, part, None)
     if not callable(found):
-        raise dx.errors.ExecutionError(f"--metric {name}: module {module_name} has no function {qualname!r}")
+        raise dx.errors.ExecutionError(f"{option} {name}: module {module_name} has no function {qualname!r}")
     return found
 
 
@@ -269,6 +272,7 @@ def _evaluate(arguments: argparse.Namespace) -> int:
 def _optimize(arguments: argparse.Namespace) -> int:
     """Optimize a spec on a trainset, judged on a valset; print the held-out verdict and where to read why."""
     import dspex_lab as dx
+    from dspex_lab.optimization import parse_objective
 
     _import_modules(arguments.imports)
     program = _read_program(Path(arguments.spec))
@@ -277,6 +281,9 @@ def _optimize(arguments: argparse.Namespace) -> int:
     valset = _load_data(arguments.val, inputs)
     testset = _load_data(arguments.test, inputs) if arguments.test else None
     metric = _metric(arguments.metric)
+    objective = parse_objective(
+        arguments.guardrails, option="--guardrail", metric=lambda name: _metric(name, option="metric")
+    )
     limits = {"lm_calls": arguments.max_lm_calls, "usd": arguments.max_usd}
     budget = (
         dx.Budget(**{key: value for key, value in limits.items() if value is not None})
@@ -296,6 +303,7 @@ def _optimize(arguments: argparse.Namespace) -> int:
             valset,
             metric=metric,
             optimizer=optimizer,
+            objective=objective,
             budget=budget,
             seed=arguments.seed,
             testset=testset,
@@ -316,6 +324,7 @@ def _print_optimization(result: Any, arguments: argparse.Namespace) -> None:
     print(f"{title}: {result.status}" + (f", {result.status_detail}" if result.status_detail else ""))
     print(result.headline)
     print(result.optimistic.capitalize())
+    _print_pareto(result.journal, result.run_id, result.pareto)
     if arguments.output:
         Path(arguments.output).write_text(result.best.to_json(), encoding="utf-8")
         print(f"wrote the best configuration to {arguments.output}")
@@ -565,6 +574,7 @@ def _trace(arguments: argparse.Namespace) -> int:
         print(_text_table(f"Steps of optimization run {arguments.experiment}", rows, ("trace", "status", "decision")))
         print(f"\nshow one: dspex trace {arguments.experiment} step-1 --journal {journal.path}")
         _print_importance(journal, arguments.experiment)
+        _print_pareto(journal, arguments.experiment)
         return 0
     if arguments.trial is None:
         columns = ("trial_id", "status", "score", "error_type", "spans")
@@ -598,6 +608,21 @@ def _print_importance(journal: Any, run_id: str) -> None:
         print(mask_text(importance_text(run_importance(journal, run_id))))
     except DspexLabError as error:  # a run that has not recorded its baseline yet
         print(f"Which variables mattered: not estimable ({mask_text(str(error))})")
+
+
+def _print_pareto(journal: Any, run_id: str, points: Any = None) -> None:
+    """Print an optimization run's quality-vs-cost front in a few lines (``result.pareto()``), read from the journal.
+
+    ``points`` reads the front instead (a run whose journal refused its trials holds them in memory).
+    """
+    from dspex_lab.errors import DspexLabError
+    from dspex_lab.optimization import pareto_text, run_pareto
+
+    print()
+    try:
+        print(pareto_text(points() if points is not None else run_pareto(journal, run_id)))
+    except DspexLabError as error:  # a run that has not recorded its baseline yet
+        print(f"Pareto front: none yet ({error})")
 
 
 def _print_step_why(journal: Any, run_id: str, step: int) -> None:
@@ -741,6 +766,15 @@ def _add_optimize(commands: Any) -> None:
         help="without --test, the part of the valset held out for that test (default 0.3; 0: claim nothing)",
     )
     optimize.add_argument("--metric", required=True, help=_METRIC_HELP)
+    optimize.add_argument(
+        "--guardrail",
+        dest="guardrails",
+        action="append",
+        default=[],
+        metavar="BOUND",
+        help="accept a candidate only when this bound holds with confidence (repeatable): "
+        f"{_GUARDRAIL_HELP}; a second metric's NAME as for --metric",
+    )
     optimize.add_argument("--inputs", help=_INPUTS_HELP)
     optimize.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE", help=_IMPORT_HELP)
     optimize.add_argument("--optimizer", choices=("simba-c", "simba", "mipro", "gepa", "bootstrap"), default="simba-c")

@@ -471,6 +471,63 @@ def test_optimize_imports_the_users_module_metric_by_qualname_and_trace_step_say
     assert "give the module that registers it with --import MODULE" in completed.stderr
 
 
+def _guarded_run(tmp_path, *guardrails, extra=()):
+    """``dspex optimize`` of a program whose model is a variable (lab/large: better and ~16x the price)."""
+    program = dx.Program(
+        "dspy.Predict",
+        signature="question -> answer",
+        name="qa",
+        variables={"model": dx.Choice("lab/small", choices=["lab/small", "lab/large"])},
+    )
+    (tmp_path / "qa.json").write_text(program.to_json())
+    problems = [json.dumps(example.toDict()) for example in dx.datasets.arithmetic(160, seed=3)]
+    (tmp_path / "train.jsonl").write_text("\n".join(problems[:40]))
+    (tmp_path / "val.jsonl").write_text("\n".join(problems[40:]))
+    arguments = ["optimize", "qa.json", "train.jsonl", "--val", "val.jsonl", "--metric", "exact_match"]
+    arguments += ["--journal", str(tmp_path / "g.duckdb"), "--quiet", "--max-steps", "2", "--bsize", "16", "--json"]
+    return main([*arguments, *extra, *(word for guardrail in guardrails for word in ("--guardrail", guardrail))])
+
+
+def test_optimize_with_guardrails_records_the_objective_and_prints_the_front_as_trace_does(tmp_path, capsys):
+    from dspex_lab.optimization import pareto_text
+
+    (tmp_path / "clilab_guard.py").write_text(GRADERS)
+    strict = "metric:clilab_guard:Graders.strict>=0.1"
+    assert _guarded_run(tmp_path, "cost<=0.0002", strict, extra=("--import", "clilab_guard")) == 0
+    output = capsys.readouterr().out
+    run_id = json.loads(output.strip().splitlines()[-1])["run_id"]
+    journal = dx.open_journal(tmp_path / "g.duckdb")
+    result = dx.OptimizationResult.from_journal(journal, run_id)
+    assert result.config["objective"]["guardrails"] == [
+        {"quantity": "cost", "name": "cost", "at_most": 0.0002},
+        {"quantity": "metric", "name": "metric:clilab_guard.Graders.strict", "at_least": 0.1},
+    ]
+    assert result.steps.iloc[0]["detail"].startswith("baseline; it meets every guardrail (cost per example $")
+    # The large model's gain is significant, but its cost breaks the guardrail: rejected, and on the front.
+    assert "'s gain was significant but cost per example $" in " ".join(result.steps["detail"])
+    points = result.pareto()
+    assert points["on_front"].sum() >= 2 and points["cost"].max() > 0.0002
+    front = pareto_text(points)
+    assert f"\n\n{front}\n" in output  # after the verdict, before where to read why
+    assert output.index(result.headline) < output.index(front) < output.index("why each candidate exists")
+    assert main(["trace", run_id, "--journal", str(tmp_path / "g.duckdb")]) == 0
+    trace = capsys.readouterr().out
+    assert trace.index("Which variables mattered") < trace.index(f"\n{front}\n")
+
+
+def test_a_bad_guardrail_is_one_line_naming_the_option_before_anything_runs(tmp_path, capsys):
+    assert _guarded_run(tmp_path, "cost<=0.001", "cost<0.1") == 2
+    error = capsys.readouterr().err
+    assert error.startswith("dspex: error: --guardrail 'cost<0.1': '<' is not a bound's comparison (<= or >=); ")
+    syntax = "cost<=USD, latency_p95<=SECONDS, error_rate<=FRACTION, or metric:NAME>=NUMBER (or <=), e.g. cost<=0.0005"
+    assert error.endswith(f"write {syntax} or metric:f1>=0.6\n") and error.count("\n") == 1
+    assert _guarded_run(tmp_path, "metric:exact>=0.5") == 2
+    assert capsys.readouterr().err.startswith("dspex: error: --guardrail 'metric:exact>=0.5': metric 'exact': one of ")
+    assert _guarded_run(tmp_path, "cost<=0.001", "cost<=0.002") == 2
+    assert "--guardrail: cost is bounded twice" in capsys.readouterr().err
+    assert dx.open_journal(tmp_path / "g.duckdb").experiments().empty  # refused before any run began
+
+
 BOOM_METRIC = """
 def boom(example, prediction):
     raise RuntimeError("the grader\\nis down: " + "retry later " * 20)

@@ -60,6 +60,14 @@ def _parser(command: str) -> _Parser:
         parser.add_argument("--train", required=True)
         parser.add_argument("--val", required=True)
         parser.add_argument("--metric", required=True)
+        parser.add_argument(
+            "--guardrail",
+            dest="guardrails",
+            action="append",
+            default=[],
+            metavar="BOUND",
+            help="a bound every accepted candidate meets with confidence (repeatable), as dspex optimize takes it",
+        )
         parser.add_argument("--optimizer", default="simba-c", choices=OPTIMIZERS)
         parser.add_argument("--max-steps", type=int, help="SIMBA-C steps at most")
         parser.add_argument("--bsize", type=int, help="SIMBA-C mini-batch size")
@@ -238,8 +246,8 @@ class DspexMagics(Magics):
             raise UsageError(f"%dspex: {option} {name!r} is neither a notebook variable nor a file")
         return load_dataset(name, inputs=_inputs(args.inputs, program, name))
 
-    def _metric(self, name: str, command: str) -> Any:
-        """A callable from the namespace by name, else the dx.metrics function of that name."""
+    def _metric(self, name: str, command: str, option: str = "--metric") -> Any:
+        """A callable from the namespace by name, else the dx.metrics function of that name (errors name ``option``)."""
         import dspex_lab.metrics as metrics
 
         metric = self.shell.user_ns.get(name)
@@ -248,7 +256,7 @@ class DspexMagics(Magics):
         if not callable(metric):
             known = ", ".join(metrics.__all__)
             raise UsageError(
-                f"%dspex {command}: --metric {name!r} is neither a callable in the namespace nor a dx.metrics "
+                f"%dspex {command}: {option} {name!r} is neither a callable in the namespace nor a dx.metrics "
                 f"name ({known})"
             )
         return metric
@@ -306,6 +314,7 @@ class DspexMagics(Magics):
         train = self._data(args.train, args, program, "--train")
         val = self._data(args.val, args, program, "--val")
         metric = self._metric(args.metric, "optimize")
+        objective = self._objective(args.guardrails)
         simba_options = {key: value for key, value in (("max_steps", args.max_steps), ("bsize", args.bsize)) if value}
         if simba_options and args.optimizer != "simba-c":
             raise UsageError(f"%dspex optimize: --max-steps and --bsize set SIMBA-C, not --optimizer {args.optimizer}")
@@ -325,6 +334,7 @@ class DspexMagics(Magics):
             val,
             metric=metric,
             optimizer=optimizer,
+            objective=objective,
             budget=budget,
             seed=args.seed,
             name=args.name,
@@ -334,6 +344,18 @@ class DspexMagics(Magics):
         )
         self._bind(result, args.out)
         return result
+
+    def _objective(self, texts: list[str]) -> Any:
+        """The objective ``--guardrail`` words say (None without one), read as ``dspex optimize`` reads them."""
+        from dspex_lab.optimization import parse_objective
+
+        def metric(name: str) -> Any:
+            return self._metric(name, "optimize", option="--guardrail's metric")
+
+        try:
+            return parse_objective(texts, option="--guardrail", metric=metric)
+        except DspexLabError as error:
+            raise UsageError(f"%dspex optimize: {error}") from None
 
     def _trace(self, args: argparse.Namespace, cell: str | None) -> Any:
         """A trial's span tree (the TraceViewer widget, or text), or the list of an experiment's trials or steps."""

@@ -159,6 +159,50 @@ def test_optimize_rejects_simba_c_options_for_another_optimizer(shell):
         shell.run_line_magic("dspex", "optimize qa --train train --val val --metric exact_match --optimizer copro")
 
 
+MODELS = """\
+module: dspy.Predict
+signature: "question -> answer"
+variables:
+  model:
+    type: choice
+    value: lab/small
+    choices: [lab/small, lab/large]
+"""
+
+
+def test_optimize_guardrails_are_the_objective_a_namespace_metric_included(shell):
+    shell.run_cell_magic("dspex", "program qa", MODELS)
+    problems = list(dx.datasets.arithmetic(120, seed=3))
+    shell.user_ns.update(train=problems[:30], val=problems[30:], short=lambda example, prediction: 1.0)
+    result = shell.run_line_magic(
+        "dspex",
+        "optimize qa --train train --val val --metric exact_match --max-steps 1 --bsize 16 "
+        "--guardrail 'cost <= 0.0002' --guardrail metric:short>=0.5 --guardrail error_rate<=0.2",
+    )
+    cost, short = (
+        dx.Guardrail("cost", at_most=0.0002),
+        dx.Guardrail("metric", at_least=0.5, metric=shell.user_ns["short"]),
+    )
+    expected = dx.Objective(guardrails=[cost, short, dx.Guardrail("error_rate", at_most=0.2)])
+    assert result.config["objective"] == expected.config()
+    baseline = result.steps.iloc[0]["detail"]
+    assert baseline.startswith("baseline; it meets every guardrail (") and "<lambda> 1 (" in baseline
+
+
+def test_a_bad_guardrail_is_one_usage_error_naming_the_magic(shell):
+    shell.run_cell_magic("dspex", "program qa", PROGRAM)
+    shell.user_ns.update(train=[], val=[])
+    line = "optimize qa --train train --val val --metric exact_match --guardrail "
+    with pytest.raises(UsageError) as raised:
+        shell.run_line_magic("dspex", line + "cost<0.1")
+    assert str(raised.value).startswith("%dspex optimize: --guardrail 'cost<0.1': '<' is not a bound's comparison")
+    assert str(raised.value).endswith("e.g. cost<=0.0005 or metric:f1>=0.6")
+    with pytest.raises(UsageError, match=r"^%dspex optimize: --guardrail's metric 'nope' is neither a callable"):
+        shell.run_line_magic("dspex", line + "metric:nope>=0.5")
+    with pytest.raises(UsageError, match=r"^%dspex optimize: --guardrail: error_rate is bounded twice"):
+        shell.run_line_magic("dspex", line + "error_rate<=0.1 --guardrail error_rate<=0.2")
+
+
 def test_unknown_metric_names_the_known_ones(shell):
     shell.run_cell_magic("dspex", "program qa", PROGRAM)
     shell.user_ns["data"] = []
