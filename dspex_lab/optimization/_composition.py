@@ -394,6 +394,9 @@ class Composition:
         """
         if self.cross_bootstrap:
             chosen = [(module, demo) for module, demo in self.placements(steps) if self.worth_placing(module, rng)]
+            # The least measured modules first, then those whose placements helped most: a step that
+            # keeps only some of these (SimbaCRun._propose's share per strategy) measures every module in turn.
+            chosen.sort(key=lambda item: self._placement_order(item[0]))
         else:
             demo = self.demo_for(scope, steps)
             chosen = [(scope, demo)] if demo is not None else []
@@ -411,6 +414,10 @@ class Composition:
             if parent.values[self.slots.demos[scope]] != child.values[self.slots.demos[scope]]
         ]
         return changed[0] if len(changed) == 1 else None
+
+    def _placement_order(self, module: str) -> tuple[int, float, str]:
+        gains = self.placement_gains.get(module) or []
+        return (len(gains), -float(np.mean(gains)) if gains else 0.0, module)
 
     def record_placement(self, module: str, gain: float) -> None:
         """Keep the screening gain of a demo placed in ``module`` alone."""

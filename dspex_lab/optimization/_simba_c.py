@@ -940,6 +940,7 @@ class SimbaCRun:
         )
         seen = {candidate.program.fingerprint for candidate in self.candidates.values()}
         proposed: list[Candidate] = []
+        made_by: dict[str, int] = {}
         attempts = 0
         started = now_ns()  # each proposal is timed from the end of the previous one (its failed tries included)
         while len(proposed) < optimizer.num_candidates and attempts < 4 * optimizer.num_candidates and buckets:
@@ -952,10 +953,14 @@ class SimbaCRun:
             if spread <= 0:
                 strategies = [name for name in strategies if name != "rule"] or strategies
             strategy = strategies[int(rng.integers(len(strategies)))]
-            for program, rationale in self._make(strategy, step, example_id, example, runs, mutable, rng):
+            # One draw may make several candidates (a demo's placements in each module): past its strategy's
+            # share of the step, only the first counts, so the strategies keep the mix of single draws.
+            share = max(1, math.ceil(optimizer.num_candidates / len(strategies)) - made_by.get(strategy, 0))
+            for program, rationale in self._make(strategy, step, example_id, example, runs, mutable, rng)[:share]:
                 if program.fingerprint in seen or len(proposed) >= optimizer.num_candidates:
                     continue
                 seen.add(program.fingerprint)
+                made_by[strategy] = made_by.get(strategy, 0) + 1
                 proposed.append(
                     Candidate(
                         f"c{len(self.candidates) + len(proposed)}",
