@@ -46,6 +46,7 @@ from dspex_lab.notebook._dashboard_optimization import (
     history_plot,
     importance_data,
     importance_plot,
+    pareto_note,
     timeline_frame,
     timeline_note,
     timeline_plot,
@@ -279,6 +280,9 @@ class Dashboard:
         self.importance_plot = pn.pane.HoloViews(None)
         self.importance_table = pn.pane.HTML("", sizing_mode="stretch_width")
         self.importance = pd.DataFrame()
+        self.pareto_plot = pn.pane.HoloViews(None)
+        self.pareto_note = pn.pane.HTML("", sizing_mode="stretch_width")
+        self.pareto = pd.DataFrame()
         self.run_plot = pn.pane.HoloViews(None)
         self.run_message = pn.pane.Markdown("")
         self.why_table = pn.widgets.Tabulator(
@@ -340,6 +344,7 @@ class Dashboard:
                 ("History", self.history_plot),
                 ("Timeline", pn.Column(self.timeline_note, self.timeline_plot, sizing_mode="stretch_width")),
                 ("Importance", pn.Column(self.importance_plot, self.importance_table, sizing_mode="stretch_width")),
+                ("Pareto", pn.Column(self.pareto_note, self.pareto_plot, sizing_mode="stretch_width")),
                 dynamic=True,
             ),
             pn.pane.Markdown("#### Why: each candidate, what was decided and on what evidence"),
@@ -660,6 +665,7 @@ class Dashboard:
             self.run_message.object = self.timeline_note.object = ""
             self.why_table.value = pd.DataFrame()
             self.refresh_importance(None)
+            self.refresh_pareto(None)
             return
         from dspex_lab.optimization import OptimizationResult
 
@@ -676,6 +682,7 @@ class Dashboard:
         self.timeline_plot.object = timeline_plot(self.timeline)
         self.timeline_note.object = timeline_note(self.timeline)
         self.refresh_importance(run_id)
+        self.refresh_pareto(result)
         if result is None:
             return
         try:
@@ -706,6 +713,21 @@ class Dashboard:
         drawn = importance_data(self.importance)
         self.importance_plot.object = importance_plot(drawn) if len(drawn) else None
         self.importance_table.object = importance_html(self.importance)
+
+    def refresh_pareto(self, result: Any) -> None:
+        """Draw quality vs cost per example of a run's candidates (``result.pareto()``), the front and the best marked.
+
+        ``result`` is the run's :class:`~dspex_lab.optimization.OptimizationResult`; None clears the tab.
+        """
+        from dspex_lab.optimization import pareto_plot
+
+        self.pareto, self.pareto_plot.object, self.pareto_note.object = pd.DataFrame(), None, ""
+        if result is None:
+            return
+        self.pareto = result.pareto()
+        self.pareto_note.object = pareto_note(self.pareto)
+        if self.pareto["cost"].notna().any():
+            self.pareto_plot.object = pareto_plot(self.pareto, title="Pareto front: quality vs cost per example")
 
     def stop(self) -> None:
         """Stop checking the journal."""

@@ -1,4 +1,4 @@
-"""The dashboard optimization page's history, timeline and importance: the frames each figure draws, then the drawing.
+"""The dashboard optimization page's history, timeline, importance and Pareto front: each figure's frames, then drawing.
 
 Two layers, as the convergence plots (:mod:`dspex_lab.optimization`): :func:`history_data` and
 :func:`timeline_frame` build plain frames from the run's steps and candidates and from the journal's
@@ -11,13 +11,16 @@ line; hovering a point names the candidate and its variables' values. The timeli
 evaluations (baseline, screening, validation, confirmation...) as bars over wall-clock time, coloured by
 what became of them, so a researcher sees where the time went. The importance is ``result.importance()``
 drawn as a forest plot: each estimable contrast's effect on the metric with its interval, around a zero
-line (:func:`importance_data` builds its rows, :func:`importance_plot` draws them). All draw on a
+line (:func:`importance_data` builds its rows, :func:`importance_plot` draws them). The Pareto tab is
+``result.pareto()`` drawn by :func:`~dspex_lab.optimization.pareto_plot` (quality against cost per example,
+both intervals, the front joined and the best ringed) under :func:`pareto_note`. All draw on a
 transparent ground with grey text (readable on a light and a dark page) and fetch nothing from outside:
 the served dashboard gives bokeh's JavaScript from its own server.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from collections.abc import Mapping
@@ -39,6 +42,7 @@ __all__ = [
     "history_plot",
     "importance_data",
     "importance_plot",
+    "pareto_note",
     "timeline_frame",
     "timeline_note",
     "timeline_plot",
@@ -293,6 +297,33 @@ def importance_data(frame: pd.DataFrame) -> pd.DataFrame:
         for position, row in enumerate(item for item in frame.to_dict("records") if item["estimable"])
     ]
     return pd.DataFrame(rows, columns=list(IMPORTANCE_PLOT_COLUMNS))
+
+
+def pareto_note(points: pd.DataFrame) -> str:
+    """Say, as HTML, what the Pareto tab draws: how many candidates are on the front, and where the best is.
+
+    The element carries ``data-points`` (points with a known cost, the ones drawn) and ``data-front``, so a
+    test can read them.
+    """
+    from dspex_lab.optimization import pareto_text
+
+    known = points[points["cost"].notna() & points["quality"].notna()] if len(points) else points
+    front = int(points["on_front"].astype(bool).sum()) if len(points) else 0
+    if front:
+        best = points[points["best"].astype(bool)]
+        where = (
+            f"the best, {best.iloc[0]['candidate_id']}, is {'on' if bool(best.iloc[0]['on_front']) else 'off'} it"
+            if len(best)
+            else "the best was not evaluated on the valset"
+        )
+        said = (
+            f"{front} of {len(points)} candidates evaluated on the valset are on the front (no other scores at "
+            f"least as well for at most their cost); {where}. Validation means are selection data; each interval "
+            "is 95%: the score's, and a t interval of the cost per example."
+        )
+    else:
+        said = pareto_text(points)  # why there is no front: nothing evaluated yet, or an unpriced model
+    return f'<div class="dspex-pareto-note" data-points="{len(known)}" data-front="{front}">{html.escape(said)}</div>'
 
 
 # -- drawing ----------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -19,31 +18,8 @@ from dspex_lab.notebook._dashboard import Dashboard
 from dspex_lab.notebook._dashboard_optimization import IMPORTANCE_PLOT_COLUMNS, importance_data, importance_plot
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A journal holding one SIMBA-C run over module type and temperature (built once)."""
-    path = tmp_path_factory.mktemp("importance-page") / "journal.duckdb"
-    data = list(dx.datasets.arithmetic(100, seed=4))
-    program = dx.Program(
-        "dspy.Predict",
-        signature="question -> answer",
-        name="qa-importance",
-        variables={
-            "module": dx.ModuleType("dspy.Predict", choices=("dspy.Predict", "dspy.ChainOfThought")),
-            "temperature": dx.Float(0.8, low=0.0, high=1.0),
-        },
-    )
-    optimizer = dx.SimbaC(max_steps=2, bsize=12, num_candidates=3, num_sources=2, patience=2, strategies=("mutate",))
-    with dx.Context(lm=dx.lab_lm("lab/small"), journal=path, threads=2), warnings.catch_warnings():
-        warnings.simplefilter("ignore", dx.errors.UnderpoweredWarning)
-        result = dx.optimize(
-            program, data[:40], data[40:], metric=dx.metrics.exact_match, optimizer=optimizer, progress=False, seed=0
-        )
-    return {"path": path, "result": result}
-
-
-def test_the_plot_has_one_row_per_estimable_contrast_in_the_tables_order(run: dict) -> None:
-    frame = run["result"].importance()
+def test_the_plot_has_one_row_per_estimable_contrast_in_the_tables_order(optimization_run: dict) -> None:
+    frame = optimization_run["result"].importance()
     data = importance_data(frame)
     estimable = frame[frame["estimable"]]
 
@@ -54,9 +30,9 @@ def test_the_plot_has_one_row_per_estimable_contrast_in_the_tables_order(run: di
     assert (data["ci_low"] <= data["effect"]).all() and (data["effect"] <= data["ci_high"]).all()
 
 
-def test_the_optimization_page_draws_the_importance_tab(run: dict) -> None:
-    result = run["result"]
-    dashboard = Dashboard(open_journal(run["path"]))
+def test_the_optimization_page_draws_the_importance_tab(optimization_run: dict) -> None:
+    result = optimization_run["result"]
+    dashboard = Dashboard(open_journal(optimization_run["path"]))
     dashboard.open_page("optimization")
     assert dashboard.run_select.value == result.run_id
 
@@ -76,8 +52,8 @@ def test_the_optimization_page_draws_the_importance_tab(run: dict) -> None:
     assert dict(figure.yaxis[0].major_label_overrides)[0].startswith(dashboard.importance.iloc[0]["variable"])
 
 
-def test_no_run_clears_the_importance(run: dict) -> None:
-    dashboard = Dashboard(open_journal(run["path"]))
+def test_no_run_clears_the_importance(optimization_run: dict) -> None:
+    dashboard = Dashboard(open_journal(optimization_run["path"]))
     dashboard.open_page("optimization")
     dashboard.run_select.value = None
     assert dashboard.importance.empty
