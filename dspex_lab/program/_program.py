@@ -567,12 +567,20 @@ class Program:
         module_wide, own = self._lm_settings(predictors)
         run_lm = lm or dspy.settings.lm
         resolved: dict[str, dspy.BaseLM] = {}
+        # Predictors with the same settings share one LM object: DSPy asks a module for its one LM
+        # (``Module.get_lm``, e.g. in dspy.SIMBA), which is only defined when every predictor holds the same.
+        configured: dict[tuple[tuple[str, str], ...], dspy.BaseLM] = {}
+
+        def lm_for(settings: Mapping[str, tuple[Any, str]], scope: str) -> dspy.BaseLM:
+            key = tuple(sorted((name, repr(value)) for name, (value, _) in settings.items()))
+            if key not in configured:
+                configured[key] = self._configured_lm(settings, run_lm, resolved, scope=scope)
+            return configured[key]
+
         if module_wide:
-            module.set_lm(self._configured_lm(module_wide, run_lm, resolved, scope="the module"))
+            module.set_lm(lm_for(module_wide, "the module"))
         for predictor_name, settings in own.items():
-            predictors[predictor_name].lm = self._configured_lm(
-                {**module_wide, **settings}, run_lm, resolved, scope=f"predictor {predictor_name!r}"
-            )
+            predictors[predictor_name].lm = lm_for({**module_wide, **settings}, f"predictor {predictor_name!r}")
         for predictor_name, entries in self._bound_texts().items():
             predictor = predictors[predictor_name]
             prefixes = [settings.prefix for _, settings in entries]

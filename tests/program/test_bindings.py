@@ -520,3 +520,15 @@ def test_a_worker_rebuilds_the_bound_program_from_its_spec_alone():
             assert rebuilt[name].lm.model == predictor.lm.model
             assert rebuilt[name].lm.kwargs == predictor.lm.kwargs
     assert rebuilt["verify"].lm.model == "lab/large"
+
+
+def test_predictors_with_the_same_settings_share_one_lm_so_dspy_finds_the_modules_lm():
+    program = dx.tasks.pipeline_program()
+    module = program.build(lm=dx.lab_lm())
+    lms = {name: predictor.lm for name, predictor in module.named_predictors()}
+    assert len({id(lm) for lm in lms.values()}) == 1
+    assert module.get_lm() is lms["plan"]  # dspy.SIMBA asks the module for its one LM
+    mixed = program.with_values(model_verify="lab/large").build(lm=dx.lab_lm())
+    by_name = dict(mixed.named_predictors())
+    assert by_name["plan"].lm is by_name["solve"].lm and by_name["verify"].lm is not by_name["plan"].lm
+    assert by_name["verify"].lm.model == "lab/large"
