@@ -444,6 +444,29 @@ def _guarded(lm: dspy.BaseLM, guard: _CompileGate) -> dspy.BaseLM:
     return gated_lm_copy(lm, guard.before_call, name_prefix="Budgeted")  # type: ignore[no-any-return]
 
 
+def _module_lm(student: dspy.Module, lm: dspy.BaseLM, guard: _CompileGate) -> dspy.BaseLM:
+    """Return the LM the compile runs ``student`` under: ``lm``, or the one LM every predictor holds, guarded.
+
+    A program whose variables give predictors LMs of their own (``model:solve``, a binding's
+    temperature) holds one LM object per predictor, and DSPy's ``Module.deepcopy`` copies each apart,
+    so an optimizer that asks the module for its one LM (``dspy.SIMBA`` through ``Module.get_lm``)
+    fails even when they are all alike. When every predictor's LM has the same model and settings,
+    the predictors are cleared and that LM, behind the budget's gate, becomes the compile's context
+    LM: the same calls, one LM for DSPy. Predictors with differing LMs are left as they are.
+    """
+    predictors = [predictor for _, predictor in student.named_predictors()]
+    held = [predictor.lm for predictor in predictors]
+    if not held or any(item is None for item in held):
+        return lm
+    first = held[0]
+    signature = (type(first), first.model, repr(sorted(first.kwargs.items())))
+    if any((type(item), item.model, repr(sorted(item.kwargs.items()))) != signature for item in held[1:]):
+        return lm
+    for predictor in predictors:
+        predictor.lm = None
+    return _guarded(first, guard)
+
+
 class _Group:
     """One configuration's compile trials: an evaluation experiment of its own, nested in the run."""
 
@@ -721,6 +744,7 @@ class _DspyRun:
         trials = _CompileTrials(self, self._prefix(), meter)
         teleprompter, compile_options = self._teleprompter(trials.metric(self.metric), lm)
         student = self.baseline.program.build(lm=lm)
+        student_lm = _module_lm(student, lm, guard)
         train, own_val = self._split()
         if own_val is not None:
             compile_options["valset"] = own_val
@@ -732,7 +756,7 @@ class _DspyRun:
         compiled = None
         started, started_ns = time.perf_counter(), now_ns()
         callbacks = [*(dspy.settings.callbacks or []), trials.callback]
-        with metering(meter, overrides={"lm": lm, "callbacks": callbacks}), quiet_compile():
+        with metering(meter, overrides={"lm": student_lm, "callbacks": callbacks}), quiet_compile():
             try:
                 compiled = teleprompter.compile(student, trainset=train, **compile_options)
             except Exception as error:

@@ -332,3 +332,19 @@ def test_compiles_are_quiet_and_the_progress_switch_is_still_the_one_dspy_reads(
     assert ParallelExecutor().disable_progress_bar is False
     captured = capsys.readouterr()
     assert "Processed" not in captured.out + captured.err
+
+
+def test_dspy_simba_runs_on_a_program_whose_predictors_hold_alike_lms(tmp_path):
+    """The pipeline's variables give each stage an LM of its own; dspy.SIMBA asks the module for one LM."""
+    data = dx.datasets.arithmetic(60, seed=3)
+    with dx.Context(lm=dx.lab_lm(), journal=tmp_path / "j.duckdb"):
+        result = dx.optimize(
+            dx.tasks.pipeline_program(),
+            data[:30],
+            data[30:],
+            metric=dx.metrics.exact_match,
+            optimizer=DspyOptimizer("simba", bsize=8, num_candidates=2, max_steps=1),
+            progress=False,
+            confirm_fraction=0,
+        )
+    assert result.status == "finished", result.status_detail
