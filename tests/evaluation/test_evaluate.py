@@ -223,7 +223,7 @@ def test_metrics_match_closed_forms():
 def test_a_budget_that_is_not_a_budget_is_refused_before_the_run(problems, journal_path):
     from dspex_lab.engine import BudgetTracker
 
-    with dx.Context(lm="lab/small", journal=journal_path), pytest.raises(ExecutionError, match="must be a dx.Budget"):
+    with dx.Context(lm="lab/small", journal=journal_path), pytest.raises(ExecutionError, match=r"must be a dx\.Budget"):
         dx.evaluate(
             PREDICT,
             problems,

@@ -1,4 +1,4 @@
-"""Repeat r of a trial runs on DSPy rollout ids of its own (dspex_lab.providers.for_repeat), on the lab LM and any other."""
+"""Repeat r of a trial runs on DSPy rollout ids of its own (dspex_lab.providers.for_repeat), on any LM."""
 
 from __future__ import annotations
 
