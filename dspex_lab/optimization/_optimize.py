@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from dspex_lab.optimization._result import OptimizationResult
 from dspex_lab.optimization._schedule import look_ends
 from dspex_lab.optimization._session import OptimizationStep, RunSession, start_run
 from dspex_lab.optimization._setup import Metric, OptimizationSetup
-from dspex_lab.optimization._simba_c import SimbaC, run_simba_c
+from dspex_lab.optimization._simba_c import SimbaC, planned_calls_per_trial, run_simba_c
 from dspex_lab.optimization._spending import Spending
 from dspex_lab.program import Program
 from dspex_lab.session import RunInterrupted, current_context, lm_state, metric_name
@@ -103,25 +104,34 @@ def _check_budget(
     if not isinstance(budget, Budget):
         raise OptimizerError(f"budget must be a dx.Budget, got {type(budget).__name__}")
     if isinstance(optimizer, SimbaC) and budget.lm_calls is not None:
-        # At least one LM call per trial: the baseline on the valset, then one step's trajectories and screening,
-        # one full evaluation, and the confirmation (the baseline and the best on the confirmation set).
-        # Sized by its schedule: the baseline and a candidate up to the first look, the first step's trajectories
+        # Sized by its schedule, in LM calls (its trials at the calls per trial it planned): the baseline and a
+        # candidate up to the first look of the validation examples it judges on, the first step's trajectories
         # (the incumbent's alone in a bootstrap step) and screening, and the confirmation.
+        plan = optimizer.schedule
+        per_trial = plan.calls_per_trial if plan is not None else 1.0
+        judged_on = plan.validation_size if plan is not None and plan.subset else len(valset)
         confirming = 2 * len(confirm) if confirm is not None else 0
-        first_look = look_ends(len(valset), optimizer.validation_looks or 1)[0]
+        first_look = look_ends(judged_on, optimizer.validation_looks or 1)[0]
         programs = 1 if optimizer.bootstrap else (optimizer.num_sources or 1) + (optimizer.num_candidates or 1)
-        one_step = first_look + programs * (optimizer.bsize or 1) + first_look + confirming
+        trials = first_look + programs * (optimizer.bsize or 1) + first_look + confirming
+        one_step = math.ceil(trials * per_trial)
         if budget.lm_calls < one_step:
             raise OptimizerError(
                 f"Budget(lm_calls={budget.lm_calls}) is too small for one SIMBA-C step: the baseline and one step "
-                f"need at least {one_step} LM calls ({first_look} validation examples at the first look, "
-                f"{programs} programs x bsize={optimizer.bsize}, one candidate to the first look, {confirming} "
-                "confirmation trials); raise the budget or lower bsize/num_candidates/num_sources"
+                f"need at least {one_step} LM calls ({trials} trials at {per_trial:g} calls each: {first_look} "
+                f"validation examples at the first look, {programs} programs x bsize={optimizer.bsize}, one "
+                f"candidate to the first look, {confirming} confirmation trials); raise the budget or lower "
+                "bsize/num_candidates/num_sources"
             )
 
 
-def _scheduled(optimizer: SimbaC | DspyOptimizer, budget: Budget | None, sets: _Sets) -> SimbaC | DspyOptimizer:
-    """Return SIMBA-C with the hyperparameters the user left unset sized to the budget (see ``_schedule``)."""
+def _scheduled(
+    optimizer: SimbaC | DspyOptimizer, budget: Budget | None, sets: _Sets, program: Program
+) -> SimbaC | DspyOptimizer:
+    """Return SIMBA-C with the hyperparameters the user left unset sized to the budget (see ``_schedule``).
+
+    Planned at one LM call per predictor of ``program`` a trial, until the baseline measures them.
+    """
     if not isinstance(optimizer, SimbaC):
         return optimizer
     return optimizer.scheduled(
@@ -129,6 +139,7 @@ def _scheduled(optimizer: SimbaC | DspyOptimizer, budget: Budget | None, sets: _
         train_size=len(sets.trainset),
         val_size=len(sets.valset),
         confirm_size=len(sets.confirm_set) if sets.confirm_set is not None else 0,
+        calls_per_trial=planned_calls_per_trial(program),
     )
 
 
@@ -278,7 +289,7 @@ def optimize(
     """
     chosen = _checked_optimizer(program, metric, seed, optimizer)
     sets = _sets(trainset, valset, testset, confirm_fraction, seed, chosen)
-    chosen = _scheduled(chosen, budget, sets)
+    chosen = _scheduled(chosen, budget, sets, program)
     _check_budget(budget, chosen, sets.valset, sets.confirm_set)
     _check_objective(objective, chosen, sets)
     warn_if_underpowered(len(sets.valset), what="valset", alpha=_acceptance(chosen)[0])  # before any LM call is spent

@@ -13,6 +13,12 @@ the budget buys:
   step and the full evaluations shrink with the level (:func:`plan_schedule`), so a step costs a
   fraction of the budget. Without an LM-call budget nothing is derived from one: the run is
   SIMBA-C as it was (:data:`DEFAULTS`, no bootstrap step).
+* **A validation subset** (``validation_size``). A budget that cannot pay for
+  :data:`SUBSET_LEVEL` validation sets of search (a pipeline of three modules at 500 calls with a
+  valset of 200: its baseline alone would cost 600) validates on a seeded random subset of the
+  valset of the size it can pay for, the same examples for the baseline and every candidate, so
+  each paired test is as valid as on the whole valset, with less power. The level and the sizes
+  below are then planned on that subset, and every step says it judged on n of N examples.
 * **Sequential validation** (``validation_looks``). Below ``LARGE_LEVEL`` a candidate is
   validated block by block (two halves of the valset), and the incumbent only on the blocks a
   candidate needs, so the baseline costs half a valset. Error control, per step: **Bonferroni
@@ -35,10 +41,12 @@ the budget buys:
 Explicit values win: a hyperparameter the user sets on :class:`~dspex_lab.SimbaC` is kept as
 given, the others are derived. The resolved schedule is part of the optimizer's config, which
 ``dx.optimize`` records with the run, so a resume (same budget, same sets) resolves the same one
-and the identity check compares it. The budget is planned at :data:`PLANNED_CALLS_PER_TRIAL`;
-once the baseline's first look has measured the calls a trial really takes, SIMBA-C plans again
-with the measured figure (a deterministic function of journaled trials, so a replay plans the
-same) and says so in step 0's row.
+and the identity check compares it. The budget is planned in LM calls: at first at one call per
+predictor of the program a trial (``dx.optimize`` passes its predictor count; at least
+:data:`PLANNED_CALLS_PER_TRIAL`); once the baseline's first look has measured the calls a trial
+really takes, SIMBA-C plans again with the measured figure (a deterministic function of journaled
+trials, so a replay plans the same), keeping the validation subset the baseline was judged on, and
+says so in step 0's row.
 """
 
 from __future__ import annotations
@@ -48,15 +56,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "DEFAULTS",
     "LARGE_LEVEL",
     "PLANNED_CALLS_PER_TRIAL",
     "SCHEDULED",
+    "SUBSET_LEVEL",
     "Schedule",
     "look_alpha",
     "look_ends",
     "plan_schedule",
+    "validation_subset",
 ]
 
 #: The hyperparameters the schedule derives when the user leaves them unset.
@@ -83,6 +95,14 @@ PLANNED_CALLS_PER_TRIAL = 1.0
 #: The fewest validation examples a look may add (fewer: the whole valset is one look).
 MINIMUM_BLOCK = 20
 
+#: Below this many validation sets' worth of search trials, candidates are validated on a seeded subset
+#: of the valset of the size the budget affords at this level. (The single task at 500 calls, a valset
+#: of 200, is at exactly 2.5 and keeps its whole valset: bench/README.md, the curve.)
+SUBSET_LEVEL = 2.5
+
+#: The fewest examples a validation subset holds (two looks of :data:`MINIMUM_BLOCK`).
+MINIMUM_SUBSET = 2 * MINIMUM_BLOCK
+
 #: The confirmation's share of the budget: both programs on the confirmation set, with the margin
 #: the run holds back for it (``RunSession.reserve_confirmation``).
 _CONFIRMATION_PROGRAMS = 2 * 1.25
@@ -101,8 +121,11 @@ class Schedule:
         bootstrap: the first step bootstraps demos from the incumbent's own best trajectories.
         lm_calls: the budget's LM calls (None: no LM-call budget).
         calls_per_trial: the calls a trial was planned at.
-        level: the search's trials over the valset's size (None without an LM-call budget).
+        level: the search's trials over the validation examples used (None without an LM-call budget).
         explicit: the hyperparameters the user set, kept as given.
+        validation_size: the validation examples candidates are judged on (a seeded subset when
+            fewer than ``valset_size``).
+        valset_size: the examples in the valset (its selection part).
     """
 
     bsize: int
@@ -115,6 +138,13 @@ class Schedule:
     calls_per_trial: float
     level: float | None
     explicit: tuple[str, ...]
+    validation_size: int = 0
+    valset_size: int = 0
+
+    @property
+    def subset(self) -> bool:
+        """Whether candidates are judged on a subset of the valset."""
+        return 0 < self.validation_size < self.valset_size
 
     def values(self) -> dict[str, Any]:
         """Return the hyperparameters it sets, by name."""
@@ -128,6 +158,8 @@ class Schedule:
             "calls_per_trial": self.calls_per_trial,
             "level": None if self.level is None else round(self.level, 6),
             "explicit": list(self.explicit),
+            "validation_size": self.validation_size,
+            "valset_size": self.valset_size,
         }
 
     def describe(self) -> str:
@@ -135,9 +167,14 @@ class Schedule:
         sizes = ", ".join(f"{name}={value}" for name, value in self.values().items())
         if self.level is None:
             return f"schedule: {sizes} (no LM-call budget)"
+        subset = (
+            f", judged on a seeded subset of {self.validation_size} of the {self.valset_size} validation examples"
+            if self.subset
+            else ""
+        )
         return (
             f"schedule: {sizes} for {self.lm_calls:,} LM calls at {self.calls_per_trial:.3g} calls per trial "
-            f"({self.level:.1f} validation sets of search)"
+            f"({self.level:.1f} validation sets of search{subset})"
         )
 
 
@@ -149,6 +186,7 @@ def plan_schedule(
     val_size: int,
     confirm_size: int = 0,
     calls_per_trial: float = PLANNED_CALLS_PER_TRIAL,
+    validation_size: int | None = None,
 ) -> Schedule:
     """Return the schedule of a run: ``explicit`` values as given, the others derived from the budget.
 
@@ -159,17 +197,25 @@ def plan_schedule(
         val_size: examples the candidates are validated on (the selection part of the valset).
         confirm_size: examples in the confirmation set (their trials are held back from the search).
         calls_per_trial: LM calls a trial takes (planned, or measured by the baseline).
+        validation_size: the validation subset to keep (a replan after the baseline was judged on it);
+            None: the whole valset, or the subset the budget affords below :data:`SUBSET_LEVEL`.
     """
     given = {name: explicit[name] for name in SCHEDULED if explicit.get(name) is not None}
     chosen = dict(DEFAULTS)
     level = None
+    size = val_size if validation_size is None else max(min(validation_size, val_size), 1)
     if lm_calls is not None:
         per_trial = max(float(calls_per_trial), 1e-9)
         search = max(lm_calls - _CONFIRMATION_PROGRAMS * confirm_size * per_trial, 0.0) / per_trial
-        level = search / max(val_size, 1)
+        if validation_size is None and search < SUBSET_LEVEL * val_size:
+            size = min(val_size, max(math.floor(search / SUBSET_LEVEL), MINIMUM_SUBSET))
+        level = search / max(size, 1)
         chosen["bootstrap"] = True
         if level < LARGE_LEVEL:
-            chosen.update(_small_budget(level, val_size))
+            chosen.update(_small_budget(level, size))
+        if size < val_size:
+            # The subset already is what the budget affords the baseline: looks would halve each test's power.
+            chosen["validation_looks"] = 1
     if "bsize" not in given:
         chosen["bsize"] = max(min(chosen["bsize"], train_size), 1)
     chosen.update(given)
@@ -179,6 +225,8 @@ def plan_schedule(
         calls_per_trial=float(calls_per_trial),
         level=level,
         explicit=tuple(name for name in SCHEDULED if name in given),
+        validation_size=size,
+        valset_size=val_size,
     )
 
 
@@ -222,3 +270,19 @@ def look_alpha(alpha: float, ends: tuple[int, ...], look: int) -> float:
     """
     start = ends[look - 1] if look else 0
     return alpha * (ends[look] - start) / ends[-1]
+
+
+def validation_subset(val_size: int, size: int, *, seed: int) -> list[int]:
+    """Return the positions in the valset of a seeded random subset of ``size`` examples, in valset order.
+
+    One draw per run (from its seed), used for the baseline and every candidate, so their scores stay
+    paired. The whole valset (every position) when ``size`` is not smaller.
+
+    >>> validation_subset(5, 9, seed=0), len(validation_subset(200, 66, seed=3))
+    ([0, 1, 2, 3, 4], 66)
+    """
+    if size >= val_size:
+        return list(range(val_size))
+    # Its own stream ("validation subset" as the purpose): no other decision of the run draws from it.
+    picks = np.random.default_rng([seed, 0, 0x5B5E7]).choice(val_size, size=size, replace=False)
+    return sorted(int(position) for position in picks)

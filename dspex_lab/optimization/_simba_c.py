@@ -65,7 +65,7 @@ import dspy
 import numpy as np
 
 from dspex_lab.engine import Budget
-from dspex_lab.errors import OptimizerError, VariableError
+from dspex_lab.errors import OptimizerError, ProgramSpecError, VariableError
 from dspex_lab.optimization._acceptance import Judged, decision_reason, finite, judge
 from dspex_lab.optimization._composition import Composition, TrajectoryStep, render
 from dspex_lab.optimization._decisions import DecisionTrace
@@ -78,6 +78,7 @@ from dspex_lab.optimization._schedule import (
     look_alpha,
     look_ends,
     plan_schedule,
+    validation_subset,
 )
 from dspex_lab.optimization._session import RunSession, StepRecord
 from dspex_lab.optimization._space import (
@@ -96,7 +97,7 @@ from dspex_lab.optimization._spending import BudgetSpent
 from dspex_lab.program import Program
 from dspex_lab.trace.spans import now_ns
 
-__all__ = ["ProposeRule", "SimbaC", "SimbaCRun", "run_simba_c"]
+__all__ = ["ProposeRule", "SimbaC", "SimbaCRun", "planned_calls_per_trial", "run_simba_c"]
 
 STRATEGIES = ("demo", "rule", "mutate", "merge")
 
@@ -240,11 +241,13 @@ class SimbaC:
         val_size: int,
         confirm_size: int = 0,
         calls_per_trial: float = PLANNED_CALLS_PER_TRIAL,
+        validation_size: int | None = None,
     ) -> SimbaC:
         """Return these hyperparameters for one run: the ones left unset sized to its budget (see ``_schedule``).
 
         Values the user set are kept as given; resolving a resolved one again (with a measured
-        ``calls_per_trial``) keeps the same explicit values.
+        ``calls_per_trial``, and the ``validation_size`` the baseline was judged on) keeps the same
+        explicit values.
         """
         if self.schedule is not None:
             explicit = {name: getattr(self, name) for name in self.schedule.explicit}
@@ -257,10 +260,23 @@ class SimbaC:
             val_size=val_size,
             confirm_size=confirm_size,
             calls_per_trial=calls_per_trial,
+            validation_size=validation_size,
         )
         resolved = dataclasses.replace(self, **plan.values())
         object.__setattr__(resolved, "schedule", plan)  # frozen: set once, as __init__ would
         return resolved
+
+
+def planned_calls_per_trial(program: Program) -> float:
+    """Return the LM calls a trial of ``program`` is planned at before any is measured: one per predictor.
+
+    A program that cannot be built is planned at :data:`PLANNED_CALLS_PER_TRIAL`: lifting it reports why.
+    """
+    try:
+        predictors = len(program.effective())
+    except ProgramSpecError:
+        return PLANNED_CALLS_PER_TRIAL
+    return float(max(predictors, PLANNED_CALLS_PER_TRIAL))
 
 
 def paired_gain(candidate: Scores, incumbent: Scores) -> tuple[float, int]:
@@ -307,6 +323,7 @@ def run_simba_c(session: RunSession, optimizer: SimbaC) -> tuple[str, str]:
             train_size=len(setup.trainset),
             val_size=len(setup.valset),
             confirm_size=len(setup.confirm_set) if setup.confirm_set is not None else 0,
+            calls_per_trial=planned_calls_per_trial(setup.program),
         )
     lifted, slots = lift(setup.program, lm=setup.lm, max_demos=optimizer.max_demos)
     baseline = Candidate("c0", lifted, None, 0, "baseline", "the program as given, with instructions and demos lifted")
@@ -332,7 +349,10 @@ class SimbaCRun:
         self.optimizer = optimizer
         self.slots = slots
         self.trainset = session.train_examples
-        self.valset = session.val_examples
+        # The examples candidates are judged on: the valset, or the seeded subset the budget affords (_schedule).
+        plan, valset = optimizer.schedule, session.val_examples
+        size = plan.validation_size if plan is not None and plan.subset else len(valset)
+        self.valset = [valset[position] for position in validation_subset(len(valset), size, seed=session.setup.seed)]
         self.evaluator = session.evaluator
         self.seed = session.setup.seed
         self.lm = session.setup.lm
@@ -462,7 +482,10 @@ class SimbaCRun:
             predictor_trace=self.composition.capture(screen_record.id),
         )
         step = _Step(number, batch, record, trace, journaled, incumbent_screen, [(self.incumbent, incumbent_screen)])
-        for position in range(1, optimizer.num_sources):
+        # A pipeline's bootstrap step takes only the incumbent's demos (its rules come from whole-pipeline contrasts
+        # in later steps), so it samples no other source.
+        sources = 1 if self._bootstrapping(number) and self.composition.active else optimizer.num_sources
+        for position in range(1, sources):
             source = self._draw_source(self._generator(number, SOURCE, position))
             explored = dataclasses.replace(source, program=self._exploring(source.program))
             explore_record = self.session.record(explored, f"s{number}/explore{position}", role="exploration")
@@ -618,6 +641,9 @@ class SimbaCRun:
                 best = verdict
         record = step.record
         reason = decision_reason(verdicts, best, alpha=self.decision_alpha, incumbent_id=self.incumbent.id)
+        plan = self.optimizer.schedule
+        if verdicts and plan is not None and plan.subset:
+            reason += f" (judged on {len(self.valset)} of {plan.valset_size} validation examples, a seeded subset)"
         if best is not None:
             record.accepted_id = best.candidate.id
             self.incumbent = best.candidate
@@ -660,8 +686,13 @@ class SimbaCRun:
         return verdicts
 
     def _bootstrapping(self, number: int) -> bool:
-        """Tell whether step ``number`` is the schedule's bootstrap step: the first, on a program with one demo slot."""
-        return bool(self.optimizer.bootstrap) and number == 1 and len(self.slots.demos) == 1
+        """Tell whether step ``number`` is the schedule's bootstrap step.
+
+        The first step, on a program with one demo slot or with one per module (whose demos come
+        from each module's own step of the incumbent's trajectories).
+        """
+        one_slot = len(self.slots.demos) == 1
+        return bool(self.optimizer.bootstrap) and number == 1 and (one_slot or self.composition.active)
 
     def _bootstrap_proposals(self, step: _Step) -> list[Candidate]:
         """Return the bootstrap step's one candidate: the incumbent with its own best trajectories as demos, and rules.
@@ -675,15 +706,16 @@ class SimbaCRun:
         """
         program, made = self.incumbent.program, []
         scope = next(iter(self.slots.demos))
-        demos = self._bootstrap_demos(step)
-        for example_id, demo in demos:
+        for example_id, placed in self._bootstrap_demos(step):
             try:
-                program = append_demo(program, self.slots, scope, demo)
+                for module, demo in placed:
+                    program = append_demo(program, self.slots, module, demo)
             except VariableError:
                 continue
             made.append(example_id)
         rules = []
-        for spread, example, runs in self._contrasts(step)[: self.optimizer.max_rules]:
+        contrasts = [] if self.composition.active else self._contrasts(step)
+        for spread, example, runs in contrasts[: self.optimizer.max_rules]:
             ordered = sorted(runs, key=lambda run: -run[0])
             rule, _ = self._rule(example, ordered[0], ordered[-1], scope)
             if rule is None or spread <= 0:
@@ -707,8 +739,13 @@ class SimbaCRun:
         )
         return [candidate]
 
-    def _bootstrap_demos(self, step: _Step) -> list[tuple[str, dict[str, Any]]]:
-        """Return (example id, demo) from the incumbent's top-scoring trajectories on the mini-batch, longest first."""
+    def _bootstrap_demos(self, step: _Step) -> list[tuple[str, list[tuple[str, dict[str, Any]]]]]:
+        """Return (example id, its demos by module) from the incumbent's top-scoring trajectories, longest first.
+
+        One demo slot: the example's inputs with the program's outputs. One slot per module: each
+        module's own step of the trajectory (an example whose trajectory was not captured, or lacks a
+        module's step, gives none).
+        """
         scores = step.incumbent_screen
         top = max(scores.by_example.values(), default=0.0)
         if not top > 0:
@@ -716,11 +753,28 @@ class SimbaCRun:
         found = []
         for example_id, _, example in step.batch:
             fields = _prediction_fields(scores.predictions.get(example_id, "{}"))
-            if scores.by_example.get(example_id) == top and fields:
-                found.append((-len(json.dumps(fields)), example_id, {**dict(example.inputs()), **fields}))
-        return [(example_id, demo) for _, example_id, demo in sorted(found, key=lambda item: item[:2])][
+            if scores.by_example.get(example_id) != top or not fields:
+                continue
+            if self.composition.active:
+                placed = self._module_demos(self.composition.trajectory(scores.experiment_id, example_id) or [])
+            else:
+                placed = [(next(iter(self.slots.demos)), {**dict(example.inputs()), **fields})]
+            if placed:
+                found.append((-len(json.dumps(fields)), example_id, placed))
+        return [(example_id, placed) for _, example_id, placed in sorted(found, key=lambda item: item[:2])][
             : self.optimizer.max_demos
         ]
+
+    def _module_demos(self, steps: Sequence[TrajectoryStep]) -> list[tuple[str, dict[str, Any]]]:
+        """Return a demo for every module from its own step of one trajectory; none unless every module has one."""
+        placed = []
+        for scope in self.composition.scopes:
+            own = [item for item in steps if item.get("module_name") == scope]
+            demo = self.composition.demo_for(scope, own)
+            if demo is None:
+                return []
+            placed.append((scope, demo))
+        return placed
 
     def _contrasts(self, step: _Step) -> list[tuple[float, dspy.Example, list[tuple[float, str, Candidate]]]]:
         """Return the mini-batch's examples on which the sources' scores differ, the widest spread first."""
@@ -756,6 +810,7 @@ class SimbaCRun:
             val_size=len(self.valset),
             confirm_size=len(setup.confirm_set) if setup.confirm_set is not None else 0,
             calls_per_trial=round(measured, 3),
+            validation_size=len(self.valset),  # the subset the baseline was judged on stays
         )
         self.look_ends = look_ends(len(self.valset), self.optimizer.validation_looks or 1)
 

@@ -11,11 +11,20 @@ import pytest
 from scipy.stats import binomtest
 
 import dspex_lab as dx
+import dspex_lab.optimization._optimize as optimize_module
 import dspex_lab.optimization._simba_c as simba_c
 from dspex_lab.errors import OptimizerError
 from dspex_lab.optimization._acceptance import judge
-from dspex_lab.optimization._evaluator import Scores
-from dspex_lab.optimization._schedule import DEFAULTS, LARGE_LEVEL, SCHEDULED, look_alpha, look_ends, plan_schedule
+from dspex_lab.optimization._evaluator import Scores, evaluation_id
+from dspex_lab.optimization._schedule import (
+    DEFAULTS,
+    LARGE_LEVEL,
+    SCHEDULED,
+    look_alpha,
+    look_ends,
+    plan_schedule,
+    validation_subset,
+)
 from dspex_lab.optimization._simba_c import SimbaC, SimbaCRun
 from dspex_lab.optimization._space import Candidate
 
@@ -217,16 +226,70 @@ def test_on_the_null_task_a_small_budget_accepts_almost_nothing() -> None:
     assert accepted / steps <= 0.1 and claims == 0
 
 
-def test_a_pipeline_is_planned_again_at_the_calls_per_trial_its_baseline_measured() -> None:
+def test_a_pipeline_is_planned_at_one_call_per_predictor_and_again_at_what_its_baseline_measured(monkeypatch) -> None:
     data = list(dx.datasets.arithmetic(120, seed=29))
+    options = dict(metric=dx.metrics.exact_match, optimizer=dx.SimbaC(max_steps=1), budget=dx.Budget(lm_calls=1_500))
+    options.update(seed=0, confirm_fraction=0, progress=False)
     with dx.Context(lm=dx.lab_lm("lab/small"), journal=False, threads=2):
-        result = dx.optimize(
-            dx.tasks.pipeline_program(), data[:40], data[40:120], metric=dx.metrics.exact_match,
-            optimizer=dx.SimbaC(max_steps=1), budget=dx.Budget(lm_calls=1_500), seed=0, confirm_fraction=0,
-            progress=False,
-        )  # fmt: skip
+        result = dx.optimize(dx.tasks.pipeline_program(), data[:40], data[40:120], **options)
+        # Planned as if a trial cost one call (the plan before this change): the baseline measures three.
+        monkeypatch.setattr(optimize_module, "planned_calls_per_trial", lambda program: 1.0)
+        replanned = dx.optimize(dx.tasks.pipeline_program(), data[:40], data[40:120], **options)
     planned = result.config["optimizer_config"]["schedule"]
-    assert planned["calls_per_trial"] == 1.0 and planned["level"] == pytest.approx(1_500 / 80)
-    # Three predictors, three calls a trial: a third of the level, so smaller steps than planned.
-    assert "bsize=16" in result.steps.iloc[0]["detail"] and "at 3 calls per trial" in result.steps.iloc[0]["detail"]
-    assert planned["bsize"] == 30
+    # Three predictors, three calls a trial, from the start: the plan is the one the baseline confirms.
+    assert planned["calls_per_trial"] == 3.0 and planned["level"] == pytest.approx(500 / 80)
+    assert planned["bsize"] == 16 and "at 3 calls per trial" in result.steps.iloc[0]["detail"]
+    assert planned["validation_size"] == planned["valset_size"] == 80
+    first = replanned.config["optimizer_config"]["schedule"]
+    assert first["calls_per_trial"] == 1.0 and first["bsize"] == 30
+    detail = replanned.steps.iloc[0]["detail"]
+    assert "bsize=16" in detail and "at 3 calls per trial" in detail
+
+
+def test_a_budget_short_of_the_whole_valset_validates_on_a_seeded_subset() -> None:
+    # The pipeline at 500 calls (3 a trial): 166 trials, 2.5 valsets of 66 examples.
+    plan = plan_schedule({}, lm_calls=500, train_size=100, val_size=200, calls_per_trial=3.0)
+    assert (plan.validation_size, plan.valset_size, plan.subset) == (66, 200, True)
+    assert plan.level == pytest.approx(500 / 3 / 66) and plan.validation_looks == 1
+    assert plan.to_dict()["validation_size"] == 66 and "66 of the 200 validation examples" in plan.describe()
+    # One call a trial (the single task at 500 calls) affords the whole valset: nothing changes there.
+    whole = plan_schedule({}, lm_calls=500, train_size=100, val_size=200)
+    assert (whole.validation_size, whole.subset, whole.validation_looks) == (200, False, 2)
+    # Explicit values still win; a replan keeps the subset the baseline was judged on.
+    looks = plan_schedule({"validation_looks": 2}, lm_calls=500, train_size=100, val_size=200, calls_per_trial=3.0)
+    assert looks.validation_looks == 2 and looks.explicit == ("validation_looks",)
+    kept = plan_schedule({}, lm_calls=500, train_size=100, val_size=200, calls_per_trial=2.0, validation_size=66)
+    assert kept.validation_size == 66 and kept.level == pytest.approx(250 / 66)
+    # The subset is seeded, in valset order, the whole valset when the size allows.
+    chosen = validation_subset(200, 66, seed=4)
+    assert chosen == sorted(set(chosen)) and len(chosen) == 66 and chosen == validation_subset(200, 66, seed=4)
+    assert chosen != validation_subset(200, 66, seed=5) and validation_subset(30, 66, seed=4) == list(range(30))
+
+
+def test_a_pipeline_run_judges_every_candidate_on_the_same_subset_and_the_step_check_counts_lm_calls(
+    tmp_path: Path,
+) -> None:
+    data = list(dx.datasets.arithmetic(120, seed=31))
+    options = dict(metric=dx.metrics.exact_match, seed=2, confirm_fraction=0, progress=False)
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=tmp_path / "j.duckdb", threads=2) as active:
+        result = dx.optimize(
+            dx.tasks.pipeline_program(), data[:40], data[40:120], budget=dx.Budget(lm_calls=450), **options
+        )
+        schedule = result.config["optimizer_config"]["schedule"]
+        assert (schedule["validation_size"], schedule["valset_size"]) == (60, 80)
+        assert "judged on a seeded subset of 60 of the 80" in result.steps.iloc[0]["detail"]
+        rows = active.journal.step_rows(result.run_id)
+        verdicts = [verdict for row in rows for verdict in row["evaluations"]]
+        assert verdicts and all(verdict["n"] == 60 for verdict in verdicts)
+        judged = [row["detail"] for row in rows if row["evaluations"]]
+        assert all("(judged on 60 of 80 validation examples, a seeded subset)" in detail for detail in judged)
+        assert result.candidates.set_index("candidate_id").loc["c1", "strategy"] == "bootstrap"
+        # The baseline's validation trials are the seeded subset's examples.
+        ids = dx.Dataset(data[40:120]).example_ids
+        subset = {ids[position] for position in validation_subset(80, 60, seed=2)}
+        for candidate in ("c0", "c1"):
+            trials = active.journal.trials(evaluation_id(result.run_id, candidate, "val"))
+            assert set(trials["example_id"]) == subset
+        # 200 calls: 40 examples twice and a mini-batch of 12, at 3 calls each, do not fit.
+        with pytest.raises(OptimizerError, match=r"need at least 276 LM calls \(92 trials at 3 calls each"):
+            dx.optimize(dx.tasks.pipeline_program(), data[:40], data[40:120], budget=dx.Budget(lm_calls=200), **options)
