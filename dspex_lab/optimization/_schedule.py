@@ -33,10 +33,11 @@ the budget buys:
   sources on the mini-batch as any step does and proposes one candidate: the incumbent with demos
   made from its own best trajectories there (the program's own outputs, never a gold label) and
   rules written from the examples where the sources disagreed, validated without screening (demos
-  drawn from the mini-batch would flatter it there). Matching demos and rules for the failing
-  skill are the largest gains in the lab world (``docs/lab_world.md`` sections 3 and 4); judged
-  together they are one test, where single changes are too small to see at a few hundred
-  examples.
+  drawn from the mini-batch would flatter it there). On a program of several modules each
+  module's demo is its own step of those trajectories, and no other source is sampled. Matching
+  demos and rules for the failing skill are the largest gains in the lab world
+  (``docs/lab_world.md`` sections 3 and 4); judged together they are one test, where single
+  changes are too small to see at a few hundred examples.
 
 Explicit values win: a hyperparameter the user sets on :class:`~dspex_lab.SimbaC` is kept as
 given, the others are derived. The resolved schedule is part of the optimizer's config, which

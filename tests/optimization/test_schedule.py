@@ -283,7 +283,11 @@ def test_a_pipeline_run_judges_every_candidate_on_the_same_subset_and_the_step_c
         assert verdicts and all(verdict["n"] == 60 for verdict in verdicts)
         judged = [row["detail"] for row in rows if row["evaluations"]]
         assert all("(judged on 60 of 80 validation examples, a seeded subset)" in detail for detail in judged)
-        assert result.candidates.set_index("candidate_id").loc["c1", "strategy"] == "bootstrap"
+        bootstrap = result.candidates.set_index("candidate_id").loc["c1"]
+        assert bootstrap["strategy"] == "bootstrap"
+        # Each module's demos from its own step of the incumbent's trajectories: as many in every module.
+        counts = {len(bootstrap["values"][f"demos_{module}"]) for module in ("plan", "solve", "verify")}
+        assert len(counts) == 1 and counts.pop() >= 1
         # The baseline's validation trials are the seeded subset's examples.
         ids = dx.Dataset(data[40:120]).example_ids
         subset = {ids[position] for position in validation_subset(80, 60, seed=2)}
