@@ -260,7 +260,8 @@ def optimize(
         trainset: examples for mini-batches, trajectories and demos.
         valset: held-out examples on which candidates are accepted (must not overlap the trainset).
         metric: ``metric(example, prediction)`` returning a finite number or bool.
-        optimizer: ``dx.SimbaC(...)`` (or ``"simba-c"``), or DSPy's ``"simba"``, ``"mipro"``, ``"gepa"``, ``"bootstrap"``.
+        optimizer: ``dx.SimbaC(...)`` (or ``"simba-c"``), or DSPy's ``"simba"``, ``"mipro"``, ``"gepa"``,
+            ``"bootstrap"``.
         objective: ``dx.Objective(guardrails=[...])``: a candidate is accepted only when its gain is
             significant and every guardrail holds with confidence (``docs/optimize.md``). None: the metric alone.
         budget: limits on LM calls, tokens or dollars for the whole run (SIMBA-C sizes its steps by it); it stops
@@ -272,7 +273,8 @@ def optimize(
             (default 0.3, at least 5 examples a side); 0 runs no confirmation, and nothing is claimed.
         name: the run's name (default: the program's name and the optimizer).
         resume: the id of an interrupted run to continue (the same run); finished evaluations are not repeated.
-        timeout, retries: seconds a trial may take (retries included); retries of transient LM failures per trial.
+        timeout: seconds a trial may take (retries included).
+        retries: retries of transient LM failures per trial.
         max_errors: an error budget per evaluation (a count or a fraction).
         trace: capture every trial's span tree (the decisions' spans are always recorded).
         progress: show the run (True: a live widget in Jupyter, a line per step elsewhere), or a
@@ -289,10 +291,7 @@ def optimize(
     """
     chosen = _checked_optimizer(program, metric, seed, optimizer)
     sets = _sets(trainset, valset, testset, confirm_fraction, seed, chosen)
-    chosen = _scheduled(chosen, budget, sets, program)
-    _check_budget(budget, chosen, sets.valset, sets.confirm_set)
-    _check_objective(objective, chosen, sets)
-    warn_if_underpowered(len(sets.valset), what="valset", alpha=_acceptance(chosen)[0])  # before any LM call is spent
+    chosen = _checked_plan(program, chosen, sets, budget, objective)
     setup = _setup(
         program,
         sets,
@@ -324,6 +323,24 @@ def _with_live_plot(subscribers: Sequence[Subscriber]) -> Sequence[Subscriber]:
         )
         return subscribers
     return [*subscribers, plot]
+
+
+def _checked_plan(
+    program: Program,
+    optimizer: SimbaC | DspyOptimizer,
+    sets: _Sets,
+    budget: Budget | None,
+    objective: Objective | None,
+) -> SimbaC | DspyOptimizer:
+    """Size the optimizer by the budget, check that the budget and the objective fit it, warn when underpowered.
+
+    All before any LM call is spent. Returns the optimizer with its schedule resolved.
+    """
+    chosen = _scheduled(optimizer, budget, sets, program)
+    _check_budget(budget, chosen, sets.valset, sets.confirm_set)
+    _check_objective(objective, chosen, sets)
+    warn_if_underpowered(len(sets.valset), what="valset", alpha=_acceptance(chosen)[0])
+    return chosen
 
 
 def _checked_optimizer(
