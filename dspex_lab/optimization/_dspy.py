@@ -445,7 +445,7 @@ def _guarded(lm: dspy.BaseLM, guard: _CompileGate) -> dspy.BaseLM:
 
 
 def _module_lm(student: dspy.Module, lm: dspy.BaseLM, guard: _CompileGate) -> dspy.BaseLM:
-    """Return the LM the compile runs ``student`` under: ``lm``, or the one LM every predictor holds, guarded.
+    """Return the LM DSPy's SIMBA runs ``student`` under: ``lm``, or the one LM every predictor holds, guarded.
 
     A program whose variables give predictors LMs of their own (``model:solve``, a binding's
     temperature) holds one LM object per predictor, and DSPy's ``Module.deepcopy`` copies each apart,
@@ -744,7 +744,9 @@ class _DspyRun:
         trials = _CompileTrials(self, self._prefix(), meter)
         teleprompter, compile_options = self._teleprompter(trials.metric(self.metric), lm)
         student = self.baseline.program.build(lm=lm)
-        student_lm = _module_lm(student, lm, guard)
+        # Only DSPy's SIMBA asks the module for its one LM; the others keep the predictors' own LMs, which
+        # their task-model contexts cannot override (they would run the stages at the run LM's settings).
+        student_lm = _module_lm(student, lm, guard) if self.optimizer.name == "simba" else lm
         train, own_val = self._split()
         if own_val is not None:
             compile_options["valset"] = own_val
