@@ -34,7 +34,6 @@ from dspex_lab.lm._skills import (
     SKILLS,
     DemoEvidence,
     DemoReading,
-    SlipOption,
     demo_evidence,
     diagnose,
     skill_of,
@@ -43,7 +42,7 @@ from dspex_lab.lm._skills import (
 )
 from dspex_lab.lm.profiles import LabModelProfile
 from dspex_lab.lm.prompt import DemoTurn, OutputField, PromptView
-from dspex_lab.lm.solver import SHARED_LUCK, Draws, Solution, solve
+from dspex_lab.lm.solver import SHARED_LUCK, Draws, Solution, exact_expression, pick_option, solve
 from dspex_lab.tasks.arithmetic import ArithmeticProblem, ArithmeticStep, apply_step, parse_problem
 
 __all__ = [
@@ -389,32 +388,15 @@ def solve_with_plan(
             rate = planned_rates[index] * modifier
         if stream.uniform() < rate:
             options = slip_options(step, value)
-            option = _pick(options, stream.uniform())
+            option = pick_option(options, stream.uniform())
             if option.expression is not None:
                 lines.append(f"{clause}: {option.expression} = {option.after}.")
             value, slips = option.after, slips + 1
             continue
-        lines.append(f"{clause}: {_exact_expression(step, value)} = {exact}.")
+        lines.append(f"{clause}: {exact_expression(step, value)} = {exact}.")
         value = exact
     lines.append(f"The answer is {value}.")
     return Solution(answer=value, reasoning=" ".join(lines), slips=slips)
-
-
-def _pick(options: tuple[SlipOption, ...], draw: float) -> SlipOption:
-    cumulative = 0.0
-    for option in options:
-        cumulative += option.weight
-        if draw < cumulative:
-            return option
-    return options[-1]
-
-
-def _exact_expression(step: ArithmeticStep, before: int) -> str:
-    if step.group_size:
-        symbol = "+" if step.operation == "add_groups" else "-"
-        product = step.amount * step.group_size
-        return f"{step.amount} * {step.group_size} = {product}, so {before} {symbol} {product}"
-    return f"{before} {dict(add='+', subtract='-', multiply='*', divide='/')[step.operation]} {step.amount}"
 
 
 # -- verifying a proposed answer ----------------------------------------------------------------
@@ -490,7 +472,7 @@ def _false_alarm(problem: ArithmeticProblem, draws: Draws) -> tuple[int, str]:
     value = problem.start
     for index, step in enumerate(problem.steps):
         if index == position:
-            option = _pick(slip_options(step, value), draws.uniform())
+            option = pick_option(slip_options(step, value), draws.uniform())
             value = option.after
             continue
         value = apply_step(value, step)

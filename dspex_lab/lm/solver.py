@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from dspex_lab.lm._skills import OPERATION_SKILL_INDEX, SlipOption, slip_options
 from dspex_lab.tasks.arithmetic import ArithmeticProblem, ArithmeticStep, apply_step
 
-__all__ = ["SHARED_LUCK", "Draws", "Solution", "solve"]
+__all__ = ["SHARED_LUCK", "Draws", "Solution", "exact_expression", "pick_option", "solve"]
 
 
 class Draws:
@@ -75,7 +75,8 @@ def _line(step: ArithmeticStep, expression: str, after: int) -> str:
     return f"{clause}: {expression} = {after}."
 
 
-def _exact_expression(step: ArithmeticStep, before: int) -> str:
+def exact_expression(step: ArithmeticStep, before: int) -> str:
+    """Return the working of ``step`` done right from ``before``, as the reasoning shows it."""
     if step.group_size:
         symbol = "+" if step.operation == "add_groups" else "-"
         product = step.amount * step.group_size
@@ -83,7 +84,8 @@ def _exact_expression(step: ArithmeticStep, before: int) -> str:
     return f"{before} {_SYMBOLS[step.operation]} {step.amount}"
 
 
-def _pick(options: tuple[SlipOption, ...], draw: float) -> SlipOption:
+def pick_option(options: tuple[SlipOption, ...], draw: float) -> SlipOption:
+    """Return the option whose share of the cumulative weights holds ``draw`` (the last one past them)."""
     cumulative = 0.0
     for option in options:
         cumulative += option.weight
@@ -133,13 +135,13 @@ def solve(
             stream = Draws(f"{luck_key}|step{position}")
         if stream.uniform() < slip_probabilities[OPERATION_SKILL_INDEX[step.operation]]:
             slips += 1
-            option = _pick(slip_options(step, value), stream.uniform())
+            option = pick_option(slip_options(step, value), stream.uniform())
             if option.expression is not None:
                 lines.append(_line(step, option.expression, option.after))
             value = option.after
             continue
         after = apply_step(value, step)
-        lines.append(_line(step, _exact_expression(step, value), after))
+        lines.append(_line(step, exact_expression(step, value), after))
         value = after
     lines.append(_CLOSINGS[draws.integer(len(_CLOSINGS))].format(value=value, item=problem.item))
     return Solution(answer=value, reasoning=" ".join(lines), slips=slips)
