@@ -179,12 +179,21 @@ def _leave_marker(folder: Path | None) -> Path | None:
     """Create this waiter's marker in the private waiting folder (None where there is no safe folder)."""
     if folder is None:
         return None
-    with contextlib.suppress(FileExistsError):
-        folder.mkdir(mode=0o700)
     marker = folder / f"{os.getpid()}-{process_start_time(os.getpid())}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}"
-    descriptor = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    os.close(descriptor)
-    return marker
+    for _ in range(_MARKER_ATTEMPTS):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
+        try:
+            descriptor = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            continue  # another waiter removed the folder as it left, between our mkdir and open: make it again
+        os.close(descriptor)
+        return marker
+    return None  # the folder kept vanishing: wait unannounced (the holder lets go at the end of its run)
+
+
+# Attempts at leaving a waiting marker while other waiters come and go from the folder.
+_MARKER_ATTEMPTS = 20
 
 
 class FileAccess(DuckDBStore):

@@ -135,3 +135,21 @@ def test_a_stale_service_socket_left_by_a_killed_process_is_removed_and_calls_go
     assert time.monotonic() - started < 30.0
     assert journal.experiment(experiment)["status"] == "finished"
     assert not address.socket.exists(), "the stale socket was removed"
+
+
+def test_a_waiter_whose_marker_folder_is_removed_by_a_leaving_waiter_still_leaves_its_marker(tmp_path, monkeypatch):
+    from dspex_lab.journal import _file
+
+    folder = tmp_path / "waiting"
+    real_open, removals = os.open, []
+
+    def open_after_another_waiter_left(path, *arguments, **options):
+        if Path(path).parent == folder and not removals:
+            removals.append(path)
+            folder.rmdir()  # the last other waiter leaves between our mkdir and our open
+        return real_open(path, *arguments, **options)
+
+    monkeypatch.setattr(os, "open", open_after_another_waiter_left)
+    marker = _file._leave_marker(folder)
+    assert removals, "the race was staged"
+    assert marker is not None and marker.parent == folder and marker.exists()
