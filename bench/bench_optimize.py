@@ -57,7 +57,7 @@ documented in ``docs/lab_world.md``. Five tables (``--tables``; the first three 
    the CI: not lower with p < 0.05).
 5. ``ablation``: on ``--task`` (``pipeline`` for the issue's table) at 2,000 calls, SIMBA-C
    against itself without one part at a time (``share=False``, ``cross_bootstrap=False``,
-   ``learned_moves=False``): each variant's test mean with its CI and its paired difference
+   ``learned_moves=False``, ``upstream_rules=False``): each variant's test mean with its CI and its paired difference
    to the full SIMBA-C with the difference's CI.
 
 Runs of the curve and ablation are independent and deterministic (the lab LM draws from its
@@ -460,6 +460,7 @@ ABLATIONS: tuple[tuple[str, dict[str, bool]], ...] = (
     ("share=False", {"share": False}),
     ("cross_bootstrap=False", {"cross_bootstrap": False}),
     ("learned_moves=False", {"learned_moves": False}),
+    ("upstream_rules=False", {"upstream_rules": False}),
 )
 # What the scaled DSPy settings aim to spend of the budget: the rest is the margin for what the
 # settings do not fix exactly (SIMBA's final evaluation, MIPROv2's bootstrap, GEPA's reflections).

@@ -18,6 +18,11 @@ SIMBA-C see the modules:
 * **Per-module rules** (:meth:`Composition.apply_advice`): ``ProposeRule`` sees every module's
   name and the whole pipeline's better and worse trajectories; each module's advice goes to that
   module's instructions.
+* **Rules carried upstream** (``upstream_rules``, :meth:`Composition.upstream`): a module's
+  slip may start in a module that feeds it (``solve`` follows a misread ``plan``), and the
+  feedback names the module where the working went wrong, not where the mistake began. So a
+  module's advice is also appended to every module upstream of it: one whose output fields are
+  among its input fields, directly or through others. Judged on the whole pipeline like any rule.
 * **Cross-module bootstrap** (``cross_bootstrap``, :meth:`Composition.placements`): a good
   trajectory's module steps are demos; each is tried, as its own candidate, in every module whose
   fields it fills, and judged on the whole pipeline's screening score. The step's merge then keeps
@@ -304,15 +309,25 @@ class Composition:
         share: mutate variables bound to several targets or through a binding (as one move each).
         cross_bootstrap: try each demo in every module that can take it.
         learned_moves: propose pairs of moves from their measured effects.
+        upstream_rules: append a module's advice to the modules upstream of it too.
     """
 
     def __init__(
-        self, program: Program, slots: Slots, *, lm: Any, share: bool, cross_bootstrap: bool, learned_moves: bool
+        self,
+        program: Program,
+        slots: Slots,
+        *,
+        lm: Any,
+        share: bool,
+        cross_bootstrap: bool,
+        learned_moves: bool,
+        upstream_rules: bool = True,
     ) -> None:
         self.slots = slots
         self.share = share
         self.cross_bootstrap = cross_bootstrap
         self.learned_moves = learned_moves
+        self.upstream_rules = upstream_rules
         # Per-module proposals need one instruction and demo slot per predictor (see _space.lift).
         self.scopes = sorted(scope for scope in slots.instructions if scope)
         self.active = len(self.scopes) > 1
@@ -344,19 +359,46 @@ class Composition:
         None when no advice could be applied.
         """
         applied: list[str] = []
+        own = {scope: clean_rule(self._advice_for(scope, advice)) for scope in self.scopes}
         for scope in self.scopes:
-            text = advice.get(scope)
-            if text is None:
-                text = advice.get(scope.split(".")[0])
-            rule = clean_rule(text)
-            if rule is None or rule in rules_of(program, self.slots, scope):
-                continue
-            try:
-                program = append_rule(program, self.slots, scope, rule, max_rules=max_rules)
-            except (OptimizerError, VariableError):
-                continue
-            applied.append(scope)
+            # Its own advice first, then (with upstream_rules) what the modules it feeds were advised.
+            carried = [own[later] for later in self.scopes if self.upstream_rules and scope in self.upstream(later)]
+            changed = False
+            for rule in dict.fromkeys([own[scope], *carried]):
+                if rule is None or rule in rules_of(program, self.slots, scope):
+                    continue
+                try:
+                    program = append_rule(program, self.slots, scope, rule, max_rules=max_rules)
+                except (OptimizerError, VariableError):
+                    continue
+                changed = True
+            if changed:
+                applied.append(scope)
         return (program, applied) if applied else None
+
+    @staticmethod
+    def _advice_for(scope: str, advice: Mapping[str, Any]) -> Any:
+        text = advice.get(scope)
+        return advice.get(scope.split(".")[0]) if text is None else text
+
+    def upstream(self, scope: str) -> set[str]:
+        """Return the modules upstream of ``scope``: those whose outputs it reads, directly or through others.
+
+        Read from the predictors' field names (an output named as another predictor's input feeds it).
+        Inputs every module reads from the example itself (``question``) do not link modules, since no
+        module outputs them.
+        """
+        found: set[str] = set()
+        frontier = [scope]
+        while frontier:
+            reader = self.fields.get(frontier.pop())
+            if reader is None:
+                continue
+            for other, fields in self.fields.items():
+                if other != scope and other not in found and set(fields.outputs) & set(reader.inputs):
+                    found.add(other)
+                    frontier.append(other)
+        return found
 
     # -- demos ----------------------------------------------------------------------------------
 

@@ -34,7 +34,8 @@ the budget buys:
   made from its own best trajectories there (the program's own outputs, never a gold label) and
   rules written from the examples where the sources disagreed, validated without screening (demos
   drawn from the mini-batch would flatter it there). On a program of several modules each
-  module's demo is its own step of those trajectories, and no other source is sampled. Matching
+  module's demo is its own step of those trajectories, and its rules are each module's advice from
+  the whole pipeline's contrasts (carried to the modules upstream of it, ``upstream_rules``). Matching
   demos and rules for the failing skill are the largest gains in the lab world
   (``docs/lab_world.md`` sections 3 and 4); judged together they are one test, where single
   changes are too small to see at a few hundred examples.

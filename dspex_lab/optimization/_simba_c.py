@@ -160,6 +160,8 @@ class SimbaC:
             that help the whole pipeline (programs of several predictors).
         learned_moves: propose two mutations together when each screened positive or their
             measured interaction is positive, valued from the per-example gains measured so far.
+        upstream_rules: append a module's advice to the modules upstream of it too (those whose
+            outputs it reads): a slip seen in one stage often starts in the stage that feeds it.
     """
 
     bsize: int | None = None
@@ -184,6 +186,7 @@ class SimbaC:
     share: bool = True
     cross_bootstrap: bool = True
     learned_moves: bool = True
+    upstream_rules: bool = True
 
     name = "simba-c"
 
@@ -199,7 +202,7 @@ class SimbaC:
             raise OptimizerError(f"SimbaC(validation_looks={looks!r}): must be a positive integer")
         if self.bootstrap is not None and not isinstance(self.bootstrap, bool):
             raise OptimizerError(f"SimbaC(bootstrap={self.bootstrap!r}): must be True, False or None")
-        for name in ("share", "cross_bootstrap", "learned_moves"):
+        for name in ("share", "cross_bootstrap", "learned_moves", "upstream_rules"):
             if not isinstance(getattr(self, name), bool):
                 raise OptimizerError(f"SimbaC({name}={getattr(self, name)!r}): must be True or False")
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
@@ -373,6 +376,7 @@ class SimbaCRun:
             share=optimizer.share,
             cross_bootstrap=optimizer.cross_bootstrap,
             learned_moves=optimizer.learned_moves,
+            upstream_rules=optimizer.upstream_rules,
         )
         # Every mutation's moves (one, or a learned pair), read off the candidate as self.moves is.
         self.move_sets: dict[str, tuple[tuple[str, str], ...]] = {}
@@ -482,9 +486,7 @@ class SimbaCRun:
             predictor_trace=self.composition.capture(screen_record.id),
         )
         step = _Step(number, batch, record, trace, journaled, incumbent_screen, [(self.incumbent, incumbent_screen)])
-        # A pipeline's bootstrap step takes only the incumbent's demos (its rules come from whole-pipeline contrasts
-        # in later steps), so it samples no other source.
-        sources = 1 if self._bootstrapping(number) and self.composition.active else optimizer.num_sources
+        sources = optimizer.num_sources
         for position in range(1, sources):
             source = self._draw_source(self._generator(number, SOURCE, position))
             explored = dataclasses.replace(source, program=self._exploring(source.program))
@@ -701,8 +703,9 @@ class SimbaCRun:
         own outputs, never a gold label), longest first (a worked answer of a longer problem shows more
         of the task's steps), up to ``max_demos``. Rules, when the step sampled other sources: one per
         example where the sources disagreed most, written by contrasting the best and the worst
-        trajectory there (as the ``rule`` strategy does), up to ``max_rules``. One candidate, so one
-        test: the changes are judged together. None when nothing could be made.
+        trajectory there (as the ``rule`` strategy does), up to ``max_rules``; on a pipeline, each such
+        whole-pipeline contrast gives every module its advice (:meth:`_bootstrap_module_rules`). One
+        candidate, so one test: the changes are judged together. None when nothing could be made.
         """
         program, made = self.incumbent.program, []
         scope = next(iter(self.slots.demos))
@@ -713,7 +716,9 @@ class SimbaCRun:
             except VariableError:
                 continue
             made.append(example_id)
-        rules = []
+        rules: list[str] = []
+        if self.composition.active:
+            program, rules = self._bootstrap_module_rules(step, program, scope)
         contrasts = [] if self.composition.active else self._contrasts(step)
         for spread, example, runs in contrasts[: self.optimizer.max_rules]:
             ordered = sorted(runs, key=lambda run: -run[0])
@@ -732,12 +737,35 @@ class SimbaCRun:
         rationale = (
             f"bootstrap: {len(made)} demos from {self.incumbent.id}'s own best trajectories on the mini-batch"
             + (" (examples " + ", ".join(made) + ")" if made else "")
-            + f" and {len(rules)} rules from contrasting its sources' trajectories"
+            + (
+                f" and per-module advice from {len(rules)} whole-pipeline contrasts of its sources' trajectories"
+                if self.composition.active
+                else f" and {len(rules)} rules from contrasting its sources' trajectories"
+            )
         )
         candidate = Candidate(
             f"c{len(self.candidates)}", _as_journaled(program), self.incumbent.id, step.number, "bootstrap", rationale
         )
         return [candidate]
+
+    def _bootstrap_module_rules(self, step: _Step, program: Program, scope: str) -> tuple[Program, list[str]]:
+        """Return ``program`` with per-module rules from the step's whole-pipeline contrasts, and their examples.
+
+        Up to ``max_rules`` examples where the sources' scores differ most, each contrast's advice going
+        to its module (and, with ``upstream_rules``, to the modules feeding it), as the ``rule`` strategy does.
+        """
+        used = []
+        contrasts = [bucket for bucket in self._buckets(step.batch, step.sources) if bucket[0] > 0]
+        for _, _, example_id, example, runs in contrasts[: self.optimizer.max_rules]:
+            ordered = sorted(runs, key=lambda run: -run[0])
+            good, bad = ordered[0], ordered[-1]
+            if not (good[3] and bad[3]):
+                continue
+            made = self._rule_candidate(program, scope, example_id, example, good, bad)
+            if made is not None:
+                program = made[0]
+                used.append(example_id)
+        return program, used
 
     def _bootstrap_demos(self, step: _Step) -> list[tuple[str, list[tuple[str, dict[str, Any]]]]]:
         """Return (example id, its demos by module) from the incumbent's top-scoring trajectories, longest first.
