@@ -19,6 +19,7 @@ from dspex_lab.optimization._composition import (
     PLACEMENT_EVIDENCE,
     RETRY_PLACEMENT,
     Composition,
+    ModuleFields,
     MoveEffects,
     Trajectories,
     trajectory_of,
@@ -196,6 +197,49 @@ def test_per_module_advice_lands_in_each_modules_instructions() -> None:
     built = dict(changed.build(lm=lm).named_predictors())
     assert "Multiply the counts" in built["solve.predict"].signature.instructions
     assert "Multiply the counts" not in built["check.predict"].signature.instructions
+
+
+def test_a_modules_advice_is_carried_to_the_modules_that_feed_it() -> None:
+    lm = dx.lab_lm("lab/small")
+    program, slots = lift(dx.tasks.pipeline_program(), lm=lm, max_demos=4)
+    rule, keep = "Multiply the counts of each bag first.", "Keep this module's current approach."
+    advice = {"plan": keep, "solve": rule, "verify": keep}
+    made = {}
+    for upstream_rules in (True, False):
+        composition = Composition(
+            program, slots, lm=lm, share=True, cross_bootstrap=True, learned_moves=True, upstream_rules=upstream_rules
+        )
+        made[upstream_rules] = composition.apply_advice(program, advice, max_rules=4)[0]
+    # plan's output field (plan) is an input of solve; verify reads no field another stage outputs.
+    assert composition.upstream("solve") == {"plan"}
+    assert composition.upstream("plan") == set() and composition.upstream("verify") == set()
+    assert rules_of(made[True], slots, "plan") == [keep, rule]
+    assert rules_of(made[True], slots, "solve") == [rule] and rules_of(made[True], slots, "verify") == [keep]
+    assert rules_of(made[False], slots, "plan") == [keep]
+    # Upstream is followed through the chain: a stage reading what a stage reading the first wrote.
+    composition.fields = {
+        "a": ModuleFields(("question",), ("outline",)),
+        "b": ModuleFields(("question", "outline"), ("draft",)),
+        "c": ModuleFields(("question", "draft"), ("answer",)),
+    }
+    assert composition.upstream("c") == {"a", "b"} and composition.upstream("b") == {"a"}
+
+
+def test_a_pipelines_bootstrap_step_carries_whole_pipeline_advice_upstream(data) -> None:
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=False, threads=2):
+        result = dx.optimize(
+            dx.tasks.pipeline_program(), data[:60], data[60:140], metric=dx.metrics.exact_match,
+            optimizer=dx.SimbaC(max_steps=1), budget=dx.Budget(lm_calls=900), seed=12, confirm_fraction=0,
+            progress=False,
+        )  # fmt: skip
+    bootstrap = result.candidates.set_index("candidate_id").loc["c1"]
+    assert bootstrap["strategy"] == "bootstrap" and "whole-pipeline contrasts" in bootstrap["rationale"]
+    lm = dx.lab_lm("lab/small")
+    program, slots = lift(dx.tasks.pipeline_program(), lm=lm, max_demos=4)
+    chosen = program.with_values(**{name: bootstrap["values"][name] for name in program.values})
+    solve_rules = rules_of(chosen, slots, "solve")
+    # Every rule solve was given is in plan too (the stage feeding it); plan's own advice may add more.
+    assert solve_rules and set(solve_rules) <= set(rules_of(chosen, slots, "plan"))
 
 
 def test_rule_proposals_see_the_whole_pipeline_and_advise_each_module(context, data) -> None:
@@ -398,10 +442,13 @@ def test_a_run_proposes_a_learned_pair_and_reads_it_back_on_resume(tmp_path: Pat
 
 
 def test_flags_are_recorded_and_checked() -> None:
-    config = dx.SimbaC(share=False, cross_bootstrap=True, learned_moves=False).config()
+    config = dx.SimbaC(share=False, cross_bootstrap=True, learned_moves=False, upstream_rules=False).config()
     assert (config["share"], config["cross_bootstrap"], config["learned_moves"]) == (False, True, False)
+    assert config["upstream_rules"] is False
     with pytest.raises(OptimizerError, match="learned_moves"):
         dx.SimbaC(learned_moves="yes")
+    with pytest.raises(OptimizerError, match="upstream_rules"):
+        dx.SimbaC(upstream_rules=1)
 
 
 def test_with_every_flag_off_a_single_module_run_is_the_same_run(data) -> None:
@@ -411,7 +458,7 @@ def test_with_every_flag_off_a_single_module_run_is_the_same_run(data) -> None:
         name="cot",
         variables={"temperature": dx.Float(0.3, low=0.0, high=1.0)},
     )
-    off = dict(share=False, cross_bootstrap=False, learned_moves=False)
+    off = dict(share=False, cross_bootstrap=False, learned_moves=False, upstream_rules=False)
     with dx.Context(lm=dx.lab_lm("lab/small"), journal=False, threads=2):
         plain = run(program, data, simba={"max_steps": 2, **off}, seed=5)
         default = run(program, data, simba={"max_steps": 2}, seed=5)
