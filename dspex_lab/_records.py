@@ -68,6 +68,8 @@ TRIAL_FIELDS: tuple[TrialField, ...] = (
     TrialField("retries", "retries", "JSON", "string"),
     # Models whose calls in this trial had no known price (their cost is not in ``cost``).
     TrialField("unpriced_models", "unpriced_models", "VARCHAR", "string"),
+    # What the metric said about the prediction, beyond its score (a feedback metric's text).
+    TrialField("feedback", "feedback", "VARCHAR", "string"),
 )
 
 TRIAL_COLUMNS: tuple[str, ...] = tuple(item.column for item in TRIAL_FIELDS)

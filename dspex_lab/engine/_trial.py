@@ -41,6 +41,7 @@ __all__ = [
     "TrialRunner",
     "TrialTask",
     "is_transient",
+    "metric_feedback",
     "metric_score",
     "retry_after",
     "to_json_value",
@@ -55,6 +56,8 @@ PredictorTraceHook = Callable[["TrialTask", Any, list[Any]], None]
 # Error texts and tracebacks are kept to these lengths (the tail of a traceback is where it failed).
 MAX_ERROR_MESSAGE = 2000
 MAX_TRACEBACK = 8000
+# A metric's feedback text is kept to this length (GEPA-style feedback is a few sentences).
+MAX_FEEDBACK = 4000
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,10 @@ class TrialResult:
     never averaged in as 0. ``error_stage`` says where it failed: ``program``, ``metric``,
     ``timeout`` or ``cancelled``. ``retries`` is a JSON list with one entry per retried
     attempt (its error and the wait before the next). ``cost`` is None when any LM call of
-    the trial had no known price; ``unpriced_models`` then names the models.
+    the trial had no known price; ``unpriced_models`` then names the models. ``feedback`` is what
+    the metric said about the prediction beyond its score, when it says anything.
+    ``metric_lm_calls`` and ``metric_cost`` are the part of ``lm_calls`` and ``cost`` the metric
+    spent (a judge's LM calls); the rest is the program's.
 
     The fields are the trial record of :data:`dspex_lab._records.TRIAL_FIELDS`.
     """
@@ -106,6 +112,9 @@ class TrialResult:
     finished_at: float = 0.0
     retries: str | None = None
     unpriced_models: str | None = None
+    feedback: str | None = None
+    metric_lm_calls: int = 0
+    metric_cost: float | None = 0.0
 
     @property
     def ok(self) -> bool:
@@ -129,8 +138,9 @@ def trial_record(**values: Any) -> TrialResult:
     Every text of a trial that a user's code, a program's output or a provider wrote (the error
     message and traceback, the prediction, the retried attempts' errors) is masked here
     (:mod:`dspex_lab.trace.redaction`), whichever path made the trial: the runner, an executor's
-    worker, a stopped trial, or a DSPy optimizer's compile. Error texts are bounded
-    (``MAX_ERROR_MESSAGE``, the last ``MAX_TRACEBACK`` characters of a traceback).
+    worker, a stopped trial, or a DSPy optimizer's compile. Error texts and the metric's feedback
+    are bounded (``MAX_ERROR_MESSAGE``, the last ``MAX_TRACEBACK`` characters of a traceback,
+    ``MAX_FEEDBACK``).
 
     Args:
         values: the fields of :class:`TrialResult`.
@@ -140,6 +150,8 @@ def trial_record(**values: Any) -> TrialResult:
         values["error_message"] = mask_text(str(message)[:MAX_ERROR_MESSAGE])
     if trace is not None:
         values["traceback"] = mask_text(str(trace)[-MAX_TRACEBACK:])
+    if values.get("feedback") is not None:
+        values["feedback"] = mask_text(str(values["feedback"])[:MAX_FEEDBACK])
     for name in ("prediction", "retries"):
         if values.get(name) is not None:
             values[name] = _masked_json(values[name])
@@ -288,6 +300,20 @@ def metric_score(value: Any) -> float:
     raise InvalidScoreError(f"the metric must return a number or bool, got {type(value).__name__}: {value!r:.60}")
 
 
+def metric_feedback(value: Any) -> str | None:
+    """Return the feedback text a metric gave with its score (``dspy.Prediction(score=..., feedback=...)``), if any.
+
+    The text is bounded to ``MAX_FEEDBACK`` characters; :func:`trial_record` masks it.
+    """
+    if not isinstance(value, dspy.Prediction) or "feedback" not in value:
+        return None
+    feedback = value.feedback
+    if feedback is None:
+        return None
+    text = feedback if isinstance(feedback, str) else json.dumps(to_json_value(feedback), ensure_ascii=False)
+    return text[:MAX_FEEDBACK] or None
+
+
 def _usage(meter: Meter) -> tuple[int, int, float | None, int, tuple[str, ...]]:
     # DSPy's reported cost per call first, then a price table; a call with no known price makes the
     # trial's cost None and names its model (dspex_lab.providers.metering's contract), never a silent 0.
@@ -317,9 +343,19 @@ class _Attempts:
     started: float
     clock: float
     meter: Meter = field(default_factory=Meter)
+    # The metric's calls (a judge's): counted here and, through the parent link, in ``meter`` too.
+    metric_meter: Meter = field(init=False)
     number: int = 1
     cause: str | None = None  # why this attempt is a retry (its attempt span's label)
     retried: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.metric_meter = Meter(parent=self.meter)
+
+    def metric_usage(self) -> tuple[int, float | None]:
+        """Return the metric's LM calls and their cost (None when a call had no known price)."""
+        usage = self.metric_meter.usage()
+        return usage.lm_calls, usage.cost
 
     def note_retry(self, error: BaseException, wait: float) -> None:
         """Record that this attempt failed with ``error`` and the next one comes after ``wait`` seconds."""
@@ -474,7 +510,7 @@ class TrialRunner:
                     token.check()
                     prediction = self._predict(module, task, overrides, attempts)
                     stage = "metric"
-                    score = self._score_prediction(task, prediction, attempts.meter)
+                    score, feedback = self._score_prediction(task, prediction, attempts, overrides)
                     break
                 except Exception as error:
                     failed = self._retry_or_fail(task, token, error, stage, attempts)
@@ -482,7 +518,7 @@ class TrialRunner:
                         return failed
         finally:
             token.unbind(bound)
-        return self._scored(task, prediction, score, attempts)
+        return self._scored(task, prediction, (score, feedback), attempts)
 
     def _overrides(self, lm: dspy.BaseLM | None) -> dict[str, Any]:
         """Return the DSPy settings a trial runs under: its LM, the adapter, the span recorder's hooks."""
@@ -516,16 +552,31 @@ class TrialRunner:
                     attempt_span.fail(f"{type(error).__name__}: {error}")
                 raise
 
-    def _score_prediction(self, task: TrialTask, prediction: Any, meter: Meter) -> float:
-        """Score ``prediction``, metered: a metric that calls an LM (a judge) spends the trial's money."""
-        with metering(meter):
+    def _score_prediction(
+        self, task: TrialTask, prediction: Any, attempts: _Attempts, overrides: dict[str, Any]
+    ) -> tuple[float, str | None]:
+        """Score ``prediction``; return the score and the metric's feedback text, if it gave one.
+
+        The metric runs under the trial's DSPy settings (its LM, adapter and span hooks), as the
+        program did: a metric that calls an LM (a judge) uses the run's LM unless it brings its own,
+        its calls are spans under the metric's span, and they are metered into the trial's usage
+        and, apart, into the metric's (``metric_lm_calls``, ``metric_cost``).
+        """
+        with metering(attempts.metric_meter, overrides=overrides):
             if self.recorder is None:
-                return metric_score(self.metric(task.example, prediction))
+                value = self.metric(task.example, prediction)
+                return metric_score(value), metric_feedback(value)
             with metric_span(self._metric_name) as handle:
                 handle.set(expected=_expected(task.example), got=_got(prediction))
-                score = metric_score(self.metric(task.example, prediction))
+                value = self.metric(task.example, prediction)
+                score, feedback = metric_score(value), metric_feedback(value)
                 handle.set(score=score)
-                return score
+                if feedback is not None:
+                    handle.set(feedback=feedback)
+                calls, cost = attempts.metric_usage()
+                if calls:
+                    handle.set(metric_lm_calls=calls, metric_cost=cost)
+                return score, feedback
 
     def _retry_or_fail(
         self, task: TrialTask, token: CancelToken, error: Exception, stage: str, attempts: _Attempts
@@ -560,18 +611,22 @@ class TrialRunner:
             usage=_usage(attempts.meter),
             attempt=attempts.number,
             retried=attempts.retried,
+            metric_usage=attempts.metric_usage(),
         )
 
     @staticmethod
-    def _scored(task: TrialTask, prediction: Any, score: float, attempts: _Attempts) -> TrialResult:
-        """Return the record of the trial that scored ``score``."""
+    def _scored(
+        task: TrialTask, prediction: Any, scored: tuple[float, str | None], attempts: _Attempts
+    ) -> TrialResult:
+        """Return the record of the trial that scored ``scored`` (its score and the metric's feedback)."""
         input_tokens, output_tokens, cost, calls, unpriced = _usage(attempts.meter)
+        metric_calls, metric_cost = attempts.metric_usage()
         return trial_record(
             index=task.index,
             example_id=task.example_id,
             repeat=task.repeat,
             status="ok",
-            score=score,
+            score=scored[0],
             prediction=json.dumps(to_json_value(prediction), ensure_ascii=False),
             latency=time.perf_counter() - attempts.clock,
             input_tokens=input_tokens,
@@ -583,6 +638,9 @@ class TrialRunner:
             finished_at=time.time(),
             retries=json.dumps(attempts.retried) if attempts.retried else None,
             unpriced_models=",".join(unpriced) or None,
+            feedback=scored[1],
+            metric_lm_calls=metric_calls,
+            metric_cost=metric_cost,
         )
 
     @staticmethod
@@ -596,8 +654,13 @@ class TrialRunner:
         usage: tuple[int, int, float | None, int, tuple[str, ...]] = (0, 0, 0.0, 0, ()),
         attempt: int,
         retried: Sequence[dict[str, Any]] = (),
+        metric_usage: tuple[int, float | None] = (0, 0.0),
     ) -> TrialResult:
-        """Return the record of a trial that raised ``error`` at ``stage`` (secrets in its text masked)."""
+        """Return the record of a trial that raised ``error`` at ``stage`` (secrets in its text masked).
+
+        ``metric_usage`` is the metric's part of ``usage`` (LM calls, cost): a judge that failed may
+        have spent.
+        """
         input_tokens, output_tokens, cost, calls, unpriced = usage
         message, trace = _error_text(error)
         return trial_record(
@@ -621,6 +684,8 @@ class TrialRunner:
             finished_at=time.time(),
             retries=json.dumps(list(retried)) if retried else None,
             unpriced_models=",".join(unpriced) or None,
+            metric_lm_calls=metric_usage[0],
+            metric_cost=metric_usage[1],
         )
 
     def abandon(self, task: TrialTask, token: CancelToken, *, started: float, reason: str) -> TrialResult:

@@ -3,7 +3,8 @@
 Records are append-only and flat: experiments (one row per run, updated in
 place only for status and summary; a run nested in another, such as an
 optimization's candidate evaluations, names it in ``parent_id`` and says what it
-is for in ``role``), trials (one row per finished trial).
+is for in ``role``), trials (one row per finished trial), annotations (a person's verdict on a trial:
+a label, a note, a corrected gold; a later one supersedes, every one is kept).
 Trees and most aggregates are computed when read; each experiment's trial
 counts and score sums (``experiment_stats``) are kept up to date by the writes.
 """
@@ -38,7 +39,7 @@ __all__ = [
     "trials_frame",
 ]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 @cache
@@ -338,6 +339,29 @@ def _migrate_to_7(connection: duckdb.DuckDBPyConnection) -> None:
         connection.executemany("UPDATE experiments SET parent_id = ?, role = ? WHERE id = ?", links)
 
 
+# Version 8: what a feedback metric said about each trial, and people's annotations of trials. An
+# annotation is never updated: a later one of the same trial supersedes it in the current views
+# (``created_at``, then ``seq``, decides), and the history stays. ``example_id`` is copied from the
+# trial so a dataset can be filtered by annotations without reading trial ids; ``corrected_gold`` is the
+# example's gold fields as the annotator says they should be (a JSON object).
+_ANNOTATIONS_DDL = """
+CREATE SEQUENCE IF NOT EXISTS annotation_seq;
+CREATE TABLE IF NOT EXISTS annotations (
+    id VARCHAR PRIMARY KEY,
+    seq BIGINT NOT NULL DEFAULT nextval('annotation_seq'),
+    experiment_id VARCHAR NOT NULL,
+    trial_id VARCHAR NOT NULL,
+    example_id VARCHAR NOT NULL,
+    label VARCHAR,
+    note VARCHAR,
+    corrected_gold JSON,
+    author VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);
+"""
+
+_VERSION_8 = "ALTER TABLE trials ADD COLUMN IF NOT EXISTS feedback VARCHAR;" + _ANNOTATIONS_DDL
+
 # version -> statements that bring a journal from (version - 1) to version. Version 1 is never a
 # migration target: a file without journal tables is created at the current version (_create).
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
@@ -347,6 +371,7 @@ MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
     5: lambda connection: connection.execute(_VERSION_5),
     6: lambda connection: connection.execute(_VERSION_6),
     7: _migrate_to_7,
+    8: lambda connection: connection.execute(_VERSION_8),
 }
 
 
@@ -358,6 +383,7 @@ def _create(connection: duckdb.DuckDBPyConnection) -> None:
     connection.execute(_VERSION_3)
     connection.execute(_VERSION_5)
     connection.execute(_STATS_DDL)
+    connection.execute(_ANNOTATIONS_DDL)
 
 
 def current_version(connection: duckdb.DuckDBPyConnection) -> int:
