@@ -272,12 +272,18 @@ class Meter:
     call read from another thread in the instant between its usage and its history entry
     shows its table price, then DSPy's). A meter bound inside another meter's block also
     counts into the outer one.
+
+    Args:
+        parent: a meter that also counts every call this one counts (a trial's meter, for the
+            meter of its metric's calls), however the blocks are nested.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, parent: Meter | None = None) -> None:
+        if parent is not None and not isinstance(parent, Meter):
+            raise ProgramSpecError(f"Meter(parent=...) needs a Meter, not {type(parent).__name__}")
         self._lock = threading.Lock()
         self._calls: list[_Call] = []
-        self._parent: Meter | None = None
+        self._parent: Meter | None = parent
         self._hooks: MeteringHooks | None = None  # DSPy usage tracker and history tap, made on first use
 
     def calls(self) -> tuple[MeteredCall, ...]:
