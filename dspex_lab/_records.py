@@ -70,6 +70,9 @@ TRIAL_FIELDS: tuple[TrialField, ...] = (
     TrialField("unpriced_models", "unpriced_models", "VARCHAR", "string"),
     # What the metric said about the prediction, beyond its score (a feedback metric's text).
     TrialField("feedback", "feedback", "VARCHAR", "string"),
+    # The part of ``lm_calls`` and ``cost`` the metric spent (a judge's LM calls).
+    TrialField("metric_lm_calls", "metric_lm_calls", "INTEGER", "int32"),
+    TrialField("metric_cost", "metric_cost", "DOUBLE", "float64"),
 )
 
 TRIAL_COLUMNS: tuple[str, ...] = tuple(item.column for item in TRIAL_FIELDS)

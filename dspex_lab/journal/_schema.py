@@ -339,8 +339,8 @@ def _migrate_to_7(connection: duckdb.DuckDBPyConnection) -> None:
         connection.executemany("UPDATE experiments SET parent_id = ?, role = ? WHERE id = ?", links)
 
 
-# Version 8: what a feedback metric said about each trial, and people's annotations of trials. An
-# annotation is never updated: a later one of the same trial supersedes it in the current views
+# Version 8: what a feedback metric said about each trial and what the metric spent (a judge's LM
+# calls), and people's annotations of trials. An annotation is never updated: a later one of the same trial supersedes it in the current views
 # (``created_at``, then ``seq``, decides), and the history stays. ``example_id`` is copied from the
 # trial so a dataset can be filtered by annotations without reading trial ids; ``corrected_gold`` is the
 # example's gold fields as the annotator says they should be (a JSON object).
@@ -360,7 +360,11 @@ CREATE TABLE IF NOT EXISTS annotations (
 );
 """
 
-_VERSION_8 = "ALTER TABLE trials ADD COLUMN IF NOT EXISTS feedback VARCHAR;" + _ANNOTATIONS_DDL
+_VERSION_8 = (
+    "ALTER TABLE trials ADD COLUMN IF NOT EXISTS feedback VARCHAR;"
+    "ALTER TABLE trials ADD COLUMN IF NOT EXISTS metric_lm_calls INTEGER;"
+    "ALTER TABLE trials ADD COLUMN IF NOT EXISTS metric_cost DOUBLE;" + _ANNOTATIONS_DDL
+)
 
 # version -> statements that bring a journal from (version - 1) to version. Version 1 is never a
 # migration target: a file without journal tables is created at the current version (_create).
