@@ -21,6 +21,7 @@ from dspex_lab.program._bounded import (
     parse_yaml_spec,
 )
 from dspex_lab.program._constraints import Constraint
+from dspex_lab.program._dspy_io import MAX_DSPY_DEMOS, MAX_DSPY_FILE_BYTES
 from dspex_lab.program._program import Program
 from dspex_lab.program._registry import (
     allowed_prefixes,
@@ -44,6 +45,8 @@ from dspex_lab.program._variables import (
 )
 
 __all__ = [
+    "MAX_DSPY_DEMOS",
+    "MAX_DSPY_FILE_BYTES",
     "MAX_SPEC_CHARACTERS",
     "Binding",
     "Bool",

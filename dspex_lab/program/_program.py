@@ -6,7 +6,9 @@ import functools
 import hashlib
 import html
 import json
+import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -18,6 +20,7 @@ from dspex_lab.errors import ProgramSpecError, VariableError, bounded_repr
 from dspex_lab.program._bindings import BoundSettings, PredictorSettings, check_predictor_name, wrap_instructions
 from dspex_lab.program._bounded import check_spec_value, parse_json_spec
 from dspex_lab.program._constraints import Constraint
+from dspex_lab.program._dspy_io import program_from_dspy, save_dspy
 from dspex_lab.program._registry import module_name, resolve_module
 from dspex_lab.program._safety import (
     check_attribute_target,
@@ -477,6 +480,61 @@ class Program:
                 length) or does not describe a valid program.
         """
         return cls.from_dict(parse_json_spec(text, source=source))
+
+    @classmethod
+    def from_dspy(
+        cls,
+        source: dspy.Module | str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        module_class: str | type | None = None,
+        signature: str | None = None,
+    ) -> Program:
+        """Lift a live DSPy module, or a file saved with DSPy's ``module.save("x.json")``, into a program.
+
+        Each predictor's instructions and demos become ``Text`` and ``Demos`` variables, named as
+        SIMBA-C names them (``instructions``/``demos`` for one predictor, ``instructions__solve``/
+        ``demos__solve`` per predictor), so optimizers search them; a saved LM keeps only its model,
+        temperature and max_tokens, each checked as a spec's (endpoints and keys never travel; what
+        is left out is said in a ``DspexLabWarning``). Built, the program predicts as the module did.
+
+        Args:
+            source: a ``dspy.Module`` (its class registered with :func:`~dspex_lab.program.register`,
+                or a dspy built-in whose signature is read from it), or the path of a ``.json`` state.
+            name: the program's name (default: the file's stem, or the module's class name).
+            module_class: the class the state belongs to, a registered name or a dspy built-in;
+                required for a path, since a saved state does not name its class.
+            signature: the signature text a dspy built-in is constructed with (``"question -> answer"``);
+                required with a built-in ``module_class`` for a path.
+
+        Raises:
+            ProgramSpecError: the source is a pickle or a ``save_program=True`` directory (code, never
+                read), is over :data:`~dspex_lab.program.MAX_DSPY_FILE_BYTES` bytes or
+                :data:`~dspex_lab.program.MAX_DSPY_DEMOS` demos per predictor, its predictors or field
+                texts are not those the class builds, or its class cannot be named in a spec.
+        """
+        return program_from_dspy(source, name=name, module_class=module_class, signature=signature)
+
+    def to_dspy(self, *, lm: dspy.BaseLM | None = None) -> dspy.Module:
+        """Return the live DSPy module with the current values applied: :meth:`build`, named for DSPy users."""
+        return self.build(lm=lm)
+
+    def save_dspy(self, path: str | os.PathLike[str], *, lm: dspy.BaseLM | None = None) -> Path:
+        """Write the built module in DSPy's own JSON format, so ``module.load(path)`` in plain DSPy restores it.
+
+        Written through the module's ``save``; every predictor's instructions and demos, and the LM
+        of a predictor the program configures (without ``api_base`` or any credential). DSPy loads
+        an LM of its own class as is; a lab model's LM is a custom class, which DSPy loads only with
+        ``module.load(path, allow_unsafe_lm_state=True)``.
+
+        Args:
+            path: a ``.json`` file (written atomically).
+            lm: the run's LM the program's LM settings configure, as in :meth:`build`.
+
+        Returns:
+            The path written.
+        """
+        return save_dspy(self, path, lm=lm)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Program) and self.to_dict() == other.to_dict()
