@@ -3,7 +3,8 @@
 :class:`DuckDBJournal` is the file access of ``_file.py`` (open per call, hold for a run, serve the
 other processes meanwhile) with the query mixins every store shares: experiments and hypotheses
 (``_experiments.py``), trials and spans (``_trials.py``, streamed by the ``TrialWriter`` of
-``_writer.py``), optimization runs (``_optimization.py``) and the views (``_views.py``). The
+``_writer.py``), optimization runs (``_optimization.py``), the views (``_views.py``) and people's
+annotations of trials (``_annotations.py``). The
 in-memory journal (``_memory.py``) is the same mixins over an in-memory database.
 """
 
@@ -13,6 +14,7 @@ import os
 
 from dspex_lab._records import ExperimentRecord
 from dspex_lab.journal import _base, _experiments, _file, _trials, _views
+from dspex_lab.journal._annotations import AnnotationQueries
 from dspex_lab.journal._experiments import ExperimentQueries
 from dspex_lab.journal._file import FileAccess, serve_calls
 from dspex_lab.journal._optimization import OptimizationQueries
@@ -24,7 +26,7 @@ __all__ = ["LEADERBOARD_COLUMNS", "TRIAL_SORTS", "DuckDBJournal", "ExperimentRec
 
 
 @serve_calls
-class DuckDBJournal(FileAccess, ExperimentQueries, TrialQueries, OptimizationQueries, ViewQueries):
+class DuckDBJournal(FileAccess, ExperimentQueries, TrialQueries, OptimizationQueries, ViewQueries, AnnotationQueries):
     """The default journal: a DuckDB file shared by kernels, the CLI and the dashboard.
 
     What is written is durable: it is in the file for other processes and later sessions.

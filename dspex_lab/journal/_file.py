@@ -67,7 +67,7 @@ _SERVED: set[str] = set()
 _WRITES = frozenset(
     {
         "create_experiment", "claim_experiment", "finish_experiment", "append_trials", "register_hypothesis",
-        "decide_hypothesis", "record_candidates", "record_step", "finish_children",
+        "decide_hypothesis", "record_candidates", "record_step", "finish_children", "record_annotation",
     }
 )  # fmt: skip
 _Method = TypeVar("_Method", bound=Callable[..., Any])
@@ -151,7 +151,7 @@ _SERVED_CALLS = (
     "children", "parent", "ended_summaries", "experiment", "trial_rows", "trial_counts", "leaderboard",
     "score_intervals", "trial_page", "paired_scores", "comparable_pair", "span_rows", "span_counts",
     "dataset_examples", "hypothesis_rows", "candidate_rows", "step_rows", "children_trial_rows", "finished_keys",
-    "child_timeline",
+    "child_timeline", "record_annotation", "annotation_rows",
 )  # fmt: skip
 
 

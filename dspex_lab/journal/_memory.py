@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import duckdb
 
+from dspex_lab.journal._annotations import AnnotationQueries
 from dspex_lab.journal._base import keeping_interrupts
 from dspex_lab.journal._experiments import ExperimentQueries
 from dspex_lab.journal._optimization import OptimizationQueries
@@ -27,7 +28,7 @@ from dspex_lab.journal._views import ViewQueries
 __all__ = ["MemoryJournal", "memory_journal"]
 
 
-class MemoryJournal(ExperimentQueries, TrialQueries, OptimizationQueries, ViewQueries):
+class MemoryJournal(ExperimentQueries, TrialQueries, OptimizationQueries, ViewQueries, AnnotationQueries):
     """A journal kept in this process's memory for the object's life: nothing is written to disk.
 
     Thread safety: every method may be called from any thread; calls are serialised by one lock, each

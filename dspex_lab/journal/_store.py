@@ -246,6 +246,29 @@ class JournalWriter(Protocol):
         """Give ``status`` to the experiments nested in ``run_id`` that still run; ended ones keep theirs."""
         ...
 
+    def annotate(
+        self,
+        experiment_id: str,
+        trial_id: str,
+        *,
+        label: str | None = None,
+        note: str | None = None,
+        corrected_gold: dict[str, Any] | None = None,
+        author: str | None = None,
+    ) -> str:
+        """Record a person's verdict on a recorded trial and return the annotation's id.
+
+        Annotations are append-only: a later one of the same trial supersedes it in the current view and
+        the earlier ones stay in the history. Raises :class:`~dspex_lab.errors.JournalError` for an unknown
+        trial, an empty annotation, a text past its bound (label 100, note 4,000, author 100 characters),
+        or a corrected gold that is not a JSON object of at most 16 KB or names an input field.
+        """
+        ...
+
+    def record_annotation(self, record: dict[str, Any]) -> str:
+        """Write an annotation record built by ``annotate`` (its id made before the write); the same id again changes nothing."""
+        ...
+
 
 @runtime_checkable
 class JournalReader(Protocol):
@@ -382,6 +405,19 @@ class JournalReader(Protocol):
 
     def children_trial_rows(self, parent_id: str) -> list[dict[str, Any]]:
         """Return the trials of every experiment nested in ``parent_id``, by experiment id, then example order."""
+        ...
+
+    def annotation_rows(self, experiment_id: str | None = None, *, current: bool = False) -> list[dict[str, Any]]:
+        """Return annotations (of one experiment, or all) as dicts, oldest first (then by id).
+
+        Each has ``id``, ``experiment_id``, ``trial_id``, ``example_id``, ``label``, ``note``,
+        ``corrected_gold`` (the decoded JSON object, or None), ``author`` and ``created_at`` (UTC,
+        naive). With ``current``, only each trial's latest annotation, the one in force.
+        """
+        ...
+
+    def annotations(self, experiment_id: str | None = None, *, current: bool = False) -> Any:
+        """Return :meth:`annotation_rows` as a DataFrame with those columns, even when empty."""
         ...
 
     def child_timeline(self, parent_id: str) -> list[dict[str, Any]]:

@@ -1,0 +1,221 @@
+"""Annotations: a person's verdict on a trial (a label, a note, a corrected gold), kept as history.
+
+An annotation is never changed once written. Annotating the same trial again adds a row that
+supersedes the earlier one in the current view (``annotation_rows(current=True)``, the CLI's label
+column, ``Dataset.from_journal``): each annotation is a whole verdict, so a later one with only a note
+leaves the trial with no label. Every earlier one stays readable (``current=False``), with who wrote it
+and when.
+
+Texts are bounded so a journal cannot be filled by a pasted file: a label is a short tag
+(:data:`MAX_LABEL` characters), a note a paragraph or a few (:data:`MAX_NOTE`), a corrected gold a JSON
+object of the example's gold fields of at most :data:`MAX_GOLD_BYTES` bytes encoded.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from dspex_lab.errors import JournalError
+from dspex_lab.journal._base import DuckDBStore, _now
+
+if TYPE_CHECKING:
+    import duckdb
+    import pandas as pd
+
+__all__ = ["ANNOTATION_COLUMNS", "MAX_AUTHOR", "MAX_GOLD_BYTES", "MAX_LABEL", "MAX_NOTE", "AnnotationQueries"]
+
+MAX_LABEL = 100
+MAX_NOTE = 4000
+MAX_AUTHOR = 100
+MAX_GOLD_BYTES = 16 * 1024
+
+#: The columns of :meth:`AnnotationQueries.annotations` and of each dict of ``annotation_rows``.
+ANNOTATION_COLUMNS = (
+    "id", "experiment_id", "trial_id", "example_id", "label", "note", "corrected_gold", "author", "created_at",
+)  # fmt: skip
+
+_SELECT = f"SELECT {', '.join(ANNOTATION_COLUMNS)} FROM annotations"
+# The latest annotation of each trial: ``seq`` orders two written in the same microsecond.
+_CURRENT = " QUALIFY row_number() OVER (PARTITION BY experiment_id, trial_id ORDER BY created_at DESC, seq DESC) = 1"
+
+
+def _bounded_text(value: Any, name: str, limit: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise JournalError(f"annotation {name} must be text, got {type(value).__name__}")
+    if len(value) > limit:
+        raise JournalError(f"annotation {name} is {len(value)} characters; at most {limit} are kept")
+    return value
+
+
+def _gold_json(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise JournalError(
+            "corrected_gold must be a mapping of the example's gold field names to values, "
+            f"e.g. {{'answer': '42'}}; got {type(value).__name__}"
+        )
+    try:
+        text = json.dumps(dict(value), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise JournalError(f"corrected_gold must hold JSON values only: {error}") from error
+    size = len(text.encode("utf-8"))
+    if size > MAX_GOLD_BYTES:
+        raise JournalError(f"corrected_gold is {size} bytes of JSON; at most {MAX_GOLD_BYTES} are kept")
+    return text
+
+
+def _default_author() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (a container's bare uid)
+        return "unknown"
+
+
+def annotation_record(
+    experiment_id: str,
+    trial_id: str,
+    *,
+    label: str | None = None,
+    note: str | None = None,
+    corrected_gold: Mapping[str, Any] | None = None,
+    author: str | None = None,
+) -> dict[str, Any]:
+    """Return a checked annotation record, with a new id (what :meth:`AnnotationQueries.record_annotation` writes).
+
+    Raises:
+        JournalError: nothing to record, or a text or the gold past its bound or of the wrong type.
+    """
+    for name, value in (("experiment_id", experiment_id), ("trial_id", trial_id)):
+        if not isinstance(value, str) or not value:
+            raise JournalError(f"annotate needs the {name} as non-empty text, got {value!r:.80}")
+    record = {
+        "id": uuid.uuid4().hex,
+        "experiment_id": experiment_id,
+        "trial_id": trial_id,
+        "label": _bounded_text(label, "label", MAX_LABEL),
+        "note": _bounded_text(note, "note", MAX_NOTE),
+        "corrected_gold": _gold_json(corrected_gold),
+        "author": _bounded_text(_default_author() if author is None else author, "author", MAX_AUTHOR),
+    }
+    if record["label"] is None and record["note"] is None and record["corrected_gold"] is None:
+        raise JournalError(f"annotation of trial {trial_id!r:.80} is empty: give a label, a note or a corrected gold")
+    if not record["author"]:
+        raise JournalError("annotation author must be non-empty text")
+    return record
+
+
+class AnnotationQueries(DuckDBStore):
+    """Annotate trials and read the annotations back (every one, or each trial's current one)."""
+
+    def annotate(
+        self,
+        experiment_id: str,
+        trial_id: str,
+        *,
+        label: str | None = None,
+        note: str | None = None,
+        corrected_gold: Mapping[str, Any] | None = None,
+        author: str | None = None,
+    ) -> str:
+        """Record a person's verdict on a trial and return the annotation's id.
+
+        The annotation supersedes the trial's earlier ones in the current view; they stay in the
+        history. Its id is made here, before the write, so the write may be retried (through another
+        process's journal service) without recording it twice.
+
+        Args:
+            experiment_id: the experiment the trial belongs to.
+            trial_id: the trial (``<example id>/r<repeat>``).
+            label: a short tag such as ``wrong gold`` (at most 100 characters).
+            note: free text (at most 4,000 characters).
+            corrected_gold: the example's gold fields as they should be, e.g. ``{"answer": "42"}``
+                (a JSON object of at most 16 KB; input fields are refused).
+            author: who annotates (default: the operating system's user name).
+
+        Raises:
+            JournalError: no such trial, nothing to record, or a value past its bound.
+        """
+        record = annotation_record(
+            experiment_id, trial_id, label=label, note=note, corrected_gold=corrected_gold, author=author
+        )
+        return self.record_annotation(record)
+
+    def record_annotation(self, record: dict[str, Any]) -> str:
+        """Write an annotation record (:func:`annotation_record`'s); writing the same id again changes nothing."""
+        with self._connect(write=True) as connection:
+            example_id = _trial_example(connection, record, self.location)
+            connection.execute(
+                """INSERT OR IGNORE INTO annotations (id, experiment_id, trial_id, example_id, label, note,
+                   corrected_gold, author, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [
+                    record["id"], record["experiment_id"], record["trial_id"], example_id, record["label"],
+                    record["note"], record["corrected_gold"], record["author"], _now(),
+                ],
+            )  # fmt: skip
+        return str(record["id"])
+
+    def annotation_rows(self, experiment_id: str | None = None, *, current: bool = False) -> list[dict[str, Any]]:
+        """Return annotations as dicts (``corrected_gold`` decoded), oldest first.
+
+        Args:
+            experiment_id: one experiment's (default: every experiment's).
+            current: only each trial's latest annotation (the one in force), not the history.
+        """
+        if not isinstance(current, bool):
+            raise JournalError(f"annotation_rows(current=...) must be True or False, got {current!r}")
+        if not self._exists():
+            return []
+        where, parameters = ("", []) if experiment_id is None else (" WHERE experiment_id = ?", [experiment_id])
+        query = _SELECT + where + (_CURRENT if current else "")
+        rows = self._rows(f"SELECT * FROM ({query}) ORDER BY created_at, id", parameters)
+        for row in rows:
+            if isinstance(row["corrected_gold"], str):
+                row["corrected_gold"] = json.loads(row["corrected_gold"])
+        return rows
+
+    def annotations(self, experiment_id: str | None = None, *, current: bool = False) -> pd.DataFrame:
+        """Return annotations as a DataFrame, oldest first (see :meth:`annotation_rows`).
+
+        ``corrected_gold`` holds the decoded JSON object (or None); ``created_at`` is UTC, naive.
+        """
+        import pandas as pd
+
+        rows = self.annotation_rows(experiment_id, current=current)
+        frame = pd.DataFrame(rows, columns=list(ANNOTATION_COLUMNS))
+        frame["created_at"] = pd.to_datetime(frame["created_at"])
+        return frame
+
+
+def _trial_example(connection: duckdb.DuckDBPyConnection, record: Mapping[str, Any], location: str) -> str:
+    """Return the annotated trial's example id; refuse an unknown trial or a gold that names an input field."""
+    found = connection.execute(
+        "SELECT example_id FROM trials WHERE experiment_id = ? AND trial_id = ?",
+        [record["experiment_id"], record["trial_id"]],
+    ).fetchone()
+    if found is None:
+        raise JournalError(
+            f"no trial {record['trial_id']!r:.80} in experiment {record['experiment_id']!r:.80} of {location}; "
+            f"list its trials with: dspex journal trials {record['experiment_id']:.80}"
+        )
+    example_id = str(found[0])
+    if record["corrected_gold"] is not None:
+        stored = connection.execute(
+            """SELECT d.record FROM experiments e JOIN dataset_examples d ON d.dataset_fingerprint = e.dataset_fingerprint
+               WHERE e.id = ? AND d.example_id = ? LIMIT 1""",
+            [record["experiment_id"], example_id],
+        ).fetchone()
+        inputs = set(json.loads(stored[0]).get("inputs") or []) if stored is not None else set()
+        named = sorted(inputs & set(json.loads(record["corrected_gold"])))
+        if named:
+            raise JournalError(
+                f"corrected_gold names the input field(s) {named} of example {example_id!r:.80}; "
+                "a gold correction changes only the fields the program should output"
+            )
+    return example_id
