@@ -214,6 +214,8 @@ MAY_IMPORT: dict[str, set[str]] = {
         "journal",
     },
     "dashboard": {"journal", "trace", "stats"},
+    # dx.autolog(): DSPy's own Evaluate and compile calls journaled as evaluations (issue 24, item 1).
+    "integrations": {"evaluation"},
 }
 # Single modules a layer may use outside its column, each for a stated reason.
 MAY_IMPORT_MODULES: dict[str, set[str]] = {

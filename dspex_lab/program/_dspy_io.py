@@ -365,7 +365,8 @@ def _check_rebuilt(program: Program, states: Mapping[str, Any], *, where: str) -
             raise ProgramSpecError(
                 f"{where}: predictor {predictor_name!r}'s saved field texts {bounded_repr(saved_fields, limit=160)} "
                 f"are not those {module} builds ({bounded_repr(built, limit=160)}); a program carries "
-                "instructions and demos, not field prefixes or descriptions: check module_class= and signature="
+                "instructions and demos, not field texts: check module_class= and signature=, or register a class "
+                "that builds these fields"
             )
 
 
