@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         rerun_package,
         verify_package,
     )
+    from dspex_lab.integrations import autolog
     from dspex_lab.journal import open_journal
     from dspex_lab.lm import lab_lm
     from dspex_lab.notebook import ExperimentBrowser, RunProgress, VariableControls
@@ -88,6 +89,7 @@ _EXPORTS: dict[str, str] = {
     },
     **{name: "dspex_lab.session" for name in ("Context", "current_context")},
     "open_journal": "dspex_lab.journal",
+    "autolog": "dspex_lab.integrations",
     "lab_lm": "dspex_lab.lm",
     # The notebook's widgets need the notebook extra (anywidget); reading one loads that layer.
     **{name: "dspex_lab.notebook" for name in ("ExperimentBrowser", "RunProgress", "VariableControls")},
@@ -117,7 +119,7 @@ _EXPORTS: dict[str, str] = {
 _MODULES = (
     *("datasets", "errors", "metrics", "stats"),
     *("config", "data", "engine", "evaluation", "journal", "lm", "optimization", "program", "providers"),
-    *("session", "tasks", "trace"),
+    *("integrations", "session", "tasks", "trace"),
 )
 _load, _list = lazy_exports(__name__, globals(), _EXPORTS, modules=_MODULES)
 
@@ -222,6 +224,7 @@ __all__ = [
     "Verdict",
     "VerificationReport",
     "__version__",
+    "autolog",
     "compare",
     "compare_many",
     "current_context",
