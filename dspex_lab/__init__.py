@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from dspex_lab.journal import open_journal
     from dspex_lab.lm import lab_lm
     from dspex_lab.notebook import ExperimentBrowser, RunProgress, VariableControls
-    from dspex_lab.optimization import Guardrail, Objective, OptimizationResult, SimbaC, optimize
+    from dspex_lab.optimization import Guardrail, Objective, OptimizationResult, OptunaSearch, SimbaC, optimize
     from dspex_lab.program import (
         Binding,
         Bool,
@@ -95,7 +95,7 @@ _EXPORTS: dict[str, str] = {
     **{name: "dspex_lab.notebook" for name in ("ExperimentBrowser", "RunProgress", "VariableControls")},
     **{
         name: "dspex_lab.optimization"
-        for name in ("Guardrail", "Objective", "OptimizationResult", "SimbaC", "optimize")
+        for name in ("Guardrail", "Objective", "OptimizationResult", "OptunaSearch", "SimbaC", "optimize")
     },
     **{
         name: "dspex_lab.program"
@@ -215,6 +215,7 @@ __all__ = [
     "ModuleType",
     "Objective",
     "OptimizationResult",
+    "OptunaSearch",
     "Program",
     "RerunReport",
     "RunProgress",

@@ -23,6 +23,7 @@ from dspex_lab.optimization._importance import (
 )
 from dspex_lab.optimization._objective import GUARDRAIL_SYNTAX, Guardrail, GuardrailCheck, Objective, parse_objective
 from dspex_lab.optimization._optimize import DSPY_OPTIMIZERS, OptimizationStep, optimize
+from dspex_lab.optimization._optuna import OPTUNA_IMPORTANCE_COLUMNS, SAMPLERS, OptunaSearch, optuna_importance
 from dspex_lab.optimization._pareto import PARETO_COLUMNS, pareto_text, run_pareto
 from dspex_lab.optimization._plot import (
     ConvergenceData,
@@ -41,7 +42,9 @@ __all__ = [
     "DSPY_OPTIMIZERS",
     "GUARDRAIL_SYNTAX",
     "IMPORTANCE_COLUMNS",
+    "OPTUNA_IMPORTANCE_COLUMNS",
     "PARETO_COLUMNS",
+    "SAMPLERS",
     "STEP_COLUMNS",
     "ConvergenceData",
     "DspyOptimizer",
@@ -54,6 +57,7 @@ __all__ = [
     "OptimizationStanding",
     "OptimizationStarted",
     "OptimizationStep",
+    "OptunaSearch",
     "ProposeRule",
     "RunDisplay",
     "ScoredConfigurations",
@@ -66,6 +70,7 @@ __all__ = [
     "importance_html",
     "importance_text",
     "optimize",
+    "optuna_importance",
     "pareto_plot",
     "pareto_text",
     "parse_objective",

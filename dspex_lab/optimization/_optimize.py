@@ -19,6 +19,7 @@ from dspex_lab.optimization._display import RunDisplay, Subscriber, live_plot
 from dspex_lab.optimization._dspy import DspyOptimizer
 from dspex_lab.optimization._evaluator import CandidateEvaluator
 from dspex_lab.optimization._objective import Objective
+from dspex_lab.optimization._optuna import OptunaSearch, run_optuna
 from dspex_lab.optimization._result import OptimizationResult
 from dspex_lab.optimization._schedule import look_ends
 from dspex_lab.optimization._session import OptimizationStep, RunSession, start_run
@@ -33,7 +34,7 @@ __all__ = ["DSPY_OPTIMIZERS", "OptimizationStep", "optimize"]
 
 #: Names ``optimizer=`` accepts for DSPy's own optimizers (run through dspex_lab's engine and journal).
 DSPY_OPTIMIZERS = ("simba", "mipro", "gepa", "bootstrap")
-OPTIMIZER_NAMES = ("simba-c", *DSPY_OPTIMIZERS)
+OPTIMIZER_NAMES = ("simba-c", "optuna", *DSPY_OPTIMIZERS)
 
 #: The part of the valset held out for the confirmation when no testset is given.
 CONFIRM_FRACTION = 0.3
@@ -66,18 +67,23 @@ def _dataset(value: Dataset | Sequence[dspy.Example], role: str) -> Dataset:
     return data
 
 
-def _resolve_optimizer(optimizer: SimbaC | DspyOptimizer | str) -> SimbaC | DspyOptimizer:
+def _resolve_optimizer(
+    optimizer: SimbaC | DspyOptimizer | OptunaSearch | str,
+) -> SimbaC | DspyOptimizer | OptunaSearch:
     if isinstance(optimizer, str):
         key = optimizer.lower().replace("_", "-")
         if key in ("simba-c", "simbac"):
             return SimbaC()
+        if key == "optuna":
+            return OptunaSearch()
         if key in DSPY_OPTIMIZERS:
             return DspyOptimizer(key)
         raise OptimizerError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZER_NAMES)}")
-    if isinstance(optimizer, (SimbaC, DspyOptimizer)):
+    if isinstance(optimizer, (SimbaC, DspyOptimizer, OptunaSearch)):
         return optimizer
     raise OptimizerError(
-        f"optimizer must be dx.SimbaC(...) or one of {', '.join(OPTIMIZER_NAMES)}, got {type(optimizer).__name__}"
+        f"optimizer must be dx.SimbaC(...), dx.OptunaSearch(...) or one of {', '.join(OPTIMIZER_NAMES)}, "
+        f"got {type(optimizer).__name__}"
     )
 
 
@@ -237,7 +243,7 @@ def optimize(
     valset: Dataset | Sequence[dspy.Example],
     *,
     metric: Metric,
-    optimizer: SimbaC | DspyOptimizer | str = "simba-c",
+    optimizer: SimbaC | DspyOptimizer | OptunaSearch | str = "simba-c",
     objective: Objective | None = None,
     budget: Budget | None = None,
     seed: int = 0,
@@ -260,7 +266,8 @@ def optimize(
         trainset: examples for mini-batches, trajectories and demos.
         valset: held-out examples on which candidates are accepted (must not overlap the trainset).
         metric: ``metric(example, prediction)`` returning a finite number or bool.
-        optimizer: ``dx.SimbaC(...)`` (or ``"simba-c"``), or DSPy's ``"simba"``, ``"mipro"``, ``"gepa"``,
+        optimizer: ``dx.SimbaC(...)`` (or ``"simba-c"``), ``dx.OptunaSearch(...)`` (or ``"optuna"``: Optuna's
+            samplers over the typed variables), or DSPy's ``"simba"``, ``"mipro"``, ``"gepa"``,
             ``"bootstrap"``.
         objective: ``dx.Objective(guardrails=[...])``: a candidate is accepted only when its gain is
             significant and every guardrail holds with confidence (``docs/optimize.md``). None: the metric alone.
@@ -344,8 +351,8 @@ def _checked_plan(
 
 
 def _checked_optimizer(
-    program: Program, metric: Metric, seed: int, optimizer: SimbaC | DspyOptimizer | str
-) -> SimbaC | DspyOptimizer:
+    program: Program, metric: Metric, seed: int, optimizer: SimbaC | DspyOptimizer | OptunaSearch | str
+) -> SimbaC | DspyOptimizer | OptunaSearch:
     """Check the program, the metric and the seed; return the optimizer ``optimizer=`` names."""
     if not isinstance(program, Program):
         raise OptimizerError(
@@ -485,6 +492,8 @@ def _run(setup: OptimizationSetup) -> OptimizationResult:
         try:
             if isinstance(setup.optimizer, SimbaC):
                 status, detail = run_simba_c(session, setup.optimizer)
+            elif isinstance(setup.optimizer, OptunaSearch):
+                status, detail = run_optuna(session, setup.optimizer)
             else:
                 status, detail = setup.optimizer.run_dspy(session)
             session.confirm()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from dspex_lab.errors import ExecutionError, JournalError
+from dspex_lab.errors import ExecutionError, JournalError, OptimizerError
 from dspex_lab.evaluation import Comparison, EvaluationResult, comparison_of
 from dspex_lab.journal import JournalStore, trials_frame
 from dspex_lab.optimization._evaluator import evaluation_id
@@ -325,8 +325,14 @@ class OptimizationResult:
         parts.append("accepted" if row["accepted"] else "not accepted")
         return "; ".join(parts)
 
-    def importance(self, *, confidence: float = 0.95, n_bootstrap: int = 2000, seed: int = 0) -> pd.DataFrame:
+    def importance(
+        self, *, confidence: float = 0.95, n_bootstrap: int = 2000, seed: int = 0, method: str = "effects"
+    ) -> pd.DataFrame:
         """Return which variables mattered: each variable's effect on the metric, with its interval.
+
+        ``method="optuna"`` returns Optuna's importance instead (``get_param_importances`` with Optuna's
+        default evaluator) over the typed variables of the fully validated candidates, to read beside this
+        one: see :func:`~dspex_lab.optimization._optuna.optuna_importance`.
 
         Estimated from every configuration the run scored and its per-example scores (screening and
         validation; for DSPy's optimizers also the configurations their compile scored): least squares
@@ -337,6 +343,12 @@ class OptimizationResult:
         estimable*: its effect is NaN, never 0. See :mod:`dspex_lab.optimization._importance` and
         docs/optimize.md, "Which variables mattered".
         """
+        if method == "optuna":
+            from dspex_lab.optimization._optuna import optuna_importance
+
+            return optuna_importance(self)
+        if method != "effects":
+            raise OptimizerError(f"importance(method={method!r}): choose 'effects' (the default) or 'optuna'")
         from dspex_lab.optimization._importance import run_importance
 
         return run_importance(self.journal, self.run_id, confidence=confidence, n_bootstrap=n_bootstrap, seed=seed)

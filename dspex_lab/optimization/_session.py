@@ -578,10 +578,13 @@ class RunSession:
 
 
 def planned_steps(optimizer: Any) -> int:
-    """Return the steps an optimizer takes at most: SIMBA-C's ``max_steps``; DSPy's compile is one step."""
+    """Return the steps an optimizer takes at most: SIMBA-C's ``max_steps``; DSPy's compile is one step.
+
+    Any other optimizer says its own (``planned_steps``: an Optuna study's trials).
+    """
     from dspex_lab.optimization._simba_c import SimbaC  # imported here: SIMBA-C's module imports this one
 
-    return optimizer.max_steps if isinstance(optimizer, SimbaC) else 1
+    return optimizer.max_steps if isinstance(optimizer, SimbaC) else int(getattr(optimizer, "planned_steps", 1))
 
 
 def start_run(setup: OptimizationSetup) -> Experiment:
