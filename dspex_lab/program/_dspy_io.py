@@ -103,6 +103,11 @@ def program_from_dspy(
                 "with dx.register, or a dspy built-in such as 'dspy.ChainOfThought' with signature=...)"
             )
         module_path = _module_path(module_class, where=where)
+        if signature is None and module_path.startswith("dspy.") and module_path not in registered_modules():
+            raise ProgramSpecError(
+                f"{where}: {module_path} is constructed with a signature, which a saved state does not hold; "
+                "pass signature= (e.g. 'question -> answer')"
+            )
         state = _read_saved_state(path)
         name = name if name is not None else path.stem
     else:
@@ -163,7 +168,7 @@ def _signature_text(signature: type[dspy.Signature]) -> str:
 def _live_state(module: dspy.Module, *, where: str) -> dict[str, Any]:
     """Return a live module's state as DSPy would save it, read through the same bounds as a file."""
     try:
-        text = json.dumps(module.dump_state(), ensure_ascii=False, default=str)
+        text = json.dumps(module.dump_state(), ensure_ascii=False)
     except (TypeError, ValueError) as error:
         raise ProgramSpecError(f"{where}: its DSPy state is not JSON: {error}") from None
     state = parse_json_spec(text, source=where)
@@ -213,9 +218,8 @@ def _lift_state(
     """Return the program of ``module_path`` holding the saved state's instructions, demos and LM settings."""
     from dspex_lab.program._program import Program
 
-    template = Program(module_path, signature=signature)
     try:
-        predictors = dict(template.build().named_predictors())
+        predictors = dict(Program(module_path, signature=signature).build().named_predictors())
     except ProgramSpecError as error:
         raise ProgramSpecError(f"{where}: {error}") from None
     states = _predictor_states(state, predictors, where=where)

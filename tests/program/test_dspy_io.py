@@ -141,6 +141,8 @@ def test_a_saved_state_needs_its_class(tmp_path: Path):
     dspy.Predict("question -> answer").save(tmp_path / "qa.json")
     with pytest.raises(ProgramSpecError, match=r"qa.json: a saved DSPy state does not name its module class"):
         dx.Program.from_dspy(tmp_path / "qa.json")
+    with pytest.raises(ProgramSpecError, match=r"qa.json: dspy.Predict is constructed with a signature.*signature="):
+        dx.Program.from_dspy(tmp_path / "qa.json", module_class="dspy.Predict")
     with pytest.raises(ProgramSpecError, match="saved predictors are not the module's"):
         dx.Program.from_dspy(tmp_path / "qa.json", module_class="lab.PlanSolveVerify")
 
