@@ -24,9 +24,10 @@ is logged once, while ``Evaluate`` returns its result as usual. Secrets are mask
 builders every other trial, span and config goes through.
 
 A nested compile (MIPROv2 calling ``BootstrapFewShot.compile`` for its demos) belongs to the
-outermost one. ``Evaluate`` calls and compiles run while ``dx.evaluate`` or ``dx.optimize`` runs are
-journaled by those, with their own trials; autolog also hears the DSPy calls ``dx.optimize``'s DSPy
-bridge makes, and records them as one more experiment (see ``docs/autolog.md``).
+outermost one. Runs dspex_lab already journals are left to it: an ``Evaluate`` or a ``compile``
+started inside a ``dx.evaluate`` trial or ``dx.optimize``'s DSPy bridge (both count their LM calls
+in a :func:`~dspex_lab.providers.metering` block, which :func:`~dspex_lab.providers.current_meter`
+tells) is not journaled a second time.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from dspex_lab.engine import metric_feedback, metric_score, to_json_value, trial
 from dspex_lab.errors import DatasetError
 from dspex_lab.evaluation import EvaluationResult
 from dspex_lab.journal import JournalStore
-from dspex_lab.providers import call_cost
+from dspex_lab.providers import call_cost, current_meter
 from dspex_lab.session import Experiment, experiment_record, journal_store, lm_state, metric_name
 from dspex_lab.trace import Span, SpanRecorder, TraceCollector, current_collector
 from dspex_lab.trace.redaction import mask_text, redact
@@ -266,6 +267,8 @@ class AutologCallback(BaseCallback):
     @_logged
     def on_evaluate_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         """Start the evaluation experiment of a ``dspy.Evaluate`` call (nested in the compile it runs in)."""
+        if current_meter() is not None:
+            return  # inside a dx.evaluate trial or dx.optimize's DSPy compile: that run journals it
         program = inputs.get("program")
         devset = inputs.get("devset") or instance.devset
         metric = inputs.get("metric") or instance.metric
@@ -310,6 +313,8 @@ class AutologCallback(BaseCallback):
     @_logged
     def on_compile_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         """Start the optimization experiment of a ``compile`` (a nested compile joins the outermost one)."""
+        if current_meter() is not None:
+            return  # dx.optimize's DSPy bridge runs this compile and journals it itself
         outer = self._compile_of(CURRENT_CALL_ID.get())
         if outer is not None:
             with self._lock:

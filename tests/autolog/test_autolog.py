@@ -191,6 +191,24 @@ def test_dx_evaluate_is_journaled_once_and_traced_once(lab, journal_path):
     assert spans and len(span_ids) == len(set(span_ids))
 
 
+def test_dx_optimize_with_a_dspy_optimizer_is_journaled_once(lab, journal_path):
+    dx.autolog(journal_path)
+    program = dx.Program("dspy.Predict", signature="question -> answer", name="qa")
+    data = dx.Dataset(dx.datasets.arithmetic(8))
+    with dx.Context(lm="lab/small", journal=journal_path):
+        result = dx.optimize(
+            program,
+            data[:4],
+            data[4:],
+            metric=dx.metrics.exact_match,
+            optimizer="bootstrap",
+            confirm_fraction=0,
+            progress=False,
+        )
+    journal = dx.open_journal(journal_path)
+    assert list(journal.experiments()["id"]) == [result.run_id]
+
+
 def test_a_journal_that_fails_never_breaks_the_evaluate(lab, caplog):
     class Refusing:
         def __getattr__(self, name):
