@@ -99,6 +99,26 @@ def test_a_built_in_module_round_trips_through_plain_load(tmp_path: Path):
     assert again.values == program.values
 
 
+def test_a_program_compiled_by_bootstrap_few_shot_round_trips(tmp_path: Path):
+    train = [
+        dspy.Example(question=example.question, answer=example.answer).with_inputs("question")
+        for example in dx.datasets.arithmetic(8, seed=5)
+    ]
+    with dspy.context(lm=LAB):
+        compiled = dspy.BootstrapFewShot(
+            metric=lambda gold, prediction, trace=None: gold.answer == prediction.answer,
+            max_bootstrapped_demos=3,
+            max_labeled_demos=2,
+        ).compile(dspy.ChainOfThought("question -> answer"), trainset=train)
+    compiled.save(tmp_path / "compiled.json")
+
+    program = dx.Program.from_dspy(tmp_path / "compiled.json", **CHAIN)
+
+    assert any(demo.get("augmented") for demo in program.values["demos"])  # bootstrapped traces, kept whole
+    assert program.to_dspy().dump_state() == compiled.dump_state()
+    assert answers(program.to_dspy()) == answers(compiled)
+
+
 def test_a_live_built_in_module_gives_its_signature_with_types():
     chain = dspy.ChainOfThought("question -> answer")
     chain.predict.demos = [dspy.Example(question="What is 1 plus 1?", reasoning="1 + 1 = 2", answer="2")]
