@@ -75,6 +75,8 @@ _LM_BOOKKEEPING = frozenset(
     }
 )
 _IMPORTED = "imported from DSPy"
+# Keys of a saved LM that name where it is or who calls it (DSPy's own unsafe keys among them): never read or written.
+_ENDPOINT_KEYS = (FORBIDDEN_INIT_KEYS - {"model"}) | {"model_list"}
 
 
 def program_from_dspy(
@@ -317,7 +319,7 @@ def _lm_settings(lm_state: Any, *, where: str) -> tuple[dict[str, Any], list[str
                 dropped.append(f"{key} ({str(error)[len(where) + 2 :]})")
             else:
                 kept.update(checked)
-        elif normalised in FORBIDDEN_INIT_KEYS or is_secret_key(str(key)):
+        elif normalised in _ENDPOINT_KEYS or is_secret_key(str(key)):
             dropped.append(f"{key} (an endpoint or credential never travels in a program)")
         elif key not in _LM_BOOKKEEPING and key not in _CARRIED_LM_SETTINGS and value is not None:
             dropped.append(f"{key} (not a program setting)")
@@ -427,7 +429,7 @@ def _without_endpoints(state: dict[str, Any]) -> dict[str, Any]:
         lm_state = {
             key: value
             for key, value in predictor_state["lm"].items()
-            if str(key).lower().replace("-", "_") not in FORBIDDEN_INIT_KEYS - {"model"} and not is_secret_key(str(key))
+            if str(key).lower().replace("-", "_") not in _ENDPOINT_KEYS and not is_secret_key(str(key))
         }
         return {**predictor_state, "lm": lm_state}
 
