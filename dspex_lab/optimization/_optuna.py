@@ -217,6 +217,11 @@ def typed_space(program: Program) -> dict[str, Any]:
         elif isinstance(variable, Bool):
             space[name] = distributions.CategoricalDistribution((False, True))
         elif isinstance(variable, Choice):
+            if not all(choice is None or isinstance(choice, (bool, int, float, str)) for choice in variable.choices):
+                raise OptimizerError(
+                    f"variable {name!r}: Optuna searches choices that are strings, numbers, booleans or None; "
+                    f"{variable.choices!r} holds others"
+                )
             space[name] = distributions.CategoricalDistribution(tuple(variable.choices))
     if not space:
         raise OptimizerError(
@@ -461,15 +466,19 @@ class _OptunaRun:
             self.session.record_step(_step_record(row))
             step += 1
 
-    def _adopt(self, trial: _Trial) -> None:
-        """Take back a journaled trial's candidate and, when it was fully evaluated, its scores (from the journal)."""
+    def _adopt(self, trial: _Trial, *, tried: bool = True) -> None:
+        """Take back a journaled candidate and, when it was fully evaluated, its scores (from the journal).
+
+        ``tried``: a journaled study trial asked for it (False: only the interrupted trial did, which is asked again).
+        """
         row = self.session.candidate_rows[trial.candidate_id]
         candidate = Candidate(
             trial.candidate_id, Program.from_dict(row["program_spec"]), "c0", int(row["step"]), "optuna",
             row.get("rationale") or "",
         )  # fmt: skip
         self.candidates[candidate.id] = candidate
-        self.tried.add(candidate.id)
+        if tried:
+            self.tried.add(candidate.id)
         if trial.state == "complete" and candidate.id not in self.complete:
             scores = self.evaluator.evaluate(
                 candidate.program, self.val_examples, record=self.session.record(candidate, "val")
@@ -549,7 +558,7 @@ class _OptunaRun:
         if known is not None and known in self.candidates:
             return self.candidates[known]
         if known is not None:  # made by the interrupted run this one resumes
-            self._adopt(_Trial(number, known, "running", dict(params), None, {}, {}))
+            self._adopt(_Trial(number, known, "running", dict(params), None, {}, {}), tried=False)
             return self.candidates[known]
         shown = ", ".join(f"{name}={value!r}" for name, value in params.items())
         candidate = Candidate(
@@ -662,6 +671,10 @@ class _OptunaRun:
         trace = DecisionTrace(session.run_id, step)
         if best_id == "c0":
             detail = "kept c0: no fully evaluated configuration scored above the baseline on the valset"
+            if self.objective is not None and not meets_estimates(
+                self.objective, self.complete["c0"], examples=self.val_by_id
+            ):
+                detail = "kept c0: no fully evaluated configuration, the baseline included, meets every guardrail"
             trace.conclude(detail, name="kept c0")
             session.record_trace(trace)
             session.finish_step(StepRecord(step, "finished", "c0", detail=detail), self.complete["c0"])

@@ -227,3 +227,20 @@ def test_optuna_importance_reads_beside_the_runs_own(data: Any) -> None:
     assert "skill" in own["variable"].tolist()
     with pytest.raises(OptimizerError, match="method='fanova'"):
         result.importance(method="fanova")
+
+
+def test_with_an_objective_the_best_meets_every_guardrail_estimate() -> None:
+    examples = dx.datasets.arithmetic(60, seed=7)
+    bound = 0.0005  # the all-small pipeline's cost per example is below it, a large model's above
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=False, threads=2):
+        result = optimize(
+            dx.tasks.pipeline_program(), examples[:10], examples[10:], metric=dx.metrics.exact_match,
+            optimizer=OptunaSearch("random", n_trials=8), objective=dx.Objective([dx.Guardrail("cost", at_most=bound)]),
+            progress=False,
+        )  # fmt: skip
+
+    assert result.best_result.trials["cost"].mean() <= bound
+    assert all(value == "lab/small" for key, value in result.best.values.items() if key.startswith("model"))
+    # A configuration scoring higher was passed over for its cost.
+    complete = [entry for entry in trial_entries(result) if entry["state"] == "complete"]
+    assert max(entry["mean"] for entry in complete) > result.best_result.mean
