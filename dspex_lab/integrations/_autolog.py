@@ -150,6 +150,9 @@ class _Call:
     outputs: Any = None
     exception: BaseException | None = None
     spans: tuple[Span, ...] = ()
+    # Where the spans go as soon as the call ends (an Evaluate's trial: its id is known from the start);
+    # None when they wait for the trial's row (a compile's metric call gives its repeat).
+    sink: Experiment | None = None
 
 
 class _Trials:
@@ -453,6 +456,9 @@ class AutologCallback(BaseCallback):
             call.collector.root.fail(mask_text(f"{type(exception).__name__}: {exception}"))
         scope.__exit__(None, None, None)
         call.spans = tuple(call.collector.spans)
+        if self.trace and call.sink is not None and call.spans:
+            # Streamed now, through the journal writer's thread, while the evaluation goes on.
+            call.sink.add_spans(trial_id(call.example_id, call.repeat), call.spans)
         with self._lock:
             self._collectors.discard(id(call.collector))
         _LAST_CALL.call = call
@@ -465,6 +471,7 @@ class AutologCallback(BaseCallback):
         if position is None:
             return
         call = self._open_trial(call_id, run.trials.data.example_ids[position], position, 0)
+        call.sink = run.experiment
         run.calls[position] = call
 
     def _open_compile_trial(self, call_id: str, run: _CompileRun, kwargs: dict[str, Any]) -> None:
@@ -572,7 +579,7 @@ class AutologCallback(BaseCallback):
 
     def _save(self, experiment: Experiment, row: dict[str, Any], call: _Call | None) -> None:
         experiment.record(row)
-        if self.trace and call is not None and call.spans:
+        if self.trace and call is not None and call.sink is None and call.spans:
             experiment.span_sink(trial_id(row["example_id"], row["repeat"]), call.spans)
 
     def _finish(self, experiment: Experiment, metric: str, status: str, detail: str | None) -> None:
