@@ -777,7 +777,9 @@ def _add_optimize(commands: Any) -> None:
     )
     optimize.add_argument("--inputs", help=_INPUTS_HELP)
     optimize.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE", help=_IMPORT_HELP)
-    optimize.add_argument("--optimizer", choices=("simba-c", "simba", "mipro", "gepa", "bootstrap"), default="simba-c")
+    optimize.add_argument(
+        "--optimizer", choices=("simba-c", "optuna", "simba", "mipro", "gepa", "bootstrap"), default="simba-c"
+    )
     optimize.add_argument("--max-steps", type=int, default=None, help="SIMBA-C steps (default 8)")
     optimize.add_argument("--bsize", type=int, default=None, help="SIMBA-C mini-batch size (default 32)")
     optimize.add_argument("--max-lm-calls", type=int, default=None, help="budget: LM calls for the whole run")

@@ -27,7 +27,7 @@ SUBCOMMANDS = ("program", "evaluate", "compare", "optimize", "trace", "sql", "co
 # dspex_lab.program's YAML bounds: no anchors or aliases, limited nesting and size).
 MAX_PROGRAM_CELL = 256 * 1024
 PROGRAM_CELL = "%%dspex program cell"
-OPTIMIZERS = ("simba-c", "simba", "mipro", "gepa", "bootstrap")
+OPTIMIZERS = ("simba-c", "optuna", "simba", "mipro", "gepa", "bootstrap")
 # What `%dspex config key=value` sets (Context.configure's parameters).
 CONFIG_KEYS = ("lm", "journal", "threads", "executor")
 
