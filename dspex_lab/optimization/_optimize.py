@@ -34,7 +34,7 @@ __all__ = ["DSPY_OPTIMIZERS", "OptimizationStep", "optimize"]
 
 #: Names ``optimizer=`` accepts for DSPy's own optimizers (run through dspex_lab's engine and journal).
 DSPY_OPTIMIZERS = ("simba", "mipro", "gepa", "bootstrap")
-OPTIMIZER_NAMES = ("simba-c", "optuna", *DSPY_OPTIMIZERS)
+OPTIMIZER_NAMES = ("simba-c", *DSPY_OPTIMIZERS, "optuna")
 
 #: The part of the valset held out for the confirmation when no testset is given.
 CONFIRM_FRACTION = 0.3
