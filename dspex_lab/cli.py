@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import warnings
 from collections.abc import Sequence
@@ -17,8 +18,7 @@ from typing import Any
 
 __all__ = ["main"]
 
-_METRICS = ("exact_match", "numeric_match", "contains", "f1")
-_METRIC_HELP = f"one of {', '.join(_METRICS)}, or module:qualname (a module given with --import or importable)"
+_METRIC_HELP = "a dx.metrics name (dx.metrics.NAMES), or module:qualname (a module given with --import or importable)"
 _IMPORT_HELP = "import this module first (repeatable), so its registered modules and metrics can be used"
 _INPUTS_HELP = "comma-separated input fields, e.g. question (default: the inputs of the program's signature)"
 # dspex_lab.optimization.GUARDRAIL_SYNTAX, written out: `dspex --help` does not import the optimization layer.
@@ -29,6 +29,9 @@ _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _ERROR_CHARACTERS = 120
 # `dspex journal trials` cuts an example's question, gold answer and the prediction to these many characters.
 _TEXT_CHARACTERS = {"question": 48, "expected": 24, "prediction": 24}
+# On a terminal, those texts share its width, none narrower than this; a trial's label takes at most this many.
+_NARROWEST_TEXT = 8
+_LABEL_CHARACTERS = 24
 _STEP_TRACE = re.compile(r"step-(\d+)")
 # The exit status of a command whose reader went away (`dspex journal list | head`), as a shell reports
 # one ended by SIGPIPE: 128 + 13.
@@ -153,8 +156,8 @@ def _metric(name: str, *, option: str = "--metric") -> Any:
     """
     import dspex_lab as dx
 
-    if name in _METRICS:
-        return getattr(dx.metrics, name)
+    if name in dx.metrics.NAMES:
+        return dx.metrics.get(name)
     module_name, colon, qualname = name.partition(":")
     parts = qualname.split(".")
     if not colon or not _DOTTED.fullmatch(module_name) or not all(part.isidentifier() for part in parts):
@@ -394,6 +397,9 @@ def _journal(arguments: argparse.Namespace) -> int:
     elif arguments.journal_command == "trials":
         arguments.experiment = _experiment_id(journal, arguments.experiment)
         _journal_trials(journal, arguments)
+    elif arguments.journal_command == "annotate":
+        arguments.experiment = _experiment_id(journal, arguments.experiment)
+        _journal_annotate(journal, arguments)
     elif arguments.journal_command == "sql":
         _console().print(journal.sql(arguments.query).to_string(index=False, max_rows=arguments.limit))
     return 0
@@ -471,13 +477,17 @@ def _journal_trials(journal: Any, arguments: argparse.Namespace) -> None:
     rows = journal.trial_rows(
         arguments.experiment, columns=stored, order=arguments.sort, limit=arguments.limit, **filters
     )
-    _add_texts(journal, record, rows)
+    labels = _current_labels(journal, arguments.experiment)
+    _add_texts(journal, record, rows, widths=_text_widths(rows, labelled=bool(labels)))
     shown = [f"status={arguments.status}"] if arguments.status else []
     shown += [f"score>={arguments.min_score}"] if arguments.min_score is not None else []
     shown += [f"score<={arguments.max_score}"] if arguments.max_score is not None else []
     title = f"Trials of {arguments.experiment}" + (f" ({', '.join(shown)})" if shown else "")
     title += f", by {arguments.sort}" if arguments.sort != "trial" else ""
-    columns = ("trial_id", "status", "score", "latency", "input_tokens", "output_tokens", *_TEXT_CHARACTERS, "error")
+    columns: tuple[str, ...] = ("trial_id", "status", "score", "latency", "input_tokens", "output_tokens")
+    columns += (*_TEXT_CHARACTERS, "label", "error") if labels else (*_TEXT_CHARACTERS, "error")
+    for row in rows:
+        row["label"] = labels.get(str(row["trial_id"]))
     print(_text_table(title, rows, columns))
     # Counted in the journal, not by fetching every matching trial (a million-trial experiment stays quick).
     _, total = journal.trial_page(arguments.experiment, limit=0, **filters)
@@ -485,12 +495,55 @@ def _journal_trials(journal: Any, arguments: argparse.Namespace) -> None:
         print(f"{total - len(rows)} more trials (show more with --limit {total})")
 
 
-def _add_texts(journal: Any, record: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+def _current_labels(journal: Any, experiment_id: str) -> dict[str, str]:
+    """Return each annotated trial's current label (``(note)`` or ``(gold)`` for an annotation without one)."""
+    labels = {}
+    for row in journal.annotation_rows(experiment_id, current=True):
+        label = row["label"] or ("(gold)" if row["corrected_gold"] is not None else "(note)")
+        labels[str(row["trial_id"])] = " ".join(label.split())[:_LABEL_CHARACTERS]
+    return labels
+
+
+def _terminal_width() -> int | None:
+    """Return the terminal's width in characters, or None when the output is not a terminal (a pipe, a file)."""
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size().columns
+
+
+def _text_widths(rows: Sequence[dict[str, Any]], *, labelled: bool) -> dict[str, int]:
+    """Return how many characters question, expected, prediction and error may take on a line.
+
+    On a terminal the texts share what the other columns leave of its width (question twice what the
+    others get), each at least :data:`_NARROWEST_TEXT`; into a pipe or a file, the fixed widths of
+    :data:`_TEXT_CHARACTERS` and :data:`_ERROR_CHARACTERS`, so scripts read the same lines anywhere.
+    """
+    fixed = {**_TEXT_CHARACTERS, "error": _ERROR_CHARACTERS}
+    width = _terminal_width()
+    if width is None:
+        return fixed
+    others = ("trial_id", "status", "score", "latency", "input_tokens", "output_tokens")
+    used = sum(max(len(name), *(len(_cell(row.get(name))) for row in rows)) for name in others) if rows else 0
+    used += (_LABEL_CHARACTERS + 2) if labelled else 0
+    texts = ["question", "expected", "prediction"] + (
+        ["error"] if any(row["status"] == "error" for row in rows) else []
+    )
+    shares = {"question": 2, "expected": 1, "prediction": 1, "error": 2}
+    budget = width - used - 2 * (len(others) + len(texts) - 1)
+    total = sum(shares[name] for name in texts)
+    sized = {name: max(_NARROWEST_TEXT, budget * shares[name] // total) for name in texts}
+    return {**fixed, **sized}
+
+
+def _add_texts(
+    journal: Any, record: dict[str, Any], rows: list[dict[str, Any]], *, widths: dict[str, int] | None = None
+) -> None:
     """Give each trial row its question, expected and prediction, and its error, each on one line, masked and cut.
 
     Question and expected are read from the examples stored with the experiment (as the trace pages
     read them: expected is the gold fields the program outputs); a dataset too large to be stored
-    shows a dash there.
+    shows a dash there. ``widths`` cuts each text (default: :data:`_TEXT_CHARACTERS` and
+    :data:`_ERROR_CHARACTERS`).
     """
     from dspex_lab.notebook import ExampleFields
     from dspex_lab.trace.redaction import mask_text
@@ -500,13 +553,72 @@ def _add_texts(journal: Any, record: dict[str, Any], rows: list[dict[str, Any]])
         line = " ".join(mask_text(text).split())
         return (line if len(line) <= characters else line[: characters - 1] + "…") or None
 
+    widths = {**_TEXT_CHARACTERS, "error": _ERROR_CHARACTERS, **(widths or {})}
     fields = ExampleFields(journal, record)
     for row in rows:
         texts = fields.row(str(row.pop("example_id") or ""), row.pop("prediction"))
-        for name, width in _TEXT_CHARACTERS.items():  # the trace pages call the prediction "answer"
-            row[name] = cut(texts["answer" if name == "prediction" else name], width)
-        message = cut(str(row.pop("error_message") or ""), _ERROR_CHARACTERS) or ""
+        for name in _TEXT_CHARACTERS:  # the trace pages call the prediction "answer"
+            row[name] = cut(texts["answer" if name == "prediction" else name], widths[name])
+        message = cut(str(row.pop("error_message") or ""), widths["error"]) or ""
         row["error"] = f"{row.pop('error_type') or 'unknown'}: {message}" if row["status"] == "error" else None
+
+
+def _journal_annotate(journal: Any, arguments: argparse.Namespace) -> None:
+    """Record a verdict on one trial (``dspex journal annotate``) and say what the trial now shows."""
+    gold = (
+        None if arguments.gold is None else _gold_fields(journal, arguments.experiment, arguments.trial, arguments.gold)
+    )
+    annotation = journal.annotate(
+        arguments.experiment, arguments.trial, label=arguments.label, note=arguments.note, corrected_gold=gold,
+        author=arguments.author,
+    )  # fmt: skip
+    shown = [f"label {arguments.label!r}"] if arguments.label is not None else []
+    shown += ["a note"] if arguments.note is not None else []
+    shown += [f"gold {json.dumps(gold, ensure_ascii=False)}"] if gold is not None else []
+    print(
+        f"annotated trial {arguments.trial} of {arguments.experiment} with {', '.join(shown)} (annotation {annotation})"
+    )
+
+
+def _gold_fields(journal: Any, experiment_id: str, trial_id: str, text: str) -> dict[str, Any]:
+    """Return ``--gold`` as the example's gold fields: a JSON object as given, else the one gold field's value.
+
+    A plain value (``--gold 42``) needs the example stored with the experiment and exactly one gold
+    field (the field the program outputs), so a correction can never land in the wrong field.
+    """
+    from dspex_lab.errors import JournalError
+    from dspex_lab.notebook import ExampleFields
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if isinstance(value, dict):
+        return value
+    trials = journal.trial_rows(experiment_id, columns=("trial_id", "example_id", "prediction"))
+    found = next((row for row in trials if row["trial_id"] == trial_id), None)
+    if found is None:
+        raise JournalError(
+            f"no trial {trial_id!r} in experiment {experiment_id!r}; "
+            f"list them with: dspex journal trials {experiment_id}"
+        )
+    fields = ExampleFields(journal, journal.experiment(experiment_id))
+    gold = list(fields.expected(str(found["example_id"]), _prediction_fields(found["prediction"])))
+    if len(gold) != 1:
+        named = f"its gold fields are {gold}" if gold else "its example was not stored with the experiment"
+        raise JournalError(
+            f"--gold {text!r} does not say which field it corrects ({named}): "
+            'give a JSON object such as \'{"answer": "42"}\''
+        )
+    return {gold[0]: text}
+
+
+def _prediction_fields(prediction: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(prediction) if isinstance(prediction, str) else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _print_more(journal: Any, experiment_id: str, shown: int) -> None:
@@ -798,7 +910,7 @@ def _add_optimize(commands: Any) -> None:
 
 
 def _add_journal(commands: Any) -> None:
-    """Add ``dspex journal list|trials|sql``: browse a journal."""
+    """Add ``dspex journal list|trials|annotate|sql``: browse a journal and annotate its trials."""
     journal = commands.add_parser("journal", help="browse a journal")
     journal.add_argument("--journal", default=None, help=_JOURNAL_HELP)
     journal_commands = journal.add_subparsers(dest="journal_command", required=True)
@@ -825,6 +937,19 @@ def _add_journal(commands: Any) -> None:
         default="trial",
         help="trial (example order), score (lowest first), error (failed first) or latency (slowest first)",
     )
+    annotate = journal_commands.add_parser(
+        "annotate", help="record a verdict on a trial: a label, a note, a corrected gold", parents=[where]
+    )
+    annotate.add_argument("experiment", help="experiment id or name")
+    annotate.add_argument("trial", help="trial id, as `dspex journal trials` lists it (e.g. arith-0-3/r0)")
+    annotate.add_argument("--label", default=None, help="a short tag such as 'wrong gold' (at most 100 characters)")
+    annotate.add_argument("--note", default=None, help="free text (at most 4,000 characters)")
+    annotate.add_argument(
+        "--gold",
+        default=None,
+        help='the right gold: a JSON object (\'{"answer": "42"}\') or the one gold field\'s value',
+    )
+    annotate.add_argument("--author", default=None, help="who annotates (default: your user name)")
     sql = journal_commands.add_parser("sql", help="run a SQL query over the journal", parents=[where])
     sql.add_argument("query")
     sql.add_argument("--limit", type=int, default=50)

@@ -207,7 +207,8 @@ def _trial_example(connection: duckdb.DuckDBPyConnection, record: Mapping[str, A
     example_id = str(found[0])
     if record["corrected_gold"] is not None:
         stored = connection.execute(
-            """SELECT d.record FROM experiments e JOIN dataset_examples d ON d.dataset_fingerprint = e.dataset_fingerprint
+            """SELECT d.record FROM experiments e
+               JOIN dataset_examples d ON d.dataset_fingerprint = e.dataset_fingerprint
                WHERE e.id = ? AND d.example_id = ? LIMIT 1""",
             [record["experiment_id"], example_id],
         ).fetchone()

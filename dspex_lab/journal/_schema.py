@@ -340,10 +340,11 @@ def _migrate_to_7(connection: duckdb.DuckDBPyConnection) -> None:
 
 
 # Version 8: what a feedback metric said about each trial and what the metric spent (a judge's LM
-# calls), and people's annotations of trials. An annotation is never updated: a later one of the same trial supersedes it in the current views
-# (``created_at``, then ``seq``, decides), and the history stays. ``example_id`` is copied from the
-# trial so a dataset can be filtered by annotations without reading trial ids; ``corrected_gold`` is the
-# example's gold fields as the annotator says they should be (a JSON object).
+# calls), and people's annotations of trials. An annotation is never updated: a later one of the same
+# trial supersedes it in the current views (``created_at``, then ``seq``, decides), and the history
+# stays. ``example_id`` is copied from the trial so a dataset can be filtered by annotations without
+# reading trial ids; ``corrected_gold`` is the example's gold fields as the annotator says they should
+# be (a JSON object).
 _ANNOTATIONS_DDL = """
 CREATE SEQUENCE IF NOT EXISTS annotation_seq;
 CREATE TABLE IF NOT EXISTS annotations (

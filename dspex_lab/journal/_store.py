@@ -266,7 +266,10 @@ class JournalWriter(Protocol):
         ...
 
     def record_annotation(self, record: dict[str, Any]) -> str:
-        """Write an annotation record built by ``annotate`` (its id made before the write); the same id again changes nothing."""
+        """Write an annotation record built by ``annotate`` (its id made before the write).
+
+        Writing the same id again changes nothing.
+        """
         ...
 
 

@@ -185,5 +185,5 @@ def test_another_process_annotates_through_the_serving_process(tmp_path):
     first, again, second = completed.stdout.split()
     assert first == again
     rows = store.annotation_rows("run")
-    assert [(row["id"], row["label"], row["author"]) for row in rows][0] == (first, "through the service", "remote")
+    assert (rows[0]["id"], rows[0]["label"], rows[0]["author"]) == (first, "through the service", "remote")
     assert [row["id"] for row in rows] == [first, second]
