@@ -91,10 +91,16 @@ class BudgetTracker:
     A trial whose cost is unknown (an unpriced model) cannot be counted in dollars: with a
     dollar limit the tracker stops the run at the first such trial (``exceeded`` says why)
     rather than let spending run unmeasured; without one it only counts them (``unpriced``).
+
+    A metric that calls an LM (a judge) spends from the same limits: a trial's ``lm_calls``, tokens
+    and cost include its metric's. ``metric_lm_calls`` and ``metric_usd`` say how much of ``spent``
+    the metric took (``metric_usd`` counts the priced metric calls).
     """
 
     budget: Budget
     spent: dict[str, float] = field(default_factory=lambda: {"usd": 0.0, "lm_calls": 0.0, "tokens": 0.0})
+    metric_lm_calls: int = 0
+    metric_usd: float = 0.0
     trials: int = 0
     unpriced: int = 0
     warned: set[str] = field(default_factory=set)
@@ -113,6 +119,8 @@ class BudgetTracker:
             self.spent["usd"] += result.cost
         self.spent["lm_calls"] += result.lm_calls
         self.spent["tokens"] += result.input_tokens + result.output_tokens
+        self.metric_lm_calls += result.metric_lm_calls
+        self.metric_usd += result.metric_cost or 0.0
         for name, limit in self.budget.limits().items():
             used = self.spent[name]
             if used >= limit and self.exceeded is None:
@@ -149,9 +157,10 @@ class BudgetTracker:
         return self.projection
 
     def to_summary(self) -> dict[str, Any]:
-        """Return JSON-ready spending, limits and projection."""
+        """Return JSON-ready spending (the metric's part apart), limits and projection."""
         return {
             "spent": dict(self.spent),
+            "metric": {"lm_calls": self.metric_lm_calls, "usd": self.metric_usd},
             "limits": self.budget.limits(),
             "unpriced_trials": self.unpriced,
             "projection": self.projection,

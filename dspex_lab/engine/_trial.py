@@ -615,9 +615,7 @@ class TrialRunner:
         )
 
     @staticmethod
-    def _scored(
-        task: TrialTask, prediction: Any, scored: tuple[float, str | None], attempts: _Attempts
-    ) -> TrialResult:
+    def _scored(task: TrialTask, prediction: Any, scored: tuple[float, str | None], attempts: _Attempts) -> TrialResult:
         """Return the record of the trial that scored ``scored`` (its score and the metric's feedback)."""
         input_tokens, output_tokens, cost, calls, unpriced = _usage(attempts.meter)
         metric_calls, metric_cost = attempts.metric_usage()

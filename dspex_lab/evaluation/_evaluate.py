@@ -15,6 +15,7 @@ from typing import Any
 import dspy
 import pandas as pd
 
+from dspex_lab import metrics
 from dspex_lab.data import Dataset
 from dspex_lab.engine import Budget, RetryPolicy, RunPolicy, RunReport, TrialRunner
 from dspex_lab.errors import DspexLabWarning, ExecutionError, JournalError, ProgramSpecError, UnderpoweredWarning
@@ -137,7 +138,7 @@ def evaluate(
     program: Program | dspy.Module,
     dataset: Dataset | Sequence[dspy.Example],
     *,
-    metric: Metric,
+    metric: Metric | str,
     name: str | None = None,
     repeats: int = 1,
     timeout: float | None = None,
@@ -155,8 +156,11 @@ def evaluate(
     Args:
         program: a :class:`~dspex_lab.Program` (hydrated once) or a live ``dspy.Module``.
         dataset: a :class:`~dspex_lab.Dataset` or any sequence of ``dspy.Example`` (not empty).
-        metric: ``metric(example, prediction)`` returning a finite number or bool; if it raises or
-            returns NaN/±inf, the trial is recorded as an error at the ``metric`` stage.
+        metric: ``metric(example, prediction)`` returning a finite number or bool (or a
+            ``dspy.Prediction(score=..., feedback=...)``, whose feedback text is recorded with the trial),
+            or the name of a shipped metric (``dx.metrics.NAMES``: ``"exact_match"``,
+            ``"answer_exact_match"``, ``"semantic_f1"``, ...); if it raises or returns NaN/±inf, the trial
+            is recorded as an error at the ``metric`` stage.
         name: the experiment's name (defaults to the program's).
         repeats: samples per example, each with its own rollout id; scores are averaged per example.
         timeout: seconds a trial may take, retries included; past it the trial is cancelled (no
@@ -185,6 +189,7 @@ def evaluate(
         If the journal cannot take the trials, they are saved to a private file (a warning says where)
         and the result is still returned.
     """
+    metric = metrics.resolve(metric)
     policy = _policy(repeats, metric, timeout=timeout, retries=retries, max_errors=max_errors, budget=budget)
     context = current_context()
     data = _as_dataset(dataset)

@@ -22,6 +22,7 @@ from typing import Any
 import dspy
 import pandas as pd
 
+from dspex_lab import metrics
 from dspex_lab.data import Dataset
 from dspex_lab.errors import DatasetError, ExecutionError, PackageError, ProgramSpecError
 from dspex_lab.evaluation._evaluate import evaluate
@@ -50,7 +51,6 @@ __all__ = ["rerun_package"]
 Metric = Callable[[dspy.Example, Any], Any]
 
 _LAB_METRICS_PREFIX = "dspex_lab.metrics."
-_LAB_METRICS = ("contains", "exact_match", "f1", "numeric_match")
 _LAB_PREFIX = "lab/"
 # The only LM fields a re-run takes from a package; everything else in the recorded state is ignored.
 _LM_FIELDS = ("temperature", "max_tokens", "num_retries", "cache")
@@ -210,13 +210,11 @@ def _rerun_dataset(
 def _metric_by_name(name: Any, package: Path, run: Mapping[str, Any]) -> Metric:
     if isinstance(name, str) and name.startswith(_LAB_METRICS_PREFIX):
         short = name[len(_LAB_METRICS_PREFIX) :]
-        if short in _LAB_METRICS:
-            from dspex_lab import metrics
-
-            return getattr(metrics, short)  # type: ignore[no-any-return]
+        if short in metrics.NAMES:
+            return metrics.get(short)
     raise ExecutionError(
         f"{package}: metric {name!r} in {RUN_FILE} is not one of dspex_lab.metrics "
-        f"({', '.join(_LAB_METRICS)}), and metrics are only looked up by name there; "
+        f"({', '.join(metrics.NAMES)}), and metrics are only looked up by name there; "
         f"pass it yourself: dx.rerun_package(path, metric=your_metric){_metric_hint(name, package, run)}"
     )
 

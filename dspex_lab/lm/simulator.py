@@ -28,6 +28,7 @@ from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 
 from dspex_lab.lm import generic
 from dspex_lab.lm._feedback import REASONING_NAMES, answer_feedback, answer_proposal
+from dspex_lab.lm._judge import answer_judgement
 from dspex_lab.lm._pipeline import (
     PipelineStage,
     answer_plan,
@@ -435,6 +436,9 @@ def _plain_reply(
 
 def _compose(view: PromptView, profile: LabModelProfile, *, temperature: float, draws: Draws, rollout: str = "") -> str:
     fields = view.system.output_fields
+    judged = answer_judgement(view, fields)
+    if judged is not None:  # a judge's request: gold and prediction compared, deterministically (lm/_judge.py)
+        return _fill(judged, view, fields, draws)
     base_rates = profile.base_rates(SKILLS)
     if fields and "module_names" in view.inputs:
         feedback = answer_feedback(view, fields, profile, draws)

@@ -251,10 +251,10 @@ class DspexMagics(Magics):
         import dspex_lab.metrics as metrics
 
         metric = self.shell.user_ns.get(name)
+        if not callable(metric) and name in metrics.NAMES:
+            metric = metrics.get(name)
         if not callable(metric):
-            metric = getattr(metrics, name, None)
-        if not callable(metric):
-            known = ", ".join(metrics.__all__)
+            known = ", ".join(metrics.NAMES)
             raise UsageError(
                 f"%dspex {command}: {option} {name!r} is neither a callable in the namespace nor a dx.metrics "
                 f"name ({known})"

@@ -238,7 +238,8 @@ def comparison(
     """Return a metric span's expected-vs-got, the expected side narrowed to the gold fields, with the question.
 
     Args:
-        attributes: the metric span's attributes (``expected``, ``got``, ``score``).
+        attributes: the metric span's attributes (``expected``, ``got``, ``score``, and ``feedback`` when the
+            metric gave feedback text).
         question: the example's input fields, shown above the comparison.
         expected_fields: the program's output names (None: keep the fields the prediction answers).
     """
@@ -247,7 +248,10 @@ def comparison(
         names = list(expected_fields) if expected_fields is not None else list(got)
         gold = {name: expected[name] for name in names if name in expected}
         expected = gold or dict(expected)
-    return {"question": dict(question), "expected": expected, "got": got, "score": attributes.get("score")}
+    compared = {"question": dict(question), "expected": expected, "got": got, "score": attributes.get("score")}
+    if isinstance(attributes.get("feedback"), str):
+        compared["feedback"] = attributes["feedback"]
+    return compared
 
 
 def number(value: Any) -> float | None:
@@ -368,9 +372,13 @@ def _comparison_html(compared: Mapping[str, Any]) -> str:
             f'<td class="dspex-got">{"" if right is None else _html_text(right)}</td></tr>'
         )
     title = "expected vs got" + ("" if score is None else f" — score {score}")
+    feedback = compared.get("feedback")
     return (
         "".join(parts) + f'<div class="dspex-block-title">{html.escape(title)}</div><table class="dspex-compare">'
-        "<tr><th>field</th><th>expected</th><th>got</th></tr>" + "".join(rows) + "</table>"
+        "<tr><th>field</th><th>expected</th><th>got</th></tr>"
+        + "".join(rows)
+        + "</table>"
+        + ("" if feedback is None else _block("the metric's feedback", feedback, "dspex-feedback"))
     )
 
 
@@ -404,6 +412,7 @@ def detail_html(detail: Mapping[str, Any]) -> str:
         body.append(_comparison_html(detail["comparison"]))
         attributes.pop("expected", None)
         attributes.pop("got", None)
+        attributes.pop("feedback", None)
     messages = attributes.pop("messages", None)
     for message in messages if isinstance(messages, list) else []:
         role = message.get("role", "message") if isinstance(message, Mapping) else "message"

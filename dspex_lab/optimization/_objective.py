@@ -270,10 +270,9 @@ def _lab_metric(name: str) -> Callable[..., Any]:
     """Return the ``dx.metrics`` function called ``name``."""
     from dspex_lab import metrics
 
-    found = getattr(metrics, name, None) if name in metrics.__all__ else None
-    if not callable(found):
-        raise OptimizerError(f"no metric {name!r} in dx.metrics ({', '.join(metrics.__all__)})")
-    return found
+    if name not in metrics.NAMES:
+        raise OptimizerError(f"no metric {name!r} in dx.metrics ({', '.join(metrics.NAMES)})")
+    return metrics.get(name)
 
 
 def parse_objective(

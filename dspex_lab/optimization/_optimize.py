@@ -11,6 +11,7 @@ from typing import Any
 import dspy
 import numpy as np
 
+from dspex_lab import metrics
 from dspex_lab.data import Dataset
 from dspex_lab.engine import Budget, RetryPolicy, RunPolicy
 from dspex_lab.errors import ExecutionError, OptimizerError
@@ -242,7 +243,7 @@ def optimize(
     trainset: Dataset | Sequence[dspy.Example],
     valset: Dataset | Sequence[dspy.Example],
     *,
-    metric: Metric,
+    metric: Metric | str,
     optimizer: SimbaC | DspyOptimizer | OptunaSearch | str = "simba-c",
     objective: Objective | None = None,
     budget: Budget | None = None,
@@ -265,7 +266,8 @@ def optimize(
         program: the program to improve: its typed variables, and instructions and demos for every predictor.
         trainset: examples for mini-batches, trajectories and demos.
         valset: held-out examples on which candidates are accepted (must not overlap the trainset).
-        metric: ``metric(example, prediction)`` returning a finite number or bool.
+        metric: ``metric(example, prediction)`` returning a finite number or bool, or a shipped metric's
+            name (``dx.metrics.NAMES``).
         optimizer: ``dx.SimbaC(...)`` (or ``"simba-c"``), ``dx.OptunaSearch(...)`` (or ``"optuna"``: Optuna's
             samplers over the typed variables), or DSPy's ``"simba"``, ``"mipro"``, ``"gepa"``,
             ``"bootstrap"``.
@@ -296,6 +298,7 @@ def optimize(
     Raises:
         OptimizerError: bad arguments (see the message), or a resume that does not match.
     """
+    metric = _named_metric(metric)
     chosen = _checked_optimizer(program, metric, seed, optimizer)
     sets = _sets(trainset, valset, testset, confirm_fraction, seed, chosen)
     chosen = _checked_plan(program, chosen, sets, budget, objective)
@@ -348,6 +351,16 @@ def _checked_plan(
     _check_objective(objective, chosen, sets)
     warn_if_underpowered(len(sets.valset), what="valset", alpha=_acceptance(chosen)[0])
     return chosen
+
+
+def _named_metric(metric: Metric | str) -> Metric:
+    """Return the shipped metric ``metric`` names (``dx.metrics.NAMES``), or ``metric`` itself when not a name."""
+    if not isinstance(metric, str):
+        return metric
+    try:
+        return metrics.get(metric)
+    except ExecutionError as error:
+        raise OptimizerError(str(error)) from None
 
 
 def _checked_optimizer(

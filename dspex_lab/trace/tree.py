@@ -253,6 +253,9 @@ def _render(
     repeated = parent is not None and parent.error == item.error and parent.status == item.status != "error"
     if item.error and not repeated:
         lines.extend(_wrapped(f"! {item.error}", child_prefix + "   ", width=width))
+    if item.kind == "metric" and isinstance(item.json_attributes.get("feedback"), str):
+        # What the metric said beyond its score is why it scored so: shown without asking for prompts.
+        lines.extend(_wrapped(f"feedback: {item.json_attributes['feedback']}", child_prefix + "   ", width=width))
     if show_prompts and item.kind == "lm":
         attributes = item.json_attributes
         for message in attributes.get("messages") or []:
@@ -293,6 +296,11 @@ def _detail(item: Span) -> str:
             parts.append(f"T={attributes['temperature']}")
     if item.kind in ("metric", "evaluation") and attributes.get("score") is not None:
         parts.append(f"score={attributes['score']}")
+    if item.kind == "metric" and attributes.get("metric_lm_calls"):
+        cost = attributes.get("metric_cost")
+        priced = f" ${cost:.6f}" if isinstance(cost, (int, float)) else ""
+        calls = attributes["metric_lm_calls"]
+        parts.append(f"({calls} LM call{'' if calls == 1 else 's'}{priced})")
     if item.kind == "decision" and attributes.get("values"):
         parts.append(json.dumps(attributes["values"], ensure_ascii=False, sort_keys=True))
     attempt, cause = attributes.get("attempt"), attributes.get("retry_cause")
