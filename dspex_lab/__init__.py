@@ -173,6 +173,12 @@ def _notebook_live_plot() -> Any:
     return LiveConvergenceWidget()
 
 
+def _open_journal_file(path: Any) -> Any:
+    from dspex_lab.journal import open_journal
+
+    return open_journal(path)
+
+
 def _spans_from_rows(rows: list[dict[str, Any]]) -> list[Any]:
     from dspex_lab.trace import Span
 
@@ -190,6 +196,7 @@ def _tree_from_rows(rows: list[dict[str, Any]]) -> Any:
 _hooks.lm_resolver = _resolve_lm
 _hooks.progress_factory = _notebook_progress
 _hooks.live_plot_factory = _notebook_live_plot
+_hooks.journal_opener = _open_journal_file
 
 # The journal stores span rows and cannot import the trace layer; the package (which may import
 # every layer) tells it how rows become Span and TraceTree objects.

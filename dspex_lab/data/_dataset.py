@@ -219,6 +219,39 @@ class Dataset(Sequence[dspy.Example]):
         ]
         return cls._build(records, inputs=input_names, name=name or "dataframe")
 
+    @classmethod
+    def from_journal(cls, journal: Any, run_id: str, *, where: str | None = None, name: str | None = None) -> Dataset:
+        """Return the examples a run was evaluated on, read from its journal and filtered by their annotations.
+
+        People's annotations of the run's trials (``journal.annotate``, ``dspex journal annotate``) pick
+        the examples and fix their gold: an example's annotation in force is the latest one of any of
+        its trials, and its ``corrected_gold`` fields replace the example's. The ids are the run's, so
+        results on the new dataset match the run's trials.
+
+        Args:
+            journal: a journal, or the path of a journal file.
+            run_id: the run (an experiment id) whose examples to read; they are stored with the run for
+                datasets of up to 20,000 examples.
+            where: which examples to keep, e.g. ``"label = 'wrong gold'"``, ``"label IN ('a', 'b')"``,
+                ``"annotated and not corrected"``, ``"not annotated or label != 'ok'"``: ``label`` with
+                ``=``, ``!=``, ``in (...)`` and ``not in (...)``, ``annotated``, ``corrected``, joined
+                with ``and``, ``or``, ``not`` and parentheses; labels single-quoted. It is parsed, never
+                passed to SQL. A label comparison is false for an example without a label. Default:
+                every example.
+            name: the dataset's name (default: the run's dataset's).
+
+        Raises:
+            DatasetError: a ``where`` outside the grammar (the message says where), or a run whose
+                examples were not stored.
+            JournalError: no such run, or a journal that cannot be read.
+
+        Example:
+            >>> wrong = Dataset.from_journal("dspex.duckdb", run_id, where="label = 'wrong gold'")  # doctest: +SKIP
+        """
+        from dspex_lab.data._from_journal import dataset_from_journal
+
+        return dataset_from_journal(journal, run_id, where=where, name=name)
+
     # -- sequence protocol -------------------------------------------------------
 
     def __len__(self) -> int:
