@@ -7,11 +7,13 @@ Two scenarios, ChainOfThought on the lab LM, ``num_threads=8`` (the tracing scen
 * ``zero``: no latency, 1,000 examples: the worst case, where DSPy's own per-call Python is all
   there is, so the callbacks, the span capture and the journal writes show in full.
 
-In one process, each repeat runs both sides in rotating order (so drift on a shared machine
-affects both alike): the bare ``dspy.Evaluate`` call, and the same call with ``dx.autolog(trace=True)``
+In one process, each repeat runs three sides in rotating order (so drift on a shared machine
+affects all alike): the bare ``dspy.Evaluate`` call; the same call with an empty
+``dspy.utils.BaseCallback`` registered (``callback``: DSPy's own dispatch, which any callback-based
+logger pays, MLflow's and openinference's included); and the same call with ``dx.autolog(trace=True)``
 registered, writing experiment, trials and spans to a DuckDB journal in a temporary folder (the
 journal is flushed before the clock stops: ``on_evaluate_end`` finishes the experiment). Reported:
-medians of wall time and the ratio autologged / bare, and the scores of both (they must agree).
+medians of wall time, the ratios autolog / bare and autolog / callback, and whether the scores agree.
 
 Run: python bench/bench_autolog.py [--repeats 5] [--scenario latency zero] [--threads 8] [--json PATH]
 """
@@ -30,6 +32,7 @@ if __package__ in (None, ""):
 
 import dspy
 from _common import format_table, machine_description, median_or_none, prepare_for_measurement, timed, write_json
+from dspy.utils import BaseCallback
 
 import dspex_lab as dx
 
@@ -41,14 +44,18 @@ def exact(example: Any, prediction: Any, trace: Any = None) -> bool:
     return bool(example.answer == prediction.answer)
 
 
-def run_side(devset: list[Any], threads: int, journal: Path | None) -> tuple[float, float]:
-    """Return (wall seconds, score) of one ``dspy.Evaluate`` call, autologged into ``journal`` when given."""
+SIDES = ("bare", "callback", "autolog")
+
+
+def run_side(side: str, devset: list[Any], *, threads: int, journal: Path) -> tuple[float, float]:
+    """Return (wall seconds, score) of one ``dspy.Evaluate`` call on one side (autolog writes to ``journal``)."""
     program = dspy.ChainOfThought("question -> answer")
-    if journal is not None:
+    if side == "autolog":
         dx.autolog(journal)
+    callbacks = [BaseCallback()] if side == "callback" else []
     prepare_for_measurement()
     try:
-        with timed() as timing:
+        with timed() as timing, dspy.context(callbacks=[*(dspy.settings.callbacks or []), *callbacks]):
             result = dspy.Evaluate(devset=devset, metric=exact, num_threads=threads)(program)
     finally:
         dx.autolog(disable=True)
@@ -59,25 +66,24 @@ def measure(name: str, repeats: int, threads: int, folder: Path) -> dict[str, An
     latency, examples = SCENARIOS[name]
     dspy.configure(lm=dx.lab_lm("lab/small", latency=latency))
     devset = list(dx.datasets.arithmetic(examples))
-    run_side(devset[:32], threads, folder / f"{name}-warmup.duckdb")  # imports and first-call costs
-    walls: dict[str, list[float]] = {"bare": [], "autolog": []}
-    scores: dict[str, set[float]] = {"bare": set(), "autolog": set()}
+    run_side("autolog", devset[:32], threads=threads, journal=folder / f"{name}-warmup.duckdb")  # first-call costs
+    walls: dict[str, list[float]] = {side: [] for side in SIDES}
+    scores: dict[str, set[float]] = {side: set() for side in SIDES}
     for repeat in range(repeats):
-        order = ("bare", "autolog") if repeat % 2 == 0 else ("autolog", "bare")
+        order = SIDES[repeat % len(SIDES) :] + SIDES[: repeat % len(SIDES)]
         for side in order:
-            journal = folder / f"{name}-{repeat}.duckdb" if side == "autolog" else None
-            seconds, score = run_side(devset, threads, journal)
+            seconds, score = run_side(side, devset, threads=threads, journal=folder / f"{name}-{repeat}.duckdb")
             walls[side].append(seconds)
             scores[side].add(score)
-    bare, logged = median_or_none(walls["bare"]), median_or_none(walls["autolog"])
-    ratio = logged / bare if bare and logged else None
+    medians = {side: median_or_none(walls[side]) for side in SIDES}
+    bare, callback, logged = (medians[side] for side in SIDES)
     return {
         "scenario": name,
         "latency": latency,
         "examples": examples,
-        "bare": bare,
-        "autolog": logged,
-        "ratio": ratio,
+        **medians,
+        "ratio": logged / bare if bare and logged else None,
+        "ratio_to_callback": logged / callback if callback and logged else None,
         "walls": walls,
         "scores": {side: sorted(values) for side, values in scores.items()},
     }
@@ -98,13 +104,16 @@ def main() -> int:
             item["scenario"],
             f"{item['examples']} x {item['latency'] * 1000:.0f} ms",
             f"{item['bare']:.2f} s",
+            f"{item['callback']:.2f} s",
             f"{item['autolog']:.2f} s",
             f"{item['ratio']:.3f}",
-            "same" if item["scores"]["bare"] == item["scores"]["autolog"] else "DIFFERENT",
+            f"{item['ratio_to_callback']:.3f}",
+            "same" if len({tuple(values) for values in item["scores"].values()}) == 1 else "DIFFERENT",
         ]
         for item in results
     ]
-    print(format_table(["scenario", "examples", "bare", "autolog", "ratio", "scores"], rows))
+    headers = ["scenario", "examples", "bare", "callback", "autolog", "autolog/bare", "autolog/callback", "scores"]
+    print(format_table(headers, rows))
     print(f"machine: {machine_description()}")
     if arguments.json:
         write_json(arguments.json, {"machine": machine_description(), "results": results})

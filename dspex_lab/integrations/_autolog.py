@@ -36,6 +36,7 @@ import contextvars
 import functools
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -68,7 +69,9 @@ _installed: AutologCallback | None = None
 _install_lock = threading.Lock()
 
 
-def autolog(journal: str | Any | None = None, *, disable: bool = False, trace: bool = True) -> AutologCallback | None:
+def autolog(
+    journal: str | os.PathLike[str] | JournalStore | None = None, *, disable: bool = False, trace: bool = True
+) -> AutologCallback | None:
     """Journal every ``dspy.Evaluate`` call and DSPy optimizer ``compile`` of this process, from now on.
 
     No change to the user's code: after ``dx.autolog()``, a script's ``dspy.Evaluate(devset=...,
@@ -197,6 +200,10 @@ class _EvaluateRun:
     metric: str
     unclaimed: dict[str, list[int]]
     calls: dict[int, _Call] = field(default_factory=dict)
+    # Devset positions whose trial was recorded when the metric returned (see AutologCallback._scoring_metric).
+    streamed: set[int] = field(default_factory=set)
+    # The Evaluate whose metric attribute was wrapped, and the metric to give back.
+    restore: tuple[Any, Any] | None = None
 
 
 @dataclass
@@ -279,9 +286,11 @@ class AutologCallback(BaseCallback):
         label = metric_name(getattr(metric, "__wrapped__", metric))
         parent = self._compile_of(CURRENT_CALL_ID.get())
         name = f"dspy.Evaluate {type(program).__name__}"
-        config = {"dspy": "Evaluate", "threads": inputs.get("num_threads") or instance.num_threads}
-        config["failure_score"] = instance.failure_score
-        record = self._record("evaluation", name, program, data, label, config, parent=parent)
+        threads = inputs.get("num_threads") or instance.num_threads
+        config = {"dspy": "Evaluate", "threads": threads, "failure_score": instance.failure_score}
+        record = self._record(
+            "evaluation", name, program=program, data=data, metric=label, config=config, parent=parent
+        )
         if parent is None:
             experiment = Experiment.start(self.journal, record)
         else:
@@ -290,8 +299,13 @@ class AutologCallback(BaseCallback):
                 parent.evaluations.append(experiment)
         trials = _Trials(data, list(devset))
         unclaimed = {key: list(positions) for key, positions in trials.by_inputs.items()}
+        run = _EvaluateRun(experiment, trials, program, label, unclaimed)
+        if inputs.get("metric") is None and callable(instance.metric) and not _is_wrapper(instance.metric):
+            # Read by Evaluate after this handler returns: each trial is recorded as soon as it is scored.
+            run.restore = (instance, instance.metric)
+            instance.metric = self._scoring_metric(instance.metric)
         with self._lock:
-            self._evaluations[call_id] = _EvaluateRun(experiment, trials, program, label, unclaimed)
+            self._evaluations[call_id] = run
 
     @_logged
     def on_evaluate_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
@@ -300,15 +314,16 @@ class AutologCallback(BaseCallback):
             run = self._evaluations.pop(call_id, None)
         if run is None:
             return
+        if run.restore is not None and _is_wrapper(run.restore[0].metric):
+            run.restore[0].metric = run.restore[1]
         results = list(getattr(outputs, "results", None) or [])
         for position, example_id in enumerate(run.trials.data.example_ids):
             call = run.calls.get(position)
             result = results[position] if position < len(results) else None
-            if call is None and result is None:
-                continue  # never run: DSPy stopped the evaluation first
-            self._save(run.experiment, _evaluate_row(position, example_id, call, result), call)
-        status = "finished" if exception is None else "failed"
-        detail = None if exception is None else mask_text(f"{type(exception).__name__}: {exception}")[:2000]
+            if position in run.streamed or (call is None and result is None):
+                continue  # recorded when scored, or never run (DSPy stopped the evaluation first)
+            self._save(run.experiment, _evaluate_row(call, result, position=position, example_id=example_id), call)
+        status, detail = _ending(exception)
         self._finish(run.experiment, run.metric, status, detail)
 
     # -- compile ----------------------------------------------------------------------------------
@@ -337,14 +352,18 @@ class AutologCallback(BaseCallback):
             "trainset": data.manifest(),
             "valset": _dataset(list(valset), "valset").manifest() if valset else None,
         }
-        record = self._record("optimization", f"dspy {dspy_name}.compile", student, data, label, config)
+        name = f"dspy {dspy_name}.compile"
+        record = self._record("optimization", name, program=student, data=data, metric=label, config=config)
         experiment = Experiment.start(self.journal, record)
         run = _CompileRun(experiment, instance, _Trials(data, trainset), metric, label, None)
-        if metric is not None:
-            instance.metric = self._journaled_metric(run, metric)
         run.token = _CURRENT_COMPILE.set(run)
         with self._lock:
             self._compiles[call_id] = run
+        if metric is not None:
+            try:
+                instance.metric = self._journaled_metric(run, metric)
+            except AttributeError:  # a read-only metric: the compile's Evaluate runs are still journaled
+                run.metric = None
 
     @_logged
     def on_compile_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
@@ -362,14 +381,56 @@ class AutologCallback(BaseCallback):
                 _CURRENT_COMPILE.set(None)
         if run.metric_trials is not None:
             self._finish(run.metric_trials, run.metric_label, "finished", None)
-        status = "finished" if exception is None else "failed"
-        detail = None if exception is None else mask_text(f"{type(exception).__name__}: {exception}")[:2000]
+        status, detail = _ending(exception)
         run.experiment.finish(status, detail=detail, summary=_compile_summary(run, outputs))
 
     def _compile_of(self, active: str | None) -> _CompileRun | None:
         with self._lock:
             found = self._compiles.get(active) if active is not None else None
         return found if found is not None else _CURRENT_COMPILE.get()
+
+    def _scoring_metric(self, metric: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap an Evaluate's metric: a trial is recorded (and streamed to the journal) once it is scored.
+
+        The metric's own exception is the trial's error (DSPy's Evaluate logs it and scores
+        ``failure_score``); the wrapper re-raises it, so Evaluate behaves as without autolog.
+        """
+
+        @functools.wraps(metric)
+        def scoring(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                run = self._evaluations.get(CURRENT_CALL_ID.get())  # type: ignore[arg-type]
+            if run is None or len(args) < 2:
+                return metric(*args, **kwargs)
+            try:
+                value = metric(*args, **kwargs)
+            except Exception as error:
+                self._scored(run, example=args[0], prediction=args[1], value=None, error=error)
+                raise
+            self._scored(run, example=args[0], prediction=args[1], value=value, error=None)
+            return value
+
+        scoring._dspex_autolog = True  # type: ignore[attr-defined]
+        return scoring
+
+    @_logged
+    def _scored(self, run: _EvaluateRun, *, example: Any, prediction: Any, value: Any, error: Exception | None) -> None:
+        call: _Call | None = getattr(_LAST_CALL, "call", None)
+        _LAST_CALL.call = None
+        if call is None or call.outputs is not prediction:
+            position = run.trials.by_object.get(id(example))
+            call = run.calls.get(position) if position is not None else None
+        else:
+            position = call.index
+        if position is None:
+            return  # not a devset example: left to the result DSPy returns
+        fields = {"index": position, "example_id": run.trials.data.example_ids[position], "repeat": 0}
+        row = _metric_row(call, fields, prediction=prediction, value=value, error=error)
+        with self._lock:
+            if position in run.streamed:
+                return
+            run.streamed.add(position)
+        self._save(run.experiment, row, call)
 
     def _journaled_metric(self, run: _CompileRun, metric: Callable[..., Any]) -> Callable[..., Any]:
         """Wrap an optimizer's metric: each call the optimizer makes itself is a trial of the compile."""
@@ -384,17 +445,17 @@ class AutologCallback(BaseCallback):
                 value = metric(*args, **kwargs)
             except Exception as error:
                 if not again:
-                    self._metric_trial(run, args[0], args[1], None, error)
+                    self._metric_trial(run, example=args[0], prediction=args[1], value=None, error=error)
                 raise
             if not again:
-                self._metric_trial(run, args[0], args[1], value, None)
+                self._metric_trial(run, example=args[0], prediction=args[1], value=value, error=None)
             return value
 
         return journaled
 
     @_logged
     def _metric_trial(
-        self, run: _CompileRun, example: Any, prediction: Any, value: Any, error: Exception | None
+        self, run: _CompileRun, *, example: Any, prediction: Any, value: Any, error: Exception | None
     ) -> None:
         call: _Call | None = getattr(_LAST_CALL, "call", None)
         if call is not None and call.outputs is not prediction:
@@ -412,15 +473,16 @@ class AutologCallback(BaseCallback):
                 record = self._record(
                     "evaluation",
                     f"{run.experiment.name} metric calls",
-                    None,
-                    run.trainset.data,
-                    run.metric_label,
-                    {"dspy": type(run.optimizer).__name__, "metric_calls": True},
+                    program=None,
+                    data=run.trainset.data,
+                    metric=run.metric_label,
+                    config={"dspy": type(run.optimizer).__name__, "metric_calls": True},
                     parent=run,
-                    store_examples=False,
+                    store_examples=False,  # stored with the compile's record
                 )
                 run.metric_trials = run.experiment.child(record)
-        row = _metric_row(position, example_id, repeat, call, prediction, value, error)
+        fields = {"index": position, "example_id": example_id, "repeat": repeat}
+        row = _metric_row(call, fields, prediction=prediction, value=value, error=error)
         self._save(run.metric_trials, row, call)
 
     # -- the trials' traces -----------------------------------------------------------------------
@@ -553,11 +615,11 @@ class AutologCallback(BaseCallback):
         self,
         kind: str,
         name: str,
+        *,
         program: Any,
         data: Dataset,
         metric: str,
         config: dict[str, Any],
-        *,
         parent: _CompileRun | None = None,
         store_examples: bool = True,
     ) -> Any:
@@ -597,6 +659,19 @@ class AutologCallback(BaseCallback):
         experiment.finish(status, detail=detail, summary=result.to_summary() if len(trials) else None)
         if experiment.parent is None and not experiment.saved:
             self.report(f"the journal refused the trials of {experiment.id}; they were saved to {experiment.fallback}")
+
+
+def _is_wrapper(metric: Any) -> bool:
+    """Tell whether ``metric`` is autolog's scoring wrapper of an Evaluate's metric."""
+    return getattr(metric, "_dspex_autolog", False) is True
+
+
+def _ending(exception: BaseException | None) -> tuple[str, str | None]:
+    """Return how a DSPy call that raised ``exception`` (or None) ended: its status and, masked, why."""
+    if exception is None:
+        return "finished", None
+    status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+    return status, mask_text(f"{type(exception).__name__}: {exception}")[:2000]
 
 
 def _usage(spans: Sequence[Span]) -> dict[str, Any]:
@@ -639,7 +714,7 @@ def _prediction_text(prediction: Any) -> str:
     return json.dumps(to_json_value(prediction), ensure_ascii=False, default=repr)
 
 
-def _evaluate_row(position: int, example_id: str, call: _Call | None, result: Any) -> dict[str, Any]:
+def _evaluate_row(call: _Call | None, result: Any, *, position: int, example_id: str) -> dict[str, Any]:
     """Return the trial row of one devset example of a ``dspy.Evaluate`` call.
 
     DSPy's ``Evaluate`` hides a failure behind ``(dspy.Prediction(), failure_score)``; the program's
@@ -678,16 +753,10 @@ def _evaluate_row(position: int, example_id: str, call: _Call | None, result: An
 
 
 def _metric_row(
-    position: int,
-    example_id: str,
-    repeat: int,
-    call: _Call | None,
-    prediction: Any,
-    value: Any,
-    error: Exception | None,
+    call: _Call | None, trial: dict[str, Any], *, prediction: Any, value: Any, error: Exception | None
 ) -> dict[str, Any]:
-    """Return the trial row of one metric call an optimizer made during its compile."""
-    fields: dict[str, Any] = {"index": position, "example_id": example_id, "repeat": repeat}
+    """Return the trial row of one metric call as it returned or raised (``trial``: index, example id, repeat)."""
+    fields = dict(trial)
     fields.update(_timing(call))
     fields.update(_usage(call.spans if call is not None else ()))
     if error is not None:

@@ -61,7 +61,8 @@ def test_an_evaluate_call_is_an_experiment_with_trials_gold_and_traces(lab, jour
     assert len(tree.roots) == 1
 
 
-def test_a_failing_program_gives_error_trials_and_the_evaluate_goes_on(lab, journal_path):
+@pytest.mark.parametrize("metric_given", ["to Evaluate", "to its call"])
+def test_a_failing_program_or_metric_gives_error_trials_and_the_evaluate_goes_on(lab, journal_path, metric_given):
     devset = dx.datasets.arithmetic(4)
 
     class Flaky(dspy.Module):
@@ -80,7 +81,12 @@ def test_a_failing_program_gives_error_trials_and_the_evaluate_goes_on(lab, jour
         return exact(example, prediction)
 
     dx.autolog(journal_path)
-    result = dspy.Evaluate(devset=devset, metric=strict, num_threads=2, max_errors=10)(Flaky())
+    if metric_given == "to Evaluate":
+        evaluate = dspy.Evaluate(devset=devset, metric=strict, num_threads=2, max_errors=10)
+        result = evaluate(Flaky())
+        assert evaluate.metric is strict  # given back
+    else:
+        result = dspy.Evaluate(devset=devset, num_threads=2, max_errors=10)(Flaky(), metric=strict)
 
     journal = dx.open_journal(journal_path)
     experiment_id = top_level(journal).loc["dspy.Evaluate Flaky", "id"]
@@ -93,8 +99,12 @@ def test_a_failing_program_gives_error_trials_and_the_evaluate_goes_on(lab, jour
         assert "planted failure" in trials.loc[example_id, "error_message"]
         assert "sk-abcdefghijklmnop" not in trials.loc[example_id, "error_message"]  # secrets masked
     assert devset[1].id not in failing
-    assert trials.loc[devset[1].id, "error_stage"] == "metric"
-    assert trials.loc[devset[1].id, "prediction"] is not None
+    metric_error = trials.loc[devset[1].id]
+    assert metric_error["error_stage"] == "metric" and metric_error["prediction"] is not None
+    if metric_given == "to Evaluate":  # the metric's own exception, caught as it is scored
+        assert metric_error["error_type"] == "ValueError" and metric_error["error_message"] == "metric broke"
+    else:  # told apart by the empty prediction DSPy puts in its place
+        assert metric_error["error_type"] == "MetricError"
     assert (trials["status"] == "ok").sum() == 4 - len(set(failing) | {devset[1].id})
 
 
@@ -143,6 +153,25 @@ def test_evaluate_inside_a_compile_is_nested_under_it(lab, journal_path):
     assert child.role == "compile" and child.kind == "evaluation"
     assert len(journal.trials(child.id)) == 4
     assert journal.experiment(run_id)["summary"]["evaluations"] == 1
+
+
+def test_a_compile_that_raises_ends_failed_and_gives_the_metric_back(lab, journal_path):
+    class Broken(dspy.teleprompt.Teleprompter):
+        def __init__(self, metric):
+            super().__init__()
+            self.metric = metric
+
+        def compile(self, student, *, trainset, **kwargs):
+            raise RuntimeError("optimizer broke")
+
+    optimizer = Broken(exact)
+    dx.autolog(journal_path)
+    with pytest.raises(RuntimeError, match="optimizer broke"):
+        optimizer.compile(dspy.Predict("question -> answer"), trainset=dx.datasets.arithmetic(2))
+
+    assert optimizer.metric is exact
+    run = top_level(dx.open_journal(journal_path)).loc["dspy Broken.compile"]
+    assert run["status"] == "failed" and "optimizer broke" in run["status_detail"]
 
 
 def test_mipro_compile_is_journaled_with_its_evaluations(lab, journal_path):
