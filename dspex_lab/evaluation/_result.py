@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import math
 import shlex
 from collections import Counter
@@ -78,6 +79,18 @@ def _journal_option(journal: JournalStore) -> str:
     except DspexLabError:  # unreadable settings: say the path rather than rely on them
         default = None
     return "" if path == default else f" --journal {shlex.quote(str(path))}"
+
+
+def _gold(labels: dict[str, Any] | None, prediction: Any) -> dict[str, Any] | None:
+    """Return an example's gold: its non-input fields the prediction has (else all of them), None if unknown."""
+    if labels is None:
+        return None
+    try:
+        predicted = json.loads(prediction) if isinstance(prediction, str) else {}
+    except ValueError:
+        predicted = {}
+    named = {name: value for name, value in labels.items() if isinstance(predicted, dict) and name in predicted}
+    return named or labels
 
 
 @dataclass(frozen=True, eq=False)
@@ -288,8 +301,42 @@ class EvaluationResult:
         return int(self.trials["lm_calls"].fillna(0).sum()) if len(self.trials) else 0
 
     def table(self) -> pd.DataFrame:
-        """Return the trials as a DataFrame (one row per trial)."""
-        return self.trials.copy()
+        """Return the trials as a DataFrame (one row per trial), each beside its example's input and gold.
+
+        ``input`` (the example's input fields) and ``gold`` (its fields the prediction also has, else
+        all its other fields) are dicts read from the examples stored with the experiment in its
+        journal, placed around ``prediction`` so a row reads input, score, prediction, gold; they are
+        None where the example was not stored (a dataset past the journal's size limit, or a journal
+        that can no longer be read).
+        """
+        frame = self.trials.copy()
+        inputs, labels = self._example_fields()
+        at = frame.columns.get_loc("prediction") if "prediction" in frame.columns else len(frame.columns)
+        ids = list(frame["example_id"]) if "example_id" in frame.columns else [None] * len(frame)
+        predictions = list(frame["prediction"]) if "prediction" in frame.columns else [None] * len(frame)
+        frame.insert(at, "input", [inputs.get(example_id) for example_id in ids])
+        gold = [
+            _gold(labels.get(example_id), prediction) for example_id, prediction in zip(ids, predictions, strict=True)
+        ]
+        frame.insert(at + 2 if "prediction" in frame.columns else at + 1, "gold", gold)
+        return frame
+
+    def _example_fields(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """Return (input fields, gold fields) per example id, from the examples stored with the experiment."""
+        if self.experiment_id is None:
+            return {}, {}
+        try:
+            fingerprint = self.journal.experiment(self.experiment_id).get("dataset_fingerprint")
+            stored = self.journal.dataset_examples(fingerprint) if fingerprint else []
+        except JournalError:  # the journal moved or was deleted since the run: the trials still show
+            return {}, {}
+        inputs, gold = {}, {}
+        for example_id, record in stored:
+            names = set(record.get("inputs") or [])
+            fields = record.get("fields") or {}
+            inputs[example_id] = {name: value for name, value in fields.items() if name in names}
+            gold[example_id] = {name: value for name, value in fields.items() if name not in names}
+        return inputs, gold
 
     def to_summary(self) -> dict[str, Any]:
         """Return the headline numbers as JSON-ready data (what the journal stores)."""
