@@ -82,7 +82,7 @@ import numpy as np
 from dspy.utils import BaseCallback
 
 from dspex_lab._dspy_compat import gated_lm_copy, quiet_parallel_progress
-from dspex_lab.engine import metric_score, to_json_value, trial_record
+from dspex_lab.engine import metric_feedback, metric_score, to_json_value, trial_record
 from dspex_lab.errors import MissingDependencyError, OptimizerError, VariableError
 from dspex_lab.optimization._acceptance import finite, judge
 from dspex_lab.optimization._decisions import DecisionTrace
@@ -508,12 +508,20 @@ class _CompileTrials:
                     self._record(gold, pred, None, error)
                 raise
             if pred_name is None:  # GEPA's per-predictor feedback calls score the same trial again
-                self._record(gold, pred, score, None)
+                self._record(gold, pred, score, None, feedback=metric_feedback(value))
             return value if isinstance(value, dspy.Prediction) else score
 
         return journaled
 
-    def _record(self, example: Any, prediction: Any, score: float | None, error: Exception | None) -> None:
+    def _record(
+        self,
+        example: Any,
+        prediction: Any,
+        score: float | None,
+        error: Exception | None,
+        *,
+        feedback: str | None = None,
+    ) -> None:
         configuration = self.callback.last()
         began = self.callback.began() or (time.time(), time.perf_counter())
         # The LM calls of the program run (and of the metric) that made this trial; the window is
@@ -554,6 +562,7 @@ class _CompileTrials:
             started_at=began[0],
             finished_at=time.time(),
             unpriced_models=",".join(usage.unpriced_models) or None,
+            feedback=feedback,
         ).to_row()
         # Recorded now, counted with the rest of the compile's calls when it ends (see _DspyRun.compile).
         group.experiment.record(row)
