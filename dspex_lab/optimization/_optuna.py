@@ -359,16 +359,21 @@ class _OptunaRun:
         self.complete: dict[str, Scores] = {}  # candidate id -> its validation scores on the whole valset
         self.tried: set[str] = set()  # candidates some study trial has already asked for
         self.repeats = 0
-        directions = ["maximize"]
-        if optimizer.sampler == "nsga2":
-            guardrails = self.objective.guardrails if self.objective is not None else ()
-            directions += [("minimize" if item.side == "at_most" else "maximize") for item in guardrails] or [
-                "minimize"
-            ]
         pruner = optuna.pruners.MedianPruner() if pruning else optuna.pruners.NopPruner()
         self.study = optuna.create_study(
-            directions=directions, pruner=pruner, sampler=_sampler(optimizer, optuna, self._trial_seed(0))
+            directions=self._directions(), pruner=pruner, sampler=_sampler(optimizer, optuna, self._trial_seed(0))
         )
+
+    def _directions(self) -> list[str]:
+        """Return the study's directions: the metric's, then (NSGA-II) each guardrail's, or the cost's without one."""
+        if self.optimizer.sampler != "nsga2":
+            return ["maximize"]
+        if self.objective is None:
+            return ["maximize", "minimize"]
+        return [
+            "maximize",
+            *("minimize" if item.side == "at_most" else "maximize" for item in self.objective.guardrails),
+        ]
 
     def _trial_seed(self, number: int) -> int:
         """Return trial ``number``'s sampler seed: from the run's seed and the number only (a resume asks the same)."""
@@ -378,6 +383,7 @@ class _OptunaRun:
     # -- the run ---------------------------------------------------------------------------------
 
     def run(self) -> tuple[str, str]:
+        """Validate the baseline, rebuild a resumed study, search, choose; return the run's status and why."""
         try:
             self._baseline()
         except BudgetSpent as spent:
