@@ -777,9 +777,14 @@ class Program:
         if "model" in settings:
             model, variable = settings["model"]
             check_model_allowed(variable, model, run_model=getattr(run_lm, "model", None))
-            if model not in resolved:
-                resolved[model] = _lm_resolver(model)
-            base_lm = resolved[model]
+            if run_lm is not None and model == getattr(run_lm, "model", None):
+                # The run's own model: its LM as configured (endpoint, keys, cache), never a fresh one
+                # that would send the calls to the provider's default endpoint instead.
+                base_lm = run_lm
+            else:
+                if model not in resolved:
+                    resolved[model] = _lm_resolver(model)
+                base_lm = resolved[model]
         elif run_lm is None:
             raise ProgramSpecError(
                 f"program {self.name!r} sets {sorted(remaining)} of {scope} but no LM is configured: "

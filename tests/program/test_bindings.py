@@ -532,3 +532,23 @@ def test_predictors_with_the_same_settings_share_one_lm_so_dspy_finds_the_module
     by_name = dict(mixed.named_predictors())
     assert by_name["plan"].lm is by_name["solve"].lm and by_name["verify"].lm is not by_name["plan"].lm
     assert by_name["verify"].lm.model == "lab/large"
+
+
+def test_a_model_variable_naming_the_runs_model_keeps_the_runs_lm_and_its_endpoint() -> None:
+    # A user's LM points at their own server; a spec's model variable only names models, so the run's
+    # model must keep that endpoint, never become a fresh LM for the provider's default one.
+    run_lm = dspy.LM("openai/local-model", api_base="http://127.0.0.1:9/v1", api_key="not-a-secret")
+    program = dx.Program(
+        "dspy.ChainOfThought",
+        signature="question -> answer",
+        variables={
+            "model": dx.Choice("openai/local-model", choices=["openai/local-model", "lab/large"]),
+            "temperature": dx.Float(0.2, low=0.0, high=1.0),
+        },
+    )
+    (predictor,) = [p for _, p in program.build(lm=run_lm).named_predictors()]
+    assert predictor.lm.model == "openai/local-model" and predictor.lm.kwargs["api_base"] == "http://127.0.0.1:9/v1"
+    assert predictor.lm.kwargs["temperature"] == 0.2
+    other = program.with_values(model="lab/large").build(lm=run_lm)
+    (predictor,) = [p for _, p in other.named_predictors()]
+    assert predictor.lm.model == "lab/large" and "api_base" not in predictor.lm.kwargs
