@@ -19,6 +19,7 @@ from dspex_lab._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from dspex_lab._records import ExperimentRecord
+    from dspex_lab.journal._annotations import ANNOTATION_BOUNDS, ANNOTATION_COLUMNS
     from dspex_lab.journal._duckdb import DuckDBJournal, open_journal
     from dspex_lab.journal._memory import MemoryJournal, memory_journal
     from dspex_lab.journal._schema import SCHEMA_VERSION, trials_frame
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from dspex_lab.journal._writer import TrialWriter
 
 __all__ = [
+    "ANNOTATION_BOUNDS",
+    "ANNOTATION_COLUMNS",
     "EXPERIMENT_ROLES",
     "LEADERBOARD_COLUMNS",
     "SCHEMA_VERSION",
@@ -62,6 +65,8 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     globals(),
     {
+        "ANNOTATION_BOUNDS": "dspex_lab.journal._annotations",
+        "ANNOTATION_COLUMNS": "dspex_lab.journal._annotations",
         "EXPERIMENT_ROLES": "dspex_lab.journal._store",
         "LEADERBOARD_COLUMNS": "dspex_lab.journal._views",
         "SCHEMA_VERSION": "dspex_lab.journal._schema",

@@ -26,12 +26,25 @@ if TYPE_CHECKING:
     import duckdb
     import pandas as pd
 
-__all__ = ["ANNOTATION_COLUMNS", "MAX_AUTHOR", "MAX_GOLD_BYTES", "MAX_LABEL", "MAX_NOTE", "AnnotationQueries"]
+__all__ = [
+    "ANNOTATION_BOUNDS",
+    "ANNOTATION_COLUMNS",
+    "MAX_AUTHOR",
+    "MAX_GOLD_BYTES",
+    "MAX_LABEL",
+    "MAX_NOTE",
+    "AnnotationQueries",
+    "annotation_record",
+]
 
 MAX_LABEL = 100
 MAX_NOTE = 4000
 MAX_AUTHOR = 100
 MAX_GOLD_BYTES = 16 * 1024
+
+#: What an annotation may hold, for a view that checks its fields before it writes: characters of the
+#: label, note and author, and bytes of the corrected gold's JSON.
+ANNOTATION_BOUNDS = {"label": MAX_LABEL, "note": MAX_NOTE, "author": MAX_AUTHOR, "corrected_gold": MAX_GOLD_BYTES}
 
 #: The columns of :meth:`AnnotationQueries.annotations` and of each dict of ``annotation_rows``.
 ANNOTATION_COLUMNS = (

@@ -76,8 +76,14 @@ def test_a_version_7_journal_migrates_to_the_layout_of_a_new_one_and_keeps_its_t
     assert list(migrated.annotations()["trial_id"]) == [trial]
 
     # A new journal written by the same code as the fixture: the same tables, columns, order and keys.
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        from make_journal_v7 import write
+    finally:
+        sys.path.remove(str(FIXTURES))
     new_path = tmp_path / "new.duckdb"
-    subprocess.run([sys.executable, str(FIXTURES / "make_journal_v7.py"), str(new_path)], check=True)
+    write(new_path)
+    assert len(dx.open_journal(new_path).experiment_summaries()) == 1  # written, and its file closed
     assert layout(migrated_path) == layout(new_path)
 
 
