@@ -136,14 +136,16 @@ class JournalWriter(Protocol):
 
     Idempotence: every write may be repeated without effect, because the journal service retries
     a call whose serving process died, and a writer retries a failed flush: creating an existing
-    id, appending a recorded trial or span, registering a hypothesis again or recording a known
-    candidate changes nothing; a step and an experiment's end are written by value. A write that
+    id, appending a recorded trial or span, registering a hypothesis again, recording a known
+    candidate or an annotation whose id is recorded changes nothing (``annotate`` makes the id before
+    the write); a step and an experiment's end are written by value. A write that
     would rewrite what is recorded (a hypothesis under the same id with other terms) is a
     :class:`~dspex_lab.errors.JournalError`.
 
-    Immutability: an experiment's identity and a recorded trial, span or candidate never change
-    once written; only an experiment's status, summary and heartbeat, a hypothesis' decision and a
-    step's progress are updated.
+    Immutability: an experiment's identity and a recorded trial, span, candidate or annotation never
+    change once written (a later annotation of a trial supersedes the earlier one in current views);
+    only an experiment's status, summary and heartbeat, a hypothesis' decision and a step's progress
+    are updated.
 
     Durability: :attr:`durable` says whether what is written outlives the process. A file store's
     write is in the file when its call returns (a ``TrialWriter`` flushes at least twice a second,
