@@ -78,7 +78,7 @@ def autolog(
     metric=...)(program)`` is an evaluation experiment with a trial per example (inputs, prediction,
     gold, score, error, tokens, cost) and its trace, and ``SomeOptimizer(...).compile(program,
     trainset=...)`` an optimization experiment holding the evaluations and metric calls it made.
-    Browse them with ``dspex journal experiments`` or the dashboard.
+    Browse them with ``dspex journal list`` and ``dspex journal trials``, the dashboard or the notebook.
 
     Calling it again replaces the previous registration (never two); ``disable=True`` removes it.
 
@@ -399,7 +399,7 @@ class AutologCallback(BaseCallback):
         @functools.wraps(metric)
         def scoring(*args: Any, **kwargs: Any) -> Any:
             with self._lock:
-                run = self._evaluations.get(CURRENT_CALL_ID.get())  # type: ignore[arg-type]
+                run = self._evaluations.get(CURRENT_CALL_ID.get())
             if run is None or len(args) < 2:
                 return metric(*args, **kwargs)
             try:
@@ -645,6 +645,9 @@ class AutologCallback(BaseCallback):
             experiment.span_sink(trial_id(row["example_id"], row["repeat"]), call.spans)
 
     def _finish(self, experiment: Experiment, metric: str, status: str, detail: str | None) -> None:
+        # The writer's last rows first (a top-level run's; a nested one shares its root's writer): the
+        # summary's frame is then built without the writer thread competing for the interpreter.
+        experiment.close()
         trials = experiment.trials()
         if status == "finished" and len(trials) and not (trials["status"] == "ok").any():
             status, detail = "failed", f"every one of its {len(trials)} trials failed; no trial scored"
