@@ -16,9 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dspex_lab.metrics import NAMES as METRIC_NAMES
+
 __all__ = ["main"]
 
-_METRIC_HELP = "a dx.metrics name (dx.metrics.NAMES), or module:qualname (a module given with --import or importable)"
+_METRIC_HELP = f"one of {', '.join(METRIC_NAMES)}, or module:qualname (a module given with --import or importable)"
 _IMPORT_HELP = "import this module first (repeatable), so its registered modules and metrics can be used"
 _INPUTS_HELP = "comma-separated input fields, e.g. question (default: the inputs of the program's signature)"
 # dspex_lab.optimization.GUARDRAIL_SYNTAX, written out: `dspex --help` does not import the optimization layer.
@@ -156,7 +158,7 @@ def _metric(name: str, *, option: str = "--metric") -> Any:
     """
     import dspex_lab as dx
 
-    if name in dx.metrics.NAMES:
+    if name in METRIC_NAMES:
         return dx.metrics.get(name)
     module_name, colon, qualname = name.partition(":")
     parts = qualname.split(".")

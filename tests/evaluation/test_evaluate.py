@@ -169,7 +169,9 @@ def test_bad_arguments_are_clear_errors(problems):
         with pytest.raises(ExecutionError, match="repeats"):
             dx.evaluate(PREDICT, problems, metric=dx.metrics.exact_match, repeats=0)
         with pytest.raises(ExecutionError, match="metric must be callable"):
-            dx.evaluate(PREDICT, problems, metric="exact_match")
+            dx.evaluate(PREDICT, problems, metric=3)
+        with pytest.raises(ExecutionError, match=r"no metric 'exact-match' in dx\.metrics"):
+            dx.evaluate(PREDICT, problems, metric="exact-match")
         with pytest.raises(ExecutionError, match="dataset must be"):
             dx.evaluate(PREDICT, "problems.jsonl", metric=dx.metrics.exact_match)
 

@@ -90,5 +90,5 @@ def test_the_command_line_takes_the_new_names():
     from dspex_lab.cli import _metric
 
     assert _metric("semantic_f1") is dx.metrics.semantic_f1
-    with pytest.raises(ExecutionError, match=r"dx\.metrics name"):
+    with pytest.raises(ExecutionError, match=r"one of exact_match, .*, semantic_f1"):
         _metric("semantic-f1")

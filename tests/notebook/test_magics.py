@@ -206,7 +206,7 @@ def test_a_bad_guardrail_is_one_usage_error_naming_the_magic(shell):
 def test_unknown_metric_names_the_known_ones(shell):
     shell.run_cell_magic("dspex", "program qa", PROGRAM)
     shell.user_ns["data"] = []
-    with pytest.raises(UsageError, match=r"--metric 'exact' is neither .* \(contains, exact_match, f1"):
+    with pytest.raises(UsageError, match=r"--metric 'exact' is neither .* \(exact_match, numeric_match, contains, f1,"):
         shell.run_line_magic("dspex", "evaluate qa --data data --metric exact")
 
 

@@ -84,7 +84,8 @@ def test_bad_text_is_one_line_naming_the_option_what_is_wrong_and_the_syntax(tex
 
 
 def test_an_unknown_lab_metric_lists_the_known_ones() -> None:
-    with pytest.raises(OptimizerError, match=r"no metric 'exact' in dx.metrics \(contains, exact_match, f1"):
+    known = r"\(exact_match, numeric_match, contains, f1, answer_exact_match"
+    with pytest.raises(OptimizerError, match=r"no metric 'exact' in dx.metrics " + known):
         parse_guardrail("metric:exact>=0.5")
 
 
