@@ -13,6 +13,7 @@ import pytest
 import dspex_lab as dx
 from dspex_lab.errors import MissingDependencyError, OptimizerError
 from dspex_lab.optimization import OPTUNA_IMPORTANCE_COLUMNS, OptimizationResult, OptunaSearch, optimize
+from dspex_lab.optimization._evaluator import CandidateEvaluator
 from dspex_lab.optimization._optuna import typed_space
 from tests.optimization.oracle import oracle_program
 
@@ -115,7 +116,43 @@ def test_a_resumed_study_is_rebuilt_from_the_journal_and_ends_as_an_uninterrupte
     assert shape(resumed) == shape(whole)
     assert resumed.best_id == whole.best_id
     assert resumed.steps["detail"].tolist() == whole.steps["detail"].tolist()
-    assert resumed.spending["lm_calls"] == whole.spending["lm_calls"]
+    assert resumed.spending["trials"] == whole.spending["trials"]
+
+
+def test_a_trial_interrupted_between_blocks_is_asked_again_and_reuses_its_journaled_block(
+    data: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = run_oracle(data, OptunaSearch(n_trials=7), journal=tmp_path / "whole.duckdb")
+    entries = trial_entries(whole)
+    # A later trial whose candidate is new there (not the baseline, not a repeat).
+    entry = next(
+        item for position, item in enumerate(entries)
+        if position >= 2 and item["candidate"] not in {"c0", *(earlier["candidate"] for earlier in entries[:position])}
+    )  # fmt: skip
+    evaluate = CandidateEvaluator.evaluate
+
+    def interrupted(self: CandidateEvaluator, program: Any, examples: Any, **options: Any) -> Any:
+        scores = evaluate(self, program, examples, **options)
+        if scores.experiment_id.endswith(f"/{entry['candidate']}/val"):
+            raise KeyboardInterrupt  # after its first block is journaled, before the pruner hears of it
+        return scores
+
+    path = tmp_path / "resumed.duckdb"
+    monkeypatch.setattr(CandidateEvaluator, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt, match="resume=") as stopped:
+        run_oracle(data, OptunaSearch(n_trials=7), journal=path)
+    monkeypatch.setattr(CandidateEvaluator, "evaluate", evaluate)
+    run_id = stopped.value.experiment_id
+    resumed = run_oracle(data, OptunaSearch(n_trials=7), journal=path, resume=run_id)
+
+    def shape(result: OptimizationResult) -> list[tuple[Any, ...]]:
+        return [
+            (entry["number"], entry["candidate"], entry["state"], entry["params"]) for entry in trial_entries(result)
+        ]
+
+    assert shape(resumed) == shape(whole)
+    assert resumed.candidates["candidate_id"].tolist() == whole.candidates["candidate_id"].tolist()
+    assert resumed.spending["trials"] == whole.spending["trials"]
 
 
 def test_the_same_seed_gives_the_same_study_and_another_seed_another(data: Any) -> None:
