@@ -306,10 +306,28 @@ class Judge:
             raise InvalidScoreError(f"judge {self.__name__!r}: the score {shown} is outside its scale {scale}")
         return float(score)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle the judge as its arguments (a worker process rebuilds its predictor); never with its own LM.
+
+        A judge of the run's LM (``lm=None``) judges with the LM each worker rebuilds; its own LM, which may
+        hold an API key and need not pickle, is never sent.
+        """
+        if self.lm is not None:
+            raise TypeError(
+                f"judge {self.__name__!r} has its own LM, which is never sent to worker processes; use "
+                "executor='thread', or lm=None to judge with the run's LM"
+            )
+        scale = PASS_FAIL if self.scale is None else self.scale
+        return (_judge_from_arguments, (self.rubric, None, self.__name__, scale, self.field))
+
     def __repr__(self) -> str:
         scale = PASS_FAIL if self.scale is None else f"{self.scale[0]:g}..{self.scale[1]:g}"
         model = getattr(self.lm, "model", "the run's LM")
         return f"Judge({self.__name__!r}, scale={scale}, lm={model})"
+
+
+def _judge_from_arguments(rubric: str, lm: Any, name: str, scale: Any, field: str | None) -> Judge:
+    return Judge(rubric, lm=lm, name=name, scale=scale, field=field)
 
 
 def _checked_scale(scale: Any) -> tuple[float, float] | None:

@@ -143,3 +143,18 @@ def test_feedback_shows_in_the_span_detail_html(data):
     html = detail_html({"kind": "metric", "name": "m", "attributes": {}, "comparison": compared})
     assert "the metric&#x27;s feedback" in html and "off by one" in html
     assert json.dumps(compared)  # plain data for the widget
+
+
+def test_a_judge_travels_to_worker_processes_by_its_arguments_never_with_its_own_lm(data):
+    import pickle
+
+    judge = dx.metrics.judge(RUBRIC, scale=(0, 5), name="strict")
+    copy = pickle.loads(pickle.dumps(judge))
+    assert copy.__qualname__ == judge.__qualname__ and copy.lm is None
+    with dspy.context(lm=dx.lab_lm("lab/small")):
+        for example in data[:3]:
+            prediction = dspy.Prediction(answer=example.answer)
+            assert copy(example, prediction).score == judge(example, prediction).score == 5.0
+    keyed = dx.metrics.judge(RUBRIC, lm=dspy.LM("openai/gpt-4o-mini", api_key="sk-test-not-a-key"))
+    with pytest.raises(TypeError, match="never sent to worker processes"):
+        pickle.dumps(keyed)
