@@ -343,18 +343,17 @@ class _Attempts:
     started: float
     clock: float
     meter: Meter = field(default_factory=Meter)
-    # The metric's calls (a judge's): counted here and, through the parent link, in ``meter`` too.
-    metric_meter: Meter = field(init=False)
+    # How many of ``meter``'s calls came before the metric ran: the calls after it are the metric's (a judge's).
+    metric_mark: int | None = None
     number: int = 1
     cause: str | None = None  # why this attempt is a retry (its attempt span's label)
     retried: list[dict[str, Any]] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.metric_meter = Meter(parent=self.meter)
-
     def metric_usage(self) -> tuple[int, float | None]:
         """Return the metric's LM calls and their cost (None when a call had no known price)."""
-        usage = self.metric_meter.usage()
+        if self.metric_mark is None:
+            return 0, 0.0
+        usage = self.meter.usage(since=self.metric_mark)
         return usage.lm_calls, usage.cost
 
     def note_retry(self, error: BaseException, wait: float) -> None:
@@ -562,7 +561,8 @@ class TrialRunner:
         its calls are spans under the metric's span, and they are metered into the trial's usage
         and, apart, into the metric's (``metric_lm_calls``, ``metric_cost``).
         """
-        with metering(attempts.metric_meter, overrides=overrides):
+        attempts.metric_mark = attempts.meter.mark()
+        with metering(attempts.meter, overrides=overrides):
             if self.recorder is None:
                 value = self.metric(task.example, prediction)
                 return metric_score(value), metric_feedback(value)

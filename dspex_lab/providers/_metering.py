@@ -272,18 +272,12 @@ class Meter:
     call read from another thread in the instant between its usage and its history entry
     shows its table price, then DSPy's). A meter bound inside another meter's block also
     counts into the outer one.
-
-    Args:
-        parent: a meter that also counts every call this one counts (a trial's meter, for the
-            meter of its metric's calls), however the blocks are nested.
     """
 
-    def __init__(self, *, parent: Meter | None = None) -> None:
-        if parent is not None and not isinstance(parent, Meter):
-            raise ProgramSpecError(f"Meter(parent=...) needs a Meter, not {type(parent).__name__}")
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: list[_Call] = []
-        self._parent: Meter | None = parent
+        self._parent: Meter | None = None
         self._hooks: MeteringHooks | None = None  # DSPy usage tracker and history tap, made on first use
 
     def calls(self) -> tuple[MeteredCall, ...]:
@@ -292,10 +286,20 @@ class Meter:
             pending = list(self._calls)
         return tuple(call.freeze() for call in pending)
 
-    def usage(self) -> Usage:
-        """Return the totals so far (see :class:`Usage` and the module docstring's contract)."""
+    def mark(self) -> int:
+        """Return how many calls were counted so far: ``usage(since=mark)`` is then what came after."""
         with self._lock:
-            calls = list(self._calls)
+            return len(self._calls)
+
+    def usage(self, *, since: int = 0) -> Usage:
+        """Return the totals so far (see :class:`Usage` and the module docstring's contract).
+
+        Args:
+            since: count only the calls after the first ``since`` (a :meth:`mark`): a trial's metric
+                runs after its program, so the calls after the mark taken before it are the metric's.
+        """
+        with self._lock:
+            calls = self._calls[since:] if since else list(self._calls)
         input_tokens = output_tokens = 0
         costs: list[float] = []
         unpriced: set[str] = set()
