@@ -7,13 +7,15 @@ Two scenarios, ChainOfThought on the lab LM, ``num_threads=8`` (the tracing scen
 * ``zero``: no latency, 1,000 examples: the worst case, where DSPy's own per-call Python is all
   there is, so the callbacks, the span capture and the journal writes show in full.
 
-In one process, each repeat runs three sides in rotating order (so drift on a shared machine
+In one process, each repeat runs four sides in rotating order (so drift on a shared machine
 affects all alike): the bare ``dspy.Evaluate`` call; the same call with an empty
 ``dspy.utils.BaseCallback`` registered (``callback``: DSPy's own dispatch, which any callback-based
-logger pays, MLflow's and openinference's included); and the same call with ``dx.autolog(trace=True)``
-registered, writing experiment, trials and spans to a DuckDB journal in a temporary folder (the
-journal is flushed before the clock stops: ``on_evaluate_end`` finishes the experiment). Reported:
-medians of wall time, the ratios autolog / bare and autolog / callback, and whether the scores agree.
+logger pays, MLflow's and openinference's included); the same call with ``dx.autolog(trace=False)``
+(``trials``: experiment and trials journaled, spans captured for tokens but not stored); and with
+``dx.autolog(trace=True)`` (``autolog``), writing experiment, trials and spans to a DuckDB journal in
+a temporary folder (the journal is flushed before the clock stops: ``on_evaluate_end`` finishes the
+experiment). Reported: medians of wall time, the ratios autolog / bare and autolog / callback, and
+whether the scores of all sides agree.
 
 Run: python bench/bench_autolog.py [--repeats 5] [--scenario latency zero] [--threads 8] [--json PATH]
 """
@@ -44,14 +46,14 @@ def exact(example: Any, prediction: Any, trace: Any = None) -> bool:
     return bool(example.answer == prediction.answer)
 
 
-SIDES = ("bare", "callback", "autolog")
+SIDES = ("bare", "callback", "trials", "autolog")
 
 
 def run_side(side: str, devset: list[Any], *, threads: int, journal: Path) -> tuple[float, float]:
     """Return (wall seconds, score) of one ``dspy.Evaluate`` call on one side (autolog writes to ``journal``)."""
     program = dspy.ChainOfThought("question -> answer")
-    if side == "autolog":
-        dx.autolog(journal)
+    if side in ("trials", "autolog"):
+        dx.autolog(journal, trace=side == "autolog")
     callbacks = [BaseCallback()] if side == "callback" else []
     prepare_for_measurement()
     try:
@@ -76,7 +78,7 @@ def measure(name: str, repeats: int, threads: int, folder: Path) -> dict[str, An
             walls[side].append(seconds)
             scores[side].add(score)
     medians = {side: median_or_none(walls[side]) for side in SIDES}
-    bare, callback, logged = (medians[side] for side in SIDES)
+    bare, callback, logged = medians["bare"], medians["callback"], medians["autolog"]
     return {
         "scenario": name,
         "latency": latency,
@@ -105,6 +107,7 @@ def main() -> int:
             f"{item['examples']} x {item['latency'] * 1000:.0f} ms",
             f"{item['bare']:.2f} s",
             f"{item['callback']:.2f} s",
+            f"{item['trials']:.2f} s",
             f"{item['autolog']:.2f} s",
             f"{item['ratio']:.3f}",
             f"{item['ratio_to_callback']:.3f}",
@@ -112,7 +115,8 @@ def main() -> int:
         ]
         for item in results
     ]
-    headers = ["scenario", "examples", "bare", "callback", "autolog", "autolog/bare", "autolog/callback", "scores"]
+    headers = ["scenario", "examples", "bare", "callback", "trials", "autolog", "autolog/bare", "autolog/callback"]
+    headers.append("scores")
     print(format_table(headers, rows))
     print(f"machine: {machine_description()}")
     if arguments.json:
