@@ -174,6 +174,33 @@ def test_a_compile_that_raises_ends_failed_and_gives_the_metric_back(lab, journa
     assert run["status"] == "failed" and "optimizer broke" in run["status_detail"]
 
 
+def test_trace_false_keeps_trials_with_tokens_but_no_spans_and_secrets_stay_out(lab, journal_path):
+    secret = "sk-abcdefghijklmnopqrstuvwxyz0123456789"
+
+    class Keyed(dspy.teleprompt.Teleprompter):
+        def __init__(self, metric):
+            super().__init__()
+            self.metric = metric
+            self.api_key = secret
+            self.note = f"key {secret}"
+
+        def compile(self, student, *, trainset, **kwargs):
+            dspy.Evaluate(devset=trainset, metric=self.metric)(student)
+            return student
+
+    dx.autolog(journal_path, trace=False)
+    Keyed(exact).compile(dspy.Predict("question -> answer"), trainset=dx.datasets.arithmetic(2))
+
+    journal = dx.open_journal(journal_path)
+    run_id = top_level(journal).loc["dspy Keyed.compile", "id"]
+    (child,) = journal.children(run_id)
+    trials = journal.trials(child.id)
+    assert len(trials) == 2 and (trials["input_tokens"] > 0).all()
+    assert journal.spans(child.id) == []
+    settings = journal.experiment(run_id)["config"]["optimizer_config"]
+    assert secret not in json.dumps(settings) and set(settings) >= {"api_key", "note"}
+
+
 def test_mipro_compile_is_journaled_with_its_evaluations(lab, journal_path):
     data = dx.datasets.arithmetic(10)
     optimizer = dspy.MIPROv2(metric=exact, auto=None, num_candidates=2, num_threads=2)
