@@ -624,7 +624,8 @@ class AutologCallback(BaseCallback):
         store_examples: bool = True,
     ) -> Any:
         lm = dspy.settings.lm
-        settings = {**config, "autolog": True, "lm": getattr(lm, "model", None if lm is None else repr(lm))}
+        settings = {**config, "autolog": True, "trace": self.trace}
+        settings["lm"] = getattr(lm, "model", None if lm is None else repr(lm))
         settings["lm_state"] = lm_state(lm) if lm is not None else None
         return experiment_record(
             kind,

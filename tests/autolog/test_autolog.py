@@ -59,6 +59,8 @@ def test_an_evaluate_call_is_an_experiment_with_trials_gold_and_traces(lab, jour
     kinds = [span.kind for span in journal.spans(experiment["id"], f"{devset[0].id}/r0")]
     assert kinds[0] == "trial" and kinds.count("module") == 2 and kinds.count("lm") == 1
     assert len(tree.roots) == 1
+    loaded = dx.load(experiment["id"], journal=journal)  # a dx.EvaluationResult, traces readable
+    assert loaded.traced and loaded.n == len(devset) and loaded.trace(f"{devset[0].id}/r0").roots
 
 
 @pytest.mark.parametrize("metric_given", ["to Evaluate", "to its call"])
