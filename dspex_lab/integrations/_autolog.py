@@ -5,7 +5,10 @@ already announces through its public callback API:
 
 - ``on_evaluate_start``/``on_evaluate_end``: a ``dspy.Evaluate(...)(program)`` call becomes an
   evaluation experiment on its devset (examples stored, so input and gold are browsable), with one
-  trial per example: prediction, score, error, latency, tokens, cost;
+  trial per example: prediction, score, error, latency, tokens, cost. While it runs, the
+  ``Evaluate``'s ``metric`` attribute is wrapped (and given back at the end), so each trial is
+  recorded, and streamed to the journal, as soon as it is scored, with the metric's own exception
+  when it raised; a metric given to the call instead is read from the returned result;
 - ``on_module_start``/``on_module_end`` of the evaluated program's top-level call (the call DSPy
   makes from ``Evaluate`` with the example's inputs) open and close that trial's trace; every
   module, adapter, LM and tool call under it is a span (:class:`~dspex_lab.trace.SpanRecorder`), and
@@ -17,8 +20,9 @@ already announces through its public callback API:
   optimizer makes itself (BootstrapFewShot's bootstrapping): while the compile runs, the
   optimizer's ``metric`` attribute is wrapped, and restored when it ends.
 
-What is never done: no DSPy class or private name is patched, the user's program and data are not
-changed, and a failure here never reaches the user's run: a program or metric that raises is an
+What is never done: no DSPy class is patched (the one private name needed, DSPy's active call id,
+which says whose call a module call is, is read through :mod:`dspex_lab._dspy_compat`), the user's
+program and data are not changed, and a failure here never reaches the user's run: a program or metric that raises is an
 error trial (DSPy's ``Evaluate`` goes on, as it always does), and a journal that cannot be written
 is logged once, while ``Evaluate`` returns its result as usual. Secrets are masked by the same
 builders every other trial, span and config goes through.
