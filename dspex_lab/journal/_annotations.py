@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -51,7 +52,7 @@ ANNOTATION_COLUMNS = (
     "id", "experiment_id", "trial_id", "example_id", "label", "note", "corrected_gold", "author", "created_at",
 )  # fmt: skip
 
-_SELECT = f"SELECT {', '.join(ANNOTATION_COLUMNS)} FROM annotations"
+_SELECT = f"SELECT {', '.join(ANNOTATION_COLUMNS)}, seq FROM annotations"
 # The latest annotation of each trial: ``seq`` orders two written in the same microsecond.
 _CURRENT = " QUALIFY row_number() OVER (PARTITION BY experiment_id, trial_id ORDER BY created_at DESC, seq DESC) = 1"
 
@@ -82,6 +83,27 @@ def _gold_json(value: Any) -> str | None:
     if size > MAX_GOLD_BYTES:
         raise JournalError(f"corrected_gold is {size} bytes of JSON; at most {MAX_GOLD_BYTES} are kept")
     return text
+
+
+def _check_record(record: Any) -> None:
+    """Refuse a record :func:`annotation_record` would not have built (the bounds hold at the write too)."""
+    keys = {"id", "experiment_id", "trial_id", "label", "note", "corrected_gold", "author"}
+    if not isinstance(record, Mapping) or set(record) != keys:
+        raise JournalError(f"an annotation record has exactly the fields {sorted(keys)}; build it with annotate()")
+    if not isinstance(record["id"], str) or not re.fullmatch(r"[0-9a-f]{32}", record["id"]):
+        raise JournalError(f"annotation id must be 32 lowercase hex digits, got {record['id']!r:.80}")
+    for name, limit in (("label", MAX_LABEL), ("note", MAX_NOTE), ("author", MAX_AUTHOR)):
+        _bounded_text(record[name], name, limit)
+    gold = record["corrected_gold"]
+    if gold is not None:
+        try:
+            decoded = json.loads(gold) if isinstance(gold, str) else None
+        except ValueError:
+            decoded = None
+        if not isinstance(decoded, dict) or len(gold.encode("utf-8")) > MAX_GOLD_BYTES:
+            raise JournalError(f"corrected_gold must be a JSON object of at most {MAX_GOLD_BYTES} bytes")
+    if not record["author"] or (record["label"] is None and record["note"] is None and gold is None):
+        raise JournalError("an annotation needs an author and a label, a note or a corrected gold")
 
 
 def _default_author() -> str:
@@ -161,7 +183,12 @@ class AnnotationQueries(DuckDBStore):
         return self.record_annotation(record)
 
     def record_annotation(self, record: dict[str, Any]) -> str:
-        """Write an annotation record (:func:`annotation_record`'s); writing the same id again changes nothing."""
+        """Write an annotation record (:func:`annotation_record`'s); writing the same id again changes nothing.
+
+        The record is checked again here, where it is written: a call through the journal service
+        comes from another process.
+        """
+        _check_record(record)
         with self._connect(write=True) as connection:
             example_id = _trial_example(connection, record, self.location)
             connection.execute(
@@ -175,7 +202,7 @@ class AnnotationQueries(DuckDBStore):
         return str(record["id"])
 
     def annotation_rows(self, experiment_id: str | None = None, *, current: bool = False) -> list[dict[str, Any]]:
-        """Return annotations as dicts (``corrected_gold`` decoded), oldest first.
+        """Return annotations as dicts (``corrected_gold`` decoded), in the order they were written.
 
         Args:
             experiment_id: one experiment's (default: every experiment's).
@@ -187,14 +214,15 @@ class AnnotationQueries(DuckDBStore):
             return []
         where, parameters = ("", []) if experiment_id is None else (" WHERE experiment_id = ?", [experiment_id])
         query = _SELECT + where + (_CURRENT if current else "")
-        rows = self._rows(f"SELECT * FROM ({query}) ORDER BY created_at, id", parameters)
+        rows = self._rows(f"SELECT * FROM ({query}) ORDER BY created_at, seq", parameters)
         for row in rows:
+            del row["seq"]
             if isinstance(row["corrected_gold"], str):
                 row["corrected_gold"] = json.loads(row["corrected_gold"])
         return rows
 
     def annotations(self, experiment_id: str | None = None, *, current: bool = False) -> pd.DataFrame:
-        """Return annotations as a DataFrame, oldest first (see :meth:`annotation_rows`).
+        """Return annotations as a DataFrame, in the order they were written (see :meth:`annotation_rows`).
 
         ``corrected_gold`` holds the decoded JSON object (or None); ``created_at`` is UTC, naive.
         """

@@ -413,7 +413,7 @@ class JournalReader(Protocol):
         ...
 
     def annotation_rows(self, experiment_id: str | None = None, *, current: bool = False) -> list[dict[str, Any]]:
-        """Return annotations (of one experiment, or all) as dicts, oldest first (then by id).
+        """Return annotations (of one experiment, or all) as dicts, in the order they were written.
 
         Each has ``id``, ``experiment_id``, ``trial_id``, ``example_id``, ``label``, ``note``,
         ``corrected_gold`` (the decoded JSON object, or None), ``author`` and ``created_at`` (UTC,

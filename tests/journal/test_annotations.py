@@ -157,6 +157,25 @@ def test_a_bad_annotation_is_refused_with_what_is_wrong(annotated, options, mess
     assert store.annotation_rows() == []
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"note": "n" * (MAX_NOTE + 1)}, "note is 4001 characters"),
+        ({"id": "'; DROP TABLE trials; --"}, "annotation id must be 32 lowercase hex digits"),
+        ({"corrected_gold": "[1, 2]"}, "corrected_gold must be a JSON object"),
+        ({"label": None}, "needs an author and a label, a note or a corrected gold"),
+        ({"extra": 1}, "has exactly the fields"),
+    ],
+)
+def test_a_record_written_directly_is_checked_as_annotate_checks_it(annotated, change, message):
+    # What another process sends through the journal service reaches record_annotation, not annotate.
+    store, run = annotated
+    record = {**annotation_record(run, "e0/r0", label="x"), **change}
+    with pytest.raises(JournalError, match=re.escape(message)):
+        store.record_annotation(record)
+    assert store.annotation_rows() == []
+
+
 def test_a_gold_correction_at_the_bounds_is_kept(annotated):
     store, run = annotated
     padding = MAX_GOLD_BYTES - len(json.dumps({"answer": ""}))
