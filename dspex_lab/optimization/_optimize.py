@@ -266,8 +266,7 @@ def optimize(
         program: the program to improve: its typed variables, and instructions and demos for every predictor.
         trainset: examples for mini-batches, trajectories and demos.
         valset: held-out examples on which candidates are accepted (must not overlap the trainset).
-        metric: ``metric(example, prediction)`` returning a finite number or bool, or a shipped metric's
-            name (``dx.metrics.NAMES``).
+        metric: ``metric(example, prediction)`` returning a finite number or bool, or a ``dx.metrics.NAMES`` name.
         optimizer: ``dx.SimbaC(...)`` (or ``"simba-c"``), ``dx.OptunaSearch(...)`` (or ``"optuna"``: Optuna's
             samplers over the typed variables), or DSPy's ``"simba"``, ``"mipro"``, ``"gepa"``,
             ``"bootstrap"``.
@@ -298,8 +297,7 @@ def optimize(
     Raises:
         OptimizerError: bad arguments (see the message), or a resume that does not match.
     """
-    metric = _named_metric(metric)
-    chosen = _checked_optimizer(program, metric, seed, optimizer)
+    chosen = _checked_optimizer(program, metric := _named_metric(metric), seed, optimizer)
     sets = _sets(trainset, valset, testset, confirm_fraction, seed, chosen)
     chosen = _checked_plan(program, chosen, sets, budget, objective)
     setup = _setup(
