@@ -76,7 +76,7 @@ TRIAL_SORTS = {
 _PLOTTED_EXPERIMENTS = 40
 _TRIALS_PER_PAGE = 50
 # The trial table's text columns start this wide (pixels); every column is resized by dragging its edge.
-_TRIAL_TABLE_WIDTHS = {"trial": 110, "question": 320, "expected": 110, "answer": 150, "error": 180}
+_TRIAL_TABLE_WIDTHS = {"trial": 110, "question": 320, "expected": 110, "answer": 150, "label": 110, "error": 180}
 # A span search lists this many matching spans at most (the count says how many match in all).
 _SEARCH_SHOWN = 200
 _LEADERBOARD_SHOWN = (
@@ -131,6 +131,8 @@ class Dashboard:
         self._trace_data: tuple[str, ExampleFields, SpanSearch] | None = None
         self.matches = pd.DataFrame()
         self.shown_trial = ""
+        # The trace page's experiment's labels in force, by trial id (read with each page of trials).
+        self.labels: dict[str, str] = {}
         self._signature = journal_signature(journal)
         # Each experiment's status at the last refresh: pages of finished experiments need no re-query.
         self._statuses: dict[str, str] = {}
@@ -139,6 +141,7 @@ class Dashboard:
         self._experiments_widgets(pn)
         self._compare_widgets(pn)
         self._trace_widgets(pn)
+        self._annotation_widgets(pn)
         self._optimization_widgets(pn)
         # Pages drawn so far; the others are empty holders, filled and queried by open_page.
         self.opened: set[str] = {"experiments"}
@@ -270,6 +273,22 @@ class Dashboard:
         self.span_search.param.watch(lambda event: self.search_spans(event.new), "value_input")
         self.search_results.param.watch(lambda _event: self._open_match(), "selection")
 
+    def _annotation_widgets(self, pn: Any) -> None:
+        """Make the trace page's form that annotates the selected trial (a label, a note, a corrected gold)."""
+        from dspex_lab.notebook._annotating import LABEL_PRESETS
+
+        self.annotation_title = pn.pane.Markdown("#### Annotate: select a trial")
+        self.annotation_preset = pn.widgets.Select(label="Preset", options=["", *LABEL_PRESETS], width=140)
+        self.annotation_label = pn.widgets.TextInput(label="Label", placeholder="a short tag", width=200)
+        self.annotation_note = pn.widgets.TextAreaInput(label="Note", placeholder="why", height=60, width=360)
+        self.annotation_gold = pn.widgets.TextInput(
+            label="Corrected gold", placeholder='42, or {"answer": "42"}', width=220
+        )
+        self.annotate_button = pn.widgets.Button(label="Annotate", width=100)
+        self.annotation_message = pn.pane.Markdown("", sizing_mode="stretch_width")
+        self.annotation_preset.param.watch(lambda event: self._choose_preset(event.new), "value")
+        self.annotate_button.on_click(lambda _event: self.annotate_selected())
+
     def _optimization_widgets(self, pn: Any) -> None:
         """Make the optimization page's run menu, headline, history, timeline, convergence plot and why table."""
         self.run_select = pn.widgets.Select(label="Optimization run", options={})
@@ -322,6 +341,15 @@ class Dashboard:
             pn.Row(self.trace_experiment, self.trial_status, self.trial_sort, self.trial_descending),
             pn.Row(self.previous_page, self.next_page, self.trial_count),
             self.trial_table,
+            self.annotation_title,
+            pn.Row(
+                self.annotation_preset,
+                self.annotation_label,
+                self.annotation_note,
+                self.annotation_gold,
+                pn.Column(pn.Spacer(height=18), self.annotate_button),
+            ),
+            self.annotation_message,
             pn.Row(self.span_search, self.search_count),
             self.search_results,
             pn.Row(
@@ -557,7 +585,10 @@ class Dashboard:
             )
         shown = self.trials
         if experiment_id and not shown.empty:
-            shown = trial_table(shown, self._experiment_data(experiment_id)[0])
+            from dspex_lab.notebook._annotating import current_labels
+
+            self.labels = current_labels(self.journal, experiment_id)
+            shown = trial_table(shown, self._experiment_data(experiment_id)[0], self.labels)
         self.trial_table.value = shown
         last = min(self.trial_offset + _TRIALS_PER_PAGE, self.trials_total)
         first = self.trial_offset + 1 if self.trials_total else 0
@@ -652,9 +683,64 @@ class Dashboard:
 
     def refresh_trace(self) -> None:
         """Draw the span tree of the trial selected in the trace page's table."""
+        trial = self.selected_trial()
+        self._show_annotation_title(trial)
+        if trial is not None:
+            self.show_trace(str(trial["trial_id"]))
+
+    def selected_trial(self) -> dict[str, Any] | None:
+        """Return the row (of :func:`trial_frame`) of the trial selected in the trace page's table, if any."""
         selection = self.trial_table.selection
         if selection and selection[0] < len(self.trials):
-            self.show_trace(str(self.trials.iloc[selection[0]]["trial_id"]))
+            return dict(self.trials.iloc[selection[0]])
+        return None
+
+    def _show_annotation_title(self, trial: dict[str, Any] | None) -> None:
+        if trial is None:
+            self.annotation_title.object = "#### Annotate: select a trial"
+            return
+        trial_id = str(trial["trial_id"])
+        label = self.labels.get(trial_id)
+        now = f" (its label now: {label})" if label else " (not annotated)"
+        self.annotation_title.object = f"#### Annotate trial {trial_id}{now}"
+
+    def _choose_preset(self, preset: str) -> None:
+        if preset:
+            self.annotation_label.value = self.annotation_label.value_input = preset
+
+    def annotate_selected(self) -> None:
+        """Annotate the selected trial with the form's label, note and corrected gold, then show its label.
+
+        The write goes through ``journal.annotate`` (author: the operating system's user); what it
+        refuses (an empty annotation, a text past its bound, an unreadable gold) is shown as one line.
+        """
+        from dspex_lab.notebook._annotating import annotate_trial
+
+        trial = self.selected_trial()
+        experiment_id = self.trace_experiment.value
+        if trial is None or not experiment_id:
+            self.annotation_message.object = "Select a trial to annotate."
+            return
+        try:
+            said = annotate_trial(
+                self.journal,
+                trial,
+                experiment_id=experiment_id,
+                fields=self._experiment_data(experiment_id)[0],
+                label=self.annotation_label.value_input or "",
+                note=self.annotation_note.value_input or "",
+                gold=self.annotation_gold.value_input or "",
+            )
+        except DspexLabError as error:
+            self.annotation_message.object = f"Not annotated: {html.escape(str(error))}"
+            return
+        selection = list(self.trial_table.selection)
+        self.refresh_trials()
+        self.trial_table.selection = selection
+        self._show_annotation_title(trial)
+        self.annotation_note.value = self.annotation_note.value_input = ""
+        self.annotation_gold.value = self.annotation_gold.value_input = ""
+        self.annotation_message.object = html.escape(said)
 
     def refresh_run(self) -> None:
         """Draw the selected optimization run's history, timeline, convergence and lineage, and its why table."""

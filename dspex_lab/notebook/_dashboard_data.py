@@ -25,6 +25,8 @@ from dspex_lab.errors import JournalError
 # The statistics (scipy) and the trace pages' formatting (its pricing loads DSPy) are imported by the functions
 # that use them: a session that shows only the experiments page starts without either.
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from dspex_lab.journal import JournalReader, JournalStore
     from dspex_lab.notebook._trace_data import ExampleFields
     from dspex_lab.optimization import OptimizationResult
@@ -56,7 +58,7 @@ TRIAL_COLUMNS = (
 )  # fmt: skip
 # The trace page's trial table, in order: what a researcher reads of a trial.
 TRIAL_TABLE_COLUMNS = (
-    "trial", "question", "expected", "answer", "score", "status", "error", "tokens", "cost", "latency",
+    "trial", "question", "expected", "answer", "score", "label", "status", "error", "tokens", "cost", "latency",
 )  # fmt: skip
 
 
@@ -263,10 +265,11 @@ def journal_signature(journal: JournalStore) -> JournalSignature:
     return JournalSignature(tuple(stamps))
 
 
-def trial_table(page: pd.DataFrame, fields: ExampleFields) -> pd.DataFrame:
+def trial_table(page: pd.DataFrame, fields: ExampleFields, labels: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Return a page of :func:`trial_frame` as the trace page's table shows it (:data:`TRIAL_TABLE_COLUMNS`).
 
     The question is the example's inputs and "expected" its gold fields (see :class:`ExampleFields`);
+    "label" is the trial's label in force (``labels``, by trial id: see ``current_labels``);
     tokens carry thousands separators, cost is in dollars (``unpriced`` when a model has no price, never
     $0) and latency in ms or s. Texts are cut to one line; the rows keep the page's order.
     """
@@ -284,6 +287,7 @@ def trial_table(page: pd.DataFrame, fields: ExampleFields) -> pd.DataFrame:
                 "trial": str(trial["trial_id"]),
                 **{name: shorten(text) for name, text in texts.items()},
                 "score": number(trial.get("score")),
+                "label": shorten((labels or {}).get(str(trial["trial_id"]), "")),
                 "status": trial.get("status"),
                 "error": shorten(error, 200),
                 "tokens": "" if tokens == [None, None] else format_tokens(sum(part or 0 for part in tokens)),

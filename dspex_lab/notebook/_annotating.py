@@ -1,0 +1,96 @@
+"""Annotating a trial from a view: the dashboard's trace page and the notebook's experiment browser.
+
+Both views write through :meth:`~dspex_lab.journal.AnnotationQueries.annotate` (its checks and bounds
+are the journal's), with the operating system's user as the author. What they share is here: each
+trial's current label, the label presets they offer, and reading the corrected gold a person types,
+which is either a JSON object of gold fields or the value of the example's one gold field (as the
+CLI's ``--gold`` reads it), so a correction never lands in a field nobody meant.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from dspex_lab.errors import JournalError
+
+if TYPE_CHECKING:
+    from dspex_lab.journal import JournalStore
+    from dspex_lab.notebook._trace_data import ExampleFields
+
+__all__ = ["LABEL_PRESETS", "annotate_trial", "current_labels", "gold_fields"]
+
+#: The labels a view offers with one click; any other short text is a label too.
+LABEL_PRESETS = ("good", "wrong gold", "ambiguous", "wrong prediction")
+
+
+def current_labels(journal: JournalStore, experiment_id: str) -> dict[str, str]:
+    """Return each annotated trial's label in force: ``(note)`` or ``(gold)`` for an annotation without one."""
+    labels = {}
+    for row in journal.annotation_rows(experiment_id, current=True):
+        label = row["label"] or ("(gold)" if row["corrected_gold"] is not None else "(note)")
+        labels[str(row["trial_id"])] = label
+    return labels
+
+
+def gold_fields(fields: ExampleFields, example_id: str, prediction: Any, text: str) -> dict[str, Any]:
+    """Return a typed corrected gold as the example's gold fields.
+
+    A JSON object is taken as given; any other text is the value of the example's one gold field
+    (the field the program outputs). An example with no stored gold, or several gold fields, needs
+    the JSON object, which says which field is corrected.
+
+    Raises:
+        JournalError: a plain value for an example whose gold field is not known to be one.
+    """
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if isinstance(value, dict):
+        return value
+    predicted = _prediction_fields(prediction)
+    gold = list(fields.expected(example_id, predicted))
+    if len(gold) != 1:
+        named = f"its gold fields are {gold}" if gold else "its example was not stored with the experiment"
+        raise JournalError(
+            f"corrected gold {text!r:.60} does not say which field it corrects ({named}): "
+            'give a JSON object such as {"answer": "42"}'
+        )
+    return {gold[0]: text}
+
+
+def annotate_trial(
+    journal: JournalStore,
+    trial: dict[str, Any],
+    *,
+    experiment_id: str,
+    fields: ExampleFields,
+    label: str = "",
+    note: str = "",
+    gold: str = "",
+) -> str:
+    """Annotate one trial from a view's form and return the line the view shows.
+
+    Empty texts are left out (a form's untouched box is not an empty note); the author is the
+    operating system's user. ``trial`` is the trial's row (``trial_id``, ``example_id``, ``prediction``).
+
+    Raises:
+        JournalError: nothing to record, a text past its bound, an unknown trial or an unreadable gold.
+    """
+    label, note, gold = label.strip(), note.strip(), gold.strip()
+    trial_id = str(trial["trial_id"])
+    corrected = gold_fields(fields, str(trial.get("example_id") or ""), trial.get("prediction"), gold) if gold else None
+    journal.annotate(experiment_id, trial_id, label=label or None, note=note or None, corrected_gold=corrected)
+    said = [f"label {label!r}"] if label else []
+    said += ["a note"] if note else []
+    said += [f"gold {json.dumps(corrected, ensure_ascii=False)}"] if corrected is not None else []
+    return f"annotated trial {trial_id} with {', '.join(said)}"
+
+
+def _prediction_fields(prediction: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(prediction) if isinstance(prediction, str) else prediction
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
