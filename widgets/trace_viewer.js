@@ -528,6 +528,11 @@ function render({ model, el: root }) {
       detailPane.append(comparison(detail.comparison));
       delete attributes.expected;
       delete attributes.got;
+      // What the metric said beyond its score reads as text under the comparison.
+      if (typeof detail.comparison.feedback === "string") {
+        detailPane.append(textBlock("dspex-feedback", "the metric's feedback", detail.comparison.feedback));
+        delete attributes.feedback;
+      }
     }
     // Prompts and completions read as text (newlines kept), one block per message; the rest stays JSON.
     if (Array.isArray(attributes.messages)) {
