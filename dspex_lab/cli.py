@@ -402,6 +402,8 @@ def _journal(arguments: argparse.Namespace) -> int:
     elif arguments.journal_command == "annotate":
         arguments.experiment = _experiment_id(journal, arguments.experiment)
         _journal_annotate(journal, arguments)
+    elif arguments.journal_command == "annotations":
+        _journal_annotations(journal, arguments)
     elif arguments.journal_command == "sql":
         _console().print(journal.sql(arguments.query).to_string(index=False, max_rows=arguments.limit))
     return 0
@@ -580,6 +582,19 @@ def _journal_annotate(journal: Any, arguments: argparse.Namespace) -> None:
     print(
         f"annotated trial {arguments.trial} of {arguments.experiment} with {', '.join(shown)} (annotation {annotation})"
     )
+
+
+def _journal_annotations(journal: Any, arguments: argparse.Namespace) -> None:
+    """Print a run's annotations in force (``--history``: every one, in the order written)."""
+    experiment = _experiment_id(journal, arguments.experiment)
+    rows = journal.annotation_rows(experiment, current=not arguments.history)
+    for row in rows:
+        row["created"] = str(row.pop("created_at"))[:19]
+        row["note"] = " ".join(str(row["note"]).split())[: _TEXT_CHARACTERS["question"]] if row["note"] else None
+        gold = row.pop("corrected_gold")
+        row["gold"] = None if gold is None else json.dumps(gold, ensure_ascii=False)[: _TEXT_CHARACTERS["expected"]]
+    title = f"{'Every annotation' if arguments.history else 'Annotations in force'} of {experiment}"
+    print(_text_table(title, rows, ("trial_id", "label", "note", "gold", "author", "created")))
 
 
 def _gold_fields(journal: Any, experiment_id: str, trial_id: str, text: str) -> dict[str, Any]:
@@ -912,7 +927,7 @@ def _add_optimize(commands: Any) -> None:
 
 
 def _add_journal(commands: Any) -> None:
-    """Add ``dspex journal list|trials|annotate|sql``: browse a journal and annotate its trials."""
+    """Add ``dspex journal list|trials|annotate|annotations|sql``: browse a journal and annotate its trials."""
     journal = commands.add_parser("journal", help="browse a journal")
     journal.add_argument("--journal", default=None, help=_JOURNAL_HELP)
     journal_commands = journal.add_subparsers(dest="journal_command", required=True)
@@ -952,6 +967,11 @@ def _add_journal(commands: Any) -> None:
         help='the right gold: a JSON object (\'{"answer": "42"}\') or the one gold field\'s value',
     )
     annotate.add_argument("--author", default=None, help="who annotates (default: your user name)")
+    annotations = journal_commands.add_parser(
+        "annotations", help="list a run's annotations (each trial's in force)", parents=[where]
+    )
+    annotations.add_argument("experiment", help="experiment id or name")
+    annotations.add_argument("--history", action="store_true", help="every annotation, superseded ones too")
     sql = journal_commands.add_parser("sql", help="run a SQL query over the journal", parents=[where])
     sql.add_argument("query")
     sql.add_argument("--limit", type=int, default=50)

@@ -101,3 +101,21 @@ def test_into_a_pipe_the_trial_list_keeps_its_fixed_widths(evaluated, capsys):
     questions = [re.split(r"\s{2,}", line)[6] for line in trial_lines(capsys.readouterr().out).values()]
     assert len(questions) == 6 and all(len(question) <= cli._TEXT_CHARACTERS["question"] for question in questions)
     assert any(len(question) == cli._TEXT_CHARACTERS["question"] and question.endswith("…") for question in questions)
+
+
+def test_the_annotations_in_force_and_their_history(evaluated, capsys):
+    where, run = evaluated
+    trial = dx.open_journal(where[1]).trial_rows(run, columns=["trial_id"])[0]["trial_id"]
+    assert main(["journal", "annotate", "plain", trial, "--label", "wrong gold", "--gold", "5", *where]) == 0
+    assert main(["journal", "annotate", "plain", trial, "--label", "fine after all", "--author", "bo", *where]) == 0
+    capsys.readouterr()
+    assert main(["journal", "annotations", "plain", *where]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"Annotations in force of {run}" and lines[1].split() == [
+        "trial_id", "label", "note", "gold", "author", "created",
+    ]  # fmt: skip
+    assert len(lines) == 4 and "fine after all" in lines[3] and "bo" in lines[3].split()
+    assert main(["journal", "annotations", run, "--history", *where]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"Every annotation of {run}" and len(lines) == 5
+    assert "wrong gold" in lines[3] and '{"answer": "5"}' in lines[3] and "fine after all" in lines[4]
