@@ -4,6 +4,8 @@
 // "show nested runs". The Python side
 // (dspex_lab.notebook.ExperimentBrowser) queries the journal and owns every row; this file draws the rows
 // and writes the user's choices back into the model. A selected trial's trace is a separate widget below.
+// The form under the trial table annotates the selected trial: it sends the texts to Python, which writes
+// them through journal.annotate and answers with one line (annotation_message).
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -48,6 +50,7 @@ const TRIAL_COLUMNS = [
   ["latency", "latency"],
   ["tokens", "input_tokens"],
   ["spans", null],
+  ["label", null],
 ];
 
 function render({ model, el: root }) {
@@ -110,7 +113,25 @@ function render({ model, el: root }) {
   trialTable.append(trialHead, trialBody);
   trialScroll.append(trialTable);
   const note = el("div", "dspex-browser-note");
-  trialSection.append(trialTitle, trialBar, trialScroll);
+
+  // -- the selected trial's annotation form ------------------------------------------------------
+  const form = el("div", "dspex-annotate");
+  const formTitle = el("div", "dspex-browser-title");
+  const preset = el("select", "dspex-annotate-preset");
+  const labelInput = el("input", "dspex-annotate-label");
+  labelInput.placeholder = "label, e.g. wrong gold";
+  const noteInput = el("textarea", "dspex-annotate-note");
+  noteInput.placeholder = "note";
+  noteInput.rows = 2;
+  const goldInput = el("input", "dspex-annotate-gold");
+  goldInput.placeholder = 'corrected gold: 42, or {"answer": "42"}';
+  const annotate = el("button", "dspex-annotate-button", "Annotate");
+  annotate.type = "button";
+  const formMessage = el("div", "dspex-annotate-message");
+  const formBar = el("div", "dspex-browser-bar");
+  formBar.append(labelled("preset", preset), labelInput, noteInput, goldInput, annotate);
+  form.append(formTitle, formBar, formMessage);
+  trialSection.append(trialTitle, trialBar, trialScroll, form);
 
   root.append(bar, experimentScroll, trialSection, note);
 
@@ -140,6 +161,12 @@ function render({ model, el: root }) {
   };
   bound(minScore, "trial_min_score");
   bound(maxScore, "trial_max_score");
+  preset.addEventListener("change", () => {
+    if (preset.value) labelInput.value = preset.value;
+  });
+  annotate.addEventListener("click", () =>
+    model.send({ type: "annotate", label: labelInput.value, note: noteInput.value, gold: goldInput.value }),
+  );
 
   // -- model -> view -------------------------------------------------------------------------------
   function fillSelect(select, values, current) {
@@ -281,11 +308,37 @@ function render({ model, el: root }) {
         el("td", "dspex-number", row.latency === null ? "–" : `${fixed(row.latency, 2)} s`),
         el("td", "dspex-number", row.tokens.toLocaleString()),
         el("td", "dspex-number", row.spans ? row.spans : "–"),
+        el("td", "dspex-label", row.label),
       );
       line.title = row.spans ? "show this trial's trace below" : "no trace recorded for this trial";
       line.addEventListener("click", () => save("selected_trial", row.trial_id));
       trialBody.append(line);
     }
+  }
+
+  // The form follows the selected trial: its title says the trial's label now; another trial clears it.
+  let formTrial = null;
+  function drawForm() {
+    const selected = model.get("selected_trial");
+    const row = model.get("trials").find((trial) => trial.trial_id === selected);
+    form.style.display = row ? "" : "none";
+    if (!row) return;
+    if (selected !== formTrial) {
+      formTrial = selected;
+      for (const input of [preset, labelInput, noteInput, goldInput]) input.value = "";
+    }
+    formTitle.textContent = `annotate ${selected}: ${row.label ? `label now ${row.label}` : "not annotated"}`;
+  }
+
+  function drawPresets() {
+    preset.replaceChildren(option("", "–"), ...model.get("label_presets").map((label) => option(label, label)));
+  }
+
+  function drawFormMessage() {
+    const message = model.get("annotation_message");
+    formMessage.textContent = message;
+    formMessage.classList.toggle("dspex-status-error", message.startsWith("not annotated"));
+    if (message.startsWith("annotated")) noteInput.value = goldInput.value = "";
   }
 
   function drawNote() {
@@ -304,6 +357,9 @@ function render({ model, el: root }) {
     ],
     [["trial_sort", "trial_descending"], drawTrialHead],
     [["note"], drawNote],
+    [["trials", "selected_trial"], drawForm],
+    [["label_presets"], drawPresets],
+    [["annotation_message"], drawFormMessage],
   ];
   for (const [keys, handler] of handlers) for (const key of keys) model.on(`change:${key}`, handler);
   drawFilters();
@@ -312,6 +368,9 @@ function render({ model, el: root }) {
   drawTrialHead();
   drawTrials();
   drawNote();
+  drawPresets();
+  drawForm();
+  drawFormMessage();
   return () => {
     clearTimeout(typing);
     for (const [keys, handler] of handlers) for (const key of keys) model.off(`change:${key}`, handler);

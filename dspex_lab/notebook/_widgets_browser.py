@@ -8,6 +8,7 @@ from typing import Any
 
 from dspex_lab.errors import DspexLabError, JournalError, MissingDependencyError
 from dspex_lab.journal import TRIAL_SORTS, JournalStore
+from dspex_lab.notebook._annotating import LABEL_PRESETS, annotate_trial, current_labels
 from dspex_lab.notebook._trace_viewer import TraceViewer
 from dspex_lab.notebook._widgets_common import front_end_file, json_number
 from dspex_lab.session import journal_store
@@ -61,6 +62,9 @@ class _BrowserTables(anywidget.AnyWidget):
     nested = traitlets.Bool(False).tag(sync=True)
     expanded = traitlets.List(traitlets.Unicode()).tag(sync=True)
     count_note = traitlets.Unicode("").tag(sync=True)
+    # The annotation form's preset labels, and the one line saying what the last annotation did (or why not).
+    label_presets = traitlets.List(list(LABEL_PRESETS)).tag(sync=True)
+    annotation_message = traitlets.Unicode("").tag(sync=True)
 
     @traitlets.validate("sort_column")
     def _check_sort_column(self, proposal: dict[str, Any]) -> str:
@@ -112,6 +116,10 @@ class ExperimentBrowser(ipywidgets.VBox):
     traced trial opens a :class:`~dspex_lab.notebook.TraceViewer` below the tables. Every filter change
     queries the journal again; Refresh (or :meth:`refresh`) picks up what other kernels wrote meanwhile.
 
+    Each trial row shows its label in force; the form under the trial table (or
+    :meth:`annotate_selected`) annotates the selected trial through ``journal.annotate``, with the
+    operating system's user as author. A refused annotation is said in one line under the form.
+
     Args:
         journal: a journal or its path (default: the active ``dx.Context``'s journal).
         trial_limit: the most trials listed at once.
@@ -148,6 +156,7 @@ class ExperimentBrowser(ipywidgets.VBox):
         self.tables.observe(self._trial_selected, names=["selected_trial"])
         self.tables.on_msg(self._on_front_end_message)
         self._rows: list[dict[str, Any]] = []  # top-level experiments, then the nested ones read
+        self._predictions: dict[str, Any] = {}  # the listed trials' predictions (a corrected gold's field)
         self.refresh()
 
     # -- What the tables show ----------------------------------------------------------------------
@@ -209,6 +218,32 @@ class ExperimentBrowser(ipywidgets.VBox):
                 "loosen the trial filters"
             )
         self.tables.selected_trial = trial_id
+
+    def annotate_selected(self, *, label: str = "", note: str = "", gold: str = "") -> str:
+        """Annotate the selected trial (as the form's Annotate button does) and return what was recorded.
+
+        Empty texts are left out. ``gold`` is a JSON object of gold fields, or the value of the
+        example's one gold field. The trial's row then shows its new label.
+
+        Raises:
+            JournalError: no trial is selected, nothing to record, a text past its bound (see
+                ``ANNOTATION_BOUNDS``) or a gold that does not say which field it corrects.
+        """
+        from dspex_lab.notebook._trace_data import ExampleFields
+
+        experiment_id, trial_id = self.tables.selected_experiment, self.tables.selected_trial
+        row = next((row for row in self.tables.trials if row["trial_id"] == trial_id), None)
+        if not experiment_id or row is None:
+            raise JournalError("select a trial before annotating it")
+        trial = {**row, "prediction": self._predictions.get(trial_id)}
+        fields = ExampleFields(self.journal, self.journal.experiment(experiment_id))
+        said = annotate_trial(
+            self.journal, trial, experiment_id=experiment_id, fields=fields, label=label, note=note, gold=gold
+        )
+        with self.tables.hold_sync():
+            self._show_trials()
+            self.tables.annotation_message = said
+        return said
 
     def refresh(self) -> None:
         """Read the journal again: experiments, the selected experiment's trials, and its trace."""
@@ -296,8 +331,10 @@ class ExperimentBrowser(ipywidgets.VBox):
         )
         rows = page.to_dict("records")
         spans = self.journal.span_counts(tables.selected_experiment, [row["trial_id"] for row in rows])
+        labels = current_labels(self.journal, tables.selected_experiment)
+        self._predictions = {row["trial_id"]: row.get("prediction") for row in rows}
         tables.trial_total = total
-        tables.trials = [_trial_row(row, spans[row["trial_id"]]) for row in rows]
+        tables.trials = [_trial_row(row, spans[row["trial_id"]], labels.get(row["trial_id"], "")) for row in rows]
         tables.note = ""
         if tables.selected_trial and not any(row["trial_id"] == tables.selected_trial for row in tables.trials):
             tables.selected_trial = ""
@@ -305,8 +342,16 @@ class ExperimentBrowser(ipywidgets.VBox):
     # -- Reactions to the front end ----------------------------------------------------------------
 
     def _on_front_end_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
-        if isinstance(content, dict) and content.get("type") == "refresh":
+        if not isinstance(content, dict):
+            return
+        if content.get("type") == "refresh":
             self.refresh()
+        elif content.get("type") == "annotate":
+            texts = {name: content.get(name) for name in ("label", "note", "gold")}
+            try:
+                self.annotate_selected(**{name: text if isinstance(text, str) else "" for name, text in texts.items()})
+            except DspexLabError as error:
+                self.tables.annotation_message = f"not annotated: {' '.join(str(error).split())}"
 
     def _experiments_changed(self, _change: dict[str, Any]) -> None:
         self.refresh()  # a filter change reads the journal again, so new experiments show up
@@ -331,6 +376,7 @@ class ExperimentBrowser(ipywidgets.VBox):
 
     def _trial_selected(self, change: dict[str, Any]) -> None:
         trial_id = change["new"]
+        self.tables.annotation_message = ""
         row = next((row for row in self.tables.trials if row["trial_id"] == trial_id), None)
         if row is None:
             self._close_trace()
@@ -414,7 +460,7 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "NaT"
 
 
-def _trial_row(row: dict[str, Any], spans: int) -> dict[str, Any]:
+def _trial_row(row: dict[str, Any], spans: int, label: str) -> dict[str, Any]:
     message = row.get("error_message")
     message = message if isinstance(message, str) else ""
     if len(message) > _MESSAGE_CHARACTERS:
@@ -432,4 +478,5 @@ def _trial_row(row: dict[str, Any], spans: int) -> dict[str, Any]:
         "tokens": int(json_number(row.get("input_tokens")) or 0) + int(json_number(row.get("output_tokens")) or 0),
         "cost": json_number(row.get("cost")),
         "spans": spans,
+        "label": label,
     }
