@@ -1,0 +1,107 @@
+"""ExperimentBrowser's annotation form in JupyterLab, driven through headless Chromium.
+
+A journal holds one evaluation; a trial is selected in the browser and annotated through the form under
+the trial table (a preset label, a note, a corrected gold). The row must show the label, the form's
+line must say what was recorded, a label past its bound must be refused in one line, and a last cell
+reads the journal in the kernel, which proves the click went through ``journal.annotate``. A screenshot
+stays in the test's temporary directory (and in $DSPEX_ARTIFACTS when set).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("anywidget")
+pytest.importorskip("jupyterlab", reason="JupyterLab is not installed (pip install -e '.[test]')")
+pytest.importorskip("nbformat")
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+
+sys.path.insert(0, str(Path(__file__).parent))  # test folders are not packages (importlib import mode)
+from jupyterlab_harness import (
+    CHROMIUM,
+    RENDER_TIMEOUT_MS,
+    chromium_page,
+    jupyterlab,
+    keep_screenshot,
+    run_cell,
+    sync_api,
+    write_notebook,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed"),
+]
+
+SETUP_CELL = """\
+import json
+import dspex_lab as dx
+
+with dx.Context(lm=dx.lab_lm("lab/small"), journal=JOURNAL, threads=1):
+    result = dx.evaluate(dx.Program("dspy.Predict", signature="question -> answer", name="qa-annotate"),
+                         dx.datasets.arithmetic(5, seed=3), metric=dx.metrics.exact_match, progress=False)
+print("ready:", json.dumps({"experiment": result.experiment_id, "trials": list(result.table()["trial_id"])}))"""
+
+BROWSER_CELL = """\
+browser = dx.ExperimentBrowser(JOURNAL)
+browser"""
+
+STATE_CELL = """\
+print("kernel state:", json.dumps(dx.open_journal(JOURNAL).annotation_rows(result.experiment_id), default=str))"""
+
+SETUP, BROWSER, STATE = range(3)
+
+
+def test_a_trial_annotated_in_the_browser_widget_is_in_the_journal(tmp_path: Path) -> None:
+    root = tmp_path / "lab"
+    root.mkdir()
+    journal = f"JOURNAL = {str(root / 'journal.duckdb')!r}\n"
+    write_notebook(root / "annotate.ipynb", [journal + SETUP_CELL, BROWSER_CELL, STATE_CELL])
+    with (
+        jupyterlab(root, tmp_path / "jupyter", tmp_path / "jupyterlab.log") as server,
+        chromium_page(f"{server.url}/lab/tree/annotate.ipynb?token={server.token}") as page,
+    ):
+        cells = page.locator(".jp-Notebook .jp-Cell")
+        run_cell(page, SETUP)
+        ready = cells.nth(SETUP).locator(".jp-OutputArea-output")
+        sync_api.expect(ready).to_contain_text("ready:", timeout=RENDER_TIMEOUT_MS)
+        made = json.loads(ready.inner_text().split("ready:", 1)[1])
+        trial_id = made["trials"][2]
+
+        run_cell(page, BROWSER)
+        browser = cells.nth(BROWSER).locator(".dspex-browser")
+        browser.locator(f".dspex-experiments tbody tr[data-id='{made['experiment']}']").click()
+        row = browser.locator(f".dspex-trials-table tbody tr[data-id='{trial_id}']")
+        row.click()
+        form = browser.locator(".dspex-annotate")
+        sync_api.expect(form.locator(".dspex-browser-title")).to_have_text(f"annotate {trial_id}: not annotated")
+        form.locator(".dspex-annotate-label").fill("x" * 101)
+        form.locator(".dspex-annotate-button").click()
+        message = form.locator(".dspex-annotate-message")
+        sync_api.expect(message).to_contain_text("not annotated:", timeout=RENDER_TIMEOUT_MS)
+        form.locator(".dspex-annotate-preset").select_option("wrong gold")
+        sync_api.expect(form.locator(".dspex-annotate-label")).to_have_value("wrong gold")
+        form.locator(".dspex-annotate-note").fill("the gold is off by one")
+        form.locator(".dspex-annotate-gold").fill("42")
+        form.locator(".dspex-annotate-button").click()
+        sync_api.expect(message).to_contain_text(f"annotated trial {trial_id} with label 'wrong gold'")
+        sync_api.expect(row.locator(".dspex-label")).to_have_text("wrong gold")
+        sync_api.expect(form.locator(".dspex-browser-title")).to_have_text(f"annotate {trial_id}: label now wrong gold")
+        keep_screenshot(cells.nth(BROWSER), tmp_path / "experiment_browser_annotate.png")
+
+        run_cell(page, STATE)
+        state_output = cells.nth(STATE).locator(".jp-OutputArea-output")
+        sync_api.expect(state_output).to_contain_text("kernel state:", timeout=RENDER_TIMEOUT_MS)
+        rows = json.loads(state_output.inner_text().split("kernel state:", 1)[1])
+    [annotation] = rows
+    assert (annotation["trial_id"], annotation["label"], annotation["note"]) == (
+        trial_id,
+        "wrong gold",
+        "the gold is off by one",
+    )
+    assert annotation["corrected_gold"] == {"answer": "42"} and annotation["author"] == getpass.getuser()
