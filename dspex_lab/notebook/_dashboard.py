@@ -702,7 +702,7 @@ class Dashboard:
         trial_id = str(trial["trial_id"])
         label = self.labels.get(trial_id)
         now = f" (its label now: {label})" if label else " (not annotated)"
-        self.annotation_title.object = f"#### Annotate trial {trial_id}{now}"
+        self.annotation_title.object = f"#### Annotate {trial_id}{now}"
 
     def _choose_preset(self, preset: str) -> None:
         if preset:

@@ -40,7 +40,7 @@ def test_the_form_annotates_the_selected_trial_and_the_table_shows_its_label(das
     assert "label" in table.columns and set(table["label"]) == {""}
     dashboard.trial_table.selection = [2]
     trial_id = str(dashboard.trials.iloc[2]["trial_id"])
-    assert dashboard.annotation_title.object == f"#### Annotate trial {trial_id} (not annotated)"
+    assert dashboard.annotation_title.object == f"#### Annotate {trial_id} (not annotated)"
     dashboard.annotation_preset.value = "wrong gold"
     assert dashboard.annotation_label.value_input == "wrong gold"
     _fill(dashboard, label="wrong gold", note="the sum is off by one", gold="42")

@@ -31,7 +31,7 @@ def test_a_trial_annotated_from_the_trace_page_is_in_the_journal(serve, browser,
     page.wait_for_selector("text=1 of 1 experiment shown")
     page.get_by_text("Trace", exact=True).first.click()
     page.locator(".tabulator-cell[tabulator-field=trial]", has_text=trial_id).click()
-    page.wait_for_selector(f"text=Annotate trial {trial_id} (not annotated)")
+    page.wait_for_selector(f"text=Annotate {trial_id} (not annotated)")
     page.get_by_placeholder("a short tag").fill("wrong gold")
     page.get_by_placeholder("why").fill("the question has two readings")
     page.get_by_placeholder('42, or {"answer": "42"}').fill("42")
