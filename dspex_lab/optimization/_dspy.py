@@ -464,7 +464,9 @@ def _module_lm(student: dspy.Module, lm: dspy.BaseLM, guard: _CompileGate) -> ds
         return lm
     for predictor in predictors:
         predictor.lm = None
-    return _guarded(first, guard)
+    # Built on the run's LM (a model variable naming the run's model), the predictors' LMs are copies of
+    # the guarded ``lm`` already: a second gate would count every call twice and shut at half the budget.
+    return first if type(first) is type(lm) else _guarded(first, guard)
 
 
 class _Group:

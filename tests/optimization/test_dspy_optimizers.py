@@ -348,3 +348,17 @@ def test_dspy_simba_runs_on_a_program_whose_predictors_hold_alike_lms(tmp_path):
             confirm_fraction=0,
         )
     assert result.status == "finished", result.status_detail
+
+
+def test_dspy_simba_on_a_pipeline_counts_each_call_once_against_the_budget(tmp_path):
+    """The stages' LMs are copies of the budget-gated run LM: SIMBA's one LM must not be gated a second time."""
+    data = dx.datasets.arithmetic(60, seed=3)
+    with dx.Context(lm=dx.lab_lm(), journal=tmp_path / "j.duckdb"):
+        result = dx.optimize(
+            dx.tasks.pipeline_program(), data[:30], data[30:], metric=dx.metrics.exact_match,
+            optimizer=DspyOptimizer("simba", bsize=8, num_candidates=2, max_steps=1), progress=False,
+            confirm_fraction=0, budget=dx.Budget(lm_calls=560),
+        )  # fmt: skip
+    # Its compile makes about 300 calls after a 90-call baseline: counted twice they would pass 560.
+    assert result.status == "finished", result.status_detail
+    assert result.spending["lm_calls"] < 560
