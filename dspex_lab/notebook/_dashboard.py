@@ -412,6 +412,8 @@ class Dashboard:
 
         if before[2] and self.trace_experiment.value == before[2] and may_change(before[2]):
             self._when_open("trace", self.refresh_trials)
+        elif before[2] and self.trace_experiment.value == before[2]:
+            self._when_open("trace", self._refresh_labels)  # another process may have annotated its trials
         same_pair = (self.compare_a.value, self.compare_b.value) == before[:2]
         if before[0] and before[1] and same_pair and may_change(before[0], before[1]):
             self._when_open("compare", self.refresh_comparison)
@@ -584,6 +586,7 @@ class Dashboard:
                 offset=self.trial_offset,
             )
         shown = self.trials
+        self.labels = {}
         if experiment_id and not shown.empty:
             from dspex_lab.notebook._annotating import current_labels
 
@@ -593,6 +596,18 @@ class Dashboard:
         last = min(self.trial_offset + _TRIALS_PER_PAGE, self.trials_total)
         first = self.trial_offset + 1 if self.trials_total else 0
         self.trial_count.object = f"trials {first} to {last} of {self.trials_total:,}"
+
+    def _refresh_labels(self) -> None:
+        """Re-query the trial table if its experiment's labels in force changed (one annotations read)."""
+        from dspex_lab.notebook._annotating import current_labels
+
+        experiment_id = self.trace_experiment.value
+        if not experiment_id or current_labels(self.journal, experiment_id) == self.labels:
+            return
+        selection = list(self.trial_table.selection)
+        self.refresh_trials()
+        self.trial_table.selection = selection
+        self._show_annotation_title(self.selected_trial())
 
     def _experiment_data(self, experiment_id: str) -> tuple[ExampleFields, SpanSearch]:
         """Return the trace page's experiment's examples and span search, read once per experiment."""

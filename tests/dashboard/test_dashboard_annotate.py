@@ -70,3 +70,15 @@ def test_a_refused_annotation_is_one_line_and_writes_nothing(dashboard) -> None:
     dashboard.trial_table.selection = []
     dashboard.annotate_selected()
     assert dashboard.annotation_message.object == "Select a trial to annotate."
+
+
+def test_an_annotation_written_by_another_writer_shows_at_the_next_refresh(dashboard, tmp_path) -> None:
+    dashboard.trial_table.selection = [1]
+    trial_id = str(dashboard.trials.iloc[1]["trial_id"])
+    experiment_id = dashboard.trace_experiment.value
+    open_journal(tmp_path / "journal.duckdb").annotate(experiment_id, trial_id, label="ambiguous", author="ana")
+    assert dashboard.trial_table.value["label"].tolist()[1] == ""
+    assert dashboard.refresh()  # the journal file changed: the finished experiment's labels are read again
+    assert dashboard.trial_table.value["label"].tolist()[1] == "ambiguous"
+    assert dashboard.trial_table.selection == [1]
+    assert dashboard.annotation_title.object == f"#### Annotate {trial_id} (its label now: ambiguous)"
