@@ -606,12 +606,6 @@ def _gold_fields(journal: Any, experiment_id: str, trial_id: str, text: str) -> 
     from dspex_lab.errors import JournalError
     from dspex_lab.notebook import ExampleFields
 
-    try:
-        value = json.loads(text)
-    except ValueError:
-        value = None
-    if isinstance(value, dict):
-        return value
     trials = journal.trial_rows(experiment_id, columns=("trial_id", "example_id", "prediction"))
     found = next((row for row in trials if row["trial_id"] == trial_id), None)
     if found is None:
@@ -620,22 +614,7 @@ def _gold_fields(journal: Any, experiment_id: str, trial_id: str, text: str) -> 
             f"list them with: dspex journal trials {experiment_id}"
         )
     fields = ExampleFields(journal, journal.experiment(experiment_id))
-    gold = list(fields.expected(str(found["example_id"]), _prediction_fields(found["prediction"])))
-    if len(gold) != 1:
-        named = f"its gold fields are {gold}" if gold else "its example was not stored with the experiment"
-        raise JournalError(
-            f"--gold {text!r} does not say which field it corrects ({named}): "
-            'give a JSON object such as \'{"answer": "42"}\''
-        )
-    return {gold[0]: text}
-
-
-def _prediction_fields(prediction: Any) -> dict[str, Any]:
-    try:
-        value = json.loads(prediction) if isinstance(prediction, str) else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+    return fields.corrected_gold(str(found["example_id"]), found["prediction"], text, option="--gold")
 
 
 def _print_more(journal: Any, experiment_id: str, shown: int) -> None:

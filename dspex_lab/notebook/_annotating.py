@@ -2,9 +2,8 @@
 
 Both views write through :meth:`~dspex_lab.journal.AnnotationQueries.annotate` (its checks and bounds
 are the journal's), with the operating system's user as the author. What they share is here: each
-trial's current label, the label presets they offer, and reading the corrected gold a person types,
-which is either a JSON object of gold fields or the value of the example's one gold field (as the
-CLI's ``--gold`` reads it), so a correction never lands in a field nobody meant.
+trial's current label, the label presets they offer, and recording a form's label, note and corrected
+gold (read by :meth:`~dspex_lab.notebook.ExampleFields.corrected_gold`, as the CLI's ``--gold`` is).
 """
 
 from __future__ import annotations
@@ -12,13 +11,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from dspex_lab.errors import JournalError
-
 if TYPE_CHECKING:
     from dspex_lab.journal import JournalStore
     from dspex_lab.notebook._trace_data import ExampleFields
 
-__all__ = ["LABEL_PRESETS", "annotate_trial", "current_labels", "gold_fields"]
+__all__ = ["LABEL_PRESETS", "annotate_trial", "current_labels"]
 
 #: The labels a view offers with one click; any other short text is a label too.
 LABEL_PRESETS = ("good", "wrong gold", "ambiguous", "wrong prediction")
@@ -31,33 +28,6 @@ def current_labels(journal: JournalStore, experiment_id: str) -> dict[str, str]:
         label = row["label"] or ("(gold)" if row["corrected_gold"] is not None else "(note)")
         labels[str(row["trial_id"])] = label
     return labels
-
-
-def gold_fields(fields: ExampleFields, example_id: str, prediction: Any, text: str) -> dict[str, Any]:
-    """Return a typed corrected gold as the example's gold fields.
-
-    A JSON object is taken as given; any other text is the value of the example's one gold field
-    (the field the program outputs). An example with no stored gold, or several gold fields, needs
-    the JSON object, which says which field is corrected.
-
-    Raises:
-        JournalError: a plain value for an example whose gold field is not known to be one.
-    """
-    try:
-        value = json.loads(text)
-    except ValueError:
-        value = None
-    if isinstance(value, dict):
-        return value
-    predicted = _prediction_fields(prediction)
-    gold = list(fields.expected(example_id, predicted))
-    if len(gold) != 1:
-        named = f"its gold fields are {gold}" if gold else "its example was not stored with the experiment"
-        raise JournalError(
-            f"corrected gold {text!r:.60} does not say which field it corrects ({named}): "
-            'give a JSON object such as {"answer": "42"}'
-        )
-    return {gold[0]: text}
 
 
 def annotate_trial(
@@ -80,17 +50,10 @@ def annotate_trial(
     """
     label, note, gold = label.strip(), note.strip(), gold.strip()
     trial_id = str(trial["trial_id"])
-    corrected = gold_fields(fields, str(trial.get("example_id") or ""), trial.get("prediction"), gold) if gold else None
+    example_id = str(trial.get("example_id") or "")
+    corrected = fields.corrected_gold(example_id, trial.get("prediction"), gold) if gold else None
     journal.annotate(experiment_id, trial_id, label=label or None, note=note or None, corrected_gold=corrected)
     said = [f"label {label!r}"] if label else []
     said += ["a note"] if note else []
     said += [f"gold {json.dumps(corrected, ensure_ascii=False)}"] if corrected is not None else []
     return f"annotated trial {trial_id} with {', '.join(said)}"
-
-
-def _prediction_fields(prediction: Any) -> dict[str, Any]:
-    try:
-        value = json.loads(prediction) if isinstance(prediction, str) else prediction
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}

@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dspex_lab.errors import ProgramSpecError
+from dspex_lab.errors import JournalError, ProgramSpecError
 from dspex_lab.journal import JournalReader
 from dspex_lab.providers import ModelPrice, model_price
 
@@ -142,6 +142,40 @@ class ExampleFields:
         gold = {name: labels[name] for name in outputs if name in labels}
         return gold or labels
 
+    def corrected_gold(
+        self, example_id: str, prediction: Any, text: str, *, option: str | None = None
+    ) -> dict[str, Any]:
+        """Return a typed corrected gold as the example's gold fields (the CLI's ``--gold``, a view's gold box).
+
+        A JSON object is taken as given; any other text is the value of the example's one gold field
+        (see :meth:`expected`). An example with no stored gold, or several gold fields, needs the JSON
+        object, which says which field is corrected, so a correction never lands in a field nobody meant.
+
+        Args:
+            example_id: the trial's example.
+            prediction: the trial's stored prediction (JSON text or a dict).
+            text: the corrected gold as typed.
+            option: the command-line option the text came from: the error names it and shell-quotes its example.
+
+        Raises:
+            JournalError: a plain value for an example whose gold field is not known to be one.
+        """
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            return value
+        gold = list(self.expected(example_id, _prediction_fields(prediction)))
+        if len(gold) != 1:
+            named = f"its gold fields are {gold}" if gold else "its example was not stored with the experiment"
+            example = '{"answer": "42"}'
+            raise JournalError(
+                f"{option or 'corrected gold'} {text!r:.60} does not say which field it corrects ({named}): "
+                f"give a JSON object such as {repr(example) if option else example}"
+            )
+        return {gold[0]: text}
+
     def row(self, example_id: str, prediction: Any) -> dict[str, str]:
         """Return the trial list's ``question``, ``expected`` and ``answer`` texts (whole, not shortened).
 
@@ -155,6 +189,15 @@ class ExampleFields:
             "expected": _text(expected),
             "answer": _text(answer) if answer else "",
         }
+
+
+def _prediction_fields(prediction: Any) -> dict[str, Any]:
+    """Return a stored prediction's fields for finding its gold field; ``{}`` for text that is not a JSON object."""
+    try:
+        value = json.loads(prediction) if isinstance(prediction, str) else prediction
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _prediction(value: Any) -> dict[str, Any]:
