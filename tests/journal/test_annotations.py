@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +11,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
+from journal_files import layout, unpacked
 from journal_rows import trial_row
 
 import dspex_lab as dx
@@ -29,37 +28,11 @@ from dspex_lab.journal._annotations import (
 FIXTURES = Path(__file__).with_name("fixtures")
 
 
-def unpacked_v7(folder: Path) -> Path:
-    target = folder / "v7.duckdb"
-    with gzip.open(FIXTURES / "journal_v7.duckdb.gz", "rb") as packed, target.open("wb") as out:
-        shutil.copyfileobj(packed, out)
-    return target
-
-
-def layout(path: Path) -> dict[str, list[tuple]]:
-    """Every table's columns (name, type, nullability, in order) and constraints."""
-    with duckdb.connect(str(path), read_only=True) as connection:
-        columns = connection.execute(
-            """SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns
-               WHERE table_schema = 'main' ORDER BY table_name, ordinal_position"""
-        ).fetchall()
-        constraints = connection.execute(
-            """SELECT table_name, constraint_type, constraint_column_names FROM duckdb_constraints()
-               WHERE schema_name = 'main' ORDER BY ALL"""
-        ).fetchall()
-    found: dict[str, list[tuple]] = {}
-    for table, *column in columns:
-        found.setdefault(table, []).append(tuple(column))
-    for table, kind, names in constraints:
-        found.setdefault(f"{table} constraints", []).append((kind, tuple(names)))
-    return found
-
-
 # -- the migration ----------------------------------------------------------------------------------
 
 
 def test_a_version_7_journal_migrates_to_the_layout_of_a_new_one_and_keeps_its_trials(tmp_path):
-    migrated_path = unpacked_v7(tmp_path)
+    migrated_path = unpacked(7, tmp_path)
     with duckdb.connect(str(migrated_path), read_only=True) as connection:
         assert connection.execute("SELECT value FROM dspex_meta").fetchall() == [("7",)]
         before = connection.execute("SELECT trial_id, score, prediction FROM trials ORDER BY trial_id").fetchall()

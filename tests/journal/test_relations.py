@@ -6,10 +6,8 @@ schema-7 migration is the only code that ever parsed the old format, to back-fil
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from journal_files import layout, unpacked
 from journal_rows import trial_row
 
 import dspex_lab as dx
@@ -27,32 +26,6 @@ from dspex_lab.journal import EXPERIMENT_ROLES, SCHEMA_VERSION, ExperimentRecord
 
 FIXTURES = Path(__file__).with_name("fixtures")
 PACKAGE = Path(dx.__file__).parent
-
-
-def unpacked_v6(folder: Path) -> Path:
-    target = folder / "v6.duckdb"
-    with gzip.open(FIXTURES / "journal_v6.duckdb.gz", "rb") as packed, target.open("wb") as out:
-        shutil.copyfileobj(packed, out)
-    return target
-
-
-def layout(path: Path) -> dict[str, list[tuple]]:
-    """Every table's columns (name, type, nullability, in order) and constraints."""
-    with duckdb.connect(str(path), read_only=True) as connection:
-        columns = connection.execute(
-            """SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns
-               WHERE table_schema = 'main' ORDER BY table_name, ordinal_position"""
-        ).fetchall()
-        constraints = connection.execute(
-            """SELECT table_name, constraint_type, constraint_column_names FROM duckdb_constraints()
-               WHERE schema_name = 'main' ORDER BY ALL"""
-        ).fetchall()
-    found: dict[str, list[tuple]] = {}
-    for table, *column in columns:
-        found.setdefault(table, []).append(tuple(column))
-    for table, kind, names in constraints:
-        found.setdefault(f"{table} constraints", []).append((kind, tuple(names)))
-    return found
 
 
 def relations(journal: dx.journal.DuckDBJournal) -> dict[tuple, tuple]:
@@ -86,7 +59,7 @@ def expected_role(candidate: str, phase: str) -> str:
 
 
 def test_a_migrated_version_6_journal_equals_a_new_one(tmp_path):
-    migrated_path = unpacked_v6(tmp_path)
+    migrated_path = unpacked(6, tmp_path)
     with duckdb.connect(str(migrated_path), read_only=True) as connection:
         assert connection.execute("SELECT value FROM dspex_meta").fetchall() == [("6",)]
     migrated = dx.open_journal(migrated_path)
@@ -122,7 +95,7 @@ def test_a_migrated_version_6_journal_equals_a_new_one(tmp_path):
 
 def test_the_migration_reads_old_ids_only_below_an_optimization(tmp_path):
     # A user's own evaluation named like a child ("a/b") is no child unless "a" is an optimization run.
-    path = unpacked_v6(tmp_path)
+    path = unpacked(6, tmp_path)
     with duckdb.connect(str(path)) as connection:
         plain = connection.execute("SELECT id FROM experiments WHERE name = 'plain'").fetchall()[0][0]
         connection.execute(
