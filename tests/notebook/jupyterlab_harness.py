@@ -27,6 +27,9 @@ _trace_test = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_trace_test)
 
 CHROMIUM: str | None = _trace_test.CHROMIUM
+# A browser test's marks (slow; skipped without Debian's chromium). Loading the trace test above already
+# skips a module that imports this harness when anywidget, JupyterLab, nbformat or playwright is missing.
+BROWSER_MARKS: list[Any] = _trace_test.pytestmark
 KERNEL_IDLE: str = _trace_test.KERNEL_IDLE
 LabServer = _trace_test.LabServer
 NOTIFICATION_SETTINGS: dict[str, Any] = _trace_test.NOTIFICATION_SETTINGS

@@ -14,16 +14,11 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
-pytest.importorskip("anywidget")
-pytest.importorskip("jupyterlab", reason="JupyterLab is not installed (pip install -e '.[test]')")
-pytest.importorskip("nbformat")
-pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
-
-sys.path.insert(0, str(Path(__file__).parent))  # test folders are not packages (importlib import mode)
+# Test folders are not packages (importlib import mode). Importing the harness skips this module when
+# anywidget, JupyterLab, nbformat or playwright is missing; its marks skip it without chromium.
+sys.path.insert(0, str(Path(__file__).parent))
 from jupyterlab_harness import (
-    CHROMIUM,
+    BROWSER_MARKS,
     RENDER_TIMEOUT_MS,
     chromium_page,
     jupyterlab,
@@ -33,10 +28,7 @@ from jupyterlab_harness import (
     write_notebook,
 )
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed"),
-]
+pytestmark = BROWSER_MARKS
 
 SETUP_CELL = """\
 import json
