@@ -141,6 +141,32 @@ def run_cell(page: Any, index: int) -> None:
     page.evaluate(RUN_CELL, index)
 
 
+@contextmanager
+def notebook_page(tmp_path: Path, name: str, cells: list[str]) -> Iterator[Any]:
+    """Open a notebook of ``cells`` in JupyterLab in Chromium and yield the page.
+
+    The notebook is ``name`` in ``tmp_path / "lab"``; its first cell starts by setting ``JOURNAL`` to a
+    journal in that folder, so the kernel and the test read the same file.
+    """
+    root = tmp_path / "lab"
+    root.mkdir()
+    journal = f"JOURNAL = {str(root / 'journal.duckdb')!r}\n"
+    write_notebook(root / name, [journal + cells[0], *cells[1:]])
+    with (
+        jupyterlab(root, tmp_path / "jupyter", tmp_path / "jupyterlab.log") as server,
+        chromium_page(f"{server.url}/lab/tree/{name}?token={server.token}") as page,
+    ):
+        yield page
+
+
+def printed_json(page: Any, index: int, prefix: str) -> Any:
+    """Run cell ``index`` of the open notebook, wait for its ``<prefix> <JSON>`` line and return the JSON."""
+    run_cell(page, index)
+    output = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea-output")
+    sync_api.expect(output).to_contain_text(prefix, timeout=RENDER_TIMEOUT_MS)
+    return json.loads(output.inner_text().split(prefix, 1)[1])
+
+
 def switch_theme(page: Any, theme: str) -> None:
     """Switch the open JupyterLab to ``theme`` as the Settings menu does, and wait until it shows."""
     page.evaluate("(theme) => window.jupyterapp.commands.execute('apputils:change-theme', { theme })", theme)

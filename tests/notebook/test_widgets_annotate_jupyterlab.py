@@ -10,7 +10,6 @@ stays in the test's temporary directory (and in $DSPEX_ARTIFACTS when set).
 from __future__ import annotations
 
 import getpass
-import json
 import sys
 from pathlib import Path
 
@@ -20,12 +19,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from jupyterlab_harness import (
     BROWSER_MARKS,
     RENDER_TIMEOUT_MS,
-    chromium_page,
-    jupyterlab,
     keep_screenshot,
+    notebook_page,
+    printed_json,
     run_cell,
     sync_api,
-    write_notebook,
 )
 
 pytestmark = BROWSER_MARKS
@@ -50,19 +48,9 @@ SETUP, BROWSER, STATE = range(3)
 
 
 def test_a_trial_annotated_in_the_browser_widget_is_in_the_journal(tmp_path: Path) -> None:
-    root = tmp_path / "lab"
-    root.mkdir()
-    journal = f"JOURNAL = {str(root / 'journal.duckdb')!r}\n"
-    write_notebook(root / "annotate.ipynb", [journal + SETUP_CELL, BROWSER_CELL, STATE_CELL])
-    with (
-        jupyterlab(root, tmp_path / "jupyter", tmp_path / "jupyterlab.log") as server,
-        chromium_page(f"{server.url}/lab/tree/annotate.ipynb?token={server.token}") as page,
-    ):
+    with notebook_page(tmp_path, "annotate.ipynb", [SETUP_CELL, BROWSER_CELL, STATE_CELL]) as page:
         cells = page.locator(".jp-Notebook .jp-Cell")
-        run_cell(page, SETUP)
-        ready = cells.nth(SETUP).locator(".jp-OutputArea-output")
-        sync_api.expect(ready).to_contain_text("ready:", timeout=RENDER_TIMEOUT_MS)
-        made = json.loads(ready.inner_text().split("ready:", 1)[1])
+        made = printed_json(page, SETUP, "ready:")
         trial_id = made["trials"][2]
 
         run_cell(page, BROWSER)
@@ -86,10 +74,7 @@ def test_a_trial_annotated_in_the_browser_widget_is_in_the_journal(tmp_path: Pat
         sync_api.expect(form.locator(".dspex-browser-title")).to_have_text(f"annotate {trial_id}: label now wrong gold")
         keep_screenshot(cells.nth(BROWSER), tmp_path / "experiment_browser_annotate.png")
 
-        run_cell(page, STATE)
-        state_output = cells.nth(STATE).locator(".jp-OutputArea-output")
-        sync_api.expect(state_output).to_contain_text("kernel state:", timeout=RENDER_TIMEOUT_MS)
-        rows = json.loads(state_output.inner_text().split("kernel state:", 1)[1])
+        rows = printed_json(page, STATE, "kernel state:")
     [annotation] = rows
     assert (annotation["trial_id"], annotation["label"], annotation["note"]) == (
         trial_id,
