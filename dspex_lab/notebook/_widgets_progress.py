@@ -383,9 +383,10 @@ class RunProgress(anywidget.AnyWidget):
             return None, ""
         estimates: list[tuple[float, str]] = []
         step, times = standing.step, self._step_times
-        if step is not None and 0 < step < standing.planned_steps and 0 in times and step in times:
+        planned = standing.planned_steps
+        if step is not None and planned is not None and 0 < step < planned and 0 in times and step in times:
             per_step = (times[step] - times[0]) / step
-            left = standing.planned_steps - step
+            left = planned - step
             estimates.append((max(per_step * left - (now - times[step]), 0.0), f"{left} more steps at this pace"))
         for name, limit in standing.budget.items():
             used = spent.get(name)

@@ -56,6 +56,7 @@ import dspy
 import numpy as np
 import pandas as pd
 
+from dspex_lab.engine import Budget
 from dspex_lab.errors import MissingDependencyError, OptimizerError, ProgramSpecError, VariableError
 from dspex_lab.optimization._acceptance import judge, mean_and_interval
 from dspex_lab.optimization._decisions import DecisionTrace
@@ -157,10 +158,19 @@ class OptunaSearch:
             "test": test,
         }
 
-    @property
-    def planned_steps(self) -> int:
-        """The study trials after the baseline at most (None ``n_trials``: the budget decides, shown as the default)."""
-        return (self.options["n_trials"] or DEFAULT_TRIALS) - 1
+    def planned_steps(self, budget: Budget | None) -> int | None:
+        """Return the run's last step at most, the total its progress shows (None: not known in advance).
+
+        Step 0 is the baseline (the study's first trial), steps 1 to ``n_trials - 1`` the study's
+        other trials, and one step more the final choice: ``n_trials`` steps after the baseline.
+        Without ``n_trials`` a budget alone ends the study, so no count of steps is honest; without
+        either the study runs :data:`DEFAULT_TRIALS` trials. The search may end sooner (a finite
+        space fully evaluated, repeated proposals, the budget).
+        """
+        n_trials = self.options["n_trials"]
+        if n_trials is None and budget is not None:
+            return None
+        return int(n_trials or DEFAULT_TRIALS)
 
     def config(self) -> dict[str, Any]:
         """Return the optimizer and its options as JSON (recorded with the run, checked on resume)."""

@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from dspex_lab.engine import Budget
 from dspex_lab.errors import OptimizerError
 from dspex_lab.evaluation import EvaluationResult
 from dspex_lab.journal import ExperimentRecord
@@ -74,7 +75,8 @@ class OptimizationStanding:
     Attributes:
         step: the last finished step (0: the baseline), None before the baseline's evaluation ended.
         planned_steps: the steps the optimizer takes at most (SIMBA-C's ``max_steps``; 1 for DSPy's
-            optimizers, whose compile is one step); a run may stop earlier (patience, budget).
+            optimizers, whose compile is one step); a run may stop earlier (patience, budget). None:
+            not known in advance (an Optuna study with no ``n_trials`` runs until its budget is spent).
         screened: candidates screened on a mini-batch so far.
         validated: candidates evaluated on the validation set so far (the baseline apart).
         lm_calls: LM calls so far.
@@ -91,7 +93,7 @@ class OptimizationStanding:
     """
 
     step: int | None
-    planned_steps: int
+    planned_steps: int | None
     screened: int
     validated: int
     lm_calls: int
@@ -403,9 +405,10 @@ class RunSession:
                 if record.best_ci_low is not None and record.best_ci_high is not None
                 else ""
             )
+            planned = planned_steps(self.setup.optimizer, self.setup.budget)
+            of = f" of {planned}" if planned is not None else ""
             print(
-                f"{self.name} step {record.step} of {planned_steps(self.setup.optimizer)}: {record.detail}; "
-                f"best {best}{ci}; {record.lm_calls:,} LM calls",
+                f"{self.name} step {record.step}{of}: {record.detail}; best {best}{ci}; {record.lm_calls:,} LM calls",
                 file=sys.stderr,
             )
         if self.subscribers:
@@ -445,7 +448,7 @@ class RunSession:
         best: dict[str, Any] = self._best(best_candidate_id(finished)) if finished else {}
         return OptimizationStanding(
             step=int(finished[-1]["step"]) if finished else None,
-            planned_steps=planned_steps(self.setup.optimizer),
+            planned_steps=planned_steps(self.setup.optimizer, self.setup.budget),
             screened=len({item["candidate"] for row in rows for item in row.get("screening") or []}),
             validated=len({item["candidate"] for row in rows for item in row.get("evaluations") or []}),
             lm_calls=int(summary["lm_calls"]),
@@ -577,14 +580,21 @@ class RunSession:
         )
 
 
-def planned_steps(optimizer: Any) -> int:
+def planned_steps(optimizer: Any, budget: Budget | None) -> int | None:
     """Return the steps an optimizer takes at most: SIMBA-C's ``max_steps``; DSPy's compile is one step.
 
-    Any other optimizer says its own (``planned_steps``: an Optuna study's trials).
+    An Optuna study says its own (:meth:`~dspex_lab.optimization.OptunaSearch.planned_steps`: its
+    trials and final choice, or None when only ``budget`` ends it).
     """
-    from dspex_lab.optimization._simba_c import SimbaC  # imported here: SIMBA-C's module imports this one
+    # Imported here: both modules import this one.
+    from dspex_lab.optimization._optuna import OptunaSearch
+    from dspex_lab.optimization._simba_c import SimbaC
 
-    return optimizer.max_steps if isinstance(optimizer, SimbaC) else int(getattr(optimizer, "planned_steps", 1))
+    if isinstance(optimizer, SimbaC):
+        return optimizer.max_steps
+    if isinstance(optimizer, OptunaSearch):
+        return optimizer.planned_steps(budget)
+    return 1
 
 
 def start_run(setup: OptimizationSetup) -> Experiment:

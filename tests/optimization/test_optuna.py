@@ -33,7 +33,7 @@ def run_oracle(
     with dx.Context(lm=dx.lab_lm("lab/small"), journal=journal, threads=1):
         return optimize(
             oracle_program(), train, val, metric=dx.metrics.exact_match, optimizer=optimizer, seed=seed,
-            progress=False, **extra,
+            **{"progress": False, **extra},
         )  # fmt: skip
 
 
@@ -183,6 +183,33 @@ def test_a_budget_stops_the_study_cleanly_and_the_choice_still_stands() -> None:
         "not significant",
         "unchanged",
     )
+
+
+def test_the_printed_progress_counts_the_final_choice_among_the_planned_steps(data: Any, capsys: Any) -> None:
+    heard: list[Any] = []
+    run_oracle(data, OptunaSearch("random", n_trials=5), progress=True, subscribers=[heard.append])
+
+    lines = [line for line in capsys.readouterr().err.splitlines() if " step " in line]
+    steps = [line.split(": ", 1)[0].rsplit(" step ", 1)[1] for line in lines]
+    # Step 0 the baseline, steps 1-4 the study's other four trials, step 5 the final choice: 5 steps planned.
+    assert steps == [f"{step} of 5" for step in range(6)]
+    assert {event.standing.planned_steps for event in heard} == {5}
+
+
+def test_a_study_ended_by_its_budget_alone_shows_no_planned_total(capsys: Any) -> None:
+    examples = dx.datasets.arithmetic(50, seed=2)
+    heard: list[Any] = []
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=False, threads=2):
+        optimize(
+            dx.tasks.pipeline_program(), examples[:10], examples[10:], metric=dx.metrics.exact_match,
+            optimizer=OptunaSearch(), budget=dx.Budget(lm_calls=300), progress=True, subscribers=[heard.append],
+        )  # fmt: skip
+
+    lines = [line for line in capsys.readouterr().err.splitlines() if " step " in line]
+    assert len(lines) >= 2 and not any(" of " in line.split(": ", 1)[0] for line in lines)
+    assert {event.standing.planned_steps for event in heard} == {None}
+    assert OptunaSearch().planned_steps(None) == 30
+    assert OptunaSearch(n_trials=7).planned_steps(dx.Budget(lm_calls=9)) == 7
 
 
 def test_nsga2_trades_the_metric_against_cost_per_example() -> None:
