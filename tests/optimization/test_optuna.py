@@ -15,6 +15,7 @@ from dspex_lab.errors import MissingDependencyError, OptimizerError
 from dspex_lab.optimization import OPTUNA_IMPORTANCE_COLUMNS, OptimizationResult, OptunaSearch, optimize
 from dspex_lab.optimization._evaluator import CandidateEvaluator
 from dspex_lab.optimization._optuna import typed_space
+from dspex_lab.optimization._spending import Spending
 from tests.optimization.oracle import oracle_program
 
 pytest.importorskip("optuna")
@@ -210,6 +211,24 @@ def test_a_study_ended_by_its_budget_alone_shows_no_planned_total(capsys: Any) -
     assert {event.standing.planned_steps for event in heard} == {None}
     assert OptunaSearch().planned_steps(None) == 30
     assert OptunaSearch(n_trials=7).planned_steps(dx.Budget(lm_calls=9)) == 7
+
+
+def test_without_a_budget_the_run_reports_its_spending_as_every_optimizer_does() -> None:
+    examples = dx.datasets.arithmetic(30, seed=3)
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=False, threads=2):
+        optuna = optimize(
+            dx.tasks.pipeline_program(), examples[:10], examples[10:], metric=dx.metrics.exact_match,
+            optimizer=OptunaSearch(n_trials=3), seed=0, progress=False,
+        )  # fmt: skip
+
+    # The run's one counter, as SIMBA-C and the DSPy bridge report it (calls, tokens, cost, trials).
+    assert optuna.spending is not None and set(optuna.spending) == set(Spending().to_summary())
+    # Every LM call of an Optuna run is one of its evaluations' trials: the totals are those trials summed.
+    rows = optuna.journal.children_trial_rows(optuna.run_id)
+    assert optuna.spending["lm_calls"] == sum(row["lm_calls"] for row in rows) > 0
+    assert optuna.spending["tokens"] == sum(row["input_tokens"] + row["output_tokens"] for row in rows)
+    assert optuna.spending["cost"] == pytest.approx(math.fsum(row["cost"] for row in rows))
+    assert optuna.spending["trials"] == len(rows)
 
 
 def test_nsga2_trades_the_metric_against_cost_per_example() -> None:
