@@ -36,6 +36,7 @@ tells) is not journaled a second time.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import json
@@ -208,6 +209,8 @@ class _EvaluateRun:
     streamed: set[int] = field(default_factory=set)
     # The Evaluate whose metric attribute was wrapped, and the metric to give back.
     restore: tuple[Any, Any] | None = None
+    # A top-level run holds the journal file open while it runs (see AutologCallback._hold).
+    held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
 
 @dataclass
@@ -224,6 +227,7 @@ class _CompileRun:
     evaluations: list[Experiment] = field(default_factory=list)
     metric_trials: Experiment | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
 
 _CURRENT_COMPILE: contextvars.ContextVar[_CompileRun | None] = contextvars.ContextVar(
@@ -295,15 +299,16 @@ class AutologCallback(BaseCallback):
         record = self._record(
             "evaluation", name, program=program, data=data, metric=label, config=config, parent=parent
         )
+        held = contextlib.ExitStack()
         if parent is None:
-            experiment = Experiment.start(self.journal, record)
+            experiment = self._start(record, held)
         else:
             experiment = parent.experiment.child(record)
             with parent.lock:
                 parent.evaluations.append(experiment)
         trials = _Trials(data, list(devset))
         unclaimed = {key: list(positions) for key, positions in trials.by_inputs.items()}
-        run = _EvaluateRun(experiment, trials, program, label, unclaimed)
+        run = _EvaluateRun(experiment, trials, program, label, unclaimed, held=held)
         if inputs.get("metric") is None and callable(instance.metric) and not _is_wrapper(instance.metric):
             # Read by Evaluate after this handler returns: each trial is recorded as soon as it is scored.
             run.restore = (instance, instance.metric)
@@ -320,15 +325,17 @@ class AutologCallback(BaseCallback):
             return
         if run.restore is not None and _is_wrapper(run.restore[0].metric):
             run.restore[0].metric = run.restore[1]
-        results = list(getattr(outputs, "results", None) or [])
-        for position, example_id in enumerate(run.trials.data.example_ids):
-            call = run.calls.get(position)
-            result = results[position] if position < len(results) else None
-            if position in run.streamed or (call is None and result is None):
-                continue  # recorded when scored, or never run (DSPy stopped the evaluation first)
-            self._save(run.experiment, _evaluate_row(call, result, position=position, example_id=example_id), call)
-        status, detail = _ending(exception)
-        self._finish(run.experiment, run.metric, status, detail)
+        with run.held:
+            results = list(getattr(outputs, "results", None) or [])
+            for position, example_id in enumerate(run.trials.data.example_ids):
+                call = run.calls.get(position)
+                result = results[position] if position < len(results) else None
+                if position in run.streamed or (call is None and result is None):
+                    continue  # recorded when scored, or never run (DSPy stopped the evaluation first)
+                row = _evaluate_row(call, result, position=position, example_id=example_id)
+                self._save(run.experiment, row, call)
+            status, detail = _ending(exception)
+            self._finish(run.experiment, run.metric, status, detail)
 
     # -- compile ----------------------------------------------------------------------------------
 
@@ -358,8 +365,9 @@ class AutologCallback(BaseCallback):
         }
         name = f"dspy {dspy_name}.compile"
         record = self._record("optimization", name, program=student, data=data, metric=label, config=config)
-        experiment = Experiment.start(self.journal, record)
-        run = _CompileRun(experiment, instance, _Trials(data, trainset), metric, label, None)
+        held = contextlib.ExitStack()
+        experiment = self._start(record, held)
+        run = _CompileRun(experiment, instance, _Trials(data, trainset), metric, label, None, held=held)
         run.token = _CURRENT_COMPILE.set(run)
         with self._lock:
             self._compiles[call_id] = run
@@ -383,10 +391,11 @@ class AutologCallback(BaseCallback):
                 _CURRENT_COMPILE.reset(run.token)
             except ValueError:  # ended in another context than it started in
                 _CURRENT_COMPILE.set(None)
-        if run.metric_trials is not None:
-            self._finish(run.metric_trials, run.metric_label, "finished", None)
-        status, detail = _ending(exception)
-        run.experiment.finish(status, detail=detail, summary=_compile_summary(run, outputs))
+        with run.held:
+            if run.metric_trials is not None:
+                self._finish(run.metric_trials, run.metric_label, "finished", None)
+            status, detail = _ending(exception)
+            run.experiment.finish(status, detail=detail, summary=_compile_summary(run, outputs))
 
     def _compile_of(self, active: str | None) -> _CompileRun | None:
         with self._lock:
@@ -643,6 +652,21 @@ class AutologCallback(BaseCallback):
             parent_id=parent.experiment.id if parent is not None else None,
             role="compile" if parent is not None else None,
         )
+
+    def _start(self, record: Any, held: contextlib.ExitStack) -> Experiment:
+        """Start a top-level experiment with the journal held open until ``held`` closes.
+
+        As ``dx.evaluate`` does for its run: opening a DuckDB file costs tens of milliseconds, and
+        the trial writer flushes every 0.4 s, so a run that did not hold the file would open it for
+        every flush, and twice more at its end (other processes reach the journal through this
+        process's service meanwhile).
+        """
+        held.enter_context(self.journal.hold())
+        try:
+            return Experiment.start(self.journal, record)
+        except BaseException:
+            held.close()
+            raise
 
     def _save(self, experiment: Experiment, row: dict[str, Any], call: _Call | None) -> None:
         experiment.record(row)
