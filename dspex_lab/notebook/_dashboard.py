@@ -42,10 +42,12 @@ from dspex_lab.notebook._dashboard_data import (
     why_frame,
 )
 from dspex_lab.notebook._dashboard_optimization import (
+    compile_run_note,
     history_data,
     history_plot,
     importance_data,
     importance_plot,
+    is_compile_run,
     pareto_note,
     timeline_frame,
     timeline_note,
@@ -63,6 +65,8 @@ PAGES = ("experiments", "compare", "trace", "optimization")
 KINDS = ("evaluation", "comparison", "optimization")
 # What an experiment can be: running, or how it ended (a budget or max_errors stop is "stopped").
 STATUSES = ("running", "finished", "stopped", "interrupted", "failed")
+# The optimization page's views of a run, in the order of their tabs.
+RUN_VIEWS = ("convergence", "history", "timeline", "importance", "pareto")
 # The trace page's sort menu: label -> trial column (one of the journal's TRIAL_SORTS).
 TRIAL_SORTS = {
     "example order": "example_index",
@@ -304,6 +308,16 @@ class Dashboard:
         self.pareto = pd.DataFrame()
         self.run_plot = pn.pane.HoloViews(None)
         self.run_message = pn.pane.Markdown("")
+        # The run's figures, one tab each (the order of RUN_VIEWS); a DSPy compile autolog journaled opens on
+        # its timeline, the one figure it has.
+        self.run_views = pn.Tabs(
+            ("Convergence", self.run_plot),
+            ("History", self.history_plot),
+            ("Timeline", pn.Column(self.timeline_note, self.timeline_plot, sizing_mode="stretch_width")),
+            ("Importance", pn.Column(self.importance_plot, self.importance_table, sizing_mode="stretch_width")),
+            ("Pareto", pn.Column(self.pareto_note, self.pareto_plot, sizing_mode="stretch_width")),
+            dynamic=True,
+        )
         self.why_table = pn.widgets.Tabulator(
             pd.DataFrame(),
             disabled=True,
@@ -367,14 +381,7 @@ class Dashboard:
             self.run_message,
             # One figure at a time: the convergence panels' grid was drawn off its frames (bokeh 3.9, panel 1.9)
             # when other plots shared its column; each view is drawn when it is opened.
-            pn.Tabs(
-                ("Convergence", self.run_plot),
-                ("History", self.history_plot),
-                ("Timeline", pn.Column(self.timeline_note, self.timeline_plot, sizing_mode="stretch_width")),
-                ("Importance", pn.Column(self.importance_plot, self.importance_table, sizing_mode="stretch_width")),
-                ("Pareto", pn.Column(self.pareto_note, self.pareto_plot, sizing_mode="stretch_width")),
-                dynamic=True,
-            ),
+            self.run_views,
             pn.pane.Markdown("#### Why: each candidate, what was decided and on what evidence"),
             self.why_table,
             sizing_mode="stretch_width",
@@ -770,6 +777,8 @@ class Dashboard:
             return
         from dspex_lab.optimization import OptimizationResult
 
+        if self._draw_compile_run(run_id):
+            return
         try:
             result = OptimizationResult.from_journal(self.journal, run_id)
         except DspexLabError as error:
@@ -798,6 +807,27 @@ class Dashboard:
             self.why_table.value = pd.DataFrame()
             self.run_plot.object = self.history_plot.object = None
             self.run_message.object = f"**Cannot draw run {run_id}:** {error}"
+
+    def _draw_compile_run(self, run_id: str) -> bool:
+        """Draw a DSPy compile journaled by ``dx.autolog()`` (its timeline, and why nothing else); False for other runs.
+
+        Such a run has no steps or candidates (:func:`compile_run_note`), so the result the other
+        views are drawn from cannot be built: the page shows what there is instead of that error.
+        """
+        record = self.journal.experiment(run_id)
+        if not is_compile_run(record):
+            return False
+        self.timeline = timeline_frame(self.journal, run_id)
+        self.timeline_plot.object = timeline_plot(self.timeline)
+        self.timeline_note.object = timeline_note(self.timeline)
+        self.run_message.object = compile_run_note(record, self.timeline)
+        self.run_plot.object = self.history_plot.object = None
+        self.why_table.value = pd.DataFrame()
+        self.refresh_importance(None)
+        self.importance_table.object = "Which variables mattered: not estimable (the run records no candidates)."
+        self.refresh_pareto(None)
+        self.run_views.active = RUN_VIEWS.index("timeline")
+        return True
 
     def refresh_importance(self, run_id: str | None) -> None:
         """Draw which variables mattered in run ``run_id`` (``result.importance()``): a forest plot and its table."""

@@ -38,10 +38,12 @@ __all__ = [
     "TIMELINE_COLUMNS",
     "TIMELINE_OUTCOMES",
     "OptimizationHistory",
+    "compile_run_note",
     "history_data",
     "history_plot",
     "importance_data",
     "importance_plot",
+    "is_compile_run",
     "pareto_note",
     "timeline_frame",
     "timeline_note",
@@ -192,6 +194,10 @@ def _still_running(row: Mapping[str, Any]) -> bool:
     return row["status"] == "running" and (not row["n_trials"] or (planned is not None and row["n_trials"] < planned))
 
 
+def _bar_name(row: Mapping[str, Any]) -> str:
+    return str(row.get("name") or row["role"] or row["experiment_id"])
+
+
 def _bar_outcome(row: Mapping[str, Any], outcomes: Mapping[str, str]) -> str:
     """Say what a bar's colour is: how it ended if not well, else its role, else its candidate's fate."""
     status = row["status"]
@@ -237,7 +243,8 @@ def timeline_frame(
             {
                 "experiment_id": child["experiment_id"],
                 "row": position,
-                "label": f"{candidate} {child['role'] or ''}".strip() or child["experiment_id"],
+                # A bar without a candidate (a DSPy compile's own evaluation) is named as its experiment is.
+                "label": f"{candidate} {child['role'] or ''}".strip() if candidate else _bar_name(child),
                 "role": child["role"] or "",
                 "candidate": candidate,
                 "outcome": _bar_outcome(child, outcomes),
@@ -297,6 +304,41 @@ def importance_data(frame: pd.DataFrame) -> pd.DataFrame:
         for position, row in enumerate(item for item in frame.to_dict("records") if item["estimable"])
     ]
     return pd.DataFrame(rows, columns=list(IMPORTANCE_PLOT_COLUMNS))
+
+
+def is_compile_run(record: Mapping[str, Any]) -> bool:
+    """Tell whether an experiment record is a DSPy ``compile`` journaled by ``dx.autolog()``."""
+    return record.get("kind") == "optimization" and (record.get("config") or {}).get("autolog") is True
+
+
+def compile_run_note(record: Mapping[str, Any], timeline: pd.DataFrame) -> str:
+    """Say, as Markdown, what the page can draw of a DSPy compile journaled by ``dx.autolog()``.
+
+    Such a run holds what DSPy's ``compile`` announces through its callbacks: the ``dspy.Evaluate``
+    runs it makes and the metric calls of its optimizer, each an evaluation nested under it. DSPy
+    does not say which program an evaluation scored, so the run has no steps and no candidates:
+    nothing to draw a history, a why table, importance or a Pareto front from. The page draws its
+    timeline (``timeline``, the run's :func:`timeline_frame`) and says why there is nothing more.
+    """
+    config = record.get("config") or {}
+    count = len(timeline)
+    nested = f"{count} evaluation{'' if count == 1 else 's'} nested in it"
+    best = (record.get("summary") or {}).get("best_evaluation_mean")
+    if isinstance(best, (int, float)) and math.isfinite(best):
+        nested += f"; its best dspy.Evaluate run scored {best:.3f}"
+    bridged = config.get("optimizer") not in (None, config.get("dspy"))
+    instead = (
+        f' `dx.optimize(..., optimizer="{html.escape(str(config["optimizer"]))}")` records each candidate and step.'
+        if bridged
+        else ""
+    )
+    return (
+        f"**{html.escape(str(record.get('name') or ''))}, journaled by `dx.autolog()`:** DSPy's "
+        f"`{html.escape(str(config.get('dspy') or 'optimizer'))}.compile` announces the evaluations and metric "
+        f"calls it makes ({nested}; see the Timeline tab), not which program each one scored, so the run has no "
+        "steps or candidates: no history, why table, importance or Pareto front to draw. Open an evaluation on "
+        "the trace page for its trials and traces." + instead
+    )
 
 
 def pareto_note(points: pd.DataFrame) -> str:

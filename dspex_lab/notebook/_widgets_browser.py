@@ -335,9 +335,20 @@ class ExperimentBrowser(ipywidgets.VBox):
         self._predictions = {row["trial_id"]: row.get("prediction") for row in rows}
         tables.trial_total = total
         tables.trials = [_trial_row(row, spans[row["trial_id"]], labels.get(row["trial_id"], "")) for row in rows]
-        tables.note = ""
+        tables.note = "" if total else self._nested_note(tables.selected_experiment)
         if tables.selected_trial and not any(row["trial_id"] == tables.selected_trial for row in tables.trials):
             tables.selected_trial = ""
+
+    def _nested_note(self, experiment_id: str) -> str:
+        """Say where the trials of a run with none of its own are (an optimization's, a DSPy compile's), or ``""``."""
+        row = next((row for row in self._rows if row["id"] == experiment_id), None)
+        if row is None or row["n_trials"] or not row["n_children"]:
+            return ""
+        count = row["n_children"]
+        return (
+            f"{row['name']} has no trials of its own: its {count} nested experiment{'' if count == 1 else 's'} "
+            "hold them; unfold it (▸) and select one"
+        )
 
     # -- Reactions to the front end ----------------------------------------------------------------
 
