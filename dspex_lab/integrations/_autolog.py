@@ -131,8 +131,19 @@ def _logged(method: Callable[..., None]) -> Callable[..., None]:
     return handler
 
 
-def _inputs_key(inputs: Any) -> str:
-    return json.dumps(to_json_value(dict(inputs)), sort_keys=True, ensure_ascii=False, default=repr)
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _inputs_key(inputs: Any) -> Any:
+    """Return a key equal for equal inputs (``1``, ``1.0`` and ``True`` apart, as their JSON texts are).
+
+    Their typed items when all are plain values: the usual case, and the cheap one, as the key is
+    computed for every trial; else their JSON text.
+    """
+    items = dict(inputs)
+    if all(type(value) in _PLAIN for value in items.values()):
+        return tuple(sorted((name, type(value).__name__, value) for name, value in items.items()))
+    return json.dumps(to_json_value(items), sort_keys=True, ensure_ascii=False, default=repr)
 
 
 def _dataset(examples: Sequence[Any], name: str) -> Dataset:
@@ -169,7 +180,7 @@ class _Trials:
     def __init__(self, data: Dataset, originals: Sequence[Any]) -> None:
         self.data = data
         self.by_object = {id(example): position for position, example in enumerate(originals)}
-        self.by_inputs: dict[str, list[int]] = {}
+        self.by_inputs: dict[Any, list[int]] = {}
         for position, example in enumerate(data):
             self.by_inputs.setdefault(_inputs_key(example.inputs()), []).append(position)
         self.repeats: dict[str, int] = {}
@@ -203,7 +214,7 @@ class _EvaluateRun:
     trials: _Trials
     program: Any
     metric: str
-    unclaimed: dict[str, list[int]]
+    unclaimed: dict[Any, list[int]]
     calls: dict[int, _Call] = field(default_factory=dict)
     # Devset positions whose trial was recorded when the metric returned (see AutologCallback._scoring_metric).
     streamed: set[int] = field(default_factory=set)
