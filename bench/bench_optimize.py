@@ -57,8 +57,10 @@ documented in ``docs/lab_world.md``. Five tables (``--tables``; the first three 
    the CI: not lower with p < 0.05).
 5. ``ablation``: on ``--task`` (``pipeline`` for the issue's table) at 2,000 calls, SIMBA-C
    against itself without one part at a time (``share=False``, ``cross_bootstrap=False``,
-   ``learned_moves=False``, ``upstream_rules=False``): each variant's test mean with its CI and its paired difference
-   to the full SIMBA-C with the difference's CI.
+   ``learned_moves=False``, ``upstream_rules=False``) and with ``mutate`` drawing its moves from a
+   sampler instead of the effect ledger (``move_sampler="tpe"``, and ``"random"`` as its control):
+   each variant's test mean with its CI and its paired difference to the full SIMBA-C with the
+   difference's CI.
 
 Runs of the curve and ablation are independent and deterministic (the lab LM draws from its
 inputs, never from shared state), so ``--processes N`` spreads them over N processes with
@@ -454,13 +456,16 @@ def overhead(sizes: Sizes, seed: int, folder: Path) -> tuple[str, dict[str, Any]
 CURVE_OPTIMIZERS = ("simba-c", "simba", "mipro", "gepa", "bootstrap")
 BUDGETS = (500, 2000, 8000)
 ABLATION_BUDGET = 2000
-# SIMBA-C without one of its composition parts at a time (issue 23's flags; all True is the full SIMBA-C).
-ABLATIONS: tuple[tuple[str, dict[str, bool]], ...] = (
+# SIMBA-C without one of its composition parts at a time (issue 23's flags; all True is the full SIMBA-C),
+# and with its mutations drawn from a sampler (issue 24): TPE, and uniform random jumps as TPE's control.
+ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("full", {}),
     ("share=False", {"share": False}),
     ("cross_bootstrap=False", {"cross_bootstrap": False}),
     ("learned_moves=False", {"learned_moves": False}),
     ("upstream_rules=False", {"upstream_rules": False}),
+    ("move_sampler='tpe'", {"move_sampler": "tpe"}),
+    ("move_sampler='random'", {"move_sampler": "random"}),
 )
 # What the scaled DSPy settings aim to spend of the budget: the rest is the margin for what the
 # settings do not fix exactly (SIMBA's final evaluation, MIPROv2's bootstrap, GEPA's reflections).
@@ -486,7 +491,7 @@ class CurveJob:
     budget: int
     optimizer: str
     seed: int
-    flags: tuple[tuple[str, bool], ...] = ()
+    flags: tuple[tuple[str, Any], ...] = ()
 
     @property
     def label(self) -> str:
@@ -769,7 +774,7 @@ def curve_table(runs: list[CurveRun], budgets: tuple[int, ...], names: tuple[str
 
 
 def ablation_table(runs: list[CurveRun]) -> tuple[str, dict[str, Any]]:
-    """SIMBA-C without each composition part against the full SIMBA-C: test means and paired differences."""
+    """SIMBA-C without each composition part, or with a move sampler, against the full SIMBA-C: paired differences."""
     full = [run for run in runs if not run.job.flags]
     rows, summary = [], {}
     for label, flags in ABLATIONS:

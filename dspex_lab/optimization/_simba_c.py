@@ -42,6 +42,8 @@ SIMBA-C                     DSPy SIMBA       meaning
                                              incumbent's own trajectories
 ``alpha=0.05``, Holm        (none)           acceptance test and correction
 ``patience=3``              (none)           steps without an accepted candidate before stopping
+``move_sampler=None``       (none)           ``mutate`` jumps to an Optuna sampler's suggestion
+                                             (``"tpe"``, ``"random"``) instead of one ledger move
 ==========================  ===============  =====================================================
 
 The values in parentheses are left ``None`` by default: ``dx.optimize`` sizes them to the run's
@@ -70,6 +72,7 @@ from dspex_lab.optimization._acceptance import Judged, decision_reason, finite, 
 from dspex_lab.optimization._composition import Composition, TrajectoryStep, render
 from dspex_lab.optimization._decisions import DecisionTrace
 from dspex_lab.optimization._evaluator import Example, Scores
+from dspex_lab.optimization._move_sampler import MOVE_SAMPLERS, MoveSampler, Observation
 from dspex_lab.optimization._objective import baseline_detail, check_guardrails, meets_estimates
 from dspex_lab.optimization._schedule import (
     PLANNED_CALLS_PER_TRIAL,
@@ -162,6 +165,11 @@ class SimbaC:
             measured interaction is positive, valued from the per-example gains measured so far.
         upstream_rules: append a module's advice to the modules upstream of it too (those whose
             outputs it reads): a slip seen in one stage often starts in the stage that feeds it.
+        move_sampler: how ``mutate`` picks its move. None: one variable, drawn by the measured
+            effects of moves (``EffectLedger``); ``"tpe"``: a jump to the configuration of the
+            mutable typed variables that Optuna's TPE suggests from the run's measured ones,
+            several variables at once when it differs in several; ``"random"``: a jump to a
+            uniformly drawn configuration (the control). Needs optuna and bounded numbers.
     """
 
     bsize: int | None = None
@@ -187,6 +195,7 @@ class SimbaC:
     cross_bootstrap: bool = True
     learned_moves: bool = True
     upstream_rules: bool = True
+    move_sampler: str | None = None
 
     name = "simba-c"
 
@@ -205,6 +214,10 @@ class SimbaC:
         for name in ("share", "cross_bootstrap", "learned_moves", "upstream_rules"):
             if not isinstance(getattr(self, name), bool):
                 raise OptimizerError(f"SimbaC({name}={getattr(self, name)!r}): must be True or False")
+        if self.move_sampler is not None and self.move_sampler not in MOVE_SAMPLERS:
+            raise OptimizerError(
+                f"SimbaC(move_sampler={self.move_sampler!r}): one of {', '.join(map(repr, MOVE_SAMPLERS))} or None"
+            )
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
             raise OptimizerError(f"SimbaC(patience={self.patience!r}): must be a positive integer")
         if not 0 < self.alpha < 1:
@@ -224,13 +237,17 @@ class SimbaC:
             raise OptimizerError(f"SimbaC(test={self.test!r}): one of 'auto', 't', 'wilcoxon', 'mcnemar'")
 
     def config(self) -> dict[str, Any]:
-        """Return the hyperparameters as JSON (recorded with the run, checked on resume), with their schedule."""
+        """Return the hyperparameters as JSON (recorded with the run, checked on resume), with their schedule.
+
+        ``move_sampler`` is recorded when set: the config of a run without it stays what it was, so a
+        run journaled before the option existed can still be resumed.
+        """
         return {
             "optimizer": self.name,
             **{
                 name: (list(value) if isinstance(value, tuple) else value)
                 for name, value in self.__dict__.items()
-                if name not in ("rule_lm", "schedule")
+                if name not in ("rule_lm", "schedule") and not (name == "move_sampler" and value is None)
             },
             "rule_lm": getattr(self.rule_lm, "model", None),
             "schedule": self.schedule.to_dict() if self.schedule is not None else None,
@@ -380,6 +397,9 @@ class SimbaCRun:
         )
         # Every mutation's moves (one, or a learned pair), read off the candidate as self.moves is.
         self.move_sets: dict[str, tuple[tuple[str, str], ...]] = {}
+        # Each screened candidate's paired gain over the incumbent on its mini-batch (a sampler's evidence).
+        self.screen_gains: dict[str, float] = {}
+        self.move_sampler = self._move_sampler(baseline.program)
         # Demo candidates placed in one module, by candidate id (read off the candidate too).
         self.placed: dict[str, str] = {}
         # When each fresh proposal's making began and ended (its decision span's times); read-back ones have none.
@@ -555,6 +575,7 @@ class SimbaCRun:
         self.screen[candidate.id] = scores
         gain, n = paired_gain(scores, incumbent_screen)
         step.gains[candidate.id] = gain
+        self.screen_gains[candidate.id] = gain
         self.screen_parent[candidate.id] = incumbent_screen.mean
         self.pool_scores.setdefault(candidate.id, []).append(scores.mean)
         if candidate.id in self.moves:
@@ -926,7 +947,9 @@ class SimbaCRun:
         One demo or one rule often moves the score by a few points, too little for a paired test
         on a validation set of a few hundred examples to see; several such changes together can
         be seen. Changes are applied best-screened first: each candidate's new demos and rules are
-        appended, and a typed variable takes the value of the best candidate that moved it.
+        appended, and a typed variable takes the value of the best candidate that moved it (with
+        ``move_sampler``, the typed variables all take the values of the best candidate that moved any:
+        two sampled jumps are two configurations, and a mix of them was measured by neither).
         """
         ordered = sorted((item for item in positives if item.strategy != "merge"), key=lambda item: -gains[item.id])
         if len(ordered) < 2:
@@ -951,9 +974,11 @@ class SimbaCRun:
                     if demo not in old_demos and demo not in program.values[self.slots.demos[scope]]:
                         program = append_demo(program, self.slots, scope, demo)
                         changed = True
+            # A sampled jump is one configuration, not moves that add up: the best-screened one is taken whole.
+            taken = self.move_sampler is not None and bool(moved)
             for name in mutable_variables(base, self.slots):
                 value = candidate.program.values[name]
-                if value != base.values[name] and name not in moved:
+                if value != base.values[name] and name not in moved and not taken:
                     try:
                         program = program.with_values(**{name: value})
                         moved.add(name)
@@ -1039,7 +1064,8 @@ class SimbaCRun:
             # One draw may make several candidates (a demo's placements in each module): past its strategy's
             # share of the step, only the first counts, so the strategies keep the mix of single draws.
             share = max(1, math.ceil(optimizer.num_candidates / len(strategies)) - made_by.get(strategy, 0))
-            for program, rationale in self._make(strategy, step, example_id, example, runs, mutable, rng)[:share]:
+            made = self._make(strategy, step, example_id, example, runs, mutable, rng, seen=seen)
+            for program, rationale in made[:share]:
                 if program.fingerprint in seen or len(proposed) >= optimizer.num_candidates:
                     continue
                 seen.add(program.fingerprint)
@@ -1093,8 +1119,14 @@ class SimbaCRun:
         runs: list[Run],
         mutable: list[str],
         rng: np.random.Generator,
+        *,
+        seen: set[str],
     ) -> list[tuple[Program, str]]:
-        """Return what one strategy makes of one example's runs: a candidate, a demo's placements, or nothing."""
+        """Return what one strategy makes of one example's runs: a candidate, a demo's placements, or nothing.
+
+        ``seen`` holds the fingerprints of the candidates so far, this step's included (a sampled jump
+        to one of them is drawn again).
+        """
         program = self.incumbent.program
         scopes = sorted(self.slots.instructions)
         scope = scopes[int(rng.integers(len(scopes)))]
@@ -1107,10 +1139,62 @@ class SimbaCRun:
             if strategy == "rule":
                 made = self._rule_candidate(program, scope, example_id, example, good, bad)
                 return [made] if made is not None else []
+            if self.move_sampler is not None:
+                jumped = self.move_sampler.jump(program, self._move_evidence(), rng, seen=seen)
+                return [] if jumped is None else [jumped]
             result = self.composition.mutation(program, mutable, self.ledger, rng, temperature=0.05)
             return [] if result is None else [(result[0], result[2])]
         except (VariableError, OptimizerError):
             return []
+
+    def _move_sampler(self, program: Program) -> MoveSampler | None:
+        """Return the sampler ``mutate`` draws its jumps from (``move_sampler``), or None for the ledger's rule.
+
+        Built before any LM call, so a variable it cannot search (a number without bounds) or a missing
+        optuna stops the run before it spends anything.
+        """
+        kind = self.optimizer.move_sampler
+        if kind is None or "mutate" not in self.optimizer.strategies:
+            return None
+        names = self.composition.mutable(program, mutable_variables(program, self.slots))
+        return MoveSampler(kind, program, names) if names else None
+
+    def _move_evidence(self) -> list[Observation]:
+        """Return what the run has measured of its typed configurations, in candidate order (the sampler's data).
+
+        Each observation estimates a configuration's validation mean on data that did not select it:
+        the baseline's is its validation mean; a candidate's is its parent's validation mean plus its
+        paired gain over the parent, measured on the validation set when it was validated there (not
+        its screening gain: it was validated *because* that was positive, so that gain is biased up),
+        otherwise on the mini-batch it was screened on (every proposal is screened once, unselected).
+        Only candidates whose typed values differ from their parent's (a mutation, a merge that moved
+        a variable) or that were accepted (the incumbents) speak for a configuration; a rule or demo
+        child of the incumbent measures its prompt, not its variables. Everything here is read from
+        evaluations a resumed run replays, so the evidence, and the sampler's draws, are the same.
+        """
+        if self.move_sampler is None:
+            return []
+        names = list(self.move_sampler.space)
+        accepted = {record.accepted_id for record in self.steps if record.accepted_id}
+        found = []
+        for candidate in self.candidates.values():
+            values = {name: candidate.program.values[name] for name in names}
+            parent = self.candidates.get(candidate.parent_id or "")
+            if parent is None:
+                score = self.validation[candidate.id].mean if candidate.id in self.validation else math.nan
+            else:
+                moved = any(parent.program.values[name] != value for name, value in values.items())
+                level = self.validation.get(parent.id)
+                if not (moved or candidate.id in accepted) or level is None:
+                    continue
+                if candidate.id in self.validation:
+                    gain = paired_gain(self.validation[candidate.id], level)[0]
+                else:
+                    gain = self.screen_gains.get(candidate.id, math.nan)
+                score = level.mean + gain
+            if math.isfinite(score):
+                found.append(Observation(candidate.id, values, float(score)))
+        return found
 
     def _demos(
         self,
