@@ -568,7 +568,22 @@ def _add_texts(
 
 
 def _journal_annotate(journal: Any, arguments: argparse.Namespace) -> None:
-    """Record a verdict on one trial (``dspex journal annotate``) and say what the trial now shows."""
+    """Record a verdict on one trial, or withdraw it (``--withdraw``), and say what the trial now shows."""
+    if arguments.withdraw:
+        from dspex_lab.errors import JournalError
+
+        given = [f"--{name}" for name in ("label", "note", "gold") if getattr(arguments, name) is not None]
+        if given:
+            raise JournalError(
+                f"--withdraw takes no {', '.join(given)}: withdraw first, then annotate trial {arguments.trial} again"
+            )
+        # The journal refuses a trial with no annotation in force to withdraw.
+        annotation = journal.annotate(arguments.experiment, arguments.trial, author=arguments.author, withdraw=True)
+        print(
+            f"withdrew the annotation of trial {arguments.trial} of {arguments.experiment}: it has none in force "
+            f"(withdrawal {annotation})"
+        )
+        return
     gold = (
         None if arguments.gold is None else _gold_fields(journal, arguments.experiment, arguments.trial, arguments.gold)
     )
@@ -587,8 +602,12 @@ def _journal_annotate(journal: Any, arguments: argparse.Namespace) -> None:
 def _journal_annotations(journal: Any, arguments: argparse.Namespace) -> None:
     """Print a run's annotations in force (``--history``: every one, in the order written)."""
     experiment = _experiment_id(journal, arguments.experiment)
+    from dspex_lab.journal import is_withdrawal
+
     rows = journal.annotation_rows(experiment, current=not arguments.history)
     for row in rows:
+        if is_withdrawal(row):  # in the history only: it ends the annotation before it
+            row["label"] = "(withdrawn)"
         row["created"] = str(row.pop("created_at"))[:19]
         row["note"] = " ".join(str(row["note"]).split())[: _TEXT_CHARACTERS["question"]] if row["note"] else None
         gold = row.pop("corrected_gold")
@@ -946,6 +965,11 @@ def _add_journal(commands: Any) -> None:
         help='the right gold: a JSON object (\'{"answer": "42"}\') or the one gold field\'s value',
     )
     annotate.add_argument("--author", default=None, help="who annotates (default: your user name)")
+    annotate.add_argument(
+        "--withdraw",
+        action="store_true",
+        help="withdraw the trial's annotation in force (kept in the history, as who withdrew it and when)",
+    )
     annotations = journal_commands.add_parser(
         "annotations", help="list a run's annotations (each trial's in force)", parents=[where]
     )

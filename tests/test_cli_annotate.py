@@ -119,3 +119,32 @@ def test_the_annotations_in_force_and_their_history(evaluated, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"Every annotation of {run}" and len(lines) == 5
     assert "wrong gold" in lines[3] and '{"answer": "5"}' in lines[3] and "fine after all" in lines[4]
+
+
+def test_withdrawing_a_trials_annotation_from_the_command_line(evaluated, capsys):
+    where, run = evaluated
+    trial = dx.open_journal(where[1]).trial_rows(run, columns=["trial_id"])[0]["trial_id"]
+    assert main(["journal", "annotate", "plain", trial, "--label", "wrong gold", *where]) == 0
+    capsys.readouterr()
+
+    assert main(["journal", "annotate", "plain", trial, "--withdraw", "--author", "bo", *where]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith(f"withdrew the annotation of trial {trial} of {run}: it has none in force (withdrawal ")
+    # The trial list has no label column again; the annotations in force are none; the history shows who withdrew.
+    assert main(["journal", "trials", "plain", *where]) == 0
+    assert "label" not in capsys.readouterr().out.splitlines()[1].split()
+    assert main(["journal", "annotations", "plain", *where]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3  # the title, the header, the rule: no row
+    assert main(["journal", "annotations", "plain", "--history", *where]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "wrong gold" in lines[3] and "(withdrawn)" in lines[4] and "bo" in lines[4].split()
+
+    assert main(["journal", "annotate", "plain", trial, "--withdraw", *where]) == 2
+    assert (
+        "has its annotation withdrawn already: there is no annotation in force to withdraw" in capsys.readouterr().err
+    )
+    assert main(["journal", "annotate", "plain", trial, "--withdraw", "--label", "x", "--gold", "3", *where]) == 2
+    assert f"--withdraw takes no --label, --gold: withdraw first, then annotate trial {trial} again" in (
+        capsys.readouterr().err
+    )
+    assert len(dx.open_journal(where[1]).annotation_rows(run)) == 2

@@ -127,9 +127,12 @@ function render({ model, el: root }) {
   goldInput.placeholder = 'corrected gold: 42, or {"answer": "42"}';
   const annotate = el("button", "dspex-annotate-button", "Annotate");
   annotate.type = "button";
+  // Shown while the trial has an annotation in force: withdrawing it is one more journaled row.
+  const withdraw = el("button", "dspex-withdraw-button", "Withdraw");
+  withdraw.type = "button";
   const formMessage = el("div", "dspex-annotate-message");
   const formBar = el("div", "dspex-browser-bar");
-  formBar.append(labelled("preset", preset), labelInput, noteInput, goldInput, annotate);
+  formBar.append(labelled("preset", preset), labelInput, noteInput, goldInput, annotate, withdraw);
   form.append(formTitle, formBar, formMessage);
   trialSection.append(trialTitle, trialBar, trialScroll, form);
 
@@ -167,6 +170,7 @@ function render({ model, el: root }) {
   annotate.addEventListener("click", () =>
     model.send({ type: "annotate", label: labelInput.value, note: noteInput.value, gold: goldInput.value }),
   );
+  withdraw.addEventListener("click", () => model.send({ type: "withdraw" }));
 
   // -- model -> view -------------------------------------------------------------------------------
   function fillSelect(select, values, current) {
@@ -328,6 +332,7 @@ function render({ model, el: root }) {
       for (const input of [preset, labelInput, noteInput, goldInput]) input.value = "";
     }
     formTitle.textContent = `annotate ${selected}: ${row.label ? `label now ${row.label}` : "not annotated"}`;
+    withdraw.style.display = row.label ? "" : "none";
   }
 
   function drawPresets() {

@@ -19,7 +19,7 @@ from dspex_lab._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from dspex_lab._records import ExperimentRecord
-    from dspex_lab.journal._annotations import ANNOTATION_BOUNDS, ANNOTATION_COLUMNS
+    from dspex_lab.journal._annotations import ANNOTATION_BOUNDS, ANNOTATION_COLUMNS, is_withdrawal
     from dspex_lab.journal._duckdb import DuckDBJournal, open_journal
     from dspex_lab.journal._memory import MemoryJournal, memory_journal
     from dspex_lab.journal._schema import SCHEMA_VERSION, trials_frame
@@ -55,6 +55,7 @@ __all__ = [
     "TraceReader",
     "TrialOrder",
     "TrialWriter",
+    "is_withdrawal",
     "memory_journal",
     "open_journal",
     "set_trace_reader",
@@ -83,6 +84,7 @@ __getattr__, __dir__ = lazy_exports(
         "TraceReader": "dspex_lab.journal._store",
         "set_trace_reader": "dspex_lab.journal._store",
         "TrialWriter": "dspex_lab.journal._writer",
+        "is_withdrawal": "dspex_lab.journal._annotations",
         "memory_journal": "dspex_lab.journal._memory",
         "open_journal": "dspex_lab.journal._duckdb",
         "trials_frame": "dspex_lab.journal._schema",

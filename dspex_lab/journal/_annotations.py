@@ -6,6 +6,10 @@ column, ``Dataset.from_journal``): each annotation is a whole verdict, so a late
 leaves the trial with no label. Every earlier one stays readable (``current=False``), with who wrote it
 and when.
 
+Withdrawing (``annotate(..., withdraw=True)``) is one more row of the same kind, with no label, no
+note and no corrected gold: it supersedes the trial's annotation in force, so the current view has
+none for the trial until it is annotated again, and the history shows who withdrew it and when.
+
 Texts are bounded so a journal cannot be filled by a pasted file: a label is a short tag
 (:data:`MAX_LABEL` characters), a note a paragraph or a few (:data:`MAX_NOTE`), a corrected gold a JSON
 object of the example's gold fields of at most :data:`MAX_GOLD_BYTES` bytes encoded.
@@ -36,6 +40,7 @@ __all__ = [
     "MAX_NOTE",
     "AnnotationQueries",
     "annotation_record",
+    "is_withdrawal",
 ]
 
 MAX_LABEL = 100
@@ -53,6 +58,8 @@ ANNOTATION_COLUMNS = (
 )  # fmt: skip
 
 _SELECT = f"SELECT {', '.join(ANNOTATION_COLUMNS)}, seq FROM annotations"
+# A row that withdraws the annotation in force: nothing recorded (see is_withdrawal).
+_WITHDRAWAL = "label IS NULL AND note IS NULL AND corrected_gold IS NULL"
 # The latest annotation of each trial: ``seq`` orders two written in the same microsecond.
 _CURRENT = " QUALIFY row_number() OVER (PARTITION BY experiment_id, trial_id ORDER BY created_at DESC, seq DESC) = 1"
 
@@ -85,8 +92,16 @@ def _gold_json(value: Any) -> str | None:
     return text
 
 
+def is_withdrawal(row: Mapping[str, Any]) -> bool:
+    """Tell whether an annotation row withdraws the trial's annotation in force (no label, note or corrected gold)."""
+    return row["label"] is None and row["note"] is None and row["corrected_gold"] is None
+
+
 def _check_record(record: Any) -> None:
-    """Refuse a record :func:`annotation_record` would not have built (the bounds hold at the write too)."""
+    """Refuse a record :func:`annotation_record` would not have built (the bounds hold at the write too).
+
+    A record with no label, note or corrected gold is a withdrawal (:func:`is_withdrawal`).
+    """
     keys = {"id", "experiment_id", "trial_id", "label", "note", "corrected_gold", "author"}
     if not isinstance(record, Mapping) or set(record) != keys:
         raise JournalError(f"an annotation record has exactly the fields {sorted(keys)}; build it with annotate()")
@@ -102,8 +117,8 @@ def _check_record(record: Any) -> None:
             decoded = None
         if not isinstance(decoded, dict) or len(gold.encode("utf-8")) > MAX_GOLD_BYTES:
             raise JournalError(f"corrected_gold must be a JSON object of at most {MAX_GOLD_BYTES} bytes")
-    if not record["author"] or (record["label"] is None and record["note"] is None and gold is None):
-        raise JournalError("an annotation needs an author and a label, a note or a corrected gold")
+    if not record["author"]:
+        raise JournalError("an annotation needs an author")
 
 
 def _default_author() -> str:
@@ -121,12 +136,18 @@ def annotation_record(
     note: str | None = None,
     corrected_gold: Mapping[str, Any] | None = None,
     author: str | None = None,
+    withdraw: bool = False,
 ) -> dict[str, Any]:
     """Return a checked annotation record, with a new id (what :meth:`AnnotationQueries.record_annotation` writes).
 
+    ``withdraw``: the record withdraws the trial's annotation in force (it holds no label, note or gold).
+
     Raises:
-        JournalError: nothing to record, or a text or the gold past its bound or of the wrong type.
+        JournalError: nothing to record, a withdrawal with something to record, or a text or the gold past
+            its bound or of the wrong type.
     """
+    if not isinstance(withdraw, bool):
+        raise JournalError(f"annotate(withdraw=...) must be True or False, got {withdraw!r:.80}")
     for name, value in (("experiment_id", experiment_id), ("trial_id", trial_id)):
         if not isinstance(value, str) or not value:
             raise JournalError(f"annotate needs the {name} as non-empty text, got {value!r:.80}")
@@ -139,7 +160,12 @@ def annotation_record(
         "corrected_gold": _gold_json(corrected_gold),
         "author": _bounded_text(_default_author() if author is None else author, "author", MAX_AUTHOR),
     }
-    if record["label"] is None and record["note"] is None and record["corrected_gold"] is None:
+    if withdraw and not is_withdrawal(record):
+        raise JournalError(
+            f"withdrawing the annotation of trial {trial_id!r:.80} takes no label, note or corrected gold; "
+            "annotate it again afterwards to give new ones"
+        )
+    if not withdraw and is_withdrawal(record):
         raise JournalError(f"annotation of trial {trial_id!r:.80} is empty: give a label, a note or a corrected gold")
     if not record["author"]:
         raise JournalError("annotation author must be non-empty text")
@@ -158,12 +184,15 @@ class AnnotationQueries(DuckDBStore):
         note: str | None = None,
         corrected_gold: Mapping[str, Any] | None = None,
         author: str | None = None,
+        withdraw: bool = False,
     ) -> str:
-        """Record a person's verdict on a trial and return the annotation's id.
+        """Record a person's verdict on a trial, or withdraw the one in force, and return the annotation's id.
 
         The annotation supersedes the trial's earlier ones in the current view; they stay in the
-        history. Its id is made here, before the write, so the write may be retried (through another
-        process's journal service) without recording it twice.
+        history. A withdrawal (``withdraw=True``) is an annotation with no label, note or corrected
+        gold: the trial then has no annotation in force until it is annotated again. Its id is made
+        here, before the write, so the write may be retried (through another process's journal
+        service) without recording it twice.
 
         Args:
             experiment_id: the experiment the trial belongs to.
@@ -173,24 +202,30 @@ class AnnotationQueries(DuckDBStore):
             corrected_gold: the example's gold fields as they should be, e.g. ``{"answer": "42"}``
                 (a JSON object of at most 16 KB; input fields are refused).
             author: who annotates (default: the operating system's user name).
+            withdraw: withdraw the trial's annotation in force instead (no label, note or gold with it).
 
         Raises:
-            JournalError: no such trial, nothing to record, or a value past its bound.
+            JournalError: no such trial, nothing to record, a value past its bound, or a withdrawal with
+                something to record or of a trial with no annotation in force.
         """
         record = annotation_record(
-            experiment_id, trial_id, label=label, note=note, corrected_gold=corrected_gold, author=author
-        )
+            experiment_id, trial_id, label=label, note=note, corrected_gold=corrected_gold, author=author,
+            withdraw=withdraw,
+        )  # fmt: skip
         return self.record_annotation(record)
 
     def record_annotation(self, record: dict[str, Any]) -> str:
         """Write an annotation record (:func:`annotation_record`'s); writing the same id again changes nothing.
 
         The record is checked again here, where it is written: a call through the journal service
-        comes from another process.
+        comes from another process. A withdrawal is refused when the trial has no annotation in force.
         """
         _check_record(record)
         with self._connect(write=True) as connection:
             example_id = _trial_example(connection, record, self.location)
+            known = connection.execute("SELECT 1 FROM annotations WHERE id = ?", [record["id"]]).fetchone()
+            if is_withdrawal(record) and known is None:
+                _check_in_force(connection, record)
             connection.execute(
                 """INSERT OR IGNORE INTO annotations (id, experiment_id, trial_id, example_id, label, note,
                    corrected_gold, author, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -214,7 +249,9 @@ class AnnotationQueries(DuckDBStore):
             return []
         where, parameters = ("", []) if experiment_id is None else (" WHERE experiment_id = ?", [experiment_id])
         query = _SELECT + where + (_CURRENT if current else "")
-        rows = self._rows(f"SELECT * FROM ({query}) ORDER BY created_at, seq", parameters)
+        # A trial whose latest annotation is a withdrawal has none in force.
+        in_force = f" WHERE NOT ({_WITHDRAWAL})" if current else ""
+        rows = self._rows(f"SELECT * FROM ({query}){in_force} ORDER BY created_at, seq", parameters)
         for row in rows:
             del row["seq"]
             if isinstance(row["corrected_gold"], str):
@@ -232,6 +269,20 @@ class AnnotationQueries(DuckDBStore):
         frame = pd.DataFrame(rows, columns=list(ANNOTATION_COLUMNS))
         frame["created_at"] = pd.to_datetime(frame["created_at"])
         return frame
+
+
+def _check_in_force(connection: duckdb.DuckDBPyConnection, record: Mapping[str, Any]) -> None:
+    """Refuse to withdraw the annotation of a trial that has none in force (never annotated, or withdrawn)."""
+    latest = connection.execute(
+        f"SELECT label, note, corrected_gold FROM annotations WHERE experiment_id = ? AND trial_id = ?{_CURRENT}",
+        [record["experiment_id"], record["trial_id"]],
+    ).fetchone()
+    if latest is None or all(value is None for value in latest):
+        said = "was never annotated" if latest is None else "has its annotation withdrawn already"
+        raise JournalError(
+            f"trial {record['trial_id']!r:.80} of experiment {record['experiment_id']!r:.80} {said}: "
+            "there is no annotation in force to withdraw"
+        )
 
 
 def _trial_example(connection: duckdb.DuckDBPyConnection, record: Mapping[str, Any], location: str) -> str:

@@ -257,13 +257,17 @@ class JournalWriter(Protocol):
         note: str | None = None,
         corrected_gold: dict[str, Any] | None = None,
         author: str | None = None,
+        withdraw: bool = False,
     ) -> str:
         """Record a person's verdict on a recorded trial and return the annotation's id.
 
         Annotations are append-only: a later one of the same trial supersedes it in the current view and
-        the earlier ones stay in the history. Raises :class:`~dspex_lab.errors.JournalError` for an unknown
-        trial, an empty annotation, a text past its bound (label 100, note 4,000, author 100 characters),
-        or a corrected gold that is not a JSON object of at most 16 KB or names an input field.
+        the earlier ones stay in the history. ``withdraw=True`` appends a withdrawal (no label, note or
+        gold): the trial has no annotation in force until it is annotated again. Raises
+        :class:`~dspex_lab.errors.JournalError` for an unknown trial, an empty annotation, a text past its
+        bound (label 100, note 4,000, author 100 characters), a corrected gold that is not a JSON object of
+        at most 16 KB or names an input field, or a withdrawal with something to record or of a trial
+        with no annotation in force.
         """
         ...
 
@@ -417,7 +421,8 @@ class JournalReader(Protocol):
 
         Each has ``id``, ``experiment_id``, ``trial_id``, ``example_id``, ``label``, ``note``,
         ``corrected_gold`` (the decoded JSON object, or None), ``author`` and ``created_at`` (UTC,
-        naive). With ``current``, only each trial's latest annotation, the one in force.
+        naive); a withdrawal has no label, note or gold. With ``current``, only each trial's latest
+        annotation, the one in force (none for a trial whose latest is a withdrawal).
         """
         ...
 

@@ -2,8 +2,9 @@
 
 Both views write through :meth:`~dspex_lab.journal.AnnotationQueries.annotate` (its checks and bounds
 are the journal's), with the operating system's user as the author. What they share is here: each
-trial's current label, the label presets they offer, and recording a form's label, note and corrected
-gold (read by :meth:`~dspex_lab.notebook.ExampleFields.corrected_gold`, as the CLI's ``--gold`` is).
+trial's current label, the label presets they offer, recording a form's label, note and corrected
+gold (read by :meth:`~dspex_lab.notebook.ExampleFields.corrected_gold`, as the CLI's ``--gold`` is),
+and withdrawing a trial's annotation in force (the CLI's ``--withdraw``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from dspex_lab.journal import JournalStore
     from dspex_lab.notebook._trace_data import ExampleFields
 
-__all__ = ["LABEL_PRESETS", "annotate_trial", "current_labels"]
+__all__ = ["LABEL_PRESETS", "annotate_trial", "current_labels", "withdraw_trial"]
 
 #: The labels a view offers with one click; any other short text is a label too.
 LABEL_PRESETS = ("good", "wrong gold", "ambiguous", "wrong prediction")
@@ -57,3 +58,16 @@ def annotate_trial(
     said += ["a note"] if note else []
     said += [f"gold {json.dumps(corrected, ensure_ascii=False)}"] if corrected is not None else []
     return f"annotated trial {trial_id} with {', '.join(said)}"
+
+
+def withdraw_trial(journal: JournalStore, trial: dict[str, Any], *, experiment_id: str) -> str:
+    """Withdraw one trial's annotation in force from a view's form and return the line the view shows.
+
+    The withdrawal is journaled (author: the operating system's user) and kept in the history.
+
+    Raises:
+        JournalError: an unknown trial, or one with no annotation in force to withdraw.
+    """
+    trial_id = str(trial["trial_id"])
+    journal.annotate(experiment_id, trial_id, withdraw=True)
+    return f"withdrew the annotation of trial {trial_id}: it has none in force"

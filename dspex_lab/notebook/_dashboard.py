@@ -289,9 +289,11 @@ class Dashboard:
             label="Corrected gold", placeholder='42, or {"answer": "42"}', width=220
         )
         self.annotate_button = pn.widgets.Button(label="Annotate", width=100)
+        self.withdraw_button = pn.widgets.Button(label="Withdraw", width=100)
         self.annotation_message = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.annotation_preset.param.watch(lambda event: self._choose_preset(event.new), "value")
         self.annotate_button.on_click(lambda _event: self.annotate_selected())
+        self.withdraw_button.on_click(lambda _event: self.withdraw_selected())
 
     def _optimization_widgets(self, pn: Any) -> None:
         """Make the optimization page's run menu, headline, history, timeline, convergence plot and why table."""
@@ -362,6 +364,7 @@ class Dashboard:
                 self.annotation_note,
                 self.annotation_gold,
                 pn.Column(pn.Spacer(height=18), self.annotate_button),
+                pn.Column(pn.Spacer(height=18), self.withdraw_button),
             ),
             self.annotation_message,
             pn.Row(self.span_search, self.search_count),
@@ -756,12 +759,35 @@ class Dashboard:
         except DspexLabError as error:
             self.annotation_message.object = f"Not annotated: {html.escape(str(error))}"
             return
+        self._annotated(trial, said)
+        self.annotation_note.value = self.annotation_note.value_input = ""
+        self.annotation_gold.value = self.annotation_gold.value_input = ""
+
+    def withdraw_selected(self) -> None:
+        """Withdraw the selected trial's annotation in force (journaled, kept in the history), then show it has none.
+
+        What the journal refuses (a trial with no annotation in force) is shown as one line.
+        """
+        from dspex_lab.notebook._annotating import withdraw_trial
+
+        trial = self.selected_trial()
+        experiment_id = self.trace_experiment.value
+        if trial is None or not experiment_id:
+            self.annotation_message.object = "Select a trial whose annotation to withdraw."
+            return
+        try:
+            said = withdraw_trial(self.journal, trial, experiment_id=experiment_id)
+        except DspexLabError as error:
+            self.annotation_message.object = f"Not withdrawn: {html.escape(str(error))}"
+            return
+        self._annotated(trial, said)
+
+    def _annotated(self, trial: dict[str, Any], said: str) -> None:
+        """Show a trial's new label in force after the form wrote to the journal, keeping it selected."""
         selection = list(self.trial_table.selection)
         self.refresh_trials()
         self.trial_table.selection = selection
         self._show_annotation_title(trial)
-        self.annotation_note.value = self.annotation_note.value_input = ""
-        self.annotation_gold.value = self.annotation_gold.value_input = ""
         self.annotation_message.object = html.escape(said)
 
     def refresh_run(self) -> None:

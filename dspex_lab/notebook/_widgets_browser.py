@@ -8,7 +8,7 @@ from typing import Any
 
 from dspex_lab.errors import DspexLabError, JournalError, MissingDependencyError
 from dspex_lab.journal import TRIAL_SORTS, JournalStore
-from dspex_lab.notebook._annotating import LABEL_PRESETS, annotate_trial, current_labels
+from dspex_lab.notebook._annotating import LABEL_PRESETS, annotate_trial, current_labels, withdraw_trial
 from dspex_lab.notebook._trace_viewer import TraceViewer
 from dspex_lab.notebook._widgets_common import front_end_file, json_number
 from dspex_lab.session import journal_store
@@ -118,7 +118,8 @@ class ExperimentBrowser(ipywidgets.VBox):
 
     Each trial row shows its label in force; the form under the trial table (or
     :meth:`annotate_selected`) annotates the selected trial through ``journal.annotate``, with the
-    operating system's user as author. A refused annotation is said in one line under the form.
+    operating system's user as author; its Withdraw button (or :meth:`withdraw_selected`) withdraws
+    the trial's annotation in force. A refused annotation is said in one line under the form.
 
     Args:
         journal: a journal or its path (default: the active ``dx.Context``'s journal).
@@ -245,6 +246,24 @@ class ExperimentBrowser(ipywidgets.VBox):
             self.tables.annotation_message = said
         return said
 
+    def withdraw_selected(self) -> str:
+        """Withdraw the selected trial's annotation in force (as the form's Withdraw button does); say what was done.
+
+        The withdrawal is journaled and kept in the history; the trial's row then shows no label.
+
+        Raises:
+            JournalError: no trial is selected, or it has no annotation in force.
+        """
+        experiment_id, trial_id = self.tables.selected_experiment, self.tables.selected_trial
+        row = next((row for row in self.tables.trials if row["trial_id"] == trial_id), None)
+        if not experiment_id or row is None:
+            raise JournalError("select a trial before withdrawing its annotation")
+        said = withdraw_trial(self.journal, row, experiment_id=experiment_id)
+        with self.tables.hold_sync():
+            self._show_trials()
+            self.tables.annotation_message = said
+        return said
+
     def refresh(self) -> None:
         """Read the journal again: experiments, the selected experiment's trials, and its trace."""
         self._rows = self._read_experiments()
@@ -363,6 +382,11 @@ class ExperimentBrowser(ipywidgets.VBox):
                 self.annotate_selected(**{name: text if isinstance(text, str) else "" for name, text in texts.items()})
             except DspexLabError as error:
                 self.tables.annotation_message = f"not annotated: {' '.join(str(error).split())}"
+        elif content.get("type") == "withdraw":
+            try:
+                self.withdraw_selected()
+            except DspexLabError as error:
+                self.tables.annotation_message = f"not withdrawn: {' '.join(str(error).split())}"
 
     def _experiments_changed(self, _change: dict[str, Any]) -> None:
         self.refresh()  # a filter change reads the journal again, so new experiments show up

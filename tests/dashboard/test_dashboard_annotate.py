@@ -82,3 +82,28 @@ def test_an_annotation_written_by_another_writer_shows_at_the_next_refresh(dashb
     assert dashboard.trial_table.value["label"].tolist()[1] == "ambiguous"
     assert dashboard.trial_table.selection == [1]
     assert dashboard.annotation_title.object == f"#### Annotate {trial_id} (its label now: ambiguous)"
+
+
+def test_the_withdraw_button_leaves_the_trial_with_no_label_and_keeps_the_history(dashboard) -> None:
+    dashboard.trial_table.selection = [1]
+    trial_id = str(dashboard.trials.iloc[1]["trial_id"])
+    experiment_id = dashboard.trace_experiment.value
+    dashboard.withdraw_selected()
+    assert dashboard.annotation_message.object.startswith("Not withdrawn:")
+    assert "there is no annotation in force to withdraw" in dashboard.annotation_message.object
+    _fill(dashboard, label="ambiguous")
+    dashboard.annotate_selected()
+    assert dashboard.trial_table.value["label"].tolist()[1] == "ambiguous"
+
+    dashboard.withdraw_selected()
+    assert dashboard.annotation_message.object == f"withdrew the annotation of trial {trial_id}: it has none in force"
+    assert dashboard.trial_table.value["label"].tolist()[1] == "" and dashboard.trial_table.selection == [1]
+    assert dashboard.annotation_title.object == f"#### Annotate {trial_id} (not annotated)"
+    history = dashboard.journal.annotation_rows(experiment_id)
+    assert [(row["label"], row["author"]) for row in history] == [
+        ("ambiguous", getpass.getuser()),
+        (None, getpass.getuser()),
+    ]
+    dashboard.trial_table.selection = []
+    dashboard.withdraw_selected()
+    assert dashboard.annotation_message.object == "Select a trial whose annotation to withdraw."

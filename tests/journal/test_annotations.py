@@ -23,6 +23,7 @@ from dspex_lab.journal._annotations import (
     MAX_LABEL,
     MAX_NOTE,
     annotation_record,
+    is_withdrawal,
 )
 
 FIXTURES = Path(__file__).with_name("fixtures")
@@ -136,7 +137,9 @@ def test_a_bad_annotation_is_refused_with_what_is_wrong(annotated, options, mess
         ({"note": "n" * (MAX_NOTE + 1)}, "note is 4001 characters"),
         ({"id": "'; DROP TABLE trials; --"}, "annotation id must be 32 lowercase hex digits"),
         ({"corrected_gold": "[1, 2]"}, "corrected_gold must be a JSON object"),
-        ({"label": None}, "needs an author and a label, a note or a corrected gold"),
+        ({"author": ""}, "an annotation needs an author"),
+        # Nothing recorded is a withdrawal, and this trial has no annotation in force to withdraw.
+        ({"label": None}, "trial 'e0/r0' of experiment 'run' was never annotated: there is no annotation in force"),
         ({"extra": 1}, "has exactly the fields"),
     ],
 )
@@ -147,6 +150,55 @@ def test_a_record_written_directly_is_checked_as_annotate_checks_it(annotated, c
     with pytest.raises(JournalError, match=re.escape(message)):
         store.record_annotation(record)
     assert store.annotation_rows() == []
+
+
+def test_a_withdrawal_leaves_the_trial_with_no_annotation_in_force_and_stays_in_the_history(annotated):
+    store, run = annotated
+    first = store.annotate(run, "e1/r0", label="wrong gold", corrected_gold={"answer": "3"}, author="ana")
+    store.annotate(run, "e2/r0", label="ambiguous")
+    withdrawal = store.annotate(run, "e1/r0", withdraw=True, author="bo")
+
+    assert [row["trial_id"] for row in store.annotation_rows(run, current=True)] == ["e2/r0"]
+    assert list(store.annotations(run, current=True)["trial_id"]) == ["e2/r0"]
+    history = store.annotation_rows(run)
+    assert [row["id"] for row in history] == [first, history[1]["id"], withdrawal]
+    withdrawn = history[2]
+    assert (withdrawn["trial_id"], withdrawn["example_id"], withdrawn["author"]) == ("e1/r0", "e1", "bo")
+    assert is_withdrawal(withdrawn) and not is_withdrawal(history[0])
+    # Annotated again, the trial has that annotation in force.
+    again = store.annotate(run, "e1/r0", label="good")
+    assert [row["id"] for row in store.annotation_rows(run, current=True)] == [history[1]["id"], again]
+
+
+@pytest.mark.parametrize(
+    ("first", "options", "message"),
+    [
+        (None, {}, "trial 'e1/r0' of experiment 'run' was never annotated: there is no annotation in force"),
+        ("withdrawn", {}, "has its annotation withdrawn already: there is no annotation in force"),
+        ("annotated", {"label": "x"}, "withdrawing the annotation of trial 'e1/r0' takes no label, note or corrected"),
+        ("annotated", {"note": "because"}, "takes no label, note or corrected gold"),
+        ("annotated", {"withdraw": 1}, "annotate(withdraw=...) must be True or False, got 1"),
+    ],
+)
+def test_a_withdrawal_is_refused_with_what_is_wrong(annotated, first, options, message):
+    store, run = annotated
+    if first is not None:
+        store.annotate(run, "e1/r0", label="wrong gold")
+    if first == "withdrawn":
+        store.annotate(run, "e1/r0", withdraw=True)
+    written = store.annotation_rows(run)
+    with pytest.raises(JournalError, match=re.escape(message)):
+        store.annotate(run, "e1/r0", **{"withdraw": True, **options})
+    assert store.annotation_rows(run) == written
+
+
+def test_writing_the_same_withdrawal_again_changes_nothing(annotated):
+    # The journal service may retry a write: the withdrawal already written is not refused as a second one.
+    store, run = annotated
+    store.annotate(run, "e0/r0", label="typo in question")
+    record = annotation_record(run, "e0/r0", withdraw=True)
+    assert store.record_annotation(record) == store.record_annotation(record) == record["id"]
+    assert len(store.annotation_rows(run)) == 2 and store.annotation_rows(run, current=True) == []
 
 
 def test_a_gold_correction_at_the_bounds_is_kept(annotated):

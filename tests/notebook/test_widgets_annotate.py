@@ -73,3 +73,21 @@ def test_a_refused_annotation_is_one_line_in_the_widget_and_writes_nothing(brows
     assert browser.journal.annotation_rows(experiment_id) == []
     with pytest.raises(dx.errors.JournalError, match="empty"):
         browser.annotate_selected()
+
+
+def test_the_withdraw_button_withdraws_the_label_in_force(browser) -> None:
+    experiment_id = browser.tables.selected_experiment
+    trial_id = browser.trials[2]["trial_id"]
+    front_end_update(browser.tables, selected_trial=trial_id)
+    front_end_message(browser.tables, {"type": "withdraw"})
+    assert browser.tables.annotation_message.startswith("not withdrawn: trial")
+    assert "was never annotated" in browser.tables.annotation_message
+    browser.annotate_selected(label="wrong gold")
+
+    front_end_message(browser.tables, {"type": "withdraw"})
+    assert browser.tables.annotation_message == f"withdrew the annotation of trial {trial_id}: it has none in force"
+    assert next(trial for trial in browser.trials if trial["trial_id"] == trial_id)["label"] == ""
+    assert [row["label"] for row in browser.journal.annotation_rows(experiment_id)] == ["wrong gold", None]
+    front_end_update(browser.tables, selected_trial="")
+    with pytest.raises(dx.errors.JournalError, match="select a trial before withdrawing its annotation"):
+        browser.withdraw_selected()
