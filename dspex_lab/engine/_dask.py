@@ -410,6 +410,8 @@ class _DaskRun:
         self.requeued: dict[int, int] = {}  # submission -> times its chunk was cancelled by Dask or orphaned
         self.answered_at = time.monotonic()  # when a trial last came back (or the run started)
         self.checked_at = time.monotonic()  # when the liveness check last asked the scheduler
+        # When the scheduler first said none of the run's tasks is under way though their results had not come.
+        self.lost_since: float | None = None
 
     def start(self, ledger: TrialLedger) -> str | None:
         """Restart workers an earlier run left a hung trial in, follow worker deaths, size the window."""
@@ -671,8 +673,17 @@ class _DaskRun:
         view = self.executor._scheduler_view(keys)
         self.checked_at = time.monotonic()
         reason = stall_reason(view, len(keys), limit=LIVENESS_SECONDS)
+        if reason is None or (self.lost_since is not None and self.lost_since < self.answered_at):
+            self.lost_since = None
         if reason is None:
             return
+        if view is not None and results_outstanding(view, limit=LIVENESS_SECONDS):
+            # Finished tasks whose results are on their way: under load the client hears of them seconds
+            # after the scheduler does. Lost only when the scheduler says so for half the limit more.
+            if self.lost_since is None:
+                self.lost_since = self.checked_at
+            if self.checked_at - self.lost_since < LIVENESS_SECONDS / 2:
+                return
         self.executor.stalled_runs += 1
         raise ExecutionError(
             f"no trial came back from Dask for {now - self.answered_at:.0f} s and none will: {reason} (scheduler "
@@ -761,12 +772,23 @@ def stall_reason(view: tuple[dict[str, int], dict[str, float]] | None, outstandi
         quiet = max(silence[address] for address in frozen)
         names = f"worker {frozen[0]} runs" if len(frozen) == 1 else f"workers {', '.join(frozen)} run"
         return f"{names} this run's tasks but sent the scheduler no heartbeat for {quiet:.0f} s (frozen)"
-    if not any(states.get(state) for state in _UNDER_WAY):
+    if results_outstanding(view, limit=limit):
         return (
             f"the scheduler runs none of its {outstanding} outstanding tasks ({_counts(states)}) yet their results "
             "never reached this client"
         )
     return None
+
+
+def results_outstanding(view: tuple[dict[str, int], dict[str, float]], *, limit: float) -> bool:
+    """Tell whether the scheduler's ``view`` has no worker frozen and none of the run's tasks under way.
+
+    Then the results the driver waits for are either on their way to it or lost: which one, only
+    time tells (see ``_check_liveness``).
+    """
+    states, silence = view
+    frozen = any(seconds > limit for seconds in silence.values())
+    return not frozen and not any(states.get(state) for state in _UNDER_WAY)
 
 
 def _counts(states: dict[str, int]) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -45,6 +47,51 @@ def test_a_stall_is_a_frozen_worker_or_tasks_the_scheduler_no_longer_runs_and_ne
     assert lost is not None and "none of its 19 outstanding tasks (19 memory)" in lost
     assert stall_reason(({"processing": 2, "memory": 1}, {"tcp://a:1": 0.9}), 3, limit=60) is None
     assert stall_reason(({"no-worker": 4}, {}), 4, limit=60) is None  # waiting for a worker to join
+
+
+@dataclass(frozen=True)
+class _Future:
+    key: str
+
+
+def _waiting_run(views: list[Any]) -> Any:
+    """A Dask run waiting for two chunks since long ago, whose scheduler answers ``views`` in turn."""
+    run = object.__new__(dask_module._DaskRun)
+    run.executor = SimpleNamespace(_scheduler_view=lambda keys: views.pop(0), stalled_runs=0)
+    run.client = SimpleNamespace(scheduler=SimpleNamespace(address="tcp://127.0.0.1:1"))
+    run.submitted = {_Future("a"): ([0], 0.0), _Future("b"): ([1], 0.0)}
+    run.isolating = {}
+    run.answered_at = run.checked_at = time.monotonic() - 10.0
+    run.lost_since = None
+    return run
+
+
+def test_results_the_scheduler_holds_are_waited_for_before_they_count_as_lost(monkeypatch) -> None:
+    # The CI failure of stop 29: both tasks were in the scheduler's memory, their results on their way
+    # to a loaded client, and the first check ended the run.
+    monkeypatch.setattr(dask_module, "LIVENESS_SECONDS", 0.4)
+    run = _waiting_run([({"memory": 2}, {})] * 4)
+    run._check_liveness()  # first seen: on their way, perhaps
+    time.sleep(0.12)
+    run._check_liveness()  # 0.12 s of the 0.2 s grace
+    assert run.executor.stalled_runs == 0
+    time.sleep(0.12)
+    with pytest.raises(ExecutionError, match=r"none of its 2 outstanding tasks .* never reached this client"):
+        run._check_liveness()
+    assert run.executor.stalled_runs == 1
+
+
+def test_a_result_that_came_meanwhile_starts_the_grace_again_and_a_frozen_worker_gets_none(monkeypatch) -> None:
+    monkeypatch.setattr(dask_module, "LIVENESS_SECONDS", 0.4)
+    run = _waiting_run([({"memory": 2}, {})] * 2)
+    run._check_liveness()
+    time.sleep(0.5)
+    run.answered_at = time.monotonic() - 0.42  # a trial came back after the first sighting (0.5 s ago)
+    run._check_liveness()
+    assert run.executor.stalled_runs == 0 and run.lost_since is not None
+    frozen = _waiting_run([({"processing": 2}, {"tcp://127.0.0.1:2": 3.0})])
+    with pytest.raises(ExecutionError, match="no heartbeat"):
+        frozen._check_liveness()
 
 
 def test_a_worker_that_froze_mid_run_ends_the_run_with_one_clear_error(dask_client, monkeypatch, tmp_path) -> None:
