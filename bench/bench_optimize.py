@@ -55,7 +55,8 @@ documented in ``docs/lab_world.md``. Five tables (``--tables``; the first three 
    budget (exact McNemar on the test examples of all seeds pooled), and the target: SIMBA-C's
    test score is at least every other's at every budget (higher with p < 0.05, or equal within
    the CI: not lower with p < 0.05).
-5. ``ablation``: on ``--task`` (``pipeline`` for the issue's table) at 2,000 calls, SIMBA-C
+5. ``ablation``: on ``--task`` (``pipeline`` for the issue's table) at 2,000 calls
+   (``--ablation-budget``; ``--variants`` runs some of the variants only), SIMBA-C
    against itself without one part at a time (``share=False``, ``cross_bootstrap=False``,
    ``learned_moves=False``, ``upstream_rules=False``) and with ``mutate`` drawing its moves from a
    sampler instead of the effect ledger (``move_sampler="tpe"``, and ``"random"`` as its control):
@@ -74,6 +75,8 @@ Usage::
     .venv/bin/python bench/bench_optimize.py --tables null --null-seeds 20 --optimizers simba-c,simba
     .venv/bin/python bench/bench_optimize.py --tables curve --task single --budgets 500,2000,8000 --seeds 5
     .venv/bin/python bench/bench_optimize.py --tables curve,ablation --task single,pipeline --seeds 5 --processes 2
+    .venv/bin/python bench/bench_optimize.py --tables ablation --task pipeline --ablation-budget 8000 \
+        --variants "move_sampler='tpe',move_sampler='random'" --seeds 5 --processes 2
 """
 
 from __future__ import annotations
@@ -773,11 +776,24 @@ def curve_table(runs: list[CurveRun], budgets: tuple[int, ...], names: tuple[str
     return table + (f"\nfailed runs:\n{notes}" if notes else ""), summary
 
 
-def ablation_table(runs: list[CurveRun]) -> tuple[str, dict[str, Any]]:
+def ablations(variants: str | None) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """The ablation's variants: the full SIMBA-C and those of ``--variants`` (comma-separated labels; None: all)."""
+    if variants is None:
+        return ABLATIONS
+    wanted = set(variants.split(","))
+    unknown = wanted - {label for label, _ in ABLATIONS}
+    if unknown:
+        raise SystemExit(f"--variants: unknown {sorted(unknown)}; choose from {[label for label, _ in ABLATIONS[1:]]}")
+    return tuple((label, flags) for label, flags in ABLATIONS if not flags or label in wanted)
+
+
+def ablation_table(
+    runs: list[CurveRun], variants: tuple[tuple[str, dict[str, Any]], ...] = ABLATIONS
+) -> tuple[str, dict[str, Any]]:
     """SIMBA-C without each composition part, or with a move sampler, against the full SIMBA-C: paired differences."""
     full = [run for run in runs if not run.job.flags]
     rows, summary = [], {}
-    for label, flags in ABLATIONS:
+    for label, flags in variants:
         mine = [run for run in runs if dict(run.job.flags) == flags]
         scores = pooled(mine, scored_seeds(mine))
         entry: dict[str, Any] = {"test_mean": float(scores.mean()) if len(scores) else None}
@@ -807,9 +823,9 @@ def curve_and_ablation(
     if "curve" in tables:
         jobs += [CurveJob(task, budget, name, seed) for budget in budgets for seed in seeds for name in names]
     if "ablation" in tables:
-        for _, flags in ABLATIONS:
+        for _, flags in ablations(options.variants):
             job_flags = tuple(sorted(flags.items()))
-            jobs += [CurveJob(task, ABLATION_BUDGET, "simba-c", seed, job_flags) for seed in seeds]
+            jobs += [CurveJob(task, options.ablation_budget, "simba-c", seed, job_flags) for seed in seeds]
     # The full SIMBA-C at the ablation's budget is one run, whichever table asked for it.
     jobs = list(dict.fromkeys(jobs))
     started = time.perf_counter()
@@ -832,9 +848,10 @@ def curve_and_ablation(
         table, report["curve"] = curve_table([run for run in runs if not run.job.flags], budgets, names)
         print(f"\ncurve ({task} task; unchanged program's test mean {baseline.mean():.3f}):\n{table}")
     if "ablation" in tables:
-        chosen = [run for run in runs if run.job.optimizer == "simba-c" and run.job.budget == ABLATION_BUDGET]
-        table, report["ablation"] = ablation_table(chosen)
-        print(f"\nablation ({task} task, {ABLATION_BUDGET:,} calls):\n{table}")
+        budget = options.ablation_budget
+        chosen = [run for run in runs if run.job.optimizer == "simba-c" and run.job.budget == budget]
+        table, report["ablation"] = ablation_table(chosen, ablations(options.variants))
+        print(f"\nablation ({task} task, {budget:,} calls):\n{table}")
     print(f"\n{task} task: {len(runs)} runs in {wall / 60:.1f} minutes; load average now {os.getloadavg()[0]:.2f}")
     return report
 
@@ -878,6 +895,10 @@ def main() -> int:
     parser.add_argument("--task", default="single", help=f"the curve's and ablation's tasks, of {','.join(TASKS)}")
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="the curve's search LM call budgets")
     parser.add_argument("--processes", type=int, default=1, help="processes for the curve's and ablation's runs")
+    parser.add_argument("--ablation-budget", type=int, default=ABLATION_BUDGET, help="the ablation's LM-call budget")
+    parser.add_argument(
+        "--variants", default=None, help="the ablation's variants beside the full SIMBA-C, by label (default: all)"
+    )
     parser.add_argument("--json", default=None)
     arguments = parser.parse_args()
     curve_names = arguments.optimizers or ",".join(CURVE_OPTIMIZERS)
