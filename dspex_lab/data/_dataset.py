@@ -228,10 +228,15 @@ class Dataset(Sequence[dspy.Example]):
         its trials, and its ``corrected_gold`` fields replace the example's. The ids are the run's, so
         results on the new dataset match the run's trials.
 
+        A run with evaluations nested in it (an optimization, a DSPy compile ``dx.autolog()``
+        journaled) has its trials, and so its annotations, there: its examples are those of its own
+        dataset and of every nested evaluation's (a valset, a confirmation set...), each once, in
+        that order, with the annotations of all their trials.
+
         Args:
             journal: a journal, or the path of a journal file.
-            run_id: the run (an experiment id) whose examples to read; they are stored with the run for
-                datasets of up to 20,000 examples.
+            run_id: the run (an experiment id) whose examples to read; they are stored with the run (or
+                with its first evaluation on them) for datasets of up to 20,000 examples.
             where: which examples to keep, e.g. ``"label = 'wrong gold'"``, ``"label IN ('a', 'b')"``,
                 ``"annotated and not corrected"``, ``"not annotated or label != 'ok'"``: ``label`` with
                 ``=``, ``!=``, ``in (...)`` and ``not in (...)``, ``annotated``, ``corrected``, joined
@@ -241,8 +246,9 @@ class Dataset(Sequence[dspy.Example]):
             name: the dataset's name (default: the run's dataset's).
 
         Raises:
-            DatasetError: a ``where`` outside the grammar (the message says where), or a run whose
-                examples were not stored.
+            DatasetError: a ``where`` outside the grammar (the message says where), a run whose
+                examples were not stored, or a run whose datasets hold different examples under one id
+                (read one nested evaluation instead).
             JournalError: no such run, or a journal that cannot be read.
 
         Example:

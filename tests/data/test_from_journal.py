@@ -113,3 +113,60 @@ def test_a_bad_where_fails_before_the_journal_is_read_and_an_unstored_run_says_w
         dx.Dataset.from_journal(journal, "nope")
     with pytest.raises(TypeError, match="needs a journal or a journal file's path, got int"):
         dx.Dataset.from_journal(3, "big")
+
+
+def test_a_withdrawn_annotation_no_longer_picks_its_example(annotated_run):
+    journal, run, data = annotated_run
+    first = data.example_ids[0]
+    journal.annotate(run, f"{first}/r0", withdraw=True)
+    assert dx.Dataset.from_journal(journal, run, where="label = 'wrong gold'").example_ids == ()
+    everything = dx.Dataset.from_journal(journal, run)
+    assert everything[0].answer == data[0].answer  # its corrected gold was withdrawn with it
+
+
+def test_an_optimization_run_reads_the_annotations_of_its_nested_evaluations(tmp_path):
+    pytest.importorskip("optuna")
+    from oracle import oracle_program
+
+    examples = dx.datasets.arithmetic(50, seed=3)
+    path = tmp_path / "j.duckdb"
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=path, threads=1):
+        result = dx.optimize(
+            oracle_program(), examples[:10], examples[10:], metric=dx.metrics.exact_match,
+            optimizer=dx.OptunaSearch("random", n_trials=3), seed=0, progress=False,
+        )  # fmt: skip
+    journal = dx.open_journal(path)
+    children = {child.role: child for child in journal.children(result.run_id)}
+    baseline, confirmation = children["baseline"], children["confirmation"]
+    on_val = journal.trial_rows(baseline.id, columns=["trial_id", "example_id"])[0]
+    on_confirm = journal.trial_rows(confirmation.id, columns=["trial_id", "example_id"])[0]
+    journal.annotate(baseline.id, on_val["trial_id"], label="wrong gold", corrected_gold={"answer": "-7"})
+    journal.annotate(confirmation.id, on_confirm["trial_id"], label="wrong gold")
+
+    wrong = dx.Dataset.from_journal(journal, result.run_id, where="label = 'wrong gold'")
+    assert wrong.example_ids == (on_val["example_id"], on_confirm["example_id"])
+    assert wrong[0].answer == "-7" and wrong.name == f"run {result.run_id}"
+    # Unfiltered: every example the run's evaluations were given (its valset's and its confirmation set's),
+    # each once; here the trainset was never evaluated, so it was never stored.
+    everything = dx.Dataset.from_journal(journal, result.run_id)
+    stored = {row["example_id"] for child in children.values() for row in journal.trial_rows(child.id)}
+    assert set(everything.example_ids) == stored and len(everything) == 40
+    # The nested evaluation alone reads as before.
+    assert dx.Dataset.from_journal(journal, baseline.id, where="annotated").example_ids == (on_val["example_id"],)
+
+
+def test_two_datasets_of_a_run_with_one_id_for_different_examples_are_refused_by_name():
+    journal = dx.journal.memory_journal()
+    record = dx.journal.ExperimentRecord
+    journal.create_experiment(record(kind="optimization", name="run", id="run"))
+    for child, answer in (("on-val", "2"), ("on-test", "3")):
+        stored = (("q1", {"fields": {"question": "1+1?", "answer": answer}, "inputs": ["question"]}),)
+        journal.create_experiment(
+            record(
+                kind="evaluation", name=child, id=child, parent_id="run", role="candidate-validation",
+                dataset_fingerprint=f"fingerprint-{child}", examples=stored,
+            )
+        )  # fmt: skip
+    with pytest.raises(DatasetError, match="hold two different examples with id 'q1'; read one of its evaluations"):
+        dx.Dataset.from_journal(journal, "run")
+    assert dx.Dataset.from_journal(journal, "on-test")[0].answer == "3"
