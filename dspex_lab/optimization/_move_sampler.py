@@ -71,12 +71,12 @@ class MoveSampler:
 
     def __init__(self, kind: str, program: Program, names: Sequence[str]) -> None:
         if kind not in MOVE_SAMPLERS:
-            raise OptimizerError(f"SimbaC(move_sampler={kind!r}): choose one of {', '.join(MOVE_SAMPLERS)} or None")
+            raise OptimizerError(f"SimbaC(move_sampler={kind!r}): one of {', '.join(map(repr, MOVE_SAMPLERS))} or None")
         self.kind = kind
         self.optuna = _optuna()
         # typed_space refuses a program without typed variables: with none to mutate there is nothing to ask it
-        searched = typed_space(program) if names else {}
-        self.space = {name: distribution for name, distribution in searched.items() if name in set(names)}
+        searched, wanted = (typed_space(program) if names else {}), set(names)
+        self.space = {name: distribution for name, distribution in searched.items() if name in wanted}
 
     def jump(
         self, program: Program, observations: Sequence[Observation], rng: np.random.Generator, *, seen: set[str]
