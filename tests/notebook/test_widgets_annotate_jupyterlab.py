@@ -73,9 +73,22 @@ def test_a_trial_annotated_in_the_browser_widget_is_in_the_journal(tmp_path: Pat
         sync_api.expect(row.locator(".dspex-label")).to_have_text("wrong gold")
         sync_api.expect(form.locator(".dspex-browser-title")).to_have_text(f"annotate {trial_id}: label now wrong gold")
         keep_screenshot(cells.nth(BROWSER), tmp_path / "experiment_browser_annotate.png")
+        # Withdraw shows while the trial has an annotation in force, and withdraws it.
+        withdraw = form.locator(".dspex-withdraw-button")
+        withdraw.click()
+        sync_api.expect(message).to_have_text(f"withdrew the annotation of trial {trial_id}: it has none in force")
+        sync_api.expect(row.locator(".dspex-label")).to_have_text("")
+        sync_api.expect(form.locator(".dspex-browser-title")).to_have_text(f"annotate {trial_id}: not annotated")
+        sync_api.expect(withdraw).to_be_hidden()
 
         rows = printed_json(page, STATE, "kernel state:")
-    [annotation] = rows
+    annotation, withdrawal = rows
+    assert (withdrawal["trial_id"], withdrawal["label"], withdrawal["note"], withdrawal["corrected_gold"]) == (
+        trial_id,
+        None,
+        None,
+        None,
+    )
     assert (annotation["trial_id"], annotation["label"], annotation["note"]) == (
         trial_id,
         "wrong gold",
