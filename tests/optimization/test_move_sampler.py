@@ -160,3 +160,38 @@ def test_a_run_interrupted_before_a_step_proposes_resumes_to_the_uninterrupted_r
     assert resumed.candidates[columns].equals(whole.candidates[columns])
     clock = ["started_at", "finished_at"]
     assert resumed.steps.drop(columns=clock, errors="ignore").equals(whole.steps.drop(columns=clock, errors="ignore"))
+
+
+def test_the_evidence_is_each_configurations_validation_level_plus_its_unselected_gain(
+    data, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[list[Observation]] = []
+    jump = MoveSampler.jump
+
+    def recording(self, program, observations, *arguments, **keywords):  # type: ignore[no-untyped-def]
+        seen.append(list(observations))
+        return jump(self, program, observations, *arguments, **keywords)
+
+    monkeypatch.setattr(MoveSampler, "jump", recording)
+    mixed = dict(strategies=("demo", "rule", "mutate", "merge"), max_steps=4, patience=4, full_evals=2)
+    with dx.Context(lm=dx.lab_lm("lab/small"), journal=False, threads=2):
+        result = run(data, seed=6, move_sampler="tpe", **mixed)
+    table = result.candidates.set_index("candidate_id")
+    accepted = set(table.index[table["accepted"].fillna(False).astype(bool)])
+    observed = {item.candidate_id: item.score for item in seen[-1]}
+    assert observed["c0"] == pytest.approx(table.loc["c0", "val_mean"])
+    for candidate_id, score in observed.items():
+        row = table.loc[candidate_id]
+        if candidate_id == "c0":
+            continue
+        parent = table.loc[row["parent_id"]]
+        # A rule or demo child speaks for its prompt, not its variables: only moves and incumbents are evidence.
+        assert row["strategy"] in ("mutate", "merge") or candidate_id in accepted
+        if row["val_mean"] == row["val_mean"]:  # validated: the validation gain, not the screening that chose it
+            assert score == pytest.approx(row["val_mean"])
+        else:
+            gain = row["screen_mean"] - row["incumbent_screen_mean"]
+            assert score == pytest.approx(parent["val_mean"] + gain)
+    children = set(table.index[table["strategy"].isin(["demo", "rule"])]) - accepted
+    assert children and not children & set(observed)
+    assert any(table.loc[key, "strategy"] == "mutate" for key in observed)
