@@ -346,6 +346,7 @@ class _Attempts:
     # How many of ``meter``'s calls came before the metric ran: the calls after it are the metric's (a judge's).
     metric_mark: int | None = None
     number: int = 1
+    metric_attempts: int = 1  # the metric's tries on the last prediction (a judge retried on a rate limit)
     cause: str | None = None  # why this attempt is a retry (its attempt span's label)
     retried: list[dict[str, Any]] = field(default_factory=list)
 
@@ -356,18 +357,16 @@ class _Attempts:
         usage = self.meter.usage(since=self.metric_mark)
         return usage.lm_calls, usage.cost
 
-    def note_retry(self, error: BaseException, wait: float) -> None:
-        """Record that this attempt failed with ``error`` and the next one comes after ``wait`` seconds."""
+    def note_retry(self, error: BaseException, wait: float, *, stage: str = "program") -> None:
+        """Record that this attempt's ``stage`` failed with ``error`` and is tried again after ``wait`` seconds."""
         message, _ = _error_text(error)
-        self.retried.append(
-            {
-                "attempt": self.number,
-                "error_type": type(error).__name__,
-                "error_message": message[:500],
-                "wait": round(wait, 3),
-            }
-        )
-        self.cause = f"{type(error).__name__} (waited {wait:.3g} s)"
+        retry = {"attempt": self.number, "error_type": type(error).__name__, "error_message": message[:500]}
+        retry["wait"] = round(wait, 3)
+        if stage == "program":
+            self.cause = f"{type(error).__name__} (waited {wait:.3g} s)"
+        else:
+            retry.update(stage=stage, metric_attempt=self.metric_attempts)
+        self.retried.append(retry)
 
 
 class TrialRunner:
@@ -504,15 +503,20 @@ class TrialRunner:
         bound = token.bind()
         try:
             while True:
-                stage = "program"
                 try:
                     token.check()
                     prediction = self._predict(module, task, overrides, attempts)
-                    stage = "metric"
+                    break
+                except Exception as error:
+                    failed = self._retry_or_fail(task, token, error, "program", attempts)
+                    if failed is not None:
+                        return failed
+            while True:  # the metric's own retries score the same prediction again
+                try:
                     score, feedback = self._score_prediction(task, prediction, attempts, overrides)
                     break
                 except Exception as error:
-                    failed = self._retry_or_fail(task, token, error, stage, attempts)
+                    failed = self._retry_or_fail(task, token, error, "metric", attempts)
                     if failed is not None:
                         return failed
         finally:
@@ -583,18 +587,25 @@ class TrialRunner:
     ) -> TrialResult | None:
         """Return the record of the trial failing with ``error`` now, or None after waiting to retry it.
 
-        Only a transient failure of the program is retried, while retries are left and the wait
-        ends before the trial's deadline; a cancelled token ends the trial at once.
+        Only a transient failure is retried (a rate limit, a timeout), while retries are left and
+        the wait ends before the trial's deadline: the program's by running it again, the metric's
+        (a judge's LM) by scoring the same prediction again, each stage with the policy's retries.
+        A cancelled token ends the trial at once.
         """
         if isinstance(error, TrialCancelledError) or (token.cancelled and stage == "program"):
             return self._failed(task, error, _cancel_stage(token), attempts)
-        if stage == "program" and is_transient(error) and attempts.number <= self.retry.retries:
-            wait = self.retry.delay(attempts.number, task.trial_id, error)
+        made = attempts.number if stage == "program" else attempts.metric_attempts
+        if stage in ("program", "metric") and is_transient(error) and made <= self.retry.retries:
+            key = task.trial_id if stage == "program" else f"{task.trial_id}:{stage}"
+            wait = self.retry.delay(made, key, error)
             remaining = token.remaining()
             if remaining is None or wait < remaining:
-                attempts.note_retry(error, wait)
+                attempts.note_retry(error, wait, stage=stage)
                 if token.wait(wait):
-                    attempts.number += 1
+                    if stage == "program":
+                        attempts.number += 1
+                    else:
+                        attempts.metric_attempts += 1
                     return None
                 cancelled = TrialCancelledError(f"cancelled while waiting to retry: {token.reason}")
                 return self._failed(task, cancelled, _cancel_stage(token), attempts)

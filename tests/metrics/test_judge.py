@@ -102,6 +102,36 @@ def test_a_failing_judge_is_a_metric_error_never_a_zero(data):
     assert (failed.table()["lm_calls"] >= 1).all()
 
 
+class RateLimitError(Exception):
+    """Named as providers' rate-limit errors are (what the engine counts as transient)."""
+
+
+class RefusingOnceLM(DummyLM):
+    """A judge LM that refuses its first request with a rate limit, then answers every one."""
+
+    def __init__(self) -> None:
+        super().__init__([{"reasoning": "the same number", "score": "1"}] * 4)
+        self.refused = False
+
+    def forward(self, *args, **kwargs):
+        if not self.refused:
+            self.refused = True
+            raise RateLimitError("429: slow down")
+        return super().forward(*args, **kwargs)
+
+
+def test_a_judge_refused_by_a_rate_limit_scores_the_same_prediction_again(data):
+    judge = dx.metrics.judge(RUBRIC, lm=RefusingOnceLM(), scale=(0, 1))
+    with dx.Context(lm="lab/small", journal=False):
+        result = dx.evaluate(PROGRAM, data[:1], metric=judge, progress=False, retries=2)
+    row = result.table().iloc[0]
+    assert row["status"] == "ok" and row["score"] == 1.0
+    # The program ran once (one attempt, one program call); the judge's second try scored its prediction.
+    assert row["attempts"] == 1 and row["lm_calls"] - row["metric_lm_calls"] == 1
+    (retry,) = json.loads(row["retries"])
+    assert retry["stage"] == "metric" and retry["error_type"] == "RateLimitError" and retry["metric_attempt"] == 1
+
+
 def test_a_judge_is_checked_when_built():
     with pytest.raises(ExecutionError, match="rubric"):
         dx.metrics.judge("  ")
