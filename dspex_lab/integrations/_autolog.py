@@ -70,6 +70,9 @@ logger = logging.getLogger("dspex_lab.autolog")
 #: DSPy's optimizers by the name ``dx.optimize(optimizer=...)`` gives them (its DSPy bridge's vocabulary).
 OPTIMIZER_NAMES = {"SIMBA": "simba", "MIPROv2": "mipro", "GEPA": "gepa", "BootstrapFewShot": "bootstrap"}
 
+#: Where DSPy's optimizers keep the metric they were given (``GEPA`` names it ``metric_fn``).
+_METRIC_ATTRIBUTES = ("metric", "metric_fn")
+
 _installed: AutologCallback | None = None
 _install_lock = threading.Lock()
 
@@ -234,6 +237,7 @@ class _CompileRun:
     metric: Any
     metric_label: str
     token: contextvars.Token[_CompileRun | None] | None
+    metric_attribute: str = "metric"  # where the optimizer keeps its metric (GEPA: metric_fn)
     nested: list[str] = field(default_factory=list)
     evaluations: list[Experiment] = field(default_factory=list)
     metric_trials: Experiment | None = None
@@ -364,7 +368,8 @@ class AutologCallback(BaseCallback):
         student, trainset = inputs.get("student"), list(inputs.get("trainset") or [])
         valset = inputs.get("valset")
         data = _dataset(trainset, "trainset")
-        metric = getattr(instance, "metric", None)
+        where = next((name for name in _METRIC_ATTRIBUTES if callable(getattr(instance, name, None))), None)
+        metric = getattr(instance, where) if where is not None else None
         label = metric_name(metric) if metric is not None else "none"
         dspy_name = type(instance).__name__
         config = {
@@ -379,12 +384,13 @@ class AutologCallback(BaseCallback):
         held = contextlib.ExitStack()
         experiment = self._start(record, held)
         run = _CompileRun(experiment, instance, _Trials(data, trainset), metric, label, None, held=held)
+        run.metric_attribute = where or "metric"
         run.token = _CURRENT_COMPILE.set(run)
         with self._lock:
             self._compiles[call_id] = run
         if metric is not None:
             try:
-                instance.metric = self._journaled_metric(run, metric)
+                setattr(instance, run.metric_attribute, self._journaled_metric(run, metric))
             except AttributeError:  # a read-only metric: the compile's Evaluate runs are still journaled
                 run.metric = None
 
@@ -396,7 +402,7 @@ class AutologCallback(BaseCallback):
         if run is None or call_id in run.nested:
             return
         if run.metric is not None:
-            run.optimizer.metric = run.metric
+            setattr(run.optimizer, run.metric_attribute, run.metric)
         if run.token is not None:
             try:
                 _CURRENT_COMPILE.reset(run.token)

@@ -221,6 +221,33 @@ def test_mipro_compile_is_journaled_with_its_evaluations(lab, journal_path):
     assert evaluations and all(len(journal.trials(child.id)) == 4 for child in evaluations)
 
 
+def test_gepa_compile_records_each_scored_rollout_once_with_its_feedback(lab, journal_path):
+    def judged(example, prediction, trace=None, pred_name=None, pred_trace=None):
+        right = example.answer == prediction.answer
+        return dspy.Prediction(score=float(right), feedback="right" if right else f"the answer is {example.answer}")
+
+    data = dx.datasets.arithmetic(8)
+    optimizer = dspy.GEPA(metric=judged, reflection_lm=lab, max_metric_calls=24, seed=3)
+    dx.autolog(journal_path)
+
+    optimizer.compile(dspy.ChainOfThought("question -> answer"), trainset=data[:4], valset=data[4:])
+
+    journal = dx.open_journal(journal_path)
+    run_id = top_level(journal).loc["dspy GEPA.compile", "id"]
+    record = journal.experiment(run_id)
+    assert record["status"] == "finished" and record["config"]["optimizer"] == "gepa"
+    assert record["metric"].endswith("judged")  # found where GEPA keeps it
+    assert optimizer.metric_fn is judged  # given back (GEPA keeps its metric as metric_fn)
+    children = journal.children(run_id)
+    assert children and all(child.role == "compile" for child in children)
+    trials = [journal.trials(child.id) for child in children]
+    rows = sum(len(frame) for frame in trials)
+    # Every rollout GEPA scored is a trial (its per-predictor feedback calls are not counted again).
+    assert 0 < rows <= 24 + len(data)
+    feedback = {text for frame in trials for text in frame["feedback"].dropna()}
+    assert feedback and feedback <= {"right"} | {f"the answer is {example.answer}" for example in data}
+
+
 def test_disable_turns_it_off_and_a_second_call_does_not_register_twice(lab, journal_path):
     devset = dx.datasets.arithmetic(2)
     program = dspy.Predict("question -> answer")
