@@ -497,6 +497,20 @@ def _journal_trials(journal: Any, arguments: argparse.Namespace) -> None:
     _, total = journal.trial_page(arguments.experiment, limit=0, **filters)
     if total > len(rows):
         print(f"{total - len(rows)} more trials (show more with --limit {total})")
+    if not rows and not any(journal.trial_counts(arguments.experiment).values()):
+        _say_nested(journal, arguments.experiment)
+
+
+def _say_nested(journal: Any, experiment_id: str) -> None:
+    """Say where the trials of a run with none of its own are: in its nested experiments (an optimization's)."""
+    children = journal.children(experiment_id)
+    if children:
+        listed = ", ".join(f"{child.id} ({child.name}, {child.n_trials} trials)" for child in children[:5])
+        more = f" and {len(children) - 5} more" if len(children) > 5 else ""
+        print(
+            f"{experiment_id} has no trials of its own: its {len(children)} nested experiments hold them: "
+            f"{listed}{more} (all of them: dspex journal list --all)"
+        )
 
 
 def _current_labels(journal: Any, experiment_id: str) -> dict[str, str]:

@@ -117,3 +117,16 @@ def test_the_browser_widget_says_a_compiles_trials_are_in_its_nested_evaluations
     child = next(row for row in browser.experiments if row["parent"] == compiled["evaluating"])
     browser.select_experiment(child["id"])
     assert len(browser.trials) == 4 and browser.tables.note == ""
+
+
+def test_the_cli_trial_list_says_a_compiles_trials_are_in_its_nested_evaluations(
+    compiled: dict[str, Any], capsys
+) -> None:
+    from dspex_lab.cli import main
+
+    run_id = compiled["evaluating"]
+    assert main(["journal", "trials", run_id, "--journal", str(compiled["path"])]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    children = open_journal(compiled["path"]).children(run_id)
+    assert last.startswith(f"{run_id} has no trials of its own: its 2 nested experiments hold them: {children[0].id} (")
+    assert last.endswith("4 trials) (all of them: dspex journal list --all)")
