@@ -209,9 +209,14 @@ class AnnotationQueries(DuckDBStore):
                 something to record or of a trial with no annotation in force.
         """
         record = annotation_record(
-            experiment_id, trial_id, label=label, note=note, corrected_gold=corrected_gold, author=author,
+            experiment_id,
+            trial_id,
+            label=label,
+            note=note,
+            corrected_gold=corrected_gold,
+            author=author,
             withdraw=withdraw,
-        )  # fmt: skip
+        )
         return self.record_annotation(record)
 
     def record_annotation(self, record: dict[str, Any]) -> str:
