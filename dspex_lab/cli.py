@@ -967,7 +967,9 @@ def _add_journal(commands: Any) -> None:
         help="trial (example order), score (lowest first), error (failed first) or latency (slowest first)",
     )
     annotate = journal_commands.add_parser(
-        "annotate", help="record a verdict on a trial: a label, a note, a corrected gold", parents=[where]
+        "annotate",
+        help="record a verdict on a trial (a label, a note, a corrected gold), or withdraw it",
+        parents=[where],
     )
     annotate.add_argument("experiment", help="experiment id or name")
     annotate.add_argument("trial", help="trial id, as `dspex journal trials` lists it (e.g. arith-0-3/r0)")
