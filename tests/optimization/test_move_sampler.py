@@ -138,7 +138,7 @@ def test_a_run_interrupted_before_a_step_proposes_resumes_to_the_uninterrupted_r
     options = dict(seed=4, move_sampler="tpe")
     with dx.Context(lm=dx.lab_lm("lab/small"), journal=tmp_path / "whole.duckdb", threads=2):
         whole = run(data, **options)
-    assert (whole.candidates["step"] == 3).sum() >= 2  # the step cut below proposes jumps
+    assert (whole.candidates["step"] == 3).any()  # the step cut below proposes a jump
     propose = SimbaCRun._propose
 
     def crashing(self, step, *arguments):  # type: ignore[no-untyped-def]
