@@ -184,8 +184,9 @@ class _Trials:
         self.data = data
         self.by_object = {id(example): position for position, example in enumerate(originals)}
         self.by_inputs: dict[Any, list[int]] = {}
+        names = data.inputs  # read off each example by name: example.inputs() copies the example
         for position, example in enumerate(data):
-            self.by_inputs.setdefault(_inputs_key(example.inputs()), []).append(position)
+            self.by_inputs.setdefault(_inputs_key({name: example[name] for name in names}), []).append(position)
         self.repeats: dict[str, int] = {}
         self.lock = threading.Lock()
 
