@@ -195,7 +195,11 @@ def check_trace_page(page, journal_path: Path, tmp_path: Path) -> None:
     search = page.get_by_placeholder("text in span names, prompts, completions or errors")
     search.fill("chatadapter.parse")
     page.wait_for_selector("text=24 matching spans in 24 trials")
-    first = page.locator(".tabulator-cell[tabulator-field=trial]", has_text=re.compile(r"/r0$")).last
+    # The results' rows (they have a span column; the trial table above has a trial column too): their count
+    # shows before the table draws them, and a cell of the trial table would open that trial's metric span.
+    matches = page.locator(".tabulator-row", has=page.locator(".tabulator-cell[tabulator-field=span]"))
+    matches.first.wait_for()
+    first = matches.locator(".tabulator-cell[tabulator-field=trial]", has_text=re.compile(r"/r0$")).last
     opened = first.inner_text()
     first.click()
     page.wait_for_selector(f"text=Trial {opened}")
