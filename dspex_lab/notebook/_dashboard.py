@@ -108,7 +108,7 @@ def _holoviews() -> Any:
         # CDN link) in the output of the notebook cell that runs `%dspex dashboard`, which a served dashboard
         # never needs: its pages get bokeh's and panel's scripts from their own server's /static. Shown
         # inline in a notebook, the pages need pn.extension(inline=True) first, as any panel object does.
-        import holoviews.plotting.bokeh  # noqa: F401
+        import holoviews.plotting.bokeh  # registers the bokeh backend (its import is the point)
     return hv
 
 
@@ -741,11 +741,10 @@ class Dashboard:
         """
         from dspex_lab.notebook._annotating import annotate_trial
 
-        trial = self.selected_trial()
-        experiment_id = self.trace_experiment.value
-        if trial is None or not experiment_id:
-            self.annotation_message.object = "Select a trial to annotate."
+        target = self._annotation_target("Select a trial to annotate.")
+        if target is None:
             return
+        trial, experiment_id = target
         try:
             said = annotate_trial(
                 self.journal,
@@ -770,17 +769,25 @@ class Dashboard:
         """
         from dspex_lab.notebook._annotating import withdraw_trial
 
-        trial = self.selected_trial()
-        experiment_id = self.trace_experiment.value
-        if trial is None or not experiment_id:
-            self.annotation_message.object = "Select a trial whose annotation to withdraw."
+        target = self._annotation_target("Select a trial whose annotation to withdraw.")
+        if target is None:
             return
+        trial, experiment_id = target
         try:
             said = withdraw_trial(self.journal, trial, experiment_id=experiment_id)
         except DspexLabError as error:
             self.annotation_message.object = f"Not withdrawn: {html.escape(str(error))}"
             return
         self._annotated(trial, said)
+
+    def _annotation_target(self, missing: str) -> tuple[dict[str, Any], str] | None:
+        """Return the selected trial and its experiment for the annotate form, or say ``missing`` and return None."""
+        trial = self.selected_trial()
+        experiment_id = self.trace_experiment.value
+        if trial is None or not experiment_id:
+            self.annotation_message.object = missing
+            return None
+        return trial, experiment_id
 
     def _annotated(self, trial: dict[str, Any], said: str) -> None:
         """Show a trial's new label in force after the form wrote to the journal, keeping it selected."""
